@@ -1,0 +1,465 @@
+"""Shared helpers for every stage: paths, typed params, Parquet artifacts, progress, logging, MLflow.
+
+Each stage imports only this module for plumbing, so that its own file holds only the work:
+
+    from stages.common import load_params, read_artifact, ArtifactWriter, progress, get_logger
+
+    p = load_params("faces", FacesParams)     # typed dataclass; unknown or mistyped key -> ParamsError
+    frames = read_artifact("frames")          # schema-checked DataFrame
+    with ArtifactWriter("faces") as out:      # atomic: shards go to a temp dir, renamed on success
+        out.write(table)
+
+Nothing here runs on its own; `python -m pytest tests/test_common.py` exercises it.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import types
+import typing
+import uuid
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from stages import schemas
+
+__all__ = [
+    "ParamsError", "SchemaError", "StageInputError",
+    "repo_root", "data_path", "load_params", "load_params_file", "BaseParams",
+    "read_artifact", "write_artifact", "ArtifactWriter", "check_schema",
+    "atomic_write_text", "atomic_write_json", "progress", "get_logger", "mlflow_run",
+]
+
+
+class ParamsError(ValueError):
+    """A params.yaml key is unknown, missing or of the wrong type. The message names the key."""
+
+
+class SchemaError(ValueError):
+    """An artifact lacks a column or has one of the wrong type. The message names file and column."""
+
+
+class StageInputError(ValueError):
+    """An input file (video, CSV, pickle) is unusable. The message names the file and the fault."""
+
+
+# --------------------------------------------------------------------------------------------------
+# paths
+
+
+def repo_root() -> Path:
+    """The project root: `DVC_ROOT` when DVC runs us, else the nearest parent holding dvc.yaml."""
+    env = os.environ.get("DVC_ROOT")
+    if env:
+        return Path(env).resolve()
+    here = Path.cwd().resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "dvc.yaml").exists() or (candidate / ".dvc").is_dir():
+            return candidate
+    return here
+
+
+def tracking_root() -> Path:
+    """Where mlflow.db lives. Queued experiments run in `<repo>/.dvc/tmp/exps/<tmp>/` with DVC_ROOT
+    pointing there; they must log to the same store as the workspace, so climb out of it."""
+    root = repo_root()
+    parts = root.parts
+    for i in range(len(parts) - 3):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return root
+
+
+def data_path(*parts: str | os.PathLike) -> Path:
+    """A path under `<root>/data`. Refuses paths that escape it (`..`, absolute paths)."""
+    base = (repo_root() / "data").resolve()
+    target = base.joinpath(*parts).resolve()
+    if target != base and base not in target.parents:
+        raise StageInputError(f"{target}: path escapes the data root {base}")
+    return target
+
+
+def safe_join(root: str | os.PathLike, relative: str | os.PathLike) -> Path:
+    """Join a path read from an untrusted label file onto `root`; refuse one that escapes it."""
+    base = Path(root).resolve()
+    target = (base / relative).resolve()
+    if target != base and base not in target.parents:
+        raise StageInputError(f"{relative}: path escapes the dataset root {base}")
+    return target
+
+
+# --------------------------------------------------------------------------------------------------
+# params
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseParams:
+    """`base:` in params.yaml: what every stage shares."""
+
+    seed: int = 1234  # the one seed every generator and trainer derives from
+    workers: int = 2  # processes for per-video work
+    device: str = "auto"  # auto | cpu | cuda
+    log_level: str = "INFO"
+
+
+def load_params_file(path: str | os.PathLike | None = None) -> dict:
+    path = Path(path) if path else repo_root() / "params.yaml"
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh) or {}
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: params file not found") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: top level must be a mapping of stage names")
+    return data
+
+
+T = typing.TypeVar("T")
+
+
+def load_params(section: str, cls: type[T], path: str | os.PathLike | None = None,
+                overrides: dict | None = None) -> T:
+    """Read `section` of params.yaml into the dataclass `cls`, checking every key and type.
+
+    `overrides` (a nested dict) is merged over the file: tests and the predict CLI use it.
+    """
+    data = load_params_file(path).get(section, {}) or {}
+    if overrides:
+        data = _deep_merge(data, overrides)
+    return build_dataclass(cls, data, section)
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def build_dataclass(cls: type[T], data: Any, prefix: str) -> T:
+    if not isinstance(data, dict):
+        raise ParamsError(f"{prefix}: expected a mapping, got {type(data).__name__} {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ParamsError(f"{prefix}.{unknown[0]}: unknown key (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for field in dataclasses.fields(cls):
+        key = f"{prefix}.{field.name}"
+        if field.name in data:
+            kwargs[field.name] = _coerce(hints[field.name], data[field.name], key)
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise ParamsError(f"{key}: required key is missing")
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key)
+            except ParamsError as exc:
+                errors.append(str(exc))
+        raise ParamsError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ParamsError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ParamsError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        inner = args[0] if args else Any
+        items = [_coerce(inner, v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ParamsError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return build_dataclass(tp, value, key)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{key}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamsError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ParamsError(f"{key}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    raise ParamsError(f"{key}: unsupported parameter type {tp}")
+
+
+# --------------------------------------------------------------------------------------------------
+# artifacts
+
+
+def artifact_path(name: str) -> Path:
+    return repo_root() / schemas.ARTIFACTS[name].path
+
+
+def check_schema(df: pd.DataFrame, name: str, path: str | os.PathLike) -> pd.DataFrame:
+    """Raise SchemaError naming `path` and the column when `df` does not match artifact `name`."""
+    spec = schemas.ARTIFACTS[name]
+    for column, kind in spec.columns.items():
+        if column not in df.columns:
+            raise SchemaError(f"{path}: missing column '{column}' of artifact '{name}'")
+        if len(df) and not schemas.matches_kind(df[column], kind):
+            raise SchemaError(
+                f"{path}: column '{column}' has dtype {df[column].dtype}, expected {kind}")
+    return df
+
+
+def read_artifact(name: str, columns: list[str] | None = None,
+                  path: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Read artifact `name` (a Parquet file or a folder of shards) and check its schema."""
+    path = Path(path) if path else artifact_path(name)
+    if not path.exists():
+        raise SchemaError(f"{path}: artifact '{name}' not found; run its stage first")
+    try:
+        if path.is_dir():
+            shards = sorted(path.glob("*.parquet"))
+            if not shards:
+                df = pd.DataFrame({c: pd.Series(dtype=_empty_dtype(k))
+                                   for c, k in schemas.ARTIFACTS[name].columns.items()})
+            else:
+                df = pd.concat([pd.read_parquet(s, columns=columns) for s in shards],
+                               ignore_index=True)
+        else:
+            df = pd.read_parquet(path, columns=columns)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise SchemaError(f"{path}: not a readable Parquet artifact: {exc}") from None
+    if columns is None:
+        check_schema(df, name, path)
+    return df
+
+
+def _empty_dtype(kind: str) -> str:
+    return {"int": "int64", "float": "float64", "bool": "bool", "str": "object",
+            "bytes": "object", "list": "object"}[kind]
+
+
+def _tmp_sibling(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+def write_artifact(name: str, df: pd.DataFrame, path: str | os.PathLike | None = None) -> Path:
+    """Write a whole artifact atomically: a single file, or a folder with one shard."""
+    path = Path(path) if path else artifact_path(name)
+    if schemas.ARTIFACTS[name].sharded:
+        with ArtifactWriter(name, path=path) as out:
+            out.write(df)
+        return path
+    check_schema(df, name, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(path)
+    try:
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+class ArtifactWriter:
+    """Stream rows into a folder of Parquet shards; the folder appears only when all went well.
+
+    Rows are buffered and flushed every `rows_per_shard` rows, so memory stays bounded by one
+    shard. On an exception (or a kill) the temp folder is removed / left aside, never renamed.
+    """
+
+    def __init__(self, name: str, *, path: str | os.PathLike | None = None,
+                 rows_per_shard: int = 20_000):
+        self.name = name
+        self.path = Path(path) if path else artifact_path(name)
+        self.rows_per_shard = rows_per_shard
+        self._buffer: list[pd.DataFrame] = []
+        self._buffered = 0
+        self._shard = 0
+        self._tmp: Path | None = None
+
+    def __enter__(self) -> "ArtifactWriter":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in self.path.parent.glob(f".{self.path.name}.tmp-*"):  # left by a killed run
+            shutil.rmtree(stale, ignore_errors=True)
+        self._tmp = _tmp_sibling(self.path)
+        self._tmp.mkdir()
+        return self
+
+    def write(self, df: pd.DataFrame) -> None:
+        if not len(df):
+            return
+        check_schema(df, self.name, self.path)
+        self._buffer.append(df)
+        self._buffered += len(df)
+        if self._buffered >= self.rows_per_shard:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        table = pd.concat(self._buffer, ignore_index=True)
+        table.to_parquet(self._tmp / f"part-{self._shard:05d}.parquet", index=False)
+        self._shard += 1
+        self._buffer, self._buffered = [], 0
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        assert self._tmp is not None
+        if exc_type is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            return
+        self._flush()
+        old = None
+        if self.path.exists():
+            old = _tmp_sibling(self.path)
+            os.replace(self.path, old)
+        os.replace(self._tmp, self.path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    import json
+
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default)
+                             + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+# --------------------------------------------------------------------------------------------------
+# progress and logging
+
+
+def progress(iterable=None, *, total: int | None = None, desc: str = "", unit: str = "it"):
+    """A tqdm bar on stderr; quiet refresh (every 2 s) when stderr is not a terminal (CI logs)."""
+    from tqdm.auto import tqdm
+
+    interactive = sys.stderr.isatty()
+    return tqdm(iterable, total=total, desc=desc, unit=unit, dynamic_ncols=True,
+                mininterval=0.1 if interactive else 2.0, file=sys.stderr)
+
+
+_LOGGING_READY = False
+
+
+def get_logger(name: str, level: str | None = None) -> logging.Logger:
+    global _LOGGING_READY
+    if not _LOGGING_READY:
+        logging.basicConfig(
+            level=(level or os.environ.get("PERSONALITY_LOG_LEVEL", "INFO")).upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+            stream=sys.stderr)
+        _LOGGING_READY = True
+    return logging.getLogger(name)
+
+
+# --------------------------------------------------------------------------------------------------
+# tracking
+
+
+def git_commit(root: Path | None = None) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root or repo_root(),
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+EXPERIMENT_NAME = "personality"
+
+
+@contextlib.contextmanager
+def mlflow_run(stage: str, *, run_name: str | None = None, params: dict | None = None,
+               tags: dict | None = None) -> Iterator[Any]:
+    """Open an MLflow run in `sqlite:///<root>/mlflow.db`, tagged with commit, DVC experiment, stage.
+
+    Yields the `mlflow` module so that callers log with `mlf.log_metric(...)` without importing it
+    (mlflow's import costs seconds; stages that never track never pay it).
+    """
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow
+
+    root = tracking_root()
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(EXPERIMENT_NAME)
+    all_tags = {
+        "git_commit": git_commit(repo_root()),
+        "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
+        "dvc_exp_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),
+        "stage": stage,
+        **(tags or {}),
+    }
+    with mlflow.start_run(run_name=run_name or stage, tags=all_tags):
+        if params:
+            mlflow.log_params(_flatten(params))
+        yield mlflow
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if dataclasses.is_dataclass(value):
+            value = dataclasses.asdict(value)
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out

@@ -1,0 +1,326 @@
+"""ingest: turn a data source into the manifest (one row per video) and the user-study table.
+
+    python -m stages.ingest          # reads params.yaml:base,ingest -> data/manifest.parquet, ...
+
+Sources (`ingest.source`):
+  synthetic  the embedded default dataset, generated offline from `base.seed` (stages/synthetic.py)
+  folder     a directory of videos and a labels CSV (`ingest.folder.labels`)
+Splits are decided here, by subject, once: every later stage keeps them.
+
+Outputs: data/manifest.parquet, data/user_study.parquet, data/synthetic_cues.parquet (synthetic
+only, empty otherwise), data/videos/ (synthetic clips), metrics/ingest.json (counts, bad rows).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from stages import schemas
+from stages.common import (BaseParams, StageInputError, atomic_write_json, get_logger,
+                           load_params, progress, repo_root, write_artifact)
+from stages.schemas import SPLITS, TRAITS
+
+log = get_logger("ingest")
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticParams:
+    n_videos: int = 150
+    n_subjects: int = 30
+    min_seconds: float = 6.0
+    max_seconds: float = 10.0
+    fps: float = 25.0
+    width: int = 320
+    height: int = 240
+    sample_rate: int = 16000
+    user_study_share: float = 0.5  # share of clips the simulated raters score
+    n_raters: int = 15
+    raters_per_video: int = 6
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderParams:
+    labels: str = ""  # CSV: video (relative to the CSV), O, C, E, A, N [, subject, split]
+    dataset: str = "folder"
+    strict: bool = False  # true: any bad row fails the stage; false: bad rows reported and dropped
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestParams:
+    source: Literal["synthetic", "folder"] = "synthetic"
+    split: list[float] = dataclasses.field(default_factory=lambda: [0.7, 0.15, 0.15])
+    synthetic: SyntheticParams = SyntheticParams()
+    folder: FolderParams = FolderParams()
+
+
+# --------------------------------------------------------------------------------------------------
+# splits
+
+
+def assign_splits(subjects: list[str], fractions: list[float], seed: int) -> dict[str, str]:
+    """Map each distinct subject to train/val/test, shuffled by `seed`, every split non-empty when
+    there are at least three subjects. Sorting first makes the result independent of row order."""
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1):
+        raise StageInputError(f"ingest.split: {fractions} must be three shares summing to 1")
+    unique = sorted(set(subjects))
+    order = np.random.default_rng([seed, 7]).permutation(len(unique))
+    n = len(unique)
+    n_val = max(1, round(fractions[1] * n)) if n >= 3 and fractions[1] > 0 else 0
+    n_test = max(1, round(fractions[2] * n)) if n >= 3 and fractions[2] > 0 else 0
+    n_train = n - n_val - n_test
+    names = ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
+    return {unique[i]: names[k] for k, i in enumerate(order)}
+
+
+# --------------------------------------------------------------------------------------------------
+# source: synthetic
+
+
+def ingest_synthetic(p: SyntheticParams, split: list[float], seed: int, workers: int,
+                     root: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    from stages import synthetic as syn
+
+    if p.n_videos < 1 or p.n_subjects < 1 or p.n_subjects > p.n_videos:
+        raise StageInputError("ingest.synthetic: need 1 <= n_subjects <= n_videos")
+    if not 0 < p.min_seconds <= p.max_seconds:
+        raise StageInputError("ingest.synthetic: need 0 < min_seconds <= max_seconds")
+    if p.width % 2 or p.height % 2:
+        raise StageInputError("ingest.synthetic: width and height must be even (H.264 yuv420p)")
+    rng = np.random.default_rng([seed, 1])
+    subject_of_clip = np.concatenate([np.arange(p.n_subjects),
+                                      rng.integers(0, p.n_subjects, p.n_videos - p.n_subjects)])
+    subject_of_clip = np.sort(subject_of_clip)
+    cues = syn.draw_cues(rng, subject_of_clip, p.n_subjects)  # (n_videos, 10)
+    labels = syn.labels_from_cues(cues, rng)  # (n_videos, 5)
+    durations = rng.uniform(p.min_seconds, p.max_seconds, p.n_videos)
+    appearances = [syn.draw_appearance(np.random.default_rng([seed, 2, s]), 2, s)
+                   for s in range(p.n_subjects)]
+    subjects = [f"syn_s{s:03d}" for s in subject_of_clip]
+    video_ids = [f"syn_{i:04d}" for i in range(p.n_videos)]
+    split_of = assign_splits(subjects, split, seed)
+
+    video_dir = root / "data" / "videos"
+    video_dir.mkdir(parents=True, exist_ok=True)
+    for stale in video_dir.glob("*.mp4"):  # the folder holds exactly this run's clips
+        if stale.stem not in set(video_ids):
+            stale.unlink()
+    jobs = [dict(index=i, seed=seed, video_id=vid, path=str(video_dir / f"{vid}.mp4"),
+                 cues=cues[i].tolist(), appearance=appearances[subject_of_clip[i]],
+                 duration=float(durations[i]), fps=p.fps, sr=p.sample_rate,
+                 width=p.width, height=p.height) for i, vid in enumerate(video_ids)]
+    log.info("rendering %d synthetic clips of %d subjects with %d workers", len(jobs),
+             p.n_subjects, workers)
+    rigs = syn.load_rigs()
+    with progress(total=len(jobs), desc="ingest:synthetic", unit="clip") as bar:
+        rendered = syn.render_all(jobs, rigs, workers, bar)
+
+    manifest = pd.DataFrame({
+        "video_id": video_ids,
+        "path": [f"data/videos/{vid}.mp4" for vid in video_ids],
+        "split": [split_of[s] for s in subjects],
+        "subject_id": subjects,
+        "dataset": "synthetic",
+        **{t: labels[:, k] for k, t in enumerate(TRAITS)},
+        "duration_s": [r["duration_s"] for r in rendered],
+        "fps": [r["fps"] for r in rendered],
+        "has_audio": [r["has_audio"] for r in rendered],
+    })
+    cue_table = pd.DataFrame({"video_id": video_ids, "subject_id": subjects,
+                              **{f"cue_{c}": cues[:, k] for k, c in enumerate(syn.CUES)},
+                              **{f"track_{u}": [r["mean_tracks"][u] for r in rendered]
+                                 for u in syn.UNITS}})
+    rated = rng.random(p.n_videos) < p.user_study_share
+    study = syn.simulate_user_study(cues[rated], [v for v, r in zip(video_ids, rated) if r], rng,
+                                    n_raters=p.n_raters, raters_per_video=p.raters_per_video)
+    return manifest, study, cue_table
+
+
+# --------------------------------------------------------------------------------------------------
+# source: folder
+
+
+def probe_video(path: Path) -> dict:
+    """Duration, frame rate and audio presence of a media file, read with PyAV. Raises
+    StageInputError naming the file when it cannot be opened or holds no video stream."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise StageInputError(f"{path}: no video stream")
+            vs = container.streams.video[0]
+            fps = float(vs.average_rate or vs.guessed_rate or 0.0)
+            if vs.duration is not None and vs.time_base is not None:
+                duration = float(vs.duration * vs.time_base)
+            elif container.duration is not None:
+                duration = container.duration / 1_000_000
+            else:
+                duration = float("nan")
+            return {"duration_s": duration, "fps": fps, "has_audio": bool(container.streams.audio)}
+    except StageInputError:
+        raise
+    except Exception as exc:  # PyAV raises many kinds (InvalidDataError, OSError...)
+        raise StageInputError(f"{path}: cannot be decoded: {exc}") from None
+
+
+def read_labels_csv(csv_path: Path) -> tuple[pd.DataFrame, list[str]]:
+    """Parse and validate a folder-source labels CSV. Returns the good rows and one message per bad
+    row ("<csv> row N (<video>): <what is wrong>"). Raises StageInputError if the file itself is
+    unusable (missing, unparseable, no `video` column)."""
+    if not csv_path.exists():
+        raise StageInputError(f"{csv_path}: labels CSV not found")
+    try:
+        raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise StageInputError(f"{csv_path}: not a readable CSV: {exc}") from None
+    raw.columns = [c.strip() for c in raw.columns]
+    missing = [c for c in ("video", *TRAITS) if c not in raw.columns]
+    if missing:
+        raise StageInputError(f"{csv_path}: missing column(s) {', '.join(missing)} "
+                              "(need video, O, C, E, A, N; optional subject, split)")
+    root = csv_path.parent.resolve()
+    good, problems, seen = [], [], set()
+    for i, row in raw.iterrows():
+        line = i + 2  # 1-based, after the header
+        video = row["video"].strip()
+        where = f"{csv_path} row {line} ({video or 'no video'})"
+        try:
+            if not video:
+                raise StageInputError("empty video path")
+            target = (root / video).resolve()
+            if target != root and root not in target.parents:
+                raise StageInputError(f"path {video!r} escapes the dataset root {root}")
+            if not target.is_file():
+                raise StageInputError(f"video file {target} not found")
+            if target in seen:
+                raise StageInputError("duplicate video")
+            values = {}
+            for t in TRAITS:
+                text = row[t].strip()
+                if text == "":
+                    values[t] = float("nan")  # unlabelled: kept, for deploy/predict
+                    continue
+                try:
+                    v = float(text)
+                except ValueError:
+                    raise StageInputError(f"label {t}={text!r} is not a number") from None
+                if not 0.0 <= v <= 1.0 or math.isnan(v):
+                    raise StageInputError(f"label {t}={text} is outside [0, 1]")
+                values[t] = v
+            split = row.get("split", "").strip().lower()
+            if split and split not in SPLITS:
+                raise StageInputError(f"split {split!r} is not one of {', '.join(SPLITS)}")
+        except StageInputError as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        seen.add(target)
+        good.append({"video": video, "abs_path": target, "subject": row.get("subject", "").strip(),
+                     "split": split, **values})
+    return pd.DataFrame(good), problems
+
+
+def ingest_folder(p: FolderParams, split: list[float], seed: int, root: Path
+                  ) -> tuple[pd.DataFrame, list[str]]:
+    if not p.labels:
+        raise StageInputError("ingest.folder.labels: set it to the labels CSV of your videos")
+    csv_path = Path(p.labels) if Path(p.labels).is_absolute() else root / p.labels
+    rows, problems = read_labels_csv(csv_path)
+    records = []
+    for row in progress(rows.to_dict("records"), desc="ingest:probe", unit="video"):
+        try:
+            facts = probe_video(row["abs_path"])
+        except StageInputError as exc:
+            problems.append(f"{csv_path} ({row['video']}): {exc}")
+            continue
+        video_id = Path(row["video"]).with_suffix("").as_posix().replace("/", "__")
+        try:
+            path = row["abs_path"].relative_to(root).as_posix()
+        except ValueError:
+            path = str(row["abs_path"])
+        records.append({"video_id": video_id, "path": path, "split": row["split"],
+                        "subject_id": row["subject"] or video_id, "dataset": p.dataset,
+                        **{t: row[t] for t in TRAITS}, **facts})
+    manifest = pd.DataFrame(records, columns=list(schemas.ARTIFACTS["manifest"].columns))
+    # subjects that came with a split keep it; the others are assigned by subject from the seed
+    fixed = manifest[manifest["split"] != ""].groupby("subject_id")["split"].agg(set)
+    clash = [s for s, v in fixed.items() if len(v) > 1]
+    if clash:
+        raise StageInputError(f"{csv_path}: subject(s) {', '.join(clash[:5])} appear in more than "
+                              "one split; splits must be by subject")
+    open_subjects = sorted(set(manifest["subject_id"]) - set(fixed.index))
+    assigned = assign_splits(open_subjects, split, seed) if open_subjects else {}
+    assigned.update({s: next(iter(v)) for s, v in fixed.items()})
+    manifest["split"] = manifest["subject_id"].map(assigned)
+    manifest["has_audio"] = manifest["has_audio"].astype(bool)
+    return manifest, problems
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def check_subject_splits(manifest: pd.DataFrame) -> None:
+    per_subject = manifest.groupby("subject_id")["split"].nunique()
+    crossing = per_subject[per_subject > 1]
+    if len(crossing):
+        raise StageInputError(f"subjects in more than one split: {list(crossing.index[:5])}")
+
+
+def run(params: IngestParams, base: BaseParams, root: Path | None = None) -> dict:
+    """Ingest `params.source` under `root`; returns the summary written to metrics/ingest.json."""
+    root = root or repo_root()
+    problems: list[str] = []
+    cue_table = pd.DataFrame({"video_id": pd.Series(dtype=str), "subject_id": pd.Series(dtype=str)})
+    study = pd.DataFrame({c: pd.Series(dtype=float if c in TRAITS else str)
+                          for c in schemas.ARTIFACTS["user_study"].columns})
+    if params.source == "synthetic":
+        manifest, study, cue_table = ingest_synthetic(params.synthetic, params.split, base.seed,
+                                                      base.workers, root)
+    else:
+        manifest, problems = ingest_folder(params.folder, params.split, base.seed, root)
+        for msg in problems:
+            log.warning("bad row: %s", msg)
+        if problems and params.folder.strict:
+            raise StageInputError(f"{len(problems)} bad row(s), ingest.folder.strict is true:\n"
+                                  + "\n".join(problems))
+        if manifest.empty:
+            raise StageInputError("no usable video: " + "; ".join(problems[:5]))
+    check_subject_splits(manifest)
+    write_artifact("manifest", manifest, path=root / schemas.ARTIFACTS["manifest"].path)
+    write_artifact("user_study", study, path=root / schemas.ARTIFACTS["user_study"].path)
+    write_artifact("synthetic_cues", cue_table,
+                   path=root / schemas.ARTIFACTS["synthetic_cues"].path)
+    summary = {
+        "source": params.source,
+        "n_videos": int(len(manifest)),
+        "n_subjects": int(manifest["subject_id"].nunique()),
+        **{f"n_{s}": int((manifest["split"] == s).sum()) for s in SPLITS},
+        "n_rated_videos": int(study["video_id"].nunique()),
+        "n_ratings": int(len(study)),
+        "hours": round(float(manifest["duration_s"].sum()) / 3600, 4),
+        "n_bad_rows": len(problems),
+        "bad_rows": problems,
+    }
+    atomic_write_json(root / "metrics" / "ingest.json", summary)
+    log.info("manifest: %d videos (%s), %d ratings", summary["n_videos"],
+             ", ".join(f"{s} {summary[f'n_{s}']}" for s in SPLITS), summary["n_ratings"])
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    base = load_params("base", BaseParams)
+    params = load_params("ingest", IngestParams)
+    try:
+        run(params, base)
+    except StageInputError as exc:
+        log.error("%s", exc)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
