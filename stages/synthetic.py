@@ -114,7 +114,8 @@ def simulate_user_study(cues: np.ndarray, video_ids: list[str], rng: np.random.G
             score = 1 + 4 * perceived[i] + bias[r] + rng.normal(0.0, 0.5, len(TRAITS))
             rows.append({"video_id": vid, "rater_id": f"rater_{r:02d}",
                          **{t: float(v) for t, v in zip(TRAITS, np.clip(np.rint(score), 1, 5))}})
-    return pd.DataFrame(rows)
+    columns = ["video_id", "rater_id", *TRAITS]
+    return pd.DataFrame(rows, columns=columns).astype({t: float for t in TRAITS})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -292,7 +293,7 @@ def synthesize_speech(rng: np.random.Generator, cue: dict[str, float], duration:
 
     n = int(round(duration * sr))
     f0_mean = base_pitch * np.exp(0.18 * cue["pitch"])
-    range_st = float(np.clip(1.8 + 0.9 * cue["pitch_var"], 0.3, 5.0))  # intonation, semitones
+    range_st = float(np.clip(3.0 + 1.2 * cue["pitch_var"], 1.0, 7.0))  # intonation, semitones
     gain = 10 ** ((-22 + 4.0 * cue["loudness"]) / 20)
     rate = 4.0 * np.exp(0.18 * cue["speech_rate"])  # syllables per second
     pause_frac = float(np.clip(0.22 + 0.09 * cue["pause"], 0.05, 0.5))

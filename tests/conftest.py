@@ -1,0 +1,54 @@
+"""Shared pytest fixtures: a tiny synthetic dataset, seeded RNG, the real-media fixtures."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# ../shared/fixtures beside the checkout holds small real media (see its README). Tests that need
+# it skip with a reason where it is absent, so the suite passes on any machine.
+SHARED_FIXTURES = Path(os.environ.get("PERSONALITY_FIXTURES", REPO.parent / "shared" / "fixtures"))
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / ".numba_cache"))
+
+
+def real_fixture(name: str) -> Path:
+    """Path to a file of ../shared/fixtures, or skip the test saying why."""
+    path = SHARED_FIXTURES / name
+    if not path.exists():
+        pytest.skip(f"real-media fixture {path} is absent (../shared/fixtures not beside the repo)")
+    return path
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(20261123)
+
+
+TINY_SYNTHETIC = dict(n_videos=6, n_subjects=3, min_seconds=2.0, max_seconds=2.5, fps=25.0,
+                      width=320, height=240, sample_rate=16000, user_study_share=0.5,
+                      n_raters=4, raters_per_video=3)
+
+
+def make_tiny_dataset(root: Path, seed: int = 7, **overrides) -> Path:
+    """Run the real ingest stage (synthetic source) into `root` with a handful of short clips."""
+    from stages.common import BaseParams
+    from stages.ingest import IngestParams, SyntheticParams, run
+
+    root.mkdir(parents=True, exist_ok=True)
+    params = IngestParams(source="synthetic", split=[0.34, 0.33, 0.33],
+                          synthetic=SyntheticParams(**{**TINY_SYNTHETIC, **overrides}))
+    run(params, BaseParams(seed=seed, workers=1), root=root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A repo-like folder with data/manifest.parquet, data/videos/*.mp4 (6 clips of 2-2.5 s, 3
+    subjects, one per split), data/user_study.parquet. Shared by the whole session: read only."""
+    return make_tiny_dataset(tmp_path_factory.mktemp("tiny"))

@@ -1,0 +1,141 @@
+"""The shared helpers: typed params, schema-checked atomic artifacts, path safety, tracking root."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+import pytest
+
+from stages import common
+from stages.common import (ArtifactWriter, ParamsError, SchemaError, StageInputError,
+                           build_dataclass, load_params, read_artifact, safe_join, write_artifact)
+from stages.ingest import IngestParams
+
+
+@dataclasses.dataclass(frozen=True)
+class Inner:
+    size: int = 3
+    name: str = "x"
+
+
+@dataclasses.dataclass(frozen=True)
+class Outer:
+    lr: float = 0.1
+    mode: Literal["a", "b"] = "a"
+    sizes: list[int] = dataclasses.field(default_factory=list)
+    inner: Inner = Inner()
+    maybe: str | None = None
+
+
+def test_params_typed_and_nested():
+    p = build_dataclass(Outer, {"lr": 1, "mode": "b", "sizes": [1, 2], "inner": {"size": 5}},
+                        "train")
+    assert p == Outer(lr=1.0, mode="b", sizes=[1, 2], inner=Inner(size=5), maybe=None)
+    assert isinstance(p.lr, float)
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"lr": "fast"}, "train.lr: expected a number"),
+    ({"mode": "c"}, "train.mode: 'c' is not one of"),
+    ({"sizes": [1, "2"]}, "train.sizes[1]: expected an integer"),
+    ({"inner": {"sise": 4}}, "train.inner.sise: unknown key"),
+    ({"learning_rate": 0.1}, "train.learning_rate: unknown key"),
+    ({"inner": {"size": True}}, "train.inner.size: expected an integer"),
+])
+def test_params_errors_name_the_key(data, message):
+    with pytest.raises(ParamsError) as err:
+        build_dataclass(Outer, data, "train")
+    assert message in str(err.value)
+
+
+def test_repo_params_yaml_is_valid():
+    """The committed params.yaml parses into every registered stage's dataclass."""
+    root = Path(__file__).resolve().parents[1]
+    p = load_params("ingest", IngestParams, path=root / "params.yaml")
+    assert p.source == "synthetic" and p.synthetic.n_videos >= 100
+    base = load_params("base", common.BaseParams, path=root / "params.yaml")
+    assert isinstance(base.seed, int)
+
+
+def test_params_file_errors(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("ingest: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params("ingest", IngestParams, path=bad)
+    bad.write_text("ingest:\n  synthetic:\n    n_videos: many\n")
+    with pytest.raises(ParamsError, match="ingest.synthetic.n_videos: expected an integer"):
+        load_params("ingest", IngestParams, path=bad)
+
+
+def _manifest(n=3):
+    return pd.DataFrame({
+        "video_id": [f"v{i}" for i in range(n)], "path": [f"v{i}.mp4" for i in range(n)],
+        "split": ["train"] * n, "subject_id": ["s"] * n, "dataset": ["t"] * n,
+        **{t: [0.5] * n for t in "OCEAN"},
+        "duration_s": [1.0] * n, "fps": [25.0] * n, "has_audio": [True] * n})
+
+
+def test_artifact_roundtrip_and_schema_errors(tmp_path):
+    path = tmp_path / "manifest.parquet"
+    write_artifact("manifest", _manifest(), path=path)
+    assert read_artifact("manifest", path=path)["video_id"].tolist() == ["v0", "v1", "v2"]
+    with pytest.raises(SchemaError, match=r"m2.parquet: missing column 'split' of artifact 'manifest'"):
+        write_artifact("manifest", _manifest().drop(columns="split"), path=tmp_path / "m2.parquet")
+    assert not (tmp_path / "m2.parquet").exists()
+    wrong = _manifest().assign(duration_s=["long"] * 3)
+    wrong.to_parquet(tmp_path / "m3.parquet")
+    with pytest.raises(SchemaError, match=r"m3.parquet: column 'duration_s' has dtype"):
+        read_artifact("manifest", path=tmp_path / "m3.parquet")
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet")
+    with pytest.raises(SchemaError, match="junk.parquet: not a readable Parquet"):
+        read_artifact("manifest", path=tmp_path / "junk.parquet")
+    with pytest.raises(SchemaError, match="not found; run its stage first"):
+        read_artifact("manifest", path=tmp_path / "absent.parquet")
+
+
+def _frames(n, offset=0):
+    return pd.DataFrame({"video_id": ["v"] * n, "frame_idx": range(offset, offset + n),
+                         "t": [i / 5 for i in range(n)], "width": [4] * n, "height": [4] * n,
+                         "jpeg": [b"\xff\xd8"] * n})
+
+
+def test_sharded_writer_is_atomic(tmp_path):
+    out = tmp_path / "frames"
+    with ArtifactWriter("frames", path=out, rows_per_shard=4) as w:
+        w.write(_frames(5))
+        w.write(_frames(5, offset=5))
+        assert not out.exists()  # nothing visible until the writer closes cleanly
+    shards = sorted(out.glob("*.parquet"))
+    assert len(shards) == 2  # each write of 5 rows passes rows_per_shard=4 and flushes a shard
+    assert len(pd.read_parquet(out)) == 10  # pandas reads the folder whole
+    assert read_artifact("frames", path=out)["frame_idx"].tolist() == list(range(10))
+
+    # a stage that dies half-way leaves the previous artifact untouched and no temp folder
+    with pytest.raises(RuntimeError):
+        with ArtifactWriter("frames", path=out, rows_per_shard=2) as w:
+            w.write(_frames(3))
+            raise RuntimeError("killed")
+    assert len(pd.read_parquet(out)) == 10
+    assert not list(tmp_path.glob(".frames.tmp-*"))
+
+
+def test_paths_cannot_escape(tmp_path, monkeypatch):
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    assert common.data_path("videos", "a.mp4") == (tmp_path / "data" / "videos" / "a.mp4")
+    with pytest.raises(StageInputError, match="escapes the data root"):
+        common.data_path("..", "etc", "passwd")
+    assert safe_join(tmp_path, "a/b.mp4") == tmp_path / "a" / "b.mp4"
+    with pytest.raises(StageInputError, match="escapes the dataset root"):
+        safe_join(tmp_path / "ds", "../../x.mp4")
+    with pytest.raises(StageInputError, match="escapes"):
+        safe_join(tmp_path / "ds", "/etc/passwd")
+
+
+def test_tracking_root_climbs_out_of_queued_experiment(tmp_path, monkeypatch):
+    queued = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmpabc123"
+    monkeypatch.setenv("DVC_ROOT", str(queued))
+    assert common.tracking_root() == tmp_path / "repo"
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "repo"))
+    assert common.tracking_root() == tmp_path / "repo"

@@ -1,0 +1,136 @@
+"""The `folder` source: a directory of videos and a labels CSV. Bad rows are reported by name and
+the good ones kept; a malformed CSV fails with a message naming the file and row."""
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from stages.common import BaseParams, StageInputError, read_artifact
+from stages.ingest import FolderParams, IngestParams, read_labels_csv, run
+
+
+def write_video(path: Path, *, n_frames: int = 10, audio: bool = True, size=(64, 48)) -> Path:
+    """A tiny real H.264 mp4 (optionally with an AAC tone), written with PyAV."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=Fraction(25))
+        v.width, v.height, v.pix_fmt = size[0], size[1], "yuv420p"
+        a = c.add_stream("aac", rate=16000, layout="mono") if audio else None
+        for i in range(n_frames):
+            img = np.full((size[1], size[0], 3), (i * 20) % 255, np.uint8)
+            for p in v.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in v.encode():
+            c.mux(p)
+        if a is not None:
+            tone = (0.1 * np.sin(np.arange(6400) * 2 * np.pi * 220 / 16000)).astype(np.float32)
+            for i in range(0, len(tone), 1024):
+                f = av.AudioFrame.from_ndarray(tone[None, i:i + 1024].copy(), format="fltp",
+                                               layout="mono")
+                f.sample_rate, f.pts = 16000, i
+                for p in a.encode(f):
+                    c.mux(p)
+            for p in a.encode():
+                c.mux(p)
+    return path
+
+
+@pytest.fixture
+def folder(tmp_path):
+    ds = tmp_path / "ds"
+    for name in ("a1", "a2", "b1", "c1", "d1", "e1"):
+        write_video(ds / "clips" / f"{name}.mp4", audio=name != "c1")
+    (ds / "clips" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video")
+    return ds
+
+
+def _run(tmp_path, csv: Path, **kw):
+    params = IngestParams(source="folder", folder=FolderParams(labels=str(csv) if str(csv) != "." else "", **kw))
+    return run(params, BaseParams(seed=3, workers=1), root=tmp_path)
+
+
+def test_good_and_bad_rows(folder, tmp_path):
+    csv = folder / "labels.csv"
+    csv.write_text(
+        "video,O,C,E,A,N,subject\n"
+        "clips/a1.mp4,0.1,0.2,0.3,0.4,0.5,alice\n"
+        "clips/a2.mp4, 0.6,0.7,0.8,0.9,1.0,alice\n"
+        "clips/b1.mp4,0.5,0.5,0.5,0.5,0.5,bob\n"
+        "clips/c1.mp4,,,,,,carol\n"             # unlabelled: kept, NaN traits; no audio track
+        "clips/d1.mp4,0.5,abc,0.5,0.5,0.5,dan\n"  # not a number
+        "clips/e1.mp4,0.5,0.5,1.5,0.5,0.5,eve\n"  # outside [0, 1]
+        "clips/missing.mp4,0.5,0.5,0.5,0.5,0.5,fay\n"
+        "clips/a1.mp4,0.5,0.5,0.5,0.5,0.5,alice\n"  # duplicate
+        "../outside.mp4,0.5,0.5,0.5,0.5,0.5,gil\n"  # escapes the dataset root
+        "clips/broken.mp4,0.5,0.5,0.5,0.5,0.5,hal\n"  # undecodable
+    )
+    summary = _run(tmp_path, csv)
+    m = read_artifact("manifest", path=tmp_path / "data/manifest.parquet")
+    assert sorted(m["video_id"]) == ["clips__a1", "clips__a2", "clips__b1", "clips__c1"]
+    assert m.set_index("video_id").loc["clips__a2", "O"] == pytest.approx(0.6)
+    assert np.isnan(m.set_index("video_id").loc["clips__c1", "O"])
+    assert not m.set_index("video_id").loc["clips__c1", "has_audio"]
+    assert m.set_index("video_id").loc["clips__a1", "has_audio"]
+    assert m.set_index("video_id").loc["clips__a1", "duration_s"] == pytest.approx(0.4, abs=0.05)
+    assert (m.groupby("subject_id")["split"].nunique() == 1).all()
+    bad = "\n".join(summary["bad_rows"])
+    assert summary["n_bad_rows"] == 6
+    assert "row 6 (clips/d1.mp4): label C='abc' is not a number" in bad
+    assert "row 7 (clips/e1.mp4): label E=1.5 is outside [0, 1]" in bad
+    assert "row 8 (clips/missing.mp4): video file" in bad and "not found" in bad
+    assert "row 9 (clips/a1.mp4): duplicate video" in bad
+    assert "row 10 (../outside.mp4): path '../outside.mp4' escapes the dataset root" in bad
+    assert "broken.mp4" in bad and "cannot be decoded" in bad
+    report = json.loads((tmp_path / "metrics/ingest.json").read_text())
+    assert report["n_bad_rows"] == 6 and report["n_videos"] == 4
+
+
+def test_strict_mode_fails_naming_the_row(folder, tmp_path):
+    csv = folder / "labels.csv"
+    csv.write_text("video,O,C,E,A,N\nclips/a1.mp4,0.1,0.2,0.3,0.4,0.5\n"
+                   "clips/b1.mp4,0.1,0.2,x,0.4,0.5\n")
+    with pytest.raises(StageInputError, match=r"labels.csv row 3 \(clips/b1.mp4\): label E='x'"):
+        _run(tmp_path, csv, strict=True)
+    assert not (tmp_path / "data/manifest.parquet").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("text, message", [
+    ("video,O,C,E,A\nclips/a1.mp4,1,1,1,1\n", "missing column(s) N"),
+    ("", "not a readable CSV"),
+    ('video,O,C,E,A,N\n"clips/a1.mp4,0.1,0.2,0.3,0.4,0.5\n', "not a readable CSV"),
+])
+def test_malformed_csv(folder, text, message):
+    csv = folder / "labels.csv"
+    csv.write_text(text)
+    with pytest.raises(StageInputError) as err:
+        read_labels_csv(csv)
+    assert str(csv) in str(err.value) and message in str(err.value)
+
+
+def test_given_splits_are_kept_and_others_assigned_by_subject(folder, tmp_path):
+    csv = folder / "labels.csv"
+    csv.write_text("video,O,C,E,A,N,subject,split\n"
+                   "clips/a1.mp4,0.1,0.2,0.3,0.4,0.5,alice,test\n"
+                   "clips/a2.mp4,0.1,0.2,0.3,0.4,0.5,alice,\n"
+                   "clips/b1.mp4,0.1,0.2,0.3,0.4,0.5,bob,\n"
+                   "clips/d1.mp4,0.1,0.2,0.3,0.4,0.5,dan,\n"
+                   "clips/e1.mp4,0.1,0.2,0.3,0.4,0.5,eve,\n")
+    _run(tmp_path, csv)
+    m = read_artifact("manifest", path=tmp_path / "data/manifest.parquet").set_index("video_id")
+    assert m.loc["clips__a1", "split"] == "test" and m.loc["clips__a2", "split"] == "test"
+    assert set(m["split"]) <= {"train", "val", "test"}
+    csv.write_text("video,O,C,E,A,N,subject,split\n"
+                   "clips/a1.mp4,0.1,0.2,0.3,0.4,0.5,alice,test\n"
+                   "clips/a2.mp4,0.1,0.2,0.3,0.4,0.5,alice,train\n")
+    with pytest.raises(StageInputError, match="alice appear in more than one split"):
+        _run(tmp_path, csv)
+
+
+def test_missing_labels_param(tmp_path):
+    with pytest.raises(StageInputError, match="ingest.folder.labels"):
+        _run(tmp_path, Path(""))
