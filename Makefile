@@ -12,6 +12,8 @@ export NUMBA_CACHE_DIR := $(CURDIR)/.numba_cache
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export PYTHONDONTWRITEBYTECODE := 1
+# dvc.yaml's commands say `python -m stages.<name>`: run them with the project's environment
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: install run test ui bench clean
 
