@@ -198,6 +198,10 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ParamsError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
         return dict(value)
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ParamsError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        return dict(value)
     if dataclasses.is_dataclass(tp):
         return build_dataclass(tp, value, key)
     if tp is Any:

@@ -2,13 +2,19 @@
 
     python -m stages.ingest          # reads params.yaml:base,ingest -> data/manifest.parquet, ...
 
-Sources (`ingest.source`):
-  synthetic  the embedded default dataset, generated offline from `base.seed` (stages/synthetic.py)
-  folder     a directory of videos and a labels CSV (`ingest.folder.labels`)
-Splits are decided here, by subject, once: every later stage keeps them.
+Sources (`ingest.source`; options under `ingest.<source>`):
+  synthetic     the embedded default dataset, generated offline from `base.seed` (stages/synthetic.py)
+  folder        a directory of videos and a labels CSV (`ingest.folder.labels`)
+  chalearn16    ChaLearn First Impressions V2: split folders of mp4 + annotation pickles
+  udiva         UDIVA v0.5: parts_*.csv / sessions_*.csv + session folders of FC1_T.mp4, ...
+  perfex        PerFeX's long AU CSV (no video) + optional retraining ratings CSV
+  openface_csv  a folder of OpenFace FeatureExtraction CSVs + a labels CSV (no video)
+(stages/datasets.py holds the real-dataset adapters.) Splits are decided here, by subject, once:
+every later stage keeps them.
 
 Outputs: data/manifest.parquet, data/user_study.parquet, data/synthetic_cues.parquet (synthetic
-only, empty otherwise), data/videos/ (synthetic clips), metrics/ingest.json (counts, bad rows).
+only, empty otherwise), data/videos/ (synthetic clips), data/source_aus/ (AU sequences of the
+sources that have no video, empty otherwise), metrics/ingest.json (counts, bad rows).
 """
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from stages import schemas
+from stages import datasets, schemas
 from stages.common import (BaseParams, StageInputError, atomic_write_json, get_logger,
                            load_params, progress, repo_root, write_artifact)
 from stages.schemas import SPLITS, TRAITS
@@ -53,10 +59,16 @@ class FolderParams:
 
 @dataclasses.dataclass(frozen=True)
 class IngestParams:
-    source: Literal["synthetic", "folder"] = "synthetic"
+    source: Literal["synthetic", "folder", "chalearn16", "udiva", "perfex",
+                    "openface_csv"] = "synthetic"
     split: list[float] = dataclasses.field(default_factory=lambda: [0.7, 0.15, 0.15])
     synthetic: SyntheticParams = SyntheticParams()
     folder: FolderParams = FolderParams()
+    chalearn16: datasets.ChaLearnParams = datasets.ChaLearnParams()
+    udiva: datasets.UdivaParams = datasets.UdivaParams()
+    perfex: datasets.PerfexParams = datasets.PerfexParams()
+    openface_csv: datasets.OpenFaceParams = datasets.OpenFaceParams()
+    strict: bool = False  # real datasets: any bad item fails the stage instead of being dropped
 
 
 # --------------------------------------------------------------------------------------------------
@@ -122,6 +134,7 @@ def ingest_synthetic(p: SyntheticParams, split: list[float], seed: int, workers:
 
     manifest = pd.DataFrame({
         "video_id": video_ids,
+        "label_scale": "unit",
         "path": [f"data/videos/{vid}.mp4" for vid in video_ids],
         "split": [split_of[s] for s in subjects],
         "subject_id": subjects,
@@ -243,22 +256,34 @@ def ingest_folder(p: FolderParams, split: list[float], seed: int, root: Path
             path = row["abs_path"].relative_to(root).as_posix()
         except ValueError:
             path = str(row["abs_path"])
-        records.append({"video_id": video_id, "path": path, "split": row["split"],
+        records.append({"video_id": video_id, "label_scale": "unit", "path": path,
+                        "split": row["split"],
                         "subject_id": row["subject"] or video_id, "dataset": p.dataset,
                         **{t: row[t] for t in TRAITS}, **facts})
-    manifest = pd.DataFrame(records, columns=list(schemas.ARTIFACTS["manifest"].columns))
-    # subjects that came with a split keep it; the others are assigned by subject from the seed
+    manifest = pd.DataFrame(records, columns=MANIFEST_COLUMNS)
+    return finish_splits(manifest, split, seed, where=str(csv_path)), problems
+
+
+MANIFEST_COLUMNS = ["video_id", "path", "split", "subject_id", "dataset", *TRAITS, "duration_s",
+                    "fps", "has_audio", "label_scale"]
+
+
+def finish_splits(manifest: pd.DataFrame, split: list[float], seed: int, *, where: str
+                  ) -> pd.DataFrame:
+    """Subjects that came with a split keep it; the others are assigned by subject from `seed`."""
+    manifest = manifest.copy()
+    manifest["split"] = manifest["split"].fillna("").astype(str)
     fixed = manifest[manifest["split"] != ""].groupby("subject_id")["split"].agg(set)
     clash = [s for s, v in fixed.items() if len(v) > 1]
     if clash:
-        raise StageInputError(f"{csv_path}: subject(s) {', '.join(clash[:5])} appear in more than "
+        raise StageInputError(f"{where}: subject(s) {', '.join(clash[:5])} appear in more than "
                               "one split; splits must be by subject")
     open_subjects = sorted(set(manifest["subject_id"]) - set(fixed.index))
     assigned = assign_splits(open_subjects, split, seed) if open_subjects else {}
     assigned.update({s: next(iter(v)) for s, v in fixed.items()})
     manifest["split"] = manifest["subject_id"].map(assigned)
     manifest["has_audio"] = manifest["has_audio"].astype(bool)
-    return manifest, problems
+    return manifest
 
 
 # --------------------------------------------------------------------------------------------------
@@ -271,30 +296,69 @@ def check_subject_splits(manifest: pd.DataFrame) -> None:
         raise StageInputError(f"subjects in more than one split: {list(crossing.index[:5])}")
 
 
+def _empty(name: str) -> pd.DataFrame:
+    kinds = {"int": "int64", "float": "float64", "bool": "bool", "str": "object",
+             "bytes": "object", "list": "object"}
+    return pd.DataFrame({c: pd.Series(dtype=kinds[k])
+                         for c, k in schemas.ARTIFACTS[name].columns.items()})
+
+
 def run(params: IngestParams, base: BaseParams, root: Path | None = None) -> dict:
     """Ingest `params.source` under `root`; returns the summary written to metrics/ingest.json."""
     root = root or repo_root()
     problems: list[str] = []
-    cue_table = pd.DataFrame({"video_id": pd.Series(dtype=str), "subject_id": pd.Series(dtype=str)})
-    study = pd.DataFrame({c: pd.Series(dtype=float if c in TRAITS else str)
-                          for c in schemas.ARTIFACTS["user_study"].columns})
+    cue_table = _empty("synthetic_cues")
+    study = _empty("user_study")
+    source_aus = _empty("source_aus")
+    strict = params.strict
     if params.source == "synthetic":
         manifest, study, cue_table = ingest_synthetic(params.synthetic, params.split, base.seed,
                                                       base.workers, root)
-    else:
+    elif params.source == "folder":
         manifest, problems = ingest_folder(params.folder, params.split, base.seed, root)
-        for msg in problems:
-            log.warning("bad row: %s", msg)
-        if problems and params.folder.strict:
-            raise StageInputError(f"{len(problems)} bad row(s), ingest.folder.strict is true:\n"
-                                  + "\n".join(problems))
-        if manifest.empty:
-            raise StageInputError("no usable video: " + "; ".join(problems[:5]))
+        strict = strict or params.folder.strict
+    else:
+        if params.source == "chalearn16":
+            rows, problems = datasets.ingest_chalearn16(params.chalearn16, seed=base.seed,
+                                                        root=root, probe=probe_video)
+        elif params.source == "udiva":
+            rows, problems = datasets.ingest_udiva(params.udiva, root=root, probe=probe_video)
+        elif params.source == "perfex":
+            rows, problems, aus, rated = datasets.ingest_perfex(params.perfex, root=root)
+            source_aus = aus if len(aus) else source_aus
+            study = rated if rated is not None else study
+        else:
+            rows, problems, aus = datasets.ingest_openface_csv(params.openface_csv, root=root)
+            source_aus = aus if aus is not None else source_aus
+        if not rows:
+            raise StageInputError(f"{params.source}: no usable video or sequence"
+                                  + ("".join(f"\n  {p}" for p in problems[:20])))
+        manifest = pd.DataFrame(rows)
+        manifest["label_scale"] = "z" if params.source == "udiva" else "unit"
+        manifest = finish_splits(manifest[MANIFEST_COLUMNS], params.split, base.seed,
+                                 where=params.source)
+    for msg in problems:
+        log.warning("bad item: %s", msg)
+    if problems and strict:
+        raise StageInputError(f"{len(problems)} bad item(s) and strict is set:\n"
+                              + "\n".join(problems))
+    if manifest.empty:
+        raise StageInputError("no usable video: " + "; ".join(problems[:5]))
+    if len(source_aus):
+        source_aus = source_aus[source_aus["video_id"].isin(set(manifest["video_id"]))]
+    if len(study):
+        unknown = sorted(set(study["video_id"]) - set(manifest["video_id"]))
+        if unknown:
+            problems.append(f"user study: ratings of {len(unknown)} unknown clip(s), e.g. "
+                            f"{unknown[0]}; dropped")
+            study = study[study["video_id"].isin(set(manifest["video_id"]))]
     check_subject_splits(manifest)
+    (root / "data" / "videos").mkdir(parents=True, exist_ok=True)  # a DVC output for every source
     write_artifact("manifest", manifest, path=root / schemas.ARTIFACTS["manifest"].path)
     write_artifact("user_study", study, path=root / schemas.ARTIFACTS["user_study"].path)
     write_artifact("synthetic_cues", cue_table,
                    path=root / schemas.ARTIFACTS["synthetic_cues"].path)
+    write_artifact("source_aus", source_aus, path=root / schemas.ARTIFACTS["source_aus"].path)
     summary = {
         "source": params.source,
         "n_videos": int(len(manifest)),

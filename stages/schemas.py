@@ -53,16 +53,63 @@ ARTIFACTS: dict[str, ArtifactSpec] = {
             "tests and the data card"),
     "frames": ArtifactSpec(
         "data/frames", {**_PER_FRAME, "width": "int", "height": "int", "jpeg": "bytes"},
-        sharded=True, doc="sampled frames as JPEG bytes"),
+        sharded=True, doc="sampled frames as JPEG bytes (BGR-encoded, rotated for display, longer "
+                          "side <= frames.max_side); one Parquet row group per video"),
     "faces": ArtifactSpec(
-        "data/faces", {**_PER_FRAME, "face_found": "bool"}, sharded=True,
-        doc="per frame: face box, landmarks, blendshapes, head pose, aligned crop"),
+        "data/faces",
+        {**_PER_FRAME, "width": "int", "height": "int", "face_found": "bool", "n_faces": "int",
+         "confidence": "float",
+         "box_x": "float", "box_y": "float", "box_w": "float", "box_h": "float",
+         "yaw": "float", "pitch": "float", "roll": "float",
+         "landmarks": "list", "crop": "bytes",
+         **{f"bs_{n}": "float" for n in (
+             "_neutral", "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft",
+             "browOuterUpRight", "cheekPuff", "cheekSquintLeft", "cheekSquintRight",
+             "eyeBlinkLeft", "eyeBlinkRight", "eyeLookDownLeft", "eyeLookDownRight",
+             "eyeLookInLeft", "eyeLookInRight", "eyeLookOutLeft", "eyeLookOutRight",
+             "eyeLookUpLeft", "eyeLookUpRight", "eyeSquintLeft", "eyeSquintRight", "eyeWideLeft",
+             "eyeWideRight", "jawForward", "jawLeft", "jawOpen", "jawRight", "mouthClose",
+             "mouthDimpleLeft", "mouthDimpleRight", "mouthFrownLeft", "mouthFrownRight",
+             "mouthFunnel", "mouthLeft", "mouthLowerDownLeft", "mouthLowerDownRight",
+             "mouthPressLeft", "mouthPressRight", "mouthPucker", "mouthRight", "mouthRollLower",
+             "mouthRollUpper", "mouthShrugLower", "mouthShrugUpper", "mouthSmileLeft",
+             "mouthSmileRight", "mouthStretchLeft", "mouthStretchRight", "mouthUpperUpLeft",
+             "mouthUpperUpRight", "noseSneerLeft", "noseSneerRight")}},
+        sharded=True,
+        doc="per sampled frame (every frame of data/frames, face or not): the kept face's box "
+            "(pixels of the frame image), 478 landmarks as a flat float32 list (x, y, z) * 478 in "
+            "pixels (z scaled like x), 52 MediaPipe blendshapes `bs_<name>` in [0,1], head pose "
+            "(yaw, pitch, roll, degrees), detector confidence, faces counted, and an aligned crop "
+            "(eyes level, faces.size square) as JPEG bytes; NaN / null / 0 faces where "
+            "face_found is false"),
     "aus": ArtifactSpec(
-        "data/aus", {**_PER_FRAME, "success": "bool", **{a: "float" for a in AU_INTENSITY}},
-        sharded=True, doc="OpenFace-named AU intensities on 0-5, NaN where no face"),
+        "data/aus",
+        {**_PER_FRAME, "success": "bool", "confidence": "float",
+         **{a: "float" for a in AU_INTENSITY}, **{a: "float" for a in AU_PRESENCE}},
+        sharded=True,
+        doc="OpenFace-named AU intensities AUxx_r on 0-5 and presences AUxx_c (0/1) per frame; "
+            "NaN (not 0) where success is false (no face, or OpenFace's success == 0)"),
     "audio": ArtifactSpec(
-        "data/audio", {"video_id": "str", "has_audio": "bool"}, sharded=True,
-        doc="per video: windowed audio features, functionals and the resampled wave"),
+        "data/audio",
+        {"video_id": "str", "has_audio": "bool", "silent": "bool", "error": "str",
+         "sr": "int", "hop_s": "float", "n_frames": "int", "n_mels": "int", "n_mfcc": "int",
+         "duration_s": "float",
+         "logmel": "list", "mfcc": "list", "f0": "list", "voicing": "list", "rms": "list",
+         "centroid": "list", "flatness": "list", "zcr": "list",
+         "wave": "list", "wave_scale": "float", "n_samples": "int",
+         "fn_rms_db_mean": "float", "fn_f0_mean": "float", "fn_voiced_frac": "float"},
+        sharded=True,
+        doc="ONE ROW PER VIDEO (stages/audio.py's docstring has the details). Per-window lists, "
+            "all on one grid of hop_s seconds, frame i centred on i * hop_s, n_frames = T: "
+            "logmel float32 T*n_mels time-major (reshape (T, n_mels)), dB re 1; mfcc float32 "
+            "T*3*n_mfcc time-major (reshape (T, 3*n_mfcc): MFCC, delta, delta-delta); f0 (Hz, NaN "
+            "where unvoiced), voicing (0-1), rms, centroid (Hz), flatness, zcr: float32 of length "
+            "T. wave: int16 (or float32, audio.wave_format) of exactly max_seconds * sr samples, "
+            "zero-padded; times wave_scale gives amplitude; its first n_samples are real audio. "
+            "fn_<stream>_<stat> floats: streams rms_db, centroid, flatness, zcr, voicing, f0 "
+            "(voiced frames), logmel_KK, mfcc_KK, mfcc_d_KK, mfcc_dd_KK; stats mean, std, p<q>; "
+            "plus fn_active_frac, fn_voiced_frac, fn_voiced_onsets_per_s. has_audio=false (no "
+            "stream or unreadable), silent=true or error!='' rows have NaN fn_* and empty lists"),
 }
 
 
@@ -84,3 +131,12 @@ def matches_kind(series: pd.Series, kind: str) -> bool:
     if kind == "list":
         return first is None or hasattr(first, "__len__")
     raise ValueError(f"unknown column kind {kind!r}")
+
+
+# AU sequences that come with the data (sources `perfex`, `openface_csv`: no video to analyse).
+# Written by ingest, empty for video sources; the `aus` stage passes them through unchanged.
+ARTIFACTS["source_aus"] = ArtifactSpec(
+    "data/source_aus",
+    {"video_id": "str", "frame_idx": "int", "t": "float", "success": "bool",
+     **{a: "float" for a in AU_INTENSITY}},
+    sharded=True, doc="per frame: OpenFace AU intensities read from the source's CSVs")

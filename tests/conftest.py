@@ -52,3 +52,34 @@ def tiny_dataset(tmp_path_factory) -> Path:
     """A repo-like folder with data/manifest.parquet, data/videos/*.mp4 (6 clips of 2-2.5 s, 3
     subjects, one per split), data/user_study.parquet. Shared by the whole session: read only."""
     return make_tiny_dataset(tmp_path_factory.mktemp("tiny"))
+
+
+def write_video(path: Path, *, n_frames: int = 10, audio: bool = True, size=(64, 48),
+                fps: int = 25) -> Path:
+    """A tiny real H.264 mp4 (optionally with a 0.4 s AAC tone), written with PyAV."""
+    from fractions import Fraction
+
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=Fraction(fps))
+        v.width, v.height, v.pix_fmt = size[0], size[1], "yuv420p"
+        a = c.add_stream("aac", rate=16000, layout="mono") if audio else None
+        for i in range(n_frames):
+            img = np.full((size[1], size[0], 3), (i * 20) % 255, np.uint8)
+            for p in v.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in v.encode():
+            c.mux(p)
+        if a is not None:
+            tone = (0.1 * np.sin(np.arange(6400) * 2 * np.pi * 220 / 16000)).astype(np.float32)
+            for i in range(0, len(tone), 1024):
+                f = av.AudioFrame.from_ndarray(tone[None, i:i + 1024].copy(), format="fltp",
+                                               layout="mono")
+                f.sample_rate, f.pts = 16000, i
+                for p in a.encode(f):
+                    c.mux(p)
+            for p in a.encode():
+                c.mux(p)
+    return path

@@ -3,41 +3,14 @@ the good ones kept; a malformed CSV fails with a message naming the file and row
 from __future__ import annotations
 
 import json
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
 from stages.common import BaseParams, StageInputError, read_artifact
 from stages.ingest import FolderParams, IngestParams, read_labels_csv, run
-
-
-def write_video(path: Path, *, n_frames: int = 10, audio: bool = True, size=(64, 48)) -> Path:
-    """A tiny real H.264 mp4 (optionally with an AAC tone), written with PyAV."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as c:
-        v = c.add_stream("libx264", rate=Fraction(25))
-        v.width, v.height, v.pix_fmt = size[0], size[1], "yuv420p"
-        a = c.add_stream("aac", rate=16000, layout="mono") if audio else None
-        for i in range(n_frames):
-            img = np.full((size[1], size[0], 3), (i * 20) % 255, np.uint8)
-            for p in v.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(p)
-        for p in v.encode():
-            c.mux(p)
-        if a is not None:
-            tone = (0.1 * np.sin(np.arange(6400) * 2 * np.pi * 220 / 16000)).astype(np.float32)
-            for i in range(0, len(tone), 1024):
-                f = av.AudioFrame.from_ndarray(tone[None, i:i + 1024].copy(), format="fltp",
-                                               layout="mono")
-                f.sample_rate, f.pts = 16000, i
-                for p in a.encode(f):
-                    c.mux(p)
-            for p in a.encode():
-                c.mux(p)
-    return path
+from tests.conftest import write_video
 
 
 @pytest.fixture

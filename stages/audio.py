@@ -1,0 +1,557 @@
+"""audio: demux each video's sound track, resample it to 16 kHz mono and describe it with librosa.
+
+    python -m stages.audio       # reads params.yaml:base.workers,audio; data/manifest.parquet,
+                                 # data/videos -> data/audio/part-*.parquet
+
+Per video: PyAV demuxes the first audio stream and resamples it (FFmpeg's swresample, through
+`av.AudioResampler`) to `audio.sr` Hz mono float32. librosa then computes, on one time grid of
+`audio.hop_s` (10 ms) with centred frames (frame i is centred on t = i * hop_s):
+
+    logmel    (T, n_mels)      power mel spectrogram in dB re 1.0 (no top_db clipping)
+    mfcc      (T, 3 * n_mfcc)  MFCC of that log-mel, then its delta and delta-delta
+    f0        (T,)             Hz; librosa.yin (default) or librosa.pyin; NaN on unvoiced frames
+    voicing   (T,)             0..1; yin: the normalised cross-correlation of the frame with
+                               itself one yin period later (voicing_strength); pyin: its voiced
+                               probability
+    rms       (T,)             librosa.feature.rms (linear amplitude, window `win_s`)
+    centroid  (T,)             librosa.feature.spectral_centroid, Hz
+    flatness  (T,)             librosa.feature.spectral_flatness
+    zcr       (T,)             librosa.feature.zero_crossing_rate (window `win_s`)
+
+A frame is *active* when its RMS is above `silence_db` dBFS, *voiced* when it is active and its
+voicing is above `voicing_threshold` and yin's f0 is not stuck at an end of [f0_min, f0_max]
+(pyin: its voiced flag). A clip whose active share is below `min_active_frac` is `silent`.
+
+Output: data/audio/, a folder of Parquet shards (`rows_per_shard` rows each), ONE ROW PER VIDEO of
+the manifest, in manifest order:
+
+    video_id str, has_audio bool, silent bool, error str ("" when fine)
+    sr int, hop_s float, n_frames int (T), n_mels int, n_mfcc int
+    duration_s float   seconds of audio decoded (capped at max_feature_seconds)
+    logmel   list<float32>  T * n_mels values, time-major: np.reshape(v, (n_frames, n_mels))
+    mfcc     list<float32>  T * 3 * n_mfcc, time-major: reshape (n_frames, 3 * n_mfcc); columns are
+                            [c_0 .. c_{n-1}, delta c_0 .., delta-delta c_0 ..]
+    f0, voicing, rms, centroid, flatness, zcr   list<float32> of length T
+    wave     list<int16> (wave_format int16) or list<float32> (float32): the resampled wave, cut or
+             zero-padded to exactly round(max_seconds * sr) samples; empty when wave_format none
+    wave_scale float  multiply `wave` by it for float amplitude (1/32767 or 1.0)
+    n_samples int     how many leading samples of `wave` are real audio (the rest is padding)
+    fn_*     float    per-video functionals (below)
+
+Functionals, each `fn_<stream>_<stat>` with stat in mean, std (population), p<q> for q in
+`percentiles`: streams rms_db (20 log10 rms), centroid, flatness, zcr, voicing (all frames),
+f0 (voiced frames only), logmel_<kk> (kk = 00 .. n_mels-1), mfcc_<kk>, mfcc_d_<kk>, mfcc_dd_<kk>.
+Scalars: fn_active_frac, fn_voiced_frac, fn_voiced_onsets_per_s (voiced runs per second).
+
+Videos with no audio stream (has_audio=false), silent clips (silent=true), unreadable files and
+too-short tracks (error set, logged by name) get NaN functionals and empty per-window lists
+(n_frames 0); the stage goes on. Silent and too-short clips keep their wave; the others get an
+all-zero wave (n_samples 0).
+
+Parallel: `base.workers` spawned processes, one thread each; each worker pays librosa's numba JIT
+(or its cache load) once, in `warm_up`, before its first clip. docs/audio.md has the measurements.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import multiprocessing as mp
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from stages import schemas
+from stages.common import (ArtifactWriter, BaseParams, ParamsError, StageInputError, get_logger,
+                           load_params, progress, read_artifact, repo_root)
+
+log = get_logger("audio")
+
+STREAMS = ("rms_db", "centroid", "flatness", "zcr", "voicing", "f0")  # prosody/spectral functionals
+WINDOW_COLUMNS = ("logmel", "mfcc", "f0", "voicing", "rms", "centroid", "flatness", "zcr")
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioParams:
+    sr: int = 16000  # Hz, mono after resampling
+    hop_s: float = 0.010  # time grid of every per-window feature
+    win_s: float = 0.025  # analysis window of the STFT, RMS and ZCR
+    n_fft: int = 512  # FFT size (>= win_s * sr)
+    n_mels: int = 64
+    n_mfcc: int = 13  # per frame: 13 MFCC + 13 deltas + 13 delta-deltas
+    f0_method: Literal["yin", "pyin"] = "yin"  # pyin is ~10-100x slower (see docs/audio.md)
+    f0_min: float = 60.0  # Hz
+    f0_max: float = 500.0  # Hz
+    f0_frame_s: float = 0.04  # yin/pyin frame: must hold > 1 period of f0_min (2 ideally)
+    pyin_hop_s: float = 0.04  # pyin's own (coarser) hop; its output is put on the hop_s grid
+    voicing_threshold: float = 0.6  # yin: normalised autocorrelation above this -> voiced
+    silence_db: float = -50.0  # dBFS frame RMS at or below which a frame is silence
+    min_active_frac: float = 0.05  # fewer active frames than this share -> the clip is silent
+    percentiles: list[float] = dataclasses.field(default_factory=lambda: [10.0, 50.0, 90.0])
+    max_seconds: float = 15.0  # the stored wave is cut or zero-padded to this
+    max_feature_seconds: float = 300.0  # decoding stops here: bounds memory (~0.5 GB at 300 s)
+    wave_format: Literal["int16", "float32", "none"] = "int16"
+    rows_per_shard: int = 64  # videos per Parquet shard (~1.3 MB a 15 s video)
+
+    @property
+    def hop_length(self) -> int:
+        return int(round(self.hop_s * self.sr))
+
+    @property
+    def win_length(self) -> int:
+        return int(round(self.win_s * self.sr))
+
+    @property
+    def f0_frame_length(self) -> int:
+        return int(round(self.f0_frame_s * self.sr))
+
+    @property
+    def wave_length(self) -> int:
+        return int(round(self.max_seconds * self.sr))
+
+    def validate(self) -> "AudioParams":
+        """Raise ParamsError naming the first bad key."""
+        checks = [
+            ("sr", self.sr >= 4000, "must be at least 4000"),
+            ("hop_s", self.hop_length >= 1, "must be at least one sample"),
+            ("win_s", 1 <= self.win_length <= self.n_fft, f"must give 1..n_fft ({self.n_fft}) "
+             "samples"),
+            ("n_mels", self.n_mels >= 1, "must be positive"),
+            ("n_mfcc", 1 <= self.n_mfcc <= self.n_mels, "must be in 1..n_mels"),
+            ("f0_min", 0 < self.f0_min < self.f0_max, "must be in (0, f0_max)"),
+            ("f0_max", self.f0_max <= self.sr / 2, "must not exceed sr / 2"),
+            ("f0_frame_s", self.sr / self.f0_min < self.f0_frame_length - 1,
+             f"must hold one period of f0_min ({1 / self.f0_min:.4f} s)"),
+            ("pyin_hop_s", self.pyin_hop_s * self.sr >= 1, "must be at least one sample"),
+            ("voicing_threshold", 0 <= self.voicing_threshold <= 1, "must be in [0, 1]"),
+            ("min_active_frac", 0 <= self.min_active_frac <= 1, "must be in [0, 1]"),
+            ("percentiles", all(0 <= q <= 100 for q in self.percentiles), "must be in [0, 100]"),
+            ("max_seconds", self.max_seconds > 0, "must be positive"),
+            ("max_feature_seconds", self.max_feature_seconds > 0, "must be positive"),
+            ("rows_per_shard", self.rows_per_shard >= 1, "must be positive"),
+        ]
+        for key, ok, what in checks:
+            if not ok:
+                raise ParamsError(f"audio.{key}: {getattr(self, key)!r} {what}")
+        return self
+
+
+# --------------------------------------------------------------------------------------------------
+# demux
+
+
+def decode_audio(path: str | os.PathLike, *, sr: int, max_seconds: float) -> np.ndarray | None:
+    """The first audio stream of `path`, resampled to `sr` Hz mono float32, shape (n,); at most
+    `max_seconds` of it. None when the file has no audio stream. Raises StageInputError naming the
+    file when it cannot be opened or decoded."""
+    import av
+
+    limit = int(math.ceil(max_seconds * sr))
+    chunks, n = [], 0
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                return None
+            stream = container.streams.audio[0]
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=sr)
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))  # (1, k) packed mono -> (k,)
+                    n += chunks[-1].size
+                if n >= limit:
+                    break
+            else:
+                for out in resampler.resample(None):  # flush the resampler's delay line
+                    chunks.append(out.to_ndarray().reshape(-1))
+    except Exception as exc:  # PyAV raises many kinds (InvalidDataError, OSError, ValueError...)
+        raise StageInputError(f"{path}: audio cannot be decoded: {type(exc).__name__}: {exc}"
+                              ) from None
+    y = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    return np.ascontiguousarray(y[:limit], dtype=np.float32)
+
+
+# --------------------------------------------------------------------------------------------------
+# per-window features
+
+
+def frame_rms_db(y: np.ndarray, p: AudioParams) -> tuple[np.ndarray, np.ndarray]:
+    """librosa's RMS per frame (T,) and the same in dBFS (floored at -200 dB)."""
+    import librosa
+
+    rms = librosa.feature.rms(y=y, frame_length=p.win_length, hop_length=p.hop_length)[0]
+    return rms, 20 * np.log10(np.maximum(rms, 1e-10))
+
+
+def voicing_strength(y: np.ndarray, f0: np.ndarray, *, sr: int, hop_length: int,
+                     window: int) -> np.ndarray:
+    """Periodicity of each frame at its f0 estimate, shape (T,) in [0, 1].
+
+    For frame j centred on sample c = j * hop_length and period P = sr / f0[j], the normalised
+    cross-correlation (RAPT's NCCF) of a = y[c - W/2 : c + W/2] with the same W samples shifted by
+    the period, b = y[c - W/2 + P : ...]: sum(a b) / sqrt(sum(a^2) sum(b^2)), best of P = round(.)
+    - 1, + 0, + 1; 1.0 for a perfectly periodic signal, about 0 for noise. y is zero-padded at both
+    ends like librosa's centred frames. librosa has no such measure (librosa.yin returns no
+    voicing), so this is the one piece of DSP written here. y (n,), f0 (T,), window W samples.
+    """
+    t = len(f0)
+    period = np.rint(sr / np.asarray(f0, np.float64)).astype(np.int64)  # (T,)
+    max_lag = int(period.max()) + 1
+    half = window // 2
+    yp = np.pad(np.asarray(y, np.float32), (half + 1, window + max_lag + 1))
+    start = np.arange(t) * hop_length + 1  # (T,) index of a's first sample in yp
+    idx = np.arange(window)  # (W,)
+    a = yp[start[None, :] + idx[:, None]]  # (W, T)
+    b = yp[(start + period - 1)[None, :] + np.arange(window + 2)[:, None]]  # (W + 2, T): P-1..P+1
+    cum = np.concatenate([[0.0], np.cumsum(yp.astype(np.float64) ** 2)])  # yp[i:k]: cum[k] - cum[i]
+    ea = cum[start + window] - cum[start]  # (T,)
+    best = np.zeros(t)
+    for k in range(3):  # lag P - 1 + k
+        s = start + period - 1 + k
+        eb = cum[s + window] - cum[s]
+        denom = np.sqrt(ea * eb)
+        r = np.einsum("wt,wt->t", a, b[k : k + window]).astype(np.float64)
+        best = np.maximum(best, np.where(denom > 1e-12, r / np.maximum(denom, 1e-30), 0.0))
+    return np.clip(best, 0.0, 1.0).astype(np.float32)
+
+
+def _delta_width(n_frames: int) -> int:
+    """librosa.feature.delta's width: 9, or the largest odd number <= n_frames for short clips."""
+    return max(3, min(9, n_frames if n_frames % 2 else n_frames - 1))
+
+
+def frame_features(y: np.ndarray, p: AudioParams) -> dict[str, np.ndarray]:
+    """Every per-window feature of the float32 wave y (n,), all on the hop_s grid, T frames.
+
+    Returns logmel (n_mels, T), mfcc / mfcc_d / mfcc_dd (n_mfcc, T), and (T,) vectors f0 (NaN
+    where unvoiced), voicing, voiced (bool), active (bool), rms, rms_db, centroid, flatness, zcr.
+    Needs len(y) >= f0_frame_length samples.
+    """
+    import librosa
+
+    sr, hop = p.sr, p.hop_length
+    spec = np.abs(librosa.stft(y, n_fft=p.n_fft, hop_length=hop, win_length=p.win_length))  # (F, T)
+    power = spec ** 2
+    mel = librosa.feature.melspectrogram(S=power, sr=sr, n_mels=p.n_mels)  # (n_mels, T)
+    logmel = librosa.power_to_db(mel, ref=1.0, top_db=None)
+    mfcc = librosa.feature.mfcc(S=logmel, sr=sr, n_mfcc=p.n_mfcc)  # (n_mfcc, T)
+    t = logmel.shape[1]
+    width = _delta_width(t)
+    mfcc_d = librosa.feature.delta(mfcc, width=width, order=1)
+    mfcc_dd = librosa.feature.delta(mfcc, width=width, order=2)
+    rms, rms_db = frame_rms_db(y, p)
+    centroid = librosa.feature.spectral_centroid(S=spec, sr=sr, n_fft=p.n_fft)[0]
+    flatness = librosa.feature.spectral_flatness(S=spec)[0]
+    zcr = librosa.feature.zero_crossing_rate(y, frame_length=p.win_length, hop_length=hop)[0]
+    active = rms_db > p.silence_db
+
+    if p.f0_method == "yin":
+        f0 = librosa.yin(y, fmin=p.f0_min, fmax=p.f0_max, sr=sr, frame_length=p.f0_frame_length,
+                         hop_length=hop)
+        voicing = voicing_strength(y, f0, sr=sr, hop_length=hop, window=p.f0_frame_length)
+        # yin falls back to its search bounds when it finds no period inside them: not voiced
+        inside = (f0 > p.f0_min * 1.03) & (f0 < p.f0_max / 1.03)  # half a semitone in
+        voiced = (voicing > p.voicing_threshold) & inside
+    else:
+        f0, voiced, voicing = pyin_on_grid(y, p, t)
+    f0, voicing, voiced = _fit(f0, t), _fit(voicing, t), _fit(voiced, t)
+    voiced = voiced & active
+    f0 = np.where(voiced, f0, np.nan)
+    f32 = lambda a: np.asarray(a, dtype=np.float32)  # noqa: E731
+    return {"logmel": f32(logmel), "mfcc": f32(mfcc), "mfcc_d": f32(mfcc_d),
+            "mfcc_dd": f32(mfcc_dd), "f0": f32(f0), "voicing": f32(voicing), "voiced": voiced,
+            "active": active, "rms": f32(rms), "rms_db": f32(rms_db), "centroid": f32(centroid),
+            "flatness": f32(flatness), "zcr": f32(zcr)}
+
+
+def _fit(x: np.ndarray, t: int) -> np.ndarray:
+    """Cut or edge-pad a (T',) vector to (t,): librosa's frame counts agree, this is a guard."""
+    if len(x) >= t:
+        return x[:t]
+    return np.pad(x, (0, t - len(x)), mode="edge")
+
+
+def pyin_on_grid(y: np.ndarray, p: AudioParams, t: int) -> tuple[np.ndarray, np.ndarray,
+                                                                    np.ndarray]:
+    """librosa.pyin on its own hop `pyin_hop_s`, put on the hop_s grid of t frames: f0 and the
+    voiced flag by nearest frame, the voiced probability linearly."""
+    import librosa
+
+    hop = max(1, int(round(p.pyin_hop_s * p.sr)))
+    f0, flag, prob = librosa.pyin(y, fmin=p.f0_min, fmax=p.f0_max, sr=p.sr,
+                                  frame_length=p.f0_frame_length, hop_length=hop)
+    src = np.arange(len(f0)) * hop  # sample index of each pyin frame centre
+    dst = np.arange(t) * p.hop_length
+    nearest = np.clip(np.rint(dst / hop).astype(np.int64), 0, len(f0) - 1)
+    return f0[nearest], flag[nearest], np.interp(dst, src, prob)
+
+
+# --------------------------------------------------------------------------------------------------
+# functionals
+
+
+def _stat_names(p: AudioParams) -> list[str]:
+    return ["mean", "std", *(f"p{q:g}" for q in p.percentiles)]
+
+
+def _stats(x: np.ndarray, p: AudioParams) -> np.ndarray:
+    """(k, T) -> (k, 2 + len(percentiles)): mean, population std, percentiles; NaN when T == 0."""
+    k = x.shape[0]
+    if x.shape[1] == 0:
+        return np.full((k, 2 + len(p.percentiles)), np.nan)
+    x = x.astype(np.float64)
+    cols = [x.mean(axis=1), x.std(axis=1)]
+    if p.percentiles:
+        cols.extend(np.percentile(x, list(p.percentiles), axis=1))  # (Q, k)
+    return np.stack(cols, axis=1)
+
+
+def functionals(feats: dict[str, np.ndarray] | None, p: AudioParams) -> dict[str, float]:
+    """Per-video functionals {"fn_<stream>_<stat>": value}; `feats` None -> the same keys, NaN."""
+    t = 0 if feats is None else feats["rms"].shape[0]
+    empty = np.zeros((1, 0))
+    names = _stat_names(p)
+    out: dict[str, float] = {}
+
+    def add(prefix: str, rows: list[str], matrix: np.ndarray) -> None:
+        table = _stats(matrix, p)  # (k, S)
+        for i, row in enumerate(rows):
+            for j, stat in enumerate(names):
+                out[f"fn_{prefix}{row}_{stat}"] = float(table[i, j])
+
+    for stream in STREAMS:
+        if feats is None:
+            x = empty
+        elif stream == "f0":
+            x = feats["f0"][feats["voiced"]][None, :]  # voiced frames only
+        else:
+            x = feats[stream][None, :]
+        add(stream, [""], x)
+    for key, k in (("logmel", p.n_mels), ("mfcc", p.n_mfcc), ("mfcc_d", p.n_mfcc),
+                   ("mfcc_dd", p.n_mfcc)):
+        add(key + "_", [f"{i:02d}" for i in range(k)],
+            np.zeros((k, 0)) if feats is None else feats[key])
+    if feats is None or t == 0:
+        out.update(fn_active_frac=np.nan, fn_voiced_frac=np.nan, fn_voiced_onsets_per_s=np.nan)
+    else:
+        voiced = feats["voiced"].astype(np.int8)
+        onsets = int(voiced[0]) + int((np.diff(voiced) == 1).sum())
+        out.update(fn_active_frac=float(feats["active"].mean()),
+                   fn_voiced_frac=float(voiced.mean()),
+                   fn_voiced_onsets_per_s=onsets / (t * p.hop_s))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# one video -> one row
+
+
+def _wave_column(y: np.ndarray | None, p: AudioParams) -> tuple[np.ndarray, float, int]:
+    """(wave, wave_scale, n_samples): y cut or zero-padded to wave_length, in wave_format."""
+    if p.wave_format == "none":
+        return np.zeros(0, np.int16), 1.0, 0
+    n = p.wave_length
+    real = 0 if y is None else min(len(y), n)
+    wave = np.zeros(n, np.float32)
+    if real:
+        wave[:real] = y[:real]
+    if p.wave_format == "int16":
+        return (np.round(np.clip(wave, -1.0, 1.0) * 32767).astype(np.int16), 1 / 32767, real)
+    return wave, 1.0, real
+
+
+def _row(video_id: str, p: AudioParams, *, has_audio: bool, silent: bool = False,
+         error: str = "", y: np.ndarray | None = None,
+         feats: dict[str, np.ndarray] | None = None) -> dict:
+    t = 0 if feats is None else feats["rms"].shape[0]
+    empty = np.zeros(0, np.float32)
+    wave, scale, n_samples = _wave_column(y, p)
+    row = {"video_id": video_id, "has_audio": has_audio, "silent": silent, "error": error,
+           "sr": p.sr, "hop_s": p.hop_length / p.sr, "n_frames": t, "n_mels": p.n_mels,
+           "n_mfcc": p.n_mfcc, "duration_s": 0.0 if y is None else len(y) / p.sr}
+    if feats is None:
+        row.update({c: empty for c in WINDOW_COLUMNS})
+    else:
+        row["logmel"] = feats["logmel"].T.reshape(-1)  # (n_mels, T) -> (T, n_mels) -> flat
+        row["mfcc"] = np.concatenate([feats["mfcc"], feats["mfcc_d"], feats["mfcc_dd"]]
+                                     ).T.reshape(-1)  # (3 n_mfcc, T) -> (T, 3 n_mfcc) -> flat
+        row.update({c: feats[c] for c in ("f0", "voicing", "rms", "centroid", "flatness", "zcr")})
+    row.update(wave=wave, wave_scale=scale, n_samples=n_samples)
+    row.update(functionals(feats if t else None, p))
+    return row
+
+
+def process_video(video_id: str, path: str | os.PathLike, p: AudioParams,
+                  timings: dict[str, float] | None = None) -> dict:
+    """One video -> its row (see the module docstring). Never raises for a bad file: the row says
+    what went wrong in `error`. `timings`, when given, receives seconds per step."""
+    t0 = time.perf_counter()
+    try:
+        y = decode_audio(path, sr=p.sr, max_seconds=p.max_feature_seconds)
+    except StageInputError as exc:
+        return _row(video_id, p, has_audio=False, error=str(exc))
+    t1 = time.perf_counter()
+    if y is None:
+        return _row(video_id, p, has_audio=False)
+    if len(y) < p.f0_frame_length:
+        return _row(video_id, p, has_audio=True, y=y,
+                    error=f"{path}: audio track too short ({len(y) / p.sr:.3f} s < "
+                          f"{p.f0_frame_s} s)")
+    _, rms_db = frame_rms_db(y, p)
+    if float(np.mean(rms_db > p.silence_db)) < p.min_active_frac:
+        return _row(video_id, p, has_audio=True, silent=True, y=y)
+    try:
+        feats = frame_features(y, p)
+    except Exception as exc:  # a track librosa cannot take (non-finite samples...): mark, go on
+        return _row(video_id, p, has_audio=True, y=y,
+                    error=f"{path}: features failed: {type(exc).__name__}: {exc}")
+    t2 = time.perf_counter()
+    row = _row(video_id, p, has_audio=True, y=y, feats=feats)
+    if timings is not None:
+        t3 = time.perf_counter()
+        timings.update(decode=t1 - t0, features=t2 - t1, row=t3 - t2, total=t3 - t0)
+    return row
+
+
+# --------------------------------------------------------------------------------------------------
+# workers
+
+_PARAMS: AudioParams | None = None
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                "NUMEXPR_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def warm_up(p: AudioParams) -> float:
+    """Run the whole feature path once on 1 s of a synthetic vowel, so that numba's JIT (or the
+    load of its cache) is paid here, once per process, not on the first clip. Returns seconds."""
+    t0 = time.perf_counter()
+    n = max(p.sr, 2 * p.f0_frame_length)
+    tt = np.arange(n) / p.sr
+    y = (0.1 * np.sin(2 * np.pi * 150 * tt) + 0.01 * np.random.default_rng(0).standard_normal(n)
+         ).astype(np.float32)
+    frame_features(y, p)
+    return time.perf_counter() - t0
+
+
+def _init_worker(p: AudioParams) -> None:
+    global _PARAMS
+    _PARAMS = p
+    with contextlib.suppress(ImportError):
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    warm_up(p)
+
+
+def _work(job: tuple[str, str]) -> dict:
+    assert _PARAMS is not None, "worker not initialised"
+    return process_video(job[0], job[1], _PARAMS)
+
+
+@contextlib.contextmanager
+def _single_threaded_children(root: Path):
+    """Environment that spawned workers inherit: one BLAS/OpenMP/numba thread each (one video per
+    process: more threads would only fight over the cores) and a persistent numba cache."""
+    saved = {k: os.environ.get(k) for k in (*_THREAD_VARS, "NUMBA_CACHE_DIR")}
+    os.environ.update({k: "1" for k in _THREAD_VARS})
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(root / ".numba_cache"))
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def iter_rows(jobs: list[tuple[str, str]], p: AudioParams, workers: int, root: Path):
+    """Yield one row per job, in job order, from `workers` spawned processes (or this one)."""
+    if workers <= 1 or len(jobs) <= 1:
+        global _PARAMS
+        _PARAMS = p
+        warm_up(p)  # in this process: its thread pools are left as they are
+        for job in jobs:
+            yield _work(job)
+        return
+    # spawn: fork is unsafe beside numba / BLAS threads. An executor, not mp.Pool: a worker that
+    # dies (FFmpeg crashing on a hostile file) fails the stage with BrokenProcessPool, not a hang.
+    executor = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(p,))
+    try:
+        with _single_threaded_children(root):  # workers start during the submissions in map()
+            rows = executor.map(_work, jobs)  # in job order
+        yield from rows
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# stage
+
+
+def run(params: AudioParams, base: BaseParams, root: Path | None = None) -> dict:
+    """Audio features of every manifest video under `root` -> data/audio; returns a summary."""
+    root = root or repo_root()
+    params.validate()
+    manifest = read_artifact("manifest", path=root / schemas.ARTIFACTS["manifest"].path)
+    jobs = []
+    for vid, rel in zip(manifest["video_id"], manifest["path"]):
+        path = Path(rel)
+        jobs.append((str(vid), str(path if path.is_absolute() else root / path)))
+    log.info("audio of %d videos with %d worker(s), f0 by %s", len(jobs), base.workers,
+             params.f0_method)
+    counts = {"n_videos": len(jobs), "n_no_audio": 0, "n_silent": 0, "n_errors": 0}
+    voiced, seconds = [], 0.0
+    t0 = time.perf_counter()
+    out_path = root / schemas.ARTIFACTS["audio"].path
+    batch: list[dict] = []  # one shard's rows: DataFrame(list of dicts) is much cheaper than
+    # concatenating one-row frames of ~600 columns
+    with ArtifactWriter("audio", path=out_path, rows_per_shard=params.rows_per_shard) as out, \
+            progress(total=len(jobs), desc="audio", unit="video") as bar:
+        for row in iter_rows(jobs, params, base.workers, root):
+            if row["error"]:
+                counts["n_errors"] += 1
+                log.warning("%s: %s", row["video_id"], row["error"])
+            elif not row["has_audio"]:
+                counts["n_no_audio"] += 1
+                log.info("%s: no audio stream", row["video_id"])
+            elif row["silent"]:
+                counts["n_silent"] += 1
+                log.info("%s: silent audio track", row["video_id"])
+            else:
+                voiced.append(row["fn_voiced_frac"])
+            seconds += row["duration_s"]
+            batch.append(row)
+            if len(batch) >= params.rows_per_shard:
+                out.write(pd.DataFrame(batch))  # the writer flushes a shard at rows_per_shard
+                batch = []
+            bar.update(1)
+        if batch:
+            out.write(pd.DataFrame(batch))
+    wall = time.perf_counter() - t0
+    summary = {**counts, "audio_hours": round(seconds / 3600, 4),
+               "mean_voiced_frac": round(float(np.mean(voiced)), 4) if voiced else None,
+               "wall_s": round(wall, 2),
+               "x_real_time": round(seconds / wall, 1) if wall > 0 else None}
+    log.info("audio: %s", summary)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    base = load_params("base", BaseParams)
+    params = load_params("audio", AudioParams)
+    try:
+        run(params, base)
+    except (StageInputError, ParamsError) as exc:
+        log.error("%s", exc)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,274 @@
+"""The audio stage: demux + resample with PyAV, librosa features, functionals, the stored layout.
+
+    .venv/bin/python -m pytest -q tests/test_audio.py
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import real_fixture
+from stages import audio
+from stages.audio import AudioParams
+from stages.common import BaseParams, ParamsError, read_artifact
+
+SR = 16000
+P = AudioParams()
+
+
+def mux(path: Path, y: np.ndarray | None, sr: int = SR, *, seconds: float | None = None) -> Path:
+    """Write an mp4 with a tiny H.264 picture (64x64, 5 fps) and, when y is given, y as AAC mono."""
+    import av
+
+    seconds = seconds if seconds is not None else len(y) / sr
+    with av.open(str(path), "w", format="mp4") as out:
+        video = out.add_stream("libx264", rate=5)
+        video.width, video.height, video.pix_fmt = 64, 64, "yuv420p"
+        astream = None
+        if y is not None:
+            astream = out.add_stream("aac", rate=sr, layout="mono")
+        for i in range(max(1, int(seconds * 5))):
+            img = np.full((64, 64, 3), (i * 7) % 255, np.uint8)
+            for packet in video.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in video.encode():
+            out.mux(packet)
+        if astream is not None:
+            y = np.asarray(y, np.float32)
+            for i in range(0, len(y), 1024):
+                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(y[None, i : i + 1024]),
+                                                   format="fltp", layout="mono")
+                frame.sample_rate, frame.pts = sr, i
+                for packet in astream.encode(frame):
+                    out.mux(packet)
+            for packet in astream.encode():
+                out.mux(packet)
+    return path
+
+
+def vowel(rng: np.random.Generator, f0: float, seconds: float, sr: int = SR) -> np.ndarray:
+    """A steady harmonic tone (8 harmonics, -6 dB/octave) at f0 Hz, faint noise; (n,) float32."""
+    t = np.arange(int(seconds * sr)) / sr
+    y = sum(np.sin(2 * np.pi * k * f0 * t) / k for k in range(1, 9))
+    return (0.1 * y / np.abs(y).max() + 1e-3 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def speech_mp4(tmp_path_factory) -> Path:
+    """The real LibriVox read speech (7 s, 16 kHz) muxed as AAC into a small video."""
+    import soundfile as sf
+
+    y, sr = sf.read(real_fixture("librivox_speech_16k.wav"), dtype="float32")
+    return mux(tmp_path_factory.mktemp("speech") / "speech.mp4", y, sr)
+
+
+def make_root(tmp_path: Path, videos: dict[str, Path | str]) -> Path:
+    """A repo-like folder whose manifest lists `videos` (id -> path)."""
+    from stages.common import write_artifact
+
+    rows = [{"video_id": vid, "path": str(path), "split": "train", "subject_id": vid,
+             "dataset": "test", **{t: 0.5 for t in "OCEAN"}, "duration_s": 1.0, "fps": 5.0,
+             "has_audio": True} for vid, path in videos.items()]
+    write_artifact("manifest", pd.DataFrame(rows), path=tmp_path / "data" / "manifest.parquet")
+    return tmp_path
+
+
+# --------------------------------------------------------------------------------------------------
+# real speech and a near-silent real track
+
+
+def test_real_speech_gives_adult_f0_and_voiced_frames(speech_mp4):
+    row = audio.process_video("speech", speech_mp4, P)
+    assert row["has_audio"] and not row["silent"] and row["error"] == ""
+    f0 = np.asarray(row["f0"])
+    voiced = f0[~np.isnan(f0)]
+    assert row["fn_voiced_frac"] > 0.3
+    assert np.isclose(row["fn_voiced_frac"], len(voiced) / row["n_frames"])
+    assert 70 <= np.median(voiced) <= 400
+    assert np.mean((voiced >= 70) & (voiced <= 400)) > 0.9  # octave slips stay rare
+    assert 70 <= row["fn_f0_p50"] <= 400
+
+
+def test_near_silent_track_has_no_voicing():
+    path = real_fixture("single_face.mp4")  # AAC track, 44.1 kHz stereo, peak -37 dBFS
+    row = audio.process_video("quiet", path, P)
+    assert row["has_audio"] and row["error"] == ""
+    assert row["silent"] or row["fn_voiced_frac"] < 0.05
+    if row["silent"]:
+        assert np.isnan(row["fn_rms_db_mean"]) and row["n_frames"] == 0
+        assert row["n_samples"] > 0  # the wave is kept
+    # with the energy gate off, the periodicity measure alone must still call it unvoiced
+    ungated = dataclasses.replace(P, silence_db=-200.0, min_active_frac=0.0)
+    row = audio.process_video("quiet", path, ungated)
+    assert not row["silent"] and row["n_frames"] > 200
+    assert row["fn_voiced_frac"] < 0.05
+
+
+# --------------------------------------------------------------------------------------------------
+# the features are librosa's
+
+
+def test_features_equal_librosa_on_the_same_samples(speech_mp4):
+    import librosa
+
+    y = audio.decode_audio(speech_mp4, sr=SR, max_seconds=3.0)
+    assert y.dtype == np.float32 and len(y) == 3 * SR
+    feats = audio.frame_features(y, P)
+    kw = dict(hop_length=160)
+    S = np.abs(librosa.stft(y, n_fft=512, win_length=400, **kw))
+    mel = librosa.feature.melspectrogram(y=y, sr=SR, n_fft=512, win_length=400, n_mels=64, **kw)
+    logmel = librosa.power_to_db(mel, ref=1.0, top_db=None)
+    mfcc = librosa.feature.mfcc(S=logmel, n_mfcc=13)
+    expected = {
+        "logmel": logmel, "mfcc": mfcc,
+        "mfcc_d": librosa.feature.delta(mfcc), "mfcc_dd": librosa.feature.delta(mfcc, order=2),
+        "rms": librosa.feature.rms(y=y, frame_length=400, **kw)[0],
+        "centroid": librosa.feature.spectral_centroid(S=S, sr=SR, n_fft=512)[0],
+        "flatness": librosa.feature.spectral_flatness(y=y, n_fft=512, win_length=400, **kw)[0],
+        "zcr": librosa.feature.zero_crossing_rate(y, frame_length=400, **kw)[0],
+    }
+    t = 1 + len(y) // 160
+    for name, want in expected.items():
+        assert feats[name].shape[-1] == t, name
+        np.testing.assert_allclose(feats[name], want, rtol=1e-4, atol=1e-4, err_msg=name)
+    f0 = librosa.yin(y, fmin=60, fmax=500, sr=SR, frame_length=640, **kw)
+    voiced = feats["voiced"]
+    assert voiced.any()
+    np.testing.assert_allclose(feats["f0"][voiced], f0[voiced], rtol=1e-5)
+    assert np.isnan(feats["f0"][~voiced]).all()
+
+
+def test_row_layout_round_trips_through_parquet(speech_mp4, tmp_path):
+    p = dataclasses.replace(P, max_seconds=2.0)
+    y = audio.decode_audio(speech_mp4, sr=SR, max_seconds=3.0)
+    feats = audio.frame_features(y, p)
+    row = audio._row("speech", p, has_audio=True, y=y, feats=feats)
+    pd.DataFrame([row]).to_parquet(tmp_path / "a.parquet", index=False)
+    back = pd.read_parquet(tmp_path / "a.parquet").iloc[0]
+    t = back["n_frames"]
+    assert t == feats["rms"].shape[0] and back["hop_s"] == 0.01 and back["sr"] == SR
+    np.testing.assert_array_equal(np.reshape(back["logmel"], (t, back["n_mels"])),
+                                  feats["logmel"].T)
+    mfcc = np.reshape(back["mfcc"], (t, 3 * back["n_mfcc"]))
+    np.testing.assert_array_equal(mfcc[:, :13], feats["mfcc"].T)
+    np.testing.assert_array_equal(mfcc[:, 26:], feats["mfcc_dd"].T)
+    np.testing.assert_array_equal(np.isnan(back["f0"]), np.isnan(feats["f0"]))
+    # the wave: exactly max_seconds long, int16, back to the samples within one quantum
+    wave = np.asarray(back["wave"])
+    assert wave.dtype == np.int16 and len(wave) == 2 * SR and back["n_samples"] == 2 * SR
+    np.testing.assert_allclose(wave * back["wave_scale"], y[: 2 * SR], atol=1 / 32767)
+    # functionals are the per-window values summarised
+    rms_db = 20 * np.log10(np.maximum(back["rms"].astype(np.float64), 1e-10))
+    assert np.isclose(back["fn_rms_db_mean"], rms_db.mean(), rtol=1e-5)
+    f0 = back["f0"][~np.isnan(back["f0"])]
+    assert np.isclose(back["fn_f0_p50"], np.median(f0.astype(np.float64)), rtol=1e-5)
+    assert np.isclose(back["fn_logmel_03_std"], feats["logmel"][3].astype(np.float64).std())
+
+
+def test_wave_is_padded_and_cut():
+    p = dataclasses.replace(P, max_seconds=0.5)
+    short = np.full(1000, 0.5, np.float32)
+    wave, scale, n = audio._wave_column(short, p)
+    assert len(wave) == 8000 and n == 1000 and not wave[1000:].any()
+    assert np.isclose(wave[0] * scale, 0.5, atol=1e-4)
+    wave, _, n = audio._wave_column(np.ones(20000, np.float32), p)
+    assert len(wave) == 8000 and n == 8000 and wave.max() == 32767
+    wave, scale, _ = audio._wave_column(short, dataclasses.replace(p, wave_format="float32"))
+    assert wave.dtype == np.float32 and scale == 1.0
+
+
+# --------------------------------------------------------------------------------------------------
+# properties on synthetic signals (seeded)
+
+
+def test_yin_finds_a_steady_tone_and_noise_is_unvoiced(rng):
+    row_feats = audio.frame_features(vowel(rng, 150.0, 1.0), P)
+    inner = slice(5, -5)  # the zero-padded edges are not periodic
+    assert np.nanmedian(row_feats["f0"]) == pytest.approx(150, rel=0.02)
+    assert row_feats["voiced"][inner].all() and (row_feats["voicing"][inner] > 0.95).all()
+    noise = (0.05 * rng.standard_normal(SR)).astype(np.float32)
+    assert audio.frame_features(noise, P)["voiced"].mean() < 0.05
+
+
+def test_pyin_option_puts_its_output_on_the_same_grid(rng):
+    p = dataclasses.replace(P, f0_method="pyin", pyin_hop_s=0.04)
+    feats = audio.frame_features(vowel(rng, 200.0, 1.0), p)
+    t = 1 + SR // 160
+    assert feats["f0"].shape == (t,) and feats["voicing"].shape == (t,)
+    assert np.nanmedian(feats["f0"]) == pytest.approx(200, rel=0.03)
+    assert feats["voiced"].mean() > 0.8
+
+
+def test_bad_params_name_the_key():
+    with pytest.raises(ParamsError, match="audio.f0_frame_s"):
+        dataclasses.replace(P, f0_min=20.0).validate()  # 50 ms period does not fit a 40 ms frame
+    with pytest.raises(ParamsError, match="audio.win_s"):
+        dataclasses.replace(P, win_s=0.05).validate()  # 800 samples > n_fft 512
+
+
+# --------------------------------------------------------------------------------------------------
+# bad inputs never stop the stage
+
+
+def test_no_audio_track_gives_a_flagged_nan_row(tmp_path):
+    row = audio.process_video("mute", mux(tmp_path / "mute.mp4", None, seconds=1.0), P)
+    assert not row["has_audio"] and row["error"] == "" and row["n_frames"] == 0
+    assert np.isnan(row["fn_rms_db_mean"]) and np.isnan(row["fn_voiced_frac"])
+    assert len(row["logmel"]) == 0 and row["n_samples"] == 0 and not np.any(row["wave"])
+
+
+def test_corrupt_and_missing_files_are_reported_and_the_others_go_on(tmp_path, rng, caplog):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    good = mux(videos / "good.mp4", vowel(rng, 120.0, 1.5))
+    broken = videos / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + rng.bytes(4000))
+    mute = mux(videos / "mute.mp4", None, seconds=1.0)
+    root = make_root(tmp_path, {"good": good, "broken": broken, "gone": videos / "gone.mp4",
+                                "mute": mute})
+    p = dataclasses.replace(P, max_seconds=2.0)
+    with caplog.at_level(logging.WARNING, logger="audio"):
+        summary = audio.run(p, BaseParams(workers=1), root=root)
+    assert summary["n_videos"] == 4 and summary["n_errors"] == 2 and summary["n_no_audio"] == 1
+    assert "broken.mp4" in caplog.text and "gone.mp4" in caplog.text
+    table = read_artifact("audio", path=root / "data" / "audio").set_index("video_id")
+    assert list(table.index) == ["good", "broken", "gone", "mute"]
+    assert "broken.mp4" in table.loc["broken", "error"] and not table.loc["broken", "has_audio"]
+    assert np.isnan(table.loc["broken", "fn_rms_db_mean"])
+    assert table.loc["good", "error"] == "" and table.loc["good", "fn_voiced_frac"] > 0.5
+    assert table.loc["good", "fn_f0_p50"] == pytest.approx(120, rel=0.03)
+
+
+# --------------------------------------------------------------------------------------------------
+# the stage on the tiny synthetic dataset, two spawned workers
+
+
+def test_stage_on_the_tiny_dataset(tiny_dataset, tmp_path):
+    (tmp_path / "data").mkdir()
+    shutil.copy(tiny_dataset / "data" / "manifest.parquet", tmp_path / "data")
+    shutil.copytree(tiny_dataset / "data" / "videos", tmp_path / "data" / "videos")
+    summary = audio.run(P, BaseParams(workers=2), root=tmp_path)
+    manifest = read_artifact("manifest", path=tmp_path / "data" / "manifest.parquet")
+    table = read_artifact("audio", path=tmp_path / "data" / "audio")
+    assert summary["n_errors"] == 0 and summary["n_silent"] == 0
+    assert list(table["video_id"]) == list(manifest["video_id"])  # one row per video, in order
+    assert table["has_audio"].all() and (table["error"] == "").all()
+    assert (table["fn_voiced_frac"] > 0.3).all()
+    assert table["fn_f0_p50"].between(70, 400).all()
+    for _, row in table.iterrows():
+        t = row["n_frames"]
+        assert t == 1 + int(round(row["duration_s"] * SR)) // 160
+        assert len(row["logmel"]) == t * 64 and len(row["mfcc"]) == t * 39
+        assert all(len(row[c]) == t for c in ("f0", "voicing", "rms", "centroid", "flatness",
+                                               "zcr"))
+        assert len(row["wave"]) == 15 * SR and row["n_samples"] == int(round(row["duration_s"]
+                                                                             * SR))
+    fn = [c for c in table.columns if c.startswith("fn_")]
+    assert len(fn) == 6 * 5 + (64 + 3 * 13) * 5 + 3
+    assert not table[fn].isna().any().any()

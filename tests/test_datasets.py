@@ -1,0 +1,334 @@
+"""Real-dataset sources on small fixtures written in the exact official formats, and hostile
+inputs: a pickle that tries to run code, a label path with `../`, a CSV missing a trait column."""
+from __future__ import annotations
+
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stages import datasets
+from stages.common import BaseParams, StageInputError, read_artifact
+from stages.ingest import IngestParams, run
+from stages.schemas import AU_INTENSITY, TRAITS
+from tests.conftest import real_fixture, write_video
+
+
+# --------------------------------------------------------------------------------------------------
+# a pickle the way Python 2's cPickle wrote it (protocol 2, byte strings, memo puts)
+
+
+def py2_pickle(obj) -> bytes:
+    """Serialise dict / str / float / int as Python 2.7 `pickle.dump(obj, f, 2)` did: str as
+    SHORT_BINSTRING/BINSTRING (bytes, not unicode), floats as BINFLOAT, BINPUT after containers."""
+    out = bytearray(b"\x80\x02")
+    memo = [0]
+
+    def put():
+        out.extend(b"q" + bytes([memo[0] % 256]))
+        memo[0] += 1
+
+    def emit(x):
+        if isinstance(x, dict):
+            out.extend(b"}")
+            put()
+            if x:
+                out.extend(b"(")
+                for k, v in x.items():
+                    emit(k)
+                    emit(v)
+                out.extend(b"u")
+        elif isinstance(x, str):
+            data = x.encode("latin1")
+            if len(data) < 256:
+                out.extend(b"U" + bytes([len(data)]) + data)
+            else:
+                out.extend(b"T" + struct.pack("<i", len(data)) + data)
+            put()
+        elif isinstance(x, float):
+            out.extend(b"G" + struct.pack(">d", x))
+        elif isinstance(x, int):
+            out.extend(b"J" + struct.pack("<i", x))
+        else:
+            raise TypeError(type(x))
+
+    emit(obj)
+    out.extend(b".")
+    return bytes(out)
+
+
+def chalearn_annotations(videos: dict[str, float]) -> dict:
+    traits = ["extraversion", "neuroticism", "agreeableness", "conscientiousness", "interview",
+              "openness"]
+    return {t: {v: round(base + 0.01 * k, 6) for v, base in videos.items()}
+            for k, t in enumerate(traits)}
+
+
+def test_py2_pickle_roundtrip(tmp_path):
+    path = tmp_path / "a.pkl"
+    path.write_bytes(py2_pickle(chalearn_annotations({"abc.001.mp4": 0.5})))
+    data = datasets.load_data_pickle(path)
+    assert data["openness"]["abc.001.mp4"] == pytest.approx(0.55)
+
+
+def test_hostile_pickle_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "annotation_training.pkl"
+    evil.write_bytes(b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR.")
+    with pytest.raises(StageInputError, match=r"annotation_training.pkl: refused to load: the "
+                                              r"pickle asks for os.system"):
+        datasets.read_chalearn_annotations(evil)
+    assert not marker.exists()
+    import pickle
+
+    reduce_evil = tmp_path / "b.pkl"
+    reduce_evil.write_bytes(pickle.dumps({"openness": shutil.rmtree}, protocol=2))
+    with pytest.raises(StageInputError, match="refused to load.*shutil"):
+        datasets.load_data_pickle(reduce_evil)
+    (tmp_path / "c.pkl").write_bytes(b"\x80\x02}q\x00(U\x03abc")  # truncated
+    with pytest.raises(StageInputError, match="c.pkl: not a readable pickle"):
+        datasets.load_data_pickle(tmp_path / "c.pkl")
+
+
+def test_annotation_content_errors(tmp_path):
+    path = tmp_path / "ann.pkl"
+    path.write_bytes(py2_pickle({"openness": {"a.001.mp4": 0.5}}))
+    with pytest.raises(StageInputError, match="missing trait.*conscientiousness"):
+        datasets.read_chalearn_annotations(path)
+    bad = chalearn_annotations({"a.001.mp4": 0.5})
+    bad["openness"]["a.001.mp4"] = 1.7
+    path.write_bytes(py2_pickle(bad))
+    with pytest.raises(StageInputError, match=r"openness\[a.001.mp4\] = 1.7 is outside"):
+        datasets.read_chalearn_annotations(path)
+
+
+@pytest.fixture
+def chalearn(tmp_path):
+    root = tmp_path / "chalearn"
+    layout = {"train/training80_01": ["AAAAAAAAAAA.001.mp4", "AAAAAAAAAAA.002.mp4",
+                                      "BBBBBBBBBBB.001.mp4", "FFFFFFFFFFF.001.mp4"],
+              "validation/validation80_01": ["CCCCCCCCCCC.001.mp4"],
+              "test/test80_01": ["DDDDDDDDDDD.004.mp4", "DDDDDDDDDDD.005.mp4"]}
+    for folder, names in layout.items():
+        for name in names:
+            write_video(root / folder / name, n_frames=6)
+    labels = {"training": {"AAAAAAAAAAA.001.mp4": 0.3, "AAAAAAAAAAA.002.mp4": 0.35,
+                           "BBBBBBBBBBB.001.mp4": 0.6, "EEEEEEEEEEE.001.mp4": 0.5},
+              "validation": {"CCCCCCCCCCC.001.mp4": 0.4},
+              "test": {"DDDDDDDDDDD.004.mp4": 0.7, "DDDDDDDDDDD.005.mp4": 0.71}}
+    for split, videos in labels.items():
+        (root / f"annotation_{split}.pkl").write_bytes(py2_pickle(chalearn_annotations(videos)))
+    return root
+
+
+def _ingest(tmp_path, **kw) -> dict:
+    return run(IngestParams(**kw), BaseParams(seed=5, workers=1), root=tmp_path)
+
+
+def test_chalearn16_official_split(chalearn, tmp_path):
+    summary = _ingest(tmp_path, source="chalearn16",
+                      chalearn16=datasets.ChaLearnParams(root=str(chalearn)))
+    m = read_artifact("manifest", path=tmp_path / "data/manifest.parquet").set_index("video_id")
+    assert sorted(m.index) == ["AAAAAAAAAAA.001", "AAAAAAAAAAA.002", "BBBBBBBBBBB.001",
+                               "CCCCCCCCCCC.001", "DDDDDDDDDDD.004", "DDDDDDDDDDD.005"]
+    assert m.loc["AAAAAAAAAAA.002", "subject_id"] == "AAAAAAAAAAA"
+    assert m.loc["CCCCCCCCCCC.001", "split"] == "val" and m.loc["DDDDDDDDDDD.004", "split"] == "test"
+    # trait order in the pickle is E, N, A, C, interview, O: +0.01 per position
+    assert m.loc["AAAAAAAAAAA.001", "E"] == pytest.approx(0.30)
+    assert m.loc["AAAAAAAAAAA.001", "O"] == pytest.approx(0.35)
+    assert m.loc["AAAAAAAAAAA.001", "C"] == pytest.approx(0.33)
+    assert (m["dataset"] == "chalearn16").all() and (m["label_scale"] == "unit").all()
+    bad = "\n".join(summary["bad_rows"])
+    assert "FFFFFFFFFFF.001.mp4: video has no label" in bad
+    assert "label for EEEEEEEEEEE.001.mp4 but no such video" in bad
+
+
+def test_chalearn16_kfold_by_subject(chalearn, tmp_path):
+    tests = set()
+    for fold in range(3):
+        _ingest(tmp_path, source="chalearn16", chalearn16=datasets.ChaLearnParams(
+            root=str(chalearn), split_mode="kfold", n_folds=3, fold=fold))
+        m = read_artifact("manifest", path=tmp_path / "data/manifest.parquet")
+        assert (m.groupby("subject_id")["split"].nunique() == 1).all()
+        tests.add(frozenset(m.loc[m["split"] == "test", "subject_id"]))
+    assert len(tests) == 3  # each fold tests other subjects
+    with pytest.raises(StageInputError, match="n_folds >= 3"):
+        datasets.kfold_splits(["a"], n_folds=2, fold=0, seed=1)
+
+
+def test_chalearn16_hostile_pickle_stops_the_stage(chalearn, tmp_path):
+    (chalearn / "annotation_validation.pkl").write_bytes(b"cos\nsystem\n(S'true'\ntR.")
+    with pytest.raises(StageInputError, match="annotation_validation.pkl: refused to load"):
+        _ingest(tmp_path, source="chalearn16",
+                chalearn16=datasets.ChaLearnParams(root=str(chalearn)))
+    assert not (tmp_path / "data/manifest.parquet").exists()
+
+
+@pytest.fixture
+def udiva(tmp_path):
+    root = tmp_path / "udiva"
+    (root / "metadata").mkdir(parents=True)
+    (root / "metadata/parts_train.csv").write_text(
+        "ID,AGE,OPENMINDEDNESS_Z,CONSCIENTIOUSNESS_Z,EXTRAVERSION_Z,AGREEABLENESS_Z,"
+        "NEGATIVEEMOTIONALITY_Z\n"
+        "101,23,0.5,-1.2,1.1,0.0,-0.3\n102,31,-0.4,0.2,-0.9,1.3,0.8\n")
+    (root / "metadata/sessions_train.csv").write_text(
+        "ID,PART.1,PART.2,LANGUAGE\n001080,101,102,EN\n")
+    (root / "metadata/parts_val.csv").write_text(
+        "ID,OPENMINDEDNESS_Z,CONSCIENTIOUSNESS_Z,EXTRAVERSION_Z,AGREEABLENESS_Z,"
+        "NEGATIVEEMOTIONALITY_Z\n201,0.1,0.2,0.3,0.4,0.5\n")
+    (root / "metadata/sessions_val.csv").write_text("ID,PART.1,PART.2\n002001,201,999\n")
+    for session, names in {"train/001080": ["FC1_T", "FC2_T", "FC1_A"],
+                           "val/002001": ["FC1_T", "FC2_T"]}.items():
+        for name in names:
+            write_video(root / "recordings" / session / f"{name}.mp4", n_frames=5)
+    return root
+
+
+def test_udiva(udiva, tmp_path):
+    summary = _ingest(tmp_path, source="udiva", udiva=datasets.UdivaParams(root=str(udiva)))
+    m = read_artifact("manifest", path=tmp_path / "data/manifest.parquet").set_index("video_id")
+    assert sorted(m.index) == ["001080_FC1_T", "001080_FC2_T", "002001_FC1_T"]  # task T only
+    assert m.loc["001080_FC2_T", "subject_id"] == "102"
+    assert m.loc["001080_FC1_T", "C"] == pytest.approx(-1.2)  # z-scores, not [0, 1]
+    assert (m["label_scale"] == "z").all()
+    assert m.loc["002001_FC1_T", "split"] == "val"
+    assert any("participant 999 has no row" in p for p in summary["bad_rows"])
+    _ingest(tmp_path, source="udiva", udiva=datasets.UdivaParams(root=str(udiva),
+                                                                 tasks=["T", "A"]))
+    m = read_artifact("manifest", path=tmp_path / "data/manifest.parquet")
+    assert "001080_FC1_A" in set(m["video_id"])
+
+
+def test_udiva_missing_trait_column(udiva, tmp_path):
+    path = udiva / "metadata/parts_train.csv"
+    path.write_text(path.read_text().replace("AGREEABLENESS_Z", "AGREEABLE"))
+    with pytest.raises(StageInputError, match="parts_train.csv: missing column.*AGREEABLENESS_Z"):
+        _ingest(tmp_path, source="udiva", udiva=datasets.UdivaParams(root=str(udiva)))
+
+
+def perfex_csv(path: Path, n_frames=(5, 4)) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = []
+    for seq, n in enumerate(n_frames):
+        traits = rng.uniform(0, 1, 5).round(3)
+        for f in range(n):
+            row = {"ID": seq, "File": f"vid{seq:02d}.00{seq}.mp4", "Word": "hello",
+                   **{f"vi_{k}": rng.random() for k in range(1, 6)},
+                   "happy": rng.random(), "sad": rng.random()}
+            row.update({au: round(float(rng.uniform(0, 5)), 2) for au in AU_INTENSITY})
+            row.update({au.replace("_r", "_c"): int(rng.integers(0, 2)) for au in AU_INTENSITY})
+            row.update(dict(zip(["extroversion", "neuroticism", "agreeableness",
+                                 "conscientiousness", "openness"], traits)))
+            rows.append(row)
+    df = pd.DataFrame(rows)
+    df.to_csv(path, index=False)
+    return df
+
+
+def test_perfex(tmp_path):
+    src = perfex_csv(tmp_path / "perfex.csv")
+    (tmp_path / "retrain.csv").write_text(
+        "ID,rater,extroversion,neuroticism,agreeableness,conscientiousness,openness\n"
+        "0,r1,4,2,5,3,3\n0,r2,5,1,4,3,2\n1,r1,2,3,3,4,4\n")
+    _ingest(tmp_path, source="perfex", perfex=datasets.PerfexParams(
+        csv=str(tmp_path / "perfex.csv"), retrain_csv=str(tmp_path / "retrain.csv")))
+    m = read_artifact("manifest", path=tmp_path / "data/manifest.parquet").set_index("video_id")
+    assert sorted(m.index) == ["perfex_0", "perfex_1"]
+    assert m.loc["perfex_0", "E"] == pytest.approx(src.loc[0, "extroversion"])
+    assert m.loc["perfex_1", "duration_s"] == pytest.approx(4 / 30)
+    assert not m["has_audio"].any()
+    aus = read_artifact("source_aus", path=tmp_path / "data/source_aus")
+    seq0 = aus[aus["video_id"] == "perfex_0"].sort_values("frame_idx")
+    np.testing.assert_allclose(seq0[list(AU_INTENSITY)].to_numpy(),
+                               src.loc[src["ID"] == 0, list(AU_INTENSITY)].to_numpy())
+    study = read_artifact("user_study", path=tmp_path / "data/user_study.parquet")
+    assert len(study) == 3 and study["E"].tolist() == [4.0, 5.0, 2.0]
+
+
+def test_perfex_missing_trait_column(tmp_path):
+    df = perfex_csv(tmp_path / "perfex.csv").drop(columns="openness")
+    df.to_csv(tmp_path / "perfex.csv", index=False)
+    with pytest.raises(StageInputError, match="perfex.csv: missing column.*openness"):
+        _ingest(tmp_path, source="perfex",
+                perfex=datasets.PerfexParams(csv=str(tmp_path / "perfex.csv")))
+
+
+def newer_openface_csv(path: Path) -> pd.DataFrame:
+    """OpenFace 2.2 layout: `face_id`, spaces after commas, two faces, a failed frame."""
+    rows = []
+    for frame in range(1, 5):
+        for face in (0, 1):
+            row = {"frame": frame, "face_id": face, "timestamp": (frame - 1) / 30,
+                   "confidence": 0.98, "success": 0 if (face == 0 and frame == 3) else 1,
+                   "gaze_angle_x": 0.1}
+            row.update({au: (0.0 if row["success"] == 0 else frame + face * 0.5 + k / 10)
+                        for k, au in enumerate(AU_INTENSITY)})
+            row.update({au.replace("_r", "_c"): 1.0 for au in AU_INTENSITY})
+            rows.append(row)
+    df = pd.DataFrame(rows)
+    path.write_text(", ".join(df.columns) + "\n" + "\n".join(
+        ", ".join(str(v) for v in r) for r in df.itertuples(index=False)) + "\n")
+    return df
+
+
+def test_openface_csv_source(tmp_path):
+    ds = tmp_path / "of"
+    ds.mkdir()
+    newer_openface_csv(ds / "two_faces.csv")
+    (ds / "labels.csv").write_text("file,O,C,E,A,N,subject\n"
+                                   "two_faces.csv,0.1,0.2,0.3,0.4,0.5,s1\n"
+                                   "../escape.csv,0.1,0.2,0.3,0.4,0.5,s2\n"
+                                   "absent.csv,0.1,0.2,0.3,0.4,0.5,s3\n")
+    summary = _ingest(tmp_path, source="openface_csv",
+                      openface_csv=datasets.OpenFaceParams(labels=str(ds / "labels.csv")))
+    m = read_artifact("manifest", path=tmp_path / "data/manifest.parquet")
+    assert m["video_id"].tolist() == ["two_faces"]
+    bad = "\n".join(summary["bad_rows"])
+    assert "row 3 (../escape.csv): ../escape.csv: path escapes the dataset root" in bad
+    assert "row 4 (absent.csv): OpenFace CSV" in bad
+    aus = read_artifact("source_aus", path=tmp_path / "data/source_aus").sort_values("frame_idx")
+    # face 1 has 4 successful frames, face 0 only 3: face 1 is kept
+    assert aus["AU01_r"].tolist() == [1.5, 2.5, 3.5, 4.5]
+    assert aus["t"].tolist() == pytest.approx([0, 1 / 30, 2 / 30, 3 / 30])
+
+
+def test_openface_failed_frames_are_nan(tmp_path):
+    df = newer_openface_csv(tmp_path / "x.csv")
+    df = df[df["face_id"] == 0]
+    df.drop(columns="face_id").to_csv(tmp_path / "y.csv", index=False)
+    table, facts = datasets.read_openface_csv(tmp_path / "y.csv")
+    assert table["success"].tolist() == [True, True, False, True]
+    assert np.isnan(table.loc[2, "AU12_r"]) and table.loc[1, "AU01_r"] == 2.0
+    assert facts["n_faces"] == 1
+
+
+def test_real_openface_csv_values(tmp_path):
+    """The real OpenFace 2.0 output reads into the AU schema with the file's 17 AU values."""
+    path = real_fixture("OpenFace_Test.csv")
+    raw = pd.read_csv(path, skipinitialspace=True)
+    raw.columns = [c.strip() for c in raw.columns]
+    table, facts = datasets.read_openface_csv(path)
+    assert len(table) == len(raw) == 100
+    ok = raw["success"].to_numpy() == 1
+    np.testing.assert_array_equal(table[list(AU_INTENSITY)].to_numpy()[ok],
+                                  raw[list(AU_INTENSITY)].to_numpy()[ok])
+    assert np.isnan(table[list(AU_INTENSITY)].to_numpy()[~ok]).all()
+    assert table["t"].tolist() == pytest.approx(raw["timestamp"].tolist())
+
+
+def test_params_sections_parse():
+    """The committed params.yaml holds an options block for every source."""
+    from stages.common import load_params
+
+    root = Path(__file__).resolve().parents[1]
+    p = load_params("ingest", IngestParams, path=root / "params.yaml")
+    assert p.chalearn16.split_mode == "official" and p.udiva.tasks == ["T"]
+    assert set(p.udiva.splits) == {"train", "val", "test"}
+    import yaml
+
+    raw = yaml.safe_load((root / "params.yaml").read_text())["ingest"]
+    assert {"synthetic", "folder", "chalearn16", "udiva", "perfex", "openface_csv"} <= set(raw)
