@@ -502,6 +502,8 @@ def run(params: AudioParams, base: BaseParams, root: Path | None = None) -> dict
     manifest = read_artifact("manifest", path=root / schemas.ARTIFACTS["manifest"].path)
     jobs = []
     for vid, rel in zip(manifest["video_id"], manifest["path"]):
+        if not rel:  # AU-only sources (perfex, openface_csv) have no video
+            continue
         path = Path(rel)
         jobs.append((str(vid), str(path if path.is_absolute() else root / path)))
     log.info("audio of %d videos with %d worker(s), f0 by %s", len(jobs), base.workers,

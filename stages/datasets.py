@@ -318,7 +318,7 @@ def ingest_perfex(p: PerfexParams, *, root: Path) -> tuple[list, list, pd.DataFr
         video_id = f"perfex_{seq_id}"
         file = str(group["File"].iloc[0])
         tables.append(_au_frame_table(video_id, values.reset_index(drop=True), p.fps))
-        rows.append({"video_id": video_id, "path": file, "split": "",
+        rows.append({"video_id": video_id, "path": "", "split": "",
                      "subject_id": chalearn_subject(Path(file).name), "dataset": "perfex",
                      **{letter: float(first[col]) for col, letter in PERFEX_TRAITS.items()},
                      "duration_s": len(group) / p.fps, "fps": p.fps, "has_audio": False})
@@ -356,32 +356,20 @@ class OpenFaceParams:
 
 
 def read_openface_csv(path: Path, *, fps: float = 30.0) -> tuple[pd.DataFrame, dict]:
-    """One OpenFace 2.0 FeatureExtraction CSV -> the per-frame AU table (`_au_frame_table` layout)
-    and facts. Headers with or without a space after commas; `success == 0` rows masked; with
-    several `face_id`, the face with the most successful frames is kept."""
+    """One OpenFace FeatureExtraction CSV -> its `aus` rows (the `aus` stage's own reader) and
+    facts: number of faces in the file, duration, frame rate."""
+    from stages.aus import read_openface_csv as read_aus_csv
+
+    table = read_aus_csv(path, video_id="")
     try:
-        df = pd.read_csv(path, skipinitialspace=True)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError, OSError) as exc:
-        raise StageInputError(f"{path}: not a readable OpenFace CSV: {exc}") from None
-    df.columns = [c.strip() for c in df.columns]
-    missing = [c for c in ("frame", "success", *AU_INTENSITY) if c not in df.columns]
-    if missing:
-        raise StageInputError(f"{path}: missing OpenFace column(s) {', '.join(missing)}")
-    n_faces = 1
-    if "face_id" in df.columns and df["face_id"].nunique() > 1:
-        n_faces = int(df["face_id"].nunique())
-        best = df.groupby("face_id")["success"].sum().idxmax()
-        df = df[df["face_id"] == best]
-    df = df.sort_values("frame").reset_index(drop=True)
-    t = df["timestamp"].to_numpy(float) if "timestamp" in df.columns else \
-        (df["frame"].to_numpy(float) - 1) / fps
-    conf = df["confidence"].to_numpy(float) if "confidence" in df.columns else None
-    table = _au_frame_table("", df, fps, success=df["success"].to_numpy() > 0, confidence=conf,
-                            t=t)
-    table["frame_idx"] = (df["frame"].to_numpy() - df["frame"].min()).astype(np.int64)
-    duration = float(t[-1] - t[0]) + 1 / fps if len(t) else 0.0
-    return table, {"n_faces": n_faces, "duration_s": duration,
-                   "fps": (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else fps}
+        n_faces = int(pd.read_csv(path, skipinitialspace=True, usecols=lambda c: c.strip() ==
+                                  "face_id").iloc[:, 0].nunique())
+    except (ValueError, IndexError):
+        n_faces = 1
+    t = table["t"].to_numpy(float)
+    rate = (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else fps
+    return table, {"n_faces": max(n_faces, 1), "duration_s": len(t) / rate if len(t) else 0.0,
+                   "fps": rate}
 
 
 def ingest_openface_csv(p: OpenFaceParams, *, root: Path) -> tuple[list, list, pd.DataFrame]:
@@ -411,7 +399,7 @@ def ingest_openface_csv(p: OpenFaceParams, *, root: Path) -> tuple[list, list, p
         video_id = Path(row["file"]).with_suffix("").as_posix().replace("/", "__")
         table["video_id"] = video_id
         tables.append(table)
-        rows.append({"video_id": video_id, "path": _rel(path, root),
+        rows.append({"video_id": video_id, "path": "",  # no video: AUs in data/source_aus
                      "split": row.get("split", "").strip(),
                      "subject_id": row.get("subject", "").strip() or video_id,
                      "dataset": "openface_csv", **traits,

@@ -332,3 +332,23 @@ def test_params_sections_parse():
 
     raw = yaml.safe_load((root / "params.yaml").read_text())["ingest"]
     assert {"synthetic", "folder", "chalearn16", "udiva", "perfex", "openface_csv"} <= set(raw)
+
+
+def test_au_only_source_flows_through_the_front_end(tmp_path):
+    """perfex has no video: frames, faces and audio skip it, aus passes its sequences through."""
+    from stages import audio, aus, faces, frames
+
+    src = perfex_csv(tmp_path / "perfex.csv")
+    _ingest(tmp_path, source="perfex", perfex=datasets.PerfexParams(csv=str(tmp_path / "perfex.csv")))
+    base = BaseParams(seed=5, workers=1)
+    assert frames.run(frames.FramesParams(), base, root=tmp_path)["n_videos"] == 0
+    faces.run(faces.FacesParams(), base, root=tmp_path)
+    audio.run(audio.AudioParams(), base, root=tmp_path)
+    summary = aus.run(aus.AusParams(), base, root=tmp_path)
+    assert summary["n_frames"] == 9 and summary["n_failed"] == 0
+    table = read_artifact("aus", path=tmp_path / "data/aus")
+    seq1 = table[table["video_id"] == "perfex_1"].sort_values("frame_idx")
+    np.testing.assert_allclose(seq1[list(AU_INTENSITY)].to_numpy(),
+                               src.loc[src["ID"] == 1, list(AU_INTENSITY)].to_numpy())
+    np.testing.assert_array_equal(seq1["AU12_c"].to_numpy(),
+                                  src.loc[src["ID"] == 1, "AU12_c"].to_numpy())

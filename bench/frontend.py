@@ -1,0 +1,265 @@
+"""Benchmark the visual front-end (frames -> faces -> aus) against DeepPersonality's face pipeline.
+
+    python bench/frontend.py                      # writes bench/results/frontend.json, prints a table
+    python bench/frontend.py --baseline-frames 60 # time dlib on more frames before extrapolating
+
+The clip is ChaLearn-like and made here: 15 s, 30 fps, 1280x720, H.264 + AAC, one talking face
+(the synthetic generator's renderer at 720p; cached in bench/results/). Everything runs in this one
+process on one core (OpenCV, BLAS and OpenMP limited to one thread; PyAV decodes with one thread).
+
+Ours, per clip, at frames.fps = 5 (75 frames): decode every frame with PyAV, convert and resize only
+the sampled ones, JPEG-encode (frames); JPEG-decode, MediaPipe FaceLandmarker in VIDEO mode +
+BlazeFace for the confidence + aligned 112x112 crop (faces); blendshape + geometry AUs (aus).
+
+Baseline, DeepPersonality's documented face pipeline (dpcv/data/face_extract + video_to_image):
+every frame decoded with OpenCV and written as a JPEG file, each file read back, dlib HOG detection
+with one upsample, 68-point landmarks, rotation about the eye centre so the eyes are level, the
+landmarks again on the rotated image, the crop from them, resized to 112x112 and written as a file.
+dlib's HOG detector at one upsample costs about a second per 720p frame, so it runs on the first
+`--baseline-frames` files and its per-frame cost is extrapolated to all 450 (said in the JSON).
+Needs requirements-bench.txt (dlib-bin) and Debian's libdlib-data (shape_predictor_68); without
+dlib the baseline falls back to MediaPipe per image, and the JSON says so.
+"""
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+RESULTS = REPO / "bench" / "results"
+DLIB_MODEL = Path("/usr/share/dlib/shape_predictor_68_face_landmarks.dat")  # libdlib-data
+CLIP_SECONDS, CLIP_FPS, CLIP_W, CLIP_H = 15.0, 30.0, 1280, 720
+
+
+def make_clip(path: Path) -> Path:
+    """A ChaLearn-like clip (15 s, 30 fps, 1280x720, H.264, AAC) from the synthetic renderer."""
+    if path.exists():
+        return path
+    from stages import synthetic as syn
+
+    rigs = syn.load_rigs()
+    syn._init_worker(rigs)
+    app = syn.draw_appearance(np.random.default_rng(3), len(rigs), 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    syn.render_clip(dict(index=0, seed=1, video_id="bench", path=str(path), cues=[0.5] * 10,
+                         appearance=app, duration=CLIP_SECONDS, fps=CLIP_FPS, sr=16000,
+                         width=CLIP_W, height=CLIP_H))
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# ours
+
+
+def bench_ours(clip: Path, fps: float) -> dict:
+    from stages.aus import AusParams, aus_from_faces
+    from stages.faces import FacesParams, faces_of_video
+    from stages.frames import FramesParams, extract_video
+    from stages.video_io import worker_init
+
+    worker_init()
+    # the model graphs load once per worker process; timed apart from the per-clip work
+    t0 = time.perf_counter()
+    from stages.facemodel import open_landmarker
+
+    with open_landmarker(mode="video"):
+        pass
+    model_load = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    frames, report = extract_video(video_id="bench", path=clip, params=FramesParams(fps=fps))
+    t_frames = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    faces = faces_of_video(frames, params=FacesParams())
+    t_faces = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    aus = aus_from_faces(faces, params=AusParams())
+    t_aus = time.perf_counter() - t0
+    n = len(frames)
+    total = t_frames + t_faces + t_aus
+    return {
+        "sampled_frames": n, "decoded_frames": report["decoded"],
+        "face_rate": round(float(faces["face_found"].mean()), 4),
+        "au_success_rate": round(float(aus["success"].mean()), 4),
+        "seconds": {"frames": round(t_frames, 3), "faces": round(t_faces, 3),
+                    "aus": round(t_aus, 3), "total": round(total, 3),
+                    "model_load_once_per_worker": round(model_load, 3)},
+        "frames_per_second_per_core": {
+            "frames (sampled frames out)": round(n / t_frames, 1),
+            "frames (source frames decoded)": round(report["decoded"] / t_frames, 1),
+            "faces": round(n / t_faces, 1), "aus": round(n / t_aus, 1),
+            "front-end": round(n / total, 1)},
+        "real_time_factor": round(CLIP_SECONDS / total, 2),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# DeepPersonality's pipeline (re-implemented from its description, not its code)
+
+
+def _dlib_crop(img, detector, predictor, size: int = 112):
+    """One frame: HOG detection (1 upsample), 68 landmarks, eyes levelled by rotating the image
+    about the left-eye centre, landmarks again, crop from brow-line to chin, resize. None if no
+    face."""
+    import cv2
+
+    rects = detector(img, 1)
+    if len(rects) == 0:
+        return None
+    pts = np.array([(p.x, p.y) for p in predictor(img, rects[0]).parts()], float)  # (68, 2)
+    eye_l, eye_r = pts[36:42].mean(0), pts[42:48].mean(0)
+    angle = math.degrees(math.atan2(eye_r[1] - eye_l[1], eye_r[0] - eye_l[0]))
+    rot = cv2.getRotationMatrix2D((float(eye_l[0]), float(eye_l[1])), angle, 1.0)
+    img_rot = cv2.warpAffine(img, rot, (img.shape[1], img.shape[0]))
+    pts = np.array([(p.x, p.y) for p in predictor(img_rot, rects[0]).parts()], float)
+    dist = float(np.linalg.norm(eye_r - eye_l))
+    top = max(0, int(pts[27, 1] - dist))
+    bottom = min(img.shape[0], int(pts[8, 1]))
+    left, right = max(0, int(pts[1, 0])), min(img.shape[1], int(pts[15, 0]))
+    if bottom <= top or right <= left:
+        return None
+    return cv2.resize(img_rot[top:bottom, left:right], (size, size))
+
+
+def bench_baseline(clip: Path, n_detect: int) -> dict:
+    import cv2
+
+    cv2.setNumThreads(1)
+    work = Path(tempfile.mkdtemp(prefix="dp_baseline_"))
+    try:
+        t0 = time.perf_counter()
+        cap = cv2.VideoCapture(str(clip))
+        files = []
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            name = work / f"frame_{len(files) + 1}.jpg"
+            cv2.imwrite(str(name), frame)
+            files.append(name)
+        cap.release()
+        t_extract = time.perf_counter() - t0
+        n_total = len(files)
+
+        backend, note = "dlib", ""
+        try:
+            import dlib
+
+            if not DLIB_MODEL.exists():
+                raise ImportError(f"{DLIB_MODEL} missing (apt-get install libdlib-data)")
+            detector = dlib.get_frontal_face_detector()
+            predictor = dlib.shape_predictor(str(DLIB_MODEL))
+
+            def one(img):
+                return _dlib_crop(img, detector, predictor)
+            ctx = None
+        except ImportError as exc:
+            backend, note = "mediapipe-image", f"dlib unavailable ({exc}): MediaPipe per image"
+            from stages.facemodel import detect_rgb, open_landmarker
+            from stages.faces import aligned_crop, landmarks_px
+
+            ctx = open_landmarker(mode="image")
+            lm = ctx.__enter__()
+
+            def one(img):
+                res = detect_rgb(lm, img[:, :, ::-1])
+                if not res.face_landmarks:
+                    return None
+                pts = landmarks_px(res.face_landmarks[0], img.shape[1], img.shape[0])
+                return aligned_crop(img, pts, size=112, margin=0.2)
+
+        sample = files[: max(1, min(n_detect, n_total))]
+        found = 0
+        t0 = time.perf_counter()
+        for i, name in enumerate(sample):
+            img = cv2.imread(str(name))
+            crop = one(img)
+            if crop is not None:
+                found += 1
+                cv2.imwrite(str(work / f"face_{i + 1}.jpg"), crop)
+        t_detect = time.perf_counter() - t0
+        if ctx is not None:
+            ctx.__exit__(None, None, None)
+        per_frame = t_detect / len(sample)
+        total = t_extract + per_frame * n_total
+        return {"backend": backend, "note": note, "frames": n_total,
+                "detect_frames_timed": len(sample), "face_rate_on_timed": found / len(sample),
+                "seconds": {"decode_and_write_all": round(t_extract, 3),
+                            "read_detect_align_crop_write_per_frame": round(per_frame, 4),
+                            "total_extrapolated": round(total, 2)},
+                "frames_per_second_per_core": round(n_total / total, 2),
+                "real_time_factor": round(CLIP_SECONDS / total, 3)}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def table(result: dict) -> str:
+    o, b = result["ours"], result["baseline"]
+    fps = o["frames_per_second_per_core"]
+    s = o["seconds"]
+    rows = [
+        "| stage | seconds per clip | frames/s per core |",
+        "|---|---:|---:|",
+        f"| frames (decode {o['decoded_frames']}, keep {o['sampled_frames']}) | {s['frames']:.2f} | "
+        f"{fps['frames (sampled frames out)']} sampled ({fps['frames (source frames decoded)']} "
+        "decoded) |",
+        f"| faces | {s['faces']:.2f} | {fps['faces']} |",
+        f"| aus | {s['aus']:.3f} | {fps['aus']} |",
+        f"| **front-end** | **{s['total']:.2f}** | **{fps['front-end']}** |",
+        f"| baseline ({b['backend']}, all {b['frames']} frames) | {b['seconds']['total_extrapolated']:.1f}"
+        f" | {b['frames_per_second_per_core']} |",
+        "",
+        f"Speed-up per clip: **{result['speedup_per_clip']}x**; front-end real-time factor on one "
+        f"core: **{o['real_time_factor']}x**; baseline {b['real_time_factor']}x. "
+        f"Model load once per worker: {s['model_load_once_per_worker']:.2f} s.",
+    ]
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--fps", type=float, default=5.0, help="frames.fps for our front-end")
+    ap.add_argument("--baseline-frames", type=int, default=30,
+                    help="frames the baseline's detector is timed on, then extrapolated")
+    ap.add_argument("--out", default=str(RESULTS / "frontend.json"))
+    args = ap.parse_args(argv)
+
+    clip = make_clip(RESULTS / "chalearn_like_720p.mp4")
+    ours = bench_ours(clip, args.fps)
+    baseline = bench_baseline(clip, args.baseline_frames)
+    result = {
+        "clip": {"seconds": CLIP_SECONDS, "fps": CLIP_FPS, "size": f"{CLIP_W}x{CLIP_H}",
+                 "codec": "h264", "bytes": clip.stat().st_size},
+        "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(),
+                    "threads": 1, "platform": platform.platform()},
+        "ours": ours, "baseline": baseline,
+        "speedup_per_clip": round(baseline["seconds"]["total_extrapolated"]
+                                  / ours["seconds"]["total"], 1),
+        "goals": {"speedup_at_least": 20, "real_time_factor_at_least": 5},
+    }
+    result["goals"]["met"] = bool(result["speedup_per_clip"] >= 20
+                                  and ours["real_time_factor"] >= 5)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(table(result))
+    print(f"\nwritten: {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,375 @@
+"""aus: facial Action Unit intensities per frame, OpenFace-named, from either backend.
+
+    python -m stages.aus             # reads params.yaml:aus, data/faces -> data/aus
+
+Backends (`aus.backend`), one output schema:
+  mediapipe     (default) from data/faces: each AU mixes MediaPipe blendshapes (ARKit -> FACS
+                correspondences) and landmark geometry in a face-aligned frame normalised by the
+                inter-ocular distance; every feature is calibrated per video against the subject's
+                neutral baseline (a low quantile for blendshapes, the median for geometry, as
+                OpenFace's person-specific normalisation does), then mapped to 0-5.
+                docs/frontend.md says, per AU, what it is made of and how far to trust it.
+  openface_csv  OpenFace FeatureExtraction CSVs, one per video named `<video_id>.csv`, in
+                `aus.openface_dir`: headers with or without spaces, older and newer layouts,
+                success == 0 rows masked, one face kept when there are several (face_id).
+
+Output data/aus/ (Parquet shards, one row group per video): video_id, frame_idx, t, success,
+confidence, AU01_r ... AU45_r (0-5), AU01_c ... AU45_c (0/1); NaN, not 0, where there is no face.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from stages import schemas
+from stages.common import (BaseParams, StageInputError, atomic_write_json, get_logger, load_params,
+                           progress, read_artifact, repo_root)
+from stages.schemas import AU_INTENSITY, AU_PRESENCE
+from stages.video_io import VideoShardWriter, index_videos, read_video
+
+log = get_logger("aus")
+
+
+@dataclasses.dataclass(frozen=True)
+class AusParams:
+    backend: Literal["mediapipe", "openface_csv"] = "mediapipe"
+    baseline_quantile: float = 0.1  # neutral level of each blendshape in a video (low quantile)
+    geometry_quantile: float = 0.5  # neutral level of each geometric feature (median)
+    min_baseline_frames: int = 5  # fewer face frames: blendshapes uncalibrated (neutral = 0)
+    presence_threshold: float = 1.0  # AUxx_c = AUxx_r >= this
+    openface_dir: str = ""  # openface_csv: folder of <video_id>.csv (relative to the repo root)
+    openface_face_id: int = -1  # openface_csv: face to keep; -1 = the one with most success rows
+    rows_per_shard: int = 20000
+
+
+def check_params(p: AusParams) -> None:
+    for key in ("baseline_quantile", "geometry_quantile"):
+        if not 0.0 <= getattr(p, key) <= 1.0:
+            raise StageInputError(f"aus.{key}: {getattr(p, key)} must be in [0, 1]")
+    if not 0 < p.presence_threshold <= 5:
+        raise StageInputError(f"aus.presence_threshold: {p.presence_threshold} must be in (0, 5]")
+    if p.backend == "openface_csv" and not p.openface_dir:
+        raise StageInputError("aus.openface_dir: set it to the folder of OpenFace CSVs "
+                              "(<video_id>.csv) for backend openface_csv")
+
+
+# --------------------------------------------------------------------------------------------------
+# landmark geometry (MediaPipe face-mesh indices; "R" is the subject's right, the image's left)
+
+EYE_R = (33, 133)  # outer, inner corner
+EYE_L = (263, 362)
+LID_R = (159, 145)  # upper, lower lid middle
+LID_L = (386, 374)
+BROW_INNER = ((107, 55), (336, 285))  # (upper, lower edge) R, L
+BROW_MID = ((105, 52), (334, 282))
+BROW_OUTER = ((70, 46), (300, 276))
+CHEEK = (50, 280)
+NOSE_ALA = (64, 294)
+SUBNASALE = 2
+LIP_TOP, LIP_IN_TOP, LIP_IN_BOTTOM, LIP_BOTTOM = 0, 13, 14, 17
+MOUTH_CORNERS = (61, 291)
+CHIN = 152
+
+
+def face_frame(lm: np.ndarray) -> np.ndarray:
+    """Landmarks (n, 478, 3) pixels -> the same points in a face-aligned frame, (n, 478, 3):
+    origin at the eye midpoint, x from the right eye to the left eye, y down towards the
+    subnasale (orthogonalised), z = x cross y, all divided by the inter-ocular distance (IOD), so
+    in-plane rotation, scale and much of the head turn drop out."""
+    eye_r = lm[:, list(EYE_R)].mean(1)  # (n, 3)
+    eye_l = lm[:, list(EYE_L)].mean(1)
+    mid = (eye_r + eye_l) / 2
+    ex = eye_l - eye_r
+    iod = np.linalg.norm(ex, axis=1, keepdims=True)  # (n, 1)
+    ex = ex / np.maximum(iod, 1e-6)
+    down = lm[:, SUBNASALE] - mid
+    ey = down - (down * ex).sum(1, keepdims=True) * ex
+    ey = ey / np.maximum(np.linalg.norm(ey, axis=1, keepdims=True), 1e-6)
+    ez = np.cross(ex, ey)
+    basis = np.stack([ex, ey, ez], axis=2)  # (n, 3, 3): columns are the axes
+    rel = lm - mid[:, None, :]  # (n, 478, 3)
+    return np.einsum("npk,nkj->npj", rel, basis) / np.maximum(iod, 1e-6)[:, :, None]
+
+
+def geometry_features(lm: np.ndarray) -> dict[str, np.ndarray]:
+    """Geometric AU cues per frame from landmarks (n, 478, 3) pixels; each (n,), in IOD units (eye
+    openness: a ratio), oriented so that larger means more of the action."""
+    f = face_frame(lm)
+    y = f[..., 1]  # (n, 478), down is positive
+
+    def dist(a: int, b: int) -> np.ndarray:
+        return np.linalg.norm(f[:, a] - f[:, b], axis=1)
+
+    eye_y = (y[:, list(EYE_R)].mean(1) + y[:, list(EYE_L)].mean(1)) / 2  # ~0 by construction
+
+    def brow_height(pairs) -> np.ndarray:
+        return np.mean([eye_y - y[:, list(p)].mean(1) for p in pairs], axis=0)
+
+    inner, mid = brow_height(BROW_INNER), brow_height(BROW_MID)
+    eye_open = np.mean([dist(*lid) / np.maximum(dist(*eye), 1e-6)
+                        for lid, eye in ((LID_R, EYE_R), (LID_L, EYE_L))], axis=0)
+    corner_up = y[:, SUBNASALE] - y[:, list(MOUTH_CORNERS)].mean(1)
+    return {
+        "brow_inner": inner,
+        "brow_outer": brow_height(BROW_OUTER),
+        "brow_lower": -(inner + mid) / 2 - dist(BROW_INNER[0][0], BROW_INNER[1][0]) / 2,
+        "eye_open": eye_open,
+        "eye_close": -eye_open,
+        "lower_lid": eye_y - y[:, list(LID_R[1:] + LID_L[1:])].mean(1),
+        "cheek": eye_y - y[:, list(CHEEK)].mean(1),
+        "nose_wrinkle": eye_y - y[:, list(NOSE_ALA)].mean(1),
+        "upper_lip": y[:, SUBNASALE] - y[:, LIP_TOP],
+        "corner_up": corner_up,
+        "corner_down": -corner_up,
+        "mouth_width": dist(*MOUTH_CORNERS),
+        "lip_gap": dist(LIP_IN_TOP, LIP_IN_BOTTOM),
+        "jaw": y[:, CHIN] - y[:, SUBNASALE],
+        "lip_thin": -(dist(LIP_TOP, LIP_IN_TOP) + dist(LIP_IN_BOTTOM, LIP_BOTTOM)),
+    }
+
+
+# Each AU: (feature, weight, deviation that reads as 5). Features `bs:<a>+<b>` are the mean of
+# those blendshapes (score in [0, 1]); `geo:<name>` are geometry_features() above. Per feature the
+# deviation from the video's neutral baseline is scaled to 0-5 and clipped at 0, then the weighted
+# sum is clipped to 0-5. The scales are engineering estimates (no labelled data here), see the docs.
+AU_RECIPES: dict[str, tuple[tuple[str, float, float], ...]] = {
+    "AU01_r": (("bs:browInnerUp", 0.5, 1.0), ("geo:brow_inner", 0.5, 0.15)),
+    "AU02_r": (("bs:browOuterUpLeft+browOuterUpRight", 0.5, 1.0), ("geo:brow_outer", 0.5, 0.15)),
+    "AU04_r": (("bs:browDownLeft+browDownRight", 0.5, 1.0), ("geo:brow_lower", 0.5, 0.12)),
+    "AU05_r": (("bs:eyeWideLeft+eyeWideRight", 0.5, 1.0), ("geo:eye_open", 0.5, 0.15)),
+    "AU06_r": (("geo:cheek", 0.4, 0.06), ("geo:lower_lid", 0.3, 0.05),
+               ("bs:cheekSquintLeft+cheekSquintRight", 0.3, 1.0)),
+    "AU07_r": (("bs:eyeSquintLeft+eyeSquintRight", 0.6, 1.0), ("geo:lower_lid", 0.2, 0.05),
+               ("geo:eye_close", 0.2, 0.10)),
+    "AU09_r": (("geo:nose_wrinkle", 0.6, 0.06), ("bs:noseSneerLeft+noseSneerRight", 0.4, 1.0)),
+    "AU10_r": (("bs:mouthUpperUpLeft+mouthUpperUpRight", 0.6, 1.0), ("geo:upper_lip", 0.4, 0.08)),
+    "AU12_r": (("bs:mouthSmileLeft+mouthSmileRight", 0.6, 1.0), ("geo:corner_up", 0.4, 0.12)),
+    "AU14_r": (("bs:mouthDimpleLeft+mouthDimpleRight", 1.0, 1.0),),
+    "AU15_r": (("bs:mouthFrownLeft+mouthFrownRight", 0.6, 1.0), ("geo:corner_down", 0.4, 0.10)),
+    "AU17_r": (("bs:mouthShrugLower", 0.8, 1.0), ("bs:mouthShrugUpper", 0.2, 1.0)),
+    "AU20_r": (("bs:mouthStretchLeft+mouthStretchRight", 0.7, 1.0), ("geo:mouth_width", 0.3, 0.25)),
+    "AU23_r": (("bs:mouthPressLeft+mouthPressRight", 0.5, 1.0), ("geo:lip_thin", 0.5, 0.10)),
+    "AU25_r": (("geo:lip_gap", 0.6, 0.40), ("bs:jawOpen", 0.4, 1.0)),
+    "AU26_r": (("bs:jawOpen", 0.6, 1.0), ("geo:jaw", 0.4, 0.50)),
+    "AU45_r": (("bs:eyeBlinkLeft+eyeBlinkRight", 0.5, 1.0), ("geo:eye_close", 0.5, 0.25)),
+}
+
+
+def feature_values(name: str, faces: pd.DataFrame, geo: dict[str, np.ndarray]) -> np.ndarray:
+    kind, spec = name.split(":", 1)
+    if kind == "geo":
+        return geo[spec]
+    cols = [f"bs_{b}" for b in spec.split("+")]
+    return faces[cols].to_numpy(np.float64).mean(1)
+
+
+def baseline(values: np.ndarray, *, kind: str, params: AusParams) -> float:
+    """The subject's neutral level of one feature over a video's face frames (n,)."""
+    ok = values[np.isfinite(values)]
+    if kind == "bs":
+        if len(ok) < params.min_baseline_frames:
+            return 0.0  # too few frames to know the person: trust the model's own zero
+        return float(np.quantile(ok, params.baseline_quantile))
+    return float(np.quantile(ok, params.geometry_quantile)) if len(ok) else np.nan
+
+
+def aus_from_faces(faces: pd.DataFrame, *, params: AusParams) -> pd.DataFrame:
+    """One video's rows of data/faces (n,) -> its AU rows (n,): intensities, presences, NaN
+    where no face was found. Calibrated against this video's own neutral baseline."""
+    faces = faces.sort_values("frame_idx", kind="stable").reset_index(drop=True)
+    n = len(faces)
+    found = faces["face_found"].to_numpy(bool)
+    out = pd.DataFrame({"video_id": faces["video_id"], "frame_idx": faces["frame_idx"],
+                        "t": faces["t"], "success": found,
+                        "confidence": faces["confidence"].astype("float64")})
+    intens = {au: np.full(n, np.nan) for au in AU_INTENSITY}
+    if found.any():
+        sub = faces[found]
+        lm = np.stack([np.asarray(v, np.float64) for v in sub["landmarks"]]).reshape(
+            len(sub), -1, 3)  # (m, 478, 3)
+        geo = geometry_features(lm)
+        cache: dict[str, np.ndarray] = {}
+        for au, recipe in AU_RECIPES.items():
+            total = np.zeros(len(sub))
+            for feat, weight, full in recipe:
+                if feat not in cache:
+                    v = feature_values(feat, sub, geo)
+                    b = baseline(v, kind=feat.split(":")[0], params=params)
+                    cache[feat] = v - b  # deviation from neutral, (m,)
+                total += weight * np.clip(5.0 * cache[feat] / full, 0.0, 5.0)
+            intens[au][found] = np.clip(total, 0.0, 5.0)
+    for au, c in zip(AU_INTENSITY, AU_PRESENCE):
+        out[au] = intens[au]
+    for au, c in zip(AU_INTENSITY, AU_PRESENCE):
+        out[c] = np.where(np.isnan(intens[au]), np.nan,
+                          (intens[au] >= params.presence_threshold).astype(float))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# OpenFace CSVs
+
+
+def read_openface_csv(path: str | Path, *, video_id: str, face_id: int = -1,
+                      presence_threshold: float = 1.0) -> pd.DataFrame:
+    """One OpenFace FeatureExtraction CSV -> rows of the aus schema.
+
+    Headers with or without a space after the commas; the 2.0 layouts with or without `face_id`;
+    `frame` is 1-based there, frame_idx 0-based here. Rows with success == 0 keep their place with
+    NaN AUs. With several faces, `face_id` (or, when -1, the face with most successful frames) is
+    kept. A missing AUxx_c column is derived as AUxx_r >= presence_threshold."""
+    path = Path(path)
+    try:
+        raw = pd.read_csv(path, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
+        raise StageInputError(f"{path}: not a readable OpenFace CSV: {exc}") from None
+    raw.columns = [str(c).strip() for c in raw.columns]
+    missing = [c for c in AU_INTENSITY if c not in raw.columns]
+    if missing:
+        raise StageInputError(f"{path}: missing column '{missing[0]}' (not an OpenFace AU CSV, "
+                              "or AUs were not extracted: run FeatureExtraction with -aus)")
+    if "frame" not in raw.columns and "timestamp" not in raw.columns:
+        raise StageInputError(f"{path}: missing column 'frame' (and 'timestamp')")
+    if "face_id" in raw.columns and raw["face_id"].nunique() > 1:
+        if face_id < 0:
+            ok = raw["success"] if "success" in raw.columns else pd.Series(1, index=raw.index)
+            face_id = int(ok.groupby(raw["face_id"]).sum().idxmax())
+        raw = raw[raw["face_id"] == face_id]
+        if raw.empty:
+            raise StageInputError(f"{path}: no row with face_id {face_id}")
+    if "frame" in raw.columns:
+        frame_idx = raw["frame"].astype("int64") - 1
+    else:
+        frame_idx = pd.Series(np.arange(len(raw)), index=raw.index)
+    if "timestamp" in raw.columns:
+        t = raw["timestamp"].astype("float64")
+    else:
+        t = frame_idx / 30.0  # OpenFace's own default when a video gives no rate
+    success = (raw["success"].astype(float) > 0) if "success" in raw.columns else \
+        pd.Series(True, index=raw.index)
+    conf = raw["confidence"].astype("float64") if "confidence" in raw.columns else \
+        pd.Series(np.nan, index=raw.index)
+    out = pd.DataFrame({"video_id": video_id, "frame_idx": frame_idx.to_numpy(),
+                        "t": t.to_numpy(), "success": success.to_numpy(bool),
+                        "confidence": conf.to_numpy()})
+    mask = ~out["success"].to_numpy()
+    for au, c in zip(AU_INTENSITY, AU_PRESENCE):
+        r = raw[au].to_numpy(np.float64).copy()
+        r[mask] = np.nan  # OpenFace writes 0 there: not a measurement
+        out[au] = r
+    for au, c in zip(AU_INTENSITY, AU_PRESENCE):
+        if c in raw.columns:
+            v = raw[c].to_numpy(np.float64).copy()
+        else:
+            v = (out[au].to_numpy() >= presence_threshold).astype(float)
+        v[mask] = np.nan
+        out[c] = v
+    out = out.drop_duplicates("frame_idx", keep="first").sort_values("frame_idx")
+    return out.reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def _from_mediapipe(params: AusParams, root: Path, out: VideoShardWriter,
+                    failed: dict[str, str]) -> tuple[int, int]:
+    index = index_videos(root / schemas.ARTIFACTS["faces"].path, "faces")
+    cols = [c for c in schemas.ARTIFACTS["faces"].columns if c != "crop"]  # crops: not needed
+    n_rows = n_ok = 0
+    for vid in progress(sorted(index), desc="aus", unit="video"):
+        try:
+            faces = read_video(index[vid], vid, "faces", columns=cols)
+            df = aus_from_faces(faces, params=params)
+        except Exception as exc:  # one broken video must not stop the others
+            failed[vid] = f"{type(exc).__name__}: {exc}"
+            log.warning("skipped %s: %s", vid, failed[vid])
+            continue
+        out.write(df)
+        n_rows += len(df)
+        n_ok += int(df["success"].sum())
+    return n_rows, n_ok
+
+
+def _from_openface(params: AusParams, root: Path, out: VideoShardWriter,
+                   failed: dict[str, str]) -> tuple[int, int]:
+    folder = Path(params.openface_dir)
+    folder = folder if folder.is_absolute() else root / folder
+    csvs = sorted(folder.glob("*.csv"))
+    if not csvs:
+        raise StageInputError(f"{folder}: no OpenFace CSV (<video_id>.csv) found")
+    n_rows = n_ok = 0
+    for csv in progress(csvs, desc="aus:openface", unit="video"):
+        try:
+            df = read_openface_csv(csv, video_id=csv.stem, face_id=params.openface_face_id,
+                                   presence_threshold=params.presence_threshold)
+        except StageInputError as exc:
+            failed[csv.stem] = str(exc)
+            log.warning("skipped %s", exc)
+            continue
+        out.write(df)
+        n_rows += len(df)
+        n_ok += int(df["success"].sum())
+    return n_rows, n_ok
+
+
+def _from_source(params: AusParams, root: Path, out: VideoShardWriter) -> tuple[int, int]:
+    """Pass through the AU sequences ingest read from the dataset itself (sources perfex,
+    openface_csv: no video), deriving AUxx_c where the source gave none."""
+    path = root / schemas.ARTIFACTS["source_aus"].path
+    if not path.exists():
+        return 0, 0
+    source = read_artifact("source_aus", path=path)
+    n_rows = n_ok = 0
+    for vid, df in source.groupby("video_id", sort=True):
+        df = df.sort_values("frame_idx").reset_index(drop=True)
+        for au, c in zip(AU_INTENSITY, AU_PRESENCE):
+            if c not in df.columns or df[c].isna().all():
+                df[c] = np.where(df[au].isna(), np.nan,
+                                 (df[au] >= params.presence_threshold).astype(float))
+        if "confidence" not in df.columns:
+            df["confidence"] = np.nan
+        out.write(df[list(schemas.ARTIFACTS["aus"].columns)])
+        n_rows += len(df)
+        n_ok += int(df["success"].sum())
+    return n_rows, n_ok
+
+
+def run(params: AusParams, base: BaseParams | None = None, root: Path | None = None) -> dict:
+    """data/faces (or OpenFace CSVs) -> data/aus under `root`; returns metrics/aus.json."""
+    root = root or repo_root()
+    check_params(params)
+    failed: dict[str, str] = {}
+    with VideoShardWriter("aus", path=root / schemas.ARTIFACTS["aus"].path,
+                          rows_per_shard=params.rows_per_shard) as out:
+        reader = _from_openface if params.backend == "openface_csv" else _from_mediapipe
+        n_rows, n_ok = reader(params, root, out, failed)
+        rows, ok = _from_source(params, root, out)
+        n_rows, n_ok = n_rows + rows, n_ok + ok
+        if failed and n_rows == 0:
+            raise StageInputError("no video gave AUs: " + "; ".join(list(failed.values())[:5]))
+    summary = {"backend": params.backend, "n_frames": n_rows,
+               "success_rate": round(n_ok / n_rows, 4) if n_rows else 0.0,
+               "n_failed": len(failed), "failed": failed}
+    atomic_write_json(root / "metrics" / "aus.json", summary)
+    log.info("aus (%s): %d frames, %.1f%% with a face", params.backend, n_rows,
+             100 * summary["success_rate"])
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    base = load_params("base", BaseParams)
+    params = load_params("aus", AusParams)
+    try:
+        run(params, base)
+    except StageInputError as exc:
+        log.error("%s", exc)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

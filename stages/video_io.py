@@ -1,0 +1,380 @@
+"""Video decoding, frame sampling and per-video Parquet I/O shared by the frames / faces / aus stages.
+
+Nothing here runs on its own; `python -m pytest tests/test_frames.py` exercises it.
+
+- `probe` / `iter_frames`: decode any file FFmpeg reads (H.264, HEVC, VP9, MJPEG, ...) with PyAV,
+  one frame in memory at a time, honouring variable frame rate (times come from each frame's pts)
+  and rotation metadata (the display matrix), sampling by rate or a fixed count per video.
+- `VideoShardWriter`: an `ArtifactWriter` that stores each video as its own Parquet row group, so a
+  later stage reads exactly one video (`index_videos` + `read_video`) and memory stays bounded by
+  one video, never a whole shard or dataset.
+- `worker_init` / `map_videos`: a spawn-context process pool, one thread per worker, results in
+  job order (so outputs do not depend on timing).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import multiprocessing as mp
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from stages.common import ArtifactWriter, StageInputError, check_schema
+
+__all__ = ["VideoInfo", "probe", "iter_frames", "target_size", "sample_indices",
+           "VideoShardWriter", "index_videos", "read_video", "map_videos", "worker_init",
+           "encode_jpeg", "decode_jpeg"]
+
+
+# --------------------------------------------------------------------------------------------------
+# decoding
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoInfo:
+    """What one video stream says about itself (display orientation: after rotation)."""
+
+    codec: str
+    width: int  # displayed width, after rotation
+    height: int
+    rotation: int  # degrees counter-clockwise the display matrix applies (0, 90, 180, -90)
+    fps: float  # average rate; nan when the container does not say
+    duration_s: float  # nan when unknown
+    n_frames: int  # as the container reports it (0 when unknown): a hint, never trusted
+
+
+def _open(path: str | os.PathLike):
+    import av
+
+    path = Path(path)
+    if not path.exists():
+        raise StageInputError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise StageInputError(f"{path}: empty file (0 bytes)")
+    try:
+        container = av.open(str(path))
+    except Exception as exc:  # PyAV raises InvalidDataError, OSError, ... for unreadable files
+        raise StageInputError(f"{path}: cannot be opened as media: {exc}") from None
+    if not container.streams.video:
+        container.close()
+        raise StageInputError(f"{path}: no video stream (audio-only or data file)")
+    return container
+
+
+def _stream_rotation(stream) -> int:
+    """Rotation from the stream's display matrix side data (where the PyAV build exposes it) or
+    an old `rotate` tag, in degrees counter-clockwise, snapped to a multiple of 90. PyAV 18 gives
+    the display matrix per frame only: `iter_frames` reads it there."""
+    rot = 0.0
+    try:
+        side = getattr(stream, "side_data", None)
+        if side is not None and "DISPLAYMATRIX" in side:
+            rot = float(side["DISPLAYMATRIX"])
+    except Exception:  # side-data APIs differ between PyAV builds: the per-frame value decides
+        rot = 0.0
+    if not rot:
+        tag = (stream.metadata or {}).get("rotate")
+        if tag:
+            rot = -float(tag)  # the legacy tag is clockwise
+    return int(round(rot / 90.0)) * 90 % 360 if rot else 0
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    """Facts about the first video stream of `path`. Raises StageInputError naming the file."""
+    container = _open(path)
+    try:
+        vs = container.streams.video[0]
+        rotation = _stream_rotation(vs)
+        w, h = vs.codec_context.width, vs.codec_context.height
+        if not rotation:  # PyAV exposes the display matrix per frame: look at the first one
+            try:
+                first = next(container.decode(vs), None)
+            except Exception:
+                first = None
+            if first is not None:
+                rotation = _frame_rotation(first, 0)
+                w, h = first.width, first.height
+        if rotation in (90, 270):
+            w, h = h, w
+        fps = float(vs.average_rate) if vs.average_rate else float("nan")
+        if vs.duration is not None and vs.time_base is not None:
+            duration = float(vs.duration * vs.time_base)
+        elif container.duration is not None:
+            duration = container.duration / 1_000_000
+        else:
+            duration = float("nan")
+        return VideoInfo(codec=vs.codec_context.name, width=int(w), height=int(h),
+                         rotation=rotation, fps=fps, duration_s=duration, n_frames=int(vs.frames))
+    finally:
+        container.close()
+
+
+def target_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """(w, h) scaled down so that max(w, h) <= max_side, keeping the aspect ratio; never up.
+    `max_side <= 0` keeps the size. Both sides stay >= 1 and even when scaled (JPEG-friendly)."""
+    if max_side <= 0 or max(width, height) <= max_side:
+        return width, height
+    scale = max_side / max(width, height)
+    w = max(2, int(round(width * scale / 2)) * 2)
+    h = max(2, int(round(height * scale / 2)) * 2)
+    return w, h
+
+
+def sample_indices(n_frames: int, per_video: int) -> np.ndarray:
+    """`per_video` evenly spaced frame indices over [0, n_frames) (DeepPersonality's uniform
+    sampling: `linspace(0, n - 1, k)` rounded); all frames when there are fewer. Shape (k,)."""
+    if n_frames <= 0:
+        return np.zeros(0, dtype=np.int64)
+    if n_frames <= per_video:
+        return np.arange(n_frames, dtype=np.int64)
+    return np.unique(np.round(np.linspace(0, n_frames - 1, per_video)).astype(np.int64))
+
+
+def _count_frames(path: Path) -> int:
+    """Count the video packets (one per frame for every codec we meet) without decoding."""
+    container = _open(path)
+    try:
+        vs = container.streams.video[0]
+        return sum(1 for packet in container.demux(vs) if packet.size)
+    except Exception as exc:
+        raise StageInputError(f"{path}: cannot be demuxed: {exc}") from None
+    finally:
+        container.close()
+
+
+def _rotate(rgb: np.ndarray, rotation: int) -> np.ndarray:
+    """Apply a counter-clockwise display rotation (multiple of 90) to an (H, W, C) image."""
+    k = (rotation // 90) % 4
+    return np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
+
+
+def iter_frames(path: str | os.PathLike, *, fps: float | None = None, per_video: int | None = None,
+                max_side: int = 0, pixel_format: str = "rgb24", threads: int = 1,
+                max_errors: int = 50, report: dict | None = None
+                ) -> Iterator[tuple[int, float, np.ndarray]]:
+    """Decode `path` and yield the sampled frames as `(frame_idx, t, image)`.
+
+    frame_idx: 0-based index of the frame in presentation order over the whole stream.
+    t: seconds since the stream's start, from the frame's own pts (variable frame rate safe).
+    image: (H, W, 3) uint8 in `pixel_format` ("rgb24" or "bgr24"), rotated for display and
+        resized so that max(H, W) <= max_side.
+
+    Sampling: `fps` keeps the first frame at or after each tick 0, 1/fps, 2/fps, ...; `per_video`
+    keeps that many evenly spaced frames (a cheap packet scan counts them first); neither keeps all.
+    Only kept frames are converted and resized, so the cost of skipped frames is the decode alone.
+
+    Corrupt packets are skipped (up to `max_errors`); a file that breaks off yields what it had.
+    `report` (a dict), when given, receives `rotation`, `decoded`, `errors`, `truncated`.
+    Raises StageInputError naming the file when it cannot be opened or holds no video stream.
+    """
+    path = Path(path)
+    if fps is not None and fps <= 0:
+        raise StageInputError(f"frames.fps: {fps} must be > 0")
+    keep: np.ndarray | None = None
+    if per_video is not None:
+        if per_video < 1:
+            raise StageInputError(f"frames.per_video: {per_video} must be >= 1")
+        keep = sample_indices(_count_frames(path), per_video)
+    report = report if report is not None else {}
+    report.update(rotation=0, decoded=0, errors=0, truncated=False)
+    container = _open(path)
+    try:
+        vs = container.streams.video[0]
+        vs.codec_context.thread_count = max(1, threads)
+        stream_rot = _stream_rotation(vs)
+        tb = vs.time_base
+        start = vs.start_time
+        rate = float(vs.average_rate) if vs.average_rate else 25.0
+        step = 1.0 / fps if fps else 0.0
+        next_tick = 0.0
+        eps = 1e-4
+        keep_pos = 0
+        idx = -1
+        last_t = -math.inf
+        t0: float | None = None
+        demux = container.demux(vs)
+        while True:
+            try:
+                packet = next(demux)
+            except StopIteration:
+                break
+            except Exception:  # the demuxer itself failed: the file breaks off here
+                report["truncated"] = True
+                break
+            try:
+                frames = packet.decode()
+            except Exception:
+                report["errors"] += 1
+                if report["errors"] > max_errors:
+                    report["truncated"] = True
+                    break
+                continue
+            for frame in frames:
+                idx += 1
+                report["decoded"] += 1
+                if frame.pts is not None and tb is not None:
+                    raw = float(frame.pts * tb)
+                else:  # no timestamps (some raw streams): assume the nominal rate
+                    raw = idx / rate + (t0 or 0.0)
+                if t0 is None:  # origin: the stream's start time, else its first frame
+                    t0 = float(start * tb) if start is not None and tb is not None else raw
+                # strictly increasing, >= 0, even when pts jump back or repeat
+                t = max(raw - t0, last_t + 1e-6 if last_t > -math.inf else 0.0)
+                last_t = t
+                if keep is not None:
+                    if keep_pos >= len(keep) or idx != keep[keep_pos]:
+                        continue
+                    keep_pos += 1
+                elif fps:
+                    if t + eps < next_tick:
+                        continue
+                    while next_tick <= t + eps:
+                        next_tick += step
+                rotation = _frame_rotation(frame, stream_rot)
+                report["rotation"] = rotation
+                sw, sh = frame.width, frame.height
+                dw, dh = (sh, sw) if rotation % 180 else (sw, sh)  # displayed size
+                tw, th = target_size(dw, dh, max_side)
+                ow, oh = (th, tw) if rotation % 180 else (tw, th)  # size before rotation
+                if (ow, oh) != (sw, sh):
+                    img = frame.to_ndarray(width=ow, height=oh, format=pixel_format,
+                                           interpolation="AREA")
+                else:
+                    img = frame.to_ndarray(format=pixel_format)
+                yield idx, t, _rotate(img, rotation)
+            if keep is not None and keep_pos >= len(keep):
+                break
+    finally:
+        container.close()
+
+
+def _frame_rotation(frame, stream_rot: int) -> int:
+    try:
+        rot = frame.rotation
+    except Exception:
+        rot = 0
+    if rot:
+        return int(round(rot / 90.0)) * 90 % 360
+    return stream_rot
+
+
+# --------------------------------------------------------------------------------------------------
+# JPEG
+
+
+def encode_jpeg(bgr: np.ndarray, quality: int = 90) -> bytes:
+    """(H, W, 3) uint8 BGR -> JPEG bytes (OpenCV's libjpeg-turbo)."""
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise StageInputError(f"JPEG encoding failed for an image of shape {bgr.shape}")
+    return buf.tobytes()
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    """JPEG bytes -> (H, W, 3) uint8 BGR."""
+    import cv2
+
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise StageInputError("undecodable JPEG bytes")
+    return img
+
+
+# --------------------------------------------------------------------------------------------------
+# per-video Parquet I/O
+
+
+class VideoShardWriter(ArtifactWriter):
+    """ArtifactWriter whose shards hold one Parquet row group per video (per `write` call), so
+    readers can fetch exactly one video. Flushes every `rows_per_shard` rows like its parent."""
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        tables = [pa.Table.from_pandas(df, preserve_index=False) for df in self._buffer]
+        # one schema for the shard: a video whose list / bytes column is all null (no face) has
+        # type null there, promoted to the others' type
+        whole = pa.concat_tables(tables, promote_options="permissive")
+        out = self._tmp / f"part-{self._shard:05d}.parquet"
+        with pq.ParquetWriter(out, whole.schema) as writer:
+            start = 0
+            for table in tables:
+                writer.write_table(whole.slice(start, len(table)),
+                                   row_group_size=max(len(table), 1))
+                start += len(table)
+        self._shard += 1
+        self._buffer, self._buffered = [], 0
+
+
+def index_videos(path: str | os.PathLike, name: str) -> dict[str, list[tuple[Path, int]]]:
+    """Map video_id -> [(shard, row_group), ...] for a sharded artifact folder, reading only the
+    `video_id` column. Checks every shard's columns against artifact `name` (SchemaError)."""
+    path = Path(path)
+    from stages.common import SchemaError
+
+    if not path.is_dir():
+        raise SchemaError(f"{path}: artifact '{name}' not found; run its stage first")
+    index: dict[str, list[tuple[Path, int]]] = {}
+    for shard in sorted(path.glob("*.parquet")):
+        try:
+            pf = pq.ParquetFile(shard)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise SchemaError(f"{shard}: not a readable Parquet artifact: {exc}") from None
+        check_schema(pf.schema_arrow.empty_table().to_pandas(), name, shard)
+        for rg in range(pf.num_row_groups):
+            ids = pf.read_row_group(rg, columns=["video_id"]).column(0).to_pylist()
+            for vid in dict.fromkeys(ids):
+                index.setdefault(vid, []).append((shard, rg))
+    return index
+
+
+def read_video(parts: list[tuple[Path, int]], video_id: str, name: str,
+               columns: list[str] | None = None) -> pd.DataFrame:
+    """Rows of one video from the row groups `index_videos` listed, schema-checked."""
+    frames = []
+    for shard, rg in parts:
+        table = pq.ParquetFile(shard).read_row_group(rg, columns=columns)
+        df = table.to_pandas()
+        frames.append(df[df["video_id"] == video_id])
+    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
+    if columns is None:
+        check_schema(df, name, parts[0][0])
+    return df
+
+
+# --------------------------------------------------------------------------------------------------
+# workers
+
+
+def worker_init() -> None:
+    """One thread per worker process: several workers already share the cores."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TFLITE_NUM_THREADS"):
+        os.environ[var] = "1"
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:
+        pass
+
+
+def map_videos(fn: Callable[[Any], Any], jobs: Iterable[Any], *, workers: int) -> Iterator[Any]:
+    """`fn(job)` for every job, in `workers` spawn processes (in-process when workers <= 1 or a
+    single job), yielding results in job order so that outputs do not depend on timing."""
+    jobs = list(jobs)
+    if workers <= 1 or len(jobs) <= 1:
+        worker_init()
+        for job in jobs:
+            yield fn(job)
+        return
+    ctx = mp.get_context("spawn")  # mediapipe threads make fork unsafe
+    with ctx.Pool(min(workers, len(jobs)), initializer=worker_init) as pool:
+        yield from pool.imap(fn, jobs, chunksize=1)

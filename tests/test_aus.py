@@ -1,0 +1,174 @@
+"""aus stage: OpenFace CSV reading (real file and layouts), the mediapipe backend's calibration,
+geometry invariances, NaN where no face, the stage end to end on both backends."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import real_fixture
+from stages.aus import (AU_RECIPES, AusParams, aus_from_faces, face_frame, geometry_features,
+                        read_openface_csv, run)
+from stages.common import BaseParams, StageInputError, check_schema, read_artifact
+from stages.facemodel import BLENDSHAPES
+from stages.schemas import AU_INTENSITY, AU_PRESENCE
+
+
+def test_openface_fixture_reads_exactly():
+    path = real_fixture("OpenFace_Test.csv")
+    df = read_openface_csv(path, video_id="of")
+    raw = pd.read_csv(path, skipinitialspace=True)
+    raw.columns = [c.strip() for c in raw.columns]
+    check_schema(df, "aus", path)
+    assert len(df) == len(raw) == 100
+    np.testing.assert_array_equal(df[list(AU_INTENSITY)].to_numpy(),
+                                  raw[list(AU_INTENSITY)].to_numpy(float))
+    np.testing.assert_array_equal(df[list(AU_PRESENCE)].to_numpy(),
+                                  raw[list(AU_PRESENCE)].to_numpy(float))
+    assert df["frame_idx"].tolist() == (raw["frame"] - 1).tolist()
+    np.testing.assert_allclose(df["t"], raw["timestamp"])
+    assert df["success"].all()
+
+
+def openface_like(*, spaces: bool, face_ids: bool) -> str:
+    """A small OpenFace-layout CSV: 4 frames; with face_ids, face 1 succeeds more than face 0."""
+    cols = ["frame", *(["face_id"] if face_ids else []), "timestamp", "confidence", "success",
+            *AU_INTENSITY, *AU_PRESENCE]
+    rows = []
+    for frame in range(1, 5):
+        for face in ((0, 1) if face_ids else (0,)):
+            ok = 1 if (face == 1 or frame == 1 or not face_ids) and frame != 3 else 0
+            vals = [frame, *([face] if face_ids else []), (frame - 1) / 25, 0.9 * ok, ok]
+            vals += [(0.0 if not ok else round(0.1 * frame + face + k / 100, 2))
+                     for k in range(len(AU_INTENSITY))]
+            vals += [float(ok) for _ in AU_PRESENCE]
+            rows.append(vals)
+    sep = ", " if spaces else ","
+    return "\n".join([sep.join(cols)] + [sep.join(str(v) for v in r) for r in rows]) + "\n"
+
+
+@pytest.mark.parametrize("spaces", [True, False])
+def test_openface_layouts_mask_failures_and_pick_a_face(tmp_path, spaces):
+    path = tmp_path / "clip.csv"
+    path.write_text(openface_like(spaces=spaces, face_ids=True))
+    df = read_openface_csv(path, video_id="clip")
+    assert df["frame_idx"].tolist() == [0, 1, 2, 3]
+    assert df["success"].tolist() == [True, True, False, True]  # face 1: most successes
+    assert df.loc[2, list(AU_INTENSITY)].isna().all()  # success == 0: NaN, not the file's 0
+    assert df.loc[2, list(AU_PRESENCE)].isna().all()
+    assert df.loc[0, "AU01_r"] == pytest.approx(1.1)
+    first = read_openface_csv(path, video_id="clip", face_id=0)
+    assert first["success"].tolist() == [True, False, False, False]
+    old = tmp_path / "old.csv"
+    old.write_text(openface_like(spaces=spaces, face_ids=False))
+    assert read_openface_csv(old, video_id="old")["success"].tolist() == [True, True, False, True]
+
+
+def test_openface_bad_files(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("frame, timestamp, AU01_r\n1, 0.0, 0.5\n")
+    with pytest.raises(StageInputError, match="AU02_r"):
+        read_openface_csv(bad, video_id="bad")
+
+
+def test_openface_backend_stage(tmp_path):
+    folder = tmp_path / "openface"
+    folder.mkdir()
+    (folder / "a.csv").write_text(openface_like(spaces=True, face_ids=False))
+    (folder / "b.csv").write_text("frame,timestamp\n1,0\n")  # no AUs: reported, others go on
+    summary = run(AusParams(backend="openface_csv", openface_dir="openface"), BaseParams(),
+                  root=tmp_path)
+    aus = read_artifact("aus", path=tmp_path / "data" / "aus")
+    assert set(aus["video_id"]) == {"a"} and list(summary["failed"]) == ["b"]
+
+
+# --------------------------------------------------------------------------------------------------
+# mediapipe backend
+
+
+def test_geometry_is_invariant_to_similarity_transforms(rng):
+    lm = rng.normal(size=(1, 478, 3)) * 30 + 200
+    a = math.radians(25)
+    rot = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
+    moved = (lm @ rot.T) * 2.5 + np.array([40.0, -13.0, 5.0])
+    np.testing.assert_allclose(face_frame(lm), face_frame(moved), atol=1e-9)
+    g1, g2 = geometry_features(lm), geometry_features(moved)
+    for k in g1:
+        np.testing.assert_allclose(g1[k], g2[k], atol=1e-9)
+
+
+def synthetic_faces(n: int, rng, *, found: np.ndarray | None = None) -> pd.DataFrame:
+    """Rows shaped like data/faces: jittered copies of one landmark set, blendshapes at 0.1."""
+    base = rng.normal(size=(478, 3)) * 30 + 200
+    found = np.ones(n, bool) if found is None else found
+    lms = [(base + rng.normal(size=base.shape) * 0.01).reshape(-1).astype(np.float32)
+           if f else None for f in found]
+    df = pd.DataFrame({"video_id": "v", "frame_idx": np.arange(n), "t": np.arange(n) / 5,
+                       "face_found": found, "confidence": np.where(found, 0.9, 0.0),
+                       "landmarks": lms})
+    for b in BLENDSHAPES:
+        df[f"bs_{b}"] = np.where(found, 0.1, np.nan)
+    return df
+
+
+def test_calibration_removes_the_subjects_resting_face(rng):
+    faces = synthetic_faces(40, rng)
+    faces["bs_browInnerUp"] = 0.45  # a person whose resting brows read high
+    faces.loc[30:, "bs_browInnerUp"] = 0.85  # ... raised for a while
+    faces.loc[30:, "bs_mouthSmileLeft"] = faces.loc[30:, "bs_mouthSmileRight"] = 0.7
+    out = aus_from_faces(faces, params=AusParams())
+    assert out.loc[:29, "AU01_r"].max() < 0.2  # the resting level reads as neutral
+    assert out.loc[30:, "AU01_r"].min() > 0.8
+    assert out.loc[30:, "AU12_r"].min() > 1.5 and out.loc[:29, "AU12_r"].max() < 0.2
+    assert (out.loc[30:, "AU12_c"] == 1).all() and (out.loc[:29, "AU12_c"] == 0).all()
+    vals = out[list(AU_INTENSITY)].to_numpy()
+    assert vals.min() >= 0 and vals.max() <= 5
+
+
+def test_no_face_rows_are_nan_not_zero(rng):
+    found = np.array([True] * 8 + [False] * 2 + [True] * 5)
+    out = aus_from_faces(synthetic_faces(len(found), rng, found=found), params=AusParams())
+    assert out["success"].tolist() == found.tolist()
+    assert out.loc[~found, list(AU_INTENSITY) + list(AU_PRESENCE)].isna().all().all()
+    assert out.loc[found, list(AU_INTENSITY)].notna().all().all()
+    all_missing = synthetic_faces(3, rng, found=np.zeros(3, bool))
+    assert aus_from_faces(all_missing, params=AusParams())[list(AU_INTENSITY)].isna().all().all()
+
+
+def test_every_au_has_a_recipe():
+    assert set(AU_RECIPES) == set(AU_INTENSITY)
+    for recipe in AU_RECIPES.values():
+        assert sum(w for _, w, _ in recipe) == pytest.approx(1.0)
+
+
+def test_mediapipe_backend_on_real_faces(tmp_path):
+    from test_faces import run_on
+
+    run_on(tmp_path, {"single": real_fixture("single_face.mp4"),
+                      "none": real_fixture("no_face.mp4")}, fps=10.0)
+    summary = run(AusParams(), BaseParams(), root=tmp_path)
+    aus = read_artifact("aus", path=tmp_path / "data" / "aus")
+    faces = read_artifact("faces", path=tmp_path / "data" / "faces", columns=["face_found"])
+    assert len(aus) == len(faces) and summary["n_failed"] == 0
+    single, none = aus[aus["video_id"] == "single"], aus[aus["video_id"] == "none"]
+    assert single["success"].mean() >= 0.95 and not none["success"].any()
+    assert none[list(AU_INTENSITY)].isna().all().all()
+    ok = single[single["success"]]
+    assert ok[list(AU_INTENSITY)].notna().all().all()
+    assert ok["AU12_r"].max() > 1.0  # he smiles, more at some moments than at his calmest
+
+
+def test_stage_end_to_end_on_tiny_dataset(tiny_dataset, tmp_path):
+    from test_faces import run_on
+
+    manifest = read_artifact("manifest", path=tiny_dataset / "data" / "manifest.parquet")
+    run_on(tmp_path, {r.video_id: tiny_dataset / r.path for r in manifest.itertuples()}, fps=2.0)
+    summary = run(AusParams(), BaseParams(), root=tmp_path)
+    aus = read_artifact("aus", path=tmp_path / "data" / "aus")
+    assert set(aus["video_id"]) == set(manifest["video_id"]) and summary["n_failed"] == 0
+    ok = aus[aus["success"]]
+    assert len(ok) > 0.9 * len(aus)
+    vals = ok[list(AU_INTENSITY)].to_numpy()
+    assert np.isfinite(vals).all() and vals.min() >= 0 and vals.max() <= 5

@@ -1,0 +1,252 @@
+"""frames stage: decoding, sampling, rotation, bad inputs, the stage end to end.
+
+Test videos are written here with PyAV: each frame carries its own index as its brightness, so
+that the decoded order and the sampled indices are checked exactly, and a bright block in one
+corner, so that orientation is checked too.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stages.common import BaseParams, StageInputError, read_artifact, write_artifact
+from stages.frames import FramesParams, extract_video, run
+from stages.video_io import (decode_jpeg, iter_frames, probe, sample_indices, target_size)
+
+
+def frame_image(k: int, w: int, h: int) -> np.ndarray:
+    """(h, w, 3) uint8: grey level 20 + 8 k (unique for k < 25), a white top-left block."""
+    img = np.full((h, w, 3), 20 + (8 * k) % 200, np.uint8)
+    img[: h // 4, : w // 4] = 255
+    return img
+
+
+def write_video(path: Path, *, n: int = 10, w: int = 64, h: int = 48, fps: int = 25,
+                codec: str = "libx264", pix_fmt: str = "yuv420p", times: list[float] | None = None,
+                rotation: int | None = None, audio: bool = False) -> Path:
+    """A small real video file. `times` (s) gives variable-frame-rate pts; `rotation` writes a
+    display matrix (degrees counter-clockwise, as PyAV reads it back)."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream(codec, rate=fps, options={"threads": "1"} if codec.startswith("lib")
+                            else {})
+        vs.width, vs.height, vs.pix_fmt = w, h, pix_fmt
+        if times is not None:
+            vs.codec_context.time_base = Fraction(1, 1000)
+        if rotation is not None:
+            vs.set_display_rotation(rotation)
+        for k in range(n):
+            frame = av.VideoFrame.from_ndarray(frame_image(k, w, h), format="rgb24")
+            if times is not None:
+                frame.pts, frame.time_base = int(round(times[k] * 1000)), Fraction(1, 1000)
+            for packet in vs.encode(frame):
+                out.mux(packet)
+        for packet in vs.encode():
+            out.mux(packet)
+        if audio:
+            write_audio_into(out)
+    return path
+
+
+def write_audio_into(out, seconds: float = 0.5, sr: int = 16000) -> None:
+    import av
+
+    st = out.add_stream("aac", rate=sr, layout="mono")
+    wave = (0.1 * np.sin(np.arange(int(seconds * sr)) * 0.05)).astype(np.float32)
+    for i in range(0, len(wave), 1024):
+        fr = av.AudioFrame.from_ndarray(wave[None, i: i + 1024].copy(), format="fltp",
+                                        layout="mono")
+        fr.sample_rate, fr.pts = sr, i
+        for packet in st.encode(fr):
+            out.mux(packet)
+    for packet in st.encode():
+        out.mux(packet)
+
+
+def write_audio_only(path: Path) -> Path:
+    import av
+
+    with av.open(str(path), "w", format="mp4") as out:
+        write_audio_into(out)
+    return path
+
+
+def brightness(img: np.ndarray) -> float:
+    h, w = img.shape[:2]
+    return float(img[h // 2:, w // 2:].mean())  # away from the corner block
+
+
+def index_of(img: np.ndarray) -> int:
+    return int(round((brightness(img) - 20) / 8))
+
+
+# --------------------------------------------------------------------------------------------------
+# pure helpers
+
+
+def test_sample_indices_properties():
+    for n, k in [(1, 100), (7, 100), (100, 100), (450, 100), (451, 7)]:
+        idx = sample_indices(n, k)
+        assert len(idx) == min(n, k)
+        assert idx[0] == 0 and idx[-1] == n - 1
+        assert np.all(np.diff(idx) > 0)
+    assert len(sample_indices(0, 10)) == 0
+
+
+def test_target_size_keeps_aspect_and_never_upscales():
+    assert target_size(1280, 720, 640) == (640, 360)
+    assert target_size(3840, 2160, 640) == (640, 360)
+    assert target_size(320, 240, 640) == (320, 240)
+    assert target_size(720, 1280, 640) == (360, 640)
+    assert target_size(1280, 720, 0) == (1280, 720)
+
+
+# --------------------------------------------------------------------------------------------------
+# decoding
+
+
+def test_fps_sampling_is_exact(tmp_path):
+    path = write_video(tmp_path / "a.mp4", n=20, fps=25)
+    got = list(iter_frames(path, fps=5))
+    assert [i for i, _, _ in got] == [0, 5, 10, 15]
+    assert np.allclose([t for _, t, _ in got], [0.0, 0.2, 0.4, 0.6], atol=1e-3)
+    assert [index_of(img) for _, _, img in got] == [0, 5, 10, 15]  # right frames, right order
+
+
+def test_per_video_sampling_is_uniform(tmp_path):
+    path = write_video(tmp_path / "a.mp4", n=20, fps=25)
+    got = list(iter_frames(path, per_video=4))
+    assert [i for i, _, _ in got] == list(sample_indices(20, 4))
+    assert [index_of(img) for _, _, img in got] == list(sample_indices(20, 4))
+    assert len(list(iter_frames(path))) == 20  # no sampling: every frame
+
+
+def test_variable_frame_rate_uses_pts(tmp_path):
+    times = [0.0, 0.05, 0.30, 0.31, 0.32, 0.70, 0.71, 1.20]
+    path = write_video(tmp_path / "vfr.mkv", n=len(times), times=times, fps=25)
+    got = list(iter_frames(path))
+    assert np.allclose([t for _, t, _ in got], times, atol=2e-3)
+    # ticks every 0.25 s: first frame at or after 0, 0.25, 0.5, 0.75, 1.0 -> 0.0, 0.30, 0.70, 1.20
+    sampled = list(iter_frames(path, fps=4))
+    assert np.allclose([t for _, t, _ in sampled], [0.0, 0.30, 0.70, 1.20], atol=2e-3)
+
+
+@pytest.mark.parametrize("rotation", [-90, 90, 180])
+def test_rotation_metadata_is_applied(tmp_path, rotation):
+    path = write_video(tmp_path / "rot.mp4", n=3, w=64, h=32, rotation=rotation)
+    info = probe(path)
+    _, _, img = next(iter_frames(path))
+    if rotation == 180:
+        assert img.shape[:2] == (32, 64)
+    else:
+        assert img.shape[:2] == (64, 32) and (info.width, info.height) == (32, 64)
+    # the source's top-left white block, rotated counter-clockwise by `rotation` degrees
+    expected = np.rot90(frame_image(0, 64, 32), (rotation // 90) % 4)
+    corner = [np.unravel_index(np.argmax(m.mean(2) > 200), m.shape[:2]) for m in (expected, img)]
+    assert corner[0] == corner[1]
+
+
+@pytest.mark.parametrize("codec,suffix,pix_fmt", [("libx265", "mp4", "yuv420p"),
+                                                   ("libvpx-vp9", "webm", "yuv420p"),
+                                                   ("mjpeg", "avi", "yuvj420p")])
+def test_other_codecs(tmp_path, codec, suffix, pix_fmt):
+    path = write_video(tmp_path / f"c.{suffix}", n=6, codec=codec, pix_fmt=pix_fmt)
+    got = list(iter_frames(path))
+    assert len(got) == 6
+    assert [index_of(img) for _, _, img in got] == list(range(6))
+
+
+def test_bad_files_raise_naming_the_file(tmp_path):
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video at all" * 50)
+    audio = write_audio_only(tmp_path / "audio_only.m4a")
+    for path, words in [(empty, "empty"), (junk, "junk.mp4"), (audio, "no video stream"),
+                        (tmp_path / "missing.mp4", "not found")]:
+        with pytest.raises(StageInputError, match=words):
+            list(iter_frames(path))
+
+
+def test_extract_video_resizes_and_encodes(tmp_path):
+    path = write_video(tmp_path / "big.mp4", n=3, w=320, h=240)
+    df, report = extract_video(video_id="v", path=path, params=FramesParams(max_side=160))
+    assert list(df["frame_idx"]) == [0]  # 3 frames at 25 fps, one tick of 5 fps
+    assert (df["width"].iloc[0], df["height"].iloc[0]) == (160, 120)
+    assert decode_jpeg(df["jpeg"].iloc[0]).shape == (120, 160, 3)
+    assert report["decoded"] == 3
+
+
+# --------------------------------------------------------------------------------------------------
+# the stage
+
+
+def manifest_for(root: Path, videos: dict[str, Path]) -> None:
+    n = len(videos)
+    write_artifact("manifest", pd.DataFrame({
+        "video_id": list(videos), "path": [str(p) for p in videos.values()],
+        "split": "train", "subject_id": list(videos), "dataset": "test",
+        **{t: np.full(n, 0.5) for t in "OCEAN"}, "duration_s": np.ones(n), "fps": np.full(n, 25.0),
+        "has_audio": np.zeros(n, bool)}), path=root / "data" / "manifest.parquet")
+
+
+def test_stage_survives_bad_inputs(tmp_path):
+    """Truncated, empty, audio-only, one-frame, rotated and 4K files among good ones: each is
+    processed correctly or reported by name, and the stage finishes for the others."""
+    src = tmp_path / "src"
+    src.mkdir()
+    good = write_video(src / "good.mp4", n=30, fps=25)
+    full = write_video(src / "full.mp4", n=40, w=160, h=120).read_bytes()
+    (src / "truncated.mp4").write_bytes(full[: len(full) // 2])
+    (src / "zero.mp4").write_bytes(b"")
+    videos = {
+        "good": good,
+        "truncated": src / "truncated.mp4",
+        "zero": src / "zero.mp4",
+        "audio_only": write_audio_only(src / "audio_only.mp4"),
+        "one_frame": write_video(src / "one.mp4", n=1),
+        "rotated": write_video(src / "rotated.mp4", n=5, w=64, h=32, rotation=-90),
+        "uhd": write_video(src / "uhd.mp4", n=2, w=3840, h=2160),
+    }
+    root = tmp_path / "root"
+    manifest_for(root, videos)
+    summary = run(FramesParams(fps=5, max_side=640), BaseParams(workers=2), root=root)
+    frames = read_artifact("frames", path=root / "data" / "frames")
+    by = {v: g for v, g in frames.groupby("video_id")}
+    assert set(summary["failed"]) >= {"zero", "audio_only"}
+    assert "zero.mp4" in summary["failed"]["zero"]
+    assert "audio_only.mp4" in summary["failed"]["audio_only"]
+    # truncated: either some frames or reported by name, never silence
+    assert "truncated" in by or "truncated.mp4" in summary["failed"]["truncated"]
+    assert list(by["good"]["frame_idx"]) == [0, 5, 10, 15, 20, 25]
+    assert list(by["one_frame"]["frame_idx"]) == [0] and by["one_frame"]["t"].iloc[0] == 0.0
+    assert (by["rotated"]["width"].iloc[0], by["rotated"]["height"].iloc[0]) == (32, 64)
+    assert (by["uhd"]["width"].iloc[0], by["uhd"]["height"].iloc[0]) == (640, 360)
+    assert decode_jpeg(by["uhd"]["jpeg"].iloc[0]).shape == (360, 640, 3)
+    assert summary["n_failed"] == len(summary["failed"])
+    assert (root / "metrics" / "frames.json").exists()
+
+
+def test_stage_fails_when_nothing_decodes(tmp_path):
+    (tmp_path / "zero.mp4").write_bytes(b"")
+    manifest_for(tmp_path, {"zero": tmp_path / "zero.mp4"})
+    with pytest.raises(StageInputError, match="no video could be decoded"):
+        run(FramesParams(), BaseParams(workers=1), root=tmp_path)
+    assert not (tmp_path / "data" / "frames").exists()  # nothing half-written
+
+
+def test_stage_on_tiny_dataset(tiny_dataset, tmp_path):
+    manifest = read_artifact("manifest", path=tiny_dataset / "data" / "manifest.parquet")
+    manifest_for(tmp_path, {r.video_id: tiny_dataset / r.path for r in manifest.itertuples()})
+    summary = run(FramesParams(per_video=8), BaseParams(workers=1), root=tmp_path)
+    frames = read_artifact("frames", path=tmp_path / "data" / "frames")
+    assert summary["n_failed"] == 0
+    assert frames.groupby("video_id").size().to_dict() == {v: 8 for v in manifest["video_id"]}
+    assert (frames["width"] == 320).all() and (frames["height"] == 240).all()
+    for _, g in frames.groupby("video_id"):
+        assert g["t"].is_monotonic_increasing and g["frame_idx"].is_unique
