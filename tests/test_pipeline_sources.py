@@ -1,0 +1,116 @@
+"""`dvc repro` end to end, in a throw-away git + DVC repository, on a small fixture of every source
+that has video (folder, chalearn16, udiva): the real dvc.yaml, the real stage commands."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages.common import read_artifact
+from tests.conftest import REPO, write_video
+from tests.test_datasets import chalearn_annotations, py2_pickle
+
+FRONT_END = ["ingest", "frames", "faces", "aus", "audio"]
+
+
+def make_dvc_repo(tmp: Path, ingest: dict) -> Path:
+    """A copy of the project's code and pipeline with `ingest` params replaced, committed."""
+    repo = tmp / "repo"
+    repo.mkdir()
+    for name in ("stages", "models"):
+        shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(REPO / name, repo / name)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["ingest"].update(ingest)
+    params["base"]["workers"] = 1  # a handful of tiny clips: worker start-up would dominate
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = pipeline_env()
+    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "ci@example.com"],
+                ["git", "config", "user.name", "ci"], ["dvc", "init", "-q"],
+                ["git", "add", "-A"], ["git", "commit", "-qm", "fixture"]):
+        subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True)
+    return repo
+
+
+def pipeline_env() -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env.update(DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true", PYTHONDONTWRITEBYTECODE="1")
+    env.pop("DVC_ROOT", None)
+    return env
+
+
+def repro(repo: Path, *targets: str) -> subprocess.CompletedProcess:
+    out = subprocess.run(["dvc", "repro", *targets], cwd=repo, env=pipeline_env(),
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
+
+
+def check_front_end(repo: Path, n_videos: int) -> None:
+    manifest = read_artifact("manifest", path=repo / "data/manifest.parquet")
+    assert len(manifest) == n_videos
+    assert read_artifact("frames", path=repo / "data/frames")["video_id"].nunique() == n_videos
+    assert read_artifact("aus", path=repo / "data/aus")["video_id"].nunique() == n_videos
+    assert read_artifact("audio", path=repo / "data/audio")["video_id"].nunique() == n_videos
+    status = subprocess.run(["dvc", "status", *FRONT_END], cwd=repo, env=pipeline_env(),
+                            capture_output=True, text=True)
+    assert "up to date" in status.stdout, status.stdout
+
+
+def test_chalearn16_pipeline(tmp_path):
+    root = tmp_path / "chalearn"
+    split_dirs = {"train": "train/training80_01", "val": "validation/validation80_01",
+                  "test": "test/test80_01"}
+    pickles = {"train": "annotation_training.pkl", "val": "annotation_validation.pkl",
+               "test": "annotation_test.pkl"}
+    for k, (split, folder) in enumerate(split_dirs.items()):
+        names = [f"{chr(65 + k) * 11}.00{i}.mp4" for i in (1, 2)]
+        for name in names:
+            write_video(root / folder / name, n_frames=8)
+        (root / pickles[split]).write_bytes(
+            py2_pickle(chalearn_annotations({n: 0.3 + 0.1 * k for n in names})))
+    repo = make_dvc_repo(tmp_path, {"source": "chalearn16", "chalearn16": {"root": str(root)}})
+    repro(repo, *FRONT_END)
+    check_front_end(repo, 6)
+    report = json.loads((repo / "metrics/ingest.json").read_text())
+    assert report["source"] == "chalearn16" and report["n_bad_rows"] == 0
+
+
+def test_udiva_pipeline(tmp_path):
+    root = tmp_path / "udiva"
+    (root / "metadata").mkdir(parents=True)
+    header = ("ID,OPENMINDEDNESS_Z,CONSCIENTIOUSNESS_Z,EXTRAVERSION_Z,AGREEABLENESS_Z,"
+              "NEGATIVEEMOTIONALITY_Z\n")
+    for k, split in enumerate(("train", "val", "test")):
+        a, b = 100 + 2 * k, 101 + 2 * k
+        (root / f"metadata/parts_{split}.csv").write_text(
+            header + f"{a},0.1,0.2,0.3,0.4,0.5\n{b},-0.1,-0.2,-0.3,-0.4,-0.5\n")
+        (root / f"metadata/sessions_{split}.csv").write_text(f"ID,PART.1,PART.2\n00{k},{a},{b}\n")
+        for part in (1, 2):
+            write_video(root / f"recordings/{split}/00{k}/FC{part}_T.mp4", n_frames=8)
+    repo = make_dvc_repo(tmp_path, {"source": "udiva", "udiva": {"root": str(root)}})
+    repro(repo, *FRONT_END)
+    check_front_end(repo, 6)
+
+
+def test_folder_pipeline_and_second_repro_does_nothing(tmp_path):
+    ds = tmp_path / "ds"
+    lines = ["video,O,C,E,A,N,subject"]
+    for i in range(4):
+        write_video(ds / f"v{i}.mp4", n_frames=8)
+        lines.append(f"v{i}.mp4,0.{i + 1},0.5,0.5,0.5,0.5,s{i}")
+    (ds / "labels.csv").write_text("\n".join(lines) + "\n")
+    repo = make_dvc_repo(tmp_path, {"source": "folder",
+                                    "folder": {"labels": str(ds / "labels.csv")}})
+    repro(repo, *FRONT_END)
+    check_front_end(repo, 4)
+    again = repro(repo, *FRONT_END)
+    assert "Running stage" not in again.stdout
