@@ -58,7 +58,6 @@ import dataclasses
 import math
 import multiprocessing as mp
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -69,7 +68,7 @@ import pandas as pd
 
 from stages import schemas
 from stages.common import (ArtifactWriter, BaseParams, ParamsError, StageInputError, get_logger,
-                           load_params, progress, read_artifact, repo_root)
+                           progress, read_artifact, repo_root, run_stage)
 
 log = get_logger("audio")
 
@@ -546,13 +545,7 @@ def run(params: AudioParams, base: BaseParams, root: Path | None = None) -> dict
 
 
 def main(argv: list[str] | None = None) -> None:
-    base = load_params("base", BaseParams)
-    params = load_params("audio", AudioParams)
-    try:
-        run(params, base)
-    except (StageInputError, ParamsError) as exc:
-        log.error("%s", exc)
-        sys.exit(2)
+    run_stage("audio", AudioParams, run)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ confidence, AU01_r ... AU45_r (0-5), AU01_c ... AU45_c (0/1); NaN, not 0, where 
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 from typing import Literal
 
@@ -27,8 +26,7 @@ import numpy as np
 import pandas as pd
 
 from stages import schemas
-from stages.common import (BaseParams, StageInputError, atomic_write_json, get_logger, load_params,
-                           progress, read_artifact, repo_root)
+from stages.common import (BaseParams, StageInputError, atomic_write_json, get_logger, progress, read_artifact, repo_root, run_stage)
 from stages.schemas import AU_INTENSITY, AU_PRESENCE
 from stages.video_io import VideoShardWriter, index_videos, read_video
 
@@ -362,13 +360,7 @@ def run(params: AusParams, base: BaseParams | None = None, root: Path | None = N
 
 
 def main(argv: list[str] | None = None) -> None:
-    base = load_params("base", BaseParams)
-    params = load_params("aus", AusParams)
-    try:
-        run(params, base)
-    except StageInputError as exc:
-        log.error("%s", exc)
-        sys.exit(2)
+    run_stage("aus", AusParams, run)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ from typing import Any, Iterator, Literal
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
 
 from stages import schemas
@@ -37,7 +36,7 @@ __all__ = [
     "ParamsError", "SchemaError", "StageInputError",
     "repo_root", "data_path", "load_params", "load_params_file", "BaseParams",
     "read_artifact", "write_artifact", "ArtifactWriter", "check_schema",
-    "atomic_write_text", "atomic_write_json", "progress", "get_logger", "mlflow_run",
+    "atomic_write_text", "atomic_write_json", "progress", "get_logger", "mlflow_run", "run_stage",
 ]
 
 
@@ -409,6 +408,23 @@ def get_logger(name: str, level: str | None = None) -> logging.Logger:
             stream=sys.stderr)
         _LOGGING_READY = True
     return logging.getLogger(name)
+
+
+# --------------------------------------------------------------------------------------------------
+# the thin main every stage shares
+
+
+def run_stage(section: str, params_cls: type, run: typing.Callable[..., Any]) -> None:
+    """Load `base` and `section` from params.yaml, call `run(params, base)`; a bad param or a bad
+    input ends the process with exit code 2 and one clear log line instead of a traceback."""
+    log = get_logger(section)
+    try:
+        base = load_params("base", BaseParams)
+        params = load_params(section, params_cls)
+        run(params, base)
+    except (ParamsError, StageInputError, SchemaError) as exc:
+        log.error("%s", exc)
+        sys.exit(2)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Literal
@@ -27,8 +26,7 @@ import numpy as np
 import pandas as pd
 
 from stages import schemas
-from stages.common import (BaseParams, StageInputError, atomic_write_json, get_logger, load_params,
-                           progress, repo_root)
+from stages.common import (BaseParams, StageInputError, atomic_write_json, get_logger, progress, repo_root, run_stage)
 from stages.facemodel import BLENDSHAPES, head_pose_deg
 from stages.video_io import (VideoShardWriter, decode_jpeg, encode_jpeg, index_videos,
                              map_videos, read_video)
@@ -265,13 +263,7 @@ def run(params: FacesParams, base: BaseParams, root: Path | None = None) -> dict
 
 
 def main(argv: list[str] | None = None) -> None:
-    base = load_params("base", BaseParams)
-    params = load_params("faces", FacesParams)
-    try:
-        run(params, base)
-    except StageInputError as exc:
-        log.error("%s", exc)
-        sys.exit(2)
+    run_stage("faces", FacesParams, run)
 
 
 if __name__ == "__main__":

@@ -17,15 +17,13 @@ it has no rows, and the other videos go on. The stage fails only when no video a
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 
 from stages import schemas
-from stages.common import (BaseParams, StageInputError, atomic_write_json, get_logger, load_params,
-                           progress, read_artifact, repo_root)
+from stages.common import (BaseParams, StageInputError, atomic_write_json, get_logger, progress, read_artifact, repo_root, run_stage)
 from stages.video_io import VideoShardWriter, encode_jpeg, iter_frames, map_videos
 
 log = get_logger("frames")
@@ -139,13 +137,7 @@ def run(params: FramesParams, base: BaseParams, root: Path | None = None) -> dic
 
 
 def main(argv: list[str] | None = None) -> None:
-    base = load_params("base", BaseParams)
-    params = load_params("frames", FramesParams)
-    try:
-        run(params, base)
-    except StageInputError as exc:
-        log.error("%s", exc)
-        sys.exit(2)
+    run_stage("frames", FramesParams, run)
 
 
 if __name__ == "__main__":

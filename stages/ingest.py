@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 from pathlib import Path
 from typing import Literal
 
@@ -29,7 +28,7 @@ import pandas as pd
 
 from stages import datasets, schemas
 from stages.common import (BaseParams, StageInputError, atomic_write_json, get_logger,
-                           load_params, progress, repo_root, write_artifact)
+                           progress, repo_root, write_artifact, run_stage)
 from stages.schemas import SPLITS, TRAITS
 
 log = get_logger("ingest")
@@ -159,27 +158,17 @@ def ingest_synthetic(p: SyntheticParams, split: list[float], seed: int, workers:
 
 
 def probe_video(path: Path) -> dict:
-    """Duration, frame rate and audio presence of a media file, read with PyAV. Raises
+    """Duration, frame rate and audio presence of a media file (PyAV, `video_io.probe`). Raises
     StageInputError naming the file when it cannot be opened or holds no video stream."""
-    import av
+    from stages.video_io import probe
 
     try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise StageInputError(f"{path}: no video stream")
-            vs = container.streams.video[0]
-            fps = float(vs.average_rate or vs.guessed_rate or 0.0)
-            if vs.duration is not None and vs.time_base is not None:
-                duration = float(vs.duration * vs.time_base)
-            elif container.duration is not None:
-                duration = container.duration / 1_000_000
-            else:
-                duration = float("nan")
-            return {"duration_s": duration, "fps": fps, "has_audio": bool(container.streams.audio)}
+        info = probe(path)
     except StageInputError:
         raise
     except Exception as exc:  # PyAV raises many kinds (InvalidDataError, OSError...)
         raise StageInputError(f"{path}: cannot be decoded: {exc}") from None
+    return {"duration_s": info.duration_s, "fps": info.fps, "has_audio": info.has_audio}
 
 
 def read_labels_csv(csv_path: Path) -> tuple[pd.DataFrame, list[str]]:
@@ -377,13 +366,7 @@ def run(params: IngestParams, base: BaseParams, root: Path | None = None) -> dic
 
 
 def main(argv: list[str] | None = None) -> None:
-    base = load_params("base", BaseParams)
-    params = load_params("ingest", IngestParams)
-    try:
-        run(params, base)
-    except StageInputError as exc:
-        log.error("%s", exc)
-        sys.exit(2)
+    run_stage("ingest", IngestParams, run)
 
 
 if __name__ == "__main__":

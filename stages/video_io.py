@@ -47,6 +47,7 @@ class VideoInfo:
     fps: float  # average rate; nan when the container does not say
     duration_s: float  # nan when unknown
     n_frames: int  # as the container reports it (0 when unknown): a hint, never trusted
+    has_audio: bool = False  # the container holds an audio stream
 
 
 def _open(path: str | os.PathLike):
@@ -110,7 +111,8 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         else:
             duration = float("nan")
         return VideoInfo(codec=vs.codec_context.name, width=int(w), height=int(h),
-                         rotation=rotation, fps=fps, duration_s=duration, n_frames=int(vs.frames))
+                         rotation=rotation, fps=fps, duration_s=duration, n_frames=int(vs.frames),
+                         has_audio=bool(container.streams.audio))
     finally:
         container.close()
 

@@ -139,3 +139,21 @@ def test_tracking_root_climbs_out_of_queued_experiment(tmp_path, monkeypatch):
     assert common.tracking_root() == tmp_path / "repo"
     monkeypatch.setenv("DVC_ROOT", str(tmp_path / "repo"))
     assert common.tracking_root() == tmp_path / "repo"
+
+
+def test_stage_main_exits_cleanly_on_a_bad_param(tmp_path):
+    """A stage run by DVC with a mistyped key ends with exit code 2 and one line naming the key."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "params.yaml").write_text("base: {seed: 1}\ningest:\n  source: synthetic\n"
+                                          "  synthetic: {n_vidoes: 3}\n")
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "DVC_ROOT": str(tmp_path), "PYTHONPATH": str(repo)}
+    out = subprocess.run([sys.executable, "-m", "stages.ingest"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "ingest.synthetic.n_vidoes: unknown key" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "data").exists()

@@ -13,7 +13,7 @@ import pytest
 from stages import datasets
 from stages.common import BaseParams, StageInputError, read_artifact
 from stages.ingest import IngestParams, run
-from stages.schemas import AU_INTENSITY, TRAITS
+from stages.schemas import AU_INTENSITY
 from tests.conftest import real_fixture, write_video
 
 

@@ -58,7 +58,7 @@ def test_good_and_bad_rows(folder, tmp_path):
     assert "row 8 (clips/missing.mp4): video file" in bad and "not found" in bad
     assert "row 9 (clips/a1.mp4): duplicate video" in bad
     assert "row 10 (../outside.mp4): path '../outside.mp4' escapes the dataset root" in bad
-    assert "broken.mp4" in bad and "cannot be decoded" in bad
+    assert "broken.mp4" in bad and "cannot be opened as media" in bad
     report = json.loads((tmp_path / "metrics/ingest.json").read_text())
     assert report["n_bad_rows"] == 6 and report["n_videos"] == 4
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import av
 import numpy as np
 import pandas as pd
-import pytest
 
 from stages import synthetic as syn
 from stages.common import read_artifact
