@@ -1,0 +1,68 @@
+"""The predict CLI on real videos: scores in [0, 1] and both files for a face video; a clear error
+and a non-zero exit for a video without a face, without audio, or unreadable."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from models.engine import save_checkpoint
+from models.registry import build_model
+from stages import predict
+from tests.conftest import real_fixture, write_video
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """Untrained but real checkpoints of an AU model and an audio model (seeded)."""
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    paths = {}
+    for name, inputs in (("perfex_cnn", ["aus", "aus_mask"]), ("logmel_cnn", ["logmel"])):
+        model = build_model(name)
+        paths[name] = save_checkpoint(root / name / "best.pt", model=model, model_name=name,
+                                      train_mean=[0.5] * 5, inputs=inputs)
+    return paths
+
+
+def test_predict_on_a_face_video(checkpoints, tmp_path, capsys):
+    video = real_fixture("single_face.mp4")
+    code = predict.main([str(video), "--out", str(tmp_path / "out"),
+                         "--model", str(checkpoints["perfex_cnn"])])
+    assert code == 0
+    result = json.loads((tmp_path / "out" / "prediction.json").read_text())
+    scores = np.array([result[t] for t in "OCEAN"])
+    assert np.all((scores >= 0) & (scores <= 1))
+    assert result["model"] == "perfex_cnn" and result["face_rate"] >= 0.95
+    png = (tmp_path / "out" / "report.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    printed = capsys.readouterr().out
+    assert "openness" in printed and "prediction.json" in printed
+
+
+def test_predict_refuses_a_video_without_face(checkpoints, tmp_path, caplog):
+    video = real_fixture("no_face.mp4")
+    code = predict.main([str(video), "--out", str(tmp_path / "out"),
+                         "--model", str(checkpoints["perfex_cnn"])])
+    assert code == 2
+    assert "no face was found" in caplog.text and "no_face.mp4" in caplog.text
+    assert not (tmp_path / "out" / "prediction.json").exists()
+
+
+def test_predict_refuses_audio_model_without_audio(checkpoints, tmp_path, caplog):
+    video = write_video(tmp_path / "silent_film.mp4", n_frames=10, audio=False)
+    code = predict.main([str(video), "--out", str(tmp_path / "out"),
+                         "--model", str(checkpoints["logmel_cnn"])])
+    assert code == 2 and "no audio track" in caplog.text
+
+
+def test_predict_refuses_unreadable_file_and_unknown_model(checkpoints, tmp_path, caplog):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"not a video at all")
+    assert predict.main([str(bad), "--out", str(tmp_path / "o"),
+                         "--model", str(checkpoints["perfex_cnn"])]) == 2
+    assert "broken.mp4" in caplog.text
+    assert predict.main([str(bad), "--out", str(tmp_path / "o"), "--model", "no_such_model"]) == 2
+    assert "no checkpoint" in caplog.text
