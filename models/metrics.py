@@ -118,8 +118,8 @@ def mse(y_true: Any, y_pred: Any) -> float:
 def pcc(y_true: Any, y_pred: Any) -> float:
     """Pearson's r; NaN when either side is constant or fewer than 2 rows (r is undefined)."""
     t, p = _vectors(y_true, y_pred)
-    if t.size < 2:
-        return math.nan
+    if t.size < 2 or np.ptp(t) == 0 or np.ptp(p) == 0:  # exact test: the mean of equal floats
+        return math.nan                                  # can differ from them in the last bit
     dt, dp = t - t.mean(), p - p.mean()
     denom = math.sqrt(float(np.sum(dt * dt)) * float(np.sum(dp * dp)))
     if denom == 0.0:
@@ -137,7 +137,8 @@ def ccc(y_true: Any, y_pred: Any) -> float:
     if t.size == 0:
         return math.nan
     mt, mp = t.mean(), p.mean()
-    cov = float(np.mean((t - mt) * (p - mp)))
+    # a constant side has no covariance; computed, rounding would leave a +-1e-31 residue
+    cov = 0.0 if np.ptp(t) == 0 or np.ptp(p) == 0 else float(np.mean((t - mt) * (p - mp)))
     denom = float(np.var(t) + np.var(p) + (mt - mp) ** 2)
     if denom == 0.0:
         return math.nan

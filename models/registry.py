@@ -43,15 +43,16 @@ MODALITIES = ("au", "visual", "audio", "audio-visual")
 SAMPLE_KEYS = {
     "aus": "(B, T, 17) float: OpenFace AU intensities (AU01_r ... AU45_r), zero-padded",
     "aus_mask": "(B, T) bool: True on real time steps, a prefix per row",
-    "face": "(B, T, 3, H, W) float: aligned face crops",
-    "frames": "(B, T, 3, H, W) float: full frames",
-    "logmel": "(B, n_mels, T) float: log-mel spectrogram",
-    "wave": "(B, S) float: 16 kHz mono wave",
-    "audio_fn": "(B, T, F) float: audio functionals / filterbank features per window",
+    "face": "(B, 3, H, W) float: one aligned face crop per sample, ImageNet-normalised",
+    "face_seq": "(B, T, 3, H, W) float: a clip of T aligned face crops, ImageNet-normalised",
+    "frame": "(B, 3, H, W) float: one full frame per sample, ImageNet-normalised",
+    "logmel": "(B, n_mels, T) float: log-mel spectrogram, standardised per band (train split)",
+    "wave": "(B, S) float: 16 kHz mono wave in [-1, 1]",
+    "audio_fn": "(B, F) float: per-video audio functionals (fn_*), standardised (train split)",
 }
 
 # Modules whose import registers models. Add yours here.
-_BUILTIN_MODULES = ("models.perfex",)
+_BUILTIN_MODULES = ("models.perfex", "models.visual", "models.audio", "models.audiovisual")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -97,6 +97,26 @@ def safe_join(root: str | os.PathLike, relative: str | os.PathLike) -> Path:
     return target
 
 
+def find_checkpoint(model: str, root: Path | None = None) -> Path:
+    """A checkpoint path from a model name or a path. Names are looked up where the stages put
+    them: data/models/NAME/best.pt (train), data/retrained/models/NAME/best.pt (retrain: NAME ends
+    in "+retrained"). Raises StageInputError saying where it looked."""
+    root = root or repo_root()
+    path = Path(model)
+    if path.suffix == ".pt" or path.is_file():
+        path = path if path.is_absolute() else root / path
+        if not path.is_file():
+            raise StageInputError(f"{path}: checkpoint not found")
+        return path
+    candidates = [root / "data" / "models" / model / "best.pt",
+                  root / "data" / "retrained" / "models" / model / "best.pt"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise StageInputError(f"model {model!r}: no checkpoint at {candidates[0]} or {candidates[1]}"
+                          f" (train it: dvc exp run -S 'train.models=[{model}]')")
+
+
 # --------------------------------------------------------------------------------------------------
 # params
 
@@ -458,6 +478,14 @@ def mlflow_run(stage: str, *, run_name: str | None = None, params: dict | None =
     root = tracking_root()
     uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
+    # Artifacts (plots, models) go beside the store, not into ./mlruns of whichever folder first
+    # created the experiment: a queued `dvc exp run` works in a temp copy that is deleted after.
+    if mlflow.get_experiment_by_name(EXPERIMENT_NAME) is None:
+        try:
+            mlflow.create_experiment(EXPERIMENT_NAME,
+                                     artifact_location=(root / "mlartifacts").as_uri())
+        except mlflow.exceptions.MlflowException:
+            pass  # created meanwhile by a parallel run (dvc exp run -j 2)
     mlflow.set_experiment(EXPERIMENT_NAME)
     all_tags = {
         "git_commit": git_commit(repo_root()),

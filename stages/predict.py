@@ -8,7 +8,8 @@ predictions over the video's views. Prints the five scores and writes
   DIR/prediction.json   {"O": .., "C": .., "E": .., "A": .., "N": .., "model": .., ...}
   DIR/report.png        trait bars with the model's test error band, an AU timeline, a face
                         thumbnail
-`--model` is a registry name with a checkpoint at data/models/NAME/best.pt, or a checkpoint path;
+`--model` is a trained model's name (data/models/NAME/best.pt; NAME+retrained for a retrained
+one) or a checkpoint path;
 by default the model with the best mean test CCC in metrics/evaluate.json (else the first trained
 one). No DVC is involved. A video the model cannot use (no face for a visual or AU model, no audio
 track for an audio model, an unreadable file) gives a clear error and exit code 2.
@@ -27,8 +28,8 @@ import numpy as np
 import pandas as pd
 
 from stages import schemas
-from stages.common import (BaseParams, ParamsError, SchemaError, StageInputError, get_logger,
-                           load_params, read_artifact, repo_root, write_artifact)
+from stages.common import (BaseParams, ParamsError, SchemaError, StageInputError, find_checkpoint,
+                           get_logger, load_params, read_artifact, repo_root, write_artifact)
 from stages.schemas import TRAITS
 
 log = get_logger("predict")
@@ -38,28 +39,22 @@ AUDIO_KEYS = {"logmel", "wave", "audio_fn"}
 
 
 def resolve_model(model: str | None, root: Path) -> tuple[str, Path]:
-    """(name, checkpoint path) for a registry name, a checkpoint path, or the best evaluated."""
+    """(name, checkpoint path) for a model name, a checkpoint path, or the best evaluated."""
     if model:
-        path = Path(model)
-        if path.suffix == ".pt" or path.is_file():
-            if not path.is_file():
-                raise StageInputError(f"{path}: checkpoint not found")
-            return path.parent.name, path
-        path = root / "data" / "models" / model / "best.pt"
-        if not path.is_file():
-            raise StageInputError(f"model {model!r}: no checkpoint at {path} (train it with "
-                                  f"`dvc exp run -S 'train.models=[{model}]'`)")
-        return model, path
-    trained = sorted(p.parent.name for p in (root / "data" / "models").glob("*/best.pt"))
+        path = find_checkpoint(model, root)
+        return path.parent.name, path
+    trained = sorted({p.parent.name for pattern in ("data/models/*/best.pt",
+                                                    "data/retrained/models/*/best.pt")
+                      for p in root.glob(pattern)})
     if not trained:
-        raise StageInputError(f"no trained model under {root / 'data' / 'models'}: run `make run` "
+        raise StageInputError(f"no trained model under {root / 'data'}: run `make run` "
                               "or pass --model PATH")
     evaluation = _evaluation(root)
     scored = [(m, evaluation[m]["mean"].get("ccc")) for m in trained
               if isinstance(evaluation.get(m), dict) and "mean" in evaluation[m]]
     scored = [(m, c) for m, c in scored if c is not None]
     name = max(scored, key=lambda mc: mc[1])[0] if scored else trained[0]
-    return name, root / "data" / "models" / name / "best.pt"
+    return name, find_checkpoint(name, root)
 
 
 def _evaluation(root: Path) -> dict:
@@ -116,7 +111,7 @@ def run_front_end(video: Path, work: Path, *, needs: set[str]) -> dict:
 def predict_video(video: Path, *, model: str | None = None, root: Path | None = None,
                   work: Path | None = None) -> dict:
     """Scores of one video: {"O": .., ..., "model": .., "checkpoint": .., facts...}."""
-    from models.data import build_sources
+    from models.data import build_sources, for_inference
     from models.engine import load_checkpoint, predict_videos
 
     root = root or repo_root()
@@ -131,7 +126,7 @@ def predict_video(video: Path, *, model: str | None = None, root: Path | None = 
         facts = run_front_end(video, work_root, needs=needs)
         vid = facts["video_id"]
         sources = build_sources(sorted(needs), root=work_root, video_ids=[vid],
-                                config=ckpt.get("source_config") or {})
+                                config=for_inference(ckpt.get("source_config")))
         scores = predict_videos(net, sources, [vid])[0]  # (5,)
         report_data = _report_data(work_root, vid)
     result = {t: float(s) for t, s in zip(TRAITS, scores)}

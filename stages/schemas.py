@@ -140,3 +140,20 @@ ARTIFACTS["source_aus"] = ArtifactSpec(
     {"video_id": "str", "frame_idx": "int", "t": "float", "success": "bool",
      **{a: "float" for a in AU_INTENSITY}},
     sharded=True, doc="per frame: OpenFace AU intensities read from the source's CSVs")
+
+# PerFeX-style augmented AU sequences of the TRAIN split only (stages/augment.py). `video_id` is the
+# source clip, `aug_id` names the sequence within it; `frame_idx` counts steps of the augmented
+# sequence, `t` is the source frame's time.
+ARTIFACTS["augmented"] = ArtifactSpec(
+    "data/augmented",
+    {"video_id": "str", "aug_id": "str", "frame_idx": "int", "t": "float",
+     **{a: "float" for a in AU_INTENSITY}},
+    sharded=True, doc="per step of an augmented sequence: AU intensities (0-5, NaN where the "
+                      "source frame had no face); train-split clips only")
+
+# Video-level predictions of the trained models (stages/train.py): one file per model,
+# data/predictions/<model>.parquet; reading the folder gives every model's rows.
+ARTIFACTS["predictions"] = ArtifactSpec(
+    "data/predictions",
+    {"video_id": "str", "split": "str", **{t: "float" for t in TRAITS}, "model": "str"},
+    sharded=True, doc="one row per (model, video with inputs): predicted traits in [0, 1]")

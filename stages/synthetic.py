@@ -390,20 +390,35 @@ def draw_appearance(rng: np.random.Generator, n_rigs: int, index: int) -> Appear
     )
 
 
+def episodes(rng: np.random.Generator, z: float, n: int, fps: float, *, period_s: float
+             ) -> np.ndarray:
+    """Expression strength per frame, (n,) in [0, 1]: zero at rest, episodes where smooth noise
+    crosses a threshold. Higher z: lower threshold (more time expressive: 5% at z = -2, 21% at 0,
+    50% at +2) and higher peaks (amplitude 0.55 + 0.2 z)."""
+    amplitude = float(np.clip(0.55 + 0.2 * z, 0.05, 1.0))
+    threshold = 0.8 - 0.4 * z
+    drive = smooth_noise(rng, n, fps, period_s)
+    return amplitude * np.clip((drive - threshold) / 0.6, 0.0, 1.0)
+
+
 def expression_tracks(rng: np.random.Generator, cue: dict[str, float], n: int, fps: float,
                       jaw: np.ndarray) -> np.ndarray:
-    """Unit strengths per frame, (n, len(UNITS)), from the visual cues and the speech envelope."""
-    smile = np.clip(0.30 + 0.22 * cue["smile"] + 0.12 * smooth_noise(rng, n, fps, 1.5), 0, 1)
-    brow_r = np.clip(0.25 + 0.18 * cue["brow_raise"], 0, 1) * np.clip(
-        0.6 + 0.6 * smooth_noise(rng, n, fps, 0.8), 0, 1.4)
-    brow_l = np.clip(0.20 + 0.18 * cue["brow_lower"] + 0.08 * smooth_noise(rng, n, fps, 2.0), 0, 1)
+    """Unit strengths per frame, (n, len(UNITS)), from the visual cues and the speech envelope.
+
+    Facial expressions come in episodes from a neutral rest (as people's do): a cue sets how
+    often (the share of time above the rest) and how strongly. The face is at rest most of the
+    time for all but the most expressive clips, so per-video neutral-baseline calibration (the
+    `aus` stage, like OpenFace's) keeps the signal instead of subtracting it."""
+    smile = episodes(rng, cue["smile"], n, fps, period_s=1.5)
+    brow_r = episodes(rng, cue["brow_raise"], n, fps, period_s=0.8)
+    brow_l = episodes(rng, cue["brow_lower"], n, fps, period_s=2.0)
     blink = np.zeros(n)
     interval = 1.0 / (0.30 * np.exp(0.5 * cue["blink_rate"]))  # seconds between blinks
     t = rng.uniform(0.2, interval)
     while t < n / fps:
         c = t * fps
-        for k in range(max(int(c) - 3, 0), min(int(c) + 4, n)):  # ~0.2 s close-and-open
-            blink[k] = max(blink[k], np.clip(1 - abs(k - c) / 2.5, 0, 1))
+        for k in range(max(int(c) - 4, 0), min(int(c) + 5, n)):  # ~0.3 s close-and-open
+            blink[k] = max(blink[k], np.clip(1 - abs(k - c) / 3.5, 0, 1))
         t += interval * rng.uniform(0.8, 1.2)
     head = float(np.clip(0.35 + 0.18 * cue["head_motion"], 0.03, 0.9))
     yaw = head * smooth_noise(rng, n, fps, 1.2)

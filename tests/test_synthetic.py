@@ -118,8 +118,17 @@ def test_cues_reach_the_rendered_clip(tiny_dataset):
     """The latent cues drive what is rendered: the recorded mean unit strengths follow them."""
     cues = read_artifact("synthetic_cues", path=tiny_dataset / "data/synthetic_cues.parquet")
     assert {f"cue_{c}" for c in syn.CUES} <= set(cues.columns)
-    assert np.corrcoef(cues["cue_smile"], cues["track_smile"])[0, 1] > 0.8
-    assert np.corrcoef(cues["cue_head_motion"], cues["track_yaw"])[0, 1] > 0.5
+    assert np.corrcoef(cues["cue_smile"], cues["track_smile"])[0, 1] > 0.3  # only 6 clips
+    assert np.corrcoef(cues["cue_head_motion"], cues["track_yaw"])[0, 1] > 0.3
+    # on many draws: expression episodes follow their cue, and the face mostly rests (so the
+    # aus stage's per-video neutral baseline keeps the signal)
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal(300)
+    tracks = [syn.episodes(np.random.default_rng(i), zi, 200, 25.0, period_s=1.5)
+              for i, zi in enumerate(z)]
+    assert np.corrcoef(z, [t.mean() for t in tracks])[0, 1] > 0.8
+    at_rest = np.array([np.mean(t == 0) for t in tracks])
+    assert np.median(at_rest) > 0.6 and np.mean(at_rest[np.abs(z) < 1.5] > 0.3) > 0.95
 
 
 def test_mediapipe_finds_the_face(tiny_dataset):

@@ -1,0 +1,230 @@
+"""DeepPersonality's audio-visual models: bimodal ResNet (late fusion), bimodal CNN-LSTM over six
+segments, CRNet-style classification-guided regression.
+
+    model = build_model("bimodal_resnet")
+    model.predict({"face": f, "logmel": m})   # f (B, 3, H, W), m (B, 64, T) -> (B, 5)
+
+Heads and `weights` as in models/visual.py.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.resnet import BasicBlock
+
+from models.audio import LogmelEncoder, logmel_input
+from models.metrics import N_BINS
+from models.registry import register
+from models.visual import (HeadFields, ResNetTrunk, ZooModel, check_head, finish, image_input,
+                           make_config, make_head, seq_input)
+
+__all__ = ["BimodalResNetConfig", "BimodalResNet", "BimodalLSTMConfig", "BimodalLSTM",
+           "CRNetConfig", "CRNet"]
+
+
+@dataclasses.dataclass
+class BimodalResNetConfig(HeadFields):
+    n_mels: int = 64
+    width: int = 16  # visual ResNet-18 trunk width (torchvision: 64)
+    layers: tuple[int, ...] = (2, 2, 2, 2)  # its BasicBlocks per stage
+    audio_widths: tuple[int, ...] = (16, 32, 64, 128)  # log-mel CNN blocks
+    time_pool: int = 1  # log-mel CNN: average-pool the input over this many 10 ms steps first
+    modality_dropout: float = 0.0  # training: zero one modality's features with this probability
+
+    def __post_init__(self) -> None:
+        self.layers, self.audio_widths = tuple(self.layers), tuple(self.audio_widths)
+        check_head(self, "bimodal_resnet")
+        if not 0.0 <= self.modality_dropout < 1.0:
+            raise ValueError("bimodal_resnet: modality_dropout must be in [0, 1)")
+
+
+class BimodalResNet(ZooModel):
+    """A face ResNet and a log-mel CNN, their pooled features concatenated (late fusion) into the
+    head (Güçlütürk et al. 2016's two-stream ResNet, audio on log-mel here)."""
+
+    inputs = ("face", "logmel")
+
+    def __init__(self, config: BimodalResNetConfig):
+        super().__init__()
+        self.config = config
+        self.visual = ResNetTrunk(BasicBlock, config.layers, width=config.width)
+        self.audio = LogmelEncoder(config.audio_widths, time_pool=config.time_pool)
+        self.head = make_head(config, self.visual.out_features + self.audio.out_features)
+
+    def features(self, batch: Mapping[str, Tensor]) -> Tensor:
+        v = self.visual(image_input(batch, "face"))  # (B, Dv)
+        a = self.audio(logmel_input(batch, self.config.n_mels))  # (B, Da)
+        p = self.config.modality_dropout
+        if self.training and p > 0:
+            B = v.shape[0]
+            drop = torch.rand(B, device=v.device) < p  # which rows lose a modality
+            which = torch.rand(B, device=v.device) < 0.5  # ... and which one
+            v = v * ~(drop & which)[:, None]
+            a = a * ~(drop & ~which)[:, None]
+        return torch.cat([v, a], dim=1)  # (B, Dv + Da)
+
+
+@register("bimodal_resnet", modality="audio-visual", inputs=("face", "logmel"),
+          source="DeepPersonality bimodal ResNet (Güçlütürk et al. 2016)",
+          card="Face ResNet-18 + log-mel CNN, pooled features concatenated (late fusion)")
+def bimodal_resnet(*, config: BimodalResNetConfig | None = None, **overrides: Any
+                   ) -> BimodalResNet:
+    return finish(BimodalResNet(make_config(BimodalResNetConfig, config, overrides,
+                                            "bimodal_resnet")))
+
+
+@dataclasses.dataclass
+class BimodalLSTMConfig(HeadFields):
+    n_mels: int = 64
+    segments: int = 6  # the clip is cut in this many segments (Subramaniam et al.: 6)
+    width: int = 16  # per-frame visual ResNet trunk width
+    layers: tuple[int, ...] = (1, 1, 1, 1)
+    audio_widths: tuple[int, ...] = (16, 32, 64)  # per-segment log-mel CNN
+    time_pool: int = 1  # log-mel CNN: average-pool the input over this many 10 ms steps first
+    lstm_hidden: int = 128
+
+    def __post_init__(self) -> None:
+        self.layers, self.audio_widths = tuple(self.layers), tuple(self.audio_widths)
+        check_head(self, "bimodal_lstm")
+        if self.segments < 1:
+            raise ValueError("bimodal_lstm: segments must be >= 1")
+
+
+class BimodalLSTM(ZooModel):
+    """Subramaniam et al. 2016's bimodal LSTM: the face sequence and the log-mel are each cut in
+    `segments` equal segments; per segment, the mean CNN feature of its frames and a log-mel CNN
+    feature of its audio are concatenated; an LSTM runs over the segments; its outputs are
+    averaged into the head. face_seq T must be >= segments (the face_seq source's `segments`
+    sampling gives T = segments, one frame per segment)."""
+
+    inputs = ("face_seq", "logmel")
+
+    def __init__(self, config: BimodalLSTMConfig):
+        super().__init__()
+        self.config = config
+        self.visual = ResNetTrunk(BasicBlock, config.layers, width=config.width)
+        self.audio = LogmelEncoder(config.audio_widths, time_pool=config.time_pool)
+        self.lstm = nn.LSTM(self.visual.out_features + self.audio.out_features,
+                            config.lstm_hidden, batch_first=True)
+        self.head = make_head(config, config.lstm_hidden)
+
+    def features(self, batch: Mapping[str, Tensor]) -> Tensor:
+        faces = seq_input(batch)  # (B, T, 3, H, W)
+        mel = logmel_input(batch, self.config.n_mels)  # (B, M, Ta)
+        B, T = faces.shape[:2]
+        S = self.config.segments
+        if T < S or mel.shape[2] < S:
+            raise ValueError(f"bimodal_lstm: need >= {S} frames and audio steps, got face_seq "
+                             f"T={T}, logmel T={mel.shape[2]}")
+        tf, ta = T // S, mel.shape[2] // S
+        v = self.visual(faces[:, :S * tf].flatten(0, 1))  # (B*S*tf, 3, H, W) -> (B*S*tf, Dv)
+        v = v.view(B, S, tf, -1).mean(dim=2)  # (B, S, Dv): mean over a segment's frames
+        segs = mel[:, :, :S * ta].reshape(B, mel.shape[1], S, ta)  # (B, M, S, ta)
+        segs = segs.permute(0, 2, 1, 3).flatten(0, 1)  # (B*S, M, ta)
+        a = self.audio(segs).view(B, S, -1)  # (B, S, Da)
+        h, _ = self.lstm(torch.cat([v, a], dim=2))  # (B, S, Dv + Da) -> (B, S, H)
+        return h.mean(dim=1)  # (B, H)
+
+
+@register("bimodal_lstm", modality="audio-visual", inputs=("face_seq", "logmel"),
+          source="DeepPersonality bimodal CNN-LSTM (Subramaniam et al. 2016)",
+          card="Face CNN + log-mel CNN features per segment (6 segments), LSTM over segments")
+def bimodal_lstm(*, config: BimodalLSTMConfig | None = None, **overrides: Any) -> BimodalLSTM:
+    return finish(BimodalLSTM(make_config(BimodalLSTMConfig, config, overrides, "bimodal_lstm")))
+
+
+@dataclasses.dataclass
+class CRNetConfig(HeadFields):
+    n_mels: int = 64
+    width: int = 16  # visual ResNet-18 trunk width
+    layers: tuple[int, ...] = (2, 2, 2, 2)
+    audio_widths: tuple[int, ...] = (16, 32, 64, 128)
+    time_pool: int = 1  # log-mel CNN: average-pool the input over this many 10 ms steps first
+    n_bins: int = N_BINS  # classification branch: bins per trait (bin = floor(n_bins * p))
+    cls_weight: float = 1.0  # loss = MSE(regression) + cls_weight * CE(bins) / 5
+
+    def __post_init__(self) -> None:
+        self.layers, self.audio_widths = tuple(self.layers), tuple(self.audio_widths)
+        check_head(self, "crnet")
+        if self.head == "classification":
+            raise ValueError("crnet: the classification branch is built in; head must be "
+                             "'regression' or 'regression_z'")
+        if self.n_bins < 2 or self.cls_weight < 0:
+            raise ValueError("crnet: n_bins >= 2 and cls_weight >= 0")
+
+
+class CRNet(ZooModel):
+    """CR-Net-style (Li et al. 2020) classification-guided regression: shared face + log-mel
+    features; a classification branch predicts each trait's bin; the regression branch sees the
+    features together with the bin probabilities and the bins' expected value, per trait.
+
+    forward returns one tensor (B, 5, n_bins + 1): [..., :n_bins] the bin logits, [..., -1] the
+    regressed score (sigmoid for head="regression"). loss = masked MSE + cls_weight * masked CE.
+    """
+
+    inputs = ("face", "logmel")
+
+    def __init__(self, config: CRNetConfig):
+        super().__init__()
+        self.config = config
+        self.visual = ResNetTrunk(BasicBlock, config.layers, width=config.width)
+        self.audio = LogmelEncoder(config.audio_widths, time_pool=config.time_pool)
+        d = self.visual.out_features + self.audio.out_features
+        k = config.n_bins
+        hidden = max(config.hidden, 16)
+        self.cls_branch = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Dropout(config.dropout),
+                                        nn.Linear(hidden, 5 * k))
+        self.reg_trunk = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Dropout(config.dropout))
+        # per trait: shared regression features + that trait's bin probabilities and expectation
+        self.reg_out = nn.Linear(hidden + k + 1, 1)
+        self.register_buffer("centres", (torch.arange(k, dtype=torch.float32) + 0.5) / k,
+                             persistent=False)
+        self.head = nn.Identity()  # the two branches above are the head
+
+    def features(self, batch: Mapping[str, Tensor]) -> Tensor:
+        v = self.visual(image_input(batch, "face"))  # (B, Dv)
+        a = self.audio(logmel_input(batch, self.config.n_mels))  # (B, Da)
+        return torch.cat([v, a], dim=1)  # (B, D)
+
+    def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
+        f = self.features(batch)  # (B, D)
+        B, k = f.shape[0], self.config.n_bins
+        logits = self.cls_branch(f).view(B, 5, k)  # (B, 5 * k) -> (B, 5, k)
+        p = logits.softmax(dim=-1)  # (B, 5, k)
+        expect = (p @ self.centres)[..., None]  # (B, 5, 1)
+        r = self.reg_trunk(f)[:, None, :].expand(B, 5, -1)  # (B, H) -> (B, 5, H)
+        score = self.reg_out(torch.cat([r, p, expect], dim=2))  # (B, 5, H + k + 1) -> (B, 5, 1)
+        if self.config.head == "regression":
+            score = torch.sigmoid(score)
+        return torch.cat([logits, score], dim=2)  # (B, 5, k + 1)
+
+    def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        k = self.config.n_bins
+        logits, score = outputs[..., :k], outputs[..., k]  # (B, 5, k), (B, 5)
+        valid = ~torch.isnan(targets)  # (B, 5)
+        t = targets.nan_to_num(0.0)
+        mse = ((score - t) ** 2 * valid).sum() / valid.sum().clamp_min(1)
+        if self.config.head == "regression_z":  # bins of a z-score: Phi(z) in [0, 1]
+            t = 0.5 * (1 + torch.erf(t / 2 ** 0.5))
+        bins = torch.floor(k * t).clamp(0, k - 1).long()  # (B, 5)
+        ce = F.cross_entropy(logits.reshape(-1, k), bins.reshape(-1), reduction="none")
+        ce = (ce.view_as(t) * valid).sum() / valid.sum().clamp_min(1)
+        return mse + self.config.cls_weight * ce
+
+    def decode(self, outputs: Tensor) -> Tensor:
+        return outputs[..., -1]  # (B, 5)
+
+    def proba(self, outputs: Tensor) -> Tensor:
+        return outputs[..., :-1].softmax(dim=-1)  # (B, 5, n_bins)
+
+
+@register("crnet", modality="audio-visual", inputs=("face", "logmel"),
+          source="CR-Net (Li et al. 2020), DeepPersonality", card="Classification-guided "
+          "regression: a bin-classification branch whose probabilities feed the per-trait "
+          "regression branch, on face + log-mel features")
+def crnet(*, config: CRNetConfig | None = None, **overrides: Any) -> CRNet:
+    return finish(CRNet(make_config(CRNetConfig, config, overrides, "crnet")))

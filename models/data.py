@@ -1,0 +1,301 @@
+"""Input sources: what turns a video id into the tensors a model reads, for training and evaluation.
+
+    from models.data import build_sources
+
+    sources = build_sources(("aus", "aus_mask"), root=root, video_ids=ids,
+                            config={"aus": {"seq_len": 64, "augmented": True}})
+    item = sources[0].train_item("syn_0003", np.random.default_rng(0))  # {"aus": (64, 17), ...}
+    views = sources[0].eval_items("syn_0003")                           # {"aus": (1, 64, 17), ...}
+
+A source fills one or more sample keys (`models.registry.SAMPLE_KEYS`). A model's `inputs` name the
+keys it reads; `build_sources` finds, for each key, the builder registered for it and calls every
+needed builder once. Builders register with `@register_source(*keys)` in a module listed in
+`_SOURCE_MODULES` (imported lazily on the first lookup; models/data_av.py is optional):
+
+    @register_source("aus", "aus_mask")
+    def au_source(*, root: Path, video_ids: list[str], config: dict) -> InputSource: ...
+
+`config` is the merge of `train.source_config[key]` over the builder's keys (in the order they were
+registered), so `source_config: {aus: {seq_len: 64}}` reaches the AU builder as `{"seq_len": 64}`.
+An unknown option fails with its name.
+
+The protocol the training engine relies on (models/engine.py):
+
+- `train_item(video_id, rng)`: one training view (a random window / frame / clip), no batch axis;
+  the same rng state gives the same view.
+- `eval_items(video_id)`: every evaluation view stacked on a leading view axis V >= 1. V may differ
+  between sources: a source with V = 1 is broadcast over the other sources' views, and the engine
+  averages the decoded predictions over the views, one prediction per video.
+- `has(video_id)`: whether the source has inputs for the video (default: True). Videos without
+  inputs get no prediction.
+
+Padding convention: a key `X` with a companion `X_mask` of shape (..., T) is zero-padded in time
+and the mask is True on real steps, a prefix. The engine's collate trims a batch to its longest
+real sequence, so padding to a generous `seq_len` costs nothing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["InputSource", "SourceError", "register_source", "build_sources", "source_keys",
+           "AUSource", "AUSourceConfig", "au_windows"]
+
+# Modules whose import registers sources. models.data_av is optional (skipped when absent).
+_SOURCE_MODULES = ("models.data", "models.data_av")
+_OPTIONAL_MODULES = ("models.data_av",)
+
+Builder = Callable[..., "InputSource"]
+
+
+class SourceError(ValueError):
+    """A sample key nobody provides, a bad source option, or a video without inputs."""
+
+
+class InputSource:
+    """Base class of the input sources (see the module docstring for the protocol)."""
+
+    keys: tuple[str, ...] = ()
+
+    def train_item(self, video_id: str, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def eval_items(self, video_id: str) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def has(self, video_id: str) -> bool:
+        return True
+
+    def fitted_config(self) -> dict[str, dict]:
+        """What the source learnt from the data it was built on (e.g. standardisation statistics
+        of the train split), as `{key: {option: value}}` to store in a checkpoint, so that a
+        source built on other data (one new video) transforms it the same way."""
+        return {}
+
+
+def for_inference(source_config: dict | None, sources: Sequence[InputSource] = ()) -> dict:
+    """A source config for prediction: original sequences rather than augmented ones, plus what
+    `sources` fitted on their training data. Train stores its result in the checkpoint."""
+    config = {k: dict(v or {}) for k, v in (source_config or {}).items()}
+    if "aus" in config:
+        config["aus"]["augmented"] = False
+    for source in sources:
+        for key, fitted in source.fitted_config().items():
+            config.setdefault(key, {}).update(fitted)
+    return config
+
+
+@dataclasses.dataclass(frozen=True)
+class _Registration:
+    keys: tuple[str, ...]
+    builder: Builder
+
+
+_BUILDERS: dict[str, _Registration] = {}  # sample key -> the builder that fills it
+_LOADED = False
+
+
+def register_source(*keys: str) -> Callable[[Builder], Builder]:
+    """Decorator: register `builder(*, root, video_ids, config) -> InputSource` for `keys`."""
+    if not keys or not all(isinstance(k, str) and k.isidentifier() for k in keys):
+        raise ValueError(f"register_source needs sample key names, got {keys!r}")
+
+    def decorator(builder: Builder) -> Builder:
+        reg = _Registration(tuple(keys), builder)
+        for key in keys:
+            prior = _BUILDERS.get(key)
+            if prior is not None and (prior.builder.__module__, prior.builder.__qualname__) != (
+                    builder.__module__, builder.__qualname__):
+                raise ValueError(f"sample key {key!r} already has a source "
+                                 f"({prior.builder.__module__}.{prior.builder.__qualname__})")
+            _BUILDERS[key] = reg
+        return builder
+
+    return decorator
+
+
+def _load_modules() -> None:
+    global _LOADED
+    if _LOADED:
+        return
+    for module in _SOURCE_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            # only the optional module itself may be missing; an ImportError inside it is a bug
+            if module in _OPTIONAL_MODULES and exc.name == module:
+                continue
+            raise
+    _LOADED = True
+
+
+def source_keys() -> list[str]:
+    """Every sample key some registered source fills, sorted."""
+    _load_modules()
+    return sorted(_BUILDERS)
+
+
+def build_sources(input_keys: Iterable[str], *, root: str | Path, video_ids: Sequence[str],
+                  config: dict | None = None) -> list[InputSource]:
+    """One source per builder, together covering `input_keys` (a model's `inputs`).
+
+    config: `{key: {option: value}}` (train.source_config); each builder receives the merge of
+    its keys' entries. SourceError names a key that no module provides.
+    """
+    _load_modules()
+    config = dict(config or {})
+    chosen: list[_Registration] = []
+    for key in input_keys:
+        reg = _BUILDERS.get(key)
+        if reg is None:
+            raise SourceError(f"no input source provides sample key {key!r} (known: "
+                              f"{', '.join(sorted(_BUILDERS)) or 'none'}; modules: "
+                              f"{', '.join(_SOURCE_MODULES)})")
+        if reg not in chosen:
+            chosen.append(reg)
+    sources = []
+    for reg in chosen:
+        merged: dict = {}
+        for key in reg.keys:
+            entry = config.get(key) or {}
+            if not isinstance(entry, dict):
+                raise SourceError(f"source_config.{key}: expected a mapping, got {entry!r}")
+            merged.update(entry)
+        sources.append(reg.builder(root=Path(root), video_ids=list(video_ids), config=merged))
+    return sources
+
+
+# --------------------------------------------------------------------------------------------------
+# the AU source
+
+
+@dataclasses.dataclass(frozen=True)
+class AUSourceConfig:
+    seq_len: int = 64  # time steps per sample (zero-padded / cropped); 12.8 s at frames.fps = 5
+    augmented: bool = False  # training views from data/augmented (train split) when it has the video
+    drop_missing: bool = False  # drop frames without a face instead of keeping them as 0
+    scale: float = 1.0  # multiply intensities (0-5) by this (e.g. 0.2 for 0-1 inputs)
+    eval_views: int = 1  # > 1: a clip longer than seq_len is seen as this many evenly spaced windows
+    aus_path: str = "data/aus"  # relative to the root
+    augmented_path: str = "data/augmented"
+
+
+def _config(cls: type, config: dict, prefix: str) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(config) - names)
+    if unknown:
+        raise SourceError(f"{prefix}.{unknown[0]}: unknown source option "
+                          f"(known: {', '.join(sorted(names))})")
+    return cls(**config)
+
+
+def au_windows(n: int, seq_len: int, views: int) -> list[int]:
+    """Start indices of `views` evenly spaced windows of seq_len over n steps (one if n <= seq_len)."""
+    if n <= seq_len or views <= 1:
+        return [0]
+    return sorted(set(np.linspace(0, n - seq_len, views).round().astype(int).tolist()))
+
+
+class AUSource(InputSource):
+    """OpenFace-named AU intensities per frame -> {"aus": (T, 17) float32, "aus_mask": (T,) bool}.
+
+    Frames without a face (NaN) become 0, the neutral intensity, and stay True in the mask: the
+    time axis keeps its meaning (a 5 s clip is 25 steps at 5 fps). `drop_missing` drops them
+    instead. Every item is zero-padded to `seq_len`; longer sequences are cropped: a random window
+    for training, the first `seq_len` steps (or `eval_views` evenly spaced windows) for evaluation.
+    Training views come from data/augmented (`augmented: true`, a random augmented sequence of the
+    clip) where the clip has some; evaluation always reads the original data/aus.
+    """
+
+    keys = ("aus", "aus_mask")
+
+    def __init__(self, sequences: dict[str, np.ndarray], *, config: AUSourceConfig,
+                 augmented: dict[str, list[np.ndarray]] | None = None):
+        if config.seq_len < 1 or config.eval_views < 1:
+            raise SourceError("source_config.aus: seq_len and eval_views must be >= 1")
+        self.config = config
+        self.sequences = {v: self._prepare(a) for v, a in sequences.items()}
+        self.augmented = {v: [self._prepare(a) for a in seqs]
+                          for v, seqs in (augmented or {}).items()}
+
+    def _prepare(self, a: np.ndarray) -> np.ndarray:
+        a = np.asarray(a, dtype=np.float32)  # (T, 17)
+        if self.config.drop_missing:
+            a = a[~np.isnan(a).all(axis=1)]
+        return np.nan_to_num(a, nan=0.0) * np.float32(self.config.scale)
+
+    def has(self, video_id: str) -> bool:
+        return video_id in self.sequences
+
+    def _get(self, video_id: str) -> np.ndarray:
+        try:
+            return self.sequences[video_id]
+        except KeyError:
+            raise SourceError(f"no AU frames for video {video_id!r} in data/aus") from None
+
+    def _pad(self, a: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        L = self.config.seq_len
+        aus = torch.zeros(L, a.shape[1])  # (L, 17)
+        mask = torch.zeros(L, dtype=torch.bool)  # (L,)
+        n = min(len(a), L)
+        aus[:n] = torch.from_numpy(a[:n])
+        mask[:n] = True
+        return aus, mask
+
+    def train_item(self, video_id: str, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        pool = self.augmented.get(video_id) if self.config.augmented else None
+        a = pool[int(rng.integers(len(pool)))] if pool else self._get(video_id)
+        L = self.config.seq_len
+        if len(a) > L:
+            start = int(rng.integers(len(a) - L + 1))
+            a = a[start:start + L]
+        aus, mask = self._pad(a)
+        return {"aus": aus, "aus_mask": mask}
+
+    def eval_items(self, video_id: str) -> dict[str, torch.Tensor]:
+        a = self._get(video_id)
+        L = self.config.seq_len
+        views = [self._pad(a[s:s + L]) for s in au_windows(len(a), L, self.config.eval_views)]
+        return {"aus": torch.stack([v[0] for v in views]),  # (V, L, 17)
+                "aus_mask": torch.stack([v[1] for v in views])}  # (V, L)
+
+
+def _read_sequences(path: Path, name: str, group: Sequence[str], ids: set[str]) -> dict:
+    from stages.common import read_artifact
+    from stages.schemas import AU_INTENSITY
+
+    df = read_artifact(name, path=path)
+    df = df[df["video_id"].isin(ids)].sort_values([*group, "frame_idx"], kind="stable")
+    values = df[list(AU_INTENSITY)].to_numpy(np.float32)  # (rows, 17)
+    out: dict = {}
+    keys = df[list(group)].to_numpy()
+    if not len(df):
+        return out
+    change = np.flatnonzero((keys[1:] != keys[:-1]).any(axis=1)) + 1
+    for lo, hi in zip(np.r_[0, change], np.r_[change, len(df)]):
+        out[tuple(keys[lo])] = values[lo:hi]
+    return out
+
+
+@register_source("aus", "aus_mask")
+def au_source(*, root: Path, video_ids: list[str], config: dict) -> AUSource:
+    """data/aus (and data/augmented when `augmented`) for `video_ids` under `root`."""
+    cfg = _config(AUSourceConfig, config, "source_config.aus")
+    ids = set(video_ids)
+    seqs = {k[0]: v for k, v in _read_sequences(root / cfg.aus_path, "aus", ("video_id",),
+                                                ids).items()}
+    augmented: dict[str, list[np.ndarray]] = {}
+    if cfg.augmented:
+        path = root / cfg.augmented_path
+        if not path.exists():
+            raise SourceError(f"{path}: source_config.aus.augmented is true but the augmented "
+                              "sequences are missing; run the augment stage")
+        for (vid, _aug), a in _read_sequences(path, "augmented", ("video_id", "aug_id"),
+                                              ids).items():
+            augmented.setdefault(vid, []).append(a)
+    return AUSource(seqs, config=cfg, augmented=augmented)

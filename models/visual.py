@@ -1,0 +1,665 @@
+"""DeepPersonality's visual models on aligned face crops, full frames and face sequences.
+
+    from models import build_model
+    model = build_model("resnet18_face", width=16)          # config fields as keyword arguments
+    scores = model.predict({"face": x})                     # x (B, 3, 112, 112) normalised -> (B, 5)
+
+Inputs (models/data_av.py builds them): `face` / `frame` (B, 3, H, W) float, ImageNet-normalised;
+`face_seq` (B, T, 3, H, W). Every model here trains from scratch (no weights are downloaded);
+`weights="path.pt"` in the config loads a user-provided state dict (torch.load(weights_only=True);
+`weights_strict=False` tolerates missing / unexpected keys, e.g. another head).
+
+Heads (`head=` in every config): "regression" (5 sigmoid scores in [0, 1], masked MSE; PerFeX's
+RegressionHead), "classification" (5 traits x 5 bins, PerFeX's ClassificationHead, decoded to [0, 1])
+and "regression_z" (5 unbounded outputs, masked MSE: for `label_scale` z-scored labels such as
+UDIVA's; `decode` then returns the label scale, not [0, 1]).
+
+Shared pieces used by models/audio.py and models/audiovisual.py live here too: the config helper,
+the heads, the `ZooModel` protocol base class and the 2D ResNet trunk.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Literal, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from models.perfex import ClassificationHead, RegressionHead
+from models.registry import register
+
+__all__ = ["ZooModel", "make_config", "make_head", "ScoreHead", "ResNetTrunk", "SEBasicBlock",
+           "ResNetConfig", "HRNetConfig", "DANConfig", "ClipTransformerConfig", "CNNLSTMConfig",
+           "R3DConfig", "load_weights", "finish"]
+
+N_TRAITS = 5
+HeadKind = Literal["regression", "classification", "regression_z"]
+
+
+# --------------------------------------------------------------------------------------------------
+# config helpers and heads (shared by the whole zoo)
+
+
+@dataclasses.dataclass
+class HeadFields:
+    """Fields every zoo config has (nanoGPT style: flat, commented defaults)."""
+    head: HeadKind = "regression"
+    hidden: int = 128  # head MLP width (0: a single linear layer)
+    dropout: float = 0.3  # in the head
+    decode: Literal["expectation", "argmax"] = "expectation"  # classification head only
+    weights: str = ""  # a user-provided state dict (.pt) loaded after building; "" = from scratch
+    weights_strict: bool = True  # load_state_dict(strict=...)
+
+
+def check_head(cfg: Any, name: str) -> None:
+    if cfg.head not in ("regression", "classification", "regression_z"):
+        raise ValueError(f"{name}: head must be 'regression', 'classification' or 'regression_z', "
+                         f"got {cfg.head!r}")
+    if cfg.hidden < 0 or (cfg.head == "classification" and cfg.hidden < 1):
+        raise ValueError(f"{name}: hidden must be >= 0 (>= 1 for the classification head)")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ValueError(f"{name}: dropout must be in [0, 1), got {cfg.dropout}")
+    if cfg.decode not in ("expectation", "argmax"):
+        raise ValueError(f"{name}: decode must be 'expectation' or 'argmax', got {cfg.decode!r}")
+
+
+def make_config(cls: type, config: Any, overrides: dict, name: str) -> Any:
+    """cls(**config fields, **overrides); an unknown key -> ValueError naming it and the known ones.
+    Tuples given as lists (params.yaml) are converted; __post_init__ validates."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"{name}: unknown config key {unknown[0]!r} "
+                         f"(known: {', '.join(sorted(known))})")
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    base = config if config is not None else cls()
+    return dataclasses.replace(base, **overrides)
+
+
+class ScoreHead(nn.Module):
+    """MLP (or one linear layer when hidden=0) -> 5 outputs, sigmoid or not; masked MSE."""
+
+    def __init__(self, in_features: int, *, hidden: int, dropout: float, sigmoid: bool):
+        super().__init__()
+        self.sigmoid = sigmoid
+        if hidden > 0:
+            self.mlp = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(dropout),
+                                     nn.Linear(hidden, N_TRAITS))
+        else:
+            self.mlp = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, N_TRAITS))
+
+    def forward(self, features: Tensor) -> Tensor:  # (B, D) -> (B, 5)
+        out = self.mlp(features)
+        return torch.sigmoid(out) if self.sigmoid else out
+
+    def loss(self, scores: Tensor, targets: Tensor) -> Tensor:
+        valid = ~torch.isnan(targets)  # (B, 5)
+        sq = (scores - targets.nan_to_num(0.0)) ** 2 * valid
+        return sq.sum() / valid.sum().clamp_min(1)
+
+    def proba(self, scores: Tensor) -> None:
+        return None
+
+    def decode(self, scores: Tensor) -> Tensor:
+        return scores  # (B, 5): [0, 1] with the sigmoid, the label scale without
+
+
+def make_head(cfg: Any, in_features: int) -> nn.Module:
+    """The head `cfg.head` names over `in_features` features."""
+    if cfg.head == "classification":
+        return ClassificationHead(in_features, hidden=cfg.hidden, dropout=cfg.dropout,
+                                  decode=cfg.decode)
+    if cfg.head == "regression" and cfg.hidden > 0:
+        return RegressionHead(in_features, hidden=cfg.hidden, dropout=cfg.dropout)
+    return ScoreHead(in_features, hidden=cfg.hidden, dropout=cfg.dropout,
+                     sigmoid=cfg.head == "regression")
+
+
+class ZooModel(nn.Module):
+    """The registry protocol: forward(batch) -> head outputs; loss / decode / proba / predict.
+
+    Subclasses set `inputs` (the sample keys read) and implement `features(batch) -> (B, D)`.
+    """
+
+    inputs: tuple[str, ...] = ()
+    config: Any
+    head: nn.Module
+
+    def features(self, batch: Mapping[str, Tensor]) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
+        missing = [k for k in self.inputs if k not in batch]
+        if missing:
+            raise KeyError(f"{type(self).__name__} needs batch keys {list(self.inputs)}; "
+                           f"missing {missing}")
+        return self.head(self.features(batch))
+
+    def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """targets (B, 5), NaN = unlabelled (masked)."""
+        return self.head.loss(outputs, targets)
+
+    def decode(self, outputs: Tensor) -> Tensor:
+        """(B, 5) scores: in [0, 1] (the label scale for head="regression_z")."""
+        return self.head.decode(outputs)
+
+    def proba(self, outputs: Tensor) -> Tensor | None:
+        return self.head.proba(outputs)
+
+    def predict(self, batch: Mapping[str, Tensor]) -> Tensor:
+        return self.decode(self(batch))
+
+
+def load_weights(model: nn.Module, path: str, *, strict: bool = True) -> nn.Module:
+    """Load a user-provided state dict (a plain state dict, or one under "state_dict" / "model";
+    a DataParallel "module." prefix is stripped) with torch.load(weights_only=True)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a state dict (got {type(state).__name__})")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    result = model.load_state_dict(state, strict=strict)
+    if not strict and (result.missing_keys or result.unexpected_keys):
+        import logging
+
+        logging.getLogger("models").warning("%s: %d missing, %d unexpected keys (strict=False)",
+                                            path, len(result.missing_keys),
+                                            len(result.unexpected_keys))
+    return model
+
+
+def finish(model: ZooModel) -> ZooModel:
+    """Load config.weights when given. Every factory ends with this."""
+    if model.config.weights:
+        load_weights(model, model.config.weights, strict=model.config.weights_strict)
+    return model
+
+
+def image_input(batch: Mapping[str, Tensor], key: str) -> Tensor:
+    x = batch[key]
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"batch[{key!r}] must be (B, 3, H, W), got {tuple(x.shape)}")
+    return x
+
+
+# --------------------------------------------------------------------------------------------------
+# ResNet family (torchvision's blocks; width and depth configurable)
+
+
+class SEBasicBlock(BasicBlock):
+    """torchvision's BasicBlock with squeeze-excitation on the residual branch (Hu et al. 2018)."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample=None, *args,
+                 reduction: int = 16, **kwargs):
+        super().__init__(inplanes, planes, stride, downsample, *args, **kwargs)
+        inner = max(4, planes // reduction)
+        self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(planes, inner, 1),
+                                nn.ReLU(inplace=True), nn.Conv2d(inner, planes, 1), nn.Sigmoid())
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C_in, H, W) -> (B, C, H', W')
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out = out * self.se(out)  # (B, C, H', W') * (B, C, 1, 1)
+        return self.relu(out + identity)
+
+
+class ResNetTrunk(nn.Module):
+    """torchvision's ResNet without its fc: stem (7x7/2 + maxpool), four stages of `layers` blocks
+    at widths width * (1, 2, 4, 8), global average pool. width=64 with BasicBlock (2, 2, 2, 2) is
+    exactly resnet18's trunk (tests check the parameter count). x (B, C, H, W) -> (B, out_features).
+    """
+
+    def __init__(self, block: type, layers: Sequence[int], *, width: int = 64, in_channels: int = 3,
+                 stem_stride: int = 2, stem_pool: bool = True):
+        super().__init__()
+        self.inplanes = width
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, width, 7, stride=stem_stride, padding=3, bias=False),
+            nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, stride=2, padding=1) if stem_pool else nn.Identity())
+        stages = []
+        for i, n in enumerate(layers):
+            stages.append(self._make_layer(block, width * 2 ** i, n, stride=1 if i == 0 else 2))
+        self.stages = nn.Sequential(*stages)
+        self.out_features = width * 2 ** (len(layers) - 1) * block.expansion
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def _make_layer(self, block: type, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(planes * block.expansion))
+        layers = [block(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * block.expansion
+        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def feature_map(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, C', H/32, W/32)
+        return self.stages(self.stem(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.feature_map(x).mean(dim=(2, 3))  # (B, C', h, w) -> (B, C')
+
+
+BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck, "se_basic": SEBasicBlock}
+DEPTHS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3))}
+
+
+@dataclasses.dataclass
+class ResNetConfig(HeadFields):
+    input_key: Literal["face", "frame"] = "face"  # set by the registered name
+    depth: int = 18  # 18 | 34 | 50: torchvision's block type and layer counts
+    layers: tuple[int, ...] = ()  # override the layer counts (e.g. (1, 1, 1, 1) for a tiny net)
+    width: int = 32  # stem / first stage channels (torchvision: 64); stages width * 1, 2, 4, 8
+    se: bool = False  # squeeze-excitation in every BasicBlock (SE-ResNet)
+
+    def __post_init__(self) -> None:
+        self.layers = tuple(self.layers)
+        check_head(self, "resnet")
+        if self.depth not in DEPTHS:
+            raise ValueError(f"resnet: depth must be one of {sorted(DEPTHS)}, got {self.depth}")
+        if self.width < 1 or any(n < 1 for n in self.layers):
+            raise ValueError("resnet: width and layers must be positive")
+        if self.se and self.depth == 50:
+            raise ValueError("resnet: se=True is for BasicBlock depths (18, 34)")
+
+
+class ResNetModel(ZooModel):
+    """ResNet-18/34/50 (or SE-ResNet) on one image per sample, global average pool, head."""
+
+    def __init__(self, config: ResNetConfig):
+        super().__init__()
+        self.config = config
+        self.inputs = (config.input_key,)
+        kind, layers = DEPTHS[config.depth]
+        block = BLOCKS["se_basic" if config.se else kind]
+        self.trunk = ResNetTrunk(block, config.layers or layers, width=config.width)
+        self.head = make_head(config, self.trunk.out_features)
+
+    def features(self, batch: Mapping[str, Tensor]) -> Tensor:
+        return self.trunk(image_input(batch, self.config.input_key))  # (B, 3, H, W) -> (B, D)
+
+
+def _resnet(name: str, config: ResNetConfig | None, overrides: dict, **fixed: Any) -> ResNetModel:
+    cfg = make_config(ResNetConfig, config, {**overrides, **fixed}, name)
+    return finish(ResNetModel(cfg))
+
+
+@register("resnet18_face", modality="visual", inputs=("face",), source="DeepPersonality (He et al. "
+          "2016, ResNet)", card="ResNet-18 (torchvision blocks, width configurable) on one aligned "
+          "face crop per step, views averaged at eval")
+def resnet18_face(*, config: ResNetConfig | None = None, **overrides: Any) -> ResNetModel:
+    return _resnet("resnet18_face", config, overrides, input_key="face", depth=18)
+
+
+@register("resnet34_face", modality="visual", inputs=("face",), source="DeepPersonality (He et al. "
+          "2016, ResNet)", card="ResNet-34 on aligned face crops")
+def resnet34_face(*, config: ResNetConfig | None = None, **overrides: Any) -> ResNetModel:
+    return _resnet("resnet34_face", config, overrides, input_key="face", depth=34)
+
+
+@register("resnet50_face", modality="visual", inputs=("face",), source="DeepPersonality (He et al. "
+          "2016, ResNet)", card="ResNet-50 (bottleneck blocks) on aligned face crops")
+def resnet50_face(*, config: ResNetConfig | None = None, **overrides: Any) -> ResNetModel:
+    return _resnet("resnet50_face", config, overrides, input_key="face", depth=50)
+
+
+@register("resnet18_frame", modality="visual", inputs=("frame",), source="DeepPersonality (He et "
+          "al. 2016, ResNet)", card="ResNet-18 on full frames (scene context, not only the face)")
+def resnet18_frame(*, config: ResNetConfig | None = None, **overrides: Any) -> ResNetModel:
+    return _resnet("resnet18_frame", config, overrides, input_key="frame", depth=18)
+
+
+@register("seresnet18_face", modality="visual", inputs=("face",), source="DeepPersonality SENet "
+          "(Hu et al. 2018)", card="SE-ResNet-18: squeeze-excitation in every basic block, on face "
+          "crops")
+def seresnet18_face(*, config: ResNetConfig | None = None, **overrides: Any) -> ResNetModel:
+    return _resnet("seresnet18_face", config, overrides, input_key="face", se=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# HRNet-like: parallel multi-resolution branches with repeated exchange
+
+
+def _conv_bn(c_in: int, c_out: int, k: int = 3, stride: int = 1, relu: bool = True) -> nn.Sequential:
+    mods = [nn.Conv2d(c_in, c_out, k, stride=stride, padding=k // 2, bias=False),
+            nn.BatchNorm2d(c_out)]
+    if relu:
+        mods.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*mods)
+
+
+class HRExchange(nn.Module):
+    """HRNet's fusion: output i = relu(sum_j f_ij(x_j)); j == i: identity; j > i (lower
+    resolution): 1x1 conv + nearest upsampling; j < i: (i - j) strided 3x3 convs. xs[j] is
+    (B, widths[j], H / 2^j, W / 2^j); output i is (B, out_widths[i], H / 2^i, W / 2^i)."""
+
+    def __init__(self, widths: Sequence[int], out_widths: Sequence[int]):
+        super().__init__()
+        self.fuse = nn.ModuleList()
+        for i, ci in enumerate(out_widths):
+            row = nn.ModuleList()
+            for j, cj in enumerate(widths):
+                if j == i:
+                    row.append(nn.Identity())
+                elif j > i:
+                    row.append(_conv_bn(cj, ci, k=1, relu=False))
+                else:
+                    steps = [_conv_bn(cj, cj, stride=2) for _ in range(i - j - 1)]
+                    steps.append(_conv_bn(cj, ci, stride=2, relu=False))
+                    row.append(nn.Sequential(*steps))
+            self.fuse.append(row)
+
+    def forward(self, xs: list[Tensor]) -> list[Tensor]:
+        outs = []
+        for i, row in enumerate(self.fuse):
+            acc = None
+            for j, (f, x) in enumerate(zip(row, xs)):
+                y = f(x)
+                if j > i:  # lower resolution: up to branch i's size
+                    y = F.interpolate(y, size=xs[i].shape[-2:], mode="nearest")
+                acc = y if acc is None else acc + y
+            outs.append(F.relu(acc))
+        return outs
+
+
+@dataclasses.dataclass
+class HRNetConfig(HeadFields):
+    width: int = 16  # channels of the highest-resolution branch (HRNet-W18: 18)
+    n_branches: int = 3  # parallel resolutions: /4, /8, /16 (, /32)
+    blocks: int = 1  # BasicBlocks per branch per stage
+
+    def __post_init__(self) -> None:
+        check_head(self, "hrnet_face")
+        if not 2 <= self.n_branches <= 4 or self.width < 1 or self.blocks < 1:
+            raise ValueError("hrnet_face: n_branches in 2..4, width and blocks >= 1")
+
+
+class HRNetModel(ZooModel):
+    """Stem to 1/4, then stages s = 2..n_branches: each adds a branch at half resolution (via the
+    exchange), runs `blocks` BasicBlocks per branch and exchanges; the classification head pools
+    every branch and concatenates (HRNet-V2-style representation head)."""
+
+    inputs = ("face",)
+
+    def __init__(self, config: HRNetConfig):
+        super().__init__()
+        self.config = config
+        w = config.width
+        self.stem = nn.Sequential(_conv_bn(3, w, stride=2), _conv_bn(w, w, stride=2))  # -> 1/4
+        self.stages = nn.ModuleList()
+        self.exchanges = nn.ModuleList()
+        for s in range(1, config.n_branches + 1):
+            widths = [w * 2 ** i for i in range(s)]
+            self.stages.append(nn.ModuleList(
+                nn.Sequential(*[BasicBlock(c, c) for _ in range(config.blocks)]) for c in widths))
+            out_widths = [w * 2 ** i for i in range(min(s + 1, config.n_branches))]
+            self.exchanges.append(HRExchange(widths, out_widths))
+        self.out_features = sum(w * 2 ** i for i in range(config.n_branches))
+        self.head = make_head(config, self.out_features)
+
+    def features(self, batch: Mapping[str, Tensor]) -> Tensor:
+        xs = [self.stem(image_input(batch, "face"))]  # [(B, w, H/4, W/4)]
+        for blocks, exchange in zip(self.stages, self.exchanges):
+            xs = [b(x) for b, x in zip(blocks, xs)]  # branch i: (B, w 2^i, H/2^(i+2), W/2^(i+2))
+            xs = exchange(xs)  # adds the next (lower) resolution until n_branches
+        return torch.cat([x.mean(dim=(2, 3)) for x in xs], dim=1)  # (B, sum_i w 2^i)
+
+
+@register("hrnet_face", modality="visual", inputs=("face",), source="DeepPersonality HRNet (Wang "
+          "et al. 2020)", card="HRNet-like: parallel multi-resolution branches with repeated "
+          "exchange units, all branches pooled, on face crops")
+def hrnet_face(*, config: HRNetConfig | None = None, **overrides: Any) -> HRNetModel:
+    return finish(HRNetModel(make_config(HRNetConfig, config, overrides, "hrnet_face")))
+
+
+# --------------------------------------------------------------------------------------------------
+# DAN: VGG-style descriptors, average and max pooled, concatenated
+
+
+@dataclasses.dataclass
+class DANConfig(HeadFields):
+    input_key: Literal["face", "frame"] = "frame"  # set by the registered name
+    widths: tuple[int, ...] = (16, 32, 64, 128)  # VGG stages (VGG-16: 64, 128, 256, 512, 512)
+    convs: int = 2  # 3x3 conv + BN + ReLU per stage, then 2x2 max pool
+    l2_normalise: bool = True  # L2-normalise each pooled descriptor before concatenating (DAN)
+
+    def __post_init__(self) -> None:
+        self.widths = tuple(self.widths)
+        check_head(self, "dan")
+        if not self.widths or any(c < 1 for c in self.widths) or self.convs < 1:
+            raise ValueError("dan: widths and convs must be positive")
+
+
+class DANModel(ZooModel):
+    """Descriptor Aggregation Network (Wei et al. 2016, ChaLearn 2016 winner): VGG conv
+    descriptors, global average and global max pooling, each L2-normalised, concatenated."""
+
+    def __init__(self, config: DANConfig):
+        super().__init__()
+        self.config = config
+        self.inputs = (config.input_key,)
+        layers, c_in = [], 3
+        for c in config.widths:
+            for _ in range(config.convs):
+                layers.append(_conv_bn(c_in, c))
+                c_in = c
+            layers.append(nn.MaxPool2d(2))
+        self.body = nn.Sequential(*layers)
+        self.head = make_head(config, 2 * config.widths[-1])
+
+    def features(self, batch: Mapping[str, Tensor]) -> Tensor:
+        h = self.body(image_input(batch, self.config.input_key))  # (B, C, H / 2^s, W / 2^s)
+        avg, mx = h.mean(dim=(2, 3)), h.amax(dim=(2, 3))  # (B, C) each
+        if self.config.l2_normalise:
+            avg, mx = F.normalize(avg, dim=1), F.normalize(mx, dim=1)
+        return torch.cat([avg, mx], dim=1)  # (B, 2C)
+
+
+@register("dan_frame", modality="visual", inputs=("frame",), source="DeepPersonality DAN (Wei et "
+          "al. 2016)", card="DAN: VGG-style conv descriptors, L2-normalised average + max pooling "
+          "concatenated, on full frames")
+def dan_frame(*, config: DANConfig | None = None, **overrides: Any) -> DANModel:
+    return finish(DANModel(make_config(DANConfig, config, {**overrides, "input_key": "frame"},
+                                       "dan_frame")))
+
+
+@register("dan_face", modality="visual", inputs=("face",), source="DeepPersonality DAN (Wei et "
+          "al. 2016)", card="DAN on aligned face crops")
+def dan_face(*, config: DANConfig | None = None, **overrides: Any) -> DANModel:
+    return finish(DANModel(make_config(DANConfig, config, {**overrides, "input_key": "face"},
+                                       "dan_face")))
+
+
+# --------------------------------------------------------------------------------------------------
+# temporal models over face sequences
+
+
+def seq_input(batch: Mapping[str, Tensor], key: str = "face_seq") -> Tensor:
+    x = batch[key]
+    if x.dim() != 5 or x.shape[2] != 3:
+        raise ValueError(f"batch[{key!r}] must be (B, T, 3, H, W), got {tuple(x.shape)}")
+    return x
+
+
+class FrameEncoder(nn.Module):
+    """A small per-frame ResNet trunk shared over time: (B, T, 3, H, W) -> (B, T, D)."""
+
+    def __init__(self, *, width: int, layers: Sequence[int]):
+        super().__init__()
+        self.trunk = ResNetTrunk(BasicBlock, layers, width=width)
+        self.out_features = self.trunk.out_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, T = x.shape[:2]
+        f = self.trunk(x.flatten(0, 1))  # (B, T, 3, H, W) -> (B*T, 3, H, W) -> (B*T, D)
+        return f.view(B, T, -1)  # (B, T, D)
+
+
+@dataclasses.dataclass
+class ClipTransformerConfig(HeadFields):
+    width: int = 16  # per-frame ResNet trunk width
+    layers: tuple[int, ...] = (1, 1, 1, 1)  # its BasicBlocks per stage
+    d_model: int = 128  # transformer width
+    n_layers: int = 2
+    n_heads: int = 4
+    max_len: int = 64  # longest clip (learned positional embeddings)
+    attn_dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        self.layers = tuple(self.layers)
+        check_head(self, "vat_face_seq")
+        if self.d_model % self.n_heads:
+            raise ValueError("vat_face_seq: d_model must be a multiple of n_heads")
+
+
+class ClipTransformer(ZooModel):
+    """VAT-like: a per-frame CNN makes one token per frame; a [CLS] token plus learned positions go
+    through a transformer encoder; the [CLS] output feeds the head."""
+
+    inputs = ("face_seq",)
+
+    def __init__(self, config: ClipTransformerConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = FrameEncoder(width=config.width, layers=config.layers)
+        self.proj = nn.Linear(self.encoder.out_features, config.d_model)
+        self.cls = nn.Parameter(torch.zeros(1, 1, config.d_model))
+        self.pos = nn.Parameter(torch.randn(1, config.max_len + 1, config.d_model) * 0.02)
+        layer = nn.TransformerEncoderLayer(config.d_model, config.n_heads, 2 * config.d_model,
+                                           dropout=config.attn_dropout, batch_first=True,
+                                           norm_first=True)
+        self.transformer = nn.TransformerEncoder(layer, config.n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(config.d_model)
+        self.head = make_head(config, config.d_model)
+
+    def features(self, batch: Mapping[str, Tensor]) -> Tensor:
+        x = seq_input(batch)  # (B, T, 3, H, W)
+        B, T = x.shape[:2]
+        if T > self.config.max_len:
+            raise ValueError(f"vat_face_seq: clip of {T} frames > max_len {self.config.max_len}")
+        tok = self.proj(self.encoder(x))  # (B, T, D_cnn) -> (B, T, d)
+        tok = torch.cat([self.cls.expand(B, -1, -1), tok], dim=1) + self.pos[:, :T + 1]  # (B, T+1, d)
+        return self.norm(self.transformer(tok)[:, 0])  # (B, d)
+
+
+@register("vat_face_seq", modality="visual", inputs=("face_seq",), source="DeepPersonality VAT "
+          "(video action transformer, Girdhar et al. 2019)", card="Clip transformer: per-frame "
+          "ResNet tokens + [CLS] through a transformer encoder over a face clip")
+def vat_face_seq(*, config: ClipTransformerConfig | None = None, **overrides: Any
+                 ) -> ClipTransformer:
+    return finish(ClipTransformer(make_config(ClipTransformerConfig, config, overrides,
+                                              "vat_face_seq")))
+
+
+@dataclasses.dataclass
+class CNNLSTMConfig(HeadFields):
+    width: int = 16  # per-frame ResNet trunk width
+    layers: tuple[int, ...] = (1, 1, 1, 1)
+    lstm_hidden: int = 128
+    lstm_layers: int = 1
+    bidirectional: bool = False
+
+    def __post_init__(self) -> None:
+        self.layers = tuple(self.layers)
+        check_head(self, "cnn_lstm_face_seq")
+
+
+class CNNLSTM(ZooModel):
+    """Per-frame CNN, LSTM over the clip, mean of its outputs over time into the head."""
+
+    inputs = ("face_seq",)
+
+    def __init__(self, config: CNNLSTMConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = FrameEncoder(width=config.width, layers=config.layers)
+        self.lstm = nn.LSTM(self.encoder.out_features, config.lstm_hidden, config.lstm_layers,
+                            batch_first=True, bidirectional=config.bidirectional)
+        self.head = make_head(config, config.lstm_hidden * (2 if config.bidirectional else 1))
+
+    def features(self, batch: Mapping[str, Tensor]) -> Tensor:
+        h, _ = self.lstm(self.encoder(seq_input(batch)))  # (B, T, D) -> (B, T, H)
+        return h.mean(dim=1)  # (B, H)
+
+
+@register("cnn_lstm_face_seq", modality="visual", inputs=("face_seq",), source="DeepPersonality "
+          "CNN-LSTM (visual branch of Subramaniam et al. 2016)", card="Per-frame ResNet features "
+          "through an LSTM over a face clip, time-averaged")
+def cnn_lstm_face_seq(*, config: CNNLSTMConfig | None = None, **overrides: Any) -> CNNLSTM:
+    return finish(CNNLSTM(make_config(CNNLSTMConfig, config, overrides, "cnn_lstm_face_seq")))
+
+
+# 3D ResNet (torchvision r3d_18's layout: Conv3DSimple basic blocks, 3x7x7 stem; width configurable)
+
+
+class Block3D(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv3d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm3d(c_out)
+        self.conv2 = nn.Conv3d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm3d(c_out)
+        self.down = None if stride == 1 and c_in == c_out else nn.Sequential(
+            nn.Conv3d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm3d(c_out))
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C, T, H, W) -> (B, C', T', H', W')
+        idt = x if self.down is None else self.down(x)
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + idt)
+
+
+@dataclasses.dataclass
+class R3DConfig(HeadFields):
+    width: int = 16  # r3d_18: 64
+    layers: tuple[int, ...] = (1, 1, 1, 1)  # r3d_18: (2, 2, 2, 2)
+
+    def __post_init__(self) -> None:
+        self.layers = tuple(self.layers)
+        check_head(self, "r3d_face_seq")
+        if self.width < 1 or not self.layers or any(n < 1 for n in self.layers):
+            raise ValueError("r3d_face_seq: width and layers must be positive")
+
+
+class R3DModel(ZooModel):
+    """3D ResNet (Tran et al. 2018, torchvision r3d_18 layout) on a face clip."""
+
+    inputs = ("face_seq",)
+
+    def __init__(self, config: R3DConfig):
+        super().__init__()
+        self.config = config
+        w = config.width
+        self.stem = nn.Sequential(nn.Conv3d(3, w, (3, 7, 7), stride=(1, 2, 2), padding=(1, 3, 3),
+                                            bias=False), nn.BatchNorm3d(w), nn.ReLU(inplace=True))
+        blocks, c_in = [], w
+        for i, n in enumerate(config.layers):
+            c = w * 2 ** i
+            for k in range(n):
+                blocks.append(Block3D(c_in, c, stride=2 if (i > 0 and k == 0) else 1))
+                c_in = c
+        self.body = nn.Sequential(*blocks)
+        self.head = make_head(config, c_in)
+
+    def features(self, batch: Mapping[str, Tensor]) -> Tensor:
+        x = seq_input(batch).transpose(1, 2)  # (B, T, 3, H, W) -> (B, 3, T, H, W): Conv3d layout
+        return self.body(self.stem(x)).mean(dim=(2, 3, 4))  # (B, C, T', H', W') -> (B, C)
+
+
+@register("r3d_face_seq", modality="visual", inputs=("face_seq",), source="DeepPersonality 3D-"
+          "ResNet (Tran et al. 2018, torchvision r3d_18)", card="3D ResNet (r3d_18 layout, small "
+          "width) on a face clip")
+def r3d_face_seq(*, config: R3DConfig | None = None, **overrides: Any) -> R3DModel:
+    return finish(R3DModel(make_config(R3DConfig, config, overrides, "r3d_face_seq")))

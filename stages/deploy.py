@@ -1,0 +1,141 @@
+"""deploy: label an unlabelled AU corpus with a trained AU model (PerFeX's dataset output).
+
+    python -m stages.deploy        # params.yaml:deploy -> data/deploy/
+
+The corpus is the pipeline's own `data/aus` (`deploy.corpus: aus`, optionally only some splits)
+or a folder of OpenFace FeatureExtraction CSVs (`deploy.corpus: <folder>`, one sequence per CSV,
+read by the `aus` stage's OpenFace reader). The model is a name (data/models/NAME/best.pt, or
+data/retrained/models/NAME+retrained/best.pt) or a checkpoint path; it must read AUs only.
+
+Outputs (data/deploy/):
+  labels.parquet      one row per sequence: video_id, O..N scores, O_bin..N_bin (the 5-bin class,
+                      floor(4p) clipped to 0-4), n_frames, model, checkpoint_sha256
+  perfex_export.csv   PerFeX's per-frame layout: ID, File, frame, AU*_r, AU*_c, and the predicted
+                      extroversion, neuroticism, agreeableness, conscientiousness, openness
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from stages import schemas
+from stages.common import (BaseParams, ParamsError, StageInputError, find_checkpoint, get_logger,
+                           read_artifact, repo_root, run_stage, write_artifact)
+from stages.schemas import AU_INTENSITY, AU_PRESENCE, TRAITS
+
+log = get_logger("deploy")
+
+PERFEX_TRAIT_COLUMNS = {"E": "extroversion", "N": "neuroticism", "A": "agreeableness",
+                        "C": "conscientiousness", "O": "openness"}
+
+
+@dataclasses.dataclass(frozen=True)
+class DeployParams:
+    model: str = "perfex_cnn+retrained"  # a trained or retrained model name, or a checkpoint path
+    corpus: str = "aus"  # "aus" (data/aus) or a folder of OpenFace CSVs
+    splits: list[str] = dataclasses.field(default_factory=list)  # corpus aus: [] = every video
+    export_csv: bool = True  # also write PerFeX's per-frame CSV
+    batch_size: int = 64
+
+
+def load_corpus(p: DeployParams, root: Path) -> pd.DataFrame:
+    """The per-frame AU table to label (the `aus` schema)."""
+    if p.corpus == "aus":
+        table = read_artifact("aus", path=root / schemas.ARTIFACTS["aus"].path)
+        if p.splits:
+            manifest = read_artifact("manifest", path=root / schemas.ARTIFACTS["manifest"].path)
+            keep = set(manifest.loc[manifest["split"].isin(p.splits), "video_id"])
+            table = table[table["video_id"].isin(keep)]
+        return table
+    from stages.aus import read_openface_csv
+
+    folder = Path(p.corpus) if Path(p.corpus).is_absolute() else root / p.corpus
+    csvs = sorted(folder.glob("*.csv"))
+    if not csvs:
+        raise StageInputError(f"deploy.corpus: no OpenFace CSV in {folder}")
+    tables = []
+    for csv in csvs:
+        try:
+            tables.append(read_openface_csv(csv, video_id=csv.stem))
+        except StageInputError as exc:
+            log.warning("skipped %s", exc)  # one bad file never stops the corpus
+    if not tables:
+        raise StageInputError(f"deploy.corpus: no readable OpenFace CSV in {folder}")
+    return pd.concat(tables, ignore_index=True)
+
+
+def label_corpus(table: pd.DataFrame, ckpt_path: Path, *, batch_size: int = 64) -> pd.DataFrame:
+    """Scores per sequence of an AU table with an AU model checkpoint."""
+    from models.data import build_sources, for_inference
+    from models.engine import load_checkpoint, predict_videos
+    from models.metrics import to_bins
+
+    model, ckpt = load_checkpoint(ckpt_path)
+    inputs = set(ckpt.get("inputs", []))
+    if not inputs <= {"aus", "aus_mask"}:
+        raise ParamsError(f"deploy.model: {ckpt_path} is a {ckpt.get('model_name')} model reading "
+                          f"{sorted(inputs)}; an AU corpus can feed AU models only")
+    ids = sorted(table["video_id"].unique())
+    with tempfile.TemporaryDirectory() as tmp:  # the AU source reads an `aus` artifact folder
+        write_artifact("aus", table, path=Path(tmp) / "data" / "aus")
+        sources = build_sources(sorted(inputs), root=Path(tmp), video_ids=ids,
+                                config=for_inference(ckpt.get("source_config", {})))
+        scores = predict_videos(model, sources, ids, batch_size=batch_size)  # (n, 5)
+    digest = hashlib.sha256(ckpt_path.read_bytes()).hexdigest()
+    n_frames = table.groupby("video_id").size()
+    bins = to_bins(scores)  # (n, 5)
+    return pd.DataFrame({"video_id": ids, **{t: scores[:, k] for k, t in enumerate(TRAITS)},
+                         **{f"{t}_bin": bins[:, k] for k, t in enumerate(TRAITS)},
+                         "n_frames": n_frames.loc[ids].to_numpy(),
+                         "model": ckpt.get("model_name", ckpt_path.parent.name),
+                         "checkpoint": str(ckpt_path), "checkpoint_sha256": digest})
+
+
+def perfex_export(table: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
+    """PerFeX's long per-frame layout, with the predicted traits repeated on every frame."""
+    frames = table.sort_values(["video_id", "frame_idx"])
+    out = pd.DataFrame({"ID": frames["video_id"].to_numpy(), "File": frames["video_id"] + ".mp4",
+                        "frame": frames["frame_idx"].to_numpy() + 1})
+    for col in (*AU_INTENSITY, *AU_PRESENCE):
+        out[col] = frames[col].to_numpy() if col in frames else np.nan
+    scores = labels.set_index("video_id")
+    for t, col in PERFEX_TRAIT_COLUMNS.items():
+        out[col] = scores.loc[out["ID"], t].to_numpy()
+    return out
+
+
+def run(params: DeployParams, base: BaseParams, root: Path | None = None) -> dict:
+    root = root or repo_root()
+    ckpt = find_checkpoint(params.model, root)
+    table = load_corpus(params, root)
+    if table.empty:
+        raise StageInputError("deploy: the corpus holds no AU frame")
+    labels = label_corpus(table, ckpt, batch_size=params.batch_size)
+    out = root / "data" / "deploy"
+    tmp = out.with_name(".deploy.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    labels.to_parquet(tmp / "labels.parquet", index=False)
+    if params.export_csv:
+        perfex_export(table, labels).to_csv(tmp / "perfex_export.csv", index=False,
+                                            float_format="%.4f")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)  # the folder appears whole or not at all
+    log.info("deploy: labelled %d sequences (%d frames) with %s", len(labels), len(table),
+             labels["model"].iloc[0])
+    return {"n_sequences": int(len(labels)), "n_frames": int(len(table)),
+            "model": str(labels["model"].iloc[0]), "checkpoint": str(ckpt)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_stage("deploy", DeployParams, run)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""PNG figures of the evaluate stage, logged to MLflow (DVC gets CSVs: see stages/evaluate.py).
+
+    from stages.plots import scatter_grid, ccc_bars
+
+    scatter_grid(y_true, y_pred, path="scatter.png", title="resnet18_face: test")  # (n, 5) arrays
+    ccc_bars({"a": 0.31, "b": 0.12}, baseline_ccc=0.0, path="ccc.png",
+             acc={"a": 0.90, "b": 0.89}, baseline_acc=0.88)
+
+matplotlib is imported inside the functions with the Agg backend (no screen needed), so importing
+this module costs nothing.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from stages.schemas import TRAIT_NAMES, TRAITS
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def scatter_grid(y_true: np.ndarray, y_pred: np.ndarray, *, path: str | os.PathLike,
+                 title: str = "", ccc: Mapping[str, float] | None = None,
+                 traits: Sequence[str] = TRAITS, unit_scale: bool = True, dpi: int = 80) -> Path:
+    """One predicted-vs-true panel per trait, identity line, CCC in each panel's title.
+
+    y_true, y_pred: (n_videos, len(traits)); rows with a NaN target are left out of that panel.
+    unit_scale: fix both axes to [0, 1] (label_scale "unit"); else fit them to the data (z-scores).
+    """
+    plt = _pyplot()
+    y_true = np.asarray(y_true, dtype=float)
+    y_pred = np.asarray(y_pred, dtype=float)
+    fig, axes = plt.subplots(1, len(traits), figsize=(2.6 * len(traits), 3.3), squeeze=False)
+    for j, (trait, ax) in enumerate(zip(traits, axes[0])):
+        keep = ~np.isnan(y_true[:, j])
+        t, p = y_true[keep, j], y_pred[keep, j]
+        ax.scatter(t, p, s=10, alpha=0.7)
+        if unit_scale:
+            lo, hi = 0.0, 1.0
+        else:
+            both = np.concatenate([t, p]) if t.size else np.array([-1.0, 1.0])
+            lo, hi = float(np.min(both)), float(np.max(both))
+            pad = 0.05 * (hi - lo or 1.0)
+            lo, hi = lo - pad, hi + pad
+        ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--")
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_aspect("equal")
+        value = (ccc or {}).get(trait)
+        shown = "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
+        ax.set_title(f"{TRAIT_NAMES.get(trait, trait)}\nCCC {shown}", fontsize=9)
+        ax.set_xlabel("true", fontsize=8)
+        if j == 0:
+            ax.set_ylabel("predicted", fontsize=8)
+        ax.tick_params(labelsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def ccc_bars(ccc: Mapping[str, float], *, path: str | os.PathLike, baseline_ccc: float = 0.0,
+             acc: Mapping[str, float] | None = None, baseline_acc: float | None = None,
+             title: str = "", dpi: int = 80) -> Path:
+    """Bar chart of each model's mean CCC (left) and mean ACC (right, when given), the train-mean
+    baseline drawn as a dashed line on both. A missing (None / NaN) value draws no bar."""
+    plt = _pyplot()
+    names = list(ccc)
+    panels = [("mean CCC", ccc, baseline_ccc)]
+    if acc is not None:
+        panels.append(("mean ACC (1 - MAE)", acc, baseline_acc))
+    width = max(4.0, 0.55 * len(names) + 2.0)
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 3.6), squeeze=False)
+    x = np.arange(len(names))
+    for ax, (label, values, base) in zip(axes[0], panels):
+        heights = [_finite_or_nan(values.get(n)) for n in names]
+        ax.bar(x, np.nan_to_num(heights, nan=0.0), color="tab:blue")
+        if base is not None and math.isfinite(base):
+            shown = round(base, 6) + 0.0  # no "-0.000" for a rounding-level negative
+            ax.axhline(base, color="tab:red", ls="--", lw=1.0,
+                       label=f"train-mean baseline {shown:.3f}")
+            ax.legend(fontsize=7, loc="lower right")
+        ax.set_xticks(x)
+        ax.set_xticklabels(names, rotation=40, ha="right", fontsize=7)
+        ax.set_ylabel(label, fontsize=8)
+        finite = [h for h in heights if math.isfinite(h)] + (
+            [base] if base is not None and math.isfinite(base) else [])
+        if label.startswith("mean ACC") and finite:
+            ax.set_ylim(max(0.0, min(finite) - 0.05), min(1.0, max(finite) + 0.02))
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def _finite_or_nan(value) -> float:
+    return float(value) if value is not None and math.isfinite(float(value)) else math.nan

@@ -1,0 +1,229 @@
+"""retrain: fine-tune trained models on user-study ratings (PerFeX's retraining step).
+
+    python -m stages.retrain       # params.yaml:retrain; data/user_study.parquet + data/models
+
+1. Ratings (`video_id, rater_id, O..N` on Likert 1-5) are aggregated per stimulus: the mean over
+   raters, mapped to [0, 1] by (r - 1) / 4. Inter-rater agreement per trait is reported as one-way
+   random-effects ICC(1,1) (one rater) and ICC(1,k) (the mean of k raters), Shrout & Fleiss 1979,
+   with unequal numbers of raters per stimulus handled by the usual k0 correction.
+2. Rated stimuli of the train split are the fine-tuning set; rated stimuli of val and test are
+   held out. A share of unrated original training clips with their original labels
+   (`retrain.mix_share`) is mixed in against forgetting; parameters whose names start with a
+   prefix in `retrain.freeze` stay fixed.
+3. Before and after fine-tuning, the model predicts the held-out rated stimuli; CCC, PCC and MAE
+   (means over traits) against the rater means go to metrics/retrain.json:
+   `{model: {"before": {"ccc", "pcc", "mae"}, "after": {...}, ...}, "user_study": {icc, counts}}`.
+Outputs per model NAME under data/retrained/: models/NAME+retrained/{best,last}.pt and
+predictions/NAME+retrained.parquet (every video, the layout of the train stage), which `evaluate`
+scores beside the trained models. MLflow: one run per model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from stages import schemas
+from stages.common import (BaseParams, ParamsError, StageInputError, atomic_write_json,
+                           get_logger, read_artifact, repo_root, run_stage)
+from stages.schemas import TRAITS
+
+log = get_logger("retrain")
+
+SUFFIX = "+retrained"
+RETRAINED = Path("data/retrained")  # the stage's one output folder: models/ and predictions/
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrainParams:
+    models: list[str] = dataclasses.field(
+        default_factory=lambda: ["perfex_cnn", "perfex_hybrid"])  # trained models to fine-tune
+    epochs: int = 15
+    lr: float = 5e-4
+    batch_size: int = 16
+    weight_decay: float = 1e-4
+    freeze: list[str] = dataclasses.field(default_factory=list)  # parameter-name prefixes kept fixed
+    mix_share: float = 0.5  # original train clips mixed in, as a share of the rated train clips
+    views_per_video: int = 4
+    seed: int | None = None  # None: base.seed
+    threads: int = 1  # torch CPU threads
+    mlflow: bool = True
+
+
+# --------------------------------------------------------------------------------------------------
+# ratings
+
+
+def aggregate_ratings(ratings: pd.DataFrame) -> pd.DataFrame:
+    """Per stimulus: mean rating per trait mapped to [0, 1], and the number of raters.
+    Returns a frame indexed by video_id with columns O..N (in [0, 1]) and n_raters."""
+    bad = ratings[list(TRAITS)].stack()
+    bad = bad[(bad < 1) | (bad > 5)]
+    if len(bad):
+        raise StageInputError(f"user study: ratings outside the Likert range 1-5, e.g. "
+                              f"{bad.index[0]} = {bad.iloc[0]}")
+    grouped = ratings.groupby("video_id")
+    means = (grouped[list(TRAITS)].mean() - 1.0) / 4.0
+    means["n_raters"] = grouped.size()
+    return means
+
+
+def icc_oneway(ratings: pd.DataFrame, trait: str) -> dict[str, float]:
+    """ICC(1,1) and ICC(1,k) of one trait from long ratings (video_id, rater_id, trait).
+
+    One-way random effects: MSB between stimuli, MSW within; k0 = (N - sum k_i^2 / N) / (n - 1)
+    replaces k when stimuli have different numbers of raters."""
+    groups = [g.dropna().to_numpy(float) for _, g in ratings.groupby("video_id")[trait]]
+    groups = [g for g in groups if len(g)]
+    n = len(groups)
+    sizes = np.array([len(g) for g in groups], float)
+    total = sizes.sum()
+    if n < 2 or total - n < 1:
+        return {"icc1": math.nan, "icck": math.nan, "k": float(sizes.mean()) if n else math.nan}
+    grand = np.concatenate(groups).mean()
+    msb = float(sum(len(g) * (g.mean() - grand) ** 2 for g in groups) / (n - 1))
+    msw = float(sum(((g - g.mean()) ** 2).sum() for g in groups) / (total - n))
+    k0 = (total - (sizes ** 2).sum() / total) / (n - 1)
+    icc1 = (msb - msw) / (msb + (k0 - 1) * msw) if msb + (k0 - 1) * msw > 0 else math.nan
+    icck = (msb - msw) / msb if msb > 0 else math.nan
+    return {"icc1": float(icc1), "icck": float(icck), "k": float(k0)}
+
+
+def agreement(ratings: pd.DataFrame) -> dict:
+    return {t: icc_oneway(ratings, t) for t in TRAITS}
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def _summary(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    from models.metrics import regression_metrics
+
+    if not len(y_true):
+        return {"ccc": math.nan, "pcc": math.nan, "mae": math.nan}
+    mean = regression_metrics(y_true, y_pred)["mean"]
+    return {k: float(mean[k]) for k in ("ccc", "pcc", "mae")}
+
+
+def retrain_model(name: str, p: RetrainParams, base: BaseParams, root: Path,
+                  rated: pd.DataFrame, manifest: pd.DataFrame) -> dict:
+    import torch
+
+    from models import engine
+    from models.data import build_sources, for_inference
+    from stages.train import _write_predictions
+
+    ckpt_path = root / "data" / "models" / name / "best.pt"
+    if not ckpt_path.is_file():
+        raise StageInputError(f"{ckpt_path}: no trained {name}; run the train stage first")
+    if p.threads > 0:
+        torch.set_num_threads(p.threads)
+    seed = base.seed if p.seed is None else p.seed
+    engine.seed_everything(seed)
+    model, ckpt = engine.load_checkpoint(ckpt_path)
+    sources = build_sources(ckpt["inputs"], root=root, video_ids=manifest["video_id"].tolist(),
+                            config=for_inference(ckpt.get("source_config", {})))
+    have = manifest[[all(s.has(v) for s in sources) for v in manifest["video_id"]]]
+    split_of = dict(zip(have["video_id"], have["split"]))
+    rated = rated[rated.index.isin(split_of.keys())]
+    tune_ids = [v for v in rated.index if split_of[v] == "train"]
+    held_ids = [v for v in rated.index if split_of[v] != "train"]
+    if not tune_ids:
+        raise StageInputError(f"{name}: no rated stimulus of the train split has the model's "
+                              "inputs; nothing to fine-tune on")
+    held_true = rated.loc[held_ids, list(TRAITS)].to_numpy(float)
+    before = _summary(held_true, engine.predict_videos(model, sources, held_ids))
+
+    rng = np.random.default_rng([seed, 31])
+    pool = sorted(set(have.loc[have["split"] == "train", "video_id"]) - set(rated.index))
+    n_mix = min(len(pool), int(round(p.mix_share * len(tune_ids))))
+    mixed = sorted(rng.choice(pool, size=n_mix, replace=False).tolist()) if n_mix else []
+    labels = have.set_index("video_id")
+    train_ids = tune_ids + mixed
+    train_targets = np.vstack([rated.loc[tune_ids, list(TRAITS)].to_numpy(float),
+                               labels.loc[mixed, list(TRAITS)].to_numpy(float)
+                               if mixed else np.empty((0, len(TRAITS)))])
+
+    frozen = 0
+    for pname, param in model.named_parameters():
+        if any(pname.startswith(prefix) for prefix in p.freeze):
+            param.requires_grad_(False)
+            frozen += param.numel()
+    if p.freeze and not frozen:
+        raise ParamsError(f"retrain.freeze: {p.freeze} matches no parameter of {name} (names "
+                          f"start with: {sorted({n.split('.')[0] for n, _ in model.named_parameters()})})")
+    cfg = engine.TrainConfig(epochs=p.epochs, lr=p.lr, batch_size=p.batch_size,
+                             weight_decay=p.weight_decay, schedule="cosine", patience=0,
+                             views_per_video=p.views_per_video, seed=seed, device="cpu")
+    out_name = f"{name}{SUFFIX}"
+    meta = {"model_name": ckpt["model_name"], "model_config": ckpt["model_config"],
+            "inputs": ckpt["inputs"], "source_config": ckpt.get("source_config", {}),
+            "params": {"retrain": dataclasses.asdict(p), "base_checkpoint": str(ckpt_path)},
+            "label_scale": ckpt.get("label_scale", "unit")}
+    tracking = None
+    if p.mlflow:
+        from stages.common import mlflow_run
+
+        tracking = mlflow_run("retrain", run_name=out_name, tags={"model": out_name},
+                              params={**dataclasses.asdict(p), "base_model": name,
+                                      "n_finetune": len(tune_ids), "n_mixed": len(mixed)})
+    with tracking if tracking is not None else _Null() as mlf:
+        engine.fit(model, sources, train_ids=train_ids, train_targets=train_targets,
+                   config=cfg, out_dir=root / RETRAINED / "models" / out_name, meta=meta,
+                   tracker=mlf, desc=f"retrain:{name}")
+        after = _summary(held_true, engine.predict_videos(model, sources, held_ids))
+        preds = engine.predict_videos(model, sources, have["video_id"].tolist())
+        if mlf is not None:
+            mlf.log_metrics({f"{when}_{k}": v for when, m in (("before", before),
+                                                                ("after", after))
+                             for k, v in m.items() if math.isfinite(v)})
+    _write_predictions(root / RETRAINED / "predictions" / f"{out_name}.parquet", pd.DataFrame({
+        "video_id": have["video_id"].to_numpy(), "split": have["split"].to_numpy(),
+        **{t: preds[:, k] for k, t in enumerate(TRAITS)}, "model": out_name}))
+    log.info("%s: held-out rater means ccc %.3f -> %.3f, mae %.3f -> %.3f (%d tuned + %d mixed, "
+             "%d held out)", name, before["ccc"], after["ccc"], before["mae"], after["mae"],
+             len(tune_ids), len(mixed), len(held_ids))
+    return {"before": before, "after": after, "n_finetune": len(tune_ids),
+            "n_mixed": len(mixed), "n_heldout": len(held_ids), "frozen_parameters": frozen}
+
+
+class _Null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def run(params: RetrainParams, base: BaseParams, root: Path | None = None) -> dict:
+    from models.metrics import json_safe
+
+    root = root or repo_root()
+    if not params.models:
+        raise ParamsError("retrain.models: empty; name at least one trained model")
+    if not 0 <= params.mix_share <= 10:
+        raise ParamsError(f"retrain.mix_share: {params.mix_share} must be in [0, 10]")
+    ratings = read_artifact("user_study", path=root / schemas.ARTIFACTS["user_study"].path)
+    if ratings.empty:
+        raise StageInputError(f"{root / schemas.ARTIFACTS['user_study'].path}: no ratings; this "
+                              "source has no user study (remove retrain from the pipeline)")
+    manifest = read_artifact("manifest", path=root / schemas.ARTIFACTS["manifest"].path)
+    rated = aggregate_ratings(ratings)
+    out: dict = {name: retrain_model(name, params, base, root, rated, manifest)
+                 for name in params.models}
+    out["user_study"] = {"n_rated_videos": int(len(rated)), "n_ratings": int(len(ratings)),
+                         "raters_per_video": float(rated["n_raters"].mean()),
+                         "icc": agreement(ratings)}
+    atomic_write_json(root / "metrics" / "retrain.json", json_safe(out))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_stage("retrain", RetrainParams, run)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""The face / face_seq / frame / logmel / wave / audio_fn sources on the tiny dataset after the real
+frames, faces and audio stages: shapes, train / eval views, determinism, videos without inputs."""
+from __future__ import annotations
+
+import shutil
+import sys
+import types
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+try:  # models/data.py is written beside this module; a stand-in keeps these tests independent
+    import models.data  # noqa: F401
+except ImportError:  # pragma: no cover - only before models/data.py exists
+    stub = types.ModuleType("models.data")
+
+    class InputSource:
+        keys: tuple = ()
+
+        def has(self, video_id):
+            return True
+
+    class SourceError(ValueError):
+        pass
+
+    stub.InputSource, stub.SourceError = InputSource, SourceError
+    stub.register_source = lambda *keys: (lambda f: f)
+    sys.modules["models.data"] = stub
+
+from models import data_av  # noqa: E402
+from models.data import SourceError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def av_root(tiny_dataset, tmp_path_factory):
+    """The tiny dataset's manifest and videos plus data/frames, data/faces, data/audio from the
+    real stages (default params, one worker), and data/faces_noface: the same faces with the
+    first video's faces removed."""
+    from stages import audio, faces, frames
+    from stages.common import BaseParams
+    from stages.video_io import VideoShardWriter
+
+    root = tmp_path_factory.mktemp("av")
+    (root / "data").mkdir()
+    shutil.copy(tiny_dataset / "data" / "manifest.parquet", root / "data" / "manifest.parquet")
+    (root / "data" / "videos").symlink_to(tiny_dataset / "data" / "videos")
+    base = BaseParams(workers=1)
+    frames.run(frames.FramesParams(), base, root=root)
+    faces.run(faces.FacesParams(), base, root=root)
+    audio.run(audio.AudioParams(), base, root=root)
+    df = pd.read_parquet(root / "data" / "faces")
+    gone = sorted(df["video_id"].unique())[0]
+    sel = df["video_id"] == gone
+    df.loc[sel, "face_found"] = False
+    df.loc[sel, "crop"] = None
+    with VideoShardWriter("faces", path=root / "data" / "faces_noface") as out:
+        for _, g in df.groupby("video_id", sort=True):
+            out.write(g.reset_index(drop=True))
+    return root
+
+
+def _ids(root):
+    return sorted(pd.read_parquet(root / "data" / "manifest.parquet")["video_id"])
+
+
+def _face_counts(root):
+    df = pd.read_parquet(root / "data" / "faces", columns=["video_id", "face_found"])
+    return df.groupby("video_id")["face_found"].sum().to_dict()
+
+
+def test_face_source_views_and_determinism(av_root):
+    ids = _ids(av_root)
+    counts = _face_counts(av_root)
+    src = data_av.face_source(root=av_root, video_ids=ids, config={"augment": "strong"})
+    vid = max(counts, key=counts.get)
+    a = src.train_item(vid, np.random.default_rng(3))["face"]
+    b = src.train_item(vid, np.random.default_rng(3))["face"]
+    c = src.train_item(vid, np.random.default_rng(4))["face"]
+    assert a.shape == (3, 112, 112) and a.dtype == torch.float32
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    ev = src.eval_items(vid)["face"]
+    assert ev.shape == (counts[vid], 3, 112, 112)  # every crop with a face, in order
+    assert torch.equal(ev, src.eval_items(vid)["face"])  # no augmentation at eval
+    assert -3 < float(ev.mean()) < 3
+    assert src.store.decodes == sum(1 for n in counts.values() if n)  # decoded once (preload)
+    small = data_av.face_source(root=av_root, video_ids=[vid],
+                                config={"size": 64, "max_eval_views": 3, "augment": "none"})
+    assert small.eval_items(vid)["face"].shape == (3, 3, 64, 64)
+
+
+def test_no_face_video_is_reported_and_has_no_input(av_root):
+    ids = _ids(av_root)
+    src = data_av.face_source(root=av_root, video_ids=ids, config={"path": "data/faces_noface"})
+    gone = ids[0]
+    assert not src.has(gone) and src.has(ids[1])
+    with pytest.raises(SourceError, match=gone):
+        src.train_item(gone, np.random.default_rng(0))
+    with pytest.raises(SourceError, match="face_found"):
+        src.eval_items(gone)
+    seq = data_av.face_seq_source(root=av_root, video_ids=ids, config={"path": "data/faces_noface"})
+    assert not seq.has(gone)
+
+
+def test_small_cache_still_serves_every_video(av_root):
+    ids = _ids(av_root)
+    src = data_av.face_source(root=av_root, video_ids=ids, config={"cache_mb": 0.05,
+                                                                   "preload": False})
+    for v in ids:
+        if src.has(v):
+            src.train_item(v, np.random.default_rng(0))
+    assert src.store.bytes <= 0.05 * 2 ** 20
+
+
+def test_face_seq_clip_and_segments(av_root):
+    ids = _ids(av_root)
+    counts = _face_counts(av_root)
+    vid = max(counts, key=counts.get)
+    n = counts[vid]
+    clip = data_av.face_seq_source(root=av_root, video_ids=[vid], config={"length": 4,
+                                                                          "size": 48})
+    x = clip.train_item(vid, np.random.default_rng(0))["face_seq"]
+    assert x.shape == (4, 3, 48, 48)
+    assert clip.eval_items(vid)["face_seq"].shape == (n // 4, 4, 3, 48, 48)
+    seg = data_av.face_seq_source(root=av_root, video_ids=[vid], config={
+        "length": 6, "size": 48, "sampling": "segments", "augment": "none"})
+    y1 = seg.train_item(vid, np.random.default_rng(1))["face_seq"]
+    y2 = seg.train_item(vid, np.random.default_rng(1))["face_seq"]
+    assert y1.shape == (6, 3, 48, 48) and torch.equal(y1, y2)
+    assert seg.eval_items(vid)["face_seq"].shape == (1, 6, 3, 48, 48)
+
+
+def test_frame_source(av_root):
+    ids = _ids(av_root)
+    src = data_av.frame_source(root=av_root, video_ids=ids[:2], config={"size": 64})
+    n = len(pd.read_parquet(av_root / "data" / "frames", columns=["video_id"]).query(
+        "video_id == @ids[0]"))
+    assert src.train_item(ids[0], np.random.default_rng(0))["frame"].shape == (3, 64, 64)
+    assert src.eval_items(ids[0])["frame"].shape == (n, 3, 64, 64)
+
+
+def test_audio_sources(av_root):
+    ids = _ids(av_root)
+    mel = data_av.logmel_source(root=av_root, video_ids=ids, config={"frames": 100})
+    a = mel.train_item(ids[0], np.random.default_rng(5))["logmel"]
+    assert a.shape == (64, 100)
+    assert torch.equal(a, mel.train_item(ids[0], np.random.default_rng(5))["logmel"])
+    full = mel.eval_items(ids[0])["logmel"]
+    n_frames = int(pd.read_parquet(av_root / "data" / "audio", columns=["video_id", "n_frames"])
+                   .set_index("video_id").loc[ids[0], "n_frames"])
+    assert full.shape == (1, 64, n_frames)
+    train_ids = set(pd.read_parquet(av_root / "data" / "manifest.parquet").query(
+        "split == 'train'")["video_id"])
+    fit = torch.cat([mel.eval_items(v)["logmel"][0] for v in ids if v in train_ids], dim=1)
+    assert fit.mean(dim=1).abs().max() < 1e-3  # standardised with train-split statistics
+
+    wave = data_av.wave_source(root=av_root, video_ids=ids, config={"samples": 8000})
+    w = wave.train_item(ids[0], np.random.default_rng(0))["wave"]
+    assert w.shape == (8000,) and w.abs().max() <= 1.0 and w.abs().max() > 0
+    assert wave.eval_items(ids[0])["wave"].shape == (1, 8000)
+
+    fn = data_av.audio_fn_source(root=av_root, video_ids=ids, config={})
+    v = fn.train_item(ids[0], np.random.default_rng(0))["audio_fn"]
+    assert v.shape == (fn.n_features,) and fn.n_features > 100 and torch.isfinite(v).all()
+    assert fn.eval_items(ids[0])["audio_fn"].shape == (1, fn.n_features)
+    sub = data_av.audio_fn_source(root=av_root, video_ids=ids, config={"include": ["fn_rms_db"]})
+    assert all(c.startswith("fn_rms_db") for c in sub.columns)
+    with pytest.raises(SourceError, match="unknown source option"):
+        data_av.logmel_source(root=av_root, video_ids=ids, config={"frame": 3})
+
+
+def test_missing_audio_is_reported(av_root):
+    ids = _ids(av_root)
+    mel = data_av.logmel_source(root=av_root, video_ids=[*ids, "nope"], config={})
+    assert not mel.has("nope")
+    with pytest.raises(SourceError, match="nope"):
+        mel.eval_items("nope")
+    zeros = data_av.logmel_source(root=av_root, video_ids=[*ids, "nope"],
+                                  config={"on_missing": "zeros", "frames": 50})
+    assert zeros.has("nope")
+    assert float(zeros.train_item("nope", np.random.default_rng(0))["logmel"].abs().sum()) == 0
+
+
+def test_sources_feed_the_models(av_root):
+    """A batch from the sources runs through a model of each family (what the engine does)."""
+    from models.registry import build_model
+
+    ids = [v for v in _ids(av_root) if _face_counts(av_root).get(v)][:2]
+    face = data_av.face_source(root=av_root, video_ids=ids, config={"size": 64})
+    mel = data_av.logmel_source(root=av_root, video_ids=ids, config={"frames": 120})
+    items = [{**face.train_item(v, np.random.default_rng(i)),
+              **mel.train_item(v, np.random.default_rng(i))} for i, v in enumerate(ids)]
+    batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
+    model = build_model("bimodal_resnet", width=4, layers=(1, 1, 1, 1), audio_widths=(4, 8))
+    assert model.predict(batch).shape == (2, 5)

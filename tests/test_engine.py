@@ -1,0 +1,290 @@
+"""The training engine and the input-source registry on a tiny learnable synthetic AU task.
+
+    .venv/bin/python -m pytest tests/test_engine.py -q      # CPU, one thread, ~15 s
+
+The task: a clip's AU01 level sets trait O and its AU12 level trait E (the others are noise around
+0.5), so a small CNN must beat the train-mean baseline (CCC 0) within a few epochs.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models import engine
+from models.data import (AUSource, AUSourceConfig, InputSource, SourceError, au_windows,
+                         build_sources, register_source)
+from models.engine import (TrainConfig, collate, fit, load_checkpoint, load_weights, merge_views,
+                           predict_videos, save_checkpoint)
+from models.metrics import ccc
+from models.registry import build_model
+
+TINY = dict(kernel_sizes=(3,), channels=(8, 16), hidden=16, dropout=0.1, head="regression")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_task(n: int = 48, seed: int = 0):
+    """AU sequences (T in 12..30) whose AU01 / AU12 levels carry traits O / E; NaN-holed frames."""
+    rng = np.random.default_rng(seed)
+    seqs, y = {}, np.full((n, 5), 0.5)
+    for i in range(n):
+        o, e = rng.uniform(0.1, 0.9, 2)
+        T = int(rng.integers(12, 31))
+        a = rng.uniform(0, 0.5, (T, 17))
+        a[:, 0] += 4 * o + rng.normal(0, 0.2, T)  # AU01_r
+        a[:, 8] += 4 * e + rng.normal(0, 0.2, T)  # AU12_r
+        a[rng.random(T) < 0.1] = np.nan  # frames without a face
+        seqs[f"v{i:03d}"] = a
+        y[i, 0], y[i, 2] = o, e
+        y[i, [1, 3, 4]] = 0.5 + rng.normal(0, 0.05, 3)
+    ids = sorted(seqs)
+    return AUSource(seqs, config=AUSourceConfig(seq_len=24)), ids, np.clip(y, 0, 1)
+
+
+@pytest.fixture(scope="module")
+def task():
+    source, ids, y = make_task()
+    return {"sources": [source], "train": (ids[:32], y[:32]), "val": (ids[32:40], y[32:40]),
+            "test": (ids[40:], y[40:])}
+
+
+def cfg(**kw) -> TrainConfig:
+    base = dict(epochs=15, lr=1e-2, batch_size=16, views_per_video=2, patience=0, seed=3,
+                schedule="cosine", device="cpu")
+    return TrainConfig(**{**base, **kw})
+
+
+def train(task, tmp_path=None, fit_kw=None, **kw):
+    torch.manual_seed(0)
+    model = build_model("perfex_cnn", **TINY)
+    result = fit(model, task["sources"], train_ids=task["train"][0], train_targets=task["train"][1],
+                 val_ids=task["val"][0], val_targets=task["val"][1], config=cfg(**kw),
+                 out_dir=tmp_path, **(fit_kw or {}), meta={"model_name": "perfex_cnn", "inputs": ["aus", "aus_mask"],
+                                         "source_config": {"aus": {"seq_len": 24}},
+                                         "params": {"epochs": kw.get("epochs", 15)}})
+    return model, result
+
+
+@pytest.fixture(scope="module")
+def trained(task, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ckpt")
+    model, result = train(task, out)
+    return model, result, out
+
+
+# --------------------------------------------------------------------------------------------------
+# sources
+
+
+def test_au_source_pads_crops_and_masks():
+    a = np.arange(40 * 17, dtype=float).reshape(40, 17) % 5
+    a[3] = np.nan
+    src = AUSource({"x": a, "short": a[:5]}, config=AUSourceConfig(seq_len=16))
+    item = src.train_item("x", np.random.default_rng(0))
+    assert item["aus"].shape == (16, 17) and item["aus_mask"].all()
+    assert torch.isfinite(item["aus"]).all()
+    again = src.train_item("x", np.random.default_rng(0))
+    assert torch.equal(item["aus"], again["aus"])  # same rng state, same view
+    short = src.eval_items("short")
+    assert short["aus"].shape == (1, 16, 17) and short["aus_mask"].sum() == 5
+    assert (short["aus"][0, 5:] == 0).all()
+    full = src.eval_items("x")
+    assert torch.equal(full["aus"][0, 4], torch.from_numpy(a[4]).float())  # the clip's start
+    assert full["aus"][0, 3].eq(0).all() and full["aus_mask"][0, 3]  # NaN -> 0, still a real step
+    assert au_windows(40, 16, 3) == [0, 12, 24]
+    assert AUSource({"x": a}, config=AUSourceConfig(seq_len=16, eval_views=3)).eval_items(
+        "x")["aus"].shape == (3, 16, 17)
+    with pytest.raises(SourceError, match="nope"):
+        src.eval_items("nope")
+    assert src.has("x") and not src.has("nope")
+
+
+def test_augmented_pool_used_for_training_only():
+    orig = np.zeros((10, 17))
+    aug = [np.full((8, 17), 3.0)]
+    src = AUSource({"x": orig}, config=AUSourceConfig(seq_len=12, augmented=True),
+                   augmented={"x": aug})
+    assert src.train_item("x", np.random.default_rng(0))["aus"][:8].eq(3.0).all()
+    assert src.eval_items("x")["aus"].eq(0).all()
+
+
+def test_build_sources_errors_and_registration(tmp_path):
+    with pytest.raises(SourceError, match="'no_such_key'"):
+        build_sources(["aus", "no_such_key"], root=tmp_path, video_ids=[], config={})
+    with pytest.raises(SourceError, match="source_config.aus.bogus"):
+        build_sources(["aus", "aus_mask"], root=tmp_path, video_ids=[],
+                      config={"aus": {"bogus": 1}})
+
+    class Const(InputSource):
+        keys = ("test_const",)
+
+        def __init__(self, config):
+            self.value = config.get("value", 1.0)
+
+        def train_item(self, video_id, rng):
+            return {"test_const": torch.full((2,), self.value)}
+
+        def eval_items(self, video_id):
+            return {"test_const": torch.full((1, 2), self.value)}
+
+    @register_source("test_const")
+    def const_source(*, root, video_ids, config):
+        return Const(config)
+
+    (src,) = build_sources(["test_const"], root=tmp_path, video_ids=["a"],
+                           config={"test_const": {"value": 2.0}})
+    assert src.eval_items("a")["test_const"].eq(2.0).all()
+
+
+def test_collate_pads_and_trims_to_longest_real_sequence():
+    items = [{"aus": torch.ones(8, 17), "aus_mask": torch.arange(8) < n, "y": torch.zeros(3)}
+             for n in (3, 5)]
+    batch = collate(items)
+    assert batch["aus"].shape == (2, 5, 17) and batch["aus_mask"].sum().item() == 8
+    uneven = collate([{"x": torch.ones(2, 3)}, {"x": torch.ones(4, 3)}])
+    assert uneven["x"].shape == (2, 4, 3) and uneven["x"][0, 2:].eq(0).all()
+    merged = merge_views([{"a": torch.zeros(3, 2)}, {"b": torch.ones(1, 4)}])
+    assert merged["b"].shape == (3, 4)
+
+
+# --------------------------------------------------------------------------------------------------
+# training
+
+
+def test_fit_beats_train_mean_baseline(task, trained):
+    model, result, _ = trained
+    ids, y = task["test"]
+    pred = predict_videos(model, task["sources"], ids, batch_size=8)
+    assert pred.shape == (len(ids), 5) and np.all((pred >= 0) & (pred <= 1))
+    # the learnable traits (O from AU01, E from AU12) are well above the baseline's CCC of 0
+    assert ccc(y[:, 0], pred[:, 0]) > 0.5 and ccc(y[:, 2], pred[:, 2]) > 0.5
+    mse_model = np.mean((pred - y)[:, [0, 2]] ** 2)
+    mse_base = np.mean((task["train"][1].mean(0) - y)[:, [0, 2]] ** 2)
+    assert mse_model < 0.5 * mse_base
+    assert [h["epoch"] for h in result["history"]] == list(range(1, 16))
+    assert result["history"][-1]["train_loss"] < result["history"][0]["train_loss"]
+
+
+def test_same_seed_same_predictions_and_metrics(task, trained):
+    model_a, result_a, _ = trained
+    model_b, result_b = train(task)
+    ids = task["test"][0]
+    np.testing.assert_array_equal(predict_videos(model_a, task["sources"], ids),
+                                  predict_videos(model_b, task["sources"], ids))
+    assert result_a["history"] == result_b["history"]
+
+
+def test_checkpoint_loads_with_weights_only(task, trained):
+    model, result, out = trained
+    ckpt = torch.load(out / "best.pt", weights_only=True)
+    for key in ("model_name", "model_config", "state_dict", "optimizer", "scheduler", "epoch",
+                "best_epoch", "best_metric", "val_metric_name", "train_mean", "inputs",
+                "source_config", "params", "label_scale"):
+        assert key in ckpt, key
+    assert ckpt["best_epoch"] == result["best_epoch"] and len(ckpt["train_mean"]) == 5
+    np.testing.assert_allclose(ckpt["train_mean"], task["train"][1].mean(0))
+    loaded, _ = load_checkpoint(out / "best.pt")
+    ids = task["test"][0]
+    np.testing.assert_array_equal(predict_videos(loaded, task["sources"], ids),
+                                  predict_videos(model, task["sources"], ids))
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 15
+
+
+def test_resume_continues_exactly_where_it_stopped(task, tmp_path):
+    model_a, straight = train(task, tmp_path / "a", epochs=4)
+    _, paused = train(task, tmp_path / "b", epochs=4, fit_kw={"until_epoch": 2})
+    ckpt = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and len(paused["history"]) == 2
+    assert ckpt["optimizer"]["state"] and ckpt["scheduler"]["last_epoch"] == 2
+    torch.manual_seed(123)  # resuming must not depend on the caller's RNG state
+    model_b = build_model("perfex_cnn", **TINY)
+    resumed = fit(model_b, task["sources"], train_ids=task["train"][0],
+                  train_targets=task["train"][1], val_ids=task["val"][0],
+                  val_targets=task["val"][1], config=cfg(epochs=4), out_dir=tmp_path / "b",
+                  resume=tmp_path / "b" / "last.pt", meta={"model_name": "perfex_cnn"})
+    assert resumed["epochs_run"] == 2
+    # optimizer, scheduler, epoch and per-epoch randomness restored: the same run as one
+    # that never stopped
+    assert resumed["history"] == straight["history"]
+    assert resumed["best_epoch"] == straight["best_epoch"]
+    for a, b in zip(model_a.state_dict().values(), model_b.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_early_stopping_stops(task):
+    # lr 0: nothing improves after epoch 1, so patience 2 stops at epoch 3
+    _, result = train(task, epochs=20, patience=2, lr=1e-12, schedule="none")
+    assert result["stopped_early"] and result["best_epoch"] == 1
+    assert len(result["history"]) == 3
+
+
+def test_weights_file_loads_strict_and_not(trained, tmp_path):
+    model, _, out = trained
+    fresh = build_model("perfex_cnn", **TINY)
+    load_weights(fresh, out / "best.pt", strict=True)
+    for a, b in zip(fresh.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)
+    torch.save(model.state_dict(), tmp_path / "bare.pt")  # a bare state_dict works too
+    load_weights(build_model("perfex_cnn", **TINY), tmp_path / "bare.pt")
+    wider = build_model("perfex_cnn", **{**TINY, "hidden": 32})
+    with pytest.raises(engine.EngineError, match="shape"):
+        load_weights(wider, out / "best.pt", strict=True)
+    report = load_weights(wider, out / "best.pt", strict=False)
+    assert report["mismatched"] and not report["missing"]
+    assert torch.equal(wider.branches[0].block1.conv.weight, model.branches[0].block1.conv.weight)
+
+
+def test_evaluation_of_a_checkpoint_without_training(task, trained):
+    model, _, out = trained
+    loaded, ckpt = load_checkpoint(out / "best.pt")
+    before = {k: v.clone() for k, v in loaded.state_dict().items()}
+    metrics = engine.evaluate(loaded, task["sources"], *task["test"])
+    assert metrics["ccc"] > 0.1 and set(engine.METRIC_MODES) <= set(metrics)
+    assert all(torch.equal(before[k], v) for k, v in loaded.state_dict().items())
+
+
+class ViewSource(InputSource):
+    """V = 3 views whose constant value is the view index: the model below echoes it."""
+
+    keys = ("v",)
+
+    def train_item(self, video_id, rng):
+        return {"v": torch.zeros(1)}
+
+    def eval_items(self, video_id):
+        base = float(video_id)
+        return {"v": torch.tensor([[base], [base + 0.3], [base + 0.6]])}  # (3, 1)
+
+
+class Echo(torch.nn.Module):
+    def forward(self, batch):
+        return batch["v"].expand(-1, 5)  # (B, 5)
+
+    def loss(self, outputs, targets):
+        return outputs.mean()
+
+    def decode(self, outputs):
+        return outputs
+
+
+def test_predict_videos_averages_views():
+    pred = predict_videos(Echo(), [ViewSource()], ["0", "0.1"], batch_size=2)  # views split
+    np.testing.assert_allclose(pred, [[0.3] * 5, [0.4] * 5], atol=1e-6)  # mean of +0, +.3, +.6
+
+
+def test_save_checkpoint_is_plain_data(tmp_path):
+    model = build_model("perfex_cnn", **TINY)
+    path = save_checkpoint(tmp_path / "x.pt", model=model, model_name="perfex_cnn",
+                           train_mean=np.full(5, 0.5), params={"a": (1, 2), "p": tmp_path})
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["params"] == {"a": [1, 2], "p": str(tmp_path)}
+    assert ckpt["model_config"]["kernel_sizes"] == [3]
+    rebuilt, _ = load_checkpoint(path)
+    assert rebuilt.config == model.config

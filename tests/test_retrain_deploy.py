@@ -1,0 +1,184 @@
+"""retrain (user-study fine-tuning, ICC) and deploy (labelling an AU corpus) on a small AU-only
+dataset whose labels and ratings follow known AU signals."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from stages import deploy, retrain
+from stages.common import BaseParams, ParamsError, write_artifact
+from stages.schemas import AU_INTENSITY, AU_PRESENCE, TRAITS
+from tests.conftest import real_fixture
+
+
+def test_icc_matches_shrout_fleiss():
+    """Shrout & Fleiss (1979), Table 2: 6 targets x 4 judges -> ICC(1,1) = .17, ICC(1,4) = .44."""
+    table = [[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8], [7, 1, 2, 6], [10, 5, 6, 9], [6, 2, 4, 7]]
+    long = pd.DataFrame([{"video_id": f"t{i}", "rater_id": f"j{j}", "O": v}
+                         for i, row in enumerate(table) for j, v in enumerate(row)])
+    icc = retrain.icc_oneway(long, "O")
+    assert icc["icc1"] == pytest.approx(0.1657, abs=5e-4)
+    assert icc["icck"] == pytest.approx(0.4428, abs=5e-4)
+    assert icc["k"] == pytest.approx(4.0)
+
+
+def test_aggregate_ratings():
+    long = pd.DataFrame({"video_id": ["a", "a", "b"], "rater_id": ["r1", "r2", "r1"],
+                         **{t: [1.0, 3.0, 5.0] for t in TRAITS}})
+    agg = retrain.aggregate_ratings(long)
+    assert agg.loc["a", "O"] == pytest.approx(0.25) and agg.loc["b", "O"] == pytest.approx(1.0)
+    assert agg.loc["a", "n_raters"] == 2
+    with pytest.raises(ValueError, match="outside the Likert range"):
+        retrain.aggregate_ratings(long.assign(O=[0.0, 3.0, 5.0]))
+
+
+def au_dataset(root, *, n=48, frames=30, seed=0):
+    """Manifest, data/aus and a user study. Labels follow AU12 (smile) and AU04 (frown);
+    raters perceive mostly AU12, so fine-tuning on them moves predictions toward AU12."""
+    rng = np.random.default_rng(seed)
+    smile, frown = rng.uniform(0, 4, n), rng.uniform(0, 4, n)
+    split = np.array(["train"] * (n // 2) + ["val"] * (n // 4) + ["test"] * (n - n // 2 - n // 4))
+    ids = [f"v{i:03d}" for i in range(n)]
+    truth = np.clip(0.5 + 0.08 * (frown - 2)[:, None] * np.array([1, -1, 1, -1, 1])
+                    + 0.02 * rng.standard_normal((n, 5)), 0, 1)
+    manifest = pd.DataFrame({"video_id": ids, "path": "", "split": split,
+                             "subject_id": ids, "dataset": "test",
+                             **{t: truth[:, k] for k, t in enumerate(TRAITS)},
+                             "duration_s": frames / 5, "fps": 5.0, "has_audio": False})
+    write_artifact("manifest", manifest, path=root / "data/manifest.parquet")
+    rows = []
+    for i, vid in enumerate(ids):
+        au = rng.uniform(0, 0.3, (frames, len(AU_INTENSITY)))
+        au[:, AU_INTENSITY.index("AU12_r")] += smile[i]
+        au[:, AU_INTENSITY.index("AU04_r")] += frown[i]
+        df = pd.DataFrame(au, columns=list(AU_INTENSITY))
+        for r, c in zip(AU_INTENSITY, AU_PRESENCE):
+            df[c] = (df[r] >= 1).astype(float)
+        df.insert(0, "video_id", vid)
+        df.insert(1, "frame_idx", np.arange(frames))
+        df.insert(2, "t", np.arange(frames) / 5)
+        df.insert(3, "success", True)
+        df.insert(4, "confidence", 1.0)
+        rows.append(df)
+    write_artifact("aus", pd.concat(rows, ignore_index=True), path=root / "data/aus")
+    perceived = np.clip(0.5 + 0.1 * (smile - 2), 0, 1)
+    ratings = [{"video_id": vid, "rater_id": f"r{r}",
+                **{t: float(np.clip(np.rint(1 + 4 * perceived[i] + rng.normal(0, 0.3)), 1, 5))
+                   for t in TRAITS}}
+               for i, vid in enumerate(ids) for r in range(4)]
+    write_artifact("user_study", pd.DataFrame(ratings), path=root / "data/user_study.parquet")
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from models import engine
+    from models.data import build_sources
+    from models.registry import build_model
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("au")
+    manifest = au_dataset(root)
+    engine.seed_everything(3)
+    model = build_model("perfex_cnn", head="regression", seq_len=32)
+    config = {"aus": {"seq_len": 32}}
+    sources = build_sources(["aus", "aus_mask"], root=root, video_ids=list(manifest["video_id"]),
+                            config=config)
+    train = manifest[manifest["split"] == "train"]
+    engine.fit(model, sources, train_ids=list(train["video_id"]),
+               train_targets=train[list(TRAITS)].to_numpy(),
+               config=engine.TrainConfig(epochs=8, lr=3e-3, batch_size=8, seed=3, patience=0),
+               out_dir=root / "data/models/perfex_cnn",
+               meta={"model_name": "perfex_cnn", "model_config": engine.model_config_of(model),
+                     "inputs": ["aus", "aus_mask"], "source_config": config})
+    return root
+
+
+def test_retrain_moves_toward_raters(trained, tmp_path):
+    root = tmp_path / "r"
+    shutil.copytree(trained, root)
+    params = retrain.RetrainParams(models=["perfex_cnn"], epochs=20, lr=3e-3, batch_size=8,
+                                   mix_share=0.25, mlflow=False)
+    out = retrain.run(params, BaseParams(seed=3, workers=1), root=root)
+    report = json.loads((root / "metrics/retrain.json").read_text())
+    m = report["perfex_cnn"]
+    assert set(m["before"]) == {"ccc", "pcc", "mae"}
+    assert m["after"]["ccc"] > m["before"]["ccc"] + 0.1, m
+    assert m["after"]["mae"] < m["before"]["mae"]
+    assert m["n_finetune"] == 24 and m["n_heldout"] == 24 and m["n_mixed"] == 0  # all rated
+    icc = report["user_study"]["icc"]["O"]
+    assert 0 < icc["icc1"] < icc["icck"] < 1
+    preds = pd.read_parquet(root / "data/retrained/predictions/perfex_cnn+retrained.parquet")
+    assert len(preds) == 48 and (preds["model"] == "perfex_cnn+retrained").all()
+    assert (root / "data/retrained/models/perfex_cnn+retrained/best.pt").is_file()
+    assert out["perfex_cnn"]["after"] == m["after"]
+    # the same seed gives the same numbers
+    again = retrain.run(params, BaseParams(seed=3, workers=1), root=root)
+    assert again["perfex_cnn"]["after"]["ccc"] == pytest.approx(m["after"]["ccc"], abs=1e-9)
+
+
+def test_retrain_freeze_and_errors(trained, tmp_path):
+    root = tmp_path / "f"
+    shutil.copytree(trained, root)
+    with pytest.raises(ParamsError, match="retrain.freeze"):
+        retrain.run(retrain.RetrainParams(models=["perfex_cnn"], epochs=1, freeze=["nothing"],
+                                          mlflow=False), BaseParams(seed=3), root=root)
+    with pytest.raises(ValueError, match="no trained perfex_hybrid"):
+        retrain.run(retrain.RetrainParams(models=["perfex_hybrid"], epochs=1, mlflow=False),
+                    BaseParams(seed=3), root=root)
+
+
+def test_deploy_labels_the_corpus(trained, tmp_path):
+    root = tmp_path / "d"
+    shutil.copytree(trained, root)
+    summary = deploy.run(deploy.DeployParams(model="perfex_cnn"), BaseParams(), root=root)
+    assert summary["n_sequences"] == 48
+    labels = pd.read_parquet(root / "data/deploy/labels.parquet")
+    ckpt = root / "data/models/perfex_cnn/best.pt"
+    assert (labels["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()).all()
+    scores = labels[list(TRAITS)].to_numpy()
+    assert np.all((scores >= 0) & (scores <= 1))
+    assert labels["O_bin"].between(0, 4).all()
+    assert (labels["O_bin"] == np.clip(np.floor(4 * labels["O"]), 0, 4)).all()
+    export = pd.read_csv(root / "data/deploy/perfex_export.csv")
+    assert list(export.columns[:3]) == ["ID", "File", "frame"]
+    assert {"AU12_r", "AU12_c", "extroversion", "openness"} <= set(export.columns)
+    assert len(export) == 48 * 30
+    first = export[export["ID"] == "v000"]
+    assert first["openness"].nunique() == 1
+    assert first["openness"].iloc[0] == pytest.approx(labels.set_index("video_id").loc["v000", "O"],
+                                                      abs=1e-4)
+    # only the test split
+    deploy.run(deploy.DeployParams(model="perfex_cnn", splits=["test"], export_csv=False),
+               BaseParams(), root=root)
+    assert len(pd.read_parquet(root / "data/deploy/labels.parquet")) == 12
+    assert not (root / "data/deploy/perfex_export.csv").exists()
+
+
+def test_deploy_on_openface_csvs(trained, tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    shutil.copy(real_fixture("OpenFace_Test.csv"), corpus / "clip_a.csv")
+    (corpus / "broken.csv").write_text("frame,success\n1,1\n")
+    summary = deploy.run(deploy.DeployParams(model=str(trained / "data/models/perfex_cnn/best.pt"),
+                                             corpus=str(corpus)), BaseParams(), root=tmp_path)
+    assert summary["n_sequences"] == 1 and summary["n_frames"] == 100
+    labels = pd.read_parquet(tmp_path / "data/deploy/labels.parquet")
+    assert labels["video_id"].tolist() == ["clip_a"]
+
+
+def test_deploy_refuses_non_au_model(tmp_path):
+    from models.engine import save_checkpoint
+    from models.registry import build_model
+
+    ckpt = save_checkpoint(tmp_path / "m/best.pt", model=build_model("logmel_cnn"),
+                           model_name="logmel_cnn", inputs=["logmel"])
+    au_dataset(tmp_path, n=8)
+    with pytest.raises(ParamsError, match="AU models only"):
+        deploy.run(deploy.DeployParams(model=str(ckpt)), BaseParams(), root=tmp_path)

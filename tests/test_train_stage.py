@@ -1,0 +1,133 @@
+"""The train stage end to end on the tiny synthetic dataset: frames -> faces -> aus -> augment ->
+train for both PerFeX models, then test_only and resume through params. CPU, one thread, ~30 s.
+
+    .venv/bin/python -m pytest tests/test_train_stage.py -q
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from stages.common import BaseParams, ParamsError, read_artifact
+from stages.schemas import TRAITS
+from stages.train import TrainParams, run
+
+MODELS = ["perfex_cnn", "perfex_hybrid"]
+SMALL = {"perfex_cnn": {"channels": [8, 16], "hidden": 16},
+         "perfex_hybrid": {"fcn_channels": [8, 16, 16, 16], "lstm_hidden": 8,
+                           "attention_dim": 8, "hidden": 16}}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def au_root(tiny_dataset, tmp_path_factory):
+    """A copy of the tiny dataset with data/frames, faces, aus and augmented (default params)."""
+    from stages import augment, aus, faces, frames
+
+    root = tmp_path_factory.mktemp("train_stage")
+    shutil.copytree(tiny_dataset / "data", root / "data")
+    base = BaseParams(workers=1)
+    frames.run(frames.FramesParams(), base, root=root)
+    faces.run(faces.FacesParams(), base, root=root)
+    aus.run(aus.AusParams(), base, root=root)
+    augment.run(augment.AugmentParams(), base, root=root)
+    return root
+
+
+def params(**kw) -> TrainParams:
+    base = dict(models=MODELS, epochs=3, batch_size=8, patience=0, mlflow=False, threads=1,
+                views_per_video=2, model_config=SMALL)
+    return TrainParams(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def trained(au_root):
+    return run(params(), BaseParams(workers=1), root=au_root)
+
+
+def test_train_writes_checkpoints_predictions_and_metrics(au_root, trained):
+    manifest = read_artifact("manifest", path=au_root / "data" / "manifest.parquet")
+    for name in MODELS:
+        for ckpt in ("best.pt", "last.pt"):
+            data = torch.load(au_root / "data" / "models" / name / ckpt, weights_only=True)
+            assert data["model_name"] == name and data["inputs"] == ["aus", "aus_mask"]
+            assert len(data["train_mean"]) == 5 and data["params"]["epochs"] == 3
+        pred = read_artifact("predictions", path=au_root / "data" / "predictions" / f"{name}.parquet")
+        assert sorted(pred["video_id"]) == sorted(manifest["video_id"])  # every video has AUs
+        assert (pred["model"] == name).all()
+        merged = pred.merge(manifest[["video_id", "split"]], on="video_id", suffixes=("", "_m"))
+        assert (merged["split"] == merged["split_m"]).all()
+        vals = pred[list(TRAITS)].to_numpy()
+        assert np.isfinite(vals).all() and vals.min() >= 0 and vals.max() <= 1
+        proba = pred[[f"proba_{t}_{k}" for t in TRAITS for k in range(5)]].to_numpy()
+        np.testing.assert_allclose(proba.reshape(-1, 5, 5).sum(-1), 1.0, atol=1e-5)
+        summary = json.loads((au_root / "metrics" / "train" / f"{name}.json").read_text())
+        assert summary["n_videos"] == manifest["split"].value_counts().to_dict()
+        assert summary["test"]["baseline"]["ccc"] == 0.0
+        assert set(summary["test"]["model"]) >= {"ccc", "mae", "acc", "bin_accuracy"}
+        history = pd.read_csv(au_root / "metrics" / "train" / f"{name}_history.csv")
+        assert history["epoch"].tolist() == [1, 2, 3]
+        assert {"train_loss", "val_ccc", "lr"} <= set(history.columns)
+    assert trained["perfex_cnn"]["best_epoch"] >= 1
+
+
+def test_augmented_holds_train_clips_only(au_root):
+    manifest = read_artifact("manifest", path=au_root / "data" / "manifest.parquet")
+    aug = read_artifact("augmented", path=au_root / "data" / "augmented")
+    train_ids = set(manifest.loc[manifest["split"] == "train", "video_id"])
+    assert set(aug["video_id"]) == train_ids
+
+
+def test_test_only_evaluates_the_checkpoint_without_training(au_root, trained):
+    path = au_root / "data" / "models" / "perfex_cnn" / "best.pt"
+    before = path.read_bytes()
+    pred_before = pd.read_parquet(au_root / "data" / "predictions" / "perfex_cnn.parquet")
+    out = run(params(test_only=True), BaseParams(workers=1), root=au_root,
+              models=["perfex_cnn"])["perfex_cnn"]
+    assert out["epochs_run"] == 0 and out["test_only"]
+    assert path.read_bytes() == before
+    pred_after = pd.read_parquet(au_root / "data" / "predictions" / "perfex_cnn.parquet")
+    pd.testing.assert_frame_equal(pred_before, pred_after)
+
+
+def test_resume_and_weights_through_params(au_root, trained, tmp_path):
+    saved = tmp_path / "last.pt"
+    shutil.copyfile(au_root / "data" / "models" / "perfex_cnn" / "last.pt", saved)
+    out = run(params(epochs=4, resume=str(saved)), BaseParams(workers=1), root=au_root,
+              models=["perfex_cnn"])["perfex_cnn"]
+    assert out["epochs_run"] == 1  # epochs 1-3 came from the checkpoint
+    hist = pd.read_csv(au_root / "metrics" / "train" / "perfex_cnn_history.csv")
+    assert hist["epoch"].tolist() == [1, 2, 3, 4]
+    with pytest.raises(Exception, match="perfex_cnn checkpoint, not perfex_hybrid"):
+        run(params(resume=str(saved)), BaseParams(workers=1), root=au_root,
+            models=["perfex_hybrid"])
+    out = run(params(epochs=1, weights=str(saved)), BaseParams(workers=1), root=au_root,
+              models=["perfex_cnn"])["perfex_cnn"]
+    assert out["epochs_run"] == 1
+
+
+def test_unknown_model_is_a_params_error(au_root):
+    with pytest.raises(ParamsError, match="no_such_model"):
+        run(params(models=["no_such_model"]), BaseParams(workers=1), root=au_root)
+
+
+def test_params_match_params_yaml():
+    """Every train: / augment: key of params.yaml is a field (the stages load it strictly)."""
+    from stages.augment import AugmentParams
+    from stages.common import load_params
+
+    assert dataclasses.is_dataclass(load_params("train", TrainParams))
+    assert dataclasses.is_dataclass(load_params("augment", AugmentParams))
