@@ -30,7 +30,7 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/dvc repro
-	$(BIN)/dvc metrics show
+	$(BIN)/dvc metrics show metrics/summary.json
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

@@ -52,7 +52,8 @@ __all__ = ["PerfexCNNConfig", "PerfexHybridConfig", "PerfexCNN", "PerfexHybrid",
 
 N_AUS = len(AU_INTENSITY)  # 17
 N_TRAITS = len(TRAITS)  # 5
-HeadKind = Literal["classification", "regression"]
+HeadKind = Literal["classification", "regression", "regression_z"]  # regression_z: unbounded,
+#                                                                     for z-scored labels (UDIVA)
 DecodeKind = Literal["expectation", "argmax"]
 
 
@@ -114,8 +115,9 @@ class PerfexHybridConfig:
 
 
 def _check_common(cfg: Any, name: str) -> None:
-    if cfg.head not in ("classification", "regression"):
-        raise ValueError(f"{name}: head must be 'classification' or 'regression', got {cfg.head!r}")
+    if cfg.head not in ("classification", "regression", "regression_z"):
+        raise ValueError(f"{name}: head must be 'classification', 'regression' or 'regression_z', "
+                         f"got {cfg.head!r}")
     if cfg.decode not in ("expectation", "argmax"):
         raise ValueError(f"{name}: decode must be 'expectation' or 'argmax', got {cfg.decode!r}")
     if cfg.n_aus < 1 or cfg.seq_len < 1 or cfg.hidden < 1:
@@ -308,15 +310,18 @@ class ClassificationHead(nn.Module):
 
 
 class RegressionHead(nn.Module):
-    """MLP -> 5 sigmoid scores in [0, 1]; MSE over labelled entries."""
+    """MLP -> 5 sigmoid scores in [0, 1] (or, `bounded=False`, unbounded values for z-scored
+    labels); MSE over labelled entries."""
 
-    def __init__(self, in_features: int, *, hidden: int, dropout: float):
+    def __init__(self, in_features: int, *, hidden: int, dropout: float, bounded: bool = True):
         super().__init__()
+        self.bounded = bounded
         self.mlp = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(dropout),
                                  nn.Linear(hidden, N_TRAITS))
 
     def forward(self, features: Tensor) -> Tensor:  # features (B, D)
-        return torch.sigmoid(self.mlp(features))  # (B, 5)
+        out = self.mlp(features)  # (B, 5)
+        return torch.sigmoid(out) if self.bounded else out
 
     def loss(self, scores: Tensor, targets: Tensor) -> Tensor:
         valid = ~torch.isnan(targets)  # (B, 5)
@@ -334,7 +339,8 @@ def _make_head(cfg: Any, in_features: int) -> nn.Module:
     if cfg.head == "classification":
         return ClassificationHead(in_features, hidden=cfg.hidden, dropout=cfg.dropout,
                                   decode=cfg.decode)
-    return RegressionHead(in_features, hidden=cfg.hidden, dropout=cfg.dropout)
+    return RegressionHead(in_features, hidden=cfg.hidden, dropout=cfg.dropout,
+                          bounded=cfg.head == "regression")
 
 
 class _AUModel(nn.Module):

@@ -5,7 +5,9 @@
 The corpus is the pipeline's own `data/aus` (`deploy.corpus: aus`, optionally only some splits)
 or a folder of OpenFace FeatureExtraction CSVs (`deploy.corpus: <folder>`, one sequence per CSV,
 read by the `aus` stage's OpenFace reader). The model is a name (data/models/NAME/best.pt, or
-data/retrained/models/NAME+retrained/best.pt) or a checkpoint path; it must read AUs only.
+data/retrained/models/NAME+retrained/best.pt) or a checkpoint path; it must read AUs only. When
+NAME+retrained does not exist (a source without a user study skips retraining), NAME is used,
+with a warning.
 
 Outputs (data/deploy/):
   labels.parquet      one row per sequence: video_id, O..N scores, O_bin..N_bin (the 5-bin class,
@@ -112,7 +114,16 @@ def perfex_export(table: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
 
 def run(params: DeployParams, base: BaseParams, root: Path | None = None) -> dict:
     root = root or repo_root()
-    ckpt = find_checkpoint(params.model, root)
+    try:
+        ckpt = find_checkpoint(params.model, root)
+    except StageInputError:
+        base_name = params.model.removesuffix("+retrained")
+        if base_name == params.model:
+            raise
+        # sources without a user study have no retrained model: the trained one labels instead
+        ckpt = find_checkpoint(base_name, root)
+        log.warning("deploy.model %s not found (no retraining?); using %s", params.model,
+                    base_name)
     table = load_corpus(params, root)
     if table.empty:
         raise StageInputError("deploy: the corpus holds no AU frame")

@@ -55,6 +55,7 @@ from stages.schemas import SPLITS, TRAITS
 log = get_logger("evaluate")
 
 N_BINS = 5
+SUMMARY_JSON = Path("metrics/summary.json")  # one line per model: `dvc metrics show metrics/summary.json`
 PREDICTIONS_DIR = Path("data/predictions")
 RETRAINED_PREDICTIONS_DIR = Path("data/retrained/predictions")  # the retrain stage's
 MANIFEST = Path("data/manifest.parquet")
@@ -408,6 +409,13 @@ def log_to_mlflow(results: list[ModelResult], report: dict, params: EvaluatePara
     return run_ids
 
 
+def summary_of(report: dict) -> dict:
+    """The headline numbers of evaluate.json: per model (and the baseline) mean CCC, ACC, MAE."""
+    return {name: {k: entry["mean"].get(k) for k in ("ccc", "acc", "mae")}
+            for name, entry in report.items()
+            if isinstance(entry, dict) and isinstance(entry.get("mean"), dict)}
+
+
 def run(params: EvaluateParams, base: BaseParams | None = None,
         root: Path | None = None) -> dict:
     """Evaluate every predictions file under `root`; returns the report written to
@@ -438,6 +446,7 @@ def run(params: EvaluateParams, base: BaseParams | None = None,
         report["errors"] = errors
     write_scatter_csvs(results, root / PLOTS_DIR)
     atomic_write_json(root / METRICS_JSON, json_safe(report))
+    atomic_write_json(root / SUMMARY_JSON, json_safe(summary_of(report)))
     for r in results:
         m, b = r.entry["mean"], (report.get("baseline") or {}).get("mean", {})
         log.info("%s: %s mean CCC %s (baseline %s), ACC %s (baseline %s), %d videos",

@@ -37,7 +37,7 @@ log = get_logger("ingest")
 @dataclasses.dataclass(frozen=True)
 class SyntheticParams:
     n_videos: int = 150
-    n_subjects: int = 30
+    n_subjects: int = 50
     min_seconds: float = 6.0
     max_seconds: float = 10.0
     fps: float = 25.0

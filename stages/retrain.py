@@ -207,9 +207,13 @@ def run(params: RetrainParams, base: BaseParams, root: Path | None = None) -> di
     if not 0 <= params.mix_share <= 10:
         raise ParamsError(f"retrain.mix_share: {params.mix_share} must be in [0, 10]")
     ratings = read_artifact("user_study", path=root / schemas.ARTIFACTS["user_study"].path)
-    if ratings.empty:
-        raise StageInputError(f"{root / schemas.ARTIFACTS['user_study'].path}: no ratings; this "
-                              "source has no user study (remove retrain from the pipeline)")
+    if ratings.empty:  # e.g. ChaLearn, UDIVA: nothing to fine-tune on; the pipeline goes on
+        log.warning("%s: no ratings; retrain skipped", schemas.ARTIFACTS["user_study"].path)
+        (root / RETRAINED / "models").mkdir(parents=True, exist_ok=True)
+        (root / RETRAINED / "predictions").mkdir(parents=True, exist_ok=True)
+        out = {"skipped": "the source has no user study"}
+        atomic_write_json(root / "metrics" / "retrain.json", out)
+        return out
     manifest = read_artifact("manifest", path=root / schemas.ARTIFACTS["manifest"].path)
     rated = aggregate_ratings(ratings)
     out: dict = {name: retrain_model(name, params, base, root, rated, manifest)

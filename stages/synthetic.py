@@ -140,6 +140,10 @@ CHEEK_L = [425, 280, 411, 352, 345, 346, 347, 330, 266]
 EYE_R = [33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153, 145, 144, 163, 7]
 EYE_L = [263, 466, 388, 387, 386, 385, 384, 398, 362, 382, 381, 380, 374, 373, 390, 249]
 UNITS = ("smile", "brow_raise", "brow_lower", "jaw", "blink", "yaw", "pitch")
+# The astronaut photo already smiles broadly (MediaPipe mouthSmile 0.87), which leaves a smile
+# episode little to add (0.97). A reversed smile field at rest brings her to 0.52, so an episode
+# moves her as visibly as the neutral Grace Hopper (0.52 -> 0.87 at full strength).
+REST_EXPRESSION = {"astronaut": {"smile": -1.0}}
 
 
 def face_photos() -> dict[str, Path]:
@@ -162,6 +166,7 @@ class FaceRig:
     landmark_disp: dict[str, np.ndarray]  # unit -> (478, 2) displacement at full strength
     fields: np.ndarray  # (len(UNITS), S, S, 2) float32 dense displacement per unit
     lid_colour: tuple[float, float, float]  # skin above the eyes: paints closed eyelids
+    rest: np.ndarray  # (len(UNITS),) unit strengths of the resting face (added to every frame)
 
 
 def build_rig(name: str, photo: Path, landmarker) -> FaceRig:
@@ -207,7 +212,8 @@ def build_rig(name: str, photo: Path, landmarker) -> FaceRig:
     above = [(lm[105, :2] + lm[159, :2]) / 2, (lm[334, :2] + lm[386, :2]) / 2]
     skin = np.mean([sprite[int(y) - 2 : int(y) + 3, int(x) - 2 : int(x) + 3].reshape(-1, 3).mean(0)
                     for x, y in above], axis=0)
-    return FaceRig(name, sprite, mask, lm, disp, fields, tuple(float(v) for v in skin))
+    rest = np.array([REST_EXPRESSION.get(name, {}).get(u, 0.0) for u in UNITS])
+    return FaceRig(name, sprite, mask, lm, disp, fields, tuple(float(v) for v in skin), rest)
 
 
 def unit_displacements(lm: np.ndarray) -> dict[str, np.ndarray]:
@@ -432,6 +438,7 @@ def render_frame(rig: FaceRig, app: Appearance, strengths: np.ndarray, roll_deg:
     """One RGB frame (H, W, 3) uint8: the rig warped by `strengths` (len(UNITS),) and placed."""
     import cv2
 
+    strengths = strengths + rig.rest  # (len(UNITS),): the clip's expression over the resting face
     field = np.tensordot(strengths.astype(np.float32), rig.fields, axes=1)  # (S, S, 2)
     grid = _sprite_grid()  # (S, S, 2) pixel coordinates x, y
     # backward map: the output pixel p shows the source pixel p - d(p) (small-displacement inverse)

@@ -175,6 +175,11 @@ def train_model(name: str, p: TrainParams, base: BaseParams, root: Path) -> dict
         raise StageInputError(f"{name}: no train video has the inputs {list(spec.inputs)}")
     label_scale = str(manifest["label_scale"].iloc[0]) if "label_scale" in manifest else "unit"
     overrides = dict(p.model_config.get(name) or {})
+    if label_scale == "z":  # z-scored labels (UDIVA): no sigmoid, no [0, 1] bins
+        if overrides.get("head", "regression_z") != "regression_z":
+            raise ParamsError(f"train.model_config.{name}.head: {overrides['head']!r} needs labels "
+                              "in [0, 1]; these are z-scores (use regression_z)")
+        overrides["head"] = "regression_z"
     # the checkpoint keeps the config for prediction: what the sources fitted on this data
     # (standardisation statistics) and original, not augmented, sequences
     meta = {"model_name": name, "inputs": list(spec.inputs),

@@ -366,3 +366,11 @@ def test_pngs(tmp_path, rng):
                        acc={"m1": 0.9, "m2": 0.88}, baseline_acc=0.885, dpi=40)
     for png in (a, b):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_summary_holds_mean_ccc_acc_mae_per_model():
+    report = {"m1": {"mean": {"ccc": 0.3, "acc": 0.9, "mae": 0.1, "r2": 0.0}, "O": {}},
+              "baseline": {"mean": {"ccc": 0.0, "acc": 0.88, "mae": 0.12}},
+              "errors": {"m2": "bad"}}
+    assert ev.summary_of(report) == {"m1": {"ccc": 0.3, "acc": 0.9, "mae": 0.1},
+                                     "baseline": {"ccc": 0.0, "acc": 0.88, "mae": 0.12}}

@@ -369,3 +369,16 @@ def test_loss_decreases_on_a_learnable_task(name, head):
         losses.append(loss.item())
     assert all(math.isfinite(v) for v in losses)
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:3]), losses
+
+
+def test_regression_z_head_is_unbounded():
+    """z-scored labels (UDIVA): no sigmoid, so predictions can leave [0, 1]."""
+    torch.manual_seed(0)
+    model = build_model("perfex_cnn", head="regression_z")
+    aus = torch.randn(4, 20, 17) * 3
+    with torch.no_grad():
+        model.head.mlp[-1].bias.fill_(-3.0)  # push outputs well below 0
+        out = model({"aus": aus, "aus_mask": torch.ones(4, 20, dtype=torch.bool)})
+    assert out.shape == (4, 5) and (out < 0).any()
+    with pytest.raises(ValueError, match="regression_z"):
+        build_model("perfex_cnn", head="softmax")

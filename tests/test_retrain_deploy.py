@@ -182,3 +182,17 @@ def test_deploy_refuses_non_au_model(tmp_path):
     au_dataset(tmp_path, n=8)
     with pytest.raises(ParamsError, match="AU models only"):
         deploy.run(deploy.DeployParams(model=str(ckpt)), BaseParams(), root=tmp_path)
+
+
+def test_no_user_study_skips_retrain_and_deploy_falls_back(trained, tmp_path):
+    root = tmp_path / "n"
+    shutil.copytree(trained, root)
+    empty = pd.DataFrame({"video_id": pd.Series(dtype=str), "rater_id": pd.Series(dtype=str),
+                          **{t: pd.Series(dtype=float) for t in TRAITS}})
+    write_artifact("user_study", empty, path=root / "data/user_study.parquet")
+    out = retrain.run(retrain.RetrainParams(models=["perfex_cnn"], mlflow=False),
+                      BaseParams(seed=3), root=root)
+    assert "skipped" in out and (root / "data/retrained/predictions").is_dir()
+    summary = deploy.run(deploy.DeployParams(model="perfex_cnn+retrained"), BaseParams(),
+                         root=root)
+    assert summary["checkpoint"].endswith("data/models/perfex_cnn/best.pt")
