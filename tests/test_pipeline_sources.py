@@ -1,5 +1,6 @@
-"""`dvc repro` end to end, in a throw-away git + DVC repository, on a small fixture of every source
-that has video (folder, chalearn16, udiva): the real dvc.yaml, the real stage commands."""
+"""`dvc repro` of the whole pipeline, in a throw-away git + DVC repository, on a small fixture of
+every source that has video (folder, chalearn16, udiva): the real dvc.yaml, the real stage commands
+(training shortened to two small models and two epochs)."""
 from __future__ import annotations
 
 import json
@@ -9,13 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 from stages.common import read_artifact
 from tests.conftest import REPO, write_video
 from tests.test_datasets import chalearn_annotations, py2_pickle
 
-FRONT_END = ["ingest", "frames", "faces", "aus", "audio"]
+QUICK_TRAIN = {"models": ["perfex_cnn", "audio_fn_linear"], "epochs": 2, "mlflow": False}
 
 
 def make_dvc_repo(tmp: Path, ingest: dict) -> Path:
@@ -29,6 +31,10 @@ def make_dvc_repo(tmp: Path, ingest: dict) -> Path:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["ingest"].update(ingest)
     params["base"]["workers"] = 1  # a handful of tiny clips: worker start-up would dominate
+    params["train"].update(QUICK_TRAIN)
+    params["retrain"].update(models=["perfex_cnn"], epochs=2, mlflow=False)
+    params["evaluate"]["mlflow"] = False
+    params["deploy"]["model"] = "perfex_cnn+retrained"  # no user study: falls back to perfex_cnn
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = pipeline_env()
     for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "ci@example.com"],
@@ -53,13 +59,19 @@ def repro(repo: Path, *targets: str) -> subprocess.CompletedProcess:
     return out
 
 
-def check_front_end(repo: Path, n_videos: int) -> None:
+def check_pipeline(repo: Path, n_videos: int) -> None:
     manifest = read_artifact("manifest", path=repo / "data/manifest.parquet")
     assert len(manifest) == n_videos
     assert read_artifact("frames", path=repo / "data/frames")["video_id"].nunique() == n_videos
     assert read_artifact("aus", path=repo / "data/aus")["video_id"].nunique() == n_videos
     assert read_artifact("audio", path=repo / "data/audio")["video_id"].nunique() == n_videos
-    status = subprocess.run(["dvc", "status", *FRONT_END], cwd=repo, env=pipeline_env(),
+    for model in QUICK_TRAIN["models"]:
+        assert (repo / f"data/models/{model}/best.pt").is_file()
+    report = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert {"perfex_cnn", "audio_fn_linear", "baseline"} <= set(report)
+    assert "skipped" in json.loads((repo / "metrics/retrain.json").read_text())
+    assert len(pd.read_parquet(repo / "data/deploy/labels.parquet")) == n_videos
+    status = subprocess.run(["dvc", "status"], cwd=repo, env=pipeline_env(),
                             capture_output=True, text=True)
     assert "up to date" in status.stdout, status.stdout
 
@@ -77,8 +89,8 @@ def test_chalearn16_pipeline(tmp_path):
         (root / pickles[split]).write_bytes(
             py2_pickle(chalearn_annotations({n: 0.3 + 0.1 * k for n in names})))
     repo = make_dvc_repo(tmp_path, {"source": "chalearn16", "chalearn16": {"root": str(root)}})
-    repro(repo, *FRONT_END)
-    check_front_end(repo, 6)
+    repro(repo)
+    check_pipeline(repo, 6)
     report = json.loads((repo / "metrics/ingest.json").read_text())
     assert report["source"] == "chalearn16" and report["n_bad_rows"] == 0
 
@@ -96,8 +108,12 @@ def test_udiva_pipeline(tmp_path):
         for part in (1, 2):
             write_video(root / f"recordings/{split}/00{k}/FC{part}_T.mp4", n_frames=8)
     repo = make_dvc_repo(tmp_path, {"source": "udiva", "udiva": {"root": str(root)}})
-    repro(repo, *FRONT_END)
-    check_front_end(repo, 6)
+    repro(repo)
+    check_pipeline(repo, 6)
+    m = read_artifact("manifest", path=repo / "data/manifest.parquet")
+    assert (m["label_scale"] == "z").all()
+    report = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert report["perfex_cnn"]["mean"]["acc"] is None  # z-scores: no ACC
 
 
 def test_folder_pipeline_and_second_repro_does_nothing(tmp_path):
@@ -109,7 +125,7 @@ def test_folder_pipeline_and_second_repro_does_nothing(tmp_path):
     (ds / "labels.csv").write_text("\n".join(lines) + "\n")
     repo = make_dvc_repo(tmp_path, {"source": "folder",
                                     "folder": {"labels": str(ds / "labels.csv")}})
-    repro(repo, *FRONT_END)
-    check_front_end(repo, 4)
-    again = repro(repo, *FRONT_END)
+    repro(repo)
+    check_pipeline(repo, 4)
+    again = repro(repo)
     assert "Running stage" not in again.stdout
