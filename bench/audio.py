@@ -4,7 +4,7 @@
     .venv/bin/python bench/audio.py --clips 4 --no-pyin
 
 Clips: speech from the synthetic generator (stages/synthetic.py, 4 voices), muxed as AAC 16 kHz mono
-beside a 320x240 25 fps H.264 picture (what ingest makes), plus the real LibriVox speech of
+beside a 320x240 25 fps H.264 picture (the size ingest makes), plus the real LibriVox speech of
 ../shared/fixtures looped to 15 s when present. The process is pinned to one CPU and every thread
 pool to one thread. Reported:
   - per step (in-process after one warm-up; best of --repeats per clip, median over clips):

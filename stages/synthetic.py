@@ -168,6 +168,11 @@ class FaceRig:
     lid_colour: tuple[float, float, float]  # skin above the eyes: paints closed eyelids
     rest: np.ndarray  # (len(UNITS),) unit strengths of the resting face (added to every frame)
 
+    @property
+    def landmark_stack(self) -> np.ndarray:
+        """(len(UNITS), 478, 2) landmark displacements, in UNITS order."""
+        return np.stack([self.landmark_disp[u] for u in UNITS])
+
 
 def build_rig(name: str, photo: Path, landmarker) -> FaceRig:
     import cv2
@@ -433,13 +438,25 @@ def expression_tracks(rng: np.random.Generator, cue: dict[str, float], n: int, f
                      np.clip(yaw, -1.5, 1.5), np.clip(pitch, -1.5, 1.5)], axis=1)
 
 
+def mix(weights: np.ndarray, stack: np.ndarray) -> np.ndarray:
+    """sum_k weights[k] * stack[k], element by element in a fixed order. Not np.tensordot: BLAS
+    reductions may round differently with memory alignment and threads, and a last-bit change in
+    a displacement can move an anti-aliased edge, so the same seed would not give the same pixels
+    in another process."""
+    weights = np.asarray(weights, dtype=stack.dtype)  # float32 fields stay float32 for cv2.remap
+    out = stack[0] * weights[0]
+    for k in range(1, len(weights)):
+        out += stack[k] * weights[k]
+    return out
+
+
 def render_frame(rig: FaceRig, app: Appearance, strengths: np.ndarray, roll_deg: float,
                  background: np.ndarray) -> np.ndarray:
     """One RGB frame (H, W, 3) uint8: the rig warped by `strengths` (len(UNITS),) and placed."""
     import cv2
 
     strengths = strengths + rig.rest  # (len(UNITS),): the clip's expression over the resting face
-    field = np.tensordot(strengths.astype(np.float32), rig.fields, axes=1)  # (S, S, 2)
+    field = mix(strengths, rig.fields)  # (S, S, 2)
     grid = _sprite_grid()  # (S, S, 2) pixel coordinates x, y
     # backward map: the output pixel p shows the source pixel p - d(p) (small-displacement inverse)
     maps = grid - field
@@ -450,8 +467,7 @@ def render_frame(rig: FaceRig, app: Appearance, strengths: np.ndarray, roll_deg:
     if jaw > 0.05 or blink > 0.05:
         # A warp alone only stretches: an open mouth needs its dark interior painted, a closed
         # eye its lid (skin over the eye, a lash line at the bottom).
-        moved = rig.landmarks[:, :2] + np.tensordot(
-            strengths, np.stack([rig.landmark_disp[u] for u in UNITS]), axes=1)
+        moved = rig.landmarks[:, :2] + mix(strengths, rig.landmark_stack)  # (478, 2)
         if jaw > 0.05:
             overlay = face.copy()
             poly = np.round(moved[INNER_LIPS] * 16).astype(np.int32)
@@ -495,22 +511,38 @@ def make_background(app: Appearance, width: int, height: int) -> np.ndarray:
     return np.broadcast_to(grad, (height, width, 3)).astype(np.float32)
 
 
+# FFmpeg's own MPEG-4 Part 2 encoder at a fixed quantiser (q 4: PSNR ~36 dB, ~0.7 Mbit/s here).
+# Not libx264: in a long-lived process x264 gave different bytes for the same frames from one
+# call to the next, and the same seed must give the same clips. (The front-end decodes H.264 and
+# everything else FFmpeg reads; bench/frontend.py makes its H.264 clip itself.)
+VIDEO_CODEC = "mpeg4"
+VIDEO_OPTIONS = {"flags": "+qscale", "global_quality": str(4 * 118), "threads": "1"}  # 118: FF_QP2LAMBDA
+
+
 def write_clip(path: Path, frames_rgb, audio: np.ndarray | None, fps: float, sr: int,
                width: int, height: int) -> None:
-    """Encode RGB frames (H.264, yuv420p) and mono float audio (AAC) into an mp4, atomically."""
+    """Encode RGB frames (MPEG-4 Part 2, yuv420p) and mono float audio (AAC) into an mp4,
+    atomically, byte for byte the same for the same input in any process."""
     import av
+    import cv2
 
     tmp = path.with_name(f".{path.name}.tmp")
     with av.open(str(tmp), "w", format="mp4") as container:
-        video = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001),
-                                     options={"preset": "veryfast", "crf": "20", "threads": "1"})
+        video = container.add_stream(VIDEO_CODEC, rate=Fraction(fps).limit_denominator(1001),
+                                     options=VIDEO_OPTIONS)
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.codec_context.thread_count = 1  # threaded encoding is not bit-reproducible
         astream = None
         if audio is not None:
             astream = container.add_stream("aac", rate=sr, layout="mono")
             astream.bit_rate = 64000
-        for rgb in frames_rgb:
-            for packet in video.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+        for index, rgb in enumerate(frames_rgb):
+            # RGB -> I420 with OpenCV: FFmpeg's swscale path (VideoFrame.reformat) does not give
+            # the same bytes in every process, and the same seed must give the same file
+            yuv = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)  # (H * 3 / 2, W) uint8
+            frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+            frame.pts = index  # an unset pts leaves the encoder to guess
+            for packet in video.encode(frame):
                 container.mux(packet)
         for packet in video.encode():
             container.mux(packet)

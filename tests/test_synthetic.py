@@ -33,7 +33,17 @@ def decode_audio(path: Path) -> tuple[np.ndarray, int]:
 
 
 def test_same_seed_same_dataset(tiny_dataset, tmp_path):
-    again = make_tiny_dataset(tmp_path / "again")  # same seed as the session fixture
+    """Another process (fresh interpreter, other heap and thread state) makes the same files."""
+    import subprocess
+    import sys
+
+    again = tmp_path / "again"  # same seed as the session fixture
+    subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
+                    "from tests.conftest import make_tiny_dataset; "
+                    "make_tiny_dataset(Path(sys.argv[1]))", str(again)],
+                   cwd=REPO, check=True, capture_output=True, timeout=300)
+    for path in sorted((tiny_dataset / "data/videos").glob("*.mp4")):
+        assert path.read_bytes() == (again / "data/videos" / path.name).read_bytes(), path.name
     a = read_artifact("manifest", path=tiny_dataset / "data/manifest.parquet")
     b = read_artifact("manifest", path=again / "data/manifest.parquet")
     pd.testing.assert_frame_equal(a, b)
