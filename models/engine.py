@@ -24,14 +24,23 @@ Checkpoints (`save_checkpoint`) hold only tensors, dicts, lists, strings and num
 scheduler, epoch (last completed, 1-based), best_epoch, best_metric, val_metric_name, train_mean,
 inputs, source_config, params, label_scale, history.
 
-Mixed precision (bf16 autocast) and channels_last apply on CUDA only. Multi-process (DDP) training
-is not wired in: the loader builds its order from (seed, epoch), which a DistributedSampler can
-replace.
+Mixed precision (bf16 autocast) and channels_last apply on CUDA only.
+
+Multi-process training (DDP): under `torchrun --nproc_per_node N` (WORLD_SIZE > 1), or when a
+process group is already up, `fit` starts the group (`init_distributed`: nccl on CUDA, gloo on the
+CPU, from env://), wraps the model in DistributedDataParallel and gives every rank a disjoint shard
+of each epoch's (seed, epoch) order (`shard_indices`: every N-th index from the rank, wrapped round
+so all ranks take the same number of steps); `batch_size` is per process. DDP averages the
+gradients; rank 0 alone validates, writes checkpoints (the unwrapped module's state_dict) and logs
+to MLflow while the others wait, and its early-stopping decision is broadcast so all ranks stop
+together. `TrainConfig.distributed=False` keeps every process on its own; a single process trains
+exactly as before.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime
 import math
 import os
 import random
@@ -40,6 +49,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from models.data import InputSource
@@ -50,7 +60,8 @@ from stages.schemas import TRAITS
 __all__ = ["TrainConfig", "EngineError", "seed_everything", "resolve_device", "TrainViews",
            "collate", "merge_views", "make_optimizer", "make_scheduler", "train_one_epoch",
            "predict_videos", "evaluate", "fit", "save_checkpoint", "load_checkpoint",
-           "load_weights", "metric_is_better", "METRIC_MODES"]
+           "load_weights", "metric_is_better", "METRIC_MODES", "init_distributed", "shard_indices",
+           "barrier", "shutdown_distributed"]
 
 log = get_logger("engine")
 
@@ -87,6 +98,9 @@ class TrainConfig:
     deterministic: bool = True
     num_workers: int = 0  # DataLoader workers
     eval_batch_size: int = 64  # views per forward pass in evaluation
+    # DDP: None = when launched by torchrun (WORLD_SIZE > 1) or a process group is up; True = the
+    # same but an error when neither; False = every process trains alone
+    distributed: bool | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or self.views_per_video < 1:
@@ -133,6 +147,79 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 def _epoch_seed(seed: int, epoch: int, salt: int = 0) -> int:
     return int(np.random.SeedSequence([seed, epoch, salt]).generate_state(1)[0])
+
+
+# --------------------------------------------------------------------------------------------------
+# multi-process (DDP)
+
+# rank 0 alone validates, predicts and writes while the others wait in a collective: long enough
+# for a full prediction pass over a large dataset (the 30-minute default is not)
+_DIST_TIMEOUT = datetime.timedelta(hours=2)
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world_size) of the process group, (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed(mode: bool | None = None,
+                     device: str | torch.device = "auto") -> tuple[int, int]:
+    """(rank, world_size) of this process, starting the process group torchrun asked for.
+
+    mode None: distributed when a group is up or torchrun set WORLD_SIZE > 1; True: the same, but
+    an error when neither; False: (0, 1), this process trains alone. The group (env://: torchrun's
+    MASTER_ADDR, RANK, ...) uses nccl when `device` is CUDA (each process on cuda:LOCAL_RANK) and
+    gloo otherwise; it stays up for later `fit` calls until `shutdown_distributed`."""
+    if mode is False:
+        return 0, 1
+    if dist.is_available() and not dist.is_initialized() and \
+            int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        cuda = resolve_device(device).type == "cuda"
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend="nccl" if cuda else "gloo", init_method="env://",
+                                timeout=_DIST_TIMEOUT)
+    rank, world = _world()
+    if mode and world == 1:
+        raise EngineError("distributed training asked for, but there is no process group: launch "
+                          "with torchrun --nproc_per_node N (WORLD_SIZE > 1)")
+    return rank, world
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op in a single process)."""
+    if _world()[1] > 1:
+        dist.barrier()
+
+
+def shutdown_distributed() -> None:
+    """Tear down the process group `init_distributed` started (no-op without one)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _broadcast(obj: Any) -> Any:
+    """Rank 0's `obj` on every rank (picklable objects)."""
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def shard_indices(order: Sequence[int], rank: int, world_size: int) -> list[int]:
+    """Rank `rank`'s share of an epoch's sample order: every world_size-th index from `rank`.
+
+    The order is first wrapped round to a multiple of world_size (its first indices repeated, as
+    DistributedSampler does), so every rank gets ceil(n / world_size) samples and takes the same
+    number of steps: DDP's gradient all-reduce needs every rank in every step. world_size 1: the
+    order itself."""
+    order = list(order)
+    if world_size <= 1 or not order:
+        return order
+    total = -(-len(order) // world_size) * world_size
+    padded = (order * (total // len(order) + 1))[:total]  # n < world_size repeats more than once
+    return padded[rank::world_size]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -213,14 +300,17 @@ class TrainViews(torch.utils.data.Dataset):
         return item
 
 
-def _loader(dataset: TrainViews, *, batch_size: int, epoch: int, seed: int,
-            num_workers: int) -> torch.utils.data.DataLoader:
+def _loader(dataset: TrainViews, *, batch_size: int, epoch: int, seed: int, num_workers: int,
+            rank: int = 0, world_size: int = 1) -> torch.utils.data.DataLoader:
+    """The epoch's batches: the (seed, epoch) order, this rank's shard of it under DDP. A sample
+    keeps its index (and so its view) whatever the number of ranks."""
     dataset.set_epoch(epoch)
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(
         _epoch_seed(seed, epoch, 1))).tolist()
+    order = shard_indices(order, rank, world_size)  # every rank's shard has the same length
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=order,
                                        collate_fn=collate, num_workers=num_workers,
-                                       drop_last=len(dataset) > batch_size)
+                                       drop_last=len(order) > batch_size)
 
 
 def _to_device(batch: Mapping[str, Tensor], device: torch.device,
@@ -275,7 +365,10 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
                     loader: Iterable[Mapping[str, Tensor]], *, device: torch.device,
                     amp: bool = False, channels_last: bool = False,
                     grad_clip: float = 0.0) -> dict[str, float]:
-    """One pass over `loader`; returns {"loss": mean per sample, "n_samples", "n_steps"}."""
+    """One pass over `loader`; returns {"loss": mean per sample, "n_samples", "n_steps"}.
+    `model` may be DDP-wrapped: the forward goes through the wrapper (it syncs the gradients),
+    the loss is the wrapped module's."""
+    core = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     model.train()
     total, n, steps = 0.0, 0, 0
     cl = channels_last and device.type == "cuda"
@@ -284,7 +377,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
         targets = batch.pop("target")  # (B, 5)
         with _autocast(device, amp):
             outputs = model(batch)
-            loss = model.loss(outputs, targets)
+            loss = core.loss(outputs, targets)
         if not torch.isfinite(loss):
             raise EngineError(f"training loss is {loss.item()} at step {steps}; lower the lr")
         optimizer.zero_grad(set_to_none=True)
@@ -530,6 +623,16 @@ def _materialize_lazy(model: nn.Module, sources: Sequence[InputSource],
     model.train(was_training)
 
 
+def _all_ranks_loss(stats: Mapping[str, float], device: torch.device) -> float:
+    """The mean training loss per sample over every rank's shard (for the history, not the
+    gradients: DDP averages those)."""
+    on = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([stats["loss"] * stats["n_samples"], stats["n_samples"]],
+                     dtype=torch.float64, device=on)
+    dist.all_reduce(t)
+    return float(t[0] / t[1].clamp(min=1))
+
+
 def fit(model: nn.Module, sources: Sequence[InputSource], *, train_ids: Sequence[str],
         train_targets: np.ndarray, val_ids: Sequence[str] = (),
         val_targets: np.ndarray | None = None, config: TrainConfig = TrainConfig(),
@@ -546,12 +649,17 @@ def fit(model: nn.Module, sources: Sequence[InputSource], *, train_ids: Sequence
     until_epoch: pause after this epoch (the schedule still spans config.epochs); resume later
     from last.pt.
     On return the model holds the best epoch's weights (the last epoch's without validation).
+    Under torchrun (config.distributed, module docstring) every rank calls `fit` alike; rank 0
+    alone writes to out_dir and the tracker, and every rank returns the same result and weights.
     Returns {"history", "best_epoch", "best_metric", "epochs_run", "stopped_early", "train_mean",
     "best_path", "last_path"}.
     """
     cfg = config
     meta = dict(meta or {})
     device = resolve_device(cfg.device)
+    rank, world = init_distributed(cfg.distributed, device)
+    if world > 1 and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # cuda:LOCAL_RANK
     seed_everything(cfg.seed, deterministic=cfg.deterministic)
     model.to(device)
     if cfg.channels_last and device.type == "cuda":
@@ -588,6 +696,14 @@ def fit(model: nn.Module, sources: Sequence[InputSource], *, train_ids: Sequence
                 best_state = best["state_dict"]
         log.info("%s: resuming from %s at epoch %d (best %s=%.4f at epoch %d)", desc, resume,
                  start, cfg.val_metric, best_metric, best_epoch)
+    net = model  # what trains: the model itself, or its DDP wrapper
+    if world > 1:
+        # after the lazy layers and the resumed weights: DDP broadcasts rank 0's parameters and
+        # buffers now, so every rank starts from the same state
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+        log.info("%s: rank %d of %d (DDP, %s), batch_size %d per process", desc, rank, world,
+                 dist.get_backend(), cfg.batch_size)
 
     def checkpoint(path: Path, epoch: int, state=None) -> None:
         save_checkpoint(path, model=model, model_name=meta.get("model_name", type(model).__name__),
@@ -604,38 +720,55 @@ def fit(model: nn.Module, sources: Sequence[InputSource], *, train_ids: Sequence
     stop = cfg.epochs if until_epoch is None else min(cfg.epochs, until_epoch)
     with progress(total=max(stop - start + 1, 0), desc=desc, unit="epoch") as bar:
         for epoch in range(start, stop + 1):
-            torch.manual_seed(_epoch_seed(cfg.seed, epoch, 2))  # dropout: same on resume
+            # dropout: same on resume; each rank its own masks (rank 0's are the single process's)
+            torch.manual_seed(_epoch_seed(cfg.seed, epoch, 2 + 1000 * rank))
             loader = _loader(dataset, batch_size=cfg.batch_size, epoch=epoch, seed=cfg.seed,
-                             num_workers=cfg.num_workers)
-            stats = train_one_epoch(model, optimizer, loader, device=device, amp=cfg.amp,
+                             num_workers=cfg.num_workers, rank=rank, world_size=world)
+            stats = train_one_epoch(net, optimizer, loader, device=device, amp=cfg.amp,
                                     channels_last=cfg.channels_last, grad_clip=cfg.grad_clip)
+            if world > 1:
+                stats["loss"] = _all_ranks_loss(stats, device)
+                # DDP keeps the parameters equal; buffers (batch-norm statistics) drift with each
+                # rank's last batches: rank 0's, which it validates and saves, go to all
+                for buf in model.buffers():
+                    dist.broadcast(buf, src=0)
             row = {"epoch": epoch, "train_loss": stats["loss"],
                    "lr": optimizer.param_groups[0]["lr"]}
             scheduler.step()
-            if has_val:
-                vm = evaluate(model, sources, val_ids, val_targets,
-                              batch_size=cfg.eval_batch_size, device=device, amp=cfg.amp)
-                row.update({f"val_{k}": v for k, v in vm.items()})
-                value = vm[cfg.val_metric]
-            else:
-                value = -stats["loss"] if METRIC_MODES[cfg.val_metric] == "max" else stats["loss"]
+            value = math.nan
+            if rank == 0:  # validation on rank 0 alone; the others wait in the broadcast
+                if has_val:
+                    vm = evaluate(model, sources, val_ids, val_targets,
+                                  batch_size=cfg.eval_batch_size, device=device, amp=cfg.amp)
+                    row.update({f"val_{k}": v for k, v in vm.items()})
+                    value = vm[cfg.val_metric]
+                else:
+                    value = (-stats["loss"] if METRIC_MODES[cfg.val_metric] == "max"
+                             else stats["loss"])
+            if world > 1:
+                row, value = _broadcast((row, value))  # every rank keeps the same history, best
             history.append(row)
             improved = metric_is_better(value, best_metric if best_epoch else None,
                                         cfg.val_metric)
             if improved or best_epoch == 0:
                 best_epoch, best_metric = epoch, float(value)
                 best_state = copy.deepcopy(model.state_dict())
-                if out is not None:
+                if out is not None and rank == 0:
                     checkpoint(out / "best.pt", epoch)
-            if out is not None:
+            if out is not None and rank == 0:
                 checkpoint(out / "last.pt", epoch)
-            if tracker is not None:
+            if tracker is not None and rank == 0:
                 tracker.log_metrics({k: float(v) for k, v in row.items() if k != "epoch"
                                      and v is not None and math.isfinite(float(v))}, step=epoch)
             bar.update(1)
             bar.set_postfix(loss=f"{stats['loss']:.4f}",
                             **({cfg.val_metric: f"{value:.4f}"} if has_val else {}))
-            if cfg.patience > 0 and has_val and epoch - best_epoch >= cfg.patience:
+            stop_now = cfg.patience > 0 and has_val and epoch - best_epoch >= cfg.patience
+            if world > 1:
+                # rank 0's decision, so all ranks stop together; also holds the others until
+                # rank 0 has written the checkpoints
+                stop_now = bool(_broadcast(stop_now))
+            if stop_now:
                 stopped_early = True
                 log.info("%s: no %s improvement for %d epochs; stopping at epoch %d (best %d)",
                          desc, cfg.val_metric, cfg.patience, epoch, best_epoch)

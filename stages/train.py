@@ -20,6 +20,13 @@ DeepPersonality's runner flags, as params (`dvc exp run -S train.<key>=...`):
   --max_epoch    -> train.epochs
   --set k v      -> train.model_config.<name>.<k> / train.source_config.<key>.<k> / any key here
 Paths may contain "{model}", replaced by the model's name (train.resume=data/models/{model}/last.pt).
+
+train.distributed (multi-GPU / multi-process, DDP; not in params.yaml, null = auto):
+    torchrun --standalone --nproc_per_node 2 -m stages.train --model perfex_cnn
+every process trains on its shard of each epoch (nccl on CUDA, one GPU per process; gloo on the
+CPU); train.batch_size is per process. Rank 0 alone validates, predicts and writes every output
+above and logs to MLflow. false: each torchrun process trains alone; true: fail unless launched
+by torchrun. Single-node only (every rank reads the same data/ and checkpoint files).
 """
 from __future__ import annotations
 
@@ -73,6 +80,7 @@ class TrainParams:
     weights_strict: bool = True
     num_workers: int = 0  # DataLoader workers
     eval_batch_size: int = 64
+    distributed: bool | None = None  # DDP under torchrun (module docstring); None: when launched
     use_augmented: bool = True  # AU models: training views from data/augmented
     mlflow: bool = True  # log to MLflow (sqlite:///mlflow.db)
     model_config: dict = dataclasses.field(default_factory=dict)  # {name: {field: value}}
@@ -90,7 +98,8 @@ def engine_config(p: TrainParams, base: BaseParams):
             patience=p.patience, val_metric=p.val_metric, views_per_video=p.views_per_video,
             grad_clip=p.grad_clip, seed=base.seed if p.seed is None else p.seed, device=p.device,
             amp=p.amp, channels_last=p.channels_last, deterministic=p.deterministic,
-            num_workers=p.num_workers, eval_batch_size=p.eval_batch_size)
+            num_workers=p.num_workers, eval_batch_size=p.eval_batch_size,
+            distributed=p.distributed)
     except EngineError as exc:
         raise ParamsError(f"train: {exc}") from None
 
@@ -158,6 +167,10 @@ def train_model(name: str, p: TrainParams, base: BaseParams, root: Path) -> dict
         import torch
 
         torch.set_num_threads(p.threads)
+    rank, world = engine.init_distributed(cfg.distributed, cfg.device)
+    if p.test_only and rank != 0:  # nothing to share: rank 0 evaluates and writes alone
+        engine.barrier()
+        return {"model": name, "test_only": True, "rank": rank}
     manifest = pd.read_parquet(root / schemas.ARTIFACTS["manifest"].path)
     check_schema(manifest, "manifest", root / schemas.ARTIFACTS["manifest"].path)
     source_config = {k: dict(v or {}) for k, v in p.source_config.items()}
@@ -189,7 +202,7 @@ def train_model(name: str, p: TrainParams, base: BaseParams, root: Path) -> dict
     resume, weights = _path(root, p.resume, name), _path(root, p.weights, name)
 
     tracking = None
-    if p.mlflow:
+    if p.mlflow and rank == 0:
         from stages.common import mlflow_run
 
         tracking = mlflow_run("train", run_name=name, tags={"model": name},
@@ -246,6 +259,9 @@ def train_model(name: str, p: TrainParams, base: BaseParams, root: Path) -> dict
             history = result["history"]
             fit_info = {k: result[k] for k in ("best_epoch", "epochs_run", "stopped_early",
                                                "best_metric")}
+            if rank != 0:  # the predictions and metrics are rank 0's to write; wait for them
+                engine.barrier()
+                return {"model": name, "test_only": False, "rank": rank, **fit_info}
         device = engine.resolve_device(cfg.device)
         model.to(device)
         preds, proba = engine.predict_videos(model, sources, have["video_id"].tolist(),
@@ -288,6 +304,7 @@ def train_model(name: str, p: TrainParams, base: BaseParams, root: Path) -> dict
              test.get("bin_accuracy", math.nan),
              summary["test"].get("baseline", {}).get("bin_accuracy", math.nan),
              time.perf_counter() - started)
+    engine.barrier()  # under torchrun: the other ranks go on to the next model with rank 0
     return summary
 
 
@@ -330,11 +347,15 @@ def main(argv: list[str] | None = None) -> None:
     from models.data import SourceError
     from models.engine import EngineError
 
+    from models.engine import shutdown_distributed
+
     try:
         run(params, base, models=args.model)
     except (StageInputError, ParamsError, SourceError, EngineError) as exc:
         log.error("%s", exc)
         sys.exit(2)
+    finally:
+        shutdown_distributed()  # the torchrun process group, if one was started
 
 
 if __name__ == "__main__":
