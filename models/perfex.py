@@ -126,12 +126,15 @@ def _check_common(cfg: Any, name: str) -> None:
         raise ValueError(f"{name}: dropout must be in [0, 1), got {cfg.dropout}")
 
 
-def _make_config(cls: type, config: Any, overrides: dict, name: str) -> Any:
+def make_config(cls: type, config: Any, overrides: dict, name: str) -> Any:
+    """cls(**config fields, **overrides); an unknown key -> ValueError naming it and the known ones.
+    Lists (params.yaml has no tuples) become tuples; the dataclass's __post_init__ validates."""
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ValueError(f"{name}: unknown config key {unknown[0]!r} "
                          f"(known: {', '.join(sorted(known))})")
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
     base = config if config is not None else cls()
     return dataclasses.replace(base, **overrides)
 
@@ -310,14 +313,17 @@ class ClassificationHead(nn.Module):
 
 
 class RegressionHead(nn.Module):
-    """MLP -> 5 sigmoid scores in [0, 1] (or, `bounded=False`, unbounded values for z-scored
-    labels); MSE over labelled entries."""
+    """MLP (one linear layer when hidden=0) -> 5 sigmoid scores in [0, 1], or, `bounded=False`,
+    unbounded values for z-scored labels; MSE over labelled entries."""
 
     def __init__(self, in_features: int, *, hidden: int, dropout: float, bounded: bool = True):
         super().__init__()
         self.bounded = bounded
-        self.mlp = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(dropout),
-                                 nn.Linear(hidden, N_TRAITS))
+        if hidden > 0:
+            self.mlp = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(dropout),
+                                     nn.Linear(hidden, N_TRAITS))
+        else:
+            self.mlp = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, N_TRAITS))
 
     def forward(self, features: Tensor) -> Tensor:  # features (B, D)
         out = self.mlp(features)  # (B, 5)
@@ -485,7 +491,7 @@ class PerfexHybrid(_AUModel):
                "pooling, 5-bin classification or [0,1] regression head")
 def perfex_cnn(*, config: PerfexCNNConfig | None = None, **overrides: Any) -> PerfexCNN:
     """PerfexCNN from `config` (default PerfexCNNConfig()) with field `overrides`."""
-    return PerfexCNN(_make_config(PerfexCNNConfig, config, overrides, "perfex_cnn"))
+    return PerfexCNN(make_config(PerfexCNNConfig, config, overrides, "perfex_cnn"))
 
 
 @register("perfex_hybrid", modality="au", inputs=("aus", "aus_mask"),
@@ -494,4 +500,4 @@ def perfex_cnn(*, config: PerfexCNNConfig | None = None, **overrides: Any) -> Pe
                "sequences, 5-bin classification or [0,1] regression head")
 def perfex_hybrid(*, config: PerfexHybridConfig | None = None, **overrides: Any) -> PerfexHybrid:
     """PerfexHybrid from `config` (default PerfexHybridConfig()) with field `overrides`."""
-    return PerfexHybrid(_make_config(PerfexHybridConfig, config, overrides, "perfex_hybrid"))
+    return PerfexHybrid(make_config(PerfexHybridConfig, config, overrides, "perfex_hybrid"))

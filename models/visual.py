@@ -20,7 +20,6 @@ the heads, the `ZooModel` protocol base class and the 2D ResNet trunk.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Literal, Mapping, Sequence
 
 import torch
@@ -28,12 +27,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from models.perfex import ClassificationHead, RegressionHead
+from models.perfex import ClassificationHead, RegressionHead, make_config
 from models.registry import register
 
-__all__ = ["ZooModel", "make_config", "make_head", "ScoreHead", "ResNetTrunk", "SEBasicBlock",
+__all__ = ["ZooModel", "make_config", "make_head", "ResNetTrunk", "SEBasicBlock",
            "ResNetConfig", "HRNetConfig", "DANConfig", "ClipTransformerConfig", "CNNLSTMConfig",
-           "R3DConfig", "load_weights", "finish"]
+           "R3DConfig", "finish"]
 
 N_TRAITS = 5
 HeadKind = Literal["regression", "classification", "regression_z"]
@@ -66,56 +65,13 @@ def check_head(cfg: Any, name: str) -> None:
         raise ValueError(f"{name}: decode must be 'expectation' or 'argmax', got {cfg.decode!r}")
 
 
-def make_config(cls: type, config: Any, overrides: dict, name: str) -> Any:
-    """cls(**config fields, **overrides); an unknown key -> ValueError naming it and the known ones.
-    Tuples given as lists (params.yaml) are converted; __post_init__ validates."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"{name}: unknown config key {unknown[0]!r} "
-                         f"(known: {', '.join(sorted(known))})")
-    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-    base = config if config is not None else cls()
-    return dataclasses.replace(base, **overrides)
-
-
-class ScoreHead(nn.Module):
-    """MLP (or one linear layer when hidden=0) -> 5 outputs, sigmoid or not; masked MSE."""
-
-    def __init__(self, in_features: int, *, hidden: int, dropout: float, sigmoid: bool):
-        super().__init__()
-        self.sigmoid = sigmoid
-        if hidden > 0:
-            self.mlp = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(dropout),
-                                     nn.Linear(hidden, N_TRAITS))
-        else:
-            self.mlp = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, N_TRAITS))
-
-    def forward(self, features: Tensor) -> Tensor:  # (B, D) -> (B, 5)
-        out = self.mlp(features)
-        return torch.sigmoid(out) if self.sigmoid else out
-
-    def loss(self, scores: Tensor, targets: Tensor) -> Tensor:
-        valid = ~torch.isnan(targets)  # (B, 5)
-        sq = (scores - targets.nan_to_num(0.0)) ** 2 * valid
-        return sq.sum() / valid.sum().clamp_min(1)
-
-    def proba(self, scores: Tensor) -> None:
-        return None
-
-    def decode(self, scores: Tensor) -> Tensor:
-        return scores  # (B, 5): [0, 1] with the sigmoid, the label scale without
-
-
 def make_head(cfg: Any, in_features: int) -> nn.Module:
     """The head `cfg.head` names over `in_features` features."""
     if cfg.head == "classification":
         return ClassificationHead(in_features, hidden=cfg.hidden, dropout=cfg.dropout,
                                   decode=cfg.decode)
-    if cfg.head == "regression" and cfg.hidden > 0:
-        return RegressionHead(in_features, hidden=cfg.hidden, dropout=cfg.dropout)
-    return ScoreHead(in_features, hidden=cfg.hidden, dropout=cfg.dropout,
-                     sigmoid=cfg.head == "regression")
+    return RegressionHead(in_features, hidden=cfg.hidden, dropout=cfg.dropout,
+                          bounded=cfg.head == "regression")
 
 
 class ZooModel(nn.Module):
@@ -153,29 +109,11 @@ class ZooModel(nn.Module):
         return self.decode(self(batch))
 
 
-def load_weights(model: nn.Module, path: str, *, strict: bool = True) -> nn.Module:
-    """Load a user-provided state dict (a plain state dict, or one under "state_dict" / "model";
-    a DataParallel "module." prefix is stripped) with torch.load(weights_only=True)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: not a state dict (got {type(state).__name__})")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    result = model.load_state_dict(state, strict=strict)
-    if not strict and (result.missing_keys or result.unexpected_keys):
-        import logging
-
-        logging.getLogger("models").warning("%s: %d missing, %d unexpected keys (strict=False)",
-                                            path, len(result.missing_keys),
-                                            len(result.unexpected_keys))
-    return model
-
-
 def finish(model: ZooModel) -> ZooModel:
     """Load config.weights when given. Every factory ends with this."""
     if model.config.weights:
+        from models.engine import load_weights  # our checkpoints or bare state dicts
+
         load_weights(model, model.config.weights, strict=model.config.weights_strict)
     return model
 
