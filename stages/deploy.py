@@ -72,7 +72,17 @@ def load_corpus(p: DeployParams, root: Path) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True)
 
 
-def label_corpus(table: pd.DataFrame, ckpt_path: Path, *, batch_size: int = 64) -> pd.DataFrame:
+def _shown(path: Path, root: Path | None) -> str:
+    """The checkpoint as recorded in outputs: relative to the repo root when inside it, so that
+    the same inputs give the same files in any checkout."""
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix() if root else str(path)
+    except ValueError:
+        return str(path)
+
+
+def label_corpus(table: pd.DataFrame, ckpt_path: Path, *, batch_size: int = 64,
+                 root: Path | None = None) -> pd.DataFrame:
     """Scores per sequence of an AU table with an AU model checkpoint."""
     from models.data import build_sources, for_inference
     from models.engine import load_checkpoint, predict_videos
@@ -96,7 +106,7 @@ def label_corpus(table: pd.DataFrame, ckpt_path: Path, *, batch_size: int = 64) 
                          **{f"{t}_bin": bins[:, k] for k, t in enumerate(TRAITS)},
                          "n_frames": n_frames.loc[ids].to_numpy(),
                          "model": ckpt.get("model_name", ckpt_path.parent.name),
-                         "checkpoint": str(ckpt_path), "checkpoint_sha256": digest})
+                         "checkpoint": _shown(ckpt_path, root), "checkpoint_sha256": digest})
 
 
 def perfex_export(table: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
@@ -127,7 +137,7 @@ def run(params: DeployParams, base: BaseParams, root: Path | None = None) -> dic
     table = load_corpus(params, root)
     if table.empty:
         raise StageInputError("deploy: the corpus holds no AU frame")
-    labels = label_corpus(table, ckpt, batch_size=params.batch_size)
+    labels = label_corpus(table, ckpt, batch_size=params.batch_size, root=root)
     out = root / "data" / "deploy"
     tmp = out.with_name(".deploy.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -141,7 +151,7 @@ def run(params: DeployParams, base: BaseParams, root: Path | None = None) -> dic
     log.info("deploy: labelled %d sequences (%d frames) with %s", len(labels), len(table),
              labels["model"].iloc[0])
     return {"n_sequences": int(len(labels)), "n_frames": int(len(table)),
-            "model": str(labels["model"].iloc[0]), "checkpoint": str(ckpt)}
+            "model": str(labels["model"].iloc[0]), "checkpoint": _shown(ckpt, root)}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -161,7 +161,9 @@ def retrain_model(name: str, p: RetrainParams, base: BaseParams, root: Path,
     out_name = f"{name}{SUFFIX}"
     meta = {"model_name": ckpt["model_name"], "model_config": ckpt["model_config"],
             "inputs": ckpt["inputs"], "source_config": ckpt.get("source_config", {}),
-            "params": {"retrain": dataclasses.asdict(p), "base_checkpoint": str(ckpt_path)},
+            # relative: an absolute path would make the checkpoint differ between checkouts
+            "params": {"retrain": dataclasses.asdict(p),
+                       "base_checkpoint": ckpt_path.relative_to(root).as_posix()},
             "label_scale": ckpt.get("label_scale", "unit")}
     tracking = None
     if p.mlflow:
