@@ -185,13 +185,15 @@ class AUSourceConfig:
     augmented_path: str = "data/augmented"
 
 
-def _config(cls: type, config: dict, prefix: str) -> Any:
+def source_options(cls: type, config: dict, prefix: str) -> Any:
+    """A source's config dataclass from `{option: value}`; an unknown option -> SourceError
+    naming it. Lists (YAML, JSON checkpoints) become tuples."""
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(config) - names)
     if unknown:
         raise SourceError(f"{prefix}.{unknown[0]}: unknown source option "
                           f"(known: {', '.join(sorted(names))})")
-    return cls(**config)
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
 
 
 def au_windows(n: int, seq_len: int, views: int) -> list[int]:
@@ -285,7 +287,7 @@ def _read_sequences(path: Path, name: str, group: Sequence[str], ids: set[str]) 
 @register_source("aus", "aus_mask")
 def au_source(*, root: Path, video_ids: list[str], config: dict) -> AUSource:
     """data/aus (and data/augmented when `augmented`) for `video_ids` under `root`."""
-    cfg = _config(AUSourceConfig, config, "source_config.aus")
+    cfg = source_options(AUSourceConfig, config, "source_config.aus")
     ids = set(video_ids)
     seqs = {k[0]: v for k, v in _read_sequences(root / cfg.aus_path, "aus", ("video_id",),
                                                 ids).items()}

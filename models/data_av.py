@@ -49,7 +49,7 @@ import pyarrow.parquet as pq
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from models.data import InputSource, SourceError, register_source
+from models.data import InputSource, SourceError, register_source, source_options
 from stages.common import get_logger
 
 __all__ = ["ImageSourceConfig", "FaceSeqSourceConfig", "LogmelSourceConfig", "WaveSourceConfig",
@@ -62,16 +62,6 @@ log = get_logger("data_av")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 Augment = Literal["none", "standard", "strong"]
-
-
-def _config(cls: type, config: dict, prefix: str) -> Any:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(config) - names)
-    if unknown:
-        raise SourceError(f"{prefix}.{unknown[0]}: unknown source option "
-                          f"(known: {', '.join(sorted(names))})")
-    config = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
-    return cls(**config)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -298,14 +288,14 @@ def _no_aug(cfg: Any) -> Any:
 @register_source("face")
 def face_source(*, root: Path, video_ids: list[str], config: dict) -> ImageSource:
     """data/faces crops (face_found only) for `video_ids`."""
-    cfg = _config(ImageSourceConfig, config, "source_config.face")
+    cfg = source_options(ImageSourceConfig, config, "source_config.face")
     return ImageSource("face", _image_store(root, "faces", cfg, video_ids), cfg)
 
 
 @register_source("frame")
 def frame_source(*, root: Path, video_ids: list[str], config: dict) -> ImageSource:
     """data/frames full frames (shorter side -> size, centre square) for `video_ids`."""
-    cfg = _config(ImageSourceConfig, config, "source_config.frame")
+    cfg = source_options(ImageSourceConfig, config, "source_config.frame")
     return ImageSource("frame", _image_store(root, "frames", cfg, video_ids), cfg)
 
 
@@ -377,7 +367,7 @@ class FaceSeqSource(ImageSource):
 @register_source("face_seq")
 def face_seq_source(*, root: Path, video_ids: list[str], config: dict) -> FaceSeqSource:
     """Clips of data/faces crops (face_found only) for `video_ids`."""
-    cfg = _config(FaceSeqSourceConfig, config, "source_config.face_seq")
+    cfg = source_options(FaceSeqSourceConfig, config, "source_config.face_seq")
     return FaceSeqSource(_image_store(root, "faces", cfg, video_ids), cfg)
 
 
@@ -445,7 +435,7 @@ class _AudioBase(InputSource):
     key: str
     fitted: dict = {}  # standardisation statistics, for checkpoints (InputSource.fitted_config)
 
-    def fitted_config(self) -> dict[str, dict]:
+    def fittedsource_options(self) -> dict[str, dict]:
         return self.fitted
 
     def __init__(self, data: dict[str, np.ndarray], missing: dict[str, str], on_missing: str):
@@ -503,7 +493,7 @@ class LogmelSource(_AudioBase):
 
 @register_source("logmel")
 def logmel_source(*, root: Path, video_ids: list[str], config: dict) -> LogmelSource:
-    cfg = _config(LogmelSourceConfig, config, "source_config.logmel")
+    cfg = source_options(LogmelSourceConfig, config, "source_config.logmel")
     t = _read_audio(root, cfg.path, video_ids, ["has_audio", "silent", "error", "n_frames",
                                                 "n_mels", "logmel"])
     data, missing, n_mels = {}, {}, 64
@@ -587,7 +577,7 @@ class WaveSource(_AudioBase):
 
 @register_source("wave")
 def wave_source(*, root: Path, video_ids: list[str], config: dict) -> WaveSource:
-    cfg = _config(WaveSourceConfig, config, "source_config.wave")
+    cfg = source_options(WaveSourceConfig, config, "source_config.wave")
     t = _read_audio(root, cfg.path, video_ids, ["has_audio", "error", "wave", "wave_scale",
                                                 "n_samples"])
     data, missing, scales = {}, {}, {}
@@ -644,7 +634,7 @@ class AudioFnSource(_AudioBase):
 
 @register_source("audio_fn")
 def audio_fn_source(*, root: Path, video_ids: list[str], config: dict) -> AudioFnSource:
-    cfg = _config(AudioFnSourceConfig, config, "source_config.audio_fn")
+    cfg = source_options(AudioFnSourceConfig, config, "source_config.audio_fn")
     folder = root / (cfg.path or "data/audio")
     schema = pq.read_schema(sorted(folder.glob("*.parquet"))[0]) if folder.is_dir() and any(
         folder.glob("*.parquet")) else None

@@ -349,7 +349,30 @@ def _make_head(cfg: Any, in_features: int) -> nn.Module:
                           bounded=cfg.head == "regression")
 
 
-class _AUModel(nn.Module):
+class HeadModel(nn.Module):
+    """The registry protocol's loss / decode / proba / predict, delegated to `self.head` (one of
+    the heads above). Every model of the zoo derives from it and only defines forward."""
+
+    head: nn.Module
+
+    def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """targets (B, 5), NaN = unlabelled (masked)."""
+        return self.head.loss(outputs, targets)
+
+    def decode(self, outputs: Tensor) -> Tensor:
+        """(B, 5) scores from forward's outputs: in [0, 1] (the label scale for regression_z)."""
+        return self.head.decode(outputs)
+
+    def proba(self, outputs: Tensor) -> Tensor | None:
+        """(B, 5, 5) per-bin probabilities (classification head), else None."""
+        return self.head.proba(outputs)
+
+    def predict(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """decode(forward(batch)): (B, 5). Call under torch.inference_mode() in eval."""
+        return self.decode(self(batch))
+
+
+class _AUModel(HeadModel):
     """The registry protocol for AU models: forward(batch) / loss / decode / predict."""
 
     inputs = ("aus", "aus_mask")
@@ -370,20 +393,6 @@ class _AUModel(nn.Module):
                                             seq_len=self.config.seq_len)
         return self.head(self.features(aus, mask, lengths))
 
-    def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        return self.head.loss(outputs, targets)
-
-    def decode(self, outputs: Tensor) -> Tensor:
-        """(B, 5) scores in [0, 1] from forward's outputs."""
-        return self.head.decode(outputs)
-
-    def proba(self, outputs: Tensor) -> Tensor | None:
-        """(B, 5, 5) per-bin probabilities (classification head), else None."""
-        return self.head.proba(outputs)
-
-    def predict(self, batch: Mapping[str, Tensor]) -> Tensor:
-        """decode(forward(batch)): (B, 5) in [0, 1]. Call under torch.inference_mode() in eval."""
-        return self.decode(self(batch))
 
 
 # --------------------------------------------------------------------------------------------------

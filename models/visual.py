@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from models.perfex import ClassificationHead, RegressionHead, make_config
+from models.perfex import ClassificationHead, HeadModel, RegressionHead, make_config
 from models.registry import register
 
 __all__ = ["ZooModel", "make_config", "make_head", "ResNetTrunk", "SEBasicBlock",
@@ -74,7 +74,7 @@ def make_head(cfg: Any, in_features: int) -> nn.Module:
                           bounded=cfg.head == "regression")
 
 
-class ZooModel(nn.Module):
+class ZooModel(HeadModel):
     """The registry protocol: forward(batch) -> head outputs; loss / decode / proba / predict.
 
     Subclasses set `inputs` (the sample keys read) and implement `features(batch) -> (B, D)`.
@@ -93,20 +93,6 @@ class ZooModel(nn.Module):
             raise KeyError(f"{type(self).__name__} needs batch keys {list(self.inputs)}; "
                            f"missing {missing}")
         return self.head(self.features(batch))
-
-    def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        """targets (B, 5), NaN = unlabelled (masked)."""
-        return self.head.loss(outputs, targets)
-
-    def decode(self, outputs: Tensor) -> Tensor:
-        """(B, 5) scores: in [0, 1] (the label scale for head="regression_z")."""
-        return self.head.decode(outputs)
-
-    def proba(self, outputs: Tensor) -> Tensor | None:
-        return self.head.proba(outputs)
-
-    def predict(self, batch: Mapping[str, Tensor]) -> Tensor:
-        return self.decode(self(batch))
 
 
 def finish(model: ZooModel) -> ZooModel:
