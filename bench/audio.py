@@ -40,6 +40,7 @@ import pandas as pd  # noqa: E402
 
 from stages import audio  # noqa: E402
 from stages.common import BaseParams, write_artifact  # noqa: E402
+from stages.video_io import mux_mono_audio  # noqa: E402
 
 SR = 16000
 FIXTURE = Path(os.environ.get("PERSONALITY_FIXTURES", REPO.parent / "shared" / "fixtures"))
@@ -62,14 +63,7 @@ def write_clip(path: Path, y: np.ndarray, seconds: float, fps: int = 25) -> None
                 out.mux(packet)
         for packet in video.encode():
             out.mux(packet)
-        for i in range(0, len(y), 1024):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(y[None, i : i + 1024]),
-                                               format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = SR, i
-            for packet in astream.encode(frame):
-                out.mux(packet)
-        for packet in astream.encode():
-            out.mux(packet)
+        mux_mono_audio(out, astream, y, SR)
 
 
 def make_clips(root: Path, n: int, seconds: float) -> list[str]:

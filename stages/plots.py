@@ -64,14 +64,7 @@ def scatter_grid(y_true: np.ndarray, y_pred: np.ndarray, *, path: str | os.PathL
         if j == 0:
             ax.set_ylabel("predicted", fontsize=8)
         ax.tick_params(labelsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title=title, dpi=dpi)
 
 
 def ccc_bars(ccc: Mapping[str, float], *, path: str | os.PathLike, baseline_ccc: float = 0.0,
@@ -102,6 +95,17 @@ def ccc_bars(ccc: Mapping[str, float], *, path: str | os.PathLike, baseline_ccc:
             [base] if base is not None and math.isfinite(base) else [])
         if label.startswith("mean ACC") and finite:
             ax.set_ylim(max(0.0, min(finite) - 0.05), min(1.0, max(finite) + 0.02))
+    return _save(fig, path, title=title, dpi=dpi)
+
+
+def _finite_or_nan(value) -> float:
+    return float(value) if value is not None and math.isfinite(float(value)) else math.nan
+
+
+def _save(fig, path: str | Path, *, title: str | None, dpi: int) -> Path:
+    """Title, lay out, write the PNG (folders made) and free the figure."""
+    import matplotlib.pyplot as plt
+
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -110,7 +114,3 @@ def ccc_bars(ccc: Mapping[str, float], *, path: str | os.PathLike, baseline_ccc:
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
-
-
-def _finite_or_nan(value) -> float:
-    return float(value) if value is not None and math.isfinite(float(value)) else math.nan

@@ -547,15 +547,9 @@ def write_clip(path: Path, frames_rgb, audio: np.ndarray | None, fps: float, sr:
         for packet in video.encode():
             container.mux(packet)
         if astream is not None:
-            hop = 1024
-            for i in range(0, len(audio), hop):
-                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio[None, i : i + hop]),
-                                                   format="fltp", layout="mono")
-                frame.sample_rate, frame.pts = sr, i
-                for packet in astream.encode(frame):
-                    container.mux(packet)
-            for packet in astream.encode():
-                container.mux(packet)
+            from stages.video_io import mux_mono_audio
+
+            mux_mono_audio(container, astream, audio, sr)
     os.replace(tmp, path)
 
 

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from stages.common import ArtifactWriter, StageInputError, check_schema
 
-__all__ = ["VideoInfo", "probe", "iter_frames", "target_size", "sample_indices",
+__all__ = ["VideoInfo", "probe", "mux_mono_audio", "iter_frames", "target_size", "sample_indices",
            "VideoShardWriter", "index_videos", "read_video", "map_videos", "worker_init",
            "encode_jpeg", "decode_jpeg"]
 
@@ -268,6 +268,24 @@ def _frame_rotation(frame, stream_rot: int) -> int:
 
 # --------------------------------------------------------------------------------------------------
 # JPEG
+
+
+def mux_mono_audio(container, stream, samples: np.ndarray, sample_rate: int, *,
+                   hop: int = 1024) -> None:
+    """Encode mono float samples (n,) into an open audio `stream` of `container` (AAC takes
+    1024-sample frames) and flush it. Shared by the synthetic generator, the benchmarks and the
+    tests that write videos with sound."""
+    import av
+
+    samples = np.asarray(samples, np.float32)
+    for i in range(0, len(samples), hop):
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[None, i : i + hop]),
+                                           format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = sample_rate, i
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
 
 
 def encode_jpeg(bgr: np.ndarray, quality: int = 90) -> bytes:

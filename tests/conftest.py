@@ -73,13 +73,8 @@ def write_video(path: Path, *, n_frames: int = 10, audio: bool = True, size=(64,
         for p in v.encode():
             c.mux(p)
         if a is not None:
+            from stages.video_io import mux_mono_audio
+
             tone = (0.1 * np.sin(np.arange(6400) * 2 * np.pi * 220 / 16000)).astype(np.float32)
-            for i in range(0, len(tone), 1024):
-                f = av.AudioFrame.from_ndarray(tone[None, i:i + 1024].copy(), format="fltp",
-                                               layout="mono")
-                f.sample_rate, f.pts = 16000, i
-                for p in a.encode(f):
-                    c.mux(p)
-            for p in a.encode():
-                c.mux(p)
+            mux_mono_audio(c, a, tone, 16000)
     return path

@@ -17,6 +17,7 @@ from conftest import real_fixture
 from stages import audio
 from stages.audio import AudioParams
 from stages.common import BaseParams, ParamsError, read_artifact
+from stages.video_io import mux_mono_audio
 
 SR = 16000
 P = AudioParams()
@@ -40,15 +41,7 @@ def mux(path: Path, y: np.ndarray | None, sr: int = SR, *, seconds: float | None
         for packet in video.encode():
             out.mux(packet)
         if astream is not None:
-            y = np.asarray(y, np.float32)
-            for i in range(0, len(y), 1024):
-                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(y[None, i : i + 1024]),
-                                                   format="fltp", layout="mono")
-                frame.sample_rate, frame.pts = sr, i
-                for packet in astream.encode(frame):
-                    out.mux(packet)
-            for packet in astream.encode():
-                out.mux(packet)
+            mux_mono_audio(out, astream, y, sr)
     return path
 
 
