@@ -15,7 +15,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 # dvc.yaml's commands say `python -m stages.<name>`: run them with the project's environment
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install run test ui bench clean
+.PHONY: install run test ui bench zoo clean
 
 $(STAMP): requirements.txt requirements.lock stages/facemodel.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ ui: $(STAMP)
 
 bench: $(STAMP)
 	for f in bench/*.py; do $(BIN)/python $$f || exit 1; done
+
+# every registered model outside train.models, one queued DVC experiment each (~45 min on 2 cores)
+zoo: $(STAMP)
+	$(BIN)/python scripts/zoo.py --jobs 2
 
 clean:
 	rm -rf data/manifest.parquet data/user_study.parquet data/videos data/frames data/faces \

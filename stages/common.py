@@ -160,6 +160,21 @@ def load_params(section: str, cls: type[T], path: str | os.PathLike | None = Non
     return build_dataclass(cls, data, section)
 
 
+def experiment_models(path: str | os.PathLike | None = None) -> list[str] | None:
+    """`train.models` of params.yaml: the models of the current experiment (None: not set).
+
+    The stages after train (retrain, deploy, evaluate) act on these only, so that a
+    `dvc exp run -S 'train.models=[x]'` neither needs nor scores checkpoints and predictions that
+    earlier experiments left in the workspace."""
+    train = load_params_file(path).get("train") or {}
+    if "models" not in train:
+        return None
+    models = train["models"]
+    if not isinstance(models, list) or not models or not all(isinstance(m, str) for m in models):
+        raise ParamsError(f"train.models: expected a non-empty list of model names, got {models!r}")
+    return models
+
+
 def _deep_merge(base: dict, extra: dict) -> dict:
     out = dict(base)
     for key, value in extra.items():

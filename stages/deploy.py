@@ -7,7 +7,9 @@ or a folder of OpenFace FeatureExtraction CSVs (`deploy.corpus: <folder>`, one s
 read by the `aus` stage's OpenFace reader). The model is a name (data/models/NAME/best.pt, or
 data/retrained/models/NAME+retrained/best.pt) or a checkpoint path; it must read AUs only. When
 NAME+retrained does not exist (a source without a user study skips retraining), NAME is used,
-with a warning.
+with a warning. A model name whose base is not in `train.models` (a zoo experiment such as
+`dvc exp run -S 'train.models=[logmel_cnn]'`) is not part of the experiment: the stage writes an
+empty data/deploy/ with skipped.json instead of labelling with a stale checkpoint.
 
 Outputs (data/deploy/):
   labels.parquet      one row per sequence: video_id, O..N scores, O_bin..N_bin (the 5-bin class,
@@ -27,8 +29,9 @@ import numpy as np
 import pandas as pd
 
 from stages import schemas
-from stages.common import (BaseParams, ParamsError, StageInputError, find_checkpoint, get_logger,
-                           read_artifact, repo_root, run_stage, write_artifact)
+from stages.common import (BaseParams, ParamsError, StageInputError, atomic_write_json,
+                           experiment_models, find_checkpoint, get_logger, read_artifact,
+                           repo_root, run_stage, write_artifact)
 from stages.schemas import AU_INTENSITY, AU_PRESENCE, TRAITS
 
 log = get_logger("deploy")
@@ -122,12 +125,28 @@ def perfex_export(table: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def run(params: DeployParams, base: BaseParams, root: Path | None = None) -> dict:
+def _is_checkpoint_path(model: str) -> bool:
+    return Path(model).suffix == ".pt" or "/" in model or "\\" in model
+
+
+def run(params: DeployParams, base: BaseParams, root: Path | None = None,
+        trained: list[str] | None = None) -> dict:
+    """Label the corpus; with `trained` (the stage passes train.models) a model name outside it
+    skips the stage (empty data/deploy/ + skipped.json)."""
     root = root or repo_root()
+    out = root / "data" / "deploy"
+    base_name = params.model.removesuffix("+retrained")
+    if (trained is not None and not _is_checkpoint_path(params.model)
+            and base_name not in trained):
+        reason = f"deploy.model {params.model} is not trained in this experiment ({trained})"
+        log.warning("deploy skipped: %s", reason)
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        atomic_write_json(out / "skipped.json", {"skipped": reason})
+        return {"skipped": reason}
     try:
         ckpt = find_checkpoint(params.model, root)
     except StageInputError:
-        base_name = params.model.removesuffix("+retrained")
         if base_name == params.model:
             raise
         # sources without a user study have no retrained model: the trained one labels instead
@@ -138,7 +157,6 @@ def run(params: DeployParams, base: BaseParams, root: Path | None = None) -> dic
     if table.empty:
         raise StageInputError("deploy: the corpus holds no AU frame")
     labels = label_corpus(table, ckpt, batch_size=params.batch_size, root=root)
-    out = root / "data" / "deploy"
     tmp = out.with_name(".deploy.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -155,7 +173,8 @@ def run(params: DeployParams, base: BaseParams, root: Path | None = None) -> dic
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_stage("deploy", DeployParams, run)
+    run_stage("deploy", DeployParams,
+              lambda params, base: run(params, base, trained=experiment_models()))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ MSE, MAE and R² stay. A malformed predictions file (unreadable, a missing trait
 the manifest does not know, a split that disagrees with the manifest, NaN predictions for labelled
 videos) is reported by file and column, listed under "errors", and the other models are evaluated;
 the stage fails only when no file is usable (or `evaluate.strict` is set and any is bad).
+The stage scores the models of the current experiment only (`train.models`, and `<model>+retrained`
+for those of them retrained): predictions that another experiment left in the workspace are
+ignored. `run(..., models=None)` scores every file.
 
 MLflow (`evaluate.mlflow`): one run per model (tags stage=evaluate, model=<name>; params; the
 numbers above flattened, e.g. `test_mean_ccc`, `test_O_ccc`, `test_bins_mean_accuracy`,
@@ -48,8 +51,9 @@ import pyarrow as pa
 
 from models.metrics import (MetricsError, baseline_metrics, bin_metrics, json_safe,
                             majority_class_accuracy, regression_metrics)
-from stages.common import (BaseParams, SchemaError, StageInputError, atomic_write_json,
-                           atomic_write_text, get_logger, load_params, mlflow_run, repo_root)
+from stages.common import (BaseParams, SchemaError, StageInputError,
+                           atomic_write_json, atomic_write_text, experiment_models, get_logger,
+                           load_params, mlflow_run, repo_root)
 from stages.schemas import SPLITS, TRAITS
 
 log = get_logger("evaluate")
@@ -417,15 +421,20 @@ def summary_of(report: dict) -> dict:
 
 
 def run(params: EvaluateParams, base: BaseParams | None = None,
-        root: Path | None = None) -> dict:
-    """Evaluate every predictions file under `root`; returns the report written to
-    metrics/evaluate.json (NaN as null). MLflow logs to the store of `stages.common.mlflow_run`
-    (anchored on DVC_ROOT)."""
+        root: Path | None = None, models: list[str] | None = None) -> dict:
+    """Evaluate the predictions files under `root` of `models` (and their +retrained), or every
+    file when `models` is None; returns the report written to metrics/evaluate.json (NaN as
+    null). MLflow logs to the store of `stages.common.mlflow_run` (anchored on DVC_ROOT)."""
     root = Path(root or repo_root())
     manifest = load_manifest(root / MANIFEST)
     label_scale = label_scale_of(manifest, params.split, where=str(MANIFEST))
     files = sorted([*(root / PREDICTIONS_DIR).glob("*.parquet"),
                     *(root / RETRAINED_PREDICTIONS_DIR).glob("*.parquet")])
+    if models is not None:
+        ignored = [f.name for f in files if f.stem.removesuffix("+retrained") not in models]
+        if ignored:
+            log.info("not in train.models, not scored: %s", ", ".join(ignored))
+        files = [f for f in files if f.stem.removesuffix("+retrained") in models]
     if not files:
         log.warning("no predictions under %s: only the baseline is reported", PREDICTIONS_DIR)
     results, errors = evaluate_all(files, manifest, params, label_scale=label_scale, root=root)
@@ -465,8 +474,9 @@ def _fmt(value) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     params = load_params("evaluate", EvaluateParams)
+    models = experiment_models()
     try:
-        run(params)
+        run(params, models=models)
     except (StageInputError, SchemaError) as exc:
         log.error("%s", exc)
         sys.exit(2)

@@ -16,6 +16,11 @@
 Outputs per model NAME under data/retrained/: models/NAME+retrained/{best,last}.pt and
 predictions/NAME+retrained.parquet (every video, the layout of the train stage), which `evaluate`
 scores beside the trained models. MLflow: one run per model.
+
+Only models of the current experiment (`train.models`) are fine-tuned: in
+`dvc exp run -S 'train.models=[resnet18_face]'` the PerFeX models are not trained, so retrain
+writes `{"skipped": ...}` and empty folders instead of reusing checkpoints an earlier
+experiment left behind (or failing in a fresh clone, where there are none).
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ import pandas as pd
 
 from stages import schemas
 from stages.common import (BaseParams, ParamsError, StageInputError, atomic_write_json,
-                           get_logger, read_artifact, repo_root, run_stage)
+                           experiment_models, get_logger, read_artifact, repo_root, run_stage)
 from stages.schemas import TRAITS
 
 log = get_logger("retrain")
@@ -200,7 +205,20 @@ class _Null:
         return None
 
 
-def run(params: RetrainParams, base: BaseParams, root: Path | None = None) -> dict:
+def _skip(root: Path, reason: str) -> dict:
+    """Empty outputs and a metrics file that says why: the pipeline goes on."""
+    log.warning("retrain skipped: %s", reason)
+    (root / RETRAINED / "models").mkdir(parents=True, exist_ok=True)
+    (root / RETRAINED / "predictions").mkdir(parents=True, exist_ok=True)
+    out = {"skipped": reason}
+    atomic_write_json(root / "metrics" / "retrain.json", out)
+    return out
+
+
+def run(params: RetrainParams, base: BaseParams, root: Path | None = None,
+        trained: list[str] | None = None) -> dict:
+    """Fine-tune `params.models`; with `trained` (the stage passes train.models), only those of
+    them that this experiment trains."""
     from models.metrics import json_safe
 
     root = root or repo_root()
@@ -208,18 +226,19 @@ def run(params: RetrainParams, base: BaseParams, root: Path | None = None) -> di
         raise ParamsError("retrain.models: empty; name at least one trained model")
     if not 0 <= params.mix_share <= 10:
         raise ParamsError(f"retrain.mix_share: {params.mix_share} must be in [0, 10]")
+    names = [m for m in params.models if trained is None or m in trained]
+    if not names:
+        return _skip(root, f"none of retrain.models {params.models} is in train.models {trained}")
+    if len(names) < len(params.models):
+        log.info("retrain: %s not in train.models, not fine-tuned",
+                 sorted(set(params.models) - set(names)))
     ratings = read_artifact("user_study", path=root / schemas.ARTIFACTS["user_study"].path)
     if ratings.empty:  # e.g. ChaLearn, UDIVA: nothing to fine-tune on; the pipeline goes on
-        log.warning("%s: no ratings; retrain skipped", schemas.ARTIFACTS["user_study"].path)
-        (root / RETRAINED / "models").mkdir(parents=True, exist_ok=True)
-        (root / RETRAINED / "predictions").mkdir(parents=True, exist_ok=True)
-        out = {"skipped": "the source has no user study"}
-        atomic_write_json(root / "metrics" / "retrain.json", out)
-        return out
+        return _skip(root, "the source has no user study")
     manifest = read_artifact("manifest", path=root / schemas.ARTIFACTS["manifest"].path)
     rated = aggregate_ratings(ratings)
     out: dict = {name: retrain_model(name, params, base, root, rated, manifest)
-                 for name in params.models}
+                 for name in names}
     out["user_study"] = {"n_rated_videos": int(len(rated)), "n_ratings": int(len(ratings)),
                          "raters_per_video": float(rated["n_raters"].mean()),
                          "icc": agreement(ratings)}
@@ -228,7 +247,8 @@ def run(params: RetrainParams, base: BaseParams, root: Path | None = None) -> di
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_stage("retrain", RetrainParams, run)
+    run_stage("retrain", RetrainParams,
+              lambda params, base: run(params, base, trained=experiment_models()))
 
 
 if __name__ == "__main__":

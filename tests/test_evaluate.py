@@ -329,6 +329,19 @@ def test_main_reads_params_yaml(tmp_path, rng, monkeypatch):
     ev.main([])
     out = load_json(tmp_path / "metrics" / "evaluate.json")
     assert out["perfect"]["n_videos"] == 6  # the val split
+    # only the experiment's models (train.models, + their +retrained) are scored: predictions that
+    # another experiment left in data/predictions are ignored
+    write_root(tmp_path, m, {"perfect": predictions(m, truth(m), "perfect"),
+                             "stale": predictions(m, truth(m), "stale"),
+                             "perfect+retrained": predictions(m, truth(m), "perfect+retrained")})
+    (tmp_path / "params.yaml").write_text("evaluate:\n  mlflow: false\n"
+                                          "train:\n  models: [perfect]\n")
+    ev.main([])
+    out = load_json(tmp_path / "metrics" / "evaluate.json")
+    assert {"perfect", "perfect+retrained", "baseline"} == set(out)
+    (tmp_path / "params.yaml").write_text("evaluate:\n  mlflow: false\ntrain:\n  models: x\n")
+    with pytest.raises(ParamsError, match="train.models"):
+        ev.main([])
     (tmp_path / "params.yaml").write_text("evaluate:\n  splt: val\n")
     with pytest.raises(ParamsError, match="evaluate.splt"):
         ev.main([])
@@ -344,7 +357,7 @@ def test_repo_params_and_dvc_stage():
     assert stage["cmd"] == "python -m stages.evaluate"
     assert {"stages/evaluate.py", "stages/plots.py", "models/metrics.py",
             "data/manifest.parquet", "data/predictions"} <= set(stage["deps"])
-    assert stage["params"] == ["evaluate"]
+    assert stage["params"] == ["evaluate", "train.models"]
     plots = {next(iter(p)): next(iter(p.values())) for p in dvc["plots"]}
     assert plots["metrics/plots/"]["x"] == "true" and plots["metrics/plots/"]["y"] == "pred"
     # DVC's own schema accepts the stage and the plot definitions (`x: true` unquoted would not)

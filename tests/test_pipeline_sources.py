@@ -129,3 +129,15 @@ def test_folder_pipeline_and_second_repro_does_nothing(tmp_path):
     check_pipeline(repo, 4)
     again = repro(repo)
     assert "Running stage" not in again.stdout
+    # a zoo experiment, the way the README says: only that model is trained and scored; the
+    # AU models' checkpoints and predictions left in the workspace are neither fine-tuned,
+    # deployed nor evaluated
+    exp = subprocess.run(["dvc", "exp", "run", "-S", "train.models=[logmel_cnn]"], cwd=repo,
+                         env=pipeline_env(), capture_output=True, text=True, timeout=600)
+    assert exp.returncode == 0, exp.stdout[-3000:] + exp.stderr[-3000:]
+    assert "Running stage 'train@logmel_cnn'" in exp.stdout
+    assert "train@perfex_cnn" not in exp.stdout
+    report = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert set(report) == {"logmel_cnn", "baseline"}
+    assert "skipped" in json.loads((repo / "metrics/retrain.json").read_text())
+    assert "skipped" in json.loads((repo / "data/deploy/skipped.json").read_text())

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from stages import deploy, retrain
-from stages.common import BaseParams, ParamsError, write_artifact
+from stages.common import BaseParams, ParamsError, StageInputError, write_artifact
 from stages.schemas import AU_INTENSITY, AU_PRESENCE, TRAITS
 from tests.conftest import real_fixture
 
@@ -196,3 +196,42 @@ def test_no_user_study_skips_retrain_and_deploy_falls_back(trained, tmp_path):
     summary = deploy.run(deploy.DeployParams(model="perfex_cnn+retrained"), BaseParams(),
                          root=root)
     assert summary["checkpoint"].endswith("data/models/perfex_cnn/best.pt")
+
+
+def test_models_outside_the_experiment_are_skipped(trained, tmp_path):
+    """A zoo experiment (train.models=[logmel_cnn]) trains no PerFeX model: retrain and deploy
+    skip instead of using checkpoints an earlier experiment left behind."""
+    root = tmp_path / "z"
+    shutil.copytree(trained, root)
+    out = retrain.run(retrain.RetrainParams(models=["perfex_cnn"], mlflow=False),
+                      BaseParams(seed=3), root=root, trained=["logmel_cnn"])
+    assert "train.models" in out["skipped"]
+    assert json.loads((root / "metrics/retrain.json").read_text()) == out
+    assert list((root / "data/retrained/models").iterdir()) == []
+    summary = deploy.run(deploy.DeployParams(model="perfex_cnn+retrained"), BaseParams(),
+                         root=root, trained=["logmel_cnn"])
+    assert "skipped" in summary
+    assert sorted(p.name for p in (root / "data/deploy").iterdir()) == ["skipped.json"]
+    # a checkpoint path is always deployed, and a model of the experiment is
+    path = str(trained / "data/models/perfex_cnn/best.pt")
+    assert deploy.run(deploy.DeployParams(model=path), BaseParams(), root=root,
+                      trained=["logmel_cnn"])["n_sequences"] == 48
+    assert deploy.run(deploy.DeployParams(model="perfex_cnn"), BaseParams(), root=root,
+                      trained=["perfex_cnn"])["n_sequences"] == 48
+    # only the experiment's part of retrain.models is fine-tuned
+    with pytest.raises(StageInputError, match="perfex_hybrid"):  # listed and trained, but absent
+        retrain.run(retrain.RetrainParams(models=["perfex_cnn", "perfex_hybrid"], epochs=1,
+                                          mlflow=False), BaseParams(seed=3), root=root,
+                    trained=["perfex_hybrid"])
+
+
+def test_experiment_models_reads_train_models(tmp_path):
+    from stages.common import experiment_models
+
+    (tmp_path / "p.yaml").write_text("train:\n  models: [a, b]\n")
+    assert experiment_models(tmp_path / "p.yaml") == ["a", "b"]
+    (tmp_path / "p.yaml").write_text("evaluate: {}\n")
+    assert experiment_models(tmp_path / "p.yaml") is None
+    (tmp_path / "p.yaml").write_text("train:\n  models: []\n")
+    with pytest.raises(ParamsError, match="train.models"):
+        experiment_models(tmp_path / "p.yaml")

@@ -1,0 +1,155 @@
+"""Train models of the zoo as DVC experiments, one model each, and print one table of results.
+
+    python scripts/zoo.py                        # every registered model not in train.models
+    python scripts/zoo.py --models dan_face crnet --jobs 1
+    python scripts/zoo.py --collect              # only the table of finished zoo-* experiments
+    make zoo                                     # the first line, with the project's environment
+
+Each model is queued as `dvc exp run --queue -n zoo-<model> -S 'train.models=[<model>]'` (the
+command a user types for one model) and `dvc queue start -j JOBS` runs them in temporary copies of
+the workspace, the upstream stages coming from the DVC cache. Every result stays an experiment:
+`dvc exp show`, `dvc exp apply zoo-<model>`, `mlflow ui`. Its config is `train.model_config.<model>`
+in params.yaml (CPU-sized by default).
+
+The table (stdout, and JSON in bench/results/zoo.json): per model the test mean CCC / ACC over the
+traits beside the train-mean baseline (metrics/summary.json of the experiment), its best epoch and
+epochs run (metrics/train/<model>.json) and the training time (the train run's `train_seconds` in
+MLflow). Metrics are read from the experiments' git refs, so the table can be rebuilt at any time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+PREFIX = "zoo-"
+
+
+def dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["dvc", *args], cwd=ROOT, text=True, capture_output=True, check=check)
+
+
+def experiment_refs() -> dict[str, str]:
+    """{experiment name: git ref} of the zoo experiments of the current HEAD."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True, capture_output=True,
+                          check=True).stdout.strip()
+    prefix = f"refs/exps/{head[:2]}/{head[2:]}/"
+    out = subprocess.run(["git", "for-each-ref", "--format=%(refname)", prefix], cwd=ROOT,
+                         text=True, capture_output=True, check=True).stdout.split()
+    return {ref.removeprefix(prefix): ref for ref in out
+            if ref.removeprefix(prefix).startswith(PREFIX)}
+
+
+def show_json(ref: str, path: str) -> dict | None:
+    got = subprocess.run(["git", "show", f"{ref}:{path}"], cwd=ROOT, text=True,
+                         capture_output=True)
+    return json.loads(got.stdout) if got.returncode == 0 else None
+
+
+def train_seconds(model: str) -> float | None:
+    """`train_seconds` of the model's latest train run in ./mlflow.db (None if not tracked)."""
+    db = ROOT / "mlflow.db"
+    if not db.is_file():
+        return None
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{db}")
+    runs = mlflow.search_runs(experiment_names=["personality"], max_results=1,
+                              filter_string=f"tags.model = '{model}' and tags.stage = 'train'",
+                              order_by=["start_time DESC"])
+    if runs.empty or "metrics.train_seconds" not in runs:
+        return None
+    return float(runs["metrics.train_seconds"].iloc[0])
+
+
+def queue_and_run(models: list[str], jobs: int) -> None:
+    existing = experiment_refs()
+    for model in models:
+        name = PREFIX + model
+        if name in existing:  # a re-run replaces the earlier result of this commit
+            dvc("exp", "remove", name)
+        dvc("exp", "run", "--queue", "-n", name, "-S", f"train.models=[{model}]")
+        print(f"queued {name}", flush=True)
+    dvc("queue", "start", "-j", str(jobs))
+    started = time.time()
+    while True:
+        time.sleep(20)
+        status = dvc("queue", "status", check=False).stdout
+        busy = [line for line in status.splitlines() if " Running " in line or " Queued " in line]
+        done = len(experiment_refs().keys() & {PREFIX + m for m in models})
+        print(f"{time.time() - started:6.0f} s: {done}/{len(models)} done, {len(busy)} "
+              "queued or running", flush=True)
+        if not busy:
+            break
+    failed = [line for line in status.splitlines() if " Failed " in line]
+    if failed:
+        print("failed (dvc queue logs <name> says why):\n  " + "\n  ".join(failed))
+
+
+def collect(models: list[str] | None) -> list[dict]:
+    rows = []
+    for name, ref in sorted(experiment_refs().items()):
+        model = name.removeprefix(PREFIX)
+        if models and model not in models:
+            continue
+        summary = show_json(ref, "metrics/summary.json") or {}
+        train = show_json(ref, f"metrics/train/{model}.json") or {}
+        entry, base = summary.get(model) or {}, summary.get("baseline") or {}
+        rows.append({"model": model, "experiment": name,
+                     "test_ccc": entry.get("ccc"), "test_acc": entry.get("acc"),
+                     "baseline_ccc": base.get("ccc"), "baseline_acc": base.get("acc"),
+                     "best_epoch": train.get("best_epoch"), "epochs_run": train.get("epochs_run"),
+                     "train_seconds": train_seconds(model)})
+    return rows
+
+
+def _f(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'model':20s} {'test CCC':>9s} {'base CCC':>9s} {'test ACC':>9s} {'base ACC':>9s} "
+          f"{'best ep':>8s} {'epochs':>7s} {'train s':>8s}")
+    for r in rows:
+        print(f"{r['model']:20s} {_f(r['test_ccc'], '9.3f')} {_f(r['baseline_ccc'], '9.3f')} "
+              f"{_f(r['test_acc'], '9.3f')} {_f(r['baseline_acc'], '9.3f')} "
+              f"{_f(r['best_epoch'], '8d')} {_f(r['epochs_run'], '7d')} "
+              f"{_f(r['train_seconds'], '8.0f')}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from models import list_models
+    from stages.common import experiment_models
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", help="default: every registered model not in "
+                        "train.models")
+    parser.add_argument("--jobs", type=int, default=2, help="experiments run at once")
+    parser.add_argument("--collect", action="store_true", help="only print the table")
+    args = parser.parse_args(argv)
+    registered = [m["name"] for m in list_models()]
+    default = set(experiment_models() or [])
+    models = args.models or [m for m in registered if m not in default]
+    unknown = sorted(set(models) - set(registered))
+    if unknown:
+        parser.error(f"unknown model(s) {unknown}; registered: {registered}")
+    if not args.collect:
+        queue_and_run(models, args.jobs)
+    rows = collect(models)
+    print_table(rows)
+    out = ROOT / "bench" / "results" / "zoo.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=2))
+    print(f"wrote {out.relative_to(ROOT)}")
+    return 0 if len(rows) == len(models) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
