@@ -56,12 +56,25 @@ class StageInputError(ValueError):
 # paths
 
 
+_EXPS_TMP = (".dvc", "tmp", "exps")  # where DVC runs queued and --temp experiments
+
+
 def repo_root() -> Path:
-    """The project root: `DVC_ROOT` when DVC runs us, else the nearest parent holding dvc.yaml."""
+    """The project root: `DVC_ROOT` when DVC runs us, else the nearest parent holding dvc.yaml.
+
+    Queued (`dvc exp run --queue`) and `--temp` experiments run in a copy of the workspace,
+    `<repo>/.dvc/tmp/exps/<tmp>/`, but DVC points DVC_ROOT at the parent repo (for dvclive);
+    their data, checkpoints and metrics belong to the copy, so a working directory inside such a
+    copy wins: otherwise the experiment writes into the user's workspace and DVC then finds its
+    outputs missing."""
+    here = Path.cwd().resolve()
     env = os.environ.get("DVC_ROOT")
     if env:
-        return Path(env).resolve()
-    here = Path.cwd().resolve()
+        root = Path(env).resolve()
+        exps = root.joinpath(*_EXPS_TMP)
+        if here.is_relative_to(exps) and here != exps:
+            return exps / here.relative_to(exps).parts[0]
+        return root
     for candidate in (here, *here.parents):
         if (candidate / "dvc.yaml").exists() or (candidate / ".dvc").is_dir():
             return candidate
@@ -69,12 +82,12 @@ def repo_root() -> Path:
 
 
 def tracking_root() -> Path:
-    """Where mlflow.db lives. Queued experiments run in `<repo>/.dvc/tmp/exps/<tmp>/` with DVC_ROOT
-    pointing there; they must log to the same store as the workspace, so climb out of it."""
+    """Where mlflow.db lives. Queued experiments run in `<repo>/.dvc/tmp/exps/<tmp>/`; they must
+    log to the same store as the workspace, so climb out of it."""
     root = repo_root()
     parts = root.parts
     for i in range(len(parts) - 3):
-        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+        if parts[i : i + 3] == _EXPS_TMP:
             return Path(*parts[:i])
     return root
 

@@ -141,6 +141,22 @@ def test_tracking_root_climbs_out_of_queued_experiment(tmp_path, monkeypatch):
     assert common.tracking_root() == tmp_path / "repo"
 
 
+def test_queued_experiment_writes_into_its_own_copy(tmp_path, monkeypatch):
+    """DVC runs a queued experiment's stages in <repo>/.dvc/tmp/exps/<tmp>/ (the working
+    directory) with DVC_ROOT=<repo>: data must go to the copy, MLflow to the repo's store."""
+    repo = tmp_path / "repo"
+    queued = repo / ".dvc" / "tmp" / "exps" / "tmpabc123"
+    (queued / "data").mkdir(parents=True)
+    monkeypatch.setenv("DVC_ROOT", str(repo))
+    monkeypatch.chdir(queued)
+    assert common.repo_root() == queued
+    monkeypatch.chdir(queued / "data")
+    assert common.repo_root() == queued
+    assert common.tracking_root() == repo
+    monkeypatch.chdir(tmp_path)  # a plain `dvc repro`: DVC_ROOT is the answer
+    assert common.repo_root() == repo == common.tracking_root()
+
+
 def test_stage_main_exits_cleanly_on_a_bad_param(tmp_path):
     """A stage run by DVC with a mistyped key ends with exit code 2 and one line naming the key."""
     import os
