@@ -11,8 +11,9 @@ the workspace, the upstream stages coming from the DVC cache. Every result stays
 `dvc exp show`, `dvc exp apply zoo-<model>`, `mlflow ui`. Its config is `train.model_config.<model>`
 in params.yaml (CPU-sized by default).
 
-The table (stdout, and JSON in bench/results/zoo.json): per model the test mean CCC / ACC over the
-traits beside the train-mean baseline (metrics/summary.json of the experiment), its best epoch and
+The table (stdout, and JSON in bench/results/zoo.json): per model the val mean CCC of its best
+epoch (the number to compare models by) and the test mean CCC / ACC over the traits beside the
+train-mean baseline (metrics/summary.json of the experiment), its best epoch and
 epochs run (metrics/train/<model>.json) and the training time (the train run's `train_seconds` in
 MLflow). Metrics are read from the experiments' git refs, so the table can be rebuilt at any time.
 """
@@ -77,7 +78,9 @@ def queue_and_run(models: list[str], jobs: int) -> None:
             dvc("exp", "remove", name)
         dvc("exp", "run", "--queue", "-n", name, "-S", f"train.models=[{model}]")
         print(f"queued {name}", flush=True)
-    dvc("queue", "start", "-j", str(jobs))
+    # The queue's worker daemons inherit our stdout: captured, run() would wait for them to end
+    subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     started = time.time()
     while True:
         time.sleep(20)
@@ -103,6 +106,7 @@ def collect(models: list[str] | None) -> list[dict]:
         train = show_json(ref, f"metrics/train/{model}.json") or {}
         entry, base = summary.get(model) or {}, summary.get("baseline") or {}
         rows.append({"model": model, "experiment": name,
+                     "val_ccc": (train.get("val") or {}).get("model", {}).get("ccc"),
                      "test_ccc": entry.get("ccc"), "test_acc": entry.get("acc"),
                      "baseline_ccc": base.get("ccc"), "baseline_acc": base.get("acc"),
                      "best_epoch": train.get("best_epoch"), "epochs_run": train.get("epochs_run"),
@@ -115,10 +119,10 @@ def _f(value, spec: str) -> str:
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'model':20s} {'test CCC':>9s} {'base CCC':>9s} {'test ACC':>9s} {'base ACC':>9s} "
+    print(f"{'model':20s} {'val CCC':>8s} {'test CCC':>9s} {'base CCC':>9s} {'test ACC':>9s} {'base ACC':>9s} "
           f"{'best ep':>8s} {'epochs':>7s} {'train s':>8s}")
     for r in rows:
-        print(f"{r['model']:20s} {_f(r['test_ccc'], '9.3f')} {_f(r['baseline_ccc'], '9.3f')} "
+        print(f"{r['model']:20s} {_f(r['val_ccc'], '8.3f')} {_f(r['test_ccc'], '9.3f')} {_f(r['baseline_ccc'], '9.3f')} "
               f"{_f(r['test_acc'], '9.3f')} {_f(r['baseline_acc'], '9.3f')} "
               f"{_f(r['best_epoch'], '8d')} {_f(r['epochs_run'], '7d')} "
               f"{_f(r['train_seconds'], '8.0f')}")

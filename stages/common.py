@@ -63,7 +63,7 @@ def repo_root() -> Path:
     """The project root: `DVC_ROOT` when DVC runs us, else the nearest parent holding dvc.yaml.
 
     Queued (`dvc exp run --queue`) and `--temp` experiments run in a copy of the workspace,
-    `<repo>/.dvc/tmp/exps/<tmp>/`, but DVC points DVC_ROOT at the parent repo (for dvclive);
+    `<repo>/.dvc/tmp/exps/[standalone/]<tmp>/`, but DVC points DVC_ROOT at the parent repo (for dvclive);
     their data, checkpoints and metrics belong to the copy, so a working directory inside such a
     copy wins: otherwise the experiment writes into the user's workspace and DVC then finds its
     outputs missing."""
@@ -72,8 +72,12 @@ def repo_root() -> Path:
     if env:
         root = Path(env).resolve()
         exps = root.joinpath(*_EXPS_TMP)
-        if here.is_relative_to(exps) and here != exps:
-            return exps / here.relative_to(exps).parts[0]
+        if here.is_relative_to(exps):  # exps/<tmp>/ (queue) or exps/standalone/<tmp>/ (--temp)
+            for candidate in (here, *here.parents):
+                if candidate == exps:
+                    break
+                if (candidate / "dvc.yaml").exists():
+                    return candidate
         return root
     for candidate in (here, *here.parents):
         if (candidate / "dvc.yaml").exists() or (candidate / ".dvc").is_dir():

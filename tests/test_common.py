@@ -145,14 +145,16 @@ def test_queued_experiment_writes_into_its_own_copy(tmp_path, monkeypatch):
     """DVC runs a queued experiment's stages in <repo>/.dvc/tmp/exps/<tmp>/ (the working
     directory) with DVC_ROOT=<repo>: data must go to the copy, MLflow to the repo's store."""
     repo = tmp_path / "repo"
-    queued = repo / ".dvc" / "tmp" / "exps" / "tmpabc123"
-    (queued / "data").mkdir(parents=True)
+    exps = repo / ".dvc" / "tmp" / "exps"
     monkeypatch.setenv("DVC_ROOT", str(repo))
-    monkeypatch.chdir(queued)
-    assert common.repo_root() == queued
-    monkeypatch.chdir(queued / "data")
-    assert common.repo_root() == queued
-    assert common.tracking_root() == repo
+    for queued in (exps / "tmpabc123", exps / "standalone" / "tmpdef456"):  # --queue, --temp
+        (queued / "data").mkdir(parents=True)
+        (queued / "dvc.yaml").write_text("stages: {}\n")
+        monkeypatch.chdir(queued)
+        assert common.repo_root() == queued
+        monkeypatch.chdir(queued / "data")
+        assert common.repo_root() == queued
+        assert common.tracking_root() == repo
     monkeypatch.chdir(tmp_path)  # a plain `dvc repro`: DVC_ROOT is the answer
     assert common.repo_root() == repo == common.tracking_root()
 

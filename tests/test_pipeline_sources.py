@@ -141,3 +141,18 @@ def test_folder_pipeline_and_second_repro_does_nothing(tmp_path):
     assert set(report) == {"logmel_cnn", "baseline"}
     assert "skipped" in json.loads((repo / "metrics/retrain.json").read_text())
     assert "skipped" in json.loads((repo / "data/deploy/skipped.json").read_text())
+    # the same in a temporary copy (as `dvc exp run --queue` runs): DVC points DVC_ROOT at this
+    # repo there, yet the outputs must go to the copy and come back as an experiment commit
+    shutil.rmtree(repo / "data/models/logmel_cnn")
+    exp = subprocess.run(["dvc", "exp", "run", "--temp", "-n", "zoo-fn", "-S",
+                          "train.models=[audio_fn_linear]"], cwd=repo, env=pipeline_env(),
+                         capture_output=True, text=True, timeout=600)
+    assert exp.returncode == 0, exp.stdout[-3000:] + exp.stderr[-3000:]
+    assert not (repo / "data/models/logmel_cnn").exists()  # the workspace was not written
+    refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], cwd=repo,
+                          capture_output=True, text=True, check=True).stdout.split()
+    ref = [r for r in refs if r.endswith("/zoo-fn")]
+    assert len(ref) == 1, refs
+    summary = subprocess.run(["git", "show", f"{ref[0]}:metrics/summary.json"], cwd=repo,
+                             capture_output=True, text=True, check=True).stdout
+    assert set(json.loads(summary)) == {"audio_fn_linear", "baseline"}
