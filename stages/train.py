@@ -87,6 +87,32 @@ class TrainParams:
     source_config: dict = dataclasses.field(default_factory=dict)  # {sample key: {option: value}}
 
 
+# Solver params a model may set for itself under train.model_config.<name>.train (DeepPersonality
+# keeps lr, epochs, batch size per model config): a face CNN from scratch needs more steps than a
+# linear model on audio functionals.
+PER_MODEL_TRAIN_KEYS = ("epochs", "lr", "batch_size", "optimizer", "momentum", "weight_decay",
+                        "schedule", "milestones", "gamma", "warmup_epochs", "patience",
+                        "val_metric", "views_per_video", "grad_clip")
+
+
+def for_model(p: TrainParams, name: str) -> tuple[TrainParams, dict]:
+    """(train params with `model_config.<name>.train` applied, the model's config overrides)."""
+    overrides = dict(p.model_config.get(name) or {})
+    solver = overrides.pop("train", None) or {}
+    if not isinstance(solver, dict):
+        raise ParamsError(f"train.model_config.{name}.train: expected a mapping, got {solver!r}")
+    bad = sorted(set(solver) - set(PER_MODEL_TRAIN_KEYS))
+    if bad:
+        raise ParamsError(f"train.model_config.{name}.train.{bad[0]}: not a per-model train "
+                          f"param (allowed: {', '.join(PER_MODEL_TRAIN_KEYS)})")
+    if not solver:
+        return p, overrides
+    from stages.common import build_dataclass
+
+    merged = {f.name: getattr(p, f.name) for f in dataclasses.fields(p)} | solver
+    return build_dataclass(TrainParams, merged, "train"), overrides
+
+
 def engine_config(p: TrainParams, base: BaseParams):
     from models.engine import EngineError, TrainConfig
 
@@ -162,6 +188,7 @@ def train_model(name: str, p: TrainParams, base: BaseParams, root: Path) -> dict
     from models.registry import build_model, model_spec
 
     spec = model_spec(name)
+    p, overrides = for_model(p, name)
     cfg = engine_config(p, base)
     if p.threads > 0:
         import torch
@@ -187,7 +214,6 @@ def train_model(name: str, p: TrainParams, base: BaseParams, root: Path) -> dict
     if not len(train_df) and not p.test_only:
         raise StageInputError(f"{name}: no train video has the inputs {list(spec.inputs)}")
     label_scale = str(manifest["label_scale"].iloc[0]) if "label_scale" in manifest else "unit"
-    overrides = dict(p.model_config.get(name) or {})
     if label_scale == "z":  # z-scored labels (UDIVA): no sigmoid, no [0, 1] bins
         if overrides.get("head", "regression_z") != "regression_z":
             raise ParamsError(f"train.model_config.{name}.head: {overrides['head']!r} needs labels "
@@ -330,9 +356,12 @@ def run(params: TrainParams, base: BaseParams, root: Path | None = None,
             model_spec(name)
         except ValueError as exc:
             raise ParamsError(f"train.models: {exc}") from None
-    unknown = sorted(set(params.model_config) - set(names) - set(params.models))
-    if unknown:
-        log.warning("train.model_config.%s: not a model being trained", unknown[0])
+    from models.registry import list_models
+
+    registered = {m["name"] for m in list_models()}
+    unknown = sorted(set(params.model_config) - registered)
+    if unknown:  # a typo would otherwise silently train the module's defaults
+        log.warning("train.model_config.%s: not a registered model", unknown[0])
     return {name: train_model(name, params, base, root) for name in names}
 
 

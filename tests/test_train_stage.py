@@ -131,3 +131,23 @@ def test_params_match_params_yaml():
 
     assert dataclasses.is_dataclass(load_params("train", TrainParams))
     assert dataclasses.is_dataclass(load_params("augment", AugmentParams))
+
+
+def test_per_model_train_params(au_root):
+    """train.model_config.<name>.train sets that model's solver params; the others keep train:."""
+    from stages.train import for_model
+
+    cfg = {**SMALL, "perfex_cnn": {**SMALL["perfex_cnn"], "train": {"epochs": 2, "lr": 0.01}}}
+    p = params(model_config=cfg)
+    mine, overrides = for_model(p, "perfex_cnn")
+    assert (mine.epochs, mine.lr, mine.batch_size) == (2, 0.01, 8)
+    assert "train" not in overrides and overrides["hidden"] == 16
+    assert for_model(p, "perfex_hybrid")[0] == p
+    out = run(p, BaseParams(workers=1), root=au_root, models=["perfex_cnn"])["perfex_cnn"]
+    assert out["epochs_run"] == 2  # params() says 3
+    ckpt = torch.load(au_root / "data/models/perfex_cnn/last.pt", weights_only=True)
+    assert ckpt["params"]["lr"] == 0.01 and "train" not in ckpt["model_config"]
+    with pytest.raises(ParamsError, match="model_config.perfex_cnn.train.threads"):
+        for_model(params(model_config={"perfex_cnn": {"train": {"threads": 2}}}), "perfex_cnn")
+    with pytest.raises(ParamsError, match="train.lr"):
+        for_model(params(model_config={"perfex_cnn": {"train": {"lr": "fast"}}}), "perfex_cnn")
