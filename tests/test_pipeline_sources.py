@@ -24,7 +24,7 @@ def make_dvc_repo(tmp: Path, ingest: dict) -> Path:
     """A copy of the project's code and pipeline with `ingest` params replaced, committed."""
     repo = tmp / "repo"
     repo.mkdir()
-    for name in ("stages", "models"):
+    for name in ("stages", "models", "scripts"):
         shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(REPO / name, repo / name)
@@ -144,15 +144,26 @@ def test_folder_pipeline_and_second_repro_does_nothing(tmp_path):
     # the same in a temporary copy (as `dvc exp run --queue` runs): DVC points DVC_ROOT at this
     # repo there, yet the outputs must go to the copy and come back as an experiment commit
     shutil.rmtree(repo / "data/models/logmel_cnn")
-    exp = subprocess.run(["dvc", "exp", "run", "--temp", "-n", "zoo-fn", "-S",
+    exp = subprocess.run(["dvc", "exp", "run", "--temp", "-n", "zoo-audio_fn_linear", "-S",
                           "train.models=[audio_fn_linear]"], cwd=repo, env=pipeline_env(),
                          capture_output=True, text=True, timeout=600)
     assert exp.returncode == 0, exp.stdout[-3000:] + exp.stderr[-3000:]
     assert not (repo / "data/models/logmel_cnn").exists()  # the workspace was not written
     refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], cwd=repo,
                           capture_output=True, text=True, check=True).stdout.split()
-    ref = [r for r in refs if r.endswith("/zoo-fn")]
+    ref = [r for r in refs if r.endswith("/zoo-audio_fn_linear")]
     assert len(ref) == 1, refs
-    summary = subprocess.run(["git", "show", f"{ref[0]}:metrics/summary.json"], cwd=repo,
-                             capture_output=True, text=True, check=True).stdout
-    assert set(json.loads(summary)) == {"audio_fn_linear", "baseline"}
+    summary = json.loads(subprocess.run(["git", "show", f"{ref[0]}:metrics/summary.json"],
+                                        cwd=repo, capture_output=True, text=True,
+                                        check=True).stdout)
+    assert set(summary) == {"audio_fn_linear", "baseline"}
+    # scripts/zoo.py (make zoo) tabulates such experiments from their refs
+    table = subprocess.run([sys.executable, "scripts/zoo.py", "--collect", "--models",
+                            "audio_fn_linear"], cwd=repo, env=pipeline_env(),
+                           capture_output=True, text=True, timeout=300)
+    assert table.returncode == 0, table.stdout + table.stderr
+    assert "audio_fn_linear" in table.stdout
+    rows = json.loads((repo / "bench/results/zoo.json").read_text())
+    assert [r["model"] for r in rows] == ["audio_fn_linear"]
+    assert rows[0]["test_ccc"] == summary["audio_fn_linear"]["ccc"]
+    assert rows[0]["baseline_ccc"] == summary["baseline"]["ccc"] and rows[0]["epochs_run"] == 2
