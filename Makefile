@@ -41,7 +41,7 @@ ui: $(STAMP)
 bench: $(STAMP)
 	for f in bench/*.py; do $(BIN)/python $$f || exit 1; done
 
-# every registered model outside train.models, one queued DVC experiment each (~45 min on 2 cores)
+# every registered model outside train.models, one queued DVC experiment each (~15 min on 2 cores)
 zoo: $(STAMP)
 	$(BIN)/python scripts/zoo.py --jobs 2
 
