@@ -140,7 +140,7 @@ def bimodal_lstm(*, config: BimodalLSTMConfig | None = None, **overrides: Any) -
 @dataclasses.dataclass
 class CRNetConfig(HeadFields):
     n_mels: int = 64
-    width: int = 16  # visual ResNet-18 trunk width
+    width: int = 16  # width of both visual ResNet-18 trunks (face and full frame)
     layers: tuple[int, ...] = (2, 2, 2, 2)
     audio_widths: tuple[int, ...] = (16, 32, 64, 128)
     time_pool: int = 1  # log-mel CNN: average-pool the input over this many 10 ms steps first
@@ -158,22 +158,24 @@ class CRNetConfig(HeadFields):
 
 
 class CRNet(ZooModel):
-    """CR-Net-style (Li et al. 2020) classification-guided regression: shared face + log-mel
-    features; a classification branch predicts each trait's bin; the regression branch sees the
-    features together with the bin probabilities and the bins' expected value, per trait.
+    """CR-Net-style (Li et al. 2020) classification-guided regression: shared features of three
+    streams, as in the paper (local: the aligned face; global: the full frame, scene and body;
+    audio: the log-mel); a classification branch predicts each trait's bin; the regression branch
+    sees the features together with the bin probabilities and the bins' expected value, per trait.
 
     forward returns one tensor (B, 5, n_bins + 1): [..., :n_bins] the bin logits, [..., -1] the
     regressed score (sigmoid for head="regression"). loss = masked MSE + cls_weight * masked CE.
     """
 
-    inputs = ("face", "logmel")
+    inputs = ("face", "frame", "logmel")
 
     def __init__(self, config: CRNetConfig):
         super().__init__()
         self.config = config
-        self.visual = ResNetTrunk(BasicBlock, config.layers, width=config.width)
+        self.visual = ResNetTrunk(BasicBlock, config.layers, width=config.width)  # local: face
+        self.scene = ResNetTrunk(BasicBlock, config.layers, width=config.width)  # global: frame
         self.audio = LogmelEncoder(config.audio_widths, time_pool=config.time_pool)
-        d = self.visual.out_features + self.audio.out_features
+        d = self.visual.out_features + self.scene.out_features + self.audio.out_features
         k = config.n_bins
         hidden = max(config.hidden, 16)
         self.cls_branch = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Dropout(config.dropout),
@@ -187,8 +189,9 @@ class CRNet(ZooModel):
 
     def features(self, batch: Mapping[str, Tensor]) -> Tensor:
         v = self.visual(image_input(batch, "face"))  # (B, Dv)
+        g = self.scene(image_input(batch, "frame"))  # (B, Dv)
         a = self.audio(logmel_input(batch, self.config.n_mels))  # (B, Da)
-        return torch.cat([v, a], dim=1)  # (B, D)
+        return torch.cat([v, g, a], dim=1)  # (B, D)
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
         f = self.features(batch)  # (B, D)
@@ -222,9 +225,9 @@ class CRNet(ZooModel):
         return outputs[..., :-1].softmax(dim=-1)  # (B, 5, n_bins)
 
 
-@register("crnet", modality="audio-visual", inputs=("face", "logmel"),
+@register("crnet", modality="audio-visual", inputs=("face", "frame", "logmel"),
           source="CR-Net (Li et al. 2020), DeepPersonality", card="Classification-guided "
           "regression: a bin-classification branch whose probabilities feed the per-trait "
-          "regression branch, on face + log-mel features")
+          "regression branch, on face (local) + full-frame (global) + log-mel features")
 def crnet(*, config: CRNetConfig | None = None, **overrides: Any) -> CRNet:
     return finish(CRNet(make_config(CRNetConfig, config, overrides, "crnet")))

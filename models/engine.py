@@ -227,16 +227,27 @@ def shard_indices(order: Sequence[int], rank: int, world_size: int) -> list[int]
 
 
 def merge_views(parts: Sequence[Mapping[str, Tensor]], video_id: str = "") -> dict[str, Tensor]:
-    """Merge the eval_items of several sources: each (V_i, ...) with V_i == V or 1 -> (V, ...)."""
+    """Merge the eval_items of several sources, each (V_i, ...), into (V, ...) views.
+
+    A source with one view is broadcast. When several sources have more than one view and their
+    counts differ (face crops exist for fewer frames than the full frames of CR-Net's scene
+    stream), V is the smallest of those counts and each keeps V evenly spaced views: a source's
+    views run through the clip in time order, so view i of each lies near the same moment.
+    """
     counts = {next(iter(p.values())).shape[0] for p in parts if p}
-    V = max(counts) if counts else 1
-    if any(c not in (1, V) for c in counts):
-        raise EngineError(f"video {video_id!r}: sources give {sorted(counts)} views; each must "
-                          f"give {V} or 1")
+    many = [c for c in counts if c > 1]
+    V = min(many) if many else 1
+    if any(c < 1 for c in counts):
+        raise EngineError(f"video {video_id!r}: a source gave no view")
     out: dict[str, Tensor] = {}
     for p in parts:
         for key, t in p.items():
-            out[key] = t.expand(V, *t.shape[1:]) if t.shape[0] == 1 and V > 1 else t
+            n = t.shape[0]
+            if n == 1 and V > 1:
+                t = t.expand(V, *t.shape[1:])
+            elif n > V:
+                t = t[torch.from_numpy(np.linspace(0, n - 1, V).round().astype(np.int64))]
+            out[key] = t
     return out
 
 

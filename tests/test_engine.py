@@ -152,6 +152,11 @@ def test_collate_pads_and_trims_to_longest_real_sequence():
     assert uneven["x"].shape == (2, 4, 3) and uneven["x"][0, 2:].eq(0).all()
     merged = merge_views([{"a": torch.zeros(3, 2)}, {"b": torch.ones(1, 4)}])
     assert merged["b"].shape == (3, 4)
+    # uneven view counts (9 full frames, 3 face crops): 3 evenly spaced frames, in time order
+    merged = merge_views([{"frame": torch.arange(9.0)[:, None]}, {"face": torch.zeros(3, 1)},
+                          {"logmel": torch.ones(1, 2)}])
+    assert merged["frame"].flatten().tolist() == [0.0, 4.0, 8.0]
+    assert merged["face"].shape == (3, 1) and merged["logmel"].shape == (3, 2)
 
 
 # --------------------------------------------------------------------------------------------------
