@@ -42,7 +42,7 @@ bench: $(STAMP)
 	for f in bench/*.py; do $(BIN)/python $$f || exit 1; done
 
 # every registered model outside train.models, one queued DVC experiment each (~15 min on 2 cores)
-zoo: $(STAMP)
+zoo: run
 	$(BIN)/python scripts/zoo.py --jobs 2
 
 clean:

@@ -3,7 +3,8 @@
     python scripts/zoo.py                        # every registered model not in train.models
     python scripts/zoo.py --models dan_face crnet --jobs 1
     python scripts/zoo.py --collect              # only the table of finished zoo-* experiments
-    make zoo                                     # the first line, with the project's environment
+    python scripts/zoo.py --collect --baseline REV   # ... of experiments based on commit REV
+    make zoo                                     # `make run` first (the upstream stages), then this
 
 Each model is queued as `dvc exp run --queue -n zoo-<model> -S 'train.models=[<model>]'` (the
 command a user types for one model) and `dvc queue start -j JOBS` runs them in temporary copies of
@@ -15,7 +16,12 @@ The table (stdout, and JSON in bench/results/zoo.json): per model the val mean C
 epoch (the number to compare models by) and the test mean CCC / ACC over the traits beside the
 train-mean baseline (metrics/summary.json of the experiment), its best epoch and
 epochs run (metrics/train/<model>.json) and the training time (the train run's `train_seconds` in
-MLflow). Metrics are read from the experiments' git refs, so the table can be rebuilt at any time.
+MLflow). Metrics are read from the experiments' git refs (refs/exps/<baseline commit>/zoo-<model>),
+so the table can be rebuilt while those refs exist: experiments belong to the commit they were run
+on (`--baseline`, default HEAD), and a fresh clone has none until `dvc exp pull`.
+
+Queued experiments take the upstream stages (ingest ... augment) from the DVC cache: run the
+pipeline once first (`make zoo` does), or every experiment re-runs them in its copy.
 """
 from __future__ import annotations
 
@@ -30,16 +36,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 PREFIX = "zoo-"
+# dvc, and the `python` of dvc.yaml's commands, from this interpreter's environment (the venv)
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
 
 def dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(["dvc", *args], cwd=ROOT, text=True, capture_output=True, check=check)
+    return subprocess.run(["dvc", *args], cwd=ROOT, env=ENV, text=True, capture_output=True,
+                          check=check)
 
 
-def experiment_refs() -> dict[str, str]:
-    """{experiment name: git ref} of the zoo experiments of the current HEAD."""
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True, capture_output=True,
-                          check=True).stdout.strip()
+def experiment_refs(baseline: str = "HEAD") -> dict[str, str]:
+    """{experiment name: git ref} of the zoo experiments based on commit `baseline`."""
+    head = subprocess.run(["git", "rev-parse", baseline], cwd=ROOT, text=True,
+                          capture_output=True, check=True).stdout.strip()
     prefix = f"refs/exps/{head[:2]}/{head[2:]}/"
     out = subprocess.run(["git", "for-each-ref", "--format=%(refname)", prefix], cwd=ROOT,
                          text=True, capture_output=True, check=True).stdout.split()
@@ -54,7 +63,8 @@ def show_json(ref: str, path: str) -> dict | None:
 
 
 def train_seconds(model: str) -> float | None:
-    """`train_seconds` of the model's latest train run in ./mlflow.db (None if not tracked)."""
+    """`train_seconds` of the latest train run of experiment zoo-<model> in ./mlflow.db (None if
+    not tracked)."""
     db = ROOT / "mlflow.db"
     if not db.is_file():
         return None
@@ -63,7 +73,8 @@ def train_seconds(model: str) -> float | None:
 
     mlflow.set_tracking_uri(f"sqlite:///{db}")
     runs = mlflow.search_runs(experiment_names=["personality"], max_results=1,
-                              filter_string=f"tags.model = '{model}' and tags.stage = 'train'",
+                              filter_string=f"tags.model = '{model}' and tags.stage = 'train' "
+                                            f"and tags.dvc_exp_name = '{PREFIX}{model}'",
                               order_by=["start_time DESC"])
     if runs.empty or "metrics.train_seconds" not in runs:
         return None
@@ -79,26 +90,38 @@ def queue_and_run(models: list[str], jobs: int) -> None:
         dvc("exp", "run", "--queue", "-n", name, "-S", f"train.models=[{model}]")
         print(f"queued {name}", flush=True)
     # The queue's worker daemons inherit our stdout: captured, run() would wait for them to end
-    subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=ROOT, check=True,
+    subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=ROOT, env=ENV, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    names = {PREFIX + m for m in models}
     started = time.time()
     while True:
         time.sleep(20)
-        status = dvc("queue", "status", check=False).stdout
-        busy = [line for line in status.splitlines() if " Running " in line or " Queued " in line]
-        done = len(experiment_refs().keys() & {PREFIX + m for m in models})
+        states = queue_states(dvc("queue", "status", check=False).stdout, names)
+        busy = [n for n, state in states.items() if state in ("Running", "Queued")]
+        done = len(experiment_refs().keys() & names)
         print(f"{time.time() - started:6.0f} s: {done}/{len(models)} done, {len(busy)} "
               "queued or running", flush=True)
         if not busy:
             break
-    failed = [line for line in status.splitlines() if " Failed " in line]
+    failed = sorted(n for n, state in states.items() if state == "Failed")
     if failed:
-        print("failed (dvc queue logs <name> says why):\n  " + "\n  ".join(failed))
+        print("failed (dvc queue logs <name> says why): " + ", ".join(failed))
 
 
-def collect(models: list[str] | None) -> list[dict]:
+def queue_states(status: str, names: set[str]) -> dict[str, str]:
+    """{experiment name: state} from `dvc queue status` (columns: task, name, created, state; the
+    state is the last word of the line), for `names` only."""
+    states = {}
+    for line in status.splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[1] in names:
+            states[words[1]] = words[-1]
+    return states
+
+
+def collect(models: list[str] | None, baseline: str = "HEAD") -> list[dict]:
     rows = []
-    for name, ref in sorted(experiment_refs().items()):
+    for name, ref in sorted(experiment_refs(baseline).items()):
         model = name.removeprefix(PREFIX)
         if models and model not in models:
             continue
@@ -137,16 +160,18 @@ def main(argv: list[str] | None = None) -> int:
                         "train.models")
     parser.add_argument("--jobs", type=int, default=2, help="experiments run at once")
     parser.add_argument("--collect", action="store_true", help="only print the table")
+    parser.add_argument("--baseline", default="HEAD", help="--collect: the commit the "
+                        "experiments were run on")
     args = parser.parse_args(argv)
     registered = [m["name"] for m in list_models()]
-    default = set(experiment_models() or [])
+    default = set(experiment_models(ROOT / "params.yaml") or [])
     models = args.models or [m for m in registered if m not in default]
     unknown = sorted(set(models) - set(registered))
     if unknown:
         parser.error(f"unknown model(s) {unknown}; registered: {registered}")
     if not args.collect:
         queue_and_run(models, args.jobs)
-    rows = collect(models)
+    rows = collect(models, args.baseline if args.collect else "HEAD")
     print_table(rows)
     out = ROOT / "bench" / "results" / "zoo.json"
     out.parent.mkdir(parents=True, exist_ok=True)

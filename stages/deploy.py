@@ -125,8 +125,22 @@ def perfex_export(table: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _is_checkpoint_path(model: str) -> bool:
-    return Path(model).suffix == ".pt" or "/" in model or "\\" in model
+def _is_checkpoint_path(model: str, root: Path) -> bool:
+    """What find_checkpoint reads as a file rather than a model name."""
+    path = Path(model)
+    return (path.suffix == ".pt" or "/" in model or "\\" in model or path.is_file()
+            or (root / path).is_file())
+
+
+def _replace_dir(out: Path, fill) -> None:
+    """Build `out` in a sibling temp folder with fill(tmp), then swap it in: a killed stage leaves
+    the old folder or the new one, never half of one."""
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    fill(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
 
 
 def run(params: DeployParams, base: BaseParams, root: Path | None = None,
@@ -136,13 +150,11 @@ def run(params: DeployParams, base: BaseParams, root: Path | None = None,
     root = root or repo_root()
     out = root / "data" / "deploy"
     base_name = params.model.removesuffix("+retrained")
-    if (trained is not None and not _is_checkpoint_path(params.model)
+    if (trained is not None and not _is_checkpoint_path(params.model, root)
             and base_name not in trained):
         reason = f"deploy.model {params.model} is not trained in this experiment ({trained})"
         log.warning("deploy skipped: %s", reason)
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir(parents=True)
-        atomic_write_json(out / "skipped.json", {"skipped": reason})
+        _replace_dir(out, lambda tmp: atomic_write_json(tmp / "skipped.json", {"skipped": reason}))
         return {"skipped": reason}
     try:
         ckpt = find_checkpoint(params.model, root)
@@ -157,15 +169,14 @@ def run(params: DeployParams, base: BaseParams, root: Path | None = None,
     if table.empty:
         raise StageInputError("deploy: the corpus holds no AU frame")
     labels = label_corpus(table, ckpt, batch_size=params.batch_size, root=root)
-    tmp = out.with_name(".deploy.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    labels.to_parquet(tmp / "labels.parquet", index=False)
-    if params.export_csv:
-        perfex_export(table, labels).to_csv(tmp / "perfex_export.csv", index=False,
-                                            float_format="%.4f")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)  # the folder appears whole or not at all
+
+    def fill(tmp: Path) -> None:
+        labels.to_parquet(tmp / "labels.parquet", index=False)
+        if params.export_csv:
+            perfex_export(table, labels).to_csv(tmp / "perfex_export.csv", index=False,
+                                                float_format="%.4f")
+
+    _replace_dir(out, fill)
     log.info("deploy: labelled %d sequences (%d frames) with %s", len(labels), len(table),
              labels["model"].iloc[0])
     return {"n_sequences": int(len(labels)), "n_frames": int(len(table)),

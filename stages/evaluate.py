@@ -51,7 +51,7 @@ import pyarrow as pa
 
 from models.metrics import (MetricsError, baseline_metrics, bin_metrics, json_safe,
                             majority_class_accuracy, regression_metrics)
-from stages.common import (BaseParams, SchemaError, StageInputError,
+from stages.common import (BaseParams, ParamsError, SchemaError, StageInputError,
                            atomic_write_json, atomic_write_text, experiment_models, get_logger,
                            load_params, mlflow_run, repo_root)
 from stages.schemas import SPLITS, TRAITS
@@ -473,11 +473,10 @@ def _fmt(value) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    params = load_params("evaluate", EvaluateParams)
-    models = experiment_models()
     try:
-        run(params, models=models)
-    except (StageInputError, SchemaError) as exc:
+        params = load_params("evaluate", EvaluateParams)
+        run(params, models=experiment_models())
+    except (ParamsError, StageInputError, SchemaError) as exc:
         log.error("%s", exc)
         sys.exit(2)
 

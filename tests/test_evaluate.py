@@ -321,7 +321,7 @@ def test_flat_metrics_names_for_mlflow(unit_root):
     assert all(math.isfinite(v) for v in base.values())
 
 
-def test_main_reads_params_yaml(tmp_path, rng, monkeypatch):
+def test_main_reads_params_yaml(tmp_path, rng, monkeypatch, caplog):
     m = make_manifest(rng)
     write_root(tmp_path, m, {"perfect": predictions(m, truth(m), "perfect")})
     (tmp_path / "params.yaml").write_text("evaluate:\n  split: val\n  mlflow: false\n")
@@ -339,12 +339,14 @@ def test_main_reads_params_yaml(tmp_path, rng, monkeypatch):
     ev.main([])
     out = load_json(tmp_path / "metrics" / "evaluate.json")
     assert {"perfect", "perfect+retrained", "baseline"} == set(out)
-    (tmp_path / "params.yaml").write_text("evaluate:\n  mlflow: false\ntrain:\n  models: x\n")
-    with pytest.raises(ParamsError, match="train.models"):
-        ev.main([])
-    (tmp_path / "params.yaml").write_text("evaluate:\n  splt: val\n")
-    with pytest.raises(ParamsError, match="evaluate.splt"):
-        ev.main([])
+    # a bad param ends the stage with exit code 2 and one line naming the key, like every stage
+    for text, key in (("evaluate:\n  mlflow: false\ntrain:\n  models: x\n", "train.models"),
+                      ("evaluate:\n  splt: val\n", "evaluate.splt")):
+        (tmp_path / "params.yaml").write_text(text)
+        with pytest.raises(SystemExit) as exc:
+            ev.main([])
+        assert exc.value.code == 2
+        assert key in caplog.text
 
 
 def test_repo_params_and_dvc_stage():

@@ -144,11 +144,14 @@ def test_folder_pipeline_and_second_repro_does_nothing(tmp_path):
     # the same in a temporary copy (as `dvc exp run --queue` runs): DVC points DVC_ROOT at this
     # repo there, yet the outputs must go to the copy and come back as an experiment commit
     shutil.rmtree(repo / "data/models/logmel_cnn")
+    workspace_report = (repo / "metrics/evaluate.json").read_bytes()
     exp = subprocess.run(["dvc", "exp", "run", "--temp", "-n", "zoo-audio_fn_linear", "-S",
                           "train.models=[audio_fn_linear]"], cwd=repo, env=pipeline_env(),
                          capture_output=True, text=True, timeout=600)
     assert exp.returncode == 0, exp.stdout[-3000:] + exp.stderr[-3000:]
-    assert not (repo / "data/models/logmel_cnn").exists()  # the workspace was not written
+    # the workspace was not written: no checkpoint, its metrics still the logmel_cnn experiment's
+    assert not (repo / "data/models/logmel_cnn").exists()
+    assert (repo / "metrics/evaluate.json").read_bytes() == workspace_report
     refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], cwd=repo,
                           capture_output=True, text=True, check=True).stdout.split()
     ref = [r for r in refs if r.endswith("/zoo-audio_fn_linear")]

@@ -223,6 +223,13 @@ def test_models_outside_the_experiment_are_skipped(trained, tmp_path):
         retrain.run(retrain.RetrainParams(models=["perfex_cnn", "perfex_hybrid"], epochs=1,
                                           mlflow=False), BaseParams(seed=3), root=root,
                     trained=["perfex_hybrid"])
+    assert not (root / "data/retrained/models/perfex_cnn+retrained").exists()  # not in trained
+    # a checkpoint file named without .pt or a folder is still a path, not a model name
+    bare = root / "ckpt_copy"
+    shutil.copyfile(trained / "data/models/perfex_cnn/best.pt", bare)
+    assert deploy.run(deploy.DeployParams(model=str(bare)), BaseParams(), root=root,
+                      trained=["logmel_cnn"])["n_sequences"] == 48
+    assert not list(root.glob("data/.deploy*"))  # no temp folder left behind
 
 
 def test_experiment_models_reads_train_models(tmp_path):
