@@ -1,7 +1,8 @@
 # Two commands do all set-up on a fresh machine with Python 3.11 and the package registries:
 #   make run    create .venv, install the pinned requirements, run the DVC pipeline
 #   make test   install the same if needed, run pytest
-# Others: make ui (MLflow UI on 127.0.0.1:5000), make bench, make clean.
+# Others: make ui (MLflow UI on 127.0.0.1:5000), make bench, make zoo (every other model, one DVC
+# experiment each), make clean.
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
