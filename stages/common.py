@@ -347,6 +347,31 @@ def write_artifact(name: str, df: pd.DataFrame, path: str | os.PathLike | None =
     return path
 
 
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temp folder beside `path` to fill; when the block ends without an exception
+    it replaces `path` whole (the old folder moved aside first), else it is removed. A reader, or
+    a stage killed half-way, sees the old folder or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = _tmp_sibling(path)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if path.exists():
+        old = _tmp_sibling(path)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+
+
 class ArtifactWriter:
     """Stream rows into a folder of Parquet shards; the folder appears only when all went well.
 
@@ -363,13 +388,11 @@ class ArtifactWriter:
         self._buffered = 0
         self._shard = 0
         self._tmp: Path | None = None
+        self._folder: contextlib.AbstractContextManager | None = None
 
     def __enter__(self) -> "ArtifactWriter":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in self.path.parent.glob(f".{self.path.name}.tmp-*"):  # left by a killed run
-            shutil.rmtree(stale, ignore_errors=True)
-        self._tmp = _tmp_sibling(self.path)
-        self._tmp.mkdir()
+        self._folder = atomic_dir(self.path)
+        self._tmp = self._folder.__enter__()
         return self
 
     def write(self, df: pd.DataFrame) -> None:
@@ -390,18 +413,14 @@ class ArtifactWriter:
         self._buffer, self._buffered = [], 0
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        assert self._tmp is not None
-        if exc_type is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            return
-        self._flush()
-        old = None
-        if self.path.exists():
-            old = _tmp_sibling(self.path)
-            os.replace(self.path, old)
-        os.replace(self._tmp, self.path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+        assert self._folder is not None
+        if exc_type is None:
+            try:
+                self._flush()
+            except BaseException as flush_error:  # the temp folder goes, the error stays
+                self._folder.__exit__(type(flush_error), flush_error, flush_error.__traceback__)
+                raise
+        self._folder.__exit__(exc_type, exc, tb)  # swaps the folder in, or removes it
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -29,9 +28,9 @@ import numpy as np
 import pandas as pd
 
 from stages import schemas
-from stages.common import (BaseParams, ParamsError, StageInputError, atomic_write_json,
-                           experiment_models, find_checkpoint, get_logger, read_artifact,
-                           repo_root, run_stage, write_artifact)
+from stages.common import (BaseParams, ParamsError, StageInputError, atomic_dir,
+                           atomic_write_json, experiment_models, find_checkpoint, get_logger,
+                           read_artifact, repo_root, run_stage, write_artifact)
 from stages.schemas import AU_INTENSITY, AU_PRESENCE, TRAITS
 
 log = get_logger("deploy")
@@ -132,17 +131,6 @@ def _is_checkpoint_path(model: str, root: Path) -> bool:
             or (root / path).is_file())
 
 
-def _replace_dir(out: Path, fill) -> None:
-    """Build `out` in a sibling temp folder with fill(tmp), then swap it in: a killed stage leaves
-    the old folder or the new one, never half of one."""
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    fill(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-
-
 def run(params: DeployParams, base: BaseParams, root: Path | None = None,
         trained: list[str] | None = None) -> dict:
     """Label the corpus; with `trained` (the stage passes train.models) a model name outside it
@@ -154,7 +142,8 @@ def run(params: DeployParams, base: BaseParams, root: Path | None = None,
             and base_name not in trained):
         reason = f"deploy.model {params.model} is not trained in this experiment ({trained})"
         log.warning("deploy skipped: %s", reason)
-        _replace_dir(out, lambda tmp: atomic_write_json(tmp / "skipped.json", {"skipped": reason}))
+        with atomic_dir(out) as tmp:  # the folder appears whole or not at all
+            atomic_write_json(tmp / "skipped.json", {"skipped": reason})
         return {"skipped": reason}
     try:
         ckpt = find_checkpoint(params.model, root)
@@ -169,14 +158,11 @@ def run(params: DeployParams, base: BaseParams, root: Path | None = None,
     if table.empty:
         raise StageInputError("deploy: the corpus holds no AU frame")
     labels = label_corpus(table, ckpt, batch_size=params.batch_size, root=root)
-
-    def fill(tmp: Path) -> None:
+    with atomic_dir(out) as tmp:
         labels.to_parquet(tmp / "labels.parquet", index=False)
         if params.export_csv:
             perfex_export(table, labels).to_csv(tmp / "perfex_export.csv", index=False,
                                                 float_format="%.4f")
-
-    _replace_dir(out, fill)
     log.info("deploy: labelled %d sequences (%d frames) with %s", len(labels), len(table),
              labels["model"].iloc[0])
     return {"n_sequences": int(len(labels)), "n_frames": int(len(table)),

@@ -119,6 +119,30 @@ def test_sharded_writer_is_atomic(tmp_path):
             raise RuntimeError("killed")
     assert len(pd.read_parquet(out)) == 10
     assert not list(tmp_path.glob(".frames.tmp-*"))
+    # a failure while flushing the last shard: the same (a schema error, a full disk)
+    with pytest.raises(Exception):
+        with ArtifactWriter("frames", path=out, rows_per_shard=100) as w:
+            w.write(_frames(3))
+            w._buffer.append(pd.DataFrame({"video_id": [object()]}))  # not writable as Parquet
+    assert len(pd.read_parquet(out)) == 10 and not list(tmp_path.glob(".frames.tmp-*"))
+
+
+def test_atomic_dir_swaps_whole_folders(tmp_path):
+    from stages.common import atomic_dir
+
+    out = tmp_path / "deploy"
+    with atomic_dir(out) as tmp:
+        (tmp / "a.txt").write_text("1")
+        assert not out.exists()
+    with atomic_dir(out) as tmp:  # a second run replaces the folder: a.txt does not linger
+        (tmp / "b.txt").write_text("2")
+    assert sorted(p.name for p in out.iterdir()) == ["b.txt"]
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_dir(out) as tmp:
+            (tmp / "c.txt").write_text("3")
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in out.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deploy"]
 
 
 def test_paths_cannot_escape(tmp_path, monkeypatch):
