@@ -114,13 +114,21 @@ def safe_join(root: str | os.PathLike, relative: str | os.PathLike) -> Path:
     return target
 
 
+def is_checkpoint_path(model: str, root: Path | None = None) -> bool:
+    """Whether `model` (a params value) names a checkpoint file rather than a registered model:
+    a .pt suffix, a path separator (model names have none), or an existing file."""
+    path = Path(model)
+    return (path.suffix == ".pt" or "/" in model or "\\" in model or path.is_file()
+            or (Path(root or repo_root()) / path).is_file())
+
+
 def find_checkpoint(model: str, root: Path | None = None) -> Path:
     """A checkpoint path from a model name or a path. Names are looked up where the stages put
     them: data/models/NAME/best.pt (train), data/retrained/models/NAME/best.pt (retrain: NAME ends
     in "+retrained"). Raises StageInputError saying where it looked."""
     root = root or repo_root()
     path = Path(model)
-    if path.suffix == ".pt" or path.is_file():
+    if is_checkpoint_path(model, root):
         path = path if path.is_absolute() else root / path
         if not path.is_file():
             raise StageInputError(f"{path}: checkpoint not found")

@@ -30,7 +30,8 @@ import pandas as pd
 from stages import schemas
 from stages.common import (BaseParams, ParamsError, StageInputError, atomic_dir,
                            atomic_write_json, experiment_models, find_checkpoint, get_logger,
-                           read_artifact, repo_root, run_stage, write_artifact)
+                           is_checkpoint_path, read_artifact, repo_root, run_stage,
+                           write_artifact)
 from stages.schemas import AU_INTENSITY, AU_PRESENCE, TRAITS
 
 log = get_logger("deploy")
@@ -124,13 +125,6 @@ def perfex_export(table: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _is_checkpoint_path(model: str, root: Path) -> bool:
-    """What find_checkpoint reads as a file rather than a model name."""
-    path = Path(model)
-    return (path.suffix == ".pt" or "/" in model or "\\" in model or path.is_file()
-            or (root / path).is_file())
-
-
 def run(params: DeployParams, base: BaseParams, root: Path | None = None,
         trained: list[str] | None = None) -> dict:
     """Label the corpus; with `trained` (the stage passes train.models) a model name outside it
@@ -138,7 +132,7 @@ def run(params: DeployParams, base: BaseParams, root: Path | None = None,
     root = root or repo_root()
     out = root / "data" / "deploy"
     base_name = params.model.removesuffix("+retrained")
-    if (trained is not None and not _is_checkpoint_path(params.model, root)
+    if (trained is not None and not is_checkpoint_path(params.model, root)
             and base_name not in trained):
         reason = f"deploy.model {params.model} is not trained in this experiment ({trained})"
         log.warning("deploy skipped: %s", reason)

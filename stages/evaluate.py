@@ -101,20 +101,29 @@ def proba_columns(traits=TRAITS) -> list[str]:
 # inputs
 
 
+def _read_trait_table(path: Path, where: str, error: type[Exception],
+                      expected: str) -> pd.DataFrame:
+    """A Parquet table with `video_id, split` and numeric O..N, or `error` naming file and column
+    (SchemaError for the manifest, StageInputError for a predictions file)."""
+    try:
+        df = pd.read_parquet(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise error(f"{where}: not a readable Parquet file: {exc}") from None
+    for column in ("video_id", "split", *TRAITS):
+        if column not in df.columns:
+            raise error(f"{where}: missing column '{column}'")
+    for column in TRAITS:
+        if not pd.api.types.is_numeric_dtype(df[column]):
+            raise error(f"{where}: column '{column}' has dtype {df[column].dtype}, "
+                        f"expected {expected}")
+    return df
+
+
 def load_manifest(path: Path) -> pd.DataFrame:
     """`video_id, split, label_scale, O..N` of the manifest; label_scale defaults to "unit"."""
     if not path.exists():
         raise SchemaError(f"{path}: manifest not found; run the ingest stage first")
-    try:
-        df = pd.read_parquet(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise SchemaError(f"{path}: not a readable Parquet file: {exc}") from None
-    for column in ("video_id", "split", *TRAITS):
-        if column not in df.columns:
-            raise SchemaError(f"{path}: missing column '{column}'")
-    for t in TRAITS:
-        if not pd.api.types.is_numeric_dtype(df[t]):
-            raise SchemaError(f"{path}: column '{t}' has dtype {df[t].dtype}, expected float")
+    df = _read_trait_table(path, str(path), SchemaError, "float")
     if "label_scale" not in df.columns:
         df = df.assign(label_scale="unit")
     bad = sorted(set(df["label_scale"]) - {"unit", "z"})
@@ -147,17 +156,7 @@ def read_predictions(path: Path, manifest: pd.DataFrame, *, where: str | None = 
     know, a split value that disagrees with the manifest.
     """
     where = where or str(path)
-    try:
-        df = pd.read_parquet(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise StageInputError(f"{where}: not a readable Parquet file: {exc}") from None
-    for column in ("video_id", "split", *TRAITS):
-        if column not in df.columns:
-            raise StageInputError(f"{where}: missing column '{column}'")
-    for column in TRAITS:
-        if not pd.api.types.is_numeric_dtype(df[column]):
-            raise StageInputError(f"{where}: column '{column}' has dtype {df[column].dtype}, "
-                                  "expected float scores")
+    df = _read_trait_table(path, where, StageInputError, "float scores")
     wanted = proba_columns()
     present = [c for c in wanted if c in df.columns]
     has_proba = bool(present)
