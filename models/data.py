@@ -35,6 +35,7 @@ real sequence, so padding to a generous `seq_len` costs nothing.
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 import importlib
 from pathlib import Path
@@ -43,7 +44,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-__all__ = ["InputSource", "SourceError", "register_source", "build_sources", "source_keys",
+__all__ = ["InputSource", "SourceError", "check_inference_parity", "register_source", "build_sources", "source_keys",
            "AUSource", "AUSourceConfig", "au_windows"]
 
 # Modules whose import registers sources. models.data_av is optional (skipped when absent).
@@ -57,8 +58,12 @@ class SourceError(ValueError):
     """A sample key nobody provides, a bad source option, or a video without inputs."""
 
 
-class InputSource:
-    """Base class of the input sources (see the module docstring for the protocol)."""
+class InputSource(abc.ABC):
+    """Base class of the input sources (see the module docstring for the protocol).
+
+    `fitted_config` is abstract: every source states what it learnt from its training data (or
+    `{}` when nothing), so a source that forgets it cannot be built at all; and train checks, with
+    `check_inference_parity`, that a source rebuilt from that config gives the same inputs."""
 
     keys: tuple[str, ...] = ()
 
@@ -71,11 +76,12 @@ class InputSource:
     def has(self, video_id: str) -> bool:
         return True
 
+    @abc.abstractmethod
     def fitted_config(self) -> dict[str, dict]:
         """What the source learnt from the data it was built on (e.g. standardisation statistics
         of the train split), as `{key: {option: value}}` to store in a checkpoint, so that a
-        source built on other data (one new video) transforms it the same way."""
-        return {}
+        source built on other data (one new video) transforms it the same way. `{}` when the
+        source learns nothing."""
 
 
 def for_inference(source_config: dict | None, sources: Sequence[InputSource] = ()) -> dict:
@@ -88,6 +94,36 @@ def for_inference(source_config: dict | None, sources: Sequence[InputSource] = (
         for key, fitted in source.fitted_config().items():
             config.setdefault(key, {}).update(fitted)
     return config
+
+
+def check_inference_parity(sources: Sequence[InputSource], config: dict, *, root: Path,
+                           video_ids: Sequence[str], atol: float = 1e-6) -> None:
+    """Rebuild `sources` from the inference `config` on each of `video_ids` alone (as predict
+    does for one new clip) and compare their evaluation inputs with the training sources'.
+
+    Raises SourceError naming the source, key and video when they differ: the source's
+    `fitted_config()` misses state it learnt from the training data, and predictions for new
+    clips would differ from the pipeline's."""
+    keys = [k for s in sources for k in s.keys]
+    for vid in video_ids:
+        if not all(s.has(vid) for s in sources):
+            continue
+        rebuilt = build_sources(keys, root=root, video_ids=[vid], config=config)
+        for original, copy in zip(sources, rebuilt):
+            want, got = original.eval_items(vid), copy.eval_items(vid)
+            for key, x in want.items():
+                y = got.get(key)
+                same = y is not None and y.shape == x.shape and (
+                    torch.allclose(x.float(), y.float(), atol=atol, rtol=0) if x.is_floating_point()
+                    else torch.equal(x, y))
+                if not same:
+                    diff = ("shape " + str(tuple(y.shape)) if y is not None and y.shape != x.shape
+                            else "missing" if y is None
+                            else f"max difference {float((x.float() - y.float()).abs().max()):.3g}")
+                    raise SourceError(
+                        f"{type(original).__name__}: input {key!r} of video {vid!r} rebuilt from "
+                        f"the checkpoint's source config differs from training's ({diff}); its "
+                        "fitted_config() misses state learnt from the training data")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,6 +269,9 @@ class AUSource(InputSource):
 
     def has(self, video_id: str) -> bool:
         return video_id in self.sequences
+
+    def fitted_config(self) -> dict[str, dict]:
+        return {}  # fixed scale and length: nothing learnt from the data
 
     def _get(self, video_id: str) -> np.ndarray:
         try:

@@ -259,6 +259,9 @@ class ImageSource(InputSource):
     def has(self, video_id: str) -> bool:
         return self.store.counts.get(video_id, 0) > 0
 
+    def fitted_config(self) -> dict[str, dict]:
+        return {}  # fixed ImageNet-style normalisation: nothing learnt from the data
+
     def _frames(self, video_id: str) -> torch.Tensor:
         if not self.has(video_id):
             why = ("is not in " + str(self.store.folder) if video_id not in self.store.index
@@ -435,7 +438,7 @@ class _AudioBase(InputSource):
     key: str
     fitted: dict = {}  # standardisation statistics, for checkpoints (InputSource.fitted_config)
 
-    def fittedsource_options(self) -> dict[str, dict]:
+    def fitted_config(self) -> dict[str, dict]:
         return self.fitted
 
     def __init__(self, data: dict[str, np.ndarray], missing: dict[str, str], on_missing: str):
@@ -670,6 +673,7 @@ def audio_fn_source(*, root: Path, video_ids: list[str], config: dict) -> AudioF
     data = {v: np.nan_to_num((x - mean) / std).astype(np.float32) for v, x in data_raw.items()}
     src = AudioFnSource(data, missing, columns, cfg)
     src.mean, src.std = mean.astype(np.float32), std.astype(np.float32)
-    src.fitted = {"audio_fn": {"mean": src.mean.tolist(), "std": src.std.tolist(),
+    # float64, as used above: float32 copies would move standardised values by ~1e-5
+    src.fitted = {"audio_fn": {"mean": mean.tolist(), "std": std.tolist(),
                                "include": list(cfg.include)}}
     return src

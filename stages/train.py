@@ -184,7 +184,7 @@ def _history_csv(history: list[dict]) -> str:
 def train_model(name: str, p: TrainParams, base: BaseParams, root: Path) -> dict:
     """Train (or, with test_only, evaluate) one registered model; write its outputs under root."""
     from models import engine
-    from models.data import build_sources, for_inference
+    from models.data import build_sources, check_inference_parity, for_inference
     from models.registry import build_model, model_spec
 
     spec = model_spec(name)
@@ -221,8 +221,11 @@ def train_model(name: str, p: TrainParams, base: BaseParams, root: Path) -> dict
         overrides["head"] = "regression_z"
     # the checkpoint keeps the config for prediction: what the sources fitted on this data
     # (standardisation statistics) and original, not augmented, sequences
+    inference_config = for_inference(source_config, sources)
+    check_inference_parity(sources, inference_config, root=root,  # fails loudly on lost state
+                           video_ids=have.groupby("split")["video_id"].first().tolist())
     meta = {"model_name": name, "inputs": list(spec.inputs),
-            "source_config": for_inference(source_config, sources),
+            "source_config": inference_config,
             "params": dataclasses.asdict(p), "label_scale": label_scale}
     out_dir = root / "data" / "models" / name
     resume, weights = _path(root, p.resume, name), _path(root, p.weights, name)

@@ -134,6 +134,9 @@ def test_build_sources_errors_and_registration(tmp_path):
         def eval_items(self, video_id):
             return {"test_const": torch.full((1, 2), self.value)}
 
+        def fitted_config(self):
+            return {}
+
     @register_source("test_const")
     def const_source(*, root, video_ids, config):
         return Const(config)
@@ -266,6 +269,9 @@ class ViewSource(InputSource):
     def eval_items(self, video_id):
         base = float(video_id)
         return {"v": torch.tensor([[base], [base + 0.3], [base + 0.6]])}  # (3, 1)
+
+    def fitted_config(self):
+        return {}
 
 
 class Echo(torch.nn.Module):

@@ -1,0 +1,107 @@
+"""Train/serve parity: `predict` on a clip of the pipeline gives the pipeline's own prediction for
+it, for every model of the default `train.models` and the retrained PerFeX models; a source that
+loses its fitted state (standardisation statistics) fails loudly at training time.
+
+The models train for one epoch on the tiny synthetic dataset: parity is about the inputs and the
+checkpoint, not about how good the model is.
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from models.data import InputSource, SourceError
+from stages import audio, augment, aus, faces, frames, predict, retrain, train
+from stages.common import BaseParams, load_params
+from stages.schemas import TRAITS
+
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def quick_train_params(models: list[str] | None = None) -> train.TrainParams:
+    """params.yaml's train section (the default models and their configs), one short epoch."""
+    p = load_params("train", train.TrainParams)
+    return dataclasses.replace(p, models=models or list(p.models), epochs=1, mlflow=False,
+                               views_per_video=1, batch_size=8, threads=1)
+
+
+@pytest.fixture(scope="module")
+def pipeline_root(tiny_dataset, tmp_path_factory):
+    """The tiny dataset through every front-end stage, the default models trained, PerFeX
+    retrained: a miniature `dvc repro` with the project's params."""
+    root = tmp_path_factory.mktemp("parity")
+    shutil.copytree(tiny_dataset / "data", root / "data")
+    base = BaseParams(workers=1)
+    frames.run(load_params("frames", frames.FramesParams), base, root=root)
+    faces.run(load_params("faces", faces.FacesParams), base, root=root)
+    aus.run(load_params("aus", aus.AusParams), base, root=root)
+    audio.run(load_params("audio", audio.AudioParams), base, root=root)
+    augment.run(load_params("augment", augment.AugmentParams), base, root=root)
+    train.run(quick_train_params(), base, root=root)
+    rp = dataclasses.replace(load_params("retrain", retrain.RetrainParams), epochs=1,
+                             mlflow=False)
+    retrain.run(rp, base, root=root)
+    return root
+
+
+def pipeline_prediction(root, model: str, video_id: str) -> np.ndarray:
+    folder = "retrained/predictions" if model.endswith("+retrained") else "predictions"
+    df = pd.read_parquet(root / "data" / folder / f"{model}.parquet").set_index("video_id")
+    return df.loc[video_id, list(TRAITS)].to_numpy(float)  # (5,)
+
+
+def parity_models() -> list[str]:
+    names = list(load_params("train", train.TrainParams).models)
+    names += [f"{m}+retrained" for m in load_params("retrain", retrain.RetrainParams).models
+              if m in names]
+    return names
+
+
+@pytest.mark.parametrize("model", parity_models())
+def test_predict_gives_the_pipelines_prediction(pipeline_root, model, tmp_path):
+    manifest = pd.read_parquet(pipeline_root / "data" / "manifest.parquet")
+    clip = manifest[manifest["split"] == "test"].iloc[0]
+    result = predict.predict_video(pipeline_root / clip["path"] if not str(clip["path"]).startswith("/")
+                                   else clip["path"], model=model, root=pipeline_root,
+                                   work=tmp_path)
+    got = np.array([result[t] for t in TRAITS])
+    want = pipeline_prediction(pipeline_root, model, clip["video_id"])
+    assert np.abs(got - want).max() <= TOLERANCE, (model, got, want)
+
+
+def test_a_source_that_drops_its_fitted_state_fails_training(pipeline_root, monkeypatch):
+    """The bug this guards: the audio sources' fitted_config was renamed away, checkpoints carried
+    no statistics and predict standardised each clip against itself."""
+    from models import data_av
+
+    monkeypatch.setattr(data_av._AudioBase, "fitted_config", lambda self: {})
+    with pytest.raises(SourceError, match="fitted_config"):
+        train.train_model("audio_fn_linear", quick_train_params(["audio_fn_linear"]),
+                          BaseParams(workers=1), pipeline_root)
+
+
+def test_a_source_without_fitted_config_cannot_be_built():
+    class Forgetful(InputSource):
+        keys = ("x",)
+
+        def train_item(self, video_id, rng):
+            return {"x": torch.zeros(1)}
+
+        def eval_items(self, video_id):
+            return {"x": torch.zeros(1, 1)}
+
+    with pytest.raises(TypeError, match="fitted_config"):
+        Forgetful()
