@@ -69,9 +69,11 @@ def scatter_grid(y_true: np.ndarray, y_pred: np.ndarray, *, path: str | os.PathL
 
 def ccc_bars(ccc: Mapping[str, float], *, path: str | os.PathLike, baseline_ccc: float = 0.0,
              acc: Mapping[str, float] | None = None, baseline_acc: float | None = None,
-             title: str = "", dpi: int = 80) -> Path:
-    """Bar chart of each model's mean CCC (left) and mean ACC (right, when given), the train-mean
-    baseline drawn as a dashed line on both. A missing (None / NaN) value draws no bar."""
+             title: str = "", dpi: int = 80,
+             ccc_ci: Mapping[str, Sequence[float]] | None = None) -> Path:
+    """Bar chart of each model's mean CCC (left, with its [lo, hi] interval as an error bar when
+    `ccc_ci` gives one) and mean ACC (right, when given), the train-mean baseline drawn as a
+    dashed line on both. A missing (None / NaN) value draws no bar."""
     plt = _pyplot()
     names = list(ccc)
     panels = [("mean CCC", ccc, baseline_ccc)]
@@ -82,7 +84,14 @@ def ccc_bars(ccc: Mapping[str, float], *, path: str | os.PathLike, baseline_ccc:
     x = np.arange(len(names))
     for ax, (label, values, base) in zip(axes[0], panels):
         heights = [_finite_or_nan(values.get(n)) for n in names]
-        ax.bar(x, np.nan_to_num(heights, nan=0.0), color="tab:blue")
+        yerr = None
+        if label == "mean CCC" and ccc_ci:
+            lo = [h - _finite_or_nan((ccc_ci.get(n) or [math.nan])[0]) for h, n in zip(heights, names)]
+            hi = [_finite_or_nan((ccc_ci.get(n) or [math.nan, math.nan])[1]) - h
+                  for h, n in zip(heights, names)]
+            yerr = np.nan_to_num([lo, hi], nan=0.0)  # (2, n_models): below, above
+            ax.set_title("bars: 95% bootstrap interval over subjects", fontsize=7)
+        ax.bar(x, np.nan_to_num(heights, nan=0.0), color="tab:blue", yerr=yerr, capsize=3)
         if base is not None and math.isfinite(base):
             shown = round(base, 6) + 0.0  # no "-0.000" for a rounding-level negative
             ax.axhline(base, color="tab:red", ls="--", lw=1.0,

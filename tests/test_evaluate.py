@@ -131,7 +131,7 @@ def test_metrics_match_models_metrics(unit_root):
     report = ev.run(NO_MLFLOW, root=root)
     on_disk = load_json(root / "metrics" / "evaluate.json")
     assert on_disk == report
-    assert set(on_disk) == {"perfect", "trainmean", "noisy+retrained", "baseline"}
+    assert set(on_disk) == {"perfect", "trainmean", "noisy+retrained", "baseline", "selection"}
 
     perfect = on_disk["perfect"]
     assert perfect["mean"]["ccc"] == pytest.approx(1.0)
@@ -262,7 +262,7 @@ def test_malformed_files_are_reported_and_the_others_evaluated(tmp_path, rng):
     errors = out["errors"]
     assert set(errors) == {"no_e", "unknown", "nan_pred", "wrong_split", "partial_proba",
                            "garbage"}
-    assert set(out) == {"good", "baseline", "errors"}
+    assert set(out) == {"good", "baseline", "errors", "selection"}
     assert "data/predictions/no_e.parquet" in errors["no_e"] and "'E'" in errors["no_e"]
     assert "'video_id'" in errors["unknown"] and "not_a_video" in errors["unknown"]
     assert "'C'" in errors["nan_pred"] and "NaN" in errors["nan_pred"]
@@ -288,7 +288,7 @@ def test_no_usable_file_fails_the_stage(tmp_path, rng):
 def test_no_predictions_yet_reports_the_baseline_only(tmp_path, rng):
     write_root(tmp_path, make_manifest(rng), {})
     out = ev.run(NO_MLFLOW, root=tmp_path)
-    assert set(out) == {"baseline"}
+    assert set(out) == {"baseline", "selection"}
     assert out["baseline"]["mean"]["ccc"] == pytest.approx(0.0, abs=1e-12)
 
 
@@ -338,7 +338,7 @@ def test_main_reads_params_yaml(tmp_path, rng, monkeypatch, caplog):
                                           "train:\n  models: [perfect]\n")
     ev.main([])
     out = load_json(tmp_path / "metrics" / "evaluate.json")
-    assert {"perfect", "perfect+retrained", "baseline"} == set(out)
+    assert {"perfect", "perfect+retrained", "baseline", "selection"} == set(out)
     # a bad param ends the stage with exit code 2 and one line naming the key, like every stage
     for text, key in (("evaluate:\n  mlflow: false\ntrain:\n  models: x\n", "train.models"),
                       ("evaluate:\n  splt: val\n", "evaluate.splt")):
@@ -359,7 +359,7 @@ def test_repo_params_and_dvc_stage():
     assert stage["cmd"] == "python -m stages.evaluate"
     assert {"stages/evaluate.py", "stages/plots.py", "models/metrics.py",
             "data/manifest.parquet", "data/predictions"} <= set(stage["deps"])
-    assert stage["params"] == ["evaluate", "train.models"]
+    assert stage["params"] == ["base.seed", "evaluate", "train.models"]
     plots = {next(iter(p)): next(iter(p.values())) for p in dvc["plots"]}
     assert plots["metrics/plots/"]["x"] == "true" and plots["metrics/plots/"]["y"] == "pred"
     # DVC's own schema accepts the stage and the plot definitions (`x: true` unquoted would not)
@@ -389,3 +389,40 @@ def test_summary_holds_mean_ccc_acc_mae_per_model():
               "errors": {"m2": "bad"}}
     assert ev.summary_of(report) == {"m1": {"ccc": 0.3, "acc": 0.9, "mae": 0.1},
                                      "baseline": {"ccc": 0.0, "acc": 0.88, "mae": 0.12}}
+
+
+# --------------------------------------------------------------------------------------------------
+# selection on validation, intervals over subjects
+
+
+def test_best_model_is_chosen_on_validation_not_test(tmp_path, rng):
+    """A model perfect on val but constant on test is the selection; the test figures do not
+    change it."""
+    m = make_manifest(rng)
+    y = truth(m)
+    val_only = np.where((m["split"] == "val").to_numpy()[:, None], y, train_mean(m))
+    test_only = np.where((m["split"] == "test").to_numpy()[:, None], y, train_mean(m))
+    write_root(tmp_path, m, {"valstar": predictions(m, val_only, "valstar"),
+                             "teststar": predictions(m, test_only, "teststar")})
+    report = ev.run(NO_MLFLOW, root=tmp_path)
+    assert report["selection"]["best"] == "valstar"
+    assert report["selection"]["val"]["valstar"]["ccc"] == pytest.approx(1.0)
+    assert report["teststar"]["mean"]["ccc"] > report["valstar"]["mean"]["ccc"]
+    assert report["teststar"]["vs_best"]["model"] == "valstar"
+    assert report["teststar"]["vs_best"]["p_better"] > 0.95
+
+
+def test_intervals_cover_the_estimate_and_summary_carries_them(unit_root):
+    root, m, values = unit_root
+    report = ev.run(NO_MLFLOW, root=root)
+    noisy = report["noisy+retrained"]
+    lo, hi = noisy["ci"]["mean"]["ccc"]
+    assert lo < noisy["mean"]["ccc"] < hi <= 1.0
+    assert noisy["ci"]["resampled"] == "subjects" and noisy["ci"]["n_boot"] == 1000
+    assert noisy["vs_baseline"]["p_better"] == pytest.approx(1.0)
+    assert report["perfect"]["ci"]["mean"]["ccc"] == pytest.approx([1.0, 1.0])
+    summary = load_json(root / "metrics" / "summary.json")
+    assert summary["noisy+retrained"]["ccc_lo"] == pytest.approx(lo)
+    assert summary["noisy+retrained"]["ccc_hi"] == pytest.approx(hi)
+    table = (root / "metrics" / "results.md").read_text()
+    assert f"[{lo:.3f}, {hi:.3f}]" in table and "train-mean baseline" in table

@@ -138,7 +138,7 @@ def test_folder_pipeline_and_second_repro_does_nothing(tmp_path):
     assert "Running stage 'train@logmel_cnn'" in exp.stdout
     assert "train@perfex_cnn" not in exp.stdout
     report = json.loads((repo / "metrics/evaluate.json").read_text())
-    assert set(report) == {"logmel_cnn", "baseline"}
+    assert set(report) == {"logmel_cnn", "baseline", "selection"}
     assert "skipped" in json.loads((repo / "metrics/retrain.json").read_text())
     assert "skipped" in json.loads((repo / "data/deploy/skipped.json").read_text())
     # the same in a temporary copy (as `dvc exp run --queue` runs): DVC points DVC_ROOT at this
