@@ -9,10 +9,16 @@ predictions over the video's views. Prints the five scores and writes
   DIR/report.png        trait bars with the model's test error band, an AU timeline, a face
                         thumbnail
 `--model` is a trained model's name (data/models/NAME/best.pt; NAME+retrained for a retrained
-one) or a checkpoint path;
-by default the model with the best mean test CCC in metrics/evaluate.json (else the first trained
-one). No DVC is involved. A video the model cannot use (no face for a visual or AU model, no audio
-track for an audio model, an unreadable file) gives a clear error and exit code 2.
+one) or a checkpoint path. By default: the model with the best mean *validation* CCC
+(metrics/evaluate.json "selection", else metrics/train/<model>.json) among those whose inputs the
+clip has: a face-less clip with speech gets the best audio model, a silent one the best visual
+model. No DVC is involved.
+
+prediction.json and the report say what the clip offered: `face_share` (share of sampled frames
+with a face), `has_audio`, `audio_silent`, `voiced_share`, and `warnings` in plain words (no face,
+a face in under half of the frames, no or silent audio, audio cut at audio.max_feature_seconds).
+A video the chosen model cannot use (no face for a visual or AU model, no audio track for an audio
+model, an unreadable file) gives a one-line error and exit code 2.
 """
 from __future__ import annotations
 
@@ -38,23 +44,52 @@ VISUAL_KEYS = {"face", "face_seq", "frame", "aus", "aus_mask"}
 AUDIO_KEYS = {"logmel", "wave", "audio_fn"}
 
 
-def resolve_model(model: str | None, root: Path) -> tuple[str, Path]:
-    """(name, checkpoint path) for a model name, a checkpoint path, or the best evaluated."""
-    if model:
-        path = find_checkpoint(model, root)
-        return path.parent.name, path
-    trained = sorted({p.parent.name for pattern in ("data/models/*/best.pt",
-                                                    "data/retrained/models/*/best.pt")
-                      for p in root.glob(pattern)})
-    if not trained:
+def trained_models(root: Path) -> list[str]:
+    """Names of every trained and retrained model with a checkpoint under `root`, sorted."""
+    return sorted({p.parent.name for pattern in ("data/models/*/best.pt",
+                                                 "data/retrained/models/*/best.pt")
+                   for p in root.glob(pattern)})
+
+
+def validation_ranking(root: Path, names: list[str]) -> list[tuple[str, float]]:
+    """(model, mean val CCC) best first: evaluate's selection figures (metrics/evaluate.json),
+    else the train stage's own (metrics/train/<model>.json). Models are chosen on validation:
+    the test split is for the report only."""
+    val = (_evaluation(root).get("selection") or {}).get("val") or {}
+    ranked = []
+    for name in names:
+        ccc = (val.get(name) or {}).get("ccc")
+        if ccc is None:
+            path = root / "metrics" / "train" / f"{name}.json"
+            try:
+                ccc = json.loads(path.read_text())["val"]["model"]["ccc"] if path.exists() else None
+            except (json.JSONDecodeError, KeyError, TypeError):
+                ccc = None
+        if isinstance(ccc, (int, float)) and np.isfinite(ccc):
+            ranked.append((name, float(ccc)))
+    return sorted(ranked, key=lambda nc: -nc[1])
+
+
+def _inputs_of(path: Path) -> set[str]:
+    from models.engine import read_checkpoint
+
+    return set(read_checkpoint(path).get("inputs", []))
+
+
+def choose_model(root: Path, facts: dict) -> tuple[str, Path]:
+    """The best validation model among those whose inputs the clip has (a face for visual and AU
+    models, voiced audio for audio models)."""
+    names = trained_models(root)
+    if not names:
         raise StageInputError(f"no trained model under {root / 'data'}: run `make run` "
                               "or pass --model PATH")
-    evaluation = _evaluation(root)
-    scored = [(m, evaluation[m]["mean"].get("ccc")) for m in trained
-              if isinstance(evaluation.get(m), dict) and "mean" in evaluation[m]]
-    scored = [(m, c) for m, c in scored if c is not None]
-    name = max(scored, key=lambda mc: mc[1])[0] if scored else trained[0]
-    return name, find_checkpoint(name, root)
+    ranked = [n for n, _ in validation_ranking(root, names)] or names
+    for name in ranked:
+        path = find_checkpoint(name, root)
+        if not missing_inputs(_inputs_of(path), facts):
+            return name, path
+    raise StageInputError(f"{facts.get('video')}: no trained model can score it: "
+                          + "; ".join(clip_warnings(facts)))
 
 
 def _evaluation(root: Path) -> dict:
@@ -69,9 +104,47 @@ def safe_video_id(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem) or "video"
 
 
-def run_front_end(video: Path, work: Path, *, needs: set[str]) -> dict:
-    """frames / faces / aus (and audio when needed) on one video under `work`. Returns facts;
-    raises StageInputError when the model needs what the video lacks."""
+MIN_FACE_SHARE = 0.5  # below this share of sampled frames with a face, the report warns
+
+
+def clip_warnings(facts: dict) -> list[str]:
+    """What the clip lacks or what was cut, in plain words."""
+    out = []
+    face = facts.get("face_share")
+    if face == 0:
+        out.append(f"no face in any of the {facts.get('n_frames', 0)} sampled frames: scores "
+                   "can come from the voice alone")
+    elif face is not None and face < MIN_FACE_SHARE:
+        out.append(f"a face in only {100 * face:.0f}% of the sampled frames: visual scores rest "
+                   "on few frames")
+    if not facts.get("has_audio"):
+        out.append("no audio track: scores can come from the face alone")
+    elif facts.get("audio_silent"):
+        out.append("the audio track is silent: scores can come from the face alone")
+    elif facts.get("voiced_share") is not None and facts["voiced_share"] < 0.05:
+        out.append(f"almost no voiced speech ({100 * facts['voiced_share']:.0f}% of the audio)")
+    cut = facts.get("audio_cut_at_s")
+    if cut:
+        out.append(f"audio features stop at {cut:.0f} s (audio.max_feature_seconds) of a "
+                   f"{facts.get('duration_s', 0):.0f} s clip")
+    return out
+
+
+def missing_inputs(needs: set[str], facts: dict) -> str:
+    """'' when the clip offers what a model with inputs `needs` reads, else why not."""
+    if needs & VISUAL_KEYS and not facts.get("face_share"):
+        return "no face was found in any of its sampled frames; this model needs one"
+    if needs & AUDIO_KEYS:
+        if not facts.get("has_audio"):
+            return "no audio track; this model needs audio"
+        if facts.get("audio_silent"):
+            return "the audio track is silent or unreadable; this model needs audio"
+    return ""
+
+
+def run_front_end(video: Path, work: Path) -> dict:
+    """frames / faces / aus and audio on one video under `work`, with the pipeline's own stage
+    functions and params. Returns what the clip offers: face share, audio, voiced share."""
     from stages import audio, aus, faces, frames
     from stages.ingest import probe_video
 
@@ -82,35 +155,33 @@ def run_front_end(video: Path, work: Path, *, needs: set[str]) -> dict:
         "dataset": "predict", **{t: np.nan for t in TRAITS}, **facts, "label_scale": "unit"}])
     write_artifact("manifest", manifest, path=work / schemas.ARTIFACTS["manifest"].path)
     base = dataclasses.replace(load_params("base", BaseParams), workers=1)
-    out = {"video_id": vid, **facts}
-    if needs & VISUAL_KEYS or not needs & AUDIO_KEYS:
-        frames.run(load_params("frames", frames.FramesParams), base, root=work)
-        faces_summary = faces.run(load_params("faces", faces.FacesParams), base, root=work)
-        face_table = read_artifact("faces", path=work / "data" / "faces",
-                                   columns=["video_id", "frame_idx", "t", "face_found"])
-        out["n_frames"] = int(len(face_table))
-        out["face_rate"] = float(face_table["face_found"].mean()) if len(face_table) else 0.0
-        if needs & VISUAL_KEYS and not face_table["face_found"].any():
-            raise StageInputError(f"{video}: no face was found in any of its "
-                                  f"{len(face_table)} sampled frames; this model needs one")
-        aus.run(load_params("aus", aus.AusParams), base, root=work)
-        out["faces_summary"] = {k: v for k, v in faces_summary.items()
-                                if isinstance(v, (int, float, str))}
-    if needs & AUDIO_KEYS:
-        if not facts["has_audio"]:
-            raise StageInputError(f"{video}: no audio track; this model needs audio")
-        audio.run(load_params("audio", audio.AudioParams), base, root=work)
-        row = read_artifact("audio", path=work / "data" / "audio",
-                            columns=["video_id", "has_audio", "silent"]).iloc[0]
-        if not bool(row["has_audio"]) or bool(row["silent"]):
-            raise StageInputError(f"{video}: the audio track is silent or unreadable; this model "
-                                  "needs audio")
+    out = {"video_id": vid, "video": str(video), **facts}
+    frames.run(load_params("frames", frames.FramesParams), base, root=work)
+    faces_summary = faces.run(load_params("faces", faces.FacesParams), base, root=work)
+    face_table = read_artifact("faces", path=work / "data" / "faces",
+                               columns=["video_id", "frame_idx", "t", "face_found"])
+    out["n_frames"] = int(len(face_table))
+    out["face_share"] = float(face_table["face_found"].mean()) if len(face_table) else 0.0
+    out["face_rate"] = out["face_share"]  # the earlier name, kept for readers of prediction.json
+    aus.run(load_params("aus", aus.AusParams), base, root=work)
+    out["faces_summary"] = {k: v for k, v in faces_summary.items()
+                            if isinstance(v, (int, float, str))}
+    if facts["has_audio"]:
+        audio_params = load_params("audio", audio.AudioParams)
+        audio.run(audio_params, base, root=work)
+        row = read_artifact("audio", path=work / "data" / "audio").iloc[0]
+        out["audio_silent"] = bool(not row["has_audio"] or row["silent"])
+        voiced = row.get("fn_voiced_frac")
+        out["voiced_share"] = float(voiced) if voiced is not None and np.isfinite(voiced) else 0.0
+        if facts.get("duration_s", 0) > audio_params.max_feature_seconds:
+            out["audio_cut_at_s"] = float(audio_params.max_feature_seconds)
+    out["warnings"] = clip_warnings(out)
     return out
 
 
 def predict_video(video: Path, *, model: str | None = None, root: Path | None = None,
                   work: Path | None = None) -> dict:
-    """Scores of one video: {"O": .., ..., "model": .., "checkpoint": .., facts...}."""
+    """Scores of one video: {"O": .., ..., "model": .., "checkpoint": .., facts, warnings}."""
     from models.data import build_sources, for_inference
     from models.engine import load_checkpoint, predict_videos
 
@@ -118,21 +189,32 @@ def predict_video(video: Path, *, model: str | None = None, root: Path | None = 
     video = Path(video)
     if not video.is_file():
         raise StageInputError(f"{video}: no such file")
-    name, ckpt_path = resolve_model(model, root)
-    net, ckpt = load_checkpoint(ckpt_path)
-    needs = set(ckpt.get("inputs", []))
+    chosen = find_checkpoint(model, root) if model else None  # an unknown model fails first
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         work_root = Path(tmp)
-        facts = run_front_end(video, work_root, needs=needs)
+        facts = run_front_end(video, work_root)
+        if chosen is None:
+            name, ckpt_path = choose_model(root, facts)
+        else:
+            name, ckpt_path = chosen.parent.name, chosen
+        net, ckpt = load_checkpoint(ckpt_path)
+        needs = set(ckpt.get("inputs", []))
+        why = missing_inputs(needs, facts)
+        if why:
+            raise StageInputError(f"{video}: {why}")
         vid = facts["video_id"]
         sources = build_sources(sorted(needs), root=work_root, video_ids=[vid],
                                 config=for_inference(ckpt.get("source_config")))
         scores = predict_videos(net, sources, [vid])[0]  # (5,)
         report_data = _report_data(work_root, vid)
     result = {t: float(s) for t, s in zip(TRAITS, scores)}
-    result.update(model=ckpt.get("model_name", name), checkpoint=str(ckpt_path),
-                  inputs=sorted(needs), label_scale=ckpt.get("label_scale", "unit"),
-                  video=str(video), **{k: v for k, v in facts.items() if k != "video_id"})
+    # a retrained checkpoint keeps its base model's name; the folder says "+retrained"
+    shown = name if name.endswith("+retrained") else ckpt.get("model_name", name)
+    result.update(model=shown, checkpoint=str(ckpt_path),
+                  chosen_by="--model" if model else "best mean validation CCC among the models "
+                  "whose inputs the clip has", inputs=sorted(needs),
+                  label_scale=ckpt.get("label_scale", "unit"),
+                  **{k: v for k, v in facts.items() if k != "video_id"})
     result["test_error"] = _test_error(root, result["model"], ckpt)
     result["_report"] = report_data
     return result
@@ -194,6 +276,9 @@ def write_report(result: dict, path: Path) -> Path:
         ax.text(i, s + 0.02, f"{s:.2f}", ha="center")
     ax.set_title(f"{Path(result['video']).name}: {result['model']}"
                  + ("  (bars: model's test MAE)" if err else ""))
+    if result.get("warnings"):
+        fig.text(0.01, 0.005, "\n".join("warning: " + w for w in result["warnings"]),
+                 color="#B22222", fontsize=9, va="bottom")
     ax_face = fig.add_subplot(grid[0, 2])
     ax_face.axis("off")
     crop = data.get("crop")
@@ -215,7 +300,7 @@ def write_report(result: dict, path: Path) -> Path:
     else:
         ax_au.axis("off")
         ax_au.text(0.5, 0.5, "no AU timeline (audio-only model)", ha="center", va="center")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04 * len(result.get("warnings") or []), 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -228,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for prediction.json "
                         "and report.png")
     parser.add_argument("--model", default=None, help="registry name (data/models/NAME/best.pt) "
-                        "or checkpoint path; default: best mean test CCC")
+                        "or checkpoint path; default: best mean validation CCC among the "
+                        "models whose inputs the clip has")
     args = parser.parse_args(argv)
     try:
         result = predict_video(args.video, model=args.model)
@@ -247,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     width = max(len(n) for n in schemas.TRAIT_NAMES.values())
     for t in TRAITS:
         print(f"{schemas.TRAIT_NAMES[t]:<{width}}  {result[t]:.3f}")
+    for warning in result.get("warnings", []):
+        print(f"warning: {warning}")
     print(f"model {result['model']}; wrote {args.out / 'prediction.json'} and "
           f"{args.out / 'report.png'}")
     return 0

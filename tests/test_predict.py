@@ -66,3 +66,55 @@ def test_predict_refuses_unreadable_file_and_unknown_model(checkpoints, tmp_path
     assert "broken.mp4" in caplog.text
     assert predict.main([str(bad), "--out", str(tmp_path / "o"), "--model", "no_such_model"]) == 2
     assert "no checkpoint" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def model_root(checkpoints, tmp_path_factory):
+    """A repo-like root with two trained models where the AU model is best on validation."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("root")
+    for name, path in checkpoints.items():
+        (root / "data" / "models" / name).mkdir(parents=True)
+        shutil.copy(path, root / "data" / "models" / name / "best.pt")
+    (root / "metrics").mkdir()
+    (root / "metrics" / "evaluate.json").write_text(json.dumps({
+        "selection": {"best": "perfex_cnn", "val": {"perfex_cnn": {"ccc": 0.5},
+                                                    "logmel_cnn": {"ccc": 0.3}}},
+        # test figures that would pick the other way: the default must not look at them
+        "perfex_cnn": {"mean": {"ccc": 0.1}}, "logmel_cnn": {"mean": {"ccc": 0.9}}}))
+    return root
+
+
+def test_default_model_is_the_best_on_validation_that_the_clip_can_feed(model_root, tmp_path):
+    face = predict.predict_video(real_fixture("single_face.mp4"), root=model_root, work=tmp_path)
+    assert face["model"] == "perfex_cnn" and "validation" in face["chosen_by"]
+    # a landscape clip with a narrator and no face: the best model that reads the voice
+    voice = predict.predict_video(real_fixture("no_face.mp4"), root=model_root, work=tmp_path)
+    assert voice["model"] == "logmel_cnn"
+    assert voice["face_share"] == 0 and voice["has_audio"] and not voice["audio_silent"]
+    assert any("no face" in w for w in voice["warnings"])
+
+
+def test_report_shows_the_warnings(model_root, tmp_path, monkeypatch):
+    import cv2
+
+    monkeypatch.setattr(predict, "repo_root", lambda: model_root)
+    code = predict.main([str(real_fixture("no_face.mp4")), "--out", str(tmp_path / "out")])
+    assert code == 0
+    result = json.loads((tmp_path / "out" / "prediction.json").read_text())
+    assert result["face_share"] == 0 and result["warnings"]
+    img = cv2.imread(str(tmp_path / "out" / "report.png"))  # BGR
+    bottom = img[int(img.shape[0] * 0.85):]
+    red = (bottom[..., 2] > 150) & (bottom[..., 1] < 80) & (bottom[..., 0] < 80)
+    assert red.sum() > 200  # the warning line is drawn in red under the charts
+
+
+def test_clip_warnings_in_plain_words():
+    assert predict.clip_warnings({"face_share": 0.12, "n_frames": 50, "has_audio": True,
+                                  "voiced_share": 0.4}) == [
+        "a face in only 12% of the sampled frames: visual scores rest on few frames"]
+    cut = predict.clip_warnings({"face_share": 1.0, "has_audio": True, "voiced_share": 0.5,
+                                 "audio_cut_at_s": 300.0, "duration_s": 600.0})
+    assert cut and "300 s" in cut[0]
+    assert predict.clip_warnings({"face_share": 1.0, "has_audio": False})[0].startswith("no audio")
