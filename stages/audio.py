@@ -498,7 +498,7 @@ def run(params: AudioParams, base: BaseParams, root: Path | None = None) -> dict
     """Audio features of every manifest video under `root` -> data/audio; returns a summary."""
     root = root or repo_root()
     params.validate()
-    manifest = read_artifact("manifest", path=root / schemas.ARTIFACTS["manifest"].path)
+    manifest = read_artifact("clips", path=root / schemas.ARTIFACTS["clips"].path)
     jobs = []
     for vid, rel in zip(manifest["video_id"], manifest["path"]):
         if not rel:  # AU-only sources (perfex, openface_csv) have no video

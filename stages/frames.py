@@ -98,7 +98,7 @@ def run(params: FramesParams, base: BaseParams, root: Path | None = None) -> dic
     """Sample every manifest video under `root` into data/frames; returns metrics/frames.json."""
     root = root or repo_root()
     check_params(params)
-    manifest = read_artifact("manifest", path=root / schemas.ARTIFACTS["manifest"].path)
+    manifest = read_artifact("clips", path=root / schemas.ARTIFACTS["clips"].path)
     # AU-only sources (perfex, openface_csv) have no video: their path is empty
     jobs = [{"video_id": r.video_id, "path": str(resolve(root, r.path)), "params": params}
             for r in manifest.itertuples() if r.path]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 import pandas as pd
@@ -61,6 +61,11 @@ class IngestParams:
     source: Literal["synthetic", "folder", "chalearn16", "udiva", "perfex",
                     "openface_csv"] = "synthetic"
     split: list[float] = dataclasses.field(default_factory=lambda: [0.7, 0.15, 0.15])
+    # shares: `split` shares of subjects; kfold: subjects in n_folds folds, fold `fold` is test,
+    # fold + 1 val, the rest train (cross-validation: one `dvc exp run -S ingest.fold=k` per fold)
+    split_mode: Literal["shares", "kfold"] = "shares"
+    n_folds: int = 5
+    fold: int = 0
     synthetic: SyntheticParams = SyntheticParams()
     folder: FolderParams = FolderParams()
     chalearn16: datasets.ChaLearnParams = datasets.ChaLearnParams()
@@ -89,12 +94,21 @@ def assign_splits(subjects: list[str], fractions: list[float], seed: int) -> dic
     return {unique[i]: names[k] for k, i in enumerate(order)}
 
 
+def subject_splitter(params: "IngestParams", seed: int) -> Callable[[list[str]], dict[str, str]]:
+    """subjects -> {subject: split} by `params.split_mode`: shares or k-fold (datasets.kfold_splits,
+    the same rule as chalearn16's kfold)."""
+    if params.split_mode == "kfold":
+        return lambda subjects: datasets.kfold_splits(subjects, n_folds=params.n_folds,
+                                                      fold=params.fold, seed=seed)
+    return lambda subjects: assign_splits(subjects, params.split, seed)
+
+
 # --------------------------------------------------------------------------------------------------
 # source: synthetic
 
 
-def ingest_synthetic(p: SyntheticParams, split: list[float], seed: int, workers: int,
-                     root: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def ingest_synthetic(p: SyntheticParams, assign: Callable[[list[str]], dict[str, str]],
+                     seed: int, workers: int, root: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     from stages import synthetic as syn
 
     if p.n_videos < 1 or p.n_subjects < 1 or p.n_subjects > p.n_videos:
@@ -114,7 +128,7 @@ def ingest_synthetic(p: SyntheticParams, split: list[float], seed: int, workers:
                    for s in range(p.n_subjects)]
     subjects = [f"syn_s{s:03d}" for s in subject_of_clip]
     video_ids = [f"syn_{i:04d}" for i in range(p.n_videos)]
-    split_of = assign_splits(subjects, split, seed)
+    split_of = assign(subjects)
 
     video_dir = root / "data" / "videos"
     video_dir.mkdir(parents=True, exist_ok=True)
@@ -227,7 +241,7 @@ def read_labels_csv(csv_path: Path) -> tuple[pd.DataFrame, list[str]]:
     return pd.DataFrame(good), problems
 
 
-def ingest_folder(p: FolderParams, split: list[float], seed: int, root: Path
+def ingest_folder(p: FolderParams, assign: Callable[[list[str]], dict[str, str]], root: Path
                   ) -> tuple[pd.DataFrame, list[str]]:
     if not p.labels:
         raise StageInputError("ingest.folder.labels: set it to the labels CSV of your videos")
@@ -250,16 +264,16 @@ def ingest_folder(p: FolderParams, split: list[float], seed: int, root: Path
                         "subject_id": row["subject"] or video_id, "dataset": p.dataset,
                         **{t: row[t] for t in TRAITS}, **facts})
     manifest = pd.DataFrame(records, columns=MANIFEST_COLUMNS)
-    return finish_splits(manifest, split, seed, where=str(csv_path)), problems
+    return finish_splits(manifest, assign, where=str(csv_path)), problems
 
 
 MANIFEST_COLUMNS = ["video_id", "path", "split", "subject_id", "dataset", *TRAITS, "duration_s",
                     "fps", "has_audio", "label_scale"]
 
 
-def finish_splits(manifest: pd.DataFrame, split: list[float], seed: int, *, where: str
-                  ) -> pd.DataFrame:
-    """Subjects that came with a split keep it; the others are assigned by subject from `seed`."""
+def finish_splits(manifest: pd.DataFrame, assign: Callable[[list[str]], dict[str, str]], *,
+                  where: str) -> pd.DataFrame:
+    """Subjects that came with a split keep it; the others are assigned by subject (`assign`)."""
     manifest = manifest.copy()
     manifest["split"] = manifest["split"].fillna("").astype(str)
     fixed = manifest[manifest["split"] != ""].groupby("subject_id")["split"].agg(set)
@@ -268,7 +282,7 @@ def finish_splits(manifest: pd.DataFrame, split: list[float], seed: int, *, wher
         raise StageInputError(f"{where}: subject(s) {', '.join(clash[:5])} appear in more than "
                               "one split; splits must be by subject")
     open_subjects = sorted(set(manifest["subject_id"]) - set(fixed.index))
-    assigned = assign_splits(open_subjects, split, seed) if open_subjects else {}
+    assigned = assign(open_subjects) if open_subjects else {}
     assigned.update({s: next(iter(v)) for s, v in fixed.items()})
     manifest["split"] = manifest["subject_id"].map(assigned)
     manifest["has_audio"] = manifest["has_audio"].astype(bool)
@@ -292,6 +306,15 @@ def _empty(name: str) -> pd.DataFrame:
                          for c, k in schemas.ARTIFACTS[name].columns.items()})
 
 
+def write_manifest(manifest: pd.DataFrame, root: Path) -> None:
+    """data/manifest.parquet, and data/clips.parquet: the same videos without labels and splits,
+    which the front-end stages read. A new split (a k-fold) or a corrected label then changes the
+    manifest only, and DVC re-runs no front-end stage."""
+    write_artifact("manifest", manifest, path=root / schemas.ARTIFACTS["manifest"].path)
+    clips = manifest[list(schemas.ARTIFACTS["clips"].columns)]
+    write_artifact("clips", clips, path=root / schemas.ARTIFACTS["clips"].path)
+
+
 def run(params: IngestParams, base: BaseParams, root: Path | None = None) -> dict:
     """Ingest `params.source` under `root`; returns the summary written to metrics/ingest.json."""
     root = root or repo_root()
@@ -300,11 +323,12 @@ def run(params: IngestParams, base: BaseParams, root: Path | None = None) -> dic
     study = _empty("user_study")
     source_aus = _empty("source_aus")
     strict = params.strict
+    assign = subject_splitter(params, base.seed)
     if params.source == "synthetic":
-        manifest, study, cue_table = ingest_synthetic(params.synthetic, params.split, base.seed,
+        manifest, study, cue_table = ingest_synthetic(params.synthetic, assign, base.seed,
                                                       base.workers, root)
     elif params.source == "folder":
-        manifest, problems = ingest_folder(params.folder, params.split, base.seed, root)
+        manifest, problems = ingest_folder(params.folder, assign, root)
         strict = strict or params.folder.strict
     else:
         if params.source == "chalearn16":
@@ -324,8 +348,7 @@ def run(params: IngestParams, base: BaseParams, root: Path | None = None) -> dic
                                   + ("".join(f"\n  {p}" for p in problems[:20])))
         manifest = pd.DataFrame(rows)
         manifest["label_scale"] = "z" if params.source == "udiva" else "unit"
-        manifest = finish_splits(manifest[MANIFEST_COLUMNS], params.split, base.seed,
-                                 where=params.source)
+        manifest = finish_splits(manifest[MANIFEST_COLUMNS], assign, where=params.source)
     for msg in problems:
         log.warning("bad item: %s", msg)
     if problems and strict:
@@ -343,7 +366,7 @@ def run(params: IngestParams, base: BaseParams, root: Path | None = None) -> dic
             study = study[study["video_id"].isin(set(manifest["video_id"]))]
     check_subject_splits(manifest)
     (root / "data" / "videos").mkdir(parents=True, exist_ok=True)  # a DVC output for every source
-    write_artifact("manifest", manifest, path=root / schemas.ARTIFACTS["manifest"].path)
+    write_manifest(manifest, root)
     write_artifact("user_study", study, path=root / schemas.ARTIFACTS["user_study"].path)
     write_artifact("synthetic_cues", cue_table,
                    path=root / schemas.ARTIFACTS["synthetic_cues"].path)

@@ -146,14 +146,14 @@ def run_front_end(video: Path, work: Path) -> dict:
     """frames / faces / aus and audio on one video under `work`, with the pipeline's own stage
     functions and params. Returns what the clip offers: face share, audio, voiced share."""
     from stages import audio, aus, faces, frames
-    from stages.ingest import probe_video
+    from stages.ingest import probe_video, write_manifest
 
     facts = probe_video(video)  # raises, naming the file, when it cannot be decoded
     vid = safe_video_id(video)
     manifest = pd.DataFrame([{
         "video_id": vid, "path": str(video.resolve()), "split": "test", "subject_id": vid,
         "dataset": "predict", **{t: np.nan for t in TRAITS}, **facts, "label_scale": "unit"}])
-    write_artifact("manifest", manifest, path=work / schemas.ARTIFACTS["manifest"].path)
+    write_manifest(manifest, work)
     base = dataclasses.replace(load_params("base", BaseParams), workers=1)
     out = {"video_id": vid, "video": str(video), **facts}
     frames.run(load_params("frames", frames.FramesParams), base, root=work)

@@ -42,6 +42,12 @@ ARTIFACTS: dict[str, ArtifactSpec] = {
          "duration_s": "float", "fps": "float", "has_audio": "bool"},
         doc="one row per video; `path` relative to the repo root or absolute; traits in [0,1] "
             "(NaN for unlabelled videos)"),
+    "clips": ArtifactSpec(
+        "data/clips.parquet",
+        {"video_id": "str", "path": "str", "dataset": "str", "duration_s": "float", "fps": "float",
+         "has_audio": "bool"},
+        doc="the manifest's videos without labels and splits: what frames and audio read, so "
+            "that a new split or label re-runs no front-end stage"),
     "user_study": ArtifactSpec(
         "data/user_study.parquet",
         {"video_id": "str", "rater_id": "str", **{t: "float" for t in TRAITS}},

@@ -63,12 +63,12 @@ def speech_mp4(tmp_path_factory) -> Path:
 
 def make_root(tmp_path: Path, videos: dict[str, Path | str]) -> Path:
     """A repo-like folder whose manifest lists `videos` (id -> path)."""
-    from stages.common import write_artifact
+    from stages.ingest import write_manifest
 
     rows = [{"video_id": vid, "path": str(path), "split": "train", "subject_id": vid,
              "dataset": "test", **{t: 0.5 for t in "OCEAN"}, "duration_s": 1.0, "fps": 5.0,
              "has_audio": True} for vid, path in videos.items()]
-    write_artifact("manifest", pd.DataFrame(rows), path=tmp_path / "data" / "manifest.parquet")
+    write_manifest(pd.DataFrame(rows), tmp_path)
     return tmp_path
 
 
@@ -244,7 +244,8 @@ def test_corrupt_and_missing_files_are_reported_and_the_others_go_on(tmp_path, r
 
 def test_stage_on_the_tiny_dataset(tiny_dataset, tmp_path):
     (tmp_path / "data").mkdir()
-    shutil.copy(tiny_dataset / "data" / "manifest.parquet", tmp_path / "data")
+    for name in ("manifest.parquet", "clips.parquet"):
+        shutil.copy(tiny_dataset / "data" / name, tmp_path / "data")
     shutil.copytree(tiny_dataset / "data" / "videos", tmp_path / "data" / "videos")
     summary = audio.run(P, BaseParams(workers=2), root=tmp_path)
     manifest = read_artifact("manifest", path=tmp_path / "data" / "manifest.parquet")

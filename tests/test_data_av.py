@@ -46,7 +46,8 @@ def av_root(tiny_dataset, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("av")
     (root / "data").mkdir()
-    shutil.copy(tiny_dataset / "data" / "manifest.parquet", root / "data" / "manifest.parquet")
+    for name in ("manifest.parquet", "clips.parquet"):
+        shutil.copy(tiny_dataset / "data" / name, root / "data" / name)
     (root / "data" / "videos").symlink_to(tiny_dataset / "data" / "videos")
     base = BaseParams(workers=1)
     frames.run(frames.FramesParams(), base, root=root)

@@ -15,6 +15,7 @@ import pytest
 
 from stages.common import BaseParams, StageInputError, read_artifact, write_artifact
 from stages.frames import FramesParams, extract_video, run
+from stages.ingest import write_manifest
 from stages.video_io import (decode_jpeg, iter_frames, probe, sample_indices, target_size)
 
 
@@ -188,11 +189,11 @@ def test_extract_video_resizes_and_encodes(tmp_path):
 
 def manifest_for(root: Path, videos: dict[str, Path]) -> None:
     n = len(videos)
-    write_artifact("manifest", pd.DataFrame({
+    write_manifest(pd.DataFrame({
         "video_id": list(videos), "path": [str(p) for p in videos.values()],
         "split": "train", "subject_id": list(videos), "dataset": "test",
         **{t: np.full(n, 0.5) for t in "OCEAN"}, "duration_s": np.ones(n), "fps": np.full(n, 25.0),
-        "has_audio": np.zeros(n, bool)}), path=root / "data" / "manifest.parquet")
+        "has_audio": np.zeros(n, bool)}), root)
 
 
 def test_stage_survives_bad_inputs(tmp_path):

@@ -107,3 +107,26 @@ def test_given_splits_are_kept_and_others_assigned_by_subject(folder, tmp_path):
 def test_missing_labels_param(tmp_path):
     with pytest.raises(StageInputError, match="ingest.folder.labels"):
         _run(tmp_path, Path(""))
+
+
+def test_kfold_splits_by_subject_and_covers_every_subject_once_as_test(tmp_path):
+    """ingest.split_mode kfold: each fold's test subjects are disjoint, together all subjects;
+    the clips index (what the front-end reads) is the same for every fold."""
+    from stages.ingest import IngestParams, SyntheticParams, run
+    from tests.conftest import TINY_SYNTHETIC
+
+    test_subjects, clips = [], []
+    for fold in range(3):
+        root = tmp_path / f"fold{fold}"
+        params = IngestParams(source="synthetic", split_mode="kfold", n_folds=3, fold=fold,
+                              synthetic=SyntheticParams(**{**TINY_SYNTHETIC, "n_videos": 6,
+                                                           "n_subjects": 6}))
+        run(params, BaseParams(seed=3, workers=1), root=root)
+        m = read_artifact("manifest", path=root / "data/manifest.parquet")
+        assert (m.groupby("subject_id")["split"].nunique() == 1).all()
+        assert set(m["split"]) == {"train", "val", "test"}
+        test_subjects.append(set(m.loc[m["split"] == "test", "subject_id"]))
+        clips.append((root / "data/clips.parquet").read_bytes())
+    assert set.union(*test_subjects) == set(m["subject_id"])
+    assert sum(len(s) for s in test_subjects) == m["subject_id"].nunique()
+    assert clips[0] == clips[1] == clips[2]
