@@ -2,7 +2,7 @@
 #   make run    create .venv, install the pinned requirements, run the DVC pipeline
 #   make test   install the same if needed, run pytest
 # Others: make ui (MLflow UI on 127.0.0.1:5000), make bench, make zoo (every other model, one DVC
-# experiment each), make clean.
+# experiment each), make cv (5-fold cross-validation by subject), make clean.
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -16,7 +16,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 # dvc.yaml's commands say `python -m stages.<name>`: run them with the project's environment
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install run test ui bench zoo clean
+.PHONY: install run test ui bench zoo cv clean
 
 $(STAMP): requirements.txt requirements.lock stages/facemodel.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ bench: $(STAMP)
 # every registered model outside train.models, one queued DVC experiment each (~15 min on 2 cores)
 zoo: run
 	$(BIN)/python scripts/zoo.py --jobs 2
+
+# cross-validation by subject: one queued DVC experiment per fold (ingest.fold=k), table of
+# mean and sd of test CCC per model
+cv: run
+	$(BIN)/python scripts/cv.py --folds 5 --jobs 2
 
 clean:
 	rm -rf data/manifest.parquet data/user_study.parquet data/videos data/frames data/faces \

@@ -45,15 +45,16 @@ def dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
                           check=check)
 
 
-def experiment_refs(baseline: str = "HEAD") -> dict[str, str]:
-    """{experiment name: git ref} of the zoo experiments based on commit `baseline`."""
+def experiment_refs(baseline: str = "HEAD", prefix_filter: str = PREFIX) -> dict[str, str]:
+    """{experiment name: git ref} of the experiments named `prefix_filter*` based on commit
+    `baseline`."""
     head = subprocess.run(["git", "rev-parse", baseline], cwd=ROOT, text=True,
                           capture_output=True, check=True).stdout.strip()
     prefix = f"refs/exps/{head[:2]}/{head[2:]}/"
     out = subprocess.run(["git", "for-each-ref", "--format=%(refname)", prefix], cwd=ROOT,
                          text=True, capture_output=True, check=True).stdout.split()
     return {ref.removeprefix(prefix): ref for ref in out
-            if ref.removeprefix(prefix).startswith(PREFIX)}
+            if ref.removeprefix(prefix).startswith(prefix_filter)}
 
 
 def show_json(ref: str, path: str) -> dict | None:
@@ -81,25 +82,26 @@ def train_seconds(model: str) -> float | None:
     return float(runs["metrics.train_seconds"].iloc[0])
 
 
-def queue_and_run(models: list[str], jobs: int) -> None:
-    existing = experiment_refs()
-    for model in models:
-        name = PREFIX + model
+def queue_and_run(experiments: dict[str, list[str]], jobs: int, prefix: str = PREFIX) -> None:
+    """Queue one DVC experiment per {name: [KEY=VALUE, ...]} (`-S` overrides), run them `jobs` at a
+    time and wait; a name already used on this commit is replaced."""
+    existing = experiment_refs(prefix_filter=prefix)
+    for name, overrides in experiments.items():
         if name in existing:  # a re-run replaces the earlier result of this commit
             dvc("exp", "remove", name)
-        dvc("exp", "run", "--queue", "-n", name, "-S", f"train.models=[{model}]")
+        dvc("exp", "run", "--queue", "-n", name, *[a for o in overrides for a in ("-S", o)])
         print(f"queued {name}", flush=True)
     # The queue's worker daemons inherit our stdout: captured, run() would wait for them to end
     subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=ROOT, env=ENV, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    names = {PREFIX + m for m in models}
+    names = set(experiments)
     started = time.time()
     while True:
         time.sleep(20)
         states = queue_states(dvc("queue", "status", check=False).stdout, names)
         busy = [n for n, state in states.items() if state in ("Running", "Queued")]
-        done = len(experiment_refs().keys() & names)
-        print(f"{time.time() - started:6.0f} s: {done}/{len(models)} done, {len(busy)} "
+        done = len(experiment_refs(prefix_filter=prefix).keys() & names)
+        print(f"{time.time() - started:6.0f} s: {done}/{len(names)} done, {len(busy)} "
               "queued or running", flush=True)
         if not busy:
             break
@@ -170,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown model(s) {unknown}; registered: {registered}")
     if not args.collect:
-        queue_and_run(models, args.jobs)
+        queue_and_run({PREFIX + m: [f"train.models=[{m}]"] for m in models}, args.jobs)
     rows = collect(models, args.baseline if args.collect else "HEAD")
     print_table(rows)
     out = ROOT / "bench" / "results" / "zoo.json"

@@ -500,10 +500,26 @@ def run_stage(section: str, params_cls: type, run: typing.Callable[..., Any]) ->
     try:
         base = load_params("base", BaseParams)
         params = load_params(section, params_cls)
-        run(params, base)
+        result = run(params, base)
     except (ParamsError, StageInputError, SchemaError) as exc:
         log.error("%s", exc)
         sys.exit(2)
+    if isinstance(result, dict) and result.get("timings"):
+        log_timings(section, result["timings"])
+
+
+def log_timings(stage: str, timings: dict[str, float | None]) -> None:
+    """Timings (seconds, frames per second) to the log and to an MLflow run of the stage: they
+    differ on every run, so they stay out of the DVC-tracked metrics files. Tracking is best
+    effort: a store that cannot be written costs a warning, not the stage."""
+    log = get_logger(stage)
+    values = {k: float(v) for k, v in timings.items() if isinstance(v, (int, float))}
+    log.info("%s timings: %s", stage, ", ".join(f"{k} {v:g}" for k, v in values.items()))
+    try:
+        with mlflow_run(stage, run_name=f"{stage}:timings", tags={"kind": "timings"}) as mlf:
+            mlf.log_metrics(values)
+    except Exception as exc:  # noqa: BLE001 - never fail a finished stage over its timings
+        log.warning("timings not tracked in MLflow: %s", exc)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,98 @@
+"""Cross-validation by subject as a set of DVC experiments: one `dvc exp run -S ingest.fold=k`
+per fold, and a table of mean and sd of test CCC per model over the folds.
+
+    python scripts/cv.py                  # 5 folds of the default models (make cv)
+    python scripts/cv.py --folds 5 --jobs 2
+    python scripts/cv.py --collect        # only the table of finished cv-fold* experiments
+
+Each fold is queued as
+`dvc exp run --queue -n cv-fold<k> -S ingest.split_mode=kfold -S ingest.n_folds=N -S ingest.fold=k`:
+subjects go into N folds (stages/datasets.py: kfold_splits), fold k is test, fold k+1 val, the
+rest train. Ingest re-runs in each experiment (the split is decided there, once), but its
+data/clips.parquet does not change with the fold, so frames, faces, aus and audio come from the
+DVC cache; augment, train, retrain and evaluate run. Run the pipeline once first (`make cv` does).
+
+The table (stdout, and JSON in bench/results/cv.json): per model the test mean CCC of every fold,
+their mean and standard deviation, and the mean val CCC; read from each experiment's
+metrics/summary.json through its git ref (refs/exps/<commit>/cv-fold<k>).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from zoo import experiment_refs, queue_and_run, show_json  # noqa: E402  (a sibling script)
+
+PREFIX = "cv-fold"
+
+
+def fold_experiments(n_folds: int) -> dict[str, list[str]]:
+    return {f"{PREFIX}{k}": ["ingest.split_mode=kfold", f"ingest.n_folds={n_folds}",
+                             f"ingest.fold={k}"] for k in range(n_folds)}
+
+
+def collect(baseline: str = "HEAD") -> tuple[list[dict], list[str]]:
+    """Rows {model, fold CCCs, mean, sd, val mean} and the fold names found."""
+    refs = experiment_refs(baseline, prefix_filter=PREFIX)
+    folds = sorted(refs, key=lambda n: int(n.removeprefix(PREFIX)))
+    per_model: dict[str, dict[str, dict]] = {}
+    for fold in folds:
+        for model, entry in (show_json(refs[fold], "metrics/summary.json") or {}).items():
+            per_model.setdefault(model, {})[fold] = entry
+    rows = []
+    for model, by_fold in sorted(per_model.items()):
+        test = [by_fold[f]["ccc"] for f in folds if by_fold.get(f, {}).get("ccc") is not None]
+        val = [by_fold[f]["val_ccc"] for f in folds
+               if by_fold.get(f, {}).get("val_ccc") is not None]
+        rows.append({"model": model, "folds": {f: by_fold.get(f, {}).get("ccc") for f in folds},
+                     "test_ccc_mean": statistics.fmean(test) if test else None,
+                     "test_ccc_sd": statistics.stdev(test) if len(test) > 1 else None,
+                     "val_ccc_mean": statistics.fmean(val) if val else None,
+                     "n_folds": len(test)})
+    rows.sort(key=lambda r: -(r["val_ccc_mean"] if r["val_ccc_mean"] is not None else -1e9))
+    return rows, folds
+
+
+def _f(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def markdown(rows: list[dict], folds: list[str]) -> str:
+    head = ("| model | val CCC (mean) | test CCC mean ± sd | "
+            + " | ".join(f.replace(PREFIX, "fold ") for f in folds) + " |")
+    lines = [head, "|" + "---|" * (3 + len(folds))]
+    for r in rows:
+        sd = f" ± {r['test_ccc_sd']:.3f}" if r["test_ccc_sd"] is not None else ""
+        lines.append(f"| {r['model']} | {_f(r['val_ccc_mean'])} | {_f(r['test_ccc_mean'])}{sd} | "
+                     + " | ".join(_f(r["folds"][f]) for f in folds) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--jobs", type=int, default=2, help="experiments run at once")
+    parser.add_argument("--collect", action="store_true", help="only print the table")
+    parser.add_argument("--baseline", default="HEAD", help="--collect: the commit the "
+                        "experiments were run on")
+    args = parser.parse_args(argv)
+    if args.folds < 3:
+        parser.error("--folds must be >= 3 (test, val and train folds)")
+    if not args.collect:
+        queue_and_run(fold_experiments(args.folds), args.jobs, prefix=PREFIX)
+    rows, folds = collect(args.baseline if args.collect else "HEAD")
+    print(markdown(rows, folds))
+    out = ROOT / "bench" / "results" / "cv.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"folds": folds, "rows": rows}, indent=2))
+    print(f"wrote {out.relative_to(ROOT)}")
+    return 0 if len(folds) == args.folds or args.collect else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
