@@ -54,8 +54,8 @@ from torch import Tensor, nn
 
 from models.data import InputSource
 from models.metrics import bin_metrics, regression_metrics
-from stages.common import get_logger, progress
-from stages.schemas import TRAITS
+from personality.common import get_logger, progress
+from personality.schemas import TRAITS
 
 __all__ = ["TrainConfig", "EngineError", "seed_everything", "resolve_device", "TrainViews",
            "collate", "merge_views", "make_optimizer", "make_scheduler", "train_one_epoch",
@@ -655,7 +655,7 @@ def fit(model: nn.Module, sources: Sequence[InputSource], *, train_ids: Sequence
     out_dir: where best.pt and last.pt go (None: nowhere; the best weights are kept in memory).
     meta: checkpoint fields (model_name, model_config, inputs, source_config, params, label_scale).
     resume: a checkpoint to continue from (model, optimizer, scheduler, epoch, best, history).
-    tracker: the `mlflow` module of an open run (stages.common.mlflow_run) or None: per-epoch
+    tracker: the `mlflow` module of an open run (personality.common.mlflow_run) or None: per-epoch
     metrics are logged with step=epoch.
     until_epoch: pause after this epoch (the schedule still spans config.epochs); resume later
     from last.pt.

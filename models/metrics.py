@@ -1,7 +1,7 @@
 """Video-level metrics for Big-Five predictions: regression scores, PerFeX's 5-bin view, baselines.
 
 Pure numpy (no torch, no sklearn at run time), so `evaluate`, `retrain` and the predict CLI share
-one definition. Arrays are `(n_videos, 5)`, columns in `stages.schemas.TRAITS` order (O, C, E, A, N),
+one definition. Arrays are `(n_videos, 5)`, columns in `personality.schemas.TRAITS` order (O, C, E, A, N),
 scores in [0, 1]. Argument order follows sklearn: `y_true` first, then `y_pred`.
 
     from models.metrics import regression_metrics, bin_metrics, baseline_metrics
@@ -40,7 +40,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from stages.schemas import TRAITS
+from personality.schemas import TRAITS
 
 __all__ = [
     "MetricsError", "N_BINS", "to_bins", "bin_values",

@@ -10,7 +10,7 @@
     loss = model.loss(outputs, targets)     # targets (B, 5) in [0, 1]; NaN = unlabelled
     scores = model.decode(outputs)          # (B, 5) in [0, 1]; model.predict(batch) does both
 
-Inputs: `aus` (B, T, 17) AU intensities (`stages.schemas.AU_INTENSITY` order, 0-5) and `aus_mask`
+Inputs: `aus` (B, T, 17) AU intensities (`personality.schemas.AU_INTENSITY` order, 0-5) and `aus_mask`
 (B, T) bool, True on real steps, a prefix per row (padding at the end). Without a mask every step
 is real. At most `config.seq_len` steps are used (PerFeX's 700-frame clips).
 
@@ -43,7 +43,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from models.metrics import N_BINS, bin_values
 from models.registry import register
-from stages.schemas import AU_INTENSITY, TRAITS
+from personality.schemas import AU_INTENSITY, TRAITS
 
 __all__ = ["PerfexCNNConfig", "PerfexHybridConfig", "PerfexCNN", "PerfexHybrid",
            "ClassificationHead", "RegressionHead", "MaskedBatchNorm1d", "SqueezeExcite",

@@ -66,8 +66,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from stages import schemas
-from stages.common import (ArtifactWriter, BaseParams, ParamsError, StageInputError, get_logger,
+from personality import schemas
+from personality.common import (ArtifactWriter, BaseParams, ParamsError, StageInputError, get_logger,
                            progress, read_artifact, repo_root, run_stage)
 
 log = get_logger("audio")

@@ -25,10 +25,10 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from stages import schemas
-from stages.common import (BaseParams, StageInputError, atomic_write_json, get_logger, progress, read_artifact, repo_root, run_stage)
-from stages.schemas import AU_INTENSITY, AU_PRESENCE
-from stages.video_io import VideoShardWriter, index_videos, read_video
+from personality import schemas
+from personality.common import (BaseParams, StageInputError, atomic_write_json, get_logger, progress, read_artifact, repo_root, run_stage)
+from personality.schemas import AU_INTENSITY, AU_PRESENCE
+from personality.video_io import VideoShardWriter, index_videos, read_video
 
 log = get_logger("aus")
 

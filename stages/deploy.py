@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages import schemas
-from stages.common import (BaseParams, ParamsError, StageInputError, atomic_dir,
+from personality import schemas
+from personality.common import (BaseParams, ParamsError, StageInputError, atomic_dir,
                            atomic_write_json, experiment_models, find_checkpoint, get_logger,
                            is_checkpoint_path, read_artifact, repo_root, run_stage,
                            write_artifact)
-from stages.schemas import AU_INTENSITY, AU_PRESENCE, TRAITS
+from personality.schemas import AU_INTENSITY, AU_PRESENCE, TRAITS
 
 log = get_logger("deploy")
 

@@ -51,10 +51,10 @@ import pyarrow as pa
 
 from models.metrics import (MetricsError, baseline_metrics, bin_metrics, json_safe,
                             majority_class_accuracy, regression_metrics)
-from stages.common import (BaseParams, ParamsError, SchemaError, StageInputError,
+from personality.common import (BaseParams, ParamsError, SchemaError, StageInputError,
                            atomic_write_json, atomic_write_text, experiment_models, get_logger,
                            load_params, mlflow_run, repo_root)
-from stages.schemas import SPLITS, TRAITS
+from personality.schemas import SPLITS, TRAITS
 
 log = get_logger("evaluate")
 
@@ -370,7 +370,7 @@ def write_scatter_csvs(results: list[ModelResult], plots_dir: Path) -> list[Path
 
 def log_to_mlflow(results: list[ModelResult], report: dict, params: EvaluateParams) -> list[str]:
     """One MLflow run per model (scatter PNG) and a summary run (bar chart). Returns run ids."""
-    from stages import plots
+    from personality import plots
 
     split = params.split
     baseline = report.get("baseline") or {}
@@ -423,7 +423,7 @@ def run(params: EvaluateParams, base: BaseParams | None = None,
         root: Path | None = None, models: list[str] | None = None) -> dict:
     """Evaluate the predictions files under `root` of `models` (and their +retrained), or every
     file when `models` is None; returns the report written to metrics/evaluate.json (NaN as
-    null). MLflow logs to the store of `stages.common.mlflow_run` (anchored on DVC_ROOT)."""
+    null). MLflow logs to the store of `personality.common.mlflow_run` (anchored on DVC_ROOT)."""
     root = Path(root or repo_root())
     manifest = load_manifest(root / MANIFEST)
     label_scale = label_scale_of(manifest, params.split, where=str(MANIFEST))

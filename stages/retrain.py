@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages import schemas
-from stages.common import (BaseParams, ParamsError, StageInputError, atomic_write_json,
+from personality import schemas
+from personality.common import (BaseParams, ParamsError, StageInputError, atomic_write_json,
                            experiment_models, get_logger, read_artifact, repo_root, run_stage)
-from stages.schemas import TRAITS
+from personality.schemas import TRAITS
 
 log = get_logger("retrain")
 
@@ -172,7 +172,7 @@ def retrain_model(name: str, p: RetrainParams, base: BaseParams, root: Path,
             "label_scale": ckpt.get("label_scale", "unit")}
     tracking = None
     if p.mlflow:
-        from stages.common import mlflow_run
+        from personality.common import mlflow_run
 
         tracking = mlflow_run("retrain", run_name=out_name, tags={"model": out_name},
                               params={**dataclasses.asdict(p), "base_model": name,

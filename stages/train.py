@@ -42,10 +42,10 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from stages import schemas
-from stages.common import (BaseParams, ParamsError, StageInputError, atomic_write_json,
+from personality import schemas
+from personality.common import (BaseParams, ParamsError, StageInputError, atomic_write_json,
                            atomic_write_text, check_schema, get_logger, load_params, repo_root)
-from stages.schemas import SPLITS, TRAITS
+from personality.schemas import SPLITS, TRAITS
 
 log = get_logger("train")
 
@@ -107,7 +107,7 @@ def for_model(p: TrainParams, name: str) -> tuple[TrainParams, dict]:
                           f"param (allowed: {', '.join(PER_MODEL_TRAIN_KEYS)})")
     if not solver:
         return p, overrides
-    from stages.common import build_dataclass
+    from personality.common import build_dataclass
 
     merged = {f.name: getattr(p, f.name) for f in dataclasses.fields(p)} | solver
     return build_dataclass(TrainParams, merged, "train"), overrides
@@ -229,7 +229,7 @@ def train_model(name: str, p: TrainParams, base: BaseParams, root: Path) -> dict
 
     tracking = None
     if p.mlflow and rank == 0:
-        from stages.common import mlflow_run
+        from personality.common import mlflow_run
 
         tracking = mlflow_run("train", run_name=name, tags={"model": name},
                               params={**dataclasses.asdict(cfg), "model": name,

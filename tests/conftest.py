@@ -37,7 +37,7 @@ TINY_SYNTHETIC = dict(n_videos=6, n_subjects=3, min_seconds=2.0, max_seconds=2.5
 
 def make_tiny_dataset(root: Path, seed: int = 7, **overrides) -> Path:
     """Run the real ingest stage (synthetic source) into `root` with a handful of short clips."""
-    from stages.common import BaseParams
+    from personality.common import BaseParams
     from stages.ingest import IngestParams, SyntheticParams, run
 
     root.mkdir(parents=True, exist_ok=True)
@@ -73,7 +73,7 @@ def write_video(path: Path, *, n_frames: int = 10, audio: bool = True, size=(64,
         for p in v.encode():
             c.mux(p)
         if a is not None:
-            from stages.video_io import mux_mono_audio
+            from personality.video_io import mux_mono_audio
 
             tone = (0.1 * np.sin(np.arange(6400) * 2 * np.pi * 220 / 16000)).astype(np.float32)
             mux_mono_audio(c, a, tone, 16000)

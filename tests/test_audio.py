@@ -16,8 +16,8 @@ import pytest
 from conftest import real_fixture
 from stages import audio
 from stages.audio import AudioParams
-from stages.common import BaseParams, ParamsError, read_artifact
-from stages.video_io import mux_mono_audio
+from personality.common import BaseParams, ParamsError, read_artifact
+from personality.video_io import mux_mono_audio
 
 SR = 16000
 P = AudioParams()
@@ -63,7 +63,7 @@ def speech_mp4(tmp_path_factory) -> Path:
 
 def make_root(tmp_path: Path, videos: dict[str, Path | str]) -> Path:
     """A repo-like folder whose manifest lists `videos` (id -> path)."""
-    from stages.common import write_artifact
+    from personality.common import write_artifact
 
     rows = [{"video_id": vid, "path": str(path), "split": "train", "subject_id": vid,
              "dataset": "test", **{t: 0.5 for t in "OCEAN"}, "duration_s": 1.0, "fps": 5.0,

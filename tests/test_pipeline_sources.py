@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from stages.common import read_artifact
+from personality.common import read_artifact
 from tests.conftest import REPO, write_video
 from tests.test_datasets import chalearn_annotations, py2_pickle
 

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 import torch
 
-from stages.common import BaseParams, ParamsError, read_artifact
-from stages.schemas import TRAITS
+from personality.common import BaseParams, ParamsError, read_artifact
+from personality.schemas import TRAITS
 from stages.train import TrainParams, run
 
 MODELS = ["perfex_cnn", "perfex_hybrid"]
@@ -127,7 +127,7 @@ def test_unknown_model_is_a_params_error(au_root):
 def test_params_match_params_yaml():
     """Every train: / augment: key of params.yaml is a field (the stages load it strictly)."""
     from stages.augment import AugmentParams
-    from stages.common import load_params
+    from personality.common import load_params
 
     assert dataclasses.is_dataclass(load_params("train", TrainParams))
     assert dataclasses.is_dataclass(load_params("augment", AugmentParams))

@@ -25,7 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stages.common import ArtifactWriter, StageInputError, check_schema
+from personality.common import ArtifactWriter, StageInputError, check_schema
 
 __all__ = ["VideoInfo", "probe", "mux_mono_audio", "iter_frames", "target_size", "sample_indices",
            "VideoShardWriter", "index_videos", "read_video", "map_videos", "worker_init",
@@ -338,7 +338,7 @@ def index_videos(path: str | os.PathLike, name: str) -> dict[str, list[tuple[Pat
     """Map video_id -> [(shard, row_group), ...] for a sharded artifact folder, reading only the
     `video_id` column. Checks every shard's columns against artifact `name` (SchemaError)."""
     path = Path(path)
-    from stages.common import SchemaError
+    from personality.common import SchemaError
 
     if not path.is_dir():
         raise SchemaError(f"{path}: artifact '{name}' not found; run its stage first")

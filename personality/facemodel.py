@@ -9,7 +9,7 @@ The bundle `face_landmarker.task` is not inside the mediapipe wheel. It is looke
      `TASK_URL`: for users with the internet; never in CI).
 Whatever the source, its sha256 must equal the official file's.
 
-    python -m stages.facemodel          # prints where the bundle was found
+    python -m personality.facemodel          # prints where the bundle was found
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from stages.common import StageInputError
+from personality.common import StageInputError
 
 TASK_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
 TASK_URL = ("https://storage.googleapis.com/mediapipe-models/face_landmarker/"
@@ -101,7 +101,7 @@ def find_task_file(model_path: str | None = None, *, download: bool = False) -> 
     if download:
         return _download(TASK_URL)
     raise StageInputError(
-        "face_landmarker.task not found: run `make install` (or `python -m stages.facemodel "
+        "face_landmarker.task not found: run `make install` (or `python -m personality.facemodel "
         f"--install`), set faces.model_path, or download {TASK_URL} to {CACHE_PATH}")
 
 

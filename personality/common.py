@@ -2,7 +2,7 @@
 
 Each stage imports only this module for plumbing, so that its own file holds only the work:
 
-    from stages.common import load_params, read_artifact, ArtifactWriter, progress, get_logger
+    from personality.common import load_params, read_artifact, ArtifactWriter, progress, get_logger
 
     p = load_params("faces", FacesParams)     # typed dataclass; unknown or mistyped key -> ParamsError
     frames = read_artifact("frames")          # schema-checked DataFrame
@@ -30,7 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import yaml
 
-from stages import schemas
+from personality import schemas
 
 __all__ = [
     "ParamsError", "SchemaError", "StageInputError",

@@ -2,7 +2,7 @@
 audio and Big-Five labels that follow documented behavioural cues. Offline and deterministic.
 
     python -m stages.ingest                   # with ingest.source: synthetic (the default)
-    python -m stages.synthetic --preview out.png   # one contact sheet of frames, for a look
+    python -m personality.synthetic --preview out.png   # one contact sheet of frames, for a look
 
 How a clip is made (docs/data_card.md has the full story and the numbers):
   1. Ten latent cues per clip, each N(0, 1): a subject part (60% of the variance) and a clip part.
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages.schemas import TRAITS
+from personality.schemas import TRAITS
 
 # --------------------------------------------------------------------------------------------------
 # cues and labels
@@ -178,7 +178,7 @@ def build_rig(name: str, photo: Path, landmarker) -> FaceRig:
     import cv2
     from scipy.interpolate import griddata
 
-    from stages.facemodel import detect_rgb
+    from personality.facemodel import detect_rgb
 
     rgb = cv2.cvtColor(cv2.imread(str(photo)), cv2.COLOR_BGR2RGB)
     result = detect_rgb(landmarker, rgb)
@@ -274,7 +274,7 @@ def unit_displacements(lm: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def load_rigs() -> list[FaceRig]:
-    from stages.facemodel import open_landmarker
+    from personality.facemodel import open_landmarker
 
     with open_landmarker(mode="image") as landmarker:
         return [build_rig(name, path, landmarker) for name, path in face_photos().items()]
@@ -547,7 +547,7 @@ def write_clip(path: Path, frames_rgb, audio: np.ndarray | None, fps: float, sr:
         for packet in video.encode():
             container.mux(packet)
         if astream is not None:
-            from stages.video_io import mux_mono_audio
+            from personality.video_io import mux_mono_audio
 
             mux_mono_audio(container, astream, audio, sr)
     os.replace(tmp, path)

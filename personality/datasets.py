@@ -23,8 +23,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from stages.common import StageInputError, get_logger, progress, safe_join
-from stages.schemas import AU_INTENSITY, AU_PRESENCE, TRAITS
+from personality.common import StageInputError, get_logger, progress, safe_join
+from personality.schemas import AU_INTENSITY, AU_PRESENCE, TRAITS
 
 log = get_logger("datasets")
 
