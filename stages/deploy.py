@@ -58,7 +58,7 @@ def load_corpus(p: DeployParams, root: Path) -> pd.DataFrame:
             keep = set(manifest.loc[manifest["split"].isin(p.splits), "video_id"])
             table = table[table["video_id"].isin(keep)]
         return table
-    from stages.aus import read_openface_csv
+    from personality.openface import read_openface_csv
 
     folder = Path(p.corpus) if Path(p.corpus).is_absolute() else root / p.corpus
     csvs = sorted(folder.glob("*.csv"))

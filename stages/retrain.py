@@ -33,7 +33,8 @@ import pandas as pd
 
 from personality import schemas
 from personality.common import (BaseParams, ParamsError, StageInputError, atomic_write_json,
-                           experiment_models, get_logger, read_artifact, repo_root, run_stage)
+                           experiment_models, get_logger, read_artifact, repo_root, run_stage,
+                           write_predictions)
 from personality.schemas import TRAITS
 
 log = get_logger("retrain")
@@ -119,7 +120,6 @@ def retrain_model(name: str, p: RetrainParams, base: BaseParams, root: Path,
 
     from models import engine
     from models.data import build_sources, for_inference
-    from stages.train import _write_predictions
 
     ckpt_path = root / "data" / "models" / name / "best.pt"
     if not ckpt_path.is_file():
@@ -187,7 +187,7 @@ def retrain_model(name: str, p: RetrainParams, base: BaseParams, root: Path,
             mlf.log_metrics({f"{when}_{k}": v for when, m in (("before", before),
                                                                 ("after", after))
                              for k, v in m.items() if math.isfinite(v)})
-    _write_predictions(root / RETRAINED / "predictions" / f"{out_name}.parquet", pd.DataFrame({
+    write_predictions(root / RETRAINED / "predictions" / f"{out_name}.parquet", pd.DataFrame({
         "video_id": have["video_id"].to_numpy(), "split": have["split"].to_numpy(),
         **{t: preds[:, k] for k, t in enumerate(TRAITS)}, "model": out_name}))
     log.info("%s: held-out rater means ccc %.3f -> %.3f, mae %.3f -> %.3f (%d tuned + %d mixed, "

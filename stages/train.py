@@ -44,7 +44,8 @@ import pandas as pd
 
 from personality import schemas
 from personality.common import (BaseParams, ParamsError, StageInputError, atomic_write_json,
-                           atomic_write_text, check_schema, get_logger, load_params, repo_root)
+                           atomic_write_text, check_schema, get_logger, load_params, repo_root,
+                           write_predictions)
 from personality.schemas import SPLITS, TRAITS
 
 log = get_logger("train")
@@ -162,17 +163,6 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray, proba: np.ndarray | None,
                      "bin_accuracy": major["mean"]["accuracy"]},
         "per_trait": {t: {**reg[t], "bin_accuracy": bins[t]["accuracy"]} for t in TRAITS},
     }
-
-
-def _write_predictions(path: Path, df: pd.DataFrame) -> None:
-    check_schema(df, "predictions", path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        df.to_parquet(tmp, index=False)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _history_csv(history: list[dict]) -> str:
@@ -301,7 +291,7 @@ def train_model(name: str, p: TrainParams, base: BaseParams, root: Path) -> dict
             for j, t in enumerate(TRAITS):
                 for k in range(proba.shape[2]):
                     predictions[f"proba_{t}_{k}"] = proba[:, j, k]
-        _write_predictions(root / "data" / "predictions" / f"{name}.parquet", predictions)
+        write_predictions(root / "data" / "predictions" / f"{name}.parquet", predictions)
         train_targets = _targets(train_df) if len(train_df) else _targets(have)
         summary = {"model": name, "test_only": p.test_only, "val_metric": cfg.val_metric,
                    **fit_info,
