@@ -24,7 +24,7 @@ def make_dvc_repo(tmp: Path, ingest: dict) -> Path:
     """A copy of the project's code and pipeline with `ingest` params replaced, committed."""
     repo = tmp / "repo"
     repo.mkdir()
-    for name in ("stages", "models", "scripts"):
+    for name in ("personality", "stages", "models", "scripts"):
         shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(REPO / name, repo / name)
