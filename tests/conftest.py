@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# ../shared/fixtures beside the checkout holds small real media (see its README). Tests that need
-# it skip with a reason where it is absent, so the suite passes on any machine.
-SHARED_FIXTURES = Path(os.environ.get("PERSONALITY_FIXTURES", REPO.parent / "shared" / "fixtures"))
+# small real media that ships with the tests (provenance in tests/fixtures/README.md)
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
@@ -18,10 +17,9 @@ os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / ".numba_cache"))
 
 
 def real_fixture(name: str) -> Path:
-    """Path to a file of ../shared/fixtures, or skip the test saying why."""
-    path = SHARED_FIXTURES / name
-    if not path.exists():
-        pytest.skip(f"real-media fixture {path} is absent (../shared/fixtures not beside the repo)")
+    """Path to a file of tests/fixtures; a missing one is an error, not a skip."""
+    path = FIXTURES / name
+    assert path.is_file(), f"real-media fixture {path} is missing (see tests/fixtures/README.md)"
     return path
 
 
