@@ -341,7 +341,8 @@ class RegressionHead(nn.Module):
         return scores  # (B, 5)
 
 
-def _make_head(cfg: Any, in_features: int) -> nn.Module:
+def make_head(cfg: Any, in_features: int) -> nn.Module:
+    """The head `cfg.head` names over `in_features` features (every model of the zoo uses it)."""
     if cfg.head == "classification":
         return ClassificationHead(in_features, hidden=cfg.hidden, dropout=cfg.dropout,
                                   decode=cfg.decode)
@@ -420,7 +421,7 @@ class PerfexCNN(_AUModel):
             _CNNBranch(config.n_aus, config.channels, k, batch_norm=config.batch_norm)
             for k in config.kernel_sizes)
         n_features = len(config.kernel_sizes) * 2 * config.channels[1]  # 4 x (mean, max) x 128
-        self.head = _make_head(config, n_features)
+        self.head = make_head(config, n_features)
 
     def features(self, aus: Tensor, mask: Tensor, lengths: Tensor) -> Tensor:
         x = aus.transpose(1, 2)  # (B, T, 17) -> (B, 17, T): Conv1d wants channels first
@@ -474,7 +475,7 @@ class PerfexHybrid(_AUModel):
                                          layers=config.lstm_layers,
                                          attention_dim=config.attention_dim)
         self.lstm_dropout = nn.Dropout(config.lstm_dropout)
-        self.head = _make_head(config, config.fcn_channels[-1] + config.lstm_hidden)
+        self.head = make_head(config, config.fcn_channels[-1] + config.lstm_hidden)
 
     def fcn_features(self, aus: Tensor, mask: Tensor) -> Tensor:
         h = aus.transpose(1, 2)  # (B, T, 17) -> (B, 17, T)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from models.perfex import ClassificationHead, HeadModel, RegressionHead, make_config
+from models.perfex import HeadModel, make_config, make_head
 from models.registry import register
 
 __all__ = ["ZooModel", "make_config", "make_head", "ResNetTrunk", "SEBasicBlock",
@@ -63,15 +63,6 @@ def check_head(cfg: Any, name: str) -> None:
         raise ValueError(f"{name}: dropout must be in [0, 1), got {cfg.dropout}")
     if cfg.decode not in ("expectation", "argmax"):
         raise ValueError(f"{name}: decode must be 'expectation' or 'argmax', got {cfg.decode!r}")
-
-
-def make_head(cfg: Any, in_features: int) -> nn.Module:
-    """The head `cfg.head` names over `in_features` features."""
-    if cfg.head == "classification":
-        return ClassificationHead(in_features, hidden=cfg.hidden, dropout=cfg.dropout,
-                                  decode=cfg.decode)
-    return RegressionHead(in_features, hidden=cfg.hidden, dropout=cfg.dropout,
-                          bounded=cfg.head == "regression")
 
 
 class ZooModel(HeadModel):

@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from personality.ccc import ccc
+from personality.common import atomic_file
 from personality.schemas import TRAITS
 
 # --------------------------------------------------------------------------------------------------
@@ -84,13 +86,6 @@ def labels_from_cues(cues: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Big-Five labels, (n, 5) in [0, 1]."""
     noise = rng.standard_normal((len(cues), len(TRAITS))) * LABEL_NOISE
     return np.clip(explainable(cues) + noise, 0.0, 1.0)
-
-
-def ccc(x: np.ndarray, y: np.ndarray) -> float:
-    """Lin's concordance correlation coefficient, population variances."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    cov = np.mean((x - x.mean()) * (y - y.mean()))
-    return float(2 * cov / (x.var() + y.var() + (x.mean() - y.mean()) ** 2))
 
 
 def noise_ceiling(n: int = 200_000, seed: int = 0) -> dict[str, float]:
@@ -526,8 +521,7 @@ def write_clip(path: Path, frames_rgb, audio: np.ndarray | None, fps: float, sr:
     import av
     import cv2
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    with av.open(str(tmp), "w", format="mp4") as container:
+    with atomic_file(path) as tmp, av.open(str(tmp), "w", format="mp4") as container:
         video = container.add_stream(VIDEO_CODEC, rate=Fraction(fps).limit_denominator(1001),
                                      options=VIDEO_OPTIONS)
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
@@ -550,7 +544,6 @@ def write_clip(path: Path, frames_rgb, audio: np.ndarray | None, fps: float, sr:
             from personality.video_io import mux_mono_audio
 
             mux_mono_audio(container, astream, audio, sr)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------------

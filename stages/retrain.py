@@ -24,6 +24,7 @@ experiment left behind (or failing in a fresh clone, where there are none).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from pathlib import Path
@@ -114,6 +115,35 @@ def _summary(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     return {k: float(mean[k]) for k in ("ccc", "pcc", "mae")}
 
 
+def _mix_in(p: RetrainParams, seed: int, have: pd.DataFrame, rated: pd.DataFrame,
+            tune_ids: list[str]) -> tuple[list[str], list[str], np.ndarray]:
+    """Original train clips mixed in beside the rated ones (a share of them, drawn with the
+    seed), so fine-tuning does not forget the training labels: (mixed ids, all ids, targets
+    (n, 5))."""
+    rng = np.random.default_rng([seed, 31])
+    pool = sorted(set(have.loc[have["split"] == "train", "video_id"]) - set(rated.index))
+    n_mix = min(len(pool), int(round(p.mix_share * len(tune_ids))))
+    mixed = sorted(rng.choice(pool, size=n_mix, replace=False).tolist()) if n_mix else []
+    labels = have.set_index("video_id")
+    train_targets = np.vstack([rated.loc[tune_ids, list(TRAITS)].to_numpy(float),
+                               labels.loc[mixed, list(TRAITS)].to_numpy(float)
+                               if mixed else np.empty((0, len(TRAITS)))])
+    return mixed, tune_ids + mixed, train_targets
+
+
+def _freeze(model, prefixes: list[str], name: str) -> int:
+    """Fix the parameters whose names start with one of `prefixes`; returns how many numbers."""
+    frozen = 0
+    for pname, param in model.named_parameters():
+        if any(pname.startswith(prefix) for prefix in prefixes):
+            param.requires_grad_(False)
+            frozen += param.numel()
+    if prefixes and not frozen:
+        raise ParamsError(f"retrain.freeze: {prefixes} matches no parameter of {name} (names "
+                          f"start with: {sorted({n.split('.')[0] for n, _ in model.named_parameters()})})")
+    return frozen
+
+
 def retrain_model(name: str, p: RetrainParams, base: BaseParams, root: Path,
                   rated: pd.DataFrame, manifest: pd.DataFrame) -> dict:
     import torch
@@ -142,24 +172,8 @@ def retrain_model(name: str, p: RetrainParams, base: BaseParams, root: Path,
     held_true = rated.loc[held_ids, list(TRAITS)].to_numpy(float)
     before = _summary(held_true, engine.predict_videos(model, sources, held_ids))
 
-    rng = np.random.default_rng([seed, 31])
-    pool = sorted(set(have.loc[have["split"] == "train", "video_id"]) - set(rated.index))
-    n_mix = min(len(pool), int(round(p.mix_share * len(tune_ids))))
-    mixed = sorted(rng.choice(pool, size=n_mix, replace=False).tolist()) if n_mix else []
-    labels = have.set_index("video_id")
-    train_ids = tune_ids + mixed
-    train_targets = np.vstack([rated.loc[tune_ids, list(TRAITS)].to_numpy(float),
-                               labels.loc[mixed, list(TRAITS)].to_numpy(float)
-                               if mixed else np.empty((0, len(TRAITS)))])
-
-    frozen = 0
-    for pname, param in model.named_parameters():
-        if any(pname.startswith(prefix) for prefix in p.freeze):
-            param.requires_grad_(False)
-            frozen += param.numel()
-    if p.freeze and not frozen:
-        raise ParamsError(f"retrain.freeze: {p.freeze} matches no parameter of {name} (names "
-                          f"start with: {sorted({n.split('.')[0] for n, _ in model.named_parameters()})})")
+    mixed, train_ids, train_targets = _mix_in(p, seed, have, rated, tune_ids)
+    frozen = _freeze(model, p.freeze, name)
     cfg = engine.TrainConfig(epochs=p.epochs, lr=p.lr, batch_size=p.batch_size,
                              weight_decay=p.weight_decay, schedule="cosine", patience=0,
                              views_per_video=p.views_per_video, seed=seed, device="cpu")
@@ -170,14 +184,14 @@ def retrain_model(name: str, p: RetrainParams, base: BaseParams, root: Path,
             "params": {"retrain": dataclasses.asdict(p),
                        "base_checkpoint": ckpt_path.relative_to(root).as_posix()},
             "label_scale": ckpt.get("label_scale", "unit")}
-    tracking = None
+    tracking = contextlib.nullcontext()
     if p.mlflow:
         from personality.common import mlflow_run
 
         tracking = mlflow_run("retrain", run_name=out_name, tags={"model": out_name},
                               params={**dataclasses.asdict(p), "base_model": name,
                                       "n_finetune": len(tune_ids), "n_mixed": len(mixed)})
-    with tracking if tracking is not None else _Null() as mlf:
+    with tracking as mlf:
         engine.fit(model, sources, train_ids=train_ids, train_targets=train_targets,
                    config=cfg, out_dir=root / RETRAINED / "models" / out_name, meta=meta,
                    tracker=mlf, desc=f"retrain:{name}")
@@ -195,14 +209,6 @@ def retrain_model(name: str, p: RetrainParams, base: BaseParams, root: Path,
              len(tune_ids), len(mixed), len(held_ids))
     return {"before": before, "after": after, "n_finetune": len(tune_ids),
             "n_mixed": len(mixed), "n_heldout": len(held_ids), "frozen_parameters": frozen}
-
-
-class _Null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc) -> None:
-        return None
 
 
 def _skip(root: Path, reason: str) -> dict:
