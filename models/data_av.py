@@ -34,6 +34,9 @@ Augmentation runs on the uint8 tensors, then the image is scaled to float and Im
 Standardisation (logmel per band, audio_fn per feature) uses statistics of the train split:
 `stats_split: train` reads data/manifest.parquet under the root and keeps the given videos of
 that split ("" = all the given videos); `mean` / `std` in the config override them.
+
+One file because every audio-visual input source shares the decoding, caching and
+fitted-state helpers above its builders; splitting it waits for the fitted-state rework on main.
 """
 from __future__ import annotations
 

@@ -29,6 +29,9 @@ defects, fixed in `ingest` / `augment` / `train`.)
 Two heads (`head=` in the config): "classification", 25 logits = 5 traits x 5 bins (bin = floor(4p),
 `models.metrics.to_bins`), summed cross-entropy over traits, decoded to [0, 1] by the expected bin
 value or the argmax bin's value (`models.metrics.bin_values`); "regression", 5 sigmoid outputs, MSE.
+
+One file because the two PerFeX models share the masked layers and the heads defined here
+(the other model families import the heads from it).
 """
 from __future__ import annotations
 

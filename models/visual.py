@@ -16,6 +16,9 @@ UDIVA's; `decode` then returns the label scale, not [0, 1]).
 
 Shared pieces used by models/audio.py and models/audiovisual.py live here too: the config helper,
 the heads, the `ZooModel` protocol base class and the 2D ResNet trunk.
+
+One file because the visual families share the ZooModel base, the trunk blocks and the
+config helpers; each family is a section of its own (ResNet, HRNet, DAN, face sequences).
 """
 from __future__ import annotations
 

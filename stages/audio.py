@@ -50,6 +50,9 @@ all-zero wave (n_samples 0).
 
 Parallel: `base.workers` spawned processes, one thread each; each worker pays librosa's numba JIT
 (or its cache load) once, in `warm_up`, before its first clip. docs/audio.md has the measurements.
+
+One file because every audio feature of the stage is computed from one decoded wave per video
+in one pass; the sections follow the output columns.
 """
 from __future__ import annotations
 

@@ -144,6 +144,15 @@ def _freeze(model, prefixes: list[str], name: str) -> int:
     return frozen
 
 
+def _retrained_meta(p: RetrainParams, ckpt: dict, base_checkpoint: str) -> dict:
+    """The fine-tuned checkpoint's fields: the base model's, with the retrain params. The base
+    checkpoint's path is relative: an absolute one would make it differ between checkouts."""
+    return {"model_name": ckpt["model_name"], "model_config": ckpt["model_config"],
+            "inputs": ckpt["inputs"], "source_config": ckpt.get("source_config", {}),
+            "params": {"retrain": dataclasses.asdict(p), "base_checkpoint": base_checkpoint},
+            "label_scale": ckpt.get("label_scale", "unit")}
+
+
 def retrain_model(name: str, p: RetrainParams, base: BaseParams, root: Path,
                   rated: pd.DataFrame, manifest: pd.DataFrame) -> dict:
     import torch
@@ -178,12 +187,7 @@ def retrain_model(name: str, p: RetrainParams, base: BaseParams, root: Path,
                              weight_decay=p.weight_decay, schedule="cosine", patience=0,
                              views_per_video=p.views_per_video, seed=seed, device="cpu")
     out_name = f"{name}{SUFFIX}"
-    meta = {"model_name": ckpt["model_name"], "model_config": ckpt["model_config"],
-            "inputs": ckpt["inputs"], "source_config": ckpt.get("source_config", {}),
-            # relative: an absolute path would make the checkpoint differ between checkouts
-            "params": {"retrain": dataclasses.asdict(p),
-                       "base_checkpoint": ckpt_path.relative_to(root).as_posix()},
-            "label_scale": ckpt.get("label_scale", "unit")}
+    meta = _retrained_meta(p, ckpt, ckpt_path.relative_to(root).as_posix())
     tracking = contextlib.nullcontext()
     if p.mlflow:
         from personality.common import mlflow_run

@@ -24,12 +24,7 @@ SMALL = {"perfex_cnn": {"channels": [8, 16], "hidden": 16},
                            "attention_dim": 8, "hidden": 16}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")
