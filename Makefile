@@ -18,13 +18,13 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: install run test ui bench zoo cv clean
 
-$(STAMP): requirements.txt requirements.lock stages/facemodel.py
+$(STAMP): requirements.txt requirements.lock personality/facemodel.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt -c requirements.lock
 	$(BIN)/python -m pip check
-	$(BIN)/python -m stages.facemodel --install
-	$(BIN)/python -m stages.warmup
+	$(BIN)/python -m personality.facemodel --install
+	$(BIN)/python -m personality.warmup
 	touch $(STAMP)
 
 install: $(STAMP)

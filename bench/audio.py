@@ -3,7 +3,7 @@
     .venv/bin/python bench/audio.py        # 8 clips of 15 s -> a table, bench/results/audio.json
     .venv/bin/python bench/audio.py --clips 4 --no-pyin
 
-Clips: speech from the synthetic generator (stages/synthetic.py, 4 voices), muxed as AAC 16 kHz mono
+Clips: speech from the synthetic generator (personality/synthetic.py, 4 voices), muxed as AAC 16 kHz mono
 beside a 320x240 25 fps H.264 picture (the size ingest makes), plus the real LibriVox speech of
 ../shared/fixtures looped to 15 s when present. The process is pinned to one CPU and every thread
 pool to one thread. Reported:
@@ -39,8 +39,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from stages import audio  # noqa: E402
-from stages.common import BaseParams, write_artifact  # noqa: E402
-from stages.video_io import mux_mono_audio  # noqa: E402
+from personality.common import BaseParams, write_artifact  # noqa: E402
+from personality.video_io import mux_mono_audio  # noqa: E402
 
 SR = 16000
 FIXTURE = Path(os.environ.get("PERSONALITY_FIXTURES", REPO.parent / "shared" / "fixtures"))
@@ -67,7 +67,7 @@ def write_clip(path: Path, y: np.ndarray, seconds: float, fps: int = 25) -> None
 
 
 def make_clips(root: Path, n: int, seconds: float) -> list[str]:
-    from stages import synthetic as syn
+    from personality import synthetic as syn
 
     videos = root / "data" / "videos"
     videos.mkdir(parents=True)

@@ -51,7 +51,7 @@ def make_clip(path: Path) -> Path:
     """A ChaLearn-like clip (15 s, 30 fps, 1280x720, H.264, AAC) from the synthetic renderer."""
     if path.exists():
         return path
-    from stages import synthetic as syn
+    from personality import synthetic as syn
 
     rigs = syn.load_rigs()
     syn._init_worker(rigs)
@@ -71,12 +71,12 @@ def bench_ours(clip: Path, fps: float) -> dict:
     from stages.aus import AusParams, aus_from_faces
     from stages.faces import FacesParams, faces_of_video
     from stages.frames import FramesParams, extract_video
-    from stages.video_io import worker_init
+    from personality.video_io import worker_init
 
     worker_init()
     # the model graphs load once per worker process; timed apart from the per-clip work
     t0 = time.perf_counter()
-    from stages.facemodel import open_landmarker
+    from personality.facemodel import open_landmarker
 
     with open_landmarker(mode="video"):
         pass
@@ -171,7 +171,7 @@ def bench_baseline(clip: Path, n_detect: int) -> dict:
             ctx = None
         except ImportError as exc:
             backend, note = "mediapipe-image", f"dlib unavailable ({exc}): MediaPipe per image"
-            from stages.facemodel import detect_rgb, open_landmarker
+            from personality.facemodel import detect_rgb, open_landmarker
             from stages.faces import aligned_crop, landmarks_px
 
             ctx = open_landmarker(mode="image")

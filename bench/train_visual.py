@@ -146,7 +146,7 @@ def decode_costs(root: Path, device: torch.device | None) -> dict:
 
 def small_dataset(folder: Path) -> Path:
     from stages import faces, frames
-    from stages.common import BaseParams
+    from personality.common import BaseParams
     from stages.ingest import IngestParams, SyntheticParams, run as ingest
 
     base = BaseParams(seed=1234, workers=min(4, os.cpu_count() or 1))

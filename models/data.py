@@ -307,8 +307,8 @@ class AUSource(InputSource):
 
 
 def _read_sequences(path: Path, name: str, group: Sequence[str], ids: set[str]) -> dict:
-    from stages.common import read_artifact
-    from stages.schemas import AU_INTENSITY
+    from personality.common import read_artifact
+    from personality.schemas import AU_INTENSITY
 
     df = read_artifact(name, path=path)
     df = df[df["video_id"].isin(ids)].sort_values([*group, "frame_idx"], kind="stable")

@@ -34,6 +34,9 @@ Augmentation runs on the uint8 tensors, then the image is scaled to float and Im
 Standardisation (logmel per band, audio_fn per feature) uses statistics of the train split:
 `stats_split: train` reads data/manifest.parquet under the root and keeps the given videos of
 that split ("" = all the given videos); `mean` / `std` in the config override them.
+
+One file because every audio-visual input source shares the decoding, caching and
+fitted-state helpers above its builders; splitting it waits for the fitted-state rework on main.
 """
 from __future__ import annotations
 
@@ -50,7 +53,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from models.data import InputSource, SourceError, register_source, source_options
-from stages.common import get_logger
+from personality.common import get_logger
 
 __all__ = ["ImageSourceConfig", "FaceSeqSourceConfig", "LogmelSourceConfig", "WaveSourceConfig",
            "AudioFnSourceConfig", "ImageStore", "ImageSource", "FaceSeqSource", "LogmelSource",
@@ -159,12 +162,12 @@ def _decode_many(blobs: Sequence[bytes], size: int, square_crop: bool) -> torch.
 
 class ImageStore:
     """Decoded uint8 images per video from a per-frame artifact (faces: crops with face_found;
-    frames: every jpeg), read one video at a time (stages.video_io.index_videos / row groups),
+    frames: every jpeg), read one video at a time (personality.video_io.index_videos / row groups),
     kept in an LRU cache of at most `cache_mb` megabytes."""
 
     def __init__(self, folder: Path, artifact: str, *, size: int, cache_mb: float,
                  video_ids: Sequence[str]):
-        from stages.video_io import index_videos
+        from personality.video_io import index_videos
 
         self.folder, self.artifact, self.size = folder, artifact, size
         self.column = "crop" if artifact == "faces" else "jpeg"
@@ -379,7 +382,7 @@ def face_seq_source(*, root: Path, video_ids: list[str], config: dict) -> FaceSe
 
 
 def _read_audio(root: Path, path: str, video_ids: Sequence[str], columns: list[str]) -> pa.Table:
-    from stages.common import SchemaError
+    from personality.common import SchemaError
 
     folder = root / (path or "data/audio")
     shards = sorted(folder.glob("*.parquet")) if folder.is_dir() else []

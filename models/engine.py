@@ -19,10 +19,8 @@ each sample's view (`np.random.default_rng([seed, epoch, index])`, the same what
 loader workers) and torch's generator (dropout). A run resumed from the checkpoint of epoch k is
 therefore the same run as one that never stopped (on the CPU, one thread).
 
-Checkpoints (`save_checkpoint`) hold only tensors, dicts, lists, strings and numbers, so
-`torch.load(path, weights_only=True)` reads them: model_name, model_config, state_dict, optimizer,
-scheduler, epoch (last completed, 1-based), best_epoch, best_metric, val_metric_name, train_mean,
-inputs, source_config, params, label_scale, history.
+Checkpoints (`save_checkpoint`, models/checkpoints.py) hold only tensors, dicts, lists, strings
+and numbers, so `torch.load(path, weights_only=True)` reads them.
 
 Mixed precision (bf16 autocast) and channels_last apply on CUDA only.
 
@@ -35,12 +33,16 @@ gradients; rank 0 alone validates, writes checkpoints (the unwrapped module's st
 to MLflow while the others wait, and its early-stopping decision is broadcast so all ranks stop
 together. `TrainConfig.distributed=False` keeps every process on its own; a single process trains
 exactly as before.
+
+Where things are: the knobs and their validation in models/solver.py (TrainConfig), devices and DDP
+in models/distributed.py, views and batches in models/batching.py, checkpoint I/O in
+models/checkpoints.py; this module holds the loop and re-exports those names, so
+`from models.engine import ...` finds every one of them.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
-import datetime
 import math
 import os
 import random
@@ -52,74 +54,34 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from models.batching import (TrainViews, collate, epoch_loader, epoch_seed, merge_views,
+                             to_device)
+from models.checkpoints import (load_checkpoint, load_weights, model_config_of, read_checkpoint,
+                                save_checkpoint)
 from models.data import InputSource
+from models.distributed import (all_ranks_loss, barrier, broadcast, init_distributed,
+                                resolve_device, shard_indices, shutdown_distributed, sync_buffers,
+                                wrap_ddp)
 from models.metrics import bin_metrics, regression_metrics
-from stages.common import get_logger, progress
-from stages.schemas import TRAITS
+from models.solver import METRIC_MODES, EngineError, Solver, TrainConfig, metric_is_better
+from personality.common import get_logger, progress
+from personality.schemas import TRAITS
 
-__all__ = ["TrainConfig", "EngineError", "seed_everything", "resolve_device", "TrainViews",
-           "collate", "merge_views", "make_optimizer", "make_scheduler", "train_one_epoch",
-           "predict_videos", "evaluate", "fit", "save_checkpoint", "load_checkpoint",
-           "load_weights", "metric_is_better", "METRIC_MODES", "init_distributed", "shard_indices",
-           "barrier", "shutdown_distributed"]
+__all__ = ["TrainConfig", "Solver", "EngineError", "seed_everything", "resolve_device",
+           "TrainViews", "collate", "merge_views", "make_optimizer", "make_scheduler",
+           "train_one_epoch", "predict_videos", "evaluate", "fit", "save_checkpoint",
+           "read_checkpoint", "load_checkpoint", "load_weights", "model_config_of",
+           "metric_is_better", "METRIC_MODES", "init_distributed", "shard_indices", "barrier",
+           "shutdown_distributed"]
 
 log = get_logger("engine")
 
-# val metrics `evaluate` returns and whether larger is better
-METRIC_MODES = {"ccc": "max", "pcc": "max", "acc": "max", "r2": "max", "bin_accuracy": "max",
-                "mae": "min", "mse": "min",
-                **{f"ccc_{t}": "max" for t in TRAITS}}
-
-
-class EngineError(ValueError):
-    """A bad training option or checkpoint; the message names it."""
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 30  # at most this many epochs (early stopping may end sooner)
-    lr: float = 1e-3
-    batch_size: int = 32
-    optimizer: str = "adamw"  # adamw | adam | sgd
-    momentum: float = 0.9  # sgd only
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"  # none | cosine | multistep (stepped once per epoch)
-    milestones: tuple[int, ...] = (20, 40)  # multistep: epochs at which lr *= gamma
-    gamma: float = 0.1
-    warmup_epochs: int = 0  # linear warm-up from lr / 10 before the schedule
-    patience: int = 10  # epochs without val improvement before stopping; 0 = never stop early
-    val_metric: str = "ccc"  # a key of METRIC_MODES
-    views_per_video: int = 4  # training views drawn per train video per epoch
-    grad_clip: float = 0.0  # max grad norm; 0 = off
-    seed: int = 1234
-    device: str = "auto"  # auto | cpu | cuda
-    amp: bool = True  # bf16 autocast, CUDA only
-    channels_last: bool = True  # 4-D inputs and the model, CUDA only
-    deterministic: bool = True
-    num_workers: int = 0  # DataLoader workers
-    eval_batch_size: int = 64  # views per forward pass in evaluation
-    # DDP: None = when launched by torchrun (WORLD_SIZE > 1) or a process group is up; True = the
-    # same but an error when neither; False = every process trains alone
-    distributed: bool | None = None
-
-    def __post_init__(self) -> None:
-        if self.epochs < 0 or self.batch_size < 1 or self.views_per_video < 1:
-            raise EngineError("epochs must be >= 0, batch_size and views_per_video >= 1")
-        if self.optimizer not in ("adamw", "adam", "sgd"):
-            raise EngineError(f"optimizer {self.optimizer!r} is not one of adamw, adam, sgd")
-        if self.schedule not in ("none", "cosine", "multistep"):
-            raise EngineError(f"schedule {self.schedule!r} is not one of none, cosine, multistep")
-        if self.val_metric not in METRIC_MODES:
-            raise EngineError(f"val_metric {self.val_metric!r} is not one of "
-                              f"{', '.join(METRIC_MODES)}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise EngineError(f"device {self.device!r} is not one of auto, cpu, cuda")
-        if not self.lr > 0:
-            raise EngineError(f"lr must be positive, got {self.lr}")
+# older names of two helpers now in models/batching.py, for the callers that use them (tests, bench)
+_loader, _to_device = epoch_loader, to_device
 
 
 # --------------------------------------------------------------------------------------------------
-# seeding and devices
+# seeding
 
 
 def seed_everything(seed: int, *, deterministic: bool = True) -> None:
@@ -135,209 +97,11 @@ def seed_everything(seed: int, *, deterministic: bool = True) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise EngineError(f"device {device!r} asked for but CUDA is not available")
-    return torch.device(device)
-
-
-def _epoch_seed(seed: int, epoch: int, salt: int = 0) -> int:
-    return int(np.random.SeedSequence([seed, epoch, salt]).generate_state(1)[0])
-
-
-# --------------------------------------------------------------------------------------------------
-# multi-process (DDP)
-
-# rank 0 alone validates, predicts and writes while the others wait in a collective: long enough
-# for a full prediction pass over a large dataset (the 30-minute default is not)
-_DIST_TIMEOUT = datetime.timedelta(hours=2)
-
-
-def _world() -> tuple[int, int]:
-    """(rank, world_size) of the process group, (0, 1) without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def init_distributed(mode: bool | None = None,
-                     device: str | torch.device = "auto") -> tuple[int, int]:
-    """(rank, world_size) of this process, starting the process group torchrun asked for.
-
-    mode None: distributed when a group is up or torchrun set WORLD_SIZE > 1; True: the same, but
-    an error when neither; False: (0, 1), this process trains alone. The group (env://: torchrun's
-    MASTER_ADDR, RANK, ...) uses nccl when `device` is CUDA (each process on cuda:LOCAL_RANK) and
-    gloo otherwise; it stays up for later `fit` calls until `shutdown_distributed`."""
-    if mode is False:
-        return 0, 1
-    if dist.is_available() and not dist.is_initialized() and \
-            int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        cuda = resolve_device(device).type == "cuda"
-        if cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend="nccl" if cuda else "gloo", init_method="env://",
-                                timeout=_DIST_TIMEOUT)
-    rank, world = _world()
-    if mode and world == 1:
-        raise EngineError("distributed training asked for, but there is no process group: launch "
-                          "with torchrun --nproc_per_node N (WORLD_SIZE > 1)")
-    return rank, world
-
-
-def barrier() -> None:
-    """Wait for every rank (no-op in a single process)."""
-    if _world()[1] > 1:
-        dist.barrier()
-
-
-def shutdown_distributed() -> None:
-    """Tear down the process group `init_distributed` started (no-op without one)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def _broadcast(obj: Any) -> Any:
-    """Rank 0's `obj` on every rank (picklable objects)."""
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def shard_indices(order: Sequence[int], rank: int, world_size: int) -> list[int]:
-    """Rank `rank`'s share of an epoch's sample order: every world_size-th index from `rank`.
-
-    The order is first wrapped round to a multiple of world_size (its first indices repeated, as
-    DistributedSampler does), so every rank gets ceil(n / world_size) samples and takes the same
-    number of steps: DDP's gradient all-reduce needs every rank in every step. world_size 1: the
-    order itself."""
-    order = list(order)
-    if world_size <= 1 or not order:
-        return order
-    total = -(-len(order) // world_size) * world_size
-    padded = (order * (total // len(order) + 1))[:total]  # n < world_size repeats more than once
-    return padded[rank::world_size]
-
-
-# --------------------------------------------------------------------------------------------------
-# samples and batches
-
-
-def merge_views(parts: Sequence[Mapping[str, Tensor]], video_id: str = "") -> dict[str, Tensor]:
-    """Merge the eval_items of several sources, each (V_i, ...), into (V, ...) views.
-
-    A source with one view is broadcast. When several sources have more than one view and their
-    counts differ (face crops exist for fewer frames than the full frames of CR-Net's scene
-    stream), V is the smallest of those counts and each keeps V evenly spaced views: a source's
-    views run through the clip in time order, so view i of each lies near the same moment.
-    """
-    counts = {next(iter(p.values())).shape[0] for p in parts if p}
-    many = [c for c in counts if c > 1]
-    V = min(many) if many else 1
-    if any(c < 1 for c in counts):
-        raise EngineError(f"video {video_id!r}: a source gave no view")
-    out: dict[str, Tensor] = {}
-    for p in parts:
-        for key, t in p.items():
-            n = t.shape[0]
-            if n == 1 and V > 1:
-                t = t.expand(V, *t.shape[1:])
-            elif n > V:
-                t = t[torch.from_numpy(np.linspace(0, n - 1, V).round().astype(np.int64))]
-            out[key] = t
-    return out
-
-
-def _pad_stack(tensors: Sequence[Tensor]) -> Tensor:
-    shapes = {tuple(t.shape) for t in tensors}
-    if len(shapes) == 1:
-        return torch.stack(list(tensors))
-    if len({t.ndim for t in tensors}) != 1:
-        raise EngineError(f"cannot batch tensors of ranks {sorted({t.ndim for t in tensors})}")
-    size = [max(s[d] for s in shapes) for d in range(tensors[0].ndim)]
-    out = tensors[0].new_zeros((len(tensors), *size))
-    for i, t in enumerate(tensors):
-        out[(i, *[slice(0, n) for n in t.shape])] = t
-    return out
-
-
-def collate(items: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
-    """Stack per-sample dicts into a batch (zero-padding unequal shapes), then trim every `X` with
-    a prefix mask `X_mask` (B, T) to the longest real sequence of the batch."""
-    batch = {key: _pad_stack([it[key] for it in items]) for key in items[0]}
-    for key in list(batch):
-        mask = batch.get(f"{key}_mask")
-        x = batch[key]
-        if mask is None or mask.ndim != 2 or x.ndim < 2 or x.shape[1] != mask.shape[1]:
-            continue
-        real = mask.any(dim=0).nonzero()
-        T = int(real[-1]) + 1 if len(real) else 1
-        batch[key], batch[f"{key}_mask"] = x[:, :T], mask[:, :T]
-    return batch
-
-
-class TrainViews(torch.utils.data.Dataset):
-    """`views_per_video` random training views of each video per epoch; sample i of epoch e is
-    drawn with `np.random.default_rng([seed, e, i])`. Every source of one sample gets a generator
-    in the same state, so sources can agree on a random time (a clip start) by drawing alike."""
-
-    def __init__(self, sources: Sequence[InputSource], video_ids: Sequence[str],
-                 targets: np.ndarray, *, views_per_video: int = 1, seed: int = 0):
-        self.sources = list(sources)
-        self.video_ids = list(video_ids)
-        self.targets = torch.as_tensor(np.asarray(targets, dtype=np.float32))  # (n, 5)
-        if len(self.targets) != len(self.video_ids):
-            raise EngineError(f"{len(self.video_ids)} videos but {len(self.targets)} target rows")
-        self.views = views_per_video
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.video_ids) * self.views
-
-    def __getitem__(self, i: int) -> dict[str, Tensor]:
-        k = i // self.views
-        item: dict[str, Tensor] = {}
-        for source in self.sources:
-            item.update(source.train_item(self.video_ids[k],
-                                          np.random.default_rng([self.seed, self.epoch, i])))
-        item["target"] = self.targets[k]
-        return item
-
-
-def _loader(dataset: TrainViews, *, batch_size: int, epoch: int, seed: int, num_workers: int,
-            rank: int = 0, world_size: int = 1) -> torch.utils.data.DataLoader:
-    """The epoch's batches: the (seed, epoch) order, this rank's shard of it under DDP. A sample
-    keeps its index (and so its view) whatever the number of ranks."""
-    dataset.set_epoch(epoch)
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(
-        _epoch_seed(seed, epoch, 1))).tolist()
-    order = shard_indices(order, rank, world_size)  # every rank's shard has the same length
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=order,
-                                       collate_fn=collate, num_workers=num_workers,
-                                       drop_last=len(order) > batch_size)
-
-
-def _to_device(batch: Mapping[str, Tensor], device: torch.device,
-               channels_last: bool) -> dict[str, Tensor]:
-    out = {}
-    for key, t in batch.items():
-        t = t.to(device, non_blocking=True)
-        if channels_last and t.ndim == 4 and t.is_floating_point():
-            t = t.contiguous(memory_format=torch.channels_last)
-        out[key] = t
-    return out
-
 
 def _autocast(device: torch.device, amp: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
                           enabled=bool(amp and device.type == "cuda"))
+
 
 
 # --------------------------------------------------------------------------------------------------
@@ -384,7 +148,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
     total, n, steps = 0.0, 0, 0
     cl = channels_last and device.type == "cuda"
     for batch in loader:
-        batch = _to_device(batch, device, cl)
+        batch = to_device(batch, device, cl)
         targets = batch.pop("target")  # (B, 5)
         with _autocast(device, amp):
             outputs = model(batch)
@@ -428,7 +192,7 @@ def predict_videos(model: nn.Module, sources: Sequence[InputSource], video_ids: 
         nonlocal proba_sums
         if not items:
             return
-        batch = _to_device(collate(items), device, device.type == "cuda")
+        batch = to_device(collate(items), device, device.type == "cuda")
         with _autocast(device, amp):
             outputs = model(batch)
         scores = model.decode(outputs).float().cpu().numpy()  # (b, 5)
@@ -478,139 +242,6 @@ def evaluate(model: nn.Module, sources: Sequence[InputSource], video_ids: Sequen
     return _flat_metrics(np.asarray(targets, dtype=np.float64), preds)
 
 
-def metric_is_better(value: float, best: float | None, name: str) -> bool:
-    """Whether `value` improves on `best` for metric `name` (NaN never improves)."""
-    if value is None or math.isnan(value):
-        return False
-    if best is None or math.isnan(best):
-        return True
-    return value > best if METRIC_MODES[name] == "max" else value < best
-
-
-# --------------------------------------------------------------------------------------------------
-# checkpoints
-
-
-def _plain(obj: Any) -> Any:
-    """A weights_only-safe copy: dataclasses -> dicts, tuples -> lists, numpy -> Python."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        obj = dataclasses.asdict(obj)
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def model_config_of(model: nn.Module) -> dict:
-    """The full config a model was built with (its `config` dataclass), as plain values."""
-    cfg = getattr(model, "config", None)
-    return _plain(cfg) if cfg is not None and dataclasses.is_dataclass(cfg) else {}
-
-
-def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, model_name: str,
-                    model_config: Mapping | None = None,
-                    optimizer: torch.optim.Optimizer | None = None,
-                    scheduler: Any = None, epoch: int = 0, best_epoch: int = 0,
-                    best_metric: float = math.nan, val_metric_name: str = "ccc",
-                    train_mean: Sequence[float] = (), inputs: Sequence[str] = (),
-                    source_config: Mapping | None = None, params: Mapping | None = None,
-                    label_scale: str = "unit", history: Sequence[Mapping] = (),
-                    state_dict: Mapping[str, Tensor] | None = None) -> Path:
-    """Write a checkpoint atomically (temp file + rename); see the module docstring for keys."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = state_dict if state_dict is not None else model.state_dict()
-    ckpt = {
-        "model_name": model_name,
-        "model_config": _plain(model_config if model_config is not None else
-                               model_config_of(model)),
-        "state_dict": {k: v.detach().cpu() for k, v in state.items()},
-        "optimizer": optimizer.state_dict() if optimizer is not None else {},
-        "scheduler": scheduler.state_dict() if scheduler is not None else {},
-        "epoch": int(epoch), "best_epoch": int(best_epoch),
-        "best_metric": float(best_metric) if best_metric is not None else math.nan,
-        "val_metric_name": val_metric_name,
-        "train_mean": [float(x) for x in train_mean],
-        "inputs": list(inputs),
-        "source_config": _plain(source_config or {}),
-        "params": _plain(params or {}),
-        "label_scale": label_scale,
-        "history": _plain(list(history)),
-    }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(ckpt, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def read_checkpoint(path: str | os.PathLike, *, map_location: str = "cpu") -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise EngineError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # pickle errors of every kind: name the file
-        raise EngineError(f"{path}: not a readable checkpoint: {exc}") from None
-    if not isinstance(ckpt, dict):
-        raise EngineError(f"{path}: not a checkpoint (a {type(ckpt).__name__})")
-    return ckpt
-
-
-def load_checkpoint(path: str | os.PathLike, *,
-                    map_location: str = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the model a checkpoint names, load its weights (strict), eval mode."""
-    from models.registry import build_model
-
-    ckpt = read_checkpoint(path, map_location=map_location)
-    for key in ("model_name", "model_config", "state_dict"):
-        if key not in ckpt:
-            raise EngineError(f"{path}: checkpoint lacks {key!r}")
-    model = build_model(ckpt["model_name"], **ckpt["model_config"])
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval()
-    return model, ckpt
-
-
-def load_weights(model: nn.Module, path: str | os.PathLike, *,
-                 strict: bool = True) -> dict[str, list[str]]:
-    """Initial weights from a file: one of our checkpoints or a bare state_dict (a "module."
-    prefix from DataParallel is stripped). Non-strict: missing, unexpected and shape-mismatched
-    tensors are skipped and reported. Returns {"missing", "unexpected", "mismatched"}."""
-    obj = read_checkpoint(path)
-    state = obj.get("state_dict", obj) if isinstance(obj.get("state_dict"), dict) else obj
-    state = {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()
-             if isinstance(v, Tensor)}
-    own = model.state_dict()
-    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    if strict:
-        if mismatched:
-            raise EngineError(f"{path}: tensor {mismatched[0]!r} has shape "
-                              f"{tuple(state[mismatched[0]].shape)}, the model wants "
-                              f"{tuple(own[mismatched[0]].shape)}")
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise EngineError(f"{path}: weights do not fit the model: {exc}") from None
-        return {"missing": [], "unexpected": [], "mismatched": []}
-    state = {k: v for k, v in state.items() if k not in mismatched}
-    res = model.load_state_dict(state, strict=False)
-    out = {"missing": [k for k in res.missing_keys if k not in mismatched],
-           "unexpected": list(res.unexpected_keys),
-           "mismatched": mismatched}
-    if any(out.values()):
-        log.warning("%s: loaded non-strictly; missing %d, unexpected %d, mismatched %d tensors",
-                    path, len(out["missing"]), len(out["unexpected"]), len(mismatched))
-    return out
-
-
 # --------------------------------------------------------------------------------------------------
 # the loop
 
@@ -630,18 +261,173 @@ def _materialize_lazy(model: nn.Module, sources: Sequence[InputSource],
     was_training = model.training
     model.eval()  # batch norm cannot take a batch of one in training mode
     with torch.no_grad():
-        model(_to_device(collate([item]), device, False))
+        model(to_device(collate([item]), device, False))
     model.train(was_training)
 
 
-def _all_ranks_loss(stats: Mapping[str, float], device: torch.device) -> float:
-    """The mean training loss per sample over every rank's shard (for the history, not the
-    gradients: DDP averages those)."""
-    on = device if dist.get_backend() == "nccl" else torch.device("cpu")
-    t = torch.tensor([stats["loss"] * stats["n_samples"], stats["n_samples"]],
-                     dtype=torch.float64, device=on)
-    dist.all_reduce(t)
-    return float(t[0] / t[1].clamp(min=1))
+@dataclasses.dataclass
+class _Trainer:
+    """What one `fit` call trains with: built once by `_prepare`, read by every helper below."""
+    model: nn.Module
+    net: nn.Module  # what trains: the model itself, or its DDP wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    dataset: TrainViews
+    sources: Sequence[InputSource]
+    val_ids: Sequence[str]
+    val_targets: np.ndarray | None
+    cfg: TrainConfig
+    device: torch.device
+    rank: int
+    world: int
+    train_mean: list[float]
+    meta: dict
+    out: Path | None
+
+    @property
+    def has_val(self) -> bool:
+        return len(self.val_ids) > 0 and self.val_targets is not None
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes checkpoints and logs to the tracker (rank 0 alone)."""
+        return self.rank == 0
+
+
+@dataclasses.dataclass
+class _Progress:
+    """What `fit` carries from epoch to epoch, and what a checkpoint restores."""
+    history: list[dict] = dataclasses.field(default_factory=list)
+    start: int = 1  # the first epoch to run
+    best_epoch: int = 0
+    best_metric: float = math.nan
+    best_state: dict[str, Tensor] | None = None
+
+
+def _train_mean(train_targets: np.ndarray) -> list[float]:
+    """Per trait mean of the labelled train targets (0.5 for a trait without labels)."""
+    counts = np.sum(~np.isnan(train_targets), axis=0)
+    return [float(x) for x in np.where(counts > 0, np.nansum(train_targets, axis=0)
+                                       / np.maximum(counts, 1), 0.5)]
+
+
+def _prepare(model: nn.Module, sources: Sequence[InputSource], train_ids: Sequence[str],
+             train_targets: np.ndarray, val: tuple, cfg: TrainConfig, meta: dict,
+             out: Path | None) -> _Trainer:
+    """Device, process group, seeds, the model on its device, optimizer, scheduler, dataset, in
+    the order that fixes the RNG streams (the lazy layers draw their initial weights after
+    seeding and before the optimizer sees them)."""
+    device = resolve_device(cfg.device)
+    rank, world = init_distributed(cfg.distributed, device)
+    if world > 1 and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # cuda:LOCAL_RANK
+    seed_everything(cfg.seed, deterministic=cfg.deterministic)
+    model.to(device)
+    if cfg.channels_last and device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    train_targets = np.asarray(train_targets, dtype=np.float64)
+    _materialize_lazy(model, sources, train_ids, device)  # before the optimizer sees them
+    optimizer = make_optimizer(model, cfg)
+    return _Trainer(model=model, net=model, optimizer=optimizer,
+                    scheduler=make_scheduler(optimizer, cfg),
+                    dataset=TrainViews(sources, train_ids, train_targets,
+                                       views_per_video=cfg.views_per_video, seed=cfg.seed),
+                    sources=sources, val_ids=val[0], val_targets=val[1], cfg=cfg, device=device,
+                    rank=rank, world=world, train_mean=_train_mean(train_targets), meta=meta,
+                    out=out)
+
+
+def _resume(t: _Trainer, path: str | os.PathLike, desc: str) -> _Progress:
+    """Model, optimizer, scheduler, epoch, best and history from the checkpoint at `path`; the
+    best epoch's weights from it or from out_dir/best.pt."""
+    ckpt = read_checkpoint(path)
+    t.model.load_state_dict(ckpt["state_dict"])
+    if ckpt.get("optimizer"):
+        t.optimizer.load_state_dict(ckpt["optimizer"])
+    if ckpt.get("scheduler"):
+        t.scheduler.load_state_dict(ckpt["scheduler"])
+    state = _Progress(history=[dict(h) for h in ckpt.get("history", [])],
+                      start=int(ckpt["epoch"]) + 1, best_epoch=int(ckpt["best_epoch"]),
+                      best_metric=float(ckpt["best_metric"]))
+    if state.best_epoch == ckpt["epoch"]:
+        state.best_state = copy.deepcopy(t.model.state_dict())
+    elif t.out is not None and (t.out / "best.pt").is_file():
+        best = read_checkpoint(t.out / "best.pt")
+        if int(best.get("best_epoch", -1)) == state.best_epoch:
+            state.best_state = best["state_dict"]
+    log.info("%s: resuming from %s at epoch %d (best %s=%.4f at epoch %d)", desc, path,
+             state.start, t.cfg.val_metric, state.best_metric, state.best_epoch)
+    return state
+
+
+def _checkpoint(t: _Trainer, state: _Progress, name: str, epoch: int) -> None:
+    meta = t.meta
+    save_checkpoint(t.out / name, model=t.model,
+                    model_name=meta.get("model_name", type(t.model).__name__),
+                    model_config=meta.get("model_config"), optimizer=t.optimizer,
+                    scheduler=t.scheduler, epoch=epoch, best_epoch=state.best_epoch,
+                    best_metric=state.best_metric, val_metric_name=t.cfg.val_metric,
+                    train_mean=t.train_mean, inputs=meta.get("inputs", ()),
+                    source_config=meta.get("source_config"), params=meta.get("params"),
+                    label_scale=meta.get("label_scale", "unit"), history=state.history)
+
+
+def _validate(t: _Trainer, row: dict, train_loss: float) -> float:
+    """The epoch's val metric (rank 0 only); the val metrics go into `row`. Without a val set,
+    the training loss stands in, signed so that better is better."""
+    if not t.has_val:
+        return -train_loss if METRIC_MODES[t.cfg.val_metric] == "max" else train_loss
+    vm = evaluate(t.model, t.sources, t.val_ids, t.val_targets,
+                  batch_size=t.cfg.eval_batch_size, device=t.device, amp=t.cfg.amp)
+    row.update({f"val_{k}": v for k, v in vm.items()})
+    return vm[t.cfg.val_metric]
+
+
+def _run_epoch(t: _Trainer, epoch: int) -> tuple[dict, float]:
+    """Train one epoch, step the schedule, validate: (the history row, the val metric value),
+    the same on every rank."""
+    cfg = t.cfg
+    # dropout: same on resume; each rank its own masks (rank 0's are the single process's)
+    torch.manual_seed(epoch_seed(cfg.seed, epoch, 2 + 1000 * t.rank))
+    loader = epoch_loader(t.dataset, batch_size=cfg.batch_size, epoch=epoch, seed=cfg.seed,
+                          num_workers=cfg.num_workers, rank=t.rank, world_size=t.world)
+    stats = train_one_epoch(t.net, t.optimizer, loader, device=t.device, amp=cfg.amp,
+                            channels_last=cfg.channels_last, grad_clip=cfg.grad_clip)
+    if t.world > 1:
+        stats["loss"] = all_ranks_loss(stats, t.device)
+        sync_buffers(t.model)
+    row = {"epoch": epoch, "train_loss": stats["loss"], "lr": t.optimizer.param_groups[0]["lr"]}
+    t.scheduler.step()
+    value = _validate(t, row, stats["loss"]) if t.rank == 0 else math.nan  # the others wait
+    if t.world > 1:
+        row, value = broadcast((row, value))  # every rank keeps the same history, best
+    return row, value
+
+
+def _keep_best(t: _Trainer, state: _Progress, epoch: int, value: float) -> None:
+    """Record the epoch's row first (the checkpoints carry the history), then keep the best
+    weights, and write best.pt (when improved) and last.pt."""
+    improved = metric_is_better(value, state.best_metric if state.best_epoch else None,
+                                t.cfg.val_metric)
+    if improved or state.best_epoch == 0:
+        state.best_epoch, state.best_metric = epoch, float(value)
+        state.best_state = copy.deepcopy(t.model.state_dict())
+        if t.out is not None and t.writes:
+            _checkpoint(t, state, "best.pt", epoch)
+    if t.out is not None and t.writes:
+        _checkpoint(t, state, "last.pt", epoch)
+
+
+def _should_stop(t: _Trainer, state: _Progress, epoch: int) -> bool:
+    """Early stopping by patience; under DDP rank 0's decision, so all ranks stop together (the
+    broadcast also holds the others until rank 0 has written the checkpoints)."""
+    stop = t.cfg.patience > 0 and t.has_val and epoch - state.best_epoch >= t.cfg.patience
+    return bool(broadcast(stop)) if t.world > 1 else stop
+
+
+def _log_epoch(tracker: Any, row: Mapping, epoch: int) -> None:
+    tracker.log_metrics({k: float(v) for k, v in row.items() if k != "epoch"
+                         and v is not None and math.isfinite(float(v))}, step=epoch)
 
 
 def fit(model: nn.Module, sources: Sequence[InputSource], *, train_ids: Sequence[str],
@@ -655,139 +441,46 @@ def fit(model: nn.Module, sources: Sequence[InputSource], *, train_ids: Sequence
     out_dir: where best.pt and last.pt go (None: nowhere; the best weights are kept in memory).
     meta: checkpoint fields (model_name, model_config, inputs, source_config, params, label_scale).
     resume: a checkpoint to continue from (model, optimizer, scheduler, epoch, best, history).
-    tracker: the `mlflow` module of an open run (stages.common.mlflow_run) or None: per-epoch
+    tracker: the `mlflow` module of an open run (personality.common.mlflow_run) or None: per-epoch
     metrics are logged with step=epoch.
     until_epoch: pause after this epoch (the schedule still spans config.epochs); resume later
     from last.pt.
     On return the model holds the best epoch's weights (the last epoch's without validation).
     Under torchrun (config.distributed, module docstring) every rank calls `fit` alike; rank 0
     alone writes to out_dir and the tracker, and every rank returns the same result and weights.
-    Returns {"history", "best_epoch", "best_metric", "epochs_run", "stopped_early", "train_mean",
-    "best_path", "last_path"}.
+    Returns {"history", "best_epoch", "best_metric", "epochs_run", "last_epoch", "stopped_early",
+    "train_mean", "best_path", "last_path"}.
     """
-    cfg = config
-    meta = dict(meta or {})
-    device = resolve_device(cfg.device)
-    rank, world = init_distributed(cfg.distributed, device)
-    if world > 1 and device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())  # cuda:LOCAL_RANK
-    seed_everything(cfg.seed, deterministic=cfg.deterministic)
-    model.to(device)
-    if cfg.channels_last and device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-    train_targets = np.asarray(train_targets, dtype=np.float64)
-    counts = np.sum(~np.isnan(train_targets), axis=0)
-    train_mean = [float(x) for x in np.where(counts > 0, np.nansum(train_targets, axis=0)
-                                             / np.maximum(counts, 1), 0.5)]
-    has_val = len(val_ids) > 0 and val_targets is not None
-    _materialize_lazy(model, sources, train_ids, device)  # before the optimizer sees them
-    optimizer = make_optimizer(model, cfg)
-    scheduler = make_scheduler(optimizer, cfg)
-    dataset = TrainViews(sources, train_ids, train_targets, views_per_video=cfg.views_per_video,
-                         seed=cfg.seed)
-    history: list[dict] = []
-    start, best_epoch, best_metric = 1, 0, math.nan
-    best_state: dict[str, Tensor] | None = None
+    cfg = config if config.seed is not None else dataclasses.replace(config, seed=0)
     out = Path(out_dir) if out_dir is not None else None
-    if resume:
-        ckpt = read_checkpoint(resume)
-        model.load_state_dict(ckpt["state_dict"])
-        if ckpt.get("optimizer"):
-            optimizer.load_state_dict(ckpt["optimizer"])
-        if ckpt.get("scheduler"):
-            scheduler.load_state_dict(ckpt["scheduler"])
-        start = int(ckpt["epoch"]) + 1
-        best_epoch, best_metric = int(ckpt["best_epoch"]), float(ckpt["best_metric"])
-        history = [dict(h) for h in ckpt.get("history", [])]
-        if best_epoch == ckpt["epoch"]:
-            best_state = copy.deepcopy(model.state_dict())
-        elif out is not None and (out / "best.pt").is_file():
-            best = read_checkpoint(out / "best.pt")
-            if int(best.get("best_epoch", -1)) == best_epoch:
-                best_state = best["state_dict"]
-        log.info("%s: resuming from %s at epoch %d (best %s=%.4f at epoch %d)", desc, resume,
-                 start, cfg.val_metric, best_metric, best_epoch)
-    net = model  # what trains: the model itself, or its DDP wrapper
-    if world > 1:
-        # after the lazy layers and the resumed weights: DDP broadcasts rank 0's parameters and
-        # buffers now, so every rank starts from the same state
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-        log.info("%s: rank %d of %d (DDP, %s), batch_size %d per process", desc, rank, world,
+    t = _prepare(model, sources, train_ids, train_targets, (val_ids, val_targets), cfg,
+                 dict(meta or {}), out)
+    state = _resume(t, resume, desc) if resume else _Progress()
+    if t.world > 1:
+        t.net = wrap_ddp(model, t.device)
+        log.info("%s: rank %d of %d (DDP, %s), batch_size %d per process", desc, t.rank, t.world,
                  dist.get_backend(), cfg.batch_size)
-
-    def checkpoint(path: Path, epoch: int, state=None) -> None:
-        save_checkpoint(path, model=model, model_name=meta.get("model_name", type(model).__name__),
-                        model_config=meta.get("model_config"), optimizer=optimizer,
-                        scheduler=scheduler, epoch=epoch, best_epoch=best_epoch,
-                        best_metric=best_metric, val_metric_name=cfg.val_metric,
-                        train_mean=train_mean, inputs=meta.get("inputs", ()),
-                        source_config=meta.get("source_config"), params=meta.get("params"),
-                        label_scale=meta.get("label_scale", "unit"), history=history,
-                        state_dict=state)
-
-    stopped_early = False
-    epoch = start - 1
+    epoch, stopped_early = state.start - 1, False
     stop = cfg.epochs if until_epoch is None else min(cfg.epochs, until_epoch)
-    with progress(total=max(stop - start + 1, 0), desc=desc, unit="epoch") as bar:
-        for epoch in range(start, stop + 1):
-            # dropout: same on resume; each rank its own masks (rank 0's are the single process's)
-            torch.manual_seed(_epoch_seed(cfg.seed, epoch, 2 + 1000 * rank))
-            loader = _loader(dataset, batch_size=cfg.batch_size, epoch=epoch, seed=cfg.seed,
-                             num_workers=cfg.num_workers, rank=rank, world_size=world)
-            stats = train_one_epoch(net, optimizer, loader, device=device, amp=cfg.amp,
-                                    channels_last=cfg.channels_last, grad_clip=cfg.grad_clip)
-            if world > 1:
-                stats["loss"] = _all_ranks_loss(stats, device)
-                # DDP keeps the parameters equal; buffers (batch-norm statistics) drift with each
-                # rank's last batches: rank 0's, which it validates and saves, go to all
-                for buf in model.buffers():
-                    dist.broadcast(buf, src=0)
-            row = {"epoch": epoch, "train_loss": stats["loss"],
-                   "lr": optimizer.param_groups[0]["lr"]}
-            scheduler.step()
-            value = math.nan
-            if rank == 0:  # validation on rank 0 alone; the others wait in the broadcast
-                if has_val:
-                    vm = evaluate(model, sources, val_ids, val_targets,
-                                  batch_size=cfg.eval_batch_size, device=device, amp=cfg.amp)
-                    row.update({f"val_{k}": v for k, v in vm.items()})
-                    value = vm[cfg.val_metric]
-                else:
-                    value = (-stats["loss"] if METRIC_MODES[cfg.val_metric] == "max"
-                             else stats["loss"])
-            if world > 1:
-                row, value = _broadcast((row, value))  # every rank keeps the same history, best
-            history.append(row)
-            improved = metric_is_better(value, best_metric if best_epoch else None,
-                                        cfg.val_metric)
-            if improved or best_epoch == 0:
-                best_epoch, best_metric = epoch, float(value)
-                best_state = copy.deepcopy(model.state_dict())
-                if out is not None and rank == 0:
-                    checkpoint(out / "best.pt", epoch)
-            if out is not None and rank == 0:
-                checkpoint(out / "last.pt", epoch)
-            if tracker is not None and rank == 0:
-                tracker.log_metrics({k: float(v) for k, v in row.items() if k != "epoch"
-                                     and v is not None and math.isfinite(float(v))}, step=epoch)
+    with progress(total=max(stop - state.start + 1, 0), desc=desc, unit="epoch") as bar:
+        for epoch in range(state.start, stop + 1):
+            row, value = _run_epoch(t, epoch)
+            state.history.append(row)
+            _keep_best(t, state, epoch, value)
+            if tracker is not None and t.writes:
+                _log_epoch(tracker, row, epoch)
             bar.update(1)
-            bar.set_postfix(loss=f"{stats['loss']:.4f}",
-                            **({cfg.val_metric: f"{value:.4f}"} if has_val else {}))
-            stop_now = cfg.patience > 0 and has_val and epoch - best_epoch >= cfg.patience
-            if world > 1:
-                # rank 0's decision, so all ranks stop together; also holds the others until
-                # rank 0 has written the checkpoints
-                stop_now = bool(_broadcast(stop_now))
-            if stop_now:
+            bar.set_postfix(loss=f"{row['train_loss']:.4f}",
+                            **({cfg.val_metric: f"{value:.4f}"} if t.has_val else {}))
+            if _should_stop(t, state, epoch):
                 stopped_early = True
                 log.info("%s: no %s improvement for %d epochs; stopping at epoch %d (best %d)",
-                         desc, cfg.val_metric, cfg.patience, epoch, best_epoch)
+                         desc, cfg.val_metric, cfg.patience, epoch, state.best_epoch)
                 break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return {"history": history, "best_epoch": best_epoch, "best_metric": best_metric,
-            "epochs_run": max(epoch - start + 1, 0), "last_epoch": epoch,
-            "stopped_early": stopped_early, "train_mean": train_mean,
+    if state.best_state is not None:
+        model.load_state_dict(state.best_state)
+    return {"history": state.history, "best_epoch": state.best_epoch,
+            "best_metric": state.best_metric, "epochs_run": max(epoch - state.start + 1, 0),
+            "last_epoch": epoch, "stopped_early": stopped_early, "train_mean": t.train_mean,
             "best_path": str(out / "best.pt") if out is not None else None,
             "last_path": str(out / "last.pt") if out is not None else None}

@@ -1,7 +1,7 @@
 """Video-level metrics for Big-Five predictions: regression scores, PerFeX's 5-bin view, baselines.
 
 Pure numpy (no torch, no sklearn at run time), so `evaluate`, `retrain` and the predict CLI share
-one definition. Arrays are `(n_videos, 5)`, columns in `stages.schemas.TRAITS` order (O, C, E, A, N),
+one definition. Arrays are `(n_videos, 5)`, columns in `personality.schemas.TRAITS` order (O, C, E, A, N),
 scores in [0, 1]. Argument order follows sklearn: `y_true` first, then `y_pred`.
 
     from models.metrics import regression_metrics, bin_metrics, baseline_metrics
@@ -40,7 +40,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from stages.schemas import TRAITS
+from personality.ccc import ccc as concordance
+from personality.schemas import TRAITS
 
 __all__ = [
     "MetricsError", "N_BINS", "to_bins", "bin_values",
@@ -133,16 +134,7 @@ def ccc(y_true: Any, y_pred: Any) -> float:
 
     0 for a constant prediction of a varying target; NaN when both are constant (0/0) or empty.
     """
-    t, p = _vectors(y_true, y_pred)
-    if t.size == 0:
-        return math.nan
-    mt, mp = t.mean(), p.mean()
-    # a constant side has no covariance; computed, rounding would leave a +-1e-31 residue
-    cov = 0.0 if np.ptp(t) == 0 or np.ptp(p) == 0 else float(np.mean((t - mt) * (p - mp)))
-    denom = float(np.var(t) + np.var(p) + (mt - mp) ** 2)
-    if denom == 0.0:
-        return math.nan
-    return 2.0 * cov / denom
+    return concordance(*_vectors(y_true, y_pred))  # personality/ccc.py: the one definition
 
 
 def r2(y_true: Any, y_pred: Any) -> float:

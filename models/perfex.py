@@ -10,7 +10,7 @@
     loss = model.loss(outputs, targets)     # targets (B, 5) in [0, 1]; NaN = unlabelled
     scores = model.decode(outputs)          # (B, 5) in [0, 1]; model.predict(batch) does both
 
-Inputs: `aus` (B, T, 17) AU intensities (`stages.schemas.AU_INTENSITY` order, 0-5) and `aus_mask`
+Inputs: `aus` (B, T, 17) AU intensities (`personality.schemas.AU_INTENSITY` order, 0-5) and `aus_mask`
 (B, T) bool, True on real steps, a prefix per row (padding at the end). Without a mask every step
 is real. At most `config.seq_len` steps are used (PerFeX's 700-frame clips).
 
@@ -29,6 +29,9 @@ defects, fixed in `ingest` / `augment` / `train`.)
 Two heads (`head=` in the config): "classification", 25 logits = 5 traits x 5 bins (bin = floor(4p),
 `models.metrics.to_bins`), summed cross-entropy over traits, decoded to [0, 1] by the expected bin
 value or the argmax bin's value (`models.metrics.bin_values`); "regression", 5 sigmoid outputs, MSE.
+
+One file because the two PerFeX models share the masked layers and the heads defined here
+(the other model families import the heads from it).
 """
 from __future__ import annotations
 
@@ -43,7 +46,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from models.metrics import N_BINS, bin_values
 from models.registry import register
-from stages.schemas import AU_INTENSITY, TRAITS
+from personality.schemas import AU_INTENSITY, TRAITS
 
 __all__ = ["PerfexCNNConfig", "PerfexHybridConfig", "PerfexCNN", "PerfexHybrid",
            "ClassificationHead", "RegressionHead", "MaskedBatchNorm1d", "SqueezeExcite",
@@ -341,7 +344,8 @@ class RegressionHead(nn.Module):
         return scores  # (B, 5)
 
 
-def _make_head(cfg: Any, in_features: int) -> nn.Module:
+def make_head(cfg: Any, in_features: int) -> nn.Module:
+    """The head `cfg.head` names over `in_features` features (every model of the zoo uses it)."""
     if cfg.head == "classification":
         return ClassificationHead(in_features, hidden=cfg.hidden, dropout=cfg.dropout,
                                   decode=cfg.decode)
@@ -420,7 +424,7 @@ class PerfexCNN(_AUModel):
             _CNNBranch(config.n_aus, config.channels, k, batch_norm=config.batch_norm)
             for k in config.kernel_sizes)
         n_features = len(config.kernel_sizes) * 2 * config.channels[1]  # 4 x (mean, max) x 128
-        self.head = _make_head(config, n_features)
+        self.head = make_head(config, n_features)
 
     def features(self, aus: Tensor, mask: Tensor, lengths: Tensor) -> Tensor:
         x = aus.transpose(1, 2)  # (B, T, 17) -> (B, 17, T): Conv1d wants channels first
@@ -474,7 +478,7 @@ class PerfexHybrid(_AUModel):
                                          layers=config.lstm_layers,
                                          attention_dim=config.attention_dim)
         self.lstm_dropout = nn.Dropout(config.lstm_dropout)
-        self.head = _make_head(config, config.fcn_channels[-1] + config.lstm_hidden)
+        self.head = make_head(config, config.fcn_channels[-1] + config.lstm_hidden)
 
     def fcn_features(self, aus: Tensor, mask: Tensor) -> Tensor:
         h = aus.transpose(1, 2)  # (B, T, 17) -> (B, 17, T)

@@ -16,6 +16,9 @@ UDIVA's; `decode` then returns the label scale, not [0, 1]).
 
 Shared pieces used by models/audio.py and models/audiovisual.py live here too: the config helper,
 the heads, the `ZooModel` protocol base class and the 2D ResNet trunk.
+
+One file because the visual families share the ZooModel base, the trunk blocks and the
+config helpers; each family is a section of its own (ResNet, HRNet, DAN, face sequences).
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from models.perfex import ClassificationHead, HeadModel, RegressionHead, make_config
+from models.perfex import HeadModel, make_config, make_head
 from models.registry import register
 
 __all__ = ["ZooModel", "make_config", "make_head", "ResNetTrunk", "SEBasicBlock",
@@ -63,15 +66,6 @@ def check_head(cfg: Any, name: str) -> None:
         raise ValueError(f"{name}: dropout must be in [0, 1), got {cfg.dropout}")
     if cfg.decode not in ("expectation", "argmax"):
         raise ValueError(f"{name}: decode must be 'expectation' or 'argmax', got {cfg.decode!r}")
-
-
-def make_head(cfg: Any, in_features: int) -> nn.Module:
-    """The head `cfg.head` names over `in_features` features."""
-    if cfg.head == "classification":
-        return ClassificationHead(in_features, hidden=cfg.hidden, dropout=cfg.dropout,
-                                  decode=cfg.decode)
-    return RegressionHead(in_features, hidden=cfg.hidden, dropout=cfg.dropout,
-                          bounded=cfg.head == "regression")
 
 
 class ZooModel(HeadModel):

@@ -7,7 +7,7 @@ per fold, and a table of mean and sd of test CCC per model over the folds.
 
 Each fold is queued as
 `dvc exp run --queue -n cv-fold<k> -S ingest.split_mode=kfold -S ingest.n_folds=N -S ingest.fold=k`:
-subjects go into N folds (stages/datasets.py: kfold_splits), fold k is test, fold k+1 val, the
+subjects go into N folds (personality/datasets.py: kfold_splits), fold k is test, fold k+1 val, the
 rest train. Ingest re-runs in each experiment (the split is decided there, once), but its
 data/clips.parquet does not change with the fold, so frames, faces, aus and audio come from the
 DVC cache; augment, train, retrain and evaluate run. Run the pipeline once first (`make cv` does).

@@ -155,7 +155,7 @@ def print_table(rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from models import list_models
-    from stages.common import experiment_models
+    from personality.common import experiment_models
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", help="default: every registered model not in "

@@ -50,6 +50,9 @@ all-zero wave (n_samples 0).
 
 Parallel: `base.workers` spawned processes, one thread each; each worker pays librosa's numba JIT
 (or its cache load) once, in `warm_up`, before its first clip. docs/audio.md has the measurements.
+
+One file because every audio feature of the stage is computed from one decoded wave per video
+in one pass; the sections follow the output columns.
 """
 from __future__ import annotations
 
@@ -66,8 +69,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from stages import schemas
-from stages.common import (ArtifactWriter, BaseParams, ParamsError, StageInputError, get_logger,
+from personality import schemas
+from personality.common import (ArtifactWriter, BaseParams, ParamsError, StageInputError, get_logger,
                            progress, read_artifact, repo_root, run_stage)
 
 log = get_logger("audio")

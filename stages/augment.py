@@ -9,7 +9,7 @@ test clip end up in training; here the split comes from the manifest (decided at
 subject) and only `split == "train"` clips are augmented: validation and test clips are never
 touched, and every augmented sequence keeps its source clip's `video_id`.
 
-Per train clip (AUs in `stages.schemas.AU_INTENSITY` order, NaN where no face, kept NaN):
+Per train clip (AUs in `personality.schemas.AU_INTENSITY` order, NaN where no face, kept NaN):
 1. decimation: for every factor f in `decimate`, the f phases x[p::f] (f = 1: the clip itself);
 2. shift: for every s in `shifts`, the sequence delayed by s steps with the first value repeated
    (edge padding), same length;
@@ -39,10 +39,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages import schemas
-from stages.common import (ArtifactWriter, BaseParams, StageInputError, atomic_write_json,
+from personality import schemas
+from personality.common import (ArtifactWriter, BaseParams, StageInputError, atomic_write_json,
                            get_logger, load_params, progress, read_artifact, repo_root)
-from stages.schemas import AU_INTENSITY
+from personality.schemas import AU_INTENSITY
 
 log = get_logger("augment")
 

@@ -25,10 +25,11 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from stages import schemas
-from stages.common import (BaseParams, StageInputError, atomic_write_json, get_logger, progress, read_artifact, repo_root, run_stage)
-from stages.schemas import AU_INTENSITY, AU_PRESENCE
-from stages.video_io import VideoShardWriter, index_videos, read_video
+from personality import schemas
+from personality.common import (BaseParams, StageInputError, atomic_write_json, get_logger, progress, read_artifact, repo_root, run_stage)
+from personality.openface import read_openface_csv
+from personality.schemas import AU_INTENSITY, AU_PRESENCE
+from personality.video_io import VideoShardWriter, index_videos, read_video
 
 log = get_logger("aus")
 
@@ -207,68 +208,6 @@ def aus_from_faces(faces: pd.DataFrame, *, params: AusParams) -> pd.DataFrame:
         out[c] = np.where(np.isnan(intens[au]), np.nan,
                           (intens[au] >= params.presence_threshold).astype(float))
     return out
-
-
-# --------------------------------------------------------------------------------------------------
-# OpenFace CSVs
-
-
-def read_openface_csv(path: str | Path, *, video_id: str, face_id: int = -1,
-                      presence_threshold: float = 1.0) -> pd.DataFrame:
-    """One OpenFace FeatureExtraction CSV -> rows of the aus schema.
-
-    Headers with or without a space after the commas; the 2.0 layouts with or without `face_id`;
-    `frame` is 1-based there, frame_idx 0-based here. Rows with success == 0 keep their place with
-    NaN AUs. With several faces, `face_id` (or, when -1, the face with most successful frames) is
-    kept. A missing AUxx_c column is derived as AUxx_r >= presence_threshold."""
-    path = Path(path)
-    try:
-        raw = pd.read_csv(path, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
-        raise StageInputError(f"{path}: not a readable OpenFace CSV: {exc}") from None
-    raw.columns = [str(c).strip() for c in raw.columns]
-    missing = [c for c in AU_INTENSITY if c not in raw.columns]
-    if missing:
-        raise StageInputError(f"{path}: missing column '{missing[0]}' (not an OpenFace AU CSV, "
-                              "or AUs were not extracted: run FeatureExtraction with -aus)")
-    if "frame" not in raw.columns and "timestamp" not in raw.columns:
-        raise StageInputError(f"{path}: missing column 'frame' (and 'timestamp')")
-    if "face_id" in raw.columns and raw["face_id"].nunique() > 1:
-        if face_id < 0:
-            ok = raw["success"] if "success" in raw.columns else pd.Series(1, index=raw.index)
-            face_id = int(ok.groupby(raw["face_id"]).sum().idxmax())
-        raw = raw[raw["face_id"] == face_id]
-        if raw.empty:
-            raise StageInputError(f"{path}: no row with face_id {face_id}")
-    if "frame" in raw.columns:
-        frame_idx = raw["frame"].astype("int64") - 1
-    else:
-        frame_idx = pd.Series(np.arange(len(raw)), index=raw.index)
-    if "timestamp" in raw.columns:
-        t = raw["timestamp"].astype("float64")
-    else:
-        t = frame_idx / 30.0  # OpenFace's own default when a video gives no rate
-    success = (raw["success"].astype(float) > 0) if "success" in raw.columns else \
-        pd.Series(True, index=raw.index)
-    conf = raw["confidence"].astype("float64") if "confidence" in raw.columns else \
-        pd.Series(np.nan, index=raw.index)
-    out = pd.DataFrame({"video_id": video_id, "frame_idx": frame_idx.to_numpy(),
-                        "t": t.to_numpy(), "success": success.to_numpy(bool),
-                        "confidence": conf.to_numpy()})
-    mask = ~out["success"].to_numpy()
-    for au, c in zip(AU_INTENSITY, AU_PRESENCE):
-        r = raw[au].to_numpy(np.float64).copy()
-        r[mask] = np.nan  # OpenFace writes 0 there: not a measurement
-        out[au] = r
-    for au, c in zip(AU_INTENSITY, AU_PRESENCE):
-        if c in raw.columns:
-            v = raw[c].to_numpy(np.float64).copy()
-        else:
-            v = (out[au].to_numpy() >= presence_threshold).astype(float)
-        v[mask] = np.nan
-        out[c] = v
-    out = out.drop_duplicates("frame_idx", keep="first").sort_values("frame_idx")
-    return out.reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages import schemas
-from stages.common import (BaseParams, ParamsError, StageInputError, atomic_dir,
+from personality import schemas
+from personality.common import (BaseParams, ParamsError, StageInputError, atomic_dir,
                            atomic_write_json, experiment_models, find_checkpoint, get_logger,
                            is_checkpoint_path, read_artifact, repo_root, run_stage,
                            write_artifact)
-from stages.schemas import AU_INTENSITY, AU_PRESENCE, TRAITS
+from personality.schemas import AU_INTENSITY, AU_PRESENCE, TRAITS
 
 log = get_logger("deploy")
 
@@ -58,7 +58,7 @@ def load_corpus(p: DeployParams, root: Path) -> pd.DataFrame:
             keep = set(manifest.loc[manifest["split"].isin(p.splits), "video_id"])
             table = table[table["video_id"].isin(keep)]
         return table
-    from stages.aus import read_openface_csv
+    from personality.openface import read_openface_csv
 
     folder = Path(p.corpus) if Path(p.corpus).is_absolute() else root / p.corpus
     csvs = sorted(folder.glob("*.csv"))

@@ -49,13 +49,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from models.bootstrap import bootstrap_scores, model_uncertainty, paired, subject_resamples
+from models.report import (RESERVED, add_uncertainty, ci_text, flat_metrics, fmt,
+                           results_table, select_best, summary_of)
 from models.metrics import (MetricsError, baseline_metrics, bin_metrics, json_safe,
-                            majority_class_accuracy, regression_metrics, train_mean_baseline)
-from stages.common import (BaseParams, ParamsError, SchemaError, StageInputError,
+                            majority_class_accuracy, regression_metrics)
+from personality.common import (BaseParams, ParamsError, SchemaError, StageInputError,
                            atomic_write_json, atomic_write_text, experiment_models, get_logger,
                            load_params, mlflow_run, repo_root)
-from stages.schemas import SPLITS, TRAITS
+from personality.schemas import SPLITS, TRAITS
 
 log = get_logger("evaluate")
 
@@ -67,7 +68,6 @@ MANIFEST = Path("data/manifest.parquet")
 METRICS_JSON = Path("metrics/evaluate.json")
 PLOTS_DIR = Path("metrics/plots")
 RESULTS_MD = Path("metrics/results.md")  # the results table with intervals, as the README shows it
-RESERVED = ("baseline", "errors", "selection")  # keys of evaluate.json that are not models
 Z_NOTE = ("label_scale z (z-scored labels, e.g. UDIVA): ACC = 1 - MAE assumes [0, 1] scores, so it "
           "is null; the 5-bin view is left out; read CCC / PCC / MSE")
 
@@ -297,30 +297,6 @@ def scatter_table(video_ids: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray)
     return table[table["true"].notna()].reset_index(drop=True)
 
 
-def flat_metrics(entry: dict, prefix: str) -> dict[str, float]:
-    """MLflow metric names for an evaluate.json entry: `<prefix>_<trait|mean>_<metric>`,
-    `<prefix>_bins_<trait|mean>_<metric>`, `<prefix>_n_videos`; null / NaN values are left out."""
-    out: dict[str, float] = {}
-
-    def put(name: str, value) -> None:
-        if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
-            if math.isfinite(float(value)):
-                out[name] = float(value)
-
-    for key in (*TRAITS, "mean"):
-        for metric, value in (entry.get(key) or {}).items():
-            put(f"{prefix}_{key}_{metric}", value)
-        for metric, value in ((entry.get("bins") or {}).get(key) or {}).items():
-            put(f"{prefix}_bins_{key}_{metric}", value)
-        for metric, (lo, hi) in ((entry.get("ci") or {}).get(key) or {}).items():
-            put(f"{prefix}_{key}_{metric}_lo", lo)
-            put(f"{prefix}_{key}_{metric}_hi", hi)
-    for versus in ("vs_baseline", "vs_best"):
-        put(f"{prefix}_{versus}_p_better", (entry.get(versus) or {}).get("p_better"))
-    put(f"{prefix}_n_videos", entry.get("n_videos"))
-    return out
-
-
 def evaluate_file(path: Path, manifest: pd.DataFrame, params: EvaluateParams, *,
                   label_scale: str, where: str | None = None) -> ModelResult:
     """Score one predictions file; StageInputError (file + column) when it is malformed."""
@@ -382,95 +358,6 @@ def validation_ccc(results: list[ModelResult], manifest: pd.DataFrame, params: E
     return out
 
 
-def select_best(val: dict[str, dict]) -> str | None:
-    """The model with the highest mean validation CCC (None when no model has one)."""
-    finite = {m: v["ccc"] for m, v in val.items() if v.get("ccc") is not None
-              and math.isfinite(v["ccc"])}
-    return max(finite, key=finite.get) if finite else None
-
-
-def _spread(r: ModelResult, video_ids: np.ndarray) -> np.ndarray:
-    """r's predictions on `video_ids` (n, 5), NaN for a video r has no prediction for."""
-    out = np.full((len(video_ids), len(TRAITS)), np.nan)
-    row = {v: i for i, v in enumerate(video_ids)}
-    for v, pred in zip(r.video_ids, r.y_pred):
-        out[row[v]] = pred
-    return out
-
-
-def add_uncertainty(report: dict, results: list[ModelResult], manifest: pd.DataFrame,
-                    params: EvaluateParams, *, seed: int, best: str | None) -> None:
-    """Add to each entry of `report` (models and baseline) `ci`: intervals from a bootstrap over
-    the subjects of the scored split, and to each model `vs_baseline` / `vs_best`: paired
-    comparisons on the same resamples (models.bootstrap)."""
-    labelled = manifest[(manifest["split"] == params.split)
-                        & manifest[list(TRAITS)].notna().any(axis=1)].sort_values("video_id")
-    if labelled.empty or "baseline" not in report:
-        return
-    vids = labelled["video_id"].to_numpy()
-    y_true = labelled[list(TRAITS)].to_numpy(np.float64)  # (n, 5)
-    train = manifest.loc[manifest["split"] == "train", list(TRAITS)].to_numpy(np.float64)
-    preds = {r.name: _spread(r, vids) for r in results}
-    preds["baseline"] = train_mean_baseline(train, len(vids))
-    rows = subject_resamples(labelled["subject_id"].to_numpy(), n_boot=params.bootstrap,
-                             seed=seed)
-    samples = bootstrap_scores(y_true, preds, rows)
-    about = {"level": params.ci_level, "n_boot": params.bootstrap, "resampled": "subjects",
-             "n_subjects": int(labelled["subject_id"].nunique())}
-    for name, sample in samples.items():
-        report[name]["ci"] = {**about, **model_uncertainty(sample, TRAITS, level=params.ci_level)}
-    for r in results:
-        report[r.name]["vs_baseline"] = paired(samples[r.name], samples["baseline"],
-                                               level=params.ci_level)
-        if best in samples and best != r.name:
-            report[r.name]["vs_best"] = {"model": best, **paired(
-                samples[r.name], samples[best], level=params.ci_level)}
-
-
-def _ci_text(entry: dict, metric: str = "ccc") -> str:
-    lo, hi = ((entry.get("ci") or {}).get("mean") or {}).get(metric, [None, None])
-    value = (entry.get("mean") or {}).get(metric)
-    if lo is None or value is None or not all(map(math.isfinite, (value, lo, hi))):
-        return _fmt(value)
-    return f"{_fmt(value)} [{_fmt(lo)}, {_fmt(hi)}]"
-
-
-def results_table(report: dict, split: str) -> str:
-    """metrics/results.md: one row per model, best validation CCC first; intervals in brackets;
-    a model whose difference to the best-by-validation model is inside the interval says so."""
-    selection = report.get("selection") or {}
-    val = selection.get("val") or {}
-    models = sorted((m for m in report if m not in RESERVED),
-                    key=lambda m: -(val.get(m, {}).get("ccc") or -math.inf))
-    level = int(round(100 * ((report.get("baseline") or {}).get("ci") or {}).get("level", 0.95)))
-    lines = [f"| model | val CCC | {split} CCC [{level}% CI] | {split} ACC | beats baseline "
-             f"| vs {selection.get('best') or 'best'} (chosen on val) |",
-             "|---|---|---|---|---|---|",
-             f"| train-mean baseline | - | {_ci_text(report.get('baseline') or {})} | "
-             f"{_fmt(((report.get('baseline') or {}).get('mean') or {}).get('acc'))} | - | - |"]
-    for m in models:
-        e = report[m]
-        vb, vs = e.get("vs_baseline") or {}, e.get("vs_best") or {}
-        if vs:
-            lo, hi = vs["delta_ccc"]
-            delta = e["mean"]["ccc"] - report[vs["model"]]["mean"]["ccc"]
-            inside = lo is not None and hi is not None and lo <= 0 <= hi
-            versus = (f"Δ {delta:+.3f} [{lo:+.3f}, {hi:+.3f}], better in "
-                      f"{100 * vs['p_better']:.0f}% of resamples"
-                      + ("; inside the interval: no ranking" if inside else ""))
-        else:
-            versus = "chosen on val" if m == selection.get("best") else "-"
-        beats = f"{100 * vb['p_better']:.0f}%" if vb.get("p_better") is not None else "-"
-        lines.append(f"| {m} | {_fmt(val.get(m, {}).get('ccc'))} | {_ci_text(e)} | "
-                     f"{_fmt(e['mean'].get('acc'))} | {beats} | {versus} |")
-    n = ((report.get("baseline") or {}).get("ci") or {})
-    lines.append("")
-    lines.append(f"{split} split: {(report.get('baseline') or {}).get('n_videos', '?')} clips of "
-                 f"{n.get('n_subjects', '?')} subjects; intervals and 'better in' shares from "
-                 f"{n.get('n_boot', '?')} bootstrap resamples of subjects (models/bootstrap.py).")
-    return "\n".join(lines) + "\n"
-
-
 def _rel(path: Path, root: Path) -> str:
     try:
         return str(path.resolve().relative_to(root.resolve()))
@@ -499,7 +386,7 @@ def write_scatter_csvs(results: list[ModelResult], plots_dir: Path) -> list[Path
 
 def log_to_mlflow(results: list[ModelResult], report: dict, params: EvaluateParams) -> list[str]:
     """One MLflow run per model (scatter PNG) and a summary run (bar chart). Returns run ids."""
-    from stages import plots
+    from personality import plots
 
     split = params.split
     baseline = report.get("baseline") or {}
@@ -543,31 +430,11 @@ def log_to_mlflow(results: list[ModelResult], report: dict, params: EvaluatePara
     return run_ids
 
 
-def summary_of(report: dict) -> dict:
-    """The headline numbers of evaluate.json: per model (and the baseline) mean CCC with its
-    interval, ACC, MAE; per model its validation CCC (what selection used) and the share of
-    bootstrap resamples in which it beats the baseline."""
-    val = (report.get("selection") or {}).get("val") or {}
-    out = {}
-    for name, entry in report.items():
-        if not (isinstance(entry, dict) and isinstance(entry.get("mean"), dict)):
-            continue
-        row = {k: entry["mean"].get(k) for k in ("ccc", "acc", "mae")}
-        if "ci" in entry:
-            row["ccc_lo"], row["ccc_hi"] = entry["ci"]["mean"]["ccc"]
-        if name in val:
-            row["val_ccc"] = val[name].get("ccc")
-        if "vs_baseline" in entry:
-            row["p_beats_baseline"] = entry["vs_baseline"]["p_better"]
-        out[name] = row
-    return out
-
-
 def run(params: EvaluateParams, base: BaseParams | None = None,
         root: Path | None = None, models: list[str] | None = None) -> dict:
     """Evaluate the predictions files under `root` of `models` (and their +retrained), or every
     file when `models` is None; returns the report written to metrics/evaluate.json (NaN as
-    null). MLflow logs to the store of `stages.common.mlflow_run` (anchored on DVC_ROOT)."""
+    null). MLflow logs to the store of `personality.common.mlflow_run` (anchored on DVC_ROOT)."""
     root = Path(root or repo_root())
     manifest = load_manifest(root / MANIFEST)
     label_scale = label_scale_of(manifest, params.split, where=str(MANIFEST))
@@ -599,8 +466,9 @@ def run(params: EvaluateParams, base: BaseParams | None = None,
     val = validation_ccc(results, manifest, params, label_scale=label_scale)
     best = select_best(val)
     report["selection"] = {"split": "val", "metric": "mean CCC", "best": best, "val": val}
-    add_uncertainty(report, results, manifest, params, seed=(base or BaseParams()).seed,
-                    best=best)
+    add_uncertainty(report, {r.name: (r.video_ids, r.y_pred) for r in results}, manifest,
+                    split=params.split, n_boot=params.bootstrap, level=params.ci_level,
+                    seed=(base or BaseParams()).seed, best=best)
     write_scatter_csvs(results, root / PLOTS_DIR)
     atomic_write_json(root / METRICS_JSON, json_safe(report))
     atomic_write_json(root / SUMMARY_JSON, json_safe(summary_of(report)))
@@ -608,18 +476,12 @@ def run(params: EvaluateParams, base: BaseParams | None = None,
     for r in results:
         m, b = r.entry["mean"], (report.get("baseline") or {}).get("mean", {})
         log.info("%s: %s mean CCC %s (baseline %s), ACC %s (baseline %s), %d videos",
-                 r.name, params.split, _ci_text(r.entry), _fmt(b.get("ccc")), _fmt(m["acc"]),
-                 _fmt(b.get("acc")), r.entry["n_videos"])
+                 r.name, params.split, ci_text(r.entry), fmt(b.get("ccc")), fmt(m["acc"]),
+                 fmt(b.get("acc")), r.entry["n_videos"])
     log.info("chosen on val (mean CCC): %s", best)
     if params.mlflow and results:
         log_to_mlflow(results, report, params)
     return json_safe(report)
-
-
-def _fmt(value) -> str:
-    if value is None or not math.isfinite(value):
-        return "n/a"
-    return f"{round(value, 6) + 0.0:.3f}"  # + 0.0: no "-0.000" for a rounding-level negative
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,7 +11,7 @@ face's size plus `faces.margin` on each side, resized to `faces.size`, stored as
 
 Every frame of data/frames gets a row; frames with no face have `face_found = false`, NaN
 measurements, null landmarks and crop. The model bundle is found offline and hash-checked
-(stages/facemodel.py; `faces.model_path` may be a file or the official URL). Videos run in
+(personality/facemodel.py; `faces.model_path` may be a file or the official URL). Videos run in
 `base.workers` spawn processes, one thread each; memory holds one video's frames at a time.
 """
 from __future__ import annotations
@@ -25,10 +25,10 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from stages import schemas
-from stages.common import (BaseParams, StageInputError, atomic_write_json, get_logger, progress, repo_root, run_stage)
-from stages.facemodel import BLENDSHAPES, head_pose_deg
-from stages.video_io import (VideoShardWriter, decode_jpeg, encode_jpeg, index_videos,
+from personality import schemas
+from personality.common import (BaseParams, StageInputError, atomic_write_json, get_logger, progress, repo_root, run_stage)
+from personality.facemodel import BLENDSHAPES, head_pose_deg
+from personality.video_io import (VideoShardWriter, decode_jpeg, encode_jpeg, index_videos,
                              map_videos, read_video)
 
 log = get_logger("faces")
@@ -148,7 +148,7 @@ def _empty_row() -> dict:
 def faces_of_video(frames: pd.DataFrame, *, params: FacesParams) -> pd.DataFrame:
     """Run the landmarker (and BlazeFace, for confidences) over one video's frames (rows of
     data/frames). Returns one row per input frame, in time order, with the faces schema."""
-    from stages.facemodel import detect_rgb, open_detector, open_landmarker
+    from personality.facemodel import detect_rgb, open_detector, open_landmarker
 
     import mediapipe as mp
 
@@ -217,7 +217,7 @@ def _job(job: dict) -> dict:
 
 def run(params: FacesParams, base: BaseParams, root: Path | None = None) -> dict:
     """data/frames -> data/faces under `root`; returns what metrics/faces.json holds."""
-    from stages.facemodel import find_task_file
+    from personality.facemodel import find_task_file
 
     root = root or repo_root()
     check_params(params)

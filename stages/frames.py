@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from stages import schemas
-from stages.common import (BaseParams, StageInputError, atomic_write_json, get_logger, progress, read_artifact, repo_root, run_stage)
-from stages.video_io import VideoShardWriter, encode_jpeg, iter_frames, map_videos
+from personality import schemas
+from personality.common import (BaseParams, StageInputError, atomic_write_json, get_logger, progress, read_artifact, repo_root, run_stage)
+from personality.video_io import VideoShardWriter, encode_jpeg, iter_frames, map_videos
 
 log = get_logger("frames")
 

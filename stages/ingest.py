@@ -3,13 +3,13 @@
     python -m stages.ingest          # reads params.yaml:base,ingest -> data/manifest.parquet, ...
 
 Sources (`ingest.source`; options under `ingest.<source>`):
-  synthetic     the embedded default dataset, generated offline from `base.seed` (stages/synthetic.py)
+  synthetic     the embedded default dataset, generated offline from `base.seed` (personality/synthetic.py)
   folder        a directory of videos and a labels CSV (`ingest.folder.labels`)
   chalearn16    ChaLearn First Impressions V2: split folders of mp4 + annotation pickles
   udiva         UDIVA v0.5: parts_*.csv / sessions_*.csv + session folders of FC1_T.mp4, ...
   perfex        PerFeX's long AU CSV (no video) + optional retraining ratings CSV
   openface_csv  a folder of OpenFace FeatureExtraction CSVs + a labels CSV (no video)
-(stages/datasets.py holds the real-dataset adapters.) Splits are decided here, by subject, once:
+(personality/datasets.py holds the real-dataset adapters.) Splits are decided here, by subject, once:
 every later stage keeps them.
 
 Outputs: data/manifest.parquet, data/user_study.parquet, data/synthetic_cues.parquet (synthetic
@@ -26,10 +26,10 @@ from typing import Callable, Literal
 import numpy as np
 import pandas as pd
 
-from stages import datasets, schemas
-from stages.common import (BaseParams, StageInputError, atomic_write_json, get_logger,
+from personality import datasets, schemas
+from personality.common import (BaseParams, StageInputError, atomic_write_json, get_logger,
                            progress, repo_root, write_artifact, run_stage)
-from stages.schemas import SPLITS, TRAITS
+from personality.schemas import SPLITS, TRAITS
 
 log = get_logger("ingest")
 
@@ -109,7 +109,7 @@ def subject_splitter(params: "IngestParams", seed: int) -> Callable[[list[str]],
 
 def ingest_synthetic(p: SyntheticParams, assign: Callable[[list[str]], dict[str, str]],
                      seed: int, workers: int, root: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    from stages import synthetic as syn
+    from personality import synthetic as syn
 
     if p.n_videos < 1 or p.n_subjects < 1 or p.n_subjects > p.n_videos:
         raise StageInputError("ingest.synthetic: need 1 <= n_subjects <= n_videos")
@@ -174,7 +174,7 @@ def ingest_synthetic(p: SyntheticParams, assign: Callable[[list[str]], dict[str,
 def probe_video(path: Path) -> dict:
     """Duration, frame rate and audio presence of a media file (PyAV, `video_io.probe`). Raises
     StageInputError naming the file when it cannot be opened or holds no video stream."""
-    from stages.video_io import probe
+    from personality.video_io import probe
 
     try:
         info = probe(path)

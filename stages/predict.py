@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages import schemas
-from stages.common import (BaseParams, ParamsError, SchemaError, StageInputError, find_checkpoint,
+from personality import schemas
+from personality.common import (BaseParams, ParamsError, SchemaError, StageInputError, find_checkpoint,
                            get_logger, load_params, read_artifact, repo_root, write_artifact)
-from stages.schemas import TRAITS
+from personality.schemas import TRAITS
 
 log = get_logger("predict")
 

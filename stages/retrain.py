@@ -24,6 +24,7 @@ experiment left behind (or failing in a fresh clone, where there are none).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from pathlib import Path
@@ -31,10 +32,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages import schemas
-from stages.common import (BaseParams, ParamsError, StageInputError, atomic_write_json,
-                           experiment_models, get_logger, read_artifact, repo_root, run_stage)
-from stages.schemas import TRAITS
+from personality import schemas
+from personality.common import (BaseParams, ParamsError, StageInputError, atomic_write_json,
+                           experiment_models, get_logger, read_artifact, repo_root, run_stage,
+                           write_predictions)
+from personality.schemas import TRAITS
 
 log = get_logger("retrain")
 
@@ -113,13 +115,50 @@ def _summary(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     return {k: float(mean[k]) for k in ("ccc", "pcc", "mae")}
 
 
+def _mix_in(p: RetrainParams, seed: int, have: pd.DataFrame, rated: pd.DataFrame,
+            tune_ids: list[str]) -> tuple[list[str], list[str], np.ndarray]:
+    """Original train clips mixed in beside the rated ones (a share of them, drawn with the
+    seed), so fine-tuning does not forget the training labels: (mixed ids, all ids, targets
+    (n, 5))."""
+    rng = np.random.default_rng([seed, 31])
+    pool = sorted(set(have.loc[have["split"] == "train", "video_id"]) - set(rated.index))
+    n_mix = min(len(pool), int(round(p.mix_share * len(tune_ids))))
+    mixed = sorted(rng.choice(pool, size=n_mix, replace=False).tolist()) if n_mix else []
+    labels = have.set_index("video_id")
+    train_targets = np.vstack([rated.loc[tune_ids, list(TRAITS)].to_numpy(float),
+                               labels.loc[mixed, list(TRAITS)].to_numpy(float)
+                               if mixed else np.empty((0, len(TRAITS)))])
+    return mixed, tune_ids + mixed, train_targets
+
+
+def _freeze(model, prefixes: list[str], name: str) -> int:
+    """Fix the parameters whose names start with one of `prefixes`; returns how many numbers."""
+    frozen = 0
+    for pname, param in model.named_parameters():
+        if any(pname.startswith(prefix) for prefix in prefixes):
+            param.requires_grad_(False)
+            frozen += param.numel()
+    if prefixes and not frozen:
+        raise ParamsError(f"retrain.freeze: {prefixes} matches no parameter of {name} (names "
+                          f"start with: {sorted({n.split('.')[0] for n, _ in model.named_parameters()})})")
+    return frozen
+
+
+def _retrained_meta(p: RetrainParams, ckpt: dict, base_checkpoint: str) -> dict:
+    """The fine-tuned checkpoint's fields: the base model's, with the retrain params. The base
+    checkpoint's path is relative: an absolute one would make it differ between checkouts."""
+    return {"model_name": ckpt["model_name"], "model_config": ckpt["model_config"],
+            "inputs": ckpt["inputs"], "source_config": ckpt.get("source_config", {}),
+            "params": {"retrain": dataclasses.asdict(p), "base_checkpoint": base_checkpoint},
+            "label_scale": ckpt.get("label_scale", "unit")}
+
+
 def retrain_model(name: str, p: RetrainParams, base: BaseParams, root: Path,
                   rated: pd.DataFrame, manifest: pd.DataFrame) -> dict:
     import torch
 
     from models import engine
     from models.data import build_sources, for_inference
-    from stages.train import _write_predictions
 
     ckpt_path = root / "data" / "models" / name / "best.pt"
     if not ckpt_path.is_file():
@@ -142,42 +181,21 @@ def retrain_model(name: str, p: RetrainParams, base: BaseParams, root: Path,
     held_true = rated.loc[held_ids, list(TRAITS)].to_numpy(float)
     before = _summary(held_true, engine.predict_videos(model, sources, held_ids))
 
-    rng = np.random.default_rng([seed, 31])
-    pool = sorted(set(have.loc[have["split"] == "train", "video_id"]) - set(rated.index))
-    n_mix = min(len(pool), int(round(p.mix_share * len(tune_ids))))
-    mixed = sorted(rng.choice(pool, size=n_mix, replace=False).tolist()) if n_mix else []
-    labels = have.set_index("video_id")
-    train_ids = tune_ids + mixed
-    train_targets = np.vstack([rated.loc[tune_ids, list(TRAITS)].to_numpy(float),
-                               labels.loc[mixed, list(TRAITS)].to_numpy(float)
-                               if mixed else np.empty((0, len(TRAITS)))])
-
-    frozen = 0
-    for pname, param in model.named_parameters():
-        if any(pname.startswith(prefix) for prefix in p.freeze):
-            param.requires_grad_(False)
-            frozen += param.numel()
-    if p.freeze and not frozen:
-        raise ParamsError(f"retrain.freeze: {p.freeze} matches no parameter of {name} (names "
-                          f"start with: {sorted({n.split('.')[0] for n, _ in model.named_parameters()})})")
+    mixed, train_ids, train_targets = _mix_in(p, seed, have, rated, tune_ids)
+    frozen = _freeze(model, p.freeze, name)
     cfg = engine.TrainConfig(epochs=p.epochs, lr=p.lr, batch_size=p.batch_size,
                              weight_decay=p.weight_decay, schedule="cosine", patience=0,
                              views_per_video=p.views_per_video, seed=seed, device="cpu")
     out_name = f"{name}{SUFFIX}"
-    meta = {"model_name": ckpt["model_name"], "model_config": ckpt["model_config"],
-            "inputs": ckpt["inputs"], "source_config": ckpt.get("source_config", {}),
-            # relative: an absolute path would make the checkpoint differ between checkouts
-            "params": {"retrain": dataclasses.asdict(p),
-                       "base_checkpoint": ckpt_path.relative_to(root).as_posix()},
-            "label_scale": ckpt.get("label_scale", "unit")}
-    tracking = None
+    meta = _retrained_meta(p, ckpt, ckpt_path.relative_to(root).as_posix())
+    tracking = contextlib.nullcontext()
     if p.mlflow:
-        from stages.common import mlflow_run
+        from personality.common import mlflow_run
 
         tracking = mlflow_run("retrain", run_name=out_name, tags={"model": out_name},
                               params={**dataclasses.asdict(p), "base_model": name,
                                       "n_finetune": len(tune_ids), "n_mixed": len(mixed)})
-    with tracking if tracking is not None else _Null() as mlf:
+    with tracking as mlf:
         engine.fit(model, sources, train_ids=train_ids, train_targets=train_targets,
                    config=cfg, out_dir=root / RETRAINED / "models" / out_name, meta=meta,
                    tracker=mlf, desc=f"retrain:{name}")
@@ -187,7 +205,7 @@ def retrain_model(name: str, p: RetrainParams, base: BaseParams, root: Path,
             mlf.log_metrics({f"{when}_{k}": v for when, m in (("before", before),
                                                                 ("after", after))
                              for k, v in m.items() if math.isfinite(v)})
-    _write_predictions(root / RETRAINED / "predictions" / f"{out_name}.parquet", pd.DataFrame({
+    write_predictions(root / RETRAINED / "predictions" / f"{out_name}.parquet", pd.DataFrame({
         "video_id": have["video_id"].to_numpy(), "split": have["split"].to_numpy(),
         **{t: preds[:, k] for k, t in enumerate(TRAITS)}, "model": out_name}))
     log.info("%s: held-out rater means ccc %.3f -> %.3f, mae %.3f -> %.3f (%d tuned + %d mixed, "
@@ -195,14 +213,6 @@ def retrain_model(name: str, p: RetrainParams, base: BaseParams, root: Path,
              len(tune_ids), len(mixed), len(held_ids))
     return {"before": before, "after": after, "n_finetune": len(tune_ids),
             "n_mixed": len(mixed), "n_heldout": len(held_ids), "frozen_parameters": frozen}
-
-
-class _Null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc) -> None:
-        return None
 
 
 def _skip(root: Path, reason: str) -> dict:

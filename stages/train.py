@@ -31,68 +31,53 @@ by torchrun. Single-node only (every rank reads the same data/ and checkpoint fi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from stages import schemas
-from stages.common import (BaseParams, ParamsError, StageInputError, atomic_write_json,
-                           atomic_write_text, check_schema, get_logger, load_params, repo_root)
-from stages.schemas import SPLITS, TRAITS
+from personality import schemas
+from models.solver import EngineError, Solver, TrainConfig
+from personality.common import (BaseParams, ParamsError, StageInputError, atomic_write_json,
+                           atomic_write_text, build_dataclass, check_schema, get_logger,
+                           load_params, repo_root, write_predictions)
+from personality.schemas import SPLITS, TRAITS
 
 log = get_logger("train")
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainParams:
+class TrainParams(TrainConfig):
+    """params.yaml:train. The solver and run knobs (epochs, lr, ..., seed, device, amp, ...) are
+    TrainConfig's (models/solver.py), declared and validated there, once; these are the stage's."""
     models: list[str] = dataclasses.field(
         default_factory=lambda: ["perfex_cnn", "perfex_hybrid"])  # registry names
-    epochs: int = 30  # at most (DeepPersonality --max_epoch); early stopping may end sooner
-    lr: float = 2e-3
-    batch_size: int = 32
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
-    momentum: float = 0.9  # sgd only
-    weight_decay: float = 1e-4
-    schedule: Literal["none", "cosine", "multistep"] = "cosine"  # stepped per epoch
-    milestones: list[int] = dataclasses.field(default_factory=lambda: [10, 15])  # multistep
-    gamma: float = 0.1  # multistep
-    warmup_epochs: int = 0
-    patience: int = 6  # epochs without val improvement before stopping (0: never)
-    val_metric: str = "ccc"  # ccc (mean over traits) | pcc | acc | r2 | mae | mse | bin_accuracy
-    views_per_video: int = 4  # random training views per train clip per epoch
-    grad_clip: float = 0.0
-    seed: int | None = None  # None: base.seed
-    device: str = "auto"  # auto | cpu | cuda
-    amp: bool = True  # bf16 autocast on CUDA only
-    channels_last: bool = True  # CUDA only
-    deterministic: bool = True
     threads: int = 1  # torch CPU threads (0: torch's default); 1 is fastest on a shared 2-core box
     resume: str = ""  # checkpoint to continue from ("" = start fresh)
     test_only: bool = False  # evaluate a checkpoint, no training
     weights: str = ""  # initial weights (a checkpoint or a bare state_dict)
     weights_strict: bool = True
-    num_workers: int = 0  # DataLoader workers
-    eval_batch_size: int = 64
-    distributed: bool | None = None  # DDP under torchrun (module docstring); None: when launched
     use_augmented: bool = True  # AU models: training views from data/augmented
     mlflow: bool = True  # log to MLflow (sqlite:///mlflow.db)
     model_config: dict = dataclasses.field(default_factory=dict)  # {name: {field: value}}
     source_config: dict = dataclasses.field(default_factory=dict)  # {sample key: {option: value}}
 
+    def __post_init__(self) -> None:
+        try:
+            super().__post_init__()
+        except EngineError as exc:
+            raise ParamsError(f"train: {exc}") from None
+
 
 # Solver params a model may set for itself under train.model_config.<name>.train (DeepPersonality
-# keeps lr, epochs, batch size per model config): a face CNN from scratch needs more steps than a
-# linear model on audio functionals.
-PER_MODEL_TRAIN_KEYS = ("epochs", "lr", "batch_size", "optimizer", "momentum", "weight_decay",
-                        "schedule", "milestones", "gamma", "warmup_epochs", "patience",
-                        "val_metric", "views_per_video", "grad_clip")
+# keeps lr, epochs, batch size per model config): the fields of models.solver.Solver.
+PER_MODEL_TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(Solver))
 
 
 def for_model(p: TrainParams, name: str) -> tuple[TrainParams, dict]:
@@ -107,27 +92,14 @@ def for_model(p: TrainParams, name: str) -> tuple[TrainParams, dict]:
                           f"param (allowed: {', '.join(PER_MODEL_TRAIN_KEYS)})")
     if not solver:
         return p, overrides
-    from stages.common import build_dataclass
-
     merged = {f.name: getattr(p, f.name) for f in dataclasses.fields(p)} | solver
     return build_dataclass(TrainParams, merged, "train"), overrides
 
 
-def engine_config(p: TrainParams, base: BaseParams):
-    from models.engine import EngineError, TrainConfig
-
-    try:
-        return TrainConfig(
-            epochs=p.epochs, lr=p.lr, batch_size=p.batch_size, optimizer=p.optimizer,
-            momentum=p.momentum, weight_decay=p.weight_decay, schedule=p.schedule,
-            milestones=tuple(p.milestones), gamma=p.gamma, warmup_epochs=p.warmup_epochs,
-            patience=p.patience, val_metric=p.val_metric, views_per_video=p.views_per_video,
-            grad_clip=p.grad_clip, seed=base.seed if p.seed is None else p.seed, device=p.device,
-            amp=p.amp, channels_last=p.channels_last, deterministic=p.deterministic,
-            num_workers=p.num_workers, eval_batch_size=p.eval_batch_size,
-            distributed=p.distributed)
-    except EngineError as exc:
-        raise ParamsError(f"train: {exc}") from None
+def engine_config(p: TrainParams, base: BaseParams) -> TrainConfig:
+    """The engine's config: the TrainConfig part of `p`, the seed defaulting to base.seed."""
+    values = {f.name: getattr(p, f.name) for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{**values, "seed": base.seed if p.seed is None else p.seed})
 
 
 def _path(root: Path, template: str, name: str) -> Path | None:
@@ -164,28 +136,185 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray, proba: np.ndarray | None,
     }
 
 
-def _write_predictions(path: Path, df: pd.DataFrame) -> None:
-    check_schema(df, "predictions", path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        df.to_parquet(tmp, index=False)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _history_csv(history: list[dict]) -> str:
     if not history:
         return "epoch,train_loss\n"
     return pd.DataFrame(history).to_csv(index=False, float_format="%.6g")
 
 
+def _model_inputs(name: str, p: TrainParams, root: Path, inputs: tuple[str, ...]) -> dict:
+    """The manifest, the model's input sources over it, the videos that have every input and
+    their splits: {"manifest", "sources", "source_config", "have", "split"}."""
+    from models.data import build_sources
+
+    manifest = pd.read_parquet(root / schemas.ARTIFACTS["manifest"].path)
+    check_schema(manifest, "manifest", root / schemas.ARTIFACTS["manifest"].path)
+    source_config = {k: dict(v or {}) for k, v in p.source_config.items()}
+    if "aus" in inputs:
+        source_config.setdefault("aus", {})["augmented"] = p.use_augmented
+    sources = build_sources(inputs, root=root, video_ids=manifest["video_id"].tolist(),
+                            config=source_config)
+    have = manifest[[all(s.has(v) for s in sources) for v in manifest["video_id"]]]
+    if len(have) < len(manifest):
+        log.warning("%s: %d of %d manifest videos lack inputs %s; no prediction for them", name,
+                    len(manifest) - len(have), len(manifest), list(inputs))
+    split = {s: have[have["split"] == s] for s in SPLITS}
+    if not len(split["train"]) and not p.test_only:
+        raise StageInputError(f"{name}: no train video has the inputs {list(inputs)}")
+    return {"manifest": manifest, "sources": sources, "source_config": source_config,
+            "have": have, "split": split}
+
+
+def _inference_config(data: dict, root: Path) -> dict:
+    """The source config a checkpoint keeps for prediction (models.data.for_inference), checked:
+    sources rebuilt from it on one video of each split alone, as predict builds them, must give
+    the training sources' inputs, or the stage fails naming the source (lost fitted state)."""
+    from models.data import check_inference_parity, for_inference
+
+    config = for_inference(data["source_config"], data["sources"])
+    probe = data["have"].groupby("split")["video_id"].first().tolist()
+    check_inference_parity(data["sources"], config, root=root, video_ids=probe)
+    return config
+
+
+def _label_scale(manifest: pd.DataFrame, name: str, overrides: dict) -> str:
+    """The manifest's label scale; z-scored labels (UDIVA) force the regression_z head (no
+    sigmoid, no [0, 1] bins), so `overrides` may change."""
+    label_scale = str(manifest["label_scale"].iloc[0]) if "label_scale" in manifest else "unit"
+    if label_scale == "z":
+        if overrides.get("head", "regression_z") != "regression_z":
+            raise ParamsError(f"train.model_config.{name}.head: {overrides['head']!r} needs labels "
+                              "in [0, 1]; these are z-scores (use regression_z)")
+        overrides["head"] = "regression_z"
+    return label_scale
+
+
+def _evaluate_checkpoint(name: str, p: TrainParams, root: Path, meta: dict,
+                         overrides: dict) -> tuple:
+    """test_only: the model of resume / weights / best.pt, its history and fit facts. The
+    stage's outputs: a checkpoint from elsewhere becomes best.pt and last.pt; one of this model's
+    own (best.pt, last.pt) leaves the other alone (if present)."""
+    from models import engine
+    from models.registry import build_model
+
+    out_dir = root / "data" / "models" / name
+    ckpt_path = _path(root, p.resume, name) or _path(root, p.weights, name) or out_dir / "best.pt"
+    ckpt = engine.read_checkpoint(ckpt_path)
+    if "model_name" in ckpt:
+        if ckpt["model_name"] != name:
+            raise StageInputError(f"{ckpt_path}: a {ckpt['model_name']} checkpoint, not "
+                                  f"{name}; put {{model}} in the path")
+        model, ckpt = engine.load_checkpoint(ckpt_path)
+    else:  # a bare state_dict
+        model = build_model(name, **overrides)
+        engine.load_weights(model, ckpt_path, strict=p.weights_strict)
+        ckpt = {}
+    fit_info = {"best_epoch": ckpt.get("best_epoch", 0), "epochs_run": 0,
+                "stopped_early": False, "best_metric": ckpt.get("best_metric", math.nan)}
+    inside = Path(ckpt_path).resolve().parent == out_dir.resolve()
+    for target in ("best.pt", "last.pt"):
+        if Path(ckpt_path).resolve() != (out_dir / target).resolve() and not (
+                inside and (out_dir / target).exists()):
+            out_dir.mkdir(parents=True, exist_ok=True)
+            if ckpt:
+                shutil.copyfile(ckpt_path, out_dir / target)
+            else:
+                engine.save_checkpoint(out_dir / target, model=model, model_name=name,
+                                       train_mean=[], **{k: meta[k] for k in (
+                                           "inputs", "source_config", "params", "label_scale")})
+    return model, list(ckpt.get("history", [])), fit_info
+
+
+def _fit(name: str, p: TrainParams, cfg: TrainConfig, root: Path, meta: dict, overrides: dict,
+         data: dict, tracker) -> tuple:
+    """Build (seeded), optionally load weights, and train the model: (model, history, fit facts)."""
+    from models import engine
+    from models.registry import build_model
+
+    resume, weights = _path(root, p.resume, name), _path(root, p.weights, name)
+    engine.seed_everything(cfg.seed, deterministic=cfg.deterministic)  # init weights
+    model = build_model(name, **overrides)
+    if weights is not None:
+        engine.load_weights(model, weights, strict=p.weights_strict)
+    if resume is not None:
+        prior = engine.read_checkpoint(resume)
+        if prior.get("model_name", name) != name:
+            raise StageInputError(f"{resume}: a {prior['model_name']} checkpoint, not "
+                                  f"{name}; put {{model}} in the path")
+    meta["model_config"] = engine.model_config_of(model) or overrides
+    train_df, val_df = data["split"]["train"], data["split"]["val"]
+    result = engine.fit(model, data["sources"], train_ids=train_df["video_id"].tolist(),
+                        train_targets=_targets(train_df), val_ids=val_df["video_id"].tolist(),
+                        val_targets=_targets(val_df), config=cfg,
+                        out_dir=root / "data" / "models" / name, meta=meta, resume=resume,
+                        tracker=tracker, desc=f"train:{name}")
+    fit_info = {k: result[k] for k in ("best_epoch", "epochs_run", "stopped_early", "best_metric")}
+    return model, result["history"], fit_info
+
+
+def _predict(model, name: str, cfg: TrainConfig, data: dict) -> tuple:
+    """Every video with inputs: (the predictions table, preds (n, 5), proba (n, 5, 5) or None)."""
+    from models import engine
+
+    have = data["have"]
+    device = engine.resolve_device(cfg.device)
+    model.to(device)
+    preds, proba = engine.predict_videos(model, data["sources"], have["video_id"].tolist(),
+                                         batch_size=cfg.eval_batch_size, device=device,
+                                         amp=cfg.amp, return_proba=True)
+    predictions = pd.DataFrame({"video_id": have["video_id"].to_numpy(),
+                                "split": have["split"].to_numpy(),
+                                **{t: preds[:, k] for k, t in enumerate(TRAITS)},
+                                "model": name})
+    if proba is not None:  # 5-bin heads: proba_<T>_<k>, trait-major (stages/evaluate.py)
+        for j, t in enumerate(TRAITS):
+            for k in range(proba.shape[2]):
+                predictions[f"proba_{t}_{k}"] = proba[:, j, k]
+    return predictions, preds, proba
+
+
+def _summarize(name: str, p: TrainParams, cfg: TrainConfig, fit_info: dict, data: dict,
+               preds: np.ndarray, proba: np.ndarray | None) -> dict:
+    """The metrics/train/<name>.json content: val and test scores beside the baselines."""
+    have, split = data["have"], data["split"]
+    train_targets = _targets(split["train"]) if len(split["train"]) else _targets(have)
+    summary = {"model": name, "test_only": p.test_only, "val_metric": cfg.val_metric,
+               **fit_info, "n_videos": {s: int(len(split[s])) for s in SPLITS}}
+    rows = {vid: i for i, vid in enumerate(have["video_id"])}
+    for s in ("val", "test"):
+        idx = [rows[v] for v in split[s]["video_id"]]
+        summary[s] = scores(_targets(split[s]), preds[idx],
+                            proba[idx] if proba is not None else None, train_targets)
+    return summary
+
+
+def _log_final(mlf, summary: dict, started: float) -> None:
+    final = {f"{s}_{k}": v for s in ("val", "test") for k, v in
+             summary[s].get("model", {}).items()}
+    final.update({f"{s}_baseline_{k}": v for s in ("val", "test") for k, v in
+                  summary[s].get("baseline", {}).items()})
+    mlf.log_metrics({k: float(v) for k, v in final.items()
+                     if v is not None and math.isfinite(float(v))})
+    mlf.log_metric("train_seconds", time.perf_counter() - started)
+
+
+def _tracking(p: TrainParams, cfg: TrainConfig, name: str, overrides: dict, data: dict, rank: int):
+    """The MLflow run of this model (rank 0, train.mlflow), or a context that yields None."""
+    if not p.mlflow or rank != 0:
+        return contextlib.nullcontext()
+    from personality.common import mlflow_run
+
+    return mlflow_run("train", run_name=name, tags={"model": name},
+                      params={**dataclasses.asdict(cfg), "model": name,
+                              "model_config": overrides, "source_config": data["source_config"],
+                              "use_augmented": p.use_augmented, "test_only": p.test_only})
+
+
 def train_model(name: str, p: TrainParams, base: BaseParams, root: Path) -> dict:
     """Train (or, with test_only, evaluate) one registered model; write its outputs under root."""
     from models import engine
-    from models.data import build_sources, check_inference_parity, for_inference
-    from models.registry import build_model, model_spec
+    from models.metrics import json_safe
+    from models.registry import model_spec
 
     spec = model_spec(name)
     p, overrides = for_model(p, name)
@@ -198,151 +327,42 @@ def train_model(name: str, p: TrainParams, base: BaseParams, root: Path) -> dict
     if p.test_only and rank != 0:  # nothing to share: rank 0 evaluates and writes alone
         engine.barrier()
         return {"model": name, "test_only": True, "rank": rank}
-    manifest = pd.read_parquet(root / schemas.ARTIFACTS["manifest"].path)
-    check_schema(manifest, "manifest", root / schemas.ARTIFACTS["manifest"].path)
-    source_config = {k: dict(v or {}) for k, v in p.source_config.items()}
-    if "aus" in spec.inputs:
-        source_config.setdefault("aus", {})["augmented"] = p.use_augmented
-    sources = build_sources(spec.inputs, root=root, video_ids=manifest["video_id"].tolist(),
-                            config=source_config)
-    have = manifest[[all(s.has(v) for s in sources) for v in manifest["video_id"]]]
-    if len(have) < len(manifest):
-        log.warning("%s: %d of %d manifest videos lack inputs %s; no prediction for them", name,
-                    len(manifest) - len(have), len(manifest), list(spec.inputs))
-    split = {s: have[have["split"] == s] for s in SPLITS}
-    train_df = split["train"]
-    if not len(train_df) and not p.test_only:
-        raise StageInputError(f"{name}: no train video has the inputs {list(spec.inputs)}")
-    label_scale = str(manifest["label_scale"].iloc[0]) if "label_scale" in manifest else "unit"
-    if label_scale == "z":  # z-scored labels (UDIVA): no sigmoid, no [0, 1] bins
-        if overrides.get("head", "regression_z") != "regression_z":
-            raise ParamsError(f"train.model_config.{name}.head: {overrides['head']!r} needs labels "
-                              "in [0, 1]; these are z-scores (use regression_z)")
-        overrides["head"] = "regression_z"
+    data = _model_inputs(name, p, root, spec.inputs)
     # the checkpoint keeps the config for prediction: what the sources fitted on this data
     # (standardisation statistics) and original, not augmented, sequences
-    inference_config = for_inference(source_config, sources)
-    check_inference_parity(sources, inference_config, root=root,  # fails loudly on lost state
-                           video_ids=have.groupby("split")["video_id"].first().tolist())
     meta = {"model_name": name, "inputs": list(spec.inputs),
-            "source_config": inference_config,
-            "params": dataclasses.asdict(p), "label_scale": label_scale}
-    out_dir = root / "data" / "models" / name
-    resume, weights = _path(root, p.resume, name), _path(root, p.weights, name)
-
-    tracking = None
-    if p.mlflow and rank == 0:
-        from stages.common import mlflow_run
-
-        tracking = mlflow_run("train", run_name=name, tags={"model": name},
-                              params={**dataclasses.asdict(cfg), "model": name,
-                                      "model_config": overrides, "source_config": source_config,
-                                      "use_augmented": p.use_augmented, "test_only": p.test_only})
+            "source_config": _inference_config(data, root),
+            "params": dataclasses.asdict(p),
+            "label_scale": _label_scale(data["manifest"], name, overrides)}
     started = time.perf_counter()
-    with tracking if tracking is not None else _null() as mlf:
+    with _tracking(p, cfg, name, overrides, data, rank) as mlf:
         if p.test_only:
-            ckpt_path = resume or weights or out_dir / "best.pt"
-            ckpt = engine.read_checkpoint(ckpt_path)
-            if "model_name" in ckpt:
-                if ckpt["model_name"] != name:
-                    raise StageInputError(f"{ckpt_path}: a {ckpt['model_name']} checkpoint, not "
-                                          f"{name}; put {{model}} in the path")
-                model, ckpt = engine.load_checkpoint(ckpt_path)
-            else:  # a bare state_dict
-                model = build_model(name, **overrides)
-                engine.load_weights(model, ckpt_path, strict=p.weights_strict)
-                ckpt = {}
-            history = list(ckpt.get("history", []))
-            fit_info = {"best_epoch": ckpt.get("best_epoch", 0), "epochs_run": 0,
-                        "stopped_early": False, "best_metric": ckpt.get("best_metric", math.nan)}
-            # the stage's outputs: a checkpoint from elsewhere becomes best.pt and last.pt; one
-            # of this model's own (best.pt, last.pt) leaves the other alone (if present)
-            inside = Path(ckpt_path).resolve().parent == out_dir.resolve()
-            for target in ("best.pt", "last.pt"):
-                if Path(ckpt_path).resolve() != (out_dir / target).resolve() and not (
-                        inside and (out_dir / target).exists()):
-                    out_dir.mkdir(parents=True, exist_ok=True)
-                    if ckpt:
-                        shutil.copyfile(ckpt_path, out_dir / target)
-                    else:
-                        engine.save_checkpoint(out_dir / target, model=model, model_name=name,
-                                               train_mean=[], **{k: meta[k] for k in (
-                                                   "inputs", "source_config", "params",
-                                                   "label_scale")})
+            model, history, fit_info = _evaluate_checkpoint(name, p, root, meta, overrides)
         else:
-            engine.seed_everything(cfg.seed, deterministic=cfg.deterministic)  # init weights
-            model = build_model(name, **overrides)
-            if weights is not None:
-                engine.load_weights(model, weights, strict=p.weights_strict)
-            if resume is not None:
-                prior = engine.read_checkpoint(resume)
-                if prior.get("model_name", name) != name:
-                    raise StageInputError(f"{resume}: a {prior['model_name']} checkpoint, not "
-                                          f"{name}; put {{model}} in the path")
-            meta["model_config"] = engine.model_config_of(model) or overrides
-            result = engine.fit(model, sources, train_ids=train_df["video_id"].tolist(),
-                                train_targets=_targets(train_df),
-                                val_ids=split["val"]["video_id"].tolist(),
-                                val_targets=_targets(split["val"]), config=cfg, out_dir=out_dir,
-                                meta=meta, resume=resume, tracker=mlf, desc=f"train:{name}")
-            history = result["history"]
-            fit_info = {k: result[k] for k in ("best_epoch", "epochs_run", "stopped_early",
-                                               "best_metric")}
+            model, history, fit_info = _fit(name, p, cfg, root, meta, overrides, data, mlf)
             if rank != 0:  # the predictions and metrics are rank 0's to write; wait for them
                 engine.barrier()
                 return {"model": name, "test_only": False, "rank": rank, **fit_info}
-        device = engine.resolve_device(cfg.device)
-        model.to(device)
-        preds, proba = engine.predict_videos(model, sources, have["video_id"].tolist(),
-                                             batch_size=cfg.eval_batch_size, device=device,
-                                             amp=cfg.amp, return_proba=True)
-        predictions = pd.DataFrame({"video_id": have["video_id"].to_numpy(),
-                                    "split": have["split"].to_numpy(),
-                                    **{t: preds[:, k] for k, t in enumerate(TRAITS)},
-                                    "model": name})
-        if proba is not None:  # 5-bin heads: proba_<T>_<k>, trait-major (stages/evaluate.py)
-            for j, t in enumerate(TRAITS):
-                for k in range(proba.shape[2]):
-                    predictions[f"proba_{t}_{k}"] = proba[:, j, k]
-        _write_predictions(root / "data" / "predictions" / f"{name}.parquet", predictions)
-        train_targets = _targets(train_df) if len(train_df) else _targets(have)
-        summary = {"model": name, "test_only": p.test_only, "val_metric": cfg.val_metric,
-                   **fit_info,
-                   "n_videos": {s: int(len(split[s])) for s in SPLITS}}
-        rows = {vid: i for i, vid in enumerate(have["video_id"])}
-        for s in ("val", "test"):
-            idx = [rows[v] for v in split[s]["video_id"]]
-            summary[s] = scores(_targets(split[s]), preds[idx],
-                                proba[idx] if proba is not None else None, train_targets)
-        from models.metrics import json_safe
-
+        predictions, preds, proba = _predict(model, name, cfg, data)
+        write_predictions(root / "data" / "predictions" / f"{name}.parquet", predictions)
+        summary = _summarize(name, p, cfg, fit_info, data, preds, proba)
         atomic_write_json(root / "metrics" / "train" / f"{name}.json", json_safe(summary))
         atomic_write_text(root / "metrics" / "train" / f"{name}_history.csv",
                           _history_csv(history))
         if mlf is not None:
-            final = {f"{s}_{k}": v for s in ("val", "test") for k, v in
-                     summary[s].get("model", {}).items()}
-            final.update({f"{s}_baseline_{k}": v for s in ("val", "test") for k, v in
-                          summary[s].get("baseline", {}).items()})
-            mlf.log_metrics({k: float(v) for k, v in final.items()
-                             if v is not None and math.isfinite(float(v))})
-            mlf.log_metric("train_seconds", time.perf_counter() - started)
+            _log_final(mlf, summary, started)
+    _log_done(name, summary, started)
+    engine.barrier()  # under torchrun: the other ranks go on to the next model with rank 0
+    return summary
+
+
+def _log_done(name: str, summary: dict, started: float) -> None:
     test = summary["test"].get("model", {})
     log.info("%s: best epoch %s; test ccc %.3f (baseline 0), bin acc %.3f (majority %.3f) "
              "in %.1f s", name, summary["best_epoch"], test.get("ccc", math.nan),
              test.get("bin_accuracy", math.nan),
              summary["test"].get("baseline", {}).get("bin_accuracy", math.nan),
              time.perf_counter() - started)
-    engine.barrier()  # under torchrun: the other ranks go on to the next model with rank 0
-    return summary
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc) -> None:
-        return None
 
 
 def run(params: TrainParams, base: BaseParams, root: Path | None = None,

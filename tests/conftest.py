@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# ../shared/fixtures beside the checkout holds small real media (see its README). Tests that need
-# it skip with a reason where it is absent, so the suite passes on any machine.
-SHARED_FIXTURES = Path(os.environ.get("PERSONALITY_FIXTURES", REPO.parent / "shared" / "fixtures"))
+# small real media that ships with the tests (provenance in tests/fixtures/README.md)
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
@@ -18,11 +17,22 @@ os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / ".numba_cache"))
 
 
 def real_fixture(name: str) -> Path:
-    """Path to a file of ../shared/fixtures, or skip the test saying why."""
-    path = SHARED_FIXTURES / name
-    if not path.exists():
-        pytest.skip(f"real-media fixture {path} is absent (../shared/fixtures not beside the repo)")
+    """Path to a file of tests/fixtures; a missing one is an error, not a skip."""
+    path = FIXTURES / name
+    assert path.is_file(), f"real-media fixture {path} is missing (see tests/fixtures/README.md)"
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one CPU thread for a test module (the machine's cores are shared; one thread also
+    keeps float sums reproducible). Use: pytestmark = pytest.mark.usefixtures("one_torch_thread")."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture
@@ -37,7 +47,7 @@ TINY_SYNTHETIC = dict(n_videos=6, n_subjects=3, min_seconds=2.0, max_seconds=2.5
 
 def make_tiny_dataset(root: Path, seed: int = 7, **overrides) -> Path:
     """Run the real ingest stage (synthetic source) into `root` with a handful of short clips."""
-    from stages.common import BaseParams
+    from personality.common import BaseParams
     from stages.ingest import IngestParams, SyntheticParams, run
 
     root.mkdir(parents=True, exist_ok=True)
@@ -73,7 +83,7 @@ def write_video(path: Path, *, n_frames: int = 10, audio: bool = True, size=(64,
         for p in v.encode():
             c.mux(p)
         if a is not None:
-            from stages.video_io import mux_mono_audio
+            from personality.video_io import mux_mono_audio
 
             tone = (0.1 * np.sin(np.arange(6400) * 2 * np.pi * 220 / 16000)).astype(np.float32)
             mux_mono_audio(c, a, tone, 16000)

@@ -16,8 +16,8 @@ import pytest
 from conftest import real_fixture
 from stages import audio
 from stages.audio import AudioParams
-from stages.common import BaseParams, ParamsError, read_artifact
-from stages.video_io import mux_mono_audio
+from personality.common import BaseParams, ParamsError, read_artifact
+from personality.video_io import mux_mono_audio
 
 SR = 16000
 P = AudioParams()

@@ -10,8 +10,8 @@ import pytest
 
 from stages.augment import (AugmentParams, augment_clip, check_params, perturb, run, shift_edge,
                             window_starts)
-from stages.common import BaseParams, StageInputError, read_artifact, write_artifact
-from stages.schemas import AU_INTENSITY, AU_PRESENCE, TRAITS
+from personality.common import BaseParams, StageInputError, read_artifact, write_artifact
+from personality.schemas import AU_INTENSITY, AU_PRESENCE, TRAITS
 
 
 def test_shift_pads_with_the_first_value():

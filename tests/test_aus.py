@@ -11,9 +11,9 @@ import pytest
 from conftest import real_fixture
 from stages.aus import (AU_RECIPES, AusParams, aus_from_faces, face_frame, geometry_features,
                         read_openface_csv, run)
-from stages.common import BaseParams, StageInputError, check_schema, read_artifact
-from stages.facemodel import BLENDSHAPES
-from stages.schemas import AU_INTENSITY, AU_PRESENCE
+from personality.common import BaseParams, StageInputError, check_schema, read_artifact
+from personality.facemodel import BLENDSHAPES
+from personality.schemas import AU_INTENSITY, AU_PRESENCE
 
 
 def test_openface_fixture_reads_exactly():

@@ -8,8 +8,8 @@ from typing import Literal
 import pandas as pd
 import pytest
 
-from stages import common
-from stages.common import (ArtifactWriter, ParamsError, SchemaError, StageInputError,
+from personality import common
+from personality.common import (ArtifactWriter, ParamsError, SchemaError, StageInputError,
                            build_dataclass, load_params, read_artifact, safe_join, write_artifact)
 from stages.ingest import IngestParams
 
@@ -128,7 +128,7 @@ def test_sharded_writer_is_atomic(tmp_path):
 
 
 def test_atomic_dir_swaps_whole_folders(tmp_path):
-    from stages.common import atomic_dir
+    from personality.common import atomic_dir
 
     out = tmp_path / "deploy"
     with atomic_dir(out) as tmp:

@@ -41,8 +41,8 @@ def av_root(tiny_dataset, tmp_path_factory):
     real stages (default params, one worker), and data/faces_noface: the same faces with the
     first video's faces removed."""
     from stages import audio, faces, frames
-    from stages.common import BaseParams
-    from stages.video_io import VideoShardWriter
+    from personality.common import BaseParams
+    from personality.video_io import VideoShardWriter
 
     root = tmp_path_factory.mktemp("av")
     (root / "data").mkdir()

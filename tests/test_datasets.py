@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages import datasets
-from stages.common import BaseParams, StageInputError, read_artifact
+from personality import datasets
+from personality.common import BaseParams, StageInputError, read_artifact
 from stages.ingest import IngestParams, run
-from stages.schemas import AU_INTENSITY
+from personality.schemas import AU_INTENSITY
 from tests.conftest import real_fixture, write_video
 
 
@@ -322,7 +322,7 @@ def test_real_openface_csv_values(tmp_path):
 
 def test_params_sections_parse():
     """The committed params.yaml holds an options block for every source."""
-    from stages.common import load_params
+    from personality.common import load_params
 
     root = Path(__file__).resolve().parents[1]
     p = load_params("ingest", IngestParams, path=root / "params.yaml")

@@ -22,12 +22,7 @@ from models.registry import build_model
 TINY = dict(kernel_sizes=(3,), channels=(8, 16), hidden=16, dropout=0.1, head="regression")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def make_task(n: int = 48, seed: int = 0):

@@ -17,8 +17,8 @@ import pytest
 from models.metrics import (baseline_metrics, bin_metrics, json_safe, majority_class_accuracy,
                             regression_metrics)
 from stages import evaluate as ev
-from stages.common import ParamsError, SchemaError, StageInputError, load_params
-from stages.schemas import TRAITS
+from personality.common import ParamsError, SchemaError, StageInputError, load_params
+from personality.schemas import TRAITS
 
 REPO = Path(__file__).resolve().parents[1]
 T = list(TRAITS)
@@ -357,7 +357,7 @@ def test_repo_params_and_dvc_stage():
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
     stage = dvc["stages"]["evaluate"]
     assert stage["cmd"] == "python -m stages.evaluate"
-    assert {"stages/evaluate.py", "stages/plots.py", "models/metrics.py",
+    assert {"stages/evaluate.py", "personality/plots.py", "models/metrics.py",
             "data/manifest.parquet", "data/predictions"} <= set(stage["deps"])
     assert stage["params"] == ["base.seed", "evaluate", "train.models"]
     plots = {next(iter(p)): next(iter(p.values())) for p in dvc["plots"]}
@@ -372,7 +372,7 @@ def test_repo_params_and_dvc_stage():
 
 
 def test_pngs(tmp_path, rng):
-    from stages import plots
+    from personality import plots
 
     y = rng.uniform(size=(8, 5))
     a = plots.scatter_grid(y, y[::-1], path=tmp_path / "s.png", title="t", dpi=40,

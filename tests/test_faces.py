@@ -8,14 +8,14 @@ import pandas as pd
 import pytest
 
 from conftest import real_fixture
-from stages.common import BaseParams, StageInputError, check_schema, read_artifact
-from stages.facemodel import BLENDSHAPES, find_task_file, head_pose_deg
+from personality.common import BaseParams, StageInputError, check_schema, read_artifact
+from personality.facemodel import BLENDSHAPES, find_task_file, head_pose_deg
 from stages.faces import (LEFT_EYE, RIGHT_EYE, FacesParams, align_matrix, faces_of_video,
                           select_face)
 from stages.frames import FramesParams
 from stages.frames import run as run_frames
 from stages.faces import run as run_faces
-from stages.video_io import decode_jpeg, encode_jpeg
+from personality.video_io import decode_jpeg, encode_jpeg
 from test_frames import manifest_for
 
 

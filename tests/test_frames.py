@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.common import BaseParams, StageInputError, read_artifact, write_artifact
+from personality.common import BaseParams, StageInputError, read_artifact, write_artifact
 from stages.frames import FramesParams, extract_video, run
 from stages.ingest import write_manifest
-from stages.video_io import (decode_jpeg, iter_frames, probe, sample_indices, target_size)
+from personality.video_io import (decode_jpeg, iter_frames, probe, sample_indices, target_size)
 
 
 def frame_image(k: int, w: int, h: int) -> np.ndarray:

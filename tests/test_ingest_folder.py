@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.common import BaseParams, StageInputError, read_artifact
+from personality.common import BaseParams, StageInputError, read_artifact
 from stages.ingest import FolderParams, IngestParams, read_labels_csv, run
 from tests.conftest import write_video
 

@@ -14,7 +14,7 @@ from sklearn.metrics import (mean_absolute_error, mean_squared_error, precision_
                              recall_score, roc_auc_score)
 
 from models import metrics as M
-from stages.schemas import TRAITS
+from personality.schemas import TRAITS
 
 # The worked example used below:
 #   y_true = [0.2, 0.4, 0.6, 0.8], y_pred = [0.3, 0.3, 0.7, 0.9]

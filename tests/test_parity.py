@@ -17,8 +17,8 @@ import torch
 
 from models.data import InputSource, SourceError
 from stages import audio, augment, aus, faces, frames, predict, retrain, train
-from stages.common import BaseParams, load_params
-from stages.schemas import TRAITS
+from personality.common import BaseParams, load_params
+from personality.schemas import TRAITS
 
 TOLERANCE = 1e-4
 

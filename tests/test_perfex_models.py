@@ -24,13 +24,7 @@ HEADS = ("classification", "regression")
 N_AUS = 17
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the test machine's cores are shared; one thread also keeps float sums reproducible
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def _batch(lengths, *, T=None, seed=0):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from stages.common import read_artifact
+from personality.common import read_artifact
 from tests.conftest import REPO, write_video
 from tests.test_datasets import chalearn_annotations, py2_pickle
 
@@ -24,7 +24,7 @@ def make_dvc_repo(tmp: Path, ingest: dict) -> Path:
     """A copy of the project's code and pipeline with `ingest` params replaced, committed."""
     repo = tmp / "repo"
     repo.mkdir()
-    for name in ("stages", "models", "scripts"):
+    for name in ("personality", "stages", "models", "scripts"):
         shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(REPO / name, repo / name)

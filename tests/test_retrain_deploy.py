@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from stages import deploy, retrain
-from stages.common import BaseParams, ParamsError, StageInputError, write_artifact
-from stages.schemas import AU_INTENSITY, AU_PRESENCE, TRAITS
+from personality.common import BaseParams, ParamsError, StageInputError, write_artifact
+from personality.schemas import AU_INTENSITY, AU_PRESENCE, TRAITS
 from tests.conftest import real_fixture
 
 
@@ -233,7 +233,7 @@ def test_models_outside_the_experiment_are_skipped(trained, tmp_path):
 
 
 def test_experiment_models_reads_train_models(tmp_path):
-    from stages.common import experiment_models
+    from personality.common import experiment_models
 
     (tmp_path / "p.yaml").write_text("train:\n  models: [a, b]\n")
     assert experiment_models(tmp_path / "p.yaml") == ["a", "b"]

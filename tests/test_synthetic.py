@@ -10,9 +10,9 @@ import av
 import numpy as np
 import pandas as pd
 
-from stages import synthetic as syn
-from stages.common import read_artifact
-from stages.schemas import TRAITS
+from personality import synthetic as syn
+from personality.common import read_artifact
+from personality.schemas import TRAITS
 from tests.conftest import make_tiny_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,7 +142,7 @@ def test_cues_reach_the_rendered_clip(tiny_dataset):
 
 
 def test_mediapipe_finds_the_face(tiny_dataset):
-    from stages.facemodel import detect_rgb, open_landmarker
+    from personality.facemodel import detect_rgb, open_landmarker
 
     found = total = 0
     with open_landmarker(mode="image") as landmarker:

@@ -1,7 +1,7 @@
 """MLflow tracking and DVC experiments, end to end, in temporary directories.
 
 - evaluate under a fake DVC_ROOT logs into <root>/mlflow.db (sqlite): runs with params, metrics,
-  PNG artifacts and the tags of stages.common.mlflow_run; a per-epoch curve logged with `step`;
+  PNG artifacts and the tags of personality.common.mlflow_run; a per-epoch curve logged with `step`;
 - a queued experiment's DVC_ROOT (<repo>/.dvc/tmp/exps/<tmp>) logs into <repo>/mlflow.db;
 - a real DVC project in a temporary git repo: `dvc repro`, `dvc exp run -S`, `dvc metrics diff
   --json`, `dvc exp run --queue` + `--run-all -j 1`, all logging into one mlflow.db (~35-60 s,
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from stages import evaluate as ev
-from stages.common import EXPERIMENT_NAME, mlflow_run
+from personality.common import EXPERIMENT_NAME, mlflow_run
 from test_evaluate import make_manifest, predictions, truth, write_root
 
 REPO = Path(__file__).resolve().parents[1]  # the checkout, wherever CI puts it
@@ -176,7 +176,7 @@ pathlib.Path("data/prepared.txt").write_text(str(lr * 10))
 
 SCRIPT_SCORE = """
 import json, pathlib, yaml
-from stages.common import mlflow_run   # the checkout's helper, via PYTHONPATH
+from personality.common import mlflow_run   # the checkout's helper, via PYTHONPATH
 
 params = yaml.safe_load(open("params.yaml"))["train"]
 score = float(pathlib.Path("data/prepared.txt").read_text()) + 1.0

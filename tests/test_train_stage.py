@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 import torch
 
-from stages.common import BaseParams, ParamsError, read_artifact
-from stages.schemas import TRAITS
+from personality.common import BaseParams, ParamsError, read_artifact
+from personality.schemas import TRAITS
 from stages.train import TrainParams, run
 
 MODELS = ["perfex_cnn", "perfex_hybrid"]
@@ -24,12 +24,7 @@ SMALL = {"perfex_cnn": {"channels": [8, 16], "hidden": 16},
                            "attention_dim": 8, "hidden": 16}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +122,7 @@ def test_unknown_model_is_a_params_error(au_root):
 def test_params_match_params_yaml():
     """Every train: / augment: key of params.yaml is a field (the stages load it strictly)."""
     from stages.augment import AugmentParams
-    from stages.common import load_params
+    from personality.common import load_params
 
     assert dataclasses.is_dataclass(load_params("train", TrainParams))
     assert dataclasses.is_dataclass(load_params("augment", AugmentParams))

@@ -2,7 +2,7 @@
 
 Each stage imports only this module for plumbing, so that its own file holds only the work:
 
-    from stages.common import load_params, read_artifact, ArtifactWriter, progress, get_logger
+    from personality.common import load_params, read_artifact, ArtifactWriter, progress, get_logger
 
     p = load_params("faces", FacesParams)     # typed dataclass; unknown or mistyped key -> ParamsError
     frames = read_artifact("frames")          # schema-checked DataFrame
@@ -10,6 +10,9 @@ Each stage imports only this module for plumbing, so that its own file holds onl
         out.write(table)
 
 Nothing here runs on its own; `python -m pytest tests/test_common.py` exercises it.
+
+One file because it is the single plumbing module every stage imports (DESIGN.md: one shared
+helper module); its sections are paths, params, schemas, artifacts, progress, tracking.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ import pandas as pd
 import pyarrow as pa
 import yaml
 
-from stages import schemas
+from personality import schemas
 
 __all__ = [
     "ParamsError", "SchemaError", "StageInputError",
@@ -337,6 +340,21 @@ def _tmp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
 
 
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path beside `path` to write; when the block ends without an exception the
+    file replaces `path` (one rename), else it is removed. A reader, or a run killed half-way,
+    sees the old file or the new one, never half of one. The one temp-then-rename of the project."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_artifact(name: str, df: pd.DataFrame, path: str | os.PathLike | None = None) -> Path:
     """Write a whole artifact atomically: a single file, or a folder with one shard."""
     path = Path(path) if path else artifact_path(name)
@@ -345,13 +363,18 @@ def write_artifact(name: str, df: pd.DataFrame, path: str | os.PathLike | None =
             out.write(df)
         return path
     check_schema(df, name, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(path)
-    try:
+    with atomic_file(path) as tmp:
         df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_predictions(path: str | os.PathLike, df: pd.DataFrame) -> Path:
+    """One model's predictions, `data/predictions/<model>.parquet` (a file of the sharded
+    `predictions` artifact), schema-checked and written atomically; train and retrain use it."""
+    path = Path(path)
+    check_schema(df, "predictions", path)
+    with atomic_file(path) as tmp:
+        df.to_parquet(tmp, index=False)
     return path
 
 
@@ -432,15 +455,9 @@ class ArtifactWriter:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(path)
-    try:
+    with atomic_file(path) as tmp:
         tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:

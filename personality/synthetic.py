@@ -2,7 +2,7 @@
 audio and Big-Five labels that follow documented behavioural cues. Offline and deterministic.
 
     python -m stages.ingest                   # with ingest.source: synthetic (the default)
-    python -m stages.synthetic --preview out.png   # one contact sheet of frames, for a look
+    python -m personality.synthetic --preview out.png   # one contact sheet of frames, for a look
 
 How a clip is made (docs/data_card.md has the full story and the numbers):
   1. Ten latent cues per clip, each N(0, 1): a subject part (60% of the variance) and a clip part.
@@ -20,6 +20,9 @@ How a clip is made (docs/data_card.md has the full story and the numbers):
      model can reach given sigma_t is `noise_ceiling()`.
   5. A simulated user study: raters with their own bias and noise score a subset of clips on 1-5
      through a *perception* mapping that weighs the cues differently.
+
+One file because the generator is one pipeline (face rig, rendering, speech, labels, the
+user study) whose pieces share its constants; its sections follow that order.
 """
 from __future__ import annotations
 
@@ -33,7 +36,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages.schemas import TRAITS
+from personality.ccc import ccc
+from personality.common import atomic_file
+from personality.schemas import TRAITS
 
 # --------------------------------------------------------------------------------------------------
 # cues and labels
@@ -84,13 +89,6 @@ def labels_from_cues(cues: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Big-Five labels, (n, 5) in [0, 1]."""
     noise = rng.standard_normal((len(cues), len(TRAITS))) * LABEL_NOISE
     return np.clip(explainable(cues) + noise, 0.0, 1.0)
-
-
-def ccc(x: np.ndarray, y: np.ndarray) -> float:
-    """Lin's concordance correlation coefficient, population variances."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    cov = np.mean((x - x.mean()) * (y - y.mean()))
-    return float(2 * cov / (x.var() + y.var() + (x.mean() - y.mean()) ** 2))
 
 
 def noise_ceiling(n: int = 200_000, seed: int = 0) -> dict[str, float]:
@@ -178,7 +176,7 @@ def build_rig(name: str, photo: Path, landmarker) -> FaceRig:
     import cv2
     from scipy.interpolate import griddata
 
-    from stages.facemodel import detect_rgb
+    from personality.facemodel import detect_rgb
 
     rgb = cv2.cvtColor(cv2.imread(str(photo)), cv2.COLOR_BGR2RGB)
     result = detect_rgb(landmarker, rgb)
@@ -274,7 +272,7 @@ def unit_displacements(lm: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def load_rigs() -> list[FaceRig]:
-    from stages.facemodel import open_landmarker
+    from personality.facemodel import open_landmarker
 
     with open_landmarker(mode="image") as landmarker:
         return [build_rig(name, path, landmarker) for name, path in face_photos().items()]
@@ -298,7 +296,8 @@ def synthesize_speech(rng: np.random.Generator, cue: dict[str, float], duration:
     """Speech-like audio and its syllable envelope, both (duration * sr,) float32.
 
     Pitch contour (declination + accents) -> glottal pulses -> vowel formants; syllables at the
-    cue's rate with consonant bursts; phrases separated by pauses.
+    cue's rate with consonant bursts; phrases separated by pauses. (The draws from `rng` come in
+    a fixed order: schedule, pitch, noise, syllable amplitudes: the same seed, the same wave.)
     """
     from scipy import signal
 
@@ -308,9 +307,21 @@ def synthesize_speech(rng: np.random.Generator, cue: dict[str, float], duration:
     gain = 10 ** ((-22 + 4.0 * cue["loudness"]) / 20)
     rate = 4.0 * np.exp(0.18 * cue["speech_rate"])  # syllables per second
     pause_frac = float(np.clip(0.22 + 0.09 * cue["pause"], 0.05, 0.5))
+    syllables = _syllable_schedule(rng, duration, rate, pause_frac)
+    source = _glottal_source(rng, syllables, n, sr, duration, f0_mean, range_st)
+    noise = rng.standard_normal(n)
+    env, per_vowel, consonant = _syllable_envelopes(rng, syllables, n, sr)
+    out = _vowels(source, per_vowel, sr)
+    hiss = signal.lfilter(*signal.butter(2, 2500 / (sr / 2), "high"), noise)
+    out += hiss / (np.abs(hiss).max() + 1e-9) * consonant
+    out = out * gain + 10 ** (-62 / 20) * noise  # plus a quiet room tone
+    return out.astype(np.float32), np.clip(env, 0, 1).astype(np.float32)
 
-    # syllable schedule: phrases of speech, pauses between them
-    syllables = []  # (start, length, vowel)
+
+def _syllable_schedule(rng: np.random.Generator, duration: float, rate: float,
+                       pause_frac: float) -> list[tuple[float, float, int]]:
+    """(start s, length s, vowel index) per syllable: phrases of speech, pauses between them."""
+    syllables = []
     t = float(rng.uniform(0.1, 0.4))
     while t < duration - 0.3:
         phrase = rng.uniform(1.2, 2.8) * (1 - pause_frac) / 0.78
@@ -320,8 +331,15 @@ def synthesize_speech(rng: np.random.Generator, cue: dict[str, float], duration:
             syllables.append((t, length, int(rng.integers(len(VOWELS)))))
             t += length
         t += rng.uniform(0.6, 1.4) * phrase * pause_frac / (1 - pause_frac)
+    return syllables
 
-    # pitch contour: declination per phrase plus an accent per syllable, smoothed
+
+def _glottal_source(rng: np.random.Generator, syllables: list, n: int, sr: int, duration: float,
+                    f0_mean: float, range_st: float) -> np.ndarray:
+    """(n,) glottal pulses along the pitch contour: declination per phrase plus an accent per
+    syllable, smoothed, with jitter; a sawtooth with extra tilt, peak-normalised."""
+    from scipy import signal
+
     st = np.zeros(n)
     for start, length, _ in syllables:
         a, b = int(start * sr), min(int((start + length) * sr), n)
@@ -332,14 +350,15 @@ def synthesize_speech(rng: np.random.Generator, cue: dict[str, float], duration:
     phase = np.cumsum(f0 / sr)
     source = 2 * (phase % 1.0) - 1.0  # sawtooth: all harmonics at -6 dB/octave
     source = signal.lfilter([1.0], [1.0, -0.7], source)  # extra glottal tilt
-    source /= np.abs(source).max() + 1e-9
+    return source / (np.abs(source).max() + 1e-9)
 
-    # vowels: formant filters, mixed by which vowel each syllable uses
+
+def _syllable_envelopes(rng: np.random.Generator, syllables: list, n: int,
+                        sr: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(envelope (n,), per-vowel envelopes (len(VOWELS), n), consonant bursts (n,))."""
     env = np.zeros(n)
-    voiced = np.zeros(n)
     per_vowel = np.zeros((len(VOWELS), n))
     consonant = np.zeros(n)
-    noise = rng.standard_normal(n)
     for start, length, vowel in syllables:
         c_len = min(0.25 * length, 0.07)
         a = int((start + c_len) * sr)
@@ -352,7 +371,14 @@ def synthesize_speech(rng: np.random.Generator, cue: dict[str, float], duration:
         env[a:b] += shape * amp
         ca = int(start * sr)
         consonant[ca:a] += np.hanning(a - ca) * rng.uniform(0.1, 0.35)
-    out = np.zeros(n)
+    return env, per_vowel, consonant
+
+
+def _vowels(source: np.ndarray, per_vowel: np.ndarray, sr: int) -> np.ndarray:
+    """The source through each vowel's formant filters, mixed by the per-vowel envelopes."""
+    from scipy import signal
+
+    out = np.zeros(len(source))
     for v, formants in enumerate(VOWELS):
         if not per_vowel[v].any():
             continue
@@ -362,11 +388,7 @@ def synthesize_speech(rng: np.random.Generator, cue: dict[str, float], duration:
             theta = 2 * np.pi * f / sr
             y = signal.lfilter([1 - r], [1, -2 * r * np.cos(theta), r * r], y)
         out += y / (np.abs(y).max() + 1e-9) * per_vowel[v]
-        voiced += per_vowel[v]
-    hiss = signal.lfilter(*signal.butter(2, 2500 / (sr / 2), "high"), noise)
-    out += hiss / (np.abs(hiss).max() + 1e-9) * consonant
-    out = out * gain + 10 ** (-62 / 20) * noise  # plus a quiet room tone
-    return out.astype(np.float32), np.clip(env, 0, 1).astype(np.float32)
+    return out
 
 
 # (formant Hz, bandwidth Hz) for /a/, /e/, /i/, /o/, /u/, schwa
@@ -526,8 +548,7 @@ def write_clip(path: Path, frames_rgb, audio: np.ndarray | None, fps: float, sr:
     import av
     import cv2
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    with av.open(str(tmp), "w", format="mp4") as container:
+    with atomic_file(path) as tmp, av.open(str(tmp), "w", format="mp4") as container:
         video = container.add_stream(VIDEO_CODEC, rate=Fraction(fps).limit_denominator(1001),
                                      options=VIDEO_OPTIONS)
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
@@ -547,10 +568,9 @@ def write_clip(path: Path, frames_rgb, audio: np.ndarray | None, fps: float, sr:
         for packet in video.encode():
             container.mux(packet)
         if astream is not None:
-            from stages.video_io import mux_mono_audio
+            from personality.video_io import mux_mono_audio
 
             mux_mono_audio(container, astream, audio, sr)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """PNG figures of the evaluate stage, logged to MLflow (DVC gets CSVs: see stages/evaluate.py).
 
-    from stages.plots import scatter_grid, ccc_bars
+    from personality.plots import scatter_grid, ccc_bars
 
     scatter_grid(y_true, y_pred, path="scatter.png", title="resnet18_face: test")  # (n, 5) arrays
     ccc_bars({"a": 0.31, "b": 0.12}, baseline_ccc=0.0, path="ccc.png",
@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from stages.schemas import TRAIT_NAMES, TRAITS
+from personality.schemas import TRAIT_NAMES, TRAITS
 
 
 def _pyplot():

@@ -1,7 +1,7 @@
 """Pay one-time costs at install time: numba's JIT for librosa (cached in NUMBA_CACHE_DIR) and a
 check that the face landmarker bundle is present and official.
 
-    python -m stages.warmup          # `make install` runs it
+    python -m personality.warmup          # `make install` runs it
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ def main() -> None:
     t0 = time.perf_counter()
     import numpy as np
 
-    from stages.facemodel import find_task_file
+    from personality.facemodel import find_task_file
 
     print(f"face_landmarker.task: {find_task_file()}")
     try:

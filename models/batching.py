@@ -1,0 +1,137 @@
+"""Samples and batches for the engine: per-epoch training views, collation, view merging.
+
+    loader = epoch_loader(TrainViews(sources, ids, targets, views_per_video=4, seed=1),
+                          batch_size=32, epoch=3, seed=1, num_workers=0)
+    batch = collate([item, ...])                  # {key: (B, ...)}, zero-padded, trimmed by masks
+
+Sample i of epoch e is drawn with `np.random.default_rng([seed, e, i])` and the epoch's order
+from (seed, e), so a sample's view does not depend on the number of loader workers or ranks.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from models.data import InputSource
+from models.distributed import shard_indices
+from models.solver import EngineError
+
+__all__ = ["epoch_seed", "merge_views", "collate", "TrainViews", "epoch_loader", "to_device"]
+
+
+def epoch_seed(seed: int, epoch: int, salt: int = 0) -> int:
+    return int(np.random.SeedSequence([seed, epoch, salt]).generate_state(1)[0])
+
+
+
+def merge_views(parts: Sequence[Mapping[str, Tensor]], video_id: str = "") -> dict[str, Tensor]:
+    """Merge the eval_items of several sources, each (V_i, ...), into (V, ...) views.
+
+    A source with one view is broadcast. When several sources have more than one view and their
+    counts differ (face crops exist for fewer frames than the full frames of CR-Net's scene
+    stream), V is the smallest of those counts and each keeps V evenly spaced views: a source's
+    views run through the clip in time order, so view i of each lies near the same moment.
+    """
+    counts = {next(iter(p.values())).shape[0] for p in parts if p}
+    many = [c for c in counts if c > 1]
+    V = min(many) if many else 1
+    if any(c < 1 for c in counts):
+        raise EngineError(f"video {video_id!r}: a source gave no view")
+    out: dict[str, Tensor] = {}
+    for p in parts:
+        for key, t in p.items():
+            n = t.shape[0]
+            if n == 1 and V > 1:
+                t = t.expand(V, *t.shape[1:])
+            elif n > V:
+                t = t[torch.from_numpy(np.linspace(0, n - 1, V).round().astype(np.int64))]
+            out[key] = t
+    return out
+
+
+def _pad_stack(tensors: Sequence[Tensor]) -> Tensor:
+    shapes = {tuple(t.shape) for t in tensors}
+    if len(shapes) == 1:
+        return torch.stack(list(tensors))
+    if len({t.ndim for t in tensors}) != 1:
+        raise EngineError(f"cannot batch tensors of ranks {sorted({t.ndim for t in tensors})}")
+    size = [max(s[d] for s in shapes) for d in range(tensors[0].ndim)]
+    out = tensors[0].new_zeros((len(tensors), *size))
+    for i, t in enumerate(tensors):
+        out[(i, *[slice(0, n) for n in t.shape])] = t
+    return out
+
+
+def collate(items: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+    """Stack per-sample dicts into a batch (zero-padding unequal shapes), then trim every `X` with
+    a prefix mask `X_mask` (B, T) to the longest real sequence of the batch."""
+    batch = {key: _pad_stack([it[key] for it in items]) for key in items[0]}
+    for key in list(batch):
+        mask = batch.get(f"{key}_mask")
+        x = batch[key]
+        if mask is None or mask.ndim != 2 or x.ndim < 2 or x.shape[1] != mask.shape[1]:
+            continue
+        real = mask.any(dim=0).nonzero()
+        T = int(real[-1]) + 1 if len(real) else 1
+        batch[key], batch[f"{key}_mask"] = x[:, :T], mask[:, :T]
+    return batch
+
+
+class TrainViews(torch.utils.data.Dataset):
+    """`views_per_video` random training views of each video per epoch; sample i of epoch e is
+    drawn with `np.random.default_rng([seed, e, i])`. Every source of one sample gets a generator
+    in the same state, so sources can agree on a random time (a clip start) by drawing alike."""
+
+    def __init__(self, sources: Sequence[InputSource], video_ids: Sequence[str],
+                 targets: np.ndarray, *, views_per_video: int = 1, seed: int = 0):
+        self.sources = list(sources)
+        self.video_ids = list(video_ids)
+        self.targets = torch.as_tensor(np.asarray(targets, dtype=np.float32))  # (n, 5)
+        if len(self.targets) != len(self.video_ids):
+            raise EngineError(f"{len(self.video_ids)} videos but {len(self.targets)} target rows")
+        self.views = views_per_video
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.video_ids) * self.views
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        k = i // self.views
+        item: dict[str, Tensor] = {}
+        for source in self.sources:
+            item.update(source.train_item(self.video_ids[k],
+                                          np.random.default_rng([self.seed, self.epoch, i])))
+        item["target"] = self.targets[k]
+        return item
+
+
+def epoch_loader(dataset: TrainViews, *, batch_size: int, epoch: int, seed: int, num_workers: int,
+            rank: int = 0, world_size: int = 1) -> torch.utils.data.DataLoader:
+    """The epoch's batches: the (seed, epoch) order, this rank's shard of it under DDP. A sample
+    keeps its index (and so its view) whatever the number of ranks."""
+    dataset.set_epoch(epoch)
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(
+        epoch_seed(seed, epoch, 1))).tolist()
+    order = shard_indices(order, rank, world_size)  # every rank's shard has the same length
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=order,
+                                       collate_fn=collate, num_workers=num_workers,
+                                       drop_last=len(order) > batch_size)
+
+
+def to_device(batch: Mapping[str, Tensor], device: torch.device,
+               channels_last: bool) -> dict[str, Tensor]:
+    out = {}
+    for key, t in batch.items():
+        t = t.to(device, non_blocking=True)
+        if channels_last and t.ndim == 4 and t.is_floating_point():
+            t = t.contiguous(memory_format=torch.channels_last)
+        out[key] = t
+    return out
+

@@ -1,0 +1,146 @@
+"""Checkpoints: written atomically, read with `torch.load(weights_only=True)`, and initial weights.
+
+    save_checkpoint("data/models/x/best.pt", model=model, model_name="perfex_cnn", ...)
+    model, ckpt = load_checkpoint("data/models/x/best.pt")      # rebuilt from the registry, eval mode
+    load_weights(model, "weights.pt", strict=False)             # ours or a bare state_dict
+
+A checkpoint holds only tensors, dicts, lists, strings and numbers: model_name, model_config,
+state_dict, optimizer, scheduler, epoch (last completed, 1-based), best_epoch, best_metric,
+val_metric_name, train_mean, inputs, source_config, params, label_scale, history.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from models.solver import EngineError
+from personality.common import atomic_file, get_logger
+
+__all__ = ["model_config_of", "save_checkpoint", "read_checkpoint", "load_checkpoint",
+           "load_weights"]
+
+log = get_logger("engine")
+
+
+def _plain(obj: Any) -> Any:
+    """A weights_only-safe copy: dataclasses -> dicts, tuples -> lists, numpy -> Python."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = dataclasses.asdict(obj)
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def model_config_of(model: nn.Module) -> dict:
+    """The full config a model was built with (its `config` dataclass), as plain values."""
+    cfg = getattr(model, "config", None)
+    return _plain(cfg) if cfg is not None and dataclasses.is_dataclass(cfg) else {}
+
+
+def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, model_name: str,
+                    model_config: Mapping | None = None,
+                    optimizer: torch.optim.Optimizer | None = None,
+                    scheduler: Any = None, epoch: int = 0, best_epoch: int = 0,
+                    best_metric: float = math.nan, val_metric_name: str = "ccc",
+                    train_mean: Sequence[float] = (), inputs: Sequence[str] = (),
+                    source_config: Mapping | None = None, params: Mapping | None = None,
+                    label_scale: str = "unit", history: Sequence[Mapping] = (),
+                    state_dict: Mapping[str, Tensor] | None = None) -> Path:
+    """Write a checkpoint atomically (temp file + rename); see the module docstring for keys."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = state_dict if state_dict is not None else model.state_dict()
+    ckpt = {
+        "model_name": model_name,
+        "model_config": _plain(model_config if model_config is not None else
+                               model_config_of(model)),
+        "state_dict": {k: v.detach().cpu() for k, v in state.items()},
+        "optimizer": optimizer.state_dict() if optimizer is not None else {},
+        "scheduler": scheduler.state_dict() if scheduler is not None else {},
+        "epoch": int(epoch), "best_epoch": int(best_epoch),
+        "best_metric": float(best_metric) if best_metric is not None else math.nan,
+        "val_metric_name": val_metric_name,
+        "train_mean": [float(x) for x in train_mean],
+        "inputs": list(inputs),
+        "source_config": _plain(source_config or {}),
+        "params": _plain(params or {}),
+        "label_scale": label_scale,
+        "history": _plain(list(history)),
+    }
+    with atomic_file(path) as tmp:
+        torch.save(ckpt, tmp)
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike, *, map_location: str = "cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise EngineError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # pickle errors of every kind: name the file
+        raise EngineError(f"{path}: not a readable checkpoint: {exc}") from None
+    if not isinstance(ckpt, dict):
+        raise EngineError(f"{path}: not a checkpoint (a {type(ckpt).__name__})")
+    return ckpt
+
+
+def load_checkpoint(path: str | os.PathLike, *,
+                    map_location: str = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the model a checkpoint names, load its weights (strict), eval mode."""
+    from models.registry import build_model
+
+    ckpt = read_checkpoint(path, map_location=map_location)
+    for key in ("model_name", "model_config", "state_dict"):
+        if key not in ckpt:
+            raise EngineError(f"{path}: checkpoint lacks {key!r}")
+    model = build_model(ckpt["model_name"], **ckpt["model_config"])
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    return model, ckpt
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, *,
+                 strict: bool = True) -> dict[str, list[str]]:
+    """Initial weights from a file: one of our checkpoints or a bare state_dict (a "module."
+    prefix from DataParallel is stripped). Non-strict: missing, unexpected and shape-mismatched
+    tensors are skipped and reported. Returns {"missing", "unexpected", "mismatched"}."""
+    obj = read_checkpoint(path)
+    state = obj.get("state_dict", obj) if isinstance(obj.get("state_dict"), dict) else obj
+    state = {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()
+             if isinstance(v, Tensor)}
+    own = model.state_dict()
+    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if strict:
+        if mismatched:
+            raise EngineError(f"{path}: tensor {mismatched[0]!r} has shape "
+                              f"{tuple(state[mismatched[0]].shape)}, the model wants "
+                              f"{tuple(own[mismatched[0]].shape)}")
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise EngineError(f"{path}: weights do not fit the model: {exc}") from None
+        return {"missing": [], "unexpected": [], "mismatched": []}
+    state = {k: v for k, v in state.items() if k not in mismatched}
+    res = model.load_state_dict(state, strict=False)
+    out = {"missing": [k for k in res.missing_keys if k not in mismatched],
+           "unexpected": list(res.unexpected_keys),
+           "mismatched": mismatched}
+    if any(out.values()):
+        log.warning("%s: loaded non-strictly; missing %d, unexpected %d, mismatched %d tensors",
+                    path, len(out["missing"]), len(out["unexpected"]), len(mismatched))
+    return out
+

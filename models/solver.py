@@ -1,0 +1,94 @@
+"""The solver knobs of training, declared once, with their one validation.
+
+    from models.solver import TrainConfig
+    cfg = TrainConfig(epochs=30, lr=2e-3, batch_size=32, seed=1234)   # EngineError on a bad value
+
+`Solver` holds what a model may set for itself (`train.model_config.<name>.train` in params.yaml:
+a face CNN from scratch needs more steps than a linear model on audio functionals);
+`TrainConfig` adds how a run executes (seed, device, precision, loader workers, DDP). The train
+stage's params (stages/train.py: TrainParams) extend TrainConfig with the stage's own keys, so each
+knob has one declaration and one default, here; params.yaml sets the same values.
+
+No torch here: importing the knobs stays cheap.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from personality.schemas import TRAITS
+
+__all__ = ["EngineError", "METRIC_MODES", "Solver", "TrainConfig", "metric_is_better"]
+
+# val metrics `evaluate` returns and whether larger is better
+METRIC_MODES = {"ccc": "max", "pcc": "max", "acc": "max", "r2": "max", "bin_accuracy": "max",
+                "mae": "min", "mse": "min",
+                **{f"ccc_{t}": "max" for t in TRAITS}}
+
+
+class EngineError(ValueError):
+    """A bad training option or checkpoint; the message names it."""
+
+
+
+@dataclasses.dataclass(frozen=True)
+class Solver:
+    """Optimisation knobs; every field may be set per model (train.model_config.<name>.train)."""
+    epochs: int = 30  # at most this many epochs (early stopping may end sooner)
+    lr: float = 2e-3
+    batch_size: int = 32  # per process under DDP
+    optimizer: str = "adamw"  # adamw | adam | sgd
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"  # none | cosine | multistep (stepped once per epoch)
+    milestones: tuple[int, ...] = (10, 15)  # multistep: epochs at which lr *= gamma
+    gamma: float = 0.1
+    warmup_epochs: int = 0  # linear warm-up from lr / 10 before the schedule
+    patience: int = 10  # epochs without val improvement before stopping; 0 = never stop early
+    val_metric: str = "ccc"  # a key of METRIC_MODES: ccc (mean over traits) | pcc | acc | r2 | ...
+    views_per_video: int = 4  # training views drawn per train video per epoch
+    grad_clip: float = 0.0  # max grad norm; 0 = off
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "milestones", tuple(self.milestones))  # a YAML list, say
+        if self.epochs < 0 or self.batch_size < 1 or self.views_per_video < 1:
+            raise EngineError("epochs must be >= 0, batch_size and views_per_video >= 1")
+        if self.optimizer not in ("adamw", "adam", "sgd"):
+            raise EngineError(f"optimizer {self.optimizer!r} is not one of adamw, adam, sgd")
+        if self.schedule not in ("none", "cosine", "multistep"):
+            raise EngineError(f"schedule {self.schedule!r} is not one of none, cosine, multistep")
+        if self.val_metric not in METRIC_MODES:
+            raise EngineError(f"val_metric {self.val_metric!r} is not one of "
+                              f"{', '.join(METRIC_MODES)}")
+        if not self.lr > 0:
+            raise EngineError(f"lr must be positive, got {self.lr}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(Solver):
+    """The solver knobs and how the run executes."""
+    seed: int | None = None  # None: base.seed in the stages; 0 where `fit` is called alone
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # bf16 autocast, CUDA only
+    channels_last: bool = True  # 4-D inputs and the model, CUDA only
+    deterministic: bool = True
+    num_workers: int = 0  # DataLoader workers
+    eval_batch_size: int = 64  # views per forward pass in evaluation
+    # DDP: None = when launched by torchrun (WORLD_SIZE > 1) or a process group is up; True = the
+    # same but an error when neither; False = every process trains alone
+    distributed: bool | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise EngineError(f"device {self.device!r} is not one of auto, cpu, cuda")
+
+
+def metric_is_better(value: float, best: float | None, name: str) -> bool:
+    """Whether `value` improves on `best` for metric `name` (NaN never improves)."""
+    if value is None or math.isnan(value):
+        return False
+    if best is None or math.isnan(best):
+        return True
+    return value > best if METRIC_MODES[name] == "max" else value < best
+

@@ -1,0 +1,152 @@
+"""Every project file a stage imports is one of its DVC deps, and every .py dep is imported.
+
+    pytest tests/test_dvc_deps.py
+
+For each stage of dvc.yaml (the `foreach` template of `train` included) the module its command
+runs (`python -m stages.X` -> stages/X.py) is read with `ast`, then every project module it imports,
+transitively: imports inside functions count (a lazy import is still code the stage runs), and so
+do the strings of a module-level `*_MODULES` tuple (modules that models/data.py and
+models/registry.py load by name with importlib). A package's __init__.py counts when it holds code
+beyond its docstring (models/__init__.py does). A file the closure reaches and no dep covers (a dep
+may be the file or a folder above it) means an edit to it would not re-run the stage: the test
+names the stage and the file. A .py dep outside the closure is stale (it re-runs the stage for
+nothing) and fails too.
+"""
+from __future__ import annotations
+
+import ast
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("personality", "models", "stages")
+
+
+def module_file(module: str) -> Path | None:
+    """The project file of a dotted module name, or None (not ours, or not a module)."""
+    if module.split(".")[0] not in PACKAGES:
+        return None
+    base = REPO.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def has_code(init: Path) -> bool:
+    body = ast.parse(init.read_text()).body
+    return any(not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)) for n in body)
+
+
+def imports_of(path: Path, *, lazy: bool = True) -> set[str]:
+    """Dotted names `path` imports (`from a import b` gives a and a.b), inside functions too unless
+    `lazy` is False, plus the strings of module-level `*_MODULES` tuples (imported by name with
+    importlib)."""
+    tree = ast.parse(path.read_text(), str(path))
+    names: set[str] = set()
+    nodes = ast.walk(tree) if lazy else _outside_functions(tree)
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names |= {f"{node.module}.{alias.name}" for alias in node.names}
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and isinstance(node.value, (ast.Tuple, ast.List))
+                and any(isinstance(t, ast.Name) and t.id.endswith("_MODULES") for t in node.targets)):
+            names |= {e.value for e in node.value.elts if isinstance(e, ast.Constant)
+                      and isinstance(e.value, str)}
+    return names
+
+
+def _outside_functions(tree: ast.AST):
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        todo += [c for c in ast.iter_child_nodes(node)
+                 if not isinstance(c, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))]
+
+
+def closure(module: str) -> set[str]:
+    """Repo-relative paths of every project file that running `python -m module` may execute.
+
+    Importing a.b.c runs a/__init__.py and a/b/__init__.py first: such a parent __init__.py counts
+    as a file, with its module-level imports, when it holds code. Its lazy imports (the PEP 562
+    `__getattr__` of models/__init__.py) count only where a name is taken from the package itself:
+    `import models` or `from models import build_model`, not `from models import metrics`."""
+    todo, seen, full = [module], set(), set()
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):
+            path = module_file(".".join(parts[:i]))
+            if path is None or (path.name == "__init__.py" and not has_code(path)):
+                continue
+            # a package named as such (the last part, not a submodule of it) runs in full
+            whole = path.name != "__init__.py" or (i == len(parts) and not _is_submodule(name))
+            if path in full or (path in seen and not whole):
+                continue
+            seen.add(path)
+            if whole:
+                full.add(path)
+            todo += sorted(imports_of(path, lazy=whole))
+    return {p.relative_to(REPO).as_posix() for p in seen}
+
+
+def _is_submodule(name: str) -> bool:
+    """Whether `name` is a project module file of its own (not an attribute of its package)."""
+    path = module_file(name)
+    return path is not None and path.name != "__init__.py"
+
+
+def stages() -> dict[str, dict]:
+    """name -> stage dict of dvc.yaml; a foreach stage once, as its `do` template."""
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    return {name: stage.get("do", stage) for name, stage in spec.items()}
+
+
+def command_module(cmd: str) -> str:
+    words = shlex.split(cmd)
+    assert "-m" in words, f"command {cmd!r} does not run `python -m <module>`"
+    return words[words.index("-m") + 1]
+
+
+def dep_paths(stage: dict) -> list[str]:
+    return [d if isinstance(d, str) else next(iter(d)) for d in stage.get("deps", [])]
+
+
+def covered(path: str, deps: list[str]) -> bool:
+    return any(path == d.rstrip("/") or path.startswith(d.rstrip("/") + "/") for d in deps)
+
+
+def check(stage_name: str, stage: dict) -> list[str]:
+    """The problems of one stage, each naming the stage and the file."""
+    deps = [d for d in dep_paths(stage) if not re.search(r"\$\{", d)]
+    imported = closure(command_module(stage["cmd"]))
+    problems = [f"stage {stage_name}: imports {path} but it is not in its deps"
+                for path in sorted(imported) if not covered(path, deps)]
+    problems += [f"stage {stage_name}: dep {d} is a .py file the stage no longer imports (stale)"
+                 for d in deps if d.endswith(".py") and d not in imported]
+    return problems
+
+
+@pytest.mark.parametrize("stage_name", sorted(stages()))
+def test_stage_deps_cover_its_imports(stage_name):
+    problems = check(stage_name, stages()[stage_name])
+    assert not problems, "\n".join(problems)
+
+
+def test_every_stage_module_exists():
+    for name, stage in stages().items():
+        assert module_file(command_module(stage["cmd"])), f"stage {name}: no module for {stage['cmd']}"
+
+
+def test_closure_follows_lazy_and_by_name_imports():
+    # guards the reader itself: train imports models.data lazily, which loads data_av by name
+    assert {"stages/train.py", "models/data.py", "models/data_av.py",
+            "personality/common.py"} <= closure("stages.train")
