@@ -13,8 +13,9 @@ What a fingerprint holds, per file (path as the source names it):
   - label, annotation and metadata files (CSV, pickles): sha256 of the content;
   - media (videos, OpenFace CSVs of a corpus): size and modification time in ns, the way DVC's
     own file-state cache works. A replaced or re-encoded video changes both; touching a file
-    without changing it re-ingests (harmless). Cost: one stat per file: a 10,000-clip ChaLearn
-    tree is fingerprinted in well under a second (docs/data_card.md "Inputs").
+    without changing it re-ingests (harmless). Cost: one stat per file, no read: a tree of
+    10,000 clips (ChaLearn's size) took 1.3-2.1 s here on a loaded 2-core machine; DVC hashing the
+    same 40 GB as a directory dependency would read every byte once.
   - a path that does not exist: `missing` (ingest reports it by name).
 """
 from __future__ import annotations
