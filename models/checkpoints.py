@@ -6,7 +6,10 @@
 
 A checkpoint holds only tensors, dicts, lists, strings and numbers: model_name, model_config,
 state_dict, optimizer, scheduler, epoch (last completed, 1-based), best_epoch, best_metric,
-val_metric_name, train_mean, inputs, source_config, params, label_scale, history.
+val_metric_name, train_mean, inputs, source_config, params, label_scale, history; and, from the
+train and retrain stages, `finished` (False while the run goes on, True once its predictions and
+metrics are written: `require_finished` refuses the others), `test_error` (per-trait test MAE
+measured for *this* checkpoint) and `inputs_digest` (sha256 of what it was trained on).
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from models.solver import EngineError
 from personality.common import atomic_file, get_logger
 
 __all__ = ["model_config_of", "save_checkpoint", "read_checkpoint", "load_checkpoint",
-           "load_weights"]
+           "load_weights", "mark_finished", "require_finished"]
 
 log = get_logger("engine")
 
@@ -58,7 +61,8 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, model_name: st
                     train_mean: Sequence[float] = (), inputs: Sequence[str] = (),
                     source_config: Mapping | None = None, params: Mapping | None = None,
                     label_scale: str = "unit", history: Sequence[Mapping] = (),
-                    state_dict: Mapping[str, Tensor] | None = None) -> Path:
+                    state_dict: Mapping[str, Tensor] | None = None,
+                    finished: bool | None = None) -> Path:
     """Write a checkpoint atomically (temp file + rename); see the module docstring for keys."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,6 +84,8 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, model_name: st
         "label_scale": label_scale,
         "history": _plain(list(history)),
     }
+    if finished is not None:
+        ckpt["finished"] = bool(finished)
     with atomic_file(path) as tmp:
         torch.save(ckpt, tmp)
     return path
@@ -92,10 +98,39 @@ def read_checkpoint(path: str | os.PathLike, *, map_location: str = "cpu") -> di
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # pickle errors of every kind: name the file
-        raise EngineError(f"{path}: not a readable checkpoint: {exc}") from None
+        raise EngineError(f"{path}: not a readable checkpoint: {_why(exc)}") from None
     if not isinstance(ckpt, dict):
         raise EngineError(f"{path}: not a checkpoint (a {type(ckpt).__name__})")
     return ckpt
+
+
+def _why(exc: Exception) -> str:
+    """torch's reason in one line, without its advice to retry with weights_only=False (which
+    would run the file's code)."""
+    text = str(exc)
+    if text.startswith("Weights only load failed"):
+        detail = [line.strip() for line in text.splitlines()[1:] if line.strip()
+                  and "weights_only" not in line and not line.startswith("Check the doc")]
+        return ("it holds objects other than tensors and plain data"
+                + (f" ({detail[0]})" if detail else "") + "; refused, not loaded")
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def mark_finished(path: str | os.PathLike, **facts: Any) -> Path:
+    """Set `finished: True` (and `facts`, e.g. test_error, inputs_digest) in a checkpoint,
+    atomically: the last step of a training run, after its predictions and metrics."""
+    ckpt = read_checkpoint(path)
+    ckpt.update(finished=True, **_plain(facts))
+    with atomic_file(Path(path)) as tmp:
+        torch.save(ckpt, tmp)
+    return Path(path)
+
+
+def require_finished(ckpt: dict, path: str | os.PathLike) -> None:
+    """EngineError for a checkpoint whose training run did not finish (killed mid-way)."""
+    if ckpt.get("finished") is False:
+        raise EngineError(f"{path}: its training run did not finish (stopped after epoch "
+                          f"{ckpt.get('epoch', '?')}); re-run training before using it")
 
 
 def load_checkpoint(path: str | os.PathLike, *,

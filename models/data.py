@@ -44,6 +44,8 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from personality.common import StageInputError
+
 __all__ = ["InputSource", "SourceError", "check_inference_parity", "register_source", "build_sources", "source_keys",
            "AUSource", "AUSourceConfig", "au_windows"]
 
@@ -54,8 +56,9 @@ _OPTIONAL_MODULES = ("models.data_av",)
 Builder = Callable[..., "InputSource"]
 
 
-class SourceError(ValueError):
-    """A sample key nobody provides, a bad source option, or a video without inputs."""
+class SourceError(StageInputError):
+    """A sample key nobody provides, a bad source option, or a video without inputs (a
+    StageInputError: a stage reports it in one line, exit code 2)."""
 
 
 class InputSource(abc.ABC):

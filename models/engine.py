@@ -369,7 +369,8 @@ def _checkpoint(t: _Trainer, state: _Progress, name: str, epoch: int) -> None:
                     best_metric=state.best_metric, val_metric_name=t.cfg.val_metric,
                     train_mean=t.train_mean, inputs=meta.get("inputs", ()),
                     source_config=meta.get("source_config"), params=meta.get("params"),
-                    label_scale=meta.get("label_scale", "unit"), history=state.history)
+                    label_scale=meta.get("label_scale", "unit"), history=state.history,
+                    finished=meta.get("finished"))
 
 
 def _validate(t: _Trainer, row: dict, train_loss: float) -> float:

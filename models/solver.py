@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from personality.common import StageInputError
 from personality.schemas import TRAITS
 
 __all__ = ["EngineError", "METRIC_MODES", "Solver", "TrainConfig", "metric_is_better"]
@@ -26,8 +27,9 @@ METRIC_MODES = {"ccc": "max", "pcc": "max", "acc": "max", "r2": "max", "bin_accu
                 **{f"ccc_{t}": "max" for t in TRAITS}}
 
 
-class EngineError(ValueError):
-    """A bad training option or checkpoint; the message names it."""
+class EngineError(StageInputError):
+    """A bad training option or checkpoint; the message names it. A StageInputError, so a stage
+    reports it in one line with exit code 2."""
 
 
 

@@ -158,6 +158,13 @@ class BaseParams:
     device: str = "auto"  # auto | cpu | cuda
     log_level: str = "INFO"
 
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ParamsError(f"base.workers: {self.workers}; it must be >= 1 (processes for "
+                              "per-video work)")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ParamsError(f"base.device: {self.device!r}; it must be auto, cpu or cuda")
+
 
 def load_params_file(path: str | os.PathLike | None = None) -> dict:
     path = Path(path) if path else repo_root() / "params.yaml"
@@ -510,17 +517,31 @@ def get_logger(name: str, level: str | None = None) -> logging.Logger:
 # the thin main every stage shares
 
 
-def run_stage(section: str, params_cls: type, run: typing.Callable[..., Any]) -> None:
-    """Load `base` and `section` from params.yaml, call `run(params, base)`; a bad param or a bad
-    input ends the process with exit code 2 and one clear log line instead of a traceback."""
+@contextlib.contextmanager
+def stage_errors(section: str) -> Iterator[None]:
+    """Every failure of a stage's entry point is one log line: a cause that is the user's (bad
+    param, bad input file, bad checkpoint) exits 2, one that is the machine's (full disk,
+    read-only or missing folder, permissions) exits 1, naming the file; bugs keep their
+    traceback."""
     log = get_logger(section)
     try:
-        base = load_params("base", BaseParams)
-        params = load_params(section, params_cls)
-        result = run(params, base)
+        yield
     except (ParamsError, StageInputError, SchemaError) as exc:
         log.error("%s", exc)
         sys.exit(2)
+    except OSError as exc:
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        log.error("%s: %s%s", section, where, exc.strerror or exc)
+        sys.exit(1)
+
+
+def run_stage(section: str, params_cls: type, run: typing.Callable[..., Any]) -> None:
+    """Load `base` and `section` from params.yaml, call `run(params, base)`; a bad param or a bad
+    input ends the process with exit code 2 and one clear log line instead of a traceback."""
+    with stage_errors(section):
+        base = load_params("base", BaseParams)
+        params = load_params(section, params_cls)
+        result = run(params, base)
     if isinstance(result, dict) and result.get("timings"):
         log_timings(section, result["timings"])
 

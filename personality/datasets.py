@@ -83,6 +83,28 @@ class ChaLearnParams:
     fold: int = 0  # kfold: this fold is test, the next one val, the rest train
 
 
+def path_video_id(relative: str) -> str:
+    """A video id that is unique by construction: the path relative to the dataset's labels file,
+    *with* its extension, every character outside [A-Za-z0-9._-] percent-escaped (reversible with
+    urllib.parse.unquote). `a/b.mp4` -> `a%2Fb.mp4`, `a__b.mp4` -> `a__b.mp4`, `dup.MP4` ->
+    `dup.MP4`: paths that differ give ids that differ."""
+    from urllib.parse import quote
+
+    return quote(Path(relative).as_posix(), safe="._-")
+
+
+def check_unique_ids(rows: list[dict], where: str) -> None:
+    """Two rows with one video_id are an error naming both files (they would be merged)."""
+    first: dict[str, dict] = {}
+    for row in rows:
+        prior = first.setdefault(row["video_id"], row)
+        if prior is not row:
+            raise StageInputError(
+                f"{where}: video_id {row['video_id']!r} names two inputs: "
+                f"{prior.get('path') or prior.get('source', '?')} and "
+                f"{row.get('path') or row.get('source', '?')}; rename one of them")
+
+
 def chalearn_subject(filename: str) -> str:
     """The YouTube id: the name before the last `.NNN` (`J4GQm9j0JZ0.003.mp4` -> `J4GQm9j0JZ0`)."""
     m = _CHALEARN_CLIP.match(filename)
@@ -396,10 +418,10 @@ def ingest_openface_csv(p: OpenFaceParams, *, root: Path) -> tuple[list, list, p
         except ValueError as exc:  # StageInputError included; float('abc') too
             problems.append(f"{where}: {exc}")
             continue
-        video_id = Path(row["file"]).with_suffix("").as_posix().replace("/", "__")
+        video_id = path_video_id(row["file"].strip())
         table["video_id"] = video_id
         tables.append(table)
-        rows.append({"video_id": video_id, "path": "",  # no video: AUs in data/source_aus
+        rows.append({"video_id": video_id, "path": "", "source": str(path),  # AUs: source_aus
                      "split": row.get("split", "").strip(),
                      "subject_id": row.get("subject", "").strip() or video_id,
                      "dataset": "openface_csv", **traits,

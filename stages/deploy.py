@@ -88,10 +88,12 @@ def label_corpus(table: pd.DataFrame, ckpt_path: Path, *, batch_size: int = 64,
                  root: Path | None = None) -> pd.DataFrame:
     """Scores per sequence of an AU table with an AU model checkpoint."""
     from models.data import build_sources, for_inference
+    from models.checkpoints import require_finished
     from models.engine import load_checkpoint, predict_videos
     from models.metrics import to_bins
 
     model, ckpt = load_checkpoint(ckpt_path)
+    require_finished(ckpt, ckpt_path)
     inputs = set(ckpt.get("inputs", []))
     if not inputs <= {"aus", "aus_mask"}:
         raise ParamsError(f"deploy.model: {ckpt_path} is a {ckpt.get('model_name')} model reading "

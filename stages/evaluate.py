@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import tempfile
 from pathlib import Path
 from typing import Literal
@@ -54,8 +53,8 @@ from models.report import (RESERVED, add_uncertainty, ci_text, flat_metrics, fmt
 from models.metrics import (MetricsError, baseline_metrics, bin_metrics, json_safe,
                             majority_class_accuracy, regression_metrics)
 from personality.common import (BaseParams, ParamsError, SchemaError, StageInputError,
-                           atomic_write_json, atomic_write_text, experiment_models, get_logger,
-                           load_params, mlflow_run, repo_root)
+                                atomic_write_json, atomic_write_text, experiment_models,
+                                get_logger, load_params, mlflow_run, repo_root, stage_errors)
 from personality.schemas import SPLITS, TRAITS
 
 log = get_logger("evaluate")
@@ -485,12 +484,9 @@ def run(params: EvaluateParams, base: BaseParams | None = None,
 
 
 def main(argv: list[str] | None = None) -> None:
-    try:
+    with stage_errors("evaluate"):
         params = load_params("evaluate", EvaluateParams)
         run(params, models=experiment_models())
-    except (ParamsError, StageInputError, SchemaError) as exc:
-        log.error("%s", exc)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

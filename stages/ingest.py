@@ -64,6 +64,9 @@ class IngestParams:
     # shares: `split` shares of subjects; kfold: subjects in n_folds folds, fold `fold` is test,
     # fold + 1 val, the rest train (cross-validation: one `dvc exp run -S ingest.fold=k` per fold)
     split_mode: Literal["shares", "kfold"] = "shares"
+    # splits that must hold at least one subject, else ingest refuses before any work; a corpus
+    # that is only labelled by a trained model (deploy) may ask for fewer
+    required_splits: list[str] = dataclasses.field(default_factory=lambda: list(SPLITS))
     n_folds: int = 5
     fold: int = 0
     synthetic: SyntheticParams = SyntheticParams()
@@ -107,8 +110,16 @@ def subject_splitter(params: "IngestParams", seed: int) -> Callable[[list[str]],
 # source: synthetic
 
 
+def _require_splits(split_of: dict[str, str], required: tuple[str, ...], fix: str) -> None:
+    """StageInputError when a required split would hold no subject."""
+    missing = [s for s in required if s not in set(split_of.values())]
+    if missing:
+        raise StageInputError(f"ingest: split(s) {', '.join(missing)} would be empty with "
+                              f"{len(split_of)} subject(s) (splits are by subject): {fix}")
+
+
 def ingest_synthetic(p: SyntheticParams, assign: Callable[[list[str]], dict[str, str]],
-                     seed: int, workers: int, root: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+                     seed: int, workers: int, root: Path, required: tuple[str, ...] = SPLITS) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     from personality import synthetic as syn
 
     if p.n_videos < 1 or p.n_subjects < 1 or p.n_subjects > p.n_videos:
@@ -129,6 +140,7 @@ def ingest_synthetic(p: SyntheticParams, assign: Callable[[list[str]], dict[str,
     subjects = [f"syn_s{s:03d}" for s in subject_of_clip]
     video_ids = [f"syn_{i:04d}" for i in range(p.n_videos)]
     split_of = assign(subjects)
+    _require_splits(split_of, required, "raise ingest.synthetic.n_subjects")  # before rendering
 
     video_dir = root / "data" / "videos"
     video_dir.mkdir(parents=True, exist_ok=True)
@@ -217,6 +229,11 @@ def read_labels_csv(csv_path: Path) -> tuple[pd.DataFrame, list[str]]:
             if target in seen:
                 raise StageInputError("duplicate video")
             values = {}
+            given = [t for t in TRAITS if row[t].strip()]
+            if given and len(given) < len(TRAITS):
+                raise StageInputError(f"labels {', '.join(given)} given but "
+                                      f"{', '.join(t for t in TRAITS if t not in given)} empty: "
+                                      "give all five, or none for an unlabelled video")
             for t in TRAITS:
                 text = row[t].strip()
                 if text == "":
@@ -254,7 +271,7 @@ def ingest_folder(p: FolderParams, assign: Callable[[list[str]], dict[str, str]]
         except StageInputError as exc:
             problems.append(f"{csv_path} ({row['video']}): {exc}")
             continue
-        video_id = Path(row["video"]).with_suffix("").as_posix().replace("/", "__")
+        video_id = datasets.path_video_id(row["video"])
         try:
             path = row["abs_path"].relative_to(root).as_posix()
         except ValueError:
@@ -263,6 +280,7 @@ def ingest_folder(p: FolderParams, assign: Callable[[list[str]], dict[str, str]]
                         "split": row["split"],
                         "subject_id": row["subject"] or video_id, "dataset": p.dataset,
                         **{t: row[t] for t in TRAITS}, **facts})
+    datasets.check_unique_ids(records, str(csv_path))
     manifest = pd.DataFrame(records, columns=MANIFEST_COLUMNS)
     return finish_splits(manifest, assign, where=str(csv_path)), problems
 
@@ -315,62 +333,100 @@ def write_manifest(manifest: pd.DataFrame, root: Path) -> None:
     write_artifact("clips", clips, path=root / schemas.ARTIFACTS["clips"].path)
 
 
+@dataclasses.dataclass
+class Ingested:
+    """What a source gave: the manifest and its side tables, and one message per bad item."""
+
+    manifest: pd.DataFrame
+    study: pd.DataFrame
+    cue_table: pd.DataFrame
+    source_aus: pd.DataFrame
+    problems: list[str]
+
+
+def read_source(params: IngestParams, base: BaseParams, root: Path) -> Ingested:
+    """Run the adapter of `params.source`; rows of every source get the same split rule."""
+    assign = subject_splitter(params, base.seed)
+    empty = {name: _empty(name) for name in ("user_study", "synthetic_cues", "source_aus")}
+    if params.source == "synthetic":
+        manifest, study, cues = ingest_synthetic(params.synthetic, assign, base.seed,
+                                                 base.workers, root, tuple(params.required_splits))
+        return Ingested(manifest, study, cues, empty["source_aus"], [])
+    if params.source == "folder":
+        manifest, problems = ingest_folder(params.folder, assign, root)
+        return Ingested(manifest, empty["user_study"], empty["synthetic_cues"],
+                        empty["source_aus"], problems)
+    study, source_aus = empty["user_study"], empty["source_aus"]
+    if params.source == "chalearn16":
+        rows, problems = datasets.ingest_chalearn16(params.chalearn16, seed=base.seed, root=root,
+                                                    probe=probe_video)
+    elif params.source == "udiva":
+        rows, problems = datasets.ingest_udiva(params.udiva, root=root, probe=probe_video)
+    elif params.source == "perfex":
+        rows, problems, aus, rated = datasets.ingest_perfex(params.perfex, root=root)
+        source_aus = aus if len(aus) else source_aus
+        study = rated if rated is not None else study
+    else:
+        rows, problems, aus = datasets.ingest_openface_csv(params.openface_csv, root=root)
+        source_aus = aus if aus is not None else source_aus
+    if not rows:
+        raise StageInputError(f"{params.source}: no usable video or sequence"
+                              + ("".join(f"\n  {p}" for p in problems[:20])))
+    datasets.check_unique_ids(rows, params.source)
+    manifest = pd.DataFrame(rows)
+    manifest["label_scale"] = "z" if params.source == "udiva" else "unit"
+    manifest = finish_splits(manifest[MANIFEST_COLUMNS], assign, where=params.source)
+    return Ingested(manifest, study, empty["synthetic_cues"], source_aus, problems)
+
+
+def check_ingested(got: Ingested, params: IngestParams) -> None:
+    """Refuse, before anything is written, what the pipeline cannot use: bad items under
+    `strict`, no video, a split left empty."""
+    for msg in got.problems:
+        log.warning("bad item: %s", msg)
+    strict = params.strict or (params.source == "folder" and params.folder.strict)
+    if got.problems and strict:
+        raise StageInputError(f"{len(got.problems)} bad item(s) and strict is set:\n"
+                              + "\n".join(got.problems))
+    if got.manifest.empty:
+        raise StageInputError("no usable video: " + "; ".join(got.problems[:5]))
+    check_subject_splits(got.manifest)
+    counts = got.manifest.groupby("split")["subject_id"].nunique()
+    empty = [s for s in params.required_splits if counts.get(s, 0) == 0]
+    if empty:
+        raise StageInputError(
+            f"ingest: split(s) {', '.join(empty)} would be empty ({got.manifest['subject_id'].nunique()}"
+            f" subject(s) in all; splits are by subject): give more subjects, or change "
+            "ingest.split / the labels' split column (or ingest.required_splits)")
+
+
+def _drop_unknown(got: Ingested) -> None:
+    """Side-table rows of videos the manifest does not hold are dropped (user-study ones
+    reported)."""
+    ids = set(got.manifest["video_id"])
+    if len(got.source_aus):
+        got.source_aus = got.source_aus[got.source_aus["video_id"].isin(ids)]
+    unknown = sorted(set(got.study["video_id"]) - ids) if len(got.study) else []
+    if unknown:
+        got.problems.append(f"user study: ratings of {len(unknown)} unknown clip(s), e.g. "
+                            f"{unknown[0]}; dropped")
+        got.study = got.study[got.study["video_id"].isin(ids)]
+
+
 def run(params: IngestParams, base: BaseParams, root: Path | None = None) -> dict:
     """Ingest `params.source` under `root`; returns the summary written to metrics/ingest.json."""
     root = root or repo_root()
-    problems: list[str] = []
-    cue_table = _empty("synthetic_cues")
-    study = _empty("user_study")
-    source_aus = _empty("source_aus")
-    strict = params.strict
-    assign = subject_splitter(params, base.seed)
-    if params.source == "synthetic":
-        manifest, study, cue_table = ingest_synthetic(params.synthetic, assign, base.seed,
-                                                      base.workers, root)
-    elif params.source == "folder":
-        manifest, problems = ingest_folder(params.folder, assign, root)
-        strict = strict or params.folder.strict
-    else:
-        if params.source == "chalearn16":
-            rows, problems = datasets.ingest_chalearn16(params.chalearn16, seed=base.seed,
-                                                        root=root, probe=probe_video)
-        elif params.source == "udiva":
-            rows, problems = datasets.ingest_udiva(params.udiva, root=root, probe=probe_video)
-        elif params.source == "perfex":
-            rows, problems, aus, rated = datasets.ingest_perfex(params.perfex, root=root)
-            source_aus = aus if len(aus) else source_aus
-            study = rated if rated is not None else study
-        else:
-            rows, problems, aus = datasets.ingest_openface_csv(params.openface_csv, root=root)
-            source_aus = aus if aus is not None else source_aus
-        if not rows:
-            raise StageInputError(f"{params.source}: no usable video or sequence"
-                                  + ("".join(f"\n  {p}" for p in problems[:20])))
-        manifest = pd.DataFrame(rows)
-        manifest["label_scale"] = "z" if params.source == "udiva" else "unit"
-        manifest = finish_splits(manifest[MANIFEST_COLUMNS], assign, where=params.source)
-    for msg in problems:
-        log.warning("bad item: %s", msg)
-    if problems and strict:
-        raise StageInputError(f"{len(problems)} bad item(s) and strict is set:\n"
-                              + "\n".join(problems))
-    if manifest.empty:
-        raise StageInputError("no usable video: " + "; ".join(problems[:5]))
-    if len(source_aus):
-        source_aus = source_aus[source_aus["video_id"].isin(set(manifest["video_id"]))]
-    if len(study):
-        unknown = sorted(set(study["video_id"]) - set(manifest["video_id"]))
-        if unknown:
-            problems.append(f"user study: ratings of {len(unknown)} unknown clip(s), e.g. "
-                            f"{unknown[0]}; dropped")
-            study = study[study["video_id"].isin(set(manifest["video_id"]))]
-    check_subject_splits(manifest)
+    got = read_source(params, base, root)
+    check_ingested(got, params)
+    _drop_unknown(got)
+    manifest, study = got.manifest, got.study
     (root / "data" / "videos").mkdir(parents=True, exist_ok=True)  # a DVC output for every source
     write_manifest(manifest, root)
     write_artifact("user_study", study, path=root / schemas.ARTIFACTS["user_study"].path)
-    write_artifact("synthetic_cues", cue_table,
+    write_artifact("synthetic_cues", got.cue_table,
                    path=root / schemas.ARTIFACTS["synthetic_cues"].path)
-    write_artifact("source_aus", source_aus, path=root / schemas.ARTIFACTS["source_aus"].path)
+    write_artifact("source_aus", got.source_aus,
+                   path=root / schemas.ARTIFACTS["source_aus"].path)
     summary = {
         "source": params.source,
         "n_videos": int(len(manifest)),
@@ -379,8 +435,8 @@ def run(params: IngestParams, base: BaseParams, root: Path | None = None) -> dic
         "n_rated_videos": int(study["video_id"].nunique()),
         "n_ratings": int(len(study)),
         "hours": round(float(manifest["duration_s"].sum()) / 3600, 4),
-        "n_bad_rows": len(problems),
-        "bad_rows": problems,
+        "n_bad_rows": len(got.problems),
+        "bad_rows": got.problems,
     }
     atomic_write_json(root / "metrics" / "ingest.json", summary)
     log.info("manifest: %d videos (%s), %d ratings", summary["n_videos"],

@@ -34,8 +34,9 @@ import numpy as np
 import pandas as pd
 
 from personality import schemas
-from personality.common import (BaseParams, ParamsError, SchemaError, StageInputError, find_checkpoint,
-                           get_logger, load_params, read_artifact, repo_root, write_artifact)
+from personality.common import (BaseParams, ParamsError, SchemaError, StageInputError,
+                                atomic_write_text, find_checkpoint, get_logger, load_params,
+                                read_artifact, repo_root)
 from personality.schemas import TRAITS
 
 log = get_logger("predict")
@@ -183,6 +184,7 @@ def predict_video(video: Path, *, model: str | None = None, root: Path | None = 
                   work: Path | None = None) -> dict:
     """Scores of one video: {"O": .., ..., "model": .., "checkpoint": .., facts, warnings}."""
     from models.data import build_sources, for_inference
+    from models.checkpoints import require_finished
     from models.engine import load_checkpoint, predict_videos
 
     root = root or repo_root()
@@ -198,6 +200,7 @@ def predict_video(video: Path, *, model: str | None = None, root: Path | None = 
         else:
             name, ckpt_path = chosen.parent.name, chosen
         net, ckpt = load_checkpoint(ckpt_path)
+        require_finished(ckpt, ckpt_path)
         needs = set(ckpt.get("inputs", []))
         why = missing_inputs(needs, facts)
         if why:
@@ -221,15 +224,11 @@ def predict_video(video: Path, *, model: str | None = None, root: Path | None = 
 
 
 def _test_error(root: Path, name: str, ckpt: dict) -> dict[str, float] | None:
-    """Per-trait test MAE of the model: metrics/evaluate.json, else the checkpoint's record."""
-    entry = _evaluation(root).get(name)
-    if isinstance(entry, dict) and all(isinstance(entry.get(t), dict) for t in TRAITS):
-        values = {t: entry[t].get("mae") for t in TRAITS}
-        if all(isinstance(v, (int, float)) for v in values.values()):
-            return {t: float(v) for t, v in values.items()}
-    test = (ckpt.get("params") or {}).get("test_metrics") or ckpt.get("test_metrics")
-    if isinstance(test, dict) and all(isinstance(test.get(t), dict) for t in TRAITS):
-        return {t: float(test[t]["mae"]) for t in TRAITS}
+    """Per-trait test MAE measured for *this* checkpoint (written into it when its training run
+    finished), or None: a number measured for another run of the model is never quoted."""
+    error = ckpt.get("test_error")
+    if isinstance(error, dict) and all(isinstance(error.get(t), (int, float)) for t in TRAITS):
+        return {t: float(error[t]) for t in TRAITS}
     return None
 
 
@@ -316,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
                         "or checkpoint path; default: best mean validation CCC among the "
                         "models whose inputs the clip has")
     args = parser.parse_args(argv)
+    if args.out.exists() and not args.out.is_dir():
+        log.error("--out %s: exists and is not a folder; give a folder for prediction.json and "
+                  "report.png", args.out)
+        return 2
     try:
         result = predict_video(args.video, model=args.model)
     except (StageInputError, ParamsError, SchemaError) as exc:
@@ -326,10 +329,15 @@ def main(argv: list[str] | None = None) -> int:
             log.error("%s", exc)
             return 2
         raise
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_report(result, args.out / "report.png")
-    public = {k: v for k, v in result.items() if not k.startswith("_")}
-    (args.out / "prediction.json").write_text(json.dumps(public, indent=2, default=str) + "\n")
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_report(result, args.out / "report.png")
+        public = {k: v for k, v in result.items() if not k.startswith("_")}
+        atomic_write_text(args.out / "prediction.json",
+                          json.dumps(public, indent=2, default=str) + "\n")
+    except OSError as exc:  # read-only folder, full disk: the machine's, not a bug
+        log.error("cannot write to %s: %s", args.out, exc.strerror or exc)
+        return 1
     width = max(len(n) for n in schemas.TRAIT_NAMES.values())
     for t in TRAITS:
         print(f"{schemas.TRAIT_NAMES[t]:<{width}}  {result[t]:.3f}")

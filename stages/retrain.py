@@ -150,7 +150,8 @@ def _retrained_meta(p: RetrainParams, ckpt: dict, base_checkpoint: str) -> dict:
     return {"model_name": ckpt["model_name"], "model_config": ckpt["model_config"],
             "inputs": ckpt["inputs"], "source_config": ckpt.get("source_config", {}),
             "params": {"retrain": dataclasses.asdict(p), "base_checkpoint": base_checkpoint},
-            "label_scale": ckpt.get("label_scale", "unit")}
+            "label_scale": ckpt.get("label_scale", "unit"),
+            "finished": False}  # until its predictions are written (_finish)
 
 
 def retrain_model(name: str, p: RetrainParams, base: BaseParams, root: Path,
@@ -158,6 +159,7 @@ def retrain_model(name: str, p: RetrainParams, base: BaseParams, root: Path,
     import torch
 
     from models import engine
+    from models.checkpoints import require_finished
     from models.data import build_sources, for_inference
 
     ckpt_path = root / "data" / "models" / name / "best.pt"
@@ -168,6 +170,7 @@ def retrain_model(name: str, p: RetrainParams, base: BaseParams, root: Path,
     seed = base.seed if p.seed is None else p.seed
     engine.seed_everything(seed)
     model, ckpt = engine.load_checkpoint(ckpt_path)
+    require_finished(ckpt, ckpt_path)
     sources = build_sources(ckpt["inputs"], root=root, video_ids=manifest["video_id"].tolist(),
                             config=for_inference(ckpt.get("source_config", {})))
     have = manifest[[all(s.has(v) for s in sources) for v in manifest["video_id"]]]
@@ -205,14 +208,30 @@ def retrain_model(name: str, p: RetrainParams, base: BaseParams, root: Path,
             mlf.log_metrics({f"{when}_{k}": v for when, m in (("before", before),
                                                                 ("after", after))
                              for k, v in m.items() if math.isfinite(v)})
-    write_predictions(root / RETRAINED / "predictions" / f"{out_name}.parquet", pd.DataFrame({
-        "video_id": have["video_id"].to_numpy(), "split": have["split"].to_numpy(),
-        **{t: preds[:, k] for k, t in enumerate(TRAITS)}, "model": out_name}))
+    _finish(root, out_name, have, preds)
     log.info("%s: held-out rater means ccc %.3f -> %.3f, mae %.3f -> %.3f (%d tuned + %d mixed, "
              "%d held out)", name, before["ccc"], after["ccc"], before["mae"], after["mae"],
              len(tune_ids), len(mixed), len(held_ids))
     return {"before": before, "after": after, "n_finetune": len(tune_ids),
             "n_mixed": len(mixed), "n_heldout": len(held_ids), "frozen_parameters": frozen}
+
+
+def _finish(root: Path, out_name: str, have: pd.DataFrame, preds: np.ndarray) -> None:
+    """Write the predictions, then mark the checkpoints finished with the test error measured for
+    them (per-trait MAE against the manifest's test labels)."""
+    from models.checkpoints import mark_finished
+
+    write_predictions(root / RETRAINED / "predictions" / f"{out_name}.parquet", pd.DataFrame({
+        "video_id": have["video_id"].to_numpy(), "split": have["split"].to_numpy(),
+        **{t: preds[:, k] for k, t in enumerate(TRAITS)}, "model": out_name}))
+    test = (have["split"] == "test").to_numpy()
+    truth = have.loc[test, list(TRAITS)].to_numpy(float)
+    error = {t: float(np.nanmean(np.abs(preds[test, k] - truth[:, k])))
+             for k, t in enumerate(TRAITS)} if test.any() else {}
+    for name in ("best.pt", "last.pt"):
+        path = root / RETRAINED / "models" / out_name / name
+        if path.is_file():
+            mark_finished(path, test_error=error)
 
 
 def _skip(root: Path, reason: str) -> dict:
@@ -237,11 +256,11 @@ def run(params: RetrainParams, base: BaseParams, root: Path | None = None,
     if not 0 <= params.mix_share <= 10:
         raise ParamsError(f"retrain.mix_share: {params.mix_share} must be in [0, 10]")
     names = [m for m in params.models if trained is None or m in trained]
-    if not names:
+    if not names:  # an experiment of other models (make zoo): nothing of ours to fine-tune
         return _skip(root, f"none of retrain.models {params.models} is in train.models {trained}")
-    if len(names) < len(params.models):
-        log.info("retrain: %s not in train.models, not fine-tuned",
-                 sorted(set(params.models) - set(names)))
+    if len(names) < len(params.models):  # some trained, some not: a mistake, refused up front
+        raise ParamsError(f"retrain.models: {sorted(set(params.models) - set(names))} not in "
+                          f"train.models {trained}: train them too, or leave them out")
     ratings = read_artifact("user_study", path=root / schemas.ARTIFACTS["user_study"].path)
     if ratings.empty:  # e.g. ChaLearn, UDIVA: nothing to fine-tune on; the pipeline goes on
         return _skip(root, "the source has no user study")

@@ -35,7 +35,6 @@ import contextlib
 import dataclasses
 import math
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -45,8 +44,8 @@ import pandas as pd
 from personality import schemas
 from models.solver import EngineError, Solver, TrainConfig
 from personality.common import (BaseParams, ParamsError, StageInputError, atomic_write_json,
-                           atomic_write_text, build_dataclass, check_schema, get_logger,
-                           load_params, repo_root, write_predictions)
+                                atomic_write_text, build_dataclass, check_schema, get_logger,
+                                load_params, repo_root, stage_errors, write_predictions)
 from personality.schemas import SPLITS, TRAITS
 
 log = get_logger("train")
@@ -288,6 +287,31 @@ def _summarize(name: str, p: TrainParams, cfg: TrainConfig, fit_info: dict, data
     return summary
 
 
+def inputs_digest(manifest: pd.DataFrame, source_config: dict) -> str:
+    """sha256 of what a model was trained on: the videos, their splits and labels, the source
+    config (with its fitted statistics)."""
+    import hashlib
+    import json
+
+    rows = manifest[["video_id", "split", *TRAITS]].sort_values("video_id")
+    text = rows.to_csv(index=False, float_format="%.9g") + json.dumps(source_config,
+                                                                       sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _finish(out_dir: Path, summary: dict, data: dict, meta: dict) -> None:
+    """The run's last step: its checkpoints say they are finished, what they were trained on and
+    the test error measured for them (predict quotes it)."""
+    from models.checkpoints import mark_finished
+
+    per_trait = (summary.get("test") or {}).get("per_trait") or {}
+    test_error = {t: per_trait[t]["mae"] for t in TRAITS if t in per_trait}
+    digest = inputs_digest(data["have"], meta["source_config"])
+    for name in ("best.pt", "last.pt"):
+        if (out_dir / name).is_file():
+            mark_finished(out_dir / name, test_error=test_error, inputs_digest=digest)
+
+
 def _log_final(mlf, summary: dict, started: float) -> None:
     final = {f"{s}_{k}": v for s in ("val", "test") for k, v in
              summary[s].get("model", {}).items()}
@@ -333,7 +357,8 @@ def train_model(name: str, p: TrainParams, base: BaseParams, root: Path) -> dict
     meta = {"model_name": name, "inputs": list(spec.inputs),
             "source_config": _inference_config(data, root),
             "params": dataclasses.asdict(p),
-            "label_scale": _label_scale(data["manifest"], name, overrides)}
+            "label_scale": _label_scale(data["manifest"], name, overrides),
+            "finished": False}  # until predictions and metrics are written (_finish)
     started = time.perf_counter()
     with _tracking(p, cfg, name, overrides, data, rank) as mlf:
         if p.test_only:
@@ -349,6 +374,7 @@ def train_model(name: str, p: TrainParams, base: BaseParams, root: Path) -> dict
         atomic_write_json(root / "metrics" / "train" / f"{name}.json", json_safe(summary))
         atomic_write_text(root / "metrics" / "train" / f"{name}_history.csv",
                           _history_csv(history))
+        _finish(root / "data" / "models" / name, summary, data, meta)
         if mlf is not None:
             _log_final(mlf, summary, started)
     _log_done(name, summary, started)
@@ -396,16 +422,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     base = load_params("base", BaseParams)
     params = load_params("train", TrainParams)
-    from models.data import SourceError
-    from models.engine import EngineError
-
     from models.engine import shutdown_distributed
 
     try:
-        run(params, base, models=args.model)
-    except (StageInputError, ParamsError, SourceError, EngineError) as exc:
-        log.error("%s", exc)
-        sys.exit(2)
+        with stage_errors("train"):  # SourceError and EngineError are StageInputErrors
+            run(params, base, models=args.model)
     finally:
         shutdown_distributed()  # the torchrun process group, if one was started
 

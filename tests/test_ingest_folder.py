@@ -44,12 +44,12 @@ def test_good_and_bad_rows(folder, tmp_path):
     )
     summary = _run(tmp_path, csv)
     m = read_artifact("manifest", path=tmp_path / "data/manifest.parquet")
-    assert sorted(m["video_id"]) == ["clips__a1", "clips__a2", "clips__b1", "clips__c1"]
-    assert m.set_index("video_id").loc["clips__a2", "O"] == pytest.approx(0.6)
-    assert np.isnan(m.set_index("video_id").loc["clips__c1", "O"])
-    assert not m.set_index("video_id").loc["clips__c1", "has_audio"]
-    assert m.set_index("video_id").loc["clips__a1", "has_audio"]
-    assert m.set_index("video_id").loc["clips__a1", "duration_s"] == pytest.approx(0.4, abs=0.05)
+    assert sorted(m["video_id"]) == ["clips%2Fa1.mp4", "clips%2Fa2.mp4", "clips%2Fb1.mp4", "clips%2Fc1.mp4"]
+    assert m.set_index("video_id").loc["clips%2Fa2.mp4", "O"] == pytest.approx(0.6)
+    assert np.isnan(m.set_index("video_id").loc["clips%2Fc1.mp4", "O"])
+    assert not m.set_index("video_id").loc["clips%2Fc1.mp4", "has_audio"]
+    assert m.set_index("video_id").loc["clips%2Fa1.mp4", "has_audio"]
+    assert m.set_index("video_id").loc["clips%2Fa1.mp4", "duration_s"] == pytest.approx(0.4, abs=0.05)
     assert (m.groupby("subject_id")["split"].nunique() == 1).all()
     bad = "\n".join(summary["bad_rows"])
     assert summary["n_bad_rows"] == 6
@@ -95,7 +95,7 @@ def test_given_splits_are_kept_and_others_assigned_by_subject(folder, tmp_path):
                    "clips/e1.mp4,0.1,0.2,0.3,0.4,0.5,eve,\n")
     _run(tmp_path, csv)
     m = read_artifact("manifest", path=tmp_path / "data/manifest.parquet").set_index("video_id")
-    assert m.loc["clips__a1", "split"] == "test" and m.loc["clips__a2", "split"] == "test"
+    assert m.loc["clips%2Fa1.mp4", "split"] == "test" and m.loc["clips%2Fa2.mp4", "split"] == "test"
     assert set(m["split"]) <= {"train", "val", "test"}
     csv.write_text("video,O,C,E,A,N,subject,split\n"
                    "clips/a1.mp4,0.1,0.2,0.3,0.4,0.5,alice,test\n"
@@ -130,3 +130,57 @@ def test_kfold_splits_by_subject_and_covers_every_subject_once_as_test(tmp_path)
     assert set.union(*test_subjects) == set(m["subject_id"])
     assert sum(len(s) for s in test_subjects) == m["subject_id"].nunique()
     assert clips[0] == clips[1] == clips[2]
+
+
+# --------------------------------------------------------------------------------------------------
+# ids that cannot collide, labels all or nothing, no empty split
+
+
+def _folder(tmp_path, names: list[str], labels: dict[str, str] | None = None) -> Path:
+    rows = ["video,O,C,E,A,N,subject"]
+    for i, name in enumerate(names):
+        write_video(tmp_path / name, n_frames=5)
+        rows.append(f"{name},{(labels or {}).get(name, '0.5,0.5,0.5,0.5,0.5')},s{i}")
+    csv = tmp_path / "labels.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    return csv
+
+
+@pytest.mark.parametrize("pair", [("dup.mp4", "dup.MP4"), ("a/b.mp4", "a__b.mp4"),
+                                  ("x.mp4", "x.mkv")])
+def test_paths_that_differ_get_ids_that_differ(tmp_path, pair):
+    csv = _folder(tmp_path, [*pair, "c1.mp4", "c2.mp4", "c3.mp4"])
+    run(IngestParams(source="folder", folder=FolderParams(labels=str(csv))),
+        BaseParams(seed=1, workers=1), root=tmp_path)
+    m = read_artifact("manifest", path=tmp_path / "data/manifest.parquet")
+    assert m["video_id"].is_unique and len(m) == 5
+    from urllib.parse import unquote
+
+    assert {unquote(v) for v in m["video_id"]} >= set(pair)  # reversible
+
+
+def test_ids_that_collide_anyway_are_an_error_naming_both():
+    from personality.datasets import check_unique_ids
+
+    with pytest.raises(StageInputError, match="a.mp4.*b.mp4"):
+        check_unique_ids([{"video_id": "v", "path": "a.mp4"}, {"video_id": "v", "path": "b.mp4"}],
+                         "labels.csv")
+
+
+def test_partial_labels_are_a_bad_row(tmp_path):
+    csv = _folder(tmp_path, ["p.mp4", "q.mp4", "r.mp4", "s.mp4"], {"p.mp4": "0.4,,,,"})
+    summary = run(IngestParams(source="folder", folder=FolderParams(labels=str(csv))),
+                  BaseParams(seed=1, workers=1), root=tmp_path)
+    assert summary["n_videos"] == 3
+    assert any("p.mp4" in p and "C, E, A, N empty" in p for p in summary["bad_rows"])
+
+
+def test_a_split_left_empty_is_refused_before_anything_is_written(tmp_path):
+    from stages.ingest import SyntheticParams
+    from tests.conftest import TINY_SYNTHETIC
+
+    params = IngestParams(source="synthetic", synthetic=SyntheticParams(
+        **{**TINY_SYNTHETIC, "n_videos": 2, "n_subjects": 1}))
+    with pytest.raises(StageInputError, match="would be empty"):
+        run(params, BaseParams(seed=1, workers=1), root=tmp_path)
+    assert not (tmp_path / "data" / "manifest.parquet").exists()

@@ -218,8 +218,8 @@ def test_models_outside_the_experiment_are_skipped(trained, tmp_path):
                       trained=["logmel_cnn"])["n_sequences"] == 48
     assert deploy.run(deploy.DeployParams(model="perfex_cnn"), BaseParams(), root=root,
                       trained=["perfex_cnn"])["n_sequences"] == 48
-    # only the experiment's part of retrain.models is fine-tuned
-    with pytest.raises(StageInputError, match="perfex_hybrid"):  # listed and trained, but absent
+    # a retrain model that this experiment does not train, beside one it does: refused up front
+    with pytest.raises(ParamsError, match="perfex_cnn.*not in train.models"):
         retrain.run(retrain.RetrainParams(models=["perfex_cnn", "perfex_hybrid"], epochs=1,
                                           mlflow=False), BaseParams(seed=3), root=root,
                     trained=["perfex_hybrid"])
