@@ -12,8 +12,9 @@ Sources (`ingest.source`; options under `ingest.<source>`):
 (personality/datasets.py holds the real-dataset adapters.) Splits are decided here, by subject, once:
 every later stage keeps them.
 
-Outputs: data/manifest.parquet, data/user_study.parquet, data/synthetic_cues.parquet (synthetic
-only, empty otherwise), data/videos/ (synthetic clips), data/source_aus/ (AU sequences of the
+Outputs: data/manifest.parquet, data/user_study.parquet, data/synthetic_cues.parquet and
+data/synthetic_tracks.parquet (synthetic only: cues per clip, unit strengths per rendered frame;
+empty otherwise), data/videos/ (synthetic clips), data/source_aus/ (AU sequences of the
 sources that have no video, empty otherwise), metrics/ingest.json (counts, bad rows).
 """
 from __future__ import annotations
@@ -108,7 +109,8 @@ def subject_splitter(params: "IngestParams", seed: int) -> Callable[[list[str]],
 
 
 def ingest_synthetic(p: SyntheticParams, assign: Callable[[list[str]], dict[str, str]],
-                     seed: int, workers: int, root: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+                     seed: int, workers: int, root: Path
+                     ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     from personality import synthetic as syn
 
     if p.n_videos < 1 or p.n_subjects < 1 or p.n_subjects > p.n_videos:
@@ -164,7 +166,21 @@ def ingest_synthetic(p: SyntheticParams, assign: Callable[[list[str]], dict[str,
     rated = rng.random(p.n_videos) < p.user_study_share
     study = syn.simulate_user_study(cues[rated], [v for v, r in zip(video_ids, rated) if r], rng,
                                     n_raters=p.n_raters, raters_per_video=p.raters_per_video)
-    return manifest, study, cue_table
+    return manifest, study, cue_table, synthetic_tracks(video_ids, rendered, p.fps)
+
+
+def synthetic_tracks(video_ids: list[str], rendered: list[dict], fps: float) -> pd.DataFrame:
+    """Per rendered frame: video_id, frame_idx, t and each unit's strength (`unit_<name>`),
+    the ground truth a front-end measurement can be checked against frame by frame."""
+    from personality.synthetic import UNITS
+
+    parts = []
+    for vid, r in zip(video_ids, rendered):
+        n = len(r["tracks"])
+        parts.append(pd.DataFrame({"video_id": vid, "frame_idx": np.arange(n, dtype=np.int64),
+                                   "t": np.arange(n) / fps,
+                                   **{f"unit_{u}": r["tracks"][:, k] for k, u in enumerate(UNITS)}}))
+    return pd.concat(parts, ignore_index=True) if parts else _empty("synthetic_tracks")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -320,12 +336,13 @@ def run(params: IngestParams, base: BaseParams, root: Path | None = None) -> dic
     root = root or repo_root()
     problems: list[str] = []
     cue_table = _empty("synthetic_cues")
+    tracks = _empty("synthetic_tracks")
     study = _empty("user_study")
     source_aus = _empty("source_aus")
     strict = params.strict
     assign = subject_splitter(params, base.seed)
     if params.source == "synthetic":
-        manifest, study, cue_table = ingest_synthetic(params.synthetic, assign, base.seed,
+        manifest, study, cue_table, tracks = ingest_synthetic(params.synthetic, assign, base.seed,
                                                       base.workers, root)
     elif params.source == "folder":
         manifest, problems = ingest_folder(params.folder, assign, root)
@@ -370,6 +387,8 @@ def run(params: IngestParams, base: BaseParams, root: Path | None = None) -> dic
     write_artifact("user_study", study, path=root / schemas.ARTIFACTS["user_study"].path)
     write_artifact("synthetic_cues", cue_table,
                    path=root / schemas.ARTIFACTS["synthetic_cues"].path)
+    write_artifact("synthetic_tracks", tracks,
+                   path=root / schemas.ARTIFACTS["synthetic_tracks"].path)
     write_artifact("source_aus", source_aus, path=root / schemas.ARTIFACTS["source_aus"].path)
     summary = {
         "source": params.source,
