@@ -13,6 +13,8 @@ MediaPipe's smile and blink readings frame by frame.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -21,23 +23,30 @@ from conftest import real_fixture
 from personality.common import BaseParams, read_artifact
 from personality.cues import CUE_STATISTICS, cue_statistics, onsets, recovery
 
-# 40-clip floors (150-clip values in docs/frontend.md: smile 0.84, brow_raise 0.49,
-# brow_lower 0.45, blink_rate 0.72, head_motion 0.98)
-FLOORS = {"smile": 0.70, "brow_raise": 0.25, "brow_lower": 0.20, "blink_rate": 0.50,
+REPO = Path(__file__).resolve().parents[1]
+# 40-clip floors (150-clip values in docs/frontend.md: smile 0.85, brow_raise 0.48,
+# brow_lower 0.43, blink_rate 0.84, head_motion 0.98)
+# (40 clips here gave smile 0.83, brow_raise 0.72, brow_lower 0.23, blink_rate 0.85, head 0.99.)
+# The brow floors only guard against a broken or sign-flipped reading: both brow cues stay below
+# the issue's goal (0.70 on 150 clips), docs/frontend.md locates the limit per frame.
+FLOORS = {"smile": 0.70, "brow_raise": 0.25, "brow_lower": 0.05, "blink_rate": 0.70,
           "head_motion": 0.90}
 
 
 @pytest.fixture(scope="module")
 def default_subset(tmp_path_factory):
+    from personality.common import load_params
     from stages import aus, faces, frames, ingest
 
     root = tmp_path_factory.mktemp("cues")
     base = BaseParams(seed=1234, workers=2)
     ingest.run(ingest.IngestParams(synthetic=ingest.SyntheticParams(n_videos=40, n_subjects=14)),
                base, root=root)
-    frames.run(frames.FramesParams(), base, root=root)
-    faces.run(faces.FacesParams(), base, root=root)
-    aus.run(aus.AusParams(), base, root=root)
+    # the front-end exactly as the committed params.yaml sets it (frames.fps among them)
+    for stage, cls in ((frames, frames.FramesParams), (faces, faces.FacesParams),
+                       (aus, aus.AusParams)):
+        stage.run(load_params(stage.__name__.split(".")[-1], cls, path=REPO / "params.yaml"),
+                  base, root=root)
     return root
 
 
