@@ -57,6 +57,13 @@ ARTIFACTS: dict[str, ArtifactSpec] = {
         {"video_id": "str", "subject_id": "str"},
         doc="the synthetic generator's latent cues per clip (`cue_*` columns): ground truth for "
             "tests and the data card"),
+    "synthetic_tracks": ArtifactSpec(
+        "data/synthetic_tracks.parquet",
+        {**_PER_FRAME, **{f"unit_{u}": "float" for u in (
+            "smile", "brow_raise", "brow_lower", "jaw", "blink", "yaw", "pitch")}},
+        doc="the synthetic generator's expression-unit strengths per rendered frame (frame_idx "
+            "and t of the clip's own frame rate): per-frame ground truth for the front-end "
+            "(docs/frontend.md); empty for other sources"),
     "frames": ArtifactSpec(
         "data/frames", {**_PER_FRAME, "width": "int", "height": "int", "jpeg": "bytes"},
         sharded=True, doc="sampled frames as JPEG bytes (BGR-encoded, rotated for display, longer "

@@ -587,28 +587,40 @@ def _init_worker(rigs: list[FaceRig]) -> None:
     cv2.setNumThreads(1)  # one clip per process: threads would only fight over the cores
 
 
-def render_clip(job: dict) -> dict:
-    """Render one clip to `job['path']`. Returns its manifest facts."""
-    assert _RIGS is not None, "worker not initialised"
+def clip_signals(job: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One clip's audio (n_samples,), unit strengths per frame (n_frames, len(UNITS)) and roll
+    per frame (n_frames,) in degrees, drawn from the job's seed: what `render_clip` renders, and
+    the per-frame ground truth of the synthetic dataset (no pixels needed to re-draw it)."""
     rng = np.random.default_rng([job["seed"], job["index"], 1])
-    app: Appearance = job["appearance"]
     cue = dict(zip(CUES, job["cues"]))
-    fps, sr, duration = job["fps"], job["sr"], job["duration"]
-    n_frames = int(round(duration * fps))
-    audio, env = synthesize_speech(rng, cue, n_frames / fps, sr, app.base_pitch)
+    fps, sr = job["fps"], job["sr"]
+    n_frames = int(round(job["duration"] * fps))
+    audio, env = synthesize_speech(rng, cue, n_frames / fps, sr, job["appearance"].base_pitch)
     # jaw follows the syllable envelope, sampled at frame times
     hop = len(env) / n_frames
     jaw = np.array([env[int(i * hop) : int((i + 1) * hop)].mean() for i in range(n_frames)])
     tracks = expression_tracks(rng, cue, n_frames, fps, 0.9 * jaw)
     head = float(np.clip(0.35 + 0.18 * cue["head_motion"], 0.03, 0.9))
     roll = 5.0 * head * smooth_noise(rng, n_frames, fps, 2.0)  # degrees
+    return audio, tracks, roll
+
+
+def render_clip(job: dict) -> dict:
+    """Render one clip to `job['path']`. Returns its manifest facts and its per-frame unit
+    strengths (`tracks`, (n_frames, len(UNITS)) float32: the ground truth of every frame)."""
+    assert _RIGS is not None, "worker not initialised"
+    app: Appearance = job["appearance"]
+    fps, sr = job["fps"], job["sr"]
+    audio, tracks, roll = clip_signals(job)
+    n_frames = len(tracks)
     rig = _RIGS[app.rig]
     bg = make_background(app, job["width"], job["height"])
     frames = (render_frame(rig, app, tracks[i], float(roll[i]), bg) for i in range(n_frames))
     write_clip(Path(job["path"]), frames, audio, fps, sr, job["width"], job["height"])
     return {"video_id": job["video_id"], "duration_s": n_frames / fps, "fps": fps,
             "has_audio": True,
-            "mean_tracks": dict(zip(UNITS, np.abs(tracks).mean(0).round(4).tolist()))}
+            "mean_tracks": dict(zip(UNITS, np.abs(tracks).mean(0).round(4).tolist())),
+            "tracks": tracks.astype(np.float32)}
 
 
 def render_all(jobs: list[dict], rigs: list[FaceRig], workers: int, progress_bar=None) -> list[dict]:

@@ -21,10 +21,10 @@ Per train clip (AUs in `personality.schemas.AU_INTENSITY` order, NaN where no fa
 Everything random derives from `base.seed` and the clip's id, so a clip's sequences do not change
 when other clips come or go.
 
-Defaults for `frames.fps = 5` (a default clip has 30-50 AU frames): PerFeX's recipe is at 30 fps
+Defaults for `frames.fps = 8` (a default clip has 48-80 AU frames): PerFeX's recipe is at 30 fps
 (700-frame clips, 2x decimation to 15 fps, 100-frame windows = 6.7 s, a 5-frame = 0.17 s shift).
-At 5 fps the same seconds are a 30-step window (6 s) and a 1-step (0.2 s) shift; decimation by 2
-(2.5 fps) is kept as a coarser view. Use `window: 100, shifts: [0, 5]` for 30 fps OpenFace input.
+At 8 fps a 48-step window is 6 s and a 1-step shift 0.125 s; decimation by 2 (4 fps) is kept as a
+coarser view. Use `window: 100, shifts: [0, 5]` for 30 fps OpenFace input.
 
 Output data/augmented/ (Parquet shards): video_id, aug_id ("d<f>p<phase>s<shift>w<window>c<copy>"),
 frame_idx (step within the sequence), t (the source frame's time), AU01_r ... AU45_r.

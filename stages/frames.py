@@ -31,7 +31,7 @@ log = get_logger("frames")
 
 @dataclasses.dataclass(frozen=True)
 class FramesParams:
-    fps: float = 5.0  # sampled frames per second (ignored when per_video > 0)
+    fps: float = 5.0  # sampled frames per second (ignored when per_video > 0); params.yaml: 8
     per_video: int = 0  # > 0: this many evenly spaced frames per video instead of a rate
     max_side: int = 640  # resize so that the longer side is at most this (0: keep)
     jpeg_quality: int = 90

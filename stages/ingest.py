@@ -12,8 +12,9 @@ Sources (`ingest.source`; options under `ingest.<source>`):
 (personality/datasets.py holds the real-dataset adapters.) Splits are decided here, by subject, once:
 every later stage keeps them.
 
-Outputs: data/manifest.parquet, data/user_study.parquet, data/synthetic_cues.parquet (synthetic
-only, empty otherwise), data/videos/ (synthetic clips), data/source_aus/ (AU sequences of the
+Outputs: data/manifest.parquet, data/user_study.parquet, data/synthetic_cues.parquet and
+data/synthetic_tracks.parquet (synthetic only: cues per clip, unit strengths per rendered frame;
+empty otherwise), data/videos/ (synthetic clips), data/source_aus/ (AU sequences of the
 sources that have no video, empty otherwise), metrics/ingest.json (counts, bad rows).
 """
 from __future__ import annotations
@@ -119,7 +120,8 @@ def _require_splits(split_of: dict[str, str], required: tuple[str, ...], fix: st
 
 
 def ingest_synthetic(p: SyntheticParams, assign: Callable[[list[str]], dict[str, str]],
-                     seed: int, workers: int, root: Path, required: tuple[str, ...] = SPLITS) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+                     seed: int, workers: int, root: Path, required: tuple[str, ...] = SPLITS
+                     ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     from personality import synthetic as syn
 
     if p.n_videos < 1 or p.n_subjects < 1 or p.n_subjects > p.n_videos:
@@ -176,7 +178,21 @@ def ingest_synthetic(p: SyntheticParams, assign: Callable[[list[str]], dict[str,
     rated = rng.random(p.n_videos) < p.user_study_share
     study = syn.simulate_user_study(cues[rated], [v for v, r in zip(video_ids, rated) if r], rng,
                                     n_raters=p.n_raters, raters_per_video=p.raters_per_video)
-    return manifest, study, cue_table
+    return manifest, study, cue_table, synthetic_tracks(video_ids, rendered, p.fps)
+
+
+def synthetic_tracks(video_ids: list[str], rendered: list[dict], fps: float) -> pd.DataFrame:
+    """Per rendered frame: video_id, frame_idx, t and each unit's strength (`unit_<name>`),
+    the ground truth a front-end measurement can be checked against frame by frame."""
+    from personality.synthetic import UNITS
+
+    parts = []
+    for vid, r in zip(video_ids, rendered):
+        n = len(r["tracks"])
+        parts.append(pd.DataFrame({"video_id": vid, "frame_idx": np.arange(n, dtype=np.int64),
+                                   "t": np.arange(n) / fps,
+                                   **{f"unit_{u}": r["tracks"][:, k] for k, u in enumerate(UNITS)}}))
+    return pd.concat(parts, ignore_index=True) if parts else _empty("synthetic_tracks")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -342,16 +358,18 @@ class Ingested:
     cue_table: pd.DataFrame
     source_aus: pd.DataFrame
     problems: list[str]
+    tracks: pd.DataFrame | None = None  # synthetic only: per-frame rendered unit strengths
 
 
 def read_source(params: IngestParams, base: BaseParams, root: Path) -> Ingested:
     """Run the adapter of `params.source`; rows of every source get the same split rule."""
     assign = subject_splitter(params, base.seed)
-    empty = {name: _empty(name) for name in ("user_study", "synthetic_cues", "source_aus")}
+    empty = {name: _empty(name) for name in ("user_study", "synthetic_cues", "source_aus",
+                                             "synthetic_tracks")}
     if params.source == "synthetic":
-        manifest, study, cues = ingest_synthetic(params.synthetic, assign, base.seed,
-                                                 base.workers, root, tuple(params.required_splits))
-        return Ingested(manifest, study, cues, empty["source_aus"], [])
+        manifest, study, cues, tracks = ingest_synthetic(
+            params.synthetic, assign, base.seed, base.workers, root, tuple(params.required_splits))
+        return Ingested(manifest, study, cues, empty["source_aus"], [], tracks)
     if params.source == "folder":
         manifest, problems = ingest_folder(params.folder, assign, root)
         return Ingested(manifest, empty["user_study"], empty["synthetic_cues"],
@@ -425,6 +443,9 @@ def run(params: IngestParams, base: BaseParams, root: Path | None = None) -> dic
     write_artifact("user_study", study, path=root / schemas.ARTIFACTS["user_study"].path)
     write_artifact("synthetic_cues", got.cue_table,
                    path=root / schemas.ARTIFACTS["synthetic_cues"].path)
+    write_artifact("synthetic_tracks", got.tracks if got.tracks is not None
+                   else _empty("synthetic_tracks"),
+                   path=root / schemas.ARTIFACTS["synthetic_tracks"].path)
     write_artifact("source_aus", got.source_aus,
                    path=root / schemas.ARTIFACTS["source_aus"].path)
     summary = {
