@@ -167,12 +167,19 @@ def group_folds(groups: Sequence, k: int) -> list[np.ndarray]:
     from sklearn.model_selection import GroupKFold
 
     groups = np.asarray(groups)
+    if len(groups) < 2:
+        return []  # nothing to cross-validate: the first candidate, no rescaling
+    if len(np.unique(groups)) < 2:  # one subject (tiny test data): rows stand in for subjects
+        log.warning("grouped CV: one subject in the train split; folds over clips instead")
+        groups = np.arange(len(groups))
     k = max(2, min(k, len(np.unique(groups))))
     return [test for _, test in GroupKFold(n_splits=k).split(groups, groups=groups)]
 
 
 def stretch(y: np.ndarray, oof: np.ndarray) -> np.ndarray:
-    """(k,) factors sd(y) / sd(out-of-fold predictions), clipped to [1, 3]."""
+    """(k,) factors sd(y) / sd(out-of-fold predictions), clipped to [1, 3] (1 without any)."""
+    if not oof.any():
+        return np.ones(y.shape[1])
     return np.clip(y.std(0) / np.maximum(oof.std(0), 1e-12), 1.0, 3.0)
 
 
@@ -215,10 +222,16 @@ class RidgeConfig:
     alphas: tuple[float, ...] = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
     folds: int = 5  # grouped CV folds over the train split's subjects
     rescale: bool = True  # CCC rescaling (module docstring)
+    # candidate column sets, as prefixes to leave out: the grouped CV picks one (for all traits).
+    # The second drops the 515 spectral functionals (log-mel band and MFCC statistics).
+    drop_options: tuple[tuple[str, ...], ...] = ((), ("fn_logmel_", "fn_mfcc_"))
     chosen_alpha: tuple[float, ...] = ()  # per trait, set by the fit (for the record)
+    chosen_drop: tuple[str, ...] = ()  # set by the fit
 
     def __post_init__(self) -> None:
         self.alphas, self.chosen_alpha = tuple(self.alphas), tuple(self.chosen_alpha)
+        self.drop_options = tuple(tuple(d) for d in self.drop_options) or ((),)
+        self.chosen_drop = tuple(self.chosen_drop)
         if self.head not in ("regression", "regression_z") or not self.alphas or self.folds < 2:
             raise ValueError("functionals_ridge: head regression|regression_z, alphas, folds >= 2")
 
@@ -257,15 +270,30 @@ class FunctionalsRidge(_Closed):
         x = batch["functionals"].to(torch.float64)  # (B, F)
         return x @ self.weight + self.bias  # (B, 5)
 
-    def fit(self, x: np.ndarray, y: np.ndarray, groups: Sequence) -> dict:
-        """Alpha per trait by grouped CV, then the ridge on every train row; returns the CV facts."""
+    def fit(self, x: np.ndarray, y: np.ndarray, groups: Sequence,
+            columns: Sequence[str] | None = None) -> dict:
+        """Column set and alpha per trait by grouped CV, then the ridge on every train row (left
+        out columns get weight 0); returns the CV facts."""
         cfg = self.config
-        alphas, table, oof = ridge_cv(x, y, groups, cfg.alphas, cfg.folds)
+        columns = list(columns) if columns is not None else [""] * x.shape[1]
+        best = None
+        for drop in cfg.drop_options:
+            keep = np.array([not (d and c.startswith(d)) for c in columns for d in [
+                next((p for p in drop if c.startswith(p)), "")]], bool)
+            if not keep.any():
+                continue
+            alphas, table, oof = ridge_cv(x[:, keep], y, groups, cfg.alphas, cfg.folds)
+            s = stretch(y, oof) if cfg.rescale else np.ones(y.shape[1])
+            score = float(ccc_columns(y, oof.mean(0) + (oof - oof.mean(0)) * s).mean())
+            if best is None or score > best[0] + 1e-12:
+                best = (score, drop, keep, alphas, table, oof, s)
+        _, drop, keep, alphas, table, oof, s = best
         w = np.zeros((x.shape[1], y.shape[1]))
         b = np.zeros(y.shape[1])
         for k, a in enumerate(alphas):
-            w[:, k:k + 1], b[k:k + 1] = ridge_solve(x, y[:, k:k + 1], a)
-        s = stretch(y, oof) if cfg.rescale else np.ones(y.shape[1])
+            wk, b[k:k + 1] = ridge_solve(x[:, keep], y[:, k:k + 1], a)
+            w[keep, k] = wk[:, 0]
+        cfg.chosen_drop = tuple(drop)
         centre = (x @ w + b).mean(0)  # = the train mean of y
         cfg.n_features = x.shape[1]
         self.weight = torch.zeros(x.shape[1], N_TRAITS, dtype=torch.float64)  # the fitted shape
@@ -274,7 +302,8 @@ class FunctionalsRidge(_Closed):
         cfg.chosen_alpha = tuple(float(a) for a in alphas)
         oof_s = oof.mean(0) + (oof - oof.mean(0)) * s
         return {"cv_ccc": float(ccc_columns(y, oof_s).mean()), "alpha": alphas.tolist(),
-                "stretch": s.tolist(), "cv_table": table.tolist()}
+                "left_out": list(drop), "stretch": s.round(3).tolist(),
+                "cv_table": table.tolist()}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -285,9 +314,9 @@ class FunctionalsRidge(_Closed):
 class TreesConfig:
     n_features: int = 0  # set by the fit
     head: HeadKind = "regression"
-    max_trees: int = 200  # boosting stages tried; the CV picks how many to keep per trait
+    max_trees: int = 150  # boosting stages tried; the CV picks how many to keep per trait
     depth: int = 3  # max depth of each tree
-    learning_rate: float = 0.05
+    learning_rate: float = 0.1
     subsample: float = 0.8  # stochastic gradient boosting: share of rows per tree
     max_features: float = 0.3  # share of features tried per split
     min_samples_leaf: int = 5
@@ -445,7 +474,9 @@ def fit_closed_form(model: _Closed, sources: Sequence[InputSource], *, train_ids
     labelled = ~np.isnan(y).any(axis=1)
     x = _matrix(sources, [v for v, ok in zip(train_ids, labelled) if ok])
     g = np.asarray(groups)[labelled]
-    facts = model.fit(x, y[labelled], g)
+    columns = next((s.columns for s in sources if isinstance(s, FunctionalsSource)), None)
+    facts = (model.fit(x, y[labelled], g, columns) if isinstance(model, FunctionalsRidge)
+             else model.fit(x, y[labelled], g))
     model.eval()
     meta = dict(meta or {})
     meta["model_config"] = model_config_of(model)
