@@ -25,6 +25,9 @@ with a smaller spread than the labels', which CCC penalises even at the same cor
 trait's deviations from the train mean are stretched by sd(labels) / sd(out-of-fold predictions),
 a factor measured in the same cross-validation (clipped to [1, 3]); it changes no correlation.
 The factors are folded into the stored weights (ridge) or leaf values (trees).
+
+One file because the source, both models and the closed-form fit share the grouped-CV and
+rescaling helpers and the `_Closed` protocol that the train stage dispatches on.
 """
 from __future__ import annotations
 
