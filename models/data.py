@@ -50,7 +50,7 @@ __all__ = ["InputSource", "SourceError", "check_inference_parity", "register_sou
            "AUSource", "AUSourceConfig", "au_windows"]
 
 # Modules whose import registers sources. models.data_av is optional (skipped when absent).
-_SOURCE_MODULES = ("models.data", "models.data_av")
+_SOURCE_MODULES = ("models.data", "models.data_av", "models.classical")
 _OPTIONAL_MODULES = ("models.data_av",)
 
 Builder = Callable[..., "InputSource"]

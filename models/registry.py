@@ -49,10 +49,13 @@ SAMPLE_KEYS = {
     "logmel": "(B, n_mels, T) float: log-mel spectrogram, standardised per band (train split)",
     "wave": "(B, S) float: 16 kHz mono wave in [-1, 1]",
     "audio_fn": "(B, F) float: per-video audio functionals (fn_*), standardised (train split)",
+    "functionals": "(B, F) float: per-video AU / head / blink / audio functionals "
+                   "(data/functionals), standardised (train split)",
 }
 
 # Modules whose import registers models. Add yours here.
-_BUILTIN_MODULES = ("models.perfex", "models.visual", "models.audio", "models.audiovisual")
+_BUILTIN_MODULES = ("models.perfex", "models.visual", "models.audio", "models.audiovisual",
+                    "models.classical")
 
 
 @dataclasses.dataclass(frozen=True)

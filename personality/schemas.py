@@ -170,3 +170,14 @@ ARTIFACTS["predictions"] = ArtifactSpec(
     "data/predictions",
     {"video_id": "str", "split": "str", **{t: "float" for t in TRAITS}, "model": "str"},
     sharded=True, doc="one row per (model, video with inputs): predicted traits in [0, 1]")
+
+# Per-video behavioural features (stages/functionals.py has the table of every column): AU, head
+# pose, blink and audio functionals, NaN where the video lacks the modality.
+ARTIFACTS["functionals"] = ArtifactSpec(
+    "data/functionals/functionals.parquet",
+    {"video_id": "str", "AU12_r_mean": "float", "AU12_c_share": "float",
+     "AU12_onsets_per_s": "float", "head_speed_mean": "float", "blink_rate": "float",
+     "face_share": "float"},
+    doc="ONE ROW PER VIDEO: AUxx_r_mean/_sd/_p50/_p90, AUxx_c_share, AUxx_onsets_per_s, "
+        "head_<yaw|pitch|roll>_sd, head_speed_mean/_p90, blink_rate, face_share, the audio "
+        "stage's fn_* columns and f0_semitone_mean/_sd")

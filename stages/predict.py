@@ -146,7 +146,7 @@ def missing_inputs(needs: set[str], facts: dict) -> str:
 def run_front_end(video: Path, work: Path) -> dict:
     """frames / faces / aus and audio on one video under `work`, with the pipeline's own stage
     functions and params. Returns what the clip offers: face share, audio, voiced share."""
-    from stages import audio, aus, faces, frames
+    from stages import audio, aus, faces, frames, functionals
     from stages.ingest import probe_video, write_manifest
 
     facts = probe_video(video)  # raises, naming the file, when it cannot be decoded
@@ -176,6 +176,9 @@ def run_front_end(video: Path, work: Path) -> dict:
         out["voiced_share"] = float(voiced) if voiced is not None and np.isfinite(voiced) else 0.0
         if facts.get("duration_s", 0) > audio_params.max_feature_seconds:
             out["audio_cut_at_s"] = float(audio_params.max_feature_seconds)
+    fp = load_params("functionals", functionals.FunctionalsParams)
+    functionals.run(dataclasses.replace(fp, audio=fp.audio and facts["has_audio"]), base,
+                    root=work)
     out["warnings"] = clip_warnings(out)
     return out
 

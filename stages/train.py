@@ -242,6 +242,19 @@ def _fit(name: str, p: TrainParams, cfg: TrainConfig, root: Path, meta: dict, ov
                                   f"{name}; put {{model}} in the path")
     meta["model_config"] = engine.model_config_of(model) or overrides
     train_df, val_df = data["split"]["train"], data["split"]["val"]
+    if getattr(model, "closed_form", False):  # models/classical.py: fitted, not trained
+        from models.classical import fit_closed_form
+
+        result = fit_closed_form(model, data["sources"], train_ids=train_df["video_id"].tolist(),
+                                 train_targets=_targets(train_df),
+                                 groups=train_df["subject_id"].tolist(),
+                                 val_ids=val_df["video_id"].tolist(), val_targets=_targets(val_df),
+                                 config=cfg, out_dir=root / "data" / "models" / name, meta=meta,
+                                 tracker=tracker, desc=f"train:{name}")
+        meta["model_config"] = result["model_config"]
+        fit_info = {k: result[k] for k in ("best_epoch", "epochs_run", "stopped_early",
+                                           "best_metric")}
+        return model, result["history"], fit_info
     result = engine.fit(model, data["sources"], train_ids=train_df["video_id"].tolist(),
                         train_targets=_targets(train_df), val_ids=val_df["video_id"].tolist(),
                         val_targets=_targets(val_df), config=cfg,

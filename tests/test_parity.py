@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from models.data import InputSource, SourceError
-from stages import audio, augment, aus, faces, frames, predict, retrain, train
+from stages import (audio, augment, aus, faces, frames, functionals, predict, retrain,
+                    train)
 from personality.common import BaseParams, load_params
 from personality.schemas import TRAITS
 
@@ -50,6 +51,7 @@ def pipeline_root(tiny_dataset, tmp_path_factory):
     aus.run(load_params("aus", aus.AusParams), base, root=root)
     audio.run(load_params("audio", audio.AudioParams), base, root=root)
     augment.run(load_params("augment", augment.AugmentParams), base, root=root)
+    functionals.run(load_params("functionals", functionals.FunctionalsParams), base, root=root)
     train.run(quick_train_params(), base, root=root)
     rp = dataclasses.replace(load_params("retrain", retrain.RetrainParams), epochs=1,
                              mlflow=False)

@@ -1,0 +1,117 @@
+"""The functionals stage's pure functions, the functionals source (fitted state, parity) and the
+closed-form classical models (ridge against scikit-learn, exported trees against scikit-learn's
+own predictions, a checkpoint round trip)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from models import classical
+from models.data import build_sources, check_inference_parity, for_inference
+from stages import functionals as fx
+
+
+def test_onsets_count_rising_edges():
+    active = np.array([[0, 1], [1, 1], [1, 0], [0, 0], [1, 1]], bool)  # (T=5, K=2)
+    assert fx.onsets(active).tolist() == [2, 2]
+
+
+def test_au_functionals_by_hand():
+    x = np.zeros((10, 17))
+    x[[2, 3, 7], 8] = 2.0  # AU12 active in two episodes
+    out = fx.au_functionals(x, 2.0, active_threshold=1.0)
+    assert out["AU12_r_mean"] == pytest.approx(0.6)
+    assert out["AU12_c_share"] == pytest.approx(0.3)
+    assert out["AU12_onsets_per_s"] == pytest.approx(1.0)  # 2 onsets in 2 s
+    assert out["AU01_r_sd"] == 0.0
+    assert all(np.isnan(v) for v in fx.au_functionals(np.zeros((0, 17)), 0.0,
+                                                       active_threshold=1.0).values())
+
+
+def test_head_functionals_speed():
+    t = np.array([0.0, 0.2, 0.4])
+    angles = np.array([[0.0, 0, 0], [3.0, 4, 0], [3.0, 4, 0]])  # 5 degrees in 0.2 s, then still
+    out = fx.head_functionals(angles, t)
+    assert out["head_speed_mean"] == pytest.approx((25.0 + 0.0) / 2)
+    assert out["head_yaw_sd"] == pytest.approx(np.std([0, 3, 3]))
+
+
+def test_semitones_of_an_octave():
+    out = fx.semitones(np.array([110.0, 220.0, np.nan, 0.0]))
+    assert out["f0_semitone_mean"] == pytest.approx(30.0)  # 24 and 36 semitones re 27.5 Hz
+    assert out["f0_semitone_sd"] == pytest.approx(6.0)
+
+
+@pytest.fixture
+def table_root(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 40
+    ids = [f"v{i:02d}" for i in range(n)]
+    x = rng.normal(size=(n, 6)) * [1, 2, 3, 1, 1, 0.5] + [0, 1, 2, 3, 4, 5]
+    x[3, 2] = np.nan  # a missing value: the train mean
+    y = np.clip(0.5 + 0.1 * x[:, :5] @ rng.normal(size=(5, 5)) / 3, 0, 1)
+    df = pd.DataFrame(x, columns=[f"c{k}" for k in range(6)]).assign(video_id=ids)
+    (tmp_path / "data" / "functionals").mkdir(parents=True)
+    df.to_parquet(tmp_path / "data" / "functionals" / "functionals.parquet")
+    split = ["train"] * 30 + ["val"] * 5 + ["test"] * 5
+    pd.DataFrame({"video_id": ids, "split": split}).to_parquet(tmp_path / "data" / "manifest.parquet")
+    return tmp_path, ids, np.nan_to_num(y, nan=0.5), [f"s{i // 2}" for i in range(n)]
+
+
+def test_source_standardises_with_train_statistics_and_keeps_them(table_root):
+    root, ids, _, _ = table_root
+    src, = build_sources(["functionals"], root=root, video_ids=ids, config={})
+    train = np.stack([src.eval_items(v)["functionals"][0].numpy() for v in ids[:30]])
+    assert np.allclose(train.mean(0), 0, atol=1e-5)
+    assert src.eval_items("v03")["functionals"][0, 2] == 0  # NaN -> the train mean
+    config = for_inference({}, [src])
+    check_inference_parity([src], config, root=root, video_ids=ids[30:])  # raises on a difference
+
+
+def test_ridge_matches_sklearn():
+    from sklearn.linear_model import Ridge
+
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(20, 30)), rng.normal(size=(20, 5))
+    w, b = classical.ridge_solve(x, y, 3.0)
+    ref = Ridge(alpha=3.0).fit(x, y)
+    assert np.allclose(w, ref.coef_.T) and np.allclose(b, ref.intercept_)
+
+
+def test_exported_trees_predict_like_sklearn():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(60, 8)).astype(np.float32)
+    y = np.sin(x[:, 0]) + 0.5 * x[:, 1]
+    cfg = classical.TreesConfig(max_trees=20, depth=3)
+    gbr = classical._boost(x, y, cfg)
+    arrays = classical.export_trees(gbr)
+    cfg.n_trees, cfg.n_nodes = arrays["value"].shape
+    model = classical.FunctionalsTrees(cfg)
+    for name in model._ARRAYS:
+        getattr(model, name)[0] = torch.from_numpy(arrays[name])
+    model.init[0] = float(gbr.init_.constant_.ravel()[0])
+    got = model({"functionals": torch.from_numpy(x)})[:, 0].numpy()
+    assert np.allclose(got, gbr.predict(x), atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["functionals_ridge", "functionals_gbt"])
+def test_closed_form_fit_checkpoint_round_trip(table_root, tmp_path, name):
+    from models.engine import load_checkpoint, predict_videos
+    from models.registry import build_model
+
+    root, ids, y, subjects = table_root
+    src, = build_sources(["functionals"], root=root, video_ids=ids, config={})
+    model = build_model(name, **({"max_trees": 10} if name == "functionals_gbt" else {}))
+    result = classical.fit_closed_form(
+        model, [src], train_ids=ids[:30], train_targets=y[:30], groups=subjects[:30],
+        val_ids=ids[30:35], val_targets=y[30:35], out_dir=tmp_path / "m",
+        meta={"model_name": name, "inputs": ["functionals"],
+              "source_config": for_inference({}, [src])})
+    assert result["history"][0]["val_ccc"] > 0.3  # a linear signal in 5 of 6 columns
+    loaded, ckpt = load_checkpoint(tmp_path / "m" / "best.pt")
+    rebuilt = build_sources(["functionals"], root=root, video_ids=ids[35:],
+                            config=for_inference(ckpt["source_config"]))
+    want = predict_videos(model, [src], ids[35:])
+    assert np.allclose(predict_videos(loaded, rebuilt, ids[35:]), want, atol=1e-9)
