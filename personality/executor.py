@@ -190,15 +190,29 @@ def map_jobs(fn: Callable[[Any], Any], jobs: Iterable[Any], *, workers: int,
     where = where or placement(workers)
     token = uuid.uuid4().hex
     if where.kind == "inline" or (where.kind == "pool" and len(jobs) <= 1):
-        _ensure_setup(token, setup, setup_args, inline=True)
-        for job in jobs:
-            yield _noted(fn, job, label)
+        # BLAS pools at one thread for the map, as in a worker (a matrix product summed in another
+        # order changes float bytes), restored after it: torch may share this process
+        with _loaded_pools_limited():
+            _ensure_setup(token, setup, setup_args, inline=True)
+            for job in jobs:
+                yield _noted(fn, job, label)
         return
     if where.kind == "pool":
         yield from _map_pool(fn, jobs, min(where.workers, len(jobs)), label, token, setup,
                              setup_args)
     else:
         yield from _map_dask(fn, jobs, where, label, token, setup, setup_args)
+
+
+@contextlib.contextmanager
+def _loaded_pools_limited() -> Iterator[None]:
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(1):
+        yield
 
 
 def _noted(fn: Callable, job: Any, label: Callable[[Any], str]) -> Any:
