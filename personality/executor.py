@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import importlib
 import multiprocessing as mp
 import os
 import re
@@ -189,6 +190,7 @@ def map_jobs(fn: Callable[[Any], Any], jobs: Iterable[Any], *, workers: int,
     jobs = list(jobs)
     where = where or placement(workers)
     token = uuid.uuid4().hex
+    fn, setup = _importable(fn), _importable(setup)
     if where.kind == "inline" or (where.kind == "pool" and len(jobs) <= 1):
         # BLAS pools at one thread for the map, as in a worker (a matrix product summed in another
         # order changes float bytes), restored after it: torch may share this process
@@ -213,6 +215,18 @@ def _loaded_pools_limited() -> Iterator[None]:
         return
     with threadpool_limits(1):
         yield
+
+
+def _importable(fn: Callable | None) -> Callable | None:
+    """The same function from its importable module when it lives in `__main__` (a stage run as
+    `python -m stages.audio`): Dask pickles `__main__` functions by value, each with a private
+    copy of its globals, so the worker state that `setup` sets would be invisible to `fn`."""
+    if fn is None or getattr(fn, "__module__", None) != "__main__":
+        return fn
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    if spec is None or not spec.name:
+        return fn
+    return getattr(importlib.import_module(spec.name), fn.__qualname__, fn)
 
 
 def _noted(fn: Callable, job: Any, label: Callable[[Any], str]) -> Any:

@@ -131,3 +131,40 @@ def test_a_stale_temp_of_a_dead_writer_is_swept_a_live_one_kept(tmp_path):
         (tmp / "part-00000.parquet").write_bytes(b"x")
     assert not stale.exists() and live.exists() and foreign.exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".frames")) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# a stage runs as `python -m stages.X`: its functions live in __main__
+
+MODULE = """
+from personality.executor import map_jobs
+
+_STATE = None
+
+
+def setup(value):
+    global _STATE
+    _STATE = value
+
+
+def work(x):
+    assert _STATE is not None, "worker not initialised"
+    return x + _STATE
+
+
+if __name__ == "__main__":
+    print(list(map_jobs(work, range(4), workers=2, setup=setup, setup_args=(10,))))
+"""
+
+
+@pytest.mark.parametrize("cluster", ["", "local:2"], ids=["pool", "dask"])
+def test_worker_state_reaches_jobs_of_a_module_run_with_dash_m(tmp_path, cluster):
+    (tmp_path / "stagepkg").mkdir()
+    (tmp_path / "stagepkg" / "__init__.py").write_text("")
+    (tmp_path / "stagepkg" / "job.py").write_text(MODULE)
+    env = {**os.environ, "PERSONALITY_CLUSTER": cluster,
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    out = subprocess.run([sys.executable, "-m", "stagepkg.job"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[10, 11, 12, 13]"
