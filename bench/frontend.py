@@ -2,6 +2,9 @@
 
     python bench/frontend.py                      # writes bench/results/frontend.json, prints a table
     python bench/frontend.py --baseline-frames 60 # time dlib on more frames before extrapolating
+    python bench/frontend.py --scaling 40         # clips/min of the front-end stages with 1 and 2
+                                                  # local workers and a 2-worker Dask LocalCluster
+                                                  # (bench/results/frontend_scaling.json)
 
 The clip is ChaLearn-like and made here: 15 s, 30 fps, 1280x720, H.264 + AAC, one talking face
 (the synthetic generator's renderer at 720p; cached in bench/results/). Everything runs in this one
@@ -232,15 +235,68 @@ def table(result: dict) -> str:
     return "\n".join(rows)
 
 
+def bench_scaling(clip: Path, n_clips: int, fps: float) -> dict:
+    """The frames, faces and aus stages (their `run`, as DVC runs them) on `n_clips` copies of the
+    clip, with 1 worker (in-process), 2 local workers and a 2-worker Dask LocalCluster. Wall time
+    includes worker start-up and model loads: what a stage costs, not only the per-video work."""
+    import pandas as pd
+
+    from personality.common import BaseParams
+    from stages import aus, faces, frames
+
+    rows = []
+    with tempfile.TemporaryDirectory(dir=RESULTS) as tmp:
+        root = Path(tmp)
+        (root / "data").mkdir()
+        pd.DataFrame({"video_id": [f"c{i:03d}" for i in range(n_clips)],
+                      "path": [str(clip)] * n_clips, "dataset": "bench",
+                      "duration_s": CLIP_SECONDS, "fps": CLIP_FPS, "has_audio": True}
+                     ).to_parquet(root / "data" / "clips.parquet")
+        for name, workers, cluster in (("local, 1 worker", 1, ""), ("local, 2 workers", 2, ""),
+                                       ("Dask LocalCluster, 2 workers", 1, "local:2")):
+            os.environ["PERSONALITY_CLUSTER"] = cluster
+            base = BaseParams(workers=workers)
+            t0 = time.perf_counter()
+            frames.run(frames.FramesParams(fps=fps), base, root=root)
+            faces.run(faces.FacesParams(), base, root=root)
+            aus.run(aus.AusParams(), base, root=root)
+            wall = time.perf_counter() - t0
+            rows.append({"setting": name, "wall_s": round(wall, 1),
+                         "clips_per_minute": round(60 * n_clips / wall, 1)})
+        os.environ.pop("PERSONALITY_CLUSTER", None)
+    for row in rows:
+        row["x_one_worker"] = round(row["clips_per_minute"] / rows[0]["clips_per_minute"], 2)
+    return {"n_clips": n_clips, "clip_seconds": CLIP_SECONDS, "fps": fps, "rows": rows,
+            "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
+            "cpu_count": os.cpu_count()}
+
+
+def scaling_table(result: dict) -> str:
+    lines = ["| executor | wall s | clips / min | x 1 worker |", "|---|---:|---:|---:|"]
+    lines += [f"| {r['setting']} | {r['wall_s']} | {r['clips_per_minute']} | {r['x_one_worker']} |"
+              for r in result["rows"]]
+    lines.append(f"\n{result['n_clips']} clips of {result['clip_seconds']:.0f} s 720p, frames.fps "
+                 f"{result['fps']}; load average after: {result['load_average_1_5_15']}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fps", type=float, default=8.0, help="frames.fps for our front-end")
     ap.add_argument("--baseline-frames", type=int, default=30,
                     help="frames the baseline's detector is timed on, then extrapolated")
     ap.add_argument("--out", default=str(RESULTS / "frontend.json"))
+    ap.add_argument("--scaling", type=int, default=0, metavar="N_CLIPS",
+                    help="instead: the scaling table on N copies of the clip")
     args = ap.parse_args(argv)
 
     clip = make_clip(RESULTS / "chalearn_like_720p.mp4")
+    if args.scaling:
+        result = bench_scaling(clip, args.scaling, args.fps)
+        out = RESULTS / "frontend_scaling.json"
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(scaling_table(result) + f"\n\nwritten: {out}")
+        return
     ours = bench_ours(clip, args.fps)
     baseline = bench_baseline(clip, args.baseline_frames)
     result = {

@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -344,7 +345,33 @@ def _empty_dtype(kind: str) -> str:
 
 
 def _tmp_sibling(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    # the writer's pid in the name: a later writer in the same folder can tell a stale one
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def sweep_stale_temps(path: Path) -> None:
+    """Remove what killed writers left beside `path`: every temp of this artifact (one writer per
+    artifact at a time), and any other temp in the folder whose writer's pid is gone. The second
+    half matters when DVC restores the killed stage from its run cache and never runs it again:
+    the next stage that writes in data/ clears its `.audio.tmp-*`."""
+    for stale in path.parent.glob(".*.tmp-*"):
+        match = re.fullmatch(r"\.(.+)\.tmp-(?:(\d+)-)?[0-9a-f]{8}", stale.name)
+        if not match:
+            continue
+        mine = match.group(1) == path.name
+        if mine or (match.group(2) and not _pid_alive(int(match.group(2)))):
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else \
+                stale.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -392,8 +419,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     a stage killed half-way, sees the old folder or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed run
-        shutil.rmtree(stale, ignore_errors=True)
+    sweep_stale_temps(path)  # left by a killed run
     tmp = _tmp_sibling(path)
     tmp.mkdir()
     try:

@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import multiprocessing as mp
-import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -38,6 +36,7 @@ import pandas as pd
 
 from personality.ccc import ccc
 from personality.common import atomic_file
+from personality.executor import map_jobs
 from personality.schemas import TRAITS
 
 # --------------------------------------------------------------------------------------------------
@@ -624,25 +623,14 @@ def render_clip(job: dict) -> dict:
 
 
 def render_all(jobs: list[dict], rigs: list[FaceRig], workers: int, progress_bar=None) -> list[dict]:
-    """Render every clip, in `workers` processes; results in job order."""
-    if workers <= 1:
-        _init_worker(rigs)
-        results = []
-        for job in jobs:
-            results.append(render_clip(job))
-            if progress_bar is not None:
-                progress_bar.update(1)
-        return results
-    ctx = mp.get_context("spawn")  # mediapipe and torch threads make fork unsafe
-    # one clip per process: BLAS / OpenMP threads would only fight over the cores
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, "1")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(rigs,)) as pool:
-        results = []
-        for res in pool.imap(render_clip, jobs, chunksize=1):
-            results.append(res)
-            if progress_bar is not None:
-                progress_bar.update(1)
+    """Render every clip on personality/executor.py's executor (`workers` local processes, or the
+    Dask cluster PERSONALITY_CLUSTER names); results in job order. The rigs travel once per worker."""
+    results = []
+    for res in map_jobs(render_clip, jobs, workers=workers, label=lambda job: job["video_id"],
+                        setup=_init_worker, setup_args=(rigs,)):
+        results.append(res)
+        if progress_bar is not None:
+            progress_bar.update(1)
     return results
 
 

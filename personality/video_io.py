@@ -8,17 +8,15 @@ Nothing here runs on its own; `python -m pytest tests/test_frames.py` exercises 
 - `VideoShardWriter`: an `ArtifactWriter` that stores each video as its own Parquet row group, so a
   later stage reads exactly one video (`index_videos` + `read_video`) and memory stays bounded by
   one video, never a whole shard or dataset.
-- `worker_init` / `map_videos`: a spawn-context process pool, one thread per worker, results in
-  job order (so outputs do not depend on timing).
+Per-video work runs through personality/executor.py (`map_jobs`), not here.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-import multiprocessing as mp
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -28,8 +26,7 @@ import pyarrow.parquet as pq
 from personality.common import ArtifactWriter, StageInputError, check_schema
 
 __all__ = ["VideoInfo", "probe", "mux_mono_audio", "iter_frames", "target_size", "sample_indices",
-           "VideoShardWriter", "index_videos", "read_video", "map_videos", "worker_init",
-           "encode_jpeg", "decode_jpeg"]
+           "VideoShardWriter", "index_videos", "read_video", "encode_jpeg", "decode_jpeg"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -411,33 +408,3 @@ def read_video(parts: list[tuple[Path, int]], video_id: str, name: str,
     if columns is None:
         check_schema(df, name, parts[0][0])
     return df
-
-
-# --------------------------------------------------------------------------------------------------
-# workers
-
-
-def worker_init() -> None:
-    """One thread per worker process: several workers already share the cores."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TFLITE_NUM_THREADS"):
-        os.environ[var] = "1"
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)
-    except ImportError:
-        pass
-
-
-def map_videos(fn: Callable[[Any], Any], jobs: Iterable[Any], *, workers: int) -> Iterator[Any]:
-    """`fn(job)` for every job, in `workers` spawn processes (in-process when workers <= 1 or a
-    single job), yielding results in job order so that outputs do not depend on timing."""
-    jobs = list(jobs)
-    if workers <= 1 or len(jobs) <= 1:
-        worker_init()
-        for job in jobs:
-            yield fn(job)
-        return
-    ctx = mp.get_context("spawn")  # mediapipe threads make fork unsafe
-    with ctx.Pool(min(workers, len(jobs)), initializer=worker_init) as pool:
-        yield from pool.imap(fn, jobs, chunksize=1)

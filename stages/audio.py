@@ -48,8 +48,9 @@ too-short tracks (error set, logged by name) get NaN functionals and empty per-w
 (n_frames 0); the stage goes on. Silent and too-short clips keep their wave; the others get an
 all-zero wave (n_samples 0).
 
-Parallel: `base.workers` spawned processes, one thread each; each worker pays librosa's numba JIT
-(or its cache load) once, in `warm_up`, before its first clip. docs/audio.md has the measurements.
+Parallel: personality/executor.py's executor (`base.workers` local processes, one thread each, or
+the Dask cluster PERSONALITY_CLUSTER names: same bytes either way); each worker pays librosa's
+numba JIT (or its cache load) once, in `warm_up`, before its first clip. docs/audio.md has the measurements.
 
 One file because every audio feature of the stage is computed from one decoded wave per video
 in one pass; the sections follow the output columns.
@@ -59,10 +60,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import multiprocessing as mp
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Literal
 
@@ -70,6 +69,7 @@ import numpy as np
 import pandas as pd
 
 from personality import schemas
+from personality.executor import map_jobs
 from personality.common import (ArtifactWriter, BaseParams, ParamsError, StageInputError, get_logger,
                            progress, read_artifact, repo_root, run_stage)
 
@@ -424,8 +424,6 @@ def process_video(video_id: str, path: str | os.PathLike, p: AudioParams,
 # workers
 
 _PARAMS: AudioParams | None = None
-_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                "NUMEXPR_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
 def warm_up(p: AudioParams) -> float:
@@ -440,13 +438,10 @@ def warm_up(p: AudioParams) -> float:
     return time.perf_counter() - t0
 
 
-def _init_worker(p: AudioParams) -> None:
+def _setup(p: AudioParams) -> None:
+    """Once per worker process (personality.executor runs it): the params, then the JIT warm-up."""
     global _PARAMS
     _PARAMS = p
-    with contextlib.suppress(ImportError):
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(1)
     warm_up(p)
 
 
@@ -456,41 +451,24 @@ def _work(job: tuple[str, str]) -> dict:
 
 
 @contextlib.contextmanager
-def _single_threaded_children(root: Path):
-    """Environment that spawned workers inherit: one BLAS/OpenMP/numba thread each (one video per
-    process: more threads would only fight over the cores) and a persistent numba cache."""
-    saved = {k: os.environ.get(k) for k in (*_THREAD_VARS, "NUMBA_CACHE_DIR")}
-    os.environ.update({k: "1" for k in _THREAD_VARS})
+def _numba_cache_for_children(root: Path):
+    """A persistent numba cache for the local workers (they inherit this environment when they
+    start): the JIT is paid once per machine, not once per run."""
+    saved = os.environ.get("NUMBA_CACHE_DIR")
     os.environ.setdefault("NUMBA_CACHE_DIR", str(root / ".numba_cache"))
     try:
         yield
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        if saved is None:
+            os.environ.pop("NUMBA_CACHE_DIR", None)
 
 
 def iter_rows(jobs: list[tuple[str, str]], p: AudioParams, workers: int, root: Path):
-    """Yield one row per job, in job order, from `workers` spawned processes (or this one)."""
-    if workers <= 1 or len(jobs) <= 1:
-        global _PARAMS
-        _PARAMS = p
-        warm_up(p)  # in this process: its thread pools are left as they are
-        for job in jobs:
-            yield _work(job)
-        return
-    # spawn: fork is unsafe beside numba / BLAS threads. An executor, not mp.Pool: a worker that
-    # dies (FFmpeg crashing on a hostile file) fails the stage with BrokenProcessPool, not a hang.
-    executor = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(p,))
-    try:
-        with _single_threaded_children(root):  # workers start during the submissions in map()
-            rows = executor.map(_work, jobs)  # in job order
-        yield from rows
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
+    """Yield one row per job, in job order, from the executor (personality.executor.map_jobs).
+    A worker that dies (FFmpeg crashing on a hostile file) fails the stage naming the video."""
+    with _numba_cache_for_children(root):
+        yield from map_jobs(_work, jobs, workers=workers, label=lambda job: job[0],
+                            setup=_setup, setup_args=(p,))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -11,8 +11,12 @@ face's size plus `faces.margin` on each side, resized to `faces.size`, stored as
 
 Every frame of data/frames gets a row; frames with no face have `face_found = false`, NaN
 measurements, null landmarks and crop. The model bundle is found offline and hash-checked
-(personality/facemodel.py; `faces.model_path` may be a file or the official URL). Videos run in
-`base.workers` spawn processes, one thread each; memory holds one video's frames at a time.
+(personality/facemodel.py; `faces.model_path` may be a file or the official URL). Videos run on
+personality/executor.py's executor (`base.workers` local processes, one thread each, or the Dask
+cluster PERSONALITY_CLUSTER names); memory holds one video's frames at a time. Each worker loads
+MediaPipe and hash-checks the bundle once (`warm_up`, ~1.7 s); the landmarker graph itself is
+built per video (~0.1 s), because VIDEO mode tracks from frame to frame: a landmarker carried over
+from the previous video would make a video's rows depend on which worker ran it before.
 """
 from __future__ import annotations
 
@@ -28,8 +32,8 @@ import pandas as pd
 from personality import schemas
 from personality.common import (BaseParams, StageInputError, atomic_write_json, get_logger, progress, repo_root, run_stage)
 from personality.facemodel import BLENDSHAPES, head_pose_deg
-from personality.video_io import (VideoShardWriter, decode_jpeg, encode_jpeg, index_videos,
-                             map_videos, read_video)
+from personality.executor import map_jobs
+from personality.video_io import VideoShardWriter, decode_jpeg, encode_jpeg, index_videos, read_video
 
 log = get_logger("faces")
 
@@ -201,6 +205,17 @@ def faces_of_video(frames: pd.DataFrame, *, params: FacesParams) -> pd.DataFrame
     return df
 
 
+def warm_up(params: FacesParams) -> None:
+    """Once per worker process: import MediaPipe, hash-check the bundle and build the landmarker
+    and detector once, so that the first video does not pay for it."""
+    from personality.facemodel import open_detector, open_landmarker
+
+    model = params.model_path or None
+    with open_landmarker(mode="video", num_faces=params.num_faces, model_path=model), \
+            open_detector(model_path=model):
+        pass
+
+
 def _job(job: dict) -> dict:
     """Worker entry: reads its own video's rows (nothing large crosses the pipe), never raises."""
     t0 = time.perf_counter()
@@ -232,7 +247,8 @@ def run(params: FacesParams, base: BaseParams, root: Path | None = None) -> dict
     with VideoShardWriter("faces", path=root / schemas.ARTIFACTS["faces"].path,
                           rows_per_shard=params.rows_per_shard) as out, \
             progress(total=len(jobs), desc="faces", unit="video") as bar:
-        for res in map_videos(_job, jobs, workers=base.workers):
+        for res in map_jobs(_job, jobs, workers=base.workers, label=lambda j: j["video_id"],
+                            setup=warm_up, setup_args=(params,)):
             bar.update(1)
             seconds += res["seconds"]
             if res["error"]:

@@ -6,7 +6,8 @@ Decoding is PyAV (whatever FFmpeg reads: H.264, HEVC, VP9, MJPEG, ...); times co
 frame's pts, so variable frame rate is handled; rotation metadata (display matrix) is applied.
 Sampling: `frames.fps` (first frame at or after each 1/fps tick) or `frames.per_video` (that many
 evenly spaced frames, DeepPersonality's uniform sampling). Streaming: one video's sampled frames
-at most are in memory; videos run in `base.workers` spawn processes, one thread each.
+at most are in memory; videos run on personality/executor.py's executor (`base.workers` local
+processes, one thread each, or the Dask cluster PERSONALITY_CLUSTER names: same bytes either way).
 
 Output data/frames/ (Parquet shards, one row group per video):
     video_id str, frame_idx int (0-based, presentation order), t float (s), width int,
@@ -24,7 +25,8 @@ import pandas as pd
 
 from personality import schemas
 from personality.common import (BaseParams, StageInputError, atomic_write_json, get_logger, progress, read_artifact, repo_root, run_stage)
-from personality.video_io import VideoShardWriter, encode_jpeg, iter_frames, map_videos
+from personality.executor import map_jobs
+from personality.video_io import VideoShardWriter, encode_jpeg, iter_frames
 
 log = get_logger("frames")
 
@@ -89,6 +91,10 @@ def _job(job: dict) -> dict:
                 "seconds": time.perf_counter() - t0}
 
 
+def _label(job: dict) -> str:
+    return f"{job['video_id']} ({job['path']})"
+
+
 def resolve(root: Path, path: str) -> Path:
     p = Path(path)
     return p if p.is_absolute() else root / p
@@ -108,7 +114,7 @@ def run(params: FramesParams, base: BaseParams, root: Path | None = None) -> dic
     out_path = root / schemas.ARTIFACTS["frames"].path
     with VideoShardWriter("frames", path=out_path, rows_per_shard=params.rows_per_shard) as out, \
             progress(total=len(jobs), desc="frames", unit="video") as bar:
-        for res in map_videos(_job, jobs, workers=base.workers):
+        for res in map_jobs(_job, jobs, workers=base.workers, label=_label):
             bar.update(1)
             decode_s += res["seconds"]
             if res["error"]:

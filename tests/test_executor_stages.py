@@ -1,0 +1,143 @@
+"""Real stages on the executor: the same bytes whatever runs them, a worker killed mid-stage fails
+the stage fast naming the video, and a killed stage leaves no worker and no temp folder behind.
+
+    pytest tests/test_executor_stages.py          # ~3-4 minutes on 2 cores
+
+Kill tests run the frames stage in a subprocess on a few copies of one 40 s clip (long enough that
+a worker is mid-video when it is killed); `ps` finds its workers (spawned children).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+
+from personality.common import BaseParams, atomic_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tree_md5(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# --------------------------------------------------------------------------------------------------
+# same bytes
+
+
+def run_front_end(src: Path, dst: Path, workers: int) -> dict[str, dict[str, str]]:
+    from stages import audio, faces, frames
+
+    (dst / "data").mkdir(parents=True)
+    shutil.copy(src / "data" / "clips.parquet", dst / "data")
+    shutil.copytree(src / "data" / "videos", dst / "data" / "videos")
+    base = BaseParams(workers=workers)
+    frames.run(frames.FramesParams(fps=5), base, root=dst)
+    faces.run(faces.FacesParams(), base, root=dst)
+    audio.run(audio.AudioParams(), base, root=dst)
+    return {name: tree_md5(dst / "data" / name) for name in ("frames", "faces", "audio")}
+
+
+def test_same_bytes_with_one_two_workers_and_dask(tiny_dataset, tmp_path, monkeypatch):
+    monkeypatch.delenv("PERSONALITY_CLUSTER", raising=False)
+    one = run_front_end(tiny_dataset, tmp_path / "one", workers=1)
+    two = run_front_end(tiny_dataset, tmp_path / "two", workers=2)
+    monkeypatch.setenv("PERSONALITY_CLUSTER", "local:2")
+    dask = run_front_end(tiny_dataset, tmp_path / "dask", workers=1)
+    assert all(one[name] for name in one)  # something was written
+    assert one == two == dask
+
+
+# --------------------------------------------------------------------------------------------------
+# kills
+
+STAGE = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from personality.common import BaseParams
+    from stages.frames import FramesParams, run
+    run(FramesParams(fps=25, max_side=640), BaseParams(workers=2), root=Path(sys.argv[1]))
+""")
+
+
+@pytest.fixture(scope="module")
+def long_clips(tmp_path_factory) -> Path:
+    """A root with data/clips.parquet listing 4 copies (v0..v3) of one 40 s 640x480 clip."""
+    from tests.conftest import write_video
+
+    root = tmp_path_factory.mktemp("long")
+    video = write_video(root / "data" / "videos" / "long.mp4", n_frames=1000, audio=False,
+                        size=(640, 480))
+    pd.DataFrame({"video_id": [f"v{i}" for i in range(4)], "path": [str(video)] * 4,
+                  "dataset": "test", "duration_s": 40.0, "fps": 25.0, "has_audio": False}
+                 ).to_parquet(root / "data" / "clips.parquet")
+    return root
+
+
+def start_stage(root: Path, cluster: str) -> tuple[subprocess.Popen, list[psutil.Process]]:
+    """The frames stage in a subprocess; returns it and its workers once they are busy."""
+    env = {**os.environ, "PERSONALITY_CLUSTER": cluster, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", STAGE, str(root)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        workers = [c for c in psutil.Process(proc.pid).children(recursive=True)
+                   if "spawn_main" in " ".join(c.cmdline())]
+        if len(workers) == 2 and all(w.cpu_times().user > 3.0 for w in workers):
+            return proc, workers  # both past start-up (imports) and into a video
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("the stage's workers did not start")
+
+
+@pytest.mark.parametrize("cluster", ["", "local:2"], ids=["pool", "dask"])
+def test_a_worker_killed_mid_stage_fails_it_naming_the_video(long_clips, cluster):
+    root = long_clips
+    proc, workers = start_stage(root, cluster)
+    workers[0].kill()
+    t0 = time.monotonic()
+    out, err = proc.communicate(timeout=60)
+    assert time.monotonic() - t0 < 30
+    assert proc.returncode != 0
+    assert "ExecutorError" in err and any(f"v{i}" in err for i in range(4)) and "died" in err
+    data = root / "data"
+    assert not (data / "frames").exists()  # nothing half-written
+    assert not list(data.glob(".frames.tmp-*"))
+    # and a re-run completes
+    rerun = subprocess.run([sys.executable, "-c", STAGE, str(root)], cwd=REPO, capture_output=True,
+                           text=True, env={**os.environ, "PYTHONPATH": str(REPO),
+                                           "PERSONALITY_CLUSTER": cluster}, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert len(list((data / "frames").glob("*.parquet"))) >= 1
+    shutil.rmtree(data / "frames")
+
+
+@pytest.mark.parametrize("cluster, sig", [("", signal.SIGTERM), ("", signal.SIGINT),
+                                          ("", signal.SIGKILL), ("local:2", signal.SIGKILL),
+                                          ("local:2", signal.SIGTERM)],
+                         ids=["pool-TERM", "pool-INT", "pool-KILL", "dask-KILL", "dask-TERM"])
+def test_killing_the_stage_leaves_no_orphan_and_no_temp(long_clips, cluster, sig):
+    root = long_clips
+    proc, workers = start_stage(root, cluster)
+    proc.send_signal(sig)
+    proc.communicate(timeout=60)
+    gone, alive = psutil.wait_procs(workers, timeout=5)
+    assert not alive, f"{len(alive)} worker(s) still alive 5 s after {sig.name} of the stage"
+    # a SIGKILLed writer leaves its temp folder; the next writer in data/ sweeps it
+    with atomic_dir(root / "data" / "other"):
+        pass
+    assert not list((root / "data").glob(".*.tmp-*"))
+    assert not (root / "data" / "frames").exists()
+    shutil.rmtree(root / "data" / "other")
