@@ -36,7 +36,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
+# opens on the experiment's training runs (MLflow 3 would show its GenAI view): follow the link
 ui: $(STAMP)
+	@$(BIN)/python -c "from personality.common import mlflow_ui_url; \
+	print('MLflow training runs (one parent run per pipeline run):', mlflow_ui_url())"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
 
 bench: $(STAMP)

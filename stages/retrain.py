@@ -193,6 +193,7 @@ def retrain_model(name: str, p: RetrainParams, base: BaseParams, root: Path,
         from personality.common import mlflow_run
 
         tracking = mlflow_run("retrain", run_name=out_name, tags={"model": out_name},
+                              manifest=root / schemas.ARTIFACTS["manifest"].path,
                               params={**dataclasses.asdict(p), "base_model": name,
                                       "n_finetune": len(tune_ids), "n_mixed": len(mixed)})
     with tracking as mlf:
