@@ -1,8 +1,8 @@
 # Two commands do all set-up on a fresh machine with Python 3.11 and the package registries:
 #   make run    create .venv, install the pinned requirements, run the DVC pipeline
 #   make test   install the same if needed, run pytest
-# Others: make ui (MLflow UI on 127.0.0.1:5000), make bench, make zoo (every other model, one DVC
-# experiment each), make cv (5-fold cross-validation by subject), make clean.
+# Others: make ui (MLflow UI on 127.0.0.1:5000), make plots (offline plots page), make bench,
+# make zoo (every other model, one DVC experiment each), make cv (5-fold cross-validation by subject), make clean.
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -16,7 +16,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 # dvc.yaml's commands say `python -m stages.<name>`: run them with the project's environment
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install run test ui bench zoo cv clean
+.PHONY: install run test ui plots bench zoo cv clean
 
 $(STAMP): requirements.txt requirements.lock personality/facemodel.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,8 +36,16 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
+# opens on the experiment's training runs (MLflow 3 would show its GenAI view): follow the link
 ui: $(STAMP)
+	@$(BIN)/python -c "from personality.common import mlflow_ui_url; \
+	print('MLflow training runs (one parent run per pipeline run):', mlflow_ui_url())"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+# the plots of `dvc plots show` plus test CCC per model with intervals, as one page that needs no
+# network (dvc plots show's own index.html loads Vega from a CDN): dvc_plots/offline/index.html
+plots: $(STAMP)
+	$(BIN)/python scripts/plots.py --png
 
 bench: $(STAMP)
 	for f in bench/*.py; do $(BIN)/python $$f || exit 1; done

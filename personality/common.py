@@ -41,6 +41,7 @@ __all__ = [
     "repo_root", "data_path", "load_params", "load_params_file", "BaseParams",
     "read_artifact", "write_artifact", "ArtifactWriter", "check_schema",
     "atomic_write_text", "atomic_write_json", "progress", "get_logger", "mlflow_run", "run_stage",
+    "mlflow_ui_url", "pipeline_tags",
 ]
 
 
@@ -600,12 +601,120 @@ def git_commit(root: Path | None = None) -> str:
 
 
 EXPERIMENT_NAME = "personality"
+# MLflow 3 opens an experiment in its GenAI view (traces, token usage) unless this tag names a
+# model-training experiment; the UI link below asks for the training view as well
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+PIPELINE_KIND = "pipeline"  # tag `kind` of the parent run of one pipeline run
+
+
+def params_digest(root: Path | None = None) -> str:
+    """sha256 of params.yaml's bytes (first 12 hex digits); "" without the file."""
+    import hashlib
+
+    path = Path(root or repo_root()) / "params.yaml"
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12] if path.is_file() else ""
+
+
+def pipeline_tags(root: Path | None = None) -> dict[str, str]:
+    """Tags that every run of one pipeline run shares: git commit, DVC experiment (name and
+    baseline), params.yaml digest, and `pipeline_id`, a hash of the three that names the pipeline
+    run. DVC runs each stage in its own process: they find their common parent run by it."""
+    import hashlib
+
+    commit = git_commit(root or repo_root())
+    exp = os.environ.get("DVC_EXP_NAME", "")
+    digest = params_digest(root)
+    pid = hashlib.sha256(f"{commit}\0{exp}\0{digest}".encode()).hexdigest()[:16]
+    return {"git_commit": commit, "dvc_exp_name": exp,
+            "dvc_exp_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),
+            "params_digest": digest, "pipeline_id": pid}
+
+
+def _experiment_id(mlflow, root: Path) -> str:
+    """The project's experiment (created with its artifact folder beside the store), tagged as a
+    model-training experiment."""
+    exp = mlflow.get_experiment_by_name(EXPERIMENT_NAME)
+    if exp is None:
+        # Artifacts (plots, models) go beside the store, not into ./mlruns of whichever folder
+        # first created the experiment: a queued `dvc exp run` works in a temp copy deleted after.
+        try:
+            mlflow.create_experiment(EXPERIMENT_NAME, tags=EXPERIMENT_KIND,
+                                     artifact_location=(root / "mlartifacts").as_uri())
+        except mlflow.exceptions.MlflowException:
+            pass  # created meanwhile by a parallel run (dvc exp run -j 2)
+        exp = mlflow.get_experiment_by_name(EXPERIMENT_NAME)
+    if any(exp.tags.get(k) != v for k, v in EXPERIMENT_KIND.items()):
+        for key, value in EXPERIMENT_KIND.items():  # a store made before the tag existed
+            mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, key, value)
+    return exp.experiment_id
+
+
+def _tracking_uri(root: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+
+
+def mlflow_ui_url(base: str = "http://127.0.0.1:5000") -> str:
+    """The MLflow UI's link to the experiment's training runs (`make ui` prints it)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+
+    root = tracking_root()
+    mlflow.set_tracking_uri(_tracking_uri(root))
+    return f"{base.rstrip('/')}/#/experiments/{_experiment_id(mlflow, root)}" \
+           "?workflowType=machine_learning"
+
+
+def pipeline_parent(mlflow, experiment_id: str, tags: dict[str, str]) -> str:
+    """The run id of this pipeline run's parent (tag pipeline_id), found or created. Its name is
+    the DVC experiment's, else the git commit's and the params digest's."""
+    client = mlflow.MlflowClient()
+    query = f"tags.pipeline_id = '{tags['pipeline_id']}' and tags.kind = '{PIPELINE_KIND}'"
+
+    def oldest():
+        runs = client.search_runs([experiment_id], filter_string=query, max_results=50)
+        return min(runs, key=lambda r: (r.info.start_time, r.info.run_id)) if runs else None
+
+    found = oldest()
+    if found is not None:
+        return found.info.run_id
+    name = tags["dvc_exp_name"] or f"pipeline {tags['git_commit'][:8]} params {tags['params_digest'][:6]}"
+    made = client.create_run(experiment_id, run_name=name, tags={
+        **tags, "kind": PIPELINE_KIND, "stage": PIPELINE_KIND,
+        "mlflow.note.content": "One pipeline run (dvc repro / dvc exp run): its train, retrain "
+        "and evaluate runs are nested under it."})
+    client.set_terminated(made.info.run_id)  # a parent logs nothing itself
+    first = oldest()  # two stages that created one at once: keep the oldest, drop the other
+    if first is not None and first.info.run_id != made.info.run_id:
+        client.delete_run(made.info.run_id)
+        return first.info.run_id
+    return made.info.run_id
+
+
+def log_manifest_input(mlflow, manifest: Path, context: str) -> None:
+    """The manifest as the active run's dataset input: name, digest of the file's bytes, source
+    path, schema, and the number of clips per split as input tags."""
+    import hashlib
+    import warnings
+
+    df = pd.read_parquet(manifest)
+    digest = hashlib.sha256(Path(manifest).read_bytes()).hexdigest()[:16]
+    with warnings.catch_warnings():  # "source can be interpreted in multiple ways": a local file
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(df, source=str(manifest), name="manifest",
+                                          digest=digest)
+    counts = df["split"].value_counts() if "split" in df else pd.Series(dtype=int)
+    mlflow.log_input(dataset, context=context, tags={
+        **{f"n_{split}": str(int(n)) for split, n in counts.items()},
+        "n_clips": str(len(df))})
 
 
 @contextlib.contextmanager
 def mlflow_run(stage: str, *, run_name: str | None = None, params: dict | None = None,
-               tags: dict | None = None) -> Iterator[Any]:
-    """Open an MLflow run in `sqlite:///<root>/mlflow.db`, tagged with commit, DVC experiment, stage.
+               tags: dict | None = None, manifest: Path | None = None,
+               context: str = "training") -> Iterator[Any]:
+    """Open an MLflow run in `sqlite:///<root>/mlflow.db`, nested under the pipeline run's parent
+    (`pipeline_parent`), tagged with commit, DVC experiment, params digest, stage. `manifest`: a
+    manifest.parquet to log as the run's dataset input (`context`: training, evaluation).
 
     Yields the `mlflow` module so that callers log with `mlf.log_metric(...)` without importing it
     (mlflow's import costs seconds; stages that never track never pay it).
@@ -615,27 +724,17 @@ def mlflow_run(stage: str, *, run_name: str | None = None, params: dict | None =
     import mlflow
 
     root = tracking_root()
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    # Artifacts (plots, models) go beside the store, not into ./mlruns of whichever folder first
-    # created the experiment: a queued `dvc exp run` works in a temp copy that is deleted after.
-    if mlflow.get_experiment_by_name(EXPERIMENT_NAME) is None:
-        try:
-            mlflow.create_experiment(EXPERIMENT_NAME,
-                                     artifact_location=(root / "mlartifacts").as_uri())
-        except mlflow.exceptions.MlflowException:
-            pass  # created meanwhile by a parallel run (dvc exp run -j 2)
-    mlflow.set_experiment(EXPERIMENT_NAME)
-    all_tags = {
-        "git_commit": git_commit(repo_root()),
-        "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
-        "dvc_exp_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),
-        "stage": stage,
-        **(tags or {}),
-    }
-    with mlflow.start_run(run_name=run_name or stage, tags=all_tags):
+    mlflow.set_tracking_uri(_tracking_uri(root))
+    experiment_id = _experiment_id(mlflow, root)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    shared = pipeline_tags(repo_root())
+    parent = pipeline_parent(mlflow, experiment_id, shared)
+    with mlflow.start_run(run_name=run_name or stage, parent_run_id=parent,
+                          tags={**shared, "stage": stage, **(tags or {})}):
         if params:
             mlflow.log_params(_flatten(params))
+        if manifest is not None and Path(manifest).is_file():
+            log_manifest_input(mlflow, Path(manifest), context)
         yield mlflow
 
 

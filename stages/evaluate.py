@@ -383,8 +383,10 @@ def write_scatter_csvs(results: list[ModelResult], plots_dir: Path) -> list[Path
     return written
 
 
-def log_to_mlflow(results: list[ModelResult], report: dict, params: EvaluateParams) -> list[str]:
-    """One MLflow run per model (scatter PNG) and a summary run (bar chart). Returns run ids."""
+def log_to_mlflow(results: list[ModelResult], report: dict, params: EvaluateParams,
+                  manifest: Path | None = None) -> list[str]:
+    """One MLflow run per model (scatter PNG; `manifest` as its evaluation dataset) and a summary
+    run (bar chart). Returns run ids."""
     from personality import plots
 
     split = params.split
@@ -403,7 +405,7 @@ def log_to_mlflow(results: list[ModelResult], report: dict, params: EvaluatePara
             run_params = {**dataclasses.asdict(params), "model": r.name,
                           "label_scale": r.entry["label_scale"], "predictions": str(r.path.name)}
             with mlflow_run("evaluate", run_name=f"evaluate:{r.name}", params=run_params,
-                            tags=tags) as mlf:
+                            tags=tags, manifest=manifest, context="evaluation") as mlf:
                 mlf.log_metrics({**flat_metrics(r.entry, split), **base_flat})
                 mlf.log_artifact(str(png), artifact_path="plots")
                 mlf.log_dict(json_safe(r.entry), "evaluate.json")
@@ -479,7 +481,7 @@ def run(params: EvaluateParams, base: BaseParams | None = None,
                  fmt(b.get("acc")), r.entry["n_videos"])
     log.info("chosen on val (mean CCC): %s", best)
     if params.mlflow and results:
-        log_to_mlflow(results, report, params)
+        log_to_mlflow(results, report, params, manifest=root / MANIFEST)
     return json_safe(report)
 
 

@@ -1,6 +1,7 @@
-"""predict: Big-Five scores for one new video, through the same stage functions as the pipeline.
+"""predict: Big-Five scores for new videos, through the same stage functions as the pipeline.
 
     python -m stages.predict VIDEO --out DIR [--model NAME_OR_PATH]
+    python -m stages.predict FOLDER_OR_VIDEO... --out DIR [--jobs N] [--strict]    # batch
 
 Runs frames, faces, aus and audio (params from params.yaml, one worker) on VIDEO in a temporary
 folder, builds the model's inputs with the same sources training used, and averages the model's
@@ -19,6 +20,16 @@ with a face), `has_audio`, `audio_silent`, `voiced_share`, and `warnings` in pla
 a face in under half of the frames, no or silent audio, audio cut at audio.max_feature_seconds).
 A video the chosen model cannot use (no face for a visual or AU model, no audio track for an audio
 model, an unreadable file) gives a one-line error and exit code 2.
+
+Batch mode (several paths, or a folder: every video file under it, recursively) runs each video's
+front-end in its own process (`--jobs`, default base.workers) with a progress bar over videos, and
+writes DIR/predictions.csv (one row per video, in order: video, video_id, the five scores, model,
+face_share, has_audio, audio_silent, voiced_share, warnings, error, report) beside one
+DIR/<video_id>.png report per scored video. A bad file is a row with its error and the rest go on:
+exit code 0, or 1 with `--strict` when any video failed.
+
+One file because the batch mode is the single-video path run many times: it shares its
+functions, error kinds and report, and one CLI reads both.
 """
 from __future__ import annotations
 
@@ -309,21 +320,119 @@ def write_report(result: dict, path: Path) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Big-Five scores for one video.")
-    parser.add_argument("video", type=Path)
-    parser.add_argument("--out", type=Path, required=True, help="folder for prediction.json "
-                        "and report.png")
-    parser.add_argument("--model", default=None, help="registry name (data/models/NAME/best.pt) "
-                        "or checkpoint path; default: best mean validation CCC among the "
-                        "models whose inputs the clip has")
-    args = parser.parse_args(argv)
-    if args.out.exists() and not args.out.is_dir():
-        log.error("--out %s: exists and is not a folder; give a folder for prediction.json and "
-                  "report.png", args.out)
-        return 2
+# --------------------------------------------------------------------------------------------------
+# batch mode: several videos or folders -> one predictions.csv beside one report PNG per video
+
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv",
+                    ".flv", ".3gp")
+CSV_COLUMNS = ["video", "video_id", *TRAITS, "model", "face_share", "has_audio", "audio_silent",
+               "voiced_share", "warnings", "error", "report"]
+
+
+def collect_videos(paths: list[Path]) -> list[Path]:
+    """The videos named by `paths`: a folder gives every file under it (recursively) whose
+    extension is a video's, sorted; a file is taken as it is (a bad one becomes a row with its
+    error). Each video once, in the order given."""
+    out: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            out += sorted(f for f in path.rglob("*")
+                          if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS)
+        else:
+            out.append(path)
+    unique: dict[Path, Path] = {}
+    for video in out:
+        unique.setdefault(video.resolve(), video)
+    return list(unique.values())
+
+
+def batch_ids(videos: list[Path]) -> list[str]:
+    """One file-name-safe id per video (its stem); a repeated stem gets _2, _3..."""
+    ids, used = [], set()
+    for video in videos:
+        base = vid = safe_video_id(video)
+        k = 1
+        while vid in used:
+            k += 1
+            vid = f"{base}_{k}"
+        used.add(vid)
+        ids.append(vid)
+    return ids
+
+
+def score_row(video: Path, report: Path, model: str | None, root: Path | None) -> dict:
+    """One row of predictions.csv: the scores and facts, or the error that stopped this video."""
+    row = {"video": str(video), "video_id": report.stem, "report": ""}
     try:
-        result = predict_video(args.video, model=args.model)
+        result = predict_video(video, model=model, root=root)
+        write_report(result, report)
+    except Exception as exc:  # noqa: BLE001 - one bad file is a row, the batch goes on
+        known = isinstance(exc, (StageInputError, ParamsError, SchemaError)) or \
+            type(exc).__name__ in ("EngineError", "SourceError")
+        row["error"] = str(exc) if known else f"{type(exc).__name__}: {exc}"
+        return row
+    row.update({t: result[t] for t in TRAITS}, model=result["model"],
+               face_share=result.get("face_share"), has_audio=result.get("has_audio"),
+               audio_silent=result.get("audio_silent"), voiced_share=result.get("voiced_share"),
+               warnings="; ".join(result.get("warnings") or []), error="", report=str(report))
+    return row
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one process per core: the front-end's own threads stay idle
+
+
+def _score_rows(jobs: list[tuple], workers: int):
+    """Yield (index, row) as videos finish: in this process, or in `workers` spawned ones."""
+    if workers <= 1 or len(jobs) <= 1:
+        for i, job in enumerate(jobs):
+            yield i, score_row(*job)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # spawn: fork is unsafe beside numba / BLAS / MediaPipe threads (as stages/audio.py)
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context("spawn"),
+                             initializer=_init_worker) as pool:
+        futures = {pool.submit(score_row, *job): i for i, job in enumerate(jobs)}
+        for future in as_completed(futures):
+            i = futures[future]
+            try:
+                yield i, future.result()
+            except Exception as exc:  # noqa: BLE001 - a worker died (BrokenProcessPool)
+                yield i, {"video": str(jobs[i][0]), "video_id": jobs[i][1].stem, "report": "",
+                          "error": f"{type(exc).__name__}: {exc}"}
+
+
+def predict_batch(videos: list[Path], out: Path, *, model: str | None = None,
+                  root: Path | None = None, workers: int = 1) -> pd.DataFrame:
+    """Score every video (front-ends in `workers` processes), write out/<video_id>.png and
+    out/predictions.csv (one row per video, in the order given; a failed video has its error).
+    Returns the table."""
+    from personality.common import atomic_write_text, progress
+
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(v, out / f"{vid}.png", model, root) for v, vid in zip(videos, batch_ids(videos))]
+    rows: list[dict | None] = [None] * len(jobs)
+    with progress(total=len(jobs), desc="predict", unit="video") as bar:
+        for i, row in _score_rows(jobs, workers):
+            rows[i] = row
+            bar.update(1)
+            if row.get("error"):
+                log.warning("%s", row["error"] if row["video"] in row["error"]
+                            else f"{row['video']}: {row['error']}")
+    table = pd.DataFrame(rows).reindex(columns=CSV_COLUMNS)
+    table["error"] = table["error"].fillna("")
+    atomic_write_text(out / "predictions.csv", table.to_csv(index=False, float_format="%.6g"))
+    return table
+
+
+def _single(video: Path, out: Path, model: str | None) -> int:
+    """One video: prediction.json and report.png in `out`; exit code 2 with one line on error."""
+    try:
+        result = predict_video(video, model=model)
     except (StageInputError, ParamsError, SchemaError) as exc:
         log.error("%s", exc)
         return 2
@@ -333,22 +442,67 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         raise
     try:
-        args.out.mkdir(parents=True, exist_ok=True)
-        write_report(result, args.out / "report.png")
+        out.mkdir(parents=True, exist_ok=True)
+        write_report(result, out / "report.png")
         public = {k: v for k, v in result.items() if not k.startswith("_")}
-        atomic_write_text(args.out / "prediction.json",
+        atomic_write_text(out / "prediction.json",
                           json.dumps(public, indent=2, default=str) + "\n")
     except OSError as exc:  # read-only folder, full disk: the machine's, not a bug
-        log.error("cannot write to %s: %s", args.out, exc.strerror or exc)
+        log.error("cannot write to %s: %s", out, exc.strerror or exc)
         return 1
     width = max(len(n) for n in schemas.TRAIT_NAMES.values())
     for t in TRAITS:
         print(f"{schemas.TRAIT_NAMES[t]:<{width}}  {result[t]:.3f}")
     for warning in result.get("warnings", []):
         print(f"warning: {warning}")
-    print(f"model {result['model']}; wrote {args.out / 'prediction.json'} and "
-          f"{args.out / 'report.png'}")
+    print(f"model {result['model']}; wrote {out / 'prediction.json'} and {out / 'report.png'}")
     return 0
+
+
+def _batch(args: argparse.Namespace) -> int:
+    """Several videos or folders: predictions.csv; exit 0 unless --strict and a video failed."""
+    videos = collect_videos(args.video)
+    if not videos:
+        log.error("no video (%s) under %s", " ".join(VIDEO_EXTENSIONS),
+                  ", ".join(map(str, args.video)))
+        return 2
+    try:
+        if args.model:
+            find_checkpoint(args.model, repo_root())  # an unknown model fails the batch at once
+        workers = args.jobs or load_params("base", BaseParams).workers
+    except (StageInputError, ParamsError) as exc:
+        log.error("%s", exc)
+        return 2
+    table = predict_batch(videos, args.out, model=args.model, workers=workers)
+    failed = int((table["error"] != "").sum())
+    print(f"{len(table) - failed} of {len(table)} videos scored; wrote "
+          f"{args.out / 'predictions.csv'}" + (f"; {failed} failed (see its error column)"
+                                               if failed else ""))
+    return 1 if failed and args.strict else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Big-Five scores for one video, or for several "
+                                     "videos and folders (batch: predictions.csv).")
+    parser.add_argument("video", type=Path, nargs="+", help="video files and/or folders "
+                        "(searched recursively for " + " ".join(VIDEO_EXTENSIONS) + ")")
+    parser.add_argument("--out", type=Path, required=True, help="folder for prediction.json "
+                        "and report.png (one video), or predictions.csv and <video>.png (batch)")
+    parser.add_argument("--model", default=None, help="registry name (data/models/NAME/best.pt) "
+                        "or checkpoint path; default: best mean validation CCC among the "
+                        "models whose inputs the clip has")
+    parser.add_argument("--jobs", type=int, default=0, help="batch: processes for the "
+                        "front-end (default: base.workers)")
+    parser.add_argument("--strict", action="store_true", help="batch: exit 1 when any video "
+                        "failed (default: its row holds the error and the exit code is 0)")
+    args = parser.parse_args(argv)
+    if args.out.exists() and not args.out.is_dir():
+        log.error("--out %s: exists and is not a folder; give a folder for the results",
+                  args.out)
+        return 2
+    if len(args.video) == 1 and not args.video[0].is_dir():
+        return _single(args.video[0], args.out, args.model)
+    return _batch(args)
 
 
 if __name__ == "__main__":

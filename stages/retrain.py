@@ -154,6 +154,16 @@ def _retrained_meta(p: RetrainParams, ckpt: dict, base_checkpoint: str) -> dict:
             "finished": False}  # until its predictions are written (_finish)
 
 
+def _tracking(p: RetrainParams, out_name: str, root: Path, params: dict):
+    """The MLflow run of one fine-tuning (retrain.mlflow), or a context that yields None."""
+    if not p.mlflow:
+        return contextlib.nullcontext()
+    from personality.common import mlflow_run
+
+    return mlflow_run("retrain", run_name=out_name, tags={"model": out_name}, params=params,
+                      manifest=root / schemas.ARTIFACTS["manifest"].path)
+
+
 def retrain_model(name: str, p: RetrainParams, base: BaseParams, root: Path,
                   rated: pd.DataFrame, manifest: pd.DataFrame) -> dict:
     import torch
@@ -191,13 +201,8 @@ def retrain_model(name: str, p: RetrainParams, base: BaseParams, root: Path,
                              views_per_video=p.views_per_video, seed=seed, device="cpu")
     out_name = f"{name}{SUFFIX}"
     meta = _retrained_meta(p, ckpt, ckpt_path.relative_to(root).as_posix())
-    tracking = contextlib.nullcontext()
-    if p.mlflow:
-        from personality.common import mlflow_run
-
-        tracking = mlflow_run("retrain", run_name=out_name, tags={"model": out_name},
-                              params={**dataclasses.asdict(p), "base_model": name,
-                                      "n_finetune": len(tune_ids), "n_mixed": len(mixed)})
+    tracking = _tracking(p, out_name, root, {**dataclasses.asdict(p), "base_model": name,
+                                             "n_finetune": len(tune_ids), "n_mixed": len(mixed)})
     with tracking as mlf:
         engine.fit(model, sources, train_ids=train_ids, train_targets=train_targets,
                    config=cfg, out_dir=root / RETRAINED / "models" / out_name, meta=meta,

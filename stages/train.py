@@ -335,13 +335,15 @@ def _log_final(mlf, summary: dict, started: float) -> None:
     mlf.log_metric("train_seconds", time.perf_counter() - started)
 
 
-def _tracking(p: TrainParams, cfg: TrainConfig, name: str, overrides: dict, data: dict, rank: int):
+def _tracking(p: TrainParams, cfg: TrainConfig, name: str, overrides: dict, data: dict, rank: int,
+              root: Path):
     """The MLflow run of this model (rank 0, train.mlflow), or a context that yields None."""
     if not p.mlflow or rank != 0:
         return contextlib.nullcontext()
     from personality.common import mlflow_run
 
     return mlflow_run("train", run_name=name, tags={"model": name},
+                      manifest=root / schemas.ARTIFACTS["manifest"].path,
                       params={**dataclasses.asdict(cfg), "model": name,
                               "model_config": overrides, "source_config": data["source_config"],
                               "use_augmented": p.use_augmented, "test_only": p.test_only})
@@ -373,7 +375,7 @@ def train_model(name: str, p: TrainParams, base: BaseParams, root: Path) -> dict
             "label_scale": _label_scale(data["manifest"], name, overrides),
             "finished": False}  # until predictions and metrics are written (_finish)
     started = time.perf_counter()
-    with _tracking(p, cfg, name, overrides, data, rank) as mlf:
+    with _tracking(p, cfg, name, overrides, data, rank, root) as mlf:
         if p.test_only:
             model, history, fit_info = _evaluate_checkpoint(name, p, root, meta, overrides)
         else:

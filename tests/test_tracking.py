@@ -53,11 +53,13 @@ def client_for(db: Path):
     return MlflowClient(tracking_uri=f"sqlite:///{db}")
 
 
-def runs_of(db: Path) -> list:
+def runs_of(db: Path, parents: bool = False) -> list:
+    """The stages' runs of the store (with `parents`: the pipeline runs' parents instead)."""
     client = client_for(db)
     exp = client.get_experiment_by_name(EXPERIMENT_NAME)
     assert exp is not None, f"no experiment {EXPERIMENT_NAME!r} in {db}"
-    return client.search_runs([exp.experiment_id], max_results=1000)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    return [r for r in runs if (r.data.tags.get("kind") == "pipeline") == parents]
 
 
 def test_evaluate_logs_runs_into_root_mlflow_db(tmp_path, rng, tracking_env, empty_store):
@@ -121,6 +123,23 @@ def test_evaluate_logs_runs_into_root_mlflow_db(tmp_path, rng, tracking_env, emp
     history = client.get_metric_history(toy.info.run_id, "val_ccc")
     assert [(h.step, h.value) for h in sorted(history, key=lambda h: h.step)] == [
         (0, 0.1), (1, 0.25), (2, 0.4)]
+
+    # one pipeline run: one parent, named after the DVC experiment, every run nested under it
+    (parent,) = runs_of(db, parents=True)
+    assert parent.info.run_name == "tiny-exp"
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
+    for run in (parent, *runs):
+        assert run.data.tags["pipeline_id"] == parent.data.tags["pipeline_id"]
+        assert run.data.tags["dvc_exp_name"] == "tiny-exp" and "params_digest" in run.data.tags
+    exp = client.get_experiment_by_name(EXPERIMENT_NAME)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    # the manifest is each evaluate run's dataset input: name, digest, clips per split
+    (inp,) = by_model["perfect"].inputs.dataset_inputs
+    assert inp.dataset.name == "manifest" and len(inp.dataset.digest) == 16
+    input_tags = {t.key: t.value for t in inp.tags}
+    assert input_tags["mlflow.data.context"] == "evaluation"
+    assert int(input_tags["n_test"]) == int((m["split"] == "test").sum())
+    assert int(input_tags["n_clips"]) == len(m)
 
     # the fluent API sees the same store
     mlflow.set_tracking_uri(f"sqlite:///{db}")
@@ -282,6 +301,16 @@ def test_dvc_repro_exp_run_metrics_diff_and_queue(tmp_path, tracking_env, empty_
         assert run.data.metrics["score"] == pytest.approx(float(lr) * 10 + 1)
     for lr in ("0.2", "0.4"):  # experiments carry their DVC name
         assert by_lr[lr].data.tags["dvc_exp_name"], by_lr[lr].data.tags
+    # three pipeline runs, three parents: each named after its DVC experiment (the workspace
+    # `dvc repro` after its commit), each holding its own run
+    parents = {r.info.run_id: r for r in runs_of(db, parents=True)}
+    assert len(parents) == 3
+    for lr, run in by_lr.items():
+        parent = parents[run.data.tags["mlflow.parentRunId"]]
+        assert parent.data.tags["pipeline_id"] == run.data.tags["pipeline_id"]
+        assert parent.info.run_name == (run.data.tags["dvc_exp_name"]
+                                        or f"pipeline {run.data.tags['git_commit'][:8]} params "
+                                           f"{run.data.tags['params_digest'][:6]}")
     client = client_for(db)
     queued = by_lr["0.4"]
     history = client.get_metric_history(queued.info.run_id, "val_ccc")

@@ -1,0 +1,92 @@
+"""predict's batch mode on real videos: a folder of 10 clips (nested folders, one broken file, a
+non-video file beside them) gives predictions.csv with 10 rows, 9 scored and 1 with its error,
+one report PNG per scored clip, exit code 0 (1 with --strict); the batch's scores are the
+single-video path's."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from models.engine import save_checkpoint
+from models.registry import build_model
+from stages import predict
+from tests.conftest import real_fixture
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def au_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "perfex_cnn" / "best.pt"
+    return save_checkpoint(path, model=build_model("perfex_cnn"), model_name="perfex_cnn",
+                           train_mean=[0.5] * 5, inputs=["aus", "aus_mask"])
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """10 videos: 9 copies of the face clip in nested folders (one with an upper-case extension),
+    one broken file; and a text file that is not a video."""
+    root = tmp_path / "clips"
+    for i in range(9):
+        sub = root / f"session{i % 3}"
+        sub.mkdir(parents=True, exist_ok=True)
+        shutil.copy(real_fixture("single_face.mp4"), sub / f"clip{i}{'.MP4' if i == 4 else '.mp4'}")
+    (root / "broken.mp4").write_bytes(b"not a video at all")
+    (root / "notes.txt").write_text("not a video")
+    return root
+
+
+def test_collect_videos_recurses_and_keeps_video_extensions(folder):
+    videos = predict.collect_videos([folder, folder / "session0" / "clip0.mp4"])
+    assert len(videos) == 10 and all(v.suffix.lower() == ".mp4" for v in videos)
+    assert predict.batch_ids([folder / "a" / "x.mp4", folder / "b" / "x.mp4"]) == ["x", "x_2"]
+
+
+def test_batch_on_a_folder_with_a_broken_clip(folder, au_checkpoint, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = predict.main([str(folder), "--out", str(out), "--model", str(au_checkpoint),
+                         "--jobs", "2"])
+    assert code == 0
+    table = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    assert len(table) == 10
+    failed = table[table["error"] != ""]
+    assert list(failed["video_id"]) == ["broken"] and "broken.mp4" in failed["error"].iloc[0]
+    scored = table[table["error"] == ""]
+    assert len(scored) == 9 and set(scored["model"]) == {"perfex_cnn"}
+    scores = scored[list("OCEAN")].to_numpy(float)  # (9, 5)
+    assert np.all((scores >= 0) & (scores <= 1))
+    single = predict.predict_video(real_fixture("single_face.mp4"), model=str(au_checkpoint),
+                                   work=tmp_path)
+    want = np.array([single[t] for t in "OCEAN"])
+    assert np.abs(scores - want).max() <= 1e-4  # every copy scores as the single-video path
+    assert (scored["face_share"].astype(float) > 0.9).all()
+    for report in scored["report"]:
+        assert open(report, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "9 of 10 videos scored" in capsys.readouterr().out
+
+
+def test_strict_batch_fails_when_a_clip_fails(tmp_path, au_checkpoint):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"junk")
+    missing = tmp_path / "missing.mp4"
+    args = [str(bad), str(missing), "--out", str(tmp_path / "out"), "--model", str(au_checkpoint),
+            "--jobs", "1"]
+    assert predict.main(args) == 0
+    table = pd.read_csv(tmp_path / "out" / "predictions.csv", keep_default_na=False)
+    assert len(table) == 2 and (table["error"] != "").all() and "no such file" in table["error"][1]
+    assert predict.main([*args, "--strict"]) == 1
+
+
+def test_batch_refuses_an_unknown_model_and_an_empty_folder(tmp_path, caplog):
+    (tmp_path / "empty").mkdir()
+    assert predict.main([str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    assert "no video" in caplog.text
+    clip = real_fixture("single_face.mp4")
+    assert predict.main([str(clip), str(clip.parent), "--out", str(tmp_path / "o"),
+                         "--model", "no_such_model"]) == 2
+    assert "no checkpoint" in caplog.text
