@@ -73,13 +73,14 @@ STAGE = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def long_clips(tmp_path_factory) -> Path:
-    """A root with data/clips.parquet listing 4 copies (v0..v3) of one 40 s 640x480 clip."""
+    """A root with data/clips.parquet listing 6 copies (v0..v5) of one 40 s 640x480 clip: each
+    worker has ~3 videos (~9 s of CPU) to do, the tests strike after ~2 s of it."""
     from tests.conftest import write_video
 
     root = tmp_path_factory.mktemp("long")
     video = write_video(root / "data" / "videos" / "long.mp4", n_frames=1000, audio=False,
                         size=(640, 480))
-    pd.DataFrame({"video_id": [f"v{i}" for i in range(4)], "path": [str(video)] * 4,
+    pd.DataFrame({"video_id": [f"v{i}" for i in range(6)], "path": [str(video)] * 6,
                   "dataset": "test", "duration_s": 40.0, "fps": 25.0, "has_audio": False}
                  ).to_parquet(root / "data" / "clips.parquet")
     return root
@@ -94,15 +95,23 @@ def start_stage(root: Path, cluster: str) -> tuple[subprocess.Popen, list[psutil
     while time.monotonic() < deadline:
         workers = [c for c in psutil.Process(proc.pid).children(recursive=True)
                    if "spawn_main" in " ".join(c.cmdline())]
-        if len(workers) == 2 and all(w.cpu_times().user > 3.0 for w in workers):
-            return proc, workers  # both past start-up (imports) and into a video
+        if len(workers) == 2 and all(w.cpu_times().user > 2.0 for w in workers):
+            assert proc.poll() is None
+            return proc, workers  # both past start-up (imports, ~1.5 s) and into a video
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.2)
     proc.kill()
     raise AssertionError("the stage's workers did not start")
 
 
+@pytest.fixture
+def no_output_yet(long_clips):
+    """Each kill test starts with no data/frames (one that failed must not fail the next)."""
+    shutil.rmtree(long_clips / "data" / "frames", ignore_errors=True)
+
+
 @pytest.mark.parametrize("cluster", ["", "local:2"], ids=["pool", "dask"])
+@pytest.mark.usefixtures("no_output_yet")
 def test_a_worker_killed_mid_stage_fails_it_naming_the_video(long_clips, cluster):
     root = long_clips
     proc, workers = start_stage(root, cluster)
@@ -111,7 +120,7 @@ def test_a_worker_killed_mid_stage_fails_it_naming_the_video(long_clips, cluster
     out, err = proc.communicate(timeout=60)
     assert time.monotonic() - t0 < 30
     assert proc.returncode != 0
-    assert "ExecutorError" in err and any(f"v{i}" in err for i in range(4)) and "died" in err
+    assert "ExecutorError" in err and any(f"v{i}" in err for i in range(6)) and "died" in err
     data = root / "data"
     assert not (data / "frames").exists()  # nothing half-written
     assert not list(data.glob(".frames.tmp-*"))
@@ -128,6 +137,7 @@ def test_a_worker_killed_mid_stage_fails_it_naming_the_video(long_clips, cluster
                                           ("", signal.SIGKILL), ("local:2", signal.SIGKILL),
                                           ("local:2", signal.SIGTERM)],
                          ids=["pool-TERM", "pool-INT", "pool-KILL", "dask-KILL", "dask-TERM"])
+@pytest.mark.usefixtures("no_output_yet")
 def test_killing_the_stage_leaves_no_orphan_and_no_temp(long_clips, cluster, sig):
     root = long_clips
     proc, workers = start_stage(root, cluster)
