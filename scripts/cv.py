@@ -32,8 +32,10 @@ PREFIX = "cv-fold"
 
 
 def fold_experiments(n_folds: int) -> dict[str, list[str]]:
+    # register.enabled=false: a fold's model is a measurement, not a version to serve
     return {f"{PREFIX}{k}": ["ingest.split_mode=kfold", f"ingest.n_folds={n_folds}",
-                             f"ingest.fold={k}"] for k in range(n_folds)}
+                             f"ingest.fold={k}", "register.enabled=false"]
+            for k in range(n_folds)}
 
 
 def collect(baseline: str = "HEAD") -> tuple[list[dict], list[str]]:

@@ -154,11 +154,16 @@ def missing_inputs(needs: set[str], facts: dict) -> str:
     return ""
 
 
-def run_front_end(video: Path, work: Path) -> dict:
+def run_front_end(video: Path, work: Path, params_file: Path | None = None) -> dict:
     """frames / faces / aus and audio on one video under `work`, with the pipeline's own stage
-    functions and params. Returns what the clip offers: face share, audio, voiced share."""
+    functions and params (params.yaml, or `params_file`: the copy a served model carries).
+    Returns what the clip offers: face share, audio, voiced share."""
+    import functools
+
     from stages import audio, aus, faces, frames, functionals
     from stages.ingest import probe_video, write_manifest
+
+    params_of = functools.partial(load_params, path=params_file)
 
     facts = probe_video(video)  # raises, naming the file, when it cannot be decoded
     vid = safe_video_id(video)
@@ -166,20 +171,20 @@ def run_front_end(video: Path, work: Path) -> dict:
         "video_id": vid, "path": str(video.resolve()), "split": "test", "subject_id": vid,
         "dataset": "predict", **{t: np.nan for t in TRAITS}, **facts, "label_scale": "unit"}])
     write_manifest(manifest, work)
-    base = dataclasses.replace(load_params("base", BaseParams), workers=1)
+    base = dataclasses.replace(params_of("base", BaseParams), workers=1)
     out = {"video_id": vid, "video": str(video), **facts}
-    frames.run(load_params("frames", frames.FramesParams), base, root=work)
-    faces_summary = faces.run(load_params("faces", faces.FacesParams), base, root=work)
+    frames.run(params_of("frames", frames.FramesParams), base, root=work)
+    faces_summary = faces.run(params_of("faces", faces.FacesParams), base, root=work)
     face_table = read_artifact("faces", path=work / "data" / "faces",
                                columns=["video_id", "frame_idx", "t", "face_found"])
     out["n_frames"] = int(len(face_table))
     out["face_share"] = float(face_table["face_found"].mean()) if len(face_table) else 0.0
     out["face_rate"] = out["face_share"]  # the earlier name, kept for readers of prediction.json
-    aus.run(load_params("aus", aus.AusParams), base, root=work)
+    aus.run(params_of("aus", aus.AusParams), base, root=work)
     out["faces_summary"] = {k: v for k, v in faces_summary.items()
                             if isinstance(v, (int, float, str))}
     if facts["has_audio"]:
-        audio_params = load_params("audio", audio.AudioParams)
+        audio_params = params_of("audio", audio.AudioParams)
         audio.run(audio_params, base, root=work)
         row = read_artifact("audio", path=work / "data" / "audio").iloc[0]
         out["audio_silent"] = bool(not row["has_audio"] or row["silent"])
@@ -187,7 +192,7 @@ def run_front_end(video: Path, work: Path) -> dict:
         out["voiced_share"] = float(voiced) if voiced is not None and np.isfinite(voiced) else 0.0
         if facts.get("duration_s", 0) > audio_params.max_feature_seconds:
             out["audio_cut_at_s"] = float(audio_params.max_feature_seconds)
-    fp = load_params("functionals", functionals.FunctionalsParams)
+    fp = params_of("functionals", functionals.FunctionalsParams)
     functionals.run(dataclasses.replace(fp, audio=fp.audio and facts["has_audio"]), base,
                     root=work)
     out["warnings"] = clip_warnings(out)
@@ -195,8 +200,9 @@ def run_front_end(video: Path, work: Path) -> dict:
 
 
 def predict_video(video: Path, *, model: str | None = None, root: Path | None = None,
-                  work: Path | None = None) -> dict:
-    """Scores of one video: {"O": .., ..., "model": .., "checkpoint": .., facts, warnings}."""
+                  work: Path | None = None, params_file: Path | None = None) -> dict:
+    """Scores of one video: {"O": .., ..., "model": .., "checkpoint": .., facts, warnings}.
+    `params_file`: the front-end's params (default: the project's params.yaml)."""
     from models.data import build_sources, for_inference
     from models.checkpoints import require_finished
     from models.engine import load_checkpoint, predict_videos
@@ -208,7 +214,7 @@ def predict_video(video: Path, *, model: str | None = None, root: Path | None = 
     chosen = find_checkpoint(model, root) if model else None  # an unknown model fails first
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         work_root = Path(tmp)
-        facts = run_front_end(video, work_root)
+        facts = run_front_end(video, work_root, params_file)
         if chosen is None:
             name, ckpt_path = choose_model(root, facts)
         else:
@@ -360,6 +366,24 @@ def batch_ids(videos: list[Path]) -> list[str]:
     return ids
 
 
+def error_text(exc: BaseException) -> str:
+    """One line for a video that could not be scored: the message of our own error kinds (they
+    name the file), the type and message of anything else."""
+    known = isinstance(exc, (StageInputError, ParamsError, SchemaError)) or \
+        type(exc).__name__ in ("EngineError", "SourceError")
+    return str(exc) if known else f"{type(exc).__name__}: {exc}"
+
+
+def result_row(result: dict) -> dict:
+    """The flat part of a `predict_video` result: the five scores and the clip's facts (a row of
+    predictions.csv, and of the pyfunc model's answer: stages/serve.py)."""
+    return {**{t: result[t] for t in TRAITS}, "model": result["model"],
+            "face_share": result.get("face_share"), "has_audio": result.get("has_audio"),
+            "audio_silent": result.get("audio_silent"),
+            "voiced_share": result.get("voiced_share"),
+            "warnings": "; ".join(result.get("warnings") or []), "error": ""}
+
+
 def score_row(video: Path, report: Path, model: str | None, root: Path | None) -> dict:
     """One row of predictions.csv: the scores and facts, or the error that stopped this video."""
     row = {"video": str(video), "video_id": report.stem, "report": ""}
@@ -367,14 +391,9 @@ def score_row(video: Path, report: Path, model: str | None, root: Path | None) -
         result = predict_video(video, model=model, root=root)
         write_report(result, report)
     except Exception as exc:  # noqa: BLE001 - one bad file is a row, the batch goes on
-        known = isinstance(exc, (StageInputError, ParamsError, SchemaError)) or \
-            type(exc).__name__ in ("EngineError", "SourceError")
-        row["error"] = str(exc) if known else f"{type(exc).__name__}: {exc}"
+        row["error"] = error_text(exc)
         return row
-    row.update({t: result[t] for t in TRAITS}, model=result["model"],
-               face_share=result.get("face_share"), has_audio=result.get("has_audio"),
-               audio_silent=result.get("audio_silent"), voiced_share=result.get("voiced_share"),
-               warnings="; ".join(result.get("warnings") or []), error="", report=str(report))
+    row.update(result_row(result), report=str(report))
     return row
 
 

@@ -33,9 +33,9 @@ import numpy as np
 import pandas as pd
 
 from personality import schemas
-from personality.common import (BaseParams, ParamsError, StageInputError, atomic_write_json,
-                           experiment_models, get_logger, read_artifact, repo_root, run_stage,
-                           write_predictions)
+from personality.common import (BaseParams, ParamsError, StageInputError, atomic_dir,
+                                atomic_write_json, experiment_models, get_logger,
+                                read_artifact, repo_root, run_stage, write_predictions)
 from personality.schemas import TRAITS
 
 log = get_logger("retrain")
@@ -203,17 +203,17 @@ def retrain_model(name: str, p: RetrainParams, base: BaseParams, root: Path,
     meta = _retrained_meta(p, ckpt, ckpt_path.relative_to(root).as_posix())
     tracking = _tracking(p, out_name, root, {**dataclasses.asdict(p), "base_model": name,
                                              "n_finetune": len(tune_ids), "n_mixed": len(mixed)})
-    with tracking as mlf:
+    # the model folder appears whole or not at all: filled in a temp sibling, swapped in last
+    with tracking as mlf, atomic_dir(root / RETRAINED / "models" / out_name) as staging:
         engine.fit(model, sources, train_ids=train_ids, train_targets=train_targets,
-                   config=cfg, out_dir=root / RETRAINED / "models" / out_name, meta=meta,
-                   tracker=mlf, desc=f"retrain:{name}")
+                   config=cfg, out_dir=staging, meta=meta, tracker=mlf, desc=f"retrain:{name}")
         after = _summary(held_true, engine.predict_videos(model, sources, held_ids))
         preds = engine.predict_videos(model, sources, have["video_id"].tolist())
         if mlf is not None:
             mlf.log_metrics({f"{when}_{k}": v for when, m in (("before", before),
                                                                 ("after", after))
                              for k, v in m.items() if math.isfinite(v)})
-    _finish(root, out_name, have, preds)
+        _finish(root, out_name, have, preds, staging)
     log.info("%s: held-out rater means ccc %.3f -> %.3f, mae %.3f -> %.3f (%d tuned + %d mixed, "
              "%d held out)", name, before["ccc"], after["ccc"], before["mae"], after["mae"],
              len(tune_ids), len(mixed), len(held_ids))
@@ -221,22 +221,22 @@ def retrain_model(name: str, p: RetrainParams, base: BaseParams, root: Path,
             "n_mixed": len(mixed), "n_heldout": len(held_ids), "frozen_parameters": frozen}
 
 
-def _finish(root: Path, out_name: str, have: pd.DataFrame, preds: np.ndarray) -> None:
-    """Write the predictions, then mark the checkpoints finished with the test error measured for
-    them (per-trait MAE against the manifest's test labels)."""
+def _finish(root: Path, out_name: str, have: pd.DataFrame, preds: np.ndarray,
+            staging: Path) -> None:
+    """Mark the checkpoints in `staging` finished with the test error measured for them
+    (per-trait MAE against the manifest's test labels), and write the predictions."""
     from models.checkpoints import mark_finished
 
-    write_predictions(root / RETRAINED / "predictions" / f"{out_name}.parquet", pd.DataFrame({
-        "video_id": have["video_id"].to_numpy(), "split": have["split"].to_numpy(),
-        **{t: preds[:, k] for k, t in enumerate(TRAITS)}, "model": out_name}))
     test = (have["split"] == "test").to_numpy()
     truth = have.loc[test, list(TRAITS)].to_numpy(float)
     error = {t: float(np.nanmean(np.abs(preds[test, k] - truth[:, k])))
              for k, t in enumerate(TRAITS)} if test.any() else {}
     for name in ("best.pt", "last.pt"):
-        path = root / RETRAINED / "models" / out_name / name
-        if path.is_file():
-            mark_finished(path, test_error=error)
+        if (staging / name).is_file():
+            mark_finished(staging / name, test_error=error)
+    write_predictions(root / RETRAINED / "predictions" / f"{out_name}.parquet", pd.DataFrame({
+        "video_id": have["video_id"].to_numpy(), "split": have["split"].to_numpy(),
+        **{t: preds[:, k] for k, t in enumerate(TRAITS)}, "model": out_name}))
 
 
 def _skip(root: Path, reason: str) -> dict:

@@ -43,9 +43,10 @@ import pandas as pd
 
 from personality import schemas
 from models.solver import EngineError, Solver, TrainConfig
-from personality.common import (BaseParams, ParamsError, StageInputError, atomic_write_json,
-                                atomic_write_text, build_dataclass, check_schema, get_logger,
-                                load_params, repo_root, stage_errors, write_predictions)
+from personality.common import (BaseParams, ParamsError, StageInputError, atomic_dir,
+                                atomic_write_json, atomic_write_text, build_dataclass,
+                                check_schema, get_logger, load_params, repo_root, stage_errors,
+                                write_predictions)
 from personality.schemas import SPLITS, TRAITS
 
 log = get_logger("train")
@@ -189,10 +190,11 @@ def _label_scale(manifest: pd.DataFrame, name: str, overrides: dict) -> str:
 
 
 def _evaluate_checkpoint(name: str, p: TrainParams, root: Path, meta: dict,
-                         overrides: dict) -> tuple:
+                         overrides: dict, staging: Path) -> tuple:
     """test_only: the model of resume / weights / best.pt, its history and fit facts. The
-    stage's outputs: a checkpoint from elsewhere becomes best.pt and last.pt; one of this model's
-    own (best.pt, last.pt) leaves the other alone (if present)."""
+    model folder that replaces data/models/<name> is filled in `staging`: a checkpoint from
+    elsewhere becomes best.pt and last.pt; one of this model's own (best.pt, last.pt) keeps the
+    other as it is (if present)."""
     from models import engine
     from models.registry import build_model
 
@@ -212,21 +214,22 @@ def _evaluate_checkpoint(name: str, p: TrainParams, root: Path, meta: dict,
                 "stopped_early": False, "best_metric": ckpt.get("best_metric", math.nan)}
     inside = Path(ckpt_path).resolve().parent == out_dir.resolve()
     for target in ("best.pt", "last.pt"):
-        if Path(ckpt_path).resolve() != (out_dir / target).resolve() and not (
-                inside and (out_dir / target).exists()):
-            out_dir.mkdir(parents=True, exist_ok=True)
-            if ckpt:
-                shutil.copyfile(ckpt_path, out_dir / target)
-            else:
-                engine.save_checkpoint(out_dir / target, model=model, model_name=name,
-                                       train_mean=[], **{k: meta[k] for k in (
-                                           "inputs", "source_config", "params", "label_scale")})
+        own = out_dir / target
+        if inside and own.is_file():  # this model's own checkpoints stay as they are
+            shutil.copyfile(own, staging / target)
+        elif ckpt:
+            shutil.copyfile(ckpt_path, staging / target)
+        else:
+            engine.save_checkpoint(staging / target, model=model, model_name=name,
+                                   train_mean=[], **{k: meta[k] for k in (
+                                       "inputs", "source_config", "params", "label_scale")})
     return model, list(ckpt.get("history", [])), fit_info
 
 
 def _fit(name: str, p: TrainParams, cfg: TrainConfig, root: Path, meta: dict, overrides: dict,
-         data: dict, tracker) -> tuple:
-    """Build (seeded), optionally load weights, and train the model: (model, history, fit facts)."""
+         data: dict, tracker, staging: Path | None) -> tuple:
+    """Build (seeded), optionally load weights, and train the model: (model, history, fit facts).
+    Checkpoints go to `staging` (None on the ranks other than 0, which write nothing)."""
     from models import engine
     from models.registry import build_model
 
@@ -240,6 +243,9 @@ def _fit(name: str, p: TrainParams, cfg: TrainConfig, root: Path, meta: dict, ov
         if prior.get("model_name", name) != name:
             raise StageInputError(f"{resume}: a {prior['model_name']} checkpoint, not "
                                   f"{name}; put {{model}} in the path")
+        kept_best = root / "data" / "models" / name / "best.pt"
+        if staging is not None and kept_best.is_file():  # the best epoch so far, if not resume's
+            shutil.copyfile(kept_best, staging / "best.pt")
     meta["model_config"] = engine.model_config_of(model) or overrides
     train_df, val_df = data["split"]["train"], data["split"]["val"]
     if getattr(model, "closed_form", False):  # models/classical.py: fitted, not trained
@@ -249,7 +255,7 @@ def _fit(name: str, p: TrainParams, cfg: TrainConfig, root: Path, meta: dict, ov
                                  train_targets=_targets(train_df),
                                  groups=train_df["subject_id"].tolist(),
                                  val_ids=val_df["video_id"].tolist(), val_targets=_targets(val_df),
-                                 config=cfg, out_dir=root / "data" / "models" / name, meta=meta,
+                                 config=cfg, out_dir=staging, meta=meta,
                                  tracker=tracker, desc=f"train:{name}")
         meta["model_config"] = result["model_config"]
         fit_info = {k: result[k] for k in ("best_epoch", "epochs_run", "stopped_early",
@@ -258,7 +264,7 @@ def _fit(name: str, p: TrainParams, cfg: TrainConfig, root: Path, meta: dict, ov
     result = engine.fit(model, data["sources"], train_ids=train_df["video_id"].tolist(),
                         train_targets=_targets(train_df), val_ids=val_df["video_id"].tolist(),
                         val_targets=_targets(val_df), config=cfg,
-                        out_dir=root / "data" / "models" / name, meta=meta, resume=resume,
+                        out_dir=staging, meta=meta, resume=resume,
                         tracker=tracker, desc=f"train:{name}")
     fit_info = {k: result[k] for k in ("best_epoch", "epochs_run", "stopped_early", "best_metric")}
     return model, result["history"], fit_info
@@ -375,21 +381,28 @@ def train_model(name: str, p: TrainParams, base: BaseParams, root: Path) -> dict
             "label_scale": _label_scale(data["manifest"], name, overrides),
             "finished": False}  # until predictions and metrics are written (_finish)
     started = time.perf_counter()
-    with _tracking(p, cfg, name, overrides, data, rank, root) as mlf:
+    # the model folder appears whole or not at all: filled in a temp sibling, swapped in last
+    folder = (atomic_dir(root / "data" / "models" / name) if rank == 0
+              else contextlib.nullcontext(None))
+    with _tracking(p, cfg, name, overrides, data, rank, root) as mlf, folder as staging:
         if p.test_only:
-            model, history, fit_info = _evaluate_checkpoint(name, p, root, meta, overrides)
+            model, history, fit_info = _evaluate_checkpoint(name, p, root, meta, overrides,
+                                                            staging)
         else:
-            model, history, fit_info = _fit(name, p, cfg, root, meta, overrides, data, mlf)
+            model, history, fit_info = _fit(name, p, cfg, root, meta, overrides, data, mlf,
+                                            staging)
             if rank != 0:  # the predictions and metrics are rank 0's to write; wait for them
                 engine.barrier()
                 return {"model": name, "test_only": False, "rank": rank, **fit_info}
         predictions, preds, proba = _predict(model, name, cfg, data)
-        write_predictions(root / "data" / "predictions" / f"{name}.parquet", predictions)
         summary = _summarize(name, p, cfg, fit_info, data, preds, proba)
+        _finish(staging, summary, data, meta)
+        # each file below is atomic; a kill between them leaves the stage unfinished for DVC,
+        # which re-runs it, and the old model folder in place (it is swapped in after them)
+        write_predictions(root / "data" / "predictions" / f"{name}.parquet", predictions)
         atomic_write_json(root / "metrics" / "train" / f"{name}.json", json_safe(summary))
         atomic_write_text(root / "metrics" / "train" / f"{name}_history.csv",
                           _history_csv(history))
-        _finish(root / "data" / "models" / name, summary, data, meta)
         if mlf is not None:
             _log_final(mlf, summary, started)
     _log_done(name, summary, started)

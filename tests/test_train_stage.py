@@ -114,6 +114,25 @@ def test_resume_and_weights_through_params(au_root, trained, tmp_path):
     assert out["epochs_run"] == 1
 
 
+def test_a_run_that_fails_half_way_leaves_the_old_model_folder_whole(au_root, trained,
+                                                                      monkeypatch):
+    """Checkpoints are written during the epochs, but into a temp folder that replaces
+    data/models/<name> only at the end: a run that dies after its epochs changes nothing."""
+    import stages.train as train_stage
+
+    folder = au_root / "data" / "models" / "perfex_cnn"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def dies(*args, **kwargs):
+        raise RuntimeError("killed after the epochs")
+
+    monkeypatch.setattr(train_stage, "_summarize", dies)
+    with pytest.raises(RuntimeError, match="killed after the epochs"):
+        run(params(epochs=1, seed=7), BaseParams(workers=1), root=au_root, models=["perfex_cnn"])
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert not list(folder.parent.glob(".*.tmp-*"))
+
+
 def test_unknown_model_is_a_params_error(au_root):
     with pytest.raises(ParamsError, match="no_such_model"):
         run(params(models=["no_such_model"]), BaseParams(workers=1), root=au_root)

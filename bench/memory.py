@@ -1,0 +1,141 @@
+"""Peak memory of the front-end on a long clip: a 10-minute 1080p video through frames, faces,
+aus and audio, each stage in its own process under `/usr/bin/time -v`, then `predict` on it.
+
+    python bench/memory.py                 # prints a table, writes bench/results/memory.json
+    python bench/memory.py --minutes 2     # a shorter clip
+
+The clip: 15 s of the synthetic renderer at 1920x1080, 25 fps, H.264 + AAC (one talking face),
+repeated by remuxing its packets (no re-encode) up to the length asked; cached in bench/results/.
+Each stage runs with one worker (in-process), so the process's maximum resident set size is what
+one worker of the stage needs for this video ("Maximum resident set size" of GNU time). `predict`
+runs the whole front-end and the best model on validation (it needs a trained pipeline: make run).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+RESULTS = REPO / "bench" / "results"
+W, H, FPS, PIECE_S = 1920, 1080, 25.0, 15.0
+STAGES = ("frames", "faces", "aus", "audio")
+
+
+def render_piece(path: Path) -> Path:
+    """15 s of one talking face at 1080p (the synthetic renderer)."""
+    from personality import synthetic as syn
+
+    rigs = syn.load_rigs()
+    syn._init_worker(rigs)
+    app = syn.draw_appearance(np.random.default_rng(3), len(rigs), 0)
+    syn.render_clip(dict(index=0, seed=1, video_id="long", path=str(path), cues=[0.5] * 10,
+                         appearance=app, duration=PIECE_S, fps=FPS, sr=16000, width=W, height=H))
+    return path
+
+
+def repeat_clip(piece: Path, out: Path, copies: int) -> Path:
+    """`copies` x `piece` in one file: its packets muxed again with shifted times (no
+    re-encode; every copy starts on the piece's first key frame)."""
+    import av
+
+    with av.open(str(piece)) as src:
+        kept = [s for s in src.streams if s.type in ("video", "audio")]
+        packets = [(p.stream.index, bytes(p), p.pts, p.dts, p.duration, p.is_keyframe, p.time_base)
+                   for p in src.demux(*kept) if p.dts is not None]
+        with av.open(str(out), "w") as dst:
+            streams = {s.index: dst.add_stream_from_template(s) for s in kept}
+            span = {i: max(pts + (dur or 0) for j, _, pts, _, dur, _, _ in packets if j == i)
+                    for i in streams}
+            for k in range(copies):
+                for i, data, pts, dts, dur, key, time_base in packets:
+                    packet = av.Packet(data)
+                    packet.stream, packet.time_base = streams[i], time_base
+                    packet.pts, packet.dts = pts + k * span[i], dts + k * span[i]
+                    packet.duration, packet.is_keyframe = dur, key
+                    dst.mux(packet)
+    return out
+
+
+def long_clip(minutes: float) -> Path:
+    out = RESULTS / f"long_{minutes:g}min_1080p.mp4"
+    if out.exists():
+        return out
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    piece = render_piece(RESULTS / "long_piece_1080p.mp4")
+    return repeat_clip(piece, out, int(round(minutes * 60 / PIECE_S)))
+
+
+def run_stage(name: str, root: Path) -> None:
+    """One stage on the clip under `root`, one worker (this process)."""
+    from personality.common import BaseParams, load_params
+    from stages import audio, aus, faces, frames
+
+    module = {"frames": frames, "faces": faces, "aus": aus, "audio": audio}[name]
+    cls = {"frames": frames.FramesParams, "faces": faces.FacesParams, "aus": aus.AusParams,
+           "audio": audio.AudioParams}[name]
+    module.run(load_params(name, cls, REPO / "params.yaml"), BaseParams(workers=1), root=root)
+
+
+def timed(cmd: list[str]) -> dict:
+    """Run `cmd` under GNU time -v: wall seconds and maximum resident set size (MiB)."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], cwd=REPO, capture_output=True,
+                          text=True)
+    wall = time.perf_counter() - t0
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return {"wall_s": round(wall, 1), "peak_rss_mib": round(int(rss.group(1)) / 1024, 1)}
+
+
+def manifest_for(clip: Path, root: Path) -> None:
+    import pandas as pd
+
+    from personality.schemas import TRAITS
+    from stages.ingest import probe_video, write_manifest
+
+    facts = probe_video(clip)
+    write_manifest(pd.DataFrame([{
+        "video_id": "long", "path": str(clip), "split": "test", "subject_id": "long",
+        "dataset": "bench", **{t: np.nan for t in TRAITS}, **facts, "label_scale": "unit"}]), root)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)  # the child's mode
+    ap.add_argument("--root", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.stage:
+        return run_stage(args.stage, args.root)
+    clip = long_clip(args.minutes)
+    rows = {}
+    with tempfile.TemporaryDirectory(dir=RESULTS) as tmp:
+        root = Path(tmp)
+        manifest_for(clip, root)
+        for stage in STAGES:
+            rows[stage] = timed([sys.executable, __file__, "--stage", stage, "--root", str(root)])
+            print(stage, rows[stage], flush=True)
+        rows["predict"] = timed([sys.executable, "-m", "stages.predict", str(clip), "--out",
+                                 str(root / "predict")])
+        print("predict", rows["predict"], flush=True)
+    result = {"clip": {"minutes": args.minutes, "width": W, "height": H, "fps": FPS,
+                       "bytes": clip.stat().st_size}, "rows": rows}
+    (RESULTS / "memory.json").write_text(json.dumps(result, indent=2))
+    print("| step | wall s | peak RSS MiB |\n|---|---:|---:|")
+    for name, row in rows.items():
+        print(f"| {name} | {row['wall_s']} | {row['peak_rss_mib']} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""serve: a trained model as an MLflow pyfunc model (video file in, Big-Five scores and facts out),
+and the `register` stage that logs the best model by validation CCC and registers it.
+
+    python -m stages.serve                    # DVC stage `register`: selection.best of
+                                              # metrics/evaluate.json -> models:/personality/<v>
+    python -m stages.serve --model hrnet_face # register another trained model
+    MLFLOW_TRACKING_URI=sqlite:///$PWD/mlflow.db \\
+      mlflow models serve -m models:/personality/latest --env-manager local -h 127.0.0.1 -p 5001
+    curl -s 127.0.0.1:5001/invocations -H 'Content-Type: application/json' \\
+      -d '{"dataframe_split": {"columns": ["video"], "data": [["/abs/path/clip.mp4"]]}}'
+
+The pyfunc (`VideoScorer`) is `stages.predict.predict_video` behind MLflow's interface: the same
+front-end, the same params (params.yaml travels with the model as an artifact), the same checkpoint
+(an artifact, read with torch.load(weights_only=True)). So the server's five scores for a clip are
+predict's. One row per video in, one row out: the scores, the model, the clip's facts (face share,
+audio) and its warnings; a video that cannot be scored is a row with its `error` and NaN scores,
+and the other rows of the request are scored.
+
+The model is logged *from code* (stages/serve_model.py calls mlflow.models.set_model): loading it
+runs this project's code from the model's code/ folder (personality/, models/, stages/ travel as
+code_paths), never unpickles an object. `--env-manager local` serves it in the project's
+environment; the model's requirements.txt lists what another environment needs.
+
+The registered version carries tags: the model's name, its test mean CCC with the 95% interval,
+its validation mean CCC (what chose it), the git commit and the DVC experiment. Writes
+metrics/register.json (model, version, run id, model URI).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from personality.common import (BaseParams, ParamsError, StageInputError, atomic_write_json,
+                                find_checkpoint, get_logger, load_params, mlflow_run, repo_root,
+                                stage_errors)
+from personality.schemas import TRAITS
+
+log = get_logger("serve")
+
+REGISTERED_NAME = "personality"
+OUTPUT_COLUMNS = [*TRAITS, "model", "face_share", "has_audio", "audio_silent", "voiced_share",
+                  "warnings", "error"]
+# the models-from-code file MLflow executes on load (by path: a `*_MODULES` tuple, so that
+# tests/test_dvc_deps.py follows it like an import)
+SERVED_MODULES = ("stages.serve_model",)
+MODEL_CODE = Path(__file__).with_name(SERVED_MODULES[0].split(".")[1] + ".py")
+PACKAGES = ("personality", "models", "stages")  # the project's code the served model imports
+CODE_ROOT = Path(__file__).resolve().parents[1]  # where they are (not the data root)
+
+
+@dataclasses.dataclass(frozen=True)
+class RegisterParams:
+    """params.yaml:register."""
+    enabled: bool = True   # false: the stage writes its metrics file and registers nothing
+    name: str = REGISTERED_NAME   # the registered model's name in the MLflow registry
+    model: str = ""        # "": the best by validation CCC (metrics/evaluate.json selection)
+
+
+class VideoScorer:
+    """The pyfunc model. Built lazily as a subclass of mlflow.pyfunc.PythonModel (`scorer`), so
+    that importing this module does not import mlflow."""
+
+    def load_context(self, context) -> None:
+        import torch
+
+        torch.set_num_threads(1)  # one request at a time per worker; the front-end has its own
+        self.checkpoint = Path(context.artifacts["checkpoint"])
+        self.params_file = Path(context.artifacts["params"])
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):
+        """model_input: a column `video` of file paths; returns one row per video."""
+        if "video" not in model_input:
+            raise StageInputError(f"the input needs a 'video' column of file paths; got "
+                                  f"{list(model_input.columns)}")
+        return pd.DataFrame([self._row(Path(str(v))) for v in model_input["video"]],
+                            columns=OUTPUT_COLUMNS)
+
+    def _row(self, video: Path) -> dict:
+        from stages.predict import error_text, predict_video, result_row
+
+        try:
+            with tempfile.TemporaryDirectory(prefix="serve-") as root:
+                result = predict_video(video, model=str(self.checkpoint), root=Path(root),
+                                       params_file=self.params_file)
+        except Exception as exc:  # noqa: BLE001 - one bad video is a row, the request goes on
+            return {**{t: math.nan for t in TRAITS}, "error": error_text(exc)}
+        return result_row(result)
+
+
+def scorer():
+    """A VideoScorer that is an mlflow.pyfunc.PythonModel (what set_model needs)."""
+    import mlflow.pyfunc
+
+    class MlflowVideoScorer(VideoScorer, mlflow.pyfunc.PythonModel):
+        pass
+
+    return MlflowVideoScorer()
+
+
+def signature():
+    """Input: a string column `video`; output: the scores, facts and error columns."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    outputs = [ColSpec("double", t) for t in TRAITS] + [
+        ColSpec("string", "model"), ColSpec("double", "face_share"),
+        ColSpec("boolean", "has_audio"), ColSpec("boolean", "audio_silent"),
+        ColSpec("double", "voiced_share"), ColSpec("string", "warnings"),
+        ColSpec("string", "error")]
+    return ModelSignature(inputs=Schema([ColSpec("string", "video")]), outputs=Schema(outputs))
+
+
+def chosen_model(p: RegisterParams, report: dict) -> str:
+    """register.model, else the best by validation CCC; refused when there is none."""
+    name = p.model or (report.get("selection") or {}).get("best")
+    if not name:
+        raise StageInputError("metrics/evaluate.json: no model chosen on validation "
+                              "(selection.best); run the evaluate stage first")
+    return name
+
+
+def version_tags(name: str, report: dict) -> dict[str, str]:
+    """The figures a user sees beside the registered version: test mean CCC with its interval,
+    the validation mean CCC that chose it."""
+    entry = report.get(name) or {}
+    ci = ((entry.get("ci") or {}).get("mean") or {}).get("ccc") or [None, None]
+    val = ((report.get("selection") or {}).get("val") or {}).get(name)
+    figures = {"model": name, "test_mean_ccc": (entry.get("mean") or {}).get("ccc"),
+               "test_mean_ccc_ci_low": ci[0], "test_mean_ccc_ci_high": ci[1],
+               "val_mean_ccc": val, "chosen_by": "best mean CCC on validation",
+               "n_test_videos": entry.get("n_videos")}
+    return {k: (f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in figures.items()
+            if v is not None}
+
+
+def example_video(root: Path) -> str:
+    """A clip of the manifest's test split (else any): the model's input example."""
+    manifest = pd.read_parquet(root / "data" / "manifest.parquet", columns=["path", "split"])
+    if manifest.empty:
+        raise StageInputError("data/manifest.parquet: no clip for the input example")
+    test = manifest[manifest["split"] == "test"]
+    return str((test if len(test) else manifest)["path"].iloc[0])
+
+
+def log_pyfunc(mlf, checkpoint: Path, root: Path, example: str):
+    """Log the pyfunc model into the active run; returns mlflow's ModelInfo."""
+    return mlf.pyfunc.log_model(
+        name="model", python_model=str(MODEL_CODE),
+        artifacts={"checkpoint": str(checkpoint), "params": str(root / "params.yaml")},
+        code_paths=[str(CODE_ROOT / pkg) for pkg in PACKAGES],
+        input_example=pd.DataFrame({"video": [example]}), signature=signature())
+
+
+def register(p: RegisterParams, root: Path) -> dict:
+    """Log the chosen model as a pyfunc in an MLflow run and register it as `p.name`."""
+    report = json.loads((root / "metrics" / "evaluate.json").read_text())
+    name = chosen_model(p, report)
+    checkpoint = find_checkpoint(name, root)
+    tags = version_tags(name, report)
+    with mlflow_run("register", run_name=f"register:{name}", tags={"model": name}) as mlf:
+        info = log_pyfunc(mlf, checkpoint, root, example_video(root))
+        mlf.log_metrics({k: float(v) for k, v in tags.items()
+                         if k.startswith(("test_", "val_")) and _is_number(v)})
+        version = mlf.register_model(info.model_uri, p.name, tags=tags)
+        run_id = mlf.active_run().info.run_id
+    log.info("registered %s as models:/%s/%s (test mean CCC %s [%s, %s])", name, p.name,
+             version.version, tags.get("test_mean_ccc"), tags.get("test_mean_ccc_ci_low"),
+             tags.get("test_mean_ccc_ci_high"))
+    return {"model": name, "registered_name": p.name, "version": int(version.version),
+            "run_id": run_id, "model_uri": f"models:/{p.name}/{version.version}", "tags": tags}
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return np.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def run(p: RegisterParams, root: Path | None = None) -> dict:
+    root = root or repo_root()
+    if not p.name:
+        raise ParamsError("register.name: empty; name the registered model")
+    out = register(p, root) if p.enabled else {"skipped": "register.enabled is false"}
+    atomic_write_json(root / "metrics" / "register.json", out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m stages.serve",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=None, help="register this trained model instead")
+    args = parser.parse_args(argv)
+    with stage_errors("register"):
+        params = load_params("register", RegisterParams)
+        if args.model:
+            params = dataclasses.replace(params, model=args.model)
+        load_params("base", BaseParams)  # a bad params.yaml fails here, before any logging
+        run(params)
+
+
+if __name__ == "__main__":
+    main()

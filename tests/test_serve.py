@@ -1,0 +1,156 @@
+"""The registered pyfunc model gives predict's scores: logged and registered by the register stage
+(stages/serve.py), loaded with mlflow.pyfunc, and served with `mlflow models serve` on a free local
+port, answering an HTTP request with a talking-head clip's path. ~2 min on one core.
+
+    .venv/bin/python -m pytest tests/test_serve.py -q
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from personality.common import BaseParams, load_params
+from personality.schemas import TRAITS
+from stages import audio, aus, evaluate, faces, frames, functionals, predict, serve, train
+from tests.conftest import REPO, real_fixture
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+MODEL = "functionals_ridge"  # closed form: trained in a second, and it reads face and voice
+
+
+@pytest.fixture(scope="module")
+def served_root(tiny_dataset, tmp_path_factory):
+    """A repo-like root: the tiny dataset through the front-end, one model trained and
+    evaluated, params.yaml beside it, and its own MLflow store (DVC_ROOT points at it)."""
+    root = tmp_path_factory.mktemp("serve")
+    shutil.copytree(tiny_dataset / "data", root / "data")
+    shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    base = BaseParams(workers=1)
+    for stage, cls in ((frames, frames.FramesParams), (faces, faces.FacesParams),
+                       (aus, aus.AusParams), (audio, audio.AudioParams),
+                       (functionals, functionals.FunctionalsParams)):
+        stage.run(load_params(stage.__name__.split(".")[1], cls), base, root=root)
+    tp = dataclasses.replace(load_params("train", train.TrainParams), models=[MODEL],
+                             mlflow=False, threads=1)
+    train.run(tp, base, root=root)
+    ep = dataclasses.replace(load_params("evaluate", evaluate.EvaluateParams), mlflow=False,
+                             bootstrap=50)
+    evaluate.run(ep, base, root=root, models=[MODEL])
+    saved = {k: os.environ.get(k) for k in ("DVC_ROOT", "MLFLOW_TRACKING_URI")}
+    os.environ["DVC_ROOT"] = str(root)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield root
+    for key, value in saved.items():
+        os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+
+
+@pytest.fixture(scope="module")
+def registered(served_root):
+    return serve.run(serve.RegisterParams(), root=served_root)
+
+
+@pytest.fixture(scope="module")
+def expected(served_root, tmp_path_factory):
+    """predict's own result for the talking-head clip, with the same checkpoint and params."""
+    return predict.predict_video(real_fixture("single_face.mp4"),
+                                 model=str(served_root / "data" / "models" / MODEL / "best.pt"),
+                                 root=served_root, params_file=served_root / "params.yaml",
+                                 work=tmp_path_factory.mktemp("predict"))
+
+
+def test_register_names_the_model_chosen_on_validation_with_its_test_figures(
+        served_root, registered):
+    assert registered["model"] == MODEL and registered["version"] == 1
+    assert registered["model_uri"] == "models:/personality/1"
+    tags = registered["tags"]
+    assert tags["chosen_by"] == "best mean CCC on validation"
+    report = json.loads((served_root / "metrics" / "evaluate.json").read_text())
+    assert float(tags["test_mean_ccc"]) == pytest.approx(report[MODEL]["mean"]["ccc"], abs=1e-4)
+    assert "test_mean_ccc_ci_low" in tags and "val_mean_ccc" in tags
+    on_disk = json.loads((served_root / "metrics" / "register.json").read_text())
+    assert on_disk["version"] == 1
+    import mlflow
+
+    version = mlflow.MlflowClient().get_model_version("personality", "1")
+    assert version.tags["model"] == MODEL
+
+
+def test_loaded_pyfunc_gives_predicts_scores_and_a_row_per_bad_video(registered, expected,
+                                                                     tmp_path):
+    import mlflow.pyfunc
+    import pandas as pd
+
+    model = mlflow.pyfunc.load_model(registered["model_uri"])
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"not a video")
+    out = model.predict(pd.DataFrame({"video": [str(real_fixture("single_face.mp4")),
+                                                str(bad)]}))
+    assert list(out.columns) == serve.OUTPUT_COLUMNS and len(out) == 2
+    got = out.iloc[0]
+    for t in TRAITS:
+        assert got[t] == pytest.approx(expected[t], abs=1e-6)
+    assert got["error"] == "" and got["face_share"] == pytest.approx(expected["face_share"])
+    assert "broken.mp4" in out.iloc[1]["error"] and np.isnan(out.iloc[1]["O"])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.loads(response.read())
+
+
+def wait_until_up(url: str, server: subprocess.Popen, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"mlflow models serve exited with {server.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(1)
+    raise AssertionError(f"no answer from {url} within {seconds} s")
+
+
+def test_mlflow_models_serve_answers_with_predicts_scores(served_root, registered, expected):
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{served_root / 'mlflow.db'}",
+           "MLFLOW_DISABLE_TELEMETRY": "true"}
+    mlflow_cli = Path(sys.executable).with_name("mlflow")
+    server = subprocess.Popen([str(mlflow_cli), "models", "serve", "-m",
+                               registered["model_uri"], "--env-manager", "local",
+                               "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+                              env=env, cwd=served_root, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/ping", server)
+        answer = post(f"http://127.0.0.1:{port}/invocations", {"dataframe_split": {
+            "columns": ["video"], "data": [[str(real_fixture("single_face.mp4"))]]}})
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    [row] = answer["predictions"]
+    for t in TRAITS:
+        assert row[t] == pytest.approx(expected[t], abs=1e-6)
+    assert row["model"] == expected["model"] and row["error"] == ""
