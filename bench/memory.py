@@ -32,7 +32,9 @@ STAGES = ("frames", "faces", "aus", "audio")
 
 
 def render_piece(path: Path) -> Path:
-    """15 s of one talking face at 1080p (the synthetic renderer)."""
+    """15 s of one talking face at 1080p (the synthetic renderer; cached)."""
+    if path.exists():
+        return path
     from personality import synthetic as syn
 
     rigs = syn.load_rigs()
@@ -54,8 +56,7 @@ def repeat_clip(piece: Path, out: Path, copies: int) -> Path:
                    for p in src.demux(*kept) if p.dts is not None]
         with av.open(str(out), "w") as dst:
             streams = {s.index: dst.add_stream_from_template(s) for s in kept}
-            span = {i: max(pts + (dur or 0) for j, _, pts, _, dur, _, _ in packets if j == i)
-                    for i in streams}
+            span = {i: _span([pts for j, _, pts, *_ in packets if j == i]) for i in streams}
             for k in range(copies):
                 for i, data, pts, dts, dur, key, time_base in packets:
                     packet = av.Packet(data)
@@ -66,13 +67,22 @@ def repeat_clip(piece: Path, out: Path, copies: int) -> Path:
     return out
 
 
+def _span(pts: list[int]) -> int:
+    """A stream's length in its time base: first to last timestamp plus one step (packets may
+    carry no duration), so that copy k + 1 starts one step after copy k ends."""
+    ordered = np.sort(np.asarray(pts))
+    return int(ordered[-1] - ordered[0] + np.median(np.diff(ordered)))
+
+
 def long_clip(minutes: float) -> Path:
     out = RESULTS / f"long_{minutes:g}min_1080p.mp4"
     if out.exists():
         return out
     RESULTS.mkdir(parents=True, exist_ok=True)
     piece = render_piece(RESULTS / "long_piece_1080p.mp4")
-    return repeat_clip(piece, out, int(round(minutes * 60 / PIECE_S)))
+    tmp = out.with_suffix(".part.mp4")
+    repeat_clip(piece, tmp, int(round(minutes * 60 / PIECE_S)))
+    return tmp.replace(out)
 
 
 def run_stage(name: str, root: Path) -> None:

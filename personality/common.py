@@ -650,7 +650,10 @@ def _experiment_id(mlflow, root: Path) -> str:
 
 
 def _tracking_uri(root: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+    # timeout: parallel experiments (dvc exp run -j 2) write to one SQLite file; on a loaded
+    # machine a writer can hold its lock longer than SQLite's default 5 s wait, and the other
+    # stage then failed with "database is locked"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}?timeout=120"
 
 
 def mlflow_ui_url(base: str = "http://127.0.0.1:5000") -> str:

@@ -21,7 +21,9 @@ runs this project's code from the model's code/ folder (personality/, models/, s
 code_paths), never unpickles an object. `--env-manager local` serves it in the project's
 environment; the model's requirements.txt lists what another environment needs.
 
-The registered version carries tags: the model's name, its test mean CCC with the 95% interval,
+Every evaluated model (retrained ones too) is logged the same way in its own run `model:<name>`
+(`register.log_all`), with its figures as tags and metrics; the chosen one is registered. The
+registered version carries tags: the model's name, its test mean CCC with the 95% interval,
 its validation mean CCC (what chose it), the git commit and the DVC experiment. Writes
 metrics/register.json (model, version, run id, model URI).
 """
@@ -61,6 +63,7 @@ class RegisterParams:
     enabled: bool = True   # false: the stage writes its metrics file and registers nothing
     name: str = REGISTERED_NAME   # the registered model's name in the MLflow registry
     model: str = ""        # "": the best by validation CCC (metrics/evaluate.json selection)
+    log_all: bool = True   # every evaluated model logged as a pyfunc (its own run), one registered
 
 
 class VideoScorer:
@@ -158,23 +161,41 @@ def log_pyfunc(mlf, checkpoint: Path, root: Path, example: str):
         input_example=pd.DataFrame({"video": [example]}), signature=signature())
 
 
-def register(p: RegisterParams, root: Path) -> dict:
-    """Log the chosen model as a pyfunc in an MLflow run and register it as `p.name`."""
-    report = json.loads((root / "metrics" / "evaluate.json").read_text())
-    name = chosen_model(p, report)
-    checkpoint = find_checkpoint(name, root)
+def evaluated_models(report: dict) -> list[str]:
+    """The models metrics/evaluate.json scored (retrained ones included), in its order."""
+    return [k for k, v in report.items() if isinstance(v, dict) and "mean" in v
+            and k != "baseline"]
+
+
+def log_model_run(name: str, report: dict, root: Path, example: str) -> tuple:
+    """One MLflow run holding `name`'s pyfunc model, tagged with its figures: (ModelInfo,
+    version tags, run id)."""
     tags = version_tags(name, report)
-    with mlflow_run("register", run_name=f"register:{name}", tags={"model": name}) as mlf:
-        info = log_pyfunc(mlf, checkpoint, root, example_video(root))
+    with mlflow_run("register", run_name=f"model:{name}", tags={"model": name}) as mlf:
+        info = log_pyfunc(mlf, find_checkpoint(name, root), root, example)
         mlf.log_metrics({k: float(v) for k, v in tags.items()
                          if k.startswith(("test_", "val_")) and _is_number(v)})
-        version = mlf.register_model(info.model_uri, p.name, tags=tags)
-        run_id = mlf.active_run().info.run_id
-    log.info("registered %s as models:/%s/%s (test mean CCC %s [%s, %s])", name, p.name,
-             version.version, tags.get("test_mean_ccc"), tags.get("test_mean_ccc_ci_low"),
-             tags.get("test_mean_ccc_ci_high"))
+        return info, tags, mlf.active_run().info.run_id
+
+
+def register(p: RegisterParams, root: Path) -> dict:
+    """Log every evaluated model (`p.log_all`) or the chosen one as a pyfunc, each in its own
+    MLflow run, and register the chosen one as `p.name`."""
+    import mlflow
+
+    report = json.loads((root / "metrics" / "evaluate.json").read_text())
+    name = chosen_model(p, report)
+    example = example_video(root)
+    names = evaluated_models(report) if p.log_all else []
+    logged = {m: log_model_run(m, report, root, example) for m in dict.fromkeys([*names, name])}
+    info, tags, run_id = logged[name]
+    version = mlflow.register_model(info.model_uri, p.name, tags=tags)
+    log.info("registered %s as models:/%s/%s (test mean CCC %s [%s, %s]); %d model(s) logged",
+             name, p.name, version.version, tags.get("test_mean_ccc"),
+             tags.get("test_mean_ccc_ci_low"), tags.get("test_mean_ccc_ci_high"), len(logged))
     return {"model": name, "registered_name": p.name, "version": int(version.version),
-            "run_id": run_id, "model_uri": f"models:/{p.name}/{version.version}", "tags": tags}
+            "run_id": run_id, "model_uri": f"models:/{p.name}/{version.version}", "tags": tags,
+            "logged": {m: entry[0].model_uri for m, entry in logged.items()}}
 
 
 def _is_number(text: str) -> bool:

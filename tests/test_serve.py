@@ -76,6 +76,7 @@ def test_register_names_the_model_chosen_on_validation_with_its_test_figures(
         served_root, registered):
     assert registered["model"] == MODEL and registered["version"] == 1
     assert registered["model_uri"] == "models:/personality/1"
+    assert set(registered["logged"]) == {MODEL}  # every evaluated model is logged (one here)
     tags = registered["tags"]
     assert tags["chosen_by"] == "best mean CCC on validation"
     report = json.loads((served_root / "metrics" / "evaluate.json").read_text())
@@ -105,6 +106,12 @@ def test_loaded_pyfunc_gives_predicts_scores_and_a_row_per_bad_video(registered,
         assert got[t] == pytest.approx(expected[t], abs=1e-6)
     assert got["error"] == "" and got["face_share"] == pytest.approx(expected["face_share"])
     assert "broken.mp4" in out.iloc[1]["error"] and np.isnan(out.iloc[1]["O"])
+
+
+def test_evaluated_models_are_the_scored_entries_of_the_report():
+    report = {"a": {"mean": {}}, "a+retrained": {"mean": {}}, "baseline": {"mean": {}},
+              "selection": {"best": "a"}, "errors": {"b": "bad file"}}
+    assert serve.evaluated_models(report) == ["a", "a+retrained"]
 
 
 def free_port() -> int:
