@@ -22,7 +22,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMB
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -34,7 +33,7 @@ os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / ".numba_cache"))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from personality.common import progress  # noqa: E402
+from personality.common import atomic_write_json, progress  # noqa: E402
 from personality import smile  # noqa: E402
 from stages import audio  # noqa: E402
 
@@ -98,10 +97,8 @@ def main() -> None:
         result["steps"][step] = {"cpu_mean_s": float(cpu.mean()),
                                  "cpu_median_s": float(cpu.median()),
                                  "wall_mean_s": float(wall.mean()), "x_real_time_cpu": speed}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    print(f"wrote {atomic_write_json(args.out, result)}")
 
 
 if __name__ == "__main__":
