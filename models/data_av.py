@@ -17,7 +17,8 @@ Sampling (DeepPersonality's):
 | logmel   | a random crop of `frames` steps (zero-padded)     | the whole clip (`full`) or the     |
 |          |                                                   | centre crop (`centre`), V = 1      |
 | wave     | a random crop of `samples` within the real audio  | the centre crop (or `full`), V = 1 |
-| audio_fn | the standardised functionals vector               | the same, V = 1                    |
+| audio_fn | the standardised audio functionals vector (fn_*,  | the same, V = 1                    |
+|          | egemaps_*, compare_*; `include` picks by prefix)  |                                    |
 
 Videos without inputs: `has(video_id)` is False for a video with no face in any frame (face,
 face_seq), no sampled frame (frame), or no usable audio (logmel / audio_fn: no stream, silent,
@@ -54,6 +55,7 @@ import torchvision.transforms.v2.functional as TF
 
 from models.data import InputSource, SourceError, register_source, source_options
 from personality.common import get_logger
+from personality.schemas import AUDIO_FUNCTIONAL_PREFIXES
 
 __all__ = ["ImageSourceConfig", "FaceSeqSourceConfig", "LogmelSourceConfig", "WaveSourceConfig",
            "AudioFnSourceConfig", "ImageStore", "ImageSource", "FaceSeqSource", "LogmelSource",
@@ -62,6 +64,7 @@ __all__ = ["ImageSourceConfig", "FaceSeqSourceConfig", "LogmelSourceConfig", "Wa
 
 log = get_logger("data_av")
 
+AUDIO_FUNCTIONALS = tuple(AUDIO_FUNCTIONAL_PREFIXES.values())  # fn_, egemaps_, compare_
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 Augment = Literal["none", "standard", "strong"]
@@ -604,7 +607,10 @@ def wave_source(*, root: Path, video_ids: list[str], config: dict) -> WaveSource
 
 @dataclasses.dataclass(frozen=True)
 class AudioFnSourceConfig:
-    include: tuple[str, ...] = ()  # keep fn_* columns starting with one of these ("" = all)
+    # keep the functionals (fn_*, egemaps_*, compare_*: what audio.feature_sets wrote) whose name
+    # starts with one of these (() = all of them); e.g. [egemaps_] or [fn_rms_db, fn_f0]
+    include: tuple[str, ...] = ()
+    columns: tuple[str, ...] = ()  # the exact columns (fitted: what training used)
     stats_split: str = "train"  # standardisation statistics from this split ("" = all given)
     mean: tuple[float, ...] = ()  # explicit statistics (one per kept column)
     std: tuple[float, ...] = ()
@@ -618,7 +624,7 @@ class AudioFnSourceConfig:
 
 
 class AudioFnSource(_AudioBase):
-    """{"audio_fn": (F,) float32}: the standardised fn_* functionals; NaN entries -> 0."""
+    """{"audio_fn": (F,) float32}: the standardised audio functionals; NaN entries -> 0."""
 
     key = "audio_fn"
 
@@ -646,10 +652,16 @@ def audio_fn_source(*, root: Path, video_ids: list[str], config: dict) -> AudioF
         folder.glob("*.parquet")) else None
     if schema is None:
         _read_audio(root, cfg.path, video_ids, [])  # raises the "run the stage" error
-    columns = [c for c in schema.names if c.startswith("fn_") and (
-        not cfg.include or any(c.startswith(p) for p in cfg.include))]
+    columns = list(cfg.columns) or [
+        c for c in schema.names if c.startswith(AUDIO_FUNCTIONALS) and (
+            not cfg.include or any(c.startswith(p) for p in cfg.include))]
     if not columns:
-        raise SourceError(f"source_config.audio_fn.include {cfg.include}: no fn_* column matches")
+        raise SourceError(f"source_config.audio_fn.include {cfg.include}: no functional column "
+                          f"({', '.join(p + '*' for p in AUDIO_FUNCTIONALS)}) matches")
+    absent = [c for c in columns if c not in schema.names]
+    if absent:
+        raise SourceError(f"source_config.audio_fn: {len(absent)} columns absent from {folder} "
+                          f"(e.g. {absent[0]}): params audio.feature_sets differ from training's")
     t = _read_audio(root, cfg.path, video_ids, ["has_audio", "silent", "error", *columns])
     df = t.to_pandas()
     values = df[columns].to_numpy(np.float64)  # (n, F)
@@ -678,5 +690,5 @@ def audio_fn_source(*, root: Path, video_ids: list[str], config: dict) -> AudioF
     src.mean, src.std = mean.astype(np.float32), std.astype(np.float32)
     # float64, as used above: float32 copies would move standardised values by ~1e-5
     src.fitted = {"audio_fn": {"mean": mean.tolist(), "std": std.tolist(),
-                               "include": list(cfg.include)}}
+                               "include": list(cfg.include), "columns": columns}}
     return src

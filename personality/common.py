@@ -307,9 +307,16 @@ def artifact_path(name: str) -> Path:
 def check_schema(df: pd.DataFrame, name: str, path: str | os.PathLike) -> pd.DataFrame:
     """Raise SchemaError naming `path` and the column when `df` does not match artifact `name`."""
     spec = schemas.ARTIFACTS[name]
-    for column, kind in spec.columns.items():
+    kinds = dict(spec.columns)
+    for column in spec.columns:
         if column not in df.columns:
             raise SchemaError(f"{path}: missing column '{column}' of artifact '{name}'")
+    for column in df.columns:  # optional columns, declared by prefix (they depend on params)
+        if column not in kinds:
+            kind = next((k for p, k in spec.prefixed.items() if str(column).startswith(p)), None)
+            if kind:
+                kinds[column] = kind
+    for column, kind in kinds.items():
         if len(df) and not schemas.matches_kind(df[column], kind):
             raise SchemaError(
                 f"{path}: column '{column}' has dtype {df[column].dtype}, expected {kind}")

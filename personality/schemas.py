@@ -24,12 +24,58 @@ AU_INTENSITY = ("AU01_r", "AU02_r", "AU04_r", "AU05_r", "AU06_r", "AU07_r", "AU0
 AU_PRESENCE = tuple(a.replace("_r", "_c") for a in AU_INTENSITY)
 
 
+# Per-video audio functionals of data/audio by feature set (params audio.feature_sets) -> prefix.
+AUDIO_FUNCTIONAL_PREFIXES = {"librosa": "fn_", "egemaps": "egemaps_", "compare": "compare_"}
+
+# openSMILE eGeMAPSv02 functionals (Eyben et al. 2016), official names in openSMILE's order; the
+# audio stage writes them as egemaps_<name> (personality/smile.py checks opensmile agrees).
+EGEMAPS_V02 = (
+    "F0semitoneFrom27.5Hz_sma3nz_amean", "F0semitoneFrom27.5Hz_sma3nz_stddevNorm",
+    "F0semitoneFrom27.5Hz_sma3nz_percentile20.0", "F0semitoneFrom27.5Hz_sma3nz_percentile50.0",
+    "F0semitoneFrom27.5Hz_sma3nz_percentile80.0", "F0semitoneFrom27.5Hz_sma3nz_pctlrange0-2",
+    "F0semitoneFrom27.5Hz_sma3nz_meanRisingSlope", "F0semitoneFrom27.5Hz_sma3nz_stddevRisingSlope",
+    "F0semitoneFrom27.5Hz_sma3nz_meanFallingSlope",
+    "F0semitoneFrom27.5Hz_sma3nz_stddevFallingSlope", "loudness_sma3_amean",
+    "loudness_sma3_stddevNorm", "loudness_sma3_percentile20.0", "loudness_sma3_percentile50.0",
+    "loudness_sma3_percentile80.0", "loudness_sma3_pctlrange0-2", "loudness_sma3_meanRisingSlope",
+    "loudness_sma3_stddevRisingSlope", "loudness_sma3_meanFallingSlope",
+    "loudness_sma3_stddevFallingSlope", "spectralFlux_sma3_amean", "spectralFlux_sma3_stddevNorm",
+    "mfcc1_sma3_amean", "mfcc1_sma3_stddevNorm", "mfcc2_sma3_amean", "mfcc2_sma3_stddevNorm",
+    "mfcc3_sma3_amean", "mfcc3_sma3_stddevNorm", "mfcc4_sma3_amean", "mfcc4_sma3_stddevNorm",
+    "jitterLocal_sma3nz_amean", "jitterLocal_sma3nz_stddevNorm", "shimmerLocaldB_sma3nz_amean",
+    "shimmerLocaldB_sma3nz_stddevNorm", "HNRdBACF_sma3nz_amean", "HNRdBACF_sma3nz_stddevNorm",
+    "logRelF0-H1-H2_sma3nz_amean", "logRelF0-H1-H2_sma3nz_stddevNorm",
+    "logRelF0-H1-A3_sma3nz_amean", "logRelF0-H1-A3_sma3nz_stddevNorm", "F1frequency_sma3nz_amean",
+    "F1frequency_sma3nz_stddevNorm", "F1bandwidth_sma3nz_amean", "F1bandwidth_sma3nz_stddevNorm",
+    "F1amplitudeLogRelF0_sma3nz_amean", "F1amplitudeLogRelF0_sma3nz_stddevNorm",
+    "F2frequency_sma3nz_amean", "F2frequency_sma3nz_stddevNorm", "F2bandwidth_sma3nz_amean",
+    "F2bandwidth_sma3nz_stddevNorm", "F2amplitudeLogRelF0_sma3nz_amean",
+    "F2amplitudeLogRelF0_sma3nz_stddevNorm", "F3frequency_sma3nz_amean",
+    "F3frequency_sma3nz_stddevNorm", "F3bandwidth_sma3nz_amean", "F3bandwidth_sma3nz_stddevNorm",
+    "F3amplitudeLogRelF0_sma3nz_amean", "F3amplitudeLogRelF0_sma3nz_stddevNorm",
+    "alphaRatioV_sma3nz_amean", "alphaRatioV_sma3nz_stddevNorm", "hammarbergIndexV_sma3nz_amean",
+    "hammarbergIndexV_sma3nz_stddevNorm", "slopeV0-500_sma3nz_amean",
+    "slopeV0-500_sma3nz_stddevNorm", "slopeV500-1500_sma3nz_amean",
+    "slopeV500-1500_sma3nz_stddevNorm", "spectralFluxV_sma3nz_amean",
+    "spectralFluxV_sma3nz_stddevNorm", "mfcc1V_sma3nz_amean", "mfcc1V_sma3nz_stddevNorm",
+    "mfcc2V_sma3nz_amean", "mfcc2V_sma3nz_stddevNorm", "mfcc3V_sma3nz_amean",
+    "mfcc3V_sma3nz_stddevNorm", "mfcc4V_sma3nz_amean", "mfcc4V_sma3nz_stddevNorm",
+    "alphaRatioUV_sma3nz_amean", "hammarbergIndexUV_sma3nz_amean", "slopeUV0-500_sma3nz_amean",
+    "slopeUV500-1500_sma3nz_amean", "spectralFluxUV_sma3nz_amean", "loudnessPeaksPerSec",
+    "VoicedSegmentsPerSec", "MeanVoicedSegmentLengthSec", "StddevVoicedSegmentLengthSec",
+    "MeanUnvoicedSegmentLength", "StddevUnvoicedSegmentLength", "equivalentSoundLevel_dBp",
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class ArtifactSpec:
     path: str  # relative to the repo root
     columns: dict[str, str]
     sharded: bool = False
     doc: str = ""
+    # columns that may be absent (they depend on params), by name prefix -> kind: every present
+    # column with the prefix must be of that kind
+    prefixed: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 _PER_FRAME = {"video_id": "str", "frame_idx": "int", "t": "float"}
@@ -109,9 +155,8 @@ ARTIFACTS: dict[str, ArtifactSpec] = {
          "duration_s": "float",
          "logmel": "list", "mfcc": "list", "f0": "list", "voicing": "list", "rms": "list",
          "centroid": "list", "flatness": "list", "zcr": "list",
-         "wave": "list", "wave_scale": "float", "n_samples": "int",
-         "fn_rms_db_mean": "float", "fn_f0_mean": "float", "fn_voiced_frac": "float"},
-        sharded=True,
+         "wave": "list", "wave_scale": "float", "n_samples": "int"},
+        sharded=True, prefixed=dict.fromkeys(AUDIO_FUNCTIONAL_PREFIXES.values(), "float"),
         doc="ONE ROW PER VIDEO (stages/audio.py's docstring has the details). Per-window lists, "
             "all on one grid of hop_s seconds, frame i centred on i * hop_s, n_frames = T: "
             "logmel float32 T*n_mels time-major (reshape (T, n_mels)), dB re 1; mfcc float32 "
@@ -121,8 +166,11 @@ ARTIFACTS: dict[str, ArtifactSpec] = {
             "zero-padded; times wave_scale gives amplitude; its first n_samples are real audio. "
             "fn_<stream>_<stat> floats: streams rms_db, centroid, flatness, zcr, voicing, f0 "
             "(voiced frames), logmel_KK, mfcc_KK, mfcc_d_KK, mfcc_dd_KK; stats mean, std, p<q>; "
-            "plus fn_active_frac, fn_voiced_frac, fn_voiced_onsets_per_s. has_audio=false (no "
-            "stream or unreadable), silent=true or error!='' rows have NaN fn_* and empty lists"),
+            "plus fn_active_frac, fn_voiced_frac, fn_voiced_onsets_per_s. audio.feature_sets "
+            "picks the functionals: librosa (the lists and fn_*; without it the lists are empty), "
+            "egemaps (egemaps_<name> for the EGEMAPS_V02 names), compare (compare_<ComParE_2016 "
+            "name>). has_audio=false (no stream or unreadable), silent=true or error!='' rows "
+            "have NaN functionals and empty lists"),
 }
 
 
@@ -180,4 +228,6 @@ ARTIFACTS["functionals"] = ArtifactSpec(
      "face_share": "float"},
     doc="ONE ROW PER VIDEO: AUxx_r_mean/_sd/_p50/_p90, AUxx_c_share, AUxx_onsets_per_s, "
         "head_<yaw|pitch|roll>_sd, head_speed_mean/_p90, blink_rate, face_share, the audio "
-        "stage's fn_* columns and f0_semitone_mean/_sd")
+        "stage's functionals (fn_* with f0_semitone_mean/_sd, egemaps_*, compare_*: whichever "
+        "audio.feature_sets wrote)",
+    prefixed=dict.fromkeys(AUDIO_FUNCTIONAL_PREFIXES.values(), "float"))

@@ -1,4 +1,5 @@
-"""audio: demux each video's sound track, resample it to 16 kHz mono and describe it with librosa.
+"""audio: demux each video's sound track, resample it to 16 kHz mono and describe it with librosa
+(and, when asked, openSMILE's eGeMAPS / ComParE functionals).
 
     python -m stages.audio       # reads params.yaml:base.workers,audio; data/manifest.parquet,
                                  # data/videos -> data/audio/part-*.parquet
@@ -43,14 +44,23 @@ Functionals, each `fn_<stream>_<stat>` with stat in mean, std (population), p<q>
 f0 (voiced frames only), logmel_<kk> (kk = 00 .. n_mels-1), mfcc_<kk>, mfcc_d_<kk>, mfcc_dd_<kk>.
 Scalars: fn_active_frac, fn_voiced_frac, fn_voiced_onsets_per_s (voiced runs per second).
 
+openSMILE (`audio.feature_sets`, default [librosa]; personality/smile.py): `egemaps` adds the 88
+eGeMAPSv02 functionals as `egemaps_<official name>` (e.g. egemaps_F0semitoneFrom27.5Hz_sma3nz_amean)
+and `compare` the 6373 ComParE_2016 ones as `compare_<name>`, computed by
+`opensmile.Smile(...).process_signal` on the same decoded wave (no second decode), one extractor
+per worker. Without `librosa` the per-window lists are empty (n_frames 0) and no fn_* column is
+written (the wave is still stored). An openSMILE failure marks the row like a librosa one (error
+names the video's file, NaN features).
+
 Videos with no audio stream (has_audio=false), silent clips (silent=true), unreadable files and
-too-short tracks (error set, logged by name) get NaN functionals and empty per-window lists
-(n_frames 0); the stage goes on. Silent and too-short clips keep their wave; the others get an
-all-zero wave (n_samples 0).
+too-short tracks (error set, logged by name) get NaN functionals (fn_* and openSMILE's) and
+empty per-window lists (n_frames 0); the stage goes on. Silent and too-short clips keep their
+wave; the others get an all-zero wave (n_samples 0).
 
 Parallel: personality/executor.py's executor (`base.workers` local processes, one thread each, or
 the Dask cluster PERSONALITY_CLUSTER names: same bytes either way); each worker pays librosa's
-numba JIT (or its cache load) once, in `warm_up`, before its first clip. docs/audio.md has the measurements.
+numba JIT (or its cache load) and openSMILE's set-up once, in `warm_up`, before its first clip.
+docs/audio.md has the measurements.
 
 One file because every audio feature of the stage is computed from one decoded wave per video
 in one pass; the sections follow the output columns.
@@ -68,7 +78,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from personality import schemas
+from personality import schemas, smile
 from personality.executor import map_jobs
 from personality.common import (ArtifactWriter, BaseParams, ParamsError, StageInputError, get_logger,
                            progress, read_artifact, repo_root, run_stage)
@@ -100,6 +110,18 @@ class AudioParams:
     max_feature_seconds: float = 300.0  # decoding stops here: bounds memory (~0.5 GB at 300 s)
     wave_format: Literal["int16", "float32", "none"] = "int16"
     rows_per_shard: int = 64  # videos per Parquet shard (~1.3 MB a 15 s video)
+    # per-video feature sets: librosa (the per-window streams and their fn_* functionals), egemaps
+    # (openSMILE eGeMAPSv02 functionals, egemaps_*), compare (ComParE_2016, compare_*)
+    feature_sets: list[str] = dataclasses.field(default_factory=lambda: ["librosa"])
+
+    @property
+    def librosa(self) -> bool:
+        return "librosa" in self.feature_sets
+
+    @property
+    def smile_sets(self) -> tuple[str, ...]:
+        """The openSMILE sets asked for, in smile.SETS order (fixed column order)."""
+        return tuple(name for name in smile.SETS if name in self.feature_sets)
 
     @property
     def hop_length(self) -> int:
@@ -137,6 +159,9 @@ class AudioParams:
             ("max_seconds", self.max_seconds > 0, "must be positive"),
             ("max_feature_seconds", self.max_feature_seconds > 0, "must be positive"),
             ("rows_per_shard", self.rows_per_shard >= 1, "must be positive"),
+            ("feature_sets", len(self.feature_sets) == len(set(self.feature_sets)) >= 1 and
+             set(self.feature_sets) <= {"librosa", *smile.SETS},
+             f"must list some of librosa, {', '.join(smile.SETS)}, each once"),
         ]
         for key, ok, what in checks:
             if not ok:
@@ -369,7 +394,9 @@ def _wave_column(y: np.ndarray | None, p: AudioParams) -> tuple[np.ndarray, floa
 
 def _row(video_id: str, p: AudioParams, *, has_audio: bool, silent: bool = False,
          error: str = "", y: np.ndarray | None = None,
-         feats: dict[str, np.ndarray] | None = None) -> dict:
+         feats: dict[str, np.ndarray] | None = None, extra: dict[str, float] | None = None
+         ) -> dict:
+    """The output row; `extra`: the openSMILE columns (NaN ones for a row without features)."""
     t = 0 if feats is None else feats["rms"].shape[0]
     empty = np.zeros(0, np.float32)
     wave, scale, n_samples = _wave_column(y, p)
@@ -384,39 +411,50 @@ def _row(video_id: str, p: AudioParams, *, has_audio: bool, silent: bool = False
                                      ).T.reshape(-1)  # (3 n_mfcc, T) -> (T, 3 n_mfcc) -> flat
         row.update({c: feats[c] for c in ("f0", "voicing", "rms", "centroid", "flatness", "zcr")})
     row.update(wave=wave, wave_scale=scale, n_samples=n_samples)
-    row.update(functionals(feats if t else None, p))
+    if p.librosa:
+        row.update(functionals(feats if t else None, p))
+    row.update(extra or {})
     return row
 
 
 def process_video(video_id: str, path: str | os.PathLike, p: AudioParams,
                   timings: dict[str, float] | None = None) -> dict:
     """One video -> its row (see the module docstring). Never raises for a bad file: the row says
-    what went wrong in `error`. `timings`, when given, receives seconds per step."""
+    what went wrong in `error`. `timings`, when given, receives seconds per step (decode, features
+    = librosa's, one per openSMILE set, row, total)."""
+    exs = smile.extractors(p.smile_sets)
+    blank = smile.nan_functionals(exs)
     t0 = time.perf_counter()
     try:
         y = decode_audio(path, sr=p.sr, max_seconds=p.max_feature_seconds)
     except StageInputError as exc:
-        return _row(video_id, p, has_audio=False, error=str(exc))
+        return _row(video_id, p, has_audio=False, error=str(exc), extra=blank)
     t1 = time.perf_counter()
     if y is None:
-        return _row(video_id, p, has_audio=False)
+        return _row(video_id, p, has_audio=False, extra=blank)
     if len(y) < p.f0_frame_length:
-        return _row(video_id, p, has_audio=True, y=y,
+        return _row(video_id, p, has_audio=True, y=y, extra=blank,
                     error=f"{path}: audio track too short ({len(y) / p.sr:.3f} s < "
                           f"{p.f0_frame_s} s)")
     _, rms_db = frame_rms_db(y, p)
     if float(np.mean(rms_db > p.silence_db)) < p.min_active_frac:
-        return _row(video_id, p, has_audio=True, silent=True, y=y)
+        return _row(video_id, p, has_audio=True, silent=True, y=y, extra=blank)
     try:
-        feats = frame_features(y, p)
+        feats = frame_features(y, p) if p.librosa else None
     except Exception as exc:  # a track librosa cannot take (non-finite samples...): mark, go on
-        return _row(video_id, p, has_audio=True, y=y,
+        return _row(video_id, p, has_audio=True, y=y, extra=blank,
                     error=f"{path}: features failed: {type(exc).__name__}: {exc}")
     t2 = time.perf_counter()
-    row = _row(video_id, p, has_audio=True, y=y, feats=feats)
+    steps: dict[str, float] = {}
+    try:
+        extra = smile.all_functionals(y, p.sr, exs, steps)
+    except smile.SmileError as exc:
+        return _row(video_id, p, has_audio=True, y=y, extra=blank, error=f"{path}: {exc}")
+    t3 = time.perf_counter()
+    row = _row(video_id, p, has_audio=True, y=y, feats=feats, extra=extra)
     if timings is not None:
-        t3 = time.perf_counter()
-        timings.update(decode=t1 - t0, features=t2 - t1, row=t3 - t2, total=t3 - t0)
+        t4 = time.perf_counter()
+        timings.update(decode=t1 - t0, features=t2 - t1, **steps, row=t4 - t3, total=t4 - t0)
     return row
 
 
@@ -434,7 +472,9 @@ def warm_up(p: AudioParams) -> float:
     tt = np.arange(n) / p.sr
     y = (0.1 * np.sin(2 * np.pi * 150 * tt) + 0.01 * np.random.default_rng(0).standard_normal(n)
          ).astype(np.float32)
-    frame_features(y, p)
+    if p.librosa:
+        frame_features(y, p)
+    smile.all_functionals(y, p.sr, smile.extractors(p.smile_sets), {})  # openSMILE's set-up
     return time.perf_counter() - t0
 
 
@@ -486,8 +526,8 @@ def run(params: AudioParams, base: BaseParams, root: Path | None = None) -> dict
             continue
         path = Path(rel)
         jobs.append((str(vid), str(path if path.is_absolute() else root / path)))
-    log.info("audio of %d videos with %d worker(s), f0 by %s", len(jobs), base.workers,
-             params.f0_method)
+    log.info("audio of %d videos with %d worker(s), feature sets %s, f0 by %s", len(jobs),
+             base.workers, "+".join(params.feature_sets), params.f0_method)
     counts = {"n_videos": len(jobs), "n_no_audio": 0, "n_silent": 0, "n_errors": 0}
     voiced, seconds = [], 0.0
     t0 = time.perf_counter()
@@ -506,7 +546,7 @@ def run(params: AudioParams, base: BaseParams, root: Path | None = None) -> dict
             elif row["silent"]:
                 counts["n_silent"] += 1
                 log.info("%s: silent audio track", row["video_id"])
-            else:
+            elif params.librosa:
                 voiced.append(row["fn_voiced_frac"])
             seconds += row["duration_s"]
             batch.append(row)

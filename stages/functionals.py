@@ -27,7 +27,9 @@ silent audio):
 |                             | rms_db, f0, voicing ... mean / std / p10 / p50 / p90, active and |
 |                             | voiced shares, voiced onsets per second = a syllable rate)       |
 | `f0_semitone_mean`, `_sd`   | pitch level and variability in semitones re 27.5 Hz over voiced  |
-|                             | frames (eGeMAPS's F0semitoneFrom27.5Hz mean and sd)              |
+|                             | frames (eGeMAPS's F0semitoneFrom27.5Hz mean and sd); with fn_*   |
+| `egemaps_*`, `compare_*`    | openSMILE's eGeMAPSv02 / ComParE_2016 functionals, names         |
+|                             | unchanged, when params audio.feature_sets has egemaps / compare  |
 
 Frames are the sampled frames of data/faces (frames.fps): onsets and speeds are per second of
 that clock, so they do not depend on the sampling rate except through what it can resolve
@@ -44,7 +46,7 @@ import pandas as pd
 from personality import schemas
 from personality.common import (StageInputError, get_logger, read_artifact, repo_root, run_stage,
                                 write_artifact)
-from personality.schemas import AU_INTENSITY
+from personality.schemas import AU_INTENSITY, AUDIO_FUNCTIONAL_PREFIXES
 
 log = get_logger("functionals")
 
@@ -55,7 +57,7 @@ HEAD = ("yaw", "pitch", "roll")
 class FunctionalsParams:
     active_threshold: float = 1.0  # AU intensity (0-5) at or above which an AU counts as active
     blink_threshold: float = 1.0  # AU45 intensity at or above which the eyes count as closed
-    audio: bool = True  # include the audio functionals (fn_*, f0_semitone_*)
+    audio: bool = True  # include the audio functionals (fn_*, f0_semitone_*, egemaps_*...)
 
 
 def au_columns() -> list[str]:
@@ -138,11 +140,13 @@ def semitones(f0: np.ndarray) -> dict[str, float]:
 
 
 def audio_functionals(row: dict | None, fn_columns: list[str]) -> dict[str, float]:
-    """The fn_* values of one data/audio row plus the semitone pitch functionals; NaN when the
-    video has no usable audio (row None, no stream, silent, error)."""
+    """The functionals of one data/audio row (fn_*, egemaps_*, compare_*: `fn_columns`) plus,
+    when librosa's fn_* are there, the semitone pitch functionals; NaN when the video has no
+    usable audio (row None, no stream, silent, error)."""
     unusable = row is None or not row["has_audio"] or row["silent"] or row["error"]
     out = {c: (np.nan if unusable else float(row[c])) for c in fn_columns}
-    out.update(semitones(np.asarray([] if unusable else row["f0"])))
+    if any(c.startswith(AUDIO_FUNCTIONAL_PREFIXES["librosa"]) for c in fn_columns):
+        out.update(semitones(np.asarray([] if unusable else row["f0"])))
     return out
 
 
@@ -165,7 +169,8 @@ def _audio_rows(root: Path) -> tuple[dict[str, dict], list[str]]:
     shards = sorted(folder.glob("*.parquet"))
     if not shards:
         raise StageInputError(f"{folder}: no audio shards; run the audio stage first")
-    fn = [c for c in pq.read_schema(shards[0]).names if c.startswith("fn_")]
+    prefixes = tuple(AUDIO_FUNCTIONAL_PREFIXES.values())
+    fn = [c for c in pq.read_schema(shards[0]).names if c.startswith(prefixes)]
     cols = ["video_id", "has_audio", "silent", "error", "f0", *fn]
     df = pd.concat([pq.read_table(s, columns=cols).to_pandas() for s in shards])
     return {r["video_id"]: r for r in df.to_dict("records")}, fn
