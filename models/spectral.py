@@ -26,6 +26,9 @@ The network (SpectrumFeatConv1D): 2D convs with (1 x k) kernels, i.e. 1D convolu
 frequency shared by every AU row: conv_in (1x7, 1x5), a residual pair widening and narrowing
 (1x3 convs, `widths`), conv_out (1x1 to one plane, then a 1 x n_freq conv that collapses frequency):
 one number per AU (B, 17), into the head (one linear layer by default, DeepPersonality's trait_fc).
+One change: the published ReLU between the two convs of conv_out is off by default (`out_relu`):
+it acts on a single channel, and when that channel's input turns negative for every clip the model
+outputs a constant; trained as published on the default data it did so from the first epoch.
 """
 from __future__ import annotations
 
@@ -68,6 +71,9 @@ class SpectrumConfig(HeadFields):
     n_freq: int = 33  # bins kept (n_samples // 2 + 1: all; DeepPersonality: 80 of 100 frames' FFT)
     widths: tuple[int, int, int] = (16, 32, 64)  # conv_in / residual widths (published: 64, 256,
     #                                              1024)
+    out_relu: bool = False  # ReLU on the one-plane 1x1 conv before the frequency collapse
+    #                         (published: yes; that single channel can die for every input, and
+    #                         here it did: constant predictions from epoch 1, docs/models.md)
     hidden: int = 0  # head: one linear layer from the 17 per-AU numbers (DeepPersonality's trait_fc)
     dropout: float = 0.0
 
@@ -97,7 +103,8 @@ class SpectrumModel(ZooModel):
         self.conv_in = nn.Sequential(*_conv(2, c0, 7), *_conv(c0, c1, 5))
         self.widen = nn.Sequential(*_conv(c1, c1, 3), *_conv(c1, c2, 3))
         self.narrow = nn.Sequential(*_conv(c2, c1, 3))
-        self.conv_out = nn.Sequential(nn.Conv2d(c1, 1, 1), nn.ReLU(inplace=True),
+        self.conv_out = nn.Sequential(nn.Conv2d(c1, 1, 1),
+                                      nn.ReLU(inplace=True) if config.out_relu else nn.Identity(),
                                       nn.Conv2d(1, 1, (1, config.n_freq)))
         self.head = make_head(config, config.n_aus)
 
