@@ -55,7 +55,8 @@ SAMPLE_KEYS = {
 
 # Modules whose import registers models. Add yours here.
 _BUILTIN_MODULES = ("models.perfex", "models.visual", "models.audio", "models.audiovisual",
-                    "models.classical")
+                    "models.classical", "models.swin", "models.interpret", "models.video",
+                    "models.spectral", "models.facenets")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -46,6 +46,13 @@ TINY = {
     "crnet": dict(width=4, layers=(1, 1, 1, 1), audio_widths=(4, 8), hidden=16),
     "perfex_cnn": dict(channels=(8, 8), hidden=16), "perfex_hybrid": dict(
         fcn_channels=(8, 8, 8, 8), lstm_hidden=8, attention_dim=8, hidden=16),
+    "swin_face": dict(size=32, embed_dim=8, depths=(2, 2), heads=(2, 2)),
+    "interpret_dan_face": dict(widths=(4, 8, 8), convs=(1, 1, 1)),
+    "slow_fast_face_seq": dict(width=8, beta_inv=4), "tpn_face_seq": dict(width=4, neck_width=8),
+    "spectrum_model": dict(widths=(4, 8, 8), n_samples=16, n_freq=9),
+    "sphereface_face": dict(width=4, embed=16),
+    "audio_interpret_net": dict(widths=(4, 8, 8), pools=(4, 4, 4)),
+    "multi_modal_pred_net": dict(width=4, hidden=8, audio_hidden=(16, 8)),
 }
 # the zoo trained by gradient steps; the closed-form classical models (models/classical.py: fitted,
 # no parameters, no initial weights) have their own tests in tests/test_functionals.py
@@ -63,7 +70,7 @@ def _first_param(model: nn.Module) -> torch.nn.Parameter:
 
 def test_registry_lists_the_zoo_with_one_line_cards():
     models = list_models()
-    assert len(models) >= 10
+    assert len(models) >= 27
     for m in models:
         assert m["card"] and "\n" not in m["card"], m["name"]
         assert m["inputs"], m["name"]
@@ -153,3 +160,132 @@ def test_configs_are_dataclasses_with_weights_fields():
         assert dataclasses.is_dataclass(cfg)
         if not name.startswith("perfex"):
             assert cfg.weights == "" and cfg.weights_strict is True
+
+
+# --------------------------------------------------------------------------------------------------
+# the networks of issue #16: CAM maps, spectra, windows, pathways
+
+
+@pytest.mark.parametrize("name,key,overrides", [
+    ("interpret_dan_face", "face", {}),
+    ("audio_interpret_net", "wave", {}),
+    ("audio_interpret_net", "wave", {"domain": "frequency", "activation": "relu",
+                                     "batch_norm": True}),
+])
+def test_cam_maps_are_per_trait_and_average_to_the_logit(name, key, overrides):
+    torch.manual_seed(0)
+    model = build_model(name, **{**TINY[name], **overrides}).eval()
+    batch = _batch({"inputs": [key]})
+    with torch.inference_mode():
+        maps = model.cam(batch)
+        scores = model.predict(batch)
+    spatial = 2 if key == "face" else 1
+    assert maps.dim() == 2 + spatial and maps.shape[:2] == (B, 5)
+    assert all(s > 1 for s in maps.shape[2:]), maps.shape  # a map, not one pooled value
+    assert torch.isfinite(maps).all()
+    # the head is GAP + one linear layer: the maps' mean is exactly the pre-sigmoid score
+    pooled = torch.sigmoid(maps.flatten(2).mean(dim=2))
+    torch.testing.assert_close(pooled, scores, rtol=1e-5, atol=1e-6)
+
+
+def test_cam_maps_move_where_the_input_changes():
+    torch.manual_seed(0)
+    model = build_model("interpret_dan_face", **TINY["interpret_dan_face"]).eval()
+    x = torch.zeros(1, 3, 32, 32)
+    y = x.clone()
+    y[..., :8, :8] = 3.0  # a change in the top-left corner only
+    with torch.inference_mode():
+        diff = (model.cam({"face": y}) - model.cam({"face": x})).abs()[0].sum(dim=0)  # (h, w)
+    assert diff[:2, :2].sum() > 0 and diff[-2:, -2:].sum() == 0
+
+
+@pytest.mark.parametrize("name", ["interpret_dan_face", "audio_interpret_net"])
+def test_cam_head_must_stay_linear(name):
+    with pytest.raises(ValueError, match="hidden 0"):
+        build_model(name, hidden=16)
+    with pytest.raises(ValueError, match="CAM head"):
+        build_model(name, head="classification")
+
+
+def test_spectrum_of_known_series():
+    from models.spectral import even_samples, spectrum
+
+    n = 32
+    t = torch.arange(n, dtype=torch.float32)
+    x = torch.stack([torch.full((n,), 0.7), 0.4 * torch.cos(2 * torch.pi * 3 * t / n)], dim=1)
+    spec = spectrum(x[None], n_freq=n // 2 + 1)  # (1, 2, 2, 17)
+    amp = spec[0, 0]  # (2 channels, 17 bins)
+    torch.testing.assert_close(amp[0, 0], torch.tensor(0.7))  # a constant: bin 0 = its mean
+    assert amp[0, 1:].abs().max() < 1e-5
+    torch.testing.assert_close(amp[1, 3], torch.tensor(0.2))  # cos: half its amplitude at bin 3
+    assert amp[1, [0, 1, 2, 4, 5]].abs().max() < 1e-5
+    assert spec[0, 1].abs().max() <= 1.0  # phase / pi
+    # even sampling reads only real steps: padding after them changes nothing
+    real = torch.rand(1, 20, 17)
+    padded = torch.cat([real, torch.full((1, 12, 17), 9.0)], dim=1)
+    mask = torch.arange(32)[None] < 20
+    torch.testing.assert_close(even_samples(padded, mask, 16),
+                               even_samples(real, torch.ones(1, 20, dtype=torch.bool), 16))
+
+
+def test_spectrum_model_ignores_padding():
+    torch.manual_seed(0)
+    model = build_model("spectrum_model", **TINY["spectrum_model"]).eval()
+    aus = torch.rand(1, 20, 17) * 5
+    padded = torch.cat([aus, torch.zeros(1, 10, 17)], dim=1)
+    with torch.inference_mode():
+        a = model.predict({"aus": aus, "aus_mask": torch.ones(1, 20, dtype=torch.bool)})
+        b = model.predict({"aus": padded, "aus_mask": torch.arange(30)[None] < 20})
+    torch.testing.assert_close(a, b)
+
+
+def test_swin_windows_and_shift_mask():
+    from models.swin import shift_mask, window_partition, window_reverse
+
+    x = torch.randn(2, 8, 8, 3)
+    w = window_partition(x, 4)
+    assert w.shape == (2, 4, 16, 3)
+    torch.testing.assert_close(w[0, 1, 0], x[0, 0, 4])  # window 1 starts at column 4
+    torch.testing.assert_close(window_reverse(w, 4, 8, 8), x)
+    mask = shift_mask(8, 8, 4, 2, torch.device("cpu"))  # (4 windows, 16, 16)
+    assert (mask[0] == 0).all()  # the top-left window holds one region: no masking
+    assert (mask[3] < 0).any() and (mask.diagonal(dim1=1, dim2=2) == 0).all()
+    model = build_model("swin_face", **TINY["swin_face"])
+    shifts = [b.shift for stage in model.stages for b in stage]
+    assert shifts == [0, 2, 0, 0]  # stage 2's 4 x 4 map is one window: nothing to shift
+    with pytest.raises(ValueError, match="32 px"):
+        model({"face": torch.randn(1, 3, 64, 64)})
+
+
+@pytest.mark.parametrize("T,alpha", [(6, 2), (5, 2), (7, 3)])
+def test_slow_fast_pathways_align_in_time(T, alpha):
+    model = build_model("slow_fast_face_seq", **{**TINY["slow_fast_face_seq"], "alpha": alpha})
+    out = model.predict({"face_seq": torch.randn(2, T, 3, 32, 32)})
+    assert out.shape == (2, 5) and torch.isfinite(out).all()
+
+
+def test_tpn_3d_backbone():
+    model = build_model("tpn_face_seq", **{**TINY["tpn_face_seq"], "backbone": "3d"})
+    batch = _batch({"inputs": ["face_seq"]})
+    loss = model.loss(model(batch), torch.full((B, 5), 0.5))
+    loss.backward()
+    assert model.backbone.stem[0][0].weight.grad.abs().sum() > 0
+
+
+def test_multi_modal_pred_net_averages_its_branches():
+    torch.manual_seed(0)
+    model = build_model("multi_modal_pred_net", **TINY["multi_modal_pred_net"]).eval()
+    batch = _batch({"inputs": ["face", "logmel"]})
+    with torch.inference_mode():
+        out = model(batch)  # (B, 5, 2)
+    assert out.shape == (B, 5, 2)
+    torch.testing.assert_close(model.decode(out), out.mean(dim=2))
+    targets = torch.full((B, 5), 0.5)
+    expected = ((out[..., 0] - 0.5) ** 2).mean() + ((out[..., 1] - 0.5) ** 2).mean()
+    torch.testing.assert_close(model.loss(out, targets), expected)
+
+
+def test_sphereface_takes_any_crop_size():
+    model = build_model("sphereface_face", **TINY["sphereface_face"]).eval()
+    for size in (32, 48, 64):
+        assert model.predict({"face": torch.randn(1, 3, size, size)}).shape == (1, 5)
