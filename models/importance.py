@@ -113,31 +113,81 @@ def _donor(x: Tensor, shape: torch.Size) -> Tensor:
     return out
 
 
+def _one_view_batch(views: Mapping[str, Mapping[str, Tensor]]) -> dict[str, Tensor] | None:
+    """Every clip's single view stacked, {key: (n, ...)}, trimmed like the engine's collate to
+    the longest real sequence; None when a clip has several views or shapes differ."""
+    from models.batching import collate
+
+    items = list(views.values())
+    if any(t.shape[0] != 1 for it in items for t in it.values()):
+        return None
+    first = {k: t.shape for k, t in items[0].items()}
+    if any({k: t.shape for k, t in it.items()} != first for it in items):
+        return None
+    return collate([{k: t[0] for k, t in it.items()} for it in items])
+
+
+@torch.inference_mode()
+def _forward(model: nn.Module, batch: Mapping[str, Tensor], chunk: int = 2048) -> np.ndarray:
+    """Decoded scores of a stacked batch, in chunks, as float32 like the engine's: (B, 5)."""
+    model.eval()
+    n = len(next(iter(batch.values())))
+    return np.concatenate([model.decode(model({k: t[i:i + chunk] for k, t in batch.items()}))
+                           .float().cpu().numpy() for i in range(0, n, chunk)]).astype(np.float64)
+
+
+def _shuffled(x: Tensor, perms: list[np.ndarray], f: int, mask: Tensor | None) -> Tensor:
+    """R copies of x (n, ..., F), feature f of clip i taken from clip perm[i]: (R * n, ..., F)."""
+    copies = []
+    for perm in perms:
+        xr = x.clone()
+        xr[..., f] = x[torch.from_numpy(perm)][..., f]
+        if mask is not None:  # the donor's steps past this clip's length are padding
+            xr[..., f] *= mask.to(x.dtype)
+        copies.append(xr)
+    return torch.cat(copies)
+
+
 def permuted_predictions(model: nn.Module, views: Mapping[str, Mapping[str, Tensor]], key: str,
                          *, repeats: int, seed: int, desc: str = "permute") -> np.ndarray:
     """Predictions with feature f of views[.][key] (its last axis) taken from another clip, for
     every feature f and each of `repeats` shuffles of the clips: (F, R, n, 5). A `key_mask`
-    (B, T) zeroes what the donor brings past the clip's own length."""
+    (B, T) zeroes what the donor brings past the clip's own length. Clips with one view each
+    (vectors; AU sequences no longer than seq_len) run as one stacked batch per feature; others
+    go through the engine's view averaging (slower, same numbers)."""
     ids = list(views)
     n, n_feat = len(ids), int(next(iter(views.values()))[key].shape[-1])
     rng = np.random.default_rng(seed)
     perms = [rng.permutation(n) for _ in range(repeats)]
+    stacked = _one_view_batch(views)
     out = np.zeros((n_feat, repeats, n, 5))
     with progress(total=n_feat, desc=desc, unit="feature") as bar:
         for f in range(n_feat):
-            table = {}
-            for r, perm in enumerate(perms):
-                for i, vid in enumerate(ids):
-                    own = views[vid]
-                    x = own[key].clone()
-                    x[..., f] = _donor(views[ids[perm[i]]][key], x.shape)[..., f]
-                    mask = own.get(f"{key}_mask")
-                    if mask is not None:
-                        x = x * mask[..., None].to(x.dtype)
-                    table[f"{r}/{vid}"] = {**own, key: x}
-            out[f] = predict_views(model, table, batch_size=1024).reshape(repeats, n, 5)
+            if stacked is not None:
+                batch = {k: torch.cat([t] * repeats) for k, t in stacked.items() if k != key}
+                batch[key] = _shuffled(stacked[key], perms, f, stacked.get(f"{key}_mask"))
+                out[f] = _forward(model, batch).reshape(repeats, n, 5)
+            else:
+                out[f] = _views_path(model, views, ids, key, perms, f)
             bar.update(1)
     return out
+
+
+def _views_path(model: nn.Module, views: Mapping[str, Mapping[str, Tensor]], ids: list[str],
+                key: str, perms: list[np.ndarray], f: int) -> np.ndarray:
+    """permuted_predictions for clips with several views: each clip's views keep their own, the
+    donor's views are repeated or cut to their count: (R, n, 5)."""
+    table = {}
+    for r, perm in enumerate(perms):
+        for i, vid in enumerate(ids):
+            own = views[vid]
+            x = own[key].clone()
+            x[..., f] = _donor(views[ids[perm[i]]][key], x.shape)[..., f]
+            mask = own.get(f"{key}_mask")
+            if mask is not None:
+                x[..., f] *= mask.to(x.dtype)
+            table[f"{r}/{vid}"] = {**own, key: x}
+    return predict_views(model, table, batch_size=1024).reshape(len(perms), len(ids), 5)
 
 
 def permutation_importance(y: np.ndarray, base: np.ndarray, perm: np.ndarray, w: np.ndarray, *,
