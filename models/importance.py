@@ -136,22 +136,25 @@ def _forward(model: nn.Module, batch: Mapping[str, Tensor], chunk: int = 2048) -
                            .float().cpu().numpy() for i in range(0, n, chunk)]).astype(np.float64)
 
 
-def _shuffled(x: Tensor, perms: list[np.ndarray], f: int, mask: Tensor | None) -> Tensor:
-    """R copies of x (n, ..., F), feature f of clip i taken from clip perm[i]: (R * n, ..., F)."""
+def _shuffled(x: Tensor, perms: list[np.ndarray], cols: list[int], mask: Tensor | None) -> Tensor:
+    """R copies of x (n, ..., F), features `cols` of clip i taken together from clip perm[i]:
+    (R * n, ..., F)."""
     copies = []
     for perm in perms:
         xr = x.clone()
-        xr[..., f] = x[torch.from_numpy(perm)][..., f]
+        xr[..., cols] = x[torch.from_numpy(perm)][..., cols]
         if mask is not None:  # the donor's steps past this clip's length are padding
-            xr[..., f] *= mask.to(x.dtype)
+            xr[..., cols] *= mask.to(x.dtype)[..., None]
         copies.append(xr)
     return torch.cat(copies)
 
 
 def permuted_predictions(model: nn.Module, views: Mapping[str, Mapping[str, Tensor]], key: str,
-                         *, repeats: int, seed: int, desc: str = "permute") -> np.ndarray:
+                         *, repeats: int, seed: int, desc: str = "permute",
+                         groups: Sequence[Sequence[int]] | None = None) -> np.ndarray:
     """Predictions with feature f of views[.][key] (its last axis) taken from another clip, for
-    every feature f and each of `repeats` shuffles of the clips: (F, R, n, 5). A `key_mask`
+    every feature f and each of `repeats` shuffles of the clips: (F, R, n, 5). `groups`: lists
+    of features shuffled together (one clip gives all of them) instead: (G, R, n, 5). A `key_mask`
     (B, T) zeroes what the donor brings past the clip's own length. Clips with one view each
     (vectors; AU sequences no longer than seq_len) run as one stacked batch per feature; others
     go through the engine's view averaging (slower, same numbers)."""
@@ -160,21 +163,22 @@ def permuted_predictions(model: nn.Module, views: Mapping[str, Mapping[str, Tens
     rng = np.random.default_rng(seed)
     perms = [rng.permutation(n) for _ in range(repeats)]
     stacked = _one_view_batch(views)
-    out = np.zeros((n_feat, repeats, n, 5))
-    with progress(total=n_feat, desc=desc, unit="feature") as bar:
-        for f in range(n_feat):
+    groups = [list(g) for g in groups] if groups is not None else [[f] for f in range(n_feat)]
+    out = np.zeros((len(groups), repeats, n, 5))
+    with progress(total=len(groups), desc=desc, unit="feature") as bar:
+        for g, cols in enumerate(groups):
             if stacked is not None:
                 batch = {k: torch.cat([t] * repeats) for k, t in stacked.items() if k != key}
-                batch[key] = _shuffled(stacked[key], perms, f, stacked.get(f"{key}_mask"))
-                out[f] = _forward(model, batch).reshape(repeats, n, 5)
+                batch[key] = _shuffled(stacked[key], perms, cols, stacked.get(f"{key}_mask"))
+                out[g] = _forward(model, batch).reshape(repeats, n, 5)
             else:
-                out[f] = _views_path(model, views, ids, key, perms, f)
+                out[g] = _views_path(model, views, ids, key, perms, cols)
             bar.update(1)
     return out
 
 
 def _views_path(model: nn.Module, views: Mapping[str, Mapping[str, Tensor]], ids: list[str],
-                key: str, perms: list[np.ndarray], f: int) -> np.ndarray:
+                key: str, perms: list[np.ndarray], cols: list[int]) -> np.ndarray:
     """permuted_predictions for clips with several views: each clip's views keep their own, the
     donor's views are repeated or cut to their count: (R, n, 5)."""
     table = {}
@@ -182,10 +186,10 @@ def _views_path(model: nn.Module, views: Mapping[str, Mapping[str, Tensor]], ids
         for i, vid in enumerate(ids):
             own = views[vid]
             x = own[key].clone()
-            x[..., f] = _donor(views[ids[perm[i]]][key], x.shape)[..., f]
+            x[..., cols] = _donor(views[ids[perm[i]]][key], x.shape)[..., cols]
             mask = own.get(f"{key}_mask")
             if mask is not None:
-                x[..., f] *= mask.to(x.dtype)
+                x[..., cols] *= mask.to(x.dtype)[..., None]
             table[f"{r}/{vid}"] = {**own, key: x}
     return predict_views(model, table, batch_size=1024).reshape(len(perms), len(ids), 5)
 

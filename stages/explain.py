@@ -107,17 +107,22 @@ def planted_cues(weights: np.ndarray, cues: list[str], k: int = 3) -> list[list[
     return [[cues[j] for j in np.argsort(-np.abs(row), kind="stable")[:k]] for row in weights]
 
 
-def cue_hits(top: list[str], planted: list[str]) -> int:
+def cue_hits(top: list[str], planted: list[str], to_cue=cue_of) -> int:
     """How many of the `planted` cues are measured by one of the `top` features."""
-    found = {cue_of(f) for f in top}
+    found = {to_cue(f) for f in top}
     return sum(c in found for c in planted)
 
 
+def _same(name: str) -> str:
+    return name
+
+
 def cue_check(importance: dict, features: list[str], weights: np.ndarray, cues: list[str], *,
-              k_top: int = 5, k_planted: int = 3, need: int = 2) -> dict:
+              k_top: int = 5, k_planted: int = 3, need: int = 2, to_cue=cue_of) -> dict:
     """Per trait: the planted cues, the top features (by importance "value" (F, 5)) and their
     cues, hits, pass (hits >= need), and the share of bootstrap resamples ("samples" (B, F, 5))
-    in which the check passes."""
+    in which the check passes. `to_cue`: what a feature measures (`_same` when the features are
+    the cues themselves: grouped importance)."""
     from models.importance import top_indices
 
     planted = planted_cues(weights, cues, k_planted)
@@ -126,13 +131,13 @@ def cue_check(importance: dict, features: list[str], weights: np.ndarray, cues: 
     out = {}
     for j, trait in enumerate(TRAITS):
         names = [features[i] for i in top[:, j]]
-        hits = cue_hits(names, planted[j])
+        hits = cue_hits(names, planted[j], to_cue)
         share = None
         if samples is not None:
             tops = top_indices(samples[:, :, j].T, k_top)  # (k, B)
-            share = float(np.mean([cue_hits([features[i] for i in tops[:, b]], planted[j])
-                                   >= need for b in range(tops.shape[1])]))
-        out[trait] = {"planted": planted[j], "top": names, "top_cues": [cue_of(n) for n in names],
+            share = float(np.mean([cue_hits([features[i] for i in tops[:, b]], planted[j],
+                                            to_cue) >= need for b in range(tops.shape[1])]))
+        out[trait] = {"planted": planted[j], "top": names, "top_cues": [to_cue(n) for n in names],
                       "hits": hits, "pass": hits >= need, "share_pass": share}
     return out
 
@@ -172,7 +177,10 @@ def video_predictions(root: Path, model: str, ids: list[str]) -> np.ndarray:
 def permutation(root: Path, model: str, table: pd.DataFrame, p: ExplainParams,
                 seed: int) -> dict | None:
     """Permutation importance of `model` on p.permutation_split, or None when its inputs have
-    no features to shuffle. {"key", "features", "importance": {...}, "n_clips", "base_ccc"}."""
+    no features to shuffle. {"key", "features", "importance": {...}, "n_clips", "base_ccc"},
+    and for p.cue_models "cues" and "cue_importance": all features of one cue shuffled
+    together (one clip gives them all), which survives the cue's proxies standing in for each
+    other (17 AU12 statistics read one smile)."""
     from models.data import build_sources, for_inference
     from models.engine import load_checkpoint
     from models.explain import clip_views, feature_names, predict_views
@@ -195,9 +203,19 @@ def permutation(root: Path, model: str, table: pd.DataFrame, p: ExplainParams,
                                 desc=f"explain {model}")  # (F, R, n, 5)
     w = bootstrap_weights(clips.loc[ids, "subject_id"].tolist(), n_boot=p.bootstrap, seed=seed)
     names = feature_names(sources, key, perm.shape[0])
-    return {"key": key, "features": names, "n_clips": len(ids),
-            "importance": permutation_importance(y, base, perm, w, level=p.ci_level),
-            "base_ccc": weighted_ccc(y, base, np.ones((1, len(y))))[0]}
+    out = {"key": key, "features": names, "n_clips": len(ids),
+           "importance": permutation_importance(y, base, perm, w, level=p.ci_level),
+           "base_ccc": weighted_ccc(y, base, np.ones((1, len(y))))[0]}
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        if cue_of(name) and model in p.cue_models:
+            groups.setdefault(cue_of(name), []).append(i)
+    if groups:
+        gperm = permuted_predictions(net, views, key, repeats=p.repeats, seed=seed,
+                                     groups=list(groups.values()), desc=f"explain {model} cues")
+        out["cues"] = list(groups)
+        out["cue_importance"] = permutation_importance(y, base, gperm, w, level=p.ci_level)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -238,6 +256,9 @@ def explain_model(root: Path, model: str, tables: tuple[pd.DataFrame, pd.DataFra
             "repeats": p.repeats, "metric": "CCC drop when the feature is shuffled",
             "base_ccc": dict(zip(TRAITS, map(float, perm["base_ccc"]))),
             "top": _top(perm["importance"], perm["features"], p.top_k)}
+        if "cues" in perm:
+            entry["permutation"]["cues"] = _top(perm["cue_importance"], perm["cues"],
+                                                len(perm["cues"]))
     else:
         entry["permutation"] = None
     entry["csv"], entry["png"] = write_model_files(root, model, features, corr, labels_r, perm,
@@ -303,6 +324,17 @@ def markdown(report: dict) -> str:
             lines.append(f"| {t} | {', '.join(c['planted'])} | {tops} | {c['hits']}/3 | "
                          f"{'yes' if c['pass'] else 'no'} | {c['share_pass']:.0%} |")
         lines.append("")
+    for model, check in (report.get("cue_check_grouped") or {}).items():
+        imp = report["models"][model]["permutation"]
+        lines += [f"**Cue check by cue, {model}** (all functionals of a cue shuffled together; "
+                  "the three most important of the 10 cues; chance of >= 2 hits: 18%):", "",
+                  "| trait | heaviest planted cues | top 3 cues: CCC drop [95% CI] | hits | ≥ 2 | "
+                  "share of resamples |", "|---|---|---|---|---|---|"]
+        for t, c in check.items():
+            tops = "; ".join(f"{f}: {_fmt_ci(v, lo, hi)}" for f, v, lo, hi in imp["cues"][t][:3])
+            lines.append(f"| {t} | {', '.join(c['planted'])} | {tops} | {c['hits']}/3 | "
+                         f"{'yes' if c['pass'] else 'no'} | {c['share_pass']:.0%} |")
+        lines.append("")
     lines += ["**Strongest correlate of each trait's prediction** (functional with the largest "
               "|r| over the correlation clips; r [95% CI])", "",
               "| model | " + " | ".join(TRAITS) + " |", "|---|" + "---|" * len(TRAITS)]
@@ -357,7 +389,7 @@ def run(params: ExplainParams, base: BaseParams | None = None, root: Path | None
     report: dict = {"params": dataclasses.asdict(params), "n_features": len(features),
                     "labels": {"n_clips": len(corr_table),
                                "top_r": _top(labels_r, features, params.top_k, by_abs=True)},
-                    "models": {}, "cue_check": {}}
+                    "models": {}, "cue_check": {}, "cue_check_grouped": {}}
     law = _cue_law(table)
     for model in models:
         entry, perm = explain_model(root, model, (corr_table, table), features, labels_r,
@@ -366,6 +398,9 @@ def run(params: ExplainParams, base: BaseParams | None = None, root: Path | None
         if law is not None and perm is not None and model in params.cue_models:
             report["cue_check"][model] = cue_check(perm["importance"], perm["features"], *law,
                                                    k_top=params.top_k)
+            if "cues" in perm:
+                report["cue_check_grouped"][model] = cue_check(
+                    perm["cue_importance"], perm["cues"], *law, k_top=3, to_cue=_same)
         log.info("%s: explained (%s)", model, "permutation + correlation" if perm is not None
                  else "correlation only")
     report = json_safe(report)

@@ -319,7 +319,7 @@ def test_channel_permutation_keeps_each_clip_s_length(rng):
     from models.importance import _views_path  # the engine's path gives the same numbers
 
     perms = [np.random.default_rng(3).permutation(2) for _ in range(1)]
-    slow = _views_path(Probe(), views, list(views), "aus", perms, 0)  # (1, 2, 5)
+    slow = _views_path(Probe(), views, list(views), "aus", perms, [0])  # (1, 2, 5)
     assert set(np.round(slow[0, :, 0], 6)) in ({1.0, 2.0}, {2.0, round(1 / 3, 6)})
 
 
@@ -425,6 +425,8 @@ def test_explain_stage_end_to_end(fake_repo):
     assert entry["n_clips"] == 60 and entry["permutation"]["n_clips"] == 30
     check = report["cue_check"]["functionals_ridge"]
     assert all(c["pass"] for c in check.values()), check  # the law is linear: ridge recovers it
+    grouped = report["cue_check_grouped"]["functionals_ridge"]
+    assert all(c["pass"] and len(c["top"]) == 3 for c in grouped.values()), grouped
     # the top feature of each trait measures one of its planted cues
     assert all(cue in check[t]["planted"] for t in TRAITS
                for cue in [check[t]["top_cues"][0]])
