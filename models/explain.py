@@ -35,11 +35,13 @@ engine's eval views). One kind per input key the model reads, so an audio-visual
   score(x) - score(0) (`baseline_score`, `completeness_gap`). Models that are not
   differentiable (functionals_gbt's trees): occlusion, score(x) - score(x with the feature at 0).
 
-Cost on a 10 s clip, CPU, one thread (models of the default params): see COSTS below, measured
-by tests/test_explain.py's timing helper on this machine: functionals_gbt (occlusion of ~680
-features) ~0.05 s, functionals_ridge ~0.01 s, perfex_hybrid (integrated gradients) ~0.3 s,
-hrnet_face (Grad-CAM, 10 crops) ~0.3 s, logmel_cnn (10 occluded seconds) ~0.1 s, bimodal_resnet
-(both) ~0.5 s: small beside predict's front-end (~10-20 s).
+Cost on a 10 s clip (data/videos/syn_0020.mp4, the default models' checkpoints), one torch
+thread, measured with bench/explain_cost.py on the shared 2-core machine under a load average of
+~10 (an idle core is faster): functionals_ridge 0.01 s, audio_fn_linear 0.02 s, logmel_cnn
+(10 muted seconds) 0.03 s, hrnet_face (Grad-CAM, 10 crops) 0.07 s, functionals_gbt (occlusion of
+659 functionals) 0.37 s, bimodal_resnet (Grad-CAM + occlusion) 0.53 s, perfex_cnn (integrated
+gradients, 32 steps) 0.59 s, perfex_hybrid 1.2 s; the plain prediction takes 0.001-0.05 s, the
+front-end before it (frames, faces, aus, audio) several seconds. `--no-explain` skips it all.
 """
 from __future__ import annotations
 

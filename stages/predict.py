@@ -33,7 +33,7 @@ holds, per kind the model's inputs allow, the numbers the report draws: Grad-CAM
 over the face crops (visual models: five overlays on the model's input crop), per-second audio
 occlusion (log-mel / wave models: a trait x second strip under the AU timeline), and each input
 feature's contribution per trait (AU, functionals and audio-functionals models: the top features
-per trait). They add well under a second per clip (models/explain.py gives the measured costs).
+per trait). They add 0.01-1.2 s per clip to the prediction (models/explain.py: measured costs).
 
 One file because the batch mode is the single-video path run many times: it shares its
 functions, error kinds and report, and one CLI reads both.
