@@ -63,8 +63,7 @@ def draw_occlusion(ax: Any, part: Mapping, trait_names: Sequence[str], *, title:
                        np.float64)  # (5, n)
     window = float(part.get("window_s") or 1.0)
     lim = float(np.nanmax(np.abs(delta))) if np.isfinite(delta).any() else 1.0
-    cmap = matplotlib.colormaps["RdBu_r"].copy()
-    cmap.set_bad("#CCCCCC")
+    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="#CCCCCC")
     im = ax.imshow(np.ma.masked_invalid(delta), aspect="auto", cmap=cmap, vmin=-lim or -1,
                    vmax=lim or 1, extent=(0, delta.shape[1] * window, len(trait_names) - 0.5,
                                           -0.5), interpolation="nearest")
@@ -75,12 +74,15 @@ def draw_occlusion(ax: Any, part: Mapping, trait_names: Sequence[str], *, title:
 
 
 def top_features(values: np.ndarray, names: Sequence[str], k: int) -> list[int]:
-    """Row indices of the union of each column's k largest |values|, in first-seen order."""
+    """Row indices of the union of each column's k largest |values|, in first-seen order; rows
+    of exact zeros are never shown (a score clipped at 0 or 1 that nothing single moves)."""
     rows: list[int] = []
     for j in range(values.shape[1]):
-        for i in np.argsort(-np.abs(np.nan_to_num(values[:, j])), kind="stable")[:k]:
-            if int(i) not in rows:
+        column = np.abs(np.nan_to_num(values[:, j]))
+        for i in np.argsort(-column, kind="stable")[:k]:
+            if int(i) not in rows and column[i] > 0:
                 rows.append(int(i))
+    rows = rows or [0]
     return rows
 
 
