@@ -8,7 +8,7 @@ folder, builds the model's inputs with the same sources training used, and avera
 predictions over the video's views. Prints the five scores and writes
   DIR/prediction.json   {"O": .., "C": .., "E": .., "A": .., "N": .., "model": .., ...}
   DIR/report.png        trait bars with the model's test error band, an AU timeline, a face
-                        thumbnail
+                        thumbnail, and what drove the scores (below)
 `--model` is a trained model's name (data/models/NAME/best.pt; NAME+retrained for a retrained
 one) or a checkpoint path. By default: the model with the best mean *validation* CCC
 (metrics/evaluate.json "selection", else metrics/train/<model>.json) among those whose inputs the
@@ -27,6 +27,13 @@ writes DIR/predictions.csv (one row per video, in order: video, video_id, the fi
 face_share, has_audio, audio_silent, voiced_share, warnings, error, report) beside one
 DIR/<video_id>.png report per scored video. A bad file is a row with its error and the rest go on:
 exit code 0, or 1 with `--strict` when any video failed.
+
+Explanations (models/explain.py; `--no-explain` skips them): prediction.json's `explanation`
+holds, per kind the model's inputs allow, the numbers the report draws: Grad-CAM maps per trait
+over the face crops (visual models: five overlays on the model's input crop), per-second audio
+occlusion (log-mel / wave models: a trait x second strip under the AU timeline), and each input
+feature's contribution per trait (AU, functionals and audio-functionals models: the top features
+per trait). They add 0.01-1.2 s per clip to the prediction (models/explain.py: measured costs).
 
 One file because the batch mode is the single-video path run many times: it shares its
 functions, error kinds and report, and one CLI reads both.
@@ -200,7 +207,8 @@ def run_front_end(video: Path, work: Path, params_file: Path | None = None) -> d
 
 
 def predict_video(video: Path, *, model: str | None = None, root: Path | None = None,
-                  work: Path | None = None, params_file: Path | None = None) -> dict:
+                  work: Path | None = None, params_file: Path | None = None,
+                  explain: bool = True) -> dict:
     """Scores of one video: {"O": .., ..., "model": .., "checkpoint": .., facts, warnings}.
     `params_file`: the front-end's params (default: the project's params.yaml)."""
     from models.data import build_sources, for_inference
@@ -230,6 +238,8 @@ def predict_video(video: Path, *, model: str | None = None, root: Path | None = 
                                 config=for_inference(ckpt.get("source_config")))
         scores = predict_videos(net, sources, [vid])[0]  # (5,)
         report_data = _report_data(work_root, vid)
+        if explain:  # while the clip's inputs exist
+            explanation, report_data["explain_images"] = _explanation(net, sources, vid)
     result = {t: float(s) for t, s in zip(TRAITS, scores)}
     # a retrained checkpoint keeps its base model's name; the folder says "+retrained"
     shown = name if name.endswith("+retrained") else ckpt.get("model_name", name)
@@ -239,8 +249,24 @@ def predict_video(video: Path, *, model: str | None = None, root: Path | None = 
                   label_scale=ckpt.get("label_scale", "unit"),
                   **{k: v for k, v in facts.items() if k != "video_id"})
     result["test_error"] = _test_error(root, result["model"], ckpt)
+    if explain:
+        result["explanation"] = explanation
     result["_report"] = report_data
     return result
+
+
+def _explanation(net, sources, vid: str) -> tuple[dict, dict]:
+    """What drove the clip's scores (models/explain.py): (the JSON part, images to draw on); an
+    explanation that cannot be computed is a one-line `error`, never a failed prediction."""
+    from models.explain import ExplainError, explain_clip
+    from stages.audio import AudioParams
+
+    audio = load_params("audio", AudioParams)
+    try:
+        return explain_clip(net, sources, vid, hop_s=audio.hop_length / audio.sr, sr=audio.sr)
+    except (ExplainError, RuntimeError) as exc:  # RuntimeError: torch's, e.g. out of memory
+        log.warning("no explanation: %s", exc)
+        return {"kinds": [], "error": str(exc)}, {}
 
 
 def _test_error(root: Path, name: str, ckpt: dict) -> dict[str, float] | None:
@@ -280,8 +306,9 @@ def write_report(result: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     data = result.get("_report", {})
-    fig = plt.figure(figsize=(10, 6.5))
-    grid = fig.add_gridspec(2, 3, height_ratios=[1.2, 1])
+    rows = _explanation_rows(result.get("explanation"))
+    fig = plt.figure(figsize=(10, 6.5 + 2.3 * len(rows)))
+    grid = fig.add_gridspec(2 + len(rows), 3, height_ratios=[1.2, 1, *[1] * len(rows)])
     ax = fig.add_subplot(grid[0, :2])
     scores = [result[t] for t in TRAITS]
     err = result.get("test_error")
@@ -319,11 +346,40 @@ def write_report(result: dict, path: Path) -> Path:
     else:
         ax_au.axis("off")
         ax_au.text(0.5, 0.5, "no AU timeline (audio-only model)", ha="center", va="center")
+    _draw_explanation(fig, grid, rows, result)
     fig.tight_layout(rect=(0, 0.04 * len(result.get("warnings") or []), 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _explanation_rows(explanation: dict | None) -> list[str]:
+    """The report's extra rows, in drawing order: audio occlusion (under the AU timeline), then
+    Grad-CAM, then feature contributions."""
+    kinds = (explanation or {}).get("kinds") or []
+    return [k for k in ("audio_occlusion", "gradcam", "contributions") if k in kinds]
+
+
+def _draw_explanation(fig, grid, rows: list[str], result: dict) -> None:
+    """One row per explanation kind (the first input key of each kind)."""
+    from personality.explain_plots import draw_contributions, draw_gradcam, draw_occlusion
+
+    explanation = result["explanation"] if rows else {}
+    images = result.get("_report", {}).get("explain_images") or {}
+    names = [schemas.TRAIT_NAMES[t] for t in TRAITS]
+    for i, kind in enumerate(rows):
+        key, part = next(iter(explanation[kind].items()))
+        if kind == "gradcam":
+            draw_gradcam(fig, grid[2 + i, :], part["maps"], images.get(key), names,
+                         title=f"Grad-CAM per trait ({key}, layer {part['layer']})")
+        elif kind == "audio_occlusion":
+            draw_occlusion(fig.add_subplot(grid[2 + i, :]), part, names,
+                           title=f"audio occlusion ({key}): score minus score with that second "
+                                 f"muted")
+        else:
+            draw_contributions(fig.add_subplot(grid[2 + i, :]), part, names,
+                               title=f"feature contributions ({key}, {part['method']})")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -384,11 +440,12 @@ def result_row(result: dict) -> dict:
             "warnings": "; ".join(result.get("warnings") or []), "error": ""}
 
 
-def score_row(video: Path, report: Path, model: str | None, root: Path | None) -> dict:
+def score_row(video: Path, report: Path, model: str | None, root: Path | None,
+              explain: bool = True) -> dict:
     """One row of predictions.csv: the scores and facts, or the error that stopped this video."""
     row = {"video": str(video), "video_id": report.stem, "report": ""}
     try:
-        result = predict_video(video, model=model, root=root)
+        result = predict_video(video, model=model, root=root, explain=explain)
         write_report(result, report)
     except Exception as exc:  # noqa: BLE001 - one bad file is a row, the batch goes on
         row["error"] = error_text(exc)
@@ -426,14 +483,16 @@ def _score_rows(jobs: list[tuple], workers: int):
 
 
 def predict_batch(videos: list[Path], out: Path, *, model: str | None = None,
-                  root: Path | None = None, workers: int = 1) -> pd.DataFrame:
+                  root: Path | None = None, workers: int = 1,
+                  explain: bool = True) -> pd.DataFrame:
     """Score every video (front-ends in `workers` processes), write out/<video_id>.png and
     out/predictions.csv (one row per video, in the order given; a failed video has its error).
     Returns the table."""
     from personality.common import atomic_write_text, progress
 
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(v, out / f"{vid}.png", model, root) for v, vid in zip(videos, batch_ids(videos))]
+    jobs = [(v, out / f"{vid}.png", model, root, explain)
+            for v, vid in zip(videos, batch_ids(videos))]
     rows: list[dict | None] = [None] * len(jobs)
     with progress(total=len(jobs), desc="predict", unit="video") as bar:
         for i, row in _score_rows(jobs, workers):
@@ -448,10 +507,10 @@ def predict_batch(videos: list[Path], out: Path, *, model: str | None = None,
     return table
 
 
-def _single(video: Path, out: Path, model: str | None) -> int:
+def _single(video: Path, out: Path, model: str | None, explain: bool = True) -> int:
     """One video: prediction.json and report.png in `out`; exit code 2 with one line on error."""
     try:
-        result = predict_video(video, model=model)
+        result = predict_video(video, model=model, explain=explain)
     except (StageInputError, ParamsError, SchemaError) as exc:
         log.error("%s", exc)
         return 2
@@ -492,7 +551,8 @@ def _batch(args: argparse.Namespace) -> int:
     except (StageInputError, ParamsError) as exc:
         log.error("%s", exc)
         return 2
-    table = predict_batch(videos, args.out, model=args.model, workers=workers)
+    table = predict_batch(videos, args.out, model=args.model, workers=workers,
+                          explain=args.explain)
     failed = int((table["error"] != "").sum())
     print(f"{len(table) - failed} of {len(table)} videos scored; wrote "
           f"{args.out / 'predictions.csv'}" + (f"; {failed} failed (see its error column)"
@@ -514,13 +574,15 @@ def main(argv: list[str] | None = None) -> int:
                         "front-end (default: base.workers)")
     parser.add_argument("--strict", action="store_true", help="batch: exit 1 when any video "
                         "failed (default: its row holds the error and the exit code is 0)")
+    parser.add_argument("--no-explain", dest="explain", action="store_false", help="skip the "
+                        "explanations (Grad-CAM, audio occlusion, feature contributions)")
     args = parser.parse_args(argv)
     if args.out.exists() and not args.out.is_dir():
         log.error("--out %s: exists and is not a folder; give a folder for the results",
                   args.out)
         return 2
     if len(args.video) == 1 and not args.video[0].is_dir():
-        return _single(args.video[0], args.out, args.model)
+        return _single(args.video[0], args.out, args.model, args.explain)
     return _batch(args)
 
 

@@ -91,7 +91,7 @@ class VideoScorer:
         try:
             with tempfile.TemporaryDirectory(prefix="serve-") as root:
                 result = predict_video(video, model=str(self.checkpoint), root=Path(root),
-                                       params_file=self.params_file)
+                                       params_file=self.params_file, explain=False)
         except Exception as exc:  # noqa: BLE001 - one bad video is a row, the request goes on
             return {**{t: math.nan for t in TRAITS}, "error": error_text(exc)}
         return result_row(result)

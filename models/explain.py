@@ -1,0 +1,436 @@
+"""Why a model scores one clip as it does: the per-clip explanations that `predict` draws.
+
+    from models.explain import explain_clip
+    explanation, images = explain_clip(model, sources, "clip_01", hop_s=0.01, sr=16000)
+    explanation["gradcam"]["face"]["maps"]                 # (5, h, w): per trait, clip average
+    explanation["audio_occlusion"]["logmel"]["delta"]      # (5, n_seconds)
+    explanation["contributions"]["functionals"]["values"]  # (F, 5)
+
+`sources` are the model's input sources built for the clip (models.data.build_sources), exactly
+as predict builds them; every explanation is computed on the views the model scores (the
+engine's eval views). One kind per input key the model reads, so an audio-visual model gets two:
+
+- "gradcam" (face, frame, face_seq): Grad-CAM (Selvaraju et al. 2017) of each trait's decoded
+  score. The layer is found from the module tree, not named per model: the module whose output is
+  the last spatial map (4D, or 5D for 3D convolutions) computed from the image input, with both
+  sides >= `cam_min_side` (4: a 2 x 2 map of a 64 px crop says little). Its channels are weighted
+  by the spatially averaged gradient, summed, ReLU'd, and averaged over the clip's crops (and the
+  frames of a face_seq clip). A model with its own `cam(x) -> (B, 5, h, w)` method is asked
+  instead. `maps` are in the layer's resolution; the report upsamples them onto the model's input
+  crop (`images[key]`, the middle view, de-normalised). Each map is relative: draw it normalised.
+- "audio_occlusion" (logmel, wave): every `window_s` second of the clip in turn is muted: its
+  log-mel frames set to the log-mel of digital silence (stages/audio.py: power_to_db re 1.0 with
+  librosa's amin 1e-10 gives -100 dB, standardised with the checkpoint's band statistics) or its
+  wave samples to 0; `delta` = score(clip) - score(clip with that second muted): positive = that
+  second raised the trait. `baseline="mean"` uses the training mean instead (0 after
+  standardisation). Silence is the default because muting is what "this second" means for a
+  voice, and because a second that is already silent then moves nothing. Seconds outside the
+  model's view (logmel `eval_mode: centre` sees the centre 3 s) are NaN; `seen` says which.
+- "contributions" (aus, functionals, audio_fn): each input feature's share of each trait.
+  Linear models (functionals_ridge; audio_fn_linear with hidden=0): coefficient x standardised
+  value, which sums to the raw output minus the intercept (`units`: "score", or "logit" before
+  audio_fn_linear's sigmoid). Other differentiable models: integrated gradients (Sundararajan et
+  al. 2017) from the all-zero input (the train mean of standardised features; the neutral AU
+  intensity), `ig_steps` midpoint steps, summed over time for AU sequences; they sum to
+  score(x) - score(0) (`baseline_score`, `completeness_gap`). Models that are not
+  differentiable (functionals_gbt's trees): occlusion, score(x) - score(x with the feature at 0).
+
+Cost on a 10 s clip (data/videos/syn_0020.mp4, the default models' checkpoints), one torch
+thread, measured with bench/explain_cost.py on the shared 2-core machine under a load average of
+~10 (an idle core is faster): functionals_ridge 0.01 s, audio_fn_linear 0.02 s, logmel_cnn
+(10 muted seconds) 0.03 s, hrnet_face (Grad-CAM, 10 crops) 0.07 s, functionals_gbt (occlusion of
+659 functionals) 0.37 s, bimodal_resnet (Grad-CAM + occlusion) 0.53 s, perfex_cnn (integrated
+gradients, 32 steps) 0.59 s, perfex_hybrid 1.2 s; the plain prediction takes 0.001-0.05 s, the
+front-end before it (frames, faces, aus, audio) several seconds. `--no-explain` skips it all.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.batching import merge_views
+from models.data import InputSource, SourceError
+from models.data_av import IMAGENET_MEAN, IMAGENET_STD
+from models.engine import predict_videos
+from personality.schemas import AU_INTENSITY, TRAITS
+
+__all__ = ["ExplainError", "explain_clip", "clip_views", "predict_views", "cam_layer", "gradcam",
+           "audio_occlusion", "linear_terms", "integrated_gradients", "occlusion",
+           "feature_contributions", "SILENCE_DB", "IMAGE_KEYS", "AUDIO_KEYS", "FEATURE_KEYS"]
+
+IMAGE_KEYS = ("face", "frame", "face_seq")
+AUDIO_KEYS = ("logmel", "wave")
+FEATURE_KEYS = ("aus", "functionals", "audio_fn")
+# stages/audio.py: librosa.power_to_db(mel, ref=1.0, top_db=None) with librosa's default
+# amin = 1e-10, so a band with no energy at all is 10 * log10(1e-10) dB
+SILENCE_DB = -100.0
+N_TRAITS = len(TRAITS)
+
+
+class ExplainError(SourceError):
+    """An explanation that cannot be computed for this model or input (one line in predict)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# views and predictions
+
+
+class _Views(InputSource):
+    """Serves fixed eval views per id: perturbed copies of a clip go through the engine's own
+    batching and view averaging (models.engine.predict_videos)."""
+
+    def __init__(self, views: Mapping[str, Mapping[str, Tensor]]):
+        self.views = views
+        self.keys = tuple(next(iter(views.values())).keys()) if views else ()
+
+    def eval_items(self, video_id: str) -> dict[str, Tensor]:
+        return dict(self.views[video_id])
+
+    def fitted_config(self) -> dict[str, dict]:
+        return {}
+
+
+def clip_views(sources: Sequence[InputSource], video_id: str) -> dict[str, Tensor]:
+    """The eval views of one clip, every source merged: {key: (V, ...)}."""
+    return merge_views([s.eval_items(video_id) for s in sources], video_id)
+
+
+def _device(model: nn.Module) -> torch.device:
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def predict_views(model: nn.Module, views: Mapping[str, Mapping[str, Tensor]], *,
+                  batch_size: int = 256) -> np.ndarray:
+    """Scores of each entry of `views` ({id: {key: (V, ...)}}), averaged over its V views, in
+    the order of `views`: (n, 5)."""
+    ids = list(views)
+    return predict_videos(model, [_Views(views)], ids, batch_size=batch_size,
+                          device=_device(model))
+
+
+# --------------------------------------------------------------------------------------------------
+# Grad-CAM
+
+
+def _spatial(out: Any, min_side: int) -> bool:
+    return (isinstance(out, Tensor) and out.ndim in (4, 5) and out.requires_grad
+            and min(out.shape[-2:]) >= min_side)
+
+
+def cam_layer(model: nn.Module, views: Mapping[str, Tensor], key: str, *,
+              min_side: int = 4) -> str:
+    """Name of the module whose output is the last spatial map (ndim 4 or 5, both spatial sides
+    >= min_side) computed from views[key], in the order modules finish their forward: a residual
+    stage counts after its blocks, so its output (identity path included) is chosen over a conv
+    inside it, and a branch that does not see the image (bimodal_resnet's log-mel CNN) is never
+    chosen. Found by one forward with only the image requiring gradients."""
+    found: list[str] = []
+    handles = [m.register_forward_hook(
+        lambda _m, _i, out, name=name: found.append(name) if _spatial(out, min_side) else None)
+        for name, m in model.named_modules() if name]
+    params = [p for p in model.parameters() if p.requires_grad]
+    x = views[key].detach().clone().requires_grad_(True)
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        with torch.enable_grad():
+            model({**views, key: x})
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+        for h in handles:
+            h.remove()
+    if not found:
+        raise ExplainError(f"{type(model).__name__}: no layer keeps a spatial map of at least "
+                           f"{min_side} x {min_side} from input {key!r}; no Grad-CAM")
+    return found[-1]
+
+
+def _cam(a: Tensor, g: Tensor) -> Tensor:
+    """Grad-CAM of activations a and their gradients g, (N, C, h, w) or (N, C, T, h, w) ->
+    (N, h, w): channels weighted by the mean gradient, summed, ReLU (time averaged for 3D)."""
+    dims = tuple(range(2, a.ndim))
+    w = g.mean(dim=dims, keepdim=True)  # (N, C, 1, 1[, 1])
+    cam = F.relu((w * a).sum(dim=1))  # (N, h, w) or (N, T, h, w)
+    return cam.mean(dim=1) if cam.ndim == 4 else cam
+
+
+def gradcam(model: nn.Module, views: Mapping[str, Tensor], key: str, *,
+            min_side: int = 4) -> tuple[np.ndarray, str]:
+    """Per-trait Grad-CAM over the views of views[key] ((V, 3, H, W) or (V, T, 3, H, W)):
+    ((5, h, w) mean over views and frames, the layer's name)."""
+    model.eval()
+    views = dict(views)
+    if hasattr(model, "cam"):  # the model's own class activation maps
+        with torch.no_grad():
+            maps = model.cam(views[key]).float()  # (V, 5, h, w)
+        return maps.mean(dim=0).cpu().numpy(), "model.cam"
+    name = cam_layer(model, views, key, min_side=min_side)
+    module = dict(model.named_modules())[name]
+    acts: list[Tensor] = []
+    handle = module.register_forward_hook(lambda _m, _i, out: acts.append(out))
+    try:
+        with torch.enable_grad():
+            scores = model.decode(model(views))  # (V, 5)
+            a = acts[-1]  # the last call: the map the head reads (a module run per frame counts once)
+            maps = []
+            for k in range(N_TRAITS):
+                g, = torch.autograd.grad(scores[:, k].sum(), a, retain_graph=k < N_TRAITS - 1)
+                maps.append(_cam(a.detach(), g).mean(dim=0))  # (h, w) over views (and frames)
+    finally:
+        handle.remove()
+    return torch.stack(maps).float().cpu().numpy(), name  # (5, h, w)
+
+
+def display_image(x: Tensor) -> np.ndarray:
+    """The middle view (and middle frame) of an ImageNet-normalised (V, [T,] 3, H, W) input as
+    uint8 (H, W, 3) RGB: what the Grad-CAM maps lie on."""
+    img = x[len(x) // 2]
+    if img.ndim == 4:
+        img = img[len(img) // 2]
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    rgb = (img.detach().float().cpu() * std + mean).clamp(0, 1) * 255  # (3, H, W)
+    return rgb.round().byte().permute(1, 2, 0).numpy()  # (H, W, 3)
+
+
+# --------------------------------------------------------------------------------------------------
+# audio occlusion
+
+
+def _audio_source(sources: Sequence[InputSource], key: str) -> InputSource:
+    src = next((s for s in sources if key in s.keys), None)
+    if src is None or not isinstance(getattr(src, "data", None), dict):
+        raise ExplainError(f"audio occlusion of {key!r} needs a source holding each clip's "
+                           "array (models/data_av.py)")
+    return src
+
+
+def _muted(src: InputSource, key: str, baseline: str) -> Any:
+    """The value a muted stretch takes: (n_mels, 1) standardised silence for logmel, 0 for wave."""
+    if key == "wave" or baseline == "mean":
+        return 0.0  # wave: silence (and ~ its mean); logmel: the train mean after standardising
+    stats = (getattr(src, "fitted", None) or {}).get("logmel")
+    if not stats:  # not standardised: the raw dB value
+        return SILENCE_DB
+    mean, std = (np.asarray(stats[k], np.float32)[:, None] for k in ("mean", "std"))
+    return (np.float32(SILENCE_DB) - mean) / std  # (n_mels, 1)
+
+
+def _with_array(src: InputSource, video_id: str, array: np.ndarray, **extra: Any) -> InputSource:
+    """A shallow copy of `src` whose clip `video_id` is `array` (other attributes shared)."""
+    out = copy.copy(src)
+    out.data = {video_id: array}
+    for name, value in extra.items():
+        setattr(out, name, value)
+    return out
+
+
+def _seen(src: InputSource, video_id: str, key: str, n_steps: int) -> np.ndarray:
+    """(n_steps,) bool: which time steps of the clip the model's eval view contains. Found by
+    passing step numbers through the source's own cropping (a centre crop, a cap on frames)."""
+    marker = np.arange(1, n_steps + 1)
+    if key == "logmel":
+        arr = np.zeros((src.n_mels, n_steps), np.float32)
+        arr[0] = marker
+        view = _with_array(src, video_id, arr).eval_items(video_id)["logmel"][:, 0]  # (V, L)
+    else:
+        view = _with_array(src, video_id, marker.astype(np.int32),
+                           scales={video_id: 1.0}).eval_items(video_id)["wave"]  # (V, L)
+    idx = view.reshape(-1).round().long()
+    seen = np.zeros(n_steps, bool)
+    seen[(idx[idx > 0] - 1).numpy()] = True
+    return seen
+
+
+def audio_occlusion(model: nn.Module, sources: Sequence[InputSource], video_id: str, key: str, *,
+                    step_s: float, window_s: float = 1.0, baseline: str = "silence") -> dict:
+    """Per-second occlusion of the clip's `key` ("logmel": step_s = hop_s; "wave": 1 / sr):
+    {"delta": (5, n) score - score with the window muted (NaN outside the model's view),
+     "seen": (n,) share of each window the model sees, "seconds": (n,) window starts,
+     "score": (5,) the clip's score}."""
+    if baseline not in ("silence", "mean"):
+        raise ExplainError(f"audio occlusion baseline {baseline!r}: silence | mean")
+    src = _audio_source(sources, key)
+    full = src.data.get(video_id)
+    if full is None:
+        raise ExplainError(f"video {video_id!r} has no {key!r} array to occlude")
+    others = [s for s in sources if s is not src]
+    n_steps = full.shape[-1]
+    per = max(1, int(round(window_s / step_s)))  # steps per window
+    # a tail under a tenth of a window (the frame centred on the last sample) joins the last one
+    n = max(1, math.ceil(n_steps / per - 0.1))
+    spans = [(i * per, (i + 1) * per if i < n - 1 else n_steps) for i in range(n)]
+    fill = _muted(src, key, baseline)
+    views = {"clip": clip_views([*others, src], video_id)}
+    for i, (lo, hi) in enumerate(spans):
+        arr = full.copy()
+        arr[..., lo:hi] = fill
+        views[f"w{i}"] = clip_views([*others, _with_array(src, video_id, arr)], video_id)
+    preds = predict_views(model, views)  # (1 + n, 5)
+    seen = _seen(src, video_id, key, n_steps)
+    share = np.array([seen[lo:hi].mean() for lo, hi in spans])
+    delta = (preds[0][None] - preds[1:]).T  # (5, n)
+    delta[:, share == 0] = np.nan
+    return {"delta": delta, "seen": share, "seconds": np.arange(n) * per * step_s,
+            "window_s": per * step_s, "score": preds[0], "baseline": baseline}
+
+
+# --------------------------------------------------------------------------------------------------
+# feature contributions
+
+
+def linear_terms(model: nn.Module, key: str) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """(W (F, 5), b (5,), units) of a model linear in views[key], or None: functionals_ridge
+    (units "score", before the clip to [0, 1]), audio_fn_linear with hidden=0 ("logit": before
+    its sigmoid; "score" for the unbounded regression_z head)."""
+    from models.audio import AudioFnMLP
+    from models.classical import FunctionalsRidge
+
+    if isinstance(model, FunctionalsRidge) and key == "functionals":
+        return model.weight.double().cpu().numpy(), model.bias.double().cpu().numpy(), "score"
+    if isinstance(model, AudioFnMLP) and key == "audio_fn" and model.config.hidden == 0:
+        linear = next(m for m in model.head.mlp if isinstance(m, nn.Linear))
+        units = "logit" if getattr(model.head, "bounded", False) else "score"
+        return (linear.weight.detach().double().T.cpu().numpy(),
+                linear.bias.detach().double().cpu().numpy(), units)
+    return None
+
+
+def _repeat(views: Mapping[str, Tensor], v: int, n: int) -> dict[str, Tensor]:
+    """View v of every key, repeated n times: {key: (n, ...)}."""
+    return {k: t[v:v + 1].expand(n, *t.shape[1:]).clone() for k, t in views.items()}
+
+
+def integrated_gradients(model: nn.Module, views: Mapping[str, Tensor], key: str, *,
+                         steps: int = 32) -> tuple[np.ndarray, np.ndarray] | None:
+    """Integrated gradients of the 5 decoded scores w.r.t. views[key] from the all-zero input,
+    mean over views: ((*shape, 5) attributions, (5,) score of the zero input); None when the
+    output does not depend differentiably on the input (trees)."""
+    model.eval()
+    alphas = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps  # midpoint rule
+    x_all = views[key].float()  # (V, *shape)
+    total, zero_scores = torch.zeros(*x_all.shape[1:], N_TRAITS), torch.zeros(N_TRAITS)
+    for v in range(len(x_all)):
+        batch = _repeat(views, v, steps + 1)
+        path = alphas.view(-1, *[1] * (x_all.ndim - 1)) * x_all[v:v + 1]  # (steps, *shape)
+        x = torch.cat([path, torch.zeros_like(x_all[v:v + 1])]).requires_grad_(True)
+        with torch.enable_grad():
+            scores = model.decode(model({**batch, key: x})).float()  # (steps + 1, 5)
+            if not scores.requires_grad:
+                return None
+            for k in range(N_TRAITS):
+                g, = torch.autograd.grad(scores[:steps, k].sum(), x, retain_graph=True)
+                total[..., k] += (g[:steps].mean(dim=0) * x_all[v]).detach()
+        zero_scores += scores[steps].detach()
+    return (total / len(x_all)).numpy(), (zero_scores / len(x_all)).numpy()
+
+
+def occlusion(model: nn.Module, views: Mapping[str, Tensor], key: str) -> np.ndarray:
+    """score(x) - score(x with feature f at 0, along every other axis), per feature f of the last
+    axis of views[key]: (F, 5)."""
+    x = views[key]  # (V, ..., F)
+    n_feat = x.shape[-1]
+    table = {"clip": dict(views)}
+    for f in range(n_feat):
+        xf = x.clone()
+        xf[..., f] = 0
+        table[f"f{f}"] = {**views, key: xf}
+    preds = predict_views(model, table)  # (1 + F, 5)
+    return preds[0][None] - preds[1:]
+
+
+def feature_contributions(model: nn.Module, views: Mapping[str, Tensor], key: str,
+                          names: Sequence[str], *, ig_steps: int = 32) -> dict:
+    """Each feature's contribution to each trait for one clip (module docstring):
+    {"method", "features", "values": (F, 5), "units", ...}."""
+    x = views[key].double()  # (V, F) or (V, T, F)
+    terms = linear_terms(model, key)
+    if terms is not None:
+        w, b, units = terms
+        values = (x.mean(dim=0).numpy()[:, None] * w)  # (F, 5); V = 1 for vector sources
+        return {"method": "linear", "features": list(names), "values": values, "units": units,
+                "intercept": b, "raw_output": values.sum(axis=0) + b}
+    ig = integrated_gradients(model, views, key, steps=ig_steps)
+    if ig is None:
+        values = occlusion(model, views, key)
+        return {"method": "occlusion", "features": list(names), "values": values,
+                "units": "score"}
+    attr, zero_score = ig
+    values = attr.reshape(-1, attr.shape[-2], N_TRAITS).sum(axis=0)  # over time: (F, 5)
+    score = predict_views(model, {"clip": dict(views)})[0]
+    return {"method": "integrated_gradients", "features": list(names), "values": values,
+            "units": "score", "baseline_score": zero_score,
+            "completeness_gap": score - zero_score - values.sum(axis=0)}
+
+
+def feature_names(sources: Sequence[InputSource], key: str, n: int) -> list[str]:
+    """The names of the last axis of `key`: AU channels, or the source's column list."""
+    if key == "aus":
+        return list(AU_INTENSITY)[:n]
+    src = next((s for s in sources if key in s.keys), None)
+    names = list(getattr(src, "columns", []) or [])
+    return names if len(names) == n else [f"{key}_{i}" for i in range(n)]
+
+
+# --------------------------------------------------------------------------------------------------
+# one clip, every kind
+
+
+def _json(value: Any) -> Any:
+    """Arrays to nested lists of floats (6 significant digits, NaN -> None)."""
+    if isinstance(value, dict):
+        return {k: _json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _json(value.tolist())
+    if isinstance(value, (float, np.floating)):
+        return None if not math.isfinite(value) else float(f"{value:.6g}")
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def explain_clip(model: nn.Module, sources: Sequence[InputSource], video_id: str, *,
+                 hop_s: float = 0.01, sr: int = 16000, window_s: float = 1.0,
+                 baseline: str = "silence", ig_steps: int = 32,
+                 cam_min_side: int = 4) -> tuple[dict, dict]:
+    """Every explanation the model's inputs allow, for one clip: (JSON-safe dict, images for
+    drawing {key: uint8 (H, W, 3)}). The dict: {"kinds": [...], "<kind>": {key: {...}},
+    "seconds": {"<kind>": cost}}; see the module docstring for each kind."""
+    model.eval()
+    keys = [k for s in sources for k in s.keys]
+    views = clip_views(sources, video_id)
+    out: dict = {"kinds": [], "seconds": {}}
+    images: dict = {}
+    for kind, wanted in (("gradcam", IMAGE_KEYS), ("audio_occlusion", AUDIO_KEYS),
+                         ("contributions", FEATURE_KEYS)):
+        started = time.perf_counter()
+        for key in (k for k in keys if k in wanted):
+            if kind == "gradcam":
+                maps, layer = gradcam(model, views, key, min_side=cam_min_side)
+                part = {"maps": maps, "layer": layer, "views": int(len(views[key]))}
+                images[key] = display_image(views[key])
+            elif kind == "audio_occlusion":
+                part = audio_occlusion(model, sources, video_id, key, window_s=window_s,
+                                       step_s=hop_s if key == "logmel" else 1.0 / sr,
+                                       baseline=baseline)
+            else:
+                names = feature_names(sources, key, int(views[key].shape[-1]))
+                part = feature_contributions(model, views, key, names, ig_steps=ig_steps)
+            out.setdefault(kind, {})[key] = part
+        if kind in out:
+            out["kinds"].append(kind)
+            out["seconds"][kind] = time.perf_counter() - started
+    out["traits"] = list(TRAITS)
+    return _json(out), images

@@ -1,0 +1,144 @@
+"""Figures of explanations: predict's report rows (models/explain.py) and the explain stage's
+feature x trait heat maps (stages/explain.py).
+
+    from personality.explain_plots import draw_gradcam, draw_occlusion, draw_contributions
+    draw_occlusion(ax, explanation["audio_occlusion"]["logmel"], trait_names, title="...")
+    heatmap_png({"r with prediction": r, "importance": imp}, features, path="x.png", title="...")
+
+Callers own the figure (predict's report) or get a PNG (heatmap_png). matplotlib is imported
+inside the functions with the Agg backend, so importing this module costs nothing.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from personality.schemas import TRAITS
+
+
+def _upsample(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Bilinear resize of a (h0, w0) map to (h, w) (pixel centres aligned)."""
+    a = np.asarray(a, np.float64)
+    ys = np.clip((np.arange(h) + 0.5) * a.shape[0] / h - 0.5, 0, a.shape[0] - 1)
+    xs = np.clip((np.arange(w) + 0.5) * a.shape[1] / w - 0.5, 0, a.shape[1] - 1)
+    y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
+    y1, x1 = np.minimum(y0 + 1, a.shape[0] - 1), np.minimum(x0 + 1, a.shape[1] - 1)
+    fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
+    top = a[y0][:, x0] * (1 - fx) + a[y0][:, x1] * fx  # (h, w)
+    bottom = a[y1][:, x0] * (1 - fx) + a[y1][:, x1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def draw_gradcam(fig: Any, cell: Any, maps: Sequence, image: np.ndarray | None,
+                 trait_names: Sequence[str], *, title: str = "") -> None:
+    """Five overlays in grid cell `cell`: each trait's map (normalised to its own maximum) over
+    `image` (uint8 (H, W, 3), the model's input crop); a map that is zero everywhere says the
+    trait's score does not rise with any region at that layer."""
+    sub = cell.subgridspec(1, len(trait_names))
+    maps = np.nan_to_num(np.asarray(maps, np.float64))  # (5, h, w)
+    for k, name in enumerate(trait_names):
+        ax = fig.add_subplot(sub[0, k])
+        ax.axis("off")
+        h, w = image.shape[:2] if image is not None else (64, 64)
+        m = _upsample(maps[k], h, w)
+        peak = m.max()
+        if image is not None:
+            ax.imshow(image)
+        ax.imshow(m / peak if peak > 0 else m, cmap="jet", alpha=0.45, vmin=0, vmax=1,
+                  extent=(0, w, h, 0))
+        ax.set_title(name + ("" if peak > 0 else " (flat)"), fontsize=9)
+        if k == 0 and title:
+            ax.text(0, -0.25 * h, title, fontsize=9, ha="left", va="bottom")
+
+
+def draw_occlusion(ax: Any, part: Mapping, trait_names: Sequence[str], *, title: str = "") -> None:
+    """A trait x second strip of `delta` (score minus score with that second muted) on a
+    diverging scale centred on 0; seconds the model does not see are grey."""
+    import matplotlib
+
+    delta = np.asarray([[np.nan if v is None else v for v in row] for row in part["delta"]],
+                       np.float64)  # (5, n)
+    window = float(part.get("window_s") or 1.0)
+    lim = float(np.nanmax(np.abs(delta))) if np.isfinite(delta).any() else 1.0
+    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="#CCCCCC")
+    im = ax.imshow(np.ma.masked_invalid(delta), aspect="auto", cmap=cmap, vmin=-lim or -1,
+                   vmax=lim or 1, extent=(0, delta.shape[1] * window, len(trait_names) - 0.5,
+                                          -0.5), interpolation="nearest")
+    ax.set_yticks(range(len(trait_names)), trait_names, fontsize=8)
+    ax.set_xlabel("time (s)")
+    ax.set_title(title, fontsize=9)
+    ax.figure.colorbar(im, ax=ax, fraction=0.03, pad=0.01, label="score change")
+
+
+def top_features(values: np.ndarray, names: Sequence[str], k: int) -> list[int]:
+    """Row indices of the union of each column's k largest |values|, in first-seen order; rows
+    of exact zeros are never shown (a score clipped at 0 or 1 that nothing single moves)."""
+    rows: list[int] = []
+    for j in range(values.shape[1]):
+        column = np.abs(np.nan_to_num(values[:, j]))
+        for i in np.argsort(-column, kind="stable")[:k]:
+            if int(i) not in rows and column[i] > 0:
+                rows.append(int(i))
+    rows = rows or [0]
+    return rows
+
+
+def draw_contributions(ax: Any, part: Mapping, trait_names: Sequence[str], *, title: str = "",
+                       k: int = 4) -> None:
+    """The top-k features of each trait (union), as a feature x trait grid of contributions
+    with their values written in; red raises the score, blue lowers it."""
+    values = np.asarray([[np.nan if v is None else v for v in row] for row in part["values"]],
+                        np.float64)  # (F, 5)
+    names = list(part["features"])
+    rows = top_features(values, names, k)
+    shown = values[rows]  # (r, 5)
+    lim = float(np.nanmax(np.abs(shown))) if np.isfinite(shown).any() else 1.0
+    ax.imshow(shown.T, aspect="auto", cmap="RdBu_r", vmin=-(lim or 1), vmax=lim or 1)
+    for (j, i), v in np.ndenumerate(shown.T):
+        if np.isfinite(v):
+            ax.text(i, j, f"{v:+.3f}", ha="center", va="center", fontsize=6)
+    ax.set_yticks(range(len(trait_names)), trait_names, fontsize=8)
+    ax.set_xticks(range(len(rows)), [names[i] for i in rows], rotation=35, ha="right",
+                  fontsize=7)
+    units = part.get("units", "score")
+    ax.set_title(f"{title} [{units}]", fontsize=9)
+
+
+def heatmap_png(panels: Mapping[str, np.ndarray], features: Sequence[str], *,
+                path: str | os.PathLike, title: str = "", traits: Sequence[str] = TRAITS,
+                row_notes: Sequence[str] | None = None, dpi: int = 90) -> Path:
+    """One PNG: a features x traits heat map per panel (same rows in every panel), each on its
+    own symmetric scale, values written in. `row_notes`: one mark per row (e.g. the cue a
+    feature measures), shown beside the feature names."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    n_rows = len(features)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels) + 2.5,
+                                                      1.2 + 0.28 * n_rows), squeeze=False)
+    for p, (ax, (name, values)) in enumerate(zip(axes[0], panels.items())):
+        values = np.asarray(values, np.float64)  # (n_rows, 5)
+        lim = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0
+        ax.imshow(values, aspect="auto", cmap="RdBu_r", vmin=-(lim or 1), vmax=lim or 1)
+        for (i, j), v in np.ndenumerate(values):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6)
+        ax.set_xticks(range(len(traits)), list(traits))
+        labels = [f"{f} ({c})" if c else f
+                  for f, c in zip(features, row_notes or [""] * n_rows)] if p == 0 else []
+        if not labels:
+            labels = [""] * n_rows
+        ax.set_yticks(range(n_rows), labels, fontsize=7)
+        ax.set_title(name, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path

@@ -1,0 +1,504 @@
+"""Explanations: per clip (models/explain.py, predict's report) and per model (models/importance.py,
+stages/explain.py).
+
+    python -m pytest tests/test_explain.py -q -x       # ~1-2 min on one core
+
+Grad-CAM: shapes and the generic layer choice on the zoo's visual models; a tiny CNN trained here
+on images whose target lives in one region ("the mouth") has its map peak there, and the map
+moves off when that region is blanked. Audio occlusion: real speech followed by digital silence
+gives exactly 0 in the silent seconds (the silence constant is checked against stages/audio.py's
+own features) and not in the speech. Linear contributions sum to the output minus the intercept;
+integrated gradients to score(x) - score(0). Permutation importance, weighted statistics and the
+planted-cue check on small cases whose answer is known; the stage end to end on a fake repo whose
+labels follow the synthetic generator's law; predict writes `explanation` and draws it.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from models.data_av import LogmelSource, LogmelSourceConfig, WaveSource, WaveSourceConfig
+from models.explain import (SILENCE_DB, audio_occlusion, cam_layer, clip_views, explain_clip,
+                            feature_contributions, gradcam, predict_views)
+from models.registry import build_model
+from personality.schemas import AU_INTENSITY, TRAITS
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+# --------------------------------------------------------------------------------------------------
+# Grad-CAM
+
+
+@pytest.mark.parametrize("name, config, inputs", [
+    ("resnet18_face", {"width": 8, "layers": [1, 1, 1, 1]}, ("face",)),
+    ("hrnet_face", {"width": 8}, ("face",)),
+    ("bimodal_resnet", {"width": 8, "layers": [1, 1, 1, 1], "audio_widths": [8, 16, 32, 64]},
+     ("face", "logmel")),
+])
+def test_gradcam_shapes_and_layer(name, config, inputs, rng):
+    torch.manual_seed(0)
+    model = build_model(name, **config).eval()
+    views = {"face": torch.from_numpy(rng.standard_normal((3, 3, 64, 64)).astype(np.float32))}
+    if "logmel" in inputs:
+        views["logmel"] = torch.from_numpy(rng.standard_normal((3, 64, 200)).astype(np.float32))
+    layer = cam_layer(model, views, "face")
+    maps, used = gradcam(model, views, "face")
+    assert used == layer and maps.shape[0] == 5 and min(maps.shape[1:]) >= 4
+    assert np.all(maps >= 0) and np.isfinite(maps).all()
+    if name == "resnet18_face":
+        assert layer == "trunk.stages.2"  # 64 px: the /16 stage; the /32 one is 2 x 2
+    if name == "bimodal_resnet":
+        assert layer.startswith("visual.")  # never the log-mel branch's 2D maps
+    assert all(p.requires_grad for p in model.parameters())  # restored after the search
+
+
+class TinyCNN(nn.Module):
+    """Conv net with global average pooling: it cannot know *where* a pattern is, only what."""
+
+    inputs = ("face",)
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(8, 16, 3, padding=1), nn.ReLU())
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, batch):
+        return torch.sigmoid(self.fc(self.body(batch["face"]).mean(dim=(2, 3))))
+
+    def decode(self, out):
+        return out
+
+
+MOUTH = (slice(20, 28), slice(8, 24))  # rows, columns of a 32 x 32 image
+
+
+def _faces(n: int, rng: np.random.Generator) -> tuple[torch.Tensor, np.ndarray]:
+    """Noise images with horizontal stripes of amplitude a in the mouth region: (n, 3, 32, 32),
+    a (n,). Extraversion (E) = a; the other traits are constant."""
+    x = rng.normal(0, 0.3, (n, 3, 32, 32)).astype(np.float32)
+    a = rng.uniform(0, 1, n).astype(np.float32)
+    stripes = np.where(np.arange(32) % 2 == 0, 1.0, -1.0)[:, None].astype(np.float32)  # (32, 1)
+    x[:, :, MOUTH[0], MOUTH[1]] += a[:, None, None, None] * stripes[MOUTH[0]][None, None]
+    return torch.from_numpy(x), a
+
+
+def test_gradcam_peaks_on_the_region_that_drives_the_trait(rng):
+    torch.manual_seed(0)
+    model = TinyCNN()
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(150):
+        x, a = _faces(32, rng)
+        y = torch.full((32, 5), 0.5)
+        y[:, 2] = torch.from_numpy(0.2 + 0.6 * a)
+        loss = ((model({"face": x}) - y) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    x, a = _faces(8, rng)
+    x[:, :, MOUTH[0], MOUTH[1]] += 0.5 * torch.from_numpy(
+        np.where(np.arange(32) % 2 == 0, 1.0, -1.0)[MOUTH[0], None].astype(np.float32))
+    maps, layer = gradcam(model, {"face": x}, "face")
+    e = maps[TRAITS.index("E")]  # (32, 32)
+    inside = np.zeros_like(e, bool)
+    inside[MOUTH] = True
+    assert layer == "body" and e.shape == (32, 32)
+    assert inside.flat[e.argmax()], "the map of E must peak on the mouth"
+    assert e[inside].mean() > 3 * e[~inside].mean()
+    blank = x.clone()
+    blank[:, :, MOUTH[0], MOUTH[1]] = 0  # occlude the mouth
+    moved, _ = gradcam(model, {"face": blank}, "face")
+    assert moved[2][inside].mean() < 0.5 * e[inside].mean()
+
+
+# --------------------------------------------------------------------------------------------------
+# audio occlusion
+
+
+@pytest.fixture(scope="module")
+def speech_then_silence():
+    """6 s: 2.9 s of real speech (tests/fixtures) then digital silence; its log-mel (64, T) from
+    stages/audio.py's own features."""
+    import soundfile as sf
+
+    from stages.audio import AudioParams, frame_features
+    from tests.conftest import real_fixture
+
+    y, sr = sf.read(real_fixture("librivox_speech_16k.wav"), dtype="float32")
+    assert sr == 16000
+    wave = np.zeros(6 * sr, np.float32)
+    wave[:int(2.9 * sr)] = y[:int(2.9 * sr)]
+    logmel = frame_features(wave, AudioParams())["logmel"]  # (64, T), dB
+    return wave, logmel
+
+
+def test_silence_constant_is_the_audio_stage_s(speech_then_silence):
+    _, logmel = speech_then_silence
+    assert np.all(logmel[:, 300:] == np.float32(SILENCE_DB))  # frames past 3.0 s: no energy
+    assert logmel[:, :280].max() > SILENCE_DB + 50
+
+
+def _logmel_source(logmel, eval_mode="full"):
+    mean, std = logmel[:, :290].mean(1), logmel[:, :290].std(1) + 1e-3  # "train" statistics
+    src = LogmelSource({"clip": (logmel - mean[:, None]) / std[:, None]}, {},
+                       LogmelSourceConfig(eval_mode=eval_mode, frames=300), 64)
+    src.fitted = {"logmel": {"mean": mean.tolist(), "std": std.tolist()}}
+    return src
+
+
+def test_audio_occlusion_is_zero_where_the_clip_is_silent(speech_then_silence):
+    _, logmel = speech_then_silence
+    torch.manual_seed(0)
+    model = build_model("logmel_cnn", widths=[8, 16, 32, 64]).eval()
+    src = _logmel_source(logmel)
+    out = audio_occlusion(model, [src], "clip", "logmel", step_s=0.01)
+    delta = out["delta"]  # (5, 6)
+    assert delta.shape == (5, 6) and list(out["seconds"]) == [0, 1, 2, 3, 4, 5]
+    assert np.all(out["seen"] == 1.0)
+    assert np.abs(delta[:, 3:]).max() < 1e-6  # silent seconds: muting changes nothing
+    assert np.abs(delta[:, :3]).max() > 1e-4  # speech seconds move the scores
+    mean_fill = audio_occlusion(model, [src], "clip", "logmel", step_s=0.01, baseline="mean")
+    assert np.abs(mean_fill["delta"][:, 3:]).max() > 1e-4  # why silence is the default
+
+
+def test_audio_occlusion_marks_seconds_outside_the_view(speech_then_silence):
+    _, logmel = speech_then_silence
+    torch.manual_seed(0)
+    model = build_model("logmel_cnn", widths=[8, 16, 32, 64]).eval()
+    out = audio_occlusion(model, [_logmel_source(logmel, "centre")], "clip", "logmel",
+                          step_s=0.01)  # the model sees 1.5 - 4.5 s
+    assert np.allclose(out["seen"], [0, 0.5, 1, 1, 0.5, 0])
+    assert np.isnan(out["delta"][:, [0, 5]]).all() and np.isfinite(out["delta"][:, 1:5]).all()
+
+
+def test_wave_occlusion(speech_then_silence):
+    wave, _ = speech_then_silence
+    torch.manual_seed(0)
+    model = build_model("wave_resnet1d", width=8).eval()
+    src = WaveSource({"clip": (wave * 32767).astype(np.int16)}, {}, {"clip": 1 / 32767},
+                     WaveSourceConfig(eval_mode="full"))
+    out = audio_occlusion(model, [src], "clip", "wave", step_s=1 / 16000)
+    assert out["delta"].shape == (5, 6)
+    assert np.abs(out["delta"][:, 3:]).max() < 1e-6 < np.abs(out["delta"][:, :3]).max()
+
+
+# --------------------------------------------------------------------------------------------------
+# feature contributions
+
+
+def test_ridge_contributions_sum_to_output_minus_intercept(rng):
+    model = build_model("functionals_ridge", n_features=6).eval()
+    model.weight.copy_(torch.from_numpy(rng.normal(0, 0.05, (6, 5))))
+    model.bias.copy_(torch.full((5,), 0.5, dtype=torch.float64))
+    x = torch.from_numpy(rng.standard_normal((1, 6)).astype(np.float32))
+    part = feature_contributions(model, {"functionals": x}, "functionals", list("abcdef"))
+    values = np.asarray(part["values"])  # (6, 5)
+    raw = model({"functionals": x}).numpy()[0]
+    assert part["method"] == "linear" and values.shape == (6, 5)
+    assert np.allclose(values.sum(axis=0), raw - part["intercept"], atol=1e-9)
+    score = predict_views(model, {"clip": {"functionals": x}})[0]
+    assert np.allclose(np.clip(values.sum(axis=0) + part["intercept"], 0, 1), score, atol=1e-6)
+
+
+def test_audio_fn_linear_contributions_are_logits(rng):
+    torch.manual_seed(0)
+    model = build_model("audio_fn_linear", hidden=0, n_features=7).eval()
+    x = torch.from_numpy(rng.standard_normal((1, 7)).astype(np.float32))
+    part = feature_contributions(model, {"audio_fn": x}, "audio_fn", [f"fn_{i}" for i in range(7)])
+    values = np.asarray(part["values"])
+    score = predict_views(model, {"clip": {"audio_fn": x}})[0]
+    assert part["units"] == "logit"
+    assert np.allclose(1 / (1 + np.exp(-(values.sum(axis=0) + part["intercept"]))), score,
+                       atol=1e-5)
+
+
+def test_integrated_gradients_are_complete_for_an_au_model(rng):
+    torch.manual_seed(0)
+    model = build_model("perfex_cnn").eval()
+    aus = torch.from_numpy(rng.uniform(0, 1, (1, 80, 17)).astype(np.float32))
+    mask = torch.ones(1, 80, dtype=torch.bool)
+    mask[:, 60:] = False
+    aus[:, 60:] = 0
+    part = feature_contributions(model, {"aus": aus, "aus_mask": mask}, "aus",
+                                 list(AU_INTENSITY), ig_steps=64)
+    assert part["method"] == "integrated_gradients" and np.asarray(part["values"]).shape == (17, 5)
+    total = np.asarray(part["values"]).sum(axis=0)  # = score(x) - score(0) up to the gap
+    assert np.abs(part["completeness_gap"]).max() < 0.05 * np.abs(total).max() + 1e-4
+
+
+def test_trees_get_occlusion_and_find_the_feature_that_matters(rng):
+    x = rng.standard_normal((80, 6))
+    y = np.full((80, 5), 0.5)
+    y[:, 0] = 0.5 + 0.15 * x[:, 3]
+    model = build_model("functionals_gbt", max_trees=30, folds=2)
+    model.fit(x, y, groups=np.arange(80) // 2)
+    model.eval()
+    clip = torch.tensor([[0, 0, 0, 2.0, 0, 0]], dtype=torch.float32)
+    part = feature_contributions(model, {"functionals": clip}, "functionals", list("abcdef"))
+    values = np.asarray(part["values"])
+    assert part["method"] == "occlusion" and np.abs(values[:, 0]).argmax() == 3
+    assert values[3, 0] > 0.1  # x_3 = 2 sd above the mean raises O by ~0.3
+
+
+# --------------------------------------------------------------------------------------------------
+# weighted statistics and permutation importance
+
+
+def test_weighted_statistics_equal_resampled_ones(rng):
+    from models.importance import bootstrap_weights, weighted_ccc, weighted_pearson
+    from models.metrics import ccc
+
+    subjects = np.repeat(np.arange(10), 3)
+    y, p = rng.uniform(0, 1, (30, 5)), rng.uniform(0, 1, (30, 5))
+    x = rng.standard_normal((30, 4))
+    x[4, 1] = np.nan
+    w = bootstrap_weights(subjects, n_boot=3, seed=1)
+    rows = np.repeat(np.arange(30), w[0].astype(int))  # the resample as rows
+    got = weighted_ccc(y, p, w)[0]
+    assert np.allclose(got, [ccc(y[rows, k], p[rows, k]) for k in range(5)])
+    r = weighted_pearson(x, y, w)[0]  # (4, 5)
+    keep = rows[rows != 4]
+    assert np.isclose(r[1, 2], np.corrcoef(x[keep, 1], y[keep, 2])[0, 1])
+    assert np.isclose(r[0, 2], np.corrcoef(x[rows, 0], y[rows, 2])[0, 1])
+
+
+def test_permutation_importance_finds_the_planted_features(rng):
+    from models.importance import (bootstrap_weights, permutation_importance,
+                                   permuted_predictions, top_indices)
+
+    model = build_model("functionals_ridge", n_features=6).eval()
+    weight = np.zeros((6, 5))
+    weight[1, 0], weight[4, 0], weight[2, 3] = 0.08, -0.06, 0.1
+    model.weight.copy_(torch.from_numpy(weight))
+    x = rng.standard_normal((40, 6)).astype(np.float32)
+    views = {f"v{i}": {"functionals": torch.from_numpy(x[i:i + 1])} for i in range(40)}
+    base = predict_views(model, views)
+    y = base + rng.normal(0, 0.02, base.shape)
+    perm = permuted_predictions(model, views, "functionals", repeats=10, seed=0)
+    assert perm.shape == (6, 10, 40, 5)
+    w = bootstrap_weights(np.arange(40) // 2, n_boot=50, seed=0)
+    imp = permutation_importance(y, base, perm, w)
+    assert set(top_indices(imp["value"], 2)[:, 0]) == {1, 4}
+    assert top_indices(imp["value"], 1)[0, 3] == 2
+    assert np.abs(imp["value"][[0, 3, 5], 0]).max() < 1e-9  # unused features: no drop
+    assert np.all(imp["lo"] <= imp["value"] + 1e-12) and np.all(imp["value"] <= imp["hi"] + 1e-12)
+    assert imp["samples"].shape == (50, 6, 5)
+
+
+def test_channel_permutation_keeps_each_clip_s_length(rng):
+    from models.importance import permuted_predictions
+
+    class Probe(nn.Module):  # the score is the mean of AU01 over the clip's real steps
+        def forward(self, batch):
+            m = batch["aus_mask"].float()
+            mean = (batch["aus"][..., 0] * m).sum(1) / m.sum(1)
+            return mean[:, None].expand(-1, 5)
+
+        def decode(self, out):
+            return out
+
+    views = {}
+    for i, n in enumerate((10, 30)):
+        aus = torch.zeros(1, 40, 17)
+        aus[0, :n, 0] = float(i + 1)  # clip 0: AU01 = 1 on 10 steps, clip 1: 2 on 30 steps
+        mask = torch.zeros(1, 40, dtype=torch.bool)
+        mask[0, :n] = True
+        views[f"c{i}"] = {"aus": aus, "aus_mask": mask}
+    perm = permuted_predictions(Probe(), views, "aus", repeats=12, seed=3)  # (17, 12, 2, 5)
+    swapped = perm[0, :, :, 0]  # AU01 channel
+    assert set(np.round(swapped[:, 0], 6)) <= {1.0, 2.0}  # clip 0 takes 10 of clip 1's steps
+    assert set(np.round(swapped[:, 1], 6)) <= {2.0, round(1 / 3, 6)}  # clip 1: 10 of 30 at 1
+    assert np.all(perm[1:] == perm[1:2, :1, :, :])  # other channels: the model reads none
+    from models.importance import _views_path  # the engine's path gives the same numbers
+
+    perms = [np.random.default_rng(3).permutation(2) for _ in range(1)]
+    slow = _views_path(Probe(), views, list(views), "aus", perms, [0])  # (1, 2, 5)
+    assert set(np.round(slow[0, :, 0], 6)) in ({1.0, 2.0}, {2.0, round(1 / 3, 6)})
+
+
+# --------------------------------------------------------------------------------------------------
+# the cue check
+
+
+def test_cue_mapping():
+    from stages.explain import cue_of
+
+    assert cue_of("AU12_c_share") == "smile" and cue_of("AU06_r_p90") == "smile"
+    assert cue_of("AU04_r_mean") == "brow_lower" and cue_of("blink_rate") == "blink_rate"
+    assert cue_of("head_speed_p90") == "head_motion" and cue_of("fn_rms_db_mean") == "loudness"
+    assert cue_of("fn_voiced_onsets_per_s") == "speech_rate" and cue_of("fn_f0_std") == "pitch_var"
+    assert cue_of("fn_rms_db_std") == "" and cue_of("fn_logmel_03_mean") == ""
+    assert cue_of("AU45_c_share") == "blink_rate" and cue_of("AU25_r_mean") == ""
+
+
+def test_cue_check_logic():
+    from stages.explain import cue_check, planted_cues
+
+    cues = ["smile", "loudness", "head_motion", "pause"]
+    weights = np.array([[0.5, -0.4, 0.3, 0.1]] * 5)  # every trait: smile, loudness, head_motion
+    assert planted_cues(weights, cues)[0] == ["smile", "loudness", "head_motion"]
+    features = ["AU12_c_share", "fn_rms_db_mean", "head_yaw_sd", "fn_logmel_00_mean",
+                "fn_mfcc_01_std", "fn_active_frac", "AU25_r_mean"]
+    value = np.zeros((7, 5))
+    value[:, 0] = [0.9, 0.8, 0.0, 0.7, 0.6, 0.5, 0.4]  # O: smile + loudness in the top 5: pass
+    value[:, 1] = [0.1, 0.0, 0.0, 0.9, 0.8, 0.7, 0.6]  # C: only smile (5th): 1 hit, fail
+    samples = np.stack([value, value[:, ::-1]])  # (2, 7, 5); resample 1: C's order as O's
+    samples[1][:, 1] = value[:, 0]
+    out = cue_check({"value": value, "samples": samples}, features, weights, cues)
+    assert out["O"]["hits"] == 2 and out["O"]["pass"] and out["O"]["share_pass"] == 1.0
+    assert out["C"]["hits"] == 1 and not out["C"]["pass"] and out["C"]["share_pass"] == 0.5
+    assert out["O"]["top"][:2] == ["AU12_c_share", "fn_rms_db_mean"]
+
+
+# --------------------------------------------------------------------------------------------------
+# the stage, end to end on a fake repo that follows the generator's law
+
+
+CUE_FEATURES = {"smile": "AU12_c_share", "brow_raise": "AU01_r_mean", "brow_lower": "AU04_r_p90",
+                "blink_rate": "blink_rate", "head_motion": "head_yaw_sd",
+                "pitch": "fn_f0_p50", "pitch_var": "fn_f0_std", "loudness": "fn_rms_db_mean",
+                "speech_rate": "fn_voiced_onsets_per_s", "pause": "fn_active_frac"}
+
+
+@pytest.fixture(scope="module")
+def fake_repo(tmp_path_factory):
+    """data/manifest, data/functionals, a fitted functionals_ridge and its predictions: labels
+    follow personality/synthetic.py's LABEL_WEIGHTS over one functional per cue, plus noise
+    features; 60 subjects of 3 clips (40 / 10 / 10 by split)."""
+    from models.classical import fit_closed_form
+    from models.data import build_sources, for_inference
+    from models.engine import load_checkpoint, predict_videos
+    from personality.common import write_artifact
+    from personality.synthetic import CUES, LABEL_WEIGHTS
+
+    root = tmp_path_factory.mktemp("explain_repo")
+    rng = np.random.default_rng(5)
+    n = 180
+    subject = np.repeat(np.arange(60), 3)
+    z = rng.standard_normal((60, 10))[subject] * 0.8 + rng.standard_normal((n, 10)) * 0.6
+    unit = LABEL_WEIGHTS / np.linalg.norm(LABEL_WEIGHTS, axis=1, keepdims=True)
+    labels = np.clip(0.5 + 0.13 * z @ unit.T + rng.normal(0, 0.03, (n, 5)), 0, 1)
+    ids = [f"v{i:03d}" for i in range(n)]
+    split = np.where(subject < 40, "train", np.where(subject < 50, "val", "test"))
+    manifest = pd.DataFrame({"video_id": ids, "path": [f"{v}.mp4" for v in ids], "split": split,
+                             "subject_id": [f"s{s}" for s in subject], "dataset": "synthetic",
+                             **{t: labels[:, j] for j, t in enumerate(TRAITS)},
+                             "duration_s": 8.0, "fps": 25.0, "has_audio": True})
+    write_artifact("manifest", manifest, path=root / "data" / "manifest.parquet")
+    fn = {CUE_FEATURES[c]: z[:, k] * 2 + 3 for k, c in enumerate(CUES)}
+    fn.update({f"fn_logmel_{i:02d}_mean": rng.standard_normal(n) for i in range(5)})
+    fn.update(AU12_r_mean=fn["AU12_c_share"] + rng.normal(0, 1, n),  # the schema's columns
+              AU12_onsets_per_s=rng.standard_normal(n), head_speed_mean=rng.standard_normal(n),
+              face_share=np.ones(n))
+    write_artifact("functionals", pd.DataFrame({"video_id": ids, **fn}),
+                   path=root / "data" / "functionals" / "functionals.parquet")
+    train = [v for v, s in zip(ids, split) if s == "train"]
+    sources = build_sources(["functionals"], root=root, video_ids=ids)
+    model = build_model("functionals_ridge")
+    out = root / "data" / "models" / "functionals_ridge"
+    fit_closed_form(model, sources, train_ids=train, train_targets=labels[split == "train"],
+                    groups=subject[split == "train"], out_dir=out,
+                    meta={"model_name": "functionals_ridge", "inputs": ["functionals"],
+                          "source_config": for_inference({}, sources)})
+    net, _ = load_checkpoint(out / "best.pt")
+    pred = predict_videos(net, sources, ids)
+    (root / "data" / "predictions").mkdir(parents=True)
+    pd.DataFrame({"video_id": ids, "split": split, **{t: pred[:, j] for j, t in enumerate(TRAITS)},
+                  "model": "functionals_ridge"}).to_parquet(
+        root / "data" / "predictions" / "functionals_ridge.parquet")
+    return root
+
+
+def test_explain_stage_end_to_end(fake_repo):
+    from stages.explain import ExplainParams, run
+
+    params = ExplainParams(repeats=5, bootstrap=50, mlflow=False)
+    report = run(params, root=fake_repo, models=["functionals_ridge"])
+    entry = report["models"]["functionals_ridge"]
+    assert entry["n_clips"] == 60 and entry["permutation"]["n_clips"] == 30
+    check = report["cue_check"]["functionals_ridge"]
+    assert all(c["pass"] for c in check.values()), check  # the law is linear: ridge recovers it
+    grouped = report["cue_check_grouped"]["functionals_ridge"]
+    assert all(c["pass"] and len(c["top"]) == 3 for c in grouped.values()), grouped
+    # the top feature of each trait measures one of its planted cues
+    assert all(cue in check[t]["planted"] for t in TRAITS
+               for cue in [check[t]["top_cues"][0]])
+    for name in ("explain.json", "explain.md", "explain/functionals_ridge.csv",
+                 "explain/functionals_ridge.png"):
+        assert (fake_repo / "metrics" / name).stat().st_size > 500
+    written = json.loads((fake_repo / "metrics" / "explain.json").read_text())
+    top = written["models"]["functionals_ridge"]["permutation"]["top"]["E"][0]
+    assert len(top) == 4 and top[2] <= top[1] <= top[3]  # value inside its interval
+    csv = pd.read_csv(fake_repo / "metrics" / "explain" / "functionals_ridge.csv")
+    assert len(csv) == 19 * 5 and {"r_prediction_lo", "importance_hi", "cue"} <= set(csv.columns)
+    assert "Cue check" in (fake_repo / "metrics" / "explain.md").read_text()
+
+
+# --------------------------------------------------------------------------------------------------
+# predict: prediction.json's `explanation` and the report
+
+
+@pytest.fixture(scope="module")
+def face_checkpoint(tmp_path_factory):
+    from models.engine import save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model("hrnet_face", width=8)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "hrnet_face" / "best.pt",
+                           model=model, model_name="hrnet_face",
+                           model_config={"width": 8}, train_mean=[0.5] * 5, inputs=["face"],
+                           source_config={"face": {"size": 64, "max_eval_views": 4}})
+
+
+def test_predict_writes_and_draws_the_explanation(face_checkpoint, tmp_path):
+    from stages import predict
+    from tests.conftest import real_fixture
+
+    video = real_fixture("single_face.mp4")
+    assert predict.main([str(video), "--out", str(tmp_path / "a"), "--model",
+                         str(face_checkpoint)]) == 0
+    result = json.loads((tmp_path / "a" / "prediction.json").read_text())
+    cam = result["explanation"]["gradcam"]["face"]
+    assert result["explanation"]["kinds"] == ["gradcam"]
+    assert np.asarray(cam["maps"]).shape[0] == 5 and cam["views"] == 4
+    assert predict.main([str(video), "--out", str(tmp_path / "b"), "--model",
+                         str(face_checkpoint), "--no-explain"]) == 0
+    plain = json.loads((tmp_path / "b" / "prediction.json").read_text())
+    assert "explanation" not in plain and all(plain[t] == result[t] for t in TRAITS)
+    from PIL import Image
+
+    tall, short = (Image.open(tmp_path / d / "report.png").size[1] for d in ("a", "b"))
+    assert tall > short  # the Grad-CAM row is drawn
+
+
+def test_explain_clip_on_built_sources(tmp_path, speech_then_silence):
+    """explain_clip picks the kinds from the sources' keys; an audio-visual model gets two."""
+    _, logmel = speech_then_silence
+    torch.manual_seed(0)
+    model = build_model("bimodal_resnet", width=8, layers=[1, 1, 1, 1],
+                        audio_widths=[8, 16, 32, 64]).eval()
+
+    class Faces:  # a face source stand-in: 3 crops
+        keys = ("face",)
+
+        def eval_items(self, vid):
+            return {"face": torch.zeros(3, 3, 64, 64).normal_(generator=torch.Generator()
+                                                              .manual_seed(1))}
+
+        def has(self, vid):
+            return True
+
+    sources = [Faces(), _logmel_source(logmel)]
+    explanation, images = explain_clip(model, sources, "clip")
+    assert explanation["kinds"] == ["gradcam", "audio_occlusion"]
+    assert images["face"].shape == (64, 64, 3) and images["face"].dtype == np.uint8
+    assert len(explanation["audio_occlusion"]["logmel"]["delta"][0]) == 6
+    assert clip_views(sources, "clip")["face"].shape == (3, 3, 64, 64)
+    json.dumps(explanation)  # JSON-safe
