@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -123,22 +124,26 @@ def manifest_for(clip: Path, root: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--steps", nargs="+", default=[*STAGES, "predict"],
+                    choices=[*STAGES, "predict"], help="default: all (rows of an earlier run of "
+                    "the other steps are kept from bench/results/memory.json)")
     ap.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)  # the child's mode
     ap.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.stage:
         return run_stage(args.stage, args.root)
     clip = long_clip(args.minutes)
-    rows = {}
+    saved = RESULTS / "memory.json"
+    rows = json.loads(saved.read_text())["rows"] if saved.exists() else {}
     with tempfile.TemporaryDirectory(dir=RESULTS) as tmp:
         root = Path(tmp)
         manifest_for(clip, root)
-        for stage in STAGES:
-            rows[stage] = timed([sys.executable, __file__, "--stage", stage, "--root", str(root)])
-            print(stage, rows[stage], flush=True)
-        rows["predict"] = timed([sys.executable, "-m", "stages.predict", str(clip), "--out",
-                                 str(root / "predict")])
-        print("predict", rows["predict"], flush=True)
+        for step in args.steps:
+            cmd = ([sys.executable, "-m", "stages.predict", str(clip), "--out",
+                    str(root / "predict")] if step == "predict" else
+                   [sys.executable, __file__, "--stage", step, "--root", str(root)])
+            rows[step] = {**timed(cmd), "load_average_after": round(os.getloadavg()[0], 1)}
+            print(step, rows[step], flush=True)
     result = {"clip": {"minutes": args.minutes, "width": W, "height": H, "fps": FPS,
                        "bytes": clip.stat().st_size}, "rows": rows}
     (RESULTS / "memory.json").write_text(json.dumps(result, indent=2))
