@@ -51,8 +51,10 @@ DLIB_MODEL = Path("/usr/share/dlib/shape_predictor_68_face_landmarks.dat")  # li
 CLIP_SECONDS, CLIP_FPS, CLIP_W, CLIP_H = 15.0, 30.0, 1280, 720
 
 
-def make_clip(path: Path) -> Path:
-    """A ChaLearn-like clip (15 s, 30 fps, 1280x720, H.264, AAC) from the synthetic renderer."""
+def make_clip(path: Path, seconds: float = CLIP_SECONDS, fps: float = CLIP_FPS,
+              width: int = CLIP_W, height: int = CLIP_H) -> Path:
+    """A ChaLearn-like clip (by default 15 s, 30 fps, 1280x720; H.264, AAC) of one talking face
+    from the synthetic renderer; kept at `path` once made. bench/memory.py makes its 1080p one."""
     if path.exists():
         return path
     from personality import synthetic as syn
@@ -62,8 +64,8 @@ def make_clip(path: Path) -> Path:
     app = syn.draw_appearance(np.random.default_rng(3), len(rigs), 0)
     path.parent.mkdir(parents=True, exist_ok=True)
     syn.render_clip(dict(index=0, seed=1, video_id="bench", path=str(path), cues=[0.5] * 10,
-                         appearance=app, duration=CLIP_SECONDS, fps=CLIP_FPS, sr=16000,
-                         width=CLIP_W, height=CLIP_H))
+                         appearance=app, duration=seconds, fps=fps, sr=16000, width=width,
+                         height=height))
     return path
 
 

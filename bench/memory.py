@@ -26,24 +26,11 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/frontend.py
 
 RESULTS = REPO / "bench" / "results"
 W, H, FPS, PIECE_S = 1920, 1080, 25.0, 15.0
 STAGES = ("frames", "faces", "aus", "audio")
-
-
-def render_piece(path: Path) -> Path:
-    """15 s of one talking face at 1080p (the synthetic renderer; cached)."""
-    if path.exists():
-        return path
-    from personality import synthetic as syn
-
-    rigs = syn.load_rigs()
-    syn._init_worker(rigs)
-    app = syn.draw_appearance(np.random.default_rng(3), len(rigs), 0)
-    syn.render_clip(dict(index=0, seed=1, video_id="long", path=str(path), cues=[0.5] * 10,
-                         appearance=app, duration=PIECE_S, fps=FPS, sr=16000, width=W, height=H))
-    return path
 
 
 def repeat_clip(piece: Path, out: Path, copies: int) -> Path:
@@ -80,7 +67,9 @@ def long_clip(minutes: float) -> Path:
     if out.exists():
         return out
     RESULTS.mkdir(parents=True, exist_ok=True)
-    piece = render_piece(RESULTS / "long_piece_1080p.mp4")
+    from frontend import make_clip  # bench/frontend.py: the same renderer, at 1080p here
+
+    piece = make_clip(RESULTS / "long_piece_1080p.mp4", PIECE_S, FPS, W, H)
     tmp = out.with_suffix(".part.mp4")
     repeat_clip(piece, tmp, int(round(minutes * 60 / PIECE_S)))
     return tmp.replace(out)

@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from personality.plots import _save
 from personality.schemas import TRAITS
 
 
@@ -135,10 +136,4 @@ def heatmap_png(panels: Mapping[str, np.ndarray], features: Sequence[str], *,
             labels = [""] * n_rows
         ax.set_yticks(range(n_rows), labels, fontsize=7)
         ax.set_title(name, fontsize=9)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title=title, dpi=dpi)
