@@ -19,7 +19,9 @@ from models.metrics import bin_values, to_bins
 from models.perfex import (AttentionLSTM, MaskedBatchNorm1d, PerfexCNNConfig, collate_aus,
                            masked_max, masked_mean, perfex_cnn, prepare_inputs)
 
-AU_MODELS = [m["name"] for m in list_models(modality="au")]
+# the PerFeX family (masked sequence models with both heads); the other AU model of the zoo,
+# spectrum_model, resamples the clip to a fixed length and is tested in tests/test_zoo.py
+AU_MODELS = [m["name"] for m in list_models(modality="au") if m["source"].startswith("PerFeX")]
 HEADS = ("classification", "regression")
 N_AUS = 17
 
