@@ -160,8 +160,8 @@ def load_table(root: Path, splits: list[str]) -> tuple[pd.DataFrame, list[str]]:
     rows = manifest[manifest["split"].isin(splits)].dropna(subset=list(TRAITS))
     table = rows.merge(fn, on="video_id", how="inner").set_index("video_id")
     if len(table) < 3:
-        raise StageInputError(f"{len(table)} labelled clips of {splits} with functionals: "
-                              "too few to explain anything")
+        raise TooFewClips(f"{len(table)} labelled clips of {splits} with functionals: "
+                          "too few to explain anything")
     return table, features
 
 
@@ -369,6 +369,21 @@ def log_to_mlflow(report: dict, root: Path) -> None:
                 mlf.log_metric("cue_traits_passed", sum(c["pass"] for c in check.values()))
 
 
+class TooFewClips(StageInputError):
+    """Too few labelled clips to correlate or permute anything: the stage says so and the
+    pipeline goes on (a small corpus, or one labelled on train only)."""
+
+
+def _skip(root: Path, reason: str) -> dict:
+    """Outputs that say why nothing was explained (as retrain does without a user study)."""
+    log.warning("explain skipped: %s", reason)
+    (root / OUT_DIR).mkdir(parents=True, exist_ok=True)
+    report = {"skipped": reason}
+    atomic_write_json(root / OUT_JSON, report)
+    atomic_write_text(root / OUT_MD, f"explain skipped: {reason}\n")
+    return report
+
+
 def run(params: ExplainParams, base: BaseParams | None = None, root: Path | None = None,
         models: list[str] | None = None) -> dict:
     """Explain `models` (default: train.models) under `root`; returns the report written to
@@ -380,7 +395,10 @@ def run(params: ExplainParams, base: BaseParams | None = None, root: Path | None
     seed = (base or BaseParams()).seed
     models = models or experiment_models() or []
     splits = sorted(set(params.correlation_splits) | {params.permutation_split})
-    table, features = load_table(root, splits)
+    try:
+        table, features = load_table(root, splits)
+    except TooFewClips as exc:
+        return _skip(root, str(exc))
     corr_table = table[table["split"].isin(params.correlation_splits)]
     w = bootstrap_weights(corr_table["subject_id"].tolist(), n_boot=params.bootstrap, seed=seed)
     labels_r = correlations(corr_table[features].to_numpy(np.float64),

@@ -502,3 +502,19 @@ def test_explain_clip_on_built_sources(tmp_path, speech_then_silence):
     assert len(explanation["audio_occlusion"]["logmel"]["delta"][0]) == 6
     assert clip_views(sources, "clip")["face"].shape == (3, 3, 64, 64)
     json.dumps(explanation)  # JSON-safe
+
+
+def test_too_few_labelled_clips_skip_the_stage_instead_of_failing_the_pipeline(tmp_path,
+                                                                               monkeypatch):
+    """A small corpus (the pipeline tests' fixtures) has no val/test clips to explain on: the
+    stage writes why, and `dvc repro` goes on."""
+    from stages import explain
+
+    def too_few(root, splits):
+        raise explain.TooFewClips("2 labelled clips of ['test', 'val'] with functionals")
+
+    monkeypatch.setattr(explain, "load_table", too_few)
+    out = explain.run(explain.ExplainParams(), root=tmp_path, models=["perfex_cnn"])
+    assert out == {"skipped": "2 labelled clips of ['test', 'val'] with functionals"}
+    assert json.loads((tmp_path / "metrics" / "explain.json").read_text()) == out
+    assert (tmp_path / "metrics" / "explain").is_dir()

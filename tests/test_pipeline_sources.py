@@ -34,6 +34,9 @@ def make_dvc_repo(tmp: Path, ingest: dict) -> Path:
     params["train"].update(QUICK_TRAIN)
     params["retrain"].update(models=["perfex_cnn"], epochs=2, mlflow=False)
     params["evaluate"]["mlflow"] = False
+    # the explain and register stages run for real, on a lighter load (CI time)
+    params["explain"].update(repeats=2, bootstrap=20, mlflow=False)
+    params["register"]["log_all"] = False
     params["deploy"]["model"] = "perfex_cnn+retrained"  # no user study: falls back to perfex_cnn
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = pipeline_env()
@@ -71,6 +74,9 @@ def check_pipeline(repo: Path, n_videos: int) -> None:
     assert {"perfex_cnn", "audio_fn_linear", "baseline"} <= set(report)
     assert "skipped" in json.loads((repo / "metrics/retrain.json").read_text())
     assert len(pd.read_parquet(repo / "data/deploy/labels.parquet")) == n_videos
+    registered = json.loads((repo / "metrics/register.json").read_text())
+    assert registered["version"] >= 1 and registered["model"] == report["selection"]["best"]
+    assert (repo / "metrics/explain.json").is_file()
     status = subprocess.run(["dvc", "status"], cwd=repo, env=pipeline_env(),
                             capture_output=True, text=True)
     # only the inputs fingerprint, which runs on every repro (stages/inputs.py), is listed
