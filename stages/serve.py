@@ -129,16 +129,19 @@ def chosen_model(p: RegisterParams, report: dict) -> str:
     return name
 
 
-def version_tags(name: str, report: dict) -> dict[str, str]:
-    """The figures a user sees beside the registered version: test mean CCC with its interval,
-    the validation mean CCC that chose it."""
+def model_figures(name: str, report: dict) -> dict:
+    """The figures a user sees beside a logged or registered model: test mean CCC with its
+    interval, the validation mean CCC that chose it (None where the report has none)."""
     entry = report.get(name) or {}
     ci = ((entry.get("ci") or {}).get("mean") or {}).get("ccc") or [None, None]
-    val = ((report.get("selection") or {}).get("val") or {}).get(name)
-    figures = {"model": name, "test_mean_ccc": (entry.get("mean") or {}).get("ccc"),
-               "test_mean_ccc_ci_low": ci[0], "test_mean_ccc_ci_high": ci[1],
-               "val_mean_ccc": val, "chosen_by": "best mean CCC on validation",
-               "n_test_videos": entry.get("n_videos")}
+    return {"model": name, "test_mean_ccc": (entry.get("mean") or {}).get("ccc"),
+            "test_mean_ccc_ci_low": ci[0], "test_mean_ccc_ci_high": ci[1],
+            "val_mean_ccc": ((report.get("selection") or {}).get("val") or {}).get(name),
+            "chosen_by": "best mean CCC on validation", "n_test_videos": entry.get("n_videos")}
+
+
+def version_tags(figures: dict) -> dict[str, str]:
+    """`model_figures` as MLflow tags (strings; floats to 4 decimals, missing ones left out)."""
     return {k: (f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in figures.items()
             if v is not None}
 
@@ -170,11 +173,13 @@ def evaluated_models(report: dict) -> list[str]:
 def log_model_run(name: str, report: dict, root: Path, example: str) -> tuple:
     """One MLflow run holding `name`'s pyfunc model, tagged with its figures: (ModelInfo,
     version tags, run id)."""
-    tags = version_tags(name, report)
+    figures = model_figures(name, report)
+    tags = version_tags(figures)
     with mlflow_run("register", run_name=f"model:{name}", tags={"model": name}) as mlf:
         info = log_pyfunc(mlf, find_checkpoint(name, root), root, example)
-        mlf.log_metrics({k: float(v) for k, v in tags.items()
-                         if k.startswith(("test_", "val_")) and _is_number(v)})
+        mlf.log_metrics({k: float(v) for k, v in figures.items()
+                         if k.startswith(("test_", "val_")) and isinstance(v, (int, float))
+                         and np.isfinite(v)})
         return info, tags, mlf.active_run().info.run_id
 
 
@@ -196,13 +201,6 @@ def register(p: RegisterParams, root: Path) -> dict:
     return {"model": name, "registered_name": p.name, "version": int(version.version),
             "run_id": run_id, "model_uri": f"models:/{p.name}/{version.version}", "tags": tags,
             "logged": {m: entry[0].model_uri for m, entry in logged.items()}}
-
-
-def _is_number(text: str) -> bool:
-    try:
-        return np.isfinite(float(text))
-    except ValueError:
-        return False
 
 
 def run(p: RegisterParams, root: Path | None = None) -> dict:
