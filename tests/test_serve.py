@@ -142,8 +142,11 @@ def wait_until_up(url: str, server: subprocess.Popen, seconds: float = 180) -> N
 
 def test_mlflow_models_serve_answers_with_predicts_scores(served_root, registered, expected):
     port = free_port()
+    # the venv's bin on PATH: mlflow starts its server as `uvicorn ...` through bash (make test
+    # runs .venv/bin/python without activating the venv)
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{served_root / 'mlflow.db'}",
-           "MLFLOW_DISABLE_TELEMETRY": "true"}
+           "MLFLOW_DISABLE_TELEMETRY": "true",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     mlflow_cli = Path(sys.executable).with_name("mlflow")
     server = subprocess.Popen([str(mlflow_cli), "models", "serve", "-m",
                                registered["model_uri"], "--env-manager", "local",
