@@ -23,6 +23,11 @@ clips that score them are resampled).
   mean over the R shuffles. For a feature vector (functionals, audio_fn) a feature is one
   column; for an AU sequence (aus) it is one AU channel: each clip takes another clip's whole
   time course of that AU (cut to its own length by its mask).
+- `feature_clusters`: groups of functionals that stand in for each other (average-linkage
+  clustering of 1 - |Spearman r| over the training clips, no labels), so that a cue read by many
+  proxies (17 statistics of AU12, loudness in every log-mel band) is shuffled as one feature:
+  grouped permutation importance (Gregorutti et al. 2015; scikit-learn's guide on permutation
+  importance with multicollinear features clusters the same way).
 """
 from __future__ import annotations
 
@@ -37,7 +42,7 @@ from models.explain import predict_views
 from personality.common import progress
 
 __all__ = ["bootstrap_weights", "weighted_pearson", "weighted_ccc", "correlations",
-           "permuted_predictions", "permutation_importance", "top_indices"]
+           "permuted_predictions", "permutation_importance", "top_indices", "feature_clusters"]
 
 
 def bootstrap_weights(subjects: Sequence, *, n_boot: int, seed: int) -> np.ndarray:
@@ -212,3 +217,37 @@ def permutation_importance(y: np.ndarray, base: np.ndarray, perm: np.ndarray, w:
 def top_indices(values: np.ndarray, k: int) -> np.ndarray:
     """(k, K): per column, the rows of the k largest values (ties by row order)."""
     return np.argsort(-np.nan_to_num(values, nan=-np.inf), axis=0, kind="stable")[:k]
+
+
+def _abs_spearman(x: np.ndarray) -> np.ndarray:
+    """|Spearman r| (F, F) of the columns of x (n, F), pairwise over rows where both are finite;
+    0 where a column is constant or has fewer than 3 shared rows."""
+    import pandas as pd
+
+    r = pd.DataFrame(x).rank().corr(method="pearson", min_periods=3).to_numpy()
+    r = np.abs(np.nan_to_num(r, nan=0.0))
+    np.fill_diagonal(r, 1.0)
+    return r
+
+
+def feature_clusters(x: np.ndarray, max_distance: float) -> tuple[list[list[int]], list[int]]:
+    """Clusters of interchangeable columns of x (n, F): average-linkage hierarchical clustering
+    on the distance 1 - |Spearman r|, cut at `max_distance` (0.3: a cluster's members correlate
+    at |r| >= 0.7 on average). Returns (clusters: column indices, ascending, clusters ordered by
+    their first column; medoids: per cluster the member with the largest mean |r| to the
+    others, which names it)."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
+
+    n_feat = x.shape[1]
+    if n_feat == 1:
+        return [[0]], [0]
+    r = _abs_spearman(x)
+    dist = np.clip(1.0 - r, 0.0, 1.0)
+    np.fill_diagonal(dist, 0.0)
+    labels = fcluster(linkage(squareform(dist, checks=False), method="average"),
+                      t=max_distance, criterion="distance")
+    clusters = sorted(([int(i) for i in np.flatnonzero(labels == c)] for c in np.unique(labels)),
+                      key=lambda members: members[0])
+    medoids = [m[int(np.argmax(r[np.ix_(m, m)].mean(axis=1)))] for m in clusters]
+    return clusters, medoids

@@ -4,6 +4,9 @@ per fold, and a table of mean and sd of test CCC per model over the folds.
     python scripts/cv.py                  # 5 folds of the default models (make cv)
     python scripts/cv.py --folds 5 --jobs 2
     python scripts/cv.py --collect        # only the table of finished cv-fold* experiments
+    python scripts/cv.py --set 'train.models=[functionals_ridge,functionals_gbt]'
+                                          # extra -S overrides for every fold (a subset of
+                                          # models: the rest keep the rows of an earlier run)
 
 Each fold is queued as
 `dvc exp run --queue -n cv-fold<k> -S ingest.split_mode=kfold -S ingest.n_folds=N -S ingest.fold=k`:
@@ -31,10 +34,10 @@ from zoo import experiment_refs, queue_and_run, show_json  # noqa: E402  (a sibl
 PREFIX = "cv-fold"
 
 
-def fold_experiments(n_folds: int) -> dict[str, list[str]]:
+def fold_experiments(n_folds: int, extra: list[str] = ()) -> dict[str, list[str]]:
     # register.enabled=false: a fold's model is a measurement, not a version to serve
     return {f"{PREFIX}{k}": ["ingest.split_mode=kfold", f"ingest.n_folds={n_folds}",
-                             f"ingest.fold={k}", "register.enabled=false"]
+                             f"ingest.fold={k}", "register.enabled=false", *extra]
             for k in range(n_folds)}
 
 
@@ -82,11 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--collect", action="store_true", help="only print the table")
     parser.add_argument("--baseline", default="HEAD", help="--collect: the commit the "
                         "experiments were run on")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an extra -S override for every fold (repeatable)")
     args = parser.parse_args(argv)
     if args.folds < 3:
         parser.error("--folds must be >= 3 (test, val and train folds)")
     if not args.collect:
-        queue_and_run(fold_experiments(args.folds), args.jobs, prefix=PREFIX)
+        queue_and_run(fold_experiments(args.folds, args.set), args.jobs, prefix=PREFIX)
     rows, folds = collect(args.baseline if args.collect else "HEAD")
     print(markdown(rows, folds))
     out = ROOT / "bench" / "results" / "cv.json"

@@ -21,7 +21,11 @@ personality/synthetic.py): each functional is mapped to the latent cue it measur
 from docs/frontend.md's and docs/audio.md's statistic per cue), and for each trait the stage asks
 whether at least two of its three heaviest planted cues (by |weight|) are among the cues of its
 `explain.top_k` most important features (permutation importance of `explain.cue_models` on
-validation). "share" is how often that holds over the subject resamples.
+validation). A "feature" there is a cluster of interchangeable functionals (`cluster_distance`:
+1 - |Spearman r| on the train clips, no labels; a cluster's cue is the one most of its members
+measure), shuffled as one: one column at a time, a cue read by many proxies loses its importance
+to each of them. The column-at-a-time and the by-cue checks are reported beside it. "share" is
+how often the check holds over the subject resamples.
 
 Outputs: metrics/explain.json (per model the top features per trait with intervals, the cue
 check), metrics/explain/<model>.csv (every feature x trait: r with prediction and label,
@@ -62,11 +66,21 @@ CUE_RULES = (
     ("brow_lower", ("AU04_",)),
     ("blink_rate", ("AU45_", "blink_rate")),
     ("head_motion", ("head_",)),
-    ("loudness", ("fn_rms_db_mean", "fn_rms_db_p50", "fn_rms_db_p90")),
-    ("speech_rate", ("fn_voiced_onsets_per_s",)),
-    ("pitch_var", ("fn_f0_std", "f0_semitone_sd")),
-    ("pause", ("fn_active_frac", "fn_voiced_frac")),
-    ("pitch", ("fn_f0_mean", "fn_f0_p10", "fn_f0_p50", "fn_f0_p90", "f0_semitone_mean")),
+    ("loudness", ("fn_rms_db_mean", "fn_rms_db_p50", "fn_rms_db_p90", "egemaps_loudness_sma3_amean",
+                  "egemaps_loudness_sma3_percentile50.0", "egemaps_loudness_sma3_percentile80.0",
+                  "egemaps_equivalentSoundLevel_dBp")),
+    # eGeMAPS (Eyben et al. 2016): loudness peaks per second is its pseudo-syllable rate
+    ("speech_rate", ("fn_voiced_onsets_per_s", "egemaps_VoicedSegmentsPerSec",
+                     "egemaps_loudnessPeaksPerSec")),
+    ("pitch_var", ("fn_f0_std", "f0_semitone_sd", "egemaps_F0semitoneFrom27.5Hz_sma3nz_stddevNorm",
+                   "egemaps_F0semitoneFrom27.5Hz_sma3nz_pctlrange0-2")),
+    ("pause", ("fn_active_frac", "fn_voiced_frac", "egemaps_MeanUnvoicedSegmentLength",
+               "egemaps_StddevUnvoicedSegmentLength")),
+    ("pitch", ("fn_f0_mean", "fn_f0_p10", "fn_f0_p50", "fn_f0_p90", "f0_semitone_mean",
+               "egemaps_F0semitoneFrom27.5Hz_sma3nz_amean",
+               "egemaps_F0semitoneFrom27.5Hz_sma3nz_percentile20.0",
+               "egemaps_F0semitoneFrom27.5Hz_sma3nz_percentile50.0",
+               "egemaps_F0semitoneFrom27.5Hz_sma3nz_percentile80.0")),
 )
 
 
@@ -78,6 +92,9 @@ class ExplainParams:
     bootstrap: int = 200  # subject resamples behind every interval
     ci_level: float = 0.95
     top_k: int = 5  # features per trait in the JSON, the heat map and the cue check
+    # functionals clustered by 1 - |Spearman r| on train (average linkage, cut here) and each
+    # cluster shuffled as one feature; 0: one column at a time only
+    cluster_distance: float = 0.3
     cue_models: list[str] = dataclasses.field(
         default_factory=lambda: ["functionals_gbt", "functionals_ridge"])
     mlflow: bool = True
@@ -85,9 +102,10 @@ class ExplainParams:
 
     def __post_init__(self) -> None:
         if self.repeats < 1 or self.bootstrap < 1 or self.top_k < 1 or \
-                not 0.5 <= self.ci_level < 1.0 or not self.correlation_splits:
+                not 0.5 <= self.ci_level < 1.0 or not self.correlation_splits or \
+                not 0.0 <= self.cluster_distance < 1.0:
             raise ParamsError("explain: repeats, bootstrap, top_k >= 1; ci_level in [0.5, 1); "
-                              "correlation_splits not empty")
+                              "cluster_distance in [0, 1); correlation_splits not empty")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -174,8 +192,42 @@ def video_predictions(root: Path, model: str, ids: list[str]) -> np.ndarray:
     return pred.reindex(ids)[list(TRAITS)].to_numpy(np.float64)
 
 
+def train_functionals(root: Path) -> pd.DataFrame:
+    """The train split's functionals, indexed by video_id (labels not read): what the feature
+    clusters are computed on."""
+    from personality.common import read_artifact
+
+    manifest = read_artifact("manifest", path=root / MANIFEST)
+    fn = read_artifact("functionals", path=root / FUNCTIONALS).set_index("video_id")
+    return fn[fn.index.isin(manifest.loc[manifest["split"] == "train", "video_id"])]
+
+
+def cluster_cue(members: list[str]) -> str:
+    """The cue most members of a feature cluster measure (ties: CUE_RULES order), or ''."""
+    counts = {cue: sum(cue_of(m) == cue for m in members) for cue, _ in CUE_RULES}
+    best = max(counts.values())
+    return next(cue for cue, n in counts.items() if n == best) if best else ""
+
+
+def clusters_of(names: list[str], train: pd.DataFrame | None,
+                max_distance: float) -> dict | None:
+    """Feature clusters of a model's inputs (models/importance.feature_clusters on the train
+    clips): {"names": medoid (+ how many others), "members", "cues", "groups": indices}, or None
+    when the inputs are not functionals columns (AU channels) or clustering is off."""
+    from models.importance import feature_clusters
+
+    if max_distance <= 0 or train is None or len(train) < 3 or \
+            not set(names) <= set(train.columns):
+        return None
+    groups, medoids = feature_clusters(train[names].to_numpy(np.float64), max_distance)
+    members = [[names[i] for i in g] for g in groups]
+    return {"groups": groups, "members": members, "cues": [cluster_cue(m) for m in members],
+            "names": [names[m] + (f" (+{len(g) - 1})" if len(g) > 1 else "")
+                      for g, m in zip(groups, medoids)]}
+
+
 def permutation(root: Path, model: str, table: pd.DataFrame, p: ExplainParams,
-                seed: int) -> dict | None:
+                seed: int, train: pd.DataFrame | None = None) -> dict | None:
     """Permutation importance of `model` on p.permutation_split, or None when its inputs have
     no features to shuffle. {"key", "features", "importance": {...}, "n_clips", "base_ccc"},
     and for p.cue_models "cues" and "cue_importance": all features of one cue shuffled
@@ -206,6 +258,13 @@ def permutation(root: Path, model: str, table: pd.DataFrame, p: ExplainParams,
     out = {"key": key, "features": names, "n_clips": len(ids),
            "importance": permutation_importance(y, base, perm, w, level=p.ci_level),
            "base_ccc": weighted_ccc(y, base, np.ones((1, len(y))))[0]}
+    clusters = clusters_of(names, train, p.cluster_distance)
+    if clusters is not None:
+        cperm = permuted_predictions(net, views, key, repeats=p.repeats, seed=seed,
+                                     groups=clusters["groups"],
+                                     desc=f"explain {model} clusters")
+        out["clusters"] = clusters
+        out["cluster_importance"] = permutation_importance(y, base, cperm, w, level=p.ci_level)
     groups: dict[str, list[int]] = {}
     for i, name in enumerate(names):
         if cue_of(name) and model in p.cue_models:
@@ -234,7 +293,7 @@ def _top(stat: dict, features: list[str], k: int, by_abs: bool = False) -> dict:
 
 def explain_model(root: Path, model: str, tables: tuple[pd.DataFrame, pd.DataFrame],
                   features: list[str], labels_r: dict, p: ExplainParams,
-                  seed: int) -> tuple[dict, dict | None]:
+                  seed: int, train: pd.DataFrame | None = None) -> tuple[dict, dict | None]:
     """One model's entry (correlations with its predictions over tables[0] and their top
     features per trait, permutation importance over tables[1] when its inputs allow, the CSV and
     heat map paths) and the full permutation result (None without one)."""
@@ -249,7 +308,7 @@ def explain_model(root: Path, model: str, tables: tuple[pd.DataFrame, pd.DataFra
     corr = correlations(x, pred[keep], w, level=p.ci_level)
     entry = {"n_clips": int(keep.sum()), "splits": list(p.correlation_splits),
              "top_r_prediction": _top(corr, features, p.top_k, by_abs=True)}
-    perm = permutation(root, model, perm_table, p, seed)
+    perm = permutation(root, model, perm_table, p, seed, train)
     if perm is not None:
         entry["permutation"] = {
             "key": perm["key"], "split": p.permutation_split, "n_clips": perm["n_clips"],
@@ -259,6 +318,13 @@ def explain_model(root: Path, model: str, tables: tuple[pd.DataFrame, pd.DataFra
         if "cues" in perm:
             entry["permutation"]["cues"] = _top(perm["cue_importance"], perm["cues"],
                                                 len(perm["cues"]))
+        if "clusters" in perm:
+            c = perm["clusters"]
+            entry["permutation"]["clusters"] = {
+                "max_distance": p.cluster_distance, "n_clusters": len(c["names"]),
+                "top": _top(perm["cluster_importance"], c["names"], p.top_k),
+                "members": dict(zip(c["names"], c["members"])),
+                "cues": dict(zip(c["names"], c["cues"]))}
     else:
         entry["permutation"] = None
     entry["csv"], entry["png"] = write_model_files(root, model, features, corr, labels_r, perm,
@@ -308,22 +374,41 @@ def _fmt_ci(v: float | None, lo: float | None, hi: float | None) -> str:
     return f"{f[0]} [{f[1]}, {f[2]}]"
 
 
+def _check_table(check: dict, top: dict, cues: dict | None, title: str) -> list[str]:
+    """A cue check as markdown lines: per trait its planted cues, its top features with their
+    cues (`cues` by name, else cue_of) and importance, hits and the share of resamples."""
+    lines = [title, "", "| trait | heaviest planted cues | top 5 features (cue): CCC drop "
+             "[95% CI] | hits | ≥ 2 | share of resamples |", "|---|---|---|---|---|---|"]
+    for t, c in check.items():
+        tops = "; ".join(f"{f} ({(cues[f] if cues else cue_of(f)) or '-'}): "
+                         f"{_fmt_ci(v, lo, hi)}" for f, v, lo, hi in top[t])
+        lines.append(f"| {t} | {', '.join(c['planted'])} | {tops} | {c['hits']}/3 | "
+                     f"{'yes' if c['pass'] else 'no'} | {c['share_pass']:.0%} |")
+    return lines + [""]
+
+
 def markdown(report: dict) -> str:
     """metrics/explain.md: the cue check and each model's strongest feature per trait."""
     lines = []
     for model, check in (report.get("cue_check") or {}).items():
         imp = report["models"][model]["permutation"]
-        lines += [f"**Cue check, {model}** (permutation importance on {imp['split']}, "
-                  f"{imp['n_clips']} clips, {imp['repeats']} shuffles; 95% intervals over "
-                  f"subjects):", "",
-                  "| trait | heaviest planted cues | top 5 features (cue): CCC drop [95% CI] | "
-                  "hits | ≥ 2 | share of resamples |", "|---|---|---|---|---|---|"]
-        for t, c in check.items():
-            tops = "; ".join(f"{f} ({cue_of(f) or '-'}): {_fmt_ci(v, lo, hi)}"
-                             for f, v, lo, hi in imp["top"][t])
-            lines.append(f"| {t} | {', '.join(c['planted'])} | {tops} | {c['hits']}/3 | "
-                         f"{'yes' if c['pass'] else 'no'} | {c['share_pass']:.0%} |")
-        lines.append("")
+        clusters = imp.get("clusters")
+        if clusters is None:
+            continue  # no clusters: the column table below is the check
+        lines += _check_table(
+            check, clusters["top"], clusters["cues"],
+            f"**Cue check, {model}** (features: {clusters['n_clusters']} clusters of "
+            f"interchangeable functionals, |Spearman r| on train, cut at distance "
+            f"{clusters['max_distance']}, each shuffled as one; named by its most central "
+            f"member, (+k) other members; permutation importance on {imp['split']}, "
+            f"{imp['n_clips']} clips, {imp['repeats']} shuffles; 95% intervals over subjects):")
+    for model, check in (report.get("cue_check_columns") or {}).items():
+        imp = report["models"][model]["permutation"]
+        lines += _check_table(
+            check, imp["top"], None,
+            f"**Cue check one column at a time, {model}** (permutation importance on "
+            f"{imp['split']}, {imp['n_clips']} clips, {imp['repeats']} shuffles; 95% intervals "
+            f"over subjects):")
     for model, check in (report.get("cue_check_grouped") or {}).items():
         imp = report["models"][model]["permutation"]
         lines += [f"**Cue check by cue, {model}** (all functionals of a cue shuffled together; "
@@ -407,15 +492,23 @@ def run(params: ExplainParams, base: BaseParams | None = None, root: Path | None
     report: dict = {"params": dataclasses.asdict(params), "n_features": len(features),
                     "labels": {"n_clips": len(corr_table),
                                "top_r": _top(labels_r, features, params.top_k, by_abs=True)},
-                    "models": {}, "cue_check": {}, "cue_check_grouped": {}}
+                    "models": {}, "cue_check": {}, "cue_check_columns": {},
+                    "cue_check_grouped": {}}
     law = _cue_law(table)
+    train = train_functionals(root) if params.cluster_distance > 0 else None
     for model in models:
         entry, perm = explain_model(root, model, (corr_table, table), features, labels_r,
-                                    params, seed)
+                                    params, seed, train)
         report["models"][model] = entry
         if law is not None and perm is not None and model in params.cue_models:
-            report["cue_check"][model] = cue_check(perm["importance"], perm["features"], *law,
-                                                   k_top=params.top_k)
+            columns = cue_check(perm["importance"], perm["features"], *law, k_top=params.top_k)
+            report["cue_check_columns"][model] = columns
+            report["cue_check"][model] = columns
+            if "clusters" in perm:  # the check's features: clusters of interchangeable columns
+                c = perm["clusters"]
+                report["cue_check"][model] = cue_check(
+                    perm["cluster_importance"], c["names"], *law, k_top=params.top_k,
+                    to_cue=dict(zip(c["names"], c["cues"])).get)
             if "cues" in perm:
                 report["cue_check_grouped"][model] = cue_check(
                     perm["cue_importance"], perm["cues"], *law, k_top=3, to_cue=_same)

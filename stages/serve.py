@@ -161,6 +161,9 @@ def log_pyfunc(mlf, checkpoint: Path, root: Path, example: str):
         name="model", python_model=str(MODEL_CODE),
         artifacts={"checkpoint": str(checkpoint), "params": str(root / "params.yaml")},
         code_paths=[str(CODE_ROOT / pkg) for pkg in PACKAGES],
+        # the pinned requirements, given: without them mlflow infers them by loading the model in
+        # a subprocess and predicting the example, ~20 s per model (4 of make run's minutes)
+        pip_requirements=str(CODE_ROOT / "requirements.txt"),
         input_example=pd.DataFrame({"video": [example]}), signature=signature())
 
 

@@ -327,6 +327,29 @@ def test_channel_permutation_keeps_each_clip_s_length(rng):
 # the cue check
 
 
+def test_feature_clusters_put_proxies_of_one_signal_together(rng):
+    from models.importance import feature_clusters
+
+    latent = rng.standard_normal((80, 3))
+    proxies = np.repeat(latent, 4, axis=1) + rng.normal(0, 0.2, (80, 12))  # 4 per signal
+    proxies[:, 1] = np.exp(proxies[:, 1])  # monotone: Spearman still groups it
+    proxies[5, 2] = np.nan  # a clip without that feature
+    x = np.column_stack([proxies, rng.standard_normal((80, 2)), np.ones(80)])  # + noise, constant
+    clusters, medoids = feature_clusters(x, 0.3)
+    assert [0, 1, 2, 3] in clusters and [4, 5, 6, 7] in clusters and [8, 9, 10, 11] in clusters
+    assert [12] in clusters and [13] in clusters and [14] in clusters and len(clusters) == 6
+    assert all(m in c for m, c in zip(medoids, clusters))
+    assert len(feature_clusters(x, 0.0)[0]) == 15  # a cut at 0: every column alone
+
+
+def test_cluster_cue_is_the_cue_most_members_measure():
+    from stages.explain import cluster_cue
+
+    assert cluster_cue(["fn_rms_db_mean", "fn_logmel_03_mean", "egemaps_loudness_sma3_amean",
+                        "fn_voiced_onsets_per_s"]) == "loudness"
+    assert cluster_cue(["fn_logmel_03_mean", "fn_mfcc_01_std"]) == ""
+
+
 def test_cue_mapping():
     from stages.explain import cue_of
 
@@ -425,6 +448,10 @@ def test_explain_stage_end_to_end(fake_repo):
     assert entry["n_clips"] == 60 and entry["permutation"]["n_clips"] == 30
     check = report["cue_check"]["functionals_ridge"]
     assert all(c["pass"] for c in check.values()), check  # the law is linear: ridge recovers it
+    assert all(c["pass"] for c in report["cue_check_columns"]["functionals_ridge"].values())
+    clusters = entry["permutation"]["clusters"]  # AU12_r_mean is AU12_c_share plus noise
+    assert any({"AU12_r_mean", "AU12_c_share"} <= set(m) for m in clusters["members"].values())
+    assert clusters["n_clusters"] == 18 and set(clusters["top"]) == set(TRAITS)
     grouped = report["cue_check_grouped"]["functionals_ridge"]
     assert all(c["pass"] and len(c["top"]) == 3 for c in grouped.values()), grouped
     # the top feature of each trait measures one of its planted cues
