@@ -77,9 +77,9 @@ def bench_ours(clip: Path, fps: float) -> dict:
     from stages.aus import AusParams, aus_from_faces
     from stages.faces import FacesParams, faces_of_video
     from stages.frames import FramesParams, extract_video
-    from personality.video_io import worker_init
+    from personality.executor import single_thread
 
-    worker_init()
+    single_thread()
     # the model graphs load once per worker process; timed apart from the per-clip work
     t0 = time.perf_counter()
     from personality.facemodel import open_landmarker
