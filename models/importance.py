@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from models.bootstrap import interval, subject_resamples
 from models.explain import predict_views
 from personality.common import progress
+from personality.cue_check import top_indices  # noqa: F401  (re-exported: the stage's ranking)
 
 __all__ = ["bootstrap_weights", "weighted_pearson", "weighted_ccc", "correlations",
            "permuted_predictions", "permutation_importance", "top_indices", "feature_clusters"]
@@ -214,9 +215,6 @@ def permutation_importance(y: np.ndarray, base: np.ndarray, perm: np.ndarray, w:
     return {**_summary(point, samples, level), "samples": samples}
 
 
-def top_indices(values: np.ndarray, k: int) -> np.ndarray:
-    """(k, K): per column, the rows of the k largest values (ties by row order)."""
-    return np.argsort(-np.nan_to_num(values, nan=-np.inf), axis=0, kind="stable")[:k]
 
 
 def _abs_spearman(x: np.ndarray) -> np.ndarray:

@@ -27,10 +27,10 @@ from personality.ccc import ccc  # noqa: E402
 from personality.schemas import TRAITS  # noqa: E402
 
 # modality of each input key -> prefixes of data/functionals columns that summarise it
-MODALITY = {"aus": ("AU",), "face": ("AU", "head_", "blink_"), "face_seq": ("AU", "head_", "blink_"),
-            "frame": ("AU", "head_", "blink_"), "logmel": ("fn_", "f0_semitone_", "egemaps_"),
-            "audio_fn": ("fn_", "f0_semitone_", "egemaps_"), "wave": ("fn_", "f0_semitone_", "egemaps_"),
-            "functionals": ()}
+VISUAL = ("AU", "head_", "blink_")
+VOCAL = ("fn_", "f0_semitone_", "egemaps_")
+MODALITY = {"aus": ("AU",), "face": VISUAL, "face_seq": VISUAL, "frame": VISUAL,
+            "logmel": VOCAL, "audio_fn": VOCAL, "wave": VOCAL, "functionals": ()}
 
 
 def mean_ccc(y: np.ndarray, p: np.ndarray) -> float:

@@ -45,6 +45,8 @@ import pandas as pd
 from personality.common import (BaseParams, ParamsError, StageInputError, atomic_write_json,
                                 atomic_write_text, experiment_models, find_checkpoint,
                                 get_logger, load_params, mlflow_run, repo_root, stage_errors)
+from personality.cue_check import (CUE_RULES, cluster_cue, cue_check, cue_of,  # noqa: F401
+                                    planted_cues, same_cue)
 from personality.schemas import TRAITS
 
 log = get_logger("explain")
@@ -56,33 +58,6 @@ OUT_JSON = Path("metrics/explain.json")
 OUT_MD = Path("metrics/explain.md")
 OUT_DIR = Path("metrics/explain")
 PERMUTABLE = ("functionals", "audio_fn", "aus")  # inputs whose features can be shuffled
-
-# functional -> the synthetic cue it measures: (cue, exact names or prefixes ending in "_").
-# Visual: personality/cues.py's statistics and the AUs they read (AU06, the cheek raiser, moves
-# with every smile); vocal: docs/audio.md. Everything else (spectral shape, other AUs) is "".
-CUE_RULES = (
-    ("smile", ("AU12_", "AU06_")),
-    ("brow_raise", ("AU01_", "AU02_")),
-    ("brow_lower", ("AU04_",)),
-    ("blink_rate", ("AU45_", "blink_rate")),
-    ("head_motion", ("head_",)),
-    ("loudness", ("fn_rms_db_mean", "fn_rms_db_p50", "fn_rms_db_p90", "egemaps_loudness_sma3_amean",
-                  "egemaps_loudness_sma3_percentile50.0", "egemaps_loudness_sma3_percentile80.0",
-                  "egemaps_equivalentSoundLevel_dBp")),
-    # eGeMAPS (Eyben et al. 2016): loudness peaks per second is its pseudo-syllable rate
-    ("speech_rate", ("fn_voiced_onsets_per_s", "egemaps_VoicedSegmentsPerSec",
-                     "egemaps_loudnessPeaksPerSec")),
-    ("pitch_var", ("fn_f0_std", "f0_semitone_sd", "egemaps_F0semitoneFrom27.5Hz_sma3nz_stddevNorm",
-                   "egemaps_F0semitoneFrom27.5Hz_sma3nz_pctlrange0-2")),
-    ("pause", ("fn_active_frac", "fn_voiced_frac", "egemaps_MeanUnvoicedSegmentLength",
-               "egemaps_StddevUnvoicedSegmentLength")),
-    ("pitch", ("fn_f0_mean", "fn_f0_p10", "fn_f0_p50", "fn_f0_p90", "f0_semitone_mean",
-               "egemaps_F0semitoneFrom27.5Hz_sma3nz_amean",
-               "egemaps_F0semitoneFrom27.5Hz_sma3nz_percentile20.0",
-               "egemaps_F0semitoneFrom27.5Hz_sma3nz_percentile50.0",
-               "egemaps_F0semitoneFrom27.5Hz_sma3nz_percentile80.0")),
-)
-
 
 @dataclasses.dataclass(frozen=True)
 class ExplainParams:
@@ -106,63 +81,6 @@ class ExplainParams:
                 not 0.0 <= self.cluster_distance < 1.0:
             raise ParamsError("explain: repeats, bootstrap, top_k >= 1; ci_level in [0.5, 1); "
                               "cluster_distance in [0, 1); correlation_splits not empty")
-
-
-# --------------------------------------------------------------------------------------------------
-# cues and the check
-
-
-def cue_of(feature: str) -> str:
-    """The synthetic cue a functional measures (CUE_RULES), or ''."""
-    for cue, patterns in CUE_RULES:
-        if any(feature == p or (p.endswith("_") and feature.startswith(p)) for p in patterns):
-            return cue
-    return ""
-
-
-def planted_cues(weights: np.ndarray, cues: list[str], k: int = 3) -> list[list[str]]:
-    """Per trait (row of weights (5, n_cues)), its k cues of largest |weight|, heaviest first."""
-    return [[cues[j] for j in np.argsort(-np.abs(row), kind="stable")[:k]] for row in weights]
-
-
-def cue_hits(top: list[str], planted: list[str], to_cue=cue_of) -> int:
-    """How many of the `planted` cues are measured by one of the `top` features."""
-    found = {to_cue(f) for f in top}
-    return sum(c in found for c in planted)
-
-
-def _same(name: str) -> str:
-    return name
-
-
-def cue_check(importance: dict, features: list[str], weights: np.ndarray, cues: list[str], *,
-              k_top: int = 5, k_planted: int = 3, need: int = 2, to_cue=cue_of) -> dict:
-    """Per trait: the planted cues, the top features (by importance "value" (F, 5)) and their
-    cues, hits, pass (hits >= need), and the share of bootstrap resamples ("samples" (B, F, 5))
-    in which the check passes. `to_cue`: what a feature measures (`_same` when the features are
-    the cues themselves: grouped importance)."""
-    from models.importance import top_indices
-
-    planted = planted_cues(weights, cues, k_planted)
-    top = top_indices(importance["value"], k_top)  # (k, 5)
-    samples = importance.get("samples")
-    draws = np.random.default_rng(0).random((2000, len(features))).argsort(axis=1)[:, :k_top]
-    out = {}
-    for j, trait in enumerate(TRAITS):
-        names = [features[i] for i in top[:, j]]
-        hits = cue_hits(names, planted[j], to_cue)
-        share = None
-        if samples is not None:
-            tops = top_indices(samples[:, :, j].T, k_top)  # (k, B)
-            share = float(np.mean([cue_hits([features[i] for i in tops[:, b]], planted[j],
-                                            to_cue) >= need for b in range(tops.shape[1])]))
-        # chance: k_top features drawn at random pass this often (large clusters make it easier)
-        chance = float(np.mean([cue_hits([features[i] for i in d], planted[j], to_cue) >= need
-                                for d in draws]))
-        out[trait] = {"planted": planted[j], "top": names, "top_cues": [to_cue(n) for n in names],
-                      "hits": hits, "pass": hits >= need, "share_pass": share,
-                      "chance_pass": chance}
-    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -207,13 +125,6 @@ def train_functionals(root: Path) -> pd.DataFrame:
     return fn[fn.index.isin(manifest.loc[manifest["split"] == "train", "video_id"])]
 
 
-def cluster_cue(members: list[str]) -> str:
-    """The cue most members of a feature cluster measure (ties: CUE_RULES order), or ''."""
-    counts = {cue: sum(cue_of(m) == cue for m in members) for cue, _ in CUE_RULES}
-    best = max(counts.values())
-    return next(cue for cue, n in counts.items() if n == best) if best else ""
-
-
 def clusters_of(names: list[str], train: pd.DataFrame | None,
                 max_distance: float) -> dict | None:
     """Feature clusters of a model's inputs (models/importance.feature_clusters on the train
@@ -234,8 +145,10 @@ def clusters_of(names: list[str], train: pd.DataFrame | None,
 def permutation(root: Path, model: str, table: pd.DataFrame, p: ExplainParams,
                 seed: int, train: pd.DataFrame | None = None) -> dict | None:
     """Permutation importance of `model` on p.permutation_split, or None when its inputs have
-    no features to shuffle. {"key", "features", "importance": {...}, "n_clips", "base_ccc"},
-    and for p.cue_models "cues" and "cue_importance": all features of one cue shuffled
+    no features to shuffle. {"key", "features", "importance": {...}, "n_clips", "base_ccc"};
+    "clusters" and "cluster_importance" (each cluster of interchangeable functionals shuffled
+    as one: clusters_of) when the inputs are functionals columns; and for p.cue_models "cues"
+    and "cue_importance": all features of one cue shuffled
     together (one clip gives them all), which survives the cue's proxies standing in for each
     other (17 AU12 statistics read one smile)."""
     from models.data import build_sources, for_inference
@@ -518,7 +431,7 @@ def run(params: ExplainParams, base: BaseParams | None = None, root: Path | None
                     to_cue=dict(zip(c["names"], c["cues"])).get)
             if "cues" in perm:
                 report["cue_check_grouped"][model] = cue_check(
-                    perm["cue_importance"], perm["cues"], *law, k_top=3, to_cue=_same)
+                    perm["cue_importance"], perm["cues"], *law, k_top=3, to_cue=same_cue)
         log.info("%s: explained (%s)", model, "permutation + correlation" if perm is not None
                  else "correlation only")
     report = json_safe(report)

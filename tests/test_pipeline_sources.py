@@ -26,7 +26,7 @@ def make_dvc_repo(tmp: Path, ingest: dict) -> Path:
     repo.mkdir()
     for name in ("personality", "stages", "models", "scripts"):
         shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".dvcignore"):
+    for name in ("dvc.yaml", ".dvcignore", "requirements.txt"):  # requirements: a register dep
         shutil.copy(REPO / name, repo / name)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["ingest"].update(ingest)
