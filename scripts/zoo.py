@@ -112,11 +112,14 @@ def queue_and_run(experiments: dict[str, list[str]], jobs: int, prefix: str = PR
 
 def queue_states(status: str, names: set[str]) -> dict[str, str]:
     """{experiment name: state} from `dvc queue status` (columns: task, name, created, state; the
-    state is the last word of the line), for `names` only."""
-    states = {}
+    state is the last word of the line), for `names` only. A name queued again (a re-run on a new
+    commit) takes the state of its newest task: dvc lists queued and running tasks first, then
+    finished ones oldest first, so an active state wins and otherwise the last line does."""
+    states: dict[str, str] = {}
     for line in status.splitlines():
         words = line.split()
-        if len(words) >= 3 and words[1] in names:
+        if len(words) >= 3 and words[1] in names and \
+                states.get(words[1]) not in ("Running", "Queued"):
             states[words[1]] = words[-1]
     return states
 

@@ -1,0 +1,38 @@
+"""The experiment scripts' own logic (scripts/zoo.py, scripts/cv.py) without running DVC."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+from cv import fold_experiments  # noqa: E402
+from zoo import queue_states  # noqa: E402
+
+# what dvc 3.67 prints: active tasks first, then finished ones in the order they finished
+STATUS = """Task     Name          Created    Status
+c40035e  cv-fold2      12:31 PM   Running
+dac35fb  cv-fold4      12:32 PM   Queued
+aa09460  cv-fold0      11:25 AM   Success
+9175e9a  cv-fold1      11:25 AM   Success
+320068f  cv-fold2      11:25 AM   Success
+123c522  cv-fold4      11:25 AM   Success
+d5f6a28  cv-fold0      12:31 PM   Failed
+3bebe77  cv-fold1      12:31 PM   Success
+
+Worker status: 2 active, 0 idle
+"""
+
+
+def test_a_name_queued_again_takes_the_state_of_its_newest_task():
+    # an earlier commit's finished run of the same name must not hide the new one
+    assert queue_states(STATUS, {"cv-fold0", "cv-fold1", "cv-fold2", "cv-fold4"}) == {
+        "cv-fold0": "Failed", "cv-fold1": "Success", "cv-fold2": "Running",
+        "cv-fold4": "Queued"}
+
+
+def test_cv_folds_carry_the_extra_overrides():
+    folds = fold_experiments(3, ["train.models=[functionals_ridge]"])
+    assert list(folds) == ["cv-fold0", "cv-fold1", "cv-fold2"]
+    assert folds["cv-fold2"][-1] == "train.models=[functionals_ridge]"
+    assert "ingest.fold=2" in folds["cv-fold2"] and "register.enabled=false" in folds["cv-fold2"]
