@@ -23,7 +23,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from personality.ccc import ccc  # noqa: E402
 from personality.schemas import TRAITS  # noqa: E402
 
 # modality of each input key -> prefixes of data/functionals columns that summarise it
@@ -33,14 +32,10 @@ MODALITY = {"aus": ("AU",), "face": VISUAL, "face_seq": VISUAL, "frame": VISUAL,
             "logmel": VOCAL, "audio_fn": VOCAL, "wave": VOCAL, "functionals": ()}
 
 
-def mean_ccc(y: np.ndarray, p: np.ndarray) -> float:
-    return float(np.mean([ccc(y[:, j], p[:, j]) for j in range(len(TRAITS))]))
-
-
 def split_scores(net, ckpt: dict, manifest, root: Path) -> dict[str, float]:
     """{split: mean CCC} of a checkpoint's model over the labelled clips of each split."""
     from models.data import build_sources, for_inference
-    from models.engine import predict_videos
+    from models.engine import evaluate
 
     out = {}
     for split in ("train", "val", "test"):
@@ -48,9 +43,8 @@ def split_scores(net, ckpt: dict, manifest, root: Path) -> dict[str, float]:
         sources = build_sources(ckpt["inputs"], root=root, video_ids=list(rows["video_id"]),
                                 config=for_inference(ckpt.get("source_config")))
         ids = [v for v in rows["video_id"] if all(s.has(v) for s in sources)]
-        pred = predict_videos(net, sources, ids)
         y = rows.set_index("video_id").loc[ids, list(TRAITS)].to_numpy(np.float64)
-        out[split] = mean_ccc(y, pred)
+        out[split] = evaluate(net, sources, ids, y)["ccc"]
     return out
 
 

@@ -115,16 +115,6 @@ def video_predictions(root: Path, model: str, ids: list[str]) -> np.ndarray:
     return pred.reindex(ids)[list(TRAITS)].to_numpy(np.float64)
 
 
-def train_functionals(root: Path) -> pd.DataFrame:
-    """The train split's functionals, indexed by video_id (labels not read): what the feature
-    clusters are computed on."""
-    from personality.common import read_artifact
-
-    manifest = read_artifact("manifest", path=root / MANIFEST)
-    fn = read_artifact("functionals", path=root / FUNCTIONALS).set_index("video_id")
-    return fn[fn.index.isin(manifest.loc[manifest["split"] == "train", "video_id"])]
-
-
 def clusters_of(names: list[str], train: pd.DataFrame | None,
                 max_distance: float) -> dict | None:
     """Feature clusters of a model's inputs (models/importance.feature_clusters on the train
@@ -399,7 +389,9 @@ def run(params: ExplainParams, base: BaseParams | None = None, root: Path | None
     root = Path(root or repo_root())
     seed = (base or BaseParams()).seed
     models = models or experiment_models() or []
-    splits = sorted(set(params.correlation_splits) | {params.permutation_split})
+    clustering = params.cluster_distance > 0  # the clusters are computed on the train clips
+    splits = sorted(set(params.correlation_splits) | {params.permutation_split}
+                    | ({"train"} if clustering else set()))
     try:
         table, features = load_table(root, splits)
     except TooFewClips as exc:
@@ -415,7 +407,7 @@ def run(params: ExplainParams, base: BaseParams | None = None, root: Path | None
                     "models": {}, "cue_check": {}, "cue_check_columns": {},
                     "cue_check_grouped": {}}
     law = _cue_law(table)
-    train = train_functionals(root) if params.cluster_distance > 0 else None
+    train = table.loc[table["split"] == "train", features] if clustering else None
     for model in models:
         entry, perm = explain_model(root, model, (corr_table, table), features, labels_r,
                                     params, seed, train)
