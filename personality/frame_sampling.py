@@ -1,0 +1,117 @@
+"""Which decoded frames the front-end keeps, and their index and time: pure bookkeeping, no decoding.
+
+personality/video_io.py's `iter_frames` asks one picker per video, frame by frame:
+
+    pick = SamplingPicker(stream, keep=None, fps=8.0)  # as frames come out of the decoder
+    kept = pick(frame)            # (frame_idx, t) when the frame is kept, else None
+
+`PlannedPicker` keeps the frames a packet scan chose before decoding (so that the decoder may skip
+the others); `FrameClock` and `FrameSampler` are the rules both share: time from each frame's pts,
+the first frame at or after each 1/fps tick, or listed indices. `python -m pytest
+tests/test_frames.py` exercises them.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["FrameClock", "FrameSampler", "SamplingPicker", "PlannedPicker", "ScannedFrame"]
+
+
+class SamplingPicker:
+    """Keeps frames as they come out of the decoder: index by count, time from `FrameClock`."""
+
+    missing = 0
+
+    def __init__(self, vs, keep: np.ndarray | None, fps: float | None):
+        self.clock, self.sampler, self.idx = FrameClock(vs), FrameSampler(keep, fps), -1
+
+    def __call__(self, frame) -> tuple[int, float] | None:
+        self.idx += 1
+        t = self.clock(frame, self.idx)
+        return (self.idx, t) if self.sampler.wants(self.idx, t) else None
+
+    @property
+    def done(self) -> bool:
+        return self.sampler.done
+
+
+class PlannedPicker:
+    """Keeps the frames a packet scan planned (video_io's skip plan: {pts: (frame_idx, t)})."""
+
+    def __init__(self, plan: dict[int, tuple[int, float]]):
+        self.plan, self.n_kept = plan, 0
+
+    def __call__(self, frame) -> tuple[int, float] | None:
+        kept = self.plan.get(frame.pts)
+        self.n_kept += kept is not None
+        return kept
+
+    @property
+    def done(self) -> bool:
+        return self.n_kept == len(self.plan)
+
+    @property
+    def missing(self) -> int:
+        return len(self.plan) - self.n_kept
+
+
+class ScannedFrame:
+    """A frame as the packet scan knows it: its pts (what `FrameClock` reads)."""
+
+    def __init__(self, pts: int):
+        self.pts = pts
+
+
+class FrameClock:
+    """Seconds since the stream's start, per decoded frame: from the frame's pts (variable frame
+    rate safe), else the nominal rate; strictly increasing and >= 0 even when pts jump back."""
+
+    def __init__(self, vs):
+        self.tb = vs.time_base
+        self.start = vs.start_time
+        self.rate = float(vs.average_rate) if vs.average_rate else 25.0
+        self.t0: float | None = None
+        self.last_t = -math.inf
+
+    def __call__(self, frame, idx: int) -> float:
+        tb = self.tb
+        if frame.pts is not None and tb is not None:
+            raw = float(frame.pts * tb)
+        else:  # no timestamps (some raw streams): assume the nominal rate
+            raw = idx / self.rate + (self.t0 or 0.0)
+        if self.t0 is None:  # origin: the stream's start time, else its first frame
+            self.t0 = float(self.start * tb) if self.start is not None and tb is not None else raw
+        t = max(raw - self.t0, self.last_t + 1e-6 if self.last_t > -math.inf else 0.0)
+        self.last_t = t
+        return t
+
+
+class FrameSampler:
+    """Which frames to keep: the listed indices (`keep`), else the first frame at or after each
+    tick 0, 1/fps, 2/fps, ... (`fps`), else all."""
+
+    EPS = 1e-4
+
+    def __init__(self, keep: np.ndarray | None, fps: float | None):
+        self.keep, self.fps = keep, fps
+        self.step = 1.0 / fps if fps else 0.0
+        self.next_tick = 0.0
+        self.keep_pos = 0
+
+    def wants(self, idx: int, t: float) -> bool:
+        if self.keep is not None:
+            if self.keep_pos >= len(self.keep) or idx != self.keep[self.keep_pos]:
+                return False
+            self.keep_pos += 1
+        elif self.fps:
+            if t + self.EPS < self.next_tick:
+                return False
+            while self.next_tick <= t + self.EPS:
+                self.next_tick += self.step
+        return True
+
+    @property
+    def done(self) -> bool:
+        return self.keep is not None and self.keep_pos >= len(self.keep)
