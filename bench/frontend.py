@@ -10,9 +10,10 @@ The clip is ChaLearn-like and made here: 15 s, 30 fps, 1280x720, H.264 + AAC, on
 (the synthetic generator's renderer at 720p; cached in bench/results/). Everything runs in this one
 process on one core (OpenCV, BLAS and OpenMP limited to one thread; PyAV decodes with one thread).
 
-Ours, per clip, at frames.fps = 8 (the default, 120 frames; --fps 5 for the old rate): decode every frame with PyAV, convert and resize only
-the sampled ones, JPEG-encode (frames); JPEG-decode, MediaPipe FaceLandmarker in VIDEO mode +
-BlazeFace for the confidence + aligned 112x112 crop (faces); blendshape + geometry AUs (aus).
+Ours, per clip, at frames.fps = 8 (the default, 120 frames; --fps 5 for the old rate): decode with
+PyAV (H.264: a packet scan plans the kept frames, the decoder skips non-reference frames outside
+them), convert and resize only the sampled ones, JPEG-encode (frames); JPEG-decode, MediaPipe
+FaceLandmarker in VIDEO mode + BlazeFace for the confidence + aligned 112x112 crop (faces); blendshape + geometry AUs (aus).
 
 Baseline, DeepPersonality's documented face pipeline (dpcv/data/face_extract + video_to_image):
 every frame decoded with OpenCV and written as a JPEG file, each file read back, dlib HOG detection
