@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 
 from personality.common import read_artifact
@@ -89,8 +90,9 @@ def check_pipeline(repo: Path, n_videos: int, *, full: bool = True) -> None:
     assert status.stdout.split() == ["inputs:", "always", "changed"], status.stdout
 
 
-def test_chalearn16_pipeline(tmp_path):
-    root = tmp_path / "chalearn"
+def chalearn16_fixture(tmp: Path) -> Path:
+    """Two clips per official split, with the annotation pickles (Python 2 protocol)."""
+    root = tmp / "chalearn"
     split_dirs = {"train": "train/training80_01", "val": "validation/validation80_01",
                   "test": "test/test80_01"}
     pickles = {"train": "annotation_training.pkl", "val": "annotation_validation.pkl",
@@ -101,15 +103,12 @@ def test_chalearn16_pipeline(tmp_path):
             write_video(root / folder / name, n_frames=8)
         (root / pickles[split]).write_bytes(
             py2_pickle(chalearn_annotations({n: 0.3 + 0.1 * k for n in names})))
-    repo = make_dvc_repo(tmp_path, {"source": "chalearn16", "chalearn16": {"root": str(root)}})
-    repro(repo, "evaluate")
-    check_pipeline(repo, 6, full=False)
-    report = json.loads((repo / "metrics/ingest.json").read_text())
-    assert report["source"] == "chalearn16" and report["n_bad_rows"] == 0
+    return root
 
 
-def test_udiva_pipeline(tmp_path):
-    root = tmp_path / "udiva"
+def udiva_fixture(tmp: Path) -> Path:
+    """One session (two participants, talk task) per split, with z-scored labels."""
+    root = tmp / "udiva"
     (root / "metadata").mkdir(parents=True)
     header = ("ID,OPENMINDEDNESS_Z,CONSCIENTIOUSNESS_Z,EXTRAVERSION_Z,AGREEABLENESS_Z,"
               "NEGATIVEEMOTIONALITY_Z\n")
@@ -120,8 +119,39 @@ def test_udiva_pipeline(tmp_path):
         (root / f"metadata/sessions_{split}.csv").write_text(f"ID,PART.1,PART.2\n00{k},{a},{b}\n")
         for part in (1, 2):
             write_video(root / f"recordings/{split}/00{k}/FC{part}_T.mp4", n_frames=8)
-    repo = make_dvc_repo(tmp_path, {"source": "udiva", "udiva": {"root": str(root)}})
-    repro(repo, "evaluate")
+    return root
+
+
+@pytest.fixture(scope="module")
+def dataset_repos(tmp_path_factory) -> dict[str, Path]:
+    """chalearn16 and udiva repos, each reproduced to `evaluate`; the two repros run at the same
+    time (each is one process after another, so two share 2 cores at little cost: CI time)."""
+    repos, runs = {}, {}
+    for source, fixture in (("chalearn16", chalearn16_fixture), ("udiva", udiva_fixture)):
+        tmp = tmp_path_factory.mktemp(source)
+        repos[source] = make_dvc_repo(tmp, {"source": source, source: {"root": str(fixture(tmp))}})
+        runs[source] = subprocess.Popen(["dvc", "repro", "evaluate"], cwd=repos[source],
+                                        env=pipeline_env(), stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True)
+    for source, proc in runs.items():
+        try:
+            out, _ = proc.communicate(timeout=900)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        assert proc.returncode == 0, f"{source}: " + out[-6000:]
+    return repos
+
+
+def test_chalearn16_pipeline(dataset_repos):
+    repo = dataset_repos["chalearn16"]
+    check_pipeline(repo, 6, full=False)
+    report = json.loads((repo / "metrics/ingest.json").read_text())
+    assert report["source"] == "chalearn16" and report["n_bad_rows"] == 0
+
+
+def test_udiva_pipeline(dataset_repos):
+    repo = dataset_repos["udiva"]
     check_pipeline(repo, 6, full=False)
     m = read_artifact("manifest", path=repo / "data/manifest.parquet")
     assert (m["label_scale"] == "z").all()
