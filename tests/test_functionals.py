@@ -96,6 +96,29 @@ def test_exported_trees_predict_like_sklearn():
     assert np.allclose(got, gbr.predict(x), atol=1e-10)
 
 
+def test_five_trait_ensembles_of_different_sizes_predict_like_sklearn():
+    """Each trait's trees sit at their own flat addresses (trait, tree, node): five boosters of
+    5-20 trees (padded to the largest), every trait against sklearn."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(80, 6)).astype(np.float32)
+    targets = [np.sin(x[:, 0]), x[:, 1] ** 2, x[:, 2], x[:, 3] - x[:, 4], x[:, 5]]
+    cfg = classical.TreesConfig(max_trees=20, depth=3)
+    boosters = [classical._boost(x, y, cfg, n) for y, n in zip(targets, (20, 5, 12, 20, 8))]
+    exported = [classical.export_trees(g) for g in boosters]
+    cfg.n_trees = max(len(e["value"]) for e in exported)
+    cfg.n_nodes = max(e["value"].shape[1] for e in exported)
+    model = classical.FunctionalsTrees(cfg)
+    for k, e in enumerate(exported):
+        t, m = e["value"].shape
+        for name in model._ARRAYS:
+            getattr(model, name)[k, :t, :m] = torch.from_numpy(e[name])
+        model.left[k, t:] = model.right[k, t:] = 0
+        model.init[k] = float(boosters[k].init_.constant_.ravel()[0])
+    got = model({"functionals": torch.from_numpy(x)}).numpy()  # (80, 5)
+    want = np.stack([g.predict(x) for g in boosters], axis=1)
+    assert np.allclose(got, want, atol=1e-10)
+
+
 @pytest.mark.parametrize("name", ["functionals_ridge", "functionals_gbt"])
 def test_closed_form_fit_checkpoint_round_trip(table_root, tmp_path, name):
     from models.engine import load_checkpoint, predict_videos
