@@ -215,8 +215,6 @@ def permutation_importance(y: np.ndarray, base: np.ndarray, perm: np.ndarray, w:
     return {**_summary(point, samples, level), "samples": samples}
 
 
-
-
 def _abs_spearman(x: np.ndarray) -> np.ndarray:
     """|Spearman r| (F, F) of the columns of x (n, F), pairwise over rows where both are finite;
     0 where a column is constant or has fewer than 3 shared rows."""

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-__all__ = ["FrameClock", "FrameSampler", "SamplingPicker", "PlannedPicker", "ScannedFrame"]
+__all__ = ["FrameClock", "FrameSampler", "SamplingPicker", "PlannedPicker"]
 
 
 class SamplingPicker:
@@ -29,7 +29,7 @@ class SamplingPicker:
 
     def __call__(self, frame) -> tuple[int, float] | None:
         self.idx += 1
-        t = self.clock(frame, self.idx)
+        t = self.clock(frame.pts, self.idx)
         return (self.idx, t) if self.sampler.wants(self.idx, t) else None
 
     @property
@@ -57,16 +57,10 @@ class PlannedPicker:
         return len(self.plan) - self.n_kept
 
 
-class ScannedFrame:
-    """A frame as the packet scan knows it: its pts (what `FrameClock` reads)."""
-
-    def __init__(self, pts: int):
-        self.pts = pts
-
-
 class FrameClock:
-    """Seconds since the stream's start, per decoded frame: from the frame's pts (variable frame
-    rate safe), else the nominal rate; strictly increasing and >= 0 even when pts jump back."""
+    """Seconds since the stream's start, per frame: from the frame's pts (variable frame rate
+    safe), else the nominal rate; strictly increasing and >= 0 even when pts jump back. Called
+    with each frame's pts (None: unknown) and index, in presentation order."""
 
     def __init__(self, vs):
         self.tb = vs.time_base
@@ -75,10 +69,10 @@ class FrameClock:
         self.t0: float | None = None
         self.last_t = -math.inf
 
-    def __call__(self, frame, idx: int) -> float:
+    def __call__(self, pts: int | None, idx: int) -> float:
         tb = self.tb
-        if frame.pts is not None and tb is not None:
-            raw = float(frame.pts * tb)
+        if pts is not None and tb is not None:
+            raw = float(pts * tb)
         else:  # no timestamps (some raw streams): assume the nominal rate
             raw = idx / self.rate + (self.t0 or 0.0)
         if self.t0 is None:  # origin: the stream's start time, else its first frame

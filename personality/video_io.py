@@ -23,8 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from personality.common import ArtifactWriter, StageInputError, check_schema
-from personality.frame_sampling import (FrameClock, FrameSampler, PlannedPicker, SamplingPicker,
-                                         ScannedFrame)
+from personality.frame_sampling import FrameClock, FrameSampler, PlannedPicker, SamplingPicker
 
 __all__ = ["VideoInfo", "probe", "mux_mono_audio", "iter_frames", "target_size", "sample_indices",
            "VideoShardWriter", "index_videos", "read_video", "encode_jpeg", "decode_jpeg"]
@@ -136,13 +135,29 @@ def sample_indices(n_frames: int, per_video: int) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, n_frames - 1, per_video)).astype(np.int64))
 
 
-def _count_frames(path: Path) -> int:
-    """Count the video packets (one per frame for every codec we meet) without decoding."""
+@dataclasses.dataclass(frozen=True)
+class _PacketScan:
+    """What demuxing alone tells about a video stream."""
+
+    codec: str
+    pts: list  # pts of each shown packet (one per frame), file order; None where there is none
+    clock: FrameClock  # a fresh clock of the stream, for times from those pts
+
+
+def _scan_packets(path: Path, only: tuple[str, ...] | None = None) -> _PacketScan | None:
+    """Demux (no decoding) the video stream's packets. None, without demuxing, when `only` names
+    codecs and the stream's is not one of them. Raises StageInputError naming the file when it
+    cannot be opened or demuxed."""
     container = _open(path)
     try:
         vs = container.streams.video[0]
-        # an edit list's discarded packets (encoder priming) are never shown: not frames
-        return sum(1 for packet in container.demux(vs) if packet.size and not packet.is_discard)
+        if only is not None and vs.codec_context.name not in only:
+            return None
+        clock = FrameClock(vs)
+        # an edit list's discarded packets (encoder priming) are decoded but never shown: not frames
+        pts = [packet.pts for packet in container.demux(vs)
+               if packet.size and not packet.is_discard]
+        return _PacketScan(vs.codec_context.name, pts, clock)
     except Exception as exc:
         raise StageInputError(f"{path}: cannot be demuxed: {exc}") from None
     finally:
@@ -181,13 +196,15 @@ def iter_frames(path: str | os.PathLike, *, fps: float | None = None, per_video:
     if fps is not None and fps <= 0:
         raise StageInputError(f"frames.fps: {fps} must be > 0")
     keep: np.ndarray | None = None
+    scan = None
     if per_video is not None:
         if per_video < 1:
             raise StageInputError(f"frames.per_video: {per_video} must be >= 1")
-        keep = sample_indices(_count_frames(path), per_video)
+        scan = _scan_packets(path)
+        keep = sample_indices(len(scan.pts), per_video)
     report = report if report is not None else {}
     report.update(rotation=0, decoded=0, errors=0, truncated=False)
-    plan = _skip_plan(path, fps, keep) if (fps or keep is not None) else None
+    plan = _skip_plan(path, fps, keep, scan) if (fps or keep is not None) else None
     container = _open(path)
     try:
         vs = container.streams.video[0]
@@ -214,35 +231,29 @@ def iter_frames(path: str | os.PathLike, *, fps: float | None = None, per_video:
 SKIPPABLE_CODECS = ("h264", "hevc")
 
 
-def _skip_plan(path: Path, fps: float | None, keep: np.ndarray | None
-               ) -> dict[int, tuple[int, float]] | None:
-    """The frames to keep, found from a packet scan before any decoding: {pts: (frame_idx, t)}.
+def _skip_plan(path: Path, fps: float | None, keep: np.ndarray | None,
+               scan: _PacketScan | None = None) -> dict[int, tuple[int, float]] | None:
+    """The frames to keep, found from a packet scan before any decoding (`scan`, made here when
+    not given): {pts: (frame_idx, t)}.
 
     Presentation order is the order of the packets' pts, so each frame's index and time (the
     same `FrameClock` and `FrameSampler` as a full decode) are known up front, and the decoder may
-    skip the non-reference frames that are not kept. None (decode everything) unless the codec honours
-    skipping and every packet has its own pts; also when the scan fails (the full decode then
-    reports what is wrong)."""
-    try:
-        container = _open(path)
-    except StageInputError:
-        return None
-    try:
-        vs = container.streams.video[0]
-        if vs.codec_context.name not in SKIPPABLE_CODECS:
+    skip the non-reference frames that are not kept. None (decode everything) unless the codec
+    honours skipping and every packet has its own pts; also when the scan fails (the full decode
+    then reports what is wrong)."""
+    if scan is None:
+        try:
+            scan = _scan_packets(path, only=SKIPPABLE_CODECS)
+        except StageInputError:
             return None
-        clock = FrameClock(vs)
-        # packets an edit list discards (encoder priming) are decoded but never shown: not frames
-        pts = [packet.pts for packet in container.demux(vs) if packet.size and not packet.is_discard]
-    except Exception:
+    if scan is None or scan.codec not in SKIPPABLE_CODECS:
         return None
-    finally:
-        container.close()
+    pts = scan.pts
     if not pts or any(p is None for p in pts) or len(set(pts)) != len(pts):
         return None
     sampler, plan = FrameSampler(keep, fps), {}
     for idx, p in enumerate(sorted(pts)):
-        t = clock(ScannedFrame(p), idx)
+        t = scan.clock(p, idx)
         if sampler.wants(idx, t):
             plan[p] = (idx, t)
         if sampler.done:

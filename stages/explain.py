@@ -45,8 +45,7 @@ import pandas as pd
 from personality.common import (BaseParams, ParamsError, StageInputError, atomic_write_json,
                                 atomic_write_text, experiment_models, find_checkpoint,
                                 get_logger, load_params, mlflow_run, repo_root, stage_errors)
-from personality.cue_check import (CUE_RULES, cluster_cue, cue_check, cue_of,  # noqa: F401
-                                    planted_cues, same_cue)
+from personality.cue_check import cluster_cue, cue_check, cue_of, same_cue
 from personality.schemas import TRAITS
 
 log = get_logger("explain")

@@ -343,7 +343,7 @@ def test_feature_clusters_put_proxies_of_one_signal_together(rng):
 
 
 def test_cluster_cue_is_the_cue_most_members_measure():
-    from stages.explain import cluster_cue
+    from personality.cue_check import cluster_cue
 
     assert cluster_cue(["fn_rms_db_mean", "fn_logmel_03_mean", "egemaps_loudness_sma3_amean",
                         "fn_voiced_onsets_per_s"]) == "loudness"
@@ -351,7 +351,7 @@ def test_cluster_cue_is_the_cue_most_members_measure():
 
 
 def test_cue_mapping():
-    from stages.explain import cue_of
+    from personality.cue_check import cue_of
 
     assert cue_of("AU12_c_share") == "smile" and cue_of("AU06_r_p90") == "smile"
     assert cue_of("AU04_r_mean") == "brow_lower" and cue_of("blink_rate") == "blink_rate"
@@ -362,7 +362,7 @@ def test_cue_mapping():
 
 
 def test_cue_check_logic():
-    from stages.explain import cue_check, planted_cues
+    from personality.cue_check import cue_check, planted_cues
 
     cues = ["smile", "loudness", "head_motion", "pause"]
     weights = np.array([[0.5, -0.4, 0.3, 0.1]] * 5)  # every trait: smile, loudness, head_motion
