@@ -86,6 +86,15 @@ def long_clips(tmp_path_factory) -> Path:
     return root
 
 
+def _cmdline(process: psutil.Process) -> list[str]:
+    """Its command line; [] for a child that ended between the listing and this call (a
+    short-lived helper of Dask or multiprocessing: a zombie or gone)."""
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
+
+
 def start_stage(root: Path, cluster: str) -> tuple[subprocess.Popen, list[psutil.Process]]:
     """The frames stage in a subprocess; returns it and its workers once they are busy."""
     env = {**os.environ, "PERSONALITY_CLUSTER": cluster, "PYTHONPATH": str(REPO)}
@@ -94,7 +103,7 @@ def start_stage(root: Path, cluster: str) -> tuple[subprocess.Popen, list[psutil
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         workers = [c for c in psutil.Process(proc.pid).children(recursive=True)
-                   if "spawn_main" in " ".join(c.cmdline())]
+                   if "spawn_main" in " ".join(_cmdline(c))]
         if len(workers) == 2 and all(w.cpu_times().user > 2.0 for w in workers):
             assert proc.poll() is None
             return proc, workers  # both past start-up (imports, ~1.5 s) and into a video
