@@ -155,8 +155,10 @@ def example_video(root: Path) -> str:
     return str((test if len(test) else manifest)["path"].iloc[0])
 
 
-def log_pyfunc(mlf, checkpoint: Path, root: Path, example: str):
-    """Log the pyfunc model into the active run; returns mlflow's ModelInfo."""
+def log_pyfunc(mlf, checkpoint: Path, root: Path, example: str | None):
+    """Log the pyfunc model into the active run; returns mlflow's ModelInfo. With an `example`
+    clip mlflow stores it as the input example and checks that the logged model predicts it
+    (the whole front-end on that clip, ~6 s); without one the signature alone says the input."""
     return mlf.pyfunc.log_model(
         name="model", python_model=str(MODEL_CODE),
         artifacts={"checkpoint": str(checkpoint), "params": str(root / "params.yaml")},
@@ -164,7 +166,8 @@ def log_pyfunc(mlf, checkpoint: Path, root: Path, example: str):
         # the pinned requirements, given: without them mlflow infers them by loading the model in
         # a subprocess and predicting the example, ~20 s per model (4 of make run's minutes)
         pip_requirements=str(CODE_ROOT / "requirements.txt"),
-        input_example=pd.DataFrame({"video": [example]}), signature=signature())
+        input_example=None if example is None else pd.DataFrame({"video": [example]}),
+        signature=signature())
 
 
 def evaluated_models(report: dict) -> list[str]:
@@ -173,7 +176,7 @@ def evaluated_models(report: dict) -> list[str]:
             and k != "baseline"]
 
 
-def log_model_run(name: str, report: dict, root: Path, example: str) -> tuple:
+def log_model_run(name: str, report: dict, root: Path, example: str | None) -> tuple:
     """One MLflow run holding `name`'s pyfunc model, tagged with its figures: (ModelInfo,
     version tags, run id)."""
     figures = model_figures(name, report)
@@ -195,7 +198,10 @@ def register(p: RegisterParams, root: Path) -> dict:
     name = chosen_model(p, report)
     example = example_video(root)
     names = evaluated_models(report) if p.log_all else []
-    logged = {m: log_model_run(m, report, root, example) for m in dict.fromkeys([*names, name])}
+    # only the registered model carries the input example: mlflow runs the front-end on it for
+    # every model logged with one, which for ten models was 54 of the stage's 63 s
+    logged = {m: log_model_run(m, report, root, example if m == name else None)
+              for m in dict.fromkeys([*names, name])}
     info, tags, run_id = logged[name]
     version = mlflow.register_model(info.model_uri, p.name, tags=tags)
     log.info("registered %s as models:/%s/%s (test mean CCC %s [%s, %s]); %d model(s) logged",

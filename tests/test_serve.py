@@ -88,6 +88,33 @@ def test_register_names_the_model_chosen_on_validation_with_its_test_figures(
 
     version = mlflow.MlflowClient().get_model_version("personality", "1")
     assert version.tags["model"] == MODEL
+    # the registered model carries its input example (a clip path), which mlflow checked
+    assert mlflow.models.get_model_info(registered["model_uri"]).saved_input_example_info
+
+
+def test_only_the_registered_model_carries_the_input_example(served_root, monkeypatch,
+                                                             tmp_path):
+    """mlflow runs the whole front-end on the example of every model logged with one: the other
+    evaluated models are logged with their signature only."""
+    report = {"a": {"mean": {}}, "b": {"mean": {}}, "selection": {"best": "b"}}
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "evaluate.json").write_text(json.dumps(report))
+    (tmp_path / "data").mkdir()
+    shutil.copy(served_root / "data" / "manifest.parquet", tmp_path / "data")
+    examples = {}
+
+    def fake_log(name, report, root, example):
+        examples[name] = example
+        return type("Info", (), {"model_uri": f"runs:/{name}/model"})(), {}, name
+
+    import mlflow
+
+    monkeypatch.setattr(serve, "log_model_run", fake_log)
+    monkeypatch.setattr(mlflow, "register_model",
+                        lambda uri, name, tags: type("Version", (), {"version": 7})())
+    out = serve.register(serve.RegisterParams(), tmp_path)
+    assert out["model"] == "b" and set(out["logged"]) == {"a", "b"}
+    assert examples["a"] is None and examples["b"] == serve.example_video(tmp_path)
 
 
 def test_loaded_pyfunc_gives_predicts_scores_and_a_row_per_bad_video(registered, expected,
