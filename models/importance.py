@@ -42,7 +42,7 @@ from models.explain import predict_views
 from personality.common import progress
 from personality.cue_check import top_indices  # noqa: F401  (re-exported: the stage's ranking)
 
-__all__ = ["bootstrap_weights", "weighted_pearson", "weighted_ccc", "correlations",
+__all__ = ["bootstrap_weights", "weighted_sum", "weighted_pearson", "weighted_ccc", "correlations",
            "permuted_predictions", "permutation_importance", "top_indices", "feature_clusters"]
 
 
@@ -53,6 +53,14 @@ def bootstrap_weights(subjects: Sequence, *, n_boot: int, seed: int) -> np.ndarr
     return np.stack([np.bincount(r, minlength=n) for r in rows]).astype(np.float64)
 
 
+def weighted_sum(w: np.ndarray, a: np.ndarray, axis: int = -2) -> np.ndarray:
+    """Sum over the rows (`axis`, length n) of a under each row weighting of w (B, n): a
+    (..., n, K) -> (B, ..., K). One matrix product (BLAS) instead of
+    np.einsum("bn,...nk->b...k"), whose loop took 17 of the explain stage's 134 s."""
+    moved = np.moveaxis(a, axis, 0)  # (n, ...)
+    return (w @ moved.reshape(len(moved), -1)).reshape(len(w), *moved.shape[1:])
+
+
 def weighted_pearson(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Pearson r of every column of x (n, F) with every column of y (n, K) under each row
     weighting of w (B, n): (B, F, K). A NaN in x drops that row for that column only; y must be
@@ -61,9 +69,9 @@ def weighted_pearson(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
     x0 = np.nan_to_num(x)
     sw = w @ m  # (B, F) total weight per column
     sx, sxx = w @ (m * x0), w @ (m * x0 ** 2)  # (B, F)
-    sy = np.einsum("bi,if,ik->bfk", w, m, y)  # (B, F, K)
-    syy = np.einsum("bi,if,ik->bfk", w, m, y ** 2)
-    sxy = np.einsum("bi,if,ik->bfk", w, m * x0, y)
+    sy = weighted_sum(w, m[:, :, None] * y[:, None, :], axis=0)  # (B, F, K)
+    syy = weighted_sum(w, m[:, :, None] * (y ** 2)[:, None, :], axis=0)
+    sxy = weighted_sum(w, (m * x0)[:, :, None] * y[:, None, :], axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
         n = sw[..., None]
         cov = sxy / n - (sx / sw)[..., None] * sy / n
@@ -81,12 +89,11 @@ def weighted_ccc(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> np.ndarray:
     shape = (len(w),) + (1,) * lead + (y.shape[1],)  # broadcast y's moments over p's leading axes
 
     def mean(a: np.ndarray) -> np.ndarray:  # (..., n, K) -> (B, ..., K)
-        return np.einsum("bn,...nk->b...k", w, a) / total.reshape(-1, *[1] * (a.ndim - 1))
+        return weighted_sum(w, a) / total.reshape(-1, *[1] * (a.ndim - 1))
 
     my, mp = mean(y).reshape(shape), mean(p)
     vy, vp = mean(y ** 2).reshape(shape) - my ** 2, mean(p ** 2) - mp ** 2
-    cov = np.einsum("bn,...nk,nk->b...k", w, p, y) / total.reshape(-1, *[1] * (lead + 1)) \
-        - my * mp
+    cov = mean(p * y) - my * mp
     den = vy + vp + (my - mp) ** 2
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(den > 1e-12, 2 * cov / den, 0.0)
