@@ -263,6 +263,10 @@ def test_weighted_statistics_equal_resampled_ones(rng):
     rows = np.repeat(np.arange(30), w[0].astype(int))  # the resample as rows
     got = weighted_ccc(y, p, w)[0]
     assert np.allclose(got, [ccc(y[rows, k], p[rows, k]) for k in range(5)])
+    stacked = np.stack([p, y, 1 - p]).reshape(3, 1, 30, 5)  # leading axes, as (F, R, n, K)
+    many = weighted_ccc(y, stacked, w)  # (3, 3, 1, 5)
+    assert many.shape == (3, 3, 1, 5) and np.allclose(many[:, 0, 0], weighted_ccc(y, p, w))
+    assert np.allclose(many[:, 1, 0], 1.0)
     r = weighted_pearson(x, y, w)[0]  # (4, 5)
     keep = rows[rows != 4]
     assert np.isclose(r[1, 2], np.corrcoef(x[keep, 1], y[keep, 2])[0, 1])
