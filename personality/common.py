@@ -22,8 +22,10 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import types
 import typing
 import uuid
@@ -382,6 +384,32 @@ def sweep_stale_temps(path: Path) -> None:
                 stale.unlink(missing_ok=True)
 
 
+# SIGINTs this process received since it began counting (a one-item list: the handler bumps it)
+_SIGINTS = [0]
+
+
+def _count_sigint(signum, frame) -> None:
+    """Python's default SIGINT behaviour (KeyboardInterrupt), counted first: Python drops an
+    exception raised inside __del__ (and a bare `except:` eats one), so a Ctrl-C landing there
+    would let a stage run on and swap in its output; the writers check the count instead."""
+    _SIGINTS[0] += 1
+    signal.default_int_handler(signum, frame)
+
+
+def _interrupts_so_far() -> int:
+    """Start counting SIGINTs (main thread, Python's default handler in place: a handler of the
+    caller's own is left alone) and return the count so far."""
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _count_sigint)
+    return _SIGINTS[0]
+
+
+def _refuse_if_interrupted(path: Path, since: int) -> None:
+    if _SIGINTS[0] > since:
+        raise KeyboardInterrupt(f"{path}: interrupted (SIGINT) while being written; not written")
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside `path` to write; when the block ends without an exception the
@@ -390,8 +418,10 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(path)
+    since = _interrupts_so_far()
     try:
         yield tmp
+        _refuse_if_interrupted(path, since)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -430,8 +460,10 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     sweep_stale_temps(path)  # left by a killed run
     tmp = _tmp_sibling(path)
     tmp.mkdir()
+    since = _interrupts_so_far()
     try:
         yield tmp
+        _refuse_if_interrupted(path, since)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

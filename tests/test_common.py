@@ -145,6 +145,41 @@ def test_atomic_dir_swaps_whole_folders(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["deploy"]
 
 
+def test_a_ctrl_c_swallowed_on_the_way_never_lets_a_writer_commit(tmp_path):
+    """Python drops an exception raised inside __del__ (and a library's bare `except:` can eat
+    one): a Ctrl-C landing there would let the stage run on and swap in its output. The SIGINT
+    handler counts interrupts and a writer refuses to commit after one during its block. Seen
+    once in a loaded fresh-clone run: data/frames present after SIGINT (test_executor_stages,
+    pool-INT)."""
+    import os
+    import signal
+    import threading
+
+    from personality.common import atomic_dir, atomic_file
+
+    class Swallows:
+        def __del__(self):  # the interrupt lands here and Python prints it and drops it
+            os.kill(os.getpid(), signal.SIGINT)
+            threading.Event().wait(0.05)  # the handler runs in a bytecode of this __del__
+
+    out, single = tmp_path / "frames", tmp_path / "one.json"
+    with atomic_dir(out):  # installs the counting handler (main thread, default handler)
+        pass
+    with pytest.raises(KeyboardInterrupt, match="interrupted"):
+        with atomic_dir(out) as tmp:
+            (tmp / "part.parquet").write_text("half")
+            Swallows()  # dropped at once: its __del__ runs here
+    assert sorted(p.name for p in out.iterdir()) == []  # the first (empty) output stays
+    with pytest.raises(KeyboardInterrupt, match="interrupted"):
+        with atomic_file(single) as tmp:
+            tmp.write_text("{}")
+            Swallows()
+    assert not single.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["frames"]
+    with atomic_file(single) as tmp:  # an interrupt before the block does not concern it
+        tmp.write_text("{}")
+    assert single.exists()
+
+
 def test_paths_cannot_escape(tmp_path, monkeypatch):
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     assert common.data_path("videos", "a.mp4") == (tmp_path / "data" / "videos" / "a.mp4")
