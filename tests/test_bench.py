@@ -28,3 +28,7 @@ def test_frontend_bench_times_every_stage_of_ours_on_a_real_clip():
     assert out["sampled_frames"] > 10 and out["face_rate"] > 0.9
     assert set(out["seconds"]) >= {"frames", "faces", "aus", "total"}
     assert out["real_time_factor"] > 0
+    per_frame = out["faces_ms_per_frame"]  # where a faces frame's time goes
+    assert set(per_frame) == {"landmarker", "blazeface", "jpeg_decode", "bgr_to_rgb",
+                              "crop_and_encode"} and all(v > 0 for v in per_frame.values())
+    assert out["ceiling_real_time_factor"]["value"] > out["real_time_factor"]
