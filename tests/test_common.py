@@ -149,9 +149,20 @@ def test_atomic_dir_swaps_whole_folders(tmp_path):
 def test_a_ctrl_c_swallowed_on_the_way_never_lets_a_writer_commit(tmp_path):
     """Python drops an exception raised inside __del__ (and a library's bare `except:` can eat
     one): a Ctrl-C landing there would let the stage run on and swap in its output. The SIGINT
-    handler counts interrupts and a writer refuses to commit after one during its block. Seen
-    once in a loaded fresh-clone run: data/frames present after SIGINT (test_executor_stages,
-    pool-INT)."""
+    handler counts interrupts and a writer refuses to commit after one during its block."""
+    import signal
+
+    out, single = tmp_path / "frames", tmp_path / "one.json"
+    # a run started in the background by a non-interactive shell inherits SIGINT ignored: give it
+    # its default meaning here, as a terminal's Ctrl-C has it
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _refused_after_a_swallowed_interrupt(out, single, tmp_path)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+
+
+def _refused_after_a_swallowed_interrupt(out: Path, single: Path, tmp_path: Path) -> None:
     import signal
     import threading
     import time
@@ -166,7 +177,6 @@ def test_a_ctrl_c_swallowed_on_the_way_never_lets_a_writer_commit(tmp_path):
             while common._SIGINTS[0] == before and time.monotonic() < deadline:
                 time.sleep(0.001)  # the handler runs between two bytecodes of this loop
 
-    out, single = tmp_path / "frames", tmp_path / "one.json"
     with atomic_dir(out):  # installs the counting handler (main thread, default handler)
         pass
     with pytest.raises(KeyboardInterrupt, match="interrupted"):

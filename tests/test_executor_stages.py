@@ -62,7 +62,12 @@ def test_same_bytes_with_one_two_workers_and_dask(tiny_dataset, tmp_path, monkey
 # --------------------------------------------------------------------------------------------------
 # kills
 
+# The stage's first line gives SIGINT its default meaning (KeyboardInterrupt): a test run started
+# in the background by a non-interactive shell inherits SIGINT *ignored*, and the pool-INT case
+# then saw a stage that ran to the end (a fresh-clone `make test &` did, 2026-12-02).
 STAGE = textwrap.dedent("""
+    import signal
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     import sys
     from pathlib import Path
     from personality.common import BaseParams
