@@ -95,6 +95,35 @@ def test_every_visual_cue_is_recovered(default_subset):
     assert not low, f"cues read below their floors {FLOORS}: {low}"
 
 
+def test_brows_are_read_frame_by_frame_where_the_face_shows_them(default_subset):
+    """Within a clip, AU01 and AU04 follow the rendered brow units on the astronaut's clips (150
+    default clips: r 0.82 and 0.55); the pooled cue floors above cannot see a broken brow recipe
+    because the other face (glasses on the brows) reads them at 0.24 and 0.40 whatever the
+    recipe: docs/frontend.md, "Brows, face by face"."""
+    from personality import synthetic as syn
+
+    aus = read_artifact("aus", path=default_subset / "data/aus")
+    tracks = pd.read_parquet(default_subset / "data/synthetic_tracks.parquet")
+    manifest = read_artifact("manifest", path=default_subset / "data/manifest.parquet")
+    names = list(syn.face_photos())  # rig index -> photo name, the renderer's order
+    face_of = {f"syn_s{s:03d}": names[syn.draw_appearance(np.random.default_rng([1234, 2, s]),
+                                                          len(names), s).rig]
+               for s in range(14)}  # ingest's draw for base.seed 1234, 14 subjects
+    frames = aus[aus["success"]].merge(tracks, on=["video_id", "frame_idx"])
+    frames = frames[frames["video_id"].map(manifest.set_index("video_id")["subject_id"])
+                    .map(face_of) == "astronaut"]
+    assert frames["video_id"].nunique() >= 8
+
+    def within(au: str, unit: str) -> float:
+        by = frames.groupby("video_id")
+        a, u = frames[au] - by[au].transform("mean"), frames[unit] - by[unit].transform("mean")
+        return float(np.corrcoef(a, u)[0, 1])
+
+    r01, r04 = within("AU01_r", "unit_brow_raise"), within("AU04_r", "unit_brow_lower")
+    print(f"astronaut, within-clip r: AU01 {r01:.3f}, AU04 {r04:.3f}")
+    assert r01 > 0.65 and r04 > 0.35
+
+
 def test_real_clip_smile_and_blinks_still_read(tmp_path):
     """single_face.mp4 (a real man smiling, 72 frames): every frame through the stages; AU12
     follows mouthSmile, AU45 follows eyeBlink, frame by frame."""
