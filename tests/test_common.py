@@ -152,17 +152,16 @@ def test_a_ctrl_c_swallowed_on_the_way_never_lets_a_writer_commit(tmp_path):
     handler counts interrupts and a writer refuses to commit after one during its block."""
     import signal
 
-    out, single = tmp_path / "frames", tmp_path / "one.json"
     # a run started in the background by a non-interactive shell inherits SIGINT ignored: give it
     # its default meaning here, as a terminal's Ctrl-C has it
     inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        _refused_after_a_swallowed_interrupt(out, single, tmp_path)
+        _refused_after_a_swallowed_interrupt(tmp_path)
     finally:
         signal.signal(signal.SIGINT, inherited)
 
 
-def _refused_after_a_swallowed_interrupt(out: Path, single: Path, tmp_path: Path) -> None:
+def _refused_after_a_swallowed_interrupt(tmp_path: Path) -> None:
     import signal
     import threading
     import time
@@ -177,6 +176,7 @@ def _refused_after_a_swallowed_interrupt(out: Path, single: Path, tmp_path: Path
             while common._SIGINTS[0] == before and time.monotonic() < deadline:
                 time.sleep(0.001)  # the handler runs between two bytecodes of this loop
 
+    out, single = tmp_path / "frames", tmp_path / "one.json"
     with atomic_dir(out):  # installs the counting handler (main thread, default handler)
         pass
     with pytest.raises(KeyboardInterrupt, match="interrupted"):
