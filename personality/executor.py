@@ -1,4 +1,5 @@
-"""The one executor for per-video work (frames, faces, audio, synthetic rendering in ingest).
+"""The one executor for per-video work (frames, faces, audio, synthetic rendering in ingest) and
+for whole-model jobs (retrain's fine-tunings, explain's models: `local_processes`).
 
     from personality.executor import map_jobs
     for row in map_jobs(process_video, jobs, workers=base.workers, label=lambda j: j["video_id"],
@@ -39,7 +40,8 @@ from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
 from typing import Any, Callable, Iterable, Iterator
 
-__all__ = ["CLUSTER_ENV", "ExecutorError", "Placement", "placement", "map_jobs", "single_thread"]
+__all__ = ["CLUSTER_ENV", "ExecutorError", "Placement", "placement", "local_processes",
+           "map_jobs", "single_thread"]
 
 CLUSTER_ENV = "PERSONALITY_CLUSTER"
 # BLAS, OpenMP, numexpr, numba and TFLite (MediaPipe) read these when they load: spawned workers
@@ -86,6 +88,15 @@ def placement(workers: int, setting: str | None = None) -> Placement:
     raise ExecutorError(f"{CLUSTER_ENV}={raw!r}: expected empty (local process pool), "
                         "'local:N' (Dask LocalCluster of N >= 1 processes) or a Dask scheduler "
                         "address such as 'tcp://head:8786'")
+
+
+def local_processes(n_jobs: int, workers: int, threads_per_job: int = 1) -> Placement:
+    """Where whole-model jobs run (fine-tunings, explanations): a local pool whatever
+    PERSONALITY_CLUSTER says (they read this repository's data/ folder), with no more processes
+    than `workers` cores allow at `threads_per_job` torch threads each (0: torch's default, every
+    core, so one process)."""
+    per_job = threads_per_job if threads_per_job > 0 else (os.cpu_count() or 1)
+    return placement(max(1, min(n_jobs, workers // per_job)), "")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -152,7 +163,18 @@ def _pool_init(parent_pid: int, ledger, token: str, setup: Callable | None,
     global _LEDGER
     die_with_parent(parent_pid)
     _LEDGER = ledger
+    _private_progress_lock()
     _ensure_setup(token, setup, setup_args)
+
+
+def _private_progress_lock() -> None:
+    """A worker that draws progress bars (a model's epochs) locks them with a thread lock: tqdm's
+    default is a multiprocessing lock, a POSIX semaphore that the pool's shutdown leaves behind,
+    and Python then warns of 'leaked semaphore objects' when the stage exits."""
+    with contextlib.suppress(ImportError):
+        from tqdm import tqdm
+
+        tqdm.set_lock(threading.RLock())
 
 
 def _pool_call(fn: Callable, index: int, job: Any) -> Any:

@@ -37,6 +37,7 @@ output, and two stages cannot own one folder.
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,7 @@ from personality.common import (BaseParams, ParamsError, StageInputError, atomic
                                 atomic_write_text, experiment_models, find_checkpoint,
                                 get_logger, load_params, mlflow_run, repo_root, stage_errors)
 from personality.cue_check import cluster_cue, cue_check, cue_of, same_cue
+from personality.executor import local_processes, map_jobs
 from personality.schemas import TRAITS
 
 log = get_logger("explain")
@@ -239,6 +241,19 @@ def explain_model(root: Path, model: str, tables: tuple[pd.DataFrame, pd.DataFra
     return entry, perm
 
 
+def _explain_job(job: dict) -> tuple[dict, dict | None, float]:
+    """explain_model in a worker process (models are explained independently), and its
+    seconds."""
+    t0 = time.perf_counter()
+    entry, perm = explain_model(job["root"], job["model"], job["tables"], job["features"],
+                                job["labels_r"], job["params"], job["seed"], job["train"])
+    return entry, perm, time.perf_counter() - t0
+
+
+def _job_model(job: dict) -> str:
+    return job["model"]
+
+
 def write_model_files(root: Path, model: str, features: list[str], corr: dict, labels_r: dict,
                       perm: dict | None, p: ExplainParams) -> tuple[str, str]:
     """metrics/explain/<model>.csv (every feature x trait) and .png (the top rows)."""
@@ -407,9 +422,14 @@ def run(params: ExplainParams, base: BaseParams | None = None, root: Path | None
                     "cue_check_grouped": {}}
     law = _cue_law(table)
     train = table.loc[table["split"] == "train", features] if clustering else None
-    for model in models:
-        entry, perm = explain_model(root, model, (corr_table, table), features, labels_r,
-                                    params, seed, train)
+    jobs = [{"root": root, "model": model, "tables": (corr_table, table), "features": features,
+             "labels_r": labels_r, "params": params, "seed": seed, "train": train}
+            for model in models]
+    # one process per model (torch at one thread each): both cores of a 2-core box
+    where = local_processes(len(jobs), (base or BaseParams()).workers)
+    explained = map_jobs(_explain_job, jobs, workers=where.workers, label=_job_model,
+                         where=where)
+    for model, (entry, perm, seconds) in zip(models, explained):
         report["models"][model] = entry
         if law is not None and perm is not None and model in params.cue_models:
             columns = cue_check(perm["importance"], perm["features"], *law, k_top=params.top_k)
@@ -423,8 +443,8 @@ def run(params: ExplainParams, base: BaseParams | None = None, root: Path | None
             if "cues" in perm:
                 report["cue_check_grouped"][model] = cue_check(
                     perm["cue_importance"], perm["cues"], *law, k_top=3, to_cue=same_cue)
-        log.info("%s: explained (%s)", model, "permutation + correlation" if perm is not None
-                 else "correlation only")
+        log.info("%s: explained (%s) in %.1f s", model, "permutation + correlation"
+                 if perm is not None else "correlation only", seconds)
     report = json_safe(report)
     atomic_write_json(root / OUT_JSON, report)
     atomic_write_text(root / OUT_MD, markdown(report))

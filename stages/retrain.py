@@ -36,6 +36,7 @@ from personality import schemas
 from personality.common import (BaseParams, ParamsError, StageInputError, atomic_dir,
                                 atomic_write_json, experiment_models, get_logger,
                                 read_artifact, repo_root, run_stage, write_predictions)
+from personality.executor import local_processes, map_jobs
 from personality.schemas import TRAITS
 
 log = get_logger("retrain")
@@ -239,6 +240,17 @@ def _finish(root: Path, out_name: str, have: pd.DataFrame, preds: np.ndarray,
         **{t: preds[:, k] for k, t in enumerate(TRAITS)}, "model": out_name}))
 
 
+def _retrain_job(job: dict) -> dict:
+    """One model's fine-tuning in a worker process (models are independent: each seeds itself,
+    so a model's numbers do not depend on which process or which order it ran in)."""
+    return retrain_model(job["name"], job["params"], job["base"], job["root"], job["rated"],
+                         job["manifest"])
+
+
+def _job_name(job: dict) -> str:
+    return job["name"]
+
+
 def _skip(root: Path, reason: str) -> dict:
     """Empty outputs and a metrics file that says why: the pipeline goes on."""
     log.warning("retrain skipped: %s", reason)
@@ -271,8 +283,12 @@ def run(params: RetrainParams, base: BaseParams, root: Path | None = None,
         return _skip(root, "the source has no user study")
     manifest = read_artifact("manifest", path=root / schemas.ARTIFACTS["manifest"].path)
     rated = aggregate_ratings(ratings)
-    out: dict = {name: retrain_model(name, params, base, root, rated, manifest)
-                 for name in names}
+    jobs = [{"name": name, "params": params, "base": base, "root": root, "rated": rated,
+             "manifest": manifest} for name in names]
+    # one process per model, each at retrain.threads torch threads: both cores of a 2-core box
+    where = local_processes(len(names), base.workers, params.threads)
+    out: dict = dict(zip(names, map_jobs(_retrain_job, jobs, workers=base.workers,
+                                         label=_job_name, where=where)))
     out["user_study"] = {"n_rated_videos": int(len(rated)), "n_ratings": int(len(ratings)),
                          "raters_per_video": float(rated["n_raters"].mean()),
                          "icc": agreement(ratings)}

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from personality.common import atomic_dir
-from personality.executor import ExecutorError, Placement, map_jobs, placement
+from personality.executor import (ExecutorError, Placement, local_processes, map_jobs,
+                                  placement)
 
 REPO = Path(__file__).resolve().parents[1]
 POOL = Placement("pool", 2)
@@ -81,6 +82,17 @@ def test_the_environment_variable_decides(monkeypatch):
     assert placement(1) == Placement("dask", 3)
     monkeypatch.delenv("PERSONALITY_CLUSTER")
     assert placement(2) == Placement("pool", 2)
+
+
+def test_whole_model_jobs_stay_local_within_the_cores(monkeypatch):
+    """Fine-tunings and explanations read this repository's data/: never a Dask cluster, and
+    no more processes than the cores allow at each job's torch threads."""
+    monkeypatch.setenv("PERSONALITY_CLUSTER", "tcp://head:8786")
+    assert local_processes(2, workers=2) == Placement("pool", 2)
+    assert local_processes(5, workers=2, threads_per_job=2) == Placement("inline", 1)
+    assert local_processes(1, workers=4) == Placement("inline", 1)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert local_processes(3, workers=8, threads_per_job=0) == Placement("inline", 1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -168,3 +180,18 @@ def test_worker_state_reaches_jobs_of_a_module_run_with_dash_m(tmp_path, cluster
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[10, 11, 12, 13]"
+
+
+def progress_lock_is_private(_job) -> bool:
+    import threading
+
+    from tqdm import tqdm
+
+    return isinstance(tqdm.get_lock(), type(threading.RLock()))
+
+
+def test_workers_lock_their_progress_bars_with_a_thread_lock():
+    """tqdm's default lock holds a multiprocessing semaphore: a pool worker that drew a model's
+    epochs with it left the semaphore behind, and Python warned of 'leaked semaphore objects'
+    when the retrain stage exited."""
+    assert list(map_jobs(progress_lock_is_private, range(2), workers=2, where=POOL)) == [True] * 2

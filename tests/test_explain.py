@@ -474,6 +474,34 @@ def test_explain_stage_end_to_end(fake_repo):
     assert "Cue check" in (fake_repo / "metrics" / "explain.md").read_text()
 
 
+def test_models_explained_in_parallel_match_one_process(fake_repo, tmp_path):
+    """Two models explained in two worker processes give the report of one process, each
+    model's entry under its own name (a second model that predicts differently)."""
+    import shutil
+
+    from personality.common import BaseParams
+    from stages.explain import ExplainParams, run
+
+    root = tmp_path / "repo"
+    shutil.copytree(fake_repo, root)
+    shutil.copytree(root / "data/models/functionals_ridge", root / "data/models/functionals_gbt")
+    pred = pd.read_parquet(root / "data/predictions/functionals_ridge.parquet")
+    noise = np.random.default_rng(1).normal(0, 0.05, (len(pred), len(TRAITS)))
+    pred[list(TRAITS)] = pred[list(TRAITS)].to_numpy() + noise
+    pred.assign(model="functionals_gbt").to_parquet(
+        root / "data/predictions/functionals_gbt.parquet")
+    params = ExplainParams(repeats=2, bootstrap=20, mlflow=False)
+    models = ["functionals_ridge", "functionals_gbt"]
+    serial = run(params, BaseParams(workers=1), root=root, models=models)
+    parallel = run(params, BaseParams(workers=2), root=root, models=models)
+    assert json.dumps(parallel, sort_keys=True) == json.dumps(serial, sort_keys=True)
+    # each entry is its own model's: the entry of that model explained alone
+    alone = run(params, BaseParams(workers=1), root=root, models=["functionals_gbt"])
+    entry = json.dumps(alone["models"]["functionals_gbt"], sort_keys=True)
+    assert json.dumps(parallel["models"]["functionals_gbt"], sort_keys=True) == entry
+    assert json.dumps(parallel["models"]["functionals_ridge"], sort_keys=True) != entry
+
+
 # --------------------------------------------------------------------------------------------------
 # predict: prediction.json's `explanation` and the report
 

@@ -2,6 +2,7 @@
 dataset whose labels and ratings follow known AU signals."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -121,6 +122,44 @@ def test_retrain_moves_toward_raters(trained, tmp_path):
     # the same seed gives the same numbers
     again = retrain.run(params, BaseParams(seed=3, workers=1), root=root)
     assert again["perfex_cnn"]["after"]["ccc"] == pytest.approx(m["after"]["ccc"], abs=1e-9)
+
+
+def test_models_fine_tuned_in_parallel_match_one_process(trained, tmp_path):
+    """Two models fine-tuned in two worker processes give the numbers and predictions of one
+    process, each under its own name (the second checkpoint: one epoch from another seed)."""
+    from models import engine
+    from models.data import build_sources
+    from models.registry import build_model
+
+    root = tmp_path / "p"
+    shutil.copytree(trained, root)
+    manifest = pd.read_parquet(root / "data/manifest.parquet")
+    train = manifest[manifest["split"] == "train"]
+    engine.seed_everything(4)
+    model = build_model("perfex_cnn", head="regression", seq_len=32)
+    config = {"aus": {"seq_len": 32}}
+    sources = build_sources(["aus", "aus_mask"], root=root,
+                            video_ids=list(manifest["video_id"]), config=config)
+    engine.fit(model, sources, train_ids=list(train["video_id"]),
+               train_targets=train[list(TRAITS)].to_numpy(),
+               config=engine.TrainConfig(epochs=1, lr=3e-3, batch_size=8, seed=4, patience=0),
+               out_dir=root / "data/models/perfex_hybrid",  # the name only places the folder
+               meta={"model_name": "perfex_cnn", "model_config": engine.model_config_of(model),
+                     "inputs": ["aus", "aus_mask"], "source_config": config})
+    params = retrain.RetrainParams(models=["perfex_cnn", "perfex_hybrid"], epochs=2,
+                                   batch_size=8, mlflow=False)
+    predictions = root / "data/retrained/predictions"
+    serial = retrain.run(params, BaseParams(seed=3, workers=1), root=root)
+    first = {p.name: pd.read_parquet(p) for p in sorted(predictions.glob("*.parquet"))}
+    parallel = retrain.run(params, BaseParams(seed=3, workers=2), root=root)
+    assert json.dumps(parallel, sort_keys=True) == json.dumps(serial, sort_keys=True)
+    assert len(first) == 2
+    for name, df in first.items():
+        pd.testing.assert_frame_equal(pd.read_parquet(predictions / name), df)
+    # each entry is its own model's: the numbers of that model fine-tuned alone
+    alone = retrain.run(dataclasses.replace(params, models=["perfex_hybrid"]),
+                        BaseParams(seed=3, workers=1), root=root)
+    assert alone["perfex_hybrid"] == parallel["perfex_hybrid"] != parallel["perfex_cnn"]
 
 
 def test_retrain_freeze_and_errors(trained, tmp_path):
