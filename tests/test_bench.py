@@ -32,3 +32,27 @@ def test_frontend_bench_times_every_stage_of_ours_on_a_real_clip():
     assert set(per_frame) == {"landmarker", "blazeface", "jpeg_decode", "bgr_to_rgb",
                               "crop_and_encode"} and all(v > 0 for v in per_frame.values())
     assert out["ceiling_real_time_factor"]["value"] > out["real_time_factor"]
+
+
+def load_pipeline_bench():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pipeline", ROOT / "bench" / "pipeline.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pipeline_bench_times_each_stage_and_groups_them_as_the_readme():
+    """bench/pipeline.py's accounting (the run itself, a whole `dvc repro`, is not run here):
+    a stage lasts until the next one is announced, the last until the end."""
+    bench = load_pipeline_bench()
+    assert bench.RUNNING.search("Running stage 'train@perfex_cnn':").group(1) == "train@perfex_cnn"
+    events = [(0.0, "inputs"), (2.0, "ingest"), (70.0, "faces"), (150.0, "train@perfex_cnn"),
+              (180.0, "train@functionals_gbt"), (200.0, "retrain"), (250.0, "register"),
+              (270.0, "explain"), (330.0, "plots")]
+    stages = bench.stage_seconds(events, end=331.0)
+    assert stages["ingest"] == 68.0 and stages["plots"] == 1.0 and sum(stages.values()) == 331.0
+    assert bench.group_seconds(stages) == {"ingest": 70.0, "front-end": 80.0, "trainings": 50.0,
+                                           "retrain": 50.0, "deploy + evaluate + register": 20.0,
+                                           "explain": 60.0, "plots": 1.0}

@@ -1,0 +1,146 @@
+"""How long `make run`'s pipeline takes: `dvc repro` of every stage in a fresh clone of HEAD.
+
+    .venv/bin/python bench/pipeline.py           # ~10-15 min on 2 cores; needs `make install`
+    .venv/bin/python bench/pipeline.py --keep    # keep the clone (its path is printed)
+
+What a newcomer's `make run` does after the install: a `git clone` of the committed HEAD (your
+uncommitted changes are not in it) into a temporary folder, then `dvc repro` there, every stage
+from scratch with this environment's .venv, its numba cache and the installed face model. The
+clone has its own DVC cache and mlflow.db: nothing in this checkout changes. Each stage's seconds
+come from the moment DVC announces it ("Running stage 'x':") to the next announcement.
+
+This machine's speed moves by up to ~1.8x within a day (README, How long), so the bench also times
+a fixed reference workload (a small CNN's training steps on one torch thread) before and after:
+compare runs by their reference seconds before comparing their totals.
+
+Prints a table and writes bench/results/pipeline.json; the goal (issue #13) is 10 minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+GOAL_SECONDS = 600.0
+RUNNING = re.compile(r"Running stage '([^']+)'")
+# the README's grouping of stages, in pipeline order
+GROUPS = (("ingest", ("inputs", "ingest")),
+          ("front-end", ("audio", "frames", "faces", "aus", "augment", "functionals")),
+          ("trainings", ("train@",)),
+          ("retrain", ("retrain",)),
+          ("deploy + evaluate + register", ("deploy", "evaluate", "register")),
+          ("explain", ("explain",)))
+
+
+def stage_seconds(events: list[tuple[float, str]], end: float) -> dict[str, float]:
+    """{stage: seconds} from (time, stage) announcements in order; the last runs until `end`."""
+    times = [t for t, _ in events] + [end]
+    return {name: times[i + 1] - t for i, (t, name) in enumerate(events)}
+
+
+def group_seconds(stages: dict[str, float]) -> dict[str, float]:
+    """Seconds per README group (a stage in no group is its own row)."""
+    out: dict[str, float] = {}
+    for name, seconds in stages.items():
+        group = next((g for g, members in GROUPS
+                      if any(name == m or (m.endswith("@") and name.startswith(m))
+                             for m in members)), name)
+        out[group] = out.get(group, 0.0) + seconds
+    return out
+
+
+def reference_seconds(steps: int = 40) -> float:
+    """A fixed CPU workload: training steps of a small CNN on one torch thread, in a child
+    process (this one's thread settings stay untouched)."""
+    code = (
+        "import time, torch\n"
+        "torch.set_num_threads(1); torch.manual_seed(0)\n"
+        "net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),\n"
+        "    torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU(),\n"
+        "    torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 5))\n"
+        "opt = torch.optim.SGD(net.parameters(), lr=0.01)\n"
+        "x = torch.randn(32, 3, 64, 64)\n"
+        "t0 = time.perf_counter()\n"
+        f"for _ in range({steps}):\n"
+        "    loss = net(x).pow(2).mean(); opt.zero_grad(); loss.backward(); opt.step()\n"
+        "print(time.perf_counter() - t0)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    return round(float(done.stdout.strip().splitlines()[-1]), 3)
+
+
+def repro_in_clone(clone: Path) -> tuple[list[tuple[float, str]], float]:
+    """`dvc repro` in `clone`, streaming its output: the stage announcements (seconds since the
+    start, stage) and the seconds at the end. A failed repro raises with its last lines."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "NUMBA_CACHE_DIR": str(ROOT / ".numba_cache"), "DVC_NO_ANALYTICS": "1",
+           "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONDONTWRITEBYTECODE": "1"}
+    events: list[tuple[float, str]] = []
+    t0 = time.perf_counter()
+    with subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=clone,
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, errors="replace") as proc:
+        tail: list[str] = []
+        for line in proc.stdout:
+            match = RUNNING.search(line)
+            if match:
+                events.append((time.perf_counter() - t0, match.group(1)))
+                print(f"{events[-1][0]:7.1f} s  {match.group(1)}", flush=True)
+            tail = (tail + [line])[-40:]
+    end = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"dvc repro failed in {clone} (exit {proc.returncode}):\n"
+                           + "".join(tail))
+    return events, end
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--keep", action="store_true", help="keep the clone")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "pipeline.json"))
+    args = parser.parse_args(argv)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True, check=True).stdout.strip()
+    before = reference_seconds()
+    workdir = Path(tempfile.mkdtemp(prefix="pipeline_bench_"))
+    clone = workdir / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        events, end = repro_in_clone(clone)
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    after = reference_seconds()
+    stages = stage_seconds(events, end)
+    groups = group_seconds(stages)
+    report = {"commit": commit, "started": started, "total_s": round(end, 1),
+              "groups_s": {g: round(s, 1) for g, s in groups.items()},
+              "stages_s": {n: round(s, 1) for n, s in stages.items()},
+              "reference_s": {"before": before, "after": after},
+              "goal_s": GOAL_SECONDS, "met": end <= GOAL_SECONDS,
+              "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(),
+                          "platform": platform.platform()}}
+    print("\n| part | seconds | minutes |\n|---|---:|---:|")
+    for group, seconds in groups.items():
+        print(f"| {group} | {seconds:.0f} | {seconds / 60:.1f} |")
+    print(f"| **total** | **{end:.0f}** | **{end / 60:.1f}** |\n")
+    print(f"Goal <= {GOAL_SECONDS / 60:.0f} min: {'met' if report['met'] else 'not met'}. "
+          f"Reference workload: {before:.2f} s before, {after:.2f} s after (commit {commit[:8]}"
+          f"{'; clone kept at ' + str(clone) if args.keep else ''}).")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    print(f"written: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
