@@ -630,6 +630,21 @@ def log_timings(stage: str, timings: dict[str, float | None]) -> None:
 # tracking
 
 
+RECEIPTS = Path("data/tracked")  # one file per stage whose other outputs are all in git
+
+
+def write_tracking_receipt(stage: str, *, tracked: bool, root: Path | None = None) -> Path:
+    """data/tracked/<stage>.json: the DVC-cached output of a stage whose other outputs are all in
+    git (evaluate, register, explain), standing for what it wrote into this checkout's mlflow.db.
+    In a fresh clone those outputs come from git and the stage's inputs come out byte-identical,
+    so without a file that git does not carry DVC would call the stage up to date, skip it, and
+    the clone's MLflow store would never get its runs or the registered model. The same bytes on
+    every run (no run ids): dvc.lock does not change when nothing else does."""
+    return atomic_write_json(Path(root or repo_root()) / RECEIPTS / f"{stage}.json", {
+        "stage": stage, "mlflow": tracked,
+        "store": "mlflow.db of this checkout (delete this file to make `dvc repro` log again)"})
+
+
 def git_commit(root: Path | None = None) -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root or repo_root(),

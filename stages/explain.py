@@ -45,7 +45,8 @@ import pandas as pd
 
 from personality.common import (BaseParams, ParamsError, StageInputError, atomic_write_json,
                                 atomic_write_text, experiment_models, find_checkpoint,
-                                get_logger, load_params, mlflow_run, repo_root, stage_errors)
+                                get_logger, load_params, mlflow_run, repo_root, stage_errors,
+                                write_tracking_receipt)
 from personality.cue_check import cluster_cue, cue_check, cue_of, same_cue
 from personality.executor import local_processes, map_jobs
 from personality.schemas import TRAITS
@@ -456,7 +457,9 @@ def run(params: ExplainParams, base: BaseParams | None = None, root: Path | None
 def main(argv: list[str] | None = None) -> None:
     with stage_errors("explain"):
         base = load_params("base", BaseParams)
-        run(load_params("explain", ExplainParams), base, models=experiment_models())
+        params = load_params("explain", ExplainParams)
+        run(params, base, models=experiment_models())
+        write_tracking_receipt("explain", tracked=params.mlflow)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ import pandas as pd
 
 from personality.common import (BaseParams, ParamsError, StageInputError, atomic_write_json,
                                 find_checkpoint, get_logger, load_params, mlflow_run, repo_root,
-                                stage_errors)
+                                stage_errors, write_tracking_receipt)
 from personality.schemas import TRAITS
 
 log = get_logger("serve")
@@ -232,6 +232,7 @@ def main(argv: list[str] | None = None) -> None:
             params = dataclasses.replace(params, model=args.model)
         load_params("base", BaseParams)  # a bad params.yaml fails here, before any logging
         run(params)
+        write_tracking_receipt("register", tracked=params.enabled)
 
 
 if __name__ == "__main__":

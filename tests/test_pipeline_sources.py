@@ -84,6 +84,8 @@ def check_pipeline(repo: Path, n_videos: int, *, full: bool = True) -> None:
     registered = json.loads((repo / "metrics/register.json").read_text())
     assert registered["version"] >= 1 and registered["model"] == report["selection"]["best"]
     assert (repo / "metrics/explain.json").is_file()
+    for stage in ("evaluate", "register", "explain"):  # what a fresh clone must run again
+        assert json.loads((repo / f"data/tracked/{stage}.json").read_text())["stage"] == stage
     status = subprocess.run(["dvc", "status"], cwd=repo, env=pipeline_env(),
                             capture_output=True, text=True)
     # only the inputs fingerprint, which runs on every repro (stages/inputs.py), is listed
