@@ -47,6 +47,7 @@ ui: $(STAMP)
 plots: $(STAMP)
 	$(BIN)/python scripts/plots.py --png
 
+# every bench/*.py; bench/pipeline.py alone re-runs the whole pipeline in a fresh clone (~10-15 min)
 bench: $(STAMP)
 	for f in bench/*.py; do $(BIN)/python $$f || exit 1; done
 
