@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,18 +85,19 @@ def repro_in_clone(clone: Path) -> tuple[list[tuple[float, str]], float]:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "NUMBA_CACHE_DIR": str(ROOT / ".numba_cache"), "DVC_NO_ANALYTICS": "1",
            "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONDONTWRITEBYTECODE": "1"}
+    env.pop("DVC_ROOT", None)  # set inside `dvc exp run`: the clone's stages would log here
     events: list[tuple[float, str]] = []
     t0 = time.perf_counter()
     with subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=clone,
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, errors="replace") as proc:
-        tail: list[str] = []
+        tail: deque[str] = deque(maxlen=40)  # the last lines, for the error of a failed repro
         for line in proc.stdout:
             match = RUNNING.search(line)
             if match:
                 events.append((time.perf_counter() - t0, match.group(1)))
                 print(f"{events[-1][0]:7.1f} s  {match.group(1)}", flush=True)
-            tail = (tail + [line])[-40:]
+            tail.append(line)
     end = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"dvc repro failed in {clone} (exit {proc.returncode}):\n"

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from operator import itemgetter
 from pathlib import Path
 
 import numpy as np
@@ -251,10 +252,6 @@ def _explain_job(job: dict) -> tuple[dict, dict | None, float]:
     return entry, perm, time.perf_counter() - t0
 
 
-def _job_model(job: dict) -> str:
-    return job["model"]
-
-
 def write_model_files(root: Path, model: str, features: list[str], corr: dict, labels_r: dict,
                       perm: dict | None, p: ExplainParams) -> tuple[str, str]:
     """metrics/explain/<model>.csv (every feature x trait) and .png (the top rows)."""
@@ -402,7 +399,8 @@ def run(params: ExplainParams, base: BaseParams | None = None, root: Path | None
     from models.metrics import json_safe
 
     root = Path(root or repo_root())
-    seed = (base or BaseParams()).seed
+    base = base or BaseParams()
+    seed = base.seed
     models = models or experiment_models() or []
     clustering = params.cluster_distance > 0  # the clusters are computed on the train clips
     splits = sorted(set(params.correlation_splits) | {params.permutation_split}
@@ -427,8 +425,8 @@ def run(params: ExplainParams, base: BaseParams | None = None, root: Path | None
              "labels_r": labels_r, "params": params, "seed": seed, "train": train}
             for model in models]
     # one process per model (torch at one thread each): both cores of a 2-core box
-    where = local_processes(len(jobs), (base or BaseParams()).workers)
-    explained = map_jobs(_explain_job, jobs, workers=where.workers, label=_job_model,
+    where = local_processes(len(jobs), base.workers)
+    explained = map_jobs(_explain_job, jobs, workers=where.workers, label=itemgetter("model"),
                          where=where)
     for model, (entry, perm, seconds) in zip(models, explained):
         report["models"][model] = entry

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+from operator import itemgetter
 from pathlib import Path
 
 import numpy as np
@@ -247,10 +248,6 @@ def _retrain_job(job: dict) -> dict:
                          job["manifest"])
 
 
-def _job_name(job: dict) -> str:
-    return job["name"]
-
-
 def _skip(root: Path, reason: str) -> dict:
     """Empty outputs and a metrics file that says why: the pipeline goes on."""
     log.warning("retrain skipped: %s", reason)
@@ -287,8 +284,8 @@ def run(params: RetrainParams, base: BaseParams, root: Path | None = None,
              "manifest": manifest} for name in names]
     # one process per model, each at retrain.threads torch threads: both cores of a 2-core box
     where = local_processes(len(names), base.workers, params.threads)
-    out: dict = dict(zip(names, map_jobs(_retrain_job, jobs, workers=base.workers,
-                                         label=_job_name, where=where)))
+    out: dict = dict(zip(names, map_jobs(_retrain_job, jobs, workers=where.workers,
+                                         label=itemgetter("name"), where=where)))
     out["user_study"] = {"n_rated_videos": int(len(rated)), "n_ratings": int(len(ratings)),
                          "raters_per_video": float(rated["n_raters"].mean()),
                          "icc": agreement(ratings)}

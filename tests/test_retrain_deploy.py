@@ -77,16 +77,13 @@ def au_dataset(root, *, n=48, frames=30, seed=0):
     return manifest
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def fit_perfex_cnn(root, manifest, *, epochs: int, seed: int, folder: str = "perfex_cnn"):
+    """A small perfex_cnn trained on the train split into data/models/<folder>."""
     from models import engine
     from models.data import build_sources
     from models.registry import build_model
 
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("au")
-    manifest = au_dataset(root)
-    engine.seed_everything(3)
+    engine.seed_everything(seed)
     model = build_model("perfex_cnn", head="regression", seq_len=32)
     config = {"aus": {"seq_len": 32}}
     sources = build_sources(["aus", "aus_mask"], root=root, video_ids=list(manifest["video_id"]),
@@ -94,10 +91,18 @@ def trained(tmp_path_factory):
     train = manifest[manifest["split"] == "train"]
     engine.fit(model, sources, train_ids=list(train["video_id"]),
                train_targets=train[list(TRAITS)].to_numpy(),
-               config=engine.TrainConfig(epochs=8, lr=3e-3, batch_size=8, seed=3, patience=0),
-               out_dir=root / "data/models/perfex_cnn",
+               config=engine.TrainConfig(epochs=epochs, lr=3e-3, batch_size=8, seed=seed,
+                                         patience=0),
+               out_dir=root / "data/models" / folder,
                meta={"model_name": "perfex_cnn", "model_config": engine.model_config_of(model),
                      "inputs": ["aus", "aus_mask"], "source_config": config})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("au")
+    fit_perfex_cnn(root, au_dataset(root), epochs=8, seed=3)
     return root
 
 
@@ -127,25 +132,11 @@ def test_retrain_moves_toward_raters(trained, tmp_path):
 def test_models_fine_tuned_in_parallel_match_one_process(trained, tmp_path):
     """Two models fine-tuned in two worker processes give the numbers and predictions of one
     process, each under its own name (the second checkpoint: one epoch from another seed)."""
-    from models import engine
-    from models.data import build_sources
-    from models.registry import build_model
-
     root = tmp_path / "p"
     shutil.copytree(trained, root)
-    manifest = pd.read_parquet(root / "data/manifest.parquet")
-    train = manifest[manifest["split"] == "train"]
-    engine.seed_everything(4)
-    model = build_model("perfex_cnn", head="regression", seq_len=32)
-    config = {"aus": {"seq_len": 32}}
-    sources = build_sources(["aus", "aus_mask"], root=root,
-                            video_ids=list(manifest["video_id"]), config=config)
-    engine.fit(model, sources, train_ids=list(train["video_id"]),
-               train_targets=train[list(TRAITS)].to_numpy(),
-               config=engine.TrainConfig(epochs=1, lr=3e-3, batch_size=8, seed=4, patience=0),
-               out_dir=root / "data/models/perfex_hybrid",  # the name only places the folder
-               meta={"model_name": "perfex_cnn", "model_config": engine.model_config_of(model),
-                     "inputs": ["aus", "aus_mask"], "source_config": config})
+    # the name only places the folder: a second perfex_cnn stands in for perfex_hybrid
+    fit_perfex_cnn(root, pd.read_parquet(root / "data/manifest.parquet"), epochs=1, seed=4,
+                   folder="perfex_hybrid")
     params = retrain.RetrainParams(models=["perfex_cnn", "perfex_hybrid"], epochs=2,
                                    batch_size=8, mlflow=False)
     predictions = root / "data/retrained/predictions"
