@@ -1,6 +1,6 @@
 """`make run`'s pipeline: `dvc repro`, with the one-core training stages run side by side.
 
-    .venv/bin/python scripts/repro.py             # what `make run` does: 2 trainings at once on 2 cores
+    .venv/bin/python scripts/repro.py             # what `make run` does (2 trainings at once)
     .venv/bin/python scripts/repro.py --jobs 1    # plain `dvc repro`, one stage at a time
     .venv/bin/python scripts/repro.py --dry       # print the plan, run nothing
 

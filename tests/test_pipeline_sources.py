@@ -3,7 +3,8 @@ source that has video (folder, chalearn16, udiva): the real dvc.yaml, the real s
 (training shortened to two small models and two epochs). The folder source runs every stage, and
 DVC's caching and experiments on top; chalearn16 and udiva run to `evaluate` (their ingest, the
 front-end, training, scoring): deploy, register and explain read nothing source-specific, and each
-full repro costs about a minute more of CI (register alone ~30 s)."""
+full repro costs about a minute more of CI (register alone ~30 s). The folder pipeline's first run
+is `make run`'s (scripts/repro.py: the trainings side by side)."""
 from __future__ import annotations
 
 import json
@@ -170,9 +171,13 @@ def test_folder_pipeline_and_second_repro_does_nothing(tmp_path):
     (ds / "labels.csv").write_text("\n".join(lines) + "\n")
     repo = make_dvc_repo(tmp_path, {"source": "folder",
                                     "folder": {"labels": str(ds / "labels.csv")}})
-    repro(repo)
+    # as `make run` does: scripts/repro.py, its two trainings side by side
+    first = subprocess.run([sys.executable, "scripts/repro.py", "--jobs", "2"], cwd=repo,
+                           env=pipeline_env(), capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "Running 2 stages, 2 at a time" in first.stdout
     check_pipeline(repo, 4)
-    again = repro(repo)
+    again = repro(repo)  # and plain `dvc repro` finds all of it up to date
     assert again.stdout.count("Running stage") == 1  # the inputs fingerprint only
     assert "Running stage 'inputs'" in again.stdout
     # a corrected label: the fingerprint moves, ingest (and what follows from the manifest) runs
