@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 GOAL_SECONDS = 600.0
 RUNNING = re.compile(r"Running stage '([^']+)'")
-PARALLEL = re.compile(r"^Running \d+ stages, \d+ at a time")  # scripts/repro.py, step 2
+PARALLEL = re.compile(r"^Running \d+ stages?, \d+ at a time")  # scripts/repro.py, step 2
 LANE_DONE = re.compile(r"^(\S+): (ran|up to date|FAILED) \((\d+) s\)")  # one parallel stage
 # the README's grouping of stages, in pipeline order
 GROUPS = (("ingest", ("inputs", "ingest")),

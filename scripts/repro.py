@@ -13,9 +13,10 @@ command runs and takes the repository lock only around it (`--wait-for-lock`: wa
 than fail after 3 s). So this runs, in the repository of the current folder:
 
 1. `dvc repro <the stages the trainings depend on>` (ingest ... functionals), one at a time;
-2. the `train@<model>` stages, `--jobs` at a time, the longest first (by the seconds they took
-   last time here, else in `train.models` order), each `dvc --wait-for-lock repro --single-item
-   train@<model>`, its output in .dvc/tmp/repro/<stage>.log (the tail is printed if it fails);
+2. the `train@<model>` stages that `dvc status` lists, `--jobs` at a time, the longest first
+   (by the seconds they took last time here, else in `train.models` order), each
+   `dvc --wait-for-lock repro --single-item train@<model>`, its output in
+   .dvc/tmp/repro/<stage>.log (the tail is printed if it fails);
 3. `dvc repro`: the rest (retrain, deploy, evaluate, register, explain), the trainings up to date.
 
 The outputs are the bytes `dvc repro` gives: each training runs in its own process either way,
@@ -88,6 +89,18 @@ def read_seconds(root: Path) -> dict[str, float]:
         return {str(k): float(v) for k, v in data.items()}
     except (OSError, ValueError, AttributeError):
         return {}  # no earlier run here (a fresh clone), or an unreadable file: plain order
+
+
+def changed(root: Path, stages: list[str]) -> list[str]:
+    """Those of `stages` that `dvc status` lists (the others are up to date: no process for them).
+    If status fails, all of them: each one's own `dvc repro` then says what is wrong."""
+    done = subprocess.run([*dvc_command(), "status", "--json", *stages], cwd=root,
+                          capture_output=True, text=True)
+    try:
+        listed = json.loads(done.stdout) if done.returncode == 0 else None
+    except ValueError:
+        listed = None
+    return stages if listed is None else [s for s in stages if s in listed]
 
 
 def init_tracking(root: Path) -> None:
@@ -171,7 +184,8 @@ def run_parallel(root: Path, stages: list[str], jobs: int) -> list[str]:
     (root / LOG_DIR).mkdir(parents=True, exist_ok=True)
     seconds = read_seconds(root)
     lanes = Lanes(root, longest_first(stages, seconds), jobs)
-    print(f"Running {len(stages)} stages, {jobs} at a time: {', '.join(lanes.waiting)}",
+    print(f"Running {len(stages)} stage{'s' * (len(stages) != 1)}, {jobs} at a time: "
+          f"{', '.join(lanes.waiting)}",
           flush=True)  # bench/pipeline.py times this part from this line
     with tqdm(total=len(stages), desc=f"trainings, {jobs} at a time", unit="stage") as bar:
         try:
@@ -248,8 +262,10 @@ def run_all(root: Path, upstream: list[str], parallel: list[str], jobs: int) -> 
         return
     if upstream:
         dvc_repro(root, *upstream)
-    init_tracking(root)
-    failed = run_parallel(root, parallel, jobs)
+    to_run = changed(root, parallel)
+    if to_run:
+        init_tracking(root)
+    failed = run_parallel(root, to_run, jobs) if to_run else []
     if failed:
         report_failures(root, failed)
         sys.exit(1)

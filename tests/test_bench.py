@@ -56,3 +56,11 @@ def test_pipeline_bench_times_each_stage_and_groups_them_as_the_readme():
     assert bench.group_seconds(stages) == {"ingest": 70.0, "front-end": 80.0, "trainings": 50.0,
                                            "retrain": 50.0, "deploy + evaluate + register": 20.0,
                                            "explain": 60.0, "plots": 1.0}
+    # scripts/repro.py's side-by-side trainings: one event for all of them, each one's own seconds
+    assert bench.announcement("Running 8 stages, 2 at a time: train@a, train@b") == \
+        ("event", "train@ (side by side)")
+    assert bench.announcement("Running 1 stage, 2 at a time: train@a")[1] == "train@ (side by side)"
+    assert bench.announcement("train@perfex_cnn: ran (33 s)") == ("lane", "train@perfex_cnn 33")
+    assert bench.announcement("train@perfex_cnn: up to date (2 s)") is None
+    twice = bench.stage_seconds([(0.0, "inputs"), (1.0, "ingest"), (5.0, "inputs")], end=6.0)
+    assert twice == {"inputs": 2.0, "ingest": 4.0}  # inputs runs in steps 1 and 3: summed

@@ -129,6 +129,11 @@ def test_trainings_run_side_by_side_and_leave_the_pipeline_up_to_date(toy_repo):
     assert set(seconds) == {"train@a", "train@b", "train@c"}  # the next run's order
     again = run_script(toy_repo, "--jobs", "2")
     assert again.returncode == 0 and "Running stage" not in again.stdout
+    assert "at a time" not in again.stdout  # nothing to train: no process started for it
+    (toy_repo / "out" / "b.json").unlink()  # one training's output gone: only that one runs
+    third = run_script(toy_repo, "--jobs", "2")
+    assert third.returncode == 0 and "Running 1 stage, 2 at a time: train@b" in third.stdout
+    assert (toy_repo / "out" / "b.json").is_file()
 
 
 def test_a_failed_training_starts_no_other_and_names_itself(toy_repo):
