@@ -43,7 +43,7 @@ __all__ = [
     "repo_root", "data_path", "load_params", "load_params_file", "BaseParams",
     "read_artifact", "write_artifact", "ArtifactWriter", "check_schema",
     "atomic_write_text", "atomic_write_json", "progress", "get_logger", "mlflow_run", "run_stage",
-    "mlflow_ui_url", "pipeline_tags",
+    "mlflow_ui_url", "init_pipeline_tracking", "pipeline_tags",
 ]
 
 
@@ -710,15 +710,29 @@ def _tracking_uri(root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}?timeout=120"
 
 
-def mlflow_ui_url(base: str = "http://127.0.0.1:5000") -> str:
-    """The MLflow UI's link to the experiment's training runs (`make ui` prints it)."""
+def _open_store():
+    """(mlflow, experiment id): the module pointed at the project's store, the experiment made
+    if new (mlflow's import costs seconds: only callers that track pay it)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
     root = tracking_root()
     mlflow.set_tracking_uri(_tracking_uri(root))
-    return f"{base.rstrip('/')}/#/experiments/{_experiment_id(mlflow, root)}" \
-           "?workflowType=machine_learning"
+    return mlflow, _experiment_id(mlflow, root)
+
+
+def mlflow_ui_url(base: str = "http://127.0.0.1:5000") -> str:
+    """The MLflow UI's link to the experiment's training runs (`make ui` prints it)."""
+    _, experiment_id = _open_store()
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
+def init_pipeline_tracking() -> str:
+    """Make the store, the experiment and this pipeline run's parent run, and return the parent's
+    id: scripts/repro.py calls it before stages run side by side, which could otherwise each
+    create the SQLite file or a parent run of their own at the same moment."""
+    mlflow, experiment_id = _open_store()
+    return pipeline_parent(mlflow, experiment_id, pipeline_tags(repo_root()))
 
 
 def pipeline_parent(mlflow, experiment_id: str, tags: dict[str, str]) -> str:
@@ -776,13 +790,8 @@ def mlflow_run(stage: str, *, run_name: str | None = None, params: dict | None =
     Yields the `mlflow` module so that callers log with `mlf.log_metric(...)` without importing it
     (mlflow's import costs seconds; stages that never track never pay it).
     """
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    import mlflow
-
-    root = tracking_root()
-    mlflow.set_tracking_uri(_tracking_uri(root))
-    experiment_id = _experiment_id(mlflow, root)
+    mlflow, experiment_id = _open_store()
     mlflow.set_experiment(experiment_id=experiment_id)
     shared = pipeline_tags(repo_root())
     parent = pipeline_parent(mlflow, experiment_id, shared)

@@ -20,12 +20,16 @@ than fail after 3 s). So this runs, in the repository of the current folder:
 3. `dvc repro`: the rest (retrain, deploy, evaluate, register, explain), the trainings up to date.
 
 The outputs are the bytes `dvc repro` gives: each training runs in its own process either way,
-on one thread, from the same seed (checked in tests/test_repro_parallel.py and by the pipeline
-bench). The MLflow store is created before the trainings start, so that two of them never create
-one SQLite file at once. A failed training starts no new one; the running ones finish (their
-outputs committed by DVC) and the exit code is 1. Ctrl-C (or SIGTERM) sends SIGINT to every
-running training: DVC discards what they had written, and nothing is left running.
-`--jobs` defaults to the cores this process may use divided by `train.threads` (0: all cores).
+on one thread, from the same seed (the pipeline bench's fresh clone reproduced every output of
+dvc.lock byte for byte: README, How long). The MLflow store, its experiment and the pipeline's
+parent run are made before the trainings start, so that two of them never create one at once.
+A failed training starts no new one; the running ones finish (committed by DVC) and the exit
+code is 1. Ctrl-C, SIGTERM or a hang-up send SIGINT to every running stage's process group (DVC
+then commits nothing; the stages write their outputs atomically), SIGKILL after a grace of a
+minute to what is left, and the exit code is 130: nothing is left running. `--jobs` defaults to
+the cores this process may use (its CPU affinity and cgroup quota) divided by `train.threads`,
+at most 4 (memory: each training holds its inputs); `train.threads: 0` (torch's own choice,
+every core) gives 1.
 """
 from __future__ import annotations
 
@@ -45,13 +49,82 @@ import yaml
 PARALLEL_PREFIX = "train@"  # stages that use one core each and may run side by side
 LOG_DIR = Path(".dvc") / "tmp" / "repro"
 SECONDS_FILE = LOG_DIR / "seconds.json"  # {stage: seconds of its last run here}: the order
-GRACE_SECONDS = 60.0  # after Ctrl-C, how long running trainings get to stop before SIGKILL
+GRACE_SECONDS = 60.0  # after Ctrl-C, how long running stages get to stop before SIGKILL
+MAX_DEFAULT_JOBS = 4
+# Signals received. The handler only records them; the loops below look between polls. A handler
+# that raised could land inside Popen (after the fork) or inside `interrupt` and orphan a stage.
+STOP: list[int] = []
+
+
+class Interrupted(Exception):
+    """A recorded signal, raised where every started process is known."""
+
+
+def _record_signal(signum, frame) -> None:
+    STOP.append(signum)
+
+
+def check_stop() -> None:
+    if STOP:
+        raise Interrupted
 
 
 def dvc_command() -> list[str]:
     """`dvc` of this interpreter's environment (the venv), else the one on PATH."""
     local = Path(sys.executable).parent / "dvc"
     return [str(local) if local.exists() else "dvc"]
+
+
+def spawn(root: Path, args: list[str], log: Path | None = None) -> subprocess.Popen:
+    """`dvc <args>` in its own process group (a signal to this script does not reach it: only
+    `interrupt` does, once), its output to `log` or to this terminal."""
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(log.open("w")) if log else None
+        return subprocess.Popen([*dvc_command(), *args], cwd=root, stdout=out,
+                                stderr=subprocess.STDOUT if log else None,
+                                start_new_session=True)
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process of group `pgid` still runs (a zombie waiting for a reaper does not)."""
+    procfs = Path("/proc")
+    if not procfs.is_dir():
+        try:
+            os.killpg(pgid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+    for stat in procfs.glob("[0-9]*/stat"):
+        try:  # fields after the command's ")": state, ppid, pgrp, ...
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # ended meanwhile
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def interrupt(procs: list[subprocess.Popen]) -> None:
+    """SIGINT to each process's group (as Ctrl-C would: DVC's stage command stops and DVC commits
+    nothing), SIGKILL to what is still there after the grace; returns when every group is gone.
+    Signals meanwhile are only recorded, so this cannot be cut short."""
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):  # the group ended meanwhile
+                os.killpg(proc.pid, signal.SIGINT)
+    deadline = time.monotonic() + GRACE_SECONDS
+    for proc in procs:
+        while (proc.poll() is None or group_alive(proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.1)  # dvc may exit before its stage's command: wait for the group
+        if proc.poll() is None or group_alive(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def exit_code(returncode: int) -> int:
+    """A child's return code as a shell reports it (killed by signal N: 128 + N)."""
+    return 128 - returncode if returncode < 0 else returncode
 
 
 def plan(root: Path) -> tuple[list[str], list[str]]:
@@ -68,12 +141,24 @@ def plan(root: Path) -> tuple[list[str], list[str]]:
         return sorted(s.addressing for s in upstream), [s.addressing for s in parallel]
 
 
+def usable_cores() -> int:
+    """Cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (a
+    container's limit, which the affinity does not show)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores or 1, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota
+    return cores or 1
+
+
 def default_jobs(root: Path) -> int:
-    """Cores this process may use, divided by the torch threads of one training."""
+    """Usable cores divided by the torch threads of one training, at most MAX_DEFAULT_JOBS."""
     params = yaml.safe_load((root / "params.yaml").read_text()) or {}
     threads = int((params.get("train") or {}).get("threads") or 0)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) // threads) if threads > 0 else 1
+    return max(1, min(MAX_DEFAULT_JOBS, usable_cores() // threads)) if threads > 0 else 1
 
 
 def longest_first(stages: list[str], seconds: dict[str, float]) -> list[str]:
@@ -87,7 +172,7 @@ def read_seconds(root: Path) -> dict[str, float]:
     try:
         data = json.loads((root / SECONDS_FILE).read_text())
         return {str(k): float(v) for k, v in data.items()}
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, TypeError, AttributeError):
         return {}  # no earlier run here (a fresh clone), or an unreadable file: plain order
 
 
@@ -104,14 +189,15 @@ def changed(root: Path, stages: list[str]) -> list[str]:
 
 
 def init_tracking(root: Path) -> None:
-    """Create the MLflow store and experiment once, before parallel stages may both try."""
+    """Create the MLflow store, its experiment and this pipeline run's parent run once, before
+    parallel stages could each create one (two parents, or two writers of a new SQLite file)."""
     params = yaml.safe_load((root / "params.yaml").read_text()) or {}
     if not (params.get("train") or {}).get("mlflow", True):
         return
     sys.path.insert(0, str(root))
-    from personality.common import mlflow_ui_url
+    from personality import common
 
-    mlflow_ui_url()
+    common.init_pipeline_tracking()
 
 
 class Lanes:
@@ -128,11 +214,8 @@ class Lanes:
     def start_next(self) -> None:
         while self.waiting and len(self.running) < self.jobs and not self.failed:
             stage = self.waiting.popleft()
-            log = (self.root / LOG_DIR / f"{stage}.log").open("w")
-            proc = subprocess.Popen(
-                [*dvc_command(), "--wait-for-lock", "repro", "--single-item", stage],
-                cwd=self.root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            log.close()  # the child holds its own descriptor
+            proc = spawn(self.root, ["--wait-for-lock", "repro", "--single-item", stage],
+                         log=self.root / LOG_DIR / f"{stage}.log")
             self.running[stage] = (proc, time.perf_counter())
 
     def reap(self) -> list[str]:
@@ -152,23 +235,6 @@ class Lanes:
         """Interrupt every running stage (the others were never started)."""
         interrupt([proc for proc, _ in self.running.values()])
         self.running.clear()
-
-
-def interrupt(procs: list[subprocess.Popen]) -> None:
-    """SIGINT to each process's group (as Ctrl-C would: DVC then discards the stage's outputs),
-    SIGKILL to those still running after the grace, and wait for all of them."""
-    for proc in procs:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):  # the group ended meanwhile
-                os.killpg(proc.pid, signal.SIGINT)
-    deadline = time.monotonic() + GRACE_SECONDS
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def ran(root: Path, stage: str) -> bool:
@@ -196,17 +262,23 @@ def run_parallel(root: Path, stages: list[str], jobs: int) -> list[str]:
                 if bar.postfix != ", ".join(lanes.running):  # one line per change in a log
                     bar.set_postfix_str(", ".join(lanes.running), refresh=True)
                 time.sleep(0.5)
+                check_stop()
                 for stage in lanes.reap():
-                    state = ("FAILED" if stage in lanes.failed else
-                             "ran" if ran(root, stage) else "up to date")
-                    bar.write(f"{stage}: {state} ({lanes.done[stage]:.0f} s)")
-                    if state == "ran":
-                        seconds[stage] = round(lanes.done[stage], 1)
-                    bar.update()
+                    report_stage(root, lanes, stage, bar, seconds)
         finally:
-            lanes.stop()  # on Ctrl-C or an error here: nothing is left running
+            lanes.stop()  # after a signal or an error here: nothing is left running
             (root / SECONDS_FILE).write_text(json.dumps(seconds, indent=1, sort_keys=True))
     return lanes.failed
+
+
+def report_stage(root: Path, lanes: Lanes, stage: str, bar, seconds: dict[str, float]) -> None:
+    """One line for a finished stage; its seconds kept for the next run's order if it ran."""
+    state = ("FAILED" if stage in lanes.failed else
+             "ran" if ran(root, stage) else "up to date")
+    bar.write(f"{stage}: {state} ({lanes.done[stage]:.0f} s)")
+    if state == "ran":
+        seconds[stage] = round(lanes.done[stage], 1)
+    bar.update()
 
 
 def report_failures(root: Path, failed: list[str]) -> None:
@@ -217,20 +289,16 @@ def report_failures(root: Path, failed: list[str]) -> None:
 
 
 def dvc_repro(root: Path, *targets: str) -> None:
-    """`dvc repro [targets]`, its output on this terminal; exits with its code if it fails. In its
-    own process group, like the trainings, so that Ctrl-C reaches it once, from `interrupt`."""
-    proc = subprocess.Popen([*dvc_command(), "repro", *targets], cwd=root,
-                            start_new_session=True)
+    """`dvc repro [targets]`, its output on this terminal; exits with its code if it fails."""
+    proc = spawn(root, ["repro", *targets])
     try:
-        code = proc.wait()
+        while proc.poll() is None:
+            time.sleep(0.2)
+            check_stop()
     finally:
-        interrupt([proc])  # nothing to do unless this wait was interrupted
-    if code != 0:
-        sys.exit(code)
-
-
-def _terminate_as_interrupt(signum, frame):
-    raise KeyboardInterrupt
+        interrupt([proc])  # nothing to do unless a signal came
+    if proc.returncode != 0:
+        sys.exit(exit_code(proc.returncode))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -244,13 +312,16 @@ def main(argv: list[str] | None = None) -> None:
     upstream, parallel = plan(root)
     order = longest_first(parallel, read_seconds(root))
     if args.dry:
-        print(f"1. dvc repro {' '.join(upstream)}\n2. {jobs} at a time: {' '.join(order)}\n"
-              "3. dvc repro")
+        print("dvc repro" if jobs <= 1 or len(parallel) <= 1 else
+              f"1. dvc repro {' '.join(upstream)}\n2. those of these that dvc status lists, "
+              f"{jobs} at a time: {' '.join(order)}\n3. dvc repro")
         return
-    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    sys.stdout.reconfigure(line_buffering=True)  # in order with the children's lines in a pipe
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _record_signal)
     try:
         run_all(root, upstream, parallel, jobs)
-    except KeyboardInterrupt:
+    except Interrupted:
         print("interrupted: no stage left running; `make run` or `dvc repro` goes on from here",
               file=sys.stderr)
         sys.exit(130)

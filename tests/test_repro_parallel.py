@@ -31,6 +31,10 @@ Path("marks", item).write_text(json.dumps({"pid": os.getpid(), "start": time.tim
 if Path("broken", item).exists():
     sys.exit(f"{item} is broken")
 start = time.time()
+together = os.environ.get("TOGETHER", "").split(",")  # these wait for each other's start
+while item in together and not all(Path("marks", o).exists() for o in together) \
+        and time.time() - start < 60:
+    time.sleep(0.05)
 time.sleep(float(os.environ.get("WORK_SECONDS", "2")))
 Path("out").mkdir(exist_ok=True)
 tmp = Path("out", f".{item}.tmp")
@@ -107,20 +111,34 @@ def test_longest_first_then_unknown_in_order():
 
 
 @pytest.mark.parametrize("threads, cores, jobs", [(1, 2, 2), (2, 2, 1), (0, 16, 1), (1, 1, 1),
-                                                  (4, 16, 4)])
+                                                  (4, 16, 4), (1, 16, repro.MAX_DEFAULT_JOBS)])
 def test_jobs_are_the_cores_over_the_threads_of_one_training(tmp_path, monkeypatch, threads,
                                                              cores, jobs):
     (tmp_path / "params.yaml").write_text(f"train:\n  threads: {threads}\n")
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setattr(repro, "usable_cores", lambda: cores)
     assert repro.default_jobs(tmp_path) == jobs
 
 
+def test_usable_cores_and_exit_codes():
+    assert 1 <= repro.usable_cores() <= (os.cpu_count() or 1)
+    assert repro.exit_code(-signal.SIGKILL) == 137 and repro.exit_code(3) == 3
+
+
+def test_one_job_is_plain_dvc_repro(toy_repo):
+    done = run_script(toy_repo, "--jobs", "1")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "at a time" not in done.stdout and "Running stage 'train@c'" in done.stdout
+    assert (toy_repo / "report.txt").read_text() == "done"
+
+
 def test_trainings_run_side_by_side_and_leave_the_pipeline_up_to_date(toy_repo):
-    done = run_script(toy_repo, "--jobs", "2")
+    # a and b wait (up to a minute) until both have started: one after the other, the second
+    # would start only after the first ended, and the spans could not overlap
+    done = run_script(toy_repo, "--jobs", "2", extra_env={"TOGETHER": "a,b"})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     spans = {i: json.loads((toy_repo / "out" / f"{i}.json").read_text()) for i in "abc"}
-    # a and b started together: each began before the other ended
     assert spans["a"]["start"] < spans["b"]["end"] and spans["b"]["start"] < spans["a"]["end"]
+    assert spans["a"]["end"] - spans["a"]["start"] < 30  # they did not wait out the minute
     assert (toy_repo / "report.txt").read_text() == "done"
     assert "Data and pipelines are up to date" in dvc_status(toy_repo)
     lock = yaml.safe_load((toy_repo / "dvc.lock").read_text())["stages"]
@@ -149,7 +167,8 @@ def test_a_failed_training_starts_no_other_and_names_itself(toy_repo):
     assert not (toy_repo / "report.txt").exists()
 
 
-def test_ctrl_c_stops_every_training_and_leaves_no_lock(toy_repo):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_ctrl_c_stops_every_training_and_leaves_no_lock(toy_repo, signum):
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "scripts" / "repro.py"), "--jobs", "2"], cwd=toy_repo,
         env={**env(), "WORK_SECONDS": "60"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -160,13 +179,15 @@ def test_ctrl_c_stops_every_training_and_leaves_no_lock(toy_repo):
         time.sleep(0.2)
     assert all(m.exists() for m in marks), "the two trainings never started"
     time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)  # to the script alone, as a terminal's Ctrl-C reaches it
+    proc.send_signal(signum)  # to the script alone (its stages run in process groups of their own)
     out, err = proc.communicate(timeout=90)
     assert proc.returncode == 130, err[-2000:]
     for mark in marks:
         assert not alive(json.loads(mark.read_text())["pid"])  # nothing left running
-    assert not any((toy_repo / "out" / f"{i}.json").exists() for i in "ab")
-    assert "train@a" in dvc_status(toy_repo)  # DVC answers (no lock left) and has not committed it
+    lock = toy_repo / "dvc.lock"
+    stages = yaml.safe_load(lock.read_text())["stages"] if lock.exists() else {}
+    assert "prep" in stages and "train@a" not in stages and "train@b" not in stages
+    assert "train@a" in dvc_status(toy_repo)  # DVC answers (no lock left): a is still to run
     resumed = run_script(toy_repo, "--jobs", "2")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert (toy_repo / "report.txt").read_text() == "done"

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from stages import evaluate as ev
-from personality.common import EXPERIMENT_NAME, mlflow_run
+from personality.common import EXPERIMENT_NAME, init_pipeline_tracking, mlflow_run
 from test_evaluate import make_manifest, predictions, truth, write_root
 
 REPO = Path(__file__).resolve().parents[1]  # the checkout, wherever CI puts it
@@ -147,6 +147,24 @@ def test_evaluate_logs_runs_into_root_mlflow_db(tmp_path, rng, tracking_env, emp
                             filter_string="tags.stage = 'evaluate' and tags.eval_kind = 'model'")
     assert sorted(df["tags.model"]) == ["noisy", "perfect"]
     assert "metrics.test_mean_ccc" in df.columns and "params.model" in df.columns
+
+
+def test_the_parent_made_before_parallel_stages_is_the_one_they_use(tmp_path, tracking_env):
+    """scripts/repro.py makes the store, experiment and pipeline parent before trainings run side
+    by side: each then nests under that one parent instead of racing to create its own."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "dvc.yaml").write_text("stages: {}\n")
+    (root / "params.yaml").write_text("seed: 1\n")
+    tracking_env.setenv("DVC_ROOT", str(root))
+    tracking_env.chdir(root)
+    parent = init_pipeline_tracking()
+    assert (root / "mlflow.db").is_file()
+    for model in ("a", "b"):
+        with mlflow_run("train", run_name=f"train:{model}", tags={"model": model}) as mlf:
+            assert mlf.active_run().data.tags["mlflow.parentRunId"] == parent
+    assert init_pipeline_tracking() == parent
+    assert [r.info.run_id for r in runs_of(root / "mlflow.db", parents=True)] == [parent]
 
 
 def test_queued_experiment_logs_into_the_repo_store(tmp_path, tracking_env, empty_store):
