@@ -21,6 +21,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import repro  # noqa: E402  (scripts/repro.py)
+from tests.test_pipeline_sources import pipeline_env  # noqa: E402  (dvc and python of the venv)
 
 WORK = '''
 import json, os, sys, time
@@ -51,13 +52,6 @@ DVC_YAML = {"stages": {
                "deps": ["out/a.json", "out/b.json", "out/c.json"], "outs": ["report.txt"]}}}
 
 
-def env() -> dict:
-    out = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1"}
-    out.pop("DVC_ROOT", None)
-    return out
-
-
 @pytest.fixture
 def toy_repo(tmp_path) -> Path:
     """git + DVC repository: prep -> train@a, train@b, train@c (2 s each) -> report."""
@@ -70,18 +64,19 @@ def toy_repo(tmp_path) -> Path:
     for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "ci@example.com"],
                 ["git", "config", "user.name", "ci"], ["dvc", "init", "-q"],
                 ["git", "add", "-A"], ["git", "commit", "-qm", "toy"]):
-        subprocess.run(cmd, cwd=repo, env=env(), check=True, capture_output=True)
+        subprocess.run(cmd, cwd=repo, env=pipeline_env(), check=True, capture_output=True)
     return repo
 
 
 def run_script(repo: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "scripts" / "repro.py"), *args], cwd=repo,
-                          env={**env(), **kwargs.pop("extra_env", {})}, capture_output=True,
-                          text=True, timeout=300, **kwargs)
+                          env={**pipeline_env(), **kwargs.pop("extra_env", {})},
+                          capture_output=True, text=True, timeout=300, **kwargs)
 
 
 def dvc_status(repo: Path) -> str:
-    done = subprocess.run(["dvc", "status"], cwd=repo, env=env(), capture_output=True, text=True)
+    done = subprocess.run(["dvc", "status"], cwd=repo, env=pipeline_env(), capture_output=True,
+                          text=True)
     assert done.returncode == 0, done.stderr  # no stale lock
     return done.stdout
 
@@ -171,8 +166,9 @@ def test_a_failed_training_starts_no_other_and_names_itself(toy_repo):
 def test_ctrl_c_stops_every_training_and_leaves_no_lock(toy_repo, signum):
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "scripts" / "repro.py"), "--jobs", "2"], cwd=toy_repo,
-        env={**env(), "WORK_SECONDS": "60"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        env={**pipeline_env(), "WORK_SECONDS": "60"}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     marks = [toy_repo / "marks" / i for i in "ab"]
     deadline = time.monotonic() + 120
     while not all(m.exists() for m in marks) and time.monotonic() < deadline:
