@@ -10,15 +10,25 @@ each trait the check asks whether at least two of its three heaviest planted cue
 are among the cues of its k most important features, how often that holds over bootstrap
 resamples, and how often k features drawn at random would pass (chance). stages/explain.py runs
 it; docs/evaluation.md shows the tables.
+
+What a feature measures is decided two ways: by its name (`CUE_RULES`, `cluster_cue`: a cluster
+of functionals takes the cue most of its cue-carrying members measure), and, because the default
+data know their latent cues, by the data (`measured_cues`: the cue a column follows best on the
+train clips, if at |Spearman r| >= 0.5). `cue_checks` runs every variant for one model.
 """
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from personality.schemas import TRAITS
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 __all__ = ["CUE_RULES", "cue_of", "cluster_cue", "planted_cues", "cue_hits", "same_cue",
-           "cue_check"]
+           "cue_check", "measured_cues", "measured_check", "cue_checks"]
 
 # functional -> the synthetic cue it measures: (cue, exact names or prefixes ending in "_").
 # Visual: personality/cues.py's statistics and the AUs they read (AU06, the cheek raiser, moves
@@ -110,3 +120,66 @@ def cluster_cue(members: list[str]) -> str:
     counts = {cue: sum(cue_of(m) == cue for m in members) for cue, _ in CUE_RULES}
     best = max(counts.values())
     return next(cue for cue, n in counts.items() if n == best) if best else ""
+
+
+def measured_cues(x: np.ndarray, latent: np.ndarray, cues: list[str],
+                  min_r: float) -> tuple[list[str], np.ndarray]:
+    """What each column of x (n, F) follows in the data, not by its name: the latent cue
+    (latent (n, C), the generator's cues of the same n clips) with the largest |Spearman r|, or
+    '' where that |r| is below min_r; and the |r| (F,). Pairwise over rows where both are
+    finite (a clip without a face has NaN AU functionals)."""
+    import pandas as pd
+
+    both = pd.concat([pd.DataFrame(x), pd.DataFrame(latent, columns=[f"cue{j}" for j in
+                                                                       range(latent.shape[1])])],
+                     axis=1)
+    r = both.rank().corr(method="pearson", min_periods=3).to_numpy()[:x.shape[1], x.shape[1]:]
+    r = np.abs(np.nan_to_num(r, nan=0.0))  # (F, C); a constant column follows nothing
+    best = r.argmax(axis=1)
+    strength = r[np.arange(len(best)), best]
+    return [cues[b] if v >= min_r else "" for b, v in zip(best, strength)], strength
+
+
+def measured_check(perm: dict, train: pd.DataFrame | None, latent: pd.DataFrame | None,
+                   law: tuple[np.ndarray, list[str]], top_k: int, min_r: float) -> tuple | None:
+    """The cluster check with each cluster's cue *measured* (the latent cue its medoid follows
+    on the train clips at |Spearman r| >= min_r: measured_cues) instead of named by CUE_RULES:
+    (check, {cluster: [cue, |r|]}), or None without clusters or latent cues. train: the train
+    clips' functionals, latent: their cues (both indexed by video_id)."""
+    if latent is None or train is None or "clusters" not in perm:
+        return None
+    c = perm["clusters"]
+    ids = [v for v in train.index if v in latent.index]
+    found, r = measured_cues(train.loc[ids, c["medoids"]].to_numpy(np.float64),
+                             latent.loc[ids, law[1]].to_numpy(np.float64), law[1],
+                             min_r)
+    check = cue_check(perm["cluster_importance"], c["names"], *law, k_top=top_k,
+                      to_cue=dict(zip(c["names"], found)).get)
+    return check, {n: [f, float(v)] for n, f, v in zip(c["names"], found, r)}
+
+
+def cue_checks(perm: dict, law: tuple[np.ndarray, list[str]], top_k: int,
+               train: pd.DataFrame | None = None, latent: pd.DataFrame | None = None,
+               min_r: float = 0.5) -> tuple[dict, dict | None]:
+    """The planted-cue checks of one model's permutation result (perm: stages/explain.py's) under
+    the law (LABEL_WEIGHTS, CUES): ({"cue_check" (clusters, else columns), "cue_check_columns",
+    "cue_check_val" (clusters on the validation clips alone, when cross-fitted),
+    "cue_check_measured" (clusters by measured cue: measured_check, when the latent cues are
+    known), "cue_check_grouped" (by cue)}, the measured cue of each cluster or None)."""
+    columns = cue_check(perm["importance"], perm["features"], *law, k_top=top_k)
+    out = {"cue_check": columns, "cue_check_columns": columns}
+    if "clusters" in perm:  # the check's features: clusters of interchangeable columns
+        c = perm["clusters"]
+        to_cue = dict(zip(c["names"], c["cues"])).get
+        out["cue_check"] = cue_check(perm["cluster_importance"], c["names"], *law, k_top=top_k,
+                                     to_cue=to_cue)
+        if perm["cluster_importance_val"] is not None:  # cross-fitted: val beside it
+            out["cue_check_val"] = cue_check(perm["cluster_importance_val"], c["names"], *law,
+                                             k_top=top_k, to_cue=to_cue)
+    if "cues" in perm:
+        out["cue_check_grouped"] = cue_check(perm["cue_importance"], perm["cues"], *law, k_top=3,
+                                             to_cue=same_cue)
+    measured = measured_check(perm, train, latent, law, top_k, min_r)
+    if measured is not None:
+        out["cue_check_measured"] = measured[0]
+    return out, (measured[1] if measured is not None else None)

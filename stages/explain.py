@@ -15,17 +15,25 @@ bootstrap over subjects, `explain.bootstrap` resamples):
     is a feature vector (functionals, audio_fn: one column at a time) or an AU sequence (aus: one
     AU channel across clips): the drop in CCC when the feature is shuffled across clips, mean of
     `explain.repeats` shuffles. Image and spectrogram models have no such features: (a) only.
+    Cross-fitting (`explain.crossfit_folds`, closed-form models: functionals_ridge and _gbt):
+    the train clips are scored too, in folds of subjects, each by a refit of the model's whole
+    training procedure on the other folds (models/classical.refit), so every clip is scored by a
+    model that never saw its subject, and the importance rests on train + val clips (125 on the
+    default data) instead of val alone (28, 8 subjects: the intervals of the val-only ranking
+    are too wide to rank the second and third cue). Each part's clips are shuffled among
+    themselves; the bootstrap resamples the subjects of all parts. Test is never used.
 
 Cue check (the default synthetic data only: the generator knows its law, `LABEL_WEIGHTS` in
 personality/synthetic.py): each functional is mapped to the latent cue it measures (`CUE_RULES`,
 from docs/frontend.md's and docs/audio.md's statistic per cue), and for each trait the stage asks
 whether at least two of its three heaviest planted cues (by |weight|) are among the cues of its
 `explain.top_k` most important features (permutation importance of `explain.cue_models` on
-validation). A "feature" there is a cluster of interchangeable functionals (`cluster_distance`:
-1 - |Spearman r| on the train clips, no labels; a cluster's cue is the one most of its members
-measure), shuffled as one: one column at a time, a cue read by many proxies loses its importance
-to each of them. The column-at-a-time and the by-cue checks are reported beside it. "share" is
-how often the check holds over the subject resamples.
+validation, cross-fitted over train). A "feature" there is a cluster of interchangeable
+functionals (`cluster_distance`: 1 - |Spearman r| on the train clips, no labels; a cluster's cue
+is the one most of its members measure), shuffled as one: one column at a time, a cue read by
+many proxies loses its importance to each of them. The same check on the validation clips alone,
+one column at a time and by cue is reported beside it. "share" is how often the check holds over
+the subject resamples.
 
 Outputs: metrics/explain.json (per model the top features per trait with intervals, the cue
 check), metrics/explain/<model>.csv (every feature x trait: r with prediction and label,
@@ -40,6 +48,7 @@ import dataclasses
 import time
 from operator import itemgetter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -48,14 +57,16 @@ from personality.common import (BaseParams, ParamsError, StageInputError, atomic
                                 atomic_write_text, experiment_models, find_checkpoint,
                                 get_logger, load_params, mlflow_run, repo_root, stage_errors,
                                 write_tracking_receipt)
-from personality.cue_check import cluster_cue, cue_check, cue_of, same_cue
+from personality.cue_check import cluster_cue, cue_checks, cue_of
 from personality.executor import local_processes, map_jobs
+from personality.explain_report import markdown, write_model_files
 from personality.schemas import TRAITS
 
 log = get_logger("explain")
 
 MANIFEST = Path("data/manifest.parquet")
 FUNCTIONALS = Path("data/functionals/functionals.parquet")
+SYNTHETIC_CUES = Path("data/synthetic_cues.parquet")  # ingest: the generator's cues (or empty)
 PREDICTIONS = Path("data/predictions")
 OUT_JSON = Path("metrics/explain.json")
 OUT_MD = Path("metrics/explain.md")
@@ -66,6 +77,9 @@ PERMUTABLE = ("functionals", "audio_fn", "aus")  # inputs whose features can be 
 class ExplainParams:
     correlation_splits: list[str] = dataclasses.field(default_factory=lambda: ["val", "test"])
     permutation_split: str = "val"  # importance is measured here (never on test)
+    # closed-form models: the train clips count too, each fold of subjects scored by a refit on
+    # the other folds (crossfit); 0: the permutation_split clips alone
+    crossfit_folds: int = 5
     repeats: int = 20  # shuffles per feature
     bootstrap: int = 200  # subject resamples behind every interval
     ci_level: float = 0.95
@@ -75,15 +89,20 @@ class ExplainParams:
     cluster_distance: float = 0.3
     cue_models: list[str] = dataclasses.field(
         default_factory=lambda: ["functionals_gbt", "functionals_ridge"])
+    # default data: each cluster also gets the latent cue its medoid follows at |Spearman r| >=
+    # this on the train clips, and the check is reported with that measured cue too
+    measured_cue_r: float = 0.5
     mlflow: bool = True
     dpi: int = 90
 
     def __post_init__(self) -> None:
         if self.repeats < 1 or self.bootstrap < 1 or self.top_k < 1 or \
                 not 0.5 <= self.ci_level < 1.0 or not self.correlation_splits or \
-                not 0.0 <= self.cluster_distance < 1.0:
+                not 0.0 <= self.cluster_distance < 1.0 or self.crossfit_folds < 0 or \
+                self.crossfit_folds == 1 or self.permutation_split in ("test", "train"):
             raise ParamsError("explain: repeats, bootstrap, top_k >= 1; ci_level in [0.5, 1); "
-                              "cluster_distance in [0, 1); correlation_splits not empty")
+                              "cluster_distance in [0, 1); correlation_splits not empty; "
+                              "crossfit_folds 0 or >= 2; permutation_split not test or train")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -131,60 +150,127 @@ def clusters_of(names: list[str], train: pd.DataFrame | None,
     groups, medoids = feature_clusters(train[names].to_numpy(np.float64), max_distance)
     members = [[names[i] for i in g] for g in groups]
     return {"groups": groups, "members": members, "cues": [cluster_cue(m) for m in members],
+            "medoids": [names[m] for m in medoids],
             "names": [names[m] + (f" (+{len(g) - 1})" if len(g) > 1 else "")
                       for g, m in zip(groups, medoids)]}
 
 
-def permutation(root: Path, model: str, table: pd.DataFrame, p: ExplainParams,
-                seed: int, train: pd.DataFrame | None = None) -> dict | None:
-    """Permutation importance of `model` on p.permutation_split, or None when its inputs have
-    no features to shuffle. {"key", "features", "importance": {...}, "n_clips", "base_ccc"};
-    "clusters" and "cluster_importance" (each cluster of interchangeable functionals shuffled
-    as one: clusters_of) when the inputs are functionals columns; and for p.cue_models "cues"
-    and "cue_importance": all features of one cue shuffled
-    together (one clip gives them all), which survives the cue's proxies standing in for each
-    other (17 AU12 statistics read one smile)."""
-    from models.data import build_sources, for_inference
+@dataclasses.dataclass
+class Scored:
+    """Clips one model scores for permutation importance: the trained model on validation, or
+    (cross-fitting) a refit that never saw their subjects on one fold of the train clips."""
+    model: Any
+    views: dict  # {video_id: {key: (V, ...) tensor}}: each clip's eval views
+    y: np.ndarray  # (n, 5) labels
+    subjects: list
+    split: str
+
+
+def _clips_of(root: Path, inputs: list[str], config: dict, clips: pd.DataFrame
+              ) -> tuple[list, list[str], dict, pd.DataFrame]:
+    """(sources, ids, views, rows) of the clips of `clips` that every input source has."""
+    from models.data import build_sources
+    from models.explain import clip_views
+
+    sources = build_sources(inputs, root=root, video_ids=list(clips.index), config=config)
+    ids = [v for v in clips.index if all(s.has(v) for s in sources)]
+    return sources, ids, {v: clip_views(sources, v) for v in ids}, clips.loc[ids]
+
+
+def crossfit(net: Any, key: str, train: tuple, names: list[str], folds: int) -> list[Scored]:
+    """The train clips in `folds` folds by subject, each scored by a refit of `net` on the other
+    folds (models/classical.refit: the model's own grid searched again inside)."""
+    from models.classical import group_folds, refit
+
+    _, ids, views, rows = train
+    x = np.concatenate([views[v][key][:1].numpy() for v in ids]).astype(np.float64)  # (n, F)
+    y = rows[list(TRAITS)].to_numpy(np.float64)
+    g = rows["subject_id"].to_numpy()
+    parts = []
+    for held in group_folds(g, folds):
+        keep = np.setdiff1d(np.arange(len(ids)), held)
+        parts.append(Scored(refit(net, x[keep], y[keep], g[keep], names),
+                            {ids[i]: views[ids[i]] for i in held}, y[held], list(g[held]),
+                            "train"))
+    return parts
+
+
+def scored_clips(root: Path, model: str, table: pd.DataFrame, p: ExplainParams
+                 ) -> tuple[str, list[str], list[Scored]] | None:
+    """(input key, feature names, parts): the p.permutation_split clips scored by the trained
+    model, then (p.crossfit_folds, a closed-form model on functionals) the train clips scored
+    by refits (crossfit). None when the model's inputs have no features to shuffle."""
+    from models.data import for_inference
     from models.engine import load_checkpoint
-    from models.explain import clip_views, feature_names, predict_views
-    from models.importance import (bootstrap_weights, permutation_importance,
-                                   permuted_predictions, weighted_ccc)
+    from models.explain import feature_names
 
     net, ckpt = load_checkpoint(find_checkpoint(model, root))
     inputs = list(ckpt.get("inputs", []))
     key = next((k for k in PERMUTABLE if k in inputs), None)
     if key is None:
         return None
-    clips = table[table["split"] == p.permutation_split]
-    sources = build_sources(inputs, root=root, video_ids=list(clips.index),
-                            config=for_inference(ckpt.get("source_config")))
-    ids = [v for v in clips.index if all(s.has(v) for s in sources)]
-    views = {v: clip_views(sources, v) for v in ids}
-    y = clips.loc[ids, list(TRAITS)].to_numpy(np.float64)
-    base = predict_views(net, views)  # (n, 5)
-    perm = permuted_predictions(net, views, key, repeats=p.repeats, seed=seed,
-                                desc=f"explain {model}")  # (F, R, n, 5)
-    w = bootstrap_weights(clips.loc[ids, "subject_id"].tolist(), n_boot=p.bootstrap, seed=seed)
-    names = feature_names(sources, key, perm.shape[0])
-    out = {"key": key, "features": names, "n_clips": len(ids),
-           "importance": permutation_importance(y, base, perm, w, level=p.ci_level),
+    config = for_inference(ckpt.get("source_config"))
+    split = p.permutation_split
+    sources, ids, views, rows = _clips_of(root, inputs, config, table[table["split"] == split])
+    names = feature_names(sources, key, int(views[ids[0]][key].shape[-1]))
+    parts = [Scored(net, views, rows[list(TRAITS)].to_numpy(np.float64),
+                    rows["subject_id"].tolist(), split)]
+    if p.crossfit_folds and getattr(net, "closed_form", False) and key == "functionals":
+        train = _clips_of(root, inputs, config, table[table["split"] == "train"])
+        parts += crossfit(net, key, train, names, p.crossfit_folds)
+    return key, names, parts
+
+
+def permutation(root: Path, model: str, table: pd.DataFrame, p: ExplainParams,
+                seed: int, train: pd.DataFrame | None = None) -> dict | None:
+    """Permutation importance of `model` over the clips of scored_clips, or None when its inputs
+    have no features to shuffle. {"key", "features", "importance", "n_clips", "n_val",
+    "n_crossfit", "base_ccc"}; "clusters" and "cluster_importance" (each cluster of
+    interchangeable functionals shuffled as one: clusters_of) when the inputs are functionals
+    columns, with "cluster_importance_val" (the validation clips alone) when cross-fitted; and
+    for p.cue_models "cues" and "cue_importance": all features of one cue shuffled together (one
+    clip gives them all), which survives the cue's proxies standing in for each other (17 AU12
+    statistics read one smile). Each part's clips are shuffled among themselves."""
+    from models.explain import predict_views
+    from models.importance import (bootstrap_weights, permutation_importance,
+                                   permuted_predictions, weighted_ccc)
+
+    scored = scored_clips(root, model, table, p)
+    if scored is None:
+        return None
+    key, names, parts = scored
+    y = np.concatenate([s.y for s in parts])  # (n, 5): validation first, then the train folds
+    base = np.concatenate([predict_views(s.model, s.views) for s in parts])
+    n_val = len(parts[0].y)
+    w = bootstrap_weights([g for s in parts for g in s.subjects], n_boot=p.bootstrap, seed=seed)
+
+    def importance(groups: list | None, what: str, val_alone: bool = False) -> tuple:
+        perm = np.concatenate([permuted_predictions(
+            s.model, s.views, key, repeats=p.repeats, seed=seed + i, groups=groups,
+            desc=f"explain {model} {what} ({s.split} {i})") for i, s in enumerate(parts)],
+            axis=2)  # (F or G, R, n, 5)
+        whole = permutation_importance(y, base, perm, w, level=p.ci_level)
+        if not val_alone or len(parts) == 1:
+            return whole, None
+        w_val = bootstrap_weights(parts[0].subjects, n_boot=p.bootstrap, seed=seed)
+        return whole, permutation_importance(y[:n_val], base[:n_val], perm[:, :, :n_val],
+                                             w_val, level=p.ci_level)
+
+    out = {"key": key, "features": names, "n_clips": len(y), "n_val": n_val,
+           "n_crossfit": len(parts) - 1, "importance": importance(None, "columns")[0],
            "base_ccc": weighted_ccc(y, base, np.ones((1, len(y))))[0]}
     clusters = clusters_of(names, train, p.cluster_distance)
     if clusters is not None:
-        cperm = permuted_predictions(net, views, key, repeats=p.repeats, seed=seed,
-                                     groups=clusters["groups"],
-                                     desc=f"explain {model} clusters")
         out["clusters"] = clusters
-        out["cluster_importance"] = permutation_importance(y, base, cperm, w, level=p.ci_level)
+        out["cluster_importance"], out["cluster_importance_val"] = importance(
+            clusters["groups"], "clusters", val_alone=True)
     groups: dict[str, list[int]] = {}
     for i, name in enumerate(names):
         if cue_of(name) and model in p.cue_models:
             groups.setdefault(cue_of(name), []).append(i)
     if groups:
-        gperm = permuted_predictions(net, views, key, repeats=p.repeats, seed=seed,
-                                     groups=list(groups.values()), desc=f"explain {model} cues")
         out["cues"] = list(groups)
-        out["cue_importance"] = permutation_importance(y, base, gperm, w, level=p.ci_level)
+        out["cue_importance"] = importance(list(groups.values()), "cues")[0]
     return out
 
 
@@ -223,6 +309,7 @@ def explain_model(root: Path, model: str, tables: tuple[pd.DataFrame, pd.DataFra
     if perm is not None:
         entry["permutation"] = {
             "key": perm["key"], "split": p.permutation_split, "n_clips": perm["n_clips"],
+            "n_val": perm["n_val"], "crossfit_folds": perm["n_crossfit"],
             "repeats": p.repeats, "metric": "CCC drop when the feature is shuffled",
             "base_ccc": dict(zip(TRAITS, map(float, perm["base_ccc"]))),
             "top": _top(perm["importance"], perm["features"], p.top_k)}
@@ -234,11 +321,14 @@ def explain_model(root: Path, model: str, tables: tuple[pd.DataFrame, pd.DataFra
             entry["permutation"]["clusters"] = {
                 "max_distance": p.cluster_distance, "n_clusters": len(c["names"]),
                 "top": _top(perm["cluster_importance"], c["names"], p.top_k),
+                "top_val": (_top(perm["cluster_importance_val"], c["names"], p.top_k)
+                            if perm["cluster_importance_val"] is not None else None),
                 "members": dict(zip(c["names"], c["members"])),
                 "cues": dict(zip(c["names"], c["cues"]))}
     else:
         entry["permutation"] = None
-    entry["csv"], entry["png"] = write_model_files(root, model, features, corr, labels_r, perm,
+    entry["csv"], entry["png"] = write_model_files(root, OUT_DIR, model, features, corr, labels_r,
+                                                   perm,
                                                    p)
     return entry, perm
 
@@ -252,104 +342,8 @@ def _explain_job(job: dict) -> tuple[dict, dict | None, float]:
     return entry, perm, time.perf_counter() - t0
 
 
-def write_model_files(root: Path, model: str, features: list[str], corr: dict, labels_r: dict,
-                      perm: dict | None, p: ExplainParams) -> tuple[str, str]:
-    """metrics/explain/<model>.csv (every feature x trait) and .png (the top rows)."""
-    from personality.common import atomic_write_text
-    from personality.explain_plots import heatmap_png, top_features
-
-    cols = {"r_prediction": corr, "r_label": labels_r}
-    imp = None
-    if perm is not None:  # importance on its own feature list (aus channels, audio_fn columns)
-        pos = {f: i for i, f in enumerate(perm["features"])}
-        imp = {s: np.array([perm["importance"][s][pos[f]] if f in pos else [np.nan] * 5
-                            for f in features]) for s in ("value", "lo", "hi")}
-        cols["importance"] = imp
-    rows = [{"feature": f, "cue": cue_of(f), "trait": t,
-             **{f"{c}{suffix}": float(stat[s][i, j]) for c, stat in cols.items()
-                for s, suffix in (("value", ""), ("lo", "_lo"), ("hi", "_hi"))}}
-            for i, f in enumerate(features) for j, t in enumerate(TRAITS)]
-    out = root / OUT_DIR
-    csv = atomic_write_text(out / f"{model}.csv", pd.DataFrame(rows).to_csv(
-        index=False, float_format="%.4g"))
-    lead = imp["value"] if imp is not None and np.isfinite(imp["value"]).any() else corr["value"]
-    shown = top_features(lead, features, p.top_k)
-    panels = {"r with prediction": corr["value"][shown], "r with label": labels_r["value"][shown]}
-    if imp is not None:
-        panels["permutation importance (CCC drop)"] = imp["value"][shown]
-    png = heatmap_png(panels, [features[i] for i in shown], path=out / f"{model}.png",
-                      row_notes=[cue_of(features[i]) for i in shown], dpi=p.dpi,
-                      title=f"{model}: top features per trait ({'/'.join(p.correlation_splits)}"
-                            f" clips; importance on {p.permutation_split})")
-    return str(csv.relative_to(root)), str(png.relative_to(root))
-
-
 # --------------------------------------------------------------------------------------------------
 # the stage
-
-
-def _fmt_ci(v: float | None, lo: float | None, hi: float | None) -> str:
-    """'0.123 [0.045, 0.210]'; n/a for a value JSON holds as null (NaN)."""
-    f = [("n/a" if x is None else f"{x:.3f}") for x in (v, lo, hi)]
-    return f"{f[0]} [{f[1]}, {f[2]}]"
-
-
-def _check_table(check: dict, top: dict, cues: dict | None, title: str) -> list[str]:
-    """A cue check as markdown lines: per trait its planted cues, its top features with their
-    cues (`cues` by name, else cue_of) and importance, hits and the share of resamples."""
-    lines = [title, "", "| trait | heaviest planted cues | top 5 features (cue): CCC drop "
-             "[95% CI] | hits | ≥ 2 | share of resamples | chance |",
-             "|---|---|---|---|---|---|---|"]
-    for t, c in check.items():
-        tops = "; ".join(f"{f} ({(cues[f] if cues else cue_of(f)) or '-'}): "
-                         f"{_fmt_ci(v, lo, hi)}" for f, v, lo, hi in top[t])
-        lines.append(f"| {t} | {', '.join(c['planted'])} | {tops} | {c['hits']}/3 | "
-                     f"{'yes' if c['pass'] else 'no'} | {c['share_pass']:.0%} | "
-                     f"{c['chance_pass']:.0%} |")
-    return lines + [""]
-
-
-def markdown(report: dict) -> str:
-    """metrics/explain.md: the cue check and each model's strongest feature per trait."""
-    lines = []
-    for model, check in (report.get("cue_check") or {}).items():
-        imp = report["models"][model]["permutation"]
-        clusters = imp.get("clusters")
-        if clusters is None:
-            continue  # no clusters: the column table below is the check
-        lines += _check_table(
-            check, clusters["top"], clusters["cues"],
-            f"**Cue check, {model}** (features: {clusters['n_clusters']} clusters of "
-            f"interchangeable functionals, |Spearman r| on train, cut at distance "
-            f"{clusters['max_distance']}, each shuffled as one; named by its most central "
-            f"member, (+k) other members; permutation importance on {imp['split']}, "
-            f"{imp['n_clips']} clips, {imp['repeats']} shuffles; 95% intervals over subjects):")
-    for model, check in (report.get("cue_check_columns") or {}).items():
-        imp = report["models"][model]["permutation"]
-        lines += _check_table(
-            check, imp["top"], None,
-            f"**Cue check one column at a time, {model}** (permutation importance on "
-            f"{imp['split']}, {imp['n_clips']} clips, {imp['repeats']} shuffles; 95% intervals "
-            f"over subjects):")
-    for model, check in (report.get("cue_check_grouped") or {}).items():
-        imp = report["models"][model]["permutation"]
-        lines += [f"**Cue check by cue, {model}** (all functionals of a cue shuffled together; "
-                  "the three most important of the 10 cues; chance of >= 2 hits: 18%):", "",
-                  "| trait | heaviest planted cues | top 3 cues: CCC drop [95% CI] | hits | ≥ 2 | "
-                  "share of resamples |", "|---|---|---|---|---|---|"]
-        for t, c in check.items():
-            tops = "; ".join(f"{f}: {_fmt_ci(v, lo, hi)}" for f, v, lo, hi in imp["cues"][t][:3])
-            lines.append(f"| {t} | {', '.join(c['planted'])} | {tops} | {c['hits']}/3 | "
-                         f"{'yes' if c['pass'] else 'no'} | {c['share_pass']:.0%} |")
-        lines.append("")
-    lines += ["**Strongest correlate of each trait's prediction** (functional with the largest "
-              "|r| over the correlation clips; r [95% CI])", "",
-              "| model | " + " | ".join(TRAITS) + " |", "|---|" + "---|" * len(TRAITS)]
-    for model, entry in report["models"].items():
-        cells = [f"{f[0]} {_fmt_ci(*f[1:])}" for f in
-                 (entry["top_r_prediction"][t][0] for t in TRAITS)]
-        lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def _cue_law(table: pd.DataFrame) -> tuple[np.ndarray, list[str]] | None:
@@ -376,6 +370,19 @@ def log_to_mlflow(report: dict, root: Path) -> None:
                 mlf.log_metric("cue_traits_passed", sum(c["pass"] for c in check.values()))
 
 
+def latent_cues(root: Path) -> pd.DataFrame | None:
+    """The generator's latent cues per clip (data/synthetic_cues.parquet: video_id -> one column
+    per cue of personality.synthetic.CUES), or None when ingest wrote none (a real dataset)."""
+    from personality.synthetic import CUES
+
+    path = root / SYNTHETIC_CUES
+    columns = [f"cue_{c}" for c in CUES]
+    table = pd.read_parquet(path) if path.exists() else pd.DataFrame()
+    if table.empty or not {"video_id", *columns} <= set(table.columns):
+        return None
+    return table.set_index("video_id")[columns].set_axis(list(CUES), axis=1)
+
+
 class TooFewClips(StageInputError):
     """Too few labelled clips to correlate or permute anything: the stage says so and the
     pipeline goes on (a small corpus, or one labelled on train only)."""
@@ -391,6 +398,13 @@ def _skip(root: Path, reason: str) -> dict:
     return report
 
 
+def longest_first(models: list[str], cue_models: list[str]) -> list[str]:
+    """The order to explain `models` in: the cue models first. Cross-fitted, they are the
+    longest jobs (the trees' five refits and 125-clip shuffles: ~110 s of the stage's ~150 s of
+    work on the default data), so the other worker explains the rest meanwhile."""
+    return [m for m in cue_models if m in models] + [m for m in models if m not in cue_models]
+
+
 def run(params: ExplainParams, base: BaseParams | None = None, root: Path | None = None,
         models: list[str] | None = None) -> dict:
     """Explain `models` (default: train.models) under `root`; returns the report written to
@@ -404,7 +418,7 @@ def run(params: ExplainParams, base: BaseParams | None = None, root: Path | None
     models = models or experiment_models() or []
     clustering = params.cluster_distance > 0  # the clusters are computed on the train clips
     splits = sorted(set(params.correlation_splits) | {params.permutation_split}
-                    | ({"train"} if clustering else set()))
+                    | ({"train"} if clustering or params.crossfit_folds else set()))
     try:
         table, features = load_table(root, splits)
     except TooFewClips as exc:
@@ -417,31 +431,29 @@ def run(params: ExplainParams, base: BaseParams | None = None, root: Path | None
     report: dict = {"params": dataclasses.asdict(params), "n_features": len(features),
                     "labels": {"n_clips": len(corr_table),
                                "top_r": _top(labels_r, features, params.top_k, by_abs=True)},
-                    "models": {}, "cue_check": {}, "cue_check_columns": {},
-                    "cue_check_grouped": {}}
+                    "models": {}, "cue_check": {}, "cue_check_val": {},
+                    "cue_check_measured": {}, "cue_check_columns": {}, "cue_check_grouped": {}}
     law = _cue_law(table)
+    latent = latent_cues(root) if law is not None else None
     train = table.loc[table["split"] == "train", features] if clustering else None
+    ordered = longest_first(models, params.cue_models)  # the report keeps train.models' order
     jobs = [{"root": root, "model": model, "tables": (corr_table, table), "features": features,
              "labels_r": labels_r, "params": params, "seed": seed, "train": train}
-            for model in models]
+            for model in ordered]
     # one process per model (torch at one thread each): both cores of a 2-core box
     where = local_processes(len(jobs), base.workers)
-    explained = map_jobs(_explain_job, jobs, workers=where.workers, label=itemgetter("model"),
-                         where=where)
-    for model, (entry, perm, seconds) in zip(models, explained):
+    explained = dict(zip(ordered, map_jobs(_explain_job, jobs, workers=where.workers,
+                                           label=itemgetter("model"), where=where)))
+    for model in models:
+        entry, perm, seconds = explained[model]
         report["models"][model] = entry
         if law is not None and perm is not None and model in params.cue_models:
-            columns = cue_check(perm["importance"], perm["features"], *law, k_top=params.top_k)
-            report["cue_check_columns"][model] = columns
-            report["cue_check"][model] = columns
-            if "clusters" in perm:  # the check's features: clusters of interchangeable columns
-                c = perm["clusters"]
-                report["cue_check"][model] = cue_check(
-                    perm["cluster_importance"], c["names"], *law, k_top=params.top_k,
-                    to_cue=dict(zip(c["names"], c["cues"])).get)
-            if "cues" in perm:
-                report["cue_check_grouped"][model] = cue_check(
-                    perm["cue_importance"], perm["cues"], *law, k_top=3, to_cue=same_cue)
+            checks, measured = cue_checks(perm, law, params.top_k, train, latent,
+                                          params.measured_cue_r)
+            for kind, check in checks.items():
+                report[kind][model] = check
+            if measured is not None:
+                entry["permutation"]["clusters"]["measured_cues"] = measured
         log.info("%s: explained (%s) in %.1f s", model, "permutation + correlation"
                  if perm is not None else "correlation only", seconds)
     report = json_safe(report)

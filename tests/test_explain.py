@@ -365,6 +365,20 @@ def test_cue_mapping():
     assert cue_of("AU45_c_share") == "blink_rate" and cue_of("AU25_r_mean") == ""
 
 
+def test_measured_cues_follow_the_data_not_the_names(rng):
+    from personality.cue_check import measured_cues
+
+    latent = rng.standard_normal((80, 3))
+    x = np.stack([latent[:, 1] * 3 + rng.normal(0, 0.3, 80),  # follows cue b
+                  -np.exp(latent[:, 2]),  # follows cue c, negatively, monotone
+                  rng.standard_normal(80),  # follows nothing
+                  np.ones(80)], axis=1)  # constant
+    x[::7, 0] = np.nan  # a clip without a face
+    found, r = measured_cues(x, latent, ["a", "b", "c"], min_r=0.5)
+    assert found == ["b", "c", "", ""]
+    assert r[0] > 0.9 and r[1] == pytest.approx(1.0) and r[2] < 0.5 and r[3] == 0.0
+
+
 def test_cue_check_logic():
     from personality.cue_check import cue_check, planted_cues
 
@@ -428,6 +442,8 @@ def fake_repo(tmp_path_factory):
               face_share=np.ones(n))
     write_artifact("functionals", pd.DataFrame({"video_id": ids, **fn}),
                    path=root / "data" / "functionals" / "functionals.parquet")
+    pd.DataFrame({"video_id": ids, **{f"cue_{c}": z[:, k] for k, c in enumerate(CUES)}}).to_parquet(
+        root / "data" / "synthetic_cues.parquet")  # what ingest writes beside the clips
     train = [v for v, s in zip(ids, split) if s == "train"]
     sources = build_sources(["functionals"], root=root, video_ids=ids)
     model = build_model("functionals_ridge")
@@ -451,13 +467,21 @@ def test_explain_stage_end_to_end(fake_repo):
     params = ExplainParams(repeats=5, bootstrap=50, mlflow=False)
     report = run(params, root=fake_repo, models=["functionals_ridge"])
     entry = report["models"]["functionals_ridge"]
-    assert entry["n_clips"] == 60 and entry["permutation"]["n_clips"] == 30
+    assert entry["n_clips"] == 60  # val + test clips correlated
+    imp = entry["permutation"]  # importance: 30 val clips + 120 train clips, cross-fitted
+    assert (imp["n_clips"], imp["n_val"], imp["crossfit_folds"]) == (150, 30, 5)
     check = report["cue_check"]["functionals_ridge"]
     assert all(c["pass"] for c in check.values()), check  # the law is linear: ridge recovers it
     assert all(c["pass"] for c in report["cue_check_columns"]["functionals_ridge"].values())
     clusters = entry["permutation"]["clusters"]  # AU12_r_mean is AU12_c_share plus noise
     assert any({"AU12_r_mean", "AU12_c_share"} <= set(m) for m in clusters["members"].values())
     assert clusters["n_clusters"] == 18 and set(clusters["top"]) == set(TRAITS)
+    measured = report["cue_check_measured"]["functionals_ridge"]  # cues measured, not named
+    assert all(c["pass"] for c in measured.values()), measured
+    found = clusters["measured_cues"]
+    smile = next(n for n in found if n.startswith(("AU12_c_share", "AU12_r_mean")))
+    assert found[smile][0] == "smile" and found[smile][1] > 0.8
+    assert found["fn_logmel_00_mean"][0] == ""  # noise follows no cue
     grouped = report["cue_check_grouped"]["functionals_ridge"]
     assert all(c["pass"] and len(c["top"]) == 3 for c in grouped.values()), grouped
     # the top feature of each trait measures one of its planted cues
@@ -472,6 +496,58 @@ def test_explain_stage_end_to_end(fake_repo):
     csv = pd.read_csv(fake_repo / "metrics" / "explain" / "functionals_ridge.csv")
     assert len(csv) == 19 * 5 and {"r_prediction_lo", "importance_hi", "cue"} <= set(csv.columns)
     assert "Cue check" in (fake_repo / "metrics" / "explain.md").read_text()
+
+
+def test_crossfit_scores_each_train_clip_by_a_refit_without_its_subject(fake_repo, monkeypatch):
+    import models.classical as classical
+    from stages.explain import ExplainParams, load_table, scored_clips
+
+    fitted_on, real = [], classical.refit
+
+    def spy(model, x, y, groups, columns=None):
+        fitted_on.append(set(groups))
+        return real(model, x, y, groups, columns)
+
+    monkeypatch.setattr(classical, "refit", spy)
+    table, _ = load_table(fake_repo, ["train", "val"])
+    key, names, parts = scored_clips(fake_repo, "functionals_ridge", table,
+                                     ExplainParams(crossfit_folds=4))
+    assert key == "functionals" and [p.split for p in parts] == ["val"] + ["train"] * 4
+    train = table[table["split"] == "train"]
+    assert sorted(v for p in parts[1:] for v in p.views) == sorted(train.index)  # each once
+    for part, seen in zip(parts[1:], fitted_on):
+        assert not seen & set(part.subjects)
+        assert seen | set(part.subjects) == set(train["subject_id"])
+        assert np.array_equal(part.y, train.loc[list(part.views), list(TRAITS)].to_numpy())
+
+
+def test_crossfit_keeps_the_validation_ranking_and_narrows_the_intervals(fake_repo):
+    """Cross-fitting adds the train clips beside the validation ones: the ranking on the
+    validation clips alone is the one a run without cross-fitting reports (to rounding: the
+    arrays sum in another memory layout), and the intervals over 150 clips are narrower than
+    over 30."""
+    from stages.explain import ExplainParams, run
+
+    params = dict(repeats=5, bootstrap=50, mlflow=False)
+    alone = run(ExplainParams(crossfit_folds=0, **params), root=fake_repo,
+                models=["functionals_ridge"])
+    both = run(ExplainParams(**params), root=fake_repo, models=["functionals_ridge"])
+    val = alone["models"]["functionals_ridge"]["permutation"]["clusters"]["top"]
+    clusters = both["models"]["functionals_ridge"]["permutation"]["clusters"]
+    for t in TRAITS:
+        assert [r[0] for r in clusters["top_val"][t]] == [r[0] for r in val[t]]
+        assert np.allclose([r[1:] for r in clusters["top_val"][t]], [r[1:] for r in val[t]],
+                           rtol=0, atol=1e-12)
+    assert both["cue_check_val"]["functionals_ridge"] == alone["cue_check"]["functionals_ridge"]
+    assert alone["cue_check_val"] == {}
+
+    def width(top):
+        return np.mean([hi - lo for rows in top.values() for _, _, lo, hi in rows])
+
+    assert width(clusters["top"]) < 0.8 * width(val)
+    text = (fake_repo / "metrics" / "explain.md").read_text()
+    assert "150 clips: val 30 (the trained model), train 120 (cross-fitted: 5 refits" in text
+    assert "Cue check on the validation clips alone, functionals_ridge" in text
 
 
 def test_models_explained_in_parallel_match_one_process(fake_repo, tmp_path):

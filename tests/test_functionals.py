@@ -138,3 +138,28 @@ def test_closed_form_fit_checkpoint_round_trip(table_root, tmp_path, name):
                             config=for_inference(ckpt["source_config"]))
     want = predict_videos(model, [src], ids[35:])
     assert np.allclose(predict_videos(loaded, rebuilt, ids[35:]), want, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["functionals_ridge", "functionals_gbt"])
+def test_refit_repeats_the_training_procedure(table_root, tmp_path, name):
+    """refit (the explain stage's cross-fitting) on the train rows gives the checkpoint's model
+    again, buffer for buffer (the same grid searched by the same grouped CV); on fewer rows it
+    gives another model and leaves the trained one untouched."""
+    from models.engine import load_checkpoint
+    from models.registry import build_model
+
+    root, ids, y, subjects = table_root
+    src, = build_sources(["functionals"], root=root, video_ids=ids, config={})
+    model = build_model(name, **({"max_trees": 10} if name == "functionals_gbt" else {}))
+    classical.fit_closed_form(
+        model, [src], train_ids=ids[:30], train_targets=y[:30], groups=subjects[:30],
+        out_dir=tmp_path / "m", meta={"model_name": name, "inputs": ["functionals"],
+                                      "source_config": for_inference({}, [src])})
+    loaded, _ = load_checkpoint(tmp_path / "m" / "best.pt")
+    trained = {k: v.clone() for k, v in loaded.state_dict().items()}
+    x = classical._matrix([src], ids[:30])  # (30, F): the rows fit_closed_form fitted on
+    again = classical.refit(loaded, x, y[:30], subjects[:30], src.columns).state_dict()
+    assert all(torch.equal(again[k], v) for k, v in trained.items())
+    fewer = classical.refit(loaded, x[:20], y[:20], subjects[:20], src.columns).state_dict()
+    assert not all(torch.equal(fewer[k], v) for k, v in trained.items())
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in trained.items())

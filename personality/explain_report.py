@@ -1,0 +1,170 @@
+"""What the explain stage (stages/explain.py) writes for people: metrics/explain.md's markdown
+tables and each model's metrics/explain/<model>.csv and heat map.
+
+    from personality.explain_report import markdown
+    text = markdown(json.loads(Path("metrics/explain.json").read_text()))
+
+The tables docs/evaluation.md shows: the planted-cue check per model (clusters of interchangeable
+functionals, over the clips the importance was measured on; the validation clips alone beside it
+when the importance is cross-fitted), the same check one column at a time and by cue, and each
+model's strongest correlate per trait. Every value is printed with its 95% interval.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from personality.common import atomic_write_text
+from personality.cue_check import cue_of
+from personality.schemas import TRAITS
+
+__all__ = ["markdown", "clips_text", "write_model_files"]
+
+
+def _fmt_ci(v: float | None, lo: float | None, hi: float | None) -> str:
+    """'0.123 [0.045, 0.210]'; n/a for a value JSON holds as null (NaN)."""
+    f = [("n/a" if x is None else f"{x:.3f}") for x in (v, lo, hi)]
+    return f"{f[0]} [{f[1]}, {f[2]}]"
+
+
+def clips_text(imp: dict, val_alone: bool = False) -> str:
+    """Which clips an importance was measured on: 'val, 28 clips', or with cross-fitting
+    '125 clips: val 28 (the trained model), train 97 (5 refits, each without its subjects)'."""
+    n_val = imp.get("n_val", imp["n_clips"])
+    folds = imp.get("crossfit_folds") or 0
+    if val_alone or not folds:
+        return f"{imp['split']}, {n_val} clips"
+    return (f"{imp['n_clips']} clips: {imp['split']} {n_val} (the trained model), train "
+            f"{imp['n_clips'] - n_val} (cross-fitted: {folds} refits, each scoring the subjects "
+            "it was not fitted on)")
+
+
+def _check_table(check: dict, top: dict, cues: dict | None, title: str) -> list[str]:
+    """A cue check as markdown lines: per trait its planted cues, its top features with their
+    cues (`cues` by name, else cue_of) and importance, hits and the share of resamples."""
+    lines = [title, "", "| trait | heaviest planted cues | top 5 features (cue): CCC drop "
+             "[95% CI] | hits | ≥ 2 | share of resamples | chance |",
+             "|---|---|---|---|---|---|---|"]
+    for t, c in check.items():
+        tops = "; ".join(f"{f} ({(cues[f] if cues else cue_of(f)) or '-'}): "
+                         f"{_fmt_ci(v, lo, hi)}" for f, v, lo, hi in top[t])
+        lines.append(f"| {t} | {', '.join(c['planted'])} | {tops} | {c['hits']}/3 | "
+                     f"{'yes' if c['pass'] else 'no'} | {c['share_pass']:.0%} | "
+                     f"{c['chance_pass']:.0%} |")
+    return lines + [""]
+
+
+def _measured_tables(report: dict) -> list[str]:
+    """The cluster check with each cluster's cue measured in the data instead of named."""
+    lines = []
+    for model, check in (report.get("cue_check_measured") or {}).items():
+        imp = report["models"][model]["permutation"]
+        clusters = imp["clusters"]
+        cues = {n: f"{c or '-'}, \\|r\\| {r:.2f}"
+                for n, (c, r) in clusters["measured_cues"].items()}
+        lines += _check_table(
+            check, clusters["top"], cues,
+            f"**Cue check by measured cue, {model}** (the same clusters and importances as the "
+            "cue check; a cluster's cue is the latent cue its most central member follows best "
+            "over the train clips, by \\|Spearman r\\|, if at least "
+            f"{report['params']['measured_cue_r']}, else -):")
+    return lines
+
+
+def _cluster_tables(report: dict) -> list[str]:
+    """The check the issue asked for (clusters named by the rules), the same with measured cues,
+    and the rules' check on the validation clips alone."""
+    return _rules_tables(report, False) + _measured_tables(report) + _rules_tables(report, True)
+
+
+def _rules_tables(report: dict, val_alone: bool) -> list[str]:
+    lines = []
+    for model, check in (report.get("cue_check_val" if val_alone else "cue_check") or {}).items():
+        imp = report["models"][model]["permutation"]
+        clusters = imp.get("clusters")
+        if clusters is None:
+            continue  # no clusters: the column table below is the check
+        alone = " on the validation clips alone" if val_alone else ""
+        lines += _check_table(
+            check, clusters["top_val" if val_alone else "top"], clusters["cues"],
+            f"**Cue check{alone}, {model}** (features: {clusters['n_clusters']} clusters of "
+            f"interchangeable functionals, |Spearman r| on train, cut at distance "
+            f"{clusters['max_distance']}, each shuffled as one; named by its most central "
+            f"member, (+k) other members; permutation importance on "
+            f"{clips_text(imp, val_alone)}, {imp['repeats']} shuffles; 95% intervals over "
+            "subjects):")
+    return lines
+
+
+def _column_and_cue_tables(report: dict) -> list[str]:
+    lines = []
+    for model, check in (report.get("cue_check_columns") or {}).items():
+        imp = report["models"][model]["permutation"]
+        lines += _check_table(
+            check, imp["top"], None,
+            f"**Cue check one column at a time, {model}** (permutation importance on "
+            f"{clips_text(imp)}, {imp['repeats']} shuffles; 95% intervals over subjects):")
+    for model, check in (report.get("cue_check_grouped") or {}).items():
+        imp = report["models"][model]["permutation"]
+        lines += [f"**Cue check by cue, {model}** (all functionals of a cue shuffled together; "
+                  "the three most important of the 10 cues; chance of >= 2 hits: 18%; "
+                  f"{clips_text(imp)}):", "",
+                  "| trait | heaviest planted cues | top 3 cues: CCC drop [95% CI] | hits | ≥ 2 | "
+                  "share of resamples |", "|---|---|---|---|---|---|"]
+        for t, c in check.items():
+            tops = "; ".join(f"{f}: {_fmt_ci(v, lo, hi)}" for f, v, lo, hi in imp["cues"][t][:3])
+            lines.append(f"| {t} | {', '.join(c['planted'])} | {tops} | {c['hits']}/3 | "
+                         f"{'yes' if c['pass'] else 'no'} | {c['share_pass']:.0%} |")
+        lines.append("")
+    return lines
+
+
+def markdown(report: dict) -> str:
+    """metrics/explain.md: the cue checks and each model's strongest feature per trait."""
+    lines = _cluster_tables(report) + _column_and_cue_tables(report)
+    lines += ["**Strongest correlate of each trait's prediction** (functional with the largest "
+              "|r| over the correlation clips; r [95% CI])", "",
+              "| model | " + " | ".join(TRAITS) + " |", "|---|" + "---|" * len(TRAITS)]
+    for model, entry in report["models"].items():
+        cells = [f"{f[0]} {_fmt_ci(*f[1:])}" for f in
+                 (entry["top_r_prediction"][t][0] for t in TRAITS)]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_model_files(root: Path, out_dir: Path, model: str, features: list[str], corr: dict,
+                      labels_r: dict, perm: dict | None, p: Any) -> tuple[str, str]:
+    """<root>/<out_dir>/<model>.csv (every feature x trait: r with prediction and label,
+    importance, each with its interval) and .png (the top rows); paths relative to root.
+    corr, labels_r: {"value", "lo", "hi"} (F, 5) over `features`; perm: the stage's permutation
+    result or None; p: the stage's ExplainParams (top_k, dpi, the splits for the title)."""
+    from personality.explain_plots import heatmap_png, top_features
+
+    cols = {"r_prediction": corr, "r_label": labels_r}
+    imp = None
+    if perm is not None:  # importance on its own feature list (aus channels, audio_fn columns)
+        pos = {f: i for i, f in enumerate(perm["features"])}
+        imp = {s: np.array([perm["importance"][s][pos[f]] if f in pos else [np.nan] * 5
+                            for f in features]) for s in ("value", "lo", "hi")}
+        cols["importance"] = imp
+    rows = [{"feature": f, "cue": cue_of(f), "trait": t,
+             **{f"{c}{suffix}": float(stat[s][i, j]) for c, stat in cols.items()
+                for s, suffix in (("value", ""), ("lo", "_lo"), ("hi", "_hi"))}}
+            for i, f in enumerate(features) for j, t in enumerate(TRAITS)]
+    out = root / out_dir
+    csv = atomic_write_text(out / f"{model}.csv", pd.DataFrame(rows).to_csv(
+        index=False, float_format="%.4g"))
+    lead = imp["value"] if imp is not None and np.isfinite(imp["value"]).any() else corr["value"]
+    shown = top_features(lead, features, p.top_k)
+    panels = {"r with prediction": corr["value"][shown], "r with label": labels_r["value"][shown]}
+    if imp is not None:
+        panels["permutation importance (CCC drop)"] = imp["value"][shown]
+    png = heatmap_png(panels, [features[i] for i in shown], path=out / f"{model}.png",
+                      row_notes=[cue_of(features[i]) for i in shown], dpi=p.dpi,
+                      title=f"{model}: top features per trait ({'/'.join(p.correlation_splits)}"
+                            f" clips; importance on {p.permutation_split}"
+                            f"{' + train, cross-fitted' if perm and perm['n_crossfit'] else ''})")
+    return str(csv.relative_to(root)), str(png.relative_to(root))
