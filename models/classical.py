@@ -334,6 +334,11 @@ class TreesConfig:
             raise ValueError("functionals_gbt: head regression|regression_z, max_trees, depth >= 1")
 
 
+def _sklearn_float(x: Tensor) -> Tensor:
+    """x as float64 after a round trip through float32: the precision sklearn's trees split at."""
+    return x.to(torch.float32).to(torch.float64)
+
+
 def _boost(x: np.ndarray, y: np.ndarray, cfg: TreesConfig, n: int | None = None):
     from sklearn.ensemble import GradientBoostingRegressor
 
@@ -402,30 +407,55 @@ class FunctionalsTrees(_Closed):
     ROWS_PER_WALK = 128
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
-        x = batch["functionals"].to(torch.float32).to(torch.float64)  # (B, F), sklearn's float32
-        B, (K, N, _) = x.shape[0], self.feature.shape
-        if N == 0:
-            return self.init.expand(B, K).clone()
-        if B <= self.ROWS_PER_WALK:
-            return self._walk(x)
-        return torch.cat([self._walk(x[i:i + self.ROWS_PER_WALK])
-                          for i in range(0, B, self.ROWS_PER_WALK)])
+        return self._score(self.leaves(batch["functionals"]))  # (B, F) -> (B, K)
 
-    def _walk(self, x: Tensor) -> Tensor:
-        """(B, K) scores of x (B, F) float64: every tree walked `depth` steps."""
-        B, (K, N, M) = x.shape[0], self.feature.shape
+    def leaves(self, x: Tensor) -> Tensor:
+        """(B, K * N): the flat address of the leaf each row of x (B, F) reaches in every tree."""
+        return self._blocks(self._leaves, _sklearn_float(x))
+
+    def rescored(self, leaves: Tensor, x: Tensor, cols: Sequence[int]) -> Tensor:
+        """forward({"functionals": x}) (B, K) for rows x (B, F) that differ from the rows behind
+        `leaves` (B, K * N: `leaves`) only in the columns `cols`: only the trees that split on
+        one of them are walked again (a column is in ~1% of the trees), the others keep their
+        leaves; the same leaves summed in the same order as forward, so the same bits. The
+        explain stage's permutation importance shuffles one column at a time."""
+        K, N, M = self.feature.shape
+        inner = torch.isfinite(self.threshold)  # (K, N, M): split nodes; leaves and padding: inf
+        used = (inner & torch.isin(self.feature, torch.as_tensor(list(cols)))).any(-1)
+        trees = used.reshape(-1).nonzero().flatten()  # (T,) flat tree numbers k * N + n
+        out = leaves.clone()
+        if len(trees) and N:
+            out[:, trees] = self._blocks(lambda part: self._leaves(part, trees), _sklearn_float(x))
+        return self._score(out)
+
+    def _blocks(self, fn, x: Tensor) -> Tensor:
+        """fn over ROWS_PER_WALK rows at a time, concatenated (see ROWS_PER_WALK)."""
+        step = self.ROWS_PER_WALK
+        if len(x) <= step:
+            return fn(x)
+        return torch.cat([fn(x[i:i + step]) for i in range(0, len(x), step)])
+
+    def _leaves(self, x: Tensor, trees: Tensor | None = None) -> Tensor:
+        """(B, T) leaf addresses of x (B, F) float64 in `trees` (flat tree numbers; None: all)."""
+        K, N, M = self.feature.shape
         # flat node addresses (trait k, tree n, node m) -> (k * N + n) * M + m, read with one
         # `take` per array: 3.5x faster than indexing with three broadcast index tensors (the
         # explain stage walks ~950 batches of 560 clips), same numbers to the bit
-        base = (torch.arange(K * N, device=x.device) * M).view(1, K, N)
+        start = (torch.arange(K * N, device=x.device) if trees is None else trees) * M  # (T,)
         child = torch.stack([self.right.reshape(-1), self.left.reshape(-1)], -1).reshape(-1)
         feature, threshold = self.feature.reshape(-1), self.threshold.reshape(-1)
-        idx = base.expand(B, K, N)  # (B, K, N): every tree starts at its root
+        idx = start.expand(x.shape[0], len(start))  # (B, T): every tree starts at its root
         for _ in range(self.config.depth):
-            xv = x.gather(1, feature.take(idx).view(B, -1)).view(B, K, N)
-            go_left = xv <= threshold.take(idx)
-            idx = base + child.take(idx * 2 + go_left)  # child[2 a]: right, child[2 a + 1]: left
-        return self.init + self.value.reshape(-1).take(idx).sum(-1)  # (B, K)
+            go_left = x.gather(1, feature.take(idx)) <= threshold.take(idx)
+            idx = start + child.take(idx * 2 + go_left)  # child[2 a]: right, [2 a + 1]: left
+        return idx
+
+    def _score(self, leaves: Tensor) -> Tensor:
+        """(B, K) scores from every tree's leaf address (B, K * N)."""
+        K, N, _ = self.feature.shape
+        if N == 0:  # no trees (a fit that kept none): the train mean
+            return self.init.expand(len(leaves), K).clone()
+        return self.init + self.value.reshape(-1).take(leaves).view(-1, K, N).sum(-1)
 
     def fit(self, x: np.ndarray, y: np.ndarray, groups: Sequence) -> dict:
         cfg = self.config

@@ -163,3 +163,40 @@ def test_refit_repeats_the_training_procedure(table_root, tmp_path, name):
     fewer = classical.refit(loaded, x[:20], y[:20], subjects[:20], src.columns).state_dict()
     assert not all(torch.equal(fewer[k], v) for k, v in trained.items())
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in trained.items())
+
+
+def _five_trait_trees(rng: np.random.Generator) -> tuple[classical.FunctionalsTrees, np.ndarray]:
+    """A fitted functionals_gbt on 80 rows of 6 columns, five targets of different shapes."""
+    x = rng.normal(size=(80, 6)).astype(np.float32)
+    y = np.stack([np.sin(x[:, 0]), x[:, 1] ** 2, x[:, 2], x[:, 3] - x[:, 4], x[:, 5]], axis=1)
+    model = classical.FunctionalsTrees(classical.TreesConfig(max_trees=15, depth=3, folds=3))
+    model.fit(x.astype(np.float64), y, np.arange(80) // 4)
+    return model.eval(), x
+
+
+def test_rescoring_only_the_trees_a_column_reaches_is_forward_to_the_bit():
+    """rescored (permutation importance's shortcut for trees) walks again only the trees that
+    split on the shuffled columns: the same bits as forward on the shuffled rows."""
+    rng = np.random.default_rng(4)
+    model, x = _five_trait_trees(rng)
+    x = torch.from_numpy(x)
+    with torch.inference_mode():
+        leaves = model.leaves(x)  # (80, K * N)
+        for cols in ([0], [3, 4], [5], [0, 1, 2, 3, 4, 5]):
+            shuffled = x.clone()
+            shuffled[:, cols] = x[torch.from_numpy(rng.permutation(80))][:, cols]
+            want = model({"functionals": shuffled})
+            assert torch.equal(model.rescored(leaves, shuffled, cols), want)
+            assert not torch.equal(want, model({"functionals": x}))  # the shuffle mattered
+        assert torch.equal(model.rescored(leaves, x, [0]), model({"functionals": x}))
+
+
+def test_permutation_importance_of_trees_is_the_same_with_the_shortcut(monkeypatch):
+    import models.importance as importance
+
+    model, x = _five_trait_trees(np.random.default_rng(5))
+    views = {f"v{i}": {"functionals": torch.from_numpy(x[i:i + 1])} for i in range(len(x))}
+    fast = importance.permuted_predictions(model, views, "functionals", repeats=3, seed=0)
+    monkeypatch.setattr(importance, "_base_leaves", lambda *args: None)
+    full = importance.permuted_predictions(model, views, "functionals", repeats=3, seed=0)
+    assert fast.shape == (6, 3, 80, 5) and np.array_equal(fast, full)
