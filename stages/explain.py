@@ -212,6 +212,10 @@ def scored_clips(root: Path, model: str, table: pd.DataFrame, p: ExplainParams
     config = for_inference(ckpt.get("source_config"))
     split = p.permutation_split
     sources, ids, views, rows = _clips_of(root, inputs, config, table[table["split"] == split])
+    if not ids:
+        log.warning("%s: no labelled %s clips with its inputs: no permutation importance",
+                    model, split)
+        return None
     names = feature_names(sources, key, int(views[ids[0]][key].shape[-1]))
     parts = [Scored(net, views, rows[list(TRAITS)].to_numpy(np.float64),
                     rows["subject_id"].tolist(), split)]
@@ -400,8 +404,8 @@ def _skip(root: Path, reason: str) -> dict:
 
 def longest_first(models: list[str], cue_models: list[str]) -> list[str]:
     """The order to explain `models` in: the cue models first. Cross-fitted, they are the
-    longest jobs (the trees' five refits and 125-clip shuffles: ~110 s of the stage's ~150 s of
-    work on the default data), so the other worker explains the rest meanwhile."""
+    longest jobs (functionals_gbt's five refits and 125-clip shuffles: ~60 s, the six other
+    default models ~50 s together), so the other worker explains the rest meanwhile."""
     return [m for m in cue_models if m in models] + [m for m in models if m not in cue_models]
 
 

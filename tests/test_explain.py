@@ -641,6 +641,26 @@ def test_explain_clip_on_built_sources(tmp_path, speech_then_silence):
     json.dumps(explanation)  # JSON-safe
 
 
+def test_no_validation_clips_leave_correlations_and_no_importance(fake_repo, tmp_path):
+    """A dataset without a val split: the model is still correlated with its functionals, and
+    its permutation entry says there is none instead of the stage failing."""
+    import shutil
+
+    from personality.common import write_artifact
+    from stages.explain import ExplainParams, run
+
+    root = tmp_path / "repo"
+    shutil.copytree(fake_repo, root)
+    manifest = pd.read_parquet(root / "data" / "manifest.parquet")
+    manifest["split"] = manifest["split"].replace("val", "test")
+    write_artifact("manifest", manifest, path=root / "data" / "manifest.parquet")
+    report = run(ExplainParams(repeats=2, bootstrap=20, mlflow=False), root=root,
+                 models=["functionals_ridge"])
+    entry = report["models"]["functionals_ridge"]
+    assert entry["permutation"] is None and entry["n_clips"] == 60
+    assert report["cue_check"] == {}
+
+
 def test_too_few_labelled_clips_skip_the_stage_instead_of_failing_the_pipeline(tmp_path,
                                                                                monkeypatch):
     """A small corpus (the pipeline tests' fixtures) has no val/test clips to explain on: the
