@@ -26,6 +26,11 @@ trait's deviations from the train mean are stretched by sd(labels) / sd(out-of-f
 a factor measured in the same cross-validation (clipped to [1, 3]); it changes no correlation.
 The factors are folded into the stored weights (ridge) or leaf values (trees).
 
+`refit` repeats a fitted model's training procedure on other rows, and `standardised` the
+source's z-scores from other rows (the explain stage's cross-fitting). `FunctionalsTrees.leaves`
+and `rescored` let permutation importance re-walk only the trees that split on a shuffled
+column (models/importance.py).
+
 One file because the source, both models and the closed-form fit share the grouped-CV and
 rescaling helpers and the `_Closed` protocol that the train stage dispatches on.
 """
@@ -45,7 +50,7 @@ from models.registry import register
 from personality.common import get_logger
 
 __all__ = ["FunctionalsSource", "FunctionalsRidge", "FunctionalsTrees", "fit_closed_form",
-           "refit", "group_folds", "ccc_columns"]
+           "refit", "standardised", "group_folds", "ccc_columns"]
 
 log = get_logger("classical")
 N_TRAITS = 5
@@ -148,8 +153,19 @@ def functionals_source(*, root: Path, video_ids: list[str], config: dict) -> Fun
     ids = df["video_id"].tolist()
     fit_ids = set(_stats_ids(root, ids, cfg.stats_split))
     mean, std = _statistics(values, np.array([v in fit_ids for v in ids], bool), cfg)
-    z = np.nan_to_num((values - mean) / std).astype(np.float32)  # NaN -> 0: the train mean
-    return FunctionalsSource(dict(zip(ids, z)), columns, mean, std, cfg)
+    return FunctionalsSource(dict(zip(ids, _zscores(values, mean, std))), columns, mean, std, cfg)
+
+
+def _zscores(values: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    return np.nan_to_num((values - mean) / std).astype(np.float32)  # NaN -> 0: the fit mean
+
+
+def standardised(values: np.ndarray, fit_rows: np.ndarray) -> np.ndarray:
+    """values (n, F) as the functionals source gives them when its statistics come from the rows
+    `fit_rows` (n,) bool: z-scored with their mean and sd, NaN -> 0, float32. The explain
+    stage's cross-fitting standardises each fold with its own training rows."""
+    mean, std = _statistics(values, fit_rows, FunctionalsSourceConfig())
+    return _zscores(values, mean, std)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -420,8 +436,10 @@ class FunctionalsTrees(_Closed):
         leaves; the same leaves summed in the same order as forward, so the same bits. The
         explain stage's permutation importance shuffles one column at a time."""
         K, N, M = self.feature.shape
-        inner = torch.isfinite(self.threshold)  # (K, N, M): split nodes; leaves and padding: inf
-        used = (inner & torch.isin(self.feature, torch.as_tensor(list(cols)))).any(-1)
+        # split nodes: a leaf, and every padding node or tree, points to one child on both sides
+        inner = self.left != self.right  # (K, N, M)
+        cols = torch.as_tensor(list(cols), dtype=torch.long, device=self.feature.device)
+        used = (inner & torch.isin(self.feature, cols)).any(-1)
         trees = used.reshape(-1).nonzero().flatten()  # (T,) flat tree numbers k * N + n
         out = leaves.clone()
         if len(trees) and N:
@@ -439,8 +457,8 @@ class FunctionalsTrees(_Closed):
         """(B, T) leaf addresses of x (B, F) float64 in `trees` (flat tree numbers; None: all)."""
         K, N, M = self.feature.shape
         # flat node addresses (trait k, tree n, node m) -> (k * N + n) * M + m, read with one
-        # `take` per array: 3.5x faster than indexing with three broadcast index tensors (the
-        # explain stage walks ~950 batches of 560 clips), same numbers to the bit
+        # `take` per array: 3.5x faster than indexing with three broadcast index tensors, same
+        # numbers to the bit
         start = (torch.arange(K * N, device=x.device) if trees is None else trees) * M  # (T,)
         child = torch.stack([self.right.reshape(-1), self.left.reshape(-1)], -1).reshape(-1)
         feature, threshold = self.feature.reshape(-1), self.threshold.reshape(-1)

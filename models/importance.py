@@ -166,7 +166,8 @@ def _base_leaves(model: nn.Module, stacked: Mapping[str, Tensor] | None, key: st
                  repeats: int) -> Tensor | None:
     """The leaves of the unshuffled clips, repeated like _shuffled's copies ((R * n, ...)), for
     a model with `leaves` and `rescored` whose only input is `key`; else None."""
-    if stacked is None or set(stacked) != {key} or not hasattr(model, "rescored"):
+    if stacked is None or set(stacked) != {key} or not (hasattr(model, "rescored")
+                                                         and hasattr(model, "leaves")):
         return None
     model.eval()
     return torch.cat([model.leaves(stacked[key])] * repeats)
@@ -202,7 +203,7 @@ def permuted_predictions(model: nn.Module, views: Mapping[str, Mapping[str, Tens
     groups = [list(g) for g in groups] if groups is not None else [[f] for f in range(n_feat)]
     out = np.zeros((len(groups), repeats, n, 5))
     # models that can rescore only what a column touches (boosted trees: rescored) skip the
-    # trees that never split on it; the same numbers, ~6x faster per column
+    # trees that never split on it: the same numbers, 2.3x faster for the stage's 747 columns
     leaves = _base_leaves(model, stacked, key, repeats)
     with progress(total=len(groups), desc=desc, unit="feature") as bar:
         for g, cols in enumerate(groups):

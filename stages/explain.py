@@ -30,10 +30,11 @@ whether at least two of its three heaviest planted cues (by |weight|) are among 
 `explain.top_k` most important features (permutation importance of `explain.cue_models` on
 validation, cross-fitted over train). A "feature" there is a cluster of interchangeable
 functionals (`cluster_distance`: 1 - |Spearman r| on the train clips, no labels; a cluster's cue
-is the one most of its members measure), shuffled as one: one column at a time, a cue read by
-many proxies loses its importance to each of them. The same check on the validation clips alone,
-one column at a time and by cue is reported beside it. "share" is how often the check holds over
-the subject resamples.
+is the one most of its cue-carrying members measure), shuffled as one: one column at a time, a
+cue read by many proxies loses its importance to each of them. Reported beside it: the same check
+with each cluster's cue measured in the data (`explain.measured_cue_r`: the latent cue of
+data/synthetic_cues.parquet its medoid follows on train), on the validation clips alone, one
+column at a time and by cue. "share" is how often the check holds over the subject resamples.
 
 Outputs: metrics/explain.json (per model the top features per trait with intervals, the cue
 check), metrics/explain/<model>.csv (every feature x trait: r with prediction and label,
@@ -177,21 +178,30 @@ def _clips_of(root: Path, inputs: list[str], config: dict, clips: pd.DataFrame
     return sources, ids, {v: clip_views(sources, v) for v in ids}, clips.loc[ids]
 
 
-def crossfit(net: Any, key: str, train: tuple, names: list[str], folds: int) -> list[Scored]:
-    """The train clips in `folds` folds by subject, each scored by a refit of `net` on the other
-    folds (models/classical.refit: the model's own grid searched again inside)."""
-    from models.classical import group_folds, refit
+def crossfit(net: Any, key: str, ids: list[str], rows: pd.DataFrame, names: list[str],
+             folds: int) -> list[Scored]:
+    """The train clips `ids` (rows: their manifest + raw functionals) in `folds` folds by
+    subject, each scored by a refit of `net` on the other folds: the functionals standardised
+    with those folds' statistics (models/classical.standardised, as the source does in
+    training), then the model's own grid searched again (models/classical.refit). [] when
+    fewer than two subjects (a fold would hold clips of a subject its refit saw) or no clip."""
+    import torch
 
-    _, ids, views, rows = train
-    x = np.concatenate([views[v][key][:1].numpy() for v in ids]).astype(np.float64)  # (n, F)
-    y = rows[list(TRAITS)].to_numpy(np.float64)
+    from models.classical import group_folds, refit, standardised
+
     g = rows["subject_id"].to_numpy()
+    if len(set(g)) < 2:
+        log.warning("explain: %d train subject(s): no cross-fitting", len(set(g)))
+        return []
+    raw = rows.reindex(columns=names).to_numpy(np.float64)  # (n, F), NaN where none
+    y = rows[list(TRAITS)].to_numpy(np.float64)
     parts = []
     for held in group_folds(g, folds):
         keep = np.setdiff1d(np.arange(len(ids)), held)
-        parts.append(Scored(refit(net, x[keep], y[keep], g[keep], names),
-                            {ids[i]: views[ids[i]] for i in held}, y[held], list(g[held]),
-                            "train"))
+        z = standardised(raw, np.isin(np.arange(len(ids)), keep))  # (n, F) float32
+        views = {ids[i]: {key: torch.from_numpy(z[i:i + 1])} for i in held}
+        parts.append(Scored(refit(net, z[keep].astype(np.float64), y[keep], g[keep], names),
+                            views, y[held], list(g[held]), "train"))
     return parts
 
 
@@ -220,8 +230,9 @@ def scored_clips(root: Path, model: str, table: pd.DataFrame, p: ExplainParams
     parts = [Scored(net, views, rows[list(TRAITS)].to_numpy(np.float64),
                     rows["subject_id"].tolist(), split)]
     if p.crossfit_folds and getattr(net, "closed_form", False) and key == "functionals":
-        train = _clips_of(root, inputs, config, table[table["split"] == "train"])
-        parts += crossfit(net, key, train, names, p.crossfit_folds)
+        _, train_ids, _, train_rows = _clips_of(root, inputs, config,
+                                                table[table["split"] == "train"])
+        parts += crossfit(net, key, train_ids, train_rows, names, p.crossfit_folds)
     return key, names, parts
 
 
@@ -262,7 +273,8 @@ def permutation(root: Path, model: str, table: pd.DataFrame, p: ExplainParams,
 
     out = {"key": key, "features": names, "n_clips": len(y), "n_val": n_val,
            "n_crossfit": len(parts) - 1, "importance": importance(None, "columns")[0],
-           "base_ccc": weighted_ccc(y, base, np.ones((1, len(y))))[0]}
+           "base_ccc": weighted_ccc(y, base, np.ones((1, len(y))))[0],
+           "base_ccc_val": weighted_ccc(y[:n_val], base[:n_val], np.ones((1, n_val)))[0]}
     clusters = clusters_of(names, train, p.cluster_distance)
     if clusters is not None:
         out["clusters"] = clusters
@@ -314,8 +326,11 @@ def explain_model(root: Path, model: str, tables: tuple[pd.DataFrame, pd.DataFra
         entry["permutation"] = {
             "key": perm["key"], "split": p.permutation_split, "n_clips": perm["n_clips"],
             "n_val": perm["n_val"], "crossfit_folds": perm["n_crossfit"],
+            "clips": [p.permutation_split] + (["train (cross-fitted)"] if perm["n_crossfit"]
+                                              else []),
             "repeats": p.repeats, "metric": "CCC drop when the feature is shuffled",
-            "base_ccc": dict(zip(TRAITS, map(float, perm["base_ccc"]))),
+            "base_ccc": dict(zip(TRAITS, map(float, perm["base_ccc"]))),  # over "clips"
+            "base_ccc_val": dict(zip(TRAITS, map(float, perm["base_ccc_val"]))),
             "top": _top(perm["importance"], perm["features"], p.top_k)}
         if "cues" in perm:
             entry["permutation"]["cues"] = _top(perm["cue_importance"], perm["cues"],
@@ -332,8 +347,7 @@ def explain_model(root: Path, model: str, tables: tuple[pd.DataFrame, pd.DataFra
     else:
         entry["permutation"] = None
     entry["csv"], entry["png"] = write_model_files(root, OUT_DIR, model, features, corr, labels_r,
-                                                   perm,
-                                                   p)
+                                                   perm, p)
     return entry, perm
 
 
@@ -368,10 +382,13 @@ def log_to_mlflow(report: dict, root: Path) -> None:
             for key in ("png", "csv"):
                 mlf.log_artifact(str(root / entry[key]), artifact_path="explain")
             mlf.log_dict(entry, "explain.json")
-            check = (report.get("cue_check") or {}).get(model)
-            if check:
-                mlf.log_metrics({f"cue_hits_{t}": c["hits"] for t, c in check.items()})
-                mlf.log_metric("cue_traits_passed", sum(c["pass"] for c in check.values()))
+            for kind, suffix in (("cue_check", ""), ("cue_check_val", "_val"),
+                                 ("cue_check_measured", "_measured")):
+                check = (report.get(kind) or {}).get(model)
+                if check:
+                    mlf.log_metrics({f"cue_hits{suffix}_{t}": c["hits"] for t, c in check.items()})
+                    mlf.log_metric(f"cue_traits_passed{suffix}",
+                                   sum(c["pass"] for c in check.values()))
 
 
 def latent_cues(root: Path) -> pd.DataFrame | None:
@@ -379,9 +396,11 @@ def latent_cues(root: Path) -> pd.DataFrame | None:
     per cue of personality.synthetic.CUES), or None when ingest wrote none (a real dataset)."""
     from personality.synthetic import CUES
 
+    from personality.common import read_artifact
+
     path = root / SYNTHETIC_CUES
     columns = [f"cue_{c}" for c in CUES]
-    table = pd.read_parquet(path) if path.exists() else pd.DataFrame()
+    table = read_artifact("synthetic_cues", path=path) if path.exists() else pd.DataFrame()
     if table.empty or not {"video_id", *columns} <= set(table.columns):
         return None
     return table.set_index("video_id")[columns].set_axis(list(CUES), axis=1)

@@ -442,8 +442,10 @@ def fake_repo(tmp_path_factory):
               face_share=np.ones(n))
     write_artifact("functionals", pd.DataFrame({"video_id": ids, **fn}),
                    path=root / "data" / "functionals" / "functionals.parquet")
-    pd.DataFrame({"video_id": ids, **{f"cue_{c}": z[:, k] for k, c in enumerate(CUES)}}).to_parquet(
-        root / "data" / "synthetic_cues.parquet")  # what ingest writes beside the clips
+    write_artifact("synthetic_cues", pd.DataFrame(  # what ingest writes beside the clips
+        {"video_id": ids, "subject_id": [f"s{s}" for s in subject],
+         **{f"cue_{c}": z[:, k] for k, c in enumerate(CUES)}}),
+        path=root / "data" / "synthetic_cues.parquet")
     train = [v for v, s in zip(ids, split) if s == "train"]
     sources = build_sources(["functionals"], root=root, video_ids=ids)
     model = build_model("functionals_ridge")
@@ -502,11 +504,15 @@ def test_crossfit_scores_each_train_clip_by_a_refit_without_its_subject(fake_rep
     import models.classical as classical
     from stages.explain import ExplainParams, load_table, scored_clips
 
-    fitted_on, real = [], classical.refit
+    fitted_on, refits, real = [], [], classical.refit
 
     def spy(model, x, y, groups, columns=None):
         fitted_on.append(set(groups))
-        return real(model, x, y, groups, columns)
+        # standardised with this fold's own training clips, as the source does in training
+        sd = x.std(0)  # 1, or 0 for a constant column (face_share)
+        assert np.allclose(x.mean(0), 0, atol=1e-5) and np.all(np.isclose(sd, 1) | (sd == 0))
+        refits.append(real(model, x, y, groups, columns))
+        return refits[-1]
 
     monkeypatch.setattr(classical, "refit", spy)
     table, _ = load_table(fake_repo, ["train", "val"])
@@ -515,7 +521,8 @@ def test_crossfit_scores_each_train_clip_by_a_refit_without_its_subject(fake_rep
     assert key == "functionals" and [p.split for p in parts] == ["val"] + ["train"] * 4
     train = table[table["split"] == "train"]
     assert sorted(v for p in parts[1:] for v in p.views) == sorted(train.index)  # each once
-    for part, seen in zip(parts[1:], fitted_on):
+    for part, seen, model in zip(parts[1:], fitted_on, refits, strict=True):
+        assert part.model is model  # the refit scores its fold, not the trained model
         assert not seen & set(part.subjects)
         assert seen | set(part.subjects) == set(train["subject_id"])
         assert np.array_equal(part.y, train.loc[list(part.views), list(TRAITS)].to_numpy())
@@ -571,6 +578,7 @@ def test_models_explained_in_parallel_match_one_process(fake_repo, tmp_path):
     serial = run(params, BaseParams(workers=1), root=root, models=models)
     parallel = run(params, BaseParams(workers=2), root=root, models=models)
     assert json.dumps(parallel, sort_keys=True) == json.dumps(serial, sort_keys=True)
+    assert list(parallel["models"]) == models  # explained gbt first, reported in given order
     # each entry is its own model's: the entry of that model explained alone
     alone = run(params, BaseParams(workers=1), root=root, models=["functionals_gbt"])
     entry = json.dumps(alone["models"]["functionals_gbt"], sort_keys=True)
@@ -639,6 +647,18 @@ def test_explain_clip_on_built_sources(tmp_path, speech_then_silence):
     assert len(explanation["audio_occlusion"]["logmel"]["delta"][0]) == 6
     assert clip_views(sources, "clip")["face"].shape == (3, 3, 64, 64)
     json.dumps(explanation)  # JSON-safe
+
+
+def test_latent_cues_only_where_ingest_wrote_them(fake_repo, tmp_path):
+    from personality.common import write_artifact
+    from stages.explain import latent_cues
+
+    cues = latent_cues(fake_repo)
+    assert cues is not None and cues.shape == (180, 10) and cues.index[0] == "v000"
+    assert latent_cues(tmp_path) is None  # no file
+    write_artifact("synthetic_cues", pd.DataFrame({"video_id": [], "subject_id": []}),
+                   path=tmp_path / "data" / "synthetic_cues.parquet")
+    assert latent_cues(tmp_path) is None  # a real dataset: ingest writes an empty table
 
 
 def test_no_validation_clips_leave_correlations_and_no_importance(fake_repo, tmp_path):

@@ -3,6 +3,8 @@ closed-form classical models (ridge against scikit-learn, exported trees against
 own predictions, a checkpoint round trip)."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -157,12 +159,14 @@ def test_refit_repeats_the_training_procedure(table_root, tmp_path, name):
                                       "source_config": for_inference({}, [src])})
     loaded, _ = load_checkpoint(tmp_path / "m" / "best.pt")
     trained = {k: v.clone() for k, v in loaded.state_dict().items()}
+    config = dataclasses.asdict(loaded.config)
     x = classical._matrix([src], ids[:30])  # (30, F): the rows fit_closed_form fitted on
     again = classical.refit(loaded, x, y[:30], subjects[:30], src.columns).state_dict()
     assert all(torch.equal(again[k], v) for k, v in trained.items())
     fewer = classical.refit(loaded, x[:20], y[:20], subjects[:20], src.columns).state_dict()
     assert not all(torch.equal(fewer[k], v) for k, v in trained.items())
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in trained.items())
+    assert dataclasses.asdict(loaded.config) == config  # its choices are its own
 
 
 def _five_trait_trees(rng: np.random.Generator) -> tuple[classical.FunctionalsTrees, np.ndarray]:
@@ -179,12 +183,14 @@ def test_rescoring_only_the_trees_a_column_reaches_is_forward_to_the_bit():
     split on the shuffled columns: the same bits as forward on the shuffled rows."""
     rng = np.random.default_rng(4)
     model, x = _five_trait_trees(rng)
-    x = torch.from_numpy(x)
+    assert (model.value.abs().sum(-1) == 0).any()  # a trait with fewer trees: padding trees
+    x = torch.from_numpy(np.concatenate([x] * 3))  # 240 rows: more than one 128-row block
+    rng_rows = len(x)
     with torch.inference_mode():
         leaves = model.leaves(x)  # (80, K * N)
         for cols in ([0], [3, 4], [5], [0, 1, 2, 3, 4, 5]):
             shuffled = x.clone()
-            shuffled[:, cols] = x[torch.from_numpy(rng.permutation(80))][:, cols]
+            shuffled[:, cols] = x[torch.from_numpy(rng.permutation(rng_rows))][:, cols]
             want = model({"functionals": shuffled})
             assert torch.equal(model.rescored(leaves, shuffled, cols), want)
             assert not torch.equal(want, model({"functionals": x}))  # the shuffle mattered
@@ -196,7 +202,10 @@ def test_permutation_importance_of_trees_is_the_same_with_the_shortcut(monkeypat
 
     model, x = _five_trait_trees(np.random.default_rng(5))
     views = {f"v{i}": {"functionals": torch.from_numpy(x[i:i + 1])} for i in range(len(x))}
+    calls, rescored = [], model.rescored
+    monkeypatch.setattr(model, "rescored", lambda *a: calls.append(a[2]) or rescored(*a))
     fast = importance.permuted_predictions(model, views, "functionals", repeats=3, seed=0)
+    assert calls == [[f] for f in range(6)]  # the shortcut ran, once per column
     monkeypatch.setattr(importance, "_base_leaves", lambda *args: None)
     full = importance.permuted_predictions(model, views, "functionals", repeats=3, seed=0)
     assert fast.shape == (6, 3, 80, 5) and np.array_equal(fast, full)
