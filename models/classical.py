@@ -427,7 +427,8 @@ class FunctionalsTrees(_Closed):
 
     def leaves(self, x: Tensor) -> Tensor:
         """(B, K * N): the flat address of the leaf each row of x (B, F) reaches in every tree."""
-        return self._blocks(self._leaves, _sklearn_float(x))
+        arrays = self._walk_arrays()
+        return self._blocks(lambda part: self._leaves(part, arrays), _sklearn_float(x))
 
     def rescored(self, leaves: Tensor, x: Tensor, cols: Sequence[int]) -> Tensor:
         """forward({"functionals": x}) (B, K) for rows x (B, F) that differ from the rows behind
@@ -443,7 +444,9 @@ class FunctionalsTrees(_Closed):
         trees = used.reshape(-1).nonzero().flatten()  # (T,) flat tree numbers k * N + n
         out = leaves.clone()
         if len(trees) and N:
-            out[:, trees] = self._blocks(lambda part: self._leaves(part, trees), _sklearn_float(x))
+            arrays = self._walk_arrays()
+            out[:, trees] = self._blocks(lambda part: self._leaves(part, arrays, trees),
+                                         _sklearn_float(x))
         return self._score(out)
 
     def _blocks(self, fn, x: Tensor) -> Tensor:
@@ -453,19 +456,25 @@ class FunctionalsTrees(_Closed):
             return fn(x)
         return torch.cat([fn(x[i:i + step]) for i in range(0, len(x), step)])
 
-    def _leaves(self, x: Tensor, trees: Tensor | None = None) -> Tensor:
-        """(B, T) leaf addresses of x (B, F) float64 in `trees` (flat tree numbers; None: all)."""
-        K, N, M = self.feature.shape
-        # flat node addresses (trait k, tree n, node m) -> (k * N + n) * M + m, read with one
-        # `take` per array: 3.5x faster than indexing with three broadcast index tensors, same
-        # numbers to the bit
-        start = (torch.arange(K * N, device=x.device) if trees is None else trees) * M  # (T,)
+    def _walk_arrays(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(child, feature, threshold) over flat node addresses (trait k, tree n, node m) ->
+        (k * N + n) * M + m, read with one `take` per array: 3.5x faster than indexing with
+        three broadcast index tensors, same numbers to the bit. child[2 a]: right, [2 a + 1]:
+        left. Built once per call of leaves / rescored, not per block of rows."""
         child = torch.stack([self.right.reshape(-1), self.left.reshape(-1)], -1).reshape(-1)
-        feature, threshold = self.feature.reshape(-1), self.threshold.reshape(-1)
+        return child, self.feature.reshape(-1), self.threshold.reshape(-1)
+
+    def _leaves(self, x: Tensor, arrays: tuple[Tensor, Tensor, Tensor],
+                trees: Tensor | None = None) -> Tensor:
+        """(B, T) leaf addresses of x (B, F) float64 in `trees` (flat tree numbers; None: all);
+        arrays: _walk_arrays()."""
+        K, N, M = self.feature.shape
+        child, feature, threshold = arrays
+        start = (torch.arange(K * N, device=x.device) if trees is None else trees) * M  # (T,)
         idx = start.expand(x.shape[0], len(start))  # (B, T): every tree starts at its root
         for _ in range(self.config.depth):
             go_left = x.gather(1, feature.take(idx)) <= threshold.take(idx)
-            idx = start + child.take(idx * 2 + go_left)  # child[2 a]: right, [2 a + 1]: left
+            idx = start + child.take(idx * 2 + go_left)
         return idx
 
     def _score(self, leaves: Tensor) -> Tensor:
@@ -542,8 +551,7 @@ def fit_closed_form(model: _Closed, sources: Sequence[InputSource], *, train_ids
     x = _matrix(sources, [v for v, ok in zip(train_ids, labelled) if ok])
     g = np.asarray(groups)[labelled]
     columns = next((s.columns for s in sources if isinstance(s, FunctionalsSource)), None)
-    facts = (model.fit(x, y[labelled], g, columns) if isinstance(model, FunctionalsRidge)
-             else model.fit(x, y[labelled], g))
+    facts = _fit_rows(model, x, y[labelled], g, columns)
     model.eval()
     meta = dict(meta or {})
     meta["model_config"] = model_config_of(model)
@@ -584,11 +592,16 @@ def refit(model: _Closed, x: np.ndarray, y: np.ndarray, groups: Sequence,
     `groups`, then every row. The explain stage's cross-fitting: a copy that never saw a subject
     scores that subject's clips. `columns`: the functionals' names (the ridge's column sets)."""
     fresh = type(model)(dataclasses.replace(model.config))
-    if isinstance(fresh, FunctionalsRidge):
-        fresh.fit(x, y, groups, columns)
-    else:
-        fresh.fit(x, y, groups)
+    _fit_rows(fresh, x, y, groups, columns)
     return fresh.eval()
+
+
+def _fit_rows(model: _Closed, x: np.ndarray, y: np.ndarray, groups: Sequence,
+              columns: Sequence[str] | None) -> dict:
+    """model.fit on (x, y): the ridge also takes the column names (its column sets)."""
+    if isinstance(model, FunctionalsRidge):
+        return model.fit(x, y, groups, columns)
+    return model.fit(x, y, groups)
 
 
 def _predict(model: _Closed, x: np.ndarray) -> np.ndarray:

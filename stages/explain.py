@@ -197,8 +197,9 @@ def crossfit(net: Any, key: str, ids: list[str], rows: pd.DataFrame, names: list
     y = rows[list(TRAITS)].to_numpy(np.float64)
     parts = []
     for held in group_folds(g, folds):
-        keep = np.setdiff1d(np.arange(len(ids)), held)
-        z = standardised(raw, np.isin(np.arange(len(ids)), keep))  # (n, F) float32
+        fit = ~np.isin(np.arange(len(ids)), held)  # (n,) the clips this refit is fitted on
+        keep = np.flatnonzero(fit)
+        z = standardised(raw, fit)  # (n, F) float32, from the fitted folds' statistics
         views = {ids[i]: {key: torch.from_numpy(z[i:i + 1])} for i in held}
         parts.append(Scored(refit(net, z[keep].astype(np.float64), y[keep], g[keep], names),
                             views, y[held], list(g[held]), "train"))
