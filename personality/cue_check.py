@@ -12,12 +12,13 @@ resamples, and how often k features drawn at random would pass (chance). stages/
 it; docs/evaluation.md shows the tables.
 
 What a feature measures is decided two ways: by its name (`CUE_RULES`, `cluster_cue`: a cluster
-of functionals takes the cue most of its cue-carrying members measure), and, because the default
+of functionals takes the cue most of its cue-carrying members measure, none on a tie), and, because the default
 data know their latent cues, by the data (`measured_cues`: the cue a column follows best on the
 train clips, if at |Spearman r| >= 0.5). `cue_checks` runs every variant for one model.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["CUE_RULES", "cue_of", "cluster_cue", "planted_cues", "cue_hits", "same_cue",
-           "cue_check", "measured_cues", "measured_check", "cue_checks"]
+           "cue_check", "latent_cues", "measured_cues", "measured_check", "cue_checks"]
 
 # functional -> the synthetic cue it measures: (cue, exact names or prefixes ending in "_").
 # Visual: personality/cues.py's statistics and the AUs they read (AU06, the cheek raiser, moves
@@ -116,10 +117,34 @@ def cue_check(importance: dict, features: list[str], weights: np.ndarray, cues: 
 
 
 def cluster_cue(members: list[str]) -> str:
-    """The cue most members of a feature cluster measure (ties: CUE_RULES order), or ''."""
+    """The cue most members of a feature cluster measure, or '' when none does or two cues tie:
+    a tie says the cluster is not about either (the default data's cluster of 11 lower-face
+    statistics with one brow and one blink statistic follows the face photo, not a cue)."""
     counts = {cue: sum(cue_of(m) == cue for m in members) for cue, _ in CUE_RULES}
     best = max(counts.values())
-    return next(cue for cue, n in counts.items() if n == best) if best else ""
+    leaders = [cue for cue, n in counts.items() if n == best]
+    return leaders[0] if best and len(leaders) == 1 else ""
+
+
+def latent_cues(path: Path) -> pd.DataFrame | None:
+    """The generator's latent cues per clip (ingest's data/synthetic_cues.parquet at `path`:
+    video_id -> one column per cue of personality.synthetic.CUES, then `photo:<name>` 0/1 per
+    face photo but the first where ingest wrote `face_photo`: who the clip shows, a nuisance a
+    model may read), or None when ingest wrote none (a real dataset)."""
+    import pandas as pd
+
+    from personality.common import read_artifact
+    from personality.synthetic import CUES
+
+    columns = [f"cue_{c}" for c in CUES]
+    table = read_artifact("synthetic_cues", path=path) if path.exists() else pd.DataFrame()
+    if table.empty or not {"video_id", *columns} <= set(table.columns):
+        return None
+    out = table.set_index("video_id")[columns].set_axis(list(CUES), axis=1)
+    if "face_photo" in table.columns:
+        for name in sorted(table["face_photo"].unique())[1:]:
+            out[f"photo:{name}"] = (table["face_photo"] == name).to_numpy(np.float64)
+    return out
 
 
 def measured_cues(x: np.ndarray, latent: np.ndarray, cues: list[str],
@@ -145,14 +170,15 @@ def measured_check(perm: dict, train: pd.DataFrame | None, latent: pd.DataFrame 
     """The cluster check with each cluster's cue *measured* (the latent cue its medoid follows
     on the train clips at |Spearman r| >= min_r: measured_cues) instead of named by CUE_RULES:
     (check, {cluster: [cue, |r|]}), or None without clusters or latent cues. train: the train
-    clips' functionals, latent: their cues (both indexed by video_id)."""
+    clips' functionals, latent: their cues (both indexed by video_id), and any other latent
+    column (the face photo: stages/explain.latent_cues) a cluster may follow instead of a cue,
+    which is then its name and never a hit."""
     if latent is None or train is None or "clusters" not in perm:
         return None
     c = perm["clusters"]
     ids = [v for v in train.index if v in latent.index]
     found, r = measured_cues(train.loc[ids, c["medoids"]].to_numpy(np.float64),
-                             latent.loc[ids, law[1]].to_numpy(np.float64), law[1],
-                             min_r)
+                             latent.loc[ids].to_numpy(np.float64), list(latent.columns), min_r)
     check = cue_check(perm["cluster_importance"], c["names"], *law, k_top=top_k,
                       to_cue=dict(zip(c["names"], found)).get)
     return check, {n: [f, float(v)] for n, f, v in zip(c["names"], found, r)}

@@ -70,7 +70,8 @@ def _measured_tables(report: dict) -> list[str]:
             f"**Cue check by measured cue, {model}** (the same clusters and importances as the "
             "cue check; a cluster's cue is the latent cue its most central member follows best "
             "over the train clips, by \\|Spearman r\\|, if at least "
-            f"{report['params']['measured_cue_r']}, else -):")
+            f"{report['params']['measured_cue_r']}, else -; photo:<name>: it follows which face "
+            "photo the clip shows more than any cue, and is never a hit):")
     return lines
 
 
@@ -93,7 +94,8 @@ def _rules_tables(report: dict, val_alone: bool) -> list[str]:
             f"**Cue check{alone}, {model}** (features: {clusters['n_clusters']} clusters of "
             f"interchangeable functionals, |Spearman r| on train, cut at distance "
             f"{clusters['max_distance']}, each shuffled as one; named by its most central "
-            f"member, (+k) other members; permutation importance on "
+            f"member, (+k) other members; its cue: the one most of its members measure by the "
+            f"rules, none on a tie; permutation importance on "
             f"{clips_text(imp, val_alone)}, {imp['repeats']} shuffles; 95% intervals over "
             "subjects):")
     return lines

@@ -58,7 +58,7 @@ from personality.common import (BaseParams, ParamsError, StageInputError, atomic
                                 atomic_write_text, experiment_models, find_checkpoint,
                                 get_logger, load_params, mlflow_run, repo_root, stage_errors,
                                 write_tracking_receipt)
-from personality.cue_check import cluster_cue, cue_checks, cue_of
+from personality.cue_check import cluster_cue, cue_checks, cue_of, latent_cues
 from personality.executor import local_processes, map_jobs
 from personality.explain_report import markdown, write_model_files
 from personality.schemas import TRAITS
@@ -392,21 +392,6 @@ def log_to_mlflow(report: dict, root: Path) -> None:
                                    sum(c["pass"] for c in check.values()))
 
 
-def latent_cues(root: Path) -> pd.DataFrame | None:
-    """The generator's latent cues per clip (data/synthetic_cues.parquet: video_id -> one column
-    per cue of personality.synthetic.CUES), or None when ingest wrote none (a real dataset)."""
-    from personality.synthetic import CUES
-
-    from personality.common import read_artifact
-
-    path = root / SYNTHETIC_CUES
-    columns = [f"cue_{c}" for c in CUES]
-    table = read_artifact("synthetic_cues", path=path) if path.exists() else pd.DataFrame()
-    if table.empty or not {"video_id", *columns} <= set(table.columns):
-        return None
-    return table.set_index("video_id")[columns].set_axis(list(CUES), axis=1)
-
-
 class TooFewClips(StageInputError):
     """Too few labelled clips to correlate or permute anything: the stage says so and the
     pipeline goes on (a small corpus, or one labelled on train only)."""
@@ -458,7 +443,7 @@ def run(params: ExplainParams, base: BaseParams | None = None, root: Path | None
                     "models": {}, "cue_check": {}, "cue_check_val": {},
                     "cue_check_measured": {}, "cue_check_columns": {}, "cue_check_grouped": {}}
     law = _cue_law(table)
-    latent = latent_cues(root) if law is not None else None
+    latent = latent_cues(root / SYNTHETIC_CUES) if law is not None else None
     train = table.loc[table["split"] == "train", features] if clustering else None
     ordered = longest_first(models, params.cue_models)  # the report keeps train.models' order
     jobs = [{"root": root, "model": model, "tables": (corr_table, table), "features": features,

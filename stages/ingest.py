@@ -13,8 +13,8 @@ Sources (`ingest.source`; options under `ingest.<source>`):
 every later stage keeps them.
 
 Outputs: data/manifest.parquet, data/user_study.parquet, data/synthetic_cues.parquet and
-data/synthetic_tracks.parquet (synthetic only: cues per clip, unit strengths per rendered frame;
-empty otherwise), data/videos/ (synthetic clips), data/source_aus/ (AU sequences of the
+data/synthetic_tracks.parquet (synthetic only: latent cues, face photo and mean unit strengths
+per clip, unit strengths per rendered frame; empty otherwise), data/videos/ (synthetic clips), data/source_aus/ (AU sequences of the
 sources that have no video, empty otherwise), metrics/ingest.json (counts, bad rows).
 """
 from __future__ import annotations
@@ -119,6 +119,18 @@ def _require_splits(split_of: dict[str, str], required: tuple[str, ...], fix: st
                               f"{len(split_of)} subject(s) (splits are by subject): {fix}")
 
 
+def _cue_table(video_ids: list[str], subjects: list[str], photos: list[str], cues: np.ndarray,
+               rendered: list[dict]) -> pd.DataFrame:
+    """data/synthetic_cues: per clip its latent cues (n, 10), the face photo it animates (who
+    the clip shows: a nuisance the explain stage looks for) and its mean unit strengths."""
+    from personality import synthetic as syn
+
+    return pd.DataFrame({"video_id": video_ids, "subject_id": subjects, "face_photo": photos,
+                         **{f"cue_{c}": cues[:, k] for k, c in enumerate(syn.CUES)},
+                         **{f"track_{u}": [r["mean_tracks"][u] for r in rendered]
+                            for u in syn.UNITS}})
+
+
 def ingest_synthetic(p: SyntheticParams, assign: Callable[[list[str]], dict[str, str]],
                      seed: int, workers: int, root: Path, required: tuple[str, ...] = SPLITS
                      ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -171,10 +183,8 @@ def ingest_synthetic(p: SyntheticParams, assign: Callable[[list[str]], dict[str,
         "fps": [r["fps"] for r in rendered],
         "has_audio": [r["has_audio"] for r in rendered],
     })
-    cue_table = pd.DataFrame({"video_id": video_ids, "subject_id": subjects,
-                              **{f"cue_{c}": cues[:, k] for k, c in enumerate(syn.CUES)},
-                              **{f"track_{u}": [r["mean_tracks"][u] for r in rendered]
-                                 for u in syn.UNITS}})
+    cue_table = _cue_table(video_ids, subjects, [rigs[appearances[s].rig].name
+                                                  for s in subject_of_clip], cues, rendered)
     rated = rng.random(p.n_videos) < p.user_study_share
     study = syn.simulate_user_study(cues[rated], [v for v, r in zip(video_ids, rated) if r], rng,
                                     n_raters=p.n_raters, raters_per_video=p.raters_per_video)

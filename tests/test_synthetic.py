@@ -130,6 +130,12 @@ def test_cues_reach_the_rendered_clip(tiny_dataset):
     assert {f"cue_{c}" for c in syn.CUES} <= set(cues.columns)
     assert np.corrcoef(cues["cue_smile"], cues["track_smile"])[0, 1] > 0.3  # only 6 clips
     assert np.corrcoef(cues["cue_head_motion"], cues["track_yaw"])[0, 1] > 0.3
+    # the face photo each clip animates: one per subject, the rigs' names (subject s: rig s % 2)
+    assert set(cues["face_photo"]) <= {rig for rig in syn.face_photos()}
+    assert (cues.groupby("subject_id")["face_photo"].nunique() == 1).all()
+    first = cues.sort_values("subject_id").drop_duplicates("subject_id")
+    assert first["face_photo"].tolist() == [list(syn.face_photos())[int(s[5:]) % 2]
+                                            for s in first["subject_id"]]
     # on many draws: expression episodes follow their cue, and the face mostly rests (so the
     # aus stage's per-video neutral baseline keeps the signal)
     rng = np.random.default_rng(0)

@@ -1,0 +1,300 @@
+"""How often can the explain stage's cue check pass on data like the default? A power analysis.
+
+    .venv/bin/python bench/cue_check_power.py               # 200 runs per scenario, ~4 min
+    .venv/bin/python bench/cue_check_power.py --runs 40     # a quicker look
+
+The check (docs/evaluation.md, personality/cue_check.py) asks, per trait, whether two of its
+three heaviest planted cues are among its five most important features. It can only pass where
+the training clips show a cue's link to the trait and the front-end measures the cue. This bench
+separates the two, on the cue level (no rendering), with the stage's own procedure:
+`FunctionalsRidge` (alphas by grouped CV), validation clips scored by the trained model, the train
+clips cross-fitted (stages.explain.crossfit: 5 subject folds, each standardised and refitted on
+the others), permutation importance (models.importance) over both, top five per trait.
+
+Features: one column per cue, the cue plus noise at the front-end's measured reliability (the
+best |Pearson r| of any functional with that cue over the default train clips, read from
+data/functionals and data/synthetic_cues; r = 1: a perfect front-end), and --nuisance columns of
+pure noise standing in for the rest of the 189 functionals clusters. (Real nuisance features are
+not pure noise: the face photo, for one, is readable from many AU statistics, so the real check
+is harder than this one; these rates are upper bounds.)
+
+Scenarios (rows), each with the default's shape (its subjects, clips per subject and splits):
+  this draw: the default data's own latent cues and labels; only measurement noise is redrawn.
+  new draws: cues and labels drawn again from the generator's law (personality.synthetic).
+each with the measured reliabilities and with a perfect front-end, and this draw with one cue's
+reliability raised (--sweep-cue, --sweep: what a better brow measurement would buy). Prints the share of runs in
+which each trait passes and writes bench/results/cue_check_power.json, with, for every trait and
+heavy cue, the correlation the default train split shows against its expected value.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from personality.common import progress  # noqa: E402
+from personality.cue_check import planted_cues, top_indices  # noqa: E402
+from personality.schemas import TRAITS  # noqa: E402
+from personality.synthetic import (CUES, LABEL_NOISE, LABEL_SCALE, LABEL_WEIGHTS,  # noqa: E402
+                                   draw_cues, labels_from_cues)
+
+OUT = ROOT / "bench" / "results" / "cue_check_power.json"
+KEY = "functionals"
+
+
+def default_draw(root: Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """(clips: video_id, subject_id, split, O..N in manifest order; latent cues (n, 10);
+    reliability per cue (10,)) of the default data in `root` (after `dvc repro`)."""
+    paths = [root / "data" / f for f in ("manifest.parquet", "synthetic_cues.parquet",
+                                         "functionals/functionals.parquet")]
+    if not all(p.exists() for p in paths):
+        raise SystemExit(f"{', '.join(str(p) for p in paths)}: run `make run` (dvc repro) first")
+    manifest = pd.read_parquet(paths[0])
+    latent = pd.read_parquet(paths[1]).set_index("video_id")
+    if latent.empty:
+        raise SystemExit(f"{paths[1]} is empty: the bench needs the default synthetic dataset")
+    funcs = pd.read_parquet(paths[2])
+    clips = manifest[["video_id", "subject_id", "split", *TRAITS]].reset_index(drop=True)
+    cues = latent.loc[clips["video_id"], [f"cue_{c}" for c in CUES]].to_numpy(np.float64)
+    train = clips["split"].eq("train").to_numpy()
+    x = funcs.set_index("video_id").loc[clips["video_id"]].select_dtypes("number")
+    return clips, cues, front_end_reliability(x.to_numpy(np.float64)[train], cues[train])
+
+
+def front_end_reliability(x: np.ndarray, cues: np.ndarray) -> np.ndarray:
+    """(10,): per cue the best |Pearson r| of any column of x (n, F) with it, over rows where
+    the column is finite; constant columns count as 0."""
+    best = np.zeros(cues.shape[1])
+    for f in range(x.shape[1]):
+        ok = np.isfinite(x[:, f])
+        if ok.sum() < 3 or np.std(x[ok, f]) == 0:
+            continue
+        r = [abs(np.corrcoef(x[ok, f], cues[ok, c])[0, 1]) for c in range(cues.shape[1])]
+        best = np.maximum(best, r)
+    return best
+
+
+def measured(cues: np.ndarray, reliability: np.ndarray, n_nuisance: int,
+             rng: np.random.Generator) -> np.ndarray:
+    """(n, 10 + n_nuisance) features: r * cue + sqrt(1 - r^2) * noise per cue (cues are unit
+    variance, so each column follows its cue at r), then pure-noise columns."""
+    n = len(cues)
+    noise = rng.standard_normal(cues.shape) * np.sqrt(1 - reliability ** 2)
+    return np.hstack([cues * reliability + noise, rng.standard_normal((n, n_nuisance))])
+
+
+def importance(x: np.ndarray, clips: pd.DataFrame, *, repeats: int, seed: int,
+               names: list[str] | None = None, groups: list[list[int]] | None = None,
+               config: dict | None = None) -> np.ndarray:
+    """(F or G, 5) CCC drop per feature (or group of features shuffled as one) and trait, the
+    explain stage's way: the ridge (RidgeConfig(**config)) fitted on the train clips
+    (standardised with their statistics) scores val, 5 cross-fitted refits score train, each
+    part's clips shuffled among themselves."""
+    from models.classical import FunctionalsRidge, RidgeConfig, standardised
+    from models.explain import predict_views
+    from models.importance import permutation_importance, permuted_predictions
+    from stages.explain import Scored, crossfit
+
+    names = names or [f"f{j}" for j in range(x.shape[1])]
+    train = clips["split"].eq("train").to_numpy()
+    val = clips["split"].eq("val").to_numpy()
+    y = clips[list(TRAITS)].to_numpy(np.float64)
+    z = standardised(x, train)  # (n, F) float32, train statistics
+    cfg = config if config is not None else {"drop_options": ((),)}  # {}: the stage's defaults
+    net = FunctionalsRidge(RidgeConfig(**cfg))
+    net.fit(z[train].astype(np.float64), y[train], clips.loc[train, "subject_id"].to_numpy(),
+            names)
+    net.eval()
+    ids = clips["video_id"].tolist()
+    views = {ids[i]: {KEY: torch.from_numpy(z[i:i + 1])} for i in np.flatnonzero(val)}
+    rows = pd.concat([clips[train].set_index("video_id"),
+                      pd.DataFrame(x[train], index=clips.loc[train, "video_id"], columns=names)],
+                     axis=1)
+    parts = [Scored(net, views, y[val], list(clips.loc[val, "subject_id"]), "val")]
+    parts += crossfit(net, KEY, list(rows.index), rows, names, folds=5)
+    with contextlib.redirect_stderr(io.StringIO()):  # the per-part bars of a few-ms job
+        base = np.concatenate([predict_views(s.model, s.views) for s in parts])
+        perm = np.concatenate([permuted_predictions(s.model, s.views, KEY, repeats=repeats,
+                                                    seed=seed + i, groups=groups)
+                               for i, s in enumerate(parts)], axis=2)  # (F or G, R, n, 5)
+    y_all = np.concatenate([s.y for s in parts])
+    return permutation_importance(y_all, base, perm, np.ones((1, len(y_all))))["value"]
+
+
+def passes(imp: np.ndarray, feature_cues: list[str] | None = None, top_k: int = 5,
+           need: int = 2) -> np.ndarray:
+    """(5,) bool: per trait, at least `need` of its 3 heaviest planted cues measured by one of
+    its top_k features. feature_cues: the cue of each row of imp ("" for none); default: the
+    cue-level layout, row j = CUES[j], then nuisance."""
+    if feature_cues is None:
+        feature_cues = list(CUES) + [""] * (len(imp) - len(CUES))
+    planted = planted_cues(LABEL_WEIGHTS, list(CUES))
+    top = top_indices(imp, top_k)  # (k, 5)
+    return np.array([sum(c in {feature_cues[i] for i in top[:, t]} for c in planted[t]) >= need
+                     for t in range(len(TRAITS))])
+
+
+def scenario(clips: pd.DataFrame, cues: np.ndarray | None, reliability: np.ndarray, *, runs: int,
+             n_nuisance: int, repeats: int, seed: int, desc: str) -> np.ndarray:
+    """(runs, 5) bool pass table. cues None: cues and labels drawn anew each run from the
+    generator's law on clips' subjects."""
+    subjects = pd.factorize(clips["subject_id"])[0]
+    out = np.zeros((runs, len(TRAITS)), bool)
+    for run in progress(range(runs), desc=desc, unit="run"):
+        rng = np.random.default_rng([seed, run])
+        table = clips
+        latent = cues
+        if cues is None:
+            latent = draw_cues(rng, subjects, subjects.max() + 1)
+            table = clips.copy()
+            table[list(TRAITS)] = labels_from_cues(latent, rng)
+        x = measured(latent, reliability, n_nuisance, rng)
+        out[run] = passes(importance(x, table, repeats=repeats, seed=seed + run))
+    return out
+
+
+def our_functionals(root: Path, clips: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+    """(n, F) raw data/functionals in clips' order, NaN where none, and the column names."""
+    funcs = pd.read_parquet(root / "data" / "functionals" / "functionals.parquet")
+    names = [c for c in funcs.columns if c != "video_id"]
+    return funcs.set_index("video_id").loc[clips["video_id"], names].to_numpy(np.float64), names
+
+
+def injected_name(cue: str) -> str:
+    """A column name CUE_RULES reads as `cue` (visual cues: their first AU or head prefix)."""
+    from personality.cue_check import CUE_RULES
+
+    prefix = dict(CUE_RULES)[cue][0]
+    if not prefix.endswith("_"):
+        raise SystemExit(f"--sweep-cue {cue}: only cues named by a prefix (the visual ones)")
+    return f"{prefix}injected"
+
+
+def real_scenario(root: Path, clips: pd.DataFrame, cues: np.ndarray, cue: str,
+                  reliability: float | None, *, runs: int, repeats: int, seed: int
+                  ) -> np.ndarray:
+    """(runs, 5) bool: the check of the stage's ridge on our own functionals, clustered and
+    named as the stage does (stages.explain.clusters_of), with one more column following `cue`
+    at `reliability` (None: none added; then runs differ only in their shuffles)."""
+    from stages.explain import clusters_of
+
+    x, names = our_functionals(root, clips)
+    train = clips["split"].eq("train").to_numpy()
+    out = np.zeros((runs, len(TRAITS)), bool)
+    label = "our functionals" + (f" + {cue} at r {reliability:.2f}" if reliability else "")
+    for run in progress(range(runs), desc=label, unit="run"):
+        xr, nr = x, names
+        if reliability is not None:
+            noise = np.random.default_rng([seed, run, 7]).standard_normal(len(x))
+            column = reliability * cues[:, CUES.index(cue)] + np.sqrt(1 - reliability ** 2) * noise
+            xr, nr = np.c_[x, column], [*names, injected_name(cue)]
+        groups = clusters_of(nr, pd.DataFrame(xr[train], columns=nr), 0.3)
+        imp = importance(xr, clips, repeats=repeats, seed=seed + run, names=nr,
+                         groups=groups["groups"], config={})
+        out[run] = passes(imp, groups["cues"])
+    return out
+
+
+def train_links(clips: pd.DataFrame, cues: np.ndarray) -> list[dict]:
+    """Per trait and heavy planted cue: Pearson r of the latent cue with the label over the
+    default train clips, beside its expected value under the law."""
+    train = clips["split"].eq("train").to_numpy()
+    planted = planted_cues(LABEL_WEIGHTS, list(CUES))
+    out = []
+    for t, trait in enumerate(TRAITS):
+        unit = LABEL_WEIGHTS[t] / np.linalg.norm(LABEL_WEIGHTS[t])
+        signal = LABEL_SCALE / np.hypot(LABEL_SCALE, LABEL_NOISE[t])  # r(noise-free, label)
+        for c in planted[t]:
+            j = CUES.index(c)
+            r = np.corrcoef(cues[train, j], clips.loc[train, trait])[0, 1]
+            out.append({"trait": trait, "cue": c, "expected_r": round(float(unit[j] * signal), 3),
+                        "train_r": round(float(r), 3)})
+    return out
+
+
+def scenarios(cues: np.ndarray, reliability: np.ndarray, sweep_cue: str, sweep: list[float]
+              ) -> list[tuple[str, np.ndarray | None, np.ndarray]]:
+    """(name, latent cues or None for new draws, reliability per cue) of each table row."""
+    perfect = np.ones_like(reliability)
+    rows = [("this draw, measured", cues, reliability),
+            ("this draw, perfect front-end", cues, perfect)]
+    for r in sweep:
+        rel = reliability.copy()
+        rel[CUES.index(sweep_cue)] = r
+        rows.append((f"this draw, {sweep_cue} at r {r:.2f}", cues, rel))
+    return rows + [("new draws, measured", None, reliability),
+                   ("new draws, perfect front-end", None, perfect)]
+
+
+def pass_table(args: argparse.Namespace, clips: pd.DataFrame, cues: np.ndarray,
+               reliability: np.ndarray) -> dict[str, dict[str, float]]:
+    """{row: {trait: share of runs passing, "all five": ...}}: the cue-level scenarios, then
+    (--real-runs > 0) the stage's own check on our functionals, bare and with the swept cue."""
+    runs = {}
+    for name, latent, rel in scenarios(cues, reliability, args.sweep_cue, args.sweep) * bool(
+            args.runs):
+        runs[name] = scenario(clips, latent, rel, runs=args.runs, n_nuisance=args.nuisance,
+                              repeats=args.repeats, seed=args.seed, desc=name)
+    if args.real_runs:
+        for r in [None, *args.sweep]:
+            name = "our functionals" + (f" + {args.sweep_cue} at r {r:.2f}" if r else " (stage)")
+            runs[name] = real_scenario(args.root, clips, cues, args.sweep_cue, r,
+                                       runs=args.real_runs, repeats=args.repeats, seed=args.seed)
+    return {name: {**{t: float(ok[:, i].mean()) for i, t in enumerate(TRAITS)},
+                   "all five": float(ok.all(axis=1).mean())} for name, ok in runs.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=100,
+                    help="runs per cue-level scenario (0: none)")
+    ap.add_argument("--real-runs", type=int, default=20,
+                    help="runs per scenario on our own functionals (0: none)")
+    ap.add_argument("--nuisance", type=int, default=179, help="pure-noise columns (189 clusters "
+                    "of the real check minus the 10 cues)")
+    ap.add_argument("--repeats", type=int, default=5, help="shuffles per feature")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sweep-cue", default="brow_lower", choices=CUES,
+                    help="a cue whose reliability alone is raised, on this draw")
+    ap.add_argument("--sweep", type=float, nargs="*", default=[0.7, 0.85, 1.0],
+                    help="reliabilities of --sweep-cue to try")
+    ap.add_argument("--root", type=Path, default=ROOT)
+    args = ap.parse_args(argv)
+
+    clips, cues, reliability = default_draw(args.root)
+    started = time.time()
+    table = pass_table(args, clips, cues, reliability)
+    print(f"share of runs passing (>= 2 of the 3 heaviest cues in the top 5): {args.runs} runs "
+          f"per cue-level row ({args.nuisance} nuisance columns), {args.real_runs} per row on "
+          f"our functionals; {time.time() - started:.0f} s")
+    print("| scenario | " + " | ".join([*TRAITS, "all five"]) + " |")
+    print("|---" * (len(TRAITS) + 2) + "|")
+    for name, row in table.items():
+        print(f"| {name} | " + " | ".join(f"{100 * v:.0f}%" for v in row.values()) + " |")
+    print("front-end reliability per cue: "
+          + ", ".join(f"{c} {r:.2f}" for c, r in zip(CUES, reliability)))
+    links = train_links(clips, cues)
+    print("default train split, r(latent cue, label): "
+          + "; ".join(f"{x['trait']} {x['cue']} {x['train_r']:+.2f} (law {x['expected_r']:+.2f})"
+                      for x in links))
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps({**{k: v for k, v in vars(args).items() if k != "root"},
+                               "seconds": round(time.time() - started, 1),
+                               "reliability": dict(zip(CUES, reliability.round(3).tolist())),
+                               "pass_share": table, "train_links": links}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
