@@ -48,7 +48,8 @@ ui: $(STAMP)
 plots: $(STAMP)
 	$(BIN)/python scripts/plots.py --png
 
-# every bench/*.py; bench/pipeline.py alone re-runs the whole pipeline in a fresh clone (~10-15 min)
+# every bench/*.py (after `make run`: most read data/); bench/pipeline.py re-runs the whole pipeline
+# in a fresh clone (~10-15 min), bench/cue_check_power.py simulates the explain check (~15 min)
 bench: $(STAMP)
 	for f in bench/*.py; do $(BIN)/python $$f || exit 1; done
 

@@ -1,35 +1,40 @@
 """How often can the explain stage's cue check pass on data like the default? A power analysis.
 
-    .venv/bin/python bench/cue_check_power.py               # 200 runs per scenario, ~4 min
-    .venv/bin/python bench/cue_check_power.py --runs 40     # a quicker look
+    .venv/bin/python bench/cue_check_power.py               # ~15 min on 2 cores
+    .venv/bin/python bench/cue_check_power.py --runs 0      # our functionals' rows only, ~2 min
 
 The check (docs/evaluation.md, personality/cue_check.py) asks, per trait, whether two of its
 three heaviest planted cues are among its five most important features. It can only pass where
 the training clips show a cue's link to the trait and the front-end measures the cue. This bench
 separates the two, on the cue level (no rendering), with the stage's own procedure:
 `FunctionalsRidge` (alphas by grouped CV), validation clips scored by the trained model, the train
-clips cross-fitted (stages.explain.crossfit: 5 subject folds, each standardised and refitted on
-the others), permutation importance (models.importance) over both, top five per trait.
+clips cross-fitted (stages.explain.crossfit: subject folds, each standardised and refitted on
+the others), permutation importance (models.importance) over both, top five per trait, with the
+stage's settings from params.yaml (explain.repeats shuffles, crossfit_folds, cluster_distance,
+top_k).
 
-Features: one column per cue, the cue plus noise at the front-end's measured reliability (the
-best |Pearson r| of any functional with that cue over the default train clips, read from
-data/functionals and data/synthetic_cues; r = 1: a perfect front-end), and --nuisance columns of
-pure noise standing in for the rest of the 189 functionals clusters. (Real nuisance features are
-not pure noise: the face photo, for one, is readable from many AU statistics, so the real check
-is harder than this one; these rates are upper bounds.)
+Cue-level features: one column per cue, the cue plus noise at the front-end's measured
+reliability (the best |Pearson r| of any functional with that cue over the default train clips,
+read from data/functionals and data/synthetic_cues; r = 1: a perfect front-end), and --nuisance
+columns of pure noise standing in for the rest of the 189 functionals clusters. That field is
+not ours (our nuisance clusters are not pure noise: many AU statistics read the face photo; and
+a cue has several proxies), so the bench also runs the stage's check on our own functionals,
+bare and with one column added that follows --sweep-cue at each --sweep reliability.
 
-Scenarios (rows), each with the default's shape (its subjects, clips per subject and splits):
+Rows, each with the default's shape (its subjects, clips per subject and splits):
   this draw: the default data's own latent cues and labels; only measurement noise is redrawn.
   new draws: cues and labels drawn again from the generator's law (personality.synthetic).
-each with the measured reliabilities and with a perfect front-end, and this draw with one cue's
-reliability raised (--sweep-cue, --sweep: what a better brow measurement would buy). Prints the share of runs in
-which each trait passes and writes bench/results/cue_check_power.json, with, for every trait and
-heavy cue, the correlation the default train split shows against its expected value.
+  our functionals: the stage's check itself, runs differing in their shuffle seeds (and the
+    added column's noise).
+Prints the share of runs in which each trait passes and writes
+bench/results/cue_check_power.json, with, for every trait and heavy cue, the correlation the
+default train split shows against its expected value.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import sys
@@ -51,6 +56,15 @@ from personality.synthetic import (CUES, LABEL_NOISE, LABEL_SCALE, LABEL_WEIGHTS
 
 OUT = ROOT / "bench" / "results" / "cue_check_power.json"
 KEY = "functionals"
+
+
+def stage_settings(root: Path):
+    """The explain stage's parameters (params.yaml's `explain` section, ExplainParams): the
+    bench uses their shuffles, cross-fitting folds, cluster cut and top k."""
+    from personality.common import load_params
+    from stages.explain import ExplainParams
+
+    return load_params("explain", ExplainParams, path=root / "params.yaml")
 
 
 def default_draw(root: Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
@@ -96,11 +110,12 @@ def measured(cues: np.ndarray, reliability: np.ndarray, n_nuisance: int,
 
 def importance(x: np.ndarray, clips: pd.DataFrame, *, repeats: int, seed: int,
                names: list[str] | None = None, groups: list[list[int]] | None = None,
-               config: dict | None = None) -> np.ndarray:
+               config: dict | None = None, folds: int = 5, model=None) -> np.ndarray:
     """(F or G, 5) CCC drop per feature (or group of features shuffled as one) and trait, the
     explain stage's way: the ridge (RidgeConfig(**config)) fitted on the train clips
     (standardised with their statistics) scores val, 5 cross-fitted refits score train, each
-    part's clips shuffled among themselves."""
+    part's clips shuffled among themselves. folds: the stage's explain.crossfit_folds; model: a
+    fitted ridge to score val with instead of fitting one (the stage's checkpoint, in tests)."""
     from models.classical import FunctionalsRidge, RidgeConfig, standardised
     from models.explain import predict_views
     from models.importance import permutation_importance, permuted_predictions
@@ -111,18 +126,20 @@ def importance(x: np.ndarray, clips: pd.DataFrame, *, repeats: int, seed: int,
     val = clips["split"].eq("val").to_numpy()
     y = clips[list(TRAITS)].to_numpy(np.float64)
     z = standardised(x, train)  # (n, F) float32, train statistics
-    cfg = config if config is not None else {"drop_options": ((),)}  # {}: the stage's defaults
-    net = FunctionalsRidge(RidgeConfig(**cfg))
-    net.fit(z[train].astype(np.float64), y[train], clips.loc[train, "subject_id"].to_numpy(),
-            names)
-    net.eval()
+    net = model
+    if net is None:
+        cfg = config if config is not None else {"drop_options": ((),)}  # {}: the stage's own
+        net = FunctionalsRidge(RidgeConfig(**cfg))
+        net.fit(z[train].astype(np.float64), y[train], clips.loc[train, "subject_id"].to_numpy(),
+                names)
+        net.eval()
     ids = clips["video_id"].tolist()
     views = {ids[i]: {KEY: torch.from_numpy(z[i:i + 1])} for i in np.flatnonzero(val)}
     rows = pd.concat([clips[train].set_index("video_id"),
                       pd.DataFrame(x[train], index=clips.loc[train, "video_id"], columns=names)],
                      axis=1)
     parts = [Scored(net, views, y[val], list(clips.loc[val, "subject_id"]), "val")]
-    parts += crossfit(net, KEY, list(rows.index), rows, names, folds=5)
+    parts += crossfit(net, KEY, list(rows.index), rows, names, folds=folds)
     with contextlib.redirect_stderr(io.StringIO()):  # the per-part bars of a few-ms job
         base = np.concatenate([predict_views(s.model, s.views) for s in parts])
         perm = np.concatenate([permuted_predictions(s.model, s.views, KEY, repeats=repeats,
@@ -146,7 +163,7 @@ def passes(imp: np.ndarray, feature_cues: list[str] | None = None, top_k: int = 
 
 
 def scenario(clips: pd.DataFrame, cues: np.ndarray | None, reliability: np.ndarray, *, runs: int,
-             n_nuisance: int, repeats: int, seed: int, desc: str) -> np.ndarray:
+             n_nuisance: int, settings, seed: int, desc: str) -> np.ndarray:
     """(runs, 5) bool pass table. cues None: cues and labels drawn anew each run from the
     generator's law on clips' subjects."""
     subjects = pd.factorize(clips["subject_id"])[0]
@@ -160,7 +177,9 @@ def scenario(clips: pd.DataFrame, cues: np.ndarray | None, reliability: np.ndarr
             table = clips.copy()
             table[list(TRAITS)] = labels_from_cues(latent, rng)
         x = measured(latent, reliability, n_nuisance, rng)
-        out[run] = passes(importance(x, table, repeats=repeats, seed=seed + run))
+        imp = importance(x, table, repeats=settings.repeats, seed=seed + run,
+                         folds=settings.crossfit_folds)
+        out[run] = passes(imp, top_k=settings.top_k)
     return out
 
 
@@ -181,9 +200,14 @@ def injected_name(cue: str) -> str:
     return f"{prefix}injected"
 
 
+def real_row(cue: str, reliability: float | None) -> str:
+    """A table row's name on our functionals."""
+    return "our functionals" + (" (stage)" if reliability is None
+                                else f" + {cue} at r {reliability:.2f}")
+
+
 def real_scenario(root: Path, clips: pd.DataFrame, cues: np.ndarray, cue: str,
-                  reliability: float | None, *, runs: int, repeats: int, seed: int
-                  ) -> np.ndarray:
+                  reliability: float | None, *, runs: int, settings, seed: int) -> np.ndarray:
     """(runs, 5) bool: the check of the stage's ridge on our own functionals, clustered and
     named as the stage does (stages.explain.clusters_of), with one more column following `cue`
     at `reliability` (None: none added; then runs differ only in their shuffles)."""
@@ -192,17 +216,17 @@ def real_scenario(root: Path, clips: pd.DataFrame, cues: np.ndarray, cue: str,
     x, names = our_functionals(root, clips)
     train = clips["split"].eq("train").to_numpy()
     out = np.zeros((runs, len(TRAITS)), bool)
-    label = "our functionals" + (f" + {cue} at r {reliability:.2f}" if reliability else "")
+    label = real_row(cue, reliability)
     for run in progress(range(runs), desc=label, unit="run"):
         xr, nr = x, names
         if reliability is not None:
             noise = np.random.default_rng([seed, run, 7]).standard_normal(len(x))
             column = reliability * cues[:, CUES.index(cue)] + np.sqrt(1 - reliability ** 2) * noise
             xr, nr = np.c_[x, column], [*names, injected_name(cue)]
-        groups = clusters_of(nr, pd.DataFrame(xr[train], columns=nr), 0.3)
-        imp = importance(xr, clips, repeats=repeats, seed=seed + run, names=nr,
-                         groups=groups["groups"], config={})
-        out[run] = passes(imp, groups["cues"])
+        groups = clusters_of(nr, pd.DataFrame(xr[train], columns=nr), settings.cluster_distance)
+        imp = importance(xr, clips, repeats=settings.repeats, seed=seed + run, names=nr,
+                         groups=groups["groups"], config={}, folds=settings.crossfit_folds)
+        out[run] = passes(imp, groups["cues"], top_k=settings.top_k)
     return out
 
 
@@ -237,7 +261,7 @@ def scenarios(cues: np.ndarray, reliability: np.ndarray, sweep_cue: str, sweep: 
                    ("new draws, perfect front-end", None, perfect)]
 
 
-def pass_table(args: argparse.Namespace, clips: pd.DataFrame, cues: np.ndarray,
+def pass_table(args: argparse.Namespace, settings, clips: pd.DataFrame, cues: np.ndarray,
                reliability: np.ndarray) -> dict[str, dict[str, float]]:
     """{row: {trait: share of runs passing, "all five": ...}}: the cue-level scenarios, then
     (--real-runs > 0) the stage's own check on our functionals, bare and with the swept cue."""
@@ -245,12 +269,12 @@ def pass_table(args: argparse.Namespace, clips: pd.DataFrame, cues: np.ndarray,
     for name, latent, rel in scenarios(cues, reliability, args.sweep_cue, args.sweep) * bool(
             args.runs):
         runs[name] = scenario(clips, latent, rel, runs=args.runs, n_nuisance=args.nuisance,
-                              repeats=args.repeats, seed=args.seed, desc=name)
+                              settings=settings, seed=args.seed, desc=name)
     if args.real_runs:
         for r in [None, *args.sweep]:
-            name = "our functionals" + (f" + {args.sweep_cue} at r {r:.2f}" if r else " (stage)")
-            runs[name] = real_scenario(args.root, clips, cues, args.sweep_cue, r,
-                                       runs=args.real_runs, repeats=args.repeats, seed=args.seed)
+            runs[real_row(args.sweep_cue, r)] = real_scenario(
+                args.root, clips, cues, args.sweep_cue, r, runs=args.real_runs,
+                settings=settings, seed=args.seed)
     return {name: {**{t: float(ok[:, i].mean()) for i, t in enumerate(TRAITS)},
                    "all five": float(ok.all(axis=1).mean())} for name, ok in runs.items()}
 
@@ -263,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="runs per scenario on our own functionals (0: none)")
     ap.add_argument("--nuisance", type=int, default=179, help="pure-noise columns (189 clusters "
                     "of the real check minus the 10 cues)")
-    ap.add_argument("--repeats", type=int, default=5, help="shuffles per feature")
+    ap.add_argument("--repeats", type=int, default=0,
+                    help="shuffles per feature (0: the stage's explain.repeats)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sweep-cue", default="brow_lower", choices=CUES,
                     help="a cue whose reliability alone is raised, on this draw")
@@ -273,11 +298,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     clips, cues, reliability = default_draw(args.root)
+    settings = stage_settings(args.root)
+    if args.repeats:
+        settings = dataclasses.replace(settings, repeats=args.repeats)
     started = time.time()
-    table = pass_table(args, clips, cues, reliability)
-    print(f"share of runs passing (>= 2 of the 3 heaviest cues in the top 5): {args.runs} runs "
-          f"per cue-level row ({args.nuisance} nuisance columns), {args.real_runs} per row on "
-          f"our functionals; {time.time() - started:.0f} s")
+    table = pass_table(args, settings, clips, cues, reliability)
+    print(f"share of runs passing (>= 2 of the 3 heaviest cues in the top {settings.top_k}): "
+          f"{args.runs} runs per cue-level row ({args.nuisance} nuisance columns), "
+          f"{args.real_runs} per row on our functionals; {settings.repeats} shuffles, "
+          f"{settings.crossfit_folds} cross-fitting folds; {time.time() - started:.0f} s")
     print("| scenario | " + " | ".join([*TRAITS, "all five"]) + " |")
     print("|---" * (len(TRAITS) + 2) + "|")
     for name, row in table.items():
@@ -290,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
                       for x in links))
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps({**{k: v for k, v in vars(args).items() if k != "root"},
+                               "repeats": settings.repeats,
+                               "crossfit_folds": settings.crossfit_folds,
                                "seconds": round(time.time() - started, 1),
                                "reliability": dict(zip(CUES, reliability.round(3).tolist())),
                                "pass_share": table, "train_links": links}, indent=1) + "\n")

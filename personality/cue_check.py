@@ -12,9 +12,11 @@ resamples, and how often k features drawn at random would pass (chance). stages/
 it; docs/evaluation.md shows the tables.
 
 What a feature measures is decided two ways: by its name (`CUE_RULES`, `cluster_cue`: a cluster
-of functionals takes the cue most of its cue-carrying members measure, none on a tie), and, because the default
-data know their latent cues, by the data (`measured_cues`: the cue a column follows best on the
-train clips, if at |Spearman r| >= 0.5). `cue_checks` runs every variant for one model.
+of functionals takes the cue most of its cue-carrying members measure, none on a tie), and,
+because the default data know their latent cues and face photos (`latent_cues`), by the data
+(`measured_cues`, `measured_check`: the cue a column follows best on the train clips within face
+photo, if at |Spearman r| >= 0.5, else the photo where it follows that). `cue_checks` runs every
+variant for one model.
 """
 from __future__ import annotations
 
@@ -147,41 +149,65 @@ def latent_cues(path: Path) -> pd.DataFrame | None:
     return out
 
 
-def measured_cues(x: np.ndarray, latent: np.ndarray, cues: list[str],
-                  min_r: float) -> tuple[list[str], np.ndarray]:
+def measured_cues(x: np.ndarray, latent: np.ndarray, cues: list[str], min_r: float,
+                  strata: np.ndarray | None = None) -> tuple[list[str], np.ndarray]:
     """What each column of x (n, F) follows in the data, not by its name: the latent cue
     (latent (n, C), the generator's cues of the same n clips) with the largest |Spearman r|, or
     '' where that |r| is below min_r; and the |r| (F,). Pairwise over rows where both are
-    finite (a clip without a face has NaN AU functionals)."""
+    finite (a clip without a face has NaN AU functionals). strata (n,): a nuisance the clips
+    fall into (the face photo); every rank is then centred within its stratum first (a partial
+    Spearman r), so that a level that differs between strata neither makes nor hides a cue."""
     import pandas as pd
 
     both = pd.concat([pd.DataFrame(x), pd.DataFrame(latent, columns=[f"cue{j}" for j in
                                                                        range(latent.shape[1])])],
                      axis=1)
-    r = both.rank().corr(method="pearson", min_periods=3).to_numpy()[:x.shape[1], x.shape[1]:]
+    ranks = both.rank()
+    if strata is not None:
+        ranks = ranks - ranks.groupby(np.asarray(strata)).transform("mean")
+    r = ranks.corr(method="pearson", min_periods=3).to_numpy()[:x.shape[1], x.shape[1]:]
     r = np.abs(np.nan_to_num(r, nan=0.0))  # (F, C); a constant column follows nothing
     best = r.argmax(axis=1)
     strength = r[np.arange(len(best)), best]
     return [cues[b] if v >= min_r else "" for b, v in zip(best, strength)], strength
 
 
+def _photo_split(latent: pd.DataFrame) -> tuple[list[str], list[str], np.ndarray | None]:
+    """(cue columns, photo columns, photo index per row or None) of latent_cues' table."""
+    photos = [c for c in latent.columns if c.startswith("photo:")]
+    cues = [c for c in latent.columns if c not in photos]
+    if not photos:
+        return cues, photos, None
+    codes = latent[photos].to_numpy(np.float64) @ np.arange(1, len(photos) + 1)  # 0: the first
+    return cues, photos, codes
+
+
 def measured_check(perm: dict, train: pd.DataFrame | None, latent: pd.DataFrame | None,
                    law: tuple[np.ndarray, list[str]], top_k: int, min_r: float) -> tuple | None:
-    """The cluster check with each cluster's cue *measured* (the latent cue its medoid follows
-    on the train clips at |Spearman r| >= min_r: measured_cues) instead of named by CUE_RULES:
-    (check, {cluster: [cue, |r|]}), or None without clusters or latent cues. train: the train
-    clips' functionals, latent: their cues (both indexed by video_id), and any other latent
-    column (the face photo: stages/explain.latent_cues) a cluster may follow instead of a cue,
-    which is then its name and never a hit."""
+    """The cluster check with each cluster's cue *measured* instead of named by CUE_RULES: the
+    latent cue its medoid follows on the train clips at |Spearman r| >= min_r within face photo
+    (measured_cues with the photo as strata, where latent_cues knows it), else `photo:<name>`
+    where it follows the photo itself at >= min_r (an identity proxy: never a hit), else ''.
+    (check, {cluster: [name, |r| within photo, |r| with the photo or None]}), or None without
+    clusters or latent cues. train: the train clips' functionals, latent: latent_cues' table
+    (both indexed by video_id)."""
     if latent is None or train is None or "clusters" not in perm:
         return None
     c = perm["clusters"]
     ids = [v for v in train.index if v in latent.index]
-    found, r = measured_cues(train.loc[ids, c["medoids"]].to_numpy(np.float64),
-                             latent.loc[ids].to_numpy(np.float64), list(latent.columns), min_r)
+    x = train.loc[ids, c["medoids"]].to_numpy(np.float64)
+    cue_cols, photo_cols, strata = _photo_split(latent.loc[ids])
+    found, r = measured_cues(x, latent.loc[ids, cue_cols].to_numpy(np.float64), cue_cols, min_r,
+                             strata)
+    photo_r: list = [None] * len(found)
+    if photo_cols:
+        photo, photo_r = measured_cues(x, latent.loc[ids, photo_cols].to_numpy(np.float64),
+                                       photo_cols, min_r)
+        found = [f or p for f, p in zip(found, photo)]  # a cue first, else the photo
     check = cue_check(perm["cluster_importance"], c["names"], *law, k_top=top_k,
                       to_cue=dict(zip(c["names"], found)).get)
-    return check, {n: [f, float(v)] for n, f, v in zip(c["names"], found, r)}
+    return check, {n: [f, float(v), None if p is None else float(p)]
+                   for n, f, v, p in zip(c["names"], found, r, photo_r)}
 
 
 def cue_checks(perm: dict, law: tuple[np.ndarray, list[str]], top_k: int,

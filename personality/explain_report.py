@@ -57,21 +57,28 @@ def _check_table(check: dict, top: dict, cues: dict | None, title: str) -> list[
     return lines + [""]
 
 
+def _measured_name(cue: str, r: float, photo: float | None = None) -> str:
+    """A measured-check cell's cue: 'brow_raise, |r| 0.57, photo 0.77' (photo: where known)."""
+    text = f"{cue or '-'}, \\|r\\| {r:.2f}"
+    return text if photo is None else f"{text}, photo {photo:.2f}"
+
+
 def _measured_tables(report: dict) -> list[str]:
     """The cluster check with each cluster's cue measured in the data instead of named."""
     lines = []
+    min_r = report["params"]["measured_cue_r"]
     for model, check in (report.get("cue_check_measured") or {}).items():
         imp = report["models"][model]["permutation"]
         clusters = imp["clusters"]
-        cues = {n: f"{c or '-'}, \\|r\\| {r:.2f}"
-                for n, (c, r) in clusters["measured_cues"].items()}
+        cues = {n: _measured_name(*m) for n, m in clusters["measured_cues"].items()}
         lines += _check_table(
             check, clusters["top"], cues,
             f"**Cue check by measured cue, {model}** (the same clusters and importances as the "
             "cue check; a cluster's cue is the latent cue its most central member follows best "
-            "over the train clips, by \\|Spearman r\\|, if at least "
-            f"{report['params']['measured_cue_r']}, else -; photo:<name>: it follows which face "
-            "photo the clip shows more than any cue, and is never a hit):")
+            "over the train clips, by \\|Spearman r\\| within face photo where ingest recorded it "
+            f"(each photo's mean rank removed), if at least {min_r}; else photo:NAME where it follows which face "
+            f"photo the clip shows at \\|r\\| >= {min_r}, never a hit; else -; photo: its "
+            "\\|r\\| with the photo):")
     return lines
 
 

@@ -30,11 +30,13 @@ whether at least two of its three heaviest planted cues (by |weight|) are among 
 `explain.top_k` most important features (permutation importance of `explain.cue_models` on
 validation, cross-fitted over train). A "feature" there is a cluster of interchangeable
 functionals (`cluster_distance`: 1 - |Spearman r| on the train clips, no labels; a cluster's cue
-is the one most of its cue-carrying members measure), shuffled as one: one column at a time, a
-cue read by many proxies loses its importance to each of them. Reported beside it: the same check
-with each cluster's cue measured in the data (`explain.measured_cue_r`: the latent cue of
-data/synthetic_cues.parquet its medoid follows on train), on the validation clips alone, one
-column at a time and by cue. "share" is how often the check holds over the subject resamples.
+is the one most of its cue-carrying members measure, none on a tie), shuffled as one: one column
+at a time, a cue read by many proxies loses its importance to each of them. Reported beside it:
+the same check with each cluster's cue measured in the data (`explain.measured_cue_r`: the latent
+cue of data/synthetic_cues.parquet its medoid follows on train within face photo, else the face
+photo itself where it follows that: an identity proxy, never a hit), on the validation clips
+alone, one column at a time and by cue. "share" is how often the check holds over the subject
+resamples. bench/cue_check_power.py measures how often the check can pass on such data.
 
 Outputs: metrics/explain.json (per model the top features per trait with intervals, the cue
 check), metrics/explain/<model>.csv (every feature x trait: r with prediction and label,

@@ -13,9 +13,10 @@ Sources (`ingest.source`; options under `ingest.<source>`):
 every later stage keeps them.
 
 Outputs: data/manifest.parquet, data/user_study.parquet, data/synthetic_cues.parquet and
-data/synthetic_tracks.parquet (synthetic only: latent cues, face photo and mean unit strengths
-per clip, unit strengths per rendered frame; empty otherwise), data/videos/ (synthetic clips), data/source_aus/ (AU sequences of the
-sources that have no video, empty otherwise), metrics/ingest.json (counts, bad rows).
+data/synthetic_tracks.parquet (synthetic only: latent cues, face photo and mean unit strengths per
+clip, unit strengths per rendered frame; empty otherwise), data/videos/ (synthetic clips),
+data/source_aus/ (AU sequences of the sources that have no video, empty otherwise),
+metrics/ingest.json (counts, bad rows).
 """
 from __future__ import annotations
 

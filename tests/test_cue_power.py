@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from personality.schemas import TRAITS
 from personality.synthetic import CUES, draw_cues, labels_from_cues
@@ -66,6 +67,8 @@ def test_simulated_front_end_follows_each_cue_at_its_reliability():
 
 
 def test_stage_procedure_finds_measured_cues_and_not_dead_ones():
+    """A sanity check of the simulation (tests/test_explain.py checks the procedure is the
+    stage's, to the bit): perfectly measured cues pass everywhere, a dead column scores ~0."""
     power = load_power()
     clips, cues = clips_of(n_subjects=60, per_subject=3, seed=5)
     rng = np.random.default_rng(0)
@@ -80,3 +83,35 @@ def test_stage_procedure_finds_measured_cues_and_not_dead_ones():
     a = TRAITS.index("A")
     assert imp[CUES.index("smile"), a] > 0.1
     assert abs(imp_dead[CUES.index("smile"), a]) < 0.03
+
+
+def test_default_draw_reads_reliability_and_links_on_train_clips_only(tmp_path):
+    """The front-end's reliability and the train split's links come from the train clips: a
+    functional that follows a cue only on val or test rows does not count."""
+    from personality.common import write_artifact
+
+    power = load_power()
+    clips, cues = clips_of(n_subjects=40, per_subject=2, seed=2)
+    clips.loc[clips["subject_id"] >= "s034", "split"] = "test"
+    train = clips["split"].eq("train").to_numpy()
+    rng = np.random.default_rng(1)
+    smile = np.where(train, rng.standard_normal(len(clips)), cues[:, 0])  # cue off train only
+    blink = np.where(train, cues[:, CUES.index("blink_rate")], rng.standard_normal(len(clips)))
+    (tmp_path / "data" / "functionals").mkdir(parents=True)
+    write_artifact("manifest", clips.assign(path="x.mp4", dataset="synthetic", duration_s=8.0,
+                                            fps=25.0, has_audio=True, label_scale="unit"),
+                   path=tmp_path / "data" / "manifest.parquet")
+    pd.DataFrame({"video_id": clips["video_id"], "subject_id": clips["subject_id"],
+                  **{f"cue_{c}": cues[:, j] for j, c in enumerate(CUES)}}).to_parquet(
+        tmp_path / "data" / "synthetic_cues.parquet")
+    pd.DataFrame({"video_id": clips["video_id"], "smile_stat": smile,
+                  "blink_stat": blink}).to_parquet(
+        tmp_path / "data" / "functionals" / "functionals.parquet")
+    got, latent, reliability = power.default_draw(tmp_path)
+    assert np.allclose(latent, cues) and got["video_id"].tolist() == clips["video_id"].tolist()
+    assert reliability[CUES.index("blink_rate")] == pytest.approx(1.0)
+    assert reliability[CUES.index("smile")] < 0.5
+    links = {(x["trait"], x["cue"]): x["train_r"] for x in power.train_links(got, latent)}
+    want = np.corrcoef(cues[train, 0], clips.loc[train, "A"])[0, 1]
+    assert links[("A", "smile")] == pytest.approx(want, abs=1e-3)
+    assert len(links) == 15

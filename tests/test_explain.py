@@ -562,14 +562,14 @@ def test_crossfit_keeps_the_validation_ranking_and_narrows_the_intervals(fake_re
 
 
 def test_power_bench_runs_the_stage_s_own_check(fake_repo):
-    """bench/cue_check_power.py's importance, given the stage's clusters and default ridge, is
-    the stage's cluster importance (same seeds): the bench's scenarios measure the check the
-    stage runs, not a look-alike. (Not to the last bit here: this fixture's checkpoint was fitted
-    with integer subject groups, which GroupKFold orders into other folds than the ids' strings;
-    on the default data the bench gave the stage's top fives to three decimals.)"""
+    """bench/cue_check_power.py's importance, scoring val with the stage's checkpoint and given
+    its clusters, is the stage's cluster importance to the last bit (same seeds): the
+    standardisation, the cross-fitting refits, the shuffles and the clip order are the stage's,
+    so the bench's rows measure the check the stage runs, not a look-alike."""
     import importlib.util
 
-    from stages.explain import ExplainParams, load_table, permutation
+    from models.engine import load_checkpoint
+    from stages.explain import ExplainParams, find_checkpoint, load_table, permutation
 
     spec = importlib.util.spec_from_file_location(
         "cue_check_power", Path(__file__).resolve().parents[1] / "bench" / "cue_check_power.py")
@@ -579,12 +579,16 @@ def test_power_bench_runs_the_stage_s_own_check(fake_repo):
     perm = permutation(fake_repo, "functionals_ridge", table, ExplainParams(repeats=3), seed=11,
                        train=table[table["split"] == "train"])
     clips = table.reset_index()[["video_id", "subject_id", "split", *TRAITS]]
+    net, _ = load_checkpoint(find_checkpoint("functionals_ridge", fake_repo))
     imp = bench.importance(table[names].to_numpy(np.float64), clips, repeats=3, seed=11,
-                           names=names, groups=perm["clusters"]["groups"], config={})
-    stage = perm["cluster_importance"]["value"]
-    assert np.allclose(imp, stage, rtol=0, atol=1e-3) and np.abs(stage).max() > 0.1
-    assert np.array_equal(np.argsort(-imp, axis=0)[:5], np.argsort(-stage, axis=0)[:5])
+                           names=names, groups=perm["clusters"]["groups"], config={}, model=net)
+    assert np.array_equal(imp, perm["cluster_importance"]["value"])
     assert bench.passes(imp, perm["clusters"]["cues"]).all()  # the fake law is found
+    # fitting its own ridge (subject-grouped CV over the ids' strings, where this fixture's
+    # checkpoint grouped integers: other folds) moves the numbers only a little
+    own = bench.importance(table[names].to_numpy(np.float64), clips, repeats=3, seed=11,
+                           names=names, groups=perm["clusters"]["groups"], config={})
+    assert np.allclose(own, imp, rtol=0, atol=1e-3) and not np.array_equal(own, imp)
 
 
 def test_models_explained_in_parallel_match_one_process(fake_repo, tmp_path):
@@ -699,29 +703,43 @@ def test_latent_cues_only_where_ingest_wrote_them(fake_repo, tmp_path):
     assert cues["photo:hopper"].tolist() == [float(i % 2) for i in range(180)]
 
 
-def test_a_cluster_that_reads_the_face_photo_is_named_so_and_never_a_hit(rng):
-    """The measured check names a cluster by the latent column its medoid follows best; one that
-    follows which face the clip shows (an identity proxy, like the default data's lower-face
-    AU levels) is named photo:<name> and counts for no planted cue, however important."""
+def test_measured_check_reads_cues_within_face_photo_and_names_pure_photo_proxies(rng):
+    """The measured check names a cluster by the cue its medoid follows within face photo (each
+    photo's mean rank removed): a statistic whose level differs between the two faces still
+    measures its cue. One that follows only which face the clip shows (an identity proxy, like
+    the default data's lower-face AU levels) is named photo:<name> and is no hit, however
+    important; one that follows neither is unnamed."""
     from personality.cue_check import measured_check
     from personality.synthetic import CUES, LABEL_WEIGHTS
 
-    n = 60
+    n = 80
     latent = pd.DataFrame(rng.standard_normal((n, 10)), columns=list(CUES),
                           index=[f"v{i}" for i in range(n)])
-    latent["photo:hopper"] = (np.arange(n) % 2).astype(float)
-    train = pd.DataFrame({"face_level": latent["photo:hopper"] * 2 + rng.normal(0, 0.2, n),
-                          "smile_stat": latent["smile"] + rng.normal(0, 0.1, n)},
-                         index=latent.index)
-    names = ["face_level (+3)", "smile_stat"]
-    value = np.zeros((2, 5))
-    value[:, TRAITS.index("A")] = [0.3, 0.2]  # A's top two: the photo, then smile
-    perm = {"clusters": {"names": names, "medoids": ["face_level", "smile_stat"]},
+    photo = (np.arange(n) % 2).astype(float)
+    latent["photo:hopper"] = photo
+    brow = latent["brow_lower"].to_numpy()
+    train = pd.DataFrame({"face_level": photo * 2 + rng.normal(0, 0.2, n),
+                          "brow_on_face": brow + 6 * photo,  # the cue, offset by the face
+                          "smile_stat": latent["smile"] + rng.normal(0, 0.1, n),
+                          "noise": rng.standard_normal(n)}, index=latent.index)
+    assert abs(pd.Series(brow).corr(train["brow_on_face"].reset_index(drop=True),
+                                    method="spearman")) < 0.7  # pooled, the face hides it
+    names = ["face_level (+3)", "brow_on_face", "smile_stat", "noise"]
+    value = np.zeros((4, 5))
+    value[:, TRAITS.index("A")] = [0.4, 0.3, 0.2, 0.1]
+    perm = {"clusters": {"names": names, "medoids": ["face_level", "brow_on_face",
+                                                      "smile_stat", "noise"]},
             "cluster_importance": {"value": value, "samples": value[None]}}
-    check, cues = measured_check(perm, train, latent, (LABEL_WEIGHTS, list(CUES)), 5, 0.5)
-    assert cues["face_level (+3)"][0] == "photo:hopper" and cues["face_level (+3)"][1] > 0.8
-    assert cues["smile_stat"][0] == "smile"
-    assert check["A"]["hits"] == 1  # smile only: the photo is not brow_lower, nor anything
+    check, cues = measured_check(perm, train, latent, (LABEL_WEIGHTS, list(CUES)), 5, 0.7)
+    assert [cues[k][0] for k in names] == ["photo:hopper", "brow_lower", "smile", ""]
+    assert cues["brow_on_face"][1] > 0.9 and cues["brow_on_face"][2] > 0.8  # cue and photo
+    assert cues["face_level (+3)"][2] > 0.8 and cues["noise"][2] < 0.7
+    assert check["A"]["top_cues"][:3] == ["photo:hopper", "brow_lower", "smile"]
+    assert check["A"]["hits"] == 2  # brow_lower and smile; the photo is no planted cue
+    # without a recorded photo: plain Spearman, the photo-offset brow measures nothing
+    _, plain = measured_check(perm, train, latent[list(CUES)], (LABEL_WEIGHTS, list(CUES)), 5,
+                              0.7)
+    assert plain["brow_on_face"][0] == "" and plain["brow_on_face"][2] is None
 
 
 def test_no_validation_clips_leave_correlations_and_no_importance(fake_repo, tmp_path):
