@@ -49,7 +49,7 @@ plots: $(STAMP)
 	$(BIN)/python scripts/plots.py --png
 
 # every bench/*.py (after `make run`: most read data/); bench/pipeline.py re-runs the whole pipeline
-# in a fresh clone (~10-15 min), bench/cue_check_power.py simulates the explain check (~15 min)
+# in a fresh clone (~10-15 min), bench/cue_check_power.py simulates the explain check (~30 min)
 bench: $(STAMP)
 	for f in bench/*.py; do $(BIN)/python $$f || exit 1; done
 

@@ -1,7 +1,8 @@
 """How often can the explain stage's cue check pass on data like the default? A power analysis.
 
-    .venv/bin/python bench/cue_check_power.py               # ~15 min on 2 cores
-    .venv/bin/python bench/cue_check_power.py --runs 0      # our functionals' rows only, ~2 min
+    .venv/bin/python bench/cue_check_power.py               # ~30 min on 2 cores
+    .venv/bin/python bench/cue_check_power.py --runs 50     # half the cue-level runs, ~17 min
+    .venv/bin/python bench/cue_check_power.py --runs 0      # our functionals' rows only, ~3 min
 
 The check (docs/evaluation.md, personality/cue_check.py) asks, per trait, whether two of its
 three heaviest planted cues are among its five most important features. It can only pass where
