@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from personality.common import progress  # noqa: E402
-from personality.cue_check import planted_cues, top_indices  # noqa: E402
+from personality.cue_check import cue_hits, planted_cues, top_indices  # noqa: E402
 from personality.schemas import TRAITS  # noqa: E402
 from personality.synthetic import (CUES, LABEL_NOISE, LABEL_SCALE, LABEL_WEIGHTS,  # noqa: E402
                                    draw_cues, labels_from_cues)
@@ -159,7 +159,7 @@ def passes(imp: np.ndarray, feature_cues: list[str] | None = None, top_k: int = 
         feature_cues = list(CUES) + [""] * (len(imp) - len(CUES))
     planted = planted_cues(LABEL_WEIGHTS, list(CUES))
     top = top_indices(imp, top_k)  # (k, 5)
-    return np.array([sum(c in {feature_cues[i] for i in top[:, t]} for c in planted[t]) >= need
+    return np.array([cue_hits(list(top[:, t]), planted[t], feature_cues.__getitem__) >= need
                      for t in range(len(TRAITS))])
 
 
@@ -207,15 +207,18 @@ def real_row(cue: str, reliability: float | None) -> str:
                                 else f" + {cue} at r {reliability:.2f}")
 
 
-def real_scenario(root: Path, clips: pd.DataFrame, cues: np.ndarray, cue: str,
-                  reliability: float | None, *, runs: int, settings, seed: int) -> np.ndarray:
-    """(runs, 5) bool: the check of the stage's ridge on our own functionals, clustered and
-    named as the stage does (stages.explain.clusters_of), with one more column following `cue`
-    at `reliability` (None: none added; then runs differ only in their shuffles)."""
+def real_scenario(functionals: tuple[np.ndarray, list[str]], clips: pd.DataFrame,
+                  cues: np.ndarray, cue: str, reliability: float | None, *, runs: int, settings,
+                  seed: int) -> np.ndarray:
+    """(runs, 5) bool: the check of the stage's ridge on our own functionals (our_functionals),
+    clustered and named as the stage does (stages.explain.clusters_of), with one more column
+    following `cue` at `reliability` (None: none added; then runs differ only in their
+    shuffles, and share one clustering)."""
     from stages.explain import clusters_of
 
-    x, names = our_functionals(root, clips)
+    x, names = functionals
     train = clips["split"].eq("train").to_numpy()
+    groups = None
     out = np.zeros((runs, len(TRAITS)), bool)
     label = real_row(cue, reliability)
     for run in progress(range(runs), desc=label, unit="run"):
@@ -224,7 +227,9 @@ def real_scenario(root: Path, clips: pd.DataFrame, cues: np.ndarray, cue: str,
             noise = np.random.default_rng([seed, run, 7]).standard_normal(len(x))
             column = reliability * cues[:, CUES.index(cue)] + np.sqrt(1 - reliability ** 2) * noise
             xr, nr = np.c_[x, column], [*names, injected_name(cue)]
-        groups = clusters_of(nr, pd.DataFrame(xr[train], columns=nr), settings.cluster_distance)
+        if groups is None or reliability is not None:
+            groups = clusters_of(nr, pd.DataFrame(xr[train], columns=nr),
+                                 settings.cluster_distance)
         imp = importance(xr, clips, repeats=settings.repeats, seed=seed + run, names=nr,
                          groups=groups["groups"], config={}, folds=settings.crossfit_folds)
         out[run] = passes(imp, groups["cues"], top_k=settings.top_k)
@@ -267,14 +272,15 @@ def pass_table(args: argparse.Namespace, settings, clips: pd.DataFrame, cues: np
     """{row: {trait: share of runs passing, "all five": ...}}: the cue-level scenarios, then
     (--real-runs > 0) the stage's own check on our functionals, bare and with the swept cue."""
     runs = {}
-    for name, latent, rel in scenarios(cues, reliability, args.sweep_cue, args.sweep) * bool(
-            args.runs):
-        runs[name] = scenario(clips, latent, rel, runs=args.runs, n_nuisance=args.nuisance,
-                              settings=settings, seed=args.seed, desc=name)
+    if args.runs:
+        for name, latent, rel in scenarios(cues, reliability, args.sweep_cue, args.sweep):
+            runs[name] = scenario(clips, latent, rel, runs=args.runs, n_nuisance=args.nuisance,
+                                  settings=settings, seed=args.seed, desc=name)
     if args.real_runs:
+        functionals = our_functionals(args.root, clips)  # read once for every row
         for r in [None, *args.sweep]:
             runs[real_row(args.sweep_cue, r)] = real_scenario(
-                args.root, clips, cues, args.sweep_cue, r, runs=args.real_runs,
+                functionals, clips, cues, args.sweep_cue, r, runs=args.real_runs,
                 settings=settings, seed=args.seed)
     return {name: {**{t: float(ok[:, i].mean()) for i, t in enumerate(TRAITS)},
                    "all five": float(ok.all(axis=1).mean())} for name, ok in runs.items()}

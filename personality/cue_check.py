@@ -195,14 +195,13 @@ def measured_check(perm: dict, train: pd.DataFrame | None, latent: pd.DataFrame 
         return None
     c = perm["clusters"]
     ids = [v for v in train.index if v in latent.index]
-    x = train.loc[ids, c["medoids"]].to_numpy(np.float64)
-    cue_cols, photo_cols, strata = _photo_split(latent.loc[ids])
-    found, r = measured_cues(x, latent.loc[ids, cue_cols].to_numpy(np.float64), cue_cols, min_r,
-                             strata)
+    x, known = train.loc[ids, c["medoids"]].to_numpy(np.float64), latent.loc[ids]
+    cue_cols, photo_cols, strata = _photo_split(known)
+    found, r = measured_cues(x, known[cue_cols].to_numpy(np.float64), cue_cols, min_r, strata)
     photo_r: list = [None] * len(found)
     if photo_cols:
-        photo, photo_r = measured_cues(x, latent.loc[ids, photo_cols].to_numpy(np.float64),
-                                       photo_cols, min_r)
+        photo, photo_r = measured_cues(x, known[photo_cols].to_numpy(np.float64), photo_cols,
+                                       min_r)
         found = [f or p for f, p in zip(found, photo)]  # a cue first, else the photo
     check = cue_check(perm["cluster_importance"], c["names"], *law, k_top=top_k,
                       to_cue=dict(zip(c["names"], found)).get)
