@@ -26,7 +26,9 @@ Rows, each with the default's shape (its subjects, clips per subject and splits)
   this draw: the default data's own latent cues and labels; only measurement noise is redrawn.
   new draws: cues and labels drawn again from the generator's law (personality.synthetic).
   our functionals: the stage's check itself, runs differing in their shuffle seeds (and the
-    added column's noise).
+    added column's noise); last, with the column a perfect reading of the rendered movement
+    would give (per clip, the mean strength the renderer drew for --sweep-cue's expression unit,
+    data/synthetic_tracks.parquet): the best any front-end could add for that cue.
 Prints the share of runs in which each trait passes and writes
 bench/results/cue_check_power.json, with, for every trait and heavy cue, the correlation the
 default train split shows against its expected value.
@@ -41,6 +43,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -207,27 +210,49 @@ def real_row(cue: str, reliability: float | None) -> str:
                                 else f" + {cue} at r {reliability:.2f}")
 
 
-def real_scenario(functionals: tuple[np.ndarray, list[str]], clips: pd.DataFrame,
-                  cues: np.ndarray, cue: str, reliability: float | None, *, runs: int, settings,
-                  seed: int) -> np.ndarray:
+def rendered_column(root: Path, clips: pd.DataFrame, cue: str) -> np.ndarray | None:
+    """(n,) the per-clip mean of the rendered strength of `cue`'s expression unit
+    (data/synthetic_tracks.parquet, `unit_<cue>`: what the renderer drew, frame by frame) in
+    clips' order, the column a front-end that read every frame's movement exactly would give
+    (docs/frontend.md's "limit"); None where the cue has no unit of its name."""
+    import pyarrow.parquet as pq
+
+    path, unit = root / "data" / "synthetic_tracks.parquet", f"unit_{cue}"
+    if not path.exists() or unit not in pq.read_schema(path).names:
+        return None
+    tracks = pd.read_parquet(path, columns=["video_id", unit])
+    return tracks.groupby("video_id")[unit].mean().loc[clips["video_id"]].to_numpy(np.float64)
+
+
+def noisy_column(cues: np.ndarray, cue: str, reliability: float, seed: int
+                 ) -> Callable[[int], np.ndarray]:
+    """run -> (n,) a column following `cue` at `reliability`, its noise drawn per run."""
+    def column(run: int) -> np.ndarray:
+        noise = np.random.default_rng([seed, run, 7]).standard_normal(len(cues))
+        return reliability * cues[:, CUES.index(cue)] + np.sqrt(1 - reliability ** 2) * noise
+    return column
+
+
+def real_scenario(functionals: tuple[np.ndarray, list[str]], clips: pd.DataFrame, label: str,
+                  cue: str, added: np.ndarray | Callable[[int], np.ndarray] | None, *,
+                  runs: int, settings, seed: int) -> np.ndarray:
     """(runs, 5) bool: the check of the stage's ridge on our own functionals (our_functionals),
     clustered and named as the stage does (stages.explain.clusters_of), with one more column
-    following `cue` at `reliability` (None: none added; then runs differ only in their
-    shuffles, and share one clustering)."""
+    read as `cue`: added None (none: the stage's own check), an (n,) array (the same column
+    every run), or run -> (n,) (a column drawn per run). Runs differ in their shuffle seeds
+    (and in a drawn column); a fixed feature set is clustered once."""
     from stages.explain import clusters_of
 
     x, names = functionals
     train = clips["split"].eq("train").to_numpy()
     groups = None
     out = np.zeros((runs, len(TRAITS)), bool)
-    label = real_row(cue, reliability)
     for run in progress(range(runs), desc=label, unit="run"):
         xr, nr = x, names
-        if reliability is not None:
-            noise = np.random.default_rng([seed, run, 7]).standard_normal(len(x))
-            column = reliability * cues[:, CUES.index(cue)] + np.sqrt(1 - reliability ** 2) * noise
+        if added is not None:
+            column = added(run) if callable(added) else added
             xr, nr = np.c_[x, column], [*names, injected_name(cue)]
-        if groups is None or reliability is not None:
+        if groups is None or callable(added):
             groups = clusters_of(nr, pd.DataFrame(xr[train], columns=nr),
                                  settings.cluster_distance)
         imp = importance(xr, clips, repeats=settings.repeats, seed=seed + run, names=nr,
@@ -272,16 +297,23 @@ def pass_table(args: argparse.Namespace, settings, clips: pd.DataFrame, cues: np
     """{row: {trait: share of runs passing, "all five": ...}}: the cue-level scenarios, then
     (--real-runs > 0) the stage's own check on our functionals, bare and with the swept cue."""
     runs = {}
+    train = clips["split"].eq("train").to_numpy()
     if args.runs:
         for name, latent, rel in scenarios(cues, reliability, args.sweep_cue, args.sweep):
             runs[name] = scenario(clips, latent, rel, runs=args.runs, n_nuisance=args.nuisance,
                                   settings=settings, seed=args.seed, desc=name)
     if args.real_runs:
         functionals = our_functionals(args.root, clips)  # read once for every row
-        for r in [None, *args.sweep]:
-            runs[real_row(args.sweep_cue, r)] = real_scenario(
-                functionals, clips, cues, args.sweep_cue, r, runs=args.real_runs,
-                settings=settings, seed=args.seed)
+        cue = args.sweep_cue
+        rows = [(real_row(cue, None), None)]
+        rows += [(real_row(cue, r), noisy_column(cues, cue, r, args.seed)) for r in args.sweep]
+        rendered = rendered_column(args.root, clips, cue)
+        if rendered is not None:  # the limit of any front-end reading this unit's movement
+            r = abs(np.corrcoef(rendered[train], cues[train, CUES.index(cue)])[0, 1])
+            rows.append((f"our functionals + {cue} as rendered (r {r:.2f})", rendered))
+        for label, added in rows:
+            runs[label] = real_scenario(functionals, clips, label, cue, added,
+                                        runs=args.real_runs, settings=settings, seed=args.seed)
     return {name: {**{t: float(ok[:, i].mean()) for i, t in enumerate(TRAITS)},
                    "all five": float(ok.all(axis=1).mean())} for name, ok in runs.items()}
 
