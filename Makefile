@@ -2,7 +2,8 @@
 #   make run    create .venv, install the pinned requirements, run the DVC pipeline
 #   make test   install the same if needed, run pytest
 # Others: make ui (MLflow UI on 127.0.0.1:5000), make plots (offline plots page), make bench,
-# make zoo (every other model, one DVC experiment each), make cv (5-fold cross-validation by subject), make clean.
+# make zoo (every other model, one DVC experiment each), make cv (5-fold cross-validation by subject),
+#   make seeds (the default models from 5 training seeds), make clean.
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -16,7 +17,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 # dvc.yaml's commands say `python -m stages.<name>`: run them with the project's environment
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install run test ui plots bench zoo cv clean
+.PHONY: install run test ui plots bench zoo cv seeds clean
 
 $(STAMP): requirements.txt requirements.lock personality/facemodel.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -61,6 +62,11 @@ zoo: run
 # mean and sd of test CCC per model
 cv: run
 	$(BIN)/python scripts/cv.py --folds 5 --jobs 2
+
+# the default models trained from 5 other seeds on the default split: one queued DVC experiment
+# each (train.seed=k), mean and sd of test CCC per model over the seeds
+seeds: run
+	$(BIN)/python scripts/cv.py --seeds 5 --jobs 2
 
 clean:
 	rm -rf data/manifest.parquet data/user_study.parquet data/videos data/frames data/faces \

@@ -18,6 +18,15 @@ DVC cache; augment, train, retrain and evaluate run. Run the pipeline once first
 The table (stdout, and JSON in bench/results/cv.json): per model the test mean CCC of every fold,
 their mean and standard deviation, and the mean val CCC; read from each experiment's
 metrics/summary.json through its git ref (refs/exps/<commit>/cv-fold<k>).
+
+The same over training seeds on the default split (make seeds):
+
+    python scripts/cv.py --seeds 5 --jobs 2   # `dvc exp run -S train.seed=k`, k = 1..5
+
+queues seed<k> experiments: the data, the split and the front-end stay (DVC cache); every
+training starts from another seed (initialisation, batch order, views). The table's spread is
+what the test CCC of one trained model owes to its seed, which the subject-bootstrap interval of
+one run does not contain (bench/results/seeds.json).
 """
 from __future__ import annotations
 
@@ -32,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from zoo import experiment_refs, queue_and_run, show_json  # noqa: E402  (a sibling script)
 
 PREFIX = "cv-fold"
+SEED_PREFIX = "seed"
 
 
 def fold_experiments(n_folds: int, extra: list[str] = ()) -> dict[str, list[str]]:
@@ -41,10 +51,18 @@ def fold_experiments(n_folds: int, extra: list[str] = ()) -> dict[str, list[str]
             for k in range(n_folds)}
 
 
-def collect(baseline: str = "HEAD") -> tuple[list[dict], list[str]]:
-    """Rows {model, fold CCCs, mean, sd, val mean} and the fold names found."""
-    refs = experiment_refs(baseline, prefix_filter=PREFIX)
-    folds = sorted(refs, key=lambda n: int(n.removeprefix(PREFIX)))
+def seed_experiments(n_seeds: int, extra: list[str] = ()) -> dict[str, list[str]]:
+    """seed<k>: the default split, every training from train.seed k (1..n_seeds)."""
+    return {f"{SEED_PREFIX}{k}": [f"train.seed={k}", "register.enabled=false", *extra]
+            for k in range(1, n_seeds + 1)}
+
+
+def collect(baseline: str = "HEAD", prefix: str = PREFIX) -> tuple[list[dict], list[str]]:
+    """Rows {model, per-run CCCs ("folds"), mean, sd, val mean} and the run names found (the
+    experiments named prefix<k>)."""
+    refs = {n: r for n, r in experiment_refs(baseline, prefix_filter=prefix).items()
+            if n.removeprefix(prefix).isdigit()}
+    folds = sorted(refs, key=lambda n: int(n.removeprefix(prefix)))
     per_model: dict[str, dict[str, dict]] = {}
     for fold in folds:
         for model, entry in (show_json(refs[fold], "metrics/summary.json") or {}).items():
@@ -67,9 +85,10 @@ def _f(value) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def markdown(rows: list[dict], folds: list[str]) -> str:
+def markdown(rows: list[dict], folds: list[str], prefix: str = PREFIX) -> str:
+    word = "fold " if prefix == PREFIX else "seed "
     head = ("| model | val CCC (mean) | test CCC mean ± sd | "
-            + " | ".join(f.replace(PREFIX, "fold ") for f in folds) + " |")
+            + " | ".join(word + f.removeprefix(prefix) for f in folds) + " |")
     lines = [head, "|" + "---|" * (3 + len(folds))]
     for r in rows:
         sd = f" ± {r['test_ccc_sd']:.3f}" if r["test_ccc_sd"] is not None else ""
@@ -81,24 +100,29 @@ def markdown(rows: list[dict], folds: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=0, help="instead of folds: this many "
+                        "training seeds on the default split")
     parser.add_argument("--jobs", type=int, default=2, help="experiments run at once")
     parser.add_argument("--collect", action="store_true", help="only print the table")
     parser.add_argument("--baseline", default="HEAD", help="--collect: the commit the "
                         "experiments were run on")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="an extra -S override for every fold (repeatable)")
+                        help="an extra -S override for every experiment (repeatable)")
     args = parser.parse_args(argv)
     if args.folds < 3:
         parser.error("--folds must be >= 3 (test, val and train folds)")
+    prefix, wanted = (SEED_PREFIX, args.seeds) if args.seeds else (PREFIX, args.folds)
     if not args.collect:
-        queue_and_run(fold_experiments(args.folds, args.set), args.jobs, prefix=PREFIX)
-    rows, folds = collect(args.baseline if args.collect else "HEAD")
-    print(markdown(rows, folds))
-    out = ROOT / "bench" / "results" / "cv.json"
+        runs = (seed_experiments(args.seeds, args.set) if args.seeds
+                else fold_experiments(args.folds, args.set))
+        queue_and_run(runs, args.jobs, prefix=prefix)
+    rows, folds = collect(args.baseline if args.collect else "HEAD", prefix)
+    print(markdown(rows, folds, prefix))
+    out = ROOT / "bench" / "results" / ("seeds.json" if args.seeds else "cv.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"folds": folds, "rows": rows}, indent=2))
+    out.write_text(json.dumps({"runs" if args.seeds else "folds": folds, "rows": rows}, indent=2))
     print(f"wrote {out.relative_to(ROOT)}")
-    return 0 if len(folds) == args.folds or args.collect else 1
+    return 0 if len(folds) == wanted or args.collect else 1
 
 
 if __name__ == "__main__":

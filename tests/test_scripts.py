@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
-from cv import fold_experiments  # noqa: E402
+from cv import fold_experiments, markdown, seed_experiments  # noqa: E402
 from zoo import queue_states  # noqa: E402
 
 # what dvc 3.67 prints: active tasks first, then finished ones in the order they finished
@@ -36,3 +36,15 @@ def test_cv_folds_carry_the_extra_overrides():
     assert list(folds) == ["cv-fold0", "cv-fold1", "cv-fold2"]
     assert folds["cv-fold2"][-1] == "train.models=[functionals_ridge]"
     assert "ingest.fold=2" in folds["cv-fold2"] and "register.enabled=false" in folds["cv-fold2"]
+
+
+def test_seed_runs_vary_only_the_training_seed_and_the_table_names_them():
+    runs = seed_experiments(3, ["train.models=[hrnet_face]"])
+    assert list(runs) == ["seed1", "seed2", "seed3"]
+    assert runs["seed2"] == ["train.seed=2", "register.enabled=false",
+                             "train.models=[hrnet_face]"]
+    assert not any(o.startswith("ingest.") for o in runs["seed3"])  # the default split
+    rows = [{"model": "hrnet_face", "folds": {"seed1": 0.1, "seed2": 0.3}, "test_ccc_mean": 0.2,
+             "test_ccc_sd": 0.141, "val_ccc_mean": 0.25, "n_folds": 2}]
+    table = markdown(rows, ["seed1", "seed2"], "seed")
+    assert "| seed 1 | seed 2 |" in table and "| hrnet_face | 0.250 | 0.200 ± 0.141 | 0.100 |" in table
