@@ -78,6 +78,16 @@ def test_registry_lists_the_zoo_with_one_line_cards():
     assert {m["modality"] for m in models} >= {"au", "visual", "audio", "audio-visual"}
 
 
+def test_python_m_models_prints_one_line_per_registered_model(capsys):
+    from models.__main__ import main
+
+    assert main(["--modality", "audio"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    audio = [m["name"] for m in list_models(modality="audio")]
+    assert [line.split()[0] for line in lines[:-1]] == audio
+    assert lines[-1] == f"{len(audio)} models"
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_forward_backward(name):
     torch.manual_seed(0)
