@@ -105,18 +105,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="experiments run at once")
     parser.add_argument("--collect", action="store_true", help="only print the table")
     parser.add_argument("--baseline", default="HEAD", help="--collect: the commit the "
-                        "experiments were run on")
+                        "experiments were queued on")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an extra -S override for every experiment (repeatable)")
     args = parser.parse_args(argv)
     if args.folds < 3:
         parser.error("--folds must be >= 3 (test, val and train folds)")
     prefix, wanted = (SEED_PREFIX, args.seeds) if args.seeds else (PREFIX, args.folds)
+    baseline = args.baseline
     if not args.collect:
         runs = (seed_experiments(args.seeds, args.set) if args.seeds
                 else fold_experiments(args.folds, args.set))
-        queue_and_run(runs, args.jobs, prefix=prefix)
-    rows, folds = collect(args.baseline if args.collect else "HEAD", prefix)
+        baseline = queue_and_run(runs, args.jobs, prefix=prefix)
+    rows, folds = collect(baseline, prefix)
     print(markdown(rows, folds, prefix))
     out = ROOT / "bench" / "results" / ("seeds.json" if args.seeds else "cv.json")
     out.parent.mkdir(parents=True, exist_ok=True)

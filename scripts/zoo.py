@@ -82,10 +82,13 @@ def train_seconds(model: str) -> float | None:
     return float(runs["metrics.train_seconds"].iloc[0])
 
 
-def queue_and_run(experiments: dict[str, list[str]], jobs: int, prefix: str = PREFIX) -> None:
+def queue_and_run(experiments: dict[str, list[str]], jobs: int, prefix: str = PREFIX) -> str:
     """Queue one DVC experiment per {name: [KEY=VALUE, ...]} (`-S` overrides), run them `jobs` at a
-    time and wait; a name already used on this commit is replaced."""
-    existing = experiment_refs(prefix_filter=prefix)
+    time and wait; a name already used on this commit is replaced. Returns the commit they were
+    queued on (their baseline: a commit made while they run does not lose them)."""
+    baseline = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True,
+                              capture_output=True, check=True).stdout.strip()
+    existing = experiment_refs(baseline, prefix_filter=prefix)
     for name, overrides in experiments.items():
         if name in existing:  # a re-run replaces the earlier result of this commit
             dvc("exp", "remove", name)
@@ -100,7 +103,7 @@ def queue_and_run(experiments: dict[str, list[str]], jobs: int, prefix: str = PR
         time.sleep(20)
         states = queue_states(dvc("queue", "status", check=False).stdout, names)
         busy = [n for n, state in states.items() if state in ("Running", "Queued")]
-        done = len(experiment_refs(prefix_filter=prefix).keys() & names)
+        done = len(experiment_refs(baseline, prefix_filter=prefix).keys() & names)
         print(f"{time.time() - started:6.0f} s: {done}/{len(names)} done, {len(busy)} "
               "queued or running", flush=True)
         if not busy:
@@ -108,6 +111,7 @@ def queue_and_run(experiments: dict[str, list[str]], jobs: int, prefix: str = PR
     failed = sorted(n for n, state in states.items() if state == "Failed")
     if failed:
         print("failed (dvc queue logs <name> says why): " + ", ".join(failed))
+    return baseline
 
 
 def queue_states(status: str, names: set[str]) -> dict[str, str]:
@@ -174,11 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(models) - set(registered))
     if unknown:
         parser.error(f"unknown model(s) {unknown}; registered: {registered}")
+    baseline = args.baseline
     if not args.collect:
         # register.enabled=false: an experiment of one zoo model is no candidate for serving
-        queue_and_run({PREFIX + m: [f"train.models=[{m}]", "register.enabled=false"]
-                       for m in models}, args.jobs)
-    rows = collect(models, args.baseline if args.collect else "HEAD")
+        baseline = queue_and_run({PREFIX + m: [f"train.models=[{m}]", "register.enabled=false"]
+                                  for m in models}, args.jobs)
+    rows = collect(models, baseline)
     print_table(rows)
     out = ROOT / "bench" / "results" / "zoo.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -47,4 +47,37 @@ def test_seed_runs_vary_only_the_training_seed_and_the_table_names_them():
     rows = [{"model": "hrnet_face", "folds": {"seed1": 0.1, "seed2": 0.3}, "test_ccc_mean": 0.2,
              "test_ccc_sd": 0.141, "val_ccc_mean": 0.25, "n_folds": 2}]
     table = markdown(rows, ["seed1", "seed2"], "seed")
-    assert "| seed 1 | seed 2 |" in table and "| hrnet_face | 0.250 | 0.200 ± 0.141 | 0.100 |" in table
+    assert "| seed 1 | seed 2 |" in table
+    assert "| hrnet_face | 0.250 | 0.200 ± 0.141 | 0.100 |" in table
+
+
+def test_queue_and_run_counts_and_returns_the_commit_it_queued_on(monkeypatch):
+    """A commit made while the queue runs must not hide its experiments: every lookup uses the
+    commit HEAD was at when they were queued, and the caller collects with it."""
+    import subprocess
+
+    import zoo
+
+    calls, looked_up = [], []
+
+    def fake_run(cmd, **kwargs):
+        calls.append(cmd)
+        head = cmd[:2] == ["git", "rev-parse"]
+        return subprocess.CompletedProcess(cmd, 0, stdout="c0ffee\n" if head else "", stderr="")
+
+    def fake_dvc(*args, check=True):
+        out = "Task Name Created Status\nt1 seed1 11:37 AM Success\n" if args[:2] == (
+            "queue", "status") else ""
+        return subprocess.CompletedProcess(["dvc", *args], 0, stdout=out, stderr="")
+
+    def fake_refs(baseline="HEAD", prefix_filter="zoo-"):
+        looked_up.append(baseline)
+        return {"seed1": "refs/exps/c0/ffee/seed1"}
+
+    monkeypatch.setattr(zoo.subprocess, "run", fake_run)
+    monkeypatch.setattr(zoo, "dvc", fake_dvc)
+    monkeypatch.setattr(zoo, "experiment_refs", fake_refs)
+    monkeypatch.setattr(zoo.time, "sleep", lambda s: None)
+    assert zoo.queue_and_run({"seed1": ["train.seed=1"]}, 1, prefix="seed") == "c0ffee"
+    assert looked_up and set(looked_up) == {"c0ffee"}
+    assert ["dvc", "queue", "start", "-j", "1"] in calls
