@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/cue_check_power.py               # ~30 min on 2 cores
     .venv/bin/python bench/cue_check_power.py --runs 50     # half the cue-level runs, ~17 min
-    .venv/bin/python bench/cue_check_power.py --runs 0      # our functionals' rows only, ~3 min
+    .venv/bin/python bench/cue_check_power.py --runs 0 --out /tmp/ours.json
+                                                            # our functionals' rows only, ~4 min
 
 The check (docs/evaluation.md, personality/cue_check.py) asks, per trait, whether two of its
 three heaviest planted cues are among its five most important features. It can only pass where
@@ -334,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep", type=float, nargs="*", default=[0.7, 0.85, 1.0],
                     help="reliabilities of --sweep-cue to try")
     ap.add_argument("--root", type=Path, default=ROOT)
+    ap.add_argument("--out", type=Path, default=OUT, help="the JSON written (a partial run, e.g. "
+                    "--runs 0, is best written elsewhere than the full run's file)")
     args = ap.parse_args(argv)
 
     clips, cues, reliability = default_draw(args.root)
@@ -356,13 +359,13 @@ def main(argv: list[str] | None = None) -> int:
     print("default train split, r(latent cue, label): "
           + "; ".join(f"{x['trait']} {x['cue']} {x['train_r']:+.2f} (law {x['expected_r']:+.2f})"
                       for x in links))
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({**{k: v for k, v in vars(args).items() if k != "root"},
-                               "repeats": settings.repeats,
-                               "crossfit_folds": settings.crossfit_folds,
-                               "seconds": round(time.time() - started, 1),
-                               "reliability": dict(zip(CUES, reliability.round(3).tolist())),
-                               "pass_share": table, "train_links": links}, indent=1) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    record = {**{k: v for k, v in vars(args).items() if k not in ("root", "out")},
+              "repeats": settings.repeats, "crossfit_folds": settings.crossfit_folds,
+              "seconds": round(time.time() - started, 1),
+              "reliability": dict(zip(CUES, reliability.round(3).tolist())),
+              "pass_share": table, "train_links": links}
+    args.out.write_text(json.dumps(record, indent=1) + "\n")
     return 0
 
 

@@ -1,5 +1,6 @@
-"""Cross-validation by subject as a set of DVC experiments: one `dvc exp run -S ingest.fold=k`
-per fold, and a table of mean and sd of test CCC per model over the folds.
+"""Cross-validation by subject, or training seeds, as a set of DVC experiments: one `dvc exp run
+-S ingest.fold=k` per fold (or `-S train.seed=k` per seed), and a table of mean and sd of test CCC
+per model over them.
 
     python scripts/cv.py                  # 5 folds of the default models (make cv)
     python scripts/cv.py --folds 5 --jobs 2
@@ -21,12 +22,15 @@ metrics/summary.json through its git ref (refs/exps/<commit>/cv-fold<k>).
 
 The same over training seeds on the default split (make seeds):
 
-    python scripts/cv.py --seeds 5 --jobs 2   # `dvc exp run -S train.seed=k`, k = 1..5
+    python scripts/cv.py --seeds 5 --jobs 2   # seed<k>, k = 1..5
+    python scripts/cv.py --seeds 5 --collect --baseline REV   # re-read them (queued on REV)
 
-queues seed<k> experiments: the data, the split and the front-end stay (DVC cache); every
-training starts from another seed (initialisation, batch order, views). The table's spread is
-what the test CCC of one trained model owes to its seed, which the subject-bootstrap interval of
-one run does not contain (bench/results/seeds.json).
+queues seed<k> experiments: the data, the split and the front-end stay (DVC cache); every seed
+a training draws from moves to k: `train.seed` (the networks' initialisation, batch order,
+views), `retrain.seed` (the user-study fine-tuning) and functionals_gbt's own `seed` (its row
+and feature subsampling). The ridge has no randomness. The table's spread is what the test CCC
+of one trained model owes to its seeds, which the subject-bootstrap interval of one run does not
+contain (bench/results/seeds.json).
 """
 from __future__ import annotations
 
@@ -52,16 +56,20 @@ def fold_experiments(n_folds: int, extra: list[str] = ()) -> dict[str, list[str]
 
 
 def seed_experiments(n_seeds: int, extra: list[str] = ()) -> dict[str, list[str]]:
-    """seed<k>: the default split, every training from train.seed k (1..n_seeds)."""
-    return {f"{SEED_PREFIX}{k}": [f"train.seed={k}", "register.enabled=false", *extra]
+    """seed<k>: the default split, every seeded training from seed k (1..n_seeds); `++` adds
+    the trees' seed to their config (`{}` by default) or overrides it."""
+    return {f"{SEED_PREFIX}{k}": [f"train.seed={k}", f"retrain.seed={k}",
+                                  f"++train.model_config.functionals_gbt.seed={k}",
+                                  "register.enabled=false", *extra]
             for k in range(1, n_seeds + 1)}
 
 
-def collect(baseline: str = "HEAD", prefix: str = PREFIX) -> tuple[list[dict], list[str]]:
-    """Rows {model, per-run CCCs ("folds"), mean, sd, val mean} and the run names found (the
-    experiments named prefix<k>)."""
+def collect(baseline: str = "HEAD", prefix: str = PREFIX, names: set[str] | None = None
+            ) -> tuple[list[dict], list[str]]:
+    """Rows {model, per-run CCCs ("runs"), mean, sd, val mean} and the run names found: the
+    experiments on `baseline` named prefix<k> (only `names`, where given)."""
     refs = {n: r for n, r in experiment_refs(baseline, prefix_filter=prefix).items()
-            if n.removeprefix(prefix).isdigit()}
+            if n.removeprefix(prefix).isdigit() and (names is None or n in names)}
     folds = sorted(refs, key=lambda n: int(n.removeprefix(prefix)))
     per_model: dict[str, dict[str, dict]] = {}
     for fold in folds:
@@ -72,11 +80,11 @@ def collect(baseline: str = "HEAD", prefix: str = PREFIX) -> tuple[list[dict], l
         test = [by_fold[f]["ccc"] for f in folds if by_fold.get(f, {}).get("ccc") is not None]
         val = [by_fold[f]["val_ccc"] for f in folds
                if by_fold.get(f, {}).get("val_ccc") is not None]
-        rows.append({"model": model, "folds": {f: by_fold.get(f, {}).get("ccc") for f in folds},
+        rows.append({"model": model, "runs": {f: by_fold.get(f, {}).get("ccc") for f in folds},
                      "test_ccc_mean": statistics.fmean(test) if test else None,
                      "test_ccc_sd": statistics.stdev(test) if len(test) > 1 else None,
                      "val_ccc_mean": statistics.fmean(val) if val else None,
-                     "n_folds": len(test)})
+                     "n_runs": len(test)})
     rows.sort(key=lambda r: -(r["val_ccc_mean"] if r["val_ccc_mean"] is not None else -1e9))
     return rows, folds
 
@@ -93,7 +101,7 @@ def markdown(rows: list[dict], folds: list[str], prefix: str = PREFIX) -> str:
     for r in rows:
         sd = f" ± {r['test_ccc_sd']:.3f}" if r["test_ccc_sd"] is not None else ""
         lines.append(f"| {r['model']} | {_f(r['val_ccc_mean'])} | {_f(r['test_ccc_mean'])}{sd} | "
-                     + " | ".join(_f(r["folds"][f]) for f in folds) + " |")
+                     + " | ".join(_f(r["runs"][f]) for f in folds) + " |")
     return "\n".join(lines)
 
 
@@ -111,17 +119,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.folds < 3:
         parser.error("--folds must be >= 3 (test, val and train folds)")
+    if args.seeds == 1 or args.seeds < 0:
+        parser.error("--seeds must be >= 2 (a spread needs two runs)")
     prefix, wanted = (SEED_PREFIX, args.seeds) if args.seeds else (PREFIX, args.folds)
-    baseline = args.baseline
+    baseline, names = args.baseline, None
     if not args.collect:
         runs = (seed_experiments(args.seeds, args.set) if args.seeds
                 else fold_experiments(args.folds, args.set))
-        baseline = queue_and_run(runs, args.jobs, prefix=prefix)
-    rows, folds = collect(baseline, prefix)
+        baseline, names = queue_and_run(runs, args.jobs, prefix=prefix), set(runs)
+    rows, folds = collect(baseline, prefix, names)
+    if not folds:
+        print(f"no {prefix}<k> experiments on {baseline} (--baseline: the commit they were "
+              "queued on)")
+        return 1
     print(markdown(rows, folds, prefix))
     out = ROOT / "bench" / "results" / ("seeds.json" if args.seeds else "cv.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"runs" if args.seeds else "folds": folds, "rows": rows}, indent=2))
+    out.write_text(json.dumps({"baseline": baseline, "runs": folds, "rows": rows}, indent=2))
     print(f"wrote {out.relative_to(ROOT)}")
     return 0 if len(folds) == wanted or args.collect else 1
 

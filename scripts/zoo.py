@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="experiments run at once")
     parser.add_argument("--collect", action="store_true", help="only print the table")
     parser.add_argument("--baseline", default="HEAD", help="--collect: the commit the "
-                        "experiments were run on")
+                        "experiments were queued on")
     args = parser.parse_args(argv)
     registered = [m["name"] for m in list_models()]
     default = set(experiment_models(ROOT / "params.yaml") or [])

@@ -142,7 +142,9 @@ def speech_then_silence():
 
 def test_silence_constant_is_the_audio_stage_s(speech_then_silence):
     _, logmel = speech_then_silence
-    assert np.all(logmel[:, 300:] == np.float32(SILENCE_DB))  # frames past 3.0 s: no energy
+    # frames past 3.0 s: no energy. librosa's float32 log10 of its floor gives -100 exactly on
+    # some CPUs and -100.00001 on others (AMD EPYC, numpy's SIMD log): equal to a hair, not a bit
+    assert np.allclose(logmel[:, 300:], SILENCE_DB, rtol=0, atol=1e-3)
     assert logmel[:, :280].max() > SILENCE_DB + 50
 
 

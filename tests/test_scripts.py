@@ -41,11 +41,12 @@ def test_cv_folds_carry_the_extra_overrides():
 def test_seed_runs_vary_only_the_training_seed_and_the_table_names_them():
     runs = seed_experiments(3, ["train.models=[hrnet_face]"])
     assert list(runs) == ["seed1", "seed2", "seed3"]
-    assert runs["seed2"] == ["train.seed=2", "register.enabled=false",
-                             "train.models=[hrnet_face]"]
+    assert runs["seed2"] == ["train.seed=2", "retrain.seed=2",
+                             "++train.model_config.functionals_gbt.seed=2",
+                             "register.enabled=false", "train.models=[hrnet_face]"]
     assert not any(o.startswith("ingest.") for o in runs["seed3"])  # the default split
-    rows = [{"model": "hrnet_face", "folds": {"seed1": 0.1, "seed2": 0.3}, "test_ccc_mean": 0.2,
-             "test_ccc_sd": 0.141, "val_ccc_mean": 0.25, "n_folds": 2}]
+    rows = [{"model": "hrnet_face", "runs": {"seed1": 0.1, "seed2": 0.3}, "test_ccc_mean": 0.2,
+             "test_ccc_sd": 0.141, "val_ccc_mean": 0.25, "n_runs": 2}]
     table = markdown(rows, ["seed1", "seed2"], "seed")
     assert "| seed 1 | seed 2 |" in table
     assert "| hrnet_face | 0.250 | 0.200 ± 0.141 | 0.100 |" in table
@@ -81,3 +82,37 @@ def test_queue_and_run_counts_and_returns_the_commit_it_queued_on(monkeypatch):
     assert zoo.queue_and_run({"seed1": ["train.seed=1"]}, 1, prefix="seed") == "c0ffee"
     assert looked_up and set(looked_up) == {"c0ffee"}
     assert ["dvc", "queue", "start", "-j", "1"] in calls
+
+
+def test_cv_main_collects_what_it_queued_on_that_commit_and_never_writes_an_empty_table(
+        monkeypatch, tmp_path, capsys):
+    import json
+
+    import cv
+
+    refs = {f"seed{k}": f"refs/exps/c0/ffee/seed{k}" for k in (1, 2, 3, 10)}
+    refs["seedy-tass"] = "refs/exps/c0/ffee/seedy-tass"  # a name dvc made up: not a seed
+    summary = {"hrnet_face": {"ccc": 0.2, "val_ccc": 0.3}}
+    looked_up = []
+
+    def fake_refs(baseline="HEAD", prefix_filter="cv-fold"):
+        looked_up.append(baseline)
+        return {n: r for n, r in refs.items() if n.startswith(prefix_filter)}
+
+    monkeypatch.setattr(cv, "ROOT", tmp_path)
+    monkeypatch.setattr(cv, "queue_and_run", lambda runs, jobs, prefix: "c0ffee")
+    monkeypatch.setattr(cv, "experiment_refs", fake_refs)
+    monkeypatch.setattr(cv, "show_json", lambda ref, path: summary)
+    assert cv.main(["--seeds", "3"]) == 0  # seed10 (an earlier --seeds 10) is not this run's
+    assert set(looked_up) == {"c0ffee"}
+    saved = json.loads((tmp_path / "bench" / "results" / "seeds.json").read_text())
+    assert saved["baseline"] == "c0ffee" and saved["runs"] == ["seed1", "seed2", "seed3"]
+    # --collect reads every seed<k> of that commit, in numeric order
+    assert cv.main(["--seeds", "3", "--collect", "--baseline", "c0ffee"]) == 0
+    saved = json.loads((tmp_path / "bench" / "results" / "seeds.json").read_text())
+    assert saved["runs"] == ["seed1", "seed2", "seed3", "seed10"]
+    refs.clear()  # a commit with none: the last table stays
+    assert cv.main(["--seeds", "3", "--collect"]) == 1
+    assert "no seed<k> experiments" in capsys.readouterr().out
+    assert json.loads((tmp_path / "bench" / "results" / "seeds.json").read_text())["runs"][-1] \
+        == "seed10"
