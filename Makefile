@@ -64,7 +64,7 @@ cv: run
 	$(BIN)/python scripts/cv.py --folds 5 --jobs 2
 
 # the default models trained from 5 other seeds on the default split: one queued DVC experiment
-# each (train.seed=k), mean and sd of test CCC per model over the seeds
+# each (train.seed, retrain.seed and the trees' seed = k), mean and sd of test CCC per model (~50 min)
 seeds: run
 	$(BIN)/python scripts/cv.py --seeds 5 --jobs 2
 
