@@ -29,7 +29,7 @@ Rows, each with the default's shape (its subjects, clips per subject and splits)
   our functionals: the stage's check itself, runs differing in their shuffle seeds (and the
     added column's noise); last, with the column a perfect reading of the rendered movement
     would give (per clip, the mean strength the renderer drew for --sweep-cue's expression unit,
-    data/synthetic_tracks.parquet): the best any front-end could add for that cue.
+    data/synthetic_cues.parquet: track_<cue>): the best any front-end could add for that cue.
 Prints the share of runs in which each trait passes and writes
 bench/results/cue_check_power.json, with, for every trait and heavy cue, the correlation the
 default train split shows against its expected value.
@@ -212,17 +212,17 @@ def real_row(cue: str, reliability: float | None) -> str:
 
 
 def rendered_column(root: Path, clips: pd.DataFrame, cue: str) -> np.ndarray | None:
-    """(n,) the per-clip mean of the rendered strength of `cue`'s expression unit
-    (data/synthetic_tracks.parquet, `unit_<cue>`: what the renderer drew, frame by frame) in
+    """(n,) the per-clip mean strength of `cue`'s expression unit as the renderer drew it
+    (data/synthetic_cues.parquet, `track_<cue>`: ingest's mean of the frames' unit strengths) in
     clips' order, the column a front-end that read every frame's movement exactly would give
     (docs/frontend.md's "limit"); None where the cue has no unit of its name."""
     import pyarrow.parquet as pq
 
-    path, unit = root / "data" / "synthetic_tracks.parquet", f"unit_{cue}"
+    path, unit = root / "data" / "synthetic_cues.parquet", f"track_{cue}"
     if not path.exists() or unit not in pq.read_schema(path).names:
         return None
-    tracks = pd.read_parquet(path, columns=["video_id", unit])
-    return tracks.groupby("video_id")[unit].mean().loc[clips["video_id"]].to_numpy(np.float64)
+    means = pd.read_parquet(path, columns=["video_id", unit]).set_index("video_id")[unit]
+    return means.loc[clips["video_id"]].to_numpy(np.float64)
 
 
 def noisy_column(cues: np.ndarray, cue: str, reliability: float, seed: int

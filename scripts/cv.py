@@ -46,6 +46,7 @@ from zoo import experiment_refs, queue_and_run, show_json  # noqa: E402  (a sibl
 
 PREFIX = "cv-fold"
 SEED_PREFIX = "seed"
+COLUMN = {PREFIX: "fold", SEED_PREFIX: "seed"}  # the table's column per run, by prefix
 
 
 def fold_experiments(n_folds: int, extra: list[str] = ()) -> dict[str, list[str]]:
@@ -94,9 +95,8 @@ def _f(value) -> str:
 
 
 def markdown(rows: list[dict], folds: list[str], prefix: str = PREFIX) -> str:
-    word = "fold " if prefix == PREFIX else "seed "
     head = ("| model | val CCC (mean) | test CCC mean ± sd | "
-            + " | ".join(word + f.removeprefix(prefix) for f in folds) + " |")
+            + " | ".join(f"{COLUMN[prefix]} {f.removeprefix(prefix)}" for f in folds) + " |")
     lines = [head, "|" + "---|" * (3 + len(folds))]
     for r in rows:
         sd = f" ± {r['test_ccc_sd']:.3f}" if r["test_ccc_sd"] is not None else ""

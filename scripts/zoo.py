@@ -45,11 +45,16 @@ def dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
                           check=check)
 
 
+def commit_of(rev: str) -> str:
+    """The full commit hash `rev` names."""
+    return subprocess.run(["git", "rev-parse", rev], cwd=ROOT, text=True, capture_output=True,
+                          check=True).stdout.strip()
+
+
 def experiment_refs(baseline: str = "HEAD", prefix_filter: str = PREFIX) -> dict[str, str]:
     """{experiment name: git ref} of the experiments named `prefix_filter*` based on commit
     `baseline`."""
-    head = subprocess.run(["git", "rev-parse", baseline], cwd=ROOT, text=True,
-                          capture_output=True, check=True).stdout.strip()
+    head = commit_of(baseline)
     prefix = f"refs/exps/{head[:2]}/{head[2:]}/"
     out = subprocess.run(["git", "for-each-ref", "--format=%(refname)", prefix], cwd=ROOT,
                          text=True, capture_output=True, check=True).stdout.split()
@@ -86,8 +91,7 @@ def queue_and_run(experiments: dict[str, list[str]], jobs: int, prefix: str = PR
     """Queue one DVC experiment per {name: [KEY=VALUE, ...]} (`-S` overrides), run them `jobs` at a
     time and wait; a name already used on this commit is replaced. Returns the commit they were
     queued on (their baseline: a commit made while they run does not lose them)."""
-    baseline = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True,
-                              capture_output=True, check=True).stdout.strip()
+    baseline = commit_of("HEAD")
     existing = experiment_refs(baseline, prefix_filter=prefix)
     for name, overrides in experiments.items():
         if name in existing:  # a re-run replaces the earlier result of this commit

@@ -118,13 +118,13 @@ def test_default_draw_reads_reliability_and_links_on_train_clips_only(tmp_path):
 
 
 def test_rendered_column_is_each_clips_mean_unit_strength_in_clip_order(tmp_path):
-    """The ceiling row's column: per clip the mean of the rendered unit over its frames, in the
-    clips' order (not the tracks'), and None for a cue the renderer has no unit of."""
+    """The ceiling row's column: per clip ingest's mean of the rendered unit over its frames,
+    in the clips' order (not the file's), and None for a cue the renderer has no unit of."""
     power = load_power()
     (tmp_path / "data").mkdir()
-    pd.DataFrame({"video_id": ["b", "b", "a", "a", "a"], "frame_idx": [0, 1, 0, 1, 2],
-                  "unit_brow_lower": [0.2, 0.4, 1.0, 0.0, 0.5]}).to_parquet(
-        tmp_path / "data" / "synthetic_tracks.parquet")
+    pd.DataFrame({"video_id": ["b", "a"], "cue_brow_lower": [0.0, 1.0],
+                  "track_brow_lower": [0.3, 0.5]}).to_parquet(
+        tmp_path / "data" / "synthetic_cues.parquet")
     clips = pd.DataFrame({"video_id": ["a", "b"]})
     assert power.rendered_column(tmp_path, clips, "brow_lower") == pytest.approx([0.5, 0.3])
     assert power.rendered_column(tmp_path, clips, "pitch") is None
