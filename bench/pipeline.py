@@ -13,9 +13,10 @@ checkout changes. Each stage's seconds come from the moment DVC announces it ("R
 "Running N stages" line to the next announcement, and each one's own seconds (which overlap) are
 listed apart.
 
-This machine's speed moves by up to ~1.8x within a day (README, How long), so the bench also times
-a fixed reference workload (a small CNN's training steps on one torch thread) before and after:
-compare runs by their reference seconds before comparing their totals.
+This machine's speed moves by up to ~1.8x within a day (docs/scaling.md, How long `make run`
+takes), so the bench also times a fixed reference workload (a small CNN's training steps on one
+torch thread) before and after: compare runs by their reference seconds before comparing their
+totals.
 
 Prints a table and writes bench/results/pipeline.json; the goal (issue #13) is 10 minutes.
 """

@@ -19,17 +19,17 @@ than fail after 3 s). So this runs, in the repository of the current folder:
    .dvc/tmp/repro/<stage>.log (the tail is printed if it fails);
 3. `dvc repro`: the rest (retrain, deploy, evaluate, register, explain), the trainings up to date.
 
-The outputs are the bytes `dvc repro` gives: each training runs in its own process either way,
-on one thread, from the same seed (the pipeline bench's fresh clone reproduced every output of
-dvc.lock byte for byte: README, How long). The MLflow store, its experiment and the pipeline's
-parent run are made before the trainings start, so that two of them never create one at once.
-A failed training starts no new one; the running ones finish (committed by DVC) and the exit
-code is 1. Ctrl-C, SIGTERM or a hang-up send SIGINT to every running stage's process group (DVC
-then commits nothing; the stages write their outputs atomically), SIGKILL after a grace of a
-minute to what is left, and the exit code is 130: nothing is left running. `--jobs` defaults to
-the cores this process may use (its CPU affinity and cgroup quota) divided by `train.threads`,
-at most 4 (memory: each training holds its inputs); `train.threads: 0` (torch's own choice,
-every core) gives 1.
+The outputs are the bytes `dvc repro` gives: each training runs in its own process either way, on
+one thread, from the same seed (the pipeline bench's fresh clone reproduced every output of
+dvc.lock byte for byte: docs/scaling.md, How long `make run` takes). The MLflow store, its
+experiment and the pipeline's parent run are made before the trainings start, so that two of them
+never create one at once. A failed training starts no new one; the running ones finish (committed
+by DVC) and the exit code is 1. Ctrl-C, SIGTERM or a hang-up send SIGINT to every running stage's
+process group (DVC then commits nothing; the stages write their outputs atomically), SIGKILL after
+a grace of a minute to what is left, and the exit code is 130: nothing is left running. `--jobs`
+defaults to the cores this process may use (its CPU affinity and cgroup quota) divided by
+`train.threads`, at most 4 (memory: each training holds its inputs); `train.threads: 0` (torch's
+own choice, every core) gives 1.
 """
 from __future__ import annotations
 
