@@ -100,7 +100,8 @@ def draw_contributions(ax: Any, part: Mapping, trait_names: Sequence[str], *, ti
     ax.imshow(shown.T, aspect="auto", cmap="RdBu_r", vmin=-(lim or 1), vmax=lim or 1)
     for (j, i), v in np.ndenumerate(shown.T):
         if np.isfinite(v):
-            ax.text(i, j, f"{v:+.3f}", ha="center", va="center", fontsize=6)
+            ax.text(i, j, f"{v:+.3f}", ha="center", va="center", fontsize=6,
+                    color="white" if abs(v) > 0.6 * (lim or 1) else "black")  # dark cells
     ax.set_yticks(range(len(trait_names)), trait_names, fontsize=8)
     ax.set_xticks(range(len(rows)), [names[i] for i in rows], rotation=35, ha="right",
                   fontsize=7)

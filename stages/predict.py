@@ -317,9 +317,8 @@ def write_report(result: dict, path: Path) -> Path:
            error_kw={"ecolor": "#333333", "label": "test MAE"})
     ax.set_xticks(range(5), [schemas.TRAIT_NAMES[t] for t in TRAITS], rotation=15)
     if result.get("label_scale", "unit") == "unit":
-        ax.set_ylim(0, 1)
-    for i, s in enumerate(scores):
-        ax.text(i, s + 0.02, f"{s:.2f}", ha="center")
+        ax.set_ylim(0, 1.05)
+    _label_bars(ax, scores, [err[t] for t in TRAITS] if err else [0.0] * 5)
     ax.set_title(f"{Path(result['video']).name}: {result['model']}"
                  + ("  (bars: model's test MAE)" if err else ""))
     if result.get("warnings"):
@@ -352,6 +351,18 @@ def write_report(result: dict, path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _label_bars(ax, scores: list[float], errors: list[float]) -> None:
+    """Each bar's value, where neither the error whisker nor the title covers it: white at the
+    foot of a bar tall enough to hold it above its whisker's lower end, else just above the
+    whisker's top."""
+    for i, (score, error) in enumerate(zip(scores, errors)):
+        if score - error >= 0.12:
+            ax.text(i, 0.02, f"{score:.2f}", ha="center", va="bottom", color="white",
+                    fontweight="bold")
+        else:
+            ax.text(i, max(score, 0.0) + error + 0.02, f"{score:.2f}", ha="center", va="bottom")
 
 
 def _explanation_rows(explanation: dict | None) -> list[str]:

@@ -118,3 +118,23 @@ def test_clip_warnings_in_plain_words():
                                  "audio_cut_at_s": 300.0, "duration_s": 600.0})
     assert cut and "300 s" in cut[0]
     assert predict.clip_warnings({"face_share": 1.0, "has_audio": False})[0].startswith("no audio")
+
+
+def test_bar_values_clear_the_whiskers():
+    """The report writes each score where its error whisker does not cross it: at the foot of a
+    tall bar (white), above the whisker of a short one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    scores, errors = [1.0, 0.05, 0.4], [0.12, 0.1, 0.35]
+    predict._label_bars(ax, scores, errors)
+    texts = {t.get_text(): t for t in ax.texts}
+    assert set(texts) == {"1.00", "0.05", "0.40"}
+    tall, short, wide = texts["1.00"], texts["0.05"], texts["0.40"]
+    assert tall.get_position()[1] < 1.0 - 0.12 and tall.get_color() == "white"
+    assert short.get_position()[1] > 0.05 + 0.1  # above the whisker's top
+    assert wide.get_position()[1] > 0.4 + 0.35  # its whisker reaches the foot: above it
+    plt.close(fig)
