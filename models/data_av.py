@@ -423,8 +423,9 @@ def _usable(row: dict) -> str:
 @dataclasses.dataclass(frozen=True)
 class LogmelSourceConfig:
     frames: int = 300  # train crop, in hop_s steps (300 x 10 ms = 3 s); shorter clips zero-padded
-    eval_mode: Literal["full", "centre"] = "full"  # whole clip (the engine pads a batch) or the
-    #                                                centre crop of `frames`
+    eval_mode: Literal["full", "centre", "crops"] = "full"  # whole clip as one view, the centre
+    #   crop of `frames`, or crops: V = ceil(T / frames) crops of `frames` steps, evenly spaced
+    #   from the first step to the last (overlapping a little), predictions averaged over them
     max_frames: int = 1500  # eval "full": at most this many (centred): bounds memory
     normalise: bool = True  # per-band standardisation with train-split statistics
     stats_split: str = "train"  # split whose videos give the statistics ("" = all given)
@@ -434,10 +435,10 @@ class LogmelSourceConfig:
     path: str = ""  # artifact folder ("" = data/audio)
 
     def __post_init__(self) -> None:
-        if self.frames < 1 or self.eval_mode not in ("full", "centre") or \
+        if self.frames < 1 or self.eval_mode not in ("full", "centre", "crops") or \
                 self.on_missing not in ("error", "zeros") or len(self.mean) != len(self.std):
-            raise SourceError("logmel source: frames >= 1, eval_mode full|centre, on_missing "
-                              "error|zeros, mean and std of equal length")
+            raise SourceError("logmel source: frames >= 1, eval_mode full|centre|crops, "
+                              "on_missing error|zeros, mean and std of equal length")
 
 
 class _AudioBase(InputSource):
@@ -472,6 +473,15 @@ def _crop(x: np.ndarray, length: int, start: int, axis_len: int) -> np.ndarray:
     return out
 
 
+def crop_starts(n: int, length: int) -> list[int]:
+    """Starts of the fewest `length`-step crops that cover all `n` steps, evenly spaced from the
+    first step to the last (neighbours overlap by less than a crop); [0] when n <= length."""
+    if n <= length:
+        return [0]
+    count = -(-n // length)  # ceil
+    return np.linspace(0, n - length, count).round().astype(int).tolist()
+
+
 class LogmelSource(_AudioBase):
     """{"logmel": (n_mels, T) float32}, standardised per band."""
 
@@ -496,8 +506,12 @@ class LogmelSource(_AudioBase):
             min(x.shape[1], self.config.max_frames) if x is not None else self.config.frames)
         if x is None:
             return {"logmel": torch.zeros(1, self.n_mels, L)}
-        start = max((x.shape[1] - L) // 2, 0)
-        return {"logmel": torch.from_numpy(_crop(x, L, start, x.shape[1]))[None]}  # (1, M, L)
+        if self.config.eval_mode == "crops":
+            starts = crop_starts(x.shape[1], L)
+        else:
+            starts = [max((x.shape[1] - L) // 2, 0)]
+        views = [_crop(x, L, start, x.shape[1]) for start in starts]
+        return {"logmel": torch.from_numpy(np.stack(views))}  # (V, M, L)
 
 
 @register_source("logmel")

@@ -209,11 +209,19 @@ def predict_videos(model: nn.Module, sources: Sequence[InputSource], video_ids: 
         items.clear()
         owners.clear()
 
+    pending_shapes: tuple = ()
     for i, vid in enumerate(video_ids):
         views = merge_views([s.eval_items(vid) for s in sources], vid)
         V = next(iter(views.values())).shape[0]
         for v in range(V):
-            items.append({k: t[v] for k, t in views.items()})
+            item = {k: t[v] for k, t in views.items()}
+            # an input without a mask is never zero-padded to a batch-mate's length: the
+            # padding would enter its pooling, and a clip's score would depend on its batch
+            shapes = _unmasked_shapes(item)
+            if items and shapes != pending_shapes:
+                flush()
+            pending_shapes = shapes
+            items.append(item)
             owners.append(i)
             if len(items) >= batch_size:
                 flush()
@@ -223,6 +231,12 @@ def predict_videos(model: nn.Module, sources: Sequence[InputSource], video_ids: 
         return preds
     proba = proba_sums / np.maximum(counts, 1)[:, None, None] if proba_sums is not None else None
     return preds, proba
+
+
+def _unmasked_shapes(item: Mapping[str, Tensor]) -> tuple:
+    """(key, shape) of every input of one view that has no `<key>_mask` (and is no mask)."""
+    return tuple((k, tuple(t.shape)) for k, t in sorted(item.items())
+                 if not k.endswith("_mask") and f"{k}_mask" not in item)
 
 
 def _flat_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:

@@ -155,6 +155,13 @@ def test_audio_sources(av_root):
     assert full.shape == (1, 64, n_frames)
     train_ids = set(pd.read_parquet(av_root / "data" / "manifest.parquet").query(
         "split == 'train'")["video_id"])
+    crops = data_av.logmel_source(root=av_root, video_ids=ids,
+                                  config={"frames": 100, "eval_mode": "crops"})
+    views = crops.eval_items(ids[0])["logmel"]
+    starts = data_av.crop_starts(n_frames, 100)
+    assert views.shape == (len(starts), 64, 100) and len(starts) == -(-n_frames // 100)
+    for view, start in zip(views, starts):  # each crop is the clip's own steps, in time order
+        assert torch.equal(view, full[0, :, start:start + 100])
     fit = torch.cat([mel.eval_items(v)["logmel"][0] for v in ids if v in train_ids], dim=1)
     assert fit.mean(dim=1).abs().max() < 1e-3  # standardised with train-split statistics
 
@@ -197,3 +204,11 @@ def test_sources_feed_the_models(av_root):
     batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
     model = build_model("bimodal_resnet", width=4, layers=(1, 1, 1, 1), audio_widths=(4, 8))
     assert model.predict(batch).shape == (2, 5)
+
+
+def test_crop_starts_cover_the_clip_with_the_fewest_crops():
+    assert data_av.crop_starts(300, 300) == [0] and data_av.crop_starts(120, 300) == [0]
+    for n in (301, 599, 600, 601, 950, 1000):
+        starts = data_av.crop_starts(n, 300)
+        assert len(starts) == -(-n // 300) and starts[0] == 0 and starts[-1] == n - 300
+        assert all(b - a <= 300 for a, b in zip(starts, starts[1:]))  # no gap between crops

@@ -285,6 +285,33 @@ def test_predict_videos_averages_views():
     np.testing.assert_allclose(pred, [[0.3] * 5, [0.4] * 5], atol=1e-6)  # mean of +0, +.3, +.6
 
 
+class LengthSource(InputSource):
+    """One view per video, a sequence of ones as long as the video id says, no mask."""
+
+    keys = ("v",)
+
+    def train_item(self, video_id, rng):
+        return {"v": torch.ones(int(video_id))}
+
+    def eval_items(self, video_id):
+        return {"v": torch.ones(1, int(video_id))}  # (1, T)
+
+    def fitted_config(self):
+        return {}
+
+
+class TimeMean(Echo):
+    def forward(self, batch):
+        return batch["v"].mean(dim=1, keepdim=True).expand(-1, 5)  # (B, 5): 1 unless padded
+
+
+def test_a_clip_is_never_padded_to_its_batch_mates_length():
+    """Unmasked inputs of different lengths go in separate batches: zero padding would enter the
+    model's pooling and make a clip's score depend on which clips share its batch."""
+    pred = predict_videos(TimeMean(), [LengthSource()], ["3", "7", "7", "5"], batch_size=8)
+    np.testing.assert_array_equal(pred, np.ones((4, 5)))
+
+
 def test_save_checkpoint_is_plain_data(tmp_path):
     model = build_model("perfex_cnn", **TINY)
     path = save_checkpoint(tmp_path / "x.pt", model=model, model_name="perfex_cnn",
