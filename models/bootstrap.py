@@ -82,8 +82,11 @@ def paired(a: dict[str, np.ndarray], b: dict[str, np.ndarray], *, level: float =
         return {"p_better": float("nan"), "delta_ccc": [float("nan")] * 2,
                 "p_lower_mae": float("nan")}
     wins = np.mean(ca[ok] > cb[ok]) + 0.5 * np.mean(ca[ok] == cb[ok])
+    fine = np.isfinite(ma) & np.isfinite(mb)  # a NaN resample is no vote either way
+    lower = (np.mean(ma[fine] < mb[fine]) + 0.5 * np.mean(ma[fine] == mb[fine])
+             if fine.any() else float("nan"))
     return {"p_better": float(wins), "delta_ccc": interval(ca - cb, level=level),
-            "p_lower_mae": float(np.mean(ma < mb) + 0.5 * np.mean(ma == mb))}
+            "p_lower_mae": float(lower)}
 
 
 def model_uncertainty(samples: dict[str, np.ndarray], traits: Sequence[str], *,

@@ -151,7 +151,7 @@ def functionals_source(*, root: Path, video_ids: list[str], config: dict) -> Fun
     df = df[df["video_id"].isin(set(video_ids))]
     values = df.reindex(columns=columns).to_numpy(np.float64)  # (n, F), NaN where absent
     ids = df["video_id"].tolist()
-    fit_ids = set(_stats_ids(root, ids, cfg.stats_split))
+    fit_ids = set() if cfg.mean else set(_stats_ids(root, ids, cfg.stats_split))  # stored stats
     mean, std = _statistics(values, np.array([v in fit_ids for v in ids], bool), cfg)
     return FunctionalsSource(dict(zip(ids, _zscores(values, mean, std))), columns, mean, std, cfg)
 
@@ -173,7 +173,9 @@ def standardised(values: np.ndarray, fit_rows: np.ndarray) -> np.ndarray:
 
 
 def ccc_columns(y: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """Per column concordance correlation of (n, k) arrays (population variances) -> (k,)."""
+    """Per column concordance correlation of (n, k) arrays (population variances) -> (k,):
+    personality.ccc column by column, vectorised for the alpha search, except that a column
+    where both sides are constant scores 0 (no concordance to reward), not NaN."""
     my, mp = y.mean(0), p.mean(0)
     cov = ((y - my) * (p - mp)).mean(0)
     den = y.var(0) + p.var(0) + (my - mp) ** 2

@@ -399,14 +399,18 @@ def _read_audio(root: Path, path: str, video_ids: Sequence[str], columns: list[s
 
 def _stats_ids(root: Path, video_ids: Sequence[str], split: str) -> list[str]:
     """The given videos of split `split` (data/manifest.parquet), or all of them when split is ""
-    or the manifest is absent."""
+    or the manifest is absent; none of that split is an error."""
     manifest = root / "data" / "manifest.parquet"
     if not split or not manifest.exists():
         return list(video_ids)
     m = pq.read_table(manifest, columns=["video_id", "split"]).to_pandas()
     chosen = set(m.loc[m["split"] == split, "video_id"])
     picked = [v for v in video_ids if v in chosen]
-    return picked or list(video_ids)
+    if not picked:  # never fall back on val / test clips: statistics come from training data
+        raise SourceError(f"no {split}-split video among the {len(video_ids)} given to fit the "
+                          "standardisation on; give the statistics (mean, std: a checkpoint's "
+                          "source_config) or set stats_split: ''")
+    return picked
 
 
 def _usable(row: dict) -> str:

@@ -215,9 +215,8 @@ def predict_videos(model: nn.Module, sources: Sequence[InputSource], video_ids: 
         V = next(iter(views.values())).shape[0]
         for v in range(V):
             item = {k: t[v] for k, t in views.items()}
-            # an input without a mask is never zero-padded to a batch-mate's length: the
-            # padding would enter its pooling, and a clip's score would depend on its batch
-            shapes = _unmasked_shapes(item)
+            shapes = _unmasked_shapes(item)  # no zero padding to a batch-mate's length: it'd
+            # enter the pooling of an input without a mask, the score depending on the batch
             if items and shapes != pending_shapes:
                 flush()
             pending_shapes = shapes
@@ -233,8 +232,7 @@ def predict_videos(model: nn.Module, sources: Sequence[InputSource], video_ids: 
     return preds, proba
 
 
-def _unmasked_shapes(item: Mapping[str, Tensor]) -> tuple:
-    """(key, shape) of every input of one view that has no `<key>_mask` (and is no mask)."""
+def _unmasked_shapes(item: Mapping[str, Tensor]) -> tuple:  # (key, shape) of unmasked inputs
     return tuple((k, tuple(t.shape)) for k, t in sorted(item.items())
                  if not k.endswith("_mask") and f"{k}_mask" not in item)
 
@@ -460,7 +458,7 @@ def fit(model: nn.Module, sources: Sequence[InputSource], *, train_ids: Sequence
     metrics are logged with step=epoch.
     until_epoch: pause after this epoch (the schedule still spans config.epochs); resume later
     from last.pt.
-    On return the model holds the best epoch's weights (the last epoch's without validation).
+    On return the model holds the best epoch's weights (without validation: lowest train loss).
     Under torchrun (config.distributed, module docstring) every rank calls `fit` alike; rank 0
     alone writes to out_dir and the tracker, and every rank returns the same result and weights.
     Returns {"history", "best_epoch", "best_metric", "epochs_run", "last_epoch", "stopped_early",

@@ -85,7 +85,8 @@ def weighted_pearson(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 def weighted_ccc(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Concordance correlation (population moments) of labels y (n, K) with predictions
-    p (..., n, K) under each row weighting of w (B, n): (B, ..., K)."""
+    p (..., n, K) under each row weighting of w (B, n): (B, ..., K). With unit weights it is
+    personality.ccc per column (to rounding), except 0 where both sides are constant."""
     total = w.sum(axis=1)  # (B,)
     lead = p.ndim - 2
     shape = (len(w),) + (1,) * lead + (y.shape[1],)  # broadcast y's moments over p's leading axes

@@ -84,8 +84,11 @@ def results_table(report: dict, split: str) -> str:
     a model whose difference to the best-by-validation model is inside the interval says so."""
     selection = report.get("selection") or {}
     val = selection.get("val") or {}
-    models = sorted((m for m in report if m not in RESERVED),
-                    key=lambda m: -(val.get(m, {}).get("ccc") or -math.inf))
+    def val_ccc(m: str) -> float:  # a model without a val score sorts last (0.0 is a score)
+        v = val.get(m, {}).get("ccc")
+        return -math.inf if v is None or not math.isfinite(v) else v
+
+    models = sorted((m for m in report if m not in RESERVED), key=lambda m: -val_ccc(m))
     level = int(round(100 * ((report.get("baseline") or {}).get("ci") or {}).get("level", 0.95)))
     lines = [f"| model | val CCC | {split} CCC [{level}% CI] | {split} ACC | beats baseline "
              f"| vs {selection.get('best') or 'best'} (chosen on val) |",

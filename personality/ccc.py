@@ -4,7 +4,9 @@
     ccc(y_true, y_pred)        # 1-D arrays -> float in [-1, 1]
 
 Population (ddof=0) moments. models.metrics.ccc (NaN targets dropped, inputs checked) and the
-synthetic generator's noise ceiling (personality/synthetic.py) both compute it here.
+synthetic generator's noise ceiling (personality/synthetic.py) both compute it here; the
+vectorised forms models.classical.ccc_columns and models.importance.weighted_ccc are the same
+definition (tests/test_metrics.py checks it), scoring 0 where this gives NaN.
 """
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ PERFEX_TRAIT_COLUMNS = {"E": "extroversion", "N": "neuroticism", "A": "agreeable
 
 @dataclasses.dataclass(frozen=True)
 class DeployParams:
-    model: str = "perfex_cnn+retrained"  # a trained or retrained model name, or a checkpoint path
+    model: str = "perfex_hybrid+retrained"  # trained or retrained model name, or checkpoint path
     corpus: str = "aus"  # "aus" (data/aus) or a folder of OpenFace CSVs
     splits: list[str] = dataclasses.field(default_factory=list)  # corpus aus: [] = every video
     export_csv: bool = True  # also write PerFeX's per-frame CSV

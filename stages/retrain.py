@@ -117,6 +117,25 @@ def _summary(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     return {k: float(mean[k]) for k in ("ccc", "pcc", "mae")}
 
 
+def _with_intervals(before: dict, after: dict, held_true: np.ndarray, preds: tuple,
+                    subjects: list, seed: int) -> dict:
+    """before / after with 95% intervals of their mean CCC over 1000 resamples of the held-out
+    subjects (models/bootstrap.py), and the paired change: {"before", "after", "change":
+    {"delta_ccc": [lo, hi], "p_better": share of resamples where after beats before}}."""
+    from models.bootstrap import bootstrap_scores, interval, paired, subject_resamples
+
+    if len(set(subjects)) < 2:  # one subject: no spread to resample
+        return {"before": before, "after": after, "change": {}}
+    rows = subject_resamples(subjects, n_boot=1000, seed=seed)
+    s = bootstrap_scores(held_true, {"before": preds[0], "after": preds[1]}, rows)
+    out = {when: {**m, "ccc_ci": interval(s[when]["ccc"].mean(axis=1))}
+           for when, m in (("before", before), ("after", after))}
+    cmp = paired(s["after"], s["before"])
+    out["change"] = {"delta_ccc": cmp["delta_ccc"], "p_better": cmp["p_better"],
+                     "n_subjects": len(set(subjects)), "n_boot": 1000}
+    return out
+
+
 def _mix_in(p: RetrainParams, seed: int, have: pd.DataFrame, rated: pd.DataFrame,
             tune_ids: list[str]) -> tuple[list[str], list[str], np.ndarray]:
     """Original train clips mixed in beside the rated ones (a share of them, drawn with the
@@ -194,7 +213,8 @@ def retrain_model(name: str, p: RetrainParams, base: BaseParams, root: Path,
         raise StageInputError(f"{name}: no rated stimulus of the train split has the model's "
                               "inputs; nothing to fine-tune on")
     held_true = rated.loc[held_ids, list(TRAITS)].to_numpy(float)
-    before = _summary(held_true, engine.predict_videos(model, sources, held_ids))
+    held_before = engine.predict_videos(model, sources, held_ids)
+    before = _summary(held_true, held_before)
 
     mixed, train_ids, train_targets = _mix_in(p, seed, have, rated, tune_ids)
     frozen = _freeze(model, p.freeze, name)
@@ -209,7 +229,8 @@ def retrain_model(name: str, p: RetrainParams, base: BaseParams, root: Path,
     with tracking as mlf, atomic_dir(root / RETRAINED / "models" / out_name) as staging:
         engine.fit(model, sources, train_ids=train_ids, train_targets=train_targets,
                    config=cfg, out_dir=staging, meta=meta, tracker=mlf, desc=f"retrain:{name}")
-        after = _summary(held_true, engine.predict_videos(model, sources, held_ids))
+        held_after = engine.predict_videos(model, sources, held_ids)
+        after = _summary(held_true, held_after)
         preds = engine.predict_videos(model, sources, have["video_id"].tolist())
         if mlf is not None:
             mlf.log_metrics({f"{when}_{k}": v for when, m in (("before", before),
@@ -219,8 +240,10 @@ def retrain_model(name: str, p: RetrainParams, base: BaseParams, root: Path,
     log.info("%s: held-out rater means ccc %.3f -> %.3f, mae %.3f -> %.3f (%d tuned + %d mixed, "
              "%d held out)", name, before["ccc"], after["ccc"], before["mae"], after["mae"],
              len(tune_ids), len(mixed), len(held_ids))
-    return {"before": before, "after": after, "n_finetune": len(tune_ids),
-            "n_mixed": len(mixed), "n_heldout": len(held_ids), "frozen_parameters": frozen}
+    subjects = have.set_index("video_id").loc[held_ids, "subject_id"].tolist()
+    return {**_with_intervals(before, after, held_true, (held_before, held_after), subjects, seed),
+            "n_finetune": len(tune_ids), "n_mixed": len(mixed), "n_heldout": len(held_ids),
+            "frozen_parameters": frozen}
 
 
 def _finish(root: Path, out_name: str, have: pd.DataFrame, preds: np.ndarray,

@@ -154,15 +154,32 @@ def _model_inputs(name: str, p: TrainParams, root: Path, inputs: tuple[str, ...]
         source_config.setdefault("aus", {})["augmented"] = p.use_augmented
     sources = build_sources(inputs, root=root, video_ids=manifest["video_id"].tolist(),
                             config=source_config)
+    data = _with_sources(name, manifest, sources, inputs)
+    if not len(data["split"]["train"]) and not p.test_only:
+        raise StageInputError(f"{name}: no train video has the inputs {list(inputs)}")
+    return {**data, "source_config": source_config}
+
+
+def _with_sources(name: str, manifest: pd.DataFrame, sources: list, inputs: tuple[str, ...]
+                  ) -> dict:
+    """{"manifest", "sources", "have": the videos every source can feed, "split": have by split}."""
     have = manifest[[all(s.has(v) for s in sources) for v in manifest["video_id"]]]
     if len(have) < len(manifest):
         log.warning("%s: %d of %d manifest videos lack inputs %s; no prediction for them", name,
                     len(manifest) - len(have), len(manifest), list(inputs))
     split = {s: have[have["split"] == s] for s in SPLITS}
-    if not len(split["train"]) and not p.test_only:
-        raise StageInputError(f"{name}: no train video has the inputs {list(inputs)}")
-    return {"manifest": manifest, "sources": sources, "source_config": source_config,
-            "have": have, "split": split}
+    return {"manifest": manifest, "sources": sources, "have": have, "split": split}
+
+
+def _checkpoint_sources(name: str, data: dict, root: Path, inputs: tuple[str, ...],
+                        source_config: dict) -> dict:
+    """test_only with a whole checkpoint: the inputs built from the statistics it carries (as
+    predict builds them), not refitted on this data: one truth per clip."""
+    from models.data import build_sources, for_inference
+
+    sources = build_sources(inputs, root=root, video_ids=data["manifest"]["video_id"].tolist(),
+                            config=for_inference(source_config))
+    return {**data, **_with_sources(name, data["manifest"], sources, inputs)}
 
 
 def _inference_config(data: dict, root: Path) -> dict:
@@ -223,7 +240,7 @@ def _evaluate_checkpoint(name: str, p: TrainParams, root: Path, meta: dict,
             engine.save_checkpoint(staging / target, model=model, model_name=name,
                                    train_mean=[], **{k: meta[k] for k in (
                                        "inputs", "source_config", "params", "label_scale")})
-    return model, list(ckpt.get("history", [])), fit_info
+    return model, list(ckpt.get("history", [])), fit_info, ckpt.get("source_config")
 
 
 def _fit(name: str, p: TrainParams, cfg: TrainConfig, root: Path, meta: dict, overrides: dict,
@@ -277,9 +294,11 @@ def _predict(model, name: str, cfg: TrainConfig, data: dict) -> tuple:
     have = data["have"]
     device = engine.resolve_device(cfg.device)
     model.to(device)
+    # full precision, as predict scores a clip: bf16 autocast (train.amp, CUDA) serves the
+    # training and its validation only
     preds, proba = engine.predict_videos(model, data["sources"], have["video_id"].tolist(),
                                          batch_size=cfg.eval_batch_size, device=device,
-                                         amp=cfg.amp, return_proba=True)
+                                         amp=False, return_proba=True)
     predictions = pd.DataFrame({"video_id": have["video_id"].to_numpy(),
                                 "split": have["split"].to_numpy(),
                                 **{t: preds[:, k] for k, t in enumerate(TRAITS)},
@@ -386,8 +405,10 @@ def train_model(name: str, p: TrainParams, base: BaseParams, root: Path) -> dict
               else contextlib.nullcontext(None))
     with _tracking(p, cfg, name, overrides, data, rank, root) as mlf, folder as staging:
         if p.test_only:
-            model, history, fit_info = _evaluate_checkpoint(name, p, root, meta, overrides,
-                                                            staging)
+            model, history, fit_info, kept = _evaluate_checkpoint(name, p, root, meta,
+                                                                  overrides, staging)
+            if kept is not None:
+                data = _checkpoint_sources(name, data, root, spec.inputs, kept)
         else:
             model, history, fit_info = _fit(name, p, cfg, root, meta, overrides, data, mlf,
                                             staging)

@@ -58,3 +58,11 @@ def test_missing_predictions_are_left_out_not_scored(rng):
     s = bootstrap_scores(y, {"m": holes}, subject_resamples(subjects, n_boot=20, seed=0))
     assert np.isfinite(s["m"]["ccc"]).all()
     assert interval(np.array([np.nan, np.nan])) != interval(np.array([0.1, 0.2]))
+
+
+def test_paired_ignores_resamples_without_a_score():
+    """A resample where a model has no MAE (NaN) is no vote: 2 of 2 scored resamples favour a."""
+    ccc = np.full((3, 5), 0.5)
+    a = {"ccc": ccc, "mae": np.array([[0.1] * 5, [np.nan] * 5, [0.1] * 5])}
+    b = {"ccc": ccc, "mae": np.full((3, 5), 0.2)}
+    assert paired(a, b)["p_lower_mae"] == pytest.approx(1.0)

@@ -198,7 +198,8 @@ def test_sources_feed_the_models(av_root):
 
     ids = [v for v in _ids(av_root) if _face_counts(av_root).get(v)][:2]
     face = data_av.face_source(root=av_root, video_ids=ids, config={"size": 64})
-    mel = data_av.logmel_source(root=av_root, video_ids=ids, config={"frames": 120})
+    mel = data_av.logmel_source(root=av_root, video_ids=ids,
+                                config={"frames": 120, "stats_split": ""})  # any two clips
     items = [{**face.train_item(v, np.random.default_rng(i)),
               **mel.train_item(v, np.random.default_rng(i))} for i, v in enumerate(ids)]
     batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
@@ -212,3 +213,12 @@ def test_crop_starts_cover_the_clip_with_the_fewest_crops():
         starts = data_av.crop_starts(n, 300)
         assert len(starts) == -(-n // 300) and starts[0] == 0 and starts[-1] == n - 300
         assert all(b - a <= 300 for a, b in zip(starts, starts[1:]))  # no gap between crops
+
+
+def test_standardisation_never_falls_back_on_held_out_clips(av_root):
+    """Statistics come from train-split videos; given none (and no stored statistics), the
+    source refuses instead of fitting them on val / test clips."""
+    held_out = pd.read_parquet(av_root / "data" / "manifest.parquet").query(
+        "split != 'train'")["video_id"].tolist()
+    with pytest.raises(SourceError, match="no train-split video"):
+        data_av.logmel_source(root=av_root, video_ids=held_out, config={})

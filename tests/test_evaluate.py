@@ -426,3 +426,15 @@ def test_intervals_cover_the_estimate_and_summary_carries_them(unit_root):
     assert summary["noisy+retrained"]["ccc_hi"] == pytest.approx(hi)
     table = (root / "metrics" / "results.md").read_text()
     assert f"[{lo:.3f}, {hi:.3f}]" in table and "train-mean baseline" in table
+
+
+def test_results_table_sorts_a_zero_val_score_as_a_score():
+    """Rows go by validation CCC; 0.0 is a score (above a negative one), a missing one goes last."""
+    from models.report import results_table
+
+    entry = {"mean": {"ccc": 0.1, "acc": 0.9}, "ci": {"mean": {"ccc": [0.0, 0.2]}}}
+    report = {"zero": dict(entry), "neg": dict(entry), "none": dict(entry),
+              "selection": {"best": "zero", "val": {"zero": {"ccc": 0.0}, "neg": {"ccc": -0.1}}}}
+    rows = [line.split("|")[1].strip() for line in results_table(report, "test").splitlines()
+            if line.startswith("| ") and line.split("|")[1].strip() in report]
+    assert rows == ["zero", "neg", "none"]

@@ -286,3 +286,22 @@ def test_majority_class_accuracy_hand_values():
 def test_json_safe():
     obj = {"a": {"x": float("nan"), "y": np.float32(0.5), "z": [np.inf, 1]}, "b": np.int64(3)}
     assert M.json_safe(obj) == {"a": {"x": None, "y": 0.5, "z": [None, 1]}, "b": 3}
+
+
+def test_the_vectorised_cccs_are_the_one_definition():
+    """models.classical.ccc_columns (alpha search) and models.importance.weighted_ccc (explain)
+    compute personality.ccc, column by column; only a both-constant column differs (0, not NaN)."""
+    from models.classical import ccc_columns
+    from models.importance import weighted_ccc
+    from personality.ccc import ccc as one_ccc
+
+    rng = np.random.default_rng(3)
+    y = rng.normal(size=(40, 4))
+    p = 0.6 * y + rng.normal(size=(40, 4))
+    y[:, 3] = p[:, 3] = 1.0  # both constant
+    expected = np.array([one_ccc(y[:, k], p[:, k]) for k in range(4)])
+    assert np.isnan(expected[3])
+    np.testing.assert_allclose(ccc_columns(y, p)[:3], expected[:3], rtol=1e-12)
+    np.testing.assert_allclose(weighted_ccc(y, p, np.ones((1, 40)))[0, :3], expected[:3],
+                               rtol=1e-9)
+    assert ccc_columns(y, p)[3] == 0.0 and weighted_ccc(y, p, np.ones((1, 40)))[0, 3] == 0.0

@@ -114,7 +114,12 @@ def test_retrain_moves_toward_raters(trained, tmp_path):
     out = retrain.run(params, BaseParams(seed=3, workers=1), root=root)
     report = json.loads((root / "metrics/retrain.json").read_text())
     m = report["perfex_cnn"]
-    assert set(m["before"]) == {"ccc", "pcc", "mae"}
+    assert set(m["before"]) == {"ccc", "pcc", "mae", "ccc_ci"}
+    for when in ("before", "after"):  # the interval over held-out subjects holds the estimate
+        lo, hi = m[when]["ccc_ci"]
+        assert lo <= m[when]["ccc"] + 1e-9 and lo < hi
+    lo, hi = m["change"]["delta_ccc"]
+    assert lo <= m["after"]["ccc"] - m["before"]["ccc"] <= hi and 0 <= m["change"]["p_better"] <= 1
     assert m["after"]["ccc"] > m["before"]["ccc"] + 0.1, m
     assert m["after"]["mae"] < m["before"]["mae"]
     assert m["n_finetune"] == 24 and m["n_heldout"] == 24 and m["n_mixed"] == 0  # all rated

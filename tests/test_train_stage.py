@@ -98,6 +98,16 @@ def test_test_only_evaluates_the_checkpoint_without_training(au_root, trained):
     pd.testing.assert_frame_equal(pred_before, pred_after)
 
 
+def test_test_only_reads_the_inputs_as_the_checkpoint_says(au_root, trained):
+    """A checkpoint scored with test_only builds its inputs from the config and statistics it
+    carries, as predict does, whatever params.yaml's source_config says now."""
+    pred_before = pd.read_parquet(au_root / "data" / "predictions" / "perfex_cnn.parquet")
+    run(params(test_only=True, source_config={"aus": {"scale": 0.5}}), BaseParams(workers=1),
+        root=au_root, models=["perfex_cnn"])
+    pred_after = pd.read_parquet(au_root / "data" / "predictions" / "perfex_cnn.parquet")
+    pd.testing.assert_frame_equal(pred_before, pred_after)
+
+
 def test_resume_and_weights_through_params(au_root, trained, tmp_path):
     saved = tmp_path / "last.pt"
     shutil.copyfile(au_root / "data" / "models" / "perfex_cnn" / "last.pt", saved)
