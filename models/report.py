@@ -15,7 +15,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from models.bootstrap import bootstrap_scores, model_uncertainty, paired, subject_resamples
+from models.bootstrap import (bootstrap_scores, interval, model_uncertainty, paired,
+                              subject_resamples)
 from models.metrics import train_mean_baseline
 from personality.schemas import TRAITS
 
@@ -71,6 +72,32 @@ def add_uncertainty(report: dict, predictions: dict[str, tuple[np.ndarray, np.nd
                                                                 level=level)}
 
 
+def add_split_intervals(figures: dict[str, dict],
+                        predictions: dict[str, tuple[np.ndarray, np.ndarray]],
+                        manifest: pd.DataFrame, *, split: str, n_boot: int, level: float,
+                        seed: int) -> None:
+    """Add `ccc_ci` to each model's figures on `split` (e.g. val's, which choose the model): the
+    interval of its mean CCC over a bootstrap of that split's subjects."""
+    labelled = manifest[(manifest["split"] == split)
+                        & manifest[list(TRAITS)].notna().any(axis=1)].sort_values("video_id")
+    if labelled.empty or not predictions:
+        return
+    vids = labelled["video_id"].to_numpy()
+    rows = subject_resamples(labelled["subject_id"].to_numpy(), n_boot=n_boot, seed=seed)
+    samples = bootstrap_scores(labelled[list(TRAITS)].to_numpy(np.float64),
+                               {name: _spread(scored, vids) for name, scored in
+                                predictions.items()}, rows)
+    for name, sample in samples.items():
+        figures[name]["ccc_ci"] = interval(sample["ccc"].mean(axis=1), level=level)
+
+
+def _val_text(figures: dict) -> str:
+    lo, hi = figures.get("ccc_ci") or (None, None)
+    if lo is None or not all(map(math.isfinite, (lo, hi))):
+        return fmt(figures.get("ccc"))
+    return f"{fmt(figures.get('ccc'))} [{fmt(lo)}, {fmt(hi)}]"
+
+
 def ci_text(entry: dict, metric: str = "ccc") -> str:
     lo, hi = ((entry.get("ci") or {}).get("mean") or {}).get(metric, [None, None])
     value = (entry.get("mean") or {}).get(metric)
@@ -90,7 +117,8 @@ def results_table(report: dict, split: str) -> str:
 
     models = sorted((m for m in report if m not in RESERVED), key=lambda m: -val_ccc(m))
     level = int(round(100 * ((report.get("baseline") or {}).get("ci") or {}).get("level", 0.95)))
-    lines = [f"| model | val CCC | {split} CCC [{level}% CI] | {split} ACC | beats baseline "
+    lines = [f"| model | val CCC [{level}% CI] | {split} CCC [{level}% CI] | {split} ACC "
+             "| beats baseline "
              f"| vs {selection.get('best') or 'best'} (chosen on val) |",
              "|---|---|---|---|---|---|",
              f"| train-mean baseline | - | {ci_text(report.get('baseline') or {})} | "
@@ -108,7 +136,10 @@ def results_table(report: dict, split: str) -> str:
         else:
             versus = "chosen on val" if m == selection.get("best") else "-"
         beats = f"{100 * vb['p_better']:.0f}%" if vb.get("p_better") is not None else "-"
-        lines.append(f"| {m} | {fmt(val.get(m, {}).get('ccc'))} | {ci_text(e)} | "
+        low = ((e.get("ci") or {}).get("mean") or {}).get("ccc", [None])[0]
+        if low is not None and math.isfinite(low) and low <= 0 and beats != "-":
+            beats += "; its interval reaches 0"
+        lines.append(f"| {m} | {_val_text(val.get(m, {}))} | {ci_text(e)} | "
                      f"{fmt(e['mean'].get('acc'))} | {beats} | {versus} |")
     n = ((report.get("baseline") or {}).get("ci") or {})
     lines.append("")

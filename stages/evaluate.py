@@ -48,7 +48,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from models.report import (RESERVED, add_uncertainty, ci_text, flat_metrics, fmt,
+from models.report import (RESERVED, add_split_intervals, add_uncertainty, ci_text, flat_metrics, fmt,
                            results_table, select_best, summary_of)
 from models.metrics import (MetricsError, baseline_metrics, bin_metrics, json_safe,
                             majority_class_accuracy, regression_metrics)
@@ -340,21 +340,26 @@ def evaluate_all(files: list[Path], manifest: pd.DataFrame, params: EvaluatePara
 
 
 def validation_ccc(results: list[ModelResult], manifest: pd.DataFrame, params: EvaluateParams,
-                   *, label_scale: str) -> dict[str, dict]:
-    """Each model's mean CCC / MAE on the val split: the figures models are chosen by (the test
-    split is looked at once, for the report). A model without val predictions gets none."""
+                   *, label_scale: str, seed: int) -> dict[str, dict]:
+    """Each model's mean CCC / MAE on the val split, the CCC with its interval over the val
+    subjects (`ccc_ci`): the figures models are chosen by (the test split is looked at once, for
+    the report). A model without val predictions gets none."""
     if params.split == "val":
         return {r.name: {k: r.entry["mean"][k] for k in ("ccc", "mae")} for r in results}
     val_params = dataclasses.replace(params, split="val", bins="none")
-    out = {}
+    out, scored = {}, {}
     for r in results:
         try:
-            entry = evaluate_file(r.path, manifest, val_params, label_scale=label_scale).entry
+            result = evaluate_file(r.path, manifest, val_params, label_scale=label_scale)
         except StageInputError as exc:
             log.warning("%s: no validation figures (%s)", r.name, exc)
             continue
+        entry = result.entry
         out[r.name] = {"ccc": entry["mean"]["ccc"], "mae": entry["mean"]["mae"],
                        "n_videos": entry["n_videos"]}
+        scored[r.name] = (result.video_ids, result.y_pred)
+    add_split_intervals(out, scored, manifest, split="val", n_boot=params.bootstrap,
+                        level=params.ci_level, seed=seed)
     return out
 
 
@@ -465,7 +470,8 @@ def run(params: EvaluateParams, base: BaseParams | None = None,
         errors["baseline"] = f"{MANIFEST}: {exc}"
     if errors:
         report["errors"] = errors
-    val = validation_ccc(results, manifest, params, label_scale=label_scale)
+    val = validation_ccc(results, manifest, params, label_scale=label_scale,
+                         seed=(base or BaseParams()).seed)
     best = select_best(val)
     report["selection"] = {"split": "val", "metric": "mean CCC", "best": best, "val": val}
     add_uncertainty(report, {r.name: (r.video_ids, r.y_pred) for r in results}, manifest,

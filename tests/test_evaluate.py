@@ -426,6 +426,24 @@ def test_intervals_cover_the_estimate_and_summary_carries_them(unit_root):
     assert summary["noisy+retrained"]["ccc_hi"] == pytest.approx(hi)
     table = (root / "metrics" / "results.md").read_text()
     assert f"[{lo:.3f}, {hi:.3f}]" in table and "train-mean baseline" in table
+    # the val figures that choose the model carry their interval over the val subjects too
+    val = report["selection"]["val"]["noisy+retrained"]
+    vlo, vhi = val["ccc_ci"]
+    assert vlo <= val["ccc"] <= vhi and vlo < vhi and report["selection"]["val"]["perfect"]["ccc_ci"] == [1, 1]
+    assert f"{val['ccc']:.3f} [{vlo:.3f}, {vhi:.3f}]" in table
+
+
+def test_beats_baseline_says_when_the_interval_reaches_zero():
+    from models.report import results_table
+
+    def entry(lo):
+        return {"mean": {"ccc": 0.1, "acc": 0.9}, "ci": {"mean": {"ccc": [lo, 0.2]}},
+                "vs_baseline": {"p_better": 0.95}}
+
+    table = results_table({"sure": entry(0.05), "unsure": entry(-0.02),
+                           "selection": {"best": "sure", "val": {}}}, "test")
+    lines = {line.split("|")[1].strip(): line for line in table.splitlines() if "|" in line}
+    assert "reaches 0" in lines["unsure"] and "reaches 0" not in lines["sure"]
 
 
 def test_results_table_sorts_a_zero_val_score_as_a_score():
