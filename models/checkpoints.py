@@ -93,12 +93,14 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, model_name: st
 
 def read_checkpoint(path: str | os.PathLike, *, map_location: str = "cpu") -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise EngineError(f"{path}: is a directory, not a checkpoint file")
     if not path.is_file():
         raise EngineError(f"{path}: checkpoint not found")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # pickle errors of every kind: name the file
-        raise EngineError(f"{path}: not a readable checkpoint: {_why(exc)}") from None
+        raise EngineError(f"{path}: {_why(exc)}") from None
     if not isinstance(ckpt, dict):
         raise EngineError(f"{path}: not a checkpoint (a {type(ckpt).__name__})")
     return ckpt
@@ -111,9 +113,14 @@ def _why(exc: Exception) -> str:
     if text.startswith("Weights only load failed"):
         detail = [line.strip() for line in text.splitlines()[1:] if line.strip()
                   and "weights_only" not in line and not line.startswith("Check the doc")]
-        return ("it holds objects other than tensors and plain data"
-                + (f" ({detail[0]})" if detail else "") + "; refused, not loaded")
-    return text.splitlines()[0] if text else type(exc).__name__
+        named = [line for line in detail if "GLOBAL " in line]  # torch names a class/function
+        if named:
+            return ("not a readable checkpoint: it holds objects other than tensors and plain "
+                    f"data ({named[0]}); refused, not loaded")
+        # no object asked for: the bytes are not a pickle at all (text, a video renamed .pt)
+        return "not a PyTorch checkpoint" + (f" ({detail[0]})" if detail else "")
+    return "not a readable checkpoint: " + (text.splitlines()[0] if text else
+                                            type(exc).__name__)
 
 
 def mark_finished(path: str | os.PathLike, **facts: Any) -> Path:
@@ -135,17 +142,100 @@ def require_finished(ckpt: dict, path: str | os.PathLike) -> None:
 
 def load_checkpoint(path: str | os.PathLike, *,
                     map_location: str = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the model a checkpoint names, load its weights (strict), eval mode."""
+    """Rebuild the model a checkpoint names, load its weights (strict), eval mode. A checkpoint
+    whose fields are of the wrong kind, or whose weights do not fit the model it names, is an
+    EngineError that starts with its path. An empty `inputs` list is taken to be the named
+    model's registered inputs (what its architecture reads)."""
     from models.registry import build_model
 
     ckpt = read_checkpoint(path, map_location=map_location)
+    _check_fields(ckpt, path)
+    name = ckpt["model_name"]
+    # `weights` would make the builder open a file the checkpoint names; state_dict replaces
+    # whatever it loads anyway
+    config = {**ckpt["model_config"], **{k: "" for k in _PATH_FIELDS
+                                         if k in ckpt["model_config"]}}
+    try:
+        model = build_model(name, **config)
+    except EngineError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a factory fed an untrusted config fails any way
+        raise EngineError(f"{path}: cannot build its model {name!r}: {_first_line(exc)}") \
+            from None
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise EngineError(f"{path}: its state_dict does not fit model {name!r}: "
+                          f"{_first_line(exc)}") from None
+    _default_inputs(ckpt, path)
+    model.eval()
+    return model, ckpt
+
+
+# config fields that name a file the model builder would open (models/visual.py `weights`)
+_PATH_FIELDS = ("weights",)
+
+
+def _first_line(exc: Exception) -> str:
+    """The first informative line of an error (torch's load_state_dict puts a header first)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        lines = lines[1:]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _check_fields(ckpt: dict, path: str | os.PathLike) -> None:
+    """EngineError naming `path` and the field for a field that is missing or of the wrong kind."""
     for key in ("model_name", "model_config", "state_dict"):
         if key not in ckpt:
             raise EngineError(f"{path}: checkpoint lacks {key!r}")
-    model = build_model(ckpt["model_name"], **ckpt["model_config"])
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval()
-    return model, ckpt
+    kinds = {"model_name": str, "model_config": dict, "state_dict": dict, "inputs": list,
+             "source_config": dict, "train_mean": list, "label_scale": str}
+    for key, kind in kinds.items():
+        if key in ckpt and not isinstance(ckpt[key], kind):
+            raise EngineError(f"{path}: {key} is a {type(ckpt[key]).__name__}, not a "
+                              f"{kind.__name__}")
+    if not ckpt["model_name"]:
+        raise EngineError(f"{path}: model_name is empty")
+    bad = next((k for k in ckpt["model_config"] if not isinstance(k, str)), None)
+    if bad is not None:
+        raise EngineError(f"{path}: model_config has a key {bad!r} that is not a name")
+    bad = next((k for k, v in ckpt["state_dict"].items()
+                if not isinstance(k, str) or not isinstance(v, Tensor)), None)
+    if bad is not None:
+        raise EngineError(f"{path}: state_dict entry {bad!r} is not a named tensor")
+    bad = next((k for k in ckpt.get("inputs", []) if not isinstance(k, str) or not k), None)
+    if bad is not None:
+        raise EngineError(f"{path}: inputs holds {bad!r}, not a sample key")
+    bad = next((k for k, v in (ckpt.get("source_config") or {}).items()
+                if v is not None and not isinstance(v, dict)), None)
+    if bad is not None:
+        raise EngineError(f"{path}: source_config[{bad!r}] is a "
+                          f"{type(ckpt['source_config'][bad]).__name__}, not a mapping")
+    bad = next((v for v in ckpt.get("train_mean", []) if isinstance(v, bool)
+                or not isinstance(v, (int, float))), None)
+    if bad is not None:
+        raise EngineError(f"{path}: train_mean holds {bad!r}, not a number")
+
+
+def _default_inputs(ckpt: dict, path: str | os.PathLike) -> None:
+    """`inputs` must be keys the named model reads; an empty list becomes all of them."""
+    from models.registry import model_spec
+
+    reads = list(model_spec(ckpt["model_name"]).inputs)
+    given = list(ckpt.get("inputs") or [])
+    foreign = [k for k in given if k not in reads]
+    if foreign:
+        raise EngineError(f"{path}: inputs lists {', '.join(map(repr, foreign))}, which model "
+                          f"{ckpt['model_name']!r} does not read (it reads "
+                          f"{', '.join(reads) or 'nothing'})")
+    if not given:
+        if not reads:
+            raise EngineError(f"{path}: inputs is empty: the checkpoint does not say what its "
+                              "model reads")
+        log.warning("%s: the checkpoint lists no inputs; using model %r's own: %s", path,
+                    ckpt["model_name"], ", ".join(reads))
+        ckpt["inputs"] = reads
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, *,

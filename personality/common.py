@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import re
@@ -113,12 +114,46 @@ def data_path(*parts: str | os.PathLike) -> Path:
 
 
 def safe_join(root: str | os.PathLike, relative: str | os.PathLike) -> Path:
-    """Join a path read from an untrusted label file onto `root`; refuse one that escapes it."""
+    """Join a path read from an untrusted label file onto `root`; refuse one that escapes it, and
+    one the file system cannot take (a symlink loop, a NUL byte, a name too long): each a
+    StageInputError naming `relative`."""
     base = Path(root).resolve()
-    target = (base / relative).resolve()
+    target = resolve_untrusted(base / relative, relative)
     if target != base and base not in target.parents:
         raise StageInputError(f"{relative}: path escapes the dataset root {base}")
     return target
+
+
+# what the OS answers for a path it cannot take at all (rather than for a missing file)
+_UNUSABLE_PATH = (errno.ENAMETOOLONG,)
+
+
+def resolve_untrusted(path: str | os.PathLike, shown: str | os.PathLike) -> Path:
+    """`path` resolved (symlinks followed). A path that cannot be resolved or looked at, a
+    symlink loop, a NUL byte, a name too long for the file system, is a StageInputError naming
+    `shown`; a missing file is not (the caller says what it needed)."""
+    try:
+        target = Path(path).resolve()
+    except RuntimeError:  # pathlib: "Symlink loop from ..."
+        raise StageInputError(f"{shown}: a symlink loop") from None
+    except ValueError:  # "embedded null byte"
+        raise StageInputError(f"{str(shown)!r}: the path holds a NUL byte") from None
+    except OSError as exc:
+        _refuse_unusable(exc, shown)
+        raise
+    try:
+        target.lstat()
+    except OSError as exc:
+        _refuse_unusable(exc, shown)  # a missing file is the caller's to report
+    return target
+
+
+def _refuse_unusable(exc: OSError, shown: str | os.PathLike) -> None:
+    """StageInputError for a symlink loop or a name too long; other errors are the caller's."""
+    if exc.errno == errno.ELOOP:
+        raise StageInputError(f"{shown}: a symlink loop") from None
+    if exc.errno in _UNUSABLE_PATH:
+        raise StageInputError(f"{shown}: {exc.strerror or exc}") from None
 
 
 def is_checkpoint_path(model: str, root: Path | None = None) -> bool:
@@ -137,6 +172,8 @@ def find_checkpoint(model: str, root: Path | None = None) -> Path:
     path = Path(model)
     if is_checkpoint_path(model, root):
         path = path if path.is_absolute() else root / path
+        if path.is_dir():
+            raise StageInputError(f"{path}: is a directory, not a checkpoint file")
         if not path.is_file():
             raise StageInputError(f"{path}: checkpoint not found")
         return path

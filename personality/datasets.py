@@ -169,6 +169,8 @@ def ingest_chalearn16(p: ChaLearnParams, *, seed: int, root: Path, probe) -> tup
         for name in sorted(set(labels) - set(videos)):
             problems.append(f"{labels_path}: label for {name} but no such video under {video_dir}")
         for name, path in progress(videos.items(), desc=f"chalearn16:{split}", unit="video"):
+            if not _inside(base, path, problems):
+                continue
             if name not in labels and labels_path.exists():
                 problems.append(f"{path}: video has no label in {labels_path}")
                 continue
@@ -240,7 +242,8 @@ def ingest_udiva(p: UdivaParams, *, root: Path, probe) -> tuple[list, list]:
             log.info("udiva: no %s split (%s absent)", split, parts_path)
             continue
         parts = _read_csv(parts_path, ["ID", *UDIVA_TRAITS])
-        sessions = _read_csv(safe_join(base, spec["sessions"]), ["ID", "PART.1", "PART.2"])
+        sessions_path = safe_join(base, spec["sessions"])
+        sessions = _read_csv(sessions_path, ["ID", "PART.1", "PART.2"])
         labels: dict[str, dict[str, float]] = {}
         for i, row in parts.iterrows():
             try:
@@ -252,13 +255,17 @@ def ingest_udiva(p: UdivaParams, *, root: Path, probe) -> tuple[list, list]:
         rec_root = safe_join(base, spec["recordings"])
         for _, sess in sessions.iterrows():
             session = sess["ID"].strip()
-            session_dir = safe_join(rec_root, session)
+            try:
+                session_dir = safe_join(rec_root, session)
+            except StageInputError as exc:  # a session ID that is no folder name
+                problems.append(f"{sessions_path} (session {session!r}): {exc}")
+                continue
             if not session_dir.is_dir():
                 problems.append(f"{session_dir}: session folder of {session} not found")
                 continue
             for path in sorted(session_dir.rglob("*.mp4")):
                 m = _UDIVA_RECORDING.match(path.stem)
-                if not m or m.group("task") not in p.tasks:
+                if not m or m.group("task") not in p.tasks or not _inside(base, path, problems):
                     continue
                 participant = sess[f"PART.{m.group('part')}"].strip()
                 if participant not in labels:
@@ -418,6 +425,9 @@ def ingest_openface_csv(p: OpenFaceParams, *, root: Path) -> tuple[list, list, p
         except ValueError as exc:  # StageInputError included; float('abc') too
             problems.append(f"{where}: {exc}")
             continue
+        except OSError as exc:  # the CSV found but not readable: this row only
+            problems.append(f"{where}: {exc.strerror or exc}")
+            continue
         video_id = path_video_id(row["file"].strip())
         table["video_id"] = video_id
         tables.append(table)
@@ -436,6 +446,18 @@ def ingest_openface_csv(p: OpenFaceParams, *, root: Path) -> tuple[list, list, p
 def _resolve(path: str, root: Path) -> Path:
     p = Path(path).expanduser()
     return p if p.is_absolute() else root / p
+
+
+def _inside(base: Path, path: Path, problems: list[str]) -> bool:
+    """Whether a file found under the dataset folder stays in it once symlinks are followed (the
+    folder source's rule, `safe_join`); a file that escapes, or cannot be resolved, is reported
+    in `problems` by name and skipped."""
+    try:
+        safe_join(base, path)
+    except StageInputError as exc:
+        problems.append(str(exc))  # "<file>: path escapes the dataset root <base>"
+        return False
+    return True
 
 
 def _rel(path: Path, root: Path) -> str:

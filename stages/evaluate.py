@@ -321,8 +321,7 @@ def evaluate_all(files: list[Path], manifest: pd.DataFrame, params: EvaluatePara
     """Score every file; a bad one goes to `errors` ({model: message}) and the others go on."""
     results, errors = [], {}
     for path in files:
-        name = path.stem
-        where = _rel(path, root)
+        name, where = path.stem, _rel(path, root)
         try:
             if name in RESERVED:
                 raise StageInputError(f"{where}: '{name}' is a reserved key of "
@@ -341,9 +340,8 @@ def evaluate_all(files: list[Path], manifest: pd.DataFrame, params: EvaluatePara
 
 def validation_ccc(results: list[ModelResult], manifest: pd.DataFrame, params: EvaluateParams,
                    *, label_scale: str, seed: int) -> dict[str, dict]:
-    """Each model's mean CCC / MAE on the val split, the CCC with its interval over the val
-    subjects (`ccc_ci`): the figures models are chosen by (the test split is looked at once, for
-    the report). A model without val predictions gets none."""
+    """Each model's mean CCC / MAE on the val split, the CCC's interval over val subjects
+    (`ccc_ci`): what chooses models (test is looked at once, for the report)."""
     if params.split == "val":
         return {r.name: {k: r.entry["mean"][k] for k in ("ccc", "mae")} for r in results}
     val_params = dataclasses.replace(params, split="val", bins="none")
@@ -354,9 +352,8 @@ def validation_ccc(results: list[ModelResult], manifest: pd.DataFrame, params: E
         except StageInputError as exc:
             log.warning("%s: no validation figures (%s)", r.name, exc)
             continue
-        entry = result.entry
-        out[r.name] = {"ccc": entry["mean"]["ccc"], "mae": entry["mean"]["mae"],
-                       "n_videos": entry["n_videos"]}
+        out[r.name] = {**{k: result.entry["mean"][k] for k in ("ccc", "mae")},
+                       "n_videos": result.entry["n_videos"]}
         scored[r.name] = (result.video_ids, result.y_pred)
     add_split_intervals(out, scored, manifest, split="val", n_boot=params.bootstrap,
                         level=params.ci_level, seed=seed)

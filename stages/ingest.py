@@ -30,7 +30,7 @@ import pandas as pd
 
 from personality import datasets, schemas
 from personality.common import (BaseParams, StageInputError, atomic_write_json, get_logger,
-                           progress, repo_root, write_artifact, run_stage)
+                           progress, repo_root, resolve_untrusted, write_artifact, run_stage)
 from personality.schemas import SPLITS, TRAITS
 
 log = get_logger("ingest")
@@ -246,13 +246,7 @@ def read_labels_csv(csv_path: Path) -> tuple[pd.DataFrame, list[str]]:
         video = row["video"].strip()
         where = f"{csv_path} row {line} ({video or 'no video'})"
         try:
-            if not video:
-                raise StageInputError("empty video path")
-            target = (root / video).resolve()
-            if target != root and root not in target.parents:
-                raise StageInputError(f"path {video!r} escapes the dataset root {root}")
-            if not target.is_file():
-                raise StageInputError(f"video file {target} not found")
+            target = _video_target(root, video)
             if target in seen:
                 raise StageInputError("duplicate video")
             values = {}
@@ -283,6 +277,24 @@ def read_labels_csv(csv_path: Path) -> tuple[pd.DataFrame, list[str]]:
         good.append({"video": video, "abs_path": target, "subject": row.get("subject", "").strip(),
                      "split": split, **values})
     return pd.DataFrame(good), problems
+
+
+def _video_target(root: Path, video: str) -> Path:
+    """The file a labels row names, resolved: StageInputError for an empty path, one that
+    escapes `root` (symlinks followed), one the file system cannot take (a symlink loop, a NUL
+    byte, a name too long) and a missing file."""
+    if not video:
+        raise StageInputError("empty video path")
+    target = resolve_untrusted(root / video, video)
+    if target != root and root not in target.parents:
+        raise StageInputError(f"path {video!r} escapes the dataset root {root}")
+    try:
+        found = target.is_file()
+    except OSError as exc:  # e.g. a folder on the way that cannot be read
+        raise StageInputError(f"video file {target}: {exc.strerror or exc}") from None
+    if not found:
+        raise StageInputError(f"video file {target} not found")
+    return target
 
 
 def ingest_folder(p: FolderParams, assign: Callable[[list[str]], dict[str, str]], root: Path

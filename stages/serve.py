@@ -7,7 +7,8 @@ and the `register` stage that logs the best model by validation CCC and register
     MLFLOW_TRACKING_URI=sqlite:///$PWD/mlflow.db \\
       mlflow models serve -m models:/personality/latest --env-manager local -h 127.0.0.1 -p 5001
     curl -s 127.0.0.1:5001/invocations -H 'Content-Type: application/json' \\
-      -d '{"dataframe_split": {"columns": ["video"], "data": [["/abs/path/clip.mp4"]]}}'
+      -d '{"dataframe_split": {"columns": ["video"], "data": [["/srv/videos/clip.mp4"]]}}'
+    # (the server started with PERSONALITY_VIDEO_ROOT=/srv/videos)
 
 The pyfunc (`VideoScorer`) is `stages.predict.predict_video` behind MLflow's interface: the same
 front-end, the same params (params.yaml travels with the model as an artifact), the same checkpoint
@@ -15,6 +16,12 @@ front-end, the same params (params.yaml travels with the model as an artifact), 
 predict's. One row per video in, one row out: the scores, the model, the clip's facts (face share,
 audio) and its warnings; a video that cannot be scored is a row with its `error` and NaN scores,
 and the other rows of the request are scored.
+
+A request names files on the server, so the scorer opens only files under the served video
+root(s): the absolute folders of PERSONALITY_VIDEO_ROOT (separated by os.pathsep), read when the
+model is loaded, else the server's working folder at that time. A path is resolved (symlinks
+followed) before the check; a relative path, or one that resolves outside every root, is refused
+with one message whatever the file is, so that a client learns nothing about other files.
 
 The model is logged *from code* (stages/serve_model.py calls mlflow.models.set_model): loading it
 runs this project's code from the model's code/ folder (personality/, models/, stages/ travel as
@@ -33,6 +40,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import tempfile
 from pathlib import Path
 
@@ -55,6 +63,8 @@ SERVED_MODULES = ("stages.serve_model",)
 MODEL_CODE = Path(__file__).with_name(SERVED_MODULES[0].split(".")[1] + ".py")
 PACKAGES = ("personality", "models", "stages")  # the project's code the served model imports
 CODE_ROOT = Path(__file__).resolve().parents[1]  # where they are (not the data root)
+VIDEO_ROOT_ENV = "PERSONALITY_VIDEO_ROOT"  # the folders a served model may read videos from
+OUTSIDE_ROOTS = f"not under the served video root(s); set {VIDEO_ROOT_ENV}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,18 +86,23 @@ class VideoScorer:
         torch.set_num_threads(1)  # one request at a time per worker; the front-end has its own
         self.checkpoint = Path(context.artifacts["checkpoint"])
         self.params_file = Path(context.artifacts["params"])
+        self.video_roots = video_roots()
+        log.info("serving videos under %s", os.pathsep.join(map(str, self.video_roots)))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):
         """model_input: a column `video` of file paths; returns one row per video."""
         if "video" not in model_input:
             raise StageInputError(f"the input needs a 'video' column of file paths; got "
                                   f"{list(model_input.columns)}")
-        return pd.DataFrame([self._row(Path(str(v))) for v in model_input["video"]],
+        return pd.DataFrame([self._row(str(v)) for v in model_input["video"]],
                             columns=OUTPUT_COLUMNS)
 
-    def _row(self, video: Path) -> dict:
+    def _row(self, requested: str) -> dict:
         from stages.predict import error_text, predict_video, result_row
 
+        video = allowed_video(requested, self.video_roots)
+        if video is None:  # one message whether the file exists or not
+            return {**{t: math.nan for t in TRAITS}, "error": f"{requested}: {OUTSIDE_ROOTS}"}
         try:
             with tempfile.TemporaryDirectory(prefix="serve-") as root:
                 result = predict_video(video, model=str(self.checkpoint), root=Path(root),
@@ -95,6 +110,30 @@ class VideoScorer:
         except Exception as exc:  # noqa: BLE001 - one bad video is a row, the request goes on
             return {**{t: math.nan for t in TRAITS}, "error": error_text(exc)}
         return result_row(result)
+
+
+def video_roots() -> tuple[Path, ...]:
+    """The served video roots: PERSONALITY_VIDEO_ROOT's absolute folders (os.pathsep between
+    them), else the working folder. A relative entry is a StageInputError (the model does not
+    load): it would depend on where the server happens to start."""
+    entries = [e for e in os.environ.get(VIDEO_ROOT_ENV, "").split(os.pathsep) if e.strip()]
+    relative = [e for e in entries if not os.path.isabs(e)]
+    if relative:
+        raise StageInputError(f"{VIDEO_ROOT_ENV}: {relative[0]!r} is not an absolute folder")
+    return tuple(Path(e).resolve() for e in entries) or (Path.cwd().resolve(),)
+
+
+def allowed_video(requested: str, roots: tuple[Path, ...]) -> Path | None:
+    """The requested file, resolved (symlinks followed), when it is absolute and lies under one
+    of `roots`; else None, and nothing about the file is looked at beyond resolving it."""
+    path = Path(requested)
+    if not requested or not path.is_absolute():
+        return None
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte, ...
+        return None
+    return resolved if any(resolved == r or r in resolved.parents for r in roots) else None
 
 
 def scorer():
@@ -152,7 +191,8 @@ def example_video(root: Path) -> str:
     if manifest.empty:
         raise StageInputError("data/manifest.parquet: no clip for the input example")
     test = manifest[manifest["split"] == "test"]
-    return str((test if len(test) else manifest)["path"].iloc[0])
+    path = Path(str((test if len(test) else manifest)["path"].iloc[0]))
+    return str(path if path.is_absolute() else root / path)  # the scorer refuses relative paths
 
 
 def log_pyfunc(mlf, checkpoint: Path, root: Path, example: str | None):

@@ -248,3 +248,24 @@ def test_stage_main_exits_cleanly_on_a_bad_param(tmp_path):
     assert "ingest.synthetic.n_vidoes: unknown key" in out.stderr
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_safe_join_refuses_paths_the_file_system_cannot_take(tmp_path):
+    """A symlink loop, a NUL byte and a name too long are StageInputErrors naming the path (they
+    were RuntimeError, ValueError and OSError, which took a whole ingest down)."""
+    (tmp_path / "loop1").symlink_to("loop2")
+    (tmp_path / "loop2").symlink_to("loop1")
+    for relative, message in (("loop1", "loop1: a symlink loop"),
+                              ("a\x00.csv", "holds a NUL byte"),
+                              ("x" * 300 + ".csv", "File name too long")):
+        with pytest.raises(StageInputError, match=message):
+            safe_join(tmp_path, relative)
+    assert safe_join(tmp_path, "missing.csv") == tmp_path / "missing.csv"  # the caller's to say
+
+
+def test_find_checkpoint_says_a_folder_is_a_folder(tmp_path):
+    (tmp_path / "m.pt").mkdir()
+    with pytest.raises(StageInputError, match="is a directory, not a checkpoint file"):
+        common.find_checkpoint(str(tmp_path / "m.pt"))
+    with pytest.raises(StageInputError, match="checkpoint not found"):
+        common.find_checkpoint(str(tmp_path / "absent.pt"))

@@ -354,3 +354,59 @@ def test_au_only_source_flows_through_the_front_end(tmp_path):
                                src.loc[src["ID"] == 1, list(AU_INTENSITY)].to_numpy())
     np.testing.assert_array_equal(seq1["AU12_c"].to_numpy(),
                                   src.loc[src["ID"] == 1, "AU12_c"].to_numpy())
+
+
+def test_chalearn16_video_symlinked_out_of_the_dataset_is_skipped_and_reported(chalearn,
+                                                                              tmp_path):
+    """A video symlink inside the dataset folder that points outside it is not ingested (it
+    was: `evil.001 -> outside/secret.mp4`), and is named as a bad item; strict fails."""
+    secret = tmp_path / "outside" / "secret.mp4"
+    write_video(secret, n_frames=6)
+    evil = chalearn / "train" / "training80_01" / "GGGGGGGGGGG.001.mp4"
+    evil.symlink_to(secret)
+    labels = chalearn_annotations({"AAAAAAAAAAA.001.mp4": 0.3, "AAAAAAAAAAA.002.mp4": 0.35,
+                                   "BBBBBBBBBBB.001.mp4": 0.6, "FFFFFFFFFFF.001.mp4": 0.5,
+                                   "GGGGGGGGGGG.001.mp4": 0.4})
+    (chalearn / "annotation_training.pkl").write_bytes(py2_pickle(labels))
+    summary = _ingest(tmp_path, source="chalearn16",
+                      chalearn16=datasets.ChaLearnParams(root=str(chalearn)))
+    m = read_artifact("manifest", path=tmp_path / "data/manifest.parquet")
+    assert "GGGGGGGGGGG.001" not in set(m["video_id"]) and "outside" not in "".join(m["path"])
+    assert any(f"{evil}: path escapes the dataset root" in b for b in summary["bad_rows"])
+    with pytest.raises(StageInputError, match="GGGGGGGGGGG.001.mp4: path escapes the dataset"):
+        _ingest(tmp_path, source="chalearn16", strict=True,
+                chalearn16=datasets.ChaLearnParams(root=str(chalearn)))
+
+
+def test_udiva_video_symlinked_out_of_the_dataset_is_skipped_and_reported(udiva, tmp_path):
+    secret = tmp_path / "outside" / "FC1_T.mp4"
+    write_video(secret, n_frames=5)
+    session = udiva / "recordings" / "val" / "002001"
+    (session / "FC1_T.mp4").unlink()
+    (session / "FC1_T.mp4").symlink_to(secret)
+    summary = _ingest(tmp_path, source="udiva", udiva=datasets.UdivaParams(root=str(udiva)))
+    m = read_artifact("manifest", path=tmp_path / "data/manifest.parquet")
+    assert sorted(m["video_id"]) == ["001080_FC1_T", "001080_FC2_T"]
+    assert any(f"{session / 'FC1_T.mp4'}: path escapes the dataset root" in b
+               for b in summary["bad_rows"])
+
+
+def test_openface_csv_paths_the_file_system_cannot_take_are_bad_rows(tmp_path):
+    """A symlink loop, a NUL byte, a name too long: each row reported, the good row ingested."""
+    ds = tmp_path / "of"
+    ds.mkdir()
+    newer_openface_csv(ds / "good.csv")
+    (ds / "loop1.csv").symlink_to("loop2.csv")
+    (ds / "loop2.csv").symlink_to("loop1.csv")
+    long_name = "x" * 300 + ".csv"
+    (ds / "labels.csv").write_text("file,O,C,E,A,N\ngood.csv,0.1,0.2,0.3,0.4,0.5\n"
+                                   "loop1.csv,0.1,0.2,0.3,0.4,0.5\n"
+                                   "a\x00.csv,0.1,0.2,0.3,0.4,0.5\n"
+                                   f"{long_name},0.1,0.2,0.3,0.4,0.5\n")
+    rows, problems, _ = datasets.ingest_openface_csv(
+        datasets.OpenFaceParams(labels=str(ds / "labels.csv")), root=tmp_path)
+    assert [r["video_id"] for r in rows] == ["good.csv"]
+    assert len(problems) == 3
+    assert "row 3 (loop1.csv): loop1.csv: a symlink loop" in problems[0]
+    assert "row 4" in problems[1] and "holds a NUL byte" in problems[1]
+    assert "row 5" in problems[2] and "File name too long" in problems[2]

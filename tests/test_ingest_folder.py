@@ -184,3 +184,22 @@ def test_a_split_left_empty_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(StageInputError, match="would be empty"):
         run(params, BaseParams(seed=1, workers=1), root=tmp_path)
     assert not (tmp_path / "data" / "manifest.parquet").exists()
+
+
+@pytest.mark.parametrize("odd, message", [
+    ("clips/loop1.mp4", "clips/loop1.mp4: a symlink loop"),
+    ("clips/a\x00.mp4", "the path holds a NUL byte"),
+    ("clips/" + "x" * 300 + ".mp4", "File name too long"),
+])
+def test_a_path_the_file_system_cannot_take_is_a_bad_row(tmp_path, odd, message):
+    """A symlink loop, a NUL byte, a 300-character name: that row is reported, the good one
+    stays (each used to crash the whole stage: RuntimeError, ValueError, OSError)."""
+    ds = tmp_path / "ds"
+    write_video(ds / "clips" / "a.mp4")
+    (ds / "clips" / "loop1.mp4").symlink_to("loop2.mp4")
+    (ds / "clips" / "loop2.mp4").symlink_to("loop1.mp4")
+    (ds / "labels.csv").write_text("video,O,C,E,A,N\nclips/a.mp4,.5,.5,.5,.5,.5\n"
+                                   f"{odd},.5,.5,.5,.5,.5\n")
+    rows, problems = read_labels_csv(ds / "labels.csv")
+    assert rows["video"].tolist() == ["clips/a.mp4"]
+    assert len(problems) == 1 and "labels.csv row 3" in problems[0] and message in problems[0]

@@ -1,6 +1,7 @@
 """The registered pyfunc model gives predict's scores: logged and registered by the register stage
 (stages/serve.py), loaded with mlflow.pyfunc, and served with `mlflow models serve` on a free local
-port, answering an HTTP request with a talking-head clip's path. ~2 min on one core.
+port, answering an HTTP request with a talking-head clip's path under PERSONALITY_VIDEO_ROOT (a path
+outside it is refused). ~2 min on one core.
 
     .venv/bin/python -m pytest tests/test_serve.py -q
 """
@@ -30,6 +31,7 @@ from tests.conftest import REPO, real_fixture
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 MODEL = "functionals_ridge"  # closed form: trained in a second, and it reads face and voice
+VIDEO_ROOT = "PERSONALITY_VIDEO_ROOT"  # the served model reads videos under these folders only
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +52,11 @@ def served_root(tiny_dataset, tmp_path_factory):
     ep = dataclasses.replace(load_params("evaluate", evaluate.EvaluateParams), mlflow=False,
                              bootstrap=50)
     evaluate.run(ep, base, root=root, models=[MODEL])
-    saved = {k: os.environ.get(k) for k in ("DVC_ROOT", "MLFLOW_TRACKING_URI")}
+    saved = {k: os.environ.get(k) for k in ("DVC_ROOT", "MLFLOW_TRACKING_URI", VIDEO_ROOT)}
     os.environ["DVC_ROOT"] = str(root)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+    # mlflow checks the input example (a clip under root/data) by loading the model here
+    os.environ[VIDEO_ROOT] = str(root)
     yield root
     for key, value in saved.items():
         os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
@@ -118,21 +122,23 @@ def test_only_the_registered_model_carries_the_input_example(served_root, monkey
 
 
 def test_loaded_pyfunc_gives_predicts_scores_and_a_row_per_bad_video(registered, expected,
-                                                                     tmp_path):
+                                                                     tmp_path, monkeypatch):
     import mlflow.pyfunc
     import pandas as pd
 
+    clip = real_fixture("single_face.mp4")
+    monkeypatch.setenv(VIDEO_ROOT, os.pathsep.join([str(clip.parent), str(tmp_path)]))
     model = mlflow.pyfunc.load_model(registered["model_uri"])
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"not a video")
-    out = model.predict(pd.DataFrame({"video": [str(real_fixture("single_face.mp4")),
-                                                str(bad)]}))
-    assert list(out.columns) == serve.OUTPUT_COLUMNS and len(out) == 2
+    out = model.predict(pd.DataFrame({"video": [str(clip), str(bad), "/etc/hostname"]}))
+    assert list(out.columns) == serve.OUTPUT_COLUMNS and len(out) == 3
     got = out.iloc[0]
     for t in TRAITS:
         assert got[t] == pytest.approx(expected[t], abs=1e-6)
     assert got["error"] == "" and got["face_share"] == pytest.approx(expected["face_share"])
     assert "broken.mp4" in out.iloc[1]["error"] and np.isnan(out.iloc[1]["O"])
+    assert out.iloc[2]["error"] == f"/etc/hostname: {serve.OUTSIDE_ROOTS}"
 
 
 def test_evaluated_models_are_the_scored_entries_of_the_report():
@@ -171,8 +177,9 @@ def test_mlflow_models_serve_answers_with_predicts_scores(served_root, registere
     port = free_port()
     # the venv's bin on PATH: mlflow starts its server as `uvicorn ...` through bash (make test
     # runs .venv/bin/python without activating the venv)
+    clip = real_fixture("single_face.mp4")
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{served_root / 'mlflow.db'}",
-           "MLFLOW_DISABLE_TELEMETRY": "true",
+           "MLFLOW_DISABLE_TELEMETRY": "true", VIDEO_ROOT: str(clip.parent),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     mlflow_cli = Path(sys.executable).with_name("mlflow")
     server = subprocess.Popen([str(mlflow_cli), "models", "serve", "-m",
@@ -183,11 +190,15 @@ def test_mlflow_models_serve_answers_with_predicts_scores(served_root, registere
     try:
         wait_until_up(f"http://127.0.0.1:{port}/ping", server)
         answer = post(f"http://127.0.0.1:{port}/invocations", {"dataframe_split": {
-            "columns": ["video"], "data": [[str(real_fixture("single_face.mp4"))]]}})
+            "columns": ["video"], "data": [[str(clip)], ["/etc/hostname"],
+                                           ["tests/fixtures/single_face.mp4"]]}})
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
-    [row] = answer["predictions"]
+    row, outside, relative = answer["predictions"]
     for t in TRAITS:
         assert row[t] == pytest.approx(expected[t], abs=1e-6)
     assert row["model"] == expected["model"] and row["error"] == ""
+    # a path outside PERSONALITY_VIDEO_ROOT, and a relative one, are refused; the clip is scored
+    assert outside["error"] == f"/etc/hostname: {serve.OUTSIDE_ROOTS}"
+    assert relative["error"] == f"tests/fixtures/single_face.mp4: {serve.OUTSIDE_ROOTS}"

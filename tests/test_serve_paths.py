@@ -1,0 +1,100 @@
+"""The served model reads only videos under its video root(s) (stages/serve.py, VideoScorer): a
+client names server paths, so anything else, a relative path included, is refused with one
+message that does not say whether the file exists. Fast: the front-end is never run here.
+
+    .venv/bin/python -m pytest tests/test_serve_paths.py -q
+"""
+from __future__ import annotations
+
+import os
+import types
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from personality.common import StageInputError
+from stages import predict, serve
+
+REFUSED = "not under the served video root(s); set PERSONALITY_VIDEO_ROOT"
+
+
+@pytest.fixture
+def reached(monkeypatch):
+    """The paths that got as far as predict_video (each then 'fails' with a StageInputError)."""
+    seen = []
+
+    def fake_predict_video(video, **kw):
+        seen.append(video)
+        raise StageInputError(f"{video}: cannot be opened as media")
+
+    monkeypatch.setattr(predict, "predict_video", fake_predict_video)
+    return seen
+
+
+def loaded_scorer() -> serve.VideoScorer:
+    scorer = serve.VideoScorer()
+    scorer.load_context(types.SimpleNamespace(artifacts={"checkpoint": "best.pt",
+                                                         "params": "params.yaml"}))
+    return scorer
+
+
+def errors(scorer, videos: list[str]) -> list[str]:
+    out = scorer.predict(None, pd.DataFrame({"video": videos}))
+    assert list(out.columns) == serve.OUTPUT_COLUMNS and len(out) == len(videos)
+    assert np.isnan(out["O"].astype(float)).all()
+    return out["error"].tolist()
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """served/ (the root) with a clip and a symlink out of it; outside/ with a secret."""
+    served, outside = tmp_path / "served", tmp_path / "outside"
+    (served / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (served / "sub" / "clip.mp4").write_bytes(b"clip")
+    (outside / "secret.mp4").write_bytes(b"secret")
+    (served / "link.mp4").symlink_to(outside / "secret.mp4")
+    return served, outside
+
+
+def test_paths_outside_the_root_are_refused_alike_and_never_opened(tree, reached, monkeypatch,
+                                                                   tmp_path):
+    served, outside = tree
+    monkeypatch.setenv("PERSONALITY_VIDEO_ROOT", str(served))
+    monkeypatch.chdir(served)
+    scorer = loaded_scorer()
+    asked = [str(served / "sub" / "clip.mp4"),            # under the root: scored (here: fails)
+             str(outside / "secret.mp4"),                 # exists, outside
+             str(outside / "absent.mp4"),                 # does not exist, outside
+             "/etc/hostname", "/no/such/file.mp4",
+             str(served / "link.mp4"),                    # in the root, resolves outside it
+             str(served / ".." / "outside" / "secret.mp4"),
+             "sub/clip.mp4",                              # relative: refused even in the cwd
+             "../outside/secret.mp4", "", "/a\x00b.mp4"]
+    got = errors(scorer, asked)
+    assert reached == [served / "sub" / "clip.mp4"]
+    assert "cannot be opened as media" in got[0] and REFUSED not in got[0]
+    for requested, error in zip(asked[1:], got[1:]):
+        assert error == f"{requested}: {REFUSED}"  # the same words whether the file exists
+
+
+def test_several_roots_and_the_working_folder_by_default(tree, reached, monkeypatch, tmp_path):
+    served, outside = tree
+    monkeypatch.setenv("PERSONALITY_VIDEO_ROOT", os.pathsep.join([str(served), str(outside)]))
+    errors(loaded_scorer(), [str(outside / "secret.mp4"), str(served / "link.mp4")])
+    assert reached == [outside / "secret.mp4", outside / "secret.mp4"]
+    reached.clear()
+    monkeypatch.delenv("PERSONALITY_VIDEO_ROOT")
+    monkeypatch.chdir(outside)  # read when the model is loaded: a later chdir changes nothing
+    scorer = loaded_scorer()
+    monkeypatch.chdir(served)
+    got = errors(scorer, [str(outside / "secret.mp4"), str(served / "sub" / "clip.mp4")])
+    assert reached == [outside / "secret.mp4"] and got[1].endswith(REFUSED)
+
+
+def test_a_relative_root_is_refused_when_the_model_loads(monkeypatch):
+    monkeypatch.setenv("PERSONALITY_VIDEO_ROOT", "videos")
+    with pytest.raises(StageInputError, match="PERSONALITY_VIDEO_ROOT: 'videos' is not an "
+                                              "absolute folder"):
+        loaded_scorer()
