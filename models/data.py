@@ -111,7 +111,12 @@ def check_inference_parity(sources: Sequence[InputSource], config: dict, *, root
     for vid in video_ids:
         if not all(s.has(vid) for s in sources):
             continue
-        rebuilt = build_sources(keys, root=root, video_ids=[vid], config=config)
+        try:
+            rebuilt = build_sources(keys, root=root, video_ids=[vid], config=config)
+        except SourceError as exc:  # e.g. statistics it would have to refit on this one clip
+            raise SourceError(f"sources {keys} rebuilt from the checkpoint's source config on "
+                              f"video {vid!r} alone fail ({exc}); a fitted_config() misses state "
+                              "learnt from the training data") from None
         for original, copy in zip(sources, rebuilt):
             want, got = original.eval_items(vid), copy.eval_items(vid)
             for key, x in want.items():

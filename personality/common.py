@@ -396,7 +396,7 @@ def _tmp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -416,7 +416,7 @@ def sweep_stale_temps(path: Path) -> None:
         if not match:
             continue
         mine = match.group(1) == path.name
-        if mine or (match.group(2) and not _pid_alive(int(match.group(2)))):
+        if mine or (match.group(2) and not pid_alive(int(match.group(2)))):
             shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else \
                 stale.unlink(missing_ok=True)
 

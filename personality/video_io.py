@@ -26,7 +26,8 @@ from personality.common import ArtifactWriter, StageInputError, check_schema
 from personality.frame_sampling import FrameClock, FrameSampler, PlannedPicker, SamplingPicker
 
 __all__ = ["VideoInfo", "probe", "mux_mono_audio", "iter_frames", "target_size", "sample_indices",
-           "VideoShardWriter", "index_videos", "read_video", "encode_jpeg", "decode_jpeg"]
+           "stream_extent", "ends_short", "VideoShardWriter", "index_videos", "read_video",
+           "encode_jpeg", "decode_jpeg"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -101,17 +102,51 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         if rotation in (90, 270):
             w, h = h, w
         fps = float(vs.average_rate) if vs.average_rate else float("nan")
-        if vs.duration is not None and vs.time_base is not None:
-            duration = float(vs.duration * vs.time_base)
-        elif container.duration is not None:
-            duration = container.duration / 1_000_000
-        else:
-            duration = float("nan")
         return VideoInfo(codec=vs.codec_context.name, width=int(w), height=int(h),
-                         rotation=rotation, fps=fps, duration_s=duration, n_frames=int(vs.frames),
-                         has_audio=bool(container.streams.audio))
+                         rotation=rotation, fps=fps, duration_s=_declared_s(vs, container),
+                         n_frames=int(vs.frames), has_audio=bool(container.streams.audio))
     finally:
         container.close()
+
+
+def _declared_s(vs, container) -> float:
+    """The duration the file declares for video stream `vs` (its own, else the container's), in
+    seconds; nan when it does not say."""
+    if vs.duration is not None and vs.time_base is not None:
+        return float(vs.duration * vs.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000
+    return float("nan")
+
+
+# A stream that stops more than this short of its declared duration counts as truncated. The
+# slack is wide because a whole file's last frame starts one frame period (plus any B-frame or
+# edit-list offset) before the declared end; a file cut off mid-data (moov first: the demuxer
+# just meets EOF, no error) stops far shorter.
+SHORT_SLACK_S, SHORT_SLACK_SHARE = 1.0, 0.10
+
+
+def ends_short(ends_at_s: float, declared_s: float) -> bool:
+    """Whether a stream whose last frame lies at `ends_at_s` falls well short of `declared_s`."""
+    if not (declared_s > 0 and np.isfinite(declared_s) and np.isfinite(ends_at_s)):
+        return False
+    return declared_s - ends_at_s > max(SHORT_SLACK_S, SHORT_SLACK_SHARE * declared_s)
+
+
+def _pts_seconds(pts: int | None, vs_clock: "FrameClock") -> float:
+    """Seconds from the stream's start to `pts` (nan when unknown)."""
+    if pts is None or vs_clock.tb is None:
+        return float("nan")
+    return float((pts - (vs_clock.start or 0)) * vs_clock.tb)
+
+
+def stream_extent(path: str | os.PathLike) -> tuple[float, float]:
+    """(where the video stream's last packet lies, the duration the file declares), seconds from
+    the stream's start, from a packet scan alone (no decoding: cheap). `ends_short(*extent)` says
+    whether the file looks truncated. Raises StageInputError naming the file, as `probe`."""
+    scan = _scan_packets(Path(path))
+    last = max((p for p in scan.pts if p is not None), default=None)
+    return _pts_seconds(last, scan.clock), scan.declared_s
 
 
 def target_size(width: int, height: int, max_side: int) -> tuple[int, int]:
@@ -142,6 +177,7 @@ class _PacketScan:
     codec: str
     pts: list  # pts of each shown packet (one per frame), file order; None where there is none
     clock: FrameClock  # a fresh clock of the stream, for times from those pts
+    declared_s: float = float("nan")  # the duration the file declares (`_declared_s`)
 
 
 def _scan_packets(path: Path, only: tuple[str, ...] | None = None) -> _PacketScan | None:
@@ -157,7 +193,7 @@ def _scan_packets(path: Path, only: tuple[str, ...] | None = None) -> _PacketSca
         # an edit list's discarded packets (encoder priming) are decoded but never shown: not frames
         pts = [packet.pts for packet in container.demux(vs)
                if packet.size and not packet.is_discard]
-        return _PacketScan(vs.codec_context.name, pts, clock)
+        return _PacketScan(vs.codec_context.name, pts, clock, _declared_s(vs, container))
     except Exception as exc:
         raise StageInputError(f"{path}: cannot be demuxed: {exc}") from None
     finally:
@@ -189,31 +225,29 @@ def iter_frames(path: str | os.PathLike, *, fps: float | None = None, per_video:
 
     Corrupt packets are skipped (up to `max_errors`); a file that breaks off yields what it had.
     `report` (a dict), when given, receives `rotation`, `decoded` (frames the decoder produced),
-    `errors`, `truncated`.
+    `errors`, `truncated` (the demuxer failed, too many corrupt packets, or the stream stops well
+    short of its declared duration: `ends_short`), and, once the stream was read to its end,
+    `ends_at_s` and `declared_s` (where its last frame lies, the duration the file declares).
     Raises StageInputError naming the file when it cannot be opened or holds no video stream.
     """
     path = Path(path)
-    if fps is not None and fps <= 0:
-        raise StageInputError(f"frames.fps: {fps} must be > 0")
-    keep: np.ndarray | None = None
-    scan = None
-    if per_video is not None:
-        if per_video < 1:
-            raise StageInputError(f"frames.per_video: {per_video} must be >= 1")
-        scan = _scan_packets(path)
-        keep = sample_indices(len(scan.pts), per_video)
+    keep, scan = _sampling_scan(path, fps, per_video)
     report = report if report is not None else {}
     report.update(rotation=0, decoded=0, errors=0, truncated=False)
-    plan = _skip_plan(path, fps, keep, scan) if (fps or keep is not None) else None
+    plan = _skip_plan(scan, fps, keep)
     container = _open(path)
     try:
         vs = container.streams.video[0]
         vs.codec_context.thread_count = max(1, threads)
         stream_rot = _stream_rotation(vs)
         pick = PlannedPicker(plan) if plan is not None else SamplingPicker(vs, keep, fps)
+        # the packet scan saw every packet; a decode that stops at the plan's last frame did not
+        last_pts = max((p for p in scan.pts if p is not None), default=None) if scan else None
         for frames in _decoded_packets(container, vs, report, max_errors, plan):
             for frame in frames:
                 report["decoded"] += 1
+                if frame.pts is not None and (last_pts is None or frame.pts > last_pts):
+                    last_pts = frame.pts
                 kept = pick(frame)  # (frame_idx, t) of a kept frame, else None
                 if kept is not None:
                     yield (*kept, _display_image(frame, stream_rot, max_side, pixel_format,
@@ -222,8 +256,32 @@ def iter_frames(path: str | os.PathLike, *, fps: float | None = None, per_video:
                 break
         if not report["truncated"]:
             report["errors"] += pick.missing  # kept frames the decoder never returned
+        _check_extent(report, _pts_seconds(last_pts, FrameClock(vs)), _declared_s(vs, container))
     finally:
         container.close()
+
+
+def _sampling_scan(path: Path, fps: float | None, per_video: int | None
+                   ) -> tuple[np.ndarray | None, _PacketScan | None]:
+    """(the frame indices `per_video` keeps, the packet scan made to plan the decode: the whole
+    stream's for `per_video`, `_skippable_scan`'s for `fps`, else None)."""
+    if fps is not None and fps <= 0:
+        raise StageInputError(f"frames.fps: {fps} must be > 0")
+    if per_video is not None:
+        if per_video < 1:
+            raise StageInputError(f"frames.per_video: {per_video} must be >= 1")
+        scan = _scan_packets(path)
+        return sample_indices(len(scan.pts), per_video), scan
+    return None, _skippable_scan(path) if fps else None
+
+
+def _check_extent(report: dict, ends_at_s: float, declared_s: float) -> None:
+    """Record where the stream ended against its declared duration; mark `truncated` when it
+    stops well short: a file cut off mid-data (moov first) ends at EOF with no demuxer error,
+    so nothing else notices."""
+    report.update(ends_at_s=round(ends_at_s, 3), declared_s=round(declared_s, 3))
+    if ends_short(ends_at_s, declared_s):
+        report["truncated"] = True
 
 
 # Decoders that honour skip_frame = NONREF packet by packet: frames no other frame refers to (most
@@ -231,21 +289,26 @@ def iter_frames(path: str | os.PathLike, *, fps: float | None = None, per_video:
 SKIPPABLE_CODECS = ("h264", "hevc")
 
 
-def _skip_plan(path: Path, fps: float | None, keep: np.ndarray | None,
-               scan: _PacketScan | None = None) -> dict[int, tuple[int, float]] | None:
-    """The frames to keep, found from a packet scan before any decoding (`scan`, made here when
-    not given): {pts: (frame_idx, t)}.
+def _skippable_scan(path: Path) -> _PacketScan | None:
+    """The packet scan `_skip_plan` needs: None for a codec that cannot skip frames (no demuxing)
+    or when the scan fails (the full decode then reports what is wrong)."""
+    try:
+        return _scan_packets(path, only=SKIPPABLE_CODECS)
+    except StageInputError:
+        return None
+
+
+def _skip_plan(scan: _PacketScan | None, fps: float | None,
+               keep: np.ndarray | None) -> dict[int, tuple[int, float]] | None:
+    """The frames to keep, found from a packet scan before any decoding (`_skippable_scan`, or
+    the per_video scan): {pts: (frame_idx, t)}; None when neither `fps` nor `keep` samples.
 
     Presentation order is the order of the packets' pts, so each frame's index and time (the
     same `FrameClock` and `FrameSampler` as a full decode) are known up front, and the decoder may
     skip the non-reference frames that are not kept. None (decode everything) unless the codec
-    honours skipping and every packet has its own pts; also when the scan fails (the full decode
-    then reports what is wrong)."""
-    if scan is None:
-        try:
-            scan = _scan_packets(path, only=SKIPPABLE_CODECS)
-        except StageInputError:
-            return None
+    honours skipping and every packet has its own pts; also when there is no scan."""
+    if not fps and keep is None:
+        return None
     if scan is None or scan.codec not in SKIPPABLE_CODECS:
         return None
     pts = scan.pts

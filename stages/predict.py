@@ -16,17 +16,27 @@ clip has: a face-less clip with speech gets the best audio model, a silent one t
 model. No DVC is involved.
 
 prediction.json and the report say what the clip offered: `face_share` (share of sampled frames
-with a face), `has_audio`, `audio_silent`, `voiced_share`, and `warnings` in plain words (no face,
-a face in under half of the frames, no or silent audio, audio cut at audio.max_feature_seconds).
+with a face), `has_audio`, `audio_silent`, `voiced_share`, `truncated` (with `ends_at_s` when it
+is: where the video stops short of its declared `duration_s`), and `warnings` in plain words (no
+face, a face in under half of the frames, no or silent audio, a truncated file, audio cut at
+audio.max_feature_seconds).
 A video the chosen model cannot use (no face for a visual or AU model, no audio track for an audio
-model, an unreadable file) gives a one-line error and exit code 2.
+model, neither a face nor usable audio for a functionals model, an unreadable file) gives a
+one-line error and exit code 2; so does a checkpoint that cannot be used (not ours, unfinished,
+unknown inputs, non-finite output), named, and read before any work on the video. A file that
+stops well short of its declared duration is scored with a warning that it looks truncated.
 
 Batch mode (several paths, or a folder: every video file under it, recursively) runs each video's
 front-end in its own process (`--jobs`, default base.workers) with a progress bar over videos, and
 writes DIR/predictions.csv (one row per video, in order: video, video_id, the five scores, model,
 face_share, has_audio, audio_silent, voiced_share, warnings, error, report) beside one
 DIR/<video_id>.png report per scored video. A bad file is a row with its error and the rest go on:
-exit code 0, or 1 with `--strict` when any video failed.
+exit code 0, or 1 with `--strict` when any video failed. A worker process that dies (killed, out
+of memory) fails only the video it was scoring (stages/predict_batch.py: retried once alone).
+
+Nothing half-written stays: the report PNG and prediction.json go through a temp file and a
+rename (prediction.json first), the work folder (frames, face crops: `personality-predict-<pid>-*`
+in the temp folder) goes on SIGTERM too, and one a killed process left is swept by the next run.
 
 Explanations (models/explain.py; `--no-explain` skips them): prediction.json's `explanation`
 holds, per kind the model's inputs allow, the numbers the report draws: Grad-CAM maps per trait
@@ -35,17 +45,22 @@ occlusion (log-mel / wave models: a trait x second strip under the AU timeline),
 feature's contribution per trait (AU, functionals and audio-functionals models: the top features
 per trait). They add 0.01-1.2 s per clip to the prediction (models/explain.py: measured costs).
 
-One file because the batch mode is the single-video path run many times: it shares its
-functions, error kinds and report, and one CLI reads both.
+The report's drawing is stages/predict_report.py, the batch's files, ids and worker pool
+stages/predict_batch.py (neither imports a stage).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import math
+import os
 import re
+import shutil
+import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -53,120 +68,31 @@ import pandas as pd
 
 from personality import schemas
 from personality.common import (BaseParams, ParamsError, SchemaError, StageInputError,
-                                atomic_write_text, find_checkpoint, get_logger, load_params,
-                                read_artifact, repo_root)
+                                atomic_file, atomic_write_text, find_checkpoint, get_logger,
+                                load_params, pid_alive, read_artifact, repo_root,
+                                sweep_stale_temps)
 from personality.schemas import TRAITS
+from stages.predict_batch import (VIDEO_EXTENSIONS, WorkerDied, batch_ids, collect_videos,
+                                  exit_on_sigterm, run_jobs, safe_video_id, sigterm_exits)
+from stages.predict_model import (choose_model, clip_warnings, load_model, missing_inputs,
+                                  model_scores, own_test_error, trained_models)
+from stages.predict_report import draw_report, report_data, write_report
+
+__all__ = ["predict_video", "run_front_end", "trained_models", "choose_model", "load_model",
+           "model_scores", "missing_inputs", "clip_warnings", "write_outputs", "write_report",
+           "predict_batch", "score_row", "result_row", "error_text", "collect_videos",
+           "batch_ids", "safe_video_id", "sweep_dead_work", "main"]
 
 log = get_logger("predict")
-
-VISUAL_KEYS = {"face", "face_seq", "frame", "aus", "aus_mask"}
-AUDIO_KEYS = {"logmel", "wave", "audio_fn"}
-
-
-def trained_models(root: Path) -> list[str]:
-    """Names of every trained and retrained model with a checkpoint under `root`, sorted."""
-    return sorted({p.parent.name for pattern in ("data/models/*/best.pt",
-                                                 "data/retrained/models/*/best.pt")
-                   for p in root.glob(pattern)})
-
-
-def validation_ranking(root: Path, names: list[str]) -> list[tuple[str, float]]:
-    """(model, mean val CCC) best first: evaluate's selection figures (metrics/evaluate.json),
-    else the train stage's own (metrics/train/<model>.json). Models are chosen on validation:
-    the test split is for the report only."""
-    val = (_evaluation(root).get("selection") or {}).get("val") or {}
-    ranked = []
-    for name in names:
-        ccc = (val.get(name) or {}).get("ccc")
-        if ccc is None:
-            path = root / "metrics" / "train" / f"{name}.json"
-            try:
-                ccc = json.loads(path.read_text())["val"]["model"]["ccc"] if path.exists() else None
-            except (json.JSONDecodeError, KeyError, TypeError):
-                ccc = None
-        if isinstance(ccc, (int, float)) and np.isfinite(ccc):
-            ranked.append((name, float(ccc)))
-    return sorted(ranked, key=lambda nc: -nc[1])
-
-
-def _inputs_of(path: Path) -> set[str]:
-    from models.engine import read_checkpoint
-
-    return set(read_checkpoint(path).get("inputs", []))
-
-
-def choose_model(root: Path, facts: dict) -> tuple[str, Path]:
-    """The best validation model among those whose inputs the clip has (a face for visual and AU
-    models, voiced audio for audio models)."""
-    names = trained_models(root)
-    if not names:
-        raise StageInputError(f"no trained model under {root / 'data'}: run `make run` "
-                              "or pass --model PATH")
-    ranked = [n for n, _ in validation_ranking(root, names)] or names
-    for name in ranked:
-        path = find_checkpoint(name, root)
-        if not missing_inputs(_inputs_of(path), facts):
-            return name, path
-    raise StageInputError(f"{facts.get('video')}: no trained model can score it: "
-                          + "; ".join(clip_warnings(facts)))
-
-
-def _evaluation(root: Path) -> dict:
-    path = root / "metrics" / "evaluate.json"
-    try:
-        return json.loads(path.read_text()) if path.exists() else {}
-    except json.JSONDecodeError:
-        return {}
-
-
-def safe_video_id(path: Path) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem) or "video"
-
-
-MIN_FACE_SHARE = 0.5  # below this share of sampled frames with a face, the report warns
-
-
-def clip_warnings(facts: dict) -> list[str]:
-    """What the clip lacks or what was cut, in plain words."""
-    out = []
-    face = facts.get("face_share")
-    if face == 0:
-        out.append(f"no face in any of the {facts.get('n_frames', 0)} sampled frames: scores "
-                   "can come from the voice alone")
-    elif face is not None and face < MIN_FACE_SHARE:
-        out.append(f"a face in only {100 * face:.0f}% of the sampled frames: visual scores rest "
-                   "on few frames")
-    if not facts.get("has_audio"):
-        out.append("no audio track: scores can come from the face alone")
-    elif facts.get("audio_silent"):
-        out.append("the audio track is silent: scores can come from the face alone")
-    elif facts.get("voiced_share") is not None and facts["voiced_share"] < 0.05:
-        out.append(f"almost no voiced speech ({100 * facts['voiced_share']:.0f}% of the audio)")
-    cut = facts.get("audio_cut_at_s")
-    if cut:
-        out.append(f"audio features stop at {cut:.0f} s (audio.max_feature_seconds) of a "
-                   f"{facts.get('duration_s', 0):.0f} s clip")
-    return out
-
-
-def missing_inputs(needs: set[str], facts: dict) -> str:
-    """'' when the clip offers what a model with inputs `needs` reads, else why not."""
-    if needs & VISUAL_KEYS and not facts.get("face_share"):
-        return "no face was found in any of its sampled frames; this model needs one"
-    if needs & AUDIO_KEYS:
-        if not facts.get("has_audio"):
-            return "no audio track; this model needs audio"
-        if facts.get("audio_silent"):
-            return "the audio track is silent or unreadable; this model needs audio"
-    return ""
 
 
 def run_front_end(video: Path, work: Path, params_file: Path | None = None) -> dict:
     """frames / faces / aus and audio on one video under `work`, with the pipeline's own stage
     functions and params (params.yaml, or `params_file`: the copy a served model carries).
-    Returns what the clip offers: face share, audio, voiced share."""
+    Returns what the clip offers: face share, audio, voiced share, where a truncated file ends."""
     import functools
 
+    from personality.video_io import ends_short, stream_extent
     from stages import audio, aus, faces, frames, functionals
     from stages.ingest import probe_video, write_manifest
 
@@ -180,6 +106,12 @@ def run_front_end(video: Path, work: Path, params_file: Path | None = None) -> d
     write_manifest(manifest, work)
     base = dataclasses.replace(params_of("base", BaseParams), workers=1)
     out = {"video_id": vid, "video": str(video), **facts}
+    # a file cut off mid-data decodes without an error: only its length against the declared
+    # one tells (the frames stage marks it `truncated` by the same rule)
+    ends_at, declared = stream_extent(video)
+    out["truncated"] = ends_short(ends_at, declared)
+    if out["truncated"]:
+        out["ends_at_s"] = round(ends_at, 3)
     frames.run(params_of("frames", frames.FramesParams), base, root=work)
     faces_summary = faces.run(params_of("faces", faces.FacesParams), base, root=work)
     face_table = read_artifact("faces", path=work / "data" / "faces",
@@ -210,49 +142,70 @@ def predict_video(video: Path, *, model: str | None = None, root: Path | None = 
                   work: Path | None = None, params_file: Path | None = None,
                   explain: bool = True) -> dict:
     """Scores of one video: {"O": .., ..., "model": .., "checkpoint": .., facts, warnings}.
-    `params_file`: the front-end's params (default: the project's params.yaml)."""
-    from models.data import build_sources, for_inference
-    from models.checkpoints import require_finished
-    from models.engine import load_checkpoint, predict_videos
-
+    `params_file`: the front-end's params (default: the project's params.yaml). `model` is read
+    and checked before any work on the video (`load_model`)."""
     root = root or repo_root()
     video = Path(video)
     if not video.is_file():
         raise StageInputError(f"{video}: no such file")
-    chosen = find_checkpoint(model, root) if model else None  # an unknown model fails first
-    with tempfile.TemporaryDirectory(dir=work) as tmp:
+    loaded = load_model(find_checkpoint(model, root)) if model else None
+    with tempfile.TemporaryDirectory(dir=work, prefix=work_prefix()) as tmp:
         work_root = Path(tmp)
         facts = run_front_end(video, work_root, params_file)
-        if chosen is None:
+        name = loaded.path.parent.name if loaded else None
+        if loaded is None:
             name, ckpt_path = choose_model(root, facts)
-        else:
-            name, ckpt_path = chosen.parent.name, chosen
-        net, ckpt = load_checkpoint(ckpt_path)
-        require_finished(ckpt, ckpt_path)
-        needs = set(ckpt.get("inputs", []))
-        why = missing_inputs(needs, facts)
+            loaded = load_model(ckpt_path)
+        why = missing_inputs(set(loaded.needs), facts)
         if why:
             raise StageInputError(f"{video}: {why}")
         vid = facts["video_id"]
-        sources = build_sources(sorted(needs), root=work_root, video_ids=[vid],
-                                config=for_inference(ckpt.get("source_config")))
-        scores = predict_videos(net, sources, [vid])[0]  # (5,)
-        report_data = _report_data(work_root, vid)
+        scores, sources = model_scores(loaded, work_root, vid, video)
+        drawn = report_data(work_root, vid)
         if explain:  # while the clip's inputs exist
-            explanation, report_data["explain_images"] = _explanation(net, sources, vid)
+            explanation, drawn["explain_images"] = _explanation(loaded.net, sources, vid)
+    ckpt = loaded.ckpt
     result = {t: float(s) for t, s in zip(TRAITS, scores)}
     # a retrained checkpoint keeps its base model's name; the folder says "+retrained"
     shown = name if name.endswith("+retrained") else ckpt.get("model_name", name)
-    result.update(model=shown, checkpoint=str(ckpt_path),
+    result.update(model=shown, checkpoint=str(loaded.path),
                   chosen_by="--model" if model else "best mean validation CCC among the models "
-                  "whose inputs the clip has", inputs=sorted(needs),
+                  "whose inputs the clip has", inputs=sorted(loaded.needs),
                   label_scale=ckpt.get("label_scale", "unit"),
                   **{k: v for k, v in facts.items() if k != "video_id"})
-    result["test_error"] = _test_error(root, result["model"], ckpt)
+    result["test_error"] = own_test_error(root, result["model"], ckpt)
     if explain:
         result["explanation"] = explanation
-    result["_report"] = report_data
+    result["_report"] = drawn
     return result
+
+
+WORK_PREFIX = "personality-predict-"  # + pid: a later run can tell a dead process's folder
+
+
+def work_prefix() -> str:
+    return f"{WORK_PREFIX}{os.getpid()}-"
+
+
+def sweep_dead_work(where: Path | None = None) -> None:
+    """Remove the work folders (frames, face crops) of predict processes that are gone: kill -9
+    or the OOM killer left them, nothing of theirs ran to clean up. A live process's stay, and so
+    does a folder touched in the last hour (a /tmp shared with another pid namespace, where the
+    pid means another process)."""
+    for folder in Path(where or tempfile.gettempdir()).glob(WORK_PREFIX + "*"):
+        match = re.match(re.escape(WORK_PREFIX) + r"(\d+)-", folder.name)
+        if match and folder.is_dir() and not pid_alive(int(match.group(1))) \
+                and _idle_for(folder) > 3600:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _idle_for(folder: Path) -> float:
+    """Seconds since anything under `folder` last changed."""
+    try:
+        newest = max((p.stat().st_mtime for p in [folder, *folder.rglob("*")]), default=0.0)
+    except OSError:  # a file went while we looked: somebody is at work in it
+        return 0.0
+    return time.time() - newest
 
 
 def _explanation(net, sources, vid: str) -> tuple[dict, dict]:
@@ -269,176 +222,23 @@ def _explanation(net, sources, vid: str) -> tuple[dict, dict]:
         return {"kinds": [], "error": str(exc)}, {}
 
 
-def _test_error(root: Path, name: str, ckpt: dict) -> dict[str, float] | None:
-    """Per-trait test MAE measured for *this* checkpoint (written into it when its training run
-    finished), or None: a number measured for another run of the model is never quoted."""
-    error = ckpt.get("test_error")
-    if isinstance(error, dict) and all(isinstance(error.get(t), (int, float)) for t in TRAITS):
-        return {t: float(error[t]) for t in TRAITS}
-    return None
-
-
-def _report_data(work: Path, vid: str) -> dict:
-    """What the report draws, read before the temporary folder goes: AU curves and one crop."""
-    data: dict = {}
-    aus_path = work / "data" / "aus"
-    if aus_path.exists():
-        table = read_artifact("aus", path=aus_path)
-        table = table[table["video_id"] == vid].sort_values("t")
-        data["t"] = table["t"].to_numpy()
-        data["aus"] = {a: table[a].to_numpy() for a in ("AU01_r", "AU04_r", "AU06_r", "AU12_r",
-                                                        "AU25_r", "AU45_r") if a in table}
-    faces_path = work / "data" / "faces"
-    if faces_path.exists():
-        faces = read_artifact("faces", path=faces_path, columns=["video_id", "face_found", "crop"])
-        found = faces[faces["face_found"]]
-        if len(found):
-            data["crop"] = found["crop"].iloc[len(found) // 2]
-    return data
-
-
-def write_report(result: dict, path: Path) -> Path:
-    """report.png: trait bars with the test error band, an AU timeline, a face thumbnail."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import cv2
-    import matplotlib.pyplot as plt
-
-    data = result.get("_report", {})
-    rows = _explanation_rows(result.get("explanation"))
-    fig = plt.figure(figsize=(10, 6.5 + 2.3 * len(rows)))
-    grid = fig.add_gridspec(2 + len(rows), 3, height_ratios=[1.2, 1, *[1] * len(rows)])
-    ax = fig.add_subplot(grid[0, :2])
-    scores = [result[t] for t in TRAITS]
-    err = result.get("test_error")
-    ax.bar(range(5), scores, color="#4C72B0",
-           yerr=[err[t] for t in TRAITS] if err else None, capsize=6,
-           error_kw={"ecolor": "#333333", "label": "test MAE"})
-    ax.set_xticks(range(5), [schemas.TRAIT_NAMES[t] for t in TRAITS], rotation=15)
-    if result.get("label_scale", "unit") == "unit":
-        ax.set_ylim(0, 1.05)
-    _label_bars(ax, scores, [err[t] for t in TRAITS] if err else [0.0] * 5)
-    ax.set_title(f"{Path(result['video']).name}: {result['model']}"
-                 + ("  (bars: model's test MAE)" if err else ""))
-    if result.get("warnings"):
-        fig.text(0.01, 0.005, "\n".join("warning: " + w for w in result["warnings"]),
-                 color="#B22222", fontsize=9, va="bottom")
-    ax_face = fig.add_subplot(grid[0, 2])
-    ax_face.axis("off")
-    crop = data.get("crop")
-    if crop is not None:
-        img = cv2.imdecode(np.frombuffer(crop, np.uint8), cv2.IMREAD_COLOR)
-        ax_face.imshow(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
-        ax_face.set_title("aligned face")
-    else:
-        ax_face.text(0.5, 0.5, "no face crop", ha="center", va="center")
-    ax_au = fig.add_subplot(grid[1, :])
-    if data.get("aus"):
-        for name, values in data["aus"].items():
-            ax_au.plot(data["t"], values, label=name)
-        ax_au.set_ylim(-0.1, 5.1)
-        ax_au.set_xlabel("time (s)")
-        ax_au.set_ylabel("intensity (0-5)")
-        ax_au.legend(ncol=6, fontsize=8, loc="upper right")
-        ax_au.set_title("Action Units")
-    else:
-        ax_au.axis("off")
-        ax_au.text(0.5, 0.5, "no AU timeline (audio-only model)", ha="center", va="center")
-    _draw_explanation(fig, grid, rows, result)
-    fig.tight_layout(rect=(0, 0.04 * len(result.get("warnings") or []), 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def _label_bars(ax, scores: list[float], errors: list[float]) -> None:
-    """Each bar's value, where neither the error whisker nor the title covers it: white at the
-    foot of a bar tall enough to hold it above its whisker's lower end, else just above the
-    whisker's top."""
-    for i, (score, error) in enumerate(zip(scores, errors)):
-        if score - error >= 0.12:
-            ax.text(i, 0.02, f"{score:.2f}", ha="center", va="bottom", color="white",
-                    fontweight="bold")
-        else:
-            ax.text(i, max(score, 0.0) + error + 0.02, f"{score:.2f}", ha="center", va="bottom")
-
-
-def _explanation_rows(explanation: dict | None) -> list[str]:
-    """The report's extra rows, in drawing order: audio occlusion (under the AU timeline), then
-    Grad-CAM, then feature contributions."""
-    kinds = (explanation or {}).get("kinds") or []
-    return [k for k in ("audio_occlusion", "gradcam", "contributions") if k in kinds]
-
-
-def _draw_explanation(fig, grid, rows: list[str], result: dict) -> None:
-    """One row per explanation kind (the first input key of each kind)."""
-    from personality.explain_plots import draw_contributions, draw_gradcam, draw_occlusion
-
-    explanation = result["explanation"] if rows else {}
-    images = result.get("_report", {}).get("explain_images") or {}
-    names = [schemas.TRAIT_NAMES[t] for t in TRAITS]
-    for i, kind in enumerate(rows):
-        key, part = next(iter(explanation[kind].items()))
-        if kind == "gradcam":
-            draw_gradcam(fig, grid[2 + i, :], part["maps"], images.get(key), names,
-                         title=f"Grad-CAM per trait ({key}, layer {part['layer']})")
-        elif kind == "audio_occlusion":
-            draw_occlusion(fig.add_subplot(grid[2 + i, :]), part, names,
-                           title=f"audio occlusion ({key}): score minus score with that second "
-                                 f"muted")
-        else:
-            draw_contributions(fig.add_subplot(grid[2 + i, :]), part, names,
-                               title=f"feature contributions ({key}, {part['method']})")
-
-
 # --------------------------------------------------------------------------------------------------
 # batch mode: several videos or folders -> one predictions.csv beside one report PNG per video
 
-VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv",
-                    ".flv", ".3gp")
 CSV_COLUMNS = ["video", "video_id", *TRAITS, "model", "face_share", "has_audio", "audio_silent",
                "voiced_share", "warnings", "error", "report"]
 
 
-def collect_videos(paths: list[Path]) -> list[Path]:
-    """The videos named by `paths`: a folder gives every file under it (recursively) whose
-    extension is a video's, sorted; a file is taken as it is (a bad one becomes a row with its
-    error). Each video once, in the order given."""
-    out: list[Path] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            out += sorted(f for f in path.rglob("*")
-                          if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS)
-        else:
-            out.append(path)
-    unique: dict[Path, Path] = {}
-    for video in out:
-        unique.setdefault(video.resolve(), video)
-    return list(unique.values())
-
-
-def batch_ids(videos: list[Path]) -> list[str]:
-    """One file-name-safe id per video (its stem); a repeated stem gets _2, _3..."""
-    ids, used = [], set()
-    for video in videos:
-        base = vid = safe_video_id(video)
-        k = 1
-        while vid in used:
-            k += 1
-            vid = f"{base}_{k}"
-        used.add(vid)
-        ids.append(vid)
-    return ids
+def is_input_error(exc: BaseException) -> bool:
+    """Our own error kinds: bad input (a video, params, a checkpoint), one line naming the file."""
+    return isinstance(exc, (StageInputError, ParamsError, SchemaError)) or \
+        type(exc).__name__ in ("EngineError", "SourceError")
 
 
 def error_text(exc: BaseException) -> str:
     """One line for a video that could not be scored: the message of our own error kinds (they
     name the file), the type and message of anything else."""
-    known = isinstance(exc, (StageInputError, ParamsError, SchemaError)) or \
-        type(exc).__name__ in ("EngineError", "SourceError")
-    return str(exc) if known else f"{type(exc).__name__}: {exc}"
+    return str(exc) if is_input_error(exc) else f"{type(exc).__name__}: {exc}"
 
 
 def result_row(result: dict) -> dict:
@@ -469,28 +269,24 @@ def _init_worker() -> None:
     import torch
 
     torch.set_num_threads(1)  # one process per core: the front-end's own threads stay idle
+    # the batch stopping (SIGTERM from _stop) unwinds the video's work folder, as in main
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
+
+
+def _failed_row(job: tuple, exc: BaseException) -> dict:
+    """The row of a video whose worker could not return one (run_jobs): it died, or its result
+    could not be sent back."""
+    video, report = job[0], job[1]
+    text = str(exc) if isinstance(exc, WorkerDied) else error_text(exc)
+    return {"video": str(video), "video_id": report.stem, "report": "",
+            "error": text if str(video) in text else f"{video}: {text}"}
 
 
 def _score_rows(jobs: list[tuple], workers: int):
-    """Yield (index, row) as videos finish: in this process, or in `workers` spawned ones."""
-    if workers <= 1 or len(jobs) <= 1:
-        for i, job in enumerate(jobs):
-            yield i, score_row(*job)
-        return
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    # spawn: fork is unsafe beside numba / BLAS / MediaPipe threads (as stages/audio.py)
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context("spawn"),
-                             initializer=_init_worker) as pool:
-        futures = {pool.submit(score_row, *job): i for i, job in enumerate(jobs)}
-        for future in as_completed(futures):
-            i = futures[future]
-            try:
-                yield i, future.result()
-            except Exception as exc:  # noqa: BLE001 - a worker died (BrokenProcessPool)
-                yield i, {"video": str(jobs[i][0]), "video_id": jobs[i][1].stem, "report": "",
-                          "error": f"{type(exc).__name__}: {exc}"}
+    """Yield (index, row) as videos finish: in this process, or in `workers` spawned ones; a
+    worker that dies fails only its own video (stages/predict_batch.py, run_jobs)."""
+    return run_jobs(score_row, jobs, min(workers, len(jobs)), initializer=_init_worker,
+                    failed=_failed_row)
 
 
 def predict_batch(videos: list[Path], out: Path, *, model: str | None = None,
@@ -515,6 +311,7 @@ def predict_batch(videos: list[Path], out: Path, *, model: str | None = None,
     table = pd.DataFrame(rows).reindex(columns=CSV_COLUMNS)
     table["error"] = table["error"].fillna("")
     atomic_write_text(out / "predictions.csv", table.to_csv(index=False, float_format="%.6g"))
+    sweep_dead_work()  # the work folder of a worker that died
     return table
 
 
@@ -522,20 +319,13 @@ def _single(video: Path, out: Path, model: str | None, explain: bool = True) -> 
     """One video: prediction.json and report.png in `out`; exit code 2 with one line on error."""
     try:
         result = predict_video(video, model=model, explain=explain)
-    except (StageInputError, ParamsError, SchemaError) as exc:
+    except Exception as exc:  # our own errors: one line, not a traceback
+        if not is_input_error(exc):
+            raise
         log.error("%s", exc)
         return 2
-    except Exception as exc:  # the engine's and sources' own errors: one line, not a traceback
-        if type(exc).__name__ in ("EngineError", "SourceError"):
-            log.error("%s", exc)
-            return 2
-        raise
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        write_report(result, out / "report.png")
-        public = {k: v for k, v in result.items() if not k.startswith("_")}
-        atomic_write_text(out / "prediction.json",
-                          json.dumps(public, indent=2, default=str) + "\n")
+        write_outputs(result, out)
     except OSError as exc:  # read-only folder, full disk: the machine's, not a bug
         log.error("cannot write to %s: %s", out, exc.strerror or exc)
         return 1
@@ -548,6 +338,30 @@ def _single(video: Path, out: Path, model: str | None, explain: bool = True) -> 
     return 0
 
 
+def write_outputs(result: dict, out: Path) -> None:
+    """out/prediction.json and out/report.png, both or neither new: both are written to temp
+    files first (the report drawn, the JSON serialised: what can fail), then renamed in,
+    prediction.json first, so that a failure or a kill never leaves a new report beside an old
+    prediction.json. Strict JSON: a non-finite number is null (the scores were checked)."""
+    public = {k: v for k, v in result.items() if not k.startswith("_")}
+    text = json.dumps(_finite(public), indent=2, default=str, allow_nan=False) + "\n"
+    sweep_stale_temps(out / "report.png")  # the temps of a run killed (SIGKILL) while writing
+    with atomic_file(out / "report.png") as png:
+        draw_report(result, png)
+        atomic_write_text(out / "prediction.json", text)
+
+
+def _finite(obj):
+    """`obj` with every NaN / infinite float (an unknown frame rate, say) as None."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
+
+
 def _batch(args: argparse.Namespace) -> int:
     """Several videos or folders: predictions.csv; exit 0 unless --strict and a video failed."""
     videos = collect_videos(args.video)
@@ -556,10 +370,12 @@ def _batch(args: argparse.Namespace) -> int:
                   ", ".join(map(str, args.video)))
         return 2
     try:
-        if args.model:
-            find_checkpoint(args.model, repo_root())  # an unknown model fails the batch at once
+        if args.model:  # an unknown or unusable model fails the batch at once, before any video
+            load_model(find_checkpoint(args.model, repo_root()))
         workers = args.jobs or load_params("base", BaseParams).workers
-    except (StageInputError, ParamsError) as exc:
+    except Exception as exc:  # our own errors: one line, not a traceback
+        if not is_input_error(exc):
+            raise
         log.error("%s", exc)
         return 2
     table = predict_batch(videos, args.out, model=args.model, workers=workers,
@@ -592,9 +408,11 @@ def main(argv: list[str] | None = None) -> int:
         log.error("--out %s: exists and is not a folder; give a folder for the results",
                   args.out)
         return 2
-    if len(args.video) == 1 and not args.video[0].is_dir():
-        return _single(args.video[0], args.out, args.model, args.explain)
-    return _batch(args)
+    sweep_dead_work()  # what a predict killed by SIGKILL left
+    with sigterm_exits():  # a killed run unwinds: its work folder goes, no temp is renamed in
+        if len(args.video) == 1 and not args.video[0].is_dir():
+            return _single(args.video[0], args.out, args.model, args.explain)
+        return _batch(args)
 
 
 if __name__ == "__main__":

@@ -10,20 +10,23 @@ import torch
 
 from models.engine import save_checkpoint
 from models.registry import build_model
-from stages import predict
+from stages import predict, predict_report
 from tests.conftest import real_fixture, write_video
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    """Untrained but real checkpoints of an AU model and an audio model (seeded)."""
+    """Untrained but real checkpoints of an AU model and an audio model (seeded). The audio one
+    standardises its log-mel on the clip itself (a trained one carries its training split's
+    statistics: models/data_av.py refuses to fit them on a clip that is not a training one)."""
     root = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
     paths = {}
-    for name, inputs in (("perfex_cnn", ["aus", "aus_mask"]), ("logmel_cnn", ["logmel"])):
+    for name, inputs, config in (("perfex_cnn", ["aus", "aus_mask"], {}),
+                                 ("logmel_cnn", ["logmel"], {"logmel": {"stats_split": ""}})):
         model = build_model(name)
         paths[name] = save_checkpoint(root / name / "best.pt", model=model, model_name=name,
-                                      train_mean=[0.5] * 5, inputs=inputs)
+                                      train_mean=[0.5] * 5, inputs=inputs, source_config=config)
     return paths
 
 
@@ -130,7 +133,7 @@ def test_bar_values_clear_the_whiskers():
 
     fig, ax = plt.subplots()
     scores, errors = [1.0, 0.05, 0.4], [0.12, 0.1, 0.35]
-    predict._label_bars(ax, scores, errors)
+    predict_report._label_bars(ax, scores, errors)
     texts = {t.get_text(): t for t in ax.texts}
     assert set(texts) == {"1.00", "0.05", "0.40"}
     tall, short, wide = texts["1.00"], texts["0.05"], texts["0.40"]

@@ -1,0 +1,198 @@
+"""predict's batch mode: which files a batch scores, their ids, and the worker pool that scores them.
+
+    for i, row in run_jobs(score_row, jobs, workers=2, initializer=init, failed=error_row): ...
+
+`run_jobs` runs each job in one of `workers` spawned processes and yields results as they finish.
+A worker that dies (kill -9, the kernel's OOM killer, a segfault in a decoder) breaks Python's
+whole ProcessPoolExecutor: every unfinished job would get BrokenProcessPool and none would say
+which file did it. Here a fresh pool takes the jobs that had not started, and each job that was
+running when the pool broke is retried once alone: a job that kills its worker again is the only
+one reported (`failed(job, WorkerDied(...))`), the others are scored. At most `workers` jobs are
+in flight at a time, so the suspects of a break are known.
+
+`sigterm_exits` turns SIGTERM into SystemExit, so that a killed predict (or worker) unwinds its
+`with` blocks: the temporary work folder goes, no temp file is renamed in.
+
+Generic (no stage imports: tests/test_layering.py): stages/predict.py passes its own functions.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import re
+import signal
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from personality.common import get_logger
+
+__all__ = ["VIDEO_EXTENSIONS", "WorkerDied", "collect_videos", "batch_ids", "safe_video_id",
+           "run_jobs", "sigterm_exits", "exit_on_sigterm"]
+
+log = get_logger("predict")
+
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv",
+                    ".flv", ".3gp")
+
+
+class WorkerDied(RuntimeError):
+    """The worker process running a job died twice (once in the pool, once alone)."""
+
+
+def collect_videos(paths: list[Path]) -> list[Path]:
+    """The videos named by `paths`: a folder gives every file under it (recursively) whose
+    extension is a video's, sorted; a file is taken as it is (a bad one becomes a row with its
+    error). Each video once, in the order given."""
+    out: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            out += sorted(f for f in path.rglob("*")
+                          if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS)
+        else:
+            out.append(path)
+    unique: dict[Path, Path] = {}
+    for video in out:
+        unique.setdefault(video.resolve(), video)
+    return list(unique.values())
+
+
+def safe_video_id(path: Path) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem) or "video"
+
+
+def batch_ids(videos: list[Path]) -> list[str]:
+    """One file-name-safe id per video (its stem); a repeated stem gets _2, _3..."""
+    ids, used = [], set()
+    for video in videos:
+        base = vid = safe_video_id(video)
+        k = 1
+        while vid in used:
+            k += 1
+            vid = f"{base}_{k}"
+        used.add(vid)
+        ids.append(vid)
+    return ids
+
+
+def exit_on_sigterm(signum, frame) -> None:
+    """SIGTERM as SystemExit (exit code 143): `with` blocks unwind and `finally` runs, which the
+    default action (die at once) never allows."""
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def sigterm_exits() -> Iterator[None]:
+    """`exit_on_sigterm` for the block, the previous handler back afterwards. Only the main
+    thread may set handlers: elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, exit_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+Failed = Callable[[Sequence, BaseException], Any]
+
+
+def run_jobs(fn: Callable, jobs: Sequence[Sequence], workers: int, *,
+             initializer: Callable | None = None, failed: Failed) -> Iterator[tuple[int, Any]]:
+    """Yield (index, fn(*job)) as jobs finish: in this process when `workers` <= 1 or there is
+    one job, else in `workers` spawned processes (module docstring: a dead worker). `failed(job,
+    exc)` stands in for the result of a job that raised in a way `fn` could not catch: a result
+    that cannot be sent back, or WorkerDied. A job's first item names it in the log."""
+    if workers <= 1 or len(jobs) <= 1:
+        for i, job in enumerate(jobs):
+            yield i, fn(*job)
+        return
+    todo = collections.deque(range(len(jobs)))
+    while todo:
+        suspects = yield from _pool_pass(fn, jobs, todo, workers, initializer, failed)
+        if suspects:
+            log.warning("a worker process died (killed or crashed); retrying alone each job it "
+                        "may have been running: %s", ", ".join(str(jobs[i][0]) for i in suspects))
+        for i in suspects:
+            yield from _alone(fn, jobs, i, initializer, failed)
+
+
+def _pool_pass(fn, jobs, todo: collections.deque, workers: int, initializer, failed):
+    """Run the jobs of `todo` (taken off it as they are submitted), `workers` at a time, until
+    all are done or the pool breaks. Returns the jobs in flight when it broke (else [])."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    with _pool(workers, initializer) as pool:
+        running: dict = {}
+        while todo or running:
+            while todo and len(running) < workers:
+                i = todo.popleft()
+                try:
+                    running[pool.submit(fn, *jobs[i])] = i
+                except BrokenProcessPool:  # it broke since the last wait: i never started
+                    return sorted([*running.values(), i])
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            broken = []
+            for future in done:
+                i = running.pop(future)
+                try:
+                    yield i, future.result()
+                except BrokenProcessPool:
+                    broken.append(i)
+                except Exception as exc:  # noqa: BLE001 - e.g. a result that cannot be pickled
+                    yield i, failed(jobs[i], exc)
+            if broken:
+                return sorted([*broken, *running.values()])
+    return []
+
+
+def _alone(fn, jobs, i: int, initializer, failed):
+    """Job `i` in a pool of its own: its result, or `failed(job, WorkerDied)` when it kills this
+    worker too."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    with _pool(1, initializer) as pool:
+        future = pool.submit(fn, *jobs[i])
+        try:
+            result = future.result()
+        except BrokenProcessPool:
+            result = failed(jobs[i], WorkerDied("its worker process died (killed or crashed) "
+                                                "while scoring it"))
+        except Exception as exc:  # noqa: BLE001 - as in _pool_pass
+            result = failed(jobs[i], exc)
+    yield i, result
+
+
+@contextlib.contextmanager
+def _pool(workers: int, initializer: Callable | None):
+    """A spawned ProcessPoolExecutor (fork is unsafe beside numba / BLAS / MediaPipe threads, as
+    stages/audio.py). Leaving the block by an exception (SIGTERM, Ctrl-C, a consumer that stops)
+    terminates the workers rather than waiting minutes for their videos to finish."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
+                               initializer=initializer)
+    try:
+        yield pool
+    except BaseException:
+        _stop(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _stop(pool) -> None:
+    """Cancel what has not started and SIGTERM the workers (their initializer should make that a
+    clean exit: `exit_on_sigterm`); one that outlives 10 s is killed. The executor has no public
+    way to reach its processes: `_processes` is read, never changed."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(10)
+        if process.is_alive():
+            process.kill()

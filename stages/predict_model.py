@@ -1,0 +1,226 @@
+"""predict's model side: which trained model can score a clip, and its checkpoint, read once.
+
+    loaded = load_model(find_checkpoint("hrnet_face", root))   # EngineError naming the file
+    why = missing_inputs(set(loaded.needs), facts)             # '' when the clip can feed it
+    scores, sources = model_scores(loaded, work_root, video_id, video)
+
+A clip's facts (stages/predict.py, run_front_end: face share, audio, voiced share) against a
+model's input keys: visual and AU inputs need a face, audio inputs an audio track that is not
+silent, the per-video functionals either of the two (without both, every functional is absent
+and the "scores" would be the checkpoint's train mean). `clip_warnings` says in plain words what
+the clip lacks. `load_model` reads a checkpoint with models/checkpoints.py (weights_only) and
+checks it before any work on a video; whatever a foreign, tampered or unfinished file makes fail,
+there or while scoring, is one EngineError naming it; a non-finite output is refused.
+
+A module of its own so that stages/predict.py stays under the file-size limit; it imports no
+other stage (tests/test_layering.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from personality.common import StageInputError, find_checkpoint
+from personality.schemas import TRAITS
+
+__all__ = ["VISUAL_KEYS", "AUDIO_KEYS", "EITHER_KEYS", "trained_models", "validation_ranking",
+           "choose_model", "clip_warnings", "missing_inputs", "LoadedModel", "load_model",
+           "model_scores", "own_test_error"]
+
+VISUAL_KEYS = {"face", "face_seq", "frame", "aus", "aus_mask"}
+AUDIO_KEYS = {"logmel", "wave", "audio_fn"}
+# per-video functionals (stages/functionals.py): AU statistics and audio ones; a clip with neither
+# a face nor usable audio gets every column absent, i.e. the checkpoint's train mean as "scores"
+EITHER_KEYS = {"functionals"}
+
+
+def trained_models(root: Path) -> list[str]:
+    """Names of every trained and retrained model with a checkpoint under `root`, sorted."""
+    return sorted({p.parent.name for pattern in ("data/models/*/best.pt",
+                                                 "data/retrained/models/*/best.pt")
+                   for p in root.glob(pattern)})
+
+
+def validation_ranking(root: Path, names: list[str]) -> list[tuple[str, float]]:
+    """(model, mean val CCC) best first: evaluate's selection figures (metrics/evaluate.json),
+    else the train stage's own (metrics/train/<model>.json). Models are chosen on validation:
+    the test split is for the report only."""
+    val = (_evaluation(root).get("selection") or {}).get("val") or {}
+    ranked = []
+    for name in names:
+        ccc = (val.get(name) or {}).get("ccc")
+        if ccc is None:
+            path = root / "metrics" / "train" / f"{name}.json"
+            try:
+                ccc = json.loads(path.read_text())["val"]["model"]["ccc"] if path.exists() else None
+            except (json.JSONDecodeError, KeyError, TypeError):
+                ccc = None
+        if isinstance(ccc, (int, float)) and np.isfinite(ccc):
+            ranked.append((name, float(ccc)))
+    return sorted(ranked, key=lambda nc: -nc[1])
+
+
+def _inputs_of(path: Path) -> set[str]:
+    from models.engine import read_checkpoint
+
+    return set(read_checkpoint(path).get("inputs", []))
+
+
+def choose_model(root: Path, facts: dict) -> tuple[str, Path]:
+    """The best validation model among those whose inputs the clip has (`missing_inputs`: a face
+    for visual and AU models, usable audio for audio models, either for functionals models)."""
+    names = trained_models(root)
+    if not names:
+        raise StageInputError(f"no trained model under {root / 'data'}: run `make run` "
+                              "or pass --model PATH")
+    ranked = [n for n, _ in validation_ranking(root, names)] or names
+    for name in ranked:
+        path = find_checkpoint(name, root)
+        if not missing_inputs(_inputs_of(path), facts):
+            return name, path
+    raise StageInputError(f"{facts.get('video')}: no trained model can score it: "
+                          + "; ".join(clip_warnings(facts)))
+
+
+def _evaluation(root: Path) -> dict:
+    path = root / "metrics" / "evaluate.json"
+    try:
+        return json.loads(path.read_text()) if path.exists() else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+MIN_FACE_SHARE = 0.5  # below this share of sampled frames with a face, the report warns
+
+
+def clip_warnings(facts: dict) -> list[str]:
+    """What the clip lacks or what was cut, in plain words; never a modality to fall back on that
+    is missing too."""
+    out = []
+    face, voice = facts.get("face_share"), _usable_audio(facts)
+    if face == 0:
+        out.append(f"no face in any of the {facts.get('n_frames', 0)} sampled frames" +
+                   (": scores can come from the voice alone" if voice else
+                    f" and {_audio_lack(facts)}: nothing to score"))
+    elif face is not None and face < MIN_FACE_SHARE:
+        out.append(f"a face in only {100 * face:.0f}% of the sampled frames: visual scores rest "
+                   "on few frames")
+    if not voice and face != 0:
+        out.append(_audio_lack(facts) + (": scores can come from the face alone" if face else ""))
+    elif voice and facts.get("voiced_share") is not None and facts["voiced_share"] < 0.05:
+        out.append(f"almost no voiced speech ({100 * facts['voiced_share']:.0f}% of the audio)")
+    if facts.get("ends_at_s") is not None:
+        out.append(f"the video ends at {facts['ends_at_s']:.1f} s of its declared "
+                   f"{facts.get('duration_s', 0):.1f} s: the file looks truncated")
+    cut = facts.get("audio_cut_at_s")
+    if cut:
+        out.append(f"audio features stop at {cut:.0f} s (audio.max_feature_seconds) of a "
+                   f"{facts.get('duration_s', 0):.0f} s clip")
+    return out
+
+
+def _usable_audio(facts: dict) -> bool:
+    return bool(facts.get("has_audio")) and not facts.get("audio_silent")
+
+
+def _audio_lack(facts: dict) -> str:
+    return "no audio track" if not facts.get("has_audio") else "the audio track is silent"
+
+
+def missing_inputs(needs: set[str], facts: dict) -> str:
+    """'' when the clip offers what a model with inputs `needs` reads, else why not."""
+    if needs & EITHER_KEYS and not facts.get("face_share") and not _usable_audio(facts):
+        return "no face and no usable audio: nothing to score"
+    if needs & VISUAL_KEYS and not facts.get("face_share"):
+        return "no face was found in any of its sampled frames; this model needs one"
+    if needs & AUDIO_KEYS:
+        if not facts.get("has_audio"):
+            return "no audio track; this model needs audio"
+        if facts.get("audio_silent"):
+            return "the audio track is silent or unreadable; this model needs audio"
+    return ""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    """A checkpoint read, rebuilt and checked once (`load_model`)."""
+
+    path: Path
+    net: object  # the torch module, eval mode
+    ckpt: dict
+    needs: frozenset  # its input keys
+    config: dict  # its sources' inference config (models.data.for_inference)
+
+
+def load_model(path: Path) -> LoadedModel:
+    """Read, rebuild and check the checkpoint at `path` (models/checkpoints.py's load_checkpoint
+    and require_finished): a file that is not a usable checkpoint of ours is an EngineError with
+    one line naming it, whatever went wrong inside (a foreign model_config, a wrong shape, no or
+    unknown inputs, a bad source_config)."""
+    from models.checkpoints import load_checkpoint, require_finished
+    from models.data import for_inference, source_keys
+    from models.engine import EngineError
+
+    try:
+        net, ckpt = load_checkpoint(path)
+        require_finished(ckpt, path)
+        needs = ckpt.get("inputs")
+        if not isinstance(needs, list) or not needs or not all(isinstance(k, str) for k in needs):
+            raise EngineError(f"{path}: names no model inputs (inputs: {needs!r})")
+        unknown = sorted(set(needs) - set(source_keys()))
+        if unknown:
+            raise EngineError(f"{path}: unknown model input(s) {', '.join(unknown)} (known: "
+                              f"{', '.join(source_keys())})")
+        config = for_inference(ckpt.get("source_config"))
+    except MemoryError:  # the machine's, not the file's
+        raise
+    except Exception as exc:  # noqa: BLE001 - anything a foreign file triggers: one line
+        raise _named(path, exc, "not a usable checkpoint") from None
+    return LoadedModel(Path(path), net, ckpt, frozenset(needs), config)
+
+
+def _named(path: Path, exc: BaseException, what: str):
+    """EngineError for `exc`, on one line, naming `path` (when the message does not already)."""
+    from models.engine import EngineError
+
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = "; ".join(lines[:2])[:300] or type(exc).__name__
+    if type(exc).__name__ not in ("EngineError", "SourceError", "StageInputError"):
+        text = f"{type(exc).__name__}: {text}"
+    return EngineError(text if str(path) in text else f"{path}: {what}: {text}")
+
+
+def model_scores(loaded: LoadedModel, work_root: Path, vid: str, video: Path):
+    """(the five scores (5,), the sources built) of clip `vid`. Whatever the checkpoint's inputs
+    or model make fail here is one EngineError naming it; so is an output that is not finite
+    (NaN weights): never printed or written as scores."""
+    from models.data import build_sources
+    from models.engine import EngineError, predict_videos
+
+    try:
+        sources = build_sources(sorted(loaded.needs), root=work_root, video_ids=[vid],
+                                config=loaded.config)
+        scores = np.asarray(predict_videos(loaded.net, sources, [vid])[0], dtype=float)  # (5,)
+    except MemoryError:  # the machine's, not the checkpoint's
+        raise
+    except Exception as exc:  # noqa: BLE001 - the checkpoint's config or model failed on it
+        raise _named(loaded.path, exc, f"cannot score {video} with it") from None
+    if scores.shape != (len(TRAITS),):
+        raise EngineError(f"{loaded.path}: model output has shape {scores.shape} for {video}, "
+                          f"not one score per trait ({len(TRAITS)},); refused")
+    if not np.isfinite(scores).all():
+        raise EngineError(f"{loaded.path}: model output is not finite (scores "
+                          f"{np.round(scores, 3).tolist()} for {video}); refused")
+    return scores, sources
+
+
+def own_test_error(root: Path, name: str, ckpt: dict) -> dict[str, float] | None:
+    """Per-trait test MAE measured for *this* checkpoint (written into it when its training run
+    finished), or None: a number measured for another run of the model is never quoted."""
+    error = ckpt.get("test_error")
+    if isinstance(error, dict) and all(isinstance(error.get(t), (int, float)) for t in TRAITS):
+        return {t: float(error[t]) for t in TRAITS}
+    return None

@@ -1,0 +1,147 @@
+"""predict's report: one PNG per scored clip, drawn from a `stages.predict.predict_video` result.
+
+    write_report(result, Path("out/report.png"))
+
+Trait bars with the model's test error band, the clip's warnings in red, a face thumbnail, an AU
+timeline, and one row per explanation kind (Grad-CAM, audio occlusion, feature contributions:
+personality/explain_plots.py). `report_data` reads what the report draws from predict's temporary
+work folder before it goes. A module of its own so that stages/predict.py stays one screenful of
+logic per function and under the file-size limit; it imports no other stage (tests/test_layering.py).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from personality import schemas
+from personality.common import atomic_file, read_artifact, sweep_stale_temps
+from personality.schemas import TRAITS
+
+__all__ = ["report_data", "write_report", "draw_report"]
+
+
+def report_data(work: Path, vid: str) -> dict:
+    """What the report draws, read before the temporary folder goes: AU curves and one crop."""
+    data: dict = {}
+    aus_path = work / "data" / "aus"
+    if aus_path.exists():
+        table = read_artifact("aus", path=aus_path)
+        table = table[table["video_id"] == vid].sort_values("t")
+        data["t"] = table["t"].to_numpy()
+        data["aus"] = {a: table[a].to_numpy() for a in ("AU01_r", "AU04_r", "AU06_r", "AU12_r",
+                                                        "AU25_r", "AU45_r") if a in table}
+    faces_path = work / "data" / "faces"
+    if faces_path.exists():
+        faces = read_artifact("faces", path=faces_path, columns=["video_id", "face_found", "crop"])
+        found = faces[faces["face_found"]]
+        if len(found):
+            data["crop"] = found["crop"].iloc[len(found) // 2]
+    return data
+
+
+def write_report(result: dict, path: Path) -> Path:
+    """The report PNG at `path`, written atomically: drawn into a temp file beside it, then
+    renamed in, so that a failure or a kill never leaves half a PNG (nor replaces a good one)."""
+    sweep_stale_temps(path)  # the temp of a worker killed while drawing this report
+    with atomic_file(path) as tmp:
+        draw_report(result, tmp)
+    return path
+
+
+def draw_report(result: dict, path: Path) -> Path:
+    """Draw the report PNG into `path` (any name: the format is given): trait bars with the test
+    error band, an AU timeline, a face thumbnail, what drove the scores."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import cv2
+    import matplotlib.pyplot as plt
+
+    data = result.get("_report", {})
+    rows = _explanation_rows(result.get("explanation"))
+    fig = plt.figure(figsize=(10, 6.5 + 2.3 * len(rows)))
+    grid = fig.add_gridspec(2 + len(rows), 3, height_ratios=[1.2, 1, *[1] * len(rows)])
+    ax = fig.add_subplot(grid[0, :2])
+    scores = [result[t] for t in TRAITS]
+    err = result.get("test_error")
+    ax.bar(range(5), scores, color="#4C72B0",
+           yerr=[err[t] for t in TRAITS] if err else None, capsize=6,
+           error_kw={"ecolor": "#333333", "label": "test MAE"})
+    ax.set_xticks(range(5), [schemas.TRAIT_NAMES[t] for t in TRAITS], rotation=15)
+    if result.get("label_scale", "unit") == "unit":
+        ax.set_ylim(0, 1.05)
+    _label_bars(ax, scores, [err[t] for t in TRAITS] if err else [0.0] * 5)
+    ax.set_title(f"{Path(result['video']).name}: {result['model']}"
+                 + ("  (bars: model's test MAE)" if err else ""))
+    if result.get("warnings"):
+        fig.text(0.01, 0.005, "\n".join("warning: " + w for w in result["warnings"]),
+                 color="#B22222", fontsize=9, va="bottom")
+    ax_face = fig.add_subplot(grid[0, 2])
+    ax_face.axis("off")
+    crop = data.get("crop")
+    if crop is not None:
+        img = cv2.imdecode(np.frombuffer(crop, np.uint8), cv2.IMREAD_COLOR)
+        ax_face.imshow(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+        ax_face.set_title("aligned face")
+    else:
+        ax_face.text(0.5, 0.5, "no face crop", ha="center", va="center")
+    ax_au = fig.add_subplot(grid[1, :])
+    if data.get("aus"):
+        for name, values in data["aus"].items():
+            ax_au.plot(data["t"], values, label=name)
+        ax_au.set_ylim(-0.1, 5.1)
+        ax_au.set_xlabel("time (s)")
+        ax_au.set_ylabel("intensity (0-5)")
+        ax_au.legend(ncol=6, fontsize=8, loc="upper right")
+        ax_au.set_title("Action Units")
+    else:
+        ax_au.axis("off")
+        ax_au.text(0.5, 0.5, "no AU timeline (audio-only model)", ha="center", va="center")
+    _draw_explanation(fig, grid, rows, result)
+    fig.tight_layout(rect=(0, 0.04 * len(result.get("warnings") or []), 1, 1))
+    try:
+        fig.savefig(path, dpi=100, format="png")
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _label_bars(ax, scores: list[float], errors: list[float]) -> None:
+    """Each bar's value, where neither the error whisker nor the title covers it: white at the
+    foot of a bar tall enough to hold it above its whisker's lower end, else just above the
+    whisker's top."""
+    for i, (score, error) in enumerate(zip(scores, errors)):
+        if score - error >= 0.12:
+            ax.text(i, 0.02, f"{score:.2f}", ha="center", va="bottom", color="white",
+                    fontweight="bold")
+        else:
+            ax.text(i, max(score, 0.0) + error + 0.02, f"{score:.2f}", ha="center", va="bottom")
+
+
+def _explanation_rows(explanation: dict | None) -> list[str]:
+    """The report's extra rows, in drawing order: audio occlusion (under the AU timeline), then
+    Grad-CAM, then feature contributions."""
+    kinds = (explanation or {}).get("kinds") or []
+    return [k for k in ("audio_occlusion", "gradcam", "contributions") if k in kinds]
+
+
+def _draw_explanation(fig, grid, rows: list[str], result: dict) -> None:
+    """One row per explanation kind (the first input key of each kind)."""
+    from personality.explain_plots import draw_contributions, draw_gradcam, draw_occlusion
+
+    explanation = result["explanation"] if rows else {}
+    images = result.get("_report", {}).get("explain_images") or {}
+    names = [schemas.TRAIT_NAMES[t] for t in TRAITS]
+    for i, kind in enumerate(rows):
+        key, part = next(iter(explanation[kind].items()))
+        if kind == "gradcam":
+            draw_gradcam(fig, grid[2 + i, :], part["maps"], images.get(key), names,
+                         title=f"Grad-CAM per trait ({key}, layer {part['layer']})")
+        elif kind == "audio_occlusion":
+            draw_occlusion(fig.add_subplot(grid[2 + i, :]), part, names,
+                           title=f"audio occlusion ({key}): score minus score with that second "
+                                 f"muted")
+        else:
+            draw_contributions(fig.add_subplot(grid[2 + i, :]), part, names,
+                               title=f"feature contributions ({key}, {part['method']})")

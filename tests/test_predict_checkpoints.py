@@ -1,0 +1,171 @@
+"""predict and unusable checkpoints: a foreign, tampered or unfinished --model is one line naming
+it with exit code 2, read before any work on a video (single and batch mode); a model whose output
+is not finite (NaN weights) is an error naming the checkpoint, never printed or written as scores;
+prediction.json is strict JSON; the report and prediction.json are never half-written or
+mismatched."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from models.engine import save_checkpoint
+from models.registry import build_model
+from stages import predict
+from tests.conftest import real_fixture
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory):
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path_factory.mktemp("ck") / "perfex_cnn" / "best.pt",
+                           model=build_model("perfex_cnn"), model_name="perfex_cnn",
+                           train_mean=[0.5] * 5, inputs=["aus", "aus_mask"])
+
+
+def tampered(good, tmp_path, name: str, **changes):
+    ckpt = torch.load(good, weights_only=True)
+    ckpt.update(changes)
+    torch.save(ckpt, tmp_path / f"{name}.pt")
+    return tmp_path / f"{name}.pt"
+
+
+def bad_checkpoints(good, tmp_path) -> dict:
+    state = torch.load(good, weights_only=True)["state_dict"]
+    first = next(iter(state))
+    return {
+        "bad_name": tampered(good, tmp_path, "bad_name", model_name="no_such_model"),
+        "cfg_not_dict": tampered(good, tmp_path, "cfg_not_dict", model_config="width=8"),
+        "bad_shape": tampered(good, tmp_path, "bad_shape",
+                              state_dict={**state, first: torch.zeros(3, 3, 3)}),
+        "unknown_input": tampered(good, tmp_path, "unknown_input", inputs=["no_such_source"]),
+        "srccfg_str": tampered(good, tmp_path, "srccfg_str", source_config="aus"),
+        "unfinished": tampered(good, tmp_path, "unfinished", finished=False, epoch=3),
+        "text": _text_file(tmp_path / "text.pt"),
+    }
+
+
+def _text_file(path):
+    path.write_text("not a checkpoint\n")
+    return path
+
+
+@pytest.fixture
+def no_front_end(monkeypatch):
+    """Fail the test if any front-end work starts (it takes ~10 s a video)."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the front-end ran before the checkpoint was checked")
+
+    monkeypatch.setattr(predict, "run_front_end", refuse)
+
+
+def test_bad_checkpoints_are_one_line_before_any_video_work(good, tmp_path, caplog,
+                                                            no_front_end):
+    video = real_fixture("single_face.mp4")
+    for name, path in bad_checkpoints(good, tmp_path).items():
+        caplog.clear()
+        assert predict.main([str(video), "--out", str(tmp_path / "o"), "--model",
+                             str(path)]) == 2, name
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1 and str(path) in errors[0] and "\n" not in errors[0], name
+        assert not (tmp_path / "o").exists()
+
+
+def test_batch_refuses_a_bad_checkpoint_at_once(good, tmp_path, caplog, no_front_end):
+    evil = tampered(good, tmp_path, "bad_name", model_name="no_such_model")
+    video = real_fixture("single_face.mp4")
+    assert predict.main([str(video), str(video.parent / "no_face.mp4"), "--out",
+                         str(tmp_path / "o"), "--model", str(evil)]) == 2
+    assert str(evil) in caplog.text and not (tmp_path / "o" / "predictions.csv").exists()
+
+
+def test_a_source_config_that_fails_to_build_names_the_checkpoint(good, tmp_path, monkeypatch):
+    """Errors raised while building the checkpoint's inputs for the clip name the checkpoint."""
+    from models.engine import EngineError
+
+    bad = tampered(good, tmp_path, "bad_option", source_config={"aus": {"no_such_option": 1}})
+    loaded = predict.load_model(bad)  # the option is only looked at when sources are built
+    with pytest.raises(EngineError, match="bad_option.pt") as info:
+        predict.model_scores(loaded, tmp_path, "clip", tmp_path / "clip.mp4")
+    assert "no_such_option" in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def nan_checkpoint(good, tmp_path_factory):
+    ckpt = torch.load(good, weights_only=True)
+    ckpt["state_dict"] = {k: v.float().fill_(float("nan")) if v.is_floating_point() else v
+                          for k, v in ckpt["state_dict"].items()}
+    path = tmp_path_factory.mktemp("nan") / "nan_weights.pt"
+    torch.save(ckpt, path)
+    return path
+
+
+def test_nan_output_is_an_error_naming_the_checkpoint(nan_checkpoint, tmp_path, caplog, capsys):
+    video = real_fixture("single_face.mp4")
+    code = predict.main([str(video), "--out", str(tmp_path / "o"), "--model",
+                         str(nan_checkpoint), "--no-explain"])
+    assert code == 2 and "model output is not finite" in caplog.text
+    assert str(nan_checkpoint) in caplog.text
+    assert "nan" not in capsys.readouterr().out and not (tmp_path / "o").exists()
+    # batch: an error row, not a row of NaN scores
+    table = predict.predict_batch([video], tmp_path / "b", model=str(nan_checkpoint),
+                                  explain=False)
+    assert "model output is not finite" in table["error"].iloc[0]
+    assert table[list("OCEAN")].isna().all(axis=None)
+
+
+def _result(score: float = 0.5) -> dict:
+    return {**{t: score for t in "OCEAN"}, "model": "perfex_cnn", "video": "clip.mp4",
+            "fps": float("nan"), "warnings": [], "_report": {}}
+
+
+def test_prediction_json_is_strict_json(tmp_path):
+    predict.write_outputs(_result(), tmp_path)
+    text = (tmp_path / "prediction.json").read_text()
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    assert json.loads(text, parse_constant=refuse)["fps"] is None
+
+
+def test_outputs_are_never_half_written_nor_mismatched(tmp_path, monkeypatch):
+    predict.write_outputs(_result(0.25), tmp_path)
+    old = {n: (tmp_path / n).read_bytes() for n in ("prediction.json", "report.png")}
+
+    def draw_half_then_fail(result, path):
+        path.write_bytes(b"\x89PNG half")
+        raise RuntimeError("drawing failed")
+
+    monkeypatch.setattr(predict, "draw_report", draw_half_then_fail)
+    with pytest.raises(RuntimeError):
+        predict.write_outputs(_result(0.75), tmp_path)
+    monkeypatch.undo()
+
+    def disk_full(path, text):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(predict, "atomic_write_text", disk_full)
+    with pytest.raises(OSError):  # the report is drawn, prediction.json cannot be written
+        predict.write_outputs(_result(0.75), tmp_path)
+    assert {n: (tmp_path / n).read_bytes() for n in old} == old  # the old pair, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prediction.json", "report.png"]
+
+
+def test_batch_report_png_is_written_atomically(tmp_path, monkeypatch):
+    report = tmp_path / "clip.png"
+    predict.write_report(_result(), report)
+    old = report.read_bytes()
+
+    def write_half_then_fail(fig, path, **kwargs):
+        open(path, "wb").write(b"\x89PNG half")
+        raise RuntimeError("killed mid-savefig")
+
+    monkeypatch.setattr("matplotlib.figure.Figure.savefig", write_half_then_fail)
+    with pytest.raises(RuntimeError):
+        predict.write_report(_result(0.9), report)
+    assert report.read_bytes() == old and [p.name for p in tmp_path.iterdir()] == ["clip.png"]
+    assert old[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,150 @@
+"""What a clip offers against what a model reads: a clip with neither a face nor usable audio has
+nothing to score (a functionals model would give its train mean), and the warnings never offer a
+modality that is missing too; a truncated file (cut off mid-data, moov first: no demuxer error)
+is reported by the frames code and by predict, and a whole file never is."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from models.engine import save_checkpoint
+from models.registry import build_model
+from personality.common import StageInputError
+from personality.video_io import ends_short, iter_frames, stream_extent
+from stages import predict
+from tests.conftest import real_fixture, write_video
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+NOTHING = {"face_share": 0.0, "n_frames": 50, "has_audio": False}
+
+
+def test_functionals_need_a_face_or_usable_audio():
+    needs = {"functionals"}
+    assert predict.missing_inputs(needs, NOTHING) == \
+        "no face and no usable audio: nothing to score"
+    silent = {**NOTHING, "has_audio": True, "audio_silent": True}
+    assert "nothing to score" in predict.missing_inputs(needs, silent)
+    assert predict.missing_inputs(needs, {**NOTHING, "face_share": 0.8}) == ""
+    voice = {**NOTHING, "has_audio": True, "audio_silent": False, "voiced_share": 0.4}
+    assert predict.missing_inputs(needs, voice) == ""
+
+
+def test_warnings_never_offer_a_modality_that_is_missing_too():
+    for facts in (NOTHING, {**NOTHING, "has_audio": True, "audio_silent": True}):
+        warnings = predict.clip_warnings(facts)
+        assert len(warnings) == 1 and warnings[0].endswith("nothing to score"), warnings
+        assert "alone" not in warnings[0]
+    voice = predict.clip_warnings({**NOTHING, "has_audio": True, "voiced_share": 0.4})
+    assert voice == ["no face in any of the 50 sampled frames: scores can come from the voice "
+                     "alone"]
+    face = predict.clip_warnings({"face_share": 1.0, "has_audio": True, "audio_silent": True})
+    assert face == ["the audio track is silent: scores can come from the face alone"]
+
+
+@pytest.fixture(scope="module")
+def functionals_root(tmp_path_factory):
+    """A repo-like root whose only (and so best) model reads the functionals."""
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("root")
+    save_checkpoint(root / "data" / "models" / "functionals_ridge" / "best.pt",
+                    model=build_model("functionals_ridge"), model_name="functionals_ridge",
+                    train_mean=[0.5] * 5, inputs=["functionals"])
+    return root
+
+
+def test_no_default_model_for_a_clip_with_nothing_to_score(functionals_root):
+    with pytest.raises(StageInputError, match="no trained model can score it.*nothing to score"):
+        predict.choose_model(functionals_root, {**NOTHING, "video": "green.mp4"})
+    voice = {**NOTHING, "has_audio": True, "audio_silent": False, "voiced_share": 0.4}
+    assert predict.choose_model(functionals_root, voice)[0] == "functionals_ridge"
+
+
+def test_predict_refuses_a_clip_without_face_or_audio(functionals_root, tmp_path, caplog,
+                                                      monkeypatch):
+    """End to end on a real face-less, silent clip: exit 2 and one line, no scores."""
+    video = write_video(tmp_path / "green.mp4", n_frames=10, audio=False)
+    monkeypatch.setattr(predict, "repo_root", lambda: functionals_root)
+    assert predict.main([str(video), "--out", str(tmp_path / "o")]) == 2
+    assert "green.mp4: no trained model can score it" in caplog.text
+    assert "nothing to score" in caplog.text and "alone" not in caplog.text
+    caplog.clear()
+    assert predict.main([str(video), "--out", str(tmp_path / "o"), "--model",
+                         "functionals_ridge"]) == 2
+    assert "green.mp4: no face and no usable audio: nothing to score" in caplog.text
+    assert not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# truncated files
+
+
+@pytest.fixture(scope="module")
+def truncated(tmp_path_factory):
+    """The face fixture re-muxed with its index first (faststart), then cut to its first 30%:
+    the demuxer meets EOF without an error, as with a half-finished download."""
+    import av
+
+    folder = tmp_path_factory.mktemp("cut")
+    whole = folder / "faststart.mp4"
+    with av.open(str(real_fixture("single_face.mp4"))) as src, \
+            av.open(str(whole), "w", options={"movflags": "faststart"}) as dst:
+        streams = {s.index: dst.add_stream_from_template(s) for s in src.streams}
+        for packet in src.demux():
+            if packet.dts is not None:
+                packet.stream = streams[packet.stream.index]
+                dst.mux(packet)
+    data = whole.read_bytes()
+    (folder / "cut.mp4").write_bytes(data[: int(len(data) * 0.3)])
+    return folder / "cut.mp4"
+
+
+def test_a_file_cut_off_mid_data_is_truncated_and_a_whole_one_is_not(truncated):
+    for sampling in ({"fps": 8.0}, {"per_video": 5}, {}):
+        report: dict = {}
+        kept = list(iter_frames(truncated, report=report, max_side=64, **sampling))
+        assert kept and report["truncated"], sampling
+        assert report["ends_at_s"] < 1.0 and report["declared_s"] == pytest.approx(2.4)
+        whole: dict = {}
+        list(iter_frames(real_fixture("single_face.mp4"), report=whole, max_side=64, **sampling))
+        assert not whole["truncated"] and whole["errors"] == 0, sampling
+    assert ends_short(*stream_extent(truncated))
+    for name in ("single_face.mp4", "no_face.mp4"):
+        assert not ends_short(*stream_extent(real_fixture(name)))
+    assert not ends_short(0.0, 0.04) and not ends_short(8.1, 9.0) and ends_short(7.9, 9.0)
+
+
+def test_the_frames_stage_names_a_truncated_file(truncated, tmp_path):
+    import pandas as pd
+
+    from personality.common import BaseParams
+    from stages import frames
+    from stages.ingest import write_manifest
+
+    shutil.copy(truncated, tmp_path / "cut.mp4")
+    shutil.copy(real_fixture("single_face.mp4"), tmp_path / "whole.mp4")
+    write_manifest(pd.DataFrame([{
+        "video_id": vid, "path": f"{vid}.mp4", "split": "test", "subject_id": vid,
+        "dataset": "predict", **{t: float("nan") for t in "OCEAN"}, "duration_s": 2.4,
+        "fps": 30.0, "has_audio": True, "label_scale": "unit"} for vid in ("cut", "whole")]),
+        tmp_path)
+    frames.run(frames.FramesParams(fps=4.0, max_side=64), BaseParams(workers=1), root=tmp_path)
+    summary = json.loads((tmp_path / "metrics" / "frames.json").read_text())
+    assert list(summary["warnings"]) == ["cut"] and "truncated=True" in summary["warnings"]["cut"]
+
+
+def test_predict_warns_that_a_file_looks_truncated(truncated, tmp_path, capsys):
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "perfex_cnn" / "best.pt", model=build_model("perfex_cnn"),
+                           model_name="perfex_cnn", train_mean=[0.5] * 5,
+                           inputs=["aus", "aus_mask"])
+    assert predict.main([str(truncated), "--out", str(tmp_path / "o"), "--model", str(ckpt),
+                         "--no-explain"]) == 0
+    result = json.loads((tmp_path / "o" / "prediction.json").read_text())
+    assert result["truncated"] is True and result["ends_at_s"] < 1.0
+    assert "the video ends at 0.7 s of its declared 2.4 s: the file looks truncated" in \
+        result["warnings"]
+    assert "looks truncated" in capsys.readouterr().out
