@@ -143,7 +143,9 @@ def collect(models: list[str] | None, baseline: str = "HEAD") -> list[dict]:
         entry, base = summary.get(model) or {}, summary.get("baseline") or {}
         rows.append({"model": model, "experiment": name,
                      "val_ccc": (train.get("val") or {}).get("model", {}).get("ccc"),
-                     "test_ccc": entry.get("ccc"), "test_acc": entry.get("acc"),
+                     "test_ccc": entry.get("ccc"),
+                     "test_ccc_ci": [entry.get("ccc_lo"), entry.get("ccc_hi")],
+                     "test_acc": entry.get("acc"),
                      "baseline_ccc": base.get("ccc"), "baseline_acc": base.get("acc"),
                      "best_epoch": train.get("best_epoch"), "epochs_run": train.get("epochs_run"),
                      "train_seconds": train_seconds(model)})
@@ -154,12 +156,19 @@ def _f(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _ci(pair) -> str:
+    lo, hi = pair or (None, None)
+    return "" if lo is None or hi is None else f"[{lo:.3f}, {hi:.3f}]"
+
+
 def print_table(rows: list[dict]) -> None:
-    print(f"{'model':20s} {'val CCC':>8s} {'test CCC':>9s} {'base CCC':>9s} {'test ACC':>9s} {'base ACC':>9s} "
-          f"{'best ep':>8s} {'epochs':>7s} {'train s':>8s}")
+    print(f"{'model':20s} {'val CCC':>8s} {'test CCC [95% CI]':>26s} {'base CCC':>9s} "
+          f"{'test ACC':>9s} {'base ACC':>9s} {'best ep':>8s} {'epochs':>7s} {'train s':>8s}")
     for r in rows:
-        print(f"{r['model']:20s} {_f(r['val_ccc'], '8.3f')} {_f(r['test_ccc'], '9.3f')} {_f(r['baseline_ccc'], '9.3f')} "
-              f"{_f(r['test_acc'], '9.3f')} {_f(r['baseline_acc'], '9.3f')} "
+        test = f"{_f(r['test_ccc'], '.3f')} {_ci(r.get('test_ccc_ci'))}"
+        print(f"{r['model']:20s} {_f(r['val_ccc'], '8.3f')} {test:>26s} "
+              f"{_f(r['baseline_ccc'], '9.3f')} {_f(r['test_acc'], '9.3f')} "
+              f"{_f(r['baseline_acc'], '9.3f')} "
               f"{_f(r['best_epoch'], '8d')} {_f(r['epochs_run'], '7d')} "
               f"{_f(r['train_seconds'], '8.0f')}")
 

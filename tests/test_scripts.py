@@ -116,3 +116,19 @@ def test_cv_main_collects_what_it_queued_on_that_commit_and_never_writes_an_empt
     assert "no seed<k> experiments" in capsys.readouterr().out
     assert json.loads((tmp_path / "bench" / "results" / "seeds.json").read_text())["runs"][-1] \
         == "seed10"
+
+
+def test_zoo_rows_carry_the_test_interval(monkeypatch, capsys):
+    """make zoo's table shows each model's test CCC with its 95% interval from summary.json."""
+    import zoo
+
+    monkeypatch.setattr(zoo, "experiment_refs", lambda baseline="HEAD": {"zoo-m": "ref"})
+    files = {"metrics/summary.json": {"m": {"ccc": 0.2, "acc": 0.9, "ccc_lo": 0.05,
+                                            "ccc_hi": 0.31}, "baseline": {"ccc": 0.0}},
+             "metrics/train/m.json": {"val": {"model": {"ccc": 0.25}}, "best_epoch": 3}}
+    monkeypatch.setattr(zoo, "show_json", lambda ref, path: files.get(path))
+    monkeypatch.setattr(zoo, "train_seconds", lambda model: 12.0)
+    rows = zoo.collect(["m"])
+    assert rows[0]["test_ccc_ci"] == [0.05, 0.31]
+    zoo.print_table(rows)
+    assert "0.200 [0.050, 0.310]" in capsys.readouterr().out
