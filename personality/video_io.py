@@ -110,11 +110,13 @@ def probe(path: str | os.PathLike) -> VideoInfo:
 
 
 def _declared_s(vs, container) -> float:
-    """The duration the file declares for video stream `vs` (its own, else the container's), in
-    seconds; nan when it does not say."""
+    """The duration the file declares for video stream `vs` (its own, else the container's when
+    the video is all the container holds), in seconds; nan when it does not say. Matroska, WebM
+    and FLV give no per-stream duration, and their container's covers an audio track that may
+    run past the video: no measure of the video's end."""
     if vs.duration is not None and vs.time_base is not None:
         return float(vs.duration * vs.time_base)
-    if container.duration is not None:
+    if container.duration is not None and len(container.streams) == 1:
         return container.duration / 1_000_000
     return float("nan")
 

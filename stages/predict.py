@@ -36,7 +36,8 @@ of memory) fails only the video it was scoring (stages/predict_batch.py: retried
 
 Nothing half-written stays: the report PNG and prediction.json go through a temp file and a
 rename (prediction.json first), the work folder (frames, face crops: `personality-predict-<pid>-*`
-in the temp folder) goes on SIGTERM too, and one a killed process left is swept by the next run.
+in the temp folder) goes on SIGTERM too, and one a killed process left is swept by a later run
+once it has been idle an hour.
 
 Explanations (models/explain.py; `--no-explain` skips them): prediction.json's `explanation`
 holds, per kind the model's inputs allow, the numbers the report draws: Grad-CAM maps per trait
@@ -311,7 +312,7 @@ def predict_batch(videos: list[Path], out: Path, *, model: str | None = None,
     table = pd.DataFrame(rows).reindex(columns=CSV_COLUMNS)
     table["error"] = table["error"].fillna("")
     atomic_write_text(out / "predictions.csv", table.to_csv(index=False, float_format="%.6g"))
-    sweep_dead_work()  # the work folder of a worker that died
+    sweep_dead_work()  # work folders of dead processes, idle an hour (a worker killed now: later)
     return table
 
 
@@ -339,10 +340,11 @@ def _single(video: Path, out: Path, model: str | None, explain: bool = True) -> 
 
 
 def write_outputs(result: dict, out: Path) -> None:
-    """out/prediction.json and out/report.png, both or neither new: both are written to temp
-    files first (the report drawn, the JSON serialised: what can fail), then renamed in,
-    prediction.json first, so that a failure or a kill never leaves a new report beside an old
-    prediction.json. Strict JSON: a non-finite number is null (the scores were checked)."""
+    """out/prediction.json and out/report.png: both written to temp files first (the report
+    drawn, the JSON serialised: what can fail), then renamed in, prediction.json first, so that
+    a failure or a kill never leaves a new report beside an old prediction.json (a kill between
+    the renames can leave a new prediction.json beside the old report). Strict JSON: a
+    non-finite number is null (the scores were checked)."""
     public = {k: v for k, v in result.items() if not k.startswith("_")}
     text = json.dumps(_finite(public), indent=2, default=str, allow_nan=False) + "\n"
     sweep_stale_temps(out / "report.png")  # the temps of a run killed (SIGKILL) while writing

@@ -64,9 +64,18 @@ def validation_ranking(root: Path, names: list[str]) -> list[tuple[str, float]]:
 
 
 def _inputs_of(path: Path) -> set[str]:
+    """The inputs a checkpoint's model reads: as stored, else as its model is registered."""
     from models.engine import read_checkpoint
+    from models.registry import model_spec
 
-    return set(read_checkpoint(path).get("inputs", []))
+    ckpt = read_checkpoint(path)
+    inputs = ckpt.get("inputs") or []
+    if not inputs and isinstance(ckpt.get("model_name"), str):
+        try:
+            inputs = list(model_spec(ckpt["model_name"]).inputs)
+        except (KeyError, ValueError):  # an unknown model: load_checkpoint names it later
+            pass
+    return set(inputs)
 
 
 def choose_model(root: Path, facts: dict) -> tuple[str, Path]:

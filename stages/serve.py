@@ -37,6 +37,7 @@ metrics/register.json (model, version, run id, model URI).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -198,7 +199,29 @@ def example_video(root: Path) -> str:
 def log_pyfunc(mlf, checkpoint: Path, root: Path, example: str | None):
     """Log the pyfunc model into the active run; returns mlflow's ModelInfo. With an `example`
     clip mlflow stores it as the input example and checks that the logged model predicts it
-    (the whole front-end on that clip, ~6 s); without one the signature alone says the input."""
+    (the whole front-end on that clip, ~6 s); without one the signature alone says the input.
+    The example's folder is a served root while mlflow checks it, whatever the environment's
+    PERSONALITY_VIDEO_ROOT says: the check must score the clip, not record a refusal."""
+    with _root_for(example):
+        return _log_model(mlf, checkpoint, root, example)
+
+
+@contextlib.contextmanager
+def _root_for(example: str | None):
+    before = os.environ.get(VIDEO_ROOT_ENV)
+    if example is not None:
+        folders = [f for f in (before or "").split(os.pathsep) if f]
+        os.environ[VIDEO_ROOT_ENV] = os.pathsep.join([*folders, str(Path(example).parent)])
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(VIDEO_ROOT_ENV, None)
+        else:
+            os.environ[VIDEO_ROOT_ENV] = before
+
+
+def _log_model(mlf, checkpoint: Path, root: Path, example: str | None):
     return mlf.pyfunc.log_model(
         name="model", python_model=str(MODEL_CODE),
         artifacts={"checkpoint": str(checkpoint), "params": str(root / "params.yaml")},

@@ -171,15 +171,31 @@ def _with_sources(name: str, manifest: pd.DataFrame, sources: list, inputs: tupl
     return {"manifest": manifest, "sources": sources, "have": have, "split": split}
 
 
-def _checkpoint_sources(name: str, data: dict, root: Path, inputs: tuple[str, ...],
-                        source_config: dict) -> dict:
-    """test_only with a whole checkpoint: the inputs built from the statistics it carries (as
-    predict builds them), not refitted on this data: one truth per clip."""
+def _test_only_path(name: str, p: TrainParams, root: Path) -> Path:
+    """The checkpoint test_only scores: resume, else weights, else data/models/<name>/best.pt."""
+    return (_path(root, p.resume, name) or _path(root, p.weights, name)
+            or root / "data" / "models" / name / "best.pt")
+
+
+def _kept_source_config(name: str, p: TrainParams, root: Path) -> dict | None:
+    """test_only: the source config a whole checkpoint carries (None for a bare state_dict)."""
+    from models import engine
+
+    ckpt = engine.read_checkpoint(_test_only_path(name, p, root))
+    return dict(ckpt.get("source_config") or {}) if "model_name" in ckpt else None
+
+
+def _checkpoint_inputs(name: str, root: Path, inputs: tuple[str, ...], kept: dict) -> dict:
+    """test_only with a whole checkpoint: the inputs built from the config and statistics it
+    carries (as predict builds them), never refitted on this data or read from params.yaml: one
+    truth per clip, and no train split needed."""
     from models.data import build_sources, for_inference
 
-    sources = build_sources(inputs, root=root, video_ids=data["manifest"]["video_id"].tolist(),
-                            config=for_inference(source_config))
-    return {**data, **_with_sources(name, data["manifest"], sources, inputs)}
+    manifest = pd.read_parquet(root / schemas.ARTIFACTS["manifest"].path)
+    check_schema(manifest, "manifest", root / schemas.ARTIFACTS["manifest"].path)
+    sources = build_sources(inputs, root=root, video_ids=manifest["video_id"].tolist(),
+                            config=for_inference(kept))
+    return {**_with_sources(name, manifest, sources, inputs), "source_config": kept}
 
 
 def _inference_config(data: dict, root: Path) -> dict:
@@ -216,7 +232,7 @@ def _evaluate_checkpoint(name: str, p: TrainParams, root: Path, meta: dict,
     from models.registry import build_model
 
     out_dir = root / "data" / "models" / name
-    ckpt_path = _path(root, p.resume, name) or _path(root, p.weights, name) or out_dir / "best.pt"
+    ckpt_path = _test_only_path(name, p, root)
     ckpt = engine.read_checkpoint(ckpt_path)
     if "model_name" in ckpt:
         if ckpt["model_name"] != name:
@@ -240,7 +256,7 @@ def _evaluate_checkpoint(name: str, p: TrainParams, root: Path, meta: dict,
             engine.save_checkpoint(staging / target, model=model, model_name=name,
                                    train_mean=[], **{k: meta[k] for k in (
                                        "inputs", "source_config", "params", "label_scale")})
-    return model, list(ckpt.get("history", [])), fit_info, ckpt.get("source_config")
+    return model, list(ckpt.get("history", [])), fit_info
 
 
 def _fit(name: str, p: TrainParams, cfg: TrainConfig, root: Path, meta: dict, overrides: dict,
@@ -391,11 +407,13 @@ def train_model(name: str, p: TrainParams, base: BaseParams, root: Path) -> dict
     if p.test_only and rank != 0:  # nothing to share: rank 0 evaluates and writes alone
         engine.barrier()
         return {"model": name, "test_only": True, "rank": rank}
-    data = _model_inputs(name, p, root, spec.inputs)
+    kept = _kept_source_config(name, p, root) if p.test_only else None
+    data = (_model_inputs(name, p, root, spec.inputs) if kept is None
+            else _checkpoint_inputs(name, root, spec.inputs, kept))
     # the checkpoint keeps the config for prediction: what the sources fitted on this data
     # (standardisation statistics) and original, not augmented, sequences
     meta = {"model_name": name, "inputs": list(spec.inputs),
-            "source_config": _inference_config(data, root),
+            "source_config": _inference_config(data, root) if kept is None else kept,
             "params": dataclasses.asdict(p),
             "label_scale": _label_scale(data["manifest"], name, overrides),
             "finished": False}  # until predictions and metrics are written (_finish)
@@ -405,10 +423,8 @@ def train_model(name: str, p: TrainParams, base: BaseParams, root: Path) -> dict
               else contextlib.nullcontext(None))
     with _tracking(p, cfg, name, overrides, data, rank, root) as mlf, folder as staging:
         if p.test_only:
-            model, history, fit_info, kept = _evaluate_checkpoint(name, p, root, meta,
-                                                                  overrides, staging)
-            if kept is not None:
-                data = _checkpoint_sources(name, data, root, spec.inputs, kept)
+            model, history, fit_info = _evaluate_checkpoint(name, p, root, meta, overrides,
+                                                            staging)
         else:
             model, history, fit_info = _fit(name, p, cfg, root, meta, overrides, data, mlf,
                                             staging)

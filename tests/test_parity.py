@@ -107,3 +107,24 @@ def test_a_source_without_fitted_config_cannot_be_built():
 
     with pytest.raises(TypeError, match="fitted_config"):
         Forgetful()
+
+
+@pytest.mark.parametrize("name", ["audio_fn_linear", "functionals_ridge"])
+def test_test_only_scores_a_checkpoint_where_no_train_split_exists(pipeline_root, name, tmp_path):
+    """A standardised model's checkpoint scored on a corpus that is all test: the inputs come
+    from the statistics it carries (no train clip to refit them on), and each clip's score is
+    the one the pipeline gave it."""
+    root = tmp_path / "corpus"
+    shutil.copytree(pipeline_root, root, ignore=shutil.ignore_patterns("mlruns", "*.db"))
+    manifest = pd.read_parquet(root / "data" / "manifest.parquet")
+    manifest.assign(split="test").to_parquet(root / "data" / "manifest.parquet", index=False)
+    before = pd.read_parquet(pipeline_root / "data" / "predictions" / f"{name}.parquet")
+    saved = tmp_path / "best.pt"
+    shutil.copyfile(pipeline_root / "data" / "models" / name / "best.pt", saved)
+    params = dataclasses.replace(quick_train_params([name]), test_only=True, resume=str(saved))
+    train.run(params, BaseParams(workers=1), root=root, models=[name])
+    after = pd.read_parquet(root / "data" / "predictions" / f"{name}.parquet")
+    merged = before.merge(after, on="video_id", suffixes=("", "_new"))
+    assert len(merged) == len(before)
+    for trait in ("O", "C", "E", "A", "N"):
+        np.testing.assert_allclose(merged[trait], merged[f"{trait}_new"], atol=1e-6)

@@ -169,3 +169,13 @@ def test_batch_report_png_is_written_atomically(tmp_path, monkeypatch):
         predict.write_report(_result(0.9), report)
     assert report.read_bytes() == old and [p.name for p in tmp_path.iterdir()] == ["clip.png"]
     assert old[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_checkpoint_without_inputs_is_chosen_by_its_models_inputs(tmp_path):
+    """Model choice reads a checkpoint's registered inputs when it lists none (load_checkpoint
+    fills them the same way): an audio model is no candidate for a silent clip."""
+    from stages.predict_model import _inputs_of
+
+    path = save_checkpoint(tmp_path / "best.pt", model=build_model("logmel_cnn"),
+                           model_name="logmel_cnn", train_mean=[0.5] * 5, inputs=[])
+    assert _inputs_of(path) == {"logmel"}

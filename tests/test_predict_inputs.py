@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -148,3 +149,28 @@ def test_predict_warns_that_a_file_looks_truncated(truncated, tmp_path, capsys):
     assert "the video ends at 0.7 s of its declared 2.4 s: the file looks truncated" in \
         result["warnings"]
     assert "looks truncated" in capsys.readouterr().out
+
+
+def test_audio_running_past_the_video_is_not_truncation(tmp_path):
+    """Matroska declares no per-stream duration, and its container's covers the audio: a whole
+    5 s video beside 8 s of audio must not read as a cut-off file."""
+    import av
+
+    path = tmp_path / "long_audio.mkv"
+    with av.open(str(path), "w", format="matroska") as out:
+        video = out.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 64, "yuv420p"
+        audio = out.add_stream("aac", rate=48000)
+        for i in range(125):  # 5 s
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), i, np.uint8), format="rgb24")
+            out.mux(video.encode(frame))
+        out.mux(video.encode())
+        for start in range(0, 8 * 48000, 1024):  # 8 s
+            samples = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="flt",
+                                                 layout="mono")
+            samples.sample_rate, samples.pts = 48000, start
+            out.mux(audio.encode(samples))
+        out.mux(audio.encode())
+    report: dict = {}
+    assert list(iter_frames(path, report=report, fps=4.0, max_side=64))
+    assert not report["truncated"] and not ends_short(*stream_extent(path))

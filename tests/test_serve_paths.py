@@ -98,3 +98,26 @@ def test_a_relative_root_is_refused_when_the_model_loads(monkeypatch):
     with pytest.raises(StageInputError, match="PERSONALITY_VIDEO_ROOT: 'videos' is not an "
                                               "absolute folder"):
         loaded_scorer()
+
+
+def test_the_input_example_folder_is_served_while_mlflow_checks_it(monkeypatch, tmp_path):
+    """register's input example is scored, not refused, whatever PERSONALITY_VIDEO_ROOT says;
+    the variable is as it was afterwards."""
+    from stages import serve
+
+    monkeypatch.setenv(serve.VIDEO_ROOT_ENV, "/srv/videos")
+    seen = {}
+
+    class FakePyfunc:
+        @staticmethod
+        def log_model(**kwargs):
+            seen["roots"] = os.environ[serve.VIDEO_ROOT_ENV]
+            return "info"
+
+    class FakeMlflow:
+        pyfunc = FakePyfunc
+
+    clip = tmp_path / "clips" / "a.mp4"
+    assert serve.log_pyfunc(FakeMlflow, tmp_path / "best.pt", tmp_path, str(clip)) == "info"
+    assert seen["roots"] == os.pathsep.join(["/srv/videos", str(clip.parent)])
+    assert os.environ[serve.VIDEO_ROOT_ENV] == "/srv/videos"
