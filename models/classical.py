@@ -130,7 +130,7 @@ def _statistics(values: np.ndarray, fit_rows: np.ndarray, cfg: FunctionalsSource
     return mean, np.where(std > 1e-8, std, 1.0)
 
 
-@register_source("functionals")
+@register_source("functionals", options=FunctionalsSourceConfig)
 def functionals_source(*, root: Path, video_ids: list[str], config: dict) -> FunctionalsSource:
     """data/functionals for `video_ids`, standardised with the train split's statistics."""
     import pyarrow.parquet as pq

@@ -12,12 +12,14 @@ keys it reads; `build_sources` finds, for each key, the builder registered for i
 needed builder once. Builders register with `@register_source(*keys)` in a module listed in
 `_SOURCE_MODULES` (imported lazily on the first lookup; models/data_av.py is optional):
 
-    @register_source("aus", "aus_mask")
+    @register_source("aus", "aus_mask", options=AUSourceConfig)
     def au_source(*, root: Path, video_ids: list[str], config: dict) -> InputSource: ...
 
 `config` is the merge of `train.source_config[key]` over the builder's keys (in the order they were
 registered), so `source_config: {aus: {seq_len: 64}}` reaches the AU builder as `{"seq_len": 64}`.
-An unknown option fails with its name.
+An unknown option fails with its name; `check_source_options(keys, config)` reads a config into
+the builders' `options` dataclasses without reading any data (predict checks a checkpoint's
+config that way before its front-end runs).
 
 The protocol the training engine relies on (models/engine.py):
 
@@ -138,19 +140,22 @@ def check_inference_parity(sources: Sequence[InputSource], config: dict, *, root
 class _Registration:
     keys: tuple[str, ...]
     builder: Builder
+    options: type | None = None  # the builder's config dataclass (check_source_options)
 
 
 _BUILDERS: dict[str, _Registration] = {}  # sample key -> the builder that fills it
 _LOADED = False
 
 
-def register_source(*keys: str) -> Callable[[Builder], Builder]:
-    """Decorator: register `builder(*, root, video_ids, config) -> InputSource` for `keys`."""
+def register_source(*keys: str, options: type | None = None) -> Callable[[Builder], Builder]:
+    """Decorator: register `builder(*, root, video_ids, config) -> InputSource` for `keys`;
+    `options` is the dataclass its config is read into (source_options), so that a config can be
+    checked before any data is read (check_source_options)."""
     if not keys or not all(isinstance(k, str) and k.isidentifier() for k in keys):
         raise ValueError(f"register_source needs sample key names, got {keys!r}")
 
     def decorator(builder: Builder) -> Builder:
-        reg = _Registration(tuple(keys), builder)
+        reg = _Registration(tuple(keys), builder, options)
         for key in keys:
             prior = _BUILDERS.get(key)
             if prior is not None and (prior.builder.__module__, prior.builder.__qualname__) != (
@@ -184,15 +189,10 @@ def source_keys() -> list[str]:
     return sorted(_BUILDERS)
 
 
-def build_sources(input_keys: Iterable[str], *, root: str | Path, video_ids: Sequence[str],
-                  config: dict | None = None) -> list[InputSource]:
-    """One source per builder, together covering `input_keys` (a model's `inputs`).
-
-    config: `{key: {option: value}}` (train.source_config); each builder receives the merge of
-    its keys' entries. SourceError names a key that no module provides.
-    """
+def _registrations(input_keys: Iterable[str]) -> list[_Registration]:
+    """The builders that together fill `input_keys`, each once; SourceError names a key that no
+    module provides."""
     _load_modules()
-    config = dict(config or {})
     chosen: list[_Registration] = []
     for key in input_keys:
         reg = _BUILDERS.get(key)
@@ -202,16 +202,40 @@ def build_sources(input_keys: Iterable[str], *, root: str | Path, video_ids: Seq
                               f"{', '.join(_SOURCE_MODULES)})")
         if reg not in chosen:
             chosen.append(reg)
-    sources = []
-    for reg in chosen:
-        merged: dict = {}
-        for key in reg.keys:
-            entry = config.get(key) or {}
-            if not isinstance(entry, dict):
-                raise SourceError(f"source_config.{key}: expected a mapping, got {entry!r}")
-            merged.update(entry)
-        sources.append(reg.builder(root=Path(root), video_ids=list(video_ids), config=merged))
-    return sources
+    return chosen
+
+
+def _merged_config(reg: _Registration, config: dict) -> dict:
+    """The merge of `config`'s entries for the keys `reg` fills."""
+    merged: dict = {}
+    for key in reg.keys:
+        entry = config.get(key) or {}
+        if not isinstance(entry, dict):
+            raise SourceError(f"source_config.{key}: expected a mapping, got {entry!r}")
+        merged.update(entry)
+    return merged
+
+
+def check_source_options(input_keys: Iterable[str], config: dict | None) -> None:
+    """Read `config` into each needed source's options dataclass without touching any data: an
+    unknown option or a bad value is a SourceError naming it now, not after the front-end ran."""
+    config = dict(config or {})
+    for reg in _registrations(input_keys):
+        if reg.options is not None:
+            source_options(reg.options, _merged_config(reg, config), f"source_config.{reg.keys[0]}")
+
+
+def build_sources(input_keys: Iterable[str], *, root: str | Path, video_ids: Sequence[str],
+                  config: dict | None = None) -> list[InputSource]:
+    """One source per builder, together covering `input_keys` (a model's `inputs`).
+
+    config: `{key: {option: value}}` (train.source_config); each builder receives the merge of
+    its keys' entries. SourceError names a key that no module provides.
+    """
+    config = dict(config or {})
+    return [reg.builder(root=Path(root), video_ids=list(video_ids),
+                        config=_merged_config(reg, config))
+            for reg in _registrations(input_keys)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -237,7 +261,10 @@ def source_options(cls: type, config: dict, prefix: str) -> Any:
     if unknown:
         raise SourceError(f"{prefix}.{unknown[0]}: unknown source option "
                           f"(known: {', '.join(sorted(names))})")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+    try:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+    except (SourceError, TypeError, ValueError) as exc:  # __post_init__'s checks, wrong types
+        raise SourceError(f"{prefix}: {exc}") from None
 
 
 def au_windows(n: int, seq_len: int, views: int) -> list[int]:
@@ -331,7 +358,7 @@ def _read_sequences(path: Path, name: str, group: Sequence[str], ids: set[str]) 
     return out
 
 
-@register_source("aus", "aus_mask")
+@register_source("aus", "aus_mask", options=AUSourceConfig)
 def au_source(*, root: Path, video_ids: list[str], config: dict) -> AUSource:
     """data/aus (and data/augmented when `augmented`) for `video_ids` under `root`."""
     cfg = source_options(AUSourceConfig, config, "source_config.aus")

@@ -294,14 +294,14 @@ def _no_aug(cfg: Any) -> Any:
     return dataclasses.replace(cfg, augment="none")
 
 
-@register_source("face")
+@register_source("face", options=ImageSourceConfig)
 def face_source(*, root: Path, video_ids: list[str], config: dict) -> ImageSource:
     """data/faces crops (face_found only) for `video_ids`."""
     cfg = source_options(ImageSourceConfig, config, "source_config.face")
     return ImageSource("face", _image_store(root, "faces", cfg, video_ids), cfg)
 
 
-@register_source("frame")
+@register_source("frame", options=ImageSourceConfig)
 def frame_source(*, root: Path, video_ids: list[str], config: dict) -> ImageSource:
     """data/frames full frames (shorter side -> size, centre square) for `video_ids`."""
     cfg = source_options(ImageSourceConfig, config, "source_config.frame")
@@ -373,7 +373,7 @@ class FaceSeqSource(ImageSource):
         return {"face_seq": normalise_images(clips)}
 
 
-@register_source("face_seq")
+@register_source("face_seq", options=FaceSeqSourceConfig)
 def face_seq_source(*, root: Path, video_ids: list[str], config: dict) -> FaceSeqSource:
     """Clips of data/faces crops (face_found only) for `video_ids`."""
     cfg = source_options(FaceSeqSourceConfig, config, "source_config.face_seq")
@@ -518,7 +518,7 @@ class LogmelSource(_AudioBase):
         return {"logmel": torch.from_numpy(np.stack(views))}  # (V, M, L)
 
 
-@register_source("logmel")
+@register_source("logmel", options=LogmelSourceConfig)
 def logmel_source(*, root: Path, video_ids: list[str], config: dict) -> LogmelSource:
     cfg = source_options(LogmelSourceConfig, config, "source_config.logmel")
     t = _read_audio(root, cfg.path, video_ids, ["has_audio", "silent", "error", "n_frames",
@@ -602,7 +602,7 @@ class WaveSource(_AudioBase):
         return {"wave": self._float(x, video_id, max((len(x) - L) // 2, 0), L)[None]}  # (1, L)
 
 
-@register_source("wave")
+@register_source("wave", options=WaveSourceConfig)
 def wave_source(*, root: Path, video_ids: list[str], config: dict) -> WaveSource:
     cfg = source_options(WaveSourceConfig, config, "source_config.wave")
     t = _read_audio(root, cfg.path, video_ids, ["has_audio", "error", "wave", "wave_scale",
@@ -662,7 +662,7 @@ class AudioFnSource(_AudioBase):
         return {"audio_fn": self._vec(video_id)[None]}  # (1, F)
 
 
-@register_source("audio_fn")
+@register_source("audio_fn", options=AudioFnSourceConfig)
 def audio_fn_source(*, root: Path, video_ids: list[str], config: dict) -> AudioFnSource:
     cfg = source_options(AudioFnSourceConfig, config, "source_config.audio_fn")
     folder = root / (cfg.path or "data/audio")

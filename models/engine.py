@@ -36,8 +36,9 @@ exactly as before.
 
 Where things are: the knobs and their validation in models/solver.py (TrainConfig), devices and DDP
 in models/distributed.py, views and batches in models/batching.py, checkpoint I/O in
-models/checkpoints.py; this module holds the loop and re-exports those names, so
-`from models.engine import ...` finds every one of them.
+models/checkpoints.py, inference (predict_videos, evaluate) in models/inference.py; this module
+holds the loop and re-exports those names, so `from models.engine import ...` finds every one
+of them.
 """
 from __future__ import annotations
 
@@ -62,10 +63,10 @@ from models.data import InputSource
 from models.distributed import (all_ranks_loss, barrier, broadcast, init_distributed,
                                 resolve_device, shard_indices, shutdown_distributed, sync_buffers,
                                 wrap_ddp)
-from models.metrics import bin_metrics, regression_metrics
+from models.inference import autocast as _autocast
+from models.inference import evaluate, predict_videos
 from models.solver import METRIC_MODES, EngineError, Solver, TrainConfig, metric_is_better
 from personality.common import get_logger, progress
-from personality.schemas import TRAITS
 
 __all__ = ["TrainConfig", "Solver", "EngineError", "seed_everything", "resolve_device",
            "TrainViews", "collate", "merge_views", "make_optimizer", "make_scheduler",
@@ -96,11 +97,6 @@ def seed_everything(seed: int, *, deterministic: bool = True) -> None:
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
 
-
-
-def _autocast(device: torch.device, amp: bool):
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                          enabled=bool(amp and device.type == "cuda"))
 
 
 
@@ -164,94 +160,6 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
         n += len(targets)
         steps += 1
     return {"loss": total / max(n, 1), "n_samples": n, "n_steps": steps}
-
-
-# --------------------------------------------------------------------------------------------------
-# inference and evaluation
-
-
-@torch.inference_mode()
-def predict_videos(model: nn.Module, sources: Sequence[InputSource], video_ids: Sequence[str], *,
-                   batch_size: int = 64, device: str | torch.device = "cpu", amp: bool = False,
-                   return_proba: bool = False):
-    """Video-level predictions: every eval view of every video, decoded, averaged over views.
-
-    Returns (n, 5) float64 in [0, 1]; with `return_proba`, also (n, 5, 5) mean per-bin
-    probabilities, or None when the model has no `proba` (regression head)."""
-    device = resolve_device(device)
-    model.eval()
-    n = len(video_ids)
-    sums = np.zeros((n, len(TRAITS)))
-    counts = np.zeros(n)
-    proba_sums: np.ndarray | None = None
-    has_proba = return_proba and hasattr(model, "proba")
-    items: list[dict[str, Tensor]] = []
-    owners: list[int] = []
-
-    def flush() -> None:
-        nonlocal proba_sums
-        if not items:
-            return
-        batch = to_device(collate(items), device, device.type == "cuda")
-        with _autocast(device, amp):
-            outputs = model(batch)
-        scores = model.decode(outputs).float().cpu().numpy()  # (b, 5)
-        idx = np.asarray(owners)
-        np.add.at(sums, idx, scores)
-        np.add.at(counts, idx, 1)
-        if has_proba:
-            p = model.proba(outputs)
-            if p is not None:
-                p = p.float().cpu().numpy()  # (b, 5, 5)
-                if proba_sums is None:
-                    proba_sums = np.zeros((n, *p.shape[1:]))
-                np.add.at(proba_sums, idx, p)
-        items.clear()
-        owners.clear()
-
-    pending_shapes: tuple = ()
-    for i, vid in enumerate(video_ids):
-        views = merge_views([s.eval_items(vid) for s in sources], vid)
-        V = next(iter(views.values())).shape[0]
-        for v in range(V):
-            item = {k: t[v] for k, t in views.items()}
-            shapes = _unmasked_shapes(item)  # no zero padding to a batch-mate's length: it'd
-            # enter the pooling of an input without a mask, the score depending on the batch
-            if items and shapes != pending_shapes:
-                flush()
-            pending_shapes = shapes
-            items.append(item)
-            owners.append(i)
-            if len(items) >= batch_size:
-                flush()
-    flush()
-    preds = sums / np.maximum(counts, 1)[:, None]
-    if not return_proba:
-        return preds
-    proba = proba_sums / np.maximum(counts, 1)[:, None, None] if proba_sums is not None else None
-    return preds, proba
-
-
-def _unmasked_shapes(item: Mapping[str, Tensor]) -> tuple:  # (key, shape) of unmasked inputs
-    return tuple((k, tuple(t.shape)) for k, t in sorted(item.items())
-                 if not k.endswith("_mask") and f"{k}_mask" not in item)
-
-
-def _flat_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    reg = regression_metrics(y_true, y_pred)
-    out = {k: reg["mean"][k] for k in ("ccc", "pcc", "mae", "acc", "mse", "r2")}
-    out.update({f"ccc_{t}": reg[t]["ccc"] for t in TRAITS})
-    out["bin_accuracy"] = bin_metrics(y_true, y_pred)["mean"]["accuracy"]
-    return out
-
-
-def evaluate(model: nn.Module, sources: Sequence[InputSource], video_ids: Sequence[str],
-             targets: np.ndarray, *, batch_size: int = 64, device: str | torch.device = "cpu",
-             amp: bool = False) -> dict[str, float]:
-    """Video-level metrics of `model` on `video_ids`: mean ccc, pcc, mae, acc, mse, r2 over traits,
-    ccc_<trait>, bin_accuracy (PerFeX's 5 bins). NaN targets drop that row for that trait."""
-    preds = predict_videos(model, sources, video_ids, batch_size=batch_size, device=device, amp=amp)
-    return _flat_metrics(np.asarray(targets, dtype=np.float64), preds)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -367,9 +275,30 @@ def _resume(t: _Trainer, path: str | os.PathLike, desc: str) -> _Progress:
         best = read_checkpoint(t.out / "best.pt")
         if int(best.get("best_epoch", -1)) == state.best_epoch:
             state.best_state = best["state_dict"]
+    if state.best_state is None:
+        _best_is_resumed_epoch(t, state, int(ckpt["epoch"]), path)
     log.info("%s: resuming from %s at epoch %d (best %s=%.4f at epoch %d)", desc, path,
              state.start, t.cfg.val_metric, state.best_metric, state.best_epoch)
     return state
+
+
+def _best_is_resumed_epoch(t: _Trainer, state: _Progress, epoch: int, path) -> None:
+    """The best epoch's weights are in neither the resumed checkpoint nor out_dir/best.pt: the
+    resumed epoch's weights become the best so far, with that epoch's own val metric, so that the
+    reported best epoch is always the one whose weights are kept and scored."""
+    row = next((h for h in state.history if int(h.get("epoch", -1)) == epoch), {})
+    if t.has_val:
+        value = row.get(f"val_{t.cfg.val_metric}", math.nan)
+    else:
+        loss = row.get("train_loss", math.nan)
+        value = -loss if METRIC_MODES[t.cfg.val_metric] == "max" else loss
+    log.warning("%s: the weights of best epoch %d are not there (nor in best.pt beside it); the "
+                "best so far is the resumed epoch %d (%s=%.4f)", path, state.best_epoch, epoch,
+                t.cfg.val_metric, float(value))
+    state.best_epoch, state.best_metric = epoch, float(value)
+    state.best_state = copy.deepcopy(t.model.state_dict())
+    if t.out is not None and t.writes:  # out_dir/best.pt holds the weights the report names
+        _checkpoint(t, state, "best.pt", epoch)
 
 
 def _checkpoint(t: _Trainer, state: _Progress, name: str, epoch: int) -> None:

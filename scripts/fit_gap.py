@@ -9,6 +9,10 @@ A model far above its val CCC on train has learnt its training clips (memorised 
 stays low on train has not fitted even those (optimisation, inputs or capacity). Prints a markdown
 table and writes bench/results/fit_gap.json. Reads data/ and data/models/<model>/best.pt; writes
 no pipeline output (the ridges are fitted into a temporary folder).
+
+Every CCC carries its 95% interval over subject resamples (models/bootstrap.py, evaluate's
+`bootstrap` count and base.seed from params.yaml), and each split's gap (model - ridge) is paired:
+both scored on the same clips and resamples, with the share of resamples the model wins.
 """
 from __future__ import annotations
 
@@ -32,10 +36,11 @@ MODALITY = {"aus": ("AU",), "face": VISUAL, "face_seq": VISUAL, "frame": VISUAL,
             "logmel": VOCAL, "audio_fn": VOCAL, "wave": VOCAL, "functionals": ()}
 
 
-def split_scores(net, ckpt: dict, manifest, root: Path) -> dict[str, float]:
-    """{split: mean CCC} of a checkpoint's model over the labelled clips of each split."""
+def split_predictions(net, ckpt: dict, manifest, root: Path) -> dict[str, dict]:
+    """{split: {"ids", "y" (n, 5), "pred" (n, 5), "subjects" (n,)}} of a checkpoint's model over
+    the labelled clips of each split it has inputs for."""
     from models.data import build_sources, for_inference
-    from models.engine import evaluate
+    from models.engine import predict_videos
 
     out = {}
     for split in ("train", "val", "test"):
@@ -43,14 +48,16 @@ def split_scores(net, ckpt: dict, manifest, root: Path) -> dict[str, float]:
         sources = build_sources(ckpt["inputs"], root=root, video_ids=list(rows["video_id"]),
                                 config=for_inference(ckpt.get("source_config")))
         ids = [v for v in rows["video_id"] if all(s.has(v) for s in sources)]
-        y = rows.set_index("video_id").loc[ids, list(TRAITS)].to_numpy(np.float64)
-        out[split] = evaluate(net, sources, ids, y)["ccc"]
+        by_id = rows.set_index("video_id").loc[ids]
+        out[split] = {"ids": ids, "y": by_id[list(TRAITS)].to_numpy(np.float64),
+                      "pred": np.asarray(predict_videos(net, sources, ids), dtype=np.float64),
+                      "subjects": by_id["subject_id"].astype(str).to_numpy()}
     return out
 
 
-def ridge_on(prefixes: tuple[str, ...], manifest, root: Path) -> dict[str, float]:
+def ridge_on(prefixes: tuple[str, ...], manifest, root: Path) -> dict[str, dict]:
     """functionals_ridge fitted on the train split with only the columns starting with
-    `prefixes` (() = all): {split: mean CCC}."""
+    `prefixes` (() = all): split_predictions of the fitted ridge."""
     from models.classical import fit_closed_form
     from models.data import build_sources, for_inference
     from models.engine import load_checkpoint
@@ -69,16 +76,60 @@ def ridge_on(prefixes: tuple[str, ...], manifest, root: Path) -> dict[str, float
                         meta={"model_name": "functionals_ridge", "inputs": ["functionals"],
                               "source_config": for_inference(config, sources)})
         net, ckpt = load_checkpoint(Path(tmp) / "best.pt")
-        return split_scores(net, ckpt, manifest, root)
+        return split_predictions(net, ckpt, manifest, root)
+
+
+def compare(model: dict, ridge: dict, *, n_boot: int, seed: int, level: float) -> dict:
+    """One split, model against ridge on the clips both score, over the same subject resamples:
+    {"model": ccc, "model_ci", "ridge", "ridge_ci", "gap_ci" (model - ridge), "p_model_better",
+     "clips", "subjects"}; ccc is the mean over traits of the per-trait CCC."""
+    from models.bootstrap import bootstrap_scores, interval, paired, subject_resamples
+
+    where = {v: i for i, v in enumerate(ridge["ids"])}
+    keep = [i for i, v in enumerate(model["ids"]) if v in where]
+    other = [where[model["ids"][i]] for i in keep]
+    y, subjects = model["y"][keep], model["subjects"][keep]
+    preds = {"model": model["pred"][keep], "ridge": ridge["pred"][other]}
+    point = bootstrap_scores(y, preds, [np.arange(len(keep))])
+    rows = subject_resamples(subjects, n_boot=n_boot, seed=seed)
+    boot = bootstrap_scores(y, preds, rows)
+    vs = paired(boot["model"], boot["ridge"], level=level)
+    out = {"clips": len(keep), "subjects": int(len(set(subjects))),
+           "gap_ci": vs["delta_ccc"], "p_model_better": vs["p_better"]}
+    for name in preds:
+        out[name] = float(np.nanmean(point[name]["ccc"][0]))
+        out[f"{name}_ci"] = interval(boot[name]["ccc"].mean(axis=1), level=level)
+    return out
+
+
+def _cell(value: float, ci: list[float]) -> str:
+    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def print_table(rows: list[dict]) -> None:
+    """The markdown table: each split's model CCC, ridge CCC and paired gap, with intervals."""
+    print("| model | inputs | ridge columns | split | model CCC [95% CI] | ridge CCC [95% CI] | "
+          "gap [95% CI] | P(model better) |\n|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        for split in ("train", "val", "test"):
+            c = r["splits"][split]
+            print(f"| {r['model']} | {', '.join(r['inputs'])} | {'+'.join(r['ridge_columns'])} | "
+                  f"{split} | {_cell(c['model'], c['model_ci'])} | "
+                  f"{_cell(c['ridge'], c['ridge_ci'])} | [{c['gap_ci'][0]:+.3f}, "
+                  f"{c['gap_ci'][1]:+.3f}] | {c['p_model_better']:.2f} |")
 
 
 def main(argv: list[str] | None = None) -> int:
     from models.engine import load_checkpoint
-    from personality.common import experiment_models, find_checkpoint, read_artifact
+    from personality.common import (experiment_models, find_checkpoint, load_params_file,
+                                     read_artifact)
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="*", default=None)
     args = parser.parse_args(argv)
+    params = load_params_file(ROOT / "params.yaml")
+    boot = {"n_boot": int(params["evaluate"]["bootstrap"]), "seed": int(params["base"]["seed"]),
+            "level": float(params["evaluate"]["ci_level"])}
     manifest = read_artifact("manifest", path=ROOT / "data" / "manifest.parquet")
     rows, ridges = [], {}
     for model in args.models or experiment_models():
@@ -89,19 +140,15 @@ def main(argv: list[str] | None = None) -> int:
             prefixes = ()
         if prefixes not in ridges:
             ridges[prefixes] = ridge_on(prefixes, manifest, ROOT)
-        rows.append({"model": model, "inputs": inputs, **split_scores(net, ckpt, manifest, ROOT),
-                     "ridge_columns": list(prefixes) or ["all"],
-                     **{f"ridge_{k}": v for k, v in ridges[prefixes].items()}})
+        own = split_predictions(net, ckpt, manifest, ROOT)
+        rows.append({"model": model, "inputs": inputs, "ridge_columns": list(prefixes) or ["all"],
+                     "splits": {split: compare(own[split], ridges[prefixes][split], **boot)
+                                for split in own}})
         print(f"{model}: done", file=sys.stderr, flush=True)
-    print("| model | inputs | train | val | test | ridge on its modality's functionals "
-          "(train / val / test) |\n|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['model']} | {', '.join(r['inputs'])} | {r['train']:.3f} | {r['val']:.3f} | "
-              f"{r['test']:.3f} | {'+'.join(r['ridge_columns'])}: {r['ridge_train']:.3f} / "
-              f"{r['ridge_val']:.3f} / {r['ridge_test']:.3f} |")
+    print_table(rows)
     out = ROOT / "bench" / "results" / "fit_gap.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=2))
+    out.write_text(json.dumps({"bootstrap": boot, "rows": rows}, indent=2))
     print(f"wrote {out.relative_to(ROOT)}")
     return 0
 

@@ -170,7 +170,7 @@ def load_model(path: Path) -> LoadedModel:
     one line naming it, whatever went wrong inside (a foreign model_config, a wrong shape, no or
     unknown inputs, a bad source_config)."""
     from models.checkpoints import load_checkpoint, require_finished
-    from models.data import for_inference, source_keys
+    from models.data import check_source_options, for_inference, source_keys
     from models.engine import EngineError
 
     try:
@@ -184,6 +184,7 @@ def load_model(path: Path) -> LoadedModel:
             raise EngineError(f"{path}: unknown model input(s) {', '.join(unknown)} (known: "
                               f"{', '.join(source_keys())})")
         config = for_inference(ckpt.get("source_config"))
+        check_source_options(needs, config)  # a bad option now, not after the front-end
     except MemoryError:  # the machine's, not the file's
         raise
     except Exception as exc:  # noqa: BLE001 - anything a foreign file triggers: one line

@@ -7,6 +7,8 @@ The task: a clip's AU01 level sets trait O and its AU12 level trait E (the other
 """
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -219,6 +221,29 @@ def test_resume_continues_exactly_where_it_stopped(task, tmp_path):
     assert resumed["best_epoch"] == straight["best_epoch"]
     for a, b in zip(model_a.state_dict().values(), model_b.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_resume_without_the_best_weights_reports_the_weights_it_keeps(task, tmp_path):
+    # lr ~0: epoch 1 stays the best; a resume from last.pt (epoch 3) moved to a folder without
+    # best.pt has no weights of epoch 1, so the resumed epoch becomes the best, and best.pt says so
+    _, paused = train(task, tmp_path / "b", epochs=3, lr=1e-12, schedule="none")
+    assert paused["best_epoch"] == 1
+    (tmp_path / "c").mkdir()
+    shutil.copyfile(tmp_path / "b" / "last.pt", tmp_path / "c" / "resume.pt")
+    model = build_model("perfex_cnn", **TINY)
+    resumed = fit(model, task["sources"], train_ids=task["train"][0],
+                  train_targets=task["train"][1], val_ids=task["val"][0],
+                  val_targets=task["val"][1], config=cfg(epochs=3, lr=1e-12, schedule="none"),
+                  out_dir=tmp_path / "c", resume=tmp_path / "c" / "resume.pt",
+                  meta={"model_name": "perfex_cnn"})
+    assert resumed["best_epoch"] == 3
+    assert resumed["best_metric"] == paused["history"][2]["val_ccc"]
+    best = torch.load(tmp_path / "c" / "best.pt", weights_only=True)
+    last = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    assert best["best_epoch"] == 3
+    for key, value in last["state_dict"].items():
+        assert torch.equal(best["state_dict"][key], value)
+        assert torch.equal(model.state_dict()[key], value)
 
 
 def test_early_stopping_stops(task):

@@ -43,6 +43,8 @@ def bad_checkpoints(good, tmp_path) -> dict:
                               state_dict={**state, first: torch.zeros(3, 3, 3)}),
         "unknown_input": tampered(good, tmp_path, "unknown_input", inputs=["no_such_source"]),
         "srccfg_str": tampered(good, tmp_path, "srccfg_str", source_config="aus"),
+        "unknown_option": tampered(good, tmp_path, "unknown_option",
+                                   source_config={"aus": {"no_such_option": 1}}),
         "unfinished": tampered(good, tmp_path, "unfinished", finished=False, epoch=3),
         "text": _text_file(tmp_path / "text.pt"),
     }
@@ -86,11 +88,29 @@ def test_a_source_config_that_fails_to_build_names_the_checkpoint(good, tmp_path
     """Errors raised while building the checkpoint's inputs for the clip name the checkpoint."""
     from models.engine import EngineError
 
-    bad = tampered(good, tmp_path, "bad_option", source_config={"aus": {"no_such_option": 1}})
-    loaded = predict.load_model(bad)  # the option is only looked at when sources are built
-    with pytest.raises(EngineError, match="bad_option.pt") as info:
+    bad = tampered(good, tmp_path, "no_aus", source_config={"aus": {"aus_path": "nowhere"}})
+    loaded = predict.load_model(bad)  # a valid option; what it points at is read when built
+    with pytest.raises(EngineError, match="no_aus.pt") as info:
         predict.model_scores(loaded, tmp_path, "clip", tmp_path / "clip.mp4")
-    assert "no_such_option" in str(info.value)
+    assert "nowhere" in str(info.value)
+
+
+def test_a_bad_source_option_or_value_is_refused_when_the_checkpoint_is_read(good, tmp_path):
+    """Unknown options and invalid values are found without data (before the front-end)."""
+    from models.data import SourceError, check_source_options
+    from models.engine import EngineError
+
+    bad = tampered(good, tmp_path, "bad_option", source_config={"aus": {"no_such_option": 1}})
+    with pytest.raises(EngineError, match="bad_option.pt.*no_such_option"):
+        predict.load_model(bad)
+    with pytest.raises(SourceError, match="source_config.logmel: .*eval_mode"):
+        check_source_options(["logmel"], {"logmel": {"eval_mode": "bogus"}})
+    with pytest.raises(SourceError, match="source_config.face: .*size >= 8"):
+        check_source_options(["face"], {"face": {"size": -1}})
+    with pytest.raises(SourceError, match="source_config.face: "):
+        check_source_options(["face"], {"face": {"size": "big"}})  # a wrong type
+    check_source_options(["aus", "aus_mask", "logmel", "functionals"],
+                         {"aus": {"seq_len": 16}, "logmel": {"eval_mode": "crops"}})
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,16 @@
-"""The experiment scripts' own logic (scripts/zoo.py, scripts/cv.py) without running DVC."""
+"""The experiment scripts' own logic (scripts/zoo.py, scripts/cv.py, scripts/fit_gap.py) without
+running DVC or training."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from cv import fold_experiments, markdown, seed_experiments  # noqa: E402
+from fit_gap import compare  # noqa: E402
 from zoo import queue_states  # noqa: E402
 
 # what dvc 3.67 prints: active tasks first, then finished ones in the order they finished
@@ -132,3 +136,30 @@ def test_zoo_rows_carry_the_test_interval(monkeypatch, capsys):
     assert rows[0]["test_ccc_ci"] == [0.05, 0.31]
     zoo.print_table(rows)
     assert "0.200 [0.050, 0.310]" in capsys.readouterr().out
+
+
+def _split(ids, y, pred, subjects):
+    return {"ids": list(ids), "y": np.asarray(y, float), "pred": np.asarray(pred, float),
+            "subjects": np.asarray(subjects, dtype=str)}
+
+
+def test_fit_gap_pairs_model_and_ridge_on_the_same_clips_with_intervals():
+    rng = np.random.default_rng(0)
+    n = 60
+    y = rng.uniform(0.2, 0.8, size=(n, 5))
+    subjects = np.repeat(np.arange(12), 5)
+    ids = [f"v{i}" for i in range(n)]
+    model = _split(ids[:50], y[:50], y[:50] + rng.normal(0, 0.02, (50, 5)), subjects[:50])
+    # the ridge scores every clip, in another order, and badly: the gap is paired on 50 clips
+    order = rng.permutation(n)
+    ridge = _split([ids[i] for i in order], y[order], rng.uniform(0.2, 0.8, (n, 5)),
+                   subjects[order])
+    c = compare(model, ridge, n_boot=200, seed=1, level=0.95)
+    assert c["clips"] == 50 and c["subjects"] == 10
+    assert c["model"] > 0.9 and abs(c["ridge"]) < 0.3
+    assert c["model_ci"][0] <= c["model"] <= c["model_ci"][1]
+    assert c["ridge_ci"][0] < c["ridge_ci"][1] and c["gap_ci"][0] > 0.5
+    assert c["p_model_better"] == 1.0
+    # scored against itself, the gap is exactly 0 and a coin flip
+    same = compare(model, model, n_boot=50, seed=1, level=0.95)
+    assert same["gap_ci"] == [0.0, 0.0] and same["p_model_better"] == 0.5

@@ -1,0 +1,114 @@
+"""Video-level inference: every eval view of every video, decoded and averaged (predict_videos),
+and the metrics of those predictions against labels (evaluate).
+
+    from models.inference import predict_videos, evaluate
+    preds = predict_videos(model, sources, ids, batch_size=64, device="cpu")      # (n, 5) in [0, 1]
+    metrics = evaluate(model, sources, ids, targets)                             # {"ccc": ...}
+
+models/engine.py re-exports both (`from models.engine import predict_videos`); the training loop
+validates with `evaluate`, and predict, train's test split and serve all score through
+`predict_videos`, so a clip gets one score whichever path asks for it.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from models.batching import collate, merge_views, to_device
+from models.data import InputSource
+from models.distributed import resolve_device
+from models.metrics import bin_metrics, regression_metrics
+from personality.schemas import TRAITS
+
+
+def autocast(device: torch.device, amp: bool):
+    """bf16 autocast on CUDA when `amp`; a no-op context elsewhere."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                          enabled=bool(amp and device.type == "cuda"))
+
+
+@torch.inference_mode()
+def predict_videos(model: nn.Module, sources: Sequence[InputSource], video_ids: Sequence[str], *,
+                   batch_size: int = 64, device: str | torch.device = "cpu", amp: bool = False,
+                   return_proba: bool = False):
+    """Video-level predictions: every eval view of every video, decoded, averaged over views.
+
+    Returns (n, 5) float64 in [0, 1]; with `return_proba`, also (n, 5, 5) mean per-bin
+    probabilities, or None when the model has no `proba` (regression head)."""
+    device = resolve_device(device)
+    model.eval()
+    n = len(video_ids)
+    sums = np.zeros((n, len(TRAITS)))
+    counts = np.zeros(n)
+    proba_sums: np.ndarray | None = None
+    has_proba = return_proba and hasattr(model, "proba")
+    items: list[dict[str, Tensor]] = []
+    owners: list[int] = []
+
+    def flush() -> None:
+        nonlocal proba_sums
+        if not items:
+            return
+        batch = to_device(collate(items), device, device.type == "cuda")
+        with autocast(device, amp):
+            outputs = model(batch)
+        scores = model.decode(outputs).float().cpu().numpy()  # (b, 5)
+        idx = np.asarray(owners)
+        np.add.at(sums, idx, scores)
+        np.add.at(counts, idx, 1)
+        if has_proba:
+            p = model.proba(outputs)
+            if p is not None:
+                p = p.float().cpu().numpy()  # (b, 5, 5)
+                if proba_sums is None:
+                    proba_sums = np.zeros((n, *p.shape[1:]))
+                np.add.at(proba_sums, idx, p)
+        items.clear()
+        owners.clear()
+
+    pending_shapes: tuple = ()
+    for i, vid in enumerate(video_ids):
+        views = merge_views([s.eval_items(vid) for s in sources], vid)
+        V = next(iter(views.values())).shape[0]
+        for v in range(V):
+            item = {k: t[v] for k, t in views.items()}
+            shapes = _unmasked_shapes(item)  # no zero padding to a batch-mate's length: it'd
+            # enter the pooling of an input without a mask, the score depending on the batch
+            if items and shapes != pending_shapes:
+                flush()
+            pending_shapes = shapes
+            items.append(item)
+            owners.append(i)
+            if len(items) >= batch_size:
+                flush()
+    flush()
+    preds = sums / np.maximum(counts, 1)[:, None]
+    if not return_proba:
+        return preds
+    proba = proba_sums / np.maximum(counts, 1)[:, None, None] if proba_sums is not None else None
+    return preds, proba
+
+
+def _unmasked_shapes(item: Mapping[str, Tensor]) -> tuple:  # (key, shape) of unmasked inputs
+    return tuple((k, tuple(t.shape)) for k, t in sorted(item.items())
+                 if not k.endswith("_mask") and f"{k}_mask" not in item)
+
+
+def _flat_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    reg = regression_metrics(y_true, y_pred)
+    out = {k: reg["mean"][k] for k in ("ccc", "pcc", "mae", "acc", "mse", "r2")}
+    out.update({f"ccc_{t}": reg[t]["ccc"] for t in TRAITS})
+    out["bin_accuracy"] = bin_metrics(y_true, y_pred)["mean"]["accuracy"]
+    return out
+
+
+def evaluate(model: nn.Module, sources: Sequence[InputSource], video_ids: Sequence[str],
+             targets: np.ndarray, *, batch_size: int = 64, device: str | torch.device = "cpu",
+             amp: bool = False) -> dict[str, float]:
+    """Video-level metrics of `model` on `video_ids`: mean ccc, pcc, mae, acc, mse, r2 over traits,
+    ccc_<trait>, bin_accuracy (PerFeX's 5 bins). NaN targets drop that row for that trait."""
+    preds = predict_videos(model, sources, video_ids, batch_size=batch_size, device=device, amp=amp)
+    return _flat_metrics(np.asarray(targets, dtype=np.float64), preds)
