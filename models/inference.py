@@ -4,16 +4,19 @@ and the metrics of those predictions against labels (evaluate).
     from models.inference import predict_videos, evaluate
     preds = predict_videos(model, sources, ids, batch_size=64, device="cpu")      # (n, 5) in [0, 1]
     metrics = evaluate(model, sources, ids, targets)                             # {"ccc": ...}
+    table = predictions_table(ids, splits, preds, proba, "perfex_cnn")          # the Parquet rows
 
 models/engine.py re-exports both (`from models.engine import predict_videos`); the training loop
 validates with `evaluate`, and predict, train's test split and serve all score through
-`predict_videos`, so a clip gets one score whichever path asks for it.
+`predict_videos`, so a clip gets one score whichever path asks for it. train and retrain write
+their predictions files through `predictions_table`, so evaluate reads one layout from both.
 """
 from __future__ import annotations
 
 from typing import Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor, nn
 
@@ -90,6 +93,20 @@ def predict_videos(model: nn.Module, sources: Sequence[InputSource], video_ids: 
         return preds
     proba = proba_sums / np.maximum(counts, 1)[:, None, None] if proba_sums is not None else None
     return preds, proba
+
+
+def predictions_table(video_ids: Sequence[str], splits: Sequence[str], preds: np.ndarray,
+                      proba: np.ndarray | None, model: str) -> pd.DataFrame:
+    """A predictions file's rows (data/predictions, data/retrained/predictions): video_id, split,
+    O..N from preds (n, 5), model, and for 5-bin heads proba_<T>_<k> from proba (n, 5, 5),
+    trait-major, from which stages/evaluate.py scores the 5-bin view."""
+    table = pd.DataFrame({"video_id": np.asarray(video_ids), "split": np.asarray(splits),
+                          **{t: preds[:, k] for k, t in enumerate(TRAITS)}, "model": model})
+    if proba is not None:
+        for j, t in enumerate(TRAITS):
+            for k in range(proba.shape[2]):
+                table[f"proba_{t}_{k}"] = proba[:, j, k]
+    return table
 
 
 def _unmasked_shapes(item: Mapping[str, Tensor]) -> tuple:  # (key, shape) of unmasked inputs

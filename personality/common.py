@@ -17,6 +17,7 @@ helper module); its sections are paths, params, schemas, artifacts, progress, tr
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import errno
 import logging
@@ -407,16 +408,17 @@ def pid_alive(pid: int) -> bool:
 
 
 def sweep_stale_temps(path: Path) -> None:
-    """Remove what killed writers left beside `path`: every temp of this artifact (one writer per
-    artifact at a time), and any other temp in the folder whose writer's pid is gone. The second
-    half matters when DVC restores the killed stage from its run cache and never runs it again:
-    the next stage that writes in data/ clears its `.audio.tmp-*`."""
+    """Remove what killed writers left beside `path`: every temp in the folder whose writer's pid
+    is gone (and an old pid-less temp of this artifact). A live writer's temp stays, even one of
+    this artifact: a second run writing it must not destroy the first one's work. Sweeping the
+    whole folder matters when DVC restores the killed stage from its run cache and never runs it
+    again: the next stage that writes in data/ clears its `.audio.tmp-*`."""
     for stale in path.parent.glob(".*.tmp-*"):
         match = re.fullmatch(r"\.(.+)\.tmp-(?:(\d+)-)?[0-9a-f]{8}", stale.name)
         if not match:
             continue
-        mine = match.group(1) == path.name
-        if mine or (match.group(2) and not pid_alive(int(match.group(2)))):
+        pid = match.group(2)
+        if (not pid and match.group(1) == path.name) or (pid and not pid_alive(int(pid))):
             shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else \
                 stale.unlink(missing_ok=True)
 
@@ -454,6 +456,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     sees the old file or the new one, never half of one. The one temp-then-rename of the project."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temps(path)  # a SIGKILLed writer's temp, which no `finally` removed
     tmp = _tmp_sibling(path)
     since = _interrupts_so_far()
     try:
@@ -504,13 +507,37 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if path.exists():
-        old = _tmp_sibling(path)
-        os.replace(path, old)
-    os.replace(tmp, path)
+    old = _swap_in(tmp, path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+
+
+_RENAME_EXCHANGE, _AT_FDCWD = 2, -100  # linux/fs.h, fcntl.h
+
+
+def _swap_in(tmp: Path, path: Path) -> Path | None:
+    """Put `tmp` where `path` is; returns where the old `path` went (None if there was none). On
+    Linux one renameat2(RENAME_EXCHANGE) swaps the two: no instant without `path`, even under
+    SIGKILL. Elsewhere (or on a file system without it) two renames, with SIGINT and SIGTERM held
+    back between them so a Ctrl-C cannot leave neither."""
+    if not path.exists():
+        os.replace(tmp, path)
+        return None
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.renameat2(_AT_FDCWD, os.fsencode(tmp), _AT_FDCWD, os.fsencode(path),
+                              _RENAME_EXCHANGE) == 0:
+                return tmp  # now holds the old folder
+    old = _tmp_sibling(path)
+    held = {signal.SIGINT, signal.SIGTERM}
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        os.replace(path, old)
+        os.replace(tmp, path)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    return old
 
 
 class ArtifactWriter:

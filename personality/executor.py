@@ -18,8 +18,16 @@ any output, so it must not invalidate DVC's cache.
 
 Every worker process runs with one BLAS / OpenMP / OpenCV thread (several workers already share
 the cores) and runs `setup(*setup_args)` once (a model load, a JIT warm-up), not once per job.
-A worker that dies (SIGKILL by the kernel for memory, a crash inside a native library) fails the
-map at once with an `ExecutorError` naming the job it was running: never a hang. Local workers
+A worker that dies (SIGKILL by the kernel for memory, a crash inside a native library) never hangs
+the map. Without `on_lost` it fails the map at once with an `ExecutorError` naming the job it was
+running. With `on_lost(job, why)` (the per-video stages: one bad video never takes a stage down)
+the local pool is restarted, the jobs in flight run again, and the job the dead worker was running runs
+once more; when it kills a worker a second time its result is `on_lost`'s (an error row naming the
+video), and the map goes on. More than `max(3, jobs / 20)` dead workers in one map is the machine
+(memory, a broken install), not a video: ExecutorError. A job's exception that cannot travel back
+(unpicklable) or a job that calls sys.exit() arrives as a RuntimeError naming what it was. On Dask
+a lost worker always ends the map (ExecutorError): the client cancels its neighbours' futures, and
+a remote scheduler retries a task itself (allowed-failures) before giving up. Local workers
 (pool and LocalCluster) die with their parent: PR_SET_PDEATHSIG on Linux, and a thread that
 polls the parent's pid everywhere, so killing a stage leaves no worker behind.
 """
@@ -31,12 +39,13 @@ import dataclasses
 import importlib
 import multiprocessing as mp
 import os
+import pickle
 import re
 import signal
 import sys
 import threading
 import uuid
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
 from typing import Any, Callable, Iterable, Iterator
 
@@ -156,15 +165,19 @@ def _ensure_setup(token: str, setup: Callable | None, setup_args: tuple, *,
 
 
 _LEDGER = None  # shared ints: job i runs in process ledger[i] (> 0), or ran there (< 0)
+_SETUP_ERROR: Exception | None = None  # what setup raised in this worker: every call raises it
 
 
 def _pool_init(parent_pid: int, ledger, token: str, setup: Callable | None,
                setup_args: tuple) -> None:
-    global _LEDGER
+    global _LEDGER, _SETUP_ERROR
     die_with_parent(parent_pid)
     _LEDGER = ledger
     _private_progress_lock()
-    _ensure_setup(token, setup, setup_args)
+    try:
+        _ensure_setup(token, setup, setup_args)
+    except Exception as exc:  # an initializer's exception never reaches the parent: the pool
+        _SETUP_ERROR = exc    # would just break; the first call carries it back instead
 
 
 def _private_progress_lock() -> None:
@@ -178,23 +191,36 @@ def _private_progress_lock() -> None:
 
 
 def _pool_call(fn: Callable, index: int, job: Any) -> Any:
+    if _SETUP_ERROR is not None:
+        raise _SETUP_ERROR
     if index < 0:
         return fn(job)
     _LEDGER[index] = os.getpid()  # running here: if this process dies, job `index` is the culprit
     try:
-        return fn(job)
+        return _run_job(fn, job)
     finally:
         _LEDGER[index] = -os.getpid()  # done (or raised): no longer a culprit
 
 
+def _run_job(fn: Callable, job: Any) -> Any:
+    """fn(job) in a worker, its failure made able to travel back: sys.exit() in a job would end
+    the stage with status 0, and an exception that cannot be unpickled would break the pool and
+    pass for a dead worker."""
+    try:
+        return fn(job)
+    except SystemExit as exc:
+        raise RuntimeError(f"the job called sys.exit({exc.code!r})") from None
+    except Exception as exc:
+        try:
+            pickle.loads(pickle.dumps(exc))
+        except Exception:  # noqa: BLE001 - any failure to round-trip
+            raise RuntimeError(f"{type(exc).__name__}: {exc} (its exception could not be sent "
+                               "back as it was)") from None
+        raise
+
+
 def _started(_job: Any = None) -> int:
     return os.getpid()
-
-
-def _dask_call(fn: Callable, job: Any, token: str, setup: Callable | None,
-               setup_args: tuple) -> Any:
-    _ensure_setup(token, setup, setup_args)
-    return fn(job)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -203,17 +229,20 @@ def _dask_call(fn: Callable, job: Any, token: str, setup: Callable | None,
 
 def map_jobs(fn: Callable[[Any], Any], jobs: Iterable[Any], *, workers: int,
              label: Callable[[Any], str] = str, setup: Callable | None = None,
-             setup_args: tuple = (), where: Placement | None = None) -> Iterator[Any]:
+             setup_args: tuple = (), where: Placement | None = None,
+             on_lost: Callable[[Any, str], Any] | None = None) -> Iterator[Any]:
     """`fn(job)` for every job, yielded in job order, on the placement PERSONALITY_CLUSTER names
     (or `where`). `fn`, `setup` and the jobs must be picklable: module-level functions. One job
     per worker is in flight; finished results waiting for a slow earlier one stay few.
-    A job's own exception reaches the caller unchanged (with a note naming the job); a dead
-    worker raises ExecutorError naming the job it ran."""
+    A job's own exception reaches the caller unchanged (with a note naming the job). A dead
+    worker raises ExecutorError naming the job it ran, or, with `on_lost(job, why)`, gives that
+    job a second try and then on_lost's result (module docstring)."""
     jobs = list(jobs)
     where = where or placement(workers)
     token = uuid.uuid4().hex
     fn, setup = _importable(fn), _importable(setup)
-    if where.kind == "inline" or (where.kind == "pool" and len(jobs) <= 1):
+    # one job runs here, sparing a spawn, unless a crash in it must not end the stage
+    if where.kind == "inline" or (where.kind == "pool" and len(jobs) <= 1 and on_lost is None):
         # BLAS pools at one thread for the map, as in a worker (a matrix product summed in another
         # order changes float bytes), restored after it: torch may share this process
         with _loaded_pools_limited():
@@ -223,9 +252,11 @@ def map_jobs(fn: Callable[[Any], Any], jobs: Iterable[Any], *, workers: int,
         return
     if where.kind == "pool":
         yield from _map_pool(fn, jobs, min(where.workers, len(jobs)), label, token, setup,
-                             setup_args)
+                             setup_args, on_lost)
     else:
-        yield from _map_dask(fn, jobs, where, label, token, setup, setup_args)
+        from personality.executor_dask import map_dask  # distributed only when asked for
+
+        yield from map_dask(fn, jobs, where, label, token, setup, setup_args)
 
 
 @contextlib.contextmanager
@@ -259,45 +290,117 @@ def _noted(fn: Callable, job: Any, label: Callable[[Any], str]) -> Any:
         raise
 
 
-def _in_order(submit: Callable[[int, Any], Future], jobs: list, n_running: int,
-              on_error: Callable[[int, BaseException, dict], BaseException | None],
-              label: Callable[[Any], str], ahead: int = 4) -> Iterator[Any]:
+@dataclasses.dataclass(frozen=True)
+class _WorkerLost:
+    """on_error's answer when a worker died: the job(s) it may have been running, why, and what
+    died ("worker process", "Dask worker")."""
+
+    jobs: tuple[int, ...]
+    why: str
+    who: str = "worker process"
+
+
+class _InOrder:
     """Keep `n_running` jobs running (one per worker: a worker that dies held one job, the one we
     name), yield results in job order, and let finished results wait for a slow earlier job up to
     `ahead` x n_running (memory stays bounded). `on_error(i, exc, failed)` (failed: every job
-    that failed so far -> its exception) turns a lost worker into an ExecutorError, raised as
-    soon as it is seen; a job's own exception is raised in its turn."""
-    futures: dict[int, Future] = {}  # submitted, not yet yielded
-    next_submit = next_yield = 0
-    while next_yield < len(jobs):
-        running = [f for f in futures.values() if not f.done()]
-        while (next_submit < len(jobs) and len(running) < n_running
-               and next_submit - next_yield < ahead * n_running):
+    that failed so far -> its exception) returns None for a job's own exception (raised in its
+    turn), or a _WorkerLost, seen at once: without `on_lost` an ExecutorError ends the map; with
+    it every job the loss took down (`is_lost(exc)`) runs again, the dead worker's job at most
+    twice before `on_lost(job, why)` stands in for its result."""
+
+    def __init__(self, submit: Callable[[int, Any], Future], jobs: list, n_running: int,
+                 on_error: Callable, label: Callable[[Any], str], *,
+                 on_lost: Callable[[Any, str], Any] | None = None,
+                 is_lost: Callable[[BaseException], bool] = lambda exc: False, ahead: int = 4):
+        self.submit, self.jobs, self.n_running, self.on_error = submit, jobs, n_running, on_error
+        self.label, self.on_lost, self.is_lost, self.ahead = label, on_lost, is_lost, ahead
+        self.futures: dict[int, Future] = {}  # submitted, not yet yielded
+        self.final: dict[int, Any] = {}  # on_lost's results, waiting for their turn
+        self.again: list[int] = []  # jobs a lost worker took down, run before new ones
+        self.deaths: dict[int, int] = {}  # job -> workers that died running it
+        self.losses, self.budget = 0, max(3, len(jobs) // 20)
+        self.next_submit = self.next_yield = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        while self.next_yield < len(self.jobs):
+            self._submit_more()
+            if self._losses_seen():
+                continue
+            if self.next_yield in self.final:
+                self.next_yield += 1
+                yield self.final.pop(self.next_yield - 1)
+                continue
+            head = self.futures.get(self.next_yield)
+            if head is None or not head.done():
+                running = [f for f in self.futures.values() if not f.done()]
+                if running:
+                    wait(running, return_when=FIRST_COMPLETED)
+                continue
+            del self.futures[self.next_yield]
             try:
-                futures[next_submit] = submit(next_submit, jobs[next_submit])
+                result = head.result()
+            except Exception as exc:
+                exc.add_note(f"while processing {self.label(self.jobs[self.next_yield])}")
+                raise
+            self.next_yield += 1
+            yield result
+
+    def _submit_more(self) -> None:
+        running = sum(not f.done() for f in self.futures.values())
+        while running < self.n_running:
+            if self.again:
+                i = self.again.pop(0)
+            elif self.next_submit < len(self.jobs) and \
+                    self.next_submit - self.next_yield < self.ahead * self.n_running:
+                i, self.next_submit = self.next_submit, self.next_submit + 1
+            else:
+                return
+            try:
+                self.futures[i] = self.submit(i, self.jobs[i])
             except BaseException as exc:  # a broken pool refuses new work
-                lost = on_error(next_submit, exc, {})
-                raise (lost or exc) from exc
-            running.append(futures[next_submit])
-            next_submit += 1
-        failed = {k: f.exception() for k, f in futures.items()
-                  if f.done() and f.exception() is not None}
+                verdict = self.on_error(i, exc, {})
+                if not isinstance(verdict, _WorkerLost):
+                    raise (verdict or exc) from exc
+                self._recover(verdict, exc, refused=i)
+                return
+            running += 1
+
+    def _losses_seen(self) -> bool:
+        """Handle the first lost worker among the failed futures; True when there was one."""
+        failed = {k: f.exception() for k, f in self.futures.items()
+                  if f.done() and not f.cancelled() and f.exception() is not None}
         for k, exc in failed.items():
-            lost = on_error(k, exc, failed)
-            if lost is not None:
-                raise lost from exc
-        head = futures[next_yield]
-        if not head.done():
-            wait(running, return_when=FIRST_COMPLETED)
-            continue
-        del futures[next_yield]
-        try:
-            result = head.result()
-        except Exception as exc:
-            exc.add_note(f"while processing {label(jobs[next_yield])}")
-            raise
-        next_yield += 1
-        yield result
+            verdict = self.on_error(k, exc, failed)
+            if isinstance(verdict, _WorkerLost):
+                self._recover(verdict, exc)
+                return True
+            if verdict is not None:
+                raise verdict from exc
+        return False
+
+    def _recover(self, lost: _WorkerLost, exc: BaseException, refused: int | None = None) -> None:
+        names = " or ".join(self.label(self.jobs[k]) for k in lost.jobs)
+        if self.on_lost is None:
+            raise ExecutorError(f"{names}: the {lost.who} running it died ({lost.why}); the stage "
+                                "stops here, nothing is written") from exc
+        self.losses += 1
+        if self.losses > self.budget:
+            raise ExecutorError(f"{self.losses} workers died in this run (the last running "
+                                f"{names}: {lost.why}): more than {self.budget}, the machine "
+                                "rather than a video; the stage stops here, nothing is written") \
+                from exc
+        taken = [k for k, f in self.futures.items() if f.done() and (f.cancelled() or (
+            f.exception() is not None and self.is_lost(f.exception())))]
+        for k in taken:
+            del self.futures[k]
+        for k in lost.jobs:
+            self.deaths[k] = self.deaths.get(k, 0) + 1
+            if self.deaths[k] >= 2:
+                self.final[k] = self.on_lost(self.jobs[k], f"the {lost.who} running it died "
+                                             f"twice ({lost.why})")
+        rerun = set(self.again) | set(taken) | ({refused} if refused is not None else set())
+        self.again = sorted(rerun - set(self.final))
 
 
 @contextlib.contextmanager
@@ -326,99 +429,69 @@ def _exit_reason(code: int | None) -> str:
     return f"exit code {code}"
 
 
-def _map_pool(fn, jobs, n, label, token, setup, setup_args) -> Iterator[Any]:
-    ctx = mp.get_context("spawn")  # fork is unsafe beside MediaPipe, numba and BLAS threads
-    ledger = ctx.Array("i", len(jobs), lock=False)
-    executor = ProcessPoolExecutor(n, mp_context=ctx, initializer=_pool_init,
-                                   initargs=(os.getpid(), ledger, token, setup, setup_args))
-    with _child_environment():  # start every worker now, inside the single-thread environment
-        for started in [executor.submit(_pool_call, _started, -1, None) for _ in range(n)]:
-            started.result()
-    processes = dict(getattr(executor, "_processes", None) or {})  # pid -> Process, for the
-    finished = False  # post-mortem: which worker died, running which job
+class _Pool:
+    """A spawn ProcessPoolExecutor of `n` workers that can be restarted after one died, with the
+    post-mortem of which worker died running which job (the shared ledger)."""
 
-    def on_error(i: int, exc: BaseException, failed: dict) -> ExecutorError | None:
+    def __init__(self, n: int, n_jobs: int, token: str, setup: Callable | None, setup_args: tuple):
+        self.ctx = mp.get_context("spawn")  # fork is unsafe beside MediaPipe, numba, BLAS threads
+        self.n, self.ledger = n, self.ctx.Array("i", n_jobs, lock=False)
+        self.initargs = (os.getpid(), self.ledger, token, setup, setup_args)
+        self.executor: ProcessPoolExecutor | None = None
+        self.processes: dict = {}
+
+    def start(self) -> None:
+        self.executor = ProcessPoolExecutor(self.n, mp_context=self.ctx, initializer=_pool_init,
+                                            initargs=self.initargs)
+        with _child_environment():  # start every worker now, in the single-thread environment
+            for started in [self.executor.submit(_pool_call, _started, -1, None)
+                            for _ in range(self.n)]:
+                started.result()  # a setup that failed in the worker raises here, as it was
+        # pid -> Process, for the post-mortem: which worker died, running which job
+        self.processes = dict(getattr(self.executor, "_processes", None) or {})
+
+    def submit(self, fn: Callable, i: int, job: Any) -> Future:
+        return self.executor.submit(_pool_call, fn, i, job)
+
+    def post_mortem(self, i: int) -> _WorkerLost:
+        """After BrokenProcessPool: end the survivors, name the job the dead worker was running
+        (job `i`, whose result or submission broke, when the ledger knows of none)."""
+        self.executor.shutdown(wait=True, cancel_futures=True)  # the pool ends the survivors
+        dead = {pid: p.exitcode for pid, p in self.processes.items()
+                if p.exitcode not in (0, None, -signal.SIGTERM)}
+        culprits = [k for k in range(len(self.ledger)) if self.ledger[k] in dead] or [i]
+        k = culprits[0]
+        why = _exit_reason(dead.get(self.ledger[k])) if self.ledger[k] in dead else "it died"
+        return _WorkerLost((k,), why)
+
+    def kill(self) -> None:
+        for process in self.processes.values():
+            with contextlib.suppress(Exception):
+                process.kill()
+
+    def shutdown(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _map_pool(fn, jobs, n, label, token, setup, setup_args, on_lost) -> Iterator[Any]:
+    pool = _Pool(n, len(jobs), token, setup, setup_args)
+    finished = False
+
+    def on_error(i: int, exc: BaseException, failed: dict) -> _WorkerLost | None:
         if not isinstance(exc, BrokenProcessPool):
             return None
-        executor.shutdown(wait=True, cancel_futures=True)  # the pool ends the survivors
-        dead = {pid: p.exitcode for pid, p in processes.items()
-                if p.exitcode not in (0, None, -signal.SIGTERM)}
-        culprits = [k for k in range(len(jobs)) if ledger[k] in dead] or [i]
-        k = culprits[0]
-        why = _exit_reason(dead.get(ledger[k])) if ledger[k] in dead else "it died"
-        return ExecutorError(f"{label(jobs[k])}: the worker process running it died "
-                             f"({why}); the stage stops here, nothing is written")
+        lost = pool.post_mortem(i)
+        if on_lost is not None:
+            pool.start()  # a fresh pool for the jobs it took down
+        return lost
 
     try:
-        yield from _in_order(lambda i, job: executor.submit(_pool_call, fn, i, job), jobs,
-                             n, on_error, label)
+        pool.start()
+        yield from _InOrder(lambda i, job: pool.submit(fn, i, job), jobs, n, on_error, label,
+                            on_lost=on_lost, is_lost=lambda e: isinstance(e, BrokenProcessPool))
         finished = True
     finally:
         if not finished:  # an error, Ctrl-C or an abandoned generator: no worker outlives it
-            for process in processes.values():
-                with contextlib.suppress(Exception):
-                    process.kill()
-        executor.shutdown(wait=True, cancel_futures=True)
-
-
-@contextlib.contextmanager
-def _dask_client(where: Placement):
-    """A distributed Client: on `where.address`, or on a LocalCluster of one-thread worker
-    processes that die with this one and fail a task at the first lost worker."""
-    import dask
-    from distributed import Client, LocalCluster
-
-    if where.address:
-        with Client(where.address) as client:
-            yield client
-        return
-    # allowed-failures 0: a killed worker fails its task at once (default: rerun it 3 times)
-    config = {"distributed.scheduler.allowed-failures": 0}
-    with dask.config.set(config), _child_environment():
-        cluster = LocalCluster(n_workers=where.workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=40)
-    try:
-        with Client(cluster) as client:
-            client.register_plugin(_die_with_parent_plugin(os.getpid()))
-            yield client
-    finally:
-        cluster.close()
-
-
-def _map_dask(fn, jobs, where, label, token, setup, setup_args) -> Iterator[Any]:
-    from distributed import KilledWorker
-
-    with _dask_client(where) as client:
-        n = where.workers or max(1, sum(client.nthreads().values()))
-        # the set-up arguments (face rigs, params) travel once per worker, not once per job
-        [shared_args] = client.scatter([setup_args], broadcast=True, hash=False)
-        executor: Executor = client.get_executor(pure=False)
-
-        def on_error(i: int, exc: BaseException, failed: dict) -> ExecutorError | None:
-            if not isinstance(exc, KilledWorker):
-                return None
-            # the scheduler may have queued a second job on the worker: it fails with it, and
-            # which of the two ran is not known once the worker is gone
-            lost = [label(jobs[k]) for k, e in failed.items() if isinstance(e, KilledWorker)
-                    and e.last_worker == exc.last_worker]
-            return ExecutorError(f"{' or '.join(lost)}: the Dask worker running it died "
-                                 f"({exc}); the stage stops here, nothing is written")
-
-        def submit(i: int, job: Any) -> Future:
-            return executor.submit(_dask_call, fn, job, token, setup, shared_args)
-
-        yield from _in_order(submit, jobs, n, on_error, label)
-
-
-def _die_with_parent_plugin(parent_pid: int):
-    """A Dask WorkerPlugin (built here: distributed is imported only when a cluster is asked for)
-    that makes LocalCluster workers exit with the stage process that started them."""
-    from distributed.diagnostics.plugin import WorkerPlugin
-
-    class DieWithParent(WorkerPlugin):
-        name = "personality-die-with-parent"
-
-        def setup(self, worker) -> None:
-            die_with_parent(parent_pid)
-
-    return DieWithParent()
+            pool.kill()
+        pool.shutdown()

@@ -37,6 +37,29 @@ def read_openface_csv(path: str | Path, *, video_id: str, face_id: int = -1,
                               "or AUs were not extracted: run FeatureExtraction with -aus)")
     if "frame" not in raw.columns and "timestamp" not in raw.columns:
         raise StageInputError(f"{path}: missing column 'frame' (and 'timestamp')")
+    try:
+        return _rows(raw, path, video_id, face_id, presence_threshold)
+    except (ValueError, TypeError, KeyError) as exc:  # a repeated header, a cell like nan(ind)
+        raise StageInputError(f"{path}: malformed OpenFace CSV: {type(exc).__name__}: "
+                              f"{exc}") from None
+
+
+def _check_complete(raw: pd.DataFrame, path: Path) -> None:
+    """OpenFace fills every cell: an empty one in the columns read is a file cut off mid-row (or
+    edited), not a frame without a face."""
+    read = [c for c in ("frame", "timestamp", "success", "confidence", *AU_INTENSITY,
+                        *AU_PRESENCE) if c in raw.columns]
+    empty = raw[read].isna()
+    if empty.to_numpy().any():
+        row = int(np.flatnonzero(empty.any(axis=1).to_numpy())[0])
+        raise StageInputError(f"{path}: data row {row + 1} has {int(empty.iloc[row].sum())} empty "
+                              "cell(s) (a file cut off mid-row?); not read")
+
+
+def _rows(raw: pd.DataFrame, path: Path, video_id: str, face_id: int,
+          presence_threshold: float) -> pd.DataFrame:
+    """The aus-schema rows of a parsed CSV whose columns were checked."""
+    _check_complete(raw, path)
     if "face_id" in raw.columns and raw["face_id"].nunique() > 1:
         if face_id < 0:
             ok = raw["success"] if "success" in raw.columns else pd.Series(1, index=raw.index)

@@ -486,8 +486,19 @@ def _setup(p: AudioParams) -> None:
 
 
 def _work(job: tuple[str, str]) -> dict:
+    """Worker entry: never raises for one video (process_video catches what a bad file does; this
+    catches the rest), so one video cannot stop the others."""
     assert _PARAMS is not None, "worker not initialised"
-    return process_video(job[0], job[1], _PARAMS)
+    try:
+        return process_video(job[0], job[1], _PARAMS)
+    except Exception as exc:  # noqa: BLE001 - a bug met on one file is that file's error row
+        return failed_row(job, _PARAMS, f"{type(exc).__name__}: {exc}")
+
+
+def failed_row(job: tuple[str, str], p: AudioParams, why: str) -> dict:
+    """The row of a video whose audio could not be read: no audio, `error` naming the file."""
+    return _row(job[0], p, has_audio=False, error=f"{job[1]}: {why}",
+                extra=smile.nan_functionals(smile.extractors(p.smile_sets)))
 
 
 @contextlib.contextmanager
@@ -505,10 +516,12 @@ def _numba_cache_for_children(root: Path):
 
 def iter_rows(jobs: list[tuple[str, str]], p: AudioParams, workers: int, root: Path):
     """Yield one row per job, in job order, from the executor (personality.executor.map_jobs).
-    A worker that dies (FFmpeg crashing on a hostile file) fails the stage naming the video."""
+    A video that kills its worker twice (FFmpeg crashing on a hostile file) is an error row
+    naming it; the others go on."""
     with _numba_cache_for_children(root):
         yield from map_jobs(_work, jobs, workers=workers, label=lambda job: job[0],
-                            setup=_setup, setup_args=(p,))
+                            setup=_setup, setup_args=(p,),
+                            on_lost=lambda job, why: failed_row(job, p, why))
 
 
 # --------------------------------------------------------------------------------------------------

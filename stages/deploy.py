@@ -4,7 +4,9 @@
 
 The corpus is the pipeline's own `data/aus` (`deploy.corpus: aus`, optionally only some splits)
 or a folder of OpenFace FeatureExtraction CSVs (`deploy.corpus: <folder>`, one sequence per CSV,
-read by the `aus` stage's OpenFace reader). The model is a name (data/models/NAME/best.pt, or
+read by the `aus` stage's OpenFace reader with its params: the face `aus.openface_face_id` keeps
+of a multi-face CSV, and `aus.presence_threshold` for a missing AUxx_c, so that deploy and the
+pipeline score the same face of the same file). The model is a name (data/models/NAME/best.pt, or
 data/retrained/models/NAME+retrained/best.pt) or a checkpoint path; it must read AUs only. When
 NAME+retrained does not exist (a source without a user study skips retraining), NAME is used,
 with a warning. A model name whose base is not in `train.models` (a zoo experiment such as
@@ -13,7 +15,8 @@ empty data/deploy/ with skipped.json instead of labelling with a stale checkpoin
 
 Outputs (data/deploy/):
   labels.parquet      one row per sequence: video_id, O..N scores, O_bin..N_bin (the 5-bin class,
-                      floor(4p) clipped to 0-4), n_frames, model, checkpoint_sha256
+                      floor(4p) clipped to 0-4), n_frames, model (NAME+retrained for a
+                      retrained checkpoint), checkpoint, checkpoint_sha256
   perfex_export.csv   PerFeX's per-frame layout: ID, File, frame, AU*_r, AU*_c, and the predicted
                       extroversion, neuroticism, agreeableness, conscientiousness, openness
 """
@@ -29,9 +32,9 @@ import pandas as pd
 
 from personality import schemas
 from personality.common import (BaseParams, ParamsError, StageInputError, atomic_dir,
-                           atomic_write_json, experiment_models, find_checkpoint, get_logger,
-                           is_checkpoint_path, read_artifact, repo_root, run_stage,
-                           write_artifact)
+                           atomic_write_json, build_dataclass, experiment_models,
+                           find_checkpoint, get_logger, is_checkpoint_path, load_params_file,
+                           read_artifact, repo_root, run_stage, write_artifact)
 from personality.schemas import AU_INTENSITY, AU_PRESENCE, TRAITS
 
 log = get_logger("deploy")
@@ -49,7 +52,22 @@ class DeployParams:
     batch_size: int = 64
 
 
-def load_corpus(p: DeployParams, root: Path) -> pd.DataFrame:
+@dataclasses.dataclass(frozen=True)
+class OpenFaceReading:
+    """aus.openface_face_id and aus.presence_threshold: a CSV corpus is read as the aus stage
+    reads OpenFace CSVs (stages may not import each other, so the two keys are read here)."""
+    openface_face_id: int = -1  # face kept of a multi-face CSV; -1 = most successful frames
+    presence_threshold: float = 1.0  # a missing AUxx_c = AUxx_r >= this
+
+
+def openface_reading(path: Path | None = None) -> OpenFaceReading:
+    aus = load_params_file(path).get("aus") or {}
+    keys = [f.name for f in dataclasses.fields(OpenFaceReading)]
+    return build_dataclass(OpenFaceReading, {k: aus[k] for k in keys if k in aus}, "aus")
+
+
+def load_corpus(p: DeployParams, root: Path,
+                reading: OpenFaceReading = OpenFaceReading()) -> pd.DataFrame:
     """The per-frame AU table to label (the `aus` schema)."""
     if p.corpus == "aus":
         table = read_artifact("aus", path=root / schemas.ARTIFACTS["aus"].path)
@@ -67,7 +85,9 @@ def load_corpus(p: DeployParams, root: Path) -> pd.DataFrame:
     tables = []
     for csv in csvs:
         try:
-            tables.append(read_openface_csv(csv, video_id=csv.stem))
+            tables.append(read_openface_csv(csv, video_id=csv.stem,
+                                            face_id=reading.openface_face_id,
+                                            presence_threshold=reading.presence_threshold))
         except StageInputError as exc:
             log.warning("skipped %s", exc)  # one bad file never stops the corpus
     if not tables:
@@ -110,8 +130,15 @@ def label_corpus(table: pd.DataFrame, ckpt_path: Path, *, batch_size: int = 64,
     return pd.DataFrame({"video_id": ids, **{t: scores[:, k] for k, t in enumerate(TRAITS)},
                          **{f"{t}_bin": bins[:, k] for k, t in enumerate(TRAITS)},
                          "n_frames": n_frames.loc[ids].to_numpy(),
-                         "model": ckpt.get("model_name", ckpt_path.parent.name),
+                         "model": model_label(ckpt, ckpt_path),
                          "checkpoint": _shown(ckpt_path, root), "checkpoint_sha256": digest})
+
+
+def model_label(ckpt: dict, ckpt_path: Path) -> str:
+    """The name a checkpoint is known by: NAME+retrained for one the retrain stage wrote (its
+    params carry retrain's), which keeps its base model's model_name, else that model_name."""
+    name = ckpt.get("model_name", ckpt_path.parent.name)
+    return f"{name}+retrained" if "retrain" in (ckpt.get("params") or {}) else name
 
 
 def perfex_export(table: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
@@ -128,9 +155,9 @@ def perfex_export(table: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
 
 
 def run(params: DeployParams, base: BaseParams, root: Path | None = None,
-        trained: list[str] | None = None) -> dict:
+        trained: list[str] | None = None, reading: OpenFaceReading = OpenFaceReading()) -> dict:
     """Label the corpus; with `trained` (the stage passes train.models) a model name outside it
-    skips the stage (empty data/deploy/ + skipped.json)."""
+    skips the stage (empty data/deploy/ + skipped.json). `reading`: the stage passes aus's."""
     root = root or repo_root()
     out = root / "data" / "deploy"
     base_name = params.model.removesuffix("+retrained")
@@ -150,7 +177,7 @@ def run(params: DeployParams, base: BaseParams, root: Path | None = None,
         ckpt = find_checkpoint(base_name, root)
         log.warning("deploy.model %s not found (no retraining?); using %s", params.model,
                     base_name)
-    table = load_corpus(params, root)
+    table = load_corpus(params, root, reading)
     if table.empty:
         raise StageInputError("deploy: the corpus holds no AU frame")
     labels = label_corpus(table, ckpt, batch_size=params.batch_size, root=root)
@@ -167,7 +194,8 @@ def run(params: DeployParams, base: BaseParams, root: Path | None = None,
 
 def main(argv: list[str] | None = None) -> None:
     run_stage("deploy", DeployParams,
-              lambda params, base: run(params, base, trained=experiment_models()))
+              lambda params, base: run(params, base, trained=experiment_models(),
+                                       reading=openface_reading()))
 
 
 if __name__ == "__main__":

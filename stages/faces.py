@@ -233,6 +233,12 @@ def _job(job: dict) -> dict:
                 "seconds": time.perf_counter() - t0}
 
 
+def _lost(job: dict, why: str) -> dict:
+    """The row of a video whose face search killed its worker twice (a crash inside MediaPipe):
+    a failed video, and the stage goes on (personality.executor)."""
+    return {"video_id": job["video_id"], "df": None, "error": why, "seconds": 0.0}
+
+
 def run(params: FacesParams, base: BaseParams, root: Path | None = None) -> dict:
     """data/frames -> data/faces under `root`; returns what metrics/faces.json holds."""
     from personality.facemodel import find_task_file
@@ -251,7 +257,7 @@ def run(params: FacesParams, base: BaseParams, root: Path | None = None) -> dict
                           rows_per_shard=params.rows_per_shard) as out, \
             progress(total=len(jobs), desc="faces", unit="video") as bar:
         for res in map_jobs(_job, jobs, workers=base.workers, label=lambda j: j["video_id"],
-                            setup=warm_up, setup_args=(params,)):
+                            setup=warm_up, setup_args=(params,), on_lost=_lost):
             bar.update(1)
             seconds += res["seconds"]
             if res["error"]:

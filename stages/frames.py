@@ -95,6 +95,13 @@ def _label(job: dict) -> str:
     return f"{job['video_id']} ({job['path']})"
 
 
+def _lost(job: dict, why: str) -> dict:
+    """The row of a video whose decoding killed its worker twice (personality.executor: a crash
+    in native code): a failed video like any other, and the stage goes on."""
+    return {"video_id": job["video_id"], "df": None, "report": {},
+            "error": f"{job['path']}: {why}", "seconds": 0.0}
+
+
 def resolve(root: Path, path: str) -> Path:
     p = Path(path)
     return p if p.is_absolute() else root / p
@@ -114,7 +121,7 @@ def run(params: FramesParams, base: BaseParams, root: Path | None = None) -> dic
     out_path = root / schemas.ARTIFACTS["frames"].path
     with VideoShardWriter("frames", path=out_path, rows_per_shard=params.rows_per_shard) as out, \
             progress(total=len(jobs), desc="frames", unit="video") as bar:
-        for res in map_jobs(_job, jobs, workers=base.workers, label=_label):
+        for res in map_jobs(_job, jobs, workers=base.workers, label=_label, on_lost=_lost):
             bar.update(1)
             decode_s += res["seconds"]
             if res["error"]:

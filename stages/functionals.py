@@ -44,8 +44,8 @@ import numpy as np
 import pandas as pd
 
 from personality import schemas
-from personality.common import (StageInputError, get_logger, read_artifact, repo_root, run_stage,
-                                write_artifact)
+from personality.common import (SchemaError, StageInputError, get_logger, read_artifact, repo_root,
+                                run_stage, write_artifact)
 from personality.schemas import AU_INTENSITY, AUDIO_FUNCTIONAL_PREFIXES
 
 log = get_logger("functionals")
@@ -170,10 +170,21 @@ def _audio_rows(root: Path) -> tuple[dict[str, dict], list[str]]:
     if not shards:
         raise StageInputError(f"{folder}: no audio shards; run the audio stage first")
     prefixes = tuple(AUDIO_FUNCTIONAL_PREFIXES.values())
-    fn = [c for c in pq.read_schema(shards[0]).names if c.startswith(prefixes)]
+    fn = [c for c in _shard(pq.read_schema, shards[0]).names if c.startswith(prefixes)]
     cols = ["video_id", "has_audio", "silent", "error", "f0", *fn]
-    df = pd.concat([pq.read_table(s, columns=cols).to_pandas() for s in shards])
+    df = pd.concat([_shard(pq.read_table, s, columns=cols).to_pandas() for s in shards])
     return {r["video_id"]: r for r in df.to_dict("records")}, fn
+
+
+def _shard(read, shard: Path, **kwargs):
+    """pyarrow's `read` of one data/audio shard; an unreadable one is a SchemaError naming it."""
+    import pyarrow as pa
+
+    try:
+        return read(shard, **kwargs)
+    except (pa.ArrowInvalid, pa.ArrowKeyError, OSError, KeyError) as exc:
+        raise SchemaError(f"{shard}: not a readable audio shard ({exc}); re-run the audio "
+                          "stage") from None
 
 
 def compute(root: Path, p: FunctionalsParams) -> pd.DataFrame:

@@ -9,10 +9,15 @@
 2. Rated stimuli of the train split are the fine-tuning set; rated stimuli of val and test are
    held out. A share of unrated original training clips with their original labels
    (`retrain.mix_share`) is mixed in against forgetting; parameters whose names start with a
-   prefix in `retrain.freeze` stay fixed.
-3. Before and after fine-tuning, the model predicts the held-out rated stimuli; CCC, PCC and MAE
-   (means over traits) against the rater means go to metrics/retrain.json:
-   `{model: {"before": {"ccc", "pcc", "mae"}, "after": {...}, ...}, "user_study": {icc, counts}}`.
+   prefix in `retrain.freeze` stay fixed, and so do the running statistics of the BatchNorm
+   layers under such a prefix (they stay in eval mode while the rest trains).
+3. Before and after fine-tuning, the model predicts the held-out rated stimuli of each split
+   apart; CCC, PCC and MAE (means over traits) against the rater means, with intervals over
+   `evaluate.bootstrap` resamples of the split's subjects at `evaluate.ci_level`, go to
+   metrics/retrain.json: `{model: {"val": {"n_clips", "n_subjects", "before": {"ccc", "pcc",
+   "mae", "ccc_ci", "mae_ci"}, "after": {...}, "change": {"delta_ccc", "p_better",
+   "p_lower_mae"}}, "test": {...}, ...}, "user_study": {icc, counts}}`. `val` is the figure to
+   choose retrain.* (epochs, lr, mix_share, freeze) on; `test` is reported, never tuned on.
 Outputs per model NAME under data/retrained/: models/NAME+retrained/{best,last}.pt and
 predictions/NAME+retrained.parquet (every video, the layout of the train stage), which `evaluate`
 scores beside the trained models. MLflow: one run per model.
@@ -35,8 +40,9 @@ import pandas as pd
 
 from personality import schemas
 from personality.common import (BaseParams, ParamsError, StageInputError, atomic_dir,
-                                atomic_write_json, experiment_models, get_logger,
-                                read_artifact, repo_root, run_stage, write_predictions)
+                                atomic_write_json, build_dataclass, experiment_models,
+                                get_logger, load_params_file, read_artifact, repo_root,
+                                run_stage, write_predictions)
 from personality.executor import local_processes, map_jobs
 from personality.schemas import TRAITS
 
@@ -44,6 +50,8 @@ log = get_logger("retrain")
 
 SUFFIX = "+retrained"
 RETRAINED = Path("data/retrained")  # the stage's one output folder: models/ and predictions/
+# held-out rated splits, each reported apart: val to choose retrain.* on, test to report only
+HELD_OUT = {"val": "for choosing retrain.*", "test": "report only, never tuned on"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +68,27 @@ class RetrainParams:
     seed: int | None = None  # None: base.seed
     threads: int = 1  # torch CPU threads
     mlflow: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Uncertainty:
+    """evaluate.bootstrap and evaluate.ci_level: retrain's intervals are resampled as evaluate's
+    (subjects, models/bootstrap.py), with the same count and level."""
+    bootstrap: int = 1000
+    ci_level: float = 0.95
+
+    def __post_init__(self) -> None:
+        if self.bootstrap < 1 or not 0.5 <= self.ci_level < 1.0:
+            raise ParamsError(f"evaluate.bootstrap must be >= 1 and evaluate.ci_level in "
+                              f"[0.5, 1); got {self.bootstrap}, {self.ci_level}")
+
+
+def evaluate_uncertainty(path: Path | None = None) -> Uncertainty:
+    """The two keys of params.yaml:evaluate that retrain reads (the rest is evaluate's)."""
+    section = load_params_file(path).get("evaluate") or {}
+    names = [f.name for f in dataclasses.fields(Uncertainty)]
+    return build_dataclass(Uncertainty, {k: section[k] for k in names if k in section},
+                           "evaluate")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -117,22 +146,42 @@ def _summary(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     return {k: float(mean[k]) for k in ("ccc", "pcc", "mae")}
 
 
-def _with_intervals(before: dict, after: dict, held_true: np.ndarray, preds: tuple,
-                    subjects: list, seed: int) -> dict:
-    """before / after with 95% intervals of their mean CCC over 1000 resamples of the held-out
-    subjects (models/bootstrap.py), and the paired change: {"before", "after", "change":
-    {"delta_ccc": [lo, hi], "p_better": share of resamples where after beats before}}."""
+def _split_report(truth: np.ndarray, before: np.ndarray, after: np.ndarray, subjects: list,
+                  boot: Uncertainty, seed: int) -> dict:
+    """One held-out split's block. truth, before, after: (n, 5) rater means and predictions.
+    {"n_clips", "n_subjects", "before" / "after": {"ccc", "pcc", "mae", "ccc_ci", "mae_ci"}
+    (intervals of the mean over traits over resamples of the split's subjects,
+    models/bootstrap.py), "change": {"delta_ccc": [lo, hi], "p_better": share of resamples where
+    after's CCC beats before's, "p_lower_mae": where its MAE is lower, "n_boot", "ci_level"}}."""
     from models.bootstrap import bootstrap_scores, interval, paired, subject_resamples
 
-    if len(set(subjects)) < 2:  # one subject: no spread to resample
-        return {"before": before, "after": after, "change": {}}
-    rows = subject_resamples(subjects, n_boot=1000, seed=seed)
-    s = bootstrap_scores(held_true, {"before": preds[0], "after": preds[1]}, rows)
-    out = {when: {**m, "ccc_ci": interval(s[when]["ccc"].mean(axis=1))}
-           for when, m in (("before", before), ("after", after))}
-    cmp = paired(s["after"], s["before"])
-    out["change"] = {"delta_ccc": cmp["delta_ccc"], "p_better": cmp["p_better"],
-                     "n_subjects": len(set(subjects)), "n_boot": 1000}
+    out = {"n_clips": len(truth), "n_subjects": len(set(subjects)),
+           "before": _summary(truth, before), "after": _summary(truth, after), "change": {}}
+    if len(set(subjects)) < 2:  # one subject (or none): no spread to resample
+        return out
+    rows = subject_resamples(subjects, n_boot=boot.bootstrap, seed=seed)
+    s = bootstrap_scores(truth, {"before": before, "after": after}, rows)
+    for when in ("before", "after"):
+        out[when].update({f"{m}_ci": interval(s[when][m].mean(axis=1), level=boot.ci_level)
+                          for m in ("ccc", "mae")})
+    cmp = paired(s["after"], s["before"], level=boot.ci_level)
+    out["change"] = {**cmp, "n_boot": boot.bootstrap, "ci_level": boot.ci_level}
+    return out
+
+
+def _held_out(model, sources, rated: pd.DataFrame, have: pd.DataFrame) -> dict[str, dict]:
+    """Per held-out split: {"ids", "truth" (n, 5) rater means, "subjects", "before" (n, 5)
+    predictions of the model as it is now}."""
+    from models import engine
+
+    split_of = dict(zip(have["video_id"], have["split"]))
+    subject_of = dict(zip(have["video_id"], have["subject_id"]))
+    out = {}
+    for split in HELD_OUT:
+        ids = [v for v in rated.index if split_of[v] == split]
+        out[split] = {"ids": ids, "truth": rated.loc[ids, list(TRAITS)].to_numpy(float),
+                      "subjects": [subject_of[v] for v in ids],
+                      "before": engine.predict_videos(model, sources, ids)}  # (0, 5) if none
     return out
 
 
@@ -153,7 +202,10 @@ def _mix_in(p: RetrainParams, seed: int, have: pd.DataFrame, rated: pd.DataFrame
 
 
 def _freeze(model, prefixes: list[str], name: str) -> int:
-    """Fix the parameters whose names start with one of `prefixes`; returns how many numbers."""
+    """Fix the parameters whose names start with one of `prefixes`, and the running statistics
+    of the BatchNorm layers among them; returns how many parameter numbers."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
     frozen = 0
     for pname, param in model.named_parameters():
         if any(pname.startswith(prefix) for prefix in prefixes):
@@ -162,7 +214,19 @@ def _freeze(model, prefixes: list[str], name: str) -> int:
     if prefixes and not frozen:
         raise ParamsError(f"retrain.freeze: {prefixes} matches no parameter of {name} (names "
                           f"start with: {sorted({n.split('.')[0] for n, _ in model.named_parameters()})})")
+    for mname, module in model.named_modules():
+        # a frozen layer computes what it computed before: in training mode a BatchNorm would
+        # normalise with batch statistics and move its running ones (num_batches_tracked too)
+        if isinstance(module, _BatchNorm) and any(f"{mname}.running_mean".startswith(prefix)
+                                                  for prefix in prefixes):
+            module.register_forward_pre_hook(_stay_in_eval)
     return frozen
+
+
+def _stay_in_eval(module, args) -> None:
+    """Forward pre-hook of a frozen BatchNorm: eval mode at every call, whatever the engine's
+    model.train() at each epoch set (a hook, not a one-off .eval(), which that call undoes)."""
+    module.training = False
 
 
 def _retrained_meta(p: RetrainParams, ckpt: dict, base_checkpoint: str) -> dict:
@@ -186,7 +250,8 @@ def _tracking(p: RetrainParams, out_name: str, root: Path, params: dict):
 
 
 def retrain_model(name: str, p: RetrainParams, base: BaseParams, root: Path,
-                  rated: pd.DataFrame, manifest: pd.DataFrame) -> dict:
+                  rated: pd.DataFrame, manifest: pd.DataFrame,
+                  boot: Uncertainty = Uncertainty()) -> dict:
     import torch
 
     from models import engine
@@ -208,13 +273,10 @@ def retrain_model(name: str, p: RetrainParams, base: BaseParams, root: Path,
     split_of = dict(zip(have["video_id"], have["split"]))
     rated = rated[rated.index.isin(split_of.keys())]
     tune_ids = [v for v in rated.index if split_of[v] == "train"]
-    held_ids = [v for v in rated.index if split_of[v] != "train"]
     if not tune_ids:
         raise StageInputError(f"{name}: no rated stimulus of the train split has the model's "
                               "inputs; nothing to fine-tune on")
-    held_true = rated.loc[held_ids, list(TRAITS)].to_numpy(float)
-    held_before = engine.predict_videos(model, sources, held_ids)
-    before = _summary(held_true, held_before)
+    held = _held_out(model, sources, rated, have)  # "before", per held-out split
 
     mixed, train_ids, train_targets = _mix_in(p, seed, have, rated, tune_ids)
     frozen = _freeze(model, p.freeze, name)
@@ -229,29 +291,40 @@ def retrain_model(name: str, p: RetrainParams, base: BaseParams, root: Path,
     with tracking as mlf, atomic_dir(root / RETRAINED / "models" / out_name) as staging:
         engine.fit(model, sources, train_ids=train_ids, train_targets=train_targets,
                    config=cfg, out_dir=staging, meta=meta, tracker=mlf, desc=f"retrain:{name}")
-        held_after = engine.predict_videos(model, sources, held_ids)
-        after = _summary(held_true, held_after)
-        preds = engine.predict_videos(model, sources, have["video_id"].tolist())
+        report = {split: _split_report(part["truth"], part["before"],
+                                       engine.predict_videos(model, sources, part["ids"]),
+                                       part["subjects"], boot, seed)
+                  for split, part in held.items()}
         if mlf is not None:
-            mlf.log_metrics({f"{when}_{k}": v for when, m in (("before", before),
-                                                                ("after", after))
-                             for k, v in m.items() if math.isfinite(v)})
-        _finish(root, out_name, have, preds, staging)
-    log.info("%s: held-out rater means ccc %.3f -> %.3f, mae %.3f -> %.3f (%d tuned + %d mixed, "
-             "%d held out)", name, before["ccc"], after["ccc"], before["mae"], after["mae"],
-             len(tune_ids), len(mixed), len(held_ids))
-    subjects = have.set_index("video_id").loc[held_ids, "subject_id"].tolist()
-    return {**_with_intervals(before, after, held_true, (held_before, held_after), subjects, seed),
-            "n_finetune": len(tune_ids), "n_mixed": len(mixed), "n_heldout": len(held_ids),
+            mlf.log_metrics({f"{split}_{when}_{k}": v for split, r in report.items()
+                             for when in ("before", "after") for k, v in r[when].items()
+                             if isinstance(v, float) and math.isfinite(v)})
+        # proba (n, 5, 5) for 5-bin heads: evaluate scores the 5-bin view from it, as train's
+        _finish(root, out_name, have, engine.predict_videos(
+            model, sources, have["video_id"].tolist(), return_proba=True), staging)
+    _log_report(name, report, len(tune_ids), len(mixed))
+    return {**report, "n_finetune": len(tune_ids), "n_mixed": len(mixed),
             "frozen_parameters": frozen}
 
 
-def _finish(root: Path, out_name: str, have: pd.DataFrame, preds: np.ndarray,
+def _log_report(name: str, report: dict, n_tuned: int, n_mixed: int) -> None:
+    for split, use in HELD_OUT.items():
+        r = report[split]
+        log.info("%s: %s (%s): rater means ccc %.3f -> %.3f, mae %.3f -> %.3f (%d clips, "
+                 "%d subjects)", name, split, use, r["before"]["ccc"], r["after"]["ccc"],
+                 r["before"]["mae"], r["after"]["mae"], r["n_clips"], r["n_subjects"])
+    log.info("%s: fine-tuned on %d rated + %d mixed train clips", name, n_tuned, n_mixed)
+
+
+def _finish(root: Path, out_name: str, have: pd.DataFrame, predicted: tuple,
             staging: Path) -> None:
     """Mark the checkpoints in `staging` finished with the test error measured for them
-    (per-trait MAE against the manifest's test labels), and write the predictions."""
+    (per-trait MAE against the manifest's test labels), and write the predictions.
+    predicted: (preds (n, 5), proba (n, 5, 5) or None) for every row of `have`."""
     from models.checkpoints import mark_finished
+    from models.inference import predictions_table
 
+    preds, proba = predicted
     test = (have["split"] == "test").to_numpy()
     truth = have.loc[test, list(TRAITS)].to_numpy(float)
     error = {t: float(np.nanmean(np.abs(preds[test, k] - truth[:, k])))
@@ -259,16 +332,15 @@ def _finish(root: Path, out_name: str, have: pd.DataFrame, preds: np.ndarray,
     for name in ("best.pt", "last.pt"):
         if (staging / name).is_file():
             mark_finished(staging / name, test_error=error)
-    write_predictions(root / RETRAINED / "predictions" / f"{out_name}.parquet", pd.DataFrame({
-        "video_id": have["video_id"].to_numpy(), "split": have["split"].to_numpy(),
-        **{t: preds[:, k] for k, t in enumerate(TRAITS)}, "model": out_name}))
+    write_predictions(root / RETRAINED / "predictions" / f"{out_name}.parquet", predictions_table(
+        have["video_id"].to_numpy(), have["split"].to_numpy(), preds, proba, out_name))
 
 
 def _retrain_job(job: dict) -> dict:
     """One model's fine-tuning in a worker process (models are independent: each seeds itself,
     so a model's numbers do not depend on which process or which order it ran in)."""
     return retrain_model(job["name"], job["params"], job["base"], job["root"], job["rated"],
-                         job["manifest"])
+                         job["manifest"], job["uncertainty"])
 
 
 def _skip(root: Path, reason: str) -> dict:
@@ -282,9 +354,9 @@ def _skip(root: Path, reason: str) -> dict:
 
 
 def run(params: RetrainParams, base: BaseParams, root: Path | None = None,
-        trained: list[str] | None = None) -> dict:
+        trained: list[str] | None = None, uncertainty: Uncertainty = Uncertainty()) -> dict:
     """Fine-tune `params.models`; with `trained` (the stage passes train.models), only those of
-    them that this experiment trains."""
+    them that this experiment trains. `uncertainty`: the stage passes evaluate's bootstrap."""
     from models.metrics import json_safe
 
     root = root or repo_root()
@@ -304,7 +376,7 @@ def run(params: RetrainParams, base: BaseParams, root: Path | None = None,
     manifest = read_artifact("manifest", path=root / schemas.ARTIFACTS["manifest"].path)
     rated = aggregate_ratings(ratings)
     jobs = [{"name": name, "params": params, "base": base, "root": root, "rated": rated,
-             "manifest": manifest} for name in names]
+             "manifest": manifest, "uncertainty": uncertainty} for name in names]
     # one process per model, each at retrain.threads torch threads: both cores of a 2-core box
     where = local_processes(len(names), base.workers, params.threads)
     out: dict = dict(zip(names, map_jobs(_retrain_job, jobs, workers=where.workers,
@@ -318,7 +390,8 @@ def run(params: RetrainParams, base: BaseParams, root: Path | None = None,
 
 def main(argv: list[str] | None = None) -> None:
     run_stage("retrain", RetrainParams,
-              lambda params, base: run(params, base, trained=experiment_models()))
+              lambda params, base: run(params, base, trained=experiment_models(),
+                                       uncertainty=evaluate_uncertainty()))
 
 
 if __name__ == "__main__":

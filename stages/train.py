@@ -306,6 +306,7 @@ def _fit(name: str, p: TrainParams, cfg: TrainConfig, root: Path, meta: dict, ov
 def _predict(model, name: str, cfg: TrainConfig, data: dict) -> tuple:
     """Every video with inputs: (the predictions table, preds (n, 5), proba (n, 5, 5) or None)."""
     from models import engine
+    from models.inference import predictions_table
 
     have = data["have"]
     device = engine.resolve_device(cfg.device)
@@ -315,14 +316,8 @@ def _predict(model, name: str, cfg: TrainConfig, data: dict) -> tuple:
     preds, proba = engine.predict_videos(model, data["sources"], have["video_id"].tolist(),
                                          batch_size=cfg.eval_batch_size, device=device,
                                          amp=False, return_proba=True)
-    predictions = pd.DataFrame({"video_id": have["video_id"].to_numpy(),
-                                "split": have["split"].to_numpy(),
-                                **{t: preds[:, k] for k, t in enumerate(TRAITS)},
-                                "model": name})
-    if proba is not None:  # 5-bin heads: proba_<T>_<k>, trait-major (stages/evaluate.py)
-        for j, t in enumerate(TRAITS):
-            for k in range(proba.shape[2]):
-                predictions[f"proba_{t}_{k}"] = proba[:, j, k]
+    predictions = predictions_table(have["video_id"].to_numpy(), have["split"].to_numpy(),
+                                    preds, proba, name)  # + proba_<T>_<k> for 5-bin heads
     return predictions, preds, proba
 
 

@@ -78,10 +78,19 @@ def test_openface_backend_stage(tmp_path):
     folder.mkdir()
     (folder / "a.csv").write_text(openface_like(spaces=True, face_ids=False))
     (folder / "b.csv").write_text("frame,timestamp\n1,0\n")  # no AUs: reported, others go on
+    good = openface_like(spaces=True, face_ids=False)
+    header, first, *rest = good.splitlines(keepends=True)
+    (folder / "c.csv").write_text(good + header + "".join(rest))  # two CSVs joined with cat
+    (folder / "d.csv").write_text(header + first.replace(", 0.9,", ", nan(ind),", 1)
+                                  + "".join(rest))  # a cell that is no number
+    (folder / "e.csv").write_text(good[: good.rindex(",")] + "\n")  # cut off mid-row
     summary = run(AusParams(backend="openface_csv", openface_dir="openface"), BaseParams(),
                   root=tmp_path)
     aus = read_artifact("aus", path=tmp_path / "data" / "aus")
-    assert set(aus["video_id"]) == {"a"} and list(summary["failed"]) == ["b"]
+    assert set(aus["video_id"]) == {"a"} and sorted(summary["failed"]) == ["b", "c", "d", "e"]
+    for name in "cd":
+        assert f"{name}.csv: malformed OpenFace CSV" in summary["failed"][name]
+    assert "e.csv: data row 4 has 1 empty cell(s)" in summary["failed"]["e"]
 
 
 # --------------------------------------------------------------------------------------------------

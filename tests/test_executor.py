@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from personality.common import atomic_dir
+from personality.common import atomic_dir, atomic_file
 from personality.executor import (ExecutorError, Placement, local_processes, map_jobs,
                                   placement)
 
@@ -54,6 +54,46 @@ def fail_on_two(x: int) -> int:
     if x == 2:
         raise ValueError(f"bad input {x}")
     return x
+
+
+def die_once_on(job: tuple[int, str, str]) -> int:
+    """Job (x, folder, which): kills its worker when x is `which` ("3": every time it runs;
+    "3-once": the first time only, as the OOM killer might); a marker file counts the runs."""
+    x, folder, which = job
+    if which.split("-")[0] == str(x):
+        marker = Path(folder) / f"ran-{x}"
+        first = not marker.exists()
+        marker.write_text("ran")
+        if first or which != f"{x}-once":
+            os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.1)
+    return x
+
+
+def lost_row(job, why: str) -> str:
+    return f"lost {job[0]}: {why}"
+
+
+class TwoArgError(Exception):
+    def __init__(self, a, b):  # pickles, but cannot be rebuilt from its args
+        super().__init__(f"{a}/{b}")
+
+
+def unpicklable_on_two(x: int) -> int:
+    if x == 2:
+        raise TwoArgError("half", "done")
+    time.sleep(0.2)
+    return x
+
+
+def exit_on_one(x: int) -> int:
+    if x == 1:
+        sys.exit(0)
+    return x
+
+
+def broken_setup() -> None:
+    raise ValueError("model bundle is corrupt (sha256 mismatch)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -127,6 +167,63 @@ def test_a_dead_worker_fails_fast_naming_its_job(where):
         assert "SIGKILL" in str(info.value)
 
 
+def test_with_on_lost_a_video_that_kills_its_worker_twice_is_a_row_and_the_rest_go_on(tmp_path):
+    jobs = [(x, str(tmp_path), "3") for x in range(8)]
+    out = list(map_jobs(die_once_on, jobs, workers=2, label=lambda j: f"clip{j[0]}",
+                        where=POOL, on_lost=lost_row))
+    assert out[:3] + out[4:] == [0, 1, 2, 4, 5, 6, 7]
+    assert out[3] == "lost 3: the worker process running it died twice (SIGKILL: killed, e.g. " \
+                     "by the kernel's OOM killer)"
+
+
+def test_on_dask_a_lost_worker_still_ends_the_map_at_once(tmp_path):
+    jobs = [(x, str(tmp_path), "3") for x in range(8)]
+    t0 = time.monotonic()
+    with pytest.raises(ExecutorError, match="clip3.*the Dask worker running it died"):
+        list(map_jobs(die_once_on, jobs, workers=2, label=lambda j: f"clip{j[0]}", where=DASK,
+                      on_lost=lost_row))
+    assert time.monotonic() - t0 < 30
+
+
+def test_with_on_lost_a_worker_killed_once_costs_nothing(tmp_path):
+    jobs = [(x, str(tmp_path), "3-once") for x in range(8)]
+    assert list(map_jobs(die_once_on, jobs, workers=2, where=POOL, on_lost=lost_row)) == \
+        list(range(8))
+    assert (tmp_path / "ran-3").exists()  # it did die once
+
+
+def test_with_on_lost_too_many_dead_workers_stop_the_map(tmp_path):
+    jobs = [(x, str(tmp_path), str(x)) for x in range(4)]  # every job kills its worker
+    with pytest.raises(ExecutorError, match="4 workers died in this run .* more than 3"):
+        list(map_jobs(die_once_on, jobs, workers=2, where=POOL, on_lost=lost_row))
+
+
+def test_with_on_lost_one_job_runs_in_a_worker_not_in_the_stage(tmp_path):
+    out = list(map_jobs(die_once_on, [(3, str(tmp_path), "3")], workers=2, where=POOL,
+                        on_lost=lost_row))
+    assert out[0].startswith("lost 3") and "SIGKILL" in out[0]
+
+
+@pytest.mark.parametrize("where", [POOL, DASK], ids=["pool", "dask"])
+def test_an_exception_that_cannot_travel_back_names_its_job_not_a_dead_worker(where):
+    with pytest.raises(RuntimeError, match="TwoArgError: half/done") as info:
+        list(map_jobs(unpicklable_on_two, range(5), workers=2, label=lambda x: f"clip{x}",
+                      where=where))
+    assert not isinstance(info.value, ExecutorError)
+    assert any("clip2" in note for note in getattr(info.value, "__notes__", []))
+
+
+def test_sys_exit_in_a_job_is_an_error_not_a_clean_exit():
+    with pytest.raises(RuntimeError, match=r"sys.exit\(0\)") as info:
+        list(map_jobs(exit_on_one, range(4), workers=2, label=lambda x: f"clip{x}", where=POOL))
+    assert any("clip1" in note for note in getattr(info.value, "__notes__", []))
+
+
+def test_a_setup_that_fails_in_a_worker_raises_its_own_error():
+    with pytest.raises(ValueError, match="sha256 mismatch"):
+        list(map_jobs(square_slowly, range(4), workers=2, setup=broken_setup, where=POOL))
+
+
 # --------------------------------------------------------------------------------------------------
 # temp folders
 
@@ -143,6 +240,71 @@ def test_a_stale_temp_of_a_dead_writer_is_swept_a_live_one_kept(tmp_path):
         (tmp / "part-00000.parquet").write_bytes(b"x")
     assert not stale.exists() and live.exists() and foreign.exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".frames")) == []
+
+
+def _dead_pid() -> int:
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True).stdout)
+
+
+def test_a_second_writer_of_an_artifact_leaves_a_live_writers_temp_alone(tmp_path):
+    live = tmp_path / f".frames.tmp-{os.getppid()}-0123abcd"  # another run writing frames now
+    live.mkdir()
+    (live / "part-00000.parquet").write_bytes(b"theirs")
+    with atomic_dir(tmp_path / "frames") as tmp:
+        (tmp / "part-00000.parquet").write_bytes(b"x")
+    assert (live / "part-00000.parquet").read_bytes() == b"theirs"
+
+
+def test_a_killed_single_file_writers_temp_goes_with_the_next_write(tmp_path):
+    stale = tmp_path / f".functionals.parquet.tmp-{_dead_pid()}-0123abcd"  # SIGKILLed mid-write
+    stale.write_bytes(b"half")
+    with atomic_file(tmp_path / "functionals.parquet") as tmp:
+        tmp.write_bytes(b"whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["functionals.parquet"]
+    dvcignore = (REPO / ".dvcignore").read_text().splitlines()
+    assert ".*.tmp-*" in dvcignore  # and DVC never hashes one into an output
+
+
+def test_the_swap_exchanges_in_one_step_on_linux(tmp_path, monkeypatch):
+    if not sys.platform.startswith("linux"):
+        pytest.skip("renameat2 is Linux's")
+    with atomic_dir(tmp_path / "art") as tmp:
+        (tmp / "a").write_text("old")
+    real_replace = os.replace
+
+    def no_rename_onto(src, dst):  # the exchange needs no rename of the old folder aside
+        assert Path(dst) != tmp_path / "art" and Path(src) != tmp_path / "art"
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", no_rename_onto)
+    with atomic_dir(tmp_path / "art") as tmp:
+        (tmp / "b").write_text("new")
+    assert sorted(p.name for p in (tmp_path / "art").iterdir()) == ["b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+
+
+def test_a_ctrl_c_between_the_two_renames_waits_until_both_are_done(tmp_path, monkeypatch):
+    import ctypes
+
+    from personality import common
+
+    with atomic_dir(tmp_path / "art") as tmp:
+        (tmp / "a").write_text("old")
+    monkeypatch.setattr(ctypes, "CDLL", lambda *a, **k: (_ for _ in ()).throw(OSError("none")))
+    real_replace, calls = os.replace, []
+
+    def replace_then_ctrl_c(src, dst):
+        real_replace(src, dst)
+        calls.append(dst)
+        if len(calls) == 1:
+            signal.raise_signal(signal.SIGINT)  # lands between the renames: held back
+
+    monkeypatch.setattr(common.os, "replace", replace_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_dir(tmp_path / "art") as tmp:
+            (tmp / "b").write_text("new")
+    assert len(calls) == 2 and (tmp_path / "art" / "b").read_text() == "new"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Real stages on the executor: the same bytes whatever runs them, a worker killed mid-stage fails
-the stage fast naming the video, and a killed stage leaves no worker and no temp folder behind.
+"""Real stages on the executor: the same bytes whatever runs them, a worker killed mid-stage costs
+the local pool nothing (the video runs again) and fails a Dask run fast naming the video, and a
+killed stage leaves no worker and no temp folder behind.
 
     pytest tests/test_executor_stages.py          # ~3-4 minutes on 2 cores
 
@@ -124,7 +125,21 @@ def no_output_yet(long_clips):
     shutil.rmtree(long_clips / "data" / "frames", ignore_errors=True)
 
 
-@pytest.mark.parametrize("cluster", ["", "local:2"], ids=["pool", "dask"])
+@pytest.mark.usefixtures("no_output_yet")
+def test_a_worker_killed_mid_stage_costs_the_pool_nothing(long_clips):
+    """The local pool restarts and the video gets a second try: every video is there."""
+    root = long_clips
+    proc, workers = start_stage(root, "")
+    workers[0].kill()
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    frames = pd.read_parquet(root / "data" / "frames")
+    assert sorted(frames["video_id"].unique()) == [f"v{i}" for i in range(6)]
+    assert not list((root / "data").glob(".frames.tmp-*"))
+    shutil.rmtree(root / "data" / "frames")
+
+
+@pytest.mark.parametrize("cluster", ["local:2"], ids=["dask"])
 @pytest.mark.usefixtures("no_output_yet")
 def test_a_worker_killed_mid_stage_fails_it_naming_the_video(long_clips, cluster):
     root = long_clips

@@ -209,3 +209,13 @@ def test_permutation_importance_of_trees_is_the_same_with_the_shortcut(monkeypat
     monkeypatch.setattr(importance, "_base_leaves", lambda *args: None)
     full = importance.permuted_predictions(model, views, "functionals", repeats=3, seed=0)
     assert fast.shape == (6, 3, 80, 5) and np.array_equal(fast, full)
+
+
+def test_an_unreadable_audio_shard_is_an_error_naming_it(tmp_path):
+    from personality.common import SchemaError
+
+    folder = tmp_path / "data" / "audio"
+    folder.mkdir(parents=True)
+    (folder / "part-00000.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(SchemaError, match="part-00000.parquet: not a readable audio shard"):
+        fx._audio_rows(tmp_path)

@@ -6,11 +6,13 @@ import dataclasses
 import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from stages import deploy, retrain
 from personality.common import BaseParams, ParamsError, StageInputError, write_artifact
@@ -77,14 +79,17 @@ def au_dataset(root, *, n=48, frames=30, seed=0):
     return manifest
 
 
-def fit_perfex_cnn(root, manifest, *, epochs: int, seed: int, folder: str = "perfex_cnn"):
-    """A small perfex_cnn trained on the train split into data/models/<folder>."""
+def fit_perfex_cnn(root, manifest, *, epochs: int, seed: int, folder: str | None = None,
+                   model: str = "perfex_cnn", **config):
+    """A small AU model (perfex_cnn with a regression head unless `model` / `config` say
+    otherwise) trained on the train split into data/models/<folder, default the model name>."""
     from models import engine
     from models.data import build_sources
     from models.registry import build_model
 
+    name = model
     engine.seed_everything(seed)
-    model = build_model("perfex_cnn", head="regression", seq_len=32)
+    model = build_model(name, seq_len=32, **{"head": "regression", **config})
     config = {"aus": {"seq_len": 32}}
     sources = build_sources(["aus", "aus_mask"], root=root, video_ids=list(manifest["video_id"]),
                             config=config)
@@ -93,8 +98,8 @@ def fit_perfex_cnn(root, manifest, *, epochs: int, seed: int, folder: str = "per
                train_targets=train[list(TRAITS)].to_numpy(),
                config=engine.TrainConfig(epochs=epochs, lr=3e-3, batch_size=8, seed=seed,
                                          patience=0),
-               out_dir=root / "data/models" / folder,
-               meta={"model_name": "perfex_cnn", "model_config": engine.model_config_of(model),
+               out_dir=root / "data/models" / (folder or name),
+               meta={"model_name": name, "model_config": engine.model_config_of(model),
                      "inputs": ["aus", "aus_mask"], "source_config": config})
 
 
@@ -113,25 +118,36 @@ def test_retrain_moves_toward_raters(trained, tmp_path):
                                    mix_share=0.25, mlflow=False)
     out = retrain.run(params, BaseParams(seed=3, workers=1), root=root)
     report = json.loads((root / "metrics/retrain.json").read_text())
-    m = report["perfex_cnn"]
-    assert set(m["before"]) == {"ccc", "pcc", "mae", "ccc_ci"}
+    assert m_of(report["perfex_cnn"], "test")  # each held-out split reported apart
+    m = m_of(report["perfex_cnn"], "val")
+    assert set(m["before"]) == {"ccc", "pcc", "mae", "ccc_ci", "mae_ci"}
     for when in ("before", "after"):  # a non-empty interval over held-out subjects, not above it
-        lo, hi = m[when]["ccc_ci"]
-        assert lo <= m[when]["ccc"] + 1e-9 and lo < hi
+        for metric in ("ccc", "mae"):
+            lo, hi = m[when][f"{metric}_ci"]
+            assert lo <= m[when][metric] + 1e-9 and lo < hi
     lo, hi = m["change"]["delta_ccc"]
     assert lo <= m["after"]["ccc"] - m["before"]["ccc"] <= hi and 0 <= m["change"]["p_better"] <= 1
+    assert 0 <= m["change"]["p_lower_mae"] <= 1
     assert m["after"]["ccc"] > m["before"]["ccc"] + 0.1, m
     assert m["after"]["mae"] < m["before"]["mae"]
-    assert m["n_finetune"] == 24 and m["n_heldout"] == 24 and m["n_mixed"] == 0  # all rated
+    assert report["perfex_cnn"]["n_finetune"] == 24 and report["perfex_cnn"]["n_mixed"] == 0
     icc = report["user_study"]["icc"]["O"]
     assert 0 < icc["icc1"] < icc["icck"] < 1
     preds = pd.read_parquet(root / "data/retrained/predictions/perfex_cnn+retrained.parquet")
     assert len(preds) == 48 and (preds["model"] == "perfex_cnn+retrained").all()
     assert (root / "data/retrained/models/perfex_cnn+retrained/best.pt").is_file()
-    assert out["perfex_cnn"]["after"] == m["after"]
+    assert out["perfex_cnn"]["val"]["after"] == m["after"]
     # the same seed gives the same numbers
     again = retrain.run(params, BaseParams(seed=3, workers=1), root=root)
-    assert again["perfex_cnn"]["after"]["ccc"] == pytest.approx(m["after"]["ccc"], abs=1e-9)
+    assert again["perfex_cnn"]["val"]["after"]["ccc"] == pytest.approx(m["after"]["ccc"],
+                                                                        abs=1e-9)
+
+
+def m_of(report: dict, split: str) -> dict:
+    """One held-out split's block of a model's retrain.json entry: 12 clips of 12 subjects."""
+    block = report[split]
+    assert block["n_clips"] == 12 and block["n_subjects"] == 12, block
+    return block
 
 
 def test_models_fine_tuned_in_parallel_match_one_process(trained, tmp_path):
@@ -277,3 +293,62 @@ def test_experiment_models_reads_train_models(tmp_path):
     (tmp_path / "p.yaml").write_text("train:\n  models: []\n")
     with pytest.raises(ParamsError, match="train.models"):
         experiment_models(tmp_path / "p.yaml")
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_deploy_reads_only_what_dvc_tracks(trained, tmp_path, monkeypatch):
+    """Everything deploy reads is a dep of its dvc.yaml entry: the trained checkpoint it falls
+    back to (no retrained one) and the manifest deploy.splits selects from. Else a retrained
+    base model or a changed split would leave data/deploy stale. Its params too."""
+    root = tmp_path / "t"
+    shutil.copytree(trained, root)
+    (root / "data/retrained/models").mkdir(parents=True)  # retrain skipped: the fallback
+    read = []
+    real = deploy.read_artifact
+    monkeypatch.setattr(deploy, "read_artifact", lambda name, path: (
+        read.append(Path(path).relative_to(root).as_posix()), real(name, path=path))[1])
+    summary = deploy.run(deploy.DeployParams(model="perfex_cnn+retrained", splits=["test"]),
+                         BaseParams(), root=root)
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["deploy"]
+    used = [summary["checkpoint"], *read]
+    assert summary["checkpoint"] == "data/models/perfex_cnn/best.pt" and len(read) == 2
+    assert [u for u in used if not any(u == d or u.startswith(d.rstrip("/") + "/")
+                                       for d in stage["deps"])] == []
+    assert {"deploy", "train.models", "aus.openface_face_id",
+            "aus.presence_threshold"} <= set(stage["params"])
+
+
+def test_deploy_reads_openface_csvs_as_the_aus_stage(trained, tmp_path):
+    """A two-face CSV without AUxx_c columns: deploy keeps the face aus.openface_face_id names
+    and derives AUxx_c at aus.presence_threshold, as the aus stage does, so both score the same
+    face (with read_openface_csv's defaults it took the other face: more successful frames)."""
+    from stages import aus as aus_stage
+
+    raw = pd.read_csv(real_fixture("OpenFace_Test.csv"), skipinitialspace=True)
+    raw = raw.drop(columns=[c for c in raw.columns if c.endswith("_c")]).copy()
+    face0, face1 = raw.assign(face_id=0), raw.assign(face_id=1)
+    face0.loc[face0.index[:20], "success"] = 0  # fewer successful frames than face 1
+    face1[list(AU_INTENSITY)] = np.clip(face1[list(AU_INTENSITY)] + 2.5, 0, 5)  # another person
+    corpus = tmp_path / "csvs"
+    corpus.mkdir()
+    pd.concat([face0, face1]).to_csv(corpus / "clip_a.csv", index=False)
+    aus_stage.run(aus_stage.AusParams(backend="openface_csv", openface_dir=str(corpus),
+                                      openface_face_id=0, presence_threshold=2.0),
+                  BaseParams(), root=tmp_path / "pipe")
+    pipeline = pd.read_parquet(tmp_path / "pipe/data/aus")
+    reading = deploy.OpenFaceReading(openface_face_id=0, presence_threshold=2.0)
+    table = deploy.load_corpus(deploy.DeployParams(corpus=str(corpus)), tmp_path, reading)
+    au = [*AU_INTENSITY, *AU_PRESENCE]
+    np.testing.assert_allclose(table[au].to_numpy(float), pipeline[au].to_numpy(float))
+    ckpt = trained / "data/models/perfex_cnn/best.pt"
+    deploy.run(deploy.DeployParams(model=str(ckpt), corpus=str(corpus), export_csv=False),
+               BaseParams(), root=tmp_path, reading=reading)
+    labels = pd.read_parquet(tmp_path / "data/deploy/labels.parquet")
+    np.testing.assert_allclose(labels[list(TRAITS)].to_numpy(),
+                               deploy.label_corpus(pipeline, ckpt)[list(TRAITS)].to_numpy(),
+                               atol=1e-6)
+    # the stage reads the two keys from params.yaml:aus
+    (tmp_path / "p.yaml").write_text("aus:\n  backend: openface_csv\n  openface_face_id: 1\n")
+    assert deploy.openface_reading(tmp_path / "p.yaml") == deploy.OpenFaceReading(1, 1.0)
