@@ -1,4 +1,5 @@
-"""Source adapters for real datasets: ChaLearn First Impressions V2, UDIVA, PerFeX, OpenFace CSVs.
+"""Source adapters for real datasets: ChaLearn First Impressions V2 and UDIVA here, PerFeX and
+OpenFace CSVs (AU sequences, no video) in personality/datasets_au.py.
 
 Each adapter reads a dataset in its official layout and returns manifest rows (the columns of
 `schemas.ARTIFACTS["manifest"]`) plus the problems it found, one message per bad item, naming the
@@ -6,16 +7,15 @@ file. `stages/ingest.py` chooses one by `ingest.source` and writes the artifacts
 
     python -m stages.ingest     # with ingest.source: chalearn16 | udiva | perfex | openface_csv
 
-Untrusted files are data, not code: label pickles go through `RestrictedUnpickler` (dicts, lists,
-strings and numbers only), and every path read from a label file must stay inside the dataset root.
+Untrusted files are data, not code: label pickles go through personality/safe_pickle.py (dicts,
+lists, strings and numbers only, numpy's numeric scalars as Python numbers), and every path read
+from a label file must stay inside the dataset root.
 The README's "Real datasets" section says where each dataset comes from and how to point at it.
 """
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
-import pickle
 import re
 from pathlib import Path
 from typing import Literal
@@ -24,42 +24,10 @@ import numpy as np
 import pandas as pd
 
 from personality.common import StageInputError, get_logger, progress, safe_join
+from personality.safe_pickle import load_data_pickle
 from personality.schemas import AU_INTENSITY, AU_PRESENCE, TRAITS
 
 log = get_logger("datasets")
-
-# --------------------------------------------------------------------------------------------------
-# safe pickles
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickle plain data only. Any global (a class, a function such as os.system) is refused:
-    containers, strings and numbers need none, so a label pickle never has a reason to ask."""
-
-    def __init__(self, file, *, source: str):
-        super().__init__(file, encoding="latin1")  # Python 2 `str` arrives as latin-1 text
-        self._source = source
-
-    def find_class(self, module: str, name: str):
-        raise StageInputError(f"{self._source}: refused to load: the pickle asks for "
-                              f"{module}.{name}; only dicts, lists, strings and numbers are "
-                              "accepted (is this file what it claims to be?)")
-
-
-def load_data_pickle(path: Path) -> object:
-    """Load a pickle of plain data (dict / list / tuple / str / bytes / int / float / bool / None)."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise StageInputError(f"{path}: cannot read: {exc}") from None
-    try:
-        return RestrictedUnpickler(io.BytesIO(data), source=str(path)).load()
-    except StageInputError:
-        raise
-    except Exception as exc:  # truncated / not a pickle / unsupported opcode
-        raise StageInputError(f"{path}: not a readable pickle: {type(exc).__name__}: {exc}") \
-            from None
-
 
 # --------------------------------------------------------------------------------------------------
 # ChaLearn First Impressions V2 (ChaLearn LAP 2016)
@@ -78,7 +46,9 @@ class ChaLearnParams:
     train_labels: str = "annotation_training.pkl"
     val_labels: str = "annotation_validation.pkl"
     test_labels: str = "annotation_test.pkl"
-    split_mode: Literal["official", "kfold"] = "official"
+    # kfold: by YouTube channel (the subject); official: the challenge's split, refused when a
+    # channel has clips in two splits (on the real data most do: the challenge split clips)
+    split_mode: Literal["official", "kfold"] = "kfold"
     n_folds: int = 10
     fold: int = 0  # kfold: this fold is test, the next one val, the rest train
 
@@ -111,8 +81,10 @@ def chalearn_subject(filename: str) -> str:
     return m.group("youtube") if m else Path(filename).stem
 
 
-def read_chalearn_annotations(path: Path) -> dict[str, dict[str, float]]:
-    """`{trait: {"<id>.mp4": value}}` -> `{"<id>.mp4": {"O": .., ..., "N": ..}}`, validated."""
+def read_chalearn_annotations(path: Path) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """`{trait: {"<id>.mp4": value}}` -> (`{"<id>.mp4": {"O": .., ..., "N": ..}}`, problems).
+    A file that is not such a dict is an error; a video with a value that is not a number in
+    [0, 1], or missing from some trait's dict, is a problem naming it, and is left out."""
     data = load_data_pickle(path)
     if not isinstance(data, dict):
         raise StageInputError(f"{path}: expected a dict of traits, got {type(data).__name__}")
@@ -122,6 +94,7 @@ def read_chalearn_annotations(path: Path) -> dict[str, dict[str, float]]:
         raise StageInputError(f"{path}: missing trait(s) {', '.join(missing)}; has "
                               f"{', '.join(sorted(keys))}")
     out: dict[str, dict[str, float]] = {}
+    bad: dict[str, str] = {}  # video -> what is wrong with it (its first fault)
     for trait, letter in CHALEARN_TRAITS.items():
         per_video = keys[trait]
         if not isinstance(per_video, dict):
@@ -130,11 +103,17 @@ def read_chalearn_annotations(path: Path) -> dict[str, dict[str, float]]:
         for video, value in per_video.items():
             name = video.decode("latin1") if isinstance(video, bytes) else str(video)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise StageInputError(f"{path}: {trait}[{name}] = {value!r} is not a number")
-            if not 0.0 <= float(value) <= 1.0:
-                raise StageInputError(f"{path}: {trait}[{name}] = {value} is outside [0, 1]")
-            out.setdefault(name, {})[letter] = float(value)
-    return out
+                bad.setdefault(name, f"{trait}[{name}] = {value!r} is not a number")
+            elif not 0.0 <= float(value) <= 1.0:  # NaN fails this too
+                bad.setdefault(name, f"{trait}[{name}] = {value} is outside [0, 1]")
+            else:
+                out.setdefault(name, {})[letter] = float(value)
+    for name, traits in out.items():
+        if name not in bad and len(traits) < len(CHALEARN_TRAITS):
+            absent = [t for t, k in CHALEARN_TRAITS.items() if k not in traits]
+            bad[name] = f"{name} has no {', '.join(absent)} score"
+    problems = [f"{path}: {why}; video left out" for why in bad.values()]
+    return {k: v for k, v in out.items() if k not in bad}, problems
 
 
 def kfold_splits(subjects: list[str], *, n_folds: int, fold: int, seed: int) -> dict[str, str]:
@@ -162,10 +141,12 @@ def ingest_chalearn16(p: ChaLearnParams, *, seed: int, root: Path, probe) -> tup
         if not video_dir.is_dir() and not labels_path.exists():
             log.info("chalearn16: no %s split (%s, %s absent)", split, video_dir, labels_path)
             continue
-        labels = read_chalearn_annotations(labels_path) if labels_path.exists() else {}
+        labels, bad_labels = (read_chalearn_annotations(labels_path) if labels_path.exists()
+                              else ({}, []))
+        problems += bad_labels
         if not labels_path.exists():
             problems.append(f"{labels_path}: annotation file not found; {split} videos unlabelled")
-        videos = {v.name: v for v in sorted(video_dir.rglob("*.mp4"))} if video_dir.is_dir() else {}
+        videos = _videos_by_name(video_dir, problems)
         for name in sorted(set(labels) - set(videos)):
             problems.append(f"{labels_path}: label for {name} but no such video under {video_dir}")
         for name, path in progress(videos.items(), desc=f"chalearn16:{split}", unit="video"):
@@ -184,12 +165,43 @@ def ingest_chalearn16(p: ChaLearnParams, *, seed: int, root: Path, probe) -> tup
                          "split": split, "subject_id": chalearn_subject(name),
                          "dataset": "chalearn16",
                          **{t: traits.get(t, math.nan) for t in TRAITS}, **facts})
-    if p.split_mode == "kfold" and rows:
+    if p.split_mode == "official":
+        _refuse_shared_channels(rows)
+    elif rows:
         split_of = kfold_splits([r["subject_id"] for r in rows], n_folds=p.n_folds, fold=p.fold,
                                 seed=seed)
         for r in rows:
             r["split"] = split_of[r["subject_id"]]
     return rows, problems
+
+
+def _videos_by_name(video_dir: Path, problems: list[str]) -> dict[str, Path]:
+    """The mp4s anywhere under `video_dir` by file name (the annotation keys); a name found twice
+    (the same clip in two trainingXX folders) is a problem naming both, and the first is kept."""
+    videos: dict[str, Path] = {}
+    for path in sorted(video_dir.rglob("*.mp4")) if video_dir.is_dir() else []:
+        if path.name in videos:
+            problems.append(f"{path}: a second file named {path.name} (first: "
+                            f"{videos[path.name]}); this one is left out")
+            continue
+        videos[path.name] = path
+    return videos
+
+
+def _refuse_shared_channels(rows: list[dict]) -> None:
+    """The challenge split clips, not people: on the real data most validation YouTube channels
+    also have training clips. Splits here are by subject, so the official one is refused when a
+    channel crosses it (kfold, the default, splits by channel)."""
+    splits_of: dict[str, set] = {}
+    for r in rows:
+        splits_of.setdefault(r["subject_id"], set()).add(r["split"])
+    shared = sorted(s for s, v in splits_of.items() if len(v) > 1)
+    if shared:
+        raise StageInputError(
+            f"ingest.chalearn16.split_mode=official: {len(shared)} of {len(splits_of)} YouTube "
+            f"channels (e.g. {', '.join(shared[:3])}) have clips in more than one official split "
+            "(the challenge split clips, not people); splits here are by subject: use "
+            "split_mode: kfold (by YouTube channel; ingest.chalearn16.fold picks the fold)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -241,36 +253,18 @@ def ingest_udiva(p: UdivaParams, *, root: Path, probe) -> tuple[list, list]:
         if not parts_path.exists():
             log.info("udiva: no %s split (%s absent)", split, parts_path)
             continue
-        parts = _read_csv(parts_path, ["ID", *UDIVA_TRAITS])
+        labels, dropped = _udiva_labels(_read_csv(parts_path, ["ID", *UDIVA_TRAITS]),
+                                        parts_path, problems)
         sessions_path = safe_join(base, spec["sessions"])
         sessions = _read_csv(sessions_path, ["ID", "PART.1", "PART.2"])
-        labels: dict[str, dict[str, float]] = {}
-        for i, row in parts.iterrows():
-            try:
-                labels[row["ID"].strip()] = {letter: float(row[col])
-                                             for col, letter in UDIVA_TRAITS.items()}
-            except ValueError:
-                problems.append(f"{parts_path} row {i + 2} (participant {row['ID']}): "
-                                "a trait z-score is not a number")
         rec_root = safe_join(base, spec["recordings"])
         for _, sess in sessions.iterrows():
             session = sess["ID"].strip()
-            try:
-                session_dir = safe_join(rec_root, session)
-            except StageInputError as exc:  # a session ID that is no folder name
-                problems.append(f"{sessions_path} (session {session!r}): {exc}")
-                continue
-            if not session_dir.is_dir():
-                problems.append(f"{session_dir}: session folder of {session} not found")
-                continue
-            for path in sorted(session_dir.rglob("*.mp4")):
-                m = _UDIVA_RECORDING.match(path.stem)
-                if not m or m.group("task") not in p.tasks or not _inside(base, path, problems):
-                    continue
-                participant = sess[f"PART.{m.group('part')}"].strip()
+            for path, participant in _udiva_recordings(sess, rec_root, base, p.tasks,
+                                                       sessions_path, problems):
                 if participant not in labels:
-                    problems.append(f"{path}: participant {participant} has no row in "
-                                    f"{parts_path}")
+                    problems.append(f"{path}: participant {participant} " + dropped.get(
+                        participant, f"has no row in {parts_path}"))
                     continue
                 try:
                     facts = probe(path)
@@ -280,164 +274,84 @@ def ingest_udiva(p: UdivaParams, *, root: Path, probe) -> tuple[list, list]:
                 rows.append({"video_id": f"{session}_{path.stem}", "path": _rel(path, root),
                              "split": split, "subject_id": participant, "dataset": "udiva",
                              **labels[participant], **facts})
+        in_sessions = {sess[c].strip() for _, sess in sessions.iterrows()
+                       for c in ("PART.1", "PART.2")}
+        for participant in sorted(set(labels) - in_sessions):  # labelled, never recorded
+            problems.append(f"{parts_path}: participant {participant} is in no session of "
+                            f"{sessions_path}: no recording")
     return rows, problems
 
 
-# --------------------------------------------------------------------------------------------------
-# PerFeX long CSV and OpenFace CSVs: AU sequences, no video
-
-PERFEX_TRAITS = {"openness": "O", "conscientiousness": "C", "extroversion": "E",
-                 "agreeableness": "A", "neuroticism": "N"}
-
-
-@dataclasses.dataclass(frozen=True)
-class PerfexParams:
-    csv: str = ""  # PerFeX's long CSV: one row per frame
-    retrain_csv: str = ""  # optional: user-study ratings -> data/user_study.parquet
-    fps: float = 30.0  # OpenFace frame rate of the source videos: t = frame / fps
-    id_column: str = "ID"
-
-
-def _au_frame_table(video_id: str, values: pd.DataFrame, fps: float,
-                    success: np.ndarray | None = None,
-                    confidence: np.ndarray | None = None,
-                    t: np.ndarray | None = None) -> pd.DataFrame:
-    """Rows of the `aus` artifact for one sequence. `values` holds AUxx_r (and maybe AUxx_c)."""
-    n = len(values)
-    ok = np.ones(n, bool) if success is None else success.astype(bool)
-    table = {"video_id": [video_id] * n, "frame_idx": np.arange(n, dtype=np.int64),
-             "t": (np.arange(n) / fps if t is None else t).astype(np.float64),
-             "success": ok,
-             "confidence": (np.ones(n) if confidence is None else confidence).astype(np.float64)}
-    for au in AU_INTENSITY:
-        col = values[au].to_numpy(np.float64) if au in values else np.full(n, np.nan)
-        table[au] = np.where(ok, col, np.nan)  # zeros on failed frames are not measurements
-    for au in AU_PRESENCE:
-        col = values[au].to_numpy(np.float64) if au in values else np.full(n, np.nan)
-        table[au] = np.where(ok, col, np.nan)
-    return pd.DataFrame(table)
-
-
-def ingest_perfex(p: PerfexParams, *, root: Path) -> tuple[list, list, pd.DataFrame, pd.DataFrame]:
-    """Manifest rows, problems, the `aus` table and the user-study table from PerFeX's CSVs."""
-    if not p.csv:
-        raise StageInputError("ingest.perfex.csv: set it to PerFeX's long CSV")
-    path = _resolve(p.csv, root)
-    df = _read_csv(path, [p.id_column, "File", *PERFEX_TRAITS])
-    au_cols = [c for c in df.columns if re.fullmatch(r"AU\d\d_[rc]", c)]
-    missing_aus = [a for a in AU_INTENSITY if a not in au_cols]
-    if missing_aus:
-        raise StageInputError(f"{path}: missing AU column(s) {', '.join(missing_aus)}")
-    rows, problems, tables = [], [], []
-    for seq_id, group in df.groupby(p.id_column, sort=True):
-        where = f"{path} (ID {seq_id})"
+def _udiva_labels(parts: pd.DataFrame, parts_path: Path, problems: list[str]
+                  ) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """Participant -> z-scores from a parts CSV, and participant -> why it was dropped. A row
+    whose z-scores are not all finite numbers (`nan` parses as a float) is reported; a
+    participant on two rows that disagree is reported with both row numbers and dropped (which
+    row is right is not ours to guess); an identical repeat is kept."""
+    labels: dict[str, dict[str, float]] = {}
+    line_of: dict[str, int] = {}
+    dropped: dict[str, str] = {}
+    for i, row in parts.iterrows():
+        participant, where = row["ID"].strip(), f"{parts_path} row {i + 2}"
         try:
-            values = group[au_cols].apply(pd.to_numeric, errors="raise")
-            traits = group[list(PERFEX_TRAITS)].apply(pd.to_numeric, errors="raise")
-        except ValueError as exc:
-            problems.append(f"{where}: non-numeric value: {exc}")
+            z = {letter: float(row[col]) for col, letter in UDIVA_TRAITS.items()}
+        except ValueError:
+            z = None
+        if z is None or not all(math.isfinite(v) for v in z.values()):
+            problems.append(f"{where} (participant {participant}): a trait z-score is not a "
+                            "finite number")
+            dropped.setdefault(participant, f"dropped: row {i + 2} of {parts_path} is unusable")
             continue
-        if traits.nunique().max() > 1:
-            problems.append(f"{where}: trait values differ between frames of one sequence")
+        if participant in line_of and (participant in dropped or z != labels[participant]):
+            problems.append(f"{parts_path} rows {line_of[participant]} and {i + 2}: participant "
+                            f"{participant} has two different rows of z-scores; dropped")
+            dropped[participant] = f"dropped: two different rows in {parts_path}"
             continue
-        first = traits.iloc[0]
-        if ((first < 0) | (first > 1)).any():
-            problems.append(f"{where}: a trait is outside [0, 1]")
-            continue
-        video_id = f"perfex_{seq_id}"
-        file = str(group["File"].iloc[0])
-        tables.append(_au_frame_table(video_id, values.reset_index(drop=True), p.fps))
-        rows.append({"video_id": video_id, "path": "", "split": "",
-                     "subject_id": chalearn_subject(Path(file).name), "dataset": "perfex",
-                     **{letter: float(first[col]) for col, letter in PERFEX_TRAITS.items()},
-                     "duration_s": len(group) / p.fps, "fps": p.fps, "has_audio": False})
-    aus = pd.concat(tables, ignore_index=True) if tables else _au_frame_table("", pd.DataFrame(),
-                                                                              p.fps).iloc[:0]
-    study = read_perfex_ratings(_resolve(p.retrain_csv, root), p.id_column) if p.retrain_csv \
-        else None
-    return rows, problems, aus, study
+        labels.setdefault(participant, z)
+        line_of.setdefault(participant, i + 2)
+    return {k: v for k, v in labels.items() if k not in dropped}, dropped
 
 
-def read_perfex_ratings(path: Path, id_column: str = "ID") -> pd.DataFrame:
-    """PerFeX's retraining CSV -> user-study rows. Columns: the id, an optional `rater` /
-    `rater_id`, and the five PerFeX trait columns, either Likert 1-5 or in [0, 1] (mapped to
-    1 + 4p). One row per rating."""
-    df = _read_csv(path, [id_column, *PERFEX_TRAITS])
-    rater_col = next((c for c in ("rater_id", "rater", "Rater") if c in df.columns), None)
-    values = df[list(PERFEX_TRAITS)].apply(pd.to_numeric, errors="coerce")
-    if values.isna().any().any():
-        bad = int(values.isna().any(axis=1).to_numpy().argmax())
-        raise StageInputError(f"{path} row {bad + 2}: a rating is missing or not a number")
-    if values.to_numpy().max() <= 1.0:
-        values = 1 + 4 * values
-    if ((values < 1) | (values > 5)).any().any():
-        raise StageInputError(f"{path}: ratings must be Likert 1-5 or in [0, 1]")
-    return pd.DataFrame({
-        "video_id": "perfex_" + df[id_column].astype(str),
-        "rater_id": df[rater_col].astype(str) if rater_col else [f"r{i}" for i in range(len(df))],
-        **{letter: values[col].astype(float) for col, letter in PERFEX_TRAITS.items()}})
-
-
-@dataclasses.dataclass(frozen=True)
-class OpenFaceParams:
-    labels: str = ""  # CSV: file (OpenFace CSV relative to this CSV), O, C, E, A, N [, subject, split]
-    fps: float = 30.0  # used only where a CSV lacks `timestamp`
-
-
-def read_openface_csv(path: Path, *, fps: float = 30.0) -> tuple[pd.DataFrame, dict]:
-    """One OpenFace FeatureExtraction CSV -> its `aus` rows (personality.openface, the `aus` stage's own reader) and
-    facts: number of faces in the file, duration, frame rate."""
-    from personality.openface import read_openface_csv as read_aus_csv
-
-    table = read_aus_csv(path, video_id="")
+def _udiva_recordings(sess: pd.Series, rec_root: Path, base: Path, tasks: list[str],
+                      sessions_path: Path, problems: list[str]) -> list[tuple[Path, str]]:
+    """(recording, participant) of one sessions-CSV row: FC<part>_<task>.mp4 below its folder,
+    the extension in any case (FC2_T.MP4 counts). Reported: a session folder that is missing, a
+    second recording of one participant and task, and each participant and task in `tasks` with
+    no recording at all."""
+    session = sess["ID"].strip()
     try:
-        n_faces = int(pd.read_csv(path, skipinitialspace=True, usecols=lambda c: c.strip() ==
-                                  "face_id").iloc[:, 0].nunique())
-    except (ValueError, IndexError):
-        n_faces = 1
-    t = table["t"].to_numpy(float)
-    rate = (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else fps
-    return table, {"n_faces": max(n_faces, 1), "duration_s": len(t) / rate if len(t) else 0.0,
-                   "fps": rate}
+        session_dir = safe_join(rec_root, session)
+    except StageInputError as exc:  # a session ID that is no folder name
+        problems.append(f"{sessions_path} (session {session!r}): {exc}")
+        return []
+    if not session_dir.is_dir():
+        problems.append(f"{session_dir}: session folder of {session} not found")
+        return []
+    found: dict[tuple[str, str], Path | None] = {}
+    for path in sorted(session_dir.rglob("*")):
+        m = _UDIVA_RECORDING.match(path.stem)
+        if path.suffix.lower() != ".mp4" or not m or m.group("task") not in tasks:
+            continue
+        key = (m.group("part"), m.group("task"))
+        if key in found:
+            problems.append(f"{path}: a second recording FC{key[0]}_{key[1]} of session "
+                            f"{session} (the first: {found[key]}); dropped")
+            continue
+        found[key] = path if _inside(base, path, problems) else None  # escaped: reported
+    for part in ("1", "2"):
+        for task in tasks:
+            participant = sess[f"PART.{part}"].strip()
+            if participant and (part, task) not in found:
+                problems.append(f"{session_dir}: no recording FC{part}_{task}.mp4 of "
+                                f"participant {participant} (session {session})")
+    return [(path, sess[f"PART.{key[0]}"].strip()) for key, path in sorted(found.items())
+            if path is not None]
 
 
-def ingest_openface_csv(p: OpenFaceParams, *, root: Path) -> tuple[list, list, pd.DataFrame]:
-    if not p.labels:
-        raise StageInputError("ingest.openface_csv.labels: set it to the labels CSV")
-    labels_path = _resolve(p.labels, root)
-    df = _read_csv(labels_path, ["file", *TRAITS])
-    base = labels_path.parent
-    rows, problems, tables = [], [], []
-    for i, row in df.iterrows():
-        where = f"{labels_path} row {i + 2} ({row['file']})"
-        try:
-            path = safe_join(base, row["file"].strip())
-            traits = {}
-            for t in TRAITS:
-                text = row[t].strip()
-                value = float(text) if text else math.nan
-                if not math.isnan(value) and not 0 <= value <= 1:
-                    raise StageInputError(f"label {t}={text} is outside [0, 1]")
-                traits[t] = value
-            if not path.is_file():
-                raise StageInputError(f"OpenFace CSV {path} not found")
-            table, facts = read_openface_csv(path, fps=p.fps)
-        except ValueError as exc:  # StageInputError included; float('abc') too
-            problems.append(f"{where}: {exc}")
-            continue
-        except OSError as exc:  # the CSV found but not readable: this row only
-            problems.append(f"{where}: {exc.strerror or exc}")
-            continue
-        video_id = path_video_id(row["file"].strip())
-        table["video_id"] = video_id
-        tables.append(table)
-        rows.append({"video_id": video_id, "path": "", "source": str(path),  # AUs: source_aus
-                     "split": row.get("split", "").strip(),
-                     "subject_id": row.get("subject", "").strip() or video_id,
-                     "dataset": "openface_csv", **traits,
-                     "duration_s": facts["duration_s"], "fps": facts["fps"], "has_audio": False})
-    aus = pd.concat(tables, ignore_index=True) if tables else None
-    return rows, problems, aus
+# --------------------------------------------------------------------------------------------------
+# PerFeX long CSV and OpenFace CSVs: AU sequences, no video (personality/datasets_au.py)
+
+# (their readers import this module's helpers; this module does not import them back)
 
 
 # --------------------------------------------------------------------------------------------------

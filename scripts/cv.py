@@ -16,6 +16,14 @@ rest train. Ingest re-runs in each experiment (the split is decided there, once)
 data/clips.parquet does not change with the fold, so frames, faces, aus and audio come from the
 DVC cache; augment, train, retrain and evaluate run. Run the pipeline once first (`make cv` does).
 
+Which sources it folds: ingest.split_mode=kfold splits the subjects of `synthetic`, `folder`,
+`perfex` and `openface_csv` (rows whose labels CSV gives a `split` keep it in every fold).
+`chalearn16` and `udiva` bring their own split, so ingest refuses ingest.split_mode=kfold for
+them rather than give every fold the same split: ChaLearn folds by YouTube id through its own
+params, one experiment per fold (`dvc exp run -n cv-fold<k> -S ingest.chalearn16.split_mode=kfold
+-S ingest.chalearn16.fold=k`, then `--collect`); UDIVA keeps its official splits
+(ingest.udiva.splits).
+
 The table (stdout, and JSON in bench/results/cv.json): per model the test mean CCC of every fold,
 their mean and standard deviation, and the mean val CCC; read from each experiment's
 metrics/summary.json through its git ref (refs/exps/<commit>/cv-fold<k>).

@@ -9,8 +9,8 @@ Sources (`ingest.source`; options under `ingest.<source>`):
   udiva         UDIVA v0.5: parts_*.csv / sessions_*.csv + session folders of FC1_T.mp4, ...
   perfex        PerFeX's long AU CSV (no video) + optional retraining ratings CSV
   openface_csv  a folder of OpenFace FeatureExtraction CSVs + a labels CSV (no video)
-(personality/datasets.py holds the real-dataset adapters.) Splits are decided here, by subject, once:
-every later stage keeps them.
+(personality/datasets.py and personality/datasets_au.py hold the real-dataset adapters.) Splits
+are decided here, by subject, once: every later stage keeps them.
 
 Outputs: data/manifest.parquet, data/user_study.parquet, data/synthetic_cues.parquet and
 data/synthetic_tracks.parquet (synthetic only: latent cues, face photo and mean unit strengths per
@@ -28,7 +28,7 @@ from typing import Callable, Literal
 import numpy as np
 import pandas as pd
 
-from personality import datasets, schemas
+from personality import datasets, datasets_au, schemas
 from personality.common import (BaseParams, StageInputError, atomic_write_json, get_logger,
                            progress, repo_root, resolve_untrusted, write_artifact, run_stage)
 from personality.schemas import SPLITS, TRAITS
@@ -75,8 +75,8 @@ class IngestParams:
     folder: FolderParams = FolderParams()
     chalearn16: datasets.ChaLearnParams = datasets.ChaLearnParams()
     udiva: datasets.UdivaParams = datasets.UdivaParams()
-    perfex: datasets.PerfexParams = datasets.PerfexParams()
-    openface_csv: datasets.OpenFaceParams = datasets.OpenFaceParams()
+    perfex: datasets_au.PerfexParams = datasets_au.PerfexParams()
+    openface_csv: datasets_au.OpenFaceParams = datasets_au.OpenFaceParams()
     strict: bool = False  # real datasets: any bad item fails the stage instead of being dropped
 
 
@@ -249,27 +249,8 @@ def read_labels_csv(csv_path: Path) -> tuple[pd.DataFrame, list[str]]:
             target = _video_target(root, video)
             if target in seen:
                 raise StageInputError("duplicate video")
-            values = {}
-            given = [t for t in TRAITS if row[t].strip()]
-            if given and len(given) < len(TRAITS):
-                raise StageInputError(f"labels {', '.join(given)} given but "
-                                      f"{', '.join(t for t in TRAITS if t not in given)} empty: "
-                                      "give all five, or none for an unlabelled video")
-            for t in TRAITS:
-                text = row[t].strip()
-                if text == "":
-                    values[t] = float("nan")  # unlabelled: kept, for deploy/predict
-                    continue
-                try:
-                    v = float(text)
-                except ValueError:
-                    raise StageInputError(f"label {t}={text!r} is not a number") from None
-                if not 0.0 <= v <= 1.0 or math.isnan(v):
-                    raise StageInputError(f"label {t}={text} is outside [0, 1]")
-                values[t] = v
-            split = row.get("split", "").strip().lower()
-            if split and split not in SPLITS:
-                raise StageInputError(f"split {split!r} is not one of {', '.join(SPLITS)}")
+            # the per-row checks the openface_csv source makes too: all five labels or none
+            values, split = datasets_au.row_labels(row), datasets_au.row_split(row)
         except StageInputError as exc:
             problems.append(f"{where}: {exc}")
             continue
@@ -384,8 +365,29 @@ class Ingested:
     tracks: pd.DataFrame | None = None  # synthetic only: per-frame rendered unit strengths
 
 
+# sources whose rows arrive with their split (finish_splits keeps it): ingest.split_mode=kfold
+# would give every fold the same split, so it is refused, pointing at the source's own setting
+FIXED_SPLIT_SOURCES = {
+    "chalearn16": "it decides its own split by YouTube id (ingest.chalearn16.split_mode: "
+                  "official | kfold, with ingest.chalearn16.n_folds and ingest.chalearn16.fold: "
+                  "for fold k set ingest.chalearn16.fold=k)",
+    "udiva": "UDIVA's participants come with the official splits of ingest.udiva.splits "
+             "(parts_*.csv per split); it has no k-fold",
+}
+
+
+def check_split_mode(params: IngestParams) -> None:
+    """StageInputError, before any work, for ingest.split_mode=kfold on a source whose rows
+    carry a fixed split: the folds would all be one split, silently (make cv's experiments)."""
+    if params.split_mode == "kfold" and params.source in FIXED_SPLIT_SOURCES:
+        raise StageInputError(f"ingest.split_mode=kfold does not apply to source "
+                              f"{params.source}: {FIXED_SPLIT_SOURCES[params.source]}; keep "
+                              "ingest.split_mode: shares")
+
+
 def read_source(params: IngestParams, base: BaseParams, root: Path) -> Ingested:
     """Run the adapter of `params.source`; rows of every source get the same split rule."""
+    check_split_mode(params)
     assign = subject_splitter(params, base.seed)
     empty = {name: _empty(name) for name in ("user_study", "synthetic_cues", "source_aus",
                                              "synthetic_tracks")}
@@ -404,11 +406,11 @@ def read_source(params: IngestParams, base: BaseParams, root: Path) -> Ingested:
     elif params.source == "udiva":
         rows, problems = datasets.ingest_udiva(params.udiva, root=root, probe=probe_video)
     elif params.source == "perfex":
-        rows, problems, aus, rated = datasets.ingest_perfex(params.perfex, root=root)
+        rows, problems, aus, rated = datasets_au.ingest_perfex(params.perfex, root=root)
         source_aus = aus if len(aus) else source_aus
         study = rated if rated is not None else study
     else:
-        rows, problems, aus = datasets.ingest_openface_csv(params.openface_csv, root=root)
+        rows, problems, aus = datasets_au.ingest_openface_csv(params.openface_csv, root=root)
         source_aus = aus if aus is not None else source_aus
     if not rows:
         raise StageInputError(f"{params.source}: no usable video or sequence"

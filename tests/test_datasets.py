@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from personality import datasets
+from personality import datasets, datasets_au
 from personality.common import BaseParams, StageInputError, read_artifact
 from stages.ingest import IngestParams, run
 from personality.schemas import AU_INTENSITY
@@ -98,11 +98,60 @@ def test_annotation_content_errors(tmp_path):
     path.write_bytes(py2_pickle({"openness": {"a.001.mp4": 0.5}}))
     with pytest.raises(StageInputError, match="missing trait.*conscientiousness"):
         datasets.read_chalearn_annotations(path)
-    bad = chalearn_annotations({"a.001.mp4": 0.5})
+    # one bad video is left out, named; the others stay
+    bad = chalearn_annotations({"a.001.mp4": 0.5, "b.001.mp4": 0.5, "c.001.mp4": 0.5,
+                                "d.001.mp4": 0.5})
     bad["openness"]["a.001.mp4"] = 1.7
+    bad["neuroticism"]["b.001.mp4"] = float("nan")
+    del bad["agreeableness"]["c.001.mp4"]
     path.write_bytes(py2_pickle(bad))
-    with pytest.raises(StageInputError, match=r"openness\[a.001.mp4\] = 1.7 is outside"):
-        datasets.read_chalearn_annotations(path)
+    labels, problems = datasets.read_chalearn_annotations(path)
+    assert list(labels) == ["d.001.mp4"] and len(labels["d.001.mp4"]) == 5
+    assert any(r"openness[a.001.mp4] = 1.7 is outside" in p for p in problems)
+    assert any("neuroticism[b.001.mp4] = nan is outside" in p for p in problems)
+    assert any("c.001.mp4 has no agreeableness score" in p for p in problems)
+    assert all(p.startswith(f"{path}: ") for p in problems) and len(problems) == 3
+
+
+def _numpy_scalar_pickle(videos: dict[str, float], module: str, py2_str: bool = False) -> bytes:
+    """Built like the official annotation files: plain floats per trait, numpy.float64 values
+    under 'interview' (numpy.core.multiarray.scalar(dtype('f8'), <8 bytes>) in the file; with
+    `py2_str` the 8 bytes are a Python 2 str, SHORT_BINSTRING, as there)."""
+    import pickle
+
+    data = chalearn_annotations(videos)
+    data["interview"] = {k: np.float64(v) for k, v in data["interview"].items()}
+    raw = pickle.dumps(data, protocol=3)
+    for spelling in (b"numpy._core.multiarray", b"numpy.core.multiarray"):
+        raw = raw.replace(spelling, module.encode())
+    return raw.replace(b"C\x08", b"U\x08") if py2_str else raw
+
+
+@pytest.mark.parametrize("module, py2_str", [("numpy.core.multiarray", True),
+                                             ("numpy.core.multiarray", False),
+                                             ("numpy._core.multiarray", False)])
+def test_official_annotation_files_with_numpy_scalars_load(tmp_path, module, py2_str):
+    path = tmp_path / "annotation_training.pkl"
+    path.write_bytes(_numpy_scalar_pickle({"abc.001.mp4": 0.5}, module, py2_str))
+    data = datasets.load_data_pickle(path)
+    assert type(data["interview"]["abc.001.mp4"]) is float
+    assert data["interview"]["abc.001.mp4"] == pytest.approx(0.54)
+    labels, problems = datasets.read_chalearn_annotations(path)
+    assert labels["abc.001.mp4"]["O"] == pytest.approx(0.55) and not problems
+
+
+def test_numpy_globals_beyond_numeric_scalars_are_refused(tmp_path):
+    import pickle
+
+    obj = tmp_path / "object_dtype.pkl"  # an object-dtype scalar would rebuild any object
+    obj.write_bytes(pickle.dumps({"openness": np.array([None], dtype=object)[0:1]}, protocol=2))
+    with pytest.raises(StageInputError, match="refused to load"):
+        datasets.load_data_pickle(obj)
+    raw = _numpy_scalar_pickle({"abc.001.mp4": 0.5}, "numpy.core.multiarray")
+    sneaky = tmp_path / "sneaky.pkl"
+    sneaky.write_bytes(raw.replace(b"f8", b"O8"))
+    with pytest.raises(StageInputError, match="not a plain numeric dtype"):
+        datasets.load_data_pickle(sneaky)
 
 
 @pytest.fixture
@@ -132,7 +181,7 @@ def _ingest(tmp_path, **kw) -> dict:
 
 def test_chalearn16_official_split(chalearn, tmp_path):
     summary = _ingest(tmp_path, source="chalearn16",
-                      chalearn16=datasets.ChaLearnParams(root=str(chalearn)))
+                      chalearn16=datasets.ChaLearnParams(root=str(chalearn), split_mode="official"))
     m = read_artifact("manifest", path=tmp_path / "data/manifest.parquet").set_index("video_id")
     assert sorted(m.index) == ["AAAAAAAAAAA.001", "AAAAAAAAAAA.002", "BBBBBBBBBBB.001",
                                "CCCCCCCCCCC.001", "DDDDDDDDDDD.004", "DDDDDDDDDDD.005"]
@@ -146,6 +195,31 @@ def test_chalearn16_official_split(chalearn, tmp_path):
     bad = "\n".join(summary["bad_rows"])
     assert "FFFFFFFFFFF.001.mp4: video has no label" in bad
     assert "label for EEEEEEEEEEE.001.mp4 but no such video" in bad
+
+
+def test_chalearn16_official_split_is_refused_when_a_channel_crosses_it(chalearn, tmp_path):
+    # as on the real data: a validation clip of a channel that also has training clips
+    write_video(chalearn / "validation/validation80_01/AAAAAAAAAAA.003.mp4", n_frames=6)
+    (chalearn / "annotation_validation.pkl").write_bytes(py2_pickle(chalearn_annotations(
+        {"CCCCCCCCCCC.001.mp4": 0.4, "AAAAAAAAAAA.003.mp4": 0.4})))
+    with pytest.raises(StageInputError, match=r"split_mode=official: 1 of 4 YouTube channels "
+                                              r"\(e.g. AAAAAAAAAAA\).*use split_mode: kfold"):
+        _ingest(tmp_path, source="chalearn16",
+                chalearn16=datasets.ChaLearnParams(root=str(chalearn), split_mode="official"))
+    _ingest(tmp_path, source="chalearn16", chalearn16=datasets.ChaLearnParams(
+        root=str(chalearn), n_folds=3))  # the default, kfold: by channel
+    m = read_artifact("manifest", path=tmp_path / "data/manifest.parquet")
+    assert (m.groupby("subject_id")["split"].nunique() == 1).all() and len(m) == 7
+
+
+def test_chalearn16_a_clip_name_found_twice_is_reported_not_dropped_silently(chalearn, tmp_path):
+    write_video(chalearn / "train/training80_02/AAAAAAAAAAA.001.mp4", n_frames=6)
+    summary = _ingest(tmp_path, source="chalearn16", chalearn16=datasets.ChaLearnParams(
+        root=str(chalearn), split_mode="official"))
+    m = read_artifact("manifest", path=tmp_path / "data/manifest.parquet").set_index("video_id")
+    assert m.loc["AAAAAAAAAAA.001", "path"].endswith("training80_01/AAAAAAAAAAA.001.mp4")
+    assert any("training80_02/AAAAAAAAAAA.001.mp4: a second file named AAAAAAAAAAA.001.mp4"
+               in row for row in summary["bad_rows"])
 
 
 def test_chalearn16_kfold_by_subject(chalearn, tmp_path):
@@ -236,7 +310,7 @@ def test_perfex(tmp_path):
     (tmp_path / "retrain.csv").write_text(
         "ID,rater,extroversion,neuroticism,agreeableness,conscientiousness,openness\n"
         "0,r1,4,2,5,3,3\n0,r2,5,1,4,3,2\n1,r1,2,3,3,4,4\n")
-    _ingest(tmp_path, source="perfex", perfex=datasets.PerfexParams(
+    _ingest(tmp_path, source="perfex", perfex=datasets_au.PerfexParams(
         csv=str(tmp_path / "perfex.csv"), retrain_csv=str(tmp_path / "retrain.csv")))
     m = read_artifact("manifest", path=tmp_path / "data/manifest.parquet").set_index("video_id")
     assert sorted(m.index) == ["perfex_0", "perfex_1"]
@@ -256,7 +330,7 @@ def test_perfex_missing_trait_column(tmp_path):
     df.to_csv(tmp_path / "perfex.csv", index=False)
     with pytest.raises(StageInputError, match="perfex.csv: missing column.*openness"):
         _ingest(tmp_path, source="perfex",
-                perfex=datasets.PerfexParams(csv=str(tmp_path / "perfex.csv")))
+                perfex=datasets_au.PerfexParams(csv=str(tmp_path / "perfex.csv")))
 
 
 def newer_openface_csv(path: Path) -> pd.DataFrame:
@@ -286,7 +360,7 @@ def test_openface_csv_source(tmp_path):
                                    "../escape.csv,0.1,0.2,0.3,0.4,0.5,s2\n"
                                    "absent.csv,0.1,0.2,0.3,0.4,0.5,s3\n")
     summary = _ingest(tmp_path, source="openface_csv",
-                      openface_csv=datasets.OpenFaceParams(labels=str(ds / "labels.csv")))
+                      openface_csv=datasets_au.OpenFaceParams(labels=str(ds / "labels.csv")))
     m = read_artifact("manifest", path=tmp_path / "data/manifest.parquet")
     assert m["video_id"].tolist() == ["two_faces.csv"]  # the path with its extension: unique
     bad = "\n".join(summary["bad_rows"])
@@ -302,7 +376,7 @@ def test_openface_failed_frames_are_nan(tmp_path):
     df = newer_openface_csv(tmp_path / "x.csv")
     df = df[df["face_id"] == 0]
     df.drop(columns="face_id").to_csv(tmp_path / "y.csv", index=False)
-    table, facts = datasets.read_openface_csv(tmp_path / "y.csv")
+    table, facts = datasets_au.read_openface_csv(tmp_path / "y.csv")
     assert table["success"].tolist() == [True, True, False, True]
     assert np.isnan(table.loc[2, "AU12_r"]) and table.loc[1, "AU01_r"] == 2.0
     assert facts["n_faces"] == 1
@@ -313,7 +387,7 @@ def test_real_openface_csv_values(tmp_path):
     path = real_fixture("OpenFace_Test.csv")
     raw = pd.read_csv(path, skipinitialspace=True)
     raw.columns = [c.strip() for c in raw.columns]
-    table, facts = datasets.read_openface_csv(path)
+    table, facts = datasets_au.read_openface_csv(path)
     assert len(table) == len(raw) == 100
     ok = raw["success"].to_numpy() == 1
     np.testing.assert_array_equal(table[list(AU_INTENSITY)].to_numpy()[ok],
@@ -328,7 +402,7 @@ def test_params_sections_parse():
 
     root = Path(__file__).resolve().parents[1]
     p = load_params("ingest", IngestParams, path=root / "params.yaml")
-    assert p.chalearn16.split_mode == "official" and p.udiva.tasks == ["T"]
+    assert p.chalearn16.split_mode == "kfold" and p.udiva.tasks == ["T"]
     assert set(p.udiva.splits) == {"train", "val", "test"}
     import yaml
 
@@ -341,7 +415,7 @@ def test_au_only_source_flows_through_the_front_end(tmp_path):
     from stages import audio, aus, faces, frames
 
     src = perfex_csv(tmp_path / "perfex.csv")
-    _ingest(tmp_path, source="perfex", perfex=datasets.PerfexParams(csv=str(tmp_path / "perfex.csv")))
+    _ingest(tmp_path, source="perfex", perfex=datasets_au.PerfexParams(csv=str(tmp_path / "perfex.csv")))
     base = BaseParams(seed=5, workers=1)
     assert frames.run(frames.FramesParams(), base, root=tmp_path)["n_videos"] == 0
     faces.run(faces.FacesParams(), base, root=tmp_path)
@@ -403,8 +477,8 @@ def test_openface_csv_paths_the_file_system_cannot_take_are_bad_rows(tmp_path):
                                    "loop1.csv,0.1,0.2,0.3,0.4,0.5\n"
                                    "a\x00.csv,0.1,0.2,0.3,0.4,0.5\n"
                                    f"{long_name},0.1,0.2,0.3,0.4,0.5\n")
-    rows, problems, _ = datasets.ingest_openface_csv(
-        datasets.OpenFaceParams(labels=str(ds / "labels.csv")), root=tmp_path)
+    rows, problems, _ = datasets_au.ingest_openface_csv(
+        datasets_au.OpenFaceParams(labels=str(ds / "labels.csv")), root=tmp_path)
     assert [r["video_id"] for r in rows] == ["good.csv"]
     assert len(problems) == 3
     assert "row 3 (loop1.csv): loop1.csv: a symlink loop" in problems[0]

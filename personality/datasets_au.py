@@ -1,0 +1,280 @@
+"""Source adapters for the datasets that arrive as AU sequences, not video: PerFeX's long CSV (and
+its user-study ratings) and a folder of OpenFace FeatureExtraction CSVs with a labels CSV; and the
+per-row checks of a labels CSV, which the `folder` source (stages/ingest.py) shares.
+
+Split out of personality/datasets.py (the video sources, ChaLearn and UDIVA, and the CSV helpers),
+which still answers for these names. Like the video adapters, each returns manifest rows plus one
+message per bad row naming the file and the row; one bad row never stops the others. The
+sequences go to `data/source_aus/`, which the `aus` stage passes through.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from personality import datasets
+from personality.common import StageInputError, safe_join
+from personality.schemas import AU_INTENSITY, AU_PRESENCE, SPLITS, TRAITS
+
+# --------------------------------------------------------------------------------------------------
+# labels CSV rows (folder and openface_csv sources)
+
+
+def row_labels(row) -> dict[str, float]:
+    """The five labels of a labels-CSV row: all five numbers in [0, 1], or all five empty (an
+    unlabelled video: NaN, kept for deploy / predict). StageInputError saying what is wrong
+    otherwise: some given and some empty, not a number, `nan` or outside [0, 1]."""
+    given = [t for t in TRAITS if row[t].strip()]
+    if given and len(given) < len(TRAITS):
+        raise StageInputError(f"labels {', '.join(given)} given but "
+                              f"{', '.join(t for t in TRAITS if t not in given)} empty: "
+                              "give all five, or none for an unlabelled video")
+    values = {}
+    for t in TRAITS:
+        text = row[t].strip()
+        if text == "":
+            values[t] = math.nan
+            continue
+        try:
+            value = float(text)
+        except ValueError:
+            raise StageInputError(f"label {t}={text!r} is not a number") from None
+        if not 0.0 <= value <= 1.0:  # NaN fails this too: `nan` is no label
+            raise StageInputError(f"label {t}={text} is outside [0, 1]")
+        values[t] = value
+    return values
+
+
+def row_split(row) -> str:
+    """A labels-CSV row's `split` cell: train / val / test in any case (`validation` is val), or
+    '' when absent or empty (ingest assigns one by subject). StageInputError for anything else:
+    an unknown split passed through would be dropped by every filter on "train"."""
+    split = row.get("split", "").strip().lower()
+    split = {"validation": "val"}.get(split, split)
+    if split and split not in SPLITS:
+        raise StageInputError(f"split {split!r} is not one of {', '.join(SPLITS)}")
+    return split
+
+
+# --------------------------------------------------------------------------------------------------
+# PerFeX long CSV and user-study ratings
+
+PERFEX_TRAITS = {"openness": "O", "conscientiousness": "C", "extroversion": "E",
+                 "agreeableness": "A", "neuroticism": "N"}
+# ChaLearn's clip name, which PerFeX's `File` holds: <YouTube id>.NNN.mp4
+_CLIP_NAME = re.compile(r"^.+\.\d{3}\.mp4$")
+
+
+@dataclasses.dataclass(frozen=True)
+class PerfexParams:
+    csv: str = ""  # PerFeX's long CSV: one row per frame
+    retrain_csv: str = ""  # optional: user-study ratings -> data/user_study.parquet
+    fps: float = 30.0  # OpenFace frame rate of the source videos: t = frame / fps
+    id_column: str = "ID"
+    # retrain_csv's scale: likert (1-5), unit ([0, 1], mapped to 1 + 4p), or auto: unit only
+    # when some rating is not a whole number (a file of whole numbers is Likert, even all 1s)
+    rating_scale: Literal["auto", "likert", "unit"] = "auto"
+
+
+def _au_frame_table(video_id: str, values: pd.DataFrame, fps: float,
+                    success: np.ndarray | None = None,
+                    confidence: np.ndarray | None = None,
+                    t: np.ndarray | None = None) -> pd.DataFrame:
+    """Rows of the `aus` artifact for one sequence. `values` holds AUxx_r (and maybe AUxx_c)."""
+    n = len(values)
+    ok = np.ones(n, bool) if success is None else success.astype(bool)
+    table = {"video_id": [video_id] * n, "frame_idx": np.arange(n, dtype=np.int64),
+             "t": (np.arange(n) / fps if t is None else t).astype(np.float64),
+             "success": ok,
+             "confidence": (np.ones(n) if confidence is None else confidence).astype(np.float64)}
+    for au in AU_INTENSITY:
+        col = values[au].to_numpy(np.float64) if au in values else np.full(n, np.nan)
+        table[au] = np.where(ok, col, np.nan)  # zeros on failed frames are not measurements
+    for au in AU_PRESENCE:
+        col = values[au].to_numpy(np.float64) if au in values else np.full(n, np.nan)
+        table[au] = np.where(ok, col, np.nan)
+    return pd.DataFrame(table)
+
+
+def perfex_subject(file: str) -> str:
+    """The YouTube id of a PerFeX `File` cell. The CSV may hold a Windows path, which POSIX reads
+    as one name, and `.MP4`: the base name is taken after either separator and the extension's
+    case set aside before `datasets.chalearn_subject`. A name that is not `<id>.NNN.mp4` is a
+    StageInputError: a made-up subject would put one speaker into several splits."""
+    name = re.split(r"[\\/]", file.strip())[-1]
+    stem, dot, ext = name.rpartition(".")
+    if dot and ext.lower() == "mp4":
+        name = f"{stem}.mp4"
+    if not _CLIP_NAME.match(name):
+        raise StageInputError(f"File {file!r} is not a ChaLearn clip name <YouTube id>.NNN.mp4: "
+                              "its subject (the YouTube id) is unknown")
+    return datasets.chalearn_subject(name)
+
+
+def _perfex_sequence(group: pd.DataFrame, au_cols: list[str]
+                     ) -> tuple[pd.DataFrame, dict[str, float], str]:
+    """AU values, labels and subject of one PerFeX sequence (its frame rows); StageInputError
+    saying what is wrong."""
+    try:
+        values = group[au_cols].apply(pd.to_numeric, errors="raise")
+        traits = group[list(PERFEX_TRAITS)].apply(pd.to_numeric, errors="raise")
+    except ValueError as exc:
+        raise StageInputError(f"non-numeric value: {exc}") from None
+    empty = [col for col in PERFEX_TRAITS if traits[col].isna().any()]
+    if empty:  # an empty cell or `nan` parses as NaN: no label, not a label of NaN
+        raise StageInputError(f"trait(s) {', '.join(empty)} empty or nan")
+    if traits.nunique().max() > 1:
+        raise StageInputError("trait values differ between frames of one sequence")
+    first = traits.iloc[0]
+    if ((first < 0) | (first > 1)).any():
+        raise StageInputError("a trait is outside [0, 1]")
+    subject = perfex_subject(str(group["File"].iloc[0]))
+    return (values.reset_index(drop=True),
+            {letter: float(first[col]) for col, letter in PERFEX_TRAITS.items()}, subject)
+
+
+def ingest_perfex(p: PerfexParams, *, root: Path) -> tuple[list, list, pd.DataFrame, pd.DataFrame]:
+    """Manifest rows, problems, the `aus` table and the user-study table from PerFeX's CSVs."""
+    if not p.csv:
+        raise StageInputError("ingest.perfex.csv: set it to PerFeX's long CSV")
+    path = datasets._resolve(p.csv, root)
+    df = datasets._read_csv(path, [p.id_column, "File", *PERFEX_TRAITS])
+    au_cols = [c for c in df.columns if re.fullmatch(r"AU\d\d_[rc]", c)]
+    missing_aus = [a for a in AU_INTENSITY if a not in au_cols]
+    if missing_aus:
+        raise StageInputError(f"{path}: missing AU column(s) {', '.join(missing_aus)}")
+    rows, problems, tables = [], [], []
+    for seq_id, group in df.groupby(p.id_column, sort=True):
+        try:
+            values, labels, subject = _perfex_sequence(group, au_cols)
+        except StageInputError as exc:
+            problems.append(f"{path} (ID {seq_id}, row {group.index[0] + 2}): {exc}")
+            continue
+        video_id = f"perfex_{seq_id}"
+        tables.append(_au_frame_table(video_id, values, p.fps))
+        rows.append({"video_id": video_id, "path": "", "split": "", "subject_id": subject,
+                     "dataset": "perfex", **labels,
+                     "duration_s": len(group) / p.fps, "fps": p.fps, "has_audio": False})
+    aus = pd.concat(tables, ignore_index=True) if tables else _au_frame_table("", pd.DataFrame(),
+                                                                              p.fps).iloc[:0]
+    study = read_perfex_ratings(datasets._resolve(p.retrain_csv, root), p.id_column,
+                                scale=p.rating_scale, problems=problems) if p.retrain_csv else None
+    return rows, problems, aus, study
+
+
+def read_perfex_ratings(path: Path, id_column: str = "ID", *, scale: str = "auto",
+                        problems: list[str] | None = None) -> pd.DataFrame:
+    """PerFeX's retraining CSV -> user-study rows (Likert 1-5). Columns: the id, an optional
+    `rater` / `rater_id`, and the five PerFeX trait columns on `scale` (PerfexParams.rating_scale).
+    A row with a rating missing, not a number or off the scale is reported in `problems` and
+    dropped; without `problems` it is a StageInputError. One row per rating."""
+    df = datasets._read_csv(path, [id_column, *PERFEX_TRAITS])
+    rater_col = next((c for c in ("rater_id", "rater", "Rater") if c in df.columns), None)
+    values = df[list(PERFEX_TRAITS)].apply(pd.to_numeric, errors="coerce")
+    given = values.notna().all(axis=1).to_numpy()
+    unit = scale == "unit" or (scale == "auto" and _fractional(values[given].to_numpy(float)))
+    if unit:
+        values = 1 + 4 * values
+    bad = {}
+    for i in np.flatnonzero(~given):
+        missing = [c for c in PERFEX_TRAITS if pd.isna(values[c].iloc[i])]
+        bad[i] = f"rating(s) {', '.join(missing)} missing or not a number"
+    for i in np.flatnonzero(given & ((values < 1) | (values > 5)).any(axis=1).to_numpy()):
+        bad[i] = ("a rating is outside [0, 1]" if unit else "a rating is outside Likert 1-5 (set "
+                  "ingest.perfex.rating_scale: unit if the file holds [0, 1] scores)")
+    messages = [f"{path} row {i + 2} ({id_column} {df[id_column].iloc[i]}): {why}"
+                for i, why in sorted(bad.items())]
+    if messages and problems is None:
+        raise StageInputError(messages[0])
+    if messages:
+        problems.extend(messages)
+    keep = np.array([i not in bad for i in range(len(df))], bool)
+    df, values = df[keep], values[keep]
+    return pd.DataFrame({
+        "video_id": "perfex_" + df[id_column].astype(str),
+        "rater_id": df[rater_col].astype(str) if rater_col else [f"r{i}" for i in
+                                                                  np.flatnonzero(keep)],
+        **{letter: values[col].astype(float) for col, letter in PERFEX_TRAITS.items()}
+    }).reset_index(drop=True)
+
+
+def _fractional(values: np.ndarray) -> bool:
+    """Whether some rating is not a whole number: then the file is on [0, 1] (auto scale)."""
+    return bool(values.size) and not np.array_equal(values, np.round(values))
+
+
+# --------------------------------------------------------------------------------------------------
+# OpenFace CSVs + a labels CSV
+
+
+@dataclasses.dataclass(frozen=True)
+class OpenFaceParams:
+    labels: str = ""  # CSV: file (OpenFace CSV relative to this CSV), O, C, E, A, N [, subject, split]
+    fps: float = 30.0  # used only where a CSV lacks `timestamp`
+
+
+def read_openface_csv(path: Path, *, fps: float = 30.0) -> tuple[pd.DataFrame, dict]:
+    """One OpenFace FeatureExtraction CSV -> its `aus` rows (personality.openface, the `aus` stage's own reader) and
+    facts: number of faces in the file, duration, frame rate."""
+    from personality.openface import read_openface_csv as read_aus_csv
+
+    table = read_aus_csv(path, video_id="")
+    try:
+        n_faces = int(pd.read_csv(path, skipinitialspace=True, usecols=lambda c: c.strip() ==
+                                  "face_id").iloc[:, 0].nunique())
+    except (ValueError, IndexError):
+        n_faces = 1
+    t = table["t"].to_numpy(float)
+    rate = (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else fps
+    return table, {"n_faces": max(n_faces, 1), "duration_s": len(t) / rate if len(t) else 0.0,
+                   "fps": rate}
+
+
+def _openface_row(row: pd.Series, base: Path, seen: dict[Path, int], fps: float
+                  ) -> tuple[Path, dict, pd.DataFrame]:
+    """One labels row -> (the resolved file, its manifest row, its `aus` rows). StageInputError
+    (a ValueError) or OSError saying what is wrong; `seen` maps the files of earlier good rows to
+    their row numbers, so one file under two spellings (a.csv, x/../a.csv) is one sequence."""
+    file = row["file"].strip()
+    path = safe_join(base, file)
+    if path in seen:
+        raise StageInputError(f"duplicate: {path} is the file of row {seen[path]} already")
+    traits, split = row_labels(row), row_split(row)
+    if not path.is_file():
+        raise StageInputError(f"OpenFace CSV {path} not found")
+    table, facts = read_openface_csv(path, fps=fps)
+    video_id = datasets.path_video_id(file)
+    table["video_id"] = video_id
+    return path, {"video_id": video_id, "path": "", "source": str(path),  # AUs: source_aus
+                  "split": split, "subject_id": row.get("subject", "").strip() or video_id,
+                  "dataset": "openface_csv", **traits, "duration_s": facts["duration_s"],
+                  "fps": facts["fps"], "has_audio": False}, table
+
+
+def ingest_openface_csv(p: OpenFaceParams, *, root: Path) -> tuple[list, list, pd.DataFrame]:
+    if not p.labels:
+        raise StageInputError("ingest.openface_csv.labels: set it to the labels CSV")
+    labels_path = datasets._resolve(p.labels, root)
+    df = datasets._read_csv(labels_path, ["file", *TRAITS])
+    rows, problems, tables, seen = [], [], [], {}
+    for i, row in df.iterrows():
+        where = f"{labels_path} row {i + 2} ({row['file']})"
+        try:
+            path, record, table = _openface_row(row, labels_path.parent, seen, p.fps)
+        except ValueError as exc:  # StageInputError included
+            problems.append(f"{where}: {exc}")
+            continue
+        except OSError as exc:  # the CSV found but not readable: this row only
+            problems.append(f"{where}: {exc.strerror or exc}")
+            continue
+        seen[path] = i + 2
+        tables.append(table)
+        rows.append(record)
+    aus = pd.concat(tables, ignore_index=True) if tables else None
+    return rows, problems, aus
