@@ -19,7 +19,7 @@ DVC cache; augment, train, retrain and evaluate run. Run the pipeline once first
 Which sources it folds: ingest.split_mode=kfold splits the subjects of `synthetic`, `folder`,
 `perfex` and `openface_csv` (rows whose labels CSV gives a `split` keep it in every fold).
 `chalearn16` and `udiva` bring their own split, so ingest refuses ingest.split_mode=kfold for
-them rather than give every fold the same split: ChaLearn folds by YouTube id through its own
+them rather than give every fold the same split (and this script refuses before queuing): ChaLearn folds by YouTube id through its own
 params, one experiment per fold (`dvc exp run -n cv-fold<k> -S ingest.chalearn16.split_mode=kfold
 -S ingest.chalearn16.fold=k`, then `--collect`); UDIVA keeps its official splits
 (ingest.udiva.splits).
@@ -113,6 +113,24 @@ def markdown(rows: list[dict], folds: list[str], prefix: str = PREFIX) -> str:
     return "\n".join(lines)
 
 
+def fold_refusal(overrides: list[str]) -> str | None:
+    """Why ingest would refuse ingest.split_mode=kfold for the source these experiments ingest
+    (params.yaml's ingest.source, or an `ingest.source=` override), or None."""
+    sys.path.insert(0, str(ROOT))
+    from personality.common import load_params_file
+    from stages.ingest import FIXED_SPLIT_SOURCES
+
+    source = str((load_params_file(ROOT / "params.yaml").get("ingest") or {}).get("source", ""))
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key.strip() == "ingest.source":
+            source = value.strip()
+    if source in FIXED_SPLIT_SOURCES:
+        return (f"ingest.source={source}: {FIXED_SPLIT_SOURCES[source]}; make cv folds the "
+                "synthetic, folder, perfex and openface_csv sources")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--folds", type=int, default=5)
@@ -131,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--seeds must be >= 2 (a spread needs two runs)")
     prefix, wanted = (SEED_PREFIX, args.seeds) if args.seeds else (PREFIX, args.folds)
     baseline, names = args.baseline, None
+    if not args.collect and not args.seeds:
+        refusal = fold_refusal(args.set)
+        if refusal:
+            parser.error(refusal)  # before queuing N experiments that would each fail at ingest
     if not args.collect:
         runs = (seed_experiments(args.seeds, args.set) if args.seeds
                 else fold_experiments(args.folds, args.set))

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
@@ -163,3 +164,18 @@ def test_fit_gap_pairs_model_and_ridge_on_the_same_clips_with_intervals():
     # scored against itself, the gap is exactly 0 and a coin flip
     same = compare(model, model, n_boot=50, seed=1, level=0.95)
     assert same["gap_ci"] == [0.0, 0.0] and same["p_model_better"] == 0.5
+
+
+def test_cv_refuses_to_queue_folds_of_a_source_with_its_own_split(monkeypatch, capsys):
+    import cv
+
+    def never(*args, **kwargs):
+        raise AssertionError("queued experiments that ingest would refuse")
+
+    monkeypatch.setattr(cv, "queue_and_run", never)
+    for source in ("udiva", "chalearn16"):
+        with pytest.raises(SystemExit) as info:
+            cv.main(["--set", f"ingest.source={source}"])
+        assert info.value.code == 2
+        assert f"ingest.source={source}: " in capsys.readouterr().err
+    assert cv.fold_refusal([]) is None  # the default synthetic source folds
