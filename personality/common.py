@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import dataclasses
 import errno
+import glob
 import logging
 import os
 import re
@@ -237,6 +238,15 @@ def load_params(section: str, cls: type[T], path: str | os.PathLike | None = Non
     return build_dataclass(cls, data, section)
 
 
+def load_params_keys(section: str, cls: type[T], path: str | os.PathLike | None = None) -> T:
+    """The keys of params.yaml's `section` that the dataclass `cls` names, read into it (checked
+    as load_params checks them): a stage reading a few of another stage's params, e.g. retrain's
+    evaluate.bootstrap. The section's other keys are that stage's business."""
+    data = load_params_file(path).get(section) or {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    return build_dataclass(cls, {k: v for k, v in data.items() if k in names}, section)
+
+
 def experiment_models(path: str | os.PathLike | None = None) -> list[str] | None:
     """`train.models` of params.yaml: the models of the current experiment (None: not set).
 
@@ -407,13 +417,13 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def sweep_stale_temps(path: Path) -> None:
+def sweep_stale_temps(path: Path, *, own_only: bool = False) -> None:
     """Remove what killed writers left beside `path`: every temp in the folder whose writer's pid
     is gone (and an old pid-less temp of this artifact). A live writer's temp stays, even one of
     this artifact: a second run writing it must not destroy the first one's work. Sweeping the
     whole folder matters when DVC restores the killed stage from its run cache and never runs it
     again: the next stage that writes in data/ clears its `.audio.tmp-*`."""
-    for stale in path.parent.glob(".*.tmp-*"):
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.tmp-*" if own_only else ".*.tmp-*"):
         match = re.fullmatch(r"\.(.+)\.tmp-(?:(\d+)-)?[0-9a-f]{8}", stale.name)
         if not match:
             continue
@@ -456,7 +466,8 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     sees the old file or the new one, never half of one. The one temp-then-rename of the project."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale_temps(path)  # a SIGKILLed writer's temp, which no `finally` removed
+    sweep_stale_temps(path, own_only=True)  # a SIGKILLed writer's temp, which no `finally`
+    # removed (this file's only: atomic_file runs once per file, e.g. per rendered clip)
     tmp = _tmp_sibling(path)
     since = _interrupts_so_far()
     try:

@@ -348,11 +348,8 @@ def _udiva_recordings(sess: pd.Series, rec_root: Path, base: Path, tasks: list[s
             if path is not None]
 
 
-# --------------------------------------------------------------------------------------------------
-# PerFeX long CSV and OpenFace CSVs: AU sequences, no video (personality/datasets_au.py)
-
-# (their readers import this module's helpers; this module does not import them back)
-
+# PerFeX's long CSV and OpenFace CSVs (AU sequences, no video) are read in
+# personality/datasets_au.py, which imports the helpers below; this module does not import it.
 
 # --------------------------------------------------------------------------------------------------
 

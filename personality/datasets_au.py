@@ -2,8 +2,8 @@
 its user-study ratings) and a folder of OpenFace FeatureExtraction CSVs with a labels CSV; and the
 per-row checks of a labels CSV, which the `folder` source (stages/ingest.py) shares.
 
-Split out of personality/datasets.py (the video sources, ChaLearn and UDIVA, and the CSV helpers),
-which still answers for these names. Like the video adapters, each returns manifest rows plus one
+Split out of personality/datasets.py (the video sources, ChaLearn and UDIVA, and the CSV helpers
+used here); import these names from this module. Like the video adapters, each returns manifest rows plus one
 message per bad row naming the file and the row; one bad row never stops the others. The
 sequences go to `data/source_aus/`, which the `aus` stage passes through.
 """

@@ -32,9 +32,9 @@ import pandas as pd
 
 from personality import schemas
 from personality.common import (BaseParams, ParamsError, StageInputError, atomic_dir,
-                           atomic_write_json, build_dataclass, experiment_models,
-                           find_checkpoint, get_logger, is_checkpoint_path, load_params_file,
-                           read_artifact, repo_root, run_stage, write_artifact)
+                           atomic_write_json, experiment_models, find_checkpoint, get_logger,
+                           is_checkpoint_path, load_params_keys, read_artifact, repo_root,
+                           run_stage, write_artifact)
 from personality.schemas import AU_INTENSITY, AU_PRESENCE, TRAITS
 
 log = get_logger("deploy")
@@ -61,9 +61,7 @@ class OpenFaceReading:
 
 
 def openface_reading(path: Path | None = None) -> OpenFaceReading:
-    aus = load_params_file(path).get("aus") or {}
-    keys = [f.name for f in dataclasses.fields(OpenFaceReading)]
-    return build_dataclass(OpenFaceReading, {k: aus[k] for k in keys if k in aus}, "aus")
+    return load_params_keys("aus", OpenFaceReading, path)
 
 
 def load_corpus(p: DeployParams, root: Path,

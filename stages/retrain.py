@@ -40,9 +40,9 @@ import pandas as pd
 
 from personality import schemas
 from personality.common import (BaseParams, ParamsError, StageInputError, atomic_dir,
-                                atomic_write_json, build_dataclass, experiment_models,
-                                get_logger, load_params_file, read_artifact, repo_root,
-                                run_stage, write_predictions)
+                                atomic_write_json, experiment_models, get_logger,
+                                load_params_keys, read_artifact, repo_root, run_stage,
+                                write_predictions)
 from personality.executor import local_processes, map_jobs
 from personality.schemas import TRAITS
 
@@ -85,10 +85,7 @@ class Uncertainty:
 
 def evaluate_uncertainty(path: Path | None = None) -> Uncertainty:
     """The two keys of params.yaml:evaluate that retrain reads (the rest is evaluate's)."""
-    section = load_params_file(path).get("evaluate") or {}
-    names = [f.name for f in dataclasses.fields(Uncertainty)]
-    return build_dataclass(Uncertainty, {k: section[k] for k in names if k in section},
-                           "evaluate")
+    return load_params_keys("evaluate", Uncertainty, path)
 
 
 # --------------------------------------------------------------------------------------------------
