@@ -20,12 +20,12 @@ import re
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import pandas as pd
 
 from personality.common import StageInputError, get_logger, progress, safe_join
 from personality.safe_pickle import load_data_pickle
-from personality.schemas import AU_INTENSITY, AU_PRESENCE, TRAITS
+from personality.schemas import TRAITS
+from personality.splits import kfold_splits
 
 log = get_logger("datasets")
 
@@ -114,18 +114,6 @@ def read_chalearn_annotations(path: Path) -> tuple[dict[str, dict[str, float]], 
             bad[name] = f"{name} has no {', '.join(absent)} score"
     problems = [f"{path}: {why}; video left out" for why in bad.values()]
     return {k: v for k, v in out.items() if k not in bad}, problems
-
-
-def kfold_splits(subjects: list[str], *, n_folds: int, fold: int, seed: int) -> dict[str, str]:
-    """By-subject k-fold: fold `fold` is test, fold `fold + 1` val, the rest train."""
-    if n_folds < 3 or not 0 <= fold < n_folds:
-        raise StageInputError(f"kfold: need n_folds >= 3 and 0 <= fold < n_folds "
-                              f"(got {n_folds}, {fold})")
-    unique = sorted(set(subjects))
-    order = np.random.default_rng([seed, 11]).permutation(len(unique))
-    fold_of = {unique[i]: k % n_folds for k, i in enumerate(order)}
-    return {s: "test" if f == fold else "val" if f == (fold + 1) % n_folds else "train"
-            for s, f in fold_of.items()}
 
 
 def ingest_chalearn16(p: ChaLearnParams, *, seed: int, root: Path, probe) -> tuple[list, list]:

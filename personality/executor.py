@@ -1,35 +1,36 @@
 """The one executor for per-video work (frames, faces, audio, synthetic rendering in ingest) and
-for whole-model jobs (retrain's fine-tunings, explain's models: `local_processes`).
+for whole-model jobs (retrain's fine-tunings, explain's models: `local_processes`); nothing here
+runs on its own (`python -m pytest tests/test_executor.py` exercises it).
 
     from personality.executor import map_jobs
     for row in map_jobs(process_video, jobs, workers=base.workers, label=lambda j: j["video_id"],
                         setup=warm_up, setup_args=(params,)):
         ...                                   # results arrive in job order, whatever ran where
 
-Nothing here runs on its own; `python -m pytest tests/test_executor.py` exercises it.
-
 Where the work runs is read from the environment, never from params.yaml: it changes no byte of
 any output, so it must not invalidate DVC's cache.
 
-    PERSONALITY_CLUSTER=""                    # (default) `workers` local spawn processes; 1: inline
-    PERSONALITY_CLUSTER=local:4               # a Dask LocalCluster of 4 worker processes
-    PERSONALITY_CLUSTER=tcp://head:8786       # a running Dask scheduler (README: "Running the
-                                              #   front-end on a cluster")
+    PERSONALITY_CLUSTER=""                # (default) `workers` local spawn processes; 1: this
+                                          #   process, but a per-video stage's one worker
+    PERSONALITY_CLUSTER=inline            # every job in this process, crashes too (pdb)
+    PERSONALITY_CLUSTER=local:4           # a Dask LocalCluster of 4 worker processes
+    PERSONALITY_CLUSTER=tcp://head:8786   # a Dask scheduler (README: "Running the front-end on a
+                                          #   cluster")
 
-Every worker process runs with one BLAS / OpenMP / OpenCV thread (several workers already share
+Each worker process runs with one BLAS / OpenMP / OpenCV thread (several workers already share
 the cores) and runs `setup(*setup_args)` once (a model load, a JIT warm-up), not once per job.
 A worker that dies (SIGKILL by the kernel for memory, a crash inside a native library) never hangs
 the map. Without `on_lost` it fails the map at once with an `ExecutorError` naming the job it was
 running. With `on_lost(job, why)` (the per-video stages: one bad video never takes a stage down)
-the local pool is restarted, the jobs in flight run again, and the job the dead worker was running runs
-once more; when it kills a worker a second time its result is `on_lost`'s (an error row naming the
+the local pool is restarted, the jobs in flight run again, and the dead worker's job runs once
+more; when it kills a worker a second time its result is `on_lost`'s (an error row naming the
 video), and the map goes on. More than `max(3, jobs / 20)` dead workers in one map is the machine
 (memory, a broken install), not a video: ExecutorError. A job's exception that cannot travel back
 (unpicklable) or a job that calls sys.exit() arrives as a RuntimeError naming what it was. On Dask
-a lost worker always ends the map (ExecutorError): the client cancels its neighbours' futures, and
-a remote scheduler retries a task itself (allowed-failures) before giving up. Local workers
-(pool and LocalCluster) die with their parent: PR_SET_PDEATHSIG on Linux, and a thread that
-polls the parent's pid everywhere, so killing a stage leaves no worker behind.
+a lost worker ends the map (ExecutorError): the client cancels its neighbours' futures, and a
+remote scheduler retries a task itself (allowed-failures) first. Local workers (pool and
+LocalCluster) die with their parent (PR_SET_PDEATHSIG on Linux, and a thread polling the parent's
+pid everywhere), so killing a stage leaves no worker behind.
 """
 from __future__ import annotations
 
@@ -73,6 +74,7 @@ class Placement:
     kind: str
     workers: int  # local processes; 0 for a remote scheduler (its workers decide)
     address: str = ""
+    forced_inline: bool = False  # PERSONALITY_CLUSTER=inline: every job here, crashes included
 
     def describe(self) -> str:
         if self.kind == "dask":
@@ -83,18 +85,21 @@ class Placement:
 
 def placement(workers: int, setting: str | None = None) -> Placement:
     """Parse PERSONALITY_CLUSTER (or `setting`): empty -> local pool of `workers` processes (inline
-    when workers <= 1), `local:N` -> Dask LocalCluster of N processes, `tcp://host:port` (or
-    tls://, ucx://) -> that Dask scheduler. Raises ExecutorError quoting any other value."""
+    when workers <= 1, but for maps with on_lost), `inline` -> this process always, `local:N` ->
+    Dask LocalCluster of N processes, `tcp://host:port` (or tls://, ucx://) -> that Dask
+    scheduler. Raises ExecutorError quoting any other value."""
     raw = os.environ.get(CLUSTER_ENV, "") if setting is None else setting
     value = raw.strip()
     if not value:
         return Placement("pool" if workers > 1 else "inline", max(1, workers))
+    if value == "inline":
+        return Placement("inline", 1, forced_inline=True)
     match = re.fullmatch(r"local:(\d+)", value)
     if match and int(match.group(1)) >= 1:
         return Placement("dask", int(match.group(1)))
     if re.fullmatch(r"(tcp|tls|ucx|inproc)://\S+", value):
         return Placement("dask", 0, value)
-    raise ExecutorError(f"{CLUSTER_ENV}={raw!r}: expected empty (local process pool), "
+    raise ExecutorError(f"{CLUSTER_ENV}={raw!r}: expected empty (local process pool), 'inline', "
                         "'local:N' (Dask LocalCluster of N >= 1 processes) or a Dask scheduler "
                         "address such as 'tcp://head:8786'")
 
@@ -241,8 +246,10 @@ def map_jobs(fn: Callable[[Any], Any], jobs: Iterable[Any], *, workers: int,
     where = where or placement(workers)
     token = uuid.uuid4().hex
     fn, setup = _importable(fn), _importable(setup)
-    # one job runs here, sparing a spawn, unless a crash in it must not end the stage
-    if where.kind == "inline" or (where.kind == "pool" and len(jobs) <= 1 and on_lost is None):
+    # here, sparing a spawn, unless a crash in a job must not end the stage (on_lost: a worker
+    # even when workers is 1), or PERSONALITY_CLUSTER=inline asks for this process (a debugger)
+    if where.forced_inline or (on_lost is None and (where.kind == "inline" or len(jobs) <= 1)
+                               and where.kind != "dask"):
         # BLAS pools at one thread for the map, as in a worker (a matrix product summed in another
         # order changes float bytes), restored after it: torch may share this process
         with _loaded_pools_limited():
@@ -250,8 +257,8 @@ def map_jobs(fn: Callable[[Any], Any], jobs: Iterable[Any], *, workers: int,
             for job in jobs:
                 yield _noted(fn, job, label)
         return
-    if where.kind == "pool":
-        yield from _map_pool(fn, jobs, min(where.workers, len(jobs)), label, token, setup,
+    if where.kind in ("pool", "inline"):
+        yield from _map_pool(fn, jobs, max(1, min(where.workers, len(jobs))), label, token, setup,
                              setup_args, on_lost)
     else:
         from personality.executor_dask import map_dask  # distributed only when asked for
@@ -292,9 +299,7 @@ def _noted(fn: Callable, job: Any, label: Callable[[Any], str]) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class _WorkerLost:
-    """on_error's answer when a worker died: the job(s) it may have been running, why, and what
-    died ("worker process", "Dask worker")."""
-
+    """on_error's answer to a dead worker: the job(s) it may have run, why, who ("Dask worker")."""
     jobs: tuple[int, ...]
     why: str
     who: str = "worker process"
@@ -420,12 +425,11 @@ def _child_environment() -> Iterator[None]:
 
 
 def _exit_reason(code: int | None) -> str:
-    if code is not None and code < 0:
-        with contextlib.suppress(ValueError):
-            name = signal.Signals(-code).name
-            hint = {"SIGKILL": ": killed, e.g. by the kernel's OOM killer",
-                    "SIGSEGV": ": crashed inside native code"}.get(name, "")
-            return f"{name}{hint}"
+    hints = {"SIGKILL": ": killed, e.g. by the kernel's OOM killer",
+             "SIGSEGV": ": crashed inside native code"}
+    with contextlib.suppress(ValueError, TypeError):
+        return f"{signal.Signals(-code).name}{hints.get(signal.Signals(-code).name, '')}" \
+            if code < 0 else f"exit code {code}"
     return f"exit code {code}"
 
 
@@ -476,7 +480,6 @@ class _Pool:
 
 def _map_pool(fn, jobs, n, label, token, setup, setup_args, on_lost) -> Iterator[Any]:
     pool = _Pool(n, len(jobs), token, setup, setup_args)
-    finished = False
 
     def on_error(i: int, exc: BaseException, failed: dict) -> _WorkerLost | None:
         if not isinstance(exc, BrokenProcessPool):
@@ -490,8 +493,8 @@ def _map_pool(fn, jobs, n, label, token, setup, setup_args, on_lost) -> Iterator
         pool.start()
         yield from _InOrder(lambda i, job: pool.submit(fn, i, job), jobs, n, on_error, label,
                             on_lost=on_lost, is_lost=lambda e: isinstance(e, BrokenProcessPool))
-        finished = True
+    except BaseException:  # an error, Ctrl-C or an abandoned generator: no worker outlives it
+        pool.kill()
+        raise
     finally:
-        if not finished:  # an error, Ctrl-C or an abandoned generator: no worker outlives it
-            pool.kill()
         pool.shutdown()

@@ -21,7 +21,6 @@ metrics/ingest.json (counts, bad rows).
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -29,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from personality import datasets, datasets_au, schemas
+from personality.splits import assign_splits, check_subject_splits, finish_splits, kfold_splits
 from personality.common import (BaseParams, StageInputError, atomic_write_json, get_logger,
                            progress, repo_root, resolve_untrusted, write_artifact, run_stage)
 from personality.schemas import SPLITS, TRAITS
@@ -81,30 +81,15 @@ class IngestParams:
 
 
 # --------------------------------------------------------------------------------------------------
-# splits
-
-
-def assign_splits(subjects: list[str], fractions: list[float], seed: int) -> dict[str, str]:
-    """Map each distinct subject to train/val/test, shuffled by `seed`, every split non-empty when
-    there are at least three subjects. Sorting first makes the result independent of row order."""
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1):
-        raise StageInputError(f"ingest.split: {fractions} must be three shares summing to 1")
-    unique = sorted(set(subjects))
-    order = np.random.default_rng([seed, 7]).permutation(len(unique))
-    n = len(unique)
-    n_val = max(1, round(fractions[1] * n)) if n >= 3 and fractions[1] > 0 else 0
-    n_test = max(1, round(fractions[2] * n)) if n >= 3 and fractions[2] > 0 else 0
-    n_train = n - n_val - n_test
-    names = ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
-    return {unique[i]: names[k] for k, i in enumerate(order)}
+# splits (the rules: personality/splits.py)
 
 
 def subject_splitter(params: "IngestParams", seed: int) -> Callable[[list[str]], dict[str, str]]:
-    """subjects -> {subject: split} by `params.split_mode`: shares or k-fold (datasets.kfold_splits,
+    """subjects -> {subject: split} by `params.split_mode`: shares or k-fold (splits.kfold_splits,
     the same rule as chalearn16's kfold)."""
     if params.split_mode == "kfold":
-        return lambda subjects: datasets.kfold_splits(subjects, n_folds=params.n_folds,
-                                                      fold=params.fold, seed=seed)
+        return lambda subjects: kfold_splits(subjects, n_folds=params.n_folds, fold=params.fold,
+                                             seed=seed)
     return lambda subjects: assign_splits(subjects, params.split, seed)
 
 
@@ -278,8 +263,8 @@ def _video_target(root: Path, video: str) -> Path:
     return target
 
 
-def ingest_folder(p: FolderParams, assign: Callable[[list[str]], dict[str, str]], root: Path
-                  ) -> tuple[pd.DataFrame, list[str]]:
+def ingest_folder(p: FolderParams, assign: Callable[[list[str]], dict[str, str]], root: Path, *,
+                  kfold: bool = False) -> tuple[pd.DataFrame, list[str]]:
     if not p.labels:
         raise StageInputError("ingest.folder.labels: set it to the labels CSV of your videos")
     csv_path = Path(p.labels) if Path(p.labels).is_absolute() else root / p.labels
@@ -302,39 +287,11 @@ def ingest_folder(p: FolderParams, assign: Callable[[list[str]], dict[str, str]]
                         **{t: row[t] for t in TRAITS}, **facts})
     datasets.check_unique_ids(records, str(csv_path))
     manifest = pd.DataFrame(records, columns=MANIFEST_COLUMNS)
-    return finish_splits(manifest, assign, where=str(csv_path)), problems
+    return finish_splits(manifest, assign, where=str(csv_path), kfold=kfold), problems
 
 
 MANIFEST_COLUMNS = ["video_id", "path", "split", "subject_id", "dataset", *TRAITS, "duration_s",
                     "fps", "has_audio", "label_scale"]
-
-
-def finish_splits(manifest: pd.DataFrame, assign: Callable[[list[str]], dict[str, str]], *,
-                  where: str) -> pd.DataFrame:
-    """Subjects that came with a split keep it; the others are assigned by subject (`assign`)."""
-    manifest = manifest.copy()
-    manifest["split"] = manifest["split"].fillna("").astype(str)
-    fixed = manifest[manifest["split"] != ""].groupby("subject_id")["split"].agg(set)
-    clash = [s for s, v in fixed.items() if len(v) > 1]
-    if clash:
-        raise StageInputError(f"{where}: subject(s) {', '.join(clash[:5])} appear in more than "
-                              "one split; splits must be by subject")
-    open_subjects = sorted(set(manifest["subject_id"]) - set(fixed.index))
-    assigned = assign(open_subjects) if open_subjects else {}
-    assigned.update({s: next(iter(v)) for s, v in fixed.items()})
-    manifest["split"] = manifest["subject_id"].map(assigned)
-    manifest["has_audio"] = manifest["has_audio"].astype(bool)
-    return manifest
-
-
-# --------------------------------------------------------------------------------------------------
-
-
-def check_subject_splits(manifest: pd.DataFrame) -> None:
-    per_subject = manifest.groupby("subject_id")["split"].nunique()
-    crossing = per_subject[per_subject > 1]
-    if len(crossing):
-        raise StageInputError(f"subjects in more than one split: {list(crossing.index[:5])}")
 
 
 def _empty(name: str) -> pd.DataFrame:
@@ -396,7 +353,8 @@ def read_source(params: IngestParams, base: BaseParams, root: Path) -> Ingested:
             params.synthetic, assign, base.seed, base.workers, root, tuple(params.required_splits))
         return Ingested(manifest, study, cues, empty["source_aus"], [], tracks)
     if params.source == "folder":
-        manifest, problems = ingest_folder(params.folder, assign, root)
+        manifest, problems = ingest_folder(params.folder, assign, root,
+                                           kfold=params.split_mode == "kfold")
         return Ingested(manifest, empty["user_study"], empty["synthetic_cues"],
                         empty["source_aus"], problems)
     study, source_aus = empty["user_study"], empty["source_aus"]
@@ -418,7 +376,8 @@ def read_source(params: IngestParams, base: BaseParams, root: Path) -> Ingested:
     datasets.check_unique_ids(rows, params.source)
     manifest = pd.DataFrame(rows)
     manifest["label_scale"] = "z" if params.source == "udiva" else "unit"
-    manifest = finish_splits(manifest[MANIFEST_COLUMNS], assign, where=params.source)
+    manifest = finish_splits(manifest[MANIFEST_COLUMNS], assign, where=params.source,
+                             kfold=params.split_mode == "kfold")
     return Ingested(manifest, study, empty["synthetic_cues"], source_aus, problems)
 
 

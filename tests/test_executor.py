@@ -92,6 +92,10 @@ def exit_on_one(x: int) -> int:
     return x
 
 
+def own_pid(_job: object) -> int:
+    return os.getpid()
+
+
 def broken_setup() -> None:
     raise ValueError("model bundle is corrupt (sha256 mismatch)")
 
@@ -106,6 +110,7 @@ def broken_setup() -> None:
     ("  ", 3, Placement("pool", 3)),
     ("local:2", 8, Placement("dask", 2)),
     ("tcp://head:8786", 2, Placement("dask", 0, "tcp://head:8786")),
+    (" inline ", 4, Placement("inline", 1, forced_inline=True)),
 ])
 def test_placement_reads_the_setting(setting, workers, expected):
     assert placement(workers, setting) == expected
@@ -202,6 +207,21 @@ def test_with_on_lost_one_job_runs_in_a_worker_not_in_the_stage(tmp_path):
     out = list(map_jobs(die_once_on, [(3, str(tmp_path), "3")], workers=2, where=POOL,
                         on_lost=lost_row))
     assert out[0].startswith("lost 3") and "SIGKILL" in out[0]
+
+
+def test_with_workers_1_a_crash_is_still_a_row_not_the_end_of_the_stage(tmp_path):
+    """base.workers: 1 runs a per-video stage's jobs in one worker, not in the stage process:
+    a segfault in FFmpeg or MediaPipe would otherwise end the stage naming no video."""
+    jobs = [(x, str(tmp_path), "1") for x in range(3)]
+    out = list(map_jobs(die_once_on, jobs, workers=1, where=placement(1, ""), on_lost=lost_row))
+    assert out[0] == 0 and out[2] == 2 and out[1].startswith("lost 1") and "SIGKILL" in out[1]
+
+
+def test_inline_on_request_runs_every_job_in_this_process():
+    """PERSONALITY_CLUSTER=inline (a debugger, a profiler): even maps with on_lost run here."""
+    pids = list(map_jobs(own_pid, range(3), workers=2, where=placement(2, "inline"),
+                         on_lost=lost_row))
+    assert pids == [os.getpid()] * 3
 
 
 @pytest.mark.parametrize("where", [POOL, DASK], ids=["pool", "dask"])

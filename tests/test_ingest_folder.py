@@ -104,6 +104,26 @@ def test_given_splits_are_kept_and_others_assigned_by_subject(folder, tmp_path):
         _run(tmp_path, csv)
 
 
+def test_kfold_refuses_labels_that_bring_their_own_split(folder, tmp_path):
+    """A given split would be kept by every fold: the folds would all test the same people."""
+    csv = folder / "labels.csv"
+    csv.write_text("video,O,C,E,A,N,subject,split\n"
+                   "clips/a1.mp4,0.1,0.2,0.3,0.4,0.5,alice,test\n"
+                   "clips/b1.mp4,0.1,0.2,0.3,0.4,0.5,bob,\n"
+                   "clips/d1.mp4,0.1,0.2,0.3,0.4,0.5,dan,\n"
+                   "clips/e1.mp4,0.1,0.2,0.3,0.4,0.5,eve,\n")
+    params = IngestParams(source="folder", folder=FolderParams(labels=str(csv)),
+                          split_mode="kfold", n_folds=3)
+    with pytest.raises(StageInputError, match=r"labels.csv: ingest.split_mode=kfold decides .* "
+                                              r"1 clip\(s\) of 1 subject\(s\) come with one"):
+        run(params, BaseParams(seed=3, workers=1), root=tmp_path)
+    assert not (tmp_path / "data/manifest.parquet").exists()  # refused before writing anything
+    csv.write_text(csv.read_text().replace("alice,test", "alice,"))
+    run(params, BaseParams(seed=3, workers=1), root=tmp_path)  # empty split column: folds decide
+    m = read_artifact("manifest", path=tmp_path / "data/manifest.parquet")
+    assert (m.groupby("split")["subject_id"].nunique() >= 1).all() and len(set(m["split"])) == 3
+
+
 def test_missing_labels_param(tmp_path):
     with pytest.raises(StageInputError, match="ingest.folder.labels"):
         _run(tmp_path, Path(""))

@@ -87,7 +87,7 @@ def test_manifest_contents(tiny_dataset):
 
 def test_default_size_splits_by_subject():
     """The default 150 clips: subject-wise 70/15/15 split, no subject in two splits."""
-    from stages.ingest import assign_splits
+    from personality.splits import assign_splits
 
     subjects = [f"s{i % 30}" for i in range(150)]
     split_of = assign_splits(subjects, [0.7, 0.15, 0.15], seed=1234)

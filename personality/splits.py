@@ -1,0 +1,81 @@
+"""Train / val / test splits, decided once at ingest and by subject: no person is in two splits.
+
+    from personality.splits import assign_splits, kfold_splits, finish_splits
+    assign_splits(["s1", "s2", "s3"], [0.7, 0.15, 0.15], seed=0)   # {"s1": "train", ...}
+
+Nothing here runs on its own; stages/ingest.py applies these rules to every source's rows, and
+personality/datasets.py's ChaLearn adapter uses the k-fold rule for its YouTube channels
+(`python -m pytest tests/test_ingest_folder.py tests/test_synthetic.py` exercises them).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from personality.common import StageInputError
+
+__all__ = ["assign_splits", "kfold_splits", "finish_splits", "check_subject_splits"]
+
+
+def assign_splits(subjects: list[str], fractions: list[float], seed: int) -> dict[str, str]:
+    """Map each distinct subject to train/val/test, shuffled by `seed`, every split non-empty when
+    there are at least three subjects. Sorting first makes the result independent of row order."""
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1):
+        raise StageInputError(f"ingest.split: {fractions} must be three shares summing to 1")
+    unique = sorted(set(subjects))
+    order = np.random.default_rng([seed, 7]).permutation(len(unique))
+    n = len(unique)
+    n_val = max(1, round(fractions[1] * n)) if n >= 3 and fractions[1] > 0 else 0
+    n_test = max(1, round(fractions[2] * n)) if n >= 3 and fractions[2] > 0 else 0
+    n_train = n - n_val - n_test
+    names = ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
+    return {unique[i]: names[k] for k, i in enumerate(order)}
+
+
+def kfold_splits(subjects: list[str], *, n_folds: int, fold: int, seed: int) -> dict[str, str]:
+    """By-subject k-fold: fold `fold` is test, fold `fold + 1` val, the rest train."""
+    if n_folds < 3 or not 0 <= fold < n_folds:
+        raise StageInputError(f"kfold: need n_folds >= 3 and 0 <= fold < n_folds "
+                              f"(got {n_folds}, {fold})")
+    unique = sorted(set(subjects))
+    order = np.random.default_rng([seed, 11]).permutation(len(unique))
+    fold_of = {unique[i]: k % n_folds for k, i in enumerate(order)}
+    return {s: "test" if f == fold else "val" if f == (fold + 1) % n_folds else "train"
+            for s, f in fold_of.items()}
+
+
+def finish_splits(manifest: pd.DataFrame, assign: Callable[[list[str]], dict[str, str]], *,
+                  where: str, kfold: bool = False) -> pd.DataFrame:
+    """Subjects that came with a split keep it; the others are assigned by subject (`assign`).
+    With `kfold` (ingest.split_mode=kfold) no clip may come with a split: StageInputError."""
+    manifest = manifest.copy()
+    manifest["split"] = manifest["split"].fillna("").astype(str)
+    given = manifest[manifest["split"] != ""]
+    if kfold and len(given):  # the folds would keep them: each fold would test the same people
+        raise StageInputError(
+            f"{where}: ingest.split_mode=kfold decides every subject's split, but {len(given)} "
+            f"clip(s) of {given['subject_id'].nunique()} subject(s) come with one (its `split` "
+            "column): leave that column empty for k-fold, or set ingest.split_mode: shares to "
+            "keep the given splits")
+    fixed = given.groupby("subject_id")["split"].agg(set)
+    clash = [s for s, v in fixed.items() if len(v) > 1]
+    if clash:
+        raise StageInputError(f"{where}: subject(s) {', '.join(clash[:5])} appear in more than "
+                              "one split; splits must be by subject")
+    open_subjects = sorted(set(manifest["subject_id"]) - set(fixed.index))
+    assigned = assign(open_subjects) if open_subjects else {}
+    assigned.update({s: next(iter(v)) for s, v in fixed.items()})
+    manifest["split"] = manifest["subject_id"].map(assigned)
+    manifest["has_audio"] = manifest["has_audio"].astype(bool)
+    return manifest
+
+
+def check_subject_splits(manifest: pd.DataFrame) -> None:
+    """StageInputError naming up to five subjects whose clips are in more than one split."""
+    per_subject = manifest.groupby("subject_id")["split"].nunique()
+    crossing = per_subject[per_subject > 1]
+    if len(crossing):
+        raise StageInputError(f"subjects in more than one split: {list(crossing.index[:5])}")
