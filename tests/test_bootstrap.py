@@ -66,3 +66,14 @@ def test_paired_ignores_resamples_without_a_score():
     a = {"ccc": ccc, "mae": np.array([[0.1] * 5, [np.nan] * 5, [0.1] * 5])}
     b = {"ccc": ccc, "mae": np.full((3, 5), 0.2)}
     assert paired(a, b)["p_lower_mae"] == pytest.approx(1.0)
+
+
+def test_a_model_against_its_own_refit_ties_despite_last_bit_noise(rng):
+    """The same predictions summed in another order differ in the last bits; that must give
+    P(better) 0.5 (fit_gap's ridge against its refit), not whichever way the bits fell."""
+    subjects, y, pred = _data(rng, 12)
+    refit = pred * (1 + 1e-13)  # in [0, 1]: moves each value by at most 1e-13
+    s = bootstrap_scores(y, {"a": pred, "b": refit}, subject_resamples(subjects, n_boot=200, seed=4))
+    assert not np.array_equal(s["a"]["ccc"], s["b"]["ccc"])  # the bits do differ
+    cmp = paired(s["a"], s["b"])
+    assert cmp["p_better"] == pytest.approx(0.5) and cmp["p_lower_mae"] == pytest.approx(0.5)
