@@ -30,7 +30,11 @@ video), and the map goes on. More than `max(3, jobs / 20)` dead workers in one m
 a lost worker ends the map (ExecutorError): the client cancels its neighbours' futures, and a
 remote scheduler retries a task itself (allowed-failures) first. Local workers (pool and
 LocalCluster) die with their parent (PR_SET_PDEATHSIG on Linux, and a thread polling the parent's
-pid everywhere), so killing a stage leaves no worker behind.
+pid everywhere), so killing a stage leaves no worker behind. A job that hangs (an FFmpeg read
+that never returns) is stopped in the local pool at its time limit (`time_limit`: the per-video
+stages give 600 s + 20 s per second of video, or 2 s per kept frame for faces, times
+PERSONALITY_TIME_LIMIT_SCALE, default 1, 0 for none) and is then on_lost's row at once. The
+scheduling itself (order, second tries, time limits) is personality/executor_order.py.
 """
 from __future__ import annotations
 
@@ -46,24 +50,23 @@ import signal
 import sys
 import threading
 import uuid
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
 from typing import Any, Callable, Iterable, Iterator
 
+from personality.executor_order import ExecutorError, InOrder, TimeLimit, WorkerLost
+
 __all__ = ["CLUSTER_ENV", "ExecutorError", "Placement", "placement", "local_processes",
+           "time_limit_s",
            "map_jobs", "single_thread"]
 
 CLUSTER_ENV = "PERSONALITY_CLUSTER"
+TIME_LIMIT_ENV = "PERSONALITY_TIME_LIMIT_SCALE"  # per-video job time limits x this (time_limit_s)
 # BLAS, OpenMP, numexpr, numba and TFLite (MediaPipe) read these when they load: spawned workers
 # must have them before their first import
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                "NUMEXPR_NUM_THREADS", "NUMBA_NUM_THREADS", "TFLITE_NUM_THREADS")
 _PARENT_POLL_S = 0.5
-
-
-class ExecutorError(RuntimeError):
-    """A worker died while running a job (the message names the job, e.g. the video), or
-    PERSONALITY_CLUSTER holds a value that names no executor (the message quotes it)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +105,22 @@ def placement(workers: int, setting: str | None = None) -> Placement:
     raise ExecutorError(f"{CLUSTER_ENV}={raw!r}: expected empty (local process pool), 'inline', "
                         "'local:N' (Dask LocalCluster of N >= 1 processes) or a Dask scheduler "
                         "address such as 'tcp://head:8786'")
+
+
+def time_limit_s(units: float | None, per_unit_s: float) -> float | None:
+    """Wall-clock limit of one per-video job: (600 s + per_unit_s x units) x
+    PERSONALITY_TIME_LIMIT_SCALE (default 1; 0: no limit; slow machines raise it). `units`: the
+    clip's seconds or kept frames (None / NaN, unknown: 3600 s). Read from the
+    environment like PERSONALITY_CLUSTER: it changes no output but a hung video's."""
+    raw = os.environ.get(TIME_LIMIT_ENV, "").strip() or "1"
+    try:
+        scale = float(raw)
+    except ValueError:
+        scale = -1.0
+    if not scale >= 0 or scale == float("inf"):
+        raise ExecutorError(f"{TIME_LIMIT_ENV}={raw!r}: expected a number >= 0 (0: no limit)")
+    known = units is not None and units == units and units >= 0  # NaN != NaN
+    return scale * (600.0 + per_unit_s * units if known else 3600.0) if scale else None
 
 
 def local_processes(n_jobs: int, workers: int, threads_per_job: int = 1) -> Placement:
@@ -235,13 +254,16 @@ def _started(_job: Any = None) -> int:
 def map_jobs(fn: Callable[[Any], Any], jobs: Iterable[Any], *, workers: int,
              label: Callable[[Any], str] = str, setup: Callable | None = None,
              setup_args: tuple = (), where: Placement | None = None,
-             on_lost: Callable[[Any, str], Any] | None = None) -> Iterator[Any]:
+             on_lost: Callable[[Any, str], Any] | None = None,
+             time_limit: Callable[[Any], float | None] | None = None) -> Iterator[Any]:
     """`fn(job)` for every job, yielded in job order, on the placement PERSONALITY_CLUSTER names
     (or `where`). `fn`, `setup` and the jobs must be picklable: module-level functions. One job
     per worker is in flight; finished results waiting for a slow earlier one stay few.
     A job's own exception reaches the caller unchanged (with a note naming the job). A dead
     worker raises ExecutorError naming the job it ran, or, with `on_lost(job, why)`, gives that
-    job a second try and then on_lost's result (module docstring)."""
+    job a second try and then on_lost's result (module docstring). `time_limit(job)`: seconds
+    a job may run in the local pool before its worker is killed (time_limit_s), then on_lost's
+    result (or ExecutorError); not enforced in this process or on Dask."""
     jobs = list(jobs)
     where = where or placement(workers)
     token = uuid.uuid4().hex
@@ -259,7 +281,7 @@ def map_jobs(fn: Callable[[Any], Any], jobs: Iterable[Any], *, workers: int,
         return
     if where.kind in ("pool", "inline"):
         yield from _map_pool(fn, jobs, max(1, min(where.workers, len(jobs))), label, token, setup,
-                             setup_args, on_lost)
+                             setup_args, on_lost, time_limit)
     else:
         from personality.executor_dask import map_dask  # distributed only when asked for
 
@@ -295,117 +317,6 @@ def _noted(fn: Callable, job: Any, label: Callable[[Any], str]) -> Any:
     except Exception as exc:
         exc.add_note(f"while processing {label(job)}")
         raise
-
-
-@dataclasses.dataclass(frozen=True)
-class _WorkerLost:
-    """on_error's answer to a dead worker: the job(s) it may have run, why, who ("Dask worker")."""
-    jobs: tuple[int, ...]
-    why: str
-    who: str = "worker process"
-
-
-class _InOrder:
-    """Keep `n_running` jobs running (one per worker: a worker that dies held one job, the one we
-    name), yield results in job order, and let finished results wait for a slow earlier job up to
-    `ahead` x n_running (memory stays bounded). `on_error(i, exc, failed)` (failed: every job
-    that failed so far -> its exception) returns None for a job's own exception (raised in its
-    turn), or a _WorkerLost, seen at once: without `on_lost` an ExecutorError ends the map; with
-    it every job the loss took down (`is_lost(exc)`) runs again, the dead worker's job at most
-    twice before `on_lost(job, why)` stands in for its result."""
-
-    def __init__(self, submit: Callable[[int, Any], Future], jobs: list, n_running: int,
-                 on_error: Callable, label: Callable[[Any], str], *,
-                 on_lost: Callable[[Any, str], Any] | None = None,
-                 is_lost: Callable[[BaseException], bool] = lambda exc: False, ahead: int = 4):
-        self.submit, self.jobs, self.n_running, self.on_error = submit, jobs, n_running, on_error
-        self.label, self.on_lost, self.is_lost, self.ahead = label, on_lost, is_lost, ahead
-        self.futures: dict[int, Future] = {}  # submitted, not yet yielded
-        self.final: dict[int, Any] = {}  # on_lost's results, waiting for their turn
-        self.again: list[int] = []  # jobs a lost worker took down, run before new ones
-        self.deaths: dict[int, int] = {}  # job -> workers that died running it
-        self.losses, self.budget = 0, max(3, len(jobs) // 20)
-        self.next_submit = self.next_yield = 0
-
-    def __iter__(self) -> Iterator[Any]:
-        while self.next_yield < len(self.jobs):
-            self._submit_more()
-            if self._losses_seen():
-                continue
-            if self.next_yield in self.final:
-                self.next_yield += 1
-                yield self.final.pop(self.next_yield - 1)
-                continue
-            head = self.futures.get(self.next_yield)
-            if head is None or not head.done():
-                running = [f for f in self.futures.values() if not f.done()]
-                if running:
-                    wait(running, return_when=FIRST_COMPLETED)
-                continue
-            del self.futures[self.next_yield]
-            try:
-                result = head.result()
-            except Exception as exc:
-                exc.add_note(f"while processing {self.label(self.jobs[self.next_yield])}")
-                raise
-            self.next_yield += 1
-            yield result
-
-    def _submit_more(self) -> None:
-        running = sum(not f.done() for f in self.futures.values())
-        while running < self.n_running:
-            if self.again:
-                i = self.again.pop(0)
-            elif self.next_submit < len(self.jobs) and \
-                    self.next_submit - self.next_yield < self.ahead * self.n_running:
-                i, self.next_submit = self.next_submit, self.next_submit + 1
-            else:
-                return
-            try:
-                self.futures[i] = self.submit(i, self.jobs[i])
-            except BaseException as exc:  # a broken pool refuses new work
-                verdict = self.on_error(i, exc, {})
-                if not isinstance(verdict, _WorkerLost):
-                    raise (verdict or exc) from exc
-                self._recover(verdict, exc, refused=i)
-                return
-            running += 1
-
-    def _losses_seen(self) -> bool:
-        """Handle the first lost worker among the failed futures; True when there was one."""
-        failed = {k: f.exception() for k, f in self.futures.items()
-                  if f.done() and not f.cancelled() and f.exception() is not None}
-        for k, exc in failed.items():
-            verdict = self.on_error(k, exc, failed)
-            if isinstance(verdict, _WorkerLost):
-                self._recover(verdict, exc)
-                return True
-            if verdict is not None:
-                raise verdict from exc
-        return False
-
-    def _recover(self, lost: _WorkerLost, exc: BaseException, refused: int | None = None) -> None:
-        names = " or ".join(self.label(self.jobs[k]) for k in lost.jobs)
-        if self.on_lost is None:
-            raise ExecutorError(f"{names}: the {lost.who} running it died ({lost.why}); the stage "
-                                "stops here, nothing is written") from exc
-        self.losses += 1
-        if self.losses > self.budget:
-            raise ExecutorError(f"{self.losses} workers died in this run (the last running "
-                                f"{names}: {lost.why}): more than {self.budget}, the machine "
-                                "rather than a video; the stage stops here, nothing is written") \
-                from exc
-        taken = [k for k, f in self.futures.items() if f.done() and (f.cancelled() or (
-            f.exception() is not None and self.is_lost(f.exception())))]
-        for k in taken:
-            del self.futures[k]
-        for k in lost.jobs:
-            self.deaths[k] = self.deaths.get(k, 0) + 1
-            if self.deaths[k] >= 2:
-                self.final[k] = self.on_lost(self.jobs[k], f"the {lost.who} running it died "
-                                             f"twice ({lost.why})")
-        rerun = set(self.again) | set(taken) | ({refused} if refused is not None else set())
-        self.again = sorted(rerun - set(self.final))
 
 
 @contextlib.contextmanager
@@ -457,7 +368,16 @@ class _Pool:
     def submit(self, fn: Callable, i: int, job: Any) -> Future:
         return self.executor.submit(_pool_call, fn, i, job)
 
-    def post_mortem(self, i: int) -> _WorkerLost:
+    def end(self, i: int) -> bool:
+        """Kill the worker running job i (over its time limit); False when it is not running."""
+        pid = self.ledger[i]
+        if pid <= 0 or pid not in self.processes:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        return True
+
+    def post_mortem(self, i: int) -> WorkerLost:
         """After BrokenProcessPool: end the survivors, name the job the dead worker was running
         (job `i`, whose result or submission broke, when the ledger knows of none)."""
         self.executor.shutdown(wait=True, cancel_futures=True)  # the pool ends the survivors
@@ -466,7 +386,7 @@ class _Pool:
         culprits = [k for k in range(len(self.ledger)) if self.ledger[k] in dead] or [i]
         k = culprits[0]
         why = _exit_reason(dead.get(self.ledger[k])) if self.ledger[k] in dead else "it died"
-        return _WorkerLost((k,), why)
+        return WorkerLost((k,), why)
 
     def kill(self) -> None:
         for process in self.processes.values():
@@ -478,10 +398,11 @@ class _Pool:
             self.executor.shutdown(wait=True, cancel_futures=True)
 
 
-def _map_pool(fn, jobs, n, label, token, setup, setup_args, on_lost) -> Iterator[Any]:
+def _map_pool(fn, jobs, n, label, token, setup, setup_args, on_lost, time_limit) -> Iterator[Any]:
     pool = _Pool(n, len(jobs), token, setup, setup_args)
+    limits = TimeLimit(time_limit, pool.end) if time_limit is not None else None
 
-    def on_error(i: int, exc: BaseException, failed: dict) -> _WorkerLost | None:
+    def on_error(i: int, exc: BaseException, failed: dict) -> WorkerLost | None:
         if not isinstance(exc, BrokenProcessPool):
             return None
         lost = pool.post_mortem(i)
@@ -491,8 +412,9 @@ def _map_pool(fn, jobs, n, label, token, setup, setup_args, on_lost) -> Iterator
 
     try:
         pool.start()
-        yield from _InOrder(lambda i, job: pool.submit(fn, i, job), jobs, n, on_error, label,
-                            on_lost=on_lost, is_lost=lambda e: isinstance(e, BrokenProcessPool))
+        yield from InOrder(lambda i, job: pool.submit(fn, i, job), jobs, n, on_error, label,
+                           on_lost=on_lost, is_lost=lambda e: isinstance(e, BrokenProcessPool),
+                           time_limit=limits)
     except BaseException:  # an error, Ctrl-C or an abandoned generator: no worker outlives it
         pool.kill()
         raise

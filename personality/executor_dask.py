@@ -11,8 +11,9 @@ import os
 from concurrent.futures import Executor, Future
 from typing import Any, Callable, Iterator
 
-from personality.executor import (Placement, _child_environment, _ensure_setup, _InOrder,
-                                  _run_job, _WorkerLost, die_with_parent)
+from personality.executor import (Placement, _child_environment, _ensure_setup, _run_job,
+                                  die_with_parent)
+from personality.executor_order import InOrder, WorkerLost
 
 
 def _dask_call(fn: Callable, job: Any, token: str, setup: Callable | None,
@@ -54,21 +55,21 @@ def map_dask(fn, jobs, where, label, token, setup, setup_args) -> Iterator[Any]:
         [shared_args] = client.scatter([setup_args], broadcast=True, hash=False)
         executor: Executor = client.get_executor(pure=False)
 
-        def on_error(i: int, exc: BaseException, failed: dict) -> _WorkerLost | None:
+        def on_error(i: int, exc: BaseException, failed: dict) -> WorkerLost | None:
             if not isinstance(exc, KilledWorker):
                 return None
             # the scheduler may have queued a second job on the worker: it fails with it, and
             # which of the two ran is not known once the worker is gone
             lost = tuple(k for k, e in failed.items() if isinstance(e, KilledWorker)
                          and e.last_worker == exc.last_worker) or (i,)
-            return _WorkerLost(lost, str(exc), "Dask worker")
+            return WorkerLost(lost, str(exc), "Dask worker")
 
         def submit(i: int, job: Any) -> Future:
             return executor.submit(_dask_call, fn, job, token, setup, shared_args)
 
         # no second try here: the client cancels the futures of a lost worker's neighbours, and
         # a remote scheduler has already retried the task (allowed-failures) before KilledWorker
-        yield from _InOrder(submit, jobs, n, on_error, label)
+        yield from InOrder(submit, jobs, n, on_error, label)
 
 
 def _die_with_parent_plugin(parent_pid: int):

@@ -451,9 +451,11 @@ class VideoShardWriter(ArtifactWriter):
         self._buffer, self._buffered = [], 0
 
 
-def index_videos(path: str | os.PathLike, name: str) -> dict[str, list[tuple[Path, int]]]:
+def index_videos(path: str | os.PathLike, name: str, rows: dict[str, int] | None = None
+                 ) -> dict[str, list[tuple[Path, int]]]:
     """Map video_id -> [(shard, row_group), ...] for a sharded artifact folder, reading only the
-    `video_id` column. Checks every shard's columns against artifact `name` (SchemaError)."""
+    `video_id` column (and counting each video's rows into `rows` when given). Checks every
+    shard's columns against artifact `name` (SchemaError)."""
     path = Path(path)
     from personality.common import SchemaError
 
@@ -470,6 +472,9 @@ def index_videos(path: str | os.PathLike, name: str) -> dict[str, list[tuple[Pat
             ids = pf.read_row_group(rg, columns=["video_id"]).column(0).to_pylist()
             for vid in dict.fromkeys(ids):
                 index.setdefault(vid, []).append((shard, rg))
+            if rows is not None:
+                for vid in ids:
+                    rows[vid] = rows.get(vid, 0) + 1
     return index
 
 

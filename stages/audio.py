@@ -79,7 +79,7 @@ import numpy as np
 import pandas as pd
 
 from personality import schemas, smile
-from personality.executor import map_jobs
+from personality.executor import map_jobs, time_limit_s
 from personality.common import (ArtifactWriter, BaseParams, ParamsError, StageInputError, get_logger,
                            progress, read_artifact, repo_root, run_stage)
 
@@ -514,14 +514,18 @@ def _numba_cache_for_children(root: Path):
             os.environ.pop("NUMBA_CACHE_DIR", None)
 
 
-def iter_rows(jobs: list[tuple[str, str]], p: AudioParams, workers: int, root: Path):
+def iter_rows(jobs: list[tuple[str, str]], p: AudioParams, workers: int, root: Path,
+              durations: dict[str, float] | None = None):
     """Yield one row per job, in job order, from the executor (personality.executor.map_jobs).
-    A video that kills its worker twice (FFmpeg crashing on a hostile file) is an error row
-    naming it; the others go on."""
+    A video that kills its worker twice (FFmpeg crashing on a hostile file), or runs over its
+    time limit (600 s + 20 s per second of the clip, `durations`), is an error row naming it;
+    the others go on."""
+    durations = durations or {}
     with _numba_cache_for_children(root):
         yield from map_jobs(_work, jobs, workers=workers, label=lambda job: job[0],
                             setup=_setup, setup_args=(p,),
-                            on_lost=lambda job, why: failed_row(job, p, why))
+                            on_lost=lambda job, why: failed_row(job, p, why),
+                            time_limit=lambda job: time_limit_s(durations.get(job[0]), 20.0))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -533,7 +537,7 @@ def run(params: AudioParams, base: BaseParams, root: Path | None = None) -> dict
     root = root or repo_root()
     params.validate()
     manifest = read_artifact("clips", path=root / schemas.ARTIFACTS["clips"].path)
-    jobs = []
+    jobs, durations = [], dict(zip(manifest["video_id"].astype(str), manifest["duration_s"]))
     for vid, rel in zip(manifest["video_id"], manifest["path"]):
         if not rel:  # AU-only sources (perfex, openface_csv) have no video
             continue
@@ -549,7 +553,7 @@ def run(params: AudioParams, base: BaseParams, root: Path | None = None) -> dict
     # concatenating one-row frames of ~600 columns
     with ArtifactWriter("audio", path=out_path, rows_per_shard=params.rows_per_shard) as out, \
             progress(total=len(jobs), desc="audio", unit="video") as bar:
-        for row in iter_rows(jobs, params, base.workers, root):
+        for row in iter_rows(jobs, params, base.workers, root, durations):
             if row["error"]:
                 counts["n_errors"] += 1
                 log.warning("%s: %s", row["video_id"], row["error"])

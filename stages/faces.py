@@ -32,7 +32,7 @@ import pandas as pd
 from personality import schemas
 from personality.common import (BaseParams, StageInputError, atomic_write_json, get_logger, progress, repo_root, run_stage)
 from personality.facemodel import BLENDSHAPES, head_pose_deg
-from personality.executor import map_jobs
+from personality.executor import map_jobs, time_limit_s
 from personality.video_io import VideoShardWriter, decode_jpeg, encode_jpeg, index_videos, read_video
 
 log = get_logger("faces")
@@ -246,7 +246,8 @@ def run(params: FacesParams, base: BaseParams, root: Path | None = None) -> dict
     root = root or repo_root()
     check_params(params)
     find_task_file(params.model_path or None)  # fail early, once, with the fix in the message
-    index = index_videos(root / schemas.ARTIFACTS["frames"].path, "frames")
+    n_frames: dict[str, int] = {}  # the time limit of a video's job: 2 s per kept frame + 600 s
+    index = index_videos(root / schemas.ARTIFACTS["frames"].path, "frames", rows=n_frames)
     jobs = [{"video_id": vid, "parts": [(str(s), rg) for s, rg in parts], "params": params}
             for vid, parts in sorted(index.items())]
     failed: dict[str, str] = {}
@@ -257,7 +258,8 @@ def run(params: FacesParams, base: BaseParams, root: Path | None = None) -> dict
                           rows_per_shard=params.rows_per_shard) as out, \
             progress(total=len(jobs), desc="faces", unit="video") as bar:
         for res in map_jobs(_job, jobs, workers=base.workers, label=lambda j: j["video_id"],
-                            setup=warm_up, setup_args=(params,), on_lost=_lost):
+                            setup=warm_up, setup_args=(params,), on_lost=_lost,
+                            time_limit=lambda j: time_limit_s(n_frames.get(j["video_id"]), 2.0)):
             bar.update(1)
             seconds += res["seconds"]
             if res["error"]:

@@ -25,7 +25,7 @@ import pandas as pd
 
 from personality import schemas
 from personality.common import (BaseParams, StageInputError, atomic_write_json, get_logger, progress, read_artifact, repo_root, run_stage)
-from personality.executor import map_jobs
+from personality.executor import map_jobs, time_limit_s
 from personality.video_io import VideoShardWriter, encode_jpeg, iter_frames
 
 log = get_logger("frames")
@@ -113,15 +113,16 @@ def run(params: FramesParams, base: BaseParams, root: Path | None = None) -> dic
     check_params(params)
     manifest = read_artifact("clips", path=root / schemas.ARTIFACTS["clips"].path)
     # AU-only sources (perfex, openface_csv) have no video: their path is empty
-    jobs = [{"video_id": r.video_id, "path": str(resolve(root, r.path)), "params": params}
-            for r in manifest.itertuples() if r.path]
+    jobs = [{"video_id": r.video_id, "path": str(resolve(root, r.path)), "params": params,
+             "duration_s": r.duration_s} for r in manifest.itertuples() if r.path]
     failed: dict[str, str] = {}
     notes: dict[str, str] = {}
     n_rows, decode_s = 0, 0.0
     out_path = root / schemas.ARTIFACTS["frames"].path
     with VideoShardWriter("frames", path=out_path, rows_per_shard=params.rows_per_shard) as out, \
             progress(total=len(jobs), desc="frames", unit="video") as bar:
-        for res in map_jobs(_job, jobs, workers=base.workers, label=_label, on_lost=_lost):
+        for res in map_jobs(_job, jobs, workers=base.workers, label=_label, on_lost=_lost,
+                            time_limit=lambda job: time_limit_s(job["duration_s"], 20.0)):
             bar.update(1)
             decode_s += res["seconds"]
             if res["error"]:

@@ -19,7 +19,7 @@ import pytest
 
 from personality.common import atomic_dir, atomic_file
 from personality.executor import (ExecutorError, Placement, local_processes, map_jobs,
-                                  placement)
+                                  placement, time_limit_s)
 
 REPO = Path(__file__).resolve().parents[1]
 POOL = Placement("pool", 2)
@@ -90,6 +90,17 @@ def exit_on_one(x: int) -> int:
     if x == 1:
         sys.exit(0)
     return x
+
+
+def hang_on_two(x: int) -> int:
+    if x == 2:
+        time.sleep(600)  # an FFmpeg read that never returns
+    time.sleep(0.1)
+    return x
+
+
+def two_s_for_two(x: int) -> float | None:
+    return 2.0 if x == 2 else None
 
 
 def own_pid(_job: object) -> int:
@@ -215,6 +226,37 @@ def test_with_workers_1_a_crash_is_still_a_row_not_the_end_of_the_stage(tmp_path
     jobs = [(x, str(tmp_path), "1") for x in range(3)]
     out = list(map_jobs(die_once_on, jobs, workers=1, where=placement(1, ""), on_lost=lost_row))
     assert out[0] == 0 and out[2] == 2 and out[1].startswith("lost 1") and "SIGKILL" in out[1]
+
+
+def test_a_job_over_its_time_limit_is_stopped_and_becomes_a_row_at_once():
+    t0 = time.monotonic()
+    out = list(map_jobs(hang_on_two, range(6), workers=2, where=POOL, time_limit=two_s_for_two,
+                        on_lost=lambda x, why: f"lost {x}: {why}"))
+    assert out[:2] + out[3:] == [0, 1, 3, 4, 5]
+    assert out[2] == "lost 2: it ran over its time limit of 2 s and was stopped (a hang?)"
+    assert time.monotonic() - t0 < 60  # stopped once, not retried (it would hang again)
+
+
+def test_without_on_lost_a_job_over_its_time_limit_ends_the_map_naming_it():
+    with pytest.raises(ExecutorError, match="clip2: the worker process running it died "
+                                            r"\(it ran over its time limit of 2 s"):
+        list(map_jobs(hang_on_two, range(4), workers=2, where=POOL, time_limit=two_s_for_two,
+                      label=lambda x: f"clip{x}"))
+
+
+@pytest.mark.parametrize("scale, expected", [("", 800.0), ("2.5", 2000.0), ("0", None)])
+def test_time_limits_scale_with_the_clip_and_the_environment(monkeypatch, scale, expected):
+    monkeypatch.setenv("PERSONALITY_TIME_LIMIT_SCALE", scale)
+    assert time_limit_s(10.0, 20.0) == expected
+    assert time_limit_s(float("nan"), 20.0) == (None if expected is None else 3600.0 * (
+        float(scale) if scale else 1.0))
+
+
+@pytest.mark.parametrize("bad", ["-1", "fast", "inf", "nan"])
+def test_a_bad_time_limit_scale_is_quoted(monkeypatch, bad):
+    monkeypatch.setenv("PERSONALITY_TIME_LIMIT_SCALE", bad)
+    with pytest.raises(ExecutorError, match=f"PERSONALITY_TIME_LIMIT_SCALE='{bad}'"):
+        time_limit_s(5.0, 20.0)
 
 
 def test_inline_on_request_runs_every_job_in_this_process():

@@ -233,6 +233,22 @@ def test_stage_survives_bad_inputs(tmp_path):
     assert (root / "metrics" / "frames.json").exists()
 
 
+def test_a_video_over_its_time_limit_is_a_failed_row_and_the_others_go_on(tmp_path, monkeypatch):
+    """The limit scales with the clip's duration (clips.parquet): at a scale of 1e-6 the
+    0-second clip gets 0.6 ms and is stopped; the 1e9-second one keeps hours and decodes."""
+    for name in ("good", "hung"):
+        write_video(tmp_path / f"{name}.mp4", n=10, fps=25)
+    manifest_for(tmp_path, {"good": tmp_path / "good.mp4", "hung": tmp_path / "hung.mp4"})
+    clips = read_artifact("clips", path=tmp_path / "data" / "clips.parquet")
+    clips["duration_s"] = [1e9, 0.0]
+    clips.to_parquet(tmp_path / "data" / "clips.parquet", index=False)
+    monkeypatch.setenv("PERSONALITY_TIME_LIMIT_SCALE", "1e-6")
+    summary = run(FramesParams(), BaseParams(workers=2), root=tmp_path)
+    assert list(summary["failed"]) == ["hung"]
+    assert "ran over its time limit of 0 s and was stopped" in summary["failed"]["hung"]
+    assert set(read_artifact("frames", path=tmp_path / "data" / "frames")["video_id"]) == {"good"}
+
+
 def test_stage_fails_when_nothing_decodes(tmp_path):
     (tmp_path / "zero.mp4").write_bytes(b"")
     manifest_for(tmp_path, {"zero": tmp_path / "zero.mp4"})

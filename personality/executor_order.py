@@ -1,0 +1,181 @@
+"""personality/executor.py's scheduler, shared by the local pool and Dask: jobs kept running one
+per worker, results yielded in job order, a dead worker's jobs run again (`on_lost`), and a job
+over its time limit ended as if its worker had died (`time_limit`, the local pool only).
+
+Nothing here runs on its own; tests/test_executor.py runs every map through it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from typing import Any, Callable, Iterator
+
+
+class ExecutorError(RuntimeError):
+    """A worker died while running a job (the message names the job, e.g. the video), or
+    PERSONALITY_CLUSTER holds a value that names no executor (the message quotes it)."""
+
+
+@dataclasses.dataclass
+class TimeLimit:
+    """Per-job wall-clock limits: `seconds(job)` (None or inf: none) and `end(i)`, which ends job
+    i's worker and says whether it did (the pool kills the process job i runs in, if it has
+    started; the map then sees a dead worker)."""
+    seconds: Callable[[Any], float | None]
+    end: Callable[[int], bool]
+    deadlines: dict = dataclasses.field(default_factory=dict)  # job -> (monotonic deadline, s)
+    overdue: dict = dataclasses.field(default_factory=dict)  # job -> its limit, once ended
+
+    def start(self, i: int, job: Any) -> None:
+        limit = self.seconds(job)
+        if limit is not None and math.isfinite(limit):
+            self.deadlines[i] = (time.monotonic() + limit, limit)
+
+    def wait_s(self, running: list[int]) -> float | None:
+        """Seconds until the first running job's deadline (None: no deadline)."""
+        ends = [self.deadlines[i][0] for i in running if i in self.deadlines]
+        return max(0.0, min(ends) - time.monotonic()) if ends else None
+
+    def enforce(self, running: list[int]) -> None:
+        now = time.monotonic()
+        for i in running:
+            if i in self.deadlines and i not in self.overdue and now >= self.deadlines[i][0] \
+                    and self.end(i):
+                self.overdue[i] = self.deadlines[i][1]
+
+    def why(self, i: int) -> str:
+        return f"it ran over its time limit of {self.overdue[i]:.0f} s and was stopped (a hang?)"
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerLost:
+    """on_error's answer to a dead worker: the job(s) it may have run, why, who ("Dask worker")."""
+    jobs: tuple[int, ...]
+    why: str
+    who: str = "worker process"
+
+
+class InOrder:
+    """Keep `n_running` jobs running (one per worker: a worker that dies held one job, the one we
+    name), yield results in job order, and let finished results wait for a slow earlier job up to
+    `ahead` x n_running (memory stays bounded). `on_error(i, exc, failed)` (failed: every job
+    that failed so far -> its exception) returns None for a job's own exception (raised in its
+    turn), or a WorkerLost, seen at once: without `on_lost` an ExecutorError ends the map; with
+    it every job the loss took down (`is_lost(exc)`) runs again, the dead worker's job at most
+    twice before `on_lost(job, why)` stands in for its result. A job over its `time_limit` is
+    ended by it, and on_lost's result at once (no second try: it would hang again)."""
+
+    def __init__(self, submit: Callable[[int, Any], Future], jobs: list, n_running: int,
+                 on_error: Callable, label: Callable[[Any], str], *,
+                 on_lost: Callable[[Any, str], Any] | None = None,
+                 is_lost: Callable[[BaseException], bool] = lambda exc: False, ahead: int = 4,
+                 time_limit: TimeLimit | None = None):
+        self.submit, self.jobs, self.n_running, self.on_error = submit, jobs, n_running, on_error
+        self.label, self.on_lost, self.is_lost, self.ahead = label, on_lost, is_lost, ahead
+        self.futures: dict[int, Future] = {}  # submitted, not yet yielded
+        self.final: dict[int, Any] = {}  # on_lost's results, waiting for their turn
+        self.again: list[int] = []  # jobs a lost worker took down, run before new ones
+        self.deaths: dict[int, int] = {}  # job -> workers that died running it
+        self.losses, self.budget = 0, max(3, len(jobs) // 20)
+        self.next_submit = self.next_yield = 0
+        self.time_limit = time_limit
+
+    def __iter__(self) -> Iterator[Any]:
+        while self.next_yield < len(self.jobs):
+            self._submit_more()
+            if self._losses_seen():
+                continue
+            if self.next_yield in self.final:
+                self.next_yield += 1
+                yield self.final.pop(self.next_yield - 1)
+                continue
+            head = self.futures.get(self.next_yield)
+            if head is None or not head.done():
+                self._wait_for_one()
+                continue
+            if head.exception() is not None and self._losses_seen():  # a loss since the last look
+                continue
+            del self.futures[self.next_yield]
+            try:
+                result = head.result()
+            except Exception as exc:
+                exc.add_note(f"while processing {self.label(self.jobs[self.next_yield])}")
+                raise
+            self.next_yield += 1
+            yield result
+
+    def _wait_for_one(self) -> None:
+        """Until a running job finishes, or the first running job's time limit passes (then
+        its worker is ended: the loss shows in the next _losses_seen)."""
+        running = [k for k, f in self.futures.items() if not f.done()]
+        if not running:
+            return
+        limit = self.time_limit.wait_s(running) if self.time_limit else None
+        wait([self.futures[k] for k in running], timeout=limit, return_when=FIRST_COMPLETED)
+        if self.time_limit:
+            self.time_limit.enforce([k for k in running if not self.futures[k].done()])
+
+    def _submit_more(self) -> None:
+        running = sum(not f.done() for f in self.futures.values())
+        while running < self.n_running:
+            if self.again:
+                i = self.again.pop(0)
+            elif self.next_submit < len(self.jobs) and \
+                    self.next_submit - self.next_yield < self.ahead * self.n_running:
+                i, self.next_submit = self.next_submit, self.next_submit + 1
+            else:
+                return
+            try:
+                self.futures[i] = self.submit(i, self.jobs[i])
+                if self.time_limit:
+                    self.time_limit.start(i, self.jobs[i])
+            except BaseException as exc:  # a broken pool refuses new work
+                verdict = self.on_error(i, exc, {})
+                if not isinstance(verdict, WorkerLost):
+                    raise (verdict or exc) from exc
+                self._recover(verdict, exc, refused=i)
+                return
+            running += 1
+
+    def _losses_seen(self) -> bool:
+        """Handle the first lost worker among the failed futures; True when there was one."""
+        failed = {k: f.exception() for k, f in self.futures.items()
+                  if f.done() and not f.cancelled() and f.exception() is not None}
+        for k, exc in failed.items():
+            verdict = self.on_error(k, exc, failed)
+            if isinstance(verdict, WorkerLost):
+                self._recover(verdict, exc)
+                return True
+            if verdict is not None:
+                raise verdict from exc
+        return False
+
+    def _recover(self, lost: WorkerLost, exc: BaseException, refused: int | None = None) -> None:
+        overdue = self.time_limit.overdue if self.time_limit else {}
+        if lost.jobs and all(k in overdue for k in lost.jobs):  # ended by its limit, not a crash
+            lost = dataclasses.replace(lost, why=self.time_limit.why(lost.jobs[0]))
+        names = " or ".join(self.label(self.jobs[k]) for k in lost.jobs)
+        if self.on_lost is None:
+            raise ExecutorError(f"{names}: the {lost.who} running it died ({lost.why}); the stage "
+                                "stops here, nothing is written") from exc
+        self.losses += not all(k in overdue for k in lost.jobs)  # a hang is the video's, not
+        if self.losses > self.budget:                             # the machine's
+            raise ExecutorError(f"{self.losses} workers died in this run (the last running "
+                                f"{names}: {lost.why}): more than {self.budget}, the machine "
+                                "rather than a video; the stage stops here, nothing is written") \
+                from exc
+        taken = [k for k, f in self.futures.items() if f.done() and (f.cancelled() or (
+            f.exception() is not None and self.is_lost(f.exception())))]
+        for k in taken:
+            del self.futures[k]
+        for k in lost.jobs:
+            self.deaths[k] = self.deaths.get(k, 0) + 1
+            if k in overdue:
+                self.final[k] = self.on_lost(self.jobs[k], self.time_limit.why(k))
+            elif self.deaths[k] >= 2:
+                self.final[k] = self.on_lost(self.jobs[k], f"the {lost.who} running it died "
+                                             f"twice ({lost.why})")
+        rerun = set(self.again) | set(taken) | ({refused} if refused is not None else set())
+        self.again = sorted(rerun - set(self.final))
