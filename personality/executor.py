@@ -355,15 +355,29 @@ class _Pool:
         self.executor: ProcessPoolExecutor | None = None
         self.processes: dict = {}
 
-    def start(self) -> None:
-        self.executor = ProcessPoolExecutor(self.n, mp_context=self.ctx, initializer=_pool_init,
-                                            initargs=self.initargs)
-        with _child_environment():  # start every worker now, in the single-thread environment
-            for started in [self.executor.submit(_pool_call, _started, -1, None)
-                            for _ in range(self.n)]:
-                started.result()  # a setup that failed in the worker raises here, as it was
-        # pid -> Process, for the post-mortem: which worker died, running which job
-        self.processes = dict(getattr(self.executor, "_processes", None) or {})
+    def start(self, tries: int = 3) -> None:
+        """Start every worker now and run its setup; a worker that dies meanwhile (the OOM
+        killer during a model load) costs a fresh start, `tries` at most, then ExecutorError."""
+        for _ in range(tries):
+            self.executor = ProcessPoolExecutor(self.n, mp_context=self.ctx,
+                                                initializer=_pool_init, initargs=self.initargs)
+            with _child_environment():  # workers start in the single-thread environment
+                started = [self.executor.submit(_pool_call, _started, -1, None)
+                           for _ in range(self.n)]
+            # pid -> Process, for the post-mortem: which worker died, running which job
+            self.processes = dict(getattr(self.executor, "_processes", None) or {})
+            try:
+                for future in started:
+                    future.result()  # a setup that failed in the worker raises here, as it was
+                return
+            except BrokenProcessPool:
+                self.executor.shutdown(wait=True, cancel_futures=True)
+                for process in self.processes.values():
+                    process.join(timeout=5)  # its exit code is known once it is reaped
+                codes = [p.exitcode for p in self.processes.values() if p.exitcode]
+        raise ExecutorError(f"a worker process died while starting (running the stage's set-up) "
+                            f"{tries} times in a row ({_exit_reason(codes[0] if codes else None)})"
+                            "; the stage stops here, nothing is written")
 
     def submit(self, fn: Callable, i: int, job: Any) -> Future:
         return self.executor.submit(_pool_call, fn, i, job)

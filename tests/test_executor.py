@@ -107,6 +107,18 @@ def own_pid(_job: object) -> int:
     return os.getpid()
 
 
+def setup_killed_once(folder: str) -> None:
+    """A set-up the OOM killer ends the first time (a model load): a marker file counts."""
+    marker = Path(folder) / "setup-ran"
+    if not marker.exists():
+        marker.write_text("ran")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def setup_always_killed() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def broken_setup() -> None:
     raise ValueError("model bundle is corrupt (sha256 mismatch)")
 
@@ -257,6 +269,18 @@ def test_a_bad_time_limit_scale_is_quoted(monkeypatch, bad):
     monkeypatch.setenv("PERSONALITY_TIME_LIMIT_SCALE", bad)
     with pytest.raises(ExecutorError, match=f"PERSONALITY_TIME_LIMIT_SCALE='{bad}'"):
         time_limit_s(5.0, 20.0)
+
+
+def test_a_worker_killed_during_its_setup_costs_a_fresh_start(tmp_path):
+    out = list(map_jobs(fail_on_two, [0, 1, 3], workers=2, where=POOL, on_lost=lost_row,
+                        setup=setup_killed_once, setup_args=(str(tmp_path),)))
+    assert out == [0, 1, 3] and (tmp_path / "setup-ran").exists()
+
+
+def test_workers_that_always_die_in_setup_stop_the_stage_naming_why():
+    with pytest.raises(ExecutorError, match=r"died while starting .* 3 times in a row \(SIGKILL"):
+        list(map_jobs(fail_on_two, [0, 1, 3], workers=2, where=POOL, on_lost=lost_row,
+                      setup=setup_always_killed))
 
 
 def test_inline_on_request_runs_every_job_in_this_process():
