@@ -7,7 +7,8 @@
 A checkpoint holds only tensors, dicts, lists, strings and numbers: model_name, model_config,
 state_dict, optimizer, scheduler, epoch (last completed, 1-based), best_epoch, best_metric,
 val_metric_name, train_mean, inputs, source_config, params, label_scale, history; and, from the
-train and retrain stages, `finished` (False while the run goes on, True once its predictions and
+train and retrain stages, `frontend` (params.yaml's frames, faces, aus, audio and functionals
+sections that made the training data: predict runs its front-end with them), `finished` (False while the run goes on, True once its predictions and
 metrics are written: `require_finished` refuses the others), `test_error` (per-trait test MAE
 measured for *this* checkpoint) and `inputs_digest` (sha256 of what it was trained on).
 """
@@ -62,7 +63,7 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, model_name: st
                     source_config: Mapping | None = None, params: Mapping | None = None,
                     label_scale: str = "unit", history: Sequence[Mapping] = (),
                     state_dict: Mapping[str, Tensor] | None = None,
-                    finished: bool | None = None) -> Path:
+                    finished: bool | None = None, frontend: Mapping | None = None) -> Path:
     """Write a checkpoint atomically (temp file + rename); see the module docstring for keys."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,6 +87,8 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, model_name: st
     }
     if finished is not None:
         ckpt["finished"] = bool(finished)
+    if frontend is not None:
+        ckpt["frontend"] = _plain(frontend)
     with atomic_file(path) as tmp:
         torch.save(ckpt, tmp)
     return path

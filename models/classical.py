@@ -577,7 +577,7 @@ def fit_closed_form(model: _Closed, sources: Sequence[InputSource], *, train_ids
                             best_metric=best, val_metric_name=metric, train_mean=train_mean,
                             inputs=meta.get("inputs", ()), source_config=meta.get("source_config"),
                             params=meta.get("params"), label_scale=meta.get("label_scale", "unit"),
-                            history=[row])
+                            history=[row], frontend=meta.get("frontend"))
     if tracker is not None:
         tracker.log_metrics({k: float(v) for k, v in row.items() if k != "epoch"
                              and v is not None and math.isfinite(float(v))}, step=1)

@@ -311,7 +311,7 @@ def _checkpoint(t: _Trainer, state: _Progress, name: str, epoch: int) -> None:
                     train_mean=t.train_mean, inputs=meta.get("inputs", ()),
                     source_config=meta.get("source_config"), params=meta.get("params"),
                     label_scale=meta.get("label_scale", "unit"), history=state.history,
-                    finished=meta.get("finished"))
+                    finished=meta.get("finished"), frontend=meta.get("frontend"))
 
 
 def _validate(t: _Trainer, row: dict, train_loss: float) -> float:

@@ -247,6 +247,17 @@ def load_params_keys(section: str, cls: type[T], path: str | os.PathLike | None 
     return build_dataclass(cls, {k: v for k, v in data.items() if k in names}, section)
 
 
+FRONTEND_SECTIONS = ("frames", "faces", "aus", "audio", "functionals")
+
+
+def frontend_params(path: str | os.PathLike | None = None) -> dict[str, dict]:
+    """params.yaml's front-end sections as written, {section: {key: value}}: what a checkpoint
+    keeps, so that predict runs the front-end that made the model's training data even after
+    params.yaml has changed (stages/predict.py)."""
+    data = load_params_file(path)
+    return {s: dict(data.get(s) or {}) for s in FRONTEND_SECTIONS}
+
+
 def experiment_models(path: str | os.PathLike | None = None) -> list[str] | None:
     """`train.models` of params.yaml: the models of the current experiment (None: not set).
 

@@ -3,8 +3,8 @@
     python -m stages.predict VIDEO --out DIR [--model NAME_OR_PATH]
     python -m stages.predict FOLDER_OR_VIDEO... --out DIR [--jobs N] [--strict]    # batch
 
-Runs frames, faces, aus and audio (params from params.yaml, one worker) on VIDEO in a temporary
-folder, builds the model's inputs with the same sources training used, and averages the model's
+Runs frames, faces, aus and audio (one worker; the front-end params the model's checkpoint keeps,
+those that made its training data, else params.yaml's) on VIDEO in a temporary folder, builds the model's inputs with the same sources training used, and averages the model's
 predictions over the video's views. Prints the five scores and writes
   DIR/prediction.json   {"O": .., "C": .., "E": .., "A": .., "N": .., "model": .., ...}
   DIR/report.png        trait bars with the model's test error band, an AU timeline, a face
@@ -69,9 +69,9 @@ import pandas as pd
 
 from personality import schemas
 from personality.common import (BaseParams, ParamsError, SchemaError, StageInputError,
-                                atomic_file, atomic_write_text, find_checkpoint, get_logger,
-                                load_params, pid_alive, read_artifact, repo_root,
-                                sweep_stale_temps)
+                                atomic_file, atomic_write_text, build_dataclass, find_checkpoint,
+                                frontend_params, get_logger, load_params, pid_alive,
+                                read_artifact, repo_root, sweep_stale_temps)
 from personality.schemas import TRAITS
 from stages.predict_batch import (VIDEO_EXTENSIONS, WorkerDied, batch_ids, collect_videos,
                                   exit_on_sigterm, run_jobs, safe_video_id, sigterm_exits)
@@ -87,17 +87,27 @@ __all__ = ["predict_video", "run_front_end", "trained_models", "choose_model", "
 log = get_logger("predict")
 
 
-def run_front_end(video: Path, work: Path, params_file: Path | None = None) -> dict:
-    """frames / faces / aus and audio on one video under `work`, with the pipeline's own stage
-    functions and params (params.yaml, or `params_file`: the copy a served model carries).
-    Returns what the clip offers: face share, audio, voiced share, where a truncated file ends."""
-    import functools
+def front_end_params(params_file: Path | None, frontend: dict | None):
+    """`params_of(section, cls)`: the front-end's params from a checkpoint's `frontend` (the
+    sections that made its training data), else from params.yaml (or `params_file`)."""
+    def params_of(section: str, cls: type):
+        if frontend is not None and section in frontend:
+            return build_dataclass(cls, frontend[section] or {}, section)
+        return load_params(section, cls, path=params_file)
+    return params_of
 
+
+def run_front_end(video: Path, work: Path, params_file: Path | None = None,
+                  frontend: dict | None = None) -> dict:
+    """frames / faces / aus and audio on one video under `work`, with the pipeline's own stage
+    functions, and the params of `frontend` (a checkpoint's: front_end_params) or params.yaml
+    (or `params_file`: the copy a served model carries). Returns what the clip offers: face
+    share, audio, voiced share, where a truncated file ends."""
     from personality.video_io import ends_short, stream_extent
     from stages import audio, aus, faces, frames, functionals
     from stages.ingest import probe_video, write_manifest
 
-    params_of = functools.partial(load_params, path=params_file)
+    params_of = front_end_params(params_file, frontend)
 
     facts = probe_video(video)  # raises, naming the file, when it cannot be decoded
     vid = safe_video_id(video)
@@ -105,7 +115,7 @@ def run_front_end(video: Path, work: Path, params_file: Path | None = None) -> d
         "video_id": vid, "path": str(video.resolve()), "split": "test", "subject_id": vid,
         "dataset": "predict", **{t: np.nan for t in TRAITS}, **facts, "label_scale": "unit"}])
     write_manifest(manifest, work)
-    base = dataclasses.replace(params_of("base", BaseParams), workers=1)
+    base = dataclasses.replace(load_params("base", BaseParams, path=params_file), workers=1)
     out = {"video_id": vid, "video": str(video), **facts}
     # a file cut off mid-data decodes without an error: only its length against the declared
     # one tells (the frames stage marks it `truncated` by the same rule)
@@ -127,7 +137,10 @@ def run_front_end(video: Path, work: Path, params_file: Path | None = None) -> d
         audio_params = params_of("audio", audio.AudioParams)
         audio.run(audio_params, base, root=work)
         row = read_artifact("audio", path=work / "data" / "audio").iloc[0]
-        out["audio_silent"] = bool(not row["has_audio"] or row["silent"])
+        # a track the audio stage could not use (too short, unreadable) is no usable audio
+        out["audio_silent"] = bool(not row["has_audio"] or row["silent"] or row["error"])
+        if row["error"]:
+            out["audio_error"] = str(row["error"])
         voiced = row.get("fn_voiced_frac")
         out["voiced_share"] = float(voiced) if voiced is not None and np.isfinite(voiced) else 0.0
         if facts.get("duration_s", 0) > audio_params.max_feature_seconds:
@@ -152,11 +165,19 @@ def predict_video(video: Path, *, model: str | None = None, root: Path | None = 
     loaded = load_model(find_checkpoint(model, root)) if model else None
     with tempfile.TemporaryDirectory(dir=work, prefix=work_prefix()) as tmp:
         work_root = Path(tmp)
-        facts = run_front_end(video, work_root, params_file)
+        facts = run_front_end(video, work_root, params_file, _frontend_of(loaded))
         name = loaded.path.parent.name if loaded else None
         if loaded is None:
             name, ckpt_path = choose_model(root, facts)
             loaded = load_model(ckpt_path)
+            wanted = _frontend_of(loaded)
+            if wanted is not None and wanted != frontend_params(params_file):
+                # the chosen model's data came from other front-end params: its clip is theirs
+                log.info("%s: front-end again with %s's training params", video.name, name)
+                facts = run_front_end(video, work_root, params_file, wanted)
+        facts["frontend_params"] = ("the checkpoint's (its training data's)"
+                                    if _frontend_of(loaded) is not None else
+                                    f"{params_file or 'params.yaml'} (the checkpoint keeps none)")
         why = missing_inputs(set(loaded.needs), facts)
         if why:
             raise StageInputError(f"{video}: {why}")
@@ -164,7 +185,9 @@ def predict_video(video: Path, *, model: str | None = None, root: Path | None = 
         scores, sources = model_scores(loaded, work_root, vid, video)
         drawn = report_data(work_root, vid)
         if explain:  # while the clip's inputs exist
-            explanation, drawn["explain_images"] = _explanation(loaded.net, sources, vid)
+            audio_params = front_end_params(params_file, _frontend_of(loaded))
+            explanation, drawn["explain_images"] = _explanation(loaded.net, sources, vid,
+                                                                audio_params)
     ckpt = loaded.ckpt
     result = {t: float(s) for t, s in zip(TRAITS, scores)}
     # a retrained checkpoint keeps its base model's name; the folder says "+retrained"
@@ -179,6 +202,11 @@ def predict_video(video: Path, *, model: str | None = None, root: Path | None = 
         result["explanation"] = explanation
     result["_report"] = drawn
     return result
+
+
+def _frontend_of(loaded) -> dict | None:
+    """The front-end params a checkpoint keeps (stages/train.py), or None (none kept)."""
+    return loaded.ckpt.get("frontend") if loaded is not None else None
 
 
 WORK_PREFIX = "personality-predict-"  # + pid: a later run can tell a dead process's folder
@@ -209,13 +237,14 @@ def _idle_for(folder: Path) -> float:
     return time.time() - newest
 
 
-def _explanation(net, sources, vid: str) -> tuple[dict, dict]:
+def _explanation(net, sources, vid: str, params_of) -> tuple[dict, dict]:
     """What drove the clip's scores (models/explain.py): (the JSON part, images to draw on); an
-    explanation that cannot be computed is a one-line `error`, never a failed prediction."""
+    explanation that cannot be computed is a one-line `error`, never a failed prediction.
+    `params_of`: front_end_params, for the audio features' hop."""
     from models.explain import ExplainError, explain_clip
     from stages.audio import AudioParams
 
-    audio = load_params("audio", AudioParams)
+    audio = params_of("audio", AudioParams)
     try:
         return explain_clip(net, sources, vid, hop_s=audio.hop_length / audio.sr, sr=audio.sr)
     except (ExplainError, RuntimeError) as exc:  # RuntimeError: torch's, e.g. out of memory

@@ -136,7 +136,10 @@ def _usable_audio(facts: dict) -> bool:
 
 
 def _audio_lack(facts: dict) -> str:
-    return "no audio track" if not facts.get("has_audio") else "the audio track is silent"
+    if not facts.get("has_audio"):
+        return "no audio track"
+    error = facts.get("audio_error")
+    return f"the audio track is unusable ({error})" if error else "the audio track is silent"
 
 
 def missing_inputs(needs: set[str], facts: dict) -> str:

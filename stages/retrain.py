@@ -233,6 +233,7 @@ def _retrained_meta(p: RetrainParams, ckpt: dict, base_checkpoint: str) -> dict:
             "inputs": ckpt["inputs"], "source_config": ckpt.get("source_config", {}),
             "params": {"retrain": dataclasses.asdict(p), "base_checkpoint": base_checkpoint},
             "label_scale": ckpt.get("label_scale", "unit"),
+            **({"frontend": ckpt["frontend"]} if "frontend" in ckpt else {}),
             "finished": False}  # until its predictions are written (_finish)
 
 

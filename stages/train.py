@@ -45,8 +45,8 @@ from personality import schemas
 from models.solver import EngineError, Solver, TrainConfig
 from personality.common import (BaseParams, ParamsError, StageInputError, atomic_dir,
                                 atomic_write_json, atomic_write_text, build_dataclass,
-                                check_schema, get_logger, load_params, repo_root, stage_errors,
-                                write_predictions)
+                                check_schema, frontend_params, get_logger, load_params,
+                                repo_root, stage_errors, write_predictions)
 from personality.schemas import SPLITS, TRAITS
 
 log = get_logger("train")
@@ -255,7 +255,8 @@ def _evaluate_checkpoint(name: str, p: TrainParams, root: Path, meta: dict,
         else:
             engine.save_checkpoint(staging / target, model=model, model_name=name,
                                    train_mean=[], **{k: meta[k] for k in (
-                                       "inputs", "source_config", "params", "label_scale")})
+                                       "inputs", "source_config", "params", "label_scale",
+                                       "frontend")})
     return model, list(ckpt.get("history", [])), fit_info
 
 
@@ -410,6 +411,7 @@ def train_model(name: str, p: TrainParams, base: BaseParams, root: Path) -> dict
     meta = {"model_name": name, "inputs": list(spec.inputs),
             "source_config": _inference_config(data, root) if kept is None else kept,
             "params": dataclasses.asdict(p),
+            "frontend": frontend_params(),  # predict runs the front-end that made this data
             "label_scale": _label_scale(data["manifest"], name, overrides),
             "finished": False}  # until predictions and metrics are written (_finish)
     started = time.perf_counter()

@@ -84,6 +84,30 @@ def test_predict_gives_the_pipelines_prediction(pipeline_root, model, tmp_path):
     assert np.abs(got - want).max() <= TOLERANCE, (model, got, want)
 
 
+@pytest.mark.parametrize("model", ["perfex_cnn", "logmel_cnn", "functionals_ridge"])
+def test_predict_keeps_the_pipelines_prediction_after_params_yaml_changes(pipeline_root, model,
+                                                                          tmp_path):
+    """The checkpoint keeps the front-end params that made its training data: a params.yaml
+    edited since (sampling rate, audio hop, feature sets) does not move predict's scores."""
+    import yaml
+
+    from personality.common import load_params_file
+
+    edited = load_params_file()
+    edited["frames"]["fps"] = 5.0
+    edited["audio"].update(hop_s=0.02, feature_sets=["librosa"])
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(edited))
+    manifest = pd.read_parquet(pipeline_root / "data" / "manifest.parquet")
+    clip = manifest[manifest["split"] == "test"].iloc[0]
+    result = predict.predict_video(pipeline_root / clip["path"], model=model, root=pipeline_root,
+                                   work=tmp_path, params_file=params_file, explain=False)
+    got = np.array([result[t] for t in TRAITS])
+    want = pipeline_prediction(pipeline_root, model, clip["video_id"])
+    assert np.abs(got - want).max() <= TOLERANCE, (model, got, want)
+    assert result["frontend_params"].startswith("the checkpoint's")
+
+
 def test_a_source_that_drops_its_fitted_state_fails_training(pipeline_root, monkeypatch):
     """The bug this guards: the audio sources' fitted_config was renamed away, checkpoints carried
     no statistics and predict standardised each clip against itself."""

@@ -46,6 +46,33 @@ def test_warnings_never_offer_a_modality_that_is_missing_too():
     assert face == ["the audio track is silent: scores can come from the face alone"]
 
 
+def test_an_audio_track_the_audio_stage_cannot_use_is_no_usable_audio(tmp_path):
+    """A 21 ms AAC track is 'too short' for the audio stage (an error row): predict must not
+    count it as audio (an audio model chosen for it would then fail), and says why."""
+    import av
+
+    video = tmp_path / "tinyaudio.mkv"  # PCM: AAC would pad the track to 64 ms at least
+    with av.open(str(video), "w") as c:
+        v = c.add_stream("libx264", rate=25)
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+        a = c.add_stream("pcm_s16le", rate=16000, layout="mono")
+        for i in range(25):
+            frame = np.full((48, 64, 3), i * 9, np.uint8)
+            for packet in v.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                c.mux(packet)
+        for packet in v.encode():
+            c.mux(packet)
+        sound = av.AudioFrame.from_ndarray(np.full((1, 336), 3000, np.int16), format="s16",
+                                           layout="mono")
+        sound.sample_rate = 16000
+        for packet in [*a.encode(sound), *a.encode()]:
+            c.mux(packet)
+    facts = predict.run_front_end(video, tmp_path / "work")
+    assert facts["has_audio"] and facts["audio_silent"] and "too short" in facts["audio_error"]
+    assert predict.missing_inputs({"logmel"}, facts)  # an audio model cannot score it
+    assert any("the audio track is unusable (" in w for w in facts["warnings"]), facts["warnings"]
+
+
 @pytest.fixture(scope="module")
 def functionals_root(tmp_path_factory):
     """A repo-like root whose only (and so best) model reads the functionals."""
