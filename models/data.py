@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from personality.common import StageInputError
+from personality.common import StageInputError, get_logger
 
 __all__ = ["InputSource", "SourceError", "check_inference_parity", "register_source", "build_sources", "source_keys",
            "AUSource", "AUSourceConfig", "au_windows"]
@@ -56,6 +56,8 @@ _SOURCE_MODULES = ("models.data", "models.data_av", "models.classical")
 _OPTIONAL_MODULES = ("models.data_av",)
 
 Builder = Callable[..., "InputSource"]
+
+log = get_logger("data")
 
 
 class SourceError(StageInputError):
@@ -242,6 +244,12 @@ def build_sources(input_keys: Iterable[str], *, root: str | Path, video_ids: Seq
 # the AU source
 
 
+def _any_face(a: np.ndarray) -> bool:
+    """Whether an AU sequence, (T, 17) with NaN rows where no face was found, has a face row."""
+    a = np.asarray(a, dtype=np.float32)
+    return bool(len(a)) and not np.isnan(a).all()
+
+
 @dataclasses.dataclass(frozen=True)
 class AUSourceConfig:
     seq_len: int = 64  # time steps per sample (zero-padded / cropped); 12.8 s at frames.fps = 5
@@ -279,7 +287,7 @@ class AUSource(InputSource):
 
     Frames without a face (NaN) become 0, the neutral intensity, and stay True in the mask: the
     time axis keeps its meaning (a 5 s clip is 25 steps at 5 fps). `drop_missing` drops them
-    instead. Every item is zero-padded to `seq_len`; longer sequences are cropped: a random window
+    instead. A clip with no face in any frame is left out (`has` is False). Every item is zero-padded to `seq_len`; longer sequences are cropped: a random window
     for training, the first `seq_len` steps (or `eval_views` evenly spaced windows) for evaluation.
     Training views come from data/augmented (`augmented: true`, a random augmented sequence of the
     clip) where the clip has some; evaluation always reads the original data/aus.
@@ -292,9 +300,15 @@ class AUSource(InputSource):
         if config.seq_len < 1 or config.eval_views < 1:
             raise SourceError("source_config.aus: seq_len and eval_views must be >= 1")
         self.config = config
-        self.sequences = {v: self._prepare(a) for v, a in sequences.items()}
-        self.augmented = {v: [self._prepare(a) for a in seqs]
-                          for v, seqs in (augmented or {}).items()}
+        # a clip whose every frame lacks a face has no AU sequence, not a neutral face's: the
+        # model neither trains on it nor scores it (predict refuses it the same way)
+        faceless = {v for v, a in sequences.items() if not _any_face(a)}
+        if faceless:
+            log.info("aus: %d clip(s) without a face in any frame left out (e.g. %s)",
+                     len(faceless), sorted(faceless)[0])
+        self.sequences = {v: self._prepare(a) for v, a in sequences.items() if v not in faceless}
+        self.augmented = {v: [self._prepare(a) for a in seqs if _any_face(a)]
+                          for v, seqs in (augmented or {}).items() if v not in faceless}
 
     def _prepare(self, a: np.ndarray) -> np.ndarray:
         a = np.asarray(a, dtype=np.float32)  # (T, 17)
@@ -307,6 +321,7 @@ class AUSource(InputSource):
 
     def fitted_config(self) -> dict[str, dict]:
         return {}  # fixed scale and length: nothing learnt from the data
+
 
     def _get(self, video_id: str) -> np.ndarray:
         try:

@@ -103,6 +103,18 @@ def test_au_source_pads_crops_and_masks():
     assert src.has("x") and not src.has("nope")
 
 
+def test_a_clip_without_a_face_in_any_frame_has_no_au_sequence():
+    """All-NaN AUs are no face, not a neutral one: such a clip is neither trained on nor scored
+    (predict refuses it the same way), and its augmented copies go with it."""
+    faceless, some = np.full((20, 17), np.nan), np.full((20, 17), np.nan)
+    some[7] = 1.0
+    src = AUSource({"faceless": faceless, "some": some, "empty": np.zeros((0, 17))},
+                   config=AUSourceConfig(seq_len=8, augmented=True),
+                   augmented={"faceless": [faceless.copy()], "some": [faceless, some]})
+    assert not src.has("faceless") and not src.has("empty") and src.has("some")
+    assert "faceless" not in src.augmented and len(src.augmented["some"]) == 1
+
+
 def test_augmented_pool_used_for_training_only():
     orig = np.zeros((10, 17))
     aug = [np.full((8, 17), 3.0)]
