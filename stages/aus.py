@@ -12,6 +12,8 @@ Backends (`aus.backend`), one output schema:
   openface_csv  OpenFace FeatureExtraction CSVs, one per video named `<video_id>.csv`, in
                 `aus.openface_dir`: headers with or without spaces, older and newer layouts,
                 success == 0 rows masked, one face kept when there are several (face_id).
+                A CSV that is a symlink out of the folder is refused (in metrics/aus.json's
+                `failed`, as is an unreadable one), not read.
 
 Output data/aus/ (Parquet shards, one row group per video): video_id, frame_idx, t, success,
 confidence, AU01_r ... AU45_r (0-5), AU01_c ... AU45_c (0/1); NaN, not 0, where there is no face.
@@ -26,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 from personality import schemas
-from personality.common import (BaseParams, StageInputError, atomic_write_json, get_logger, progress, read_artifact, repo_root, run_stage)
+from personality.common import (BaseParams, StageInputError, atomic_write_json, get_logger,
+                                progress, read_artifact, repo_root, run_stage, safe_join)
 from personality.openface import read_openface_csv
 from personality.schemas import AU_INTENSITY, AU_PRESENCE
 from personality.video_io import VideoShardWriter, index_videos, read_video
@@ -244,8 +247,9 @@ def _from_openface(params: AusParams, root: Path, out: VideoShardWriter,
         raise StageInputError(f"{folder}: no OpenFace CSV (<video_id>.csv) found")
     n_rows = n_ok = 0
     for csv in progress(csvs, desc="aus:openface", unit="video"):
-        try:
-            df = read_openface_csv(csv, video_id=csv.stem, face_id=params.openface_face_id,
+        try:  # a symlink out of the folder is refused, not read: the folder is the dataset
+            df = read_openface_csv(safe_join(folder, csv.name), video_id=csv.stem,
+                                   face_id=params.openface_face_id,
                                    presence_threshold=params.presence_threshold)
         except StageInputError as exc:
             failed[csv.stem] = str(exc)

@@ -19,6 +19,9 @@ Outputs (data/deploy/):
                       retrained checkpoint), checkpoint, checkpoint_sha256
   perfex_export.csv   PerFeX's per-frame layout: ID, File, frame, AU*_r, AU*_c, and the predicted
                       extroversion, neuroticism, agreeableness, conscientiousness, openness
+  summary.json        n_sequences, n_frames, model, checkpoint, and `failed`: each CSV of a CSV
+                      corpus that was not labelled (unreadable, empty, cut off, a symlink out of
+                      the folder) -> why; the others are labelled
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ from personality import schemas
 from personality.common import (BaseParams, ParamsError, StageInputError, atomic_dir,
                            atomic_write_json, experiment_models, find_checkpoint, get_logger,
                            is_checkpoint_path, load_params_keys, read_artifact, repo_root,
-                           run_stage, write_artifact)
+                           run_stage, safe_join, write_artifact)
 from personality.schemas import AU_INTENSITY, AU_PRESENCE, TRAITS
 
 log = get_logger("deploy")
@@ -64,9 +67,10 @@ def openface_reading(path: Path | None = None) -> OpenFaceReading:
     return load_params_keys("aus", OpenFaceReading, path)
 
 
-def load_corpus(p: DeployParams, root: Path,
-                reading: OpenFaceReading = OpenFaceReading()) -> pd.DataFrame:
-    """The per-frame AU table to label (the `aus` schema)."""
+def load_corpus(p: DeployParams, root: Path, reading: OpenFaceReading = OpenFaceReading(),
+                failed: dict[str, str] | None = None) -> pd.DataFrame:
+    """The per-frame AU table to label (the `aus` schema). A CSV corpus: each CSV that cannot be
+    used goes into `failed` (file name -> why) and the others are labelled."""
     if p.corpus == "aus":
         table = read_artifact("aus", path=root / schemas.ARTIFACTS["aus"].path)
         if p.splits:
@@ -74,22 +78,32 @@ def load_corpus(p: DeployParams, root: Path,
             keep = set(manifest.loc[manifest["split"].isin(p.splits), "video_id"])
             table = table[table["video_id"].isin(keep)]
         return table
+    folder = Path(p.corpus) if Path(p.corpus).is_absolute() else root / p.corpus
+    return read_csv_corpus(folder, reading, {} if failed is None else failed)
+
+
+def read_csv_corpus(folder: Path, reading: OpenFaceReading, failed: dict[str, str]) -> pd.DataFrame:
+    """Every <name>.csv of `folder` as one sequence `name`. One bad file never stops the corpus:
+    it goes into `failed` (file name -> why), which data/deploy/summary.json keeps. A CSV that
+    resolves outside the folder (a symlink out of it) is refused, not read: the corpus is what
+    the folder holds."""
     from personality.openface import read_openface_csv
 
-    folder = Path(p.corpus) if Path(p.corpus).is_absolute() else root / p.corpus
     csvs = sorted(folder.glob("*.csv"))
     if not csvs:
         raise StageInputError(f"deploy.corpus: no OpenFace CSV in {folder}")
     tables = []
     for csv in csvs:
         try:
-            tables.append(read_openface_csv(csv, video_id=csv.stem,
+            tables.append(read_openface_csv(safe_join(folder, csv.name), video_id=csv.stem,
                                             face_id=reading.openface_face_id,
                                             presence_threshold=reading.presence_threshold))
         except StageInputError as exc:
-            log.warning("skipped %s", exc)  # one bad file never stops the corpus
+            failed[csv.name] = str(exc)
+            log.warning("skipped %s: %s", csv.name, exc)
     if not tables:
-        raise StageInputError(f"deploy.corpus: no readable OpenFace CSV in {folder}")
+        raise StageInputError(f"deploy.corpus: no readable OpenFace CSV in {folder}: "
+                              + "; ".join(list(failed.values())[:5]))
     return pd.concat(tables, ignore_index=True)
 
 
@@ -175,19 +189,24 @@ def run(params: DeployParams, base: BaseParams, root: Path | None = None,
         ckpt = find_checkpoint(base_name, root)
         log.warning("deploy.model %s not found (no retraining?); using %s", params.model,
                     base_name)
-    table = load_corpus(params, root, reading)
+    failed: dict[str, str] = {}
+    table = load_corpus(params, root, reading, failed)
     if table.empty:
         raise StageInputError("deploy: the corpus holds no AU frame")
     labels = label_corpus(table, ckpt, batch_size=params.batch_size, root=root)
+    summary = {"n_sequences": int(len(labels)), "n_frames": int(len(table)),
+               "model": str(labels["model"].iloc[0]), "checkpoint": _shown(ckpt, root),
+               "n_failed": len(failed), "failed": failed}
     with atomic_dir(out) as tmp:
         labels.to_parquet(tmp / "labels.parquet", index=False)
         if params.export_csv:
             perfex_export(table, labels).to_csv(tmp / "perfex_export.csv", index=False,
                                                 float_format="%.4f")
-    log.info("deploy: labelled %d sequences (%d frames) with %s", len(labels), len(table),
-             labels["model"].iloc[0])
-    return {"n_sequences": int(len(labels)), "n_frames": int(len(table)),
-            "model": str(labels["model"].iloc[0]), "checkpoint": _shown(ckpt, root)}
+        atomic_write_json(tmp / "summary.json", summary)
+    log.info("deploy: labelled %d sequences (%d frames) with %s%s", len(labels), len(table),
+             summary["model"], f"; {len(failed)} file(s) failed: {out / 'summary.json'}"
+             if failed else "")
+    return summary
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,6 +20,7 @@ metrics/ingest.json (counts, bad rows).
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 from pathlib import Path
 from typing import Callable, Literal
@@ -211,26 +212,24 @@ def probe_video(path: Path) -> dict:
 
 def read_labels_csv(csv_path: Path) -> tuple[pd.DataFrame, list[str]]:
     """Parse and validate a folder-source labels CSV. Returns the good rows and one message per bad
-    row ("<csv> row N (<video>): <what is wrong>"). Raises StageInputError if the file itself is
-    unusable (missing, unparseable, no `video` column)."""
-    if not csv_path.exists():
-        raise StageInputError(f"{csv_path}: labels CSV not found")
-    try:
-        raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise StageInputError(f"{csv_path}: not a readable CSV: {exc}") from None
-    raw.columns = [c.strip() for c in raw.columns]
-    missing = [c for c in ("video", *TRAITS) if c not in raw.columns]
+    row ("<csv> row N (<video>): <what is wrong>", N the file's line). Raises StageInputError if
+    the file itself is unusable (missing, unparseable, no `video` column)."""
+    header, records = _labels_records(csv_path)
+    missing = [c for c in ("video", *TRAITS) if c not in header]
     if missing:
         raise StageInputError(f"{csv_path}: missing column(s) {', '.join(missing)} "
                               "(need video, O, C, E, A, N; optional subject, split)")
     root = csv_path.parent.resolve()
     good, problems, seen = [], [], set()
-    for i, row in raw.iterrows():
-        line = i + 2  # 1-based, after the header
-        video = row["video"].strip()
+    at = header.index("video")
+    for line, fields in records:
+        video = fields[at].strip() if at < len(fields) else ""
         where = f"{csv_path} row {line} ({video or 'no video'})"
         try:
+            if len(fields) > len(header):  # a stray comma: which cell is which is unknown
+                raise StageInputError(f"{len(fields)} fields, the header has {len(header)}")
+            # a short row is padded, as pandas did: its trailing optional cells are empty
+            row = dict(zip(header, [*fields, *[""] * (len(header) - len(fields))]))
             target = _video_target(root, video)
             if target in seen:
                 raise StageInputError("duplicate video")
@@ -243,6 +242,36 @@ def read_labels_csv(csv_path: Path) -> tuple[pd.DataFrame, list[str]]:
         good.append({"video": video, "abs_path": target, "subject": row.get("subject", "").strip(),
                      "split": split, **values})
     return pd.DataFrame(good), problems
+
+
+def _labels_records(csv_path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The header (stripped) and the (line, fields) records of a labels CSV, blank lines left
+    out. The csv module, not pandas: pandas rejects the whole file for one row with an extra
+    field (C engine), or silently cuts the extra field of the first row and swallows the rest
+    of a file after an unclosed quote (python engine); here such a row stays one record for
+    read_labels_csv to report, and an unclosed quote fails the file. StageInputError naming the
+    file when it is missing, not text (binary, not UTF-8), or has no header or a repeated column."""
+    if not csv_path.exists():
+        raise StageInputError(f"{csv_path}: labels CSV not found")
+    records, end = [], 0
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM is no column
+            reader = csv.reader(f, skipinitialspace=True, strict=True)
+            for fields in reader:
+                records.append((end + 1, fields))  # the line the record starts on
+                end = reader.line_num
+    except csv.Error as exc:  # an unclosed quote, a field over the csv module's size limit
+        raise StageInputError(f"{csv_path}: not a readable CSV: line {end + 1}: {exc}") from None
+    except UnicodeDecodeError as exc:  # read in blocks: the line is unknown, the byte is not
+        raise StageInputError(f"{csv_path}: not a readable CSV: {exc}") from None
+    records = [(n, f) for n, f in records if len(f) > 1 or (f and f[0].strip())]
+    if not records:
+        raise StageInputError(f"{csv_path}: not a readable CSV: no header line")
+    header = [c.strip() for c in records[0][1]]
+    repeated = sorted({c for c in header if c and header.count(c) > 1})  # "": trailing commas
+    if repeated:
+        raise StageInputError(f"{csv_path}: column(s) {', '.join(repeated)} given twice")
+    return header, records[1:]
 
 
 def _video_target(root: Path, video: str) -> Path:

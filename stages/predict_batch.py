@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import re
 import signal
 import threading
@@ -27,8 +28,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 from personality.common import get_logger
 
-__all__ = ["VIDEO_EXTENSIONS", "WorkerDied", "collect_videos", "batch_ids", "safe_video_id",
-           "run_jobs", "sigterm_exits", "exit_on_sigterm"]
+__all__ = ["VIDEO_EXTENSIONS", "WorkerDied", "collect_videos", "same_files", "batch_ids",
+           "safe_video_id", "run_jobs", "sigterm_exits", "exit_on_sigterm"]
 
 log = get_logger("predict")
 
@@ -43,7 +44,10 @@ class WorkerDied(RuntimeError):
 def collect_videos(paths: list[Path]) -> list[Path]:
     """The videos named by `paths`: a folder gives every file under it (recursively) whose
     extension is a video's, sorted; a file is taken as it is (a bad one becomes a row with its
-    error). Each video once, in the order given."""
+    error). In the order given, every name once: the same name given twice (a folder and a file
+    in it) is one video, but two names of one file (a hard link, a symlink beside its target)
+    are two videos, each scored under its own name and so with the same scores, as a user who
+    listed both expects a row for each; the log says which are the same file."""
     out: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
@@ -51,10 +55,29 @@ def collect_videos(paths: list[Path]) -> list[Path]:
                           if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS)
         else:
             out.append(path)
-    unique: dict[Path, Path] = {}
-    for video in out:
-        unique.setdefault(video.resolve(), video)
-    return list(unique.values())
+    unique: dict[str, Path] = {}
+    for video in out:  # by name, not by resolved file: an alias must keep its row
+        unique.setdefault(os.path.abspath(video), video)
+    videos = list(unique.values())
+    for later, first in same_files(videos).items():
+        log.warning("%s is the same file as %s (a link): each is scored, under its own name",
+                    videos[later], videos[first])
+    return videos
+
+
+def same_files(videos: list[Path]) -> dict[int, int]:
+    """{i: j}: videos[i] is the same file as videos[j], the first name of it (a hard link or a
+    symlink: same device and inode). A file that cannot be looked at is in none (its row says
+    why)."""
+    first: dict[tuple[int, int], int] = {}
+    same: dict[int, int] = {}
+    for i, video in enumerate(videos):
+        try:
+            info = video.stat()
+        except (OSError, ValueError):  # missing, a symlink loop, a NUL byte: its own row
+            continue
+        same[i] = first.setdefault((info.st_dev, info.st_ino), i)
+    return {i: j for i, j in same.items() if i != j}
 
 
 def safe_video_id(path: Path) -> str:

@@ -75,11 +75,14 @@ def test_strict_mode_fails_naming_the_row(folder, tmp_path):
 @pytest.mark.parametrize("text, message", [
     ("video,O,C,E,A\nclips/a1.mp4,1,1,1,1\n", "missing column(s) N"),
     ("", "not a readable CSV"),
+    ("video,O,C,E,A,N,O\nclips/a1.mp4,.5,.5,.5,.5,.5,.9\n", "column(s) O given twice"),
     ('video,O,C,E,A,N\n"clips/a1.mp4,0.1,0.2,0.3,0.4,0.5\n', "not a readable CSV"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", "not a readable CSV"),  # binary
+    ("video,O,C,E,A,N\nclips/a1.mp4,.5,.5,.5,.5,.5\n".encode("utf-16"), "not a readable CSV"),
 ])
 def test_malformed_csv(folder, text, message):
     csv = folder / "labels.csv"
-    csv.write_text(text)
+    csv.write_bytes(text if isinstance(text, bytes) else text.encode())
     with pytest.raises(StageInputError) as err:
         read_labels_csv(csv)
     assert str(csv) in str(err.value) and message in str(err.value)
@@ -223,3 +226,49 @@ def test_a_path_the_file_system_cannot_take_is_a_bad_row(tmp_path, odd, message)
     rows, problems = read_labels_csv(ds / "labels.csv")
     assert rows["video"].tolist() == ["clips/a.mp4"]
     assert len(problems) == 1 and "labels.csv row 3" in problems[0] and message in problems[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# a row with an extra field is one bad row, not an unreadable file (review finding)
+
+
+def _extra_field_csv(ds: Path) -> Path:
+    """Four good rows around one with a stray comma (7 fields under a 6-column header), the
+    first data row also one field too long (pandas' python engine cut that one silently)."""
+    for name in ("a", "b", "c"):
+        write_video(ds / f"{name}.mp4", n_frames=5)
+    csv = ds / "labels.csv"
+    csv.write_text("video,O,C,E,A,N\n"
+                   "a.mp4,.5,.5,.5,.5,.5,oops\n"
+                   "b.mp4,.1,.2,.3,.4,.5\n"
+                   "\n"
+                   "c.mp4,0,5,.5,.5,.5,.5\n"  # "0,5": a decimal comma
+                   "a.mp4,.6,.6,.6,.6,.6\n")
+    return csv
+
+
+def test_a_row_with_an_extra_field_is_a_bad_row_and_the_others_go_on(tmp_path):
+    csv = _extra_field_csv(tmp_path / "ds")
+    rows, problems = read_labels_csv(csv)
+    assert rows["video"].tolist() == ["b.mp4", "a.mp4"]  # a.mp4's good row is no duplicate
+    assert rows.set_index("video").loc["a.mp4", "O"] == pytest.approx(0.6)
+    assert problems == [f"{csv} row 2 (a.mp4): 7 fields, the header has 6",
+                        f"{csv} row 5 (c.mp4): 7 fields, the header has 6"]  # file lines
+
+
+def test_strict_mode_fails_on_a_row_with_an_extra_field_naming_it(tmp_path):
+    csv = _extra_field_csv(tmp_path / "ds")
+    with pytest.raises(StageInputError, match=r"labels.csv row 5 \(c.mp4\): 7 fields, the header "
+                                              r"has 6"):
+        _run(tmp_path, csv, strict=True)
+    assert not (tmp_path / "data/manifest.parquet").exists()
+
+
+def test_an_unclosed_quote_fails_the_file_naming_its_line(tmp_path):
+    """An unclosed quote swallows every row after it into one cell: the whole file is refused,
+    as before, now naming the line the quote opens on."""
+    csv = tmp_path / "labels.csv"
+    csv.write_text('video,O,C,E,A,N\na.mp4,.5,.5,.5,.5,.5\n"b.mp4,.5,.5,.5,.5,.5\n'
+                   "c.mp4,1,1,1,1,1\n")
+    with pytest.raises(StageInputError, match=r"labels.csv: not a readable CSV: line 3: "):
+        read_labels_csv(csv)

@@ -90,3 +90,37 @@ def test_batch_refuses_an_unknown_model_and_an_empty_folder(tmp_path, caplog):
     assert predict.main([str(clip), str(clip.parent), "--out", str(tmp_path / "o"),
                          "--model", "no_such_model"]) == 2
     assert "no checkpoint" in caplog.text
+
+
+def _aliases(tmp_path):
+    """good.mp4, a symlink to it and a hard link to it: three names of one file."""
+    root = tmp_path / "aliases"
+    root.mkdir()
+    shutil.copy(real_fixture("single_face.mp4"), root / "good.mp4")
+    (root / "good_a.mp4").symlink_to("good.mp4")
+    (root / "good_h.mp4").hardlink_to(root / "good.mp4")
+    return root
+
+
+def test_every_name_of_one_file_is_a_video_of_its_own(tmp_path, caplog):
+    """Review finding: a second name of a file (an alias symlink) was dropped, with no row."""
+    root = _aliases(tmp_path)
+    names = [root / n for n in ("good.mp4", "good_a.mp4", "good_h.mp4")]
+    assert predict.collect_videos([root]) == names
+    assert predict.collect_videos([root, root / "good_a.mp4", root / ".." / root.name]) == names
+    assert "good_a.mp4 is the same file as" in caplog.text
+    from stages.predict_batch import same_files
+
+    assert same_files([*names, root / "missing.mp4"]) == {1: 0, 2: 0}
+
+
+def test_batch_gives_a_row_to_every_name_of_one_file(tmp_path, au_checkpoint):
+    root = _aliases(tmp_path)
+    out = tmp_path / "out"
+    assert predict.main([str(root), "--out", str(out), "--model", str(au_checkpoint),
+                         "--jobs", "1", "--no-explain"]) == 0
+    table = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    assert table["video_id"].tolist() == ["good", "good_a", "good_h"]
+    assert (table["error"] == "").all()
+    scores = table[list("OCEAN")].to_numpy(float)  # (3, 5): one file, the same scores
+    assert np.abs(scores - scores[0]).max() <= 1e-6

@@ -352,3 +352,52 @@ def test_deploy_reads_openface_csvs_as_the_aus_stage(trained, tmp_path):
     # the stage reads the two keys from params.yaml:aus
     (tmp_path / "p.yaml").write_text("aus:\n  backend: openface_csv\n  openface_face_id: 1\n")
     assert deploy.openface_reading(tmp_path / "p.yaml") == deploy.OpenFaceReading(1, 1.0)
+
+
+def _corpus_with_bad_files(tmp_path: Path) -> Path:
+    """A good CSV; a malformed, an empty and a cut-off one; a symlink to a readable OpenFace CSV
+    outside the folder (a private file: it must not be read)."""
+    corpus, outside = tmp_path / "corpus", tmp_path / "outside"
+    corpus.mkdir()
+    outside.mkdir()
+    shutil.copy(real_fixture("OpenFace_Test.csv"), corpus / "good.csv")
+    shutil.copy(real_fixture("OpenFace_Test.csv"), outside / "private.csv")
+    (corpus / "bad.csv").write_text("frame,success\n1,1\n")
+    (corpus / "empty.csv").write_text("")
+    text = real_fixture("OpenFace_Test.csv").read_text()
+    (corpus / "truncated.csv").write_text(text[: len(text) // 3])
+    (corpus / "link_out.csv").symlink_to(outside / "private.csv")
+    (corpus / "alias.csv").symlink_to("good.csv")  # inside the folder: read
+    return corpus
+
+
+def test_deploy_reports_every_csv_it_skips_and_refuses_links_out(trained, tmp_path):
+    """Review finding: bad CSVs were only a log line, and a symlink out of the folder was read
+    and labelled. Now each is in data/deploy/summary.json's `failed`, naming why."""
+    corpus = _corpus_with_bad_files(tmp_path)
+    summary = deploy.run(deploy.DeployParams(model=str(trained / "data/models/perfex_cnn/best.pt"),
+                                             corpus=str(corpus)), BaseParams(), root=tmp_path)
+    labels = pd.read_parquet(tmp_path / "data/deploy/labels.parquet")
+    assert labels["video_id"].tolist() == ["alias", "good"]
+    written = json.loads((tmp_path / "data/deploy/summary.json").read_text())
+    assert written == summary and summary["n_failed"] == 4
+    failed = summary["failed"]
+    assert sorted(failed) == ["bad.csv", "empty.csv", "link_out.csv", "truncated.csv"]
+    assert failed["link_out.csv"].startswith("link_out.csv: path escapes")
+    assert "private" not in failed["link_out.csv"]  # says nothing of what it points at
+    assert "missing column 'AU01_r'" in failed["bad.csv"] and "empty.csv" in failed["empty.csv"]
+    assert "truncated.csv" in failed["truncated.csv"]
+
+
+def test_aus_stage_refuses_a_csv_that_links_out_of_its_folder(tmp_path):
+    from stages import aus as aus_stage
+
+    corpus = _corpus_with_bad_files(tmp_path)
+    summary = aus_stage.run(aus_stage.AusParams(backend="openface_csv", openface_dir=str(corpus)),
+                            BaseParams(), root=tmp_path / "pipe")
+    assert sorted(pd.read_parquet(tmp_path / "pipe/data/aus")["video_id"].unique()) == \
+        ["alias", "good"]
+    assert sorted(summary["failed"]) == ["bad", "empty", "link_out", "truncated"]
+    assert summary["failed"]["link_out"].startswith("link_out.csv: path escapes")
+    assert json.loads((tmp_path / "pipe/metrics/aus.json").read_text())["failed"] == \
+        summary["failed"]
