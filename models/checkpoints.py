@@ -18,7 +18,7 @@ import dataclasses
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -27,8 +27,11 @@ from torch import Tensor, nn
 from models.solver import EngineError
 from personality.common import atomic_file, get_logger
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 __all__ = ["model_config_of", "save_checkpoint", "read_checkpoint", "load_checkpoint",
-           "load_weights", "mark_finished", "require_finished"]
+           "load_weights", "inputs_digest", "mark_finished", "require_finished"]
 
 log = get_logger("engine")
 
@@ -124,6 +127,20 @@ def _why(exc: Exception) -> str:
         return "not a PyTorch checkpoint" + (f" ({detail[0]})" if detail else "")
     return "not a readable checkpoint: " + (text.splitlines()[0] if text else
                                             type(exc).__name__)
+
+
+def inputs_digest(manifest: pd.DataFrame, source_config: dict) -> str:
+    """sha256 of what a model was trained on: the videos, their splits and labels, the source
+    config (with its fitted statistics)."""
+    import hashlib
+    import json
+
+    from personality.schemas import TRAITS
+
+    rows = manifest[["video_id", "split", *TRAITS]].sort_values("video_id")
+    text = rows.to_csv(index=False, float_format="%.9g") + json.dumps(source_config,
+                                                                       sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def mark_finished(path: str | os.PathLike, **facts: Any) -> Path:

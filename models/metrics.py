@@ -48,7 +48,8 @@ __all__ = [
     "mae", "acc", "mse", "pcc", "ccc", "r2",
     "accuracy", "macro_precision", "macro_recall", "roc_auc_ovr",
     "regression_metrics", "bin_metrics",
-    "train_mean_baseline", "baseline_metrics", "majority_class_accuracy", "json_safe",
+    "train_mean_baseline", "baseline_metrics", "majority_class_accuracy", "split_scores",
+    "json_safe",
 ]
 
 N_BINS = 5
@@ -353,6 +354,31 @@ def majority_class_accuracy(train_targets: Any, y_true: Any, *,
                       else math.nan, "majority_bin": majority}
     out["mean"] = _mean_over(out, traits, ("accuracy",))
     return out
+
+
+def split_scores(y_true: np.ndarray, y_pred: np.ndarray, proba: np.ndarray | None,
+                 train_targets: np.ndarray | None) -> dict:
+    """One split's metrics (train's metrics/train/<name>.json): the model's, beside the
+    train-mean / majority-bin baselines ({} for them without `train_targets`: a baseline from
+    other labels would be no baseline). {} for a split without labels."""
+    if len(y_true) == 0 or np.isnan(y_true).all():
+        return {}
+    reg = regression_metrics(y_true, y_pred)
+    bins = bin_metrics(y_true, y_pred, proba=proba)
+    baseline = {}
+    if train_targets is not None and len(train_targets):
+        base = baseline_metrics(train_targets, y_true)
+        baseline = {**{k: base["mean"][k] for k in ("ccc", "mae", "acc", "mse", "r2")},
+                    "bin_accuracy": majority_class_accuracy(train_targets,
+                                                            y_true)["mean"]["accuracy"]}
+    return {
+        "n": int(len(y_true)),
+        "model": {**reg["mean"], **{f"ccc_{t}": reg[t]["ccc"] for t in TRAITS},
+                  "bin_accuracy": bins["mean"]["accuracy"], "bin_precision": bins["mean"]["precision"],
+                  "bin_recall": bins["mean"]["recall"], "bin_auc": bins["mean"]["auc"]},
+        "baseline": baseline,
+        "per_trait": {t: {**reg[t], "bin_accuracy": bins[t]["accuracy"]} for t in TRAITS},
+    }
 
 
 def json_safe(obj: Any) -> Any:

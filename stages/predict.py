@@ -76,7 +76,7 @@ from personality.schemas import TRAITS
 from stages.predict_batch import (VIDEO_EXTENSIONS, WorkerDied, batch_ids, collect_videos,
                                   exit_on_sigterm, run_jobs, safe_video_id, sigterm_exits)
 from stages.predict_model import (choose_model, clip_warnings, load_model, missing_inputs,
-                                  model_scores, own_test_error, trained_models)
+                                  model_scores, model_warnings, own_test_error, trained_models)
 from stages.predict_report import draw_report, report_data, write_report
 
 __all__ = ["predict_video", "run_front_end", "trained_models", "choose_model", "load_model",
@@ -183,6 +183,7 @@ def predict_video(video: Path, *, model: str | None = None, root: Path | None = 
             raise StageInputError(f"{video}: {why}")
         vid = facts["video_id"]
         scores, sources = model_scores(loaded, work_root, vid, video)
+        facts["warnings"] = [*facts["warnings"], *model_warnings(loaded, sources, vid, facts)]
         drawn = report_data(work_root, vid)
         if explain:  # while the clip's inputs exist
             audio_params = front_end_params(params_file, _frontend_of(loaded))

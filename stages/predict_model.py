@@ -28,7 +28,7 @@ from personality.schemas import TRAITS
 
 __all__ = ["VISUAL_KEYS", "AUDIO_KEYS", "EITHER_KEYS", "trained_models", "validation_ranking",
            "choose_model", "clip_warnings", "missing_inputs", "LoadedModel", "load_model",
-           "model_scores", "own_test_error"]
+           "model_warnings", "model_scores", "own_test_error"]
 
 VISUAL_KEYS = {"face", "face_seq", "frame", "aus", "aus_mask"}
 AUDIO_KEYS = {"logmel", "wave", "audio_fn"}
@@ -128,6 +128,34 @@ def clip_warnings(facts: dict) -> list[str]:
     if cut:
         out.append(f"audio features stop at {cut:.0f} s (audio.max_feature_seconds) of a "
                    f"{facts.get('duration_s', 0):.0f} s clip")
+    return out
+
+
+EXTREME_Z = 10.0  # sd from the training clips' mean; the default data's 150 clips have at most 4
+# of 747 functionals there, a 0.3 s clip 100+ (its scores then only extrapolate)
+
+
+def model_warnings(loaded: LoadedModel, sources: list, vid: str, facts: dict) -> list[str]:
+    """What makes this model's scores for the clip shaky, in plain words: a clip far shorter than
+    any it was trained on (the checkpoint's train_duration_s), feature vectors far outside its
+    training clips' (standardised |z| over EXTREME_Z for over 2% of the features)."""
+    out = []
+    span = loaded.ckpt.get("train_duration_s") or []
+    seconds = facts.get("duration_s")
+    if len(span) == 2 and seconds is not None and seconds < 0.5 * span[0]:
+        out.append(f"the clip is {seconds:.1f} s long; the model learnt from clips of "
+                   f"{span[0]:.1f}-{span[1]:.1f} s: its scores rest on little")
+    for source in sources:
+        columns, data = getattr(source, "columns", None), getattr(source, "data", None)
+        if not isinstance(columns, list) or not isinstance(data, dict) or vid not in data:
+            continue
+        z = np.abs(np.asarray(data[vid], dtype=float)).reshape(-1)  # (F,) standardised
+        far = np.flatnonzero(z > EXTREME_Z) if len(z) == len(columns) else []
+        if len(far) > max(5, 0.02 * len(columns)):
+            k = int(far[np.argmax(z[far])])
+            out.append(f"{len(far)} of its {len(columns)} {source.keys[0]} features lie over "
+                       f"{EXTREME_Z:.0f} sd from the training clips' mean (the farthest: "
+                       f"{columns[k]}, {z[k]:.0f} sd): the scores extrapolate")
     return out
 
 

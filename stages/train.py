@@ -113,29 +113,6 @@ def _targets(df: pd.DataFrame) -> np.ndarray:
     return df[list(TRAITS)].to_numpy(np.float64)  # (n, 5), NaN = unlabelled
 
 
-def scores(y_true: np.ndarray, y_pred: np.ndarray, proba: np.ndarray | None,
-           train_targets: np.ndarray) -> dict:
-    """Model metrics beside the train-mean / majority-bin baselines, for one split."""
-    from models.metrics import (baseline_metrics, bin_metrics, majority_class_accuracy,
-                                regression_metrics)
-
-    if len(y_true) == 0 or np.isnan(y_true).all():
-        return {}
-    reg = regression_metrics(y_true, y_pred)
-    bins = bin_metrics(y_true, y_pred, proba=proba)
-    base = baseline_metrics(train_targets, y_true)
-    major = majority_class_accuracy(train_targets, y_true)
-    return {
-        "n": int(len(y_true)),
-        "model": {**reg["mean"], **{f"ccc_{t}": reg[t]["ccc"] for t in TRAITS},
-                  "bin_accuracy": bins["mean"]["accuracy"], "bin_precision": bins["mean"]["precision"],
-                  "bin_recall": bins["mean"]["recall"], "bin_auc": bins["mean"]["auc"]},
-        "baseline": {**{k: base["mean"][k] for k in ("ccc", "mae", "acc", "mse", "r2")},
-                     "bin_accuracy": major["mean"]["accuracy"]},
-        "per_trait": {t: {**reg[t], "bin_accuracy": bins[t]["accuracy"]} for t in TRAITS},
-    }
-
-
 def _history_csv(history: list[dict]) -> str:
     if not history:
         return "epoch,train_loss\n"
@@ -281,7 +258,7 @@ def _fit(name: str, p: TrainParams, cfg: TrainConfig, root: Path, meta: dict, ov
         if staging is not None and kept_best.is_file():  # the best epoch so far, if not resume's
             shutil.copyfile(kept_best, staging / "best.pt")
     meta["model_config"] = engine.model_config_of(model) or overrides
-    train_df, val_df = data["split"]["train"], data["split"]["val"]
+    train_df, val_df = data["split"]["train"], _labelled_val(data["split"]["val"], name)
     if getattr(model, "closed_form", False):  # models/classical.py: fitted, not trained
         from models.classical import fit_closed_form
 
@@ -302,6 +279,18 @@ def _fit(name: str, p: TrainParams, cfg: TrainConfig, root: Path, meta: dict, ov
                         tracker=tracker, desc=f"train:{name}")
     fit_info = {k: result[k] for k in ("best_epoch", "epochs_run", "stopped_early", "best_metric")}
     return model, result["history"], fit_info
+
+
+def _labelled_val(val_df: pd.DataFrame, name: str) -> pd.DataFrame:
+    """The val clips that carry labels: an unlabelled one would make every epoch's val CCC NaN,
+    and the first epoch would be kept as the best. None left: no early stopping (said)."""
+    labelled = val_df[val_df[list(TRAITS)].notna().any(axis=1)]
+    if len(labelled) < len(val_df):
+        log.warning("%s: %d of %d val clips carry no label; %s", name,
+                    len(val_df) - len(labelled), len(val_df),
+                    "left out of validation" if len(labelled) else
+                    "no validation: the epoch of lowest training loss is kept")
+    return labelled
 
 
 def _predict(model, name: str, cfg: TrainConfig, data: dict) -> tuple:
@@ -325,41 +314,39 @@ def _predict(model, name: str, cfg: TrainConfig, data: dict) -> tuple:
 def _summarize(name: str, p: TrainParams, cfg: TrainConfig, fit_info: dict, data: dict,
                preds: np.ndarray, proba: np.ndarray | None) -> dict:
     """The metrics/train/<name>.json content: val and test scores beside the baselines."""
+    from models.metrics import split_scores
+
     have, split = data["have"], data["split"]
-    train_targets = _targets(split["train"]) if len(split["train"]) else _targets(have)
+    # no train clips (test_only on another corpus): no baseline, never a mean of test labels
+    train_targets = _targets(split["train"]) if len(split["train"]) else None
     summary = {"model": name, "test_only": p.test_only, "val_metric": cfg.val_metric,
                **fit_info, "n_videos": {s: int(len(split[s])) for s in SPLITS}}
     rows = {vid: i for i, vid in enumerate(have["video_id"])}
     for s in ("val", "test"):
         idx = [rows[v] for v in split[s]["video_id"]]
-        summary[s] = scores(_targets(split[s]), preds[idx],
-                            proba[idx] if proba is not None else None, train_targets)
+        summary[s] = split_scores(_targets(split[s]), preds[idx],
+                                  proba[idx] if proba is not None else None, train_targets)
     return summary
 
 
-def inputs_digest(manifest: pd.DataFrame, source_config: dict) -> str:
-    """sha256 of what a model was trained on: the videos, their splits and labels, the source
-    config (with its fitted statistics)."""
-    import hashlib
-    import json
-
-    rows = manifest[["video_id", "split", *TRAITS]].sort_values("video_id")
-    text = rows.to_csv(index=False, float_format="%.9g") + json.dumps(source_config,
-                                                                       sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def _finish(out_dir: Path, summary: dict, data: dict, meta: dict) -> None:
-    """The run's last step: its checkpoints say they are finished, what they were trained on and
-    the test error measured for them (predict quotes it)."""
-    from models.checkpoints import mark_finished
+    """The run's last step: its checkpoints say they are finished, what they were trained on (and
+    the training clips' shortest and longest duration) and the test error measured for them
+    (predict quotes it)."""
+    from models.checkpoints import inputs_digest, mark_finished
 
     per_trait = (summary.get("test") or {}).get("per_trait") or {}
     test_error = {t: per_trait[t]["mae"] for t in TRAITS if t in per_trait}
     digest = inputs_digest(data["have"], meta["source_config"])
+    # predict warns for a clip far shorter than any the model learnt from
+    have = data["have"]
+    seconds = have.loc[have["split"] == "train", "duration_s"].dropna() \
+        if "duration_s" in have else pd.Series(dtype=float)
+    span = [float(seconds.min()), float(seconds.max())] if len(seconds) else []
     for name in ("best.pt", "last.pt"):
         if (out_dir / name).is_file():
-            mark_finished(out_dir / name, test_error=test_error, inputs_digest=digest)
+            mark_finished(out_dir / name, test_error=test_error, inputs_digest=digest,
+                          train_duration_s=span)
 
 
 def _log_final(mlf, summary: dict, started: float) -> None:

@@ -305,3 +305,17 @@ def test_the_vectorised_cccs_are_the_one_definition():
     np.testing.assert_allclose(weighted_ccc(y, p, np.ones((1, 40)))[0, :3], expected[:3],
                                rtol=1e-9)
     assert ccc_columns(y, p)[3] == 0.0 and weighted_ccc(y, p, np.ones((1, 40)))[0, 3] == 0.0
+
+
+def test_split_scores_give_no_baseline_without_train_labels():
+    """test_only on a corpus without a train split: a 'train-mean' baseline from the test labels
+    themselves would be R2 0 by construction; there is none instead."""
+    from models.metrics import split_scores
+
+    rng = np.random.default_rng(0)
+    y = rng.uniform(0, 1, (12, 5))
+    pred = np.clip(y + rng.normal(0, 0.1, y.shape), 0, 1)
+    assert split_scores(y, pred, None, None)["baseline"] == {}
+    with_train = split_scores(y, pred, None, rng.uniform(0, 1, (20, 5)))
+    assert set(with_train["baseline"]) == {"ccc", "mae", "acc", "mse", "r2", "bin_accuracy"}
+    assert split_scores(np.full((3, 5), np.nan), pred[:3], None, None) == {}

@@ -108,6 +108,54 @@ def test_predict_keeps_the_pipelines_prediction_after_params_yaml_changes(pipeli
     assert result["frontend_params"].startswith("the checkpoint's")
 
 
+def cut_clip(src, dst, seconds: float):
+    """The first `seconds` of `src` (video and audio), re-encoded with PyAV."""
+    import fractions
+
+    import av
+
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        vs, aus_ = inp.streams.video[0], inp.streams.audio[0]
+        ov = out.add_stream("libx264", rate=25)
+        ov.width, ov.height, ov.pix_fmt = vs.codec_context.width, vs.codec_context.height, \
+            "yuv420p"
+        oa = out.add_stream("aac", rate=aus_.rate, layout="mono")
+        frames = [f.reformat(format="yuv420p") for f in inp.decode(vs) if f.time < seconds]
+        for i, frame in enumerate(frames):
+            frame.pts, frame.time_base = i, fractions.Fraction(1, 25)
+            for packet in ov.encode(frame):
+                out.mux(packet)
+        for packet in ov.encode():
+            out.mux(packet)
+        inp.seek(0)
+        mono, n = av.AudioResampler(format="fltp", layout="mono", rate=aus_.rate), 0
+        for frame in (f for f in inp.decode(aus_) if f.time < seconds):
+            for g in mono.resample(frame):
+                g.pts, g.time_base, n = n, fractions.Fraction(1, aus_.rate), n + g.samples
+                for packet in oa.encode(g):
+                    out.mux(packet)
+        for packet in oa.encode():
+            out.mux(packet)
+    return dst
+
+
+def test_a_clip_far_shorter_than_the_training_clips_is_scored_with_a_warning(pipeline_root,
+                                                                             tmp_path):
+    """The first 0.3 s of a clip: scores, but prediction.json says they rest on little and that
+    its features lie far outside the training clips' (the review's case: O/C/E/A clamped to 0)."""
+    manifest = pd.read_parquet(pipeline_root / "data" / "manifest.parquet")
+    clip = manifest[manifest["split"] == "test"].iloc[0]
+    short = cut_clip(pipeline_root / clip["path"], tmp_path / "short.mp4", 0.3)
+    result = predict.predict_video(short, model="functionals_ridge", root=pipeline_root,
+                                   work=tmp_path, explain=False)
+    said = " | ".join(result["warnings"])
+    assert "s long; the model learnt from clips of" in said, said
+    assert "functionals features lie over 10 sd from the training clips' mean" in said, said
+    whole = predict.predict_video(pipeline_root / clip["path"], model="functionals_ridge",
+                                  root=pipeline_root, work=tmp_path, explain=False)
+    assert not [w for w in whole["warnings"] if "sd from" in w or "learnt from" in w]
+
+
 def test_a_source_that_drops_its_fitted_state_fails_training(pipeline_root, monkeypatch):
     """The bug this guards: the audio sources' fitted_config was renamed away, checkpoints carried
     no statistics and predict standardised each clip against itself."""

@@ -175,3 +175,15 @@ def test_per_model_train_params(au_root):
         for_model(params(model_config={"perfex_cnn": {"train": {"threads": 2}}}), "perfex_cnn")
     with pytest.raises(ParamsError, match="train.lr"):
         for_model(params(model_config={"perfex_cnn": {"train": {"lr": "fast"}}}), "perfex_cnn")
+
+
+def test_unlabelled_val_clips_are_left_out_of_validation():
+    """An unlabelled val clip made every epoch's val CCC NaN and kept epoch 1 as the best."""
+    import numpy as np
+    import pandas as pd
+
+    from stages.train import _labelled_val
+
+    val = pd.DataFrame({"video_id": ["a", "b", "c"], **{t: [0.5, np.nan, 0.4] for t in "OCEAN"}})
+    assert _labelled_val(val, "m")["video_id"].tolist() == ["a", "c"]
+    assert _labelled_val(val.iloc[[1]], "m").empty
