@@ -55,7 +55,8 @@ names the video's file, NaN features).
 Videos with no audio stream (has_audio=false), silent clips (silent=true), unreadable files and
 too-short tracks (error set, logged by name) get NaN functionals (fn_* and openSMILE's) and
 empty per-window lists (n_frames 0); the stage goes on. Silent and too-short clips keep their
-wave; the others get an all-zero wave (n_samples 0).
+wave; the others get an all-zero wave (n_samples 0). metrics/audio.json counts them and names
+each: `failed` (video_id -> the error), `no_audio`, `silent`.
 
 Parallel: personality/executor.py's executor (`base.workers` local processes, one thread each, or
 the Dask cluster PERSONALITY_CLUSTER names: same bytes either way); each worker pays librosa's
@@ -80,8 +81,9 @@ import pandas as pd
 
 from personality import schemas, smile
 from personality.executor import map_jobs, time_limit_s
-from personality.common import (ArtifactWriter, BaseParams, ParamsError, StageInputError, get_logger,
-                           progress, read_artifact, repo_root, run_stage)
+from personality.common import (ArtifactWriter, BaseParams, ParamsError, StageInputError,
+                                atomic_write_json, get_logger, progress, read_artifact, repo_root,
+                                run_stage)
 
 log = get_logger("audio")
 
@@ -546,6 +548,7 @@ def run(params: AudioParams, base: BaseParams, root: Path | None = None) -> dict
     log.info("audio of %d videos with %d worker(s), feature sets %s, f0 by %s", len(jobs),
              base.workers, "+".join(params.feature_sets), params.f0_method)
     counts = {"n_videos": len(jobs), "n_no_audio": 0, "n_silent": 0, "n_errors": 0}
+    named: dict[str, dict] = {"failed": {}, "no_audio": [], "silent": []}  # metrics/audio.json
     voiced, seconds = [], 0.0
     t0 = time.perf_counter()
     out_path = root / schemas.ARTIFACTS["audio"].path
@@ -556,12 +559,15 @@ def run(params: AudioParams, base: BaseParams, root: Path | None = None) -> dict
         for row in iter_rows(jobs, params, base.workers, root, durations):
             if row["error"]:
                 counts["n_errors"] += 1
+                named["failed"][row["video_id"]] = row["error"]
                 log.warning("%s: %s", row["video_id"], row["error"])
             elif not row["has_audio"]:
                 counts["n_no_audio"] += 1
+                named["no_audio"].append(row["video_id"])
                 log.info("%s: no audio stream", row["video_id"])
             elif row["silent"]:
                 counts["n_silent"] += 1
+                named["silent"].append(row["video_id"])
                 log.info("%s: silent audio track", row["video_id"])
             elif params.librosa:
                 voiced.append(row["fn_voiced_frac"])
@@ -575,11 +581,12 @@ def run(params: AudioParams, base: BaseParams, root: Path | None = None) -> dict
             out.write(pd.DataFrame(batch))
     wall = time.perf_counter() - t0
     summary = {**counts, "audio_hours": round(seconds / 3600, 4),
-               "mean_voiced_frac": round(float(np.mean(voiced)), 4) if voiced else None,
-               "wall_s": round(wall, 2),
-               "x_real_time": round(seconds / wall, 1) if wall > 0 else None}
-    log.info("audio: %s", summary)
-    return summary
+               "mean_voiced_frac": round(float(np.mean(voiced)), 4) if voiced else None}
+    # the timings stay in the log: in the metrics file they would differ on every run
+    log.info("audio: %s, %.1f s wall, %s x real time", summary, wall,
+             round(seconds / wall, 1) if wall > 0 else None)
+    atomic_write_json(root / "metrics" / "audio.json", {**summary, **named})
+    return {**summary, **named, "wall_s": round(wall, 2)}
 
 
 def main(argv: list[str] | None = None) -> None:

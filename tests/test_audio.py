@@ -236,6 +236,12 @@ def test_corrupt_and_missing_files_are_reported_and_the_others_go_on(tmp_path, r
     assert np.isnan(table.loc["broken", "fn_rms_db_mean"])
     assert table.loc["good", "error"] == "" and table.loc["good", "fn_voiced_frac"] > 0.5
     assert table.loc["good", "fn_f0_p50"] == pytest.approx(120, rel=0.03)
+    # every video the audio of which could not be used is named in the stage's metrics file
+    import json
+
+    named = json.loads((root / "metrics" / "audio.json").read_text())
+    assert set(named["failed"]) == {"broken", "gone"} and "broken.mp4" in named["failed"]["broken"]
+    assert named["no_audio"] == ["mute"] and named["n_errors"] == 2 and "wall_s" not in named
 
 
 # --------------------------------------------------------------------------------------------------
