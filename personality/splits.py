@@ -48,10 +48,14 @@ def kfold_splits(subjects: list[str], *, n_folds: int, fold: int, seed: int) -> 
 
 
 def finish_splits(manifest: pd.DataFrame, assign: Callable[[list[str]], dict[str, str]], *,
-                  where: str, kfold: bool = False) -> pd.DataFrame:
+                  where: str, kfold: bool = False, typed_ids: bool = False) -> pd.DataFrame:
     """Subjects that came with a split keep it; the others are assigned by subject (`assign`).
-    With `kfold` (ingest.split_mode=kfold) no clip may come with a split: StageInputError."""
+    With `kfold` (ingest.split_mode=kfold) no clip may come with a split: StageInputError.
+    `typed_ids`: subject ids a person typed (a labels CSV), which may not differ only in case or
+    spaces; a corpus's own ids (YouTube's, case-sensitive) are taken as they are."""
     manifest = manifest.copy()
+    if typed_ids:
+        _check_subject_spelling(manifest["subject_id"].astype(str), where)
     manifest["split"] = manifest["split"].fillna("").astype(str)
     given = manifest[manifest["split"] != ""]
     if kfold and len(given):  # the folds would keep them: each fold would test the same people
@@ -71,6 +75,19 @@ def finish_splits(manifest: pd.DataFrame, assign: Callable[[list[str]], dict[str
     manifest["split"] = manifest["subject_id"].map(assigned)
     manifest["has_audio"] = manifest["has_audio"].astype(bool)
     return manifest
+
+
+def _check_subject_spelling(subjects: pd.Series, where: str) -> None:
+    """StageInputError for subject ids that differ only in case or spaces ("Alice", "alice "):
+    as two subjects, one person's clips could land in train and test."""
+    spellings: dict[str, set[str]] = {}
+    for s in subjects.unique():
+        spellings.setdefault(" ".join(s.split()).casefold(), set()).add(s)
+    clash = [sorted(v) for v in spellings.values() if len(v) > 1]
+    if clash:
+        raise StageInputError(f"{where}: subject ids {' / '.join(map(repr, clash[0]))} differ "
+                              f"only in case or spaces ({len(clash)} such group(s)): splits are "
+                              "by subject, so write one person's id one way")
 
 
 def check_subject_splits(manifest: pd.DataFrame) -> None:

@@ -316,7 +316,8 @@ def ingest_folder(p: FolderParams, assign: Callable[[list[str]], dict[str, str]]
                         **{t: row[t] for t in TRAITS}, **facts})
     datasets.check_unique_ids(records, str(csv_path))
     manifest = pd.DataFrame(records, columns=MANIFEST_COLUMNS)
-    return finish_splits(manifest, assign, where=str(csv_path), kfold=kfold), problems
+    return finish_splits(manifest, assign, where=str(csv_path), kfold=kfold,
+                         typed_ids=True), problems
 
 
 MANIFEST_COLUMNS = ["video_id", "path", "split", "subject_id", "dataset", *TRAITS, "duration_s",
@@ -406,7 +407,8 @@ def read_source(params: IngestParams, base: BaseParams, root: Path) -> Ingested:
     manifest = pd.DataFrame(rows)
     manifest["label_scale"] = "z" if params.source == "udiva" else "unit"
     manifest = finish_splits(manifest[MANIFEST_COLUMNS], assign, where=params.source,
-                             kfold=params.split_mode == "kfold")
+                             kfold=params.split_mode == "kfold",
+                             typed_ids=params.source == "openface_csv")
     return Ingested(manifest, study, empty["synthetic_cues"], source_aus, problems)
 
 

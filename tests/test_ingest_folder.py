@@ -127,6 +127,17 @@ def test_kfold_refuses_labels_that_bring_their_own_split(folder, tmp_path):
     assert (m.groupby("split")["subject_id"].nunique() >= 1).all() and len(set(m["split"])) == 3
 
 
+def test_subject_ids_that_differ_only_in_case_are_refused(folder, tmp_path):
+    """'Alice' and 'alice ' would be two subjects, and one person's clips could be split."""
+    csv = folder / "labels.csv"
+    csv.write_text("video,O,C,E,A,N,subject\n"
+                   "clips/a1.mp4,0.1,0.2,0.3,0.4,0.5,Alice\n"
+                   "clips/a2.mp4,0.1,0.2,0.3,0.4,0.5,alice\n"
+                   "clips/b1.mp4,0.1,0.2,0.3,0.4,0.5,bob\n")
+    with pytest.raises(StageInputError, match="subject ids 'Alice' / 'alice' differ only in case"):
+        _run(tmp_path, csv)
+
+
 def test_missing_labels_param(tmp_path):
     with pytest.raises(StageInputError, match="ingest.folder.labels"):
         _run(tmp_path, Path(""))
