@@ -71,7 +71,7 @@ def ridge_on(prefixes: tuple[str, ...], manifest, root: Path) -> dict[str, dict]
     with tempfile.TemporaryDirectory() as tmp:
         fit_closed_form(build_model("functionals_ridge"), sources,
                         train_ids=list(train["video_id"]),
-                        train_targets=train[list(TRAITS)].to_numpy(np.float32),
+                        train_targets=train[list(TRAITS)].to_numpy(np.float64),
                         groups=train["subject_id"].to_numpy(), out_dir=Path(tmp),
                         meta={"model_name": "functionals_ridge", "inputs": ["functionals"],
                               "source_config": for_inference(config, sources)})
@@ -97,7 +97,7 @@ def compare(model: dict, ridge: dict, *, n_boot: int, seed: int, level: float) -
     out = {"clips": len(keep), "subjects": int(len(set(subjects))),
            "gap_ci": vs["delta_ccc"], "p_model_better": vs["p_better"]}
     for name in preds:
-        out[name] = float(np.nanmean(point[name]["ccc"][0]))
+        out[name] = float(np.mean(point[name]["ccc"][0]))  # a trait without a CCC: no mean
         out[f"{name}_ci"] = interval(boot[name]["ccc"].mean(axis=1), level=level)
     return out
 
