@@ -19,10 +19,18 @@ import pytest
 import yaml
 
 from personality.common import read_artifact
-from tests.conftest import REPO, write_video
+from tests.conftest import REPO, real_fixture
 from tests.test_datasets import chalearn_annotations, py2_pickle
 
 QUICK_TRAIN = {"models": ["perfex_cnn", "audio_fn_linear"], "epochs": 2, "mlflow": False}
+
+
+def face_clip(path: Path) -> Path:
+    """A real 2.4 s talking-head clip (tests/fixtures/single_face.mp4) at `path`: the AU models
+    need a face in some frame (a clip without one has no AU sequence: models/data.py)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(real_fixture("single_face.mp4"), path)
+    return path
 
 
 def make_dvc_repo(tmp: Path, ingest: dict) -> Path:
@@ -103,7 +111,7 @@ def chalearn16_fixture(tmp: Path) -> Path:
     for k, (split, folder) in enumerate(split_dirs.items()):
         names = [f"{chr(65 + k) * 11}.00{i}.mp4" for i in (1, 2)]
         for name in names:
-            write_video(root / folder / name, n_frames=8)
+            face_clip(root / folder / name)
         (root / pickles[split]).write_bytes(
             py2_pickle(chalearn_annotations({n: 0.3 + 0.1 * k for n in names})))
     return root
@@ -121,7 +129,7 @@ def udiva_fixture(tmp: Path) -> Path:
             header + f"{a},0.1,0.2,0.3,0.4,0.5\n{b},-0.1,-0.2,-0.3,-0.4,-0.5\n")
         (root / f"metadata/sessions_{split}.csv").write_text(f"ID,PART.1,PART.2\n00{k},{a},{b}\n")
         for part in (1, 2):
-            write_video(root / f"recordings/{split}/00{k}/FC{part}_T.mp4", n_frames=8)
+            face_clip(root / f"recordings/{split}/00{k}/FC{part}_T.mp4")
     return root
 
 
@@ -166,7 +174,7 @@ def test_folder_pipeline_and_second_repro_does_nothing(tmp_path):
     ds = tmp_path / "ds"
     lines = ["video,O,C,E,A,N,subject"]
     for i in range(4):
-        write_video(ds / f"v{i}.mp4", n_frames=8)
+        face_clip(ds / f"v{i}.mp4")
         lines.append(f"v{i}.mp4,0.{i + 1},0.5,0.5,0.5,0.5,s{i}")
     (ds / "labels.csv").write_text("\n".join(lines) + "\n")
     repo = make_dvc_repo(tmp_path, {"source": "folder",
