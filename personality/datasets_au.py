@@ -1,6 +1,7 @@
 """Source adapters for the datasets that arrive as AU sequences, not video: PerFeX's long CSV (and
 its user-study ratings) and a folder of OpenFace FeatureExtraction CSVs with a labels CSV; and the
-per-row checks of a labels CSV, which the `folder` source (stages/ingest.py) shares.
+reading and per-row checks of a labels CSV (labels_records, row_labels, row_split), which the
+`folder` source (stages/ingest.py) shares.
 
 Split out of personality/datasets.py (the video sources, ChaLearn and UDIVA, and the CSV helpers
 used here); import these names from this module. Like the video adapters, each returns manifest rows plus one
@@ -9,6 +10,7 @@ sequences go to `data/source_aus/`, which the `aus` stage passes through.
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import math
 import re
@@ -24,6 +26,36 @@ from personality.schemas import AU_INTENSITY, AU_PRESENCE, SPLITS, TRAITS
 
 # --------------------------------------------------------------------------------------------------
 # labels CSV rows (folder and openface_csv sources)
+
+
+def labels_records(csv_path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The header (stripped) and the (line, fields) records of a labels CSV, blank lines left
+    out. The csv module, not pandas: pandas rejects the whole file for one row with an extra
+    field (C engine), or silently cuts the extra field of the first row and swallows the rest
+    of a file after an unclosed quote (python engine); here such a row stays one record for
+    the caller to report, and an unclosed quote fails the file. StageInputError naming the
+    file when it is missing, not text (binary, not UTF-8), or has no header or a repeated column."""
+    if not csv_path.exists():
+        raise StageInputError(f"{csv_path}: labels CSV not found")
+    records, end = [], 0
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM is no column
+            reader = csv.reader(f, skipinitialspace=True, strict=True)
+            for fields in reader:
+                records.append((end + 1, fields))  # the line the record starts on
+                end = reader.line_num
+    except csv.Error as exc:  # an unclosed quote, a field over the csv module's size limit
+        raise StageInputError(f"{csv_path}: not a readable CSV: line {end + 1}: {exc}") from None
+    except UnicodeDecodeError as exc:  # read in blocks: the line is unknown, the byte is not
+        raise StageInputError(f"{csv_path}: not a readable CSV: {exc}") from None
+    records = [(n, f) for n, f in records if len(f) > 1 or (f and f[0].strip())]
+    if not records:
+        raise StageInputError(f"{csv_path}: not a readable CSV: no header line")
+    header = [c.strip() for c in records[0][1]]
+    repeated = sorted({c for c in header if c and header.count(c) > 1})  # "": trailing commas
+    if repeated:
+        raise StageInputError(f"{csv_path}: column(s) {', '.join(repeated)} given twice")
+    return header, records[1:]
 
 
 def row_labels(row) -> dict[str, float]:

@@ -91,9 +91,10 @@ ARTIFACTS: dict[str, ArtifactSpec] = {
     "clips": ArtifactSpec(
         "data/clips.parquet",
         {"video_id": "str", "path": "str", "dataset": "str", "duration_s": "float", "fps": "float",
-         "has_audio": "bool"},
+         "has_audio": "bool", "source_stat": "str"},
         doc="the manifest's videos without labels and splits: what frames and audio read, so "
-            "that a new split or label re-runs no front-end stage"),
+            "that a new split or label re-runs no front-end stage; source_stat: 'size:mtime_ns' "
+            "of a video outside data/videos (a replaced clip re-runs the front-end), else ''"),
     "user_study": ArtifactSpec(
         "data/user_study.parquet",
         {"video_id": "str", "rater_id": "str", **{t: "float" for t in TRAITS}},

@@ -20,8 +20,8 @@ metrics/ingest.json (counts, bad rows).
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
+import os
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -214,7 +214,7 @@ def read_labels_csv(csv_path: Path) -> tuple[pd.DataFrame, list[str]]:
     """Parse and validate a folder-source labels CSV. Returns the good rows and one message per bad
     row ("<csv> row N (<video>): <what is wrong>", N the file's line). Raises StageInputError if
     the file itself is unusable (missing, unparseable, no `video` column)."""
-    header, records = _labels_records(csv_path)
+    header, records = datasets_au.labels_records(csv_path)
     missing = [c for c in ("video", *TRAITS) if c not in header]
     if missing:
         raise StageInputError(f"{csv_path}: missing column(s) {', '.join(missing)} "
@@ -242,36 +242,6 @@ def read_labels_csv(csv_path: Path) -> tuple[pd.DataFrame, list[str]]:
         good.append({"video": video, "abs_path": target, "subject": row.get("subject", "").strip(),
                      "split": split, **values})
     return pd.DataFrame(good), problems
-
-
-def _labels_records(csv_path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """The header (stripped) and the (line, fields) records of a labels CSV, blank lines left
-    out. The csv module, not pandas: pandas rejects the whole file for one row with an extra
-    field (C engine), or silently cuts the extra field of the first row and swallows the rest
-    of a file after an unclosed quote (python engine); here such a row stays one record for
-    read_labels_csv to report, and an unclosed quote fails the file. StageInputError naming the
-    file when it is missing, not text (binary, not UTF-8), or has no header or a repeated column."""
-    if not csv_path.exists():
-        raise StageInputError(f"{csv_path}: labels CSV not found")
-    records, end = [], 0
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM is no column
-            reader = csv.reader(f, skipinitialspace=True, strict=True)
-            for fields in reader:
-                records.append((end + 1, fields))  # the line the record starts on
-                end = reader.line_num
-    except csv.Error as exc:  # an unclosed quote, a field over the csv module's size limit
-        raise StageInputError(f"{csv_path}: not a readable CSV: line {end + 1}: {exc}") from None
-    except UnicodeDecodeError as exc:  # read in blocks: the line is unknown, the byte is not
-        raise StageInputError(f"{csv_path}: not a readable CSV: {exc}") from None
-    records = [(n, f) for n, f in records if len(f) > 1 or (f and f[0].strip())]
-    if not records:
-        raise StageInputError(f"{csv_path}: not a readable CSV: no header line")
-    header = [c.strip() for c in records[0][1]]
-    repeated = sorted({c for c in header if c and header.count(c) > 1})  # "": trailing commas
-    if repeated:
-        raise StageInputError(f"{csv_path}: column(s) {', '.join(repeated)} given twice")
-    return header, records[1:]
 
 
 def _video_target(root: Path, video: str) -> Path:
@@ -336,8 +306,26 @@ def write_manifest(manifest: pd.DataFrame, root: Path) -> None:
     which the front-end stages read. A new split (a k-fold) or a corrected label then changes the
     manifest only, and DVC re-runs no front-end stage."""
     write_artifact("manifest", manifest, path=root / schemas.ARTIFACTS["manifest"].path)
-    clips = manifest[list(schemas.ARTIFACTS["clips"].columns)]
-    write_artifact("clips", clips, path=root / schemas.ARTIFACTS["clips"].path)
+    clips = manifest.assign(source_stat=[_source_stat(p, root) for p in manifest["path"]])
+    write_artifact("clips", clips[list(schemas.ARTIFACTS["clips"].columns)],
+                   path=root / schemas.ARTIFACTS["clips"].path)
+
+
+def _source_stat(path: str, root: Path) -> str:
+    """'size:mtime_ns' of a video outside data/videos (a real dataset's, which DVC does not
+    track): a replaced or re-encoded clip then changes data/clips.parquet, and the front-end
+    stages that read it re-run. '' for data/videos (a DVC dependency of frames and audio
+    itself), for no video (AU-only sources) and for a file that cannot be looked at."""
+    if not path:
+        return ""
+    video = Path(path) if Path(path).is_absolute() else root / path
+    try:
+        if (root / "data" / "videos").resolve() in video.resolve().parents:
+            return ""
+        st = os.stat(video)
+    except (OSError, ValueError):
+        return ""
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 @dataclasses.dataclass

@@ -9,7 +9,8 @@ dependency that is empty for the default source. This stage runs on every `dvc r
 (`always_changed`, so `dvc status` always lists it) and rewrites data/inputs.json; ingest depends on
 that file, so DVC skips ingest unless the fingerprint moved.
 
-What a fingerprint holds, per file (path as the source names it):
+What a fingerprint holds, per file (its path relative to the repository when inside it, so that
+another checkout or a queued experiment's copy gives the same file):
   - label, annotation and metadata files (CSV, pickles): sha256 of the content;
   - media (videos, OpenFace CSVs of a corpus): size and modification time in ns, the way DVC's
     own file-state cache works. A replaced or re-encoded video changes both; touching a file
@@ -100,12 +101,25 @@ def source_files(ingest: dict, root: Path) -> tuple[list[Path], list[Path]]:
     return [], []
 
 
+def _key(path: Path, root: Path, source: str) -> str:
+    """A file's name in the fingerprint, the same in every checkout of the project: relative to
+    the repository when it is inside, the bare name for the generator's packaged face photos
+    (they sit in whichever environment runs the stage), else the path as given."""
+    if source == "synthetic":
+        return f"synthetic:{path.name}"
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def fingerprint(ingest: dict, root: Path) -> dict:
     """{"source": .., "files": {path: entry}} for every file the source reads."""
+    source = ingest.get("source", "synthetic")
     hashed, stated = source_files(ingest, root)
-    files = {str(p): content_entry(p) for p in hashed}
-    files.update({str(p): stat_entry(p) for p in stated})
-    return {"source": ingest.get("source", "synthetic"), "n_files": len(files),
+    files = {_key(p, root, source): content_entry(p) for p in hashed}
+    files.update({_key(p, root, source): stat_entry(p) for p in stated})
+    return {"source": source, "n_files": len(files),
             "files": dict(sorted(files.items()))}
 
 

@@ -397,7 +397,11 @@ def train_model(name: str, p: TrainParams, base: BaseParams, root: Path) -> dict
     # (standardisation statistics) and original, not augmented, sequences
     meta = {"model_name": name, "inputs": list(spec.inputs),
             "source_config": _inference_config(data, root) if kept is None else kept,
-            "params": dataclasses.asdict(p),
+            # this stage's params only (dvc.yaml): the other models' configs and the model list
+            # would leave a checkpoint naming values its stage never re-ran for
+            "params": {**{k: v for k, v in dataclasses.asdict(p).items()
+                          if k not in ("models", "model_config")},
+                       "model_config": {name: p.model_config.get(name) or {}}},
             "frontend": frontend_params(),  # predict runs the front-end that made this data
             "label_scale": _label_scale(data["manifest"], name, overrides),
             "finished": False}  # until predictions and metrics are written (_finish)

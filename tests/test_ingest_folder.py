@@ -138,6 +138,24 @@ def test_subject_ids_that_differ_only_in_case_are_refused(folder, tmp_path):
         _run(tmp_path, csv)
 
 
+def test_a_replaced_video_changes_the_clips_table_so_the_front_end_runs_again(folder, tmp_path):
+    """data/clips.parquet is what frames and audio depend on: a video outside data/videos (not
+    tracked by DVC) carries its size and mtime there, so replacing it re-runs the front-end."""
+    import os
+
+    csv = folder / "labels.csv"
+    csv.write_text("video,O,C,E,A,N\nclips/a1.mp4,0.1,0.2,0.3,0.4,0.5\n"
+                   "clips/b1.mp4,0.1,0.2,0.3,0.4,0.5\nclips/d1.mp4,0.1,0.2,0.3,0.4,0.5\n")
+    _run(tmp_path, csv)
+    clips = tmp_path / "data" / "clips.parquet"
+    before = clips.read_bytes()
+    assert read_artifact("clips", path=clips)["source_stat"].str.match(r"^\d+:\d+$").all()
+    write_video(folder / "clips" / "b1.mp4", n_frames=11)  # re-encoded: same name, same length
+    os.utime(folder / "clips" / "b1.mp4", ns=(1, 1))
+    _run(tmp_path, csv)
+    assert clips.read_bytes() != before
+
+
 def test_missing_labels_param(tmp_path):
     with pytest.raises(StageInputError, match="ingest.folder.labels"):
         _run(tmp_path, Path(""))
