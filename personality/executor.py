@@ -189,14 +189,16 @@ def _ensure_setup(token: str, setup: Callable | None, setup_args: tuple, *,
 
 
 _LEDGER = None  # shared ints: job i runs in process ledger[i] (> 0), or ran there (< 0)
+_READY = None  # a barrier of the pool's workers: start() returns once every one is set up
 _SETUP_ERROR: Exception | None = None  # what setup raised in this worker: every call raises it
+READY_TIMEOUT_S = 1800.0  # a set-up (model load, JIT warm-up) that takes longer is stuck
 
 
-def _pool_init(parent_pid: int, ledger, token: str, setup: Callable | None,
+def _pool_init(parent_pid: int, ledger, ready, token: str, setup: Callable | None,
                setup_args: tuple) -> None:
-    global _LEDGER, _SETUP_ERROR
+    global _LEDGER, _READY, _SETUP_ERROR
     die_with_parent(parent_pid)
-    _LEDGER = ledger
+    _LEDGER, _READY = ledger, ready
     _private_progress_lock()
     try:
         _ensure_setup(token, setup, setup_args)
@@ -244,6 +246,9 @@ def _run_job(fn: Callable, job: Any) -> Any:
 
 
 def _started(_job: Any = None) -> int:
+    """Wait until every worker of the pool has run its set-up: each one takes one such call and
+    holds it, so the n calls prove n ready workers (not one worker answering n times)."""
+    _READY.wait(timeout=READY_TIMEOUT_S)
     return os.getpid()
 
 
@@ -351,7 +356,7 @@ class _Pool:
     def __init__(self, n: int, n_jobs: int, token: str, setup: Callable | None, setup_args: tuple):
         self.ctx = mp.get_context("spawn")  # fork is unsafe beside MediaPipe, numba, BLAS threads
         self.n, self.ledger = n, self.ctx.Array("i", n_jobs, lock=False)
-        self.initargs = (os.getpid(), self.ledger, token, setup, setup_args)
+        self.initargs = (token, setup, setup_args)
         self.executor: ProcessPoolExecutor | None = None
         self.processes: dict = {}
 
@@ -359,8 +364,10 @@ class _Pool:
         """Start every worker now and run its setup; a worker that dies meanwhile (the OOM
         killer during a model load) costs a fresh start, `tries` at most, then ExecutorError."""
         for _ in range(tries):
-            self.executor = ProcessPoolExecutor(self.n, mp_context=self.ctx,
-                                                initializer=_pool_init, initargs=self.initargs)
+            ready = self.ctx.Barrier(self.n)
+            self.executor = ProcessPoolExecutor(
+                self.n, mp_context=self.ctx, initializer=_pool_init,
+                initargs=(os.getpid(), self.ledger, ready, *self.initargs))
             with _child_environment():  # workers start in the single-thread environment
                 started = [self.executor.submit(_pool_call, _started, -1, None)
                            for _ in range(self.n)]
@@ -380,7 +387,11 @@ class _Pool:
                             "; the stage stops here, nothing is written")
 
     def submit(self, fn: Callable, i: int, job: Any) -> Future:
+        self.ledger[i] = 0  # not started: no pid of an earlier pool's worker stays on it
         return self.executor.submit(_pool_call, fn, i, job)
+
+    def started(self, i: int) -> bool:
+        return self.ledger[i] > 0
 
     def end(self, i: int) -> bool:
         """Kill the worker running job i (over its time limit); False when it is not running."""
@@ -414,7 +425,7 @@ class _Pool:
 
 def _map_pool(fn, jobs, n, label, token, setup, setup_args, on_lost, time_limit) -> Iterator[Any]:
     pool = _Pool(n, len(jobs), token, setup, setup_args)
-    limits = TimeLimit(time_limit, pool.end) if time_limit is not None else None
+    limits = TimeLimit(time_limit, pool.end, pool.started) if time_limit is not None else None
 
     def on_error(i: int, exc: BaseException, failed: dict) -> WorkerLost | None:
         if not isinstance(exc, BrokenProcessPool):

@@ -20,30 +20,44 @@ class ExecutorError(RuntimeError):
 
 @dataclasses.dataclass
 class TimeLimit:
-    """Per-job wall-clock limits: `seconds(job)` (None or inf: none) and `end(i)`, which ends job
-    i's worker and says whether it did (the pool kills the process job i runs in, if it has
-    started; the map then sees a dead worker)."""
+    """Per-job wall-clock limits: `seconds(job)` (None or inf: none), counted from when the job
+    `started(i)` in a worker (not from its submission: a worker may still be busy), and
+    `end(i)`, which ends job i's worker and says whether it did (the pool kills the process job
+    i runs in; the map then sees a dead worker)."""
     seconds: Callable[[Any], float | None]
     end: Callable[[int], bool]
-    deadlines: dict = dataclasses.field(default_factory=dict)  # job -> (monotonic deadline, s)
+    started: Callable[[int], bool]
+    limits: dict = dataclasses.field(default_factory=dict)  # job -> its limit in s
+    deadlines: dict = dataclasses.field(default_factory=dict)  # job -> monotonic deadline
     overdue: dict = dataclasses.field(default_factory=dict)  # job -> its limit, once ended
+    poll_s: float = 0.2  # how often a submitted job is looked at until it has started
 
     def start(self, i: int, job: Any) -> None:
+        """Job i was (re)submitted: its clock starts again once it runs."""
+        self.deadlines.pop(i, None)
+        self.overdue.pop(i, None)
         limit = self.seconds(job)
         if limit is not None and math.isfinite(limit):
-            self.deadlines[i] = (time.monotonic() + limit, limit)
+            self.limits[i] = limit
 
     def wait_s(self, running: list[int]) -> float | None:
-        """Seconds until the first running job's deadline (None: no deadline)."""
-        ends = [self.deadlines[i][0] for i in running if i in self.deadlines]
-        return max(0.0, min(ends) - time.monotonic()) if ends else None
+        """Seconds until the first running job's deadline, or until the next look at a job not
+        yet started (None: no limits)."""
+        now = time.monotonic()
+        ends = [self.deadlines[i] - now if i in self.deadlines else self.poll_s
+                for i in running if i in self.limits]
+        return max(0.0, min(ends)) if ends else None
 
     def enforce(self, running: list[int]) -> None:
         now = time.monotonic()
         for i in running:
-            if i in self.deadlines and i not in self.overdue and now >= self.deadlines[i][0] \
-                    and self.end(i):
-                self.overdue[i] = self.deadlines[i][1]
+            if i not in self.limits or i in self.overdue:
+                continue
+            if i not in self.deadlines:
+                if self.started(i):
+                    self.deadlines[i] = now + self.limits[i]
+            elif now >= self.deadlines[i] and self.end(i):
+                self.overdue[i] = self.limits[i]
 
     def why(self, i: int) -> str:
         return f"it ran over its time limit of {self.overdue[i]:.0f} s and was stopped (a hang?)"
@@ -170,6 +184,8 @@ class InOrder:
             f.exception() is not None and self.is_lost(f.exception())))]
         for k in taken:
             del self.futures[k]
+            if k in overdue and k not in lost.jobs:  # stopped at the same time: never rerun
+                self.final[k] = self.on_lost(self.jobs[k], self.time_limit.why(k))
         for k in lost.jobs:
             self.deaths[k] = self.deaths.get(k, 0) + 1
             if k in overdue:

@@ -103,6 +103,16 @@ def two_s_for_two(x: int) -> float | None:
     return 2.0 if x == 2 else None
 
 
+def hang_below_three(x: int) -> int:
+    if x < 3:
+        time.sleep(600)
+    return x
+
+
+def two_s_below_three(x: int) -> float | None:
+    return 2.0 if x < 3 else None
+
+
 def own_pid(_job: object) -> int:
     return os.getpid()
 
@@ -112,6 +122,21 @@ def setup_killed_once(folder: str) -> None:
     marker = Path(folder) / "setup-ran"
     if not marker.exists():
         marker.write_text("ran")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def second_setup_dies_late_once(folder: str) -> None:
+    """The first worker sets up at once; the second takes 1 s and then dies, the first time only
+    (markers count): a pool that returned from start() before it was ready would blame a job."""
+    first, died = Path(folder) / "first", Path(folder) / "died"
+    try:
+        with open(first, "x"):
+            return
+    except FileExistsError:
+        pass
+    if not died.exists():
+        died.write_text("died")
+        time.sleep(1.0)
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -275,6 +300,23 @@ def test_a_worker_killed_during_its_setup_costs_a_fresh_start(tmp_path):
     out = list(map_jobs(fail_on_two, [0, 1, 3], workers=2, where=POOL, on_lost=lost_row,
                         setup=setup_killed_once, setup_args=(str(tmp_path),)))
     assert out == [0, 1, 3] and (tmp_path / "setup-ran").exists()
+
+
+def test_start_waits_for_every_workers_setup_so_a_late_death_blames_no_job(tmp_path):
+    """Without on_lost a dead worker ends the map: here it died in its set-up, after the other
+    worker was ready, which is the pool's start, not any job's fault: a fresh start."""
+    out = list(map_jobs(fail_on_two, [0, 1, 3, 4], workers=2, where=POOL,
+                        setup=second_setup_dies_late_once, setup_args=(str(tmp_path),)))
+    assert out == [0, 1, 3, 4] and (tmp_path / "died").exists()
+
+
+def test_jobs_that_hang_together_are_all_stopped_and_the_map_ends():
+    """Deadlines that pass at once (clips of one length, a stalled mount): every hung job is a
+    row, none is run again without its limit (the map would hang)."""
+    t0 = time.monotonic()
+    out = list(map_jobs(hang_below_three, range(4), workers=3, where=POOL,
+                        time_limit=two_s_below_three, on_lost=lambda x, why: f"lost {x}"))
+    assert out == ["lost 0", "lost 1", "lost 2", 3] and time.monotonic() - t0 < 60
 
 
 def test_workers_that_always_die_in_setup_stop_the_stage_naming_why():

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -25,11 +26,30 @@ from tests.test_datasets import chalearn_annotations, py2_pickle
 QUICK_TRAIN = {"models": ["perfex_cnn", "audio_fn_linear"], "epochs": 2, "mlflow": False}
 
 
-def face_clip(path: Path) -> Path:
-    """A real 2.4 s talking-head clip (tests/fixtures/single_face.mp4) at `path`: the AU models
-    need a face in some frame (a clip without one has no AU sequence: models/data.py)."""
+def face_clip(path: Path, n_frames: int = 10) -> Path:
+    """A clip of a real face photo (tests/fixtures/single_face.jpg, 160 x 90) over a 0.4 s tone:
+    the AU models need a face in some frame (a clip without one has no AU sequence:
+    models/data.py), the audio models a sound."""
+    from fractions import Fraction
+
+    import av
+    import cv2
+
+    from personality.video_io import mux_mono_audio
+
+    face = cv2.resize(cv2.imread(str(real_fixture("single_face.jpg")))[:, :, ::-1], (160, 90))
     path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(real_fixture("single_face.mp4"), path)
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=Fraction(25))
+        v.width, v.height, v.pix_fmt = 160, 90, "yuv420p"
+        a = c.add_stream("aac", rate=16000, layout="mono")
+        for _ in range(n_frames):
+            for packet in v.encode(av.VideoFrame.from_ndarray(face.copy(), format="rgb24")):
+                c.mux(packet)
+        for packet in v.encode():
+            c.mux(packet)
+        tone = (0.1 * np.sin(np.arange(6400) * 2 * np.pi * 220 / 16000)).astype(np.float32)
+        mux_mono_audio(c, a, tone, 16000)
     return path
 
 
