@@ -5,8 +5,11 @@ them.
 
     best = select_best({"m1": {"ccc": 0.3}, "m2": {"ccc": 0.2}})            # "m1"
     add_uncertainty(report, {"m1": (video_ids, y_pred)}, manifest, split="test", n_boot=1000,
-                    level=0.95, seed=1234, best=best)                        # adds ci, vs_*
+                    level=0.95, seed=1234, best=best, method="bca")         # adds ci, vs_*
     summary = summary_of(report); table = results_table(report, "test")
+
+A split of one subject has no interval and no "better in" share (null in the JSON, n/a in the
+table): every resample would be the same clips, a zero-width interval claiming certainty.
 """
 from __future__ import annotations
 
@@ -15,8 +18,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from models.bootstrap import (bootstrap_scores, interval, model_uncertainty, paired,
-                              subject_resamples)
+from models.bootstrap import (METRICS, bootstrap_scores, common_clips, model_uncertainty, paired,
+                              subject_jackknife, subject_resamples)
 from models.metrics import train_mean_baseline
 from personality.schemas import TRAITS
 
@@ -24,6 +27,7 @@ __all__ = ["RESERVED", "select_best", "add_uncertainty", "summary_of", "results_
            "ci_text", "flat_metrics"]
 
 RESERVED = ("baseline", "errors", "selection")  # keys of evaluate.json that are not models
+MIN_SUBJECTS = 2  # fewer: no spread between people to resample, so no interval
 
 
 def select_best(val: dict[str, dict]) -> str | None:
@@ -43,67 +47,141 @@ def _spread(scored: tuple[np.ndarray, np.ndarray], video_ids: np.ndarray) -> np.
     return out
 
 
+def _labelled(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
+    """The videos of `split` with at least one label, sorted by video_id."""
+    return manifest[(manifest["split"] == split)
+                    & manifest[list(TRAITS)].notna().any(axis=1)].sort_values("video_id")
+
+
+def _n_subjects(subjects: np.ndarray) -> int:
+    return len(np.unique(np.asarray(subjects, dtype=str)))  # subject_resamples' identity
+
+
+def _compare(a: str, b: str, preds: dict, samples: dict, y_true: np.ndarray, rows: list,
+             jack: list, *, level: float, method: str) -> dict:
+    """`paired` of models a and b scored on the clips both predict (n_videos of them): a model
+    without some videos would otherwise be scored on other people than the one it is compared
+    with, and the difference would not be paired."""
+    pa, pb, n = common_clips(preds[a], preds[b])
+    if not (np.array_equal(pa, preds[a], equal_nan=True)
+            and np.array_equal(pb, preds[b], equal_nan=True)):
+        samples = bootstrap_scores(y_true, {a: pa, b: pb}, rows, jackknife=jack)
+    return {**paired(samples[a], samples[b], level=level, method=method), "n_videos": n}
+
+
+def _withhold(entry: dict) -> None:
+    """No intervals and no resample shares in `entry` (one subject): null in the JSON."""
+    for key in (*TRAITS, "mean"):
+        entry["ci"][key] = {m: [None, None] for m in METRICS}
+    for versus in ("vs_baseline", "vs_best"):
+        if versus in entry:
+            entry[versus].update(p_better=None, p_lower_mae=None, delta_ccc=[None, None])
+
+
 def add_uncertainty(report: dict, predictions: dict[str, tuple[np.ndarray, np.ndarray]],
                     manifest: pd.DataFrame, *, split: str, n_boot: int, level: float, seed: int,
-                    best: str | None) -> None:
-    """Add to each entry of `report` (models and baseline) `ci`: intervals from a bootstrap over
-    the subjects of the scored split, and to each model `vs_baseline` / `vs_best`: paired
-    comparisons on the same resamples (models.bootstrap)."""
-    labelled = manifest[(manifest["split"] == split)
-                        & manifest[list(TRAITS)].notna().any(axis=1)].sort_values("video_id")
+                    best: str | None, method: str = "percentile") -> None:
+    """Add to each entry of `report` (models and baseline) `ci`: intervals (`method`: percentile
+    or bca) from a bootstrap over the subjects of the scored split, and to each model
+    `vs_baseline` / `vs_best`: paired comparisons on the same resamples and on the clips both
+    predict (models.bootstrap), with the point difference `delta_ccc_point` and `n_videos`."""
+    labelled = _labelled(manifest, split)
     if labelled.empty or "baseline" not in report:
         return
-    vids = labelled["video_id"].to_numpy()
+    vids, subjects = labelled["video_id"].to_numpy(), labelled["subject_id"].to_numpy()
     y_true = labelled[list(TRAITS)].to_numpy(np.float64)  # (n, 5)
     train = manifest.loc[manifest["split"] == "train", list(TRAITS)].to_numpy(np.float64)
     preds = {name: _spread(scored, vids) for name, scored in predictions.items()}
     preds["baseline"] = train_mean_baseline(train, len(vids))
-    rows = subject_resamples(labelled["subject_id"].to_numpy(), n_boot=n_boot,
-                             seed=seed)
-    samples = bootstrap_scores(y_true, preds, rows)
+    rows = subject_resamples(subjects, n_boot=n_boot, seed=seed)
+    jack = subject_jackknife(subjects)
+    samples = bootstrap_scores(y_true, preds, rows, jackknife=jack)
     about = {"level": level, "n_boot": n_boot, "resampled": "subjects",
-             "n_subjects": int(labelled["subject_id"].nunique())}
+             "n_subjects": _n_subjects(subjects), "interval_method": method}
     for name, sample in samples.items():
-        report[name]["ci"] = {**about, **model_uncertainty(sample, TRAITS, level=level)}
+        report[name]["ci"] = {**about, **model_uncertainty(sample, TRAITS, level=level,
+                                                            method=method)}
+    compare = dict(preds=preds, samples=samples, y_true=y_true, rows=rows, jack=jack,
+                   level=level, method=method)
     for name in predictions:
-        report[name]["vs_baseline"] = paired(samples[name], samples["baseline"], level=level)
+        report[name]["vs_baseline"] = _compare(name, "baseline", **compare)
         if best in samples and best != name:
-            report[name]["vs_best"] = {"model": best, **paired(samples[name], samples[best],
-                                                                level=level)}
+            report[name]["vs_best"] = {"model": best, **_compare(name, best, **compare)}
+    if about["n_subjects"] < MIN_SUBJECTS:
+        for name in samples:
+            _withhold(report[name])
 
 
 def add_split_intervals(figures: dict[str, dict],
                         predictions: dict[str, tuple[np.ndarray, np.ndarray]],
                         manifest: pd.DataFrame, *, split: str, n_boot: int, level: float,
-                        seed: int) -> None:
+                        seed: int, method: str = "percentile") -> None:
     """Add `ccc_ci` to each model's figures on `split` (e.g. val's, which choose the model): the
-    interval of its mean CCC over a bootstrap of that split's subjects."""
-    labelled = manifest[(manifest["split"] == split)
-                        & manifest[list(TRAITS)].notna().any(axis=1)].sort_values("video_id")
+    interval of its mean CCC over a bootstrap of that split's subjects ([None, None] with one
+    subject)."""
+    labelled = _labelled(manifest, split)
     if labelled.empty or not predictions:
         return
-    vids = labelled["video_id"].to_numpy()
-    rows = subject_resamples(labelled["subject_id"].to_numpy(), n_boot=n_boot, seed=seed)
+    vids, subjects = labelled["video_id"].to_numpy(), labelled["subject_id"].to_numpy()
+    if _n_subjects(subjects) < MIN_SUBJECTS:
+        for name in predictions:
+            figures[name]["ccc_ci"] = [None, None]
+        return
     samples = bootstrap_scores(labelled[list(TRAITS)].to_numpy(np.float64),
                                {name: _spread(scored, vids) for name, scored in
-                                predictions.items()}, rows)
+                                predictions.items()},
+                               subject_resamples(subjects, n_boot=n_boot, seed=seed),
+                               jackknife=subject_jackknife(subjects))
     for name, sample in samples.items():
-        figures[name]["ccc_ci"] = interval(sample["ccc"].mean(axis=1), level=level)
+        figures[name]["ccc_ci"] = model_uncertainty(sample, TRAITS, level=level,
+                                                    method=method)["mean"]["ccc"]
+
+
+def _finite(*values) -> bool:
+    return all(v is not None and math.isfinite(v) for v in values)
+
+
+def _with_interval(value, pair, withheld: bool) -> str:
+    """`value [lo, hi]`; `value [n/a]` where the interval was withheld or is undefined."""
+    lo, hi = pair or (None, None)
+    if not _finite(value):
+        return fmt(value)
+    if not _finite(lo, hi):
+        return f"{fmt(value)} [n/a]" if withheld else fmt(value)
+    return f"{fmt(value)} [{fmt(lo)}, {fmt(hi)}]"
 
 
 def _val_text(figures: dict) -> str:
-    lo, hi = figures.get("ccc_ci") or (None, None)
-    if lo is None or not all(map(math.isfinite, (lo, hi))):
-        return fmt(figures.get("ccc"))
-    return f"{fmt(figures.get('ccc'))} [{fmt(lo)}, {fmt(hi)}]"
+    return _with_interval(figures.get("ccc"), figures.get("ccc_ci"), "ccc_ci" in figures)
 
 
 def ci_text(entry: dict, metric: str = "ccc") -> str:
-    lo, hi = ((entry.get("ci") or {}).get("mean") or {}).get(metric, [None, None])
-    value = (entry.get("mean") or {}).get(metric)
-    if lo is None or value is None or not all(map(math.isfinite, (value, lo, hi))):
-        return fmt(value)
-    return f"{fmt(value)} [{fmt(lo)}, {fmt(hi)}]"
+    ci = entry.get("ci")
+    return _with_interval((entry.get("mean") or {}).get(metric),
+                          ((ci or {}).get("mean") or {}).get(metric), ci is not None)
+
+
+def _share(value) -> str:
+    return f"{100 * value:.0f}%" if _finite(value) else "n/a"
+
+
+def _versus(entry: dict, report: dict) -> str:
+    """The "vs best" cell: the difference in mean CCC on the clips both models predict, its
+    interval, the share of resamples; no ranking where the interval contains 0 or is missing."""
+    vs = entry["vs_best"]
+    best = report.get(vs["model"]) or {}
+    mine, theirs = (entry.get("mean") or {}).get("ccc"), (best.get("mean") or {}).get("ccc")
+    # reports written before delta_ccc_point: the difference of the two means
+    delta = vs.get("delta_ccc_point", mine - theirs if _finite(mine, theirs) else None)
+    lo, hi = vs.get("delta_ccc") or (None, None)
+    text = f"Δ {f'{delta:+.3f}' if _finite(delta) else 'n/a'}"
+    if not _finite(lo, hi):
+        return text + " [n/a]: no interval, no ranking"
+    text += f" [{lo:+.3f}, {hi:+.3f}], better in {_share(vs.get('p_better'))} of resamples"
+    shared = vs.get("n_videos")
+    if shared is not None and shared < max(entry.get("n_videos") or 0, best.get("n_videos") or 0):
+        text += f" (on the {shared} clips both predict)"
+    return text + ("; inside the interval: no ranking" if lo <= 0 <= hi else "")
 
 
 def results_table(report: dict, split: str) -> str:
@@ -116,36 +194,35 @@ def results_table(report: dict, split: str) -> str:
         return -math.inf if v is None or not math.isfinite(v) else v
 
     models = sorted((m for m in report if m not in RESERVED), key=lambda m: -val_ccc(m))
-    level = int(round(100 * ((report.get("baseline") or {}).get("ci") or {}).get("level", 0.95)))
+    base = report.get("baseline") or {}
+    n = base.get("ci") or {}
+    level = int(round(100 * n.get("level", 0.95)))
     lines = [f"| model | val CCC [{level}% CI] | {split} CCC [{level}% CI] | {split} ACC "
              "| beats baseline "
              f"| vs {selection.get('best') or 'best'} (chosen on val) |",
              "|---|---|---|---|---|---|",
-             f"| train-mean baseline | - | {ci_text(report.get('baseline') or {})} | "
-             f"{fmt(((report.get('baseline') or {}).get('mean') or {}).get('acc'))} | - | - |"]
+             f"| train-mean baseline | - | {ci_text(base)} | "
+             f"{fmt((base.get('mean') or {}).get('acc'))} | - | - |"]
     for m in models:
         e = report[m]
         vb, vs = e.get("vs_baseline") or {}, e.get("vs_best") or {}
         if vs:
-            lo, hi = vs["delta_ccc"]
-            delta = e["mean"]["ccc"] - report[vs["model"]]["mean"]["ccc"]
-            inside = lo is not None and hi is not None and lo <= 0 <= hi
-            versus = (f"Δ {delta:+.3f} [{lo:+.3f}, {hi:+.3f}], better in "
-                      f"{100 * vs['p_better']:.0f}% of resamples"
-                      + ("; inside the interval: no ranking" if inside else ""))
+            versus = _versus(e, report)
         else:
             versus = "chosen on val" if m == selection.get("best") else "-"
-        beats = f"{100 * vb['p_better']:.0f}%" if vb.get("p_better") is not None else "-"
-        low = ((e.get("ci") or {}).get("mean") or {}).get("ccc", [None])[0]
-        if low is not None and math.isfinite(low) and low <= 0 and beats != "-":
+        beats = _share(vb.get("p_better")) if vb else "-"
+        low = (((e.get("ci") or {}).get("mean") or {}).get("ccc") or [None])[0]
+        if _finite(low) and low <= 0 and beats != "-":
             beats += "; its interval reaches 0"
         lines.append(f"| {m} | {_val_text(val.get(m, {}))} | {ci_text(e)} | "
                      f"{fmt(e['mean'].get('acc'))} | {beats} | {versus} |")
-    n = ((report.get("baseline") or {}).get("ci") or {})
+    method = {"bca": "BCa intervals", "percentile": "percentile intervals"}.get(
+        n.get("interval_method", "percentile"), "intervals")
     lines.append("")
-    lines.append(f"{split} split: {(report.get('baseline') or {}).get('n_videos', '?')} clips of "
-                 f"{n.get('n_subjects', '?')} subjects; intervals and 'better in' shares from "
-                 f"{n.get('n_boot', '?')} bootstrap resamples of subjects (models/bootstrap.py).")
+    lines.append(f"{split} split: {base.get('n_videos', '?')} clips of "
+                 f"{n.get('n_subjects', '?')} subjects; {method} and 'better in' shares from "
+                 f"{n.get('n_boot', '?')} bootstrap resamples of subjects (models/bootstrap.py)"
+                 + ("; one subject: no intervals." if n.get("n_subjects") == 1 else "."))
     return "\n".join(lines) + "\n"
 
 

@@ -75,13 +75,13 @@ Z_NOTE = ("label_scale z (z-scored labels, e.g. UDIVA): ACC = 1 - MAE assumes [0
 @dataclasses.dataclass(frozen=True)
 class EvaluateParams:
     split: Literal["test", "val"] = "test"  # the split scored (val: while tuning, keep test unseen)
-    bins: Literal["all", "proba", "none"] = "all"  # 5-bin view: every model (from its scores, or
-    #   its proba_* columns when present), only models with proba_* columns, or none
+    bins: Literal["all", "proba", "none"] = "all"  # 5-bin view: every model, proba_* ones, none
     mlflow: bool = True  # one MLflow run per model + a summary run
     strict: bool = False  # true: any malformed predictions file fails the stage
     dpi: int = 80  # resolution of the PNGs logged to MLflow
     bootstrap: int = 1000  # resamples of subjects for every interval and paired comparison
-    ci_level: float = 0.95  # central interval of the bootstrap distribution
+    ci_level: float = 0.95  # coverage of every interval
+    interval: Literal["percentile", "bca"] = "percentile"  # or BCa: bench/interval_coverage.py
 
     def __post_init__(self) -> None:
         if self.bootstrap < 1 or not 0.5 <= self.ci_level < 1.0:
@@ -356,7 +356,7 @@ def validation_ccc(results: list[ModelResult], manifest: pd.DataFrame, params: E
                        "n_videos": result.entry["n_videos"]}
         scored[r.name] = (result.video_ids, result.y_pred)
     add_split_intervals(out, scored, manifest, split="val", n_boot=params.bootstrap,
-                        level=params.ci_level, seed=seed)
+                        level=params.ci_level, seed=seed, method=params.interval)
     return out
 
 
@@ -473,7 +473,7 @@ def run(params: EvaluateParams, base: BaseParams | None = None,
     report["selection"] = {"split": "val", "metric": "mean CCC", "best": best, "val": val}
     add_uncertainty(report, {r.name: (r.video_ids, r.y_pred) for r in results}, manifest,
                     split=params.split, n_boot=params.bootstrap, level=params.ci_level,
-                    seed=(base or BaseParams()).seed, best=best)
+                    seed=(base or BaseParams()).seed, best=best, method=params.interval)
     write_scatter_csvs(results, root / PLOTS_DIR)
     atomic_write_json(root / METRICS_JSON, json_safe(report))
     atomic_write_json(root / SUMMARY_JSON, json_safe(summary_of(report)))

@@ -77,3 +77,98 @@ def test_a_model_against_its_own_refit_ties_despite_last_bit_noise(rng):
     assert not np.array_equal(s["a"]["ccc"], s["b"]["ccc"])  # the bits do differ
     cmp = paired(s["a"], s["b"])
     assert cmp["p_better"] == pytest.approx(0.5) and cmp["p_lower_mae"] == pytest.approx(0.5)
+
+
+# --------------------------------------------------------------------------------------------------
+# BCa: Efron's bias-corrected and accelerated interval (models/bootstrap.py)
+
+
+def test_bca_matches_scipy_when_every_subject_has_one_clip(rng):
+    """With one clip per subject, resampling subjects is the ordinary bootstrap, and the
+    leave-one-subject-out jackknife scipy's: our BCa of one trait's CCC equals
+    scipy.stats.bootstrap(method='BCa') up to Monte-Carlo error (both 10,000 resamples)."""
+    from scipy import stats
+
+    from models.bootstrap import subject_jackknife
+
+    y = rng.uniform(0, 1, 30)
+    p = np.clip(0.6 * y + 0.2 + rng.normal(0, 0.15, 30), 0, 1)
+
+    def lin_ccc(a, b, axis=-1):
+        ma, mb = a.mean(axis), b.mean(axis)
+        cov = ((a - np.expand_dims(ma, axis)) * (b - np.expand_dims(mb, axis))).mean(axis)
+        return 2 * cov / (a.var(axis) + b.var(axis) + (ma - mb) ** 2)
+
+    want = stats.bootstrap((y, p), lin_ccc, paired=True, method="BCa", n_resamples=10_000,
+                           rng=1).confidence_interval
+    subjects = np.arange(30)
+    s = bootstrap_scores(y[:, None], {"m": p[:, None]},
+                         subject_resamples(subjects, n_boot=10_000, seed=2),
+                         jackknife=subject_jackknife(subjects))["m"]
+    got = model_uncertainty(s, "O", method="bca")["O"]["ccc"]
+    assert got == pytest.approx([want.low, want.high], abs=1e-2)
+    percentile = model_uncertainty(s, "O")["O"]["ccc"]
+    assert abs(got[0] - percentile[0]) > 0.01  # the correction is larger than the tolerance
+
+
+def test_bca_known_answers():
+    """z0 = 1, a = 0: the tails move to Phi(2 -+ 1.96); a symmetric case is the percentile
+    interval; the acceleration of a mean is the sample's skewness / 6 (Efron & Tibshirani 14.15)."""
+    from statistics import NormalDist
+
+    from models.bootstrap import acceleration
+
+    samples = np.linspace(0.0, 1.0, 2001)
+    estimate = float(np.quantile(samples, NormalDist().cdf(1.0)))  # 84% of samples below: z0 = 1
+    flat = np.zeros(8)  # a jackknife without spread: no acceleration
+    want = np.quantile(samples, [NormalDist().cdf(2 - 1.959964), NormalDist().cdf(2 + 1.959964)])
+    assert interval(samples, method="bca", estimate=estimate, jackknife=flat) == \
+        pytest.approx(want, abs=1e-3)
+    assert interval(samples, method="bca", estimate=0.5, jackknife=flat) == \
+        pytest.approx(interval(samples))
+    x = np.array([0.0, 0.1, 0.2, 0.3, 1.5, 0.4, 0.2])
+    leave_out = np.array([np.delete(x, i).mean() for i in range(len(x))])
+    d = x - x.mean()
+    assert acceleration(leave_out) == pytest.approx(np.sum(d ** 3) / (6 * np.sum(d ** 2) ** 1.5))
+
+
+def test_bca_survives_nan_resamples_equal_resamples_and_nan_jackknife(rng):
+    from models.bootstrap import acceleration
+
+    samples = rng.normal(0.3, 0.1, 500)
+    jack = rng.normal(0.3, 0.02, 8)
+    clean = interval(samples, method="bca", estimate=0.32, jackknife=jack)
+    holed = np.concatenate([samples, [np.nan] * 40])
+    assert interval(holed, method="bca", estimate=0.32, jackknife=jack) == clean
+    # every resample the same (one subject's worth of spread): that value, not NaN or an error
+    assert interval(np.full(100, 0.4), method="bca", estimate=0.4, jackknife=np.full(8, 0.4)) == \
+        pytest.approx([0.4, 0.4])
+    # a subject whose removal leaves the statistic undefined is left out of the acceleration
+    assert acceleration(np.append(jack, np.nan)) == pytest.approx(acceleration(jack))
+    # every resample below the estimate: a finite interval inside the resamples' range
+    lo, hi = interval(samples, method="bca", estimate=5.0, jackknife=jack)
+    assert samples.min() <= lo <= hi <= samples.max()
+    with pytest.raises(ValueError, match="bca"):
+        interval(samples, method="bca")
+    with pytest.raises(ValueError, match="method"):
+        interval(samples, method="studentized")
+
+
+def test_bca_through_the_subject_bootstrap_with_an_unlabelled_subject_trait(rng):
+    """Trait O is labelled on subject 0's clips only: leaving subject 0 out leaves O's CCC (and
+    the mean's) undefined; the BCa intervals and the paired difference stay finite."""
+    from models.bootstrap import subject_jackknife
+
+    subjects, y, pred = _data(rng, 8)
+    y[subjects != 0, 0] = np.nan
+    other = np.clip(pred + rng.normal(0, 0.1, pred.shape), 0, 1)
+    s = bootstrap_scores(y, {"a": pred, "b": other},
+                         subject_resamples(subjects, n_boot=200, seed=3),
+                         jackknife=subject_jackknife(subjects))
+    assert np.isnan(s["a"]["jack"]["ccc"][0, 0]) and np.isfinite(s["a"]["jack"]["ccc"][1:]).all()
+    ci = model_uncertainty(s["a"], "OCEAN", method="bca")
+    assert all(np.isfinite(ci[t]["ccc"]).all() for t in "OCEAN")
+    cmp = paired(s["a"], s["b"], method="bca")
+    assert np.isfinite(cmp["delta_ccc"]).all()
+    assert cmp["delta_ccc_point"] == pytest.approx(np.mean(s["a"]["point"]["ccc"])
+                                                   - np.mean(s["b"]["point"]["ccc"]))

@@ -1,0 +1,152 @@
+"""The evaluation report's uncertainty in degenerate and unpaired cases (models/report.py), found in
+review: a split of one subject gets no interval and no "better in" share (not a zero-width
+interval and a confident ranking); two models are compared on the clips both predict (a model
+lacking some videos was compared on other people); an unlabelled trait prints "n/a", not "nan";
+the stage reads `evaluate.interval` (BCa or percentile)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.metrics import baseline_metrics, regression_metrics
+from models.report import (add_split_intervals, add_uncertainty, flat_metrics, results_table,
+                           summary_of)
+from personality.schemas import TRAITS
+
+T = list(TRAITS)
+
+
+def manifest(rng: np.random.Generator, test_subjects: list[str], *, val_subjects=("v0", "v1"),
+             clips: int = 3) -> pd.DataFrame:
+    """12 train clips of 4 subjects; `clips` val and test clips per listed subject."""
+    rows = [dict(video_id=f"tr{i:02d}", split="train", subject_id=f"a{i // 3}") for i in range(12)]
+    for split, subjects in (("val", val_subjects), ("test", test_subjects)):
+        rows += [dict(video_id=f"{split}_{s}_{k}", split=split, subject_id=s)
+                 for s in subjects for k in range(clips)]
+    m = pd.DataFrame(rows)
+    m[T] = rng.uniform(0.1, 0.9, (len(m), len(T)))
+    return m
+
+
+def scored(m: pd.DataFrame, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
+    """(video_ids, y_true) of `split`, sorted as evaluate sorts them."""
+    part = m[m["split"] == split].sort_values("video_id")
+    return part["video_id"].to_numpy(), part[T].to_numpy(np.float64)
+
+
+def report_for(m: pd.DataFrame, preds: dict[str, tuple[np.ndarray, np.ndarray]], best: str):
+    """An evaluate.json-shaped report of `preds` on test with their paired comparisons."""
+    vids, y = scored(m)
+    truth = dict(zip(vids, y))
+    report = {}
+    for name, (ids, p) in preds.items():
+        report[name] = {**regression_metrics(np.stack([truth[v] for v in ids]), p),
+                        "n_videos": len(ids)}
+    report["baseline"] = {**baseline_metrics(m.loc[m["split"] == "train", T].to_numpy(), y),
+                          "n_videos": len(vids)}
+    report["selection"] = {"best": best, "val": {n: {"ccc": 0.5 - i / 10}
+                                                 for i, n in enumerate(preds)}}
+    return report
+
+
+def test_one_test_subject_has_no_interval_and_no_better_in_share(rng):
+    m = manifest(rng, ["s1"])
+    vids, y = scored(m)
+    preds = {"A": (vids, y + rng.normal(0, 0.05, y.shape)),
+             "B": (vids, y + rng.normal(0, 0.2, y.shape))}
+    report = report_for(m, preds, best="A")
+    add_uncertainty(report, preds, m, split="test", n_boot=200, level=0.95, seed=1, best="A")
+    assert report["A"]["ci"]["n_subjects"] == 1
+    for name in ("A", "B", "baseline"):
+        assert report[name]["ci"]["mean"] == {"ccc": [None, None], "mae": [None, None]}
+        assert report[name]["ci"]["O"]["ccc"] == [None, None]
+    vs = report["B"]["vs_best"]
+    assert vs["p_better"] is None and vs["delta_ccc"] == [None, None] and vs["p_lower_mae"] is None
+    assert vs["delta_ccc_point"] == pytest.approx(report["B"]["mean"]["ccc"]
+                                                  - report["A"]["mean"]["ccc"])
+    assert report["A"]["vs_baseline"]["p_better"] is None
+    table = results_table(report, "test")
+    row = next(line for line in table.splitlines() if line.startswith("| B "))
+    assert "better in" not in row and "[n/a]" in row and "no ranking" in row
+    assert "; one subject: no intervals." in table
+    assert summary_of(report)["A"]["ccc_lo"] is None
+    assert not any(k.endswith(("_lo", "_hi", "_p_better")) for k in flat_metrics(report["A"], "t"))
+    # the val figures that choose the model: no interval from one val subject either
+    val_ids, val_y = scored(m, "val")
+    one_val = m[(m["split"] != "val") | (m["subject_id"] == "v0")]
+    figures = {"A": {"ccc": 0.4}}
+    add_split_intervals(figures, {"A": (val_ids[:3], val_y[:3])}, one_val, split="val",
+                        n_boot=50, level=0.95, seed=1)
+    assert figures["A"]["ccc_ci"] == [None, None]
+
+
+def test_paired_comparisons_score_both_models_on_the_clips_both_predict(rng):
+    """B predicts exactly what A predicts, but only for 4 of the 8 subjects: on their common clips
+    the two are the same model (before: "better in" 64% of resamples)."""
+    m = manifest(rng, [f"s{k}" for k in range(8)])
+    vids, y = scored(m)
+    good = np.clip(y + rng.normal(0, 0.1, y.shape), 0, 1)
+    has = np.isin(m.set_index("video_id").loc[vids, "subject_id"], ["s0", "s1", "s2", "s3"])
+    preds = {"A": (vids, good), "B": (vids[has], good[has])}
+    report = report_for(m, preds, best="A")
+    add_uncertainty(report, preds, m, split="test", n_boot=300, level=0.95, seed=1, best="A")
+    vs = report["B"]["vs_best"]
+    assert vs["p_better"] == pytest.approx(0.5) and vs["p_lower_mae"] == pytest.approx(0.5)
+    assert vs["delta_ccc"] == pytest.approx([0.0, 0.0], abs=1e-12)
+    assert vs["n_videos"] == 12 and vs["delta_ccc_point"] == pytest.approx(0.0, abs=1e-12)
+    # the baseline, which predicts every clip, is compared on B's clips too
+    assert report["B"]["vs_baseline"]["n_videos"] == 12
+    assert report["A"]["vs_baseline"]["n_videos"] == 24
+    row = next(line for line in results_table(report, "test").splitlines()
+               if line.startswith("| B "))
+    assert "Δ +0.000" in row and "on the 12 clips both predict" in row and "no ranking" in row
+    add_uncertainty(report, preds, m, split="test", n_boot=300, level=0.95, seed=1, best="A",
+                    method="bca")
+    assert report["A"]["ci"]["interval_method"] == "bca"
+    assert report["B"]["vs_best"]["delta_ccc"] == pytest.approx([0.0, 0.0], abs=1e-12)
+
+
+def test_an_unlabelled_trait_prints_n_a_not_nan(rng):
+    m = manifest(rng, [f"s{k}" for k in range(8)])
+    m.loc[m["split"] == "test", "N"] = np.nan
+    vids, y = scored(m)
+    filled = np.nan_to_num(y, nan=0.5)
+    preds = {"A": (vids, filled + rng.normal(0, 0.05, y.shape)),
+             "B": (vids, filled + rng.normal(0, 0.2, y.shape))}
+    report = report_for(m, preds, best="A")
+    add_uncertainty(report, preds, m, split="test", n_boot=100, level=0.95, seed=1, best="A")
+    table = results_table(report, "test")
+    assert "nan" not in table.lower()
+    row = next(line for line in table.splitlines() if line.startswith("| B "))
+    assert "Δ n/a" in row and "| n/a |" in row  # the difference, and "beats baseline"
+
+
+def test_the_stage_reads_evaluate_interval(tmp_path, rng):
+    from personality.common import ParamsError, load_params
+    from stages import evaluate as ev
+
+    m = manifest(rng, [f"s{k}" for k in range(6)], val_subjects=("v0", "v1", "v2"))
+    m["path"], m["dataset"], m["label_scale"] = "x.mp4", "unit", "unit"
+    (tmp_path / "data" / "predictions").mkdir(parents=True)
+    m.to_parquet(tmp_path / "data" / "manifest.parquet", index=False)
+    pred = m[["video_id", "split"]].copy()
+    pred[T] = np.clip(m[T].to_numpy() + rng.normal(0, 0.1, (len(m), 5)), 0, 1)
+    pred.to_parquet(tmp_path / "data" / "predictions" / "noisy.parquet", index=False)
+    out = {}
+    for method in ("percentile", "bca"):
+        out[method] = ev.run(ev.EvaluateParams(mlflow=False, interval=method), root=tmp_path)
+        assert out[method]["noisy"]["ci"]["interval_method"] == method
+    ci = {method: report["noisy"]["ci"]["mean"]["ccc"] for method, report in out.items()}
+    assert ci["bca"] != ci["percentile"]
+    assert (out["bca"]["selection"]["val"]["noisy"]["ccc_ci"]
+            != out["percentile"]["selection"]["val"]["noisy"]["ccc_ci"])
+    assert ev.EvaluateParams().interval == "percentile"  # bench/interval_coverage.py: why
+    repo = Path(__file__).resolve().parents[1] / "params.yaml"
+    assert load_params("evaluate", ev.EvaluateParams, path=repo).interval in ("percentile", "bca")
+    bad = tmp_path / "params.yaml"
+    bad.write_text("evaluate:\n  interval: basic\n")
+    with pytest.raises(ParamsError, match="evaluate.interval"):
+        load_params("evaluate", ev.EvaluateParams, path=bad)
