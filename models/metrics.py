@@ -366,6 +366,8 @@ def split_scores(y_true: np.ndarray, y_pred: np.ndarray, proba: np.ndarray | Non
     reg = regression_metrics(y_true, y_pred)
     bins = bin_metrics(y_true, y_pred, proba=proba)
     baseline = {}
+    if train_targets is not None:  # only labelled train rows (rows are labelled all or none)
+        train_targets = train_targets[~np.isnan(train_targets).any(axis=1)]
     if train_targets is not None and len(train_targets):
         base = baseline_metrics(train_targets, y_true)
         baseline = {**{k: base["mean"][k] for k in ("ccc", "mae", "acc", "mse", "r2")},

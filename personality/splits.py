@@ -54,8 +54,9 @@ def finish_splits(manifest: pd.DataFrame, assign: Callable[[list[str]], dict[str
     `typed_ids`: subject ids a person typed (a labels CSV), which may not differ only in case or
     spaces; a corpus's own ids (YouTube's, case-sensitive) are taken as they are."""
     manifest = manifest.copy()
-    if typed_ids:
-        _check_subject_spelling(manifest["subject_id"].astype(str), where)
+    if typed_ids:  # only ids a person typed; one taken from the video's name is the file's own
+        typed = manifest["subject_id"].astype(str)[manifest["subject_id"] != manifest["video_id"]]
+        _check_subject_spelling(typed, where)
     manifest["split"] = manifest["split"].fillna("").astype(str)
     given = manifest[manifest["split"] != ""]
     if kfold and len(given):  # the folds would keep them: each fold would test the same people

@@ -136,6 +136,12 @@ def test_subject_ids_that_differ_only_in_case_are_refused(folder, tmp_path):
                    "clips/b1.mp4,0.1,0.2,0.3,0.4,0.5,bob\n")
     with pytest.raises(StageInputError, match="subject ids 'Alice' / 'alice' differ only in case"):
         _run(tmp_path, csv)
+    # without a subject column each video is its own subject: dup.mp4 / dup.MP4 stay two
+    (folder / "clips" / "a1.mp4").rename(folder / "clips" / "dup.mp4")
+    (folder / "clips" / "a2.mp4").rename(folder / "clips" / "dup.MP4")
+    csv.write_text("video,O,C,E,A,N\nclips/dup.mp4,0.1,0.2,0.3,0.4,0.5\n"
+                   "clips/dup.MP4,0.1,0.2,0.3,0.4,0.5\nclips/b1.mp4,0.1,0.2,0.3,0.4,0.5\n")
+    _run(tmp_path, csv)
 
 
 def test_a_replaced_video_changes_the_clips_table_so_the_front_end_runs_again(folder, tmp_path):

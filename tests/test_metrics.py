@@ -319,3 +319,4 @@ def test_split_scores_give_no_baseline_without_train_labels():
     with_train = split_scores(y, pred, None, rng.uniform(0, 1, (20, 5)))
     assert set(with_train["baseline"]) == {"ccc", "mae", "acc", "mse", "r2", "bin_accuracy"}
     assert split_scores(np.full((3, 5), np.nan), pred[:3], None, None) == {}
+    assert split_scores(y, pred, None, np.full((6, 5), np.nan))["baseline"] == {}
