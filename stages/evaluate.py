@@ -492,7 +492,7 @@ def run(params: EvaluateParams, base: BaseParams | None = None,
 def main(argv: list[str] | None = None) -> None:
     with stage_errors("evaluate"):
         params = load_params("evaluate", EvaluateParams)
-        run(params, models=experiment_models())
+        run(params, load_params("base", BaseParams), models=experiment_models())  # base.seed
         write_tracking_receipt("evaluate", tracked=params.mlflow)
 
 
