@@ -176,14 +176,18 @@ def model_figures(name: str, report: dict) -> dict:
     ci = ((entry.get("ci") or {}).get("mean") or {}).get("ccc") or [None, None]
     return {"model": name, "test_mean_ccc": (entry.get("mean") or {}).get("ccc"),
             "test_mean_ccc_ci_low": ci[0], "test_mean_ccc_ci_high": ci[1],
-            "val_mean_ccc": ((report.get("selection") or {}).get("val") or {}).get(name),
+            "val_mean_ccc": ((((report.get("selection") or {}).get("val") or {}).get(name)
+                              or {}).get("ccc")),
             "chosen_by": "best mean CCC on validation", "n_test_videos": entry.get("n_videos")}
 
 
 def version_tags(figures: dict) -> dict[str, str]:
-    """`model_figures` as MLflow tags (strings; floats to 4 decimals, missing ones left out)."""
-    return {k: (f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in figures.items()
+    """`model_figures` as MLflow tags (strings; floats to 4 decimals, missing ones left out but
+    the interval's ends: "n/a" there, a test split of under 2 subjects has no interval)."""
+    tags = {k: (f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in figures.items()
             if v is not None}
+    return {**{k: "n/a" for k in ("test_mean_ccc_ci_low", "test_mean_ccc_ci_high")
+               if k in figures}, **tags}
 
 
 def example_video(root: Path) -> str:

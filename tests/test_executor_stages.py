@@ -87,7 +87,8 @@ def long_clips(tmp_path_factory) -> Path:
     video = write_video(root / "data" / "videos" / "long.mp4", n_frames=1000, audio=False,
                         size=(640, 480))
     pd.DataFrame({"video_id": [f"v{i}" for i in range(6)], "path": [str(video)] * 6,
-                  "dataset": "test", "duration_s": 40.0, "fps": 25.0, "has_audio": False}
+                  "dataset": "test", "duration_s": 40.0, "fps": 25.0, "has_audio": False,
+                  "source_stat": ""}
                  ).to_parquet(root / "data" / "clips.parquet")
     return root
 

@@ -235,9 +235,10 @@ def test_stage_survives_bad_inputs(tmp_path):
 
 def test_a_video_over_its_time_limit_is_a_failed_row_and_the_others_go_on(tmp_path, monkeypatch):
     """The limit scales with the clip's duration (clips.parquet): at a scale of 1e-6 the
-    0-second clip gets 0.6 ms and is stopped; the 1e9-second one keeps hours and decodes."""
-    for name in ("good", "hung"):
-        write_video(tmp_path / f"{name}.mp4", n=10, fps=25)
+    0-second clip gets 0.6 ms from its start (seen within 0.2 s) and is stopped mid-decode (600
+    frames at 640 x 480, about a second); the 1e9-second one keeps hours and decodes."""
+    write_video(tmp_path / "good.mp4", n=10, fps=25)
+    write_video(tmp_path / "hung.mp4", n=600, w=640, h=480, fps=25)
     manifest_for(tmp_path, {"good": tmp_path / "good.mp4", "hung": tmp_path / "hung.mp4"})
     clips = read_artifact("clips", path=tmp_path / "data" / "clips.parquet")
     clips["duration_s"] = [1e9, 0.0]
