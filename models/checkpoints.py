@@ -8,9 +8,9 @@ A checkpoint holds only tensors, dicts, lists, strings and numbers: model_name, 
 state_dict, optimizer, scheduler, epoch (last completed, 1-based), best_epoch, best_metric,
 val_metric_name, train_mean, inputs, source_config, params, label_scale, history; and, from the
 train and retrain stages, `frontend` (params.yaml's frames, faces, aus, audio and functionals
-sections that made the training data: predict runs its front-end with them), `finished` (False while the run goes on, True once its predictions and
-metrics are written: `require_finished` refuses the others), `test_error` (per-trait test MAE
-measured for *this* checkpoint) and `inputs_digest` (sha256 of what it was trained on).
+sections that made the training data: predict runs its front-end with them), `finished` (False
+while the run goes on, True once its predictions and metrics are written: `require_finished`
+refuses the others), `test_error` (per-trait test MAE measured for *this* checkpoint) and `inputs_digest` (sha256 of what it was trained on).
 """
 from __future__ import annotations
 

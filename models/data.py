@@ -287,8 +287,9 @@ class AUSource(InputSource):
 
     Frames without a face (NaN) become 0, the neutral intensity, and stay True in the mask: the
     time axis keeps its meaning (a 5 s clip is 25 steps at 5 fps). `drop_missing` drops them
-    instead. A clip with no face in any frame is left out (`has` is False). Every item is zero-padded to `seq_len`; longer sequences are cropped: a random window
-    for training, the first `seq_len` steps (or `eval_views` evenly spaced windows) for evaluation.
+    instead. A clip with no face in any frame is left out (`has` is False). Every item is
+    zero-padded to `seq_len`; longer sequences are cropped: a random window for training, the
+    first `seq_len` steps (or `eval_views` evenly spaced windows) for evaluation.
     Training views come from data/augmented (`augmented: true`, a random augmented sequence of the
     clip) where the clip has some; evaluation always reads the original data/aus.
     """
@@ -321,7 +322,6 @@ class AUSource(InputSource):
 
     def fitted_config(self) -> dict[str, dict]:
         return {}  # fixed scale and length: nothing learnt from the data
-
 
     def _get(self, video_id: str) -> np.ndarray:
         try:

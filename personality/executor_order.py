@@ -184,13 +184,11 @@ class InOrder:
             f.exception() is not None and self.is_lost(f.exception())))]
         for k in taken:
             del self.futures[k]
-            if k in overdue and k not in lost.jobs:  # stopped at the same time: never rerun
-                self.final[k] = self.on_lost(self.jobs[k], self.time_limit.why(k))
+        for k in overdue.keys() & {*taken, *lost.jobs}:  # stopped by its limit: never rerun
+            self.final[k] = self.on_lost(self.jobs[k], self.time_limit.why(k))
         for k in lost.jobs:
             self.deaths[k] = self.deaths.get(k, 0) + 1
-            if k in overdue:
-                self.final[k] = self.on_lost(self.jobs[k], self.time_limit.why(k))
-            elif self.deaths[k] >= 2:
+            if k not in overdue and self.deaths[k] >= 2:
                 self.final[k] = self.on_lost(self.jobs[k], f"the {lost.who} running it died "
                                              f"twice ({lost.why})")
         rerun = set(self.again) | set(taken) | ({refused} if refused is not None else set())

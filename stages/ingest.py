@@ -306,21 +306,23 @@ def write_manifest(manifest: pd.DataFrame, root: Path) -> None:
     which the front-end stages read. A new split (a k-fold) or a corrected label then changes the
     manifest only, and DVC re-runs no front-end stage."""
     write_artifact("manifest", manifest, path=root / schemas.ARTIFACTS["manifest"].path)
-    clips = manifest.assign(source_stat=[_source_stat(p, root) for p in manifest["path"]])
+    videos = (root / "data" / "videos").resolve()
+    clips = manifest.assign(source_stat=[_source_stat(p, root, videos) for p in manifest["path"]])
     write_artifact("clips", clips[list(schemas.ARTIFACTS["clips"].columns)],
                    path=root / schemas.ARTIFACTS["clips"].path)
 
 
-def _source_stat(path: str, root: Path) -> str:
+def _source_stat(path: str, root: Path, videos: Path) -> str:
     """'size:mtime_ns' of a video outside data/videos (a real dataset's, which DVC does not
     track): a replaced or re-encoded clip then changes data/clips.parquet, and the front-end
     stages that read it re-run. '' for data/videos (a DVC dependency of frames and audio
-    itself), for no video (AU-only sources) and for a file that cannot be looked at."""
+    itself, `videos` resolved), for no video (AU-only sources) and for a file that cannot be
+    looked at."""
     if not path:
         return ""
     video = Path(path) if Path(path).is_absolute() else root / path
     try:
-        if (root / "data" / "videos").resolve() in video.resolve().parents:
+        if videos in video.resolve().parents:
             return ""
         st = os.stat(video)
     except (OSError, ValueError):

@@ -4,8 +4,9 @@
     python -m stages.predict FOLDER_OR_VIDEO... --out DIR [--jobs N] [--strict]    # batch
 
 Runs frames, faces, aus and audio (one worker; the front-end params the model's checkpoint keeps,
-those that made its training data, else params.yaml's) on VIDEO in a temporary folder, builds the model's inputs with the same sources training used, and averages the model's
-predictions over the video's views. Prints the five scores and writes
+those that made its training data, else params.yaml's) on VIDEO in a temporary folder, builds
+the model's inputs with the same sources training used, and averages the model's predictions
+over the video's views. Prints the five scores and writes
   DIR/prediction.json   {"O": .., "C": .., "E": .., "A": .., "N": .., "model": .., ...}
   DIR/report.png        trait bars with the model's test error band, an AU timeline, a face
                         thumbnail, and what drove the scores (below)
@@ -175,8 +176,9 @@ def predict_video(video: Path, *, model: str | None = None, root: Path | None = 
                 # the chosen model's data came from other front-end params: its clip is theirs
                 log.info("%s: front-end again with %s's training params", video.name, name)
                 facts = run_front_end(video, work_root, params_file, wanted)
+        frontend = _frontend_of(loaded)
         facts["frontend_params"] = ("the checkpoint's (its training data's)"
-                                    if _frontend_of(loaded) is not None else
+                                    if frontend is not None else
                                     f"{params_file or 'params.yaml'} (the checkpoint keeps none)")
         why = missing_inputs(set(loaded.needs), facts)
         if why:
@@ -186,9 +188,8 @@ def predict_video(video: Path, *, model: str | None = None, root: Path | None = 
         facts["warnings"] = [*facts["warnings"], *model_warnings(loaded, sources, vid, facts)]
         drawn = report_data(work_root, vid)
         if explain:  # while the clip's inputs exist
-            audio_params = front_end_params(params_file, _frontend_of(loaded))
-            explanation, drawn["explain_images"] = _explanation(loaded.net, sources, vid,
-                                                                audio_params)
+            explanation, drawn["explain_images"] = _explanation(
+                loaded.net, sources, vid, front_end_params(params_file, frontend))
     ckpt = loaded.ckpt
     result = {t: float(s) for t, s in zip(TRAITS, scores)}
     # a retrained checkpoint keeps its base model's name; the folder says "+retrained"
