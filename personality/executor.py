@@ -50,7 +50,7 @@ import signal
 import sys
 import threading
 import uuid
-from concurrent.futures import Future
+from concurrent.futures import FIRST_EXCEPTION, Future, wait
 from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
 from typing import Any, Callable, Iterable, Iterator
 
@@ -190,15 +190,17 @@ def _ensure_setup(token: str, setup: Callable | None, setup_args: tuple, *,
 
 _LEDGER = None  # shared ints: job i runs in process ledger[i] (> 0), or ran there (< 0)
 _READY = None  # a barrier of the pool's workers: start() returns once every one is set up
+_READY_TIMEOUT_S = 0.0  # this worker's wait at the barrier (the parent's READY_TIMEOUT_S)
 _SETUP_ERROR: Exception | None = None  # what setup raised in this worker: every call raises it
 READY_TIMEOUT_S = 1800.0  # a set-up (model load, JIT warm-up) that takes longer is stuck
+START_POLL_S = 0.2  # how often start() looks for a worker that died in its set-up
 
 
-def _pool_init(parent_pid: int, ledger, ready, token: str, setup: Callable | None,
-               setup_args: tuple) -> None:
-    global _LEDGER, _READY, _SETUP_ERROR
+def _pool_init(parent_pid: int, ledger, ready, ready_timeout_s: float, token: str,
+               setup: Callable | None, setup_args: tuple) -> None:
+    global _LEDGER, _READY, _READY_TIMEOUT_S, _SETUP_ERROR
     die_with_parent(parent_pid)
-    _LEDGER, _READY = ledger, ready
+    _LEDGER, _READY, _READY_TIMEOUT_S = ledger, ready, ready_timeout_s
     _private_progress_lock()
     try:
         _ensure_setup(token, setup, setup_args)
@@ -248,7 +250,7 @@ def _run_job(fn: Callable, job: Any) -> Any:
 def _started(_job: Any = None) -> int:
     """Wait until every worker of the pool has run its set-up: each one takes one such call and
     holds it, so the n calls prove n ready workers (not one worker answering n times)."""
-    _READY.wait(timeout=READY_TIMEOUT_S)
+    _READY.wait(timeout=_READY_TIMEOUT_S)
     return os.getpid()
 
 
@@ -367,24 +369,38 @@ class _Pool:
             ready = self.ctx.Barrier(self.n)
             self.executor = ProcessPoolExecutor(
                 self.n, mp_context=self.ctx, initializer=_pool_init,
-                initargs=(os.getpid(), self.ledger, ready, *self.initargs))
+                initargs=(os.getpid(), self.ledger, ready, READY_TIMEOUT_S, *self.initargs))
             with _child_environment():  # workers start in the single-thread environment
                 started = [self.executor.submit(_pool_call, _started, -1, None)
                            for _ in range(self.n)]
             # pid -> Process, for the post-mortem: which worker died, running which job
             self.processes = dict(getattr(self.executor, "_processes", None) or {})
             try:
-                for future in started:
-                    future.result()  # a setup that failed in the worker raises here, as it was
-                return
-            except BrokenProcessPool:
+                return self._await_started(started)
+            except (BrokenProcessPool, threading.BrokenBarrierError):
+                self.kill()  # the survivors wait at the barrier: shutdown alone would wait too
                 self.executor.shutdown(wait=True, cancel_futures=True)
                 for process in self.processes.values():
                     process.join(timeout=5)  # its exit code is known once it is reaped
-                codes = [p.exitcode for p in self.processes.values() if p.exitcode]
+                codes = [p.exitcode for p in self.processes.values()
+                         if p.exitcode and p.exitcode != -signal.SIGKILL] or \
+                        [p.exitcode for p in self.processes.values() if p.exitcode]
         raise ExecutorError(f"a worker process died while starting (running the stage's set-up) "
                             f"{tries} times in a row ({_exit_reason(codes[0] if codes else None)})"
                             "; the stage stops here, nothing is written")
+
+    def _await_started(self, started: list[Future]) -> None:
+        """Every worker's `_started` answer; BrokenProcessPool as soon as one worker is dead. The
+        pool alone may not notice: CPython's manager thread wakes for a submission before it
+        spawns that submission's worker, so it can go on waiting without watching the newest
+        worker, and the others would sit at the barrier until READY_TIMEOUT_S."""
+        pending = set(started)
+        while pending:
+            done, pending = wait(pending, timeout=START_POLL_S, return_when=FIRST_EXCEPTION)
+            for future in done:
+                future.result()  # a setup that failed in the worker raises here, as it was
+            if pending and any(p.exitcode is not None for p in self.processes.values()):
+                raise BrokenProcessPool("a worker process died during its set-up")
 
     def submit(self, fn: Callable, i: int, job: Any) -> Future:
         self.ledger[i] = 0  # not started: no pid of an earlier pool's worker stays on it

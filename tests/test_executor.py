@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from personality import executor
 from personality.common import atomic_dir, atomic_file
 from personality.executor import (ExecutorError, Placement, local_processes, map_jobs,
                                   placement, time_limit_s)
@@ -137,6 +138,19 @@ def second_setup_dies_late_once(folder: str) -> None:
     if not died.exists():
         died.write_text("died")
         time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def second_setup_dies_at_once_once(folder: str) -> None:
+    """The first worker to set up lives; the second dies at once, the first time only. The
+    second is usually the later-spawned one, which CPython's pool may not be watching yet."""
+    try:
+        with open(Path(folder) / "first", "x"):
+            return
+    except FileExistsError:
+        pass
+    if not (Path(folder) / "died").exists():
+        (Path(folder) / "died").write_text("died")
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -308,6 +322,20 @@ def test_start_waits_for_every_workers_setup_so_a_late_death_blames_no_job(tmp_p
     out = list(map_jobs(fail_on_two, [0, 1, 3, 4], workers=2, where=POOL,
                         setup=second_setup_dies_late_once, setup_args=(str(tmp_path),)))
     assert out == [0, 1, 3, 4] and (tmp_path / "died").exists()
+
+
+def test_a_death_in_set_up_is_seen_at_once_not_after_the_barriers_timeout(tmp_path, monkeypatch):
+    """CI once waited READY_TIMEOUT_S (30 min) at the barrier: the pool had not noticed the dead
+    newest worker. start() now looks for it itself; 4 tries, since it is a race."""
+    monkeypatch.setattr(executor, "READY_TIMEOUT_S", 120.0)
+    for k in range(4):
+        folder = tmp_path / str(k)
+        folder.mkdir()
+        t0 = time.monotonic()
+        out = list(map_jobs(fail_on_two, [0, 1, 3], workers=2, where=POOL,
+                            setup=second_setup_dies_at_once_once, setup_args=(str(folder),)))
+        assert out == [0, 1, 3] and (folder / "died").exists()
+        assert time.monotonic() - t0 < 60  # the barrier's 120 s would be a hang
 
 
 def test_jobs_that_hang_together_are_all_stopped_and_the_map_ends():
