@@ -36,7 +36,7 @@ run: $(STAMP)
 	$(BIN)/dvc metrics show metrics/summary.json
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 --timeout=900 tests
 
 # opens on the experiment's training runs (MLflow 3 would show its GenAI view): follow the link
 ui: $(STAMP)
