@@ -12,11 +12,12 @@ Simulated test splits like the default one (S subjects x 3 clips; S = 8 as the d
 
 clipped to [0, 1]; r = 0.8 is the reviewer's law (CCC 0.62). The population CCC and MAE are
 measured on 200,000 subjects. Per split: models/bootstrap.py's subject resamples and
-leave-one-subject-out jackknife, and its `interval` with method "percentile" and "bca", for the
-mean CCC over traits (what results.md ranks by), trait O's CCC, and the mean MAE; beside them, not
-in the stage, the basic interval (2 estimate - the percentile ends) and, for CCC, the Fisher-z
-interval with a bootstrap SE, tanh(atanh(CCC) +- 1.96 sd(atanh(CCC*))), centred on atanh(CCC) or
-bias-corrected (on 2 atanh(CCC) - mean atanh(CCC*)).
+leave-one-subject-out jackknife, and its `interval` with method "percentile", "bca" and
+"fisher_z" (the default: for CCC tanh(2 atanh(CCC) - mean atanh(CCC*) +- 1.96 sd(atanh(CCC*))),
+for MAE and differences the basic interval), for the mean CCC over traits (what results.md ranks
+by), trait O's CCC, and the mean MAE; beside them, not in the stage, the basic interval
+(2 estimate - the percentile ends) and, for CCC, the Fisher-z interval without the bias
+correction, centred on atanh(CCC).
 The resampled CCCs are computed here vectorised over resamples (the same formula as
 models.metrics.ccc: population variances; checked equal to models.bootstrap.bootstrap_scores on
 the first split) because the stage's loop would take an hour for these runs.
@@ -51,7 +52,7 @@ SIGNALS = (0.0, 0.4, 0.8, 0.95)  # r of the prediction with the person's trait l
 SUBJECTS = (8, 34)
 LEVEL = 0.95
 Z = 1.959963984540054  # normal 97.5% quantile
-METHODS = ("percentile", "bca", "basic", "fisher_z", "fisher_z_bc")
+METHODS = ("percentile", "bca", "basic", "fisher_z_centred", "fisher_z")
 
 
 def draw(rng: np.random.Generator, n_subjects: int, r: float, *, models: int = 1):
@@ -92,19 +93,20 @@ def stats_of(y, p, rows, jack):
 
 
 def intervals(point: float, boot: np.ndarray, jack: np.ndarray, fisher: bool) -> dict:
-    """percentile and BCa (the stage's), the basic interval (2 point - the percentile ends), and
-    for a correlation the Fisher-z interval with a bootstrap SE: centred on atanh(point), or
-    bias-corrected (centred on 2 atanh(point) - mean atanh(resamples), as basic is)."""
+    """The stage's three (percentile, BCa, and fisher_z, its default: the bias-corrected Fisher-z
+    interval for a CCC, the basic one otherwise); beside them, not in the stage, the basic
+    interval (2 point - the percentile ends) and for a CCC the Fisher-z interval with a
+    bootstrap SE centred on atanh(point) without the bias correction."""
     pct = interval(boot, level=LEVEL)
     out = {"percentile": pct,
            "bca": interval(boot, level=LEVEL, method="bca", estimate=point, jackknife=jack),
-           "basic": [2 * point - pct[1], 2 * point - pct[0]]}
+           "basic": [2 * point - pct[1], 2 * point - pct[0]],
+           "fisher_z": interval(boot, level=LEVEL, method="fisher_z", estimate=point,
+                                correlation=fisher)}
     if fisher:
         z = np.arctanh(np.clip(boot, -0.999999, 0.999999))
-        sd = float(np.std(z))
-        centre = float(np.arctanh(np.clip(point, -0.999999, 0.999999)))
-        for name, c in (("fisher_z", centre), ("fisher_z_bc", 2 * centre - float(np.mean(z)))):
-            out[name] = [float(np.tanh(c - Z * sd)), float(np.tanh(c + Z * sd))]
+        sd, centre = float(np.std(z)), float(np.arctanh(np.clip(point, -0.999999, 0.999999)))
+        out["fisher_z_centred"] = [float(np.tanh(centre - Z * sd)), float(np.tanh(centre + Z * sd))]
     return out
 
 
@@ -145,7 +147,7 @@ def equal_models_cell(n_subjects: int, *, splits: int, boot: int, seed: int) -> 
     """Two models of the same law (r 0.8), independent errors: share of splits whose interval
     of the difference in mean CCC excludes 0."""
     rng = np.random.default_rng(seed)
-    ranked = dict.fromkeys(("percentile", "bca", "basic"), 0)
+    ranked = dict.fromkeys(("percentile", "bca", "basic", "fisher_z"), 0)
     width = dict.fromkeys(ranked, 0.0)
     for k in range(splits):
         subjects, y, (pa, pb) = draw(rng, n_subjects, 0.8, models=2)
@@ -164,8 +166,8 @@ def print_tables(rows: list[dict], equal: list[dict]) -> None:
     by = {(r["n_subjects"], r["signal_r"], r["statistic"], r["method"]): r for r in rows}
     print("\ncoverage of the nominal 95% interval (below: the whole interval under the truth) "
           "and mean width\n")
-    print("| subjects | true | statistic | percentile | BCa | basic | Fisher-z, bootstrap SE "
-          "| Fisher-z, bias-corrected |")
+    print("| subjects | true | statistic | percentile | BCa | basic | Fisher-z, no bias correction "
+          "| fisher_z (the stage's default; basic for MAE) |")
     print("|---|---|---|---|---|---|---|---|")
     for (n, r, stat, method), row in by.items():
         if method != "percentile":
@@ -178,12 +180,13 @@ def print_tables(rows: list[dict], equal: list[dict]) -> None:
         print(f"| {n} | {row['true']:.3f} | {stat} | " + " | ".join(cells) + " |")
     print("\ntwo equally good models: share of splits whose interval of the difference in mean "
           "CCC excludes 0 (nominal 0.05)\n")
-    print("| subjects | percentile | BCa | basic |")
-    print("|---|---|---|---|")
+    print("| subjects | percentile | BCa | basic | fisher_z (basic on the difference) |")
+    print("|---|---|---|---|---|")
     for n in sorted({e["n_subjects"] for e in equal}):
         cell = {e["method"]: e for e in equal if e["n_subjects"] == n}
         print(f"| {n} | " + " | ".join(f"{cell[m]['ranked']:.3f} (w {cell[m]['mean_width']:.3f})"
-                                       for m in ("percentile", "bca", "basic")) + " |")
+                                       for m in ("percentile", "bca", "basic", "fisher_z"))
+              + " |")
 
 
 def main(argv: list[str] | None = None) -> None:

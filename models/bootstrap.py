@@ -6,25 +6,31 @@ replacement, and takes every clip of each drawn subject. Every model is scored o
 resamples, so the difference between two models is paired: "p_better" is the share of resamples
 in which one model's mean CCC beats the other's (0.5 = indistinguishable; ties count half).
 
-Two intervals (`method`):
+Three intervals (`method`):
+- "fisher_z" (the default): a CCC's interval on Fisher's z scale, atanh, as Lin (1989,
+  Biometrics 45:255) gives it, with the standard error from the subject resamples and their bias
+  removed: tanh(2 atanh(estimate) - mean atanh(CCC*) -+ z_q sd atanh(CCC*)). Anything else (MAE,
+  a difference of two CCCs) gets the basic interval, 2 estimate - the resamples' percentile ends,
+  which removes the same bias. Both need the estimate on all rows.
 - "percentile": the resamples' central `level` share. For a CCC above 0 it sits low: CCC is
   biased down in a small sample, and more so in a resample (which repeats subjects).
 - "bca": Efron's bias-corrected and accelerated interval (Efron 1987, JASA 82:171; Efron &
   Tibshirani 1993, ch. 14.3): the tails are moved by z0, the normal quantile of the share of
   resamples below the estimate on all clips, and stretched by the acceleration a, the skewness of
-  the statistic over a leave-one-*subject*-out jackknife (subjects are the resampling unit). It
-  needs `bootstrap_scores(..., jackknife=subject_jackknife(subjects))`.
-bench/interval_coverage.py measures both: with 34 subjects BCa covers a positive mean CCC at
-0.91-0.92 (percentile 0.78-0.88); with 8 it helps less (0.48-0.77 against 0.31-0.66, never
-above the resamples' range) and covers a CCC of 0 worse (0.84 against 0.92).
+  the statistic over a leave-one-*subject*-out jackknife (subjects are the resampling unit).
+Every method but percentile needs `bootstrap_scores(..., jackknife=subject_jackknife(subjects))`.
+bench/interval_coverage.py measures them on simulated splits like the default one: with 8
+subjects, a nominal 95% interval of the mean CCC covers a true CCC of 0 / 0.31 / 0.62 / 0.74 in
+0.92 / 0.66 / 0.43 / 0.31 of splits (percentile), 0.84 / 0.77 / 0.58 / 0.48 (BCa) and
+0.85 / 0.85 / 0.90 / 0.91 (fisher_z); with 34 subjects fisher_z gives 0.90-0.95.
 
     from models.bootstrap import subject_resamples, subject_jackknife, bootstrap_scores, paired
 
     rows = subject_resamples(subject_ids, n_boot=1000, seed=1234)    # list of (m_b,) row indices
     s = bootstrap_scores(y_true, {"a": pred_a, "b": pred_b}, rows,   # {"a": {"ccc": (B, 5), ...,
                          jackknife=subject_jackknife(subject_ids))   #  "point", "jack"}}
-    ci = model_uncertainty(s["a"], "OCEAN", method="bca")            # {"O": {"ccc": [lo, hi]}}
-    cmp = paired(s["a"], s["b"], method="bca")                       # {"p_better", "delta_ccc"}
+    ci = model_uncertainty(s["a"], "OCEAN")                           # {"O": {"ccc": [lo, hi]}}
+    cmp = paired(s["a"], s["b"])                                      # {"p_better", "delta_ccc"}
 
 Arrays: y_true and predictions are (n_videos, 5) in TRAITS order; a NaN target (or a NaN
 prediction: a video the model has no input for) drops that row for that trait only. Compare two
@@ -41,10 +47,13 @@ import numpy as np
 from models.metrics import ccc, mae
 
 __all__ = ["subject_resamples", "subject_jackknife", "bootstrap_scores", "interval",
-           "acceleration", "paired", "model_uncertainty", "common_clips", "METHODS"]
+           "acceleration", "paired", "model_uncertainty", "common_clips", "METHODS",
+           "DEFAULT_METHOD"]
 
 METRICS = ("ccc", "mae")
-METHODS = ("percentile", "bca")
+METHODS = ("fisher_z", "percentile", "bca")
+DEFAULT_METHOD = "fisher_z"  # the best worst-case coverage at 8 subjects: bench/interval_coverage.py
+R_MAX = 1.0 - 1e-9  # |CCC| is clipped below 1 before atanh (a perfect resample is finite on z)
 _NORMAL = NormalDist()
 TIE = 1e-9  # statistics closer than this are equal: the same sums in another order differ in bits
 
@@ -97,10 +106,13 @@ def bootstrap_scores(y_true: np.ndarray, predictions: dict[str, np.ndarray],
 
 
 def interval(samples: np.ndarray, *, level: float = 0.95, method: str = "percentile",
-             estimate: float | None = None, jackknife: np.ndarray | None = None) -> list[float]:
+             estimate: float | None = None, jackknife: np.ndarray | None = None,
+             correlation: bool = False) -> list[float]:
     """The `level` interval of a statistic from its (B,) bootstrap samples (NaN resamples
-    ignored): the samples' central share ("percentile"), or Efron's BCa ("bca"), which needs the
-    statistic on all rows (`estimate`) and on each leave-one-subject-out set (`jackknife`, (S,))."""
+    ignored): the samples' central share ("percentile"); Efron's BCa ("bca"), which needs the
+    statistic on all rows (`estimate`) and on each leave-one-subject-out set (`jackknife`, (S,));
+    or "fisher_z", which needs `estimate`: the bias-corrected Fisher-z interval when the statistic
+    is a `correlation` (a CCC), else the basic interval."""
     if method not in METHODS:
         raise ValueError(f"interval method must be one of {METHODS}, got {method!r}")
     finite = np.asarray(samples, dtype=np.float64)
@@ -109,6 +121,14 @@ def interval(samples: np.ndarray, *, level: float = 0.95, method: str = "percent
         return [float("nan"), float("nan")]
     tail = (1.0 - level) / 2.0
     tails = (tail, 1.0 - tail)
+    if method == "fisher_z":
+        if estimate is None:
+            raise ValueError("a 'fisher_z' interval needs the estimate on all rows "
+                             "(bootstrap_scores(..., jackknife=subject_jackknife(subjects)))")
+        if not math.isfinite(estimate):
+            return [float("nan"), float("nan")]
+        return (_fisher_z(finite, float(estimate), tail) if correlation
+                else _basic(finite, float(estimate), tails))
     if method == "bca":
         if estimate is None or jackknife is None:
             raise ValueError("a 'bca' interval needs the estimate on all rows and the jackknife "
@@ -116,6 +136,23 @@ def interval(samples: np.ndarray, *, level: float = 0.95, method: str = "percent
         tails = _bca_tails(finite, float(estimate), np.asarray(jackknife, np.float64), tail)
     lo, hi = np.quantile(finite, tails)  # linear interpolation, as np.percentile and scipy
     return [float(lo), float(hi)]
+
+
+def _fisher_z(finite: np.ndarray, estimate: float, tail: float) -> list[float]:
+    """Lin's Fisher-z interval of a CCC with the bootstrap's SE, centred on atanh(estimate) minus
+    the resamples' bias on that scale (2 atanh(estimate) - their mean), mapped back by tanh."""
+    if np.ptp(finite) <= TIE and abs(float(finite[0]) - estimate) <= TIE:
+        return [estimate, estimate]  # no spread (a perfect model: CCC 1 in every resample)
+    z = np.arctanh(np.clip(finite, -R_MAX, R_MAX))
+    centre = 2.0 * math.atanh(min(max(estimate, -R_MAX), R_MAX)) - float(z.mean())
+    half = -_NORMAL.inv_cdf(tail) * float(z.std())
+    return [math.tanh(centre - half), math.tanh(centre + half)]
+
+
+def _basic(finite: np.ndarray, estimate: float, tails: tuple[float, float]) -> list[float]:
+    """The basic bootstrap interval: the percentile ends reflected about the estimate."""
+    lo, hi = np.quantile(finite, tails)
+    return [float(2.0 * estimate - hi), float(2.0 * estimate - lo)]
 
 
 def _bca_tails(finite: np.ndarray, estimate: float, jackknife: np.ndarray,
@@ -176,7 +213,7 @@ def _bca_inputs(sample: dict, metric: str, j: int | None) -> tuple[float | None,
     return float(point[j]), jack[:, j]
 
 
-def paired(a: dict, b: dict, *, level: float = 0.95, method: str = "percentile") -> dict:
+def paired(a: dict, b: dict, *, level: float = 0.95, method: str = DEFAULT_METHOD) -> dict:
     """Model a against model b on the same resamples (score both on the same clips:
     common_clips), by mean CCC over traits: {"p_better": share of resamples with a > b (ties
     half), "delta_ccc": [lo, hi] of a - b, "p_lower_mae": share with a's mean MAE below b's};
@@ -207,13 +244,14 @@ def _share_below(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def model_uncertainty(samples: dict, traits: Sequence[str], *, level: float = 0.95,
-                      method: str = "percentile") -> dict:
+                      method: str = DEFAULT_METHOD) -> dict:
     """Intervals of one model's bootstrap samples: {trait: {"ccc": [lo, hi], "mae": [lo, hi]},
-    ..., "mean": {...}} ("bca" needs bootstrap_scores' jackknife)."""
+    ..., "mean": {...}} (all but "percentile" need bootstrap_scores' jackknife)."""
     def one(metric: str, j: int | None) -> list[float]:
         values = samples[metric].mean(axis=1) if j is None else samples[metric][:, j]
         estimate, jack = _bca_inputs(samples, metric, j)
-        return interval(values, level=level, method=method, estimate=estimate, jackknife=jack)
+        return interval(values, level=level, method=method, estimate=estimate, jackknife=jack,
+                        correlation=metric == "ccc")
 
     out = {t: {m: one(m, j) for m in METRICS} for j, t in enumerate(traits)}
     out["mean"] = {m: one(m, None) for m in METRICS}

@@ -18,8 +18,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from models.bootstrap import (METRICS, bootstrap_scores, common_clips, model_uncertainty, paired,
-                              subject_jackknife, subject_resamples)
+from models.bootstrap import (DEFAULT_METHOD, METRICS, bootstrap_scores, common_clips,
+                              model_uncertainty, paired, subject_jackknife, subject_resamples)
 from models.metrics import train_mean_baseline
 from personality.schemas import TRAITS
 
@@ -80,9 +80,9 @@ def _withhold(entry: dict) -> None:
 
 def add_uncertainty(report: dict, predictions: dict[str, tuple[np.ndarray, np.ndarray]],
                     manifest: pd.DataFrame, *, split: str, n_boot: int, level: float, seed: int,
-                    best: str | None, method: str = "percentile") -> None:
-    """Add to each entry of `report` (models and baseline) `ci`: intervals (`method`: percentile
-    or bca) from a bootstrap over the subjects of the scored split, and to each model
+                    best: str | None, method: str = DEFAULT_METHOD) -> None:
+    """Add to each entry of `report` (models and baseline) `ci`: intervals (`method`: fisher_z,
+    percentile or bca) from a bootstrap over the subjects of the scored split, and to each model
     `vs_baseline` / `vs_best`: paired comparisons on the same resamples and on the clips both
     predict (models.bootstrap), with the point difference `delta_ccc_point` and `n_videos`."""
     labelled = _labelled(manifest, split)
@@ -115,7 +115,7 @@ def add_uncertainty(report: dict, predictions: dict[str, tuple[np.ndarray, np.nd
 def add_split_intervals(figures: dict[str, dict],
                         predictions: dict[str, tuple[np.ndarray, np.ndarray]],
                         manifest: pd.DataFrame, *, split: str, n_boot: int, level: float,
-                        seed: int, method: str = "percentile") -> None:
+                        seed: int, method: str = DEFAULT_METHOD) -> None:
     """Add `ccc_ci` to each model's figures on `split` (e.g. val's, which choose the model): the
     interval of its mean CCC over a bootstrap of that split's subjects ([None, None] with one
     subject)."""
@@ -216,7 +216,8 @@ def results_table(report: dict, split: str) -> str:
             beats += "; its interval reaches 0"
         lines.append(f"| {m} | {_val_text(val.get(m, {}))} | {ci_text(e)} | "
                      f"{fmt(e['mean'].get('acc'))} | {beats} | {versus} |")
-    method = {"bca": "BCa intervals", "percentile": "percentile intervals"}.get(
+    method = {"bca": "BCa intervals", "percentile": "percentile intervals",
+              "fisher_z": "Fisher-z intervals (CCC; basic for differences)"}.get(
         n.get("interval_method", "percentile"), "intervals")
     lines.append("")
     lines.append(f"{split} split: {base.get('n_videos', '?')} clips of "

@@ -378,16 +378,21 @@ class _Pool:
             try:
                 return self._await_started(started)
             except (BrokenProcessPool, threading.BrokenBarrierError):
-                self.kill()  # the survivors wait at the barrier: shutdown alone would wait too
-                self.executor.shutdown(wait=True, cancel_futures=True)
-                for process in self.processes.values():
-                    process.join(timeout=5)  # its exit code is known once it is reaped
-                codes = [p.exitcode for p in self.processes.values()
-                         if p.exitcode and p.exitcode != -signal.SIGKILL] or \
-                        [p.exitcode for p in self.processes.values() if p.exitcode]
+                codes = self._stop_after_setup_death()
         raise ExecutorError(f"a worker process died while starting (running the stage's set-up) "
                             f"{tries} times in a row ({_exit_reason(codes[0] if codes else None)})"
                             "; the stage stops here, nothing is written")
+
+    def _stop_after_setup_death(self) -> list[int]:
+        """End this try's pool; the exit codes of the workers that died by themselves (not
+        those the pool ended with SIGTERM, nor those killed here at the barrier)."""
+        died = [p.exitcode for p in self.processes.values()
+                if p.exitcode not in (None, 0, -signal.SIGTERM)]
+        self.kill()  # the survivors wait at the barrier: shutdown alone would wait too
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        for process in self.processes.values():
+            process.join(timeout=5)  # its exit code is known once it is reaped
+        return died or [p.exitcode for p in self.processes.values() if p.exitcode]
 
     def _await_started(self, started: list[Future]) -> None:
         """Every worker's `_started` answer; BrokenProcessPool as soon as one worker is dead. The

@@ -34,6 +34,7 @@ import dataclasses
 import math
 from operator import itemgetter
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -72,10 +73,12 @@ class RetrainParams:
 
 @dataclasses.dataclass(frozen=True)
 class Uncertainty:
-    """evaluate.bootstrap and evaluate.ci_level: retrain's intervals are resampled as evaluate's
-    (subjects, models/bootstrap.py), with the same count and level."""
+    """evaluate.bootstrap, evaluate.ci_level and evaluate.interval: retrain's intervals are
+    resampled as evaluate's (subjects, models/bootstrap.py), with the same count, level and
+    method."""
     bootstrap: int = 1000
     ci_level: float = 0.95
+    interval: Literal["fisher_z", "percentile", "bca"] = "fisher_z"
 
     def __post_init__(self) -> None:
         if self.bootstrap < 1 or not 0.5 <= self.ci_level < 1.0:
@@ -150,19 +153,22 @@ def _split_report(truth: np.ndarray, before: np.ndarray, after: np.ndarray, subj
     (intervals of the mean over traits over resamples of the split's subjects,
     models/bootstrap.py), "change": {"delta_ccc": [lo, hi], "p_better": share of resamples where
     after's CCC beats before's, "p_lower_mae": where its MAE is lower, "n_boot", "ci_level"}}."""
-    from models.bootstrap import bootstrap_scores, interval, paired, subject_resamples
+    from models.bootstrap import (bootstrap_scores, model_uncertainty, paired, subject_jackknife,
+                                  subject_resamples)
 
     out = {"n_clips": len(truth), "n_subjects": len(set(subjects)),
            "before": _summary(truth, before), "after": _summary(truth, after), "change": {}}
     if len(set(subjects)) < 2:  # one subject (or none): no spread to resample
         return out
     rows = subject_resamples(subjects, n_boot=boot.bootstrap, seed=seed)
-    s = bootstrap_scores(truth, {"before": before, "after": after}, rows)
+    s = bootstrap_scores(truth, {"before": before, "after": after}, rows,
+                         jackknife=subject_jackknife(subjects))
     for when in ("before", "after"):
-        out[when].update({f"{m}_ci": interval(s[when][m].mean(axis=1), level=boot.ci_level)
-                          for m in ("ccc", "mae")})
-    cmp = paired(s["after"], s["before"], level=boot.ci_level)
-    out["change"] = {**cmp, "n_boot": boot.bootstrap, "ci_level": boot.ci_level}
+        ci = model_uncertainty(s[when], TRAITS, level=boot.ci_level, method=boot.interval)
+        out[when].update({f"{m}_ci": ci["mean"][m] for m in ("ccc", "mae")})
+    cmp = paired(s["after"], s["before"], level=boot.ci_level, method=boot.interval)
+    out["change"] = {**cmp, "n_boot": boot.bootstrap, "ci_level": boot.ci_level,
+                     "interval_method": boot.interval}
     return out
 
 

@@ -136,16 +136,16 @@ def test_the_stage_reads_evaluate_interval(tmp_path, rng):
     pred[T] = np.clip(m[T].to_numpy() + rng.normal(0, 0.1, (len(m), 5)), 0, 1)
     pred.to_parquet(tmp_path / "data" / "predictions" / "noisy.parquet", index=False)
     out = {}
-    for method in ("percentile", "bca"):
+    for method in ("percentile", "bca", "fisher_z"):
         out[method] = ev.run(ev.EvaluateParams(mlflow=False, interval=method), root=tmp_path)
         assert out[method]["noisy"]["ci"]["interval_method"] == method
     ci = {method: report["noisy"]["ci"]["mean"]["ccc"] for method, report in out.items()}
-    assert ci["bca"] != ci["percentile"]
+    assert ci["bca"] != ci["percentile"] and ci["fisher_z"] not in (ci["bca"], ci["percentile"])
     assert (out["bca"]["selection"]["val"]["noisy"]["ccc_ci"]
             != out["percentile"]["selection"]["val"]["noisy"]["ccc_ci"])
-    assert ev.EvaluateParams().interval == "percentile"  # bench/interval_coverage.py: why
+    assert ev.EvaluateParams().interval == "fisher_z"  # bench/interval_coverage.py: why
     repo = Path(__file__).resolve().parents[1] / "params.yaml"
-    assert load_params("evaluate", ev.EvaluateParams, path=repo).interval in ("percentile", "bca")
+    assert load_params("evaluate", ev.EvaluateParams, path=repo).interval == "fisher_z"
     bad = tmp_path / "params.yaml"
     bad.write_text("evaluate:\n  interval: basic\n")
     with pytest.raises(ParamsError, match="evaluate.interval"):
