@@ -107,12 +107,13 @@ def bootstrap_scores(y_true: np.ndarray, predictions: dict[str, np.ndarray],
 
 def interval(samples: np.ndarray, *, level: float = 0.95, method: str = "percentile",
              estimate: float | None = None, jackknife: np.ndarray | None = None,
-             correlation: bool = False) -> list[float]:
+             correlation: bool = False, floor: float | None = None) -> list[float]:
     """The `level` interval of a statistic from its (B,) bootstrap samples (NaN resamples
     ignored): the samples' central share ("percentile"); Efron's BCa ("bca"), which needs the
     statistic on all rows (`estimate`) and on each leave-one-subject-out set (`jackknife`, (S,));
     or "fisher_z", which needs `estimate`: the bias-corrected Fisher-z interval when the statistic
-    is a `correlation` (a CCC), else the basic interval."""
+    is a `correlation` (a CCC), else the basic interval, kept at or above `floor` (0 for an
+    error: reflected ends can fall below what the statistic can take)."""
     if method not in METHODS:
         raise ValueError(f"interval method must be one of {METHODS}, got {method!r}")
     finite = np.asarray(samples, dtype=np.float64)
@@ -127,8 +128,10 @@ def interval(samples: np.ndarray, *, level: float = 0.95, method: str = "percent
                              "(bootstrap_scores(..., jackknife=subject_jackknife(subjects)))")
         if not math.isfinite(estimate):
             return [float("nan"), float("nan")]
-        return (_fisher_z(finite, float(estimate), tail) if correlation
-                else _basic(finite, float(estimate), tails))
+        if correlation:
+            return _fisher_z(finite, float(estimate), tail)
+        lo, hi = _basic(finite, float(estimate), tails)
+        return [lo, hi] if floor is None else [max(lo, floor), max(hi, floor)]
     if method == "bca":
         if estimate is None or jackknife is None:
             raise ValueError("a 'bca' interval needs the estimate on all rows and the jackknife "
@@ -251,7 +254,7 @@ def model_uncertainty(samples: dict, traits: Sequence[str], *, level: float = 0.
         values = samples[metric].mean(axis=1) if j is None else samples[metric][:, j]
         estimate, jack = _bca_inputs(samples, metric, j)
         return interval(values, level=level, method=method, estimate=estimate, jackknife=jack,
-                        correlation=metric == "ccc")
+                        correlation=metric == "ccc", floor=0.0 if metric == "mae" else None)
 
     out = {t: {m: one(m, j) for m in METRICS} for j, t in enumerate(traits)}
     out["mean"] = {m: one(m, None) for m in METRICS}

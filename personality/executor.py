@@ -49,6 +49,7 @@ import re
 import signal
 import sys
 import threading
+import time
 import uuid
 from concurrent.futures import FIRST_EXCEPTION, Future, wait
 from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
@@ -194,6 +195,7 @@ _READY_TIMEOUT_S = 0.0  # this worker's wait at the barrier (the parent's READY_
 _SETUP_ERROR: Exception | None = None  # what setup raised in this worker: every call raises it
 READY_TIMEOUT_S = 1800.0  # a set-up (model load, JIT warm-up) that takes longer is stuck
 START_POLL_S = 0.2  # how often start() looks for a worker that died in its set-up
+DEATH_SEEN_S = 2.0  # the longest start() waits to read a dead worker's exit status
 
 
 def _pool_init(parent_pid: int, ledger, ready, ready_timeout_s: float, token: str,
@@ -206,6 +208,9 @@ def _pool_init(parent_pid: int, ledger, ready, ready_timeout_s: float, token: st
         _ensure_setup(token, setup, setup_args)
     except Exception as exc:  # an initializer's exception never reaches the parent: the pool
         _SETUP_ERROR = exc    # would just break; the first call carries it back instead
+    except BaseException as exc:  # sys.exit() in a model load: the worker would end with code 0
+        _SETUP_ERROR = RuntimeError(f"the stage's set-up raised {type(exc).__name__}"
+                                    f"({getattr(exc, 'code', '')})")
 
 
 def _private_progress_lock() -> None:
@@ -377,22 +382,36 @@ class _Pool:
             self.processes = dict(getattr(self.executor, "_processes", None) or {})
             try:
                 return self._await_started(started)
-            except (BrokenProcessPool, threading.BrokenBarrierError):
+            except threading.BrokenBarrierError:  # only its timeout breaks it: a stuck set-up
+                self._stop_after_setup_death(expect_death=False)
+                raise ExecutorError(f"the stage's set-up took longer than {READY_TIMEOUT_S:.0f} s "
+                                    "in a worker (stuck?); the stage stops here, nothing is "
+                                    "written") from None
+            except BrokenProcessPool:
                 codes = self._stop_after_setup_death()
+        why = _exit_reason(codes[0]) if codes else "its exit status was not seen"
         raise ExecutorError(f"a worker process died while starting (running the stage's set-up) "
-                            f"{tries} times in a row ({_exit_reason(codes[0] if codes else None)})"
+                            f"{tries} times in a row ({why})"
                             "; the stage stops here, nothing is written")
 
-    def _stop_after_setup_death(self) -> list[int]:
-        """End this try's pool; the exit codes of the workers that died by themselves (not
-        those the pool ended with SIGTERM, nor those killed here at the barrier)."""
-        died = [p.exitcode for p in self.processes.values()
-                if p.exitcode not in (None, 0, -signal.SIGTERM)]
+    def _stop_after_setup_death(self, expect_death: bool = True) -> list[int]:
+        """End this try's pool; the exit codes of the workers that had died by themselves (read
+        before the survivors are killed here; not those the pool ended with SIGTERM)."""
+        def died() -> list[int]:
+            return [p.exitcode for p in self.processes.values()
+                    if p.exitcode is not None and p.exitcode != -signal.SIGTERM]
+
+        # the pool's manager thread may be reaping the dead worker right now, and while it does
+        # our own waitpid sees no status (ECHILD): give it a moment, it is dead already
+        deadline = time.monotonic() + (DEATH_SEEN_S if expect_death else 0.0)
+        while not died() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        codes = died()
         self.kill()  # the survivors wait at the barrier: shutdown alone would wait too
         self.executor.shutdown(wait=True, cancel_futures=True)
         for process in self.processes.values():
-            process.join(timeout=5)  # its exit code is known once it is reaped
-        return died or [p.exitcode for p in self.processes.values() if p.exitcode]
+            process.join(timeout=5)
+        return codes
 
     def _await_started(self, started: list[Future]) -> None:
         """Every worker's `_started` answer; BrokenProcessPool as soon as one worker is dead. The

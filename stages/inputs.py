@@ -18,6 +18,14 @@ another checkout or a queued experiment's copy gives the same file):
     10,000 clips (ChaLearn's size) took 1.3-2.1 s here on a loaded 2-core machine; DVC hashing the
     same 40 GB as a directory dependency would read every byte once.
   - a path that does not exist: `missing` (ingest reports it by name).
+
+The same for the files other stages read from a path in params.yaml, each into its own file so
+that a change re-runs only its reader (stat fingerprints; an empty param: no file):
+  - data/inputs_aus.json: the OpenFace CSVs of `aus.openface_dir` (aus.backend openface_csv);
+  - data/inputs_deploy.json: the CSVs of a `deploy.corpus` folder, and `deploy.model` when it is
+    a checkpoint path rather than a trained model's name;
+  - data/inputs_train/<model>.json, one per model of train.models: `train.weights` and
+    `train.resume` with "{model}" replaced (train@<model> depends on its own file only).
 """
 from __future__ import annotations
 
@@ -26,8 +34,8 @@ import hashlib
 import os
 from pathlib import Path
 
-from personality.common import (atomic_write_json, get_logger, load_params_file, repo_root,
-                                stage_errors)
+from personality.common import (atomic_dir, atomic_write_json, get_logger, is_checkpoint_path,
+                                load_params_file, repo_root, stage_errors)
 
 log = get_logger("inputs")
 
@@ -123,6 +131,50 @@ def fingerprint(ingest: dict, root: Path) -> dict:
             "files": dict(sorted(files.items()))}
 
 
+def _stat_all(paths: list[Path], root: Path) -> dict:
+    return {_key(path, root, "params"): stat_entry(path) for path in paths}
+
+
+def aus_files(aus: dict, root: Path) -> dict:
+    """The OpenFace CSVs the aus stage reads (its `_from_openface`: folder/*.csv)."""
+    folder = aus.get("openface_dir") or ""
+    if aus.get("backend") != "openface_csv" or not folder:
+        return {"openface_dir": None, "files": {}}
+    csvs = sorted(_resolve(folder, root).glob("*.csv"))
+    return {"openface_dir": folder, "files": _stat_all(csvs, root)}
+
+
+def deploy_files(deploy: dict, root: Path) -> dict:
+    """The corpus CSVs (folder/*.csv, as stages/deploy.py reads them) and a checkpoint path."""
+    corpus, model = deploy.get("corpus") or "aus", deploy.get("model") or ""
+    csvs = [] if corpus == "aus" else sorted(_resolve(corpus, root).glob("*.csv"))
+    ckpt = [_resolve(model, root)] if model and is_checkpoint_path(model, root) else []
+    return {"corpus": corpus, "files": _stat_all(csvs + ckpt, root)}
+
+
+def train_files(train: dict, root: Path) -> dict[str, dict]:
+    """Per model of train.models: train.weights and train.resume, "{model}" replaced."""
+    out = {}
+    for name in train.get("models") or []:
+        if Path(name).name != name or name in (".", ".."):  # it names a file under data/
+            raise ValueError(f"train.models: {name!r} is not a model name")
+        paths = {key: _resolve(train[key].replace("{model}", name), root)
+                 for key in ("weights", "resume") if train.get(key)}
+        out[name] = {key: {"path": _key(path, root, "params"), **stat_entry(path)}
+                     for key, path in paths.items()}
+    return out
+
+
+def write_param_files(params: dict, root: Path) -> None:
+    """data/inputs_aus.json, data/inputs_deploy.json and data/inputs_train/<model>.json."""
+    atomic_write_json(root / "data" / "inputs_aus.json", aus_files(params.get("aus") or {}, root))
+    atomic_write_json(root / "data" / "inputs_deploy.json",
+                      deploy_files(params.get("deploy") or {}, root))
+    with atomic_dir(root / "data" / "inputs_train") as tmp:
+        for name, entry in train_files(params.get("train") or {}, root).items():
+            atomic_write_json(tmp / f"{name}.json", entry)
+
+
 def run(ingest: dict, root: Path | None = None) -> dict:
     """Fingerprint the files `ingest` (params.yaml's ingest section) reads -> data/inputs.json."""
     root = root or repo_root()
@@ -135,8 +187,10 @@ def run(ingest: dict, root: Path | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    with stage_errors("inputs"):  # the raw section: ingest validates it; this needs the paths
-        run(load_params_file().get("ingest") or {})
+    with stage_errors("inputs"):  # the raw sections: their stages validate them; this needs paths
+        params = load_params_file()
+        run(params.get("ingest") or {})
+        write_param_files(params, repo_root())
 
 
 if __name__ == "__main__":

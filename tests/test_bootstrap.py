@@ -191,6 +191,10 @@ def test_fisher_z_known_answers():
     assert interval(np.full(5, 0.999), method="fisher_z", estimate=1.0, correlation=True)[1] <= 1
     with pytest.raises(ValueError, match="fisher_z"):
         interval(samples, method="fisher_z")
+    # an error's basic interval stays at or above 0 (reflected ends can fall below)
+    errors = np.array([0.0, 0.0, 0.05, 0.075])
+    assert interval(errors, method="fisher_z", estimate=0.025)[0] < 0
+    assert interval(errors, method="fisher_z", estimate=0.025, floor=0.0)[0] == 0.0
 
 
 def test_fisher_z_covers_a_good_models_ccc_where_percentile_does_not(rng):

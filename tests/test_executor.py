@@ -162,6 +162,19 @@ def broken_setup() -> None:
     raise ValueError("model bundle is corrupt (sha256 mismatch)")
 
 
+def exiting_setup() -> None:
+    sys.exit(3)  # absl or argparse inside a model load
+
+
+def stuck_second_setup(folder: str) -> None:
+    """The first worker to set up is ready at once; the second never is (a hung mount)."""
+    try:
+        with open(Path(folder) / "first", "x"):
+            return
+    except FileExistsError:
+        time.sleep(3600)
+
+
 # --------------------------------------------------------------------------------------------------
 # placement
 
@@ -378,6 +391,21 @@ def test_sys_exit_in_a_job_is_an_error_not_a_clean_exit():
 def test_a_setup_that_fails_in_a_worker_raises_its_own_error():
     with pytest.raises(ValueError, match="sha256 mismatch"):
         list(map_jobs(square_slowly, range(4), workers=2, setup=broken_setup, where=POOL))
+
+
+def test_a_setup_that_calls_sys_exit_says_so_not_a_dead_worker():
+    with pytest.raises(RuntimeError, match=r"set-up raised SystemExit\(3\)"):
+        list(map_jobs(square_slowly, range(4), workers=2, setup=exiting_setup, where=POOL))
+
+
+def test_a_stuck_setup_stops_the_stage_once_after_the_barriers_timeout(tmp_path, monkeypatch):
+    """The barrier's timeout is a stuck set-up, not a death: no retry (3 more waits)."""
+    monkeypatch.setattr(executor, "READY_TIMEOUT_S", 3.0)
+    t0 = time.monotonic()
+    with pytest.raises(ExecutorError, match="set-up took longer than 3 s"):
+        list(map_jobs(square_slowly, range(4), workers=2, where=POOL,
+                      setup=stuck_second_setup, setup_args=(str(tmp_path),)))
+    assert time.monotonic() - t0 < 30
 
 
 # --------------------------------------------------------------------------------------------------

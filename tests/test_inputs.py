@@ -59,3 +59,59 @@ def test_the_fingerprint_is_the_same_in_another_checkout(tmp_path):
     assert inputs.fingerprint(moved, tmp_path / "two") == one
     synthetic = inputs.fingerprint({"source": "synthetic"}, tmp_path)
     assert all(k.startswith("synthetic:") for k in synthetic["files"])
+
+
+def test_files_named_by_other_stages_params_get_their_own_fingerprints(tmp_path):
+    """aus.openface_dir, deploy.corpus / deploy.model and train.weights / train.resume: a changed
+    file moves only its reader's fingerprint (a training's, not the others')."""
+    import json
+
+    (tmp_path / "of").mkdir()
+    (tmp_path / "of" / "v1.csv").write_text("frame,AU01_r\n1,0.5\n")
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "perfex_cnn.pt").write_bytes(b"weights")
+    params = {"aus": {"backend": "openface_csv", "openface_dir": "of"},
+              "deploy": {"corpus": "of", "model": "ckpt/perfex_cnn.pt"},
+              "train": {"models": ["perfex_cnn", "logmel_cnn"], "weights": "ckpt/{model}.pt",
+                        "resume": ""}}
+    inputs.write_param_files(params, tmp_path)
+    data = tmp_path / "data"
+    aus = json.loads((data / "inputs_aus.json").read_text())
+    assert list(aus["files"]) == ["of/v1.csv"]
+    deploy = json.loads((data / "inputs_deploy.json").read_text())
+    assert sorted(deploy["files"]) == ["ckpt/perfex_cnn.pt", "of/v1.csv"]
+    trained = {p.name: json.loads(p.read_text()) for p in (data / "inputs_train").iterdir()}
+    assert trained["perfex_cnn.json"]["weights"]["path"] == "ckpt/perfex_cnn.pt"
+    assert trained["logmel_cnn.json"]["weights"] == {"path": "ckpt/logmel_cnn.pt", "missing": True}
+    before = {p: p.read_bytes() for p in data.rglob("*.json")}
+
+    (tmp_path / "ckpt" / "perfex_cnn.pt").write_bytes(b"other weights")
+    inputs.write_param_files(params, tmp_path)
+    moved = {p.relative_to(data).as_posix() for p in before if p.read_bytes() != before[p]}
+    assert moved == {"inputs_deploy.json", "inputs_train/perfex_cnn.json"}
+
+
+def test_defaults_name_no_file_and_odd_model_names_are_refused(tmp_path):
+    import json
+
+    import pytest
+
+    inputs.write_param_files({"train": {"models": ["perfex_cnn"]}}, tmp_path)
+    assert json.loads((tmp_path / "data" / "inputs_aus.json").read_text())["files"] == {}
+    assert json.loads((tmp_path / "data" / "inputs_deploy.json").read_text())["files"] == {}
+    assert json.loads((tmp_path / "data" / "inputs_train" / "perfex_cnn.json").read_text()) == {}
+    with pytest.raises(ValueError, match="not a model name"):
+        inputs.write_param_files({"train": {"models": ["../escape"]}}, tmp_path)
+
+
+def test_each_reader_depends_on_its_fingerprint_in_dvc_yaml():
+    from pathlib import Path
+
+    import yaml
+
+    stages = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())["stages"]
+    outs = [next(iter(o)) if isinstance(o, dict) else o for o in stages["inputs"]["outs"]]
+    assert {"data/inputs_aus.json", "data/inputs_deploy.json", "data/inputs_train"} <= set(outs)
+    assert "data/inputs_aus.json" in stages["aus"]["deps"]
+    assert "data/inputs_deploy.json" in stages["deploy"]["deps"]
+    assert "data/inputs_train/${item}.json" in stages["train"]["do"]["deps"]
