@@ -13,11 +13,11 @@ Simulated test splits like the default one (S subjects x 3 clips; S = 8 as the d
 clipped to [0, 1]; r = 0.8 is the reviewer's law (CCC 0.62). The population CCC and MAE are
 measured on 200,000 subjects. Per split: models/bootstrap.py's subject resamples and
 leave-one-subject-out jackknife, and its `interval` with method "percentile", "bca" and
-"fisher_z" (the default: for CCC tanh(2 atanh(CCC) - mean atanh(CCC*) +- 1.96 sd(atanh(CCC*))),
-for MAE and differences the basic interval), for the mean CCC over traits (what results.md ranks
-by), trait O's CCC, and the mean MAE; beside them, not in the stage, the basic interval
-(2 estimate - the percentile ends) and, for CCC, the Fisher-z interval without the bias
-correction, centred on atanh(CCC).
+"fisher_z" (the default: for CCC tanh(2 atanh(CCC) - mean atanh(CCC*) +- t sd(atanh(CCC*))), t
+Student's 97.5% quantile for S - 1 degrees of freedom; for MAE and differences the basic
+interval), for the mean CCC over traits (what results.md ranks by), trait O's CCC, and the mean
+MAE; beside them, not in the stage, the basic interval (2 estimate - the percentile ends) and,
+for CCC, fisher_z with the normal quantile 1.96 in place of t.
 The resampled CCCs are computed here vectorised over resamples (the same formula as
 models.metrics.ccc: population variances; checked equal to models.bootstrap.bootstrap_scores on
 the first split) because the stage's loop would take an hour for these runs.
@@ -52,7 +52,7 @@ SIGNALS = (0.0, 0.4, 0.8, 0.95)  # r of the prediction with the person's trait l
 SUBJECTS = (8, 34)
 LEVEL = 0.95
 Z = 1.959963984540054  # normal 97.5% quantile
-METHODS = ("percentile", "bca", "basic", "fisher_z_centred", "fisher_z")
+METHODS = ("percentile", "bca", "basic", "fisher_z_normal", "fisher_z")
 
 
 def draw(rng: np.random.Generator, n_subjects: int, r: float, *, models: int = 1):
@@ -93,20 +93,19 @@ def stats_of(y, p, rows, jack):
 
 
 def intervals(point: float, boot: np.ndarray, jack: np.ndarray, fisher: bool) -> dict:
-    """The stage's three (percentile, BCa, and fisher_z, its default: the bias-corrected Fisher-z
-    interval for a CCC, the basic one otherwise); beside them, not in the stage, the basic
-    interval (2 point - the percentile ends) and for a CCC the Fisher-z interval with a
-    bootstrap SE centred on atanh(point) without the bias correction."""
+    """The stage's (percentile, BCa, and fisher_z, its default: for a CCC the bias-corrected
+    Fisher-z interval with Student's t quantile for the jackknife's S - 1 degrees of freedom, else
+    the basic interval); beside them, not in the stage, the basic interval (2 point - the
+    percentile ends) and for a CCC fisher_z with the normal quantile (1.96) instead of t."""
     pct = interval(boot, level=LEVEL)
     out = {"percentile": pct,
            "bca": interval(boot, level=LEVEL, method="bca", estimate=point, jackknife=jack),
            "basic": [2 * point - pct[1], 2 * point - pct[0]],
            "fisher_z": interval(boot, level=LEVEL, method="fisher_z", estimate=point,
-                                correlation=fisher)}
-    if fisher:
-        z = np.arctanh(np.clip(boot, -0.999999, 0.999999))
-        sd, centre = float(np.std(z)), float(np.arctanh(np.clip(point, -0.999999, 0.999999)))
-        out["fisher_z_centred"] = [float(np.tanh(centre - Z * sd)), float(np.tanh(centre + Z * sd))]
+                                jackknife=jack, correlation=fisher)}
+    if fisher:  # no jackknife: the subject count is unknown and the normal quantile is used
+        out["fisher_z_normal"] = interval(boot, level=LEVEL, method="fisher_z", estimate=point,
+                                          correlation=True)
     return out
 
 
@@ -166,7 +165,7 @@ def print_tables(rows: list[dict], equal: list[dict]) -> None:
     by = {(r["n_subjects"], r["signal_r"], r["statistic"], r["method"]): r for r in rows}
     print("\ncoverage of the nominal 95% interval (below: the whole interval under the truth) "
           "and mean width\n")
-    print("| subjects | true | statistic | percentile | BCa | basic | Fisher-z, no bias correction "
+    print("| subjects | true | statistic | percentile | BCa | basic | fisher_z with 1.96, not t "
           "| fisher_z (the stage's default; basic for MAE) |")
     print("|---|---|---|---|---|---|---|---|")
     for (n, r, stat, method), row in by.items():
