@@ -14,8 +14,8 @@ clipped to [0, 1]; r = 0.8 is the reviewer's law (CCC 0.62). The population CCC 
 measured on 200,000 subjects. Per split: models/bootstrap.py's subject resamples and
 leave-one-subject-out jackknife, and its `interval` with method "percentile", "bca" and
 "fisher_z" (the default: for CCC tanh(2 atanh(CCC) - mean atanh(CCC*) +- t sd(atanh(CCC*))), t
-Student's 97.5% quantile for S - 1 degrees of freedom; for MAE and differences the basic
-interval), for the mean CCC over traits (what results.md ranks by), trait O's CCC, and the mean
+Student's 97.5% quantile for S - 1 degrees of freedom; the same on log for MAE and on the raw
+scale for a difference), for the mean CCC over traits (what results.md ranks by), trait O's CCC, and the mean
 MAE; beside them, not in the stage, the basic interval (2 estimate - the percentile ends) and,
 for CCC, fisher_z with the normal quantile 1.96 in place of t.
 The resampled CCCs are computed here vectorised over resamples (the same formula as
@@ -92,20 +92,20 @@ def stats_of(y, p, rows, jack):
     return out
 
 
-def intervals(point: float, boot: np.ndarray, jack: np.ndarray, fisher: bool) -> dict:
-    """The stage's (percentile, BCa, and fisher_z, its default: for a CCC the bias-corrected
-    Fisher-z interval with Student's t quantile for the jackknife's S - 1 degrees of freedom, else
-    the basic interval); beside them, not in the stage, the basic interval (2 point - the
-    percentile ends) and for a CCC fisher_z with the normal quantile (1.96) instead of t."""
+def intervals(point: float, boot: np.ndarray, jack: np.ndarray, scale: str) -> dict:
+    """The stage's (percentile, BCa, and fisher_z, its default: the bias-corrected interval with
+    Student's t for the jackknife's S - 1 degrees of freedom on `scale`, atanh for a CCC, log for
+    an MAE, identity for a difference); beside them, not in the stage, the basic interval
+    (2 point - the percentile ends) and for a CCC fisher_z with the normal 1.96 in place of t."""
     pct = interval(boot, level=LEVEL)
     out = {"percentile": pct,
            "bca": interval(boot, level=LEVEL, method="bca", estimate=point, jackknife=jack),
            "basic": [2 * point - pct[1], 2 * point - pct[0]],
            "fisher_z": interval(boot, level=LEVEL, method="fisher_z", estimate=point,
-                                jackknife=jack, correlation=fisher)}
-    if fisher:  # no jackknife: the subject count is unknown and the normal quantile is used
+                                jackknife=jack, scale=scale)}
+    if scale == "atanh":  # no jackknife: the subject count is unknown, the normal quantile is used
         out["fisher_z_normal"] = interval(boot, level=LEVEL, method="fisher_z", estimate=point,
-                                          correlation=True)
+                                          scale="atanh")
     return out
 
 
@@ -129,7 +129,8 @@ def coverage_cell(n_subjects: int, r: float, truth: dict, *, splits: int, boot: 
             check_against_stage(y, p, subjects, rows, jack)
         for stat, (point, b, j) in stats_of(y, p, rows, jack).items():
             target = truth["mae" if stat.endswith("mae") else "ccc"]
-            for method, (lo, hi) in intervals(point, b, j, stat.endswith("ccc")).items():
+            scale = "atanh" if stat.endswith("ccc") else "log"
+            for method, (lo, hi) in intervals(point, b, j, scale).items():
                 h = hits.setdefault((stat, method), {"cover": 0, "below": 0, "above": 0,
                                                      "width": 0.0})
                 h["cover"] += lo <= target <= hi
@@ -154,7 +155,7 @@ def equal_models_cell(n_subjects: int, *, splits: int, boot: int, seed: int) -> 
         jack = np.stack(subject_jackknife(subjects))
         d = lambda idx: (ccc_rows(y[idx], pa[idx]) - ccc_rows(y[idx], pb[idx])).mean(axis=-1)
         for method, (lo, hi) in intervals(float(d(slice(None))), d(rows), d(jack),
-                                          False).items():
+                                          "identity").items():
             ranked[method] += not lo <= 0 <= hi
             width[method] += hi - lo
     return [{"n_subjects": n_subjects, "method": m, "ranked": ranked[m] / splits,
@@ -166,7 +167,7 @@ def print_tables(rows: list[dict], equal: list[dict]) -> None:
     print("\ncoverage of the nominal 95% interval (below: the whole interval under the truth) "
           "and mean width\n")
     print("| subjects | true | statistic | percentile | BCa | basic | fisher_z with 1.96, not t "
-          "| fisher_z (the stage's default; basic for MAE) |")
+          "| fisher_z (the stage's default) |")
     print("|---|---|---|---|---|---|---|---|")
     for (n, r, stat, method), row in by.items():
         if method != "percentile":
@@ -179,7 +180,7 @@ def print_tables(rows: list[dict], equal: list[dict]) -> None:
         print(f"| {n} | {row['true']:.3f} | {stat} | " + " | ".join(cells) + " |")
     print("\ntwo equally good models: share of splits whose interval of the difference in mean "
           "CCC excludes 0 (nominal 0.05)\n")
-    print("| subjects | percentile | BCa | basic | fisher_z (basic on the difference) |")
+    print("| subjects | percentile | BCa | basic | fisher_z |")
     print("|---|---|---|---|---|")
     for n in sorted({e["n_subjects"] for e in equal}):
         cell = {e["method"]: e for e in equal if e["n_subjects"] == n}

@@ -10,9 +10,9 @@ Three intervals (`method`):
 - "fisher_z" (the default): a CCC's interval on Fisher's z scale, atanh, as Lin (1989,
   Biometrics 45:255) gives it, with the standard error from the subject resamples and their bias
   removed: tanh(2 atanh(estimate) - mean atanh(CCC*) -+ t_q sd atanh(CCC*)), t_q Student's
-  quantile with S - 1 degrees of freedom for S subjects (the jackknife's count). Anything else
-  (MAE, a difference of two CCCs) gets the basic interval, 2 estimate - the resamples'
-  percentile ends, which removes the same bias. Both need the estimate on all rows.
+  quantile with S - 1 degrees of freedom for S subjects (the jackknife's count). An MAE gets the
+  same on the log scale (it stays positive), a difference of two models' CCCs on its own scale.
+  It needs the estimate on all rows.
 - "percentile": the resamples' central `level` share. For a CCC above 0 it sits low: CCC is
   biased down in a small sample, and more so in a resample (which repeats subjects).
 - "bca": Efron's bias-corrected and accelerated interval (Efron 1987, JASA 82:171; Efron &
@@ -50,7 +50,7 @@ from models.metrics import ccc, mae
 
 __all__ = ["subject_resamples", "subject_jackknife", "bootstrap_scores", "interval",
            "acceleration", "paired", "model_uncertainty", "common_clips", "METHODS",
-           "DEFAULT_METHOD"]
+           "DEFAULT_METHOD", "SCALES"]
 
 METRICS = ("ccc", "mae")
 METHODS = ("fisher_z", "percentile", "bca")
@@ -109,13 +109,13 @@ def bootstrap_scores(y_true: np.ndarray, predictions: dict[str, np.ndarray],
 
 def interval(samples: np.ndarray, *, level: float = 0.95, method: str = "percentile",
              estimate: float | None = None, jackknife: np.ndarray | None = None,
-             correlation: bool = False, floor: float | None = None) -> list[float]:
+             scale: str = "identity") -> list[float]:
     """The `level` interval of a statistic from its (B,) bootstrap samples (NaN resamples
     ignored): the samples' central share ("percentile"); Efron's BCa ("bca"), which needs the
     statistic on all rows (`estimate`) and on each leave-one-subject-out set (`jackknife`, (S,));
-    or "fisher_z", which needs `estimate`: the bias-corrected Fisher-z interval when the statistic
-    is a `correlation` (a CCC), else the basic interval, kept at or above `floor` (0 for an
-    error: reflected ends can fall below what the statistic can take)."""
+    or "fisher_z", which needs `estimate` and reads the subject count S off `jackknife`: the
+    bias-corrected t interval on `scale` ("atanh" for a CCC, "log" for an error, "identity" for a
+    difference)."""
     if method not in METHODS:
         raise ValueError(f"interval method must be one of {METHODS}, got {method!r}")
     finite = np.asarray(samples, dtype=np.float64)
@@ -130,11 +130,8 @@ def interval(samples: np.ndarray, *, level: float = 0.95, method: str = "percent
                              "(bootstrap_scores(..., jackknife=subject_jackknife(subjects)))")
         if not math.isfinite(estimate):
             return [float("nan"), float("nan")]
-        if correlation:
-            subjects = 0 if jackknife is None else len(jackknife)
-            return _fisher_z(finite, float(estimate), tail, subjects)
-        lo, hi = _basic(finite, float(estimate), tails)
-        return [lo, hi] if floor is None else [max(lo, floor), max(hi, floor)]
+        subjects = 0 if jackknife is None else len(jackknife)
+        return _corrected_t(finite, float(estimate), tail, subjects, scale)
     if method == "bca":
         if estimate is None or jackknife is None:
             raise ValueError("a 'bca' interval needs the estimate on all rows and the jackknife "
@@ -144,16 +141,28 @@ def interval(samples: np.ndarray, *, level: float = 0.95, method: str = "percent
     return [float(lo), float(hi)]
 
 
-def _fisher_z(finite: np.ndarray, estimate: float, tail: float, subjects: int) -> list[float]:
-    """Lin's Fisher-z interval of a CCC with the bootstrap's SE, centred on atanh(estimate) minus
-    the resamples' bias on that scale (2 atanh(estimate) - their mean), mapped back by tanh. The
-    half-width takes Student's t quantile with `subjects` - 1 degrees of freedom (the SE rests on
-    that many independent people: 2.36 for 8 where the normal's is 1.96); the normal's when the
-    count is unknown (0) or under 3."""
+# scale -> (forward, back): atanh is Fisher's z (|CCC| clipped below 1 first), log keeps an error
+# positive; a scale a value cannot take (an error of exactly 0) falls back to identity
+SCALES = {"atanh": (lambda x: np.arctanh(np.clip(x, -R_MAX, R_MAX)), np.tanh),
+          "log": (np.log, np.exp), "identity": (lambda x: x, lambda x: x)}
+
+
+def _corrected_t(finite: np.ndarray, estimate: float, tail: float, subjects: int,
+                 scale: str) -> list[float]:
+    """On the transformed scale: centre 2 f(estimate) - mean f(resamples) (the resamples' bias
+    removed), half-width t sd f(resamples) with Student's t for `subjects` - 1 degrees of freedom
+    (the SE rests on that many people: 2.36 for 8; the normal's 1.96 when the count is unknown or
+    under 3); mapped back. For a CCC on atanh this is Lin's (1989) Fisher-z interval."""
+    if scale not in SCALES:
+        raise ValueError(f"interval scale must be one of {sorted(SCALES)}, got {scale!r}")
     if np.ptp(finite) <= TIE and abs(float(finite[0]) - estimate) <= TIE:
         return [estimate, estimate]  # no spread (a perfect model: CCC 1 in every resample)
-    z = np.arctanh(np.clip(finite, -R_MAX, R_MAX))
-    centre = 2.0 * math.atanh(min(max(estimate, -R_MAX), R_MAX)) - float(z.mean())
+    if scale == "log" and (estimate <= 0.0 or finite.min() <= 0.0):
+        lo, hi = _corrected_t(finite, estimate, tail, subjects, "identity")
+        return [max(lo, 0.0), max(hi, 0.0)]
+    forward, back = SCALES[scale]
+    z = forward(finite)
+    centre = 2.0 * float(forward(np.float64(estimate))) - float(z.mean())
     if subjects >= 3:
         from scipy.stats import t as student_t
 
@@ -161,13 +170,7 @@ def _fisher_z(finite: np.ndarray, estimate: float, tail: float, subjects: int) -
     else:
         quantile = -_NORMAL.inv_cdf(tail)
     half = quantile * float(z.std())
-    return [math.tanh(centre - half), math.tanh(centre + half)]
-
-
-def _basic(finite: np.ndarray, estimate: float, tails: tuple[float, float]) -> list[float]:
-    """The basic bootstrap interval: the percentile ends reflected about the estimate."""
-    lo, hi = np.quantile(finite, tails)
-    return [float(2.0 * estimate - hi), float(2.0 * estimate - lo)]
+    return [float(back(centre - half)), float(back(centre + half))]
 
 
 def _bca_tails(finite: np.ndarray, estimate: float, jackknife: np.ndarray,
@@ -266,7 +269,7 @@ def model_uncertainty(samples: dict, traits: Sequence[str], *, level: float = 0.
         values = samples[metric].mean(axis=1) if j is None else samples[metric][:, j]
         estimate, jack = _bca_inputs(samples, metric, j)
         return interval(values, level=level, method=method, estimate=estimate, jackknife=jack,
-                        correlation=metric == "ccc", floor=0.0 if metric == "mae" else None)
+                        scale="atanh" if metric == "ccc" else "log")
 
     out = {t: {m: one(m, j) for m in METRICS} for j, t in enumerate(traits)}
     out["mean"] = {m: one(m, None) for m in METRICS}

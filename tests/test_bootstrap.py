@@ -180,25 +180,30 @@ def test_fisher_z_known_answers():
     by d on z. Anything but a CCC gets the basic interval: the percentile ends reflected."""
     z = np.linspace(-1.0, 1.0, 2001) * 0.3 + np.arctanh(0.6)
     sd = float(np.std(z))
-    got = interval(np.tanh(z), method="fisher_z", estimate=0.6, correlation=True)
+    got = interval(np.tanh(z), method="fisher_z", estimate=0.6, scale="atanh")
     assert got == pytest.approx(np.tanh(np.arctanh(0.6) + np.array([-1.959964, 1.959964]) * sd))
-    shifted = interval(np.tanh(z - 0.1), method="fisher_z", estimate=0.6, correlation=True)
+    shifted = interval(np.tanh(z - 0.1), method="fisher_z", estimate=0.6, scale="atanh")
     assert np.arctanh(shifted) == pytest.approx(np.arctanh(got) + 0.1)
     # with the subjects known (a jackknife of 8), Student's t for 7 degrees of freedom: 2.3646
-    eight = interval(np.tanh(z), method="fisher_z", estimate=0.6, correlation=True,
+    eight = interval(np.tanh(z), method="fisher_z", estimate=0.6, scale="atanh",
                      jackknife=np.zeros(8))
     assert eight == pytest.approx(np.tanh(np.arctanh(0.6) + np.array([-2.364624, 2.364624]) * sd))
-    samples = np.linspace(0.0, 1.0, 101)
-    lo, hi = np.quantile(samples, [0.025, 0.975])
-    assert interval(samples, method="fisher_z", estimate=0.7) == pytest.approx([1.4 - hi, 1.4 - lo])
-    assert interval(np.array([0.0, 0.0]), method="fisher_z", estimate=0.0, correlation=True) == [0, 0]
-    assert interval(np.full(5, 0.999), method="fisher_z", estimate=1.0, correlation=True)[1] <= 1
+    # a difference on its own scale: 2 estimate - mean -+ t sd; an error on the log scale, and an
+    # error of exactly 0 somewhere (no log) on its own scale, kept at or above 0
+    diffs = np.linspace(-0.1, 0.1, 201)
+    got = interval(diffs, method="fisher_z", estimate=0.05, jackknife=np.zeros(8))
+    assert got == pytest.approx(0.1 + np.array([-2.364624, 2.364624]) * np.std(diffs))
+    errors = np.exp(np.linspace(-3.0, -2.0, 201))
+    logged = interval(errors, method="fisher_z", estimate=0.08, scale="log")
+    centre = 2 * np.log(0.08) - np.log(errors).mean()
+    assert np.log(logged) == pytest.approx(centre + np.array([-1.959964, 1.959964])
+                                           * np.log(errors).std())
+    assert interval(np.array([0.0, 0.0, 0.05, 0.075]), method="fisher_z", estimate=0.025,
+                    scale="log")[0] == 0.0
     with pytest.raises(ValueError, match="fisher_z"):
-        interval(samples, method="fisher_z")
-    # an error's basic interval stays at or above 0 (reflected ends can fall below)
-    errors = np.array([0.0, 0.0, 0.05, 0.075])
-    assert interval(errors, method="fisher_z", estimate=0.025)[0] < 0
-    assert interval(errors, method="fisher_z", estimate=0.025, floor=0.0)[0] == 0.0
+        interval(diffs, method="fisher_z")
+    with pytest.raises(ValueError, match="scale"):
+        interval(diffs, method="fisher_z", estimate=0.0, scale="sqrt")
 
 
 def test_fisher_z_covers_a_good_models_ccc_where_percentile_does_not(rng):
