@@ -15,8 +15,8 @@ measured on 200,000 subjects. Per split: models/bootstrap.py's subject resamples
 leave-one-subject-out jackknife, and its `interval` with method "percentile", "bca" and
 "fisher_z" (the default: for CCC tanh(2 atanh(CCC) - mean atanh(CCC*) +- t sd(atanh(CCC*))), t
 Student's 97.5% quantile for S - 1 degrees of freedom; the same on log for MAE and on the raw
-scale for a difference), for the mean CCC over traits (what results.md ranks by), trait O's CCC, and the mean
-MAE; beside them, not in the stage, the basic interval (2 estimate - the percentile ends) and,
+scale for a difference), for the mean CCC over traits (what results.md ranks by), trait O's CCC,
+and the mean MAE; beside them, not in the stage, the basic interval (2 estimate - the percentile ends) and,
 for CCC, fisher_z with the normal quantile 1.96 in place of t.
 The resampled CCCs are computed here vectorised over resamples (the same formula as
 models.metrics.ccc: population variances; checked equal to models.bootstrap.bootstrap_scores on
@@ -51,7 +51,6 @@ TRAITS = 5
 SIGNALS = (0.0, 0.4, 0.8, 0.95)  # r of the prediction with the person's trait level
 SUBJECTS = (8, 34)
 LEVEL = 0.95
-Z = 1.959963984540054  # normal 97.5% quantile
 METHODS = ("percentile", "bca", "basic", "fisher_z_normal", "fisher_z")
 
 

@@ -54,7 +54,7 @@ __all__ = ["subject_resamples", "subject_jackknife", "bootstrap_scores", "interv
 
 METRICS = ("ccc", "mae")
 METHODS = ("fisher_z", "percentile", "bca")
-DEFAULT_METHOD = "fisher_z"  # the best worst-case coverage at 8 subjects: bench/interval_coverage.py
+DEFAULT_METHOD = "fisher_z"  # covers best at 8 subjects: bench/interval_coverage.py
 R_MAX = 1.0 - 1e-9  # |CCC| is clipped below 1 before atanh (a perfect resample is finite on z)
 _NORMAL = NormalDist()
 TIE = 1e-9  # statistics closer than this are equal: the same sums in another order differ in bits

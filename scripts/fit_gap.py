@@ -80,26 +80,27 @@ def ridge_on(prefixes: tuple[str, ...], manifest, root: Path) -> dict[str, dict]
 
 
 def compare(model: dict, ridge: dict, *, n_boot: int, seed: int, level: float,
-            method: str = "fisher_z") -> dict:
+            method: str | None = None) -> dict:
     """One split, model against ridge on the clips both score, over the same subject resamples:
     {"model": ccc, "model_ci", "ridge", "ridge_ci", "gap_ci" (model - ridge), "p_model_better",
      "clips", "subjects"}; ccc is the mean over traits of the per-trait CCC."""
-    from models.bootstrap import (bootstrap_scores, model_uncertainty, paired, subject_jackknife,
-                                  subject_resamples)
+    from models.bootstrap import (DEFAULT_METHOD, bootstrap_scores, model_uncertainty, paired,
+                                  subject_jackknife, subject_resamples)
+
+    method = method or DEFAULT_METHOD  # evaluate.interval's default
 
     where = {v: i for i, v in enumerate(ridge["ids"])}
     keep = [i for i, v in enumerate(model["ids"]) if v in where]
     other = [where[model["ids"][i]] for i in keep]
     y, subjects = model["y"][keep], model["subjects"][keep]
     preds = {"model": model["pred"][keep], "ridge": ridge["pred"][other]}
-    point = bootstrap_scores(y, preds, [np.arange(len(keep))])
     rows = subject_resamples(subjects, n_boot=n_boot, seed=seed)
     boot = bootstrap_scores(y, preds, rows, jackknife=subject_jackknife(subjects))
     vs = paired(boot["model"], boot["ridge"], level=level, method=method)
     out = {"clips": len(keep), "subjects": int(len(set(subjects))),
            "gap_ci": vs["delta_ccc"], "p_model_better": vs["p_better"]}
     for name in preds:
-        out[name] = float(np.mean(point[name]["ccc"][0]))  # a trait without a CCC: no mean
+        out[name] = float(np.mean(boot[name]["point"]["ccc"]))  # a trait without a CCC: no mean
         out[f"{name}_ci"] = model_uncertainty(boot[name], TRAITS, level=level,
                                               method=method)["mean"]["ccc"]
     return out
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params_file(ROOT / "params.yaml")
     boot = {"n_boot": int(params["evaluate"]["bootstrap"]), "seed": int(params["base"]["seed"]),
             "level": float(params["evaluate"]["ci_level"]),
-            "method": str(params["evaluate"].get("interval", "fisher_z"))}
+            "method": params["evaluate"].get("interval")}
     manifest = read_artifact("manifest", path=ROOT / "data" / "manifest.parquet")
     rows, ridges = [], {}
     for model in args.models or experiment_models():

@@ -109,7 +109,8 @@ def test_each_reader_depends_on_its_fingerprint_in_dvc_yaml():
 
     import yaml
 
-    stages = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())["stages"]
+    repo = Path(__file__).resolve().parents[1]
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
     outs = [next(iter(o)) if isinstance(o, dict) else o for o in stages["inputs"]["outs"]]
     assert {"data/inputs_aus.json", "data/inputs_deploy.json", "data/inputs_train"} <= set(outs)
     assert "data/inputs_aus.json" in stages["aus"]["deps"]
