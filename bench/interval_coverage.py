@@ -1,26 +1,36 @@
 """How often does evaluate's 95% interval over subjects contain the true value? A coverage bench.
 
-    .venv/bin/python bench/interval_coverage.py                  # ~5 min on 1 core
-    .venv/bin/python bench/interval_coverage.py --splits 400 --boot 500   # ~1 min, noisier
+    .venv/bin/python bench/interval_coverage.py                  # ~5 min on 1 core, all four laws
+    .venv/bin/python bench/interval_coverage.py --law heavy --splits 400 --boot 500   # ~10 s
 
-Simulated test splits like the default one (S subjects x 3 clips; S = 8 as the default test split,
-34 as a larger one), five traits, each drawn from the same law with a known population CCC:
+Simulated test splits like the default one (S subjects; S = 8 as the default test split, 34 as a
+larger one), five traits, each drawn from a law with a known population CCC. Four laws:
+
+"equal" (the law the default interval was chosen under): 3 clips per subject, normal draws,
 
     u ~ N(0, 1) per subject and trait               (the person's trait level)
     y = 0.5 + 0.12 (u + 0.5 e)                      (label; e ~ N(0, 1) per clip)
     p = 0.5 + 0.08 (r u + sqrt(1 - r^2) e') + 0.02  (a shrunk, biased prediction)
 
-clipped to [0, 1]; r = 0.8 is the reviewer's law (CCC 0.62). The population CCC and MAE are
-measured on 200,000 subjects. Per split: models/bootstrap.py's subject resamples and
-leave-one-subject-out jackknife, and its `interval` with method "percentile", "bca" and
-"fisher_z" (the default: for CCC tanh(2 atanh(CCC) - mean atanh(CCC*) +- t sd(atanh(CCC*))), t
-Student's 97.5% quantile for S - 1 degrees of freedom; the same on log for MAE and on the raw
-scale for a difference), for the mean CCC over traits (what results.md ranks by), trait O's CCC,
-and the mean MAE; beside them, not in the stage, the basic interval (2 estimate - the percentile ends) and,
-for CCC, fisher_z with the normal quantile 1.96 in place of t.
-The resampled CCCs are computed here vectorised over resamples (the same formula as
-models.metrics.ccc: population variances; checked equal to models.bootstrap.bootstrap_scores on
-the first split) because the stage's loop would take an hour for these runs.
+Three more laws, to see whether the choice holds off the law it was made under: "uneven", the
+same formulas with 1 + Poisson(2) clips per subject (mean 3, from 1 to ~9, as YouTube channels
+contribute unequal clip counts to First Impressions); "heavy", 3 clips each but u, e and e'
+drawn from Student's t with 3 degrees of freedom scaled to unit variance (a few extreme people
+and clips); "uneven_heavy", both at once.
+
+All clipped to [0, 1]; r = 0.8 is the reviewer's law (CCC 0.62). The population CCC and MAE
+(over clips, as the stage pools them) are measured on 200,000 subjects. Per split:
+models/bootstrap.py's subject resamples and leave-one-subject-out jackknife, and its `interval`
+with method "percentile", "bca" and "fisher_z" (the default: for CCC tanh(2 atanh(CCC) - mean
+atanh(CCC*) +- t sd(atanh(CCC*))), t Student's 97.5% quantile for S - 1 degrees of freedom; the
+same on log for MAE and on the raw scale for a difference), for the mean CCC over traits (what
+results.md ranks by), trait O's CCC, and the mean MAE; beside them, not in the stage, the basic
+interval (2 estimate - the percentile ends) and, for CCC, fisher_z with the normal quantile 1.96
+in place of t.
+The resampled CCCs are computed here vectorised over resamples, each resample a (n,) vector of
+how often it draws each clip (the same formula as models.metrics.ccc on the repeated rows:
+population variances; checked equal to models.bootstrap.bootstrap_scores on the first split of
+every cell) because the stage's loop would take an hour for these runs.
 
 A second table: two models from the same law with independent errors (true difference 0), and
 how often the interval of the difference in mean CCC excludes 0: how often results.md would rank
@@ -46,20 +56,27 @@ from models.bootstrap import (bootstrap_scores, interval, subject_jackknife,  # 
                               subject_resamples)
 
 OUT = ROOT / "bench" / "results" / "interval_coverage.json"
-CLIPS = 3
+CLIPS = 3  # per subject under "equal"; the mean under "uneven"
 TRAITS = 5
+LAWS = ("equal", "uneven", "heavy", "uneven_heavy")
 SIGNALS = (0.0, 0.4, 0.8, 0.95)  # r of the prediction with the person's trait level
 SUBJECTS = (8, 34)
 LEVEL = 0.95
 METHODS = ("percentile", "bca", "basic", "fisher_z_normal", "fisher_z")
 
 
-def draw(rng: np.random.Generator, n_subjects: int, r: float, *, models: int = 1):
-    """(subjects (n,), y (n, 5), [p (n, 5)] * models) of one simulated split."""
-    subjects = np.repeat(np.arange(n_subjects), CLIPS)
-    u = rng.normal(0, 1, (n_subjects, TRAITS))[subjects]  # (n, 5)
-    y = np.clip(0.5 + 0.12 * (u + 0.5 * rng.normal(0, 1, u.shape)), 0, 1)
-    preds = [np.clip(0.5 + 0.08 * (r * u + np.sqrt(1 - r * r) * rng.normal(0, 1, u.shape)) + 0.02,
+def draw(rng: np.random.Generator, n_subjects: int, r: float, *, law: str = "equal",
+         models: int = 1):
+    """(subjects (n,), y (n, 5), [p (n, 5)] * models) of one simulated split under `law`."""
+    counts = (1 + rng.poisson(CLIPS - 1, n_subjects) if law.startswith("uneven")
+              else np.full(n_subjects, CLIPS))
+    subjects = np.repeat(np.arange(n_subjects), counts)
+    noise = rng.normal
+    if law.endswith("heavy"):
+        noise = lambda mean, sd, shape: sd * rng.standard_t(3, shape) / np.sqrt(3.0)  # noqa: E731
+    u = noise(0, 1, (n_subjects, TRAITS))[subjects]  # (n, 5)
+    y = np.clip(0.5 + 0.12 * (u + 0.5 * noise(0, 1, u.shape)), 0, 1)
+    preds = [np.clip(0.5 + 0.08 * (r * u + np.sqrt(1 - r * r) * noise(0, 1, u.shape)) + 0.02,
                      0, 1) for _ in range(models)]
     return subjects, y, preds
 
@@ -71,23 +88,44 @@ def ccc_rows(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     return 2 * cov / (y.var(axis=-2) + p.var(axis=-2) + (my - mp)[..., 0, :] ** 2)
 
 
+def weighted_scores(weights: np.ndarray, y: np.ndarray, p: np.ndarray) -> dict[str, np.ndarray]:
+    """CCC and MAE (each (B, 5)) of B resamples given as weights (B, n): how often each resample
+    draws each of the n clips. Equal to ccc_rows / mae_rows on the repeated rows."""
+    w = weights / weights.sum(axis=1, keepdims=True)
+    my, mp = w @ y, w @ p
+    vy, vp = w @ (y * y) - my ** 2, w @ (p * p) - mp ** 2
+    cov = w @ (y * p) - my * mp
+    return {"ccc": 2 * cov / (vy + vp + (my - mp) ** 2), "mae": w @ np.abs(y - p)}
+
+
+def resample_weights(subjects: np.ndarray, *, boot: int, seed: int) -> tuple[np.ndarray, ...]:
+    """(bootstrap weights (B, n), jackknife weights (S, n)) from the stage's own row indices."""
+    n = len(subjects)
+    rows = subject_resamples(subjects, n_boot=boot, seed=seed)
+    jack = subject_jackknife(subjects)
+    return (np.stack([np.bincount(r, minlength=n) for r in rows]).astype(float),
+            np.stack([np.bincount(j, minlength=n) for j in jack]).astype(float))
+
+
 def mae_rows(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     return np.abs(y - p).mean(axis=-2)
 
 
-def population(r: float) -> dict:
-    """The law's CCC and MAE, on 200,000 subjects (MC error ~0.001)."""
-    _, y, (p,) = draw(np.random.default_rng(99), 200_000, r)
+def population(r: float, law: str) -> dict:
+    """The law's CCC and MAE over clips, on 200,000 subjects (MC error ~0.001)."""
+    _, y, (p,) = draw(np.random.default_rng(99), 200_000, r, law=law)
     return {"ccc": float(ccc_rows(y, p).mean()), "mae": float(mae_rows(y, p).mean())}
 
 
-def stats_of(y, p, rows, jack):
+def stats_of(y, p, boot_w, jack_w):
     """Point, bootstrap (B,) and jackknife (S,) values of mean CCC, O's CCC and mean MAE."""
+    point = {"ccc": ccc_rows(y, p), "mae": mae_rows(y, p)}
+    boot, jack = weighted_scores(boot_w, y, p), weighted_scores(jack_w, y, p)
     out = {}
-    for key, fn, col in (("mean_ccc", ccc_rows, None), ("O_ccc", ccc_rows, 0),
-                         ("mean_mae", mae_rows, None)):
+    for key, metric, col in (("mean_ccc", "ccc", None), ("O_ccc", "ccc", 0),
+                             ("mean_mae", "mae", None)):
         pick = (lambda v: v.mean(axis=-1)) if col is None else (lambda v: v[..., col])
-        out[key] = (float(pick(fn(y, p))), pick(fn(y[rows], p[rows])), pick(fn(y[jack], p[jack])))
+        out[key] = (float(pick(point[metric])), pick(boot[metric]), pick(jack[metric]))
     return out
 
 
@@ -108,25 +146,25 @@ def intervals(point: float, boot: np.ndarray, jack: np.ndarray, scale: str) -> d
     return out
 
 
-def check_against_stage(y, p, subjects, rows, jack) -> None:
-    """The vectorised CCC is the stage's: equal to bootstrap_scores on these resamples."""
-    s = bootstrap_scores(y, {"m": p}, [r for r in rows[:50]],
-                         jackknife=[j for j in jack])["m"]
-    assert np.allclose(s["ccc"], ccc_rows(y[rows[:50]], p[rows[:50]]), atol=1e-12)
-    assert np.allclose(s["jack"]["ccc"], ccc_rows(y[jack], p[jack]), atol=1e-12)
+def check_against_stage(y, p, subjects, seed, boot_w, jack_w) -> None:
+    """The vectorised scores are the stage's: equal to bootstrap_scores on the same resamples."""
+    rows = subject_resamples(subjects, n_boot=len(boot_w), seed=seed)[:50]
+    s = bootstrap_scores(y, {"m": p}, rows, jackknife=subject_jackknife(subjects))["m"]
+    for metric in ("ccc", "mae"):
+        assert np.allclose(s[metric], weighted_scores(boot_w[:50], y, p)[metric], atol=1e-10)
+        assert np.allclose(s["jack"][metric], weighted_scores(jack_w, y, p)[metric], atol=1e-10)
 
 
-def coverage_cell(n_subjects: int, r: float, truth: dict, *, splits: int, boot: int,
+def coverage_cell(law: str, n_subjects: int, r: float, truth: dict, *, splits: int, boot: int,
                   seed: int) -> list[dict]:
     rng = np.random.default_rng(seed)
     hits: dict = {}
     for k in range(splits):
-        subjects, y, (p,) = draw(rng, n_subjects, r)
-        rows = np.stack(subject_resamples(subjects, n_boot=boot, seed=seed * 100_000 + k))
-        jack = np.stack(subject_jackknife(subjects))  # (S, n - 3): equal clip counts
+        subjects, y, (p,) = draw(rng, n_subjects, r, law=law)
+        boot_w, jack_w = resample_weights(subjects, boot=boot, seed=seed * 100_000 + k)
         if k == 0:
-            check_against_stage(y, p, subjects, rows, jack)
-        for stat, (point, b, j) in stats_of(y, p, rows, jack).items():
+            check_against_stage(y, p, subjects, seed * 100_000 + k, boot_w, jack_w)
+        for stat, (point, b, j) in stats_of(y, p, boot_w, jack_w).items():
             target = truth["mae" if stat.endswith("mae") else "ccc"]
             scale = "atanh" if stat.endswith("ccc") else "log"
             for method, (lo, hi) in intervals(point, b, j, scale).items():
@@ -136,83 +174,99 @@ def coverage_cell(n_subjects: int, r: float, truth: dict, *, splits: int, boot: 
                 h["below"] += hi < target  # the whole interval below the truth
                 h["above"] += lo > target
                 h["width"] += hi - lo
-    return [{"n_subjects": n_subjects, "signal_r": r, "true": truth["mae" if s.endswith("mae")
-             else "ccc"], "statistic": s, "method": m, "coverage": h["cover"] / splits,
-             "below": h["below"] / splits, "above": h["above"] / splits,
-             "mean_width": h["width"] / splits} for (s, m), h in hits.items()]
+    return [{"law": law, "n_subjects": n_subjects, "signal_r": r,
+             "true": truth["mae" if s.endswith("mae") else "ccc"], "statistic": s, "method": m,
+             "coverage": h["cover"] / splits, "below": h["below"] / splits,
+             "above": h["above"] / splits, "mean_width": h["width"] / splits}
+            for (s, m), h in hits.items()]
 
 
-def equal_models_cell(n_subjects: int, *, splits: int, boot: int, seed: int) -> list[dict]:
+def equal_models_cell(law: str, n_subjects: int, *, splits: int, boot: int,
+                      seed: int) -> list[dict]:
     """Two models of the same law (r 0.8), independent errors: share of splits whose interval
     of the difference in mean CCC excludes 0."""
     rng = np.random.default_rng(seed)
     ranked = dict.fromkeys(("percentile", "bca", "basic", "fisher_z"), 0)
     width = dict.fromkeys(ranked, 0.0)
     for k in range(splits):
-        subjects, y, (pa, pb) = draw(rng, n_subjects, 0.8, models=2)
-        rows = np.stack(subject_resamples(subjects, n_boot=boot, seed=seed * 100_000 + k))
-        jack = np.stack(subject_jackknife(subjects))
-        d = lambda idx: (ccc_rows(y[idx], pa[idx]) - ccc_rows(y[idx], pb[idx])).mean(axis=-1)
-        for method, (lo, hi) in intervals(float(d(slice(None))), d(rows), d(jack),
-                                          "identity").items():
+        subjects, y, (pa, pb) = draw(rng, n_subjects, 0.8, law=law, models=2)
+        boot_w, jack_w = resample_weights(subjects, boot=boot, seed=seed * 100_000 + k)
+        diff = lambda w: (weighted_scores(w, y, pa)["ccc"]  # noqa: E731
+                          - weighted_scores(w, y, pb)["ccc"]).mean(axis=-1)
+        point = float((ccc_rows(y, pa) - ccc_rows(y, pb)).mean())
+        for method, (lo, hi) in intervals(point, diff(boot_w), diff(jack_w), "identity").items():
             ranked[method] += not lo <= 0 <= hi
             width[method] += hi - lo
-    return [{"n_subjects": n_subjects, "method": m, "ranked": ranked[m] / splits,
+    return [{"law": law, "n_subjects": n_subjects, "method": m, "ranked": ranked[m] / splits,
              "mean_width": width[m] / splits} for m in ranked]
 
 
 def print_tables(rows: list[dict], equal: list[dict]) -> None:
-    by = {(r["n_subjects"], r["signal_r"], r["statistic"], r["method"]): r for r in rows}
+    by = {(r["law"], r["n_subjects"], r["signal_r"], r["statistic"], r["method"]): r for r in rows}
     print("\ncoverage of the nominal 95% interval (below: the whole interval under the truth) "
           "and mean width\n")
-    print("| subjects | true | statistic | percentile | BCa | basic | fisher_z with 1.96, not t "
-          "| fisher_z (the stage's default) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for (n, r, stat, method), row in by.items():
+    print("| law | subjects | true | statistic | percentile | BCa | basic "
+          "| fisher_z with 1.96, not t | fisher_z (the stage's default) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (law, n, r, stat, method), row in by.items():
         if method != "percentile":
             continue
         cells = []
         for m in METHODS:
-            x = by.get((n, r, stat, m))
+            x = by.get((law, n, r, stat, m))
             cells.append("-" if x is None else f"{x['coverage']:.3f} (below {x['below']:.3f}) "
                          f"w {x['mean_width']:.3f}")
-        print(f"| {n} | {row['true']:.3f} | {stat} | " + " | ".join(cells) + " |")
+        print(f"| {law} | {n} | {row['true']:.3f} | {stat} | " + " | ".join(cells) + " |")
     print("\ntwo equally good models: share of splits whose interval of the difference in mean "
           "CCC excludes 0 (nominal 0.05)\n")
-    print("| subjects | percentile | BCa | basic | fisher_z |")
-    print("|---|---|---|---|---|")
-    for n in sorted({e["n_subjects"] for e in equal}):
-        cell = {e["method"]: e for e in equal if e["n_subjects"] == n}
-        print(f"| {n} | " + " | ".join(f"{cell[m]['ranked']:.3f} (w {cell[m]['mean_width']:.3f})"
-                                       for m in ("percentile", "bca", "basic", "fisher_z"))
-              + " |")
+    print("| law | subjects | percentile | BCa | basic | fisher_z |")
+    print("|---|---|---|---|---|---|")
+    for law, n in sorted({(e["law"], e["n_subjects"]) for e in equal}):
+        cell = {e["method"]: e for e in equal if (e["law"], e["n_subjects"]) == (law, n)}
+        print(f"| {law} | {n} | " + " | ".join(
+            f"{cell[m]['ranked']:.3f} (w {cell[m]['mean_width']:.3f})"
+            for m in ("percentile", "bca", "basic", "fisher_z")) + " |")
+
+
+def run_law(law: str, *, splits: int, boot: int, start: float) -> tuple[list, list]:
+    """Coverage rows and equal-model rows of one law; the seeds of "equal" are those the bench
+    had before it had a second law, so its figures are reproduced."""
+    offset = 5000 * LAWS.index(law)
+    rows, equal = [], []
+    for i, r in enumerate(SIGNALS):
+        truth = population(r, law)
+        for n in SUBJECTS:
+            rows += coverage_cell(law, n, r, truth, splits=splits, boot=boot,
+                                  seed=offset + 10 * i + n)
+            print(f"{law}: r {r} ({truth['ccc']:.3f}), {n} subjects: "
+                  f"{time.time() - start:.0f} s", flush=True)
+    for n in SUBJECTS:
+        equal += equal_models_cell(law, n, splits=splits, boot=boot, seed=offset + 1000 + n)
+    return rows, equal
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--splits", type=int, default=1000, help="simulated splits per cell")
     ap.add_argument("--boot", type=int, default=1000, help="subject resamples per split")
+    ap.add_argument("--law", choices=LAWS, action="append",
+                    help="simulation law, repeatable (default: all)")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
+    laws = args.law or list(LAWS)
     start = time.time()
     rows, equal = [], []
-    for i, r in enumerate(SIGNALS):
-        truth = population(r)
-        for n in SUBJECTS:
-            rows += coverage_cell(n, r, truth, splits=args.splits, boot=args.boot,
-                                  seed=10 * i + n)
-            print(f"r {r} ({truth['ccc']:.3f}), {n} subjects: {time.time() - start:.0f} s",
-                  flush=True)
-    for n in SUBJECTS:
-        equal += equal_models_cell(n, splits=args.splits, boot=args.boot, seed=1000 + n)
+    for law in laws:
+        law_rows, law_equal = run_law(law, splits=args.splits, boot=args.boot, start=start)
+        rows, equal = rows + law_rows, equal + law_equal
     seconds = time.time() - start
     print_tables(rows, equal)
     print(f"\n{args.splits} splits per cell, {args.boot} resamples each, {seconds:.0f} s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
-        "settings": {"splits": args.splits, "boot": args.boot, "clips_per_subject": CLIPS,
-                     "traits": TRAITS, "level": LEVEL, "signals": SIGNALS,
-                     "subjects": SUBJECTS},
+        "settings": {"splits": args.splits, "boot": args.boot, "laws": laws,
+                     "clips_per_subject": CLIPS, "traits": TRAITS, "level": LEVEL,
+                     "signals": SIGNALS, "subjects": SUBJECTS},
         "coverage": rows, "equal_models": equal, "seconds": round(seconds, 1)}, indent=1))
     print(f"wrote {args.out}")
 

@@ -64,3 +64,21 @@ def test_pipeline_bench_times_each_stage_and_groups_them_as_the_readme():
     assert bench.announcement("train@perfex_cnn: up to date (2 s)") is None
     twice = bench.stage_seconds([(0.0, "inputs"), (1.0, "ingest"), (5.0, "inputs")], end=6.0)
     assert twice == {"inputs": 2.0, "ingest": 4.0}  # inputs runs in steps 1 and 3: summed
+
+
+def test_interval_coverage_bench_runs_every_law_and_checks_itself_against_the_stage(tmp_path):
+    """A tiny run (5 splits, 50 resamples): every law gives every cell, and the first split of
+    each cell has checked the bench's vectorised CCC and MAE against models.bootstrap's (an
+    assertion inside the bench, with unequal clip counts under "uneven")."""
+    out = tmp_path / "coverage.json"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "interval_coverage.py"),
+                           "--splits", "5", "--boot", "50", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    laws = ["equal", "uneven", "heavy", "uneven_heavy"]
+    assert result["settings"]["laws"] == laws
+    # 4 truths x 2 subject counts x (2 CCC statistics x 5 methods + MAE x 4 methods), per law
+    assert [sum(r["law"] == law for r in result["coverage"]) for law in laws] == [112] * 4
+    assert all(0 <= r["coverage"] <= 1 for r in result["coverage"])
+    assert len(result["equal_models"]) == 4 * 2 * 4
