@@ -36,7 +36,8 @@ A second table: two models from the same law with independent errors (true diffe
 how often the interval of the difference in mean CCC excludes 0: how often results.md would rank
 two equally good models (nominal 5%).
 
-Writes bench/results/interval_coverage.json. Monte-Carlo error of a coverage near 0.95 with 1000
+Writes bench/results/interval_coverage.json and a plot of the mean CCC's coverage per law,
+subject count and method, interval_coverage.png. Monte-Carlo error of a coverage near 0.95 with 1000
 splits: +-0.007 (one sd).
 """
 from __future__ import annotations
@@ -228,6 +229,37 @@ def print_tables(rows: list[dict], equal: list[dict]) -> None:
             for m in ("percentile", "bca", "basic", "fisher_z")) + " |")
 
 
+def plot_coverage(rows: list[dict], path: Path) -> None:
+    """Coverage of the mean CCC against its true value, one panel per law and subject count,
+    one line per method, the nominal 0.95 dashed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    laws = list(dict.fromkeys(r["law"] for r in rows))
+    fig, axes = plt.subplots(len(SUBJECTS), len(laws), figsize=(3.2 * len(laws), 5.6),
+                             sharex=True, sharey=True, squeeze=False)
+    for row_axes, n in zip(axes, SUBJECTS):
+        for ax, law in zip(row_axes, laws):
+            for method in METHODS:
+                cells = sorted((r["true"], r["coverage"]) for r in rows if r["law"] == law
+                               and r["n_subjects"] == n and r["statistic"] == "mean_ccc"
+                               and r["method"] == method)
+                ax.plot(*zip(*cells), marker="o", ms=3, label=method,
+                        lw=2.2 if method == "fisher_z" else 1)
+            ax.axhline(LEVEL, ls="--", color="grey", lw=0.8)
+            ax.set_title(f"{law}, {n} subjects", fontsize=9)
+            ax.set_ylim(0, 1)
+    for ax in axes[-1]:
+        ax.set_xlabel("true mean CCC")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("coverage of the 95% interval")
+    axes[0, 0].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def run_law(law: str, *, splits: int, boot: int, start: float) -> tuple[list, list]:
     """Coverage rows and equal-model rows of one law; the seeds of "equal" are those the bench
     had before it had a second law, so its figures are reproduced."""
@@ -268,7 +300,8 @@ def main(argv: list[str] | None = None) -> None:
                      "clips_per_subject": CLIPS, "traits": TRAITS, "level": LEVEL,
                      "signals": SIGNALS, "subjects": SUBJECTS},
         "coverage": rows, "equal_models": equal, "seconds": round(seconds, 1)}, indent=1))
-    print(f"wrote {args.out}")
+    plot_coverage(rows, args.out.with_suffix(".png"))
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

@@ -619,6 +619,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+def by_video(named: dict[str, Any], field: str) -> list[dict]:
+    """A {video_id: value} map as [{"video_id": ..., field: value}, ...] sorted by video id, for
+    a metrics file: `dvc metrics show` and `dvc exp show` turn every key of a map into a column
+    (a corpus with 80 broken videos would get 80 columns), and show no list, so the table keeps
+    the counts while the file keeps the names."""
+    return [{"video_id": vid, field: named[vid]} for vid in sorted(named)]
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     import json
 

@@ -22,16 +22,16 @@ the cores) and runs `setup(*setup_args)` once (a model load, a JIT warm-up), not
 A worker that dies (SIGKILL by the kernel for memory, a crash inside a native library) never hangs
 the map. Without `on_lost` it fails the map at once with an `ExecutorError` naming the job it was
 running. With `on_lost(job, why)` (the per-video stages: one bad video never takes a stage down)
-the local pool is restarted, the jobs in flight run again, and the dead worker's job runs once
-more; when it kills a worker a second time its result is `on_lost`'s (an error row naming the
-video), and the map goes on. More than `max(3, jobs / 20)` dead workers in one map is the machine
-(memory, a broken install), not a video: ExecutorError. A job's exception that cannot travel back
-(unpicklable) or a job that calls sys.exit() arrives as a RuntimeError naming what it was. On Dask
-a lost worker ends the map (ExecutorError): the client cancels its neighbours' futures, and a
-remote scheduler retries a task itself (allowed-failures) first. Local workers (pool and
-LocalCluster) die with their parent (PR_SET_PDEATHSIG on Linux, and a thread polling the parent's
-pid everywhere), so killing a stage leaves no worker behind. A job that hangs (an FFmpeg read
-that never returns) is stopped in the local pool at its time limit (`time_limit`: the per-video
+the local pool is restarted (a Dask worker by its Nanny), the jobs in flight run again, and the
+dead worker's job runs once more; when it kills a worker a second time its result is `on_lost`'s
+(an error row naming the video), and the map goes on. A remote Dask scheduler retries a task on
+other workers itself (allowed-failures) before it reports the loss, which is then final. More
+than `max(3, jobs / 20)` dead workers in one map is the machine (memory, a broken install), not a
+video: ExecutorError. A job's exception that cannot travel back (unpicklable) or a job that calls
+sys.exit() arrives as a RuntimeError naming what it was. Local workers (pool and LocalCluster)
+die with their parent (PR_SET_PDEATHSIG on Linux, and a thread polling the parent's pid
+everywhere), so killing a stage leaves no worker behind. A job that hangs (an FFmpeg read that
+never returns) is stopped at its time limit, in the pool or on Dask (`time_limit`: the per-video
 stages give 600 s + 20 s per second of video, or 2 s per kept frame for faces, times
 PERSONALITY_TIME_LIMIT_SCALE, default 1, 0 for none) and is then on_lost's row at once. The
 scheduling itself (order, second tries, time limits) is personality/executor_order.py.
@@ -274,8 +274,8 @@ def map_jobs(fn: Callable[[Any], Any], jobs: Iterable[Any], *, workers: int,
     A job's own exception reaches the caller unchanged (with a note naming the job). A dead
     worker raises ExecutorError naming the job it ran, or, with `on_lost(job, why)`, gives that
     job a second try and then on_lost's result (module docstring). `time_limit(job)`: seconds
-    a job may run in the local pool before its worker is killed (time_limit_s), then on_lost's
-    result (or ExecutorError); not enforced in this process or on Dask."""
+    a job may run in a worker (pool or Dask) before the worker is killed (time_limit_s), then
+    on_lost's result (or ExecutorError); not enforced in this process."""
     jobs = list(jobs)
     where = where or placement(workers)
     token = uuid.uuid4().hex
@@ -297,7 +297,8 @@ def map_jobs(fn: Callable[[Any], Any], jobs: Iterable[Any], *, workers: int,
     else:
         from personality.executor_dask import map_dask  # distributed only when asked for
 
-        yield from map_dask(fn, jobs, where, label, token, setup, setup_args)
+        yield from map_dask(fn, jobs, where, label, token, setup, setup_args, on_lost,
+                            time_limit)
 
 
 @contextlib.contextmanager

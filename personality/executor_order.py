@@ -13,6 +13,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any, Callable, Iterator
 
 
+MAX_CANCELS = 3  # a job whose future is cancelled more often than this ends the map
+
+
 class ExecutorError(RuntimeError):
     """A worker died while running a job (the message names the job, e.g. the video), or
     PERSONALITY_CLUSTER holds a value that names no executor (the message quotes it)."""
@@ -65,10 +68,12 @@ class TimeLimit:
 
 @dataclasses.dataclass(frozen=True)
 class WorkerLost:
-    """on_error's answer to a dead worker: the job(s) it may have run, why, who ("Dask worker")."""
+    """on_error's answer to a dead worker: the job(s) it may have run, why, who ("Dask worker"),
+    and whether the loss is final (a remote Dask scheduler has already retried the job)."""
     jobs: tuple[int, ...]
     why: str
     who: str = "worker process"
+    final: bool = False
 
 
 class InOrder:
@@ -92,6 +97,7 @@ class InOrder:
         self.final: dict[int, Any] = {}  # on_lost's results, waiting for their turn
         self.again: list[int] = []  # jobs a lost worker took down, run before new ones
         self.deaths: dict[int, int] = {}  # job -> workers that died running it
+        self.cancels: dict[int, int] = {}  # job -> times its future was cancelled under us
         self.losses, self.budget = 0, max(3, len(jobs) // 20)
         self.next_submit = self.next_yield = 0
         self.time_limit = time_limit
@@ -109,8 +115,8 @@ class InOrder:
             if head is None or not head.done():
                 self._wait_for_one()
                 continue
-            if head.exception() is not None and self._losses_seen():  # a loss since the last look
-                continue
+            if head.cancelled() or (head.exception() is not None and self._losses_seen()):
+                continue  # a loss (or a cancel: _cancels_seen) since the last look
             del self.futures[self.next_yield]
             try:
                 result = head.result()
@@ -164,7 +170,25 @@ class InOrder:
                 return True
             if verdict is not None:
                 raise verdict from exc
-        return False
+        return self._cancels_seen()
+
+    def _cancels_seen(self) -> bool:
+        """Futures cancelled under us (a Dask scheduler that forgets a task, e.g. one whose
+        inputs were lost): run again, at most MAX_CANCELS times each, then on_lost's result
+        (or ExecutorError); True when there were any."""
+        cancelled = [k for k, f in self.futures.items() if f.cancelled()]
+        for k in cancelled:
+            del self.futures[k]
+            self.cancels[k] = self.cancels.get(k, 0) + 1
+            if self.cancels[k] <= MAX_CANCELS:
+                self.again = sorted({*self.again, k})
+                continue
+            why = f"its task was cancelled {self.cancels[k]} times (workers lost?)"
+            if self.on_lost is None:
+                raise ExecutorError(f"{self.label(self.jobs[k])}: {why}; the stage stops here, "
+                                    "nothing is written")
+            self.final[k] = self.on_lost(self.jobs[k], why)
+        return bool(cancelled)
 
     def _recover(self, lost: WorkerLost, exc: BaseException, refused: int | None = None) -> None:
         overdue = self.time_limit.overdue if self.time_limit else {}
@@ -188,8 +212,9 @@ class InOrder:
             self.final[k] = self.on_lost(self.jobs[k], self.time_limit.why(k))
         for k in lost.jobs:
             self.deaths[k] = self.deaths.get(k, 0) + 1
-            if k not in overdue and self.deaths[k] >= 2:
-                self.final[k] = self.on_lost(self.jobs[k], f"the {lost.who} running it died "
-                                             f"twice ({lost.why})")
+            if k not in overdue and (self.deaths[k] >= 2 or lost.final):
+                times = "" if lost.final and self.deaths[k] < 2 else " twice"
+                self.final[k] = self.on_lost(self.jobs[k], f"the {lost.who} running it died"
+                                             f"{times} ({lost.why})")
         rerun = set(self.again) | set(taken) | ({refused} if refused is not None else set())
         self.again = sorted(rerun - set(self.final))

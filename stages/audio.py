@@ -56,7 +56,7 @@ Videos with no audio stream (has_audio=false), silent clips (silent=true), unrea
 too-short tracks (error set, logged by name) get NaN functionals (fn_* and openSMILE's) and
 empty per-window lists (n_frames 0); the stage goes on. Silent and too-short clips keep their
 wave; the others get an all-zero wave (n_samples 0). metrics/audio.json counts them and names
-each: `failed` (video_id -> the error), `no_audio`, `silent`.
+each: `failed` (a list of {video_id, error}), `no_audio`, `silent`.
 
 Parallel: personality/executor.py's executor (`base.workers` local processes, one thread each, or
 the Dask cluster PERSONALITY_CLUSTER names: same bytes either way); each worker pays librosa's
@@ -74,7 +74,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -82,8 +82,8 @@ import pandas as pd
 from personality import schemas, smile
 from personality.executor import map_jobs, time_limit_s
 from personality.common import (ArtifactWriter, BaseParams, ParamsError, StageInputError,
-                                atomic_write_json, get_logger, progress, read_artifact, repo_root,
-                                run_stage)
+                                atomic_write_json, by_video, get_logger, progress, read_artifact,
+                                repo_root, run_stage)
 
 log = get_logger("audio")
 
@@ -548,7 +548,7 @@ def run(params: AudioParams, base: BaseParams, root: Path | None = None) -> dict
     log.info("audio of %d videos with %d worker(s), feature sets %s, f0 by %s", len(jobs),
              base.workers, "+".join(params.feature_sets), params.f0_method)
     counts = {"n_videos": len(jobs), "n_no_audio": 0, "n_silent": 0, "n_errors": 0}
-    named: dict[str, dict] = {"failed": {}, "no_audio": [], "silent": []}  # metrics/audio.json
+    named: dict[str, Any] = {"failed": {}, "no_audio": [], "silent": []}  # metrics/audio.json
     voiced, seconds = [], 0.0
     t0 = time.perf_counter()
     out_path = root / schemas.ARTIFACTS["audio"].path
@@ -585,6 +585,7 @@ def run(params: AudioParams, base: BaseParams, root: Path | None = None) -> dict
     # the timings stay in the log: in the metrics file they would differ on every run
     log.info("audio: %s, %.1f s wall, %s x real time", summary, wall,
              round(seconds / wall, 1) if wall > 0 else None)
+    named["failed"] = by_video(named["failed"], "error")
     atomic_write_json(root / "metrics" / "audio.json", {**summary, **named})
     return {**summary, **named, "wall_s": round(wall, 2)}
 

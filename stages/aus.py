@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from personality import schemas
-from personality.common import (BaseParams, StageInputError, atomic_write_json, get_logger,
+from personality.common import (BaseParams, StageInputError, atomic_write_json, by_video, get_logger,
                                 progress, read_artifact, repo_root, run_stage, safe_join)
 from personality.openface import read_openface_csv
 from personality.schemas import AU_INTENSITY, AU_PRESENCE
@@ -298,7 +298,7 @@ def run(params: AusParams, base: BaseParams | None = None, root: Path | None = N
             raise StageInputError("no video gave AUs: " + "; ".join(list(failed.values())[:5]))
     summary = {"backend": params.backend, "n_frames": n_rows,
                "success_rate": round(n_ok / n_rows, 4) if n_rows else 0.0,
-               "n_failed": len(failed), "failed": failed}
+               "n_failed": len(failed), "failed": by_video(failed, "error")}
     atomic_write_json(root / "metrics" / "aus.json", summary)
     log.info("aus (%s): %d frames, %.1f%% with a face", params.backend, n_rows,
              100 * summary["success_rate"])

@@ -19,9 +19,10 @@ Outputs (data/deploy/):
                       retrained checkpoint), checkpoint, checkpoint_sha256
   perfex_export.csv   PerFeX's per-frame layout: ID, File, frame, AU*_r, AU*_c, and the predicted
                       extroversion, neuroticism, agreeableness, conscientiousness, openness
-  summary.json        n_sequences, n_frames, model, checkpoint, and `failed`: each CSV of a CSV
-                      corpus that was not labelled (unreadable, empty, cut off, a symlink out of
-                      the folder) -> why; the others are labelled
+  summary.json        n_sequences, n_frames, model, checkpoint, and `failed`: a list of
+                      {video_id: the file name, error: why}, one per CSV of a CSV corpus that was
+                      not labelled (unreadable, empty, cut off, a symlink out of the folder); the
+                      others are labelled
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ import pandas as pd
 
 from personality import schemas
 from personality.common import (BaseParams, ParamsError, StageInputError, atomic_dir,
-                           atomic_write_json, experiment_models, find_checkpoint, get_logger,
+                           atomic_write_json, by_video, experiment_models, find_checkpoint, get_logger,
                            is_checkpoint_path, load_params_keys, read_artifact, repo_root,
                            run_stage, safe_join, write_artifact)
 from personality.schemas import AU_INTENSITY, AU_PRESENCE, TRAITS
@@ -84,7 +85,7 @@ def load_corpus(p: DeployParams, root: Path, reading: OpenFaceReading = OpenFace
 
 def read_csv_corpus(folder: Path, reading: OpenFaceReading, failed: dict[str, str]) -> pd.DataFrame:
     """Every <name>.csv of `folder` as one sequence `name`. One bad file never stops the corpus:
-    it goes into `failed` (file name -> why), which data/deploy/summary.json keeps. A CSV that
+    it goes into `failed` (file name -> why), which data/deploy/summary.json keeps as a list. A CSV that
     resolves outside the folder (a symlink out of it) is refused, not read: the corpus is what
     the folder holds."""
     from personality.openface import read_openface_csv
@@ -196,7 +197,7 @@ def run(params: DeployParams, base: BaseParams, root: Path | None = None,
     labels = label_corpus(table, ckpt, batch_size=params.batch_size, root=root)
     summary = {"n_sequences": int(len(labels)), "n_frames": int(len(table)),
                "model": str(labels["model"].iloc[0]), "checkpoint": _shown(ckpt, root),
-               "n_failed": len(failed), "failed": failed}
+               "n_failed": len(failed), "failed": by_video(failed, "error")}
     with atomic_dir(out) as tmp:
         labels.to_parquet(tmp / "labels.parquet", index=False)
         if params.export_csv:

@@ -30,7 +30,8 @@ import numpy as np
 import pandas as pd
 
 from personality import schemas
-from personality.common import (BaseParams, StageInputError, atomic_write_json, get_logger, progress, repo_root, run_stage)
+from personality.common import (BaseParams, StageInputError, atomic_write_json, by_video,
+                                get_logger, progress, repo_root, run_stage)
 from personality.facemodel import BLENDSHAPES, head_pose_deg
 from personality.executor import map_jobs, time_limit_s
 from personality.video_io import VideoShardWriter, decode_jpeg, encode_jpeg, index_videos, read_video
@@ -282,9 +283,11 @@ def run(params: FacesParams, base: BaseParams, root: Path | None = None) -> dict
                "face_rate": round(n_found / n_rows, 4) if n_rows else 0.0,
                "frames_with_several_faces": n_multi,
                "videos_without_face": no_face,
-               # per-video rates only where they matter: a table of 150 columns hides the rest
-               "videos_below_95pct": {v: r for v, r in per_video.items() if r < 0.95},
-               "failed": failed}
+               # per-video rates only where they matter, as a list (common.by_video) and counted
+               "n_videos_below_95pct": sum(r < 0.95 for r in per_video.values()),
+               "videos_below_95pct": by_video({v: r for v, r in per_video.items() if r < 0.95},
+                                              "face_rate"),
+               "failed": by_video(failed, "error")}
     atomic_write_json(root / "metrics" / "faces.json", summary)
     # timings vary from run to run: logged and sent to MLflow (run_stage), never DVC-tracked
     summary["timings"] = {"frames_per_second_per_core": round(n_rows / seconds, 1)

@@ -24,7 +24,8 @@ from pathlib import Path
 import pandas as pd
 
 from personality import schemas
-from personality.common import (BaseParams, StageInputError, atomic_write_json, get_logger, progress, read_artifact, repo_root, run_stage)
+from personality.common import (BaseParams, StageInputError, atomic_write_json, by_video,
+                                get_logger, progress, read_artifact, repo_root, run_stage)
 from personality.executor import map_jobs, time_limit_s
 from personality.video_io import VideoShardWriter, encode_jpeg, iter_frames
 
@@ -143,7 +144,8 @@ def run(params: FramesParams, base: BaseParams, root: Path | None = None) -> dic
     summary = {"n_videos": len(jobs), "n_ok": len(jobs) - len(failed), "n_failed": len(failed),
                "n_frames": n_rows, "sampling": (f"per_video={params.per_video}"
                                                 if params.per_video else f"fps={params.fps}"),
-               "max_side": params.max_side, "failed": failed, "warnings": notes}
+               "max_side": params.max_side, "failed": by_video(failed, "error"),
+               "n_warnings": len(notes), "warnings": by_video(notes, "warning")}
     atomic_write_json(root / "metrics" / "frames.json", summary)
     # timings vary from run to run: logged and sent to MLflow (run_stage), never DVC-tracked
     summary["timings"] = {"worker_seconds": round(decode_s, 2)}

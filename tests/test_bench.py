@@ -82,3 +82,4 @@ def test_interval_coverage_bench_runs_every_law_and_checks_itself_against_the_st
     assert [sum(r["law"] == law for r in result["coverage"]) for law in laws] == [112] * 4
     assert all(0 <= r["coverage"] <= 1 for r in result["coverage"])
     assert len(result["equal_models"]) == 4 * 2 * 4
+    assert out.with_suffix(".png").stat().st_size > 10_000  # the coverage plot

@@ -269,3 +269,11 @@ def test_find_checkpoint_says_a_folder_is_a_folder(tmp_path):
         common.find_checkpoint(str(tmp_path / "m.pt"))
     with pytest.raises(StageInputError, match="checkpoint not found"):
         common.find_checkpoint(str(tmp_path / "absent.pt"))
+
+
+def test_by_video_turns_a_map_into_a_sorted_list_dvc_shows_no_column_of():
+    from personality.common import by_video
+
+    assert by_video({"b": "moov atom missing", "a": "empty file"}, "error") == [
+        {"video_id": "a", "error": "empty file"}, {"video_id": "b", "error": "moov atom missing"}]
+    assert by_video({}, "error") == []

@@ -109,6 +109,9 @@ def test_real_face_and_no_face_fixtures(tmp_path):
     assert (none["n_faces"] == 0).all() and none["yaw"].isna().all()
     assert none["landmarks"].isna().all() and none["crop"].isna().all()
     assert summary["videos_without_face"] == ["none"]
+    # a list with its count (a map would be one `dvc metrics show` column per video)
+    assert summary["videos_below_95pct"] == [{"video_id": "none", "face_rate": 0.0}]
+    assert summary["n_videos_below_95pct"] == 1
     got = single[single["face_found"]]
     assert got["landmarks"].map(len).eq(478 * 3).all()
     bs = got[[f"bs_{n}" for n in BLENDSHAPES]].to_numpy()

@@ -219,11 +219,13 @@ def test_stage_survives_bad_inputs(tmp_path):
     summary = run(FramesParams(fps=5, max_side=640), BaseParams(workers=2), root=root)
     frames = read_artifact("frames", path=root / "data" / "frames")
     by = {v: g for v, g in frames.groupby("video_id")}
-    assert set(summary["failed"]) >= {"zero", "audio_only"}
-    assert "zero.mp4" in summary["failed"]["zero"]
-    assert "audio_only.mp4" in summary["failed"]["audio_only"]
+    # a list, not a map: DVC would show each failed video as a column of its own
+    failed = {row["video_id"]: row["error"] for row in summary["failed"]}
+    assert len(failed) == len(summary["failed"]) and set(failed) >= {"zero", "audio_only"}
+    assert "zero.mp4" in failed["zero"]
+    assert "audio_only.mp4" in failed["audio_only"]
     # truncated: either some frames or reported by name, never silence
-    assert "truncated" in by or "truncated.mp4" in summary["failed"]["truncated"]
+    assert "truncated" in by or "truncated.mp4" in failed["truncated"]
     assert list(by["good"]["frame_idx"]) == [0, 5, 10, 15, 20, 25]
     assert list(by["one_frame"]["frame_idx"]) == [0] and by["one_frame"]["t"].iloc[0] == 0.0
     assert (by["rotated"]["width"].iloc[0], by["rotated"]["height"].iloc[0]) == (32, 64)
@@ -245,8 +247,9 @@ def test_a_video_over_its_time_limit_is_a_failed_row_and_the_others_go_on(tmp_pa
     clips.to_parquet(tmp_path / "data" / "clips.parquet", index=False)
     monkeypatch.setenv("PERSONALITY_TIME_LIMIT_SCALE", "1e-6")
     summary = run(FramesParams(), BaseParams(workers=2), root=tmp_path)
-    assert list(summary["failed"]) == ["hung"]
-    assert "ran over its time limit of 0 s and was stopped" in summary["failed"]["hung"]
+    [failed] = summary["failed"]
+    assert failed["video_id"] == "hung"
+    assert "ran over its time limit of 0 s and was stopped" in failed["error"]
     assert set(read_artifact("frames", path=tmp_path / "data" / "frames")["video_id"]) == {"good"}
 
 

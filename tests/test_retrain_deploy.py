@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from models.checkpoints import mark_finished
 from stages import deploy, retrain
 from personality.common import BaseParams, ParamsError, StageInputError, write_artifact
 from personality.schemas import AU_INTENSITY, AU_PRESENCE, TRAITS
@@ -108,6 +109,8 @@ def trained(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("au")
     fit_perfex_cnn(root, au_dataset(root), epochs=8, seed=3)
+    # as the train stage marks it: the span of training clip durations predict warns by
+    mark_finished(root / "data/models/perfex_cnn/best.pt", train_duration_s=[4.0, 9.0])
     return root
 
 
@@ -135,7 +138,10 @@ def test_retrain_moves_toward_raters(trained, tmp_path):
     assert 0 < icc["icc1"] < icc["icck"] < 1
     preds = pd.read_parquet(root / "data/retrained/predictions/perfex_cnn+retrained.parquet")
     assert len(preds) == 48 and (preds["model"] == "perfex_cnn+retrained").all()
-    assert (root / "data/retrained/models/perfex_cnn+retrained/best.pt").is_file()
+    from models import engine
+
+    _, tuned = engine.load_checkpoint(root / "data/retrained/models/perfex_cnn+retrained/best.pt")
+    assert tuned["train_duration_s"] == [4.0, 9.0]  # predict's short-clip warning still has it
     assert out["perfex_cnn"]["val"]["after"] == m["after"]
     # the same seed gives the same numbers
     again = retrain.run(params, BaseParams(seed=3, workers=1), root=root)
@@ -381,8 +387,8 @@ def test_deploy_reports_every_csv_it_skips_and_refuses_links_out(trained, tmp_pa
     assert labels["video_id"].tolist() == ["alias", "good"]
     written = json.loads((tmp_path / "data/deploy/summary.json").read_text())
     assert written == summary and summary["n_failed"] == 4
-    failed = summary["failed"]
-    assert sorted(failed) == ["bad.csv", "empty.csv", "link_out.csv", "truncated.csv"]
+    failed = {row["video_id"]: row["error"] for row in summary["failed"]}
+    assert list(failed) == ["bad.csv", "empty.csv", "link_out.csv", "truncated.csv"]
     assert failed["link_out.csv"].startswith("link_out.csv: path escapes")
     assert "private" not in failed["link_out.csv"]  # says nothing of what it points at
     assert "missing column 'AU01_r'" in failed["bad.csv"] and "empty.csv" in failed["empty.csv"]
@@ -397,7 +403,8 @@ def test_aus_stage_refuses_a_csv_that_links_out_of_its_folder(tmp_path):
                             BaseParams(), root=tmp_path / "pipe")
     assert sorted(pd.read_parquet(tmp_path / "pipe/data/aus")["video_id"].unique()) == \
         ["alias", "good"]
-    assert sorted(summary["failed"]) == ["bad", "empty", "link_out", "truncated"]
-    assert summary["failed"]["link_out"].startswith("link_out.csv: path escapes")
+    failed = {row["video_id"]: row["error"] for row in summary["failed"]}
+    assert list(failed) == ["bad", "empty", "link_out", "truncated"]
+    assert failed["link_out"].startswith("link_out.csv: path escapes")
     assert json.loads((tmp_path / "pipe/metrics/aus.json").read_text())["failed"] == \
         summary["failed"]
