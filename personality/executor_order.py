@@ -13,7 +13,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any, Callable, Iterator
 
 
-MAX_CANCELS = 3  # a job whose future is cancelled more often than this ends the map
+MAX_CANCELS = 3  # re-runs of a job whose future is cancelled under the map; then on_lost's row
 
 
 class ExecutorError(RuntimeError):
@@ -83,8 +83,10 @@ class InOrder:
     that failed so far -> its exception) returns None for a job's own exception (raised in its
     turn), or a WorkerLost, seen at once: without `on_lost` an ExecutorError ends the map; with
     it every job the loss took down (`is_lost(exc)`) runs again, the dead worker's job at most
-    twice before `on_lost(job, why)` stands in for its result. A job over its `time_limit` is
-    ended by it, and on_lost's result at once (no second try: it would hang again)."""
+    twice (once when the loss is `final`) before `on_lost(job, why)` stands in for its result.
+    A job over its `time_limit` is ended by it, and on_lost's result at once (no second try: it
+    would hang again). A future cancelled under the map (Dask) runs again, up to MAX_CANCELS
+    times."""
 
     def __init__(self, submit: Callable[[int, Any], Future], jobs: list, n_running: int,
                  on_error: Callable, label: Callable[[Any], str], *,

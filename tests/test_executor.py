@@ -394,15 +394,39 @@ def test_the_concurrent_future_follows_its_dask_task_through_every_ending():
 
 
 @pytest.fixture(scope="module")
-def remote_scheduler():
-    """A scheduler this process did not start for the map, with Dask's default allowed-failures
-    (3): what PERSONALITY_CLUSTER=tcp://... reaches."""
-    from distributed import LocalCluster
+def remote_scheduler(tmp_path_factory):
+    """`dask scheduler` and `dask worker --nworkers 2 --nthreads 1` as README's cluster recipe
+    starts them (the project on both one's PYTHONPATH: the scheduler unpickles every task), with
+    Dask's default allowed-failures (3) and Nanny-managed workers."""
+    from distributed import Client
 
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           dashboard_address=None, silence_logs=40)
-    yield Placement("dask", 0, cluster.scheduler_address)
-    cluster.close()
+    folder = tmp_path_factory.mktemp("dask")
+    info = folder / "scheduler.json"
+    # tests/ too: pytest imports this file as the module test_executor, the jobs' home
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+    dask = str(Path(sys.executable).parent / "dask")
+    quiet = dict(env=env, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs = [subprocess.Popen([dask, "scheduler", "--scheduler-file", str(info), "--port", "0",
+                               "--no-dashboard"], **quiet)]
+    try:
+        deadline = time.monotonic() + 60
+        while not info.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        procs.append(subprocess.Popen([dask, "worker", "--scheduler-file", str(info),
+                                       "--nworkers", "2", "--nthreads", "1", "--no-dashboard"],
+                                      **quiet))
+        with Client(scheduler_file=str(info), timeout=60) as client:
+            client.wait_for_workers(2, timeout=60)
+            address = client.scheduler.address
+        yield Placement("dask", 0, address)
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def test_on_a_remote_scheduler_a_hang_is_stopped_and_a_crash_is_final_at_its_report(
