@@ -619,12 +619,23 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
-def by_video(named: dict[str, Any], field: str) -> list[dict]:
+def by_video(named: dict[str, Any], field: str, *, root: Path | None = None) -> list[dict]:
     """A {video_id: value} map as [{"video_id": ..., field: value}, ...] sorted by video id, for
     a metrics file: `dvc metrics show` and `dvc exp show` turn every key of a map into a column
     (a corpus with 80 broken videos would get 80 columns), and show no list, so the table keeps
-    the counts while the file keeps the names."""
-    return [{"video_id": vid, field: named[vid]} for vid in sorted(named)]
+    the counts while the file keeps the names. With `root`, paths under it in text values are
+    written relative to it: a git-tracked metrics file must not differ between checkouts (nor
+    carry a user's home folder)."""
+    prefixes = sorted({f"{r}{os.sep}" for r in (root, root.resolve())} if root else (),
+                      key=len, reverse=True)
+
+    def relative(value: Any) -> Any:
+        if isinstance(value, str):
+            for prefix in prefixes:
+                value = value.replace(prefix, "")
+        return value
+
+    return [{"video_id": vid, field: relative(named[vid])} for vid in sorted(named)]
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:

@@ -585,7 +585,7 @@ def run(params: AudioParams, base: BaseParams, root: Path | None = None) -> dict
     # the timings stay in the log: in the metrics file they would differ on every run
     log.info("audio: %s, %.1f s wall, %s x real time", summary, wall,
              round(seconds / wall, 1) if wall > 0 else None)
-    named["failed"] = by_video(named["failed"], "error")
+    named["failed"] = by_video(named["failed"], "error", root=root)
     atomic_write_json(root / "metrics" / "audio.json", {**summary, **named})
     return {**summary, **named, "wall_s": round(wall, 2)}
 

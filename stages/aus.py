@@ -298,7 +298,7 @@ def run(params: AusParams, base: BaseParams | None = None, root: Path | None = N
             raise StageInputError("no video gave AUs: " + "; ".join(list(failed.values())[:5]))
     summary = {"backend": params.backend, "n_frames": n_rows,
                "success_rate": round(n_ok / n_rows, 4) if n_rows else 0.0,
-               "n_failed": len(failed), "failed": by_video(failed, "error")}
+               "n_failed": len(failed), "failed": by_video(failed, "error", root=root)}
     atomic_write_json(root / "metrics" / "aus.json", summary)
     log.info("aus (%s): %d frames, %.1f%% with a face", params.backend, n_rows,
              100 * summary["success_rate"])

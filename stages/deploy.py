@@ -197,7 +197,7 @@ def run(params: DeployParams, base: BaseParams, root: Path | None = None,
     labels = label_corpus(table, ckpt, batch_size=params.batch_size, root=root)
     summary = {"n_sequences": int(len(labels)), "n_frames": int(len(table)),
                "model": str(labels["model"].iloc[0]), "checkpoint": _shown(ckpt, root),
-               "n_failed": len(failed), "failed": by_video(failed, "error")}
+               "n_failed": len(failed), "failed": by_video(failed, "error", root=root)}
     with atomic_dir(out) as tmp:
         labels.to_parquet(tmp / "labels.parquet", index=False)
         if params.export_csv:

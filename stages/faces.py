@@ -287,7 +287,7 @@ def run(params: FacesParams, base: BaseParams, root: Path | None = None) -> dict
                "n_videos_below_95pct": sum(r < 0.95 for r in per_video.values()),
                "videos_below_95pct": by_video({v: r for v, r in per_video.items() if r < 0.95},
                                               "face_rate"),
-               "failed": by_video(failed, "error")}
+               "failed": by_video(failed, "error", root=root)}
     atomic_write_json(root / "metrics" / "faces.json", summary)
     # timings vary from run to run: logged and sent to MLflow (run_stage), never DVC-tracked
     summary["timings"] = {"frames_per_second_per_core": round(n_rows / seconds, 1)

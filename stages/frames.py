@@ -144,8 +144,8 @@ def run(params: FramesParams, base: BaseParams, root: Path | None = None) -> dic
     summary = {"n_videos": len(jobs), "n_ok": len(jobs) - len(failed), "n_failed": len(failed),
                "n_frames": n_rows, "sampling": (f"per_video={params.per_video}"
                                                 if params.per_video else f"fps={params.fps}"),
-               "max_side": params.max_side, "failed": by_video(failed, "error"),
-               "n_warnings": len(notes), "warnings": by_video(notes, "warning")}
+               "max_side": params.max_side, "failed": by_video(failed, "error", root=root),
+               "n_warnings": len(notes), "warnings": by_video(notes, "warning", root=root)}
     atomic_write_json(root / "metrics" / "frames.json", summary)
     # timings vary from run to run: logged and sent to MLflow (run_stage), never DVC-tracked
     summary["timings"] = {"worker_seconds": round(decode_s, 2)}

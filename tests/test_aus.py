@@ -92,6 +92,9 @@ def test_openface_backend_stage(tmp_path):
     for name in "cd":
         assert f"{name}.csv: malformed OpenFace CSV" in failed[name]
     assert "e.csv: data row 4 has 1 empty cell(s)" in failed["e"]
+    # paths under the root are written relative to it: a tracked metrics file is the same in
+    # every checkout
+    assert failed["e"].startswith("openface/e.csv: ") and str(tmp_path) not in str(summary)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -277,3 +277,9 @@ def test_by_video_turns_a_map_into_a_sorted_list_dvc_shows_no_column_of():
     assert by_video({"b": "moov atom missing", "a": "empty file"}, "error") == [
         {"video_id": "a", "error": "empty file"}, {"video_id": "b", "error": "moov atom missing"}]
     assert by_video({}, "error") == []
+    root = Path("/home/someone/personality")
+    named = {"a": f"{root}/data/videos/a.mp4: moov atom missing", "b": "/elsewhere/b.mp4: empty",
+             "c": 0.5}
+    assert by_video(named, "error", root=root) == [
+        {"video_id": "a", "error": "data/videos/a.mp4: moov atom missing"},
+        {"video_id": "b", "error": "/elsewhere/b.mp4: empty"}, {"video_id": "c", "error": 0.5}]
