@@ -82,16 +82,10 @@ def draw(rng: np.random.Generator, n_subjects: int, r: float, *, law: str = "equ
     return subjects, y, preds
 
 
-def ccc_rows(y: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """CCC along axis -2 of (..., n, 5) arrays: (..., 5). Population variances, as metrics.ccc."""
-    my, mp = y.mean(axis=-2, keepdims=True), p.mean(axis=-2, keepdims=True)
-    cov = ((y - my) * (p - mp)).mean(axis=-2)
-    return 2 * cov / (y.var(axis=-2) + p.var(axis=-2) + (my - mp)[..., 0, :] ** 2)
-
-
 def weighted_scores(weights: np.ndarray, y: np.ndarray, p: np.ndarray) -> dict[str, np.ndarray]:
     """CCC and MAE (each (B, 5)) of B resamples given as weights (B, n): how often each resample
-    draws each of the n clips. Equal to ccc_rows / mae_rows on the repeated rows."""
+    draws each of the n clips: models.metrics' CCC (population variances) and MAE on the
+    repeated rows."""
     w = weights / weights.sum(axis=1, keepdims=True)
     my, mp = w @ y, w @ p
     vy, vp = w @ (y * y) - my ** 2, w @ (p * p) - mp ** 2
@@ -108,19 +102,20 @@ def resample_weights(subjects: np.ndarray, *, boot: int, seed: int) -> tuple[np.
             np.stack([np.bincount(j, minlength=n) for j in jack]).astype(float))
 
 
-def mae_rows(y: np.ndarray, p: np.ndarray) -> np.ndarray:
-    return np.abs(y - p).mean(axis=-2)
+def pooled(y: np.ndarray, p: np.ndarray) -> dict[str, np.ndarray]:
+    """CCC and MAE (each (5,)) over every clip once."""
+    return {metric: v[0] for metric, v in weighted_scores(np.ones((1, len(y))), y, p).items()}
 
 
 def population(r: float, law: str) -> dict:
     """The law's CCC and MAE over clips, on 200,000 subjects (MC error ~0.001)."""
     _, y, (p,) = draw(np.random.default_rng(99), 200_000, r, law=law)
-    return {"ccc": float(ccc_rows(y, p).mean()), "mae": float(mae_rows(y, p).mean())}
+    return {metric: float(v.mean()) for metric, v in pooled(y, p).items()}
 
 
 def stats_of(y, p, boot_w, jack_w):
     """Point, bootstrap (B,) and jackknife (S,) values of mean CCC, O's CCC and mean MAE."""
-    point = {"ccc": ccc_rows(y, p), "mae": mae_rows(y, p)}
+    point = pooled(y, p)
     boot, jack = weighted_scores(boot_w, y, p), weighted_scores(jack_w, y, p)
     out = {}
     for key, metric, col in (("mean_ccc", "ccc", None), ("O_ccc", "ccc", 0),
@@ -154,6 +149,7 @@ def check_against_stage(y, p, subjects, seed, boot_w, jack_w) -> None:
     for metric in ("ccc", "mae"):
         assert np.allclose(s[metric], weighted_scores(boot_w[:50], y, p)[metric], atol=1e-10)
         assert np.allclose(s["jack"][metric], weighted_scores(jack_w, y, p)[metric], atol=1e-10)
+        assert np.allclose(s["point"][metric], pooled(y, p)[metric], atol=1e-10)
 
 
 def coverage_cell(law: str, n_subjects: int, r: float, truth: dict, *, splits: int, boot: int,
@@ -194,7 +190,7 @@ def equal_models_cell(law: str, n_subjects: int, *, splits: int, boot: int,
         boot_w, jack_w = resample_weights(subjects, boot=boot, seed=seed * 100_000 + k)
         diff = lambda w: (weighted_scores(w, y, pa)["ccc"]  # noqa: E731
                           - weighted_scores(w, y, pb)["ccc"]).mean(axis=-1)
-        point = float((ccc_rows(y, pa) - ccc_rows(y, pb)).mean())
+        point = float((pooled(y, pa)["ccc"] - pooled(y, pb)["ccc"]).mean())
         for method, (lo, hi) in intervals(point, diff(boot_w), diff(jack_w), "identity").items():
             ranked[method] += not lo <= 0 <= hi
             width[method] += hi - lo
