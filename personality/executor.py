@@ -267,7 +267,8 @@ def map_jobs(fn: Callable[[Any], Any], jobs: Iterable[Any], *, workers: int,
              label: Callable[[Any], str] = str, setup: Callable | None = None,
              setup_args: tuple = (), where: Placement | None = None,
              on_lost: Callable[[Any, str], Any] | None = None,
-             time_limit: Callable[[Any], float | None] | None = None) -> Iterator[Any]:
+             time_limit: Callable[[Any], float | None] | None = None,
+             kept: Any = None) -> Iterator[Any]:
     """`fn(job)` for every job, yielded in job order, on the placement PERSONALITY_CLUSTER names
     (or `where`). `fn`, `setup` and the jobs must be picklable: module-level functions. One job
     per worker is in flight; finished results waiting for a slow earlier one stay few.
@@ -275,15 +276,16 @@ def map_jobs(fn: Callable[[Any], Any], jobs: Iterable[Any], *, workers: int,
     worker raises ExecutorError naming the job it ran, or, with `on_lost(job, why)`, gives that
     job a second try and then on_lost's result (module docstring). `time_limit(job)`: seconds
     a job may run in a worker (pool or Dask) before the worker is killed (time_limit_s), then
-    on_lost's result (or ExecutorError); not enforced in this process."""
+    on_lost's result (or ExecutorError); not enforced in this process. `kept`: an executor_kept
+    KeptWorkers, whose workers serve in place of a pool of this map's (not inline, nor Dask)."""
     jobs = list(jobs)
     where = where or placement(workers)
     token = uuid.uuid4().hex
     fn, setup = _importable(fn), _importable(setup)
     # here, sparing a spawn, unless a crash in a job must not end the stage (on_lost: a worker
     # even when workers is 1), or PERSONALITY_CLUSTER=inline asks for this process (a debugger)
-    if where.forced_inline or (on_lost is None and (where.kind == "inline" or len(jobs) <= 1)
-                               and where.kind != "dask"):
+    if where.forced_inline or (on_lost is None and kept is None and where.kind != "dask"
+                               and (where.kind == "inline" or len(jobs) <= 1)):
         # BLAS pools at one thread for the map, as in a worker (a matrix product summed in another
         # order changes float bytes), restored after it: torch may share this process
         with _loaded_pools_limited():
@@ -292,8 +294,9 @@ def map_jobs(fn: Callable[[Any], Any], jobs: Iterable[Any], *, workers: int,
                 yield _noted(fn, job, label)
         return
     if where.kind in ("pool", "inline"):
-        yield from _map_pool(fn, jobs, max(1, min(where.workers, len(jobs))), label, token, setup,
-                             setup_args, on_lost, time_limit)
+        pool = kept.pool(len(jobs)) if kept is not None else \
+            _Pool(max(1, min(where.workers, len(jobs))), len(jobs), token, setup, setup_args)
+        yield from _map_pool(fn, jobs, pool, label, on_lost, time_limit, kept=kept is not None)
     else:
         from personality.executor_dask import map_dask  # distributed only when asked for
 
@@ -454,6 +457,12 @@ class _Pool:
         why = _exit_reason(dead.get(self.ledger[k])) if self.ledger[k] in dead else "it died"
         return WorkerLost((k,), why)
 
+    def alive(self) -> bool:
+        """Started, and every worker still running (none killed while the pool sat idle)."""
+        return (self.executor is not None and not getattr(self.executor, "_broken", False)
+                and not getattr(self.executor, "_shutdown_thread", False)
+                and all(p.exitcode is None for p in self.processes.values()))
+
     def kill(self) -> None:
         for process in self.processes.values():
             with contextlib.suppress(Exception):
@@ -464,8 +473,9 @@ class _Pool:
             self.executor.shutdown(wait=True, cancel_futures=True)
 
 
-def _map_pool(fn, jobs, n, label, token, setup, setup_args, on_lost, time_limit) -> Iterator[Any]:
-    pool = _Pool(n, len(jobs), token, setup, setup_args)
+def _map_pool(fn, jobs, pool: _Pool, label, on_lost, time_limit, kept: bool) -> Iterator[Any]:
+    """The jobs on `pool`: started here and shut down after, unless `kept` (started, and alive
+    for the next map when this one ends well)."""
     limits = TimeLimit(time_limit, pool.end, pool.started) if time_limit is not None else None
 
     def on_error(i: int, exc: BaseException, failed: dict) -> WorkerLost | None:
@@ -477,12 +487,14 @@ def _map_pool(fn, jobs, n, label, token, setup, setup_args, on_lost, time_limit)
         return lost
 
     try:
-        pool.start()
-        yield from InOrder(lambda i, job: pool.submit(fn, i, job), jobs, n, on_error, label,
+        if not kept:
+            pool.start()
+        yield from InOrder(lambda i, job: pool.submit(fn, i, job), jobs, pool.n, on_error, label,
                            on_lost=on_lost, is_lost=lambda e: isinstance(e, BrokenProcessPool),
                            time_limit=limits)
     except BaseException:  # an error, Ctrl-C or an abandoned generator: no worker outlives it
-        pool.kill()
+        pool.kill()  # a kept pool too: KeptWorkers.pool starts a fresh one
         raise
     finally:
-        pool.shutdown()
+        if not kept:
+            pool.shutdown()

@@ -3,8 +3,9 @@
     python -m stages.predict VIDEO --out DIR [--model NAME_OR_PATH]
     python -m stages.predict FOLDER_OR_VIDEO... --out DIR [--jobs N] [--strict]    # batch
 
-Runs frames, faces, aus and audio (one worker; the front-end params the model's checkpoint keeps,
-those that made its training data, else params.yaml's) on VIDEO in a temporary folder, builds
+Runs frames, faces, aus and audio (together in one worker process: stages/predict_frontend.py;
+the front-end params the model's checkpoint keeps, those that made its training data, else
+params.yaml's) on VIDEO in a temporary folder, builds
 the model's inputs with the same sources training used, and averages the model's predictions
 over the video's views. Prints the five scores and writes
   DIR/prediction.json   {"O": .., "C": .., "E": .., "A": .., "N": .., "model": .., ...}
@@ -27,8 +28,9 @@ one-line error and exit code 2; so does a checkpoint that cannot be used (not ou
 unknown inputs, non-finite output), named, and read before any work on the video. A file that
 stops well short of its declared duration is scored with a warning that it looks truncated.
 
-Batch mode (several paths, or a folder: every video file under it, recursively) runs each video's
-front-end in its own process (`--jobs`, default base.workers) with a progress bar over videos, and
+Batch mode (several paths, or a folder: every video file under it, recursively) spreads the
+videos over `--jobs` processes (default base.workers; each keeps its own front-end worker) with a
+progress bar over videos, and
 writes DIR/predictions.csv (one row per video, in order: video, video_id, the five scores, model,
 face_share, has_audio, audio_silent, voiced_share, warnings, error, report) beside one
 DIR/<video_id>.png report per scored video. A bad file is a row with its error and the rest go on:
@@ -47,13 +49,13 @@ occlusion (log-mel / wave models: a trait x second strip under the AU timeline),
 feature's contribution per trait (AU, functionals and audio-functionals models: the top features
 per trait). They add 0.01-1.2 s per clip to the prediction (models/explain.py: measured costs).
 
-The report's drawing is stages/predict_report.py, the batch's files, ids and worker pool
-stages/predict_batch.py (neither imports a stage).
+The front end is stages/predict_frontend.py, the report's drawing stages/predict_report.py, the
+batch's files, ids and worker pool stages/predict_batch.py (neither of the last two imports a
+stage).
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -70,12 +72,13 @@ import pandas as pd
 
 from personality import schemas
 from personality.common import (BaseParams, ParamsError, SchemaError, StageInputError,
-                                atomic_file, atomic_write_text, build_dataclass, find_checkpoint,
+                                atomic_file, atomic_write_text, find_checkpoint,
                                 frontend_params, get_logger, load_params, pid_alive,
-                                read_artifact, repo_root, sweep_stale_temps)
+                                repo_root, sweep_stale_temps)
 from personality.schemas import TRAITS
 from stages.predict_batch import (VIDEO_EXTENSIONS, WorkerDied, batch_ids, collect_videos,
                                   exit_on_sigterm, run_jobs, safe_video_id, sigterm_exits)
+from stages.predict_frontend import front_end_params, run_front_end, start_front_end_worker
 from stages.predict_model import (choose_model, clip_warnings, load_model, missing_inputs,
                                   model_scores, model_warnings, own_test_error, trained_models)
 from stages.predict_report import draw_report, report_data, write_report
@@ -86,71 +89,6 @@ __all__ = ["predict_video", "run_front_end", "trained_models", "choose_model", "
            "batch_ids", "safe_video_id", "sweep_dead_work", "main"]
 
 log = get_logger("predict")
-
-
-def front_end_params(params_file: Path | None, frontend: dict | None):
-    """`params_of(section, cls)`: the front-end's params from a checkpoint's `frontend` (the
-    sections that made its training data), else from params.yaml (or `params_file`)."""
-    def params_of(section: str, cls: type):
-        if frontend is not None and section in frontend:
-            return build_dataclass(cls, frontend[section] or {}, section)
-        return load_params(section, cls, path=params_file)
-    return params_of
-
-
-def run_front_end(video: Path, work: Path, params_file: Path | None = None,
-                  frontend: dict | None = None) -> dict:
-    """frames / faces / aus and audio on one video under `work`, with the pipeline's own stage
-    functions, and the params of `frontend` (a checkpoint's: front_end_params) or params.yaml
-    (or `params_file`: the copy a served model carries). Returns what the clip offers: face
-    share, audio, voiced share, where a truncated file ends."""
-    from personality.video_io import ends_short, stream_extent
-    from stages import audio, aus, faces, frames, functionals
-    from stages.ingest import probe_video, write_manifest
-
-    params_of = front_end_params(params_file, frontend)
-
-    facts = probe_video(video)  # raises, naming the file, when it cannot be decoded
-    vid = safe_video_id(video)
-    manifest = pd.DataFrame([{
-        "video_id": vid, "path": str(video.resolve()), "split": "test", "subject_id": vid,
-        "dataset": "predict", **{t: np.nan for t in TRAITS}, **facts, "label_scale": "unit"}])
-    write_manifest(manifest, work)
-    base = dataclasses.replace(load_params("base", BaseParams, path=params_file), workers=1)
-    out = {"video_id": vid, "video": str(video), **facts}
-    # a file cut off mid-data decodes without an error: only its length against the declared
-    # one tells (the frames stage marks it `truncated` by the same rule)
-    ends_at, declared = stream_extent(video)
-    out["truncated"] = ends_short(ends_at, declared)
-    if out["truncated"]:
-        out["ends_at_s"] = round(ends_at, 3)
-    frames.run(params_of("frames", frames.FramesParams), base, root=work)
-    faces_summary = faces.run(params_of("faces", faces.FacesParams), base, root=work)
-    face_table = read_artifact("faces", path=work / "data" / "faces",
-                               columns=["video_id", "frame_idx", "t", "face_found"])
-    out["n_frames"] = int(len(face_table))
-    out["face_share"] = float(face_table["face_found"].mean()) if len(face_table) else 0.0
-    out["face_rate"] = out["face_share"]  # the earlier name, kept for readers of prediction.json
-    aus.run(params_of("aus", aus.AusParams), base, root=work)
-    out["faces_summary"] = {k: v for k, v in faces_summary.items()
-                            if isinstance(v, (int, float, str))}
-    if facts["has_audio"]:
-        audio_params = params_of("audio", audio.AudioParams)
-        audio.run(audio_params, base, root=work)
-        row = read_artifact("audio", path=work / "data" / "audio").iloc[0]
-        # a track the audio stage could not use (too short, unreadable) is no usable audio
-        out["audio_silent"] = bool(not row["has_audio"] or row["silent"] or row["error"])
-        if row["error"]:
-            out["audio_error"] = str(row["error"])
-        voiced = row.get("fn_voiced_frac")
-        out["voiced_share"] = float(voiced) if voiced is not None and np.isfinite(voiced) else 0.0
-        if facts.get("duration_s", 0) > audio_params.max_feature_seconds:
-            out["audio_cut_at_s"] = float(audio_params.max_feature_seconds)
-    fp = params_of("functionals", functionals.FunctionalsParams)
-    functionals.run(dataclasses.replace(fp, audio=fp.audio and facts["has_audio"]), base,
-                    root=work)
-    out["warnings"] = clip_warnings(out)
-    return out
 
 
 def predict_video(video: Path, *, model: str | None = None, root: Path | None = None,
@@ -298,6 +236,7 @@ def score_row(video: Path, report: Path, model: str | None, root: Path | None,
 
 
 def _init_worker() -> None:
+    start_front_end_worker()  # its start overlaps torch's import here
     import torch
 
     torch.set_num_threads(1)  # one process per core: the front-end's own threads stay idle
@@ -349,6 +288,11 @@ def predict_batch(videos: list[Path], out: Path, *, model: str | None = None,
 
 def _single(video: Path, out: Path, model: str | None, explain: bool = True) -> int:
     """One video: prediction.json and report.png in `out`; exit code 2 with one line on error."""
+    start_front_end_worker()
+    from models.registry import list_models
+
+    list_models()  # torch, torchvision, every model (~3.5 s) while the front-end worker starts
+
     try:
         result = predict_video(video, model=model, explain=explain)
     except Exception as exc:  # our own errors: one line, not a traceback

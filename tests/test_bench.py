@@ -83,3 +83,23 @@ def test_interval_coverage_bench_runs_every_law_and_checks_itself_against_the_st
     assert all(0 <= r["coverage"] <= 1 for r in result["coverage"])
     assert len(result["equal_models"]) == 4 * 2 * 4
     assert out.with_suffix(".png").stat().st_size > 10_000  # the coverage plot
+
+
+def test_predict_bench_stops_on_a_score_that_is_not_the_pipelines(tmp_path):
+    """bench/predict.py times predict only on scores equal to the pipeline's (a faster row must
+    not be a different number); the timing itself needs the default data and is not run here."""
+    import importlib.util
+
+    import pandas as pd
+    import pytest
+
+    spec = importlib.util.spec_from_file_location("predict_bench", ROOT / "bench" / "predict.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    (tmp_path / "data" / "predictions").mkdir(parents=True)
+    pipeline = pd.DataFrame([{"video_id": "v1", "O": 0.5, "C": 0.4, "E": 0.3, "A": 0.2, "N": 0.1}])
+    pipeline.to_parquet(tmp_path / "data" / "predictions" / "m.parquet")
+    same = {"v1": {"O": 0.50004, "C": 0.4, "E": 0.3, "A": 0.2, "N": 0.1}}
+    assert bench.check_pipeline(same, {"v1": "m"}, root=tmp_path) == 1
+    with pytest.raises(SystemExit, match="v1 O: predict 0.500200 != pipeline 0.500000"):
+        bench.check_pipeline({"v1": {**same["v1"], "O": 0.5002}}, {"v1": "m"}, root=tmp_path)

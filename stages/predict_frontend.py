@@ -1,0 +1,187 @@
+"""predict's front end: frames, faces, aus, audio and functionals on one new video, with the
+pipeline's own stage functions, in a work folder; stages/predict.py calls it (nothing here runs on
+its own: `python -m pytest tests/test_predict_inputs.py` exercises it).
+
+The whole front end of a clip runs in one spawned worker process (personality.executor), and the
+stages inside it run inline: a crash inside a native decoder or MediaPipe costs the worker, never
+predict, and a hang is stopped at the sum of the stages' own time limits. The worker is kept for
+the next clip of this process (personality.executor_kept: a batch worker's next video, a served
+model's next request): a fresh worker per stage paid an interpreter start, the stages' imports and
+MediaPipe's model three times a clip, most of a 6-10 s clip's cost (`python bench/predict.py`).
+When the worker is lost (killed twice, or over its time limit), the clip runs again with one
+worker per stage, as the stages run in the pipeline, so that a crash in the face search still
+leaves the audio to score the clip.
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from personality.common import (BaseParams, build_dataclass, get_logger, load_params,
+                                read_artifact)
+from personality.executor import CLUSTER_ENV, ExecutorError, map_jobs, placement, time_limit_s
+from personality.executor_kept import KeptWorkers
+from personality.schemas import TRAITS
+from stages.predict_batch import safe_video_id
+from stages.predict_model import clip_warnings
+
+__all__ = ["front_end_params", "run_front_end", "start_front_end_worker"]
+
+log = get_logger("predict")
+
+
+def front_end_params(params_file: Path | None, frontend: dict | None):
+    """`params_of(section, cls)`: the front-end's params from a checkpoint's `frontend` (the
+    sections that made its training data), else from params.yaml (or `params_file`)."""
+    def params_of(section: str, cls: type):
+        if frontend is not None and section in frontend:
+            return build_dataclass(cls, frontend[section] or {}, section)
+        return load_params(section, cls, path=params_file)
+    return params_of
+
+
+def run_front_end(video: Path, work: Path, params_file: Path | None = None,
+                  frontend: dict | None = None) -> dict:
+    """frames / faces / aus and audio on one video under `work`, with the pipeline's own stage
+    functions, and the params of `frontend` (a checkpoint's: front_end_params) or params.yaml
+    (or `params_file`: the copy a served model carries). Returns what the clip offers: face
+    share, audio, voiced share, where a truncated file ends. A file that cannot be decoded
+    raises StageInputError naming it, before any worker starts."""
+    from stages.ingest import probe_video
+
+    facts = probe_video(video)
+    # absolute paths: the kept worker's working folder is this process's when it started
+    job = (Path(video).resolve(), Path(work).resolve(),
+           Path(params_file).resolve() if params_file else None, frontend, facts)
+    with FRONT_END_WORKER.borrow() as kept:
+        [out] = map_jobs(_front_end_job, [job], workers=1, where=_one_local_worker(),
+                         label=_job_label, setup=_stages_inline, on_lost=_lost,
+                         time_limit=_time_limit, kept=kept)
+    if "lost" in out:
+        log.warning("%s: the front end's worker was lost (%s); again with one worker per "
+                    "stage", video, out["lost"])
+        shutil.rmtree(Path(work) / "data", ignore_errors=True)  # what the lost try left
+        out = front_end_here(*job)
+    return {**out, "video": str(video)}  # as the caller named it
+
+
+def _stages_inline() -> None:
+    """The front-end worker's set-up: the stages' own maps run in it (it is their worker), and
+    the first clip's one-off costs are paid at the worker's start, while predict loads its model
+    (start_front_end_worker): the imports of MediaPipe, librosa and openSMILE and the audio and
+    faces warm-ups (~4 s), with params.yaml's params. Each stage still runs its own set-up with
+    the clip's params, which then costs little."""
+    import contextlib
+    import os
+
+    os.environ[CLUSTER_ENV] = "inline"
+    from stages import audio, aus, faces, frames, functionals  # noqa: F401
+
+    with contextlib.suppress(Exception):  # no params.yaml here: the stages' own set-ups say so
+        audio.warm_up(load_params("audio", audio.AudioParams))
+        faces.warm_up(load_params("faces", faces.FacesParams))
+
+
+FRONT_END_WORKER = KeptWorkers(1, setup=_stages_inline)  # started by the first clip
+
+
+def start_front_end_worker() -> None:
+    """Start the front-end worker now, in a thread (KeptWorkers.start_soon): its spawn and
+    imports (~3 s) then overlap the caller's own (torch's). Not when the front end runs here."""
+    try:
+        if _one_local_worker().forced_inline:
+            return
+    except ExecutorError:  # a bad PERSONALITY_CLUSTER: run_front_end says so
+        return
+    FRONT_END_WORKER.start_soon()
+
+
+def _one_local_worker():
+    """A local worker whatever PERSONALITY_CLUSTER names (the work folder is on this machine),
+    except `inline`: a debugger wants everything in this process."""
+    return placement(1, "inline" if placement(1).forced_inline else "")
+
+
+def _front_end_job(job: tuple) -> dict:
+    return front_end_here(*job)
+
+
+def _job_label(job: tuple) -> str:
+    return str(job[0])
+
+
+def _lost(job: tuple, why: str) -> dict:
+    return {"lost": why}
+
+
+def _time_limit(job: tuple) -> float | None:
+    """The per-video stages' limits summed: frames and audio per second of video, faces per kept
+    frame (personality.executor.time_limit_s; None when PERSONALITY_TIME_LIMIT_SCALE is 0)."""
+    from stages.frames import FramesParams
+
+    seconds = job[4].get("duration_s")
+    fps = front_end_params(job[2], job[3])("frames", FramesParams)
+    kept = fps.per_video or (seconds * fps.fps if seconds is not None else None)
+    limits = [time_limit_s(seconds, 20.0), time_limit_s(kept, 2.0), time_limit_s(seconds, 20.0)]
+    return None if None in limits else sum(limits)
+
+
+def front_end_here(video: Path, work: Path, params_file: Path | None, frontend: dict | None,
+                   facts: dict) -> dict:
+    """run_front_end's work in this process, `facts` the video's probe (stages.ingest)."""
+    from personality.video_io import ends_short, stream_extent
+    from stages import audio, aus, faces, frames, functionals
+    from stages.ingest import write_manifest
+
+    params_of = front_end_params(params_file, frontend)
+    vid = safe_video_id(video)
+    manifest = pd.DataFrame([{
+        "video_id": vid, "path": str(video.resolve()), "split": "test", "subject_id": vid,
+        "dataset": "predict", **{t: np.nan for t in TRAITS}, **facts, "label_scale": "unit"}])
+    write_manifest(manifest, work)
+    base = dataclasses.replace(load_params("base", BaseParams, path=params_file), workers=1)
+    out = {"video_id": vid, "video": str(video), **facts}
+    # a file cut off mid-data decodes without an error: only its length against the declared
+    # one tells (the frames stage marks it `truncated` by the same rule)
+    ends_at, declared = stream_extent(video)
+    out["truncated"] = ends_short(ends_at, declared)
+    if out["truncated"]:
+        out["ends_at_s"] = round(ends_at, 3)
+    frames.run(params_of("frames", frames.FramesParams), base, root=work)
+    faces_summary = faces.run(params_of("faces", faces.FacesParams), base, root=work)
+    face_table = read_artifact("faces", path=work / "data" / "faces",
+                               columns=["video_id", "frame_idx", "t", "face_found"])
+    out["n_frames"] = int(len(face_table))
+    out["face_share"] = float(face_table["face_found"].mean()) if len(face_table) else 0.0
+    out["face_rate"] = out["face_share"]  # the earlier name, kept for readers of prediction.json
+    aus.run(params_of("aus", aus.AusParams), base, root=work)
+    out["faces_summary"] = {k: v for k, v in faces_summary.items()
+                            if isinstance(v, (int, float, str))}
+    if facts["has_audio"]:
+        out.update(_audio_facts(params_of("audio", audio.AudioParams), base, work, facts))
+    fp = params_of("functionals", functionals.FunctionalsParams)
+    functionals.run(dataclasses.replace(fp, audio=fp.audio and facts["has_audio"]), base,
+                    root=work)
+    out["warnings"] = clip_warnings(out)
+    return out
+
+
+def _audio_facts(audio_params, base: BaseParams, work: Path, facts: dict) -> dict:
+    """The audio stage on the clip, and what its track offers."""
+    from stages import audio
+
+    audio.run(audio_params, base, root=work)
+    row = read_artifact("audio", path=work / "data" / "audio").iloc[0]
+    # a track the audio stage could not use (too short, unreadable) is no usable audio
+    out = {"audio_silent": bool(not row["has_audio"] or row["silent"] or row["error"])}
+    if row["error"]:
+        out["audio_error"] = str(row["error"])
+    voiced = row.get("fn_voiced_frac")
+    out["voiced_share"] = float(voiced) if voiced is not None and np.isfinite(voiced) else 0.0
+    if facts.get("duration_s", 0) > audio_params.max_feature_seconds:
+        out["audio_cut_at_s"] = float(audio_params.max_feature_seconds)
+    return out

@@ -1,0 +1,150 @@
+"""Kept workers (personality/executor_kept.py): one worker serves map after map with its set-up run
+once; a worker lost in a job, over its time limit or while idle is replaced and the next map runs;
+a process that used them exits (a multiprocessing worker joins its children before
+concurrent.futures stops them: without the exit finalizer it waited for ever).
+
+    pytest tests/test_executor_kept.py
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from personality.executor import Placement, map_jobs
+from personality.executor_kept import KeptWorkers
+
+ONE = Placement("pool", 1)
+_SETUPS = 0
+
+
+def count_setup() -> None:
+    global _SETUPS
+    _SETUPS += 1
+
+
+def pid_and_setups(x: int) -> tuple[int, int, int]:
+    return x, os.getpid(), _SETUPS
+
+
+def die_on_three(x: int) -> int:
+    if x == 3:
+        os.kill(os.getpid(), signal.SIGKILL)  # a native crash, every time it runs
+    return x
+
+
+def hang_on_two(x: int) -> int:
+    if x == 2:
+        time.sleep(600)
+    return x
+
+
+def lost(x: int, why: str) -> str:
+    return f"lost {x}: {why}"
+
+
+@pytest.fixture
+def kept():
+    workers = KeptWorkers(1, setup=count_setup)
+    yield workers
+    workers.close()
+
+
+def test_one_worker_serves_every_map_with_its_setup_run_once(kept):
+    first = list(map_jobs(pid_and_setups, [0, 1], workers=1, where=ONE, kept=kept))
+    second = list(map_jobs(pid_and_setups, [2], workers=1, where=ONE, kept=kept))
+    pids = {pid for _, pid, _ in first + second}
+    assert [x for x, _, _ in first + second] == [0, 1, 2]
+    assert len(pids) == 1 and pids != {os.getpid()} and kept.pids() == sorted(pids)
+    assert {setups for _, _, setups in first + second} == {1}
+
+
+def test_a_job_that_kills_its_worker_is_a_row_and_the_next_map_has_a_fresh_worker(kept):
+    kept.pool(1)  # started before the map, as a second clip finds it
+    before = kept.pids()
+    [out] = map_jobs(die_on_three, [3], workers=1, where=ONE, kept=kept, on_lost=lost)
+    assert out.startswith("lost 3: the worker process running it died twice (SIGKILL")
+    after = list(map_jobs(pid_and_setups, [4], workers=1, where=ONE, kept=kept))
+    assert after[0][0] == 4 and after[0][1] not in before
+
+
+def test_a_job_over_its_time_limit_is_stopped_and_the_worker_replaced(kept):
+    t0 = time.monotonic()
+    out = list(map_jobs(hang_on_two, [2], workers=1, where=ONE, kept=kept, on_lost=lost,
+                        time_limit=lambda x: 2.0))
+    assert out == ["lost 2: it ran over its time limit of 2 s and was stopped (a hang?)"]
+    assert time.monotonic() - t0 < 60
+    assert list(map_jobs(pid_and_setups, [5], workers=1, where=ONE, kept=kept))[0][0] == 5
+
+
+def test_a_worker_killed_while_idle_is_replaced_and_blames_no_job(kept):
+    [(_, pid, _)] = map_jobs(pid_and_setups, [0], workers=1, where=ONE, kept=kept)
+    os.kill(pid, signal.SIGKILL)  # the OOM killer, between two clips
+    deadline = time.monotonic() + 10
+    while kept.pids() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # no on_lost: a death blamed on the job would raise ExecutorError here
+    [(x, new_pid, setups)] = map_jobs(pid_and_setups, [1], workers=1, where=ONE, kept=kept)
+    assert (x, setups) == (1, 1) and new_pid != pid
+
+
+def test_start_soon_starts_the_workers_the_first_map_then_waits_for_and_uses(kept):
+    kept.start_soon()
+    # the map comes at once: it waits for the start under way instead of making a second pool
+    [(x, pid, setups)] = map_jobs(pid_and_setups, [0], workers=1, where=ONE, kept=kept)
+    assert (x, setups) == (0, 1) and kept.pids() == [pid]
+    kept.start_soon()  # started already: nothing new
+    time.sleep(0.5)
+    assert kept.pids() == [pid]
+
+
+def test_workers_outlive_the_short_lived_thread_whose_map_started_them(kept):
+    out = []
+    thread = threading.Thread(target=lambda: out.extend(
+        map_jobs(pid_and_setups, [0], workers=1, where=ONE, kept=kept)))
+    thread.start()
+    thread.join()
+    time.sleep(1.0)  # a worker spawned by that thread would have had its PR_SET_PDEATHSIG by now
+    assert kept.pids() == [out[0][1]]
+
+
+def test_borrow_lends_the_workers_to_one_map_at_a_time(kept):
+    seen = []
+    with kept.borrow() as mine:
+        thread = threading.Thread(target=lambda: seen.append(kept.borrow().__enter__()))
+        thread.start()
+        thread.join()
+        assert mine is kept
+    assert seen == [None]  # the other thread takes a pool of its own
+    with kept.borrow() as again:
+        assert again is kept
+
+
+def test_too_many_jobs_for_the_ledger_is_refused():
+    with pytest.raises(ValueError, match="at most 2"):
+        KeptWorkers(1, capacity=2).pool(3)
+
+
+def _map_then_return(queue, soon: bool) -> None:
+    workers = KeptWorkers(1)
+    if soon:
+        workers.start_soon()  # as a batch worker does in its initializer
+    queue.put(list(map_jobs(pid_and_setups, [7], workers=1, where=ONE, kept=workers))[0][0])
+
+
+@pytest.mark.parametrize("soon", [False, True])
+def test_a_multiprocessing_worker_that_kept_workers_exits(soon):
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_map_then_return, args=(queue, soon))
+    child.start()
+    assert queue.get(timeout=120) == 7
+    child.join(timeout=60)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive and child.exitcode == 0

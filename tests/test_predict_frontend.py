@@ -1,0 +1,71 @@
+"""predict's front end (stages/predict_frontend.py): a clip's whole front end runs in one worker
+that is kept for the next clip and gives what the stages give in this process; a worker lost on a
+clip costs that clip a rerun with one worker per stage, never predict.
+
+    pytest tests/test_predict_frontend.py
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+
+import pandas as pd
+import pytest
+
+from personality.common import StageInputError, read_artifact
+from stages import predict_frontend
+from tests.conftest import real_fixture
+
+CLIP = "single_face.mp4"
+
+
+def _functionals(work) -> pd.DataFrame:
+    return read_artifact("functionals", path=work / "data" / "functionals")
+
+
+def _kill_own_worker(job: tuple) -> dict:
+    """_front_end_job's double: a crash inside MediaPipe or a decoder, every time it runs."""
+    os.kill(os.getpid(), signal.SIGKILL)
+    return {}
+
+
+@pytest.fixture(scope="module")
+def inline_run(tmp_path_factory):
+    """The clip's front end with every stage in this process (PERSONALITY_CLUSTER=inline)."""
+    work = tmp_path_factory.mktemp("inline")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PERSONALITY_CLUSTER", "inline")
+        facts = predict_frontend.run_front_end(real_fixture(CLIP), work)
+    return facts, _functionals(work)
+
+
+def test_clips_in_a_row_share_one_kept_worker_and_match_this_process(tmp_path, inline_run):
+    facts, table = inline_run
+    seen = []
+    for k in range(2):
+        got = predict_frontend.run_front_end(real_fixture(CLIP), tmp_path / f"w{k}")
+        seen.append(predict_frontend.FRONT_END_WORKER.pids())
+        assert got == facts
+        pd.testing.assert_frame_equal(_functionals(tmp_path / f"w{k}"), table)
+    assert seen[0] == seen[1] and seen[0] and os.getpid() not in seen[0]
+
+
+def test_a_lost_worker_costs_the_clip_a_rerun_with_a_worker_per_stage(tmp_path, inline_run,
+                                                                      monkeypatch, caplog):
+    facts, table = inline_run
+    monkeypatch.setattr(predict_frontend, "_front_end_job", _kill_own_worker)
+    with caplog.at_level(logging.WARNING, logger="predict"):
+        got = predict_frontend.run_front_end(real_fixture(CLIP), tmp_path / "w")
+    assert got == facts
+    pd.testing.assert_frame_equal(_functionals(tmp_path / "w"), table)
+    assert "the front end's worker was lost (the worker process running it died twice" \
+        in caplog.text
+
+
+def test_a_file_that_is_no_video_is_named_before_any_worker_runs(tmp_path, monkeypatch):
+    bad = tmp_path / "notes.mp4"
+    bad.write_text("not a video")
+    monkeypatch.setattr(predict_frontend, "map_jobs", None)  # any use would raise TypeError
+    with pytest.raises(StageInputError, match="notes.mp4"):
+        predict_frontend.run_front_end(bad, tmp_path / "w")
