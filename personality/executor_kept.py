@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing.util
-import queue
+import os
 import threading
 import uuid
-from concurrent.futures import Future
 from typing import Any, Callable, Iterator
 
 from personality.executor import _Pool
@@ -40,52 +39,35 @@ class KeptWorkers:
         self.setup, self.setup_args = setup, setup_args
         self.token = uuid.uuid4().hex  # the workers' set-up runs once, not once per map
         self._pool: _Pool | None = None
+        self._owner = os.getpid()  # a forked child inherits _pool but not the pool's threads
         self._free = threading.Lock()
-        self._starts: queue.SimpleQueue = queue.SimpleQueue()  # Futures the keeper answers
-        self._keeper: threading.Thread | None = None
-        self._keeper_lock = threading.Lock()
+        self._starting = threading.Lock()
         self._ends_at_exit = False
 
     def pool(self, n_jobs: int) -> _Pool:
-        """The started pool for a map of `n_jobs` (map_jobs calls this): the kept one while all
-        its workers live, else a fresh one."""
+        """The started pool for a map of `n_jobs` (map_jobs calls this, in the map's thread):
+        the kept one while all its workers live, else a fresh one. Linux's PR_SET_PDEATHSIG
+        (personality.executor.die_with_parent) ends a worker when the *thread* that started it
+        ends: workers started by a short-lived thread (a server's request) die with it, and the
+        next map starts fresh ones, blaming no job."""
         if n_jobs > self.capacity:
             raise ValueError(f"{n_jobs} jobs in one map: these kept workers take at most "
                              f"{self.capacity}")
-        return self._ask_keeper().result()
-
-    def start_soon(self) -> None:
-        """Start the workers now without waiting, so that their spawn, imports and set-up
-        overlap this process's own work (predict imports torch meanwhile); the first map waits
-        for them. A start that fails here is tried again, and raises, in that map."""
-        self._ask_keeper()
-
-    def _ask_keeper(self) -> Future:
-        """Every start runs in one thread kept for the life of this process: Linux's
-        PR_SET_PDEATHSIG (personality.executor.die_with_parent) kills a worker when the *thread*
-        that spawned it ends, and a map may run in a short-lived thread (a server's)."""
-        answer: Future = Future()
-        self._starts.put(answer)
-        with self._keeper_lock:
-            if self._keeper is None:
-                self._keeper = threading.Thread(target=self._keep, name="kept-workers",
-                                                daemon=True)
-                self._keeper.start()
-        return answer
-
-    def _keep(self) -> None:
-        while True:
-            answer = self._starts.get()
-            try:
-                if self._pool is None or not self._pool.alive():
-                    self.close()
-                    pool = _Pool(self.n, self.capacity, self.token, self.setup, self.setup_args)
-                    pool.start()  # ExecutorError when the set-up kills its workers
-                    self._pool = pool
-                    self._end_at_exit()
-                answer.set_result(self._pool)
-            except BaseException as exc:  # noqa: BLE001 - the asking map raises it
-                answer.set_exception(exc)
+        with self._starting:
+            if self._owner != os.getpid():  # forked: the parent's pool is not ours to use, and
+                self._pool, self._owner = None, os.getpid()  # a fork clears its finalizers
+                self._ends_at_exit = False
+            if self._pool is None or not self._pool.alive():
+                self.close()
+                self._end_at_exit()  # before the start: an exit during it must not wait on it
+                self._pool = _Pool(self.n, self.capacity, self.token, self.setup,
+                                   self.setup_args)
+                try:
+                    self._pool.start()  # ExecutorError when the set-up kills its workers
+                except BaseException:  # a set-up that raised: end its workers, keep none
+                    self._kill()
+                    raise
+            return self._pool
 
     def _end_at_exit(self) -> None:
         """Kill the workers before this process joins its children at exit. A multiprocessing
@@ -99,9 +81,16 @@ class KeptWorkers:
             self._ends_at_exit = True
 
     def _kill(self) -> None:
+        """End every worker now, those of a pool still starting too (the executor's own list:
+        start() records its snapshot only once they run)."""
         pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.kill()
+        if pool is None or self._owner != os.getpid():
+            return
+        live = getattr(pool.executor, "_processes", None) or {}
+        for process in [*pool.processes.values(), *list(live.values())]:
+            with contextlib.suppress(Exception):
+                process.kill()
+        if pool.executor is not None:
             pool.shutdown()
 
     @contextlib.contextmanager
@@ -117,14 +106,14 @@ class KeptWorkers:
 
     def pids(self) -> list[int]:
         """The live workers' process ids (tests, and a user asking what runs)."""
-        if self._pool is None or not self._pool.alive():
-            return []
-        return sorted(self._pool.processes)
+        pool = self._pool
+        return sorted(pool.processes) if pool is not None and pool.alive() else []
 
     def close(self) -> None:
         """End the workers now (they also end when this process does)."""
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            if not pool.alive():  # a dead worker's pool: end the survivors, do not wait on them
-                pool.kill()
+        pool = self._pool
+        if pool is not None and pool.alive() and self._owner == os.getpid():
+            self._pool = None
             pool.shutdown()
+        else:  # a dead worker's pool, or none: end the survivors, do not wait on them
+            self._kill()

@@ -22,14 +22,14 @@ import numpy as np
 import pandas as pd
 
 from personality.common import (BaseParams, build_dataclass, get_logger, load_params,
-                                read_artifact)
-from personality.executor import CLUSTER_ENV, ExecutorError, map_jobs, placement, time_limit_s
+                                read_artifact, repo_root)
+from personality.executor import CLUSTER_ENV, map_jobs, placement, time_limit_s
 from personality.executor_kept import KeptWorkers
 from personality.schemas import TRAITS
 from stages.predict_batch import safe_video_id
 from stages.predict_model import clip_warnings
 
-__all__ = ["front_end_params", "run_front_end", "start_front_end_worker"]
+__all__ = ["front_end_params", "run_front_end"]
 
 log = get_logger("predict")
 
@@ -54,12 +54,14 @@ def run_front_end(video: Path, work: Path, params_file: Path | None = None,
     from stages.ingest import probe_video
 
     facts = probe_video(video)
-    # absolute paths: the kept worker's working folder is this process's when it started
+    # absolute paths, params.yaml's too: the kept worker's working folder is the one this
+    # process had when the worker started
     job = (Path(video).resolve(), Path(work).resolve(),
-           Path(params_file).resolve() if params_file else None, frontend, facts)
+           Path(params_file or repo_root() / "params.yaml").resolve(), frontend, facts)
+    where = _one_local_worker()
     with FRONT_END_WORKER.borrow() as kept:
-        [out] = map_jobs(_front_end_job, [job], workers=1, where=_one_local_worker(),
-                         label=_job_label, setup=_stages_inline, on_lost=_lost,
+        [out] = map_jobs(_front_end_job, [job], workers=1, where=where, label=_job_label,
+                         setup=None if where.forced_inline else _stages_inline, on_lost=_lost,
                          time_limit=_time_limit, kept=kept)
     if "lost" in out:
         log.warning("%s: the front end's worker was lost (%s); again with one worker per "
@@ -71,10 +73,10 @@ def run_front_end(video: Path, work: Path, params_file: Path | None = None,
 
 def _stages_inline() -> None:
     """The front-end worker's set-up: the stages' own maps run in it (it is their worker), and
-    the first clip's one-off costs are paid at the worker's start, while predict loads its model
-    (start_front_end_worker): the imports of MediaPipe, librosa and openSMILE and the audio and
-    faces warm-ups (~4 s), with params.yaml's params. Each stage still runs its own set-up with
-    the clip's params, which then costs little."""
+    the first clip's one-off costs are paid once, at the worker's start: the imports of
+    MediaPipe, librosa and openSMILE and the audio and faces warm-ups (~2.5 s), with
+    params.yaml's params. Each stage still runs its own set-up with the clip's params, which
+    then costs little. The worker's environment is this process's when it started."""
     import contextlib
     import os
 
@@ -87,17 +89,6 @@ def _stages_inline() -> None:
 
 
 FRONT_END_WORKER = KeptWorkers(1, setup=_stages_inline)  # started by the first clip
-
-
-def start_front_end_worker() -> None:
-    """Start the front-end worker now, in a thread (KeptWorkers.start_soon): its spawn and
-    imports (~3 s) then overlap the caller's own (torch's). Not when the front end runs here."""
-    try:
-        if _one_local_worker().forced_inline:
-            return
-    except ExecutorError:  # a bad PERSONALITY_CLUSTER: run_front_end says so
-        return
-    FRONT_END_WORKER.start_soon()
 
 
 def _one_local_worker():

@@ -92,24 +92,46 @@ def test_a_worker_killed_while_idle_is_replaced_and_blames_no_job(kept):
     assert (x, setups) == (1, 1) and new_pid != pid
 
 
-def test_start_soon_starts_the_workers_the_first_map_then_waits_for_and_uses(kept):
-    kept.start_soon()
-    # the map comes at once: it waits for the start under way instead of making a second pool
-    [(x, pid, setups)] = map_jobs(pid_and_setups, [0], workers=1, where=ONE, kept=kept)
-    assert (x, setups) == (0, 1) and kept.pids() == [pid]
-    kept.start_soon()  # started already: nothing new
-    time.sleep(0.5)
-    assert kept.pids() == [pid]
+def fail_setup() -> None:
+    raise ImportError("no module named mediapipe (a broken install)")
 
 
-def test_workers_outlive_the_short_lived_thread_whose_map_started_them(kept):
+def test_a_setup_that_raises_keeps_no_worker_alive():
+    before = set(mp.active_children())  # other modules' kept workers may live on
+    workers = KeptWorkers(1, setup=fail_setup)
+    with pytest.raises(ImportError, match="broken install"):
+        list(map_jobs(pid_and_setups, [0], workers=1, where=ONE, kept=workers))
+    assert workers._pool is None and set(mp.active_children()) <= before
+
+
+def _map_in_fork(kept, queue) -> None:
+    queue.put(list(map_jobs(pid_and_setups, [9], workers=1, where=ONE, kept=kept))[0][:2])
+
+
+def test_a_forked_child_starts_workers_of_its_own(kept):
+    [(_, parent_worker, _)] = map_jobs(pid_and_setups, [0], workers=1, where=ONE, kept=kept)
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_map_in_fork, args=(kept, queue))
+    child.start()
+    x, worker = queue.get(timeout=120)
+    child.join(timeout=60)
+    assert x == 9 and worker != parent_worker and child.exitcode == 0
+    assert kept.pids() == [parent_worker]  # the parent's worker is untouched
+
+
+def test_a_worker_that_dies_with_the_short_lived_thread_that_started_it_costs_no_result(kept):
     out = []
     thread = threading.Thread(target=lambda: out.extend(
         map_jobs(pid_and_setups, [0], workers=1, where=ONE, kept=kept)))
     thread.start()
     thread.join()
-    time.sleep(1.0)  # a worker spawned by that thread would have had its PR_SET_PDEATHSIG by now
-    assert kept.pids() == [out[0][1]]
+    # PR_SET_PDEATHSIG ends that worker with its thread: seen before the next map, or as a death
+    # during it, which costs that job its second try in a fresh worker (predict's maps have
+    # on_lost), never its result
+    [(x, pid, setups)] = map_jobs(pid_and_setups, [1], workers=1, where=ONE, kept=kept,
+                                  on_lost=lost)
+    assert (x, setups) == (1, 1) and pid != out[0][1]
 
 
 def test_borrow_lends_the_workers_to_one_map_at_a_time(kept):
@@ -129,18 +151,15 @@ def test_too_many_jobs_for_the_ledger_is_refused():
         KeptWorkers(1, capacity=2).pool(3)
 
 
-def _map_then_return(queue, soon: bool) -> None:
+def _map_then_return(queue) -> None:
     workers = KeptWorkers(1)
-    if soon:
-        workers.start_soon()  # as a batch worker does in its initializer
     queue.put(list(map_jobs(pid_and_setups, [7], workers=1, where=ONE, kept=workers))[0][0])
 
 
-@pytest.mark.parametrize("soon", [False, True])
-def test_a_multiprocessing_worker_that_kept_workers_exits(soon):
+def test_a_multiprocessing_worker_that_kept_workers_exits():
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    child = ctx.Process(target=_map_then_return, args=(queue, soon))
+    child = ctx.Process(target=_map_then_return, args=(queue,))
     child.start()
     assert queue.get(timeout=120) == 7
     child.join(timeout=60)

@@ -69,3 +69,16 @@ def test_a_file_that_is_no_video_is_named_before_any_worker_runs(tmp_path, monke
     monkeypatch.setattr(predict_frontend, "map_jobs", None)  # any use would raise TypeError
     with pytest.raises(StageInputError, match="notes.mp4"):
         predict_frontend.run_front_end(bad, tmp_path / "w")
+
+
+def test_the_kept_worker_reads_the_params_file_this_process_names(tmp_path, monkeypatch,
+                                                                  inline_run):
+    """A worker started while this process sat in another folder (a server's chdir) still
+    reads the repository's params.yaml: the path travels with each clip, resolved here."""
+    repo = os.getcwd()
+    predict_frontend.FRONT_END_WORKER.close()
+    monkeypatch.chdir(tmp_path)
+    predict_frontend.FRONT_END_WORKER.pool(1)  # started here: no params.yaml in this folder
+    monkeypatch.chdir(repo)
+    got = predict_frontend.run_front_end(real_fixture(CLIP), tmp_path / "w")
+    assert got == inline_run[0]
