@@ -1,8 +1,8 @@
 """Local worker processes kept for one map_jobs call after another, not started for each: predict
 runs a clip's whole front end in one worker (stages/predict_frontend.py), clip after clip in a
 batch or a served model, and every fresh worker pays an interpreter start, the stages' imports and
-their set-up (MediaPipe's model, numba's cache): about 3 s of a 6-10 s clip's 5 s
-(`python bench/predict.py`). Nothing here runs on its own (`python -m pytest
+their set-up (MediaPipe's model, numba's cache): about 4 of the 5.7 s a 6-10 s clip's front end
+took (`python bench/predict.py`). Nothing here runs on its own (`python -m pytest
 tests/test_executor_kept.py`).
 
     from personality.executor_kept import KeptWorkers
@@ -13,7 +13,8 @@ tests/test_executor_kept.py`).
 What map_jobs promises of its own pool holds here too: a worker that dies in a job is replaced and
 the job has its second try (with `on_lost`), a job over its time limit has its worker killed, and
 the workers die with this process. A worker that died while the pool sat idle (the OOM killer) is
-replaced before the next map, and no job is blamed for it. One map at a time uses them.
+replaced before the next map, and no job is blamed for it (one that dies in the instant the next
+map begins costs that map's job its second try). One map at a time uses them.
 """
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ class KeptWorkers:
         the kept one while all its workers live, else a fresh one. Linux's PR_SET_PDEATHSIG
         (personality.executor.die_with_parent) ends a worker when the *thread* that started it
         ends: workers started by a short-lived thread (a server's request) die with it, and the
-        next map starts fresh ones, blaming no job."""
+        next map starts fresh ones (or its job has its second try, when the death lands during
+        it)."""
         if n_jobs > self.capacity:
             raise ValueError(f"{n_jobs} jobs in one map: these kept workers take at most "
                              f"{self.capacity}")

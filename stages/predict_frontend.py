@@ -1,13 +1,14 @@
 """predict's front end: frames, faces, aus, audio and functionals on one new video, with the
 pipeline's own stage functions, in a work folder; stages/predict.py calls it (nothing here runs on
-its own: `python -m pytest tests/test_predict_inputs.py` exercises it).
+its own: `python -m pytest tests/test_predict_frontend.py` exercises it).
 
 The whole front end of a clip runs in one spawned worker process (personality.executor), and the
 stages inside it run inline: a crash inside a native decoder or MediaPipe costs the worker, never
 predict, and a hang is stopped at the sum of the stages' own time limits. The worker is kept for
 the next clip of this process (personality.executor_kept: a batch worker's next video, a served
 model's next request): a fresh worker per stage paid an interpreter start, the stages' imports and
-MediaPipe's model three times a clip, most of a 6-10 s clip's cost (`python bench/predict.py`).
+the warm-ups three times a clip, 4 of the 5.7 s a 6-10 s clip's front end took (`python
+bench/predict.py`: 1.7 s now, warm).
 When the worker is lost (killed twice, or over its time limit), the clip runs again with one
 worker per stage, as the stages run in the pipeline, so that a crash in the face search still
 leaves the audio to score the clip.
@@ -115,8 +116,8 @@ def _time_limit(job: tuple) -> float | None:
     from stages.frames import FramesParams
 
     seconds = job[4].get("duration_s")
-    fps = front_end_params(job[2], job[3])("frames", FramesParams)
-    kept = fps.per_video or (seconds * fps.fps if seconds is not None else None)
+    sampling = front_end_params(job[2], job[3])("frames", FramesParams)
+    kept = sampling.per_video or (seconds * sampling.fps if seconds is not None else None)
     limits = [time_limit_s(seconds, 20.0), time_limit_s(kept, 2.0), time_limit_s(seconds, 20.0)]
     return None if None in limits else sum(limits)
 
