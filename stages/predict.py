@@ -25,8 +25,10 @@ audio.max_feature_seconds).
 A video the chosen model cannot use (no face for a visual or AU model, no audio track for an audio
 model, neither a face nor usable audio for a functionals model, an unreadable file) gives a
 one-line error and exit code 2; so does a checkpoint that cannot be used (not ours, unfinished,
-unknown inputs, non-finite output), named, and read before any work on the video. A file that
-stops well short of its declared duration is scored with a warning that it looks truncated.
+unknown inputs, non-finite output), named, and read before any work on the video, and one whose
+front-end params this version cannot read (a key renamed since it was trained: retrain it). A
+file that stops well short of its declared duration is scored with a warning that it looks
+truncated.
 
 Batch mode (several paths, or a folder: every video file under it, recursively) spreads the
 videos over `--jobs` processes (default base.workers; each keeps its own front-end worker) with a

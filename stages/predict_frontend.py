@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from personality.common import (BaseParams, build_dataclass, get_logger, load_params,
-                                read_artifact, repo_root)
+from personality.common import (BaseParams, ParamsError, build_dataclass, get_logger,
+                                load_params, read_artifact, repo_root)
 from personality.executor import CLUSTER_ENV, map_jobs, placement, time_limit_s
 from personality.executor_kept import KeptWorkers
 from personality.schemas import TRAITS
@@ -40,7 +40,13 @@ def front_end_params(params_file: Path | None, frontend: dict | None):
     sections that made its training data), else from params.yaml (or `params_file`)."""
     def params_of(section: str, cls: type):
         if frontend is not None and section in frontend:
-            return build_dataclass(cls, frontend[section] or {}, section)
+            try:
+                return build_dataclass(cls, frontend[section] or {}, section)
+            except ParamsError as exc:  # a key renamed or dropped since it was trained
+                raise ParamsError(f"the model's checkpoint keeps front-end params this version "
+                                  f"cannot read ({exc}): it was trained by another version of "
+                                  "the project; retrain it (dvc repro) or choose another "
+                                  "model with --model") from None
         return load_params(section, cls, path=params_file)
     return params_of
 

@@ -13,7 +13,7 @@ import signal
 import pandas as pd
 import pytest
 
-from personality.common import StageInputError, read_artifact
+from personality.common import ParamsError, StageInputError, read_artifact
 from stages import predict_frontend
 from tests.conftest import real_fixture
 
@@ -82,3 +82,12 @@ def test_the_kept_worker_reads_the_params_file_this_process_names(tmp_path, monk
     monkeypatch.chdir(repo)
     got = predict_frontend.run_front_end(real_fixture(CLIP), tmp_path / "w")
     assert got == inline_run[0]
+
+
+def test_a_checkpoint_whose_front_end_params_this_version_cannot_read_says_so(tmp_path):
+    """A checkpoint trained before a front-end key was renamed: one error that names the key
+    and says the checkpoint is the cause, from the worker as from this process."""
+    old = {"faces": {"old_margin": 0.2}}  # a key this version's FacesParams does not have
+    with pytest.raises(ParamsError, match=r"checkpoint keeps front-end params this version "
+                       r"cannot read \(faces.old_margin: unknown key.*retrain it"):
+        predict_frontend.run_front_end(real_fixture(CLIP), tmp_path / "w", frontend=old)
