@@ -370,20 +370,13 @@ class _Pool:
         self.initargs = (token, setup, setup_args)
         self.executor: ProcessPoolExecutor | None = None
         self.processes: dict = {}
+        self.begun: list[Future] | None = None  # begin()'s set-up answers that start() awaits
 
     def start(self, tries: int = 3) -> None:
         """Start every worker now and run its setup; a worker that dies meanwhile (the OOM
         killer during a model load) costs a fresh start, `tries` at most, then ExecutorError."""
         for _ in range(tries):
-            ready = self.ctx.Barrier(self.n)
-            self.executor = ProcessPoolExecutor(
-                self.n, mp_context=self.ctx, initializer=_pool_init,
-                initargs=(os.getpid(), self.ledger, ready, READY_TIMEOUT_S, *self.initargs))
-            with _child_environment():  # workers start in the single-thread environment
-                started = [self.executor.submit(_pool_call, _started, -1, None)
-                           for _ in range(self.n)]
-            # pid -> Process, for the post-mortem: which worker died, running which job
-            self.processes = dict(getattr(self.executor, "_processes", None) or {})
+            started, self.begun = self.begun or self.begin(), None
             try:
                 return self._await_started(started)
             except threading.BrokenBarrierError:  # only its timeout breaks it: a stuck set-up
@@ -397,6 +390,19 @@ class _Pool:
         raise ExecutorError(f"a worker process died while starting (running the stage's set-up) "
                             f"{tries} times in a row ({why})"
                             "; the stage stops here, nothing is written")
+
+    def begin(self) -> list[Future]:
+        """Spawn the workers and let them run their set-up, without waiting (start() waits)."""
+        ready = self.ctx.Barrier(self.n)
+        self.executor = ProcessPoolExecutor(
+            self.n, mp_context=self.ctx, initializer=_pool_init,
+            initargs=(os.getpid(), self.ledger, ready, READY_TIMEOUT_S, *self.initargs))
+        with _child_environment():  # workers start in the single-thread environment
+            started = [self.executor.submit(_pool_call, _started, -1, None)
+                       for _ in range(self.n)]
+        # pid -> Process, for the post-mortem: which worker died, running which job
+        self.processes = dict(getattr(self.executor, "_processes", None) or {})
+        return started
 
     def _stop_after_setup_death(self, expect_death: bool = True) -> list[int]:
         """End this try's pool; the exit codes of the workers that had died by themselves (read
@@ -456,12 +462,6 @@ class _Pool:
         k = culprits[0]
         why = _exit_reason(dead.get(self.ledger[k])) if self.ledger[k] in dead else "it died"
         return WorkerLost((k,), why)
-
-    def alive(self) -> bool:
-        """Started, and every worker still running (none killed while the pool sat idle)."""
-        return (self.executor is not None and not getattr(self.executor, "_broken", False)
-                and not getattr(self.executor, "_shutdown_thread", False)
-                and all(p.exitcode is None for p in self.processes.values()))
 
     def kill(self) -> None:
         for process in self.processes.values():

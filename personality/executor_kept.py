@@ -59,17 +59,29 @@ class KeptWorkers:
             if self._owner != os.getpid():  # forked: the parent's pool is not ours to use, and
                 self._pool, self._owner = None, os.getpid()  # a fork clears its finalizers
                 self._ends_at_exit = False
-            if self._pool is None or not self._pool.alive():
-                self.close()
-                self._end_at_exit()  # before the start: an exit during it must not wait on it
-                self._pool = _Pool(self.n, self.capacity, self.token, self.setup,
-                                   self.setup_args)
+            if self._pool is None or not _alive(self._pool):
+                self._begin()
+            if self._pool.begun is not None:
                 try:
-                    self._pool.start()  # ExecutorError when the set-up kills its workers
-                except BaseException:  # a set-up that raised: end its workers, keep none
+                    self._pool.start()  # waits for begin()'s workers; ExecutorError when the
+                except BaseException:   # set-up kills them. One that raised: end them, keep none
                     self._kill()
                     raise
             return self._pool
+
+    def start_soon(self) -> None:
+        """Spawn the workers now and return: their imports and set-up overlap this process's
+        own work (predict imports torch meanwhile), and the first map waits for them. A set-up
+        that fails raises in that map."""
+        with self._starting:
+            if self._owner == os.getpid() and (self._pool is None or not _alive(self._pool)):
+                self._begin()
+
+    def _begin(self) -> None:
+        self.close()
+        self._end_at_exit()  # before the spawn: an exit during the set-up must not wait on it
+        self._pool = _Pool(self.n, self.capacity, self.token, self.setup, self.setup_args)
+        self._pool.begun = self._pool.begin()
 
     def _end_at_exit(self) -> None:
         """Kill the workers before this process joins its children at exit. A multiprocessing
@@ -109,13 +121,21 @@ class KeptWorkers:
     def pids(self) -> list[int]:
         """The live workers' process ids (tests, and a user asking what runs)."""
         pool = self._pool
-        return sorted(pool.processes) if pool is not None and pool.alive() else []
+        return sorted(pool.processes) if pool is not None and _alive(pool) else []
 
     def close(self) -> None:
         """End the workers now (they also end when this process does)."""
         pool = self._pool
-        if pool is not None and pool.alive() and self._owner == os.getpid():
+        if pool is not None and _alive(pool) and self._owner == os.getpid():
             self._pool = None
             pool.shutdown()
         else:  # a dead worker's pool, or none: end the survivors, do not wait on them
             self._kill()
+
+
+def _alive(pool: _Pool) -> bool:
+    """Begun, and every worker still running (none killed while the pool sat idle)."""
+    executor = pool.executor
+    return (executor is not None and not getattr(executor, "_broken", False)
+            and not getattr(executor, "_shutdown_thread", False)
+            and all(p.exitcode is None for p in pool.processes.values()))

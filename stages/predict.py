@@ -80,7 +80,7 @@ from personality.common import (BaseParams, ParamsError, SchemaError, StageInput
 from personality.schemas import TRAITS
 from stages.predict_batch import (VIDEO_EXTENSIONS, WorkerDied, batch_ids, collect_videos,
                                   exit_on_sigterm, run_jobs, safe_video_id, sigterm_exits)
-from stages.predict_frontend import front_end_params, run_front_end
+from stages.predict_frontend import front_end_params, run_front_end, start_front_end_worker
 from stages.predict_model import (choose_model, clip_warnings, load_model, missing_inputs,
                                   model_scores, model_warnings, own_test_error, trained_models)
 from stages.predict_report import draw_report, report_data, write_report
@@ -238,6 +238,7 @@ def score_row(video: Path, report: Path, model: str | None, root: Path | None,
 
 
 def _init_worker() -> None:
+    start_front_end_worker()  # its set-up overlaps torch's import here
     import torch
 
     torch.set_num_threads(1)  # one process per core: the front-end's own threads stay idle
@@ -289,6 +290,10 @@ def predict_batch(videos: list[Path], out: Path, *, model: str | None = None,
 
 def _single(video: Path, out: Path, model: str | None, explain: bool = True) -> int:
     """One video: prediction.json and report.png in `out`; exit code 2 with one line on error."""
+    start_front_end_worker()
+    from models.registry import list_models
+
+    list_models()  # torch, torchvision, every model (~3.5 s) while the front-end worker sets up
     try:
         result = predict_video(video, model=model, explain=explain)
     except Exception as exc:  # our own errors: one line, not a traceback

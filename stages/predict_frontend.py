@@ -24,13 +24,13 @@ import pandas as pd
 
 from personality.common import (BaseParams, ParamsError, build_dataclass, get_logger,
                                 load_params, read_artifact, repo_root)
-from personality.executor import CLUSTER_ENV, map_jobs, placement, time_limit_s
+from personality.executor import CLUSTER_ENV, ExecutorError, map_jobs, placement, time_limit_s
 from personality.executor_kept import KeptWorkers
 from personality.schemas import TRAITS
 from stages.predict_batch import safe_video_id
 from stages.predict_model import clip_warnings
 
-__all__ = ["front_end_params", "run_front_end"]
+__all__ = ["front_end_params", "run_front_end", "start_front_end_worker"]
 
 log = get_logger("predict")
 
@@ -96,6 +96,18 @@ def _stages_inline() -> None:
 
 
 FRONT_END_WORKER = KeptWorkers(1, setup=_stages_inline)  # started by the first clip
+
+
+def start_front_end_worker() -> None:
+    """Spawn the front-end worker now (KeptWorkers.start_soon, in this thread, no waiting):
+    its imports and warm-ups (~2.5 s) then overlap the caller's own (torch's). Not when the
+    front end runs in this process."""
+    try:
+        if _one_local_worker().forced_inline:
+            return
+    except ExecutorError:  # a bad PERSONALITY_CLUSTER: run_front_end says so
+        return
+    FRONT_END_WORKER.start_soon()
 
 
 def _one_local_worker():

@@ -82,6 +82,9 @@ class VideoScorer:
     that importing this module does not import mlflow."""
 
     def load_context(self, context) -> None:
+        from stages.predict_frontend import start_front_end_worker
+
+        start_front_end_worker()  # set up before the first request (the worker is kept)
         import torch
 
         torch.set_num_threads(1)  # one request at a time per worker; the front-end has its own

@@ -134,6 +134,24 @@ def test_a_worker_that_dies_with_the_short_lived_thread_that_started_it_costs_no
     assert (x, setups) == (1, 1) and pid != out[0][1]
 
 
+def test_start_soon_spawns_the_workers_the_first_map_then_uses(kept):
+    kept.start_soon()
+    spawned = sorted(kept._pool.processes)  # spawned already, set-up under way
+    [(x, pid, setups)] = map_jobs(pid_and_setups, [0], workers=1, where=ONE, kept=kept)
+    assert (x, setups) == (0, 1) and spawned == [pid] == kept.pids()
+    kept.start_soon()  # running already: nothing new
+    assert kept.pids() == [pid]
+
+
+def test_a_setup_that_raises_after_start_soon_raises_in_the_map_and_keeps_no_worker():
+    before = set(mp.active_children())
+    workers = KeptWorkers(1, setup=fail_setup)
+    workers.start_soon()
+    with pytest.raises(ImportError, match="broken install"):
+        list(map_jobs(pid_and_setups, [0], workers=1, where=ONE, kept=workers))
+    assert workers._pool is None and set(mp.active_children()) <= before
+
+
 def test_borrow_lends_the_workers_to_one_map_at_a_time(kept):
     seen = []
     with kept.borrow() as mine:
@@ -151,15 +169,24 @@ def test_too_many_jobs_for_the_ledger_is_refused():
         KeptWorkers(1, capacity=2).pool(3)
 
 
-def _map_then_return(queue) -> None:
-    workers = KeptWorkers(1)
-    queue.put(list(map_jobs(pid_and_setups, [7], workers=1, where=ONE, kept=workers))[0][0])
+def slow_setup() -> None:
+    time.sleep(3)  # the imports and warm-ups of predict's front end
 
 
-def test_a_multiprocessing_worker_that_kept_workers_exits():
+def _map_then_return(queue, how: str) -> None:
+    workers = KeptWorkers(1, setup=slow_setup)
+    if how == "map":
+        queue.put(list(map_jobs(pid_and_setups, [7], workers=1, where=ONE, kept=workers))[0][0])
+    else:  # a batch worker whose videos all failed at once: it exits while the set-up runs
+        workers.start_soon()
+        queue.put(7)
+
+
+@pytest.mark.parametrize("how", ["map", "start_soon"])
+def test_a_multiprocessing_worker_that_kept_workers_exits(how):
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    child = ctx.Process(target=_map_then_return, args=(queue,))
+    child = ctx.Process(target=_map_then_return, args=(queue, how))
     child.start()
     assert queue.get(timeout=120) == 7
     child.join(timeout=60)
