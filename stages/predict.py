@@ -290,10 +290,11 @@ def predict_batch(videos: list[Path], out: Path, *, model: str | None = None,
 
 def _single(video: Path, out: Path, model: str | None, explain: bool = True) -> int:
     """One video: prediction.json and report.png in `out`; exit code 2 with one line on error."""
-    start_front_end_worker()
-    from models.registry import list_models
+    if video.is_file():  # a mistyped name fails at once, without a worker or torch's import
+        start_front_end_worker()
+        from models.registry import list_models
 
-    list_models()  # torch, torchvision, every model (~3.5 s) while the front-end worker sets up
+        list_models()  # torch, torchvision, every model (~3.5 s) while the worker sets up
     try:
         result = predict_video(video, model=model, explain=explain)
     except Exception as exc:  # our own errors: one line, not a traceback
