@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/train_perfex.py            # CPU (and CUDA when present), ~1-2 min
     .venv/bin/python bench/train_perfex.py --quick    # fewer steps
+    python bench/train_perfex.py --devices cuda       # the GPU rows alone
 
 Training sequences per second, forward + backward + optimizer step, for perfex_cnn and
 perfex_hybrid (default configs, 5-bin classification head):
@@ -20,8 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the repo's packages, also where it is not installed
 
 import numpy as np
 import torch
@@ -31,7 +36,6 @@ from models.data import AUSource, AUSourceConfig
 from models.engine import TrainViews, _loader, make_optimizer, train_one_epoch, TrainConfig
 from models.registry import build_model
 
-ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("perfex_cnn", "perfex_hybrid")
 
 
@@ -89,10 +93,14 @@ def engine_loop(name: str, device: torch.device, seconds: float, *, pad_to: int 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--devices", default="cpu,cuda",
+                        help="comma-separated rows to run; cuda only where available")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "train_perfex.json"))
     args = parser.parse_args(argv)
     seconds = 2.0 if args.quick else 6.0
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    wanted = set(args.devices.split(","))
+    devices = [torch.device(d) for d in ("cpu", "cuda") if d in wanted
+               and (d == "cpu" or torch.cuda.is_available())]
     rows = []
     for device in devices:
         if device.type == "cpu":

@@ -4,6 +4,7 @@ DataLoader), on the CPU and, when CUDA is available, on the GPU (bf16 autocast, 
 
     .venv/bin/python bench/train_visual.py                     # -> table, bench/results/train_visual.json
     .venv/bin/python bench/train_visual.py --root /data/run --gpu-workers 8 --steps 50
+    python bench/train_visual.py --devices cuda                # the GPU rows alone
 
 Rows (images per second, higher is better):
   ceiling         random (B, 3, 112, 112) tensors already on the device: model step only
@@ -144,6 +145,27 @@ def decode_costs(root: Path, device: torch.device | None) -> dict:
     return out
 
 
+def cpu_rows(args, src, ids: list[str], row) -> None:
+    """Ceiling, loader alone and real loader on the CPU (fp32), workers 0 and --cpu-workers."""
+    cpu, bs = torch.device("cpu"), args.batch_size
+    ceil = ceiling(args.width, bs, args.steps, cpu, False, False)
+    row("cpu", f"ceiling ({args.cpu_threads} thread)", ceil, bs)
+    for w in sorted({0, args.cpu_workers}):
+        row("cpu", "loader only", loader_only(src, ids, bs, args.steps * 4, w), bs, w)
+        real = real_loader(src, ids, args.width, bs, args.steps, cpu, False, False, w)
+        row("cpu", f"real loader ({100 * real / ceil:.0f}% of ceiling)", real, bs, w)
+
+
+def gpu_rows(args, src, ids: list[str], row) -> None:
+    """The same rows on CUDA: bf16 autocast, channels_last, --gpu-workers loader processes."""
+    dev, gbs, w = torch.device("cuda"), args.gpu_batch_size, args.gpu_workers
+    gceil = ceiling(args.width, gbs, args.gpu_steps, dev, True, True)
+    row("cuda", "ceiling (bf16, channels_last)", gceil, gbs)
+    row("cuda", "loader only", loader_only(src, ids, gbs, args.gpu_steps, w), gbs, w)
+    real = real_loader(src, ids, args.width, gbs, args.gpu_steps, dev, True, True, w)
+    row("cuda", f"real loader ({100 * real / gceil:.0f}% of ceiling)", real, gbs, w)
+
+
 def small_dataset(folder: Path) -> Path:
     from stages import faces, frames
     from personality.common import BaseParams
@@ -168,6 +190,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--cpu-threads", type=int, default=1)
     ap.add_argument("--cpu-workers", type=int, default=1)
     ap.add_argument("--gpu-workers", type=int, default=min(8, max(1, (os.cpu_count() or 2) - 2)))
+    ap.add_argument("--devices", default="cpu,cuda",
+                    help="comma-separated rows to run; cuda only where available")
     ap.add_argument("--augment", default="standard")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "train_visual.json")
     args = ap.parse_args(argv)
@@ -196,7 +220,6 @@ def main(argv: list[str] | None = None) -> dict:
            "train_videos": len(ids), "train_crops": n_crops,
            "source_build_s": round(build_s, 2), "cache_mb": round(src.store.bytes / 2 ** 20, 1),
            "resnet18_width": args.width, "rows": []}
-    cpu = torch.device("cpu")
     res["decode"] = decode_costs(root, torch.device("cuda") if torch.cuda.is_available() else None)
 
     def row(device, name, ips, bs, workers=None):
@@ -205,22 +228,11 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{device:5s} {name:34s} bs={bs:<4d} workers={workers!s:4s} {ips:9.1f} img/s",
               flush=True)
 
-    bs = args.batch_size
-    ceil = ceiling(args.width, bs, args.steps, cpu, False, False)
-    row("cpu", f"ceiling ({args.cpu_threads} thread)", ceil, bs)
-    for w in sorted({0, args.cpu_workers}):
-        row("cpu", "loader only", loader_only(src, ids, bs, args.steps * 4, w), bs, w)
-        real = real_loader(src, ids, args.width, bs, args.steps, cpu, False, False, w)
-        row("cpu", f"real loader ({100 * real / ceil:.0f}% of ceiling)", real, bs, w)
-    if torch.cuda.is_available():
-        dev = torch.device("cuda")
-        gbs = args.gpu_batch_size
-        gceil = ceiling(args.width, gbs, args.gpu_steps, dev, True, True)
-        row("cuda", "ceiling (bf16, channels_last)", gceil, gbs)
-        w = args.gpu_workers
-        row("cuda", "loader only", loader_only(src, ids, gbs, args.gpu_steps, w), gbs, w)
-        real = real_loader(src, ids, args.width, gbs, args.gpu_steps, dev, True, True, w)
-        row("cuda", f"real loader ({100 * real / gceil:.0f}% of ceiling)", real, gbs, w)
+    wanted = set(args.devices.split(","))
+    if "cpu" in wanted:
+        cpu_rows(args, src, ids, row)
+    if "cuda" in wanted and torch.cuda.is_available():
+        gpu_rows(args, src, ids, row)
         res["gpu"] = torch.cuda.get_device_name()
     d = res["decode"]
     print("decode per 112 px crop: " + ", ".join(f"{k} {v:.1f}" for k, v in d.items()

@@ -185,6 +185,26 @@ def _materialize_lazy(model: nn.Module, sources: Sequence[InputSource],
     model.train(was_training)
 
 
+def place_model(model: nn.Module, sources: Sequence[InputSource], train_ids: Sequence[str],
+                device: torch.device, *, channels_last: bool) -> None:
+    """The model on `device`, its lazy layers shaped (before the optimizer sees them), then, when
+    asked, its convolution weights in channels_last: a lazy layer has no shape to convert before."""
+    model.to(device)
+    _materialize_lazy(model, sources, train_ids, device)
+    if channels_last:
+        model._apply(_channels_last)
+
+
+def _channels_last(t: Tensor) -> Tensor:
+    """4-D weights in channels_last, 5-D (3-D convolutions) in channels_last_3d, others as they
+    are: `model.to(memory_format=torch.channels_last)` raises on a 5-D weight."""
+    if t.dim() == 4:
+        return t.contiguous(memory_format=torch.channels_last)
+    if t.dim() == 5:
+        return t.contiguous(memory_format=torch.channels_last_3d)
+    return t
+
+
 @dataclasses.dataclass
 class _Trainer:
     """What one `fit` call trains with: built once by `_prepare`, read by every helper below."""
@@ -242,11 +262,9 @@ def _prepare(model: nn.Module, sources: Sequence[InputSource], train_ids: Sequen
     if world > 1 and device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())  # cuda:LOCAL_RANK
     seed_everything(cfg.seed, deterministic=cfg.deterministic)
-    model.to(device)
-    if cfg.channels_last and device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
     train_targets = np.asarray(train_targets, dtype=np.float64)
-    _materialize_lazy(model, sources, train_ids, device)  # before the optimizer sees them
+    place_model(model, sources, train_ids, device,
+                channels_last=cfg.channels_last and device.type == "cuda")
     optimizer = make_optimizer(model, cfg)
     return _Trainer(model=model, net=model, optimizer=optimizer,
                     scheduler=make_scheduler(optimizer, cfg),

@@ -58,7 +58,8 @@ def predict_videos(model: nn.Module, sources: Sequence[InputSource], video_ids: 
         batch = to_device(collate(items), device, device.type == "cuda")
         with autocast(device, amp):
             outputs = model(batch)
-        scores = model.decode(outputs).float().cpu().numpy()  # (b, 5)
+        outputs = outputs.float()  # bf16 under autocast; decode / proba's buffers are float32
+        scores = model.decode(outputs).cpu().numpy()  # (b, 5)
         idx = np.asarray(owners)
         np.add.at(sums, idx, scores)
         np.add.at(counts, idx, 1)

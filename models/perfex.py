@@ -222,7 +222,8 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:  # x (B, C, T)
         if mask is None or not self.training:
             return super().forward(x)
-        w = mask[:, None, :].to(x.dtype)  # (B, 1, T)
+        dtype, x = x.dtype, x.float()  # statistics in float32, as BatchNorm's under bf16 autocast
+        w = mask[:, None, :].float()  # (B, 1, T)
         n = w.sum()
         mean = (x * w).sum(dim=(0, 2)) / n  # (C,)
         var = ((x - mean[None, :, None]) ** 2 * w).sum(dim=(0, 2)) / n  # (C,), biased as BN's
@@ -237,7 +238,7 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
         y = (x - mean[None, :, None]) * torch.rsqrt(var[None, :, None] + self.eps)  # (B, C, T)
         if self.affine:
             y = y * self.weight[None, :, None] + self.bias[None, :, None]
-        return y
+        return y.to(dtype)
 
 
 class SqueezeExcite(nn.Module):
@@ -307,7 +308,7 @@ class ClassificationHead(nn.Module):
         return per_trait.sum()
 
     def proba(self, logits: Tensor) -> Tensor:
-        return logits.softmax(dim=-1)  # (B, 5, 5)
+        return logits.float().softmax(dim=-1)  # (B, 5, 5) float32, also for bf16 logits
 
     def decode(self, logits: Tensor) -> Tensor:
         if self.decode_mode == "argmax":

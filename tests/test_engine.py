@@ -155,6 +155,42 @@ def test_build_sources_errors_and_registration(tmp_path):
     assert src.eval_items("a")["test_const"].eq(2.0).all()
 
 
+class _FunctionalsSource:
+    """A stand-in audio_fn source: 7 functionals per video (only what _materialize_lazy reads)."""
+
+    def train_item(self, video_id: str, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        return {"audio_fn": torch.ones(7)}
+
+
+def test_place_model_shapes_lazy_layers_before_channels_last():
+    """audio_fn_linear's first layer is lazy: converting its weights to channels_last before a
+    forward shaped them failed on CUDA ('uninitialized parameter'), found by the H200 run."""
+    model = build_model("audio_fn_linear", hidden=0)
+    engine.place_model(model, [_FunctionalsSource()], ["v0"], torch.device("cpu"),
+                       channels_last=True)
+    linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert tuple(linear.weight.shape) == (5, 7)
+
+
+def test_place_model_puts_3d_convolutions_in_channels_last_3d():
+    """model.to(memory_format=channels_last) raises on a 5-D weight: r3d, slow_fast and tpn could
+    not train on CUDA with train.channels_last (found by tests/test_cuda.py on the H200)."""
+    model = build_model("r3d_face_seq", width=4)
+    engine.place_model(model, [], [], torch.device("cpu"), channels_last=True)
+    weights = [p for p in model.parameters() if p.dim() == 5]
+    assert weights and all(w.is_contiguous(memory_format=torch.channels_last_3d) for w in weights)
+
+
+def test_classification_head_decodes_bf16_logits_in_float32():
+    """Under bf16 autocast the logits are bf16 and decode ran outside it: softmax(bf16) @ the
+    float32 bin values raised on CUDA. decode and proba now work in float32."""
+    model = build_model("perfex_cnn", **{**TINY, "head": "classification"})
+    logits = torch.randn(3, 5, 5).bfloat16()
+    scores, proba = model.decode(logits), model.proba(logits)
+    assert scores.dtype == proba.dtype == torch.float32
+    torch.testing.assert_close(scores, model.decode(logits.float()))
+
+
 def test_collate_pads_and_trims_to_longest_real_sequence():
     items = [{"aus": torch.ones(8, 17), "aus_mask": torch.arange(8) < n, "y": torch.zeros(3)}
              for n in (3, 5)]

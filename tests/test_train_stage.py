@@ -187,3 +187,25 @@ def test_unlabelled_val_clips_are_left_out_of_validation():
     val = pd.DataFrame({"video_id": ["a", "b", "c"], **{t: [0.5, np.nan, 0.4] for t in "OCEAN"}})
     assert _labelled_val(val, "m")["video_id"].tolist() == ["a", "c"]
     assert _labelled_val(val.iloc[[1]], "m").empty
+
+
+def test_train_default_bench_trains_in_a_scratch_root_and_reports_what_it_cannot(au_root, trained,
+                                                                               tmp_path):
+    """bench/train_default.py (the GPU rows of docs/training.md): the stage's own training on the
+    pipeline's inputs, never over the pipeline's outputs; a model without its inputs is a row."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "train_default.py"
+    spec = importlib.util.spec_from_file_location("train_default_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    best = au_root / "data" / "models" / "perfex_cnn" / "best.pt"
+    before = best.read_bytes()
+    res = bench.main(["--device", "cpu", "--models", "perfex_cnn,audio_fn_linear",
+                      "--data", str(au_root / "data"), "--out", str(tmp_path / "out.json")])
+    ok, missing = res["rows"]
+    assert ok["status"] == "ok" and ok["epochs_run"] >= 1 and np.isfinite(ok["val_ccc"])
+    assert missing["status"].startswith("failed") and "audio" in missing["status"]
+    assert best.read_bytes() == before  # the pipeline's checkpoint is untouched
+    assert json.loads((tmp_path / "out.json").read_text())["rows"] == res["rows"]
