@@ -9,13 +9,15 @@ DataLoader), on the CPU and, when CUDA is available, on the GPU (bf16 autocast, 
 Rows (images per second, higher is better):
   ceiling         random (B, 3, 112, 112) tensors already on the device: model step only
   loader only     the DataLoader alone (decoded-crop cache + augmentation + collate), no model
-  real loader     model step fed by the DataLoader (workers as given), host->device copy included
+  real loader     model step fed by the DataLoader (workers as given), host->device copy and the
+                  uint8 images' normalisation (models.batching.to_device) included
 Plus the JPEG decode cost per 112 px crop: OpenCV, torchvision.io (CPU), torchvision.io on the GPU
 (batched), which decides where decoding belongs (docs/models.md).
 
 --root must hold data/faces (and data/manifest.parquet); without it a small synthetic set (12
 clips) is built in a temporary folder first (~1-2 min). The CPU rows use --cpu-threads torch threads
-(default 1: the machine is shared). Goal: real loader >= 80% of the ceiling on an H100.
+(default 1: the machine is shared). Goal: real loader >= 80% of the ceiling on an H100; an H200
+gave 52% on 2026-12-04 (docs/models.md has the table and what limits it).
 """
 from __future__ import annotations
 
@@ -95,15 +97,14 @@ def loader_only(source, ids, bs: int, steps: int, workers: int) -> float:
 
 
 def real_loader(source, ids, width, bs, steps, device, amp, cl, workers) -> float:
+    from models.batching import to_device
+
     model, opt = _model(width, device, cl)
     it = iter(_loader(source, ids, bs, workers, device.type == "cuda"))
 
     def one():
-        b = next(it)
-        x = b["face"].to(device, non_blocking=True)
-        if cl:
-            x = x.contiguous(memory_format=torch.channels_last)
-        _step(model, opt, {"face": x}, b["target"].to(device, non_blocking=True), device, amp)
+        b = to_device(next(it), device, cl)  # the engine's copy: uint8 faces normalised there
+        _step(model, opt, {"face": b["face"]}, b["target"], device, amp)
 
     for _ in range(3):
         one()

@@ -6,6 +6,11 @@
 
 Sample i of epoch e is drawn with `np.random.default_rng([seed, e, i])` and the epoch's order
 from (seed, e), so a sample's view does not depend on the number of loader workers or ranks.
+
+Image inputs (IMAGE_KEYS) travel as uint8 from the sources through the loader workers and the
+host-to-device copy, a quarter of float32's bytes; `to_device` (and, for a direct model call, the
+models' own pre-hook, models/perfex.py HeadModel) ImageNet-normalises them where they land.
+On an H200 the float32 batches held the loader to 32% of a ResNet-18's speed (docs/models.md).
 """
 from __future__ import annotations
 
@@ -125,11 +130,46 @@ def epoch_loader(dataset: TrainViews, *, batch_size: int, epoch: int, seed: int,
                                        drop_last=len(order) > batch_size)
 
 
+IMAGE_KEYS = ("face", "frame", "face_seq")  # (..., 3, H, W) uint8 from the sources
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+_SCALES: dict[torch.device, tuple[Tensor, Tensor]] = {}  # device -> (mean * 255, std * 255)
+
+
+def _scales(device: torch.device) -> tuple[Tensor, Tensor]:
+    """The normalisation constants on `device`, made once: building them on every call would copy
+    from the host each time, which waits for the GPU's queued work."""
+    if device not in _SCALES:
+        mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255  # computed on the CPU, as always
+        std = torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255
+        _SCALES[device] = (mean.to(device), std.to(device))
+    return _SCALES[device]
+
+
+def normalise_images(x: Tensor) -> Tensor:
+    """uint8 (..., 3, H, W) -> float32 ImageNet-normalised, on x's device."""
+    mean, std = _scales(x.device)
+    return (x.float() - mean) / std
+
+
+def normalise_image_keys(batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The batch with its uint8 image inputs normalised; float ones (already normalised, e.g. an
+    explanation's perturbed input) and every other key as they are."""
+    return {key: normalise_images(t) if key in IMAGE_KEYS and t.dtype == torch.uint8 else t
+            for key, t in batch.items()}
+
+
 def to_device(batch: Mapping[str, Tensor], device: torch.device,
-               channels_last: bool) -> dict[str, Tensor]:
+              channels_last: bool) -> dict[str, Tensor]:
+    """The batch on `device`, uint8 images normalised there, 4-D float inputs in channels_last
+    when asked."""
     out = {}
     for key, t in batch.items():
         t = t.to(device, non_blocking=True)
+        if key in IMAGE_KEYS and t.dtype == torch.uint8:
+            t = normalise_images(t)
         if channels_last and t.ndim == 4 and t.is_floating_point():
             t = t.contiguous(memory_format=torch.channels_last)
         out[key] = t

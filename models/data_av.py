@@ -2,7 +2,7 @@
 
     from models.data import build_sources
     src, = build_sources(["face"], root=root, video_ids=ids, config={"face": {"augment": "strong"}})
-    src.train_item("syn_0003", np.random.default_rng(0))   # {"face": (3, 112, 112) float}
+    src.train_item("syn_0003", np.random.default_rng(0))   # {"face": (3, 112, 112) uint8}
     src.eval_items("syn_0003")                              # {"face": (V, 3, 112, 112)}, V = frames
 
 Sampling (DeepPersonality's):
@@ -30,7 +30,10 @@ Decoding (docs/models.md has the measurements): crops are decoded once (OpenCV /
 RGB uint8, resized to `size`) and kept in a per-source LRU cache bounded by `cache_mb`; with
 `preload: true` (the default) the builder decodes every video up front in the main process, so
 DataLoader workers (fork) share the decoded tensors instead of re-decoding them every epoch.
-Augmentation runs on the uint8 tensors, then the image is scaled to float and ImageNet-normalised.
+Augmentation runs on the uint8 tensors, and the images leave the source as uint8: where the batch
+lands, `models.batching.to_device` (or the model's own pre-hook) scales them to float and
+ImageNet-normalises them, so loader workers and the host-to-device copy move a quarter of the
+bytes (docs/models.md, "Decoding: where it belongs").
 
 Standardisation (logmel per band, audio_fn per feature) uses statistics of the train split:
 `stats_split: train` reads data/manifest.parquet under the root and keeps the given videos of
@@ -53,6 +56,7 @@ import pyarrow.parquet as pq
 import torch
 import torchvision.transforms.v2.functional as TF
 
+from models.batching import IMAGENET_MEAN, IMAGENET_STD, normalise_images
 from models.data import InputSource, SourceError, register_source, source_options
 from personality.common import get_logger
 from personality.schemas import AUDIO_FUNCTIONAL_PREFIXES
@@ -65,8 +69,6 @@ __all__ = ["ImageSourceConfig", "FaceSeqSourceConfig", "LogmelSourceConfig", "Wa
 log = get_logger("data_av")
 
 AUDIO_FUNCTIONALS = tuple(AUDIO_FUNCTIONAL_PREFIXES.values())  # fn_, egemaps_, compare_
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 Augment = Literal["none", "standard", "strong"]
 
 
@@ -128,15 +130,6 @@ def augment_images(x: torch.Tensor, rng: np.random.Generator, cfg: Any) -> torch
             x[..., et:et + eh, el:el + ew] = torch.tensor([124, 116, 104], dtype=torch.uint8
                                                           ).view(3, 1, 1)  # the mean colour
     return x
-
-
-_MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255
-_STD = torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255
-
-
-def normalise_images(x: torch.Tensor) -> torch.Tensor:
-    """uint8 (..., 3, H, W) -> float32 ImageNet-normalised."""
-    return (x.float() - _MEAN) / _STD
 
 
 # --------------------------------------------------------------------------------------------------
@@ -279,7 +272,7 @@ class ImageSource(InputSource):
     def train_item(self, video_id: str, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         frames = self._frames(video_id)  # (N, 3, S, S) uint8
         x = frames[int(rng.integers(len(frames)))]  # (3, S, S)
-        return {self.key: normalise_images(augment_images(x, rng, self.config))}
+        return {self.key: augment_images(x, rng, self.config)}  # (3, size, size) uint8
 
     def eval_items(self, video_id: str) -> dict[str, torch.Tensor]:
         frames = self._frames(video_id)  # (N, 3, S, S)
@@ -287,7 +280,7 @@ class ImageSource(InputSource):
         if 0 < k < len(frames):
             frames = frames[torch.from_numpy(_even(len(frames), k))]
         frames = augment_images(frames, np.random.default_rng(0), _no_aug(self.config))
-        return {self.key: normalise_images(frames)}  # (V, 3, size, size)
+        return {self.key: frames}  # (V, 3, size, size) uint8
 
 
 def _no_aug(cfg: Any) -> Any:
@@ -352,7 +345,7 @@ class FaceSeqSource(ImageSource):
             span = (T - 1) * self.config.stride + 1
             idx = self._clip_indices(n, int(rng.integers(max(n - span + 1, 1))))
         clip = frames[torch.from_numpy(idx)]  # (T, 3, S, S)
-        return {"face_seq": normalise_images(augment_images(clip, rng, self.config))}
+        return {"face_seq": augment_images(clip, rng, self.config)}  # (T, 3, size, size) uint8
 
     def eval_items(self, video_id: str) -> dict[str, torch.Tensor]:
         frames = self._frames(video_id)
@@ -370,7 +363,7 @@ class FaceSeqSource(ImageSource):
             idx = starts[:, None] + np.arange(T)[None] * s  # (V, T)
         clips = frames[torch.from_numpy(idx)]  # (V, T, 3, S, S)
         clips = augment_images(clips, np.random.default_rng(0), _no_aug(self.config))
-        return {"face_seq": normalise_images(clips)}
+        return {"face_seq": clips}  # (V, T, 3, size, size) uint8
 
 
 @register_source("face_seq", options=FaceSeqSourceConfig)

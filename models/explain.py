@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.batching import merge_views
+from models.batching import merge_views, normalise_image_keys
 from models.data import InputSource, SourceError
 from models.data_av import IMAGENET_MEAN, IMAGENET_STD
 from models.engine import predict_videos
@@ -98,8 +98,9 @@ class _Views(InputSource):
 
 
 def clip_views(sources: Sequence[InputSource], video_id: str) -> dict[str, Tensor]:
-    """The eval views of one clip, every source merged: {key: (V, ...)}."""
-    return merge_views([s.eval_items(video_id) for s in sources], video_id)
+    """The eval views of one clip, every source merged: {key: (V, ...)}, images normalised (float:
+    Grad-CAM differentiates through them and `model.cam` takes them without the forward's hook)."""
+    return normalise_image_keys(merge_views([s.eval_items(video_id) for s in sources], video_id))
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -172,7 +173,7 @@ def gradcam(model: nn.Module, views: Mapping[str, Tensor], key: str, *,
     views = dict(views)
     if hasattr(model, "cam"):  # the model's own class activation maps
         with torch.no_grad():
-            maps = model.cam(views[key]).float()  # (V, 5, h, w)
+            maps = model.cam(views).float()  # (V, 5, h, w): cam reads views[key] itself
         return maps.mean(dim=0).cpu().numpy(), "model.cam"
     name = cam_layer(model, views, key, min_side=min_side)
     module = dict(model.named_modules())[name]

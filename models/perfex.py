@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from models.batching import normalise_image_keys
 from models.metrics import N_BINS, bin_values
 from models.registry import register
 from personality.schemas import AU_INTENSITY, TRAITS
@@ -354,11 +355,24 @@ def make_head(cfg: Any, in_features: int) -> nn.Module:
                           bounded=cfg.head == "regression")
 
 
+def _normalise_images(_module: nn.Module, args: tuple) -> tuple | None:
+    """Forward pre-hook: a batch whose images are still the sources' uint8 is normalised here
+    (models.batching.to_device normalises the engine's batches before they arrive)."""
+    if args and isinstance(args[0], Mapping):
+        return (normalise_image_keys(args[0]), *args[1:])
+    return None
+
+
 class HeadModel(nn.Module):
     """The registry protocol's loss / decode / proba / predict, delegated to `self.head` (one of
-    the heads above). Every model of the zoo derives from it and only defines forward."""
+    the heads above). Every model of the zoo derives from it and only defines forward. A batch's
+    uint8 images (the sources' face / frame / face_seq) are ImageNet-normalised before forward."""
 
     head: nn.Module
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_forward_pre_hook(_normalise_images)
 
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
         """targets (B, 5), NaN = unlabelled (masked)."""

@@ -43,9 +43,10 @@ MODALITIES = ("au", "visual", "audio", "audio-visual")
 SAMPLE_KEYS = {
     "aus": "(B, T, 17) float: OpenFace AU intensities (AU01_r ... AU45_r), zero-padded",
     "aus_mask": "(B, T) bool: True on real time steps, a prefix per row",
-    "face": "(B, 3, H, W) float: one aligned face crop per sample, ImageNet-normalised",
-    "face_seq": "(B, T, 3, H, W) float: a clip of T aligned face crops, ImageNet-normalised",
-    "frame": "(B, 3, H, W) float: one full frame per sample, ImageNet-normalised",
+    "face": "(B, 3, H, W) uint8 from the sources: one aligned face crop per sample; float when ImageNet-normalised",
+    "face_seq": "(B, T, 3, H, W) uint8 from the sources: a clip of T aligned face crops; float "
+                "when ImageNet-normalised (models.batching.to_device and the models do it)",
+    "frame": "(B, 3, H, W) uint8 from the sources: one full frame per sample; float when ImageNet-normalised",
     "logmel": "(B, n_mels, T) float: log-mel spectrogram, standardised per band (train split)",
     "wave": "(B, S) float: 16 kHz mono wave in [-1, 1]",
     "audio_fn": "(B, F) float: per-video audio functionals (fn_*), standardised (train split)",

@@ -189,9 +189,14 @@ def _explanation(net, sources, vid: str, params_of) -> tuple[dict, dict]:
     audio = params_of("audio", AudioParams)
     try:
         return explain_clip(net, sources, vid, hop_s=audio.hop_length / audio.sr, sr=audio.sr)
-    except (ExplainError, RuntimeError) as exc:  # RuntimeError: torch's, e.g. out of memory
+    except ExplainError as exc:
         log.warning("no explanation: %s", exc)
         return {"kinds": [], "error": str(exc)}, {}
+    except Exception as exc:  # torch's (out of memory), or a bug in one explainer: the scores
+        # stand, and the error says what failed (a TypeError in Grad-CAM once failed predict)
+        why = f"{type(exc).__name__}: {exc}"
+        log.warning("no explanation: %s", why)
+        return {"kinds": [], "error": why}, {}
 
 
 # --------------------------------------------------------------------------------------------------

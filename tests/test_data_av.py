@@ -81,12 +81,12 @@ def test_face_source_views_and_determinism(av_root):
     a = src.train_item(vid, np.random.default_rng(3))["face"]
     b = src.train_item(vid, np.random.default_rng(3))["face"]
     c = src.train_item(vid, np.random.default_rng(4))["face"]
-    assert a.shape == (3, 112, 112) and a.dtype == torch.float32
+    assert a.shape == (3, 112, 112) and a.dtype == torch.uint8  # normalised where it lands
     assert torch.equal(a, b) and not torch.equal(a, c)
     ev = src.eval_items(vid)["face"]
     assert ev.shape == (counts[vid], 3, 112, 112)  # every crop with a face, in order
     assert torch.equal(ev, src.eval_items(vid)["face"])  # no augmentation at eval
-    assert -3 < float(ev.mean()) < 3
+    assert -3 < float(data_av.normalise_images(ev).mean()) < 3
     assert src.store.decodes == sum(1 for n in counts.values() if n)  # decoded once (preload)
     small = data_av.face_source(root=av_root, video_ids=[vid],
                                 config={"size": 64, "max_eval_views": 3, "augment": "none"})

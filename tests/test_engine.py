@@ -181,6 +181,25 @@ def test_place_model_puts_3d_convolutions_in_channels_last_3d():
     assert weights and all(w.is_contiguous(memory_format=torch.channels_last_3d) for w in weights)
 
 
+def test_uint8_images_are_normalised_where_the_batch_lands():
+    """The sources hand images over as uint8 (a quarter of the bytes through the loader workers
+    and the host-to-device copy); to_device and, for a direct call, the model's pre-hook
+    normalise them, so the model sees what the float path gave it."""
+    from models.batching import IMAGENET_MEAN, IMAGENET_STD, to_device
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255
+    expected = (x.float() - mean) / std  # (2, 3, 32, 32): the sources' float path, bit for bit
+    landed = to_device({"face": x, "aus": x.float()}, torch.device("cpu"), False)
+    assert torch.equal(landed["face"], expected)
+    assert torch.equal(landed["aus"], x.float())  # not an image key: as it came
+    model = build_model("resnet18_face", width=4).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model({"face": x}), model({"face": landed["face"]}))
+
+
 def test_classification_head_decodes_bf16_logits_in_float32():
     """Under bf16 autocast the logits are bf16 and decode ran outside it: softmax(bf16) @ the
     float32 bin values raised on CUDA. decode and proba now work in float32."""

@@ -90,6 +90,15 @@ def _faces(n: int, rng: np.random.Generator) -> tuple[torch.Tensor, np.ndarray]:
     return torch.from_numpy(x), a
 
 
+def test_gradcam_uses_a_models_own_class_activation_maps(rng):
+    """interpret_dan_face has its own CAM (`model.cam(batch)`, a dict like forward's); gradcam
+    passed it the bare image tensor, which raised, and predict with explanations failed."""
+    model = build_model("interpret_dan_face", widths=(4, 8, 8), convs=(1, 1, 1)).eval()
+    views = {"face": torch.from_numpy(rng.standard_normal((2, 3, 64, 64)).astype(np.float32))}
+    maps, used = gradcam(model, views, "face")
+    assert used == "model.cam" and maps.shape[0] == 5 and np.isfinite(maps).all()
+
+
 def test_gradcam_peaks_on_the_region_that_drives_the_trait(rng):
     torch.manual_seed(0)
     model = TinyCNN()
@@ -657,6 +666,21 @@ def test_predict_writes_and_draws_the_explanation(face_checkpoint, tmp_path):
 
     tall, short = (Image.open(tmp_path / d / "report.png").size[1] for d in ("a", "b"))
     assert tall > short  # the Grad-CAM row is drawn
+
+
+def test_an_explainer_that_raises_leaves_the_prediction_whole(monkeypatch):
+    """predict's explanation is an add-on: any exception in it (a TypeError in Grad-CAM once
+    failed every prediction of an interpret_dan_face checkpoint) becomes a one-line error."""
+    from models import explain
+    from stages import predict
+
+    def broken(*_args, **_kwargs):
+        raise TypeError("new(): invalid data type 'str'")
+
+    monkeypatch.setattr(explain, "explain_clip", broken)
+    part, images = predict._explanation(None, [], "clip", lambda _section, cls: cls())
+    assert part == {"kinds": [], "error": "TypeError: new(): invalid data type 'str'"}
+    assert images == {}
 
 
 def test_explain_clip_on_built_sources(tmp_path, speech_then_silence):
