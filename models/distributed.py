@@ -20,7 +20,7 @@ from torch import nn
 
 from models.solver import EngineError
 
-__all__ = ["resolve_device", "init_distributed", "barrier", "shutdown_distributed", "broadcast",
+__all__ = ["resolve_device", "describe_device", "init_distributed", "barrier", "shutdown_distributed", "broadcast",
            "shard_indices", "all_ranks_loss", "wrap_ddp", "sync_buffers"]
 
 
@@ -33,6 +33,18 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise EngineError(f"device {device!r} asked for but CUDA is not available")
     return torch.device(device)
 
+
+def describe_device(device: str | torch.device, amp: bool) -> dict:
+    """What runs on `device` (TrainConfig.device): its type and name, whether bf16 autocast is on
+    (amp applies on CUDA only) and torch's version. A CUDA run draws other random numbers than a
+    CPU run of the same seed, so a metric says which one it came from (docs/training.md)."""
+    import platform
+
+    device = resolve_device(device)
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else platform.processor() or platform.machine())
+    return {"device": device.type, "name": name, "amp": bool(amp and device.type == "cuda"),
+            "torch": torch.__version__}
 
 
 # rank 0 alone validates, predicts and writes while the others wait in a collective: long enough

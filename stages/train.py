@@ -8,7 +8,8 @@ Per model <name> (under the repo root):
   data/models/<name>/best.pt, last.pt     checkpoints (models/engine.py: torch.load(weights_only=True))
   data/predictions/<name>.parquet         video_id, split, O, C, E, A, N, model: every manifest
                                           video that has the model's inputs
-  metrics/train/<name>.json               best epoch, val and test metrics, baselines
+  metrics/train/<name>.json               best epoch, val and test metrics, baselines, trained_on
+                                          (device, its name, bf16 used, torch version)
   metrics/train/<name>_history.csv        epoch, train_loss, lr, val_ccc, ... (dvc plots)
 MLflow (train.mlflow): params, per-epoch curves (step = epoch), final metrics, tag model=<name>.
 
@@ -314,13 +315,15 @@ def _predict(model, name: str, cfg: TrainConfig, data: dict) -> tuple:
 def _summarize(name: str, p: TrainParams, cfg: TrainConfig, fit_info: dict, data: dict,
                preds: np.ndarray, proba: np.ndarray | None) -> dict:
     """The metrics/train/<name>.json content: val and test scores beside the baselines."""
+    from models.distributed import describe_device
     from models.metrics import split_scores
 
     have, split = data["have"], data["split"]
     # no train clips (test_only on another corpus): no baseline, never a mean of test labels
     train_targets = _targets(split["train"]) if len(split["train"]) else None
     summary = {"model": name, "test_only": p.test_only, "val_metric": cfg.val_metric,
-               **fit_info, "n_videos": {s: int(len(split[s])) for s in SPLITS}}
+               **fit_info, "n_videos": {s: int(len(split[s])) for s in SPLITS},
+               "trained_on": describe_device(cfg.device, cfg.amp)}
     rows = {vid: i for i, vid in enumerate(have["video_id"])}
     for s in ("val", "test"):
         idx = [rows[v] for v in split[s]["video_id"]]
@@ -364,9 +367,12 @@ def _tracking(p: TrainParams, cfg: TrainConfig, name: str, overrides: dict, data
     """The MLflow run of this model (rank 0, train.mlflow), or a context that yields None."""
     if not p.mlflow or rank != 0:
         return contextlib.nullcontext()
+    from models.distributed import describe_device
     from personality.common import mlflow_run
 
-    return mlflow_run("train", run_name=name, tags={"model": name},
+    hardware = describe_device(cfg.device, cfg.amp)
+    return mlflow_run("train", run_name=name, tags={"model": name, "device": hardware["device"],
+                                                    "device_name": hardware["name"]},
                       manifest=root / schemas.ARTIFACTS["manifest"].path,
                       params={**dataclasses.asdict(cfg), "model": name,
                               "model_config": overrides, "source_config": data["source_config"],
@@ -438,10 +444,10 @@ def train_model(name: str, p: TrainParams, base: BaseParams, root: Path) -> dict
 def _log_done(name: str, summary: dict, started: float) -> None:
     test = summary["test"].get("model", {})
     log.info("%s: best epoch %s; test ccc %.3f (baseline 0), bin acc %.3f (majority %.3f) "
-             "in %.1f s", name, summary["best_epoch"], test.get("ccc", math.nan),
+             "in %.1f s on %s", name, summary["best_epoch"], test.get("ccc", math.nan),
              test.get("bin_accuracy", math.nan),
              summary["test"].get("baseline", {}).get("bin_accuracy", math.nan),
-             time.perf_counter() - started)
+             time.perf_counter() - started, summary["trained_on"]["device"])
 
 
 def run(params: TrainParams, base: BaseParams, root: Path | None = None,

@@ -79,6 +79,17 @@ def test_train_writes_checkpoints_predictions_and_metrics(au_root, trained):
     assert trained["perfex_cnn"]["best_epoch"] >= 1
 
 
+def test_metrics_say_what_hardware_trained_the_model(au_root, trained):
+    """A CUDA run's scores differ from a CPU run's of the same seed (docs/training.md): the
+    metrics name the device, so two runs' numbers are not taken for one."""
+    import torch
+
+    saved = json.loads((au_root / "metrics" / "train" / "perfex_cnn.json").read_text())
+    assert saved["trained_on"] == trained["perfex_cnn"]["trained_on"]
+    assert saved["trained_on"]["device"] == "cpu" and saved["trained_on"]["amp"] is False
+    assert saved["trained_on"]["torch"] == torch.__version__ and saved["trained_on"]["name"]
+
+
 def test_augmented_holds_train_clips_only(au_root):
     manifest = read_artifact("manifest", path=au_root / "data" / "manifest.parquet")
     aug = read_artifact("augmented", path=au_root / "data" / "augmented")
