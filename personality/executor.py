@@ -55,7 +55,8 @@ from concurrent.futures import FIRST_EXCEPTION, Future, wait
 from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
 from typing import Any, Callable, Iterable, Iterator
 
-from personality.executor_order import ExecutorError, InOrder, TimeLimit, WorkerLost
+from personality.executor_order import (ExecutorError, InOrder, TimeLimit, WorkerLost,
+                                        exit_reason)
 
 __all__ = ["CLUSTER_ENV", "ExecutorError", "Placement", "placement", "local_processes",
            "time_limit_s",
@@ -351,15 +352,6 @@ def _child_environment() -> Iterator[None]:
                 os.environ[var] = value
 
 
-def _exit_reason(code: int | None) -> str:
-    hints = {"SIGKILL": ": killed, e.g. by the kernel's OOM killer",
-             "SIGSEGV": ": crashed inside native code"}
-    with contextlib.suppress(ValueError, TypeError):
-        return f"{signal.Signals(-code).name}{hints.get(signal.Signals(-code).name, '')}" \
-            if code < 0 else f"exit code {code}"
-    return f"exit code {code}"
-
-
 class _Pool:
     """A spawn ProcessPoolExecutor of `n` workers that can be restarted after one died, with the
     post-mortem of which worker died running which job (the shared ledger)."""
@@ -371,6 +363,7 @@ class _Pool:
         self.executor: ProcessPoolExecutor | None = None
         self.processes: dict = {}
         self.begun: list[Future] | None = None  # begin()'s set-up answers that start() awaits
+        self.restart = False  # a worker was lost: start afresh when a job is submitted again
 
     def start(self, tries: int = 3) -> None:
         """Start every worker now and run its setup; a worker that dies meanwhile (the OOM
@@ -386,7 +379,7 @@ class _Pool:
                                     "written") from None
             except BrokenProcessPool:
                 codes = self._stop_after_setup_death()
-        why = _exit_reason(codes[0]) if codes else "its exit status was not seen"
+        why = exit_reason(codes[0]) if codes else "its exit status was not seen"
         raise ExecutorError(f"a worker process died while starting (running the stage's set-up) "
                             f"{tries} times in a row ({why})"
                             "; the stage stops here, nothing is written")
@@ -437,6 +430,9 @@ class _Pool:
                 raise BrokenProcessPool("a worker process died during its set-up")
 
     def submit(self, fn: Callable, i: int, job: Any) -> Future:
+        if self.restart:  # not before: a job lost twice needs no fresh pool (its on_lost row)
+            self.restart = False
+            self.start()
         self.ledger[i] = 0  # not started: no pid of an earlier pool's worker stays on it
         return self.executor.submit(_pool_call, fn, i, job)
 
@@ -460,7 +456,7 @@ class _Pool:
                 if p.exitcode not in (0, None, -signal.SIGTERM)}
         culprits = [k for k in range(len(self.ledger)) if self.ledger[k] in dead] or [i]
         k = culprits[0]
-        why = _exit_reason(dead.get(self.ledger[k])) if self.ledger[k] in dead else "it died"
+        why = exit_reason(dead.get(self.ledger[k])) if self.ledger[k] in dead else "it died"
         return WorkerLost((k,), why)
 
     def kill(self) -> None:
@@ -481,19 +477,19 @@ def _map_pool(fn, jobs, pool: _Pool, label, on_lost, time_limit, kept: bool) -> 
     def on_error(i: int, exc: BaseException, failed: dict) -> WorkerLost | None:
         if not isinstance(exc, BrokenProcessPool):
             return None
-        lost = pool.post_mortem(i)
-        if on_lost is not None:
-            pool.start()  # a fresh pool for the jobs it took down
-        return lost
+        pool.restart = on_lost is not None  # a fresh pool, once a job it took down runs again
+        return pool.post_mortem(i)
 
+    order = InOrder(lambda i, job: pool.submit(fn, i, job), jobs, pool.n, on_error, label,
+                    on_lost=on_lost, is_lost=lambda e: isinstance(e, BrokenProcessPool),
+                    time_limit=limits)
     try:
         if not kept:
             pool.start()
-        yield from InOrder(lambda i, job: pool.submit(fn, i, job), jobs, pool.n, on_error, label,
-                           on_lost=on_lost, is_lost=lambda e: isinstance(e, BrokenProcessPool),
-                           time_limit=limits)
-    except BaseException:  # an error, Ctrl-C or an abandoned generator: no worker outlives it
-        pool.kill()  # a kept pool too: KeptWorkers.pool starts a fresh one
+        yield from order
+    except BaseException as exc:  # an error, Ctrl-C or an abandoned generator: no worker
+        if not (kept and exc is order.raised and order.settle()):  # outlives it, unless kept
+            pool.kill()  # and free after a job's own exception (KeptWorkers starts fresh ones)
         raise
     finally:
         if not kept:

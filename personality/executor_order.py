@@ -6,8 +6,10 @@ Nothing here runs on its own; tests/test_executor.py runs every map through it.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import signal
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any, Callable, Iterator
@@ -66,6 +68,16 @@ class TimeLimit:
         return f"it ran over its time limit of {self.overdue[i]:.0f} s and was stopped (a hang?)"
 
 
+def exit_reason(code: int | None) -> str:
+    """A dead worker's exit status in words: the signal and what it usually means."""
+    hints = {"SIGKILL": ": killed, e.g. by the kernel's OOM killer",
+             "SIGSEGV": ": crashed inside native code"}
+    with contextlib.suppress(ValueError, TypeError):
+        return f"{signal.Signals(-code).name}{hints.get(signal.Signals(-code).name, '')}" \
+            if code < 0 else f"exit code {code}"
+    return f"exit code {code}"
+
+
 @dataclasses.dataclass(frozen=True)
 class WorkerLost:
     """on_error's answer to a dead worker: the job(s) it may have run, why, who ("Dask worker"),
@@ -103,6 +115,7 @@ class InOrder:
         self.losses, self.budget = 0, max(3, len(jobs) // 20)
         self.next_submit = self.next_yield = 0
         self.time_limit = time_limit
+        self.raised: BaseException | None = None  # a job's own exception, raised in its turn
 
     def __iter__(self) -> Iterator[Any]:
         while self.next_yield < len(self.jobs):
@@ -124,9 +137,17 @@ class InOrder:
                 result = head.result()
             except Exception as exc:
                 exc.add_note(f"while processing {self.label(self.jobs[self.next_yield])}")
+                self.raised = exc
                 raise
             self.next_yield += 1
             yield result
+
+    def settle(self) -> bool:
+        """After a job's own exception ended the map: cancel the jobs not yet started; True when
+        no job of the map is left running, i.e. its workers are free for another map."""
+        for future in self.futures.values():
+            future.cancel()
+        return all(future.done() for future in self.futures.values())
 
     def _wait_for_one(self) -> None:
         """Until a running job finishes, or the first running job's time limit passes (then

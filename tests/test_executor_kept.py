@@ -72,6 +72,41 @@ def test_a_job_that_kills_its_worker_is_a_row_and_the_next_map_has_a_fresh_worke
     assert after[0][0] == 4 and after[0][1] not in before
 
 
+def record_setup(path: str) -> None:
+    with open(path, "a") as fh:
+        fh.write(f"{os.getpid()}\n")
+
+
+def test_a_job_lost_twice_starts_no_pool_that_nothing_would_use(tmp_path):
+    """After the second death the job's row is on_lost's: a fresh pool started then was never
+    used (~2.5 s of predict's front-end set-up, before its per-stage fallback)."""
+    log = tmp_path / "setups.txt"
+    workers = KeptWorkers(1, setup=record_setup, setup_args=(str(log),))
+    try:
+        [out] = map_jobs(die_on_three, [3], workers=1, where=ONE, kept=workers, on_lost=lost)
+        assert out.startswith("lost 3: the worker process running it died twice")
+        assert len(log.read_text().split()) == 2  # the first try's worker and the second's
+    finally:
+        workers.close()
+
+
+def raise_on_two(x: int) -> tuple[int, int]:
+    if x == 2:
+        raise ValueError(f"job {x}: not a video")
+    return x, os.getpid()
+
+
+def test_a_job_that_raises_leaves_the_worker_for_the_next_map(kept):
+    """A job's own exception ends its map, not its worker: the next clip of a batch (or the
+    next request) reuses it instead of paying a fresh worker's start and set-up."""
+    [(_, pid)] = map_jobs(raise_on_two, [1], workers=1, where=ONE, kept=kept)
+    with pytest.raises(ValueError, match="not a video") as raised:
+        list(map_jobs(raise_on_two, [2], workers=1, where=ONE, kept=kept))
+    assert any("while processing" in note for note in raised.value.__notes__)
+    [(_, again), (_, later)] = map_jobs(raise_on_two, [3, 4], workers=1, where=ONE, kept=kept)
+    assert again == later == pid and kept.pids() == [pid]
+
+
 def test_a_job_over_its_time_limit_is_stopped_and_the_worker_replaced(kept):
     t0 = time.monotonic()
     out = list(map_jobs(hang_on_two, [2], workers=1, where=ONE, kept=kept, on_lost=lost,
