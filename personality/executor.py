@@ -301,8 +301,7 @@ def map_jobs(fn: Callable[[Any], Any], jobs: Iterable[Any], *, workers: int,
     else:
         from personality.executor_dask import map_dask  # distributed only when asked for
 
-        yield from map_dask(fn, jobs, where, label, token, setup, setup_args, on_lost,
-                            time_limit)
+        yield from map_dask(fn, jobs, where, label, token, setup, setup_args, on_lost, time_limit)
 
 
 @contextlib.contextmanager
@@ -363,7 +362,8 @@ class _Pool:
         self.executor: ProcessPoolExecutor | None = None
         self.processes: dict = {}
         self.begun: list[Future] | None = None  # begin()'s set-up answers that start() awaits
-        self.restart = False  # a worker was lost: start afresh when a job is submitted again
+        self.restart = self.killed = False  # restart: a worker was lost, start at the next submit
+        self.raised_in_a_row = 0  # kept maps ended by a job's own exception, one after another
 
     def start(self, tries: int = 3) -> None:
         """Start every worker now and run its setup; a worker that dies meanwhile (the OOM
@@ -386,7 +386,7 @@ class _Pool:
 
     def begin(self) -> list[Future]:
         """Spawn the workers and let them run their set-up, without waiting (start() waits)."""
-        ready = self.ctx.Barrier(self.n)
+        ready, self.killed = self.ctx.Barrier(self.n), False
         self.executor = ProcessPoolExecutor(
             self.n, mp_context=self.ctx, initializer=_pool_init,
             initargs=(os.getpid(), self.ledger, ready, READY_TIMEOUT_S, *self.initargs))
@@ -460,6 +460,7 @@ class _Pool:
         return WorkerLost((k,), why)
 
     def kill(self) -> None:
+        self.killed = True  # at once: a process may take a moment to die (KeptWorkers' _alive)
         for process in self.processes.values():
             with contextlib.suppress(Exception):
                 process.kill()
@@ -471,7 +472,8 @@ class _Pool:
 
 def _map_pool(fn, jobs, pool: _Pool, label, on_lost, time_limit, kept: bool) -> Iterator[Any]:
     """The jobs on `pool`: started here and shut down after, unless `kept` (started, and alive
-    for the next map when this one ends well)."""
+    for the next map when this one ends well, or with a job's own exception after a map that
+    ended well: a worker whose state that exception broke fails two clips, not every one)."""
     limits = TimeLimit(time_limit, pool.end, pool.started) if time_limit is not None else None
 
     def on_error(i: int, exc: BaseException, failed: dict) -> WorkerLost | None:
@@ -487,9 +489,11 @@ def _map_pool(fn, jobs, pool: _Pool, label, on_lost, time_limit, kept: bool) -> 
         if not kept:
             pool.start()
         yield from order
-    except BaseException as exc:  # an error, Ctrl-C or an abandoned generator: no worker
-        if not (kept and exc is order.raised and order.settle()):  # outlives it, unless kept
-            pool.kill()  # and free after a job's own exception (KeptWorkers starts fresh ones)
+        pool.raised_in_a_row = 0
+    except BaseException as exc:  # an error, Ctrl-C, an abandoned generator: no worker outlives
+        pool.raised_in_a_row = pool.raised_in_a_row + 1 if exc is order.raised else 0  # it but
+        if not (kept and pool.raised_in_a_row == 1 and order.settle()):  # a kept one after a job's
+            pool.kill()  # own exception (KeptWorkers starts fresh ones)
         raise
     finally:
         if not kept:

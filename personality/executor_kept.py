@@ -136,6 +136,6 @@ class KeptWorkers:
 def _alive(pool: _Pool) -> bool:
     """Begun, and every worker still running (none killed while the pool sat idle)."""
     executor = pool.executor
-    return (executor is not None and not getattr(executor, "_broken", False)
+    return (executor is not None and not pool.killed and not getattr(executor, "_broken", False)
             and not getattr(executor, "_shutdown_thread", False)
             and all(p.exitcode is None for p in pool.processes.values()))

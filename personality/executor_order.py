@@ -176,8 +176,10 @@ class InOrder:
                     self.time_limit.start(i, self.jobs[i])
             except BaseException as exc:  # a broken pool refuses new work
                 verdict = self.on_error(i, exc, {})
+                if verdict is None:  # not a lost worker: e.g. a restart whose set-up failed
+                    raise
                 if not isinstance(verdict, WorkerLost):
-                    raise (verdict or exc) from exc
+                    raise verdict from exc
                 self._recover(verdict, exc, refused=i)
                 return
             running += 1
