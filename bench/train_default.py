@@ -1,11 +1,10 @@
 """Train the default models (params.yaml:train.models) on one device and time each: the GPU
-counterpart of `make run`'s training stages, and a check that a CUDA training scores as the CPU
-pipeline does.
+counterpart of `make run`'s training stages, with each model's scores beside the CPU pipeline's.
 
-    .venv/bin/python bench/train_default.py                        # every default model, auto device
+    .venv/bin/python bench/train_default.py               # every default model, auto device
     .venv/bin/python bench/train_default.py --device cuda --models hrnet_face,bimodal_resnet
-    .venv/bin/python bench/train_default.py --data /elsewhere/data # inputs from another data/
-    .venv/bin/python bench/train_default.py --device cuda --amp false   # fp32 on the GPU
+    .venv/bin/python bench/train_default.py --data /elsewhere/data   # another data/
+    .venv/bin/python bench/train_default.py --device cuda --amp false  # fp32 on the GPU
 
 The stage's own code trains each model (stages.train.train_model, params.yaml's train section with
 train.device set and MLflow off), in a scratch root whose data/ links to the pipeline's inputs

@@ -20,8 +20,9 @@ from torch import nn
 
 from models.solver import EngineError
 
-__all__ = ["resolve_device", "describe_device", "init_distributed", "barrier", "shutdown_distributed", "broadcast",
-           "shard_indices", "all_ranks_loss", "wrap_ddp", "sync_buffers"]
+__all__ = ["resolve_device", "describe_device", "init_distributed", "barrier",
+           "shutdown_distributed", "broadcast", "shard_indices", "all_ranks_loss", "wrap_ddp",
+           "sync_buffers"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -43,10 +43,12 @@ MODALITIES = ("au", "visual", "audio", "audio-visual")
 SAMPLE_KEYS = {
     "aus": "(B, T, 17) float: OpenFace AU intensities (AU01_r ... AU45_r), zero-padded",
     "aus_mask": "(B, T) bool: True on real time steps, a prefix per row",
-    "face": "(B, 3, H, W) uint8 from the sources: one aligned face crop per sample; float when ImageNet-normalised",
+    "face": "(B, 3, H, W) uint8 from the sources: one aligned face crop per sample; float once "
+            "ImageNet-normalised (models.batching.to_device and the models do it)",
     "face_seq": "(B, T, 3, H, W) uint8 from the sources: a clip of T aligned face crops; float "
-                "when ImageNet-normalised (models.batching.to_device and the models do it)",
-    "frame": "(B, 3, H, W) uint8 from the sources: one full frame per sample; float when ImageNet-normalised",
+                "once ImageNet-normalised",
+    "frame": "(B, 3, H, W) uint8 from the sources: one full frame per sample; float once "
+             "ImageNet-normalised",
     "logmel": "(B, n_mels, T) float: log-mel spectrogram, standardised per band (train split)",
     "wave": "(B, S) float: 16 kHz mono wave in [-1, 1]",
     "audio_fn": "(B, F) float: per-video audio functionals (fn_*), standardised (train split)",

@@ -8,8 +8,8 @@ Per model <name> (under the repo root):
   data/models/<name>/best.pt, last.pt     checkpoints (models/engine.py: torch.load(weights_only=True))
   data/predictions/<name>.parquet         video_id, split, O, C, E, A, N, model: every manifest
                                           video that has the model's inputs
-  metrics/train/<name>.json               best epoch, val and test metrics, baselines, trained_on
-                                          (device, its name, bf16 used, torch version)
+  metrics/train/<name>.json               best epoch, val and test metrics, baselines, and
+                                          trained_on (device, its name, bf16 used, torch version)
   metrics/train/<name>_history.csv        epoch, train_loss, lr, val_ccc, ... (dvc plots)
 MLflow (train.mlflow): params, per-epoch curves (step = epoch), final metrics, tag model=<name>.
 

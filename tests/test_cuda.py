@@ -75,6 +75,6 @@ def test_fit_lazy_audio_functionals_model_on_cuda():
     rng = np.random.default_rng(1)
     ids = [f"v{i:02d}" for i in range(32)]
     data = {v: rng.normal(0, 1, 9).astype(np.float32) for v in ids}
-    source = AudioFnSource(data, set(), [f"fn_{i}" for i in range(9)], AudioFnSourceConfig())
+    source = AudioFnSource(data, {}, [f"fn_{i}" for i in range(9)], AudioFnSourceConfig())
     _fit_and_predict(build_model("audio_fn_linear", hidden=0), [source], ids,
                      rng.uniform(0, 1, (32, 5)))
