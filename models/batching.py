@@ -166,10 +166,8 @@ def to_device(batch: Mapping[str, Tensor], device: torch.device,
     """The batch on `device`, uint8 images normalised there, 4-D float inputs in channels_last
     when asked."""
     out = {}
-    for key, t in batch.items():
-        t = t.to(device, non_blocking=True)
-        if key in IMAGE_KEYS and t.dtype == torch.uint8:
-            t = normalise_images(t)
+    moved = normalise_image_keys({k: t.to(device, non_blocking=True) for k, t in batch.items()})
+    for key, t in moved.items():
         if channels_last and t.ndim == 4 and t.is_floating_point():
             t = t.contiguous(memory_format=torch.channels_last)
         out[key] = t

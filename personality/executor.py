@@ -454,14 +454,14 @@ class _Pool:
         self.executor.shutdown(wait=True, cancel_futures=True)  # the pool ends the survivors
         dead = {pid: p.exitcode for pid, p in self.processes.items()
                 if p.exitcode not in (0, None, -signal.SIGTERM)}
-        culprits = [k for k in range(len(self.ledger)) if self.ledger[k] in dead] or [i]
-        k = culprits[0]
+        k = ([k for k in range(len(self.ledger)) if self.ledger[k] in dead] or [i])[0]
         why = exit_reason(dead.get(self.ledger[k])) if self.ledger[k] in dead else "it died"
         return WorkerLost((k,), why)
 
     def kill(self) -> None:
         self.killed = True  # at once: a process may take a moment to die (KeptWorkers' _alive)
-        for process in self.processes.values():
+        live = getattr(self.executor, "_processes", None) or {}  # those still starting, too
+        for process in [*self.processes.values(), *list(live.values())]:
             with contextlib.suppress(Exception):
                 process.kill()
 

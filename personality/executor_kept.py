@@ -95,15 +95,11 @@ class KeptWorkers:
             self._ends_at_exit = True
 
     def _kill(self) -> None:
-        """End every worker now, those of a pool still starting too (the executor's own list:
-        start() records its snapshot only once they run)."""
+        """End every worker now, those of a pool still starting too (_Pool.kill)."""
         pool, self._pool = self._pool, None
         if pool is None or self._owner != os.getpid():
             return
-        live = getattr(pool.executor, "_processes", None) or {}
-        for process in [*pool.processes.values(), *list(live.values())]:
-            with contextlib.suppress(Exception):
-                process.kill()
+        pool.kill()
         if pool.executor is not None:
             pool.shutdown()
 
