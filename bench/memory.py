@@ -6,9 +6,13 @@ aus and audio, each stage in its own process under `/usr/bin/time -v`, then `pre
 
 The clip: 15 s of the synthetic renderer at 1920x1080, 25 fps, H.264 + AAC (one talking face),
 repeated by remuxing its packets (no re-encode) up to the length asked; cached in bench/results/.
-Each stage runs with one worker (in-process), so the process's maximum resident set size is what
-one worker of the stage needs for this video ("Maximum resident set size" of GNU time). `predict`
-runs the whole front-end and the best model on validation (it needs a trained pipeline: make run).
+Each stage runs with one worker: a spawned process (a per-video stage runs its videos in a worker
+even at `workers: 1`, so that a crash costs one video), whose maximum resident set size is what one
+worker of the stage needs for this video ("Maximum resident set size" of GNU time: the largest
+process's). `predict` runs the whole front-end (in a worker process of its own) and the best model
+on validation (it needs a trained pipeline: make run). Every step's peak over its whole process
+tree is sampled too, every 0.5 s (psutil: the sum of the processes' resident sets, and of their
+proportional set sizes, which count a shared page once).
 """
 from __future__ import annotations
 
@@ -87,15 +91,50 @@ def run_stage(name: str, root: Path) -> None:
 
 
 def timed(cmd: list[str]) -> dict:
-    """Run `cmd` under GNU time -v: wall seconds and maximum resident set size (MiB)."""
+    """Run `cmd` under GNU time -v: wall seconds, the maximum resident set size of its largest
+    process (GNU time's, exact) and the peak of the whole process tree's memory (sampled:
+    predict's front end runs in a worker process beside predict's own)."""
     t0 = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], cwd=REPO, capture_output=True,
-                          text=True)
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(["/usr/bin/time", "-v", *cmd], cwd=REPO, stderr=err,
+                                stdout=subprocess.DEVNULL, text=True)
+        tree = sample_tree_memory(proc)
+        err.seek(0)
+        stderr = err.read()
     wall = time.perf_counter() - t0
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", stderr)
     if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return {"wall_s": round(wall, 1), "peak_rss_mib": round(int(rss.group(1)) / 1024, 1)}
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{stderr[-3000:]}")
+    return {"wall_s": round(wall, 1), "peak_rss_mib": round(int(rss.group(1)) / 1024, 1),
+            **tree}
+
+
+def sample_tree_memory(proc: subprocess.Popen, every_s: float = 0.5) -> dict:
+    """Until `proc` (GNU time) exits: the largest sum, over the processes it started, of their
+    resident sets (shared library pages counted in each) and of their proportional set sizes
+    (shared pages split between the processes sharing them: what the tree costs), in MiB, and
+    the most processes seen at once. A peak shorter than `every_s` can be missed."""
+    import psutil
+
+    peak_rss = peak_pss = most = 0
+    root = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        rss = pss = alive = 0
+        try:
+            children = root.children(recursive=True)
+        except psutil.NoSuchProcess:
+            break
+        for child in children:
+            try:
+                info = child.memory_full_info()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            rss, pss, alive = rss + info.rss, pss + info.pss, alive + 1
+        peak_rss, peak_pss, most = max(peak_rss, rss), max(peak_pss, pss), max(most, alive)
+        time.sleep(every_s)
+    mib = 1024 * 1024
+    return {"tree_peak_rss_mib": round(peak_rss / mib, 1),
+            "tree_peak_pss_mib": round(peak_pss / mib, 1), "tree_processes": most}
 
 
 def manifest_for(clip: Path, root: Path) -> None:
@@ -123,7 +162,8 @@ def main(argv: list[str] | None = None) -> None:
         return run_stage(args.stage, args.root)
     clip = long_clip(args.minutes)
     saved = RESULTS / "memory.json"
-    rows = json.loads(saved.read_text())["rows"] if saved.exists() else {}
+    earlier = json.loads(saved.read_text()) if saved.exists() else {}
+    rows, runs = earlier.get("rows", {}), earlier.get("runs", [])
     with tempfile.TemporaryDirectory(dir=RESULTS) as tmp:
         root = Path(tmp)
         manifest_for(clip, root)
@@ -133,12 +173,18 @@ def main(argv: list[str] | None = None) -> None:
                    [sys.executable, __file__, "--stage", step, "--root", str(root)])
             rows[step] = {**timed(cmd), "load_average_after": round(os.getloadavg()[0], 1)}
             print(step, rows[step], flush=True)
+            runs.append({"step": step, "minutes": args.minutes,
+                         "at": time.strftime("%Y-%m-%dT%H:%M:%S"), **rows[step]})
     result = {"clip": {"minutes": args.minutes, "width": W, "height": H, "fps": FPS,
-                       "bytes": clip.stat().st_size}, "rows": rows}
+                       "bytes": clip.stat().st_size}, "rows": rows,
+              "runs": runs}  # every step's every run, oldest first: `rows` keeps the newest
     (RESULTS / "memory.json").write_text(json.dumps(result, indent=2))
-    print("| step | wall s | peak RSS MiB |\n|---|---:|---:|")
+    print("| step | wall s | peak RSS MiB, largest process | processes | tree peak: RSS sum | "
+          "PSS sum |\n|---|---:|---:|---:|---:|---:|")
     for name, row in rows.items():
-        print(f"| {name} | {row['wall_s']} | {row['peak_rss_mib']} |")
+        print(f"| {name} | {row['wall_s']} | {row['peak_rss_mib']} | "
+              f"{row.get('tree_processes', '')} | {row.get('tree_peak_rss_mib', '')} | "
+              f"{row.get('tree_peak_pss_mib', '')} |")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Benchmark a ResNet-18 training step at 112 px: the ceiling (inputs already in memory) against the
-real Parquet face loader (models/data_av.py's `face` source + the engine's TrainViews / collate in a
-DataLoader), on the CPU and, when CUDA is available, on the GPU (bf16 autocast, channels_last).
+real Parquet face loader (models/data_image.py's `face` source + the engine's TrainViews / collate
+in a DataLoader), on the CPU and, when CUDA is available, on the GPU (bf16 autocast, channels_last).
 
     .venv/bin/python bench/train_visual.py                     # -> table, bench/results/train_visual.json
     .venv/bin/python bench/train_visual.py --root /data/run --gpu-workers 8 --steps 50
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import pandas as pd
 
-    from models.data_av import face_source
+    from models.data_image import face_source
 
     m = pd.read_parquet(root / "data" / "manifest.parquet", columns=["video_id", "split"])
     ids = m.loc[m["split"] == "train", "video_id"].tolist() or m["video_id"].tolist()

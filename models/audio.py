@@ -4,7 +4,7 @@ on the audio functionals.
     model = build_model("logmel_cnn")
     model.predict({"logmel": x})          # x (B, 64, T) standardised log-mel -> (B, 5)
 
-Inputs (models/data_av.py): `logmel` (B, n_mels, T) float, standardised per band with train-split
+Inputs (models/data_audio.py): `logmel` (B, n_mels, T) float, standardised per band with train-split
 statistics; `wave` (B, S) float 16 kHz mono in [-1, 1]; `audio_fn` (B, F) float functionals,
 standardised with train-split statistics. Heads and `weights` as in models/visual.py.
 """
@@ -176,7 +176,7 @@ class AudioFnConfig(HeadFields):
 class AudioFnMLP(ZooModel):
     """Linear (hidden=0) or MLP model on standardised audio functionals. With n_features=0 the
     first layer is nn.LazyLinear: run one forward before building the optimizer (or set
-    n_features; data_av's audio_fn source reports its `n_features`)."""
+    n_features; data_audio's audio_fn source reports its `n_features`)."""
 
     inputs = ("audio_fn",)
 

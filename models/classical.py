@@ -135,7 +135,7 @@ def functionals_source(*, root: Path, video_ids: list[str], config: dict) -> Fun
     """data/functionals for `video_ids`, standardised with the train split's statistics."""
     import pyarrow.parquet as pq
 
-    from models.data_av import _stats_ids
+    from models.data_audio import _stats_ids
 
     cfg = source_options(FunctionalsSourceConfig, config, "source_config.functionals")
     path = root / cfg.path

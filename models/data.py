@@ -10,7 +10,7 @@
 A source fills one or more sample keys (`models.registry.SAMPLE_KEYS`). A model's `inputs` name the
 keys it reads; `build_sources` finds, for each key, the builder registered for it and calls every
 needed builder once. Builders register with `@register_source(*keys)` in a module listed in
-`_SOURCE_MODULES` (imported lazily on the first lookup; models/data_av.py is optional):
+`_SOURCE_MODULES` (imported lazily on the first lookup):
 
     @register_source("aus", "aus_mask", options=AUSourceConfig)
     def au_source(*, root: Path, video_ids: list[str], config: dict) -> InputSource: ...
@@ -51,9 +51,8 @@ from personality.common import StageInputError, get_logger
 __all__ = ["InputSource", "SourceError", "check_inference_parity", "register_source", "build_sources", "source_keys",
            "AUSource", "AUSourceConfig", "au_windows"]
 
-# Modules whose import registers sources. models.data_av is optional (skipped when absent).
-_SOURCE_MODULES = ("models.data", "models.data_av", "models.classical")
-_OPTIONAL_MODULES = ("models.data_av",)
+# Modules whose import registers sources.
+_SOURCE_MODULES = ("models.data", "models.data_image", "models.data_audio", "models.classical")
 
 Builder = Callable[..., "InputSource"]
 
@@ -175,13 +174,7 @@ def _load_modules() -> None:
     if _LOADED:
         return
     for module in _SOURCE_MODULES:
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            # only the optional module itself may be missing; an ImportError inside it is a bug
-            if module in _OPTIONAL_MODULES and exc.name == module:
-                continue
-            raise
+        importlib.import_module(module)
     _LOADED = True
 
 

@@ -57,7 +57,7 @@ from torch import Tensor, nn
 
 from models.batching import merge_views, normalise_image_keys
 from models.data import InputSource, SourceError
-from models.data_av import IMAGENET_MEAN, IMAGENET_STD
+from models.batching import IMAGENET_MEAN, IMAGENET_STD
 from models.engine import predict_videos
 from personality.schemas import AU_INTENSITY, TRAITS
 
@@ -212,7 +212,7 @@ def _audio_source(sources: Sequence[InputSource], key: str) -> InputSource:
     src = next((s for s in sources if key in s.keys), None)
     if src is None or not isinstance(getattr(src, "data", None), dict):
         raise ExplainError(f"audio occlusion of {key!r} needs a source holding each clip's "
-                           "array (models/data_av.py)")
+                           "array (models/data_audio.py)")
     return src
 
 

@@ -355,11 +355,14 @@ def make_head(cfg: Any, in_features: int) -> nn.Module:
                           bounded=cfg.head == "regression")
 
 
-def _normalise_images(_module: nn.Module, args: tuple) -> tuple | None:
-    """Forward pre-hook: a batch whose images are still the sources' uint8 is normalised here
-    (models.batching.to_device normalises the engine's batches before they arrive)."""
+def _normalise_images(_module: nn.Module, args: tuple, kwargs: dict) -> tuple | None:
+    """Forward pre-hook: a batch whose images are still the sources' uint8 is normalised here,
+    given as `model(batch)` or `model(batch=batch)` (models.batching.to_device normalises the
+    engine's batches before they arrive)."""
     if args and isinstance(args[0], Mapping):
-        return (normalise_image_keys(args[0]), *args[1:])
+        return (normalise_image_keys(args[0]), *args[1:]), kwargs
+    if isinstance(kwargs.get("batch"), Mapping):
+        return args, {**kwargs, "batch": normalise_image_keys(kwargs["batch"])}
     return None
 
 
@@ -372,7 +375,7 @@ class HeadModel(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.register_forward_pre_hook(_normalise_images)
+        self.register_forward_pre_hook(_normalise_images, with_kwargs=True)
 
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
         """targets (B, 5), NaN = unlabelled (masked)."""

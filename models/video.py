@@ -7,7 +7,7 @@ slow_fast.py and TSN2D.py / TSN3D.py.
     scores = model.predict({"face_seq": x})     # x (B, T, 3, 64, 64) normalised -> (B, 5)
     model = build_model("tpn_face_seq", backbone="2d")   # "3d": TSN3D's 3D backbone
 
-Input `face_seq` (B, T, 3, H, W) (models/data_av.py: `length` T consecutive crops by default).
+Input `face_seq` (B, T, 3, H, W) (models/data_image.py: `length` T consecutive crops by default).
 
 SlowFast (Feichtenhofer et al. 2019): a Slow pathway sees every `alpha`-th frame with many
 channels; a Fast pathway sees every frame with `1 / beta_inv` of the channels. Lateral

@@ -4,7 +4,7 @@
     model = build_model("resnet18_face", width=16)          # config fields as keyword arguments
     scores = model.predict({"face": x})                     # x (B, 3, 112, 112) normalised -> (B, 5)
 
-Inputs (models/data_av.py builds them): `face` / `frame` (B, 3, H, W) float, ImageNet-normalised;
+Inputs (models/data_image.py builds them): `face` / `frame` (B, 3, H, W) float, ImageNet-normalised;
 `face_seq` (B, T, 3, H, W). Every model here trains from scratch (no weights are downloaded);
 `weights="path.pt"` in the config loads a user-provided state dict (torch.load(weights_only=True);
 `weights_strict=False` tolerates missing / unexpected keys, e.g. another head).

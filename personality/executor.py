@@ -56,14 +56,12 @@ from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
 from typing import Any, Callable, Iterable, Iterator
 
 from personality.executor_order import (ExecutorError, InOrder, TimeLimit, WorkerLost,
-                                        exit_reason)
+                                        exit_reason, time_limit_s)
 
 __all__ = ["CLUSTER_ENV", "ExecutorError", "Placement", "placement", "local_processes",
-           "time_limit_s",
-           "map_jobs", "single_thread"]
+           "time_limit_s", "map_jobs", "single_thread"]
 
 CLUSTER_ENV = "PERSONALITY_CLUSTER"
-TIME_LIMIT_ENV = "PERSONALITY_TIME_LIMIT_SCALE"  # per-video job time limits x this (time_limit_s)
 # BLAS, OpenMP, numexpr, numba and TFLite (MediaPipe) read these when they load: spawned workers
 # must have them before their first import
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
@@ -107,22 +105,6 @@ def placement(workers: int, setting: str | None = None) -> Placement:
     raise ExecutorError(f"{CLUSTER_ENV}={raw!r}: expected empty (local process pool), 'inline', "
                         "'local:N' (Dask LocalCluster of N >= 1 processes) or a Dask scheduler "
                         "address such as 'tcp://head:8786'")
-
-
-def time_limit_s(units: float | None, per_unit_s: float) -> float | None:
-    """Wall-clock limit of one per-video job: (600 s + per_unit_s x units) x
-    PERSONALITY_TIME_LIMIT_SCALE (default 1; 0: no limit; slow machines raise it). `units`: the
-    clip's seconds or kept frames (None / NaN, unknown: 3600 s). Read from the
-    environment like PERSONALITY_CLUSTER: it changes no output but a hung video's."""
-    raw = os.environ.get(TIME_LIMIT_ENV, "").strip() or "1"
-    try:
-        scale = float(raw)
-    except ValueError:
-        scale = -1.0
-    if not scale >= 0 or scale == float("inf"):
-        raise ExecutorError(f"{TIME_LIMIT_ENV}={raw!r}: expected a number >= 0 (0: no limit)")
-    known = units is not None and units == units and units >= 0  # NaN != NaN
-    return scale * (600.0 + per_unit_s * units if known else 3600.0) if scale else None
 
 
 def local_processes(n_jobs: int, workers: int, threads_per_job: int = 1) -> Placement:
@@ -364,6 +346,9 @@ class _Pool:
         self.begun: list[Future] | None = None  # begin()'s set-up answers that start() awaits
         self.restart = self.killed = False  # restart: a worker was lost, start at the next submit
         self.raised_in_a_row = 0  # kept maps ended by a job's own exception, one after another
+        self.user: InOrder | None = None  # the kept map using the workers, until it ends
+        self.lock = threading.RLock()  # user's changes; re-entrant: a garbage collection in
+        #                                KeptWorkers.pool may close an abandoned map right there
 
     def start(self, tries: int = 3) -> None:
         """Start every worker now and run its setup; a worker that dies meanwhile (the OOM
@@ -485,16 +470,28 @@ def _map_pool(fn, jobs, pool: _Pool, label, on_lost, time_limit, kept: bool) -> 
     order = InOrder(lambda i, job: pool.submit(fn, i, job), jobs, pool.n, on_error, label,
                     on_lost=on_lost, is_lost=lambda e: isinstance(e, BrokenProcessPool),
                     time_limit=limits)
+    pool.user = order if kept else None
     try:
         if not kept:
             pool.start()
         yield from order
         pool.raised_in_a_row = 0
     except BaseException as exc:  # an error, Ctrl-C, an abandoned generator: no worker outlives
-        pool.raised_in_a_row = pool.raised_in_a_row + 1 if exc is order.raised else 0  # it but
-        if not (kept and pool.raised_in_a_row == 1 and order.settle()):  # a kept one after a job's
-            pool.kill()  # own exception (KeptWorkers starts fresh ones)
+        with pool.lock:  # it but a kept one after a job's own exception (KeptWorkers starts fresh
+            if not kept or pool.user is order:  # ones); not when closed late (garbage collection)
+                _end_map(pool, order, exc, kept)  # and the next map took the workers over
         raise
     finally:
+        with pool.lock:
+            if pool.user is order:
+                pool.user = None
         if not kept:
             pool.shutdown()
+
+
+def _end_map(pool: _Pool, order: InOrder, exc: BaseException, kept: bool) -> None:
+    """Kill the map's workers, unless they are kept ones and `exc` is a job's own exception after
+    a map that ended well, with no job of this map left running."""
+    pool.raised_in_a_row = pool.raised_in_a_row + 1 if exc is order.raised else 0
+    if not (kept and pool.raised_in_a_row == 1 and order.settle()):
+        pool.kill()

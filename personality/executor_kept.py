@@ -14,7 +14,8 @@ What map_jobs promises of its own pool holds here too: a worker that dies in a j
 the job has its second try (with `on_lost`), a job over its time limit has its worker killed, and
 the workers die with this process. A worker that died while the pool sat idle (the OOM killer) is
 replaced before the next map, and no job is blamed for it (one that dies in the instant the next
-map begins costs that map's job its second try). One map at a time uses them.
+map begins costs that map's job its second try). One map at a time uses them; a map whose consumer
+stopped reading it is ended by the next one (its jobs still running cost their workers).
 """
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ class KeptWorkers:
             if self._owner != os.getpid():  # forked: the parent's pool is not ours to use, and
                 self._pool, self._owner = None, os.getpid()  # a fork clears its finalizers
                 self._ends_at_exit = False
-            if self._pool is None or not _alive(self._pool):
+            if not self._take_over():
                 self._begin()
             if self._pool.begun is not None:
                 try:
@@ -68,6 +69,22 @@ class KeptWorkers:
                     self._kill()
                     raise
             return self._pool
+
+    def _take_over(self) -> bool:
+        """True when the kept pool is alive and free for a new map. A map its consumer stopped
+        reading (an exception in the consumer's loop) stays suspended until garbage collection
+        closes it: it is ended here instead. Its jobs not yet started are cancelled; one still
+        running, whose result nobody will read, costs its worker (the new map would otherwise
+        wait behind it). Under the pool's lock, so that the late close never kills workers that
+        were found alive here."""
+        pool = self._pool
+        if pool is None:
+            return False
+        with pool.lock:
+            abandoned, pool.user = pool.user, None  # its late close leaves the workers alone
+            if abandoned is not None and not abandoned.settle():
+                pool.kill()
+            return _alive(pool)
 
     def start_soon(self) -> None:
         """Spawn the workers now and return: their imports and set-up overlap this process's
@@ -122,7 +139,7 @@ class KeptWorkers:
     def close(self) -> None:
         """End the workers now (they also end when this process does)."""
         pool = self._pool
-        if pool is not None and _alive(pool) and self._owner == os.getpid():
+        if pool is not None and self._owner == os.getpid() and self._take_over():
             self._pool = None
             pool.shutdown()
         else:  # a dead worker's pool, or none: end the survivors, do not wait on them

@@ -1,6 +1,7 @@
 """personality/executor.py's scheduler, shared by the local pool and Dask: jobs kept running one
 per worker, results yielded in job order, a dead worker's jobs run again (`on_lost`), and a job
-over its time limit ended as if its worker had died (`time_limit`, the local pool only).
+over its time limit ended as if its worker had died (`time_limit`, the local pool only; its
+length: `time_limit_s`).
 
 Nothing here runs on its own; tests/test_executor.py runs every map through it.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import signal
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -16,11 +18,28 @@ from typing import Any, Callable, Iterator
 
 
 MAX_CANCELS = 3  # re-runs of a job whose future is cancelled under the map; then on_lost's row
+TIME_LIMIT_ENV = "PERSONALITY_TIME_LIMIT_SCALE"  # per-video job time limits x this (time_limit_s)
 
 
 class ExecutorError(RuntimeError):
     """A worker died while running a job (the message names the job, e.g. the video), or
     PERSONALITY_CLUSTER holds a value that names no executor (the message quotes it)."""
+
+
+def time_limit_s(units: float | None, per_unit_s: float) -> float | None:
+    """Wall-clock limit of one per-video job: (600 s + per_unit_s x units) x
+    PERSONALITY_TIME_LIMIT_SCALE (default 1; 0: no limit; slow machines raise it). `units`: the
+    clip's seconds or kept frames (None / NaN, unknown: 3600 s). Read from the
+    environment like PERSONALITY_CLUSTER: it changes no output but a hung video's."""
+    raw = os.environ.get(TIME_LIMIT_ENV, "").strip() or "1"
+    try:
+        scale = float(raw)
+    except ValueError:
+        scale = -1.0
+    if not scale >= 0 or scale == float("inf"):
+        raise ExecutorError(f"{TIME_LIMIT_ENV}={raw!r}: expected a number >= 0 (0: no limit)")
+    known = units is not None and units == units and units >= 0  # NaN != NaN
+    return scale * (600.0 + per_unit_s * units if known else 3600.0) if scale else None
 
 
 @dataclasses.dataclass

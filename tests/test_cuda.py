@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from models.data import AUSource, AUSourceConfig
-from models.data_av import AudioFnSource, AudioFnSourceConfig
+from models.data_audio import AudioFnSource, AudioFnSourceConfig
 from models.engine import TrainConfig, fit, place_model, predict_videos
 from models.registry import build_model, list_models
 from test_zoo import MODELS, TINY, _batch

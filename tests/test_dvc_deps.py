@@ -147,8 +147,8 @@ def test_every_stage_module_exists():
 
 
 def test_closure_follows_lazy_and_by_name_imports():
-    # guards the reader itself: train imports models.data lazily, which loads data_av by name
-    assert {"stages/train.py", "models/data.py", "models/data_av.py",
+    # guards the reader itself: train imports models.data lazily, which loads the sources by name
+    assert {"stages/train.py", "models/data.py", "models/data_image.py", "models/data_audio.py",
             "personality/common.py"} <= closure("stages.train")
 
 

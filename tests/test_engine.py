@@ -198,6 +198,7 @@ def test_uint8_images_are_normalised_where_the_batch_lands():
     model = build_model("resnet18_face", width=4).eval()
     with torch.no_grad():
         torch.testing.assert_close(model({"face": x}), model({"face": landed["face"]}))
+        torch.testing.assert_close(model(batch={"face": x}), model({"face": landed["face"]}))
 
 
 def test_classification_head_decodes_bf16_logits_in_float32():

@@ -112,6 +112,45 @@ def test_a_job_that_raises_leaves_the_worker_for_the_next_map(kept):
     assert fresh != pid
 
 
+def test_an_abandoned_map_never_ends_the_workers_under_the_next_one(kept):
+    """A consumer that stops reading a map (an exception in its own loop) leaves the generator
+    suspended; Python closes it later, at garbage collection, when the next map may be running
+    on the same workers: that close must not kill them (it did, a review found), and a job the
+    abandoned map left running must not hold the next map up."""
+    import gc
+
+    abandoned = map_jobs(pid_and_setups, [0, 1], workers=1, where=ONE, kept=kept)
+    _, pid, _ = next(abandoned)
+    unread = kept._pool.user.futures  # job 1 ends unread: the worker is free, the next map keeps it
+    deadline = time.monotonic() + 30
+    while not all(f.done() for f in unread.values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [(_, same, setups)] = map_jobs(pid_and_setups, [2], workers=1, where=ONE, kept=kept)
+    del abandoned
+    gc.collect()
+    assert same == pid and setups == 1 and kept.pids() == [pid]
+    [(_, still, _)] = map_jobs(pid_and_setups, [3], workers=1, where=ONE, kept=kept)
+    assert still == pid
+
+    two, both = KeptWorkers(2), Placement("pool", 2)
+    try:
+        busy = map_jobs(hang_on_two, [1, 2], workers=2, where=both, kept=two)
+        assert next(busy) == 1  # job 2 hangs in the other worker, its result unwanted
+        before = two.pids()
+        t0 = time.monotonic()
+        rows = list(map_jobs(pid_and_setups, [4, 5], workers=2, where=both, kept=two))
+        assert time.monotonic() - t0 < 60 and not {pid for _, pid, _ in rows} & set(before)
+        busy.close()
+        assert {pid for _, pid, _ in rows} <= set(two.pids()) and len(two.pids()) == 2
+        hung = map_jobs(hang_on_two, [1, 2], workers=2, where=both, kept=two)
+        assert next(hung) == 1
+        t0 = time.monotonic()
+        two.close()  # does not wait for the abandoned map's hung job
+        assert time.monotonic() - t0 < 60 and two.pids() == []
+    finally:
+        two.close()
+
+
 def test_a_job_over_its_time_limit_is_stopped_and_the_worker_replaced(kept):
     t0 = time.monotonic()
     out = list(map_jobs(hang_on_two, [2], workers=1, where=ONE, kept=kept, on_lost=lost,

@@ -151,19 +151,19 @@ def test_stage_writes_both_sets_schema_checked(egemaps_root):
 def test_audio_fn_source_includes_them_when_asked(egemaps_root):
     import torch
 
-    from models import data_av
+    from models import data_audio
 
     ids = read_artifact("manifest", path=egemaps_root / "data" / "manifest.parquet")[
         "video_id"].tolist()
-    both = data_av.audio_fn_source(root=egemaps_root, video_ids=ids, config={})
+    both = data_audio.audio_fn_source(root=egemaps_root, video_ids=ids, config={})
     assert both.n_features == 548 + 88 and set(EGEMAPS_COLUMNS) <= set(both.columns)
-    only = data_av.audio_fn_source(root=egemaps_root, video_ids=ids,
-                                   config={"include": ["egemaps_"]})
+    only = data_audio.audio_fn_source(root=egemaps_root, video_ids=ids,
+                                      config={"include": ["egemaps_"]})
     assert only.columns == EGEMAPS_COLUMNS and only.fitted["audio_fn"]["columns"] == only.columns
     v = only.train_item(ids[0], np.random.default_rng(0))["audio_fn"]
     assert v.shape == (88,) and bool(v.isfinite().all()) and float(v.abs().sum()) > 0
-    again = data_av.audio_fn_source(root=egemaps_root, video_ids=ids[:1],
-                                    config=only.fitted["audio_fn"])  # a checkpoint's fitted state
+    again = data_audio.audio_fn_source(root=egemaps_root, video_ids=ids[:1],  # a checkpoint's
+                                       config=only.fitted["audio_fn"])  # fitted state
     assert again.columns == only.columns
     assert torch.equal(again.eval_items(ids[0])["audio_fn"], only.eval_items(ids[0])["audio_fn"])
 

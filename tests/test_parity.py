@@ -159,9 +159,9 @@ def test_a_clip_far_shorter_than_the_training_clips_is_scored_with_a_warning(pip
 def test_a_source_that_drops_its_fitted_state_fails_training(pipeline_root, monkeypatch):
     """The bug this guards: the audio sources' fitted_config was renamed away, checkpoints carried
     no statistics and predict standardised each clip against itself."""
-    from models import data_av
+    from models import data_audio
 
-    monkeypatch.setattr(data_av._AudioBase, "fitted_config", lambda self: {})
+    monkeypatch.setattr(data_audio._AudioBase, "fitted_config", lambda self: {})
     with pytest.raises(SourceError, match="fitted_config"):
         train.train_model("audio_fn_linear", quick_train_params(["audio_fn_linear"]),
                           BaseParams(workers=1), pipeline_root)

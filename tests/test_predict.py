@@ -18,7 +18,7 @@ from tests.conftest import real_fixture, write_video
 def checkpoints(tmp_path_factory):
     """Untrained but real checkpoints of an AU model and an audio model (seeded). The audio one
     standardises its log-mel on the clip itself (a trained one carries its training split's
-    statistics: models/data_av.py refuses to fit them on a clip that is not a training one)."""
+    statistics: models/data_audio.py refuses to fit them on a clip that is not a training one)."""
     root = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
     paths = {}

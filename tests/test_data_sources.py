@@ -1,38 +1,23 @@
-"""The face / face_seq / frame / logmel / wave / audio_fn sources on the tiny dataset after the real
-frames, faces and audio stages: shapes, train / eval views, determinism, videos without inputs."""
+"""The face / face_seq / frame sources (models/data_image.py) and logmel / wave / audio_fn sources
+(models/data_audio.py) on the tiny dataset after the real frames, faces and audio stages: shapes,
+train / eval views, determinism, videos without inputs.
+
+    pytest tests/test_data_sources.py
+"""
 from __future__ import annotations
 
 import shutil
-import sys
-import types
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from models import data_audio, data_image
+from models.batching import normalise_images
+from models.data import SourceError
+
 torch.set_num_threads(1)
-
-try:  # models/data.py is written beside this module; a stand-in keeps these tests independent
-    import models.data  # noqa: F401
-except ImportError:  # pragma: no cover - only before models/data.py exists
-    stub = types.ModuleType("models.data")
-
-    class InputSource:
-        keys: tuple = ()
-
-        def has(self, video_id):
-            return True
-
-    class SourceError(ValueError):
-        pass
-
-    stub.InputSource, stub.SourceError = InputSource, SourceError
-    stub.register_source = lambda *keys: (lambda f: f)
-    sys.modules["models.data"] = stub
-
-from models import data_av  # noqa: E402
-from models.data import SourceError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +61,7 @@ def _face_counts(root):
 def test_face_source_views_and_determinism(av_root):
     ids = _ids(av_root)
     counts = _face_counts(av_root)
-    src = data_av.face_source(root=av_root, video_ids=ids, config={"augment": "strong"})
+    src = data_image.face_source(root=av_root, video_ids=ids, config={"augment": "strong"})
     vid = max(counts, key=counts.get)
     a = src.train_item(vid, np.random.default_rng(3))["face"]
     b = src.train_item(vid, np.random.default_rng(3))["face"]
@@ -86,30 +71,31 @@ def test_face_source_views_and_determinism(av_root):
     ev = src.eval_items(vid)["face"]
     assert ev.shape == (counts[vid], 3, 112, 112)  # every crop with a face, in order
     assert torch.equal(ev, src.eval_items(vid)["face"])  # no augmentation at eval
-    assert -3 < float(data_av.normalise_images(ev).mean()) < 3
+    assert -3 < float(normalise_images(ev).mean()) < 3
     assert src.store.decodes == sum(1 for n in counts.values() if n)  # decoded once (preload)
-    small = data_av.face_source(root=av_root, video_ids=[vid],
-                                config={"size": 64, "max_eval_views": 3, "augment": "none"})
+    small = data_image.face_source(root=av_root, video_ids=[vid],
+                                   config={"size": 64, "max_eval_views": 3, "augment": "none"})
     assert small.eval_items(vid)["face"].shape == (3, 3, 64, 64)
 
 
 def test_no_face_video_is_reported_and_has_no_input(av_root):
     ids = _ids(av_root)
-    src = data_av.face_source(root=av_root, video_ids=ids, config={"path": "data/faces_noface"})
+    src = data_image.face_source(root=av_root, video_ids=ids, config={"path": "data/faces_noface"})
     gone = ids[0]
     assert not src.has(gone) and src.has(ids[1])
     with pytest.raises(SourceError, match=gone):
         src.train_item(gone, np.random.default_rng(0))
     with pytest.raises(SourceError, match="face_found"):
         src.eval_items(gone)
-    seq = data_av.face_seq_source(root=av_root, video_ids=ids, config={"path": "data/faces_noface"})
+    seq = data_image.face_seq_source(root=av_root, video_ids=ids,
+                                     config={"path": "data/faces_noface"})
     assert not seq.has(gone)
 
 
 def test_small_cache_still_serves_every_video(av_root):
     ids = _ids(av_root)
-    src = data_av.face_source(root=av_root, video_ids=ids, config={"cache_mb": 0.05,
-                                                                   "preload": False})
+    src = data_image.face_source(root=av_root, video_ids=ids, config={"cache_mb": 0.05,
+                                                                      "preload": False})
     for v in ids:
         if src.has(v):
             src.train_item(v, np.random.default_rng(0))
@@ -121,12 +107,12 @@ def test_face_seq_clip_and_segments(av_root):
     counts = _face_counts(av_root)
     vid = max(counts, key=counts.get)
     n = counts[vid]
-    clip = data_av.face_seq_source(root=av_root, video_ids=[vid], config={"length": 4,
-                                                                          "size": 48})
+    clip = data_image.face_seq_source(root=av_root, video_ids=[vid], config={"length": 4,
+                                                                             "size": 48})
     x = clip.train_item(vid, np.random.default_rng(0))["face_seq"]
     assert x.shape == (4, 3, 48, 48)
     assert clip.eval_items(vid)["face_seq"].shape == (n // 4, 4, 3, 48, 48)
-    seg = data_av.face_seq_source(root=av_root, video_ids=[vid], config={
+    seg = data_image.face_seq_source(root=av_root, video_ids=[vid], config={
         "length": 6, "size": 48, "sampling": "segments", "augment": "none"})
     y1 = seg.train_item(vid, np.random.default_rng(1))["face_seq"]
     y2 = seg.train_item(vid, np.random.default_rng(1))["face_seq"]
@@ -136,7 +122,7 @@ def test_face_seq_clip_and_segments(av_root):
 
 def test_frame_source(av_root):
     ids = _ids(av_root)
-    src = data_av.frame_source(root=av_root, video_ids=ids[:2], config={"size": 64})
+    src = data_image.frame_source(root=av_root, video_ids=ids[:2], config={"size": 64})
     n = len(pd.read_parquet(av_root / "data" / "frames", columns=["video_id"]).query(
         "video_id == @ids[0]"))
     assert src.train_item(ids[0], np.random.default_rng(0))["frame"].shape == (3, 64, 64)
@@ -145,7 +131,7 @@ def test_frame_source(av_root):
 
 def test_audio_sources(av_root):
     ids = _ids(av_root)
-    mel = data_av.logmel_source(root=av_root, video_ids=ids, config={"frames": 100})
+    mel = data_audio.logmel_source(root=av_root, video_ids=ids, config={"frames": 100})
     a = mel.train_item(ids[0], np.random.default_rng(5))["logmel"]
     assert a.shape == (64, 100)
     assert torch.equal(a, mel.train_item(ids[0], np.random.default_rng(5))["logmel"])
@@ -155,39 +141,40 @@ def test_audio_sources(av_root):
     assert full.shape == (1, 64, n_frames)
     train_ids = set(pd.read_parquet(av_root / "data" / "manifest.parquet").query(
         "split == 'train'")["video_id"])
-    crops = data_av.logmel_source(root=av_root, video_ids=ids,
-                                  config={"frames": 100, "eval_mode": "crops"})
+    crops = data_audio.logmel_source(root=av_root, video_ids=ids,
+                                     config={"frames": 100, "eval_mode": "crops"})
     views = crops.eval_items(ids[0])["logmel"]
-    starts = data_av.crop_starts(n_frames, 100)
+    starts = data_audio.crop_starts(n_frames, 100)
     assert views.shape == (len(starts), 64, 100) and len(starts) == -(-n_frames // 100)
     for view, start in zip(views, starts):  # each crop is the clip's own steps, in time order
         assert torch.equal(view, full[0, :, start:start + 100])
     fit = torch.cat([mel.eval_items(v)["logmel"][0] for v in ids if v in train_ids], dim=1)
     assert fit.mean(dim=1).abs().max() < 1e-3  # standardised with train-split statistics
 
-    wave = data_av.wave_source(root=av_root, video_ids=ids, config={"samples": 8000})
+    wave = data_audio.wave_source(root=av_root, video_ids=ids, config={"samples": 8000})
     w = wave.train_item(ids[0], np.random.default_rng(0))["wave"]
     assert w.shape == (8000,) and w.abs().max() <= 1.0 and w.abs().max() > 0
     assert wave.eval_items(ids[0])["wave"].shape == (1, 8000)
 
-    fn = data_av.audio_fn_source(root=av_root, video_ids=ids, config={})
+    fn = data_audio.audio_fn_source(root=av_root, video_ids=ids, config={})
     v = fn.train_item(ids[0], np.random.default_rng(0))["audio_fn"]
     assert v.shape == (fn.n_features,) and fn.n_features > 100 and torch.isfinite(v).all()
     assert fn.eval_items(ids[0])["audio_fn"].shape == (1, fn.n_features)
-    sub = data_av.audio_fn_source(root=av_root, video_ids=ids, config={"include": ["fn_rms_db"]})
+    sub = data_audio.audio_fn_source(root=av_root, video_ids=ids,
+                                     config={"include": ["fn_rms_db"]})
     assert all(c.startswith("fn_rms_db") for c in sub.columns)
     with pytest.raises(SourceError, match="unknown source option"):
-        data_av.logmel_source(root=av_root, video_ids=ids, config={"frame": 3})
+        data_audio.logmel_source(root=av_root, video_ids=ids, config={"frame": 3})
 
 
 def test_missing_audio_is_reported(av_root):
     ids = _ids(av_root)
-    mel = data_av.logmel_source(root=av_root, video_ids=[*ids, "nope"], config={})
+    mel = data_audio.logmel_source(root=av_root, video_ids=[*ids, "nope"], config={})
     assert not mel.has("nope")
     with pytest.raises(SourceError, match="nope"):
         mel.eval_items("nope")
-    zeros = data_av.logmel_source(root=av_root, video_ids=[*ids, "nope"],
-                                  config={"on_missing": "zeros", "frames": 50})
+    zeros = data_audio.logmel_source(root=av_root, video_ids=[*ids, "nope"],
+                                     config={"on_missing": "zeros", "frames": 50})
     assert zeros.has("nope")
     assert float(zeros.train_item("nope", np.random.default_rng(0))["logmel"].abs().sum()) == 0
 
@@ -197,9 +184,9 @@ def test_sources_feed_the_models(av_root):
     from models.registry import build_model
 
     ids = [v for v in _ids(av_root) if _face_counts(av_root).get(v)][:2]
-    face = data_av.face_source(root=av_root, video_ids=ids, config={"size": 64})
-    mel = data_av.logmel_source(root=av_root, video_ids=ids,
-                                config={"frames": 120, "stats_split": ""})  # any two clips
+    face = data_image.face_source(root=av_root, video_ids=ids, config={"size": 64})
+    mel = data_audio.logmel_source(root=av_root, video_ids=ids,
+                                   config={"frames": 120, "stats_split": ""})  # any two clips
     items = [{**face.train_item(v, np.random.default_rng(i)),
               **mel.train_item(v, np.random.default_rng(i))} for i, v in enumerate(ids)]
     batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
@@ -208,9 +195,9 @@ def test_sources_feed_the_models(av_root):
 
 
 def test_crop_starts_cover_the_clip_with_the_fewest_crops():
-    assert data_av.crop_starts(300, 300) == [0] and data_av.crop_starts(120, 300) == [0]
+    assert data_audio.crop_starts(300, 300) == [0] and data_audio.crop_starts(120, 300) == [0]
     for n in (301, 599, 600, 601, 950, 1000):
-        starts = data_av.crop_starts(n, 300)
+        starts = data_audio.crop_starts(n, 300)
         assert len(starts) == -(-n // 300) and starts[0] == 0 and starts[-1] == n - 300
         assert all(b - a <= 300 for a, b in zip(starts, starts[1:]))  # no gap between crops
 
@@ -221,4 +208,4 @@ def test_standardisation_never_falls_back_on_held_out_clips(av_root):
     held_out = pd.read_parquet(av_root / "data" / "manifest.parquet").query(
         "split != 'train'")["video_id"].tolist()
     with pytest.raises(SourceError, match="no train-split video"):
-        data_av.logmel_source(root=av_root, video_ids=held_out, config={})
+        data_audio.logmel_source(root=av_root, video_ids=held_out, config={})
