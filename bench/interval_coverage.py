@@ -24,10 +24,10 @@ models/bootstrap.py's subject resamples and leave-one-subject-out jackknife, and
 with method "percentile", "bca" and "fisher_z" (the default: for CCC tanh(2 atanh(CCC) - mean
 atanh(CCC*) +- t sd(atanh(CCC*))), t Student's 97.5% quantile for S - 1 degrees of freedom; the
 same on log for MAE and on the raw scale for a difference), for the mean CCC over traits (what
-results.md ranks by), trait O's CCC, and the mean MAE; beside them, not in the stage, the basic
-interval (2 estimate - the percentile ends) and, for CCC, fisher_z with the normal quantile 1.96
-in place of t and the bootstrap-t interval (`studentised`: each resample's standard error from a
-jackknife within it; about 6x the run time of the rest).
+results.md ranks by), trait O's CCC, and the mean MAE; for CCC also the stage's "bootstrap_t"
+(vectorised here as `studentised`, checked against the stage's; about 6x the run time of the
+rest); beside them, not in the stage, the basic interval (2 estimate - the percentile ends) and,
+for CCC, fisher_z with the normal quantile 1.96 in place of t.
 The resampled CCCs are computed here vectorised over resamples, each resample a (n,) vector of
 how often it draws each clip (the same formula as models.metrics.ccc on the repeated rows:
 population variances; checked equal to models.bootstrap.bootstrap_scores on the first split of
@@ -54,8 +54,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.bootstrap import (bootstrap_scores, interval, subject_jackknife,  # noqa: E402
-                              subject_resamples)
+from models.bootstrap import (bootstrap_scores, interval, model_uncertainty,  # noqa: E402
+                              subject_jackknife, subject_resamples)
 
 OUT = ROOT / "bench" / "results" / "interval_coverage.json"
 CLIPS = 3  # per subject under "equal"; the mean under "uneven"
@@ -129,9 +129,10 @@ def stats_of(y, p, boot_w, jack_w):
 def studentised(y: np.ndarray, p: np.ndarray, subjects: np.ndarray, boot_w: np.ndarray,
                  jack_w: np.ndarray) -> dict[str, tuple]:
     """The bootstrap-t interval (Efron & Tibshirani 1993, ch. 12) of the mean CCC and O's CCC, on
-    Fisher's z scale, not in the stage: each resample's pivot (z* - z) / se*, se* the
-    leave-one-draw-out jackknife's standard error *within* that resample (its S subject draws,
-    a subject drawn m times giving m equal values), and the interval z - t*(0.975) se ..
+    Fisher's z scale (the stage's "bootstrap_t", vectorised): each resample's pivot
+    (z* - z) / se*, se* the leave-one-draw-out jackknife's standard error *within* that
+    resample (its S subject draws, a subject drawn m times giving m equal values), and the
+    interval z - t*(0.975) se ..
     z - t*(0.025) se, se the sample's own jackknife over subjects. Unlike the other methods it
     lets a resample's spread of people (which the heavy-tailed laws make uneven) set how far its
     CCC may stray. {statistic: (lo, hi)}."""
@@ -205,9 +206,14 @@ def intervals(point: float, boot: np.ndarray, jack: np.ndarray, scale: str) -> d
 
 
 def check_against_stage(y, p, subjects, seed, boot_w, jack_w) -> None:
-    """The vectorised scores are the stage's: equal to bootstrap_scores on the same resamples."""
+    """The vectorised scores are the stage's: equal to bootstrap_scores on the same resamples,
+    and so is the bootstrap-t interval of the mean CCC (`studentised`)."""
     rows = subject_resamples(subjects, n_boot=len(boot_w), seed=seed)[:50]
-    s = bootstrap_scores(y, {"m": p}, rows, jackknife=subject_jackknife(subjects))["m"]
+    s = bootstrap_scores(y, {"m": p}, rows, jackknife=subject_jackknife(subjects),
+                         subjects=subjects)["m"]
+    stage = model_uncertainty(s, "OCEAN", level=LEVEL, method="bootstrap_t")["mean"]["ccc"]
+    assert np.allclose(stage, studentised(y, p, subjects, boot_w[:50], jack_w)["mean_ccc"],
+                       atol=1e-9)
     for metric in ("ccc", "mae"):
         assert np.allclose(s[metric], weighted_scores(boot_w[:50], y, p)[metric], atol=1e-10)
         assert np.allclose(s["jack"][metric], weighted_scores(jack_w, y, p)[metric], atol=1e-10)

@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from models.bootstrap import (DEFAULT_METHOD, METRICS, bootstrap_scores, common_clips,
-                              model_uncertainty, paired, subject_jackknife, subject_resamples)
+                              model_uncertainty, paired, subject_jackknife, subject_resamples,
+                              subjects_for)
 from models.metrics import train_mean_baseline
 from personality.schemas import TRAITS
 
@@ -58,14 +59,15 @@ def _n_subjects(subjects: np.ndarray) -> int:
 
 
 def _compare(a: str, b: str, preds: dict, samples: dict, y_true: np.ndarray, rows: list,
-             jack: list, *, level: float, method: str) -> dict:
+             jack: list, subjects: np.ndarray, *, level: float, method: str) -> dict:
     """`paired` of models a and b scored on the clips both predict (n_videos of them): a model
     without some videos would otherwise be scored on other people than the one it is compared
     with, and the difference would not be paired."""
     pa, pb, n = common_clips(preds[a], preds[b])
     if not (np.array_equal(pa, preds[a], equal_nan=True)
             and np.array_equal(pb, preds[b], equal_nan=True)):
-        samples = bootstrap_scores(y_true, {a: pa, b: pb}, rows, jackknife=jack)
+        samples = bootstrap_scores(y_true, {a: pa, b: pb}, rows, jackknife=jack,
+                                   subjects=subjects_for(method, subjects))
     return {**paired(samples[a], samples[b], level=level, method=method), "n_videos": n}
 
 
@@ -82,9 +84,10 @@ def add_uncertainty(report: dict, predictions: dict[str, tuple[np.ndarray, np.nd
                     manifest: pd.DataFrame, *, split: str, n_boot: int, level: float, seed: int,
                     best: str | None, method: str = DEFAULT_METHOD) -> None:
     """Add to each entry of `report` (models and baseline) `ci`: intervals (`method`: fisher_z,
-    percentile or bca) from a bootstrap over the subjects of the scored split, and to each model
-    `vs_baseline` / `vs_best`: paired comparisons on the same resamples and on the clips both
-    predict (models.bootstrap), with the point difference `delta_ccc_point` and `n_videos`."""
+    percentile, bca or bootstrap_t) from a bootstrap over the subjects of the scored split, and
+    to each model `vs_baseline` / `vs_best`: paired comparisons on the same resamples and on the
+    clips both predict (models.bootstrap), with the point difference `delta_ccc_point` and
+    `n_videos`."""
     labelled = _labelled(manifest, split)
     if labelled.empty or "baseline" not in report:
         return
@@ -95,14 +98,15 @@ def add_uncertainty(report: dict, predictions: dict[str, tuple[np.ndarray, np.nd
     preds["baseline"] = train_mean_baseline(train, len(vids))
     rows = subject_resamples(subjects, n_boot=n_boot, seed=seed)
     jack = subject_jackknife(subjects)
-    samples = bootstrap_scores(y_true, preds, rows, jackknife=jack)
+    samples = bootstrap_scores(y_true, preds, rows, jackknife=jack,
+                               subjects=subjects_for(method, subjects))
     about = {"level": level, "n_boot": n_boot, "resampled": "subjects",
              "n_subjects": _n_subjects(subjects), "interval_method": method}
     for name, sample in samples.items():
         report[name]["ci"] = {**about, **model_uncertainty(sample, TRAITS, level=level,
                                                             method=method)}
     compare = dict(preds=preds, samples=samples, y_true=y_true, rows=rows, jack=jack,
-                   level=level, method=method)
+                   subjects=subjects, level=level, method=method)
     for name in predictions:
         report[name]["vs_baseline"] = _compare(name, "baseline", **compare)
         if best in samples and best != name:
@@ -131,7 +135,8 @@ def add_split_intervals(figures: dict[str, dict],
                                {name: _spread(scored, vids) for name, scored in
                                 predictions.items()},
                                subject_resamples(subjects, n_boot=n_boot, seed=seed),
-                               jackknife=subject_jackknife(subjects))
+                               jackknife=subject_jackknife(subjects),
+                               subjects=subjects_for(method, subjects))
     for name, sample in samples.items():
         figures[name]["ccc_ci"] = model_uncertainty(sample, TRAITS, level=level,
                                                     method=method)["mean"]["ccc"]

@@ -85,7 +85,7 @@ def compare(model: dict, ridge: dict, *, n_boot: int, seed: int, level: float,
     {"model": ccc, "model_ci", "ridge", "ridge_ci", "gap_ci" (model - ridge), "p_model_better",
      "clips", "subjects"}; ccc is the mean over traits of the per-trait CCC."""
     from models.bootstrap import (DEFAULT_METHOD, bootstrap_scores, model_uncertainty, paired,
-                                  subject_jackknife, subject_resamples)
+                                  subject_jackknife, subject_resamples, subjects_for)
 
     method = method or DEFAULT_METHOD  # evaluate.interval's default
 
@@ -95,7 +95,8 @@ def compare(model: dict, ridge: dict, *, n_boot: int, seed: int, level: float,
     y, subjects = model["y"][keep], model["subjects"][keep]
     preds = {"model": model["pred"][keep], "ridge": ridge["pred"][other]}
     rows = subject_resamples(subjects, n_boot=n_boot, seed=seed)
-    boot = bootstrap_scores(y, preds, rows, jackknife=subject_jackknife(subjects))
+    boot = bootstrap_scores(y, preds, rows, jackknife=subject_jackknife(subjects),
+                            subjects=subjects_for(method, subjects))
     vs = paired(boot["model"], boot["ridge"], level=level, method=method)
     out = {"clips": len(keep), "subjects": int(len(set(subjects))),
            "gap_ci": vs["delta_ccc"], "p_model_better": vs["p_better"]}

@@ -81,7 +81,7 @@ class EvaluateParams:
     dpi: int = 80  # resolution of the PNGs logged to MLflow
     bootstrap: int = 1000  # resamples of subjects for every interval and paired comparison
     ci_level: float = 0.95  # coverage of every interval
-    interval: Literal["fisher_z", "percentile", "bca"] = "fisher_z"  # models/bootstrap.py
+    interval: Literal["fisher_z", "percentile", "bca", "bootstrap_t"] = "fisher_z"  # bootstrap.py
 
     def __post_init__(self) -> None:
         if self.bootstrap < 1 or not 0.5 <= self.ci_level < 1.0:

@@ -78,7 +78,7 @@ class Uncertainty:
     method."""
     bootstrap: int = 1000
     ci_level: float = 0.95
-    interval: Literal["fisher_z", "percentile", "bca"] = "fisher_z"
+    interval: Literal["fisher_z", "percentile", "bca", "bootstrap_t"] = "fisher_z"
 
     def __post_init__(self) -> None:
         if self.bootstrap < 1 or not 0.5 <= self.ci_level < 1.0:
@@ -154,7 +154,7 @@ def _split_report(truth: np.ndarray, before: np.ndarray, after: np.ndarray, subj
     models/bootstrap.py), "change": {"delta_ccc": [lo, hi], "p_better": share of resamples where
     after's CCC beats before's, "p_lower_mae": where its MAE is lower, "n_boot", "ci_level"}}."""
     from models.bootstrap import (bootstrap_scores, model_uncertainty, paired, subject_jackknife,
-                                  subject_resamples)
+                                  subject_resamples, subjects_for)
 
     out = {"n_clips": len(truth), "n_subjects": len(set(subjects)),
            "before": _summary(truth, before), "after": _summary(truth, after), "change": {}}
@@ -162,7 +162,8 @@ def _split_report(truth: np.ndarray, before: np.ndarray, after: np.ndarray, subj
         return out
     rows = subject_resamples(subjects, n_boot=boot.bootstrap, seed=seed)
     s = bootstrap_scores(truth, {"before": before, "after": after}, rows,
-                         jackknife=subject_jackknife(subjects))
+                         jackknife=subject_jackknife(subjects),
+                         subjects=subjects_for(boot.interval, subjects))
     for when in ("before", "after"):
         ci = model_uncertainty(s[when], TRAITS, level=boot.ci_level, method=boot.interval)
         out[when].update({f"{m}_ci": ci["mean"][m] for m in ("ccc", "mae")})

@@ -230,3 +230,52 @@ def test_fisher_z_covers_a_good_models_ccc_where_percentile_does_not(rng):
             lo, hi = model_uncertainty(s, "OCEAN", method=method)["mean"]["ccc"]
             hits[method] += lo <= truth <= hi
     assert hits["fisher_z"] >= 35 and hits["fisher_z"] >= hits["percentile"] + 8, hits
+
+
+def test_bootstrap_t_is_the_studentised_recipe_done_draw_by_draw(rng):
+    """The interval from each resample's leave-one-draw-out scores equals the recipe written out:
+    every draw of a resample (a subject drawn twice is two draws) left out in turn, the pivot
+    (z* - z) / se*, and z - t*(0.975) se .. z - t*(0.025) se on Fisher's z, with uneven clip
+    counts and subject names that sort differently as text."""
+    from models.bootstrap import subject_jackknife
+
+    subjects = np.repeat(np.array([3, 10, 2, 7, 5, 1]), [1, 2, 3, 3, 2, 1])
+    u = rng.normal(0, 1, (len(subjects), 5))
+    y, p = np.clip(0.5 + 0.1 * u, 0, 1), np.clip(0.5 + 0.08 * u + rng.normal(0, 0.05, u.shape),
+                                                  0, 1)
+    rows = subject_resamples(subjects, n_boot=40, seed=4)
+    s = bootstrap_scores(y, {"m": p}, rows, jackknife=subject_jackknife(subjects),
+                         subjects=subjects)["m"]
+
+    def z_of(idx):  # Fisher's z of the mean CCC over traits on rows idx
+        return np.arctanh(np.mean([ccc(y[idx, j], p[idx, j]) for j in range(5)]))
+
+    pivots = []
+    for r in rows:
+        draws, start = [], 0  # subject_resamples concatenates whole subjects, draw after draw
+        while start < len(r):
+            size = int((subjects == subjects[r[start]]).sum())
+            draws.append(r[start:start + size])
+            start += size
+        inner = np.array([z_of(np.concatenate(draws[:i] + draws[i + 1:]))
+                          for i in range(len(draws))])
+        se_each = np.sqrt((len(inner) - 1) / len(inner) * ((inner - inner.mean()) ** 2).sum())
+        pivots.append((z_of(r) - z_of(np.arange(len(y)))) / se_each)
+    jack = np.array([z_of(idx) for idx in subject_jackknife(subjects)])
+    se = np.sqrt((len(jack) - 1) / len(jack) * ((jack - jack.mean()) ** 2).sum())
+    high, low = np.quantile(pivots, [0.975, 0.025])
+    z = z_of(np.arange(len(y)))
+    expected = [np.tanh(z - high * se), np.tanh(z - low * se)]
+    got = model_uncertainty(s, "OCEAN", method="bootstrap_t")["mean"]["ccc"]
+    assert got == pytest.approx(expected, abs=1e-9)
+    assert s["drawn"].sum(axis=1).tolist() == [6] * 40  # S draws in every resample
+
+
+def test_bootstrap_t_needs_each_resamples_own_scores(rng):
+    from models.bootstrap import subject_jackknife
+
+    subjects, y, pred = _data(rng, 6)
+    plain = bootstrap_scores(y, {"m": pred}, subject_resamples(subjects, n_boot=50, seed=0),
+                             jackknife=subject_jackknife(subjects))["m"]
+    with pytest.raises(ValueError, match="bootstrap_t.*subjects=subjects"):
+        model_uncertainty(plain, "OCEAN", method="bootstrap_t")

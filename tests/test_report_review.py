@@ -107,6 +107,11 @@ def test_paired_comparisons_score_both_models_on_the_clips_both_predict(rng):
                     method="bca")
     assert report["A"]["ci"]["interval_method"] == "bca"
     assert report["B"]["vs_best"]["delta_ccc"] == pytest.approx([0.0, 0.0], abs=1e-12)
+    add_uncertainty(report, preds, m, split="test", n_boot=100, level=0.95, seed=1, best="A",
+                    method="bootstrap_t")  # each resample's own jackknife, on the common clips
+    assert report["B"]["vs_best"]["delta_ccc"] == pytest.approx([0.0, 0.0], abs=1e-12)
+    lo, hi = report["B"]["vs_baseline"]["delta_ccc"]
+    assert lo < report["B"]["vs_baseline"]["delta_ccc_point"] < hi
 
 
 def test_an_unlabelled_trait_prints_n_a_not_nan(rng):
@@ -136,13 +141,16 @@ def test_the_stage_reads_evaluate_interval(tmp_path, rng):
     pred[T] = np.clip(m[T].to_numpy() + rng.normal(0, 0.1, (len(m), 5)), 0, 1)
     pred.to_parquet(tmp_path / "data" / "predictions" / "noisy.parquet", index=False)
     out = {}
-    for method in ("percentile", "bca", "fisher_z"):
+    for method in ("percentile", "bca", "fisher_z", "bootstrap_t"):
         out[method] = ev.run(ev.EvaluateParams(mlflow=False, interval=method), root=tmp_path)
         assert out[method]["noisy"]["ci"]["interval_method"] == method
     ci = {method: report["noisy"]["ci"]["mean"]["ccc"] for method, report in out.items()}
     assert ci["bca"] != ci["percentile"] and ci["fisher_z"] not in (ci["bca"], ci["percentile"])
-    assert (out["bca"]["selection"]["val"]["noisy"]["ccc_ci"]
-            != out["percentile"]["selection"]["val"]["noisy"]["ccc_ci"])
+    assert ci["bootstrap_t"] not in (ci["bca"], ci["percentile"], ci["fisher_z"])
+    assert all(np.isfinite(ci["bootstrap_t"])) and ci["bootstrap_t"][0] < ci["bootstrap_t"][1]
+    for method in ("bca", "bootstrap_t"):
+        assert (out[method]["selection"]["val"]["noisy"]["ccc_ci"]
+                != out["percentile"]["selection"]["val"]["noisy"]["ccc_ci"])
     assert ev.EvaluateParams().interval == "fisher_z"  # bench/interval_coverage.py: why
     repo = Path(__file__).resolve().parents[1] / "params.yaml"
     assert load_params("evaluate", ev.EvaluateParams, path=repo).interval == "fisher_z"
