@@ -1,6 +1,6 @@
 """How often does evaluate's 95% interval over subjects contain the true value? A coverage bench.
 
-    .venv/bin/python bench/interval_coverage.py                  # ~30 min on 1 core, all four laws
+    .venv/bin/python bench/interval_coverage.py                  # ~35 min on 1 core, all four laws
     .venv/bin/python bench/interval_coverage.py --law heavy --splits 400 --boot 500   # ~2 min
 
 Simulated test splits like the default one (S subjects; S = 8 as the default test split, 34 as a
@@ -24,10 +24,11 @@ models/bootstrap.py's subject resamples and leave-one-subject-out jackknife, and
 with method "percentile", "bca" and "fisher_z" (the default: for CCC tanh(2 atanh(CCC) - mean
 atanh(CCC*) +- t sd(atanh(CCC*))), t Student's 97.5% quantile for S - 1 degrees of freedom; the
 same on log for MAE and on the raw scale for a difference), for the mean CCC over traits (what
-results.md ranks by), trait O's CCC, and the mean MAE; for CCC also the stage's "bootstrap_t"
-(vectorised here as `studentised`, checked against the stage's; about 6x the run time of the
-rest); beside them, not in the stage, the basic interval (2 estimate - the percentile ends) and,
-for CCC, fisher_z with the normal quantile 1.96 in place of t.
+results.md ranks by), trait O's CCC, and the mean MAE; for CCC and a difference also the
+stage's "bootstrap_t" (each resample's leave-one-draw-out values vectorised here as `within_of`,
+checked against the stage's own scoring; the interval is the stage's); beside them, not in the
+stage, the basic interval (2 estimate - the percentile ends) and, for CCC, fisher_z with the
+normal quantile 1.96 in place of t.
 The resampled CCCs are computed here vectorised over resamples, each resample a (n,) vector of
 how often it draws each clip (the same formula as models.metrics.ccc on the repeated rows:
 population variances; checked equal to models.bootstrap.bootstrap_scores on the first split of
@@ -65,6 +66,7 @@ SIGNALS = (0.0, 0.4, 0.8, 0.95)  # r of the prediction with the person's trait l
 SUBJECTS = (8, 34)
 LEVEL = 0.95
 METHODS = ("percentile", "bca", "basic", "fisher_z_normal", "bootstrap_t", "fisher_z")
+EQUAL_METHODS = ("percentile", "bca", "basic", "bootstrap_t", "fisher_z")  # a difference's
 
 
 def draw(rng: np.random.Generator, n_subjects: int, r: float, *, law: str = "equal",
@@ -114,81 +116,36 @@ def population(r: float, law: str) -> dict:
     return {metric: float(v.mean()) for metric, v in pooled(y, p).items()}
 
 
-def stats_of(y, p, boot_w, jack_w):
-    """Point, bootstrap (B,) and jackknife (S,) values of mean CCC, O's CCC and mean MAE."""
+def stats_of(y, p, boot_w, jack_w, subjects):
+    """Point, bootstrap (B,), jackknife (S,) and, for the CCCs, bootstrap-t's within-resample
+    values (within_of) of mean CCC, O's CCC and mean MAE."""
     point = pooled(y, p)
     boot, jack = weighted_scores(boot_w, y, p), weighted_scores(jack_w, y, p)
     out = {}
     for key, metric, col in (("mean_ccc", "ccc", None), ("O_ccc", "ccc", 0),
                              ("mean_mae", "mae", None)):
         pick = (lambda v: v.mean(axis=-1)) if col is None else (lambda v: v[..., col])
-        out[key] = (float(pick(point[metric])), pick(boot[metric]), pick(jack[metric]))
+        inner = None if metric == "mae" else within_of(
+            lambda w, pick=pick: pick(weighted_scores(w, y, p)["ccc"]), subjects, boot_w)
+        out[key] = (float(pick(point[metric])), pick(boot[metric]), pick(jack[metric]), inner)
     return out
 
 
-def studentised(y: np.ndarray, p: np.ndarray, subjects: np.ndarray, boot_w: np.ndarray,
-                 jack_w: np.ndarray) -> dict[str, tuple]:
-    """The bootstrap-t interval (Efron & Tibshirani 1993, ch. 12) of the mean CCC and O's CCC, on
-    Fisher's z scale (the stage's "bootstrap_t", vectorised): each resample's pivot
-    (z* - z) / se*, se* the leave-one-draw-out jackknife's standard error *within* that
-    resample (its S subject draws, a subject drawn m times giving m equal values), and the
-    interval z - t*(0.975) se ..
-    z - t*(0.025) se, se the sample's own jackknife over subjects. Unlike the other methods it
-    lets a resample's spread of people (which the heavy-tailed laws make uneven) set how far its
-    CCC may stray. {statistic: (lo, hi)}."""
+def within_of(stat, subjects: np.ndarray, boot_w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What the stage's bootstrap-t reads (models.bootstrap.bootstrap_scores' "within" and
+    "drawn"), vectorised: each resample's statistic with one copy of subject k left out (NaN
+    where k was not drawn), (B, S), and the draw counts (B, S). stat: weights (K, n) -> (K,)."""
     ids = np.unique(subjects)
     member = (subjects[None, :] == ids[:, None]).astype(float)  # (S, n)
-    drawn = boot_w @ member.T / member.sum(axis=1)  # (B, S): how often each resample drew s
+    drawn = np.rint(boot_w @ member.T / member.sum(axis=1))  # (B, S)
     leave = boot_w[:, None, :] - member[None] * (drawn[..., None] > 0)  # (B, S, n)
     B, S, n = leave.shape
-    inner = weighted_scores(leave.reshape(B * S, n), y, p)["ccc"].reshape(B, S, -1)
-    boot, jack = weighted_scores(boot_w, y, p)["ccc"], weighted_scores(jack_w, y, p)["ccc"]
-    point = pooled(y, p)["ccc"]
-    out = {}
-    for key, pick in (("mean_ccc", lambda v: v.mean(axis=-1)), ("O_ccc", lambda v: v[..., 0])):
-        z, z_boot = np.arctanh(pick(point)), np.arctanh(pick(boot))  # (), (B,)
-        z_inner, z_jack = np.arctanh(pick(inner)), np.arctanh(pick(jack))  # (B, S), (S,)
-        draws = drawn.sum(axis=1)  # S per resample
-        centre = (drawn * z_inner).sum(axis=1) / draws
-        se_boot = np.sqrt((draws - 1) / draws * (drawn * (z_inner - centre[:, None]) ** 2)
-                          .sum(axis=1))
-        se = np.sqrt((S - 1) / S * ((z_jack - z_jack.mean()) ** 2).sum())
-        t = (z_boot - z) / se_boot
-        t = t[np.isfinite(t)]
-        hi_t, lo_t = np.quantile(t, [(1 + LEVEL) / 2, (1 - LEVEL) / 2])
-        out[key] = (float(np.tanh(z - hi_t * se)), float(np.tanh(z - lo_t * se)))
-    return out
+    values = stat(leave.reshape(B * S, n)).reshape(B, S)
+    return np.where(drawn > 0, values, np.nan), drawn
 
 
-def check_studentised(y, p, subjects, boot_w, jack_w, k: int = 20) -> None:
-    """studentised's vectorised leave-one-draw-out is the plain one: its interval over the first
-    `k` resamples equals the same recipe done draw by draw, each left-out draw's rows removed
-    once and models.metrics' CCC computed on the rows repeated as drawn."""
-    from models.metrics import ccc
-
-    ids = np.unique(subjects)
-    rows_of = {s: np.flatnonzero(subjects == s) for s in ids}
-    z_boot, se_boot = [], []
-    for w in boot_w[:k]:
-        draws = [s for s in ids for _ in range(int(w[rows_of[s][0]]))]
-        def mean_z(kept):  # noqa: E306 - the mean CCC's z of the draws kept
-            rows = np.concatenate([rows_of[s] for s in kept])
-            return np.arctanh(np.mean([ccc(y[rows, t], p[rows, t]) for t in range(TRAITS)]))
-        z_boot.append(mean_z(draws))
-        inner = np.array([mean_z(draws[:i] + draws[i + 1:]) for i in range(len(draws))])
-        se_boot.append(np.sqrt((len(inner) - 1) / len(inner)
-                               * ((inner - inner.mean()) ** 2).sum()))
-    z = np.arctanh(pooled(y, p)["ccc"].mean())
-    z_jack = np.arctanh(weighted_scores(jack_w, y, p)["ccc"].mean(axis=1))
-    se = np.sqrt((len(z_jack) - 1) / len(z_jack) * ((z_jack - z_jack.mean()) ** 2).sum())
-    hi_t, lo_t = np.quantile((np.array(z_boot) - z) / np.array(se_boot),
-                             [(1 + LEVEL) / 2, (1 - LEVEL) / 2])
-    expected = (np.tanh(z - hi_t * se), np.tanh(z - lo_t * se))
-    got = studentised(y, p, subjects, boot_w[:k], jack_w)["mean_ccc"]
-    assert np.allclose(got, expected, atol=1e-9), (got, expected)
-
-
-def intervals(point: float, boot: np.ndarray, jack: np.ndarray, scale: str) -> dict:
+def intervals(point: float, boot: np.ndarray, jack: np.ndarray, scale: str,
+              within: tuple | None = None) -> dict:
     """The stage's (percentile, BCa, and fisher_z, its default: the bias-corrected interval with
     Student's t for the jackknife's S - 1 degrees of freedom on `scale`, atanh for a CCC, log for
     an MAE, identity for a difference); beside them, not in the stage, the basic interval
@@ -199,6 +156,9 @@ def intervals(point: float, boot: np.ndarray, jack: np.ndarray, scale: str) -> d
            "basic": [2 * point - pct[1], 2 * point - pct[0]],
            "fisher_z": interval(boot, level=LEVEL, method="fisher_z", estimate=point,
                                 jackknife=jack, scale=scale)}
+    if within is not None:
+        out["bootstrap_t"] = interval(boot, level=LEVEL, method="bootstrap_t", estimate=point,
+                                      jackknife=jack, scale=scale, within=within)
     if scale == "atanh":  # no jackknife: the subject count is unknown, the normal quantile is used
         out["fisher_z_normal"] = interval(boot, level=LEVEL, method="fisher_z", estimate=point,
                                           scale="atanh")
@@ -207,13 +167,14 @@ def intervals(point: float, boot: np.ndarray, jack: np.ndarray, scale: str) -> d
 
 def check_against_stage(y, p, subjects, seed, boot_w, jack_w) -> None:
     """The vectorised scores are the stage's: equal to bootstrap_scores on the same resamples,
-    and so is the bootstrap-t interval of the mean CCC (`studentised`)."""
+    and so is the bootstrap-t interval of the mean CCC from within_of's values."""
     rows = subject_resamples(subjects, n_boot=len(boot_w), seed=seed)[:50]
     s = bootstrap_scores(y, {"m": p}, rows, jackknife=subject_jackknife(subjects),
                          subjects=subjects)["m"]
     stage = model_uncertainty(s, "OCEAN", level=LEVEL, method="bootstrap_t")["mean"]["ccc"]
-    assert np.allclose(stage, studentised(y, p, subjects, boot_w[:50], jack_w)["mean_ccc"],
-                       atol=1e-9)
+    point, boot, jack, inner = stats_of(y, p, boot_w[:50], jack_w, subjects)["mean_ccc"]
+    mine = intervals(point, boot, jack, "atanh", inner)["bootstrap_t"]
+    assert np.allclose(stage, mine, atol=1e-9, equal_nan=True), (stage, mine)
     for metric in ("ccc", "mae"):
         assert np.allclose(s[metric], weighted_scores(boot_w[:50], y, p)[metric], atol=1e-10)
         assert np.allclose(s["jack"][metric], weighted_scores(jack_w, y, p)[metric], atol=1e-10)
@@ -229,17 +190,15 @@ def coverage_cell(law: str, n_subjects: int, r: float, truth: dict, *, splits: i
         boot_w, jack_w = resample_weights(subjects, boot=boot, seed=seed * 100_000 + k)
         if k == 0:
             check_against_stage(y, p, subjects, seed * 100_000 + k, boot_w, jack_w)
-            check_studentised(y, p, subjects, boot_w, jack_w)
-        student = studentised(y, p, subjects, boot_w, jack_w)
-        for stat, (point, b, j) in stats_of(y, p, boot_w, jack_w).items():
+        for stat, (point, b, j, inner) in stats_of(y, p, boot_w, jack_w, subjects).items():
             target = truth["mae" if stat.endswith("mae") else "ccc"]
             scale = "atanh" if stat.endswith("ccc") else "log"
-            found = intervals(point, b, j, scale)
-            if stat in student:
-                found["bootstrap_t"] = student[stat]
-            for method, (lo, hi) in found.items():
+            for method, (lo, hi) in intervals(point, b, j, scale, inner).items():
                 h = hits.setdefault((stat, method), {"cover": 0, "below": 0, "above": 0,
-                                                     "width": 0.0})
+                                                     "width": 0.0, "none": 0})
+                if not (np.isfinite(lo) and np.isfinite(hi)):  # no interval (bootstrap-t):
+                    h["none"] += 1                              # a miss, counted apart
+                    continue
                 h["cover"] += lo <= target <= hi
                 h["below"] += hi < target  # the whole interval below the truth
                 h["above"] += lo > target
@@ -247,7 +206,8 @@ def coverage_cell(law: str, n_subjects: int, r: float, truth: dict, *, splits: i
     return [{"law": law, "n_subjects": n_subjects, "signal_r": r,
              "true": truth["mae" if s.endswith("mae") else "ccc"], "statistic": s, "method": m,
              "coverage": h["cover"] / splits, "below": h["below"] / splits,
-             "above": h["above"] / splits, "mean_width": h["width"] / splits}
+             "above": h["above"] / splits, "none": h["none"] / splits,
+             "mean_width": h["width"] / max(1, splits - h["none"])}
             for (s, m), h in hits.items()]
 
 
@@ -256,19 +216,23 @@ def equal_models_cell(law: str, n_subjects: int, *, splits: int, boot: int,
     """Two models of the same law (r 0.8), independent errors: share of splits whose interval
     of the difference in mean CCC excludes 0."""
     rng = np.random.default_rng(seed)
-    ranked = dict.fromkeys(("percentile", "bca", "basic", "fisher_z"), 0)
-    width = dict.fromkeys(ranked, 0.0)
+    ranked = dict.fromkeys(EQUAL_METHODS, 0)
+    width, given = dict.fromkeys(ranked, 0.0), dict.fromkeys(ranked, 0)
     for k in range(splits):
         subjects, y, (pa, pb) = draw(rng, n_subjects, 0.8, law=law, models=2)
         boot_w, jack_w = resample_weights(subjects, boot=boot, seed=seed * 100_000 + k)
         diff = lambda w: (weighted_scores(w, y, pa)["ccc"]  # noqa: E731
                           - weighted_scores(w, y, pb)["ccc"]).mean(axis=-1)
         point = float((pooled(y, pa)["ccc"] - pooled(y, pb)["ccc"]).mean())
-        for method, (lo, hi) in intervals(point, diff(boot_w), diff(jack_w), "identity").items():
-            ranked[method] += not lo <= 0 <= hi
-            width[method] += hi - lo
+        found = intervals(point, diff(boot_w), diff(jack_w), "identity",
+                          within_of(diff, subjects, boot_w))
+        for method in ranked:
+            lo, hi = found[method]
+            if np.isfinite(lo) and np.isfinite(hi):  # no interval: no ranking either
+                ranked[method] += not lo <= 0 <= hi
+                width[method], given[method] = width[method] + hi - lo, given[method] + 1
     return [{"law": law, "n_subjects": n_subjects, "method": m, "ranked": ranked[m] / splits,
-             "mean_width": width[m] / splits} for m in ranked]
+             "mean_width": width[m] / max(1, given[m])} for m in ranked]
 
 
 def print_tables(rows: list[dict], equal: list[dict]) -> None:
@@ -284,18 +248,19 @@ def print_tables(rows: list[dict], equal: list[dict]) -> None:
         cells = []
         for m in METHODS:
             x = by.get((law, n, r, stat, m))
-            cells.append("-" if x is None else f"{x['coverage']:.3f} (below {x['below']:.3f}) "
-                         f"w {x['mean_width']:.3f}")
+            none = f", none {x['none']:.3f}" if x and x["none"] else ""  # bootstrap-t's refusals
+            cells.append("-" if x is None else f"{x['coverage']:.3f} (below {x['below']:.3f}"
+                         f"{none}) w {x['mean_width']:.3f}")
         print(f"| {law} | {n} | {row['true']:.3f} | {stat} | " + " | ".join(cells) + " |")
     print("\ntwo equally good models: share of splits whose interval of the difference in mean "
           "CCC excludes 0 (nominal 0.05)\n")
-    print("| law | subjects | percentile | BCa | basic | fisher_z |")
-    print("|---|---|---|---|---|---|")
+    print("| law | subjects | percentile | BCa | basic | bootstrap-t | fisher_z |")
+    print("|---|---|---|---|---|---|---|")
     for law, n in sorted({(e["law"], e["n_subjects"]) for e in equal}):
         cell = {e["method"]: e for e in equal if (e["law"], e["n_subjects"]) == (law, n)}
         print(f"| {law} | {n} | " + " | ".join(
             f"{cell[m]['ranked']:.3f} (w {cell[m]['mean_width']:.3f})"
-            for m in ("percentile", "bca", "basic", "fisher_z")) + " |")
+            for m in EQUAL_METHODS) + " |")
 
 
 def plot_coverage(rows: list[dict], path: Path) -> None:

@@ -222,7 +222,8 @@ def results_table(report: dict, split: str) -> str:
         lines.append(f"| {m} | {_val_text(val.get(m, {}))} | {ci_text(e)} | "
                      f"{fmt(e['mean'].get('acc'))} | {beats} | {versus} |")
     method = {"bca": "BCa intervals", "percentile": "percentile intervals",
-              "fisher_z": "Fisher-z intervals (bias-corrected, Student's t)"}.get(
+              "fisher_z": "Fisher-z intervals (bias-corrected, Student's t)",
+              "bootstrap_t": "bootstrap-t intervals (studentised, on Fisher's z)"}.get(
         n.get("interval_method", "percentile"), "intervals")
     lines.append("")
     lines.append(f"{split} split: {base.get('n_videos', '?')} clips of "

@@ -232,43 +232,86 @@ def test_fisher_z_covers_a_good_models_ccc_where_percentile_does_not(rng):
     assert hits["fisher_z"] >= 35 and hits["fisher_z"] >= hits["percentile"] + 8, hits
 
 
+def _draws(rows, subjects):
+    """A resample's draws, as subject_resamples concatenates them: whole subjects, one by one."""
+    draws, start = [], 0
+    while start < len(rows):
+        size = int((subjects == subjects[rows[start]]).sum())
+        draws.append(rows[start:start + size])
+        start += size
+    return draws
+
+
+def _bootstrap_t_recipe(stat, rows, subjects, forward, back, n):
+    """The bootstrap-t interval written out: every draw of a resample (a subject drawn twice is
+    two draws) left out in turn for its own standard error, the pivots (f(stat*) - f(stat)) /
+    se*, and f(stat) - t*(0.975) se .. f(stat) - t*(0.025) se, se the jackknife over subjects."""
+    from models.bootstrap import subject_jackknife
+
+    def jack_se(values):
+        values = np.asarray(values)
+        return np.sqrt((len(values) - 1) / len(values) * ((values - values.mean()) ** 2).sum())
+
+    z = forward(stat(np.arange(n)))
+    pivots = []
+    for r in rows:
+        draws = _draws(r, subjects)
+        inner = [forward(stat(np.concatenate(draws[:i] + draws[i + 1:])))
+                 for i in range(len(draws))]
+        pivots.append((forward(stat(r)) - z) / jack_se(inner))
+    se = jack_se([forward(stat(idx)) for idx in subject_jackknife(subjects)])
+    high, low = np.quantile(pivots, [0.975, 0.025])
+    return [back(z - high * se), back(z - low * se)]
+
+
 def test_bootstrap_t_is_the_studentised_recipe_done_draw_by_draw(rng):
-    """The interval from each resample's leave-one-draw-out scores equals the recipe written out:
-    every draw of a resample (a subject drawn twice is two draws) left out in turn, the pivot
-    (z* - z) / se*, and z - t*(0.975) se .. z - t*(0.025) se on Fisher's z, with uneven clip
-    counts and subject names that sort differently as text."""
+    """The stage's bootstrap-t equals the recipe written out, for a model's mean CCC (Fisher's
+    z), its mean MAE (log) and the paired difference of two models' mean CCCs (each resample's
+    own difference, left out draw by draw), with uneven clip counts and subject names that sort
+    differently as text."""
     from models.bootstrap import subject_jackknife
 
     subjects = np.repeat(np.array([3, 10, 2, 7, 5, 1]), [1, 2, 3, 3, 2, 1])
     u = rng.normal(0, 1, (len(subjects), 5))
-    y, p = np.clip(0.5 + 0.1 * u, 0, 1), np.clip(0.5 + 0.08 * u + rng.normal(0, 0.05, u.shape),
-                                                  0, 1)
+    y = np.clip(0.5 + 0.1 * u, 0, 1)
+    pa = np.clip(0.5 + 0.08 * u + rng.normal(0, 0.05, u.shape), 0, 1)
+    pb = np.clip(0.5 + 0.05 * u + rng.normal(0, 0.08, u.shape), 0, 1)
     rows = subject_resamples(subjects, n_boot=40, seed=4)
-    s = bootstrap_scores(y, {"m": p}, rows, jackknife=subject_jackknife(subjects),
-                         subjects=subjects)["m"]
+    s = bootstrap_scores(y, {"a": pa, "b": pb}, rows, jackknife=subject_jackknife(subjects),
+                         subjects=subjects)
 
-    def z_of(idx):  # Fisher's z of the mean CCC over traits on rows idx
-        return np.arctanh(np.mean([ccc(y[idx, j], p[idx, j]) for j in range(5)]))
+    def mean_ccc(p):
+        return lambda idx: np.mean([ccc(y[idx, j], p[idx, j]) for j in range(5)])
 
-    pivots = []
-    for r in rows:
-        draws, start = [], 0  # subject_resamples concatenates whole subjects, draw after draw
-        while start < len(r):
-            size = int((subjects == subjects[r[start]]).sum())
-            draws.append(r[start:start + size])
-            start += size
-        inner = np.array([z_of(np.concatenate(draws[:i] + draws[i + 1:]))
-                          for i in range(len(draws))])
-        se_each = np.sqrt((len(inner) - 1) / len(inner) * ((inner - inner.mean()) ** 2).sum())
-        pivots.append((z_of(r) - z_of(np.arange(len(y)))) / se_each)
-    jack = np.array([z_of(idx) for idx in subject_jackknife(subjects)])
-    se = np.sqrt((len(jack) - 1) / len(jack) * ((jack - jack.mean()) ** 2).sum())
-    high, low = np.quantile(pivots, [0.975, 0.025])
-    z = z_of(np.arange(len(y)))
-    expected = [np.tanh(z - high * se), np.tanh(z - low * se)]
-    got = model_uncertainty(s, "OCEAN", method="bootstrap_t")["mean"]["ccc"]
-    assert got == pytest.approx(expected, abs=1e-9)
-    assert s["drawn"].sum(axis=1).tolist() == [6] * 40  # S draws in every resample
+    ci = model_uncertainty(s["a"], "OCEAN", method="bootstrap_t")["mean"]
+    assert ci["ccc"] == pytest.approx(_bootstrap_t_recipe(
+        mean_ccc(pa), rows, subjects, np.arctanh, np.tanh, len(y)), abs=1e-9)
+    assert ci["mae"] == pytest.approx(_bootstrap_t_recipe(
+        lambda idx: np.abs(y[idx] - pa[idx]).mean(), rows, subjects, np.log, np.exp, len(y)),
+        abs=1e-9)
+    delta = paired(s["a"], s["b"], method="bootstrap_t")["delta_ccc"]
+    assert delta == pytest.approx(_bootstrap_t_recipe(
+        lambda idx: mean_ccc(pa)(idx) - mean_ccc(pb)(idx), rows, subjects, lambda x: x,
+        lambda x: x, len(y)), abs=1e-9)
+    assert s["a"]["drawn"].sum(axis=1).tolist() == [6] * 40  # S draws in every resample
+
+
+def test_bootstrap_t_gives_no_interval_where_resamples_of_one_person_are_common(rng):
+    """With 2 subjects half the resamples draw one person twice, whose own standard error is 0:
+    no interval (it was zero-width, a review found); likewise a trait labelled for 2 of 8
+    subjects, while the other traits keep theirs."""
+    from models.bootstrap import subject_jackknife
+
+    for n_subjects, unlabelled in ((2, 0), (8, 6)):
+        subjects, y, pred = _data(rng, n_subjects)
+        y[np.isin(subjects, np.arange(unlabelled)), 0] = np.nan  # O of the first subjects
+        s = bootstrap_scores(y, {"m": pred}, subject_resamples(subjects, n_boot=300, seed=2),
+                             jackknife=subject_jackknife(subjects), subjects=subjects)["m"]
+        ci = model_uncertainty(s, "OCEAN", method="bootstrap_t")
+        assert np.isnan(ci["O"]["ccc"]).all() and np.isnan(ci["O"]["mae"]).all()
+        if n_subjects == 8:
+            lo, hi = ci["C"]["ccc"]
+            assert lo < s["point"]["ccc"][1] < hi
 
 
 def test_bootstrap_t_needs_each_resamples_own_scores(rng):
