@@ -20,8 +20,9 @@ any output, so it must not invalidate DVC's cache.
 Each worker process runs with one BLAS / OpenMP / OpenCV thread (several workers already share
 the cores) and runs `setup(*setup_args)` once (a model load, a JIT warm-up), not once per job.
 A worker that dies (SIGKILL by the kernel for memory, a crash inside a native library) never hangs
-the map. Without `on_lost` it fails the map at once with an `ExecutorError` naming the job it was
-running. With `on_lost(job, why)` (the per-video stages: one bad video never takes a stage down)
+the map, not even halfway through sending its result (CPython's pool alone would wait for the rest
+for ever: `_Pool.unstick`). Without `on_lost` it fails the map at once with an `ExecutorError`
+naming the job it was running. With `on_lost(job, why)` (the per-video stages: one bad video never takes a stage down)
 the local pool is restarted (a Dask worker by its Nanny), the jobs in flight run again, and the
 dead worker's job runs once more; when it kills a worker a second time its result is `on_lost`'s
 (an error row naming the video), and the map goes on. A remote Dask scheduler retries a task on
@@ -34,17 +35,16 @@ everywhere), so killing a stage leaves no worker behind. A job that hangs (an FF
 never returns) is stopped at its time limit, in the pool or on Dask (`time_limit`: the per-video
 stages give 600 s + 20 s per second of video, or 2 s per kept frame for faces, times
 PERSONALITY_TIME_LIMIT_SCALE, default 1, 0 for none) and is then on_lost's row at once. The
-scheduling itself (order, second tries, time limits) is personality/executor_order.py.
+scheduling itself (order, second tries, time limits) is personality/executor_order.py, what a worker
+runs around each job personality/executor_worker.py.
 """
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import importlib
 import multiprocessing as mp
 import os
-import pickle
 import re
 import signal
 import sys
@@ -57,16 +57,17 @@ from typing import Any, Callable, Iterable, Iterator
 
 from personality.executor_order import (ExecutorError, InOrder, TimeLimit, WorkerLost,
                                         exit_reason, time_limit_s)
+from personality.executor_worker import (THREAD_VARS, _ensure_setup, _pool_call, _pool_init,
+                                         _started, single_thread)
 
 __all__ = ["CLUSTER_ENV", "ExecutorError", "Placement", "placement", "local_processes",
-           "time_limit_s", "map_jobs", "single_thread"]
+           "time_limit_s", "map_jobs", "single_thread", "THREAD_VARS"]
 
 CLUSTER_ENV = "PERSONALITY_CLUSTER"
-# BLAS, OpenMP, numexpr, numba and TFLite (MediaPipe) read these when they load: spawned workers
-# must have them before their first import
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-               "NUMEXPR_NUM_THREADS", "NUMBA_NUM_THREADS", "TFLITE_NUM_THREADS")
-_PARENT_POLL_S = 0.5
+READY_TIMEOUT_S = 1800.0  # a set-up (model load, JIT warm-up) that takes longer is stuck
+START_POLL_S = 0.2  # how often start() looks for a worker that died in its set-up
+DEATH_SEEN_S = 2.0  # the longest start() waits to read a dead worker's exit status
+UNSTICK_S = 5.0  # a dead worker the pool has not noticed by then never will be (_Pool.unstick)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,132 +115,6 @@ def local_processes(n_jobs: int, workers: int, threads_per_job: int = 1) -> Plac
     core, so one process)."""
     per_job = threads_per_job if threads_per_job > 0 else (os.cpu_count() or 1)
     return placement(max(1, min(n_jobs, workers // per_job)), "")
-
-
-# --------------------------------------------------------------------------------------------------
-# inside a worker
-
-
-def single_thread(*, loaded: bool = True) -> None:
-    """One thread per library in this process: one job per process, more would only fight over
-    the cores (env vars for libraries not loaded yet, OpenCV, and with `loaded` threadpoolctl for
-    the BLAS / OpenMP pools already loaded: not inline, where torch shares this process)."""
-    os.environ.update({var: "1" for var in THREAD_VARS if var != "NUMBA_NUM_THREADS"})
-    if loaded:
-        with contextlib.suppress(ImportError):
-            from threadpoolctl import threadpool_limits
-
-            threadpool_limits(1)
-    with contextlib.suppress(ImportError):
-        import cv2
-
-        cv2.setNumThreads(1)
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """Make this worker exit when `parent_pid` does, even when the parent is SIGKILLed and runs no
-    clean-up: the kernel's PR_SET_PDEATHSIG where there is one, and a daemon thread that polls
-    os.getppid() (re-parenting changes it) as the portable fallback."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    if os.getppid() != parent_pid:  # the parent died before the line above took effect
-        os._exit(1)
-
-    def watch() -> None:
-        while True:
-            threading.Event().wait(_PARENT_POLL_S)
-            if os.getppid() != parent_pid:
-                os._exit(1)
-
-    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
-
-
-_SETUP_TOKEN: str | None = None
-
-
-def _ensure_setup(token: str, setup: Callable | None, setup_args: tuple, *,
-                  inline: bool = False) -> None:
-    """Run `setup(*setup_args)` once per process and map call (`token`): a long-lived Dask worker
-    that serves a second stage, or the same stage with other params, sets up again."""
-    global _SETUP_TOKEN
-    if _SETUP_TOKEN == token:
-        return
-    single_thread(loaded=not inline)
-    if setup is not None:
-        setup(*setup_args)
-    _SETUP_TOKEN = token
-
-
-_LEDGER = None  # shared ints: job i runs in process ledger[i] (> 0), or ran there (< 0)
-_READY = None  # a barrier of the pool's workers: start() returns once every one is set up
-_READY_TIMEOUT_S = 0.0  # this worker's wait at the barrier (the parent's READY_TIMEOUT_S)
-_SETUP_ERROR: Exception | None = None  # what setup raised in this worker: every call raises it
-READY_TIMEOUT_S = 1800.0  # a set-up (model load, JIT warm-up) that takes longer is stuck
-START_POLL_S = 0.2  # how often start() looks for a worker that died in its set-up
-DEATH_SEEN_S = 2.0  # the longest start() waits to read a dead worker's exit status
-
-
-def _pool_init(parent_pid: int, ledger, ready, ready_timeout_s: float, token: str,
-               setup: Callable | None, setup_args: tuple) -> None:
-    global _LEDGER, _READY, _READY_TIMEOUT_S, _SETUP_ERROR
-    die_with_parent(parent_pid)
-    _LEDGER, _READY, _READY_TIMEOUT_S = ledger, ready, ready_timeout_s
-    _private_progress_lock()
-    try:
-        _ensure_setup(token, setup, setup_args)
-    except Exception as exc:  # an initializer's exception never reaches the parent: the pool
-        _SETUP_ERROR = exc    # would just break; the first call carries it back instead
-    except BaseException as exc:  # sys.exit() in a model load: the worker would end with code 0
-        _SETUP_ERROR = RuntimeError(f"the stage's set-up raised {type(exc).__name__}"
-                                    f"({getattr(exc, 'code', '')})")
-
-
-def _private_progress_lock() -> None:
-    """A worker that draws progress bars (a model's epochs) locks them with a thread lock: tqdm's
-    default is a multiprocessing lock, a POSIX semaphore that the pool's shutdown leaves behind,
-    and Python then warns of 'leaked semaphore objects' when the stage exits."""
-    with contextlib.suppress(ImportError):
-        from tqdm import tqdm
-
-        tqdm.set_lock(threading.RLock())
-
-
-def _pool_call(fn: Callable, index: int, job: Any) -> Any:
-    if _SETUP_ERROR is not None:
-        raise _SETUP_ERROR
-    if index < 0:
-        return fn(job)
-    _LEDGER[index] = os.getpid()  # running here: if this process dies, job `index` is the culprit
-    try:
-        return _run_job(fn, job)
-    finally:
-        _LEDGER[index] = -os.getpid()  # done (or raised): no longer a culprit
-
-
-def _run_job(fn: Callable, job: Any) -> Any:
-    """fn(job) in a worker, its failure made able to travel back: sys.exit() in a job would end
-    the stage with status 0, and an exception that cannot be unpickled would break the pool and
-    pass for a dead worker."""
-    try:
-        return fn(job)
-    except SystemExit as exc:
-        raise RuntimeError(f"the job called sys.exit({exc.code!r})") from None
-    except Exception as exc:
-        try:
-            pickle.loads(pickle.dumps(exc))
-        except Exception:  # noqa: BLE001 - any failure to round-trip
-            raise RuntimeError(f"{type(exc).__name__}: {exc} (its exception could not be sent "
-                               "back as it was)") from None
-        raise
-
-
-def _started(_job: Any = None) -> int:
-    """Wait until every worker of the pool has run its set-up: each one takes one such call and
-    holds it, so the n calls prove n ready workers (not one worker answering n times)."""
-    _READY.wait(timeout=_READY_TIMEOUT_S)
-    return os.getpid()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -347,6 +222,9 @@ class _Pool:
         self.restart = self.killed = False  # restart: a worker was lost, start at the next submit
         self.raised_in_a_row = 0  # kept maps ended by a job's own exception, one after another
         self.user: InOrder | None = None  # the kept map using the workers, until it ends
+        self.dead_since: float | None = None  # when unstick first saw a dead worker
+        self.ended_here: set[int] = set()  # pids unstick ended: no culprits (post_mortem)
+        self.submitted: dict[int, Future] = {}  # job -> its latest future (post_mortem)
         self.lock = threading.RLock()  # user's changes; re-entrant: a garbage collection in
         #                                KeptWorkers.pool may close an abandoned map right there
 
@@ -371,7 +249,8 @@ class _Pool:
 
     def begin(self) -> list[Future]:
         """Spawn the workers and let them run their set-up, without waiting (start() waits)."""
-        ready, self.killed = self.ctx.Barrier(self.n), False
+        ready, self.killed, self.dead_since = self.ctx.Barrier(self.n), False, None
+        self.ended_here, self.submitted = set(), {}
         self.executor = ProcessPoolExecutor(
             self.n, mp_context=self.ctx, initializer=_pool_init,
             initargs=(os.getpid(), self.ledger, ready, READY_TIMEOUT_S, *self.initargs))
@@ -419,7 +298,8 @@ class _Pool:
             self.restart = False
             self.start()
         self.ledger[i] = 0  # not started: no pid of an earlier pool's worker stays on it
-        return self.executor.submit(_pool_call, fn, i, job)
+        self.submitted[i] = self.executor.submit(_pool_call, fn, i, job)
+        return self.submitted[i]
 
     def started(self, i: int) -> bool:
         return self.ledger[i] > 0
@@ -434,14 +314,48 @@ class _Pool:
         return True
 
     def post_mortem(self, i: int) -> WorkerLost:
-        """After BrokenProcessPool: end the survivors, name the job the dead worker was running
-        (job `i`, whose result or submission broke, when the ledger knows of none)."""
+        """After BrokenProcessPool: end the survivors, name the job the dead worker was running,
+        or was sending the result of (its ledger entry already says done, its future broke),
+        or else job `i`, whose result or submission broke. Workers this pool ended itself
+        (unstick) are not culprits."""
         self.executor.shutdown(wait=True, cancel_futures=True)  # the pool ends the survivors
         dead = {pid: p.exitcode for pid, p in self.processes.items()
-                if p.exitcode not in (0, None, -signal.SIGTERM)}
-        k = ([k for k in range(len(self.ledger)) if self.ledger[k] in dead] or [i])[0]
-        why = exit_reason(dead.get(self.ledger[k])) if self.ledger[k] in dead else "it died"
-        return WorkerLost((k,), why)
+                if p.exitcode not in (0, None, -signal.SIGTERM) and pid not in self.ended_here}
+        sending = [k for k, f in self.submitted.items() if -self.ledger[k] in dead and f.done()
+                   and not f.cancelled() and isinstance(f.exception(), BrokenProcessPool)]
+        k = ([k for k in range(len(self.ledger)) if self.ledger[k] in dead] + sending or [i])[0]
+        pid = abs(self.ledger[k])
+        return WorkerLost((k,), exit_reason(dead[pid]) if pid in dead else "it died")
+
+    def unstick(self) -> None:
+        """CPython's pool never notices a worker that died halfway through sending its result:
+        its manager thread waits for the rest of the message for ever (a SIGKILL while a frames
+        worker sent a video's rows hung a test). A worker dead for UNSTICK_S without the pool
+        broken: the survivors get SIGTERM (not blamed: post_mortem) and this process's end of
+        the result pipe is closed, so the read ends (EOF) and the pool breaks as for any death."""
+        executor = self.executor
+        workers = [*self.processes.values(), *dict(getattr(executor, "_processes", None)
+                                                    or {}).values()]
+        if (executor is None or getattr(executor, "_broken", False)
+                or all(p.exitcode is None for p in workers)):
+            self.dead_since = None
+            return
+        self.dead_since = self.dead_since or time.monotonic()
+        waited = time.monotonic() - self.dead_since
+        if waited < UNSTICK_S:
+            return
+        for process in workers:  # SIGKILL for one that outlived its SIGTERM by UNSTICK_S
+            if process.exitcode is None:
+                self.ended_here.add(process.pid)
+                with contextlib.suppress(Exception):
+                    process.kill() if waited >= 2 * UNSTICK_S else process.terminate()
+        self._close_result_pipe()
+
+    def _close_result_pipe(self) -> None:
+        """Close this process's write end of the workers' result pipe, once no worker will send
+        again: a read left waiting for the rest of a dead worker's message then ends (EOF)."""
+        with contextlib.suppress(Exception):
+            self.executor._result_queue._writer.close()
 
     def kill(self) -> None:
         self.killed = True  # at once: a process may take a moment to die (KeptWorkers' _alive)
@@ -449,6 +363,7 @@ class _Pool:
         for process in [*self.processes.values(), *list(live.values())]:
             with contextlib.suppress(Exception):
                 process.kill()
+        self._close_result_pipe()  # a worker killed halfway through a result: shutdown ends
 
     def shutdown(self) -> None:
         if self.executor is not None:
@@ -469,17 +384,17 @@ def _map_pool(fn, jobs, pool: _Pool, label, on_lost, time_limit, kept: bool) -> 
 
     order = InOrder(lambda i, job: pool.submit(fn, i, job), jobs, pool.n, on_error, label,
                     on_lost=on_lost, is_lost=lambda e: isinstance(e, BrokenProcessPool),
-                    time_limit=limits)
+                    time_limit=limits, watch=pool.unstick)
     pool.user = order if kept else None
     try:
         if not kept:
             pool.start()
         yield from order
         pool.raised_in_a_row = 0
-    except BaseException as exc:  # an error, Ctrl-C, an abandoned generator: no worker outlives
-        with pool.lock:  # it but a kept one after a job's own exception (KeptWorkers starts fresh
-            if not kept or pool.user is order:  # ones); not when closed late (garbage collection)
-                _end_map(pool, order, exc, kept)  # and the next map took the workers over
+    except BaseException as exc:  # an error, Ctrl-C, an abandoned generator (_end_map)
+        with pool.lock:  # kept workers another map took over since (KeptWorkers._take_over): not
+            if not kept or pool.user is order:  # this late close's (garbage collection) to end
+                _end_map(pool, order, exc, kept)
         raise
     finally:
         with pool.lock:
@@ -490,8 +405,9 @@ def _map_pool(fn, jobs, pool: _Pool, label, on_lost, time_limit, kept: bool) -> 
 
 
 def _end_map(pool: _Pool, order: InOrder, exc: BaseException, kept: bool) -> None:
-    """Kill the map's workers, unless they are kept ones and `exc` is a job's own exception after
-    a map that ended well, with no job of this map left running."""
+    """No worker outlives a map that ended badly (KeptWorkers then starts fresh ones), but kept
+    ones after a job's own exception (`exc`) that follows a map that ended well, with no job of
+    this map left running."""
     pool.raised_in_a_row = pool.raised_in_a_row + 1 if exc is order.raised else 0
     if not (kept and pool.raised_in_a_row == 1 and order.settle()):
         pool.kill()

@@ -22,8 +22,8 @@ import threading
 from concurrent.futures import CancelledError, Future, InvalidStateError
 from typing import Any, Callable, Iterator
 
-from personality.executor import (THREAD_VARS, Placement, _child_environment, _ensure_setup,
-                                  _run_job, die_with_parent)
+from personality.executor import Placement, _child_environment
+from personality.executor_worker import THREAD_VARS, _ensure_setup, _run_job, die_with_parent
 from personality.executor_order import InOrder, TimeLimit, WorkerLost
 
 STARTED_TOPIC = "personality-job-started"  # a job's event: {"tag": token:i:serial, "worker": addr}

@@ -49,10 +49,10 @@ class KeptWorkers:
     def pool(self, n_jobs: int) -> _Pool:
         """The started pool for a map of `n_jobs` (map_jobs calls this, in the map's thread):
         the kept one while all its workers live, else a fresh one. Linux's PR_SET_PDEATHSIG
-        (personality.executor.die_with_parent) ends a worker when the *thread* that started it
-        ends: workers started by a short-lived thread (a server's request) die with it, and the
-        next map starts fresh ones (or its job has its second try, when the death lands during
-        it)."""
+        (personality.executor_worker.die_with_parent) ends a worker when the *thread* that
+        started it ends: workers started by a short-lived thread (a server's request) die with
+        it, and the next map starts fresh ones (or its job has its second try, when the death
+        lands during it)."""
         if n_jobs > self.capacity:
             raise ValueError(f"{n_jobs} jobs in one map: these kept workers take at most "
                              f"{self.capacity}")

@@ -1,7 +1,6 @@
 """personality/executor.py's scheduler, shared by the local pool and Dask: jobs kept running one
 per worker, results yielded in job order, a dead worker's jobs run again (`on_lost`), and a job
-over its time limit ended as if its worker had died (`time_limit`, the local pool only; its
-length: `time_limit_s`).
+over its time limit ended as if its worker had died (`time_limit`; its length: `time_limit_s`).
 
 Nothing here runs on its own; tests/test_executor.py runs every map through it.
 """
@@ -18,6 +17,7 @@ from typing import Any, Callable, Iterator
 
 
 MAX_CANCELS = 3  # re-runs of a job whose future is cancelled under the map; then on_lost's row
+WATCH_S = 1.0  # how often a waiting map calls its `watch` (the pool's unstick)
 TIME_LIMIT_ENV = "PERSONALITY_TIME_LIMIT_SCALE"  # per-video job time limits x this (time_limit_s)
 
 
@@ -116,14 +116,14 @@ class InOrder:
     it every job the loss took down (`is_lost(exc)`) runs again, the dead worker's job at most
     twice (once when the loss is `final`) before `on_lost(job, why)` stands in for its result.
     A job over its `time_limit` is ended by it, and on_lost's result at once (no second try: it
-    would hang again). A future cancelled under the map (Dask) runs again, up to MAX_CANCELS
-    times."""
+    would hang again). `watch()` is called every WATCH_S while the map waits. A future
+    cancelled under the map (Dask) runs again, up to MAX_CANCELS times."""
 
     def __init__(self, submit: Callable[[int, Any], Future], jobs: list, n_running: int,
                  on_error: Callable, label: Callable[[Any], str], *,
                  on_lost: Callable[[Any, str], Any] | None = None,
                  is_lost: Callable[[BaseException], bool] = lambda exc: False, ahead: int = 4,
-                 time_limit: TimeLimit | None = None):
+                 time_limit: TimeLimit | None = None, watch: Callable[[], None] | None = None):
         self.submit, self.jobs, self.n_running, self.on_error = submit, jobs, n_running, on_error
         self.label, self.on_lost, self.is_lost, self.ahead = label, on_lost, is_lost, ahead
         self.futures: dict[int, Future] = {}  # submitted, not yet yielded
@@ -133,7 +133,7 @@ class InOrder:
         self.cancels: dict[int, int] = {}  # job -> times its future was cancelled under us
         self.losses, self.budget = 0, max(3, len(jobs) // 20)
         self.next_submit = self.next_yield = 0
-        self.time_limit = time_limit
+        self.time_limit, self.watch = time_limit, watch
         self.raised: BaseException | None = None  # a job's own exception, raised in its turn
 
     def __iter__(self) -> Iterator[Any]:
@@ -175,9 +175,13 @@ class InOrder:
         if not running:
             return
         limit = self.time_limit.wait_s(running) if self.time_limit else None
+        if self.watch is not None:
+            limit = WATCH_S if limit is None else min(limit, WATCH_S)
         wait([self.futures[k] for k in running], timeout=limit, return_when=FIRST_COMPLETED)
         if self.time_limit:
             self.time_limit.enforce([k for k in running if not self.futures[k].done()])
+        if self.watch is not None:
+            self.watch()
 
     def _submit_more(self) -> None:
         running = sum(not f.done() for f in self.futures.values())

@@ -71,6 +71,34 @@ def die_once_on(job: tuple[int, str, str]) -> int:
     return x
 
 
+class DiesWhileSent:
+    """A result whose pickling, in the worker after the job returned (its ledger entry already
+    says done), takes the result pipe's write lock, sends the header of a 1 MiB message and 100
+    of its bytes, and dies: a worker SIGKILLed (the OOM killer) halfway through sending a large
+    result, e.g. a video's frame rows."""
+
+    def __reduce__(self):
+        import inspect
+        import struct
+
+        queue = next(f.frame.f_locals["result_queue"] for f in inspect.stack()
+                     if "result_queue" in f.frame.f_locals)  # concurrent.futures' worker
+        if queue._wlock is not None:
+            queue._wlock.acquire()  # as send_bytes holds it: the other workers wait on it
+        os.write(queue._writer.fileno(), struct.pack("!i", 1 << 20) + bytes(100))
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def die_mid_result_on_one(x: int):
+    return DiesWhileSent() if x == 1 else x
+
+
+def die_mid_result_after_a_second_on_one(x: int):
+    if x == 1:
+        time.sleep(1.0)
+    return die_mid_result_on_one(x)
+
+
 def lost_row(job, why: str) -> str:
     return f"lost {job[0]}: {why}"
 
@@ -245,6 +273,33 @@ def test_a_dead_worker_fails_fast_naming_its_job(where):
     assert time.monotonic() - t0 < 30
     if where.kind == "pool":
         assert "SIGKILL" in str(info.value)
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_that_dies_halfway_through_sending_its_result_hangs_nothing():
+    """CPython's pool waits for the rest of such a message for ever (it hung the frames stage in
+    a kill test): the map notices the dead worker itself, the job has its second try, then is a
+    row, and every other job's result arrives."""
+    t0 = time.monotonic()
+    out = list(map_jobs(die_mid_result_on_one, range(6), workers=2, label=lambda x: f"clip{x}",
+                        where=POOL, on_lost=lost_row_of_int))
+    assert out[:1] + out[2:] == [0, 2, 3, 4, 5] and out[1].startswith(
+        "lost 1: the worker process running it died twice (SIGKILL")
+    assert time.monotonic() - t0 < 60
+
+
+@pytest.mark.timeout(120)
+def test_a_map_ended_while_a_dead_worker_had_sent_half_a_result_ends_at_once():
+    """The consumer stops reading (an exception in its loop, Ctrl-C) after a worker died halfway
+    through sending: the map's end kills the workers and then waits for the pool's shutdown,
+    whose manager thread waited for the rest of that message for ever (a review found it)."""
+    abandoned = map_jobs(die_mid_result_after_a_second_on_one, range(2), workers=2,
+                         where=POOL)
+    assert next(abandoned) == 0
+    time.sleep(3.0)  # job 1's worker has died halfway through its result meanwhile
+    t0 = time.monotonic()
+    abandoned.close()
+    assert time.monotonic() - t0 < 30
 
 
 def test_with_on_lost_a_video_that_kills_its_worker_twice_is_a_row_and_the_rest_go_on(tmp_path):
