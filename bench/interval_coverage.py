@@ -121,12 +121,12 @@ def stats_of(y, p, boot_w, jack_w, subjects):
     values (within_of) of mean CCC, O's CCC and mean MAE."""
     point = pooled(y, p)
     boot, jack = weighted_scores(boot_w, y, p), weighted_scores(jack_w, y, p)
+    traits, drawn = within_of(lambda w: weighted_scores(w, y, p)["ccc"], subjects, boot_w)
     out = {}
     for key, metric, col in (("mean_ccc", "ccc", None), ("O_ccc", "ccc", 0),
                              ("mean_mae", "mae", None)):
         pick = (lambda v: v.mean(axis=-1)) if col is None else (lambda v: v[..., col])
-        inner = None if metric == "mae" else within_of(
-            lambda w, pick=pick: pick(weighted_scores(w, y, p)["ccc"]), subjects, boot_w)
+        inner = None if metric == "mae" else (pick(traits), drawn)  # (B, S) each
         out[key] = (float(pick(point[metric])), pick(boot[metric]), pick(jack[metric]), inner)
     return out
 
@@ -134,14 +134,17 @@ def stats_of(y, p, boot_w, jack_w, subjects):
 def within_of(stat, subjects: np.ndarray, boot_w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """What the stage's bootstrap-t reads (models.bootstrap.bootstrap_scores' "within" and
     "drawn"), vectorised: each resample's statistic with one copy of subject k left out (NaN
-    where k was not drawn), (B, S), and the draw counts (B, S). stat: weights (K, n) -> (K,)."""
+    where k was not drawn), (B, S, ...), and the draw counts (B, S). stat: weights (K, n) ->
+    (K, ...)."""
     ids = np.unique(subjects)
     member = (subjects[None, :] == ids[:, None]).astype(float)  # (S, n)
     drawn = np.rint(boot_w @ member.T / member.sum(axis=1))  # (B, S)
     leave = boot_w[:, None, :] - member[None] * (drawn[..., None] > 0)  # (B, S, n)
     B, S, n = leave.shape
-    values = stat(leave.reshape(B * S, n)).reshape(B, S)
-    return np.where(drawn > 0, values, np.nan), drawn
+    values = stat(leave.reshape(B * S, n))
+    values = values.reshape(B, S, *values.shape[1:])
+    seen = (drawn > 0).reshape(B, S, *[1] * (values.ndim - 2))
+    return np.where(seen, values, np.nan), drawn
 
 
 def intervals(point: float, boot: np.ndarray, jack: np.ndarray, scale: str,

@@ -247,11 +247,11 @@ def _studentised(samples: np.ndarray, estimate: float, jackknife: np.ndarray,
     jack = forward(jackknife[np.isfinite(jackknife)])
     if jack.size < 2:
         return [float("nan"), float("nan")]
-    se = math.sqrt((jack.size - 1) / jack.size * float(((jack - jack.mean()) ** 2).sum()))
+    se = float(_jackknife_se(jack[None], np.ones((1, jack.size)))[0])
     z = float(forward(np.float64(estimate)))
-    pivots = _pivots(forward(samples) - z, _own_se(forward, values, drawn), se)
+    pivots = np.sort(_pivots(forward(samples) - z, _own_se(forward, values, drawn), se))
     tail = (1.0 - level) / 2.0
-    high, low = _quantile(np.sort(pivots), 1.0 - tail), _quantile(np.sort(pivots), tail)
+    high, low = _quantile(pivots, 1.0 - tail), _quantile(pivots, tail)
     if not (math.isfinite(high) and math.isfinite(low)):  # an unbounded tail (tanh would call
         return [float("nan"), float("nan")]               # it -1 or 1): no honest interval
     with np.errstate(over="ignore"):
@@ -281,12 +281,17 @@ def _own_se(forward, values: np.ndarray, drawn: np.ndarray) -> np.ndarray:
     each subject was drawn; 0 with fewer than two such draws."""
     inner = forward(np.where(drawn > 0, values, np.nan))  # (B, S)
     counted = np.where(np.isfinite(inner), drawn, 0.0)
-    inner = np.where(counted > 0, inner, 0.0)
-    draws = counted.sum(axis=1)
+    return _jackknife_se(np.where(counted > 0, inner, 0.0), counted)
+
+
+def _jackknife_se(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """(B,) the jackknife standard error sqrt((n - 1) / n sum (v - mean)^2) of each row of
+    values (B, S), value s counted counts[b, s] times (n = a row's count); 0 under two."""
+    n = counts.sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        centre = (counted * inner).sum(axis=1) / draws
-        spread = (counted * (inner - centre[:, None]) ** 2).sum(axis=1)
-        return np.where(draws >= 2, np.sqrt((draws - 1) / draws * spread), 0.0)
+        centre = (counts * values).sum(axis=1) / n
+        spread = (counts * (values - centre[:, None]) ** 2).sum(axis=1)
+        return np.where(n >= 2, np.sqrt((n - 1) / n * spread), 0.0)
 
 
 def _pivots(deviation: np.ndarray, own_se: np.ndarray, se: float) -> np.ndarray:
