@@ -333,9 +333,7 @@ class _Pool:
         worker sent a video's rows hung a test). A worker dead for UNSTICK_S without the pool
         broken: the survivors get SIGTERM (not blamed: post_mortem) and this process's end of
         the result pipe is closed, so the read ends (EOF) and the pool breaks as for any death."""
-        executor = self.executor
-        workers = [*self.processes.values(), *dict(getattr(executor, "_processes", None)
-                                                    or {}).values()]
+        executor, workers = self.executor, self._workers()
         if (executor is None or getattr(executor, "_broken", False)
                 or all(p.exitcode is None for p in workers)):
             self.dead_since = None
@@ -357,10 +355,15 @@ class _Pool:
         with contextlib.suppress(Exception):
             self.executor._result_queue._writer.close()
 
+    def _workers(self) -> list:
+        """Every worker process: those begin() saw, and the executor's own list (those still
+        starting too)."""
+        live = getattr(self.executor, "_processes", None) or {}
+        return [*self.processes.values(), *list(live.values())]
+
     def kill(self) -> None:
         self.killed = True  # at once: a process may take a moment to die (KeptWorkers' _alive)
-        live = getattr(self.executor, "_processes", None) or {}  # those still starting, too
-        for process in [*self.processes.values(), *list(live.values())]:
+        for process in self._workers():
             with contextlib.suppress(Exception):
                 process.kill()
         self._close_result_pipe()  # a worker killed halfway through a result: shutdown ends
