@@ -24,7 +24,7 @@ models/bootstrap.py's subject resamples and leave-one-subject-out jackknife, and
 with method "percentile", "bca" and "fisher_z" (the default: for CCC tanh(2 atanh(CCC) - mean
 atanh(CCC*) +- t sd(atanh(CCC*))), t Student's 97.5% quantile for S - 1 degrees of freedom; the
 same on log for MAE and on the raw scale for a difference), for the mean CCC over traits (what
-results.md ranks by), trait O's CCC, and the mean MAE; for CCC and a difference also the
+results.md ranks by), trait O's CCC, and the mean MAE; for each also the
 stage's "bootstrap_t" (each resample's leave-one-draw-out values vectorised here as `within_of`,
 checked against the stage's own scoring; the interval is the stage's); beside them, not in the
 stage, the basic interval (2 estimate - the percentile ends) and, for CCC, fisher_z with the
@@ -117,17 +117,20 @@ def population(r: float, law: str) -> dict:
 
 
 def stats_of(y, p, boot_w, jack_w, subjects):
-    """Point, bootstrap (B,), jackknife (S,) and, for the CCCs, bootstrap-t's within-resample
-    values (within_of) of mean CCC, O's CCC and mean MAE."""
+    """Point, bootstrap (B,), jackknife (S,) and bootstrap-t's within-resample values
+    (within_of) of mean CCC, O's CCC and mean MAE."""
     point = pooled(y, p)
     boot, jack = weighted_scores(boot_w, y, p), weighted_scores(jack_w, y, p)
-    traits, drawn = within_of(lambda w: weighted_scores(w, y, p)["ccc"], subjects, boot_w)
+    both = lambda w: np.concatenate([weighted_scores(w, y, p)[m] for m in ("ccc", "mae")],  # noqa: E731
+                                    axis=-1)  # (K, 10): the five CCCs, then the five MAEs
+    values, drawn = within_of(both, subjects, boot_w)  # (B, S, 10), (B, S)
+    within = {"ccc": values[..., :5], "mae": values[..., 5:]}
     out = {}
     for key, metric, col in (("mean_ccc", "ccc", None), ("O_ccc", "ccc", 0),
                              ("mean_mae", "mae", None)):
         pick = (lambda v: v.mean(axis=-1)) if col is None else (lambda v: v[..., col])
-        inner = None if metric == "mae" else (pick(traits), drawn)  # (B, S) each
-        out[key] = (float(pick(point[metric])), pick(boot[metric]), pick(jack[metric]), inner)
+        out[key] = (float(pick(point[metric])), pick(boot[metric]), pick(jack[metric]),
+                    (pick(within[metric]), drawn))  # inner: (B, S) each
     return out
 
 
@@ -174,10 +177,12 @@ def check_against_stage(y, p, subjects, seed, boot_w, jack_w) -> None:
     rows = subject_resamples(subjects, n_boot=len(boot_w), seed=seed)[:50]
     s = bootstrap_scores(y, {"m": p}, rows, jackknife=subject_jackknife(subjects),
                          subjects=subjects)["m"]
-    stage = model_uncertainty(s, "OCEAN", level=LEVEL, method="bootstrap_t")["mean"]["ccc"]
-    point, boot, jack, inner = stats_of(y, p, boot_w[:50], jack_w, subjects)["mean_ccc"]
-    mine = intervals(point, boot, jack, "atanh", inner)["bootstrap_t"]
-    assert np.allclose(stage, mine, atol=1e-9, equal_nan=True), (stage, mine)
+    stage = model_uncertainty(s, "OCEAN", level=LEVEL, method="bootstrap_t")["mean"]
+    mine = stats_of(y, p, boot_w[:50], jack_w, subjects)
+    for metric, scale in (("ccc", "atanh"), ("mae", "log")):
+        point, boot, jack, inner = mine[f"mean_{metric}"]
+        ours = intervals(point, boot, jack, scale, inner)["bootstrap_t"]
+        assert np.allclose(stage[metric], ours, atol=1e-9, equal_nan=True), (stage, ours)
     for metric in ("ccc", "mae"):
         assert np.allclose(s[metric], weighted_scores(boot_w[:50], y, p)[metric], atol=1e-10)
         assert np.allclose(s["jack"][metric], weighted_scores(jack_w, y, p)[metric], atol=1e-10)

@@ -68,8 +68,8 @@ def test_pipeline_bench_times_each_stage_and_groups_them_as_the_readme():
 
 def test_interval_coverage_bench_runs_every_law_and_checks_itself_against_the_stage(tmp_path):
     """A tiny run (5 splits, 50 resamples): every law gives every cell, and the first split of
-    each cell has checked the bench's vectorised CCC and MAE, and the bootstrap-t interval from
-    its vectorised within-resample values, against models.bootstrap's (assertions inside the
+    each cell has checked the bench's vectorised CCC and MAE, and the bootstrap-t intervals of
+    the mean CCC and mean MAE from its vectorised within-resample values, against models.bootstrap's (assertions inside the
     bench, with unequal clip counts under "uneven")."""
     out = tmp_path / "coverage.json"
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "interval_coverage.py"),
@@ -79,8 +79,8 @@ def test_interval_coverage_bench_runs_every_law_and_checks_itself_against_the_st
     result = json.loads(out.read_text())
     laws = ["equal", "uneven", "heavy", "uneven_heavy"]
     assert result["settings"]["laws"] == laws
-    # 4 truths x 2 subject counts x (2 CCC statistics x 6 methods + MAE x 4 methods), per law
-    assert [sum(r["law"] == law for r in result["coverage"]) for law in laws] == [128] * 4
+    # 4 truths x 2 subject counts x (2 CCC statistics x 6 methods + MAE x 5 methods), per law
+    assert [sum(r["law"] == law for r in result["coverage"]) for law in laws] == [136] * 4
     assert all(0 <= r["coverage"] <= 1 for r in result["coverage"])
     assert len(result["equal_models"]) == 4 * 2 * 5
     assert out.with_suffix(".png").stat().st_size > 10_000  # the coverage plot
