@@ -31,12 +31,13 @@ than `max(3, jobs / 20)` dead workers in one map is the machine (memory, a broke
 video: ExecutorError. A job's exception that cannot travel back (unpicklable) or a job that calls
 sys.exit() arrives as a RuntimeError naming what it was. Local workers (pool and LocalCluster)
 die with their parent (PR_SET_PDEATHSIG on Linux, and a thread polling the parent's pid
-everywhere), so killing a stage leaves no worker behind. A job that hangs (an FFmpeg read that
-never returns) is stopped at its time limit, in the pool or on Dask (`time_limit`: the per-video
-stages give 600 s + 20 s per second of video, or 2 s per kept frame for faces, times
-PERSONALITY_TIME_LIMIT_SCALE, default 1, 0 for none) and is then on_lost's row at once. The
-scheduling itself (order, second tries, time limits) is personality/executor_order.py, what a worker
-runs around each job personality/executor_worker.py.
+everywhere), so killing a stage leaves no worker behind; a process that exits while a map it
+stopped reading still runs jobs kills their workers, not waiting for them (_end_abandoned_maps).
+A job that hangs (an FFmpeg read that never returns) is stopped at its time limit, in the pool
+or on Dask (`time_limit`: the per-video stages give 600 s + 20 s per second of video, or 2 s per
+kept frame for faces, times PERSONALITY_TIME_LIMIT_SCALE, default 1, 0 for none) and is then
+on_lost's row at once. The scheduling itself (order, second tries, time limits) is
+personality/executor_order.py, what a worker runs around each job personality/executor_worker.py.
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 from concurrent.futures import FIRST_EXCEPTION, Future, wait
 from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
 from typing import Any, Callable, Iterable, Iterator
@@ -221,7 +223,8 @@ class _Pool:
         self.begun: list[Future] | None = None  # begin()'s set-up answers that start() awaits
         self.restart = self.killed = False  # restart: a worker was lost, start at the next submit
         self.raised_in_a_row = 0  # kept maps ended by a job's own exception, one after another
-        self.user: InOrder | None = None  # the kept map using the workers, until it ends
+        self.user: InOrder | None = None  # the map using the workers, until it ends
+        self.reader: threading.Thread | None = None  # the thread that last read the map
         self.dead_since: float | None = None  # when unstick first saw a dead worker
         self.ended_here: set[int] = set()  # pids unstick ended: no culprits (post_mortem)
         self.submitted: dict[int, Future] = {}  # job -> its latest future (post_mortem)
@@ -388,11 +391,15 @@ def _map_pool(fn, jobs, pool: _Pool, label, on_lost, time_limit, kept: bool) -> 
     order = InOrder(lambda i, job: pool.submit(fn, i, job), jobs, pool.n, on_error, label,
                     on_lost=on_lost, is_lost=lambda e: isinstance(e, BrokenProcessPool),
                     time_limit=limits, watch=pool.unstick)
-    pool.user = order if kept else None
+    with pool.lock:
+        pool.user, pool.reader = order, threading.current_thread()
+    _MAPPING.add(pool)
     try:
         if not kept:
             pool.start()
-        yield from order
+        for result in order:
+            yield result
+            pool.reader = threading.current_thread()  # a map may change hands between results
         pool.raised_in_a_row = 0
     except BaseException as exc:  # an error, Ctrl-C, an abandoned generator (_end_map)
         with pool.lock:  # kept workers another map took over since (KeptWorkers._take_over): not
@@ -405,6 +412,44 @@ def _map_pool(fn, jobs, pool: _Pool, label, on_lost, time_limit, kept: bool) -> 
                 pool.user = None
         if not kept:
             pool.shutdown()
+
+
+_MAPPING: weakref.WeakSet[_Pool] = weakref.WeakSet()  # pools a map has used (_end_abandoned_maps)
+
+
+def _end_abandoned_maps() -> None:
+    """At interpreter exit, before CPython's pools join their manager threads (which wait for
+    every job still running, and for ever for a result a dead worker half sent): kill the
+    workers of each map that no thread will read again, one left suspended by the main thread
+    (its code has ended) or by a daemon thread or one that ended. A consumer that stopped
+    reading while the map stays referenced (a global, an exception's traceback) would otherwise
+    hang the exit until its jobs ended. Not seen: a map left by a thread pool's idle worker
+    thread (alive, not a daemon) when that pool's own exit hook runs after this one."""
+    for pool in _mapping_now():
+        try:  # an exception here would skip the rest of CPython's exit: every thread's join
+            with pool.lock:
+                reader = pool.reader
+                if pool.user is not None and (reader is None or not reader.is_alive() or
+                                              reader is threading.main_thread() or reader.daemon):
+                    pool.kill()
+        except Exception:  # noqa: BLE001 - at exit, nothing is left to tell
+            continue
+
+
+def _mapping_now() -> list[_Pool]:
+    """_MAPPING's pools now; another thread starting a map meanwhile changes the set."""
+    for _ in range(10):
+        with contextlib.suppress(RuntimeError):  # "Set changed size during iteration"
+            return list(_MAPPING)
+    return []
+
+
+# CPython's internal hook: runs before the non-daemon threads are joined, and (in reverse order)
+# before every one registered earlier: concurrent.futures.process's _python_exit, imported above
+with contextlib.suppress(AttributeError, RuntimeError):  # RuntimeError: exit has begun
+    threading._register_atexit(_end_abandoned_maps)
+# a forked child inherits the set, not the maps: its exit must not kill its parent's workers
+os.register_at_fork(after_in_child=_MAPPING.clear)
 
 
 def _end_map(pool: _Pool, order: InOrder, exc: BaseException, kept: bool) -> None:

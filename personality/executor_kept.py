@@ -15,7 +15,8 @@ the job has its second try (with `on_lost`), a job over its time limit has its w
 the workers die with this process. A worker that died while the pool sat idle (the OOM killer) is
 replaced before the next map, and no job is blamed for it (one that dies in the instant the next
 map begins costs that map's job its second try). One map at a time uses them; a map whose consumer
-stopped reading it is ended by the next one (its jobs still running cost their workers).
+stopped reading it is ended by the next one (its jobs still running cost their workers), or at
+this process's exit (personality.executor._end_abandoned_maps).
 """
 from __future__ import annotations
 

@@ -8,6 +8,8 @@ mid-stage) run real stages in subprocesses; they take about a minute.
 """
 from __future__ import annotations
 
+import contextlib
+import multiprocessing as mp
 import os
 import signal
 import subprocess
@@ -15,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from personality import executor
@@ -91,6 +94,13 @@ class DiesWhileSent:
 
 def die_mid_result_on_one(x: int):
     return DiesWhileSent() if x == 1 else x
+
+
+def die_mid_result_later_on_one(x: int):
+    """Job 1 dies halfway through its result 4 s after it started: time to list the workers."""
+    if x == 1:
+        time.sleep(4.0)
+    return die_mid_result_on_one(x)
 
 
 def die_mid_result_after_a_second_on_one(x: int):
@@ -713,6 +723,75 @@ def test_a_ctrl_c_between_the_two_renames_waits_until_both_are_done(tmp_path, mo
         with atomic_dir(tmp_path / "art") as tmp:
             (tmp / "b").write_text("new")
     assert len(calls) == 2 and (tmp_path / "art" / "b").read_text() == "new"
+
+
+# --------------------------------------------------------------------------------------------------
+# a map left suspended when the process exits
+
+ABANDONED = """
+import multiprocessing, sys, time
+from personality.executor import map_jobs
+from personality.executor_kept import KeptWorkers
+from test_executor import die_mid_result_later_on_one
+
+if __name__ == "__main__":
+    how = sys.argv[1]
+    fn, jobs = (die_mid_result_later_on_one, [0, 1]) if how == "half-sent" else \\
+        (time.sleep, [0, 600, 600])  # job 1 is submitted with job 0: one always runs on
+    rows = map_jobs(fn, jobs, workers=2, kept=KeptWorkers(2) if how == "kept" else None)
+    print(next(rows), flush=True)
+    print(*[p.pid for p in multiprocessing.active_children()], flush=True)
+    time.sleep(6.0)  # half-sent: job 1's worker has died halfway through its result meanwhile
+"""  # ends with `rows` suspended, still referenced by the module
+
+
+@pytest.mark.parametrize("how", ["sleeping", "kept", "half-sent"])
+def test_a_process_that_leaves_a_map_unread_exits_at_once(tmp_path, how):
+    """CPython's exit joins each pool's manager thread, which waits for the jobs still running
+    (two 600 s sleeps here) or for ever for a half-sent result: the executor's exit hook kills
+    the workers of a map no thread will read again first, and none outlives the process."""
+    script = tmp_path / "abandon.py"
+    script.write_text(ABANDONED)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]),
+           "PERSONALITY_CLUSTER": ""}
+    proc = subprocess.Popen([sys.executable, str(script), how], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    t0 = time.monotonic()
+    try:
+        out, err = proc.communicate(timeout=90)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # a hang leaves no worker behind either
+    assert proc.returncode == 0, err[-2000:]
+    assert time.monotonic() - t0 < 30
+    pids = [int(pid) for pid in out.split("\n")[1].split()]
+    assert len(pids) == 2
+    time.sleep(0.5)
+    assert not [pid for pid in pids if _running(pid)]
+
+
+def do_nothing() -> None:
+    pass
+
+
+def test_a_forked_child_that_exits_leaves_its_parents_map_alone():
+    """A fork inherits the set of pools with a map under way, and its normal exit runs the exit
+    hook: it must not kill the parent's workers (a review found it did)."""
+    rows = map_jobs(time.sleep, [0, 0, 1, 1], workers=2, where=POOL)
+    assert next(rows) is None
+    child = mp.get_context("fork").Process(target=do_nothing)
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    assert list(rows) == [None] * 3
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 # --------------------------------------------------------------------------------------------------
