@@ -69,7 +69,8 @@ def draw_occlusion(ax: Any, part: Mapping, trait_names: Sequence[str], *, title:
                    vmax=lim or 1, extent=(0, delta.shape[1] * window, len(trait_names) - 0.5,
                                           -0.5), interpolation="nearest")
     ax.set_yticks(range(len(trait_names)), trait_names, fontsize=8)
-    ax.set_xlabel("time (s)")
+    unheard = bool(np.isnan(delta).all(axis=0).any())  # e.g. logmel's centre 3 s of a longer clip
+    ax.set_xlabel("time (s)" + ("; grey: seconds outside the model's view" if unheard else ""))
     ax.set_title(title, fontsize=9)
     ax.figure.colorbar(im, ax=ax, fraction=0.03, pad=0.01, label="score change")
 

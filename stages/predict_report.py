@@ -87,24 +87,42 @@ def draw_report(result: dict, path: Path) -> Path:
     else:
         ax_face.text(0.5, 0.5, "no face crop", ha="center", va="center")
     ax_au = fig.add_subplot(grid[1, :])
-    if data.get("aus"):
-        for name, values in data["aus"].items():
-            ax_au.plot(data["t"], values, label=name)
-        ax_au.set_ylim(-0.1, 5.1)
-        ax_au.set_xlabel("time (s)")
-        ax_au.set_ylabel("intensity (0-5)")
-        ax_au.legend(ncol=6, fontsize=8, loc="upper right")
-        ax_au.set_title("Action Units")
-    else:
-        ax_au.axis("off")
-        ax_au.text(0.5, 0.5, "no AU timeline (audio-only model)", ha="center", va="center")
-    _draw_explanation(fig, grid, rows, result)
+    _draw_aus(ax_au, data)
+    ax_seconds = _draw_explanation(fig, grid, rows, result)
     fig.tight_layout(rect=(0, 0.04 * len(result.get("warnings") or []), 1, 1))
+    if data.get("aus") and ax_seconds is not None:
+        _align_time_axes(ax_au, ax_seconds)
     try:
         fig.savefig(path, dpi=100, format="png")
     finally:
         plt.close(fig)
     return path
+
+
+def _draw_aus(ax, data: dict) -> None:
+    """The AU timeline: six AU intensities against the clip's time."""
+    if not data.get("aus"):
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no AU timeline (audio-only model)", ha="center", va="center")
+        return
+    for name, values in data["aus"].items():
+        ax.plot(data["t"], values, label=name)
+    ax.set_ylim(-0.1, 5.1)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("intensity (0-5)")
+    ax.legend(ncol=6, fontsize=8, loc="upper right")
+    ax.set_title("Action Units")
+
+
+def _align_time_axes(ax_au, ax_seconds) -> None:
+    """The audio strip under the AU timeline reads second by second against it: the same time
+    span, at the same place on the page (the strip's colour bar narrows both a little)."""
+    span = (0.0, max(ax_au.dataLim.x1, ax_seconds.get_xlim()[1]))  # the AUs' last frame, no margin
+    au, strip = ax_au.get_position(), ax_seconds.get_position()
+    x0, x1 = max(au.x0, strip.x0), min(au.x1, strip.x1)
+    for ax, box in ((ax_au, au), (ax_seconds, strip)):
+        ax.set_xlim(*span)
+        ax.set_position([x0, box.y0, x1 - x0, box.height])
 
 
 def _label_bars(ax, scores: list[float], errors: list[float]) -> None:
@@ -126,22 +144,25 @@ def _explanation_rows(explanation: dict | None) -> list[str]:
     return [k for k in ("audio_occlusion", "gradcam", "contributions") if k in kinds]
 
 
-def _draw_explanation(fig, grid, rows: list[str], result: dict) -> None:
-    """One row per explanation kind (the first input key of each kind)."""
+def _draw_explanation(fig, grid, rows: list[str], result: dict):
+    """One row per explanation kind (the first input key of each kind); returns the audio
+    occlusion strip's axes (a time axis), or None."""
     from personality.explain_plots import draw_contributions, draw_gradcam, draw_occlusion
 
     explanation = result["explanation"] if rows else {}
     images = result.get("_report", {}).get("explain_images") or {}
     names = [schemas.TRAIT_NAMES[t] for t in TRAITS]
+    seconds = None
     for i, kind in enumerate(rows):
         key, part = next(iter(explanation[kind].items()))
         if kind == "gradcam":
             draw_gradcam(fig, grid[2 + i, :], part["maps"], images.get(key), names,
                          title=f"Grad-CAM per trait ({key}, layer {part['layer']})")
         elif kind == "audio_occlusion":
-            draw_occlusion(fig.add_subplot(grid[2 + i, :]), part, names,
-                           title=f"audio occlusion ({key}): score minus score with that second "
-                                 f"muted")
+            seconds = fig.add_subplot(grid[2 + i, :])
+            draw_occlusion(seconds, part, names, title=f"audio occlusion ({key}): score minus "
+                                                       f"score with that second muted")
         else:
             draw_contributions(fig.add_subplot(grid[2 + i, :]), part, names,
                                title=f"feature contributions ({key}, {part['method']})")
+    return seconds

@@ -190,6 +190,51 @@ def test_audio_occlusion_marks_seconds_outside_the_view(speech_then_silence):
     assert np.isnan(out["delta"][:, [0, 5]]).all() and np.isfinite(out["delta"][:, 1:5]).all()
 
 
+def test_the_occlusion_strip_says_what_grey_means(speech_then_silence):
+    """A report reader sees grey seconds only where the model does not hear the clip, and the
+    axis says so; a model that hears every second gets no such note."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from personality.explain_plots import draw_occlusion
+
+    _, logmel = speech_then_silence
+    torch.manual_seed(0)
+    model = build_model("logmel_cnn", widths=[8, 16, 32, 64]).eval()
+    labels = []
+    for mode in ("centre", "full"):
+        out = audio_occlusion(model, [_logmel_source(logmel, mode)], "clip", "logmel", step_s=0.01)
+        fig, ax = plt.subplots()
+        draw_occlusion(ax, {"delta": [[None if np.isnan(v) else v for v in row]
+                                      for row in out["delta"]], "window_s": 1.0}, TRAITS)
+        labels.append(ax.get_xlabel())
+        plt.close(fig)
+    assert labels == ["time (s); grey: seconds outside the model's view", "time (s)"]
+
+
+def test_the_audio_strip_lines_up_with_the_au_timeline(monkeypatch, tmp_path):
+    """In predict's report the strip of seconds sits under the AU timeline on the same time
+    span and at the same place on the page, so a second reads against the AUs above it."""
+    from stages import predict_report
+
+    figures = []
+    monkeypatch.setattr("matplotlib.figure.Figure.savefig",
+                        lambda fig, *args, **kwargs: figures.append(fig))
+    t = np.arange(0, 8.95, 0.1)
+    result = {**dict.fromkeys(TRAITS, 0.5), "model": "logmel_cnn", "video": "clip.mp4",
+              "warnings": [], "_report": {"t": t, "aus": {"AU12_r": np.sin(t) + 1}},
+              "explanation": {"kinds": ["audio_occlusion"], "audio_occlusion": {
+                  "logmel": {"delta": [[None, 0.1, 0.2, -0.1, None, None, None, None, None]] * 5,
+                             "window_s": 1.0}}}}
+    predict_report.draw_report(result, tmp_path / "report.png")
+    axes = {ax.get_title().split(" (")[0]: ax for ax in figures[0].axes}
+    au, strip = axes["Action Units"], axes["audio occlusion"]
+    assert au.get_xlim() == strip.get_xlim() == (0.0, 9.0)
+    assert np.allclose([au.get_position().x0, au.get_position().x1],
+                       [strip.get_position().x0, strip.get_position().x1])
+
+
 def test_wave_occlusion(speech_then_silence):
     wave, _ = speech_then_silence
     torch.manual_seed(0)
