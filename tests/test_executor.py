@@ -458,14 +458,14 @@ def test_the_concurrent_future_follows_its_dask_task_through_every_ending():
     assert future.result(timeout=1) == 8
 
 
-@pytest.fixture(scope="module")
-def remote_scheduler(tmp_path_factory):
-    """`dask scheduler` and `dask worker --nworkers 2 --nthreads 1` as README's cluster recipe
-    starts them (the project on both one's PYTHONPATH: the scheduler unpickles every task), with
-    Dask's default allowed-failures (3) and Nanny-managed workers."""
+@contextlib.contextmanager
+def _remote_cluster(folder: Path, workers: list[list[str]], n_workers: int = 2):
+    """`dask scheduler` and the worker command lines (after `dask worker --scheduler-file F`) as
+    README's cluster recipe starts them (the project on both one's PYTHONPATH: the scheduler
+    unpickles every task), with Dask's default allowed-failures (3); yields the placement and
+    the worker processes."""
     from distributed import Client
 
-    folder = tmp_path_factory.mktemp("dask")
     info = folder / "scheduler.json"
     # tests/ too: pytest imports this file as the module test_executor, the jobs' home
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
@@ -477,13 +477,12 @@ def remote_scheduler(tmp_path_factory):
         deadline = time.monotonic() + 60
         while not info.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
-        procs.append(subprocess.Popen([dask, "worker", "--scheduler-file", str(info),
-                                       "--nworkers", "2", "--nthreads", "1", "--no-dashboard"],
-                                      **quiet))
+        procs += [subprocess.Popen([dask, "worker", "--scheduler-file", str(info),
+                                    "--no-dashboard", *args], **quiet) for args in workers]
         with Client(scheduler_file=str(info), timeout=60) as client:
-            client.wait_for_workers(2, timeout=60)
+            client.wait_for_workers(n_workers, timeout=60)
             address = client.scheduler.address
-        yield Placement("dask", 0, address)
+        yield Placement("dask", 0, address), procs[1:]
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -492,6 +491,14 @@ def remote_scheduler(tmp_path_factory):
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+@pytest.fixture(scope="module")
+def remote_scheduler(tmp_path_factory):
+    """A scheduler and `dask worker --nworkers 2 --nthreads 1`: Nanny-managed workers."""
+    with _remote_cluster(tmp_path_factory.mktemp("dask"),
+                         [["--nworkers", "2", "--nthreads", "1"]]) as (where, _):
+        yield where
 
 
 def test_on_a_remote_scheduler_a_hang_is_stopped_and_a_crash_is_final_at_its_report(
@@ -503,6 +510,25 @@ def test_on_a_remote_scheduler_a_hang_is_stopped_and_a_crash_is_final_at_its_rep
     out = list(map_jobs(die_once_on, jobs, workers=2, where=remote_scheduler, on_lost=lost_row))
     assert out[:3] + out[4:] == [0, 1, 2, 4]
     assert out[3].startswith("lost 3: the Dask worker running it died (") and "twice" not in out[3]
+
+
+def test_on_a_worker_without_a_nanny_a_hang_ends_that_worker_and_the_map_goes_on(tmp_path):
+    """`dask worker --no-nanny` (Dask's option for a batch system that restarts workers itself):
+    nobody can restart the worker of a job over its time limit, so it is told to exit; the job
+    is a row and the rest run on the other worker."""
+    from distributed import Client
+
+    alone = ["--no-nanny", "--nthreads", "1"]
+    with _remote_cluster(tmp_path, [alone, alone]) as (where, workers):
+        out = list(map_jobs(hang_on_two, range(5), workers=2, where=where,
+                            time_limit=two_s_for_two, on_lost=lambda x, why: f"lost {x}"))
+        assert out == [0, 1, "lost 2", 3, 4]
+        deadline = time.monotonic() + 30
+        while all(w.poll() is None for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert sorted(w.poll() is None for w in workers) == [False, True]  # the hung one exited
+        with Client(where.address, timeout=30) as client:
+            assert len(client.scheduler_info()["workers"]) == 1
 
 
 def test_with_on_lost_too_many_dead_workers_stop_the_map(tmp_path):
