@@ -80,7 +80,8 @@ from personality.common import (BaseParams, ParamsError, SchemaError, StageInput
 from personality.schemas import TRAITS
 from stages.predict_batch import (VIDEO_EXTENSIONS, WorkerDied, batch_ids, collect_videos,
                                   exit_on_sigterm, run_jobs, safe_video_id, sigterm_exits)
-from stages.predict_frontend import front_end_params, run_front_end, start_front_end_worker
+from stages.predict_frontend import (checked_frontend, front_end_params, run_front_end,
+                                     start_front_end_worker)
 from stages.predict_model import (choose_model, clip_warnings, load_model, missing_inputs,
                                   model_scores, model_warnings, own_test_error, trained_models)
 from stages.predict_report import draw_report, report_data, write_report
@@ -102,21 +103,23 @@ def predict_video(video: Path, *, model: str | None = None, root: Path | None = 
     root = root or repo_root()
     video = Path(video)
     if not video.is_file():
-        raise StageInputError(f"{video}: no such file")
+        raise StageInputError(f"{video}: " + ("no such file" if not video.exists() else
+                                              "is a folder" if video.is_dir() else
+                                              "not a regular file (a pipe or a device?)"))
     loaded = load_model(find_checkpoint(model, root)) if model else None
     with tempfile.TemporaryDirectory(dir=work, prefix=work_prefix()) as tmp:
         work_root = Path(tmp)
-        facts = run_front_end(video, work_root, params_file, _frontend_of(loaded))
+        facts = run_front_end(video, work_root, params_file, _frontend_of(loaded, params_file))
         name = loaded.path.parent.name if loaded else None
         if loaded is None:
             name, ckpt_path = choose_model(root, facts)
             loaded = load_model(ckpt_path)
-            wanted = _frontend_of(loaded)
+            wanted = _frontend_of(loaded, params_file)
             if wanted is not None and wanted != frontend_params(params_file):
                 # the chosen model's data came from other front-end params: its clip is theirs
                 log.info("%s: front-end again with %s's training params", video.name, name)
                 facts = run_front_end(video, work_root, params_file, wanted)
-        frontend = _frontend_of(loaded)
+        frontend = _frontend_of(loaded, params_file)
         facts["frontend_params"] = ("the checkpoint's (its training data's)"
                                     if frontend is not None else
                                     f"{params_file or 'params.yaml'} (the checkpoint keeps none)")
@@ -146,9 +149,12 @@ def predict_video(video: Path, *, model: str | None = None, root: Path | None = 
     return result
 
 
-def _frontend_of(loaded) -> dict | None:
-    """The front-end params a checkpoint keeps (stages/train.py), or None (none kept)."""
-    return loaded.ckpt.get("frontend") if loaded is not None else None
+def _frontend_of(loaded, params_file: Path | None) -> dict | None:
+    """The front-end params a checkpoint keeps (stages/train.py), checked, with this machine's
+    file and folder names (checked_frontend); None when none are kept."""
+    if loaded is None:
+        return None
+    return checked_frontend(loaded.ckpt.get("frontend"), params_file, loaded.path)
 
 
 WORK_PREFIX = "personality-predict-"  # + pid: a later run can tell a dead process's folder
@@ -234,15 +240,23 @@ def score_row(video: Path, report: Path, model: str | None, root: Path | None,
     row = {"video": str(video), "video_id": report.stem, "report": ""}
     try:
         result = predict_video(video, model=model, root=root, explain=explain)
-        write_report(result, report)
     except Exception as exc:  # noqa: BLE001 - one bad file is a row, the batch goes on
         row["error"] = error_text(exc)
         return row
-    row.update(result_row(result), report=str(report))
+    row.update(result_row(result))
+    try:
+        write_report(result, report)
+        row["report"] = str(report)
+    except Exception as exc:  # noqa: BLE001 - a full disk, a drawing bug: the scores stand
+        row["warnings"] = "; ".join(filter(None, [row["warnings"], "no report: "
+                                                  + error_text(exc)]))
     return row
 
 
 def _init_worker() -> None:
+    # Ctrl-C reaches the whole process group: the batch (this worker's parent) stops its
+    # workers itself, and a traceback from each of them would bury its one line
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     start_front_end_worker()  # its set-up overlaps torch's import here
     import torch
 
@@ -273,12 +287,15 @@ def predict_batch(videos: list[Path], out: Path, *, model: str | None = None,
     """Score every video (front-ends in `workers` processes), write out/<video_id>.png and
     out/predictions.csv (one row per video, in the order given; a failed video has its error).
     Returns the table."""
-    from personality.common import atomic_write_text, progress
+    from personality.common import progress
 
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(v, out / f"{vid}.png", model, root, explain)
             for v, vid in zip(videos, batch_ids(videos))]
     rows: list[dict | None] = [None] * len(jobs)
+    # written now with every row pending, then as rows finish: a batch stopped midway leaves
+    # the rows it scored, and never an earlier run's table beside this run's reports
+    saved = _save_table(out, rows, jobs)
     with progress(total=len(jobs), desc="predict", unit="video") as bar:
         for i, row in _score_rows(jobs, workers):
             rows[i] = row
@@ -286,21 +303,43 @@ def predict_batch(videos: list[Path], out: Path, *, model: str | None = None,
             if row.get("error"):
                 log.warning("%s", row["error"] if row["video"] in row["error"]
                             else f"{row['video']}: {row['error']}")
-    table = pd.DataFrame(rows).reindex(columns=CSV_COLUMNS)
-    table["error"] = table["error"].fillna("")
-    atomic_write_text(out / "predictions.csv", table.to_csv(index=False, float_format="%.6g"))
+            if time.monotonic() - saved >= TABLE_EVERY_S:
+                saved = _save_table(out, rows, jobs)
+    _save_table(out, rows, jobs)
     sweep_dead_work()  # work folders of dead processes, idle an hour (a worker killed now: later)
+    return batch_table(rows, jobs)
+
+
+TABLE_EVERY_S = 5.0  # how often a running batch rewrites predictions.csv
+NOT_SCORED = "not scored: the batch stopped before this video"
+
+
+def batch_table(rows: list[dict | None], jobs: list[tuple]) -> pd.DataFrame:
+    """predictions.csv's table: a row per job, in job order; a job not yet done says so."""
+    filled = [row or {"video": str(job[0]), "video_id": job[1].stem, "report": "",
+                      "error": NOT_SCORED} for row, job in zip(rows, jobs)]
+    table = pd.DataFrame(filled).reindex(columns=CSV_COLUMNS)
+    table["error"] = table["error"].fillna("")
     return table
+
+
+def _save_table(out: Path, rows: list[dict | None], jobs: list[tuple]) -> float:
+    """out/predictions.csv, atomically; returns when it was written (time.monotonic)."""
+    atomic_write_text(out / "predictions.csv",
+                      batch_table(rows, jobs).to_csv(index=False, float_format="%.6g"))
+    return time.monotonic()
 
 
 def _single(video: Path, out: Path, model: str | None, explain: bool = True) -> int:
     """One video: prediction.json and report.png in `out`; exit code 2 with one line on error."""
-    if video.is_file():  # a mistyped name fails at once, without a worker or torch's import
+    try:
+        # a mistyped name, a file that is no video or no model fail at once: no worker's start,
+        # no torch import (seconds, and MediaPipe's log lines after the error)
+        _check_before_work(video, model)
         start_front_end_worker()
         from models.registry import list_models
 
         list_models()  # torch, torchvision, every model (~3.5 s) while the worker sets up
-    try:
         result = predict_video(video, model=model, explain=explain)
     except Exception as exc:  # our own errors: one line, not a traceback
         if not is_input_error(exc):
@@ -319,6 +358,17 @@ def _single(video: Path, out: Path, model: str | None, explain: bool = True) -> 
         print(f"warning: {warning}")
     print(f"model {result['model']}; wrote {out / 'prediction.json'} and {out / 'report.png'}")
     return 0
+
+
+def _check_before_work(video: Path, model: str | None) -> None:
+    """StageInputError for a --model with no checkpoint, or a video that cannot be opened as
+    media: the cheap checks that predict_video makes again."""
+    from stages.ingest import probe_video
+
+    if model:
+        find_checkpoint(model, repo_root())
+    if video.is_file():
+        probe_video(video)
 
 
 def write_outputs(result: dict, out: Path) -> None:
@@ -362,8 +412,12 @@ def _batch(args: argparse.Namespace) -> int:
             raise
         log.error("%s", exc)
         return 2
-    table = predict_batch(videos, args.out, model=args.model, workers=workers,
-                          explain=args.explain)
+    try:
+        table = predict_batch(videos, args.out, model=args.model, workers=workers,
+                              explain=args.explain)
+    except OSError as exc:  # a disk filled midway: predictions.csv holds the rows written
+        log.error("cannot write to %s: %s", args.out, exc.strerror or exc)
+        return 1
     failed = int((table["error"] != "").sum())
     print(f"{len(table) - failed} of {len(table)} videos scored; wrote "
           f"{args.out / 'predictions.csv'}" + (f"; {failed} failed (see its error column)"
@@ -388,15 +442,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-explain", dest="explain", action="store_false", help="skip the "
                         "explanations (Grad-CAM, audio occlusion, feature contributions)")
     args = parser.parse_args(argv)
-    if args.out.exists() and not args.out.is_dir():
-        log.error("--out %s: exists and is not a folder; give a folder for the results",
-                  args.out)
+    problem = out_problem(args.out)
+    if problem:
+        log.error("--out %s: %s", args.out, problem)
         return 2
     sweep_dead_work()  # what a predict killed by SIGKILL left
-    with sigterm_exits():  # a killed run unwinds: its work folder goes, no temp is renamed in
-        if len(args.video) == 1 and not args.video[0].is_dir():
-            return _single(args.video[0], args.out, args.model, args.explain)
-        return _batch(args)
+    try:
+        with sigterm_exits():  # a killed run unwinds: its work folder goes, no temp renamed in
+            if len(args.video) == 1 and not args.video[0].is_dir():
+                return _single(args.video[0], args.out, args.model, args.explain)
+            return _batch(args)
+    except KeyboardInterrupt:  # the work folder has gone with the unwinding; nothing half-written
+        log.error("interrupted (Ctrl-C)")
+        return 130
+
+
+def out_problem(out: Path) -> str | None:
+    """Why the results cannot go to the folder `out`, or None: found before any work, so that a
+    read-only or mistyped folder costs no video its scores. A missing `out` is not made here
+    (a run that fails leaves none): its nearest existing parent must take a new entry."""
+    if out.exists() and not out.is_dir():
+        return "exists and is not a folder; give a folder for the results"
+    parent = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
+    if not parent.is_dir():
+        return f"cannot be made: {parent} is not a folder"
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".predict-write-check-"):
+            pass
+    except OSError as exc:
+        return f"cannot write {'there' if parent == out.absolute() else f'in {parent}'}: " \
+               f"{exc.strerror or exc}"
+    return None
 
 
 if __name__ == "__main__":

@@ -18,21 +18,65 @@ from __future__ import annotations
 import dataclasses
 import shutil
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
-from personality.common import (BaseParams, ParamsError, build_dataclass, get_logger,
-                                load_params, read_artifact, repo_root)
+from personality.common import (BaseParams, ParamsError, StageInputError, build_dataclass,
+                                frontend_params, get_logger, load_params, read_artifact,
+                                repo_root)
 from personality.executor import CLUSTER_ENV, ExecutorError, map_jobs, placement, time_limit_s
 from personality.executor_kept import KeptWorkers
 from personality.schemas import TRAITS
 from stages.predict_batch import safe_video_id
 from stages.predict_model import clip_warnings
 
-__all__ = ["front_end_params", "run_front_end", "start_front_end_worker"]
+__all__ = ["checked_frontend", "front_end_params", "run_front_end", "start_front_end_worker"]
 
 log = get_logger("predict")
+
+# front-end params naming a file, folder or URL of the machine that runs predict: never a
+# checkpoint's (an untrusted file would send predict to any path or URL), this machine's own
+MACHINE_LOCAL = {"faces": ("model_path",), "aus": ("openface_dir",)}
+
+
+def checked_frontend(stored: Any, params_file: Path | None, checkpoint: Path) -> dict | None:
+    """A checkpoint's front-end params (None: it keeps none) with the MACHINE_LOCAL fields of
+    this machine's params (or dropped: their defaults), every section read into its stage's
+    params now: a value that is none (a wrong type, fps <= 0) is a ParamsError naming the
+    checkpoint before any work on a video."""
+    if stored is None:
+        return None
+    if not isinstance(stored, dict) or any(v is not None and not isinstance(v, dict)
+                                           for v in stored.values()):
+        raise ParamsError(f"{checkpoint}: its front-end params are not sections of keys")
+    here = frontend_params(params_file)
+    frontend = {section: dict(values or {}) for section, values in stored.items()}
+    for section, keys in MACHINE_LOCAL.items():
+        for key in (k for k in keys if k in frontend.get(section, {})):
+            if key in here.get(section, {}):
+                frontend[section][key] = here[section][key]
+            else:
+                del frontend[section][key]
+    params_of = front_end_params(params_file, frontend)
+    for section, (cls, check) in _frontend_stages().items():
+        try:
+            check(params_of(section, cls))
+        except (ParamsError, StageInputError) as exc:  # the stage's own checks (fps > 0, ...)
+            raise ParamsError(f"{checkpoint}: {exc}") from None
+    return frontend
+
+
+def _frontend_stages() -> dict[str, tuple[type, Callable]]:
+    """Each front-end section's params class and its stage's check of them."""
+    from stages import audio, aus, faces, frames, functionals
+
+    return {section: (cls, getattr(module, "check_params", lambda p: None))
+            for section, module, cls in (
+                ("frames", frames, frames.FramesParams), ("faces", faces, faces.FacesParams),
+                ("aus", aus, aus.AusParams), ("audio", audio, audio.AudioParams),
+                ("functionals", functionals, functionals.FunctionalsParams))}
 
 
 def front_end_params(params_file: Path | None, frontend: dict | None):
@@ -86,8 +130,11 @@ def _stages_inline() -> None:
     then costs little. The worker's environment is this process's when it started."""
     import contextlib
     import os
+    import signal
 
     os.environ[CLUSTER_ENV] = "inline"
+    # Ctrl-C reaches the whole process group: predict (the parent) ends this worker itself
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from stages import audio, aus, faces, frames, functionals  # noqa: F401
 
     with contextlib.suppress(Exception):  # no params.yaml here: the stages' own set-ups say so

@@ -23,8 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from personality.common import StageInputError, find_checkpoint
+from personality.common import StageInputError, find_checkpoint, get_logger
 from personality.schemas import TRAITS
+
+log = get_logger("predict")
 
 __all__ = ["VISUAL_KEYS", "AUDIO_KEYS", "EITHER_KEYS", "trained_models", "validation_ranking",
            "choose_model", "clip_warnings", "missing_inputs", "LoadedModel", "load_model",
@@ -88,7 +90,15 @@ def choose_model(root: Path, facts: dict) -> tuple[str, Path]:
     ranked = [n for n, _ in validation_ranking(root, names)] or names
     for name in ranked:
         path = find_checkpoint(name, root)
-        if not missing_inputs(_inputs_of(path), facts):
+        try:
+            inputs = _inputs_of(path)
+        except Exception as exc:  # noqa: BLE001 - a broken file: the next model, said aloud
+            why = f"the checkpoint of {name}, better on validation, is unreadable, so it " \
+                  f"was passed over: {_named(path, exc, 'not a usable checkpoint')}"
+            log.warning("%s", why)
+            facts.setdefault("warnings", []).append(why)
+            continue
+        if not missing_inputs(inputs, facts):
             return name, path
     raise StageInputError(f"{facts.get('video')}: no trained model can score it: "
                           + "; ".join(clip_warnings(facts)))

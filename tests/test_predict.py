@@ -99,6 +99,28 @@ def test_default_model_is_the_best_on_validation_that_the_clip_can_feed(model_ro
     assert any("no face" in w for w in voice["warnings"])
 
 
+def test_a_broken_best_checkpoint_is_passed_over_aloud(model_root, tmp_path_factory):
+    """The best model on validation has a corrupt checkpoint: the next one the clip can feed
+    scores it, and the result says which was passed over and why (before: every video failed)."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("broken_best")
+    shutil.copytree(model_root, root, dirs_exist_ok=True)
+    best = root / "data" / "models" / "perfex_cnn" / "best.pt"
+    second = root / "data" / "models" / "second" / "best.pt"  # a face model, second on val
+    second.parent.mkdir()
+    shutil.copy(best, second)
+    evaluation = json.loads((root / "metrics" / "evaluate.json").read_text())
+    evaluation["selection"]["val"]["second"] = {"ccc": 0.4}
+    (root / "metrics" / "evaluate.json").write_text(json.dumps(evaluation))
+    best.write_bytes(best.read_bytes()[: best.stat().st_size // 2])
+    out = predict.predict_video(real_fixture("single_face.mp4"), root=root,
+                                work=tmp_path_factory.mktemp("w"))
+    assert out["checkpoint"] == str(second)
+    assert any("perfex_cnn, better on validation, is unreadable" in w and str(best) in w
+               for w in out["warnings"])
+
+
 def test_report_shows_the_warnings(model_root, tmp_path, monkeypatch):
     import cv2
 

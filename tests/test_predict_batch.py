@@ -124,3 +124,85 @@ def test_batch_gives_a_row_to_every_name_of_one_file(tmp_path, au_checkpoint):
     assert (table["error"] == "").all()
     scores = table[list("OCEAN")].to_numpy(float)  # (3, 5): one file, the same scores
     assert np.abs(scores - scores[0]).max() <= 1e-6
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path, caplog,
+                                                                            monkeypatch):
+    """A batch scored every video, then died with a traceback writing predictions.csv (one
+    video: it scored, then threw the scores away): the folder is checked first now."""
+    clip = str(real_fixture("single_face.mp4"))
+    blocker = tmp_path / "results.txt"
+    blocker.write_text("a file, not a folder")
+    scored = []
+    monkeypatch.setattr(predict, "predict_video", lambda *a, **k: scored.append(a))
+    for videos in ([clip], [clip, clip + ".copy"]):
+        assert predict.main([*videos, "--out", str(blocker / "sub")]) == 2
+        assert f"{blocker} is not a folder" in caplog.text
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", read_only)
+    assert predict.main([clip, "--out", str(tmp_path / "ro")]) == 2
+    assert "cannot write in" in caplog.text and "Permission denied" in caplog.text
+    assert not scored and not (tmp_path / "ro").exists()
+
+
+def test_a_report_that_cannot_be_written_keeps_the_videos_scores(au_checkpoint, tmp_path,
+                                                                  monkeypatch):
+    def disk_full(result, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(predict, "write_report", disk_full)
+    row = predict.score_row(real_fixture("single_face.mp4"), tmp_path / "clip.png",
+                            str(au_checkpoint), None)
+    assert row["error"] == "" and row["report"] == "" and 0 <= row["O"] <= 1
+    assert "no report: " in row["warnings"] and "No space left" in row["warnings"]
+
+
+def test_a_batch_stopped_midway_leaves_the_rows_it_scored_and_no_earlier_table(
+        tmp_path, monkeypatch):
+    """Ctrl-C after the first video: predictions.csv holds that video's row and says the others
+    were not scored; an earlier run's table (another model's scores) is gone, not left beside
+    this run's reports."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "predictions.csv").write_text("video,O\nold.mp4,0.9\n")
+    videos = [tmp_path / f"clip{i}.mp4" for i in range(3)]
+
+    def first_then_ctrl_c(jobs, workers):
+        yield 0, {"video": str(jobs[0][0]), "video_id": "clip0", "report": "", "O": 0.25,
+                  "model": "m", "error": ""}
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predict, "_score_rows", first_then_ctrl_c)
+    monkeypatch.setattr(predict, "TABLE_EVERY_S", 0.0)
+    with pytest.raises(KeyboardInterrupt):
+        predict.predict_batch(videos, out)
+    table = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    assert list(table["video_id"]) == ["clip0", "clip1", "clip2"]
+    assert float(table["O"][0]) == 0.25 and list(table["error"]) == ["", *[predict.NOT_SCORED] * 2]
+
+
+def test_ctrl_c_is_one_line_and_exit_code_130(tmp_path, caplog, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predict, "_single", interrupted)
+    assert predict.main([str(real_fixture("single_face.mp4")), "--out", str(tmp_path / "o")]) \
+        == 130
+    assert "interrupted (Ctrl-C)" in caplog.text
+
+
+def test_a_pipe_is_not_called_a_missing_file(tmp_path):
+    import os
+
+    from personality.common import StageInputError
+
+    fifo = tmp_path / "clip.mp4"
+    os.mkfifo(fifo)
+    with pytest.raises(StageInputError, match="not a regular file"):
+        predict.predict_video(fifo)
+    with pytest.raises(StageInputError, match="is a folder"):
+        predict.predict_video(tmp_path)

@@ -91,3 +91,28 @@ def test_a_checkpoint_whose_front_end_params_this_version_cannot_read_says_so(tm
     with pytest.raises(ParamsError, match=r"checkpoint keeps front-end params this version "
                        r"cannot read \(faces.old_margin: unknown key.*retrain it"):
         predict_frontend.run_front_end(real_fixture(CLIP), tmp_path / "w", frontend=old)
+
+
+def test_a_checkpoint_never_names_the_files_and_folders_predict_reads(tmp_path):
+    """A checkpoint is an untrusted file: front-end fields that name a file, folder or URL (the
+    face model, the OpenFace CSV folder) come from this machine's params, never from it (a
+    tampered one made predict fetch a URL, hash /etc/passwd and score a clip from CSVs outside
+    the data root); every other value it keeps is checked before any work, naming it."""
+    params = tmp_path / "params.yaml"
+    params.write_text("faces:\n  model_path: ''\naus:\n  openface_dir: data/openface\n")
+    ckpt = tmp_path / "evil" / "best.pt"
+    stored = {"faces": {"model_path": "http://127.0.0.1:8765/evil.task", "margin": 0.1},
+              "aus": {"backend": "openface_csv", "openface_dir": "../../../tmp/evil"},
+              "frames": {"fps": 5.0}}
+    frontend = predict_frontend.checked_frontend(stored, params, ckpt)
+    assert frontend["faces"]["model_path"] == ""  # this machine's
+    assert frontend["aus"] == {"backend": "openface_csv", "openface_dir": "data/openface"}
+    assert frontend["frames"] == {"fps": 5.0} and stored["faces"]["model_path"].startswith("http")
+    with pytest.raises(ParamsError, match=r"evil/best.pt: frames.fps"):
+        predict_frontend.checked_frontend({"frames": {"fps": -5.0}}, params, ckpt)
+    with pytest.raises(ParamsError, match=r"evil/best.pt: its front-end params are not"):
+        predict_frontend.checked_frontend({"frames": [1, 2]}, params, ckpt)
+    assert predict_frontend.checked_frontend(None, params, ckpt) is None
+    params.write_text("faces:\n  model_path: ''\n")  # OpenFace AUs, and no folder of them here
+    with pytest.raises(ParamsError, match=r"evil/best.pt: aus.openface_dir: set it"):
+        predict_frontend.checked_frontend(stored, params, ckpt)
