@@ -106,15 +106,32 @@ def read_checkpoint(path: str | os.PathLike, *, map_location: str = "cpu") -> di
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # pickle errors of every kind: name the file
-        raise EngineError(f"{path}: {_why(exc)}") from None
+        raise EngineError(f"{path}: {_why(exc, _head(path))}") from None
     if not isinstance(ckpt, dict):
         raise EngineError(f"{path}: not a checkpoint (a {type(ckpt).__name__})")
     return ckpt
 
 
-def _why(exc: Exception) -> str:
+def _head(path: Path) -> bytes:
+    """The file's first bytes ("" when unreadable)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4)
+    except OSError:
+        return b""
+
+
+# how torch.save's files begin: a zip archive (since torch 1.6), or a bare pickle (protocol 2+)
+_CHECKPOINT_HEADS = (b"PK\x03\x04", b"\x80")
+
+
+def _why(exc: Exception, head: bytes = b"PK\x03\x04") -> str:
     """torch's reason in one line, without its advice to retry with weights_only=False (which
-    would run the file's code)."""
+    would run the file's code); for bytes no torch.save wrote (`head`), that instead of torch's
+    opaque KeyError or IndexError."""
+    if not head.startswith(_CHECKPOINT_HEADS):
+        return ("not a PyTorch checkpoint: neither torch's zip format nor a pickle (a text "
+                "file, a video renamed .pt, a download that failed?)")
     text = str(exc)
     if text.startswith("Weights only load failed"):
         detail = [line.strip() for line in text.splitlines()[1:] if line.strip()

@@ -167,17 +167,20 @@ def is_checkpoint_path(model: str, root: Path | None = None) -> bool:
 
 
 def find_checkpoint(model: str, root: Path | None = None) -> Path:
-    """A checkpoint path from a model name or a path. Names are looked up where the stages put
-    them: data/models/NAME/best.pt (train), data/retrained/models/NAME/best.pt (retrain: NAME ends
-    in "+retrained"). Raises StageInputError saying where it looked."""
+    """A checkpoint path from a model name or a path (a relative one from the current folder,
+    else from the repo root). Names are looked up where the stages put them:
+    data/models/NAME/best.pt (train), data/retrained/models/NAME/best.pt (retrain: NAME ends in
+    "+retrained"). Raises StageInputError saying where it looked."""
     root = root or repo_root()
     path = Path(model)
     if is_checkpoint_path(model, root):
-        path = path if path.is_absolute() else root / path
+        if not path.is_absolute():
+            path = path.absolute() if path.exists() else root / path
         if path.is_dir():
             raise StageInputError(f"{path}: is a directory, not a checkpoint file")
         if not path.is_file():
-            raise StageInputError(f"{path}: checkpoint not found")
+            raise StageInputError(f"{path}: checkpoint not found" + (
+                "" if Path(model).is_absolute() else f" (nor under {Path.cwd()})"))
         return path
     candidates = [root / "data" / "models" / model / "best.pt",
                   root / "data" / "retrained" / "models" / model / "best.pt"]

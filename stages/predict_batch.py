@@ -51,8 +51,11 @@ def collect_videos(paths: list[Path]) -> list[Path]:
     out: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            out += sorted(f for f in path.rglob("*")
-                          if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS)
+            found = sorted(f for f in path.rglob("*")
+                           if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS)
+            if not found:  # a folder gives no row: the log says so, not silence
+                log.warning("%s: no video (%s) under it", path, " ".join(VIDEO_EXTENSIONS))
+            out += found
         else:
             out.append(path)
     unique: dict[str, Path] = {}

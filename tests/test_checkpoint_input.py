@@ -114,10 +114,13 @@ def test_a_file_that_is_no_checkpoint_is_called_that(tmp_path):
     text.write_text("not a checkpoint\n")
     video = tmp_path / "video.pt"
     video.write_bytes(real_fixture("single_face.mp4").read_bytes())
-    for path in (text, video):
+    hello, noise = tmp_path / "hello.pt", tmp_path / "noise.pt"  # torch: KeyError '101' and
+    hello.write_text("hello world\n")  # IndexError 'pop from empty list', its own words
+    noise.write_bytes(bytes(range(1, 128)) * 40)
+    for path in (text, video, hello, noise):
         with pytest.raises(EngineError) as caught:
             read_checkpoint(path)
-        assert str(caught.value).startswith(f"{path}: not a PyTorch checkpoint (")
+        assert str(caught.value).startswith(f"{path}: not a PyTorch checkpoint: neither torch's")
         assert "objects other than" not in str(caught.value)
     with pytest.raises(EngineError, match="is a directory, not a checkpoint file"):
         read_checkpoint(tmp_path)

@@ -271,6 +271,22 @@ def test_find_checkpoint_says_a_folder_is_a_folder(tmp_path):
         common.find_checkpoint(str(tmp_path / "absent.pt"))
 
 
+def test_a_relative_checkpoint_path_is_read_from_the_current_folder_first(tmp_path,
+                                                                           monkeypatch):
+    """`predict --model models/x.pt` run from the folder holding it (a user's own checkpoint):
+    it was looked up under the repo root only, and not found."""
+    root, here = tmp_path / "repo", tmp_path / "elsewhere"
+    (here / "models").mkdir(parents=True)
+    (here / "models" / "x.pt").write_bytes(b"weights")
+    (root / "models").mkdir(parents=True)
+    (root / "models" / "y.pt").write_bytes(b"weights")
+    monkeypatch.chdir(here)
+    assert common.find_checkpoint("models/x.pt", root) == here / "models" / "x.pt"
+    assert common.find_checkpoint("models/y.pt", root) == root / "models" / "y.pt"
+    with pytest.raises(StageInputError, match=f"nor under {here}"):
+        common.find_checkpoint("models/z.pt", root)
+
+
 def test_by_video_turns_a_map_into_a_sorted_list_dvc_shows_no_column_of():
     from personality.common import by_video
 

@@ -41,9 +41,11 @@ def folder(tmp_path):
     return root
 
 
-def test_collect_videos_recurses_and_keeps_video_extensions(folder):
-    videos = predict.collect_videos([folder, folder / "session0" / "clip0.mp4"])
+def test_collect_videos_recurses_and_keeps_video_extensions(folder, tmp_path, caplog):
+    (tmp_path / "empty").mkdir()
+    videos = predict.collect_videos([folder, folder / "session0" / "clip0.mp4", tmp_path / "empty"])
     assert len(videos) == 5 and all(v.suffix.lower() == ".mp4" for v in videos)
+    assert f"{tmp_path / 'empty'}: no video" in caplog.text  # a name that gives no row is told
     assert predict.batch_ids([folder / "a" / "x.mp4", folder / "b" / "x.mp4"]) == ["x", "x_2"]
 
 
