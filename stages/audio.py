@@ -74,7 +74,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import numpy as np
 import pandas as pd
@@ -175,24 +175,38 @@ class AudioParams:
 # demux
 
 
+MAX_BAD_AUDIO_PACKETS = 50  # more corrupt packets than this and the track counts as unreadable
+
+
 def decode_audio(path: str | os.PathLike, *, sr: int, max_seconds: float) -> np.ndarray | None:
     """The first audio stream of `path`, resampled to `sr` Hz mono float32, shape (n,); at most
-    `max_seconds` of it. None when the file has no audio stream. Raises StageInputError naming the
-    file when it cannot be opened or decoded."""
+    `max_seconds` of it. None when the file has no audio stream. A packet that fails to decode
+    (a corrupt stretch) becomes silence of its length, so the rest keeps its time, up to
+    MAX_BAD_AUDIO_PACKETS (logged); raises StageInputError naming the file when it cannot be
+    opened, or has more bad packets than that."""
     import av
 
     limit = int(math.ceil(max_seconds * sr))
-    chunks, n = [], 0
+    chunks, bad = [], 0
     try:
         with av.open(str(path)) as container:
             if not container.streams.audio:
                 return None
             stream = container.streams.audio[0]
             resampler = av.AudioResampler(format="flt", layout="mono", rate=sr)
-            for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))  # (1, k) packed mono -> (k,)
-                    n += chunks[-1].size
+            n = 0
+            for frames in _audio_packets(container, stream, sr):
+                if isinstance(frames, int):  # a bad packet: its samples of silence
+                    bad += 1
+                    if bad > MAX_BAD_AUDIO_PACKETS:
+                        raise StageInputError(f"more than {MAX_BAD_AUDIO_PACKETS} corrupt "
+                                              "packets")
+                    decoded = [np.zeros(frames, np.float32)]
+                else:  # (1, k) packed mono -> (k,)
+                    decoded = [out.to_ndarray().reshape(-1) for frame in frames
+                               for out in resampler.resample(frame)]
+                chunks += decoded
+                n += sum(c.size for c in decoded)
                 if n >= limit:
                     break
             else:
@@ -201,8 +215,22 @@ def decode_audio(path: str | os.PathLike, *, sr: int, max_seconds: float) -> np.
     except Exception as exc:  # PyAV raises many kinds (InvalidDataError, OSError, ValueError...)
         raise StageInputError(f"{path}: audio cannot be decoded: {type(exc).__name__}: {exc}"
                               ) from None
+    if bad:
+        log.warning("%s: %d corrupt audio packet(s) read as silence", path, bad)
     y = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     return np.ascontiguousarray(y[:limit], dtype=np.float32)
+
+
+def _audio_packets(container, stream, sr: int) -> Iterator[list | int]:
+    """Per packet of `stream`: its decoded frames, or (it failed to decode) the number of
+    samples at `sr` it would have held (0 when it gives no duration)."""
+    for packet in container.demux(stream):
+        try:
+            yield packet.decode()
+        except Exception:  # noqa: BLE001 - PyAV's decode errors come in many kinds
+            seconds = float(packet.duration * packet.time_base) if packet.duration and \
+                packet.time_base else 0.0
+            yield int(round(seconds * sr))
 
 
 # --------------------------------------------------------------------------------------------------

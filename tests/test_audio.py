@@ -250,6 +250,33 @@ def test_corrupt_and_missing_files_are_reported_and_the_others_go_on(tmp_path, r
 # the stage on the tiny synthetic dataset, two spawned workers
 
 
+def test_a_corrupt_stretch_costs_its_seconds_not_the_whole_track(tmp_path, caplog):
+    """A clip whose middle is damaged (bytes flipped in 30-50% of the file): the packets that no
+    longer decode are read as silence of their length, the rest of the track keeps its samples
+    and its time (the whole track was refused before, and the clip scored without its voice);
+    too many bad packets still refuse it, naming the file."""
+    src = real_fixture("no_face.mp4")
+    data = bytearray(src.read_bytes())
+    for i in range(int(len(data) * 0.3), int(len(data) * 0.5), 50):
+        data[i] ^= 0xFF
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(bytes(data))
+    clean = audio.decode_audio(src, sr=16000, max_seconds=600)
+    with caplog.at_level(logging.WARNING):
+        y = audio.decode_audio(damaged, sr=16000, max_seconds=600)
+    assert abs(len(y) - len(clean)) <= 16  # a millisecond: the time axis holds
+    assert "corrupt audio packet(s) read as silence" in caplog.text and "damaged.mp4" in caplog.text
+    head = int(0.2 * len(clean))  # before the damage: the same samples
+    assert np.allclose(y[:head], clean[:head], atol=1e-6)
+    assert np.corrcoef(y[-head:], clean[-head:])[0, 1] > 0.99  # after it, in time (to ~1e-3)
+    with pytest.raises(audio.StageInputError, match="damaged.mp4: .*more than 2 corrupt"):
+        audio.MAX_BAD_AUDIO_PACKETS, saved = 2, audio.MAX_BAD_AUDIO_PACKETS
+        try:
+            audio.decode_audio(damaged, sr=16000, max_seconds=600)
+        finally:
+            audio.MAX_BAD_AUDIO_PACKETS = saved
+
+
 def test_stage_on_the_tiny_dataset(tiny_dataset, tmp_path):
     (tmp_path / "data").mkdir()
     for name in ("manifest.parquet", "clips.parquet"):
