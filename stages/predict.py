@@ -58,6 +58,7 @@ stage).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -75,13 +76,16 @@ import pandas as pd
 from personality import schemas
 from personality.common import (BaseParams, ParamsError, SchemaError, StageInputError,
                                 atomic_file, atomic_write_text, find_checkpoint,
-                                frontend_params, get_logger, load_params, pid_alive,
+                                get_logger, load_params, pid_alive,
                                 repo_root, sweep_stale_temps)
+from personality.executor_worker import die_with_parent
 from personality.schemas import TRAITS
-from stages.predict_batch import (VIDEO_EXTENSIONS, WorkerDied, batch_ids, collect_videos,
+from stages import predict_batch as batch_files
+from stages.predict_batch import (VIDEO_EXTENSIONS, WorkerDied, batch_ids, batch_table,
+                                  collect_videos, save_table,
                                   exit_on_sigterm, run_jobs, safe_video_id, sigterm_exits)
-from stages.predict_frontend import (checked_frontend, front_end_params, run_front_end,
-                                     start_front_end_worker)
+from stages.predict_frontend import (checked_frontend, front_end_params, resolved_frontend,
+                                     run_front_end, start_front_end_worker)
 from stages.predict_model import (choose_model, clip_warnings, load_model, missing_inputs,
                                   model_scores, model_warnings, own_test_error, trained_models)
 from stages.predict_report import draw_report, report_data, write_report
@@ -102,23 +106,23 @@ def predict_video(video: Path, *, model: str | None = None, root: Path | None = 
     and checked before any work on the video (`load_model`)."""
     root = root or repo_root()
     video = Path(video)
-    if not video.is_file():
-        raise StageInputError(f"{video}: " + ("no such file" if not video.exists() else
-                                              "is a folder" if video.is_dir() else
-                                              "not a regular file (a pipe or a device?)"))
+    _refuse_non_file(video)
     loaded = load_model(find_checkpoint(model, root)) if model else None
     with tempfile.TemporaryDirectory(dir=work, prefix=work_prefix()) as tmp:
         work_root = Path(tmp)
         facts = run_front_end(video, work_root, params_file, _frontend_of(loaded, params_file))
         name = loaded.path.parent.name if loaded else None
+        passed_over: list[str] = []
         if loaded is None:
-            name, ckpt_path = choose_model(root, facts)
+            name, ckpt_path, passed_over = choose_model(root, facts)
             loaded = load_model(ckpt_path)
             wanted = _frontend_of(loaded, params_file)
-            if wanted is not None and wanted != frontend_params(params_file):
+            if wanted is not None and (resolved_frontend(params_file, wanted)
+                                       != resolved_frontend(params_file, None)):
                 # the chosen model's data came from other front-end params: its clip is theirs
                 log.info("%s: front-end again with %s's training params", video.name, name)
                 facts = run_front_end(video, work_root, params_file, wanted)
+        facts["warnings"] = [*passed_over, *facts.get("warnings", [])]
         frontend = _frontend_of(loaded, params_file)
         facts["frontend_params"] = ("the checkpoint's (its training data's)"
                                     if frontend is not None else
@@ -147,6 +151,14 @@ def predict_video(video: Path, *, model: str | None = None, root: Path | None = 
         result["explanation"] = explanation
     result["_report"] = drawn
     return result
+
+
+def _refuse_non_file(video: Path) -> None:
+    """StageInputError for a video path that is not a regular file, saying what it is."""
+    if not video.is_file():
+        raise StageInputError(f"{video}: " + ("no such file" if not video.exists() else
+                                              "is a folder" if video.is_dir() else
+                                              "not a regular file (a pipe or a device?)"))
 
 
 def _frontend_of(loaded, params_file: Path | None) -> dict | None:
@@ -208,10 +220,6 @@ def _explanation(net, sources, vid: str, params_of) -> tuple[dict, dict]:
 # --------------------------------------------------------------------------------------------------
 # batch mode: several videos or folders -> one predictions.csv beside one report PNG per video
 
-CSV_COLUMNS = ["video", "video_id", *TRAITS, "model", "face_share", "has_audio", "audio_silent",
-               "voiced_share", "warnings", "error", "report"]
-
-
 def is_input_error(exc: BaseException) -> bool:
     """Our own error kinds: bad input (a video, params, a checkpoint), one line naming the file."""
     return isinstance(exc, (StageInputError, ParamsError, SchemaError)) or \
@@ -257,6 +265,7 @@ def _init_worker() -> None:
     # Ctrl-C reaches the whole process group: the batch (this worker's parent) stops its
     # workers itself, and a traceback from each of them would bury its one line
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(os.getppid())  # a batch killed outright (SIGKILL) leaves no worker behind
     start_front_end_worker()  # its set-up overlaps torch's import here
     import torch
 
@@ -295,39 +304,24 @@ def predict_batch(videos: list[Path], out: Path, *, model: str | None = None,
     rows: list[dict | None] = [None] * len(jobs)
     # written now with every row pending, then as rows finish: a batch stopped midway leaves
     # the rows it scored, and never an earlier run's table beside this run's reports
-    saved = _save_table(out, rows, jobs)
-    with progress(total=len(jobs), desc="predict", unit="video") as bar:
-        for i, row in _score_rows(jobs, workers):
-            rows[i] = row
-            bar.update(1)
-            if row.get("error"):
-                log.warning("%s", row["error"] if row["video"] in row["error"]
-                            else f"{row['video']}: {row['error']}")
-            if time.monotonic() - saved >= TABLE_EVERY_S:
-                saved = _save_table(out, rows, jobs)
-    _save_table(out, rows, jobs)
+    saved = save_table(out, rows, jobs)
+    try:
+        with progress(total=len(jobs), desc="predict", unit="video") as bar:
+            for i, row in _score_rows(jobs, workers):
+                rows[i] = row
+                bar.update(1)
+                if row.get("error"):
+                    log.warning("%s", row["error"] if row["video"] in row["error"]
+                                else f"{row['video']}: {row['error']}")
+                if time.monotonic() - saved >= batch_files.TABLE_EVERY_S:
+                    saved = save_table(out, rows, jobs, strict=False)
+    except BaseException:  # Ctrl-C, SIGTERM, a failure: the rows scored so far stay
+        with contextlib.suppress(OSError):
+            save_table(out, rows, jobs)
+        raise
+    save_table(out, rows, jobs)
     sweep_dead_work()  # work folders of dead processes, idle an hour (a worker killed now: later)
     return batch_table(rows, jobs)
-
-
-TABLE_EVERY_S = 5.0  # how often a running batch rewrites predictions.csv
-NOT_SCORED = "not scored: the batch stopped before this video"
-
-
-def batch_table(rows: list[dict | None], jobs: list[tuple]) -> pd.DataFrame:
-    """predictions.csv's table: a row per job, in job order; a job not yet done says so."""
-    filled = [row or {"video": str(job[0]), "video_id": job[1].stem, "report": "",
-                      "error": NOT_SCORED} for row, job in zip(rows, jobs)]
-    table = pd.DataFrame(filled).reindex(columns=CSV_COLUMNS)
-    table["error"] = table["error"].fillna("")
-    return table
-
-
-def _save_table(out: Path, rows: list[dict | None], jobs: list[tuple]) -> float:
-    """out/predictions.csv, atomically; returns when it was written (time.monotonic)."""
-    atomic_write_text(out / "predictions.csv",
-                      batch_table(rows, jobs).to_csv(index=False, float_format="%.6g"))
-    return time.monotonic()
 
 
 def _single(video: Path, out: Path, model: str | None, explain: bool = True) -> int:
@@ -367,8 +361,8 @@ def _check_before_work(video: Path, model: str | None) -> None:
 
     if model:
         find_checkpoint(model, repo_root())
-    if video.is_file():
-        probe_video(video)
+    _refuse_non_file(video)
+    probe_video(video)
 
 
 def write_outputs(result: dict, out: Path) -> None:
@@ -461,8 +455,19 @@ def out_problem(out: Path) -> str | None:
     """Why the results cannot go to the folder `out`, or None: found before any work, so that a
     read-only or mistyped folder costs no video its scores. A missing `out` is not made here
     (a run that fails leaves none): its nearest existing parent must take a new entry."""
+    try:
+        return _out_problem(out)
+    except OSError as exc:  # a name too long, a loop of links
+        return f"unusable path: {exc.strerror or exc}"
+
+
+def _out_problem(out: Path) -> str | None:
     if out.exists() and not out.is_dir():
         return "exists and is not a folder; give a folder for the results"
+    broken = next((p for p in (out.absolute(), *out.absolute().parents)
+                   if os.path.lexists(p) and not p.exists()), None)
+    if broken is not None:
+        return f"cannot be made: {broken} is a broken link"
     parent = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
     if not parent.is_dir():
         return f"cannot be made: {parent} is not a folder"

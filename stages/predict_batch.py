@@ -11,7 +11,9 @@ one reported (`failed(job, WorkerDied(...))`), the others are scored. At most `w
 in flight at a time, so the suspects of a break are known.
 
 `sigterm_exits` turns SIGTERM into SystemExit, so that a killed predict (or worker) unwinds its
-`with` blocks: the temporary work folder goes, no temp file is renamed in.
+`with` blocks: the temporary work folder goes, no temp file is renamed in. `save_table` writes
+predictions.csv (`batch_table`: a row per video, those not yet scored saying so), at a batch's
+start, as it goes and when it stops.
 
 Generic (no stage imports: tests/test_layering.py): stages/predict.py passes its own functions.
 """
@@ -23,13 +25,18 @@ import os
 import re
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from personality.common import get_logger
+import pandas as pd
+
+from personality.common import atomic_write_text, get_logger
+from personality.schemas import TRAITS
 
 __all__ = ["VIDEO_EXTENSIONS", "WorkerDied", "collect_videos", "same_files", "batch_ids",
-           "safe_video_id", "run_jobs", "sigterm_exits", "exit_on_sigterm"]
+           "safe_video_id", "run_jobs", "sigterm_exits", "exit_on_sigterm", "CSV_COLUMNS",
+           "NOT_SCORED", "batch_table", "save_table"]
 
 log = get_logger("predict")
 
@@ -222,3 +229,38 @@ def _stop(pool) -> None:
         process.join(10)
         if process.is_alive():
             process.kill()
+
+
+# --------------------------------------------------------------------------------------------------
+# predictions.csv
+
+CSV_COLUMNS = ["video", "video_id", *TRAITS, "model", "face_share", "has_audio", "audio_silent",
+               "voiced_share", "warnings", "error", "report"]
+TABLE_EVERY_S = 5.0  # how often a running batch rewrites predictions.csv
+NOT_SCORED = "not scored: the batch had not reached it (still running, or stopped first)"
+
+
+def batch_table(rows: list[dict | None], jobs: Sequence[Sequence]) -> pd.DataFrame:
+    """predictions.csv's table: a row per job (video, report path, ...), in job order; a job
+    not yet done says so."""
+    filled = [row or {"video": str(job[0]), "video_id": Path(job[1]).stem, "report": "",
+                      "error": NOT_SCORED} for row, job in zip(rows, jobs)]
+    table = pd.DataFrame(filled).reindex(columns=CSV_COLUMNS)
+    table["error"] = table["error"].fillna("")
+    return table
+
+
+def save_table(out: Path, rows: list[dict | None], jobs: Sequence[Sequence], *,
+               strict: bool = True) -> float:
+    """out/predictions.csv, atomically; returns when it was tried (time.monotonic). Not
+    `strict` (a rewrite while the batch runs): a failure (a full disk) is logged and the batch
+    goes on, to try again at the next rewrite and at its end."""
+    try:
+        atomic_write_text(out / "predictions.csv",
+                          batch_table(rows, jobs).to_csv(index=False, float_format="%.6g"))
+    except OSError as exc:
+        if strict:
+            raise
+        log.warning("%s: not rewritten now (%s); tried again later", out / "predictions.csv",
+                    exc.strerror or exc)
+    return time.monotonic()

@@ -23,16 +23,16 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from personality.common import (BaseParams, ParamsError, StageInputError, build_dataclass,
-                                frontend_params, get_logger, load_params, read_artifact,
-                                repo_root)
+from personality.common import (BaseParams, ParamsError, build_dataclass, frontend_params,
+                                get_logger, load_params, read_artifact, repo_root)
 from personality.executor import CLUSTER_ENV, ExecutorError, map_jobs, placement, time_limit_s
 from personality.executor_kept import KeptWorkers
 from personality.schemas import TRAITS
 from stages.predict_batch import safe_video_id
 from stages.predict_model import clip_warnings
 
-__all__ = ["checked_frontend", "front_end_params", "run_front_end", "start_front_end_worker"]
+__all__ = ["checked_frontend", "front_end_params", "frontend_stages", "resolved_frontend",
+           "run_front_end", "start_front_end_worker"]
 
 log = get_logger("predict")
 
@@ -54,29 +54,42 @@ def checked_frontend(stored: Any, params_file: Path | None, checkpoint: Path) ->
     here = frontend_params(params_file)
     frontend = {section: dict(values or {}) for section, values in stored.items()}
     for section, keys in MACHINE_LOCAL.items():
-        for key in (k for k in keys if k in frontend.get(section, {})):
+        for key in keys if section in frontend else ():
             if key in here.get(section, {}):
                 frontend[section][key] = here[section][key]
             else:
-                del frontend[section][key]
+                frontend[section].pop(key, None)
     params_of = front_end_params(params_file, frontend)
-    for section, (cls, check) in _frontend_stages().items():
+    for section, (cls, check) in frontend_stages().items():
         try:
             check(params_of(section, cls))
-        except (ParamsError, StageInputError) as exc:  # the stage's own checks (fps > 0, ...)
+        except (ValueError, ArithmeticError) as exc:  # ParamsError, StageInputError: the stage's
+            if section not in frontend:  # own checks (fps > 0, ...); params.yaml's, not its
+                raise
             raise ParamsError(f"{checkpoint}: {exc}") from None
     return frontend
 
 
-def _frontend_stages() -> dict[str, tuple[type, Callable]]:
-    """Each front-end section's params class and its stage's check of them."""
+def frontend_stages() -> dict[str, tuple[type, Callable]]:
+    """Each front-end section's params class and its stage's check of them (a module's
+    check_params, else the class's own validate)."""
     from stages import audio, aus, faces, frames, functionals
 
-    return {section: (cls, getattr(module, "check_params", lambda p: None))
-            for section, module, cls in (
-                ("frames", frames, frames.FramesParams), ("faces", faces, faces.FacesParams),
-                ("aus", aus, aus.AusParams), ("audio", audio, audio.AudioParams),
-                ("functionals", functionals, functionals.FunctionalsParams))}
+    def own_check(module) -> Callable:
+        return getattr(module, "check_params",
+                       lambda p: p.validate() if hasattr(p, "validate") else None)
+
+    return {section: (cls, own_check(module)) for section, module, cls in (
+        ("frames", frames, frames.FramesParams), ("faces", faces, faces.FacesParams),
+        ("aus", aus, aus.AusParams), ("audio", audio, audio.AudioParams),
+        ("functionals", functionals, functionals.FunctionalsParams))}
+
+
+def resolved_frontend(params_file: Path | None, frontend: dict | None) -> dict:
+    """Every front-end section's params as the stages would read them (a checkpoint's, else
+    params.yaml's): two that compare equal make the same front-end data."""
+    params_of = front_end_params(params_file, frontend)
+    return {section: params_of(section, cls) for section, (cls, _) in frontend_stages().items()}
 
 
 def front_end_params(params_file: Path | None, frontend: dict | None):

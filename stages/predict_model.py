@@ -80,28 +80,31 @@ def _inputs_of(path: Path) -> set[str]:
     return set(inputs)
 
 
-def choose_model(root: Path, facts: dict) -> tuple[str, Path]:
+def choose_model(root: Path, facts: dict) -> tuple[str, Path, list[str]]:
     """The best validation model among those whose inputs the clip has (`missing_inputs`: a face
-    for visual and AU models, usable audio for audio models, either for functionals models)."""
+    for visual and AU models, usable audio for audio models, either for functionals models),
+    its checkpoint, and why better ones were passed over (unreadable checkpoints: said aloud)."""
+    from models.engine import EngineError
+
     names = trained_models(root)
     if not names:
         raise StageInputError(f"no trained model under {root / 'data'}: run `make run` "
                               "or pass --model PATH")
     ranked = [n for n, _ in validation_ranking(root, names)] or names
+    passed_over: list[str] = []
     for name in ranked:
         path = find_checkpoint(name, root)
         try:
             inputs = _inputs_of(path)
-        except Exception as exc:  # noqa: BLE001 - a broken file: the next model, said aloud
-            why = f"the checkpoint of {name}, better on validation, is unreadable, so it " \
-                  f"was passed over: {_named(path, exc, 'not a usable checkpoint')}"
-            log.warning("%s", why)
-            facts.setdefault("warnings", []).append(why)
+        except EngineError as exc:  # a broken file: the next model, said aloud
+            passed_over.append(f"the checkpoint of {name}, better on validation, is unreadable,"
+                               f" so it was passed over: {exc}")
+            log.warning("%s", passed_over[-1])
             continue
         if not missing_inputs(inputs, facts):
-            return name, path
+            return name, path, passed_over
     raise StageInputError(f"{facts.get('video')}: no trained model can score it: "
-                          + "; ".join(clip_warnings(facts)))
+                          + "; ".join([*clip_warnings(facts), *passed_over]))
 
 
 def _evaluation(root: Path) -> dict:

@@ -110,6 +110,11 @@ def test_a_broken_best_checkpoint_is_passed_over_aloud(model_root, tmp_path_fact
     second = root / "data" / "models" / "second" / "best.pt"  # a face model, second on val
     second.parent.mkdir()
     shutil.copy(best, second)
+    import torch
+
+    ckpt = torch.load(second, weights_only=True)
+    ckpt["frontend"] = {"frames": {"fps": 4.0}}  # trained on other frames: the front end reruns
+    torch.save(ckpt, second)
     evaluation = json.loads((root / "metrics" / "evaluate.json").read_text())
     evaluation["selection"]["val"]["second"] = {"ccc": 0.4}
     (root / "metrics" / "evaluate.json").write_text(json.dumps(evaluation))
@@ -119,6 +124,10 @@ def test_a_broken_best_checkpoint_is_passed_over_aloud(model_root, tmp_path_fact
     assert out["checkpoint"] == str(second)
     assert any("perfex_cnn, better on validation, is unreadable" in w and str(best) in w
                for w in out["warnings"])
+    second.write_bytes(b"broken too")  # no model left for the clip: the error says why
+    with pytest.raises(predict.StageInputError, match="second, better on validation, is unread"):
+        predict.predict_video(real_fixture("single_face.mp4"), root=root,
+                              work=tmp_path_factory.mktemp("w2"))
 
 
 def test_report_shows_the_warnings(model_root, tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ import torch
 
 from models.engine import save_checkpoint
 from models.registry import build_model
-from stages import predict
+from stages import predict, predict_batch
 from tests.conftest import real_fixture
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -138,8 +138,12 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(tmp_
     scored = []
     monkeypatch.setattr(predict, "predict_video", lambda *a, **k: scored.append(a))
     for videos in ([clip], [clip, clip + ".copy"]):
+        caplog.clear()
         assert predict.main([*videos, "--out", str(blocker / "sub")]) == 2
         assert f"{blocker} is not a folder" in caplog.text
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    assert predict.main([clip, "--out", str(tmp_path / "gone" / "sub")]) == 2
+    assert "is a broken link" in caplog.text
     import tempfile
 
     def read_only(*args, **kwargs):
@@ -178,13 +182,49 @@ def test_a_batch_stopped_midway_leaves_the_rows_it_scored_and_no_earlier_table(
                   "model": "m", "error": ""}
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(predict, "_score_rows", first_then_ctrl_c)
-    monkeypatch.setattr(predict, "TABLE_EVERY_S", 0.0)
+    monkeypatch.setattr(predict, "_score_rows", first_then_ctrl_c)  # within TABLE_EVERY_S
     with pytest.raises(KeyboardInterrupt):
         predict.predict_batch(videos, out)
     table = pd.read_csv(out / "predictions.csv", keep_default_na=False)
     assert list(table["video_id"]) == ["clip0", "clip1", "clip2"]
-    assert float(table["O"][0]) == 0.25 and list(table["error"]) == ["", *[predict.NOT_SCORED] * 2]
+    assert float(table["O"][0]) == 0.25
+    assert list(table["error"]) == ["", *[predict_batch.NOT_SCORED] * 2]
+
+
+def test_a_table_rewrite_that_fails_midway_costs_the_batch_nothing(tmp_path, monkeypatch,
+                                                                     caplog):
+    """A full disk at a rewrite while the batch runs: logged, tried again, every video scored
+    (it stopped the batch, and dropped the videos not yet done)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    videos = [tmp_path / f"clip{i}.mp4" for i in range(4)]
+
+    def rows(jobs, workers):
+        for i, job in enumerate(jobs):
+            yield i, {"video": str(job[0]), "video_id": job[1].stem, "report": "", "O": 0.5,
+                      "model": "m", "error": ""}
+
+    real, calls = predict_batch.atomic_write_text, []
+
+    def full_on_the_second(path, text):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(path, text)
+
+    monkeypatch.setattr(predict, "_score_rows", rows)
+    monkeypatch.setattr(predict_batch, "TABLE_EVERY_S", 0.0)
+    monkeypatch.setattr(predict_batch, "atomic_write_text", full_on_the_second)
+    table = predict.predict_batch(videos, out)
+    assert list(table["error"]) == [""] * 4 and "tried again later" in caplog.text
+    assert list(pd.read_csv(out / "predictions.csv", keep_default_na=False)["error"]) == [""] * 4
+
+
+def test_a_missing_video_is_refused_before_any_worker_starts(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(predict, "start_front_end_worker",
+                        lambda: pytest.fail("a worker started for a file that is not there"))
+    assert predict.main([str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "o")]) == 2
+    assert "missing.mp4: no such file" in caplog.text
 
 
 def test_ctrl_c_is_one_line_and_exit_code_130(tmp_path, caplog, monkeypatch):

@@ -110,6 +110,10 @@ def test_a_checkpoint_never_names_the_files_and_folders_predict_reads(tmp_path):
     assert frontend["frames"] == {"fps": 5.0} and stored["faces"]["model_path"].startswith("http")
     with pytest.raises(ParamsError, match=r"evil/best.pt: frames.fps"):
         predict_frontend.checked_frontend({"frames": {"fps": -5.0}}, params, ckpt)
+    with pytest.raises(ParamsError, match=r"evil/best.pt: audio.f0_min"):  # the class's own
+        predict_frontend.checked_frontend({"audio": {"f0_min": 0.0}}, params, ckpt)  # checks
+    assert predict_frontend.checked_frontend({"faces": {"margin": 0.1}}, params, ckpt)[
+        "faces"]["model_path"] == ""  # set from this machine's even when the checkpoint lacks it
     with pytest.raises(ParamsError, match=r"evil/best.pt: its front-end params are not"):
         predict_frontend.checked_frontend({"frames": [1, 2]}, params, ckpt)
     assert predict_frontend.checked_frontend(None, params, ckpt) is None
