@@ -80,7 +80,7 @@ from personality.common import (BaseParams, ParamsError, SchemaError, StageInput
                                 repo_root, sweep_stale_temps)
 from personality.executor_worker import die_with_parent
 from personality.schemas import TRAITS
-from stages import predict_batch as batch_files
+from stages import predict_batch as batch_files  # its TABLE_EVERY_S, read at each row
 from stages.predict_batch import (VIDEO_EXTENSIONS, WorkerDied, batch_ids, batch_table,
                                   collect_videos, save_table,
                                   exit_on_sigterm, run_jobs, safe_video_id, sigterm_exits)
@@ -462,6 +462,8 @@ def out_problem(out: Path) -> str | None:
 
 
 def _out_problem(out: Path) -> str | None:
+    """out_problem's checks, in order: `out` itself, a broken link on the way, the nearest
+    existing parent (a folder that takes a new entry)."""
     if out.exists() and not out.is_dir():
         return "exists and is not a folder; give a folder for the results"
     broken = next((p for p in (out.absolute(), *out.absolute().parents)

@@ -44,8 +44,8 @@ MACHINE_LOCAL = {"faces": ("model_path",), "aus": ("openface_dir",)}
 def checked_frontend(stored: Any, params_file: Path | None, checkpoint: Path) -> dict | None:
     """A checkpoint's front-end params (None: it keeps none) with the MACHINE_LOCAL fields of
     this machine's params (or dropped: their defaults), every section read into its stage's
-    params now: a value that is none (a wrong type, fps <= 0) is a ParamsError naming the
-    checkpoint before any work on a video."""
+    params and checked now: a value the stage refuses (a wrong type, fps <= 0) is a ParamsError
+    naming the checkpoint, before any work on a video."""
     if stored is None:
         return None
     if not isinstance(stored, dict) or any(v is not None and not isinstance(v, dict)
