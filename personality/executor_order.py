@@ -15,6 +15,9 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any, Callable, Iterator
 
+from personality.common import get_logger
+
+log = get_logger("executor")
 
 MAX_CANCELS = 3  # re-runs of a job whose future is cancelled under the map; then on_lost's row
 WATCH_S = 1.0  # how often a waiting map calls its `watch` (the pool's unstick)
@@ -266,3 +269,8 @@ class InOrder:
                                              f"{times} ({lost.why})")
         rerun = set(self.again) | set(taken) | ({refused} if refused is not None else set())
         self.again = sorted(rerun - set(self.final))
+        again = [self.label(self.jobs[k]) for k in lost.jobs if k not in self.final]
+        if again:  # seen in the log, not only in the metrics of the jobs that fail for good
+            log.warning("the %s running %s died (%s): it runs again (%d of %d lost workers "
+                        "allowed in this run)", lost.who, " or ".join(again), lost.why,
+                        self.losses, self.budget)

@@ -240,7 +240,7 @@ def read_labels_csv(csv_path: Path) -> tuple[pd.DataFrame, list[str]]:
             continue
         seen.add(target)
         good.append({"video": video, "abs_path": target, "subject": row.get("subject", "").strip(),
-                     "split": split, **values})
+                     "split": split, "line": line, **values})
     return pd.DataFrame(good), problems
 
 
@@ -258,7 +258,8 @@ def _video_target(root: Path, video: str) -> Path:
     except OSError as exc:  # e.g. a folder on the way that cannot be read
         raise StageInputError(f"video file {target}: {exc.strerror or exc}") from None
     if not found:
-        raise StageInputError(f"video file {target} not found")
+        raise StageInputError(f"video file {target} " + ("is a folder, not a file"
+                                                          if target.is_dir() else "not found"))
     return target
 
 
@@ -273,7 +274,7 @@ def ingest_folder(p: FolderParams, assign: Callable[[list[str]], dict[str, str]]
         try:
             facts = probe_video(row["abs_path"])
         except StageInputError as exc:
-            problems.append(f"{csv_path} ({row['video']}): {exc}")
+            problems.append(f"{csv_path} row {row['line']} ({row['video']}): {exc}")
             continue
         video_id = datasets.path_video_id(row["video"])
         try:
@@ -412,7 +413,9 @@ def check_ingested(got: Ingested, params: IngestParams) -> None:
         raise StageInputError(f"{len(got.problems)} bad item(s) and strict is set:\n"
                               + "\n".join(got.problems))
     if got.manifest.empty:
-        raise StageInputError("no usable video: " + "; ".join(got.problems[:5]))
+        raise StageInputError("no usable video: " + ("; ".join(got.problems[:5]) or
+                                                     f"the {params.source} source lists none "
+                                                     "(a labels CSV with a header only?)"))
     check_subject_splits(got.manifest)
     counts = got.manifest.groupby("split")["subject_id"].nunique()
     empty = [s for s in params.required_splits if counts.get(s, 0) == 0]

@@ -29,13 +29,13 @@ that a change re-runs only its reader (stat fingerprints; an empty param: no fil
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 from pathlib import Path
 
-from personality.common import (atomic_dir, atomic_write_json, get_logger, is_checkpoint_path,
-                                load_params_file, repo_root, stage_errors)
+from personality.common import (StageInputError, atomic_dir, atomic_write_json, get_logger,
+                                is_checkpoint_path, load_params_file, repo_root, stage_errors)
+from personality.datasets_au import labels_records
 
 log = get_logger("inputs")
 
@@ -58,22 +58,27 @@ def content_entry(path: Path) -> dict:
 
 
 def stat_entry(path: Path) -> dict:
-    """{"size", "mtime_ns"} of a media file, or {"missing": True}."""
+    """{"size", "mtime_ns"} of a media file, or {"missing": True} (a name ingest refuses too: a
+    NUL byte in it)."""
     try:
         st = os.stat(path)
-    except OSError:
+    except (OSError, ValueError):
         return {"missing": True}
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def _listed(csv_path: Path, column: str) -> list[Path]:
-    """The files a labels CSV names in `column`, relative to the CSV (unreadable: none)."""
+    """The files a labels CSV names in `column`, relative to the CSV (unreadable: none; ingest
+    says why). Read by ingest's own parser: a BOM (Excel's "CSV UTF-8") or a header "video " is
+    the same column there and here, or a replaced video would not re-run ingest."""
     try:
-        with open(csv_path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f, skipinitialspace=True))
-    except (OSError, UnicodeDecodeError, csv.Error):
+        header, records = labels_records(csv_path)
+    except (StageInputError, OSError):
         return []
-    names = sorted({(r.get(column) or "").strip() for r in rows} - {""})
+    if column not in header:
+        return []
+    at = header.index(column)
+    names = sorted({fields[at].strip() for _, fields in records if len(fields) > at} - {""})
     return [csv_path.parent / name for name in names]
 
 
@@ -117,7 +122,7 @@ def _key(path: Path, root: Path, source: str) -> str:
         return f"synthetic:{path.name}"
     try:
         return path.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
+    except (ValueError, OSError, RuntimeError):  # outside; a NUL byte; a loop of links (3.11)
         return str(path)
 
 

@@ -334,11 +334,12 @@ def test_on_dask_a_video_that_kills_its_worker_twice_is_a_row_and_the_rest_go_on
 
 
 @pytest.mark.parametrize("where", [POOL, DASK], ids=["pool", "dask"])
-def test_with_on_lost_a_worker_killed_once_costs_nothing(tmp_path, where):
+def test_with_on_lost_a_worker_killed_once_costs_nothing(tmp_path, where, caplog):
     jobs = [(x, str(tmp_path), "3-once") for x in range(8)]
-    assert list(map_jobs(die_once_on, jobs, workers=2, where=where, on_lost=lost_row)) == \
-        list(range(8))
+    assert list(map_jobs(die_once_on, jobs, workers=2, where=where, on_lost=lost_row,
+                         label=lambda j: f"clip{j[0]}")) == list(range(8))
     assert (tmp_path / "ran-3").exists()  # it did die once
+    assert "running clip3" in caplog.text and "it runs again" in caplog.text  # and the log says
 
 
 def test_a_loss_a_remote_scheduler_already_retried_is_final_at_once():

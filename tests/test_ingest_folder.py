@@ -41,6 +41,7 @@ def test_good_and_bad_rows(folder, tmp_path):
         "clips/a1.mp4,0.5,0.5,0.5,0.5,0.5,alice\n"  # duplicate
         "../outside.mp4,0.5,0.5,0.5,0.5,0.5,gil\n"  # escapes the dataset root
         "clips/broken.mp4,0.5,0.5,0.5,0.5,0.5,hal\n"  # undecodable
+        "clips,0.5,0.5,0.5,0.5,0.5,ida\n"  # a folder
     )
     summary = _run(tmp_path, csv)
     m = read_artifact("manifest", path=tmp_path / "data/manifest.parquet")
@@ -52,15 +53,23 @@ def test_good_and_bad_rows(folder, tmp_path):
     assert m.set_index("video_id").loc["clips%2Fa1.mp4", "duration_s"] == pytest.approx(0.4, abs=0.05)
     assert (m.groupby("subject_id")["split"].nunique() == 1).all()
     bad = "\n".join(summary["bad_rows"])
-    assert summary["n_bad_rows"] == 6
+    assert summary["n_bad_rows"] == 7
     assert "row 6 (clips/d1.mp4): label C='abc' is not a number" in bad
     assert "row 7 (clips/e1.mp4): label E=1.5 is outside [0, 1]" in bad
     assert "row 8 (clips/missing.mp4): video file" in bad and "not found" in bad
     assert "row 9 (clips/a1.mp4): duplicate video" in bad
     assert "row 10 (../outside.mp4): path '../outside.mp4' escapes the dataset root" in bad
-    assert "broken.mp4" in bad and "cannot be opened as media" in bad
+    assert "row 11 (clips/broken.mp4): " in bad and "cannot be opened as media" in bad
+    assert "row 12 (clips): video file" in bad and "is a folder, not a file" in bad
     report = json.loads((tmp_path / "metrics/ingest.json").read_text())
-    assert report["n_bad_rows"] == 6 and report["n_videos"] == 4
+    assert report["n_bad_rows"] == 7 and report["n_videos"] == 4
+
+
+def test_a_labels_file_with_a_header_only_says_so(folder, tmp_path):
+    csv = folder / "labels.csv"
+    csv.write_text("video,O,C,E,A,N\n")
+    with pytest.raises(StageInputError, match="no usable video: the folder source lists none"):
+        _run(tmp_path, csv)
 
 
 def test_strict_mode_fails_naming_the_row(folder, tmp_path):

@@ -36,6 +36,27 @@ def test_fingerprint_follows_labels_and_videos(tmp_path):
         relabelled["files"]["clips/b.mp4"]
 
 
+def test_a_labels_file_saved_by_excel_still_fingerprints_its_videos(tmp_path):
+    """A BOM (Excel's "CSV UTF-8") made the header's first column "\ufeffvideo": no video was
+    fingerprinted, and a replaced clip never re-ran ingest (whose own parser reads the BOM)."""
+    params, csv = _dataset(tmp_path)
+    plain = inputs.fingerprint(params, tmp_path)
+    csv.write_bytes(b"\xef\xbb\xbf" + csv.read_bytes().replace(b"video,", b"video ,", 1))
+    bom = inputs.fingerprint(params, tmp_path)
+    assert bom["n_files"] == 4 and {k for k in bom["files"] if k.endswith(".mp4")} == \
+        {k for k in plain["files"] if k.endswith(".mp4")}
+
+
+def test_rows_ingest_refuses_never_crash_the_fingerprint(tmp_path):
+    """A row naming a loop of links or holding a NUL byte is ingest's to report (it drops the
+    row); the inputs stage, which runs first, crashed on both and nothing ran."""
+    params, csv = _dataset(tmp_path)
+    (tmp_path / "clips" / "loop.mp4").symlink_to("loop.mp4")
+    csv.write_text(csv.read_text() + "clips/loop.mp4,,,,,\nclips/n\x00ul.mp4,,,,,\n")
+    files = inputs.fingerprint(params, tmp_path)["files"]
+    assert sum(v == {"missing": True} for v in files.values()) == 3  # gone, loop, NUL
+
+
 def test_stage_writes_data_inputs_json(tmp_path):
     params, _ = _dataset(tmp_path)
     result = inputs.run(params, root=tmp_path)
