@@ -81,6 +81,7 @@ import pandas as pd
 
 from personality import schemas, smile
 from personality.executor import map_jobs, time_limit_s
+from personality.video_io import ends_short
 from personality.common import (ArtifactWriter, BaseParams, ParamsError, StageInputError,
                                 atomic_write_json, by_video, get_logger, progress, read_artifact,
                                 repo_root, run_stage)
@@ -178,12 +179,14 @@ class AudioParams:
 MAX_BAD_AUDIO_PACKETS = 50  # more corrupt packets than this and the track counts as unreadable
 
 
-def decode_audio(path: str | os.PathLike, *, sr: int, max_seconds: float) -> np.ndarray | None:
+def decode_audio(path: str | os.PathLike, *, sr: int, max_seconds: float,
+                 report: dict | None = None) -> np.ndarray | None:
     """The first audio stream of `path`, resampled to `sr` Hz mono float32, shape (n,); at most
     `max_seconds` of it. None when the file has no audio stream. A packet that fails to decode
     (a corrupt stretch) becomes silence of its length, so the rest keeps its time, up to
     MAX_BAD_AUDIO_PACKETS (logged); raises StageInputError naming the file when it cannot be
-    opened, or has more bad packets than that."""
+    opened, or has more bad packets than that. `report`, when given, receives `bad_packets` and
+    the stream's `declared_s` (nan when unknown)."""
     import av
 
     limit = int(math.ceil(max_seconds * sr))
@@ -193,6 +196,9 @@ def decode_audio(path: str | os.PathLike, *, sr: int, max_seconds: float) -> np.
             if not container.streams.audio:
                 return None
             stream = container.streams.audio[0]
+            if report is not None:
+                report["declared_s"] = float(stream.duration * stream.time_base) \
+                    if stream.duration and stream.time_base else float("nan")
             resampler = av.AudioResampler(format="flt", layout="mono", rate=sr)
             n = 0
             for frames in _audio_packets(container, stream, sr):
@@ -217,6 +223,8 @@ def decode_audio(path: str | os.PathLike, *, sr: int, max_seconds: float) -> np.
                               ) from None
     if bad:
         log.warning("%s: %d corrupt audio packet(s) read as silence", path, bad)
+    if report is not None:
+        report["bad_packets"] = bad
     y = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     return np.ascontiguousarray(y[:limit], dtype=np.float32)
 
@@ -451,12 +459,27 @@ def process_video(video_id: str, path: str | os.PathLike, p: AudioParams,
                   timings: dict[str, float] | None = None) -> dict:
     """One video -> its row (see the module docstring). Never raises for a bad file: the row says
     what went wrong in `error`. `timings`, when given, receives seconds per step (decode, features
-    = librosa's, one per openSMILE set, row, total)."""
+    = librosa's, one per openSMILE set, row, total). A track read with damage or cut short gets
+    `notes` (not a column: run() puts them under `warnings` in metrics/audio.json)."""
+    report: dict = {}
+    row = _process(video_id, path, p, timings, report)
+    seconds = row["duration_s"]
+    notes = [f"{report['bad_packets']} corrupt audio packet(s) read as silence"] \
+        if report.get("bad_packets") else []
+    if ends_short(seconds, report.get("declared_s", float("nan"))) and \
+            seconds < p.max_feature_seconds - 1.0:
+        notes.append(f"the audio ends at {seconds:.1f} s of its declared "
+                     f"{report['declared_s']:.1f} s: the file looks truncated")
+    return {**row, "notes": notes} if notes else row
+
+
+def _process(video_id: str, path: str | os.PathLike, p: AudioParams,
+             timings: dict[str, float] | None, report: dict) -> dict:
     exs = smile.extractors(p.smile_sets)
     blank = smile.nan_functionals(exs)
     t0 = time.perf_counter()
     try:
-        y = decode_audio(path, sr=p.sr, max_seconds=p.max_feature_seconds)
+        y = decode_audio(path, sr=p.sr, max_seconds=p.max_feature_seconds, report=report)
     except StageInputError as exc:
         return _row(video_id, p, has_audio=False, error=str(exc), extra=blank)
     t1 = time.perf_counter()
@@ -585,6 +608,9 @@ def run(params: AudioParams, base: BaseParams, root: Path | None = None) -> dict
     with ArtifactWriter("audio", path=out_path, rows_per_shard=params.rows_per_shard) as out, \
             progress(total=len(jobs), desc="audio", unit="video") as bar:
         for row in iter_rows(jobs, params, base.workers, root, durations):
+            notes = row.pop("notes", None)  # damaged or cut short: named, not only logged
+            if notes:
+                named.setdefault("warnings", {})[row["video_id"]] = "; ".join(notes)
             if row["error"]:
                 counts["n_errors"] += 1
                 named["failed"][row["video_id"]] = row["error"]
@@ -614,6 +640,8 @@ def run(params: AudioParams, base: BaseParams, root: Path | None = None) -> dict
     log.info("audio: %s, %.1f s wall, %s x real time", summary, wall,
              round(seconds / wall, 1) if wall > 0 else None)
     named["failed"] = by_video(named["failed"], "error", root=root)
+    if "warnings" in named:  # only when a track was damaged or cut short: no key otherwise
+        named["warnings"] = by_video(named["warnings"], "warning", root=root)
     atomic_write_json(root / "metrics" / "audio.json", {**summary, **named})
     return {**summary, **named, "wall_s": round(wall, 2)}
 

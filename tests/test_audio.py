@@ -269,12 +269,31 @@ def test_a_corrupt_stretch_costs_its_seconds_not_the_whole_track(tmp_path, caplo
     head = int(0.2 * len(clean))  # before the damage: the same samples
     assert np.allclose(y[:head], clean[:head], atol=1e-6)
     assert np.corrcoef(y[-head:], clean[-head:])[0, 1] > 0.99  # after it, in time (to ~1e-3)
+    p = AudioParams()
+    notes = audio.process_video("damaged", damaged, p)["notes"]  # metrics/audio.json: warnings
+    assert len(notes) == 1 and notes[0].endswith("corrupt audio packet(s) read as silence")
+    assert "notes" not in audio.process_video("clean", src, p)
     with pytest.raises(audio.StageInputError, match="damaged.mp4: .*more than 2 corrupt"):
         audio.MAX_BAD_AUDIO_PACKETS, saved = 2, audio.MAX_BAD_AUDIO_PACKETS
         try:
             audio.decode_audio(damaged, sr=16000, max_seconds=600)
         finally:
             audio.MAX_BAD_AUDIO_PACKETS = saved
+
+
+def test_a_track_cut_short_is_named_as_such(monkeypatch):
+    """The frames stage flags a file whose data end before its declared length; the audio stage
+    kept the short wave without a word."""
+    rng = np.random.default_rng(0)
+
+    def cut_short(path, *, sr, max_seconds, report=None):
+        report.update(declared_s=20.0, bad_packets=0)
+        return (0.1 * rng.standard_normal(2 * sr)).astype(np.float32)
+
+    monkeypatch.setattr(audio, "decode_audio", cut_short)
+    row = audio.process_video("cut", "cut.mp4", AudioParams())
+    assert row["notes"] == ["the audio ends at 2.0 s of its declared 20.0 s: the file looks "
+                            "truncated"]
 
 
 def test_stage_on_the_tiny_dataset(tiny_dataset, tmp_path):
