@@ -466,8 +466,8 @@ def process_video(video_id: str, path: str | os.PathLike, p: AudioParams,
     seconds = row["duration_s"]
     notes = [f"{report['bad_packets']} corrupt audio packet(s) read as silence"] \
         if report.get("bad_packets") else []
-    if ends_short(seconds, report.get("declared_s", float("nan"))) and \
-            seconds < p.max_feature_seconds - 1.0:
+    if row["has_audio"] and not row["error"] and seconds < p.max_feature_seconds - 1.0 and \
+            ends_short(seconds, report.get("declared_s", float("nan"))):  # a failed row says why
         notes.append(f"the audio ends at {seconds:.1f} s of its declared "
                      f"{report['declared_s']:.1f} s: the file looks truncated")
     return {**row, "notes": notes} if notes else row
