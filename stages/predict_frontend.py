@@ -244,7 +244,7 @@ def _audio_facts(audio_params, base: BaseParams, work: Path, facts: dict) -> dic
     """The audio stage on the clip, and what its track offers."""
     from stages import audio
 
-    audio.run(audio_params, base, root=work)
+    summary = audio.run(audio_params, base, root=work)
     row = read_artifact("audio", path=work / "data" / "audio").iloc[0]
     # a track the audio stage could not use (too short, unreadable) is no usable audio
     out = {"audio_silent": bool(not row["has_audio"] or row["silent"] or row["error"])}
@@ -254,4 +254,7 @@ def _audio_facts(audio_params, base: BaseParams, work: Path, facts: dict) -> dic
     out["voiced_share"] = float(voiced) if voiced is not None and np.isfinite(voiced) else 0.0
     if facts.get("duration_s", 0) > audio_params.max_feature_seconds:
         out["audio_cut_at_s"] = float(audio_params.max_feature_seconds)
+    notes = [w["warning"] for w in summary.get("warnings", [])]  # damaged, or cut short
+    if notes:
+        out["audio_notes"] = notes
     return out

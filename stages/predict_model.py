@@ -141,7 +141,7 @@ def clip_warnings(facts: dict) -> list[str]:
     if cut:
         out.append(f"audio features stop at {cut:.0f} s (audio.max_feature_seconds) of a "
                    f"{facts.get('duration_s', 0):.0f} s clip")
-    return out
+    return out + list(facts.get("audio_notes") or [])  # "N corrupt audio packet(s) read as ..."
 
 
 EXTREME_Z = 10.0  # sd from the training clips' mean; the default data's 150 clips have at most 4

@@ -120,3 +120,20 @@ def test_a_checkpoint_never_names_the_files_and_folders_predict_reads(tmp_path):
     params.write_text("faces:\n  model_path: ''\n")  # OpenFace AUs, and no folder of them here
     with pytest.raises(ParamsError, match=r"evil/best.pt: aus.openface_dir: set it"):
         predict_frontend.checked_frontend(stored, params, ckpt)
+
+
+def test_a_damaged_audio_track_is_a_warning_of_the_clip(tmp_path, monkeypatch):
+    """The audio stage reads a damaged stretch as silence and names it in its metrics; predict
+    says it among the clip's warnings (prediction.json and the report) too."""
+    from stages.predict_model import clip_warnings
+
+    data = bytearray(real_fixture("no_face.mp4").read_bytes())
+    for i in range(int(len(data) * 0.3), int(len(data) * 0.5), 50):
+        data[i] ^= 0xFF
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(bytes(data))
+    monkeypatch.setenv("PERSONALITY_CLUSTER", "inline")
+    facts = predict_frontend.run_front_end(damaged, tmp_path / "w")
+    assert any(n.endswith("corrupt audio packet(s) read as silence")
+               for n in facts["audio_notes"])
+    assert set(facts["audio_notes"]) <= set(facts["warnings"]) == set(clip_warnings(facts))
