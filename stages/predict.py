@@ -80,9 +80,8 @@ from personality.common import (BaseParams, ParamsError, SchemaError, StageInput
                                 repo_root, sweep_stale_temps)
 from personality.executor_worker import die_with_parent
 from personality.schemas import TRAITS
-from stages import predict_batch as batch_files  # its TABLE_EVERY_S, read at each row
-from stages.predict_batch import (VIDEO_EXTENSIONS, WorkerDied, batch_ids, batch_table,
-                                  collect_videos, save_table,
+from stages.predict_batch import (VIDEO_EXTENSIONS, WorkerDied, batch_ids, collect_videos,
+                                  save_table, save_table_if_due,
                                   exit_on_sigterm, run_jobs, safe_video_id, sigterm_exits)
 from stages.predict_frontend import (checked_frontend, front_end_params, resolved_frontend,
                                      run_front_end, start_front_end_worker)
@@ -108,22 +107,22 @@ def predict_video(video: Path, *, model: str | None = None, root: Path | None = 
     video = Path(video)
     _refuse_non_file(video)
     loaded = load_model(find_checkpoint(model, root)) if model else None
+    frontend = _frontend_of(loaded, params_file)  # checked once, before any work
     with tempfile.TemporaryDirectory(dir=work, prefix=work_prefix()) as tmp:
         work_root = Path(tmp)
-        facts = run_front_end(video, work_root, params_file, _frontend_of(loaded, params_file))
+        facts = run_front_end(video, work_root, params_file, frontend)
         name = loaded.path.parent.name if loaded else None
         passed_over: list[str] = []
         if loaded is None:
             name, ckpt_path, passed_over = choose_model(root, facts)
             loaded = load_model(ckpt_path)
-            wanted = _frontend_of(loaded, params_file)
-            if wanted is not None and (resolved_frontend(params_file, wanted)
-                                       != resolved_frontend(params_file, None)):
+            frontend = _frontend_of(loaded, params_file)
+            if frontend is not None and (resolved_frontend(params_file, frontend)
+                                         != resolved_frontend(params_file, None)):
                 # the chosen model's data came from other front-end params: its clip is theirs
                 log.info("%s: front-end again with %s's training params", video.name, name)
-                facts = run_front_end(video, work_root, params_file, wanted)
+                facts = run_front_end(video, work_root, params_file, frontend)
         facts["warnings"] = [*passed_over, *facts.get("warnings", [])]
-        frontend = _frontend_of(loaded, params_file)
         facts["frontend_params"] = ("the checkpoint's (its training data's)"
                                     if frontend is not None else
                                     f"{params_file or 'params.yaml'} (the checkpoint keeps none)")
@@ -304,7 +303,8 @@ def predict_batch(videos: list[Path], out: Path, *, model: str | None = None,
     rows: list[dict | None] = [None] * len(jobs)
     # written now with every row pending, then as rows finish: a batch stopped midway leaves
     # the rows it scored, and never an earlier run's table beside this run's reports
-    saved = save_table(out, rows, jobs)
+    saved = time.monotonic()
+    save_table(out, rows, jobs)
     try:
         with progress(total=len(jobs), desc="predict", unit="video") as bar:
             for i, row in _score_rows(jobs, workers):
@@ -313,15 +313,14 @@ def predict_batch(videos: list[Path], out: Path, *, model: str | None = None,
                 if row.get("error"):
                     log.warning("%s", row["error"] if row["video"] in row["error"]
                                 else f"{row['video']}: {row['error']}")
-                if time.monotonic() - saved >= batch_files.TABLE_EVERY_S:
-                    saved = save_table(out, rows, jobs, strict=False)
+                saved = save_table_if_due(out, rows, jobs, saved)
     except BaseException:  # Ctrl-C, SIGTERM, a failure: the rows scored so far stay
         with contextlib.suppress(OSError):
             save_table(out, rows, jobs)
         raise
-    save_table(out, rows, jobs)
+    table = save_table(out, rows, jobs)
     sweep_dead_work()  # work folders of dead processes, idle an hour (a worker killed now: later)
-    return batch_table(rows, jobs)
+    return table
 
 
 def _single(video: Path, out: Path, model: str | None, explain: bool = True) -> int:
@@ -466,11 +465,11 @@ def _out_problem(out: Path) -> str | None:
     existing parent (a folder that takes a new entry)."""
     if out.exists() and not out.is_dir():
         return "exists and is not a folder; give a folder for the results"
-    broken = next((p for p in (out.absolute(), *out.absolute().parents)
-                   if os.path.lexists(p) and not p.exists()), None)
-    if broken is not None:
-        return f"cannot be made: {broken} is a broken link"
-    parent = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
+    for parent in (out.absolute(), *out.absolute().parents):  # the nearest that exists
+        if parent.exists():
+            break
+        if os.path.lexists(parent):
+            return f"cannot be made: {parent} is a broken link"
     if not parent.is_dir():
         return f"cannot be made: {parent} is not a folder"
     try:

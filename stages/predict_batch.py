@@ -36,7 +36,7 @@ from personality.schemas import TRAITS
 
 __all__ = ["VIDEO_EXTENSIONS", "WorkerDied", "collect_videos", "same_files", "batch_ids",
            "safe_video_id", "run_jobs", "sigterm_exits", "exit_on_sigterm", "CSV_COLUMNS",
-           "NOT_SCORED", "batch_table", "save_table"]
+           "NOT_SCORED", "batch_table", "save_table", "save_table_if_due"]
 
 log = get_logger("predict")
 
@@ -251,16 +251,26 @@ def batch_table(rows: list[dict | None], jobs: Sequence[Sequence]) -> pd.DataFra
 
 
 def save_table(out: Path, rows: list[dict | None], jobs: Sequence[Sequence], *,
-               strict: bool = True) -> float:
-    """out/predictions.csv, atomically; returns when it was tried (time.monotonic). Not
-    `strict` (a rewrite while the batch runs): a failure (a full disk) is logged and the batch
-    goes on, to try again at the next rewrite and at its end."""
+               strict: bool = True) -> pd.DataFrame:
+    """out/predictions.csv, atomically; returns its table. Not `strict` (a rewrite while the
+    batch runs): a failure (a full disk) is logged and the batch goes on, to try again at the
+    next rewrite and at its end."""
+    table = batch_table(rows, jobs)
     try:
-        atomic_write_text(out / "predictions.csv",
-                          batch_table(rows, jobs).to_csv(index=False, float_format="%.6g"))
+        atomic_write_text(out / "predictions.csv", table.to_csv(index=False, float_format="%.6g"))
     except OSError as exc:
         if strict:
             raise
         log.warning("%s: not rewritten now (%s); tried again later", out / "predictions.csv",
                     exc.strerror or exc)
+    return table
+
+
+def save_table_if_due(out: Path, rows: list[dict | None], jobs: Sequence[Sequence],
+                      saved: float) -> float:
+    """save_table (not strict) when TABLE_EVERY_S have passed since `saved` (time.monotonic);
+    returns when the table was last tried."""
+    if time.monotonic() - saved < TABLE_EVERY_S:
+        return saved
+    save_table(out, rows, jobs, strict=False)
     return time.monotonic()
