@@ -7,12 +7,15 @@
              acc={"a": 0.90, "b": 0.89}, baseline_acc=0.88)
 
 matplotlib is imported inside the functions with the Agg backend (no screen needed), so importing
-this module costs nothing.
+this module costs nothing. Text that comes from a user (a clip's file name, a warning naming it)
+goes through `plain_text` first: drawn as written, in whatever installed font has its characters.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
+import unicodedata
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -28,6 +31,53 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+UNDRAWABLE = "\N{REPLACEMENT CHARACTER}"  # stands for a character no installed font draws
+
+
+def plain_text(texts: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(texts, families): `texts` ready to draw as written, and the font families to draw them in.
+
+    A '$' is escaped (matplotlib would read "clip_$5_$6.mp4" as mathematics: an error, or a
+    wrong name in italics). A character the default font lacks (a clip named in Chinese) is
+    drawn from an installed font that has it: `families` is matplotlib's default family followed
+    by such fonts, those with more of the missing characters first, for matplotlib's glyph-by-glyph
+    fallback (`fontfamily=families` on the text). A character no installed font has, or a control
+    character, becomes U+FFFD: a visible mark instead of an empty box and a warning per glyph."""
+    from matplotlib import font_manager, rcParams
+
+    families = list(rcParams["font.family"])
+    wanted = set("".join(texts)) - {"\n"}  # line breaks are layout, not glyphs
+    control = {c for c in wanted if unicodedata.category(c).startswith("C")}
+    missing = {ord(c) for c in wanted - control}
+    missing -= _glyphs(font_manager.findfont(font_manager.FontProperties()))
+    # matplotlib's own Last Resort font "has" every character, as a box: not a drawing of it
+    fonts = {f.name: f.fname for f in font_manager.fontManager.ttflist
+             if not f.name.startswith("Last Resort")}
+    while missing:
+        best = max(sorted(fonts), key=lambda name: len(missing & _glyphs(fonts[name])))
+        found = missing & _glyphs(fonts.pop(best))
+        if not found:
+            break
+        families.append(best)
+        missing -= found
+    dropped = control | {chr(c) for c in missing}
+    drawn = ["".join(UNDRAWABLE if c in dropped else c for c in text).replace("$", r"\$")
+             for text in texts]
+    return drawn, families
+
+
+@functools.lru_cache(maxsize=None)
+def _glyphs(font_path: str) -> frozenset[int]:
+    """The code points a font file maps to a glyph (read once per process: a CJK font's table
+    takes ~0.1 s)."""
+    from matplotlib import ft2font
+
+    try:
+        return frozenset(ft2font.FT2Font(font_path).get_charmap())
+    except (OSError, RuntimeError, ValueError):  # a font file matplotlib cannot open
+        return frozenset()
 
 
 def scatter_grid(y_true: np.ndarray, y_pred: np.ndarray, *, path: str | os.PathLike,

@@ -51,10 +51,27 @@ def write_report(result: dict, path: Path) -> Path:
 
 def draw_report(result: dict, path: Path) -> Path:
     """Draw the report PNG into `path` (any name: the format is given): trait bars with the test
-    error band, an AU timeline, a face thumbnail, what drove the scores."""
+    error band, an AU timeline, a face thumbnail, what drove the scores. The clip's name and its
+    warnings are drawn as written (personality.plots.plain_text: '$', non-Latin scripts)."""
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from personality.plots import plain_text
+
+    (name, *warnings), families = plain_text([Path(result["video"]).name,
+                                              *(result.get("warnings") or [])])
+    fig = _report_figure(result, name, warnings, families)
+    try:
+        fig.savefig(path, dpi=100, format="png")
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _report_figure(result: dict, name: str, warnings: list[str], families: list[str]):
+    """The report's figure; `name` and `warnings` are the clip's, ready to draw in `families`."""
     import cv2
     import matplotlib.pyplot as plt
 
@@ -72,11 +89,11 @@ def draw_report(result: dict, path: Path) -> Path:
     if result.get("label_scale", "unit") == "unit":
         ax.set_ylim(0, 1.05)
     _label_bars(ax, scores, [err[t] for t in TRAITS] if err else [0.0] * 5)
-    ax.set_title(f"{Path(result['video']).name}: {result['model']}"
-                 + ("  (bars: model's test MAE)" if err else ""))
-    if result.get("warnings"):
-        fig.text(0.01, 0.005, "\n".join("warning: " + w for w in result["warnings"]),
-                 color="#B22222", fontsize=9, va="bottom")
+    ax.set_title(f"{name}: {result['model']}" + ("  (bars: model's test MAE)" if err else ""),
+                 fontfamily=families)
+    if warnings:
+        fig.text(0.01, 0.005, "\n".join("warning: " + w for w in warnings),
+                 color="#B22222", fontsize=9, va="bottom", fontfamily=families)
     ax_face = fig.add_subplot(grid[0, 2])
     ax_face.axis("off")
     crop = data.get("crop")
@@ -89,14 +106,10 @@ def draw_report(result: dict, path: Path) -> Path:
     ax_au = fig.add_subplot(grid[1, :])
     _draw_aus(ax_au, data)
     ax_seconds = _draw_explanation(fig, grid, rows, result)
-    fig.tight_layout(rect=(0, 0.04 * len(result.get("warnings") or []), 1, 1))
+    fig.tight_layout(rect=(0, 0.04 * len(warnings), 1, 1))
     if data.get("aus") and ax_seconds is not None:
         _align_time_axes(ax_au, ax_seconds)
-    try:
-        fig.savefig(path, dpi=100, format="png")
-    finally:
-        plt.close(fig)
-    return path
+    return fig
 
 
 def _draw_aus(ax, data: dict) -> None:

@@ -1,0 +1,87 @@
+"""A clip's name is drawn in its report as written (personality.plots.plain_text): a '$' is a
+dollar, not mathematics that fails the report; a non-Latin name is drawn from an installed font
+that has its characters; a character no font has is a visible U+FFFD, never a box and a warning
+per glyph. The installed font is a tiny one built here (fontTools), so the test runs anywhere."""
+from __future__ import annotations
+
+import warnings
+
+import matplotlib
+import pytest
+from matplotlib import font_manager, rcParams
+
+from personality.plots import UNDRAWABLE, plain_text
+from stages.predict_report import draw_report
+
+CJK_NAME = "面试_01.mp4"
+
+
+def _result(video: str, warning: str = "") -> dict:
+    return {**{t: 0.5 for t in "OCEAN"}, "model": "perfex_cnn", "video": video,
+            "warnings": [warning] if warning else [], "_report": {}}
+
+
+def _tiny_font(path, family: str, chars: str):
+    """A TrueType font named `family` whose only glyphs are squares for `chars`."""
+    from fontTools.fontBuilder import FontBuilder
+    from fontTools.pens.ttGlyphPen import TTGlyphPen
+
+    names = [".notdef"] + [f"uni{ord(c):04X}" for c in chars]
+    pen = TTGlyphPen(None)
+    for x, y in ((100, 0), (100, 700), (800, 700), (800, 0)):
+        (pen.lineTo if x != 100 or y != 0 else pen.moveTo)((x, y))
+    pen.closePath()
+    square = pen.glyph()
+    fb = FontBuilder(1000, isTTF=True)
+    fb.setupGlyphOrder(names)
+    fb.setupCharacterMap({ord(c): n for c, n in zip(chars, names[1:])})
+    fb.setupGlyf({n: square for n in names})
+    fb.setupHorizontalMetrics({n: (1000, 100) for n in names})
+    fb.setupHorizontalHeader(ascent=800, descent=-200)
+    fb.setupNameTable({"familyName": family, "styleName": "Regular"})
+    fb.setupOS2()
+    fb.setupPost()
+    fb.save(str(path))
+    return path
+
+
+@pytest.fixture
+def only_default_fonts(monkeypatch):
+    """The font list as on a machine with no CJK font: matplotlib's own fonts only (DejaVu, STIX,
+    Computer Modern, and Last Resort, which "has" every character as a box)."""
+    bundled = [f for f in font_manager.fontManager.ttflist
+               if f.fname.startswith(matplotlib.get_data_path())]
+    monkeypatch.setattr(font_manager.fontManager, "ttflist", bundled)
+    return bundled
+
+
+def _drawn_without_glyph_warnings(result: dict, path) -> None:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="Glyph .* missing")
+        draw_report(result, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_dollar_in_a_clip_name_is_a_dollar(tmp_path):
+    """Before: "price_$5_and_$6.mp4" was read as mathematics and cost the clip its report."""
+    name = "price_$5_and_$6 a$\\foo$b.mp4"
+    assert plain_text([name])[0] == [name.replace("$", r"\$")]
+    _drawn_without_glyph_warnings(_result(name, warning=f"{name}: audio cut short"),
+                                  tmp_path / "report.png")
+
+
+def test_a_name_no_font_draws_gets_a_visible_mark(tmp_path, only_default_fonts):
+    (drawn,), families = plain_text([CJK_NAME + "\x1b"])
+    assert drawn == UNDRAWABLE * 2 + "_01.mp4" + UNDRAWABLE  # the escape byte too
+    assert families == list(rcParams["font.family"])  # no fallback font added
+    _drawn_without_glyph_warnings(_result(CJK_NAME), tmp_path / "report.png")
+
+
+def test_a_non_latin_name_is_drawn_from_an_installed_font(tmp_path, only_default_fonts):
+    font = _tiny_font(tmp_path / "tiny_cjk.ttf", "Tiny CJK Test", "面试")
+    font_manager.fontManager.ttflist.append(font_manager.FontEntry(
+        fname=str(font), name="Tiny CJK Test"))
+    (drawn,), families = plain_text([CJK_NAME])
+    assert drawn == CJK_NAME and families[-1] == "Tiny CJK Test"
+    _drawn_without_glyph_warnings(_result(CJK_NAME, warning=f"{CJK_NAME}: no audio"),
+                                  tmp_path / "report.png")
