@@ -338,23 +338,23 @@ def evaluate_all(files: list[Path], manifest: pd.DataFrame, params: EvaluatePara
 # selection on validation, uncertainty on the scored split
 
 
-def validation_ccc(results: list[ModelResult], manifest: pd.DataFrame, params: EvaluateParams,
+def validation_ccc(files: list[Path], manifest: pd.DataFrame, params: EvaluateParams,
                    *, label_scale: str, seed: int) -> dict[str, dict]:
-    """Each model's mean CCC / MAE on the val split, the CCC's interval over val subjects
-    (`ccc_ci`): what chooses models (test is looked at once, for the report)."""
-    if params.split == "val":
-        return {r.name: {k: r.entry["mean"][k] for k in ("ccc", "mae")} for r in results}
+    """Each predictions file's mean CCC / MAE on the val split and the CCC's interval over val
+    subjects (`ccc_ci`): what chooses models. Every file is scored on val here, whatever it gave
+    on the reported split: a NaN on a test clip must not take a model out of the choice (test is
+    looked at once, for the report)."""
     val_params = dataclasses.replace(params, split="val", bins="none")
     out, scored = {}, {}
-    for r in results:
+    for path in (f for f in files if f.stem not in RESERVED):
         try:
-            result = evaluate_file(r.path, manifest, val_params, label_scale=label_scale)
+            result = evaluate_file(path, manifest, val_params, label_scale=label_scale)
         except StageInputError as exc:
-            log.warning("%s: no validation figures (%s)", r.name, exc)
+            log.warning("%s: no validation figures (%s)", path.stem, exc)
             continue
-        out[r.name] = {**{k: result.entry["mean"][k] for k in ("ccc", "mae")},
-                       "n_videos": result.entry["n_videos"]}
-        scored[r.name] = (result.video_ids, result.y_pred)
+        out[path.stem] = {**{k: result.entry["mean"][k] for k in ("ccc", "mae")},
+                          "n_videos": result.entry["n_videos"]}
+        scored[path.stem] = (result.video_ids, result.y_pred)
     add_split_intervals(out, scored, manifest, split="val", n_boot=params.bootstrap,
                         level=params.ci_level, seed=seed, method=params.interval)
     return out
@@ -467,7 +467,7 @@ def run(params: EvaluateParams, base: BaseParams | None = None,
         errors["baseline"] = f"{MANIFEST}: {exc}"
     if errors:
         report["errors"] = errors
-    val = validation_ccc(results, manifest, params, label_scale=label_scale,
+    val = validation_ccc(files, manifest, params, label_scale=label_scale,
                          seed=(base or BaseParams()).seed)
     best = select_best(val)
     report["selection"] = {"split": "val", "metric": "mean CCC", "best": best, "val": val}

@@ -18,6 +18,7 @@ other stage (tests/test_layering.py).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 
@@ -49,20 +50,65 @@ def trained_models(root: Path) -> list[str]:
 def validation_ranking(root: Path, names: list[str]) -> list[tuple[str, float]]:
     """(model, mean val CCC) best first: evaluate's selection figures (metrics/evaluate.json),
     else the train stage's own (metrics/train/<model>.json). Models are chosen on validation:
-    the test split is for the report only."""
+    the test split is for the report only. A checkpoint that measured its own val CCC (trained
+    with a val split) and disagrees with those figures is not the model they describe (metrics
+    of another run: a `git checkout` without `dvc checkout`): its own figure ranks it."""
     val = (_evaluation(root).get("selection") or {}).get("val") or {}
     ranked = []
     for name in names:
         ccc = (val.get(name) or {}).get("ccc")
         if ccc is None:
-            path = root / "metrics" / "train" / f"{name}.json"
-            try:
-                ccc = json.loads(path.read_text())["val"]["model"]["ccc"] if path.exists() else None
-            except (json.JSONDecodeError, KeyError, TypeError):
-                ccc = None
+            ccc = _train_figure(root, name)
+        own = _own_val_ccc(find_checkpoint(name, root))
+        if own is not None and not (isinstance(ccc, (int, float)) and abs(own - ccc) <= 1e-4):
+            _say_other_run(name, own, ccc)
+            ccc = own
         if isinstance(ccc, (int, float)) and np.isfinite(ccc):
             ranked.append((name, float(ccc)))
     return sorted(ranked, key=lambda nc: -nc[1])
+
+
+def _train_figure(root: Path, name: str) -> float | None:
+    """The train stage's mean val CCC of `name` (metrics/train/<name>.json), or None."""
+    path = root / "metrics" / "train" / f"{name}.json"
+    try:
+        return json.loads(path.read_text())["val"]["model"]["ccc"] if path.exists() else None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return None
+
+
+def _own_val_ccc(path: Path) -> float | None:
+    """The mean val CCC a checkpoint recorded for its weights (its history's row of the best
+    epoch); None when it has none (trained without a val split: retrained models) or cannot be
+    read (choose_model says why)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return _recorded_val_ccc(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _recorded_val_ccc(path: str, mtime_ns: int, size: int) -> float | None:
+    """`_own_val_ccc` of one version of a file: read once per process, not once per video."""
+    from models.engine import EngineError, read_checkpoint
+
+    try:
+        ckpt = read_checkpoint(path)
+    except EngineError:
+        return None
+    rows = [row for row in ckpt.get("history") or []
+            if isinstance(row, dict) and row.get("epoch") == ckpt.get("best_epoch")]
+    value = rows[-1].get("val_ccc") if rows else None
+    return float(value) if isinstance(value, (int, float)) and np.isfinite(value) else None
+
+
+@functools.lru_cache(maxsize=64)
+def _say_other_run(name: str, own: float, metrics: float | None) -> None:
+    """Warn once per process (a batch asks per video) that the metrics describe another run."""
+    log.warning("%s: its checkpoint's val CCC is %.4f, the metrics' %s: they come from another "
+                "run (`dvc checkout` or `dvc repro` makes them agree); ranked by the "
+                "checkpoint's", name, own, "none" if metrics is None else f"{metrics:.4f}")
 
 
 def _inputs_of(path: Path) -> set[str]:

@@ -412,6 +412,23 @@ def test_best_model_is_chosen_on_validation_not_test(tmp_path, rng):
     assert report["teststar"]["vs_best"]["p_better"] > 0.95
 
 
+def test_a_fault_on_test_does_not_change_the_choice(tmp_path, rng):
+    """A model best on val keeps its place in the choice when one of its test predictions is
+    NaN: the fault is reported (errors), but which model is chosen never depends on the test
+    rows. Before, such a model dropped out of the choice and a weaker one was chosen."""
+    m = make_manifest(rng)
+    y = truth(m)
+    good = predictions(m, y, "good")
+    good.loc[good.index[good["split"] == "test"][2], "O"] = np.nan  # a labelled clip
+    weak = predictions(m, 0.5 * y + 0.5 * train_mean(m), "weak")
+    write_root(tmp_path, m, {"good": good, "weak": weak})
+    report = ev.run(NO_MLFLOW, root=tmp_path)
+    assert "good" in report["errors"] and "NaN" in report["errors"]["good"]
+    assert report["selection"]["best"] == "good"
+    assert report["selection"]["val"]["good"]["ccc"] == pytest.approx(1.0)
+    assert "vs_best" not in report["weak"]  # nothing on test to pair it with
+
+
 def test_intervals_cover_the_estimate_and_summary_carries_them(unit_root):
     root, m, values = unit_root
     report = ev.run(NO_MLFLOW, root=root)

@@ -199,3 +199,30 @@ def test_a_checkpoint_without_inputs_is_chosen_by_its_models_inputs(tmp_path):
     path = save_checkpoint(tmp_path / "best.pt", model=build_model("logmel_cnn"),
                            model_name="logmel_cnn", train_mean=[0.5] * 5, inputs=[])
     assert _inputs_of(path) == {"logmel"}
+
+
+def test_models_are_ranked_by_their_own_checkpoints_when_the_metrics_are_another_runs(
+        tmp_path, caplog):
+    """metrics/evaluate.json is in git, the checkpoints in DVC: after a `git checkout` without
+    `dvc checkout` the two describe different runs. A checkpoint that recorded its own val CCC
+    and disagrees with the metrics is ranked by its own (and the log says so, once); one that
+    agrees, or recorded none (a retrained model: no val split), by the metrics."""
+    from stages.predict_model import validation_ranking
+
+    own = {"stale": 0.50, "fresh": 0.30, "tuned+retrained": None}
+    for name, ccc in own.items():
+        folder = "retrained/models" if name.endswith("+retrained") else "models"
+        history = [{"epoch": 1, "train_loss": 0.1, **({"val_ccc": ccc} if ccc else {})}]
+        save_checkpoint(tmp_path / "data" / folder / name / "best.pt",
+                        model=build_model("perfex_cnn"), model_name="perfex_cnn",
+                        train_mean=[0.5] * 5, inputs=["aus", "aus_mask"], best_epoch=1,
+                        history=history)
+    metrics = {"stale": 0.10, "fresh": 0.30 + 5e-5, "tuned+retrained": 0.40}
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "evaluate.json").write_text(json.dumps(
+        {"selection": {"val": {n: {"ccc": c} for n, c in metrics.items()}}}))
+    for _ in range(2):  # a batch asks once per video
+        ranked = validation_ranking(tmp_path, list(own))
+    assert ranked == [("stale", 0.50), ("tuned+retrained", 0.40), ("fresh", 0.30 + 5e-5)]
+    said = [r.getMessage() for r in caplog.records if "another run" in r.getMessage()]
+    assert len(said) == 1 and "stale" in said[0] and "0.5000" in said[0]
