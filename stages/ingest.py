@@ -426,6 +426,18 @@ def check_ingested(got: Ingested, params: IngestParams) -> None:
             "ingest.split / the labels' split column (or ingest.required_splits)")
 
 
+def subject_warnings(manifest: pd.DataFrame, source: str) -> list[str]:
+    """What a user should know about the subjects: a labels CSV without subjects makes each
+    video its own subject, so one person's clips can land in train and test (optimistic)."""
+    if source not in ("folder", "openface_csv") or len(manifest) < 2:
+        return []
+    if (manifest["subject_id"] != manifest["video_id"]).any():
+        return []
+    return [f"{source}: no subject given for any video, so each video is its own subject: "
+            "if a person has several clips, they can land in different splits and the test "
+            "scores are optimistic; add a `subject` column to the labels CSV"]
+
+
 def _drop_unknown(got: Ingested) -> None:
     """Side-table rows of videos the manifest does not hold are dropped (user-study ones
     reported)."""
@@ -446,6 +458,9 @@ def run(params: IngestParams, base: BaseParams, root: Path | None = None) -> dic
     check_ingested(got, params)
     _drop_unknown(got)
     manifest, study = got.manifest, got.study
+    notes = subject_warnings(manifest, params.source)
+    for note in notes:
+        log.warning("%s", note)
     (root / "data" / "videos").mkdir(parents=True, exist_ok=True)  # a DVC output for every source
     write_manifest(manifest, root)
     write_artifact("user_study", study, path=root / schemas.ARTIFACTS["user_study"].path)
@@ -466,6 +481,7 @@ def run(params: IngestParams, base: BaseParams, root: Path | None = None) -> dic
         "hours": round(float(manifest["duration_s"].sum()) / 3600, 4),
         "n_bad_rows": len(got.problems),
         "bad_rows": got.problems,
+        **({"warnings": notes} if notes else {}),
     }
     atomic_write_json(root / "metrics" / "ingest.json", summary)
     log.info("manifest: %d videos (%s), %d ratings", summary["n_videos"],

@@ -116,6 +116,23 @@ def test_given_splits_are_kept_and_others_assigned_by_subject(folder, tmp_path):
         _run(tmp_path, csv)
 
 
+def test_labels_without_subjects_are_said_to_give_optimistic_scores(folder, tmp_path, caplog):
+    """No subject column: each video is its own subject, so one person's clips can be split
+    between train and test. The stage says so (log and metrics/ingest.json), and not when the
+    labels give subjects."""
+    csv = folder / "labels.csv"
+    rows = [f"clips/{n}.mp4,0.1,0.2,0.3,0.4,0.5" for n in ("a1", "a2", "b1", "d1", "e1")]
+    csv.write_text("video,O,C,E,A,N\n" + "\n".join(rows) + "\n")
+    summary = _run(tmp_path, csv)
+    assert "its own subject" in summary["warnings"][0] and "optimistic" in summary["warnings"][0]
+    assert "its own subject" in caplog.text
+    on_disk = json.loads((tmp_path / "metrics" / "ingest.json").read_text())
+    assert on_disk["warnings"] == summary["warnings"]
+    csv.write_text("video,O,C,E,A,N,subject\n"
+                   + "\n".join(f"{r},{r[6]}" for r in rows) + "\n")  # a, a, b, d, e
+    assert "warnings" not in _run(tmp_path, csv)
+
+
 def test_kfold_refuses_labels_that_bring_their_own_split(folder, tmp_path):
     """A given split would be kept by every fold: the folds would all test the same people."""
     csv = folder / "labels.csv"
