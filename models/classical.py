@@ -255,6 +255,9 @@ class RidgeConfig:
         self.chosen_drop = tuple(self.chosen_drop)
         if self.head not in ("regression", "regression_z") or not self.alphas or self.folds < 2:
             raise ValueError("functionals_ridge: head regression|regression_z, alphas, folds >= 2")
+        if not all(isinstance(a, (int, float)) and not isinstance(a, bool) and a > 0
+                   for a in self.alphas):
+            raise ValueError(f"functionals_ridge: alphas must be numbers > 0, got {self.alphas}")
 
 
 class _Closed(nn.Module):

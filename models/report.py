@@ -32,10 +32,15 @@ MIN_SUBJECTS = 2  # fewer: no spread between people to resample, so no interval
 
 
 def select_best(val: dict[str, dict]) -> str | None:
-    """The model with the highest mean validation CCC (None when no model has one)."""
-    finite = {m: v["ccc"] for m, v in val.items() if v.get("ccc") is not None
-              and math.isfinite(v["ccc"])}
-    return max(finite, key=finite.get) if finite else None
+    """The model with the highest mean validation CCC (None when no model has one); among
+    models tied on it (a val split of one clip gives every model CCC 0), the lowest val MAE."""
+    finite = [m for m, v in val.items() if v.get("ccc") is not None and math.isfinite(v["ccc"])]
+
+    def mae(m: str) -> float:
+        value = val[m].get("mae")
+        return value if value is not None and math.isfinite(value) else math.inf
+
+    return max(finite, key=lambda m: (val[m]["ccc"], -mae(m))) if finite else None
 
 
 def _spread(scored: tuple[np.ndarray, np.ndarray], video_ids: np.ndarray) -> np.ndarray:

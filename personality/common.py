@@ -43,7 +43,7 @@ from personality import schemas
 
 __all__ = [
     "ParamsError", "SchemaError", "StageInputError",
-    "repo_root", "data_path", "load_params", "load_params_file", "BaseParams",
+    "repo_root", "data_path", "load_params", "load_params_file", "BaseParams", "load_base",
     "read_artifact", "write_artifact", "ArtifactWriter", "check_schema",
     "atomic_write_text", "atomic_write_json", "progress", "get_logger", "mlflow_run", "run_stage",
     "mlflow_ui_url", "init_pipeline_tracking", "pipeline_tags",
@@ -201,15 +201,28 @@ class BaseParams:
 
     seed: int = 1234  # the one seed every generator and trainer derives from
     workers: int = 2  # processes for per-video work
-    device: str = "auto"  # auto | cpu | cuda
-    log_level: str = "INFO"
+    log_level: str = "INFO"  # the stages' log (PERSONALITY_LOG_LEVEL, when set, wins)
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ParamsError(f"base.workers: {self.workers}; it must be >= 1 (processes for "
                               "per-video work)")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ParamsError(f"base.device: {self.device!r}; it must be auto, cpu or cuda")
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise ParamsError(f"base.log_level: {self.log_level!r}; it must be one of "
+                              f"{', '.join(LOG_LEVELS)}")
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def load_base(path: str | os.PathLike | None = None) -> BaseParams:
+    """params.yaml's `base`, its log_level put in force for this process (a stage's entry point
+    calls it; PERSONALITY_LOG_LEVEL, when set, wins)."""
+    base = load_params("base", BaseParams, path)
+    get_logger("personality")  # the handler, first
+    logging.getLogger().setLevel((os.environ.get("PERSONALITY_LOG_LEVEL")
+                                  or base.log_level).upper())
+    return base
 
 
 def load_params_file(path: str | os.PathLike | None = None) -> dict:
@@ -691,13 +704,28 @@ def get_logger(name: str, level: str | None = None) -> logging.Logger:
 # the thin main every stage shares
 
 
+def _stage_sigterm(signum, frame) -> None:
+    """SIGTERM (`timeout`, a batch scheduler, `kill`) in a stage: SystemExit(143), so that the
+    stage unwinds as on Ctrl-C: temp folders go, MLflow runs end as KILLED, not RUNNING for ever."""
+    raise SystemExit(128 + signum)
+
+
+# a forked child (a front-end worker, a DataLoader worker) dies of SIGTERM as before: the parent's
+# Python handler would run only between bytecodes, never while the child is stuck in native code
+os.register_at_fork(after_in_child=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                    if signal.getsignal(signal.SIGTERM) is _stage_sigterm else None)
+
+
 @contextlib.contextmanager
 def stage_errors(section: str) -> Iterator[None]:
     """Every failure of a stage's entry point is one log line: a cause that is the user's (bad
     param, bad input file, bad checkpoint) exits 2, one that is the machine's (full disk,
     read-only or missing folder, permissions) exits 1, naming the file; bugs keep their
-    traceback."""
+    traceback. Ctrl-C and SIGTERM unwind the stage (nothing half-written stays) and exit 130 and
+    143 with one line."""
     log = get_logger(section)
+    in_main = threading.current_thread() is threading.main_thread()
+    prior = signal.signal(signal.SIGTERM, _stage_sigterm) if in_main else None
     try:
         yield
     except (ParamsError, StageInputError, SchemaError) as exc:
@@ -707,13 +735,22 @@ def stage_errors(section: str) -> Iterator[None]:
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         log.error("%s: %s%s", section, where, exc.strerror or exc)
         sys.exit(1)
+    except (KeyboardInterrupt, SystemExit) as exc:
+        code = 130 if isinstance(exc, KeyboardInterrupt) else exc.code
+        if code in (130, 143):
+            log.error("%s: stopped (%s); what it had written is as before, a rerun starts it "
+                      "again", section, "Ctrl-C" if code == 130 else "SIGTERM")
+        sys.exit(code)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, prior)
 
 
 def run_stage(section: str, params_cls: type, run: typing.Callable[..., Any]) -> None:
     """Load `base` and `section` from params.yaml, call `run(params, base)`; a bad param or a bad
     input ends the process with exit code 2 and one clear log line instead of a traceback."""
     with stage_errors(section):
-        base = load_params("base", BaseParams)
+        base = load_base()
         params = load_params(section, params_cls)
         result = run(params, base)
     if isinstance(result, dict) and result.get("timings"):
@@ -909,7 +946,11 @@ def mlflow_run(stage: str, *, run_name: str | None = None, params: dict | None =
             mlflow.log_params(_flatten(params))
         if manifest is not None and Path(manifest).is_file():
             log_manifest_input(mlflow, Path(manifest), context)
-        yield mlflow
+        try:
+            yield mlflow
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM: stopped, not failed
+            mlflow.end_run(status="KILLED")
+            raise
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -50,7 +50,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from zoo import experiment_refs, queue_and_run, show_json  # noqa: E402  (a sibling script)
+from zoo import (experiment_refs, jobs_arg, queue_and_run,  # noqa: E402  (a sibling script)
+                 show_json)
 
 PREFIX = "cv-fold"
 SEED_PREFIX = "seed"
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seeds", type=int, default=0, help="instead of folds: this many "
                         "training seeds on the default split")
-    parser.add_argument("--jobs", type=int, default=2, help="experiments run at once")
+    parser.add_argument("--jobs", type=jobs_arg, default=2, help="experiments run at once")
     parser.add_argument("--collect", action="store_true", help="only print the table")
     parser.add_argument("--baseline", default="HEAD", help="--collect: the commit the "
                         "experiments were queued on")

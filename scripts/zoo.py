@@ -87,6 +87,14 @@ def train_seconds(model: str) -> float | None:
     return float(runs["metrics.train_seconds"].iloc[0])
 
 
+def jobs_arg(text: str) -> int:
+    """--jobs: at least 1 (`dvc queue start -j 0` starts no worker, and the wait never ends)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: at least one experiment must run at a time")
+    return value
+
+
 def queue_and_run(experiments: dict[str, list[str]], jobs: int, prefix: str = PREFIX) -> str:
     """Queue one DVC experiment per {name: [KEY=VALUE, ...]} (`-S` overrides), run them `jobs` at a
     time and wait; a name already used on this commit is replaced. Returns the commit they were
@@ -180,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", help="default: every registered model not in "
                         "train.models")
-    parser.add_argument("--jobs", type=int, default=2, help="experiments run at once")
+    parser.add_argument("--jobs", type=jobs_arg, default=2, help="experiments run at once")
     parser.add_argument("--collect", action="store_true", help="only print the table")
     parser.add_argument("--baseline", default="HEAD", help="--collect: the commit the "
                         "experiments were queued on")

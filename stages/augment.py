@@ -32,7 +32,6 @@ frame_idx (step within the sequence), t (the source frame's time), AU01_r ... AU
 from __future__ import annotations
 
 import dataclasses
-import sys
 import zlib
 from pathlib import Path
 
@@ -41,7 +40,7 @@ import pandas as pd
 
 from personality import schemas
 from personality.common import (ArtifactWriter, BaseParams, StageInputError, atomic_write_json,
-                           get_logger, load_params, progress, read_artifact, repo_root)
+                           get_logger, progress, read_artifact, repo_root, run_stage)
 from personality.schemas import AU_INTENSITY
 
 log = get_logger("augment")
@@ -180,13 +179,7 @@ def run(params: AugmentParams, base: BaseParams, root: Path | None = None) -> di
 
 
 def main(argv: list[str] | None = None) -> None:
-    base = load_params("base", BaseParams)
-    params = load_params("augment", AugmentParams)
-    try:
-        run(params, base)
-    except StageInputError as exc:
-        log.error("%s", exc)
-        sys.exit(2)
+    run_stage("augment", AugmentParams, run)  # a bad param: one line naming it, exit 2
 
 
 if __name__ == "__main__":

@@ -54,8 +54,8 @@ from models.metrics import (MetricsError, baseline_metrics, bin_metrics, json_sa
                             majority_class_accuracy, regression_metrics)
 from personality.common import (BaseParams, ParamsError, SchemaError, StageInputError,
                                 atomic_write_json, atomic_write_text, experiment_models,
-                                get_logger, load_params, mlflow_run, repo_root, stage_errors,
-                                write_tracking_receipt)
+                                get_logger, load_base, load_params, mlflow_run, repo_root,
+                                stage_errors, write_tracking_receipt)
 from personality.schemas import SPLITS, TRAITS
 
 log = get_logger("evaluate")
@@ -492,7 +492,7 @@ def run(params: EvaluateParams, base: BaseParams | None = None,
 def main(argv: list[str] | None = None) -> None:
     with stage_errors("evaluate"):
         params = load_params("evaluate", EvaluateParams)
-        run(params, load_params("base", BaseParams), models=experiment_models())  # base.seed
+        run(params, load_base(), models=experiment_models())  # base.seed
         write_tracking_receipt("evaluate", tracked=params.mlflow)
 
 

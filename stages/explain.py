@@ -58,8 +58,8 @@ import pandas as pd
 
 from personality.common import (BaseParams, ParamsError, StageInputError, atomic_write_json,
                                 atomic_write_text, experiment_models, find_checkpoint,
-                                get_logger, load_params, mlflow_run, repo_root, stage_errors,
-                                write_tracking_receipt)
+                                get_logger, load_base, load_params, mlflow_run, repo_root,
+                                stage_errors, write_tracking_receipt)
 from personality.cue_check import cluster_cue, cue_checks, cue_of, latent_cues
 from personality.executor import local_processes, map_jobs
 from personality.explain_report import markdown, write_model_files
@@ -477,7 +477,7 @@ def run(params: ExplainParams, base: BaseParams | None = None, root: Path | None
 
 def main(argv: list[str] | None = None) -> None:
     with stage_errors("explain"):
-        base = load_params("base", BaseParams)
+        base = load_base()
         params = load_params("explain", ExplainParams)
         run(params, base, models=experiment_models())
         write_tracking_receipt("explain", tracked=params.mlflow)

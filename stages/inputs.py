@@ -3,6 +3,9 @@ changes (a corrected label, a replaced video) and only then.
 
     python -m stages.inputs          # reads params.yaml:ingest -> data/inputs.json
 
+It first checks params.yaml's `base` and `train` whole (`check_params`): a mistyped key there
+that no stage re-run would read is refused before any stage runs.
+
 Why a stage: a dataset lives wherever its params point (`ingest.folder.labels`,
 `ingest.chalearn16.root`, ...), and DVC can neither take a list of paths from params nor a
 dependency that is empty for the default source. This stage runs on every `dvc repro`
@@ -33,8 +36,9 @@ import hashlib
 import os
 from pathlib import Path
 
-from personality.common import (StageInputError, atomic_dir, atomic_write_json, get_logger,
-                                is_checkpoint_path, load_params_file, repo_root, stage_errors)
+from personality.common import (BaseParams, StageInputError, atomic_dir, atomic_write_json,
+                                build_dataclass, get_logger, is_checkpoint_path,
+                                load_params_file, repo_root, stage_errors)
 from personality.datasets_au import labels_records
 
 log = get_logger("inputs")
@@ -191,9 +195,21 @@ def run(ingest: dict, root: Path | None = None) -> dict:
     return result
 
 
+def check_params(params: dict) -> None:
+    """What no stage re-run would check, checked first, on every repro: `base` and `train`
+    whole (each train@<model> stage depends on single keys, so a mistyped key, model name or
+    source there re-runs nothing: models/train_params.py). Every other section is a whole
+    dependency of its stage, which checks it when it changes."""
+    from models.train_params import TrainParams, check_train_params
+
+    build_dataclass(BaseParams, params.get("base") or {}, "base")
+    check_train_params(build_dataclass(TrainParams, params.get("train") or {}, "train"))
+
+
 def main(argv: list[str] | None = None) -> None:
-    with stage_errors("inputs"):  # the raw sections: their stages validate them; this needs paths
+    with stage_errors("inputs"):  # base and train checked; the other stages check their own
         params = load_params_file()
+        check_params(params)
         run(params.get("ingest") or {})
         write_param_files(params, repo_root())
 

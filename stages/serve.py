@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import difflib
 import json
 import math
 import os
@@ -48,9 +49,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from personality.common import (BaseParams, ParamsError, StageInputError, atomic_write_json,
-                                find_checkpoint, get_logger, load_params, mlflow_run, repo_root,
-                                stage_errors, write_tracking_receipt)
+from personality.common import (ParamsError, StageInputError, atomic_write_json,
+                                find_checkpoint, get_logger, load_base, load_params, mlflow_run,
+                                repo_root, stage_errors, write_tracking_receipt)
 from personality.schemas import TRAITS
 
 log = get_logger("serve")
@@ -163,12 +164,22 @@ def signature():
     return ModelSignature(inputs=Schema([ColSpec("string", "video")]), outputs=Schema(outputs))
 
 
-def chosen_model(p: RegisterParams, report: dict) -> str:
-    """register.model, else the best by validation CCC; refused when there is none."""
+def chosen_model(p: RegisterParams, report: dict, root: Path) -> str:
+    """register.model, else the best by validation CCC; refused when there is none, and a
+    register.model without a checkpoint before anything is logged (a typo, named as one)."""
     name = p.model or (report.get("selection") or {}).get("best")
     if not name:
         raise StageInputError("metrics/evaluate.json: no model chosen on validation "
                               "(selection.best); run the evaluate stage first")
+    if p.model:
+        try:
+            find_checkpoint(name, root)
+        except StageInputError:
+            known = evaluated_models(report)
+            close = difflib.get_close_matches(name, known, n=1)
+            raise ParamsError(f"register.model: {name!r} has no trained checkpoint ("
+                              + (f"did you mean {close[0]!r}? " if close else "")
+                              + f"evaluated: {', '.join(known) or 'none'})") from None
     return name
 
 
@@ -265,7 +276,7 @@ def register(p: RegisterParams, root: Path) -> dict:
     import mlflow
 
     report = json.loads((root / "metrics" / "evaluate.json").read_text())
-    name = chosen_model(p, report)
+    name = chosen_model(p, report, root)
     example = example_video(root)
     names = evaluated_models(report) if p.log_all else []
     # only the registered model carries the input example: mlflow runs the front-end on it for
@@ -300,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
         params = load_params("register", RegisterParams)
         if args.model:
             params = dataclasses.replace(params, model=args.model)
-        load_params("base", BaseParams)  # a bad params.yaml fails here, before any logging
+        load_base()  # a bad params.yaml fails here, before any logging
         run(params)
         write_tracking_receipt("register", tracked=params.enabled)
 

@@ -43,58 +43,16 @@ import numpy as np
 import pandas as pd
 
 from personality import schemas
-from models.solver import EngineError, Solver, TrainConfig
+from models.solver import TrainConfig
+from models.train_params import (TrainParams, check_model_config, check_train_params,
+                                  for_model)
 from personality.common import (BaseParams, ParamsError, StageInputError, atomic_dir,
-                                atomic_write_json, atomic_write_text, build_dataclass,
-                                check_schema, frontend_params, get_logger, load_params,
-                                repo_root, stage_errors, write_predictions)
+                                atomic_write_json, atomic_write_text, check_schema,
+                                frontend_params, get_logger, load_base, load_params, repo_root,
+                                stage_errors, write_predictions)
 from personality.schemas import SPLITS, TRAITS
 
 log = get_logger("train")
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainParams(TrainConfig):
-    """params.yaml:train. The solver and run knobs (epochs, lr, ..., seed, device, amp, ...) are
-    TrainConfig's (models/solver.py), declared and validated there, once; these are the stage's."""
-    models: list[str] = dataclasses.field(
-        default_factory=lambda: ["perfex_cnn", "perfex_hybrid"])  # registry names
-    threads: int = 1  # torch CPU threads (0: torch's default); 1 is fastest on a shared 2-core box
-    resume: str = ""  # checkpoint to continue from ("" = start fresh)
-    test_only: bool = False  # evaluate a checkpoint, no training
-    weights: str = ""  # initial weights (a checkpoint or a bare state_dict)
-    weights_strict: bool = True
-    use_augmented: bool = True  # AU models: training views from data/augmented
-    mlflow: bool = True  # log to MLflow (sqlite:///mlflow.db)
-    model_config: dict = dataclasses.field(default_factory=dict)  # {name: {field: value}}
-    source_config: dict = dataclasses.field(default_factory=dict)  # {sample key: {option: value}}
-
-    def __post_init__(self) -> None:
-        try:
-            super().__post_init__()
-        except EngineError as exc:
-            raise ParamsError(f"train: {exc}") from None
-
-
-# Solver params a model may set for itself under train.model_config.<name>.train (DeepPersonality
-# keeps lr, epochs, batch size per model config): the fields of models.solver.Solver.
-PER_MODEL_TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(Solver))
-
-
-def for_model(p: TrainParams, name: str) -> tuple[TrainParams, dict]:
-    """(train params with `model_config.<name>.train` applied, the model's config overrides)."""
-    overrides = dict(p.model_config.get(name) or {})
-    solver = overrides.pop("train", None) or {}
-    if not isinstance(solver, dict):
-        raise ParamsError(f"train.model_config.{name}.train: expected a mapping, got {solver!r}")
-    bad = sorted(set(solver) - set(PER_MODEL_TRAIN_KEYS))
-    if bad:
-        raise ParamsError(f"train.model_config.{name}.train.{bad[0]}: not a per-model train "
-                          f"param (allowed: {', '.join(PER_MODEL_TRAIN_KEYS)})")
-    if not solver:
-        return p, overrides
-    merged = {f.name: getattr(p, f.name) for f in dataclasses.fields(p)} | solver
-    return build_dataclass(TrainParams, merged, "train"), overrides
 
 
 def engine_config(p: TrainParams, base: BaseParams) -> TrainConfig:
@@ -457,19 +415,9 @@ def run(params: TrainParams, base: BaseParams, root: Path | None = None,
     names = list(models) if models else list(params.models)
     if not names:
         raise ParamsError("train.models: empty; name at least one registered model")
-    from models.registry import model_spec
-
-    for name in names:
-        try:
-            model_spec(name)
-        except ValueError as exc:
-            raise ParamsError(f"train.models: {exc}") from None
-    from models.registry import list_models
-
-    registered = {m["name"] for m in list_models()}
-    unknown = sorted(set(params.model_config) - registered)
-    if unknown:  # a typo would otherwise silently train the module's defaults
-        log.warning("train.model_config.%s: not a registered model", unknown[0])
+    check_train_params(dataclasses.replace(params, models=names))
+    for name in names:  # every model's config, before any model reads its data
+        check_model_config(name, for_model(params, name)[1])
     return {name: train_model(name, params, base, root) for name in names}
 
 
@@ -479,13 +427,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", action="append", default=None,
                         help="train only this model (repeatable); default: train.models")
     args = parser.parse_args(argv)
-    base = load_params("base", BaseParams)
-    params = load_params("train", TrainParams)
     from models.engine import shutdown_distributed
 
     try:
         with stage_errors("train"):  # SourceError and EngineError are StageInputErrors
-            run(params, base, models=args.model)
+            run(load_params("train", TrainParams), load_base(), models=args.model)
     finally:
         shutdown_distributed()  # the torchrun process group, if one was started
 

@@ -160,3 +160,14 @@ def test_the_stage_reads_evaluate_interval(tmp_path, rng):
     bad.write_text("evaluate:\n  interval: basic\n")
     with pytest.raises(ParamsError, match="evaluate.interval"):
         load_params("evaluate", ev.EvaluateParams, path=bad)
+
+
+def test_a_tie_on_val_ccc_goes_to_the_lower_val_mae():
+    """A val split of one clip gives every model CCC 0: the choice was the first name listed,
+    however large its error (a tiny experiment registered its worst model)."""
+    from models.report import select_best
+
+    val = {"worst": {"ccc": 0.0, "mae": 0.40}, "best": {"ccc": 0.0, "mae": 0.10},
+           "no_mae": {"ccc": 0.0, "mae": None}}
+    assert select_best(val) == "best"
+    assert select_best({**val, "higher": {"ccc": 0.01, "mae": 0.5}}) == "higher"

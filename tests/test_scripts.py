@@ -179,3 +179,16 @@ def test_cv_refuses_to_queue_folds_of_a_source_with_its_own_split(monkeypatch, c
         assert info.value.code == 2
         assert f"ingest.source={source}: " in capsys.readouterr().err
     assert cv.fold_refusal([]) is None  # the default synthetic source folds
+
+
+@pytest.mark.parametrize("script", ["zoo", "cv"])
+def test_jobs_below_one_is_refused_before_anything_is_queued(script, monkeypatch, capsys):
+    """`dvc queue start -j 0` starts no worker: the scripts then waited for ever."""
+    import cv
+    import zoo
+
+    monkeypatch.setattr(zoo, "queue_and_run", lambda *a, **k: pytest.fail("queued"))
+    monkeypatch.setattr(cv, "queue_and_run", lambda *a, **k: pytest.fail("queued"))
+    with pytest.raises(SystemExit) as exit_:
+        {"zoo": zoo, "cv": cv}[script].main(["--jobs", "0"])
+    assert exit_.value.code == 2 and "at least one experiment" in capsys.readouterr().err

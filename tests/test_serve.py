@@ -121,6 +121,18 @@ def test_only_the_registered_model_carries_the_input_example(served_root, monkey
     assert examples["a"] is None and examples["b"] == serve.example_video(tmp_path)
 
 
+def test_a_mistyped_register_model_is_named_before_anything_is_logged(tmp_path, monkeypatch):
+    """Before: every evaluated model was logged to MLflow first, then the error suggested
+    training the misspelt name."""
+    report = {"functionals_ridge": {"mean": {}}, "selection": {"best": "functionals_ridge"}}
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "evaluate.json").write_text(json.dumps(report))
+    monkeypatch.setattr(serve, "log_model_run", lambda *a: pytest.fail("logged a model"))
+    with pytest.raises(serve.ParamsError, match="register.model: 'functionals_rigde' has no "
+                       "trained checkpoint .did you mean 'functionals_ridge'"):
+        serve.register(serve.RegisterParams(model="functionals_rigde"), tmp_path)
+
+
 def test_loaded_pyfunc_gives_predicts_scores_and_a_row_per_bad_video(registered, expected,
                                                                      tmp_path, monkeypatch):
     import mlflow.pyfunc

@@ -1,0 +1,116 @@
+"""params.yaml's `train` section: its dataclass, the per-model overrides, and the checks of what
+no stage re-run would read.
+
+    p = build_dataclass(TrainParams, params["train"], "train")   # every key and type checked
+    check_train_params(p)            # model names, per-model train keys, source options
+    p_for_x, overrides = for_model(p, "perfex_cnn")
+    check_model_config("perfex_cnn", overrides)   # the model's own config fields, by building it
+
+Why here and not in stages/train.py: each train@<model> stage depends on single `train.*` keys
+(dvc.yaml), so a key it does not list (a hand-edited `train.learning_rate`, a
+`model_config.functionals_rigde`, a `source_config.facee`) re-runs nothing and would pass
+unseen. The `inputs` stage, which runs first on every `dvc repro`, calls `check_train_params`;
+stage modules may not import one another (tests/test_layering.py), so the checks live in models/.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+
+from models.solver import EngineError, Solver, TrainConfig
+from personality.common import ParamsError, build_dataclass
+
+__all__ = ["TrainParams", "PER_MODEL_TRAIN_KEYS", "for_model", "check_train_params",
+           "check_model_config"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainParams(TrainConfig):
+    """params.yaml:train. The solver and run knobs (epochs, lr, ..., seed, device, amp, ...) are
+    TrainConfig's (models/solver.py), declared and validated there, once; these are the stage's."""
+    models: list[str] = dataclasses.field(
+        default_factory=lambda: ["perfex_cnn", "perfex_hybrid"])  # registry names
+    threads: int = 1  # torch CPU threads (0: torch's default); 1 is fastest on a shared 2-core box
+    resume: str = ""  # checkpoint to continue from ("" = start fresh)
+    test_only: bool = False  # evaluate a checkpoint, no training
+    weights: str = ""  # initial weights (a checkpoint or a bare state_dict)
+    weights_strict: bool = True
+    use_augmented: bool = True  # AU models: training views from data/augmented
+    mlflow: bool = True  # log to MLflow (sqlite:///mlflow.db)
+    model_config: dict = dataclasses.field(default_factory=dict)  # {name: {field: value}}
+    source_config: dict = dataclasses.field(default_factory=dict)  # {sample key: {option: value}}
+
+    def __post_init__(self) -> None:
+        try:
+            super().__post_init__()
+        except EngineError as exc:
+            raise ParamsError(f"train: {exc}") from None
+        if self.epochs == 0 and not (self.test_only or self.resume):
+            raise ParamsError("train.epochs: 0 trains nothing (the model would be scored "
+                              "untrained); to score a checkpoint set train.test_only")
+        if self.num_workers < 0:
+            raise ParamsError(f"train.num_workers: {self.num_workers}; it must be >= 0 "
+                              "(0: batches are made in the training process)")
+
+
+# Solver params a model may set for itself under train.model_config.<name>.train (DeepPersonality
+# keeps lr, epochs, batch size per model config): the fields of models.solver.Solver.
+PER_MODEL_TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(Solver))
+
+
+def for_model(p: TrainParams, name: str) -> tuple[TrainParams, dict]:
+    """(train params with `model_config.<name>.train` applied, the model's config overrides)."""
+    overrides = dict(p.model_config.get(name) or {})
+    solver = overrides.pop("train", None) or {}
+    if not isinstance(solver, dict):
+        raise ParamsError(f"train.model_config.{name}.train: expected a mapping, got {solver!r}")
+    bad = sorted(set(solver) - set(PER_MODEL_TRAIN_KEYS))
+    if bad:
+        raise ParamsError(f"train.model_config.{name}.train.{bad[0]}: not a per-model train "
+                          f"param (allowed: {', '.join(PER_MODEL_TRAIN_KEYS)})")
+    if not solver:
+        return p, overrides
+    merged = {f.name: getattr(p, f.name) for f in dataclasses.fields(p)} | solver
+    return build_dataclass(TrainParams, merged, "train"), overrides
+
+
+def check_train_params(p: TrainParams) -> None:
+    """ParamsError naming the key, for: a name in train.models or train.model_config that is no
+    registered model (the closest one suggested), a bad per-model train key or value, a
+    train.source_config entry for no input source or with a bad option."""
+    from models.data import SourceError, check_source_options
+    from models.registry import list_models
+
+    registered = sorted(m["name"] for m in list_models())
+    for key, names in (("train.models", p.models), ("train.model_config", p.model_config)):
+        for name in names:
+            if name not in registered:
+                close = difflib.get_close_matches(name, registered, n=1)
+                raise ParamsError(f"{key}: {name!r} is not a registered model ("
+                                  + (f"did you mean {close[0]!r}? " if close else "")
+                                  + "`python -m models` lists them)")
+    for name in p.model_config:
+        if not isinstance(p.model_config[name] or {}, dict):
+            raise ParamsError(f"train.model_config.{name}: expected a mapping, got "
+                              f"{p.model_config[name]!r}")
+        for_model(p, name)
+    try:
+        check_source_options(list(p.source_config), p.source_config)
+    except SourceError as exc:
+        raise ParamsError(f"train.{exc}" if str(exc).startswith("source_config")
+                          else f"train.source_config: {exc}") from None
+
+
+def check_model_config(name: str, overrides: dict) -> None:
+    """Build model `name` with `overrides` once, the global RNG state kept (the training's own
+    build is seeded later): an unknown field or a bad value is a ParamsError naming
+    train.model_config.<name> before any data is read, not a traceback after."""
+    import torch
+
+    from models.registry import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        try:
+            build_model(name, **overrides)
+        except (TypeError, ValueError) as exc:
+            raise ParamsError(f"train.model_config.{name}: {exc}") from None

@@ -1,0 +1,148 @@
+"""params.yaml mistakes that no stage re-run would read are refused first, by the `inputs` stage
+(every train@<model> stage depends on single train keys: a mistyped key there re-ran nothing and
+an experiment "succeeded" with the baseline's metrics); a bad model config is one line naming it,
+not a traceback; a stage stopped by SIGTERM unwinds: one line, exit 143, MLflow run KILLED;
+base.log_level is in force."""
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from models.train_params import check_model_config
+from personality.common import ParamsError
+from stages.inputs import check_params
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def _with(section: str, **changes) -> dict:
+    params = copy.deepcopy(PARAMS)
+    for key, value in changes.items():
+        node = params[section]
+        *path, last = key.split("__")
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return params
+
+
+def test_the_repository_params_pass():
+    check_params(PARAMS)
+
+
+@pytest.mark.parametrize("section, changes, named", [
+    ("train", {"learning_rate": 0.01}, "train.learning_rate: unknown key"),
+    ("train", {"model_config__functionals_rigde": {"alphas": [1.0]}},
+     "'functionals_rigde' is not a registered model (did you mean 'functionals_ridge'?"),
+    ("train", {"models": ["functionals_ridge", "resnet99_face"]}, "train.models: 'resnet99_face'"),
+    ("train", {"source_config__facee": {"size": 32}}, "train.source_config"),
+    ("train", {"source_config__face": {"sizee": 32}}, "sizee"),
+    ("train", {"model_config__perfex_cnn__train": {"lrr": 0.1}},
+     "train.model_config.perfex_cnn.train.lrr"),
+    ("train", {"epochs": 0}, "train.epochs: 0 trains nothing"),
+    ("train", {"num_workers": -2}, "train.num_workers"),
+    ("train", {"lr": "abc"}, "train.lr"),
+    ("base", {"device": "cuda"}, "base.device: unknown key"),
+    ("base", {"log_level": "LOUD"}, "base.log_level"),
+])
+def test_a_mistake_no_stage_would_read_is_named(section, changes, named):
+    with pytest.raises(ParamsError) as caught:
+        check_params(_with(section, **changes))
+    assert named in str(caught.value)
+
+
+def test_epochs_zero_is_fine_for_scoring_a_checkpoint():
+    check_params(_with("train", epochs=0, test_only=True))
+
+
+@pytest.mark.parametrize("name, overrides, named", [
+    ("functionals_ridge", {"bogus": 1}, "bogus"),
+    ("functionals_ridge", {"alphas": "abc"}, "alphas must be numbers > 0"),
+    ("functionals_gbt", {"max_trees": "many"}, "train.model_config.functionals_gbt"),
+    ("audio_fn_linear", {"hiden": 16}, "unknown config key 'hiden'"),
+])
+def test_a_bad_model_config_is_one_error_naming_it(name, overrides, named):
+    with pytest.raises(ParamsError) as caught:
+        check_model_config(name, overrides)
+    assert str(caught.value).startswith(f"train.model_config.{name}: ") and named in str(caught.value)
+
+
+def test_checking_a_model_config_leaves_the_random_state_alone():
+    import torch
+
+    torch.manual_seed(7)
+    want = torch.rand(3)
+    torch.manual_seed(7)
+    check_model_config("perfex_cnn", {})
+    assert torch.equal(torch.rand(3), want)
+
+
+def _repo_with(tmp_path: Path, params: dict) -> Path:
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return tmp_path
+
+
+def _stage(root: Path, *args: str, env: dict | None = None, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    env.pop("DVC_ROOT", None)
+    env.pop("PERSONALITY_LOG_LEVEL", None)
+    return subprocess.Popen([sys.executable, *args], cwd=root, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+def test_the_inputs_stage_refuses_a_train_typo_in_one_line(tmp_path):
+    root = _repo_with(tmp_path, _with("train", learning_rate=0.01))
+    out, err = _stage(root, "-m", "stages.inputs").communicate(timeout=120)
+    assert "train.learning_rate: unknown key" in err and "Traceback" not in err
+    assert not (root / "data" / "inputs.json").exists()
+
+
+STOPPED = textwrap.dedent("""
+    import sys, time
+    from personality.common import load_base, get_logger, mlflow_run, stage_errors
+    with stage_errors("demo"):
+        load_base()
+        get_logger("demo").info("shown only at INFO")
+        with mlflow_run("demo", run_name="demo:stopped"):
+            print("running", flush=True)
+            time.sleep(60)
+""")
+
+
+def test_a_stage_stopped_by_sigterm_unwinds_and_its_mlflow_run_is_killed(tmp_path):
+    root = _repo_with(tmp_path, PARAMS)
+    proc = _stage(root, "-c", STOPPED, env={"MLFLOW_DISABLE_TELEMETRY": "true"})
+    assert proc.stdout.readline().strip() == "running"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "demo: stopped (SIGTERM)" in err and "Traceback" not in err
+    assert "shown only at INFO" in err
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              filter_string="attributes.run_name = 'demo:stopped'")
+    assert [r.info.status for r in runs] == ["KILLED"]
+
+
+def test_base_log_level_is_in_force(tmp_path):
+    root = _repo_with(tmp_path, _with("base", log_level="WARNING"))
+    quiet = textwrap.dedent("""
+        from personality.common import load_base, get_logger
+        load_base()
+        get_logger("demo").info("hidden at WARNING")
+        get_logger("demo").warning("shown at WARNING")
+    """)
+    out, err = _stage(root, "-c", quiet).communicate(timeout=60)
+    assert "shown at WARNING" in err and "hidden at WARNING" not in err
