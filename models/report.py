@@ -24,23 +24,30 @@ from models.bootstrap import (DEFAULT_METHOD, METRICS, bootstrap_scores, common_
 from models.metrics import train_mean_baseline
 from personality.schemas import TRAITS
 
-__all__ = ["RESERVED", "select_best", "add_uncertainty", "summary_of", "results_table", "fmt",
+__all__ = ["RESERVED", "rank_models", "select_best", "add_uncertainty", "summary_of", "results_table", "fmt",
            "ci_text", "flat_metrics"]
 
 RESERVED = ("baseline", "errors", "selection")  # keys of evaluate.json that are not models
 MIN_SUBJECTS = 2  # fewer: no spread between people to resample, so no interval
 
 
-def select_best(val: dict[str, dict]) -> str | None:
-    """The model with the highest mean validation CCC (None when no model has one); among
-    models tied on it (a val split of one clip gives every model CCC 0), the lowest val MAE."""
+def rank_models(val: dict[str, dict]) -> list[str]:
+    """Models best first by mean validation CCC (those without a finite one left out); among
+    models tied on it (a val split of one clip gives every model CCC 0), the lower val MAE
+    first. evaluate's choice and predict's default model both come from this order."""
     finite = [m for m, v in val.items() if v.get("ccc") is not None and math.isfinite(v["ccc"])]
 
     def mae(m: str) -> float:
         value = val[m].get("mae")
         return value if value is not None and math.isfinite(value) else math.inf
 
-    return max(finite, key=lambda m: (val[m]["ccc"], -mae(m))) if finite else None
+    return sorted(finite, key=lambda m: (-val[m]["ccc"], mae(m)))
+
+
+def select_best(val: dict[str, dict]) -> str | None:
+    """The first of `rank_models` (None when no model has a val CCC)."""
+    ranked = rank_models(val)
+    return ranked[0] if ranked else None
 
 
 def _spread(scored: tuple[np.ndarray, np.ndarray], video_ids: np.ndarray) -> np.ndarray:

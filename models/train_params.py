@@ -71,7 +71,11 @@ def for_model(p: TrainParams, name: str) -> tuple[TrainParams, dict]:
     if not solver:
         return p, overrides
     merged = {f.name: getattr(p, f.name) for f in dataclasses.fields(p)} | solver
-    return build_dataclass(TrainParams, merged, "train"), overrides
+    try:
+        return build_dataclass(TrainParams, merged, "train"), overrides
+    except ParamsError as exc:  # named where the user wrote it
+        raise ParamsError(str(exc).replace("train.", f"train.model_config.{name}.train.", 1)
+                          ) from None
 
 
 def check_train_params(p: TrainParams) -> None:

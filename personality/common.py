@@ -706,8 +706,28 @@ def get_logger(name: str, level: str | None = None) -> logging.Logger:
 
 def _stage_sigterm(signum, frame) -> None:
     """SIGTERM (`timeout`, a batch scheduler, `kill`) in a stage: SystemExit(143), so that the
-    stage unwinds as on Ctrl-C: temp folders go, MLflow runs end as KILLED, not RUNNING for ever."""
+    stage unwinds as on Ctrl-C: temp folders go, MLflow runs end as KILLED, not RUNNING for ever.
+    Counted as a SIGINT is (`_count_sigint`): one that lands in a __del__ is dropped by Python,
+    and the writers must still refuse to swap their output in."""
+    _SIGINTS[0] += 1
+    _SIGTERMED[0] = True
     raise SystemExit(128 + signum)
+
+
+_SIGTERMED = [False]  # a SIGTERM came: the stage then dies of it, whatever unwound it
+
+
+def _stopped(log: logging.Logger, signum: int) -> typing.NoReturn:
+    """Say that the stage was stopped, then end this process as killed by `signum`: a shell
+    running stages in a loop stops on Ctrl-C only when its child died of SIGINT (an exit code
+    130 reads as "handled", and the loop goes on)."""
+    log.error("stopped (%s); what it had written is as before, a rerun starts it again",
+              "Ctrl-C" if signum == signal.SIGINT else "SIGTERM")
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    sys.exit(128 + signum)  # not reached unless the signal is blocked
 
 
 # a forked child (a front-end worker, a DataLoader worker) dies of SIGTERM as before: the parent's
@@ -721,11 +741,14 @@ def stage_errors(section: str) -> Iterator[None]:
     """Every failure of a stage's entry point is one log line: a cause that is the user's (bad
     param, bad input file, bad checkpoint) exits 2, one that is the machine's (full disk,
     read-only or missing folder, permissions) exits 1, naming the file; bugs keep their
-    traceback. Ctrl-C and SIGTERM unwind the stage (nothing half-written stays) and exit 130 and
-    143 with one line."""
+    traceback. Ctrl-C and SIGTERM unwind the stage (nothing half-written stays), say so in one
+    line and end the process by that signal (a shell shows 130 and 143)."""
     log = get_logger(section)
-    in_main = threading.current_thread() is threading.main_thread()
-    prior = signal.signal(signal.SIGTERM, _stage_sigterm) if in_main else None
+    # a SIGTERM handler of the caller's own, or SIGTERM ignored by the launcher, is left alone
+    ours = (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
+    if ours:
+        signal.signal(signal.SIGTERM, _stage_sigterm)
     try:
         yield
     except (ParamsError, StageInputError, SchemaError) as exc:
@@ -736,14 +759,19 @@ def stage_errors(section: str) -> Iterator[None]:
         log.error("%s: %s%s", section, where, exc.strerror or exc)
         sys.exit(1)
     except (KeyboardInterrupt, SystemExit) as exc:
-        code = 130 if isinstance(exc, KeyboardInterrupt) else exc.code
-        if code in (130, 143):
-            log.error("%s: stopped (%s); what it had written is as before, a rerun starts it "
-                      "again", section, "Ctrl-C" if code == 130 else "SIGTERM")
-        sys.exit(code)
+        if ours and _SIGTERMED[0]:  # also when a writer refused its swap for it
+            stopped = signal.SIGTERM
+        elif isinstance(exc, KeyboardInterrupt):
+            stopped = signal.SIGINT
+        else:
+            raise
+        _stopped(log, stopped)
+    else:
+        if ours and _SIGTERMED[0]:  # a SIGTERM Python dropped (in a __del__) still ends it
+            _stopped(log, signal.SIGTERM)
     finally:
-        if in_main:
-            signal.signal(signal.SIGTERM, prior)
+        if ours:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def run_stage(section: str, params_cls: type, run: typing.Callable[..., Any]) -> None:

@@ -55,7 +55,7 @@ def plain_text(texts: Sequence[str]) -> tuple[list[str], list[str]]:
     # matplotlib's own Last Resort font "has" every character, as a box: not a drawing of it
     fonts = {f.name: f.fname for f in font_manager.fontManager.ttflist
              if not f.name.startswith("Last Resort")}
-    while missing:
+    while missing and fonts:
         best = max(sorted(fonts), key=lambda name: len(missing & _glyphs(fonts[name])))
         found = missing & _glyphs(fonts.pop(best))
         if not found:

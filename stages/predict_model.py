@@ -52,20 +52,24 @@ def validation_ranking(root: Path, names: list[str]) -> list[tuple[str, float]]:
     else the train stage's own (metrics/train/<model>.json). Models are chosen on validation:
     the test split is for the report only. A checkpoint that measured its own val CCC (trained
     with a val split) and disagrees with those figures is not the model they describe (metrics
-    of another run: a `git checkout` without `dvc checkout`): its own figure ranks it."""
+    of another run: a `git checkout` without `dvc checkout`): its own figure ranks it. Ties go
+    to the lower val MAE, as in evaluate's choice (models.report.rank_models)."""
+    from models.report import rank_models
+
     val = (_evaluation(root).get("selection") or {}).get("val") or {}
-    ranked = []
+    figures = {}
     for name in names:
-        ccc = (val.get(name) or {}).get("ccc")
+        ccc, mae = ((val.get(name) or {}).get(k) for k in ("ccc", "mae"))
         if ccc is None:
-            ccc = _train_figure(root, name)
+            ccc, mae = _train_figure(root, name), None
         own = _own_val_ccc(find_checkpoint(name, root))
         if own is not None and not (isinstance(ccc, (int, float)) and abs(own - ccc) <= 1e-4):
             _say_other_run(name, own, ccc)
-            ccc = own
-        if isinstance(ccc, (int, float)) and np.isfinite(ccc):
-            ranked.append((name, float(ccc)))
-    return sorted(ranked, key=lambda nc: -nc[1])
+            ccc, mae = own, None
+        if isinstance(ccc, (int, float)):
+            figures[name] = {"ccc": float(ccc),
+                             "mae": float(mae) if isinstance(mae, (int, float)) else None}
+    return [(name, figures[name]["ccc"]) for name in rank_models(figures)]
 
 
 def _train_figure(root: Path, name: str) -> float | None:

@@ -429,11 +429,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     from models.engine import shutdown_distributed
 
-    try:
-        with stage_errors("train"):  # SourceError and EngineError are StageInputErrors
+    with stage_errors("train"):  # SourceError and EngineError are StageInputErrors
+        try:
             run(load_params("train", TrainParams), load_base(), models=args.model)
-    finally:
-        shutdown_distributed()  # the torchrun process group, if one was started
+        finally:
+            shutdown_distributed()  # the torchrun process group, if one was started
 
 
 if __name__ == "__main__":

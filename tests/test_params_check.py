@@ -49,6 +49,8 @@ def test_the_repository_params_pass():
     ("train", {"model_config__perfex_cnn__train": {"lrr": 0.1}},
      "train.model_config.perfex_cnn.train.lrr"),
     ("train", {"epochs": 0}, "train.epochs: 0 trains nothing"),
+    ("train", {"model_config__perfex_cnn__train": {"epochs": 0}},
+     "train.model_config.perfex_cnn.train.epochs: 0 trains nothing"),
     ("train", {"num_workers": -2}, "train.num_workers"),
     ("train", {"lr": "abc"}, "train.lr"),
     ("base", {"device": "cuda"}, "base.device: unknown key"),
@@ -108,7 +110,8 @@ def test_the_inputs_stage_refuses_a_train_typo_in_one_line(tmp_path):
 
 
 STOPPED = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # a background shell ignores it
     from personality.common import load_base, get_logger, mlflow_run, stage_errors
     with stage_errors("demo"):
         load_base()
@@ -119,21 +122,54 @@ STOPPED = textwrap.dedent("""
 """)
 
 
-def test_a_stage_stopped_by_sigterm_unwinds_and_its_mlflow_run_is_killed(tmp_path):
-    root = _repo_with(tmp_path, PARAMS)
-    proc = _stage(root, "-c", STOPPED, env={"MLFLOW_DISABLE_TELEMETRY": "true"})
-    assert proc.stdout.readline().strip() == "running"
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err
-    assert "demo: stopped (SIGTERM)" in err and "Traceback" not in err
-    assert "shown only at INFO" in err
+def _runs(root: Path) -> list[str]:
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                              filter_string="attributes.run_name = 'demo:stopped'")
-    assert [r.info.status for r in runs] == ["KILLED"]
+    return [r.info.status for r in client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string="attributes.run_name = 'demo:stopped'")]
+
+
+@pytest.mark.parametrize("sig, said", [(signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "Ctrl-C")])
+def test_a_stopped_stage_unwinds_says_so_and_dies_of_the_signal(tmp_path, sig, said):
+    """Its MLflow run is KILLED (SIGTERM left it RUNNING for ever); it dies of the signal, not
+    with an exit code, so that a shell loop of stages stops on Ctrl-C."""
+    root = _repo_with(tmp_path, PARAMS)
+    proc = _stage(root, "-c", STOPPED, env={"MLFLOW_DISABLE_TELEMETRY": "true"})
+    assert proc.stdout.readline().strip() == "running"
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == -sig, err
+    assert f"demo: stopped ({said})" in err and "Traceback" not in err
+    assert "shown only at INFO" in err
+    assert _runs(root) == ["KILLED"]
+
+
+DROPPED = textwrap.dedent("""
+    import os, signal, sys, time
+    from pathlib import Path
+    from personality.common import atomic_dir, stage_errors
+
+    class Closes:
+        def __del__(self):  # where Python drops an exception: a DataLoader iterator's end
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.5)
+
+    with stage_errors("demo"):
+        with atomic_dir(Path(sys.argv[1]) / "out") as staging:
+            (staging / "a.txt").write_text("a")
+            Closes()
+            print("went on", flush=True)
+""")
+
+
+def test_a_sigterm_python_drops_still_keeps_the_output_out(tmp_path):
+    proc = _stage(tmp_path, "-c", DROPPED, str(tmp_path))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGTERM, err
+    assert "demo: stopped (SIGTERM)" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_base_log_level_is_in_force(tmp_path):

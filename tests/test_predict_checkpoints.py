@@ -226,3 +226,20 @@ def test_models_are_ranked_by_their_own_checkpoints_when_the_metrics_are_another
     assert ranked == [("stale", 0.50), ("tuned+retrained", 0.40), ("fresh", 0.30 + 5e-5)]
     said = [r.getMessage() for r in caplog.records if "another run" in r.getMessage()]
     assert len(said) == 1 and "stale" in said[0] and "0.5000" in said[0]
+
+
+def test_predict_breaks_a_tie_as_evaluate_does(tmp_path):
+    """A val split of one clip gives every model CCC 0: predict's default model must be the one
+    evaluate chose and register registered (the lower val MAE), not the first name."""
+    from models.report import select_best
+    from stages.predict_model import validation_ranking
+
+    val = {"a_model": {"ccc": 0.0, "mae": 0.3}, "b_model": {"ccc": 0.0, "mae": 0.1}}
+    for name in val:
+        save_checkpoint(tmp_path / "data" / "models" / name / "best.pt",
+                        model=build_model("perfex_cnn"), model_name="perfex_cnn",
+                        train_mean=[0.5] * 5, inputs=["aus", "aus_mask"])
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "evaluate.json").write_text(json.dumps({"selection": {"val": val}}))
+    assert [n for n, _ in validation_ranking(tmp_path, list(val))] == ["b_model", "a_model"]
+    assert select_best(val) == "b_model"
