@@ -421,19 +421,34 @@ def _end_abandoned_maps() -> None:
     """At interpreter exit, before CPython's pools join their manager threads (which wait for
     every job still running, and for ever for a result a dead worker half sent): kill the
     workers of each map that no thread will read again, one left suspended by the main thread
-    (its code has ended) or by a daemon thread or one that ended. A consumer that stopped
+    (its code has ended), by a daemon thread, one that ended, or a thread pool's worker waiting
+    for its next task (its pool's own exit hook may run after this one). A consumer that stopped
     reading while the map stays referenced (a global, an exception's traceback) would otherwise
-    hang the exit until its jobs ended. Not seen: a map left by a thread pool's idle worker
-    thread (alive, not a daemon) when that pool's own exit hook runs after this one."""
+    hang the exit until its jobs ended."""
+    frames = sys._current_frames()
     for pool in _mapping_now():
         try:  # an exception here would skip the rest of CPython's exit: every thread's join
             with pool.lock:
                 reader = pool.reader
-                if pool.user is not None and (reader is None or not reader.is_alive() or
-                                              reader is threading.main_thread() or reader.daemon):
+                if pool.user is not None and (
+                        reader is None or not reader.is_alive() or reader.daemon
+                        or reader is threading.main_thread()
+                        or _idle_pool_worker(frames.get(reader.ident))):
                     pool.kill()
         except Exception:  # noqa: BLE001 - at exit, nothing is left to tell
             continue
+
+
+def _idle_pool_worker(frame) -> bool:
+    """Whether a thread's innermost `frame` is a concurrent.futures thread pool's worker waiting
+    for its next task: below its own frames only the queue and threading modules' (a task that
+    still reads a map, or waits for anything of its own, has a frame of its own inside)."""
+    while frame is not None and os.path.basename(frame.f_code.co_filename) in (
+            "queue.py", "threading.py"):
+        frame = frame.f_back
+    return (frame is not None and frame.f_code.co_name == "_worker"
+            and frame.f_code.co_filename.endswith(os.path.join("concurrent", "futures",
+                                                               "thread.py")))
 
 
 def _mapping_now() -> list[_Pool]:

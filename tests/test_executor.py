@@ -756,23 +756,35 @@ def test_a_ctrl_c_between_the_two_renames_waits_until_both_are_done(tmp_path, mo
 # a map left suspended when the process exits
 
 ABANDONED = """
+import concurrent.futures.thread  # before the executor: the thread pools' exit hook runs after ours
 import multiprocessing, sys, time
+from concurrent.futures import ThreadPoolExecutor
 from personality.executor import map_jobs
 from personality.executor_kept import KeptWorkers
 from test_executor import die_mid_result_later_on_one
 
-if __name__ == "__main__":
-    how = sys.argv[1]
+
+def start(how):
+    global rows
     fn, jobs = (die_mid_result_later_on_one, [0, 1]) if how == "half-sent" else \\
         (time.sleep, [0, 600, 600])  # job 1 is submitted with job 0: one always runs on
     rows = map_jobs(fn, jobs, workers=2, kept=KeptWorkers(2) if how == "kept" else None)
-    print(next(rows), flush=True)
+    return next(rows)
+
+
+if __name__ == "__main__":
+    how = sys.argv[1]
+    if how == "thread-pool":  # read by a pool's worker thread, idle (alive, no daemon) at exit
+        threads = ThreadPoolExecutor(1)  # referenced: collected, it would end its worker
+        print(threads.submit(start, how).result(), flush=True)
+    else:
+        print(start(how), flush=True)
     print(*[p.pid for p in multiprocessing.active_children()], flush=True)
     time.sleep(6.0)  # half-sent: job 1's worker has died halfway through its result meanwhile
 """  # ends with `rows` suspended, still referenced by the module
 
 
-@pytest.mark.parametrize("how", ["sleeping", "kept", "half-sent"])
+@pytest.mark.parametrize("how", ["sleeping", "kept", "half-sent", "thread-pool"])
 def test_a_process_that_leaves_a_map_unread_exits_at_once(tmp_path, how):
     """CPython's exit joins each pool's manager thread, which waits for the jobs still running
     (two 600 s sleeps here) or for ever for a half-sent result: the executor's exit hook kills
