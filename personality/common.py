@@ -220,9 +220,17 @@ def load_base(path: str | os.PathLike | None = None) -> BaseParams:
     calls it; PERSONALITY_LOG_LEVEL, when set, wins)."""
     base = load_params("base", BaseParams, path)
     get_logger("personality")  # the handler, first
-    logging.getLogger().setLevel((os.environ.get("PERSONALITY_LOG_LEVEL")
+    level = logging.getLevelName((os.environ.get("PERSONALITY_LOG_LEVEL")
                                   or base.log_level).upper())
+    logging.getLogger().setLevel(level)
+    for name in CHATTY_LIBRARIES:  # DEBUG is for the project's own log, not theirs
+        logging.getLogger(name).setLevel(max(level, logging.INFO))
     return base
+
+
+# libraries whose DEBUG log would bury the stages' own (numba logs every compiled function)
+CHATTY_LIBRARIES = ("numba", "matplotlib", "PIL", "urllib3", "mlflow", "alembic", "sqlalchemy",
+                    "git", "fsspec", "asyncio", "h5py", "filelock", "absl")
 
 
 def load_params_file(path: str | os.PathLike | None = None) -> dict:

@@ -182,3 +182,16 @@ def test_base_log_level_is_in_force(tmp_path):
     """)
     out, err = _stage(root, "-c", quiet).communicate(timeout=60)
     assert "shown at WARNING" in err and "hidden at WARNING" not in err
+
+
+def test_debug_is_the_projects_own_log_not_the_libraries(tmp_path):
+    root = _repo_with(tmp_path, _with("base", log_level="DEBUG"))
+    loud = textwrap.dedent("""
+        import logging
+        from personality.common import load_base, get_logger
+        load_base()
+        get_logger("demo").debug("ours at DEBUG")
+        logging.getLogger("numba.core.ssa").debug("numba at DEBUG")
+    """)
+    out, err = _stage(root, "-c", loud).communicate(timeout=60)
+    assert "ours at DEBUG" in err and "numba at DEBUG" not in err
