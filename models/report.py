@@ -24,8 +24,8 @@ from models.bootstrap import (DEFAULT_METHOD, METRICS, bootstrap_scores, common_
 from models.metrics import train_mean_baseline
 from personality.schemas import TRAITS
 
-__all__ = ["RESERVED", "rank_models", "select_best", "add_uncertainty", "summary_of", "results_table", "fmt",
-           "ci_text", "flat_metrics"]
+__all__ = ["RESERVED", "rank_models", "select_best", "add_uncertainty", "summary_of",
+           "results_table", "fmt", "ci_text", "flat_metrics"]
 
 RESERVED = ("baseline", "errors", "selection")  # keys of evaluate.json that are not models
 MIN_SUBJECTS = 2  # fewer: no spread between people to resample, so no interval
