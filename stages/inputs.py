@@ -27,8 +27,9 @@ that a change re-runs only its reader (stat fingerprints; an empty param: no fil
   - data/inputs_aus.json: the OpenFace CSVs of `aus.openface_dir` (aus.backend openface_csv);
   - data/inputs_deploy.json: the CSVs of a `deploy.corpus` folder, and `deploy.model` when it is
     a checkpoint path rather than a trained model's name;
-  - data/inputs_train/<model>.json, one per model of train.models: `train.weights` and
-    `train.resume` with "{model}" replaced (train@<model> depends on its own file only).
+  - data/inputs_train/<model>.json, one per model of train.models and train.model_config:
+    `train.weights` and `train.resume` with "{model}" replaced (train@<model> depends on its own
+    file only).
 """
 from __future__ import annotations
 
@@ -162,9 +163,13 @@ def deploy_files(deploy: dict, root: Path) -> dict:
 
 
 def train_files(train: dict, root: Path) -> dict[str, dict]:
-    """Per model of train.models: train.weights and train.resume, "{model}" replaced."""
+    """Per model of train.models and of train.model_config: train.weights and train.resume,
+    "{model}" replaced. Every configured model, not only this experiment's: an experiment of one
+    model (`-S 'train.models=[x]'`) then leaves the others' files as they were, and back on the
+    default models `dvc status` does not report their deps deleted (the folder is no DVC cache
+    output: `dvc checkout` does not restore it)."""
     out = {}
-    for name in train.get("models") or []:
+    for name in dict.fromkeys([*(train.get("models") or []), *(train.get("model_config") or {})]):
         if Path(name).name != name or name in (".", ".."):  # it names a file under data/
             raise ValueError(f"train.models: {name!r} is not a model name")
         paths = {key: _resolve(train[key].replace("{model}", name), root)

@@ -125,6 +125,21 @@ def test_defaults_name_no_file_and_odd_model_names_are_refused(tmp_path):
         inputs.write_param_files({"train": {"models": ["../escape"]}}, tmp_path)
 
 
+def test_an_experiment_of_one_model_leaves_the_others_fingerprints(tmp_path):
+    """`dvc exp run -S 'train.models=[x]'` must not delete the default models' files: the folder
+    is no DVC cache output, so back on the default models `dvc status` reported their deps
+    deleted until the next repro."""
+    config = {"perfex_cnn": {}, "logmel_cnn": {}, "resnet34_face": {"width": 16}}
+    inputs.write_param_files({"train": {"models": ["perfex_cnn", "logmel_cnn"],
+                                        "model_config": config}}, tmp_path)
+    folder = tmp_path / "data" / "inputs_train"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    inputs.write_param_files({"train": {"models": ["resnet34_face"], "model_config": config}},
+                             tmp_path)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert sorted(before) == ["logmel_cnn.json", "perfex_cnn.json", "resnet34_face.json"]
+
+
 def test_each_reader_depends_on_its_fingerprint_in_dvc_yaml():
     from pathlib import Path
 
