@@ -21,7 +21,7 @@ from models.solver import EngineError, Solver, TrainConfig
 from personality.common import ParamsError, build_dataclass
 
 __all__ = ["TrainParams", "PER_MODEL_TRAIN_KEYS", "for_model", "check_train_params",
-           "check_model_config"]
+           "check_model_config", "retrained_models"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,3 +118,15 @@ def check_model_config(name: str, overrides: dict) -> None:
             build_model(name, **overrides)
         except (TypeError, ValueError) as exc:
             raise ParamsError(f"train.model_config.{name}: {exc}") from None
+
+
+def retrained_models(retrain_models: list[str], trained: list[str] | None) -> list[str]:
+    """The models of retrain.models that this experiment trains (`trained`: train.models; None:
+    all): every one, or none (an experiment of other models, make zoo's, skips retrain). Only
+    some is a mistake, a ParamsError: the inputs stage says so before any training, not the
+    retrain stage after it."""
+    names = [m for m in retrain_models if trained is None or m in trained]
+    if names and len(names) < len(retrain_models):
+        raise ParamsError(f"retrain.models: {sorted(set(retrain_models) - set(names))} not in "
+                          f"train.models {trained}: train them too, or leave them out")
+    return names

@@ -223,12 +223,15 @@ def load_base(path: str | os.PathLike | None = None) -> BaseParams:
     level = logging.getLevelName((os.environ.get("PERSONALITY_LOG_LEVEL")
                                   or base.log_level).upper())
     logging.getLogger().setLevel(level)
-    for name in CHATTY_LIBRARIES:  # DEBUG is for the project's own log, not theirs
-        logging.getLogger(name).setLevel(max(level, logging.INFO))
+    if level < logging.INFO:  # DEBUG is for the project's own log, not theirs
+        for name in CHATTY_LIBRARIES:
+            logging.getLogger(name).setLevel(logging.WARNING)
     return base
 
 
-# libraries whose DEBUG log would bury the stages' own (numba logs every compiled function)
+# libraries whose DEBUG log would bury the stages' own (numba logs every compiled function).
+# Never set below WARNING: SQLAlchemy leaves its level alone once set, and at INFO it logs
+# every SQL statement MLflow runs
 CHATTY_LIBRARIES = ("numba", "matplotlib", "PIL", "urllib3", "mlflow", "alembic", "sqlalchemy",
                     "git", "fsspec", "asyncio", "h5py", "filelock", "absl")
 

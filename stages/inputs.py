@@ -204,11 +204,16 @@ def check_params(params: dict) -> None:
     """What no stage re-run would check, checked first, on every repro: `base` and `train`
     whole (each train@<model> stage depends on single keys, so a mistyped key, model name or
     source there re-runs nothing: models/train_params.py). Every other section is a whole
-    dependency of its stage, which checks it when it changes."""
-    from models.train_params import TrainParams, check_train_params
+    dependency of its stage, which checks it when it changes; but retrain.models against
+    train.models is checked here too, before the trainings rather than after them."""
+    from models.train_params import TrainParams, check_train_params, retrained_models
 
     build_dataclass(BaseParams, params.get("base") or {}, "base")
-    check_train_params(build_dataclass(TrainParams, params.get("train") or {}, "train"))
+    train = build_dataclass(TrainParams, params.get("train") or {}, "train")
+    check_train_params(train)
+    retrain = (params.get("retrain") or {}).get("models")
+    if isinstance(retrain, list):  # else the retrain stage names what is wrong
+        retrained_models(retrain, train.models)  # some of them trained, some not: refused now
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -366,18 +366,16 @@ def run(params: RetrainParams, base: BaseParams, root: Path | None = None,
     """Fine-tune `params.models`; with `trained` (the stage passes train.models), only those of
     them that this experiment trains. `uncertainty`: the stage passes evaluate's bootstrap."""
     from models.metrics import json_safe
+    from models.train_params import retrained_models
 
     root = root or repo_root()
     if not params.models:
         raise ParamsError("retrain.models: empty; name at least one trained model")
     if not 0 <= params.mix_share <= 10:
         raise ParamsError(f"retrain.mix_share: {params.mix_share} must be in [0, 10]")
-    names = [m for m in params.models if trained is None or m in trained]
+    names = retrained_models(params.models, trained)  # all of them, or none; some: refused
     if not names:  # an experiment of other models (make zoo): nothing of ours to fine-tune
         return _skip(root, f"none of retrain.models {params.models} is in train.models {trained}")
-    if len(names) < len(params.models):  # some trained, some not: a mistake, refused up front
-        raise ParamsError(f"retrain.models: {sorted(set(params.models) - set(names))} not in "
-                          f"train.models {trained}: train them too, or leave them out")
     ratings = read_artifact("user_study", path=root / schemas.ARTIFACTS["user_study"].path)
     if ratings.empty:  # e.g. ChaLearn, UDIVA: nothing to fine-tune on; the pipeline goes on
         return _skip(root, "the source has no user study")

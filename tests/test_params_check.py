@@ -53,6 +53,8 @@ def test_the_repository_params_pass():
      "train.model_config.perfex_cnn.train.epochs: 0 trains nothing"),
     ("train", {"num_workers": -2}, "train.num_workers"),
     ("train", {"lr": "abc"}, "train.lr"),
+    ("retrain", {"models": ["perfex_cnn", "resnet34_face"]},
+     "retrain.models: ['resnet34_face'] not in train.models"),
     ("base", {"device": "cuda"}, "base.device: unknown key"),
     ("base", {"log_level": "LOUD"}, "base.log_level"),
 ])
@@ -64,6 +66,10 @@ def test_a_mistake_no_stage_would_read_is_named(section, changes, named):
 
 def test_epochs_zero_is_fine_for_scoring_a_checkpoint():
     check_params(_with("train", epochs=0, test_only=True))
+
+
+def test_an_experiment_of_other_models_skips_retrain_rather_than_failing():
+    check_params(_with("train", models=["resnet34_face"]))
 
 
 @pytest.mark.parametrize("name, overrides, named", [
@@ -99,7 +105,8 @@ def _stage(root: Path, *args: str, env: dict | None = None, **kw) -> subprocess.
     env.pop("DVC_ROOT", None)
     env.pop("PERSONALITY_LOG_LEVEL", None)
     return subprocess.Popen([sys.executable, *args], cwd=root, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+                            stdout=subprocess.PIPE, stderr=kw.pop("stderr", subprocess.PIPE),
+                            **kw)
 
 
 def test_the_inputs_stage_refuses_a_train_typo_in_one_line(tmp_path):
@@ -136,12 +143,15 @@ def test_a_stopped_stage_unwinds_says_so_and_dies_of_the_signal(tmp_path, sig, s
     """Its MLflow run is KILLED (SIGTERM left it RUNNING for ever); it dies of the signal, not
     with an exit code, so that a shell loop of stages stops on Ctrl-C."""
     root = _repo_with(tmp_path, PARAMS)
-    proc = _stage(root, "-c", STOPPED, env={"MLFLOW_DISABLE_TELEMETRY": "true"})
-    assert proc.stdout.readline().strip() == "running"
-    proc.send_signal(sig)
-    out, err = proc.communicate(timeout=60)
+    with open(tmp_path / "stderr.txt", "w") as log:  # read after: a full pipe would block it
+        proc = _stage(root, "-c", STOPPED, env={"MLFLOW_DISABLE_TELEMETRY": "true"}, stderr=log)
+        assert proc.stdout.readline().strip() == "running"
+        proc.send_signal(sig)
+        proc.communicate(timeout=60)
+    err = (tmp_path / "stderr.txt").read_text()
     assert proc.returncode == -sig, err
     assert f"demo: stopped ({said})" in err and "Traceback" not in err
+    assert "sqlalchemy" not in err  # its INFO log (2,300 lines of mapper set-up) stays off
     assert "shown only at INFO" in err
     assert _runs(root) == ["KILLED"]
 
