@@ -981,11 +981,11 @@ def mlflow_run(stage: str, *, run_name: str | None = None, params: dict | None =
     parent = pipeline_parent(mlflow, experiment_id, shared)
     with mlflow.start_run(run_name=run_name or stage, parent_run_id=parent,
                           tags={**shared, "stage": stage, **(tags or {})}):
-        if params:
-            mlflow.log_params(_flatten(params))
-        if manifest is not None and Path(manifest).is_file():
-            log_manifest_input(mlflow, Path(manifest), context)
-        try:
+        try:  # a stop while the params or the dataset are logged (hashing it) counts too
+            if params:
+                mlflow.log_params(_flatten(params))
+            if manifest is not None and Path(manifest).is_file():
+                log_manifest_input(mlflow, Path(manifest), context)
             yield mlflow
         except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM: stopped, not failed
             mlflow.end_run(status="KILLED")

@@ -167,6 +167,31 @@ def test_the_parent_made_before_parallel_stages_is_the_one_they_use(tmp_path, tr
     assert [r.info.run_id for r in runs_of(root / "mlflow.db", parents=True)] == [parent]
 
 
+def test_a_run_stopped_while_it_logs_its_params_is_killed(tmp_path, tracking_env, empty_store):
+    """Ctrl-C or SIGTERM (SystemExit) during the run's set-up ends it KILLED, as in its body;
+    a failure stays FAILED."""
+    import shutil
+
+    import mlflow
+
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "dvc.yaml").write_text("stages: {}\n")
+    shutil.copy(empty_store, root / "mlflow.db")
+    tracking_env.setenv("DVC_ROOT", str(root))
+    tracking_env.chdir(root)
+    for stop, name in ((KeyboardInterrupt, "stopped"), (ValueError, "failed")):
+        def log_params(params, stop=stop):
+            raise stop()
+
+        tracking_env.setattr(mlflow, "log_params", log_params)
+        with pytest.raises(stop):
+            with mlflow_run("train", run_name=name, params={"lr": 0.1}):
+                pass
+    assert sorted((r.info.run_name, r.info.status) for r in runs_of(root / "mlflow.db")) == [
+        ("failed", "FAILED"), ("stopped", "KILLED")]
+
+
 def test_queued_experiment_logs_into_the_repo_store(tmp_path, tracking_env, empty_store):
     repo = tmp_path / "repo"
     queued = repo / ".dvc" / "tmp" / "exps" / "tmpXYZ"
