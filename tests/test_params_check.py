@@ -102,8 +102,9 @@ def _repo_with(tmp_path: Path, params: dict) -> Path:
 
 def _stage(root: Path, *args: str, env: dict | None = None, **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    env.pop("DVC_ROOT", None)
-    env.pop("PERSONALITY_LOG_LEVEL", None)
+    for inherited in ("DVC_ROOT", "PERSONALITY_LOG_LEVEL", "DVC_EXP_NAME",
+                      "MLFLOW_TRACKING_URI"):  # mlflow.set_tracking_uri in this process sets it
+        env.pop(inherited, None)
     return subprocess.Popen([sys.executable, *args], cwd=root, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=kw.pop("stderr", subprocess.PIPE),
                             **kw)
