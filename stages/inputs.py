@@ -171,7 +171,7 @@ def train_files(train: dict, root: Path) -> dict[str, dict]:
     out = {}
     for name in dict.fromkeys([*(train.get("models") or []), *(train.get("model_config") or {})]):
         if Path(name).name != name or name in (".", ".."):  # it names a file under data/
-            raise ValueError(f"train.models: {name!r} is not a model name")
+            raise ValueError(f"train.models / train.model_config: {name!r} is not a model name")
         paths = {key: _resolve(train[key].replace("{model}", name), root)
                  for key in ("weights", "resume") if train.get(key)}
         out[name] = {key: {"path": _key(path, root, "params"), **stat_entry(path)}
