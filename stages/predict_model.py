@@ -85,26 +85,33 @@ def _own_val_ccc(path: Path) -> float | None:
     """The mean val CCC a checkpoint recorded for its weights (its history's row of the best
     epoch); None when it has none (trained without a val split: retrained models) or cannot be
     read (choose_model says why)."""
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return _recorded_val_ccc(str(path), stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=64)
-def _recorded_val_ccc(path: str, mtime_ns: int, size: int) -> float | None:
-    """`_own_val_ccc` of one version of a file: read once per process, not once per video."""
-    from models.engine import EngineError, read_checkpoint
+    from models.engine import EngineError
 
     try:
-        ckpt = read_checkpoint(path)
+        ckpt = _read_once(path)
     except EngineError:
         return None
     rows = [row for row in ckpt.get("history") or []
             if isinstance(row, dict) and row.get("epoch") == ckpt.get("best_epoch")]
     value = rows[-1].get("val_ccc") if rows else None
     return float(value) if isinstance(value, (int, float)) and np.isfinite(value) else None
+
+
+def _read_once(path: Path) -> dict:
+    """The checkpoint at `path`, read once per version of the file and process (ranking and
+    model choice both read it, for every video of a batch). EngineError when unreadable."""
+    try:
+        stat = path.stat()
+    except OSError:
+        stat = None
+    return _read_version(str(path), stat and stat.st_mtime_ns, stat and stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _read_version(path: str, mtime_ns: int | None, size: int | None) -> dict:
+    from models.engine import read_checkpoint
+
+    return read_checkpoint(path)
 
 
 @functools.lru_cache(maxsize=64)
@@ -117,10 +124,9 @@ def _say_other_run(name: str, own: float, metrics: float | None) -> None:
 
 def _inputs_of(path: Path) -> set[str]:
     """The inputs a checkpoint's model reads: as stored, else as its model is registered."""
-    from models.engine import read_checkpoint
     from models.registry import model_spec
 
-    ckpt = read_checkpoint(path)
+    ckpt = _read_once(path)
     inputs = ckpt.get("inputs") or []
     if not inputs and isinstance(ckpt.get("model_name"), str):
         try:
