@@ -40,6 +40,7 @@ import pyarrow as pa
 import yaml
 
 from personality import schemas
+from personality.launcher import watch_launcher
 
 __all__ = [
     "ParamsError", "SchemaError", "StageInputError",
@@ -760,6 +761,8 @@ def stage_errors(section: str) -> Iterator[None]:
             and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
     if ours:
         signal.signal(signal.SIGTERM, _stage_sigterm)
+        if "DVC_STAGE" in os.environ:  # run by DVC, which forwards no SIGTERM: stop when it ends
+            watch_launcher(log)
     try:
         yield
     except (ParamsError, StageInputError, SchemaError) as exc:
