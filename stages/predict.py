@@ -86,7 +86,8 @@ from stages.predict_batch import (VIDEO_EXTENSIONS, WorkerDied, batch_ids, colle
 from stages.predict_frontend import (checked_frontend, front_end_params, resolved_frontend,
                                      run_front_end, start_front_end_worker)
 from stages.predict_model import (choose_model, clip_warnings, load_model, missing_inputs,
-                                  model_scores, model_warnings, own_test_error, trained_models)
+                                  model_scores, model_warnings, own_test_error,
+                                  test_error_interval, trained_models)
 from stages.predict_report import draw_report, report_data, write_report
 
 __all__ = ["predict_video", "run_front_end", "trained_models", "choose_model", "load_model",
@@ -146,6 +147,7 @@ def predict_video(video: Path, *, model: str | None = None, root: Path | None = 
                   label_scale=ckpt.get("label_scale", "unit"),
                   **{k: v for k, v in facts.items() if k != "video_id"})
     result["test_error"] = own_test_error(root, result["model"], ckpt)
+    result["test_error_ci"] = test_error_interval(root, name, result["test_error"])
     if explain:
         result["explanation"] = explanation
     result["_report"] = drawn

@@ -31,7 +31,7 @@ log = get_logger("predict")
 
 __all__ = ["VISUAL_KEYS", "AUDIO_KEYS", "EITHER_KEYS", "trained_models", "validation_ranking",
            "choose_model", "clip_warnings", "missing_inputs", "LoadedModel", "load_model",
-           "model_warnings", "model_scores", "own_test_error"]
+           "model_warnings", "model_scores", "own_test_error", "test_error_interval"]
 
 VISUAL_KEYS = {"face", "face_seq", "frame", "aus", "aus_mask"}
 AUDIO_KEYS = {"logmel", "wave", "audio_fn"}
@@ -334,3 +334,21 @@ def own_test_error(root: Path, name: str, ckpt: dict) -> dict[str, float] | None
     if isinstance(error, dict) and all(isinstance(error.get(t), (int, float)) for t in TRAITS):
         return {t: float(error[t]) for t in TRAITS}
     return None
+
+
+def test_error_interval(root: Path, name: str, error: dict[str, float] | None
+                        ) -> dict[str, list[float]] | None:
+    """Per-trait 95% interval [low, high] of `error` (the checkpoint's own test MAE), from
+    metrics/evaluate.json's bootstrap over test subjects, but only where evaluate measured this
+    very run: its MAE equals the checkpoint's for every trait (to 1e-6). Otherwise None: an
+    interval around another run's figure is not this checkpoint's."""
+    if not error:
+        return None
+    figures = _evaluation(root).get(name)
+    try:
+        if any(abs(figures[t]["mae"] - error[t]) > 1e-6 for t in TRAITS):
+            return None
+        intervals = {t: [float(v) for v in figures["ci"][t]["mae"]] for t in TRAITS}
+    except (KeyError, TypeError, ValueError):
+        return None
+    return intervals if all(len(v) == 2 for v in intervals.values()) else None

@@ -85,12 +85,14 @@ def _report_figure(result: dict, name: str, warnings: list[str], families: list[
     ax.bar(range(5), scores, color="#4C72B0",
            yerr=[err[t] for t in TRAITS] if err else None, capsize=6,
            error_kw={"ecolor": "#333333", "label": "test MAE"})
-    ax.set_xticks(range(5), [schemas.TRAIT_NAMES[t] for t in TRAITS], rotation=15)
+    ax.set_xticks(range(5), _trait_labels(err, result.get("test_error_ci")), fontsize=8.5)
     if result.get("label_scale", "unit") == "unit":
         ax.set_ylim(0, 1.05)
     _label_bars(ax, scores, [err[t] for t in TRAITS] if err else [0.0] * 5)
-    ax.set_title(f"{name}: {result['model']}" + ("  (bars: model's test MAE)" if err else ""),
-                 fontfamily=families)
+    if err:
+        ax.set_ylabel("score; whisker: test MAE" if not result.get("test_error_ci") else
+                      "score; whisker: test MAE\n[its 95% interval]", fontsize=9)
+    ax.set_title(f"{name}: {result['model']}", fontfamily=families)
     if warnings:
         fig.text(0.01, 0.005, "\n".join("warning: " + w for w in warnings),
                  color="#B22222", fontsize=9, va="bottom", fontfamily=families)
@@ -136,6 +138,20 @@ def _align_time_axes(ax_au, ax_seconds) -> None:
     for ax, box in ((ax_au, au), (ax_seconds, strip)):
         ax.set_xlim(*span)
         ax.set_position([x0, box.y0, x1 - x0, box.height])
+
+
+def _trait_labels(err: dict | None, interval: dict | None) -> list[str]:
+    """Tick labels: the trait, and under it the model's test MAE with its 95% interval over test
+    subjects (metrics/evaluate.json) when evaluate measured this very checkpoint."""
+    labels = []
+    for t in TRAITS:
+        label = schemas.TRAIT_NAMES[t]
+        if err:
+            label += f"\nMAE {err[t]:.2f}"
+            if interval:
+                label += f"\n[{interval[t][0]:.2f}, {interval[t][1]:.2f}]"
+        labels.append(label)
+    return labels
 
 
 def _label_bars(ax, scores: list[float], errors: list[float]) -> None:

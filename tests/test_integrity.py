@@ -3,6 +3,7 @@ half-done is ever used: params that make no sense, an unfinished checkpoint, a m
 output path that is a file, a read-only data folder."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -46,6 +47,22 @@ def test_a_finished_checkpoint_quotes_only_its_own_test_error(checkpoint, tmp_pa
     result = predict.predict_video(real_fixture("single_face.mp4"), model=str(checkpoint),
                                    root=tmp_path, work=tmp_path)
     assert result["test_error"] == {t: 0.1 for t in "OCEAN"}
+    assert result["test_error_ci"] is None  # no evaluate.json: no interval to quote
+
+
+@pytest.mark.parametrize("evaluated_mae, quoted", [(0.1, True), (0.1 + 1e-3, False)])
+def test_the_test_error_interval_is_quoted_only_for_the_run_evaluate_measured(
+        checkpoint, tmp_path, evaluated_mae, quoted):
+    """evaluate.json's bootstrap interval of the MAE goes beside the checkpoint's own MAE only when
+    evaluate measured that very run (same MAE); an interval of another run's figure is not shown."""
+    mark_finished(checkpoint, test_error={t: 0.1 for t in "OCEAN"})
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "evaluate.json").write_text(json.dumps({"perfex_cnn": {
+        **{t: {"mae": evaluated_mae} for t in "OCEAN"},
+        "ci": {t: {"mae": [0.05, 0.2]} for t in "OCEAN"}}}))
+    result = predict.predict_video(real_fixture("single_face.mp4"), model=str(checkpoint),
+                                   root=tmp_path, work=tmp_path)
+    assert result["test_error_ci"] == ({t: [0.05, 0.2] for t in "OCEAN"} if quoted else None)
 
 
 class _Evil:
