@@ -9,17 +9,22 @@ Backends (`aus.backend`), one output schema:
                 neutral baseline (a low quantile for blendshapes, the median for geometry, as
                 OpenFace's person-specific normalisation does), then mapped to 0-5.
                 docs/frontend.md says, per AU, what it is made of and how far to trust it.
-  openface_csv  OpenFace FeatureExtraction CSVs, one per video named `<video_id>.csv`, in
-                `aus.openface_dir`: headers with or without spaces, older and newer layouts,
-                success == 0 rows masked, one face kept when there are several (face_id).
-                A CSV that is a symlink out of the folder is refused (in metrics/aus.json's
-                `failed`, as is an unreadable one), not read.
+  openface_csv  OpenFace FeatureExtraction CSVs in `aus.openface_dir`, one per video of
+                data/clips.parquet: `<video_id>.csv`, or named as FeatureExtraction names its
+                output after the video (`alice_01.mp4` -> `alice_01.csv`, flat or in a tree that
+                mirrors the videos' folders: `002003/FC1_T.csv`; openface_names). Headers with
+                or without spaces, older and newer layouts, success == 0 rows masked, one face
+                kept when there are several (face_id). A video without a CSV, one whose CSV
+                several videos could own, an unreadable CSV and one that is a symlink out of
+                the folder are in metrics/aus.json's `failed`; CSVs no video takes are counted
+                in the log; none matching at all fails the stage, naming both sides.
 
 Output data/aus/ (Parquet shards, one row group per video): video_id, frame_idx, t, success,
 confidence, AU01_r ... AU45_r (0-5), AU01_c ... AU45_c (0/1); NaN, not 0, where there is no face.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 from pathlib import Path
 from typing import Literal
@@ -44,7 +49,7 @@ class AusParams:
     geometry_quantile: float = 0.5  # neutral level of each geometric feature (median)
     min_baseline_frames: int = 5  # fewer face frames: blendshapes uncalibrated (neutral = 0)
     presence_threshold: float = 1.0  # AUxx_c = AUxx_r >= this
-    openface_dir: str = ""  # openface_csv: folder of <video_id>.csv (relative to the repo root)
+    openface_dir: str = ""  # openface_csv: folder of the videos' CSVs (relative to the repo root)
     openface_face_id: int = -1  # openface_csv: face to keep; -1 = the one with most success rows
     rows_per_shard: int = 20000
 
@@ -57,7 +62,7 @@ def check_params(p: AusParams) -> None:
         raise StageInputError(f"aus.presence_threshold: {p.presence_threshold} must be in (0, 5]")
     if p.backend == "openface_csv" and not p.openface_dir:
         raise StageInputError("aus.openface_dir: set it to the folder of OpenFace CSVs "
-                              "(<video_id>.csv) for backend openface_csv")
+                              "(one per video) for backend openface_csv")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -242,23 +247,87 @@ def _from_openface(params: AusParams, root: Path, out: VideoShardWriter,
                    failed: dict[str, str]) -> tuple[int, int]:
     folder = Path(params.openface_dir)
     folder = folder if folder.is_absolute() else root / folder
-    csvs = sorted(folder.glob("*.csv"))
-    if not csvs:
-        raise StageInputError(f"{folder}: no OpenFace CSV (<video_id>.csv) found")
+    if not folder.is_dir():
+        raise StageInputError(f"{folder}: aus.openface_dir is not a folder")
+    clips = _clips(root)
+    found, missing = match_openface_csvs(folder, clips)
+    if not found:
+        raise StageInputError(_nothing_matched(folder, clips, missing))
+    failed.update(missing)
     n_rows = n_ok = 0
-    for csv in progress(csvs, desc="aus:openface", unit="video"):
+    for vid, csv in progress(sorted(found.items()), desc="aus:openface", unit="video"):
         try:  # a symlink out of the folder is refused, not read: the folder is the dataset
-            df = read_openface_csv(safe_join(folder, csv.name), video_id=csv.stem,
+            df = read_openface_csv(safe_join(folder, csv.relative_to(folder)), video_id=vid,
                                    face_id=params.openface_face_id,
                                    presence_threshold=params.presence_threshold)
         except StageInputError as exc:
-            failed[csv.stem] = str(exc)
+            failed[vid] = str(exc)
             log.warning("skipped %s", exc)
             continue
         out.write(df)
         n_rows += len(df)
         n_ok += int(df["success"].sum())
+    _report_unmatched(folder, set(found.values()))
     return n_rows, n_ok
+
+
+def _clips(root: Path) -> pd.DataFrame:
+    """The videos ingest listed (data/clips.parquet) whose AUs are wanted; not the rows of an
+    AU-only source (no video: its AUs came with the dataset, `_from_source`)."""
+    path = root / schemas.ARTIFACTS["clips"].path
+    if not path.exists():
+        raise StageInputError(f"{path}: not found; run ingest first (dvc repro ingest)")
+    clips = read_artifact("clips", path=path, columns=["video_id", "path"])
+    return clips[clips["path"] != ""].reset_index(drop=True)
+
+
+def openface_names(video_id: str, video_path: str) -> list[str]:
+    """Where an OpenFace CSV of a video may be, relative to aus.openface_dir, in the order tried:
+    `<video_id>.csv`, then the video's own name as FeatureExtraction writes it (`-f
+    clips/alice.mp4` -> `alice.csv`), below as many of its parent folders (up to 3) as a
+    mirrored output tree keeps (`session/FC1_T.csv` for `.../session/FC1_T.mp4`), deepest first."""
+    parts = Path(video_path).with_suffix(".csv").parts
+    mirrored = ["/".join(parts[i:]) for i in range(max(len(parts) - 4, 1), len(parts))
+                if ".." not in parts[i:]]
+    return list(dict.fromkeys([f"{video_id}.csv", *mirrored]))
+
+
+def match_openface_csvs(folder: Path, clips: pd.DataFrame
+                        ) -> tuple[dict[str, Path], dict[str, str]]:
+    """{video_id: its CSV} for the clips that have one, and {video_id: why not} for the rest: no
+    CSV under any of its names, or one found only under a name that several clips share (two
+    videos `a/x.mp4`, `b/x.mp4` and a flat `x.csv`: whose it is cannot be told)."""
+    names = {vid: openface_names(vid, video) for vid, video in zip(clips["video_id"], clips["path"])}
+    shared = collections.Counter(n for vid, listed in names.items() for n in listed[1:])
+    found: dict[str, Path] = {}
+    missing: dict[str, str] = {}
+    for vid, listed in names.items():
+        hit = next((n for n in listed if (folder / n).is_file()), None)
+        if hit is None:
+            missing[vid] = f"{vid}: no OpenFace CSV in {folder} (looked for {', '.join(listed)})"
+        elif hit != listed[0] and shared[hit] > 1:
+            missing[vid] = (f"{folder / hit}: {shared[hit]} videos could own it; name their CSVs "
+                            f"<video_id>.csv ({listed[0]}) or keep their folders (a mirrored tree)")
+        else:
+            found[vid] = folder / hit
+    return found, missing
+
+
+def _nothing_matched(folder: Path, clips: pd.DataFrame, missing: dict[str, str]) -> str:
+    csvs = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.csv"))[:3]
+    if clips.empty:
+        return f"{folder}: data/clips.parquet lists no video to take OpenFace AUs for"
+    return (f"{folder}: no OpenFace CSV matches any of the {len(clips)} videos of "
+            f"data/clips.parquet; e.g. {next(iter(missing.values()))}; the folder holds "
+            + (", ".join(csvs) + ("..." if len(csvs) == 3 else "") if csvs else "no CSV"))
+
+
+def _report_unmatched(folder: Path, used: set[Path]) -> None:
+    """CSVs of the folder that no video of the manifest took: a warning with a count."""
+    spare = sorted(p for p in folder.rglob("*.csv") if p not in used)
+    if spare:
+        log.warning("%d OpenFace CSV(s) in %s match no video of data/clips.parquet and were not "
+                    "read, e.g. %s", len(spare), folder, spare[0].relative_to(folder))
 
 
 def _from_source(params: AusParams, root: Path, out: VideoShardWriter) -> tuple[int, int]:

@@ -146,11 +146,12 @@ def _stat_all(paths: list[Path], root: Path) -> dict:
 
 
 def aus_files(aus: dict, root: Path) -> dict:
-    """The OpenFace CSVs the aus stage reads (its `_from_openface`: folder/*.csv)."""
+    """The OpenFace CSVs the aus stage may read (its `_from_openface`: any *.csv below the
+    folder, a tree mirroring the videos' folders too)."""
     folder = aus.get("openface_dir") or ""
     if aus.get("backend") != "openface_csv" or not folder:
         return {"openface_dir": None, "files": {}}
-    csvs = sorted(_resolve(folder, root).glob("*.csv"))
+    csvs = sorted(_resolve(folder, root).rglob("*.csv"))
     return {"openface_dir": folder, "files": _stat_all(csvs, root)}
 
 

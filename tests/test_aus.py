@@ -11,7 +11,8 @@ import pytest
 from conftest import real_fixture
 from stages.aus import (AU_RECIPES, AusParams, aus_from_faces, face_frame, geometry_features,
                         read_openface_csv, run)
-from personality.common import BaseParams, StageInputError, check_schema, read_artifact
+from personality.common import (BaseParams, StageInputError, check_schema, read_artifact,
+                                write_artifact)
 from personality.facemodel import BLENDSHAPES
 from personality.schemas import AU_INTENSITY, AU_PRESENCE
 
@@ -84,6 +85,7 @@ def test_openface_backend_stage(tmp_path):
     (folder / "d.csv").write_text(header + first.replace(", 0.9,", ", nan(ind),", 1)
                                   + "".join(rest))  # a cell that is no number
     (folder / "e.csv").write_text(good[: good.rindex(",")] + "\n")  # cut off mid-row
+    _clips(tmp_path, {v: f"videos/{v}.mp4" for v in "abcde"})
     summary = run(AusParams(backend="openface_csv", openface_dir="openface"), BaseParams(),
                   root=tmp_path)
     aus = read_artifact("aus", path=tmp_path / "data" / "aus")
@@ -95,6 +97,51 @@ def test_openface_backend_stage(tmp_path):
     # paths under the root are written relative to it: a tracked metrics file is the same in
     # every checkout
     assert failed["e"].startswith("openface/e.csv: ") and str(tmp_path) not in str(summary)
+
+
+def _clips(root, paths: dict[str, str]) -> None:
+    """data/clips.parquet listing `paths` ({video_id: video path}), as ingest writes it."""
+    write_artifact("clips", pd.DataFrame({
+        "video_id": list(paths), "path": list(paths.values()), "dataset": "folder",
+        "duration_s": 4.0, "fps": 25.0, "has_audio": False, "source_stat": ""}),
+        path=root / "data" / "clips.parquet")
+
+
+def test_openface_csvs_named_as_openface_names_them_are_found(tmp_path):
+    """The folder source's ids are escaped relative paths (`clips%2Falice.mp4`), and
+    FeatureExtraction names its CSV after the video (`alice.csv`), flat or in a mirrored tree
+    (`002003/FC1_T.csv`): each video gets its own CSV, a name two videos share is not guessed,
+    a video without one is named, and a CSV that is no video's is left unread."""
+    folder = tmp_path / "of"
+    good = openface_like(spaces=True, face_ids=False)
+    for name in ("alice.csv", "by_id%2Fbob.mp4.csv", "002003/FC1_T.csv", "002004/FC1_T.csv",
+                 "shared.csv", "nobodys.csv"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(good)
+    _clips(tmp_path, {"clips%2Falice.mp4": "/data/corpus/clips/alice.mp4",
+                      "by_id%2Fbob.mp4": "/data/corpus/by_id/bob.mp4",
+                      "002003_FC1_T": "/data/udiva/002003/FC1_T.mp4",
+                      "002004_FC1_T": "/data/udiva/002004/FC1_T.mp4",
+                      "a%2Fshared.mp4": "a/shared.mp4", "b%2Fshared.mp4": "b/shared.mp4",
+                      "carol.mp4": "/data/corpus/carol.mp4", "perfex_1": ""})
+    summary = run(AusParams(backend="openface_csv", openface_dir="of"), BaseParams(),
+                  root=tmp_path)
+    aus = read_artifact("aus", path=tmp_path / "data" / "aus")
+    failed = {row["video_id"]: row["error"] for row in summary["failed"]}
+    assert set(aus["video_id"]) == {"clips%2Falice.mp4", "by_id%2Fbob.mp4", "002003_FC1_T",
+                                    "002004_FC1_T"}
+    assert sorted(failed) == ["a%2Fshared.mp4", "b%2Fshared.mp4", "carol.mp4"]
+    assert "2 videos could own it" in failed["a%2Fshared.mp4"]
+    assert "no OpenFace CSV" in failed["carol.mp4"] and "carol.csv" in failed["carol.mp4"]
+
+
+def test_openface_csvs_matching_no_video_fail_the_stage_naming_both_sides(tmp_path):
+    (tmp_path / "of").mkdir()
+    (tmp_path / "of" / "x.csv").write_text(openface_like(spaces=True, face_ids=False))
+    _clips(tmp_path, {"clips%2Falice.mp4": "clips/alice.mp4"})
+    with pytest.raises(StageInputError, match=r"no OpenFace CSV matches any of the 1 videos.*"
+                                              r"alice.csv.*the folder holds x.csv"):
+        run(AusParams(backend="openface_csv", openface_dir="of"), BaseParams(), root=tmp_path)
 
 
 # --------------------------------------------------------------------------------------------------
