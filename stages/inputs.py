@@ -33,13 +33,16 @@ that a change re-runs only its reader (stat fingerprints; an empty param: no fil
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 from pathlib import Path
 
-from personality.common import (BaseParams, StageInputError, atomic_dir, atomic_write_json,
-                                build_dataclass, get_logger, is_checkpoint_path,
-                                load_params_file, repo_root, stage_errors)
+import yaml
+
+from personality.common import (BaseParams, ParamsError, StageInputError, atomic_dir,
+                                atomic_write_json, build_dataclass, get_logger,
+                                is_checkpoint_path, load_params_file, repo_root, stage_errors)
 from personality.datasets_au import labels_records
 
 log = get_logger("inputs")
@@ -215,6 +218,36 @@ def check_params(params: dict) -> None:
     retrain = (params.get("retrain") or {}).get("models")
     if isinstance(retrain, list):  # else the retrain stage names what is wrong
         retrained_models(retrain, train.models)  # some of them trained, some not: refused now
+    check_sections(params, dvc_sections(repo_root() / "dvc.yaml"))
+
+
+def dvc_sections(dvc_yaml: Path) -> set[str]:
+    """The top-level params.yaml sections some stage of dvc.yaml reads (`ingest`, `base.seed`,
+    `train.model_config.${item}` -> ingest, base, train); empty when it lists none."""
+    try:
+        stages = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages") or {}
+    except (OSError, yaml.YAMLError):
+        return set()
+    sections = set()
+    for stage in stages.values():
+        spec = stage.get("do", stage) if isinstance(stage, dict) else {}
+        for entry in spec.get("params") or []:
+            keys = [entry] if isinstance(entry, str) else [
+                k for listed in entry.values() for k in (listed or [])]
+            sections.update(str(k).split(".")[0] for k in keys)
+    return sections
+
+
+def check_sections(params: dict, known: set[str]) -> None:
+    """A top-level section no stage reads (a misspelt `ingst:`, a stray key) is refused: no
+    stage would ever see it, and the run would quietly use the defaults."""
+    if not known:
+        return
+    for section in params:
+        if section not in known:
+            close = difflib.get_close_matches(str(section), sorted(known), n=1)
+            raise ParamsError(f"{section}: unknown params.yaml section, read by no stage of "
+                              "dvc.yaml" + (f" (did you mean {close[0]!r}?)" if close else ""))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -64,6 +64,31 @@ def test_a_mistake_no_stage_would_read_is_named(section, changes, named):
     assert named in str(caught.value)
 
 
+@pytest.mark.parametrize("section, named", [
+    ("ingst", "ingst: unknown params.yaml section, read by no stage of dvc.yaml (did you mean "
+              "'ingest'?)"),
+    ("nosuch", "nosuch: unknown params.yaml section")])
+def test_a_section_no_stage_reads_is_named(section, named):
+    """A misspelt section is read by no stage: the run would quietly use the defaults."""
+    params = {**copy.deepcopy(PARAMS), section: {"a": 1}}
+    with pytest.raises(ParamsError) as caught:
+        check_params(params)
+    assert named in str(caught.value)
+
+
+def test_every_section_is_some_stages_whole_dependency_or_checked_by_inputs():
+    """Why checking sections suffices: a key inside a section is checked by the stage that
+    depends on the whole section (DVC re-runs it on any change), or, for `base` and `train`,
+    by inputs itself."""
+    from stages.inputs import dvc_sections
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    whole = {entry for stage in stages.values() for entry in stage.get("do", stage).get(
+        "params") or [] if isinstance(entry, str) and "." not in entry}
+    assert set(PARAMS) == dvc_sections(REPO / "dvc.yaml")
+    assert set(PARAMS) - whole <= {"base", "train"}
+
+
 def test_epochs_zero_is_fine_for_scoring_a_checkpoint():
     check_params(_with("train", epochs=0, test_only=True))
 
