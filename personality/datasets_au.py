@@ -21,8 +21,10 @@ import numpy as np
 import pandas as pd
 
 from personality import datasets
-from personality.common import StageInputError, safe_join
+from personality.common import StageInputError, get_logger, safe_join
 from personality.schemas import AU_INTENSITY, AU_PRESENCE, SPLITS, TRAITS
+
+log = get_logger("ingest")
 
 # --------------------------------------------------------------------------------------------------
 # labels CSV rows (folder and openface_csv sources)
@@ -134,11 +136,11 @@ def _au_frame_table(video_id: str, values: pd.DataFrame, fps: float,
     return pd.DataFrame(table)
 
 
-def perfex_subject(file: str) -> str:
-    """The YouTube id of a PerFeX `File` cell. The CSV may hold a Windows path, which POSIX reads
-    as one name, and `.MP4`: the base name is taken after either separator and the extension's
-    case set aside before `datasets.chalearn_subject`. A name that is not `<id>.NNN.mp4` is a
-    StageInputError: a made-up subject would put one speaker into several splits."""
+def perfex_clip(file: str) -> str:
+    """The ChaLearn clip name of a PerFeX `File` cell. The CSV may hold a Windows path, which
+    POSIX reads as one name, and `.MP4`: the base name is taken after either separator and the
+    extension's case set aside. A name that is not `<id>.NNN.mp4` is a StageInputError: a
+    made-up subject would put one speaker into several splits."""
     name = re.split(r"[\\/]", file.strip())[-1]
     stem, dot, ext = name.rpartition(".")
     if dot and ext.lower() == "mp4":
@@ -146,7 +148,12 @@ def perfex_subject(file: str) -> str:
     if not _CLIP_NAME.match(name):
         raise StageInputError(f"File {file!r} is not a ChaLearn clip name <YouTube id>.NNN.mp4: "
                               "its subject (the YouTube id) is unknown")
-    return datasets.chalearn_subject(name)
+    return name
+
+
+def perfex_subject(file: str) -> str:
+    """The YouTube id of a PerFeX `File` cell (perfex_clip's rules)."""
+    return datasets.chalearn_subject(perfex_clip(file))
 
 
 def _perfex_sequence(group: pd.DataFrame, au_cols: list[str]
@@ -181,7 +188,7 @@ def ingest_perfex(p: PerfexParams, *, root: Path) -> tuple[list, list, pd.DataFr
     missing_aus = [a for a in AU_INTENSITY if a not in au_cols]
     if missing_aus:
         raise StageInputError(f"{path}: missing AU column(s) {', '.join(missing_aus)}")
-    rows, problems, tables = [], [], []
+    rows, problems, tables, clips = [], [], [], {}
     for seq_id, group in df.groupby(p.id_column, sort=True):
         try:
             values, labels, subject = _perfex_sequence(group, au_cols)
@@ -189,15 +196,80 @@ def ingest_perfex(p: PerfexParams, *, root: Path) -> tuple[list, list, pd.DataFr
             problems.append(f"{path} (ID {seq_id}, row {group.index[0] + 2}): {exc}")
             continue
         video_id = f"perfex_{seq_id}"
+        clips.setdefault(perfex_clip(str(group["File"].iloc[0])), video_id)
         tables.append(_au_frame_table(video_id, values, p.fps))
-        rows.append({"video_id": video_id, "path": "", "split": "", "subject_id": subject,
-                     "dataset": "perfex", **labels,
-                     "duration_s": len(group) / p.fps, "fps": p.fps, "has_audio": False})
+        rows.append(_perfex_row(video_id, subject, labels, len(group), p.fps))
+    study = None
+    if p.retrain_csv:
+        study_path = datasets._resolve(p.retrain_csv, root)
+        if is_perfex_sequences(study_path):  # PerFeX's own retrain_final.csv: per frame
+            study, extra_rows, extra_tables = read_perfex_study(study_path, p, clips, problems)
+            rows, tables = rows + extra_rows, tables + extra_tables
+        else:  # one row per rating
+            study = read_perfex_ratings(study_path, p.id_column, scale=p.rating_scale,
+                                        problems=problems)
     aus = pd.concat(tables, ignore_index=True) if tables else _au_frame_table("", pd.DataFrame(),
                                                                               p.fps).iloc[:0]
-    study = read_perfex_ratings(datasets._resolve(p.retrain_csv, root), p.id_column,
-                                scale=p.rating_scale, problems=problems) if p.retrain_csv else None
     return rows, problems, aus, study
+
+
+def _perfex_row(video_id: str, subject: str, labels: dict[str, float], n_frames: int,
+                fps: float) -> dict:
+    """A manifest row of an AU sequence (no video): its split is decided with the others'."""
+    return {"video_id": video_id, "path": "", "split": "", "subject_id": subject,
+            "dataset": "perfex", **labels, "duration_s": n_frames / fps, "fps": fps,
+            "has_audio": False}
+
+
+def is_perfex_sequences(path: Path) -> bool:
+    """Whether a retraining CSV is in PerFeX's own per-frame layout (`File` and the AUxx_r
+    columns, as attn_retrain.py reads retrain_final.csv) rather than one row per rating."""
+    try:
+        header = pd.read_csv(path, nrows=0, skipinitialspace=True).columns
+    except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError):
+        return False  # read_perfex_ratings says what is wrong with the file
+    names = {str(c).strip() for c in header}
+    return "File" in names and set(AU_INTENSITY) <= names
+
+
+def read_perfex_study(path: Path, p: PerfexParams, clips: dict[str, str], problems: list[str]
+                      ) -> tuple[pd.DataFrame, list[dict], list[pd.DataFrame]]:
+    """PerFeX's retraining file (per frame: ID, File, AUxx_r, the five traits in [0, 1], constant
+    over a sequence: the user study's score of that clip) -> user-study rows (one per clip,
+    rater `study`, Likert 1 + 4p), plus manifest rows and AU tables for the clips the long CSV
+    lacks. Clips are matched by `File`, never by ID (the two files number their sequences
+    independently); a clip already in the long CSV keeps its AUs and labels there, and its study
+    score goes to that sequence. A rated clip new to the long CSV becomes a sequence of its own,
+    unlabelled (NaN: the original annotators never scored it), split with its subject."""
+    if p.rating_scale == "likert":
+        raise StageInputError(f"{path}: PerFeX's per-frame retraining file holds traits in [0, 1];"
+                              " ingest.perfex.rating_scale: likert does not fit it (use auto)")
+    df = datasets._read_csv(path, [p.id_column, "File", *PERFEX_TRAITS])
+    au_cols = [c for c in df.columns if re.fullmatch(r"AU\d\d_[rc]", c)]
+    study, rows, tables, first_id = [], [], [], {}
+    for seq_id, group in df.groupby(p.id_column, sort=True):
+        where = f"{path} (ID {seq_id}, row {group.index[0] + 2})"
+        try:
+            values, labels, subject = _perfex_sequence(group, au_cols)
+            clip = perfex_clip(str(group["File"].iloc[0]))
+        except StageInputError as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        if clip in first_id:
+            problems.append(f"{where}: {clip} is rated again (first under ID {first_id[clip]}); "
+                            "dropped")
+            continue
+        first_id[clip] = seq_id
+        video_id = clips.get(clip) or f"perfex_study_{seq_id}"
+        if clip not in clips:
+            tables.append(_au_frame_table(video_id, values, p.fps))
+            rows.append(_perfex_row(video_id, subject, {t: np.nan for t in TRAITS}, len(group),
+                                    p.fps))
+        study.append({"video_id": video_id, "rater_id": "study",
+                      **{t: 1 + 4 * v for t, v in labels.items()}})
+    log.info("perfex: %d rated clip(s) in %s, %d of them in %s too", len(study), path.name,
+             len(study) - len(rows), p.csv)
+    return (pd.DataFrame(study, columns=["video_id", "rater_id", *TRAITS]), rows, tables)
 
 
 def read_perfex_ratings(path: Path, id_column: str = "ID", *, scale: str = "auto",

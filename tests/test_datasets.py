@@ -13,7 +13,7 @@ import pytest
 from personality import datasets, datasets_au
 from personality.common import BaseParams, StageInputError, read_artifact
 from stages.ingest import IngestParams, run
-from personality.schemas import AU_INTENSITY
+from personality.schemas import AU_INTENSITY, TRAITS
 from tests.conftest import real_fixture, write_video
 
 
@@ -323,6 +323,35 @@ def test_perfex(tmp_path):
                                src.loc[src["ID"] == 0, list(AU_INTENSITY)].to_numpy())
     study = read_artifact("user_study", path=tmp_path / "data/user_study.parquet")
     assert len(study) == 3 and study["E"].tolist() == [4.0, 5.0, 2.0]
+
+
+def test_perfex_retraining_file_in_perfexs_own_per_frame_layout(tmp_path):
+    """PerFeX's retrain_final.csv is per frame (ID, File, AUxx_r, traits in [0, 1]), numbered
+    apart from the long CSV: it was read as one rating per row and joined on ID, so each frame
+    became a rating by an invented rater, on whichever clip of the long CSV had that ID. Clips
+    are matched by File now; a rated clip the long CSV lacks becomes an unlabelled sequence."""
+    src = perfex_csv(tmp_path / "perfex.csv")
+    study = perfex_csv(tmp_path / "retrain.csv", n_frames=(5, 6))
+    study["File"] = study["File"].map({"vid00.000.mp4": "vid01.001.mp4",  # long CSV's ID 1
+                                       "vid01.001.mp4": "new09.009.mp4"})
+    study.drop(columns=["Word", "happy", "sad", *[f"vi_{k}" for k in range(1, 6)]]).to_csv(
+        tmp_path / "retrain.csv", index=False)
+    _ingest(tmp_path, source="perfex", perfex=datasets_au.PerfexParams(
+        csv=str(tmp_path / "perfex.csv"), retrain_csv=str(tmp_path / "retrain.csv")))
+    m = read_artifact("manifest", path=tmp_path / "data/manifest.parquet").set_index("video_id")
+    assert sorted(m.index) == ["perfex_0", "perfex_1", "perfex_study_1"]
+    assert m.loc["perfex_study_1", "subject_id"] == "new09" and m.loc["perfex_study_1", TRAITS
+                                                                      ].isna().all()
+    assert m.loc["perfex_1", "E"] == pytest.approx(src.loc[src["ID"] == 1, "extroversion"].iloc[0])
+    rated = read_artifact("user_study", path=tmp_path / "data/user_study.parquet")
+    assert rated["video_id"].tolist() == ["perfex_1", "perfex_study_1"]  # one row per clip
+    assert rated["rater_id"].tolist() == ["study", "study"]
+    first = study[study["ID"] == 0].iloc[0]
+    assert rated.loc[0, "E"] == pytest.approx(1 + 4 * first["extroversion"])
+    aus = read_artifact("source_aus", path=tmp_path / "data/source_aus")
+    new = aus[aus["video_id"] == "perfex_study_1"].sort_values("frame_idx")
+    np.testing.assert_allclose(new[list(AU_INTENSITY)].to_numpy(),
+                               study.loc[study["ID"] == 1, list(AU_INTENSITY)].to_numpy())
 
 
 def test_perfex_missing_trait_column(tmp_path):
