@@ -326,6 +326,15 @@ def test_deploy_reads_only_what_dvc_tracks(trained, tmp_path, monkeypatch):
             "aus.presence_threshold"} <= set(stage["params"])
 
 
+def _clips(root: Path, video_ids: list[str]) -> None:
+    """data/clips.parquet under `root` listing `video_ids`: the videos the aus stage wants AUs
+    for (their CSVs are `<video_id>.csv`)."""
+    write_artifact("clips", pd.DataFrame({
+        "video_id": video_ids, "path": [f"videos/{v}.mp4" for v in video_ids],
+        "dataset": "folder", "duration_s": 4.0, "fps": 25.0, "has_audio": False,
+        "source_stat": ""}), path=root / "data" / "clips.parquet")
+
+
 def test_deploy_reads_openface_csvs_as_the_aus_stage(trained, tmp_path):
     """A two-face CSV without AUxx_c columns: deploy keeps the face aus.openface_face_id names
     and derives AUxx_c at aus.presence_threshold, as the aus stage does, so both score the same
@@ -340,6 +349,7 @@ def test_deploy_reads_openface_csvs_as_the_aus_stage(trained, tmp_path):
     corpus = tmp_path / "csvs"
     corpus.mkdir()
     pd.concat([face0, face1]).to_csv(corpus / "clip_a.csv", index=False)
+    _clips(tmp_path / "pipe", ["clip_a"])
     aus_stage.run(aus_stage.AusParams(backend="openface_csv", openface_dir=str(corpus),
                                       openface_face_id=0, presence_threshold=2.0),
                   BaseParams(), root=tmp_path / "pipe")
@@ -399,6 +409,7 @@ def test_aus_stage_refuses_a_csv_that_links_out_of_its_folder(tmp_path):
     from stages import aus as aus_stage
 
     corpus = _corpus_with_bad_files(tmp_path)
+    _clips(tmp_path / "pipe", ["alias", "bad", "empty", "good", "link_out", "truncated"])
     summary = aus_stage.run(aus_stage.AusParams(backend="openface_csv", openface_dir=str(corpus)),
                             BaseParams(), root=tmp_path / "pipe")
     assert sorted(pd.read_parquet(tmp_path / "pipe/data/aus")["video_id"].unique()) == \
