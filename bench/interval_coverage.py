@@ -13,7 +13,7 @@ larger one), five traits, each drawn from a law with a known population CCC. Fou
     p = 0.5 + 0.08 (r u + sqrt(1 - r^2) e') + 0.02  (a shrunk, biased prediction)
 
 Three more laws, to see whether the choice holds off the law it was made under: "uneven", the
-same formulas with 1 + Poisson(2) clips per subject (mean 3, from 1 to ~9, as YouTube channels
+same formulas with 1 + Poisson(2) clips per subject (mean 3, from 1 to ~9, as YouTube videos
 contribute unequal clip counts to First Impressions); "heavy", 3 clips each but u, e and e'
 drawn from Student's t with 3 degrees of freedom scaled to unit variance (a few extreme people
 and clips); "uneven_heavy", both at once.

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import zipfile
 from pathlib import Path
 from typing import Literal
 
@@ -40,14 +41,15 @@ _CHALEARN_CLIP = re.compile(r"^(?P<youtube>.+)\.(?P<n>\d{3})\.mp4$")
 @dataclasses.dataclass(frozen=True)
 class ChaLearnParams:
     root: str = ""  # the folder holding the extracted split folders and the annotation pickles
-    train_dir: str = "train"  # mp4s anywhere below (the nested zips extract to trainingXX/)
+    train_dir: str = "train"  # mp4s anywhere below (the inner zips extract to training80_XX/)
     val_dir: str = "validation"
     test_dir: str = "test"
     train_labels: str = "annotation_training.pkl"
     val_labels: str = "annotation_validation.pkl"
     test_labels: str = "annotation_test.pkl"
-    # kfold: by YouTube channel (the subject); official: the challenge's split, refused when a
-    # channel has clips in two splits (on the real data most do: the challenge split clips)
+    # kfold: by YouTube video id (the subject; one person may be in several videos, so this is a
+    # proxy for by-person); official: the challenge's split, refused when a video has clips in
+    # two splits (on the real data most do: the challenge split clips)
     split_mode: Literal["official", "kfold"] = "kfold"
     n_folds: int = 10
     fold: int = 0  # kfold: this fold is test, the next one val, the rest train
@@ -76,7 +78,9 @@ def check_unique_ids(rows: list[dict], where: str) -> None:
 
 
 def chalearn_subject(filename: str) -> str:
-    """The YouTube id: the name before the last `.NNN` (`J4GQm9j0JZ0.003.mp4` -> `J4GQm9j0JZ0`)."""
+    """The YouTube video id: the name before the last `.NNN` (`J4GQm9j0JZ0.003.mp4` ->
+    `J4GQm9j0JZ0`). A video id, not a channel id (those are 24 characters, `UC...`): one person
+    may appear in several videos, so splitting by it is a proxy for splitting by person."""
     m = _CHALEARN_CLIP.match(filename)
     return m.group("youtube") if m else Path(filename).stem
 
@@ -120,7 +124,7 @@ def ingest_chalearn16(p: ChaLearnParams, *, seed: int, root: Path, probe) -> tup
     if not p.root:
         raise StageInputError("ingest.chalearn16.root: set it to the extracted dataset folder")
     base = _resolve(p.root, root)
-    rows, problems = [], []
+    rows, problems, archives, n_videos = [], [], [], 0
     splits = (("train", p.train_dir, p.train_labels), ("val", p.val_dir, p.val_labels),
               ("test", p.test_dir, p.test_labels))
     for split, folder, labels_name in splits:
@@ -135,6 +139,10 @@ def ingest_chalearn16(p: ChaLearnParams, *, seed: int, root: Path, probe) -> tup
         if not labels_path.exists():
             problems.append(f"{labels_path}: annotation file not found; {split} videos unlabelled")
         videos = _videos_by_name(video_dir, problems)
+        n_videos += len(videos)
+        zips = _unextracted_zips(video_dir, videos)
+        archives += zips
+        problems += [_unextracted(zips, video_dir)] if zips else []
         for name in sorted(set(labels) - set(videos)):
             problems.append(f"{labels_path}: label for {name} but no such video under {video_dir}")
         for name, path in progress(videos.items(), desc=f"chalearn16:{split}", unit="video"):
@@ -153,8 +161,10 @@ def ingest_chalearn16(p: ChaLearnParams, *, seed: int, root: Path, probe) -> tup
                          "split": split, "subject_id": chalearn_subject(name),
                          "dataset": "chalearn16",
                          **{t: traits.get(t, math.nan) for t in TRAITS}, **facts})
+    if archives and not n_videos:  # nothing extracted: the per-label lines would hide why
+        raise StageInputError(_unextracted(archives, base))
     if p.split_mode == "official":
-        _refuse_shared_channels(rows)
+        _refuse_shared_videos(rows)
     elif rows:
         split_of = kfold_splits([r["subject_id"] for r in rows], n_folds=p.n_folds, fold=p.fold,
                                 seed=seed)
@@ -176,10 +186,38 @@ def _videos_by_name(video_dir: Path, problems: list[str]) -> dict[str, Path]:
     return videos
 
 
-def _refuse_shared_channels(rows: list[dict]) -> None:
-    """The challenge split clips, not people: on the real data most validation YouTube channels
+def _unextracted_zips(video_dir: Path, videos: dict[str, Path]) -> list[Path]:
+    """The zips under a split folder that were not extracted: the release is zip-in-zip
+    (train-N.zip holds training80_01.zip ...), and an inner zip left packed hides all its clips.
+    A zip beside a folder of its name, or whose every clip was found, was extracted (unzip
+    leaves the archive where it was)."""
+    zips = sorted(p for p in video_dir.rglob("*") if p.suffix.lower() == ".zip") \
+        if video_dir.is_dir() else []
+    return [z for z in zips if not z.with_suffix("").is_dir() and not _all_found(z, videos)]
+
+
+def _all_found(archive: Path, videos: dict[str, Path]) -> bool:
+    """Whether every clip `archive` lists is among `videos` (a zip's listing needs no password:
+    only the contents are encrypted). One that lists none, or cannot be read, is not."""
+    try:
+        with zipfile.ZipFile(archive) as z:
+            clips = {Path(n).name for n in z.namelist() if n.lower().endswith(".mp4")}
+    except (zipfile.BadZipFile, OSError):
+        return False  # reported as not extracted: the user looks at it
+    return bool(clips) and clips <= set(videos)
+
+
+def _unextracted(zips: list[Path], where: Path) -> str:
+    # not extracted here: the archives are password-protected, the password comes with access
+    n = len(zips)
+    return (f"{n} archive{'s' if n > 1 else ''} not extracted under {where}, e.g. {zips[0]}: "
+            "extract them (unzip, with the password that comes with access)")
+
+
+def _refuse_shared_videos(rows: list[dict]) -> None:
+    """The challenge split clips, not people: on the real data most validation YouTube videos
     also have training clips. Splits here are by subject, so the official one is refused when a
-    channel crosses it (kfold, the default, splits by channel)."""
+    video crosses it (kfold, the default, splits by YouTube video id)."""
     splits_of: dict[str, set] = {}
     for r in rows:
         splits_of.setdefault(r["subject_id"], set()).add(r["split"])
@@ -187,9 +225,9 @@ def _refuse_shared_channels(rows: list[dict]) -> None:
     if shared:
         raise StageInputError(
             f"ingest.chalearn16.split_mode=official: {len(shared)} of {len(splits_of)} YouTube "
-            f"channels (e.g. {', '.join(shared[:3])}) have clips in more than one official split "
+            f"videos (e.g. {', '.join(shared[:3])}) have clips in more than one official split "
             "(the challenge split clips, not people); splits here are by subject: use "
-            "split_mode: kfold (by YouTube channel; ingest.chalearn16.fold picks the fold)")
+            "split_mode: kfold (by YouTube video id; ingest.chalearn16.fold picks the fold)")
 
 
 # --------------------------------------------------------------------------------------------------

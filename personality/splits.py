@@ -4,7 +4,7 @@
     assign_splits(["s1", "s2", "s3"], [0.7, 0.15, 0.15], seed=0)   # {"s1": "train", ...}
 
 Nothing here runs on its own; stages/ingest.py applies these rules to every source's rows, and
-personality/datasets.py's ChaLearn adapter uses the k-fold rule for its YouTube channels
+personality/datasets.py's ChaLearn adapter uses the k-fold rule for its YouTube video ids
 (`python -m pytest tests/test_ingest_folder.py tests/test_synthetic.py` exercises them).
 """
 from __future__ import annotations

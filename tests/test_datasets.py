@@ -202,12 +202,12 @@ def test_chalearn16_official_split_is_refused_when_a_channel_crosses_it(chalearn
     write_video(chalearn / "validation/validation80_01/AAAAAAAAAAA.003.mp4", n_frames=6)
     (chalearn / "annotation_validation.pkl").write_bytes(py2_pickle(chalearn_annotations(
         {"CCCCCCCCCCC.001.mp4": 0.4, "AAAAAAAAAAA.003.mp4": 0.4})))
-    with pytest.raises(StageInputError, match=r"split_mode=official: 1 of 4 YouTube channels "
+    with pytest.raises(StageInputError, match=r"split_mode=official: 1 of 4 YouTube videos "
                                               r"\(e.g. AAAAAAAAAAA\).*use split_mode: kfold"):
         _ingest(tmp_path, source="chalearn16",
                 chalearn16=datasets.ChaLearnParams(root=str(chalearn), split_mode="official"))
     _ingest(tmp_path, source="chalearn16", chalearn16=datasets.ChaLearnParams(
-        root=str(chalearn), n_folds=3))  # the default, kfold: by channel
+        root=str(chalearn), n_folds=3))  # the default, kfold: by YouTube video id
     m = read_artifact("manifest", path=tmp_path / "data/manifest.parquet")
     assert (m.groupby("subject_id")["split"].nunique() == 1).all() and len(m) == 7
 
