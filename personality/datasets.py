@@ -236,20 +236,29 @@ def _refuse_shared_videos(rows: list[dict]) -> None:
 UDIVA_TRAITS = {"OPENMINDEDNESS_Z": "O", "CONSCIENTIOUSNESS_Z": "C", "EXTRAVERSION_Z": "E",
                 "AGREEABLENESS_Z": "A", "NEGATIVEEMOTIONALITY_Z": "N"}
 _UDIVA_RECORDING = re.compile(r"^FC(?P<part>[12])_(?P<task>[A-Z])$")
+_UDIVA_SPLIT_KEYS = ("parts", "sessions", "recordings")
+
+
+def udiva_release_splits() -> dict[str, dict[str, str]]:
+    """Per split, the release's layout once its zips are extracted under the root:
+    metadata_<split>.zip -> <split>/metadata/metadata_<split>/*.csv, and one folder per task,
+    <split>/recordings/<task>_recordings_<split>/<6-digit session>/FC1_T.mp4 ... Val and test
+    labels are in parts_<split>_unmasked.csv: parts_<split>.csv has them masked (the challenge)."""
+    out = {}
+    for split in ("train", "val", "test"):
+        meta = f"{split}/metadata/metadata_{split}"
+        parts = "parts_train.csv" if split == "train" else f"parts_{split}_unmasked.csv"
+        out[split] = {"parts": f"{meta}/{parts}", "sessions": f"{meta}/sessions_{split}.csv",
+                      "recordings": f"{split}/recordings"}
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
 class UdivaParams:
-    root: str = ""
-    # per split: the metadata CSVs and the folder of session folders, relative to root
-    splits: dict = dataclasses.field(default_factory=lambda: {
-        "train": {"parts": "metadata/parts_train.csv", "sessions": "metadata/sessions_train.csv",
-                  "recordings": "recordings/train"},
-        "val": {"parts": "metadata/parts_val.csv", "sessions": "metadata/sessions_val.csv",
-                "recordings": "recordings/val"},
-        "test": {"parts": "metadata/parts_test.csv", "sessions": "metadata/sessions_test.csv",
-                 "recordings": "recordings/test"},
-    })
+    root: str = ""  # the folder holding train/, val/, test/ of the release
+    # per split, relative to root: the participants and sessions CSVs, and the folder holding
+    # <task>_recordings_<split>/<session>/ (or the session folders themselves)
+    splits: dict = dataclasses.field(default_factory=udiva_release_splits)
     tasks: list[str] = dataclasses.field(default_factory=lambda: ["T"])  # T alk, A nimals, L ego, G host
 
 
@@ -271,41 +280,85 @@ def ingest_udiva(p: UdivaParams, *, root: Path, probe) -> tuple[list, list]:
     if not p.root:
         raise StageInputError("ingest.udiva.root: set it to the UDIVA folder")
     base = _resolve(p.root, root)
-    rows, problems = [], []
+    rows, problems, absent = [], [], []
     for split, spec in p.splits.items():
-        if split not in ("train", "val", "test"):
-            raise StageInputError(f"ingest.udiva.splits: unknown split {split!r}")
+        _check_split_spec(split, spec)
         parts_path = safe_join(base, spec["parts"])
-        if not parts_path.exists():
-            log.info("udiva: no %s split (%s absent)", split, parts_path)
-            continue
-        labels, dropped = _udiva_labels(_read_csv(parts_path, ["ID", *UDIVA_TRAITS]),
-                                        parts_path, problems)
         sessions_path = safe_join(base, spec["sessions"])
-        sessions = _read_csv(sessions_path, ["ID", "PART.1", "PART.2"])
-        rec_root = safe_join(base, spec["recordings"])
-        for _, sess in sessions.iterrows():
-            session = sess["ID"].strip()
-            for path, participant in _udiva_recordings(sess, rec_root, base, p.tasks,
-                                                       sessions_path, problems):
-                if participant not in labels:
-                    problems.append(f"{path}: participant {participant} " + dropped.get(
-                        participant, f"has no row in {parts_path}"))
-                    continue
-                try:
-                    facts = probe(path)
-                except StageInputError as exc:
-                    problems.append(str(exc))
-                    continue
-                rows.append({"video_id": f"{session}_{path.stem}", "path": _rel(path, root),
-                             "split": split, "subject_id": participant, "dataset": "udiva",
-                             **labels[participant], **facts})
-        in_sessions = {sess[c].strip() for _, sess in sessions.iterrows()
-                       for c in ("PART.1", "PART.2")}
-        for participant in sorted(set(labels) - in_sessions):  # labelled, never recorded
-            problems.append(f"{parts_path}: participant {participant} is in no session of "
-                            f"{sessions_path}: no recording")
+        if parts_path.exists():
+            rows += _udiva_split(split, spec, base, root=root, tasks=p.tasks, probe=probe,
+                                 problems=problems)
+            continue
+        absent.append(str(parts_path))
+        if sessions_path.exists():  # the split is there, its labels are not
+            problems.append(f"{parts_path}: not found, but {sessions_path} is: the {split} "
+                            "split is left out")
+        else:
+            log.info("udiva: no %s split (%s absent)", split, parts_path)
+    if len(absent) == len(p.splits):  # a wrong root or layout: say where we looked
+        raise StageInputError(f"ingest.udiva: no participants CSV found under {base}: looked for "
+                              f"{', '.join(absent) or 'no split (ingest.udiva.splits is empty)'}"
+                              "; set ingest.udiva.root to the folder holding train/, val/, test/ "
+                              "(or ingest.udiva.splits)")
     return rows, problems
+
+
+def _check_split_spec(split: str, spec) -> None:
+    if split not in ("train", "val", "test"):
+        raise StageInputError(f"ingest.udiva.splits: unknown split {split!r}")
+    missing = [k for k in _UDIVA_SPLIT_KEYS if not isinstance(spec, dict) or k not in spec]
+    if missing:
+        raise StageInputError(f"ingest.udiva.splits.{split}: missing {', '.join(missing)} "
+                              "(parts, sessions, recordings: paths relative to ingest.udiva.root)")
+
+
+def _udiva_split(split: str, spec: dict, base: Path, *, root: Path, tasks: list[str], probe,
+                 problems: list[str]) -> list[dict]:
+    """Manifest rows of one split: each recording of a participant with labels."""
+    parts_path = safe_join(base, spec["parts"])
+    labels, dropped = _udiva_labels(_read_parts(parts_path, split), parts_path, problems)
+    sessions_path = safe_join(base, spec["sessions"])
+    sessions = _read_csv(sessions_path, ["ID", "PART.1", "PART.2"])
+    rec_root = safe_join(base, spec["recordings"])
+    rows, seen = [], {}  # seen: session folder -> the CSV line that took it
+    for _, sess in sessions.iterrows():
+        recordings = _udiva_recordings(sess, rec_root, base, tasks, split=split, seen=seen,
+                                       sessions_path=sessions_path, problems=problems)
+        for video_id, path, participant in recordings:
+            if participant not in labels:
+                problems.append(f"{path}: participant {participant} " + dropped.get(
+                    participant, f"has no row in {parts_path}"))
+                continue
+            try:
+                facts = probe(path)
+            except StageInputError as exc:
+                problems.append(str(exc))
+                continue
+            rows.append({"video_id": video_id, "path": _rel(path, root),
+                         "split": split, "subject_id": participant, "dataset": "udiva",
+                         **labels[participant], **facts})
+    in_sessions = {sess[c].strip() for _, sess in sessions.iterrows()
+                   for c in ("PART.1", "PART.2")}
+    for participant in sorted(set(labels) - in_sessions):  # labelled, never recorded
+        problems.append(f"{parts_path}: participant {participant} is in no session of "
+                        f"{sessions_path}: no recording")
+    return rows
+
+
+def _read_parts(path: Path, split: str) -> pd.DataFrame:
+    """A participants CSV; one error when its labels are masked (trait columns missing, or all
+    empty: the challenge released val and test so, the labels came as parts_<split>_unmasked.csv)
+    rather than a line per participant."""
+    parts = _read_csv(path, ["ID"])
+    present = [c for c in UDIVA_TRAITS if c in parts.columns]
+    if not present or (len(parts) and all((parts[c].str.strip() == "").all() for c in present)):
+        raise StageInputError(f"labels are masked in {path} (its trait z-score columns are "
+                              f"missing or empty): use parts_{split}_unmasked.csv "
+                              f"(ingest.udiva.splits.{split}.parts)")
+    missing = [c for c in UDIVA_TRAITS if c not in parts.columns]
+    if missing:
+        raise StageInputError(f"{path}: missing column(s) {', '.join(missing)}")
+    return parts
 
 
 def _udiva_labels(parts: pd.DataFrame, parts_path: Path, problems: list[str]
@@ -338,23 +391,46 @@ def _udiva_labels(parts: pd.DataFrame, parts_path: Path, problems: list[str]
     return {k: v for k, v in labels.items() if k not in dropped}, dropped
 
 
-def _udiva_recordings(sess: pd.Series, rec_root: Path, base: Path, tasks: list[str],
-                      sessions_path: Path, problems: list[str]) -> list[tuple[Path, str]]:
-    """(recording, participant) of one sessions-CSV row: FC<part>_<task>.mp4 below its folder,
-    the extension in any case (FC2_T.MP4 counts). Reported: a session folder that is missing, a
-    second recording of one participant and task, and each participant and task in `tasks` with
-    no recording at all."""
+def _session_dirs(rec_root: Path, split: str, session: str) -> list[Path]:
+    """The folders of one session: <recordings>/<task>_recordings_<split>/<session>/, one per
+    task (the release), and <recordings>/<session>/ (a folder of session folders). An ID that
+    lost its zero padding (`2003`: a CSV saved by a spreadsheet) is tried as `002003` when no
+    folder has its own name."""
+    parents = [rec_root, *sorted(d for d in rec_root.glob(f"*_recordings_{split}") if d.is_dir())]
+    names = [session] + ([session.zfill(6)] if session.isdigit() and len(session) < 6 else [])
+    for name in names:
+        dirs = [d / name for d in parents if (d / name).is_dir()]
+        if dirs:
+            return dirs
+    return []
+
+
+def _udiva_recordings(sess: pd.Series, rec_root: Path, base: Path, tasks: list[str], *,
+                      split: str, seen: dict[str, int], sessions_path: Path,
+                      problems: list[str]) -> list[tuple[str, Path, str]]:
+    """(video_id, recording, participant) of one sessions-CSV row: FC<part>_<task>.mp4 below its
+    folders, the extension in any case (FC2_T.MP4 counts); the id is `<folder>_FC1_T`, from the
+    folder's name, not the CSV's ID (`2003` and `002003` give one id). Reported: a session with
+    no folder, a folder an earlier row already took, a second recording of one participant and
+    task, and each participant and task in `tasks` with no recording at all."""
     session = sess["ID"].strip()
     try:
-        session_dir = safe_join(rec_root, session)
+        safe_join(rec_root, session)
     except StageInputError as exc:  # a session ID that is no folder name
         problems.append(f"{sessions_path} (session {session!r}): {exc}")
         return []
-    if not session_dir.is_dir():
-        problems.append(f"{session_dir}: session folder of {session} not found")
+    dirs = _session_dirs(rec_root, split, session)
+    if not dirs:
+        problems.append(f"{rec_root}: session folder of {session} not found (looked for "
+                        f"{session}/ there and in its *_recordings_{split}/ folders)")
+        return []
+    row = int(sess.name) + 2  # the CSV's line number
+    if seen.setdefault(dirs[0].name, row) != row:  # `2003` beside `002003`, or a repeated row
+        problems.append(f"{sessions_path} row {row} (session {session}): folder {dirs[0].name} "
+                        f"is row {seen[dirs[0].name]}'s already; dropped")
         return []
     found: dict[tuple[str, str], Path | None] = {}
-    for path in sorted(session_dir.rglob("*")):
+    for path in sorted(p for d in dirs for p in d.rglob("*")):
         m = _UDIVA_RECORDING.match(path.stem)
         if path.suffix.lower() != ".mp4" or not m or m.group("task") not in tasks:
             continue
@@ -368,10 +444,10 @@ def _udiva_recordings(sess: pd.Series, rec_root: Path, base: Path, tasks: list[s
         for task in tasks:
             participant = sess[f"PART.{part}"].strip()
             if participant and (part, task) not in found:
-                problems.append(f"{session_dir}: no recording FC{part}_{task}.mp4 of "
-                                f"participant {participant} (session {session})")
-    return [(path, sess[f"PART.{key[0]}"].strip()) for key, path in sorted(found.items())
-            if path is not None]
+                problems.append(f"{', '.join(map(str, dirs))}: no recording FC{part}_{task}.mp4 "
+                                f"of participant {participant} (session {session})")
+    return [(f"{dirs[0].name}_{path.stem}", path, sess[f"PART.{key[0]}"].strip())
+            for key, path in sorted(found.items()) if path is not None]
 
 
 # PerFeX's long CSV and OpenFace CSVs (AU sequences, no video) are read in

@@ -43,6 +43,7 @@ import yaml
 from personality.common import (BaseParams, ParamsError, StageInputError, atomic_dir,
                                 atomic_write_json, build_dataclass, get_logger,
                                 is_checkpoint_path, load_params_file, repo_root, stage_errors)
+from personality.datasets import udiva_release_splits
 from personality.datasets_au import labels_records
 
 log = get_logger("inputs")
@@ -95,6 +96,15 @@ def _tree(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
         if folder.is_dir() else []
 
 
+def _udiva_csvs(opts: dict, root: Path) -> list[Path]:
+    """The parts and sessions CSVs of ingest.udiva.splits (the release's layout by default):
+    those ingest reads, wherever they sit below the root."""
+    base = _resolve(opts["root"], root)
+    splits = opts.get("splits") or udiva_release_splits()
+    return sorted({base / spec[key] for spec in splits.values() if isinstance(spec, dict)
+                   for key in ("parts", "sessions") if isinstance(spec.get(key), str)})
+
+
 def source_files(ingest: dict, root: Path) -> tuple[list[Path], list[Path]]:
     """(content-hashed files, stat-fingerprinted files) that `ingest.source` reads."""
     source = ingest.get("source", "synthetic")
@@ -112,9 +122,7 @@ def source_files(ingest: dict, root: Path) -> tuple[list[Path], list[Path]]:
         labels = [base / opts.get(k, "") for k in ("train_labels", "val_labels", "test_labels")]
         return labels, _tree(base, VIDEO_SUFFIXES)
     if source == "udiva" and opts.get("root"):
-        base = _resolve(opts["root"], root)
-        return sorted(base.joinpath("metadata").rglob("*.csv")) if (base / "metadata").is_dir() \
-            else [], _tree(base, VIDEO_SUFFIXES)
+        return _udiva_csvs(opts, root), _tree(_resolve(opts["root"], root), VIDEO_SUFFIXES)
     if source == "synthetic":
         from personality.synthetic import face_photos
 

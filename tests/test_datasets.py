@@ -245,22 +245,28 @@ def test_chalearn16_hostile_pickle_stops_the_stage(chalearn, tmp_path):
 
 @pytest.fixture
 def udiva(tmp_path):
+    """The release's layout (datasets.udiva_release_splits): val's labels in its unmasked CSV."""
     root = tmp_path / "udiva"
-    (root / "metadata").mkdir(parents=True)
-    (root / "metadata/parts_train.csv").write_text(
+    train, val = (root / s / "metadata" / f"metadata_{s}" for s in ("train", "val"))
+    train.mkdir(parents=True)
+    val.mkdir(parents=True)
+    (train / "parts_train.csv").write_text(
         "ID,AGE,OPENMINDEDNESS_Z,CONSCIENTIOUSNESS_Z,EXTRAVERSION_Z,AGREEABLENESS_Z,"
         "NEGATIVEEMOTIONALITY_Z\n"
         "101,23,0.5,-1.2,1.1,0.0,-0.3\n102,31,-0.4,0.2,-0.9,1.3,0.8\n")
-    (root / "metadata/sessions_train.csv").write_text(
+    (train / "sessions_train.csv").write_text(
         "ID,PART.1,PART.2,LANGUAGE\n001080,101,102,EN\n")
-    (root / "metadata/parts_val.csv").write_text(
+    (val / "parts_val_unmasked.csv").write_text(
         "ID,OPENMINDEDNESS_Z,CONSCIENTIOUSNESS_Z,EXTRAVERSION_Z,AGREEABLENESS_Z,"
         "NEGATIVEEMOTIONALITY_Z\n201,0.1,0.2,0.3,0.4,0.5\n")
-    (root / "metadata/sessions_val.csv").write_text("ID,PART.1,PART.2\n002001,201,999\n")
+    (val / "sessions_val.csv").write_text("ID,PART.1,PART.2\n002001,201,999\n")
+    task_folder = {"T": "talk", "A": "animals"}
     for session, names in {"train/001080": ["FC1_T", "FC2_T", "FC1_A"],
                            "val/002001": ["FC1_T", "FC2_T"]}.items():
+        split, sid = session.split("/")
         for name in names:
-            write_video(root / "recordings" / session / f"{name}.mp4", n_frames=5)
+            folder = f"{task_folder[name[-1]]}_recordings_{split}"
+            write_video(root / split / "recordings" / folder / sid / f"{name}.mp4", n_frames=5)
     return root
 
 
@@ -280,7 +286,7 @@ def test_udiva(udiva, tmp_path):
 
 
 def test_udiva_missing_trait_column(udiva, tmp_path):
-    path = udiva / "metadata/parts_train.csv"
+    path = udiva / "train/metadata/metadata_train/parts_train.csv"
     path.write_text(path.read_text().replace("AGREEABLENESS_Z", "AGREEABLE"))
     with pytest.raises(StageInputError, match="parts_train.csv: missing column.*AGREEABLENESS_Z"):
         _ingest(tmp_path, source="udiva", udiva=datasets.UdivaParams(root=str(udiva)))
@@ -484,7 +490,7 @@ def test_chalearn16_video_symlinked_out_of_the_dataset_is_skipped_and_reported(c
 def test_udiva_video_symlinked_out_of_the_dataset_is_skipped_and_reported(udiva, tmp_path):
     secret = tmp_path / "outside" / "FC1_T.mp4"
     write_video(secret, n_frames=5)
-    session = udiva / "recordings" / "val" / "002001"
+    session = udiva / "val/recordings/talk_recordings_val/002001"
     (session / "FC1_T.mp4").unlink()
     (session / "FC1_T.mp4").symlink_to(secret)
     summary = _ingest(tmp_path, source="udiva", udiva=datasets.UdivaParams(root=str(udiva)))

@@ -124,15 +124,19 @@ def test_perfex_missing_rating_is_reported_not_fatal(tmp_path):
 # UDIVA (F7, F8, F9)
 
 
+UDIVA_META = "train/metadata/metadata_train"
+UDIVA_TALK = "train/recordings/talk_recordings_train"
+
+
 def _udiva(tmp_path, parts: str, names=("FC1_T.mp4", "FC2_T.mp4"), sessions="001080,101,102\n"):
-    root = tmp_path / "udiva"
-    (root / "metadata").mkdir(parents=True)
-    (root / "metadata/parts_train.csv").write_text(
+    root = tmp_path / "udiva"  # the release's layout, train only
+    (root / UDIVA_META).mkdir(parents=True)
+    (root / UDIVA_META / "parts_train.csv").write_text(
         "ID,OPENMINDEDNESS_Z,CONSCIENTIOUSNESS_Z,EXTRAVERSION_Z,AGREEABLENESS_Z,"
         "NEGATIVEEMOTIONALITY_Z\n" + parts)
-    (root / "metadata/sessions_train.csv").write_text("ID,PART.1,PART.2\n" + sessions)
+    (root / UDIVA_META / "sessions_train.csv").write_text("ID,PART.1,PART.2\n" + sessions)
     for name in names:
-        write_video(root / "recordings/train/001080" / name, n_frames=5)
+        write_video(root / UDIVA_TALK / "001080" / name, n_frames=5)
     return root
 
 
@@ -164,9 +168,9 @@ def test_udiva_upper_case_extension_counts_and_a_missing_recording_is_reported(t
     root = _udiva(tmp_path, "101,0.5,0.5,0.5,0.5,0.5\n102,0.1,0.1,0.1,0.1,0.1\n"
                             "103,0.2,0.2,0.2,0.2,0.2\n104,0.3,0.3,0.3,0.3,0.3\n",
                   names=("FC1_T.mp4", "FC2_T.MP4"), sessions="001080,101,102\n001081,103,104\n")
-    write_video(root / "recordings/train/001081/FC1_T.mp4", n_frames=5)
-    (root / "metadata/parts_train.csv").write_text(
-        (root / "metadata/parts_train.csv").read_text() + "105,0.3,0.3,0.3,0.3,0.3\n")
+    write_video(root / UDIVA_TALK / "001081/FC1_T.mp4", n_frames=5)
+    (root / UDIVA_META / "parts_train.csv").write_text(
+        (root / UDIVA_META / "parts_train.csv").read_text() + "105,0.3,0.3,0.3,0.3,0.3\n")
     summary = _ingest(tmp_path, source="udiva", udiva=datasets.UdivaParams(root=str(root)))
     assert sorted(_manifest(tmp_path)["video_id"]) == ["001080_FC1_T", "001080_FC2_T",
                                                        "001081_FC1_T"]

@@ -1,12 +1,16 @@
-"""The chalearn16 reader on the layout the real release ships in (an audit of the ingest
-readers against the distributed datasets): each test failed before its fix (the zips-left-in-
-place one in its second half; its first half guards the fix against false alarms).
+"""The chalearn16 and udiva readers on the layouts the real releases ship in (an audit of the
+ingest readers against the distributed datasets): each test failed before its fix, but for two
+guards: the legacy UDIVA layout still reads, and zips left beside what they extracted to are not
+reported (the second half of that test, an unreadable zip reported, failed before).
 
     pytest tests/test_ingest_real_layouts.py
 
 Videos are copies of tests/fixtures/single_face.mp4. Layouts:
   - ChaLearn First Impressions V2: zip-in-zip; train-N.zip holds training80_01.zip ..., which
-    extract to train/train-N/training80_XX/<YouTube video id>.NNN.mp4 (validation, test alike).
+    extract to train/train-N/training80_XX/<YouTube video id>.NNN.mp4 (validation, test alike);
+  - UDIVA v0.5, per split: <split>/metadata/metadata_<split>/{parts,sessions}_<split>.csv, the
+    val / test labels only in parts_<split>_unmasked.csv (parts_<split>.csv masks them), and one
+    folder per task: <split>/recordings/<task>_recordings_<split>/<6-digit session>/FC1_T.mp4.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import pytest
 
 from personality import datasets
 from personality.common import BaseParams, StageInputError, read_artifact
+from stages import inputs
 from stages.ingest import IngestParams, run
 from tests.conftest import real_fixture
 from tests.test_datasets import chalearn_annotations, py2_pickle
@@ -117,3 +122,190 @@ def test_chalearn16_zips_left_beside_what_they_extracted_to_are_not_reported(tmp
     assert summary["bad_rows"] == [f"1 archive not extracted under {root}/test, e.g. "
                                    f"{root}/test/test-1/test80_02.zip: extract them (unzip, "
                                    "with the password that comes with access)"]
+
+
+# --------------------------------------------------------------------------------------------------
+# UDIVA v0.5 (U1-U4)
+
+Z = "OPENMINDEDNESS_Z,CONSCIENTIOUSNESS_Z,EXTRAVERSION_Z,AGREEABLENESS_Z,NEGATIVEEMOTIONALITY_Z"
+# the release's CSVs, as in the audit's mock (IDs plain integers, sessions zero-padded)
+UDIVA_CSVS = {
+    "train/metadata/metadata_train/parts_train.csv":
+        f"ID,AGE,GENDER,SESSION1,SESSION2,{Z}\n2,29,F,002003,,0.5,-1.2,1.1,0.0,-0.3\n"
+        "3,28,F,002003,,-0.4,0.2,-0.9,1.3,0.8\n55,23,M,055128,,0.1,0.1,0.1,0.1,0.1\n"
+        "128,55,F,055128,,0.2,0.2,0.2,0.2,0.2\n",
+    "train/metadata/metadata_train/sessions_train.csv":
+        "ID,PART.1,PART.2,LANGUAGE,KNOWN,TALK_ORDER,ANIMALS_ORDER\n002003,2,3,ES,True,1,2\n"
+        "055128,55,128,ES,False,2,1\n",
+    "val/metadata/metadata_val/parts_val.csv": "ID,AGE,GENDER,SESSION1\n8,33,F,008105\n"
+                                               "105,25,M,008105\n",  # masked: no trait column
+    "val/metadata/metadata_val/parts_val_unmasked.csv":
+        f"ID,AGE,GENDER,SESSION1,{Z}\n8,33,F,008105,0.3,0.3,0.3,0.3,0.3\n"
+        "105,25,M,008105,0.4,0.4,0.4,0.4,0.4\n",
+    "val/metadata/metadata_val/sessions_val.csv": "ID,PART.1,PART.2,LANGUAGE,KNOWN\n"
+                                                  "008105,8,105,ES,False\n",
+    "test/metadata/metadata_test/parts_test.csv":  # masked: trait columns empty
+        f"ID,AGE,GENDER,SESSION1,{Z}\n10,22,F,010011,,,,,\n11,22,M,010011,,,,,\n",
+    "test/metadata/metadata_test/parts_test_unmasked.csv":
+        f"ID,AGE,GENDER,SESSION1,{Z}\n10,22,F,010011,0.5,0.5,0.5,0.5,0.5\n"
+        "11,22,M,010011,0.6,0.6,0.6,0.6,0.6\n",
+    "test/metadata/metadata_test/sessions_test.csv": "ID,PART.1,PART.2,LANGUAGE,KNOWN\n"
+                                                     "010011,10,11,ES,True\n",
+}
+UDIVA_SESSIONS = {"train": ["002003", "055128"], "val": ["008105"], "test": ["010011"]}
+
+
+def _release_splits(task_folder: str = "", **parts: str) -> dict:
+    """ingest.udiva.splits for the release's layout, written out here (not imported) so that a
+    test reads the same before and after the fix. `parts` replaces a split's parts CSV;
+    `task_folder` ("talk") points `recordings` at that task's folder of session folders, a
+    setting the reader took before: the tests of the other findings then test only theirs."""
+    out = {}
+    for split in ("train", "val", "test"):
+        meta = f"{split}/metadata/metadata_{split}"
+        name = parts.get(split, "parts_train.csv" if split == "train"
+                         else f"parts_{split}_unmasked.csv")
+        recordings = f"{split}/recordings" + (f"/{task_folder}_recordings_{split}"
+                                              if task_folder else "")
+        out[split] = {"parts": f"{meta}/{name}", "sessions": f"{meta}/sessions_{split}.csv",
+                      "recordings": recordings}
+    return out
+
+
+def _talk(root: Path) -> datasets.UdivaParams:
+    return datasets.UdivaParams(root=str(root), splits=_release_splits("talk"))
+
+
+@pytest.fixture
+def udiva(tmp_path) -> Path:
+    root = tmp_path / "udiva_v05"
+    for rel, text in UDIVA_CSVS.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    for split, sessions in UDIVA_SESSIONS.items():
+        for session in sessions:
+            for folder, task in (("talk", "T"), ("animals", "A")):
+                for part in (1, 2):
+                    _clip(root / split / "recordings" / f"{folder}_recordings_{split}" /
+                          session / f"FC{part}_{task}.mp4")
+    return root
+
+
+def test_udiva_defaults_read_the_release_layout_and_unmasked_labels(udiva, tmp_path):
+    # the defaults (metadata/parts_train.csv, recordings/train) matched no real layout
+    summary = _ingest(tmp_path, source="udiva", udiva=datasets.UdivaParams(root=str(udiva)))
+    m = _manifest(tmp_path).set_index("video_id")
+    assert sorted(m.index) == ["002003_FC1_T", "002003_FC2_T", "008105_FC1_T", "008105_FC2_T",
+                               "010011_FC1_T", "010011_FC2_T", "055128_FC1_T", "055128_FC2_T"]
+    assert m["split"].value_counts().to_dict() == {"train": 4, "val": 2, "test": 2}
+    assert m.loc["008105_FC2_T", "subject_id"] == "105" and m.loc["008105_FC2_T", "O"] == 0.4
+    assert m.loc["010011_FC1_T", "N"] == 0.5 and m.loc["002003_FC1_T", "C"] == -1.2
+    assert m.loc["002003_FC1_T", "path"].endswith(
+        "train/recordings/talk_recordings_train/002003/FC1_T.mp4")
+    assert summary["n_bad_rows"] == 0
+
+
+def test_udiva_with_no_split_found_names_the_files_looked_for(tmp_path):
+    # every split absent: "no usable video or sequence", the absences only INFO logs
+    root = tmp_path / "udiva_v05"
+    root.mkdir()
+    with pytest.raises(StageInputError) as err:
+        _ingest(tmp_path, source="udiva", udiva=datasets.UdivaParams(root=str(root)))
+    msg = str(err.value)
+    assert "\n" not in msg and "no usable video" not in msg
+    assert f"no participants CSV found under {root}: looked for " in msg
+    for rel in ("train/metadata/metadata_train/parts_train.csv",
+                "val/metadata/metadata_val/parts_val_unmasked.csv",
+                "test/metadata/metadata_test/parts_test_unmasked.csv"):
+        assert str(root / rel) in msg
+
+
+def test_udiva_split_with_sessions_but_no_parts_csv_is_reported(udiva, tmp_path):
+    # an older download without parts_val_unmasked.csv: the val split vanished silently
+    (udiva / "val/metadata/metadata_val/parts_val_unmasked.csv").unlink()
+    summary = _ingest(tmp_path, source="udiva", udiva=_talk(udiva))
+    assert set(_manifest(tmp_path)["split"]) == {"train", "test"}
+    meta = udiva / "val/metadata/metadata_val"
+    assert summary["bad_rows"] == [f"{meta}/parts_val_unmasked.csv: not found, but "
+                                   f"{meta}/sessions_val.csv is: the val split is left out"]
+
+
+@pytest.mark.parametrize("split", ["val", "test"])  # val: no trait column; test: all empty
+def test_udiva_masked_parts_csv_is_one_clear_error(udiva, tmp_path, split):
+    # val: "missing column(s) ..."; test: one "not a finite number" line per participant
+    splits = _release_splits("talk", **{split: f"parts_{split}.csv"})
+    with pytest.raises(StageInputError) as err:
+        _ingest(tmp_path, source="udiva", udiva=datasets.UdivaParams(root=str(udiva),
+                                                                     splits=splits))
+    path = udiva / f"{split}/metadata/metadata_{split}/parts_{split}.csv"
+    assert str(err.value) == (f"labels are masked in {path} (its trait z-score columns are "
+                              f"missing or empty): use parts_{split}_unmasked.csv "
+                              f"(ingest.udiva.splits.{split}.parts)")
+
+
+def test_udiva_two_tasks_are_found_in_their_own_folders(udiva, tmp_path):
+    # one `recordings` folder per split held one task: tasks [T, A] found A nowhere (the
+    # talk folder: A reported missing; the recordings/ folder: every session not found)
+    summary = _ingest(tmp_path, source="udiva", udiva=datasets.UdivaParams(
+        root=str(udiva), tasks=["T", "A"], splits=_release_splits()))
+    m = _manifest(tmp_path).set_index("video_id")
+    assert len(m) == 16 and summary["n_bad_rows"] == 0
+    assert m.loc["055128_FC2_A", "path"].endswith(
+        "train/recordings/animals_recordings_train/055128/FC2_A.mp4")
+    assert m.loc["055128_FC2_A", "subject_id"] == "128"
+    # a task missing from one session is still named
+    (udiva / "val/recordings/animals_recordings_val/008105/FC1_A.mp4").unlink()
+    summary = _ingest(tmp_path, source="udiva", udiva=datasets.UdivaParams(
+        root=str(udiva), tasks=["T", "A"], splits=_release_splits()))
+    assert len(_manifest(tmp_path)) == 15
+    assert summary["bad_rows"] == [
+        f"{udiva}/val/recordings/animals_recordings_val/008105, "
+        f"{udiva}/val/recordings/talk_recordings_val/008105: no recording FC1_A.mp4 of "
+        "participant 8 (session 008105)"]
+
+
+def test_udiva_a_folder_of_session_folders_still_reads(tmp_path):
+    """The layout the reader took before (recordings/<split>/<session>/), given in params."""
+    root = tmp_path / "udiva"
+    (root / "metadata").mkdir(parents=True)
+    (root / "metadata/parts_train.csv").write_text(
+        UDIVA_CSVS["train/metadata/metadata_train/parts_train.csv"])
+    (root / "metadata/sessions_train.csv").write_text(
+        UDIVA_CSVS["train/metadata/metadata_train/sessions_train.csv"])
+    for session in UDIVA_SESSIONS["train"]:
+        for part in (1, 2):
+            _clip(root / "recordings/train" / session / f"FC{part}_T.mp4")
+    splits = {"train": {"parts": "metadata/parts_train.csv",
+                        "sessions": "metadata/sessions_train.csv", "recordings": "recordings/train"}}
+    summary = _ingest(tmp_path, source="udiva",
+                      udiva=datasets.UdivaParams(root=str(root), splits=splits))
+    assert len(_manifest(tmp_path)) == 4 and summary["n_bad_rows"] == 0
+
+
+def test_udiva_session_ids_without_zero_padding_find_their_folders(udiva, tmp_path):
+    # `2003` (a CSV saved by a spreadsheet) missed the folder 002003: every session not found
+    sessions = udiva / "train/metadata/metadata_train/sessions_train.csv"
+    _ingest(tmp_path, source="udiva", udiva=_talk(udiva))
+    padded = _manifest(tmp_path)
+    sessions.write_text(sessions.read_text().replace("002003,", "2003,")
+                        .replace("055128,", "55128,"))
+    summary = _ingest(tmp_path, source="udiva", udiva=_talk(udiva))
+    assert summary["n_bad_rows"] == 0
+    pd.testing.assert_frame_equal(_manifest(tmp_path), padded)  # ids from the folder: the same
+    # `2003` beside `002003`: one folder, the second row reported (it aborted on a duplicate id)
+    sessions.write_text(sessions.read_text() + "002003,2,3,ES,True,1,2\n")
+    summary = _ingest(tmp_path, source="udiva", udiva=_talk(udiva))
+    assert len(_manifest(tmp_path)) == 8
+    assert summary["bad_rows"] == [f"{sessions} row 4 (session 002003): folder 002003 is row "
+                                   "2's already; dropped"]
+
+
+def test_udiva_fingerprint_follows_the_release_csvs(udiva, tmp_path):
+    # inputs hashed <root>/metadata/*.csv only: a corrected label re-ran nothing
+    params = {"source": "udiva", "udiva": {"root": str(udiva)}}
+    first = inputs.fingerprint(params, tmp_path)
+    key = "udiva_v05/val/metadata/metadata_val/parts_val_unmasked.csv"
+    assert "sha256" in first["files"][key]
+    labels = udiva / key.split("/", 1)[1]
+    labels.write_text(labels.read_text().replace("0.3,0.3", "0.9,0.3"))
+    assert inputs.fingerprint(params, tmp_path)["files"][key] != first["files"][key]

@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from personality import datasets
 from personality.common import read_artifact
 from tests.conftest import REPO, real_fixture
 from tests.test_datasets import chalearn_annotations, py2_pickle
@@ -139,17 +140,17 @@ def chalearn16_fixture(tmp: Path) -> Path:
 
 def udiva_fixture(tmp: Path) -> Path:
     """One session (two participants, talk task) per split, with z-scored labels."""
-    root = tmp / "udiva"
-    (root / "metadata").mkdir(parents=True)
+    root = tmp / "udiva"  # the release's layout (datasets.udiva_release_splits)
     header = ("ID,OPENMINDEDNESS_Z,CONSCIENTIOUSNESS_Z,EXTRAVERSION_Z,AGREEABLENESS_Z,"
               "NEGATIVEEMOTIONALITY_Z\n")
-    for k, split in enumerate(("train", "val", "test")):
+    for k, (split, spec) in enumerate(datasets.udiva_release_splits().items()):
         a, b = 100 + 2 * k, 101 + 2 * k
-        (root / f"metadata/parts_{split}.csv").write_text(
+        (root / spec["parts"]).parent.mkdir(parents=True)
+        (root / spec["parts"]).write_text(
             header + f"{a},0.1,0.2,0.3,0.4,0.5\n{b},-0.1,-0.2,-0.3,-0.4,-0.5\n")
-        (root / f"metadata/sessions_{split}.csv").write_text(f"ID,PART.1,PART.2\n00{k},{a},{b}\n")
+        (root / spec["sessions"]).write_text(f"ID,PART.1,PART.2\n00{k},{a},{b}\n")
         for part in (1, 2):
-            face_clip(root / f"recordings/{split}/00{k}/FC{part}_T.mp4")
+            face_clip(root / spec["recordings"] / f"talk_recordings_{split}/00{k}/FC{part}_T.mp4")
     return root
 
 
