@@ -68,6 +68,12 @@ cv: run
 seeds: run
 	$(BIN)/python scripts/cv.py --seeds 5 --jobs 2
 
+# every output under data/ of dvc.yaml (tests/test_dvc_deps.py checks the list); metrics/ (git),
+# mlflow.db and DVC's cache stay, so `dvc repro` brings unchanged outputs back from the cache
 clean:
-	rm -rf data/manifest.parquet data/user_study.parquet data/videos data/frames data/faces \
-	       data/aus data/audio data/models data/predictions .numba_cache
+	rm -rf data/manifest.parquet data/clips.parquet data/user_study.parquet \
+	       data/synthetic_cues.parquet data/synthetic_tracks.parquet data/source_aus \
+	       data/inputs.json data/inputs_aus.json data/inputs_deploy.json data/inputs_train \
+	       data/videos data/frames data/faces data/aus data/audio data/augmented \
+	       data/functionals data/models data/predictions data/retrained data/deploy \
+	       data/tracked .numba_cache

@@ -30,7 +30,7 @@ class TrainParams(TrainConfig):
     TrainConfig's (models/solver.py), declared and validated there, once; these are the stage's."""
     models: list[str] = dataclasses.field(
         default_factory=lambda: ["perfex_cnn", "perfex_hybrid"])  # registry names
-    threads: int = 1  # torch CPU threads (0: torch's default); 1 is fastest on a shared 2-core box
+    threads: int = 1  # torch CPU threads (0: torch's default); 1: comparable timings (scaling.md)
     resume: str = ""  # checkpoint to continue from ("" = start fresh)
     test_only: bool = False  # evaluate a checkpoint, no training
     weights: str = ""  # initial weights (a checkpoint or a bare state_dict)
