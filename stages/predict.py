@@ -111,7 +111,9 @@ def predict_video(video: Path, *, model: str | None = None, root: Path | None = 
     frontend = _frontend_of(loaded, params_file)  # checked once, before any work
     with tempfile.TemporaryDirectory(dir=work, prefix=work_prefix()) as tmp:
         work_root = Path(tmp)
-        facts = run_front_end(video, work_root, params_file, frontend)
+        facts = run_front_end(video, work_root, params_file, frontend, refuse=(
+            (lambda probed: missing_inputs(set(loaded.needs), probed, probed_only=True))
+            if loaded else None))
         name = loaded.path.parent.name if loaded else None
         passed_over: list[str] = []
         if loaded is None:

@@ -23,8 +23,9 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from personality.common import (BaseParams, ParamsError, build_dataclass, frontend_params,
-                                get_logger, load_params, read_artifact, repo_root)
+from personality.common import (BaseParams, ParamsError, StageInputError, build_dataclass,
+                                frontend_params, get_logger, load_params, read_artifact,
+                                repo_root)
 from personality.executor import CLUSTER_ENV, ExecutorError, map_jobs, placement, time_limit_s
 from personality.executor_kept import KeptWorkers
 from personality.schemas import TRAITS
@@ -109,15 +110,21 @@ def front_end_params(params_file: Path | None, frontend: dict | None):
 
 
 def run_front_end(video: Path, work: Path, params_file: Path | None = None,
-                  frontend: dict | None = None) -> dict:
+                  frontend: dict | None = None,
+                  refuse: Callable[[dict], str] | None = None) -> dict:
     """frames / faces / aus and audio on one video under `work`, with the pipeline's own stage
     functions, and the params of `frontend` (a checkpoint's: front_end_params) or params.yaml
     (or `params_file`: the copy a served model carries). Returns what the clip offers: face
     share, audio, voiced share, where a truncated file ends. A file that cannot be decoded
-    raises StageInputError naming it, before any worker starts."""
+    raises StageInputError naming it, before any worker starts, as does one for which
+    `refuse(probe facts)` says why the model cannot score it (no audio track, for an audio
+    model: the probe knows it before any work)."""
     from stages.ingest import probe_video
 
     facts = probe_video(video)
+    why = refuse(facts) if refuse else ""
+    if why:
+        raise StageInputError(f"{video}: {why}")
     # absolute paths, params.yaml's too: the kept worker's working folder is the one this
     # process had when the worker started
     job = (Path(video).resolve(), Path(work).resolve(),

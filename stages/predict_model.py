@@ -239,8 +239,13 @@ def _audio_lack(facts: dict) -> str:
     return f"the audio track is unusable ({error})" if error else "the audio track is silent"
 
 
-def missing_inputs(needs: set[str], facts: dict) -> str:
-    """'' when the clip offers what a model with inputs `needs` reads, else why not."""
+def missing_inputs(needs: set[str], facts: dict, *, probed_only: bool = False) -> str:
+    """'' when the clip offers what a model with inputs `needs` reads, else why not.
+    `probed_only`: `facts` are the file's probe, before the front-end: only a missing audio
+    track is known yet."""
+    if probed_only:
+        return ("no audio track; this model needs audio"
+                if needs & AUDIO_KEYS and not facts.get("has_audio") else "")
     if needs & EITHER_KEYS and not facts.get("face_share") and not _usable_audio(facts):
         return "no face and no usable audio: nothing to score"
     if needs & VISUAL_KEYS and not facts.get("face_share"):

@@ -54,7 +54,15 @@ def test_predict_refuses_a_video_without_face(checkpoints, tmp_path, caplog):
     assert not (tmp_path / "out" / "prediction.json").exists()
 
 
-def test_predict_refuses_audio_model_without_audio(checkpoints, tmp_path, caplog):
+def test_predict_refuses_audio_model_without_audio(checkpoints, tmp_path, caplog, monkeypatch):
+    """Before any front-end work: the file's probe already says it has no audio track."""
+    from stages import predict_frontend
+
+    def no_front_end(*args, **kwargs):
+        raise AssertionError("the front-end ran for a clip the model cannot score")
+
+    monkeypatch.setattr(predict_frontend, "map_jobs", no_front_end)
+    monkeypatch.setattr(predict_frontend, "front_end_here", no_front_end)
     video = write_video(tmp_path / "silent_film.mp4", n_frames=10, audio=False)
     code = predict.main([str(video), "--out", str(tmp_path / "out"),
                          "--model", str(checkpoints["logmel_cnn"])])
