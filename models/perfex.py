@@ -14,7 +14,7 @@ Inputs: `aus` (B, T, 17) AU intensities (`personality.schemas.AU_INTENSITY` orde
 (B, T) bool, True on real steps, a prefix per row (padding at the end). Without a mask every step
 is real. At most `config.seq_len` steps are used (PerFeX's 700-frame clips).
 
-Defects of the published code fixed here (DESIGN.md, Models):
+Defects of the published code (PerFeX's attn_*.py, 1dcnn_*.py) fixed here:
 - the LSTM ran on (B, T, F) input without `batch_first`, so it recurred over the batch and the
   attention branch ignored each clip's own sequence: here `batch_first=True`, packed by length;
 - batch size 1 only: every op here is batched and padding-aware, a clip's output does not depend

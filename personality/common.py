@@ -11,8 +11,8 @@ Each stage imports only this module for plumbing, so that its own file holds onl
 
 Nothing here runs on its own; `python -m pytest tests/test_common.py` exercises it.
 
-One file because it is the single plumbing module every stage imports (DESIGN.md: one shared
-helper module); its sections are paths, params, schemas, artifacts, progress, tracking.
+One file because it is the single plumbing module every stage imports (the project's design:
+one shared helper module); its sections are paths, params, schemas, artifacts, progress, tracking.
 """
 from __future__ import annotations
 
