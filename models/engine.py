@@ -325,11 +325,19 @@ def _checkpoint(t: _Trainer, state: _Progress, name: str, epoch: int) -> None:
                     model_name=meta.get("model_name", type(t.model).__name__),
                     model_config=meta.get("model_config"), optimizer=t.optimizer,
                     scheduler=t.scheduler, epoch=epoch, best_epoch=state.best_epoch,
-                    best_metric=state.best_metric, val_metric_name=t.cfg.val_metric,
+                    best_metric=state.best_metric, val_metric_name=_metric_name(t),
                     train_mean=t.train_mean, inputs=meta.get("inputs", ()),
                     source_config=meta.get("source_config"), params=meta.get("params"),
                     label_scale=meta.get("label_scale", "unit"), history=state.history,
                     finished=meta.get("finished"), frontend=meta.get("frontend"))
+
+
+def _metric_name(t: _Trainer) -> str:
+    """What `best_metric` holds: the val metric, or without a val set (fine-tuning on a user
+    study) the training loss that stands in for it, negated when the metric is maximised."""
+    if t.has_val:
+        return t.cfg.val_metric
+    return "neg_train_loss" if METRIC_MODES[t.cfg.val_metric] == "max" else "train_loss"
 
 
 def _validate(t: _Trainer, row: dict, train_loss: float) -> float:

@@ -270,6 +270,18 @@ def test_checkpoint_loads_with_weights_only(task, trained):
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 15
 
 
+def test_a_checkpoint_without_val_names_the_loss_it_kept(task, trained, tmp_path):
+    """Fine-tuning on a user study has no val set: best_metric is then the negated training
+    loss, and the checkpoint says so (it said "ccc" beside a value like -3.2)."""
+    assert torch.load(trained[2] / "best.pt", weights_only=True)["val_metric_name"] == "ccc"
+    torch.manual_seed(0)
+    fit(build_model("perfex_cnn", **TINY), task["sources"], train_ids=task["train"][0],
+        train_targets=task["train"][1], val_ids=[], val_targets=np.zeros((0, 5)),
+        config=cfg(epochs=2), out_dir=tmp_path, meta={"model_name": "perfex_cnn"})
+    ckpt = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert ckpt["val_metric_name"] == "neg_train_loss" and ckpt["best_metric"] < 0
+
+
 def test_resume_continues_exactly_where_it_stopped(task, tmp_path):
     model_a, straight = train(task, tmp_path / "a", epochs=4)
     _, paused = train(task, tmp_path / "b", epochs=4, fit_kw={"until_epoch": 2})
