@@ -272,8 +272,22 @@ def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
     df.columns = [c.strip() for c in df.columns]
     missing = [c for c in required if c not in df.columns]
     if missing:
-        raise StageInputError(f"{path}: missing column(s) {', '.join(missing)}")
+        raise StageInputError(f"{path}: missing column(s) {', '.join(missing)}"
+                              + separator_hint(list(df.columns)))
     return df
+
+
+def separator_hint(header: list[str]) -> str:
+    """A CSV header read as one column that holds `;`, a tab or `|`: the file was saved with
+    another separator (Excel does `;` with decimal commas in many European locales). '' else."""
+    if len(header) != 1:
+        return ""
+    found = next((sep for sep in (";", "\t", "|") if sep in str(header[0])), None)
+    if found is None:
+        return ""
+    shown = {"\t": "tab"}.get(found, repr(found))
+    return (f"; its header is one column split by {shown}: save it as comma-separated CSV, "
+            "with decimal points (Excel in some locales writes ';' and decimal commas)")
 
 
 def ingest_udiva(p: UdivaParams, *, root: Path, probe) -> tuple[list, list]:

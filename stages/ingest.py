@@ -218,7 +218,8 @@ def read_labels_csv(csv_path: Path) -> tuple[pd.DataFrame, list[str]]:
     missing = [c for c in ("video", *TRAITS) if c not in header]
     if missing:
         raise StageInputError(f"{csv_path}: missing column(s) {', '.join(missing)} "
-                              "(need video, O, C, E, A, N; optional subject, split)")
+                              "(need video, O, C, E, A, N; optional subject, split)"
+                              + datasets.separator_hint(header))
     root = csv_path.parent.resolve()
     good, problems, seen = [], [], set()
     at = header.index("video")

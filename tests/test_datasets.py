@@ -519,3 +519,11 @@ def test_openface_csv_paths_the_file_system_cannot_take_are_bad_rows(tmp_path):
     assert "row 3 (loop1.csv): loop1.csv: a symlink loop" in problems[0]
     assert "row 4" in problems[1] and "holds a NUL byte" in problems[1]
     assert "row 5" in problems[2] and "File name too long" in problems[2]
+
+
+def test_a_semicolon_csv_of_a_dataset_says_how_to_fix_it(tmp_path):
+    """UDIVA / PerFeX / OpenFace label CSVs saved by a European Excel: ';' and decimal commas."""
+    path = tmp_path / "labels.csv"
+    path.write_text("file;O;C;E;A;N\nclip.csv;0,5;0,5;0,5;0,5;0,5\n")
+    with pytest.raises(StageInputError, match="missing column.*one column split by ';'"):
+        datasets._read_csv(path, ["file", "O"])

@@ -88,6 +88,10 @@ def test_strict_mode_fails_naming_the_row(folder, tmp_path):
     ('video,O,C,E,A,N\n"clips/a1.mp4,0.1,0.2,0.3,0.4,0.5\n', "not a readable CSV"),
     (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", "not a readable CSV"),  # binary
     ("video,O,C,E,A,N\nclips/a1.mp4,.5,.5,.5,.5,.5\n".encode("utf-16"), "not a readable CSV"),
+    # Excel in a European locale: ';' and decimal commas
+    ("video;O;C;E;A;N\nclips/a1.mp4;0,5;0,5;0,5;0,5;0,5\n", "one column split by ';': save it "
+                                                            "as comma-separated"),
+    ("video\tO\tC\tE\tA\tN\nclips/a1.mp4\t.5\t.5\t.5\t.5\t.5\n", "split by tab"),
 ])
 def test_malformed_csv(folder, text, message):
     csv = folder / "labels.csv"
