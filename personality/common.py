@@ -40,7 +40,7 @@ import pyarrow as pa
 import yaml
 
 from personality import schemas
-from personality.launcher import watch_launcher
+from personality.launcher import stop_watching, watch_launcher
 
 __all__ = [
     "ParamsError", "SchemaError", "StageInputError",
@@ -785,18 +785,19 @@ def stage_errors(section: str) -> Iterator[None]:
             _stopped(log, signal.SIGTERM)
     finally:
         if ours:
+            stop_watching()
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def run_stage(section: str, params_cls: type, run: typing.Callable[..., Any]) -> None:
     """Load `base` and `section` from params.yaml, call `run(params, base)`; a bad param or a bad
     input ends the process with exit code 2 and one clear log line instead of a traceback."""
-    with stage_errors(section):
+    with stage_errors(section):  # the timings' MLflow run too: a stop ends it KILLED
         base = load_base()
         params = load_params(section, params_cls)
         result = run(params, base)
-    if isinstance(result, dict) and result.get("timings"):
-        log_timings(section, result["timings"])
+        if isinstance(result, dict) and result.get("timings"):
+            log_timings(section, result["timings"])
 
 
 def log_timings(stage: str, timings: dict[str, float | None]) -> None:

@@ -1,8 +1,10 @@
 """A stage run by a real `dvc repro` stops when only the dvc process is sent SIGTERM (DVC forwards
 nothing, and dash does not exec the command, so the stage used to run on as an orphan): it says
-why, keeps its output out, ends its MLflow run KILLED and dies of SIGTERM."""
+why, keeps its output out, ends its MLflow run KILLED and dies of SIGTERM. Also when dvc died
+before the stage could look, and a dead but unreaped dvc counts as dead."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -85,3 +87,59 @@ def test_a_stage_stops_when_dvc_is_killed(tmp_path, shell):
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
                               filter_string="attributes.run_name = 'demo:orphan'")
     assert [r.info.status for r in runs] == ["KILLED"]
+
+
+def _stage_under(tmp_path: Path, rwlock_pids: list[int]) -> subprocess.Popen:
+    """A stage started through `sh -c` with DVC's environment and an rwlock naming `pids`."""
+    (tmp_path / ".dvc" / "tmp").mkdir(parents=True)
+    (tmp_path / ".dvc" / "tmp" / "rwlock").write_text(json.dumps(
+        {"write": {f"out{i}": {"pid": pid, "cmd": "dvc repro"} for i, pid in
+                   enumerate(rwlock_pids)}, "read": {}}))
+    stage = ("from personality.common import stage_errors\nimport time\n"
+             "with stage_errors('demo'):\n    print('running', flush=True)\n    time.sleep(60)\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DVC_STAGE": "demo", "DVC_ROOT": str(tmp_path)}
+    return subprocess.Popen(["/bin/sh", "-c", f"{sys.executable} -c \"$0\"; exit $?", stage],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="Linux /proc")
+def test_a_dvc_that_died_before_the_stage_looked_stops_it_at_once(tmp_path):
+    """Its rwlock still names it (killed, it cleaned nothing up), and no live dvc in it is an
+    ancestor of the stage: the stage stops as soon as it starts."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    proc = _stage_under(tmp_path, [dead.pid])
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("the stage ran on after its dvc had died") from None
+    assert proc.returncode == 128 + signal.SIGTERM or proc.returncode == -signal.SIGTERM, err
+    assert "before this stage had started" in err and "demo: stopped (SIGTERM)" in err
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="Linux /proc")
+def test_the_chain_runs_up_to_the_dvc_the_rwlock_names(tmp_path):
+    """Here this test process plays dvc: the stage watches its shell and this process, and runs
+    on while both live."""
+    proc = _stage_under(tmp_path, [os.getpid()])
+    try:
+        assert proc.stdout.readline().strip() == "running"
+        time.sleep(2.5)  # the watcher polls every second
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.communicate()
+    from personality import launcher
+
+    shell = subprocess.Popen(["/bin/sh", "-c", "sleep 30; exit 0"])
+    try:
+        time.sleep(0.3)
+        stat = launcher._stat(shell.pid)
+        assert stat is not None and stat[1] == os.getpid()
+    finally:
+        shell.kill()
+    time.sleep(0.3)
+    assert launcher._stat(shell.pid) is None  # a zombie (killed, not yet reaped) counts as gone
+    shell.wait()
