@@ -286,8 +286,10 @@ def openface_names(video_id: str, video_path: str) -> list[str]:
     `<video_id>.csv`, then the video's own name as FeatureExtraction writes it (`-f
     clips/alice.mp4` -> `alice.csv`), below as many of its parent folders (up to 3) as a
     mirrored output tree keeps (`session/FC1_T.csv` for `.../session/FC1_T.mp4`), deepest first."""
-    parts = Path(video_path).with_suffix(".csv").parts
-    mirrored = ["/".join(parts[i:]) for i in range(max(len(parts) - 4, 1), len(parts))
+    path = Path(video_path).with_suffix(".csv")
+    parts = path.parts
+    first = 1 if path.is_absolute() else 0  # never the root folder itself
+    mirrored = ["/".join(parts[i:]) for i in range(max(len(parts) - 4, first), len(parts))
                 if ".." not in parts[i:]]
     return list(dict.fromkeys([f"{video_id}.csv", *mirrored]))
 
@@ -298,14 +300,14 @@ def match_openface_csvs(folder: Path, clips: pd.DataFrame
     CSV under any of its names, or one found only under a name that several clips share (two
     videos `a/x.mp4`, `b/x.mp4` and a flat `x.csv`: whose it is cannot be told)."""
     names = {vid: openface_names(vid, video) for vid, video in zip(clips["video_id"], clips["path"])}
-    shared = collections.Counter(n for vid, listed in names.items() for n in listed[1:])
+    shared = collections.Counter(n for listed in names.values() for n in listed)
     found: dict[str, Path] = {}
     missing: dict[str, str] = {}
     for vid, listed in names.items():
         hit = next((n for n in listed if (folder / n).is_file()), None)
         if hit is None:
             missing[vid] = f"{vid}: no OpenFace CSV in {folder} (looked for {', '.join(listed)})"
-        elif hit != listed[0] and shared[hit] > 1:
+        elif shared[hit] > 1:
             missing[vid] = (f"{folder / hit}: {shared[hit]} videos could own it; name their CSVs "
                             f"<video_id>.csv ({listed[0]}) or keep their folders (a mirrored tree)")
         else:
@@ -326,8 +328,9 @@ def _report_unmatched(folder: Path, used: set[Path]) -> None:
     """CSVs of the folder that no video of the manifest took: a warning with a count."""
     spare = sorted(p for p in folder.rglob("*.csv") if p not in used)
     if spare:
-        log.warning("%d OpenFace CSV(s) in %s match no video of data/clips.parquet and were not "
-                    "read, e.g. %s", len(spare), folder, spare[0].relative_to(folder))
+        log.warning("%d OpenFace CSV(s) in %s were not read: they match no video of "
+                    "data/clips.parquet, or several (those are under metrics/aus.json's "
+                    "failed), e.g. %s", len(spare), folder, spare[0].relative_to(folder))
 
 
 def _from_source(params: AusParams, root: Path, out: VideoShardWriter) -> tuple[int, int]:

@@ -115,7 +115,7 @@ def test_openface_csvs_named_as_openface_names_them_are_found(tmp_path):
     folder = tmp_path / "of"
     good = openface_like(spaces=True, face_ids=False)
     for name in ("alice.csv", "by_id%2Fbob.mp4.csv", "002003/FC1_T.csv", "002004/FC1_T.csv",
-                 "shared.csv", "nobodys.csv"):
+                 "shared.csv", "nobodys.csv", "rel/dan.csv", "x.csv"):
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text(good)
     _clips(tmp_path, {"clips%2Falice.mp4": "/data/corpus/clips/alice.mp4",
@@ -123,14 +123,18 @@ def test_openface_csvs_named_as_openface_names_them_are_found(tmp_path):
                       "002003_FC1_T": "/data/udiva/002003/FC1_T.mp4",
                       "002004_FC1_T": "/data/udiva/002004/FC1_T.mp4",
                       "a%2Fshared.mp4": "a/shared.mp4", "b%2Fshared.mp4": "b/shared.mp4",
-                      "carol.mp4": "/data/corpus/carol.mp4", "perfex_1": ""})
+                      "carol.mp4": "/data/corpus/carol.mp4", "perfex_1": "",
+                      # a relative path's top folder counts: mirrored/ holds rel/dan.csv
+                      "rel%2Fdan.mp4": "rel/dan.mp4",
+                      # x's own <video_id>.csv is also y's OpenFace name: neither gets it
+                      "x": "videos/p.mp4", "y": "other/x.mp4"})
     summary = run(AusParams(backend="openface_csv", openface_dir="of"), BaseParams(),
                   root=tmp_path)
     aus = read_artifact("aus", path=tmp_path / "data" / "aus")
     failed = {row["video_id"]: row["error"] for row in summary["failed"]}
     assert set(aus["video_id"]) == {"clips%2Falice.mp4", "by_id%2Fbob.mp4", "002003_FC1_T",
-                                    "002004_FC1_T"}
-    assert sorted(failed) == ["a%2Fshared.mp4", "b%2Fshared.mp4", "carol.mp4"]
+                                    "002004_FC1_T", "rel%2Fdan.mp4"}
+    assert sorted(failed) == ["a%2Fshared.mp4", "b%2Fshared.mp4", "carol.mp4", "x", "y"]
     assert "2 videos could own it" in failed["a%2Fshared.mp4"]
     assert "no OpenFace CSV" in failed["carol.mp4"] and "carol.csv" in failed["carol.mp4"]
 
