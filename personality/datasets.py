@@ -189,22 +189,30 @@ def _videos_by_name(video_dir: Path, problems: list[str]) -> dict[str, Path]:
 def _unextracted_zips(video_dir: Path, videos: dict[str, Path]) -> list[Path]:
     """The zips under a split folder that were not extracted: the release is zip-in-zip
     (train-N.zip holds training80_01.zip ...), and an inner zip left packed hides all its clips.
-    A zip beside a folder of its name, or whose every clip was found, was extracted (unzip
-    leaves the archive where it was)."""
-    zips = sorted(p for p in video_dir.rglob("*") if p.suffix.lower() == ".zip") \
-        if video_dir.is_dir() else []
-    return [z for z in zips if not z.with_suffix("").is_dir() and not _all_found(z, videos)]
+    A zip was extracted when everything it lists was found (unzip leaves the archive where it
+    was): its clips among `videos`, its inner zips as a file or an extracted folder of that name
+    below the split folder."""
+    if not video_dir.is_dir():
+        return []
+    below = list(video_dir.rglob("*"))
+    zips = sorted(p for p in below if p.suffix.lower() == ".zip")
+    present = {p.name for p in below}
+    return [z for z in zips if not _all_found(z, videos, present)]
 
 
-def _all_found(archive: Path, videos: dict[str, Path]) -> bool:
-    """Whether every clip `archive` lists is among `videos` (a zip's listing needs no password:
-    only the contents are encrypted). One that lists none, or cannot be read, is not."""
+def _all_found(archive: Path, videos: dict[str, Path], present: set[str]) -> bool:
+    """Whether every clip and inner zip `archive` lists is found (a zip's listing needs no
+    password: only the contents are encrypted). A zip that cannot be read counts as extracted
+    only when a folder of its name is there (an empty folder from a failed unzip is not enough
+    for a readable one)."""
     try:
         with zipfile.ZipFile(archive) as z:
-            clips = {Path(n).name for n in z.namelist() if n.lower().endswith(".mp4")}
+            members = [Path(n).name for n in z.namelist()]
     except (zipfile.BadZipFile, OSError):
-        return False  # reported as not extracted: the user looks at it
-    return bool(clips) and clips <= set(videos)
+        return archive.with_suffix("").is_dir()
+    clips = {n for n in members if n.lower().endswith(".mp4")}
+    inner = {n for n in members if n.lower().endswith(".zip")}
+    return clips <= set(videos) and all(n in present or n[:-4] in present for n in inner)
 
 
 def _unextracted(zips: list[Path], where: Path) -> str:

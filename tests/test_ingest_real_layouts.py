@@ -124,6 +124,24 @@ def test_chalearn16_zips_left_beside_what_they_extracted_to_are_not_reported(tmp
                                    "with the password that comes with access)"]
 
 
+def test_chalearn16_an_outer_zip_unzipped_in_place_is_extracted_an_empty_folder_is_not(tmp_path):
+    """From the review: the outer train-1.zip lists only inner zips, which are there (so it
+    was extracted), but was reported for ever; an inner zip beside an empty folder of its name
+    (a failed unzip: a wrong password) was taken as extracted, and its clips lost silently."""
+    root = _chalearn(tmp_path, packed=set(), keep_zips=True)
+    with zipfile.ZipFile(root / "train/train-1.zip", "w") as outer:
+        outer.write(root / "train/train-1/training80_01.zip", "training80_01.zip")
+    summary = _ingest(tmp_path, source="chalearn16",
+                      chalearn16=datasets.ChaLearnParams(root=str(root), split_mode="official"))
+    assert summary["n_bad_rows"] == 0
+    shutil.rmtree(root / "train/train-2/training80_02")
+    (root / "train/train-2/training80_02").mkdir()  # what a failed unzip leaves
+    summary = _ingest(tmp_path, source="chalearn16",
+                      chalearn16=datasets.ChaLearnParams(root=str(root), split_mode="official"))
+    assert summary["bad_rows"][0].startswith(
+        f"1 archive not extracted under {root}/train, e.g. {root}/train/train-2/training80_02.zip")
+
+
 # --------------------------------------------------------------------------------------------------
 # UDIVA v0.5 (U1-U4)
 
