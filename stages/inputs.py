@@ -3,8 +3,9 @@ changes (a corrected label, a replaced video) and only then.
 
     python -m stages.inputs          # reads params.yaml:ingest -> data/inputs.json
 
-It first checks params.yaml's `base` and `train` whole (`check_params`): a mistyped key there
-that no stage re-run would read is refused before any stage runs.
+It first checks params.yaml's `base` and `train` whole, and that every top-level section is one
+a stage of dvc.yaml reads (`check_params`): a mistyped key there that no stage re-run would read
+is refused before any stage runs.
 
 Why a stage: a dataset lives wherever its params point (`ingest.folder.labels`,
 `ingest.chalearn16.root`, ...), and DVC can neither take a list of paths from params nor a

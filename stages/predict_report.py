@@ -90,8 +90,7 @@ def _report_figure(result: dict, name: str, warnings: list[str], families: list[
         ax.set_ylim(0, 1.05)
     _label_bars(ax, scores, [err[t] for t in TRAITS] if err else [0.0] * 5)
     if err:
-        ax.set_ylabel("score; whisker: test MAE" if not result.get("test_error_ci") else
-                      "score; whisker: test MAE\n[its 95% interval]", fontsize=9)
+        ax.set_ylabel("score (whisker: test MAE)", fontsize=9)
     ax.set_title(f"{name}: {result['model']}", fontfamily=families)
     if warnings:
         fig.text(0.01, 0.005, "\n".join("warning: " + w for w in warnings),
@@ -149,7 +148,7 @@ def _trait_labels(err: dict | None, interval: dict | None) -> list[str]:
         if err:
             label += f"\nMAE {err[t]:.2f}"
             if interval:
-                label += f"\n[{interval[t][0]:.2f}, {interval[t][1]:.2f}]"
+                label += f"\n95% [{interval[t][0]:.2f}, {interval[t][1]:.2f}]"
         labels.append(label)
     return labels
 
