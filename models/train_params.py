@@ -59,15 +59,23 @@ PER_MODEL_TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(Solver))
 
 
 def for_model(p: TrainParams, name: str) -> tuple[TrainParams, dict]:
-    """(train params with `model_config.<name>.train` applied, the model's config overrides)."""
+    """(train params with `model_config.<name>.train` applied and `model_config.<name>.
+    source_config` merged over train.source_config, option by option; the model's config
+    overrides). A model's own source options: DeepPersonality's bimodal LSTM reads one frame per
+    segment of the whole clip where the other face_seq models read consecutive frames."""
     overrides = dict(p.model_config.get(name) or {})
     solver = overrides.pop("train", None) or {}
-    if not isinstance(solver, dict):
-        raise ParamsError(f"train.model_config.{name}.train: expected a mapping, got {solver!r}")
+    sources = overrides.pop("source_config", None) or {}
+    for key, value in (("train", solver), ("source_config", sources)):
+        if not isinstance(value, dict):
+            raise ParamsError(f"train.model_config.{name}.{key}: expected a mapping, got "
+                              f"{value!r}")
     bad = sorted(set(solver) - set(PER_MODEL_TRAIN_KEYS))
     if bad:
         raise ParamsError(f"train.model_config.{name}.train.{bad[0]}: not a per-model train "
                           f"param (allowed: {', '.join(PER_MODEL_TRAIN_KEYS)})")
+    if sources:
+        solver = {**solver, "source_config": _merged_sources(p.source_config, sources, name)}
     if not solver:
         return p, overrides
     merged = {f.name: getattr(p, f.name) for f in dataclasses.fields(p)} | solver
@@ -76,6 +84,25 @@ def for_model(p: TrainParams, name: str) -> tuple[TrainParams, dict]:
     except ParamsError as exc:  # named where the user wrote it
         raise ParamsError(str(exc).replace("train.", f"train.model_config.{name}.train.", 1)
                           ) from None
+
+
+def _merged_sources(shared: dict, own: dict, name: str) -> dict:
+    """train.source_config with a model's own entries merged over it, option by option; each
+    entry checked against its source's options (a SourceError names it where it was written)."""
+    from models.data import SourceError, check_source_options
+
+    merged = {key: dict(value or {}) for key, value in shared.items()}
+    for key, options in own.items():
+        if not isinstance(options, dict):
+            raise ParamsError(f"train.model_config.{name}.source_config.{key}: expected a "
+                              f"mapping, got {options!r}")
+        merged[key] = {**merged.get(key, {}), **options}
+    try:
+        check_source_options(list(own), merged)
+    except SourceError as exc:
+        raise ParamsError(f"train.model_config.{name}.{exc}" if str(exc).startswith(
+            "source_config") else f"train.model_config.{name}.source_config: {exc}") from None
+    return merged
 
 
 def check_train_params(p: TrainParams) -> None:

@@ -89,6 +89,26 @@ def test_every_section_is_some_stages_whole_dependency_or_checked_by_inputs():
     assert set(PARAMS) - whole <= {"base", "train"}
 
 
+def test_a_models_own_source_options_merge_over_the_shared_ones():
+    """DeepPersonality's CNN-LSTMs read one frame per segment of the whole clip: params.yaml
+    gives them face_seq sampling `segments` (they read 6 consecutive frames, 0.75 s, before);
+    the other face_seq models keep the shared options."""
+    from models.train_params import TrainParams, for_model
+    from personality.common import build_dataclass
+
+    p = build_dataclass(TrainParams, PARAMS["train"], "train")
+    for name in ("bimodal_lstm", "cnn_lstm_face_seq"):
+        own, overrides = for_model(p, name)
+        assert own.source_config["face_seq"] == {**PARAMS["train"]["source_config"]["face_seq"],
+                                                 "sampling": "segments"}
+        assert "source_config" not in overrides  # not a model config field
+    assert "sampling" not in for_model(p, "vat_face_seq")[0].source_config["face_seq"]
+    with pytest.raises(ParamsError, match=r"train.model_config.bimodal_lstm.source_config.*"
+                                          r"samplng"):
+        check_params(_with("train", model_config__bimodal_lstm__source_config={
+            "face_seq": {"samplng": "segments"}}))
+
+
 def test_epochs_zero_is_fine_for_scoring_a_checkpoint():
     check_params(_with("train", epochs=0, test_only=True))
 
