@@ -17,12 +17,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import zipfile
 from pathlib import Path
 from typing import Literal
 
 import pandas as pd
 
+from personality.archives import unextracted_message, unextracted_zips
 from personality.common import StageInputError, get_logger, progress, safe_join
 from personality.safe_pickle import load_data_pickle
 from personality.schemas import TRAITS
@@ -140,9 +140,9 @@ def ingest_chalearn16(p: ChaLearnParams, *, seed: int, root: Path, probe) -> tup
             problems.append(f"{labels_path}: annotation file not found; {split} videos unlabelled")
         videos = _videos_by_name(video_dir, problems)
         n_videos += len(videos)
-        zips = _unextracted_zips(video_dir, videos)
+        zips = unextracted_zips(video_dir, set(videos))
         archives += zips
-        problems += [_unextracted(zips, video_dir)] if zips else []
+        problems += [unextracted_message(zips, video_dir)] if zips else []
         for name in sorted(set(labels) - set(videos)):
             problems.append(f"{labels_path}: label for {name} but no such video under {video_dir}")
         for name, path in progress(videos.items(), desc=f"chalearn16:{split}", unit="video"):
@@ -162,7 +162,7 @@ def ingest_chalearn16(p: ChaLearnParams, *, seed: int, root: Path, probe) -> tup
                          "dataset": "chalearn16",
                          **{t: traits.get(t, math.nan) for t in TRAITS}, **facts})
     if archives and not n_videos:  # nothing extracted: the per-label lines would hide why
-        raise StageInputError(_unextracted(archives, base))
+        raise StageInputError(unextracted_message(archives, base))
     if p.split_mode == "official":
         _refuse_shared_videos(rows)
     elif rows:
@@ -184,42 +184,6 @@ def _videos_by_name(video_dir: Path, problems: list[str]) -> dict[str, Path]:
             continue
         videos[path.name] = path
     return videos
-
-
-def _unextracted_zips(video_dir: Path, videos: dict[str, Path]) -> list[Path]:
-    """The zips under a split folder that were not extracted: the release is zip-in-zip
-    (train-N.zip holds training80_01.zip ...), and an inner zip left packed hides all its clips.
-    A zip was extracted when everything it lists was found (unzip leaves the archive where it
-    was): its clips among `videos`, its inner zips as a file or an extracted folder of that name
-    below the split folder."""
-    if not video_dir.is_dir():
-        return []
-    below = list(video_dir.rglob("*"))
-    zips = sorted(p for p in below if p.suffix.lower() == ".zip")
-    present = {p.name for p in below}
-    return [z for z in zips if not _all_found(z, videos, present)]
-
-
-def _all_found(archive: Path, videos: dict[str, Path], present: set[str]) -> bool:
-    """Whether every clip and inner zip `archive` lists is found (a zip's listing needs no
-    password: only the contents are encrypted). A zip that cannot be read counts as extracted
-    only when a folder of its name is there (an empty folder from a failed unzip is not enough
-    for a readable one)."""
-    try:
-        with zipfile.ZipFile(archive) as z:
-            members = [Path(n).name for n in z.namelist()]
-    except (zipfile.BadZipFile, OSError):
-        return archive.with_suffix("").is_dir()
-    clips = {n for n in members if n.lower().endswith(".mp4")}
-    inner = {n for n in members if n.lower().endswith(".zip")}
-    return clips <= set(videos) and all(n in present or n[:-4] in present for n in inner)
-
-
-def _unextracted(zips: list[Path], where: Path) -> str:
-    # not extracted here: the archives are password-protected, the password comes with access
-    n = len(zips)
-    return (f"{n} archive{'s' if n > 1 else ''} not extracted under {where}, e.g. {zips[0]}: "
-            "extract them (unzip, with the password that comes with access)")
 
 
 def _refuse_shared_videos(rows: list[dict]) -> None:
