@@ -1,5 +1,21 @@
-"""DeepPersonality's audio models: a CNN on log-mel, a 1D ResNet on the raw wave, a linear / MLP model
-on the audio functionals.
+"""The audio models: a CNN on log-mel, a 1D ResNet on the raw wave, a linear / MLP model on audio
+functionals. Only the second re-implements a DeepPersonality network, and loosely:
+
+- `logmel_cnn` is ours. DeepPersonality has no log-mel model: its audio networks read the raw
+  wave (AudioResNet18, CR-Net's audio branch), a log filterbank (AudLinearRegressor), MFCC /
+  mid-term features (the bimodal LSTM's audio), VGGish embeddings (multi_modal_pred_net's audio
+  net), openSMILE functionals (SoundNet) or |FFT| (AudioInterpretNet). It stands in for their
+  audio streams here (bimodal_resnet, bimodal_lstm, crnet and multi_modal_pred_net use its
+  encoder or the log-mel too).
+- `wave_resnet1d` follows DeepPersonality's AudioResNet18 (audio_visual_residual.py) at a smaller
+  size: stem kernel 80 (DP: 49), a 4 / 4 max pool (DP: kernel 9, stride 4), one block per stage
+  (DP: 2), stage widths width x 1, 2, 4, 8 (params: 8-64; DP: 32-256), mean + max pooling (DP:
+  average) into an MLP head (DP: one Linear + sigmoid); 3 s crops (DP: 50,176 samples, 3.1 s).
+- `audio_fn_linear` is ours too: a linear model (or an MLP) on the audio stage's per-video
+  functionals (636 with the default librosa + eGeMAPS sets), input dropout 0.1. DeepPersonality's
+  AudLinearRegressor (dan.py) is one Linear + sigmoid on the flattened log filterbank of the whole
+  clip (26 bands x 3,059 frames = 79,534 inputs; SGD, weight decay 6.5); its SoundNet
+  (sound_feat_mlp.py) is an MLP with batch norm on 988 openSMILE functionals.
 
     model = build_model("logmel_cnn")
     model.predict({"logmel": x})          # x (B, 64, T) standardised log-mel -> (B, 5)
@@ -83,9 +99,10 @@ class LogmelCNN(ZooModel):
         return self.encoder(logmel_input(batch, self.config.n_mels))  # (B, 64, T) -> (B, D)
 
 
-@register("logmel_cnn", modality="audio", inputs=("logmel",), source="DeepPersonality audio CNN "
-          "(VGGish-style, Hershey et al. 2017)", card="2D CNN on the log-mel spectrogram, mean over "
-          "mel, mean + max over time")
+@register("logmel_cnn", modality="audio", inputs=("logmel",), source="ours (VGG-style blocks; "
+          "DeepPersonality has no log-mel model: it stands in for DP's audio networks)",
+          card="2D CNN on the log-mel spectrogram of a 3 s crop, mean over mel, mean + max over "
+               "time, MLP head; ours, not a DeepPersonality network")
 def logmel_cnn(*, config: LogmelCNNConfig | None = None, **overrides: Any) -> LogmelCNN:
     return finish(LogmelCNN(make_config(LogmelCNNConfig, config, overrides, "logmel_cnn")))
 
@@ -110,10 +127,10 @@ class Block1D(nn.Module):
 
 @dataclasses.dataclass
 class WaveResNetConfig(HeadFields):
-    stem_kernel: int = 80  # first conv: 5 ms at 16 kHz (M5 / SoundNet-style)
+    stem_kernel: int = 80  # first conv: 5 ms at 16 kHz (M5 / SoundNet-style; DP AudioResNet18: 49)
     stem_stride: int = 4
-    width: int = 16  # stem channels; stages width * 1, 2, 4, 8
-    layers: tuple[int, ...] = (1, 1, 1, 1)  # blocks per stage; every stage after the first /4
+    width: int = 16  # stem channels; stages width * 1, 2, 4, 8 (DP's AudioResNet18: 32)
+    layers: tuple[int, ...] = (1, 1, 1, 1)  # blocks per stage (DP: 2); stages after the first /4
     stage_stride: int = 4
 
     def __post_init__(self) -> None:
@@ -124,7 +141,9 @@ class WaveResNetConfig(HeadFields):
 
 
 class WaveResNet1D(ZooModel):
-    """1D ResNet on the raw wave: strided stem conv + pool, residual stages, global mean + max."""
+    """1D ResNet on the raw wave: strided stem conv + pool, residual stages, global mean + max
+    (DeepPersonality's AudioResNet18: stem 49, pool 9 / 4, 2 blocks per stage, average pooling,
+    one Linear; the module docstring lists the differences)."""
 
     inputs = ("wave",)
 
@@ -154,9 +173,11 @@ class WaveResNet1D(ZooModel):
         return torch.cat([h.mean(dim=2), h.amax(dim=2)], dim=1)  # (B, 2C)
 
 
-@register("wave_resnet1d", modality="audio", inputs=("wave",), source="DeepPersonality raw-audio "
-          "ResNet (Güçlütürk et al. 2016 audio stream)", card="1D ResNet on the raw 16 kHz wave, "
-          "strided stem, global mean + max pooling")
+@register("wave_resnet1d", modality="audio", inputs=("wave",), source="after DeepPersonality's "
+          "AudioResNet18 (audio_visual_residual.py; Güçlütürk et al. 2016 audio stream)",
+          card="1D ResNet on a 3 s crop of the raw 16 kHz wave: stem 80 (DP: 49), max pool 4 (DP: "
+               "9 / 4), 1 block per stage (DP: 2), mean + max pooling (DP: average), MLP head "
+               "(DP: one Linear)")
 def wave_resnet1d(*, config: WaveResNetConfig | None = None, **overrides: Any) -> WaveResNet1D:
     return finish(WaveResNet1D(make_config(WaveResNetConfig, config, overrides, "wave_resnet1d")))
 
@@ -164,7 +185,8 @@ def wave_resnet1d(*, config: WaveResNetConfig | None = None, **overrides: Any) -
 @dataclasses.dataclass
 class AudioFnConfig(HeadFields):
     n_features: int = 0  # functionals per video; 0 = inferred at the first forward (lazy layer)
-    hidden: int = 0  # 0 = linear model on the functionals (DeepPersonality's linear regressor)
+    hidden: int = 0  # 0 = linear model on the functionals (ours: DP's linear regressor reads a
+    #                  79,534-d log filterbank, not functionals)
     dropout: float = 0.1
 
     def __post_init__(self) -> None:
@@ -196,8 +218,9 @@ class AudioFnMLP(ZooModel):
         return x.nan_to_num(0.0)  # (B, F): NaN functionals (silent clips) = the train mean
 
 
-@register("audio_fn_linear", modality="audio", inputs=("audio_fn",), source="DeepPersonality "
-          "linear regressor on audio filterbank statistics", card="Linear (hidden=0) or MLP model "
-          "on standardised per-video audio functionals (fn_* columns)")
+@register("audio_fn_linear", modality="audio", inputs=("audio_fn",), source="ours (not "
+          "DeepPersonality's AudLinearRegressor, a Linear + sigmoid on the flattened 79,534-d log "
+          "filterbank of the clip)", card="Linear (hidden=0) or MLP model on the standardised "
+          "per-video audio functionals (fn_*, egemaps_*: 636 by default), input dropout 0.1")
 def audio_fn_linear(*, config: AudioFnConfig | None = None, **overrides: Any) -> AudioFnMLP:
     return finish(AudioFnMLP(make_config(AudioFnConfig, config, overrides, "audio_fn_linear")))

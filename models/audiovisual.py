@@ -1,5 +1,11 @@
-"""DeepPersonality's audio-visual models: bimodal ResNet (late fusion), bimodal CNN-LSTM over six
-segments, CRNet-style classification-guided regression.
+"""Audio-visual models after DeepPersonality's: bimodal ResNet (late fusion), bimodal CNN-LSTM over
+six segments, CRNet-style classification-guided regression.
+
+All three hear the log-mel through models/audio.py's LogmelEncoder, a CNN of ours: none of
+DeepPersonality's audio-visual networks reads a log-mel. Its bimodal ResNet and CR-Net read the
+raw 16 kHz wave with a ResNet (a 50,176-sample crop; the whole clip for CR-Net), its bimodal LSTM
+68-d mid-term audio features per segment of the whole clip. docs/models.md, "Against
+DeepPersonality: what differs", lists the rest.
 
     model = build_model("bimodal_resnet")
     model.predict({"face": f, "logmel": m})   # f (B, 3, H, W), m (B, 64, T) -> (B, 5)
@@ -44,7 +50,13 @@ class BimodalResNetConfig(HeadFields):
 
 class BimodalResNet(ZooModel):
     """A face ResNet and a log-mel CNN, their pooled features concatenated (late fusion) into the
-    head (Güçlütürk et al. 2016's two-stream ResNet, audio on log-mel here)."""
+    head (Güçlütürk et al. 2016's two-stream ResNet, audio on log-mel here).
+
+    DeepPersonality's AudioVisualResNet18 (audio_visual_residual.py): a ResNet-18 (widths 32-256)
+    on one full frame at 224 px and a raw-wave ResNet-18 (1 x 49 stem, 1 x 9 convs) on a 50,176-
+    sample crop at 16 kHz, concatenated into Linear 512 -> 256, LayerNorm, ReLU, Linear, sigmoid.
+    Here: a face crop instead of the full frame, the log-mel CNN instead of the wave ResNet, the
+    zoo's MLP head (Linear, ReLU, Dropout, Linear, sigmoid)."""
 
     inputs = ("face", "logmel")
 
@@ -69,8 +81,10 @@ class BimodalResNet(ZooModel):
 
 
 @register("bimodal_resnet", modality="audio-visual", inputs=("face", "logmel"),
-          source="DeepPersonality bimodal ResNet (Güçlütürk et al. 2016)",
-          card="Face ResNet-18 + log-mel CNN, pooled features concatenated (late fusion)")
+          source="after DeepPersonality's AudioVisualResNet18 (audio_visual_residual.py; "
+                 "Güçlütürk et al. 2016)",
+          card="Face-crop ResNet-18 + log-mel CNN, pooled features concatenated into an MLP head "
+               "(DP: full-frame ResNet-18 + raw-wave ResNet-18, Linear-LayerNorm-ReLU-Linear)")
 def bimodal_resnet(*, config: BimodalResNetConfig | None = None, **overrides: Any
                    ) -> BimodalResNet:
     return finish(BimodalResNet(make_config(BimodalResNetConfig, config, overrides,
@@ -80,12 +94,12 @@ def bimodal_resnet(*, config: BimodalResNetConfig | None = None, **overrides: An
 @dataclasses.dataclass
 class BimodalLSTMConfig(HeadFields):
     n_mels: int = 64
-    segments: int = 6  # the clip is cut in this many segments (Subramaniam et al.: 6)
+    segments: int = 6  # the clip is cut in this many segments (Subramaniam et al., DP: 6)
     width: int = 16  # per-frame visual ResNet trunk width
     layers: tuple[int, ...] = (1, 1, 1, 1)
     audio_widths: tuple[int, ...] = (16, 32, 64)  # per-segment log-mel CNN
     time_pool: int = 1  # log-mel CNN: average-pool the input over this many 10 ms steps first
-    lstm_hidden: int = 128
+    lstm_hidden: int = 128  # (DeepPersonality: 512)
 
     def __post_init__(self) -> None:
         self.layers, self.audio_widths = tuple(self.layers), tuple(self.audio_widths)
@@ -99,7 +113,18 @@ class BimodalLSTM(ZooModel):
     `segments` equal segments; per segment, the mean CNN feature of its frames and a log-mel CNN
     feature of its audio are concatenated; an LSTM runs over the segments; its outputs are
     averaged into the head. face_seq T must be >= segments (the face_seq source's `segments`
-    sampling gives T = segments, one frame per segment)."""
+    sampling gives T = segments, one frame per segment).
+
+    What it reads (params.yaml): face_seq with `sampling: segments` (its own
+    `train.model_config.bimodal_lstm.source_config`, since 2026-12-05; before, 6 consecutive crops,
+    0.75 s at 8 fps), so the 6 face crops span the whole clip, one per segment, as in
+    DeepPersonality. The audio does not: it is the log-mel source's 3 s crop (random in training,
+    the centre at evaluation) cut into 6 segments of 0.5 s, so the audio segments are not the
+    face segments' time spans. DeepPersonality's BiModelLSTM (bi_modal_lstm.py) reads, per segment
+    of the whole clip, one 112 px face (3 plain convs with 16 channels, kernels 5 / 7 / 9, Linear
+    1024 -> 128) and 68 mid-term audio features (Linear 68 -> 32), an LSTM of 512, and averages
+    the 6 per-step sigmoid predictions; here a ResNet trunk and the log-mel CNN per segment, and
+    the LSTM states are averaged into the zoo's head."""
 
     inputs = ("face_seq", "logmel")
 
@@ -131,8 +156,11 @@ class BimodalLSTM(ZooModel):
 
 
 @register("bimodal_lstm", modality="audio-visual", inputs=("face_seq", "logmel"),
-          source="DeepPersonality bimodal CNN-LSTM (Subramaniam et al. 2016)",
-          card="Face CNN + log-mel CNN features per segment (6 segments), LSTM over segments")
+          source="after DeepPersonality's BiModelLSTM (bi_modal_lstm.py; Subramaniam et al. "
+                 "2016)",
+          card="Per segment (6): a face crop from that segment of the whole clip (params.yaml; "
+               "ResNet trunk) + a 0.5 s piece of a 3 s log-mel crop (CNN), LSTM over segments "
+               "(DP: 6 x 68 mid-term audio features over the whole clip, 3-conv CNN)")
 def bimodal_lstm(*, config: BimodalLSTMConfig | None = None, **overrides: Any) -> BimodalLSTM:
     return finish(BimodalLSTM(make_config(BimodalLSTMConfig, config, overrides, "bimodal_lstm")))
 
@@ -162,6 +190,14 @@ class CRNet(ZooModel):
     streams, as in the paper (local: the aligned face; global: the full frame, scene and body;
     audio: the log-mel); a classification branch predicts each trait's bin; the regression branch
     sees the features together with the bin probabilities and the bins' expected value, per trait.
+
+    Not DeepPersonality's CRNet2 (cr_net.py): there three ResNet-34 trunks (frame 224 px, face 112
+    px, the whole clip's raw wave) keep 4 feature cells each (2 x 2 or 1 x 4); per trait, 4 bin
+    logits (bins < 0.5, 0.5-0.6, 0.6-0.7, >= 0.7) softmax-weight those cells, summed over the
+    streams into one shared Linear(512, 1) without sigmoid; it trains the classifier alone for
+    its first two epochs, then everything on L1 + MSE + Bell loss + a CE ramped up over the
+    epochs (SGD, then Adam). Here pooled features, `n_bins` uniform bins, an MLP regression
+    branch with a sigmoid, one joint MSE + CE loss, the log-mel for audio.
 
     forward returns one tensor (B, 5, n_bins + 1): [..., :n_bins] the bin logits, [..., -1] the
     regressed score (sigmoid for head="regression"). loss = masked MSE + cls_weight * masked CE.
@@ -226,8 +262,10 @@ class CRNet(ZooModel):
 
 
 @register("crnet", modality="audio-visual", inputs=("face", "frame", "logmel"),
-          source="CR-Net (Li et al. 2020), DeepPersonality", card="Classification-guided "
-          "regression: a bin-classification branch whose probabilities feed the per-trait "
-          "regression branch, on face (local) + full-frame (global) + log-mel features")
+          source="CR-Net (Li et al. 2020), after DeepPersonality's CRNet2 (cr_net.py)",
+          card="Classification-guided regression on pooled face + full-frame + log-mel features: "
+               "5 uniform bins whose probabilities feed a per-trait MLP regressor, sigmoid, joint "
+               "MSE + CE (DP: ResNet-34s, raw wave, 4 uneven bins weighting feature cells, "
+               "two phases)")
 def crnet(*, config: CRNetConfig | None = None, **overrides: Any) -> CRNet:
     return finish(CRNet(make_config(CRNetConfig, config, overrides, "crnet")))

@@ -16,16 +16,26 @@ last map to a 512-d embedding (`embed`), and PersEmoN's personality module, one 
 trait (`hidden: 0`), into sigmoid scores. The last map is average-pooled to `grid` x `grid` first
 so that any crop size works (at 64 px it is already 4 x 4). Only the face trunk: PersEmoN's
 emotion module, its relation module and its adversarial data classifier need emotion-labelled
-images, which this pipeline does not have.
+images, which this pipeline does not have. Further differences from DeepPersonality's: the zoo's
+head puts Dropout(0.3) (`dropout`, the HeadFields default) before that linear layer, which
+PersEmoN's `pam` lacks; widths 8-64 in params.yaml (DP: 64-512), a 128-d embedding (DP: 512 from
+a 7 x 7 map of 112 px crops); the loss is MSE, where DeepPersonality's PeremonLoss puts a
+smooth-L1 / 10 on the personality scores beside its emotion and adversarial terms.
 
-`multi_modal_pred_net` re-implements DeepPersonality's multi_modal_pred_net.py: a ResNet's
-layer-3 and layer-4 maps, each global-max- and global-average-pooled and concatenated (the
+`multi_modal_pred_net` re-implements the heads of DeepPersonality's multi_modal_pred_net.py: a
+ResNet's layer-3 and layer-4 maps, each global-max- and global-average-pooled and concatenated (the
 ResNetFeatureExtractor), into a visual FC net (dropout, Linear, ReLU, Linear); the log-mel,
 average-pooled to `audio_steps` steps, flattened and standardised per clip, into an audio FC net
 (AudioFCNet). DeepPersonality trains the two as separate models and averages their predictions
 afterwards (tools/cmp_multi_modal_post_fusion.py); here one model holds both: the loss is the sum
 of each branch's own masked MSE (so each branch learns to predict alone, as when trained apart) and
-the prediction is the mean of the two branches' predictions.
+the prediction is the mean of the two branches' predictions. The inputs are not DeepPersonality's:
+there the visual FC net reads pre-extracted features of a frozen, ImageNet-trained ResNet-101
+(6,144-d per image: frames or face crops at 224 px) and its per-image predictions are averaged over
+the clip's sampled images; the audio FC net reads 15 x 128 VGGish embeddings (torchvggish, about
+one per 0.96 s of the 15 s clip), standardised over the batch. Here a small ResNet (width 8, basic
+blocks) is trained from scratch with the head on one face crop per view, and the audio net reads a
+log-mel pooled to 15 steps.
 """
 from __future__ import annotations
 
@@ -65,9 +75,10 @@ class SphereUnit(nn.Module):
 class SphereFaceConfig(HeadFields):
     width: int = 16  # stage-1 channels; stage s: width * 2^s (SphereFace-20: 64 ... 512)
     units: tuple[int, ...] = (1, 2, 4, 1)  # residual units per stage (SphereFace-20)
-    grid: int = 4  # the last map is average-pooled to grid x grid before the FC (at 112x96: 7x6)
+    grid: int = 4  # the last map is average-pooled to grid x grid before the FC (DP at 112 px: 7x7)
     embed: int = 128  # FC embedding (SphereFace / PersEmoN: 512)
-    hidden: int = 0  # personality module: one linear layer (PersEmoN's pam)
+    hidden: int = 0  # personality module: one linear layer (PersEmoN's pam; ours adds the head's
+    #                  Dropout(dropout = 0.3) before it, which pam has not)
 
     def __post_init__(self) -> None:
         self.units = tuple(self.units)
@@ -102,10 +113,11 @@ class SphereFace(ZooModel):
 
 
 @register("sphereface_face", modality="visual", inputs=("face",), source="DeepPersonality "
-          "PersEmoN (Zhang et al. 2019; SphereFace, Liu et al. 2017)",
+          "PersEmoN's face trunk (sphereface_net.py; Zhang et al. 2019; SphereFace, Liu et al. "
+          "2017)",
           card="Re-implements DeepPersonality's PersEmoN face trunk (Zhang et al. 2019): "
-               "SphereFace-20 residual CNN with PReLU, FC embedding, linear personality module, "
-               "on face crops")
+               "SphereFace-20 residual CNN with PReLU, FC embedding, linear personality module "
+               "(with a Dropout 0.3 that PersEmoN lacks), on face crops; no emotion branch")
 def sphereface_face(*, config: SphereFaceConfig | None = None, **overrides: Any) -> SphereFace:
     return finish(SphereFace(make_config(SphereFaceConfig, config, overrides, "sphereface_face")))
 
@@ -117,11 +129,11 @@ def sphereface_face(*, config: SphereFaceConfig | None = None, **overrides: Any)
 @dataclasses.dataclass
 class MultiModalPredConfig(HeadFields):
     n_mels: int = 64
-    width: int = 8  # visual ResNet width (DeepPersonality: ResNet-101, 64, bottlenecks)
+    width: int = 8  # visual ResNet width (DeepPersonality: a frozen ImageNet ResNet-101)
     layers: tuple[int, ...] = (1, 1, 1, 1)  # its BasicBlocks per stage
     hidden: int = 64  # visual FC net width (DeepPersonality: 512)
     dropout: float = 0.5  # before the visual FC net (DeepPersonality's nn.Dropout())
-    audio_steps: int = 15  # log-mel average-pooled to this many steps (DP: 15 spectrum frames)
+    audio_steps: int = 15  # log-mel average-pooled to this many steps (DP: 15 VGGish embeddings)
     audio_hidden: tuple[int, int] = (128, 64)  # audio FC net (DeepPersonality: 1024, 512)
 
     def __post_init__(self) -> None:
@@ -189,10 +201,11 @@ class MultiModalPredNet(ZooModel):
 
 
 @register("multi_modal_pred_net", modality="audio-visual", inputs=("face", "logmel"),
-          source="DeepPersonality multi-modal prediction net",
-          card="Re-implements DeepPersonality's multi_modal_pred_net: max + mean pooled ResNet "
-               "layer-3/4 face features into a visual FC net, pooled log-mel into an audio FC "
-               "net, the two predictions averaged")
+          source="DeepPersonality multi-modal prediction net (multi_modal_pred_net.py)",
+          card="DeepPersonality's multi_modal_pred_net heads on other inputs: a small face ResNet "
+               "trained end to end (DP: frozen ImageNet ResNet-101 features) into a visual FC "
+               "net, a log-mel pooled to 15 steps (DP: 15 x 128 VGGish) into an audio FC net, "
+               "predictions averaged")
 def multi_modal_pred_net(*, config: MultiModalPredConfig | None = None, **overrides: Any
                          ) -> MultiModalPredNet:
     return finish(MultiModalPredNet(make_config(MultiModalPredConfig, config, overrides,

@@ -29,6 +29,11 @@ therefore fixed to one linear layer (`hidden` must be 0) with a regression outpu
   DeepPersonality resamples to), so the maps run over time; `domain: frequency` feeds the
   per-clip standardised |FFT| of the wave instead, which is what DeepPersonality's data loader
   (interpretability_audio_data.py) gives this network (then the maps run over frequency).
+  Even "as published" (sigmoid activations, no batch norm) it differs from DeepPersonality's:
+  DeepPersonality's ends in the linear layer, with no sigmoid (here the `regression` head's
+  sigmoid), initialises with its initialize_weights (Kaiming), and reads the |FFT| of the whole
+  15 s clip (30,604 bins or more at 4 kHz); here the wave source's 3 s crop (its centre at
+  evaluation), so `domain: frequency` sees 6,000 bins of 3 s, and widths 16-64 (DP: 64-256).
 """
 from __future__ import annotations
 
@@ -121,7 +126,7 @@ class InterpretDAN(_CAMModel):
 
 
 @register("interpret_dan_face", modality="visual", inputs=("face",), source="DeepPersonality "
-          "CAM-DAN+ / InterpretDAN (Ventura et al. 2017; CAM: Zhou et al. 2016)",
+          "CAM-DAN+ / InterpretDAN (interpret_dan.py; Ventura et al. 2017; CAM: Zhou et al. 2016)",
           card="Re-implements DeepPersonality's CAM-DAN+ (Ventura et al. 2017): VGG-16-BN trunk, "
                "global average pooling straight into one linear unit per trait; cam() gives "
                "per-trait maps (B, 5, h, w)")
@@ -199,10 +204,11 @@ class AudioInterpretNet(_CAMModel):
 
 
 @register("audio_interpret_net", modality="audio", inputs=("wave",), source="DeepPersonality "
-          "interpretable audio CNN (Hayat et al. 2019)",
+          "AudioInterpretNet (audio_interpretability_net.py; Hayat et al. 2019)",
           card="Re-implements DeepPersonality's AudioInterpretNet (Hayat et al. 2019): 1D conv "
-               "blocks with sigmoid activations on the 4 kHz wave, GAP into one linear unit per "
-               "trait; cam() gives per-time maps (B, 5, t)")
+               "blocks with sigmoid activations on a 3 s crop of the 4 kHz wave (DP: |FFT| of "
+               "the whole clip), GAP into one linear unit per trait, plus an output sigmoid DP "
+               "lacks; cam() gives per-time maps (B, 5, t)")
 def audio_interpret_net(*, config: AudioInterpretConfig | None = None, **overrides: Any
                         ) -> AudioInterpretNet:
     return finish(AudioInterpretNet(make_config(AudioInterpretConfig, config, overrides,

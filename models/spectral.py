@@ -29,6 +29,12 @@ one number per AU (B, 17), into the head (one linear layer by default, DeepPerso
 One change: the published ReLU between the two convs of conv_out is off by default (`out_relu`):
 it acts on a single channel, and when that channel's input turns negative for every clip the model
 outputs a constant; trained as published on the default data it did so from the first epoch.
+
+Other differences, "as published" (`out_relu: true`) included: DeepPersonality's trait_fc is the
+output, with no sigmoid (here the `regression` head's sigmoid); its spectrum is the raw |FFT| and
+angle (second_stage_dataset.py; here amplitude / n_samples and phase / pi); its input is a
+first-stage model's per-frame predictions or features (a trained network's output), here the AU
+intensities; its widths are 64 / 256 / 1024 (here 16 / 32 / 64).
 """
 from __future__ import annotations
 
@@ -121,9 +127,11 @@ class SpectrumModel(ZooModel):
 
 
 @register("spectrum_model", modality="au", inputs=("aus", "aus_mask"), source="DeepPersonality "
-          "spectrum model (spectral representation, Song et al. 2020 / 2021)",
-          card="Re-implements DeepPersonality's spectrum model (Song et al. 2020/2021): Fourier "
-               "amplitude and phase of each AU's series over evenly spaced frames, 1 x k "
-               "convolutions along frequency, one value per AU into a linear head")
+          "SpectrumFeatConv1D (spectrum_model.py; spectral representation, Song et al. 2020 / "
+          "2021)",
+          card="Re-implements DeepPersonality's spectrum model (Song et al. 2020/2021) on AU "
+               "series (DP: a first-stage model's per-frame outputs): scaled Fourier amplitude and "
+               "phase (DP: raw), 1 x k convolutions along frequency, one value per AU into a "
+               "linear head, plus an output sigmoid DP lacks")
 def spectrum_model(*, config: SpectrumConfig | None = None, **overrides: Any) -> SpectrumModel:
     return finish(SpectrumModel(make_config(SpectrumConfig, config, overrides, "spectrum_model")))

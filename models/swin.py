@@ -15,6 +15,11 @@ The windows are fixed at build time for crops of `size` px; a window larger than
 shrinks to the map (then there is nothing to shift). The tokens of the
 last stage are layer-normed and averaged into the head. Not re-implemented: stochastic depth
 (drop path) and absolute position embeddings (off in Swin-T as well).
+
+DeepPersonality's network is Swin-S (swin_small_patch4_window7_224: embed 96, depths 2, 2, 18, 2,
+heads 3, 6, 12, 24, window 7, MLP ratio 4, drop path 0.3) on 224 px crops, one Linear + sigmoid;
+the CPU config here is three stages (2, 2, 2) at embed 16, window 4, MLP ratio 2, 64 px, the zoo's
+MLP head. The comments below compare with Swin-T, the smallest published size.
 """
 from __future__ import annotations
 
@@ -134,7 +139,7 @@ class PatchMerging(nn.Module):
 class SwinConfig(HeadFields):
     patch: int = 4  # patch size (Swin-T: 4)
     embed_dim: int = 32  # stage-1 width (Swin-T: 96); stage s: embed_dim * 2^s
-    depths: tuple[int, ...] = (2, 2, 2)  # blocks per stage (Swin-T: 2, 2, 6, 2)
+    depths: tuple[int, ...] = (2, 2, 2)  # blocks per stage (Swin-T: 2,2,6,2; DP Swin-S: 2,2,18,2)
     heads: tuple[int, ...] = (2, 4, 8)  # attention heads per stage (Swin-T: 3, 6, 12, 24)
     window: int = 4  # window side in tokens (Swin-T at 224 px: 7); 64 px / 4 = 16 tokens a side
     mlp_ratio: float = 2.0  # Swin-T: 4
@@ -207,9 +212,9 @@ class SwinFace(ZooModel):
 
 
 @register("swin_face", modality="visual", inputs=("face",), source="DeepPersonality Swin "
-          "Transformer (Liu et al. 2021)",
+          "Transformer (swin_transformer.py, Swin-S; Liu et al. 2021)",
           card="Re-implements DeepPersonality's Swin Transformer (Liu et al. 2021): patch "
                "embedding, shifted-window attention with relative position bias, patch merging, "
-               "on face crops")
+               "on face crops; smaller (DP: Swin-S, depths 2,2,18,2, drop path 0.3, 224 px)")
 def swin_face(*, config: SwinConfig | None = None, **overrides: Any) -> SwinFace:
     return finish(SwinFace(make_config(SwinConfig, config, overrides, "swin_face")))

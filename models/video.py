@@ -1,6 +1,6 @@
 """Two-pathway and pyramid video models over a face clip: SlowFast (`slow_fast_face_seq`) and
-TSN with a Temporal Pyramid Network neck (`tpn_face_seq`), re-implementing DeepPersonality's
-slow_fast.py and TSN2D.py / TSN3D.py.
+TSN with a Temporal Pyramid Network neck (`tpn_face_seq`), after DeepPersonality's slow_fast.py
+and TSN2D.py (its TSN3D.py is never imported or registered there: dead code).
 
     from models import build_model
     model = build_model("slow_fast_face_seq", alpha=2)
@@ -16,8 +16,11 @@ a time-strided conv (kernel `fusion_kernel` x 1 x 1, stride alpha, 2x the Fast c
 output is concatenated to the Slow features. The Slow pathway's convs are purely spatial (temporal
 kernel 1) in its first two stages and 3 x 3 x 3 after (the paper's res4, res5: temporal
 convolution helps only once features are semantic); the Fast pathway's are 3 x 3 x 3 throughout.
-Both are pooled globally and concatenated into the head. The published defaults (alpha 8, beta_inv
-8, 32-frame clips) assume long clips; here alpha 2 on 6-frame clips gives Slow 3 frames.
+Both are pooled globally and concatenated into the head. The paper's defaults (alpha 8, beta_inv
+8, fusion kernel 5, 32-frame Fast clips) and DeepPersonality's (slow_fast.py: SlowFast-R50 with
+alpha 4, beta_inv 8, fusion kernel 7, 64-frame Fast / 16-frame Slow clips at 224 px, dropout 0.5,
+the output sigmoid only at evaluation) assume long clips; here alpha 2 on 6-frame clips gives
+Slow 3 frames, one basic block per stage at width 8 (params.yaml).
 
 TPN (Yang et al. 2020, "Temporal Pyramid Network for action recognition"), as DeepPersonality uses
 it inside TSN: a backbone gives features of its last two stages (levels); each level goes through
@@ -26,11 +29,15 @@ spatial semantic modulation (3x3 convs, strided on the lower level, to one spati
 rate in `rates`); information flows top-down (a level adds the higher level's features resized to
 its own time axis) and then bottom-up (a level adds the lower one's, pooled to its time axis); each
 level is pooled globally and the levels are concatenated: the TSN segmental consensus is this
-average over the clip. `backbone: 2d` is TSN2D's: a 2D ResNet per frame, stacked over time;
-`backbone: 3d` is TSN3D's: 3D residual blocks (temporal kernel 3, time kept). The two differ only
-in the backbone, which the zoo has already on its own (`cnn_lstm_face_seq`'s per-frame ResNet,
-`r3d_face_seq`), so they are one model with a switch. Not re-implemented: TPN's auxiliary
-deep-supervision head (a training-time regulariser).
+average over the clip. DeepPersonality's TSN2D differs: a ResNet-50 backbone with the temporal
+shift module (TSM) on, temporal rates equal to the clip length (16: each level's time axis pooled
+to one step), level- and pyramid-fusion convs to 2048 channels, the auxiliary head, 256 px frames,
+a Linear without sigmoid; here no TSM, rates (1, 2), additions in place of fusion convs.
+`backbone: 2d` is TSN2D's: a 2D ResNet per frame, stacked over time; `backbone: 3d` is TSN3D's: 3D
+residual blocks (temporal kernel 3, time kept). The two differ only in the backbone, which the zoo
+has already on its own (`cnn_lstm_face_seq`'s per-frame ResNet, `r3d_face_seq`), so they are one
+model with a switch; `3d` follows TSN3D.py, which DeepPersonality never runs. Not re-implemented:
+TPN's auxiliary deep-supervision head (a training-time regulariser).
 """
 from __future__ import annotations
 
@@ -92,11 +99,11 @@ def _stem(width: int, t_kernel: int) -> nn.Sequential:
 @dataclasses.dataclass
 class SlowFastConfig(HeadFields):
     width: int = 16  # Slow stem channels; stage s: width * 2^s (SlowFast-R50: 64, bottlenecks)
-    beta_inv: int = 4  # Fast channels = Slow channels / beta_inv (published: 8)
-    alpha: int = 2  # Slow sees every alpha-th frame (published: 8, on 32-frame clips)
+    beta_inv: int = 4  # Fast channels = Slow channels / beta_inv (paper and DP: 8)
+    alpha: int = 2  # Slow sees every alpha-th frame (paper: 8 on 32-frame clips; DP: 4 on 64)
     layers: tuple[int, ...] = (1, 1, 1, 1)  # blocks per stage (ResNet-18-like: 2, 2, 2, 2)
     slow_temporal_from: int = 2  # Slow stages from this index (0-based) use temporal kernel 3
-    fusion_kernel: int = 5  # Fast -> Slow lateral conv: temporal kernel (published: 5)
+    fusion_kernel: int = 5  # Fast -> Slow lateral conv: temporal kernel (paper: 5; DP: 7)
 
     def __post_init__(self) -> None:
         self.layers = tuple(self.layers)
@@ -145,11 +152,11 @@ class SlowFast(ZooModel):
         return torch.cat([slow.mean(dim=(2, 3, 4)), fast.mean(dim=(2, 3, 4))], dim=1)  # (B, D)
 
 
-@register("slow_fast_face_seq", modality="visual", inputs=("face_seq",), source="DeepPersonality "
-          "SlowFast (Feichtenhofer et al. 2019)",
-          card="Re-implements DeepPersonality's SlowFast (Feichtenhofer et al. 2019): a Slow "
-               "(every alpha-th frame, wide) and a Fast (every frame, thin) 3D ResNet pathway with "
-               "Fast-to-Slow lateral connections, on a face clip")
+@register("slow_fast_face_seq", modality="visual", inputs=("face_seq",), source="after "
+          "DeepPersonality's SlowFast-R50 (slow_fast.py; Feichtenhofer et al. 2019)",
+          card="SlowFast after DeepPersonality's (Feichtenhofer et al. 2019): a Slow (every "
+               "alpha-th frame, wide) and a Fast (every frame, thin) 3D ResNet pathway with "
+               "Fast-to-Slow laterals, on a 6-frame face clip (DP: R50, alpha 4, 64 frames)")
 def slow_fast_face_seq(*, config: SlowFastConfig | None = None, **overrides: Any) -> SlowFast:
     return finish(SlowFast(make_config(SlowFastConfig, config, overrides, "slow_fast_face_seq")))
 
@@ -248,10 +255,10 @@ class TPNModel(ZooModel):
         return torch.cat([low.mean(dim=(2, 3, 4)), top.mean(dim=(2, 3, 4))], dim=1)  # (B, 2d)
 
 
-@register("tpn_face_seq", modality="visual", inputs=("face_seq",), source="DeepPersonality "
-          "TSN2D / TSN3D with TPN (Yang et al. 2020)",
-          card="Re-implements DeepPersonality's TSN2D/TSN3D with a Temporal Pyramid Network neck "
-               "(Yang et al. 2020): two backbone levels, spatial and temporal-rate modulation, "
-               "top-down and bottom-up flow, on a face clip (backbone: 2d | 3d)")
+@register("tpn_face_seq", modality="visual", inputs=("face_seq",), source="after "
+          "DeepPersonality's TSN2D with TPN (TSN2D.py; Yang et al. 2020)",
+          card="TSN with a Temporal Pyramid Network neck (Yang et al. 2020): two backbone levels, "
+               "spatial and temporal-rate modulation, top-down and bottom-up flow, on a face clip "
+               "(backbone 2d | 3d; DP's TSN2D: ResNet-50 with TSM, fusion convs, no sigmoid)")
 def tpn_face_seq(*, config: TPNConfig | None = None, **overrides: Any) -> TPNModel:
     return finish(TPNModel(make_config(TPNConfig, config, overrides, "tpn_face_seq")))

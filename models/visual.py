@@ -1,4 +1,4 @@
-"""DeepPersonality's visual models on aligned face crops, full frames and face sequences.
+"""Visual models on aligned face crops, full frames and face sequences, after DeepPersonality's.
 
     from models import build_model
     model = build_model("resnet18_face", width=16)          # config fields as keyword arguments
@@ -9,13 +9,25 @@ Inputs (models/data_image.py builds them): `face` / `frame` (B, 3, H, W) float, 
 `weights="path.pt"` in the config loads a user-provided state dict (torch.load(weights_only=True);
 `weights_strict=False` tolerates missing / unexpected keys, e.g. another head).
 
-Heads (`head=` in every config): "regression" (5 sigmoid scores in [0, 1], masked MSE; PerFeX's
-RegressionHead), "classification" (5 traits x 5 bins, PerFeX's ClassificationHead, decoded to [0, 1])
+Heads (`head=` in every config): "regression" (5 sigmoid scores in [0, 1], masked MSE; the
+RegressionHead of models/perfex.py: PerFeX's own code only classifies), "classification" (5 traits
+x 5 bins, PerFeX's ClassificationHead, decoded to [0, 1])
 and "regression_z" (5 unbounded outputs, masked MSE: for `label_scale` z-scored labels such as
 UDIVA's; `decode` then returns the label scale, not [0, 1]).
 
 Shared pieces used by models/audio.py and models/audiovisual.py live here too: the config helper,
 the heads, the `ZooModel` protocol base class and the 2D ResNet trunk.
+
+How far each is from the DeepPersonality network it names (docs/models.md, "Against
+DeepPersonality: what differs", has the table): DeepPersonality's only plain-ResNet image model is
+the VisualResNet18 of audio_visual_residual.py (ResNet-18 layout at widths 32-256 on full frames,
+one Linear + sigmoid), beside an SE-ResNet-50 (se_net.py); resnet34_face and resnet50_face have no
+counterpart there. hrnet_face is a three-branch HRNet-like net of ~60k parameters (width 8), not
+HRNet-W18-C (~19.3M). dan_* pool globally (this module's reading of Wei et al.), where
+DeepPersonality's DAN pools to 7x7 (VGG-16-BN, 50,176 features). vat_face_seq and cnn_lstm_face_seq
+keep the idea of VAT and of the CNN-LSTM, not their layers; r3d_face_seq is torchvision's r3d_18
+layout, where DeepPersonality uses a 3D-ResNet-50. Every zoo head is an MLP (hidden 128) ending in
+a sigmoid where DeepPersonality's are mostly one Linear.
 
 One file because the visual families share the ZooModel base, the trunk blocks and the
 config helpers; each family is a section of its own (ResNet, HRNet, DAN, face sequences).
@@ -181,7 +193,7 @@ class ResNetConfig(HeadFields):
     depth: int = 18  # 18 | 34 | 50: torchvision's block type and layer counts
     layers: tuple[int, ...] = ()  # override the layer counts (e.g. (1, 1, 1, 1) for a tiny net)
     width: int = 32  # stem / first stage channels (torchvision: 64); stages width * 1, 2, 4, 8
-    se: bool = False  # squeeze-excitation in every BasicBlock (SE-ResNet)
+    se: bool = False  # squeeze-excitation in every BasicBlock (SE-ResNet-18/34; DP: SE-ResNet-50)
 
     def __post_init__(self) -> None:
         self.layers = tuple(self.layers)
@@ -215,40 +227,47 @@ def _resnet(name: str, config: ResNetConfig | None, overrides: dict, **fixed: An
     return finish(ResNetModel(cfg))
 
 
-@register("resnet18_face", modality="visual", inputs=("face",), source="DeepPersonality (He et al. "
-          "2016, ResNet)", card="ResNet-18 (torchvision blocks, width configurable) on one aligned "
-          "face crop per step, views averaged at eval")
+@register("resnet18_face", modality="visual", inputs=("face",), source="torchvision ResNet-18 (He "
+          "et al. 2016); DeepPersonality's only plain-ResNet image model is VisualResNet18 "
+          "(audio_visual_residual.py: widths 32-256, full frames)",
+          card="ResNet-18 (torchvision blocks, width configurable) on one aligned face crop per "
+               "step, MLP head, views averaged at eval; DP's VisualResNet18 reads full frames")
 def resnet18_face(*, config: ResNetConfig | None = None, **overrides: Any) -> ResNetModel:
     return _resnet("resnet18_face", config, overrides, input_key="face", depth=18)
 
 
-@register("resnet34_face", modality="visual", inputs=("face",), source="DeepPersonality (He et al. "
-          "2016, ResNet)", card="ResNet-34 on aligned face crops")
+@register("resnet34_face", modality="visual", inputs=("face",), source="torchvision ResNet-34 (He "
+          "et al. 2016); no DeepPersonality counterpart", card="ResNet-34 on aligned face crops "
+          "(DeepPersonality has no ResNet-34 image model; its CR-Net uses ResNet-34 trunks)")
 def resnet34_face(*, config: ResNetConfig | None = None, **overrides: Any) -> ResNetModel:
     return _resnet("resnet34_face", config, overrides, input_key="face", depth=34)
 
 
-@register("resnet50_face", modality="visual", inputs=("face",), source="DeepPersonality (He et al. "
-          "2016, ResNet)", card="ResNet-50 (bottleneck blocks) on aligned face crops")
+@register("resnet50_face", modality="visual", inputs=("face",), source="torchvision ResNet-50 (He "
+          "et al. 2016); no DeepPersonality counterpart", card="ResNet-50 (bottleneck blocks) on "
+          "aligned face crops (DeepPersonality has no plain ResNet-50 image model)")
 def resnet50_face(*, config: ResNetConfig | None = None, **overrides: Any) -> ResNetModel:
     return _resnet("resnet50_face", config, overrides, input_key="face", depth=50)
 
 
-@register("resnet18_frame", modality="visual", inputs=("frame",), source="DeepPersonality (He et "
-          "al. 2016, ResNet)", card="ResNet-18 on full frames (scene context, not only the face)")
+@register("resnet18_frame", modality="visual", inputs=("frame",), source="after DeepPersonality's "
+          "VisualResNet18 (audio_visual_residual.py; He et al. 2016)", card="ResNet-18 on full "
+          "frames as DP's VisualResNet18 (widths 32-256, 224 px, one Linear + sigmoid); here width "
+          "configurable, 64 px, MLP head")
 def resnet18_frame(*, config: ResNetConfig | None = None, **overrides: Any) -> ResNetModel:
     return _resnet("resnet18_frame", config, overrides, input_key="frame", depth=18)
 
 
-@register("seresnet18_face", modality="visual", inputs=("face",), source="DeepPersonality SENet "
-          "(Hu et al. 2018)", card="SE-ResNet-18: squeeze-excitation in every basic block, on face "
-          "crops")
+@register("seresnet18_face", modality="visual", inputs=("face",), source="after DeepPersonality's "
+          "SE-ResNet-50 (se_net.py; Hu et al. 2018)", card="SE-ResNet-18: squeeze-excitation in "
+          "every basic block, on face crops (DP: SE-ResNet-50, bottleneck blocks, one Linear)")
 def seresnet18_face(*, config: ResNetConfig | None = None, **overrides: Any) -> ResNetModel:
     return _resnet("seresnet18_face", config, overrides, input_key="face", se=True)
 
 
 # --------------------------------------------------------------------------------------------------
-# HRNet-like: parallel multi-resolution branches with repeated exchange
+# HRNet-like: parallel multi-resolution branches with repeated exchange (far smaller than the
+# HRNet-W18-C of DeepPersonality's hr_net_cls.py)
 
 
 def _conv_bn(c_in: int, c_out: int, k: int = 3, stride: int = 1, relu: bool = True) -> nn.Sequential:
@@ -296,8 +315,8 @@ class HRExchange(nn.Module):
 @dataclasses.dataclass
 class HRNetConfig(HeadFields):
     width: int = 16  # channels of the highest-resolution branch (HRNet-W18: 18)
-    n_branches: int = 3  # parallel resolutions: /4, /8, /16 (, /32)
-    blocks: int = 1  # BasicBlocks per branch per stage
+    n_branches: int = 3  # parallel resolutions: /4, /8, /16 (, /32) (HRNet-W18-C: 4)
+    blocks: int = 1  # BasicBlocks per branch per stage (HRNet-W18-C: 4, in 1 / 4 / 3 modules)
 
     def __post_init__(self) -> None:
         check_head(self, "hrnet_face")
@@ -308,7 +327,13 @@ class HRNetConfig(HeadFields):
 class HRNetModel(ZooModel):
     """Stem to 1/4, then stages s = 2..n_branches: each adds a branch at half resolution (via the
     exchange), runs `blocks` BasicBlocks per branch and exchanges; the classification head pools
-    every branch and concatenates (HRNet-V2-style representation head)."""
+    every branch and concatenates (HRNet-V2-style representation head).
+
+    Against DeepPersonality's HRNet-W18-C (hr_net_cls.py, ~19.3M parameters): no bottleneck
+    layer1, 3 branches instead of 4 (18 / 36 / 72 / 144 there), one block per branch instead of 4,
+    one exchange per stage instead of 1 / 4 / 3 modules, and each branch mean-pooled into the MLP
+    head instead of W18-C's incremental bottlenecks, strided fusion and 1x1 conv to 2048 into one
+    Linear + sigmoid. At width 8 it has ~60k parameters."""
 
     inputs = ("face",)
 
@@ -336,9 +361,11 @@ class HRNetModel(ZooModel):
         return torch.cat([x.mean(dim=(2, 3)) for x in xs], dim=1)  # (B, sum_i w 2^i)
 
 
-@register("hrnet_face", modality="visual", inputs=("face",), source="DeepPersonality HRNet (Wang "
-          "et al. 2020)", card="HRNet-like: parallel multi-resolution branches with repeated "
-          "exchange units, all branches pooled, on face crops")
+@register("hrnet_face", modality="visual", inputs=("face",), source="HRNet-like, after "
+          "DeepPersonality's HRNet-W18-C (hr_net_cls.py; Wang et al. 2020)", card="HRNet-like, "
+          "not HRNet-W18-C: 3 branches, 1 block per branch and 1 exchange per stage, branches "
+          "pooled into an MLP head (~60k params at width 8; W18-C: 4 branches, ~19.3M), on face "
+          "crops")
 def hrnet_face(*, config: HRNetConfig | None = None, **overrides: Any) -> HRNetModel:
     return finish(HRNetModel(make_config(HRNetConfig, config, overrides, "hrnet_face")))
 
@@ -351,7 +378,7 @@ def hrnet_face(*, config: HRNetConfig | None = None, **overrides: Any) -> HRNetM
 class DANConfig(HeadFields):
     input_key: Literal["face", "frame"] = "frame"  # set by the registered name
     widths: tuple[int, ...] = (16, 32, 64, 128)  # VGG stages (VGG-16: 64, 128, 256, 512, 512)
-    convs: int = 2  # 3x3 conv + BN + ReLU per stage, then 2x2 max pool
+    convs: int = 2  # 3x3 conv + BN + ReLU per stage, then 2x2 max pool (VGG-16-BN: 2, 2, 3, 3, 3)
     l2_normalise: bool = True  # L2-normalise each pooled descriptor before concatenating (DAN)
 
     def __post_init__(self) -> None:
@@ -363,7 +390,13 @@ class DANConfig(HeadFields):
 
 class DANModel(ZooModel):
     """Descriptor Aggregation Network (Wei et al. 2016, ChaLearn 2016 winner): VGG conv
-    descriptors, global average and global max pooling, each L2-normalised, concatenated."""
+    descriptors, global average and global max pooling, each L2-normalised, concatenated.
+
+    Global pooling as above, not DeepPersonality's DAN (dan.py): that one has the 13 convs of
+    VGG-16-BN, pools adaptively to 7 x 7 (average and max), L2-normalises each position's channel
+    vector and flattens them into 50,176 features, then Linear 1024, LeakyReLU, Dropout 0.5,
+    Linear, sigmoid. Here 4 stages of 2 convs (8 convs), global pooling (2C features) and the zoo's
+    MLP head."""
 
     def __init__(self, config: DANConfig):
         super().__init__()
@@ -386,16 +419,18 @@ class DANModel(ZooModel):
         return torch.cat([avg, mx], dim=1)  # (B, 2C)
 
 
-@register("dan_frame", modality="visual", inputs=("frame",), source="DeepPersonality DAN (Wei et "
-          "al. 2016)", card="DAN: VGG-style conv descriptors, L2-normalised average + max pooling "
-          "concatenated, on full frames")
+@register("dan_frame", modality="visual", inputs=("frame",), source="DAN (Wei et al. 2016), after "
+          "DeepPersonality's DAN (dan.py)", card="DAN-style: 8 VGG-style convs, global "
+          "average + max pooling, each L2-normalised, concatenated, on full frames (DP: VGG-16-BN, "
+          "7x7 pools, 50,176 features)")
 def dan_frame(*, config: DANConfig | None = None, **overrides: Any) -> DANModel:
     return finish(DANModel(make_config(DANConfig, config, {**overrides, "input_key": "frame"},
                                        "dan_frame")))
 
 
-@register("dan_face", modality="visual", inputs=("face",), source="DeepPersonality DAN (Wei et "
-          "al. 2016)", card="DAN on aligned face crops")
+@register("dan_face", modality="visual", inputs=("face",), source="DAN (Wei et al. 2016), after "
+          "DeepPersonality's DAN (dan.py)", card="DAN-style (8 convs, global pooling) on "
+          "aligned face crops (DP's DAN: VGG-16-BN, 7x7 pools, full frames)")
 def dan_face(*, config: DANConfig | None = None, **overrides: Any) -> DANModel:
     return finish(DANModel(make_config(DANConfig, config, {**overrides, "input_key": "face"},
                                        "dan_face")))
@@ -445,7 +480,13 @@ class ClipTransformerConfig(HeadFields):
 
 class ClipTransformer(ZooModel):
     """VAT-like: a per-frame CNN makes one token per frame; a [CLS] token plus learned positions go
-    through a transformer encoder; the [CLS] output feeds the head."""
+    through a transformer encoder; the [CLS] output feeds the head.
+
+    Not DeepPersonality's VAT (video_action_transformer.py): there a ResNet-50 gives 2048 x 7 x 4
+    maps per frame (224 x 112 px, 16 frames), a sinusoidal position code is added, a 7 x 4 conv
+    makes 1024-d tokens, the middle frame's token is the query that cross-attends to all frames in
+    16 independent heads of 3 layers each, the result is L2-normalised into one Linear without
+    sigmoid; DP loads ImageNet weights for the ResNet-50 and then re-initialises the whole net."""
 
     inputs = ("face_seq",)
 
@@ -473,9 +514,11 @@ class ClipTransformer(ZooModel):
         return self.norm(self.transformer(tok)[:, 0])  # (B, d)
 
 
-@register("vat_face_seq", modality="visual", inputs=("face_seq",), source="DeepPersonality VAT "
-          "(video action transformer, Girdhar et al. 2019)", card="Clip transformer: per-frame "
-          "ResNet tokens + [CLS] through a transformer encoder over a face clip")
+@register("vat_face_seq", modality="visual", inputs=("face_seq",), source="after "
+          "DeepPersonality's VAT (video_action_transformer.py; Girdhar et al. 2019)",
+          card="Clip transformer, not VAT's layers: per-frame small-ResNet tokens + [CLS] "
+               "through a self-attention encoder over a face clip (DP: ResNet-50 maps, "
+               "middle-frame query cross-attending, 16 heads x 3 layers, no sigmoid)")
 def vat_face_seq(*, config: ClipTransformerConfig | None = None, **overrides: Any
                  ) -> ClipTransformer:
     return finish(ClipTransformer(make_config(ClipTransformerConfig, config, overrides,
@@ -496,7 +539,13 @@ class CNNLSTMConfig(HeadFields):
 
 
 class CNNLSTM(ZooModel):
-    """Per-frame CNN, LSTM over the clip, mean of its outputs over time into the head."""
+    """Per-frame CNN, LSTM over the clip, mean of its outputs over time into the head.
+
+    params.yaml gives it `source_config.face_seq.sampling: segments` (one crop in each of 6
+    segments of the whole clip, as DeepPersonality's loader; before 2026-12-05 it read 6
+    consecutive crops, 0.75 s at 8 fps). DeepPersonality's ImgLSTM (bi_modal_lstm.py) is another
+    net: 3 plain convs (16 channels, kernels 5 / 7 / 9) and Linear 1024 -> 128 on 112 px crops, an
+    LSTM of 128, a Linear + sigmoid at every step, the 6 predictions averaged."""
 
     inputs = ("face_seq",)
 
@@ -513,14 +562,18 @@ class CNNLSTM(ZooModel):
         return h.mean(dim=1)  # (B, H)
 
 
-@register("cnn_lstm_face_seq", modality="visual", inputs=("face_seq",), source="DeepPersonality "
-          "CNN-LSTM (visual branch of Subramaniam et al. 2016)", card="Per-frame ResNet features "
-          "through an LSTM over a face clip, time-averaged")
+@register("cnn_lstm_face_seq", modality="visual", inputs=("face_seq",), source="after "
+          "DeepPersonality's ImgLSTM (bi_modal_lstm.py; visual branch of Subramaniam et al. 2016)",
+          card="Per-frame ResNet features of a face clip (params.yaml: 6 crops, one per segment "
+               "of the whole clip) through an LSTM, states averaged into the head (DP: 3-conv CNN "
+               "at 112 px, per-step sigmoid predictions averaged)")
 def cnn_lstm_face_seq(*, config: CNNLSTMConfig | None = None, **overrides: Any) -> CNNLSTM:
     return finish(CNNLSTM(make_config(CNNLSTMConfig, config, overrides, "cnn_lstm_face_seq")))
 
 
-# 3D ResNet (torchvision r3d_18's layout: Conv3DSimple basic blocks, 3x7x7 stem; width configurable)
+# 3D ResNet (torchvision r3d_18's layout: Conv3DSimple basic blocks, 3x7x7 stem; width
+# configurable). DeepPersonality's is a 3D-ResNet-50 (resnet_3d.py, from Hara et al.'s
+# 3D-ResNets-PyTorch).
 
 
 class Block3D(nn.Module):
@@ -552,7 +605,9 @@ class R3DConfig(HeadFields):
 
 
 class R3DModel(ZooModel):
-    """3D ResNet (Tran et al. 2018, torchvision r3d_18 layout) on a face clip."""
+    """3D ResNet (Tran et al. 2018, torchvision r3d_18 layout) on a face clip. DeepPersonality's
+    resnet50_3d_model: bottleneck blocks (3, 4, 6, 3), widths 256-2048, a 7x7x7 stem and a 3x3x3 max
+    pool, 16 frames at 224 px, one Linear without sigmoid."""
 
     inputs = ("face_seq",)
 
@@ -576,8 +631,9 @@ class R3DModel(ZooModel):
         return self.body(self.stem(x)).mean(dim=(2, 3, 4))  # (B, C, T', H', W') -> (B, C)
 
 
-@register("r3d_face_seq", modality="visual", inputs=("face_seq",), source="DeepPersonality 3D-"
-          "ResNet (Tran et al. 2018, torchvision r3d_18)", card="3D ResNet (r3d_18 layout, small "
-          "width) on a face clip")
+@register("r3d_face_seq", modality="visual", inputs=("face_seq",), source="torchvision r3d_18 "
+          "(Tran et al. 2018), after DeepPersonality's 3D-ResNet-50 (resnet_3d.py)",
+          card="3D ResNet (r3d_18 layout: 3x7x7 stem, basic blocks, 1 per stage, small width) on "
+               "a 6-frame face clip (DP: 3D-ResNet-50, 16 frames at 224 px, no output sigmoid)")
 def r3d_face_seq(*, config: R3DConfig | None = None, **overrides: Any) -> R3DModel:
     return finish(R3DModel(make_config(R3DConfig, config, overrides, "r3d_face_seq")))
