@@ -26,6 +26,25 @@ Defects of the published code (PerFeX's attn_*.py, 1dcnn_*.py) fixed here:
 (Split-after-augmentation, missing seeds and the test set inside the training file are data-side
 defects, fixed in `ingest` / `augment` / `train`.)
 
+Other differences from the published models, not defect fixes (checked against PerFeX's
+1dcnn_train.py and attn_train.py; docs/models.md, "Against PerFeX", has the table):
+- perfex_cnn: mean + max pooling of each branch (PerFeX: the mean only, AdaptiveAvgPool1d, over
+  all 700 padded steps), so the head reads 1024 features (PerFeX: 512); no Dropout(0.5) after each
+  branch's second conv (PerFeX has one per branch); head hidden 256 (PerFeX: 128).
+- perfex_hybrid, SE-FCN: batch norm after all four convs (PerFeX defines bn1 / bn2 and never
+  applies them: no batch norm at all); squeeze-excite after the first two convs (PerFeX: after all
+  four); no Dropout(0.5) after SE 1 and SE 3; "same" padding (PerFeX's k8 conv, padding 4, adds a
+  step).
+- perfex_hybrid, LSTM branch: the LSTM reads the 17 AUs directly (PerFeX: a Linear(17 -> 512) AU
+  embedding plus an MLP of a sinusoidal timestep embedding); hidden 128 (PerFeX's LSTM that runs
+  has 256; its `lstm_hidden_size=128` LSTM is never called); single-hop additive attention over the
+  real steps (PerFeX: a 256-hop structured self-attention, attention length 700, whose 256 x 256
+  output a Linear(256 -> 1) collapses to 256 features); dropout 0.3 on the context (PerFeX: 0.5);
+  so the head reads 256 + 128 = 384 features (PerFeX: 512) through hidden 256 (PerFeX: 256, 128).
+- Training: AdamW, lr 0.002, cosine, at most 30 epochs with early stopping on val CCC, batch 32
+  (params.yaml), where PerFeX trains with Adam, lr 1e-4, 200 epochs, batch 1, on a random 80 / 20
+  split with no validation set. The augmentation differs too (stages/augment.py).
+
 Two heads (`head=` in the config): "classification", 25 logits = 5 traits x 5 bins (bin = floor(4p),
 `models.metrics.to_bins`), summed cross-entropy over traits, decoded to [0, 1] by the expected bin
 value or the argmax bin's value (`models.metrics.bin_values`); "regression", 5 sigmoid outputs, MSE.
@@ -517,18 +536,21 @@ class PerfexHybrid(_AUModel):
 
 
 @register("perfex_cnn", modality="au", inputs=("aus", "aus_mask"),
-          source="PerFeX multi-scale 1D-CNN (published defects fixed)",
+          source="PerFeX multi-scale 1D-CNN (1dcnn_train.py; published defects fixed)",
           card="Multi-scale 1D-CNN (k=3,5,7,9; 17->64->128) on AU sequences, masked mean+max "
-               "pooling, 5-bin classification or [0,1] regression head")
+               "pooling (PerFeX: average), no per-branch Dropout(0.5), head hidden 256 (PerFeX: "
+               "128), 5-bin classification or [0,1] regression head")
 def perfex_cnn(*, config: PerfexCNNConfig | None = None, **overrides: Any) -> PerfexCNN:
     """PerfexCNN from `config` (default PerfexCNNConfig()) with field `overrides`."""
     return PerfexCNN(make_config(PerfexCNNConfig, config, overrides, "perfex_cnn"))
 
 
 @register("perfex_hybrid", modality="au", inputs=("aus", "aus_mask"),
-          source="PerFeX hybrid SE-FCN + attention-LSTM (published defects fixed)",
-          card="SE-FCN (128/k8, 256/k5, 256/k3, 256/k3) beside a packed attention-LSTM on AU "
-               "sequences, 5-bin classification or [0,1] regression head")
+          source="PerFeX hybrid SE-FCN + attention-LSTM (attn_train.py; published defects fixed)",
+          card="SE-FCN (128/k8, 256/k5, 256/k3, 256/k3; BN on all, SE after 2; PerFeX: no BN, SE "
+               "after 4) beside a packed LSTM-128 on the raw AUs with single-hop attention "
+               "(PerFeX: AU + timestep embeddings, LSTM-256, 256-hop attention), 5-bin or [0,1] "
+               "head")
 def perfex_hybrid(*, config: PerfexHybridConfig | None = None, **overrides: Any) -> PerfexHybrid:
     """PerfexHybrid from `config` (default PerfexHybridConfig()) with field `overrides`."""
     return PerfexHybrid(make_config(PerfexHybridConfig, config, overrides, "perfex_hybrid"))

@@ -3,11 +3,16 @@
     python -m stages.augment         # reads params.yaml:base.seed,augment, data/manifest.parquet,
                                      # data/aus -> data/augmented, metrics/augment.json
 
-PerFeX multiplies its training clips by temporal decimation (every 2nd frame), a 5-frame shift and
-non-overlapping 100-frame windows. Its published code does so BEFORE splitting, so windows of a
-test clip end up in training; here the split comes from the manifest (decided at ingest, by
-subject) and only `split == "train"` clips are augmented: validation and test clips are never
-touched, and every augmented sequence keeps its source clip's `video_id`.
+PerFeX (data_augmentation.py) adds to each clip one decimated copy (every 2nd row, one phase), one
+copy shifted by 5 frames and non-overlapping 100-frame windows of the original series. Its published
+code does so BEFORE splitting, so windows of a test clip end up in training; here the split comes
+from the manifest (decided at ingest, by subject) and only `split == "train"` clips are augmented:
+validation and test clips are never touched, and every augmented sequence keeps its source clip's
+`video_id`. This stage is after PerFeX, not a copy of it: it crosses every phase of every factor
+with every shift and cuts windows from all of them (PerFeX windows the original series only, keeps
+one phase, and keeps the decimated and shifted copies whole), keeps a long enough tail as a window
+(PerFeX drops it), and adds noisy copies (step 4), which PerFeX does not have (`copies: 0` turns
+them off). docs/training.md has the comparison.
 
 Per train clip (AUs in `personality.schemas.AU_INTENSITY` order, NaN where no face, kept NaN):
 1. decimation: for every factor f in `decimate`, the f phases x[p::f] (f = 1: the clip itself);
@@ -21,10 +26,11 @@ Per train clip (AUs in `personality.schemas.AU_INTENSITY` order, NaN where no fa
 Everything random derives from `base.seed` and the clip's id, so a clip's sequences do not change
 when other clips come or go.
 
-Defaults for `frames.fps = 8` (a default clip has 48-80 AU frames): PerFeX's recipe is at 30 fps
-(700-frame clips, 2x decimation to 15 fps, 100-frame windows = 6.7 s, a 5-frame = 0.17 s shift).
-At 8 fps a 48-step window is 6 s and a 1-step shift 0.125 s; decimation by 2 (4 fps) is kept as a
-coarser view. Use `window: 100, shifts: [0, 5]` for 30 fps OpenFace input.
+Defaults for `frames.fps = 8` (a default clip has 48-80 AU frames): PerFeX's recipe is taken to
+be at 30 fps (clips under 700 frames; a 2x-decimated copy at 15 fps; 100-frame windows of the
+30 fps series = 3.3 s; a 5-frame = 0.17 s shift; its code states no frame rate). At 8 fps a
+48-step window is 6 s, longer than PerFeX's, and a 1-step shift 0.125 s; decimation by 2 (4 fps)
+is kept as a coarser view. Use `window: 100, shifts: [0, 5]` for 30 fps OpenFace input.
 
 Output data/augmented/ (Parquet shards): video_id, aug_id ("d<f>p<phase>s<shift>w<window>c<copy>"),
 frame_idx (step within the sequence), t (the source frame's time), AU01_r ... AU45_r.
