@@ -6,7 +6,7 @@ audio_fn (the per-clip audio functionals), read from the audio and functionals s
     src.train_item("syn_0003", np.random.default_rng(0))   # {"logmel": (n_mels, 300) float}
     src.eval_items("syn_0003")                              # {"logmel": (1, n_mels, T)}
 
-Sampling (DeepPersonality's):
+Sampling (ours; DeepPersonality's differs: docs/models.md, "Against DeepPersonality"):
 
 | key      | train_item (one random view)                      | eval_items (all views, V)          |
 |----------|---------------------------------------------------|------------------------------------|

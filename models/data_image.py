@@ -6,7 +6,7 @@ face_seq (clips of consecutive face crops), read from the faces and frames stage
     src.train_item("syn_0003", np.random.default_rng(0))   # {"face": (3, 112, 112) uint8}
     src.eval_items("syn_0003")                              # {"face": (V, 3, 112, 112)}, V = frames
 
-Sampling (DeepPersonality's):
+Sampling (ours; DeepPersonality's differs: docs/models.md, "Against DeepPersonality"):
 
 | key      | train_item (one random view)                      | eval_items (all views, V)          |
 |----------|---------------------------------------------------|------------------------------------|

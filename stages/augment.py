@@ -56,7 +56,7 @@ log = get_logger("augment")
 class AugmentParams:
     decimate: list[int] = dataclasses.field(default_factory=lambda: [1, 2])  # factors; f phases each
     shifts: list[int] = dataclasses.field(default_factory=lambda: [0, 1])  # steps, edge-padded
-    window: int = 30  # steps per window (6 s at 5 fps; PerFeX: 100 at 15 fps)
+    window: int = 30  # steps per window (6 s at 5 fps; PerFeX: 100 frames, 3.3 s at 30 fps)
     min_tail: float = 0.5  # keep a trailing remainder of >= this share of a window
     copies: int = 2  # noisy copies per clean window
     noise_std: float = 0.05  # Gaussian noise, AU intensity units (0-5 scale)
