@@ -12,6 +12,8 @@ Sampling (ours; DeepPersonality's differs: docs/models.md, "Against DeepPersonal
 |----------|---------------------------------------------------|------------------------------------|
 | logmel   | a random crop of `frames` steps (zero-padded)     | the whole clip (`full`) or the     |
 |          |                                                   | centre crop (`centre`), V = 1      |
+|          | `span: whole`: the whole clip stretched to        | the same, V = 1                    |
+|          | `frames` steps (bimodal_lstm's segments)          |                                    |
 | wave     | a random crop of `samples` within the real audio  | the centre crop (or `full`), V = 1 |
 | audio_fn | the standardised audio functionals vector (fn_*,  | the same, V = 1                    |
 |          | egemaps_*, compare_*; `include` picks by prefix)  |                                    |
@@ -101,6 +103,9 @@ class LogmelSourceConfig:
     #   crop of `frames`, or crops: V = ceil(T / frames) crops of `frames` steps, evenly spaced
     #   from the first step to the last (overlapping a little), predictions averaged over them
     max_frames: int = 1500  # eval "full": at most this many (centred): bounds memory
+    span: Literal["crop", "whole"] = "crop"  # whole: train and eval read the whole clip (at
+    #   most max_frames, centred) stretched to `frames` steps, one view: a model that cuts the
+    #   log-mel into segments then has them cover the clip as face_seq `segments` do
     normalise: bool = True  # per-band standardisation with train-split statistics
     stats_split: str = "train"  # split whose videos give the statistics ("" = all given)
     mean: tuple[float, ...] = ()  # per-band statistics given explicitly (n_mels values each)
@@ -110,9 +115,11 @@ class LogmelSourceConfig:
 
     def __post_init__(self) -> None:
         if self.frames < 1 or self.eval_mode not in ("full", "centre", "crops") or \
-                self.on_missing not in ("error", "zeros") or len(self.mean) != len(self.std):
+                self.on_missing not in ("error", "zeros") or len(self.mean) != len(self.std) \
+                or self.span not in ("crop", "whole"):
             raise SourceError("logmel source: frames >= 1, eval_mode full|centre|crops, "
-                              "on_missing error|zeros, mean and std of equal length")
+                              "on_missing error|zeros, mean and std of equal length, "
+                              "span crop|whole")
 
 
 class _AudioBase(InputSource):
@@ -147,6 +154,22 @@ def _crop(x: np.ndarray, length: int, start: int, axis_len: int) -> np.ndarray:
     return out
 
 
+def stretch(x: np.ndarray, length: int, max_len: int) -> np.ndarray:
+    """(M, T) -> (M, length): the centred `max_len` steps at most, linearly resampled in time,
+    so that step k of the output sits k / length of the way through the clip."""
+    if x.shape[1] > max_len:
+        start = (x.shape[1] - max_len) // 2
+        x = x[:, start:start + max_len]
+    n = x.shape[1]
+    if n == 1:
+        return np.repeat(x, length, axis=1).astype(np.float32)
+    pos = np.linspace(0, n - 1, length)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, n - 1)
+    w = (pos - lo).astype(np.float32)
+    return (x[:, lo] * (1 - w) + x[:, hi] * w).astype(np.float32)
+
+
 def crop_starts(n: int, length: int) -> list[int]:
     """Starts of the fewest `length`-step crops that cover all `n` steps, evenly spaced from the
     first step to the last (neighbours overlap by less than a crop); [0] when n <= length."""
@@ -170,11 +193,17 @@ class LogmelSource(_AudioBase):
         L = self.config.frames
         if x is None:
             return {"logmel": torch.zeros(self.n_mels, L)}
+        if self.config.span == "whole":
+            return {"logmel": torch.from_numpy(stretch(x, L, self.config.max_frames))}
         start = int(rng.integers(max(x.shape[1] - L + 1, 1)))
         return {"logmel": torch.from_numpy(_crop(x, L, start, x.shape[1]))}  # (M, L)
 
     def eval_items(self, video_id: str) -> dict[str, torch.Tensor]:
         x = self._get(video_id)
+        if self.config.span == "whole":
+            whole = (stretch(x, self.config.frames, self.config.max_frames) if x is not None
+                     else np.zeros((self.n_mels, self.config.frames), np.float32))
+            return {"logmel": torch.from_numpy(whole[None])}  # (1, M, frames)
         full = self.config.eval_mode == "full"
         L = self.config.frames if not full else (
             min(x.shape[1], self.config.max_frames) if x is not None else self.config.frames)

@@ -194,6 +194,27 @@ def test_sources_feed_the_models(av_root):
     assert model.predict(batch).shape == (2, 5)
 
 
+def test_logmel_span_whole_stretches_the_clip_so_segments_cover_it(av_root):
+    """bimodal_lstm cuts the log-mel in 6 segments beside 6 face segments over the whole clip:
+    with `span: whole` segment k covers the k-th sixth of the clip in training and evaluation
+    alike (a random 3 s crop covered some 3 s of it)."""
+    ids = _ids(av_root)
+    crop = data_audio.logmel_source(root=av_root, video_ids=ids, config={"frames": 100000,
+                                                                          "max_frames": 100000})
+    whole = data_audio.logmel_source(root=av_root, video_ids=ids,
+                                     config={"span": "whole", "frames": 60})
+    x = crop.eval_items(ids[0])["logmel"][0].numpy()  # (M, T): the clip, standardised alike
+    n = int(np.flatnonzero(np.abs(x).sum(axis=0) > 0).max()) + 1
+    train = whole.train_item(ids[0], np.random.default_rng(0))["logmel"].numpy()
+    assert train.shape == (x.shape[0], 60)
+    np.testing.assert_array_equal(whole.eval_items(ids[0])["logmel"][0].numpy(), train)
+    np.testing.assert_allclose(train[:, 0], x[:, 0], atol=1e-5)  # first step: the clip's first
+    np.testing.assert_allclose(train[:, -1], x[:, n - 1], atol=1e-5)  # last: its last
+    ramp = np.arange(10, dtype=np.float32)[None]  # (1, 10): step k of the output at k / length
+    np.testing.assert_allclose(data_audio.stretch(ramp, 4, 10), [[0, 3, 6, 9]])
+    np.testing.assert_allclose(data_audio.stretch(ramp, 3, 6), [[2, 4.5, 7]])  # centred 6 steps
+
+
 def test_crop_starts_cover_the_clip_with_the_fewest_crops():
     assert data_audio.crop_starts(300, 300) == [0] and data_audio.crop_starts(120, 300) == [0]
     for n in (301, 599, 600, 601, 950, 1000):
