@@ -69,7 +69,7 @@ seeds: run
 	$(BIN)/python scripts/cv.py --seeds 5 --jobs 2
 
 # every output under data/ of dvc.yaml (tests/test_dvc_deps.py checks the list); metrics/ (git),
-# mlflow.db and DVC's cache stay, so `dvc repro` brings unchanged outputs back from the cache
+# mlflow.db and DVC's cache stay, so `dvc checkout` brings the outputs back from the cache
 clean:
 	rm -rf data/manifest.parquet data/clips.parquet data/user_study.parquet \
 	       data/synthetic_cues.parquet data/synthetic_tracks.parquet data/source_aus \

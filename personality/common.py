@@ -188,8 +188,11 @@ def find_checkpoint(model: str, root: Path | None = None) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
+    base = model.removesuffix("+retrained")
+    how = (f"dvc repro retrain, with {base} in retrain.models" if base != model else
+           f"dvc exp run -S 'train.models=[{model}]'")
     raise StageInputError(f"model {model!r}: no checkpoint at {candidates[0]} or {candidates[1]}"
-                          f" (train it: dvc exp run -S 'train.models=[{model}]')")
+                          f" (train it: {how})")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -254,6 +254,9 @@ def _from_openface(params: AusParams, root: Path, out: VideoShardWriter,
     if not found:
         raise StageInputError(_nothing_matched(folder, clips, missing))
     failed.update(missing)
+    if missing:  # their AUs are missing downstream: say so here, not only in metrics/aus.json
+        log.warning("%d video(s) without their OpenFace CSV (in metrics/aus.json's failed), e.g. "
+                    "%s", len(missing), next(iter(missing.values())))
     n_rows = n_ok = 0
     for vid, csv in progress(sorted(found.items()), desc="aus:openface", unit="video"):
         try:  # a symlink out of the folder is refused, not read: the folder is the dataset

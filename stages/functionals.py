@@ -162,6 +162,19 @@ def _video_ids(root: Path) -> list[str]:
     raise StageInputError(f"{root / 'data'}: no clips.parquet or manifest.parquet: run ingest")
 
 
+def _any_video(root: Path) -> bool:
+    """Whether ingest listed any video (data/clips.parquet): the sources of AU sequences
+    (perfex, openface_csv) list none, and the audio stage then writes no shard at all."""
+    path = root / schemas.ARTIFACTS["clips"].path
+    if not path.exists():
+        return True  # no clips table: the audio stage's own shards say what there is
+    paths = read_artifact("clips", path=path, columns=["path"])["path"]
+    if not (paths != "").any():
+        log.info("no video in data/clips.parquet (an AU-only source): no audio functionals")
+        return False
+    return True
+
+
 def _audio_rows(root: Path) -> tuple[dict[str, dict], list[str]]:
     import pyarrow.parquet as pq
 
@@ -194,7 +207,8 @@ def compute(root: Path, p: FunctionalsParams) -> pd.DataFrame:
                                  columns=["video_id", "frame_idx", "t", *AU_INTENSITY]))
     faces = _grouped(read_artifact("faces", path=root / schemas.ARTIFACTS["faces"].path,
                                    columns=["video_id", "frame_idx", "t", "face_found", *HEAD]))
-    rows, fn = _audio_rows(root) if p.audio else ({}, [])
+    audio = p.audio and _any_video(root)  # an AU-only source (perfex, openface_csv): no audio
+    rows, fn = _audio_rows(root) if audio else ({}, [])
     empty_aus = pd.DataFrame(columns=["frame_idx", "t", *AU_INTENSITY], dtype=float)
     empty_faces = pd.DataFrame({"frame_idx": [], "t": [], "face_found": [],
                                 **{a: [] for a in HEAD}})
@@ -202,7 +216,7 @@ def compute(root: Path, p: FunctionalsParams) -> pd.DataFrame:
     for vid in ids:
         row = {"video_id": vid, **visual_functionals(aus.get(vid, empty_aus),
                                                      faces.get(vid, empty_faces), p=p)}
-        if p.audio:
+        if audio:
             row.update(audio_functionals(rows.get(vid), fn))
         out.append(row)
     return pd.DataFrame(out)

@@ -87,10 +87,12 @@ def _report_figure(result: dict, name: str, warnings: list[str], families: list[
            error_kw={"ecolor": "#333333", "label": "test MAE"})
     ax.set_xticks(range(5), _trait_labels(err, result.get("test_error_ci")), fontsize=8.5)
     if result.get("label_scale", "unit") == "unit":
-        ax.set_ylim(0, 1.05)
+        top = max(s + (err[t] if err else 0.0) for s, t in zip(scores, TRAITS))
+        ax.set_ylim(0, max(1.05, top + 0.03))  # a whisker above 1 is drawn whole
     _label_bars(ax, scores, [err[t] for t in TRAITS] if err else [0.0] * 5)
     if err:
-        ax.set_ylabel("score (whisker: test MAE)", fontsize=9)
+        ax.set_ylabel("score (whisker: test MAE)" if not result.get("test_error_ci") else
+                      "score (whisker: test MAE;\nticks: MAE [95% interval])", fontsize=9)
     ax.set_title(f"{name}: {result['model']}", fontfamily=families)
     if warnings:
         fig.text(0.01, 0.005, "\n".join("warning: " + w for w in warnings),
@@ -148,7 +150,7 @@ def _trait_labels(err: dict | None, interval: dict | None) -> list[str]:
         if err:
             label += f"\nMAE {err[t]:.2f}"
             if interval:
-                label += f"\n95% [{interval[t][0]:.2f}, {interval[t][1]:.2f}]"
+                label += f"\n[{interval[t][0]:.2f}, {interval[t][1]:.2f}]"
         labels.append(label)
     return labels
 

@@ -204,11 +204,15 @@ def version_tags(figures: dict) -> dict[str, str]:
                if k in figures}, **tags}
 
 
-def example_video(root: Path) -> str:
-    """A clip of the manifest's test split (else any): the model's input example."""
+def example_video(root: Path) -> str | None:
+    """A video of the manifest's test split (else any): the model's input example. None for a
+    dataset of AU sequences without videos (perfex, openface_csv): an empty path is no video
+    (it resolved to the repository's folder, which the served model was then told to serve)."""
     manifest = pd.read_parquet(root / "data" / "manifest.parquet", columns=["path", "split"])
+    manifest = manifest[manifest["path"].astype(str) != ""]
     if manifest.empty:
-        raise StageInputError("data/manifest.parquet: no clip for the input example")
+        log.info("no video in data/manifest.parquet: the model is logged without an input example")
+        return None
     test = manifest[manifest["split"] == "test"]
     path = Path(str((test if len(test) else manifest)["path"].iloc[0]))
     return str(path if path.is_absolute() else root / path)  # the scorer refuses relative paths

@@ -107,7 +107,7 @@ def _clips(root, paths: dict[str, str]) -> None:
         path=root / "data" / "clips.parquet")
 
 
-def test_openface_csvs_named_as_openface_names_them_are_found(tmp_path):
+def test_openface_csvs_named_as_openface_names_them_are_found(tmp_path, caplog):
     """The folder source's ids are escaped relative paths (`clips%2Falice.mp4`), and
     FeatureExtraction names its CSV after the video (`alice.csv`), flat or in a mirrored tree
     (`002003/FC1_T.csv`): each video gets its own CSV, a name two videos share is not guessed,
@@ -137,6 +137,7 @@ def test_openface_csvs_named_as_openface_names_them_are_found(tmp_path):
     assert sorted(failed) == ["a%2Fshared.mp4", "b%2Fshared.mp4", "carol.mp4", "x", "y"]
     assert "2 videos could own it" in failed["a%2Fshared.mp4"]
     assert "no OpenFace CSV" in failed["carol.mp4"] and "carol.csv" in failed["carol.mp4"]
+    assert "5 video(s) without their OpenFace CSV" in caplog.text  # in the log, not only the file
 
 
 def test_openface_csvs_matching_no_video_fail_the_stage_naming_both_sides(tmp_path):

@@ -299,3 +299,13 @@ def test_by_video_turns_a_map_into_a_sorted_list_dvc_shows_no_column_of():
     assert by_video(named, "error", root=root) == [
         {"video_id": "a", "error": "data/videos/a.mp4: moov atom missing"},
         {"video_id": "b", "error": "/elsewhere/b.mp4: empty"}, {"video_id": "c", "error": 0.5}]
+
+
+def test_a_missing_retrained_checkpoint_suggests_the_retrain_stage(tmp_path):
+    """`dvc exp run -S 'train.models=[perfex_hybrid+retrained]'`, the suggestion it got, is
+    refused: no model has that name."""
+    with pytest.raises(common.StageInputError, match=r"train it: dvc repro retrain, with "
+                                                     r"perfex_hybrid in retrain.models"):
+        common.find_checkpoint("perfex_hybrid+retrained", tmp_path)
+    with pytest.raises(common.StageInputError, match=r"dvc exp run -S 'train.models=\[hrnet_face\]'"):
+        common.find_checkpoint("hrnet_face", tmp_path)

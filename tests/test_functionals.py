@@ -219,3 +219,31 @@ def test_an_unreadable_audio_shard_is_an_error_naming_it(tmp_path):
     (folder / "part-00000.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(SchemaError, match="part-00000.parquet: not a readable audio shard"):
         fx._audio_rows(tmp_path)
+
+
+def test_an_au_only_source_gets_no_audio_functionals_rather_than_an_error(tmp_path, monkeypatch):
+    """PerFeX and OpenFace-CSV datasets list no video, so the audio stage writes no shard: the
+    stage failed on "no audio shards; run the audio stage first" and nothing could train. With
+    no video in data/clips.parquet there are no audio functionals; with videos and no shard it
+    is an error, as before."""
+    from personality.common import StageInputError, read_artifact, write_artifact
+
+    def clips(paths):
+        write_artifact("clips", pd.DataFrame({
+            "video_id": [f"v{i}" for i in range(len(paths))], "path": paths,
+            "dataset": "perfex", "duration_s": 1.0, "fps": 30.0, "has_audio": False,
+            "source_stat": ""}), path=tmp_path / "data" / "clips.parquet")
+
+    def empty(name, path=None, columns=None):  # no AU or face rows: only the audio part matters
+        if name == "clips":
+            return read_artifact(name, path=path, columns=columns)
+        return pd.DataFrame({c: pd.Series(dtype=float) for c in columns}).assign(video_id="")
+
+    monkeypatch.setattr(fx, "read_artifact", empty)
+    clips(["", ""])
+    table = fx.compute(tmp_path, fx.FunctionalsParams())
+    assert list(table["video_id"]) == ["v0", "v1"]
+    assert not [c for c in table.columns if c.startswith(("fn_rms", "fn_f0", "egemaps_"))]
+    clips(["videos/a.mp4", ""])
+    with pytest.raises(StageInputError, match="no audio shards"):
+        fx.compute(tmp_path, fx.FunctionalsParams())

@@ -121,3 +121,16 @@ def test_the_input_example_folder_is_served_while_mlflow_checks_it(monkeypatch, 
     assert serve.log_pyfunc(FakeMlflow, tmp_path / "best.pt", tmp_path, str(clip)) == "info"
     assert seen["roots"] == os.pathsep.join(["/srv/videos", str(clip.parent)])
     assert os.environ[serve.VIDEO_ROOT_ENV] == "/srv/videos"
+
+
+def test_a_dataset_without_videos_gives_no_input_example(tmp_path):
+    """PerFeX / OpenFace-CSV manifests hold AU sequences with an empty `path`: that resolved to
+    the repository's folder, logged as the input example, and its parent (say /tmp) became a
+    served root while mlflow checked it."""
+    (tmp_path / "data").mkdir()
+    pd.DataFrame({"path": ["", ""], "split": ["test", "train"]}).to_parquet(
+        tmp_path / "data" / "manifest.parquet")
+    assert serve.example_video(tmp_path) is None
+    pd.DataFrame({"path": ["", "clips/a.mp4"], "split": ["test", "train"]}).to_parquet(
+        tmp_path / "data" / "manifest.parquet")
+    assert serve.example_video(tmp_path) == str(tmp_path / "clips" / "a.mp4")
