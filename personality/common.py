@@ -764,9 +764,9 @@ def stage_errors(section: str) -> Iterator[None]:
             and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
     if ours:
         signal.signal(signal.SIGTERM, _stage_sigterm)
-        if "DVC_STAGE" in os.environ:  # run by DVC, which forwards no SIGTERM: stop when it ends
-            watch_launcher(log)
     try:
+        if ours and "DVC_STAGE" in os.environ:  # run by DVC, which forwards no SIGTERM: stop
+            watch_launcher(log)                 # when it ends (inside the try: it may at once)
         yield
     except (ParamsError, StageInputError, SchemaError) as exc:
         log.error("%s", exc)
