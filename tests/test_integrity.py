@@ -4,7 +4,6 @@ output path that is a file, a read-only data folder."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys

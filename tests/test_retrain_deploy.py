@@ -16,7 +16,7 @@ import yaml
 
 from models.checkpoints import mark_finished
 from stages import deploy, retrain
-from personality.common import BaseParams, ParamsError, StageInputError, write_artifact
+from personality.common import BaseParams, ParamsError, write_artifact
 from personality.schemas import AU_INTENSITY, AU_PRESENCE, TRAITS
 from tests.conftest import real_fixture
 
