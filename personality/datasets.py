@@ -151,10 +151,8 @@ def ingest_chalearn16(p: ChaLearnParams, *, seed: int, root: Path, probe) -> tup
             if name not in labels and labels_path.exists():
                 problems.append(f"{path}: video has no label in {labels_path}")
                 continue
-            try:
-                facts = probe(path)
-            except StageInputError as exc:
-                problems.append(str(exc))
+            facts = _probed(probe, path, problems)
+            if facts is None:
                 continue
             traits = labels.get(name, {})
             rows.append({"video_id": name[: -len(".mp4")], "path": _rel(path, root),
@@ -171,6 +169,15 @@ def ingest_chalearn16(p: ChaLearnParams, *, seed: int, root: Path, probe) -> tup
         for r in rows:
             r["split"] = split_of[r["subject_id"]]
     return rows, problems
+
+
+def _probed(probe, path: Path, problems: list[str]) -> dict | None:
+    """probe(path)'s facts, or None with the reason among `problems` (the video is left out)."""
+    try:
+        return probe(path)
+    except StageInputError as exc:
+        problems.append(str(exc))
+        return None
 
 
 def _videos_by_name(video_dir: Path, problems: list[str]) -> dict[str, Path]:
@@ -315,10 +322,8 @@ def _udiva_split(split: str, spec: dict, base: Path, *, root: Path, tasks: list[
                 problems.append(f"{path}: participant {participant} " + dropped.get(
                     participant, f"has no row in {parts_path}"))
                 continue
-            try:
-                facts = probe(path)
-            except StageInputError as exc:
-                problems.append(str(exc))
+            facts = _probed(probe, path, problems)
+            if facts is None:
                 continue
             rows.append({"video_id": video_id, "path": _rel(path, root),
                          "split": split, "subject_id": participant, "dataset": "udiva",
