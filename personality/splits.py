@@ -16,8 +16,10 @@ import numpy as np
 import pandas as pd
 
 from personality.common import StageInputError
+from personality.schemas import TRAITS
 
-__all__ = ["assign_splits", "kfold_splits", "finish_splits", "check_subject_splits"]
+__all__ = ["assign_splits", "kfold_splits", "finish_splits", "check_subject_splits",
+           "check_required_splits"]
 
 
 def assign_splits(subjects: list[str], fractions: list[float], seed: int) -> dict[str, str]:
@@ -97,3 +99,26 @@ def check_subject_splits(manifest: pd.DataFrame) -> None:
     crossing = per_subject[per_subject > 1]
     if len(crossing):
         raise StageInputError(f"subjects in more than one split: {list(crossing.index[:5])}")
+
+
+def check_required_splits(manifest: pd.DataFrame, required: list[str]) -> None:
+    """StageInputError when a `required` split holds no subject, or no *labelled* one: a split of
+    unlabelled clips only (NaN traits, kept for deploy / predict) would be trained or scored on
+    nothing, and a CCC over no clip is no number."""
+    fix = "change ingest.split / the labels' split column (or ingest.required_splits)"
+    counts = manifest.groupby("split")["subject_id"].nunique()
+    empty = [s for s in required if counts.get(s, 0) == 0]
+    if empty:
+        raise StageInputError(
+            f"ingest: split(s) {', '.join(empty)} would be empty ({manifest['subject_id'].nunique()}"
+            f" subject(s) in all; splits are by subject): give more subjects, or {fix}")
+    labelled = manifest[manifest[list(TRAITS)].notna().all(axis=1)]
+    counts = labelled.groupby("split")["subject_id"].nunique()
+    unlabelled = [s for s in required if counts.get(s, 0) == 0]
+    if unlabelled:
+        held = manifest[manifest["split"].isin(unlabelled)]
+        raise StageInputError(
+            f"ingest: split(s) {', '.join(unlabelled)} hold no labelled video ({len(held)} "
+            f"unlabelled clip(s) of {held['subject_id'].nunique()} subject(s)): a model is "
+            "trained on train, chosen on val and scored on test, each needs labels; give the "
+            f"five traits for some of their videos, or {fix}")

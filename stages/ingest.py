@@ -29,7 +29,8 @@ import numpy as np
 import pandas as pd
 
 from personality import datasets, datasets_au, schemas
-from personality.splits import assign_splits, check_subject_splits, finish_splits, kfold_splits
+from personality.splits import (assign_splits, check_required_splits, check_subject_splits,
+                                finish_splits, kfold_splits)
 from personality.common import (BaseParams, StageInputError, atomic_write_json, get_logger,
                            progress, repo_root, resolve_untrusted, write_artifact, run_stage)
 from personality.schemas import SPLITS, TRAITS
@@ -406,7 +407,7 @@ def read_source(params: IngestParams, base: BaseParams, root: Path) -> Ingested:
 
 def check_ingested(got: Ingested, params: IngestParams) -> None:
     """Refuse, before anything is written, what the pipeline cannot use: bad items under
-    `strict`, no video, a split left empty."""
+    `strict`, no video, a required split empty or of unlabelled clips only."""
     for msg in got.problems:
         log.warning("bad item: %s", msg)
     strict = params.strict or (params.source == "folder" and params.folder.strict)
@@ -418,13 +419,7 @@ def check_ingested(got: Ingested, params: IngestParams) -> None:
                                                      f"the {params.source} source lists none "
                                                      "(a labels CSV with a header only?)"))
     check_subject_splits(got.manifest)
-    counts = got.manifest.groupby("split")["subject_id"].nunique()
-    empty = [s for s in params.required_splits if counts.get(s, 0) == 0]
-    if empty:
-        raise StageInputError(
-            f"ingest: split(s) {', '.join(empty)} would be empty ({got.manifest['subject_id'].nunique()}"
-            f" subject(s) in all; splits are by subject): give more subjects, or change "
-            "ingest.split / the labels' split column (or ingest.required_splits)")
+    check_required_splits(got.manifest, params.required_splits)
 
 
 def subject_warnings(manifest: pd.DataFrame, source: str) -> list[str]:

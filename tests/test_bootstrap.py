@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from models.bootstrap import (bootstrap_scores, interval, model_uncertainty, paired,
-                              subject_resamples)
+                              subject_jackknife, subject_resamples, subjects_for)
 from models.metrics import ccc
 
 
@@ -39,6 +39,18 @@ def test_interval_contains_the_estimate_and_narrows_with_subjects(rng):
         assert lo <= point <= hi
         widths.append(hi - lo)
     assert widths[1] < widths[0] / 2
+
+
+@pytest.mark.parametrize("method", ["fisher_z", "percentile", "bca", "bootstrap_t"])
+def test_one_subject_gives_no_interval_not_a_zero_width_one(rng, method):
+    # every resample of one person is that person: the percentile method said [x, x], as if
+    # the score were known exactly
+    subjects, y, pred = _data(rng, 1)
+    s = bootstrap_scores(y, {"m": pred}, subject_resamples(subjects, n_boot=50, seed=1),
+                         jackknife=subject_jackknife(subjects),
+                         subjects=subjects_for(method, subjects))
+    ci = model_uncertainty(s["m"], "OCEAN", method=method)
+    assert all(np.isnan(ci[t][m]).all() for t in (*"OCEAN", "mean") for m in ("ccc", "mae"))
 
 
 def test_paired_comparison(rng):

@@ -254,6 +254,22 @@ def test_openface_partial_or_nan_labels_are_bad_rows(tmp_path):
     assert "row 3 (b.csv): label O=nan is outside [0, 1]" in bad
 
 
+def test_a_required_split_of_unlabelled_clips_only_is_refused(tmp_path):
+    # test held one subject whose clips had no labels: ingest passed, train scored "test CCC
+    # 0.000 [0.000, 0.000]" over no labelled clip
+    params = _openface(tmp_path, "a.csv,0.1,0.2,0.3,0.4,0.5,s1,train\n"
+                                 "b.csv,0.1,0.2,0.3,0.4,0.5,s2,val\n"
+                                 "c.csv,,,,,,s3,test\n")
+    with pytest.raises(StageInputError, match=r"split\(s\) test hold no labelled video \(1 "
+                       r"unlabelled clip\(s\) of 1 subject\(s\)\)"):
+        _ingest(tmp_path, source="openface_csv", openface_csv=params,
+                required_splits=["train", "val", "test"])
+    assert not (tmp_path / "data/manifest.parquet").exists()  # refused before any write
+    summary = _ingest(tmp_path, source="openface_csv", openface_csv=params,
+                      required_splits=["train", "val"])  # a deploy-only test split may be asked
+    assert summary["n_test"] == 1
+
+
 def test_openface_one_file_under_two_spellings_is_one_sequence(tmp_path):
     # a.csv and x/../a.csv landed in two splits; an exact repeat aborted the whole ingest
     params = _openface(tmp_path, "a.csv,0.1,0.2,0.3,0.4,0.5,,train\n"
