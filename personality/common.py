@@ -986,17 +986,42 @@ def mlflow_run(stage: str, *, run_name: str | None = None, params: dict | None =
     mlflow.set_experiment(experiment_id=experiment_id)
     shared = pipeline_tags(repo_root())
     parent = pipeline_parent(mlflow, experiment_id, shared)
-    with mlflow.start_run(run_name=run_name or stage, parent_run_id=parent,
-                          tags={**shared, "stage": stage, **(tags or {})}):
-        try:  # a stop while the params or the dataset are logged (hashing it) counts too
-            if params:
-                mlflow.log_params(_flatten(params))
-            if manifest is not None and Path(manifest).is_file():
-                log_manifest_input(mlflow, Path(manifest), context)
-            yield mlflow
-        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM: stopped, not failed
-            mlflow.end_run(status="KILLED")
-            raise
+    status = "FAILED"  # until the body returns
+    try:
+        with mlflow.start_run(run_name=run_name or stage, parent_run_id=parent,
+                              tags={**shared, "stage": stage, **(tags or {})}):
+            try:  # a stop while the params or the dataset are logged (hashing it) counts too
+                if params:
+                    mlflow.log_params(_flatten(params))
+                if manifest is not None and Path(manifest).is_file():
+                    log_manifest_input(mlflow, Path(manifest), context)
+                yield mlflow
+                status = "FINISHED"
+            except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM: stopped, not failed
+                status = "KILLED"
+                mlflow.end_run(status="KILLED")
+                raise
+    finally:
+        roll_up_status(mlflow.MlflowClient(), parent, run_name or stage, status)
+
+
+# the worst of the children's last statuses is the parent's: one stage that failed or was stopped
+# shows on the pipeline run, and its successful re-run clears it
+_STATUS_ORDER = ("FINISHED", "KILLED", "FAILED")
+
+
+def roll_up_status(client, parent: str, run_name: str, status: str) -> None:
+    """Record `status` as run `run_name`'s last (tag `status.<run_name>` on the pipeline parent)
+    and set the parent's status to the worst of its children's last ones. Best effort: a store
+    that cannot be written must not hide the stage's own error."""
+    try:
+        client.set_tag(parent, f"status.{run_name}", status)
+        last = [v for k, v in client.get_run(parent).data.tags.items() if k.startswith("status.")]
+        worst = max(last, key=lambda s: _STATUS_ORDER.index(s) if s in _STATUS_ORDER else 0)
+        client.set_terminated(parent, status=worst)
+    except Exception as exc:  # noqa: BLE001 - reported, never raised over the stage's outcome
+        logging.getLogger("personality").warning("MLflow: pipeline run status not updated: %s",
+                                                 exc)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -11,6 +11,7 @@ Nothing here touches the checkout's own mlflow.db, dvc.lock or data/.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -190,6 +191,35 @@ def test_a_run_stopped_while_it_logs_its_params_is_killed(tmp_path, tracking_env
                 pass
     assert sorted((r.info.run_name, r.info.status) for r in runs_of(root / "mlflow.db")) == [
         ("failed", "FAILED"), ("stopped", "KILLED")]
+
+
+def test_the_pipeline_run_shows_a_stage_that_failed_or_was_stopped(tmp_path, tracking_env,
+                                                                    empty_store):
+    """The parent said FINISHED beside a KILLED or FAILED child; now it takes the worst of its
+    children's last statuses, and a successful re-run of the stage clears it."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "dvc.yaml").write_text("stages: {}\n")
+    shutil.copy(empty_store, root / "mlflow.db")
+    tracking_env.setenv("DVC_ROOT", str(root))
+    tracking_env.chdir(root)
+
+    def run(name: str, stop: type[BaseException] | None = None) -> str:
+        with contextlib.suppress(stop or ()):
+            with mlflow_run("train", run_name=name):
+                if stop is not None:
+                    raise stop()
+        (parent,) = runs_of(root / "mlflow.db", parents=True)
+        return parent.info.status
+
+    assert run("train:a") == "FINISHED"
+    assert run("train:b", KeyboardInterrupt) == "KILLED"
+    assert run("train:c", ValueError) == "FAILED"
+    assert run("train:b") == "FAILED"  # c still failed
+    assert run("train:c") == "FINISHED"  # both re-run: nothing left failed or stopped
+    (parent,) = runs_of(root / "mlflow.db", parents=True)
+    assert {k: v for k, v in parent.data.tags.items() if k.startswith("status.")} == {
+        "status.train:a": "FINISHED", "status.train:b": "FINISHED", "status.train:c": "FINISHED"}
 
 
 def test_queued_experiment_logs_into_the_repo_store(tmp_path, tracking_env, empty_store):
