@@ -168,19 +168,23 @@ def test_the_parent_made_before_parallel_stages_is_the_one_they_use(tmp_path, tr
     assert [r.info.run_id for r in runs_of(root / "mlflow.db", parents=True)] == [parent]
 
 
-def test_a_run_stopped_while_it_logs_its_params_is_killed(tmp_path, tracking_env, empty_store):
-    """Ctrl-C or SIGTERM (SystemExit) during the run's set-up ends it KILLED, as in its body;
-    a failure stays FAILED."""
-    import shutil
-
-    import mlflow
-
+def store_repo(tmp_path: Path, tracking_env, empty_store: Path) -> Path:
+    """A bare project at tmp_path/repo with a copy of the empty store, made the DVC root and cwd."""
     root = tmp_path / "repo"
     root.mkdir()
     (root / "dvc.yaml").write_text("stages: {}\n")
     shutil.copy(empty_store, root / "mlflow.db")
     tracking_env.setenv("DVC_ROOT", str(root))
     tracking_env.chdir(root)
+    return root
+
+
+def test_a_run_stopped_while_it_logs_its_params_is_killed(tmp_path, tracking_env, empty_store):
+    """Ctrl-C or SIGTERM (SystemExit) during the run's set-up ends it KILLED, as in its body;
+    a failure stays FAILED."""
+    import mlflow
+
+    root = store_repo(tmp_path, tracking_env, empty_store)
     for stop, name in ((KeyboardInterrupt, "stopped"), (ValueError, "failed")):
         def log_params(params, stop=stop):
             raise stop()
@@ -197,12 +201,7 @@ def test_the_pipeline_run_shows_a_stage_that_failed_or_was_stopped(tmp_path, tra
                                                                     empty_store):
     """The parent said FINISHED beside a KILLED or FAILED child; now it takes the worst of its
     children's last statuses, and a successful re-run of the stage clears it."""
-    root = tmp_path / "repo"
-    root.mkdir()
-    (root / "dvc.yaml").write_text("stages: {}\n")
-    shutil.copy(empty_store, root / "mlflow.db")
-    tracking_env.setenv("DVC_ROOT", str(root))
-    tracking_env.chdir(root)
+    root = store_repo(tmp_path, tracking_env, empty_store)
 
     def run(name: str, stop: type[BaseException] | None = None) -> str:
         with contextlib.suppress(stop or ()):
