@@ -366,16 +366,19 @@ def run(params: AusParams, base: BaseParams | None = None, root: Path | None = N
     with VideoShardWriter("aus", path=root / schemas.ARTIFACTS["aus"].path,
                           rows_per_shard=params.rows_per_shard) as out:
         reader = _from_openface if params.backend == "openface_csv" else _from_mediapipe
-        n_rows, n_ok = reader(params, root, out, failed)
-        rows, ok = _from_source(params, root, out)
-        n_rows, n_ok = n_rows + rows, n_ok + ok
+        read_rows, n_ok = reader(params, root, out, failed)
+        source_rows, ok = _from_source(params, root, out)
+        n_rows, n_ok = read_rows + source_rows, n_ok + ok
         if failed and n_rows == 0:
             raise StageInputError("no video gave AUs: " + "; ".join(list(failed.values())[:5]))
     summary = {"backend": params.backend, "n_frames": n_rows,
                "success_rate": round(n_ok / n_rows, 4) if n_rows else 0.0,
                "n_failed": len(failed), "failed": by_video(failed, "error", root=root)}
     atomic_write_json(root / "metrics" / "aus.json", summary)
-    log.info("aus (%s): %d frames, %.1f%% with a face", params.backend, n_rows,
+    # an AU-only source (perfex, openface_csv) has no video for the backend: say where AUs came from
+    origin = " + ".join(([params.backend] if read_rows or not source_rows else [])
+                        + (["the dataset's own AUs"] if source_rows else []))
+    log.info("aus (%s): %d frames, %.1f%% with a face", origin, n_rows,
              100 * summary["success_rate"])
     return summary
 

@@ -445,8 +445,9 @@ def test_params_sections_parse():
     assert {"synthetic", "folder", "chalearn16", "udiva", "perfex", "openface_csv"} <= set(raw)
 
 
-def test_au_only_source_flows_through_the_front_end(tmp_path):
-    """perfex has no video: frames, faces and audio skip it, aus passes its sequences through."""
+def test_au_only_source_flows_through_the_front_end(tmp_path, caplog):
+    """perfex has no video: frames, faces and audio skip it, aus passes its sequences through
+    (and says so: its log line named the mediapipe backend, which read nothing)."""
     from stages import audio, aus, faces, frames
 
     src = perfex_csv(tmp_path / "perfex.csv")
@@ -455,8 +456,10 @@ def test_au_only_source_flows_through_the_front_end(tmp_path):
     assert frames.run(frames.FramesParams(), base, root=tmp_path)["n_videos"] == 0
     faces.run(faces.FacesParams(), base, root=tmp_path)
     audio.run(audio.AudioParams(), base, root=tmp_path)
-    summary = aus.run(aus.AusParams(), base, root=tmp_path)
+    with caplog.at_level("INFO", logger="aus"):
+        summary = aus.run(aus.AusParams(), base, root=tmp_path)
     assert summary["n_frames"] == 9 and summary["n_failed"] == 0
+    assert "aus (the dataset's own AUs): 9 frames" in caplog.text
     table = read_artifact("aus", path=tmp_path / "data/aus")
     seq1 = table[table["video_id"] == "perfex_1"].sort_values("frame_idx")
     np.testing.assert_allclose(seq1[list(AU_INTENSITY)].to_numpy(),
