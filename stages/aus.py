@@ -258,11 +258,13 @@ def _from_openface(params: AusParams, root: Path, out: VideoShardWriter,
         log.warning("%d video(s) without their OpenFace CSV (in metrics/aus.json's failed), e.g. "
                     "%s", len(missing), next(iter(missing.values())))
     n_rows = n_ok = 0
+    timing = clips.set_index("video_id")[["duration_s", "fps"]]
     for vid, csv in progress(sorted(found.items()), desc="aus:openface", unit="video"):
         try:  # a symlink out of the folder is refused, not read: the folder is the dataset
             df = read_openface_csv(safe_join(folder, csv.relative_to(folder)), video_id=vid,
                                    face_id=params.openface_face_id,
                                    presence_threshold=params.presence_threshold)
+            check_span(df, csv, *timing.loc[vid])
         except StageInputError as exc:
             failed[vid] = str(exc)
             log.warning("skipped %s", exc)
@@ -280,8 +282,26 @@ def _clips(root: Path) -> pd.DataFrame:
     path = root / schemas.ARTIFACTS["clips"].path
     if not path.exists():
         raise StageInputError(f"{path}: not found; run ingest first (dvc repro ingest)")
-    clips = read_artifact("clips", path=path, columns=["video_id", "path"])
+    clips = read_artifact("clips", path=path, columns=["video_id", "path", "duration_s", "fps"])
     return clips[clips["path"] != ""].reset_index(drop=True)
+
+
+def check_span(df: pd.DataFrame, csv: Path, duration_s: float, fps: float) -> None:
+    """StageInputError when an OpenFace CSV covers a clearly different length than its video
+    (more than 1 s and 10% apart): the CSV of another video under this one's name, or of a cut.
+    Its span is read two ways, and one agreeing is enough: the timestamps (a re-encode at another
+    frame rate keeps them) and the frame count at the video's rate (a CSV without timestamps)."""
+    if not (np.isfinite(duration_s) and np.isfinite(fps) and duration_s > 0 and fps > 0):
+        return  # ingest could not time the video: nothing to compare with
+    step = float(np.median(np.diff(df["t"]))) if len(df) > 1 else 1.0 / fps
+    by_time = float(df["t"].max() - df["t"].min()) + step
+    by_frames = (int(df["frame_idx"].max()) + 1) / fps
+    tolerance = max(1.0, 0.1 * duration_s)
+    if min(abs(by_time - duration_s), abs(by_frames - duration_s)) > tolerance:
+        raise StageInputError(
+            f"{csv}: covers {by_time:.1f} s ({len(df)} frames) but its video is "
+            f"{duration_s:.1f} s long: is it this video's OpenFace CSV? (re-run FeatureExtraction "
+            "on the video, or name the CSV after the right one)")
 
 
 def openface_names(video_id: str, video_path: str) -> list[str]:

@@ -99,11 +99,12 @@ def test_openface_backend_stage(tmp_path):
     assert failed["e"].startswith("openface/e.csv: ") and str(tmp_path) not in str(summary)
 
 
-def _clips(root, paths: dict[str, str]) -> None:
-    """data/clips.parquet listing `paths` ({video_id: video path}), as ingest writes it."""
+def _clips(root, paths: dict[str, str], duration_s: float = 0.16) -> None:
+    """data/clips.parquet listing `paths` ({video_id: video path}), as ingest writes it; their
+    length that of openface_like's 4 frames at 25 fps."""
     write_artifact("clips", pd.DataFrame({
         "video_id": list(paths), "path": list(paths.values()), "dataset": "folder",
-        "duration_s": 4.0, "fps": 25.0, "has_audio": False, "source_stat": ""}),
+        "duration_s": duration_s, "fps": 25.0, "has_audio": False, "source_stat": ""}),
         path=root / "data" / "clips.parquet")
 
 
@@ -147,6 +148,34 @@ def test_openface_csvs_matching_no_video_fail_the_stage_naming_both_sides(tmp_pa
     with pytest.raises(StageInputError, match=r"no OpenFace CSV matches any of the 1 videos.*"
                                               r"alice.csv.*the folder holds x.csv"):
         run(AusParams(backend="openface_csv", openface_dir="of"), BaseParams(), root=tmp_path)
+
+
+def test_an_openface_csv_of_another_length_than_its_video_is_refused(tmp_path):
+    """A CSV that covers 4 s of a 12 s video is some other video's (nothing checked it: its AUs
+    went in as this one's); one that agrees by its timestamps or by its frame count is read."""
+    folder = tmp_path / "of"
+    folder.mkdir()
+    header, *rows = openface_like(spaces=True, face_ids=False).splitlines(keepends=True)
+    frames = [r.split(",") for r in rows * 25]  # 100 frames: 4 s at 25 fps
+    for k, cells in enumerate(frames):
+        cells[0], cells[1] = str(k + 1), f" {k / 25:.2f}"
+    text = header + "".join(",".join(c) for c in frames)
+    for name in ("long", "short", "rerated"):
+        (folder / f"{name}.csv").write_text(text)
+    _clips(tmp_path, {"long": "v/long.mp4", "short": "v/short.mp4", "rerated": "v/rerated.mp4"},
+           duration_s=4.0)
+    clips = read_artifact("clips", path=tmp_path / "data" / "clips.parquet")
+    clips.loc[clips["video_id"] == "long", "duration_s"] = 12.0
+    clips.loc[clips["video_id"] == "rerated", "fps"] = 30.0  # re-encoded: the timestamps agree
+    write_artifact("clips", clips, path=tmp_path / "data" / "clips.parquet")
+    summary = run(AusParams(backend="openface_csv", openface_dir="of"), BaseParams(),
+                  root=tmp_path)
+    failed = {row["video_id"]: row["error"] for row in summary["failed"]}
+    assert list(failed) == ["long"]
+    assert failed["long"].startswith("of/long.csv: covers 4.0 s (100 frames) but its video is "
+                                     "12.0 s long: is it this video's OpenFace CSV?")
+    assert set(read_artifact("aus", path=tmp_path / "data" / "aus")["video_id"]) == {
+        "short", "rerated"}
 
 
 # --------------------------------------------------------------------------------------------------
