@@ -40,7 +40,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import importlib
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -262,10 +262,22 @@ def source_options(cls: type, config: dict, prefix: str) -> Any:
     if unknown:
         raise SourceError(f"{prefix}.{unknown[0]}: unknown source option "
                           f"(known: {', '.join(sorted(names))})")
+    _check_folders(config, prefix)
     try:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
     except (SourceError, TypeError, ValueError) as exc:  # __post_init__'s checks, wrong types
         raise SourceError(f"{prefix}: {exc}") from None
+
+
+def _check_folders(config: dict, prefix: str) -> None:
+    """A folder option (`path`, `aus_path`, ...) is relative to the root and stays in it: a
+    checkpoint's source_config is untrusted, and predict builds a clip's inputs from it in its
+    own work folder, so an absolute path or `..` would read another folder's artifacts."""
+    for key, value in config.items():
+        if key.endswith("path") and isinstance(value, str) and (
+                PurePath(value).is_absolute() or ".." in PurePath(value).parts):
+            raise SourceError(f"{prefix}.{key}: {value!r} leaves the data root; give a folder "
+                              "relative to it, without '..'")
 
 
 def au_windows(n: int, seq_len: int, views: int) -> list[int]:

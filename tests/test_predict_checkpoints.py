@@ -113,6 +113,29 @@ def test_a_bad_source_option_or_value_is_refused_when_the_checkpoint_is_read(goo
                          {"aus": {"seq_len": 16}, "logmel": {"eval_mode": "crops"}})
 
 
+@pytest.mark.parametrize("key,option,value", [
+    ("aus", "aus_path", "/elsewhere/data/aus"), ("aus", "augmented_path", "../../data/augmented"),
+    ("face", "path", "/home/someone/data/faces"), ("logmel", "path", "data/../../audio"),
+    ("functionals", "path", "/tmp/functionals.parquet")])
+def test_a_source_folder_outside_the_root_is_refused_when_the_checkpoint_is_read(
+        good, tmp_path, key, option, value):
+    """A source's folder option (`aus_path`, `path`) is relative to the root predict builds the
+    clip's inputs in: a checkpoint naming an absolute one or one through `..` would make predict
+    read another folder's artifacts (another project's data/aus) as the clip's. Refused by name
+    when the checkpoint is read, before the front-end; found by an audit (it used to load)."""
+    from models.data import SourceError, check_source_options
+    from models.engine import EngineError
+
+    if key == "aus":  # the options of the sources the checkpoint's model reads
+        bad = tampered(good, tmp_path, "outside", source_config={key: {option: value}})
+        with pytest.raises(EngineError, match=f"outside.pt.*{option}.*data root") as info:
+            predict.load_model(bad)
+        assert value in str(info.value)
+    with pytest.raises(SourceError, match=f"source_config.{key}.{option}: "):
+        check_source_options([key], {key: {option: value}})
+    check_source_options([key], {key: {option: "data/elsewhere"}})  # inside the root: fine
+
+
 @pytest.fixture(scope="module")
 def nan_checkpoint(good, tmp_path_factory):
     ckpt = torch.load(good, weights_only=True)
