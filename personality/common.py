@@ -159,6 +159,31 @@ def _refuse_unusable(exc: OSError, shown: str | os.PathLike) -> None:
         raise StageInputError(f"{shown}: {exc.strerror or exc}") from None
 
 
+# FFmpeg's demuxers for containers and streams that hold their own data, and local files only:
+# not its playlists and lists (hls, dash, concat, imf, image2...), which open the files they
+# name (an .m3u8 any absolute path, an ffconcat list named .mp4 a symlink beside it) past every
+# dataset-root check, nor its protocols (a file named `subfile,,start,0,end,0,,:x.mp4` opens
+# x.mp4). Tried in tests/test_untrusted_inputs.py.
+MEDIA_OPTIONS = {"protocol_whitelist": "file", "format_whitelist": (
+    "mov,matroska,avi,flv,mpegts,mpeg,mpegvideo,m4v,h264,hevc,asf,ogg,mxf,nut,ivf,obu,dv,gif,"
+    "mjpeg,yuv4mpegpipe,rm,wav,w64,mp3,aac,flac,aiff,caf,amr,wv")}
+
+
+def open_media(path: str | os.PathLike):
+    """av.open of an untrusted media file (MEDIA_OPTIONS); StageInputError naming it when it
+    cannot be opened, saying so when FFmpeg took it for a file that names others."""
+    import av
+
+    try:
+        return av.open(str(path), container_options=MEDIA_OPTIONS)
+    except av.error.ArgumentError:  # EINVAL: a demuxer or protocol off the lists
+        raise StageInputError(f"{path}: not a media file this project reads (FFmpeg takes it for "
+                              "a playlist, a list of other files or a protocol URL, which could "
+                              "open files outside the dataset); refused") from None
+    except Exception as exc:  # PyAV raises InvalidDataError, OSError, ... for unreadable files
+        raise StageInputError(f"{path}: cannot be opened as media: {exc}") from None
+
+
 def is_checkpoint_path(model: str, root: Path | None = None) -> bool:
     """Whether `model` (a params value) names a checkpoint file rather than a registered model:
     a .pt suffix, a path separator (model names have none), or an existing file."""

@@ -2,9 +2,11 @@
 
 Nothing here runs on its own; `python -m pytest tests/test_frames.py` exercises it.
 
-- `probe` / `iter_frames`: decode any file FFmpeg reads (H.264, HEVC, VP9, MJPEG, ...) with PyAV,
-  one frame in memory at a time, honouring variable frame rate (times come from each frame's pts)
-  and rotation metadata (the display matrix), sampling by rate or a fixed count per video.
+- `probe` / `iter_frames`: decode any media container FFmpeg reads (H.264, HEVC, VP9, MJPEG, ...)
+  with PyAV (common.open_media: not FFmpeg's playlists, lists or protocols, which open the files
+  they name past the dataset-root checks), one frame in memory at a time, honouring variable
+  frame rate (times come from each frame's pts) and rotation metadata (the display matrix),
+  sampling by rate or a fixed count per video.
 - `VideoShardWriter`: an `ArtifactWriter` that stores each video as its own Parquet row group, so a
   later stage reads exactly one video (`index_videos` + `read_video`) and memory stays bounded by
   one video, never a whole shard or dataset.
@@ -22,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from personality.common import ArtifactWriter, StageInputError, check_schema
+from personality.common import ArtifactWriter, StageInputError, check_schema, open_media
 from personality.frame_sampling import FrameClock, FrameSampler, PlannedPicker, SamplingPicker
 
 __all__ = ["VideoInfo", "probe", "mux_mono_audio", "iter_frames", "target_size", "sample_indices",
@@ -49,17 +51,12 @@ class VideoInfo:
 
 
 def _open(path: str | os.PathLike):
-    import av
-
     path = Path(path)
     if not path.exists():
         raise StageInputError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise StageInputError(f"{path}: empty file (0 bytes)")
-    try:
-        container = av.open(str(path))
-    except Exception as exc:  # PyAV raises InvalidDataError, OSError, ... for unreadable files
-        raise StageInputError(f"{path}: cannot be opened as media: {exc}") from None
+    container = open_media(path)
     if not container.streams.video:
         container.close()
         raise StageInputError(f"{path}: no video stream (audio-only or data file)")

@@ -83,8 +83,8 @@ from personality import schemas, smile
 from personality.executor import map_jobs, time_limit_s
 from personality.video_io import ends_short
 from personality.common import (ArtifactWriter, BaseParams, ParamsError, StageInputError,
-                                atomic_write_json, by_video, get_logger, progress, read_artifact,
-                                repo_root, run_stage)
+                                atomic_write_json, by_video, get_logger, open_media, progress,
+                                read_artifact, repo_root, run_stage)
 
 log = get_logger("audio")
 
@@ -191,8 +191,9 @@ def decode_audio(path: str | os.PathLike, *, sr: int, max_seconds: float,
 
     limit = int(math.ceil(max_seconds * sr))
     chunks, bad = [], 0
+    container = open_media(path)  # StageInputError naming the file
     try:
-        with av.open(str(path)) as container:
+        with container:
             if not container.streams.audio:
                 return None
             stream = container.streams.audio[0]

@@ -1,0 +1,95 @@
+"""Untrusted media files that name other files: FFmpeg reads an HLS playlist (`.m3u8`) or an
+ffconcat list (whatever its name, `.mp4` too) by opening the files it lists, and a file whose name
+starts with a protocol (`subfile,,start,0,end,0,,:x.mp4`) by opening another file. Each went past
+the dataset-root checks (safe_join checks the file a label row or a dataset tree names, not what
+FFmpeg opens from it): a dataset could feed the pipeline, and a served request the scorer, a
+video outside the folder. Found by an audit; personality.common.open_media now reads media
+containers from local files only, and the file is refused by name, the others go on.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from personality.common import StageInputError
+from tests.conftest import write_video
+
+
+@pytest.fixture
+def outside(tmp_path) -> Path:
+    """A real video outside the dataset folder, as MPEG-TS (an HLS segment) and MP4."""
+    write_video(tmp_path / "outside" / "secret.ts", n_frames=12)
+    return write_video(tmp_path / "outside" / "secret.mp4", n_frames=12)
+
+
+def _hls(ds: Path, outside: Path) -> Path:
+    """A playlist in the dataset whose one segment is an absolute path outside it."""
+    path = ds / "clip.m3u8"
+    path.write_text("#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:1.0,\n"
+                    f"{outside.with_suffix('.ts')}\n#EXT-X-ENDLIST\n")
+    return path
+
+
+def _ffconcat(ds: Path, outside: Path) -> Path:
+    """A list named .mp4 whose entry is a symlink in the dataset pointing out of it (FFmpeg's
+    safe mode refuses only absolute and dotted entries)."""
+    (ds / "part.dat").symlink_to(outside)
+    path = ds / "clip.mp4"
+    path.write_text("ffconcat version 1.0\nfile part.dat\n")
+    return path
+
+
+def _protocol_name(ds: Path, outside: Path) -> Path:
+    """A 1-byte file whose relative name is an FFmpeg protocol URL of a file beside it."""
+    (ds / "inner.mp4").symlink_to(outside)
+    name = "subfile,,start,0,end,0,,:inner.mp4"
+    (ds / name).write_bytes(b"x")
+    return Path(name)  # given relative, as `predict .` in the folder lists it
+
+
+@pytest.mark.parametrize("make", [_hls, _ffconcat, _protocol_name])
+def test_a_media_file_that_names_another_file_is_refused(tmp_path, outside, monkeypatch, make):
+    from personality.video_io import iter_frames, probe
+    from stages.audio import decode_audio
+
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    monkeypatch.chdir(ds)
+    video = make(ds, outside)
+    with pytest.raises(StageInputError, match="not a media file .*refused") as info:
+        probe(video)
+    assert str(video) in str(info.value)
+    with pytest.raises(StageInputError, match="not a media file"):
+        next(iter(iter_frames(video, per_video=2)))
+    with pytest.raises(StageInputError, match="not a media file"):
+        decode_audio(video, sr=16000, max_seconds=1.0)
+
+
+def test_the_folder_source_reports_a_playlist_row_and_keeps_the_others(tmp_path, outside):
+    from stages.ingest import probe_video, read_labels_csv
+
+    ds = tmp_path / "ds"
+    write_video(ds / "good.mp4", n_frames=12)
+    _hls(ds, outside)
+    (ds / "labels.csv").write_text("video,O,C,E,A,N\ngood.mp4,.5,.5,.5,.5,.5\n"
+                                   "clip.m3u8,.5,.5,.5,.5,.5\n")
+    rows, problems = read_labels_csv(ds / "labels.csv")
+    assert not problems and len(rows) == 2  # the playlist itself is in the folder
+    assert probe_video(rows["abs_path"][0])["duration_s"] > 0
+    with pytest.raises(StageInputError, match="clip.m3u8: not a media file"):
+        probe_video(rows["abs_path"][1])
+
+
+def test_ordinary_media_still_open(tmp_path):
+    """Containers the project reads: MP4, Matroska, AVI, MPEG-TS, WAV (audio only)."""
+    from personality.video_io import probe
+    from stages.audio import decode_audio
+    from tests.conftest import real_fixture
+
+    for suffix in (".mp4", ".mkv", ".avi", ".ts"):
+        assert probe(write_video(tmp_path / f"v{suffix}", n_frames=6)).width == 64
+    wav = real_fixture("librivox_speech_16k.wav")
+    assert decode_audio(wav, sr=16000, max_seconds=0.5).size == 8000
+    assert os.path.getsize(wav) > 0
