@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from personality.common import StageInputError, get_logger
+from personality.common import ParamsError, StageInputError, build_dataclass, get_logger
 
 __all__ = ["InputSource", "SourceError", "check_inference_parity", "register_source", "build_sources", "source_keys",
            "AUSource", "AUSourceConfig", "au_windows"]
@@ -178,10 +178,13 @@ def _load_modules() -> None:
     _LOADED = True
 
 
-def source_keys() -> list[str]:
-    """Every sample key some registered source fills, sorted."""
+def source_keys(input_keys: Iterable[str] | None = None) -> list[str]:
+    """Every sample key some registered source fills, sorted; with `input_keys` (a model's
+    `inputs`) only those the sources it reads fill: its train.source_config keys."""
     _load_modules()
-    return sorted(_BUILDERS)
+    if input_keys is None:
+        return sorted(_BUILDERS)
+    return sorted({key for reg in _registrations(input_keys) for key in reg.keys})
 
 
 def _registrations(input_keys: Iterable[str]) -> list[_Registration]:
@@ -255,17 +258,20 @@ class AUSourceConfig:
 
 
 def source_options(cls: type, config: dict, prefix: str) -> Any:
-    """A source's config dataclass from `{option: value}`; an unknown option -> SourceError
-    naming it. Lists (YAML, JSON checkpoints) become tuples."""
+    """A source's config dataclass from `{option: value}`, each value checked against its
+    annotation (lists from YAML or a checkpoint become tuples); an unknown option or a bad value
+    -> SourceError naming it."""
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(config) - names)
     if unknown:
         raise SourceError(f"{prefix}.{unknown[0]}: unknown source option "
                           f"(known: {', '.join(sorted(names))})")
     _check_folders(config, prefix)
-    try:
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
-    except (SourceError, TypeError, ValueError) as exc:  # __post_init__'s checks, wrong types
+    try:  # typed by the dataclass's annotations: a bad value is named with its option
+        return build_dataclass(cls, config, prefix)
+    except ParamsError as exc:  # "source_config.face_seq.sampling: 'foo' is not one of ..."
+        raise SourceError(str(exc)) from None
+    except (SourceError, TypeError, ValueError) as exc:  # __post_init__'s checks across options
         raise SourceError(f"{prefix}: {exc}") from None
 
 

@@ -89,10 +89,15 @@ def for_model(p: TrainParams, name: str) -> tuple[TrainParams, dict]:
 def _merged_sources(shared: dict, own: dict, name: str) -> dict:
     """train.source_config with a model's own entries merged over it, option by option; each
     entry checked against its source's options (a SourceError names it where it was written)."""
-    from models.data import SourceError, check_source_options
+    from models.data import SourceError, check_source_options, source_keys
+    from models.registry import model_spec
 
+    read = source_keys(model_spec(name).inputs)
     merged = {key: dict(value or {}) for key, value in shared.items()}
     for key, options in own.items():
+        if key not in read:  # it would change nothing: say so, as for a mistyped key
+            raise ParamsError(f"train.model_config.{name}.source_config.{key}: {name} reads no "
+                              f"{key} input (its sources take: {', '.join(read)})")
         if not isinstance(options, dict):
             raise ParamsError(f"train.model_config.{name}.source_config.{key}: expected a "
                               f"mapping, got {options!r}")

@@ -107,6 +107,12 @@ def test_a_models_own_source_options_merge_over_the_shared_ones():
                                           r"samplng"):
         check_params(_with("train", model_config__bimodal_lstm__source_config={
             "face_seq": {"samplng": "segments"}}))
+    # an input the model does not read: the options would change nothing (accepted silently)
+    with pytest.raises(ParamsError, match=r"train.model_config.perfex_cnn.source_config.face_seq: "
+                                          r"perfex_cnn reads no face_seq input \(its sources "
+                                          r"take: aus, aus_mask\)"):
+        check_params(_with("train", model_config__perfex_cnn__source_config={
+            "face_seq": {"sampling": "segments"}}))
 
 
 def test_epochs_zero_is_fine_for_scoring_a_checkpoint():
