@@ -1039,8 +1039,8 @@ def roll_up_status(client, parent: str, run_name: str, status: str) -> None:
     """Record `status` as run `run_name`'s last (tag `status.<run_name>` on the pipeline parent)
     and set the parent's status to the worst of its children's last ones. Best effort: a store
     that cannot be written must not hide the stage's own error."""
-    try:
-        client.set_tag(parent, f"status.{run_name}", status)
+    try:  # MLflow's tag keys take letters, digits and _ - . : / and spaces (no `+retrained`)
+        client.set_tag(parent, "status." + re.sub(r"[^\w\-.:/ ]", "_", run_name), status)
         last = [v for k, v in client.get_run(parent).data.tags.items() if k.startswith("status.")]
         worst = max(last, key=lambda s: _STATUS_ORDER.index(s) if s in _STATUS_ORDER else 0)
         client.set_terminated(parent, status=worst)

@@ -216,9 +216,11 @@ def test_the_pipeline_run_shows_a_stage_that_failed_or_was_stopped(tmp_path, tra
     assert run("train:c", ValueError) == "FAILED"
     assert run("train:b") == "FAILED"  # c still failed
     assert run("train:c") == "FINISHED"  # both re-run: nothing left failed or stopped
+    assert run("perfex_cnn+retrained", ValueError) == "FAILED"  # `+` is no tag-key character
     (parent,) = runs_of(root / "mlflow.db", parents=True)
     assert {k: v for k, v in parent.data.tags.items() if k.startswith("status.")} == {
-        "status.train:a": "FINISHED", "status.train:b": "FINISHED", "status.train:c": "FINISHED"}
+        "status.train:a": "FINISHED", "status.train:b": "FINISHED", "status.train:c": "FINISHED",
+        "status.perfex_cnn_retrained": "FAILED"}
 
 
 def test_queued_experiment_logs_into_the_repo_store(tmp_path, tracking_env, empty_store):
