@@ -76,7 +76,7 @@ import pandas as pd
 from personality import schemas
 from personality.common import (BaseParams, ParamsError, SchemaError, StageInputError,
                                 atomic_file, atomic_write_text, find_checkpoint,
-                                get_logger, load_params, pid_alive,
+                                get_logger, is_checkpoint_path, load_params, pid_alive,
                                 repo_root, sweep_stale_temps)
 from personality.executor_worker import die_with_parent
 from personality.schemas import TRAITS
@@ -85,8 +85,8 @@ from stages.predict_batch import (VIDEO_EXTENSIONS, WorkerDied, batch_ids, colle
                                   exit_on_sigterm, run_jobs, safe_video_id, sigterm_exits)
 from stages.predict_frontend import (checked_frontend, front_end_params, resolved_frontend,
                                      run_front_end, start_front_end_worker)
-from stages.predict_model import (choose_model, clip_warnings, load_model, missing_inputs,
-                                  model_scores, model_warnings, own_test_error,
+from stages.predict_model import (choose_model, clip_warnings, enter_project, load_model,
+                                  missing_inputs, model_scores, model_warnings, own_test_error,
                                   test_error_interval, trained_models)
 from stages.predict_report import draw_report, report_data, write_report
 
@@ -439,6 +439,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-explain", dest="explain", action="store_false", help="skip the "
                         "explanations (Grad-CAM, audio occlusion, feature contributions)")
     args = parser.parse_args(argv)
+    # the user's paths, before predict moves into the project (enter_project)
+    args.video, args.out = [v.absolute() for v in args.video], args.out.absolute()
+    if args.model and is_checkpoint_path(args.model, Path.cwd()):
+        args.model = str(Path(args.model).absolute())
+    problem = enter_project()
+    if problem:
+        log.error("%s", problem)
+        return 2
     problem = out_problem(args.out)
     if problem:
         log.error("--out %s: %s", args.out, problem)

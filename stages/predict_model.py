@@ -20,11 +20,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
-from personality.common import StageInputError, find_checkpoint, get_logger
+from personality.common import StageInputError, find_checkpoint, get_logger, repo_root
 from personality.schemas import TRAITS
 
 log = get_logger("predict")
@@ -38,6 +39,23 @@ AUDIO_KEYS = {"logmel", "wave", "audio_fn"}
 # per-video functionals (stages/functionals.py): AU statistics and audio ones; a clip with neither
 # a face nor usable audio gets every column absent, i.e. the checkpoint's train mean as "scores"
 EITHER_KEYS = {"functionals"}
+
+
+def enter_project() -> str | None:
+    """predict reads the params.yaml and data/models of a project: the one the current folder is
+    in, else the checkout this code is in (`PYTHONPATH=/repo python -m stages.predict ...` run
+    from elsewhere), which it then works from (paths given to predict are made absolute first).
+    None when there is one; else why not."""
+    if (repo_root() / "params.yaml").is_file():
+        return None
+    own = Path(__file__).resolve().parents[1]
+    if (own / "dvc.yaml").is_file() and (own / "params.yaml").is_file():
+        log.info("%s is not inside the project: using the one this code is in, %s",
+                 Path.cwd(), own)
+        os.chdir(own)
+        return None
+    return (f"{Path.cwd()} is not inside the project (no params.yaml here or above, nor beside "
+            f"this code in {own}): run predict from the checkout")
 
 
 def trained_models(root: Path) -> list[str]:

@@ -203,3 +203,22 @@ def test_audio_running_past_the_video_is_not_truncation(tmp_path):
     report: dict = {}
     assert list(iter_frames(path, report=report, fps=4.0, max_side=64))
     assert not report["truncated"] and not ends_short(*stream_extent(path))
+
+
+def test_predict_run_outside_the_project_uses_the_checkout_its_code_is_in(tmp_path, monkeypatch):
+    """`PYTHONPATH=/repo python -m stages.predict clip.mp4 --out o` from another folder failed
+    with "<that folder>/params.yaml: params file not found"; it now works from the checkout the
+    code is in, and only where that is no project either says to run it from one."""
+    from pathlib import Path
+
+    from stages import predict_model
+
+    repo = Path(predict_model.__file__).resolve().parents[1]
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert predict_model.enter_project() is None and Path.cwd() == repo
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(predict_model, "__file__", str(tmp_path / "stages" / "predict_model.py"))
+    problem = predict_model.enter_project()
+    assert problem.startswith(f"{tmp_path} is not inside the project") and Path.cwd() == tmp_path
+    assert predict.main(["nothere.mp4", "--out", "o"]) == 2  # refused before any work
