@@ -19,7 +19,9 @@ from personality.common import StageInputError
 from personality.schemas import TRAITS
 
 __all__ = ["assign_splits", "kfold_splits", "finish_splits", "check_subject_splits",
-           "check_required_splits"]
+           "check_required_splits", "few_subject_warnings"]
+
+MIN_SCORED_SUBJECTS = 3  # val / test: fewer labelled people and the scores' intervals say little
 
 
 def assign_splits(subjects: list[str], fractions: list[float], seed: int) -> dict[str, str]:
@@ -122,3 +124,15 @@ def check_required_splits(manifest: pd.DataFrame, required: list[str]) -> None:
             f"unlabelled clip(s) of {held['subject_id'].nunique()} subject(s)): a model is "
             "trained on train, chosen on val and scored on test, each needs labels; give the "
             f"five traits for some of their videos, or {fix}")
+
+
+def few_subject_warnings(manifest: pd.DataFrame) -> list[str]:
+    """What a user should know before training: a val or test split of fewer than
+    MIN_SCORED_SUBJECTS labelled subjects gives scores whose intervals over subjects rest on one
+    or two people (none with one: evaluate writes null)."""
+    labelled = manifest[manifest[list(TRAITS)].notna().all(axis=1)]
+    counts = labelled.groupby("split")["subject_id"].nunique()
+    return [f"split {split} holds {counts.get(split, 0)} labelled subject(s): its CCC rests on "
+            f"so few people that its 95% interval over subjects says little (none with one); "
+            f"{MIN_SCORED_SUBJECTS} or more give one worth reading"
+            for split in ("val", "test") if 0 < counts.get(split, 0) < MIN_SCORED_SUBJECTS]

@@ -30,7 +30,7 @@ import pandas as pd
 
 from personality import datasets, datasets_au, schemas
 from personality.splits import (assign_splits, check_required_splits, check_subject_splits,
-                                finish_splits, kfold_splits)
+                                few_subject_warnings, finish_splits, kfold_splits)
 from personality.common import (BaseParams, StageInputError, atomic_write_json, get_logger,
                            progress, repo_root, resolve_untrusted, write_artifact, run_stage)
 from personality.schemas import SPLITS, TRAITS
@@ -454,7 +454,7 @@ def run(params: IngestParams, base: BaseParams, root: Path | None = None) -> dic
     check_ingested(got, params)
     _drop_unknown(got)
     manifest, study = got.manifest, got.study
-    notes = subject_warnings(manifest, params.source)
+    notes = subject_warnings(manifest, params.source) + few_subject_warnings(manifest)
     for note in notes:
         log.warning("%s", note)
     (root / "data" / "videos").mkdir(parents=True, exist_ok=True)  # a DVC output for every source

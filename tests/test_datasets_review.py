@@ -268,6 +268,10 @@ def test_a_required_split_of_unlabelled_clips_only_is_refused(tmp_path):
     summary = _ingest(tmp_path, source="openface_csv", openface_csv=params,
                       required_splits=["train", "val"])  # a deploy-only test split may be asked
     assert summary["n_test"] == 1
+    # val's one labelled subject: its scores will have no interval; said before any training
+    assert summary["warnings"] == [
+        "split val holds 1 labelled subject(s): its CCC rests on so few people that its 95% "
+        "interval over subjects says little (none with one); 3 or more give one worth reading"]
 
 
 def test_openface_one_file_under_two_spellings_is_one_sequence(tmp_path):
