@@ -11,14 +11,25 @@ train and retrain stages, `frontend` (params.yaml's frames, faces, aus, audio an
 sections that made the training data: predict runs its front-end with them), `finished` (False
 while the run goes on, True once its predictions and metrics are written: `require_finished`
 refuses the others), `test_error` (per-trait test MAE measured for *this* checkpoint) and `inputs_digest` (sha256 of what it was trained on).
+
+A checkpoint is untrusted input (predict --checkpoint, serve, deploy, retrain): its model_config
+could ask for a model of any size. So `load_checkpoint` first builds the model on the meta device
+(no memory for tensors; a bounded number of modules), compares every parameter and buffer name and
+shape with the stored state_dict, and checks that the stored data holds what those shapes claim;
+a mismatch is an EngineError naming the file and the tensor, before the real build. The stored
+data is bounded by the file: `read_checkpoint` refuses compressed zip entries (torch.save writes
+none; torch.load would inflate them).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
+import re
+import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -103,6 +114,7 @@ def read_checkpoint(path: str | os.PathLike, *, map_location: str = "cpu") -> di
         raise EngineError(f"{path}: is a directory, not a checkpoint file")
     if not path.is_file():
         raise EngineError(f"{path}: checkpoint not found")
+    _check_zip(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # pickle errors of every kind: name the file
@@ -110,6 +122,24 @@ def read_checkpoint(path: str | os.PathLike, *, map_location: str = "cpu") -> di
     if not isinstance(ckpt, dict):
         raise EngineError(f"{path}: not a checkpoint (a {type(ckpt).__name__})")
     return ckpt
+
+
+def _check_zip(path: Path) -> None:
+    """torch.save writes its zip entries uncompressed; torch.load would also inflate compressed
+    ones, so that a file of a few MB could fill GBs before anything is checked. EngineError for
+    an entry that is compressed, or entries larger together than the file."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return  # not a zip (a legacy pickle, or no checkpoint at all): torch.load says which
+    packed = next((e for e in entries if e.compress_type != zipfile.ZIP_STORED), None)
+    if packed is not None:
+        raise EngineError(f"{path}: not a checkpoint torch.save wrote: its entry "
+                          f"{packed.filename!r} is compressed; refused, not loaded")
+    if sum(e.file_size for e in entries) > path.stat().st_size:
+        raise EngineError(f"{path}: not a checkpoint torch.save wrote: its entries claim more "
+                          "bytes than the file has; refused, not loaded")
 
 
 def _head(path: Path) -> bytes:
@@ -183,8 +213,6 @@ def load_checkpoint(path: str | os.PathLike, *,
     whose fields are of the wrong kind, or whose weights do not fit the model it names, is an
     EngineError that starts with its path. An empty `inputs` list is taken to be the named
     model's registered inputs (what its architecture reads)."""
-    from models.registry import build_model
-
     ckpt = read_checkpoint(path, map_location=map_location)
     _check_fields(ckpt, path)
     name = ckpt["model_name"]
@@ -192,13 +220,12 @@ def load_checkpoint(path: str | os.PathLike, *,
     # whatever it loads anyway
     config = {**ckpt["model_config"], **{k: "" for k in _PATH_FIELDS
                                          if k in ckpt["model_config"]}}
-    try:
-        model = build_model(name, **config)
-    except EngineError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a factory fed an untrusted config fails any way
-        raise EngineError(f"{path}: cannot build its model {name!r}: {_first_line(exc)}") \
-            from None
+    # the config is untrusted: its shapes are checked against the stored tensors (which the
+    # file's size bounds) on the meta device before the model is built for real
+    checked = _check_on_meta(name, config, ckpt["state_dict"], path)
+    model = _build(name, config, path)
+    if not checked:  # a model the meta device cannot build: checked now, before the weights
+        _compare_shapes(model.state_dict(), ckpt["state_dict"], path, name)
     try:
         model.load_state_dict(ckpt["state_dict"])
     except (RuntimeError, ValueError, TypeError) as exc:
@@ -207,6 +234,126 @@ def load_checkpoint(path: str | os.PathLike, *,
     _default_inputs(ckpt, path)
     model.eval()
     return model, ckpt
+
+
+def _build(name: str, config: dict, path: str | os.PathLike) -> nn.Module:
+    """build_model(name, **config); its failure an EngineError that names `path`."""
+    from models.registry import build_model
+
+    try:
+        return build_model(name, **config)
+    except EngineError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a factory fed an untrusted config fails any way
+        raise EngineError(f"{path}: cannot build its model {name!r}: {_first_line(exc)}") \
+            from None
+
+
+class _TooManyTensors(Exception):
+    """Raised from a registration hook: the model being built outgrows its checkpoint."""
+
+
+@contextlib.contextmanager
+def _registrations_at_most(limit: int) -> Iterator[None]:
+    """_TooManyTensors once more than `limit` parameters, buffers and submodules have been
+    registered (on any module) inside the block: a config asking for 10^5 blocks stops early
+    instead of building them, even on the meta device (each costs Python objects)."""
+    from torch.nn.modules import module as torch_module
+
+    count = 0
+
+    def hook(*_args: Any) -> None:
+        nonlocal count
+        count += 1
+        if count > limit:
+            raise _TooManyTensors(limit)
+
+    handles = [torch_module.register_module_parameter_registration_hook(hook),
+               torch_module.register_module_buffer_registration_hook(hook),
+               torch_module.register_module_module_registration_hook(hook)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _check_on_meta(name: str, config: dict, state: Mapping[str, Tensor],
+                   path: str | os.PathLike) -> bool:
+    """Build model `name` from `config` on the meta device (no memory for its tensors) and
+    compare its parameters and buffers with the stored `state`: an EngineError naming `path` and
+    the first differing tensor before any real allocation. False (nothing checked) for a model
+    whose construction the meta device cannot run; the caller then checks the real one."""
+    from models.registry import build_model
+
+    limit = 8 * len(state) + 1000  # the zoo registers at most ~5 per stored tensor, plus heads
+    try:
+        with _registrations_at_most(limit), torch.device("meta"):
+            shadow = build_model(name, **config)
+    except _TooManyTensors:
+        raise EngineError(f"{path}: its model_config builds model {name!r} with more than "
+                          f"{limit} parameters, buffers and modules, for {len(state)} stored "
+                          "tensors; refused before building it") from None
+    except EngineError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a factory fed an untrusted config fails any way
+        if isinstance(exc, NotImplementedError) or re.search(r"\bmeta\b", str(exc), re.I):
+            log.warning("%s: model %r cannot be built on the meta device (%s); its shapes are "
+                        "checked once built", path, name, _first_line(exc))
+            return False
+        raise EngineError(f"{path}: cannot build its model {name!r}: {_first_line(exc)}") \
+            from None
+    expected = shadow.state_dict()
+    _compare_shapes(expected, state, path, name)
+    _check_storage(expected, state, path)
+    return True
+
+
+def _compare_shapes(expected: Mapping[str, Tensor], stored: Mapping[str, Tensor],
+                    path: str | os.PathLike, name: str) -> None:
+    """EngineError naming `path` and the first tensor whose name or shape differs between the
+    model built from the checkpoint's config (`expected`) and its stored state dict. A lazy
+    parameter (not yet materialised) takes any stored shape, as load_state_dict does."""
+    misfit = f"{path}: its state_dict does not fit model {name!r} as its model_config builds it"
+    for key, want in expected.items():
+        if key not in stored:
+            raise EngineError(f"{misfit}: it lacks tensor {key!r} (shape {_shape(want)})")
+        if isinstance(want, nn.parameter.UninitializedTensorMixin):
+            continue
+        if tuple(want.shape) != tuple(stored[key].shape):
+            raise EngineError(f"{misfit}: tensor {key!r} is {_shape(want)} in the model, "
+                              f"{_shape(stored[key])} in the checkpoint; refused before "
+                              "building it")
+    extra = next((key for key in stored if key not in expected), None)
+    if extra is not None:
+        raise EngineError(f"{misfit}: it holds tensor {extra!r}, which the model does not have")
+
+
+def _shape(tensor: Tensor) -> tuple[int, ...] | str:
+    return "unset" if isinstance(tensor, nn.parameter.UninitializedTensorMixin) \
+        else tuple(tensor.shape)
+
+
+def _check_storage(expected: Mapping[str, Tensor], stored: Mapping[str, Tensor],
+                   path: str | os.PathLike) -> None:
+    """The stored tensors' data really holds what their shapes claim, so that matching shapes
+    bound the model by the file: a view that repeats its data (stride 0: a 1-element storage
+    shown as (10^5, 10^5)), or many tensors on one storage, would let a small file ask for a
+    huge model. At most one element of the model per stored byte."""
+    for key, value in stored.items():
+        if value.numel() * value.element_size() > value.untyped_storage().nbytes():
+            raise EngineError(f"{path}: tensor {key!r} claims shape {tuple(value.shape)} but "
+                              f"its data holds {value.untyped_storage().nbytes()} bytes; refused "
+                              "before building it")
+    storages = {(v.untyped_storage().data_ptr(), v.untyped_storage().nbytes()): None
+                for v in stored.values()}
+    held = sum(nbytes for _, nbytes in storages)
+    wanted = sum(v.numel() for v in expected.values()
+                 if not isinstance(v, nn.parameter.UninitializedTensorMixin))
+    if wanted > held:
+        raise EngineError(f"{path}: its model has {wanted} elements, its state_dict's data "
+                          f"only {held} bytes (tensors sharing their data); refused before "
+                          "building it")
 
 
 # config fields that name a file the model builder would open (models/visual.py `weights`)

@@ -44,9 +44,11 @@ def _first_tensor(c):
 
 EDITS = {
     "wrong shape": (lambda c: c["state_dict"].__setitem__(_first_tensor(c), torch.zeros(1, 2, 3)),
-                    "state_dict does not fit model 'hrnet_face': size mismatch"),
+                    "state_dict does not fit model 'hrnet_face' as its model_config builds it: "
+                    r"tensor '.*' is \(.*\) in the model, \(1, 2, 3\) in the checkpoint"),
     "missing tensor": (lambda c: c["state_dict"].pop(_first_tensor(c)),
-                       "state_dict does not fit model 'hrnet_face': Missing key"),
+                       "state_dict does not fit model 'hrnet_face' as its model_config builds it: "
+                       "it lacks tensor"),
     "unknown model": (lambda c: c.__setitem__("model_name", "no_such_model"),
                       "cannot build its model 'no_such_model': unknown model"),
     "model name not a string": (lambda c: c.__setitem__("model_name", 7),
