@@ -45,7 +45,7 @@ class VideoInfo:
     height: int
     rotation: int  # degrees counter-clockwise the display matrix applies (0, 90, 180, -90)
     fps: float  # average rate; nan when the container does not say
-    duration_s: float  # nan when unknown
+    duration_s: float  # declared, else measured by a packet scan (WebM / MKV); nan when unknown
     n_frames: int  # as the container reports it (0 when unknown): a hint, never trusted
     has_audio: bool = False  # the container holds an audio stream
 
@@ -99,11 +99,19 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         if rotation in (90, 270):
             w, h = h, w
         fps = float(vs.average_rate) if vs.average_rate else float("nan")
-        return VideoInfo(codec=vs.codec_context.name, width=int(w), height=int(h),
-                         rotation=rotation, fps=fps, duration_s=_declared_s(vs, container),
+        declared = _declared_s(vs, container)
+        info = VideoInfo(codec=vs.codec_context.name, width=int(w), height=int(h),
+                         rotation=rotation, fps=fps, duration_s=declared,
                          n_frames=int(vs.frames), has_audio=bool(container.streams.audio))
     finally:
         container.close()
+    if np.isfinite(declared):
+        return info
+    try:  # a WebM / MKV with sound declares no video duration: a packet scan measures it
+        seconds = stream_extent(path)[0] + (1.0 / fps if fps > 0 else 0.0)  # + one frame period
+    except StageInputError:  # the decode says what is wrong
+        return info
+    return dataclasses.replace(info, duration_s=seconds)
 
 
 def _declared_s(vs, container) -> float:

@@ -162,6 +162,40 @@ def test_other_codecs(tmp_path, codec, suffix, pix_fmt):
     assert [index_of(img) for _, _, img in got] == list(range(6))
 
 
+def write_webm_with_opus(path: Path, *, n: int, fps: int = 25) -> Path:
+    """VP9 + Opus in WebM, as a browser's recorder or `ffmpeg -c:a libopus` writes it: Matroska
+    declares no per-stream duration, and its container's covers the audio too."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libvpx-vp9", rate=fps, options={"threads": "1"})
+        vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
+        st = out.add_stream("libopus", rate=48000, layout="mono")
+        for k in range(n):
+            frame = av.VideoFrame.from_ndarray(frame_image(k, 64, 48), format="rgb24")
+            out.mux(vs.encode(frame))
+        out.mux(vs.encode())
+        wave = (0.1 * np.sin(np.arange(int(n / fps * 48000)) * 0.05)).astype(np.float32)
+        for i in range(0, len(wave), 960):
+            fr = av.AudioFrame.from_ndarray(wave[None, i: i + 960].copy(), format="flt",
+                                            layout="mono")
+            fr.sample_rate, fr.pts = 48000, i
+            out.mux(st.encode(fr))
+        out.mux(st.encode())
+    return path
+
+
+def test_webm_with_audio_has_a_duration(tmp_path):
+    """Matroska gives no per-stream duration: the clip's length (the manifest's duration_s,
+    predict's "the clip is 0.3 s long" and audio-cut warnings, train's clip-length span) was NaN
+    for every WebM / MKV with a sound track, so those warnings never fired for one."""
+    from stages.ingest import probe_video
+
+    path = write_webm_with_opus(tmp_path / "clip.webm", n=10)
+    assert probe(path).duration_s == pytest.approx(10 / 25, abs=0.005)
+    assert probe_video(path)["duration_s"] == pytest.approx(0.4, abs=0.005)
+
+
 def test_bad_files_raise_naming_the_file(tmp_path):
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")
