@@ -6,7 +6,8 @@ Per video, a FaceLandmarker in VIDEO running mode (it tracks between frames) giv
 52 blendshapes and a head-pose matrix per face; BlazeFace (the detector inside the same bundle)
 gives each face a confidence, which the landmarker does not report. When several faces are found
 the one `faces.select` names is kept (largest box by default) and `n_faces` records how many there
-were. The kept face is cut out as an aligned crop: rotated so the eyes are level, a square of the
+were; from frame to frame the kept face stays the same person unless another is clearly preferred
+(`select_face`: SWITCH_RATIO), so two people of about the same size do not alternate. The kept face is cut out as an aligned crop: rotated so the eyes are level, a square of the
 face's size plus `faces.margin` on each side, resized to `faces.size`, stored as JPEG bytes.
 
 Every frame of data/frames gets a row; frames with no face have `face_found = false`, NaN
@@ -85,15 +86,40 @@ def box_of(pts: np.ndarray) -> tuple[float, float, float, float]:
     return float(x0), float(y0), float(x1 - x0), float(y1 - y0)
 
 
+# A face the rule prefers replaces the one kept in the previous frame only when it is this much
+# better (1.25: a quarter larger, nearer the centre, more confident): two people of about the same
+# size swapped from frame to frame, and one video's AU series and crops mixed both
+SWITCH_RATIO = 1.25
+CONTINUES_IOU = 0.3  # the face that overlaps the previous frame's this much is the same one
+
+
 def select_face(boxes: list[tuple[float, float, float, float]], scores: list[float], *,
-                how: str, width: int, height: int) -> int:
-    """Index of the face to keep among `boxes` (x, y, w, h)."""
+                how: str, width: int, height: int,
+                previous: tuple[float, float, float, float] | None = None) -> int:
+    """Index of the face to keep among `boxes` (x, y, w, h): the one `how` prefers, unless the
+    face that continues `previous` (the box kept in the last frame with a face) is within
+    SWITCH_RATIO of it."""
     if how == "largest":
-        return int(np.argmax([w * h for _, _, w, h in boxes]))
-    if how == "central":
-        d = [math.hypot(x + w / 2 - width / 2, y + h / 2 - height / 2) for x, y, w, h in boxes]
-        return int(np.argmin(d))
-    return int(np.argmax(scores))
+        merit = [w * h for _, _, w, h in boxes]
+    elif how == "central":
+        merit = [1.0 / (1e-6 + math.hypot(x + w / 2 - width / 2, y + h / 2 - height / 2))
+                 for x, y, w, h in boxes]
+    else:
+        merit = list(scores)
+    k = int(np.argmax(merit))
+    overlap = [_iou(b, previous) for b in boxes] if previous is not None else [0.0]
+    j = int(np.argmax(overlap))
+    if overlap[j] < CONTINUES_IOU or merit[k] > SWITCH_RATIO * merit[j]:
+        return k
+    return j
+
+
+def _iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    """Intersection over union of two (x, y, w, h) boxes."""
+    iw = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    union = a[2] * a[3] + b[2] * b[3] - iw * ih
+    return float(iw * ih / union) if union > 0 else 0.0
 
 
 def align_matrix(pts: np.ndarray, *, size: int, margin: float) -> np.ndarray:
@@ -160,7 +186,7 @@ def faces_of_video(frames: pd.DataFrame, *, params: FacesParams) -> pd.DataFrame
 
     frames = frames.sort_values("frame_idx", kind="stable").reset_index(drop=True)
     rows = []
-    last_ts = -1
+    last_ts, kept = -1, None  # kept: the box of the face kept in the last frame with one
     model = params.model_path or None
     # both as context managers: mediapipe's __del__ at interpreter exit raises
     with open_landmarker(mode="video", num_faces=params.num_faces, model_path=model,
@@ -188,8 +214,8 @@ def faces_of_video(frames: pd.DataFrame, *, params: FacesParams) -> pd.DataFrame
             detections = detector.detect(
                 mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb)).detections
             scores = [match_confidence(b, detections) for b in boxes]
-            k = select_face(boxes, scores, how=params.select, width=w, height=h)
-            pts = faces[k]
+            k = select_face(boxes, scores, how=params.select, width=w, height=h, previous=kept)
+            pts, kept = faces[k], boxes[k]
             row.update(face_found=True, n_faces=len(faces), confidence=scores[k])
             row.update(zip(("box_x", "box_y", "box_w", "box_h"), boxes[k]))
             if result.facial_transformation_matrixes:

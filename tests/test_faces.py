@@ -51,6 +51,41 @@ def test_select_face_policies():
     assert select_face(boxes, [0.9, 0.5, 0.6], how="central", width=200, height=200) == 2
 
 
+def test_select_face_keeps_the_previous_frames_face_unless_clearly_beaten():
+    """Two faces of about the same size: the rule alone swapped them from frame to frame."""
+    left, right = (10, 10, 100, 100), (300, 12, 102, 102)  # right is 4% larger
+    kw = dict(how="largest", width=500, height=200)
+    assert select_face([left, right], [0.9, 0.9], **kw) == 1  # no previous face: the rule
+    assert select_face([left, right], [0.9, 0.9], previous=(12, 9, 100, 101), **kw) == 0
+    assert select_face([left, right], [0.9, 0.9], previous=(299, 12, 101, 100), **kw) == 1
+    bigger = (300, 12, 160, 160)  # clearly larger now: it takes over
+    assert select_face([left, bigger], [0.9, 0.9], previous=(12, 9, 100, 101), **kw) == 1
+    # the previous face is gone (no overlap): the rule again
+    assert select_face([left, right], [0.9, 0.9], previous=(200, 100, 50, 50), **kw) == 1
+    assert select_face([left, right], [0.9, 0.5], how="confident", width=500, height=200,
+                       previous=(299, 12, 101, 100)) == 0  # 0.9 vs 0.5: clearly beaten
+
+
+def test_two_faces_of_about_the_same_size_do_not_swap_between_frames():
+    """Two people side by side, each in turn a few pixels larger (a talk show, a video call): the
+    kept face alternated between them, so one video's AU series, head pose and crops mixed two
+    people (single_face.mp4 beside its mirror image, through the stage: 14 swaps in 39 frames)."""
+    import cv2
+
+    face = cv2.imread(str(real_fixture("single_face.jpg")))
+
+    def canvas(left: int, right: int) -> np.ndarray:
+        c = np.full((420, 860, 3), 90, np.uint8)
+        c[10:10 + left, 10:10 + left] = cv2.resize(face, (left, left))
+        c[10:10 + right, 440:440 + right] = cv2.resize(face[:, ::-1], (right, right))
+        return c
+
+    images = [canvas(380, 395) if k % 2 else canvas(395, 380) for k in range(6)]
+    df = faces_of_video(frames_rows(images), params=FacesParams())
+    assert (df["n_faces"] == 2).all()
+    assert (df["box_x"] < 430).all(), df["box_x"].tolist()  # the first frame's (larger) face
+
+
 def test_head_pose_of_identity_is_zero():
     assert head_pose_deg(np.eye(4)) == pytest.approx((0.0, 0.0, 0.0))
     a = math.radians(20)  # a pure roll about z
