@@ -177,20 +177,24 @@ class AudioParams:
 
 
 MAX_BAD_AUDIO_PACKETS = 50  # more corrupt packets than this and the track counts as unreadable
+# A decoded frame whose own time lies this far past the samples read so far follows a stretch the
+# demuxer skipped (Matroska / WebM drops a damaged cluster without an error): silence fills it
+GAP_TOLERANCE_S = 0.1
 
 
 def decode_audio(path: str | os.PathLike, *, sr: int, max_seconds: float,
                  report: dict | None = None) -> np.ndarray | None:
     """The first audio stream of `path`, resampled to `sr` Hz mono float32, shape (n,); at most
     `max_seconds` of it. None when the file has no audio stream. A packet that fails to decode
-    (a corrupt stretch) becomes silence of its length, so the rest keeps its time, up to
+    (a corrupt stretch) becomes silence of its length, and so does a stretch the demuxer skipped
+    (the next frame's time says how long), so the rest keeps its time, up to
     MAX_BAD_AUDIO_PACKETS (logged); raises StageInputError naming the file when it cannot be
-    opened, or has more bad packets than that. `report`, when given, receives `bad_packets` and
-    the stream's `declared_s` (nan when unknown)."""
+    opened, or has more bad packets than that. `report`, when given, receives `bad_packets`,
+    `gap_s` (skipped seconds) and the stream's `declared_s` (nan when unknown)."""
     import av
 
     limit = int(math.ceil(max_seconds * sr))
-    chunks, bad = [], 0
+    chunks, bad, gap = [], 0, 0
     container = open_media(path)  # StageInputError naming the file
     try:
         with container:
@@ -201,17 +205,22 @@ def decode_audio(path: str | os.PathLike, *, sr: int, max_seconds: float,
                 report["declared_s"] = float(stream.duration * stream.time_base) \
                     if stream.duration and stream.time_base else float("nan")
             resampler = av.AudioResampler(format="flt", layout="mono", rate=sr)
-            n = 0
+            n, origin, seen = 0, None, 0.0  # the first decoded frame's time, input seconds
             for frames in _audio_packets(container, stream, sr):
                 if isinstance(frames, int):  # a bad packet: its samples of silence
                     bad += 1
                     if bad > MAX_BAD_AUDIO_PACKETS:
                         raise StageInputError(f"more than {MAX_BAD_AUDIO_PACKETS} corrupt "
                                               "packets")
-                    decoded = [np.zeros(frames, np.float32)]
-                else:  # (1, k) packed mono -> (k,)
-                    decoded = [out.to_ndarray().reshape(-1) for frame in frames
-                               for out in resampler.resample(frame)]
+                    decoded, seen = [np.zeros(frames, np.float32)], seen + frames / sr
+                else:  # (1, k) packed mono -> (k,), after the silence of a skipped stretch
+                    origin = frames[0].time if origin is None and frames else origin
+                    skipped = _skipped(frames, origin, seen, sr)
+                    gap, seen = gap + skipped, seen + skipped / sr + sum(
+                        f.samples / f.sample_rate for f in frames)
+                    decoded = [np.zeros(skipped, np.float32)] + [
+                        out.to_ndarray().reshape(-1) for frame in frames
+                        for out in resampler.resample(frame)]
                 chunks += decoded
                 n += sum(c.size for c in decoded)
                 if n >= limit:
@@ -224,10 +233,24 @@ def decode_audio(path: str | os.PathLike, *, sr: int, max_seconds: float,
                               ) from None
     if bad:
         log.warning("%s: %d corrupt audio packet(s) read as silence", path, bad)
+    if gap:
+        log.warning("%s: %.1f s of audio skipped (a damaged stretch) read as silence", path,
+                    gap / sr)
     if report is not None:
-        report["bad_packets"] = bad
+        report.update(bad_packets=bad, gap_s=gap / sr)
     y = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     return np.ascontiguousarray(y[:limit], dtype=np.float32)
+
+
+def _skipped(frames: list, origin: float | None, seen: float, sr: int) -> int:
+    """Samples at `sr` between the `seen` seconds of input read so far (counted at the input's
+    rate: the resampler holds a few back) and the first of `frames`' own time, when more than
+    GAP_TOLERANCE_S: a stretch the demuxer skipped. 0 when there is no time."""
+    t = frames[0].time if frames else None
+    if t is None or origin is None:
+        return 0
+    ahead = t - origin - seen
+    return int(round(ahead * sr)) if ahead > GAP_TOLERANCE_S else 0
 
 
 def _audio_packets(container, stream, sr: int) -> Iterator[list | int]:
@@ -467,6 +490,9 @@ def process_video(video_id: str, path: str | os.PathLike, p: AudioParams,
     seconds = row["duration_s"]
     notes = [f"{report['bad_packets']} corrupt audio packet(s) read as silence"] \
         if report.get("bad_packets") else []
+    if report.get("gap_s"):
+        notes.append(f"{report['gap_s']:.1f} s of audio skipped (a damaged stretch) read as "
+                     "silence")
     if row["has_audio"] and not row["error"] and seconds < p.max_feature_seconds - 1.0 and \
             ends_short(seconds, report.get("declared_s", float("nan"))):  # a failed row says why
         notes.append(f"the audio ends at {seconds:.1f} s of its declared "

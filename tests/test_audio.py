@@ -281,6 +281,34 @@ def test_a_corrupt_stretch_costs_its_seconds_not_the_whole_track(tmp_path, caplo
             audio.MAX_BAD_AUDIO_PACKETS = saved
 
 
+def test_a_stretch_the_demuxer_skips_is_silence_and_the_rest_keeps_its_time(tmp_path):
+    """A WebM (Matroska) damaged in the middle: the demuxer drops the damaged cluster without an
+    error, so no packet fails to decode; the track came back 3.3 s long of 4 s, its end moved
+    forward in time, and neither metrics/audio.json nor predict said a word. Now the stretch is
+    silence of its length (the next frame's own time says how long), and named."""
+    from test_frames import write_webm_with_opus
+
+    clean_path = write_webm_with_opus(tmp_path / "clean.webm", n=100)  # 4 s
+    data = bytearray(clean_path.read_bytes())
+    for i in range(int(len(data) * 0.3), int(len(data) * 0.5), 50):
+        data[i] ^= 0xFF
+    damaged = tmp_path / "damaged.webm"
+    damaged.write_bytes(bytes(data))
+    clean = audio.decode_audio(clean_path, sr=16000, max_seconds=600)
+    report: dict = {}
+    y = audio.decode_audio(damaged, sr=16000, max_seconds=600, report=report)
+    assert abs(len(y) - len(clean)) <= 0.05 * 16000, (len(y), len(clean))
+    assert report["gap_s"] > 0.3 and report["bad_packets"] == 0
+    # the last 0.5 s is where it belongs in time, to a millisecond (Matroska's timestamps are
+    # whole milliseconds: the gap is known to that)
+    end, tail = min(len(y), len(clean)) - 16, 8000
+    assert max(np.corrcoef(y[end - tail:end], clean[end - tail + lag:end + lag])[0, 1]
+               for lag in range(-16, 17)) > 0.99
+    notes = audio.process_video("damaged", damaged, AudioParams())["notes"]
+    assert any("s of audio skipped (a damaged stretch) read as silence" in n for n in notes)
+    assert "notes" not in audio.process_video("clean", clean_path, AudioParams())
+
+
 def test_a_track_cut_short_is_named_as_such(monkeypatch):
     """The frames stage flags a file whose data end before its declared length; the audio stage
     kept the short wave without a word."""

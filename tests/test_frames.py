@@ -167,8 +167,8 @@ def write_webm_with_opus(path: Path, *, n: int, fps: int = 25) -> Path:
     declares no per-stream duration, and its container's covers the audio too."""
     import av
 
-    with av.open(str(path), "w") as out:
-        vs = out.add_stream("libvpx-vp9", rate=fps, options={"threads": "1"})
+    with av.open(str(path), "w", options={"cluster_time_limit": "500"}) as out:  # 0.5 s clusters
+        vs = out.add_stream("libvpx-vp9", rate=fps, options={"threads": "1", "g": str(fps)})
         vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
         st = out.add_stream("libopus", rate=48000, layout="mono")
         for k in range(n):
