@@ -132,9 +132,7 @@ def run(params: FramesParams, base: BaseParams, root: Path | None = None) -> dic
                 continue
             rep = res["report"]
             if rep.get("truncated") or rep.get("errors"):
-                notes[res["video_id"]] = (f"{rep.get('errors', 0)} corrupt packet(s), "
-                                          f"truncated={rep.get('truncated')}: kept "
-                                          f"{len(res['df'])} frame(s)")
+                notes[res["video_id"]] = damaged_video_note(rep, len(res["df"]))
                 log.warning("%s: %s", res["video_id"], notes[res["video_id"]])
             n_rows += len(res["df"])
             out.write(res["df"])
@@ -151,6 +149,15 @@ def run(params: FramesParams, base: BaseParams, root: Path | None = None) -> dic
     summary["timings"] = {"worker_seconds": round(decode_s, 2)}
     log.info("frames: %d frames from %d/%d videos", n_rows, summary["n_ok"], len(jobs))
     return summary
+
+
+def damaged_video_note(report: dict, kept: int) -> str:
+    """In plain words (metrics/frames.json's warnings, predict's): what decoding a damaged video
+    stream skipped, from iter_frames' `report`."""
+    parts = [f"{report['errors']} corrupt video packet(s) skipped"] if report.get("errors") else []
+    if report.get("truncated"):
+        parts.append("the video stream breaks off early")
+    return "; ".join(parts) + f": scores rest on the {kept} frame(s) that decoded"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -228,7 +228,12 @@ def front_end_here(video: Path, work: Path, params_file: Path | None, frontend: 
     out["truncated"] = ends_short(ends_at, declared)
     if out["truncated"]:
         out["ends_at_s"] = round(ends_at, 3)
-    frames.run(params_of("frames", frames.FramesParams), base, root=work)
+    frames_summary = frames.run(params_of("frames", frames.FramesParams), base, root=work)
+    # damaged video packets (frames.damaged_video_note); a stream that only breaks off early is
+    # said once, by the truncation warning above
+    out["video_notes"] = [w["warning"] for w in frames_summary.get("warnings", [])
+                          if not (out["truncated"] and w["warning"].startswith(
+                              "the video stream breaks off early"))]
     faces_summary = faces.run(params_of("faces", faces.FacesParams), base, root=work)
     face_table = read_artifact("faces", path=work / "data" / "faces",
                                columns=["video_id", "frame_idx", "t", "face_found"])

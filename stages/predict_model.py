@@ -215,7 +215,8 @@ def clip_warnings(facts: dict) -> list[str]:
     if cut:
         out.append(f"audio features stop at {cut:.0f} s (audio.max_feature_seconds) of a "
                    f"{facts.get('duration_s', 0):.0f} s clip")
-    return out + list(facts.get("audio_notes") or [])  # "N corrupt audio packet(s) read as ..."
+    damaged = list(facts.get("video_notes") or []) + list(facts.get("audio_notes") or [])
+    return out + damaged  # "N corrupt video packet(s) skipped ...", "... audio ... as silence"
 
 
 EXTREME_Z = 10.0  # sd from the training clips' mean; the default data's 150 clips have at most 4
@@ -230,7 +231,8 @@ def model_warnings(loaded: LoadedModel, sources: list, vid: str, facts: dict) ->
     span = loaded.ckpt.get("train_duration_s") or []
     seconds = facts.get("duration_s")
     if len(span) == 2 and seconds is not None and seconds < 0.5 * span[0]:
-        out.append(f"the clip is {seconds:.1f} s long; the model learnt from clips of "
+        shown = f"{seconds:.1f}" if seconds >= 0.1 else f"{seconds:.3f}"  # a frame: not "0.0"
+        out.append(f"the clip is {shown} s long; the model learnt from clips of "
                    f"{span[0]:.1f}-{span[1]:.1f} s: its scores rest on little")
     for source in sources:
         columns, data = getattr(source, "columns", None), getattr(source, "data", None)

@@ -163,7 +163,8 @@ def test_the_frames_stage_names_a_truncated_file(truncated, tmp_path):
     summary = json.loads((tmp_path / "metrics" / "frames.json").read_text())
     [warning] = summary["warnings"]
     assert summary["n_warnings"] == 1
-    assert warning["video_id"] == "cut" and "truncated=True" in warning["warning"]
+    assert warning["video_id"] == "cut" and warning["warning"].startswith(
+        "the video stream breaks off early: scores rest on the ")
 
 
 def test_predict_warns_that_a_file_looks_truncated(truncated, tmp_path, capsys):
@@ -177,7 +178,27 @@ def test_predict_warns_that_a_file_looks_truncated(truncated, tmp_path, capsys):
     assert result["truncated"] is True and result["ends_at_s"] < 1.0
     assert "the video ends at 0.7 s of its declared 2.4 s: the file looks truncated" in \
         result["warnings"]
+    assert not any("breaks off" in w for w in result["warnings"])  # said once, not twice
     assert "looks truncated" in capsys.readouterr().out
+
+
+def test_predict_warns_that_video_packets_were_damaged(tmp_path):
+    """Damaged video packets were only in metrics/frames.json of predict's work folder: its
+    scores rested on the frames left, without a word in prediction.json."""
+    data = bytearray(real_fixture("single_face.mp4").read_bytes())  # moov at the end
+    cut = slice(int(len(data) * 0.35), int(len(data) * 0.55))
+    data[cut] = np.random.default_rng(0).integers(0, 256, cut.stop - cut.start,
+                                                  dtype=np.uint8).tobytes()
+    (tmp_path / "damaged.mp4").write_bytes(bytes(data))
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "perfex_cnn" / "best.pt", model=build_model("perfex_cnn"),
+                           model_name="perfex_cnn", train_mean=[0.5] * 5,
+                           inputs=["aus", "aus_mask"])
+    assert predict.main([str(tmp_path / "damaged.mp4"), "--out", str(tmp_path / "o"),
+                         "--model", str(ckpt), "--no-explain"]) == 0
+    warnings = json.loads((tmp_path / "o" / "prediction.json").read_text())["warnings"]
+    damaged = [w for w in warnings if "corrupt video packet(s) skipped" in w]
+    assert len(damaged) == 1 and "scores rest on the " in damaged[0], warnings
 
 
 def test_audio_running_past_the_video_is_not_truncation(tmp_path):
@@ -222,3 +243,15 @@ def test_predict_run_outside_the_project_uses_the_checkout_its_code_is_in(tmp_pa
     problem = predict_model.enter_project()
     assert problem.startswith(f"{tmp_path} is not inside the project") and Path.cwd() == tmp_path
     assert predict.main(["nothere.mp4", "--out", "o"]) == 2  # refused before any work
+
+
+def test_a_one_frame_clip_is_not_said_to_last_0_0_s():
+    from types import SimpleNamespace
+
+    from stages.predict_model import model_warnings
+
+    loaded = SimpleNamespace(ckpt={"train_duration_s": [6.0, 10.0]})
+    [one_frame] = model_warnings(loaded, [], "v", {"duration_s": 0.033})
+    assert one_frame.startswith("the clip is 0.033 s long; the model learnt from clips of 6.0")
+    [short] = model_warnings(loaded, [], "v", {"duration_s": 0.3})
+    assert short.startswith("the clip is 0.3 s long")
