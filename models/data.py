@@ -268,11 +268,24 @@ def source_options(cls: type, config: dict, prefix: str) -> Any:
                           f"(known: {', '.join(sorted(names))})")
     _check_folders(config, prefix)
     try:  # typed by the dataclass's annotations: a bad value is named with its option
-        return build_dataclass(cls, config, prefix)
+        options = build_dataclass(cls, config, prefix)
     except ParamsError as exc:  # "source_config.face_seq.sampling: 'foo' is not one of ..."
         raise SourceError(str(exc)) from None
     except (SourceError, TypeError, ValueError) as exc:  # __post_init__'s checks across options
         raise SourceError(f"{prefix}: {exc}") from None
+    for option, limit in SIZE_LIMITS.items():
+        value = getattr(options, option, None)
+        if isinstance(value, int) and value > limit:
+            raise SourceError(f"{prefix}.{option}: {value} is over {limit}, more than any model "
+                              "here reads (a bound: a checkpoint's config is untrusted)")
+    return options
+
+
+# Options that size what a source allocates per sample, bounded far above any model's use: a
+# checkpoint asking for 10^5-pixel faces would allocate 30 GB per crop before anything else failed
+SIZE_LIMITS = {"size": 1024, "length": 512, "stride": 1000, "seq_len": 100_000,
+               "eval_views": 1000, "max_eval_views": 10_000, "frames": 100_000,
+               "max_frames": 1_000_000, "samples": 100_000_000}
 
 
 def _check_folders(config: dict, prefix: str) -> None:

@@ -115,6 +115,12 @@ def test_a_bad_source_option_or_value_is_refused_when_the_checkpoint_is_read(goo
         check_source_options(["face"], {"face": {"size": "big"}})
     with pytest.raises(SourceError, match=r"source_config.aus.seq_len: expected an integer"):
         check_source_options(["aus"], {"aus": {"seq_len": 1.5}})  # accepted before
+    # sizes past any model's use: a tampered checkpoint's 10^5-pixel faces (30 GB a crop)
+    with pytest.raises(SourceError, match=r"source_config.face.size: 100000 is over 1024"):
+        check_source_options(["face"], {"face": {"size": 100_000}})
+    bad = tampered(good, tmp_path, "huge", source_config={"aus": {"seq_len": 10**9}})
+    with pytest.raises(EngineError, match=r"huge.pt.*seq_len: 1000000000 is over 100000"):
+        predict.load_model(bad)
     check_source_options(["aus", "aus_mask", "logmel", "functionals"],
                          {"aus": {"seq_len": 16}, "logmel": {"eval_mode": "crops"}})
 
