@@ -180,7 +180,11 @@ def open_media(path: str | os.PathLike):
         raise StageInputError(f"{path}: not a media file this project reads (FFmpeg takes it for "
                               "a playlist, a list of other files or a protocol URL, which could "
                               "open files outside the dataset); refused") from None
-    except Exception as exc:  # PyAV raises InvalidDataError, OSError, ... for unreadable files
+    except av.error.InvalidDataError:  # FFmpeg's "[Errno 1094995529] Invalid data ...: 'path'"
+        raise StageInputError(f"{path}: cannot be opened as media: FFmpeg found no readable "
+                              "container in it (not a video file, or one cut off before its "
+                              "index was written, as an MP4 whose recording stopped)") from None
+    except Exception as exc:  # PyAV raises OSError, PermissionError, ... for unreadable files
         raise StageInputError(f"{path}: cannot be opened as media: {exc}") from None
 
 

@@ -62,7 +62,8 @@ def test_good_and_bad_rows(folder, tmp_path):
     assert "row 8 (clips/missing.mp4): video file" in bad and "not found" in bad
     assert "row 9 (clips/a1.mp4): duplicate video" in bad
     assert "row 10 (../outside.mp4): path '../outside.mp4' escapes the dataset root" in bad
-    assert "row 11 (clips/broken.mp4): " in bad and "cannot be opened as media" in bad
+    assert "row 11 (clips/broken.mp4): " in bad and "cannot be opened as media: FFmpeg found " \
+        "no readable container in it (not a video file, or one cut off" in bad  # not its errno
     assert "row 12 (clips): video file" in bad and "is a folder, not a file" in bad
     report = json.loads((tmp_path / "metrics/ingest.json").read_text())
     assert report["n_bad_rows"] == 7 and report["n_videos"] == 4
