@@ -180,6 +180,10 @@ MAX_BAD_AUDIO_PACKETS = 50  # more corrupt packets than this and the track count
 # A decoded frame whose own time lies this far past the samples read so far follows a stretch the
 # demuxer skipped (Matroska / WebM drops a damaged cluster without an error): silence fills it
 GAP_TOLERANCE_S = 0.1
+# MPEG-TS / PS (FFmpeg's AVFMT_TS_DISCONT formats) may reset or jump their clock (a broadcast
+# splice, HLS segments joined): a jump over this (FFmpeg's -dts_delta_threshold) is a new clock
+DISCONTINUITY_S = 10.0
+_TS_DISCONT = 0x0200  # AVFMT_TS_DISCONT in ContainerFormat.flags
 
 
 def decode_audio(path: str | os.PathLike, *, sr: int, max_seconds: float,
@@ -193,7 +197,7 @@ def decode_audio(path: str | os.PathLike, *, sr: int, max_seconds: float,
     `gap_s` (skipped seconds) and the stream's `declared_s` (nan when unknown)."""
     import av
 
-    limit = int(math.ceil(max_seconds * sr))
+    limit = int(math.ceil(max_seconds * sr))  # silence too: a file's times can claim hours
     chunks, bad, gap = [], 0, 0
     container = open_media(path)  # StageInputError naming the file
     try:
@@ -206,19 +210,21 @@ def decode_audio(path: str | os.PathLike, *, sr: int, max_seconds: float,
                     if stream.duration and stream.time_base else float("nan")
             resampler = av.AudioResampler(format="flt", layout="mono", rate=sr)
             n, origin, seen = 0, None, 0.0  # the first decoded frame's time, input seconds
+            discont = bool(container.format.flags & _TS_DISCONT)
             for frames in _audio_packets(container, stream, sr):
                 if isinstance(frames, int):  # a bad packet: its samples of silence
                     bad += 1
                     if bad > MAX_BAD_AUDIO_PACKETS:
                         raise StageInputError(f"more than {MAX_BAD_AUDIO_PACKETS} corrupt "
                                               "packets")
-                    decoded, seen = [np.zeros(frames, np.float32)], seen + frames / sr
+                    decoded = [np.zeros(min(frames, limit - n), np.float32)]
+                    seen += frames / sr
                 else:  # (1, k) packed mono -> (k,), after the silence of a skipped stretch
                     origin = frames[0].time if origin is None and frames else origin
-                    skipped = _skipped(frames, origin, seen, sr)
+                    skipped, origin = _skipped(frames, origin, seen, sr, discont)
                     gap, seen = gap + skipped, seen + skipped / sr + sum(
                         f.samples / f.sample_rate for f in frames)
-                    decoded = [np.zeros(skipped, np.float32)] + [
+                    decoded = [np.zeros(min(skipped, limit - n), np.float32)] + [
                         out.to_ndarray().reshape(-1) for frame in frames
                         for out in resampler.resample(frame)]
                 chunks += decoded
@@ -242,15 +248,20 @@ def decode_audio(path: str | os.PathLike, *, sr: int, max_seconds: float,
     return np.ascontiguousarray(y[:limit], dtype=np.float32)
 
 
-def _skipped(frames: list, origin: float | None, seen: float, sr: int) -> int:
-    """Samples at `sr` between the `seen` seconds of input read so far (counted at the input's
+def _skipped(frames: list, origin: float | None, seen: float, sr: int,
+             discont: bool = False) -> tuple[int, float | None]:
+    """(samples at `sr` between the `seen` seconds of input read so far (counted at the input's
     rate: the resampler holds a few back) and the first of `frames`' own time, when more than
-    GAP_TOLERANCE_S: a stretch the demuxer skipped. 0 when there is no time."""
+    GAP_TOLERANCE_S: a stretch the demuxer skipped; the time origin). 0 when there is no time.
+    In a format whose clock may jump (`discont`), a jump over DISCONTINUITY_S either way is no
+    lost audio: the origin moves with it."""
     t = frames[0].time if frames else None
     if t is None or origin is None:
-        return 0
+        return 0, origin
     ahead = t - origin - seen
-    return int(round(ahead * sr)) if ahead > GAP_TOLERANCE_S else 0
+    if discont and abs(ahead) > DISCONTINUITY_S:
+        return 0, origin + ahead
+    return (int(round(ahead * sr)) if ahead > GAP_TOLERANCE_S else 0), origin
 
 
 def _audio_packets(container, stream, sr: int) -> Iterator[list | int]:

@@ -348,3 +348,76 @@ def test_stage_on_the_tiny_dataset(tiny_dataset, tmp_path):
     fn = [c for c in table.columns if c.startswith("fn_")]
     assert len(fn) == 6 * 5 + (64 + 3 * 13) * 5 + 3
     assert not table[fn].isna().any().any()
+
+
+def _with_a_timestamp_jump(path: Path, fmt: str, codec: str, jump_s: float) -> Path:
+    """2.6 s of a 200 Hz tone at 16 kHz whose second half's packets are stamped `jump_s` later
+    (the samples themselves are contiguous), beside a short video stream."""
+    import av
+
+    with av.open(str(path), "w", format=fmt) as out:
+        video = out.add_stream("mpeg4", rate=5)
+        video.width = video.height = 64
+        video.pix_fmt = "yuv420p"
+        sound = out.add_stream(codec, rate=16000)
+        sound.layout = "mono"
+        for _ in range(10):
+            frame = av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")
+            for packet in video.encode(frame):
+                out.mux(packet)
+        for packet in video.encode():
+            out.mux(packet)
+        size, packets = sound.codec_context.frame_size or 1024, []
+        resampler = av.AudioResampler(format=sound.codec_context.format.name, layout="mono",
+                                      rate=16000)
+        for start in range(0, 36 * size, size):
+            tone = 0.3 * np.sin(2 * np.pi * 200 * np.arange(start, start + size) / 16000)
+            frame = av.AudioFrame.from_ndarray(tone.astype(np.float32)[None], format="flt",
+                                               layout="mono")
+            frame.sample_rate, frame.pts = 16000, start
+            for part in resampler.resample(frame):
+                part.pts = start
+                packets += list(sound.encode(part))
+        packets += list(sound.encode())
+        for i, packet in enumerate(packets):
+            if i >= len(packets) // 2:
+                shift = int(jump_s / packet.time_base)
+                packet.pts, packet.dts = packet.pts + shift, packet.dts + shift
+            out.mux(packet)
+    return path
+
+
+def test_a_huge_timestamp_jump_costs_no_more_memory_than_the_cap(tmp_path):
+    """A Matroska file whose audio timestamps jump by an hour (a damaged or crafted cluster
+    time): the skipped stretch is silence only up to max_seconds. It was allocated whole first
+    (an hour at 16 kHz: 230 MB for a 2 s decode; a 26 h jump, ~6 GB, killed the worker)."""
+    import tracemalloc
+
+    path = _with_a_timestamp_jump(tmp_path / "jump.mkv", "matroska", "mp2", 3600.0)
+    report: dict = {}
+    tracemalloc.start()
+    try:
+        y = audio.decode_audio(path, sr=16000, max_seconds=2.0, report=report)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(y) == 32000 and report["gap_s"] > 3000  # named: the file says an hour is missing
+    assert peak < 20e6, peak  # a 2 s decode: a few MB, never the hour's 230 MB
+
+
+def test_an_mpeg_ts_timestamp_discontinuity_is_no_silence(tmp_path):
+    """MPEG-TS (and MPEG-PS) mark timestamp discontinuities as normal (FFmpeg's TS_DISCONT: a
+    broadcast splice, HLS segments joined): a jump of 20 s there is no lost audio. It read as
+    20 s of silence, so every feature past it came from silence; now the track stays whole, as
+    FFmpeg's own tools treat a jump over 10 s in such a format. A short gap is still silence."""
+    for jump, silent in ((20.0, False), (0.5, True)):
+        path = _with_a_timestamp_jump(tmp_path / f"jump{jump}.ts", "mpegts", "mp2", jump)
+        report: dict = {}
+        y = audio.decode_audio(path, sr=16000, max_seconds=60, report=report)
+        if silent:
+            assert 0.4 < report["gap_s"] < 0.6 and 2.9 < len(y) / 16000 < 3.3, report
+        else:
+            assert report["gap_s"] == 0 and 2.4 < len(y) / 16000 < 2.8, (report, len(y))
+            assert np.abs(y[16000:len(y) - 1600]).min(initial=1.0) < 0.3  # tone, not zeros
+            windows = y[: len(y) // 800 * 800].reshape(-1, 800)
+            assert (np.abs(windows).max(axis=1) > 0.1).all()  # no silent 50 ms anywhere
