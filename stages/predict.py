@@ -439,14 +439,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-explain", dest="explain", action="store_false", help="skip the "
                         "explanations (Grad-CAM, audio occlusion, feature contributions)")
     args = parser.parse_args(argv)
-    # the user's paths, before predict moves into the project (enter_project)
-    args.video, args.out = [v.absolute() for v in args.video], args.out.absolute()
-    if args.model and is_checkpoint_path(args.model, Path.cwd()):
-        args.model = str(Path(args.model).absolute())
+    here = Path.cwd()
     problem = enter_project()
     if problem:
         log.error("%s", problem)
         return 2
+    if Path.cwd() != here:  # moved into the checkout: the user's paths keep their meaning; in
+        # the project they stay as named (prediction.json's and predictions.csv's `video`)
+        args.video, args.out = [here / v for v in args.video], here / args.out
+        if args.model and is_checkpoint_path(args.model, here):
+            args.model = str(here / args.model)
     problem = out_problem(args.out)
     if problem:
         log.error("--out %s: %s", args.out, problem)

@@ -255,3 +255,30 @@ def test_a_one_frame_clip_is_not_said_to_last_0_0_s():
     assert one_frame.startswith("the clip is 0.033 s long; the model learnt from clips of 6.0")
     [short] = model_warnings(loaded, [], "v", {"duration_s": 0.3})
     assert short.startswith("the clip is 0.3 s long")
+
+
+def test_predict_in_the_project_keeps_the_paths_as_the_user_named_them(tmp_path, monkeypatch):
+    """Inside the project predict does not move, so the paths stay as given: they are the
+    `video` of prediction.json / predictions.csv and its messages ("as the caller named it").
+    They all became absolute when the outside-the-project case was added; only that case
+    needs them so."""
+    from pathlib import Path
+
+    from stages import predict_model
+
+    repo = Path(predict_model.__file__).resolve().parents[1]
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.chdir(repo)
+    seen = []
+    monkeypatch.setattr(predict, "_single", lambda video, out, model, explain=True:
+                        seen.append((video, out, model)) or 0)
+    monkeypatch.setattr(predict, "sweep_dead_work", lambda: None)
+    clip = Path("tests") / "clip.mp4"
+    out = Path(tmp_path.relative_to(tmp_path.anchor)).name  # a relative folder, not made
+    assert predict.main([str(clip), "--out", out, "--model", "x/best.pt"]) == 0
+    assert seen == [(clip, Path(out), "x/best.pt")] and Path.cwd() == repo
+    monkeypatch.chdir(tmp_path)  # outside it: absolute, so they keep their meaning in the repo
+    seen.clear()
+    assert predict.main([str(clip), "--out", "o", "--model", "x/best.pt"]) == 0
+    assert seen == [(tmp_path / clip, tmp_path / "o", str(tmp_path / "x/best.pt"))]
+    assert Path.cwd() == repo
