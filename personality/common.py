@@ -166,7 +166,7 @@ def _refuse_unusable(exc: OSError, shown: str | os.PathLike) -> None:
 # x.mp4). Tried in tests/test_untrusted_inputs.py.
 MEDIA_OPTIONS = {"protocol_whitelist": "file", "format_whitelist": (
     "mov,matroska,avi,flv,mpegts,mpeg,mpegvideo,m4v,h264,hevc,asf,ogg,mxf,nut,ivf,obu,dv,gif,"
-    "mjpeg,yuv4mpegpipe,rm,wav,w64,mp3,aac,flac,aiff,caf,amr,wv")}
+    "mjpeg,yuv4mpegpipe,rm,wav,w64,mp3,aac,flac,aiff,caf,amr,wv,ac3,eac3,dts,truehd,au")}
 
 
 def open_media(path: str | os.PathLike):
@@ -179,7 +179,8 @@ def open_media(path: str | os.PathLike):
     except av.error.ArgumentError:  # EINVAL: a demuxer or protocol off the lists
         raise StageInputError(f"{path}: not a media file this project reads (FFmpeg takes it for "
                               "a playlist, a list of other files or a protocol URL, which could "
-                              "open files outside the dataset); refused") from None
+                              "open files outside the dataset, or for a format off "
+                              "common.MEDIA_OPTIONS' list); refused") from None
     except av.error.InvalidDataError:  # FFmpeg's "[Errno 1094995529] Invalid data ...: 'path'"
         raise StageInputError(f"{path}: cannot be opened as media: FFmpeg found no readable "
                               "container in it (not a video file, or one cut off before its "

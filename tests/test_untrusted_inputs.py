@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from personality.common import StageInputError
@@ -93,3 +94,33 @@ def test_ordinary_media_still_open(tmp_path):
     wav = real_fixture("librivox_speech_16k.wav")
     assert decode_audio(wav, sr=16000, max_seconds=0.5).size == 8000
     assert os.path.getsize(wav) > 0
+
+
+def test_a_raw_audio_file_is_named_as_audio_not_as_a_playlist(tmp_path):
+    """A raw AC-3 / E-AC-3 / Sun AU file (a camcorder's or a DVD's sound, saved alone) holds its
+    own data: it opens for the audio stage, and given as a video it is 'no video stream'. Its
+    demuxer was off the list, so it read as 'FFmpeg takes it for a playlist, a list of other
+    files or a protocol URL', which it is not."""
+    import av
+
+    from personality.video_io import probe
+    from stages.audio import decode_audio
+
+    for fmt, codec in (("ac3", "ac3"), ("eac3", "eac3"), ("au", "pcm_s16be")):
+        path = tmp_path / f"sound.{fmt}"
+        with av.open(str(path), "w", format=fmt) as out:
+            stream = out.add_stream(codec, rate=48000)
+            stream.layout = "mono"
+            size = stream.codec_context.frame_size or 1024
+            resampler = av.AudioResampler(format=stream.codec_context.format.name,
+                                          layout="mono", rate=48000)
+            for start in range(0, 48000, size):
+                tone = np.sin(np.arange(start, start + size) / 20.0).astype(np.float32)[None]
+                frame = av.AudioFrame.from_ndarray(0.3 * tone, format="flt", layout="mono")
+                frame.sample_rate, frame.pts = 48000, start
+                for part in resampler.resample(frame):
+                    out.mux(stream.encode(part))
+            out.mux(stream.encode())
+        assert decode_audio(path, sr=16000, max_seconds=5).size > 15000, fmt
+        with pytest.raises(StageInputError, match=rf"sound.{fmt}: no video stream"):
+            probe(path)
