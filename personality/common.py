@@ -841,7 +841,8 @@ def log_timings(stage: str, timings: dict[str, float | None]) -> None:
     values = {k: float(v) for k, v in timings.items() if isinstance(v, (int, float))}
     log.info("%s timings: %s", stage, ", ".join(f"{k} {v:g}" for k, v in values.items()))
     try:
-        with mlflow_run(stage, run_name=f"{stage}:timings", tags={"kind": "timings"}) as mlf:
+        with mlflow_run(stage, run_name=f"{stage}:timings", tags={"kind": "timings"},
+                        rolls_up=False) as mlf:  # its failure is no stage's
             mlf.log_metrics(values)
     except Exception as exc:  # noqa: BLE001 - never fail a finished stage over its timings
         log.warning("timings not tracked in MLflow: %s", exc)
@@ -1003,13 +1004,15 @@ def log_manifest_input(mlflow, manifest: Path, context: str) -> None:
 @contextlib.contextmanager
 def mlflow_run(stage: str, *, run_name: str | None = None, params: dict | None = None,
                tags: dict | None = None, manifest: Path | None = None,
-               context: str = "training") -> Iterator[Any]:
+               context: str = "training", rolls_up: bool = True) -> Iterator[Any]:
     """Open an MLflow run in `sqlite:///<root>/mlflow.db`, nested under the pipeline run's parent
     (`pipeline_parent`), tagged with commit, DVC experiment, params digest, stage. `manifest`: a
     manifest.parquet to log as the run's dataset input (`context`: training, evaluation).
 
     Yields the `mlflow` module so that callers log with `mlf.log_metric(...)` without importing it
-    (mlflow's import costs seconds; stages that never track never pay it).
+    (mlflow's import costs seconds; stages that never track never pay it). Its status rolls up
+    to the parent (`roll_up_status`); with `rolls_up=False` (best-effort runs: timings) only a
+    stop does.
     """
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow, experiment_id = _open_store()
@@ -1031,8 +1034,9 @@ def mlflow_run(stage: str, *, run_name: str | None = None, params: dict | None =
                 status = "KILLED"
                 mlflow.end_run(status="KILLED")
                 raise
-    finally:
-        roll_up_status(mlflow.MlflowClient(), parent, run_name or stage, status)
+    finally:  # the pipeline run shows it (a stop always: the stage was stopped)
+        if rolls_up or status == "KILLED":
+            roll_up_status(mlflow.MlflowClient(), parent, run_name or stage, status)
 
 
 # the worst of the children's last statuses is the parent's: one stage that failed or was stopped
@@ -1044,11 +1048,19 @@ def roll_up_status(client, parent: str, run_name: str, status: str) -> None:
     """Record `status` as run `run_name`'s last (tag `status.<run_name>` on the pipeline parent)
     and set the parent's status to the worst of its children's last ones. Best effort: a store
     that cannot be written must not hide the stage's own error."""
+    def worst() -> str:
+        last = [v for k, v in client.get_run(parent).data.tags.items() if k.startswith("status.")]
+        return max(last, key=lambda s: _STATUS_ORDER.index(s) if s in _STATUS_ORDER else 0)
+
     try:  # MLflow's tag keys take letters, digits and _ - . : / and spaces (no `+retrained`)
         client.set_tag(parent, "status." + re.sub(r"[^\w\-.:/ ]", "_", run_name), status)
-        last = [v for k, v in client.get_run(parent).data.tags.items() if k.startswith("status.")]
-        worst = max(last, key=lambda s: _STATUS_ORDER.index(s) if s in _STATUS_ORDER else 0)
-        client.set_terminated(parent, status=worst)
+        written = worst()
+        client.set_terminated(parent, status=written)
+        # a run that ended at the same moment may have read before this one's tag and set its
+        # status after ours: read again once we have set it, and set the worst of both
+        again = worst()
+        if again != written:
+            client.set_terminated(parent, status=again)
     except Exception as exc:  # noqa: BLE001 - reported, never raised over the stage's outcome
         logging.getLogger("personality").warning("MLflow: pipeline run status not updated: %s",
                                                  exc)

@@ -38,7 +38,9 @@ def read_openface_csv(path: str | Path, *, video_id: str, face_id: int = -1,
     if "frame" not in raw.columns and "timestamp" not in raw.columns:
         raise StageInputError(f"{path}: missing column 'frame' (and 'timestamp')")
     try:
-        return _rows(raw, path, video_id, face_id, presence_threshold)
+        rows = _rows(raw, path, video_id, face_id, presence_threshold)
+        rows.attrs["csv_span"] = _span(raw)
+        return rows
     except (ValueError, TypeError, KeyError) as exc:  # a repeated header, a cell like nan(ind)
         raise StageInputError(f"{path}: malformed OpenFace CSV: {type(exc).__name__}: "
                               f"{exc}") from None
@@ -96,3 +98,15 @@ def _rows(raw: pd.DataFrame, path: Path, video_id: str, face_id: int,
         out[c] = v
     out = out.drop_duplicates("frame_idx", keep="first").sort_values("frame_idx")
     return out.reset_index(drop=True)
+
+
+def _span(raw: pd.DataFrame) -> dict[str, float]:
+    """How much of its video the whole CSV covers, every face's rows together (the kept face may
+    leave before the video ends): "frames" (the last 1-based frame number, else the row count)
+    and "seconds" (the timestamps' range plus one step; nan without timestamps)."""
+    frames = float(pd.to_numeric(raw["frame"]).max()) if "frame" in raw.columns else len(raw)
+    if "timestamp" not in raw.columns:
+        return {"frames": frames, "seconds": float("nan")}
+    t = np.unique(pd.to_numeric(raw["timestamp"]).to_numpy(np.float64))
+    step = float(np.median(np.diff(t))) if len(t) > 1 else 0.0
+    return {"frames": frames, "seconds": float(t.max() - t.min()) + step if len(t) else 0.0}

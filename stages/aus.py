@@ -290,16 +290,19 @@ def check_span(df: pd.DataFrame, csv: Path, duration_s: float, fps: float) -> No
     """StageInputError when an OpenFace CSV covers a clearly different length than its video
     (more than 1 s and 10% apart): the CSV of another video under this one's name, or of a cut.
     Its span is read two ways, and one agreeing is enough: the timestamps (a re-encode at another
-    frame rate keeps them) and the frame count at the video's rate (a CSV without timestamps)."""
+    frame rate keeps them) and the frame count at the video's rate (a CSV without timestamps);
+    both over the whole CSV (`csv_span`: every face's rows, as the kept face may leave early)."""
     if not (np.isfinite(duration_s) and np.isfinite(fps) and duration_s > 0 and fps > 0):
         return  # ingest could not time the video: nothing to compare with
-    step = float(np.median(np.diff(df["t"]))) if len(df) > 1 else 1.0 / fps
-    by_time = float(df["t"].max() - df["t"].min()) + step
-    by_frames = (int(df["frame_idx"].max()) + 1) / fps
+    span = df.attrs.get("csv_span") or {
+        "frames": int(df["frame_idx"].max()) + 1,
+        "seconds": float(df["t"].max() - df["t"].min()) + 1.0 / fps}
+    by_frames = span["frames"] / fps
+    by_time = span["seconds"] if np.isfinite(span["seconds"]) else by_frames
     tolerance = max(1.0, 0.1 * duration_s)
     if min(abs(by_time - duration_s), abs(by_frames - duration_s)) > tolerance:
         raise StageInputError(
-            f"{csv}: covers {by_time:.1f} s ({len(df)} frames) but its video is "
+            f"{csv}: covers {by_time:.1f} s ({span['frames']:.0f} frames) but its video is "
             f"{duration_s:.1f} s long: is it this video's OpenFace CSV? (re-run FeatureExtraction "
             "on the video, or name the CSV after the right one)")
 

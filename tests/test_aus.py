@@ -178,6 +178,28 @@ def test_an_openface_csv_of_another_length_than_its_video_is_refused(tmp_path):
         "short", "rerated"}
 
 
+def test_a_multi_face_csv_whose_kept_face_leaves_early_keeps_the_videos_length(tmp_path):
+    """FaceLandmarkVidMulti writes rows per face: the kept face (most successful frames) may leave
+    before the video ends; the CSV as a whole still covers the video and is not refused."""
+    rows = []
+    for frame in range(1, 101):  # 4 s at 25 fps: face 0 throughout, mostly failed
+        rows.append({"frame": frame, "face_id": 0, "timestamp": (frame - 1) / 25,
+                     "confidence": 0.9, "success": int(frame % 4 == 0)})
+        if frame <= 60:  # face 1 leaves at 2.4 s, found in every frame until then: kept
+            rows.append({"frame": frame, "face_id": 1, "timestamp": (frame - 1) / 25,
+                         "confidence": 0.95, "success": 1})
+    table = pd.DataFrame(rows)
+    for k, au in enumerate(AU_INTENSITY):
+        table[au] = 0.1 * (k % 5)
+    (tmp_path / "of").mkdir()
+    table.to_csv(tmp_path / "of" / "two.csv", index=False)
+    _clips(tmp_path, {"two": "v/two.mp4"}, duration_s=4.0)
+    summary = run(AusParams(backend="openface_csv", openface_dir="of"), BaseParams(),
+                  root=tmp_path)
+    assert summary["n_failed"] == 0, summary["failed"]
+    assert len(read_artifact("aus", path=tmp_path / "data" / "aus")) == 60  # face 1's rows
+
+
 # --------------------------------------------------------------------------------------------------
 # mediapipe backend
 
