@@ -111,9 +111,10 @@ def check_required_splits(manifest: pd.DataFrame, required: list[str]) -> None:
     counts = manifest.groupby("split")["subject_id"].nunique()
     empty = [s for s in required if counts.get(s, 0) == 0]
     if empty:
+        everyone = manifest["subject_id"].nunique()
         raise StageInputError(
-            f"ingest: split(s) {', '.join(empty)} would be empty ({manifest['subject_id'].nunique()}"
-            f" subject(s) in all; splits are by subject): give more subjects, or {fix}")
+            f"ingest: split(s) {', '.join(empty)} would be empty ({everyone} subject(s) in all; "
+            f"splits are by subject): give more subjects, or {fix}")
     labelled = manifest[manifest[list(TRAITS)].notna().all(axis=1)]
     counts = labelled.groupby("split")["subject_id"].nunique()
     unlabelled = [s for s in required if counts.get(s, 0) == 0]

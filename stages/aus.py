@@ -398,7 +398,8 @@ def run(params: AusParams, base: BaseParams | None = None, root: Path | None = N
                "success_rate": round(n_ok / n_rows, 4) if n_rows else 0.0,
                "n_failed": len(failed), "failed": by_video(failed, "error", root=root)}
     atomic_write_json(root / "metrics" / "aus.json", summary)
-    # an AU-only source (perfex, openface_csv) has no video for the backend: say where AUs came from
+    # an AU-only source (perfex, openface_csv) has no video for the backend: say where AUs were
+    # taken from
     origin = " + ".join(([params.backend] if read_rows or not source_rows else [])
                         + (["the dataset's own AUs"] if source_rows else []))
     log.info("aus (%s): %d frames, %.1f%% with a face", origin, n_rows,

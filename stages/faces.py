@@ -7,8 +7,9 @@ Per video, a FaceLandmarker in VIDEO running mode (it tracks between frames) giv
 gives each face a confidence, which the landmarker does not report. When several faces are found
 the one `faces.select` names is kept (largest box by default) and `n_faces` records how many there
 were; from frame to frame the kept face stays the same person unless another is clearly preferred
-(`select_face`: SWITCH_RATIO), so two people of about the same size do not alternate. The kept face is cut out as an aligned crop: rotated so the eyes are level, a square of the
-face's size plus `faces.margin` on each side, resized to `faces.size`, stored as JPEG bytes.
+(`select_face`: SWITCH_RATIO), so two people of about the same size do not alternate. The kept
+face is cut out as an aligned crop: rotated so the eyes are level, a square of the face's size
+plus `faces.margin` on each side, resized to `faces.size`, stored as JPEG bytes.
 
 Every frame of data/frames gets a row; frames with no face have `face_found = false`, NaN
 measurements, null landmarks and crop. The model bundle is found offline and hash-checked

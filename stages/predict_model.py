@@ -44,8 +44,8 @@ EITHER_KEYS = {"functionals"}
 def enter_project() -> str | None:
     """predict reads the params.yaml and data/models of a project: the one the current folder is
     in, else the checkout this code is in (`PYTHONPATH=/repo python -m stages.predict ...` run
-    from elsewhere), which it then works from (paths given to predict are made absolute first).
-    None when there is one; else why not."""
+    from elsewhere), which it then works from (predict.main rebases the paths it was given on
+    the folder it was run from). None when there is one; else why not."""
     if (repo_root() / "params.yaml").is_file():
         return None
     own = Path(__file__).resolve().parents[1]
