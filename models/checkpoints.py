@@ -108,12 +108,20 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, model_name: st
     return path
 
 
-def read_checkpoint(path: str | os.PathLike, *, map_location: str = "cpu") -> dict:
+def read_checkpoint(path: str | os.PathLike, *, map_location: str = "cpu",
+                    ours: bool = False) -> dict:
+    """The dict a checkpoint file holds (torch.load, weights_only); EngineError naming the file
+    otherwise. `ours`: a checkpoint this project wrote, so torch.save's zip format (PyTorch >= 1.6)
+    is required: a legacy file declares its own tensor sizes to the loader, which allocates them
+    before anything can be checked (bare weights from elsewhere, `load_weights`, may be legacy)."""
     path = Path(path)
     if path.is_dir():
         raise EngineError(f"{path}: is a directory, not a checkpoint file")
     if not path.is_file():
         raise EngineError(f"{path}: checkpoint not found")
+    if ours and not zipfile.is_zipfile(path):
+        raise EngineError(f"{path}: not a checkpoint this project wrote (torch.save's zip format); "
+                          "a legacy or foreign file is refused, not loaded")
     _check_zip(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
@@ -213,7 +221,7 @@ def load_checkpoint(path: str | os.PathLike, *,
     whose fields are of the wrong kind, or whose weights do not fit the model it names, is an
     EngineError that starts with its path. An empty `inputs` list is taken to be the named
     model's registered inputs (what its architecture reads)."""
-    ckpt = read_checkpoint(path, map_location=map_location)
+    ckpt = read_checkpoint(path, map_location=map_location, ours=True)
     _check_fields(ckpt, path)
     name = ckpt["model_name"]
     # `weights` would make the builder open a file the checkpoint names; state_dict replaces

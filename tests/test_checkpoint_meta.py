@@ -180,6 +180,22 @@ def test_a_compressed_checkpoint_is_refused_before_it_is_inflated(good, tmp_path
         read_checkpoint(packed)
 
 
+def test_a_legacy_format_checkpoint_is_refused_before_torch_load(good, tmp_path):
+    """torch.save's pre-1.6 format declares each storage's size to the loader, which allocates it
+    before anything is checked: a model checkpoint must be the zip format ours always are. Bare
+    weights from elsewhere (load_weights: train.weights) may still be legacy."""
+    from models.checkpoints import load_weights
+
+    legacy = tmp_path / "legacy.pt"
+    torch.save(good[1], legacy, _use_new_zipfile_serialization=False)
+    assert not zipfile.is_zipfile(legacy)
+    with pytest.raises(EngineError, match=r"legacy.pt: not a checkpoint this project wrote "
+                                          r"\(torch.save's zip format\)"):
+        load_checkpoint(legacy)
+    assert read_checkpoint(legacy)["model_name"] == "perfex_cnn"
+    load_weights(build_model("perfex_cnn", **TINY), legacy)  # initial weights: still read
+
+
 class _MetaShy(nn.Module):
     """A model whose construction reads a tensor's value (the meta device has none)."""
 
