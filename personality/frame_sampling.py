@@ -16,7 +16,21 @@ import math
 
 import numpy as np
 
-__all__ = ["FrameClock", "FrameSampler", "SamplingPicker", "PlannedPicker"]
+__all__ = ["FrameClock", "FrameSampler", "SamplingPicker", "PlannedPicker", "nominal_rate"]
+
+# No camera we read films faster: a higher average rate is the demuxer's guess from its clock (a DV
+# file's average_rate is its 1/60000 s time base's 60000 fps, its frames at 25 or 29.97)
+MAX_PLAUSIBLE_FPS = 1000.0
+
+
+def nominal_rate(vs) -> float:
+    """A video stream's frame rate in frames per second: its average rate, else (absent or past
+    MAX_PLAUSIBLE_FPS) the rate FFmpeg guesses from the codec, else its base rate; nan when none
+    is plausible."""
+    for rate in (vs.average_rate, vs.guessed_rate, vs.base_rate):
+        if rate and 0 < float(rate) <= MAX_PLAUSIBLE_FPS:
+            return float(rate)
+    return float("nan")
 
 
 class SamplingPicker:
@@ -65,7 +79,8 @@ class FrameClock:
     def __init__(self, vs):
         self.tb = vs.time_base
         self.start = vs.start_time
-        self.rate = float(vs.average_rate) if vs.average_rate else 25.0
+        rate = nominal_rate(vs)
+        self.rate = rate if math.isfinite(rate) else 25.0
         self.t0: float | None = None
         self.last_t = -math.inf
 

@@ -25,7 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from personality.common import ArtifactWriter, StageInputError, check_schema, open_media
-from personality.frame_sampling import FrameClock, FrameSampler, PlannedPicker, SamplingPicker
+from personality.frame_sampling import (FrameClock, FrameSampler, PlannedPicker, SamplingPicker,
+                                         nominal_rate)
 
 __all__ = ["VideoInfo", "probe", "mux_mono_audio", "iter_frames", "target_size", "sample_indices",
            "stream_extent", "ends_short", "VideoShardWriter", "index_videos", "read_video",
@@ -98,7 +99,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
                 w, h = first.width, first.height
         if rotation in (90, 270):
             w, h = h, w
-        fps = float(vs.average_rate) if vs.average_rate else float("nan")
+        fps = nominal_rate(vs)
         declared = _declared_s(vs, container)
         info = VideoInfo(codec=vs.codec_context.name, width=int(w), height=int(h),
                          rotation=rotation, fps=fps, duration_s=declared,

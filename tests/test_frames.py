@@ -195,6 +195,25 @@ def test_webm_with_audio_has_a_duration(tmp_path):
     assert probe(path).duration_s == pytest.approx(10 / 25, abs=0.005)
     assert probe_video(path)["duration_s"] == pytest.approx(0.4, abs=0.005)
 
+def test_dv_frame_rate_is_the_codecs_not_the_clock(tmp_path):
+    """A DV file's average rate is its 1/60000 s time base (60000 fps): the manifest's fps, which
+    the aus stage's OpenFace span check divides frame counts by, said 60000 for a 25 fps tape."""
+    import av
+    from stages.ingest import probe_video
+
+    path = tmp_path / "tape.dv"
+    with av.open(str(path), "w", format="dv") as out:
+        vs = out.add_stream("dvvideo", rate=25)
+        vs.width, vs.height, vs.pix_fmt = 720, 576, "yuv420p"  # DV's PAL frame
+        for k in range(5):
+            frame = av.VideoFrame.from_ndarray(frame_image(k, 720, 576), format="rgb24")
+            out.mux(vs.encode(frame))
+        out.mux(vs.encode())
+    assert probe(path).fps == 25.0
+    assert probe_video(path)["fps"] == 25.0
+    assert [t for _, t, _ in iter_frames(path)] == pytest.approx([0, 0.04, 0.08, 0.12, 0.16])
+
+
 
 def test_bad_files_raise_naming_the_file(tmp_path):
     empty = tmp_path / "empty.mp4"
