@@ -6,7 +6,8 @@ This package imports neither `stages` nor `models`.
     common.py      typed params (load_params), artifacts (read/write, atomic writes), paths,
                    logging, progress, MLflow tracking
     schemas.py     the columns of every artifact, checked at each stage boundary
-    video_io.py    video decoding, frame sampling, per-video Parquet shards, the process pool
+    video_io.py    video decoding and frame sampling
+    video_shards.py per-video Parquet shards (one row group per video)
     facemodel.py   the MediaPipe face-landmarker bundle (`python -m personality.facemodel --install`)
     warmup.py      compiles librosa's numba kernels once (`python -m personality.warmup`)
     synthetic.py   the offline synthetic dataset generator (ingest.source: synthetic)

@@ -1,4 +1,4 @@
-"""Video decoding, frame sampling and per-video Parquet I/O shared by the frames / faces / aus stages.
+"""Video decoding and frame sampling shared by the frames / faces / aus / audio stages and predict.
 
 Nothing here runs on its own; `python -m pytest tests/test_frames.py` exercises it.
 
@@ -7,9 +7,7 @@ Nothing here runs on its own; `python -m pytest tests/test_frames.py` exercises 
   they name past the dataset-root checks), one frame in memory at a time, honouring variable
   frame rate (times come from each frame's pts) and rotation metadata (the display matrix),
   sampling by rate or a fixed count per video.
-- `VideoShardWriter`: an `ArtifactWriter` that stores each video as its own Parquet row group, so a
-  later stage reads exactly one video (`index_videos` + `read_video`) and memory stays bounded by
-  one video, never a whole shard or dataset.
+Their Parquet artifacts, one row group per video, are personality/video_shards.py's.
 Per-video work runs through personality/executor.py (`map_jobs`), not here.
 """
 from __future__ import annotations
@@ -20,17 +18,13 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from personality.common import ArtifactWriter, StageInputError, check_schema, open_media
+from personality.common import StageInputError, open_media
 from personality.frame_sampling import (FrameClock, FrameSampler, PlannedPicker, SamplingPicker,
                                          nominal_rate)
 
 __all__ = ["VideoInfo", "probe", "mux_mono_audio", "iter_frames", "target_size", "sample_indices",
-           "stream_extent", "ends_short", "VideoShardWriter", "index_videos", "read_video",
-           "encode_jpeg", "decode_jpeg"]
+           "stream_extent", "ends_short", "cut_container_s", "encode_jpeg", "decode_jpeg"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -154,7 +148,32 @@ def stream_extent(path: str | os.PathLike) -> tuple[float, float]:
     whether the file looks truncated. Raises StageInputError naming the file, as `probe`."""
     scan = _scan_packets(Path(path))
     last = max((p for p in scan.pts if p is not None), default=None)
-    return _pts_seconds(last, scan.clock), scan.declared_s
+    declared = scan.declared_s if np.isfinite(scan.declared_s) else cut_container_s(path)
+    return _pts_seconds(last, scan.clock), declared
+
+
+def cut_container_s(path: str | os.PathLike) -> float:
+    """The duration a file's container declares when every stream stops well short of it
+    (`ends_short`: the file was cut off), else nan. For files whose streams declare no duration
+    of their own (Matroska, WebM, FLV with sound: `_declared_s` is nan) the container's covers
+    them all: a cut leaves every stream short, while a sound track that runs past its video
+    reaches it. A demux of every stream, no decoding."""
+    container = _open(path)
+    try:
+        if container.duration is None:
+            return float("nan")
+        declared, ends_at = container.duration / 1_000_000, float("nan")
+        try:
+            for packet in container.demux():
+                tb = packet.stream.time_base
+                if packet.pts is not None and tb is not None:
+                    end = (packet.pts + (packet.duration or 0) - (packet.stream.start_time or 0))
+                    ends_at = max(float(end * tb), ends_at if np.isfinite(ends_at) else 0.0)
+        except Exception:  # a file cut mid-packet: what was read counts
+            pass
+        return declared if ends_short(ends_at, declared) else float("nan")
+    finally:
+        container.close()
 
 
 def target_size(width: int, height: int, max_side: int) -> tuple[int, int]:
@@ -264,7 +283,9 @@ def iter_frames(path: str | os.PathLike, *, fps: float | None = None, per_video:
                 break
         if not report["truncated"]:
             report["errors"] += pick.missing  # kept frames the decoder never returned
-        _check_extent(report, _pts_seconds(last_pts, FrameClock(vs)), _declared_s(vs, container))
+        declared = _declared_s(vs, container)
+        _check_extent(report, _pts_seconds(last_pts, FrameClock(vs)),
+                      declared if np.isfinite(declared) else cut_container_s(path))
     finally:
         container.close()
 
@@ -429,70 +450,3 @@ def decode_jpeg(data: bytes) -> np.ndarray:
     if img is None:
         raise StageInputError("undecodable JPEG bytes")
     return img
-
-
-# --------------------------------------------------------------------------------------------------
-# per-video Parquet I/O
-
-
-class VideoShardWriter(ArtifactWriter):
-    """ArtifactWriter whose shards hold one Parquet row group per video (per `write` call), so
-    readers can fetch exactly one video. Flushes every `rows_per_shard` rows like its parent."""
-
-    def _flush(self) -> None:
-        if not self._buffer:
-            return
-        tables = [pa.Table.from_pandas(df, preserve_index=False) for df in self._buffer]
-        # one schema for the shard: a video whose list / bytes column is all null (no face) has
-        # type null there, promoted to the others' type
-        whole = pa.concat_tables(tables, promote_options="permissive")
-        out = self._tmp / f"part-{self._shard:05d}.parquet"
-        with pq.ParquetWriter(out, whole.schema) as writer:
-            start = 0
-            for table in tables:
-                writer.write_table(whole.slice(start, len(table)),
-                                   row_group_size=max(len(table), 1))
-                start += len(table)
-        self._shard += 1
-        self._buffer, self._buffered = [], 0
-
-
-def index_videos(path: str | os.PathLike, name: str, rows: dict[str, int] | None = None
-                 ) -> dict[str, list[tuple[Path, int]]]:
-    """Map video_id -> [(shard, row_group), ...] for a sharded artifact folder, reading only the
-    `video_id` column (and counting each video's rows into `rows` when given). Checks every
-    shard's columns against artifact `name` (SchemaError)."""
-    path = Path(path)
-    from personality.common import SchemaError
-
-    if not path.is_dir():
-        raise SchemaError(f"{path}: artifact '{name}' not found; run its stage first")
-    index: dict[str, list[tuple[Path, int]]] = {}
-    for shard in sorted(path.glob("*.parquet")):
-        try:
-            pf = pq.ParquetFile(shard)
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise SchemaError(f"{shard}: not a readable Parquet artifact: {exc}") from None
-        check_schema(pf.schema_arrow.empty_table().to_pandas(), name, shard)
-        for rg in range(pf.num_row_groups):
-            ids = pf.read_row_group(rg, columns=["video_id"]).column(0).to_pylist()
-            for vid in dict.fromkeys(ids):
-                index.setdefault(vid, []).append((shard, rg))
-            if rows is not None:
-                for vid in ids:
-                    rows[vid] = rows.get(vid, 0) + 1
-    return index
-
-
-def read_video(parts: list[tuple[Path, int]], video_id: str, name: str,
-               columns: list[str] | None = None) -> pd.DataFrame:
-    """Rows of one video from the row groups `index_videos` listed, schema-checked."""
-    frames = []
-    for shard, rg in parts:
-        table = pq.ParquetFile(shard).read_row_group(rg, columns=columns)
-        df = table.to_pandas()
-        frames.append(df[df["video_id"] == video_id])
-    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
-    if columns is None:
-        check_schema(df, name, parts[0][0])
-    return df

@@ -81,7 +81,7 @@ import pandas as pd
 
 from personality import schemas, smile
 from personality.executor import map_jobs, time_limit_s
-from personality.video_io import ends_short
+from personality.video_io import cut_container_s, ends_short
 from personality.common import (ArtifactWriter, BaseParams, ParamsError, StageInputError,
                                 atomic_write_json, by_video, get_logger, open_media, progress,
                                 read_artifact, repo_root, run_stage)
@@ -504,11 +504,24 @@ def process_video(video_id: str, path: str | os.PathLike, p: AudioParams,
     if report.get("gap_s"):
         notes.append(f"{report['gap_s']:.1f} s of audio skipped (a damaged stretch) read as "
                      "silence")
-    if row["has_audio"] and not row["error"] and seconds < p.max_feature_seconds - 1.0 and \
-            ends_short(seconds, report.get("declared_s", float("nan"))):  # a failed row says why
-        notes.append(f"the audio ends at {seconds:.1f} s of its declared "
-                     f"{report['declared_s']:.1f} s: the file looks truncated")
+    if row["has_audio"] and not row["error"] and seconds < p.max_feature_seconds - 1.0:
+        declared = _declared_s(path, report)  # a failed row says why: no check
+        if ends_short(seconds, declared):
+            notes.append(f"the audio ends at {seconds:.1f} s of its declared {declared:.1f} s: "
+                         "the file looks truncated")
     return {**row, "notes": notes} if notes else row
+
+
+def _declared_s(path: str | os.PathLike, report: dict) -> float:
+    """The audio stream's declared duration, else (Matroska / WebM: streams declare none) the
+    container's when the file was cut off (video_io.cut_container_s), else nan."""
+    declared = report.get("declared_s", float("nan"))
+    if np.isfinite(declared):
+        return declared
+    try:
+        return cut_container_s(path)
+    except StageInputError:  # it decoded a moment ago; no second opinion is no warning
+        return float("nan")
 
 
 def _process(video_id: str, path: str | os.PathLike, p: AudioParams,

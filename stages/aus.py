@@ -37,7 +37,7 @@ from personality.common import (BaseParams, StageInputError, atomic_write_json, 
                                 progress, read_artifact, repo_root, run_stage, safe_join)
 from personality.openface import read_openface_csv
 from personality.schemas import AU_INTENSITY, AU_PRESENCE
-from personality.video_io import VideoShardWriter, index_videos, read_video
+from personality.video_shards import VideoShardWriter, index_videos, read_video
 
 log = get_logger("aus")
 

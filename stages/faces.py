@@ -36,7 +36,8 @@ from personality.common import (BaseParams, StageInputError, atomic_write_json, 
                                 get_logger, progress, repo_root, run_stage)
 from personality.facemodel import BLENDSHAPES, head_pose_deg
 from personality.executor import map_jobs, time_limit_s
-from personality.video_io import VideoShardWriter, decode_jpeg, encode_jpeg, index_videos, read_video
+from personality.video_io import decode_jpeg, encode_jpeg
+from personality.video_shards import VideoShardWriter, index_videos, read_video
 
 log = get_logger("faces")
 

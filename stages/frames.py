@@ -27,7 +27,8 @@ from personality import schemas
 from personality.common import (BaseParams, StageInputError, atomic_write_json, by_video,
                                 get_logger, progress, read_artifact, repo_root, run_stage)
 from personality.executor import map_jobs, time_limit_s
-from personality.video_io import VideoShardWriter, encode_jpeg, iter_frames
+from personality.video_io import encode_jpeg, iter_frames
+from personality.video_shards import VideoShardWriter
 
 log = get_logger("frames")
 

@@ -27,7 +27,7 @@ def av_root(tiny_dataset, tmp_path_factory):
     first video's faces removed."""
     from stages import audio, faces, frames
     from personality.common import BaseParams
-    from personality.video_io import VideoShardWriter
+    from personality.video_shards import VideoShardWriter
 
     root = tmp_path_factory.mktemp("av")
     (root / "data").mkdir()

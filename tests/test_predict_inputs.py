@@ -15,7 +15,7 @@ from models.engine import save_checkpoint
 from models.registry import build_model
 from personality.common import StageInputError
 from personality.video_io import ends_short, iter_frames, stream_extent
-from stages import predict
+from stages import audio, predict
 from tests.conftest import real_fixture, write_video
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -201,29 +201,51 @@ def test_predict_warns_that_video_packets_were_damaged(tmp_path):
     assert len(damaged) == 1 and "scores rest on the " in damaged[0], warnings
 
 
-def test_audio_running_past_the_video_is_not_truncation(tmp_path):
-    """Matroska declares no per-stream duration, and its container's covers the audio: a whole
-    5 s video beside 8 s of audio must not read as a cut-off file."""
+def write_mkv(path, *, video_s: int, audio_s: int):
+    """H.264 + AAC in Matroska (`video_s` and `audio_s` seconds): Matroska declares no per-stream
+    duration, and its container's covers the audio too."""
     import av
 
-    path = tmp_path / "long_audio.mkv"
     with av.open(str(path), "w", format="matroska") as out:
         video = out.add_stream("libx264", rate=25)
         video.width, video.height, video.pix_fmt = 64, 64, "yuv420p"
         audio = out.add_stream("aac", rate=48000)
-        for i in range(125):  # 5 s
+        for i in range(25 * video_s):
             frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), i, np.uint8), format="rgb24")
             out.mux(video.encode(frame))
         out.mux(video.encode())
-        for start in range(0, 8 * 48000, 1024):  # 8 s
+        for start in range(0, audio_s * 48000, 1024):
             samples = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="flt",
                                                  layout="mono")
             samples.sample_rate, samples.pts = 48000, start
             out.mux(audio.encode(samples))
         out.mux(audio.encode())
+    return path
+
+
+def test_audio_running_past_the_video_is_not_truncation(tmp_path):
+    """A whole 5 s video beside 8 s of audio must not read as a cut-off file."""
+    path = write_mkv(tmp_path / "long_audio.mkv", video_s=5, audio_s=8)
     report: dict = {}
     assert list(iter_frames(path, report=report, fps=4.0, max_side=64))
     assert not report["truncated"] and not ends_short(*stream_extent(path))
+    assert "notes" not in audio.process_video("v", path, audio.AudioParams())
+
+
+def test_a_matroska_file_cut_off_is_truncated(tmp_path):
+    """A WebM / MKV with sound cut part-way (a half-finished download, a browser recording that
+    stopped) read as whole: its streams declare no duration, so nothing was compared. Its
+    container's duration covers every stream, and now every stream stopping short of it is a cut."""
+    whole = write_mkv(tmp_path / "whole.mkv", video_s=6, audio_s=6).read_bytes()
+    path = tmp_path / "cut.mkv"
+    path.write_bytes(whole[: len(whole) // 2])
+    report: dict = {}
+    assert list(iter_frames(path, report=report, fps=4.0, max_side=64))
+    assert report["truncated"] and report["declared_s"] == pytest.approx(6.0, abs=0.1)
+    ends_at, declared = stream_extent(path)
+    assert ends_short(ends_at, declared) and ends_at < 4.5
+    [note] = audio.process_video("v", path, audio.AudioParams())["notes"]
+    assert note.startswith("the audio ends at ") and "of its declared 6.0 s" in note
 
 
 def test_predict_run_outside_the_project_uses_the_checkout_its_code_is_in(tmp_path, monkeypatch):
