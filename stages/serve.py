@@ -21,7 +21,10 @@ A request names files on the server, so the scorer opens only files under the se
 root(s): the absolute folders of PERSONALITY_VIDEO_ROOT (separated by os.pathsep), read when the
 model is loaded, else the server's working folder at that time. A path is resolved (symlinks
 followed) before the check; a relative path, or one that resolves outside every root, is refused
-with one message whatever the file is, so that a client learns nothing about other files.
+with one message whatever the file is, so that a client learns nothing about other files. The
+file is then opened once, that descriptor checked again (its real path, a regular file) and
+copied into the request's temporary folder, which the front-end reads: a path swapped for a
+symlink after the check is never read (`private_copy`).
 
 The model is logged *from code* (stages/serve_model.py calls mlflow.models.set_model): loading it
 runs this project's code from the model's code/ folder (personality/, models/, stages/ travel as
@@ -40,9 +43,12 @@ import argparse
 import contextlib
 import dataclasses
 import difflib
+import errno
 import json
 import math
 import os
+import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -105,16 +111,24 @@ class VideoScorer:
     def _row(self, requested: str) -> dict:
         from stages.predict import error_text, predict_video, result_row
 
+        refused = {**{t: math.nan for t in TRAITS}, "error": f"{requested}: {OUTSIDE_ROOTS}"}
         video = allowed_video(requested, self.video_roots)
         if video is None:  # one message whether the file exists or not
-            return {**{t: math.nan for t in TRAITS}, "error": f"{requested}: {OUTSIDE_ROOTS}"}
+            return refused
+        copy = None
         try:
             with tempfile.TemporaryDirectory(prefix="serve-") as root:
-                result = predict_video(video, model=str(self.checkpoint), root=Path(root),
-                                       params_file=self.params_file, explain=False)
+                copy = private_copy(video, self.video_roots, Path(root) / "video")
+                if copy is None:
+                    return refused
+                row = result_row(predict_video(copy, model=str(self.checkpoint),
+                                               root=Path(root), params_file=self.params_file,
+                                               explain=False))
         except Exception as exc:  # noqa: BLE001 - one bad video is a row, the request goes on
-            return {**{t: math.nan for t in TRAITS}, "error": error_text(exc)}
-        return result_row(result)
+            row = {**{t: math.nan for t in TRAITS}, "error": error_text(exc)}
+        # the client named its file, not the server's copy of it
+        return {k: v.replace(str(copy), requested) if copy and isinstance(v, str) else v
+                for k, v in row.items()}
 
 
 def video_roots() -> tuple[Path, ...]:
@@ -138,7 +152,50 @@ def allowed_video(requested: str, roots: tuple[Path, ...]) -> Path | None:
         resolved = path.resolve()
     except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte, ...
         return None
-    return resolved if any(resolved == r or r in resolved.parents for r in roots) else None
+    return resolved if under_a_root(resolved, roots) else None
+
+
+def private_copy(video: Path, roots: tuple[Path, ...], folder: Path) -> Path | None:
+    """A copy of `video` (allowed_video's answer) in `folder`, read through one file descriptor
+    that is checked after opening: its real path under one of `roots`, a regular file. None
+    when it is not (the caller refuses it like any path outside the roots). The front-end opens
+    the file several times (probe, frames, audio): a client able to write under a root could
+    otherwise swap a path component for a symlink between the check and those opens. Raises
+    StageInputError naming the file when it cannot be read."""
+    try:
+        fd = os.open(video, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a symlink in the resolved path's place: swapped since
+            return None
+        raise StageInputError(f"{video}: cannot be read: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as src:
+        real = _real_path(fd, video)
+        if real is None or not under_a_root(real, roots) or \
+                not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        folder.mkdir(parents=True, exist_ok=True)
+        copy = folder / video.name
+        with open(copy, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    return copy
+
+
+def _real_path(fd: int, video: Path) -> Path | None:
+    """Where the open file `fd` lies: Linux says it (/proc/self/fd); elsewhere `video` resolved
+    again, when that is still the same file (device and inode); else None."""
+    try:
+        return Path(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        try:
+            again, now = video.resolve(), os.fstat(fd)
+            same = os.stat(again)
+        except (OSError, RuntimeError):
+            return None
+        return again if (same.st_dev, same.st_ino) == (now.st_dev, now.st_ino) else None
+
+
+def under_a_root(path: Path, roots: tuple[Path, ...]) -> bool:
+    return any(path == r or r in path.parents for r in roots)
 
 
 def scorer():

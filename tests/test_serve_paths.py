@@ -21,11 +21,12 @@ REFUSED = "not under the served video root(s); set PERSONALITY_VIDEO_ROOT"
 
 @pytest.fixture
 def reached(monkeypatch):
-    """The paths that got as far as predict_video (each then 'fails' with a StageInputError)."""
+    """What got as far as predict_video: the bytes of the file it was given (the server's copy of
+    the requested one); each then 'fails' with a StageInputError naming the file."""
     seen = []
 
     def fake_predict_video(video, **kw):
-        seen.append(video)
+        seen.append(video.read_bytes())
         raise StageInputError(f"{video}: cannot be opened as media")
 
     monkeypatch.setattr(predict, "predict_video", fake_predict_video)
@@ -73,8 +74,8 @@ def test_paths_outside_the_root_are_refused_alike_and_never_opened(tree, reached
              "sub/clip.mp4",                              # relative: refused even in the cwd
              "../outside/secret.mp4", "", "/a\x00b.mp4"]
     got = errors(scorer, asked)
-    assert reached == [served / "sub" / "clip.mp4"]
-    assert "cannot be opened as media" in got[0] and REFUSED not in got[0]
+    assert reached == [b"clip"]
+    assert got[0] == f"{asked[0]}: cannot be opened as media"  # named as asked, not the copy
     for requested, error in zip(asked[1:], got[1:]):
         assert error == f"{requested}: {REFUSED}"  # the same words whether the file exists
 
@@ -83,14 +84,41 @@ def test_several_roots_and_the_working_folder_by_default(tree, reached, monkeypa
     served, outside = tree
     monkeypatch.setenv("PERSONALITY_VIDEO_ROOT", os.pathsep.join([str(served), str(outside)]))
     errors(loaded_scorer(), [str(outside / "secret.mp4"), str(served / "link.mp4")])
-    assert reached == [outside / "secret.mp4", outside / "secret.mp4"]
+    assert reached == [b"secret", b"secret"]
     reached.clear()
     monkeypatch.delenv("PERSONALITY_VIDEO_ROOT")
     monkeypatch.chdir(outside)  # read when the model is loaded: a later chdir changes nothing
     scorer = loaded_scorer()
     monkeypatch.chdir(served)
     got = errors(scorer, [str(outside / "secret.mp4"), str(served / "sub" / "clip.mp4")])
-    assert reached == [outside / "secret.mp4"] and got[1].endswith(REFUSED)
+    assert reached == [b"secret"] and got[1].endswith(REFUSED)
+
+
+@pytest.mark.parametrize("swapped", ["folder", "file"])
+def test_a_path_swapped_for_a_symlink_after_the_check_is_not_read(tree, reached, monkeypatch,
+                                                                  swapped):
+    """A client that can write under the root swaps a component of the checked path for a
+    symlink out of it between the check and the front-end's opens: the server read the file
+    outside (the secret's bytes reached the front-end). Now it reads one checked descriptor."""
+    served, outside = tree
+    (outside / "clip.mp4").write_bytes(b"secret")
+    monkeypatch.setenv("PERSONALITY_VIDEO_ROOT", str(served))
+    checked = serve.allowed_video
+
+    def check_then_swap(requested, roots):
+        answer = checked(requested, roots)
+        if swapped == "folder":
+            (served / "sub").rename(served / "old")
+            (served / "sub").symlink_to(outside)
+        else:
+            (served / "sub" / "clip.mp4").unlink()
+            (served / "sub" / "clip.mp4").symlink_to(outside / "clip.mp4")
+        return answer
+
+    monkeypatch.setattr(serve, "allowed_video", check_then_swap)
+    asked = str(served / "sub" / "clip.mp4")
+    assert errors(loaded_scorer(), [asked]) == [f"{asked}: {REFUSED}"]
+    assert reached == []
 
 
 def test_a_relative_root_is_refused_when_the_model_loads(monkeypatch):
