@@ -746,9 +746,15 @@ def test_a_ctrl_c_between_the_two_renames_waits_until_both_are_done(tmp_path, mo
             signal.raise_signal(signal.SIGINT)  # lands between the renames: held back
 
     monkeypatch.setattr(common.os, "replace", replace_then_ctrl_c)
-    with pytest.raises(KeyboardInterrupt):
-        with atomic_dir(tmp_path / "art") as tmp:
-            (tmp / "b").write_text("new")
+    # Python's Ctrl-C handler, which a process started with SIGINT ignored (`cmd &` in a
+    # script, nohup) does not install: the held-back signal would then vanish
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with atomic_dir(tmp_path / "art") as tmp:
+                (tmp / "b").write_text("new")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert len(calls) == 2 and (tmp_path / "art" / "b").read_text() == "new"
 
 
