@@ -106,3 +106,20 @@ def test_predict_bench_stops_on_a_score_that_is_not_the_pipelines(tmp_path):
     assert bench.check_pipeline(same, {"v1": "m"}, root=tmp_path) == 1
     with pytest.raises(SystemExit, match="v1 O: predict 0.500200 != pipeline 0.500000"):
         bench.check_pipeline({"v1": {**same["v1"], "O": 0.5002}}, {"v1": "m"}, root=tmp_path)
+
+
+def test_readmes_slurm_recipe_runs_its_job_script_and_gives_the_local_pools_bytes(tmp_path):
+    """bench/cluster_jobqueue.py: README's SLURMCluster writes its job script, bash runs it as
+    sbatch would on a node (bare environment: the prologue alone makes the project importable),
+    and the frames, faces and audio stages through that cluster write the local pool's bytes."""
+    out = tmp_path / "jobqueue.json"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "cluster_jobqueue.py"),
+                           "--videos", "4", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    result = json.loads(out.read_text())
+    assert result["same_bytes"] is True and result["workers_joined_s"] >= 0
+    script = result["job_script"]
+    assert f"cd {ROOT}\nexport PYTHONPATH=$PWD\nsource .venv/bin/activate\n" in script
+    assert "--nthreads 1" in script and "--nworkers 2" in script
+    assert "same bytes" in done.stdout

@@ -1,0 +1,126 @@
+"""README's SLURM recipe (dask-jobqueue) checked without SLURM: the job script runs here, as on a node.
+
+    .venv/bin/python bench/cluster_jobqueue.py             # prints a table, writes
+                                                           # bench/results/cluster_jobqueue.json
+    .venv/bin/python bench/cluster_jobqueue.py --videos 12 --workers 2
+
+README ("Running the front-end on a cluster") gives a `cluster.py` for a login node: a
+`SLURMCluster` whose job script starts with `cd` to the shared checkout, `export PYTHONPATH=$PWD`
+and `source .venv/bin/activate`, then `PERSONALITY_CLUSTER=<its scheduler> dvc repro aus audio`.
+Here the same `SLURMCluster(...)` (sized for this machine) writes its job script, and that script
+runs with bash in a bare environment (PATH and HOME only), as sbatch would run it on a node (its
+#SBATCH lines are comments to bash). The frames, faces and audio stages then run on a synthetic
+dataset through `PERSONALITY_CLUSTER` and, as a reference, with `base.workers: 1` (the local
+pool); their artifacts must be the same bytes. Reports how long the job's workers took to join,
+each run's wall time, and whether the bytes agree (tests/test_bench.py runs it on 4 clips).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+OUT = REPO / "bench" / "results" / "cluster_jobqueue.json"
+STAGES = ("frames", "faces", "audio")
+
+
+def make_dataset(root: Path, n_videos: int) -> Path:
+    """The real ingest stage (synthetic source): `n_videos` clips of 4-6 s, 320x240."""
+    from personality.common import BaseParams
+    from stages.ingest import IngestParams, SyntheticParams, run
+
+    synthetic = SyntheticParams(n_videos=n_videos, n_subjects=max(3, n_videos // 2),
+                                min_seconds=4.0, max_seconds=6.0, width=320, height=240)
+    run(IngestParams(source="synthetic", split=[0.34, 0.33, 0.33], synthetic=synthetic),
+        BaseParams(workers=1), root=root)
+    return root
+
+
+def front_end(src: Path, dst: Path) -> tuple[float, dict[str, str]]:
+    """(wall seconds, md5 of every file the three stages wrote) for a copy of `src` in `dst`."""
+    from personality.common import BaseParams
+    from stages import audio, faces, frames
+
+    (dst / "data").mkdir(parents=True)
+    shutil.copy(src / "data" / "clips.parquet", dst / "data")
+    shutil.copytree(src / "data" / "videos", dst / "data" / "videos")
+    start, base = time.perf_counter(), BaseParams(workers=1)
+    frames.run(frames.FramesParams(fps=5), base, root=dst)
+    faces.run(faces.FacesParams(), base, root=dst)
+    audio.run(audio.AudioParams(), base, root=dst)
+    seconds = time.perf_counter() - start
+    return seconds, {str(p.relative_to(dst)): hashlib.md5(p.read_bytes()).hexdigest()
+                     for name in STAGES for p in sorted((dst / "data" / name).rglob("*"))
+                     if p.is_file()}
+
+
+def on_the_job_script(src: Path, work: Path, workers: int) -> dict:
+    """The stages through README's SLURMCluster, its job script run here by bash."""
+    from dask_jobqueue import SLURMCluster
+    from distributed import Client
+
+    cluster = SLURMCluster(cores=workers, processes=workers, memory=f"{4 * workers}GB",
+                           walltime="02:00:00",
+                           job_script_prologue=[f"cd {REPO}", "export PYTHONPATH=$PWD",
+                                                "source .venv/bin/activate"])
+    script = work / "job.sh"
+    script.write_text(cluster.job_script())
+    node = subprocess.Popen(["bash", str(script)], cwd="/", start_new_session=True,
+                            env={"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/")})
+    try:
+        with Client(cluster.scheduler_address) as client:
+            start = time.perf_counter()
+            client.wait_for_workers(workers, timeout=300)
+            joined = time.perf_counter() - start
+        os.environ["PERSONALITY_CLUSTER"] = cluster.scheduler_address
+        seconds, digests = front_end(src, work / "cluster")
+    finally:
+        os.environ.pop("PERSONALITY_CLUSTER", None)
+        os.killpg(node.pid, signal.SIGTERM)
+        node.wait(60)
+        cluster.close()
+    return {"job_script": script.read_text(), "workers_joined_s": round(joined, 2),
+            "seconds": round(seconds, 2), "digests": digests}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--videos", type=int, default=8)
+    ap.add_argument("--workers", type=int, default=2, help="the job's one-thread workers")
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args(argv)
+    import dask_jobqueue  # pinned in requirements.txt
+
+    os.environ.pop("PERSONALITY_CLUSTER", None)
+    with tempfile.TemporaryDirectory(prefix="jobqueue-") as tmp:
+        work = Path(tmp)
+        src = make_dataset(work / "src", args.videos)
+        local_s, local = front_end(src, work / "local")
+        job = on_the_job_script(src, work, args.workers)
+    same = job.pop("digests") == local
+    print(f"\n{args.videos} synthetic clips (4-6 s), frames + faces + audio, dask-jobqueue "
+          f"{dask_jobqueue.__version__}\n")
+    print("| run | wall s | workers joined s | artifacts |\n|---|---|---|---|")
+    print(f"| base.workers 1 (local pool) | {local_s:.1f} | - | {len(local)} files |")
+    print(f"| README's SLURM job script, {args.workers} workers | {job['seconds']:.1f} | "
+          f"{job['workers_joined_s']:.1f} | {'same bytes' if same else 'DIFFERENT bytes'} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "videos": args.videos, "workers": args.workers, "local_s": round(local_s, 2),
+        "same_bytes": same, "dask_jobqueue": dask_jobqueue.__version__, **job}, indent=2))
+    print(f"wrote {args.out}")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
