@@ -113,12 +113,18 @@ def _declared_s(vs, container) -> float:
     """The duration the file declares for video stream `vs` (its own, else the container's when
     the video is all the container holds), in seconds; nan when it does not say. Matroska, WebM
     and FLV give no per-stream duration, and their container's covers an audio track that may
-    run past the video: no measure of the video's end."""
+    run past the video: no measure of the video's end. An AVI's is the longer of that and its
+    header's frame count at its (constant) rate: a cut AVI's duration is FFmpeg's estimate from
+    what is left, while its header still counts every frame. (Elsewhere a count over the
+    average rate overshoots a variable-rate stream.)"""
+    declared = float("nan")
     if vs.duration is not None and vs.time_base is not None:
-        return float(vs.duration * vs.time_base)
-    if container.duration is not None and len(container.streams) == 1:
-        return container.duration / 1_000_000
-    return float("nan")
+        declared = float(vs.duration * vs.time_base)
+    elif container.duration is not None and len(container.streams) == 1:
+        declared = container.duration / 1_000_000
+    if container.format.name == "avi" and vs.frames:
+        declared = float(np.fmax(declared, vs.frames / nominal_rate(vs)))  # nan only when both are
+    return declared
 
 
 # A stream that stops more than this short of its declared duration counts as truncated. The

@@ -248,6 +248,28 @@ def test_a_matroska_file_cut_off_is_truncated(tmp_path):
     assert note.startswith("the audio ends at ") and "of its declared 6.0 s" in note
 
 
+def test_an_avi_cut_off_is_truncated(tmp_path):
+    """A cut AVI read as whole: FFmpeg estimates its duration from what is left, so nothing
+    looked short. Its header still counts every frame (76 here: 3 s at 25 fps)."""
+    import av
+
+    whole = tmp_path / "whole.avi"
+    with av.open(str(whole), "w", format="avi") as out:
+        video = out.add_stream("mpeg4", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 64, "yuv420p"
+        noise = np.random.default_rng(0).integers(0, 256, (75, 64, 64, 3), dtype=np.uint8)
+        for image in noise:  # noise: the frames, not the header and index, fill the file
+            out.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        out.mux(video.encode())
+    data = whole.read_bytes()
+    (tmp_path / "cut.avi").write_bytes(data[: len(data) // 2])
+    for path, cut in ((whole, False), (tmp_path / "cut.avi", True)):
+        report: dict = {}
+        assert list(iter_frames(path, report=report, fps=4.0, max_side=64))
+        assert report["truncated"] is cut and report["declared_s"] == pytest.approx(3.0, abs=0.1)
+        assert ends_short(*stream_extent(path)) is cut
+
+
 def test_predict_run_outside_the_project_uses_the_checkout_its_code_is_in(tmp_path, monkeypatch):
     """`PYTHONPATH=/repo python -m stages.predict clip.mp4 --out o` from another folder failed
     with "<that folder>/params.yaml: params file not found"; it now works from the checkout the
