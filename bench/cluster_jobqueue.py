@@ -1,4 +1,4 @@
-"""README's SLURM recipe (dask-jobqueue) checked without SLURM: the job script runs here, as on a node.
+"""README's SLURM recipe (dask-jobqueue) run without SLURM: its job script runs here as on a node.
 
     .venv/bin/python bench/cluster_jobqueue.py             # prints a table, writes
                                                            # bench/results/cluster_jobqueue.json
@@ -8,11 +8,12 @@ README ("Running the front-end on a cluster") gives a `cluster.py` for a login n
 `SLURMCluster` whose job script starts with `cd` to the shared checkout, `export PYTHONPATH=$PWD`
 and `source .venv/bin/activate`, then `PERSONALITY_CLUSTER=<its scheduler> dvc repro aus audio`.
 Here the same `SLURMCluster(...)` (sized for this machine) writes its job script, and that script
-runs with bash in a bare environment (PATH and HOME only), as sbatch would run it on a node (its
-#SBATCH lines are comments to bash). The frames, faces and audio stages then run on a synthetic
-dataset through `PERSONALITY_CLUSTER` and, as a reference, with `base.workers: 1` (the local
-pool); their artifacts must be the same bytes. Reports how long the job's workers took to join,
-each run's wall time, and whether the bytes agree (tests/test_bench.py runs it on 4 clips).
+runs with bash in a bare environment (PATH and HOME only; no .pyc written), as sbatch would run
+it on a node (its #SBATCH lines are comments to bash). The frames, faces and audio stages then
+run on a synthetic dataset through `PERSONALITY_CLUSTER` and, as a reference, with
+`base.workers: 1` (the local pool); their artifacts must be the same bytes. Reports how long the
+job's workers took to join, each run's wall time, and whether the bytes agree
+(tests/test_bench.py runs it on 4 clips).
 """
 from __future__ import annotations
 
@@ -76,7 +77,8 @@ def on_the_job_script(src: Path, work: Path, workers: int) -> dict:
     script = work / "job.sh"
     script.write_text(cluster.job_script())
     node = subprocess.Popen(["bash", str(script)], cwd="/", start_new_session=True,
-                            env={"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/")})
+                            env={"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/"),
+                                 "PYTHONDONTWRITEBYTECODE": "1"})  # no .pyc in the checkout
     try:
         with Client(cluster.scheduler_address) as client:
             start = time.perf_counter()
