@@ -161,18 +161,31 @@ def private_copy(video: Path, roots: tuple[Path, ...], folder: Path) -> Path | N
     when it is not (the caller refuses it like any path outside the roots). The front-end opens
     the file several times (probe, frames, audio): a client able to write under a root could
     otherwise swap a path component for a symlink between the check and those opens. Raises
-    StageInputError naming the file when it cannot be read."""
+    StageInputError naming the file when it cannot be read or is no regular file (as predict
+    says it). O_NONBLOCK: a named pipe with no writer would block the open, and the request;
+    the descriptor is checked before Python wraps it (io refuses a folder, leaving it open)."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
-        fd = os.open(video, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(video, flags)
     except OSError as exc:
         if exc.errno == errno.ELOOP:  # a symlink in the resolved path's place: swapped since
             return None
         raise StageInputError(f"{video}: cannot be read: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as src:
+    src = None
+    try:
         real = _real_path(fd, video)
-        if real is None or not under_a_root(real, roots) or \
-                not stat.S_ISREG(os.fstat(fd).st_mode):
+        if real is None or not under_a_root(real, roots):
             return None
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise StageInputError(f"{video}: " + ("is a folder" if stat.S_ISDIR(mode) else
+                                                  "not a regular file (a pipe or a device?)"))
+        os.set_blocking(fd, True)
+        src = os.fdopen(fd, "rb")
+    finally:
+        if src is None:
+            os.close(fd)
+    with src:
         folder.mkdir(parents=True, exist_ok=True)
         copy = folder / video.name
         with open(copy, "wb") as dst:

@@ -121,6 +121,44 @@ def test_a_path_swapped_for_a_symlink_after_the_check_is_not_read(tree, reached,
     assert reached == []
 
 
+def test_a_pipe_or_folder_under_the_root_is_a_row_with_its_error_not_a_hang(tree, reached,
+                                                                         monkeypatch):
+    """private_copy opened the requested path before looking at what it is: a named pipe under
+    the root (no writer) blocked that open, and the request, for ever; a folder was refused as
+    lying outside the roots. Each is a row saying what it is, as predict says it."""
+    import threading
+
+    served, _ = tree
+    os.mkfifo(served / "pipe.mp4")
+    monkeypatch.setenv("PERSONALITY_VIDEO_ROOT", str(served))
+    scorer, got = loaded_scorer(), []
+    asked = [str(served / "pipe.mp4"), str(served / "sub")]
+    worker = threading.Thread(target=lambda: got.extend(errors(scorer, asked)), daemon=True)
+    worker.start()
+    worker.join(30)
+    if worker.is_alive():  # unblock the open so that the thread ends
+        os.close(os.open(served / "pipe.mp4", os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(30)
+        pytest.fail("the request hung opening a named pipe")
+    assert got == [f"{asked[0]}: not a regular file (a pipe or a device?)",
+                   f"{asked[1]}: is a folder"]
+    assert reached == []
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd (Linux)")
+def test_no_request_leaves_a_file_descriptor_open(tree, reached, monkeypatch):
+    """os.fdopen refuses a folder's descriptor without closing it: each request for a folder
+    under the root left one open (a server runs out of them)."""
+    served, outside = tree
+    (outside / "clip.mp4").write_bytes(b"secret")
+    monkeypatch.setenv("PERSONALITY_VIDEO_ROOT", str(served))
+    scorer = loaded_scorer()
+    fds = len(os.listdir("/proc/self/fd"))
+    errors(scorer, [str(served / "sub"), str(served / "sub" / "clip.mp4"),
+                    str(served / "link.mp4")] * 10)
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
 def test_a_relative_root_is_refused_when_the_model_loads(monkeypatch):
     monkeypatch.setenv("PERSONALITY_VIDEO_ROOT", "videos")
     with pytest.raises(StageInputError, match="PERSONALITY_VIDEO_ROOT: 'videos' is not an "
