@@ -163,18 +163,22 @@ def cut_container_s(path: str | os.PathLike) -> float:
     (`ends_short`: the file was cut off), else nan. For files whose streams declare no duration
     of their own (Matroska, WebM, FLV with sound: `_declared_s` is nan) the container's covers
     them all: a cut leaves every stream short, while a sound track that runs past its video
-    reaches it. A demux of every stream, no decoding."""
+    reaches it. A demux of every stream, no decoding. Streams end at their timestamps: Matroska
+    counts its duration from 0, not from the first timestamp, so a stream measured from its own
+    (or the file's) start would fall short of a whole file whose timestamps start late."""
     container = _open(path)
     try:
         if container.duration is None:
             return float("nan")
         declared, ends_at = container.duration / 1_000_000, float("nan")
+        # a start below 0 (audio priming) counts from the first timestamp: never later than 0
+        ends_at_from = min(container.start_time or 0, 0) / 1_000_000
         try:
             for packet in container.demux():
                 tb = packet.stream.time_base
                 if packet.pts is not None and tb is not None:
-                    end = (packet.pts + (packet.duration or 0) - (packet.stream.start_time or 0))
-                    ends_at = max(float(end * tb), ends_at if np.isfinite(ends_at) else 0.0)
+                    end = float((packet.pts + (packet.duration or 0)) * tb) - ends_at_from
+                    ends_at = end if not end <= ends_at else ends_at  # nan-safe max
         except Exception:  # a file cut mid-packet: what was read counts
             pass
         return declared if ends_short(ends_at, declared) else float("nan")

@@ -14,7 +14,7 @@ import torch
 from models.engine import save_checkpoint
 from models.registry import build_model
 from personality.common import StageInputError
-from personality.video_io import ends_short, iter_frames, stream_extent
+from personality.video_io import cut_container_s, ends_short, iter_frames, stream_extent
 from stages import audio, predict
 from tests.conftest import real_fixture, write_video
 
@@ -201,9 +201,10 @@ def test_predict_warns_that_video_packets_were_damaged(tmp_path):
     assert len(damaged) == 1 and "scores rest on the " in damaged[0], warnings
 
 
-def write_mkv(path, *, video_s: int, audio_s: int):
-    """H.264 + AAC in Matroska (`video_s` and `audio_s` seconds): Matroska declares no per-stream
-    duration, and its container's covers the audio too."""
+def write_mkv(path, *, video_s: int, audio_s: int, video_at: int = 0, audio_at: int = 0):
+    """H.264 + AAC in Matroska (`video_s` and `audio_s` seconds, their timestamps starting at
+    `video_at` and `audio_at` s): Matroska declares no per-stream duration, and its container's
+    covers the audio too."""
     import av
 
     with av.open(str(path), "w", format="matroska") as out:
@@ -212,12 +213,13 @@ def write_mkv(path, *, video_s: int, audio_s: int):
         audio = out.add_stream("aac", rate=48000)
         for i in range(25 * video_s):
             frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), i, np.uint8), format="rgb24")
+            frame.pts = 25 * video_at + i
             out.mux(video.encode(frame))
         out.mux(video.encode())
         for start in range(0, audio_s * 48000, 1024):
             samples = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="flt",
                                                  layout="mono")
-            samples.sample_rate, samples.pts = 48000, start
+            samples.sample_rate, samples.pts = 48000, 48000 * audio_at + start
             out.mux(audio.encode(samples))
         out.mux(audio.encode())
     return path
@@ -230,6 +232,24 @@ def test_audio_running_past_the_video_is_not_truncation(tmp_path):
     assert list(iter_frames(path, report=report, fps=4.0, max_side=64))
     assert not report["truncated"] and not ends_short(*stream_extent(path))
     assert "notes" not in audio.process_video("v", path, audio.AudioParams())
+
+
+@pytest.mark.parametrize("video_at, audio_at, video_s, audio_s", [
+    (10, 10, 6, 6),  # timestamps from 10 s (a remux with -copyts): Matroska's duration is 16 s
+    (0, 5, 3, 5)])   # a sound track that starts at 5 s and ends after the 3 s video
+def test_matroska_streams_that_do_not_start_at_zero_are_not_truncation(tmp_path, video_at,
+                                                                       audio_at, video_s, audio_s):
+    """cut_container_s measured each stream from its own start against the container's duration,
+    which Matroska counts from 0: a whole file whose streams start late read as cut off."""
+    path = write_mkv(tmp_path / "late.mkv", video_s=video_s, audio_s=audio_s,
+                     video_at=video_at, audio_at=audio_at)
+    report: dict = {}
+    assert list(iter_frames(path, report=report, fps=4.0, max_side=64))
+    assert not report["truncated"] and not ends_short(*stream_extent(path))
+    assert "notes" not in audio.process_video("v", path, audio.AudioParams())
+    whole = path.read_bytes()
+    (tmp_path / "cut.mkv").write_bytes(whole[: len(whole) // 2])  # still a cut when cut
+    assert np.isfinite(cut_container_s(tmp_path / "cut.mkv"))
 
 
 def test_a_matroska_file_cut_off_is_truncated(tmp_path):
