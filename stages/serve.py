@@ -115,20 +115,29 @@ class VideoScorer:
         video = allowed_video(requested, self.video_roots)
         if video is None:  # one message whether the file exists or not
             return refused
-        copy = None
+        names: list[str] = []  # the copy's path as the front-end may write it
         try:
             with tempfile.TemporaryDirectory(prefix="serve-") as root:
                 copy = private_copy(video, self.video_roots, Path(root) / "video")
                 if copy is None:
                     return refused
+                # the front-end resolves it (a temporary folder through a symlink: macOS /var)
+                names = sorted({str(copy), str(copy.resolve())}, key=len, reverse=True)
                 row = result_row(predict_video(copy, model=str(self.checkpoint),
                                                root=Path(root), params_file=self.params_file,
                                                explain=False))
         except Exception as exc:  # noqa: BLE001 - one bad video is a row, the request goes on
             row = {**{t: math.nan for t in TRAITS}, "error": error_text(exc)}
         # the client named its file, not the server's copy of it
-        return {k: v.replace(str(copy), requested) if copy and isinstance(v, str) else v
-                for k, v in row.items()}
+        return {k: _named_as_asked(v, names, requested) for k, v in row.items()}
+
+
+def _named_as_asked(value, names: list[str], requested: str):
+    """`value` with each of `names` (the server's copy) written as the client's `requested`."""
+    if isinstance(value, str):
+        for name in names:
+            value = value.replace(name, requested)
+    return value
 
 
 def video_roots() -> tuple[Path, ...]:

@@ -159,6 +159,28 @@ def test_no_request_leaves_a_file_descriptor_open(tree, reached, monkeypatch):
     assert len(os.listdir("/proc/self/fd")) == fds
 
 
+def test_errors_name_the_requested_file_when_the_temporary_folder_is_a_symlink(
+        tree, monkeypatch, tmp_path):
+    """The front-end resolves the video's path (predict_frontend: the manifest's path, the
+    worker's job), so its errors name the copy's real path; through a symlinked temporary folder
+    (macOS's /var -> /private/var, a TMPDIR link) only the unresolved name was replaced and the
+    client read the server's private folder."""
+    import tempfile
+
+    served, _ = tree
+    (tmp_path / "real_tmp").mkdir()
+    (tmp_path / "tmp_link").symlink_to(tmp_path / "real_tmp")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp_link"))
+
+    def fake_predict_video(video, **kw):
+        raise StageInputError(f"{video.resolve()}: no decodable frame")
+
+    monkeypatch.setattr(predict, "predict_video", fake_predict_video)
+    monkeypatch.setenv("PERSONALITY_VIDEO_ROOT", str(served))
+    asked = str(served / "sub" / "clip.mp4")
+    assert errors(loaded_scorer(), [asked]) == [f"{asked}: no decodable frame"]
+
+
 def test_a_relative_root_is_refused_when_the_model_loads(monkeypatch):
     monkeypatch.setenv("PERSONALITY_VIDEO_ROOT", "videos")
     with pytest.raises(StageInputError, match="PERSONALITY_VIDEO_ROOT: 'videos' is not an "
