@@ -102,8 +102,9 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         container.close()
     if np.isfinite(declared):
         return info
-    try:  # a WebM / MKV with sound declares no video duration: a packet scan measures it
-        seconds = stream_extent(path)[0] + (1.0 / fps if fps > 0 else 0.0)  # + one frame period
+    try:  # a WebM / MKV with sound declares no video duration: a video packet scan measures it
+        # (+ one frame period); not stream_extent, whose truncation check demuxes every stream
+        seconds = _video_end_s(_scan_packets(Path(path))) + (1.0 / fps if fps > 0 else 0.0)
     except StageInputError:  # the decode says what is wrong
         return info
     return dataclasses.replace(info, duration_s=seconds)
@@ -153,9 +154,14 @@ def stream_extent(path: str | os.PathLike) -> tuple[float, float]:
     the stream's start, from a packet scan alone (no decoding: cheap). `ends_short(*extent)` says
     whether the file looks truncated. Raises StageInputError naming the file, as `probe`."""
     scan = _scan_packets(Path(path))
-    last = max((p for p in scan.pts if p is not None), default=None)
     declared = scan.declared_s if np.isfinite(scan.declared_s) else cut_container_s(path)
-    return _pts_seconds(last, scan.clock), declared
+    return _video_end_s(scan), declared
+
+
+def _video_end_s(scan: "_PacketScan") -> float:
+    """Where the scanned video stream's last packet lies, seconds from its start (nan: none)."""
+    last = max((p for p in scan.pts if p is not None), default=None)
+    return _pts_seconds(last, scan.clock)
 
 
 def cut_container_s(path: str | os.PathLike) -> float:

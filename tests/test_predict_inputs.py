@@ -252,6 +252,16 @@ def test_matroska_streams_that_do_not_start_at_zero_are_not_truncation(tmp_path,
     assert np.isfinite(cut_container_s(tmp_path / "cut.mkv"))
 
 
+def test_probe_measures_a_matroska_video_without_the_truncation_demux(tmp_path, monkeypatch):
+    """probe measured a WebM / MKV's video through stream_extent, whose truncation check
+    (cut_container_s) demuxes every stream again for an answer probe threw away: 4x the time."""
+    from personality import video_io
+
+    path = write_mkv(tmp_path / "a.mkv", video_s=2, audio_s=2)
+    monkeypatch.setattr(video_io, "cut_container_s", lambda p: pytest.fail("demuxed again"))
+    assert video_io.probe(path).duration_s == pytest.approx(2.0, abs=0.005)
+
+
 def test_a_matroska_file_cut_off_is_truncated(tmp_path):
     """A WebM / MKV with sound cut part-way (a half-finished download, a browser recording that
     stopped) read as whole: its streams declare no duration, so nothing was compared. Its
