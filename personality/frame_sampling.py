@@ -18,17 +18,16 @@ import numpy as np
 
 __all__ = ["FrameClock", "FrameSampler", "SamplingPicker", "PlannedPicker", "nominal_rate"]
 
-# No camera we read films faster: a higher average rate is the demuxer's guess from its clock (a DV
-# file's average_rate is its 1/60000 s time base's 60000 fps, its frames at 25 or 29.97)
-MAX_PLAUSIBLE_FPS = 1000.0
-
 
 def nominal_rate(vs) -> float:
-    """A video stream's frame rate in frames per second: its average rate, else (absent or past
-    MAX_PLAUSIBLE_FPS) the rate FFmpeg guesses from the codec, else its base rate; nan when none
-    is plausible."""
+    """A video stream's frame rate in frames per second: its average rate, else the rate FFmpeg
+    guesses from the codec, else its base rate; nan when none is given. An average rate that is
+    the stream's clock (1 / time_base) beside a different guess is the demuxer's placeholder, not
+    a rate: a DV file's is 60000 (its 1/60000 s time base) for frames at 25 or 29.97."""
+    clock = 1 / vs.time_base if vs.time_base else None
+    guess = vs.guessed_rate or vs.base_rate
     for rate in (vs.average_rate, vs.guessed_rate, vs.base_rate):
-        if rate and 0 < float(rate) <= MAX_PLAUSIBLE_FPS:
+        if rate and rate > 0 and not (rate == clock and guess and guess != clock):
             return float(rate)
     return float("nan")
 

@@ -24,7 +24,8 @@ followed) before the check; a relative path, or one that resolves outside every 
 with one message whatever the file is, so that a client learns nothing about other files. The
 file is then opened once, that descriptor checked again (its real path, a regular file) and
 copied into the request's temporary folder, which the front-end reads: a path swapped for a
-symlink after the check is never read (`private_copy`).
+symlink after the check is never read (`private_copy`); a file over PERSONALITY_MAX_VIDEO_GB
+(default 4 GiB, read when the model is loaded) is refused before the copy.
 
 The model is logged *from code* (stages/serve_model.py calls mlflow.models.set_model): loading it
 runs this project's code from the model's code/ folder (personality/, models/, stages/ travel as
@@ -47,7 +48,6 @@ import errno
 import json
 import math
 import os
-import shutil
 import stat
 import tempfile
 from pathlib import Path
@@ -73,6 +73,7 @@ PACKAGES = ("personality", "models", "stages")  # the project's code the served 
 CODE_ROOT = Path(__file__).resolve().parents[1]  # where they are (not the data root)
 VIDEO_ROOT_ENV = "PERSONALITY_VIDEO_ROOT"  # the folders a served model may read videos from
 OUTSIDE_ROOTS = f"not under the served video root(s); set {VIDEO_ROOT_ENV}"
+MAX_GB_ENV, DEFAULT_MAX_GB = "PERSONALITY_MAX_VIDEO_GB", 4  # the largest file a request may name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +98,7 @@ class VideoScorer:
         torch.set_num_threads(1)  # one request at a time per worker; the front-end has its own
         self.checkpoint = Path(context.artifacts["checkpoint"])
         self.params_file = Path(context.artifacts["params"])
-        self.video_roots = video_roots()
+        self.video_roots, self.max_bytes = video_roots(), max_video_bytes()
         log.info("serving videos under %s", os.pathsep.join(map(str, self.video_roots)))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):
@@ -118,7 +119,8 @@ class VideoScorer:
         names: list[str] = []  # the copy's path as the front-end may write it
         try:
             with tempfile.TemporaryDirectory(prefix="serve-") as root:
-                copy = private_copy(video, self.video_roots, Path(root) / "video")
+                copy = private_copy(video, self.video_roots, Path(root) / "video",
+                                    self.max_bytes)
                 if copy is None:
                     return refused
                 # the front-end resolves it (a temporary folder through a symlink: macOS /var)
@@ -164,7 +166,8 @@ def allowed_video(requested: str, roots: tuple[Path, ...]) -> Path | None:
     return resolved if under_a_root(resolved, roots) else None
 
 
-def private_copy(video: Path, roots: tuple[Path, ...], folder: Path) -> Path | None:
+def private_copy(video: Path, roots: tuple[Path, ...], folder: Path,
+                 max_bytes: int = DEFAULT_MAX_GB * 2**30) -> Path | None:
     """A copy of `video` (allowed_video's answer) in `folder`, read through one file descriptor
     that is checked after opening: its real path under one of `roots`, a regular file. None
     when it is not (the caller refuses it like any path outside the roots). The front-end opens
@@ -172,7 +175,8 @@ def private_copy(video: Path, roots: tuple[Path, ...], folder: Path) -> Path | N
     otherwise swap a path component for a symlink between the check and those opens. Raises
     StageInputError naming the file when it cannot be read or is no regular file (as predict
     says it). O_NONBLOCK: a named pipe with no writer would block the open, and the request;
-    the descriptor is checked before Python wraps it (io refuses a folder, leaving it open)."""
+    the descriptor is checked before Python wraps it (io refuses a folder, leaving it open). A
+    file over `max_bytes` is refused (a sparse file's holes would be written out in full)."""
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
         fd = os.open(video, flags)
@@ -185,10 +189,12 @@ def private_copy(video: Path, roots: tuple[Path, ...], folder: Path) -> Path | N
         real = _real_path(fd, video)
         if real is None or not under_a_root(real, roots):
             return None
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise StageInputError(f"{video}: " + ("is a folder" if stat.S_ISDIR(mode) else
-                                                  "not a regular file (a pipe or a device?)"))
+        facts = os.fstat(fd)
+        if not stat.S_ISREG(facts.st_mode):
+            raise StageInputError(f"{video}: " + ("is a folder" if stat.S_ISDIR(facts.st_mode)
+                                                  else "not a regular file (a pipe or a device?)"))
+        if facts.st_size > max_bytes:
+            raise StageInputError(_too_big(video, max_bytes))
         os.set_blocking(fd, True)
         src = os.fdopen(fd, "rb")
     finally:
@@ -198,8 +204,29 @@ def private_copy(video: Path, roots: tuple[Path, ...], folder: Path) -> Path | N
         folder.mkdir(parents=True, exist_ok=True)
         copy = folder / video.name
         with open(copy, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
+            while chunk := src.read(min(1 << 20, max_bytes - dst.tell())):
+                dst.write(chunk)
+            if src.read(1):  # grown past the limit since the check
+                raise StageInputError(_too_big(video, max_bytes))
     return copy
+
+
+def _too_big(video: Path, max_bytes: int) -> str:
+    return (f"{video}: over the {max_bytes / 2**30:g} GiB a served request may copy "
+            f"(set {MAX_GB_ENV})")
+
+
+def max_video_bytes() -> int:
+    """The largest file a request may name: PERSONALITY_MAX_VIDEO_GB GiB (default 4); each request
+    copies its file (`private_copy`), and a sparse file's holes are written out in full."""
+    text = os.environ.get(MAX_GB_ENV, "").strip() or str(DEFAULT_MAX_GB)
+    try:
+        gigabytes = float(text)
+    except ValueError:
+        gigabytes = -1.0
+    if not gigabytes > 0:
+        raise StageInputError(f"{MAX_GB_ENV}: {text!r} is not a positive number of GiB")
+    return int(gigabytes * 2**30)
 
 
 def _real_path(fd: int, video: Path) -> Path | None:

@@ -212,6 +212,9 @@ def test_dv_frame_rate_is_the_codecs_not_the_clock(tmp_path):
     assert probe(path).fps == 25.0
     assert probe_video(path)["fps"] == 25.0
     assert [t for _, t, _ in iter_frames(path)] == pytest.approx([0, 0.04, 0.08, 0.12, 0.16])
+    # a high-speed camera's rate is a rate, not a clock (a cap at 1000 fps made it nan)
+    fast = write_video(tmp_path / "fast.mp4", n=5, fps=2000)
+    assert probe(fast).fps == 2000.0
 
 
 

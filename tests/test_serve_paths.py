@@ -222,3 +222,44 @@ def test_a_dataset_without_videos_gives_no_input_example(tmp_path):
     pd.DataFrame({"path": ["", "clips/a.mp4"], "split": ["test", "train"]}).to_parquet(
         tmp_path / "data" / "manifest.parquet")
     assert serve.example_video(tmp_path) == str(tmp_path / "clips" / "a.mp4")
+
+
+def test_a_file_over_the_size_limit_is_a_row_with_its_error_not_a_copy(tree, reached,
+                                                                       monkeypatch):
+    """Each request copies its file: a sparse 100 GB file under a root was written out in full
+    (the server's disk, or RAM where /tmp is tmpfs). Over PERSONALITY_MAX_VIDEO_GB it is a row
+    with its error, before anything is copied; the limit is read when the model loads."""
+    served, _ = tree
+    with open(served / "huge.mp4", "wb") as f:
+        f.truncate(3 * 2**30)  # sparse: no block on disk
+    monkeypatch.setenv("PERSONALITY_VIDEO_ROOT", str(served))
+    monkeypatch.setenv("PERSONALITY_MAX_VIDEO_GB", "2")
+    scorer = loaded_scorer()
+    monkeypatch.setenv("PERSONALITY_MAX_VIDEO_GB", "100")  # read at load: changes nothing now
+    huge, clip = str(served / "huge.mp4"), str(served / "sub" / "clip.mp4")
+    got = errors(scorer, [huge, clip])
+    assert got[0] == f"{huge}: over the 2 GiB a served request may copy (set " \
+                     "PERSONALITY_MAX_VIDEO_GB)"
+    assert reached == [b"clip"]
+    monkeypatch.setenv("PERSONALITY_MAX_VIDEO_GB", "lots")
+    with pytest.raises(StageInputError, match="PERSONALITY_MAX_VIDEO_GB: 'lots' is not a "
+                                              "positive number of GiB"):
+        loaded_scorer()
+
+
+def test_the_copy_stops_at_the_limit_when_the_file_grew_since_the_check(tmp_path, monkeypatch):
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"x" * 1000)
+    assert serve.private_copy(video, (tmp_path,), tmp_path / "a", max_bytes=1000).stat().st_size \
+        == 1000
+    real_fstat = os.fstat
+
+    def as_checked(fd):  # the size when it was checked: 10 bytes, then it grew to 1000
+        facts = list(real_fstat(fd))
+        facts[6] = 10
+        return os.stat_result(facts)
+
+    monkeypatch.setattr(serve.os, "fstat", as_checked)
+    with pytest.raises(StageInputError, match="over the"):
+        serve.private_copy(video, (tmp_path,), tmp_path / "b", max_bytes=999)
+    assert (tmp_path / "b" / "clip.mp4").stat().st_size == 999  # read no further
