@@ -996,9 +996,15 @@ def log_manifest_input(mlflow, manifest: Path, context: str) -> None:
         dataset = mlflow.data.from_pandas(df, source=str(manifest), name="manifest",
                                           digest=digest)
     counts = df["split"].value_counts() if "split" in df else pd.Series(dtype=int)
-    mlflow.log_input(dataset, context=context, tags={
-        **{f"n_{split}": str(int(n)) for split, n in counts.items()},
-        "n_clips": str(len(df))})
+    tags = {**{f"n_{split}": str(int(n)) for split, n in counts.items()}, "n_clips": str(len(df))}
+    for attempt in range(3):
+        try:
+            return mlflow.log_input(dataset, context=context, tags=tags)
+        except mlflow.exceptions.MlflowException as exc:
+            # trainings side by side on a new store all find no such dataset, then all insert
+            # it: the losers' transaction is rolled back whole, and again finds the winner's
+            if attempt == 2 or "UNIQUE constraint failed: datasets" not in str(exc):
+                raise
 
 
 @contextlib.contextmanager

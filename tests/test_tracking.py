@@ -179,6 +179,42 @@ def store_repo(tmp_path: Path, tracking_env, empty_store: Path) -> Path:
     return root
 
 
+def test_trainings_that_log_the_manifest_at_once_all_get_it(tmp_path, rng, tracking_env,
+                                                           empty_store):
+    """Trainings side by side on a new store (make run) all find no 'manifest' dataset, then all
+    insert it: MLflow's UNIQUE constraint failed the losers, and with them `make run` (1 of 5
+    tries of 8 processes at once, here). The loser's transaction is rolled back whole; logging
+    again finds the winner's dataset. Any other failure still fails."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    root = store_repo(tmp_path, tracking_env, empty_store)
+    make_manifest(rng).to_parquet(root / "manifest.parquet")
+    real, calls = mlflow.log_input, []
+
+    def lose_the_race_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: "
+                                  "datasets.experiment_id, datasets.name, datasets.digest")
+        return real(*args, **kwargs)
+
+    tracking_env.setattr(mlflow, "log_input", lose_the_race_once)
+    with mlflow_run("train", run_name="train:a", manifest=root / "manifest.parquet"):
+        pass
+    [run] = runs_of(root / "mlflow.db")
+    assert len(calls) == 2 and run.info.status == "FINISHED"
+    assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["manifest"]
+
+    def other_failure(*args, **kwargs):
+        raise MlflowException("disk I/O error")
+
+    tracking_env.setattr(mlflow, "log_input", other_failure)
+    with pytest.raises(MlflowException, match="disk I/O error"):
+        with mlflow_run("train", run_name="train:b", manifest=root / "manifest.parquet"):
+            pass
+
+
 def test_a_run_stopped_while_it_logs_its_params_is_killed(tmp_path, tracking_env, empty_store):
     """Ctrl-C or SIGTERM (SystemExit) during the run's set-up ends it KILLED, as in its body;
     a failure stays FAILED."""
