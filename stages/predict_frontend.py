@@ -226,8 +226,8 @@ def front_end_here(video: Path, work: Path, params_file: Path | None, frontend: 
     # one tells (the frames stage marks it `truncated` by the same rule)
     ends_at, declared = stream_extent(video)
     out["truncated"] = ends_short(ends_at, declared)
-    if out["truncated"]:
-        out["ends_at_s"] = round(ends_at, 3)
+    if out["truncated"]:  # declared: a WebM's duration_s is what its packets measure, not this
+        out["ends_at_s"], out["declared_s"] = round(ends_at, 3), round(declared, 3)
     frames_summary = frames.run(params_of("frames", frames.FramesParams), base, root=work)
     # damaged video packets (frames.damaged_video_note); a stream that only breaks off early is
     # said once, by the truncation warning above
@@ -245,6 +245,9 @@ def front_end_here(video: Path, work: Path, params_file: Path | None, frontend: 
                             if isinstance(v, (int, float, str))}
     if facts["has_audio"]:
         out.update(_audio_facts(params_of("audio", audio.AudioParams), base, work, facts))
+        if out["truncated"]:  # said once, by the video's truncation warning
+            out["audio_notes"] = [n for n in out.get("audio_notes", [])
+                                  if not n.endswith("the file looks truncated")]
     fp = params_of("functionals", functionals.FunctionalsParams)
     functionals.run(dataclasses.replace(fp, audio=fp.audio and facts["has_audio"]), base,
                     root=work)

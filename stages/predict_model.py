@@ -209,8 +209,9 @@ def clip_warnings(facts: dict) -> list[str]:
     elif voice and facts.get("voiced_share") is not None and facts["voiced_share"] < 0.05:
         out.append(f"almost no voiced speech ({100 * facts['voiced_share']:.0f}% of the audio)")
     if facts.get("ends_at_s") is not None:
+        declared = facts.get("declared_s", facts.get("duration_s", 0))  # older results: no key
         out.append(f"the video ends at {facts['ends_at_s']:.1f} s of its declared "
-                   f"{facts.get('duration_s', 0):.1f} s: the file looks truncated")
+                   f"{declared:.1f} s: the file looks truncated")
     cut = facts.get("audio_cut_at_s")
     if cut:
         out.append(f"audio features stop at {cut:.0f} s (audio.max_feature_seconds) of a "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,24 +111,35 @@ def test_predict_refuses_a_clip_without_face_or_audio(functionals_root, tmp_path
 # truncated files
 
 
-@pytest.fixture(scope="module")
-def truncated(tmp_path_factory):
-    """The face fixture re-muxed with its index first (faststart), then cut to its first 30%:
-    the demuxer meets EOF without an error, as with a half-finished download."""
+def cut_remux(folder, name: str, **options):
+    """The face fixture's packets remuxed (no re-encode) into `folder`/whole.<ext> with PyAV's
+    `options` (format, muxer options), then cut to its first 30% as `name`."""
     import av
 
-    folder = tmp_path_factory.mktemp("cut")
-    whole = folder / "faststart.mp4"
+    whole = folder / ("whole" + Path(name).suffix)
     with av.open(str(real_fixture("single_face.mp4"))) as src, \
-            av.open(str(whole), "w", options={"movflags": "faststart"}) as dst:
+            av.open(str(whole), "w", **options) as dst:
         streams = {s.index: dst.add_stream_from_template(s) for s in src.streams}
         for packet in src.demux():
             if packet.dts is not None:
                 packet.stream = streams[packet.stream.index]
                 dst.mux(packet)
     data = whole.read_bytes()
-    (folder / "cut.mp4").write_bytes(data[: int(len(data) * 0.3)])
-    return folder / "cut.mp4"
+    (folder / name).write_bytes(data[: int(len(data) * 0.3)])
+    return folder / name
+
+
+@pytest.fixture(scope="module")
+def truncated(tmp_path_factory):
+    """The face fixture re-muxed with its index first (faststart), then cut to its first 30%:
+    the demuxer meets EOF without an error, as with a half-finished download."""
+    return cut_remux(tmp_path_factory.mktemp("cut"), "cut.mp4", options={"movflags": "faststart"})
+
+
+@pytest.fixture(scope="module")
+def truncated_mkv(tmp_path_factory):
+    """The same in Matroska (its streams declare no duration), cut to 30%."""
+    return cut_remux(tmp_path_factory.mktemp("cut_mkv"), "cut.mkv", format="matroska")
 
 
 def test_a_file_cut_off_mid_data_is_truncated_and_a_whole_one_is_not(truncated):
@@ -167,19 +179,35 @@ def test_the_frames_stage_names_a_truncated_file(truncated, tmp_path):
         "the video stream breaks off early: scores rest on the ")
 
 
-def test_predict_warns_that_a_file_looks_truncated(truncated, tmp_path, capsys):
+def predicted(video, tmp_path) -> dict:
+    """prediction.json of `predict video` with an untrained AU model (perfex_cnn): the clip's
+    facts and warnings, whatever the scores."""
     torch.manual_seed(0)
     ckpt = save_checkpoint(tmp_path / "perfex_cnn" / "best.pt", model=build_model("perfex_cnn"),
                            model_name="perfex_cnn", train_mean=[0.5] * 5,
                            inputs=["aus", "aus_mask"])
-    assert predict.main([str(truncated), "--out", str(tmp_path / "o"), "--model", str(ckpt),
+    assert predict.main([str(video), "--out", str(tmp_path / "o"), "--model", str(ckpt),
                          "--no-explain"]) == 0
-    result = json.loads((tmp_path / "o" / "prediction.json").read_text())
+    return json.loads((tmp_path / "o" / "prediction.json").read_text())
+
+
+def test_predict_warns_that_a_file_looks_truncated(truncated, tmp_path, capsys):
+    result = predicted(truncated, tmp_path)
     assert result["truncated"] is True and result["ends_at_s"] < 1.0
     assert "the video ends at 0.7 s of its declared 2.4 s: the file looks truncated" in \
         result["warnings"]
     assert not any("breaks off" in w for w in result["warnings"])  # said once, not twice
     assert "looks truncated" in capsys.readouterr().out
+
+
+def test_predict_names_a_cut_matroska_files_declared_length_once(truncated_mkv, tmp_path):
+    """A cut MKV's duration_s is what its packets measure (0.7 s): the warning said 'ends at 0.7 s
+    of its declared 0.7 s', and the audio stage's truncation note said it a second time."""
+    result = predicted(truncated_mkv, tmp_path)
+    assert result["truncated"] is True and result["declared_s"] == pytest.approx(2.4, abs=0.1)
+    said = [w for w in result["warnings"] if "truncated" in w]
+    assert len(said) == 1 and said[0].startswith("the video ends at 0.") and \
+        said[0].endswith("of its declared 2.4 s: the file looks truncated"), result["warnings"]
 
 
 def test_predict_warns_that_video_packets_were_damaged(tmp_path):
@@ -190,13 +218,7 @@ def test_predict_warns_that_video_packets_were_damaged(tmp_path):
     data[cut] = np.random.default_rng(0).integers(0, 256, cut.stop - cut.start,
                                                   dtype=np.uint8).tobytes()
     (tmp_path / "damaged.mp4").write_bytes(bytes(data))
-    torch.manual_seed(0)
-    ckpt = save_checkpoint(tmp_path / "perfex_cnn" / "best.pt", model=build_model("perfex_cnn"),
-                           model_name="perfex_cnn", train_mean=[0.5] * 5,
-                           inputs=["aus", "aus_mask"])
-    assert predict.main([str(tmp_path / "damaged.mp4"), "--out", str(tmp_path / "o"),
-                         "--model", str(ckpt), "--no-explain"]) == 0
-    warnings = json.loads((tmp_path / "o" / "prediction.json").read_text())["warnings"]
+    warnings = predicted(tmp_path / "damaged.mp4", tmp_path)["warnings"]
     damaged = [w for w in warnings if "corrupt video packet(s) skipped" in w]
     assert len(damaged) == 1 and "scores rest on the " in damaged[0], warnings
 
@@ -304,8 +326,6 @@ def test_predict_run_outside_the_project_uses_the_checkout_its_code_is_in(tmp_pa
     """`PYTHONPATH=/repo python -m stages.predict clip.mp4 --out o` from another folder failed
     with "<that folder>/params.yaml: params file not found"; it now works from the checkout the
     code is in, and only where that is no project either says to run it from one."""
-    from pathlib import Path
-
     from stages import predict_model
 
     repo = Path(predict_model.__file__).resolve().parents[1]
