@@ -140,8 +140,8 @@ def _decode_many(blobs: Sequence[bytes], size: int, square_crop: bool) -> torch.
 
 class ImageStore:
     """Decoded uint8 images per video from a per-frame artifact (faces: crops with face_found;
-    frames: every jpeg), read one video at a time (personality.video_shards.index_videos / row groups),
-    kept in an LRU cache of at most `cache_mb` megabytes."""
+    frames: every jpeg), read one video at a time (personality.video_shards.index_videos / row
+    groups), kept in an LRU cache of at most `cache_mb` megabytes."""
 
     def __init__(self, folder: Path, artifact: str, *, size: int, cache_mb: float,
                  video_ids: Sequence[str]):
