@@ -154,8 +154,9 @@ def stream_extent(path: str | os.PathLike) -> tuple[float, float]:
     the stream's start, from a packet scan alone (no decoding: cheap). `ends_short(*extent)` says
     whether the file looks truncated. Raises StageInputError naming the file, as `probe`."""
     scan = _scan_packets(Path(path))
-    declared = scan.declared_s if np.isfinite(scan.declared_s) else cut_container_s(path)
-    return _video_end_s(scan), declared
+    ends_at = _video_end_s(scan)
+    declared = scan.declared_s if np.isfinite(scan.declared_s) else cut_container_s(path, ends_at)
+    return ends_at, declared
 
 
 def _video_end_s(scan: "_PacketScan") -> float:
@@ -164,19 +165,23 @@ def _video_end_s(scan: "_PacketScan") -> float:
     return _pts_seconds(last, scan.clock)
 
 
-def cut_container_s(path: str | os.PathLike) -> float:
+def cut_container_s(path: str | os.PathLike, reached_s: float = float("nan")) -> float:
     """The duration a file's container declares when every stream stops well short of it
     (`ends_short`: the file was cut off), else nan. For files whose streams declare no duration
     of their own (Matroska, WebM, FLV with sound: `_declared_s` is nan) the container's covers
     them all: a cut leaves every stream short, while a sound track that runs past its video
-    reaches it. A demux of every stream, no decoding. Streams end at their timestamps: Matroska
-    counts its duration from 0, not from the first timestamp, so a stream measured from its own
-    (or the file's) start would fall short of a whole file whose timestamps start late."""
+    reaches it. A demux of every stream, no decoding, unless `reached_s` (where the caller's
+    stream ends, from its start) already reaches the container's duration: a whole file, the
+    common case. Streams end at their timestamps: Matroska counts its duration from 0, not from
+    the first timestamp, so a stream measured from its own (or the file's) start would fall
+    short of a whole file whose timestamps start late."""
     container = _open(path)
     try:
         if container.duration is None:
             return float("nan")
         declared, ends_at = container.duration / 1_000_000, float("nan")
+        if np.isfinite(reached_s) and not ends_short(reached_s, declared):
+            return float("nan")
         # a start below 0 (audio priming) counts from the first timestamp: never later than 0
         ends_at_from = min(container.start_time or 0, 0) / 1_000_000
         try:
@@ -299,9 +304,9 @@ def iter_frames(path: str | os.PathLike, *, fps: float | None = None, per_video:
                 break
         if not report["truncated"]:
             report["errors"] += pick.missing  # kept frames the decoder never returned
-        declared = _declared_s(vs, container)
-        _check_extent(report, _pts_seconds(last_pts, FrameClock(vs)),
-                      declared if np.isfinite(declared) else cut_container_s(path))
+        declared, ends_at = _declared_s(vs, container), _pts_seconds(last_pts, FrameClock(vs))
+        _check_extent(report, ends_at,
+                      declared if np.isfinite(declared) else cut_container_s(path, ends_at))
     finally:
         container.close()
 

@@ -505,21 +505,22 @@ def process_video(video_id: str, path: str | os.PathLike, p: AudioParams,
         notes.append(f"{report['gap_s']:.1f} s of audio skipped (a damaged stretch) read as "
                      "silence")
     if row["has_audio"] and not row["error"] and seconds < p.max_feature_seconds - 1.0:
-        declared = _declared_s(path, report)  # a failed row says why: no check
+        declared = _declared_s(path, report, seconds)  # a failed row says why: no check
         if ends_short(seconds, declared):
             notes.append(f"the audio ends at {seconds:.1f} s of its declared {declared:.1f} s: "
                          "the file looks truncated")
     return {**row, "notes": notes} if notes else row
 
 
-def _declared_s(path: str | os.PathLike, report: dict) -> float:
+def _declared_s(path: str | os.PathLike, report: dict, seconds: float) -> float:
     """The audio stream's declared duration, else (Matroska / WebM: streams declare none) the
-    container's when the file was cut off (video_io.cut_container_s), else nan."""
+    container's when the file was cut off (video_io.cut_container_s; the track's `seconds`
+    spare its demux when they reach the container's duration), else nan."""
     declared = report.get("declared_s", float("nan"))
     if np.isfinite(declared):
         return declared
     try:
-        return cut_container_s(path)
+        return cut_container_s(path, seconds)
     except StageInputError:  # it decoded a moment ago; no second opinion is no warning
         return float("nan")
 

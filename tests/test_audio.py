@@ -250,17 +250,22 @@ def test_corrupt_and_missing_files_are_reported_and_the_others_go_on(tmp_path, r
 # the stage on the tiny synthetic dataset, two spawned workers
 
 
+def damaged_copy(src, dst):
+    """`src` with every 50th byte flipped in 30-50% of the file, written to `dst`."""
+    data = bytearray(src.read_bytes())
+    for i in range(int(len(data) * 0.3), int(len(data) * 0.5), 50):
+        data[i] ^= 0xFF
+    dst.write_bytes(bytes(data))
+    return dst
+
+
 def test_a_corrupt_stretch_costs_its_seconds_not_the_whole_track(tmp_path, caplog):
     """A clip whose middle is damaged (bytes flipped in 30-50% of the file): the packets that no
     longer decode are read as silence of their length, the rest of the track keeps its samples
     and its time (the whole track was refused before, and the clip scored without its voice);
     too many bad packets still refuse it, naming the file."""
     src = real_fixture("no_face.mp4")
-    data = bytearray(src.read_bytes())
-    for i in range(int(len(data) * 0.3), int(len(data) * 0.5), 50):
-        data[i] ^= 0xFF
-    damaged = tmp_path / "damaged.mp4"
-    damaged.write_bytes(bytes(data))
+    damaged = damaged_copy(src, tmp_path / "damaged.mp4")
     clean = audio.decode_audio(src, sr=16000, max_seconds=600)
     with caplog.at_level(logging.WARNING):
         y = audio.decode_audio(damaged, sr=16000, max_seconds=600)
@@ -289,11 +294,7 @@ def test_a_stretch_the_demuxer_skips_is_silence_and_the_rest_keeps_its_time(tmp_
     from test_frames import write_webm_with_opus
 
     clean_path = write_webm_with_opus(tmp_path / "clean.webm", n=100)  # 4 s
-    data = bytearray(clean_path.read_bytes())
-    for i in range(int(len(data) * 0.3), int(len(data) * 0.5), 50):
-        data[i] ^= 0xFF
-    damaged = tmp_path / "damaged.webm"
-    damaged.write_bytes(bytes(data))
+    damaged = damaged_copy(clean_path, tmp_path / "damaged.webm")
     clean = audio.decode_audio(clean_path, sr=16000, max_seconds=600)
     report: dict = {}
     y = audio.decode_audio(damaged, sr=16000, max_seconds=600, report=report)
