@@ -115,8 +115,7 @@ def check_required_splits(manifest: pd.DataFrame, required: list[str]) -> None:
         raise StageInputError(
             f"ingest: split(s) {', '.join(empty)} would be empty ({everyone} subject(s) in all; "
             f"splits are by subject): give more subjects, or {fix}")
-    labelled = manifest[manifest[list(TRAITS)].notna().all(axis=1)]
-    counts = labelled.groupby("split")["subject_id"].nunique()
+    counts = _labelled_subjects(manifest)
     unlabelled = [s for s in required if counts.get(s, 0) == 0]
     if unlabelled:
         held = manifest[manifest["split"].isin(unlabelled)]
@@ -127,12 +126,17 @@ def check_required_splits(manifest: pd.DataFrame, required: list[str]) -> None:
             f"five traits for some of their videos, or {fix}")
 
 
+def _labelled_subjects(manifest: pd.DataFrame) -> pd.Series:
+    """split -> the number of subjects with at least one video rated on all five traits."""
+    labelled = manifest[manifest[list(TRAITS)].notna().all(axis=1)]
+    return labelled.groupby("split")["subject_id"].nunique()
+
+
 def few_subject_warnings(manifest: pd.DataFrame) -> list[str]:
     """What a user should know before training: a val or test split of fewer than
     MIN_SCORED_SUBJECTS labelled subjects gives scores whose intervals over subjects rest on one
     or two people (none with one: evaluate writes null)."""
-    labelled = manifest[manifest[list(TRAITS)].notna().all(axis=1)]
-    counts = labelled.groupby("split")["subject_id"].nunique()
+    counts = _labelled_subjects(manifest)
     return [f"split {split} holds {counts.get(split, 0)} labelled subject(s): its CCC rests on "
             f"so few people that its 95% interval over subjects says little (none with one); "
             f"{MIN_SCORED_SUBJECTS} or more give one worth reading"
