@@ -206,8 +206,7 @@ def decode_audio(path: str | os.PathLike, *, sr: int, max_seconds: float,
                 return None
             stream = container.streams.audio[0]
             if report is not None:
-                report["declared_s"] = float(stream.duration * stream.time_base) \
-                    if stream.duration and stream.time_base else float("nan")
+                report["declared_s"] = _stream_declared_s(container, stream)
             resampler = av.AudioResampler(format="flt", layout="mono", rate=sr)
             n, origin, seen = 0, None, 0.0  # the first decoded frame's time, input seconds
             discont = bool(container.format.flags & _TS_DISCONT)
@@ -510,6 +509,18 @@ def process_video(video_id: str, path: str | os.PathLike, p: AudioParams,
             notes.append(f"the audio ends at {seconds:.1f} s of its declared {declared:.1f} s: "
                          "the file looks truncated")
     return {**row, "notes": notes} if notes else row
+
+
+def _stream_declared_s(container, stream) -> float:
+    """The duration an audio stream declares, in seconds (nan when it does not). An AVI's is the
+    longer of that and its header's length (`frames`, counted in its time base): a cut AVI's
+    stream duration is FFmpeg's estimate from what is left (or absent, for PCM), while the
+    header still counts the whole track, as video_io does for the video stream."""
+    tb = stream.time_base
+    declared = float(stream.duration * tb) if stream.duration and tb else float("nan")
+    if container.format.name == "avi" and stream.frames and tb:
+        declared = float(np.fmax(declared, float(stream.frames * tb)))
+    return declared
 
 
 def _declared_s(path: str | os.PathLike, report: dict, seconds: float) -> float:

@@ -325,6 +325,46 @@ def test_a_track_cut_short_is_named_as_such(monkeypatch):
                             "truncated"]
 
 
+def _avi_with_sound(path, seconds=6, codec="pcm_s16le"):
+    """An AVI of `seconds` of black 64x48 video at 25 fps and a 440 Hz tone at 16 kHz."""
+    import av
+
+    sr = 16000
+    with av.open(str(path), "w", format="avi") as out:
+        vs = out.add_stream("mpeg4", rate=25)
+        vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
+        st = out.add_stream(codec, rate=sr)
+        st.layout = "mono"
+        for i in range(seconds * 25):  # video, then sound: the muxer interleaves by time
+            frame = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
+            out.mux(vs.encode(frame))
+        out.mux(vs.encode())
+        t = np.arange(seconds * sr) / sr
+        wave = (0.3 * 32767 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
+        for start in range(0, len(wave), 1024):
+            chunk = av.AudioFrame.from_ndarray(wave[None, start:start + 1024], format="s16",
+                                               layout="mono")
+            chunk.sample_rate = sr
+            out.mux(st.encode(chunk))
+        out.mux(st.encode())
+    return path
+
+
+@pytest.mark.parametrize("codec", ["pcm_s16le", "mp2"])
+def test_an_avi_cut_off_has_its_audio_named_truncated(tmp_path, codec):
+    """An AVI cut in half: FFmpeg estimates its audio stream's length from what is left (PCM:
+    none at all), so the audio stage took the half track as whole while the frames stage
+    flagged the video. The header's length of the track (frames x time base) is the declared
+    one now; a whole AVI gets no note."""
+    whole = _avi_with_sound(tmp_path / "whole.avi", codec=codec)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: len(data) // 2])
+    assert "notes" not in audio.process_video("whole", whole, AudioParams())
+    notes = audio.process_video("cut", cut, AudioParams())["notes"]
+    assert len(notes) == 1 and "of its declared 6.0 s: the file looks truncated" in notes[0]
+
+
 def test_stage_on_the_tiny_dataset(tiny_dataset, tmp_path):
     (tmp_path / "data").mkdir()
     for name in ("manifest.parquet", "clips.parquet"):
