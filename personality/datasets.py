@@ -241,19 +241,33 @@ class UdivaParams:
     tasks: list[str] = dataclasses.field(default_factory=lambda: ["T"])  # T alk, A nimals, L ego, G host
 
 
-def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
+def _read_csv(path: Path, required: list[str], *, any_case: tuple[str, ...] = ()
+              ) -> pd.DataFrame:
+    """A CSV as text cells; `any_case`: columns taken in any case (`Subject` is `subject`)."""
     if not path.exists():
         raise StageInputError(f"{path}: not found")
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise StageInputError(f"{path}: not a readable CSV: {exc}") from None
-    df.columns = [c.strip() for c in df.columns]
+    df.columns = columns_any_case([c.strip() for c in df.columns], any_case)
+    repeated = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
+    if repeated:
+        raise StageInputError(f"{path}: column(s) {', '.join(repeated)} given twice")
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise StageInputError(f"{path}: missing column(s) {', '.join(missing)}"
                               + separator_hint(list(df.columns)))
     return df
+
+
+def columns_any_case(header: list[str], names: tuple[str, ...]) -> list[str]:
+    """`header` with each column that is one of `names` in another case (`Subject`, `SPLIT`, `o`)
+    spelled as `names` spells it. An optional column is looked up by name: a labels CSV's
+    `Subject` column was ignored without a word, every video became its own subject (one
+    person's clips could land in train and test) and its `Split` column's splits were redrawn."""
+    spelled = {n.casefold(): n for n in names}
+    return [spelled.get(c.casefold(), c) for c in header]
 
 
 def separator_hint(header: list[str]) -> str:

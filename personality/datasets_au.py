@@ -30,8 +30,13 @@ log = get_logger("ingest")
 # labels CSV rows (folder and openface_csv sources)
 
 
+# the columns of a labels CSV (folder: video, openface_csv: file), read in any case
+LABELS_COLUMNS = ("video", "file", *TRAITS, "subject", "split")
+
+
 def labels_records(csv_path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """The header (stripped) and the (line, fields) records of a labels CSV, blank lines left
+    """The header (stripped; LABELS_COLUMNS in any case spelled our way: `Subject` is `subject`)
+    and the (line, fields) records of a labels CSV, blank lines left
     out. The csv module, not pandas: pandas rejects the whole file for one row with an extra
     field (C engine), or silently cuts the extra field of the first row and swallows the rest
     of a file after an unclosed quote (python engine); here such a row stays one record for
@@ -53,7 +58,7 @@ def labels_records(csv_path: Path) -> tuple[list[str], list[tuple[int, list[str]
     records = [(n, f) for n, f in records if len(f) > 1 or (f and f[0].strip())]
     if not records:
         raise StageInputError(f"{csv_path}: not a readable CSV: no header line")
-    header = [c.strip() for c in records[0][1]]
+    header = datasets.columns_any_case([c.strip() for c in records[0][1]], LABELS_COLUMNS)
     repeated = sorted({c for c in header if c and header.count(c) > 1})  # "": trailing commas
     if repeated:
         raise StageInputError(f"{csv_path}: column(s) {', '.join(repeated)} given twice")
@@ -365,7 +370,7 @@ def ingest_openface_csv(p: OpenFaceParams, *, root: Path) -> tuple[list, list, p
     if not p.labels:
         raise StageInputError("ingest.openface_csv.labels: set it to the labels CSV")
     labels_path = datasets._resolve(p.labels, root)
-    df = datasets._read_csv(labels_path, ["file", *TRAITS])
+    df = datasets._read_csv(labels_path, ["file", *TRAITS], any_case=LABELS_COLUMNS)
     rows, problems, tables, seen = [], [], [], {}
     for i, row in df.iterrows():
         where = f"{labels_path} row {i + 2} ({row['file']})"

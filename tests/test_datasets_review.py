@@ -8,6 +8,8 @@ rows go on; nothing is lost or relabelled silently; splits are by subject.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -240,6 +242,25 @@ def test_openface_split_is_lower_cased_and_checked(tmp_path):
     assert _manifest(tmp_path).set_index("video_id")["split"].to_dict() == {
         "a.csv": "train", "b.csv": "val"}
     assert "row 4 (c.csv): split 'dev' is not one of train, val, test" in _bad(summary)
+
+
+def test_openface_labels_columns_are_read_in_any_case(tmp_path):
+    # `Subject` / `Split` were ignored: a.csv and b.csv, one person, were two subjects
+    params = _openface(tmp_path, "a.csv,0.1,0.2,0.3,0.4,0.5,s1,test\n"
+                                 "b.csv,0.1,0.2,0.3,0.4,0.5,s1,\n"
+                                 "c.csv,0.1,0.2,0.3,0.4,0.5,s3,\n")
+    labels = Path(params.labels)
+    labels.write_text(labels.read_text().replace("file,O,C,E,A,N,subject,split",
+                                                 "file,O,C,E,A,N,Subject,Split"))
+    _ingest(tmp_path, source="openface_csv", openface_csv=params)
+    m = _manifest(tmp_path).set_index("video_id")
+    assert m.loc["b.csv", "subject_id"] == "s1" and m.loc["b.csv", "split"] == "test"
+    labels.write_text(labels.read_text().replace("file,O,C,E,A,N", "File,O,C,E,A,n"))
+    _ingest(tmp_path, source="openface_csv", openface_csv=params)  # required ones too
+    assert _manifest(tmp_path).set_index("video_id").loc["a.csv", "N"] == pytest.approx(0.5)
+    labels.write_text("file,O,C,E,A,N,subject,Subject\na.csv,0.1,0.2,0.3,0.4,0.5,s1,s1\n")
+    with pytest.raises(StageInputError, match="column.s. subject given twice"):
+        _ingest(tmp_path, source="openface_csv", openface_csv=params)
 
 
 def test_openface_partial_or_nan_labels_are_bad_rows(tmp_path):

@@ -124,6 +124,30 @@ def test_given_splits_are_kept_and_others_assigned_by_subject(folder, tmp_path):
         _run(tmp_path, csv)
 
 
+def test_subject_and_split_columns_are_read_in_any_case(folder, tmp_path):
+    """A header `Subject`, `Split` (Excel's habit) was ignored without a word: every video its
+    own subject (alice's two clips could land in train and test) and the given split redrawn."""
+    csv = folder / "labels.csv"
+    csv.write_text("video,O,C,E,A,N,Subject,SPLIT\n"
+                   "clips/a1.mp4,0.1,0.2,0.3,0.4,0.5,alice,test\n"
+                   "clips/a2.mp4,0.1,0.2,0.3,0.4,0.5,alice,\n"
+                   "clips/b1.mp4,0.1,0.2,0.3,0.4,0.5,bob,\n"
+                   "clips/d1.mp4,0.1,0.2,0.3,0.4,0.5,dan,\n"
+                   "clips/e1.mp4,0.1,0.2,0.3,0.4,0.5,eve,\n")
+    summary = _run(tmp_path, csv)
+    m = read_artifact("manifest", path=tmp_path / "data/manifest.parquet").set_index("video_id")
+    assert m.loc["clips%2Fa2.mp4", "subject_id"] == "alice"
+    assert m.loc["clips%2Fa1.mp4", "split"] == m.loc["clips%2Fa2.mp4", "split"] == "test"
+    assert m.loc["clips%2Fa1.mp4", "O"] == pytest.approx(0.1)
+    assert not any("its own subject" in w for w in summary.get("warnings", []))
+    csv.write_text("Video,o,C,E,A,N\nclips/a1.mp4,0.1,0.2,0.3,0.4,0.5\n")  # required ones too
+    assert read_labels_csv(csv)[0][["video", "O"]].to_dict("records") == [
+        {"video": "clips/a1.mp4", "O": 0.1}]
+    csv.write_text("video,O,C,E,A,N,Subject,subject\nclips/a1.mp4,0.1,0.2,0.3,0.4,0.5,a,a\n")
+    with pytest.raises(StageInputError, match="column.s. subject given twice"):
+        read_labels_csv(csv)
+
+
 def test_labels_without_subjects_are_said_to_give_optimistic_scores(folder, tmp_path, caplog):
     """No subject column: each video is its own subject, so one person's clips can be split
     between train and test. The stage says so (log and metrics/ingest.json), and not when the
