@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -246,8 +247,20 @@ def _read_csv(path: Path, required: list[str], *, any_case: tuple[str, ...] = ()
     """A CSV as text cells; `any_case`: columns taken in any case (`Subject` is `subject`)."""
     if not path.exists():
         raise StageInputError(f"{path}: not found")
+    kw = dict(dtype=str, keep_default_na=False, skipinitialspace=True)
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        with warnings.catch_warnings():
+            # index_col=False: a first row with more fields than the header is an error, not
+            # an index (pandas took its first cell as every row's index and shifted the columns
+            # one to the left: IDs read from the next column, traits misplaced)
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            df = pd.read_csv(path, index_col=False, **kw)
+    except pd.errors.ParserWarning:
+        df = pd.read_csv(path, nrows=0, **kw)  # the header: saved with `;`? (separator_hint)
+        if not separator_hint(list(df.columns)):
+            raise StageInputError(f"{path}: not a readable CSV: its first row has more fields "
+                                  "than its header (a stray comma?): which cell is which is "
+                                  "unknown") from None
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise StageInputError(f"{path}: not a readable CSV: {exc}") from None
     df.columns = columns_any_case([c.strip() for c in df.columns], any_case)

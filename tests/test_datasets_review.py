@@ -263,6 +263,26 @@ def test_openface_labels_columns_are_read_in_any_case(tmp_path):
         _ingest(tmp_path, source="openface_csv", openface_csv=params)
 
 
+@pytest.mark.parametrize("source", ["openface_csv", "udiva"])
+def test_a_first_row_with_an_extra_field_fails_the_file_not_shifts_its_columns(tmp_path, source):
+    # pandas took the first cell of such a row as the index of every row and shifted the columns
+    # one to the left; the stage then crashed on `row {index + 2}`: TypeError, no file named
+    if source == "openface_csv":
+        params = {"openface_csv": _openface(tmp_path, "a.csv,0.1,0.2,0.3,0.4,0.5,s1,,note\n"
+                                                      "b.csv,0.1,0.2,0.3,0.4,0.5,s2,\n")}
+        bad = Path(params["openface_csv"].labels)
+    else:
+        root = _udiva(tmp_path, "")
+        bad = root / UDIVA_META / "parts_train.csv"
+        bad.write_text("ID,AGE,COUNTRY," + ",".join(datasets.UDIVA_TRAITS) + "\n"
+                       "101,25,Spain, Madrid,0.1,0.2,0.3,0.4,0.5\n102,31,Italy,1,1,1,1,1\n")
+        params = {"udiva": datasets.UdivaParams(root=str(root))}
+    with pytest.raises(StageInputError, match="first row has more fields than its header"
+                       ) as err:
+        _ingest(tmp_path, source=source, **params)
+    assert str(bad) in str(err.value)
+
+
 def test_openface_partial_or_nan_labels_are_bad_rows(tmp_path):
     # the folder source's rule, now shared: all five labels or none, `nan` is no label
     params = _openface(tmp_path, "a.csv,0.1,,,,,s1,\nb.csv,nan,0.2,0.3,0.4,0.5,s2,\n"
