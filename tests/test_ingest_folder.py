@@ -164,6 +164,11 @@ def test_labels_without_subjects_are_said_to_give_optimistic_scores(folder, tmp_
                    + "\n".join(f"{r},{r[6]}" for r in rows) + "\n")  # a, a, b, d, e
     again = _run(tmp_path, csv).get("warnings", [])  # 4 subjects: val and test get 1 each
     assert not any("its own subject" in w for w in again) and "labelled subject(s)" in again[0]
+    # some subject cells left empty: those clips were their own subjects without a word
+    csv.write_text("video,O,C,E,A,N,subject\n" + "\n".join(
+        f"{r},{'' if r[6] == 'a' else r[6]}" for r in rows) + "\n")  # a1, a2: no subject
+    partly = _run(tmp_path, csv)["warnings"]
+    assert "folder: 2 of 5 videos have no subject (e.g. clips%2Fa1.mp4)" in partly[0]
 
 
 def test_kfold_refuses_labels_that_bring_their_own_split(folder, tmp_path):
