@@ -24,7 +24,7 @@ from typing import Literal
 import pandas as pd
 
 from personality.archives import unextracted_message, unextracted_zips
-from personality.common import StageInputError, get_logger, progress, safe_join
+from personality.common import StageInputError, get_logger, progress, resolve_untrusted, safe_join
 from personality.safe_pickle import load_data_pickle
 from personality.schemas import TRAITS
 from personality.splits import kfold_splits
@@ -129,8 +129,8 @@ def ingest_chalearn16(p: ChaLearnParams, *, seed: int, root: Path, probe) -> tup
     splits = (("train", p.train_dir, p.train_labels), ("val", p.val_dir, p.val_labels),
               ("test", p.test_dir, p.test_labels))
     for split, folder, labels_name in splits:
-        video_dir = safe_join(base, folder)
-        labels_path = safe_join(base, labels_name)
+        video_dir = _param_path(base, folder)
+        labels_path = _param_path(base, labels_name)
         if not video_dir.is_dir() and not labels_path.exists():
             log.info("chalearn16: no %s split (%s, %s absent)", split, video_dir, labels_path)
             continue
@@ -147,7 +147,7 @@ def ingest_chalearn16(p: ChaLearnParams, *, seed: int, root: Path, probe) -> tup
         for name in sorted(set(labels) - set(videos)):
             problems.append(f"{labels_path}: label for {name} but no such video under {video_dir}")
         for name, path in progress(videos.items(), desc=f"chalearn16:{split}", unit="video"):
-            if not _inside(base, path, problems):
+            if not _inside((base, video_dir), path, problems):
                 continue
             if name not in labels and labels_path.exists():
                 problems.append(f"{path}: video has no label in {labels_path}")
@@ -242,8 +242,7 @@ class UdivaParams:
     tasks: list[str] = dataclasses.field(default_factory=lambda: ["T"])  # T alk, A nimals, L ego, G host
 
 
-def _read_csv(path: Path, required: list[str], *, any_case: tuple[str, ...] = ()
-              ) -> pd.DataFrame:
+def _read_csv(path: Path, required: list[str], *, any_case: tuple = ()) -> pd.DataFrame:
     """A CSV as text cells; `any_case`: columns taken in any case (`Subject` is `subject`)."""
     if not path.exists():
         raise StageInputError(f"{path}: not found")
@@ -251,21 +250,18 @@ def _read_csv(path: Path, required: list[str], *, any_case: tuple[str, ...] = ()
     try:
         with warnings.catch_warnings():
             # index_col=False: a first row with more fields than the header is an error, not
-            # an index (pandas took its first cell as every row's index and shifted the columns
-            # one to the left: IDs read from the next column, traits misplaced)
+            # every row's index (pandas shifted every column one to the left)
             warnings.simplefilter("error", pd.errors.ParserWarning)
             df = pd.read_csv(path, index_col=False, **kw)
     except pd.errors.ParserWarning:
         df = pd.read_csv(path, nrows=0, **kw)  # the header: saved with `;`? (separator_hint)
         if not separator_hint(list(df.columns)):
             raise StageInputError(f"{path}: not a readable CSV: its first row has more fields "
-                                  "than its header (a stray comma?): which cell is which is "
-                                  "unknown") from None
+                                  "than its header (a stray comma?)") from None
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise StageInputError(f"{path}: not a readable CSV: {exc}") from None
     df.columns = columns_any_case([c.strip() for c in df.columns], any_case)
-    repeated = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
-    if repeated:
+    if repeated := sorted({c for c in df.columns if list(df.columns).count(c) > 1}):
         raise StageInputError(f"{path}: column(s) {', '.join(repeated)} given twice")
     missing = [c for c in required if c not in df.columns]
     if missing:
@@ -276,9 +272,7 @@ def _read_csv(path: Path, required: list[str], *, any_case: tuple[str, ...] = ()
 
 def columns_any_case(header: list[str], names: tuple[str, ...]) -> list[str]:
     """`header` with each column that is one of `names` in another case (`Subject`, `SPLIT`, `o`)
-    spelled as `names` spells it. An optional column is looked up by name: a labels CSV's
-    `Subject` column was ignored without a word, every video became its own subject (one
-    person's clips could land in train and test) and its `Split` column's splits were redrawn."""
+    spelled as `names` spells it: an optional `Subject` column was ignored without a word."""
     spelled = {n.casefold(): n for n in names}
     return [spelled.get(c.casefold(), c) for c in header]
 
@@ -303,8 +297,8 @@ def ingest_udiva(p: UdivaParams, *, root: Path, probe) -> tuple[list, list]:
     rows, problems, absent = [], [], []
     for split, spec in p.splits.items():
         _check_split_spec(split, spec)
-        parts_path = safe_join(base, spec["parts"])
-        sessions_path = safe_join(base, spec["sessions"])
+        parts_path = _param_path(base, spec["parts"])
+        sessions_path = _param_path(base, spec["sessions"])
         if parts_path.exists():
             rows += _udiva_split(split, spec, base, root=root, tasks=p.tasks, probe=probe,
                                  problems=problems)
@@ -335,11 +329,11 @@ def _check_split_spec(split: str, spec) -> None:
 def _udiva_split(split: str, spec: dict, base: Path, *, root: Path, tasks: list[str], probe,
                  problems: list[str]) -> list[dict]:
     """Manifest rows of one split: each recording of a participant with labels."""
-    parts_path = safe_join(base, spec["parts"])
+    parts_path = _param_path(base, spec["parts"])
     labels, dropped = _udiva_labels(_read_parts(parts_path, split), parts_path, problems)
-    sessions_path = safe_join(base, spec["sessions"])
+    sessions_path = _param_path(base, spec["sessions"])
     sessions = _read_csv(sessions_path, ["ID", "PART.1", "PART.2"])
-    rec_root = safe_join(base, spec["recordings"])
+    rec_root = _param_path(base, spec["recordings"])
     rows, seen = [], {}  # seen: session folder -> the CSV line that took it
     for _, sess in sessions.iterrows():
         recordings = _udiva_recordings(sess, rec_root, base, tasks, split=split, seen=seen,
@@ -457,7 +451,7 @@ def _udiva_recordings(sess: pd.Series, rec_root: Path, base: Path, tasks: list[s
             problems.append(f"{path}: a second recording FC{key[0]}_{key[1]} of session "
                             f"{session} (the first: {found[key]}); dropped")
             continue
-        found[key] = path if _inside(base, path, problems) else None  # escaped: reported
+        found[key] = path if _inside((base, rec_root), path, problems) else None  # escaped: reported
     for part in ("1", "2"):
         for task in tasks:
             participant = sess[f"PART.{part}"].strip()
@@ -479,16 +473,24 @@ def _resolve(path: str, root: Path) -> Path:
     return p if p.is_absolute() else root / p
 
 
-def _inside(base: Path, path: Path, problems: list[str]) -> bool:
-    """Whether a file found under the dataset folder stays in it once symlinks are followed (the
-    folder source's rule, `safe_join`); a file that escapes, or cannot be resolved, is reported
-    in `problems` by name and skipped."""
-    try:
-        safe_join(base, path)
-    except StageInputError as exc:
-        problems.append(str(exc))  # "<file>: path escapes the dataset root <base>"
-        return False
-    return True
+def _param_path(base: Path, relative: str) -> Path:
+    """A folder or file a param names below the dataset root, symlinks followed: the user's own
+    layout (a split folder linked to another disk), not a label file's path (`_inside`)."""
+    return resolve_untrusted(base / relative, relative)
+
+
+def _inside(bases: tuple[Path, ...], path: Path, problems: list[str]) -> bool:
+    """Whether a file found under a dataset folder stays in the dataset root or in the folder
+    it was found in (a param's, `_param_path`) once symlinks are followed (the folder source's
+    rule, `safe_join`); a file that escapes, or cannot be resolved, is reported in `problems`
+    by name and skipped."""
+    for base in reversed(bases):  # the root last: its refusal is the one reported
+        try:
+            return bool(safe_join(base, path))
+        except StageInputError as exc:
+            error = str(exc)  # "<file>: path escapes the dataset root <base>"
+    problems.append(error)
+    return False
 
 
 def _rel(path: Path, root: Path) -> str:

@@ -44,7 +44,7 @@ import yaml
 from personality.common import (BaseParams, ParamsError, StageInputError, atomic_dir,
                                 atomic_write_json, build_dataclass, get_logger,
                                 is_checkpoint_path, load_params_file, repo_root, stage_errors)
-from personality.datasets import udiva_release_splits
+from personality.datasets import ChaLearnParams, udiva_release_splits
 from personality.datasets_au import labels_records
 
 log = get_logger("inputs")
@@ -92,9 +92,13 @@ def _listed(csv_path: Path, column: str) -> list[Path]:
     return [csv_path.parent / name for name in names]
 
 
-def _tree(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes) \
-        if folder.is_dir() else []
+def _tree(folder: Path, suffixes: tuple[str, ...], *below: str) -> list[Path]:
+    """The files under `folder` and under each of its sub-folders `below` (a dataset's split or
+    recordings folders, which ingest follows when they are links to another disk; rglob does
+    not step into a linked folder)."""
+    tops = [folder, *(folder / b for b in below if isinstance(b, str) and b)]
+    return sorted({p for top in tops if top.is_dir() for p in top.rglob("*")
+                   if p.suffix.lower() in suffixes})
 
 
 def _udiva_csvs(opts: dict, root: Path) -> list[Path]:
@@ -121,9 +125,14 @@ def source_files(ingest: dict, root: Path) -> tuple[list[Path], list[Path]]:
     if source == "chalearn16" and opts.get("root"):
         base = _resolve(opts["root"], root)
         labels = [base / opts.get(k, "") for k in ("train_labels", "val_labels", "test_labels")]
-        return labels, _tree(base, VIDEO_SUFFIXES)
+        dirs = [opts.get(k, getattr(ChaLearnParams, k)) for k in ("train_dir", "val_dir",
+                                                                   "test_dir")]
+        return labels, _tree(base, VIDEO_SUFFIXES, *dirs)
     if source == "udiva" and opts.get("root"):
-        return _udiva_csvs(opts, root), _tree(_resolve(opts["root"], root), VIDEO_SUFFIXES)
+        splits = opts.get("splits") or udiva_release_splits()
+        recordings = [spec.get("recordings") for spec in splits.values() if isinstance(spec, dict)]
+        return _udiva_csvs(opts, root), _tree(_resolve(opts["root"], root), VIDEO_SUFFIXES,
+                                              *recordings)
     if source == "synthetic":
         from personality.synthetic import face_photos
 

@@ -327,3 +327,41 @@ def test_udiva_fingerprint_follows_the_release_csvs(udiva, tmp_path):
     labels = udiva / key.split("/", 1)[1]
     labels.write_text(labels.read_text().replace("0.3,0.3", "0.9,0.3"))
     assert inputs.fingerprint(params, tmp_path)["files"][key] != first["files"][key]
+
+
+# --------------------------------------------------------------------------------------------------
+# split / recordings folders linked to another disk (the user's layout, not a label file's path)
+
+
+def test_chalearn16_split_folders_linked_to_another_disk_are_read_and_fingerprinted(tmp_path):
+    # "train: path escapes the dataset root" stopped the stage; the fingerprint saw no video
+    disk = _chalearn(tmp_path, packed=set())
+    root = tmp_path / "chalearn_links"
+    root.mkdir()
+    for name in ("train", "validation", "test", *PICKLES.values()):
+        (root / name).symlink_to(disk / name)
+    summary = _ingest(tmp_path, source="chalearn16",
+                      chalearn16=datasets.ChaLearnParams(root=str(root), split_mode="official"))
+    assert len(_manifest(tmp_path)) == 5 and summary["n_bad_rows"] == 0
+    files = inputs.fingerprint({"source": "chalearn16", "chalearn16": {"root": str(root)}},
+                               tmp_path)["files"]
+    assert sum(key.endswith(".mp4") for key in files) == 5
+    # a clip linked out of its split folder and out of the root is still refused
+    outside = _clip(tmp_path / "elsewhere" / "FFFFFFFFFFF.001.mp4")
+    (disk / "train" / "FFFFFFFFFFF.001.mp4").symlink_to(outside)
+    summary = _ingest(tmp_path, source="chalearn16",
+                      chalearn16=datasets.ChaLearnParams(root=str(root), split_mode="official"))
+    assert "FFFFFFFFFFF.001.mp4: path escapes the dataset root" in summary["bad_rows"][0]
+
+
+def test_udiva_recordings_folder_linked_to_another_disk_is_read(udiva, tmp_path):
+    disk = tmp_path / "disk"
+    (udiva / "val" / "recordings").rename(disk)
+    (udiva / "val" / "recordings").symlink_to(disk)
+    summary = _ingest(tmp_path, source="udiva", udiva=datasets.UdivaParams(root=str(udiva)))
+    assert _manifest(tmp_path)["split"].value_counts().to_dict() == {
+        "train": 4, "val": 2, "test": 2}
+    assert summary["n_bad_rows"] == 0
+    files = inputs.fingerprint({"source": "udiva", "udiva": {"root": str(udiva)}},
+                               tmp_path)["files"]
+    assert sum(key.startswith("disk/") for key in files) == 4  # talk and animals, FC1 and FC2
