@@ -13,7 +13,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+import os
 import re
+import unicodedata
 from pathlib import Path
 from typing import Literal
 
@@ -99,6 +101,21 @@ def row_split(row) -> str:
     if split and split not in SPLITS:
         raise StageInputError(f"split {split!r} is not one of {', '.join(SPLITS)}")
     return split
+
+
+def listed_name(folder: Path, name: str) -> str:
+    """The name of the file that a labels-CSV cell means, relative to `folder`: `name` itself
+    when that exists, else the one written on Windows (`clips\\a.mp4`: a backslash is a folder)
+    or in the other Unicode form (`café.mp4` as typed is composed, a file copied from a Mac has
+    it decomposed) when that exists; `name` when neither does (the caller reports it missing).
+    Both named the file of every row "not found" while the path shown was the file's own."""
+    if os.path.lexists(folder / name):
+        return name
+    slashed = name.replace("\\", "/")
+    for alt in (slashed, *(unicodedata.normalize(form, slashed) for form in ("NFC", "NFD"))):
+        if alt != name and os.path.lexists(folder / alt):
+            return alt
+    return name
 
 
 # --------------------------------------------------------------------------------------------------
@@ -351,7 +368,7 @@ def _openface_row(row: pd.Series, base: Path, seen: dict[Path, int], fps: float
     (a ValueError) or OSError saying what is wrong; `seen` maps the files of earlier good rows to
     their row numbers, so one file under two spellings (a.csv, x/../a.csv) is one sequence."""
     file = row["file"].strip()
-    path = safe_join(base, file)
+    path = safe_join(base, listed_name(base, file))
     if path in seen:
         raise StageInputError(f"duplicate: {path} is the file of row {seen[path]} already")
     traits, split = row_labels(row), row_split(row)

@@ -252,7 +252,7 @@ def _video_target(root: Path, video: str) -> Path:
     byte, a name too long) and a missing file."""
     if not video:
         raise StageInputError("empty video path")
-    target = resolve_untrusted(root / video, video)
+    target = resolve_untrusted(root / datasets_au.listed_name(root, video), video)
     if target != root and root not in target.parents:
         raise StageInputError(f"path {video!r} escapes the dataset root {root}")
     try:

@@ -45,7 +45,7 @@ from personality.common import (BaseParams, ParamsError, StageInputError, atomic
                                 atomic_write_json, build_dataclass, get_logger,
                                 is_checkpoint_path, load_params_file, repo_root, stage_errors)
 from personality.datasets import ChaLearnParams, udiva_release_splits
-from personality.datasets_au import labels_records
+from personality.datasets_au import labels_records, listed_name
 
 log = get_logger("inputs")
 
@@ -89,7 +89,7 @@ def _listed(csv_path: Path, column: str) -> list[Path]:
         return []
     at = header.index(column)
     names = sorted({fields[at].strip() for _, fields in records if len(fields) > at} - {""})
-    return [csv_path.parent / name for name in names]
+    return [csv_path.parent / listed_name(csv_path.parent, name) for name in names]
 
 
 def _tree(folder: Path, suffixes: tuple[str, ...], *below: str) -> list[Path]:

@@ -283,6 +283,16 @@ def test_a_first_row_with_an_extra_field_fails_the_file_not_shifts_its_columns(t
     assert str(bad) in str(err.value)
 
 
+def test_openface_file_written_with_backslashes_is_found(tmp_path):
+    # `sub\d.csv` (a labels CSV written on Windows): "OpenFace CSV .../sub\d.csv not found"
+    params = _openface(tmp_path, "a.csv,0.1,0.2,0.3,0.4,0.5,s1,\n"
+                                 "sub\\d.csv,0.1,0.2,0.3,0.4,0.5,s2,\n")
+    (Path(params.labels).parent / "sub").mkdir()
+    newer_openface_csv(Path(params.labels).parent / "sub" / "d.csv")
+    summary = _ingest(tmp_path, source="openface_csv", openface_csv=params)
+    assert summary["n_bad_rows"] == 0 and summary["n_videos"] == 2
+
+
 def test_openface_partial_or_nan_labels_are_bad_rows(tmp_path):
     # the folder source's rule, now shared: all five labels or none, `nan` is no label
     params = _openface(tmp_path, "a.csv,0.1,,,,,s1,\nb.csv,nan,0.2,0.3,0.4,0.5,s2,\n"

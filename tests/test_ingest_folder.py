@@ -371,3 +371,29 @@ def test_an_unclosed_quote_fails_the_file_naming_its_line(tmp_path):
                    "c.mp4,1,1,1,1,1\n")
     with pytest.raises(StageInputError, match=r"labels.csv: not a readable CSV: line 3: "):
         read_labels_csv(csv)
+
+
+def test_paths_written_on_windows_or_in_another_unicode_form_find_their_files(folder, tmp_path):
+    """`clips\\a1.mp4` (a CSV written on Windows) and a name typed composed (`é`) for a file
+    copied from a Mac (decomposed): every such row was "video file <the path shown> not found",
+    and the fingerprint stat'ed no file, so a replaced video re-ran nothing."""
+    import unicodedata
+
+    from stages import inputs
+
+    mac_name = unicodedata.normalize("NFD", "josé.mp4")
+    (folder / "clips" / "b1.mp4").rename(folder / "clips" / mac_name)
+    csv = folder / "labels.csv"
+    csv.write_text("video,O,C,E,A,N,subject\n"
+                   "clips\\a1.mp4,0.1,0.2,0.3,0.4,0.5,alice\n"
+                   + unicodedata.normalize("NFC", "clips/josé.mp4,0.1,0.2,0.3,0.4,0.5,jose\n")
+                   + "clips/d1.mp4,0.1,0.2,0.3,0.4,0.5,dan\n"
+                   "clips/e1.mp4,0.1,0.2,0.3,0.4,0.5,eve\n", encoding="utf-8")
+    summary = _run(tmp_path, csv)
+    assert summary["n_bad_rows"] == 0 and summary["n_videos"] == 4
+    m = read_artifact("manifest", path=tmp_path / "data/manifest.parquet").set_index("subject_id")
+    assert m.loc["alice", "path"] == "ds/clips/a1.mp4"
+    assert m.loc["jose", "path"] == f"ds/clips/{mac_name}"
+    files = inputs.fingerprint({"source": "folder", "folder": {"labels": str(csv)}},
+                               tmp_path)["files"]
+    assert not [k for k, v in files.items() if v == {"missing": True}]
