@@ -12,7 +12,7 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-__all__ = ["unextracted_zips", "unextracted_message"]
+__all__ = ["unextracted_zips", "unextracted_message", "mac_leftover"]
 
 
 def unextracted_zips(video_dir: Path, videos: set[str]) -> list[Path]:
@@ -49,3 +49,11 @@ def unextracted_message(zips: list[Path], where: Path) -> str:
     n = len(zips)
     return (f"{n} archive{'s' if n > 1 else ''} not extracted under {where}, e.g. {zips[0]}: "
             "extract them (unzip, with the password that comes with access)")
+
+
+def mac_leftover(path: Path) -> bool:
+    """Whether `path` is metadata a Mac leaves beside a file when it zips or copies a folder (an
+    AppleDouble `._abc.001.mp4` next to `abc.001.mp4`, and copies of them under `__MACOSX/`):
+    4 KB of attributes with a video's extension, no video. Each read as a clip of its own:
+    one "video has no label" line per clip on ChaLearn, one failed row per clip in a batch."""
+    return path.name.startswith("._") or "__MACOSX" in path.parts

@@ -23,7 +23,7 @@ from typing import Literal
 
 import pandas as pd
 
-from personality.archives import unextracted_message, unextracted_zips
+from personality.archives import mac_leftover, unextracted_message, unextracted_zips
 from personality.common import StageInputError, get_logger, progress, resolve_untrusted, safe_join
 from personality.safe_pickle import load_data_pickle
 from personality.schemas import TRAITS
@@ -185,7 +185,7 @@ def _videos_by_name(video_dir: Path, problems: list[str]) -> dict[str, Path]:
     """The mp4s anywhere under `video_dir` by file name (the annotation keys); a name found twice
     (the same clip in two trainingXX folders) is a problem naming both, and the first is kept."""
     videos: dict[str, Path] = {}
-    for path in sorted(video_dir.rglob("*.mp4")) if video_dir.is_dir() else []:
+    for path in sorted(p for p in video_dir.rglob("*.mp4") if not mac_leftover(p)):  # [] if none
         if path.name in videos:
             problems.append(f"{path}: a second file named {path.name} (first: "
                             f"{videos[path.name]}); this one is left out")

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import pandas as pd
 
+from personality.archives import mac_leftover
 from personality.common import atomic_write_text, get_logger
 from personality.schemas import TRAITS
 
@@ -58,8 +59,8 @@ def collect_videos(paths: list[Path]) -> list[Path]:
     out: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            found = sorted(f for f in path.rglob("*")
-                           if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS)
+            found = sorted(f for f in path.rglob("*") if f.is_file() and not mac_leftover(f)
+                           and f.suffix.lower() in VIDEO_EXTENSIONS)
             if not found:  # a folder gives no row: the log says so, not silence
                 log.warning("%s: no video (%s) under it", path, " ".join(VIDEO_EXTENSIONS))
             out += found

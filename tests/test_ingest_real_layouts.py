@@ -365,3 +365,18 @@ def test_udiva_recordings_folder_linked_to_another_disk_is_read(udiva, tmp_path)
     files = inputs.fingerprint({"source": "udiva", "udiva": {"root": str(udiva)}},
                                tmp_path)["files"]
     assert sum(key.startswith("disk/") for key in files) == 4  # talk and animals, FC1 and FC2
+
+
+def test_chalearn16_mac_leftovers_beside_the_clips_are_not_clips(tmp_path):
+    # a release unzipped on a Mac, or copied from one, holds ._<clip>.mp4 beside every clip and
+    # __MACOSX/ copies of them: each was a "video has no label" line (a failed stage with
+    # strict: true), one per clip of the release
+    root = _chalearn(tmp_path, packed=set())
+    for clip in list(root.rglob("*.mp4")):
+        (clip.parent / f"._{clip.name}").write_bytes(b"\x00\x05\x16\x07" + bytes(4092))
+        mac = root / "__MACOSX" / clip.relative_to(root).parent / f"._{clip.name}"
+        mac.parent.mkdir(parents=True, exist_ok=True)
+        mac.write_bytes(bytes(4096))
+    summary = _ingest(tmp_path, source="chalearn16",
+                      chalearn16=datasets.ChaLearnParams(root=str(root), split_mode="official"))
+    assert len(_manifest(tmp_path)) == 5 and summary["n_bad_rows"] == 0, summary["bad_rows"]

@@ -49,6 +49,15 @@ def test_collect_videos_recurses_and_keeps_video_extensions(folder, tmp_path, ca
     assert predict.batch_ids([folder / "a" / "x.mp4", folder / "b" / "x.mp4"]) == ["x", "x_2"]
 
 
+def test_collect_videos_leaves_out_what_a_mac_leaves_beside_the_clips(folder):
+    # AppleDouble files (._clip0.mp4, and __MACOSX/ copies) were each a failed row of a batch
+    (folder / "session0" / "._clip0.mp4").write_bytes(bytes(4096))
+    (folder / "__MACOSX" / "session0").mkdir(parents=True)
+    (folder / "__MACOSX" / "session0" / "._clip0.mp4").write_bytes(bytes(4096))
+    videos = predict.collect_videos([folder])
+    assert len(videos) == 5 and not any(v.name.startswith("._") for v in videos)
+
+
 def test_batch_on_a_folder_with_a_broken_clip(folder, au_checkpoint, tmp_path, capsys):
     out = tmp_path / "out"
     code = predict.main([str(folder), "--out", str(out), "--model", str(au_checkpoint),
