@@ -197,10 +197,10 @@ def read_predictions(path: Path, manifest: pd.DataFrame, *, where: str | None = 
 
 
 def video_level(df: pd.DataFrame, split: str, has_proba: bool) -> pd.DataFrame:
-    """The rows of `split`, one per video (several rows of a video, e.g. clips, are averaged)."""
+    """The rows of `split`, one per video (its clips averaged; a failed clip's NaN stays NaN)."""
     cols = list(TRAITS) + (proba_columns() if has_proba else [])
     rows = df.loc[df["split"] == split, ["video_id", *cols]]
-    return rows.groupby("video_id", sort=True)[cols].mean().reset_index()
+    return rows.groupby("video_id", sort=True)[cols].mean(skipna=False).reset_index()
 
 
 def align(pred: pd.DataFrame, manifest: pd.DataFrame, split: str, *, where: str,

@@ -308,6 +308,22 @@ def test_rows_of_one_video_are_averaged_and_missing_videos_counted(tmp_path, rng
     assert entry["n_videos"] == 10 and entry["n_missing"] == 1
 
 
+def test_a_nan_clip_of_a_video_is_refused_not_averaged_away(tmp_path, rng):
+    """A model that failed on one of a video's clips (NaN there) is a faulty file, as a NaN on a
+    video of one clip is: the other clip's score must not stand in for the video unseen."""
+    m = make_manifest(rng)
+    y = truth(m)
+    df = predictions(m, y, "clips")
+    failed = df.copy()
+    video = m.loc[(m["split"] == "test") & m[T].notna().all(axis=1), "video_id"].iloc[0]
+    failed.loc[failed["video_id"] == video, "O"] = np.nan
+    write_root(tmp_path, m, {"clips": pd.concat([df, failed], ignore_index=True),
+                             "fine": df})
+    report = ev.run(NO_MLFLOW, root=tmp_path)
+    assert "clips" not in report and "fine" in report
+    assert "column 'O'" in report["errors"]["clips"] and repr(video) in report["errors"]["clips"]
+
+
 def test_flat_metrics_names_for_mlflow(unit_root):
     root, _, _ = unit_root
     out = ev.run(NO_MLFLOW, root=root)
