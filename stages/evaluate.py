@@ -84,9 +84,9 @@ class EvaluateParams:
     interval: Literal["fisher_z", "percentile", "bca", "bootstrap_t"] = "fisher_z"  # bootstrap.py
 
     def __post_init__(self) -> None:
-        if self.bootstrap < 1 or not 0.5 <= self.ci_level < 1.0:
-            raise ParamsError(f"evaluate.bootstrap must be >= 1 and evaluate.ci_level in "
-                              f"[0.5, 1); got {self.bootstrap}, {self.ci_level}")
+        if self.bootstrap < 1 or self.dpi < 1 or not 0.5 <= self.ci_level < 1.0:
+            raise ParamsError(f"evaluate.bootstrap and evaluate.dpi must be >= 1, evaluate.ci_level"
+                              f" in [0.5, 1); got {self.bootstrap}, {self.dpi}, {self.ci_level}")
 
 
 @dataclasses.dataclass

@@ -99,11 +99,11 @@ class ExplainParams:
     dpi: int = 90
 
     def __post_init__(self) -> None:
-        if self.repeats < 1 or self.bootstrap < 1 or self.top_k < 1 or \
+        if self.repeats < 1 or self.bootstrap < 1 or self.top_k < 1 or self.dpi < 1 or \
                 not 0.5 <= self.ci_level < 1.0 or not self.correlation_splits or \
                 not 0.0 <= self.cluster_distance < 1.0 or self.crossfit_folds < 0 or \
                 self.crossfit_folds == 1 or self.permutation_split in ("test", "train"):
-            raise ParamsError("explain: repeats, bootstrap, top_k >= 1; ci_level in [0.5, 1); "
+            raise ParamsError("explain: repeats, bootstrap, top_k, dpi >= 1; ci_level in [0.5, 1); "
                               "cluster_distance in [0, 1); correlation_splits not empty; "
                               "crossfit_folds 0 or >= 2; permutation_split not test or train")
 

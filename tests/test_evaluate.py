@@ -365,6 +365,20 @@ def test_main_reads_params_yaml(tmp_path, rng, monkeypatch, caplog):
         assert key in caplog.text
 
 
+@pytest.mark.parametrize("section, value", [("evaluate", 0), ("evaluate", -80),
+                                            ("explain", 0)])
+def test_a_dpi_below_one_is_refused_when_the_params_are_read(tmp_path, section, value):
+    """`dvc exp run -S evaluate.dpi=0` passed the params check, wrote the metrics and then died
+    in matplotlib ("dpi must be positive", a traceback) at the first PNG; now it is one line
+    naming the key before any work."""
+    from stages.explain import ExplainParams
+
+    cls = {"evaluate": ev.EvaluateParams, "explain": ExplainParams}[section]
+    (tmp_path / "params.yaml").write_text(f"{section}:\n  dpi: {value}\n")
+    with pytest.raises(ParamsError, match="dpi"):
+        load_params(section, cls, path=tmp_path / "params.yaml")
+
+
 def test_repo_params_and_dvc_stage():
     params = load_params("evaluate", ev.EvaluateParams, path=REPO / "params.yaml")
     assert params.split == "test"
