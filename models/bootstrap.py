@@ -161,11 +161,14 @@ def interval(samples: np.ndarray, *, level: float = 0.95, method: str = "percent
     bias-corrected t interval on `scale` ("atanh" for a CCC, "log" for an error, "identity" for a
     difference); or "bootstrap_t", which needs `estimate`, `jackknife` and `within`: the
     statistic on each resample's leave-one-draw-out sets and the draw counts, both (B, S).
-    A jackknife of one subject gives NaN: every resample is that person, no interval."""
+    A jackknife of one subject gives NaN: every resample is that person, no interval. So does a
+    jackknife with a NaN: leaving that subject out left nothing to score, so the statistic rests
+    on them alone (a trait labelled for one subject; the mean over traits with it)."""
     if method not in METHODS:
         raise ValueError(f"interval method must be one of {METHODS}, got {method!r}")
-    if jackknife is not None and len(jackknife) < 2:
-        return [float("nan"), float("nan")]  # one subject: no spread between people to resample
+    if jackknife is not None and (len(jackknife) < 2 or np.isnan(jackknife).any()):
+        # one person: every resample that scores it repeats them, a zero-width interval
+        return [float("nan"), float("nan")]
     if method == "bootstrap_t":
         if estimate is None or jackknife is None or within is None:
             raise ValueError("a 'bootstrap_t' interval needs the estimate, the jackknife and each "

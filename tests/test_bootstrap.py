@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.bootstrap import (bootstrap_scores, interval, model_uncertainty, paired,
+from models.bootstrap import (METHODS, bootstrap_scores, interval, model_uncertainty, paired,
                               subject_jackknife, subject_resamples, subjects_for)
 from models.metrics import ccc
 
@@ -166,9 +166,13 @@ def test_bca_survives_nan_resamples_equal_resamples_and_nan_jackknife(rng):
         interval(samples, method="studentized")
 
 
-def test_bca_through_the_subject_bootstrap_with_an_unlabelled_subject_trait(rng):
+@pytest.mark.parametrize("method", METHODS)
+def test_a_trait_labelled_for_one_subject_has_no_interval(rng, method):
     """Trait O is labelled on subject 0's clips only: leaving subject 0 out leaves O's CCC (and
-    the mean's) undefined; the BCa intervals and the paired difference stay finite."""
+    the mean's) undefined, and every resample that scores O repeats subject 0, so O's interval
+    was zero-width, [estimate, estimate], in every method (a review found it): certainty from
+    one person. O, the mean over traits and the paired difference get none (NaN, as a split of
+    one subject); the other traits keep theirs."""
     from models.bootstrap import subject_jackknife
 
     subjects, y, pred = _data(rng, 8)
@@ -176,12 +180,17 @@ def test_bca_through_the_subject_bootstrap_with_an_unlabelled_subject_trait(rng)
     other = np.clip(pred + rng.normal(0, 0.1, pred.shape), 0, 1)
     s = bootstrap_scores(y, {"a": pred, "b": other},
                          subject_resamples(subjects, n_boot=200, seed=3),
-                         jackknife=subject_jackknife(subjects))
+                         jackknife=subject_jackknife(subjects),
+                         subjects=subjects_for(method, subjects))
     assert np.isnan(s["a"]["jack"]["ccc"][0, 0]) and np.isfinite(s["a"]["jack"]["ccc"][1:]).all()
-    ci = model_uncertainty(s["a"], "OCEAN", method="bca")
-    assert all(np.isfinite(ci[t]["ccc"]).all() for t in "OCEAN")
-    cmp = paired(s["a"], s["b"], method="bca")
-    assert np.isfinite(cmp["delta_ccc"]).all()
+    ci = model_uncertainty(s["a"], "OCEAN", method=method)
+    for key in ("O", "mean"):
+        assert np.isnan(ci[key]["ccc"]).all() and np.isnan(ci[key]["mae"]).all(), key
+    for j, t in enumerate("CEAN", start=1):
+        lo, hi = ci[t]["ccc"]
+        assert lo < s["a"]["point"]["ccc"][j] < hi, t
+    cmp = paired(s["a"], s["b"], method=method)
+    assert np.isnan(cmp["delta_ccc"]).all()
     assert cmp["delta_ccc_point"] == pytest.approx(np.mean(s["a"]["point"]["ccc"])
                                                    - np.mean(s["b"]["point"]["ccc"]))
 
