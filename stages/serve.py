@@ -35,7 +35,8 @@ environment; the model's requirements.txt lists what another environment needs.
 Every evaluated model (retrained ones too) is logged the same way in its own run `model:<name>`
 (`register.log_all`), with its figures as tags and metrics; the chosen one is registered. The
 registered version carries tags: the model's name, its test mean CCC with the 95% interval,
-its validation mean CCC (what chose it), the git commit and the DVC experiment. Writes
+its validation mean CCC, `chosen_by` (validation, or register.model / --model naming it with
+validation's choice beside), the git commit and the DVC experiment. Writes
 metrics/register.json (model, version, run id, model URI).
 """
 from __future__ import annotations
@@ -394,6 +395,9 @@ def register(p: RegisterParams, root: Path) -> dict:
     logged = {m: log_model_run(m, report, root, example if m == name else None)
               for m in dict.fromkeys([*names, name])}
     info, tags, run_id = logged[name]
+    if p.model:  # named by the user: the registry must not say that validation chose it
+        best = (report.get("selection") or {}).get("best")
+        tags = {**tags, "chosen_by": f"register.model (best on validation: {best or 'none'})"}
     version = mlflow.register_model(info.model_uri, p.name, tags=tags)
     log.info("registered %s as models:/%s/%s (test mean CCC %s [%s, %s]); %d model(s) logged",
              name, p.name, version.version, tags.get("test_mean_ccc"),

@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from personality.common import BaseParams, load_params
@@ -119,6 +120,37 @@ def test_only_the_registered_model_carries_the_input_example(served_root, monkey
     out = serve.register(serve.RegisterParams(), tmp_path)
     assert out["model"] == "b" and set(out["logged"]) == {"a", "b"}
     assert examples["a"] is None and examples["b"] == serve.example_video(tmp_path)
+
+
+def test_a_model_named_by_register_model_is_not_tagged_as_chosen_on_validation(monkeypatch,
+                                                                              tmp_path):
+    """`python -m stages.serve --model a` (or register.model: a) registered a with the tag
+    chosen_by "best mean CCC on validation" while validation chose b: the registry said a model
+    was chosen on validation that was not."""
+    report = {"a": {"mean": {"ccc": 0.2}}, "b": {"mean": {"ccc": 0.3}},
+              "selection": {"best": "b", "val": {"a": {"ccc": 0.1}, "b": {"ccc": 0.4}}}}
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "evaluate.json").write_text(json.dumps(report))
+    (tmp_path / "data").mkdir()  # AU sequences without videos: no input example
+    pd.DataFrame({"path": [""], "split": ["test"]}).to_parquet(tmp_path / "data/manifest.parquet")
+
+    def fake_log(name, report, root, example):
+        tags = serve.version_tags(serve.model_figures(name, report))
+        return type("Info", (), {"model_uri": f"runs:/{name}/model"})(), tags, name
+
+    import mlflow
+
+    registered = {}
+    monkeypatch.setattr(serve, "find_checkpoint", lambda name, root: root / name)
+    monkeypatch.setattr(serve, "log_model_run", fake_log)
+    monkeypatch.setattr(mlflow, "register_model", lambda uri, name, tags: registered.update(
+        tags) or type("Version", (), {"version": 1})())
+    serve.register(serve.RegisterParams(model="a"), tmp_path)
+    assert registered["model"] == "a" and registered["val_mean_ccc"] == "0.1000"
+    assert registered["chosen_by"] == "register.model (best on validation: b)"
+    serve.register(serve.RegisterParams(), tmp_path)  # the default: chosen on validation
+    assert registered["model"] == "b"
+    assert registered["chosen_by"] == "best mean CCC on validation"
 
 
 def test_a_mistyped_register_model_is_named_before_anything_is_logged(tmp_path, monkeypatch):
