@@ -64,6 +64,13 @@ class Solver:
                               f"{', '.join(METRIC_MODES)}")
         if not self.lr > 0:
             raise EngineError(f"lr must be positive, got {self.lr}")
+        # torch refuses a negative weight_decay or momentum only when the optimizer is built (a
+        # traceback mid-stage), and takes a gamma <= 0 silently: a negative lr, gradient ascent
+        if not (self.weight_decay >= 0 and self.momentum >= 0 and self.gamma > 0
+                and self.warmup_epochs >= 0 and self.grad_clip >= 0):
+            raise EngineError(f"weight_decay, momentum, warmup_epochs and grad_clip must be >= 0 "
+                              f"and gamma > 0, got {self.weight_decay}, {self.momentum}, "
+                              f"{self.warmup_epochs}, {self.grad_clip} and {self.gamma}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -53,6 +53,13 @@ def test_the_repository_params_pass():
      "train.model_config.perfex_cnn.train.epochs: 0 trains nothing"),
     ("train", {"num_workers": -2}, "train.num_workers"),
     ("train", {"lr": "abc"}, "train.lr"),
+    # torch refused these only when the optimizer was built (a traceback mid-stage), and took a
+    # gamma <= 0 silently (multistep: a negative lr after the first milestone)
+    ("train", {"weight_decay": -1e-4}, "weight_decay"),
+    ("train", {"momentum": -0.5}, "momentum"),
+    ("train", {"schedule": "multistep", "gamma": -0.1}, "gamma > 0"),
+    ("train", {"model_config__perfex_cnn__train": {"gamma": 0.0}}, "gamma > 0"),
+    ("train", {"warmup_epochs": -2}, "warmup_epochs"),
     ("retrain", {"models": ["perfex_cnn", "resnet34_face"]},
      "retrain.models: ['resnet34_face'] not in train.models"),
     ("base", {"device": "cuda"}, "base.device: unknown key"),
