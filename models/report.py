@@ -206,11 +206,10 @@ def results_table(report: dict, split: str) -> str:
     a model whose difference to the best-by-validation model is inside the interval says so."""
     selection = report.get("selection") or {}
     val = selection.get("val") or {}
-    def val_ccc(m: str) -> float:  # a model without a val score sorts last (0.0 is a score)
-        v = val.get(m, {}).get("ccc")
-        return -math.inf if v is None or not math.isfinite(v) else v
-
-    models = sorted((m for m in report if m not in RESERVED), key=lambda m: -val_ccc(m))
+    # the selection's order (ties on val CCC broken by val MAE), so the first row is the chosen
+    # model; models without a val score last
+    ranked = [m for m in rank_models(val) if m in report and m not in RESERVED]
+    models = ranked + [m for m in report if m not in RESERVED and m not in ranked]
     base = report.get("baseline") or {}
     n = base.get("ci") or {}
     level = int(round(100 * n.get("level", 0.95)))

@@ -503,3 +503,17 @@ def test_results_table_sorts_a_zero_val_score_as_a_score():
     rows = [line.split("|")[1].strip() for line in results_table(report, "test").splitlines()
             if line.startswith("| ") and line.split("|")[1].strip() in report]
     assert rows == ["zero", "neg", "none"]
+
+
+def test_results_table_puts_the_chosen_model_first_on_a_tie():
+    """Two models tied on val CCC (a one-clip val split scores every model 0): the selection
+    takes the lower val MAE, and results.md's first row is that model, not the report's first."""
+    from models.report import rank_models, results_table
+
+    entry = {"mean": {"ccc": 0.1, "acc": 0.9}, "ci": {"mean": {"ccc": [0.0, 0.2]}}}
+    val = {"worse": {"ccc": 0.0, "mae": 0.3}, "better": {"ccc": 0.0, "mae": 0.1}}
+    report = {"worse": dict(entry), "better": dict(entry),
+              "selection": {"best": rank_models(val)[0], "val": val}}
+    rows = [line.split("|")[1].strip() for line in results_table(report, "test").splitlines()
+            if line.startswith("| ") and line.split("|")[1].strip() in report]
+    assert report["selection"]["best"] == "better" and rows == ["better", "worse"]
