@@ -254,6 +254,19 @@ def _tracking(p: RetrainParams, out_name: str, root: Path, params: dict):
                       manifest=root / schemas.ARTIFACTS["manifest"].path)
 
 
+def _train_config(p: RetrainParams, seed: int):
+    """The fine-tuning's engine.TrainConfig; a value it refuses (lr <= 0, a negative
+    weight_decay, epochs < 0, batch_size < 1...) is a ParamsError naming retrain."""
+    from models import engine
+
+    try:
+        return engine.TrainConfig(epochs=p.epochs, lr=p.lr, batch_size=p.batch_size,
+                                  weight_decay=p.weight_decay, schedule="cosine", patience=0,
+                                  views_per_video=p.views_per_video, seed=seed, device="cpu")
+    except engine.EngineError as exc:
+        raise ParamsError(f"retrain: {exc}") from None
+
+
 def retrain_model(name: str, p: RetrainParams, base: BaseParams, root: Path,
                   rated: pd.DataFrame, manifest: pd.DataFrame,
                   boot: Uncertainty = Uncertainty()) -> dict:
@@ -285,9 +298,7 @@ def retrain_model(name: str, p: RetrainParams, base: BaseParams, root: Path,
 
     mixed, train_ids, train_targets = _mix_in(p, seed, have, rated, tune_ids)
     frozen = _freeze(model, p.freeze, name)
-    cfg = engine.TrainConfig(epochs=p.epochs, lr=p.lr, batch_size=p.batch_size,
-                             weight_decay=p.weight_decay, schedule="cosine", patience=0,
-                             views_per_video=p.views_per_video, seed=seed, device="cpu")
+    cfg = _train_config(p, seed)
     out_name = f"{name}{SUFFIX}"
     meta = _retrained_meta(p, ckpt, ckpt_path.relative_to(root).as_posix())
     tracking = _tracking(p, out_name, root, {**dataclasses.asdict(p), "base_model": name,
@@ -373,6 +384,7 @@ def run(params: RetrainParams, base: BaseParams, root: Path | None = None,
         raise ParamsError("retrain.models: empty; name at least one trained model")
     if not 0 <= params.mix_share <= 10:
         raise ParamsError(f"retrain.mix_share: {params.mix_share} must be in [0, 10]")
+    _train_config(params, base.seed)  # before any training job: a bad value named once
     names = retrained_models(params.models, trained)  # all of them, or none; some: refused
     if not names:  # an experiment of other models (make zoo): nothing of ours to fine-tune
         return _skip(root, f"none of retrain.models {params.models} is in train.models {trained}")

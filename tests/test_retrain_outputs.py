@@ -148,3 +148,16 @@ def test_deploy_names_a_retrained_model_as_such(classifier, caplog):
     assert deploy.run(deploy.DeployParams(model="perfex_cnn", export_csv=False), BaseParams(),
                       root=classifier)["model"] == "perfex_cnn"
     assert np.isfinite(labels[list(TRAITS)].to_numpy()).all()
+
+
+@pytest.mark.parametrize("bad, named", [({"lr": -1e-4}, "lr must be positive"),
+                                        ({"weight_decay": -1e-4}, "weight_decay"),
+                                        ({"batch_size": 0}, "batch_size")])
+def test_a_bad_retrain_value_is_named_before_any_model_is_fine_tuned(tmp_path, bad, named):
+    """`-S retrain.lr=-1e-4` (or a negative weight_decay, a batch_size of 0) failed inside each
+    model's job, after the user-study data were read, as a traceback per model (torch's
+    ValueError for the weight decay); now one ParamsError naming retrain, before any work (the
+    folder here holds no data at all)."""
+    params = retrain.RetrainParams(models=["perfex_cnn"], mlflow=False, **bad)
+    with pytest.raises(ParamsError, match=f"retrain: .*{named}"):
+        retrain.run(params, BaseParams(seed=1, workers=1), root=tmp_path, trained=["perfex_cnn"])
