@@ -222,8 +222,20 @@ class ResNetModel(ZooModel):
         return self.trunk(image_input(batch, self.config.input_key))  # (B, 3, H, W) -> (B, D)
 
 
+def _fixed(name: str, overrides: dict, **fixed: Any) -> dict:
+    """`overrides` with the fields the registered name fixes. Asking another value of one is a
+    ValueError: it would be dropped unseen (train.model_config.resnet18_face.depth: 34 trained a
+    ResNet-18, dan_frame's input_key: face read frames); the model's own value is taken."""
+    for key, value in fixed.items():
+        if key in overrides and overrides[key] != value:
+            raise ValueError(f"{name}: {key} is {value!r} for this model, got "
+                             f"{overrides[key]!r} (another {key} is another registered model: "
+                             "`python -m models` lists them)")
+    return {**overrides, **fixed}
+
+
 def _resnet(name: str, config: ResNetConfig | None, overrides: dict, **fixed: Any) -> ResNetModel:
-    cfg = make_config(ResNetConfig, config, {**overrides, **fixed}, name)
+    cfg = make_config(ResNetConfig, config, _fixed(name, overrides, **fixed), name)
     return finish(ResNetModel(cfg))
 
 
@@ -424,7 +436,8 @@ class DANModel(ZooModel):
           "average + max pooling, each L2-normalised, concatenated, on full frames (DP: VGG-16-BN, "
           "7x7 pools, 50,176 features)")
 def dan_frame(*, config: DANConfig | None = None, **overrides: Any) -> DANModel:
-    return finish(DANModel(make_config(DANConfig, config, {**overrides, "input_key": "frame"},
+    return finish(DANModel(make_config(DANConfig, config,
+                                       _fixed("dan_frame", overrides, input_key="frame"),
                                        "dan_frame")))
 
 
@@ -432,7 +445,8 @@ def dan_frame(*, config: DANConfig | None = None, **overrides: Any) -> DANModel:
           "DeepPersonality's DAN (dan.py)", card="DAN-style (8 convs, global pooling) on "
           "aligned face crops (DP's DAN: VGG-16-BN, 7x7 pools, full frames)")
 def dan_face(*, config: DANConfig | None = None, **overrides: Any) -> DANModel:
-    return finish(DANModel(make_config(DANConfig, config, {**overrides, "input_key": "face"},
+    return finish(DANModel(make_config(DANConfig, config,
+                                       _fixed("dan_face", overrides, input_key="face"),
                                        "dan_face")))
 
 

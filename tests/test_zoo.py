@@ -141,6 +141,23 @@ def test_unknown_config_key_is_named():
         build_model("resnet18_face", widht=8)
 
 
+@pytest.mark.parametrize("name, key, value", [
+    ("resnet18_face", "depth", 34), ("resnet50_face", "depth", 18), ("resnet18_frame", "depth", 50),
+    ("seresnet18_face", "se", False), ("resnet18_face", "input_key", "frame"),
+    ("dan_frame", "input_key", "face"), ("dan_face", "input_key", "frame")])
+def test_a_field_the_name_fixes_is_refused_not_dropped(name, key, value):
+    """train.model_config.resnet18_face.depth: 34 trained a ResNet-18 and recorded depth 18: the
+    name's value replaced the asked one unseen. Now the params check names it; the name's own
+    value (what a checkpoint's model_config holds) still builds."""
+    from models.train_params import check_model_config
+    from personality.common import ParamsError
+
+    with pytest.raises(ParamsError, match=f"train.model_config.{name}: {name}: {key} is"):
+        check_model_config(name, {key: value, **TINY[name]})
+    fixed = dataclasses.asdict(build_model(name, **TINY[name]).config)[key]
+    assert dataclasses.asdict(build_model(name, **{key: fixed}, **TINY[name]).config)[key] == fixed
+
+
 def test_weights_round_trip(tmp_path):
     torch.manual_seed(1)
     spec = next(m for m in list_models() if m["name"] == "crnet")
