@@ -279,7 +279,13 @@ def _resume(t: _Trainer, path: str | os.PathLike, desc: str) -> _Progress:
     """Model, optimizer, scheduler, epoch, best and history from the checkpoint at `path`; the
     best epoch's weights from it or from out_dir/best.pt."""
     ckpt = read_checkpoint(path)
-    t.model.load_state_dict(ckpt["state_dict"])
+    try:
+        t.model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:  # another model_config than the run it continues: one line
+        raise EngineError(f"{path}: its weights do not fit the model being trained (resume "
+                          f"needs the model config it was trained with: "
+                          f"{ckpt.get('model_config')}): {str(exc).splitlines()[-1].strip()}"
+                          ) from None
     if ckpt.get("optimizer"):
         t.optimizer.load_state_dict(ckpt["optimizer"])
     if ckpt.get("scheduler"):

@@ -16,8 +16,8 @@ import torch
 from models import engine
 from models.data import (AUSource, AUSourceConfig, InputSource, SourceError, au_windows,
                          build_sources, register_source)
-from models.engine import (TrainConfig, collate, fit, load_checkpoint, load_weights, merge_views,
-                           predict_videos, save_checkpoint)
+from models.engine import (EngineError, TrainConfig, collate, fit, load_checkpoint, load_weights,
+                           merge_views, predict_videos, save_checkpoint)
 from models.metrics import ccc
 from models.registry import build_model
 
@@ -301,6 +301,17 @@ def test_resume_continues_exactly_where_it_stopped(task, tmp_path):
     assert resumed["best_epoch"] == straight["best_epoch"]
     for a, b in zip(model_a.state_dict().values(), model_b.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_resume_into_another_model_config_is_one_line_naming_the_file(task, trained):
+    """A resume with a changed model config (hidden 16 -> 24) raised torch's multi-line
+    RuntimeError traceback from load_state_dict; train.weights said it in one line."""
+    model = build_model("perfex_cnn", **{**TINY, "hidden": 24})
+    with pytest.raises(EngineError, match=r"last\.pt: its weights do not fit the model being "
+                                          r"trained .*'hidden': 16"):
+        fit(model, task["sources"], train_ids=task["train"][0], train_targets=task["train"][1],
+            val_ids=task["val"][0], val_targets=task["val"][1], config=cfg(),
+            resume=trained[2] / "last.pt", meta={"model_name": "perfex_cnn"})
 
 
 def test_resume_without_the_best_weights_reports_the_weights_it_keeps(task, tmp_path):
