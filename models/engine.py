@@ -290,6 +290,7 @@ def _resume(t: _Trainer, path: str | os.PathLike, desc: str) -> _Progress:
         t.optimizer.load_state_dict(ckpt["optimizer"])
     if ckpt.get("scheduler"):
         t.scheduler.load_state_dict(ckpt["scheduler"])
+    _check_resumable(ckpt, t.cfg, path)
     state = _Progress(history=[dict(h) for h in ckpt.get("history", [])],
                       start=int(ckpt["epoch"]) + 1, best_epoch=int(ckpt["best_epoch"]),
                       best_metric=float(ckpt["best_metric"]))
@@ -304,6 +305,32 @@ def _resume(t: _Trainer, path: str | os.PathLike, desc: str) -> _Progress:
     log.info("%s: resuming from %s at epoch %d (best %s=%.4f at epoch %d)", desc, path,
              state.start, t.cfg.val_metric, state.best_metric, state.best_epoch)
     return state
+
+
+# what the optimizer's and scheduler's saved states carry (their load restores them over the
+# config); cosine's length is the epochs
+_RESTORED_KNOBS = ("optimizer", "lr", "momentum", "weight_decay", "schedule", "milestones",
+                   "gamma", "warmup_epochs")
+
+
+def _check_resumable(ckpt: Mapping, cfg: TrainConfig, path) -> None:
+    """EngineError when the config changes a knob that resuming cannot honour: the saved
+    optimizer and scheduler bring back their own lr, schedule (cosine: over the old epochs) and
+    so on, so `-S train.lr=...` with train.resume trained at the old lr while the checkpoint and
+    MLflow recorded the new one; the kept best_metric is in the saved val metric."""
+    saved = dict(ckpt.get("params") or {})
+    saved["val_metric"] = ckpt.get("val_metric_name")
+    knobs = _RESTORED_KNOBS + ("val_metric",) + (("epochs",) if cfg.schedule == "cosine" else ())
+    for key in knobs:
+        if saved.get(key) is None or saved.get(key) == "neg_train_loss":  # not recorded
+            continue
+        old, new = saved[key], getattr(cfg, key)
+        if (list(old) if isinstance(old, (list, tuple)) else old) != \
+                (list(new) if isinstance(new, tuple) else new):
+            raise EngineError(f"{path}: resume continues its run, which has {key} {old!r}; the "
+                              f"config says {new!r}, which the restored optimizer, schedule and "
+                              f"best epoch would not follow. Set {key} back, or start a new run "
+                              "from its weights (train.weights)")
 
 
 def _best_is_resumed_epoch(t: _Trainer, state: _Progress, epoch: int, path) -> None:

@@ -314,6 +314,40 @@ def test_resume_into_another_model_config_is_one_line_naming_the_file(task, trai
             resume=trained[2] / "last.pt", meta={"model_name": "perfex_cnn"})
 
 
+@pytest.mark.parametrize("change, key", [(dict(lr=0.5), "lr"), (dict(optimizer="sgd"), "optimizer"),
+                                         (dict(val_metric="mae"), "val_metric"),
+                                         (dict(epochs=6), "epochs"), (dict(gamma=0.5), "gamma")])
+def test_resume_refuses_a_knob_the_restored_state_would_override(task, tmp_path, change, key):
+    """-S train.lr=0.5 with train.resume trained on at the saved lr 0.01 (the optimizer's state
+    brings its own) while the checkpoint's params and MLflow said 0.5; cosine kept its old length
+    (the lr rose again after the old last epoch); a new val_metric compared the new metric with
+    the kept best_metric of the old one."""
+    import dataclasses
+
+    first = cfg(epochs=4)
+    meta = {"model_name": "perfex_cnn", "params": dataclasses.asdict(first)}
+    fit(build_model("perfex_cnn", **TINY), task["sources"], train_ids=task["train"][0],
+        train_targets=task["train"][1], val_ids=task["val"][0], val_targets=task["val"][1],
+        config=first, out_dir=tmp_path, meta=meta, until_epoch=2)
+    again = dataclasses.replace(first, **change)
+    with pytest.raises(EngineError, match=f"last\\.pt: resume continues its run, which has {key} "):
+        fit(build_model("perfex_cnn", **TINY), task["sources"], train_ids=task["train"][0],
+            train_targets=task["train"][1], val_ids=task["val"][0], val_targets=task["val"][1],
+            config=again, resume=tmp_path / "last.pt", meta=meta)
+    # a longer run of a constant schedule continues as asked
+    if change == dict(epochs=6):
+        flat = dataclasses.replace(first, schedule="none")
+        meta["params"] = dataclasses.asdict(flat)
+        fit(build_model("perfex_cnn", **TINY), task["sources"], train_ids=task["train"][0],
+            train_targets=task["train"][1], val_ids=task["val"][0], val_targets=task["val"][1],
+            config=flat, out_dir=tmp_path, meta=meta, until_epoch=2)
+        out = fit(build_model("perfex_cnn", **TINY), task["sources"], train_ids=task["train"][0],
+                  train_targets=task["train"][1], val_ids=task["val"][0],
+                  val_targets=task["val"][1], config=dataclasses.replace(flat, epochs=6),
+                  resume=tmp_path / "last.pt", meta=meta)
+        assert out["epochs_run"] == 4
+
+
 def test_resume_without_the_best_weights_reports_the_weights_it_keeps(task, tmp_path):
     # lr ~0: epoch 1 stays the best; a resume from last.pt (epoch 3) moved to a folder without
     # best.pt has no weights of epoch 1, so the resumed epoch becomes the best, and best.pt says so

@@ -122,9 +122,16 @@ def test_test_only_reads_the_inputs_as_the_checkpoint_says(au_root, trained):
 def test_resume_and_weights_through_params(au_root, trained, tmp_path):
     saved = tmp_path / "last.pt"
     shutil.copyfile(au_root / "data" / "models" / "perfex_cnn" / "last.pt", saved)
-    out = run(params(epochs=4, resume=str(saved)), BaseParams(workers=1), root=au_root,
-              models=["perfex_cnn"])["perfex_cnn"]
-    assert out["epochs_run"] == 1  # epochs 1-3 came from the checkpoint
+    # its cosine schedule ended at epoch 3: a 4th epoch would train at lr 0 and the lr rise again
+    with pytest.raises(Exception, match="which has epochs 3; the config says 4"):
+        run(params(epochs=4, resume=str(saved)), BaseParams(workers=1), root=au_root,
+            models=["perfex_cnn"])
+    run(params(epochs=2, schedule="none"), BaseParams(workers=1), root=au_root,
+        models=["perfex_cnn"])
+    shutil.copyfile(au_root / "data" / "models" / "perfex_cnn" / "last.pt", saved)
+    out = run(params(epochs=4, schedule="none", resume=str(saved)), BaseParams(workers=1),
+              root=au_root, models=["perfex_cnn"])["perfex_cnn"]
+    assert out["epochs_run"] == 2  # epochs 1-2 came from the checkpoint
     hist = pd.read_csv(au_root / "metrics" / "train" / "perfex_cnn_history.csv")
     assert hist["epoch"].tolist() == [1, 2, 3, 4]
     with pytest.raises(Exception, match="perfex_cnn checkpoint, not perfex_hybrid"):
