@@ -21,6 +21,8 @@ DeepPersonality's runner flags, as params (`dvc exp run -S train.<key>=...`):
   --max_epoch    -> train.epochs
   --set k v      -> train.model_config.<name>.<k> / train.source_config.<key>.<k> / any key here
 Paths may contain "{model}", replaced by the model's name (train.resume=data/models/{model}/last.pt).
+A training stopped by Ctrl-C or SIGTERM keeps its epochs so far in data/interrupted/<name>/
+(last.pt, best.pt; not a DVC output): train.resume=data/interrupted/{model}/last.pt goes on.
 
 train.distributed (multi-GPU / multi-process, DDP; not in params.yaml, null = auto):
     torchrun --standalone --nproc_per_node 2 -m stages.train --model perfex_cnn
@@ -35,9 +37,11 @@ import argparse
 import contextlib
 import dataclasses
 import math
+import os
 import shutil
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -213,8 +217,10 @@ def _fit(name: str, p: TrainParams, cfg: TrainConfig, root: Path, meta: dict, ov
         if prior.get("model_name", name) != name:
             raise StageInputError(f"{resume}: a {prior['model_name']} checkpoint, not "
                                   f"{name}; put {{model}} in the path")
-        kept_best = root / "data" / "models" / name / "best.pt"
-        if staging is not None and kept_best.is_file():  # the best epoch so far, if not resume's
+        # the best epoch so far, if not resume's: its run's best.pt lies beside it (the model
+        # folder's best.pt is another run's when resuming a kept interrupted one)
+        kept_best = resume.parent / "best.pt"
+        if staging is not None and kept_best.is_file():
             shutil.copyfile(kept_best, staging / "best.pt")
     meta["model_config"] = engine.model_config_of(model) or overrides
     train_df, val_df = data["split"]["train"], _labelled_val(data["split"]["val"], name)
@@ -370,10 +376,8 @@ def train_model(name: str, p: TrainParams, base: BaseParams, root: Path) -> dict
             "label_scale": _label_scale(data["manifest"], name, overrides),
             "finished": False}  # until predictions and metrics are written (_finish)
     started = time.perf_counter()
-    # the model folder appears whole or not at all: filled in a temp sibling, swapped in last
-    folder = (atomic_dir(root / "data" / "models" / name) if rank == 0
-              else contextlib.nullcontext(None))
-    with _tracking(p, cfg, name, overrides, data, rank, root) as mlf, folder as staging:
+    with _tracking(p, cfg, name, overrides, data, rank, root) as mlf, \
+            _model_folder(root, name, rank, keep_if_stopped=not p.test_only) as staging:
         if p.test_only:
             model, history, fit_info = _evaluate_checkpoint(name, p, root, meta, overrides,
                                                             staging)
@@ -397,6 +401,43 @@ def train_model(name: str, p: TrainParams, base: BaseParams, root: Path) -> dict
     _log_done(name, summary, started)
     engine.barrier()  # under torchrun: the other ranks go on to the next model with rank 0
     return summary
+
+
+@contextlib.contextmanager
+def _model_folder(root: Path, name: str, rank: int, *, keep_if_stopped: bool
+                  ) -> Iterator[Path | None]:
+    """The temp folder to fill (None on ranks other than 0, which write nothing): the model
+    folder appears whole or not at all, swapped in last (common.atomic_dir); with
+    `keep_if_stopped`, a training's epochs so far survive a stop (`_kept_if_stopped`)."""
+    if rank != 0:
+        yield None
+        return
+    with atomic_dir(root / "data" / "models" / name) as staging, \
+            _kept_if_stopped(staging if keep_if_stopped else None, root, name):
+        yield staging
+
+
+INTERRUPTED = Path("data") / "interrupted"  # <name>/last.pt, best.pt of a run that was stopped
+
+
+@contextlib.contextmanager
+def _kept_if_stopped(staging: Path | None, root: Path, name: str) -> Iterator[None]:
+    """On Ctrl-C or SIGTERM mid-training, the checkpoints the run has written so far move from
+    its temp model folder (about to be removed) to data/interrupted/<name>/, so that
+    `train.resume=data/interrupted/{model}/last.pt` continues it; the model folder, DVC's
+    output, stays the last finished run's. A long training stopped at epoch 40 lost all 40."""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit):  # SystemExit: SIGTERM (common.stage_errors)
+        if staging is not None and (staging / "last.pt").is_file():
+            with atomic_dir(root / INTERRUPTED / name) as kept:
+                for file in ("last.pt", "best.pt"):
+                    if (staging / file).is_file():
+                        os.replace(staging / file, kept / file)
+            log.warning("%s: stopped mid-training; its epochs so far are kept in %s: `dvc exp "
+                        "run -S \"train.resume='%s/{model}/last.pt'\"` goes on from them", name,
+                        root / INTERRUPTED / name, INTERRUPTED.as_posix())
+        raise
 
 
 def _log_done(name: str, summary: dict, started: float) -> None:

@@ -227,3 +227,42 @@ def test_train_default_bench_trains_in_a_scratch_root_and_reports_what_it_cannot
     assert missing["status"].startswith("failed") and "audio" in missing["status"]
     assert best.read_bytes() == before  # the pipeline's checkpoint is untouched
     assert json.loads((tmp_path / "out.json").read_text())["rows"] == res["rows"]
+
+
+def test_a_training_stopped_mid_way_keeps_its_epochs_and_resumes_to_the_same_model(
+        au_root, trained, monkeypatch):
+    """Ctrl-C (or SIGTERM) at epoch 2 of 3 removed the temp model folder with every epoch in it:
+    a long training stopped late began again from nothing. Now its checkpoints move to
+    data/interrupted/<name>/, the model folder stays the last finished run's, and resuming
+    from there gives the uninterrupted run's model to the bit. The best epoch so far comes from
+    the resumed run's own best.pt (beside it), not from the model folder's, another run's."""
+    import models.engine as engine
+
+    p = params(epochs=3, schedule="none", seed=11)
+    run(p, BaseParams(workers=1), root=au_root, models=["perfex_cnn"])
+    preds = au_root / "data" / "predictions" / "perfex_cnn.parquet"
+    whole = pd.read_parquet(preds)
+    original = engine._checkpoint
+
+    def stopped_after_epoch_2(t, state, name, epoch):
+        original(t, state, name, epoch)
+        if name == "last.pt" and epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "_checkpoint", stopped_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        run(p, BaseParams(workers=1), root=au_root, models=["perfex_cnn"])
+    monkeypatch.undo()
+    kept = au_root / "data" / "interrupted" / "perfex_cnn"
+    assert torch.load(kept / "last.pt", weights_only=True)["epoch"] == 2
+    best = torch.load(kept / "best.pt", weights_only=True)
+    # the model folder's best.pt: another run's weights under the same best epoch
+    folder_best = au_root / "data" / "models" / "perfex_cnn" / "best.pt"
+    other = {**best, "state_dict": {k: v + 0.5 if v.is_floating_point() else v
+                                    for k, v in best["state_dict"].items()}}
+    torch.save(other, folder_best)
+    out = run(params(epochs=3, schedule="none", seed=11,
+                     resume="data/interrupted/{model}/last.pt"),
+              BaseParams(workers=1), root=au_root, models=["perfex_cnn"])["perfex_cnn"]
+    assert out["epochs_run"] == 1
+    pd.testing.assert_frame_equal(pd.read_parquet(preds), whole)
