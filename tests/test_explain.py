@@ -190,6 +190,44 @@ def test_audio_occlusion_marks_seconds_outside_the_view(speech_then_silence):
     assert np.isnan(out["delta"][:, [0, 5]]).all() and np.isfinite(out["delta"][:, 1:5]).all()
 
 
+def test_audio_occlusion_scores_only_heard_windows_a_few_at_a_time(speech_then_silence,
+                                                                  monkeypatch):
+    """Each muted copy of the clip holds all its V views (every face crop of an audio-visual
+    model): before, every window's copy was built and scored in one call, seconds outside the
+    model's view too (NaN anyway), so a 48 s clip with 384 face crops took 2 GB and a minute, a
+    longer one the machine's memory. Now only heard windows are scored, OCCLUSION_BATCH views
+    at a time, with the same deltas."""
+    from models import explain
+
+    _, logmel = speech_then_silence
+    torch.manual_seed(0)
+    model = build_model("logmel_cnn", widths=[8, 16, 32, 64]).eval()
+    calls: list[dict] = []
+    scored = explain.predict_views
+
+    def recorded(net, views, **kwargs):
+        calls.append({vid: len(next(iter(v.values()))) for vid, v in views.items()})
+        return scored(net, views, **kwargs)
+
+    monkeypatch.setattr(explain, "predict_views", recorded)
+    out = audio_occlusion(model, [_logmel_source(logmel, "centre")], "clip", "logmel",
+                          step_s=0.01)  # hears 1.5 - 4.5 s: windows 1 to 4
+    assert not any({"w0", "w5"} & set(call) for call in calls)
+    assert np.isnan(out["delta"][:, [0, 5]]).all() and np.isfinite(out["delta"][:, 1:5]).all()
+    plain = _logmel_source(logmel)
+    crops = LogmelSource(plain.data, {}, LogmelSourceConfig(eval_mode="crops", frames=200), 64)
+    crops.fitted = plain.fitted  # V = 3 crops of 2 s, every second heard
+    calls.clear()
+    monkeypatch.setattr(explain, "OCCLUSION_BATCH", 10**6)
+    whole = audio_occlusion(model, [crops], "clip", "logmel", step_s=0.01)
+    monkeypatch.setattr(explain, "OCCLUSION_BATCH", 8)
+    calls.clear()
+    bounded = audio_occlusion(model, [crops], "clip", "logmel", step_s=0.01)
+    assert max(sum(call.values()) for call in calls) <= 8  # 2 windows x 3 views at most
+    assert np.allclose(bounded["delta"], whole["delta"], rtol=0, atol=1e-6)
+    assert np.isfinite(bounded["delta"]).all() and bounded["delta"].shape == (5, 6)
+
+
 def test_the_occlusion_strip_says_what_grey_means(speech_then_silence):
     """A report reader sees grey seconds only where the model does not hear the clip, and the
     axis says so; a model that hears every second gets no such note."""
