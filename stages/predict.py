@@ -20,8 +20,8 @@ model. No DVC is involved.
 prediction.json and the report say what the clip offered: `face_share` (share of sampled frames
 with a face), `has_audio`, `audio_silent`, `voiced_share`, `truncated` (with `ends_at_s` and
 `declared_s` when it is: where the video stops, short of the length the file declares), and
-`warnings` in plain words (no face, a face in under half of the frames, no or silent audio, a
-truncated file, audio cut at audio.max_feature_seconds).
+`warnings` in plain words (no face, a face in under half of the frames, several faces in a tenth
+of them or more, no or silent audio, a truncated file, audio cut at audio.max_feature_seconds).
 A video the chosen model cannot use (no face for a visual or AU model, no audio track for an audio
 model, neither a face nor usable audio for a functionals model, an unreadable file) gives a
 one-line error and exit code 2; so does a checkpoint that cannot be used (not ours, unfinished,

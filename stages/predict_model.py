@@ -190,6 +190,9 @@ def _evaluation(root: Path) -> dict:
 
 
 MIN_FACE_SHARE = 0.5  # below this share of sampled frames with a face, the report warns
+# from this share of sampled frames with more than one face on, the report warns: faces.select
+# keeps one face per frame, not one person per clip (two people of about the same size: either)
+SEVERAL_FACES_SHARE = 0.1
 
 
 def clip_warnings(facts: dict) -> list[str]:
@@ -204,6 +207,11 @@ def clip_warnings(facts: dict) -> list[str]:
     elif face is not None and face < MIN_FACE_SHARE:
         out.append(f"a face in only {100 * face:.0f}% of the sampled frames: visual scores rest "
                    "on few frames")
+    several = (facts.get("faces_summary") or {}).get("frames_with_several_faces") or 0
+    if several and several >= SEVERAL_FACES_SHARE * facts.get("n_frames", 0):
+        out.append(f"more than one face in {several} of the {facts.get('n_frames', 0)} sampled "
+                   "frames: one face per frame was scored (faces.select), not necessarily the "
+                   "same person's throughout")
     if not voice and face != 0:
         out.append(_audio_lack(facts) + (": scores can come from the face alone" if face else ""))
     elif voice and facts.get("voiced_share") is not None and facts["voiced_share"] < 0.05:

@@ -137,3 +137,42 @@ def test_a_damaged_audio_track_is_a_warning_of_the_clip(tmp_path, monkeypatch):
     assert any(n.endswith("corrupt audio packet(s) read as silence")
                for n in facts["audio_notes"])
     assert set(facts["audio_notes"]) <= set(facts["warnings"]) == set(clip_warnings(facts))
+
+
+def test_a_clip_with_two_people_says_one_face_per_frame_was_scored(tmp_path, monkeypatch):
+    """A phone clip of two people side by side (the fixture's man beside the photo's person,
+    whose size wavers as a moving head's does): the faces stage keeps one face per frame
+    (faces.select), so the scores may mix the two. Before, only faces_summary's count said
+    so; the warnings (prediction.json, the report, predictions.csv) said nothing."""
+    from fractions import Fraction
+
+    import av
+    import numpy as np
+    from PIL import Image
+
+    from stages.predict_model import clip_warnings
+
+    photo = Image.open(real_fixture("single_face.jpg")).convert("RGB")
+    clip = tmp_path / "two people.mp4"
+    with av.open(str(real_fixture(CLIP))) as src, av.open(str(clip), "w") as out:
+        v = out.add_stream("libx264", rate=Fraction(30))
+        v.width, v.height, v.pix_fmt = 1006, 360, "yuv420p"
+        for i, frame in enumerate(src.decode(video=0)):
+            side = int(360 * (1 + 0.08 * np.sin(i / 3))) // 2 * 2
+            right = np.zeros((360, 366, 3), np.uint8)
+            person = np.asarray(photo.resize((side, side)))[:360, :366]
+            right[:person.shape[0], :person.shape[1]] = person
+            image = np.concatenate([frame.to_ndarray(format="rgb24"), right], axis=1)
+            for packet in v.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                out.mux(packet)
+        for packet in v.encode():
+            out.mux(packet)
+    monkeypatch.setenv("PERSONALITY_CLUSTER", "inline")
+    facts = predict_frontend.run_front_end(clip, tmp_path / "w")
+    several = facts["faces_summary"]["frames_with_several_faces"]
+    assert several == facts["n_frames"] > 0
+    assert f"more than one face in {several} of the {several} sampled frames" in \
+        "; ".join(facts["warnings"])
+    assert facts["warnings"] == clip_warnings(facts)
+    one = {"face_share": 1.0, "n_frames": 20, "has_audio": True, "voiced_share": 0.5}
+    assert clip_warnings({**one, "faces_summary": {"frames_with_several_faces": 1}}) == []
