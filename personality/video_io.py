@@ -52,10 +52,27 @@ def _open(path: str | os.PathLike):
     if path.stat().st_size == 0:
         raise StageInputError(f"{path}: empty file (0 bytes)")
     container = open_media(path)
-    if not container.streams.video:
+    if not any(_moving(vs) for vs in container.streams.video):
+        cover = bool(container.streams.video)
         container.close()
-        raise StageInputError(f"{path}: no video stream (audio-only or data file)")
+        raise StageInputError(f"{path}: no video stream (audio-only or data file" +
+                              ("; its only picture is cover art)" if cover else ")"))
     return container
+
+
+def _moving(stream) -> bool:
+    """Whether a video stream is moving pictures, not an attached picture: the cover art of an
+    MP3, M4A or MKV (podcast artwork, a thumbnail embedded by a downloader) is a one-frame
+    `video` stream that would be scored as the speaker's face."""
+    import av
+
+    return not stream.disposition & av.stream.Disposition.attached_pic
+
+
+def _video_stream(container):
+    """The container's first video stream that is not an attached picture (`_open` checked that
+    there is one)."""
+    return next(vs for vs in container.streams.video if _moving(vs))
 
 
 def _stream_rotation(stream) -> int:
@@ -80,7 +97,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     """Facts about the first video stream of `path`. Raises StageInputError naming the file."""
     container = _open(path)
     try:
-        vs = container.streams.video[0]
+        vs = _video_stream(container)
         rotation = _stream_rotation(vs)
         w, h = vs.codec_context.width, vs.codec_context.height
         if not rotation:  # PyAV exposes the display matrix per frame: look at the first one
@@ -234,7 +251,7 @@ def _scan_packets(path: Path, only: tuple[str, ...] | None = None) -> _PacketSca
     cannot be opened or demuxed."""
     container = _open(path)
     try:
-        vs = container.streams.video[0]
+        vs = _video_stream(container)
         if only is not None and vs.codec_context.name not in only:
             return None
         clock = FrameClock(vs)
@@ -285,7 +302,7 @@ def iter_frames(path: str | os.PathLike, *, fps: float | None = None, per_video:
     plan = _skip_plan(scan, fps, keep)
     container = _open(path)
     try:
-        vs = container.streams.video[0]
+        vs = _video_stream(container)
         vs.codec_context.thread_count = max(1, threads)
         stream_rot = _stream_rotation(vs)
         pick = PlannedPicker(plan) if plan is not None else SamplingPicker(vs, keep, fps)

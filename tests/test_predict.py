@@ -79,6 +79,38 @@ def test_predict_refuses_unreadable_file_and_unknown_model(checkpoints, tmp_path
     assert "no checkpoint" in caplog.text
 
 
+def test_predict_refuses_an_audio_file_whose_only_picture_is_cover_art(checkpoints, tmp_path,
+                                                                        caplog):
+    """A podcast episode or voice memo with artwork: its cover is a one-frame `video` stream
+    (disposition attached_pic). Before, predict scored it as a clip, the artwork's face (here
+    the fixture photo's) as the speaker's, face_share 1.0 and no warning."""
+    import av
+    import soundfile as sf
+    from PIL import Image
+
+    from personality.video_io import mux_mono_audio
+
+    cover = np.asarray(Image.open(real_fixture("single_face.jpg")).convert("RGB")
+                       .resize((286, 280)))
+    speech, sr = sf.read(real_fixture("librivox_speech_16k.wav"), dtype="float32")
+    podcast = tmp_path / "episode 12.mp3"
+    with av.open(str(podcast), "w", format="mp3") as c:
+        audio = c.add_stream("mp3", rate=sr, layout="mono")
+        art = c.add_stream("mjpeg", rate=1)
+        art.width, art.height, art.pix_fmt = 286, 280, "yuvj420p"
+        art.disposition = av.stream.Disposition.attached_pic
+        picture = av.VideoFrame.from_ndarray(cover, format="rgb24").reformat(format="yuvj420p")
+        for packet in [*art.encode(picture), *art.encode()]:
+            c.mux(packet)
+        mux_mono_audio(c, audio, speech[:3 * sr], sr)
+    with av.open(str(podcast)) as c:  # what the file holds: sound and its artwork
+        assert [s.type for s in c.streams] == ["audio", "video"]
+    assert predict.main([str(podcast), "--out", str(tmp_path / "o"),
+                         "--model", str(checkpoints["perfex_cnn"])]) == 2
+    assert "episode 12.mp3: no video stream" in caplog.text and "cover art" in caplog.text
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.fixture(scope="module")
 def model_root(checkpoints, tmp_path_factory):
     """A repo-like root with two trained models where the AU model is best on validation."""
