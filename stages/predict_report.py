@@ -61,7 +61,7 @@ def draw_report(result: dict, path: Path) -> Path:
     from personality.plots import plain_text
 
     (name, *warnings), families = plain_text([Path(result["video"]).name,
-                                              *(result.get("warnings") or [])])
+                                              *_warning_lines(result.get("warnings") or [])])
     fig = _report_figure(result, name, warnings, families)
     try:
         fig.savefig(path, dpi=100, format="png")
@@ -70,8 +70,22 @@ def draw_report(result: dict, path: Path) -> Path:
     return path
 
 
+# characters of a warning line: the page is 10 in wide, a line of 9 pt text holds ~140 Latin ones
+WARNING_LINE_CHARS = 110
+
+
+def _warning_lines(warnings: list[str]) -> list[str]:
+    """Each warning as lines that fit the page (a long one, a passed-over checkpoint's error or
+    the extrapolation warning, ran off its right edge), its continuation lines indented."""
+    import textwrap
+
+    return [line for w in warnings for line in textwrap.wrap(
+        "warning: " + w, WARNING_LINE_CHARS, subsequent_indent="    ")]
+
+
 def _report_figure(result: dict, name: str, warnings: list[str], families: list[str]):
-    """The report's figure; `name` and `warnings` are the clip's, ready to draw in `families`."""
+    """The report's figure; `name` and `warnings` (the clip's, as lines: `_warning_lines`) are
+    ready to draw in `families`."""
     import cv2
     import matplotlib.pyplot as plt
 
@@ -95,7 +109,7 @@ def _report_figure(result: dict, name: str, warnings: list[str], families: list[
                       "score (whisker: test MAE;\nticks: MAE [95% interval])", fontsize=9)
     ax.set_title(f"{name}: {result['model']}", fontfamily=families)
     if warnings:
-        fig.text(0.01, 0.005, "\n".join("warning: " + w for w in warnings),
+        fig.text(0.01, 0.005, "\n".join(warnings),
                  color="#B22222", fontsize=9, va="bottom", fontfamily=families)
     ax_face = fig.add_subplot(grid[0, 2])
     ax_face.axis("off")

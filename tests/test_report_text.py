@@ -85,3 +85,27 @@ def test_a_non_latin_name_is_drawn_from_an_installed_font(tmp_path, only_default
     assert drawn == CJK_NAME and families[-1] == "Tiny CJK Test"
     _drawn_without_glyph_warnings(_result(CJK_NAME, warning=f"{CJK_NAME}: no audio"),
                                   tmp_path / "report.png")
+
+
+def test_a_long_warning_is_drawn_whole_inside_the_page(tmp_path, monkeypatch):
+    """Warnings were drawn one line each: a long one (a better checkpoint passed over with its
+    error, the extrapolation warning naming an eGeMAPS feature, several faces) ran off the
+    page's right edge, its end lost. Now wrapped: every line inside the page, no word lost."""
+    figures = []
+    monkeypatch.setattr("matplotlib.figure.Figure.savefig",
+                        lambda fig, *args, **kwargs: figures.append(fig))
+    long = ("the checkpoint of bimodal_resnet, better on validation, is unreadable, so it was "
+            "passed over: EngineError: /home/me/personality/data/models/bimodal_resnet/best.pt: "
+            "not a usable checkpoint: training did not finish (no 'finished' flag); retrain it")
+    short = "no audio track: scores can come from the face alone"
+    draw_report({**_result("clip.mp4"), "warnings": [long, short]},
+                tmp_path / "report.png")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = figures[0]
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    [text] = [t for t in fig.texts if t.get_text().startswith("warning: ")]
+    assert text.get_window_extent(renderer).x1 <= fig.bbox.x1
+    lines = text.get_text().split("\n")
+    assert len(lines) > 2 and lines[-1] == "warning: " + short
+    assert " ".join(line.strip() for line in lines[:-1]) == "warning: " + long
