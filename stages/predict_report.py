@@ -137,6 +137,11 @@ def _draw_aus(ax, data: dict) -> None:
         return
     for name, values in data["aus"].items():
         ax.plot(data["t"], values, label=name)
+    t = np.asarray(data["t"], np.float64)
+    if np.isfinite(t).any() and np.nanmax(t) > 0:
+        # the clip's sampled span: frames without a face are NaN, which autoscaling skips, so a
+        # face that leaves (or enters late) made the axis end (or start) where it did
+        ax.set_xlim(0.0, float(np.nanmax(t)))
     ax.set_ylim(-0.1, 5.1)
     ax.set_xlabel("time (s)")
     ax.set_ylabel("intensity (0-5)")
@@ -147,7 +152,9 @@ def _draw_aus(ax, data: dict) -> None:
 def _align_time_axes(ax_au, ax_seconds) -> None:
     """The audio strip under the AU timeline reads second by second against it: the same time
     span, at the same place on the page (the strip's colour bar narrows both a little)."""
-    span = (0.0, max(ax_au.dataLim.x1, ax_seconds.get_xlim()[1]))  # the AUs' last frame, no margin
+    # the clip's last sampled frame (_draw_aus), else the AUs' last one; no margin
+    au_end = ax_au.dataLim.x1 if ax_au.get_autoscalex_on() else ax_au.get_xlim()[1]
+    span = (0.0, max(au_end, ax_seconds.get_xlim()[1]))
     au, strip = ax_au.get_position(), ax_seconds.get_position()
     x0, x1 = max(au.x0, strip.x0), min(au.x1, strip.x1)
     for ax, box in ((ax_au, au), (ax_seconds, strip)):

@@ -109,3 +109,20 @@ def test_a_long_warning_is_drawn_whole_inside_the_page(tmp_path, monkeypatch):
     lines = text.get_text().split("\n")
     assert len(lines) > 2 and lines[-1] == "warning: " + short
     assert " ".join(line.strip() for line in lines[:-1]) == "warning: " + long
+
+
+def test_the_au_timeline_spans_the_clip_when_the_face_leaves(tmp_path, monkeypatch):
+    """A face in the first 0.5 s of a 2.3 s clip: the frames after it are NaN AUs, which
+    matplotlib's autoscaling skipped, so the timeline ended at 0.5 s and read as the whole
+    clip. Now it spans every sampled frame's time."""
+    import numpy as np
+
+    figures = []
+    monkeypatch.setattr("matplotlib.figure.Figure.savefig",
+                        lambda fig, *args, **kwargs: figures.append(fig))
+    t = np.round(np.arange(18) / 7.5, 3)  # 8 fps-ish samples over 2.27 s
+    au = np.where(t <= 0.5, 1.0, np.nan)
+    result = {**_result("leaving.mp4"), "_report": {"t": t, "aus": {"AU12_r": au}}}
+    draw_report(result, tmp_path / "report.png")
+    [timeline] = [ax for ax in figures[0].axes if ax.get_title() == "Action Units"]
+    assert timeline.get_xlim() == (0.0, float(t[-1]))
