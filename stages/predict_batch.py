@@ -96,15 +96,17 @@ def safe_video_id(path: Path) -> str:
 
 
 def batch_ids(videos: list[Path]) -> list[str]:
-    """One file-name-safe id per video (its stem); a repeated stem gets _2, _3..."""
+    """One file-name-safe id per video (its stem); a repeated stem gets _2, _3... Stems that
+    differ only in case are repeats: on a case-insensitive file system (macOS's and Windows's
+    defaults) `Clip.png` and `clip.png` are one file, and one report would replace the other."""
     ids, used = [], set()
     for video in videos:
         base = vid = safe_video_id(video)
         k = 1
-        while vid in used:
+        while vid.casefold() in used:
             k += 1
             vid = f"{base}_{k}"
-        used.add(vid)
+        used.add(vid.casefold())
         ids.append(vid)
     return ids
 

@@ -5,6 +5,7 @@ single-video path's."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -49,6 +50,16 @@ def test_collect_videos_recurses_and_keeps_video_extensions(folder, tmp_path, ca
     assert predict.batch_ids([folder / "a" / "x.mp4", folder / "b" / "x.mp4"]) == ["x", "x_2"]
 
 
+def test_stems_that_differ_only_in_case_get_reports_of_their_own():
+    """day1/Interview.MOV and day2/interview.mp4: before, ids Interview and interview, whose
+    reports Interview.png and interview.png are one file on macOS's and Windows's default file
+    systems: the second replaced the first, and both rows named it."""
+    ids = predict.batch_ids([Path("day1/Interview.MOV"), Path("day2/interview.mp4"),
+                             Path("day3/INTERVIEW_2.mp4")])
+    assert ids == ["Interview", "interview_2", "INTERVIEW_2_2"]
+    assert len({i.casefold() for i in ids}) == 3
+
+
 def test_collect_videos_leaves_out_what_a_mac_leaves_beside_the_clips(folder):
     # AppleDouble files (._clip0.mp4, and __MACOSX/ copies) were each a failed row of a batch
     (folder / "session0" / "._clip0.mp4").write_bytes(bytes(4096))
@@ -56,6 +67,8 @@ def test_collect_videos_leaves_out_what_a_mac_leaves_beside_the_clips(folder):
     (folder / "__MACOSX" / "session0" / "._clip0.mp4").write_bytes(bytes(4096))
     videos = predict.collect_videos([folder])
     assert len(videos) == 5 and not any(v.name.startswith("._") for v in videos)
+    named = folder / "session0" / "._clip0.mp4"  # named on its own: taken as given (its row)
+    assert predict.collect_videos([named]) == [named]
 
 
 def test_batch_on_a_folder_with_a_broken_clip(folder, au_checkpoint, tmp_path, capsys):
