@@ -194,19 +194,20 @@ def decode_audio(path: str | os.PathLike, *, sr: int, max_seconds: float,
     (the next frame's time says how long), so the rest keeps its time, up to
     MAX_BAD_AUDIO_PACKETS (logged); raises StageInputError naming the file when it cannot be
     opened, or has more bad packets than that. `report`, when given, receives `bad_packets`,
-    `gap_s` (skipped seconds) and the stream's `declared_s` (nan when unknown)."""
+    `gap_s` (skipped seconds), the stream's `declared_s` (nan when unknown) and `source_sr`
+    (its sample rate, Hz; 0 when unknown)."""
     import av
 
     limit = int(math.ceil(max_seconds * sr))  # silence too: a file's times can claim hours
-    chunks, bad, gap = [], 0, 0
+    chunks, bad, gap, report = [], 0, 0, {} if report is None else report
     container = open_media(path)  # StageInputError naming the file
     try:
         with container:
             if not container.streams.audio:
                 return None
             stream = container.streams.audio[0]
-            if report is not None:
-                report["declared_s"] = _stream_declared_s(container, stream)
+            report.update(declared_s=_stream_declared_s(container, stream),
+                          source_sr=int(stream.codec_context.sample_rate or 0))
             resampler = av.AudioResampler(format="flt", layout="mono", rate=sr)
             n, origin, seen = 0, None, 0.0  # the first decoded frame's time, input seconds
             discont = bool(container.format.flags & _TS_DISCONT)
@@ -241,8 +242,7 @@ def decode_audio(path: str | os.PathLike, *, sr: int, max_seconds: float,
     if gap:
         log.warning("%s: %.1f s of audio skipped (a damaged stretch) read as silence", path,
                     gap / sr)
-    if report is not None:
-        report.update(bad_packets=bad, gap_s=gap / sr)
+    report.update(bad_packets=bad, gap_s=gap / sr)
     y = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     return np.ascontiguousarray(y[:limit], dtype=np.float32)
 
@@ -503,6 +503,12 @@ def process_video(video_id: str, path: str | os.PathLike, p: AudioParams,
     if report.get("gap_s"):
         notes.append(f"{report['gap_s']:.1f} s of audio skipped (a damaged stretch) read as "
                      "silence")
+    if row["has_audio"] and 0 < report.get("source_sr", 0) < p.sr:
+        # resampled up, its spectrum above the recording's Nyquist is empty: the log-mel's top
+        # bands, the centroid and the eGeMAPS slopes read as none of the training clips did
+        notes.append(f"the audio was recorded at {report['source_sr']} Hz, under the features' "
+                     f"{p.sr} Hz: nothing above {report['source_sr'] / 2000:.1f} kHz, so "
+                     "audio scores can extrapolate (telephone audio?)")
     if row["has_audio"] and not row["error"] and seconds < p.max_feature_seconds - 1.0:
         declared = _declared_s(path, report, seconds)  # a failed row says why: no check
         if ends_short(seconds, declared):

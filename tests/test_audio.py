@@ -462,3 +462,31 @@ def test_an_mpeg_ts_timestamp_discontinuity_is_no_silence(tmp_path):
             assert np.abs(y[16000:len(y) - 1600]).min(initial=1.0) < 0.3  # tone, not zeros
             windows = y[: len(y) // 800 * 800].reshape(-1, 800)
             assert (np.abs(windows).max(axis=1) > 0.1).all()  # no silent 50 ms anywhere
+
+
+def test_audio_recorded_under_the_feature_rate_is_named(tmp_path):
+    """An 8 kHz (telephone) track is resampled to 16 kHz without a word, though everything above
+    4 kHz is empty and the features read as no training clip's did (a functionals model's
+    score moved from 0.50 to 0.37 on the same speech). Now a note says so; a 16 kHz or 48 kHz
+    track gets none."""
+    import av
+
+    speech = audio.decode_audio(real_fixture("librivox_speech_16k.wav"), sr=16000,
+                                max_seconds=6)
+    for rate in (8000, 48000):
+        path = tmp_path / f"speech_{rate}.wav"
+        with av.open(str(path), "w") as out:
+            st = out.add_stream("pcm_s16le", rate=rate)
+            st.layout = "mono"
+            resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
+            frame = av.AudioFrame.from_ndarray((speech * 32767).astype(np.int16)[None],
+                                               format="s16", layout="mono")
+            frame.sample_rate = 16000
+            for chunk in [*resampler.resample(frame), *resampler.resample(None)]:
+                out.mux(st.encode(chunk))
+            out.mux(st.encode())
+        notes = audio.process_video(f"r{rate}", path, AudioParams()).get("notes", [])
+        if rate == 8000:
+            assert len(notes) == 1 and "recorded at 8000 Hz" in notes[0] and "4.0 kHz" in notes[0]
+        else:
+            assert notes == []
