@@ -157,8 +157,8 @@ def interval(samples: np.ndarray, *, level: float = 0.95, method: str = "percent
     """The `level` interval of a statistic from its (B,) bootstrap samples (NaN resamples
     ignored): the samples' central share ("percentile"); Efron's BCa ("bca"), which needs the
     statistic on all rows (`estimate`) and on each leave-one-subject-out set (`jackknife`, (S,));
-    "fisher_z", which needs `estimate` and reads the subject count S off `jackknife`: the
-    bias-corrected t interval on `scale` ("atanh" for a CCC, "log" for an error, "identity" for a
+    "fisher_z", which needs `estimate` and reads the subject count S off `jackknife` (the
+    subjects whose leaving out moves it): the bias-corrected t interval on `scale` ("atanh" for a CCC, "log" for an error, "identity" for a
     difference); or "bootstrap_t", which needs `estimate`, `jackknife` and `within`: the
     statistic on each resample's leave-one-draw-out sets and the draw counts, both (B, S).
     A jackknife of one subject gives NaN: every resample is that person, no interval. So does a
@@ -188,7 +188,10 @@ def interval(samples: np.ndarray, *, level: float = 0.95, method: str = "percent
                              "(bootstrap_scores(..., jackknife=subject_jackknife(subjects)))")
         if not math.isfinite(estimate):
             return [float("nan"), float("nan")]
-        subjects = 0 if jackknife is None else len(jackknife)
+        # the people the statistic rests on: leaving out a subject with no scored row (a trait
+        # they have no label for, clips a model has no prediction for) leaves it unchanged, to
+        # the bit (the same rows, in the same order); counting them gave too narrow a t
+        subjects = 0 if jackknife is None else int(np.sum(np.asarray(jackknife) != estimate))
         return _corrected_t(finite, float(estimate), tail, subjects, scale)
     if method == "bca":
         if estimate is None or jackknife is None:

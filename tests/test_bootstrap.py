@@ -195,6 +195,26 @@ def test_a_trait_labelled_for_one_subject_has_no_interval(rng, method):
                                                    - np.mean(s["b"]["point"]["ccc"]))
 
 
+def test_fisher_z_counts_only_the_subjects_a_trait_rests_on(rng):
+    """Trait O labelled for 3 of the split's 8 subjects: its Student's t had 7 degrees of freedom
+    (2.36) where the interval rests on 3 people (2 df: 4.30), too narrow (a review found it);
+    the traits labelled for all 8 keep their 7."""
+    from models.bootstrap import subject_jackknife
+
+    subjects, y, pred = _data(rng, 8)
+    y[subjects > 2, 0] = np.nan
+    s = bootstrap_scores(y, {"a": pred}, subject_resamples(subjects, n_boot=400, seed=3),
+                         jackknife=subject_jackknife(subjects))
+    ci = model_uncertainty(s["a"], "OCEAN", method="fisher_z")
+    samples, point, jack = s["a"]["ccc"], s["a"]["point"]["ccc"], s["a"]["jack"]["ccc"]
+    three = interval(samples[:, 0], method="fisher_z", estimate=point[0], jackknife=jack[:3, 0],
+                     scale="atanh")
+    assert ci["O"]["ccc"] == pytest.approx(three)
+    eight = interval(samples[:, 1], method="fisher_z", estimate=point[1], jackknife=np.zeros(8),
+                     scale="atanh")
+    assert ci["C"]["ccc"] == pytest.approx(eight)
+
+
 def test_fisher_z_known_answers():
     """Resamples symmetric about the estimate on Fisher's z: tanh(atanh(CCC) -+ 1.96 sd). The
     same resamples shifted down by d on z (the small-sample bias of a CCC) move the interval up
