@@ -21,7 +21,7 @@ from personality.common import atomic_write_text
 from personality.cue_check import cue_of
 from personality.schemas import TRAITS
 
-__all__ = ["markdown", "clips_text", "write_model_files"]
+__all__ = ["markdown", "clips_text", "importance_rows", "write_model_files"]
 
 
 def _fmt_ci(v: float | None, lo: float | None, hi: float | None) -> str:
@@ -144,6 +144,21 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def importance_rows(values: np.ndarray, k: int) -> list[int]:
+    """Row indices of the union of each column's k most important features, ranked as
+    explain.json's "top" ranks them (largest value first, not largest |value|: shuffling a
+    feature with a negative importance made the predictions *better*, noise, not reliance), in
+    first-seen order; NaN and exact zeros never shown."""
+    from personality.cue_check import top_indices
+
+    rows: list[int] = []
+    for j in range(values.shape[1]):
+        for i in top_indices(values[:, j:j + 1], k)[:, 0]:
+            if values[i, j] != 0 and np.isfinite(values[i, j]) and int(i) not in rows:
+                rows.append(int(i))
+    return rows or [0]
+
+
 def write_model_files(root: Path, out_dir: Path, model: str, features: list[str], corr: dict,
                       labels_r: dict, perm: dict | None, p: Any) -> tuple[str, str]:
     """<root>/<out_dir>/<model>.csv (every feature x trait: r with prediction and label,
@@ -166,8 +181,10 @@ def write_model_files(root: Path, out_dir: Path, model: str, features: list[str]
     out = root / out_dir
     csv = atomic_write_text(out / f"{model}.csv", pd.DataFrame(rows).to_csv(
         index=False, float_format="%.4g"))
-    lead = imp["value"] if imp is not None and np.isfinite(imp["value"]).any() else corr["value"]
-    shown = top_features(lead, features, p.top_k)
+    if imp is not None and np.isfinite(imp["value"]).any():
+        shown = importance_rows(imp["value"], p.top_k)
+    else:
+        shown = top_features(corr["value"], features, p.top_k)
     panels = {"r with prediction": corr["value"][shown], "r with label": labels_r["value"][shown]}
     if imp is not None:
         panels["permutation importance (CCC drop)"] = imp["value"][shown]

@@ -885,3 +885,43 @@ def test_too_few_labelled_clips_skip_the_stage_instead_of_failing_the_pipeline(t
     assert out == {"skipped": "2 labelled clips of ['test', 'val'] with functionals"}
     assert json.loads((tmp_path / "metrics" / "explain.json").read_text()) == out
     assert (tmp_path / "metrics" / "explain").is_dir()
+
+
+def _heatmap_rows(monkeypatch, tmp_path, features, perm, k=2):
+    """Rows and panels write_model_files hands to heatmap_png (captured), and its CSV."""
+    from types import SimpleNamespace
+
+    from personality import explain_plots
+    from personality.explain_report import write_model_files
+
+    drawn = {}
+
+    def capture(panels, rows, *, path, **_):
+        drawn.update(panels=panels, rows=rows)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(b"png")
+        return Path(path)
+
+    monkeypatch.setattr(explain_plots, "heatmap_png", capture)
+    n = len(features)
+    corr = {s: np.linspace(-0.5, 0.5, n * 5).reshape(n, 5) for s in ("value", "lo", "hi")}
+    p = SimpleNamespace(top_k=k, dpi=50, correlation_splits=["val", "test"],
+                        permutation_split="val")
+    write_model_files(tmp_path, Path("explain"), "m", features, corr, corr, perm, p)
+    return drawn, pd.read_csv(tmp_path / "explain" / "m.csv")
+
+
+def test_heat_map_rows_are_the_json_s_top_importances_not_the_largest_negative_ones(
+        monkeypatch, tmp_path):
+    """explain.json ranks importance by value; the heat map took each trait's k largest
+    |importance|, so a feature whose shuffling made the predictions *better* (the default data's
+    functionals_gbt: three of E's five) pushed the json's top features (AU12_c_share) out."""
+    from stages.explain import _top
+
+    features = ["a", "b", "c", "d"]
+    value = np.tile(np.array([[0.05], [0.02], [-0.09], [0.0]]), (1, 5))
+    imp = {"value": value, "lo": value - 0.01, "hi": value + 0.01}
+    drawn, _ = _heatmap_rows(monkeypatch, tmp_path, features,
+                             {"features": features, "importance": imp, "n_crossfit": 0})
+    json_top = {f for rows in _top(imp, features, 2).values() for f, *_ in rows}
+    assert json_top == {"a", "b"} and drawn["rows"] == ["a", "b"]
