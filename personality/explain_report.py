@@ -148,7 +148,7 @@ def importance_rows(values: np.ndarray, k: int) -> list[int]:
     """Row indices of the union of each column's k most important features, ranked as
     explain.json's "top" ranks them (largest value first, not largest |value|: shuffling a
     feature with a negative importance made the predictions *better*, noise, not reliance), in
-    first-seen order; NaN and exact zeros never shown."""
+    first-seen order; NaN and exact zeros never shown (none: [])."""
     from personality.cue_check import top_indices
 
     rows: list[int] = []
@@ -156,7 +156,7 @@ def importance_rows(values: np.ndarray, k: int) -> list[int]:
         for i in top_indices(values[:, j:j + 1], k)[:, 0]:
             if values[i, j] != 0 and np.isfinite(values[i, j]) and int(i) not in rows:
                 rows.append(int(i))
-    return rows or [0]
+    return rows
 
 
 def write_model_files(root: Path, out_dir: Path, model: str, features: list[str], corr: dict,
@@ -164,32 +164,45 @@ def write_model_files(root: Path, out_dir: Path, model: str, features: list[str]
     """<root>/<out_dir>/<model>.csv (every feature x trait: r with prediction and label,
     importance, each with its interval) and .png (the top rows); paths relative to root.
     corr, labels_r: {"value", "lo", "hi"} (F, 5) over `features`; perm: the stage's permutation
-    result or None; p: the stage's ExplainParams (top_k, dpi, the splits for the title)."""
+    result or None; p: the stage's ExplainParams (top_k, dpi, the splits for the title). The
+    features importance is measured on that are no functionals (an AU model's channels, AU12_r)
+    get rows of their own, with no r: their importance would otherwise be in no file but the
+    json (the AU models' CSV column and heat-map panel were empty)."""
     from personality.explain_plots import heatmap_png, top_features
 
+    extra = [f for f in (perm["features"] if perm is not None else []) if f not in set(features)]
+    names = list(features) + extra
+
+    def padded(stat: dict) -> dict:  # no r for the extra rows
+        return {s: np.vstack([stat[s], np.full((len(extra), len(TRAITS)), np.nan)])
+                for s in ("value", "lo", "hi")}
+
+    corr, labels_r = padded(corr), padded(labels_r)
     cols = {"r_prediction": corr, "r_label": labels_r}
     imp = None
     if perm is not None:  # importance on its own feature list (aus channels, audio_fn columns)
         pos = {f: i for i, f in enumerate(perm["features"])}
         imp = {s: np.array([perm["importance"][s][pos[f]] if f in pos else [np.nan] * 5
-                            for f in features]) for s in ("value", "lo", "hi")}
+                            for f in names]) for s in ("value", "lo", "hi")}
         cols["importance"] = imp
     rows = [{"feature": f, "cue": cue_of(f), "trait": t,
              **{f"{c}{suffix}": float(stat[s][i, j]) for c, stat in cols.items()
                 for s, suffix in (("value", ""), ("lo", "_lo"), ("hi", "_hi"))}}
-            for i, f in enumerate(features) for j, t in enumerate(TRAITS)]
+            for i, f in enumerate(names) for j, t in enumerate(TRAITS)]
     out = root / out_dir
     csv = atomic_write_text(out / f"{model}.csv", pd.DataFrame(rows).to_csv(
         index=False, float_format="%.4g"))
+    shown = []
     if imp is not None and np.isfinite(imp["value"]).any():
         shown = importance_rows(imp["value"], p.top_k)
-    else:
-        shown = top_features(corr["value"], features, p.top_k)
+    if not shown or extra:  # the functionals' r where importance is not on them
+        shown += [i for i in top_features(corr["value"][:len(features)], features, p.top_k)
+                  if i not in shown]
     panels = {"r with prediction": corr["value"][shown], "r with label": labels_r["value"][shown]}
     if imp is not None:
         panels["permutation importance (CCC drop)"] = imp["value"][shown]
-    png = heatmap_png(panels, [features[i] for i in shown], path=out / f"{model}.png",
-                      row_notes=[cue_of(features[i]) for i in shown], dpi=p.dpi,
+    png = heatmap_png(panels, [names[i] for i in shown], path=out / f"{model}.png",
+                      row_notes=[cue_of(names[i]) for i in shown], dpi=p.dpi,
                       title=f"{model}: top features per trait ({'/'.join(p.correlation_splits)}"
                             f" clips; importance on {p.permutation_split}"
                             f"{' + train, cross-fitted' if perm and perm['n_crossfit'] else ''})")

@@ -925,3 +925,23 @@ def test_heat_map_rows_are_the_json_s_top_importances_not_the_largest_negative_o
                              {"features": features, "importance": imp, "n_crossfit": 0})
     json_top = {f for rows in _top(imp, features, 2).values() for f, *_ in rows}
     assert json_top == {"a", "b"} and drawn["rows"] == ["a", "b"]
+
+
+def test_an_au_model_s_channel_importance_reaches_its_csv_and_heat_map(monkeypatch, tmp_path):
+    """An AU-sequence model's importance is per AU channel (AU12_r), no functionals column: the
+    CSV's importance column and the heat map's importance panel were empty (the default
+    perfex_cnn and perfex_hybrid), though explain.json listed them."""
+    features = ["AU12_r_mean", "AU04_r_sd", "fn_rms_db_mean"]
+    channels = ["AU04_r", "AU12_r"]
+    value = np.array([[0.01] * 5, [0.08] * 5])
+    imp = {"value": value, "lo": value - 0.01, "hi": value + 0.01}
+    drawn, csv = _heatmap_rows(monkeypatch, tmp_path, features,
+                               {"features": channels, "importance": imp, "n_crossfit": 0})
+    au12 = csv[csv["feature"] == "AU12_r"]
+    assert len(au12) == 5 and np.allclose(au12["importance"], 0.08)
+    assert au12["cue"].eq("smile").all() and au12["r_prediction"].isna().all()
+    assert csv["importance"].notna().sum() == 10  # the channels' rows, no functionals'
+    assert drawn["rows"][:2] == ["AU12_r", "AU04_r"]  # importance first, then r's top rows
+    assert set(drawn["rows"][2:]) <= set(features) and len(drawn["rows"]) > 2
+    panel = drawn["panels"]["permutation importance (CCC drop)"]
+    assert np.allclose(panel[:2, 0], [0.08, 0.01])
