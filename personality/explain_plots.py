@@ -37,7 +37,9 @@ def draw_gradcam(fig: Any, cell: Any, maps: Sequence, image: np.ndarray | None,
                  trait_names: Sequence[str], *, title: str = "") -> None:
     """Five overlays in grid cell `cell`: each trait's map (normalised to its own maximum) over
     `image` (uint8 (H, W, 3), the model's input crop); a map that is zero everywhere says the
-    trait's score does not rise with any region at that layer."""
+    trait's score does not rise with any region at that layer. A class activation map (a
+    model's own `cam`: logits, negative where a region lowers the score) is stretched from its
+    minimum instead: one below zero everywhere (a trait scored under 0.5) still has a peak."""
     sub = cell.subgridspec(1, len(trait_names))
     maps = np.nan_to_num(np.asarray(maps, np.float64))  # (5, h, w)
     for k, name in enumerate(trait_names):
@@ -45,12 +47,13 @@ def draw_gradcam(fig: Any, cell: Any, maps: Sequence, image: np.ndarray | None,
         ax.axis("off")
         h, w = image.shape[:2] if image is not None else (64, 64)
         m = _upsample(maps[k], h, w)
-        peak = m.max()
+        low = min(float(m.min()), 0.0)  # 0 for Grad-CAM's ReLU'd maps: m / max as before
+        span = m.max() - low
         if image is not None:
             ax.imshow(image)
-        ax.imshow(m / peak if peak > 0 else m, cmap="jet", alpha=0.45, vmin=0, vmax=1,
-                  extent=(0, w, h, 0))
-        ax.set_title(name + ("" if peak > 0 else " (flat)"), fontsize=9)
+        ax.imshow((m - low) / span if span > 0 else np.zeros_like(m), cmap="jet", alpha=0.45,
+                  vmin=0, vmax=1, extent=(0, w, h, 0))
+        ax.set_title(name + ("" if span > 0 else " (flat)"), fontsize=9)
         if k == 0 and title:
             ax.text(0, -0.25 * h, title, fontsize=9, ha="left", va="bottom")
 

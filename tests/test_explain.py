@@ -945,3 +945,31 @@ def test_an_au_model_s_channel_importance_reaches_its_csv_and_heat_map(monkeypat
     assert set(drawn["rows"][2:]) <= set(features) and len(drawn["rows"]) > 2
     panel = drawn["panels"]["permutation importance (CCC drop)"]
     assert np.allclose(panel[:2, 0], [0.08, 0.01])
+
+
+def test_a_class_activation_map_below_zero_is_drawn_not_called_flat():
+    """interpret_dan_face's own CAM is in logits: a trait scored under 0.5 has a map below 0
+    everywhere, which the report drew as an empty overlay titled '(flat)' though it peaks
+    somewhere like any other."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    from personality.explain_plots import draw_gradcam
+
+    maps = np.zeros((5, 4, 4))
+    maps[0] = -1.0
+    maps[0, 1, 2] = -0.2  # the least negative cell: where the logit is highest
+    maps[1, 3, 3] = 0.5  # a Grad-CAM map (>= 0)
+    fig = plt.figure()
+    try:
+        draw_gradcam(fig, fig.add_gridspec(1, 1)[0, 0], maps, None, list(TRAITS))
+        titles = [ax.get_title() for ax in fig.axes]
+        shown = [np.asarray(ax.get_images()[-1].get_array()) for ax in fig.axes]
+    finally:
+        plt.close(fig)
+    assert titles == ["O", "C", "E (flat)", "A (flat)", "N (flat)"]
+    assert shown[0].max() == pytest.approx(1.0) and shown[0].min() == pytest.approx(0.0)
+    assert np.unravel_index(shown[0].argmax(), shown[0].shape)[0] in range(16, 32)  # row 1 of 4
+    assert shown[1].max() == pytest.approx(1.0) and shown[2].max() == 0.0
