@@ -13,7 +13,9 @@ engine's eval views). One kind per input key the model reads, so an audio-visual
 - "gradcam" (face, frame, face_seq): Grad-CAM (Selvaraju et al. 2017) of each trait's decoded
   score. The layer is found from the module tree, not named per model: the module whose output is
   the last spatial map (4D, or 5D for 3D convolutions) computed from the image input, with both
-  sides >= `cam_min_side` (4: a 2 x 2 map of a 64 px crop says little). Its channels are weighted
+  sides >= `cam_min_side` (4: a 2 x 2 map of a 64 px crop says little); a map laid out channels
+  last, (N, h, w, C) as swin_face keeps it, is told by its sides (the image's aspect ratio) and
+  turned channels first. Its channels are weighted
   by the spatially averaged gradient, summed, ReLU'd, and averaged over the clip's crops (and the
   frames of a face_seq clip). A model with its own `cam(x) -> (B, 5, h, w)` method is asked
   instead. `maps` are in the layer's resolution; the report upsamples them onto the model's input
@@ -123,9 +125,24 @@ def predict_views(model: nn.Module, views: Mapping[str, Mapping[str, Tensor]], *
 # Grad-CAM
 
 
-def _spatial(out: Any, min_side: int) -> bool:
-    return (isinstance(out, Tensor) and out.ndim in (4, 5) and out.requires_grad
-            and min(out.shape[-2:]) >= min_side)
+def _fits(h: int, w: int, image_hw: Sequence[int]) -> bool:
+    """Could (h, w) be a map of an image of image_hw: no larger, about its aspect ratio."""
+    H, W = image_hw
+    return 0 < h <= H and 0 < w <= W and abs(h / w - H / W) <= 0.25 * H / W
+
+
+def _channels_last(shape: Sequence[int], image_hw: Sequence[int]) -> bool:
+    """A 4D map laid out (N, h, w, C) (Swin's blocks and final norm), not (N, C, h, w): its last
+    two sides do not look like the image's, its middle two do."""
+    return len(shape) == 4 and not _fits(shape[2], shape[3], image_hw) and \
+        _fits(shape[1], shape[2], image_hw)
+
+
+def _spatial(out: Any, min_side: int, image_hw: Sequence[int]) -> bool:
+    if not (isinstance(out, Tensor) and out.ndim in (4, 5) and out.requires_grad):
+        return False
+    sides = out.shape[1:3] if _channels_last(out.shape, image_hw) else out.shape[-2:]
+    return min(sides) >= min_side
 
 
 def cam_layer(model: nn.Module, views: Mapping[str, Tensor], key: str, *,
@@ -136,8 +153,9 @@ def cam_layer(model: nn.Module, views: Mapping[str, Tensor], key: str, *,
     inside it, and a branch that does not see the image (bimodal_resnet's log-mel CNN) is never
     chosen. Found by one forward with only the image requiring gradients."""
     found: list[str] = []
+    hw = tuple(views[key].shape[-2:])
     handles = [m.register_forward_hook(
-        lambda _m, _i, out, name=name: found.append(name) if _spatial(out, min_side) else None)
+        lambda _m, _i, out, name=name: found.append(name) if _spatial(out, min_side, hw) else None)
         for name, m in model.named_modules() if name]
     params = [p for p in model.parameters() if p.requires_grad]
     x = views[key].detach().clone().requires_grad_(True)
@@ -184,10 +202,13 @@ def gradcam(model: nn.Module, views: Mapping[str, Tensor], key: str, *,
         with torch.enable_grad():
             scores = model.decode(model(views))  # (V, 5)
             a = acts[-1]  # the last call: the map the head reads (a module run per frame counts once)
+            # channels first for _cam: a (N, h, w, C) map (Swin) had its width taken for channels
+            layout = (lambda t: t.permute(0, 3, 1, 2)) if _channels_last(
+                a.shape, views[key].shape[-2:]) else (lambda t: t)
             maps = []
             for k in range(N_TRAITS):
                 g, = torch.autograd.grad(scores[:, k].sum(), a, retain_graph=k < N_TRAITS - 1)
-                maps.append(_cam(a.detach(), g).mean(dim=0))  # (h, w) over views (and frames)
+                maps.append(_cam(layout(a.detach()), layout(g)).mean(dim=0))  # (h, w) over views
     finally:
         handle.remove()
     return torch.stack(maps).float().cpu().numpy(), name  # (5, h, w)

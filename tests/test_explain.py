@@ -41,6 +41,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
     ("hrnet_face", {"width": 8}, ("face",)),
     ("bimodal_resnet", {"width": 8, "layers": [1, 1, 1, 1], "audio_widths": [8, 16, 32, 64]},
      ("face", "logmel")),
+    ("swin_face", {}, ("face",)),  # channels last: (N, h, w, C)
 ])
 def test_gradcam_shapes_and_layer(name, config, inputs, rng):
     torch.manual_seed(0)
@@ -51,11 +52,15 @@ def test_gradcam_shapes_and_layer(name, config, inputs, rng):
     layer = cam_layer(model, views, "face")
     maps, used = gradcam(model, views, "face")
     assert used == layer and maps.shape[0] == 5 and min(maps.shape[1:]) >= 4
+    # a square crop's map is square: swin_face's (N, h, w, C) maps gave (4, 128), width x channels
+    assert maps.shape[1] == maps.shape[2]
     assert np.all(maps >= 0) and np.isfinite(maps).all()
     if name == "resnet18_face":
         assert layer == "trunk.stages.2"  # 64 px: the /16 stage; the /32 one is 2 x 2
     if name == "bimodal_resnet":
         assert layer.startswith("visual.")  # never the log-mel branch's 2D maps
+    if name == "swin_face":
+        assert layer == "norm" and maps.shape[1:] == (4, 4)  # the last stage's 4 x 4 tokens
     assert all(p.requires_grad for p in model.parameters())  # restored after the search
 
 
