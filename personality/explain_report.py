@@ -7,7 +7,8 @@ tables and each model's metrics/explain/<model>.csv and heat map.
 The tables docs/evaluation.md shows: the planted-cue check per model (clusters of interchangeable
 functionals, over the clips the importance was measured on; the validation clips alone beside it
 when the importance is cross-fitted), the same check one column at a time and by cue, and each
-model's strongest correlate per trait. Every value is printed with its 95% interval.
+model's strongest correlate per trait. Every value is printed with its interval (95% by default:
+`explain.ci_level`), and each table names as many top features as `explain.top_k` keeps.
 """
 from __future__ import annotations
 
@@ -42,16 +43,23 @@ def clips_text(imp: dict, val_alone: bool = False) -> str:
             "it was not fitted on)")
 
 
-def _check_table(check: dict, top: dict, cues: dict | None, title: str) -> list[str]:
+def _level(report: dict) -> str:
+    """The intervals' level as the stage's params set it: '95%'."""
+    return f"{report['params']['ci_level']:.0%}"
+
+
+def _check_table(check: dict, top: dict, cues: dict | None, title: str,
+                 level: str = "95%") -> list[str]:
     """A cue check as markdown lines: per trait its planted cues, its top features with their
     cues (`cues` by name, else cue_of) and importance, hits and the share of resamples."""
-    lines = [title, "", "| trait | heaviest planted cues | top 5 features (cue): CCC drop "
-             "[95% CI] | hits | ≥ 2 | share of resamples | chance |",
+    k = max(len(c["top"]) for c in check.values())  # explain.top_k
+    lines = [title, "", f"| trait | heaviest planted cues | top {k} features (cue): CCC drop "
+             f"[{level} CI] | hits | ≥ 2 | share of resamples | chance |",
              "|---|---|---|---|---|---|---|"]
     for t, c in check.items():
         tops = "; ".join(f"{f} ({(cues[f] if cues else cue_of(f)) or '-'}): "
                          f"{_fmt_ci(v, lo, hi)}" for f, v, lo, hi in top[t])
-        lines.append(f"| {t} | {', '.join(c['planted'])} | {tops} | {c['hits']}/3 | "
+        lines.append(f"| {t} | {', '.join(c['planted'])} | {tops} | {c['hits']}/{len(c['planted'])} | "
                      f"{'yes' if c['pass'] else 'no'} | {c['share_pass']:.0%} | "
                      f"{c['chance_pass']:.0%} |")
     return lines + [""]
@@ -78,7 +86,7 @@ def _measured_tables(report: dict) -> list[str]:
             "over the train clips, by \\|Spearman r\\| within face photo where ingest recorded it "
             f"(each photo's mean rank removed), if at least {min_r}; else photo:NAME where it follows which face "
             f"photo the clip shows at \\|r\\| >= {min_r}, never a hit; else -; photo: its "
-            "\\|r\\| with the photo):")
+            "\\|r\\| with the photo):", _level(report))
     return lines
 
 
@@ -103,8 +111,8 @@ def _rules_tables(report: dict, val_alone: bool) -> list[str]:
             f"{clusters['max_distance']}, each shuffled as one; named by its most central "
             f"member, (+k) other members; its cue: the one most of its members measure by the "
             f"rules, none on a tie; permutation importance on "
-            f"{clips_text(imp, val_alone)}, {imp['repeats']} shuffles; 95% intervals over "
-            "subjects):")
+            f"{clips_text(imp, val_alone)}, {imp['repeats']} shuffles; {_level(report)} "
+            "intervals over subjects):", _level(report))
     return lines
 
 
@@ -115,13 +123,15 @@ def _column_and_cue_tables(report: dict) -> list[str]:
         lines += _check_table(
             check, imp["top"], None,
             f"**Cue check one column at a time, {model}** (permutation importance on "
-            f"{clips_text(imp)}, {imp['repeats']} shuffles; 95% intervals over subjects):")
+            f"{clips_text(imp)}, {imp['repeats']} shuffles; {_level(report)} intervals over "
+            "subjects):", _level(report))
     for model, check in (report.get("cue_check_grouped") or {}).items():
         imp = report["models"][model]["permutation"]
         lines += [f"**Cue check by cue, {model}** (all functionals of a cue shuffled together; "
                   "the three most important of the 10 cues; chance of >= 2 hits: 18%; "
                   f"{clips_text(imp)}):", "",
-                  "| trait | heaviest planted cues | top 3 cues: CCC drop [95% CI] | hits | ≥ 2 | "
+                  f"| trait | heaviest planted cues | top 3 cues: CCC drop [{_level(report)} CI] | "
+                  "hits | ≥ 2 | "
                   "share of resamples |", "|---|---|---|---|---|---|"]
         for t, c in check.items():
             tops = "; ".join(f"{f}: {_fmt_ci(v, lo, hi)}" for f, v, lo, hi in imp["cues"][t][:3])
@@ -135,7 +145,7 @@ def markdown(report: dict) -> str:
     """metrics/explain.md: the cue checks and each model's strongest feature per trait."""
     lines = _cluster_tables(report) + _column_and_cue_tables(report)
     lines += ["**Strongest correlate of each trait's prediction** (functional with the largest "
-              "|r| over the correlation clips; r [95% CI])", "",
+              f"|r| over the correlation clips; r [{_level(report)} CI])", "",
               "| model | " + " | ".join(TRAITS) + " |", "|---|" + "---|" * len(TRAITS)]
     for model, entry in report["models"].items():
         cells = [f"{f[0]} {_fmt_ci(*f[1:])}" for f in

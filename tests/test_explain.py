@@ -978,3 +978,20 @@ def test_a_class_activation_map_below_zero_is_drawn_not_called_flat():
     assert shown[0].max() == pytest.approx(1.0) and shown[0].min() == pytest.approx(0.0)
     assert np.unravel_index(shown[0].argmax(), shown[0].shape)[0] in range(16, 32)  # row 1 of 4
     assert shown[1].max() == pytest.approx(1.0) and shown[2].max() == 0.0
+
+
+def test_explain_md_says_the_top_k_and_interval_level_the_params_set(fake_repo, tmp_path):
+    """explain.md's tables were headed 'top 5 features ... [95% CI]' and '95% intervals' whatever
+    explain.top_k and explain.ci_level were: with top_k 3 and ci_level 0.9 they listed three
+    features with 90% intervals under that header."""
+    import shutil
+
+    from stages.explain import ExplainParams, run
+
+    root = tmp_path / "repo"
+    shutil.copytree(fake_repo, root)
+    run(ExplainParams(repeats=2, bootstrap=20, mlflow=False, top_k=3, ci_level=0.9,
+                      crossfit_folds=0), root=root, models=["functionals_ridge"])
+    text = (root / "metrics" / "explain.md").read_text()
+    assert "top 3 features (cue): CCC drop [90% CI]" in text and "90% intervals over" in text
+    assert "95%" not in text and "top 5" not in text
