@@ -14,8 +14,8 @@ The pyfunc (`VideoScorer`) is `stages.predict.predict_video` behind MLflow's int
 front-end, the same params (params.yaml travels with the model as an artifact), the same checkpoint
 (an artifact, read with torch.load(weights_only=True)). So the server's five scores for a clip are
 predict's. One row per video in, one row out: the scores, the model, the clip's facts (face share,
-audio) and its warnings; a video that cannot be scored is a row with its `error` and NaN scores,
-and the other rows of the request are scored.
+audio) and its warnings; a video that cannot be scored is a row with its `error` and null (None)
+scores, and the other rows of the request are scored.
 
 A request names files on the server, so the scorer opens only files under the served video
 root(s): the absolute folders of PERSONALITY_VIDEO_ROOT (separated by os.pathsep), read when the
@@ -107,8 +107,8 @@ class VideoScorer:
         if "video" not in model_input:
             raise StageInputError(f"the input needs a 'video' column of file paths; got "
                                   f"{list(model_input.columns)}")
-        return pd.DataFrame([self._row(str(v)) for v in model_input["video"]],
-                            columns=OUTPUT_COLUMNS)
+        return json_safe(pd.DataFrame([self._row(str(v)) for v in model_input["video"]],
+                                      columns=OUTPUT_COLUMNS))
 
     def _row(self, requested: str) -> dict:
         from stages.predict import error_text, predict_video, result_row
@@ -133,6 +133,19 @@ class VideoScorer:
             row = {**{t: math.nan for t in TRAITS}, "error": error_text(exc)}
         # the client named its file, not the server's copy of it
         return {k: _named_as_asked(v, names, requested) for k, v in row.items()}
+
+
+TEXT_COLUMNS = ("model", "warnings", "error")
+
+
+def json_safe(rows: pd.DataFrame) -> pd.DataFrame:
+    """`rows` as the scoring server must send them: a missing number None (JSON null), a missing
+    text "". MLflow writes a float NaN as `NaN`, which is not JSON: a refused row's NaN scores
+    made JavaScript's JSON.parse (and any strict parser) reject the whole response."""
+    out = rows.astype(object).where(rows.notna(), None)
+    for column in TEXT_COLUMNS:
+        out[column] = ["" if v is None else v for v in out[column]]
+    return out
 
 
 def _named_as_asked(value, names: list[str], requested: str):

@@ -181,8 +181,20 @@ def test_loaded_pyfunc_gives_predicts_scores_and_a_row_per_bad_video(registered,
     for t in TRAITS:
         assert got[t] == pytest.approx(expected[t], abs=1e-6)
     assert got["error"] == "" and got["face_share"] == pytest.approx(expected["face_share"])
-    assert "broken.mp4" in out.iloc[1]["error"] and np.isnan(out.iloc[1]["O"])
+    assert "broken.mp4" in out.iloc[1]["error"] and out.iloc[1]["O"] is None
     assert out.iloc[2]["error"] == f"/etc/hostname: {serve.OUTSIDE_ROOTS}"
+    # what the scoring server sends is JSON: a refused row's scores null, its model "" (NaN
+    # was written as `NaN`, which JSON.parse rejects, and the whole response with it)
+    import io
+    import json
+
+    from mlflow.pyfunc.scoring_server import predictions_to_json
+
+    sent = io.StringIO()
+    predictions_to_json(out, sent)
+    rows = json.loads(sent.getvalue(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert rows["predictions"][1]["O"] is None and rows["predictions"][1]["model"] == ""
+    assert rows["predictions"][0]["O"] == pytest.approx(expected["O"], abs=1e-6)
 
 
 def test_evaluated_models_are_the_scored_entries_of_the_report():
