@@ -124,7 +124,7 @@ def _report_figure(result: dict, name: str, warnings: list[str], families: list[
     _draw_aus(ax_au, data)
     ax_seconds = _draw_explanation(fig, grid, rows, result)
     fig.tight_layout(rect=(0, 0.04 * len(warnings), 1, 1))
-    if data.get("aus") and ax_seconds is not None:
+    if _any_au(data) and ax_seconds is not None:
         _align_time_axes(ax_au, ax_seconds)
     return fig
 
@@ -134,6 +134,11 @@ def _draw_aus(ax, data: dict) -> None:
     if not data.get("aus"):
         ax.axis("off")
         ax.text(0.5, 0.5, "no AU timeline (audio-only model)", ha="center", va="center")
+        return
+    if not _any_au(data):  # every AU NaN: an empty panel with a legend read as a failed drawing
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no AU timeline: no face in any sampled frame", ha="center",
+                va="center")
         return
     for name, values in data["aus"].items():
         ax.plot(data["t"], values, label=name)
@@ -147,6 +152,12 @@ def _draw_aus(ax, data: dict) -> None:
     ax.set_ylabel("intensity (0-5)")
     ax.legend(ncol=6, fontsize=8, loc="upper right")
     ax.set_title("Action Units")
+
+
+def _any_au(data: dict) -> bool:
+    """Whether some AU of the timeline has a value (a frame with a face)."""
+    values = (data.get("aus") or {}).values()
+    return any(np.isfinite(np.asarray(v, np.float64)).any() for v in values)
 
 
 def _align_time_axes(ax_au, ax_seconds) -> None:

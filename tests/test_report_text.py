@@ -126,3 +126,23 @@ def test_the_au_timeline_spans_the_clip_when_the_face_leaves(tmp_path, monkeypat
     draw_report(result, tmp_path / "report.png")
     [timeline] = [ax for ax in figures[0].axes if ax.get_title() == "Action Units"]
     assert timeline.get_xlim() == (0.0, float(t[-1]))
+
+
+def test_the_au_timeline_of_a_clip_with_no_face_says_so(tmp_path, monkeypatch):
+    """A clip with no face in any sampled frame (tests/fixtures/no_face.mp4, scored by the
+    default functionals model or an audio model) has every AU NaN: the report drew an empty
+    "Action Units" panel with a legend of six AUs and no line, as if they were all zero or the
+    drawing failed. Now the panel says that no frame had a face."""
+    import numpy as np
+
+    figures = []
+    monkeypatch.setattr("matplotlib.figure.Figure.savefig",
+                        lambda fig, *args, **kwargs: figures.append(fig))
+    t = np.round(np.arange(32) / 8, 3)
+    nan = np.full(len(t), np.nan)
+    result = {**_result("no_face.mp4"),
+              "_report": {"t": t, "aus": {"AU01_r": nan, "AU12_r": nan.copy()}}}
+    draw_report(result, tmp_path / "report.png")
+    fig = figures[0]
+    assert not [ax for ax in fig.axes if ax.get_title() == "Action Units" and ax.lines]
+    assert any("no face" in text.get_text() for ax in fig.axes for text in ax.texts)
