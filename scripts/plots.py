@@ -70,6 +70,14 @@ def ccc_bar_spec(summary: dict) -> dict | None:
             "width": 60 * len(rows), "height": 260, "data": {"values": rows}, "layer": layers}
 
 
+def _single_fit(spec: dict) -> float | None:
+    """The val CCC of a training-curve spec with a single epoch (a closed-form fit), else None."""
+    rows = (spec.get("data") or {}).get("values") or []
+    if len({r.get("epoch") for r in rows}) != 1 or "val_ccc" not in rows[0]:
+        return None
+    return float(rows[0]["val_ccc"])
+
+
 def _section(title: str, charts: list[tuple[str, str]]) -> str:
     figures = "".join(f'<figure id="{html.escape(cid)}">{svg}</figure>' for cid, svg in charts)
     return f"<h2>{html.escape(title)}</h2>\n<div class='grid'>{figures}</div>\n"
@@ -85,10 +93,14 @@ def render_page(specs: dict[str, list[dict]], summary: dict, out: Path, *,
     bars = ccc_bar_spec(summary)
     if bars is not None:
         groups["bars"].append(("test_ccc_per_model", bars))
+    fits = []  # one-row histories (closed-form models): a lone dot whose axis read "1" or "0"
     for pid, entries in specs.items():
         kind = "curves" if pid.endswith("_history.csv") else "scatter"
         model = re.sub(r"^scatter_|_history$", "", Path(pid).stem)
         for k, spec in enumerate(entries):
+            if kind == "curves" and _single_fit(spec) is not None:
+                fits.append(f"{model} (val CCC {_single_fit(spec):.3f})")
+                continue
             title = (f"{model}: validation CCC per epoch" if kind == "curves"
                      else f"{model}: test set, predicted vs true")
             groups[kind].append((re.sub(r"[^A-Za-z0-9_.+-]+", "_", Path(pid).stem)
@@ -105,6 +117,9 @@ def render_page(specs: dict[str, list[dict]], summary: dict, out: Path, *,
                 (out / f"{cid}.png").write_bytes(vlc.vegalite_to_png(spec, scale=1.5))
         if rendered:
             body += _section(titles[kind], rendered)
+    if fits:
+        body += (f"<p>No curve for models fitted once, without epochs: "
+                 f"{html.escape(', '.join(fits))}.</p>\n")
     page = ("<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>personality pipeline: "
             "plots</title><style>body{font-family:sans-serif;margin:1.5em}"
             ".grid{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0}</style></head><body>\n"

@@ -75,3 +75,17 @@ def test_offline_screenshot_shows_the_charts(page, tmp_path):
     blue = (img[..., 0] > 150) & (img[..., 1] < 140) & (img[..., 2] < 110)  # the bars, #4C72B0
     assert blue.sum() > 2000
     assert (img.min(axis=2) < 100).mean() > 0.005  # text, axes, points
+
+
+def test_a_closed_form_fit_gets_a_line_not_an_empty_curve(tmp_path):
+    """functionals_ridge and functionals_gbt are fitted once: their history has one row, and the
+    page drew a chart with a lone dot whose only y tick read "1" (ridge, val CCC 0.642) or "0"
+    (trees, 0.484), as if the fit had scored 1 or 0. Now a line names them with their val CCC."""
+    one = {**CURVE, "data": {"values": [{"epoch": "1", "val_ccc": "0.641881",
+                                         "rev": "workspace"}]}}
+    specs = {"metrics/train/model_a_history.csv": [CURVE],
+             "metrics/train/functionals_ridge_history.csv": [one]}
+    text = plots.render_page(specs, SUMMARY, tmp_path).read_text()
+    assert "functionals_ridge: validation CCC per epoch" not in text
+    assert "functionals_ridge (val CCC 0.642)" in text
+    assert "model_a: validation CCC per epoch" in text
