@@ -85,9 +85,9 @@ from stages.predict_batch import (VIDEO_EXTENSIONS, WorkerDied, batch_ids, colle
                                   exit_on_sigterm, run_jobs, safe_video_id, sigterm_exits)
 from stages.predict_frontend import (checked_frontend, front_end_params, resolved_frontend,
                                      run_front_end, start_front_end_worker)
-from stages.predict_model import (choose_model, clip_warnings, enter_project, load_model,
-                                  missing_inputs, model_scores, model_warnings, own_test_error,
-                                  test_error_interval, trained_models)
+from stages.predict_model import (choose_model, clip_warnings, clipped_warnings, enter_project,
+                                  load_model, missing_inputs, model_scores, model_warnings,
+                                  own_test_error, test_error_interval, trained_models)
 from stages.predict_report import draw_report, report_data, write_report
 
 __all__ = ["predict_video", "run_front_end", "trained_models", "choose_model", "load_model",
@@ -134,7 +134,8 @@ def predict_video(video: Path, *, model: str | None = None, root: Path | None = 
             raise StageInputError(f"{video}: {why}")
         vid = facts["video_id"]
         scores, sources = model_scores(loaded, work_root, vid, video)
-        facts["warnings"] = [*facts["warnings"], *model_warnings(loaded, sources, vid, facts)]
+        facts["warnings"] = [*facts["warnings"], *model_warnings(loaded, sources, vid, facts),
+                             *clipped_warnings(loaded.net, sources, vid)]
         drawn = report_data(work_root, vid)
         if explain:  # while the clip's inputs exist
             explanation, drawn["explain_images"] = _explanation(

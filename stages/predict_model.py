@@ -257,6 +257,37 @@ def model_warnings(loaded: LoadedModel, sources: list, vid: str, facts: dict) ->
     return out
 
 
+CLIPPED_BY = 0.05  # how far past the 0-1 scale a raw score lies before the warnings say so
+
+
+def clipped_warnings(net, sources: list, vid: str) -> list[str]:
+    """A closed-form regression model (models/classical.py: its decode clamps to [0, 1]) whose
+    raw scores for the clip lie past the scale: they were shown at its end without a word (a
+    raw A of 1.34 read as 1.00, as sure as a score can be)."""
+    if not (getattr(net, "closed_form", False)
+            and getattr(getattr(net, "config", None), "head", "") == "regression"):
+        return []
+    import torch
+
+    from models.engine import predict_videos
+
+    class Undecoded(torch.nn.Module):  # the same views and averaging, without the clamp
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, batch):
+            return self.net(batch)
+
+        def decode(self, outputs):
+            return outputs
+
+    raw = np.asarray(predict_videos(Undecoded(), sources, [vid])[0], dtype=float)  # (5,)
+    past = [f"{t} {r:.2f}" for t, r in zip(TRAITS, raw) if not -CLIPPED_BY <= r <= 1 + CLIPPED_BY]
+    return [f"raw score(s) past the 0-1 scale, shown at its end: {', '.join(past)}: the clip is "
+            "unlike the training clips for those traits"] if past else []
+
+
 def _usable_audio(facts: dict) -> bool:
     return bool(facts.get("has_audio")) and not facts.get("audio_silent")
 

@@ -995,3 +995,24 @@ def test_explain_md_says_the_top_k_and_interval_level_the_params_set(fake_repo, 
     text = (root / "metrics" / "explain.md").read_text()
     assert "top 3 features (cue): CCC drop [90% CI]" in text and "90% intervals over" in text
     assert "95%" not in text and "top 5" not in text
+
+
+def test_a_raw_ridge_score_past_the_scale_is_named(rng):
+    """functionals_ridge clamps its scores to [0, 1]: a raw A of 1.34 was shown as 1.00 with no
+    warning (found by a walkthrough on a real clip). predict now names each clipped trait with
+    its raw score; a model that clamps nothing, or a score inside the scale, says nothing."""
+    from stages.predict_model import clipped_warnings
+
+    class Source:  # one video, one view of 6 standardised functionals
+        keys = ("functionals",)
+
+        def eval_items(self, video_id):  # (V=1, F=6)
+            return {"functionals": torch.ones(1, 6, dtype=torch.float32)}
+
+    model = build_model("functionals_ridge", n_features=6).eval()
+    model.bias.copy_(torch.tensor([0.5, 0.5, 0.5, 1.34, -0.72], dtype=torch.float64))
+    warned = clipped_warnings(model, [Source()], "v")
+    assert len(warned) == 1 and "A 1.34, N -0.72" in warned[0] and "O " not in warned[0]
+    model.bias.copy_(torch.full((5,), 0.5, dtype=torch.float64))
+    assert clipped_warnings(model, [Source()], "v") == []
+    assert clipped_warnings(build_model("perfex_cnn"), [Source()], "v") == []
