@@ -177,6 +177,9 @@ def open_media(path: str | os.PathLike):
     try:
         return av.open(str(path), container_options=MEDIA_OPTIONS)
     except av.error.ArgumentError:  # EINVAL: a demuxer or protocol off the lists
+        if kind := _still_image(path):  # FFmpeg's image2: a photo sent as a clip, said as such
+            raise StageInputError(f"{path}: a still image ({kind}), not a video; refused"
+                                  ) from None
         raise StageInputError(f"{path}: not a media file this project reads (FFmpeg takes it for "
                               "a playlist, a list of other files or a protocol URL, which could "
                               "open files outside the dataset, or for a format off "
@@ -187,6 +190,25 @@ def open_media(path: str | os.PathLike):
                               "index was written, as an MP4 whose recording stopped)") from None
     except Exception as exc:  # PyAV raises OSError, PermissionError, ... for unreadable files
         raise StageInputError(f"{path}: cannot be opened as media: {exc}") from None
+
+
+# the first bytes of the still-image formats FFmpeg's image2 demuxers (off MEDIA_OPTIONS) read
+_IMAGE_MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG", "PNG"), (b"BM", "BMP"),
+                (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"RIFF", "WebP"))
+
+
+def _still_image(path: str | os.PathLike) -> str:
+    """The still-image format `path` starts with ('JPEG', ...), '' for anything else."""
+    try:  # never blocking: a pipe FFmpeg has drained has nothing more to say
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            head = os.read(fd, 12)
+        finally:
+            os.close(fd)
+    except OSError:
+        return ""
+    return next((kind for magic, kind in _IMAGE_MAGIC if head.startswith(magic)
+                 and (kind != "WebP" or head[8:12] == b"WEBP")), "")
 
 
 def is_checkpoint_path(model: str, root: Path | None = None) -> bool:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from personality.common import StageInputError
-from tests.conftest import write_video
+from tests.conftest import real_fixture, write_video
 
 
 @pytest.fixture
@@ -124,3 +124,20 @@ def test_a_raw_audio_file_is_named_as_audio_not_as_a_playlist(tmp_path):
         assert decode_audio(path, sr=16000, max_seconds=5).size > 15000, fmt
         with pytest.raises(StageInputError, match=rf"sound.{fmt}: no video stream"):
             probe(path)
+
+
+def test_a_still_image_is_named_as_one_not_as_a_playlist(tmp_path):
+    """A photo given as a clip (a JPEG sent to the served model, a PNG in a batch folder) read
+    as 'FFmpeg takes it for a playlist, a list of other files or a protocol URL': its demuxer
+    (image2) is off the list for good reason, but the file is just a picture."""
+    import cv2
+
+    from personality.common import open_media
+
+    image = cv2.imread(str(real_fixture("single_face.jpg")))
+    for suffix, kind in ((".jpg", "JPEG"), (".png", "PNG"), (".bmp", "BMP"), (".webp", "WebP")):
+        path = tmp_path / f"photo{suffix}"
+        cv2.imwrite(str(path), image)
+        with pytest.raises(StageInputError, match=rf"photo\{suffix}: a still image \({kind}\), "
+                                                  "not a video"):
+            open_media(path)
