@@ -110,7 +110,27 @@ def draw_contributions(ax: Any, part: Mapping, trait_names: Sequence[str], *, ti
     ax.set_xticks(range(len(rows)), [names[i] for i in rows], rotation=35, ha="right",
                   fontsize=7)
     units = part.get("units", "score")
-    ax.set_title(f"{title} [{units}]", fontsize=9)
+    ax.set_title(f"{title} [{units}]{_unaccounted(part, values, trait_names)}", fontsize=9)
+
+
+UNACCOUNTED_SHARE = 0.1  # of score(x) - score(0) left out by integrated gradients: said
+
+
+def _unaccounted(part: Mapping, values: np.ndarray, trait_names: Sequence[str]) -> str:
+    """For integrated gradients, how much of score(x) - score(0) the attributions leave out when
+    it is a sizeable share (a model whose path from 0 does not move a part of its input, as
+    spectrum_model's phase), for the trait it is largest in; '' otherwise."""
+    gap = part.get("completeness_gap")
+    if gap is None:
+        return ""
+    gap = np.asarray([np.nan if v is None else v for v in gap], np.float64)  # (5,)
+    change = np.nansum(values, axis=0) + gap  # score(x) - score(0), (5,)
+    share = np.abs(gap) / np.maximum(np.abs(change), 0.01)  # a change under 0.01: vs 0.01
+    if not np.isfinite(share).any() or np.nanmax(share) < UNACCOUNTED_SHARE:
+        return ""
+    k = int(np.nanargmax(share))
+    return (f"; {trait_names[k]}: {gap[k]:+.3f} of the score change {change[k]:+.3f} not "
+            "accounted for")
 
 
 def heatmap_png(panels: Mapping[str, np.ndarray], features: Sequence[str], *,

@@ -331,6 +331,24 @@ def test_integrated_gradients_are_complete_for_an_au_model(rng):
     assert part["method"] == "integrated_gradients" and np.asarray(part["values"]).shape == (17, 5)
     total = np.asarray(part["values"]).sum(axis=0)  # = score(x) - score(0) up to the gap
     assert np.abs(part["completeness_gap"]).max() < 0.05 * np.abs(total).max() + 1e-4
+    # the report's panel says nothing of a gap this small; a share of the change left out, it
+    # names (spectrum_model's phase, which the straight path from 0 never moves: ~10x its sum)
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    from personality.explain_plots import draw_contributions
+
+    left_out = {**part, "values": np.zeros((17, 5)), "completeness_gap": [0, 0, 0.02, 0, 0]}
+    titles = []
+    for shown in (part, left_out):
+        fig, ax = plt.subplots()
+        draw_contributions(ax, shown, list("OCEAN"), title="t")
+        titles.append(ax.get_title())
+        plt.close(fig)
+    assert titles == ["t [score]",
+                      "t [score]; E: +0.020 of the score change +0.020 not accounted for"]
 
 
 def test_trees_get_occlusion_and_find_the_feature_that_matters(rng):
