@@ -271,8 +271,13 @@ class _Closed(nn.Module):
         valid = ~torch.isnan(targets)
         return (((outputs - targets.nan_to_num(0.0)) ** 2) * valid).sum() / valid.sum().clamp_min(1)
 
+    @property
+    def clamps_to_scale(self) -> bool:
+        """Whether decode clips the raw output to [0, 1] (predict names a score it clipped)."""
+        return self.config.head == "regression"
+
     def decode(self, outputs: Tensor) -> Tensor:
-        return outputs.clamp(0.0, 1.0) if self.config.head == "regression" else outputs
+        return outputs.clamp(0.0, 1.0) if self.clamps_to_scale else outputs
 
     def proba(self, outputs: Tensor) -> None:
         return None

@@ -261,11 +261,10 @@ CLIPPED_BY = 0.05  # how far past the 0-1 scale a raw score lies before the warn
 
 
 def clipped_warnings(net, sources: list, vid: str) -> list[str]:
-    """A closed-form regression model (models/classical.py: its decode clamps to [0, 1]) whose
-    raw scores for the clip lie past the scale: they were shown at its end without a word (a
-    raw A of 1.34 read as 1.00, as sure as a score can be)."""
-    if not (getattr(net, "closed_form", False)
-            and getattr(getattr(net, "config", None), "head", "") == "regression"):
+    """A model whose decode clips to the scale (`clamps_to_scale`: models/classical.py's
+    regression heads) and whose raw scores for the clip lie past it: they were shown at its end
+    without a word (a raw A of 1.34 read as 1.00, as sure as a score can be)."""
+    if not getattr(net, "clamps_to_scale", False):
         return []
     import torch
 
