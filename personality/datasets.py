@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -25,6 +24,7 @@ import pandas as pd
 
 from personality.archives import mac_leftover, unextracted_message, unextracted_zips
 from personality.common import StageInputError, get_logger, progress, resolve_untrusted, safe_join
+from personality.csv_tables import read_table
 from personality.safe_pickle import load_data_pickle
 from personality.schemas import TRAITS
 from personality.splits import kfold_splits
@@ -242,54 +242,6 @@ class UdivaParams:
     tasks: list[str] = dataclasses.field(default_factory=lambda: ["T"])  # T alk, A nimals, L ego, G host
 
 
-def _read_csv(path: Path, required: list[str], *, any_case: tuple = ()) -> pd.DataFrame:
-    """A CSV as text cells; `any_case`: columns taken in any case (`Subject` is `subject`)."""
-    if not path.exists():
-        raise StageInputError(f"{path}: not found")
-    kw = dict(dtype=str, keep_default_na=False, skipinitialspace=True)
-    try:
-        with warnings.catch_warnings():
-            # index_col=False: a first row with more fields than the header is an error, not
-            # every row's index (pandas shifted every column one to the left)
-            warnings.simplefilter("error", pd.errors.ParserWarning)
-            df = pd.read_csv(path, index_col=False, **kw)
-    except pd.errors.ParserWarning:
-        df = pd.read_csv(path, nrows=0, **kw)  # the header: saved with `;`? (separator_hint)
-        if not separator_hint(list(df.columns)):
-            raise StageInputError(f"{path}: not a readable CSV: its first row has more fields "
-                                  "than its header (a stray comma?)") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise StageInputError(f"{path}: not a readable CSV: {exc}") from None
-    df.columns = columns_any_case([c.strip() for c in df.columns], any_case)
-    if repeated := sorted({c for c in df.columns if list(df.columns).count(c) > 1}):
-        raise StageInputError(f"{path}: column(s) {', '.join(repeated)} given twice")
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise StageInputError(f"{path}: missing column(s) {', '.join(missing)}"
-                              + separator_hint(list(df.columns)))
-    return df
-
-
-def columns_any_case(header: list[str], names: tuple[str, ...]) -> list[str]:
-    """`header` with each column that is one of `names` in another case (`Subject`, `SPLIT`, `o`)
-    spelled as `names` spells it: an optional `Subject` column was ignored without a word."""
-    spelled = {n.casefold(): n for n in names}
-    return [spelled.get(c.casefold(), c) for c in header]
-
-
-def separator_hint(header: list[str]) -> str:
-    """A CSV header read as one column that holds `;`, a tab or `|`: the file was saved with
-    another separator (Excel does `;` with decimal commas in many European locales). '' else."""
-    if len(header) != 1:
-        return ""
-    found = next((sep for sep in (";", "\t", "|") if sep in str(header[0])), None)
-    if found is None:
-        return ""
-    shown = {"\t": "tab"}.get(found, repr(found))
-    return (f"; its header is one column split by {shown}: save it as comma-separated CSV, "
-            "with decimal points (Excel in some locales writes ';' and decimal commas)")
-
-
 def ingest_udiva(p: UdivaParams, *, root: Path, probe) -> tuple[list, list]:
     if not p.root:
         raise StageInputError("ingest.udiva.root: set it to the UDIVA folder")
@@ -332,7 +284,7 @@ def _udiva_split(split: str, spec: dict, base: Path, *, root: Path, tasks: list[
     parts_path = _param_path(base, spec["parts"])
     labels, dropped = _udiva_labels(_read_parts(parts_path, split), parts_path, problems)
     sessions_path = _param_path(base, spec["sessions"])
-    sessions = _read_csv(sessions_path, ["ID", "PART.1", "PART.2"])
+    sessions = read_table(sessions_path, ["ID", "PART.1", "PART.2"])
     rec_root = _param_path(base, spec["recordings"])
     rows, seen = [], {}  # seen: session folder -> the CSV line that took it
     for _, sess in sessions.iterrows():
@@ -361,7 +313,7 @@ def _read_parts(path: Path, split: str) -> pd.DataFrame:
     """A participants CSV; one error when its labels are masked (trait columns missing, or all
     empty: the challenge released val and test so, the labels came as parts_<split>_unmasked.csv)
     rather than a line per participant."""
-    parts = _read_csv(path, ["ID"])
+    parts = read_table(path, ["ID"])
     present = [c for c in UDIVA_TRAITS if c in parts.columns]
     if not present or (len(parts) and all((parts[c].str.strip() == "").all() for c in present)):
         raise StageInputError(f"labels are masked in {path} (its trait z-score columns are "

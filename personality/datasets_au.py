@@ -3,8 +3,8 @@ its user-study ratings) and a folder of OpenFace FeatureExtraction CSVs with a l
 reading and per-row checks of a labels CSV (labels_records, row_labels, row_split), which the
 `folder` source (stages/ingest.py) shares.
 
-Split out of personality/datasets.py (the video sources, ChaLearn and UDIVA, and the CSV helpers
-used here); import these names from this module. Like the video adapters, each returns manifest rows plus one
+Split out of personality/datasets.py (the video sources, ChaLearn and UDIVA, and the helpers
+used here; the CSV reading is personality/csv_tables.py); import these names from this module. Like the video adapters, each returns manifest rows plus one
 message per bad row naming the file and the row; one bad row never stops the others. The
 sequences go to `data/source_aus/`, which the `aus` stage passes through.
 """
@@ -24,6 +24,7 @@ import pandas as pd
 
 from personality import datasets
 from personality.common import StageInputError, get_logger, safe_join
+from personality.csv_tables import columns_any_case, read_table
 from personality.schemas import AU_INTENSITY, AU_PRESENCE, SPLITS, TRAITS
 
 log = get_logger("ingest")
@@ -60,7 +61,7 @@ def labels_records(csv_path: Path) -> tuple[list[str], list[tuple[int, list[str]
     records = [(n, f) for n, f in records if len(f) > 1 or (f and f[0].strip())]
     if not records:
         raise StageInputError(f"{csv_path}: not a readable CSV: no header line")
-    header = datasets.columns_any_case([c.strip() for c in records[0][1]], LABELS_COLUMNS)
+    header = columns_any_case([c.strip() for c in records[0][1]], LABELS_COLUMNS)
     repeated = sorted({c for c in header if c and header.count(c) > 1})  # "": trailing commas
     if repeated:
         raise StageInputError(f"{csv_path}: column(s) {', '.join(repeated)} given twice")
@@ -205,7 +206,7 @@ def ingest_perfex(p: PerfexParams, *, root: Path) -> tuple[list, list, pd.DataFr
     if not p.csv:
         raise StageInputError("ingest.perfex.csv: set it to PerFeX's long CSV")
     path = datasets._resolve(p.csv, root)
-    df = datasets._read_csv(path, [p.id_column, "File", *PERFEX_TRAITS])
+    df = read_table(path, [p.id_column, "File", *PERFEX_TRAITS])
     au_cols = [c for c in df.columns if re.fullmatch(r"AU\d\d_[rc]", c)]
     missing_aus = [a for a in AU_INTENSITY if a not in au_cols]
     if missing_aus:
@@ -266,7 +267,7 @@ def read_perfex_study(path: Path, p: PerfexParams, clips: dict[str, str], proble
     if p.rating_scale == "likert":
         raise StageInputError(f"{path}: PerFeX's per-frame retraining file holds traits in [0, 1];"
                               " ingest.perfex.rating_scale: likert does not fit it (use auto)")
-    df = datasets._read_csv(path, [p.id_column, "File", *PERFEX_TRAITS])
+    df = read_table(path, [p.id_column, "File", *PERFEX_TRAITS])
     au_cols = [c for c in df.columns if re.fullmatch(r"AU\d\d_[rc]", c)]
     study, rows, tables, first_id = [], [], [], {}
     for seq_id, group in df.groupby(p.id_column, sort=True):
@@ -300,7 +301,7 @@ def read_perfex_ratings(path: Path, id_column: str = "ID", *, scale: str = "auto
     `rater` / `rater_id`, and the five PerFeX trait columns on `scale` (PerfexParams.rating_scale).
     A row with a rating missing, not a number or off the scale is reported in `problems` and
     dropped; without `problems` it is a StageInputError. One row per rating."""
-    df = datasets._read_csv(path, [id_column, *PERFEX_TRAITS])
+    df = read_table(path, [id_column, *PERFEX_TRAITS])
     rater_col = next((c for c in ("rater_id", "rater", "Rater") if c in df.columns), None)
     values = df[list(PERFEX_TRAITS)].apply(pd.to_numeric, errors="coerce")
     given = values.notna().all(axis=1).to_numpy()
@@ -387,7 +388,7 @@ def ingest_openface_csv(p: OpenFaceParams, *, root: Path) -> tuple[list, list, p
     if not p.labels:
         raise StageInputError("ingest.openface_csv.labels: set it to the labels CSV")
     labels_path = datasets._resolve(p.labels, root)
-    df = datasets._read_csv(labels_path, ["file", *TRAITS], any_case=LABELS_COLUMNS)
+    df = read_table(labels_path, ["file", *TRAITS], any_case=LABELS_COLUMNS)
     rows, problems, tables, seen = [], [], [], {}
     for i, row in df.iterrows():
         where = f"{labels_path} row {i + 2} ({row['file']})"

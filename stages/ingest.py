@@ -28,7 +28,7 @@ from typing import Callable, Literal
 import numpy as np
 import pandas as pd
 
-from personality import datasets, datasets_au, schemas
+from personality import csv_tables, datasets, datasets_au, schemas
 from personality.splits import (assign_splits, check_required_splits, check_subject_splits,
                                 few_subject_warnings, finish_splits, kfold_splits)
 from personality.common import (BaseParams, StageInputError, atomic_write_json, get_logger,
@@ -220,7 +220,7 @@ def read_labels_csv(csv_path: Path) -> tuple[pd.DataFrame, list[str]]:
     if missing:
         raise StageInputError(f"{csv_path}: missing column(s) {', '.join(missing)} "
                               "(need video, O, C, E, A, N; optional subject, split)"
-                              + datasets.separator_hint(header))
+                              + csv_tables.separator_hint(header))
     root = csv_path.parent.resolve()
     good, problems, seen = [], [], set()
     at = header.index("video")

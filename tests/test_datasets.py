@@ -12,6 +12,7 @@ import pytest
 
 from personality import datasets, datasets_au
 from personality.common import BaseParams, StageInputError, read_artifact
+from personality.csv_tables import read_table
 from stages.ingest import IngestParams, run
 from personality.schemas import AU_INTENSITY, TRAITS
 from tests.conftest import real_fixture, write_video
@@ -529,4 +530,4 @@ def test_a_semicolon_csv_of_a_dataset_says_how_to_fix_it(tmp_path):
     path = tmp_path / "labels.csv"
     path.write_text("file;O;C;E;A;N\nclip.csv;0,5;0,5;0,5;0,5;0,5\n")
     with pytest.raises(StageInputError, match="missing column.*one column split by ';'"):
-        datasets._read_csv(path, ["file", "O"])
+        read_table(path, ["file", "O"])
