@@ -19,7 +19,8 @@ def unextracted_zips(video_dir: Path, videos: set[str]) -> list[Path]:
     """The zips under a split folder that were not extracted: the release is zip-in-zip
     (train-N.zip holds training80_01.zip ...), and an inner zip left packed hides all its clips.
     A zip was extracted when everything it lists was found (unzip leaves the archive where it
-    was): its clips among `videos` (file names), its inner zips as a file or an extracted folder
+    was): its clips among `videos` (file names, the extension `.mp4` in lower case: a clip
+    extracted as `.MP4` is found), its inner zips as a file or an extracted folder
     of that name below the split folder."""
     if not video_dir.is_dir():
         return []
@@ -39,7 +40,7 @@ def _all_found(archive: Path, videos: set[str], present: set[str]) -> bool:
             members = [Path(n).name for n in z.namelist()]
     except (zipfile.BadZipFile, OSError):
         return archive.with_suffix("").is_dir()
-    clips = {n for n in members if n.lower().endswith(".mp4")}
+    clips = {n[:-4] + ".mp4" for n in members if n.lower().endswith(".mp4")}
     inner = {n for n in members if n.lower().endswith(".zip")}
     return clips <= videos and all(n in present or n[:-4] in present for n in inner)
 

@@ -36,7 +36,7 @@ log = get_logger("datasets")
 
 CHALEARN_TRAITS = {"openness": "O", "conscientiousness": "C", "extraversion": "E",
                    "agreeableness": "A", "neuroticism": "N"}
-_CHALEARN_CLIP = re.compile(r"^(?P<youtube>.+)\.(?P<n>\d{3})\.mp4$")
+_CHALEARN_CLIP = re.compile(r"^(?P<youtube>.+)\.(?P<n>\d{3})\.mp4$", re.IGNORECASE)  # .MP4 too
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,8 +78,16 @@ def check_unique_ids(rows: list[dict], where: str) -> None:
                 f"{row.get('path') or row.get('source', '?')}; rename one of them")
 
 
+def clip_key(name: str) -> str:
+    """A clip's file name as the annotation pickles key it: the `.mp4` extension in lower case
+    (`J4GQm9j0JZ0.003.MP4`, from a Windows copy or some unpackers, -> `J4GQm9j0JZ0.003.mp4`),
+    the rest as it is (YouTube ids are case-sensitive). Other names are returned unchanged."""
+    stem, dot, ext = name.rpartition(".")
+    return f"{stem}.mp4" if dot and ext.lower() == "mp4" else name
+
+
 def chalearn_subject(filename: str) -> str:
-    """The YouTube video id: the name before the last `.NNN` (`J4GQm9j0JZ0.003.mp4` ->
+    """The YouTube video id: the name before the last `.NNN` (`J4GQm9j0JZ0.003.mp4` or `.MP4` ->
     `J4GQm9j0JZ0`). A video id, not a channel id (those are 24 characters, `UC...`): one person
     may appear in several videos, so splitting by it is a proxy for splitting by person."""
     m = _CHALEARN_CLIP.match(filename)
@@ -144,10 +152,10 @@ def ingest_chalearn16(p: ChaLearnParams, *, seed: int, root: Path, probe) -> tup
         zips = unextracted_zips(video_dir, set(videos))
         archives += zips
         problems += [unextracted_message(zips, video_dir)] if zips else []
-        for name in sorted(set(labels) - set(videos)):
+        for name in sorted(set(labels) - set(videos)):  # refused clips are in videos (None)
             problems.append(f"{labels_path}: label for {name} but no such video under {video_dir}")
         for name, path in progress(videos.items(), desc=f"chalearn16:{split}", unit="video"):
-            if not _inside((base, video_dir), path, problems):
+            if path is None or not _inside((base, video_dir), path, problems):
                 continue
             if name not in labels and labels_path.exists():
                 problems.append(f"{path}: video has no label in {labels_path}")
@@ -156,7 +164,7 @@ def ingest_chalearn16(p: ChaLearnParams, *, seed: int, root: Path, probe) -> tup
             if facts is None:
                 continue
             traits = labels.get(name, {})
-            rows.append({"video_id": name[: -len(".mp4")], "path": _rel(path, root),
+            rows.append({"video_id": path.stem, "path": _rel(path, root),
                          "split": split, "subject_id": chalearn_subject(name),
                          "dataset": "chalearn16",
                          **{t: traits.get(t, math.nan) for t in TRAITS}, **facts})
@@ -181,16 +189,28 @@ def _probed(probe, path: Path, problems: list[str]) -> dict | None:
         return None
 
 
-def _videos_by_name(video_dir: Path, problems: list[str]) -> dict[str, Path]:
-    """The mp4s anywhere under `video_dir` by file name (the annotation keys); a name found twice
-    (the same clip in two trainingXX folders) is a problem naming both, and the first is kept."""
-    videos: dict[str, Path] = {}
-    for path in sorted(p for p in video_dir.rglob("*.mp4") if not mac_leftover(p)):  # [] if none
-        if path.name in videos:
-            problems.append(f"{path}: a second file named {path.name} (first: "
-                            f"{videos[path.name]}); this one is left out")
-            continue
-        videos[path.name] = path
+def _videos_by_name(video_dir: Path, problems: list[str]) -> dict[str, Path | None]:
+    """The mp4s anywhere under `video_dir`, the extension in any case, by their annotation key
+    (clip_key: `X.003.MP4` is the label's `X.003.mp4`). A name found twice (the same clip in two
+    trainingXX folders) is a problem naming both, and the first is kept. One key under two
+    spellings (`X.003.mp4` beside `X.003.MP4`) is a problem naming both, and the key maps to
+    None: which file its label means is unknown, so neither is picked."""
+    videos: dict[str, Path | None] = {}
+    first: dict[str, Path] = {}  # key -> the first file found of it
+    found = (p for p in video_dir.rglob("*") if p.suffix.lower() == ".mp4")  # [] if no folder
+    for path in sorted(p for p in found if not mac_leftover(p)):
+        key = clip_key(path.name)
+        prior = first.setdefault(key, path)
+        if prior is path:
+            videos[key] = path
+        elif prior.name == path.name:
+            problems.append(f"{path}: a second file named {path.name} (first: {prior}); this "
+                            "one is left out")
+        else:
+            problems.append(f"{prior} and {path}: one clip {key} under two spellings of its "
+                            "extension; both left out (which one its label means is unknown): "
+                            "remove or rename one")
+            videos[key] = None
     return videos
 
 
@@ -215,7 +235,7 @@ def _refuse_shared_videos(rows: list[dict]) -> None:
 
 UDIVA_TRAITS = {"OPENMINDEDNESS_Z": "O", "CONSCIENTIOUSNESS_Z": "C", "EXTRAVERSION_Z": "E",
                 "AGREEABLENESS_Z": "A", "NEGATIVEEMOTIONALITY_Z": "N"}
-_UDIVA_RECORDING = re.compile(r"^FC(?P<part>[12])_(?P<task>[A-Z])$")
+_UDIVA_RECORDING = re.compile(r"^FC(?P<part>[12])_(?P<task>[A-Z])$", re.IGNORECASE)
 _UDIVA_SPLIT_KEYS = ("parts", "sessions", "recordings")
 
 
@@ -373,8 +393,8 @@ def _udiva_recordings(sess: pd.Series, rec_root: Path, base: Path, tasks: list[s
                       split: str, seen: dict[str, int], sessions_path: Path,
                       problems: list[str]) -> list[tuple[str, Path, str]]:
     """(video_id, recording, participant) of one sessions-CSV row: FC<part>_<task>.mp4 below its
-    folders, the extension in any case (FC2_T.MP4 counts); the id is `<folder>_FC1_T`, from the
-    folder's name, not the CSV's ID (`2003` and `002003` give one id). Reported: a session with
+    folders, in any case (FC2_T.MP4 and fc2_t.mp4 count); the id is `<folder>_<file stem>`
+    (`001080_FC1_T`), from the folder's name, not the CSV's ID (`2003` and `002003` give one id). Reported: a session with
     no folder, a folder an earlier row already took, a second recording of one participant and
     task, and each participant and task in `tasks` with no recording at all."""
     session = sess["ID"].strip()
@@ -395,10 +415,10 @@ def _udiva_recordings(sess: pd.Series, rec_root: Path, base: Path, tasks: list[s
         return []
     found: dict[tuple[str, str], Path | None] = {}
     for path in sorted(p for d in dirs for p in d.rglob("*")):
-        m = _UDIVA_RECORDING.match(path.stem)
-        if path.suffix.lower() != ".mp4" or not m or m.group("task") not in tasks:
+        m = _UDIVA_RECORDING.match(path.stem)  # fc1_t.mp4 too: a release unpacked lower-cased
+        key = (m.group("part"), m.group("task").upper()) if m else None
+        if path.suffix.lower() != ".mp4" or key is None or key[1] not in tasks:
             continue
-        key = (m.group("part"), m.group("task"))
         if key in found:
             problems.append(f"{path}: a second recording FC{key[0]}_{key[1]} of session "
                             f"{session} (the first: {found[key]}); dropped")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 import math
 import os
 import re
@@ -108,15 +109,41 @@ def listed_name(folder: Path, name: str) -> str:
     """The name of the file that a labels-CSV cell means, relative to `folder`: `name` itself
     when that exists, else the one written on Windows (`clips\\a.mp4`: a backslash is a folder)
     or in the other Unicode form (`café.mp4` as typed is composed, a file copied from a Mac has
-    it decomposed) when that exists; `name` when neither does (the caller reports it missing).
-    Both named the file of every row "not found" while the path shown was the file's own."""
+    it decomposed) when that exists, else one of these with its extension in another case
+    (`a.mp4` for a file `a.MP4`: a CSV written where the file system ignores case); `name` when
+    none does (the caller reports it missing). All named the file of every row "not found" while
+    the path shown was the file's own. Two files that differ only in the extension's case and
+    neither spelled as the cell is (`a.MP4`, `a.Mp4` for `a.mp4`) are a StageInputError naming
+    both: which one is meant is unknown."""
     if os.path.lexists(folder / name):
         return name
     slashed = name.replace("\\", "/")
-    for alt in (slashed, *(unicodedata.normalize(form, slashed) for form in ("NFC", "NFD"))):
+    alts = dict.fromkeys((slashed, *(unicodedata.normalize(form, slashed) for form in ("NFC",
+                                                                                     "NFD"))))
+    for alt in alts:
         if alt != name and os.path.lexists(folder / alt):
             return alt
+    for alt in alts:
+        found = _extension_cases(folder, alt)
+        if len(found) > 1:
+            raise StageInputError(f"{name} is not there, but {folder / found[0]} and "
+                                  f"{folder / found[1]} are: they differ from it only in the case "
+                                  "of the extension, so which one is meant is unknown; rename one")
+        if found:
+            return found[0]
     return name
+
+
+def _extension_cases(folder: Path, name: str) -> list[str]:
+    """The spellings of `name` with its extension in another case that exist below `folder`
+    (`a.MP4`, `a.Mp4` for `a.mp4`): each spelling is looked up, no folder is listed (a folder of
+    10,000 clips per row). Extensions of up to 5 characters: 2**5 spellings at most."""
+    stem, dot, ext = name.rpartition(".")
+    if not (dot and stem) or "/" in ext or len(ext) > 5:
+        return []
+    spellings = {"".join(c) for c in itertools.product(*((ch.lower(), ch.upper()) for ch in ext))}
+    names = (f"{stem}.{e}" for e in sorted(spellings - {ext}))
+    return [n for n in names if os.path.lexists(folder / n)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -164,10 +191,7 @@ def perfex_clip(file: str) -> str:
     POSIX reads as one name, and `.MP4`: the base name is taken after either separator and the
     extension's case set aside. A name that is not `<id>.NNN.mp4` is a StageInputError: a
     made-up subject would put one speaker into several splits."""
-    name = re.split(r"[\\/]", file.strip())[-1]
-    stem, dot, ext = name.rpartition(".")
-    if dot and ext.lower() == "mp4":
-        name = f"{stem}.mp4"
+    name = datasets.clip_key(re.split(r"[\\/]", file.strip())[-1])
     if not _CLIP_NAME.match(name):
         raise StageInputError(f"File {file!r} is not a ChaLearn clip name <YouTube id>.NNN.mp4: "
                               "its subject (the YouTube id) is unknown")

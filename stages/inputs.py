@@ -89,7 +89,15 @@ def _listed(csv_path: Path, column: str) -> list[Path]:
         return []
     at = header.index(column)
     names = sorted({fields[at].strip() for _, fields in records if len(fields) > at} - {""})
-    return [csv_path.parent / listed_name(csv_path.parent, name) for name in names]
+    return [csv_path.parent / _listed_name(csv_path.parent, name) for name in names]
+
+
+def _listed_name(folder: Path, name: str) -> str:
+    """listed_name's file, or `name` where it cannot tell which file is meant (ingest says why)."""
+    try:
+        return listed_name(folder, name)
+    except StageInputError:
+        return name
 
 
 def _tree(folder: Path, suffixes: tuple[str, ...], *below: str) -> list[Path]:

@@ -182,6 +182,17 @@ def test_udiva_upper_case_extension_counts_and_a_missing_recording_is_reported(t
     assert summary["n_bad_rows"] == 2
 
 
+def test_udiva_recordings_unpacked_in_lower_case_count(tmp_path):
+    # the pattern FC<part>_<task> was case-sensitive: fc1_t.mp4 (a release unpacked lower-cased)
+    # was "no recording FC1_T.mp4 of participant 101"
+    root = _udiva(tmp_path, "101,0.5,0.5,0.5,0.5,0.5\n102,0.1,0.1,0.1,0.1,0.1\n",
+                  names=("fc1_t.mp4", "Fc2_t.MP4"))
+    summary = _ingest(tmp_path, source="udiva", udiva=datasets.UdivaParams(root=str(root)))
+    assert summary["n_bad_rows"] == 0, summary["bad_rows"]
+    m = _manifest(tmp_path).set_index("video_id")  # ids keep the file's own stem
+    assert m["subject_id"].to_dict() == {"001080_Fc2_t": "102", "001080_fc1_t": "101"}
+
+
 def test_udiva_second_recording_of_one_participant_is_reported_not_fatal(tmp_path):
     # FC1_T.mp4 and FC1_T.MP4 give one video_id: the duplicate id aborted the ingest
     root = _udiva(tmp_path, "101,0.5,0.5,0.5,0.5,0.5\n102,0.1,0.1,0.1,0.1,0.1\n",

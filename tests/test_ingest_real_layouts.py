@@ -380,3 +380,63 @@ def test_chalearn16_mac_leftovers_beside_the_clips_are_not_clips(tmp_path):
     summary = _ingest(tmp_path, source="chalearn16",
                       chalearn16=datasets.ChaLearnParams(root=str(root), split_mode="official"))
     assert len(_manifest(tmp_path)) == 5 and summary["n_bad_rows"] == 0, summary["bad_rows"]
+
+
+# --------------------------------------------------------------------------------------------------
+# an extension in upper case (`X.003.MP4`: a Windows copy, some unpackers)
+
+
+def test_chalearn16_clips_with_an_upper_case_extension_are_found_and_labelled(tmp_path):
+    # rglob("*.mp4") and the clip pattern were case-sensitive: each such clip was missing
+    # ("label for X.001.mp4 but no such video") and its inner zip reported "not extracted"
+    root = _chalearn(tmp_path, packed=set(), keep_zips=True)  # the zips list X.001.mp4
+    for clip, ext in (("train/train-1/training80_01/AAAAAAAAAAA.001", "MP4"),
+                      ("validation/val-1/validation80_01/DDDDDDDDDDD.001", "Mp4")):
+        (root / f"{clip}.mp4").rename(root / f"{clip}.{ext}")
+    summary = _ingest(tmp_path, source="chalearn16",
+                      chalearn16=datasets.ChaLearnParams(root=str(root), split_mode="official"))
+    assert summary["n_bad_rows"] == 0, summary["bad_rows"]
+    m = _manifest(tmp_path).set_index("video_id")
+    assert sorted(m.index) == ["AAAAAAAAAAA.001", "BBBBBBBBBBB.001", "CCCCCCCCCCC.001",
+                               "DDDDDDDDDDD.001", "EEEEEEEEEEE.001"]
+    assert m.loc["AAAAAAAAAAA.001", "path"].endswith("training80_01/AAAAAAAAAAA.001.MP4")
+    assert m.loc["AAAAAAAAAAA.001", "subject_id"] == "AAAAAAAAAAA"
+    assert m.loc["DDDDDDDDDDD.001", "split"] == "val"
+    assert m.loc["AAAAAAAAAAA.001", "E"] == pytest.approx(0.4)  # its label, found by key
+    # the subject (what kfold splits by) is the YouTube id whatever the extension's case
+    assert datasets.chalearn_subject("J4GQm9j0JZ0.003.MP4") == "J4GQm9j0JZ0"
+
+
+def test_chalearn16_one_clip_under_two_extension_cases_is_refused_naming_both(tmp_path):
+    # with any case accepted, X.001.mp4 beside X.001.MP4 must not silently become one of them
+    root = _chalearn(tmp_path, packed=set())
+    folder = root / "train/train-1/training80_01"
+    shutil.copyfile(folder / "AAAAAAAAAAA.001.mp4", folder / "AAAAAAAAAAA.001.MP4")
+    summary = _ingest(tmp_path, source="chalearn16",
+                      chalearn16=datasets.ChaLearnParams(root=str(root), split_mode="official"))
+    assert "AAAAAAAAAAA.001" not in set(_manifest(tmp_path)["video_id"])
+    assert summary["bad_rows"] == [
+        f"{folder}/AAAAAAAAAAA.001.MP4 and {folder}/AAAAAAAAAAA.001.mp4: one clip "
+        "AAAAAAAAAAA.001.mp4 under two spellings of its extension; both left out (which one its "
+        "label means is unknown): remove or rename one"]
+
+
+def test_folder_labels_find_a_clip_whose_extension_is_in_another_case(tmp_path):
+    # a labels CSV written where case does not matter (Windows) says a.mp4 for a.MP4: every such
+    # row was "video file ... not found", and the fingerprint did not follow the file
+    from stages.ingest import read_labels_csv
+
+    for name in ("a.MP4", "b.mp4", "c.MP4", "c.Mp4"):
+        _clip(tmp_path / "clips" / name)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("video,O,C,E,A,N\n" + "".join(f"clips/{n},.5,.5,.5,.5,.5\n"
+                                                     for n in ("a.mp4", "b.MP4", "c.mp4")))
+    rows, problems = read_labels_csv(labels)
+    assert [p.name for p in rows["abs_path"]] == ["a.MP4", "b.mp4"]
+    clips = tmp_path.resolve() / "clips"
+    assert problems == [f"{labels} row 4 (clips/c.mp4): clips/c.mp4 is not there, but "
+                        f"{clips}/c.MP4 and {clips}/c.Mp4 are: they differ from it only in the "
+                        "case of the extension, so which one is meant is unknown; rename one"]
+    files = inputs.fingerprint({"source": "folder", "folder": {"labels": str(labels)}},
+                               tmp_path)["files"]
+    assert "size" in files["clips/a.MP4"] and "size" in files["clips/b.mp4"]
