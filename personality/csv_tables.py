@@ -5,22 +5,32 @@ and a hint when Excel saved it with another separator.
 
     from personality.csv_tables import read_table
     df = read_table(Path("parts_train.csv"), ["ID"])      # (rows, columns), every cell a str
+    for line, row in df.iterrows(): ...                   # index: the row's line in the file
+
+Messages name a row by its line in the file (1-based, the header's line 1), the number an
+editor shows: pandas skips blank lines, and reading its row count as the line (i + 2) named
+the wrong row after one.
 
 Used by personality/datasets.py and personality/datasets_au.py (and the folder source's header
 check in stages/ingest.py).
 """
 from __future__ import annotations
 
+import csv
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 
-from personality.common import StageInputError
+from personality.common import StageInputError, get_logger
+
+log = get_logger("ingest")
 
 
 def read_table(path: Path, required: list[str], *, any_case: tuple = ()) -> pd.DataFrame:
-    """A CSV as text cells; `any_case`: columns taken in any case (`Subject` is `subject`)."""
+    """A CSV as text cells, indexed by each row's line in the file (`line`, as row_lines);
+    `any_case`: columns taken in any case (`Subject` is `subject`)."""
     if not path.exists():
         raise StageInputError(f"{path}: not found")
     kw = dict(dtype=str, keep_default_na=False, skipinitialspace=True)
@@ -44,7 +54,58 @@ def read_table(path: Path, required: list[str], *, any_case: tuple = ()) -> pd.D
     if missing:
         raise StageInputError(f"{path}: missing column(s) {', '.join(missing)}"
                               + separator_hint(list(df.columns)))
+    df.index = _line_index(path, len(df))
     return df
+
+
+def csv_records(path: Path, *, strict: bool = False) -> Iterator[tuple[int, list[str], str]]:
+    """(line, fields, text) of each record of a CSV, blank ones too: `line` the 1-based line of
+    the file it starts on, `fields` as the csv module splits it (skipinitialspace, as the
+    readers here), `text` its raw lines (a quoted field may span several). A BOM is no part of
+    the first field. StageInputError naming the file (and the line, for a record the csv module
+    refuses: an unclosed quote under `strict`, a field over its size limit) when unreadable."""
+    raw: list[str] = []  # the lines of the record being read
+
+    def lines(f) -> Iterator[str]:
+        for line in f:
+            raw.append(line)
+            yield line
+
+    end = 0  # the last line of the record before
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(lines(f), skipinitialspace=True, strict=strict)
+            for fields in reader:
+                yield end + 1, fields, "".join(raw)
+                raw.clear()
+                end = reader.line_num
+    except csv.Error as exc:
+        raise StageInputError(f"{path}: not a readable CSV: line {end + 1}: {exc}") from None
+    except UnicodeDecodeError as exc:  # read in blocks: the line is unknown, the byte is not
+        raise StageInputError(f"{path}: not a readable CSV: {exc}") from None
+
+
+def row_lines(path: Path) -> list[int]:
+    """The line each data row of pandas' reading of `path` starts on (1-based; the header is the
+    first line that is not blank). pandas leaves out a line of spaces and tabs only; a line
+    `""` or `,` is a row of empty cells to it, and is one here."""
+    lines = [n for n, _, text in csv_records(path) if text.strip(" \t\r\n")]
+    return lines[1:]
+
+
+def _line_index(path: Path, n_rows: int) -> pd.Index:
+    """read_table's index: each row's line. Should the csv module split the file into another
+    number of rows than pandas (none found so far), the rows are numbered as pandas counts them
+    (row i at line i + 2), with a warning that the numbers are off after a blank line."""
+    try:
+        lines = row_lines(path)
+    except (StageInputError, OSError):
+        lines = []
+    if len(lines) != n_rows:
+        log.warning("%s: %d rows to pandas, %d to the csv module: row numbers in messages count "
+                    "the rows and are off after a blank line", path, n_rows, len(lines))
+        lines = list(range(2, n_rows + 2))
+    return pd.Index(lines, name="line")
 
 
 def columns_any_case(header: list[str], names: tuple[str, ...]) -> list[str]:

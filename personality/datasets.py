@@ -355,7 +355,7 @@ def _udiva_labels(parts: pd.DataFrame, parts_path: Path, problems: list[str]
     line_of: dict[str, int] = {}
     dropped: dict[str, str] = {}
     for i, row in parts.iterrows():
-        participant, where = row["ID"].strip(), f"{parts_path} row {i + 2}"
+        participant, where = row["ID"].strip(), f"{parts_path} row {i}"  # i: the file's line
         try:
             z = {letter: float(row[col]) for col, letter in UDIVA_TRAITS.items()}
         except ValueError:
@@ -363,15 +363,15 @@ def _udiva_labels(parts: pd.DataFrame, parts_path: Path, problems: list[str]
         if z is None or not all(math.isfinite(v) for v in z.values()):
             problems.append(f"{where} (participant {participant}): a trait z-score is not a "
                             "finite number")
-            dropped.setdefault(participant, f"dropped: row {i + 2} of {parts_path} is unusable")
+            dropped.setdefault(participant, f"dropped: row {i} of {parts_path} is unusable")
             continue
         if participant in line_of and (participant in dropped or z != labels[participant]):
-            problems.append(f"{parts_path} rows {line_of[participant]} and {i + 2}: participant "
+            problems.append(f"{parts_path} rows {line_of[participant]} and {i}: participant "
                             f"{participant} has two different rows of z-scores; dropped")
             dropped[participant] = f"dropped: two different rows in {parts_path}"
             continue
         labels.setdefault(participant, z)
-        line_of.setdefault(participant, i + 2)
+        line_of.setdefault(participant, i)
     return {k: v for k, v in labels.items() if k not in dropped}, dropped
 
 
@@ -408,7 +408,7 @@ def _udiva_recordings(sess: pd.Series, rec_root: Path, base: Path, tasks: list[s
         problems.append(f"{rec_root}: session folder of {session} not found (looked for "
                         f"{session}/ there and in its *_recordings_{split}/ folders)")
         return []
-    row = int(sess.name) + 2  # the CSV's line number
+    row = int(sess.name)  # the CSV's line number (read_table's index)
     if seen.setdefault(dirs[0].name, row) != row:  # `2003` beside `002003`, or a repeated row
         problems.append(f"{sessions_path} row {row} (session {session}): folder {dirs[0].name} "
                         f"is row {seen[dirs[0].name]}'s already; dropped")

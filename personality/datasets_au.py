@@ -10,7 +10,6 @@ sequences go to `data/source_aus/`, which the `aus` stage passes through.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import itertools
 import math
@@ -25,7 +24,7 @@ import pandas as pd
 
 from personality import datasets
 from personality.common import StageInputError, get_logger, safe_join
-from personality.csv_tables import columns_any_case, read_table
+from personality.csv_tables import columns_any_case, csv_records, read_table
 from personality.schemas import AU_INTENSITY, AU_PRESENCE, SPLITS, TRAITS
 
 log = get_logger("ingest")
@@ -48,18 +47,8 @@ def labels_records(csv_path: Path) -> tuple[list[str], list[tuple[int, list[str]
     file when it is missing, not text (binary, not UTF-8), or has no header or a repeated column."""
     if not csv_path.exists():
         raise StageInputError(f"{csv_path}: labels CSV not found")
-    records, end = [], 0
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM is no column
-            reader = csv.reader(f, skipinitialspace=True, strict=True)
-            for fields in reader:
-                records.append((end + 1, fields))  # the line the record starts on
-                end = reader.line_num
-    except csv.Error as exc:  # an unclosed quote, a field over the csv module's size limit
-        raise StageInputError(f"{csv_path}: not a readable CSV: line {end + 1}: {exc}") from None
-    except UnicodeDecodeError as exc:  # read in blocks: the line is unknown, the byte is not
-        raise StageInputError(f"{csv_path}: not a readable CSV: {exc}") from None
-    records = [(n, f) for n, f in records if len(f) > 1 or (f and f[0].strip())]
+    records = [(n, f) for n, f, _ in csv_records(csv_path, strict=True)  # strict: unclosed quote
+               if len(f) > 1 or (f and f[0].strip())]
     if not records:
         raise StageInputError(f"{csv_path}: not a readable CSV: no header line")
     header = columns_any_case([c.strip() for c in records[0][1]], LABELS_COLUMNS)
@@ -240,7 +229,7 @@ def ingest_perfex(p: PerfexParams, *, root: Path) -> tuple[list, list, pd.DataFr
         try:
             values, labels, subject = _perfex_sequence(group, au_cols)
         except StageInputError as exc:
-            problems.append(f"{path} (ID {seq_id}, row {group.index[0] + 2}): {exc}")
+            problems.append(f"{path} (ID {seq_id}, row {group.index[0]}): {exc}")
             continue
         video_id = f"perfex_{seq_id}"
         clips.setdefault(perfex_clip(str(group["File"].iloc[0])), video_id)
@@ -295,7 +284,7 @@ def read_perfex_study(path: Path, p: PerfexParams, clips: dict[str, str], proble
     au_cols = [c for c in df.columns if re.fullmatch(r"AU\d\d_[rc]", c)]
     study, rows, tables, first_id = [], [], [], {}
     for seq_id, group in df.groupby(p.id_column, sort=True):
-        where = f"{path} (ID {seq_id}, row {group.index[0] + 2})"
+        where = f"{path} (ID {seq_id}, row {group.index[0]})"  # the sequence's first line
         try:
             values, labels, subject = _perfex_sequence(group, au_cols)
             clip = perfex_clip(str(group["File"].iloc[0]))
@@ -339,7 +328,7 @@ def read_perfex_ratings(path: Path, id_column: str = "ID", *, scale: str = "auto
     for i in np.flatnonzero(given & ((values < 1) | (values > 5)).any(axis=1).to_numpy()):
         bad[i] = ("a rating is outside [0, 1]" if unit else "a rating is outside Likert 1-5 (set "
                   "ingest.perfex.rating_scale: unit if the file holds [0, 1] scores)")
-    messages = [f"{path} row {i + 2} ({id_column} {df[id_column].iloc[i]}): {why}"
+    messages = [f"{path} row {df.index[i]} ({id_column} {df[id_column].iloc[i]}): {why}"
                 for i, why in sorted(bad.items())]
     if messages and problems is None:
         raise StageInputError(messages[0])
@@ -415,7 +404,7 @@ def ingest_openface_csv(p: OpenFaceParams, *, root: Path) -> tuple[list, list, p
     df = read_table(labels_path, ["file", *TRAITS], any_case=LABELS_COLUMNS)
     rows, problems, tables, seen = [], [], [], {}
     for i, row in df.iterrows():
-        where = f"{labels_path} row {i + 2} ({row['file']})"
+        where = f"{labels_path} row {i} ({row['file']})"  # i: the file's line
         try:
             path, record, table = _openface_row(row, labels_path.parent, seen, p.fps)
         except ValueError as exc:  # StageInputError included
@@ -424,7 +413,7 @@ def ingest_openface_csv(p: OpenFaceParams, *, root: Path) -> tuple[list, list, p
         except OSError as exc:  # the CSV found but not readable: this row only
             problems.append(f"{where}: {exc.strerror or exc}")
             continue
-        seen[path] = i + 2
+        seen[path] = i
         tables.append(table)
         rows.append(record)
     aus = pd.concat(tables, ignore_index=True) if tables else None

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from personality import datasets, datasets_au
 from personality.common import BaseParams, StageInputError, read_artifact
+from personality.csv_tables import read_table
 from personality.schemas import AU_INTENSITY
 from stages.ingest import IngestParams, run
 from tests.conftest import write_video
@@ -354,3 +356,71 @@ def test_folder_source_shares_the_split_rule(tmp_path):
     row = {"video": "v.mp4", **{t: "0.5" for t in "OCEAN"}, "split": " Validation "}
     assert datasets_au.row_split(row) == "val"
     assert datasets_au.row_labels(row)["O"] == 0.5
+
+
+# --------------------------------------------------------------------------------------------------
+# row numbers are the file's lines: pandas skips blank lines, and `row {i + 2}` counted its rows
+
+
+def test_read_table_indexes_each_row_by_the_line_it_starts_on(tmp_path):
+    # property over seeded random files: blank lines (empty, spaces, tabs: pandas skips them),
+    # rows of empty cells (`,`, `""`: rows to pandas), quoted cells over two lines, CRLF or LF
+    rng = np.random.default_rng(7)
+    blanks, empties = ["", "   ", "\t", " \t "], [",", '""', '  ""']
+    for trial in range(40):
+        newline = "\r\n" if trial % 2 else "\n"
+        text, line, want = ["id,note"], 1, []  # want: (line, id) of each row pandas reads
+        for k in range(int(rng.integers(1, 12))):
+            kind = int(rng.integers(0, 4))
+            line += 1
+            if kind == 0:
+                text.append(blanks[rng.integers(len(blanks))])
+            elif kind == 1:
+                text.append(empties[rng.integers(len(empties))])
+                want.append((line, ""))
+            else:
+                text.append(f'{k},"two{newline}lines"' if kind == 2 else f"{k},one")
+                want.append((line, str(k)))
+                line += kind == 2  # the record's second line
+        path = tmp_path / f"lines_{trial}.csv"
+        path.write_bytes((newline.join(text) + newline).encode())
+        df = read_table(path, ["id"])
+        assert list(zip(df.index, df["id"])) == want, text
+
+
+def test_udiva_rows_named_in_problems_are_the_csv_lines_after_blank_lines(tmp_path):
+    # parts: participant 102's nan is on line 5 (two blank lines above it), said "row 3"; sessions:
+    # the second row of folder 001080 is on line 4, said "row 3"
+    root = _udiva(tmp_path, "101,0.5,0.5,0.5,0.5,0.5\n\n  \n102,nan,0.1,0.1,0.1,0.1\n",
+                  sessions="001080,101,102\n\n1080,101,102\n")
+    summary = _ingest(tmp_path, source="udiva", udiva=datasets.UdivaParams(root=str(root)))
+    bad = _bad(summary)
+    assert "parts_train.csv row 5 (participant 102): a trait z-score is not a finite" in bad
+    assert "FC2_T.mp4: participant 102 dropped: row 5 of" in bad
+    assert "sessions_train.csv row 4 (session 1080): folder 001080 is row 2's already" in bad
+
+
+def test_perfex_rows_named_in_problems_are_the_csv_lines_after_blank_lines(tmp_path):
+    # a sequence's first frame and a rating after blank lines were named by pandas' row count
+    df = perfex_csv(tmp_path / "p.csv", n_frames=(2, 2))
+    df["openness"] = df["openness"].astype(object)
+    df.loc[df["ID"] == 1, "openness"] = ""
+    lines = df.to_csv(index=False).splitlines()
+    (tmp_path / "p.csv").write_text("\n".join(lines[:3] + ["", ""] + lines[3:]) + "\n")
+    (tmp_path / "r.csv").write_text(
+        "ID,rater,extroversion,neuroticism,agreeableness,conscientiousness,openness\n\n"
+        "0,r1,4,2,5,3,3\n\n\n0,r2,5,,4,3,2\n")
+    summary = _ingest(tmp_path, source="perfex", perfex=datasets_au.PerfexParams(
+        csv=str(tmp_path / "p.csv"), retrain_csv=str(tmp_path / "r.csv")))
+    assert "p.csv (ID 1, row 6): trait(s) openness empty or nan" in _bad(summary)
+    assert "r.csv row 6 (ID 0): rating(s) neuroticism missing or not a number" in _bad(summary)
+
+
+def test_openface_rows_named_in_problems_are_the_csv_lines_after_blank_lines(tmp_path):
+    params = _openface(tmp_path, "a.csv,0.1,0.2,0.3,0.4,0.5,s1,train\n\n\n"
+                                 "b.csv,0.1,0.2,0.3,0.4,0.5,s2,dev\n\n"
+                                 "a.csv,0.1,0.2,0.3,0.4,0.5,s1,\n")
+    summary = _ingest(tmp_path, source="openface_csv", openface_csv=params)
+    assert "labels.csv row 5 (b.csv): split 'dev' is not one of" in _bad(summary)
+    assert "labels.csv row 7 (a.csv): duplicate: " in _bad(summary)
+    assert "is the file of row 2 already" in _bad(summary)
