@@ -177,6 +177,11 @@ class AudioParams:
 
 
 MAX_BAD_AUDIO_PACKETS = 50  # more corrupt packets than this and the track counts as unreadable
+# The lowest sample rate a track may declare. Resampling multiplies a decoded frame's samples by
+# sr / its rate in one allocation: a 10 KB Matroska file holding one 5000-sample frame at a
+# declared 1 Hz took 2.3 GB to read (x16000). No recording of speech is sampled this low
+# (telephone audio is 8000 Hz), so at most 8x here.
+MIN_SOURCE_SR = 2000
 # A decoded frame whose own time lies this far past the samples read so far follows a stretch the
 # demuxer skipped (Matroska / WebM drops a damaged cluster without an error): silence fills it
 GAP_TOLERANCE_S = 0.1
@@ -193,9 +198,9 @@ def decode_audio(path: str | os.PathLike, *, sr: int, max_seconds: float,
     (a corrupt stretch) becomes silence of its length, and so does a stretch the demuxer skipped
     (the next frame's time says how long), so the rest keeps its time, up to
     MAX_BAD_AUDIO_PACKETS (logged); raises StageInputError naming the file when it cannot be
-    opened, or has more bad packets than that. `report`, when given, receives `bad_packets`,
-    `gap_s` (skipped seconds), the stream's `declared_s` (nan when unknown) and `source_sr`
-    (its sample rate, Hz; 0 when unknown)."""
+    opened, has more bad packets than that, or declares a rate under MIN_SOURCE_SR. `report`,
+    when given, receives `bad_packets`, `gap_s` (skipped seconds), the stream's `declared_s`
+    (nan when unknown) and `source_sr` (its sample rate, Hz; 0 when unknown)."""
     import av
 
     limit = int(math.ceil(max_seconds * sr))  # silence too: a file's times can claim hours
@@ -206,8 +211,7 @@ def decode_audio(path: str | os.PathLike, *, sr: int, max_seconds: float,
             if not container.streams.audio:
                 return None
             stream = container.streams.audio[0]
-            report.update(declared_s=_stream_declared_s(container, stream),
-                          source_sr=int(stream.codec_context.sample_rate or 0))
+            report.update(_stream_facts(path, container, stream, sr))
             resampler = av.AudioResampler(format="flt", layout="mono", rate=sr)
             n, origin, seen = 0, None, 0.0  # the first decoded frame's time, input seconds
             discont = bool(container.format.flags & _TS_DISCONT)
@@ -215,8 +219,8 @@ def decode_audio(path: str | os.PathLike, *, sr: int, max_seconds: float,
                 if isinstance(frames, int):  # a bad packet: its samples of silence
                     bad += 1
                     if bad > MAX_BAD_AUDIO_PACKETS:
-                        raise StageInputError(f"more than {MAX_BAD_AUDIO_PACKETS} corrupt "
-                                              "packets")
+                        raise StageInputError(f"{path}: audio cannot be decoded: more than "
+                                              f"{MAX_BAD_AUDIO_PACKETS} corrupt packets")
                     decoded = [np.zeros(min(frames, limit - n), np.float32)]
                     seen += frames / sr
                 else:  # (1, k) packed mono -> (k,), after the silence of a skipped stretch
@@ -234,6 +238,8 @@ def decode_audio(path: str | os.PathLike, *, sr: int, max_seconds: float,
             else:
                 for out in resampler.resample(None):  # flush the resampler's delay line
                     chunks.append(out.to_ndarray().reshape(-1))
+    except StageInputError:  # ours, naming the file already
+        raise
     except Exception as exc:  # PyAV raises many kinds (InvalidDataError, OSError, ValueError...)
         raise StageInputError(f"{path}: audio cannot be decoded: {type(exc).__name__}: {exc}"
                               ) from None
@@ -245,6 +251,18 @@ def decode_audio(path: str | os.PathLike, *, sr: int, max_seconds: float,
     report.update(bad_packets=bad, gap_s=gap / sr)
     y = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     return np.ascontiguousarray(y[:limit], dtype=np.float32)
+
+
+def _stream_facts(path: str | os.PathLike, container, stream, sr: int) -> dict:
+    """The audio `stream`'s `declared_s` and `source_sr` (decode_audio's report); StageInputError
+    naming `path` when that rate is under MIN_SOURCE_SR (0, unknown, is the decoder's to refuse)."""
+    source_sr = int(stream.codec_context.sample_rate or 0)
+    if 0 < source_sr < MIN_SOURCE_SR:
+        raise StageInputError(f"{path}: the audio stream declares a sample rate of {source_sr} "
+                              f"Hz, under the {MIN_SOURCE_SR} Hz of any recording of speech; not "
+                              f"read (resampling it to {sr} Hz would multiply its samples "
+                              f"{sr / source_sr:g} times)")
+    return {"declared_s": _stream_declared_s(container, stream), "source_sr": source_sr}
 
 
 def _skipped(frames: list, origin: float | None, seen: float, sr: int,
