@@ -25,9 +25,20 @@ def unextracted_zips(video_dir: Path, videos: set[str]) -> list[Path]:
     if not video_dir.is_dir():
         return []
     below = list(video_dir.rglob("*"))
-    zips = sorted(p for p in below if p.suffix.lower() == ".zip")
+    zips = sorted(p for p in below if p.suffix.lower() == ".zip" and _plain_file_in(p, video_dir))
     present = {p.name for p in below}
     return [z for z in zips if not _all_found(z, videos, present)]
+
+
+def _plain_file_in(path: Path, folder: Path) -> bool:
+    """Whether `path`, symlinks followed, is a regular file inside `folder`: a named pipe called
+    x.zip blocked the listing's open for ever (ingest hung), and a symlink out of the dataset is
+    no part of it (its listing is not read either)."""
+    try:
+        real = path.resolve()
+        return real.is_file() and folder.resolve() in real.parents
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a name the OS refuses
+        return False
 
 
 def _all_found(archive: Path, videos: set[str], present: set[str]) -> bool:

@@ -142,6 +142,33 @@ def test_chalearn16_an_outer_zip_unzipped_in_place_is_extracted_an_empty_folder_
         f"1 archive not extracted under {root}/train, e.g. {root}/train/train-2/training80_02.zip")
 
 
+def test_a_named_pipe_or_a_symlink_out_named_zip_is_not_opened_as_an_archive(tmp_path):
+    """From the security review: a named pipe called stuck.zip under a split folder hung ingest
+    for ever (zipfile's open waits for a writer), and a .zip symlinked out of the dataset had
+    its listing read. Neither is an archive of the release: both are left alone."""
+    import os
+    import threading
+
+    from personality.archives import unextracted_zips
+
+    root = _chalearn(tmp_path, packed={"train/train-2/training80_02"})
+    train = root / "train"
+    os.mkfifo(train / "stuck.zip")
+    with zipfile.ZipFile(tmp_path / "outside.zip", "w") as z:
+        z.writestr("elsewhere.mp4", b"x")
+    (train / "out.zip").symlink_to(tmp_path / "outside.zip")
+    found: list = []
+    worker = threading.Thread(target=lambda: found.append(unextracted_zips(train, set())),
+                              daemon=True)
+    worker.start()
+    worker.join(20)
+    if worker.is_alive():  # release the blocked open (a writer arrives, then leaves)
+        os.close(os.open(train / "stuck.zip", os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(5)
+        pytest.fail("unextracted_zips blocked on a named pipe called stuck.zip")
+    assert found == [[train / "train-2/training80_02.zip"]]
+
+
 # --------------------------------------------------------------------------------------------------
 # UDIVA v0.5 (U1-U4)
 
