@@ -19,7 +19,7 @@ from typing import Iterator
 
 import numpy as np
 
-from personality.common import StageInputError, open_media
+from personality.common import StageInputError, check_frame_size, open_media
 from personality.frame_sampling import (FrameClock, FrameSampler, PlannedPicker, SamplingPicker,
                                          nominal_rate)
 
@@ -52,11 +52,15 @@ def _open(path: str | os.PathLike):
     if path.stat().st_size == 0:
         raise StageInputError(f"{path}: empty file (0 bytes)")
     container = open_media(path)
-    if not any(_moving(vs) for vs in container.streams.video):
-        cover = bool(container.streams.video)
+    try:
+        if not any(_moving(vs) for vs in container.streams.video):
+            raise StageInputError(f"{path}: no video stream (audio-only or data file" + (
+                "; its only picture is cover art)" if container.streams.video else ")"))
+        ctx = _video_stream(container).codec_context
+        check_frame_size(path, ctx.width, ctx.height)
+    except StageInputError:
         container.close()
-        raise StageInputError(f"{path}: no video stream (audio-only or data file" +
-                              ("; its only picture is cover art)" if cover else ")"))
+        raise
     return container
 
 
@@ -418,6 +422,8 @@ def _decoded_packets(container, vs, report: dict, max_errors: int,
                 report["truncated"] = True
                 return
             continue
+        for frame in frames:  # a new size mid-stream: stop before decoding more of them
+            check_frame_size(container.name, frame.width, frame.height)
         yield frames
 
 

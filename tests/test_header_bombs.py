@@ -64,3 +64,42 @@ def test_an_openface_csv_a_million_columns_wide_is_refused_before_parsing(tmp_pa
     path.write_text(",".join(["AU01_r"] * 600_000) + "\n")
     with pytest.raises(StageInputError, match=r"a header of \d+ or more columns"):
         read_openface_csv(path, video_id="wide")
+
+
+def _h264(path, width: int, height: int, n_frames: int) -> bytes:
+    """Raw H.264 (annex B) of `n_frames` black frames: streams of two sizes concatenated are one
+    stream that changes size where the second begins."""
+    import av
+
+    with av.open(str(path), "w", format="h264") as out:
+        stream = out.add_stream("libx264", rate=25, options={"preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(n_frames):
+            frame = av.VideoFrame.from_ndarray(np.zeros((height, width, 3), np.uint8),
+                                               format="rgb24")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    return path.read_bytes()
+
+
+def test_a_video_over_8k_is_refused_by_its_header_and_mid_stream(tmp_path):
+    """A frame's size costs far more than its bytes: a 415 KB H.264 file of 30 all-skip
+    12000x12000 frames took 19 s and 740 MB to decode. A 4 KB Y4M file declaring that size is
+    refused on its header (probe read it as a 12000x12000 video before); a stream that turns
+    33.4 Mpx after 12 s of 64x48 (which probe's header sees) stops at that frame."""
+    from personality.video_io import iter_frames, probe
+
+    y4m = tmp_path / "huge.y4m"
+    y4m.write_bytes(b"YUV4MPEG2 W12000 H12000 F25:1 Ip A1:1 C420jpeg\nFRAME\n" + bytes(4096))
+    with pytest.raises(StageInputError, match=r"huge\.y4m: frames of 12000x12000 pixels "
+                                              r"\(144\.0 Mpx\), over the 33\.2 Mpx of 8K"):
+        probe(y4m)
+    grows = tmp_path / "grows.h264"
+    grows.write_bytes(_h264(tmp_path / "a.h264", 64, 48, 300)
+                      + _h264(tmp_path / "b.h264", 7696, 4336, 1))
+    assert (probe(grows).width, probe(grows).height) == (64, 48)
+    kept = []
+    with pytest.raises(StageInputError, match=r"grows\.h264: frames of 7696x4336 pixels"):
+        kept.extend(iter_frames(grows, max_side=640))
+    assert len(kept) == 300
