@@ -21,7 +21,10 @@ prediction.json and the report say what the clip offered: `face_share` (share of
 with a face), `has_audio`, `audio_silent`, `voiced_share`, `truncated` (with `ends_at_s` and
 `declared_s` when it is: where the video stops, short of the length the file declares), and
 `warnings` in plain words (no face, a face in under half of the frames, several faces in a tenth
-of them or more, no or silent audio, a truncated file, audio cut at audio.max_feature_seconds).
+of them or more, no or silent audio, a truncated file, audio cut at audio.max_feature_seconds),
+worded for what the chosen model reads: a face model's never speak of the audio, an audio
+model's of the face (stages/predict_model.py, clip_warnings), and a default choice that passed
+over better models says what the clip lacked.
 A video the chosen model cannot use (no face for a visual or AU model, no audio track for an audio
 model, neither a face nor usable audio for a functionals model, an unreadable file) gives a
 one-line error and exit code 2; so does a checkpoint that cannot be used (not ours, unfinished,
@@ -81,7 +84,7 @@ from personality.common import (BaseParams, ParamsError, SchemaError, StageInput
 from personality.executor_worker import die_with_parent
 from personality.schemas import TRAITS
 from stages.predict_batch import (VIDEO_EXTENSIONS, WorkerDied, batch_ids, collect_videos,
-                                  save_table, save_table_if_due,
+                                  out_problem, save_table, save_table_if_due,
                                   exit_on_sigterm, run_jobs, safe_video_id, sigterm_exits)
 from stages.predict_frontend import (checked_frontend, front_end_params, resolved_frontend,
                                      run_front_end, start_front_end_worker)
@@ -125,7 +128,7 @@ def predict_video(video: Path, *, model: str | None = None, root: Path | None = 
                 # the chosen model's data came from other front-end params: its clip is theirs
                 log.info("%s: front-end again with %s's training params", video.name, name)
                 facts = run_front_end(video, work_root, params_file, frontend)
-        facts["warnings"] = [*passed_over, *facts.get("warnings", [])]
+        facts["warnings"] = [*passed_over, *clip_warnings(facts, loaded.reads)]  # its lacks
         facts["frontend_params"] = ("the checkpoint's (its training data's)"
                                     if frontend is not None else
                                     f"{params_file or 'params.yaml'} (the checkpoint keeps none)")
@@ -463,37 +466,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # the work folder has gone with the unwinding; nothing half-written
         log.error("interrupted (Ctrl-C)")
         return 130
-
-
-def out_problem(out: Path) -> str | None:
-    """Why the results cannot go to the folder `out`, or None: found before any work, so that a
-    read-only or mistyped folder costs no video its scores. A missing `out` is not made here
-    (a run that fails leaves none): its nearest existing parent must take a new entry."""
-    try:
-        return _out_problem(out)
-    except OSError as exc:  # a name too long, a loop of links
-        return f"unusable path: {exc.strerror or exc}"
-
-
-def _out_problem(out: Path) -> str | None:
-    """out_problem's checks, in order: `out` itself, a broken link on the way, the nearest
-    existing parent (a folder that takes a new entry)."""
-    if out.exists() and not out.is_dir():
-        return "exists and is not a folder; give a folder for the results"
-    for parent in (out.absolute(), *out.absolute().parents):  # the nearest that exists
-        if parent.exists():
-            break
-        if os.path.lexists(parent):
-            return f"cannot be made: {parent} is a broken link"
-    if not parent.is_dir():
-        return f"cannot be made: {parent} is not a folder"
-    try:
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=".predict-write-check-"):
-            pass
-    except OSError as exc:
-        return f"cannot write {'there' if parent == out.absolute() else f'in {parent}'}: " \
-               f"{exc.strerror or exc}"
-    return None
 
 
 if __name__ == "__main__":

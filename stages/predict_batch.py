@@ -13,7 +13,8 @@ in flight at a time, so the suspects of a break are known.
 `sigterm_exits` turns SIGTERM into SystemExit, so that a killed predict (or worker) unwinds its
 `with` blocks: the temporary work folder goes, no temp file is renamed in. `save_table` writes
 predictions.csv (`batch_table`: a row per video, those not yet scored saying so), at a batch's
-start, as it goes and when it stops.
+start, as it goes and when it stops. `out_problem` says why results cannot go to a folder, before
+any work.
 
 Generic (no stage imports: tests/test_layering.py): stages/predict.py passes its own functions.
 """
@@ -24,6 +25,7 @@ import contextlib
 import os
 import re
 import signal
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -37,7 +39,7 @@ from personality.schemas import TRAITS
 
 __all__ = ["VIDEO_EXTENSIONS", "WorkerDied", "collect_videos", "same_files", "batch_ids",
            "safe_video_id", "run_jobs", "sigterm_exits", "exit_on_sigterm", "CSV_COLUMNS",
-           "NOT_SCORED", "batch_table", "save_table", "save_table_if_due"]
+           "NOT_SCORED", "batch_table", "save_table", "save_table_if_due", "out_problem"]
 
 log = get_logger("predict")
 
@@ -277,3 +279,34 @@ def save_table_if_due(out: Path, rows: list[dict | None], jobs: Sequence[Sequenc
         return saved
     save_table(out, rows, jobs, strict=False)
     return time.monotonic()
+
+
+def out_problem(out: Path) -> str | None:
+    """Why the results cannot go to the folder `out`, or None: found before any work, so that a
+    read-only or mistyped folder costs no video its scores. A missing `out` is not made here
+    (a run that fails leaves none): its nearest existing parent must take a new entry."""
+    try:
+        return _out_problem(out)
+    except OSError as exc:  # a name too long, a loop of links
+        return f"unusable path: {exc.strerror or exc}"
+
+
+def _out_problem(out: Path) -> str | None:
+    """out_problem's checks, in order: `out` itself, a broken link on the way, the nearest
+    existing parent (a folder that takes a new entry)."""
+    if out.exists() and not out.is_dir():
+        return "exists and is not a folder; give a folder for the results"
+    for parent in (out.absolute(), *out.absolute().parents):  # the nearest that exists
+        if parent.exists():
+            break
+        if os.path.lexists(parent):
+            return f"cannot be made: {parent} is a broken link"
+    if not parent.is_dir():
+        return f"cannot be made: {parent} is not a folder"
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".predict-write-check-"):
+            pass
+    except OSError as exc:
+        return f"cannot write {'there' if parent == out.absolute() else f'in {parent}'}: " \
+               f"{exc.strerror or exc}"
+    return None

@@ -8,7 +8,8 @@ A clip's facts (stages/predict.py, run_front_end: face share, audio, voiced shar
 model's input keys: visual and AU inputs need a face, audio inputs an audio track that is not
 silent, the per-video functionals either of the two (without both, every functional is absent
 and the "scores" would be the checkpoint's train mean). `clip_warnings` says in plain words what
-the clip lacks. `load_model` reads a checkpoint with models/checkpoints.py (weights_only) and
+the clip lacks, of what the scoring model reads (`model_reads`: a face model hears of no silent
+track, an audio model of no missing face). `load_model` reads a checkpoint with models/checkpoints.py (weights_only) and
 checks it before any work on a video; whatever a foreign, tampered or unfinished file makes fail,
 there or while scoring, is one EngineError naming it; a non-finite output is refused.
 
@@ -26,13 +27,13 @@ from pathlib import Path
 import numpy as np
 
 from personality.common import StageInputError, find_checkpoint, get_logger, repo_root
-from personality.schemas import TRAITS
+from personality.schemas import AUDIO_FUNCTIONAL_PREFIXES, TRAITS
 
 log = get_logger("predict")
 
 __all__ = ["VISUAL_KEYS", "AUDIO_KEYS", "EITHER_KEYS", "trained_models", "validation_ranking",
-           "choose_model", "clip_warnings", "missing_inputs", "LoadedModel", "load_model",
-           "model_warnings", "model_scores", "own_test_error", "test_error_interval"]
+           "choose_model", "clip_warnings", "model_reads", "missing_inputs", "LoadedModel",
+           "load_model", "model_warnings", "model_scores", "own_test_error", "test_error_interval"]
 
 VISUAL_KEYS = {"face", "face_seq", "frame", "aus", "aus_mask"}
 AUDIO_KEYS = {"logmel", "wave", "audio_fn"}
@@ -166,6 +167,7 @@ def choose_model(root: Path, facts: dict) -> tuple[str, Path, list[str]]:
                               "or pass --model PATH")
     ranked = [n for n, _ in validation_ranking(root, names)] or names
     passed_over: list[str] = []
+    cannot: dict[str, list[str]] = {}  # what the clip lacks -> the better models that need it
     for name in ranked:
         path = find_checkpoint(name, root)
         try:
@@ -175,8 +177,15 @@ def choose_model(root: Path, facts: dict) -> tuple[str, Path, list[str]]:
                                f" so it was passed over: {exc}")
             log.warning("%s", passed_over[-1])
             continue
-        if not missing_inputs(inputs, facts):
-            return name, path, passed_over
+        why = missing_inputs(inputs, facts)
+        if not why:
+            # the clip's lack decided the choice: said here, for the warnings of the model
+            # chosen leave out what it does not read (a face-less clip scored by an audio model)
+            return name, path, passed_over + [
+                f"{', '.join(better)} {'ranks' if len(better) == 1 else 'rank'} higher on "
+                f"validation but cannot score this clip: {lack}"
+                for lack, better in cannot.items()]
+        cannot.setdefault(why.split(";")[0], []).append(name)
     raise StageInputError(f"{facts.get('video')}: no trained model can score it: "
                           + "; ".join([*clip_warnings(facts), *passed_over]))
 
@@ -195,37 +204,88 @@ MIN_FACE_SHARE = 0.5  # below this share of sampled frames with a face, the repo
 SEVERAL_FACES_SHARE = 0.1
 
 
-def clip_warnings(facts: dict) -> list[str]:
+def clip_warnings(facts: dict, reads: frozenset | None = None) -> list[str]:
     """What the clip lacks or what was cut, in plain words; never a modality to fall back on that
-    is missing too."""
-    out = []
+    is missing too. `reads`: the modalities the scoring model reads (`model_reads`: "face",
+    "audio"); None before a model is chosen, when the clip's lacks are said for any model. A
+    lack or damage in a modality the model never reads is no warning (a face model's scores do
+    not move with a silent track); a model left with none of what it reads is said to give its
+    training mean (a functionals model whose columns are all of the missing modality)."""
     face, voice = facts.get("face_share"), _usable_audio(facts)
-    if face == 0:
-        out.append(f"no face in any of the {facts.get('n_frames', 0)} sampled frames" +
-                   (": scores can come from the voice alone" if voice else
-                    f" and {_audio_lack(facts)}: nothing to score"))
-    elif face is not None and face < MIN_FACE_SHARE:
+    sees, hears = _reads_face(reads), _reads_audio(reads)
+    n = facts.get("n_frames", 0)
+    out = [_lack_warning(f"no face in any of the {n} sampled frames", reads, "face",
+                         voice, facts)] if face == 0 else []
+    if sees and face is not None and 0 < face < MIN_FACE_SHARE:
         out.append(f"a face in only {100 * face:.0f}% of the sampled frames: visual scores rest "
                    "on few frames")
     several = (facts.get("faces_summary") or {}).get("frames_with_several_faces") or 0
-    if several and several >= SEVERAL_FACES_SHARE * facts.get("n_frames", 0):
-        out.append(f"more than one face in {several} of the {facts.get('n_frames', 0)} sampled "
-                   "frames: one face per frame was scored (faces.select), not necessarily the "
-                   "same person's throughout")
+    if sees and several and several >= SEVERAL_FACES_SHARE * n:
+        out.append(f"more than one face in {several} of the {n} sampled frames: one face per "
+                   "frame was scored (faces.select), not necessarily the same person's "
+                   "throughout")
     if not voice and face != 0:
-        out.append(_audio_lack(facts) + (": scores can come from the face alone" if face else ""))
-    elif voice and facts.get("voiced_share") is not None and facts["voiced_share"] < 0.05:
+        out.append(_lack_warning(_audio_lack(facts), reads, "audio", bool(face), facts))
+    elif hears and voice and facts.get("voiced_share") is not None \
+            and facts["voiced_share"] < 0.05:
         out.append(f"almost no voiced speech ({100 * facts['voiced_share']:.0f}% of the audio)")
     if facts.get("ends_at_s") is not None:
         declared = facts.get("declared_s", facts.get("duration_s", 0))  # older results: no key
         out.append(f"the video ends at {facts['ends_at_s']:.1f} s of its declared "
                    f"{declared:.1f} s: the file looks truncated")
     cut = facts.get("audio_cut_at_s")
-    if cut:
+    if hears and cut:
         out.append(f"audio features stop at {cut:.0f} s (audio.max_feature_seconds) of a "
                    f"{facts.get('duration_s', 0):.0f} s clip")
-    damaged = list(facts.get("video_notes") or []) + list(facts.get("audio_notes") or [])
-    return out + damaged  # "N corrupt video packet(s) skipped ...", "... audio ... as silence"
+    # "N corrupt video packet(s) skipped ...", "... audio ... as silence", "recorded at 8000 Hz"
+    damaged = (list(facts.get("video_notes") or []) if sees else []) + \
+        (list(facts.get("audio_notes") or []) if hears else [])
+    return [w for w in out if w] + damaged
+
+
+def _lack_warning(lack: str, reads: frozenset | None, modality: str, other: bool,
+                  facts: dict) -> str:
+    """The warning for a clip without `modality` ("face" or "audio"), `other` whether it has the
+    other one, worded for the model that scores it; '' when that model never reads `modality`."""
+    rest = "the voice" if modality == "face" else "the face"
+    if reads is None:  # no model chosen yet: what any model could do
+        if modality == "face" and not other:
+            return f"{lack} and {_audio_lack(facts)}: nothing to score"
+        return lack + (f": scores can come from {rest} alone" if other else "")
+    if modality not in reads:
+        return ""
+    if reads == {modality}:  # a functionals model whose columns are all of this modality
+        return f"{lack}: the model reads only {'the face' if modality == 'face' else 'audio'}, " \
+               "so its scores are its training mean"
+    return lack + (f": its scores come from {rest} alone" if other else "")
+
+
+def _reads_face(reads: frozenset | None) -> bool:
+    return reads is None or "face" in reads
+
+
+def _reads_audio(reads: frozenset | None) -> bool:
+    return reads is None or "audio" in reads
+
+
+# column prefixes of the audio's per-video functionals (stages/functionals.audio_functionals:
+# the audio stage's fn_*, egemaps_*, compare_*, and the semitone pitch beside fn_*)
+AUDIO_COLUMNS = (*AUDIO_FUNCTIONAL_PREFIXES.values(), "f0_semitone_")
+
+
+def model_reads(needs: set[str] | frozenset, config: dict | None = None) -> frozenset:
+    """The modalities a model's scores come from: "face" for visual and AU inputs, "audio" for
+    log-mel, wave and audio functionals, and for the per-video functionals whichever of the two
+    their columns hold (`config`: the checkpoint's source config, whose fitted `columns` say;
+    both when it keeps none)."""
+    reads = {"face"} if needs & VISUAL_KEYS else set()
+    reads |= {"audio"} if needs & AUDIO_KEYS else set()
+    if needs & EITHER_KEYS:
+        columns = ((config or {}).get("functionals") or {}).get("columns") or []
+        audio = [c.startswith(AUDIO_COLUMNS) for c in columns]
+        reads |= {"face", "audio"} if not columns else \
+            {m for m, present in (("audio", any(audio)), ("face", not all(audio))) if present}
+    return frozenset(reads)
 
 
 EXTREME_Z = 10.0  # sd from the training clips' mean; the default data's 150 clips have at most 4
@@ -326,6 +386,11 @@ class LoadedModel:
     ckpt: dict
     needs: frozenset  # its input keys
     config: dict  # its sources' inference config (models.data.for_inference)
+
+    @property
+    def reads(self) -> frozenset:
+        """The modalities its scores come from ("face", "audio"): `model_reads`."""
+        return model_reads(self.needs, self.config)
 
 
 def load_model(path: Path) -> LoadedModel:

@@ -136,7 +136,19 @@ def test_default_model_is_the_best_on_validation_that_the_clip_can_feed(model_ro
     voice = predict.predict_video(real_fixture("no_face.mp4"), root=model_root, work=tmp_path)
     assert voice["model"] == "logmel_cnn"
     assert voice["face_share"] == 0 and voice["has_audio"] and not voice["audio_silent"]
-    assert any("no face" in w for w in voice["warnings"])
+    # the lack that decided the choice is said of the model it passed over; the audio model's
+    # own warnings leave the face alone (it never reads it)
+    assert voice["warnings"] == ["perfex_cnn ranks higher on validation but cannot score this "
+                                 "clip: no face was found in any of its sampled frames"]
+
+
+def test_a_face_model_s_warnings_say_nothing_of_the_audio(checkpoints, tmp_path):
+    """The fixture's AAC track is near silent: for an AU model, which never reads the audio,
+    'the audio track is silent: scores can come from the face alone' was noise."""
+    face = predict.predict_video(real_fixture("single_face.mp4"),
+                                 model=str(checkpoints["perfex_cnn"]), work=tmp_path)
+    assert face["has_audio"] and face["audio_silent"]
+    assert not [w for w in face["warnings"] if "audio" in w or "voice" in w], face["warnings"]
 
 
 def test_a_broken_best_checkpoint_is_passed_over_aloud(model_root, tmp_path_factory):

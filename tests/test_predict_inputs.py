@@ -47,6 +47,50 @@ def test_warnings_never_offer_a_modality_that_is_missing_too():
     assert face == ["the audio track is silent: scores can come from the face alone"]
 
 
+def test_warnings_are_worded_for_what_the_model_reads():
+    """A lack or damage in a modality the model never reads is no warning; one it reads says
+    where its scores come from; a model left with nothing it reads gives its training mean."""
+    face, audio, both = (frozenset(m) for m in ({"face"}, {"audio"}, {"face", "audio"}))
+    silent = {"face_share": 1.0, "n_frames": 20, "has_audio": True, "audio_silent": True,
+              "audio_notes": ["3 corrupt audio packet(s) read as silence"]}
+    assert predict.clip_warnings(silent, face) == []
+    assert predict.clip_warnings(silent, both) == [
+        "the audio track is silent: its scores come from the face alone",
+        "3 corrupt audio packet(s) read as silence"]
+    assert predict.clip_warnings({"face_share": 1.0, "has_audio": False}, audio) == [
+        "no audio track: the model reads only audio, so its scores are its training mean"]
+    speech = {"face_share": 0.0, "n_frames": 20, "has_audio": True, "voiced_share": 0.02,
+              "video_notes": ["2 corrupt video packet(s) skipped: scores rest on the 18 "
+                              "frame(s) that decoded"], "audio_cut_at_s": 300.0,
+              "duration_s": 600.0}
+    assert predict.clip_warnings(speech, audio) == [
+        "almost no voiced speech (2% of the audio)",
+        "audio features stop at 300 s (audio.max_feature_seconds) of a 600 s clip"]
+    assert predict.clip_warnings(speech, face)[0] == (
+        "no face in any of the 20 sampled frames: the model reads only the face, so its scores "
+        "are its training mean")
+    assert predict.clip_warnings(speech, both)[0] == \
+        "no face in any of the 20 sampled frames: its scores come from the voice alone"
+    few = {"face_share": 0.3, "n_frames": 20, "has_audio": True, "voiced_share": 0.5,
+           "faces_summary": {"frames_with_several_faces": 5}}
+    assert predict.clip_warnings(few, audio) == [] and len(predict.clip_warnings(few, face)) == 2
+    cut = {"face_share": 1.0, "n_frames": 20, "has_audio": True, "voiced_share": 0.5,
+           "ends_at_s": 1.0, "declared_s": 4.0}  # a truncated file: whatever the model reads
+    assert all(predict.clip_warnings(cut, m) for m in (face, audio, both))
+
+
+def test_a_model_reads_the_modalities_of_its_inputs_and_columns():
+    from stages.predict_model import model_reads as reads
+
+    assert reads({"aus", "aus_mask"}) == {"face"} and reads({"logmel"}) == {"audio"}
+    assert reads({"face", "wave"}) == {"face", "audio"} == reads({"functionals"})
+    au_only = {"functionals": {"columns": ["AU12_r_mean", "blink_rate", "face_share"]}}
+    voice_only = {"functionals": {"columns": ["fn_rms_db_mean", "f0_semitone_sd",
+                                              "egemaps_loudness_sma3_amean"]}}
+    assert reads({"functionals"}, au_only) == {"face"}
+    assert reads({"functionals"}, voice_only) == {"audio"}
+
+
 def test_an_audio_track_the_audio_stage_cannot_use_is_no_usable_audio(tmp_path):
     """A 21 ms AAC track is 'too short' for the audio stage (an error row): predict must not
     count it as audio (an audio model chosen for it would then fail), and says why."""
