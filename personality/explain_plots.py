@@ -60,17 +60,20 @@ def draw_gradcam(fig: Any, cell: Any, maps: Sequence, image: np.ndarray | None,
 
 def draw_occlusion(ax: Any, part: Mapping, trait_names: Sequence[str], *, title: str = "") -> None:
     """A trait x second strip of `delta` (score minus score with that second muted) on a
-    diverging scale centred on 0; seconds the model does not see are grey."""
+    diverging scale centred on 0; seconds the model does not see are grey. The strip starts at
+    the first of `seconds` (the window starts; 0 when not given): predict puts them on the
+    frames' clock, where an audio track that starts late begins after 0."""
     import matplotlib
 
     delta = np.asarray([[np.nan if v is None else v for v in row] for row in part["delta"]],
                        np.float64)  # (5, n)
     window = float(part.get("window_s") or 1.0)
+    start = float((part.get("seconds") or [0.0])[0])
     lim = float(np.nanmax(np.abs(delta))) if np.isfinite(delta).any() else 1.0
     cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="#CCCCCC")
     im = ax.imshow(np.ma.masked_invalid(delta), aspect="auto", cmap=cmap, vmin=-lim or -1,
-                   vmax=lim or 1, extent=(0, delta.shape[1] * window, len(trait_names) - 0.5,
-                                          -0.5), interpolation="nearest")
+                   vmax=lim or 1, extent=(start, start + delta.shape[1] * window,
+                                          len(trait_names) - 0.5, -0.5), interpolation="nearest")
     ax.set_yticks(range(len(trait_names)), trait_names, fontsize=8)
     unheard = bool(np.isnan(delta).all(axis=0).any())  # e.g. logmel's centre 3 s of a longer clip
     ax.set_xlabel("time (s)" + ("; grey: seconds outside the model's view" if unheard else ""))

@@ -18,13 +18,14 @@ clip has: a face-less clip with speech gets the best audio model, a silent one t
 model. No DVC is involved.
 
 prediction.json and the report say what the clip offered: `face_share` (share of sampled frames
-with a face), `has_audio`, `audio_silent`, `voiced_share`, `truncated` (with `ends_at_s` and
-`declared_s` when it is: where the video stops, short of the length the file declares), and
-`warnings` in plain words (no face, a face in under half of the frames, several faces in a tenth
-of them or more, no or silent audio, a truncated file, audio cut at audio.max_feature_seconds),
-worded for what the chosen model reads: a face model's never speak of the audio, an audio
-model's of the face (stages/predict_model.py, clip_warnings), and a default choice that passed
-over better models says what the clip lacked.
+with a face), `has_audio`, `audio_silent`, `voiced_share`, `audio_offset_s` (where the audio's
+second 0 lies on the frames' clock: a phone's sound that starts 0.3 s after its picture has 0.3;
+personality/clip_clock.py), `truncated` (with `ends_at_s` and `declared_s` when it is: where the
+video stops, short of the length the file declares), and `warnings` in plain words (no face, a
+face in under half of the frames, several faces in a tenth of them or more, no or silent audio, a
+truncated file, audio cut at audio.max_feature_seconds), worded for what the chosen model reads:
+a face model's never speak of the audio, an audio model's of the face (stages/predict_model.py,
+clip_warnings), and a default choice that passed over better models says what the clip lacked.
 A video the chosen model cannot use (no face for a visual or AU model, no audio track for an audio
 model, neither a face nor usable audio for a functionals model, an unreadable file) gives a
 one-line error and exit code 2; so does a checkpoint that cannot be used (not ours, unfinished,
@@ -50,7 +51,8 @@ once it has been idle an hour.
 Explanations (models/explain.py; `--no-explain` skips them): prediction.json's `explanation`
 holds, per kind the model's inputs allow, the numbers the report draws: Grad-CAM maps per trait
 over the face crops (visual models: five overlays on the model's input crop), per-second audio
-occlusion (log-mel / wave models: a trait x second strip under the AU timeline), and each input
+occlusion (log-mel / wave models: a trait x second strip under the AU timeline, its `seconds` on
+the frames' clock, shifted by `audio_offset_s`, as the AU timeline's), and each input
 feature's contribution per trait (AU, functionals and audio-functionals models: the top features
 per trait). They add 0.01-1.2 s per clip to the prediction (models/explain.py: measured costs).
 
@@ -91,7 +93,7 @@ from stages.predict_frontend import (checked_frontend, front_end_params, resolve
 from stages.predict_model import (choose_model, clip_warnings, clipped_warnings, enter_project,
                                   load_model, missing_inputs, model_scores, model_warnings,
                                   own_test_error, test_error_interval, trained_models)
-from stages.predict_report import draw_report, report_data, write_report
+from stages.predict_report import draw_report, on_frames_clock, report_data, write_report
 
 __all__ = ["predict_video", "run_front_end", "trained_models", "choose_model", "load_model",
            "model_scores", "missing_inputs", "clip_warnings", "write_outputs", "write_report",
@@ -143,6 +145,7 @@ def predict_video(video: Path, *, model: str | None = None, root: Path | None = 
         if explain:  # while the clip's inputs exist
             explanation, drawn["explain_images"] = _explanation(
                 loaded.net, sources, vid, front_end_params(params_file, frontend))
+            on_frames_clock(explanation, facts.get("audio_offset_s"))  # audio seconds: AUs'
     ckpt = loaded.ckpt
     result = {t: float(s) for t, s in zip(TRAITS, scores)}
     # a retrained checkpoint keeps its base model's name; the folder says "+retrained"

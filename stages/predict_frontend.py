@@ -210,6 +210,7 @@ def _time_limit(job: tuple) -> float | None:
 def front_end_here(video: Path, work: Path, params_file: Path | None, frontend: dict | None,
                    facts: dict) -> dict:
     """run_front_end's work in this process, `facts` the video's probe (stages.ingest)."""
+    from personality.clip_clock import audio_offset_s
     from personality.video_io import ends_short, stream_extent
     from stages import audio, aus, faces, frames, functionals
     from stages.ingest import write_manifest
@@ -245,6 +246,9 @@ def front_end_here(video: Path, work: Path, params_file: Path | None, frontend: 
                             if isinstance(v, (int, float, str))}
     if facts["has_audio"]:
         out.update(_audio_facts(params_of("audio", audio.AudioParams), base, work, facts))
+        # the audio's second 0 on the frames' clock: the features ignore it, the report not
+        offset = audio_offset_s(video)
+        out["audio_offset_s"] = None if offset is None else round(offset, 4)
         if out["truncated"]:  # said once, by the video's truncation warning
             out["audio_notes"] = [n for n in out.get("audio_notes", [])
                                   if not n.endswith("the file looks truncated")]

@@ -18,7 +18,7 @@ from personality import schemas
 from personality.common import atomic_file, read_artifact, sweep_stale_temps
 from personality.schemas import TRAITS
 
-__all__ = ["report_data", "write_report", "draw_report"]
+__all__ = ["report_data", "write_report", "draw_report", "on_frames_clock"]
 
 
 def report_data(work: Path, vid: str) -> dict:
@@ -38,6 +38,22 @@ def report_data(work: Path, vid: str) -> dict:
         if len(found):
             data["crop"] = found["crop"].iloc[len(found) // 2]
     return data
+
+
+def on_frames_clock(explanation: dict | None, offset_s: float | None) -> dict | None:
+    """`explanation` with its audio occlusion windows on the frames' clock, the AU timeline's:
+    each part's `seconds` (window starts, counted by models/explain.py from the audio's own
+    second 0) shifted by `offset_s` (the clip's audio_offset_s: personality/clip_clock.py; None,
+    unknown: 0), which the part keeps as `audio_offset_s`. In place; returns it."""
+    for part in ((explanation or {}).get("audio_occlusion") or {}).values():
+        part["seconds"] = [round(float(s) + (offset_s or 0.0), 6) for s in part["seconds"]]
+        part["audio_offset_s"] = offset_s
+    return explanation
+
+
+# from this offset between the audio and the video on, the occlusion strip's title says it (an
+# MP4's priming is cut by its edit list: 0; a phone's or webcam's late audio: 0.1-0.5 s)
+OFFSET_NOTE_S = 0.05
 
 
 def write_report(result: dict, path: Path) -> Path:
@@ -163,9 +179,11 @@ def _any_au(data: dict) -> bool:
 def _align_time_axes(ax_au, ax_seconds) -> None:
     """The audio strip under the AU timeline reads second by second against it: the same time
     span, at the same place on the page (the strip's colour bar narrows both a little)."""
-    # the clip's last sampled frame (_draw_aus), else the AUs' last one; no margin
+    # the clip's last sampled frame (_draw_aus), else the AUs' last one; no margin. An audio
+    # track that starts before the video (on_frames_clock) begins left of 0
     au_end = ax_au.dataLim.x1 if ax_au.get_autoscalex_on() else ax_au.get_xlim()[1]
-    span = (0.0, max(au_end, ax_seconds.get_xlim()[1]))
+    heard = ax_seconds.get_xlim()
+    span = (min(0.0, heard[0]), max(au_end, heard[1]))
     au, strip = ax_au.get_position(), ax_seconds.get_position()
     x0, x1 = max(au.x0, strip.x0), min(au.x1, strip.x1)
     for ax, box in ((ax_au, au), (ax_seconds, strip)):
@@ -223,8 +241,18 @@ def _draw_explanation(fig, grid, rows: list[str], result: dict):
         elif kind == "audio_occlusion":
             seconds = fig.add_subplot(grid[2 + i, :])
             draw_occlusion(seconds, part, names, title=f"audio occlusion ({key}): score minus "
-                                                       f"score with that second muted")
+                           f"score with that second muted{_offset_note(part)}")
         else:
             draw_contributions(fig.add_subplot(grid[2 + i, :]), part, names,
                                title=f"feature contributions ({key}, {part['method']})")
     return seconds
+
+
+def _offset_note(part: dict) -> str:
+    """The occlusion strip's second title line when the audio starts apart from the video: the
+    strip is drawn where the audio plays, while the features take each stream from its start."""
+    offset = part.get("audio_offset_s") or 0.0
+    if abs(offset) < OFFSET_NOTE_S:
+        return ""
+    return (f"\nthe audio starts {abs(offset):.2f} s {'after' if offset > 0 else 'before'} the "
+            "video: drawn where it plays (the model's features take each stream from its start)")

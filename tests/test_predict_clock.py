@@ -1,0 +1,141 @@
+"""The audio and the frames on one clock: a recording whose sound starts 0.3 s after its picture
+(common in phone and webcam files) has its audio's second 0 at the frames' t = 0.3. The features
+take each stream from its own start (the default data has no offset, so they stay as they are);
+predict records the offset (prediction.json's `audio_offset_s`) and draws the audio occlusion
+strip where the audio plays, against the AU timeline. Real clips, muxed here with PyAV: the
+single_face fixture's frames with real speech (librivox) starting late."""
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+from models.engine import save_checkpoint
+from models.registry import build_model
+from personality.clip_clock import audio_offset_s
+from personality.schemas import TRAITS
+from personality.video_io import iter_frames
+from tests.conftest import real_fixture, write_video
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SR = 16000
+
+
+def mux_clip(path, *, audio_at_s: float = 0.0, video_at_s: float = 0.0, faces: bool = False,
+             seconds: float = 2.4):
+    """An MKV of H.264 video (the single_face fixture's frames, else grey ramps at 25 fps) and
+    16 kHz PCM speech, each stream's first timestamp where asked: MKV keeps them in ms, and PCM
+    has no encoder priming, so the offset is exactly `audio_at_s - video_at_s`."""
+    import av
+    import soundfile as sf
+
+    speech, sr = sf.read(real_fixture("librivox_speech_16k.wav"), dtype="int16")
+    assert sr == SR
+    with av.open(str(path), "w") as out:
+        fps = 30 if faces else 25
+        v = out.add_stream("libx264", rate=Fraction(fps))
+        (v.width, v.height), v.pix_fmt = (640, 360) if faces else (64, 48), "yuv420p"
+        a = out.add_stream("pcm_s16le", rate=SR, layout="mono")
+        for i, image in enumerate(_images(faces, seconds)):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.time_base = Fraction(1, fps)
+            frame.pts = i + int(round(video_at_s * fps))
+            for packet in v.encode(frame):
+                out.mux(packet)
+        for packet in v.encode():
+            out.mux(packet)
+        wave = speech[: int(seconds * SR)]
+        for i in range(0, len(wave), 1024):
+            sound = av.AudioFrame.from_ndarray(wave[None, i:i + 1024], format="s16",
+                                               layout="mono")
+            sound.sample_rate, sound.time_base = SR, Fraction(1, SR)
+            sound.pts = i + int(round(audio_at_s * SR))
+            for packet in a.encode(sound):
+                out.mux(packet)
+        for packet in a.encode():
+            out.mux(packet)
+    return path
+
+
+def _images(faces: bool, seconds: float):
+    """(H, W, 3) uint8 frames: the single_face fixture's (30 fps), else 25 fps grey ramps."""
+    if not faces:
+        return [np.full((48, 64, 3), i * 9 % 255, np.uint8) for i in range(int(seconds * 25))]
+    import av
+
+    with av.open(str(real_fixture("single_face.mp4"))) as src:
+        return [f.to_ndarray(format="rgb24") for f in src.decode(video=0)][:int(seconds * 30)]
+
+
+def test_the_offset_is_where_the_audio_starts_on_the_frames_clock(tmp_path):
+    late = mux_clip(tmp_path / "late.mkv", audio_at_s=0.3)
+    assert audio_offset_s(late) == pytest.approx(0.3, abs=1e-9)
+    first_t = next(iter_frames(late))[1]
+    assert first_t == 0.0  # the frames' t = 0 is the video's start; the audio's, 0.3 s on
+    early = mux_clip(tmp_path / "early.mkv", video_at_s=0.3)
+    # libx264's B-frame delay moves the first picture by up to a frame (MKV keeps pts)
+    assert audio_offset_s(early) == pytest.approx(-0.3, abs=0.041)
+    assert next(iter_frames(early))[1] == 0.0
+    # the fixtures and the synthetic generator's mux (AAC with its priming cut): no offset
+    assert audio_offset_s(real_fixture("single_face.mp4")) == 0.0
+    assert audio_offset_s(write_video(tmp_path / "tone.mp4", n_frames=10)) == 0.0
+    assert audio_offset_s(write_video(tmp_path / "mute.mp4", n_frames=10, audio=False)) is None
+
+
+@pytest.fixture(scope="module")
+def logmel_checkpoint(tmp_path_factory):
+    """An untrained, seeded log-mel model (its statistics fitted on the clip itself)."""
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "logmel_cnn" / "best.pt",
+                           model=build_model("logmel_cnn"), model_name="logmel_cnn",
+                           train_mean=[0.5] * 5, inputs=["logmel"],
+                           source_config={"logmel": {"stats_split": ""}})
+
+
+def test_prediction_and_report_put_the_audio_where_it_plays(logmel_checkpoint, tmp_path,
+                                                            monkeypatch):
+    """A face clip whose speech starts 0.3 s late: prediction.json records the offset and the
+    occlusion windows' starts on the frames' clock (0.3, 1.3, ...), and the report draws the
+    strip from 0.3 under an AU timeline from 0, on one time axis, and says why."""
+    from stages import predict, predict_report
+
+    clip = mux_clip(tmp_path / "phone.mkv", audio_at_s=0.3, faces=True)
+    assert predict.main([str(clip), "--out", str(tmp_path / "out"), "--model",
+                         str(logmel_checkpoint)]) == 0
+    result = json.loads((tmp_path / "out" / "prediction.json").read_text())
+    assert result["audio_offset_s"] == pytest.approx(0.3)
+    part = result["explanation"]["audio_occlusion"]["logmel"]
+    windows = len(part["delta"][0])
+    assert windows >= 2 and part["audio_offset_s"] == result["audio_offset_s"]
+    assert part["seconds"] == pytest.approx(0.3 + part["window_s"] * np.arange(windows))
+
+    figures = []
+    monkeypatch.setattr("matplotlib.figure.Figure.savefig",
+                        lambda fig, *args, **kwargs: figures.append(fig))
+    again = predict.predict_video(clip, model=str(logmel_checkpoint), work=tmp_path)
+    assert all(again[t] == result[t] for t in TRAITS)
+    predict_report.draw_report(again, tmp_path / "unused.png")
+    axes = {ax.get_title().split(" (")[0]: ax for ax in figures[0].axes}
+    au, strip = axes["Action Units"], axes["audio occlusion"]
+    left, right = strip.images[0].get_extent()[:2]
+    assert left == pytest.approx(0.3) and right == pytest.approx(0.3 + windows * part["window_s"])
+    assert au.get_xlim() == strip.get_xlim() and au.get_xlim()[0] == 0.0
+    assert "the audio starts 0.30 s after the video: drawn where it plays" in strip.get_title()
+
+
+def test_no_offset_no_note_and_the_strip_starts_at_zero():
+    """A clip without an offset (the default data's): the windows start at 0, no title note."""
+    from stages import predict_report
+
+    explanation = {"audio_occlusion": {"logmel": {"seconds": [0.0, 1.0], "window_s": 1.0}}}
+    part = predict_report.on_frames_clock(explanation, 0.0)["audio_occlusion"]["logmel"]
+    assert part["seconds"] == [0.0, 1.0] and predict_report._offset_note(part) == ""
+    unknown = predict_report.on_frames_clock(
+        {"audio_occlusion": {"wave": {"seconds": [0.0], "window_s": 1.0}}}, None)
+    assert unknown["audio_occlusion"]["wave"]["seconds"] == [0.0]
+    early = {"seconds": [-0.25], "audio_offset_s": -0.25}
+    assert "starts 0.25 s before the video" in predict_report._offset_note(early)
