@@ -37,7 +37,18 @@ from models.registry import register
 from models.visual import HeadFields, ZooModel, check_head, finish, make_config, make_head
 
 __all__ = ["LogmelCNNConfig", "LogmelCNN", "WaveResNetConfig", "WaveResNet1D", "AudioFnConfig",
-           "AudioFnMLP", "LogmelEncoder"]
+           "AudioFnMLP", "LogmelEncoder", "min_length"]
+
+
+def min_length(layers: list[tuple[int, int, int]], out: int = 1) -> int:
+    """The shortest input a chain of 1D convolutions / poolings (floor mode, dilation 1) maps to
+    at least `out` steps. `layers`: (kernel, stride, padding) in forward order. Each gives
+    floor((L + 2 padding - kernel) / stride) + 1 steps, so it needs
+    L >= (m - 1) stride + kernel - 2 padding for m of them (and L >= 1)."""
+    m = out
+    for kernel, stride, padding in reversed(layers):
+        m = max((m - 1) * stride + kernel - 2 * padding, 1)
+    return m
 
 
 def logmel_input(batch: Mapping[str, Tensor], n_mels: int) -> Tensor:
@@ -63,6 +74,15 @@ class LogmelEncoder(nn.Module):
             c_in = c
         self.body = nn.Sequential(*layers)
         self.out_features = 2 * widths[-1]
+        self.n_blocks = len(widths)
+
+    def min_steps(self) -> int:
+        """The fewest log-mel steps T it takes: each block's 2x2 max pool halves time (floor),
+        so the pooled input needs 2 ** blocks steps; the time pool (ceil mode) gives
+        ceil(T / p) of them, so T >= (2 ** blocks - 1) p + 1. Fewer: torch's "output size is
+        too small". 16 steps (0.16 s) for the default 4 blocks."""
+        pooled = min_length([(2, 2, 0)] * self.n_blocks)  # 2 ** blocks
+        return (pooled - 1) * self.time_pool + 1
 
     def forward(self, x: Tensor) -> Tensor:
         if self.time_pool > 1:
@@ -97,6 +117,9 @@ class LogmelCNN(ZooModel):
 
     def features(self, batch: Mapping[str, Tensor]) -> Tensor:
         return self.encoder(logmel_input(batch, self.config.n_mels))  # (B, 64, T) -> (B, D)
+
+    def min_lengths(self) -> dict[str, int]:
+        return {"logmel": self.encoder.min_steps()}
 
 
 @register("logmel_cnn", modality="audio", inputs=("logmel",), source="ours (VGG-style blocks; "
@@ -164,6 +187,13 @@ class WaveResNet1D(ZooModel):
                 c_in = c
         self.body = nn.Sequential(*blocks)
         self.head = make_head(config, 2 * c_in)
+
+    def min_lengths(self) -> dict[str, int]:
+        """The stem conv and its max pool of 4 bound it (12 samples by default): each block's
+        convs (kernel 9, padding 4) and 1x1 shortcut give >= 1 step from >= 1."""
+        c = self.config
+        return {"wave": min_length([(c.stem_kernel, c.stem_stride, c.stem_kernel // 2),
+                                    (4, 4, 0)])}
 
     def features(self, batch: Mapping[str, Tensor]) -> Tensor:
         x = batch["wave"]

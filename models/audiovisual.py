@@ -67,6 +67,9 @@ class BimodalResNet(ZooModel):
         self.audio = LogmelEncoder(config.audio_widths, time_pool=config.time_pool)
         self.head = make_head(config, self.visual.out_features + self.audio.out_features)
 
+    def min_lengths(self) -> dict[str, int]:
+        return {"logmel": self.audio.min_steps()}
+
     def features(self, batch: Mapping[str, Tensor]) -> Tensor:
         v = self.visual(image_input(batch, "face"))  # (B, Dv)
         a = self.audio(logmel_input(batch, self.config.n_mels))  # (B, Da)
@@ -136,6 +139,10 @@ class BimodalLSTM(ZooModel):
         self.lstm = nn.LSTM(self.visual.out_features + self.audio.out_features,
                             config.lstm_hidden, batch_first=True)
         self.head = make_head(config, config.lstm_hidden)
+
+    def min_lengths(self) -> dict[str, int]:
+        # T // segments steps per segment, each through the log-mel CNN
+        return {"logmel": self.config.segments * self.audio.min_steps()}
 
     def features(self, batch: Mapping[str, Tensor]) -> Tensor:
         faces = seq_input(batch)  # (B, T, 3, H, W)
@@ -222,6 +229,9 @@ class CRNet(ZooModel):
         self.register_buffer("centres", (torch.arange(k, dtype=torch.float32) + 0.5) / k,
                              persistent=False)
         self.head = nn.Identity()  # the two branches above are the head
+
+    def min_lengths(self) -> dict[str, int]:
+        return {"logmel": self.audio.min_steps()}
 
     def features(self, batch: Mapping[str, Tensor]) -> Tensor:
         v = self.visual(image_input(batch, "face"))  # (B, Dv)

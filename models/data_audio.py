@@ -18,6 +18,11 @@ Sampling (ours; DeepPersonality's differs: docs/models.md, "Against DeepPersonal
 | audio_fn | the standardised audio functionals vector (fn_*,  | the same, V = 1                    |
 |          | egemaps_*, compare_*; `include` picks by prefix)  |                                    |
 
+A clip too short for the network (eval_mode full: a 0.1 s clip's log-mel has 11 steps, the log-mel
+CNN takes 16) is not the source's concern: scoring pads the view up to the model's
+`min_lengths()` (models/inference.py, pad_short); `step_s` (hop_s, or 1 / sr) lets predict say
+how many seconds that was.
+
 Videos without inputs: `has(video_id)` is False for a video with no usable audio (logmel /
 audio_fn: no stream, silent, error; wave: no stream); `train_item` / `eval_items` then raise
 `SourceError` naming the video and why (the engine drops videos whose `has` is False). The
@@ -125,6 +130,7 @@ class LogmelSourceConfig:
 class _AudioBase(InputSource):
     key: str
     fitted: dict = {}  # standardisation statistics, for checkpoints (InputSource.fitted_config)
+    step_s: float = 0.01  # seconds per step of the last axis (the artifact's hop_s, or 1 / sr)
 
     def fitted_config(self) -> dict[str, dict]:
         return self.fitted
@@ -221,7 +227,7 @@ class LogmelSource(_AudioBase):
 def logmel_source(*, root: Path, video_ids: list[str], config: dict) -> LogmelSource:
     cfg = source_options(LogmelSourceConfig, config, "source_config.logmel")
     t = _read_audio(root, cfg.path, video_ids, ["has_audio", "silent", "error", "n_frames",
-                                                "n_mels", "logmel"])
+                                                "n_mels", "hop_s", "logmel"])
     data, missing, n_mels = {}, {}, 64
     meta = t.drop_columns(["logmel"]).to_pylist()
     col = t.column("logmel")
@@ -245,6 +251,7 @@ def logmel_source(*, root: Path, video_ids: list[str], config: dict) -> LogmelSo
         std = np.where(std > 1e-6, std, 1.0).astype(np.float32)
         data = {v: (x - mean) / std for v, x in data.items()}
     src = LogmelSource(data, missing, cfg, n_mels)
+    src.step_s = float(meta[0]["hop_s"]) if meta else src.step_s
     if cfg.normalise:
         src.fitted = {"logmel": {"mean": mean.ravel().tolist(), "std": std.ravel().tolist()}}
     return src
@@ -305,7 +312,7 @@ class WaveSource(_AudioBase):
 def wave_source(*, root: Path, video_ids: list[str], config: dict) -> WaveSource:
     cfg = source_options(WaveSourceConfig, config, "source_config.wave")
     t = _read_audio(root, cfg.path, video_ids, ["has_audio", "error", "wave", "wave_scale",
-                                                "n_samples"])
+                                                "n_samples", "sr"])
     data, missing, scales = {}, {}, {}
     meta = t.drop_columns(["wave"]).to_pylist()
     col = t.column("wave")
@@ -319,7 +326,9 @@ def wave_source(*, root: Path, video_ids: list[str], config: dict) -> WaveSource
         data[row["video_id"]] = np.ascontiguousarray(w)
         scales[row["video_id"]] = float(row["wave_scale"])
     _report_missing("wave", video_ids, data, missing)
-    return WaveSource(data, missing, scales, cfg)
+    src = WaveSource(data, missing, scales, cfg)
+    src.step_s = 1.0 / float(meta[0]["sr"]) if meta else 1.0 / 16000
+    return src
 
 
 @dataclasses.dataclass(frozen=True)

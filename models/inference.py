@@ -10,6 +10,12 @@ models/engine.py re-exports both (`from models.engine import predict_videos`); t
 validates with `evaluate`, and predict, train's test split and serve all score through
 `predict_videos`, so a clip gets one score whichever path asks for it. train and retrain write
 their predictions files through `predictions_table`, so evaluate reads one layout from both.
+
+A view shorter than the network takes (`min_lengths`: a log-mel of a 0.1 s clip in eval_mode
+"full" has 11 steps, the log-mel CNN's four 2x2 pools need 16) is zero-padded at its end up to
+that length (`pad_short`), as the sources pad a clip shorter than their crop: silence for a wave,
+each band's train mean for a standardised log-mel. `short_views` says which views were padded
+(predict names them under its warnings). Views at or over the minimum are untouched.
 """
 from __future__ import annotations
 
@@ -44,8 +50,7 @@ def predict_videos(model: nn.Module, sources: Sequence[InputSource], video_ids: 
     device = resolve_device(device)
     model.eval()
     n = len(video_ids)
-    sums = np.zeros((n, len(TRAITS)))
-    counts = np.zeros(n)
+    sums, counts = np.zeros((n, len(TRAITS))), np.zeros(n)  # (n, 5) score sums, (n,) views
     proba_sums: np.ndarray | None = None
     has_proba = return_proba and hasattr(model, "proba")
     items: list[dict[str, Tensor]] = []
@@ -74,8 +79,9 @@ def predict_videos(model: nn.Module, sources: Sequence[InputSource], video_ids: 
         owners.clear()
 
     pending_shapes: tuple = ()
+    mins = min_lengths(model)  # views shorter than the network takes are padded up to it
     for i, vid in enumerate(video_ids):
-        views = merge_views([s.eval_items(vid) for s in sources], vid)
+        views = pad_short(merge_views([s.eval_items(vid) for s in sources], vid), mins)
         V = next(iter(views.values())).shape[0]
         for v in range(V):
             item = {k: t[v] for k, t in views.items()}
@@ -94,6 +100,37 @@ def predict_videos(model: nn.Module, sources: Sequence[InputSource], video_ids: 
         return preds
     proba = proba_sums / np.maximum(counts, 1)[:, None, None] if proba_sums is not None else None
     return preds, proba
+
+
+def min_lengths(model: nn.Module) -> dict[str, int]:
+    """{key: fewest steps on its last axis} the network takes (ZooModel.min_lengths; a
+    DistributedDataParallel's module's); {} for a model that declares none."""
+    core = getattr(model, "module", model)
+    declared = getattr(core, "min_lengths", None)
+    return dict(declared()) if callable(declared) else {}
+
+
+def pad_short(views: Mapping[str, Tensor], mins: Mapping[str, int]) -> dict[str, Tensor]:
+    """`views` {key: (V, ..., L)} with each key of `mins` whose L is under its minimum padded
+    with zeros after its end to (V, ..., mins[key]); the rest as they are (the same tensors)."""
+    out = dict(views)
+    for key, need in mins.items():
+        x = out.get(key)
+        if x is not None and x.shape[-1] < need:
+            out[key] = torch.nn.functional.pad(x, (0, need - x.shape[-1]))  # (V, ..., need)
+    return out
+
+
+def short_views(model: nn.Module, sources: Sequence[InputSource], video_id: str
+                ) -> dict[str, tuple[int, int]]:
+    """{key: (steps the clip's eval view has, steps the network takes)} for each input of
+    `video_id` that `pad_short` lengthens in predict_videos; {} when none is short."""
+    mins = min_lengths(model)
+    if not mins:
+        return {}
+    views = merge_views([s.eval_items(video_id) for s in sources], video_id)
+    return {k: (int(views[k].shape[-1]), need) for k, need in mins.items()
+            if k in views and views[k].shape[-1] < need}
 
 
 def predictions_table(video_ids: Sequence[str], splits: Sequence[str], preds: np.ndarray,

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.audio import min_length
 from models.registry import register
 from models.visual import (HeadFields, ZooModel, _conv_bn, check_head, finish, image_input,
                            make_config, make_head)
@@ -184,6 +185,16 @@ class AudioInterpretNet(_CAMModel):
             c_in = c
         self.body = nn.Sequential(*blocks)
         self.head = make_head(config, c_in)
+
+    def min_lengths(self) -> dict[str, int]:
+        """Its pools shrink time 640-fold with the defaults (4 x 10 x 8 x 8) and each conv
+        (padding 1) takes kernel - 3 steps off: 3,660 samples (0.23 s) in the time domain,
+        twice the body's input in the frequency domain (half of the spectrum is kept)."""
+        c = self.config
+        body = min_length([layer for k, p in zip(c.kernels, c.pools) for layer in
+                           ((k, 1, 1), (p, p, 0))])
+        signal = 2 * body if c.domain == "frequency" else body  # |rfft|[:S // 2]: S // 2 >= body
+        return {"wave": min_length([(c.downsample, c.downsample, 0)], signal)}
 
     def signal(self, wave: Tensor) -> Tensor:
         """The network's 1D input: (B, S) -> (B, 1, S') (time) or (B, 1, S'/2) (frequency)."""

@@ -100,6 +100,12 @@ class ZooModel(HeadModel):
                            f"missing {missing}")
         return self.head(self.features(batch))
 
+    def min_lengths(self) -> dict[str, int]:
+        """{input key: the fewest steps along its last (time) axis the network takes}, for the
+        inputs whose length follows the clip's (log-mel, wave); {} when none. Inference pads a
+        shorter view up to it (models/inference.py) instead of failing inside a pooling layer."""
+        return {}
+
 
 def finish(model: ZooModel) -> ZooModel:
     """Load config.weights when given. Every factory ends with this."""

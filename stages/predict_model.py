@@ -33,7 +33,8 @@ log = get_logger("predict")
 
 __all__ = ["VISUAL_KEYS", "AUDIO_KEYS", "EITHER_KEYS", "trained_models", "validation_ranking",
            "choose_model", "clip_warnings", "model_reads", "missing_inputs", "LoadedModel",
-           "load_model", "model_warnings", "model_scores", "own_test_error", "test_error_interval"]
+           "load_model", "model_warnings", "padded_warnings", "model_scores", "own_test_error",
+           "test_error_interval"]
 
 VISUAL_KEYS = {"face", "face_seq", "frame", "aus", "aus_mask"}
 AUDIO_KEYS = {"logmel", "wave", "audio_fn"}
@@ -314,7 +315,33 @@ def model_warnings(loaded: LoadedModel, sources: list, vid: str, facts: dict) ->
             out.append(f"{len(far)} of its {len(columns)} {source.keys[0]} features lie over "
                        f"{EXTREME_Z:.0f} sd from the training clips' mean (the farthest: "
                        f"{columns[k]}, {z[k]:.0f} sd): the scores extrapolate")
+    return out + padded_warnings(loaded.net, sources, vid)
+
+
+# per padded input: its name, the unit of its last axis, what a view shorter than the network
+# takes is padded with (models/inference.py, pad_short: zeros, as the sources pad a short crop)
+PADDING = {"logmel": ("log-mel", "frames", "each band's training mean, as a clip shorter than "
+                      "the log-mel crop is padded,"),
+           "wave": ("wave", "samples", "silence")}
+
+
+def padded_warnings(net, sources: list, vid: str) -> list[str]:
+    """The inputs of the clip too short for the network (a 0.1 s clip's log-mel in eval_mode
+    "full": 11 frames, the log-mel CNN takes 16), which predict_videos padded to its minimum."""
+    from models.inference import short_views
+
+    out = []
+    for key, (have, need) in short_views(net, sources, vid).items():
+        name, unit, fill = PADDING.get(key, (key, "steps", "zeros"))
+        step = next((getattr(s, "step_s", None) for s in sources if key in s.keys), None)
+        out.append(f"the model hears {_span(have, unit, step)} of the clip's {name}, under the "
+                   f"{_span(need, unit, step)} its network takes: padded with {fill} up to "
+                   "that, so its scores rest on little audio")
     return out
+
+
+def _span(steps: int, unit: str, step_s: float | None) -> str:
+    return f"{steps * step_s:.2f} s ({steps} {unit})" if step_s else f"{steps} {unit}"
 
 
 CLIPPED_BY = 0.05  # how far past the 0-1 scale a raw score lies before the warnings say so

@@ -388,7 +388,7 @@ def test_a_one_frame_clip_is_not_said_to_last_0_0_s():
 
     from stages.predict_model import model_warnings
 
-    loaded = SimpleNamespace(ckpt={"train_duration_s": [6.0, 10.0]})
+    loaded = SimpleNamespace(ckpt={"train_duration_s": [6.0, 10.0]}, net=None)  # nothing padded
     [one_frame] = model_warnings(loaded, [], "v", {"duration_s": 0.033})
     assert one_frame.startswith("the clip is 0.033 s long; the model learnt from clips of 6.0")
     [short] = model_warnings(loaded, [], "v", {"duration_s": 0.3})
