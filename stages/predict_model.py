@@ -400,7 +400,8 @@ def missing_inputs(needs: set[str], facts: dict, *, probed_only: bool = False) -
         if not facts.get("has_audio"):
             return "no audio track; this model needs audio"
         if facts.get("audio_silent"):
-            return "the audio track is silent or unreadable; this model needs audio"
+            # names what the audio stage found: a track under one f0 frame says its length
+            return f"{_audio_lack(facts)}; this model needs audio"
     return ""
 
 

@@ -1,5 +1,6 @@
 """Clips shorter than an audio network takes: each network says its minimum (`min_lengths`),
-scoring pads a shorter view up to it and predict says so.
+scoring pads a shorter view up to it and predict says so; the audio stage gives a 0.05 s track a
+valid row and a track without samples a per-video error, which predict names when it refuses.
 
     .venv/bin/python -m pytest -q tests/test_short_audio.py
 """
@@ -15,7 +16,8 @@ import torch
 
 from models.engine import save_checkpoint
 from models.registry import build_model
-from stages import predict
+from personality.common import BaseParams, load_params, read_artifact
+from stages import audio, predict
 from tests.conftest import real_fixture
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -164,3 +166,42 @@ def test_a_0_1_s_clip_is_scored_by_wave_models_padded_only_under_their_minimum(
             "(3660 samples) its network takes: padded with silence") in said, said
     resnet = predicted(clip_0_1s, checkpoints["wave_full"], tmp_path / "resnet")  # takes 12
     assert not [w for w in resnet["warnings"] if "its network takes" in w]
+
+
+def test_predict_refuses_an_audio_model_for_a_track_without_samples_naming_its_length(
+        checkpoints, tmp_path, caplog):
+    """The audio stage marks it 'too short'; the refusal says so, not 'silent or unreadable',
+    and does not name the checkpoint."""
+    empty = speech_clip(tmp_path / "empty.mkv", 0)
+    code = predict.main([str(empty), "--out", str(tmp_path / "out"),
+                         "--model", str(checkpoints["logmel_full"]), "--no-explain"])
+    assert code == 2
+    refusal = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(refusal) == 1 and "empty.mkv" in refusal[0], refusal
+    assert "audio track too short (0.000 s < 0.04 s)" in refusal[0], refusal
+    assert "best.pt" not in refusal[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# the audio stage
+
+
+def test_the_audio_stage_gives_a_0_05_s_track_a_row_and_an_empty_one_a_named_failure(tmp_path):
+    from tests.test_audio import make_root
+
+    videos = {"short": speech_clip(tmp_path / "short.mkv", SR // 20),  # 800 samples
+              "empty": speech_clip(tmp_path / "empty.mkv", 0)}
+    root = make_root(tmp_path, videos)
+    summary = audio.run(load_params("audio", audio.AudioParams), BaseParams(workers=1),
+                        root=root)
+    assert summary["n_videos"] == 2 and summary["n_errors"] == 1
+    table = read_artifact("audio", path=root / "data" / "audio").set_index("video_id")
+    short = table.loc["short"]
+    assert short["has_audio"] and short["error"] == "" and not short["silent"]
+    assert short["n_frames"] == 6 and short["n_samples"] == 800
+    assert len(short["logmel"]) == 6 * 64 and np.isfinite(short["fn_rms_db_mean"])
+    empty = table.loc["empty"]
+    assert empty["has_audio"] and empty["n_frames"] == 0 and empty["n_samples"] == 0
+    assert empty["error"] == f"{videos['empty']}: audio track too short (0.000 s < 0.04 s)"
+    failed = json.loads((root / "metrics" / "audio.json").read_text())["failed"]
+    assert [row["video_id"] for row in failed] == ["empty"]
