@@ -90,9 +90,10 @@ from stages.predict_batch import (VIDEO_EXTENSIONS, WorkerDied, batch_ids, colle
                                   exit_on_sigterm, run_jobs, safe_video_id, sigterm_exits)
 from stages.predict_frontend import (checked_frontend, front_end_params, resolved_frontend,
                                      run_front_end, start_front_end_worker)
-from stages.predict_model import (choose_model, clip_warnings, clipped_warnings, enter_project,
-                                  load_model, missing_inputs, model_scores, model_warnings,
-                                  own_test_error, test_error_interval, trained_models)
+from stages.predict_caveats import clipped_warnings, model_warnings
+from stages.predict_model import (choose_model, clip_warnings, enter_project, load_model,
+                                  missing_inputs, model_scores, own_test_error,
+                                  test_error_interval, trained_models)
 from stages.predict_report import draw_report, on_frames_clock, report_data, write_report
 
 __all__ = ["predict_video", "run_front_end", "trained_models", "choose_model", "load_model",

@@ -1019,7 +1019,7 @@ def test_a_raw_ridge_score_past_the_scale_is_named(rng):
     """functionals_ridge clamps its scores to [0, 1]: a raw A of 1.34 was shown as 1.00 with no
     warning (found by a walkthrough on a real clip). predict now names each clipped trait with
     its raw score; a model that clamps nothing, or a score inside the scale, says nothing."""
-    from stages.predict_model import clipped_warnings
+    from stages.predict_caveats import clipped_warnings
 
     class Source:  # one video, one view of 6 standardised functionals
         keys = ("functionals",)

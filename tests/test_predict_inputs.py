@@ -386,7 +386,7 @@ def test_predict_run_outside_the_project_uses_the_checkout_its_code_is_in(tmp_pa
 def test_a_one_frame_clip_is_not_said_to_last_0_0_s():
     from types import SimpleNamespace
 
-    from stages.predict_model import model_warnings
+    from stages.predict_caveats import model_warnings
 
     loaded = SimpleNamespace(ckpt={"train_duration_s": [6.0, 10.0]}, net=None)  # nothing padded
     [one_frame] = model_warnings(loaded, [], "v", {"duration_s": 0.033})
