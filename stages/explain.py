@@ -215,7 +215,7 @@ def scored_clips(root: Path, model: str, table: pd.DataFrame, p: ExplainParams
     by refits (crossfit). None when the model's inputs have no features to shuffle."""
     from models.data import for_inference
     from models.engine import load_checkpoint
-    from models.explain import feature_names
+    from models.contributions import feature_names
 
     net, ckpt = load_checkpoint(find_checkpoint(model, root))
     inputs = list(ckpt.get("inputs", []))

@@ -23,9 +23,10 @@ import pytest
 import torch
 from torch import nn
 
+from models.contributions import feature_contributions
 from models.data_audio import LogmelSource, LogmelSourceConfig, WaveSource, WaveSourceConfig
 from models.explain import (SILENCE_DB, audio_occlusion, cam_layer, clip_views, explain_clip,
-                            feature_contributions, gradcam, predict_views)
+                            gradcam, predict_views)
 from models.registry import build_model
 from personality.schemas import AU_INTENSITY, TRAITS
 
