@@ -17,9 +17,14 @@ engine's eval views). One kind per input key the model reads, so an audio-visual
   last, (N, h, w, C) as swin_face keeps it, is told by its sides (the image's aspect ratio) and
   turned channels first. Its channels are weighted
   by the spatially averaged gradient, summed, ReLU'd, and averaged over the clip's crops (and the
-  frames of a face_seq clip). A model with its own `cam(x) -> (B, 5, h, w)` method is asked
-  instead. `maps` are in the layer's resolution; the report upsamples them onto the model's input
-  crop (`images[key]`, the middle view, de-normalised). Each map is relative: draw it normalised.
+  frames of a face_seq clip). A model whose pathways reach the head side by side declares them
+  (`cam_pathways`; slow_fast_face_seq: "slow", "fast"): the last such map of each is read (at
+  64 px "slow.2 + fast.2", 4 x 4), and their terms, each channel weighted by its summed gradient
+  so that Slow's T / alpha frames and Fast's T weigh alike, are added before the ReLU; the last
+  map of all was a Fast-to-Slow lateral conv (or the Fast stage alone), which leaves Slow out. A
+  model with its own `cam(x) -> (B, 5, h, w)` method is asked instead. `maps` are in the layer's
+  resolution; the report upsamples them onto the model's input crop (`images[key]`, the middle
+  view, de-normalised). Each map is relative: draw it normalised.
 - "audio_occlusion" (logmel, wave): every `window_s` second of the clip in turn is muted: its
   log-mel frames set to the log-mel of digital silence (stages/audio.py: power_to_db re 1.0 with
   librosa's amin 1e-10 gives -100 dB, standardised with the checkpoint's band statistics) or its
@@ -144,13 +149,10 @@ def _spatial(out: Any, min_side: int, image_hw: Sequence[int]) -> bool:
     return min(sides) >= min_side
 
 
-def cam_layer(model: nn.Module, views: Mapping[str, Tensor], key: str, *,
-              min_side: int = 4) -> str:
-    """Name of the module whose output is the last spatial map (ndim 4 or 5, both spatial sides
-    >= min_side) computed from views[key], in the order modules finish their forward: a residual
-    stage counts after its blocks, so its output (identity path included) is chosen over a conv
-    inside it, and a branch that does not see the image (bimodal_resnet's log-mel CNN) is never
-    chosen. Found by one forward with only the image requiring gradients."""
+def _cam_layers(model: nn.Module, views: Mapping[str, Tensor], key: str, *,
+                min_side: int) -> list[str]:
+    """Names of the modules Grad-CAM reads (see cam_layer): one, or one per pathway of a model
+    that declares `cam_pathways`."""
     found: list[str] = []
     hw = tuple(views[key].shape[-2:])
     handles = [m.register_forward_hook(
@@ -168,10 +170,30 @@ def cam_layer(model: nn.Module, views: Mapping[str, Tensor], key: str, *,
             p.requires_grad_(True)
         for h in handles:
             h.remove()
-    if not found:
-        raise ExplainError(f"{type(model).__name__}: no layer keeps a spatial map of at least "
-                           f"{min_side} x {min_side} from input {key!r}; no Grad-CAM")
-    return found[-1]
+    pathways = getattr(model, "cam_pathways", None) or ("",)
+    layers = [next((n for n in reversed(found) if not way or n == way or
+                    n.startswith(way + ".")), None) for way in pathways]
+    if None in layers:
+        where = f" in pathway {pathways[layers.index(None)]!r}" if pathways != ("",) else ""
+        raise ExplainError(f"{type(model).__name__}: no layer{where} keeps a spatial map of at "
+                           f"least {min_side} x {min_side} from input {key!r}; no Grad-CAM")
+    return layers
+
+
+def cam_layer(model: nn.Module, views: Mapping[str, Tensor], key: str, *,
+              min_side: int = 4) -> str:
+    """Name of the module whose output is the last spatial map (ndim 4 or 5, both spatial sides
+    >= min_side) computed from views[key], in the order modules finish their forward: a residual
+    stage counts after its blocks, so its output (identity path included) is chosen over a conv
+    inside it, and a branch that does not see the image (bimodal_resnet's log-mel CNN) is never
+    chosen. Found by one forward with only the image requiring gradients.
+
+    A model whose pathways reach the head side by side (SlowFast's Slow and Fast) names their
+    submodules in `cam_pathways`; the last such map of each is taken and the names are joined by
+    " + " ("slow.2 + fast.2"). Together they are a cut: every path from the image to the score
+    crosses one of them, where the last map of all (a Fast-to-Slow lateral conv, or the Fast
+    stage) leaves the other pathway out."""
+    return " + ".join(_cam_layers(model, views, key, min_side=min_side))
 
 
 def _cam(a: Tensor, g: Tensor) -> Tensor:
@@ -183,34 +205,62 @@ def _cam(a: Tensor, g: Tensor) -> Tensor:
     return cam.mean(dim=1) if cam.ndim == 4 else cam
 
 
+def _cam_term(a: Tensor, g: Tensor) -> Tensor:
+    """One pathway's part of a joint Grad-CAM, before the ReLU: (N, C, [T,] h, w) -> (N, h, w).
+    Channels are weighted by their *summed* gradient (d score / d channel mean, whatever the
+    pathway's frame count: the Slow pathway has T / alpha frames, the Fast one T), times the
+    channel's mean over time, over h * w: each position's first-order share of the score, in the
+    same units for every pathway, so the pathways' terms can be added."""
+    dims = tuple(range(2, a.ndim))
+    w = g.sum(dim=dims, keepdim=True)  # (N, C, 1, 1[, 1])
+    term = (w * a).sum(dim=1)  # (N, [T,] h, w)
+    term = term.mean(dim=1) if term.ndim == 4 else term  # (N, h, w)
+    return term / (term.shape[-2] * term.shape[-1])
+
+
+def _joint_cam(acts: Sequence[Tensor], grads: Sequence[Tensor]) -> Tensor:
+    """Grad-CAM over one layer (_cam) or several pathways' (their terms added, then ReLU):
+    (N, h, w)."""
+    if len(acts) == 1:
+        return _cam(acts[0], grads[0])
+    return F.relu(sum(_cam_term(a, g) for a, g in zip(acts, grads)))
+
+
 def gradcam(model: nn.Module, views: Mapping[str, Tensor], key: str, *,
             min_side: int = 4) -> tuple[np.ndarray, str]:
     """Per-trait Grad-CAM over the views of views[key] ((V, 3, H, W) or (V, T, 3, H, W)):
-    ((5, h, w) mean over views and frames, the layer's name)."""
+    ((5, h, w) mean over views and frames, the layer's name, "a + b" for pathways)."""
     model.eval()
     views = dict(views)
     if hasattr(model, "cam"):  # the model's own class activation maps
         with torch.no_grad():
             maps = model.cam(views).float()  # (V, 5, h, w): cam reads views[key] itself
         return maps.mean(dim=0).cpu().numpy(), "model.cam"
-    name = cam_layer(model, views, key, min_side=min_side)
-    module = dict(model.named_modules())[name]
-    acts: list[Tensor] = []
-    handle = module.register_forward_hook(lambda _m, _i, out: acts.append(out))
+    names = _cam_layers(model, views, key, min_side=min_side)
+    modules = dict(model.named_modules())
+    acts: dict[str, list[Tensor]] = {n: [] for n in names}
+    handles = [modules[n].register_forward_hook(lambda _m, _i, out, n=n: acts[n].append(out))
+               for n in names]
     try:
         with torch.enable_grad():
             scores = model.decode(model(views))  # (V, 5)
-            a = acts[-1]  # the last call: the map the head reads (a module run per frame counts once)
+            # the last call: the map the head reads (a module run per frame counts once)
+            a = [acts[n][-1] for n in names]
             # channels first for _cam: a (N, h, w, C) map (Swin) had its width taken for channels
-            layout = (lambda t: t.permute(0, 3, 1, 2)) if _channels_last(
-                a.shape, views[key].shape[-2:]) else (lambda t: t)
+            layout = [(lambda t: t.permute(0, 3, 1, 2)) if _channels_last(
+                t.shape, views[key].shape[-2:]) else (lambda t: t) for t in a]
+            if len({tuple(f(t).shape[-2:]) for f, t in zip(layout, a)}) > 1:
+                raise ExplainError(f"{type(model).__name__}: Grad-CAM layers {names} differ in "
+                                   "size; their maps cannot be added")
             maps = []
             for k in range(N_TRAITS):
-                g, = torch.autograd.grad(scores[:, k].sum(), a, retain_graph=k < N_TRAITS - 1)
-                maps.append(_cam(layout(a.detach()), layout(g)).mean(dim=0))  # (h, w) over views
+                g = torch.autograd.grad(scores[:, k].sum(), a, retain_graph=k < N_TRAITS - 1)
+                maps.append(_joint_cam([f(t.detach()) for f, t in zip(layout, a)],
+                                       [f(t) for f, t in zip(layout, g)]).mean(dim=0))  # (h, w)
     finally:
-        handle.remove()
-    return torch.stack(maps).float().cpu().numpy(), name  # (5, h, w)
+        for h in handles:
+            h.remove()
+    return torch.stack(maps).float().cpu().numpy(), " + ".join(names)  # (5, h, w)
 
 
 def display_image(x: Tensor) -> np.ndarray:

@@ -120,6 +120,9 @@ class SlowFast(ZooModel):
     of the module)."""
 
     inputs = ("face_seq",)
+    # predict's Grad-CAM (models/explain.py) adds the last map of each pathway: both reach the
+    # head, so the last map of all (a lateral conv into Slow, or the Fast stage) misses one
+    cam_pathways = ("slow", "fast")
 
     def __init__(self, config: SlowFastConfig):
         super().__init__()
