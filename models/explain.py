@@ -36,19 +36,29 @@ engine's eval views). One kind per input key the model reads, so an audio-visual
 - "contributions" (aus, functionals, audio_fn; models/contributions.py): each input feature's
   share of each trait. Linear models (functionals_ridge; audio_fn_linear with hidden=0):
   coefficient x standardised value, which sums to the raw output minus the intercept (`units`:
-  "score", or "logit" before audio_fn_linear's sigmoid). Other differentiable models: integrated gradients (Sundararajan et
-  al. 2017) from the all-zero input (the train mean of standardised features; the neutral AU
-  intensity), `ig_steps` midpoint steps, summed over time for AU sequences; they sum to
-  score(x) - score(0) (`baseline_score`, `completeness_gap`). Models that are not
-  differentiable (functionals_gbt's trees): occlusion, score(x) - score(x with the feature at 0).
+  "score", or "logit" before audio_fn_linear's sigmoid). Other differentiable models: integrated
+  gradients (Sundararajan et al. 2017) from the all-zero input (the train mean of standardised
+  features; the neutral AU intensity), `ig_steps` midpoint steps, summed over time for AU
+  sequences; they sum to score(x) - score(0) (`baseline_score`, `completeness_gap`). Occlusion,
+  score(x) - score(x with that feature at 0 at every step), stands in for them (`method`
+  "occlusion", `instead_of`, `why`; its own `baseline_score` and `completeness_gap`: features
+  that act only together) where the model is not differentiable (functionals_gbt's trees), where
+  it says they do not suit it (`ig_unsuitable`: spectrum_model, whose Fourier phase is the same
+  all along the path from 0, so they left ~10x their sum out; each AU is its own there until
+  the linear head, so occlusion sums to the change up to the sigmoid's curvature), or where they
+  leave a tenth of some trait's score(x) - score(0) out (personality/explain_plots.py:
+  UNACCOUNTED_SHARE, the share the report names) even when run again with 4x the steps (a
+  curved path closes so: the default perfex_hybrid on some clips, `ig_steps` 128) and occlusion
+  leaves less out (`ig_completeness_gap` keeps theirs); else they stay, their gap named.
 
 Cost on a 10 s clip (data/videos/syn_0020.mp4, the default models' checkpoints), one torch
 thread, measured with bench/explain_cost.py on the shared 2-core machine under a load average of
 ~10 (an idle core is faster): functionals_ridge 0.01 s, audio_fn_linear 0.02 s, logmel_cnn
 (10 muted seconds) 0.03 s, hrnet_face (Grad-CAM, 10 crops) 0.07 s, functionals_gbt (occlusion of
 659 functionals) 0.37 s, bimodal_resnet (Grad-CAM + occlusion) 0.53 s, perfex_cnn (integrated
-gradients, 32 steps) 0.59 s, perfex_hybrid 1.2 s; the plain prediction takes 0.001-0.05 s, the
-front-end before it (frames, faces, aus, audio) several seconds. `--no-explain` skips it all.
+gradients, 32 steps) 0.59 s, perfex_hybrid 1.2 s (5 x that on a clip where 32 steps leave a tenth
+out and 128 run); the plain prediction takes 0.001-0.05 s, the front-end before it (frames, faces,
+aus, audio) several seconds. `--no-explain` skips it all.
 """
 from __future__ import annotations
 

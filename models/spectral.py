@@ -101,6 +101,12 @@ class SpectrumModel(ZooModel):
     """Spectrum of the AU series -> frequency convolutions -> one value per AU -> head."""
 
     inputs = ("aus", "aus_mask")
+    # predict's per-AU contributions (models/contributions.py) use occlusion instead: integrated
+    # gradients go from 0 to x along a x, whose DFT is a times x's, so the phase plane is the same
+    # for every a > 0 and jumps at a = 0, where no gradient sees it (their sums missed ~10x what
+    # they found). Each AU row is its own until the linear head: occlusion is complete in logits.
+    ig_unsuitable = ("the Fourier phase of a x is that of x for every a > 0, so the path from 0 "
+                     "never moves it")
 
     def __init__(self, config: SpectrumConfig):
         super().__init__()

@@ -94,6 +94,10 @@ def top_features(values: np.ndarray, names: Sequence[str], k: int) -> list[int]:
     return rows
 
 
+# characters of a 9 pt title line over the report's full-width panel (~8.6 in)
+TITLE_LINE_CHARS = 120
+
+
 def draw_contributions(ax: Any, part: Mapping, trait_names: Sequence[str], *, title: str = "",
                        k: int = 4) -> None:
     """The top-k features of each trait (union), as a feature x trait grid of contributions
@@ -112,25 +116,45 @@ def draw_contributions(ax: Any, part: Mapping, trait_names: Sequence[str], *, ti
     ax.set_yticks(range(len(trait_names)), trait_names, fontsize=8)
     ax.set_xticks(range(len(rows)), [names[i] for i in rows], rotation=35, ha="right",
                   fontsize=7)
-    units = part.get("units", "score")
-    ax.set_title(f"{title} [{units}]{_unaccounted(part, values, trait_names)}", fontsize=9)
+    head = f"{title} [{part.get('units', 'score')}]"
+    note = _unaccounted(part, values, trait_names)
+    if note and len(head.rsplit("\n", 1)[-1] + note) > TITLE_LINE_CHARS:  # ran off the page
+        note = "\n" + note.removeprefix("; ")
+    ax.set_title(head + note, fontsize=9)
 
 
-UNACCOUNTED_SHARE = 0.1  # of score(x) - score(0) left out by integrated gradients: said
+# of score(x) - score(0) left out by a clip's contributions: from here the report's panel says so,
+# and predict shows occlusion in place of integrated gradients (models/contributions.py)
+UNACCOUNTED_SHARE = 0.1
+
+
+def _gap_change(values: Sequence, gap: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    """(gap (5,), score(x) - score(0) (5,)) of contributions `values` (F, 5) whose sum is `gap`
+    short of that change; None is NaN."""
+    values = np.asarray([[np.nan if v is None else v for v in row] for row in values], np.float64)
+    gap = np.asarray([np.nan if v is None else v for v in gap], np.float64)  # (5,)
+    return gap, np.nansum(values, axis=0) + gap
+
+
+def unaccounted_share(values: Sequence, gap: Sequence) -> np.ndarray:
+    """Per trait, the share of score(x) - score(0) that contributions `values` (F, 5) leave out,
+    `gap` (5,) = score(x) - score(0) - their sum: |gap| / |change|, against 0.01 where the change
+    is smaller (a clip scored as the baseline has nothing to share out): (5,)."""
+    gap, change = _gap_change(values, gap)
+    return np.abs(gap) / np.maximum(np.abs(change), 0.01)
 
 
 def _unaccounted(part: Mapping, values: np.ndarray, trait_names: Sequence[str]) -> str:
-    """For integrated gradients, how much of score(x) - score(0) the attributions leave out when
-    it is a sizeable share (a model whose path from 0 does not move a part of its input, as
-    spectrum_model's phase), for the trait it is largest in; '' otherwise."""
-    gap = part.get("completeness_gap")
-    if gap is None:
+    """How much of score(x) - score(0) the contributions leave out when it is a sizeable share
+    (integrated gradients of a model whose path from 0 does not move a part of its input;
+    occlusion of features that act only together), for the trait it is largest in; ''
+    otherwise."""
+    if part.get("completeness_gap") is None:
         return ""
-    gap = np.asarray([np.nan if v is None else v for v in gap], np.float64)  # (5,)
-    change = np.nansum(values, axis=0) + gap  # score(x) - score(0), (5,)
-    share = np.abs(gap) / np.maximum(np.abs(change), 0.01)  # a change under 0.01: vs 0.01
+    share = unaccounted_share(values, part["completeness_gap"])  # (5,)
     if not np.isfinite(share).any() or np.nanmax(share) < UNACCOUNTED_SHARE:
         return ""
+    gap, change = _gap_change(values, part["completeness_gap"])
     k = int(np.nanargmax(share))
     return (f"; {trait_names[k]}: {gap[k]:+.3f} of the score change {change[k]:+.3f} not "
             "accounted for")

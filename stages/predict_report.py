@@ -244,7 +244,7 @@ def _draw_explanation(fig, grid, rows: list[str], result: dict):
                            f"score with that second muted{_offset_note(part)}")
         else:
             draw_contributions(fig.add_subplot(grid[2 + i, :]), part, names,
-                               title=f"feature contributions ({key}, {part['method']})")
+                               title=_contributions_title(key, part))
     return seconds
 
 
@@ -256,3 +256,14 @@ def _offset_note(part: dict) -> str:
         return ""
     return (f"\nthe audio starts {abs(offset):.2f} s {'after' if offset > 0 else 'before'} the "
             "video: drawn where it plays (the model's features take each stream from its start)")
+
+
+def _contributions_title(key: str, part: dict) -> str:
+    """The contributions panel's title: the method that gave the numbers, and for occlusion what
+    it measures and why it stands in for integrated gradients (`why`, models/contributions.py)."""
+    if part["method"] != "occlusion":
+        return f"feature contributions ({key}, {part['method'].replace('_', ' ')})"
+    title = f"feature contributions ({key}, occlusion: score minus score with that feature at 0)"
+    if part.get("why"):
+        title += f"\nin place of integrated gradients: {part['why']}"
+    return title
