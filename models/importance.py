@@ -1,10 +1,11 @@
 """Which inputs a trained model's predictions follow, over many clips (the explain stage's numbers).
 
-    from models.importance import (bootstrap_weights, correlations, permuted_predictions,
-                                   permutation_importance)
+    from models.importance import (bootstrap_weights, correlations, paired_correlations,
+                                   permuted_predictions, permutation_importance)
 
     W = bootstrap_weights(subjects, n_boot=200, seed=1234)        # (B, n) row counts
     corr = correlations(X, Y, W)                                  # X (n, F), Y (n, 5)
+    r_pred, r_label, keep = paired_correlations(X, P, Y, subjects, n_boot=200, seed=1234)
     perm = permuted_predictions(model, views, "functionals", repeats=20, seed=0)  # (F, R, n, 5)
     imp = permutation_importance(y, base, perm, W)                # CCC drop per feature, trait
 
@@ -16,7 +17,9 @@ resamples at once (no refitting: the model and its permuted predictions are fixe
 clips that score them are resampled).
 
 - `correlations`: Pearson r of each feature with each target column (a trait's predictions or
-  labels), NaN features (a clip without a face or audio) left out of that feature's r.
+  labels), NaN features (a clip without a face or audio) left out of that feature's r;
+  `paired_correlations`: with the predictions and with the labels over the same clips (those
+  with a prediction) and the same resamples.
 - `permutation_importance` (Breiman 2001; Fisher et al. 2019's model reliance): a feature's
   values are shuffled across clips, R times, the model predicts again, and its importance for a
   trait is CCC(labels, predictions) - CCC(labels, predictions with the feature shuffled), the
@@ -45,7 +48,8 @@ from personality.common import progress
 from personality.cue_check import top_indices  # noqa: F401  (re-exported: the stage's ranking)
 
 __all__ = ["bootstrap_weights", "weighted_sum", "weighted_pearson", "weighted_ccc", "correlations",
-           "permuted_predictions", "permutation_importance", "top_indices", "feature_clusters"]
+           "paired_correlations", "permuted_predictions", "permutation_importance", "top_indices",
+           "feature_clusters"]
 
 
 def bootstrap_weights(subjects: Sequence, *, n_boot: int, seed: int) -> np.ndarray:
@@ -116,6 +120,21 @@ def correlations(x: np.ndarray, y: np.ndarray, w: np.ndarray, *,
     interval (w: bootstrap_weights): {"value", "lo", "hi"} each (F, K)."""
     point = weighted_pearson(x, y, np.ones((1, len(x))))[0]
     return _summary(point, weighted_pearson(x, y, w), level)
+
+
+def paired_correlations(x: np.ndarray, pred: np.ndarray, labels: np.ndarray,
+                        subjects: Sequence, *, n_boot: int, seed: int, level: float = 0.95
+                        ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
+    """(r with the predictions, r with the labels, keep): `correlations` of features x (n, F)
+    with predictions pred (n, K) and with labels (n, K), both over the same rows, those where
+    every prediction is finite (keep (n,) bool: a clip the model has no prediction for), and
+    under the same subject resamples (bootstrap_weights of those rows' subjects): the two
+    columns a reader compares rest on the same people. A NaN feature leaves that row out of
+    both of its r's alike; labels must be finite."""
+    keep = np.isfinite(pred).all(axis=1)
+    w = bootstrap_weights([g for g, k in zip(subjects, keep) if k], n_boot=n_boot, seed=seed)
+    return (correlations(x[keep], pred[keep], w, level=level),
+            correlations(x[keep], labels[keep], w, level=level), keep)
 
 
 def _donor(x: Tensor, shape: torch.Size) -> Tensor:

@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["CUE_RULES", "cue_of", "cluster_cue", "planted_cues", "cue_hits", "same_cue",
-           "cue_check", "latent_cues", "measured_cues", "measured_check", "cue_checks"]
+           "chance_pass", "cue_check", "latent_cues", "measured_cues", "measured_check",
+           "cue_checks"]
 
 # functional -> the synthetic cue it measures: (cue, exact names or prefixes ending in "_").
 # Visual: personality/cues.py's statistics and the AUs they read (AU06, the cheek raiser, moves
@@ -90,16 +91,45 @@ def same_cue(name: str) -> str:
     return name
 
 
+def chance_pass(measures: list[str], planted: list[str], k: int, need: int) -> float:
+    """The chance that k features drawn at random (without replacement, every k-subset equally
+    likely) measure at least `need` of the `planted` cues, exactly. measures (F,): the cue each
+    feature measures ('' for none). With one feature per cue it is the hypergeometric tail
+    (3 of 10 cues drawn, 3 planted, >= 2 hits: 22/120 = 18.3%); with clusters several features
+    may measure one cue and a planted cue may have none, so it counts by inclusion-exclusion:
+    the k-subsets that hit no planted cue outside T number C(F - features of those cues, k),
+    and those that hit exactly the set S follow by Moebius inversion over the subsets T of S."""
+    from itertools import combinations
+    from math import comb
+
+    n_feat, k = len(measures), min(k, len(measures))
+    if n_feat == 0:
+        return 0.0
+    count = {c: sum(m == c for m in measures) for c in planted}  # features per planted cue
+
+    def within(hit: tuple) -> int:  # k-subsets whose planted cues are all in `hit`
+        return comb(n_feat - sum(n for c, n in count.items() if c not in hit), k)
+
+    def exactly(hit: tuple) -> int:  # k-subsets whose planted cues are exactly `hit`
+        return sum((-1) ** (len(hit) - t) * within(inner)
+                   for t in range(len(hit) + 1) for inner in combinations(hit, t))
+
+    passing = sum(exactly(hit) for size in range(need, len(planted) + 1)
+                  for hit in combinations(planted, size))
+    return passing / comb(n_feat, k)
+
+
 def cue_check(importance: dict, features: list[str], weights: np.ndarray, cues: list[str], *,
               k_top: int = 5, k_planted: int = 3, need: int = 2, to_cue=cue_of) -> dict:
     """Per trait: the planted cues, the top features (by importance "value" (F, 5)) and their
-    cues, hits, pass (hits >= need), and the share of bootstrap resamples ("samples" (B, F, 5))
-    in which the check passes. `to_cue`: what a feature measures (`same_cue` when the features are
-    the cues themselves: grouped importance)."""
+    cues, hits, need, pass (hits >= need), the share of bootstrap resamples ("samples"
+    (B, F, 5)) in which the check passes, and how often k_top of these features drawn at
+    random would pass (chance_pass, exact). `to_cue`: what a feature measures (`same_cue` when
+    the features are the cues themselves: grouped importance)."""
     planted = planted_cues(weights, cues, k_planted)
     top = top_indices(importance["value"], k_top)  # (k, 5)
     samples = importance.get("samples")
-    draws = np.random.default_rng(0).random((2000, len(features))).argsort(axis=1)[:, :k_top]
+    measures = [to_cue(f) or "" for f in features]  # (F,) the cue of each feature
     out = {}
     for j, trait in enumerate(TRAITS):
         names = [features[i] for i in top[:, j]]
@@ -109,12 +139,11 @@ def cue_check(importance: dict, features: list[str], weights: np.ndarray, cues: 
             tops = top_indices(samples[:, :, j].T, k_top)  # (k, B)
             share = float(np.mean([cue_hits([features[i] for i in tops[:, b]], planted[j],
                                             to_cue) >= need for b in range(tops.shape[1])]))
-        # chance: k_top features drawn at random pass this often (large clusters make it easier)
-        chance = float(np.mean([cue_hits([features[i] for i in d], planted[j], to_cue) >= need
-                                for d in draws]))
+        # chance: k_top features drawn at random pass this often (large clusters make it
+        # easier; a planted cue no feature measures, harder)
         out[trait] = {"planted": planted[j], "top": names, "top_cues": [to_cue(n) for n in names],
-                      "hits": hits, "pass": hits >= need, "share_pass": share,
-                      "chance_pass": chance}
+                      "hits": hits, "need": need, "pass": hits >= need, "share_pass": share,
+                      "chance_pass": chance_pass(measures, planted[j], k_top, need)}
     return out
 
 

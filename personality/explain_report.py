@@ -49,20 +49,33 @@ def _level(report: dict) -> str:
 
 
 def _check_table(check: dict, top: dict, cues: dict | None, title: str,
-                 level: str = "95%") -> list[str]:
+                 level: str = "95%", of_cues: bool = False) -> list[str]:
     """A cue check as markdown lines: per trait its planted cues, its top features with their
-    cues (`cues` by name, else cue_of) and importance, hits and the share of resamples."""
-    k = max(len(c["top"]) for c in check.values())  # explain.top_k
-    lines = [title, "", f"| trait | heaviest planted cues | top {k} features (cue): CCC drop "
-             f"[{level} CI] | hits | ≥ 2 | share of resamples | chance |",
+    cues (`cues` by name, else cue_of; of_cues: the features are the cues themselves) and
+    importance, hits, the share of resamples and the chance of passing (the check's own)."""
+    k = max(len(c["top"]) for c in check.values())  # explain.top_k, or the by-cue check's 3
+    what = "cues" if of_cues else "features (cue)"
+    lines = [title, "", f"| trait | heaviest planted cues | top {k} {what}: CCC drop "
+             f"[{level} CI] | hits | ≥ {_need(check)} | share of resamples | chance |",
              "|---|---|---|---|---|---|---|"]
     for t, c in check.items():
-        tops = "; ".join(f"{f} ({(cues[f] if cues else cue_of(f)) or '-'}): "
-                         f"{_fmt_ci(v, lo, hi)}" for f, v, lo, hi in top[t])
+        tops = "; ".join(f"{f if of_cues else _named(f, cues)}: {_fmt_ci(v, lo, hi)}"
+                         for f, v, lo, hi in top[t][:k])
         lines.append(f"| {t} | {', '.join(c['planted'])} | {tops} | {c['hits']}/{len(c['planted'])} | "
                      f"{'yes' if c['pass'] else 'no'} | {c['share_pass']:.0%} | "
                      f"{c['chance_pass']:.0%} |")
     return lines + [""]
+
+
+def _named(feature: str, cues: dict | None) -> str:
+    """'AU12_r_p90 (+3) (smile)': a feature with its cue (`cues` by name, else cue_of)."""
+    return f"{feature} ({(cues[feature] if cues else cue_of(feature)) or '-'})"
+
+
+def _need(check: dict) -> int:
+    """The hits a trait needs to pass (cue_check's `need`; 2 in a report written before the
+    check recorded it)."""
+    return next(iter(check.values())).get("need", 2)
 
 
 def _measured_name(cue: str, r: float, photo: float | None = None) -> str:
@@ -126,32 +139,48 @@ def _column_and_cue_tables(report: dict) -> list[str]:
             f"{clips_text(imp)}, {imp['repeats']} shuffles; {_level(report)} intervals over "
             "subjects):", _level(report))
     for model, check in (report.get("cue_check_grouped") or {}).items():
-        imp = report["models"][model]["permutation"]
-        lines += [f"**Cue check by cue, {model}** (all functionals of a cue shuffled together; "
-                  "the three most important of the 10 cues; chance of >= 2 hits: 18%; "
-                  f"{clips_text(imp)}):", "",
-                  f"| trait | heaviest planted cues | top 3 cues: CCC drop [{_level(report)} CI] | "
-                  "hits | ≥ 2 | "
-                  "share of resamples |", "|---|---|---|---|---|---|"]
-        for t, c in check.items():
-            tops = "; ".join(f"{f}: {_fmt_ci(v, lo, hi)}" for f, v, lo, hi in imp["cues"][t][:3])
-            lines.append(f"| {t} | {', '.join(c['planted'])} | {tops} | {c['hits']}/3 | "
-                         f"{'yes' if c['pass'] else 'no'} | {c['share_pass']:.0%} |")
-        lines.append("")
+        lines += _grouped_table(report, model, check)
     return lines
+
+
+def _grouped_table(report: dict, model: str, check: dict) -> list[str]:
+    """The check by cue: each cue's functionals shuffled together, the k most important of the
+    cues the model's functionals measure; k, the number of cues and each trait's chance of
+    passing come from the check (a model whose functionals measure fewer cues, or none of a
+    planted cue, has another chance than 10 cues' 18%)."""
+    imp = report["models"][model]["permutation"]
+    k, need = max(len(c["top"]) for c in check.values()), _need(check)
+    n_cues = len(next(iter(imp["cues"].values())))  # every cue, ranked, per trait
+    return _check_table(
+        check, imp["cues"], None,
+        f"**Cue check by cue, {model}** (all functionals of a cue shuffled together; the {k} "
+        f"most important of the {n_cues} cues its functionals measure; chance: how often {k} of "
+        f"those {n_cues} cues drawn at random give ≥ {need} hits; {clips_text(imp)}):",
+        _level(report), of_cues=True)
 
 
 def markdown(report: dict) -> str:
     """metrics/explain.md: the cue checks and each model's strongest feature per trait."""
     lines = _cluster_tables(report) + _column_and_cue_tables(report)
-    lines += ["**Strongest correlate of each trait's prediction** (functional with the largest "
-              f"|r| over the correlation clips; r [{_level(report)} CI])", "",
-              "| model | " + " | ".join(TRAITS) + " |", "|---|" + "---|" * len(TRAITS)]
+    return "\n".join(lines + _correlate_table(report)) + "\n"
+
+
+def _correlate_table(report: dict) -> list[str]:
+    """Each model's strongest correlate per trait, with the clips its r rests on: the labelled
+    clips of the correlation splits the model has a prediction for (its CSV's and heat map's r
+    with the label are over the same clips)."""
+    splits = "/".join(report["params"]["correlation_splits"])
+    n_all = report["labels"]["n_clips"]
+    lines = ["**Strongest correlate of each trait's prediction** (functional with the largest "
+             f"|r| over the {splits} clips the model has a prediction for, of the {n_all} "
+             "labelled ones; its CSV's and heat map's r with the label are over the same clips; "
+             f"r [{_level(report)} CI])", "",
+             "| model | clips | " + " | ".join(TRAITS) + " |", "|---|---|" + "---|" * len(TRAITS)]
     for model, entry in report["models"].items():
         cells = [f"{f[0]} {_fmt_ci(*f[1:])}" for f in
                  (entry["top_r_prediction"][t][0] for t in TRAITS)]
-        lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        lines.append(f"| {model} | {entry['n_clips']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def importance_rows(values: np.ndarray, k: int) -> list[int]:
@@ -173,8 +202,10 @@ def write_model_files(root: Path, out_dir: Path, model: str, features: list[str]
                       labels_r: dict, perm: dict | None, p: Any) -> tuple[str, str]:
     """<root>/<out_dir>/<model>.csv (every feature x trait: r with prediction and label,
     importance, each with its interval) and .png (the top rows); paths relative to root.
-    corr, labels_r: {"value", "lo", "hi"} (F, 5) over `features`; perm: the stage's permutation
-    result or None; p: the stage's ExplainParams (top_k, dpi, the splits for the title). The
+    corr, labels_r: {"value", "lo", "hi"} (F, 5) over `features`, r with the prediction and
+    with the label over the same clips (models/importance.paired_correlations); perm: the
+    stage's permutation result or None; p: the stage's ExplainParams (top_k, dpi, the splits
+    for the title). The
     features importance is measured on that are no functionals (an AU model's channels, AU12_r)
     get rows of their own, with no r: their importance would otherwise be in no file but the
     json (the AU models' CSV column and heat-map panel were empty)."""

@@ -10,7 +10,9 @@ bootstrap over subjects, `explain.bootstrap` resamples):
 
 (a) correlation: Pearson r of every column of data/functionals (stages/functionals.py: AU, head,
     blink and audio functionals) with each trait's *prediction* over the clips of
-    `explain.correlation_splits` (validation + test), beside the same r with the *labels*;
+    `explain.correlation_splits` (validation + test), beside the same r with the *labels* over
+    the same clips (those the model has a prediction for; their count is the entry's n_clips)
+    and the same subject resamples;
 (b) permutation importance on `explain.permutation_split` (validation), for models whose input
     is a feature vector (functionals, audio_fn: one column at a time) or an AU sequence (aus: one
     AU channel across clips): the drop in CCC when the feature is shuffled across clips, mean of
@@ -308,22 +310,24 @@ def _top(stat: dict, features: list[str], k: int, by_abs: bool = False) -> dict:
 
 
 def explain_model(root: Path, model: str, tables: tuple[pd.DataFrame, pd.DataFrame],
-                  features: list[str], labels_r: dict, p: ExplainParams,
+                  features: list[str], p: ExplainParams,
                   seed: int, train: pd.DataFrame | None = None) -> tuple[dict, dict | None]:
-    """One model's entry (correlations with its predictions over tables[0] and their top
-    features per trait, permutation importance over tables[1] when its inputs allow, the CSV and
-    heat map paths) and the full permutation result (None without one)."""
-    from models.importance import bootstrap_weights, correlations
+    """One model's entry (correlations with its predictions and with the labels over the clips
+    of tables[0] it has a prediction for, their top features per trait, permutation importance
+    over tables[1] when its inputs allow, the CSV and heat map paths) and the full permutation
+    result (None without one)."""
+    from models.importance import paired_correlations
 
     table, perm_table = tables
-    ids = list(table.index)
-    pred = video_predictions(root, model, ids)
-    keep = np.isfinite(pred).all(axis=1)
-    x = table.loc[keep, features].to_numpy(np.float64)
-    w = bootstrap_weights(table.loc[keep, "subject_id"].tolist(), n_boot=p.bootstrap, seed=seed)
-    corr = correlations(x, pred[keep], w, level=p.ci_level)
+    pred = video_predictions(root, model, list(table.index))  # (n, 5), NaN where none
+    corr, labels_r, keep = paired_correlations(
+        table[features].to_numpy(np.float64), pred, table[list(TRAITS)].to_numpy(np.float64),
+        table["subject_id"].tolist(), n_boot=p.bootstrap, seed=seed, level=p.ci_level)
     entry = {"n_clips": int(keep.sum()), "splits": list(p.correlation_splits),
-             "top_r_prediction": _top(corr, features, p.top_k, by_abs=True)}
+             "n_subjects": int(table.loc[keep, "subject_id"].nunique()),
+             "n_without_prediction": int((~keep).sum()),  # left out of both r's
+             "top_r_prediction": _top(corr, features, p.top_k, by_abs=True),
+             "top_r_label": _top(labels_r, features, p.top_k, by_abs=True)}  # same clips
     perm = permutation(root, model, perm_table, p, seed, train)
     if perm is not None:
         entry["permutation"] = {
@@ -359,7 +363,7 @@ def _explain_job(job: dict) -> tuple[dict, dict | None, float]:
     seconds."""
     t0 = time.perf_counter()
     entry, perm = explain_model(job["root"], job["model"], job["tables"], job["features"],
-                                job["labels_r"], job["params"], job["seed"], job["train"])
+                                job["params"], job["seed"], job["train"])
     return entry, perm, time.perf_counter() - t0
 
 
@@ -435,6 +439,8 @@ def run(params: ExplainParams, base: BaseParams | None = None, root: Path | None
     except TooFewClips as exc:
         return _skip(root, str(exc))
     corr_table = table[table["split"].isin(params.correlation_splits)]
+    # every labelled clip of the correlation splits, whatever a model predicts: each model's
+    # entry has the label's r again over the clips it has predictions for (paired_correlations)
     w = bootstrap_weights(corr_table["subject_id"].tolist(), n_boot=params.bootstrap, seed=seed)
     labels_r = correlations(corr_table[features].to_numpy(np.float64),
                             corr_table[list(TRAITS)].to_numpy(np.float64), w,
@@ -449,7 +455,7 @@ def run(params: ExplainParams, base: BaseParams | None = None, root: Path | None
     train = table.loc[table["split"] == "train", features] if clustering else None
     ordered = longest_first(models, params.cue_models)  # the report keeps train.models' order
     jobs = [{"root": root, "model": model, "tables": (corr_table, table), "features": features,
-             "labels_r": labels_r, "params": params, "seed": seed, "train": train}
+             "params": params, "seed": seed, "train": train}
             for model in ordered]
     # one process per model (torch at one thread each): both cores of a 2-core box
     where = local_processes(len(jobs), base.workers)

@@ -518,8 +518,71 @@ def test_cue_check_logic():
     assert out["O"]["hits"] == 2 and out["O"]["pass"] and out["O"]["share_pass"] == 1.0
     assert out["C"]["hits"] == 1 and not out["C"]["pass"] and out["C"]["share_pass"] == 0.5
     assert out["O"]["top"][:2] == ["AU12_c_share", "fn_rms_db_mean"]
-    # chance: 5 of these 7 features at random hit 2 of smile/loudness/head_motion in 6 of 7 draws
-    assert 0.75 < out["O"]["chance_pass"] < 0.95
+    # chance: of the 21 draws of 5 of these 7 features, 3 hit at most one of smile/loudness/
+    # head_motion (4 features measure none of them)
+    assert out["O"]["chance_pass"] == pytest.approx(18 / 21) and out["O"]["need"] == 2
+
+
+def test_chance_of_passing_is_counted_exactly():
+    """chance_pass was the share of 2000 random draws; it is now the exact count, the
+    hypergeometric tail where each feature is one cue, checked here against every k-subset."""
+    from itertools import combinations
+
+    from personality.cue_check import chance_pass
+
+    ten = [f"c{i}" for i in range(10)]
+    assert chance_pass(ten, ten[:3], 3, 2) == pytest.approx(22 / 120)  # the 10 cues' 18%
+    assert chance_pass(ten[2:], ten[:3], 3, 2) == 0.0  # 2 of the 3 planted cues unread
+    rng = np.random.default_rng(3)
+    for _ in range(50):  # clusters: several features per cue, some none
+        measures = list(rng.choice(["a", "b", "c", "d", ""], size=int(rng.integers(1, 9))))
+        k, need = int(rng.integers(1, 6)), int(rng.integers(1, 4))
+        subsets = list(combinations(measures, min(k, len(measures))))
+        want = np.mean([sum(c in s for c in "abc") >= need for s in subsets])
+        assert chance_pass(measures, list("abc"), k, need) == pytest.approx(want, abs=1e-12)
+
+
+def _by_cue_report(cues: list[str]) -> dict:
+    """A report as stages/explain.py writes it for one model whose functionals measure `cues`
+    (one functional each, importance falling in that order), with its by-cue check."""
+    from personality.cue_check import cue_checks
+    from personality.synthetic import CUES, LABEL_WEIGHTS
+    from stages.explain import _top
+
+    features = [CUE_FEATURES[c] for c in cues]
+    value = np.tile(np.linspace(0.3, 0.1, len(cues))[:, None], (1, 5))  # (F, 5)
+    imp = {"value": value, "lo": value - 0.05, "hi": value + 0.05, "samples": value[None]}
+    perm = {"features": features, "importance": imp, "cues": cues, "cue_importance": imp}
+    checks, _ = cue_checks(perm, (LABEL_WEIGHTS, list(CUES)), 5)
+    r = {"value": np.zeros((1, 5)), "lo": np.zeros((1, 5)), "hi": np.zeros((1, 5))}
+    entry = {"n_clips": 10, "top_r_prediction": _top(r, ["x"], 1),
+             "permutation": {"split": "val", "n_clips": 10, "repeats": 2,
+                             "top": _top(imp, features, 5), "cues": _top(imp, cues, len(cues))}}
+    return {"params": {"ci_level": 0.95, "correlation_splits": ["val"], "measured_cue_r": 0.5},
+            "labels": {"n_clips": 10},
+            "models": {"m": entry}, **{kind: {"m": check} for kind, check in checks.items()}}
+
+
+def test_the_by_cue_check_prints_the_chance_of_the_cues_the_model_reads():
+    """explain.md's by-cue table said 'the three most important of the 10 cues; chance of >= 2
+    hits: 18%' whatever the model read: a model whose functionals measure 4 cues has another
+    chance per trait (E: loudness and smile among the 4, 2 of 4 draws of 3 hit both; O: none of
+    its planted cues, 0%)."""
+    from personality.explain_report import markdown
+
+    report = _by_cue_report(["smile", "loudness", "head_motion", "pause"])
+    grouped = report["cue_check_grouped"]["m"]
+    assert grouped["E"]["chance_pass"] == pytest.approx(0.5) and grouped["O"]["chance_pass"] == 0
+    text = markdown(report)
+    table = text[text.index("**Cue check by cue, m**"):].split("\n\n")[:2]
+    assert "the 3 most important of the 4 cues its functionals measure" in table[0]
+    assert "10 cues" not in text and "18%" not in text
+    rows = {row.split(" | ")[0].strip("| "): row.split(" | ") for row in table[1].splitlines()[2:]}
+    assert rows["E"][-1] == "50% |" and rows["O"][-1] == "0% |"
+    assert "top 3 cues: CCC drop [95% CI] | hits | ≥ 2 | share of resamples | chance |" \
+        in table[1]
+    ten = markdown(_by_cue_report(list(CUE_FEATURES)))  # every cue: the hypergeometric 18%
+    assert "most important of the 10 cues" in ten and "| 18% |" in ten
 
 
 # --------------------------------------------------------------------------------------------------
@@ -608,6 +671,7 @@ def test_explain_stage_end_to_end(fake_repo):
     assert found["fn_logmel_00_mean"][0] == ""  # noise follows no cue
     grouped = report["cue_check_grouped"]["functionals_ridge"]
     assert all(c["pass"] and len(c["top"]) == 3 for c in grouped.values()), grouped
+    assert all(c["chance_pass"] == pytest.approx(22 / 120) for c in grouped.values())
     # the top feature of each trait measures one of its planted cues
     assert all(cue in check[t]["planted"] for t in TRAITS
                for cue in [check[t]["top_cues"][0]])
@@ -893,6 +957,52 @@ def test_no_validation_clips_leave_correlations_and_no_importance(fake_repo, tmp
     entry = report["models"]["functionals_ridge"]
     assert entry["permutation"] is None and entry["n_clips"] == 60
     assert report["cue_check"] == {}
+
+
+def test_r_with_the_label_rests_on_the_clips_r_with_the_prediction_does(fake_repo, tmp_path):
+    """The label's r was over every labelled val/test clip, the prediction's over those the
+    model predicted: a clip without a prediction was in one column of the CSV and heat map and
+    not in the other. Both are now over the same clips and subject resamples, counted in
+    explain.json and explain.md."""
+    import shutil
+
+    from models.importance import bootstrap_weights, correlations
+    from personality.common import BaseParams
+    from stages.explain import ExplainParams, run
+
+    root = tmp_path / "repo"
+    shutil.copytree(fake_repo, root)
+    path = root / "data" / "predictions" / "functionals_ridge.parquet"
+    pred = pd.read_parquet(path)
+    manifest = pd.read_parquet(root / "data" / "manifest.parquet").set_index("video_id")
+    clips = manifest[manifest["split"].isin(["val", "test"])]
+    gone = clips["A"].idxmax()  # the most agreeable clip: its r moves most
+    pred[pred["video_id"] != gone].to_parquet(path)
+    params = ExplainParams(repeats=2, bootstrap=20, mlflow=False, crossfit_folds=0,
+                           cluster_distance=0)
+    report = run(params, root=root, models=["functionals_ridge"])
+    kept = clips.drop(index=gone)
+    fn = pd.read_parquet(root / "data" / "functionals" / "functionals.parquet").set_index(
+        "video_id")
+    x = fn.loc[kept.index, ["AU12_c_share"]].to_numpy(np.float64)  # (59, 1)
+    w = bootstrap_weights(kept["subject_id"].tolist(), n_boot=20, seed=BaseParams().seed)
+    want = correlations(x, kept[list(TRAITS)].to_numpy(np.float64), w)
+    csv = pd.read_csv(root / "metrics" / "explain" / "functionals_ridge.csv")
+    row = csv[csv["feature"] == "AU12_c_share"].set_index("trait")
+    for s, col in (("value", "r_label"), ("lo", "r_label_lo"), ("hi", "r_label_hi")):
+        assert row[col].to_numpy() == pytest.approx(want[s][0], rel=1e-3, abs=1e-4), col
+    everyone = np.corrcoef(fn.loc[clips.index, "AU12_c_share"], clips["A"])[0, 1]
+    assert abs(everyone - row.loc["A", "r_label"]) > 1e-3  # the 60-clip r it was before
+    entry = report["models"]["functionals_ridge"]
+    assert (entry["n_clips"], entry["n_without_prediction"]) == (59, 1)
+    assert entry["n_subjects"] == kept["subject_id"].nunique() == 20
+    assert report["labels"]["n_clips"] == 60  # every labelled clip, whatever a model predicts
+    label_top = entry["top_r_label"]["A"][0]
+    assert label_top[1] == pytest.approx(csv[(csv["feature"] == label_top[0])
+                                             & (csv["trait"] == "A")]["r_label"].iloc[0], rel=1e-3)
+    md = (root / "metrics" / "explain.md").read_text()
+    assert "val/test clips the model has a prediction for, of the 60 labelled" in md
+    assert "| functionals_ridge | 59 |" in md
 
 
 def test_too_few_labelled_clips_skip_the_stage_instead_of_failing_the_pipeline(tmp_path,
