@@ -133,8 +133,12 @@ def paired_correlations(x: np.ndarray, pred: np.ndarray, labels: np.ndarray,
     both of its r's alike; labels must be finite."""
     keep = np.isfinite(pred).all(axis=1)
     w = bootstrap_weights([g for g, k in zip(subjects, keep) if k], n_boot=n_boot, seed=seed)
-    return (correlations(x[keep], pred[keep], w, level=level),
-            correlations(x[keep], labels[keep], w, level=level), keep)
+    # features and labels column-major, as a DataFrame's columns come: the sums then run in
+    # the order they run over the table itself (with no clip dropped, the label's r is the
+    # stage's all-clips r to the bit, not 1e-14 apart)
+    xk = np.asfortranarray(x[keep])  # (m, F)
+    return (correlations(xk, pred[keep], w, level=level),
+            correlations(xk, np.asfortranarray(labels[keep]), w, level=level), keep)
 
 
 def _donor(x: Tensor, shape: torch.Size) -> Tensor:
