@@ -49,7 +49,7 @@ import torch
 from personality.common import ParamsError, StageInputError, build_dataclass, get_logger
 
 __all__ = ["InputSource", "SourceError", "check_inference_parity", "register_source", "build_sources", "source_keys",
-           "AUSource", "AUSourceConfig", "au_windows"]
+           "train_lengths", "AUSource", "AUSourceConfig", "au_windows"]
 
 # Modules whose import registers sources.
 _SOURCE_MODULES = ("models.data", "models.data_image", "models.data_audio", "models.classical")
@@ -221,6 +221,22 @@ def check_source_options(input_keys: Iterable[str], config: dict | None) -> None
     for reg in _registrations(input_keys):
         if reg.options is not None:
             source_options(reg.options, _merged_config(reg, config), f"source_config.{reg.keys[0]}")
+
+
+def train_lengths(input_keys: Iterable[str], config: dict | None) -> dict[str, tuple[str, int]]:
+    """{sample key: (option, value)}: the length along its last axis of every training view a
+    source makes for that key, for the keys of `input_keys` whose options class names one in
+    `train_length` (logmel: `frames`, wave: `samples`); read from `config` without any data."""
+    keys, config = list(input_keys), dict(config or {})
+    out: dict[str, tuple[str, int]] = {}
+    for reg in _registrations(keys):
+        named = getattr(reg.options, "train_length", None) or {}
+        if named:
+            options = source_options(reg.options, _merged_config(reg, config),
+                                     f"source_config.{reg.keys[0]}")
+            out.update({key: (option, int(getattr(options, option)))
+                        for key, option in named.items() if key in keys})
+    return out
 
 
 def build_sources(input_keys: Iterable[str], *, root: str | Path, video_ids: Sequence[str],

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import ClassVar, Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -117,6 +117,9 @@ class LogmelSourceConfig:
     std: tuple[float, ...] = ()
     on_missing: Literal["error", "zeros"] = "error"  # videos without usable audio
     path: str = ""  # artifact folder ("" = data/audio)
+    # every training view is `frames` steps long (a crop, or the whole clip stretched): under the
+    # network's min_lengths() its pooling fails, so train refuses it first (models/train_params.py)
+    train_length: ClassVar[dict[str, str]] = {"logmel": "frames"}
 
     def __post_init__(self) -> None:
         if self.frames < 1 or self.eval_mode not in ("full", "centre", "crops") or \
@@ -272,6 +275,7 @@ class WaveSourceConfig:
     eval_mode: Literal["centre", "full"] = "centre"  # centre crop of `samples`, or all real audio
     on_missing: Literal["error", "zeros"] = "error"  # videos without an audio stream
     path: str = ""
+    train_length: ClassVar[dict[str, str]] = {"wave": "samples"}  # as LogmelSourceConfig's
 
     def __post_init__(self) -> None:
         if self.samples < 1 or self.eval_mode not in ("centre", "full") or \

@@ -5,6 +5,7 @@ no stage re-run would read.
     check_train_params(p)            # model names, per-model train keys, source options
     p_for_x, overrides = for_model(p, "perfex_cnn")
     check_model_config("perfex_cnn", overrides)   # the model's own config fields, by building it
+    check_model_config("logmel_cnn", overrides, p)   # ... and its training crops' lengths
 
 Why here and not in stages/train.py: each train@<model> stage depends on single `train.*` keys
 (dvc.yaml), so a key it does not list (a hand-edited `train.learning_rate`, a
@@ -21,7 +22,7 @@ from models.solver import EngineError, Solver, TrainConfig
 from personality.common import ParamsError, build_dataclass
 
 __all__ = ["TrainParams", "PER_MODEL_TRAIN_KEYS", "for_model", "check_train_params",
-           "check_model_config", "retrained_models"]
+           "check_model_config", "check_train_lengths", "retrained_models"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,19 +138,52 @@ def check_train_params(p: TrainParams) -> None:
                           else f"train.source_config: {exc}") from None
 
 
-def check_model_config(name: str, overrides: dict) -> None:
+def check_model_config(name: str, overrides: dict, p: TrainParams | None = None) -> None:
     """Build model `name` with `overrides` once, the global RNG state kept (the training's own
     build is seeded later): an unknown field or a bad value is a ParamsError naming
-    train.model_config.<name> before any data is read, not a traceback after."""
+    train.model_config.<name> before any data is read, not a traceback after. With the train
+    params `p` (unless test_only: no training view is made), the training crops are checked
+    against the network's minimum input lengths too (check_train_lengths)."""
     import torch
 
     from models.registry import build_model
 
     with torch.random.fork_rng(devices=[]):
         try:
-            build_model(name, **overrides)
+            model = build_model(name, **overrides)
         except (TypeError, ValueError) as exc:
             raise ParamsError(f"train.model_config.{name}: {exc}") from None
+    if p is not None and not p.test_only:
+        check_train_lengths(name, model, p)
+
+
+def check_train_lengths(name: str, model, p: TrainParams) -> None:
+    """ParamsError naming the key, its value and the minimum when a training view of `model`
+    (a log-mel crop of `frames` steps, a wave crop of `samples`) is shorter than the network
+    takes (models/inference.py, min_lengths): its pooling would fail mid-training with torch's
+    "Output size is too small". Inference pads a short view (pad_short); training does not, as
+    a crop is the length params ask for, not the clip's."""
+    from models.data import train_lengths
+    from models.inference import min_lengths
+
+    need = min_lengths(model)  # {key: fewest steps}
+    merged = for_model(p, name)[0].source_config  # the model's own options over the shared ones
+    for key, (option, value) in train_lengths(list(need), merged).items():
+        if value < need[key]:
+            raise ParamsError(
+                f"{_source_key(p, name, key, option)}: {value} is under the {need[key]} steps "
+                f"{name} takes at least (its pooling needs them: min_lengths); give {option} >= "
+                f"{need[key]} or a model config that needs fewer")
+
+
+def _source_key(p: TrainParams, name: str, key: str, option: str) -> str:
+    """Where params.yaml sets source option `option` of `key` for model `name`: the model's own
+    source_config, the shared one, or neither (the source's default)."""
+    own = ((p.model_config.get(name) or {}).get("source_config") or {}).get(key) or {}
+    if option in own:
+        return f"train.model_config.{name}.source_config.{key}.{option}"
+    shared = f"train.source_config.{key}.{option}"
+    return shared if option in (p.source_config.get(key) or {}) else f"{shared} (its default)"
 
 
 def retrained_models(retrain_models: list[str], trained: list[str] | None) -> list[str]:

@@ -457,8 +457,8 @@ def run(params: TrainParams, base: BaseParams, root: Path | None = None,
     if not names:
         raise ParamsError("train.models: empty; name at least one registered model")
     check_train_params(dataclasses.replace(params, models=names))
-    for name in names:  # every model's config, before any model reads its data
-        check_model_config(name, for_model(params, name)[1])
+    for name in names:  # every model's config and crop lengths, before any model reads data
+        check_model_config(name, for_model(params, name)[1], params)
     return {name: train_model(name, params, base, root) for name in names}
 
 

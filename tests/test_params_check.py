@@ -152,6 +152,53 @@ def test_checking_a_model_config_leaves_the_random_state_alone():
     assert torch.equal(torch.rand(3), want)
 
 
+# A training crop under the network's minimum length failed mid-training, after the data was
+# read, in torch's pooling ("Output size is too small"); now the train stage refuses it first,
+# naming the key, the value and the minimum.
+@pytest.mark.parametrize("model, shared, own, config, named", [
+    ("logmel_cnn", {"logmel": {"frames": 8}}, {}, {},
+     "train.source_config.logmel.frames: 8 is under the 16 steps logmel_cnn takes"),
+    ("bimodal_lstm", {"logmel": {"frames": 300}}, {"logmel": {"frames": 100}},
+     {"width": 8, "audio_widths": [8, 16, 32], "time_pool": 4},
+     "train.model_config.bimodal_lstm.source_config.logmel.frames: 100 is under the 174 steps"),
+    ("audio_interpret_net", {"wave": {"samples": 3000}}, {}, {},
+     "train.source_config.wave.samples: 3000 is under the 3660 steps audio_interpret_net"),
+    ("audio_interpret_net", {}, {}, {"downsample": 60},  # 915 x 60 = 54,900 > 48,000
+     "train.source_config.wave.samples (its default): 48000 is under the 54900 steps"),
+])
+def test_a_training_crop_under_the_networks_minimum_is_refused_before_any_data(
+        tmp_path, model, shared, own, config, named):
+    from models.train_params import TrainParams
+    from personality.common import BaseParams
+    from stages.train import run
+
+    p = TrainParams(models=[model], mlflow=False, source_config=shared,
+                    model_config={model: {**config, "source_config": own} if own else config})
+    with pytest.raises(ParamsError) as caught:  # tmp_path has no data: refused before reading
+        run(p, BaseParams(), root=tmp_path)
+    assert str(caught.value).startswith(named) and "min_lengths" in str(caught.value)
+
+
+def test_a_crop_at_the_minimum_passes_and_scoring_a_checkpoint_makes_no_crop():
+    from models.train_params import TrainParams, check_model_config
+
+    at = TrainParams(models=["logmel_cnn"], source_config={"logmel": {"frames": 16}})
+    check_model_config("logmel_cnn", {}, at)
+    short = TrainParams(models=["logmel_cnn"], source_config={"logmel": {"frames": 8}},
+                        epochs=0, test_only=True)
+    check_model_config("logmel_cnn", {}, short)  # test_only scores with the checkpoint's config
+
+
+def test_the_repository_params_give_every_audio_model_crops_it_takes():
+    from models.train_params import TrainParams, check_model_config, for_model
+    from personality.common import build_dataclass
+
+    p = build_dataclass(TrainParams, PARAMS["train"], "train")
+    for name in ("logmel_cnn", "bimodal_resnet", "bimodal_lstm", "crnet", "wave_resnet1d",
+                 "audio_interpret_net"):
+        check_model_config(name, for_model(p, name)[1], p)
+
+
 def _repo_with(tmp_path: Path, params: dict) -> Path:
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
