@@ -118,7 +118,8 @@ def predict_video(video: Path, *, model: str | None = None, root: Path | None = 
     with tempfile.TemporaryDirectory(dir=work, prefix=work_prefix()) as tmp:
         work_root = Path(tmp)
         facts = run_front_end(video, work_root, params_file, frontend, refuse=(
-            (lambda probed: missing_inputs(set(loaded.needs), probed, probed_only=True))
+            (lambda probed: missing_inputs(set(loaded.needs), probed, probed_only=True,
+                                           config=loaded.config))
             if loaded else None))
         name = loaded.path.parent.name if loaded else None
         passed_over: list[str] = []
@@ -135,7 +136,7 @@ def predict_video(video: Path, *, model: str | None = None, root: Path | None = 
         facts["frontend_params"] = ("the checkpoint's (its training data's)"
                                     if frontend is not None else
                                     f"{params_file or 'params.yaml'} (the checkpoint keeps none)")
-        why = missing_inputs(set(loaded.needs), facts)
+        why = missing_inputs(set(loaded.needs), facts, config=loaded.config)
         if why:
             raise StageInputError(f"{video}: {why}")
         vid = facts["video_id"]

@@ -1,13 +1,14 @@
 """predict's model side: which trained model can score a clip, and its checkpoint, read once.
 
     loaded = load_model(find_checkpoint("hrnet_face", root))   # EngineError naming the file
-    why = missing_inputs(set(loaded.needs), facts)             # '' when the clip can feed it
+    why = missing_inputs(set(loaded.needs), facts, config=loaded.config)   # '' when it can feed it
     scores, sources = model_scores(loaded, work_root, video_id, video)
 
 A clip's facts (stages/predict.py, run_front_end: face share, audio, voiced share) against a
 model's input keys: visual and AU inputs need a face, audio inputs an audio track that is not
-silent, the per-video functionals either of the two (without both, every functional is absent
-and the "scores" would be the checkpoint's train mean). `clip_warnings` says in plain words what
+silent, the per-video functionals either of the two, or the one their fitted columns are all of
+(without it every functional the model reads is absent and the "scores" would be the same for
+every such clip: a ridge's train mean, the trees' one leaf path). `clip_warnings` says in plain words what
 the clip lacks, of what the scoring model reads (`model_reads`: a face model hears of no silent
 track, an audio model of no missing face); stages/predict_caveats.py what makes a model's scores
 for the clip shaky. `load_model` reads a checkpoint with models/checkpoints.py (weights_only) and
@@ -158,7 +159,8 @@ def _inputs_of(path: Path) -> set[str]:
 
 def choose_model(root: Path, facts: dict) -> tuple[str, Path, list[str]]:
     """The best validation model among those whose inputs the clip has (`missing_inputs`: a face
-    for visual and AU models, usable audio for audio models, either for functionals models),
+    for visual and AU models, usable audio for audio models, either for functionals models, or
+    the one modality all their columns are of),
     its checkpoint, and why better ones were passed over (unreadable checkpoints: said aloud)."""
     from models.engine import EngineError
 
@@ -173,12 +175,13 @@ def choose_model(root: Path, facts: dict) -> tuple[str, Path, list[str]]:
         path = find_checkpoint(name, root)
         try:
             inputs = _inputs_of(path)
+            config = _read_once(path).get("source_config")  # a functionals model's columns
         except EngineError as exc:  # a broken file: the next model, said aloud
             passed_over.append(f"the checkpoint of {name}, better on validation, is unreadable,"
                                f" so it was passed over: {exc}")
             log.warning("%s", passed_over[-1])
             continue
-        why = missing_inputs(inputs, facts)
+        why = missing_inputs(inputs, facts, config=config if isinstance(config, dict) else None)
         if not why:
             # the clip's lack decided the choice: said here, for the warnings of the model
             # chosen leave out what it does not read (a face-less clip scored by an audio model)
@@ -210,8 +213,9 @@ def clip_warnings(facts: dict, reads: frozenset | None = None) -> list[str]:
     is missing too. `reads`: the modalities the scoring model reads (`model_reads`: "face",
     "audio"); None before a model is chosen, when the clip's lacks are said for any model. A
     lack or damage in a modality the model never reads is no warning (a face model's scores do
-    not move with a silent track); a model left with none of what it reads is said to give its
-    training mean (a functionals model whose columns are all of the missing modality)."""
+    not move with a silent track); a model left with none of what it reads (also a functionals
+    model whose columns are all of the missing modality) cannot score the clip: missing_inputs
+    refuses it."""
     face, voice = facts.get("face_share"), _usable_audio(facts)
     sees, hears = _reads_face(reads), _reads_audio(reads)
     n = facts.get("n_frames", 0)
@@ -255,9 +259,8 @@ def _lack_warning(lack: str, reads: frozenset | None, modality: str, other: bool
         return lack + (f": scores can come from {rest} alone" if other else "")
     if modality not in reads:
         return ""
-    if reads == {modality}:  # a functionals model whose columns are all of this modality
-        return f"{lack}: the model reads only {'the face' if modality == 'face' else 'audio'}, " \
-               "so its scores are its training mean"
+    if reads == {modality}:  # such a model is refused (missing_inputs): this says why
+        return f"{lack}: the model reads only {'the face' if modality == 'face' else 'audio'}"
     return lack + (f": its scores come from {rest} alone" if other else "")
 
 
@@ -282,7 +285,11 @@ def model_reads(needs: set[str] | frozenset, config: dict | None = None) -> froz
     reads = {"face"} if needs & VISUAL_KEYS else set()
     reads |= {"audio"} if needs & AUDIO_KEYS else set()
     if needs & EITHER_KEYS:
-        columns = ((config or {}).get("functionals") or {}).get("columns") or []
+        fitted = (config or {}).get("functionals")
+        columns = fitted.get("columns") if isinstance(fitted, dict) else None
+        # choose_model reads a checkpoint unchecked (load_model checks the one chosen)
+        columns = [c for c in columns if isinstance(c, str)] if isinstance(
+            columns, (list, tuple)) else []
         audio = [c.startswith(AUDIO_COLUMNS) for c in columns]
         reads |= {"face", "audio"} if not columns else \
             {m for m, present in (("audio", any(audio)), ("face", not all(audio))) if present}
@@ -300,23 +307,29 @@ def _audio_lack(facts: dict) -> str:
     return f"the audio track is unusable ({error})" if error else "the audio track is silent"
 
 
-def missing_inputs(needs: set[str], facts: dict, *, probed_only: bool = False) -> str:
+def missing_inputs(needs: set[str], facts: dict, *, probed_only: bool = False,
+                   config: dict | None = None) -> str:
     """'' when the clip offers what a model with inputs `needs` reads, else why not.
     `probed_only`: `facts` are the file's probe, before the front-end: only a missing audio
-    track is known yet."""
+    track is known yet. `config`: the checkpoint's source config; a per-video functionals model
+    whose fitted columns are all of one modality (`model_reads`) needs that one, as a model of
+    that modality's inputs does: without it every column it reads is absent (0 after
+    standardisation), so it would give every such clip the same scores (a ridge its train mean)."""
+    own = model_reads(needs & EITHER_KEYS, config)  # {} without functionals
+    why = " (its functionals are all {} ones)" if len(own) == 1 else ""
+    needs_face = bool(needs & VISUAL_KEYS) or own == {"face"}
+    needs_audio = bool(needs & AUDIO_KEYS) or own == {"audio"}
     if probed_only:
-        return ("no audio track; this model needs audio"
-                if needs & AUDIO_KEYS and not facts.get("has_audio") else "")
-    if needs & EITHER_KEYS and not facts.get("face_share") and not _usable_audio(facts):
+        return (f"no audio track; this model needs audio{why.format('audio')}"
+                if needs_audio and not facts.get("has_audio") else "")
+    if own and not facts.get("face_share") and not _usable_audio(facts):
         return "no face and no usable audio: nothing to score"
-    if needs & VISUAL_KEYS and not facts.get("face_share"):
-        return "no face was found in any of its sampled frames; this model needs one"
-    if needs & AUDIO_KEYS:
-        if not facts.get("has_audio"):
-            return "no audio track; this model needs audio"
-        if facts.get("audio_silent"):
-            # names what the audio stage found: a track under one f0 frame says its length
-            return f"{_audio_lack(facts)}; this model needs audio"
+    if needs_face and not facts.get("face_share"):
+        return f"no face was found in any of its sampled frames; this model needs one" \
+               f"{why.format('face')}"
+    if needs_audio and not _usable_audio(facts):
+        # names what the audio stage found: a track under one f0 frame says its length
+        return f"{_audio_lack(facts)}; this model needs audio{why.format('audio')}"
     return ""
 
 

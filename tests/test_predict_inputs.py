@@ -58,7 +58,7 @@ def test_warnings_are_worded_for_what_the_model_reads():
         "the audio track is silent: its scores come from the face alone",
         "3 corrupt audio packet(s) read as silence"]
     assert predict.clip_warnings({"face_share": 1.0, "has_audio": False}, audio) == [
-        "no audio track: the model reads only audio, so its scores are its training mean"]
+        "no audio track: the model reads only audio"]  # and missing_inputs refuses it
     speech = {"face_share": 0.0, "n_frames": 20, "has_audio": True, "voiced_share": 0.02,
               "video_notes": ["2 corrupt video packet(s) skipped: scores rest on the 18 "
                               "frame(s) that decoded"], "audio_cut_at_s": 300.0,
@@ -67,8 +67,7 @@ def test_warnings_are_worded_for_what_the_model_reads():
         "almost no voiced speech (2% of the audio)",
         "audio features stop at 300 s (audio.max_feature_seconds) of a 600 s clip"]
     assert predict.clip_warnings(speech, face)[0] == (
-        "no face in any of the 20 sampled frames: the model reads only the face, so its scores "
-        "are its training mean")
+        "no face in any of the 20 sampled frames: the model reads only the face")
     assert predict.clip_warnings(speech, both)[0] == \
         "no face in any of the 20 sampled frames: its scores come from the voice alone"
     few = {"face_share": 0.3, "n_frames": 20, "has_audio": True, "voiced_share": 0.5,
@@ -89,6 +88,70 @@ def test_a_model_reads_the_modalities_of_its_inputs_and_columns():
                                               "egemaps_loudness_sma3_amean"]}}
     assert reads({"functionals"}, au_only) == {"face"}
     assert reads({"functionals"}, voice_only) == {"audio"}
+
+
+AU_ONLY = {"functionals": {"columns": ["AU12_r_mean", "blink_rate", "face_share"]}}
+VOICE_ONLY = {"functionals": {"columns": ["fn_rms_db_mean", "f0_semitone_sd"]}}
+
+
+def test_a_functionals_model_of_one_modality_needs_that_one():
+    """Its other columns are absent (0 after standardisation) on a clip lacking that modality,
+    so it gave every such clip the same scores (a ridge exactly its train mean, the trees one
+    leaf path: measured on the default data's functionals); now refused like a model of that
+    modality's inputs, so that choose_model takes one that can read the clip."""
+    face_only = {"face_share": 1.0, "n_frames": 20, "has_audio": False}
+    voice_only = {"face_share": 0.0, "n_frames": 20, "has_audio": True, "voiced_share": 0.4}
+    silent = {"face_share": 1.0, "n_frames": 20, "has_audio": True, "audio_silent": True}
+    need = {"functionals"}
+    assert predict.missing_inputs(need, face_only, config=VOICE_ONLY) == \
+        "no audio track; this model needs audio (its functionals are all audio ones)"
+    assert predict.missing_inputs(need, silent, config=VOICE_ONLY) == \
+        "the audio track is silent; this model needs audio (its functionals are all audio ones)"
+    assert predict.missing_inputs(need, face_only, probed_only=True, config=VOICE_ONLY) == \
+        "no audio track; this model needs audio (its functionals are all audio ones)"
+    assert predict.missing_inputs(need, voice_only, config=AU_ONLY) == \
+        "no face was found in any of its sampled frames; this model needs one (its " \
+        "functionals are all face ones)"
+    assert predict.missing_inputs(need, voice_only, config=VOICE_ONLY) == ""
+    assert predict.missing_inputs(need, face_only, config=AU_ONLY) == ""
+    both = {"functionals": {"columns": ["AU12_r_mean", "fn_rms_db_mean"]}}
+    for facts in (face_only, voice_only):  # either modality will do for a model of both
+        assert predict.missing_inputs(need, facts, config=both) == ""
+        assert predict.missing_inputs(need, facts) == ""  # no columns kept: both
+
+
+def test_the_default_choice_passes_an_audio_only_functionals_model_over_for_a_mute_clip(
+        tmp_path):
+    """The audio-only functionals model ranks first on validation; a clip with a face and no
+    audio track gets the face model, and the warnings say why the better one was passed over."""
+    torch.manual_seed(0)
+    for name, ccc, extra in (("functionals_ridge", 0.9, {"source_config": VOICE_ONLY}),
+                             ("perfex_cnn", 0.1, {"inputs": ["aus", "aus_mask"]})):
+        save_checkpoint(tmp_path / "data" / "models" / name / "best.pt",
+                        model=build_model(name), model_name=name, train_mean=[0.5] * 5,
+                        best_epoch=1, history=[{"epoch": 1, "val_ccc": ccc}],
+                        **{"inputs": ["functionals"], **extra})
+    mute = {"face_share": 1.0, "n_frames": 20, "has_audio": False, "video": "mute.mp4"}
+    name, _, said = predict.choose_model(tmp_path, mute)
+    assert name == "perfex_cnn" and said == [
+        "functionals_ridge ranks higher on validation but cannot score this clip: no audio track"]
+    speech = {**mute, "has_audio": True, "voiced_share": 0.5}
+    assert predict.choose_model(tmp_path, speech)[0] == "functionals_ridge"
+
+
+def test_predict_refuses_an_audio_only_functionals_model_for_a_clip_without_audio(
+        tmp_path, caplog):
+    """Exit 2 and one line from the file's probe, before the front-end, as for an audio model."""
+    torch.manual_seed(0)
+    model = build_model("functionals_ridge")
+    ckpt = save_checkpoint(tmp_path / "m" / "best.pt", model=model,
+                           model_name="functionals_ridge", train_mean=[0.5] * 5,
+                           inputs=["functionals"], source_config=VOICE_ONLY)
+    video = write_video(tmp_path / "mute.mp4", n_frames=10, audio=False)
+    assert predict.main([str(video), "--out", str(tmp_path / "o"), "--model", str(ckpt)]) == 2
+    assert "mute.mp4: no audio track; this model needs audio (its functionals are all audio " \
+           "ones)" in caplog.text
+    assert not (tmp_path / "o").exists()
 
 
 def test_an_audio_track_the_audio_stage_cannot_use_is_no_usable_audio(tmp_path):
