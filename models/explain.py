@@ -339,7 +339,8 @@ def audio_occlusion(model: nn.Module, sources: Sequence[InputSource], video_id: 
     """Per-second occlusion of the clip's `key` ("logmel": step_s = hop_s; "wave": 1 / sr):
     {"delta": (5, n) score - score with the window muted (NaN outside the model's view),
      "seen": (n,) share of each window the model sees, "seconds": (n,) window starts,
-     "score": (5,) the clip's score}."""
+     "audio_s": the audio's length, where the last window ends (it may be shorter than
+     `window_s`: a 2.4 s track's third second is 0.4 s long), "score": (5,) the clip's score}."""
     if baseline not in ("silence", "mean"):
         raise ExplainError(f"audio occlusion baseline {baseline!r}: silence | mean")
     src = _audio_source(sources, key)
@@ -374,7 +375,15 @@ def audio_occlusion(model: nn.Module, sources: Sequence[InputSource], video_id: 
         preds[chunk] = predict_views(model, views)  # (len(chunk), 5)
     delta = (score[None] - preds).T  # (5, n), NaN where the model does not hear
     return {"delta": delta, "seen": share, "seconds": np.arange(n) * per * step_s,
-            "window_s": per * step_s, "score": score, "baseline": baseline}
+            "window_s": per * step_s, "audio_s": _audio_seconds(key, n_steps, step_s),
+            "score": score, "baseline": baseline}
+
+
+def _audio_seconds(key: str, n_steps: int, step_s: float) -> float:
+    """The audio's length from its `n_steps` steps: n / sr for a wave; for a log-mel, whose
+    frame i is centred on i * hop_s (stages/audio.py: 1 + n // hop frames), the last frame's
+    centre, (T - 1) hop_s (241 frames of a 2.4 s track: 2.40 s, not 2.41)."""
+    return float(max(n_steps - 1, 1) * step_s if key == "logmel" else n_steps * step_s)
 
 
 def _n_views(views: Mapping[str, Tensor]) -> int:

@@ -60,25 +60,38 @@ def draw_gradcam(fig: Any, cell: Any, maps: Sequence, image: np.ndarray | None,
 
 def draw_occlusion(ax: Any, part: Mapping, trait_names: Sequence[str], *, title: str = "") -> None:
     """A trait x second strip of `delta` (score minus score with that second muted) on a
-    diverging scale centred on 0; seconds the model does not see are grey. The strip starts at
-    the first of `seconds` (the window starts; 0 when not given): predict puts them on the
-    frames' clock, where an audio track that starts late begins after 0."""
+    diverging scale centred on 0; seconds the model does not see are grey. Each window is drawn
+    from its start in `seconds` (0, window_s, ... when not given: predict puts them on the
+    frames' clock, where an audio track that starts late begins after 0) to the next one's, the
+    last to where the audio ends (`audio_s` after the first start; a whole window when not
+    given), so a 0.11 s clip's strip is 0.11 s wide, not a second."""
     import matplotlib
 
     delta = np.asarray([[np.nan if v is None else v for v in row] for row in part["delta"]],
                        np.float64)  # (5, n)
-    window = float(part.get("window_s") or 1.0)
-    start = float((part.get("seconds") or [0.0])[0])
     lim = float(np.nanmax(np.abs(delta))) if np.isfinite(delta).any() else 1.0
     cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="#CCCCCC")
-    im = ax.imshow(np.ma.masked_invalid(delta), aspect="auto", cmap=cmap, vmin=-lim or -1,
-                   vmax=lim or 1, extent=(start, start + delta.shape[1] * window,
-                                          len(trait_names) - 0.5, -0.5), interpolation="nearest")
+    rows = np.arange(len(trait_names) + 1) - 0.5  # (6,) row edges
+    im = ax.pcolormesh(occlusion_edges(part, delta.shape[1]), rows, np.ma.masked_invalid(delta),
+                       cmap=cmap, vmin=-lim or -1, vmax=lim or 1)
+    ax.set_ylim(rows[-1], rows[0])  # the first trait on top
     ax.set_yticks(range(len(trait_names)), trait_names, fontsize=8)
     unheard = bool(np.isnan(delta).all(axis=0).any())  # e.g. logmel's centre 3 s of a longer clip
     ax.set_xlabel("time (s)" + ("; grey: seconds outside the model's view" if unheard else ""))
     ax.set_title(title, fontsize=9)
     ax.figure.colorbar(im, ax=ax, fraction=0.03, pad=0.01, label="score change")
+
+
+def occlusion_edges(part: Mapping, n: int) -> np.ndarray:
+    """(n + 1,) time edges of an occlusion part's n windows: their starts (`seconds`), then the
+    audio's end, the first start + `audio_s` (older results without it: a whole window on)."""
+    window = float(part.get("window_s") or 1.0)
+    given = part.get("seconds")
+    starts = np.asarray(given if given is not None and len(given) else np.arange(n) * window,
+                        np.float64)[:n]  # (n,)
+    length = part.get("audio_s")
+    end = starts[0] + float(length) if length else starts[-1] + window
+    return np.append(starts, max(end, starts[-1]))
 
 
 def top_features(values: np.ndarray, names: Sequence[str], k: int) -> list[int]:

@@ -137,7 +137,7 @@ def _report_figure(result: dict, name: str, warnings: list[str], families: list[
     else:
         ax_face.text(0.5, 0.5, "no face crop", ha="center", va="center")
     ax_au = fig.add_subplot(grid[1, :])
-    _draw_aus(ax_au, data)
+    _draw_aus(ax_au, data, result.get("ends_at_s") or result.get("duration_s"))
     ax_seconds = _draw_explanation(fig, grid, rows, result)
     fig.tight_layout(rect=(0, 0.04 * len(warnings), 1, 1))
     if _any_au(data) and ax_seconds is not None:
@@ -145,29 +145,42 @@ def _report_figure(result: dict, name: str, warnings: list[str], families: list[
     return fig
 
 
-def _draw_aus(ax, data: dict) -> None:
-    """The AU timeline: six AU intensities against the clip's time."""
-    if not data.get("aus"):
-        ax.axis("off")
-        ax.text(0.5, 0.5, "no AU timeline (audio-only model)", ha="center", va="center")
-        return
+def _draw_aus(ax, data: dict, clip_s: float | None = None) -> None:
+    """The AU timeline: six AU intensities against the clip's time, from 0 to the last sampled
+    frame, or to the clip's end `clip_s` (seconds) when that frame is the first (a clip shorter
+    than the sampling interval: a 0.12 s clip at 8 fps has one frame, at 0). The front-end
+    computes AUs for every model (stages/predict_frontend.py), so only a clip without a face in
+    any sampled frame has no timeline."""
     if not _any_au(data):  # every AU NaN: an empty panel with a legend read as a failed drawing
         ax.axis("off")
-        ax.text(0.5, 0.5, "no AU timeline: no face in any sampled frame", ha="center",
-                va="center")
+        ax.text(0.5, 0.5, "no AU timeline: " + ("no face in any sampled frame" if len(
+            data.get("t", ())) else "no AUs for this clip"), ha="center", va="center")
         return
-    for name, values in data["aus"].items():
-        ax.plot(data["t"], values, label=name)
     t = np.asarray(data["t"], np.float64)
-    if np.isfinite(t).any() and np.nanmax(t) > 0:
-        # the clip's sampled span: frames without a face are NaN, which autoscaling skips, so a
-        # face that leaves (or enters late) made the axis end (or start) where it did
-        ax.set_xlim(0.0, float(np.nanmax(t)))
+    for name, values in data["aus"].items():
+        values = np.asarray(values, np.float64)
+        # a value between frames without a face (or a clip's only frame) is no line: a dot
+        dots = _isolated(values)  # clip_on off: a dot at t = 0 is drawn whole, not halved
+        ax.plot(t, values, label=name, marker="o" if dots else None, markersize=3,
+                clip_on=not dots)
+    # the clip's sampled span: frames without a face are NaN, which autoscaling skips, so a
+    # face that leaves (or enters late) made the axis end (or start) where it did
+    end = float(np.nanmax(t)) if np.isfinite(t).any() else 0.0
+    end = end if end > 0 else float(clip_s or 0.0)
+    if end > 0:
+        ax.set_xlim(0.0, end)
     ax.set_ylim(-0.1, 5.1)
     ax.set_xlabel("time (s)")
     ax.set_ylabel("intensity (0-5)")
     ax.legend(ncol=6, fontsize=8, loc="upper right")
     ax.set_title("Action Units")
+
+
+def _isolated(values: np.ndarray) -> bool:
+    """Whether some finite value of (T,) `values` has no finite neighbour (a line skips it)."""
+    ok = np.isfinite(values)
+    before, after = np.r_[False, ok[:-1]], np.r_[ok[1:], False]
+    return bool((ok & ~before & ~after).any())
 
 
 def _any_au(data: dict) -> bool:

@@ -3,7 +3,8 @@
 take each stream from its own start (the default data has no offset, so they stay as they are);
 predict records the offset (prediction.json's `audio_offset_s`) and draws the audio occlusion
 strip where the audio plays, against the AU timeline. Real clips, muxed here with PyAV: the
-single_face fixture's frames with real speech (librivox) starting late."""
+single_face fixture's frames with real speech (librivox) starting late. The report's time axes fit
+the clip: the strip's last window ends where the audio does, a 0.12 s clip's axes end at 0.12 s."""
 from __future__ import annotations
 
 import json
@@ -121,9 +122,11 @@ def test_prediction_and_report_put_the_audio_where_it_plays(logmel_checkpoint, t
     predict_report.draw_report(again, tmp_path / "unused.png")
     axes = {ax.get_title().split(" (")[0]: ax for ax in figures[0].axes}
     au, strip = axes["Action Units"], axes["audio occlusion"]
-    left, right = strip.images[0].get_extent()[:2]
-    assert left == pytest.approx(0.3) and right == pytest.approx(0.3 + windows * part["window_s"])
-    assert au.get_xlim() == strip.get_xlim() and au.get_xlim()[0] == 0.0
+    # the windows from where the audio starts to where it ends: 2.4 s of speech end at 2.7,
+    # its third window 0.4 s wide (drawn a whole second, to 3.3, before)
+    assert part["audio_s"] == pytest.approx(2.4)
+    assert strip_edges(strip) == pytest.approx([0.3, 1.3, 2.3, 2.7])
+    assert au.get_xlim() == strip.get_xlim() == pytest.approx((0.0, 2.7))
     assert "the audio starts 0.30 s after the video: drawn where it plays" in strip.get_title()
 
 
@@ -139,3 +142,74 @@ def test_no_offset_no_note_and_the_strip_starts_at_zero():
     assert unknown["audio_occlusion"]["wave"]["seconds"] == [0.0]
     early = {"seconds": [-0.25], "audio_offset_s": -0.25}
     assert "starts 0.25 s before the video" in predict_report._offset_note(early)
+
+
+def strip_edges(strip) -> list[float]:
+    """The x edges of the occlusion strip's cells (its QuadMesh)."""
+    [mesh] = strip.collections
+    return mesh.get_coordinates()[0, :, 0].tolist()
+
+
+def report_axes(result: dict, monkeypatch, tmp_path) -> dict:
+    """{panel title (before ' ('): axes} of the report drawn for `result`."""
+    from stages import predict_report
+
+    figures = []
+    monkeypatch.setattr("matplotlib.figure.Figure.savefig",
+                        lambda fig, *args, **kwargs: figures.append(fig))
+    predict_report.draw_report(result, tmp_path / "unused.png")
+    return {ax.get_title().split(" (")[0]: ax for ax in figures[-1].axes}
+
+
+def test_a_clip_shorter_than_a_second_gets_axes_that_fit_it(monkeypatch, tmp_path):
+    """0.1 s of speech under 0.12 s of picture (3 frames at 25 fps; one sampled at 8 fps, at 0):
+    the AU timeline and the occlusion strip drew 0-1 s, the strip's one window a full second
+    and the AUs' only frame no line at all; now both end with the clip, the frame a dot."""
+    from stages import predict
+    from tests.test_short_audio import speech_clip
+
+    clip = speech_clip(tmp_path / "short.mkv", SR // 10)
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "m" / "best.pt", model=build_model("logmel_cnn"),
+                           model_name="logmel_cnn", train_mean=[0.5] * 5, inputs=["logmel"],
+                           source_config={"logmel": {"stats_split": "", "eval_mode": "full"}})
+    result = predict.predict_video(clip, model=str(ckpt), work=tmp_path)
+    part = result["explanation"]["audio_occlusion"]["logmel"]
+    assert part["audio_s"] == pytest.approx(0.10)  # 11 frames centred on 0, 0.01, ..., 0.10
+    axes = report_axes(result, monkeypatch, tmp_path)
+    au, strip = axes["Action Units"], axes["audio occlusion"]
+    assert strip_edges(strip) == pytest.approx([0.0, 0.10])
+    assert au.get_xlim() == strip.get_xlim() == pytest.approx((0.0, result["duration_s"]))
+    assert result["duration_s"] == pytest.approx(0.12)
+    assert all(line.get_marker() == "o" for line in au.get_lines())  # one frame: dots
+
+
+def test_the_last_window_ends_with_the_audio_whatever_the_clock(monkeypatch):
+    """audio_s is a length: the edges run from the first (shifted) start to start + audio_s;
+    a result written before it was recorded keeps whole windows."""
+    from models.explain import _audio_seconds
+    from personality.explain_plots import occlusion_edges
+
+    assert _audio_seconds("wave", 38_400, 1 / SR) == pytest.approx(2.4)
+    assert _audio_seconds("logmel", 241, 0.01) == pytest.approx(2.4)  # frames centred on i hop
+    late = {"seconds": [0.3, 1.3, 2.3], "window_s": 1.0, "audio_s": 2.4}
+    assert occlusion_edges(late, 3) == pytest.approx([0.3, 1.3, 2.3, 2.7])
+    older = {"seconds": [0.0, 1.0], "window_s": 1.0}
+    assert occlusion_edges(older, 2) == pytest.approx([0.0, 1.0, 2.0])
+    tail = {"seconds": [0.0, 1.0], "window_s": 1.0, "audio_s": 2.05}  # a tail joins the last
+    assert occlusion_edges(tail, 2) == pytest.approx([0.0, 1.0, 2.05])
+
+
+def test_the_au_panel_never_blames_an_audio_only_model(monkeypatch, tmp_path):
+    """The front-end computes AUs for every model, so an audio model's report has its clip's AU
+    timeline (test_prediction_and_report_put_the_audio_where_it_plays: logmel_cnn); without
+    AU rows the panel said "(audio-only model)", whatever the model. It says what is missing."""
+    result = {"video": "x.mp4", "model": "hrnet_face", **dict.fromkeys(TRAITS, 0.5)}
+    texts = [t.get_text() for ax in report_axes({**result, "_report": {}}, monkeypatch,
+                                                tmp_path).values() for t in ax.texts]
+    assert "no AU timeline: no AUs for this clip" in texts
+    assert not [t for t in texts if "audio-only" in t]
+    faceless = {"t": np.array([0.0, 0.125]), "aus": {"AU12_r": np.array([np.nan, np.nan])}}
+    texts = [t.get_text() for ax in report_axes({**result, "_report": faceless}, monkeypatch,
+                                                tmp_path).values() for t in ax.texts]
+    assert "no AU timeline: no face in any sampled frame" in texts
