@@ -167,6 +167,28 @@ def test_audio_sources(av_root):
         data_audio.logmel_source(root=av_root, video_ids=ids, config={"frame": 3})
 
 
+def test_the_checkpoint_config_names_the_eval_mode_the_audio_sources_scored_with(av_root):
+    """A train.source_config without logmel.eval_mode scores the whole clip (the source's own
+    default, `full`; params.yaml sets `centre`), and the checkpoint's config left the key out:
+    what predict would do rested on that default. The train stage's inference config
+    (for_inference over the sources, what it stores) now names the mode, and a source rebuilt
+    from it alone scores the same view."""
+    from models.data import for_inference
+
+    ids = _ids(av_root)
+    for config, want in (({}, "full"), ({"eval_mode": "centre"}, "centre"),
+                         ({"eval_mode": "crops", "frames": 100}, "crops")):
+        mel = data_audio.logmel_source(root=av_root, video_ids=ids, config=config)
+        stored = for_inference({"logmel": config}, [mel])["logmel"]
+        assert stored["eval_mode"] == want and len(stored["mean"]) == 64
+        again = data_audio.logmel_source(root=av_root, video_ids=ids[:1], config=stored)
+        assert torch.equal(again.eval_items(ids[0])["logmel"], mel.eval_items(ids[0])["logmel"])
+    wave = data_audio.wave_source(root=av_root, video_ids=ids, config={})
+    assert for_inference({}, [wave]) == {"wave": {"eval_mode": "centre"}}
+    fn = data_audio.audio_fn_source(root=av_root, video_ids=ids, config={})
+    assert "eval_mode" not in for_inference({}, [fn])["audio_fn"]
+
+
 def test_missing_audio_is_reported(av_root):
     ids = _ids(av_root)
     mel = data_audio.logmel_source(root=av_root, video_ids=[*ids, "nope"], config={})
