@@ -396,7 +396,8 @@ def _udiva_recordings(sess: pd.Series, rec_root: Path, base: Path, tasks: list[s
     folders, in any case (FC2_T.MP4 and fc2_t.mp4 count); the id is `<folder>_<file stem>`
     (`001080_FC1_T`), from the folder's name, not the CSV's ID (`2003` and `002003` give one id). Reported: a session with
     no folder, a folder an earlier row already took, a second recording of one participant and
-    task, and each participant and task in `tasks` with no recording at all."""
+    task or one under two spellings (`_recordings_by_key`), and each participant and task in
+    `tasks` with no recording at all."""
     session = sess["ID"].strip()
     try:
         safe_join(rec_root, session)
@@ -413,17 +414,7 @@ def _udiva_recordings(sess: pd.Series, rec_root: Path, base: Path, tasks: list[s
         problems.append(f"{sessions_path} row {row} (session {session}): folder {dirs[0].name} "
                         f"is row {seen[dirs[0].name]}'s already; dropped")
         return []
-    found: dict[tuple[str, str], Path | None] = {}
-    for path in sorted(p for d in dirs for p in d.rglob("*")):
-        m = _UDIVA_RECORDING.match(path.stem)  # fc1_t.mp4 too: a release unpacked lower-cased
-        key = (m.group("part"), m.group("task").upper()) if m else None
-        if path.suffix.lower() != ".mp4" or key is None or key[1] not in tasks:
-            continue
-        if key in found:
-            problems.append(f"{path}: a second recording FC{key[0]}_{key[1]} of session "
-                            f"{session} (the first: {found[key]}); dropped")
-            continue
-        found[key] = path if _inside((base, rec_root), path, problems) else None  # escaped: reported
+    found = _recordings_by_key(dirs, tasks, session, (base, rec_root), problems)
     for part in ("1", "2"):
         for task in tasks:
             participant = sess[f"PART.{part}"].strip()
@@ -432,6 +423,36 @@ def _udiva_recordings(sess: pd.Series, rec_root: Path, base: Path, tasks: list[s
                                 f"of participant {participant} (session {session})")
     return [(f"{dirs[0].name}_{path.stem}", path, sess[f"PART.{key[0]}"].strip())
             for key, path in sorted(found.items()) if path is not None]
+
+
+def _recordings_by_key(dirs: list[Path], tasks: list[str], session: str,
+                       bases: tuple[Path, ...], problems: list[str]
+                       ) -> dict[tuple[str, str], Path | None]:
+    """{(part, task): recording} of one session's folders, the name in any case (fc1_t.mp4: a
+    release unpacked lower-cased). As ChaLearn's clips (_videos_by_name): a name found twice (in
+    two folders) is a problem naming both, the first kept; one recording under two spellings
+    (FC1_T.mp4 beside FC1_T.MP4 or fc1_t.mp4) is one problem naming both and maps to None, as
+    does a file escaping the dataset (reported by _inside): which one is the recording is
+    unknown, so neither is picked."""
+    found: dict[tuple[str, str], Path | None] = {}
+    first: dict[tuple[str, str], Path] = {}  # key -> the first file found of it
+    for path in sorted(p for d in dirs for p in d.rglob("*")):
+        m = _UDIVA_RECORDING.match(path.stem)
+        key = (m.group("part"), m.group("task").upper()) if m else None
+        if path.suffix.lower() != ".mp4" or key is None or key[1] not in tasks:
+            continue
+        prior = first.setdefault(key, path)
+        if prior is path:
+            found[key] = path if _inside(bases, path, problems) else None
+        elif prior.name == path.name:
+            problems.append(f"{path}: a second recording FC{key[0]}_{key[1]} of session "
+                            f"{session} (the first: {prior}); dropped")
+        else:
+            problems.append(f"{prior} and {path}: one recording FC{key[0]}_{key[1]} of session "
+                            f"{session} under two spellings of its name; both left out (which "
+                            "one is the recording is unknown): remove or rename one")
+            found[key] = None
+    return found
 
 
 # PerFeX's long CSV and OpenFace CSVs (AU sequences, no video) are read in

@@ -196,12 +196,29 @@ def test_udiva_recordings_unpacked_in_lower_case_count(tmp_path):
 
 
 def test_udiva_second_recording_of_one_participant_is_reported_not_fatal(tmp_path):
-    # FC1_T.mp4 and FC1_T.MP4 give one video_id: the duplicate id aborted the ingest
+    # the same name in a subfolder gives one video_id: the duplicate id aborted the ingest
     root = _udiva(tmp_path, "101,0.5,0.5,0.5,0.5,0.5\n102,0.1,0.1,0.1,0.1,0.1\n",
-                  names=("FC1_T.mp4", "FC1_T.MP4", "FC2_T.mp4"))
+                  names=("FC1_T.mp4", "copy/FC1_T.mp4", "FC2_T.mp4"))
     summary = _ingest(tmp_path, source="udiva", udiva=datasets.UdivaParams(root=str(root)))
-    assert len(_manifest(tmp_path)) == 2
-    assert "a second recording FC1_T of session 001080" in _bad(summary)
+    m = _manifest(tmp_path).set_index("video_id")
+    assert m.loc["001080_FC1_T", "path"].endswith("001080/FC1_T.mp4") and len(m) == 2
+    assert "copy/FC1_T.mp4: a second recording FC1_T of session 001080" in _bad(summary)
+
+
+@pytest.mark.parametrize("names", [("FC1_T.mp4", "FC1_T.MP4"), ("FC1_T.mp4", "fc1_t.mp4")])
+def test_udiva_one_recording_under_two_spellings_is_refused_naming_both(tmp_path, names):
+    # as ChaLearn's X.001.mp4 beside X.001.MP4: the first file found was kept (FC1_T.MP4, as
+    # sorted), as if it were surely the recording
+    root = _udiva(tmp_path, "101,0.5,0.5,0.5,0.5,0.5\n102,0.1,0.1,0.1,0.1,0.1\n",
+                  names=(*names, "FC2_T.mp4"))
+    summary = _ingest(tmp_path, source="udiva", udiva=datasets.UdivaParams(root=str(root)))
+    assert _manifest(tmp_path)["subject_id"].tolist() == ["102"]
+    folder = root / UDIVA_TALK / "001080"
+    first, second = sorted(names)
+    assert summary["bad_rows"] == [
+        f"{folder}/{first} and {folder}/{second}: one recording FC1_T of session 001080 under "
+        "two spellings of its name; both left out (which one is the recording is unknown): "
+        "remove or rename one"]
 
 
 # --------------------------------------------------------------------------------------------------
