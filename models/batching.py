@@ -127,19 +127,42 @@ def epoch_loader(dataset: TrainViews, *, batch_size: int, epoch: int, seed: int,
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(
         epoch_seed(seed, epoch, 1))).tolist()
     order = shard_indices(order, rank, world_size)  # every rank's shard has the same length
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=order,
-                                       collate_fn=collate, num_workers=num_workers,
-                                       drop_last=len(order) > batch_size,
-                                       worker_init_fn=leave_stopping_to_the_stage)
+    return _StageLoader(dataset, batch_size=batch_size, sampler=order, collate_fn=collate,
+                        num_workers=num_workers, drop_last=len(order) > batch_size,
+                        worker_init_fn=leave_stopping_to_the_stage)
+
+
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+class _StageLoader(torch.utils.data.DataLoader):
+    """A DataLoader whose workers are forked with SIGTERM and SIGINT blocked: a stop that lands
+    before a worker has run leave_stopping_to_the_stage stays pending until the worker ignores
+    it. Without the block, a group SIGTERM in that window (a busy machine: 1 try in 5 under CI
+    load) killed the worker, and the stage's exit printed torch's "DataLoader worker ... is
+    killed by signal" traceback under its one "stopped" line. The stage itself unblocks them
+    at once and stops as ever."""
+
+    def __iter__(self):
+        if self.num_workers == 0:
+            return super().__iter__()
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            return super().__iter__()  # forks the workers, which inherit the mask
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a stop pending here lands now
 
 
 def leave_stopping_to_the_stage(worker_id: int) -> None:
-    """In each DataLoader worker: ignore SIGTERM and SIGINT. A Ctrl-C or a kill of the process
-    group reaches the workers too; one that died of it first made the stage fail with the
-    DataLoader's "worker exited unexpectedly" traceback instead of its one "stopped" line. The
-    stage stops them itself as it unwinds (and a worker exits when its parent is gone)."""
+    """In each DataLoader worker: ignore SIGTERM and SIGINT, then unblock them (_StageLoader
+    forks the worker with both blocked; one already pending is dropped, being ignored). A Ctrl-C
+    or a kill of the process group reaches the workers too; one that died of it first made the
+    stage fail with the DataLoader's "worker exited unexpectedly" traceback instead of its one
+    "stopped" line. The stage stops them itself as it unwinds (and a worker exits when its
+    parent is gone)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     sys.excepthook = _quiet_once_the_stage_left  # multiprocessing.resource_sharer reports by it
 
 
