@@ -25,7 +25,9 @@ with one message whatever the file is, so that a client learns nothing about oth
 file is then opened once, that descriptor checked again (its real path, a regular file) and
 copied into the request's temporary folder, which the front-end reads: a path swapped for a
 symlink after the check is never read (`private_copy`); a file over PERSONALITY_MAX_VIDEO_GB
-(default 4 GiB, read when the model is loaded) is refused before the copy.
+(default 4 GiB, read when the model is loaded) is refused before the copy. A request of more
+than PERSONALITY_MAX_REQUEST_ROWS videos (default 100) is refused whole (HTTP 400); rows whose
+turn comes after the server's MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT are error rows, not scored.
 
 The model is logged *from code* (stages/serve_model.py calls mlflow.models.set_model): loading it
 runs this project's code from the model's code/ folder (personality/, models/, stages/ travel as
@@ -51,6 +53,7 @@ import math
 import os
 import stat
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +78,10 @@ CODE_ROOT = Path(__file__).resolve().parents[1]  # where they are (not the data 
 VIDEO_ROOT_ENV = "PERSONALITY_VIDEO_ROOT"  # the folders a served model may read videos from
 OUTSIDE_ROOTS = f"not under the served video root(s); set {VIDEO_ROOT_ENV}"
 MAX_GB_ENV, DEFAULT_MAX_GB = "PERSONALITY_MAX_VIDEO_GB", 4  # the largest file a request may name
+MAX_ROWS_ENV, DEFAULT_MAX_ROWS = "PERSONALITY_MAX_REQUEST_ROWS", 100  # the most videos per request
+# what `mlflow models serve` puts in its server's environment: the seconds after which it answers
+# 504 (the request's thread scores on: the rows left after it are not scored)
+TIMEOUT_ENV = "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +107,7 @@ class VideoScorer:
         self.checkpoint = Path(context.artifacts["checkpoint"])
         self.params_file = Path(context.artifacts["params"])
         self.video_roots, self.max_bytes = video_roots(), max_video_bytes()
+        self.max_rows = max_request_rows()
         log.info("serving videos under %s", os.pathsep.join(map(str, self.video_roots)))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):
@@ -107,8 +115,17 @@ class VideoScorer:
         if "video" not in model_input:
             raise StageInputError(f"the input needs a 'video' column of file paths; got "
                                   f"{list(model_input.columns)}")
-        return json_safe(pd.DataFrame([self._row(str(v)) for v in model_input["video"]],
-                                      columns=OUTPUT_COLUMNS))
+        if len(model_input) > self.max_rows:  # refused whole, before any work: HTTP 400
+            from mlflow.exceptions import MlflowException
+
+            raise MlflowException.invalid_parameter_value(
+                f"a request of {len(model_input)} videos; the served model scores at most "
+                f"{self.max_rows} per request ({MAX_ROWS_ENV}): send them in smaller requests")
+        seconds = request_seconds()
+        end = time.monotonic() + (seconds or math.inf)
+        rows = [self._row(str(v)) if time.monotonic() < end else _late_row(str(v), seconds)
+                for v in model_input["video"]]
+        return json_safe(pd.DataFrame(rows, columns=OUTPUT_COLUMNS))
 
     def _row(self, requested: str) -> dict:
         from stages.predict import error_text, predict_video, result_row
@@ -133,6 +150,24 @@ class VideoScorer:
             row = {**{t: math.nan for t in TRAITS}, "error": error_text(exc)}
         # the client named its file, not the server's copy of it
         return {k: _named_as_asked(v, names, requested) for k, v in row.items()}
+
+
+def _late_row(requested: str, seconds: float) -> dict:
+    return {**{t: math.nan for t in TRAITS},
+            "error": f"{requested}: not scored: the request had run past the server's {seconds:g} s "
+                     f"({TIMEOUT_ENV}) before its turn; send fewer videos per request"}
+
+
+def request_seconds() -> float | None:
+    """The scoring server's time limit for a request (MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT, which
+    `mlflow models serve` sets in its server's environment), None outside such a server. Past it
+    MLflow answers 504 but its thread scored every row on: a request of 200 clips (~1.4 s each)
+    kept a server busy 4-5 min after its 504, one of 10,000 for hours."""
+    try:
+        seconds = float(os.environ.get(TIMEOUT_ENV, ""))
+    except ValueError:
+        return None
+    return seconds if seconds > 0 else None
 
 
 TEXT_COLUMNS = ("model", "warnings", "error")
@@ -241,6 +276,14 @@ def max_video_bytes() -> int:
     if not gigabytes > 0:
         raise StageInputError(f"{MAX_GB_ENV}: {text!r} is not a positive number of GiB")
     return int(gigabytes * 2**30)
+
+
+def max_request_rows() -> int:
+    """The most videos one request may name: PERSONALITY_MAX_REQUEST_ROWS (default 100)."""
+    text = os.environ.get(MAX_ROWS_ENV, "").strip() or str(DEFAULT_MAX_ROWS)
+    if not text.isdigit() or int(text) < 1:
+        raise StageInputError(f"{MAX_ROWS_ENV}: {text!r} is not a positive whole number of rows")
+    return int(text)
 
 
 def _real_path(fd: int, video: Path) -> Path | None:

@@ -6,7 +6,9 @@ message that does not say whether the file exists. Fast: the front-end is never 
 """
 from __future__ import annotations
 
+import json
 import os
+import time
 import types
 
 import numpy as np
@@ -263,3 +265,69 @@ def test_the_copy_stops_at_the_limit_when_the_file_grew_since_the_check(tmp_path
     with pytest.raises(StageInputError, match="over the"):
         serve.private_copy(video, (tmp_path,), tmp_path / "b", max_bytes=999)
     assert (tmp_path / "b" / "clip.mp4").stat().st_size == 999  # read no further
+
+
+def test_a_request_over_the_row_limit_is_refused_whole_before_any_work(tree, reached,
+                                                                      monkeypatch):
+    """Each row is scored in turn (~1.4 s for a 5 s clip; each copies its file, up to
+    PERSONALITY_MAX_VIDEO_GB): a request of 10,000 rows was taken on whole. Over
+    PERSONALITY_MAX_REQUEST_ROWS (read when the model loads) the request is refused before any
+    file is opened, as MLflow refuses an input it cannot take: HTTP 400 with the reason."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.pyfunc import scoring_server
+
+    served, _ = tree
+    monkeypatch.setenv("PERSONALITY_VIDEO_ROOT", str(served))
+    monkeypatch.setenv("PERSONALITY_MAX_REQUEST_ROWS", "3")
+    scorer = loaded_scorer()
+    clip = str(served / "sub" / "clip.mp4")
+    with pytest.raises(MlflowException, match="a request of 4 videos; the served model scores "
+                       "at most 3 per request .PERSONALITY_MAX_REQUEST_ROWS.: send them in "
+                       "smaller requests") as refused:
+        scorer.predict(None, pd.DataFrame({"video": [clip] * 4}))
+    assert refused.value.get_http_status_code() == 400 and reached == []
+    assert len(errors(scorer, [clip] * 3)) == 3 and len(reached) == 3
+    # through the scoring server's own request handler: the client reads a 400 and the reason
+    model = types.SimpleNamespace(predict=lambda data: scorer.predict(None, data),
+                                  metadata=types.SimpleNamespace(get_input_schema=lambda: None))
+    body = json.dumps({"dataframe_split": {"columns": ["video"], "data": [[clip]] * 4}})
+    with pytest.raises(MlflowException, match="at most 3 per request") as answered:
+        scoring_server.invocations(body, "application/json", model, None)
+    assert answered.value.get_http_status_code() == 400 and len(reached) == 3
+    for bad in ("0", "lots", "-1"):
+        monkeypatch.setenv("PERSONALITY_MAX_REQUEST_ROWS", bad)
+        with pytest.raises(StageInputError, match=f"PERSONALITY_MAX_REQUEST_ROWS: '{bad}' is not "
+                                                  "a positive whole number of rows"):
+            loaded_scorer()
+
+
+def test_rows_left_when_the_servers_time_limit_passes_are_not_scored(tree, monkeypatch):
+    """`mlflow models serve` answers 504 after MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT (60 s), but
+    the request's thread went on scoring every row for nobody: measured, a request of 200 clips
+    kept the server scoring for 4-5 min after its 504 (10,000: hours, and each such request
+    holds one of the server's few threads). A row whose turn comes after the limit is now a row
+    with its error; the rows before are scored. Outside a scoring server (no such variable) every
+    row is scored. A fake clock: each scored row takes 0.4 s."""
+    served, _ = tree
+    clock, seen = [100.0], []
+
+    def slow_predict_video(video, **kw):
+        seen.append(video.name)
+        clock[0] += 0.4
+        raise StageInputError(f"{video}: cannot be opened as media")
+
+    monkeypatch.setattr(predict, "predict_video", slow_predict_video)
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    monkeypatch.setenv("PERSONALITY_VIDEO_ROOT", str(served))
+    monkeypatch.setenv("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "1")
+    clip = str(served / "sub" / "clip.mp4")
+    got = errors(loaded_scorer(), [clip] * 5)
+    assert len(seen) == 3  # began at 0, 0.4 and 0.8 s
+    assert got[:3] == [f"{clip}: cannot be opened as media"] * 3
+    assert got[3:] == [f"{clip}: not scored: the request had run past the server's 1 s "
+                       "(MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT) before its turn; send fewer "
+                       "videos per request"] * 2
+    monkeypatch.delenv("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT")
+    seen.clear()
+    errors(loaded_scorer(), [clip] * 5)
+    assert len(seen) == 5
