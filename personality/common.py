@@ -63,6 +63,26 @@ class StageInputError(ValueError):
     """An input file (video, CSV, pickle) is unusable. The message names the file and the fault."""
 
 
+# A header far wider than any real CSV here is refused on its first line: pandas builds objects per
+# column, so width costs far more than its bytes (a crafted 18 MB OpenFace CSV of a million
+# columns took 88 s and 1.4 GB to parse). OpenFace writes 714 columns at most; a labels,
+# participants or sessions CSV tens; PerFeX's AU CSV under a hundred.
+MAX_COLUMNS = 5000
+_HEADER_BYTES = 1 << 20  # of the first line looked at: a MiB holds far more than MAX_COLUMNS
+
+
+def check_width(path: Path, why: str) -> None:
+    """StageInputError naming `path` when its header has more than MAX_COLUMNS columns (commas
+    counted in its first _HEADER_BYTES: a lower bound for a longer line), before anything parses
+    it; `why` follows the count in the message. OSError when it cannot be opened."""
+    with open(path, "rb") as f:
+        head = f.readline(_HEADER_BYTES)
+    n = head.count(b",") + 1
+    if n > MAX_COLUMNS:
+        more = "" if head.endswith(b"\n") else " or more"
+        raise StageInputError(f"{path}: a header of {n}{more} columns, over {MAX_COLUMNS} {why}")
+
+
 # --------------------------------------------------------------------------------------------------
 # paths
 

@@ -12,10 +12,12 @@ editor shows: pandas skips blank lines, and reading its row count as the line (i
 the wrong row after one.
 
 Used by personality/datasets.py and personality/datasets_au.py (and the folder source's header
-check in stages/ingest.py).
+check in stages/ingest.py). A header over MAX_COLUMNS is refused before parsing
+(personality.common.check_width, which the OpenFace reader shares).
 """
 from __future__ import annotations
 
+import collections
 import csv
 import warnings
 from collections.abc import Iterator
@@ -23,9 +25,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from personality.common import StageInputError, get_logger
+from personality.common import StageInputError, check_width, get_logger
 
 log = get_logger("ingest")
+
+LABELS_WIDTH = "(a labels CSV has tens, PerFeX's AU CSV under a hundred); not read"
+
+
+def repeated_columns(header: list[str]) -> list[str]:
+    """The names `header` gives more than once, sorted ("" left out: trailing commas). Counted
+    once: `header.count(c)` per column was quadratic, 205 s for 10,000 pandas columns."""
+    return sorted(c for c, n in collections.Counter(header).items() if c and n > 1)
 
 
 def read_table(path: Path, required: list[str], *, any_case: tuple = ()) -> pd.DataFrame:
@@ -33,6 +43,10 @@ def read_table(path: Path, required: list[str], *, any_case: tuple = ()) -> pd.D
     `any_case`: columns taken in any case (`Subject` is `subject`)."""
     if not path.exists():
         raise StageInputError(f"{path}: not found")
+    try:
+        check_width(path, LABELS_WIDTH)
+    except OSError as exc:
+        raise StageInputError(f"{path}: cannot be read: {exc.strerror}") from None
     kw = dict(dtype=str, keep_default_na=False, skipinitialspace=True)
     try:
         with warnings.catch_warnings():
@@ -48,7 +62,7 @@ def read_table(path: Path, required: list[str], *, any_case: tuple = ()) -> pd.D
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise StageInputError(f"{path}: not a readable CSV: {exc}") from None
     df.columns = columns_any_case([c.strip() for c in df.columns], any_case)
-    if repeated := sorted({c for c in df.columns if list(df.columns).count(c) > 1}):
+    if repeated := repeated_columns(list(df.columns)):
         raise StageInputError(f"{path}: column(s) {', '.join(repeated)} given twice")
     missing = [c for c in required if c not in df.columns]
     if missing:

@@ -23,8 +23,9 @@ import numpy as np
 import pandas as pd
 
 from personality import datasets
-from personality.common import StageInputError, get_logger, safe_join
-from personality.csv_tables import columns_any_case, csv_records, read_table
+from personality.common import StageInputError, check_width, get_logger, safe_join
+from personality.csv_tables import (LABELS_WIDTH, columns_any_case, csv_records, read_table,
+                                    repeated_columns)
 from personality.schemas import AU_INTENSITY, AU_PRESENCE, SPLITS, TRAITS
 
 log = get_logger("ingest")
@@ -47,12 +48,16 @@ def labels_records(csv_path: Path) -> tuple[list[str], list[tuple[int, list[str]
     file when it is missing, not text (binary, not UTF-8), or has no header or a repeated column."""
     if not csv_path.exists():
         raise StageInputError(f"{csv_path}: labels CSV not found")
+    try:
+        check_width(csv_path, LABELS_WIDTH)
+    except OSError as exc:
+        raise StageInputError(f"{csv_path}: cannot be read: {exc.strerror}") from None
     records = [(n, f) for n, f, _ in csv_records(csv_path, strict=True)  # strict: unclosed quote
                if len(f) > 1 or (f and f[0].strip())]
     if not records:
         raise StageInputError(f"{csv_path}: not a readable CSV: no header line")
     header = columns_any_case([c.strip() for c in records[0][1]], LABELS_COLUMNS)
-    repeated = sorted({c for c in header if c and header.count(c) > 1})  # "": trailing commas
+    repeated = repeated_columns(header)  # "" left out: trailing commas
     if repeated:
         raise StageInputError(f"{csv_path}: column(s) {', '.join(repeated)} given twice")
     return header, records[1:]

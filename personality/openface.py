@@ -13,15 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from personality.common import StageInputError
+from personality.common import MAX_COLUMNS, StageInputError, check_width  # noqa: F401
 from personality.schemas import AU_INTENSITY, AU_PRESENCE
-
-
-# OpenFace's FeatureExtraction writes 714 columns at most (landmarks, gaze, pose, AUs); pandas
-# builds objects per column, so a header far wider costs far more than its bytes: a crafted 18 MB
-# CSV of a million columns and 3 rows took 88 s and 1.4 GB to parse. Its first line says so.
-MAX_COLUMNS = 5000
-_HEADER_BYTES = 1 << 20  # of the first line looked at: a MiB holds far more than MAX_COLUMNS
 
 
 def read_openface_csv(path: str | Path, *, video_id: str, face_id: int = -1,
@@ -34,7 +27,8 @@ def read_openface_csv(path: str | Path, *, video_id: str, face_id: int = -1,
     kept. A missing AUxx_c column is derived as AUxx_r >= presence_threshold."""
     path = Path(path)
     try:
-        _check_width(path)
+        # OpenFace's FeatureExtraction writes 714 columns at most (landmarks, gaze, pose, AUs)
+        check_width(path, "(OpenFace writes 714 at most); not an OpenFace CSV, not read")
         raw = pd.read_csv(path, skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
         raise StageInputError(f"{path}: not a readable OpenFace CSV: {exc}") from None
@@ -52,18 +46,6 @@ def read_openface_csv(path: str | Path, *, video_id: str, face_id: int = -1,
     except (ValueError, TypeError, KeyError) as exc:  # a repeated header, a cell like nan(ind)
         raise StageInputError(f"{path}: malformed OpenFace CSV: {type(exc).__name__}: "
                               f"{exc}") from None
-
-
-def _check_width(path: Path) -> None:
-    """StageInputError naming `path` when its header has more than MAX_COLUMNS columns (counted
-    in its first _HEADER_BYTES: a lower bound for a longer line), before pandas parses it."""
-    with open(path, "rb") as f:
-        head = f.readline(_HEADER_BYTES)
-    n = head.count(b",") + 1
-    if n > MAX_COLUMNS:
-        more = "" if head.endswith(b"\n") else " or more"
-        raise StageInputError(f"{path}: a header of {n}{more} columns, over {MAX_COLUMNS} "
-                              "(OpenFace writes 714 at most); not an OpenFace CSV, not read")
 
 
 def _check_complete(raw: pd.DataFrame, path: Path) -> None:

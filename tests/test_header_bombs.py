@@ -103,3 +103,46 @@ def test_a_video_over_8k_is_refused_by_its_header_and_mid_stream(tmp_path):
     with pytest.raises(StageInputError, match=r"grows\.h264: frames of 7696x4336 pixels"):
         kept.extend(iter_frames(grows, max_side=640))
     assert len(kept) == 300
+
+
+def test_a_labels_csv_of_100000_columns_is_refused_by_its_header(tmp_path):
+    """A labels CSV (folder / OpenFace labels, UDIVA parts and sessions, PerFeX) was parsed whole
+    whatever its width, and its repeated-column check counted every column against every other:
+    a crafted 1.3 MB CSV of 10,000 columns and 3 rows took 205 s in read_table (3.1 s in the
+    folder source's reader), 100,000 columns hours. Over 5000 columns (OpenFace's own check) it
+    is refused by its first line, naming the file and the count, in ingest's readers and in the
+    inputs stage's; a wide one under the limit is read in well under a second."""
+    import time
+
+    from personality.csv_tables import read_table
+    from personality.datasets_au import labels_records
+    from stages.inputs import fingerprint
+
+    def write(n_columns: int, repeated: str = "") -> object:
+        path = tmp_path / f"labels_{n_columns}.csv"
+        header = ["ID", "video", "O", "C", "E", "A", "N"]
+        header += [f"x{i}" for i in range(n_columns - len(header) - bool(repeated))]
+        header += [repeated] if repeated else []
+        row = ["p1", "a.mp4", "0.5", "0.5", "0.5", "0.5", "0.5"] + ["1"] * (n_columns - 7)
+        path.write_text(",".join(header) + "\n" + "\n".join([",".join(row)] * 3) + "\n")
+        return path
+
+    wide = write(100_000)
+    message = (r"labels_100000\.csv: a header of 100000 columns, over 5000 \(a labels CSV has "
+               r"tens, PerFeX's AU CSV under a hundred\); not read")
+    start = time.perf_counter()
+    with pytest.raises(StageInputError, match=message):
+        read_table(wide, ["ID"])
+    with pytest.raises(StageInputError, match=message):
+        labels_records(wide)
+    ingest = {"source": "folder", "folder": {"labels": str(wide)}}
+    assert fingerprint(ingest, tmp_path)["n_files"] == 1  # the CSV hashed; no video listed
+    assert time.perf_counter() - start < 2.0
+    # under the limit: read, and a repeated column found without comparing every pair
+    start = time.perf_counter()
+    assert read_table(write(4000), ["ID"]).shape == (3, 4000)
+    with pytest.raises(StageInputError, match=r"column\(s\) x0 given twice"):
+        read_table(write(4001, repeated="x0 "), ["ID"])  # pandas renames an exact repeat
+    with pytest.raises(StageInputError, match=r"column\(s\) x0 given twice"):
+        labels_records(tmp_path / "labels_4001.csv")
+    assert time.perf_counter() - start < 5.0
