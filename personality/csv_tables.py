@@ -62,7 +62,9 @@ def read_table(path: Path, required: list[str], *, any_case: tuple = ()) -> pd.D
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise StageInputError(f"{path}: not a readable CSV: {exc}") from None
     df.columns = columns_any_case([c.strip() for c in df.columns], any_case)
-    if repeated := repeated_columns(list(df.columns)):
+    # pandas renames an exact repeat (`ID,ID` -> ID, ID.1): the file's own header says it
+    if repeated := repeated_columns(list(df.columns)) or repeated_columns(
+            columns_any_case(_header(path), any_case)):
         raise StageInputError(f"{path}: column(s) {', '.join(repeated)} given twice")
     missing = [c for c in required if c not in df.columns]
     if missing:
@@ -70,6 +72,14 @@ def read_table(path: Path, required: list[str], *, any_case: tuple = ()) -> pd.D
                               + separator_hint(list(df.columns)))
     df.index = _line_index(path, len(df))
     return df
+
+
+def _header(path: Path) -> list[str]:
+    """The first record that is not blank (pandas' header), its names stripped; [] if none."""
+    for _, fields, text in csv_records(path):
+        if text.strip(" \t\r\n"):
+            return [f.strip() for f in fields]
+    return []
 
 
 def csv_records(path: Path, *, strict: bool = False) -> Iterator[tuple[int, list[str], str]]:

@@ -291,6 +291,10 @@ def test_openface_labels_columns_are_read_in_any_case(tmp_path):
     labels.write_text("file,O,C,E,A,N,subject,Subject\na.csv,0.1,0.2,0.3,0.4,0.5,s1,s1\n")
     with pytest.raises(StageInputError, match="column.s. subject given twice"):
         _ingest(tmp_path, source="openface_csv", openface_csv=params)
+    # an exact repeat, which pandas renames (subject, subject.1): the second was never read
+    labels.write_text("file,O,C,E,A,N,subject,subject\na.csv,0.1,0.2,0.3,0.4,0.5,s1,s2\n")
+    with pytest.raises(StageInputError, match="column.s. subject given twice"):
+        _ingest(tmp_path, source="openface_csv", openface_csv=params)
 
 
 @pytest.mark.parametrize("source", ["openface_csv", "udiva"])
