@@ -52,12 +52,13 @@ engine's eval views). One kind per input key the model reads, so an audio-visual
   leaves less out (`ig_completeness_gap` keeps theirs); else they stay, their gap named.
 
 Cost on a 10 s clip (data/videos/syn_0020.mp4, the default models' checkpoints), one torch
-thread, measured with bench/explain_cost.py on the shared 2-core machine under a load average of
-~10 (an idle core is faster): functionals_ridge 0.01 s, audio_fn_linear 0.02 s, logmel_cnn
-(10 muted seconds) 0.03 s, hrnet_face (Grad-CAM, 10 crops) 0.07 s, functionals_gbt (occlusion of
-659 functionals) 0.37 s, bimodal_resnet (Grad-CAM + occlusion) 0.53 s, perfex_cnn (integrated
-gradients, 32 steps) 0.59 s, perfex_hybrid 1.2 s (5 x that on a clip where 32 steps leave a tenth
-out and 128 run); the plain prediction takes 0.001-0.05 s, the front-end before it (frames, faces,
+thread, measured with bench/explain_cost.py on the 2-core machine at rest (load average 0.5,
+2026-12-05): functionals_ridge and audio_fn_linear 0.003 s, logmel_cnn (10 muted seconds)
+0.008 s, hrnet_face (Grad-CAM, 10 crops) 0.018 s, functionals_gbt (occlusion of its
+functionals) 0.037 s, bimodal_resnet (Grad-CAM + occlusion) 0.074 s, perfex_cnn (integrated
+gradients, 32 steps) 0.17 s, perfex_hybrid 0.31 s (about 5 x that on a clip where 32 steps leave
+a tenth out and 128 run). Under a load average of ~10 the same ran 4-10x slower (0.01-1.2 s).
+The plain prediction takes 0.000-0.010 s, the front-end before it (frames, faces,
 aus, audio) several seconds. `--no-explain` skips it all.
 """
 from __future__ import annotations

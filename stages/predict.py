@@ -54,7 +54,7 @@ over the face crops (visual models: five overlays on the model's input crop), pe
 occlusion (log-mel / wave models: a trait x second strip under the AU timeline, its `seconds` on
 the frames' clock, shifted by `audio_offset_s`, as the AU timeline's), and each input
 feature's contribution per trait (AU, functionals and audio-functionals models: the top features
-per trait). They add 0.01-1.2 s per clip to the prediction (models/explain.py: measured costs).
+per trait). They add 0.003-0.31 s per 10 s clip to the prediction at rest (models/explain.py).
 
 The front end is stages/predict_frontend.py, the report's drawing stages/predict_report.py, the
 batch's files, ids and worker pool stages/predict_batch.py (neither of the last two imports a
