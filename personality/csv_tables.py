@@ -39,14 +39,9 @@ def repeated_columns(header: list[str]) -> list[str]:
 
 
 def read_table(path: Path, required: list[str], *, any_case: tuple = ()) -> pd.DataFrame:
-    """A CSV as text cells, indexed by each row's line in the file (`line`, as row_lines);
+    """A CSV as text cells, indexed by each row's line in the file (`line`, as _csv_layout counts them);
     `any_case`: columns taken in any case (`Subject` is `subject`)."""
-    if not path.exists():
-        raise StageInputError(f"{path}: not found")
-    try:
-        check_width(path, LABELS_WIDTH)
-    except OSError as exc:
-        raise StageInputError(f"{path}: cannot be read: {exc.strerror}") from None
+    check_table_file(path)
     kw = dict(dtype=str, keep_default_na=False, skipinitialspace=True)
     try:
         with warnings.catch_warnings():
@@ -62,24 +57,28 @@ def read_table(path: Path, required: list[str], *, any_case: tuple = ()) -> pd.D
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise StageInputError(f"{path}: not a readable CSV: {exc}") from None
     df.columns = columns_any_case([c.strip() for c in df.columns], any_case)
+    header, lines = _csv_layout(path)  # one pass of the csv module
     # pandas renames an exact repeat (`ID,ID` -> ID, ID.1): the file's own header says it
     if repeated := repeated_columns(list(df.columns)) or repeated_columns(
-            columns_any_case(_header(path), any_case)):
+            columns_any_case(header, any_case)):
         raise StageInputError(f"{path}: column(s) {', '.join(repeated)} given twice")
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise StageInputError(f"{path}: missing column(s) {', '.join(missing)}"
                               + separator_hint(list(df.columns)))
-    df.index = _line_index(path, len(df))
+    df.index = _line_index(path, lines, len(df))
     return df
 
 
-def _header(path: Path) -> list[str]:
-    """The first record that is not blank (pandas' header), its names stripped; [] if none."""
-    for _, fields, text in csv_records(path):
-        if text.strip(" \t\r\n"):
-            return [f.strip() for f in fields]
-    return []
+def check_table_file(path: Path, not_found: str = "not found") -> None:
+    """StageInputError naming `path` when it is missing, unreadable or wider than a labels or AU
+    table can be (check_width reads its first line only)."""
+    if not path.exists():
+        raise StageInputError(f"{path}: {not_found}")
+    try:
+        check_width(path, LABELS_WIDTH)
+    except OSError as exc:
+        raise StageInputError(f"{path}: cannot be read: {exc.strerror}") from None
 
 
 def csv_records(path: Path, *, strict: bool = False) -> Iterator[tuple[int, list[str], str]]:
@@ -109,22 +108,31 @@ def csv_records(path: Path, *, strict: bool = False) -> Iterator[tuple[int, list
         raise StageInputError(f"{path}: not a readable CSV: {exc}") from None
 
 
-def row_lines(path: Path) -> list[int]:
-    """The line each data row of pandas' reading of `path` starts on (1-based; the header is the
-    first line that is not blank). pandas leaves out a line of spaces and tabs only; a line
-    `""` or `,` is a row of empty cells to it, and is one here."""
-    lines = [n for n, _, text in csv_records(path) if text.strip(" \t\r\n")]
-    return lines[1:]
-
-
-def _line_index(path: Path, n_rows: int) -> pd.Index:
-    """read_table's index: each row's line. Should the csv module split the file into another
-    number of rows than pandas (none found so far), the rows are numbered as pandas counts them
-    (row i at line i + 2), with a warning that the numbers are off after a blank line."""
+def _csv_layout(path: Path) -> tuple[list[str], list[int]]:
+    """What pandas reads as the header (the first record that is not blank, its names stripped)
+    and the line each of its data rows starts on (1-based). pandas leaves out a line of spaces
+    and tabs only; a line `""` or `,` is a row of empty cells to it, and is one here. ([], [])
+    when the csv module cannot read the file (pandas did: _line_index then says so)."""
+    header: list[str] | None = None
+    lines: list[int] = []
     try:
-        lines = row_lines(path)
+        for line, fields, text in csv_records(path):
+            if not text.strip(" \t\r\n"):
+                continue
+            if header is None:
+                header = [f.strip() for f in fields]
+            else:
+                lines.append(line)
     except (StageInputError, OSError):
-        lines = []
+        return [], []
+    return header or [], lines
+
+
+def _line_index(path: Path, lines: list[int], n_rows: int) -> pd.Index:
+    """read_table's index: each row's line (`lines`, _csv_layout's). Should the csv module split
+    the file into another number of rows than pandas (none found so far), the rows are numbered
+    as pandas counts them (row i at line i + 2), with a warning that the numbers are off after a
+    blank line."""
     if len(lines) != n_rows:
         log.warning("%s: %d rows to pandas, %d to the csv module: row numbers in messages count "
                     "the rows and are off after a blank line", path, n_rows, len(lines))

@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 
 from personality import datasets
-from personality.common import StageInputError, check_width, get_logger, safe_join
-from personality.csv_tables import (LABELS_WIDTH, columns_any_case, csv_records, read_table,
+from personality.common import StageInputError, get_logger, safe_join
+from personality.csv_tables import (check_table_file, columns_any_case, csv_records, read_table,
                                     repeated_columns)
 from personality.schemas import AU_INTENSITY, AU_PRESENCE, SPLITS, TRAITS
 
@@ -46,12 +46,7 @@ def labels_records(csv_path: Path) -> tuple[list[str], list[tuple[int, list[str]
     of a file after an unclosed quote (python engine); here such a row stays one record for
     the caller to report, and an unclosed quote fails the file. StageInputError naming the
     file when it is missing, not text (binary, not UTF-8), or has no header or a repeated column."""
-    if not csv_path.exists():
-        raise StageInputError(f"{csv_path}: labels CSV not found")
-    try:
-        check_width(csv_path, LABELS_WIDTH)
-    except OSError as exc:
-        raise StageInputError(f"{csv_path}: cannot be read: {exc.strerror}") from None
+    check_table_file(csv_path, "labels CSV not found")
     records = [(n, f) for n, f, _ in csv_records(csv_path, strict=True)  # strict: unclosed quote
                if len(f) > 1 or (f and f[0].strip())]
     if not records:
