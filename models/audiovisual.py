@@ -141,8 +141,10 @@ class BimodalLSTM(ZooModel):
         self.head = make_head(config, config.lstm_hidden)
 
     def min_lengths(self) -> dict[str, int]:
-        # T // segments steps per segment, each through the log-mel CNN
-        return {"logmel": self.config.segments * self.audio.min_steps()}
+        # T // segments steps per segment, each through the log-mel CNN; and a face crop per
+        # segment at least (features raises a ValueError under it)
+        return {"logmel": self.config.segments * self.audio.min_steps(),
+                "face_seq": self.config.segments}
 
     def features(self, batch: Mapping[str, Tensor]) -> Tensor:
         faces = seq_input(batch)  # (B, T, 3, H, W)

@@ -224,9 +224,10 @@ def check_source_options(input_keys: Iterable[str], config: dict | None) -> None
 
 
 def train_lengths(input_keys: Iterable[str], config: dict | None) -> dict[str, tuple[str, int]]:
-    """{sample key: (option, value)}: the length along its last axis of every training view a
+    """{sample key: (option, value)}: the length along its time axis of every training view a
     source makes for that key, for the keys of `input_keys` whose options class names one in
-    `train_length` (logmel: `frames`, wave: `samples`); read from `config` without any data."""
+    `train_length` (logmel: `frames`, wave: `samples`, face_seq: `length`); read from `config`
+    without any data."""
     keys, config = list(input_keys), dict(config or {})
     out: dict[str, tuple[str, int]] = {}
     for reg in _registrations(keys):

@@ -35,7 +35,7 @@ import collections
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -293,6 +293,9 @@ class FaceSeqSourceConfig(ImageSourceConfig):
     eval_mode: Literal["auto", "clips", "even"] = "auto"  # clips: every non-overlapping clip;
     #                                                     even: T evenly spaced frames (V = 1);
     #                                                     auto: clips for clip, even for segments
+    # every view, training's and evaluation's, is `length` frames (a short video's crops are
+    # repeated): under the network's min_lengths() train refuses it (models/train_params.py)
+    train_length: ClassVar[dict[str, str]] = {"face_seq": "length"}
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -15,7 +15,11 @@ A view shorter than the network takes (`min_lengths`: a log-mel of a 0.1 s clip 
 "full" has 11 steps, the log-mel CNN's four 2x2 pools need 16) is zero-padded at its end up to
 that length (`pad_short`), as the sources pad a clip shorter than their crop: silence for a wave,
 each band's train mean for a standardised log-mel. `short_views` says which views were padded
-(predict names them under its warnings). Views at or over the minimum are untouched.
+(predict names them under its warnings). Views at or over the minimum are untouched. A face clip
+(face_seq) is not padded: black frames are no face, and the source already repeats crops to fill
+a clip of `length` (models/data_image.py), so one shorter than the network takes (bimodal_lstm's
+`segments`) comes from a checkpoint's config and is refused naming the video, the length and the
+minimum (train refuses such a config before it reads any data: models/train_params.py).
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from models.batching import collate, merge_views, to_device
-from models.data import InputSource
+from models.data import InputSource, SourceError
 from models.distributed import resolve_device
 from models.metrics import bin_metrics, regression_metrics
 from personality.schemas import TRAITS
@@ -81,7 +85,7 @@ def predict_videos(model: nn.Module, sources: Sequence[InputSource], video_ids: 
     pending_shapes: tuple = ()
     mins = min_lengths(model)  # views shorter than the network takes are padded up to it
     for i, vid in enumerate(video_ids):
-        views = pad_short(merge_views([s.eval_items(vid) for s in sources], vid), mins)
+        views = eval_views(model, sources, vid, mins)
         V = next(iter(views.values())).shape[0]
         for v in range(V):
             item = {k: t[v] for k, t in views.items()}
@@ -102,22 +106,49 @@ def predict_videos(model: nn.Module, sources: Sequence[InputSource], video_ids: 
     return preds, proba
 
 
+def eval_views(model: nn.Module, sources: Sequence[InputSource], video_id: str,
+               mins: Mapping[str, int]) -> dict[str, Tensor]:
+    """{key: (V, ...)}: every eval view of `video_id`, merged over `sources`, with the inputs
+    under the network's minimum `mins` padded (or refused: pad_short)."""
+    views = merge_views([s.eval_items(video_id) for s in sources], video_id)
+    return pad_short(views, mins, video_id=video_id,
+                     model=type(getattr(model, "module", model)).__name__)
+
+
 def min_lengths(model: nn.Module) -> dict[str, int]:
-    """{key: fewest steps on its last axis} the network takes (ZooModel.min_lengths; a
+    """{key: fewest steps on its time axis} the network takes (ZooModel.min_lengths; a
     DistributedDataParallel's module's); {} for a model that declares none."""
     core = getattr(model, "module", model)
     declared = getattr(core, "min_lengths", None)
     return dict(declared()) if callable(declared) else {}
 
 
-def pad_short(views: Mapping[str, Tensor], mins: Mapping[str, int]) -> dict[str, Tensor]:
-    """`views` {key: (V, ..., L)} with each key of `mins` whose L is under its minimum padded
-    with zeros after its end to (V, ..., mins[key]); the rest as they are (the same tensors)."""
+# the time axis of each sequence input's eval views: logmel (V, n_mels, T), wave (V, S),
+# face_seq (V, T, 3, H, W), aus (V, T, 17); a key of min_lengths not named here: its last axis
+TIME_AXIS = {"logmel": -1, "wave": -1, "face_seq": -4, "aus": -2}
+# the inputs a view under the minimum is padded for, with zeros after its end (silence, or a
+# standardised band's train mean); another short input is refused (pad_short): a face clip's
+# black frames are no face, and an AU sequence would need its mask padded too (no AU net has a
+# minimum: tests/test_short_sequences.py)
+PADDED = ("logmel", "wave")
+
+
+def pad_short(views: Mapping[str, Tensor], mins: Mapping[str, int], *, video_id: str = "",
+              model: str = "the model") -> dict[str, Tensor]:
+    """`views` {key: (V, ..., L)} with each PADDED key of `mins` whose L is under its minimum
+    padded with zeros after its end to (V, ..., mins[key]); the rest as they are (the same
+    tensors). Another key under its minimum (a face clip: TIME_AXIS) is a SourceError naming
+    `video_id`, `model`, the length and the minimum, not the network's own error."""
     out = dict(views)
     for key, need in mins.items():
         x = out.get(key)
-        if x is not None and x.shape[-1] < need:
-            out[key] = torch.nn.functional.pad(x, (0, need - x.shape[-1]))  # (V, ..., need)
+        have = need if x is None else _steps(key, x)
+        if have >= need:
+            continue
+        if key not in PADDED:
+            raise SourceError(f"video {video_id!r}: its {key} view has {have} steps, under the "
+                              f"{need} {model} takes (min_lengths); a {key} is not padded")
+        out[key] = torch.nn.functional.pad(x, (0, need - have))  # (V, ..., need)
     return out
 
 
@@ -129,8 +160,13 @@ def short_views(model: nn.Module, sources: Sequence[InputSource], video_id: str
     if not mins:
         return {}
     views = merge_views([s.eval_items(video_id) for s in sources], video_id)
-    return {k: (int(views[k].shape[-1]), need) for k, need in mins.items()
-            if k in views and views[k].shape[-1] < need}
+    return {k: (_steps(k, views[k]), need) for k, need in mins.items()
+            if k in PADDED and k in views and _steps(k, views[k]) < need}
+
+
+def _steps(key: str, x: Tensor) -> int:
+    """The length of view `x` of input `key` along its time axis (TIME_AXIS)."""
+    return int(x.shape[TIME_AXIS.get(key, -1)])
 
 
 def predictions_table(video_ids: Sequence[str], splits: Sequence[str], preds: np.ndarray,

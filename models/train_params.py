@@ -159,10 +159,11 @@ def check_model_config(name: str, overrides: dict, p: TrainParams | None = None)
 
 def check_train_lengths(name: str, model, p: TrainParams) -> None:
     """ParamsError naming the key, its value and the minimum when a training view of `model`
-    (a log-mel crop of `frames` steps, a wave crop of `samples`) is shorter than the network
-    takes (models/inference.py, min_lengths): its pooling would fail mid-training with torch's
-    "Output size is too small". Inference pads a short view (pad_short); training does not, as
-    a crop is the length params ask for, not the clip's."""
+    (a log-mel crop of `frames` steps, a wave crop of `samples`, a face clip of `length` frames)
+    is shorter than the network takes (models/inference.py, min_lengths): its pooling would fail
+    mid-training with torch's "Output size is too small" (bimodal_lstm's segments with its own
+    ValueError). Inference pads a short log-mel or wave (pad_short); training does not, as a
+    crop is the length params ask for, not the clip's."""
     from models.data import train_lengths
     from models.inference import min_lengths
 
@@ -172,7 +173,7 @@ def check_train_lengths(name: str, model, p: TrainParams) -> None:
         if value < need[key]:
             raise ParamsError(
                 f"{_source_key(p, name, key, option)}: {value} is under the {need[key]} steps "
-                f"{name} takes at least (its pooling needs them: min_lengths); give {option} >= "
+                f"{name} takes at least (fewer fail inside it: min_lengths); give {option} >= "
                 f"{need[key]} or a model config that needs fewer")
 
 

@@ -101,9 +101,11 @@ class ZooModel(HeadModel):
         return self.head(self.features(batch))
 
     def min_lengths(self) -> dict[str, int]:
-        """{input key: the fewest steps along its last (time) axis the network takes}, for the
-        inputs whose length follows the clip's (log-mel, wave); {} when none. Inference pads a
-        shorter view up to it (models/inference.py) instead of failing inside a pooling layer."""
+        """{input key: the fewest steps along its time axis the network takes (models/
+        inference.py, TIME_AXIS)}, for the inputs whose length follows the clip's or the
+        source's config (log-mel, wave, a face clip); {} when none. Inference pads a shorter
+        log-mel or wave up to it instead of failing inside a pooling layer and refuses a shorter
+        face clip; train refuses a training view under it before it reads any data."""
         return {}
 
 

@@ -165,6 +165,12 @@ def test_checking_a_model_config_leaves_the_random_state_alone():
      "train.source_config.wave.samples: 3000 is under the 3660 steps audio_interpret_net"),
     ("audio_interpret_net", {}, {}, {"downsample": 60},  # 915 x 60 = 54,900 > 48,000
      "train.source_config.wave.samples (its default): 48000 is under the 54900 steps"),
+    # a face crop per segment: 8 segments of a 6-frame clip failed in bimodal_lstm's features
+    ("bimodal_lstm", {}, {"face_seq": {"sampling": "segments"}},
+     {"width": 8, "audio_widths": [8, 16, 32], "time_pool": 4, "segments": 8},
+     "train.source_config.face_seq.length (its default): 6 is under the 8 steps bimodal_lstm"),
+    ("bimodal_lstm", {"face_seq": {"length": 8}}, {"face_seq": {"length": 4}}, {},
+     "train.model_config.bimodal_lstm.source_config.face_seq.length: 4 is under the 6 steps"),
 ])
 def test_a_training_crop_under_the_networks_minimum_is_refused_before_any_data(
         tmp_path, model, shared, own, config, named):
@@ -189,13 +195,15 @@ def test_a_crop_at_the_minimum_passes_and_scoring_a_checkpoint_makes_no_crop():
     check_model_config("logmel_cnn", {}, short)  # test_only scores with the checkpoint's config
 
 
-def test_the_repository_params_give_every_audio_model_crops_it_takes():
+def test_the_repository_params_give_every_sequence_model_crops_it_takes():
     from models.train_params import TrainParams, check_model_config, for_model
     from personality.common import build_dataclass
 
     p = build_dataclass(TrainParams, PARAMS["train"], "train")
     for name in ("logmel_cnn", "bimodal_resnet", "bimodal_lstm", "crnet", "wave_resnet1d",
-                 "audio_interpret_net"):
+                 "audio_interpret_net", "cnn_lstm_face_seq", "r3d_face_seq", "vat_face_seq",
+                 "slow_fast_face_seq", "tpn_face_seq", "perfex_cnn", "perfex_hybrid",
+                 "spectrum_model"):
         check_model_config(name, for_model(p, name)[1], p)
 
 
