@@ -2,9 +2,10 @@
 
     pytest tests/test_docs.py
 
-Text only, but for models/data.py's source registry (a few seconds): every Markdown table row has its header's number
-of cells (a row whose cells slid into the next one renders as a broken table: README's
-reliability table had two such rows, one answer in the wrong row, until 2026-12-05); every
+Text only, but for models/data.py's source registry (a few seconds): every Markdown table row
+has its header's number of cells (a row whose cells slid into the next one renders as a broken
+table: README's reliability table had two such rows, one answer in the wrong row, until
+2026-12-05); every
 relative link and its #anchor resolves; every `python -m stages.X` / project module, every
 `python scripts/X.py` / `bench/X.py` and each `--flag` written beside it, and every `make X`
 exists; every params.yaml key the docs name (`train.device`, `-S ingest.fold=k`) is in
