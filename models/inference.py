@@ -123,6 +123,14 @@ def min_lengths(model: nn.Module) -> dict[str, int]:
     return dict(declared()) if callable(declared) else {}
 
 
+def max_lengths(model: nn.Module) -> dict[str, int]:
+    """{key: most steps on its time axis} the network takes (ZooModel.max_lengths); {} for a
+    model that declares none."""
+    core = getattr(model, "module", model)
+    declared = getattr(core, "max_lengths", None)
+    return dict(declared()) if callable(declared) else {}
+
+
 # the time axis of each sequence input's eval views: logmel (V, n_mels, T), wave (V, S),
 # face_seq (V, T, 3, H, W), aus (V, T, 17); a key of min_lengths not named here: its last axis
 TIME_AXIS = {"logmel": -1, "wave": -1, "face_seq": -4, "aus": -2}

@@ -162,19 +162,25 @@ def check_train_lengths(name: str, model, p: TrainParams) -> None:
     (a log-mel crop of `frames` steps, a wave crop of `samples`, a face clip of `length` frames)
     is shorter than the network takes (models/inference.py, min_lengths): its pooling would fail
     mid-training with torch's "Output size is too small" (bimodal_lstm's segments with its own
-    ValueError). Inference pads a short log-mel or wave (pad_short); training does not, as a
-    crop is the length params ask for, not the clip's."""
+    ValueError), or longer than it takes at most (max_lengths: vat_face_seq's `max_len`).
+    Inference pads a short log-mel or wave (pad_short); training does not, as a crop is the
+    length params ask for, not the clip's."""
     from models.data import train_lengths
-    from models.inference import min_lengths
+    from models.inference import max_lengths, min_lengths
 
-    need = min_lengths(model)  # {key: fewest steps}
+    need, most = min_lengths(model), max_lengths(model)  # {key: fewest steps}, {key: most}
     merged = for_model(p, name)[0].source_config  # the model's own options over the shared ones
-    for key, (option, value) in train_lengths(list(need), merged).items():
-        if value < need[key]:
+    for key, (option, value) in train_lengths([*need, *most], merged).items():
+        if value < need.get(key, 0):
             raise ParamsError(
                 f"{_source_key(p, name, key, option)}: {value} is under the {need[key]} steps "
                 f"{name} takes at least (fewer fail inside it: min_lengths); give {option} >= "
                 f"{need[key]} or a model config that needs fewer")
+        if key in most and value > most[key]:
+            raise ParamsError(
+                f"{_source_key(p, name, key, option)}: {value} is over the {most[key]} steps "
+                f"{name} takes at most (max_lengths); give {option} <= {most[key]} or a model "
+                "config that takes more")
 
 
 def _source_key(p: TrainParams, name: str, key: str, option: str) -> str:

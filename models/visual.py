@@ -108,6 +108,12 @@ class ZooModel(HeadModel):
         face clip; train refuses a training view under it before it reads any data."""
         return {}
 
+    def max_lengths(self) -> dict[str, int]:
+        """{input key: the most steps along its time axis the network takes} (vat_face_seq's
+        learned positions: `max_len` frames); {} when none. Train refuses a training view over
+        it before it reads any data (models/train_params.py); evaluation's views are as long."""
+        return {}
+
 
 def finish(model: ZooModel) -> ZooModel:
     """Load config.weights when given. Every factory ends with this."""
@@ -525,6 +531,9 @@ class ClipTransformer(ZooModel):
         self.transformer = nn.TransformerEncoder(layer, config.n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(config.d_model)
         self.head = make_head(config, config.d_model)
+
+    def max_lengths(self) -> dict[str, int]:
+        return {"face_seq": self.config.max_len}  # a learned position per frame
 
     def features(self, batch: Mapping[str, Tensor]) -> Tensor:
         x = seq_input(batch)  # (B, T, 3, H, W)

@@ -185,6 +185,29 @@ def test_a_training_crop_under_the_networks_minimum_is_refused_before_any_data(
     assert str(caught.value).startswith(named) and "min_lengths" in str(caught.value)
 
 
+# vat_face_seq learns a position per frame up to max_len: a longer clip failed with its own
+# ValueError at the first training batch, after the front-end's data was read
+@pytest.mark.parametrize("shared, own, named", [
+    ({"face_seq": {"length": 72}}, {}, "train.source_config.face_seq.length: 72 is over the 64 "),
+    ({}, {"face_seq": {"length": 9}}, "train.model_config.vat_face_seq.source_config.face_seq."
+                                      "length: 9 is over the 8 "),
+])
+def test_a_training_clip_over_the_networks_maximum_is_refused_before_any_data(
+        tmp_path, shared, own, named):
+    from models.train_params import TrainParams, check_model_config
+    from personality.common import BaseParams
+    from stages.train import run
+
+    config = {"max_len": 8, "source_config": own} if own else {}
+    p = TrainParams(models=["vat_face_seq"], mlflow=False, source_config=shared,
+                    model_config={"vat_face_seq": config})
+    with pytest.raises(ParamsError) as caught:  # tmp_path has no data: refused before reading
+        run(p, BaseParams(), root=tmp_path)
+    assert str(caught.value).startswith(named) and "max_lengths" in str(caught.value)
+    at_most = TrainParams(models=["vat_face_seq"], source_config={"face_seq": {"length": 64}})
+    check_model_config("vat_face_seq", {}, at_most)  # at the maximum: passes
+
+
 def test_a_crop_at_the_minimum_passes_and_scoring_a_checkpoint_makes_no_crop():
     from models.train_params import TrainParams, check_model_config
 
