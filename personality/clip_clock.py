@@ -1,27 +1,34 @@
 """Where a clip's audio starts on its frames' clock: the seconds between the frames' t = 0 and the
-audio features' second 0, both read from the container's presentation timestamps.
+audio's second 0, both read from the container's presentation timestamps; and the decoded wave
+put on that clock.
 
     offset = audio_offset_s("phone.mp4")   # 0.3: the audio's second 0 is the frames' t = 0.3
+    y, shift = align_wave(y, offset, sr=16000, limit=n)  # 4800 zeros first: y[4800] is t = 0.3
 
 The frames (personality/video_io.py, `iter_frames`) time each frame from the video stream's start
 (`FrameClock`: its start_time, else its first frame), and so do the faces and AUs made from them;
-the audio stage (stages/audio.py, `decode_audio`) puts sample 0 at its first decoded frame (less
-the silence of any undecodable packets before it). A phone or webcam recording whose sound starts
-0.3 s after its picture has its audio's second 0 at the frames' t = 0.3; the test fixtures and
-the synthetic generator's clips have 0 (an MP4's encoder priming is cut by its edit list, which
-the decoder honours). Neither stage shifts its features by it: predict records
-it (prediction.json's `audio_offset_s`) and draws the audio on the frames' clock
-(stages/predict_report.py). `python -m pytest tests/test_predict_clock.py` exercises it.
+the audio stage's decoder (stages/audio.py, `decode_audio`) puts sample 0 at its first decoded
+frame (less the silence of any undecodable packets before it). A phone or webcam recording whose
+sound starts 0.3 s after its picture has its audio's second 0 at the frames' t = 0.3; the test
+fixtures and the synthetic generator's clips have 0 (an MP4's encoder priming is cut by its edit
+list, which the decoder honours). The audio stage (`audio.align_to_frames`, default true) puts
+every audio feature on the frames' clock with `align_wave` (0.3 s of leading digital silence for
+that phone clip; an early track loses what it played before the first frame) and records the
+shift (data/audio's `audio_offset_s`); predict records the offset itself (prediction.json's
+`audio_offset_s`). `python -m pytest tests/test_predict_clock.py tests/test_audio_clock.py`
+exercises both.
 """
 from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from personality.frame_sampling import FrameClock
 # the same video stream as the frames stage's (not an MP3's cover art), opened with its checks
 from personality.video_io import _open, _video_stream
 
-__all__ = ["audio_offset_s"]
+__all__ = ["audio_offset_s", "align_wave"]
 
 # packets read before giving up on a first decodable one (decode_audio allows 50 bad ones)
 MAX_PACKETS = 64
@@ -74,3 +81,21 @@ def _first_sample_s(container, stream) -> float | None:
     if stream.start_time is None or stream.time_base is None:
         return None
     return float(stream.start_time * stream.time_base)
+
+
+def align_wave(y: np.ndarray, offset_s: float | None, *, sr: int, limit: int
+               ) -> tuple[np.ndarray, int]:
+    """(y', shift): the wave `y` (n,), whose sample 0 is the audio's second 0, put on the frames'
+    clock (y' sample 0 at the frames' t = 0), at most `limit` samples long. shift =
+    round(offset_s * sr): a late track (shift > 0) gets that many zeros in front (digital
+    silence: no sound was recorded while the picture ran), an early one (shift < 0) loses its
+    first -shift samples (played before the first frame). `offset_s` None or not finite (the
+    timestamps do not say) leaves y as decoded: shift 0. The zeros are at most `limit` (a file's
+    timestamps can claim hours of offset); y' is y itself (no copy) when shift is 0."""
+    if offset_s is None or not np.isfinite(offset_s):
+        return y[:limit], 0
+    shift = int(round(offset_s * sr))
+    if shift > 0:
+        lead = min(shift, limit)
+        return np.concatenate([np.zeros(lead, y.dtype), y[:limit - lead]]), shift
+    return y[-shift:][:limit], shift

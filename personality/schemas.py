@@ -153,18 +153,22 @@ ARTIFACTS: dict[str, ArtifactSpec] = {
         "data/audio",
         {"video_id": "str", "has_audio": "bool", "silent": "bool", "error": "str",
          "sr": "int", "hop_s": "float", "n_frames": "int", "n_mels": "int", "n_mfcc": "int",
-         "duration_s": "float",
+         "duration_s": "float", "audio_offset_s": "float",
          "logmel": "list", "mfcc": "list", "f0": "list", "voicing": "list", "rms": "list",
          "centroid": "list", "flatness": "list", "zcr": "list",
          "wave": "list", "wave_scale": "float", "n_samples": "int"},
         sharded=True, prefixed=dict.fromkeys(AUDIO_FUNCTIONAL_PREFIXES.values(), "float"),
         doc="ONE ROW PER VIDEO (stages/audio.py's docstring has the details). Per-window lists, "
-            "all on one grid of hop_s seconds, frame i centred on i * hop_s, n_frames = T: "
+            "all on one grid of hop_s seconds, frame i centred on i * hop_s (the frames' t: "
+            "audio_offset_s, the seconds the track was shifted by to start at the first frame, "
+            "leading silence when > 0, dropped when < 0; NaN: not shifted, offset unknown or "
+            "audio.align_to_frames false), n_frames = T: "
             "logmel float32 T*n_mels time-major (reshape (T, n_mels)), dB re 1; mfcc float32 "
             "T*3*n_mfcc time-major (reshape (T, 3*n_mfcc): MFCC, delta, delta-delta); f0 (Hz, NaN "
             "where unvoiced), voicing (0-1), rms, centroid (Hz), flatness, zcr: float32 of length "
             "T. wave: int16 (or float32, audio.wave_format) of exactly max_seconds * sr samples, "
-            "zero-padded; times wave_scale gives amplitude; its first n_samples are real audio. "
+            "zero-padded; times wave_scale gives amplitude; its first n_samples are the track "
+            "(a late one's leading silence included). "
             "fn_<stream>_<stat> floats: streams rms_db, centroid, flatness, zcr, voicing, f0 "
             "(voiced frames), logmel_KK, mfcc_KK, mfcc_d_KK, mfcc_dd_KK; stats mean, std, p<q>; "
             "plus fn_active_frac, fn_voiced_frac, fn_voiced_onsets_per_s. audio.feature_sets "

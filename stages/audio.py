@@ -5,8 +5,13 @@
                                  # data/videos -> data/audio/part-*.parquet
 
 Per video: PyAV demuxes the first audio stream and resamples it (FFmpeg's swresample, through
-`av.AudioResampler`) to `audio.sr` Hz mono float32. librosa then computes, on one time grid of
-`audio.hop_s` (10 ms) with centred frames (frame i is centred on t = i * hop_s):
+`av.AudioResampler`) to `audio.sr` Hz mono float32, then (`audio.align_to_frames`, default true)
+puts it on the frames' clock (personality/clip_clock.py): the container's timestamps say where
+the audio's second 0 lies on the frames' t; a track that starts 0.3 s after the picture (a phone
+or webcam recording) gets 0.3 s of leading zeros (digital silence), one that starts 0.3 s before
+it loses its first 0.3 s, so that t below is the frames', faces' and AUs' t. When the timestamps
+do not say (or there is no video stream) the track stays as decoded. librosa then computes, on
+one time grid of `audio.hop_s` (10 ms) with centred frames (frame i is centred on t = i * hop_s):
 
     logmel    (T, n_mels)      power mel spectrogram in dB re 1.0 (no top_db clipping)
     mfcc      (T, 3 * n_mfcc)  MFCC of that log-mel, then its delta and delta-delta
@@ -22,13 +27,21 @@ Per video: PyAV demuxes the first audio stream and resamples it (FFmpeg's swresa
 A frame is *active* when its RMS is above `silence_db` dBFS, *voiced* when it is active and its
 voicing is above `voicing_threshold` and yin's f0 is not stuck at an end of [f0_min, f0_max]
 (pyin: its voiced flag). A clip whose active share is below `min_active_frac` is `silent`.
+The silent flag, the functionals (fn_*, from the first frame centred at or after the audio's
+start) and openSMILE's describe the recorded audio: a late track's leading silence is the
+alignment's, not the speaker's, so it counts in no share or mean (the per-window lists and the
+wave keep it: they are on the frames' clock). An early track's dropped start is in nothing.
 
 Output: data/audio/, a folder of Parquet shards (`rows_per_shard` rows each), ONE ROW PER VIDEO of
 the manifest, in manifest order:
 
     video_id str, has_audio bool, silent bool, error str ("" when fine)
     sr int, hop_s float, n_frames int (T), n_mels int, n_mfcc int
-    duration_s float   seconds of audio decoded (capped at max_feature_seconds)
+    duration_s float   seconds of the track on the frames' clock (its leading silence
+                       included, its dropped start not), capped at max_feature_seconds
+    audio_offset_s float  the shift applied, in seconds: > 0 that much leading silence, < 0 that
+                       much dropped, 0 none needed; NaN when not shifted (no audio stream, the
+                       timestamps do not say, no video stream, or align_to_frames false)
     logmel   list<float32>  T * n_mels values, time-major: np.reshape(v, (n_frames, n_mels))
     mfcc     list<float32>  T * 3 * n_mfcc, time-major: reshape (n_frames, 3 * n_mfcc); columns are
                             [c_0 .. c_{n-1}, delta c_0 .., delta-delta c_0 ..]
@@ -36,7 +49,8 @@ the manifest, in manifest order:
     wave     list<int16> (wave_format int16) or list<float32> (float32): the resampled wave, cut or
              zero-padded to exactly round(max_seconds * sr) samples; empty when wave_format none
     wave_scale float  multiply `wave` by it for float amplitude (1/32767 or 1.0)
-    n_samples int     how many leading samples of `wave` are real audio (the rest is padding)
+    n_samples int     how many leading samples of `wave` are the track (a late one's leading
+                      silence included; the rest is padding)
     fn_*     float    per-video functionals (below)
 
 Functionals, each `fn_<stream>_<stat>` with stat in mean, std (population), p<q> for q in
@@ -56,7 +70,9 @@ Videos with no audio stream (has_audio=false), silent clips (silent=true), unrea
 too-short tracks (error set, logged by name) get NaN functionals (fn_* and openSMILE's) and
 empty per-window lists (n_frames 0); the stage goes on. Silent and too-short clips keep their
 wave; the others get an all-zero wave (n_samples 0). metrics/audio.json counts them and names
-each: `failed` (a list of {video_id, error}), `no_audio`, `silent`.
+each: `failed` (a list of {video_id, error}), `no_audio`, `silent`; and, only when some clip has
+one, `shifted` ({video_id, audio_offset_s}: the tracks put on the frames' clock by a non-zero
+shift) and `offset_unknown` ({video_id, why}: tracks left as decoded).
 
 Parallel: personality/executor.py's executor (`base.workers` local processes, one thread each, or
 the Dask cluster PERSONALITY_CLUSTER names: same bytes either way); each worker pays librosa's
@@ -70,6 +86,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -80,6 +97,7 @@ import numpy as np
 import pandas as pd
 
 from personality import schemas, smile
+from personality.clip_clock import align_wave, audio_offset_s
 from personality.executor import map_jobs, time_limit_s
 from personality.video_io import cut_container_s, ends_short
 from personality.common import (ArtifactWriter, BaseParams, ParamsError, StageInputError,
@@ -116,6 +134,10 @@ class AudioParams:
     # per-video feature sets: librosa (the per-window streams and their fn_* functionals), egemaps
     # (openSMILE eGeMAPSv02 functionals, egemaps_*), compare (ComParE_2016, compare_*)
     feature_sets: list[str] = dataclasses.field(default_factory=lambda: ["librosa"])
+    # put the audio on the frames' clock (personality/clip_clock.py): a track that starts 0.3 s
+    # after the picture gets 0.3 s of leading silence, one that starts earlier loses what it
+    # played before the first frame; false: each stream from its own start (the stage before)
+    align_to_frames: bool = True
 
     @property
     def librosa(self) -> bool:
@@ -251,6 +273,42 @@ def decode_audio(path: str | os.PathLike, *, sr: int, max_seconds: float,
     report.update(bad_packets=bad, gap_s=gap / sr)
     y = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     return np.ascontiguousarray(y[:limit], dtype=np.float32)
+
+
+def decode_on_frames_clock(path: str | os.PathLike, p: AudioParams, report: dict
+                           ) -> tuple[np.ndarray | None, int]:
+    """(y, shift): decode_audio's wave of `path` at p.sr, shape (n,), at most max_feature_seconds,
+    put on the frames' clock when p.align_to_frames (clip_clock.align_wave: `shift` samples of
+    leading silence when the audio starts late, -shift samples dropped when early; 0 when the
+    offset is 0 or unknown); (None, 0) without an audio stream. `report` (decode_audio's) also
+    receives `decoded_s`, the seconds decoded before the shift, and `audio_offset_s`, the shift
+    applied in seconds (nan when none was: the offset unknown or p.align_to_frames off).
+    Raises decode_audio's StageInputError."""
+    offset = _frames_offset_s(path) if p.align_to_frames else None
+    # an early track is decoded that much further, so that max_feature_seconds of it remain
+    # after the frames' t = 0 (at most twice as far: a file's timestamps can claim anything)
+    early = min(max(-(offset or 0.0), 0.0), p.max_feature_seconds)
+    y = decode_audio(path, sr=p.sr, max_seconds=p.max_feature_seconds + early, report=report)
+    if y is None:
+        return None, 0
+    report["decoded_s"] = len(y) / p.sr
+    y, shift = align_wave(y, offset, sr=p.sr, limit=int(math.ceil(p.max_feature_seconds * p.sr)))
+    report["audio_offset_s"] = float("nan") if offset is None else shift / p.sr
+    return y, shift
+
+
+def _frames_offset_s(path: str | os.PathLike) -> float | None:
+    """clip_clock.audio_offset_s(path), or None (the audio stays as decoded) when it cannot
+    say: no video stream to align to (an audio-only file), a file it cannot open (decode_audio
+    then names the fault), timestamps it cannot read."""
+    try:
+        return audio_offset_s(path)
+    except StageInputError as exc:
+        log.info("%s: audio left on its own clock: %s", path, exc)
+    except Exception as exc:  # noqa: BLE001 - PyAV's demux errors come in many kinds
+        log.warning("%s: audio left on its own clock: the timestamps cannot be read: %s: %s",
+                    path, type(exc).__name__, exc)
+    return None
 
 
 def _stream_facts(path: str | os.PathLike, container, stream, sr: int) -> dict:
@@ -484,15 +542,18 @@ def _wave_column(y: np.ndarray | None, p: AudioParams) -> tuple[np.ndarray, floa
 
 def _row(video_id: str, p: AudioParams, *, has_audio: bool, silent: bool = False,
          error: str = "", y: np.ndarray | None = None,
-         feats: dict[str, np.ndarray] | None = None, extra: dict[str, float] | None = None
-         ) -> dict:
-    """The output row; `extra`: the openSMILE columns (NaN ones for a row without features)."""
+         feats: dict[str, np.ndarray] | None = None, extra: dict[str, float] | None = None,
+         offset_s: float = float("nan"), lead: int = 0) -> dict:
+    """The output row; `extra`: the openSMILE columns (NaN ones for a row without features);
+    `offset_s` the shift applied to y (decode_on_frames_clock), `lead` its leading samples of
+    alignment silence, which the functionals leave out."""
     t = 0 if feats is None else feats["rms"].shape[0]
     empty = np.zeros(0, np.float32)
     wave, scale, n_samples = _wave_column(y, p)
     row = {"video_id": video_id, "has_audio": has_audio, "silent": silent, "error": error,
            "sr": p.sr, "hop_s": p.hop_length / p.sr, "n_frames": t, "n_mels": p.n_mels,
-           "n_mfcc": p.n_mfcc, "duration_s": 0.0 if y is None else len(y) / p.sr}
+           "n_mfcc": p.n_mfcc, "duration_s": 0.0 if y is None else len(y) / p.sr,
+           "audio_offset_s": offset_s}
     if feats is None:
         row.update({c: empty for c in WINDOW_COLUMNS})
     else:
@@ -501,8 +562,9 @@ def _row(video_id: str, p: AudioParams, *, has_audio: bool, silent: bool = False
                                      ).T.reshape(-1)  # (3 n_mfcc, T) -> (T, 3 n_mfcc) -> flat
         row.update({c: feats[c] for c in ("f0", "voicing", "rms", "centroid", "flatness", "zcr")})
     row.update(wave=wave, wave_scale=scale, n_samples=n_samples)
-    if p.librosa:
-        row.update(functionals(feats if t else None, p))
+    if p.librosa:  # of the recorded frames: from the first centred at or after the lead
+        first = -(-lead // p.hop_length)
+        row.update(functionals({k: v[..., first:] for k, v in feats.items()} if t else None, p))
     row.update(extra or {})
     return row
 
@@ -515,7 +577,7 @@ def process_video(video_id: str, path: str | os.PathLike, p: AudioParams,
     `notes` (not a column: run() puts them under `warnings` in metrics/audio.json)."""
     report: dict = {}
     row = _process(video_id, path, p, timings, report)
-    seconds = row["duration_s"]
+    seconds = report.get("decoded_s", row["duration_s"])  # the track's own length, unshifted
     notes = [f"{report['bad_packets']} corrupt audio packet(s) read as silence"] \
         if report.get("bad_packets") else []
     if report.get("gap_s"):
@@ -533,6 +595,13 @@ def process_video(video_id: str, path: str | os.PathLike, p: AudioParams,
             notes.append(f"the audio ends at {seconds:.1f} s of its declared {declared:.1f} s: "
                          "the file looks truncated")
     return {**row, "notes": notes} if notes else row
+
+
+def _after_first_frame(report: dict) -> str:
+    """What a too-short message adds when the track was cut to the frames' clock: how much of it
+    played before the first frame."""
+    early = -report.get("audio_offset_s", 0.0)
+    return f" after the first frame; {early:.3f} s before it left out" if early > 0 else ""
 
 
 def _stream_declared_s(container, stream) -> float:
@@ -566,32 +635,36 @@ def _process(video_id: str, path: str | os.PathLike, p: AudioParams,
     blank = smile.nan_functionals(exs)
     t0 = time.perf_counter()
     try:
-        y = decode_audio(path, sr=p.sr, max_seconds=p.max_feature_seconds, report=report)
+        y, shift = decode_on_frames_clock(path, p, report)
     except StageInputError as exc:
         return _row(video_id, p, has_audio=False, error=str(exc), extra=blank)
     t1 = time.perf_counter()
     if y is None:
         return _row(video_id, p, has_audio=False, extra=blank)
-    if len(y) < p.f0_frame_length:
-        return _row(video_id, p, has_audio=True, y=y, extra=blank,
-                    error=f"{path}: audio track too short ({len(y) / p.sr:.3f} s < "
-                          f"{p.f0_frame_s} s)")
-    _, rms_db = frame_rms_db(y, p)
+    # the recorded audio: y after the lead of silence a late track gets (all of y at offset 0);
+    # the silent flag, the functionals and openSMILE describe it, not the alignment's zeros
+    lead = min(max(shift, 0), len(y))
+    recorded = y[lead:]
+    row = functools.partial(_row, video_id, p, has_audio=True, y=y, extra=blank,
+                            offset_s=report["audio_offset_s"], lead=lead)
+    if len(recorded) < p.f0_frame_length:
+        return row(error=f"{path}: audio track too short ({len(recorded) / p.sr:.3f} s < "
+                         f"{p.f0_frame_s} s{_after_first_frame(report)})")
+    _, rms_db = frame_rms_db(recorded, p)
     if float(np.mean(rms_db > p.silence_db)) < p.min_active_frac:
-        return _row(video_id, p, has_audio=True, silent=True, y=y, extra=blank)
+        return row(silent=True)
     try:
         feats = frame_features(y, p) if p.librosa else None
     except Exception as exc:  # a track librosa cannot take (non-finite samples...): mark, go on
-        return _row(video_id, p, has_audio=True, y=y, extra=blank,
-                    error=f"{path}: features failed: {type(exc).__name__}: {exc}")
+        return row(error=f"{path}: features failed: {type(exc).__name__}: {exc}")
     t2 = time.perf_counter()
     steps: dict[str, float] = {}
     try:
-        extra = smile.all_functionals(y, p.sr, exs, steps)
+        extra = smile.all_functionals(recorded, p.sr, exs, steps)
     except smile.SmileError as exc:
-        return _row(video_id, p, has_audio=True, y=y, extra=blank, error=f"{path}: {exc}")
+        return row(error=f"{path}: {exc}")
     t3 = time.perf_counter()
-    row = _row(video_id, p, has_audio=True, y=y, feats=feats, extra=extra)
+    row = row(feats=feats, extra=extra)
     if timings is not None:
         t4 = time.perf_counter()
         timings.update(decode=t1 - t0, features=t2 - t1, **steps, row=t4 - t3, total=t4 - t0)
@@ -672,6 +745,37 @@ def iter_rows(jobs: list[tuple[str, str]], p: AudioParams, workers: int, root: P
 # stage
 
 
+def _tally(row: dict, counts: dict, named: dict, p: AudioParams) -> bool:
+    """Count and name one row for metrics/audio.json (and log it); pops its `notes`. True when
+    the row has features (not failed, silent or without audio)."""
+    vid = row["video_id"]
+    notes = row.pop("notes", None)  # damaged or cut short: named, not only logged
+    if notes:
+        named.setdefault("warnings", {})[vid] = "; ".join(notes)
+    if row["has_audio"] and p.align_to_frames:  # where the features were put on the frames' clock
+        if not np.isfinite(row["audio_offset_s"]):
+            named.setdefault("offset_unknown", {})[vid] = (
+                "the timestamps do not say where the audio starts on the frames' clock (or "
+                "there are no frames): the audio as decoded")
+        elif row["audio_offset_s"]:
+            named.setdefault("shifted", {})[vid] = row["audio_offset_s"]
+    if row["error"]:
+        counts["n_errors"] += 1
+        named["failed"][vid] = row["error"]
+        log.warning("%s: %s", vid, row["error"])
+    elif not row["has_audio"]:
+        counts["n_no_audio"] += 1
+        named["no_audio"].append(vid)
+        log.info("%s: no audio stream", vid)
+    elif row["silent"]:
+        counts["n_silent"] += 1
+        named["silent"].append(vid)
+        log.info("%s: silent audio track", vid)
+    else:
+        return True
+    return False
+
+
 def run(params: AudioParams, base: BaseParams, root: Path | None = None) -> dict:
     """Audio features of every manifest video under `root` -> data/audio; returns a summary."""
     root = root or repo_root()
@@ -695,22 +799,7 @@ def run(params: AudioParams, base: BaseParams, root: Path | None = None) -> dict
     with ArtifactWriter("audio", path=out_path, rows_per_shard=params.rows_per_shard) as out, \
             progress(total=len(jobs), desc="audio", unit="video") as bar:
         for row in iter_rows(jobs, params, base.workers, root, durations):
-            notes = row.pop("notes", None)  # damaged or cut short: named, not only logged
-            if notes:
-                named.setdefault("warnings", {})[row["video_id"]] = "; ".join(notes)
-            if row["error"]:
-                counts["n_errors"] += 1
-                named["failed"][row["video_id"]] = row["error"]
-                log.warning("%s: %s", row["video_id"], row["error"])
-            elif not row["has_audio"]:
-                counts["n_no_audio"] += 1
-                named["no_audio"].append(row["video_id"])
-                log.info("%s: no audio stream", row["video_id"])
-            elif row["silent"]:
-                counts["n_silent"] += 1
-                named["silent"].append(row["video_id"])
-                log.info("%s: silent audio track", row["video_id"])
-            elif params.librosa:
+            if _tally(row, counts, named, params) and params.librosa:
                 voiced.append(row["fn_voiced_frac"])
             seconds += row["duration_s"]
             batch.append(row)
@@ -727,8 +816,11 @@ def run(params: AudioParams, base: BaseParams, root: Path | None = None) -> dict
     log.info("audio: %s, %.1f s wall, %s x real time", summary, wall,
              round(seconds / wall, 1) if wall > 0 else None)
     named["failed"] = by_video(named["failed"], "error", root=root)
-    if "warnings" in named:  # only when a track was damaged or cut short: no key otherwise
-        named["warnings"] = by_video(named["warnings"], "warning", root=root)
+    # only when a track was damaged or cut short, shifted, or of unknown offset: no key otherwise
+    for key, field in (("warnings", "warning"), ("shifted", "audio_offset_s"),
+                       ("offset_unknown", "why")):
+        if key in named:
+            named[key] = by_video(named[key], field, root=root)
     atomic_write_json(root / "metrics" / "audio.json", {**summary, **named})
     return {**summary, **named, "wall_s": round(wall, 2)}
 

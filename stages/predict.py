@@ -20,12 +20,15 @@ model. No DVC is involved.
 prediction.json and the report say what the clip offered: `face_share` (share of sampled frames
 with a face), `has_audio`, `audio_silent`, `voiced_share`, `audio_offset_s` (where the audio's
 second 0 lies on the frames' clock: a phone's sound that starts 0.3 s after its picture has 0.3;
-personality/clip_clock.py), `truncated` (with `ends_at_s` and `declared_s` when it is: where the
-video stops, short of the length the file declares), and `warnings` in plain words (no face, a
-face in under half of the frames, several faces in a tenth of them or more, no or silent audio, a
-truncated file, audio cut at audio.max_feature_seconds), worded for what the chosen model reads:
-a face model's never speak of the audio, an audio model's of the face (stages/predict_model.py,
-clip_warnings), and a default choice that passed over better models says what the clip lacked.
+personality/clip_clock.py), `audio_aligned` (true: the audio features were put on the frames'
+clock by it, as the audio stage does by default, a late track's first 0.3 s silence in them;
+false: the offset was unknown or audio.align_to_frames is off), `truncated` (with `ends_at_s`
+and `declared_s` when it is: where the video stops, short of the length the file declares),
+and `warnings` in plain words (no face, a face in under half of the frames, several faces in a
+tenth of them or more, no or silent audio, a truncated file, audio cut at
+audio.max_feature_seconds), worded for what the chosen model reads: a face model's never speak of
+the audio, an audio model's of the face (stages/predict_model.py, clip_warnings), and a default
+choice that passed over better models says what the clip lacked.
 A video the chosen model cannot use (no face for a visual or AU model, no audio track for an audio
 model, neither a face nor usable audio for a functionals model, an unreadable file) gives a
 one-line error and exit code 2; so does a checkpoint that cannot be used (not ours, unfinished,
@@ -52,7 +55,8 @@ Explanations (models/explain.py; `--no-explain` skips them): prediction.json's `
 holds, per kind the model's inputs allow, the numbers the report draws: Grad-CAM maps per trait
 over the face crops (visual models: five overlays on the model's input crop), per-second audio
 occlusion (log-mel / wave models: a trait x second strip under the AU timeline, its `seconds` on
-the frames' clock, shifted by `audio_offset_s`, as the AU timeline's), and each input
+the frames' clock, as the AU timeline's: the features' own when `audio_aligned`, else shifted by
+`audio_offset_s`), and each input
 feature's contribution per trait (AU, functionals and audio-functionals models: the top features
 per trait). They add 0.003-0.31 s per 10 s clip to the prediction at rest (models/explain.py).
 
@@ -147,7 +151,8 @@ def predict_video(video: Path, *, model: str | None = None, root: Path | None = 
         if explain:  # while the clip's inputs exist
             explanation, drawn["explain_images"] = _explanation(
                 loaded.net, sources, vid, front_end_params(params_file, frontend))
-            on_frames_clock(explanation, facts.get("audio_offset_s"))  # audio seconds: AUs'
+            on_frames_clock(explanation, facts.get("audio_offset_s"),  # audio seconds: AUs'
+                            aligned=facts.get("audio_aligned", False))
     ckpt = loaded.ckpt
     result = {t: float(s) for t, s in zip(TRAITS, scores)}
     # a retrained checkpoint keeps its base model's name; the folder says "+retrained"

@@ -246,7 +246,8 @@ def front_end_here(video: Path, work: Path, params_file: Path | None, frontend: 
                             if isinstance(v, (int, float, str))}
     if facts["has_audio"]:
         out.update(_audio_facts(params_of("audio", audio.AudioParams), base, work, facts))
-        # the audio's second 0 on the frames' clock: the features ignore it, the report not
+        # the audio's second 0 on the frames' clock, as read (the audio stage shifted its
+        # features by it when `audio_aligned`: _audio_facts)
         offset = audio_offset_s(video)
         out["audio_offset_s"] = None if offset is None else round(offset, 4)
         if out["truncated"]:  # said once, by the video's truncation warning
@@ -266,7 +267,9 @@ def _audio_facts(audio_params, base: BaseParams, work: Path, facts: dict) -> dic
     summary = audio.run(audio_params, base, root=work)
     row = read_artifact("audio", path=work / "data" / "audio").iloc[0]
     # a track the audio stage could not use (too short, unreadable) is no usable audio
-    out = {"audio_silent": bool(not row["has_audio"] or row["silent"] or row["error"])}
+    out = {"audio_silent": bool(not row["has_audio"] or row["silent"] or row["error"]),
+           # the features start at the frames' t = 0 (a late track's lead of silence in them)
+           "audio_aligned": bool(np.isfinite(row["audio_offset_s"]))}
     if row["error"]:
         out["audio_error"] = str(row["error"])
     voiced = row.get("fn_voiced_frac")

@@ -40,14 +40,18 @@ def report_data(work: Path, vid: str) -> dict:
     return data
 
 
-def on_frames_clock(explanation: dict | None, offset_s: float | None) -> dict | None:
-    """`explanation` with its audio occlusion windows on the frames' clock, the AU timeline's:
-    each part's `seconds` (window starts, counted by models/explain.py from the audio's own
-    second 0) shifted by `offset_s` (the clip's audio_offset_s: personality/clip_clock.py; None,
-    unknown: 0), which the part keeps as `audio_offset_s`. In place; returns it."""
+def on_frames_clock(explanation: dict | None, offset_s: float | None, *, aligned: bool
+                    ) -> dict | None:
+    """`explanation` with its audio occlusion windows on the frames' clock, the AU timeline's.
+    Each part's `seconds` (window starts, counted by models/explain.py from the features' second
+    0) stay as they are when the features were `aligned` (the audio stage put them on the
+    frames' clock: their second 0 is the first frame's), else are shifted by `offset_s` (the
+    clip's audio_offset_s: personality/clip_clock.py; None, unknown: 0). The part keeps both as
+    `audio_offset_s` and `audio_aligned`. In place; returns it."""
+    shift = 0.0 if aligned else (offset_s or 0.0)
     for part in ((explanation or {}).get("audio_occlusion") or {}).values():
-        part["seconds"] = [round(float(s) + (offset_s or 0.0), 6) for s in part["seconds"]]
-        part["audio_offset_s"] = offset_s
+        part["seconds"] = [round(float(s) + shift, 6) for s in part["seconds"]]
+        part["audio_offset_s"], part["audio_aligned"] = offset_s, aligned
     return explanation
 
 
@@ -193,7 +197,7 @@ def _align_time_axes(ax_au, ax_seconds) -> None:
     """The audio strip under the AU timeline reads second by second against it: the same time
     span, at the same place on the page (the strip's colour bar narrows both a little)."""
     # the clip's last sampled frame (_draw_aus), else the AUs' last one; no margin. An audio
-    # track that starts before the video (on_frames_clock) begins left of 0
+    # track that starts before the video and was not aligned (on_frames_clock) begins left of 0
     au_end = ax_au.dataLim.x1 if ax_au.get_autoscalex_on() else ax_au.get_xlim()[1]
     heard = ax_seconds.get_xlim()
     span = (min(0.0, heard[0]), max(au_end, heard[1]))
@@ -262,13 +266,18 @@ def _draw_explanation(fig, grid, rows: list[str], result: dict):
 
 
 def _offset_note(part: dict) -> str:
-    """The occlusion strip's second title line when the audio starts apart from the video: the
-    strip is drawn where the audio plays, while the features take each stream from its start."""
+    """The occlusion strip's second title line when the audio starts apart from the video: what
+    the features did with it (aligned: leading silence, or the start before the video left out;
+    else each stream from its own start, the strip drawn where the audio plays)."""
     offset = part.get("audio_offset_s") or 0.0
     if abs(offset) < OFFSET_NOTE_S:
         return ""
-    return (f"\nthe audio starts {abs(offset):.2f} s {'after' if offset > 0 else 'before'} the "
-            "video: drawn where it plays (the model's features take each stream from its start)")
+    note = (f"\nthe audio starts {abs(offset):.2f} s {'after' if offset > 0 else 'before'} the "
+            "video: ")
+    if not part.get("audio_aligned"):  # a result from before, or audio.align_to_frames off
+        return note + "drawn where it plays (the model's features take each stream from its start)"
+    return note + ("the features (and this strip) start with that much silence" if offset > 0
+                   else "the features leave that much out (before the first frame)")
 
 
 def _contributions_title(key: str, part: dict) -> str:

@@ -1,8 +1,10 @@
 """The audio and the frames on one clock: a recording whose sound starts 0.3 s after its picture
-(common in phone and webcam files) has its audio's second 0 at the frames' t = 0.3. The features
-take each stream from its own start (the default data has no offset, so they stay as they are);
-predict records the offset (prediction.json's `audio_offset_s`) and draws the audio occlusion
-strip where the audio plays, against the AU timeline. Real clips, muxed here with PyAV: the
+(common in phone and webcam files) has its audio's second 0 at the frames' t = 0.3. The audio
+stage puts its features on the frames' clock (0.3 s of leading silence: tests/test_audio_clock.py;
+the default data has no offset, so they stay as they are); predict records the offset
+(prediction.json's `audio_offset_s`, `audio_aligned`) and draws the audio occlusion strip on the
+features' seconds, which are the AU timeline's, shifting it only for features that were not
+aligned. Real clips, muxed here with PyAV: the
 single_face fixture's frames with real speech (librivox) starting late. The report's time axes fit
 the clip: the strip's last window ends where the audio does, a 0.12 s clip's axes end at 0.12 s."""
 from __future__ import annotations
@@ -99,20 +101,23 @@ def logmel_checkpoint(tmp_path_factory):
 
 def test_prediction_and_report_put_the_audio_where_it_plays(logmel_checkpoint, tmp_path,
                                                             monkeypatch):
-    """A face clip whose speech starts 0.3 s late: prediction.json records the offset and the
-    occlusion windows' starts on the frames' clock (0.3, 1.3, ...), and the report draws the
-    strip from 0.3 under an AU timeline from 0, on one time axis, and says why."""
+    """A face clip whose speech starts 0.3 s late: prediction.json records the offset; the
+    features start with its 0.3 s of silence, so the occlusion windows' starts are the frames'
+    0, 1, 2 (the first second holds 0.3 s of silence), not shifted again (0.3, 1.3, 2.3 before
+    the features were aligned), and the report draws the strip from 0 to where the audio ends
+    (2.7) under the AU timeline, on one time axis, and says why."""
     from stages import predict, predict_report
 
     clip = mux_clip(tmp_path / "phone.mkv", audio_at_s=0.3, faces=True)
     assert predict.main([str(clip), "--out", str(tmp_path / "out"), "--model",
                          str(logmel_checkpoint)]) == 0
     result = json.loads((tmp_path / "out" / "prediction.json").read_text())
-    assert result["audio_offset_s"] == pytest.approx(0.3)
+    assert result["audio_offset_s"] == pytest.approx(0.3) and result["audio_aligned"] is True
     part = result["explanation"]["audio_occlusion"]["logmel"]
     windows = len(part["delta"][0])
     assert windows >= 2 and part["audio_offset_s"] == result["audio_offset_s"]
-    assert part["seconds"] == pytest.approx(0.3 + part["window_s"] * np.arange(windows))
+    assert part["audio_aligned"] is True
+    assert part["seconds"] == pytest.approx(part["window_s"] * np.arange(windows))
 
     figures = []
     monkeypatch.setattr("matplotlib.figure.Figure.savefig",
@@ -122,26 +127,36 @@ def test_prediction_and_report_put_the_audio_where_it_plays(logmel_checkpoint, t
     predict_report.draw_report(again, tmp_path / "unused.png")
     axes = {ax.get_title().split(" (")[0]: ax for ax in figures[0].axes}
     au, strip = axes["Action Units"], axes["audio occlusion"]
-    # the windows from where the audio starts to where it ends: 2.4 s of speech end at 2.7,
-    # its third window 0.4 s wide (drawn a whole second, to 3.3, before)
-    assert part["audio_s"] == pytest.approx(2.4)
-    assert strip_edges(strip) == pytest.approx([0.3, 1.3, 2.3, 2.7])
+    # the windows from the frames' t = 0 to where the audio ends: 0.3 s of silence, then 2.4 s
+    # of speech, to 2.7; its third window 0.7 s wide
+    assert part["audio_s"] == pytest.approx(2.7)
+    assert strip_edges(strip) == pytest.approx([0.0, 1.0, 2.0, 2.7])
     assert au.get_xlim() == strip.get_xlim() == pytest.approx((0.0, 2.7))
-    assert "the audio starts 0.30 s after the video: drawn where it plays" in strip.get_title()
+    assert ("the audio starts 0.30 s after the video: the features (and this strip) start with "
+            "that much silence") in strip.get_title()
 
 
 def test_no_offset_no_note_and_the_strip_starts_at_zero():
-    """A clip without an offset (the default data's): the windows start at 0, no title note."""
+    """A clip without an offset (the default data's): the windows start at 0, no title note.
+    Features that were not aligned (audio.align_to_frames off) are shifted to where they play."""
     from stages import predict_report
 
-    explanation = {"audio_occlusion": {"logmel": {"seconds": [0.0, 1.0], "window_s": 1.0}}}
-    part = predict_report.on_frames_clock(explanation, 0.0)["audio_occlusion"]["logmel"]
+    def part_of(seconds, offset, aligned, key="logmel"):
+        explanation = {"audio_occlusion": {key: {"seconds": seconds, "window_s": 1.0}}}
+        return predict_report.on_frames_clock(explanation, offset, aligned=aligned)[
+            "audio_occlusion"][key]
+
+    part = part_of([0.0, 1.0], 0.0, True)
     assert part["seconds"] == [0.0, 1.0] and predict_report._offset_note(part) == ""
-    unknown = predict_report.on_frames_clock(
-        {"audio_occlusion": {"wave": {"seconds": [0.0], "window_s": 1.0}}}, None)
-    assert unknown["audio_occlusion"]["wave"]["seconds"] == [0.0]
+    assert part_of([0.0], None, False, key="wave")["seconds"] == [0.0]
+    assert part_of([0.0, 1.0], 0.3, True)["seconds"] == [0.0, 1.0]  # aligned: never twice
+    unaligned = part_of([0.0, 1.0], 0.3, False)
+    assert unaligned["seconds"] == [0.3, 1.3]
+    assert "drawn where it plays" in predict_report._offset_note(unaligned)
     early = {"seconds": [-0.25], "audio_offset_s": -0.25}
     assert "starts 0.25 s before the video" in predict_report._offset_note(early)
+    early_aligned = predict_report._offset_note(part_of([0.0], -0.25, True))
+    assert "before the video: the features leave that much out" in early_aligned
 
 
 def strip_edges(strip) -> list[float]:
