@@ -258,11 +258,25 @@ def _draw_explanation(fig, grid, rows: list[str], result: dict):
         elif kind == "audio_occlusion":
             seconds = fig.add_subplot(grid[2 + i, :])
             draw_occlusion(seconds, part, names, title=f"audio occlusion ({key}): score minus "
-                           f"score with that second muted{_offset_note(part)}")
+                           f"score with {_muted_words(part)} muted{_offset_note(part)}")
         else:
             draw_contributions(fig.add_subplot(grid[2 + i, :]), part, names,
                                title=_contributions_title(key, part))
     return seconds
+
+
+def _muted_words(part: dict) -> str:
+    """What each column of the occlusion strip mutes: "that second" (or "that 0.5 s window"),
+    and the last window's own length when the audio's end makes it another (a 2.4 s track's
+    third window is 0.40 s; a tail under a tenth of a window joins the last one)."""
+    from personality.explain_plots import occlusion_edges
+
+    window = float(part.get("window_s") or 1.0)
+    words = "that second" if abs(window - 1.0) < 1e-6 else f"that {window:g} s window"
+    last = float(np.diff(occlusion_edges(part, len(part["delta"][0])))[-1])
+    if abs(last - window) >= 0.005:
+        words += f" (the last one {last:.2f} s)"
+    return words
 
 
 def _offset_note(part: dict) -> str:

@@ -134,6 +134,7 @@ def test_prediction_and_report_put_the_audio_where_it_plays(logmel_checkpoint, t
     assert au.get_xlim() == strip.get_xlim() == pytest.approx((0.0, 2.7))
     assert ("the audio starts 0.30 s after the video: the features (and this strip) start with "
             "that much silence") in strip.get_title()
+    assert "score with that second (the last one 0.70 s) muted" in strip.get_title()
 
 
 def test_no_offset_no_note_and_the_strip_starts_at_zero():
@@ -213,6 +214,21 @@ def test_the_last_window_ends_with_the_audio_whatever_the_clock(monkeypatch):
     assert occlusion_edges(older, 2) == pytest.approx([0.0, 1.0, 2.0])
     tail = {"seconds": [0.0, 1.0], "window_s": 1.0, "audio_s": 2.05}  # a tail joins the last
     assert occlusion_edges(tail, 2) == pytest.approx([0.0, 1.0, 2.05])
+
+
+def test_the_strips_title_says_when_the_last_window_is_not_a_second():
+    """Its title said "that second muted" under a 0.4 s or 1.05 s last column too."""
+    from stages.predict_report import _muted_words
+
+    def words(audio_s, n, window_s=1.0):
+        return _muted_words({"seconds": list(np.arange(n) * window_s), "window_s": window_s,
+                             "audio_s": audio_s, "delta": [[0.0] * n] * 5})
+
+    assert words(3.0, 3) == "that second"
+    assert words(2.4, 3) == "that second (the last one 0.40 s)"
+    assert words(2.05, 2) == "that second (the last one 1.05 s)"
+    assert words(2.0, 4, window_s=0.5) == "that 0.5 s window"
+    assert words(None, 2) == "that second"  # a result written before audio_s: whole windows
 
 
 def test_the_au_panel_never_blames_an_audio_only_model(monkeypatch, tmp_path):
