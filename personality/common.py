@@ -83,6 +83,18 @@ def check_width(path: Path, why: str) -> None:
         raise StageInputError(f"{path}: a header of {n}{more} columns, over {MAX_COLUMNS} {why}")
 
 
+# A cell of a CSV here is an id, a path, a label or a number (tens of characters), yet pandas
+# materialises any cell whole: a labels CSV with one 200 MB cell took 2.4 s and 700 MB to read,
+# and was accepted. 64 Ki characters is a thousand times a long path, and under the csv module's
+# own default field limit (128 Ki), so that limit never speaks first. A row is read as one piece
+# (a line, or the lines of a quoted cell), so it has a limit of its own: a MiB holds 5000 columns
+# (MAX_COLUMNS) of 200 characters; OpenFace's 714 columns take about 6 KB. Checked by
+# personality.csv_tables (csv_records, check_cells) before pandas reads a file; rows are not
+# counted (PerFeX's long AU CSV holds millions).
+MAX_CELL_CHARS = 64 * 1024
+MAX_ROW_CHARS = 1 << 20
+
+
 # --------------------------------------------------------------------------------------------------
 # paths
 

@@ -12,24 +12,36 @@ editor shows: pandas skips blank lines, and reading its row count as the line (i
 the wrong row after one.
 
 Used by personality/datasets.py and personality/datasets_au.py (and the folder source's header
-check in stages/ingest.py). A header over MAX_COLUMNS is refused before parsing
-(personality.common.check_width, which the OpenFace reader shares).
+check in stages/ingest.py), and by personality/openface.py (check_cells). A header
+over MAX_COLUMNS is refused before parsing (personality.common.check_width, which the OpenFace
+reader shares), and so is a cell over MAX_CELL_CHARS or a row over MAX_ROW_CHARS (CellLimitError):
+rows are not counted.
 """
 from __future__ import annotations
 
 import collections
 import csv
+import functools
+import mmap
 import warnings
-from collections.abc import Iterator
+from array import array
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from personality.common import StageInputError, check_width, get_logger
+from personality.common import (MAX_CELL_CHARS, MAX_ROW_CHARS, StageInputError, check_width,
+                                get_logger)
 
 log = get_logger("ingest")
 
 LABELS_WIDTH = "(a labels CSV has tens, PerFeX's AU CSV under a hundred); not read"
+
+
+class CellLimitError(StageInputError):
+    """A cell over MAX_CELL_CHARS or a row over MAX_ROW_CHARS: the file is refused, where another
+    record the csv module cannot read is left for pandas to judge (_csv_layout)."""
 
 
 def repeated_columns(header: list[str]) -> list[str]:
@@ -42,6 +54,8 @@ def read_table(path: Path, required: list[str], *, any_case: tuple = ()) -> pd.D
     """A CSV as text cells, indexed by each row's line in the file (`line`, as _csv_layout counts them);
     `any_case`: columns taken in any case (`Subject` is `subject`)."""
     check_table_file(path)
+    # one pass of the csv module, before pandas: it refuses an oversized cell (CellLimitError)
+    header, lines = _csv_layout(path)
     kw = dict(dtype=str, keep_default_na=False, skipinitialspace=True)
     try:
         with warnings.catch_warnings():
@@ -57,7 +71,6 @@ def read_table(path: Path, required: list[str], *, any_case: tuple = ()) -> pd.D
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise StageInputError(f"{path}: not a readable CSV: {exc}") from None
     df.columns = columns_any_case([c.strip() for c in df.columns], any_case)
-    header, lines = _csv_layout(path)  # one pass of the csv module
     # pandas renames an exact repeat (`ID,ID` -> ID, ID.1): the file's own header says it
     if repeated := repeated_columns(list(df.columns)) or repeated_columns(
             columns_any_case(header, any_case)):
@@ -86,11 +99,18 @@ def csv_records(path: Path, *, strict: bool = False) -> Iterator[tuple[int, list
     the file it starts on, `fields` as the csv module splits it (skipinitialspace, as the
     readers here), `text` its raw lines (a quoted field may span several). A BOM is no part of
     the first field. StageInputError naming the file (and the line, for a record the csv module
-    refuses: an unclosed quote under `strict`, a field over its size limit) when unreadable."""
+    refuses: an unclosed quote under `strict`) when unreadable; CellLimitError naming the line
+    and the limit for a cell over MAX_CELL_CHARS or a record over MAX_ROW_CHARS, whose text is
+    never read whole (a line is read MAX_ROW_CHARS + 1 characters at most)."""
     raw: list[str] = []  # the lines of the record being read
+    size = 0  # their characters
 
     def lines(f) -> Iterator[str]:
-        for line in f:
+        nonlocal size
+        for line in iter(functools.partial(f.readline, MAX_ROW_CHARS + 1), ""):
+            size = size + len(line) if raw else len(line)
+            if size > MAX_ROW_CHARS:
+                raise _limit(path, end + 1, f"a row over {MAX_ROW_CHARS:,}")
             raw.append(line)
             yield line
 
@@ -99,22 +119,67 @@ def csv_records(path: Path, *, strict: bool = False) -> Iterator[tuple[int, list
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(lines(f), skipinitialspace=True, strict=strict)
             for fields in reader:
-                yield end + 1, fields, "".join(raw)
+                text = "".join(raw)
+                # a cell is no longer than its record: most records need no look at each cell
+                if len(text) > MAX_CELL_CHARS and max(map(len, fields), default=0) > MAX_CELL_CHARS:
+                    raise _limit(path, end + 1, f"a cell over {MAX_CELL_CHARS:,}")
+                yield end + 1, fields, text
                 raw.clear()
                 end = reader.line_num
     except csv.Error as exc:
+        if "field larger than field limit" in str(exc):  # its own limit (128 Ki) is over ours
+            raise _limit(path, end + 1, f"a cell over {MAX_CELL_CHARS:,}") from None
         raise StageInputError(f"{path}: not a readable CSV: line {end + 1}: {exc}") from None
     except UnicodeDecodeError as exc:  # read in blocks: the line is unknown, the byte is not
         raise StageInputError(f"{path}: not a readable CSV: {exc}") from None
 
 
-def _csv_layout(path: Path) -> tuple[list[str], list[int]]:
+def _limit(path: Path, line: int, what: str) -> CellLimitError:
+    return CellLimitError(f"{path}: line {line}: {what} characters (a CSV here holds ids, paths "
+                          f"and numbers: a cell at most {MAX_CELL_CHARS:,} characters, a row "
+                          f"{MAX_ROW_CHARS:,}); not read")
+
+
+def check_cells(path: Path) -> None:
+    """CellLimitError naming `path`, the line and the limit for a cell over MAX_CELL_CHARS or a
+    row over MAX_ROW_CHARS, for a reader that gives the file to pandas without a csv pass of its
+    own (OpenFace CSVs). A file with no `"` and no line over MAX_CELL_CHARS bytes holds no such
+    cell (an unquoted cell lies within a line): every OpenFace CSV passes on that look at its
+    bytes (0.2 ms for 300 frames of 714 columns; the csv module would take 15 ms, 40% of the
+    read). Another file goes through csv_records, whose other complaints are left to pandas.
+    OSError when it cannot be opened."""
+    with open(path, "rb") as f:
+        try:
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+                if view.find(b'"') < 0 and _short_lines(view):
+                    return
+        except ValueError:  # an empty file cannot be mapped: pandas says what is wrong with it
+            return
+    _csv_layout(path)
+
+
+def _short_lines(view: mmap.mmap) -> bool:
+    """Whether no line of `view` is over MAX_CELL_CHARS bytes (\\r\\n counts the \\r). Looked at
+    as the last newline of each window of MAX_CELL_CHARS + 1 bytes, a window starting after the
+    newline before: a C search over the file, not a Python step per line."""
+    start = 0
+    while len(view) - start > MAX_CELL_CHARS:
+        end = view.rfind(b"\n", start, start + MAX_CELL_CHARS + 1)
+        if end < 0:
+            return False
+        start = end + 1
+    return True
+
+
+def _csv_layout(path: Path) -> tuple[list[str], Sequence[int]]:
     """What pandas reads as the header (the first record that is not blank, its names stripped)
     and the line each of its data rows starts on (1-based). pandas leaves out a line of spaces
     and tabs only; a line `""` or `,` is a row of empty cells to it, and is one here. ([], [])
-    when the csv module cannot read the file (pandas did: _line_index then says so)."""
+    when the csv module cannot read the file (pandas judges it: _line_index then says so);
+    CellLimitError for a cell or row over the limits. The lines as 8-byte ints: read_table holds
+    them while pandas parses (a list took 36 MB more at that peak for a million rows)."""
     header: list[str] | None = None
-    lines: list[int] = []
+    lines = array("q")
     try:
         for line, fields, text in csv_records(path):
             if not text.strip(" \t\r\n"):
@@ -123,12 +188,14 @@ def _csv_layout(path: Path) -> tuple[list[str], list[int]]:
                 header = [f.strip() for f in fields]
             else:
                 lines.append(line)
+    except CellLimitError:
+        raise
     except (StageInputError, OSError):
-        return [], []
+        return [], array("q")
     return header or [], lines
 
 
-def _line_index(path: Path, lines: list[int], n_rows: int) -> pd.Index:
+def _line_index(path: Path, lines: Sequence[int], n_rows: int) -> pd.Index:
     """read_table's index: each row's line (`lines`, _csv_layout's). Should the csv module split
     the file into another number of rows than pandas (none found so far), the rows are numbered
     as pandas counts them (row i at line i + 2), with a warning that the numbers are off after a
@@ -137,7 +204,7 @@ def _line_index(path: Path, lines: list[int], n_rows: int) -> pd.Index:
         log.warning("%s: %d rows to pandas, %d to the csv module: row numbers in messages count "
                     "the rows and are off after a blank line", path, n_rows, len(lines))
         lines = list(range(2, n_rows + 2))
-    return pd.Index(lines, name="line")
+    return pd.Index(np.asarray(lines, dtype=np.int64), name="line")  # an array: no loop
 
 
 def columns_any_case(header: list[str], names: tuple[str, ...]) -> list[str]:

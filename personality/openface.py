@@ -5,6 +5,8 @@
 
 Shared by the aus stage (`aus.backend: openface_csv`), the `openface_csv` ingest adapter
 (personality/datasets.py) and deploy (an OpenFace CSV corpus), so all three read a CSV the same way.
+The file's size limits (columns, a cell, a row) are personality/csv_tables.py's, as for every
+other CSV of the project.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from personality.common import MAX_COLUMNS, StageInputError, check_width  # noqa: F401
+from personality.csv_tables import check_cells
 from personality.schemas import AU_INTENSITY, AU_PRESENCE
 
 
@@ -29,6 +32,7 @@ def read_openface_csv(path: str | Path, *, video_id: str, face_id: int = -1,
     try:
         # OpenFace's FeatureExtraction writes 714 columns at most (landmarks, gaze, pose, AUs)
         check_width(path, "(OpenFace writes 714 at most); not an OpenFace CSV, not read")
+        check_cells(path)  # before pandas, which would hold a 200 MB cell whole
         raw = pd.read_csv(path, skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
         raise StageInputError(f"{path}: not a readable OpenFace CSV: {exc}") from None
