@@ -12,7 +12,7 @@ editor shows: pandas skips blank lines, and reading its row count as the line (i
 the wrong row after one.
 
 Used by personality/datasets.py and personality/datasets_au.py (and the folder source's header
-check in stages/ingest.py), and by personality/openface.py (check_cells). A header
+check in stages/ingest.py), and by personality/openface.py (check_cells, row_lines). A header
 over MAX_COLUMNS is refused before parsing (personality.common.check_width, which the OpenFace
 reader shares), and so is a cell over MAX_CELL_CHARS or a row over MAX_ROW_CHARS (CellLimitError):
 rows are not counted.
@@ -193,6 +193,13 @@ def _csv_layout(path: Path) -> tuple[list[str], Sequence[int]]:
     except (StageInputError, OSError):
         return [], array("q")
     return header or [], lines
+
+
+def row_lines(path: Path, n_rows: int) -> pd.Index:
+    """The line each of the `n_rows` rows pandas read from `path` (its defaults for blank lines)
+    starts on, as read_table's index: for a reader without a csv pass of its own to name a row
+    in a message (a pass of the csv module: ~40% of an OpenFace CSV's read, so only then)."""
+    return _line_index(path, _csv_layout(path)[1], n_rows)
 
 
 def _line_index(path: Path, lines: Sequence[int], n_rows: int) -> pd.Index:

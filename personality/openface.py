@@ -5,8 +5,8 @@
 
 Shared by the aus stage (`aus.backend: openface_csv`), the `openface_csv` ingest adapter
 (personality/datasets.py) and deploy (an OpenFace CSV corpus), so all three read a CSV the same way.
-The file's size limits (columns, a cell, a row) are personality/csv_tables.py's, as for every
-other CSV of the project.
+The file's size limits (columns, a cell, a row) and the line numbers in messages are
+personality/csv_tables.py's, as for every other CSV of the project.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from personality.common import MAX_COLUMNS, StageInputError, check_width  # noqa: F401
-from personality.csv_tables import check_cells
+from personality.csv_tables import check_cells, row_lines
 from personality.schemas import AU_INTENSITY, AU_PRESENCE
 
 
@@ -47,6 +47,8 @@ def read_openface_csv(path: str | Path, *, video_id: str, face_id: int = -1,
         rows = _rows(raw, path, video_id, face_id, presence_threshold)
         rows.attrs["csv_span"] = _span(raw)
         return rows
+    except StageInputError:  # says what is wrong already (the path was given twice)
+        raise
     except (ValueError, TypeError, KeyError) as exc:  # a repeated header, a cell like nan(ind)
         raise StageInputError(f"{path}: malformed OpenFace CSV: {type(exc).__name__}: "
                               f"{exc}") from None
@@ -60,7 +62,8 @@ def _check_complete(raw: pd.DataFrame, path: Path) -> None:
     empty = raw[read].isna()
     if empty.to_numpy().any():
         row = int(np.flatnonzero(empty.any(axis=1).to_numpy())[0])
-        raise StageInputError(f"{path}: data row {row + 1} has {int(empty.iloc[row].sum())} empty "
+        line = row_lines(path, len(raw))[row]  # the file's line, as editors count (blank lines)
+        raise StageInputError(f"{path}: line {line} has {int(empty.iloc[row].sum())} empty "
                               "cell(s) (a file cut off mid-row?); not read")
 
 

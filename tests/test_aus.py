@@ -74,6 +74,23 @@ def test_openface_bad_files(tmp_path):
         read_openface_csv(bad, video_id="bad")
 
 
+
+def test_openface_errors_name_the_files_line_after_blank_lines_and_quoted_newlines(tmp_path):
+    """A row's number in an OpenFace CSV's message is its line in the file, as every other CSV
+    message of the project says it (csv_tables): it was "data row N", pandas' count, which a
+    quoted cell over two lines or a blank line set off from what an editor shows."""
+    header, *rows = openface_like(spaces=False, face_ids=False).splitlines()
+    cells = rows[2].split(",")
+    cells[2] = ""  # its confidence
+    path = tmp_path / "clip.csv"
+    lines = [header + ",note", rows[0] + ',"two\nlines"', "",  # lines 1, 2-3, 4
+             rows[1] + ",", "  ", ",".join(cells) + ",", rows[3] + ","]  # 5, 6, 7, 8
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(StageInputError) as err:
+        read_openface_csv(path, video_id="clip")
+    assert str(err.value) == (f"{path}: line 7 has 1 empty cell(s) (a file cut off mid-row?); "
+                              "not read")
+
 def test_openface_backend_stage(tmp_path):
     folder = tmp_path / "openface"
     folder.mkdir()
@@ -93,7 +110,10 @@ def test_openface_backend_stage(tmp_path):
     assert set(aus["video_id"]) == {"a"} and list(failed) == ["b", "c", "d", "e"]
     for name in "cd":
         assert f"{name}.csv: malformed OpenFace CSV" in failed[name]
-    assert "e.csv: data row 4 has 1 empty cell(s)" in failed["e"]
+    # the file's line (header line 1), said once: it was "malformed OpenFace CSV:
+    # StageInputError: <path>: data row 4 ...", the path twice
+    assert failed["e"] == ("openface/e.csv: line 5 has 1 empty cell(s) (a file cut off "
+                           "mid-row?); not read")
     # paths under the root are written relative to it: a tracked metrics file is the same in
     # every checkout
     assert failed["e"].startswith("openface/e.csv: ") and str(tmp_path) not in str(summary)
