@@ -4,7 +4,7 @@ and the `register` stage that logs the best model by validation CCC and register
     python -m stages.serve                    # DVC stage `register`: selection.best of
                                               # metrics/evaluate.json -> models:/personality/<v>
     python -m stages.serve --model hrnet_face # register another trained model
-    MLFLOW_TRACKING_URI=sqlite:///$PWD/mlflow.db \\
+    MLFLOW_TRACKING_URI=sqlite:///$PWD/mlflow.db UVICORN_LIMIT_CONCURRENCY=4 \\
       mlflow models serve -m models:/personality/latest --env-manager local -h 127.0.0.1 -p 5001
     curl -s 127.0.0.1:5001/invocations -H 'Content-Type: application/json' \\
       -d '{"dataframe_split": {"columns": ["video"], "data": [["/srv/videos/clip.mp4"]]}}'
@@ -28,6 +28,10 @@ symlink after the check is never read (`private_copy`); a file over PERSONALITY_
 (default 4 GiB, read when the model is loaded) is refused before the copy. A request of more
 than PERSONALITY_MAX_REQUEST_ROWS videos (default 100) is refused whole (HTTP 400); rows whose
 turn comes after the server's MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT are error rows, not scored.
+MLflow 3.17's server (FastAPI, uvicorn) reads a body whole with no size limit or setting for one
+(100 MB: +384 MB, 1.3 s; a reverse proxy can bound it) and scores as many requests at once as
+come, each copying its video: UVICORN_LIMIT_CONCURRENCY=N (uvicorn's; `mlflow models serve`
+passes it on) answers 503 while N connections are open, its own among them (warned when unset).
 
 The model is logged *from code* (stages/serve_model.py calls mlflow.models.set_model): loading it
 runs this project's code from the model's code/ folder (personality/, models/, stages/ travel as
@@ -82,6 +86,8 @@ MAX_ROWS_ENV, DEFAULT_MAX_ROWS = "PERSONALITY_MAX_REQUEST_ROWS", 100  # the most
 # what `mlflow models serve` puts in its server's environment: the seconds after which it answers
 # 504 (the request's thread scores on: the rows left after it are not scored)
 TIMEOUT_ENV = "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"
+# uvicorn's own (its CLI reads UVICORN_* variables): the connections its server keeps at once
+CONCURRENCY_ENV = "UVICORN_LIMIT_CONCURRENCY"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +115,10 @@ class VideoScorer:
         self.video_roots, self.max_bytes = video_roots(), max_video_bytes()
         self.max_rows = max_request_rows()
         log.info("serving videos under %s", os.pathsep.join(map(str, self.video_roots)))
+        if request_seconds() is not None and not os.environ.get(CONCURRENCY_ENV, "").strip():
+            log.warning("%s unset: any number of requests at once, each body held whole, each "
+                        "copying a video of up to %g GiB; set it (4: three at once, 503 to more)",
+                        CONCURRENCY_ENV, self.max_bytes / 2**30)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):
         """model_input: a column `video` of file paths; returns one row per video."""

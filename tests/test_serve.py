@@ -229,13 +229,35 @@ def wait_until_up(url: str, server: subprocess.Popen, seconds: float = 180) -> N
     raise AssertionError(f"no answer from {url} within {seconds} s")
 
 
+def concurrent_answers(url: str, clip: Path) -> tuple[int, int]:
+    """(rows scored for a request of the clip three times (~4 s), the HTTP status of one sent
+    0.5 s into it) from a server started with UVICORN_LIMIT_CONCURRENCY=2."""
+    import threading
+
+    first: dict = {}
+    body = {"dataframe_split": {"columns": ["video"], "data": [[str(clip)]] * 3}}
+    scoring = threading.Thread(target=lambda: first.update(post(url, body)))
+    scoring.start()
+    time.sleep(0.5)
+    try:
+        post(url, {"dataframe_split": {"columns": ["video"], "data": [[str(clip)]]}})
+        second = 200
+    except urllib.error.HTTPError as exc:
+        second = exc.code
+    scoring.join()
+    return sum(not r["error"] for r in first["predictions"]), second
+
+
 def test_mlflow_models_serve_answers_with_predicts_scores(served_root, registered, expected):
     port = free_port()
     # the venv's bin on PATH: mlflow starts its server as `uvicorn ...` through bash (make test
     # runs .venv/bin/python without activating the venv)
     clip = real_fixture("single_face.mp4")
+    # UVICORN_LIMIT_CONCURRENCY: uvicorn's bound on requests at once, which the mlflow CLI passes
+    # on (MLflow itself bounds neither their number nor their bodies)
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{served_root / 'mlflow.db'}",
            "MLFLOW_DISABLE_TELEMETRY": "true", VIDEO_ROOT: str(clip.parent),
+           "UVICORN_LIMIT_CONCURRENCY": "2",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     mlflow_cli = Path(sys.executable).with_name("mlflow")
     server = subprocess.Popen([str(mlflow_cli), "models", "serve", "-m",
@@ -248,9 +270,11 @@ def test_mlflow_models_serve_answers_with_predicts_scores(served_root, registere
         answer = post(f"http://127.0.0.1:{port}/invocations", {"dataframe_split": {
             "columns": ["video"], "data": [[str(clip)], ["/etc/hostname"],
                                            ["tests/fixtures/single_face.mp4"]]}})
+        busy = concurrent_answers(f"http://127.0.0.1:{port}/invocations", clip)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+    assert busy == (3, 503)  # a request while another scores: refused at once, not queued
     row, outside, relative = answer["predictions"]
     for t in TRAITS:
         assert row[t] == pytest.approx(expected[t], abs=1e-6)

@@ -331,3 +331,28 @@ def test_rows_left_when_the_servers_time_limit_passes_are_not_scored(tree, monke
     seen.clear()
     errors(loaded_scorer(), [clip] * 5)
     assert len(seen) == 5
+
+
+def test_a_server_without_a_concurrency_limit_is_warned_of_when_the_model_loads(monkeypatch,
+                                                                             caplog):
+    """MLflow's scoring server holds each request's body whole and scores every request that
+    comes at once (threads), each copying a video of up to 4 GiB; only uvicorn's
+    UVICORN_LIMIT_CONCURRENCY bounds how many (tests/test_serve.py shows it through `mlflow
+    models serve`). Loaded by such a server (MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT set) without
+    it, the model says so; not with it, nor outside a server (the register stage loads it)."""
+    import logging
+
+    monkeypatch.delenv("UVICORN_LIMIT_CONCURRENCY", raising=False)
+    monkeypatch.delenv("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", raising=False)
+    with caplog.at_level(logging.WARNING, logger="serve"):
+        loaded_scorer()
+        assert "UVICORN_LIMIT_CONCURRENCY" not in caplog.text
+        monkeypatch.setenv("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "60")
+        loaded_scorer()
+        assert ("UVICORN_LIMIT_CONCURRENCY unset: any number of requests at once, each body "
+                "held whole, each copying a video of up to 4 GiB; set it (4: three at once, 503 "
+                "to more)") in caplog.text
+        caplog.clear()
+        monkeypatch.setenv("UVICORN_LIMIT_CONCURRENCY", "4")
+        loaded_scorer()
+        assert "UVICORN_LIMIT_CONCURRENCY" not in caplog.text
