@@ -30,8 +30,12 @@ than PERSONALITY_MAX_REQUEST_ROWS videos (default 100) is refused whole (HTTP 40
 turn comes after the server's MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT are error rows, not scored.
 MLflow 3.17's server (FastAPI, uvicorn) reads a body whole with no size limit or setting for one
 (100 MB: +384 MB, 1.3 s; a reverse proxy can bound it) and scores as many requests at once as
-come, each copying its video: UVICORN_LIMIT_CONCURRENCY=N (uvicorn's; `mlflow models serve`
-passes it on) answers 503 while N connections are open, its own among them (warned when unset).
+come, each in a thread of its own. Whatever the server's settings, the process copies and scores
+at most PERSONALITY_MAX_CONCURRENT_VIDEOS videos at once (default 2, all requests together;
+stages/serve_limits.py says why 2): another row waits for a slot, and one whose slot does not
+come before its request's time limit is an error row saying so. UVICORN_LIMIT_CONCURRENCY=N
+(uvicorn's; `mlflow models serve` passes it on) bounds the requests themselves, their bodies and
+threads: 503 while N connections are open, its own among them (warned when unset).
 
 The model is logged *from code* (stages/serve_model.py calls mlflow.models.set_model): loading it
 runs this project's code from the model's code/ folder (personality/, models/, stages/ travel as
@@ -67,6 +71,10 @@ from personality.common import (ParamsError, StageInputError, atomic_write_json,
                                 find_checkpoint, get_logger, load_base, load_params, mlflow_run,
                                 repo_root, stage_errors, write_tracking_receipt)
 from personality.schemas import TRAITS
+from stages.serve_limits import (CONCURRENCY_ENV, DEFAULT_MAX_GB, MAX_GB_ENV, MAX_ROWS_ENV,
+                                 MAX_VIDEOS_ENV, busy_row, late_row, max_concurrent_videos,
+                                 max_request_rows, max_video_bytes, request_seconds, video_slot,
+                                 video_slots)
 
 log = get_logger("serve")
 
@@ -81,13 +89,6 @@ PACKAGES = ("personality", "models", "stages")  # the project's code the served 
 CODE_ROOT = Path(__file__).resolve().parents[1]  # where they are (not the data root)
 VIDEO_ROOT_ENV = "PERSONALITY_VIDEO_ROOT"  # the folders a served model may read videos from
 OUTSIDE_ROOTS = f"not under the served video root(s); set {VIDEO_ROOT_ENV}"
-MAX_GB_ENV, DEFAULT_MAX_GB = "PERSONALITY_MAX_VIDEO_GB", 4  # the largest file a request may name
-MAX_ROWS_ENV, DEFAULT_MAX_ROWS = "PERSONALITY_MAX_REQUEST_ROWS", 100  # the most videos per request
-# what `mlflow models serve` puts in its server's environment: the seconds after which it answers
-# 504 (the request's thread scores on: the rows left after it are not scored)
-TIMEOUT_ENV = "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"
-# uvicorn's own (its CLI reads UVICORN_* variables): the connections its server keeps at once
-CONCURRENCY_ENV = "UVICORN_LIMIT_CONCURRENCY"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,16 +110,20 @@ class VideoScorer:
         start_front_end_worker()  # set up before the first request (the worker is kept)
         import torch
 
-        torch.set_num_threads(1)  # one request at a time per worker; the front-end has its own
+        torch.set_num_threads(1)  # one thread per video scored; the front-end has its own
         self.checkpoint = Path(context.artifacts["checkpoint"])
         self.params_file = Path(context.artifacts["params"])
         self.video_roots, self.max_bytes = video_roots(), max_video_bytes()
-        self.max_rows = max_request_rows()
-        log.info("serving videos under %s", os.pathsep.join(map(str, self.video_roots)))
+        self.max_rows, self.max_videos = max_request_rows(), max_concurrent_videos()
+        # one bound for the process: MLflow's server scores each request in a thread of its own
+        self.slots = video_slots(self.max_videos)
+        log.info("serving videos under %s, %d at once",
+                 os.pathsep.join(map(str, self.video_roots)), self.max_videos)
         if request_seconds() is not None and not os.environ.get(CONCURRENCY_ENV, "").strip():
-            log.warning("%s unset: any number of requests at once, each body held whole, each "
-                        "copying a video of up to %g GiB; set it (4: three at once, 503 to more)",
-                        CONCURRENCY_ENV, self.max_bytes / 2**30)
+            log.warning("%s unset: any number of requests taken at once, each body held whole, "
+                        "each waiting in a server thread (their videos are copied and scored %d "
+                        "at a time: %s); set it (4: three at once, 503 to more)",
+                        CONCURRENCY_ENV, self.max_videos, MAX_VIDEOS_ENV)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):
         """model_input: a column `video` of file paths; returns one row per video."""
@@ -133,17 +138,25 @@ class VideoScorer:
                 f"{self.max_rows} per request ({MAX_ROWS_ENV}): send them in smaller requests")
         seconds = request_seconds()
         end = time.monotonic() + (seconds or math.inf)
-        rows = [self._row(str(v)) if time.monotonic() < end else _late_row(str(v), seconds)
-                for v in model_input["video"]]
+        rows = [self._row(str(v), end, seconds) if time.monotonic() < end
+                else late_row(str(v), seconds) for v in model_input["video"]]
         return json_safe(pd.DataFrame(rows, columns=OUTPUT_COLUMNS))
 
-    def _row(self, requested: str) -> dict:
-        from stages.predict import error_text, predict_video, result_row
-
+    def _row(self, requested: str, end: float, seconds: float | None) -> dict:
+        """The row of one video, scored in one of the process's slots when one comes free before
+        `end` (the request's deadline, time.monotonic): else an error row."""
         refused = {**{t: math.nan for t in TRAITS}, "error": f"{requested}: {OUTSIDE_ROOTS}"}
         video = allowed_video(requested, self.video_roots)
         if video is None:  # one message whether the file exists or not
             return refused
+        with video_slot(self.slots, end) as free:  # the copy and the front end's work
+            if not free:
+                return busy_row(requested, self.max_videos, seconds)
+            return self._scored(video, requested, refused)
+
+    def _scored(self, video: Path, requested: str, refused: dict) -> dict:
+        from stages.predict import error_text, predict_video, result_row
+
         names: list[str] = []  # the copy's path as the front-end may write it
         try:
             with tempfile.TemporaryDirectory(prefix="serve-") as root:
@@ -160,24 +173,6 @@ class VideoScorer:
             row = {**{t: math.nan for t in TRAITS}, "error": error_text(exc)}
         # the client named its file, not the server's copy of it
         return {k: _named_as_asked(v, names, requested) for k, v in row.items()}
-
-
-def _late_row(requested: str, seconds: float) -> dict:
-    return {**{t: math.nan for t in TRAITS},
-            "error": f"{requested}: not scored: the request had run past the server's {seconds:g} s "
-                     f"({TIMEOUT_ENV}) before its turn; send fewer videos per request"}
-
-
-def request_seconds() -> float | None:
-    """The scoring server's time limit for a request (MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT, which
-    `mlflow models serve` sets in its server's environment), None outside such a server. Past it
-    MLflow answers 504 but its thread scored every row on: a request of 200 clips (~1.4 s each)
-    kept a server busy 4-5 min after its 504, one of 10,000 for hours."""
-    try:
-        seconds = float(os.environ.get(TIMEOUT_ENV, ""))
-    except ValueError:
-        return None
-    return seconds if seconds > 0 else None
 
 
 TEXT_COLUMNS = ("model", "warnings", "error")
@@ -273,27 +268,6 @@ def private_copy(video: Path, roots: tuple[Path, ...], folder: Path,
 def _too_big(video: Path, max_bytes: int) -> str:
     return (f"{video}: over the {max_bytes / 2**30:g} GiB a served request may copy "
             f"(set {MAX_GB_ENV})")
-
-
-def max_video_bytes() -> int:
-    """The largest file a request may name: PERSONALITY_MAX_VIDEO_GB GiB (default 4); each request
-    copies its file (`private_copy`), and a sparse file's holes are written out in full."""
-    text = os.environ.get(MAX_GB_ENV, "").strip() or str(DEFAULT_MAX_GB)
-    try:
-        gigabytes = float(text)
-    except ValueError:
-        gigabytes = -1.0
-    if not gigabytes > 0:
-        raise StageInputError(f"{MAX_GB_ENV}: {text!r} is not a positive number of GiB")
-    return int(gigabytes * 2**30)
-
-
-def max_request_rows() -> int:
-    """The most videos one request may name: PERSONALITY_MAX_REQUEST_ROWS (default 100)."""
-    text = os.environ.get(MAX_ROWS_ENV, "").strip() or str(DEFAULT_MAX_ROWS)
-    if not text.isdigit() or int(text) < 1:
-        raise StageInputError(f"{MAX_ROWS_ENV}: {text!r} is not a positive whole number of rows")
-    return int(text)
 
 
 def _real_path(fd: int, video: Path) -> Path | None:

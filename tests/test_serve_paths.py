@@ -335,24 +335,122 @@ def test_rows_left_when_the_servers_time_limit_passes_are_not_scored(tree, monke
 
 def test_a_server_without_a_concurrency_limit_is_warned_of_when_the_model_loads(monkeypatch,
                                                                              caplog):
-    """MLflow's scoring server holds each request's body whole and scores every request that
-    comes at once (threads), each copying a video of up to 4 GiB; only uvicorn's
-    UVICORN_LIMIT_CONCURRENCY bounds how many (tests/test_serve.py shows it through `mlflow
-    models serve`). Loaded by such a server (MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT set) without
-    it, the model says so; not with it, nor outside a server (the register stage loads it)."""
+    """MLflow's scoring server holds each request's body whole and takes every request that
+    comes at once, each in a thread (their videos wait for one of the model's slots,
+    PERSONALITY_MAX_CONCURRENT_VIDEOS); only uvicorn's UVICORN_LIMIT_CONCURRENCY bounds how many
+    (tests/test_serve.py shows it through `mlflow models serve`). Loaded by such a server
+    (MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT set) without it, the model says so; not with it, nor
+    outside a server (the register stage loads it)."""
     import logging
 
     monkeypatch.delenv("UVICORN_LIMIT_CONCURRENCY", raising=False)
     monkeypatch.delenv("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", raising=False)
+    monkeypatch.delenv("PERSONALITY_MAX_CONCURRENT_VIDEOS", raising=False)
     with caplog.at_level(logging.WARNING, logger="serve"):
         loaded_scorer()
         assert "UVICORN_LIMIT_CONCURRENCY" not in caplog.text
         monkeypatch.setenv("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "60")
         loaded_scorer()
-        assert ("UVICORN_LIMIT_CONCURRENCY unset: any number of requests at once, each body "
-                "held whole, each copying a video of up to 4 GiB; set it (4: three at once, 503 "
-                "to more)") in caplog.text
+        assert ("UVICORN_LIMIT_CONCURRENCY unset: any number of requests taken at once, each "
+                "body held whole, each waiting in a server thread (their videos are copied and "
+                "scored 2 at a time: PERSONALITY_MAX_CONCURRENT_VIDEOS); set it (4: three at "
+                "once, 503 to more)") in caplog.text
         caplog.clear()
         monkeypatch.setenv("UVICORN_LIMIT_CONCURRENCY", "4")
         loaded_scorer()
         assert "UVICORN_LIMIT_CONCURRENCY" not in caplog.text
+
+
+def test_no_more_videos_than_the_limit_are_copied_and_scored_at_once(tree, monkeypatch):
+    """MLflow's server scores each request in a thread of its own, as many as arrive: without
+    UVICORN_LIMIT_CONCURRENCY, every one copied its video (up to 4 GiB) and ran the front end at
+    once. PERSONALITY_MAX_CONCURRENT_VIDEOS=2 bounds the process: four requests at once (to two
+    loaded models: the bound is the process's) never have more than two videos between the start
+    of the copy and the end of the scoring, and every row is scored."""
+    import threading
+
+    served, _ = tree
+    lock, inside, most, scored = threading.Lock(), [0], [0], []
+    real_copy = serve.private_copy
+
+    def counted_copy(*args, **kw):
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        return real_copy(*args, **kw)
+
+    def slow_predict_video(video, **kw):
+        time.sleep(0.3)
+        with lock:
+            inside[0] -= 1
+            scored.append(video.name)
+        raise StageInputError(f"{video}: cannot be opened as media")
+
+    monkeypatch.setattr(serve, "private_copy", counted_copy)
+    monkeypatch.setattr(predict, "predict_video", slow_predict_video)
+    monkeypatch.setenv("PERSONALITY_VIDEO_ROOT", str(served))
+    monkeypatch.setenv("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "60")
+    monkeypatch.setenv("PERSONALITY_MAX_CONCURRENT_VIDEOS", "2")
+    scorers = [loaded_scorer(), loaded_scorer()]
+    clip, got = str(served / "sub" / "clip.mp4"), []
+    start = threading.Barrier(4)
+
+    def request(i: int) -> None:
+        start.wait()
+        got.extend(errors(scorers[i % 2], [clip, clip]))
+
+    threads = [threading.Thread(target=request, args=(i,), daemon=True) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not any(t.is_alive() for t in threads), "a request hung"
+    assert most[0] == 2 and len(scored) == 8
+    assert got == [f"{clip}: cannot be opened as media"] * 8
+
+
+def test_a_row_without_a_slot_before_the_time_limit_is_an_error_row_not_a_wait(tree,
+                                                                               monkeypatch):
+    """A row waits for a free slot only until its request's time limit (the server has answered
+    504 by then): it is a row saying why, and the rows after it are late rows, as when the
+    request's own rows took the time. Here one video holds the only slot."""
+    import threading
+
+    served, _ = tree
+    holding, release = threading.Event(), threading.Event()
+
+    def held_predict_video(video, **kw):
+        holding.set()
+        release.wait(10)
+        raise StageInputError(f"{video}: cannot be opened as media")
+
+    monkeypatch.setattr(predict, "predict_video", held_predict_video)
+    monkeypatch.setenv("PERSONALITY_VIDEO_ROOT", str(served))
+    monkeypatch.setenv("PERSONALITY_MAX_CONCURRENT_VIDEOS", "1")
+    monkeypatch.setenv("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "0.5")
+    scorer, clip, first = loaded_scorer(), str(served / "sub" / "clip.mp4"), []
+    holder = threading.Thread(target=lambda: first.extend(errors(scorer, [clip])), daemon=True)
+    holder.start()
+    assert holding.wait(10)
+    began = time.monotonic()
+    got = errors(scorer, [clip, clip, str(served / "nowhere.mp4")])
+    waited = time.monotonic() - began
+    release.set()
+    holder.join(10)
+    assert 0.4 < waited < 5 and first == [f"{clip}: cannot be opened as media"]
+    assert got == [f"{clip}: not scored: the server was scoring 1 other video(s) "
+                   "(PERSONALITY_MAX_CONCURRENT_VIDEOS) until the request's 0.5 s "
+                   "(MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT) had passed; send it again later",
+                   f"{clip}: not scored: the request had run past the server's 0.5 s "
+                   "(MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT) before its turn; send fewer videos "
+                   "per request",
+                   f"{served / 'nowhere.mp4'}: not scored: the request had run past the "
+                   "server's 0.5 s (MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT) before its turn; send "
+                   "fewer videos per request"]
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("PERSONALITY_MAX_CONCURRENT_VIDEOS", bad)
+        with pytest.raises(StageInputError, match=f"PERSONALITY_MAX_CONCURRENT_VIDEOS: '{bad}' "
+                                                  "is not a positive whole number of videos"):
+            loaded_scorer()
+    monkeypatch.delenv("PERSONALITY_MAX_CONCURRENT_VIDEOS")
+    assert loaded_scorer().max_videos == 2  # the default
