@@ -16,14 +16,16 @@ import json
 import numpy as np
 import pytest
 
-from personality.common import BaseParams, load_params, read_artifact
+from personality.common import BaseParams, load_params, load_params_file, read_artifact
 from stages import audio, predict_frontend
 from stages.audio import AudioParams
 from tests.conftest import real_fixture, write_video
 from tests.test_predict_clock import mux_clip
 
 SR, HOP = 16000, 160  # 10 ms frames
-P = AudioParams()  # librosa features only: the default params' openSMILE sets are not needed here
+# librosa features only: the default params' openSMILE sets are not needed here; aligned as
+# params.yaml says (the code default is false: a checkpoint from before the key)
+P = AudioParams(align_to_frames=True)
 LATE, EARLY = 4800, 5120  # samples: 0.3 s late; 0.32 s early (8 frames at 25 fps: 0.3 is none)
 
 
@@ -149,3 +151,16 @@ def test_predict_front_end_computes_what_the_stage_computes(clips, tmp_path, mon
         if name == "late":  # its first 0.3 s: digital silence in the features
             assert not np.asarray(got["wave"])[:LATE].any()
             assert np.allclose(logmel(got)[:29], -100.0, atol=1e-4)
+
+
+def test_a_checkpoint_from_before_the_key_is_scored_unaligned():
+    """A checkpoint keeps params.yaml's front-end sections as written when it trained
+    (personality.common.frontend_params): one trained before audio.align_to_frames existed lacks
+    the key, and its training data took each stream from its own start. predict must make its
+    clip's features the same way, not the shifted ones a key it never saw would now default to."""
+    old = {k: v for k, v in load_params_file()["audio"].items() if k != "align_to_frames"}
+    params_of = predict_frontend.front_end_params(None, {"audio": old})
+    assert params_of("audio", AudioParams).align_to_frames is False
+    # today's checkpoints keep the key as params.yaml writes it
+    assert predict_frontend.front_end_params(None, {"audio": {**old, "align_to_frames": True}})(
+        "audio", AudioParams).align_to_frames is True
