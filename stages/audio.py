@@ -600,11 +600,19 @@ def process_video(video_id: str, path: str | os.PathLike, p: AudioParams,
     return {**row, "notes": notes} if notes else row
 
 
-def _after_first_frame(report: dict) -> str:
+def _after_first_frame(report: dict, p: AudioParams, at_limit: bool) -> str:
     """What a too-short message adds when the track was cut to the frames' clock: how much of it
-    played before the first frame."""
-    early = -report.get("audio_offset_s", 0.0)
-    return f" after the first frame; {early:.3f} s before it left out" if early > 0 else ""
+    played before the first frame; or, for a late track cut at max_feature_seconds (`at_limit`),
+    that it starts at or just before that limit (the recording is not short: the features stop)."""
+    offset = report.get("audio_offset_s", 0.0)  # nan (not shifted): neither
+    if offset < 0:
+        return f" after the first frame; {-offset:.3f} s before it left out"
+    if offset > 0 and at_limit:
+        limit = p.max_feature_seconds
+        where = "at or past" if offset >= limit else f"{limit - offset:.3f} s before"
+        return (f": it starts {offset:.3f} s after the first frame, {where} "
+                f"audio.max_feature_seconds ({limit:g} s), where the features stop")
+    return ""
 
 
 def _stream_declared_s(container, stream) -> float:
@@ -651,8 +659,10 @@ def _process(video_id: str, path: str | os.PathLike, p: AudioParams,
     row = functools.partial(_row, video_id, p, has_audio=True, y=y, extra=blank,
                             offset_s=report["audio_offset_s"], lead=lead)
     if len(recorded) < p.f0_frame_length:
+        # a late track cut at max_feature_seconds (decode_on_frames_clock's limit): say so
+        at_limit = len(y) >= int(math.ceil(p.max_feature_seconds * p.sr))
         return row(error=f"{path}: audio track too short ({len(recorded) / p.sr:.3f} s < "
-                         f"{p.f0_frame_s} s{_after_first_frame(report)})")
+                         f"{p.f0_frame_s} s{_after_first_frame(report, p, at_limit)})")
     _, rms_db = frame_rms_db(recorded, p)
     if float(np.mean(rms_db > p.silence_db)) < p.min_active_frac:
         return row(silent=True)

@@ -153,6 +153,18 @@ def test_predict_front_end_computes_what_the_stage_computes(clips, tmp_path, mon
             assert np.allclose(logmel(got)[:29], -100.0, atol=1e-4)
 
 
+def test_a_track_that_starts_past_max_feature_seconds_says_so(tmp_path):
+    """The sound starts 3 s after the picture, the features stop at 2 s (max_feature_seconds):
+    nothing of the track is within them, and the error says it starts past that limit instead
+    of calling a 2.4 s track too short."""
+    clip = mux_clip(tmp_path / "late.mkv", audio_at_s=3.0)
+    row = audio.process_video("late", clip, dataclasses.replace(P, max_feature_seconds=2.0))
+    assert row["audio_offset_s"] == pytest.approx(3.0) and row["n_frames"] == 0
+    assert row["error"].endswith("audio track too short (0.000 s < 0.04 s: it starts 3.000 s "
+                                 "after the first frame, at or past audio.max_feature_seconds "
+                                 "(2 s), where the features stop)")
+
+
 def test_a_checkpoint_from_before_the_key_is_scored_unaligned():
     """A checkpoint keeps params.yaml's front-end sections as written when it trained
     (personality.common.frontend_params): one trained before audio.align_to_frames existed lacks
