@@ -100,16 +100,19 @@ def csv_records(path: Path, *, strict: bool = False) -> Iterator[tuple[int, list
     readers here), `text` its raw lines (a quoted field may span several). A BOM is no part of
     the first field. StageInputError naming the file (and the line, for a record the csv module
     refuses: an unclosed quote under `strict`) when unreadable; CellLimitError naming the line
-    and the limit for a cell over MAX_CELL_CHARS or a record over MAX_ROW_CHARS, whose text is
-    never read whole (a line is read MAX_ROW_CHARS + 1 characters at most)."""
+    and the limit for a cell over MAX_CELL_CHARS or a record over MAX_ROW_CHARS (its last
+    line's \\n, \\r\\n or \\r not counted), whose text is never read whole (a line is read
+    MAX_ROW_CHARS + 2 characters at most)."""
     raw: list[str] = []  # the lines of the record being read
     size = 0  # their characters
 
     def lines(f) -> Iterator[str]:
         nonlocal size
-        for line in iter(functools.partial(f.readline, MAX_ROW_CHARS + 1), ""):
+        # + 2: a row at the limit and its \r\n in one read (a split one is over it anyway)
+        for line in iter(functools.partial(f.readline, MAX_ROW_CHARS + 2), ""):
             size = size + len(line) if raw else len(line)
-            if size > MAX_ROW_CHARS:
+            # the terminator ends the row, no part of it (as the last line without one)
+            if size - (len(line) - len(line.rstrip("\r\n"))) > MAX_ROW_CHARS:
                 raise _limit(path, end + 1, f"a row over {MAX_ROW_CHARS:,}")
             raw.append(line)
             yield line

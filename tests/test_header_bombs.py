@@ -197,3 +197,22 @@ def test_a_csv_cell_or_row_over_its_limit_is_refused_by_line_before_pandas_reads
             continue
         with pytest.raises(StageInputError, match=rf"{name}: line 3: a cell over 65,536{limits}"):
             read_openface_csv(path, video_id="x")
+
+
+def test_a_row_at_the_limit_is_read_whatever_ends_its_line(tmp_path):
+    """A row of exactly MAX_ROW_CHARS characters is not over the limit: it is read whether its
+    line ends with \\n, \\r\\n, \\r or the file's end (the terminator is no part of the row), and
+    one character more is refused, as the message says ("a row over 1,048,576")."""
+    from personality.common import MAX_ROW_CHARS
+    from personality.csv_tables import csv_records
+
+    row = ",".join(["y" * 65_000] * 16)  # cells under MAX_CELL_CHARS
+    row += "," + "z" * (MAX_ROW_CHARS - len(row) - 1)  # (1,048,576 characters)
+    for end in ("\n", "\r\n", "\r", ""):
+        path = tmp_path / f"row{len(end)}{end == chr(13)}.csv"
+        path.write_bytes(f"a{end or chr(10)}{row}{end}".encode())
+        assert [(line, len(text.rstrip("\r\n"))) for line, _, text in csv_records(path)] == [
+            (1, 1), (2, MAX_ROW_CHARS)], repr(end)
+        path.write_bytes(f"a{end or chr(10)}{row}z{end}".encode())
+        with pytest.raises(StageInputError, match="line 2: a row over 1,048,576"):
+            list(csv_records(path))
