@@ -600,6 +600,21 @@ def process_video(video_id: str, path: str | os.PathLike, p: AudioParams,
     return {**row, "notes": notes} if notes else row
 
 
+def _too_short(n: int, lead: int, p: AudioParams) -> str:
+    """Why a track of `n` samples, the first `lead` of them a late track's alignment silence, is
+    too short for the features ("" when it is not): its recording under f0_frame_s, or (librosa
+    features) holding no frame of the hop_s grid, where the functionals start (_row). A hop_s
+    over f0_frame_s and a late start can leave a recording between two frames' centres: every
+    fn_* of its row was NaN, with no error."""
+    if n - lead < p.f0_frame_length:
+        return f"{p.f0_frame_s} s"
+    to_frame = -(-lead // p.hop_length) * p.hop_length - lead  # to the first centre at or after
+    if p.librosa and n - lead < to_frame:
+        return (f"{to_frame / p.sr:.3f} s: no frame of the {p.hop_s:g} s grid (audio.hop_s) "
+                "centred in it")
+    return ""
+
+
 def _after_first_frame(report: dict, p: AudioParams, at_limit: bool) -> str:
     """What a too-short message adds when the track was cut to the frames' clock: how much of it
     played before the first frame; or, for a late track cut at max_feature_seconds (`at_limit`),
@@ -658,11 +673,12 @@ def _process(video_id: str, path: str | os.PathLike, p: AudioParams,
     recorded = y[lead:]
     row = functools.partial(_row, video_id, p, has_audio=True, y=y, extra=blank,
                             offset_s=report["audio_offset_s"], lead=lead)
-    if len(recorded) < p.f0_frame_length:
+    short = _too_short(len(y), lead, p)
+    if short:
         # a late track cut at max_feature_seconds (decode_on_frames_clock's limit): say so
         at_limit = len(y) >= int(math.ceil(p.max_feature_seconds * p.sr))
         return row(error=f"{path}: audio track too short ({len(recorded) / p.sr:.3f} s < "
-                         f"{p.f0_frame_s} s{_after_first_frame(report, p, at_limit)})")
+                         f"{short}{_after_first_frame(report, p, at_limit)})")
     _, rms_db = frame_rms_db(recorded, p)
     if float(np.mean(rms_db > p.silence_db)) < p.min_active_frac:
         return row(silent=True)

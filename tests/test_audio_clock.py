@@ -176,3 +176,27 @@ def test_a_checkpoint_from_before_the_key_is_scored_unaligned():
     # today's checkpoints keep the key as params.yaml writes it
     assert predict_frontend.front_end_params(None, {"audio": {**old, "align_to_frames": True}})(
         "audio", AudioParams).align_to_frames is True
+
+
+def test_a_late_recording_with_no_frame_of_the_grid_in_it_is_too_short(monkeypatch):
+    """The functionals start at the first frame centred at or after a late track's start. With
+    a hop_s over f0_frame_s (0.1 s here), a 0.044 s recording that starts 0.31 s after the first
+    frame holds none (frame 3 is centred at 0.3 s, frame 4 at 0.4 s, past its end): its row had
+    no error, was not silent, and every fn_* was NaN. It is too short, and says why; starting at
+    0.3 s, on frame 3's centre, it has its frame and its functionals."""
+    p = dataclasses.replace(P, hop_s=0.1).validate()
+    tone = (0.3 * np.sin(2 * np.pi * 150 * np.arange(704) / SR)).astype(np.float32)  # 0.044 s
+
+    def late_by(lead: int):
+        def decode(path, params, report):
+            report["audio_offset_s"] = lead / SR
+            return np.concatenate([np.zeros(lead, np.float32), tone]), lead
+        return decode
+
+    monkeypatch.setattr(audio, "decode_on_frames_clock", late_by(4960))
+    row = audio.process_video("v", "v.mkv", p)
+    assert row["error"] == ("v.mkv: audio track too short (0.044 s < 0.090 s: no frame of the "
+                            "0.1 s grid (audio.hop_s) centred in it)")
+    monkeypatch.setattr(audio, "decode_on_frames_clock", late_by(4800))
+    row = audio.process_video("v", "v.mkv", p)
+    assert not row["error"] and row["fn_voiced_frac"] == 1.0 and np.isfinite(row["fn_rms_db_mean"])
