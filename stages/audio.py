@@ -287,7 +287,7 @@ def decode_on_frames_clock(path: str | os.PathLike, p: AudioParams, report: dict
     receives `decoded_s`, the seconds decoded before the shift, and `audio_offset_s`, the shift
     applied in seconds (nan when none was: the offset unknown or p.align_to_frames off).
     Raises decode_audio's StageInputError."""
-    offset = _frames_offset_s(path) if p.align_to_frames else None
+    offset = frames_offset_s(path) if p.align_to_frames else None
     # an early track is decoded that much further, so that max_feature_seconds of it remain
     # after the frames' t = 0 (at most twice as far: a file's timestamps can claim anything)
     early = min(max(-(offset or 0.0), 0.0), p.max_feature_seconds)
@@ -300,7 +300,7 @@ def decode_on_frames_clock(path: str | os.PathLike, p: AudioParams, report: dict
     return y, shift
 
 
-def _frames_offset_s(path: str | os.PathLike) -> float | None:
+def frames_offset_s(path: str | os.PathLike) -> float | None:
     """clip_clock.audio_offset_s(path), or None (the audio stays as decoded) when it cannot
     say: no video stream to align to (an audio-only file), a file it cannot open (decode_audio
     then names the fault), timestamps it cannot read."""

@@ -210,7 +210,6 @@ def _time_limit(job: tuple) -> float | None:
 def front_end_here(video: Path, work: Path, params_file: Path | None, frontend: dict | None,
                    facts: dict) -> dict:
     """run_front_end's work in this process, `facts` the video's probe (stages.ingest)."""
-    from personality.clip_clock import audio_offset_s
     from personality.video_io import ends_short, stream_extent
     from stages import audio, aus, faces, frames, functionals
     from stages.ingest import write_manifest
@@ -246,9 +245,12 @@ def front_end_here(video: Path, work: Path, params_file: Path | None, frontend: 
                             if isinstance(v, (int, float, str))}
     if facts["has_audio"]:
         out.update(_audio_facts(params_of("audio", audio.AudioParams), base, work, facts))
-        # the audio's second 0 on the frames' clock, as read (the audio stage shifted its
-        # features by it when `audio_aligned`: _audio_facts)
-        offset = audio_offset_s(video)
+        # the audio's second 0 on the frames' clock: the shift the audio stage gave its
+        # features when `audio_aligned` (_audio_facts), else as read (the report draws the
+        # strip there), None when the timestamps cannot say (read as the stage reads them)
+        offset = out.pop("audio_shift_s", None)
+        if offset is None:
+            offset = audio.frames_offset_s(video)
         out["audio_offset_s"] = None if offset is None else round(offset, 4)
         if out["truncated"]:  # said once, by the video's truncation warning
             out["audio_notes"] = [n for n in out.get("audio_notes", [])
@@ -267,9 +269,12 @@ def _audio_facts(audio_params, base: BaseParams, work: Path, facts: dict) -> dic
     summary = audio.run(audio_params, base, root=work)
     row = read_artifact("audio", path=work / "data" / "audio").iloc[0]
     # a track the audio stage could not use (too short, unreadable) is no usable audio
+    aligned = bool(np.isfinite(row["audio_offset_s"]))
     out = {"audio_silent": bool(not row["has_audio"] or row["silent"] or row["error"]),
            # the features start at the frames' t = 0 (a late track's lead of silence in them)
-           "audio_aligned": bool(np.isfinite(row["audio_offset_s"]))}
+           "audio_aligned": aligned}
+    if aligned:  # the shift the features were given (front_end_here reports it)
+        out["audio_shift_s"] = float(row["audio_offset_s"])
     if row["error"]:
         out["audio_error"] = str(row["error"])
     voiced = row.get("fn_voiced_frac")

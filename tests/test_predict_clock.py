@@ -137,6 +137,32 @@ def test_prediction_and_report_put_the_audio_where_it_plays(logmel_checkpoint, t
     assert "score with that second (the last one 0.70 s) muted" in strip.get_title()
 
 
+def test_timestamps_that_cannot_be_read_leave_the_audio_unshifted_and_predict_on(
+        tmp_path, monkeypatch):
+    """A container whose timestamps PyAV cannot read: the audio stage leaves the track as
+    decoded (frames_offset_s: None), and predict's front end, which read the offset again
+    unguarded, failed the clip on the same error; it now reports the offset as unknown. All in
+    this process (front_end_here, PERSONALITY_CLUSTER=inline: workers would not see the patch)."""
+    from stages.ingest import probe_video
+    from stages.predict_frontend import front_end_here
+    from tests.conftest import REPO
+
+    def unreadable(path):
+        raise RuntimeError("unreadable timestamps")
+
+    monkeypatch.setenv("PERSONALITY_CLUSTER", "inline")  # the stages' work in this process too
+    monkeypatch.setattr("personality.clip_clock.audio_offset_s", unreadable)
+    monkeypatch.setattr("stages.audio.audio_offset_s", unreadable)
+    clip = mux_clip(tmp_path / "phone.mkv", audio_at_s=0.3, faces=True)
+    out = front_end_here(clip, tmp_path / "work", REPO / "params.yaml", None, probe_video(clip))
+    assert out["audio_offset_s"] is None and out["audio_aligned"] is False
+    assert "audio_shift_s" not in out and not out["audio_silent"]
+    # and readable ones: the shift the features were given, from the audio stage's row
+    monkeypatch.undo()
+    out = front_end_here(clip, tmp_path / "again", REPO / "params.yaml", None, probe_video(clip))
+    assert out["audio_offset_s"] == pytest.approx(0.3) and out["audio_aligned"] is True
+
+
 def test_no_offset_no_note_and_the_strip_starts_at_zero():
     """A clip without an offset (the default data's): the windows start at 0, no title note.
     Features that were not aligned (audio.align_to_frames off) are shifted to where they play."""
