@@ -1,7 +1,7 @@
 """Source adapters for the datasets that arrive as AU sequences, not video: PerFeX's long CSV (and
 its user-study ratings) and a folder of OpenFace FeatureExtraction CSVs with a labels CSV; and the
 reading and per-row checks of a labels CSV (labels_records, row_labels, row_split), which the
-`folder` source (stages/ingest.py) shares.
+`folder` source (stages/ingest.py) shares, and iter_labels_records (the inputs stage's).
 
 Split out of personality/datasets.py (the video sources, ChaLearn and UDIVA, and the helpers
 used here; the CSV reading is personality/csv_tables.py); import these names from this module. Like the video adapters, each returns manifest rows plus one
@@ -16,6 +16,7 @@ import math
 import os
 import re
 import unicodedata
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -45,17 +46,45 @@ def labels_records(csv_path: Path) -> tuple[list[str], list[tuple[int, list[str]
     field (C engine), or silently cuts the extra field of the first row and swallows the rest
     of a file after an unclosed quote (python engine); here such a row stays one record for
     the caller to report, and an unclosed quote fails the file. StageInputError naming the
-    file when it is missing, not text (binary, not UTF-8), or has no header or a repeated column."""
+    file when it is missing, not text (binary, not UTF-8), or has no header or a repeated column.
+    The whole file is read before its header is judged, so a file with two faults names the
+    same one every time (iter_labels_records reads one record at a time)."""
     check_table_file(csv_path, "labels CSV not found")
-    records = [(n, f) for n, f, _ in csv_records(csv_path, strict=True)  # strict: unclosed quote
-               if len(f) > 1 or (f and f[0].strip())]
+    records = list(_labels_lines(csv_path))
     if not records:
         raise StageInputError(f"{csv_path}: not a readable CSV: no header line")
-    header = columns_any_case([c.strip() for c in records[0][1]], LABELS_COLUMNS)
+    return _labels_header(csv_path, records[0][1]), records[1:]
+
+
+def iter_labels_records(csv_path: Path) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    """labels_records' header and its records one at a time, for a reader that keeps a cell or
+    two of each row (the inputs stage): the list of every record took 0.76 GB a million rows of
+    8 cells (6.1 GB for a labels CSV of 10 million rows), one record at a time nothing. The same
+    errors, the header's here and the records' while iterating (of a file with two faults, the
+    one met first)."""
+    check_table_file(csv_path, "labels CSV not found")
+    records = _labels_lines(csv_path)
+    first = next(records, None)
+    if first is None:
+        raise StageInputError(f"{csv_path}: not a readable CSV: no header line")
+    return _labels_header(csv_path, first[1]), records
+
+
+def _labels_lines(csv_path: Path) -> Iterator[tuple[int, list[str]]]:
+    """The (line, fields) records of a labels CSV that are not blank: an unclosed quote fails
+    the file (strict)."""
+    return ((n, f) for n, f, _ in csv_records(csv_path, strict=True)
+            if len(f) > 1 or (f and f[0].strip()))
+
+
+def _labels_header(csv_path: Path, fields: list[str]) -> list[str]:
+    """A labels CSV's header, stripped and LABELS_COLUMNS spelled our way; StageInputError for a
+    column given twice."""
+    header = columns_any_case([c.strip() for c in fields], LABELS_COLUMNS)
     repeated = repeated_columns(header)  # "" left out: trailing commas
     if repeated:
         raise StageInputError(f"{csv_path}: column(s) {', '.join(repeated)} given twice")
-    return header, records[1:]
+    return header
 
 
 def row_labels(row) -> dict[str, float]:
