@@ -393,15 +393,11 @@ class OpenFaceParams:
 
 def read_openface_csv(path: Path, *, fps: float = 30.0) -> tuple[pd.DataFrame, dict]:
     """One OpenFace FeatureExtraction CSV -> its `aus` rows (personality.openface, the `aus` stage's own reader) and
-    facts: number of faces in the file, duration, frame rate."""
-    from personality.openface import read_openface_csv as read_aus_csv
+    facts: number of faces in the file, duration, frame rate. One read of the file: the faces
+    are counted from the reader's own parse."""
+    from personality.openface import read_openface_faces
 
-    table = read_aus_csv(path, video_id="")
-    try:
-        n_faces = int(pd.read_csv(path, skipinitialspace=True, usecols=lambda c: c.strip() ==
-                                  "face_id").iloc[:, 0].nunique())
-    except (ValueError, IndexError):
-        n_faces = 1
+    table, n_faces = read_openface_faces(path, video_id="")
     t = table["t"].to_numpy(float)
     rate = (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else fps
     return table, {"n_faces": max(n_faces, 1), "duration_s": len(t) / rate if len(t) else 0.0,

@@ -91,6 +91,59 @@ def test_openface_errors_name_the_files_line_after_blank_lines_and_quoted_newlin
     assert str(err.value) == (f"{path}: line 7 has 1 empty cell(s) (a file cut off mid-row?); "
                               "not read")
 
+def _faces_in_a_second_read(path) -> int:
+    """The openface_csv source's face count as it was, from a read of its own (the reference)."""
+    try:
+        n = int(pd.read_csv(path, skipinitialspace=True, usecols=lambda c: c.strip() ==
+                            "face_id").iloc[:, 0].nunique())
+    except (ValueError, IndexError):
+        n = 1
+    return max(n, 1)
+
+
+def _face_ids(header: str, rows: list[str], face_id) -> str:
+    """An OpenFace CSV of `rows` (", "-separated) with face_id(row number, cell) for face_id."""
+    cells = [r.split(", ") for r in rows]
+    return "\n".join([header, *(", ".join([c[0], face_id(i, c[1]), *c[2:]])
+                                for i, c in enumerate(cells))]) + "\n"
+
+
+def test_openface_source_reads_each_csv_once_and_counts_its_faces_as_before(tmp_path,
+                                                                             monkeypatch):
+    """datasets_au.read_openface_csv (the openface_csv source's) read each file a second time with
+    pandas only to count its faces: now one read, the same rows (and csv_span) as the aus stage's
+    reader and the same count: two faces, one, none named (no face_id), face_id empty in some or
+    every row, the header with spaces or without, and the real OpenFace 2.0 fixture."""
+    from personality import datasets_au, openface
+
+    two = openface_like(spaces=True, face_ids=True)
+    header, *rows = two.splitlines()
+    files = {"two": two, "two_plain": openface_like(spaces=False, face_ids=True),
+             "none": openface_like(spaces=True, face_ids=False),
+             "one": "\n".join([header, *(r for r in rows if r.split(", ")[1] == "1")]) + "\n",
+             "some_empty": _face_ids(header, rows, lambda i, face: "" if i % 4 == 0 else face),
+             "all_empty": _face_ids(header, rows[1::2], lambda i, face: "")}
+    paths = [tmp_path / f"{name}.csv" for name in files]
+    for path, text in zip(paths, files.values()):
+        path.write_text(text)
+    paths.append(real_fixture("OpenFace_Test.csv"))
+    reads = []
+    read_csv = pd.read_csv
+    monkeypatch.setattr(pd, "read_csv", lambda *a, **k: reads.append(a[0]) or read_csv(*a, **k))
+    counts = {}
+    for path in paths:
+        reads.clear()
+        table, facts = datasets_au.read_openface_csv(path)
+        assert reads == [path], path  # one pandas read of the file
+        expected = openface.read_openface_csv(path, video_id="")
+        pd.testing.assert_frame_equal(table, expected)
+        assert table.attrs == expected.attrs
+        counts[path.stem] = facts["n_faces"]
+        assert facts["n_faces"] == _faces_in_a_second_read(path), path
+    assert counts == {"two": 2, "two_plain": 2, "none": 1, "one": 1, "some_empty": 2,
+                      "all_empty": 1, "OpenFace_Test": 1}
+
+
 def test_openface_backend_stage(tmp_path):
     folder = tmp_path / "openface"
     folder.mkdir()
