@@ -6,6 +6,8 @@ openface_csv source's reader on one OpenFace FeatureExtraction CSV (seconds a fi
     python bench/csv_reads.py inputs --repo /tmp/old-checkout   # the same file, another commit
     python bench/csv_reads.py openface --frames 300 9000 --repeats 15
 
+Prints a table and writes bench/results/csv_reads_<inputs|openface>.json.
+
 The labels CSV is generated (folder source: video, O, C, E, A, N, subject, split; `--videos`
 distinct clips, named in turn, none on disk, as a corpus whose clips are elsewhere) and cached in
 bench/results/. `--repo` runs another checkout's stages/inputs.py on the same file: run the two
@@ -157,10 +159,16 @@ def main(argv: list[str] | None = None) -> None:
     two.add_argument("--repo", type=Path, default=REPO, help="the checkout whose reader runs")
     args = ap.parse_args(argv)
     if args.what == "inputs":
-        out = bench_inputs(args.rows, args.videos, args.repo.resolve())
+        rows = [bench_inputs(args.rows, args.videos, args.repo.resolve())]
     else:
-        out = [bench_openface(n, args.repeats, args.repo.resolve()) for n in args.frames]
-    print(json.dumps(out, indent=2))
+        rows = [bench_openface(n, args.repeats, args.repo.resolve()) for n in args.frames]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out_path = RESULTS / f"csv_reads_{args.what}.json"
+    out_path.write_text(json.dumps(rows, indent=2) + "\n")
+    import pandas as pd  # the table only
+
+    print(pd.DataFrame(rows).to_string(index=False))
+    print(f"wrote {out_path}")
 
 
 if __name__ == "__main__":
