@@ -27,7 +27,8 @@ silent audio):
 |                             | rms_db, f0, voicing ... mean / std / p10 / p50 / p90, active and |
 |                             | voiced shares, voiced onsets per second = a syllable rate)       |
 | `f0_semitone_mean`, `_sd`   | pitch level and variability in semitones re 27.5 Hz over voiced  |
-|                             | frames (eGeMAPS's F0semitoneFrom27.5Hz mean and sd); with fn_*   |
+|                             | frames (eGeMAPS's F0semitoneFrom27.5Hz mean and sd); with fn_*;  |
+|                             | of the recorded audio, as fn_* (a late track's lead left out)    |
 | `egemaps_*`, `compare_*`    | openSMILE's eGeMAPSv02 / ComParE_2016 functionals, names         |
 |                             | unchanged, when params audio.feature_sets has egemaps / compare  |
 
@@ -146,8 +147,21 @@ def audio_functionals(row: dict | None, fn_columns: list[str]) -> dict[str, floa
     unusable = row is None or not row["has_audio"] or row["silent"] or row["error"]
     out = {c: (np.nan if unusable else float(row[c])) for c in fn_columns}
     if any(c.startswith(AUDIO_FUNCTIONAL_PREFIXES["librosa"]) for c in fn_columns):
-        out.update(semitones(np.asarray([] if unusable else row["f0"])))
+        out.update(semitones(np.asarray([] if unusable else row["f0"])[_recorded_from(row):]))
     return out
+
+
+def _recorded_from(row: dict | None) -> int:
+    """The first f0 frame of the recorded audio: a late track's leading alignment silence
+    (data/audio's audio_offset_s > 0) is left out, from the first frame centred at or after its
+    end, as the audio stage's fn_* leave it out (stages/audio.py, _row); 0 otherwise (an early
+    or unshifted track, or an artifact without the column)."""
+    offset = (row or {}).get("audio_offset_s")
+    if offset is None or not np.isfinite(offset) or offset <= 0:
+        return 0
+    sr = int(row["sr"])
+    lead, hop = int(round(offset * sr)), int(round(float(row["hop_s"]) * sr))
+    return -(-lead // hop)
 
 
 def _grouped(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -184,7 +198,10 @@ def _audio_rows(root: Path) -> tuple[dict[str, dict], list[str]]:
         raise StageInputError(f"{folder}: no audio shards; run the audio stage first")
     prefixes = tuple(AUDIO_FUNCTIONAL_PREFIXES.values())
     fn = [c for c in _shard(pq.read_schema, shards[0]).names if c.startswith(prefixes)]
-    cols = ["video_id", "has_audio", "silent", "error", "f0", *fn]
+    names = set(_shard(pq.read_schema, shards[0]).names)
+    # audio_offset_s, sr, hop_s: where a late track's recording starts (_recorded_from)
+    cols = ["video_id", "has_audio", "silent", "error", "f0", *fn,
+            *[c for c in ("audio_offset_s", "sr", "hop_s") if c in names]]
     df = pd.concat([_shard(pq.read_table, s, columns=cols).to_pandas() for s in shards])
     return {r["video_id"]: r for r in df.to_dict("records")}, fn
 

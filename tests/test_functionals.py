@@ -40,6 +40,22 @@ def test_head_functionals_speed():
     assert out["head_yaw_sd"] == pytest.approx(np.std([0, 3, 3]))
 
 
+def test_a_late_tracks_alignment_silence_is_no_part_of_its_pitch():
+    """The audio stage's fn_* describe the recorded audio, from the first frame centred at or
+    after a late track's leading silence; the semitone functionals took every f0 frame, the
+    lead's too (a voiced estimate straddling the onset moved them)."""
+    f0 = np.r_[np.full(29, np.nan), 55.0, np.full(10, 110.0), np.full(10, 220.0)]  # (50,)
+    row = {"has_audio": True, "silent": False, "error": "", "f0": f0, "sr": 16000,
+           "hop_s": 0.01, "audio_offset_s": 0.3}  # 4800 samples: frames 0-29 before frame 30
+    out = fx.audio_functionals({**row, "fn_rms_db_mean": 1.0}, ["fn_rms_db_mean"])
+    assert out["f0_semitone_mean"] == pytest.approx(30.0)  # 110 and 220 Hz: 24 and 36
+    # the straddling 55 Hz frame (29) counts when the track was not shifted
+    for unshifted in (0.0, -0.3, float("nan")):
+        got = fx.audio_functionals({**row, "audio_offset_s": unshifted, "fn_rms_db_mean": 1.0},
+                                   ["fn_rms_db_mean"])
+        assert got["f0_semitone_mean"] < 30.0
+
+
 def test_semitones_of_an_octave():
     out = fx.semitones(np.array([110.0, 220.0, np.nan, 0.0]))
     assert out["f0_semitone_mean"] == pytest.approx(30.0)  # 24 and 36 semitones re 27.5 Hz
