@@ -423,22 +423,21 @@ def check_ingested(got: Ingested, params: IngestParams) -> None:
 
 
 def subject_warnings(manifest: pd.DataFrame, source: str) -> list[str]:
-    """What a user should know about the subjects: a labels CSV without subjects (or with some
-    subject cells empty) makes each such video its own subject, so one person's clips can land
-    in train and test (optimistic)."""
-    if source not in ("folder", "openface_csv") or len(manifest) < 2:
-        return []
+    """What a user should know about the subjects: a video whose source gives it none (a labels
+    CSV without subjects or with empty cells, a ChaLearn clip not named <YouTube id>.NNN.mp4) is
+    its own subject, so one person's clips can land in train and test (optimistic)."""
+    fix = {"folder": "give each video its `subject` in the labels CSV", "openface_csv": "give each"
+           " file its `subject` in the labels CSV", "chalearn16": "name each clip <YouTube id>."
+           "NNN.mp4, as the release does (its subject is the YouTube id)"}.get(source)
     alone = manifest["video_id"][manifest["subject_id"] == manifest["video_id"]]
-    if len(alone) == 0:
+    if fix is None or len(manifest) < 2 or len(alone) == 0:
         return []
-    if len(alone) < len(manifest):  # a few cells left empty: those clips are people of their own
-        return [f"{source}: {len(alone)} of {len(manifest)} videos have no subject (e.g. "
-                f"{alone.iloc[0]}), so each of them is its own subject: if one is a clip of a "
-                "person with other clips, they can land in different splits and the test "
-                "scores are optimistic; fill in their `subject` cells in the labels CSV"]
-    return [f"{source}: no subject given for any video, so each video is its own subject: "
-            "if a person has several clips, they can land in different splits and the test "
-            "scores are optimistic; add a `subject` column to the labels CSV"]
+    which = (f"{len(alone)} of {len(manifest)} videos have no subject (e.g. {alone.iloc[0]}), so "
+             "each of them is its own subject: if one is a clip of a person with other clips, "
+             "they" if len(alone) < len(manifest) else "no subject given for any video, so each "
+             "video is its own subject: if a person has several clips, they")
+    return [f"{source}: {which} can land in different splits and the test scores are "
+            f"optimistic; {fix}"]
 
 
 def _drop_unknown(got: Ingested) -> None:

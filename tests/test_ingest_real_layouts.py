@@ -467,3 +467,28 @@ def test_folder_labels_find_a_clip_whose_extension_is_in_another_case(tmp_path):
     files = inputs.fingerprint({"source": "folder", "folder": {"labels": str(labels)}},
                                tmp_path)["files"]
     assert "size" in files["clips/a.MP4"] and "size" in files["clips/b.mp4"]
+
+
+def test_chalearn16_clips_not_named_by_their_youtube_id_are_said_to_be_subjects_of_their_own(
+        tmp_path):
+    # the subject (what kfold splits by) is the YouTube id of `<id>.NNN.mp4`; a clip renamed
+    # otherwise (AAAAAAAAAAA_001.mp4) fell back on its own name without a word: two clips of one
+    # YouTube video could land in train and test, and the test scores were optimistic
+    root = _chalearn(tmp_path, packed=set())
+    summary = _ingest(tmp_path, source="chalearn16",
+                      chalearn16=datasets.ChaLearnParams(root=str(root), n_folds=3))
+    assert not any("its own subject" in w for w in summary.get("warnings", []))
+    pickles = {}
+    for inner, names in CHALEARN.items():
+        for k, name in enumerate(names):
+            renamed = name.replace(".001", "_001")
+            (root / inner / name).rename(root / inner / renamed)
+            pickles.setdefault(inner.split("/")[0], {})[renamed] = 0.4 + 0.1 * k
+    for folder, pickle in PICKLES.items():
+        (root / pickle).write_bytes(py2_pickle(chalearn_annotations(pickles[folder])))
+    summary = _ingest(tmp_path, source="chalearn16",
+                      chalearn16=datasets.ChaLearnParams(root=str(root), n_folds=3))
+    m = _manifest(tmp_path)
+    assert len(m) == 5 and (m["subject_id"] == m["video_id"]).all()
+    said = [w for w in summary.get("warnings", []) if "its own subject" in w]
+    assert said and "chalearn16" in said[0] and "<YouTube id>.NNN.mp4" in said[0], summary
