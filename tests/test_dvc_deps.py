@@ -10,7 +10,10 @@ models/registry.py load by name with importlib). A package's __init__.py counts 
 beyond its docstring (models/__init__.py does). A file the closure reaches and no dep covers (a dep
 may be the file or a folder above it) means an edit to it would not re-run the stage: the test
 names the stage and the file. A .py dep outside the closure is stale (it re-runs the stage for
-nothing) and fails too.
+nothing) and fails too. The params.yaml keys a stage module reads (run_stage, load_params,
+load_params_keys, frontend_params, experiment_models, base.seed) are its `params:` too, but for
+NOT_PARAMS. What no test here sees: a file a stage opens by a path it computes (the checks are
+on imports), which the stage's data deps or stages/inputs.py's fingerprints must cover.
 """
 from __future__ import annotations
 
@@ -150,6 +153,60 @@ def test_closure_follows_lazy_and_by_name_imports():
     # guards the reader itself: train imports models.data lazily, which loads the sources by name
     assert {"stages/train.py", "models/data.py", "models/data_image.py", "models/data_audio.py",
             "personality/common.py"} <= closure("stages.train")
+
+
+# params.yaml keys a stage reads that are deliberately not its DVC params: they change no output
+# byte (tests/test_executor_stages.py for workers), or the foreach template names its own part
+NOT_PARAMS = {
+    "train.models": "the foreach axis: train@<name> is one model of it",
+    "train.model_config": "train.model_config.${item}: the stage's own model's entry only",
+    # a launch mode: under `dvc repro` (one process) null and false train alike, and true fails
+    "train.distributed": "DDP under torchrun (docs/training.md)",
+}
+
+
+def params_read(module: str) -> set[str]:
+    """The params.yaml keys the stage module `module` reads, from its calls: run_stage(X) and
+    load_params(X, Cls) read every field of Cls under X, load_params_keys(X, Cls) those fields
+    too (a few of another stage's keys), frontend_params() the front-end sections whole,
+    experiment_models() train.models, and an attribute `.seed` of a `base` expression base.seed
+    (base.workers and base.log_level change no output byte, so no stage lists them)."""
+    import dataclasses
+    import importlib
+
+    from personality.common import FRONTEND_SECTIONS
+
+    mod = importlib.import_module(module)
+    keys: set[str] = set()
+    for node in ast.walk(ast.parse(module_file(module).read_text())):
+        if isinstance(node, ast.Attribute) and node.attr == "seed" and any(
+                isinstance(n, ast.Name) and n.id == "base" for n in ast.walk(node.value)):
+            keys.add("base.seed")
+        if not isinstance(node, ast.Call):
+            continue
+        name = getattr(node.func, "id", getattr(node.func, "attr", ""))
+        args = node.args
+        if (name in ("run_stage", "load_params", "load_params_keys") and len(args) >= 2
+                and isinstance(args[0], ast.Constant) and isinstance(args[1], ast.Name)):
+            cls = getattr(mod, args[1].id)
+            keys |= {f"{args[0].value}.{f.name}" for f in dataclasses.fields(cls)}
+        elif name == "frontend_params":
+            keys |= set(FRONTEND_SECTIONS)
+        elif name == "experiment_models":
+            keys.add("train.models")
+    return keys
+
+
+@pytest.mark.parametrize("stage_name", sorted(stages()))
+def test_stage_params_cover_the_keys_its_code_reads(stage_name):
+    """A key a stage reads and does not list (dvc.yaml `params:`) changes its output and DVC
+    serves the cached one: each is listed, whole or through a section above it."""
+    stage = stages()[stage_name]
+    listed = [p.replace(".${item}", "") for p in stage.get("params") or []]
+    read = params_read(command_module(stage["cmd"])) - {"base.workers", "base.log_level"}
+    missing = sorted(k for k in read if k not in NOT_PARAMS and not any(
+        k == p or k.startswith(p + ".") for p in listed))
+    assert not missing, f"stage {stage_name}: reads {missing} but dvc.yaml does not list them"
 
 
 def cached_outputs(stage: dict) -> list[str]:
