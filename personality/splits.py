@@ -5,7 +5,9 @@
 
 Nothing here runs on its own; stages/ingest.py applies these rules to every source's rows, and
 personality/datasets.py's ChaLearn adapter uses the k-fold rule for its YouTube video ids
-(`python -m pytest tests/test_ingest_folder.py tests/test_synthetic.py` exercises them).
+(`python -m pytest tests/test_ingest_folder.py tests/test_synthetic.py` exercises them). The
+warnings ingest writes about subjects (too few per split; videos that are their own subject
+because their source named none) are decided here too.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from personality.common import StageInputError
 from personality.schemas import TRAITS
 
 __all__ = ["assign_splits", "kfold_splits", "finish_splits", "check_subject_splits",
-           "check_required_splits", "few_subject_warnings"]
+           "check_required_splits", "few_subject_warnings", "subject_warnings"]
 
 MIN_SCORED_SUBJECTS = 3  # val / test: fewer labelled people and the scores' intervals say little
 
@@ -141,3 +143,29 @@ def few_subject_warnings(manifest: pd.DataFrame) -> list[str]:
             f"so few people that its 95% interval over subjects says little (none with one); "
             f"{MIN_SCORED_SUBJECTS} or more give one worth reading"
             for split in ("val", "test") if 0 < counts.get(split, 0) < MIN_SCORED_SUBJECTS]
+
+
+SUBJECT_FIX = {  # per source whose videos can lack a subject: how to give them one
+    "folder": "give each video its `subject` in the labels CSV",
+    "openface_csv": "give each file its `subject` in the labels CSV",
+    "chalearn16": "name each clip <YouTube id>.NNN.mp4, as the release does (its subject is the "
+                  "YouTube id)"}
+
+
+def subject_warnings(manifest: pd.DataFrame, source: str) -> list[str]:
+    """What a user should know about the subjects: a video whose source gives it none (a labels
+    CSV without subjects or with empty cells, a ChaLearn clip not named <YouTube id>.NNN.mp4) is
+    its own subject, so one person's clips can land in train and test (optimistic)."""
+    fix = SUBJECT_FIX.get(source)
+    alone = manifest["video_id"][manifest["subject_id"] == manifest["video_id"]]
+    if fix is None or len(manifest) < 2 or len(alone) == 0:
+        return []
+    if len(alone) < len(manifest):
+        which = (f"{len(alone)} of {len(manifest)} videos have no subject (e.g. {alone.iloc[0]}),"
+                 " so each of them is its own subject: if one is a clip of a person with other "
+                 "clips, they")
+    else:
+        which = ("no subject given for any video, so each video is its own subject: if a person "
+                 "has several clips, they")
+    return [f"{source}: {which} can land in different splits and the test scores are "
+            f"optimistic; {fix}"]

@@ -30,7 +30,8 @@ import pandas as pd
 
 from personality import csv_tables, datasets, datasets_au, schemas
 from personality.splits import (assign_splits, check_required_splits, check_subject_splits,
-                                few_subject_warnings, finish_splits, kfold_splits)
+                                few_subject_warnings, finish_splits, kfold_splits,
+                                subject_warnings)
 from personality.common import (BaseParams, StageInputError, atomic_write_json, get_logger,
                            progress, repo_root, resolve_untrusted, write_artifact, run_stage)
 from personality.schemas import SPLITS, TRAITS
@@ -420,24 +421,6 @@ def check_ingested(got: Ingested, params: IngestParams) -> None:
                                                      "(a labels CSV with a header only?)"))
     check_subject_splits(got.manifest)
     check_required_splits(got.manifest, params.required_splits)
-
-
-def subject_warnings(manifest: pd.DataFrame, source: str) -> list[str]:
-    """What a user should know about the subjects: a video whose source gives it none (a labels
-    CSV without subjects or with empty cells, a ChaLearn clip not named <YouTube id>.NNN.mp4) is
-    its own subject, so one person's clips can land in train and test (optimistic)."""
-    fix = {"folder": "give each video its `subject` in the labels CSV", "openface_csv": "give each"
-           " file its `subject` in the labels CSV", "chalearn16": "name each clip <YouTube id>."
-           "NNN.mp4, as the release does (its subject is the YouTube id)"}.get(source)
-    alone = manifest["video_id"][manifest["subject_id"] == manifest["video_id"]]
-    if fix is None or len(manifest) < 2 or len(alone) == 0:
-        return []
-    which = (f"{len(alone)} of {len(manifest)} videos have no subject (e.g. {alone.iloc[0]}), so "
-             "each of them is its own subject: if one is a clip of a person with other clips, "
-             "they" if len(alone) < len(manifest) else "no subject given for any video, so each "
-             "video is its own subject: if a person has several clips, they")
-    return [f"{source}: {which} can land in different splits and the test scores are "
-            f"optimistic; {fix}"]
 
 
 def _drop_unknown(got: Ingested) -> None:
