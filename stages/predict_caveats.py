@@ -1,7 +1,8 @@
 """predict's caveats on one model's scores for one clip: what makes them shaky, in plain words.
 
     warnings = model_warnings(loaded, sources, vid, facts)   # a clip far shorter than training's,
-                                                            # features far outside, padded views
+                                                            # features far outside, padded views,
+                                                            # a face clip filled by repeated crops
     warnings += clipped_warnings(loaded.net, sources, vid)   # raw scores past the 0-1 scale
 
 `loaded` is stages/predict_model.py's LoadedModel (the checkpoint read once), `sources` the input
@@ -15,7 +16,8 @@ import numpy as np
 
 from personality.schemas import TRAITS
 
-__all__ = ["EXTREME_Z", "model_warnings", "padded_warnings", "CLIPPED_BY", "clipped_warnings"]
+__all__ = ["EXTREME_Z", "model_warnings", "padded_warnings", "face_clip_warnings", "CLIPPED_BY",
+           "clipped_warnings"]
 
 
 EXTREME_Z = 10.0  # sd from the training clips' mean; the default data's 150 clips have at most 4
@@ -44,7 +46,29 @@ def model_warnings(loaded: LoadedModel, sources: list, vid: str, facts: dict) ->
             out.append(f"{len(far)} of its {len(columns)} {source.keys[0]} features lie over "
                        f"{EXTREME_Z:.0f} sd from the training clips' mean (the farthest: "
                        f"{columns[k]}, {z[k]:.0f} sd): the scores extrapolate")
-    return out + padded_warnings(loaded.net, sources, vid)
+    return out + padded_warnings(loaded.net, sources, vid) + face_clip_warnings(sources, vid)
+
+
+def face_clip_warnings(sources: list, vid: str) -> list[str]:
+    """A face-clip model (face_seq) given a video with fewer face crops than one of its clips
+    spans: the source fills the clip by repeating crops (or taking them closer together:
+    models/data_image.py, FaceSeqSource), so the motion the model sees is not what it learnt
+    from; scored all the same (a 1-frame video is a still clip)."""
+    out = []
+    for source in sources:
+        if getattr(source, "key", None) != "face_seq" or not source.has(vid):
+            continue
+        cfg = source.config
+        mode = cfg.eval_mode if cfg.eval_mode != "auto" else (
+            "clips" if cfg.sampling == "clip" else "even")  # as FaceSeqSource.eval_items
+        need = cfg.length if mode == "even" else (cfg.length - 1) * cfg.stride + 1
+        n = len(source.store.get(vid))  # (N, 3, S, S) face crops
+        if n < need:
+            how = "repeated" if n < cfg.length else "taken closer together"
+            out.append(f"the clip has {n} face crop(s) and the model reads clips spanning "
+                       f"{need}: its crops were {how} to fill one, so the motion it sees is not "
+                       "the motion it learnt from")
+    return out
 
 
 # per padded input: its name, the unit of its last axis, what a view shorter than the network

@@ -158,7 +158,8 @@ def test_predict_refuses_a_checkpoint_whose_face_clips_are_shorter_than_its_netw
 
 def test_predict_scores_a_3_frame_clip_with_a_face_clip_model_repeating_its_crop(tmp_path):
     """The face_seq source repeats a short video's crops to fill the clip (models/data_image.py),
-    and slow_fast_face_seq takes one frame anyway: scored, with no padding warning."""
+    and slow_fast_face_seq takes one frame anyway: scored, with no padding warning, and a
+    warning that the crops were repeated (there was none before)."""
     torch.manual_seed(0)
     model = build_model("slow_fast_face_seq", width=8)
     ckpt = save_checkpoint(tmp_path / "slow_fast" / "best.pt", model=model,
@@ -170,3 +171,7 @@ def test_predict_scores_a_3_frame_clip_with_a_face_clip_model_repeating_its_crop
     result = json.loads((out / "prediction.json").read_text())
     assert all(0 <= result[t] <= 1 for t in "OCEAN")
     assert not [w for w in result["warnings"] if "its network takes" in w]
+    # but it says that its 6-frame clips were filled by repeating its one crop (3 frames at
+    # 25 fps are 0.12 s: one sampled frame at frames.fps 5)
+    assert ("the clip has 1 face crop(s) and the model reads clips spanning 6: its crops were "
+            "repeated to fill one") in " ".join(result["warnings"])
