@@ -454,3 +454,20 @@ def test_a_row_without_a_slot_before_the_time_limit_is_an_error_row_not_a_wait(t
             loaded_scorer()
     monkeypatch.delenv("PERSONALITY_MAX_CONCURRENT_VIDEOS")
     assert loaded_scorer().max_videos == 2  # the default
+
+
+def test_the_readmes_table_of_server_limits_gives_the_codes_defaults():
+    """README's table of the served model's limits: each PERSONALITY_* variable the code reads is
+    a row, with the default the code applies."""
+    import re
+
+    from stages import serve_limits
+    from tests.conftest import REPO
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("The server's limits"):].split("\n\n")[1]  # the table after it
+    rows = dict(re.findall(r"^\| `(PERSONALITY_\w+)` \| ([^|]+?) \|", table, re.M))
+    assert rows == {serve.VIDEO_ROOT_ENV: "the folder the server started in",
+                    serve_limits.MAX_GB_ENV: str(serve_limits.DEFAULT_MAX_GB),
+                    serve_limits.MAX_ROWS_ENV: str(serve_limits.DEFAULT_MAX_ROWS),
+                    serve_limits.MAX_VIDEOS_ENV: str(serve_limits.DEFAULT_MAX_VIDEOS)}
