@@ -332,12 +332,22 @@ class FaceSeqSource(ImageSource):
         clip = frames[torch.from_numpy(idx)]  # (T, 3, S, S)
         return {"face_seq": augment_images(clip, rng, self.config)}  # (T, 3, size, size) uint8
 
+    def eval_mode(self) -> str:
+        """"clips" or "even": eval_mode with "auto" resolved (clips for clip sampling)."""
+        if self.config.eval_mode != "auto":
+            return self.config.eval_mode
+        return "clips" if self.config.sampling == "clip" else "even"
+
+    def eval_span(self) -> int:
+        """The face crops one evaluation clip spans; a video with fewer has its clip filled by
+        repeated crops, or crops closer together (eval_items; predict says so)."""
+        T = self.config.length
+        return T if self.eval_mode() == "even" else (T - 1) * self.config.stride + 1
+
     def eval_items(self, video_id: str) -> dict[str, torch.Tensor]:
         frames = self._frames(video_id)
         n, T, s = len(frames), self.config.length, self.config.stride
-        mode = self.config.eval_mode
-        if mode == "auto":
-            mode = "clips" if self.config.sampling == "clip" else "even"
+        mode = self.eval_mode()
         span = (T - 1) * s + 1
         if mode == "even" or n < span:
             idx = _even(n, T)[None]  # (1, T)

@@ -118,17 +118,20 @@ def eval_views(model: nn.Module, sources: Sequence[InputSource], video_id: str,
 def min_lengths(model: nn.Module) -> dict[str, int]:
     """{key: fewest steps on its time axis} the network takes (ZooModel.min_lengths; a
     DistributedDataParallel's module's); {} for a model that declares none."""
-    core = getattr(model, "module", model)
-    declared = getattr(core, "min_lengths", None)
+    return _declared(model, "min_lengths")
+
+
+def _declared(model: nn.Module, method: str) -> dict[str, int]:
+    """What `model` (or a DistributedDataParallel's module) declares through `method`, {} when it
+    has no such method."""
+    declared = getattr(getattr(model, "module", model), method, None)
     return dict(declared()) if callable(declared) else {}
 
 
 def max_lengths(model: nn.Module) -> dict[str, int]:
     """{key: most steps on its time axis} the network takes (ZooModel.max_lengths); {} for a
     model that declares none."""
-    core = getattr(model, "module", model)
-    declared = getattr(core, "max_lengths", None)
-    return dict(declared()) if callable(declared) else {}
+    return _declared(model, "max_lengths")
 
 
 # the time axis of each sequence input's eval views: logmel (V, n_mels, T), wave (V, S),

@@ -58,13 +58,10 @@ def face_clip_warnings(sources: list, vid: str) -> list[str]:
     for source in sources:
         if getattr(source, "key", None) != "face_seq" or not source.has(vid):
             continue
-        cfg = source.config
-        mode = cfg.eval_mode if cfg.eval_mode != "auto" else (
-            "clips" if cfg.sampling == "clip" else "even")  # as FaceSeqSource.eval_items
-        need = cfg.length if mode == "even" else (cfg.length - 1) * cfg.stride + 1
+        need = source.eval_span()
         n = len(source.store.get(vid))  # (N, 3, S, S) face crops
         if n < need:
-            how = "repeated" if n < cfg.length else "taken closer together"
+            how = "repeated" if n < source.config.length else "taken closer together"
             out.append(f"the clip has {n} face crop(s) and the model reads clips spanning "
                        f"{need}: its crops were {how} to fill one, so the motion it sees is not "
                        "the motion it learnt from")

@@ -248,10 +248,9 @@ def front_end_here(video: Path, work: Path, params_file: Path | None, frontend: 
         # the audio's second 0 on the frames' clock: the shift the audio stage gave its
         # features when `audio_aligned` (_audio_facts), else as read (the report draws the
         # strip there), None when the timestamps cannot say (read as the stage reads them)
-        offset = out.pop("audio_shift_s", None)
-        if offset is None:
+        if "audio_offset_s" not in out:  # else the shift _audio_facts read from the row
             offset = audio.frames_offset_s(video)
-        out["audio_offset_s"] = None if offset is None else round(offset, 4)
+            out["audio_offset_s"] = None if offset is None else round(offset, 4)
         if out["truncated"]:  # said once, by the video's truncation warning
             out["audio_notes"] = [n for n in out.get("audio_notes", [])
                                   if not n.endswith("the file looks truncated")]
@@ -273,8 +272,8 @@ def _audio_facts(audio_params, base: BaseParams, work: Path, facts: dict) -> dic
     out = {"audio_silent": bool(not row["has_audio"] or row["silent"] or row["error"]),
            # the features start at the frames' t = 0 (a late track's lead of silence in them)
            "audio_aligned": aligned}
-    if aligned:  # the shift the features were given (front_end_here reports it)
-        out["audio_shift_s"] = float(row["audio_offset_s"])
+    if aligned:  # the shift the features were given
+        out["audio_offset_s"] = round(float(row["audio_offset_s"]), 4)
     if row["error"]:
         out["audio_error"] = str(row["error"])
     voiced = row.get("fn_voiced_frac")
