@@ -370,11 +370,30 @@ def load_model(path: Path) -> LoadedModel:
                               f"{', '.join(source_keys())})")
         config = for_inference(ckpt.get("source_config"))
         check_source_options(needs, config)  # a bad option now, not after the front-end
+        check_clip_lengths(net, needs, config)
     except MemoryError:  # the machine's, not the file's
         raise
     except Exception as exc:  # noqa: BLE001 - anything a foreign file triggers: one line
         raise _named(path, exc, "not a usable checkpoint") from None
     return LoadedModel(Path(path), net, ckpt, frozenset(needs), config)
+
+
+def check_clip_lengths(net, needs, config: dict) -> None:
+    """EngineError when the clips the checkpoint's source config cuts for an input that is never
+    padded (a face clip: models/inference.py, PADDED) are shorter than the network takes
+    (min_lengths): every video would be refused at scoring, after its front-end had run.
+    Train refuses such a config (check_train_lengths); this is a checkpoint from before it, or
+    one edited since."""
+    from models.data import train_lengths
+    from models.engine import EngineError
+    from models.inference import PADDED, min_lengths
+
+    need = {k: n for k, n in min_lengths(net).items() if k in needs and k not in PADDED}
+    for key, (option, value) in train_lengths(need, config).items():
+        if value < need[key]:
+            raise EngineError(f"its {key} clips are {value} steps (source_config.{key}.{option}), "
+                              f"under the {need[key]} {type(net).__name__} takes (min_lengths): "
+                              "it could score no video")
 
 
 def _named(path: Path, exc: BaseException, what: str):
