@@ -11,7 +11,8 @@ and the `register` stage that logs the best model by validation CCC and register
     # (the server started with PERSONALITY_VIDEO_ROOT=/srv/videos)
 
 The pyfunc (`VideoScorer`) is `stages.predict.predict_video` behind MLflow's interface: the same
-front-end, the same params (params.yaml travels with the model as an artifact), the same checkpoint
+front-end, the same params (params.yaml's base, front-end and register sections travel with the
+model as an artifact: SERVED_SECTIONS, the stage's DVC params), the same checkpoint
 (an artifact, read with torch.load(weights_only=True)). So the server's five scores for a clip are
 predict's. One row per video in, one row out: the scores, the model, the clip's facts (face share,
 audio) and its warnings; a video that cannot be scored is a row with its `error` and null (None)
@@ -67,9 +68,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from personality.common import (ParamsError, StageInputError, atomic_write_json,
-                                find_checkpoint, get_logger, load_base, load_params, mlflow_run,
-                                repo_root, stage_errors, write_tracking_receipt)
+from personality.common import (FRONTEND_SECTIONS, ParamsError, StageInputError,
+                                atomic_write_json, find_checkpoint, get_logger, load_base,
+                                load_params, load_params_file, mlflow_run, repo_root,
+                                stage_errors, write_tracking_receipt)
 from personality.schemas import TRAITS
 from stages.serve_limits import (CONCURRENCY_ENV, DEFAULT_MAX_GB, MAX_GB_ENV, MAX_ROWS_ENV,
                                  MAX_VIDEOS_ENV, busy_row, late_row, max_concurrent_videos,
@@ -88,6 +90,10 @@ MODEL_CODE = Path(__file__).with_name(SERVED_MODULES[0].split(".")[1] + ".py")
 PACKAGES = ("personality", "models", "stages")  # the project's code the served model imports
 CODE_ROOT = Path(__file__).resolve().parents[1]  # where they are (not the data root)
 VIDEO_ROOT_ENV = "PERSONALITY_VIDEO_ROOT"  # the folders a served model may read videos from
+# the params.yaml sections a logged model carries: what it reads (base and the front-end's, for a
+# checkpoint that keeps none) and this stage's own; dvc.yaml's register params list exactly these
+# (tests/test_serve.py), so a copy never holds a section that changed without a re-run
+SERVED_SECTIONS = ("base", *FRONTEND_SECTIONS, "register")
 OUTSIDE_ROOTS = f"not under the served video root(s); set {VIDEO_ROOT_ENV}"
 
 
@@ -390,10 +396,26 @@ def _root_for(example: str | None):
             os.environ[VIDEO_ROOT_ENV] = before
 
 
+def served_params(root: Path, folder: Path) -> Path:
+    """folder/params.yaml: root's params.yaml cut to SERVED_SECTIONS (comments dropped)."""
+    import yaml
+
+    data = load_params_file(root / "params.yaml")
+    out = folder / "params.yaml"
+    out.write_text(yaml.safe_dump({k: data[k] for k in SERVED_SECTIONS if k in data},
+                                  sort_keys=False))
+    return out
+
+
 def _log_model(mlf, checkpoint: Path, root: Path, example: str | None):
+    with tempfile.TemporaryDirectory(prefix="served-params-") as folder:
+        return _log_pyfunc(mlf, checkpoint, served_params(root, Path(folder)), example)
+
+
+def _log_pyfunc(mlf, checkpoint: Path, params: Path, example: str | None):
     return mlf.pyfunc.log_model(
         name="model", python_model=str(MODEL_CODE),
-        artifacts={"checkpoint": str(checkpoint), "params": str(root / "params.yaml")},
+        artifacts={"checkpoint": str(checkpoint), "params": str(params)},
         code_paths=[str(CODE_ROOT / pkg) for pkg in PACKAGES],
         # the pinned requirements, given: without them mlflow infers them by loading the model in
         # a subprocess and predicting the example, ~20 s per model (4 of make run's minutes)

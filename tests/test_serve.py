@@ -97,6 +97,23 @@ def test_register_names_the_model_chosen_on_validation_with_its_test_figures(
     assert mlflow.models.get_model_info(registered["model_uri"]).saved_input_example_info
 
 
+def test_the_served_params_are_the_sections_dvc_tracks_for_register(served_root, registered,
+                                                                     tmp_path):
+    """The logged model carried the whole params.yaml, so an edit to a section register does not
+    depend on (explain, train) left the registered copy stale after `dvc repro` skipped it; now
+    it carries exactly the stage's DVC params, as they are in the workspace."""
+    import mlflow
+    import yaml
+
+    local = Path(mlflow.artifacts.download_artifacts(registered["model_uri"],
+                                                     dst_path=str(tmp_path)))
+    carried = yaml.safe_load(next(local.rglob("params.yaml")).read_text())
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["register"]
+    assert sorted(serve.SERVED_SECTIONS) == sorted(stage["params"])
+    workspace = yaml.safe_load((served_root / "params.yaml").read_text())
+    assert carried == {k: workspace[k] for k in serve.SERVED_SECTIONS}
+
+
 def test_only_the_registered_model_carries_the_input_example(served_root, monkeypatch,
                                                              tmp_path):
     """mlflow runs the whole front-end on the example of every model logged with one: the other
