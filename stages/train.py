@@ -59,6 +59,13 @@ from personality.schemas import SPLITS, TRAITS
 log = get_logger("train")
 
 
+# train: keys that are not the stage's DVC params (dvc.yaml): the model list and the other models'
+# configs (each model's stage tracks its own), and `distributed`, a launch mode that `dvc repro`
+# cannot tell apart (null and false train alike in one process): the MLflow run records the
+# processes that trained it instead (`world_size`, beside its device tags)
+UNTRACKED_PARAMS = ("models", "model_config", "distributed")
+
+
 def engine_config(p: TrainParams, base: BaseParams) -> TrainConfig:
     """The engine's config: the TrainConfig part of `p`, the seed defaulting to base.seed."""
     values = {f.name: getattr(p, f.name) for f in dataclasses.fields(TrainConfig)}
@@ -326,8 +333,8 @@ def _log_final(mlf, summary: dict, started: float) -> None:
     mlf.log_metric("train_seconds", time.perf_counter() - started)
 
 
-def _tracking(p: TrainParams, cfg: TrainConfig, name: str, overrides: dict, data: dict, rank: int,
-              root: Path):
+def _tracking(p: TrainParams, cfg: TrainConfig, name: str, overrides: dict, data: dict,
+              rank: int, world: int, root: Path):
     """The MLflow run of this model (rank 0, train.mlflow), or a context that yields None."""
     if not p.mlflow or rank != 0:
         return contextlib.nullcontext()
@@ -338,7 +345,8 @@ def _tracking(p: TrainParams, cfg: TrainConfig, name: str, overrides: dict, data
     return mlflow_run("train", run_name=name, tags={"model": name, "device": hardware["device"],
                                                     "device_name": hardware["name"]},
                       manifest=root / schemas.ARTIFACTS["manifest"].path,
-                      params={**dataclasses.asdict(cfg), "model": name,
+                      params={**{k: v for k, v in dataclasses.asdict(cfg).items()
+                                 if k not in UNTRACKED_PARAMS}, "world_size": world, "model": name,
                               "model_config": overrides, "source_config": data["source_config"],
                               "use_augmented": p.use_augmented, "test_only": p.test_only})
 
@@ -367,16 +375,16 @@ def train_model(name: str, p: TrainParams, base: BaseParams, root: Path) -> dict
     # (standardisation statistics) and original, not augmented, sequences
     meta = {"model_name": name, "inputs": list(spec.inputs),
             "source_config": _inference_config(data, root) if kept is None else kept,
-            # this stage's params only (dvc.yaml): the other models' configs and the model list
-            # would leave a checkpoint naming values its stage never re-ran for
+            # this stage's params only (dvc.yaml): the other models' configs, the model list and
+            # the launch mode would leave a checkpoint naming values its stage never re-ran for
             "params": {**{k: v for k, v in dataclasses.asdict(p).items()
-                          if k not in ("models", "model_config")},
+                          if k not in UNTRACKED_PARAMS},
                        "model_config": {name: p.model_config.get(name) or {}}},
             "frontend": frontend_params(),  # predict runs the front-end that made this data
             "label_scale": _label_scale(data["manifest"], name, overrides),
             "finished": False}  # until predictions and metrics are written (_finish)
     started = time.perf_counter()
-    with _tracking(p, cfg, name, overrides, data, rank, root) as mlf, \
+    with _tracking(p, cfg, name, overrides, data, rank, world, root) as mlf, \
             _model_folder(root, name, rank, keep_if_stopped=not p.test_only) as staging:
         if p.test_only:
             model, history, fit_info = _evaluate_checkpoint(name, p, root, meta, overrides,
