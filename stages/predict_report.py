@@ -103,6 +103,16 @@ def _warning_lines(warnings: list[str]) -> list[str]:
         "warning: " + w, WARNING_LINE_CHARS, subsequent_indent="    ")]
 
 
+def _height_share(fig, note) -> float:
+    """The share of `fig`'s height that the warnings text `note` (None: none) takes from its
+    bottom, with a 0.1 in margin: the rest is the panels'. A share per line (0.04) left an inch
+    of blank page above four lines of a 9 in figure and too little for one line of a short one."""
+    if note is None:
+        return 0.0
+    height = note.get_window_extent(fig.canvas.get_renderer()).y1 / fig.dpi  # inches
+    return min(0.5, (height + 0.1) / fig.get_figheight())
+
+
 def _report_figure(result: dict, name: str, warnings: list[str], families: list[str]):
     """The report's figure; `name` and `warnings` (the clip's, as lines: `_warning_lines`) are
     ready to draw in `families`."""
@@ -128,9 +138,8 @@ def _report_figure(result: dict, name: str, warnings: list[str], families: list[
         ax.set_ylabel("score (whisker: test MAE)" if not result.get("test_error_ci") else
                       "score (whisker: test MAE;\nticks: MAE [95% interval])", fontsize=9)
     ax.set_title(f"{name}: {result['model']}", fontfamily=families)
-    if warnings:
-        fig.text(0.01, 0.005, "\n".join(warnings),
-                 color="#B22222", fontsize=9, va="bottom", fontfamily=families)
+    note = fig.text(0.01, 0.005, "\n".join(warnings), color="#B22222", fontsize=9,
+                    va="bottom", fontfamily=families) if warnings else None
     ax_face = fig.add_subplot(grid[0, 2])
     ax_face.axis("off")
     crop = data.get("crop")
@@ -143,7 +152,7 @@ def _report_figure(result: dict, name: str, warnings: list[str], families: list[
     ax_au = fig.add_subplot(grid[1, :])
     _draw_aus(ax_au, data, result.get("ends_at_s") or result.get("duration_s"))
     ax_seconds = _draw_explanation(fig, grid, rows, result)
-    fig.tight_layout(rect=(0, 0.04 * len(warnings), 1, 1))
+    fig.tight_layout(rect=(0, _height_share(fig, note), 1, 1))
     if _any_au(data) and ax_seconds is not None:
         _align_time_axes(ax_au, ax_seconds)
     return fig

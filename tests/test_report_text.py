@@ -111,6 +111,34 @@ def test_a_long_warning_is_drawn_whole_inside_the_page(tmp_path, monkeypatch):
     assert " ".join(line.strip() for line in lines[:-1]) == "warning: " + long
 
 
+@pytest.mark.parametrize("lines", [1, 4, 9])
+def test_the_warnings_sit_just_under_the_panels(tmp_path, monkeypatch, lines):
+    """The panels kept 4% of the page's height per warning line, which is not a line's height:
+    four lines under a contributions heat map left an inch of blank page above them. Now the
+    space is the text's own: no panel (tick labels included) reaches into it, and the gap
+    between the lowest panel and the first warning line is under 0.35 in."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figures = []
+    monkeypatch.setattr("matplotlib.figure.Figure.savefig",
+                        lambda fig, *args, **kwargs: figures.append(fig))
+    t = np.round(np.arange(18) / 7.5, 3)
+    contributions = {"functionals": {"features": [f"AU{k:02d}_r_mean" for k in range(8)],
+                                     "values": np.zeros((5, 8)).tolist(), "method": "linear"}}
+    result = {**_result("clip.mp4"), "warnings": [f"warning {k}" for k in range(lines)],
+              "_report": {"t": t, "aus": {"AU12_r": np.ones_like(t)}},
+              "explanation": {"kinds": ["contributions"], "contributions": contributions}}
+    draw_report(result, tmp_path / "report.png")
+    fig = figures[0]
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    [text] = [t for t in fig.texts if t.get_text().startswith("warning: ")]
+    top = text.get_window_extent(renderer).y1
+    lowest = min(ax.get_tightbbox(renderer).y0 for ax in fig.axes if ax.get_visible())
+    assert lowest >= top, (lowest, top)
+    assert (lowest - top) / fig.dpi < 0.35, (lowest - top) / fig.dpi
+
+
 def test_the_au_timeline_spans_the_clip_when_the_face_leaves(tmp_path, monkeypatch):
     """A face in the first 0.5 s of a 2.3 s clip: the frames after it are NaN AUs, which
     matplotlib's autoscaling skipped, so the timeline ended at 0.5 s and read as the whole
