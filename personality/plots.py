@@ -167,6 +167,10 @@ def _save(fig, path: str | Path, *, title: str | None, dpi: int) -> Path:
 
     if title:
         fig.suptitle(title, fontsize=10)
+    # laid out at the resolution it is written at: text does not scale exactly with the dpi
+    # (glyphs snap to whole pixels), so a layout made at 100 dpi and written at 90 cut the first
+    # characters off long feature names at the left edge
+    fig.set_dpi(dpi)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

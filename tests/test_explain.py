@@ -1145,3 +1145,27 @@ def test_a_raw_ridge_score_past_the_scale_is_named(rng):
     model.bias.copy_(torch.full((5,), 0.5, dtype=torch.float64))
     assert clipped_warnings(model, [Source()], "v") == []
     assert clipped_warnings(build_model("perfex_cnn"), [Source()], "v") == []
+
+
+def test_the_heat_map_keeps_a_long_feature_name_inside_the_page(tmp_path, monkeypatch):
+    """metrics/explain/<model>.png cut the first characters off its longest feature names
+    ("gemaps_F0semitoneFrom27.5Hz...") at the left edge: laid out at the figure's 100 dpi and
+    written at 90, where text is not exactly nine tenths as wide. Every label is measured here at
+    the resolution the PNG is written at."""
+    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from personality import explain_plots
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    names = ["egemaps_F0semitoneFrom27.5Hz_sma3nz_pctlrange0-2", "AU12_r_p90"] * 9
+    panels = {k: np.random.default_rng(0).normal(size=(18, 5)) for k in ("r", "label", "drop")}
+    explain_plots.heatmap_png(panels, names, path=tmp_path / "m.png", dpi=90, title="m",
+                              row_notes=["pitch_var", "smile"] * 9)
+    fig = figures[0]
+    fig.set_dpi(90)  # as savefig drew it
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    labels = [t for ax in fig.axes for t in ax.get_yticklabels() if t.get_text()]
+    assert len(labels) == 18
+    assert min(t.get_window_extent(renderer).x0 for t in labels) >= 0
