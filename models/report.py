@@ -24,8 +24,8 @@ from models.bootstrap import (DEFAULT_METHOD, METRICS, bootstrap_scores, common_
 from models.metrics import train_mean_baseline
 from personality.schemas import TRAITS
 
-__all__ = ["RESERVED", "rank_models", "select_best", "add_uncertainty", "summary_of",
-           "results_table", "fmt", "ci_text", "flat_metrics"]
+__all__ = ["RESERVED", "rank_models", "select_best", "add_uncertainty", "with_acc", "mean_interval",
+           "summary_of", "results_table", "fmt", "ci_text", "flat_metrics"]
 
 RESERVED = ("baseline", "errors", "selection")  # keys of evaluate.json that are not models
 MIN_SUBJECTS = 2  # fewer: no spread between people to resample, so no interval
@@ -83,10 +83,21 @@ def _compare(a: str, b: str, preds: dict, samples: dict, y_true: np.ndarray, row
     return {**paired(samples[a], samples[b], level=level, method=method), "n_videos": n}
 
 
+def with_acc(ci: dict, entry: dict) -> dict:
+    """`ci` ({trait | "mean": {"ccc", "mae": [lo, hi]}}) with "acc": ACC is 1 - MAE, so its
+    interval is MAE's mirrored, [1 - hi, 1 - lo], wherever `entry` has an ACC (null on z-scored
+    labels, and so is its interval)."""
+    for key, metrics in ci.items():
+        lo, hi = metrics["mae"]
+        has_acc = _finite((entry.get(key) or {}).get("acc"), lo, hi)
+        metrics["acc"] = [1.0 - hi, 1.0 - lo] if has_acc else [None, None]
+    return ci
+
+
 def _withhold(entry: dict) -> None:
     """No intervals and no resample shares in `entry` (one subject): null in the JSON."""
     for key in (*TRAITS, "mean"):
-        entry["ci"][key] = {m: [None, None] for m in METRICS}
+        entry["ci"][key] = {m: [None, None] for m in (*METRICS, "acc")}
     for versus in ("vs_baseline", "vs_best"):
         if versus in entry:
             entry[versus].update(p_better=None, p_lower_mae=None, delta_ccc=[None, None])
@@ -115,8 +126,9 @@ def add_uncertainty(report: dict, predictions: dict[str, tuple[np.ndarray, np.nd
     about = {"level": level, "n_boot": n_boot, "resampled": "subjects",
              "n_subjects": _n_subjects(subjects), "interval_method": method}
     for name, sample in samples.items():
-        report[name]["ci"] = {**about, **model_uncertainty(sample, TRAITS, level=level,
-                                                            method=method)}
+        report[name]["ci"] = {**about, **with_acc(model_uncertainty(sample, TRAITS, level=level,
+                                                                     method=method),
+                                                   report[name])}
     compare = dict(preds=preds, samples=samples, y_true=y_true, rows=rows, jack=jack,
                    subjects=subjects, level=level, method=method)
     for name in predictions:
@@ -172,6 +184,11 @@ def _val_text(figures: dict) -> str:
     return _with_interval(figures.get("ccc"), figures.get("ccc_ci"), "ccc_ci" in figures)
 
 
+def mean_interval(entry: dict, metric: str) -> list | None:
+    """[lo, hi] of `entry`'s mean over traits of `metric`; None where it has none."""
+    return ((entry.get("ci") or {}).get("mean") or {}).get(metric)
+
+
 def ci_text(entry: dict, metric: str = "ccc") -> str:
     ci = entry.get("ci")
     return _with_interval((entry.get("mean") or {}).get(metric),
@@ -214,11 +231,10 @@ def results_table(report: dict, split: str) -> str:
     n = base.get("ci") or {}
     level = int(round(100 * n.get("level", 0.95)))
     lines = [f"| model | val CCC [{level}% CI] | {split} CCC [{level}% CI] | {split} ACC "
-             "| beats baseline "
+             f"[{level}% CI] | beats baseline "
              f"| vs {selection.get('best') or 'best'} (chosen on val) |",
              "|---|---|---|---|---|---|",
-             f"| train-mean baseline | - | {ci_text(base)} | "
-             f"{fmt((base.get('mean') or {}).get('acc'))} | - | - |"]
+             f"| train-mean baseline | - | {ci_text(base)} | {ci_text(base, 'acc')} | - | - |"]
     for m in models:
         e = report[m]
         vb, vs = e.get("vs_baseline") or {}, e.get("vs_best") or {}
@@ -231,7 +247,7 @@ def results_table(report: dict, split: str) -> str:
         if _finite(low) and low <= 0 and beats != "-":
             beats += "; its interval reaches 0"
         lines.append(f"| {m} | {_val_text(val.get(m, {}))} | {ci_text(e)} | "
-                     f"{fmt(e['mean'].get('acc'))} | {beats} | {versus} |")
+                     f"{ci_text(e, 'acc')} | {beats} | {versus} |")
     method = {"bca": "BCa intervals", "percentile": "percentile intervals",
               "fisher_z": "Fisher-z intervals (bias-corrected, Student's t)",
               "bootstrap_t": "bootstrap-t intervals (studentised, on Fisher's z)"}.get(
@@ -256,6 +272,7 @@ def summary_of(report: dict) -> dict:
         row = {k: entry["mean"].get(k) for k in ("ccc", "acc", "mae")}
         if "ci" in entry:
             row["ccc_lo"], row["ccc_hi"] = entry["ci"]["mean"]["ccc"]
+            row["acc_lo"], row["acc_hi"] = entry["ci"]["mean"].get("acc", [None, None])
         if name in val:
             row["val_ccc"] = val[name].get("ccc")
         if "vs_baseline" in entry:

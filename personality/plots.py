@@ -120,26 +120,23 @@ def scatter_grid(y_true: np.ndarray, y_pred: np.ndarray, *, path: str | os.PathL
 def ccc_bars(ccc: Mapping[str, float], *, path: str | os.PathLike, baseline_ccc: float = 0.0,
              acc: Mapping[str, float] | None = None, baseline_acc: float | None = None,
              title: str = "", dpi: int = 80,
-             ccc_ci: Mapping[str, Sequence[float]] | None = None) -> Path:
-    """Bar chart of each model's mean CCC (left, with its [lo, hi] interval as an error bar when
-    `ccc_ci` gives one) and mean ACC (right, when given), the train-mean baseline drawn as a
-    dashed line on both. A missing (None / NaN) value draws no bar."""
+             ccc_ci: Mapping[str, Sequence[float]] | None = None,
+             acc_ci: Mapping[str, Sequence[float]] | None = None) -> Path:
+    """Bar chart of each model's mean CCC (left) and mean ACC (right, when given), each with its
+    [lo, hi] interval as an error bar where `ccc_ci` / `acc_ci` give one, the train-mean baseline
+    drawn as a dashed line on both. A missing (None / NaN) value draws no bar."""
     plt = _pyplot()
     names = list(ccc)
-    panels = [("mean CCC", ccc, baseline_ccc)]
+    panels = [("mean CCC", ccc, baseline_ccc, ccc_ci)]
     if acc is not None:
-        panels.append(("mean ACC (1 - MAE)", acc, baseline_acc))
+        panels.append(("mean ACC (1 - MAE)", acc, baseline_acc, acc_ci))
     width = max(4.0, 0.55 * len(names) + 2.0)
     fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 3.6), squeeze=False)
     x = np.arange(len(names))
-    for ax, (label, values, base) in zip(axes[0], panels):
+    for ax, (label, values, base, intervals) in zip(axes[0], panels):
         heights = [_finite_or_nan(values.get(n)) for n in names]
-        yerr = None
-        if label == "mean CCC" and ccc_ci:
-            lo = [h - _finite_or_nan((ccc_ci.get(n) or [math.nan])[0]) for h, n in zip(heights, names)]
-            hi = [_finite_or_nan((ccc_ci.get(n) or [math.nan, math.nan])[1]) - h
-                  for h, n in zip(heights, names)]
-            yerr = np.nan_to_num([lo, hi], nan=0.0)  # (2, n_models): below, above
+        yerr = _error_bars(heights, [(intervals or {}).get(n) for n in names])
+        if yerr is not None:
             ax.set_title("bars: 95% bootstrap interval over subjects", fontsize=7)
         ax.bar(x, np.nan_to_num(heights, nan=0.0), color="tab:blue", yerr=yerr, capsize=3)
         if base is not None and math.isfinite(base):
@@ -153,8 +150,22 @@ def ccc_bars(ccc: Mapping[str, float], *, path: str | os.PathLike, baseline_ccc:
         finite = [h for h in heights if math.isfinite(h)] + (
             [base] if base is not None and math.isfinite(base) else [])
         if label.startswith("mean ACC") and finite:
-            ax.set_ylim(max(0.0, min(finite) - 0.05), min(1.0, max(finite) + 0.02))
+            low = [h - d for h, d in zip(heights, yerr[0])] if yerr is not None else []
+            high = [h + d for h, d in zip(heights, yerr[1])] if yerr is not None else []
+            shown = [v for v in [*finite, *low, *high] if math.isfinite(v)]
+            ax.set_ylim(max(0.0, min(shown) - 0.02), min(1.0, max(shown) + 0.02))
     return _save(fig, path, title=title, dpi=dpi)
+
+
+def _error_bars(heights: Sequence[float], intervals: Sequence) -> np.ndarray | None:
+    """(2, n_models) distances below and above each bar to its interval's ends (0 where a bar
+    has none); None when no bar has one."""
+    ends = np.array([[_finite_or_nan(v) for v in (pair or (None, None))] for pair in intervals],
+                    np.float64).reshape(-1, 2)  # (n_models, 2)
+    if not np.isfinite(ends).any():
+        return None
+    below, above = np.asarray(heights) - ends[:, 0], ends[:, 1] - np.asarray(heights)
+    return np.nan_to_num(np.stack([below, above]), nan=0.0)
 
 
 def _finite_or_nan(value) -> float:

@@ -49,7 +49,7 @@ import pandas as pd
 import pyarrow as pa
 
 from models.report import (RESERVED, add_split_intervals, add_uncertainty, ci_text, flat_metrics, fmt,
-                           results_table, select_best, summary_of)
+                           mean_interval, results_table, select_best, summary_of)
 from models.metrics import (MetricsError, baseline_metrics, bin_metrics, json_safe,
                             majority_class_accuracy, regression_metrics)
 from personality.common import (BaseParams, ParamsError, SchemaError, StageInputError,
@@ -422,8 +422,8 @@ def log_to_mlflow(results: list[ModelResult], report: dict, params: EvaluatePara
                                  acc=acc, baseline_acc=(baseline.get("mean") or {}).get("acc"),
                                  title=f"{split} set: models vs the train-mean baseline",
                                  dpi=params.dpi,
-                                 ccc_ci={r.name: r.entry.get("ci", {}).get("mean", {}).get("ccc")
-                                         for r in results})
+                                 ccc_ci={r.name: mean_interval(r.entry, "ccc") for r in results},
+                                 acc_ci={r.name: mean_interval(r.entry, "acc") for r in results})
             with mlflow_run("evaluate", run_name="evaluate:summary",
                             params={**dataclasses.asdict(params), "n_models": len(results)},
                             tags={"model": "all", "eval_kind": "summary"}) as mlf:

@@ -61,7 +61,8 @@ def test_one_test_subject_has_no_interval_and_no_better_in_share(rng):
     add_uncertainty(report, preds, m, split="test", n_boot=200, level=0.95, seed=1, best="A")
     assert report["A"]["ci"]["n_subjects"] == 1
     for name in ("A", "B", "baseline"):
-        assert report[name]["ci"]["mean"] == {"ccc": [None, None], "mae": [None, None]}
+        assert report[name]["ci"]["mean"] == {"ccc": [None, None], "mae": [None, None],
+                                              "acc": [None, None]}
         assert report[name]["ci"]["O"]["ccc"] == [None, None]
     vs = report["B"]["vs_best"]
     assert vs["p_better"] is None and vs["delta_ccc"] == [None, None] and vs["p_lower_mae"] is None
@@ -171,3 +172,42 @@ def test_a_tie_on_val_ccc_goes_to_the_lower_val_mae():
            "no_mae": {"ccc": 0.0, "mae": None}}
     assert select_best(val) == "best"
     assert select_best({**val, "higher": {"ccc": 0.01, "mae": 0.5}}) == "higher"
+
+
+def test_acc_carries_its_interval_in_the_json_the_table_and_the_summary(rng, tmp_path,
+                                                                        monkeypatch):
+    """Test ACC was printed bare ("0.897") beside CCC's interval. ACC is 1 - MAE, so its interval
+    is MAE's mirrored: in evaluate.json's ci, results.md, summary.json and the bar chart; null
+    where ACC is (z-scored labels)."""
+    m = manifest(rng, [f"s{k}" for k in range(8)])
+    vids, y = scored(m)
+    preds = {"A": (vids, y + rng.normal(0, 0.05, y.shape)),
+             "B": (vids, y + rng.normal(0, 0.2, y.shape))}
+    report = report_for(m, preds, best="A")
+    add_uncertainty(report, preds, m, split="test", n_boot=200, level=0.95, seed=1, best="A")
+    for name in ("A", "B", "baseline"):
+        ci = report[name]["ci"]
+        for key in (*T, "mean"):
+            lo, hi = ci[key]["acc"]
+            assert (lo, hi) == pytest.approx((1 - ci[key]["mae"][1], 1 - ci[key]["mae"][0]))
+            assert lo <= report[name][key]["acc"] <= hi
+    lo, hi = report["A"]["ci"]["mean"]["acc"]
+    row = next(line for line in results_table(report, "test").splitlines()
+               if line.startswith("| A "))
+    assert f"| {report['A']['mean']['acc']:.3f} [{lo:.3f}, {hi:.3f}] |" in row
+    assert summary_of(report)["A"]["acc_lo"] == pytest.approx(lo)
+    z = report_for(m, preds, best="A")
+    for name in ("A", "B", "baseline"):
+        for key in (*T, "mean"):
+            z[name][key]["acc"] = None  # as evaluate writes it for label_scale z
+    add_uncertainty(z, preds, m, split="test", n_boot=50, level=0.95, seed=1, best="A")
+    assert z["A"]["ci"]["mean"]["acc"] == [None, None]
+
+    from personality import plots
+
+    bars = []
+    monkeypatch.setattr("matplotlib.axes.Axes.bar",
+                        lambda ax, x, h, **kw: bars.append(kw.get("yerr")))
+    plots.ccc_bars({"A": 0.5}, path=tmp_path / "bars.png", acc={"A": 0.9},
+                   ccc_ci={"A": [0.4, 0.6]}, acc_ci={"A": [0.88, 0.91]})
+    assert np.allclose(bars[1], [[0.02], [0.01]])  # the ACC panel's bar: below, above
