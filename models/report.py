@@ -25,7 +25,7 @@ from models.metrics import train_mean_baseline
 from personality.schemas import TRAITS
 
 __all__ = ["RESERVED", "rank_models", "select_best", "add_uncertainty", "with_acc", "mean_interval",
-           "summary_of", "results_table", "fmt", "ci_text", "flat_metrics"]
+           "trait_intervals", "summary_of", "results_table", "fmt", "ci_text", "flat_metrics"]
 
 RESERVED = ("baseline", "errors", "selection")  # keys of evaluate.json that are not models
 MIN_SUBJECTS = 2  # fewer: no spread between people to resample, so no interval
@@ -189,10 +189,15 @@ def mean_interval(entry: dict, metric: str) -> list | None:
     return ((entry.get("ci") or {}).get("mean") or {}).get(metric)
 
 
-def ci_text(entry: dict, metric: str = "ccc") -> str:
+def trait_intervals(entry: dict, metric: str = "ccc") -> dict:
+    """{trait: [lo, hi]} of `entry`'s `metric` (None where it has none)."""
+    return {t: ((entry.get("ci") or {}).get(t) or {}).get(metric) for t in TRAITS}
+
+
+def ci_text(entry: dict, metric: str = "ccc", key: str = "mean") -> str:
     ci = entry.get("ci")
-    return _with_interval((entry.get("mean") or {}).get(metric),
-                          ((ci or {}).get("mean") or {}).get(metric), ci is not None)
+    return _with_interval((entry.get(key) or {}).get(metric),
+                          ((ci or {}).get(key) or {}).get(metric), ci is not None)
 
 
 def _share(value) -> str:
@@ -257,7 +262,17 @@ def results_table(report: dict, split: str) -> str:
                  f"{n.get('n_subjects', '?')} subjects; {method} and 'better in' shares from "
                  f"{n.get('n_boot', '?')} bootstrap resamples of subjects (models/bootstrap.py)"
                  + ("; one subject: no intervals." if n.get("n_subjects") == 1 else "."))
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "", *_trait_table(report, models, split, level)]) + "\n"
+
+
+def _trait_table(report: dict, models: list[str], split: str, level: int) -> list[str]:
+    """Each trait's CCC with its interval, a row per model in the first table's order."""
+    rows = [("train-mean baseline", report.get("baseline") or {}),
+            *((m, report[m]) for m in models)]
+    return [f"{split} CCC per trait [{level}% CI]:", "",
+            f"| model | {' | '.join(TRAITS)} |", "|---|" + "---|" * len(TRAITS),
+            *(f"| {name} | " + " | ".join(ci_text(entry, "ccc", t) for t in TRAITS) + " |"
+              for name, entry in rows)]
 
 
 def summary_of(report: dict) -> dict:

@@ -82,8 +82,10 @@ def _glyphs(font_path: str) -> frozenset[int]:
 
 def scatter_grid(y_true: np.ndarray, y_pred: np.ndarray, *, path: str | os.PathLike,
                  title: str = "", ccc: Mapping[str, float] | None = None,
-                 traits: Sequence[str] = TRAITS, unit_scale: bool = True, dpi: int = 80) -> Path:
-    """One predicted-vs-true panel per trait, identity line, CCC in each panel's title.
+                 traits: Sequence[str] = TRAITS, unit_scale: bool = True, dpi: int = 80,
+                 ccc_ci: Mapping[str, Sequence[float]] | None = None) -> Path:
+    """One predicted-vs-true panel per trait, identity line, CCC in each panel's title (with its
+    [lo, hi] interval where `ccc_ci` gives one).
 
     y_true, y_pred: (n_videos, len(traits)); rows with a NaN target are left out of that panel.
     unit_scale: fix both axes to [0, 1] (label_scale "unit"); else fit them to the data (z-scores).
@@ -107,9 +109,9 @@ def scatter_grid(y_true: np.ndarray, y_pred: np.ndarray, *, path: str | os.PathL
         ax.set_xlim(lo, hi)
         ax.set_ylim(lo, hi)
         ax.set_aspect("equal")
-        value = (ccc or {}).get(trait)
-        shown = "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
-        ax.set_title(f"{TRAIT_NAMES.get(trait, trait)}\nCCC {shown}", fontsize=9)
+        ax.set_title(f"{TRAIT_NAMES.get(trait, trait)}\nCCC "
+                     f"{_value_text((ccc or {}).get(trait), (ccc_ci or {}).get(trait))}",
+                     fontsize=9)
         ax.set_xlabel("true", fontsize=8)
         if j == 0:
             ax.set_ylabel("predicted", fontsize=8)
@@ -166,6 +168,15 @@ def _error_bars(heights: Sequence[float], intervals: Sequence) -> np.ndarray | N
         return None
     below, above = np.asarray(heights) - ends[:, 0], ends[:, 1] - np.asarray(heights)
     return np.nan_to_num(np.stack([below, above]), nan=0.0)
+
+
+def _value_text(value, pair) -> str:
+    """"0.611 [0.365, 0.834]", "0.611" without a finite interval, "n/a" without a value."""
+    if not math.isfinite(_finite_or_nan(value)):
+        return "n/a"
+    ends = [_finite_or_nan(v) for v in (pair or (None, None))]
+    return f"{value:.3f}" + (f" [{ends[0]:.3f}, {ends[1]:.3f}]"
+                             if all(map(math.isfinite, ends)) else "")
 
 
 def _finite_or_nan(value) -> float:

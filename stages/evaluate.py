@@ -49,7 +49,7 @@ import pandas as pd
 import pyarrow as pa
 
 from models.report import (RESERVED, add_split_intervals, add_uncertainty, ci_text, flat_metrics, fmt,
-                           mean_interval, results_table, select_best, summary_of)
+                           mean_interval, results_table, select_best, summary_of, trait_intervals)
 from models.metrics import (MetricsError, baseline_metrics, bin_metrics, json_safe,
                             majority_class_accuracy, regression_metrics)
 from personality.common import (BaseParams, ParamsError, SchemaError, StageInputError,
@@ -401,7 +401,7 @@ def log_to_mlflow(results: list[ModelResult], report: dict, params: EvaluatePara
             png = plots.scatter_grid(
                 r.y_true, r.y_pred, path=Path(tmp) / f"scatter_{r.name}.png",
                 title=f"{r.name}: {split} set, predicted vs true",
-                ccc={t: r.entry[t]["ccc"] for t in TRAITS},
+                ccc={t: r.entry[t]["ccc"] for t in TRAITS}, ccc_ci=trait_intervals(r.entry),
                 unit_scale=r.entry["label_scale"] == "unit", dpi=params.dpi)
             tags = {"model": r.name, "eval_kind": "model",
                     "retrained": str(r.name.endswith("+retrained")).lower()}
@@ -479,10 +479,10 @@ def run(params: EvaluateParams, base: BaseParams | None = None,
     atomic_write_json(root / SUMMARY_JSON, json_safe(summary_of(report)))
     atomic_write_text(root / RESULTS_MD, results_table(report, params.split))
     for r in results:
-        m, b = r.entry["mean"], (report.get("baseline") or {}).get("mean", {})
+        b = (report.get("baseline") or {}).get("mean", {})
         log.info("%s: %s mean CCC %s (baseline %s), ACC %s (baseline %s), %d videos",
-                 r.name, params.split, ci_text(r.entry), fmt(b.get("ccc")), fmt(m["acc"]),
-                 fmt(b.get("acc")), r.entry["n_videos"])
+                 r.name, params.split, ci_text(r.entry), fmt(b.get("ccc")),
+                 ci_text(r.entry, "acc"), fmt(b.get("acc")), r.entry["n_videos"])
     log.info("chosen on val (mean CCC): %s", best)
     if params.mlflow and results:
         log_to_mlflow(results, report, params, manifest=root / MANIFEST)

@@ -11,8 +11,7 @@ relative link and its #anchor resolves; every `python -m stages.X` / project mod
 `python scripts/X.py` / `bench/X.py` and each `--flag` written beside it, and every `make X`
 exists; every params.yaml key the docs name (`train.device`, `-S ingest.fold=k`) is in
 params.yaml, but for the few named on purpose that are not (KNOWN_ABSENT: the README's examples of
-mistyped keys, keys params.yaml leaves out by design); no doc says metrics/results.md holds a
-trait's interval (it holds each model's mean).
+mistyped keys, keys params.yaml leaves out by design).
 """
 from __future__ import annotations
 
@@ -174,21 +173,3 @@ def test_the_keys_named_on_purpose_stay_absent_and_named(name):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     assert not in_params(params, name), f"{name} is in params.yaml now: drop it from KNOWN_ABSENT"
     assert any(name in p.read_text(encoding="utf-8") for p in DOCS), f"no doc names {name} now"
-
-
-def test_no_doc_sends_a_reader_to_results_md_for_a_traits_interval():
-    """metrics/results.md (models.report.results_table) shows each model's *mean* CCC with its
-    interval; each trait's interval is in metrics/evaluate.json only. docs/evaluation.md said
-    "each trait's is in `metrics/results.md`" (found by the 2026-12-05 review of the figures).
-    Should the table ever show trait intervals, the claim becomes true and is allowed."""
-    from models.report import results_table
-
-    traits = {t: {"ccc": [0.1 + j / 100, 0.777]} for j, t in enumerate("OCEAN")}
-    entry = {"mean": {"ccc": 0.5, "acc": 0.9}, "ci": {**traits, "mean": {"ccc": [0.4, 0.6]}}}
-    table = results_table({"m": entry, "selection": {"best": "m", "val": {}}}, "test")
-    if "0.777" in table:
-        return
-    claim = re.compile(r"\b(each|every|one) trait's (interval )?(is|are) in [^.;]*results\.md")
-    bad = [f"{path.relative_to(REPO)}: {m.group(0)!r}" for path in DOCS
-           for m in claim.finditer(" ".join(path.read_text(encoding="utf-8").split()))]
-    assert not bad, "results.md has no per-trait interval:\n" + "\n".join(bad)

@@ -211,3 +211,32 @@ def test_acc_carries_its_interval_in_the_json_the_table_and_the_summary(rng, tmp
     plots.ccc_bars({"A": 0.5}, path=tmp_path / "bars.png", acc={"A": 0.9},
                    ccc_ci={"A": [0.4, 0.6]}, acc_ci={"A": [0.88, 0.91]})
     assert np.allclose(bars[1], [[0.02], [0.01]])  # the ACC panel's bar: below, above
+
+
+def test_each_trait_carries_its_interval_in_the_table_and_the_scatter_titles(rng, tmp_path,
+                                                                             monkeypatch):
+    """Per-trait CCC was in evaluate.json's ci only: results.md showed the mean, and the MLflow
+    scatter grid titled each trait "CCC 0.611" bare. Now results.md has a table of each trait's
+    CCC with its interval (the first table's model order) and each scatter title carries it."""
+    m = manifest(rng, [f"s{k}" for k in range(8)])
+    vids, y = scored(m)
+    preds = {"A": (vids, y + rng.normal(0, 0.05, y.shape)),
+             "B": (vids, y + rng.normal(0, 0.2, y.shape))}
+    report = report_for(m, preds, best="A")
+    add_uncertainty(report, preds, m, split="test", n_boot=200, level=0.95, seed=1, best="A")
+    table = results_table(report, "test").split("test CCC per trait [95% CI]:")[1]
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert [r.split(" | ")[0] for r in rows] == ["| model", "| train-mean baseline", "| A", "| B"]
+    lo, hi = report["B"]["ci"]["E"]["ccc"]
+    assert rows[3].split(" | ")[3] == f"{report['B']['E']['ccc']:.3f} [{lo:.3f}, {hi:.3f}]"
+
+    from models.report import trait_intervals
+    from personality import plots
+
+    titles = []
+    monkeypatch.setattr("matplotlib.axes.Axes.set_title",
+                        lambda ax, text, **kw: titles.append(text))
+    plots.scatter_grid(y, preds["B"][1], path=tmp_path / "s.png",
+                       ccc={t: report["B"][t]["ccc"] for t in T},
+                       ccc_ci=trait_intervals(report["B"]))
+    assert titles[2] == f"extraversion\nCCC {report['B']['E']['ccc']:.3f} [{lo:.3f}, {hi:.3f}]"
