@@ -174,17 +174,24 @@ def test_a_tie_on_val_ccc_goes_to_the_lower_val_mae():
     assert select_best({**val, "higher": {"ccc": 0.01, "mae": 0.5}}) == "higher"
 
 
-def test_acc_carries_its_interval_in_the_json_the_table_and_the_summary(rng, tmp_path,
-                                                                        monkeypatch):
-    """Test ACC was printed bare ("0.897") beside CCC's interval. ACC is 1 - MAE, so its interval
-    is MAE's mirrored: in evaluate.json's ci, results.md, summary.json and the bar chart; null
-    where ACC is (z-scored labels)."""
+def two_models(rng: np.random.Generator):
+    """(manifest, test labels (n, 5), predictions of a close model A and a noisy B, their report
+    with intervals over 8 test subjects)."""
     m = manifest(rng, [f"s{k}" for k in range(8)])
     vids, y = scored(m)
     preds = {"A": (vids, y + rng.normal(0, 0.05, y.shape)),
              "B": (vids, y + rng.normal(0, 0.2, y.shape))}
     report = report_for(m, preds, best="A")
     add_uncertainty(report, preds, m, split="test", n_boot=200, level=0.95, seed=1, best="A")
+    return m, y, preds, report
+
+
+def test_acc_carries_its_interval_in_the_json_the_table_and_the_summary(rng, tmp_path,
+                                                                        monkeypatch):
+    """Test ACC was printed bare ("0.897") beside CCC's interval. ACC is 1 - MAE, so its interval
+    is MAE's mirrored: in evaluate.json's ci, results.md, summary.json and the bar chart; null
+    where ACC is (z-scored labels)."""
+    m, y, preds, report = two_models(rng)
     for name in ("A", "B", "baseline"):
         ci = report[name]["ci"]
         for key in (*T, "mean"):
@@ -218,12 +225,7 @@ def test_each_trait_carries_its_interval_in_the_table_and_the_scatter_titles(rng
     """Per-trait CCC was in evaluate.json's ci only: results.md showed the mean, and the MLflow
     scatter grid titled each trait "CCC 0.611" bare. Now results.md has a table of each trait's
     CCC with its interval (the first table's model order) and each scatter title carries it."""
-    m = manifest(rng, [f"s{k}" for k in range(8)])
-    vids, y = scored(m)
-    preds = {"A": (vids, y + rng.normal(0, 0.05, y.shape)),
-             "B": (vids, y + rng.normal(0, 0.2, y.shape))}
-    report = report_for(m, preds, best="A")
-    add_uncertainty(report, preds, m, split="test", n_boot=200, level=0.95, seed=1, best="A")
+    m, y, preds, report = two_models(rng)
     table = results_table(report, "test").split("test CCC per trait [95% CI]:")[1]
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     assert [r.split(" | ")[0] for r in rows] == ["| model", "| train-mean baseline", "| A", "| B"]
