@@ -248,3 +248,30 @@ def write_model_files(root: Path, out_dir: Path, model: str, features: list[str]
                             f" clips; importance on {p.permutation_split}"
                             f"{' + train, cross-fitted' if perm and perm['n_crossfit'] else ''})")
     return str(csv.relative_to(root)), str(png.relative_to(root))
+
+
+def write_cluster_png(root: Path, out_dir: Path, model: str, perm: dict | None,
+                      p: Any) -> str | None:
+    """<root>/<out_dir>/<model>_clusters.png, relative to root: the clusters of interchangeable
+    functionals (each shuffled as one: the importances the cue check ranks) among the `p.top_k`
+    of any trait, x traits: the CCC drop and the lower end of its interval. The per-feature heat
+    map's importance column shuffles one column at a time, which a cue read by many proxies
+    survives (docs/evaluation.md), so it shows few cues; None for a model without clusters."""
+    if perm is None or "clusters" not in perm:
+        return None
+    from personality.explain_plots import heatmap_png
+
+    stat, clusters = perm["cluster_importance"], perm["clusters"]
+    rows = importance_rows(stat["value"], p.top_k)  # (r,) cluster indices, trait by trait
+    if not rows:
+        return None
+    level = round(100 * p.ci_level)
+    panels = {"CCC drop when shuffled": stat["value"][rows],
+              f"lower end of its {level}% interval": stat["lo"][rows]}
+    clips = f"{p.permutation_split}{' + train, cross-fitted' if perm['n_crossfit'] else ''}"
+    png = heatmap_png(panels, [clusters["names"][i] for i in rows],
+                      path=root / out_dir / f"{model}_clusters.png",
+                      row_notes=[clusters["cues"][i] or "" for i in rows], dpi=p.dpi,
+                      title=f"{model}: clusters of interchangeable functionals, each shuffled "
+                            f"as one (importance on {clips}; (cue) by the name rules)")
+    return str(png.relative_to(root))

@@ -43,7 +43,8 @@ resamples. bench/cue_check_power.py measures how often the check can pass on suc
 Outputs: metrics/explain.json (per model the top features per trait with intervals, the cue
 check), metrics/explain/<model>.csv (every feature x trait: r with prediction and label,
 importance, each with its interval), metrics/explain/<model>.png (heat map: the top features x
-traits), metrics/explain.md (the tables docs/evaluation.md shows), one MLflow run per model.
+traits), metrics/explain/<model>_clusters.png (the cue models' top clusters, each shuffled as
+one: the importances the cue check ranks), metrics/explain.md (the tables docs/evaluation.md shows), one MLflow run per model.
 They live in metrics/explain/, not metrics/plots/: that folder is the evaluate stage's DVC
 output, and two stages cannot own one folder.
 """
@@ -64,7 +65,7 @@ from personality.common import (BaseParams, ParamsError, StageInputError, atomic
                                 stage_errors, write_tracking_receipt)
 from personality.cue_check import cluster_cue, cue_checks, cue_of, latent_cues
 from personality.executor import local_processes, map_jobs
-from personality.explain_report import markdown, write_model_files
+from personality.explain_report import markdown, write_cluster_png, write_model_files
 from personality.schemas import TRAITS
 
 log = get_logger("explain")
@@ -355,6 +356,9 @@ def explain_model(root: Path, model: str, tables: tuple[pd.DataFrame, pd.DataFra
         entry["permutation"] = None
     entry["csv"], entry["png"] = write_model_files(root, OUT_DIR, model, features, corr, labels_r,
                                                    perm, p)
+    clusters_png = write_cluster_png(root, OUT_DIR, model, perm, p)
+    if clusters_png is not None:
+        entry["png_clusters"] = clusters_png
     return entry, perm
 
 
@@ -386,8 +390,9 @@ def log_to_mlflow(report: dict, root: Path) -> None:
         with mlflow_run("explain", run_name=f"explain:{model}", tags={"model": model},
                         params={"model": model, **report["params"]},
                         manifest=root / MANIFEST, context="evaluation") as mlf:
-            for key in ("png", "csv"):
-                mlf.log_artifact(str(root / entry[key]), artifact_path="explain")
+            for key in ("png", "png_clusters", "csv"):
+                if key in entry:
+                    mlf.log_artifact(str(root / entry[key]), artifact_path="explain")
             mlf.log_dict(entry, "explain.json")
             for kind, suffix in (("cue_check", ""), ("cue_check_val", "_val"),
                                  ("cue_check_measured", "_measured")):

@@ -676,8 +676,9 @@ def test_explain_stage_end_to_end(fake_repo):
     assert all(cue in check[t]["planted"] for t in TRAITS
                for cue in [check[t]["top_cues"][0]])
     for name in ("explain.json", "explain.md", "explain/functionals_ridge.csv",
-                 "explain/functionals_ridge.png"):
+                 "explain/functionals_ridge.png", "explain/functionals_ridge_clusters.png"):
         assert (fake_repo / "metrics" / name).stat().st_size > 500
+    assert entry["png_clusters"] == "metrics/explain/functionals_ridge_clusters.png"
     written = json.loads((fake_repo / "metrics" / "explain.json").read_text())
     top = written["models"]["functionals_ridge"]["permutation"]["top"]["E"][0]
     assert len(top) == 4 and top[2] <= top[1] <= top[3]  # value inside its interval
@@ -1169,3 +1170,33 @@ def test_the_heat_map_keeps_a_long_feature_name_inside_the_page(tmp_path, monkey
     labels = [t for ax in fig.axes for t in ax.get_yticklabels() if t.get_text()]
     assert len(labels) == 18
     assert min(t.get_window_extent(renderer).x0 for t in labels) >= 0
+
+
+def test_the_cluster_heat_map_shows_each_trait_s_top_clusters(tmp_path, monkeypatch):
+    """The per-feature heat map's importance column shuffles one column at a time, which a cue
+    read by many proxies survives: functionals_gbt's showed 0.00 for most rows. The clusters'
+    map shows what the cue check ranks: each trait's top_k clusters (union, trait by trait,
+    largest drop first, no zero or negative-only filler), the drop and its interval's lower end,
+    each cluster's cue beside its name; no map for a model without clusters."""
+    from personality import explain_plots
+    from personality.explain_report import write_cluster_png
+    from stages.explain import ExplainParams
+
+    drawn = []
+    monkeypatch.setattr(explain_plots, "heatmap_png",
+                        lambda panels, rows, *, path, row_notes, **kw:
+                        drawn.append((panels, rows, row_notes)) or Path(path))
+    value = np.zeros((4, 5))
+    value[2, 0], value[0, 0], value[3, 3] = 0.3, 0.1, 0.2  # O: c, a; A: d; b never
+    perm = {"cluster_importance": {"value": value, "lo": value - 0.05, "hi": value + 0.05},
+            "clusters": {"names": ["a (+2)", "b", "c (+1)", "d"],
+                         "cues": ["smile", "", "pitch_var", ""]}, "n_crossfit": 5}
+    p = ExplainParams(top_k=2)
+    out = write_cluster_png(tmp_path, Path("metrics/explain"), "m", perm, p)
+    assert out == "metrics/explain/m_clusters.png"
+    panels, rows, notes = drawn[0]
+    assert rows == ["c (+1)", "a (+2)", "d"] and notes == ["pitch_var", "smile", ""]
+    assert np.allclose(panels["CCC drop when shuffled"][:, 0], [0.3, 0.1, 0.0])
+    assert np.allclose(panels["lower end of its 95% interval"][2], value[3] - 0.05)
+    assert write_cluster_png(tmp_path, Path("x"), "m", {"n_crossfit": 0}, p) is None
+    assert write_cluster_png(tmp_path, Path("x"), "m", None, p) is None
