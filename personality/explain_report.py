@@ -272,6 +272,6 @@ def write_cluster_png(root: Path, out_dir: Path, model: str, perm: dict | None,
     png = heatmap_png(panels, [clusters["names"][i] for i in rows],
                       path=root / out_dir / f"{model}_clusters.png",
                       row_notes=[clusters["cues"][i] or "" for i in rows], dpi=p.dpi,
-                      title=f"{model}: clusters of interchangeable functionals, each shuffled "
-                            f"as one (importance on {clips}; (cue) by the name rules)")
+                      title=f"{model}: top clusters of interchangeable functionals, each "
+                            f"shuffled as one (importance on {clips})")
     return str(png.relative_to(root))

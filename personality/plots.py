@@ -123,10 +123,11 @@ def ccc_bars(ccc: Mapping[str, float], *, path: str | os.PathLike, baseline_ccc:
              acc: Mapping[str, float] | None = None, baseline_acc: float | None = None,
              title: str = "", dpi: int = 80,
              ccc_ci: Mapping[str, Sequence[float]] | None = None,
-             acc_ci: Mapping[str, Sequence[float]] | None = None) -> Path:
+             acc_ci: Mapping[str, Sequence[float]] | None = None, level: float = 0.95) -> Path:
     """Bar chart of each model's mean CCC (left) and mean ACC (right, when given), each with its
-    [lo, hi] interval as an error bar where `ccc_ci` / `acc_ci` give one, the train-mean baseline
-    drawn as a dashed line on both. A missing (None / NaN) value draws no bar."""
+    [lo, hi] interval (coverage `level`) as an error bar where `ccc_ci` / `acc_ci` give one, the
+    train-mean baseline drawn as a dashed line on both. A missing (None / NaN) value draws no
+    bar."""
     plt = _pyplot()
     names = list(ccc)
     panels = [("mean CCC", ccc, baseline_ccc, ccc_ci)]
@@ -139,7 +140,7 @@ def ccc_bars(ccc: Mapping[str, float], *, path: str | os.PathLike, baseline_ccc:
         heights = [_finite_or_nan(values.get(n)) for n in names]
         yerr = _error_bars(heights, [(intervals or {}).get(n) for n in names])
         if yerr is not None:
-            ax.set_title("bars: 95% bootstrap interval over subjects", fontsize=7)
+            ax.set_title(f"bars: {100 * level:g}% bootstrap interval over subjects", fontsize=7)
         ax.bar(x, np.nan_to_num(heights, nan=0.0), color="tab:blue", yerr=yerr, capsize=3)
         if base is not None and math.isfinite(base):
             shown = round(base, 6) + 0.0  # no "-0.000" for a rounding-level negative
@@ -187,8 +188,8 @@ def _save(fig, path: str | Path, *, title: str | None, dpi: int) -> Path:
     """Title, lay out, write the PNG (folders made) and free the figure."""
     import matplotlib.pyplot as plt
 
-    if title:
-        fig.suptitle(title, fontsize=10)
+    if title:  # wrapped to the figure's width: a two-panel heat map's title ran off both edges
+        fig.suptitle(title, fontsize=10, wrap=True)
     # laid out at the resolution it is written at: text does not scale exactly with the dpi
     # (glyphs snap to whole pixels), so a layout made at 100 dpi and written at 90 cut the first
     # characters off long feature names at the left edge

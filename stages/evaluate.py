@@ -421,7 +421,7 @@ def log_to_mlflow(results: list[ModelResult], report: dict, params: EvaluatePara
                                  baseline_ccc=(baseline.get("mean") or {}).get("ccc", 0.0),
                                  acc=acc, baseline_acc=(baseline.get("mean") or {}).get("acc"),
                                  title=f"{split} set: models vs the train-mean baseline",
-                                 dpi=params.dpi,
+                                 dpi=params.dpi, level=params.ci_level,
                                  ccc_ci={r.name: mean_interval(r.entry, "ccc") for r in results},
                                  acc_ci={r.name: mean_interval(r.entry, "acc") for r in results})
             with mlflow_run("evaluate", run_name="evaluate:summary",

@@ -1170,6 +1170,12 @@ def test_the_heat_map_keeps_a_long_feature_name_inside_the_page(tmp_path, monkey
     labels = [t for ax in fig.axes for t in ax.get_yticklabels() if t.get_text()]
     assert len(labels) == 18
     assert min(t.get_window_extent(renderer).x0 for t in labels) >= 0
+    # a two-panel map's long title (the clusters' map) ran off both edges: it wraps
+    explain_plots.heatmap_png({k: panels[k] for k in ("r", "drop")}, names,
+                              path=tmp_path / "c.png", dpi=90, title="m: " + "long title " * 20)
+    fig = figures[1]
+    extent = fig._suptitle.get_window_extent(FigureCanvasAgg(fig).get_renderer())
+    assert extent.x0 >= 0 and extent.x1 <= fig.bbox.x1
 
 
 def test_the_cluster_heat_map_shows_each_trait_s_top_clusters(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ lacking some videos was compared on other people); an unlabelled trait prints "n
 the stage reads `evaluate.interval` (BCa or percentile)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -206,7 +207,7 @@ def test_acc_carries_its_interval_in_the_json_the_table_and_the_summary(rng, tmp
     z = report_for(m, preds, best="A")
     for name in ("A", "B", "baseline"):
         for key in (*T, "mean"):
-            z[name][key]["acc"] = None  # as evaluate writes it for label_scale z
+            z[name][key]["acc"] = math.nan  # as evaluate's _null_acc sets it for label_scale z
     add_uncertainty(z, preds, m, split="test", n_boot=50, level=0.95, seed=1, best="A")
     assert z["A"]["ci"]["mean"]["acc"] == [None, None]
 
@@ -218,6 +219,11 @@ def test_acc_carries_its_interval_in_the_json_the_table_and_the_summary(rng, tmp
     plots.ccc_bars({"A": 0.5}, path=tmp_path / "bars.png", acc={"A": 0.9},
                    ccc_ci={"A": [0.4, 0.6]}, acc_ci={"A": [0.88, 0.91]})
     assert np.allclose(bars[1], [[0.02], [0.01]])  # the ACC panel's bar: below, above
+    titles = []
+    monkeypatch.setattr("matplotlib.axes.Axes.set_title",
+                        lambda ax, text, **kw: titles.append(text))
+    plots.ccc_bars({"A": 0.5}, path=tmp_path / "bars.png", ccc_ci={"A": [0.4, 0.6]}, level=0.9)
+    assert titles == ["bars: 90% bootstrap interval over subjects"]  # evaluate.ci_level's
 
 
 def test_each_trait_carries_its_interval_in_the_table_and_the_scatter_titles(rng, tmp_path,
