@@ -18,14 +18,14 @@ import math
 import numpy as np
 import pandas as pd
 
-from models.bootstrap import (DEFAULT_METHOD, METRICS, bootstrap_scores, common_clips,
+from models.bootstrap import (DEFAULT_METHOD, METRICS, TIE, bootstrap_scores, common_clips,
                               model_uncertainty, paired, subject_jackknife, subject_resamples,
                               subjects_for)
 from models.metrics import train_mean_baseline
 from personality.schemas import TRAITS
 
 __all__ = ["RESERVED", "rank_models", "select_best", "add_uncertainty", "with_acc", "mean_interval",
-           "trait_intervals", "summary_of", "results_table", "fmt", "ci_text", "flat_metrics"]
+           "chosen_shares", "trait_intervals", "summary_of", "results_table", "fmt", "ci_text", "flat_metrics"]
 
 RESERVED = ("baseline", "errors", "selection")  # keys of evaluate.json that are not models
 MIN_SUBJECTS = 2  # fewer: no spread between people to resample, so no interval
@@ -146,14 +146,15 @@ def add_split_intervals(figures: dict[str, dict],
                         seed: int, method: str = DEFAULT_METHOD) -> None:
     """Add `ccc_ci` to each model's figures on `split` (e.g. val's, which choose the model): the
     interval of its mean CCC over a bootstrap of that split's subjects ([None, None] with one
-    subject)."""
+    subject), and `chosen_share`: the share of those resamples in which it has the highest mean
+    CCC (how sure the choice is; None with one subject)."""
     labelled = _labelled(manifest, split)
     if labelled.empty or not predictions:
         return
     vids, subjects = labelled["video_id"].to_numpy(), labelled["subject_id"].to_numpy()
     if _n_subjects(subjects) < MIN_SUBJECTS:
         for name in predictions:
-            figures[name]["ccc_ci"] = [None, None]
+            figures[name].update(ccc_ci=[None, None], chosen_share=None)
         return
     samples = bootstrap_scores(labelled[list(TRAITS)].to_numpy(np.float64),
                                {name: _spread(scored, vids) for name, scored in
@@ -164,6 +165,20 @@ def add_split_intervals(figures: dict[str, dict],
     for name, sample in samples.items():
         figures[name]["ccc_ci"] = model_uncertainty(sample, TRAITS, level=level,
                                                     method=method)["mean"]["ccc"]
+    shares = chosen_shares({name: sample["ccc"].mean(axis=1) for name, sample in samples.items()})
+    for name, share in shares.items():
+        figures[name]["chosen_share"] = share
+
+
+def chosen_shares(mean_ccc: dict[str, np.ndarray]) -> dict[str, float]:
+    """{model: share of resamples in which its mean CCC (B,) is the highest}; models tied at the
+    top of a resample (within TIE) split it; a NaN mean never wins."""
+    names = list(mean_ccc)
+    values = np.stack([np.nan_to_num(mean_ccc[n], nan=-np.inf) for n in names])  # (M, B)
+    top = values.max(axis=0)  # (B,)
+    winners = np.isclose(values, top, rtol=0.0, atol=TIE) & np.isfinite(top)  # (M, B)
+    split = winners / np.maximum(winners.sum(axis=0), 1)
+    return {n: float(split[i].mean()) for i, n in enumerate(names)}
 
 
 def _finite(*values) -> bool:
@@ -262,7 +277,21 @@ def results_table(report: dict, split: str) -> str:
                  f"{n.get('n_subjects', '?')} subjects; {method} and 'better in' shares from "
                  f"{n.get('n_boot', '?')} bootstrap resamples of subjects (models/bootstrap.py)"
                  + ("; one subject: no intervals." if n.get("n_subjects") == 1 else "."))
-    return "\n".join([*lines, "", *_trait_table(report, models, split, level)]) + "\n"
+    return "\n".join([*lines, *_choice_line(selection, n.get("n_boot")), "",
+                      *_trait_table(report, models, split, level)]) + "\n"
+
+
+def _choice_line(selection: dict, n_boot) -> list[str]:
+    """How sure validation's choice is: the share of resamples of the validation subjects in
+    which each model has the highest mean CCC (those under 0.5% left out); [] without shares."""
+    shares = {m: v.get("chosen_share") for m, v in (selection.get("val") or {}).items()}
+    ranked = sorted(((v, m) for m, v in shares.items() if _finite(v) and v >= 0.005),
+                    reverse=True)
+    if not ranked:
+        return []
+    return ["", f"Validation's choice over {n_boot or '?'} resamples of its subjects (the share "
+                "in which each model has the highest val CCC): "
+                + ", ".join(f"{m} {_share(v)}" for v, m in ranked) + "."]
 
 
 def _trait_table(report: dict, models: list[str], split: str, level: int) -> list[str]:
@@ -290,6 +319,7 @@ def summary_of(report: dict) -> dict:
             row["acc_lo"], row["acc_hi"] = entry["ci"]["mean"].get("acc", [None, None])
         if name in val:
             row["val_ccc"] = val[name].get("ccc")
+            row["val_chosen_share"] = val[name].get("chosen_share")
         if "vs_baseline" in entry:
             row["p_beats_baseline"] = entry["vs_baseline"]["p_better"]
         out[name] = row

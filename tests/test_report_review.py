@@ -248,3 +248,36 @@ def test_each_trait_carries_its_interval_in_the_table_and_the_scatter_titles(rng
                        ccc={t: report["B"][t]["ccc"] for t in T},
                        ccc_ci=trait_intervals(report["B"]))
     assert titles[2] == f"extraversion\nCCC {report['B']['E']['ccc']:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def test_validation_s_choice_says_how_sure_it_is(rng):
+    """Validation chose a model by its point CCC alone; with 8 val subjects that choice can be a
+    coin toss. Each model now carries the share of val resamples in which it has the highest
+    mean CCC (ties split, a NaN never wins), and results.md prints them."""
+    from models.report import chosen_shares
+
+    shares = chosen_shares({"a": np.array([0.5, 0.2, 0.4, np.nan]),
+                            "b": np.array([0.3, 0.2, 0.6, np.nan]),
+                            "c": np.array([np.nan, 0.1, 0.1, np.nan])})
+    assert shares == {"a": pytest.approx(1.5 / 4), "b": pytest.approx(1.5 / 4), "c": 0.0}
+    m = manifest(rng, [f"s{k}" for k in range(8)], val_subjects=[f"v{k}" for k in range(8)])
+    vids, y = scored(m, "val")
+    preds = {"close": (vids, y + rng.normal(0, 0.05, y.shape)),
+             "twin": (vids, y + rng.normal(0, 0.05, y.shape)),
+             "noisy": (vids, y + rng.normal(0, 0.4, y.shape))}
+    figures = {name: {} for name in preds}
+    add_split_intervals(figures, preds, m, split="val", n_boot=200, level=0.95, seed=1)
+    got = {name: f["chosen_share"] for name, f in figures.items()}
+    assert got["noisy"] == 0.0 and got["close"] + got["twin"] == pytest.approx(1.0)
+    assert 0.05 < got["close"] < 0.95  # two equally good models: no sure choice
+    report = {"baseline": {"mean": {"ccc": 0.0}, "ci": {"n_boot": 200}},
+              "selection": {"best": "close", "val": {n: {"ccc": 0.5, **f}
+                                                     for n, f in figures.items()}}}
+    line = next(x for x in results_table(report, "test").splitlines()
+                if x.startswith("Validation's choice"))
+    assert "close" in line and "twin" in line and "noisy" not in line  # under 0.5%: left out
+    one = {name: {} for name in preds}
+    add_split_intervals(one, preds, m[m["subject_id"] != "v1"].assign(
+        subject_id=lambda d: d["subject_id"].where(d["split"] != "val", "v0")),
+        split="val", n_boot=50, level=0.95, seed=1)
+    assert all(f["chosen_share"] is None for f in one.values())
