@@ -21,13 +21,15 @@ import pandas as pd
 from models.bootstrap import (DEFAULT_METHOD, METRICS, TIE, bootstrap_scores, common_clips,
                               model_uncertainty, paired, subject_jackknife, subject_resamples,
                               subjects_for)
-from models.metrics import train_mean_baseline
+from models.metrics import regression_metrics, train_mean_baseline
 from personality.schemas import TRAITS
 
 __all__ = ["RESERVED", "rank_models", "select_best", "add_uncertainty", "with_acc", "mean_interval",
-           "chosen_shares", "trait_intervals", "summary_of", "results_table", "fmt", "ci_text", "flat_metrics"]
+           "chosen_shares", "trait_intervals", "ceiling_entry", "summary_of", "results_table",
+           "fmt", "ci_text", "flat_metrics", "scatter_table"]
 
-RESERVED = ("baseline", "errors", "selection")  # keys of evaluate.json that are not models
+# keys of evaluate.json that are not models (ceiling: the noise-free labels of a synthetic set)
+RESERVED = ("baseline", "ceiling", "errors", "selection")
 MIN_SUBJECTS = 2  # fewer: no spread between people to resample, so no interval
 
 
@@ -92,6 +94,21 @@ def with_acc(ci: dict, entry: dict) -> dict:
         has_acc = _finite((entry.get(key) or {}).get("acc"), lo, hi)
         metrics["acc"] = [1.0 - hi, 1.0 - lo] if has_acc else [None, None]
     return ci
+
+
+def ceiling_entry(manifest: pd.DataFrame, split: str, law: pd.DataFrame
+                  ) -> tuple[dict, tuple[np.ndarray, np.ndarray]] | None:
+    """The noise-free labels (`law`: (n, 5) by video_id, personality.law.law_scores) scored
+    on `split` as a model would be: the best any model can score on these clips. (entry, its
+    (video_ids, predictions)); None where `law` lacks a labelled clip of the split (a real
+    dataset: empty)."""
+    labelled = _labelled(manifest, split)
+    vids = labelled["video_id"].to_numpy()
+    if labelled.empty or not set(vids) <= set(law.index):
+        return None
+    pred = law.loc[vids, list(TRAITS)].to_numpy(np.float64)  # (n, 5)
+    entry = regression_metrics(labelled[list(TRAITS)].to_numpy(np.float64), pred)
+    return {**entry, "n_videos": len(vids), "label_scale": "unit"}, (vids, pred)
 
 
 def _withhold(entry: dict) -> None:
@@ -254,7 +271,8 @@ def results_table(report: dict, split: str) -> str:
              f"[{level}% CI] | beats baseline "
              f"| vs {selection.get('best') or 'best'} (chosen on val) |",
              "|---|---|---|---|---|---|",
-             f"| train-mean baseline | - | {ci_text(base)} | {ci_text(base, 'acc')} | - | - |"]
+             f"| train-mean baseline | - | {ci_text(base)} | {ci_text(base, 'acc')} | - | - |",
+             *_ceiling_row(report)]
     for m in models:
         e = report[m]
         vb, vs = e.get("vs_baseline") or {}, e.get("vs_best") or {}
@@ -281,6 +299,19 @@ def results_table(report: dict, split: str) -> str:
                       *_trait_table(report, models, split, level)]) + "\n"
 
 
+CEILING_ROW = "ceiling: the labels without their noise"
+
+
+def _ceiling_row(report: dict) -> list[str]:
+    """The noise-free labels' row (a synthetic set): how far the chosen model is from the best
+    any model can score on these clips; [] without one."""
+    e = report.get("ceiling")
+    if not e:
+        return []
+    versus = _versus(e, report) if e.get("vs_best") else "-"
+    return [f"| {CEILING_ROW} | - | {ci_text(e)} | {ci_text(e, 'acc')} | - | {versus} |"]
+
+
 def _choice_line(selection: dict, n_boot) -> list[str]:
     """How sure validation's choice is: the share of resamples of the validation subjects in
     which each model has the highest mean CCC (those under 0.5% left out); [] without shares."""
@@ -297,6 +328,7 @@ def _choice_line(selection: dict, n_boot) -> list[str]:
 def _trait_table(report: dict, models: list[str], split: str, level: int) -> list[str]:
     """Each trait's CCC with its interval, a row per model in the first table's order."""
     rows = [("train-mean baseline", report.get("baseline") or {}),
+            *([(CEILING_ROW, report["ceiling"])] if report.get("ceiling") else []),
             *((m, report[m]) for m in models)]
     return [f"{split} CCC per trait [{level}% CI]:", "",
             f"| model | {' | '.join(TRAITS)} |", "|---|" + "---|" * len(TRAITS),
@@ -354,3 +386,15 @@ def flat_metrics(entry: dict, prefix: str) -> dict[str, float]:
         put(f"{prefix}_{versus}_p_better", (entry.get(versus) or {}).get("p_better"))
     put(f"{prefix}_n_videos", entry.get("n_videos"))
     return out
+
+
+def scatter_table(video_ids: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray) -> pd.DataFrame:
+    """Long table for `dvc plots`: video_id, trait, true, pred; labelled (video, trait) pairs."""
+    n = len(video_ids)
+    table = pd.DataFrame({
+        "video_id": np.tile(np.asarray(video_ids, dtype=object), len(TRAITS)),
+        "trait": np.repeat(np.array(TRAITS, dtype=object), n),
+        "true": y_true.T.reshape(-1),
+        "pred": y_pred.T.reshape(-1),
+    })
+    return table[table["true"].notna()].reset_index(drop=True)

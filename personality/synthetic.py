@@ -34,31 +34,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from personality.ccc import ccc
 from personality.common import atomic_file
 from personality.executor import map_jobs
+from personality.law import (CUES, LABEL_NOISE, LABEL_SCALE, LABEL_WEIGHTS,  # noqa: F401
+                             VISUAL_CUES, VOCAL_CUES, explainable, labels_from_cues,
+                             noise_ceiling)
 from personality.schemas import TRAITS
 
 # --------------------------------------------------------------------------------------------------
 # cues and labels
 
-VISUAL_CUES = ("smile", "brow_raise", "brow_lower", "blink_rate", "head_motion")
-VOCAL_CUES = ("pitch", "pitch_var", "loudness", "speech_rate", "pause")
-CUES = VISUAL_CUES + VOCAL_CUES
 SUBJECT_SHARE = 0.6  # share of each cue's variance that belongs to the subject, not the clip
-
-# Rows: traits O, C, E, A, N. Columns: CUES. Every trait mixes visual and vocal cues, so that a
-# visual-only and an audio-only model each explain part of it and audio-visual explains more.
-LABEL_WEIGHTS = np.array([
-    # smile brow_r brow_l blink head | pitch p_var  loud  rate  pause
-    [0.15,  0.55,  0.00,  0.00,  0.20,  0.00,  0.45,  0.00,  0.30,  0.00],  # O
-    [0.00,  0.00,  0.20,  -0.30, -0.45, 0.00,  0.00,  0.00,  0.20,  -0.45],  # C
-    [0.40,  0.00,  0.00,  0.00,  0.35,  0.00,  0.30,  0.50,  0.40,  0.00],  # E
-    [0.55,  0.00,  -0.45, 0.00,  0.00,  0.25,  0.00,  -0.20, 0.00,  0.00],  # A
-    [-0.20, 0.00,  0.40,  0.50,  0.00,  0.00,  -0.30, 0.00,  0.00,  0.35],  # N
-])
-LABEL_SCALE = 0.13  # sd of the explainable part of a trait on [0, 1]
-LABEL_NOISE = np.array([0.07, 0.08, 0.06, 0.07, 0.08])  # sd of the unexplainable part, per trait
 
 # How simulated raters *perceive* the cues: they over-read smiles and loudness and miss blinks, so
 # fine-tuning on their ratings moves a model's predictions measurably.
@@ -76,27 +62,6 @@ def draw_cues(rng: np.random.Generator, subject_of_clip: np.ndarray, n_subjects:
     subject = rng.standard_normal((n_subjects, len(CUES))) * np.sqrt(SUBJECT_SHARE)
     clip = rng.standard_normal((len(subject_of_clip), len(CUES))) * np.sqrt(1 - SUBJECT_SHARE)
     return subject[subject_of_clip] + clip
-
-
-def explainable(cues: np.ndarray, weights: np.ndarray = LABEL_WEIGHTS) -> np.ndarray:
-    """The noise-free trait values, (n, 5) on [0, 1]: 0.5 + 0.13 * normalised weighted cues."""
-    unit = weights / np.linalg.norm(weights, axis=1, keepdims=True)
-    return 0.5 + LABEL_SCALE * cues @ unit.T
-
-
-def labels_from_cues(cues: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Big-Five labels, (n, 5) in [0, 1]."""
-    noise = rng.standard_normal((len(cues), len(TRAITS))) * LABEL_NOISE
-    return np.clip(explainable(cues) + noise, 0.0, 1.0)
-
-
-def noise_ceiling(n: int = 200_000, seed: int = 0) -> dict[str, float]:
-    """Best CCC per trait of any predictor: that of the noise-free value against the label."""
-    rng = np.random.default_rng(seed)
-    cues = rng.standard_normal((n, len(CUES)))
-    clean = explainable(cues)
-    labels = labels_from_cues(cues, rng)
-    return {t: ccc(clean[:, i], labels[:, i]) for i, t in enumerate(TRAITS)}
 
 
 def simulate_user_study(cues: np.ndarray, video_ids: list[str], rng: np.random.Generator, *,

@@ -43,7 +43,7 @@ def ccc_bar_spec(summary: dict) -> dict | None:
     rows = [{"model": name, "ccc": entry["ccc"], "lo": entry.get("ccc_lo"),
              "hi": entry.get("ccc_hi")}
             for name, entry in summary.items()
-            if name != "baseline" and isinstance(entry, dict)
+            if name not in ("baseline", "ceiling") and isinstance(entry, dict)
             and isinstance(entry.get("ccc"), (int, float))]
     if not rows:
         return None
@@ -60,13 +60,16 @@ def ccc_bar_spec(summary: dict) -> dict | None:
         layers.append({"mark": {"type": "rule", "color": "#222222", "strokeWidth": 1.5},
                        "encoding": {"x": x, "y": {"field": "lo", "type": "quantitative"},
                                     "y2": {"field": "hi"}}})
-    base = (summary.get("baseline") or {}).get("ccc")
-    if isinstance(base, (int, float)):
-        layers.append({"data": {"values": [{"baseline": base}]},
-                       "mark": {"type": "rule", "color": "#B22222", "strokeDash": [6, 4]},
-                       "encoding": {"y": {"field": "baseline", "type": "quantitative"}}})
+    for name, color in (("baseline", "#B22222"), ("ceiling", "#2E8B57")):
+        value = (summary.get(name) or {}).get("ccc")
+        if isinstance(value, (int, float)):
+            layers.append({"data": {"values": [{name: value}]},
+                           "mark": {"type": "rule", "color": color, "strokeDash": [6, 4]},
+                           "encoding": {"y": {"field": name, "type": "quantitative"}}})
+    legend = ("green: the labels without their noise; " if "ceiling" in summary else "") + \
+        "red: train-mean baseline"
     return {"$schema": "https://vega.github.io/schema/vega-lite/v5.json",
-            "title": "test CCC per model, 95% interval over subjects (red: train-mean baseline)",
+            "title": f"test CCC per model, 95% interval over subjects ({legend})",
             "width": 60 * len(rows), "height": 260, "data": {"values": rows}, "layer": layers}
 
 

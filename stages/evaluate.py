@@ -17,6 +17,7 @@ manifest's labels at video level (several rows of one video are averaged first) 
                   "n_videos": 23, "n_missing": 0, "label_scale": "unit"},
       "baseline": {... the same for the train-mean predictor ..., "train_mean": {"O": ..},
                    "bins": {"O": {"accuracy", "majority_bin"}, ..., "mean": {"accuracy"}}},
+      "ceiling": {... the same for the labels without their noise ...},  # the synthetic set only
       "errors": {"<model>": "data/predictions/<model>.parquet: missing column 'E'"}   # when any
     }
 
@@ -48,8 +49,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from models.report import (RESERVED, add_split_intervals, add_uncertainty, ci_text, flat_metrics, fmt,
-                           mean_interval, results_table, select_best, summary_of, trait_intervals)
+from models.report import (RESERVED, add_split_intervals, add_uncertainty, ceiling_entry, ci_text,
+                           flat_metrics, fmt, mean_interval, results_table, scatter_table,
+                           select_best, summary_of, trait_intervals)
 from models.metrics import (MetricsError, baseline_metrics, bin_metrics, json_safe,
                             majority_class_accuracy, regression_metrics)
 from personality.common import (BaseParams, ParamsError, SchemaError, StageInputError,
@@ -57,6 +59,7 @@ from personality.common import (BaseParams, ParamsError, SchemaError, StageInput
                                 get_logger, load_base, load_params, mlflow_run, repo_root,
                                 stage_errors, write_tracking_receipt)
 from personality.schemas import SPLITS, TRAITS
+from personality.law import law_scores
 
 log = get_logger("evaluate")
 
@@ -65,6 +68,7 @@ SUMMARY_JSON = Path("metrics/summary.json")  # one line per model: `dvc metrics 
 PREDICTIONS_DIR = Path("data/predictions")
 RETRAINED_PREDICTIONS_DIR = Path("data/retrained/predictions")  # the retrain stage's
 MANIFEST = Path("data/manifest.parquet")
+SYNTHETIC_CUES = Path("data/synthetic_cues.parquet")  # ingest: the default set's latent cues
 METRICS_JSON = Path("metrics/evaluate.json")
 PLOTS_DIR = Path("metrics/plots")
 RESULTS_MD = Path("metrics/results.md")  # the results table with intervals, as the README shows it
@@ -285,18 +289,6 @@ def baseline_entry(manifest: pd.DataFrame, split: str, *, label_scale: str = "un
     return entry
 
 
-def scatter_table(video_ids: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray) -> pd.DataFrame:
-    """Long table for `dvc plots`: video_id, trait, true, pred; labelled (video, trait) pairs."""
-    n = len(video_ids)
-    table = pd.DataFrame({
-        "video_id": np.tile(np.asarray(video_ids, dtype=object), len(TRAITS)),
-        "trait": np.repeat(np.array(TRAITS, dtype=object), n),
-        "true": y_true.T.reshape(-1),
-        "pred": y_pred.T.reshape(-1),
-    })
-    return table[table["true"].notna()].reset_index(drop=True)
-
-
 def evaluate_file(path: Path, manifest: pd.DataFrame, params: EvaluateParams, *,
                   label_scale: str, where: str | None = None) -> ModelResult:
     """Score one predictions file; StageInputError (file + column) when it is malformed."""
@@ -427,7 +419,8 @@ def log_to_mlflow(results: list[ModelResult], report: dict, params: EvaluatePara
             with mlflow_run("evaluate", run_name="evaluate:summary",
                             params={**dataclasses.asdict(params), "n_models": len(results)},
                             tags={"model": "all", "eval_kind": "summary"}) as mlf:
-                mlf.log_metrics(base_flat)
+                mlf.log_metrics({**base_flat, **flat_metrics(report.get("ceiling") or {},
+                                                             f"ceiling_{split}")})
                 mlf.log_artifact(str(png), artifact_path="plots")
                 mlf.log_dict(json_safe(report), "evaluate.json")
                 run_ids.append(mlf.active_run().info.run_id)
@@ -459,6 +452,10 @@ def run(params: EvaluateParams, base: BaseParams | None = None,
         raise StageInputError(f"{len(errors)} malformed predictions file(s) and evaluate.strict "
                               "is set:\n  " + "\n  ".join(errors.values()))
     report: dict = {r.name: r.entry for r in results}
+    scored = {r.name: (r.video_ids, r.y_pred) for r in results}
+    ceiling = ceiling_entry(manifest, params.split, law_scores(root / SYNTHETIC_CUES))
+    if ceiling is not None:  # the default dataset: its labels without their noise
+        report["ceiling"], scored["ceiling"] = ceiling
     try:
         report["baseline"] = baseline_entry(manifest, params.split, label_scale=label_scale,
                                             bins=params.bins)
@@ -471,9 +468,9 @@ def run(params: EvaluateParams, base: BaseParams | None = None,
                          seed=(base or BaseParams()).seed)
     best = select_best(val)
     report["selection"] = {"split": "val", "metric": "mean CCC", "best": best, "val": val}
-    add_uncertainty(report, {r.name: (r.video_ids, r.y_pred) for r in results}, manifest,
-                    split=params.split, n_boot=params.bootstrap, level=params.ci_level,
-                    seed=(base or BaseParams()).seed, best=best, method=params.interval)
+    add_uncertainty(report, scored, manifest, split=params.split, n_boot=params.bootstrap,
+                    level=params.ci_level, seed=(base or BaseParams()).seed, best=best,
+                    method=params.interval)
     write_scatter_csvs(results, root / PLOTS_DIR)
     atomic_write_json(root / METRICS_JSON, json_safe(report))
     atomic_write_json(root / SUMMARY_JSON, json_safe(summary_of(report)))
@@ -483,6 +480,9 @@ def run(params: EvaluateParams, base: BaseParams | None = None,
         log.info("%s: %s mean CCC %s (baseline %s), ACC %s (baseline %s), %d videos",
                  r.name, params.split, ci_text(r.entry), fmt(b.get("ccc")),
                  ci_text(r.entry, "acc"), fmt(b.get("acc")), r.entry["n_videos"])
+    if ceiling is not None:
+        log.info("ceiling (the labels without their noise): %s mean CCC %s", params.split,
+                 ci_text(report["ceiling"]))
     log.info("chosen on val (mean CCC): %s", best)
     if params.mlflow and results:
         log_to_mlflow(results, report, params, manifest=root / MANIFEST)

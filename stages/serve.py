@@ -426,8 +426,10 @@ def _log_pyfunc(mlf, checkpoint: Path, params: Path, example: str | None):
 
 def evaluated_models(report: dict) -> list[str]:
     """The models metrics/evaluate.json scored (retrained ones included), in its order."""
+    from models.report import RESERVED  # baseline, ceiling: no model to log
+
     return [k for k, v in report.items() if isinstance(v, dict) and "mean" in v
-            and k != "baseline"]
+            and k not in RESERVED]
 
 
 def log_model_run(name: str, report: dict, root: Path, example: str | None) -> tuple:

@@ -520,3 +520,43 @@ def test_results_table_puts_the_chosen_model_first_on_a_tie():
             for line in results_table(report, "test").split("\n\n")[0].splitlines()
             if line.startswith("| ") and line.split("|")[1].strip() in report]
     assert report["selection"]["best"] == "better" and rows == ["better", "worse"]
+
+
+def test_the_labels_without_their_noise_are_reported_as_the_ceiling(tmp_path, rng):
+    """On the synthetic set the best any model can score is the labels' noise-free values (their
+    law of the latent cues). docs quoted a Monte-Carlo ceiling; evaluate now scores the law on the
+    test clips themselves, with its interval and its distance to the chosen model, and keeps it
+    out of the models (not ranked, not chosen, not registered)."""
+    from models.metrics import regression_metrics
+    from models.report import RESERVED
+    from personality.law import CUES, LABEL_NOISE, explainable
+    from stages.serve import evaluated_models
+
+    m = make_manifest(rng)
+    cues = rng.standard_normal((len(m), len(CUES)))
+    law = explainable(cues)  # (n, 5)
+    labelled = m[T].notna().to_numpy()
+    m[T] = np.where(labelled, np.clip(law + rng.normal(0, 1, law.shape) * LABEL_NOISE, 0, 1),
+                    np.nan)
+    y = truth(m)
+    write_root(tmp_path, m, {"noisy": predictions(m, np.clip(y + rng.normal(0, .1, y.shape), 0, 1),
+                                                  "noisy")})
+    report = ev.run(NO_MLFLOW, root=tmp_path)
+    assert "ceiling" not in report  # no synthetic_cues.parquet: a real dataset, no ceiling
+    table = pd.DataFrame(cues, columns=[f"cue_{c}" for c in CUES]).assign(video_id=m["video_id"])
+    table.to_parquet(tmp_path / "data" / "synthetic_cues.parquet", index=False)
+    report = ev.run(NO_MLFLOW, root=tmp_path)
+    test = m[(m["split"] == "test") & m[T].notna().any(axis=1)].index
+    want = regression_metrics(m.loc[test, T].to_numpy(), law[test])
+    assert report["ceiling"]["mean"]["ccc"] == pytest.approx(want["mean"]["ccc"])
+    lo, hi = report["ceiling"]["ci"]["mean"]["ccc"]
+    assert lo <= report["ceiling"]["mean"]["ccc"] <= hi
+    assert report["ceiling"]["vs_best"]["model"] == "noisy"
+    assert "ceiling" in RESERVED and evaluated_models(report) == ["noisy"]
+    assert set(report["selection"]["val"]) == {"noisy"}
+    md = (tmp_path / "metrics" / "results.md").read_text()
+    first, per_trait = md.split("test CCC per trait")
+    row = next(x for x in first.splitlines() if x.startswith("| ceiling"))
+    assert f"{report['ceiling']['mean']['ccc']:.3f} [{lo:.3f}, {hi:.3f}]" in row
+    assert "| ceiling" in per_trait
+    assert load_json(tmp_path / "metrics" / "summary.json")["ceiling"]["ccc_lo"] == pytest.approx(lo)

@@ -49,6 +49,17 @@ def page(tmp_path_factory) -> Path:
     return plots.render_page(specs, SUMMARY, out, png=True)
 
 
+def test_the_ceiling_is_a_rule_not_a_bar():
+    """summary.json's ceiling (the synthetic labels without their noise) is no model: a green
+    dashed rule beside the baseline's red one, not a bar."""
+    spec = plots.ccc_bar_spec({**SUMMARY, "ceiling": {"ccc": 0.86, "ccc_lo": 0.8, "ccc_hi": 0.9}})
+    assert [r["model"] for r in spec["data"]["values"]] == ["model_a", "model_b"]
+    rules = {layer["mark"]["color"]: layer["data"]["values"][0] for layer in spec["layer"]
+             if "data" in layer}
+    assert rules == {"#B22222": {"baseline": 0.0}, "#2E8B57": {"ceiling": 0.86}}
+    assert "green: the labels without their noise" in spec["title"]
+
+
 def test_page_is_self_contained(page):
     text = page.read_text()
     assert text.count("<svg") == 3  # bars, one scatter, one curve

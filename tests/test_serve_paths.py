@@ -208,6 +208,7 @@ def test_the_input_example_folder_is_served_while_mlflow_checks_it(monkeypatch, 
         pyfunc = FakePyfunc
 
     clip = tmp_path / "clips" / "a.mp4"
+    (tmp_path / "params.yaml").write_text("base: {seed: 1}\n")  # the copy the model carries
     assert serve.log_pyfunc(FakeMlflow, tmp_path / "best.pt", tmp_path, str(clip)) == "info"
     assert seen["roots"] == os.pathsep.join(["/srv/videos", str(clip.parent)])
     assert os.environ[serve.VIDEO_ROOT_ENV] == "/srv/videos"
