@@ -46,8 +46,8 @@ environment; the model's requirements.txt lists what another environment needs.
 Every evaluated model (retrained ones too) is logged the same way in its own run `model:<name>`
 (`register.log_all`), with its figures as tags and metrics; the chosen one is registered. The
 registered version carries tags: the model's name, its test mean CCC with the 95% interval,
-its validation mean CCC, `chosen_by` (validation, or register.model / --model naming it with
-validation's choice beside), the git commit and the DVC experiment. Writes
+its validation mean CCC and chosen share, `chosen_by` (validation, or register.model / --model
+naming it with validation's choice beside), the git commit and the DVC experiment. Writes
 metrics/register.json (model, version, run id, model URI).
 """
 from __future__ import annotations
@@ -338,13 +338,14 @@ def chosen_model(p: RegisterParams, report: dict, root: Path) -> str:
 
 def model_figures(name: str, report: dict) -> dict:
     """The figures a user sees beside a logged or registered model: test mean CCC with its
-    interval, the validation mean CCC that chose it (None where the report has none)."""
+    interval, the validation mean CCC that chose it and the share of val resamples in which it
+    is the best (None where the report has none)."""
     entry = report.get(name) or {}
     ci = ((entry.get("ci") or {}).get("mean") or {}).get("ccc") or [None, None]
+    val = (((report.get("selection") or {}).get("val") or {}).get(name) or {})
     return {"model": name, "test_mean_ccc": (entry.get("mean") or {}).get("ccc"),
             "test_mean_ccc_ci_low": ci[0], "test_mean_ccc_ci_high": ci[1],
-            "val_mean_ccc": ((((report.get("selection") or {}).get("val") or {}).get(name)
-                              or {}).get("ccc")),
+            "val_mean_ccc": val.get("ccc"), "val_chosen_share": val.get("chosen_share"),
             "chosen_by": "best mean CCC on validation", "n_test_videos": entry.get("n_videos")}
 
 

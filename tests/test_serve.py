@@ -145,7 +145,8 @@ def test_a_model_named_by_register_model_is_not_tagged_as_chosen_on_validation(m
     chosen_by "best mean CCC on validation" while validation chose b: the registry said a model
     was chosen on validation that was not."""
     report = {"a": {"mean": {"ccc": 0.2}}, "b": {"mean": {"ccc": 0.3}},
-              "selection": {"best": "b", "val": {"a": {"ccc": 0.1}, "b": {"ccc": 0.4}}}}
+              "selection": {"best": "b", "val": {"a": {"ccc": 0.1, "chosen_share": 0.04},
+                                                 "b": {"ccc": 0.4, "chosen_share": 0.96}}}}
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "evaluate.json").write_text(json.dumps(report))
     (tmp_path / "data").mkdir()  # AU sequences without videos: no input example
@@ -168,6 +169,7 @@ def test_a_model_named_by_register_model_is_not_tagged_as_chosen_on_validation(m
     serve.register(serve.RegisterParams(), tmp_path)  # the default: chosen on validation
     assert registered["model"] == "b"
     assert registered["chosen_by"] == "best mean CCC on validation"
+    assert registered["val_chosen_share"] == "0.9600"  # how sure validation's choice is
 
 
 def test_a_mistyped_register_model_is_named_before_anything_is_logged(tmp_path, monkeypatch):
