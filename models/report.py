@@ -21,6 +21,7 @@ import pandas as pd
 from models.bootstrap import (DEFAULT_METHOD, METRICS, TIE, bootstrap_scores, common_clips,
                               model_uncertainty, paired, subject_jackknife, subject_resamples,
                               subjects_for)
+from models.conformal import half_widths, interval_entry, interval_table
 from models.metrics import regression_metrics, train_mean_baseline
 from personality.schemas import TRAITS
 
@@ -135,6 +136,11 @@ def add_uncertainty(report: dict, predictions: dict[str, tuple[np.ndarray, np.nd
     y_true = labelled[list(TRAITS)].to_numpy(np.float64)  # (n, 5)
     train = manifest.loc[manifest["split"] == "train", list(TRAITS)].to_numpy(np.float64)
     preds = {name: _spread(scored, vids) for name, scored in predictions.items()}
+    val = (report.get("selection") or {}).get("val") or {}
+    for name in predictions:  # the val half-widths' coverage of this split's scores
+        entry = interval_entry(val.get(name) or {}, y_true, preds[name], level)
+        if entry is not None:
+            report[name]["prediction_interval"] = entry
     preds["baseline"] = train_mean_baseline(train, len(vids))
     rows = subject_resamples(subjects, n_boot=n_boot, seed=seed)
     jack = subject_jackknife(subjects)
@@ -163,19 +169,24 @@ def add_split_intervals(figures: dict[str, dict],
                         seed: int, method: str = DEFAULT_METHOD) -> None:
     """Add `ccc_ci` to each model's figures on `split` (e.g. val's, which choose the model): the
     interval of its mean CCC over a bootstrap of that split's subjects ([None, None] with one
-    subject), and `chosen_share`: the share of those resamples in which it has the highest mean
-    CCC (how sure the choice is; None with one subject)."""
+    subject), `chosen_share`: the share of those resamples in which it has the highest mean
+    CCC (how sure the choice is; None with one subject), and `interval_half_width`: per trait the
+    split-conformal half-width of a clip's prediction interval from its residuals on `split`
+    (models/conformal.py; None where too few clips), with `interval_n_val` clips."""
     labelled = _labelled(manifest, split)
     if labelled.empty or not predictions:
         return
     vids, subjects = labelled["video_id"].to_numpy(), labelled["subject_id"].to_numpy()
+    y_true = labelled[list(TRAITS)].to_numpy(np.float64)  # (n, 5)
+    for name, scored in predictions.items():  # a clip's prediction interval (models/conformal.py)
+        figures[name].update(interval_half_width=half_widths(y_true, _spread(scored, vids), level),
+                             interval_n_val=len(vids))
     if _n_subjects(subjects) < MIN_SUBJECTS:
         for name in predictions:
             figures[name].update(ccc_ci=[None, None], chosen_share=None)
         return
-    samples = bootstrap_scores(labelled[list(TRAITS)].to_numpy(np.float64),
-                               {name: _spread(scored, vids) for name, scored in
-                                predictions.items()},
+    samples = bootstrap_scores(y_true, {name: _spread(scored, vids) for name, scored in
+                                        predictions.items()},
                                subject_resamples(subjects, n_boot=n_boot, seed=seed),
                                jackknife=subject_jackknife(subjects),
                                subjects=subjects_for(method, subjects))
@@ -296,7 +307,8 @@ def results_table(report: dict, split: str) -> str:
                  f"{n.get('n_boot', '?')} bootstrap resamples of subjects (models/bootstrap.py)"
                  + ("; one subject: no intervals." if n.get("n_subjects") == 1 else "."))
     return "\n".join([*lines, *_choice_line(selection, n.get("n_boot")), "",
-                      *_trait_table(report, models, split, level)]) + "\n"
+                      *_trait_table(report, models, split, level),
+                      *interval_table(report, models, split)]) + "\n"
 
 
 CEILING_ROW = "ceiling: the labels without their noise"

@@ -97,7 +97,7 @@ from stages.predict_frontend import (checked_frontend, front_end_params, resolve
 from stages.predict_caveats import clipped_warnings, model_warnings
 from stages.predict_model import (choose_model, clip_warnings, enter_project, load_model,
                                   missing_inputs, model_scores, own_test_error,
-                                  test_error_interval, trained_models)
+                                  test_error_interval, trained_models, clip_interval)
 from stages.predict_report import draw_report, on_frames_clock, report_data, write_report
 
 __all__ = ["predict_video", "run_front_end", "trained_models", "choose_model", "load_model",
@@ -162,12 +162,28 @@ def predict_video(video: Path, *, model: str | None = None, root: Path | None = 
                   "whose inputs the clip has", inputs=sorted(loaded.needs),
                   label_scale=ckpt.get("label_scale", "unit"),
                   **{k: v for k, v in facts.items() if k != "video_id"})
-    result["test_error"] = own_test_error(root, result["model"], ckpt)
-    result["test_error_ci"] = test_error_interval(root, name, result["test_error"])
+    _quote_errors(result, root, name, ckpt)
     if explain:
         result["explanation"] = explanation
     result["_report"] = drawn
     return result
+
+
+def _quote_errors(result: dict, root: Path, name: str, ckpt: dict) -> None:
+    """`result`'s test_error (the checkpoint's own test MAE), test_error_ci and the clip's
+    prediction_interval (both only where evaluate measured this very run: None otherwise)."""
+    result["test_error"] = own_test_error(root, result["model"], ckpt)
+    result["test_error_ci"] = test_error_interval(root, name, result["test_error"])
+    result["prediction_interval"] = clip_interval(root, name, result["test_error"], result,
+                                                  result["label_scale"] == "unit")
+
+
+def _interval_text(result: dict, trait: str) -> str:
+    """"  [0.27, 0.69] (95% prediction interval)" after a printed score, or "" without one."""
+    interval = result.get("prediction_interval") or {}
+    pair = interval.get(trait)
+    return "" if not pair else (f"  [{pair[0]:.2f}, {pair[1]:.2f}] "
+                                f"({100 * interval['level']:g}% prediction interval)")
 
 
 def _refuse_non_file(video: Path) -> None:
@@ -364,7 +380,7 @@ def _single(video: Path, out: Path, model: str | None, explain: bool = True) -> 
         return 1
     width = max(len(n) for n in schemas.TRAIT_NAMES.values())
     for t in TRAITS:
-        print(f"{schemas.TRAIT_NAMES[t]:<{width}}  {result[t]:.3f}")
+        print(f"{schemas.TRAIT_NAMES[t]:<{width}}  {result[t]:.3f}{_interval_text(result, t)}")
     for warning in result.get("warnings", []):
         print(f"warning: {warning}")
     print(f"model {result['model']}; wrote {out / 'prediction.json'} and {out / 'report.png'}")

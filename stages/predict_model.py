@@ -35,7 +35,8 @@ log = get_logger("predict")
 
 __all__ = ["VISUAL_KEYS", "AUDIO_KEYS", "EITHER_KEYS", "trained_models", "validation_ranking",
            "choose_model", "clip_warnings", "model_reads", "missing_inputs", "LoadedModel",
-           "load_model", "model_scores", "own_test_error", "test_error_interval"]
+           "load_model", "model_scores", "own_test_error", "test_error_interval",
+           "clip_interval"]
 
 VISUAL_KEYS = {"face", "face_seq", "frame", "aus", "aus_mask"}
 AUDIO_KEYS = {"logmel", "wave", "audio_fn"}
@@ -456,3 +457,24 @@ def test_error_interval(root: Path, name: str, error: dict[str, float] | None
     except (KeyError, TypeError, ValueError):
         return None
     return intervals if all(len(v) == 2 for v in intervals.values()) else None
+
+
+def clip_interval(root: Path, name: str, error: dict[str, float] | None, scores: dict,
+                  unit_scale: bool) -> dict | None:
+    """The clip's prediction interval: each score ± its model's split-conformal half-width
+    (models/conformal.py, from the model's val residuals: metrics/evaluate.json's
+    selection.val.<name>.interval_half_width), clipped to [0, 1] on the unit scale:
+    {"level", trait: [low, high] (None where val gave no half-width)}. Only where evaluate
+    measured this very run (test_error_interval's check), else None."""
+    report = _evaluation(root)
+    half = ((((report.get("selection") or {}).get("val") or {}).get(name) or {})
+            .get("interval_half_width"))
+    level = ((report.get(name) or {}).get("prediction_interval") or {}).get("level")
+    if not half or level is None or test_error_interval(root, name, error) is None:
+        return None
+    out: dict = {"level": level}
+    for t, h in zip(TRAITS, half):
+        low, high = (scores[t] - h, scores[t] + h) if h is not None else (None, None)
+        out[t] = None if h is None else ([max(low, 0.0), min(high, 1.0)] if unit_scale
+                                         else [low, high])
+    return out

@@ -56,12 +56,25 @@ def test_the_test_error_interval_is_quoted_only_for_the_run_evaluate_measured(
     evaluate measured that very run (same MAE); an interval of another run's figure is not shown."""
     mark_finished(checkpoint, test_error={t: 0.1 for t in "OCEAN"})
     (tmp_path / "metrics").mkdir()
+    half = [0.1, 0.2, None, 0.3, 0.9]  # E: too few val clips for one
     (tmp_path / "metrics" / "evaluate.json").write_text(json.dumps({"perfex_cnn": {
         **{t: {"mae": evaluated_mae} for t in "OCEAN"},
-        "ci": {t: {"mae": [0.05, 0.2]} for t in "OCEAN"}}}))
+        "ci": {t: {"mae": [0.05, 0.2]} for t in "OCEAN"},
+        "prediction_interval": {"level": 0.95}},
+        "selection": {"val": {"perfex_cnn": {"interval_half_width": half}}}}))
     result = predict.predict_video(real_fixture("single_face.mp4"), model=str(checkpoint),
                                    root=tmp_path, work=tmp_path)
     assert result["test_error_ci"] == ({t: [0.05, 0.2] for t in "OCEAN"} if quoted else None)
+    # the clip's prediction interval: each score ± the model's val half-width, kept in [0, 1]
+    interval = result["prediction_interval"]
+    if not quoted:
+        assert interval is None
+        return
+    assert interval["level"] == 0.95 and interval["E"] is None
+    assert predict._interval_text(result, "O").endswith("(95% prediction interval)")
+    assert predict._interval_text(result, "E") == ""
+    for t, h in zip("OCAN", (0.1, 0.2, 0.3, 0.9)):
+        assert interval[t] == pytest.approx([max(result[t] - h, 0), min(result[t] + h, 1)])
 
 
 class _Evil:

@@ -1,0 +1,97 @@
+"""Prediction intervals for one clip's scores: split-conformal, from a model's validation residuals.
+
+    half = half_widths(y_val, pred_val, level=0.95)   # (5,): |residual| quantile per trait
+    lo, hi = pred - half, pred + half                 # a new clip's interval, per trait
+    inside = coverage(y_test, pred_test, half)        # {trait: share of test scores inside}
+
+The test MAE says how far a model's scores are from the labels *on average*; a user scoring one
+clip wants a range that holds its true score with a stated probability. Split-conformal
+prediction (Vovk et al. 2005; Lei et al. 2018, "Distribution-free predictive inference for
+regression") gives one with no model assumption: the ceil((n + 1) * level)-th smallest absolute
+residual of n held-out clips is a half-width that holds a new clip's score with probability at
+least `level`, if the new clip is exchangeable with them. The held-out clips are validation's
+(never test: test only checks the coverage). Two caveats, which the test coverage measures: clips
+of one person are not exchangeable with each other (the residuals come in subject clusters), and
+validation also chose the model (a little optimism). With fewer than level / (1 - level) clips
+(19 at 0.95), ceil((n + 1) * level) > n: no finite half-width (None).
+
+evaluate writes each model's half-widths under selection.val.<model>.interval_half_width (from
+its val predictions) and their test coverage under <model>.prediction_interval; results.md
+prints both; predict quotes a clip's interval when evaluate measured that very checkpoint.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from personality.schemas import TRAITS
+
+__all__ = ["half_widths", "coverage", "interval_entry", "interval_table"]
+
+
+def half_widths(y_true: np.ndarray, y_pred: np.ndarray, level: float) -> list[float | None]:
+    """Per trait the split-conformal half-width at `level` from the rows (n, 5) with a label
+    (NaN labels or predictions left out of that trait); None where too few rows give one."""
+    out: list[float | None] = []
+    for j in range(y_true.shape[1]):
+        residual = np.abs(y_true[:, j] - y_pred[:, j])
+        residual = np.sort(residual[np.isfinite(residual)])
+        k = math.ceil((len(residual) + 1) * level)  # the k-th smallest, 1-based
+        out.append(float(residual[k - 1]) if 0 < k <= len(residual) else None)
+    return out
+
+
+def coverage(y_true: np.ndarray, y_pred: np.ndarray, half: list[float | None]) -> dict:
+    """{trait: share of labelled rows whose label is within `half` of the prediction, "mean": over
+    every labelled (row, trait) pair, "n": their count}; None where a trait has no half-width."""
+    out: dict = {}
+    inside, total = 0, 0
+    for j, t in enumerate(TRAITS):
+        keep = np.isfinite(y_true[:, j]) & np.isfinite(y_pred[:, j])
+        if half[j] is None or not keep.any():
+            out[t] = None
+            continue
+        hits = np.abs(y_true[keep, j] - y_pred[keep, j]) <= half[j]
+        out[t] = float(hits.mean())
+        inside, total = inside + int(hits.sum()), total + int(keep.sum())
+    out["mean"] = inside / total if total else None
+    out["n"] = total
+    return out
+
+
+def interval_entry(val_figures: dict, y_true: np.ndarray, y_pred: np.ndarray, level: float
+                   ) -> dict | None:
+    """A model's `prediction_interval` entry on the scored split: the half-widths its val
+    figures carry (`interval_half_width`) and their coverage of (y_true, y_pred) (n, 5); None
+    without half-widths."""
+    half = val_figures.get("interval_half_width")
+    if not half:
+        return None
+    return {"level": level, "from": "val residuals (split-conformal)",
+            "n_val": val_figures.get("interval_n_val"),
+            "half_width": dict(zip(TRAITS, half)), "coverage": coverage(y_true, y_pred, half)}
+
+
+def interval_table(report: dict, models: list[str], split: str) -> list[str]:
+    """results.md's table of each model's prediction interval: per trait ± its half-width, and
+    the share of the split's labelled scores inside; [] when no model has one."""
+    rows = [(m, (report.get(m) or {}).get("prediction_interval")) for m in models]
+    rows = [(m, e) for m, e in rows if e]
+    if not rows:
+        return []
+    level = round(100 * rows[0][1]["level"])
+
+    def cell(value) -> str:
+        return "n/a" if value is None else f"±{value:.3f}"
+
+    def share(cov: dict) -> str:
+        mean = cov.get("mean")
+        return "n/a" if mean is None else f"{100 * mean:.0f}% of {cov.get('n')}"
+
+    return ["", f"{level}% prediction interval of one clip's score (± the half-width, split-conformal "
+                f"on each model's val residuals) and the share of {split} scores inside it:", "",
+            f"| model | {' | '.join(TRAITS)} | {split} scores inside |",
+            "|---|" + "---|" * (len(TRAITS) + 1),
+            *(f"| {m} | " + " | ".join(cell(e["half_width"][t]) for t in TRAITS)
+              + f" | {share(e['coverage'])} |" for m, e in rows)]

@@ -1,0 +1,65 @@
+"""Prediction intervals of one clip's scores (models/conformal.py): split-conformal half-widths
+from validation residuals, their coverage of the test scores, and where evaluate writes them.
+
+    .venv/bin/python -m pytest -q tests/test_conformal.py
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.conformal import coverage, half_widths
+from personality.schemas import TRAITS
+from tests.test_evaluate import NO_MLFLOW, ev, make_manifest, predictions, truth, write_root
+
+T = list(TRAITS)
+
+
+def test_the_half_width_is_the_conformal_order_statistic():
+    """ceil((n + 1) * level)-th smallest |residual|: with 19 clips at 0.95 the largest, with 18
+    none (no finite interval holds 95% of new clips); NaN labels are left out of their trait."""
+    residual = np.arange(1, 20, dtype=float) / 100  # 0.01 .. 0.19
+    y = np.zeros((19, 5))
+    pred = np.tile(residual[:, None], (1, 5))
+    pred[:, 1] *= -1  # the sign does not matter
+    y[0, 2] = np.nan  # trait E: 18 labelled clips
+    half = half_widths(y, pred, 0.95)
+    assert half[0] == pytest.approx(0.19) and half[1] == pytest.approx(0.19)
+    assert half[2] is None
+    # ceil(10 * 0.8) = 8th smallest of 9 (0.08); E's 8 clips (0.02 .. 0.09): ceil(9 * 0.8) = 8th
+    assert half_widths(y[:9], pred[:9], 0.8) == pytest.approx([0.08, 0.08, 0.09, 0.08, 0.08])
+
+
+def test_coverage_counts_the_labelled_scores_inside():
+    y = np.array([[0.5] * 5, [0.5] * 5, [np.nan] * 5])
+    pred = np.array([[0.6] * 5, [0.8] * 5, [0.5] * 5])
+    got = coverage(y, pred, [0.15, 0.15, 0.35, None, 0.05])
+    assert (got["O"], got["E"], got["A"], got["N"]) == (0.5, 1.0, None, 0.0)
+    assert got["mean"] == pytest.approx(4 / 8) and got["n"] == 8
+
+
+def test_evaluate_writes_val_half_widths_and_their_test_coverage(tmp_path, rng):
+    """The half-widths come from the val residuals only (a test label changed moves no
+    half-width), the coverage from the test scores; results.md prints both."""
+    m = make_manifest(rng, n_per_split=(12, 40, 40))
+    y = truth(m)
+    noisy = np.clip(y + rng.normal(0, 0.1, y.shape), 0, 1)
+    write_root(tmp_path, m, {"noisy": predictions(m, noisy, "noisy")})
+    report = ev.run(NO_MLFLOW, root=tmp_path)
+    labels = m[T].to_numpy()  # NaN where unlabelled (truth() fills them for the predictions)
+    val = (m["split"] == "val").to_numpy()
+    want = half_widths(labels[val], noisy[val], 0.95)
+    got = report["noisy"]["prediction_interval"]
+    assert [got["half_width"][t] for t in T] == pytest.approx(want)
+    assert report["selection"]["val"]["noisy"]["interval_n_val"] == 40
+    test = (m["split"] == "test").to_numpy()
+    assert got["coverage"] == pytest.approx(coverage(labels[test], noisy[test], want))
+    assert 0.8 < got["coverage"]["mean"] <= 1.0
+    md = (tmp_path / "metrics" / "results.md").read_text()
+    row = next(x for x in md.split("prediction interval")[1].splitlines()
+               if x.startswith("| noisy"))
+    assert f"±{want[0]:.3f}" in row and f"{100 * got['coverage']['mean']:.0f}% of" in row
+    m.loc[test, "O"] = 0.5  # test labels never move a half-width
+    write_root(tmp_path, m, {"noisy": predictions(m, noisy, "noisy")})
+    again = ev.run(NO_MLFLOW, root=tmp_path)["noisy"]["prediction_interval"]
+    assert again["half_width"] == got["half_width"]
