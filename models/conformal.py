@@ -60,15 +60,14 @@ def coverage(y_true: np.ndarray, y_pred: np.ndarray, half: list[float | None]) -
     return out
 
 
-def interval_entry(val_figures: dict, y_true: np.ndarray, y_pred: np.ndarray, level: float
-                   ) -> dict | None:
+def interval_entry(val_figures: dict, y_true: np.ndarray, y_pred: np.ndarray) -> dict | None:
     """A model's `prediction_interval` entry on the scored split: the half-widths its val
-    figures carry (`interval_half_width`) and their coverage of (y_true, y_pred) (n, 5); None
-    without half-widths."""
+    figures carry (`interval_half_width`, at `interval_level`) and their coverage of (y_true,
+    y_pred) (n, 5); None without half-widths."""
     half = val_figures.get("interval_half_width")
     if not half:
         return None
-    return {"level": level, "from": "val residuals (split-conformal)",
+    return {"level": val_figures.get("interval_level"), "from": "val residuals (split-conformal)",
             "n_val": val_figures.get("interval_n_val"),
             "half_width": dict(zip(TRAITS, half)), "coverage": coverage(y_true, y_pred, half)}
 

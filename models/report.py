@@ -138,7 +138,7 @@ def add_uncertainty(report: dict, predictions: dict[str, tuple[np.ndarray, np.nd
     preds = {name: _spread(scored, vids) for name, scored in predictions.items()}
     val = (report.get("selection") or {}).get("val") or {}
     for name in predictions:  # the val half-widths' coverage of this split's scores
-        entry = interval_entry(val.get(name) or {}, y_true, preds[name], level)
+        entry = interval_entry(val.get(name) or {}, y_true, preds[name])
         if entry is not None:
             report[name]["prediction_interval"] = entry
     preds["baseline"] = train_mean_baseline(train, len(vids))
@@ -166,21 +166,24 @@ def add_uncertainty(report: dict, predictions: dict[str, tuple[np.ndarray, np.nd
 def add_split_intervals(figures: dict[str, dict],
                         predictions: dict[str, tuple[np.ndarray, np.ndarray]],
                         manifest: pd.DataFrame, *, split: str, n_boot: int, level: float,
-                        seed: int, method: str = DEFAULT_METHOD) -> None:
+                        seed: int, method: str = DEFAULT_METHOD,
+                        prediction_level: float = 0.8) -> None:
     """Add `ccc_ci` to each model's figures on `split` (e.g. val's, which choose the model): the
     interval of its mean CCC over a bootstrap of that split's subjects ([None, None] with one
     subject), `chosen_share`: the share of those resamples in which it has the highest mean
     CCC (how sure the choice is; None with one subject), and `interval_half_width`: per trait the
-    split-conformal half-width of a clip's prediction interval from its residuals on `split`
-    (models/conformal.py; None where too few clips), with `interval_n_val` clips."""
+    split-conformal half-width of a clip's prediction interval (coverage `prediction_level`)
+    from its residuals on `split` (models/conformal.py; None where too few clips), with
+    `interval_level` and `interval_n_val` clips."""
     labelled = _labelled(manifest, split)
     if labelled.empty or not predictions:
         return
     vids, subjects = labelled["video_id"].to_numpy(), labelled["subject_id"].to_numpy()
     y_true = labelled[list(TRAITS)].to_numpy(np.float64)  # (n, 5)
     for name, scored in predictions.items():  # a clip's prediction interval (models/conformal.py)
-        figures[name].update(interval_half_width=half_widths(y_true, _spread(scored, vids), level),
-                             interval_n_val=len(vids))
+        figures[name].update(interval_half_width=half_widths(y_true, _spread(scored, vids),
+                                                             prediction_level),
+                             interval_level=prediction_level, interval_n_val=len(vids))
     if _n_subjects(subjects) < MIN_SUBJECTS:
         for name in predictions:
             figures[name].update(ccc_ci=[None, None], chosen_share=None)

@@ -4,11 +4,11 @@
                                    # data/predictions/*.parquet -> metrics/evaluate.json,
                                    # metrics/plots/scatter_<model>.csv, one MLflow run per model
 
-Each predictions file `data/predictions/<model>.parquet` (`data/retrained/predictions/<model>+retrained.parquet` for retrained
-ones) holds `video_id, split, O, C, E, A, N` (predicted scores) and, for 5-bin classification heads,
-`proba_<T>_<k>` (k = 0..4). Rows of `evaluate.split` (default test) are scored against the
-manifest's labels at video level (several rows of one video are averaged first) with
-`models.metrics`:
+Each predictions file `data/predictions/<model>.parquet`
+(`data/retrained/predictions/<model>+retrained.parquet` for retrained ones) holds `video_id, split,
+O, C, E, A, N` (predicted scores) and, for 5-bin classification heads, `proba_<T>_<k>` (k = 0..4).
+Rows of `evaluate.split` (default test) are scored against the manifest's labels at video level
+(several rows of one video are averaged first) with `models.metrics`:
 
     metrics/evaluate.json = {
       "<model>": {"O": {"acc", "mae", "mse", "pcc", "ccc", "r2"}, ..., "N": {...}, "mean": {...},
@@ -26,21 +26,20 @@ nothing: it is null, a note says why, and the 5-bin view (defined on [0, 1]) is 
 MSE, MAE and R² stay. A malformed predictions file (unreadable, a missing trait column, a video_id
 the manifest does not know, a split that disagrees with the manifest, NaN predictions for labelled
 videos) is reported by file and column, listed under "errors", and the other models are evaluated;
-the stage fails only when no file is usable (or `evaluate.strict` is set and any is bad).
-The stage scores the models of the current experiment only (`train.models`, and `<model>+retrained`
-for those of them retrained): predictions that another experiment left in the workspace are
-ignored. `run(..., models=None)` scores every file.
+the stage fails only when no file is usable (or `evaluate.strict` is set and any is bad). The stage
+scores the models of the current experiment only (`train.models`, and `<model>+retrained` for those
+of them retrained): predictions that another experiment left in the workspace are ignored.
+`run(..., models=None)` scores every file.
 
 MLflow (`evaluate.mlflow`): one run per model (tags stage=evaluate, model=<name>; params; the
 numbers above flattened, e.g. `test_mean_ccc`, `test_O_ccc`, `test_bins_mean_accuracy`,
 `baseline_test_mean_ccc`; a predicted-vs-true scatter grid PNG) and one summary run (model=all: a
-bar chart of mean CCC / ACC per model against the baseline, evaluate.json). PNGs go to MLflow
-only; DVC gets CSVs (`dvc plots show`). docs/evaluation.md explains the metrics.
+bar chart of mean CCC / ACC per model against the baseline, evaluate.json). PNGs go to MLflow only;
+DVC gets CSVs (`dvc plots show`). docs/evaluation.md explains the metrics.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 import tempfile
 from pathlib import Path
 from typing import Literal
@@ -53,7 +52,7 @@ from models.report import (RESERVED, add_split_intervals, add_uncertainty, ceili
                            flat_metrics, fmt, mean_interval, results_table, scatter_table,
                            select_best, summary_of, trait_intervals)
 from models.metrics import (MetricsError, baseline_metrics, bin_metrics, json_safe,
-                            majority_class_accuracy, regression_metrics)
+                            majority_class_accuracy, null_acc, regression_metrics)
 from personality.common import (BaseParams, ParamsError, SchemaError, StageInputError,
                                 atomic_write_json, atomic_write_text, experiment_models,
                                 get_logger, load_base, load_params, mlflow_run, repo_root,
@@ -85,12 +84,15 @@ class EvaluateParams:
     dpi: int = 80  # resolution of the PNGs logged to MLflow
     bootstrap: int = 1000  # resamples of subjects for every interval and paired comparison
     ci_level: float = 0.95  # coverage of every interval
+    prediction_level: float = 0.8  # coverage of one clip's prediction interval (models/conformal.py)
     interval: Literal["fisher_z", "percentile", "bca", "bootstrap_t"] = "fisher_z"  # bootstrap.py
 
     def __post_init__(self) -> None:
-        if self.bootstrap < 1 or self.dpi < 1 or not 0.5 <= self.ci_level < 1.0:
+        if self.bootstrap < 1 or self.dpi < 1 or not (0.5 <= self.ci_level < 1.0
+                                                       and 0.5 <= self.prediction_level < 1.0):
             raise ParamsError(f"evaluate.bootstrap and evaluate.dpi must be >= 1, evaluate.ci_level"
-                              f" in [0.5, 1); got {self.bootstrap}, {self.dpi}, {self.ci_level}")
+                              f" and prediction_level in [0.5, 1); got {self.bootstrap}, {self.dpi},"
+                              f" {self.ci_level}, {self.prediction_level}")
 
 
 @dataclasses.dataclass
@@ -244,12 +246,6 @@ def align(pred: pd.DataFrame, manifest: pd.DataFrame, split: str, *, where: str,
 # scoring (pure)
 
 
-def _null_acc(metrics: dict) -> None:
-    for key, value in metrics.items():
-        if isinstance(value, dict) and "acc" in value:
-            value["acc"] = math.nan
-
-
 def score_model(y_true: np.ndarray, y_pred: np.ndarray, *, label_scale: str = "unit",
                 proba: np.ndarray | None = None, bins: str = "all") -> dict:
     """The evaluate.json entry of one model: regression metrics per trait and mean, plus the
@@ -258,7 +254,7 @@ def score_model(y_true: np.ndarray, y_pred: np.ndarray, *, label_scale: str = "u
     entry: dict = regression_metrics(y_true, y_pred)
     notes = []
     if label_scale == "z":
-        _null_acc(entry)
+        null_acc(entry)
         notes.append(Z_NOTE)
     elif bins == "all" or (bins == "proba" and proba is not None):
         b = bin_metrics(y_true, y_pred, proba=proba)
@@ -282,7 +278,7 @@ def baseline_entry(manifest: pd.DataFrame, split: str, *, label_scale: str = "un
     entry["n_videos"] = int(target.shape[0])
     entry["label_scale"] = label_scale
     if label_scale == "z":
-        _null_acc(entry)
+        null_acc(entry)
         entry["notes"] = [Z_NOTE]
     elif bins != "none":
         entry["bins"] = majority_class_accuracy(train, target)
@@ -348,7 +344,8 @@ def validation_ccc(files: list[Path], manifest: pd.DataFrame, params: EvaluatePa
                           "n_videos": result.entry["n_videos"]}
         scored[path.stem] = (result.video_ids, result.y_pred)
     add_split_intervals(out, scored, manifest, split="val", n_boot=params.bootstrap,
-                        level=params.ci_level, seed=seed, method=params.interval)
+                        level=params.ci_level, seed=seed, method=params.interval,
+                        prediction_level=params.prediction_level)
     return out
 
 

@@ -207,7 +207,7 @@ def test_acc_carries_its_interval_in_the_json_the_table_and_the_summary(rng, tmp
     z = report_for(m, preds, best="A")
     for name in ("A", "B", "baseline"):
         for key in (*T, "mean"):
-            z[name][key]["acc"] = math.nan  # as evaluate's _null_acc sets it for label_scale z
+            z[name][key]["acc"] = math.nan  # as models.metrics.null_acc sets it for label_scale z
     add_uncertainty(z, preds, m, split="test", n_boot=50, level=0.95, seed=1, best="A")
     assert z["A"]["ci"]["mean"]["acc"] == [None, None]
 
