@@ -60,16 +60,18 @@ def coverage(y_true: np.ndarray, y_pred: np.ndarray, half: list[float | None]) -
     return out
 
 
-def interval_entry(val_figures: dict, y_true: np.ndarray, y_pred: np.ndarray) -> dict | None:
+def interval_entry(val_figures: dict, y_true: np.ndarray, y_pred: np.ndarray, *,
+                   in_sample: bool = False) -> dict | None:
     """A model's `prediction_interval` entry on the scored split: the half-widths its val
     figures carry (`interval_half_width`, at `interval_level`) and their coverage of (y_true,
-    y_pred) (n, 5); None without half-widths."""
+    y_pred) (n, 5); None without half-widths. `in_sample` (evaluate.split is val, the clips the
+    half-widths came from): no coverage, which would hold by construction."""
     half = val_figures.get("interval_half_width")
     if not half:
         return None
     return {"level": val_figures.get("interval_level"), "from": "val residuals (split-conformal)",
-            "n_val": val_figures.get("interval_n_val"),
-            "half_width": dict(zip(TRAITS, half)), "coverage": coverage(y_true, y_pred, half)}
+            "n_val": val_figures.get("interval_n_val"), "half_width": dict(zip(TRAITS, half)),
+            "coverage": None if in_sample else coverage(y_true, y_pred, half)}
 
 
 def interval_table(report: dict, models: list[str], split: str) -> list[str]:
@@ -84,7 +86,9 @@ def interval_table(report: dict, models: list[str], split: str) -> list[str]:
     def cell(value) -> str:
         return "n/a" if value is None else f"±{value:.3f}"
 
-    def share(cov: dict) -> str:
+    def share(cov: dict | None) -> str:
+        if cov is None:
+            return "n/a: the half-widths' own clips"
         mean = cov.get("mean")
         return "n/a" if mean is None else f"{100 * mean:.0f}% of {cov.get('n')}"
 

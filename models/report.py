@@ -29,7 +29,8 @@ __all__ = ["RESERVED", "rank_models", "select_best", "add_uncertainty", "with_ac
            "chosen_shares", "trait_intervals", "ceiling_entry", "summary_of", "results_table",
            "fmt", "ci_text", "flat_metrics", "scatter_table"]
 
-# keys of evaluate.json that are not models (ceiling: the noise-free labels of a synthetic set)
+# keys of evaluate.json that are not models (ceiling: the best CCC any model can reach on a
+# synthetic set, from the law of its labels)
 RESERVED = ("baseline", "ceiling", "errors", "selection")
 MIN_SUBJECTS = 2  # fewer: no spread between people to resample, so no interval
 
@@ -99,8 +100,9 @@ def with_acc(ci: dict, entry: dict) -> dict:
 
 def ceiling_entry(manifest: pd.DataFrame, split: str, law: pd.DataFrame
                   ) -> tuple[dict, tuple[np.ndarray, np.ndarray]] | None:
-    """The noise-free labels (`law`: (n, 5) by video_id, personality.law.law_scores) scored
-    on `split` as a model would be: the best any model can score on these clips. (entry, its
+    """The CCC-optimal scores of a synthetic set's labels (`law`: (n, 5) by video_id,
+    personality.law.law_scores: their law without its noise, stretched to their spread) scored
+    on `split` as a model would be: the best any model can score in expectation. (entry, its
     (video_ids, predictions)); None where `law` lacks a labelled clip of the split (a real
     dataset: empty)."""
     labelled = _labelled(manifest, split)
@@ -138,7 +140,8 @@ def add_uncertainty(report: dict, predictions: dict[str, tuple[np.ndarray, np.nd
     preds = {name: _spread(scored, vids) for name, scored in predictions.items()}
     val = (report.get("selection") or {}).get("val") or {}
     for name in predictions:  # the val half-widths' coverage of this split's scores
-        entry = interval_entry(val.get(name) or {}, y_true, preds[name])
+        entry = interval_entry(val.get(name) or {}, y_true, preds[name],
+                               in_sample=split == (report.get("selection") or {}).get("split"))
         if entry is not None:
             report[name]["prediction_interval"] = entry
     preds["baseline"] = train_mean_baseline(train, len(vids))
@@ -181,9 +184,10 @@ def add_split_intervals(figures: dict[str, dict],
     vids, subjects = labelled["video_id"].to_numpy(), labelled["subject_id"].to_numpy()
     y_true = labelled[list(TRAITS)].to_numpy(np.float64)  # (n, 5)
     for name, scored in predictions.items():  # a clip's prediction interval (models/conformal.py)
-        figures[name].update(interval_half_width=half_widths(y_true, _spread(scored, vids),
-                                                             prediction_level),
-                             interval_level=prediction_level, interval_n_val=len(vids))
+        pred = _spread(scored, vids)  # (n, 5), NaN where the model has no prediction
+        figures[name].update(interval_half_width=half_widths(y_true, pred, prediction_level),
+                             interval_level=prediction_level,
+                             interval_n_val=int(np.isfinite(pred).any(axis=1).sum()))
     if _n_subjects(subjects) < MIN_SUBJECTS:
         for name in predictions:
             figures[name].update(ccc_ci=[None, None], chosen_share=None)
@@ -314,11 +318,11 @@ def results_table(report: dict, split: str) -> str:
                       *interval_table(report, models, split)]) + "\n"
 
 
-CEILING_ROW = "ceiling: the labels without their noise"
+CEILING_ROW = "ceiling: the labels' law without its noise"
 
 
 def _ceiling_row(report: dict) -> list[str]:
-    """The noise-free labels' row (a synthetic set): how far the chosen model is from the best
+    """The ceiling's row (a synthetic set): how far the chosen model is from the best
     any model can score on these clips; [] without one."""
     e = report.get("ceiling")
     if not e:

@@ -66,8 +66,8 @@ def ccc_bar_spec(summary: dict) -> dict | None:
             layers.append({"data": {"values": [{name: value}]},
                            "mark": {"type": "rule", "color": color, "strokeDash": [6, 4]},
                            "encoding": {"y": {"field": name, "type": "quantitative"}}})
-    legend = ("green: the labels without their noise; " if "ceiling" in summary else "") + \
-        "red: train-mean baseline"
+    ceiling = "green: the ceiling, the labels' law without its noise; "
+    legend = (ceiling if "ceiling" in summary else "") + "red: train-mean baseline"
     return {"$schema": "https://vega.github.io/schema/vega-lite/v5.json",
             "title": f"test CCC per model, 95% interval over subjects ({legend})",
             "width": 60 * len(rows), "height": 260, "data": {"values": rows}, "layer": layers}

@@ -17,7 +17,7 @@ Rows of `evaluate.split` (default test) are scored against the manifest's labels
                   "n_videos": 23, "n_missing": 0, "label_scale": "unit"},
       "baseline": {... the same for the train-mean predictor ..., "train_mean": {"O": ..},
                    "bins": {"O": {"accuracy", "majority_bin"}, ..., "mean": {"accuracy"}}},
-      "ceiling": {... the same for the labels without their noise ...},  # the synthetic set only
+      "ceiling": {... the same for the labels' law without its noise ...},  # synthetic set only
       "errors": {"<model>": "data/predictions/<model>.parquet: missing column 'E'"}   # when any
     }
 
@@ -451,7 +451,7 @@ def run(params: EvaluateParams, base: BaseParams | None = None,
     report: dict = {r.name: r.entry for r in results}
     scored = {r.name: (r.video_ids, r.y_pred) for r in results}
     ceiling = ceiling_entry(manifest, params.split, law_scores(root / SYNTHETIC_CUES))
-    if ceiling is not None:  # the default dataset: its labels without their noise
+    if ceiling is not None:  # the default dataset: the best CCC its labels allow
         report["ceiling"], scored["ceiling"] = ceiling
     try:
         report["baseline"] = baseline_entry(manifest, params.split, label_scale=label_scale,
@@ -478,7 +478,7 @@ def run(params: EvaluateParams, base: BaseParams | None = None,
                  r.name, params.split, ci_text(r.entry), fmt(b.get("ccc")),
                  ci_text(r.entry, "acc"), fmt(b.get("acc")), r.entry["n_videos"])
     if ceiling is not None:
-        log.info("ceiling (the labels without their noise): %s mean CCC %s", params.split,
+        log.info("ceiling (the labels' law without its noise): %s mean CCC %s", params.split,
                  ci_text(report["ceiling"]))
     log.info("chosen on val (mean CCC): %s", best)
     if params.mlflow and results:

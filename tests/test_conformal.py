@@ -63,3 +63,21 @@ def test_evaluate_writes_val_half_widths_and_their_test_coverage(tmp_path, rng):
     write_root(tmp_path, m, {"noisy": predictions(m, noisy, "noisy")})
     again = ev.run(NO_MLFLOW, root=tmp_path)["noisy"]["prediction_interval"]
     assert again["half_width"] == got["half_width"]
+
+
+def test_no_coverage_is_claimed_on_the_half_widths_own_clips(tmp_path, rng):
+    """With evaluate.split val the scored clips are the ones the half-widths came from: their
+    coverage holds by construction, so none is reported. interval_n_val counts the clips the
+    model predicts, not every labelled one."""
+    import dataclasses
+
+    m = make_manifest(rng, n_per_split=(12, 40, 40))
+    y = truth(m)
+    noisy = predictions(m, np.clip(y + rng.normal(0, 0.1, y.shape), 0, 1), "noisy")
+    val_ids = m.loc[m["split"] == "val", "video_id"]
+    write_root(tmp_path, m, {"noisy": noisy[~noisy["video_id"].isin(val_ids[:5])]})
+    report = ev.run(dataclasses.replace(NO_MLFLOW, split="val"), root=tmp_path)
+    assert report["noisy"]["prediction_interval"]["coverage"] is None
+    assert report["selection"]["val"]["noisy"]["interval_n_val"] == 35
+    md = (tmp_path / "metrics" / "results.md").read_text()
+    assert "n/a: the half-widths' own clips" in md

@@ -57,7 +57,7 @@ def test_the_ceiling_is_a_rule_not_a_bar():
     rules = {layer["mark"]["color"]: layer["data"]["values"][0] for layer in spec["layer"]
              if "data" in layer}
     assert rules == {"#B22222": {"baseline": 0.0}, "#2E8B57": {"ceiling": 0.86}}
-    assert "green: the labels without their noise" in spec["title"]
+    assert "green: the ceiling, the labels' law without its noise" in spec["title"]
 
 
 def test_page_is_self_contained(page):
