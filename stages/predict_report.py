@@ -134,6 +134,7 @@ def _report_figure(result: dict, name: str, warnings: list[str], families: list[
         top = max(s + (err[t] if err else 0.0) for s, t in zip(scores, TRAITS))
         ax.set_ylim(0, max(1.05, top + 0.03))  # a whisker above 1 is drawn whole
     _label_bars(ax, scores, [err[t] for t in TRAITS] if err else [0.0] * 5)
+    _draw_intervals(ax, result.get("prediction_interval"))
     if err:
         ax.set_ylabel("score (whisker: test MAE)" if not result.get("test_error_ci") else
                       "score (whisker: test MAE;\nticks: MAE [95% interval])", fontsize=9)
@@ -229,6 +230,22 @@ def _trait_labels(err: dict | None, interval: dict | None) -> list[str]:
                 label += f"\n[{interval[t][0]:.2f}, {interval[t][1]:.2f}]"
         labels.append(label)
     return labels
+
+
+def _draw_intervals(ax, interval: dict | None) -> None:
+    """Each trait's prediction interval (predict's `prediction_interval`: the range holding the
+    clip's true score with probability `level`) as an orange line beside its bar, with a legend;
+    nothing without one."""
+    pairs = [(i, (interval or {}).get(t)) for i, t in enumerate(TRAITS)]
+    pairs = [(i, pair) for i, pair in pairs if pair]
+    if not pairs:
+        return
+    xs = [i + 0.3 for i, _ in pairs]
+    ax.vlines(xs, [p[0] for _, p in pairs], [p[1] for _, p in pairs], color="#DD8452", lw=3,
+              label=f"{100 * interval['level']:g}% prediction interval")
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, high + 0.22 * (high - low))  # headroom: the legend covers no bar
+    ax.legend(loc="upper center", fontsize=7, ncol=2, framealpha=0.8)
 
 
 def _label_bars(ax, scores: list[float], errors: list[float]) -> None:

@@ -174,3 +174,21 @@ def test_the_au_timeline_of_a_clip_with_no_face_says_so(tmp_path, monkeypatch):
     fig = figures[0]
     assert not [ax for ax in fig.axes if ax.get_title() == "Action Units" and ax.lines]
     assert any("no face" in text.get_text() for ax in fig.axes for text in ax.texts)
+
+
+def test_the_report_draws_each_score_s_prediction_interval(tmp_path, monkeypatch):
+    """prediction.json carried each score's prediction interval but the report drew only the
+    test MAE: now an orange line beside each bar spans it, with a legend naming its level; a
+    trait without one (too few val clips) and a result without any draw none."""
+    figures = []
+    monkeypatch.setattr("matplotlib.figure.Figure.savefig",
+                        lambda fig, *args, **kwargs: figures.append(fig))
+    interval = {"level": 0.8, "O": [0.2, 0.77], "C": [0.0, 0.35], "E": None, "A": [0.77, 1.0],
+                "N": [0.59, 0.97]}
+    draw_report({**_result("clip.mp4"), "prediction_interval": interval}, tmp_path / "r.png")
+    draw_report(_result("clip.mp4"), tmp_path / "s.png")
+    bars = figures[0].axes[0]
+    [lines] = [c for c in bars.collections if c.get_label() == "80% prediction interval"]
+    spans = sorted((round(seg[0][0], 2), seg[0][1], seg[1][1]) for seg in lines.get_segments())
+    assert spans == [(0.3, 0.2, 0.77), (1.3, 0.0, 0.35), (3.3, 0.77, 1.0), (4.3, 0.59, 0.97)]
+    assert not [c for c in figures[1].axes[0].collections if "prediction" in c.get_label()]
