@@ -447,16 +447,24 @@ def test_error_interval(root: Path, name: str, error: dict[str, float] | None
     metrics/evaluate.json's bootstrap over test subjects, but only where evaluate measured this
     very run: its MAE equals the checkpoint's for every trait (to 1e-6). Otherwise None: an
     interval around another run's figure is not this checkpoint's."""
-    if not error:
-        return None
-    figures = _evaluation(root).get(name)
+    figures = _measured_here(root, name, error)
     try:
-        if any(abs(figures[t]["mae"] - error[t]) > 1e-6 for t in TRAITS):
-            return None
         intervals = {t: [float(v) for v in figures["ci"][t]["mae"]] for t in TRAITS}
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError):  # none measured here, or withheld (one subject)
         return None
     return intervals if all(len(v) == 2 for v in intervals.values()) else None
+
+
+def _measured_here(root: Path, name: str, error: dict[str, float] | None) -> dict | None:
+    """metrics/evaluate.json's entry of `name` where evaluate measured this very run: its test
+    MAE equals the checkpoint's own (`error`) for every trait (to 1e-6); else None."""
+    figures = _evaluation(root).get(name) if error else None
+    try:
+        if figures is None or any(abs(figures[t]["mae"] - error[t]) > 1e-6 for t in TRAITS):
+            return None
+    except (KeyError, TypeError):
+        return None
+    return figures
 
 
 def clip_interval(root: Path, name: str, error: dict[str, float] | None, scores: dict,
@@ -465,12 +473,13 @@ def clip_interval(root: Path, name: str, error: dict[str, float] | None, scores:
     (models/conformal.py, from the model's val residuals: metrics/evaluate.json's
     selection.val.<name>.interval_half_width), clipped to [0, 1] on the unit scale:
     {"level", trait: [low, high] (None where val gave no half-width)}. Only where evaluate
-    measured this very run (test_error_interval's check), else None."""
+    measured this very run (`_measured_here`, test_error_interval's check; a test split of one
+    subject, whose MAE interval is withheld, keeps its val half-widths), else None."""
     report = _evaluation(root)
     half = ((((report.get("selection") or {}).get("val") or {}).get(name) or {})
             .get("interval_half_width"))
     level = ((report.get(name) or {}).get("prediction_interval") or {}).get("level")
-    if not half or level is None or test_error_interval(root, name, error) is None:
+    if not half or level is None or _measured_here(root, name, error) is None:
         return None
     out: dict = {"level": level}
     for t, h in zip(TRAITS, half):

@@ -49,6 +49,22 @@ def test_a_finished_checkpoint_quotes_only_its_own_test_error(checkpoint, tmp_pa
     assert result["test_error_ci"] is None  # no evaluate.json: no interval to quote
 
 
+def test_a_one_subject_test_split_keeps_the_clip_s_prediction_interval(checkpoint, tmp_path):
+    """With one test subject evaluate withholds the MAE interval ([None, None]); the clip's
+    prediction interval comes from the val half-widths and was dropped with it."""
+    mark_finished(checkpoint, test_error={t: 0.1 for t in "OCEAN"})
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "evaluate.json").write_text(json.dumps({"perfex_cnn": {
+        **{t: {"mae": 0.1} for t in "OCEAN"}, "ci": {t: {"mae": [None, None]} for t in "OCEAN"},
+        "prediction_interval": {"level": 0.8}},
+        "selection": {"val": {"perfex_cnn": {"interval_half_width": [0.1] * 5}}}}))
+    result = predict.predict_video(real_fixture("single_face.mp4"), model=str(checkpoint),
+                                   root=tmp_path, work=tmp_path)
+    assert result["test_error_ci"] is None
+    assert result["prediction_interval"]["O"] == pytest.approx(
+        [max(result["O"] - 0.1, 0), min(result["O"] + 0.1, 1)])
+
+
 @pytest.mark.parametrize("evaluated_mae, quoted", [(0.1, True), (0.1 + 1e-3, False)])
 def test_the_test_error_interval_is_quoted_only_for_the_run_evaluate_measured(
         checkpoint, tmp_path, evaluated_mae, quoted):
