@@ -138,10 +138,10 @@ def add_uncertainty(report: dict, predictions: dict[str, tuple[np.ndarray, np.nd
     y_true = labelled[list(TRAITS)].to_numpy(np.float64)  # (n, 5)
     train = manifest.loc[manifest["split"] == "train", list(TRAITS)].to_numpy(np.float64)
     preds = {name: _spread(scored, vids) for name, scored in predictions.items()}
-    val = (report.get("selection") or {}).get("val") or {}
+    selection = report.get("selection") or {}
     for name in predictions:  # the val half-widths' coverage of this split's scores
-        entry = interval_entry(val.get(name) or {}, y_true, preds[name],
-                               in_sample=split == (report.get("selection") or {}).get("split"))
+        entry = interval_entry((selection.get("val") or {}).get(name) or {}, y_true, preds[name],
+                               in_sample=split == selection.get("split"))
         if entry is not None:
             report[name]["prediction_interval"] = entry
     preds["baseline"] = train_mean_baseline(train, len(vids))
@@ -183,8 +183,9 @@ def add_split_intervals(figures: dict[str, dict],
         return
     vids, subjects = labelled["video_id"].to_numpy(), labelled["subject_id"].to_numpy()
     y_true = labelled[list(TRAITS)].to_numpy(np.float64)  # (n, 5)
-    for name, scored in predictions.items():  # a clip's prediction interval (models/conformal.py)
-        pred = _spread(scored, vids)  # (n, 5), NaN where the model has no prediction
+    # (n, 5) per model, NaN where it has no prediction
+    preds = {name: _spread(scored, vids) for name, scored in predictions.items()}
+    for name, pred in preds.items():  # a clip's prediction interval (models/conformal.py)
         figures[name].update(interval_half_width=half_widths(y_true, pred, prediction_level),
                              interval_level=prediction_level,
                              interval_n_val=int(np.isfinite(pred).any(axis=1).sum()))
@@ -192,8 +193,7 @@ def add_split_intervals(figures: dict[str, dict],
         for name in predictions:
             figures[name].update(ccc_ci=[None, None], chosen_share=None)
         return
-    samples = bootstrap_scores(y_true, {name: _spread(scored, vids) for name, scored in
-                                        predictions.items()},
+    samples = bootstrap_scores(y_true, preds,
                                subject_resamples(subjects, n_boot=n_boot, seed=seed),
                                jackknife=subject_jackknife(subjects),
                                subjects=subjects_for(method, subjects))
@@ -234,20 +234,20 @@ def _val_text(figures: dict) -> str:
     return _with_interval(figures.get("ccc"), figures.get("ccc_ci"), "ccc_ci" in figures)
 
 
-def mean_interval(entry: dict, metric: str) -> list | None:
-    """[lo, hi] of `entry`'s mean over traits of `metric`; None where it has none."""
-    return ((entry.get("ci") or {}).get("mean") or {}).get(metric)
+def mean_interval(entry: dict, metric: str, key: str = "mean") -> list | None:
+    """[lo, hi] of `entry`'s `metric` for `key` (the mean over traits, or a trait); None where
+    it has none."""
+    return ((entry.get("ci") or {}).get(key) or {}).get(metric)
 
 
 def trait_intervals(entry: dict, metric: str = "ccc") -> dict:
     """{trait: [lo, hi]} of `entry`'s `metric` (None where it has none)."""
-    return {t: ((entry.get("ci") or {}).get(t) or {}).get(metric) for t in TRAITS}
+    return {t: mean_interval(entry, metric, t) for t in TRAITS}
 
 
 def ci_text(entry: dict, metric: str = "ccc", key: str = "mean") -> str:
-    ci = entry.get("ci")
-    return _with_interval((entry.get(key) or {}).get(metric),
-                          ((ci or {}).get(key) or {}).get(metric), ci is not None)
+    return _with_interval((entry.get(key) or {}).get(metric), mean_interval(entry, metric, key),
+                          entry.get("ci") is not None)
 
 
 def _share(value) -> str:

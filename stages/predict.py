@@ -95,9 +95,9 @@ from stages.predict_batch import (VIDEO_EXTENSIONS, WorkerDied, batch_ids, colle
 from stages.predict_frontend import (checked_frontend, front_end_params, resolved_frontend,
                                      run_front_end, start_front_end_worker)
 from stages.predict_caveats import clipped_warnings, model_warnings
-from stages.predict_model import (choose_model, clip_warnings, enter_project, load_model,
-                                  missing_inputs, model_scores, own_test_error,
-                                  test_error_interval, trained_models, clip_interval)
+from stages.predict_model import (choose_model, clip_interval, clip_warnings, enter_project,
+                                  evaluation, load_model, missing_inputs, model_scores,
+                                  own_test_error, test_error_interval, trained_models)
 from stages.predict_report import draw_report, on_frames_clock, report_data, write_report
 
 __all__ = ["predict_video", "run_front_end", "trained_models", "choose_model", "load_model",
@@ -173,8 +173,9 @@ def _quote_errors(result: dict, root: Path, name: str, ckpt: dict) -> None:
     """`result`'s test_error (the checkpoint's own test MAE), test_error_ci and the clip's
     prediction_interval (both only where evaluate measured this very run: None otherwise)."""
     result["test_error"] = own_test_error(root, result["model"], ckpt)
-    result["test_error_ci"] = test_error_interval(root, name, result["test_error"])
-    result["prediction_interval"] = clip_interval(root, name, result["test_error"], result,
+    report = evaluation(root)  # metrics/evaluate.json, read once for both quotes
+    result["test_error_ci"] = test_error_interval(report, name, result["test_error"])
+    result["prediction_interval"] = clip_interval(report, name, result["test_error"], result,
                                                   result["label_scale"] == "unit")
 
 

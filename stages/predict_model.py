@@ -35,7 +35,7 @@ log = get_logger("predict")
 
 __all__ = ["VISUAL_KEYS", "AUDIO_KEYS", "EITHER_KEYS", "trained_models", "validation_ranking",
            "choose_model", "clip_warnings", "model_reads", "missing_inputs", "LoadedModel",
-           "load_model", "model_scores", "own_test_error", "test_error_interval",
+           "load_model", "model_scores", "own_test_error", "evaluation", "test_error_interval",
            "clip_interval"]
 
 VISUAL_KEYS = {"face", "face_seq", "frame", "aus", "aus_mask"}
@@ -78,7 +78,7 @@ def validation_ranking(root: Path, names: list[str]) -> list[tuple[str, float]]:
     to the lower val MAE, as in evaluate's choice (models.report.rank_models)."""
     from models.report import rank_models
 
-    val = (_evaluation(root).get("selection") or {}).get("val") or {}
+    val = (evaluation(root).get("selection") or {}).get("val") or {}
     figures = {}
     for name in names:
         ccc, mae = ((val.get(name) or {}).get(k) for k in ("ccc", "mae"))
@@ -195,7 +195,8 @@ def choose_model(root: Path, facts: dict) -> tuple[str, Path, list[str]]:
                           + "; ".join([*clip_warnings(facts), *passed_over]))
 
 
-def _evaluation(root: Path) -> dict:
+def evaluation(root: Path) -> dict:
+    """metrics/evaluate.json under `root`, parsed ({} when missing or unreadable)."""
     path = root / "metrics" / "evaluate.json"
     try:
         return json.loads(path.read_text()) if path.exists() else {}
@@ -441,13 +442,14 @@ def own_test_error(root: Path, name: str, ckpt: dict) -> dict[str, float] | None
     return None
 
 
-def test_error_interval(root: Path, name: str, error: dict[str, float] | None
+def test_error_interval(report: dict, name: str, error: dict[str, float] | None
                         ) -> dict[str, list[float]] | None:
     """Per-trait 95% interval [low, high] of `error` (the checkpoint's own test MAE), from
-    metrics/evaluate.json's bootstrap over test subjects, but only where evaluate measured this
+    metrics/evaluate.json's bootstrap over test subjects (`report`: `evaluation`), but only
+    where evaluate measured this
     very run: its MAE equals the checkpoint's for every trait (to 1e-6). Otherwise None: an
     interval around another run's figure is not this checkpoint's."""
-    figures = _measured_here(root, name, error)
+    figures = _measured_here(report, name, error)
     try:
         intervals = {t: [float(v) for v in figures["ci"][t]["mae"]] for t in TRAITS}
     except (KeyError, TypeError, ValueError):  # none measured here, or withheld (one subject)
@@ -455,10 +457,10 @@ def test_error_interval(root: Path, name: str, error: dict[str, float] | None
     return intervals if all(len(v) == 2 for v in intervals.values()) else None
 
 
-def _measured_here(root: Path, name: str, error: dict[str, float] | None) -> dict | None:
-    """metrics/evaluate.json's entry of `name` where evaluate measured this very run: its test
-    MAE equals the checkpoint's own (`error`) for every trait (to 1e-6); else None."""
-    figures = _evaluation(root).get(name) if error else None
+def _measured_here(report: dict, name: str, error: dict[str, float] | None) -> dict | None:
+    """evaluate.json's (`report`) entry of `name` where evaluate measured this very run: its
+    test MAE equals the checkpoint's own (`error`) for every trait (to 1e-6); else None."""
+    figures = report.get(name) if error else None
     try:
         if figures is None or any(abs(figures[t]["mae"] - error[t]) > 1e-6 for t in TRAITS):
             return None
@@ -467,23 +469,23 @@ def _measured_here(root: Path, name: str, error: dict[str, float] | None) -> dic
     return figures
 
 
-def clip_interval(root: Path, name: str, error: dict[str, float] | None, scores: dict,
+def clip_interval(report: dict, name: str, error: dict[str, float] | None, scores: dict,
                   unit_scale: bool) -> dict | None:
     """The clip's prediction interval: each score ± its model's split-conformal half-width
     (models/conformal.py, from the model's val residuals: metrics/evaluate.json's
-    selection.val.<name>.interval_half_width), clipped to [0, 1] on the unit scale:
+    selection.val.<name>.interval_half_width; `report`: `evaluation`), clipped to [0, 1] on the
+    unit scale:
     {"level", trait: [low, high] (None where val gave no half-width)}. Only where evaluate
     measured this very run (`_measured_here`, test_error_interval's check; a test split of one
     subject, whose MAE interval is withheld, keeps its val half-widths), else None."""
-    report = _evaluation(root)
     half = ((((report.get("selection") or {}).get("val") or {}).get(name) or {})
             .get("interval_half_width"))
     level = ((report.get(name) or {}).get("prediction_interval") or {}).get("level")
-    if not half or level is None or _measured_here(root, name, error) is None:
+    if not half or level is None or _measured_here(report, name, error) is None:
         return None
     out: dict = {"level": level}
     for t, h in zip(TRAITS, half):
         low, high = (scores[t] - h, scores[t] + h) if h is not None else (None, None)
-        out[t] = None if h is None else ([max(low, 0.0), min(high, 1.0)] if unit_scale
-                                         else [low, high])
+        out[t] = (None if h is None else [max(low, 0.0), min(high, 1.0)] if unit_scale
+                  else [low, high])
     return out
