@@ -3,6 +3,7 @@
     half = half_widths(y_val, pred_val, level=0.95)   # (5,): |residual| quantile per trait
     lo, hi = pred - half, pred + half                 # a new clip's interval, per trait
     inside = coverage(y_test, pred_test, half)        # {trait: share of test scores inside}
+    inside = coverage(y_test, pred_test, half, resamples=rows, jackknife=jack)  # + "mean_ci"
 
 The test MAE says how far a model's scores are from the labels *on average*; a user scoring one
 clip wants a range that holds its true score with a stated probability. Split-conformal
@@ -18,6 +19,9 @@ validation also chose the model (a little optimism). With fewer than level / (1 
 evaluate writes each model's half-widths under selection.val.<model>.interval_half_width (from
 its val predictions) and their test coverage under <model>.prediction_interval; results.md
 prints both; predict quotes a clip's interval when evaluate measured that very checkpoint.
+The coverage is a share of a few people's scores, so it carries its own interval, from the same
+bootstrap over the split's subjects as every other interval (models/bootstrap.py's fisher_z
+method on the share's own scale: the bias-corrected t with subjects - 1 degrees of freedom).
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import math
 
 import numpy as np
 
+from models.bootstrap import interval
 from personality.schemas import TRAITS
 
 __all__ = ["half_widths", "coverage", "interval_entry", "interval_table"]
@@ -42,36 +47,67 @@ def half_widths(y_true: np.ndarray, y_pred: np.ndarray, level: float) -> list[fl
     return out
 
 
-def coverage(y_true: np.ndarray, y_pred: np.ndarray, half: list[float | None]) -> dict:
+def coverage(y_true: np.ndarray, y_pred: np.ndarray, half: list[float | None], *,
+             resamples: list[np.ndarray] | None = None,
+             jackknife: list[np.ndarray] | None = None, level: float = 0.95) -> dict:
     """{trait: share of labelled rows whose label is within `half` of the prediction, "mean": over
-    every labelled (row, trait) pair, "n": their count}; None where a trait has no half-width."""
+    every labelled (row, trait) pair, "n": their count}; None where a trait has no half-width.
+    With `resamples` and `jackknife` (row indices of a bootstrap over subjects and of leaving
+    each subject out: models.bootstrap.subject_resamples / subject_jackknife) also "mean_ci",
+    the mean share's interval at `level` ([None, None] with one subject)."""
     out: dict = {}
-    inside, total = 0, 0
+    hits = np.zeros(y_true.shape, bool)  # (n, 5) label inside its prediction interval
+    scored = np.zeros(y_true.shape, bool)  # (n, 5) a (row, trait) pair with a half-width
     for j, t in enumerate(TRAITS):
         keep = np.isfinite(y_true[:, j]) & np.isfinite(y_pred[:, j])
         if half[j] is None or not keep.any():
             out[t] = None
             continue
-        hits = np.abs(y_true[keep, j] - y_pred[keep, j]) <= half[j]
-        out[t] = float(hits.mean())
-        inside, total = inside + int(hits.sum()), total + int(keep.sum())
-    out["mean"] = inside / total if total else None
+        scored[:, j] = keep
+        hits[keep, j] = np.abs(y_true[keep, j] - y_pred[keep, j]) <= half[j]
+        out[t] = float(hits[keep, j].mean())
+    total = int(scored.sum())
+    out["mean"] = int(hits.sum()) / total if total else None
     out["n"] = total
+    if resamples is not None and jackknife is not None:
+        out["mean_ci"] = _share_interval(hits.sum(axis=1), scored.sum(axis=1), resamples,
+                                         jackknife, level)
     return out
 
 
+def _share_interval(inside: np.ndarray, counted: np.ndarray, resamples: list[np.ndarray],
+                    jackknife: list[np.ndarray], level: float) -> list[float | None]:
+    """The interval of sum(inside) / sum(counted) (both (n,) per row) from its values on the
+    resamples' and the jackknife's rows, clipped to [0, 1]; [None, None] where there is none
+    (one subject, or no scored row)."""
+    def share(rows: np.ndarray) -> float:
+        n = counted[rows].sum()
+        return float(inside[rows].sum() / n) if n else float("nan")
+
+    estimate = share(np.arange(len(inside)))
+    if not math.isfinite(estimate):
+        return [None, None]
+    lo, hi = interval(np.array([share(r) for r in resamples]), level=level, method="fisher_z",
+                      estimate=estimate, jackknife=np.array([share(r) for r in jackknife]),
+                      scale="identity")
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return [None, None]
+    return [max(lo, 0.0), min(hi, 1.0)]
+
+
 def interval_entry(val_figures: dict, y_true: np.ndarray, y_pred: np.ndarray, *,
-                   in_sample: bool = False) -> dict | None:
+                   in_sample: bool = False, **uncertainty) -> dict | None:
     """A model's `prediction_interval` entry on the scored split: the half-widths its val
     figures carry (`interval_half_width`, at `interval_level`) and their coverage of (y_true,
-    y_pred) (n, 5); None without half-widths. `in_sample` (evaluate.split is val, the clips the
+    y_pred) (n, 5), with its interval given `uncertainty` (coverage's resamples, jackknife,
+    level); None without half-widths. `in_sample` (evaluate.split is val, the clips the
     half-widths came from): no coverage, which would hold by construction."""
     half = val_figures.get("interval_half_width")
     if not half:
         return None
     return {"level": val_figures.get("interval_level"), "from": "val residuals (split-conformal)",
             "n_val": val_figures.get("interval_n_val"), "half_width": dict(zip(TRAITS, half)),
-            "coverage": None if in_sample else coverage(y_true, y_pred, half)}
+            "coverage": None if in_sample else coverage(y_true, y_pred, half, **uncertainty)}
 
 
 def interval_table(report: dict, models: list[str], split: str) -> list[str]:
@@ -82,6 +118,8 @@ def interval_table(report: dict, models: list[str], split: str) -> list[str]:
     if not rows:
         return []
     level = round(100 * rows[0][1]["level"])
+    ci_level = ((report.get(rows[0][0]) or {}).get("ci") or {}).get("level")
+    of_share = f" [its {ci_level:.0%} interval over subjects]" if ci_level else ""
 
     def cell(value) -> str:
         return "n/a" if value is None else f"±{value:.3f}"
@@ -90,10 +128,12 @@ def interval_table(report: dict, models: list[str], split: str) -> list[str]:
         if cov is None:
             return "n/a: the half-widths' own clips"
         mean = cov.get("mean")
-        return "n/a" if mean is None else f"{100 * mean:.0f}% of {cov.get('n')}"
+        lo, hi = cov.get("mean_ci") or (None, None)
+        ci = "" if lo is None or hi is None else f" [{100 * lo:.0f}, {100 * hi:.0f}]"
+        return "n/a" if mean is None else f"{100 * mean:.0f}%{ci} of {cov.get('n')}"
 
     return ["", f"{level}% prediction interval of one clip's score (± the half-width, split-conformal "
-                f"on each model's val residuals) and the share of {split} scores inside it:", "",
+                f"on each model's val residuals) and the share of {split} scores inside it{of_share}:", "",
             f"| model | {' | '.join(TRAITS)} | {split} scores inside |",
             "|---|" + "---|" * (len(TRAITS) + 1),
             *(f"| {m} | " + " | ".join(cell(e["half_width"][t]) for t in TRAITS)

@@ -139,14 +139,15 @@ def add_uncertainty(report: dict, predictions: dict[str, tuple[np.ndarray, np.nd
     train = manifest.loc[manifest["split"] == "train", list(TRAITS)].to_numpy(np.float64)
     preds = {name: _spread(scored, vids) for name, scored in predictions.items()}
     selection = report.get("selection") or {}
+    rows = subject_resamples(subjects, n_boot=n_boot, seed=seed)
+    jack = subject_jackknife(subjects)
     for name in predictions:  # the val half-widths' coverage of this split's scores
         entry = interval_entry((selection.get("val") or {}).get(name) or {}, y_true, preds[name],
-                               in_sample=split == selection.get("split"))
+                               in_sample=split == selection.get("split"), resamples=rows,
+                               jackknife=jack, level=level)
         if entry is not None:
             report[name]["prediction_interval"] = entry
     preds["baseline"] = train_mean_baseline(train, len(vids))
-    rows = subject_resamples(subjects, n_boot=n_boot, seed=seed)
-    jack = subject_jackknife(subjects)
     samples = bootstrap_scores(y_true, preds, rows, jackknife=jack,
                                subjects=subjects_for(method, subjects))
     about = {"level": level, "n_boot": n_boot, "resampled": "subjects",

@@ -38,6 +38,30 @@ def test_coverage_counts_the_labelled_scores_inside():
     assert got["mean"] == pytest.approx(4 / 8) and got["n"] == 8
 
 
+def test_the_coverage_carries_an_interval_over_subjects():
+    """The share inside is one of a few people's scores: its interval comes from resampling
+    subjects (the t-corrected bootstrap of models/bootstrap.py), so it widens when people differ
+    and is withheld with one subject."""
+    from models.bootstrap import subject_jackknife, subject_resamples
+
+    subjects = np.repeat(np.arange(8), 5)  # 8 people, 5 clips each
+    y = np.zeros((40, 5))
+    uneven = np.where(subjects[:, None] < 4, 0.0, 1.0) * np.ones((1, 5))  # half of them missed
+    even = np.tile(np.r_[0.0, 0.0, 1.0, 1.0, 0.0][:, None], (8, 5))  # the same misses for each
+
+    def ci(pred, who=subjects):
+        return coverage(y, pred, [0.5] * 5, resamples=subject_resamples(who, n_boot=400, seed=3),
+                        jackknife=subject_jackknife(who))
+
+    wide, narrow = ci(uneven), ci(even)
+    assert wide["mean"] == 0.5 and narrow["mean"] == pytest.approx(0.6)
+    lo, hi = wide["mean_ci"]
+    assert lo < 0.5 < hi and hi - lo > 0.4
+    assert narrow["mean_ci"] == pytest.approx([0.6, 0.6])  # every person 3 of 5: no spread
+    assert ci(uneven, np.zeros(40))["mean_ci"] == [None, None]  # one subject
+    assert "mean_ci" not in coverage(y, uneven, [0.5] * 5)
+
+
 def test_evaluate_writes_val_half_widths_and_their_test_coverage(tmp_path, rng):
     """The half-widths come from the val residuals only (a test label changed moves no
     half-width), the coverage from the test scores; results.md prints both."""
@@ -53,12 +77,17 @@ def test_evaluate_writes_val_half_widths_and_their_test_coverage(tmp_path, rng):
     assert [got["half_width"][t] for t in T] == pytest.approx(want)
     assert report["selection"]["val"]["noisy"]["interval_n_val"] == 40
     test = (m["split"] == "test").to_numpy()
-    assert got["coverage"] == pytest.approx(coverage(labels[test], noisy[test], want))
-    assert got["level"] == 0.8 and 0.6 < got["coverage"]["mean"] <= 1.0
+    cov = dict(got["coverage"])
+    lo, hi = cov.pop("mean_ci")  # the share's interval over the test subjects
+    assert cov == pytest.approx(coverage(labels[test], noisy[test], want))
+    assert got["level"] == 0.8 and 0.6 < cov["mean"] <= 1.0
+    assert 0.0 <= lo < cov["mean"] < hi <= 1.0
     md = (tmp_path / "metrics" / "results.md").read_text()
     row = next(x for x in md.split("prediction interval")[1].splitlines()
                if x.startswith("| noisy"))
-    assert f"±{want[0]:.3f}" in row and f"{100 * got['coverage']['mean']:.0f}% of" in row
+    assert f"±{want[0]:.3f}" in row
+    assert f"{100 * cov['mean']:.0f}% [{100 * lo:.0f}, {100 * hi:.0f}] of" in row
+    assert "[its 95% interval over subjects]" in md
     m.loc[test, "O"] = 0.5  # test labels never move a half-width
     write_root(tmp_path, m, {"noisy": predictions(m, noisy, "noisy")})
     again = ev.run(NO_MLFLOW, root=tmp_path)["noisy"]["prediction_interval"]
