@@ -44,13 +44,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from zoo import (experiment_refs, jobs_arg, queue_and_run,  # noqa: E402  (a sibling script)
+sys.path.insert(0, str(ROOT))  # the project's packages (models, personality, stages)
+from zoo import (dvc, experiment_refs, jobs_arg, queue_and_run,  # noqa: E402  (a sibling script)
                  show_json)
 
 PREFIX = "cv-fold"
@@ -74,13 +77,19 @@ def seed_experiments(n_seeds: int, extra: list[str] = ()) -> dict[str, list[str]
             for k in range(1, n_seeds + 1)}
 
 
+def run_refs(baseline: str, prefix: str, names: set[str] | None) -> dict[str, str]:
+    """{run name: git ref} of the experiments on `baseline` named prefix<k>, in k's order."""
+    refs = {n: r for n, r in experiment_refs(baseline, prefix_filter=prefix).items()
+            if n.removeprefix(prefix).isdigit() and (names is None or n in names)}
+    return {n: refs[n] for n in sorted(refs, key=lambda n: int(n.removeprefix(prefix)))}
+
+
 def collect(baseline: str = "HEAD", prefix: str = PREFIX, names: set[str] | None = None
             ) -> tuple[list[dict], list[str]]:
     """Rows {model, per-run CCCs ("runs"), mean, sd, val mean} and the run names found: the
     experiments on `baseline` named prefix<k> (only `names`, where given)."""
-    refs = {n: r for n, r in experiment_refs(baseline, prefix_filter=prefix).items()
-            if n.removeprefix(prefix).isdigit() and (names is None or n in names)}
-    folds = sorted(refs, key=lambda n: int(n.removeprefix(prefix)))
+    refs = run_refs(baseline, prefix, names)
+    folds = list(refs)
     per_model: dict[str, dict[str, dict]] = {}
     for fold in folds:
         for model, entry in (show_json(refs[fold], "metrics/summary.json") or {}).items():
@@ -99,25 +108,117 @@ def collect(baseline: str = "HEAD", prefix: str = PREFIX, names: set[str] | None
     return rows, folds
 
 
+def _cache_file(cache: Path, md5: str) -> Path:
+    """The DVC cache's copy of an output with this md5 (a lock file's value: checked to be one,
+    so that no path outside the cache is read)."""
+    if not re.fullmatch(r"[0-9a-f]{32}(\.dir)?", md5):
+        raise ValueError(f"dvc.lock names md5 {md5!r}, which is no md5")
+    return cache / "files" / "md5" / md5[:2] / md5[2:]
+
+
+def fold_outputs(ref: str, cache: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """One fold experiment's manifest and predictions files ({model: frame}: train's
+    data/predictions/<model>.parquet and the predictions/<model>.parquet of a folder output such
+    as retrain's), read from the DVC cache through the experiment's dvc.lock."""
+    import pandas as pd
+    import yaml
+
+    lock = yaml.safe_load(subprocess.run(["git", "show", f"{ref}:dvc.lock"], cwd=ROOT, text=True,
+                                         capture_output=True, check=True).stdout)
+    manifest, predictions, cues = None, {}, None
+    for stage in (lock.get("stages") or {}).values():
+        for out in stage.get("outs") or []:
+            path, md5 = out["path"], str(out.get("md5", ""))
+            if path == "data/manifest.parquet":
+                manifest = pd.read_parquet(_cache_file(cache, md5))
+            elif path == "data/synthetic_cues.parquet":
+                cues = _cache_file(cache, md5)
+            elif path.startswith("data/predictions/") and path.endswith(".parquet"):
+                predictions[Path(path).stem] = pd.read_parquet(_cache_file(cache, md5))
+            elif md5.endswith(".dir"):
+                for entry in json.loads(_cache_file(cache, md5).read_text()):
+                    rel = Path(entry["relpath"])
+                    if rel.parent.name == "predictions" and rel.suffix == ".parquet":
+                        predictions[rel.stem] = pd.read_parquet(_cache_file(cache, entry["md5"]))
+    if manifest is None:
+        raise ValueError(f"{ref}: its dvc.lock has no data/manifest.parquet")
+    if cues is not None:  # the synthetic set's ceiling, scored like a model (evaluate's row)
+        from personality.law import law_scores
+
+        law = law_scores(cues)
+        scored = manifest[manifest["video_id"].isin(law.index)]
+        predictions["ceiling"] = law.loc[scored["video_id"]].reset_index(drop=True).assign(
+            video_id=scored["video_id"].to_numpy(), split=scored["split"].to_numpy())
+    return manifest, predictions
+
+
+def pooled(refs: dict[str, str], best: str | None) -> dict[str, dict] | None:
+    """The fold experiments' test predictions pooled, with intervals (models/pooled_cv.py) drawn
+    as evaluate draws them (params.yaml: evaluate.bootstrap, ci_level, interval; base.seed);
+    None (and why, on stderr) where an experiment's outputs are not in this DVC cache."""
+    from models.pooled_cv import pool_folds, pooled_figures
+    from personality.common import load_params_file
+
+    params = load_params_file(ROOT / "params.yaml")
+    evaluate = params.get("evaluate") or {}
+    cache = Path(dvc("cache", "dir").stdout.strip())
+    try:
+        folds = [fold_outputs(ref, cache) for ref in refs.values()]
+    except (OSError, ValueError, subprocess.CalledProcessError) as err:
+        print(f"no pooled figures: {err}", file=sys.stderr)
+        return None
+    return pooled_figures(pool_folds(folds), n_boot=int(evaluate.get("bootstrap", 1000)),
+                          level=float(evaluate.get("ci_level", 0.95)),
+                          seed=int((params.get("base") or {}).get("seed", 1234)), best=best,
+                          method=str(evaluate.get("interval", "fisher_z")))
+
+
 def _f(value) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def _pooled_cells(entry: dict | None) -> list[str]:
+    """The pooled CCC [CI] and its difference to the best model, as table cells."""
+    if not entry:
+        return ["-", "-"]
+    lo, hi = entry["ccc_ci"]
+    ccc = _f(entry["ccc"]) + ("" if lo is None or hi is None else f" [{lo:.3f}, {hi:.3f}]")
+    versus = entry.get("vs_best")
+    if not versus:
+        return [ccc, "best on val"]
+    dlo, dhi = versus["delta_ccc"]
+    if versus["delta_ccc_point"] is None or dlo is None or dhi is None:
+        return [ccc, "-"]
+    inside = "; inside the interval: no ranking" if dlo <= 0.0 <= dhi else ""
+    return [ccc, f"Δ {versus['delta_ccc_point']:+.3f} [{dlo:+.3f}, {dhi:+.3f}]{inside}"]
+
+
 def markdown(rows: list[dict], folds: list[str], prefix: str = PREFIX) -> str:
+    """The table: per model val mean, test mean ± sd and each run's test CCC; with pooled
+    figures (folds, rows' "pooled"), the pooled test CCC with its interval and its paired
+    difference to the model best on validation."""
+    best = next((r["model"] for r in rows if (r.get("pooled") or {}).get("vs_best") is None
+                 and r.get("pooled")), None)
+    has_pooled = any(r.get("pooled") for r in rows)
+    level = next((r["pooled"]["level"] for r in rows if r.get("pooled")), 0.95)
+    extra = [f"pooled test CCC [{level:.0%} CI]", f"vs {best} (pooled)"] if has_pooled else []
     head = ("| model | val CCC (mean) | test CCC mean ± sd | "
-            + " | ".join(f"{COLUMN[prefix]} {f.removeprefix(prefix)}" for f in folds) + " |")
-    lines = [head, "|" + "---|" * (3 + len(folds))]
+            + " | ".join([*(f"{COLUMN[prefix]} {f.removeprefix(prefix)}" for f in folds),
+                          *extra]) + " |")
+    lines = [head, "|" + "---|" * (3 + len(folds) + len(extra))]
     for r in rows:
         sd = f" ± {r['test_ccc_sd']:.3f}" if r["test_ccc_sd"] is not None else ""
+        cells = [_f(r["runs"][f]) for f in folds]
+        if has_pooled:
+            cells += _pooled_cells(r.get("pooled"))
         lines.append(f"| {r['model']} | {_f(r['val_ccc_mean'])} | {_f(r['test_ccc_mean'])}{sd} | "
-                     + " | ".join(_f(r["runs"][f]) for f in folds) + " |")
+                     + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def fold_refusal(overrides: list[str]) -> str | None:
     """Why ingest would refuse ingest.split_mode=kfold for the source these experiments ingest
     (params.yaml's ingest.source, or an `ingest.source=` override), or None."""
-    sys.path.insert(0, str(ROOT))
     from personality.common import load_params_file
     from stages.ingest import FIXED_SPLIT_SOURCES
 
@@ -163,6 +264,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no {prefix}<k> experiments on {baseline} (--baseline: the commit they were "
               "queued on)")
         return 1
+    if prefix == PREFIX and len(folds) > 1:  # seeds share one test split: nothing to pool
+        best = next((r["model"] for r in rows if r["val_ccc_mean"] is not None), None)
+        figures = pooled(run_refs(baseline, prefix, names), best) or {}
+        for r in rows:
+            r["pooled"] = figures.get(r["model"])
     print(markdown(rows, folds, prefix))
     out = ROOT / "bench" / "results" / ("seeds.json" if args.seeds else "cv.json")
     out.parent.mkdir(parents=True, exist_ok=True)

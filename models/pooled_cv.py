@@ -1,0 +1,106 @@
+"""Cross-validation's figures with intervals: every fold's test predictions pooled, so that each
+subject of the dataset is scored once (by the fold that held it out), and a bootstrap over all
+of them.
+
+    pooled = pool_folds([(manifest_k, {"m": predictions_k}) for k in folds])
+    table = pooled_figures(pooled, n_boot=1000, level=0.95, seed=1234, best="m")
+    table["m"]["ccc"], table["m"]["ccc_ci"], table["m"]["vs_best"]
+
+scripts/cv.py reads each fold's manifest and predictions from its DVC experiment and prints
+these beside the per-fold table. The mean and sd of per-fold test CCCs say how much a number
+owes to the split; they are no interval (five folds of one dataset are not five independent
+draws). Pooled, the test scores of k folds rest on every subject (50 on the default data, not
+the 8-10 of one fold), and their interval comes from the same subject bootstrap as evaluate's
+(models/bootstrap.py, `evaluate.interval_method`'s default). Two caveats: each fold's scores
+come from a model trained on the other folds, so the pooled CCC also counts the folds'
+differences in calibration (Forman & Scholz 2010: pooled scores can sit below the per-fold
+mean); and the folds' models are refits, so this measures the training procedure, not one
+shipped model.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from models.bootstrap import (DEFAULT_METHOD, bootstrap_scores, common_clips, model_uncertainty,
+                              paired, subject_jackknife, subject_resamples, subjects_for)
+from personality.schemas import TRAITS
+
+__all__ = ["pool_folds", "pooled_figures"]
+
+
+def pool_folds(folds: list[tuple[pd.DataFrame, dict[str, pd.DataFrame]]]) -> dict:
+    """The labelled test clips of every fold, once each: {"labels": (n, 5), "subjects": (n,),
+    "video_ids": (n,), "folds": (n,) the fold index, "predictions": {model: (n, 5), NaN for the
+    clips of a fold without that model's predictions}}. A fold is (its manifest: video_id,
+    subject_id, split, the traits; {model: its predictions file: video_id, split, the traits}).
+    A clip held out by two folds is an error: the folds would not partition the subjects."""
+    parts = []
+    for k, (manifest, _) in enumerate(folds):
+        test = manifest[(manifest["split"] == "test") & manifest[list(TRAITS)].notna().any(axis=1)]
+        parts.append(test.assign(fold=k)[["video_id", "subject_id", "fold", *TRAITS]])
+    clips = pd.concat(parts, ignore_index=True)
+    twice = clips["video_id"][clips["video_id"].duplicated()]
+    if len(twice):
+        raise ValueError(f"clip {twice.iloc[0]} is in the test split of two folds: the folds do "
+                         "not partition the subjects (pooling needs each clip scored once)")
+    models = sorted({m for _, preds in folds for m in preds})
+    row = {v: i for i, v in enumerate(clips["video_id"])}
+    predictions = {m: np.full((len(clips), len(TRAITS)), np.nan) for m in models}
+    for k, (_, preds) in enumerate(folds):
+        for model, frame in preds.items():
+            test = frame[frame["split"] == "test"]
+            for vid, values in zip(test["video_id"], test[list(TRAITS)].to_numpy(np.float64)):
+                if vid in row and clips["fold"].iat[row[vid]] == k:
+                    predictions[model][row[vid]] = values
+    return {"labels": clips[list(TRAITS)].to_numpy(np.float64),
+            "subjects": clips["subject_id"].to_numpy(), "video_ids": clips["video_id"].to_numpy(),
+            "folds": clips["fold"].to_numpy(), "predictions": predictions}
+
+
+def pooled_figures(pooled: dict, *, n_boot: int, level: float, seed: int, best: str | None,
+                   method: str = DEFAULT_METHOD) -> dict[str, dict]:
+    """Per model: "ccc" (mean over traits, on the pooled clips it predicts), "ccc_ci" (its
+    interval at `level` from `n_boot` resamples of the pooled subjects), "n_videos",
+    "n_subjects", "n_folds" (folds with its predictions), "level" and, for models other than `best`, "vs_best": the paired
+    difference to `best` on the clips both predict ({"model", "delta_ccc_point", "delta_ccc",
+    "p_better"})."""
+    y_true, subjects = pooled["labels"], pooled["subjects"]
+    rows = subject_resamples(subjects, n_boot=n_boot, seed=seed)
+    jack = subject_jackknife(subjects)
+    preds = pooled["predictions"]
+    samples = bootstrap_scores(y_true, preds, rows, jackknife=jack,
+                               subjects=subjects_for(method, subjects))
+    out: dict[str, dict] = {}
+    for model, pred in preds.items():
+        scored = np.isfinite(pred).any(axis=1)
+        point = samples[model]["point"]["ccc"]
+        out[model] = {"ccc": float(np.mean(point)) if np.isfinite(point).all() else None,
+                      "ccc_ci": _finite(model_uncertainty(samples[model], TRAITS, level=level,
+                                                          method=method)["mean"]["ccc"]),
+                      "n_videos": int(scored.sum()),
+                      "n_subjects": len(np.unique(subjects[scored].astype(str))),
+                      "n_folds": len(np.unique(pooled["folds"][scored])), "level": level}
+    for model in preds:
+        if best in preds and model != best:
+            out[model]["vs_best"] = _versus(model, best, preds, y_true, rows, jack, subjects,
+                                            level=level, method=method)
+    return out
+
+
+def _versus(a: str, b: str, preds: dict, y_true: np.ndarray, rows: list, jack: list,
+            subjects: np.ndarray, *, level: float, method: str) -> dict:
+    """a - b, paired on the pooled clips both models predict."""
+    pa, pb, n = common_clips(preds[a], preds[b])
+    samples = bootstrap_scores(y_true, {a: pa, b: pb}, rows, jackknife=jack,
+                               subjects=subjects_for(method, subjects))
+    got = paired(samples[a], samples[b], level=level, method=method)
+    return {"model": b, "delta_ccc_point": got.get("delta_ccc_point"),
+            "delta_ccc": _finite(got["delta_ccc"]), "p_better": got["p_better"], "n_videos": n}
+
+
+def _finite(pair: list[float]) -> list[float | None]:
+    """[lo, hi] with NaN ends as None (JSON null: no interval)."""
+    return [float(v) if v is not None and math.isfinite(v) else None for v in pair]
