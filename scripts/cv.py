@@ -116,15 +116,21 @@ def _cache_file(cache: Path, md5: str) -> Path:
     return cache / "files" / "md5" / md5[:2] / md5[2:]
 
 
-def fold_outputs(ref: str, cache: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """One fold experiment's manifest and predictions files ({model: frame}: train's
-    data/predictions/<model>.parquet and the predictions/<model>.parquet of a folder output such
-    as retrain's), read from the DVC cache through the experiment's dvc.lock."""
-    import pandas as pd
+def lock_of(ref: str) -> dict:
+    """An experiment's dvc.lock, parsed."""
     import yaml
 
-    lock = yaml.safe_load(subprocess.run(["git", "show", f"{ref}:dvc.lock"], cwd=ROOT, text=True,
-                                         capture_output=True, check=True).stdout)
+    return yaml.safe_load(subprocess.run(["git", "show", f"{ref}:dvc.lock"], cwd=ROOT, text=True,
+                                         capture_output=True, check=True).stdout) or {}
+
+
+def fold_outputs(lock: dict, cache: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """One fold experiment's manifest and predictions ({model: frame}: train's
+    data/predictions/<model>.parquet, the predictions/<model>.parquet of a folder output such as
+    retrain's and, on synthetic data, the ceiling's scores), read from the DVC `cache` through
+    the experiment's dvc.lock (`lock`, parsed)."""
+    import pandas as pd
+
     manifest, predictions, cues = None, {}, None
     for stage in (lock.get("stages") or {}).values():
         for out in stage.get("outs") or []:
@@ -141,7 +147,7 @@ def fold_outputs(ref: str, cache: Path) -> tuple[pd.DataFrame, dict[str, pd.Data
                     if rel.parent.name == "predictions" and rel.suffix == ".parquet":
                         predictions[rel.stem] = pd.read_parquet(_cache_file(cache, entry["md5"]))
     if manifest is None:
-        raise ValueError(f"{ref}: its dvc.lock has no data/manifest.parquet")
+        raise ValueError("a fold's dvc.lock has no data/manifest.parquet")
     if cues is not None:  # the synthetic set's ceiling, scored like a model (evaluate's row)
         from personality.law import law_scores
 
@@ -163,7 +169,7 @@ def pooled(refs: dict[str, str], best: str | None) -> dict[str, dict] | None:
     evaluate = params.get("evaluate") or {}
     cache = Path(dvc("cache", "dir").stdout.strip())
     try:
-        folds = [fold_outputs(ref, cache) for ref in refs.values()]
+        folds = [fold_outputs(lock_of(ref), cache) for ref in refs.values()]
     except (OSError, ValueError, subprocess.CalledProcessError) as err:
         print(f"no pooled figures: {err}", file=sys.stderr)
         return None
