@@ -36,10 +36,12 @@ run: $(STAMP)
 	$(BIN)/dvc metrics show metrics/summary.json
 
 # each test file runs whole on one of TEST_WORKERS processes (pytest-xdist --dist loadfile: a
-# file's module fixtures are built once); on 2 cores 2 workers took 13 min where 1 took 21
+# file's module fixtures are built once), in collection order, the slowest files first
+# (tests/conftest.py SLOW_FILES); on 2 cores 2 workers took 13 min where 1 took 21
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=15 --timeout=900 -n $(TEST_WORKERS) --dist loadfile tests
+	$(BIN)/python -m pytest -q --durations=15 --timeout=900 -n $(TEST_WORKERS) --dist loadfile \
+		--no-loadscope-reorder tests
 
 # opens on the experiment's training runs (MLflow 3 would show its GenAI view): follow the link
 ui: $(STAMP)
