@@ -34,9 +34,11 @@ __all__ = ["pool_folds", "pooled_figures"]
 def pool_folds(folds: list[tuple[pd.DataFrame, dict[str, pd.DataFrame]]]) -> dict:
     """The labelled test clips of every fold, once each: {"labels": (n, 5), "subjects": (n,),
     "video_ids": (n,), "folds": (n,) the fold index, "predictions": {model: (n, 5), NaN for the
-    clips of a fold without that model's predictions}}. A fold is (its manifest: video_id,
-    subject_id, split, the traits; {model: its predictions file: video_id, split, the traits}).
-    A clip held out by two folds is an error: the folds would not partition the subjects."""
+    clips of a fold without that model's predictions}, "stale": [(fold, model)] predictions
+    left out}. A fold is (its manifest: video_id, subject_id, split, the traits; {model: its
+    predictions file: video_id, split, the traits}). A predictions file whose splits are not
+    its fold's was made on another split (an older run's output): it is left out, never mixed
+    in. A clip held out by two folds is an error: the folds would not partition the subjects."""
     parts = []
     for k, (manifest, _) in enumerate(folds):
         test = manifest[(manifest["split"] == "test") & manifest[list(TRAITS)].notna().any(axis=1)]
@@ -49,24 +51,30 @@ def pool_folds(folds: list[tuple[pd.DataFrame, dict[str, pd.DataFrame]]]) -> dic
     models = sorted({m for _, preds in folds for m in preds})
     row = {v: i for i, v in enumerate(clips["video_id"])}
     predictions = {m: np.full((len(clips), len(TRAITS)), np.nan) for m in models}
-    for k, (_, preds) in enumerate(folds):
+    stale = []
+    for k, (manifest, preds) in enumerate(folds):
+        split_of = dict(zip(manifest["video_id"], manifest["split"]))
         for model, frame in preds.items():
+            if any(split_of.get(v) != s for v, s in zip(frame["video_id"], frame["split"])):
+                stale.append((k, model))
+                continue
             test = frame[frame["split"] == "test"]
             for vid, values in zip(test["video_id"], test[list(TRAITS)].to_numpy(np.float64)):
-                if vid in row and clips["fold"].iat[row[vid]] == k:
+                if vid in row:  # (an unlabelled test clip is not scored)
                     predictions[model][row[vid]] = values
+    predictions = {m: p for m, p in predictions.items() if np.isfinite(p).any()}
     return {"labels": clips[list(TRAITS)].to_numpy(np.float64),
             "subjects": clips["subject_id"].to_numpy(), "video_ids": clips["video_id"].to_numpy(),
-            "folds": clips["fold"].to_numpy(), "predictions": predictions}
+            "folds": clips["fold"].to_numpy(), "predictions": predictions, "stale": stale}
 
 
 def pooled_figures(pooled: dict, *, n_boot: int, level: float, seed: int, best: str | None,
                    method: str = DEFAULT_METHOD) -> dict[str, dict]:
     """Per model: "ccc" (mean over traits, on the pooled clips it predicts), "ccc_ci" (its
     interval at `level` from `n_boot` resamples of the pooled subjects), "n_videos",
-    "n_subjects", "n_folds" (folds with its predictions), "level" and, for models other than `best`, "vs_best": the paired
-    difference to `best` on the clips both predict ({"model", "delta_ccc_point", "delta_ccc",
-    "p_better"})."""
+    "n_subjects", "n_folds" (folds with its predictions), "level" and, for models other than
+    `best`, "vs_best": the paired difference to `best` on the clips both predict ({"model",
+    "delta_ccc_point", "delta_ccc", "p_better", "n_videos"})."""
     y_true, subjects = pooled["labels"], pooled["subjects"]
     rows = subject_resamples(subjects, n_boot=n_boot, seed=seed)
     jack = subject_jackknife(subjects)

@@ -26,7 +26,11 @@ params, one experiment per fold (`dvc exp run -n cv-fold<k> -S ingest.chalearn16
 
 The table (stdout, and JSON in bench/results/cv.json): per model the test mean CCC of every fold,
 their mean and standard deviation, and the mean val CCC; read from each experiment's
-metrics/summary.json through its git ref (refs/exps/<commit>/cv-fold<k>).
+metrics/summary.json through its git ref (refs/exps/<commit>/cv-fold<k>). For folds, two more
+columns: the folds' test predictions pooled (each subject scored once, by the fold that held them
+out) with the subject-bootstrap interval evaluate draws, and each model's paired difference to
+the one best on validation (models/pooled_cv.py; read from the DVC cache through each
+experiment's dvc.lock).
 
 The same over training seeds on the default split (make seeds):
 
@@ -140,8 +144,12 @@ def fold_outputs(lock: dict, cache: Path) -> tuple[pd.DataFrame, dict[str, pd.Da
             elif path == "data/synthetic_cues.parquet":
                 cues = _cache_file(cache, md5)
             elif path.startswith("data/predictions/") and path.endswith(".parquet"):
-                predictions[Path(path).stem] = pd.read_parquet(_cache_file(cache, md5))
-            elif md5.endswith(".dir"):
+                # (a model outside this run's train.models keeps its stage's old lock entry,
+                # whose file may be in no cache here: pool_folds drops any that is stale)
+                if _cache_file(cache, md5).is_file():
+                    predictions[Path(path).stem] = pd.read_parquet(_cache_file(cache, md5))
+            elif md5.endswith(".dir") and _cache_file(cache, md5).is_file():
+                # (a folder DVC does not cache, such as data/models/<model>, has no listing)
                 for entry in json.loads(_cache_file(cache, md5).read_text()):
                     rel = Path(entry["relpath"])
                     if rel.parent.name == "predictions" and rel.suffix == ".parquet":
@@ -173,7 +181,11 @@ def pooled(refs: dict[str, str], best: str | None) -> dict[str, dict] | None:
     except (OSError, ValueError, subprocess.CalledProcessError) as err:
         print(f"no pooled figures: {err}", file=sys.stderr)
         return None
-    return pooled_figures(pool_folds(folds), n_boot=int(evaluate.get("bootstrap", 1000)),
+    pooled_clips = pool_folds(folds)
+    for k, model in pooled_clips["stale"]:
+        print(f"pooled figures: {model} of fold {k} left out (its predictions file was made on "
+              "another split: an older run's)", file=sys.stderr)
+    return pooled_figures(pooled_clips, n_boot=int(evaluate.get("bootstrap", 1000)),
                           level=float(evaluate.get("ci_level", 0.95)),
                           seed=int((params.get("base") or {}).get("seed", 1234)), best=best,
                           method=str(evaluate.get("interval", "fisher_z")))

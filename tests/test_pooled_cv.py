@@ -53,11 +53,17 @@ def test_every_clip_is_scored_once_by_the_fold_that_held_it_out(rng):
         frame = folds[fold][1]["good"]
         assert (folds[fold][0].set_index("video_id").at[vid, "split"]) == "test"
         assert pred == pytest.approx(frame.set_index("video_id").loc[vid, T].to_numpy(float))
-    # a fold's predictions of clips another fold held out are not taken (a fold without them)
+    assert pooled["stale"] == []
+    # a fold without a model's predictions leaves its clips unscored by it
     del folds[1][1]["good"]
     partial = pool_folds(folds)["predictions"]["good"]
     assert np.isnan(partial[pooled["folds"] == 1]).all()
     assert np.isfinite(partial[pooled["folds"] != 1]).all()
+    # predictions made on another split (an older run's file, fold 0's in fold 2) are left out
+    folds[2][1]["good"] = folds[0][1]["good"]
+    stale = pool_folds(folds)
+    assert stale["stale"] == [(2, "good")]
+    assert np.isnan(stale["predictions"]["good"][pooled["folds"] == 2]).all()
 
 
 def test_a_clip_held_out_by_two_folds_is_refused(rng):
@@ -123,7 +129,9 @@ def test_a_folds_outputs_come_from_the_cache_through_its_lock(tmp_path, rng):
                              "md5": _cached(cache, _parquet(cues, scratch))}]},
         "train@m": {"outs": [{"path": "data/predictions/m.parquet",
                               "md5": _cached(cache, _parquet(preds["m"], scratch))}]},
-        "retrain": {"outs": [{"path": "data/retrained", "md5": folder_md5 + ".dir"}]}}}
+        "retrain": {"outs": [{"path": "data/retrained", "md5": folder_md5 + ".dir"}]},
+        # a folder DVC does not cache (persist, cache: false): in the lock, not in the cache
+        "train@n": {"outs": [{"path": "data/models/n", "md5": "0" * 32 + ".dir"}]}}}
     got_manifest, got = fold_outputs(lock, cache)
     pd.testing.assert_frame_equal(got_manifest, manifest)
     assert sorted(got) == ["ceiling", "m", "m+retrained"]
