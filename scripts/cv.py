@@ -234,6 +234,22 @@ def markdown(rows: list[dict], folds: list[str], prefix: str = PREFIX) -> str:
     return "\n".join(lines)
 
 
+def plot_pooled(rows: list[dict], path: Path) -> Path | None:
+    """The pooled test CCC of each model with its interval, as a bar chart (personality.plots
+    .ccc_bars) at `path`; None when no row has pooled figures."""
+    from personality.plots import ccc_bars
+
+    pooled_rows = [r for r in rows if (r.get("pooled") or {}).get("ccc") is not None]
+    if not pooled_rows:
+        return None
+    first = pooled_rows[0]["pooled"]
+    return ccc_bars({r["model"]: r["pooled"]["ccc"] for r in pooled_rows},
+                    ccc_ci={r["model"]: r["pooled"]["ccc_ci"] for r in pooled_rows},
+                    level=first["level"], path=path, dpi=100,
+                    title=f"test CCC of {first['n_folds']} folds pooled: {first['n_videos']} "
+                          f"clips of {first['n_subjects']} subjects")
+
+
 def fold_refusal(overrides: list[str]) -> str | None:
     """Why ingest would refuse ingest.split_mode=kfold for the source these experiments ingest
     (params.yaml's ingest.source, or an `ingest.source=` override), or None."""
@@ -292,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"baseline": baseline, "runs": folds, "rows": rows}, indent=2))
     print(f"wrote {out.relative_to(ROOT)}")
+    plot = plot_pooled(rows, out.with_suffix(".png"))
+    if plot is not None:
+        print(f"wrote {plot.relative_to(ROOT)}")
     return 0 if len(folds) == wanted or args.collect else 1
 
 

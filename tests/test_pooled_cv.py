@@ -19,7 +19,7 @@ from models.metrics import ccc
 from personality.schemas import TRAITS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from cv import _cache_file, fold_outputs, markdown  # noqa: E402
+from cv import _cache_file, fold_outputs, markdown, plot_pooled  # noqa: E402
 
 T = list(TRAITS)
 N_SUBJECTS, CLIPS, N_FOLDS = 15, 3, 3
@@ -167,3 +167,13 @@ def test_the_table_prints_the_pooled_ccc_and_its_difference_to_the_best():
     assert table[4].endswith("| - | - |")
     assert "pooled" not in markdown([{**r, "pooled": None} for r in rows],
                                     ["cv-fold0", "cv-fold1"])
+
+
+def test_the_pooled_figures_are_drawn_as_bars_with_their_intervals(tmp_path):
+    pooled = {"ccc": 0.53, "ccc_ci": [0.45, 0.61], "level": 0.95, "n_folds": 5, "n_videos": 150,
+              "n_subjects": 50}
+    rows = [{"model": "ridge", "pooled": pooled}, {"model": "baseline", "pooled": None}]
+    path = plot_pooled(rows, tmp_path / "cv.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_pooled([{"model": "ridge", "pooled": None}], tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
