@@ -71,7 +71,8 @@ def pool_folds(folds: list[tuple[pd.DataFrame, dict[str, pd.DataFrame]]]) -> dic
 def pooled_figures(pooled: dict, *, n_boot: int, level: float, seed: int, best: str | None,
                    method: str = DEFAULT_METHOD) -> dict[str, dict]:
     """Per model: "ccc" (mean over traits, on the pooled clips it predicts), "ccc_ci" (its
-    interval at `level` from `n_boot` resamples of the pooled subjects), "n_videos",
+    interval at `level` from `n_boot` resamples of the pooled subjects), "per_trait" ({trait:
+    {"ccc", "ccc_ci"}}), "n_videos",
     "n_subjects", "n_folds" (folds with its predictions), "level" and, for models other than
     `best`, "vs_best": the paired difference to `best` on the clips both predict ({"model",
     "delta_ccc_point", "delta_ccc", "p_better", "n_videos"})."""
@@ -85,9 +86,12 @@ def pooled_figures(pooled: dict, *, n_boot: int, level: float, seed: int, best: 
     for model, pred in preds.items():
         scored = np.isfinite(pred).any(axis=1)
         point = samples[model]["point"]["ccc"]
+        ci = model_uncertainty(samples[model], TRAITS, level=level, method=method)
         out[model] = {"ccc": float(np.mean(point)) if np.isfinite(point).all() else None,
-                      "ccc_ci": _finite(model_uncertainty(samples[model], TRAITS, level=level,
-                                                          method=method)["mean"]["ccc"]),
+                      "ccc_ci": _finite(ci["mean"]["ccc"]),
+                      "per_trait": {t: {"ccc": float(point[j]) if math.isfinite(point[j]) else None,
+                                        "ccc_ci": _finite(ci[t]["ccc"])}
+                                    for j, t in enumerate(TRAITS)},
                       "n_videos": int(scored.sum()),
                       "n_subjects": len(np.unique(subjects[scored].astype(str))),
                       "n_folds": len(np.unique(pooled["folds"][scored])), "level": level}

@@ -234,6 +234,25 @@ def markdown(rows: list[dict], folds: list[str], prefix: str = PREFIX) -> str:
     return "\n".join(lines)
 
 
+def trait_markdown(rows: list[dict]) -> str:
+    """Per model and trait, the pooled test CCC with its interval ("" without pooled figures)."""
+    pooled_rows = [r for r in rows if (r.get("pooled") or {}).get("per_trait")]
+    if not pooled_rows:
+        return ""
+    traits = list(pooled_rows[0]["pooled"]["per_trait"])
+
+    def cell(entry: dict) -> str:
+        lo, hi = entry["ccc_ci"]
+        ci = "" if lo is None or hi is None else f" [{lo:.3f}, {hi:.3f}]"
+        return _f(entry["ccc"]) + ci
+
+    return "\n".join([f"| model (pooled test CCC per trait) | {' | '.join(traits)} |",
+                      "|---|" + "---|" * len(traits),
+                      *(f"| {r['model']} | " + " | ".join(cell(r["pooled"]["per_trait"][t])
+                                                         for t in traits) + " |"
+                        for r in pooled_rows)])
+
+
 def plot_pooled(rows: list[dict], path: Path) -> Path | None:
     """The pooled test CCC of each model with its interval, as a bar chart (personality.plots
     .ccc_bars) at `path`; None when no row has pooled figures."""
@@ -304,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             r["pooled"] = figures.get(r["model"])
     print(markdown(rows, folds, prefix))
+    if trait_markdown(rows):
+        print("\n" + trait_markdown(rows))
     out = ROOT / "bench" / "results" / ("seeds.json" if args.seeds else "cv.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"baseline": baseline, "runs": folds, "rows": rows}, indent=2))

@@ -19,7 +19,8 @@ from models.metrics import ccc
 from personality.schemas import TRAITS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from cv import _cache_file, fold_outputs, markdown, plot_pooled  # noqa: E402
+from cv import (_cache_file, fold_outputs, markdown, plot_pooled,  # noqa: E402
+                trait_markdown)
 
 T = list(TRAITS)
 N_SUBJECTS, CLIPS, N_FOLDS = 15, 3, 3
@@ -85,6 +86,10 @@ def test_pooled_figures_are_the_pooled_clips_ccc_with_subject_intervals(rng):
         got = figures[model]
         assert got["ccc"] == pytest.approx(want)
         assert got["ccc_ci"][0] < got["ccc"] < got["ccc_ci"][1]
+        for j, t in enumerate(T):
+            trait = got["per_trait"][t]
+            assert trait["ccc"] == pytest.approx(ccc(y[:, j], pred[:, j]))
+            assert trait["ccc_ci"][0] < trait["ccc"] < trait["ccc_ci"][1]
         assert (got["n_videos"], got["n_subjects"], got["n_folds"]) == (45, 15, 3)
     assert "vs_best" not in figures["good"]
     versus = figures["noisy"]["vs_best"]
@@ -177,3 +182,13 @@ def test_the_pooled_figures_are_drawn_as_bars_with_their_intervals(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plot_pooled([{"model": "ridge", "pooled": None}], tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
+
+
+def test_the_per_trait_table_gives_each_traits_pooled_ccc_with_its_interval():
+    per_trait = {t: {"ccc": 0.5 + 0.1 * j, "ccc_ci": [0.4 + 0.1 * j, 0.6 + 0.1 * j]}
+                 for j, t in enumerate(T)}
+    rows = [{"model": "ridge", "pooled": {"per_trait": per_trait}}, {"model": "x", "pooled": None}]
+    table = trait_markdown(rows).splitlines()
+    assert table[0] == "| model (pooled test CCC per trait) | O | C | E | A | N |"
+    assert table[2].startswith("| ridge | 0.500 [0.400, 0.600] | 0.600 [0.500, 0.700] |")
+    assert len(table) == 3 and trait_markdown(rows[1:]) == ""
