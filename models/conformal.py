@@ -3,7 +3,9 @@
     half = half_widths(y_val, pred_val, level=0.95)   # (5,): |residual| quantile per trait
     lo, hi = pred - half, pred + half                 # a new clip's interval, per trait
     inside = coverage(y_test, pred_test, half)        # {trait: share of test scores inside}
-    inside = coverage(y_test, pred_test, half, resamples=rows, jackknife=jack)  # + "mean_ci"
+    # with the test subjects' resamples and jackknife (models/bootstrap.py) also "mean_ci"
+    inside = coverage(y_test, pred_test, half, resamples=subject_resamples(subjects, n_boot=1000,
+                      seed=1), jackknife=subject_jackknife(subjects))
 
 The test MAE says how far a model's scores are from the labels *on average*; a user scoring one
 clip wants a range that holds its true score with a stated probability. Split-conformal
