@@ -177,11 +177,10 @@ def pooled(refs: dict[str, str], best: str | None) -> dict[str, dict] | None:
     evaluate = params.get("evaluate") or {}
     cache = Path(dvc("cache", "dir").stdout.strip())
     try:
-        folds = [fold_outputs(lock_of(ref), cache) for ref in refs.values()]
+        pooled_clips = pool_folds([fold_outputs(lock_of(ref), cache) for ref in refs.values()])
     except (OSError, ValueError, subprocess.CalledProcessError) as err:
         print(f"no pooled figures: {err}", file=sys.stderr)
         return None
-    pooled_clips = pool_folds(folds)
     for k, model in pooled_clips["stale"]:
         print(f"pooled figures: {model} of fold {k} left out (its predictions file was made on "
               "another split: an older run's)", file=sys.stderr)
