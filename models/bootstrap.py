@@ -153,13 +153,15 @@ def _within(y_true: np.ndarray, y_pred: np.ndarray, resamples: list[np.ndarray],
 def interval(samples: np.ndarray, *, level: float = 0.95, method: str = "percentile",
              estimate: float | None = None, jackknife: np.ndarray | None = None,
              scale: str = "identity",
-             within: tuple[np.ndarray, np.ndarray] | None = None) -> list[float]:
+             within: tuple[np.ndarray, np.ndarray] | None = None,
+             n_subjects: int | None = None) -> list[float]:
     """The `level` interval of a statistic from its (B,) bootstrap samples (NaN resamples
     ignored): the samples' central share ("percentile"); Efron's BCa ("bca"), which needs the
     statistic on all rows (`estimate`) and on each leave-one-subject-out set (`jackknife`, (S,));
     "fisher_z", which needs `estimate` and reads the subject count S off `jackknife` (the
-    subjects whose leaving out moves it): the bias-corrected t interval on `scale` ("atanh" for a CCC, "log" for an error, "identity" for a
-    difference); or "bootstrap_t", which needs `estimate`, `jackknife` and `within`: the
+    subjects whose leaving out moves it; `n_subjects` where that count is known otherwise: a
+    share moves not when a subject's own share equals it): the bias-corrected t interval on
+    `scale` ("atanh" for a CCC, "log" for an error, "identity" for a difference); or "bootstrap_t", which needs `estimate`, `jackknife` and `within`: the
     statistic on each resample's leave-one-draw-out sets and the draw counts, both (B, S).
     A jackknife of one subject gives NaN: every resample is that person, no interval. So does a
     jackknife with a NaN: leaving that subject out left nothing to score, so the statistic rests
@@ -191,7 +193,8 @@ def interval(samples: np.ndarray, *, level: float = 0.95, method: str = "percent
         # the people the statistic rests on: leaving out a subject with no scored row (a trait
         # they have no label for, clips a model has no prediction for) leaves it unchanged, to
         # the bit (the same rows, in the same order); counting them gave too narrow a t
-        subjects = 0 if jackknife is None else int(np.sum(np.asarray(jackknife) != estimate))
+        subjects = (n_subjects if n_subjects is not None else
+                    0 if jackknife is None else int(np.sum(np.asarray(jackknife) != estimate)))
         return _corrected_t(finite, float(estimate), tail, subjects, scale)
     if method == "bca":
         if estimate is None or jackknife is None:

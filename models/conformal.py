@@ -22,8 +22,9 @@ evaluate writes each model's half-widths under selection.val.<model>.interval_ha
 its val predictions) and their test coverage under <model>.prediction_interval; results.md
 prints both; predict quotes a clip's interval when evaluate measured that very checkpoint.
 The coverage is a share of a few people's scores, so it carries its own interval, from the same
-bootstrap over the split's subjects as every other interval (models/bootstrap.py's fisher_z
-method on the share's own scale: the bias-corrected t with subjects - 1 degrees of freedom).
+resamples of the split's subjects as every other interval (models/bootstrap.py's fisher_z method
+on the share's own scale, whatever evaluate.interval is: the bias-corrected t with subjects - 1
+degrees of freedom).
 """
 from __future__ import annotations
 
@@ -80,8 +81,11 @@ def coverage(y_true: np.ndarray, y_pred: np.ndarray, half: list[float | None], *
 def _share_interval(inside: np.ndarray, counted: np.ndarray, resamples: list[np.ndarray],
                     jackknife: list[np.ndarray], level: float) -> list[float | None]:
     """The interval of sum(inside) / sum(counted) (both (n,) per row) from its values on the
-    resamples' and the jackknife's rows, clipped to [0, 1]; [None, None] where there is none
-    (one subject, or no scored row)."""
+    resamples' and the jackknife's rows (fisher_z's bias-corrected t, whatever
+    evaluate.interval is: a share needs no BCa or studentised pivot), clipped to [0, 1];
+    [None, None] where there is none (one subject, or no scored row). When every person's own
+    share is the same the resamples do not spread and the interval has no width: the
+    bootstrap sees between-person differences only."""
     def share(rows: np.ndarray) -> float:
         n = counted[rows].sum()
         return float(inside[rows].sum() / n) if n else float("nan")
@@ -89,9 +93,12 @@ def _share_interval(inside: np.ndarray, counted: np.ndarray, resamples: list[np.
     estimate = share(np.arange(len(inside)))
     if not math.isfinite(estimate):
         return [None, None]
+    # the people with a scored row: leaving out one whose own share equals the estimate does
+    # not move it, so the jackknife alone would undercount them (and the t's degrees of freedom)
+    people = sum(counted[rows].sum() < counted.sum() for rows in jackknife)
     lo, hi = interval(np.array([share(r) for r in resamples]), level=level, method="fisher_z",
                       estimate=estimate, jackknife=np.array([share(r) for r in jackknife]),
-                      scale="identity")
+                      scale="identity", n_subjects=int(people))
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return [None, None]
     return [max(lo, 0.0), min(hi, 1.0)]

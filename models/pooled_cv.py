@@ -34,11 +34,13 @@ __all__ = ["pool_folds", "pooled_figures"]
 def pool_folds(folds: list[tuple[pd.DataFrame, dict[str, pd.DataFrame]]]) -> dict:
     """The labelled test clips of every fold, once each: {"labels": (n, 5), "subjects": (n,),
     "video_ids": (n,), "folds": (n,) the fold index, "predictions": {model: (n, 5), NaN for the
-    clips of a fold without that model's predictions}, "stale": [(fold, model)] predictions
-    left out}. A fold is (its manifest: video_id, subject_id, split, the traits; {model: its
-    predictions file: video_id, split, the traits}). A predictions file whose splits are not
-    its fold's was made on another split (an older run's output): it is left out, never mixed
-    in. A clip held out by two folds is an error: the folds would not partition the subjects."""
+    clips of a fold without that model's predictions}, "stale": [(fold, model, why)]
+    predictions left out, "missing_subjects": labelled subjects no fold tests}. A fold is (its
+    manifest: video_id, subject_id, split, the traits; {model: its predictions file: video_id,
+    split, the traits, one or more rows per video, averaged as evaluate averages them}). A
+    predictions file with a clip its fold's manifest lacks, or whose splits are not its fold's
+    (an older run's output, made on another split), is left out, never mixed in. A clip held
+    out by two folds is an error: the folds would not partition the subjects."""
     parts = []
     for k, (manifest, _) in enumerate(folds):
         test = manifest[(manifest["split"] == "test") & manifest[list(TRAITS)].notna().any(axis=1)]
@@ -48,24 +50,41 @@ def pool_folds(folds: list[tuple[pd.DataFrame, dict[str, pd.DataFrame]]]) -> dic
     if len(twice):
         raise ValueError(f"clip {twice.iloc[0]} is in the test split of two folds: the folds do "
                          "not partition the subjects (pooling needs each clip scored once)")
-    models = sorted({m for _, preds in folds for m in preds})
     row = {v: i for i, v in enumerate(clips["video_id"])}
-    predictions = {m: np.full((len(clips), len(TRAITS)), np.nan) for m in models}
+    predictions: dict[str, np.ndarray] = {}
     stale = []
     for k, (manifest, preds) in enumerate(folds):
-        split_of = dict(zip(manifest["video_id"], manifest["split"]))
         for model, frame in preds.items():
-            if any(split_of.get(v) != s for v, s in zip(frame["video_id"], frame["split"])):
-                stale.append((k, model))
+            why = _not_of_fold(frame, manifest)
+            if why:
+                stale.append((k, model, why))
                 continue
-            test = frame[frame["split"] == "test"]
-            for vid, values in zip(test["video_id"], test[list(TRAITS)].to_numpy(np.float64)):
+            test = frame[frame["split"] == "test"].groupby("video_id")[list(TRAITS)].mean(skipna=False)
+            out = predictions.setdefault(model, np.full((len(clips), len(TRAITS)), np.nan))
+            for vid, values in zip(test.index, test.to_numpy(np.float64)):
                 if vid in row:  # (an unlabelled test clip is not scored)
-                    predictions[model][row[vid]] = values
-    predictions = {m: p for m, p in predictions.items() if np.isfinite(p).any()}
+                    out[row[vid]] = values
+    labelled = {str(s) for manifest, _ in folds
+                for s in manifest.loc[manifest[list(TRAITS)].notna().any(axis=1), "subject_id"]}
     return {"labels": clips[list(TRAITS)].to_numpy(np.float64),
             "subjects": clips["subject_id"].to_numpy(), "video_ids": clips["video_id"].to_numpy(),
-            "folds": clips["fold"].to_numpy(), "predictions": predictions, "stale": stale}
+            "folds": clips["fold"].to_numpy(),
+            "predictions": {m: p for m, p in predictions.items() if np.isfinite(p).any()},
+            "stale": stale,
+            "missing_subjects": sorted(labelled - set(clips["subject_id"].astype(str)))}
+
+
+def _not_of_fold(frame: pd.DataFrame, manifest: pd.DataFrame) -> str | None:
+    """Why a predictions file cannot be this fold's (None when it can): a clip the manifest
+    lacks, or a clip in another split than the manifest's."""
+    split_of = dict(zip(manifest["video_id"], manifest["split"]))
+    for vid, split in zip(frame["video_id"], frame["split"]):
+        if vid not in split_of:
+            return f"clip {vid} is not in the fold's manifest"
+        if split_of[vid] != split:
+            return (f"made on another split (an older run's): clip {vid} is {split} there, "
+                    f"{split_of[vid]} in the fold")
+    return None
 
 
 def pooled_figures(pooled: dict, *, n_boot: int, level: float, seed: int, best: str | None,

@@ -181,9 +181,14 @@ def pooled(refs: dict[str, str], best: str | None) -> dict[str, dict] | None:
     except (OSError, ValueError, subprocess.CalledProcessError) as err:
         print(f"no pooled figures: {err}", file=sys.stderr)
         return None
-    for k, model in pooled_clips["stale"]:
-        print(f"pooled figures: {model} of fold {k} left out (its predictions file was made on "
-              "another split: an older run's)", file=sys.stderr)
+    for k, model, why in pooled_clips["stale"]:
+        print(f"pooled figures: {model}'s predictions of fold {k} left out: {why}",
+              file=sys.stderr)
+    if pooled_clips["missing_subjects"]:
+        print(f"pooled figures: {len(pooled_clips['missing_subjects'])} labelled subjects are in "
+              "no finished fold's test split (e.g. "
+              f"{pooled_clips['missing_subjects'][0]}): the pooled figures rest on the others",
+              file=sys.stderr)
     return pooled_figures(pooled_clips, n_boot=int(evaluate.get("bootstrap", 1000)),
                           level=float(evaluate.get("ci_level", 0.95)),
                           seed=int((params.get("base") or {}).get("seed", 1234)), best=best,
@@ -194,15 +199,18 @@ def _f(value) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _pooled_cells(entry: dict | None) -> list[str]:
-    """The pooled CCC [CI] and its difference to the best model, as table cells."""
+def _pooled_cells(entry: dict | None, is_best: bool, n_folds: int) -> list[str]:
+    """The pooled CCC [CI] (with the folds it rests on when not all `n_folds`) and its
+    difference to the model best on validation, as table cells."""
     if not entry:
         return ["-", "-"]
     lo, hi = entry["ccc_ci"]
     ccc = _f(entry["ccc"]) + ("" if lo is None or hi is None else f" [{lo:.3f}, {hi:.3f}]")
+    if entry.get("n_folds", n_folds) < n_folds:
+        ccc += f" ({entry['n_folds']} of {n_folds} folds)"
     versus = entry.get("vs_best")
-    if not versus:
-        return [ccc, "best on val"]
+    if is_best or not versus:
+        return [ccc, "best on val" if is_best else "-"]
     dlo, dhi = versus["delta_ccc"]
     if versus["delta_ccc_point"] is None or dlo is None or dhi is None:
         return [ccc, "-"]
@@ -210,12 +218,11 @@ def _pooled_cells(entry: dict | None) -> list[str]:
     return [ccc, f"Δ {versus['delta_ccc_point']:+.3f} [{dlo:+.3f}, {dhi:+.3f}]{inside}"]
 
 
-def markdown(rows: list[dict], folds: list[str], prefix: str = PREFIX) -> str:
+def markdown(rows: list[dict], folds: list[str], prefix: str = PREFIX,
+             best: str | None = None) -> str:
     """The table: per model val mean, test mean ± sd and each run's test CCC; with pooled
     figures (folds, rows' "pooled"), the pooled test CCC with its interval and its paired
-    difference to the model best on validation."""
-    best = next((r["model"] for r in rows if (r.get("pooled") or {}).get("vs_best") is None
-                 and r.get("pooled")), None)
+    difference to `best`, the model best on validation."""
     has_pooled = any(r.get("pooled") for r in rows)
     level = next((r["pooled"]["level"] for r in rows if r.get("pooled")), 0.95)
     extra = [f"pooled test CCC [{level:.0%} CI]", f"vs {best} (pooled)"] if has_pooled else []
@@ -227,7 +234,7 @@ def markdown(rows: list[dict], folds: list[str], prefix: str = PREFIX) -> str:
         sd = f" ± {r['test_ccc_sd']:.3f}" if r["test_ccc_sd"] is not None else ""
         cells = [_f(r["runs"][f]) for f in folds]
         if has_pooled:
-            cells += _pooled_cells(r.get("pooled"))
+            cells += _pooled_cells(r.get("pooled"), r["model"] == best, len(folds))
         lines.append(f"| {r['model']} | {_f(r['val_ccc_mean'])} | {_f(r['test_ccc_mean'])}{sd} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -316,12 +323,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no {prefix}<k> experiments on {baseline} (--baseline: the commit they were "
               "queued on)")
         return 1
+    best = next((r["model"] for r in rows if r["val_ccc_mean"] is not None), None)
     if prefix == PREFIX and len(folds) > 1:  # seeds share one test split: nothing to pool
-        best = next((r["model"] for r in rows if r["val_ccc_mean"] is not None), None)
         figures = pooled(run_refs(baseline, prefix, names), best) or {}
         for r in rows:
             r["pooled"] = figures.get(r["model"])
-    print(markdown(rows, folds, prefix))
+    print(markdown(rows, folds, prefix, best))
     if trait_markdown(rows):
         print("\n" + trait_markdown(rows))
     out = ROOT / "bench" / "results" / ("seeds.json" if args.seeds else "cv.json")

@@ -62,6 +62,28 @@ def test_the_coverage_carries_an_interval_over_subjects():
     assert "mean_ci" not in coverage(y, uneven, [0.5] * 5)
 
 
+def test_the_coverage_interval_counts_every_person_in_its_degrees_of_freedom():
+    """Six of eight people have the overall share (4 of 5 inside): leaving one of them out does
+    not move it, yet they are people the share rests on; the t has 7 degrees of freedom, not 1
+    (the normal's 1.96, a narrower interval)."""
+    from scipy.stats import t as student_t
+
+    from models.bootstrap import subject_jackknife, subject_resamples
+
+    subjects = np.repeat(np.arange(8), 5)
+    per_person = [4, 4, 4, 4, 4, 4, 3, 5]  # scores inside, of 5 each: 0.8 overall
+    inside = np.concatenate([np.r_[np.zeros(k), np.ones(5 - k)] for k in per_person])
+    y, pred = np.zeros((40, 5)), np.tile(inside[:, None], (1, 5))  # residual 0 inside, 1 outside
+    resamples = subject_resamples(subjects, n_boot=500, seed=5)
+    got = coverage(y, pred, [0.5] * 5, resamples=resamples,
+                   jackknife=subject_jackknife(subjects))
+    shares = np.array([1 - pred[r].mean() for r in resamples])
+    half = student_t.ppf(0.975, 7) * shares.std()
+    centre = 2 * 0.8 - shares.mean()
+    assert got["mean"] == pytest.approx(0.8)
+    assert got["mean_ci"] == pytest.approx([centre - half, centre + half])
+
+
 def test_evaluate_writes_val_half_widths_and_their_test_coverage(tmp_path, rng):
     """The half-widths come from the val residuals only (a test label changed moves no
     half-width), the coverage from the test scores; results.md prints both."""

@@ -54,7 +54,7 @@ def test_every_clip_is_scored_once_by_the_fold_that_held_it_out(rng):
         frame = folds[fold][1]["good"]
         assert (folds[fold][0].set_index("video_id").at[vid, "split"]) == "test"
         assert pred == pytest.approx(frame.set_index("video_id").loc[vid, T].to_numpy(float))
-    assert pooled["stale"] == []
+    assert pooled["stale"] == [] and pooled["missing_subjects"] == []
     # a fold without a model's predictions leaves its clips unscored by it
     del folds[1][1]["good"]
     partial = pool_folds(folds)["predictions"]["good"]
@@ -63,8 +63,26 @@ def test_every_clip_is_scored_once_by_the_fold_that_held_it_out(rng):
     # predictions made on another split (an older run's file, fold 0's in fold 2) are left out
     folds[2][1]["good"] = folds[0][1]["good"]
     stale = pool_folds(folds)
-    assert stale["stale"] == [(2, "good")]
+    assert [(k, m) for k, m, _ in stale["stale"]] == [(2, "good")]
+    assert "made on another split" in stale["stale"][0][2]
     assert np.isnan(stale["predictions"]["good"][pooled["folds"] == 2]).all()
+    # so is one with a clip the fold does not have, named
+    extra = folds[0][1]["good"].iloc[:1].assign(video_id="v999")
+    folds[0][1]["good"] = pd.concat([folds[0][1]["good"], extra])
+    assert pool_folds(folds)["stale"][0] == (0, "good", "clip v999 is not in the fold's manifest")
+    # a fold not run: its subjects are named as missing
+    assert len(pool_folds(folds[:2])["missing_subjects"]) == N_SUBJECTS // N_FOLDS
+
+
+def test_several_rows_of_one_clip_are_averaged_as_evaluate_averages_them(rng):
+    folds = folds_of(rng, {"good": 0.05})
+    manifest, preds = folds[0]
+    first = preds["good"][preds["good"]["split"] == "test"].iloc[:1]
+    preds["good"] = pd.concat([preds["good"], first.assign(**{t: first[t] + 0.2 for t in T})])
+    pooled = pool_folds(folds)
+    row = list(pooled["video_ids"]).index(first["video_id"].iloc[0])
+    want = first[T].to_numpy(float)[0] + 0.1
+    assert pooled["predictions"]["good"][row] == pytest.approx(want)
 
 
 def test_a_clip_held_out_by_two_folds_is_refused(rng):
@@ -164,12 +182,19 @@ def test_the_table_prints_the_pooled_ccc_and_its_difference_to_the_best():
                                     "delta_ccc": [-0.15, 0.01], "p_better": 0.04}}},
             {"model": "baseline", "runs": {"cv-fold0": 0.0, "cv-fold1": 0.0},
              "test_ccc_mean": 0.0, "test_ccc_sd": 0.0, "val_ccc_mean": None, "n_runs": 2}]
-    table = markdown(rows, ["cv-fold0", "cv-fold1"]).splitlines()
+    table = markdown(rows, ["cv-fold0", "cv-fold1"], best="ridge").splitlines()
     assert table[0].endswith("| pooled test CCC [95% CI] | vs ridge (pooled) |")
     assert table[2].endswith("| 0.530 [0.450, 0.610] | best on val |")
     assert table[3].endswith("| 0.460 [0.380, 0.550] | Δ -0.070 [-0.150, +0.010]; inside the "
                              "interval: no ranking |")
     assert table[4].endswith("| - | - |")
+    # the model best on validation without pooled figures: nobody else is called best, and a
+    # model pooled over fewer folds says so
+    rows[0]["pooled"] = None
+    rows[1]["pooled"] = {**rows[1]["pooled"], "vs_best": None, "n_folds": 1}
+    lines = markdown(rows, ["cv-fold0", "cv-fold1"], best="ridge").splitlines()
+    assert lines[2].endswith("| - | - |")
+    assert lines[3].endswith("| 0.460 [0.380, 0.550] (1 of 2 folds) | - |")
     assert "pooled" not in markdown([{**r, "pooled": None} for r in rows],
                                     ["cv-fold0", "cv-fold1"])
 

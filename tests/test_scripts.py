@@ -192,3 +192,42 @@ def test_jobs_below_one_is_refused_before_anything_is_queued(script, monkeypatch
     with pytest.raises(SystemExit) as exit_:
         {"zoo": zoo, "cv": cv}[script].main(["--jobs", "0"])
     assert exit_.value.code == 2 and "at least one experiment" in capsys.readouterr().err
+
+
+def test_cv_main_pools_the_folds_against_the_model_best_on_validation(monkeypatch, tmp_path,
+                                                                      capsys):
+    """The fold path of make cv: pooled figures asked for with the best mean val CCC's model,
+    printed in both tables, saved in cv.json and drawn in cv.png; seeds pool nothing."""
+    import json
+
+    import cv
+
+    refs = {f"cv-fold{k}": f"refs/exps/c0/ffee/cv-fold{k}" for k in range(3)}
+    summary = {"ridge": {"ccc": 0.5, "val_ccc": 0.6}, "trees": {"ccc": 0.55, "val_ccc": 0.4}}
+    per_trait = {t: {"ccc": 0.5, "ccc_ci": [0.4, 0.6]} for t in "OCEAN"}
+    figures = {"ridge": {"ccc": 0.52, "ccc_ci": [0.45, 0.6], "level": 0.95, "n_folds": 3,
+                         "n_videos": 30, "n_subjects": 15, "per_trait": per_trait},
+               "trees": {"ccc": 0.47, "ccc_ci": [0.4, 0.55], "level": 0.95, "n_folds": 3,
+                         "n_videos": 30, "n_subjects": 15, "per_trait": per_trait,
+                         "vs_best": {"model": "ridge", "delta_ccc_point": -0.05,
+                                     "delta_ccc": [-0.1, -0.01], "p_better": 0.01}}}
+    asked = []
+
+    def fake_pooled(fold_refs, best):
+        asked.append((list(fold_refs), best))
+        return figures
+
+    monkeypatch.setattr(cv, "ROOT", tmp_path)
+    monkeypatch.setattr(cv, "experiment_refs",
+                        lambda baseline="HEAD", prefix_filter="cv-fold": dict(refs))
+    monkeypatch.setattr(cv, "show_json", lambda ref, path: summary)
+    monkeypatch.setattr(cv, "pooled", fake_pooled)
+    assert cv.main(["--collect", "--baseline", "c0ffee"]) == 0
+    assert asked == [(["cv-fold0", "cv-fold1", "cv-fold2"], "ridge")]  # val 0.6 beats 0.4
+    out = capsys.readouterr().out
+    assert "| vs ridge (pooled) |" in out and "Δ -0.050 [-0.100, -0.010] |" in out
+    assert "| model (pooled test CCC per trait) |" in out
+    saved = json.loads((tmp_path / "bench" / "results" / "cv.json").read_text())
+    assert {r["model"]: r["pooled"]["ccc"] for r in saved["rows"]} == {"ridge": 0.52,
+                                                                       "trees": 0.47}
+    assert (tmp_path / "bench" / "results" / "cv.png").stat().st_size > 0
