@@ -64,7 +64,8 @@ zoo: run
 	$(BIN)/python scripts/zoo.py --jobs 2
 
 # cross-validation by subject: one queued DVC experiment per fold (ingest.fold=k), table of
-# mean and sd of test CCC per model
+# mean and sd of test CCC per model and of all folds' test clips pooled, with intervals
+# (bench/results/cv.json, cv.png; 25 min on 2 cores)
 cv: run
 	$(BIN)/python scripts/cv.py --folds 5 --jobs 2
 
