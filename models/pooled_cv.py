@@ -30,6 +30,8 @@ from personality.schemas import TRAITS
 
 __all__ = ["pool_folds", "pooled_figures"]
 
+RETRAINED = "+retrained"  # a model fine-tuned on user-study ratings (stages/retrain.py SUFFIX)
+
 
 def pool_folds(folds: list[tuple[pd.DataFrame, dict[str, pd.DataFrame]]]) -> dict:
     """The labelled test clips of every fold, once each: {"labels": (n, 5), "subjects": (n,),
@@ -94,7 +96,8 @@ def pooled_figures(pooled: dict, *, n_boot: int, level: float, seed: int, best: 
     {"ccc", "ccc_ci"}}), "n_videos",
     "n_subjects", "n_folds" (folds with its predictions), "level" and, for models other than
     `best`, "vs_best": the paired difference to `best` on the clips both predict ({"model",
-    "delta_ccc_point", "delta_ccc", "p_better", "n_videos"})."""
+    "delta_ccc_point", "delta_ccc", "p_better", "n_videos"}); for a model retrained on the
+    user-study ratings (<model>+retrained) also "vs_base", the same against <model>."""
     y_true, subjects = pooled["labels"], pooled["subjects"]
     rows = subject_resamples(subjects, n_boot=n_boot, seed=seed)
     jack = subject_jackknife(subjects)
@@ -117,6 +120,10 @@ def pooled_figures(pooled: dict, *, n_boot: int, level: float, seed: int, best: 
     for model in preds:
         if best in preds and model != best:
             out[model]["vs_best"] = _versus(model, best, preds, y_true, rows, jack, subjects,
+                                            level=level, method=method)
+        base = model.removesuffix(RETRAINED)
+        if base != model and base in preds:  # what the user-study retraining changed
+            out[model]["vs_base"] = _versus(model, base, preds, y_true, rows, jack, subjects,
                                             level=level, method=method)
     return out
 

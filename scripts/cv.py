@@ -259,6 +259,23 @@ def trait_markdown(rows: list[dict]) -> str:
                         for r in pooled_rows)])
 
 
+def retrain_markdown(rows: list[dict]) -> str:
+    """Each retrained model's pooled, paired difference to its base model ("" without any)."""
+    lines = []
+    for r in rows:
+        versus = (r.get("pooled") or {}).get("vs_base")
+        if not versus or versus["delta_ccc_point"] is None or None in versus["delta_ccc"]:
+            continue
+        lo, hi = versus["delta_ccc"]
+        inside = "; inside the interval: no ranking" if lo <= 0.0 <= hi else ""
+        lines.append(f"| {r['model']} | {versus['model']} | {versus['delta_ccc_point']:+.3f} "
+                     f"[{lo:+.3f}, {hi:+.3f}]{inside} | {100 * versus['p_better']:.0f}% |")
+    if not lines:
+        return ""
+    return "\n".join(["| retrained model | its base | pooled test CCC Δ [CI], paired | better in |",
+                      "|---|---|---|---|", *lines])
+
+
 def plot_pooled(rows: list[dict], path: Path) -> Path | None:
     """The pooled test CCC of each model with its interval, as a bar chart (personality.plots
     .ccc_bars) at `path`; None when no row has pooled figures."""
@@ -329,8 +346,9 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             r["pooled"] = figures.get(r["model"])
     print(markdown(rows, folds, prefix, best))
-    if trait_markdown(rows):
-        print("\n" + trait_markdown(rows))
+    for extra_table in (trait_markdown(rows), retrain_markdown(rows)):
+        if extra_table:
+            print("\n" + extra_table)
     out = ROOT / "bench" / "results" / ("seeds.json" if args.seeds else "cv.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"baseline": baseline, "runs": folds, "rows": rows}, indent=2))

@@ -20,7 +20,7 @@ from personality.schemas import TRAITS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from cv import (_cache_file, fold_outputs, markdown, plot_pooled,  # noqa: E402
-                trait_markdown)
+                retrain_markdown, trait_markdown)
 
 T = list(TRAITS)
 N_SUBJECTS, CLIPS, N_FOLDS = 15, 3, 3
@@ -217,3 +217,20 @@ def test_the_per_trait_table_gives_each_traits_pooled_ccc_with_its_interval():
     assert table[0] == "| model (pooled test CCC per trait) | O | C | E | A | N |"
     assert table[2].startswith("| ridge | 0.500 [0.400, 0.600] | 0.600 [0.500, 0.700] |")
     assert len(table) == 3 and trait_markdown(rows[1:]) == ""
+
+
+def test_a_retrained_model_is_compared_with_its_base_on_the_same_clips(rng):
+    """m+retrained against m: the user-study retraining's effect, paired, printed as a table."""
+    pooled = pool_folds(folds_of(rng, {"m": 0.2, "m+retrained": 0.05, "other": 0.1}))
+    figures = pooled_figures(pooled, n_boot=300, level=0.95, seed=3, best="other")
+    versus = figures["m+retrained"]["vs_base"]
+    assert versus["model"] == "m"
+    assert versus["delta_ccc_point"] == pytest.approx(figures["m+retrained"]["ccc"]
+                                                       - figures["m"]["ccc"])
+    assert versus["delta_ccc"][0] > 0
+    assert "vs_base" not in figures["m"] and "vs_base" not in figures["other"]
+    rows = [{"model": m, "pooled": f} for m, f in figures.items()]
+    table = retrain_markdown(rows).splitlines()
+    assert len(table) == 3 and table[2].startswith(
+        f"| m+retrained | m | {versus['delta_ccc_point']:+.3f} [{versus['delta_ccc'][0]:+.3f}, ")
+    assert retrain_markdown([{"model": "m", "pooled": figures["m"]}]) == ""
