@@ -28,7 +28,7 @@ from models.bootstrap import (DEFAULT_METHOD, bootstrap_scores, common_clips, mo
                               paired, subject_jackknife, subject_resamples, subjects_for)
 from personality.schemas import TRAITS
 
-__all__ = ["pool_folds", "pooled_figures"]
+__all__ = ["pool_folds", "pooled_figures", "pairwise"]
 
 RETRAINED = "+retrained"  # a model fine-tuned on user-study ratings (stages/retrain.py SUFFIX)
 
@@ -61,7 +61,8 @@ def pool_folds(folds: list[tuple[pd.DataFrame, dict[str, pd.DataFrame]]]) -> dic
             if why:
                 stale.append((k, model, why))
                 continue
-            test = frame[frame["split"] == "test"].groupby("video_id")[list(TRAITS)].mean(skipna=False)
+            test = frame[frame["split"] == "test"]
+            test = test.groupby("video_id")[list(TRAITS)].mean(skipna=False)
             out = predictions.setdefault(model, np.full((len(clips), len(TRAITS)), np.nan))
             for vid, values in zip(test.index, test.to_numpy(np.float64)):
                 if vid in row:  # (an unlabelled test clip is not scored)
@@ -125,6 +126,26 @@ def pooled_figures(pooled: dict, *, n_boot: int, level: float, seed: int, best: 
         if base != model and base in preds:  # what the user-study retraining changed
             out[model]["vs_base"] = _versus(model, base, preds, y_true, rows, jack, subjects,
                                             level=level, method=method)
+    return out
+
+
+def pairwise(pooled: dict, models: list[str], *, n_boot: int, level: float, seed: int,
+             method: str = DEFAULT_METHOD) -> dict[str, dict[str, dict]]:
+    """Every pair of `models` compared on the pooled clips both predict, on the resamples
+    pooled_figures draws: {a: {b: {"delta_ccc_point" (a - b), "delta_ccc" [lo, hi], "p_better",
+    "n_videos"}}} for a before b in `models` (b - a is the same, negated). Which differences
+    among the models behind the best one hold, which pooled_figures' `vs_best` does not say."""
+    subjects = pooled["subjects"]
+    rows = subject_resamples(subjects, n_boot=n_boot, seed=seed)
+    jack = subject_jackknife(subjects)
+    preds = {m: pooled["predictions"][m] for m in models if m in pooled["predictions"]}
+    names = list(preds)
+    out: dict[str, dict[str, dict]] = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            versus = _versus(a, b, preds, pooled["labels"], rows, jack, subjects, level=level,
+                             method=method)
+            out.setdefault(a, {})[b] = {k: v for k, v in versus.items() if k != "model"}
     return out
 
 

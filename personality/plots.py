@@ -160,6 +160,29 @@ def ccc_bars(ccc: Mapping[str, float], *, path: str | os.PathLike, baseline_ccc:
     return _save(fig, path, title=title, dpi=dpi)
 
 
+def delta_matrix(names: Sequence[str], delta: np.ndarray, holds: np.ndarray, *,
+                 path: str | os.PathLike, title: str = "", dpi: int = 100,
+                 level: float = 0.95) -> Path:
+    """Heat map of paired differences: cell (i, j) is row model i minus column model j (delta
+    (k, k), NaN where not compared), annotated, with a "*" where its `level` interval excludes 0
+    (holds (k, k) bool)."""
+    plt = _pyplot()
+    k = len(names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.62 * k, 0.8 + 0.5 * k))
+    lim = float(np.nanmax(np.abs(delta))) if np.isfinite(delta).any() else 1.0
+    ax.imshow(delta, cmap="RdBu_r", vmin=-lim, vmax=lim)
+    for i in range(k):
+        for j in range(k):
+            if np.isfinite(delta[i, j]):
+                ax.text(j, i, f"{delta[i, j]:+.2f}" + ("*" if holds[i, j] else ""),
+                        ha="center", va="center", fontsize=6)
+    ax.set_xticks(range(k), names, rotation=40, ha="right", fontsize=7)
+    ax.set_yticks(range(k), names, fontsize=7)
+    ax.set_title(f"row minus column, mean CCC; *: its {100 * level:g}% interval excludes 0",
+                 fontsize=7)
+    return _save(fig, path, title=title, dpi=dpi)
+
+
 def _error_bars(heights: Sequence[float], intervals: Sequence) -> np.ndarray | None:
     """(2, n_models) distances below and above each bar to its interval's ends (0 where a bar
     has none); None when no bar has one."""

@@ -166,11 +166,13 @@ def fold_outputs(lock: dict, cache: Path) -> tuple[pd.DataFrame, dict[str, pd.Da
     return manifest, predictions
 
 
-def pooled(refs: dict[str, str], best: str | None) -> dict[str, dict] | None:
+def pooled(refs: dict[str, str], ranked: list[str]) -> tuple[dict[str, dict], dict]:
     """The fold experiments' test predictions pooled, with intervals (models/pooled_cv.py) drawn
-    as evaluate draws them (params.yaml: evaluate.bootstrap, ci_level, interval; base.seed);
-    None (and why, on stderr) where an experiment's outputs are not in this DVC cache."""
-    from models.pooled_cv import pool_folds, pooled_figures
+    as evaluate draws them (params.yaml: evaluate.bootstrap, ci_level, interval; base.seed):
+    (figures per model, with differences to ranked[0], the best on validation; the paired
+    differences among the `ranked` models); ({}, {}) and why, on stderr, where an experiment's
+    outputs are not in this DVC cache."""
+    from models.pooled_cv import pairwise, pool_folds, pooled_figures
     from personality.common import load_params_file
 
     params = load_params_file(ROOT / "params.yaml")
@@ -180,7 +182,7 @@ def pooled(refs: dict[str, str], best: str | None) -> dict[str, dict] | None:
         pooled_clips = pool_folds([fold_outputs(lock_of(ref), cache) for ref in refs.values()])
     except (OSError, ValueError, subprocess.CalledProcessError) as err:
         print(f"no pooled figures: {err}", file=sys.stderr)
-        return None
+        return {}, {}
     for k, model, why in pooled_clips["stale"]:
         print(f"pooled figures: {model}'s predictions of fold {k} left out: {why}",
               file=sys.stderr)
@@ -189,10 +191,12 @@ def pooled(refs: dict[str, str], best: str | None) -> dict[str, dict] | None:
               "no finished fold's test split (e.g. "
               f"{pooled_clips['missing_subjects'][0]}): the pooled figures rest on the others",
               file=sys.stderr)
-    return pooled_figures(pooled_clips, n_boot=int(evaluate.get("bootstrap", 1000)),
-                          level=float(evaluate.get("ci_level", 0.95)),
-                          seed=int((params.get("base") or {}).get("seed", 1234)), best=best,
-                          method=str(evaluate.get("interval", "fisher_z")))
+    drawn = dict(n_boot=int(evaluate.get("bootstrap", 1000)),
+                 level=float(evaluate.get("ci_level", 0.95)),
+                 seed=int((params.get("base") or {}).get("seed", 1234)),
+                 method=str(evaluate.get("interval", "fisher_z")))
+    return (pooled_figures(pooled_clips, best=ranked[0] if ranked else None, **drawn),
+            pairwise(pooled_clips, ranked, **drawn))
 
 
 def _f(value) -> str:
@@ -272,8 +276,8 @@ def retrain_markdown(rows: list[dict]) -> str:
                      f"[{lo:+.3f}, {hi:+.3f}]{inside} | {100 * versus['p_better']:.0f}% |")
     if not lines:
         return ""
-    return "\n".join(["| retrained model | its base | pooled test CCC Δ [CI], paired | better in |",
-                      "|---|---|---|---|", *lines])
+    head = "| retrained model | its base | pooled test CCC Δ [CI], paired | better in |"
+    return "\n".join([head, "|---|---|---|---|", *lines])
 
 
 def plot_pooled(rows: list[dict], path: Path) -> Path | None:
@@ -290,6 +294,33 @@ def plot_pooled(rows: list[dict], path: Path) -> Path | None:
                     level=first["level"], path=path, dpi=100,
                     title=f"test CCC of {first['n_folds']} folds pooled: {first['n_videos']} "
                           f"clips of {first['n_subjects']} subjects")
+
+
+def plot_pairs(pairs: dict[str, dict[str, dict]], path: Path) -> Path | None:
+    """The paired differences among the models (models.pooled_cv.pairwise) as a heat map at
+    `path`, with how many hold on stdout; None without any."""
+    import numpy as np
+
+    from personality.plots import delta_matrix
+
+    names = list(dict.fromkeys([*pairs, *(b for versus in pairs.values() for b in versus)]))
+    if len(names) < 2:
+        return None
+    delta = np.full((len(names),) * 2, np.nan)
+    holds = np.zeros_like(delta, bool)
+    for a, versus in pairs.items():
+        for b, got in versus.items():
+            i, j = names.index(a), names.index(b)
+            lo, hi = got["delta_ccc"]
+            if got["delta_ccc_point"] is None or lo is None or hi is None:
+                continue
+            delta[i, j], delta[j, i] = got["delta_ccc_point"], -got["delta_ccc_point"]
+            holds[i, j] = holds[j, i] = not lo <= 0.0 <= hi
+    print(f"\n{int(holds.sum()) // 2} of {len(names) * (len(names) - 1) // 2} pairs of models "
+          "differ in pooled test CCC with an interval that excludes 0 (bench/results/"
+          "cv_pairs.png)")
+    return delta_matrix(names, delta, holds, path=path, title="pooled test CCC, paired: row - "
+                        "column (models in order of mean val CCC)")
 
 
 def fold_refusal(overrides: list[str]) -> str | None:
@@ -340,9 +371,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no {prefix}<k> experiments on {baseline} (--baseline: the commit they were "
               "queued on)")
         return 1
-    best = next((r["model"] for r in rows if r["val_ccc_mean"] is not None), None)
+    ranked = [r["model"] for r in rows if r["val_ccc_mean"] is not None]  # best on val first
+    best, pairs = (ranked[0] if ranked else None), {}
     if prefix == PREFIX and len(folds) > 1:  # seeds share one test split: nothing to pool
-        figures = pooled(run_refs(baseline, prefix, names), best) or {}
+        figures, pairs = pooled(run_refs(baseline, prefix, names), ranked)
         for r in rows:
             r["pooled"] = figures.get(r["model"])
     print(markdown(rows, folds, prefix, best))
@@ -351,11 +383,13 @@ def main(argv: list[str] | None = None) -> int:
             print("\n" + extra_table)
     out = ROOT / "bench" / "results" / ("seeds.json" if args.seeds else "cv.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"baseline": baseline, "runs": folds, "rows": rows}, indent=2))
+    out.write_text(json.dumps({"baseline": baseline, "runs": folds, "rows": rows,
+                               **({"pairwise": pairs} if pairs else {})}, indent=2))
     print(f"wrote {out.relative_to(ROOT)}")
-    plot = plot_pooled(rows, out.with_suffix(".png"))
-    if plot is not None:
-        print(f"wrote {plot.relative_to(ROOT)}")
+    for plot in (plot_pooled(rows, out.with_suffix(".png")),
+                 plot_pairs(pairs, out.with_name("cv_pairs.png"))):
+        if plot is not None:
+            print(f"wrote {plot.relative_to(ROOT)}")
     return 0 if len(folds) == wanted or args.collect else 1
 
 

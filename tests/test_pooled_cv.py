@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.pooled_cv import pool_folds, pooled_figures
+from models.pooled_cv import pairwise, pool_folds, pooled_figures
 from models.metrics import ccc
 from personality.schemas import TRAITS
 
@@ -234,3 +234,21 @@ def test_a_retrained_model_is_compared_with_its_base_on_the_same_clips(rng):
     assert len(table) == 3 and table[2].startswith(
         f"| m+retrained | m | {versus['delta_ccc_point']:+.3f} [{versus['delta_ccc'][0]:+.3f}, ")
     assert retrain_markdown([{"model": "m", "pooled": figures["m"]}]) == ""
+
+
+def test_every_pair_of_models_is_compared_on_the_same_resamples_as_the_best(rng):
+    pooled = pool_folds(folds_of(rng, {"good": 0.05, "close": 0.06, "noisy": 0.3}))
+    drawn = dict(n_boot=300, level=0.95, seed=3)
+    pairs = pairwise(pooled, ["good", "close", "noisy", "absent"], **drawn)
+    assert {a: sorted(v) for a, v in pairs.items()} == {"good": ["close", "noisy"],
+                                                        "close": ["noisy"]}
+    figures = pooled_figures(pooled, best="good", **drawn)
+    for other in ("close", "noisy"):  # a - b here is -(b - a) there, interval mirrored
+        assert pairs["good"][other]["delta_ccc_point"] == pytest.approx(
+            -figures[other]["vs_best"]["delta_ccc_point"])
+    assert pairs["close"]["noisy"]["delta_ccc"][0] > 0  # a large difference holds
+    def width(a: str, b: str) -> float:
+        lo, hi = pairs[a][b]["delta_ccc"]
+        return hi - lo
+
+    assert width("good", "close") < width("close", "noisy")  # two good models differ less

@@ -213,9 +213,12 @@ def test_cv_main_pools_the_folds_against_the_model_best_on_validation(monkeypatc
                                      "delta_ccc": [-0.1, -0.01], "p_better": 0.01}}}
     asked = []
 
-    def fake_pooled(fold_refs, best):
-        asked.append((list(fold_refs), best))
-        return figures
+    pairs = {"ridge": {"trees": {"delta_ccc_point": 0.05, "delta_ccc": [0.01, 0.1],
+                                 "p_better": 0.99, "n_videos": 30}}}
+
+    def fake_pooled(fold_refs, ranked):
+        asked.append((list(fold_refs), ranked))
+        return figures, pairs
 
     monkeypatch.setattr(cv, "ROOT", tmp_path)
     monkeypatch.setattr(cv, "experiment_refs",
@@ -223,7 +226,8 @@ def test_cv_main_pools_the_folds_against_the_model_best_on_validation(monkeypatc
     monkeypatch.setattr(cv, "show_json", lambda ref, path: summary)
     monkeypatch.setattr(cv, "pooled", fake_pooled)
     assert cv.main(["--collect", "--baseline", "c0ffee"]) == 0
-    assert asked == [(["cv-fold0", "cv-fold1", "cv-fold2"], "ridge")]  # val 0.6 beats 0.4
+    # val 0.6 beats 0.4: ridge is the best, first in the ranking
+    assert asked == [(["cv-fold0", "cv-fold1", "cv-fold2"], ["ridge", "trees"])]
     out = capsys.readouterr().out
     assert "| vs ridge (pooled) |" in out and "Δ -0.050 [-0.100, -0.010] |" in out
     assert "| model (pooled test CCC per trait) |" in out
@@ -231,3 +235,5 @@ def test_cv_main_pools_the_folds_against_the_model_best_on_validation(monkeypatc
     assert {r["model"]: r["pooled"]["ccc"] for r in saved["rows"]} == {"ridge": 0.52,
                                                                        "trees": 0.47}
     assert (tmp_path / "bench" / "results" / "cv.png").stat().st_size > 0
+    assert saved["pairwise"] == pairs and "1 of 1 pairs of models differ" in out
+    assert (tmp_path / "bench" / "results" / "cv_pairs.png").stat().st_size > 0
