@@ -121,11 +121,11 @@ def pooled_figures(pooled: dict, *, n_boot: int, level: float, seed: int, best: 
     for model in preds:
         if best in preds and model != best:
             out[model]["vs_best"] = _versus(model, best, preds, y_true, rows, jack, subjects,
-                                            level=level, method=method)
+                                            level=level, method=method, shared=samples)
         base = model.removesuffix(RETRAINED)
         if base != model and base in preds:  # what the user-study retraining changed
             out[model]["vs_base"] = _versus(model, base, preds, y_true, rows, jack, subjects,
-                                            level=level, method=method)
+                                            level=level, method=method, shared=samples)
     return out
 
 
@@ -139,22 +139,29 @@ def pairwise(pooled: dict, models: list[str], *, n_boot: int, level: float, seed
     rows = subject_resamples(subjects, n_boot=n_boot, seed=seed)
     jack = subject_jackknife(subjects)
     preds = {m: pooled["predictions"][m] for m in models if m in pooled["predictions"]}
+    shared = bootstrap_scores(pooled["labels"], preds, rows, jackknife=jack,
+                              subjects=subjects_for(method, subjects))
     names = list(preds)
     out: dict[str, dict[str, dict]] = {}
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             versus = _versus(a, b, preds, pooled["labels"], rows, jack, subjects, level=level,
-                             method=method)
+                             method=method, shared=shared)
             out.setdefault(a, {})[b] = {k: v for k, v in versus.items() if k != "model"}
     return out
 
 
 def _versus(a: str, b: str, preds: dict, y_true: np.ndarray, rows: list, jack: list,
-            subjects: np.ndarray, *, level: float, method: str) -> dict:
-    """a - b, paired on the pooled clips both models predict."""
+            subjects: np.ndarray, *, level: float, method: str, shared: dict) -> dict:
+    """a - b, paired on the pooled clips both models predict: from `shared` (each model's
+    bootstrap_scores on the same resamples) where both predict the same clips, as evaluate's
+    comparisons do, else scored again on the common ones."""
     pa, pb, n = common_clips(preds[a], preds[b])
-    samples = bootstrap_scores(y_true, {a: pa, b: pb}, rows, jackknife=jack,
-                               subjects=subjects_for(method, subjects))
+    samples = shared
+    if not (np.array_equal(pa, preds[a], equal_nan=True)
+            and np.array_equal(pb, preds[b], equal_nan=True)):
+        samples = bootstrap_scores(y_true, {a: pa, b: pb}, rows, jackknife=jack,
+                                   subjects=subjects_for(method, subjects))
     got = paired(samples[a], samples[b], level=level, method=method)
     return {"model": b, "delta_ccc_point": got.get("delta_ccc_point"),
             "delta_ccc": _finite(got["delta_ccc"]), "p_better": got["p_better"], "n_videos": n}
