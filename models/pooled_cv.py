@@ -2,16 +2,17 @@
 subject of the dataset is scored once (by the fold that held it out), and a bootstrap over all
 of them.
 
-    pooled = pool_folds([(manifest_k, {"m": predictions_k}) for k in folds])
-    table = pooled_figures(pooled, n_boot=1000, level=0.95, seed=1234, best="m")
-    table["m"]["ccc"], table["m"]["ccc_ci"], table["m"]["vs_best"]
+    pooled = pool_folds([(manifest_k, {"ridge": preds_k, "trees": preds_k2}) for k in folds])
+    table = pooled_figures(pooled, n_boot=1000, level=0.95, seed=1234, best="ridge")
+    table["trees"]["ccc"], table["trees"]["ccc_ci"], table["trees"]["vs_best"]["delta_ccc"]
+    pairs = pairwise(pooled, ["ridge", "trees"], n_boot=1000, level=0.95, seed=1234)
 
 scripts/cv.py reads each fold's manifest and predictions from its DVC experiment and prints
 these beside the per-fold table. The mean and sd of per-fold test CCCs say how much a number
 owes to the split; they are no interval (five folds of one dataset are not five independent
 draws). Pooled, the test scores of k folds rest on every subject (50 on the default data, not
 the 8-10 of one fold), and their interval comes from the same subject bootstrap as evaluate's
-(models/bootstrap.py, `evaluate.interval_method`'s default). Two caveats: each fold's scores
+(models/bootstrap.py, the method `evaluate.interval` names). Two caveats: each fold's scores
 come from a model trained on the other folds, so the pooled CCC also counts the folds'
 differences in calibration (Forman & Scholz 2010: pooled scores can sit below the per-fold
 mean); and the folds' models are refits, so this measures the training procedure, not one
