@@ -37,7 +37,7 @@ run: $(STAMP)
 
 # each test file runs whole on one of TEST_WORKERS processes (pytest-xdist --dist loadfile: a
 # file's module fixtures are built once), in collection order, the slowest files first
-# (tests/conftest.py SLOW_FILES); on 2 cores 2 workers took 11.3 min where 1 took 20.6
+# (tests/conftest.py SLOW_FILES); on 2 cores 2 workers took 11.3-14.6 min where 1 took 20.6
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=15 --timeout=900 -n $(TEST_WORKERS) --dist loadfile \
