@@ -6,6 +6,7 @@ of them.
     table = pooled_figures(pooled, n_boot=1000, level=0.95, seed=1234, best="ridge")
     table["trees"]["ccc"], table["trees"]["ccc_ci"], table["trees"]["vs_best"]["delta_ccc"]
     pairs = pairwise(pooled, ["ridge", "trees"], n_boot=1000, level=0.95, seed=1234)
+    # both from one bootstrap: draws = draw(pooled, n_boot=1000, seed=1234); pass draws=draws
 
 scripts/cv.py reads each fold's manifest and predictions from its DVC experiment and prints
 these beside the per-fold table. The mean and sd of per-fold test CCCs say how much a number
@@ -21,6 +22,7 @@ shipped model.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -29,7 +31,7 @@ from models.bootstrap import (DEFAULT_METHOD, bootstrap_scores, common_clips, mo
                               paired, subject_jackknife, subject_resamples, subjects_for)
 from personality.schemas import TRAITS
 
-__all__ = ["pool_folds", "pooled_figures", "pairwise"]
+__all__ = ["pool_folds", "draw", "pooled_figures", "pairwise"]
 
 RETRAINED = "+retrained"  # a model fine-tuned on user-study ratings (stages/retrain.py SUFFIX)
 
@@ -91,26 +93,43 @@ def _not_of_fold(frame: pd.DataFrame, manifest: pd.DataFrame) -> str | None:
     return None
 
 
-def pooled_figures(pooled: dict, *, n_boot: int, level: float, seed: int, best: str | None,
-                   method: str = DEFAULT_METHOD) -> dict[str, dict]:
-    """Per model: "ccc" (mean over traits, on the pooled clips it predicts), "ccc_ci" (its
-    interval at `level` from `n_boot` resamples of the pooled subjects), "per_trait" ({trait:
-    {"ccc", "ccc_ci"}}), "n_videos",
-    "n_subjects", "n_folds" (folds with its predictions), "level" and, for models other than
-    `best`, "vs_best": the paired difference to `best` on the clips both predict ({"model",
-    "delta_ccc_point", "delta_ccc", "p_better", "n_videos"}); for a model retrained on the
-    user-study ratings (<model>+retrained) also "vs_base", the same against <model>."""
-    y_true, subjects = pooled["labels"], pooled["subjects"]
+@dataclass(frozen=True)
+class Draws:
+    """The bootstrap every pooled figure and comparison reads: `rows` (resamples of the pooled
+    subjects), `jack` (leave-one-subject-out rows) and `samples` (each model's bootstrap_scores
+    on them), drawn once by `draw` and shared by pooled_figures and pairwise."""
+    rows: list
+    jack: list
+    samples: dict
+    method: str
+
+
+def draw(pooled: dict, *, n_boot: int, seed: int, method: str = DEFAULT_METHOD) -> Draws:
+    """Every pooled model scored on `n_boot` resamples of the pooled subjects."""
+    subjects = pooled["subjects"]
     rows = subject_resamples(subjects, n_boot=n_boot, seed=seed)
     jack = subject_jackknife(subjects)
-    preds = pooled["predictions"]
-    samples = bootstrap_scores(y_true, preds, rows, jackknife=jack,
+    samples = bootstrap_scores(pooled["labels"], pooled["predictions"], rows, jackknife=jack,
                                subjects=subjects_for(method, subjects))
+    return Draws(rows, jack, samples, method)
+
+
+def pooled_figures(pooled: dict, *, n_boot: int, level: float, seed: int, best: str | None,
+                   method: str = DEFAULT_METHOD, draws: Draws | None = None) -> dict[str, dict]:
+    """Per model: "ccc" (mean over traits, on the pooled clips it predicts), "ccc_ci" (its
+    interval at `level` from `n_boot` resamples of the pooled subjects), "per_trait" ({trait:
+    {"ccc", "ccc_ci"}}), "n_videos", "n_subjects", "n_folds" (folds with its predictions),
+    "level" and, for models other than `best`, "vs_best": the paired difference to `best` on
+    the clips both predict ({"model", "delta_ccc_point", "delta_ccc", "p_better", "n_videos"});
+    for a model retrained on the user-study ratings (<model>+retrained) also "vs_base", the
+    same against <model>. `draws`: `draw`'s, where already drawn."""
+    draws = draws or draw(pooled, n_boot=n_boot, seed=seed, method=method)
+    subjects, preds = pooled["subjects"], pooled["predictions"]
     out: dict[str, dict] = {}
     for model, pred in preds.items():
         scored = np.isfinite(pred).any(axis=1)
-        point = samples[model]["point"]["ccc"]
-        ci = model_uncertainty(samples[model], TRAITS, level=level, method=method)
+        point = draws.samples[model]["point"]["ccc"]
+        ci = model_uncertainty(draws.samples[model], TRAITS, level=level, method=method)
         out[model] = {"ccc": float(np.mean(point)) if np.isfinite(point).all() else None,
                       "ccc_ci": _finite(ci["mean"]["ccc"]),
                       "per_trait": {t: {"ccc": float(point[j]) if math.isfinite(point[j]) else None,
@@ -121,49 +140,42 @@ def pooled_figures(pooled: dict, *, n_boot: int, level: float, seed: int, best: 
                       "n_folds": len(np.unique(pooled["folds"][scored])), "level": level}
     for model in preds:
         if best in preds and model != best:
-            out[model]["vs_best"] = _versus(model, best, preds, y_true, rows, jack, subjects,
-                                            level=level, method=method, shared=samples)
+            out[model]["vs_best"] = _versus(model, best, pooled, draws, level)
         base = model.removesuffix(RETRAINED)
         if base != model and base in preds:  # what the user-study retraining changed
-            out[model]["vs_base"] = _versus(model, base, preds, y_true, rows, jack, subjects,
-                                            level=level, method=method, shared=samples)
+            out[model]["vs_base"] = _versus(model, base, pooled, draws, level)
     return out
 
 
 def pairwise(pooled: dict, models: list[str], *, n_boot: int, level: float, seed: int,
-             method: str = DEFAULT_METHOD) -> dict[str, dict[str, dict]]:
+             method: str = DEFAULT_METHOD, draws: Draws | None = None
+             ) -> dict[str, dict[str, dict]]:
     """Every pair of `models` compared on the pooled clips both predict, on the resamples
     pooled_figures draws: {a: {b: {"delta_ccc_point" (a - b), "delta_ccc" [lo, hi], "p_better",
     "n_videos"}}} for a before b in `models` (b - a is the same, negated). Which differences
     among the models behind the best one hold, which pooled_figures' `vs_best` does not say."""
-    subjects = pooled["subjects"]
-    rows = subject_resamples(subjects, n_boot=n_boot, seed=seed)
-    jack = subject_jackknife(subjects)
-    preds = {m: pooled["predictions"][m] for m in models if m in pooled["predictions"]}
-    shared = bootstrap_scores(pooled["labels"], preds, rows, jackknife=jack,
-                              subjects=subjects_for(method, subjects))
-    names = list(preds)
+    draws = draws or draw(pooled, n_boot=n_boot, seed=seed, method=method)
+    names = [m for m in models if m in pooled["predictions"]]
     out: dict[str, dict[str, dict]] = {}
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            versus = _versus(a, b, preds, pooled["labels"], rows, jack, subjects, level=level,
-                             method=method, shared=shared)
+            versus = _versus(a, b, pooled, draws, level)
             out.setdefault(a, {})[b] = {k: v for k, v in versus.items() if k != "model"}
     return out
 
 
-def _versus(a: str, b: str, preds: dict, y_true: np.ndarray, rows: list, jack: list,
-            subjects: np.ndarray, *, level: float, method: str, shared: dict) -> dict:
-    """a - b, paired on the pooled clips both models predict: from `shared` (each model's
-    bootstrap_scores on the same resamples) where both predict the same clips, as evaluate's
-    comparisons do, else scored again on the common ones."""
+def _versus(a: str, b: str, pooled: dict, draws: Draws, level: float) -> dict:
+    """a - b, paired on the pooled clips both models predict: from the shared draws where both
+    predict the same clips, as evaluate's comparisons do, else scored again on the common ones."""
+    preds = pooled["predictions"]
     pa, pb, n = common_clips(preds[a], preds[b])
-    samples = shared
+    samples = draws.samples
     if not (np.array_equal(pa, preds[a], equal_nan=True)
             and np.array_equal(pb, preds[b], equal_nan=True)):
-        samples = bootstrap_scores(y_true, {a: pa, b: pb}, rows, jackknife=jack,
-                                   subjects=subjects_for(method, subjects))
-    got = paired(samples[a], samples[b], level=level, method=method)
+        samples = bootstrap_scores(pooled["labels"], {a: pa, b: pb}, draws.rows,
+                                   jackknife=draws.jack,
+                                   subjects=subjects_for(draws.method, pooled["subjects"]))
+    got = paired(samples[a], samples[b], level=level, method=draws.method)
     return {"model": b, "delta_ccc_point": got.get("delta_ccc_point"),
             "delta_ccc": _finite(got["delta_ccc"]), "p_better": got["p_better"], "n_videos": n}
 

@@ -172,7 +172,7 @@ def pooled(refs: dict[str, str], ranked: list[str]) -> tuple[dict[str, dict], di
     (figures per model, with differences to ranked[0], the best on validation; the paired
     differences among the `ranked` models); ({}, {}) and why, on stderr, where an experiment's
     outputs are not in this DVC cache."""
-    from models.pooled_cv import pairwise, pool_folds, pooled_figures
+    from models.pooled_cv import draw, pairwise, pool_folds, pooled_figures
     from personality.common import load_params_file
 
     params = load_params_file(ROOT / "params.yaml")
@@ -192,15 +192,33 @@ def pooled(refs: dict[str, str], ranked: list[str]) -> tuple[dict[str, dict], di
               f"{pooled_clips['missing_subjects'][0]}): the pooled figures rest on the others",
               file=sys.stderr)
     drawn = dict(n_boot=int(evaluate.get("bootstrap", 1000)),
-                 level=float(evaluate.get("ci_level", 0.95)),
                  seed=int((params.get("base") or {}).get("seed", 1234)),
                  method=str(evaluate.get("interval", "fisher_z")))
-    return (pooled_figures(pooled_clips, best=ranked[0] if ranked else None, **drawn),
-            pairwise(pooled_clips, ranked, **drawn))
+    drawn["draws"] = draw(pooled_clips, **drawn)  # one bootstrap for the figures and the pairs
+    level = float(evaluate.get("ci_level", 0.95))
+    return (pooled_figures(pooled_clips, best=ranked[0] if ranked else None, level=level,
+                           **drawn),
+            pairwise(pooled_clips, ranked, level=level, **drawn))
 
 
 def _f(value) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def _with_ci(entry: dict) -> str:
+    """A pooled entry's "ccc [lo, hi]" (the value alone without an interval)."""
+    lo, hi = entry["ccc_ci"]
+    return _f(entry["ccc"]) + ("" if lo is None or hi is None else f" [{lo:.3f}, {hi:.3f}]")
+
+
+def _difference(versus: dict | None) -> str | None:
+    """A paired comparison's "+d [lo, hi]", with "no ranking" where the interval holds 0; None
+    where it has no point or no interval."""
+    if not versus or versus["delta_ccc_point"] is None or None in versus["delta_ccc"]:
+        return None
+    lo, hi = versus["delta_ccc"]
+    inside = "; inside the interval: no ranking" if lo <= 0.0 <= hi else ""
+    return f"{versus['delta_ccc_point']:+.3f} [{lo:+.3f}, {hi:+.3f}]{inside}"
 
 
 def _pooled_cells(entry: dict | None, is_best: bool, n_folds: int) -> list[str]:
@@ -208,18 +226,13 @@ def _pooled_cells(entry: dict | None, is_best: bool, n_folds: int) -> list[str]:
     difference to the model best on validation, as table cells."""
     if not entry:
         return ["-", "-"]
-    lo, hi = entry["ccc_ci"]
-    ccc = _f(entry["ccc"]) + ("" if lo is None or hi is None else f" [{lo:.3f}, {hi:.3f}]")
+    ccc = _with_ci(entry)
     if entry.get("n_folds", n_folds) < n_folds:
         ccc += f" ({entry['n_folds']} of {n_folds} folds)"
-    versus = entry.get("vs_best")
-    if is_best or not versus:
-        return [ccc, "best on val" if is_best else "-"]
-    dlo, dhi = versus["delta_ccc"]
-    if versus["delta_ccc_point"] is None or dlo is None or dhi is None:
-        return [ccc, "-"]
-    inside = "; inside the interval: no ranking" if dlo <= 0.0 <= dhi else ""
-    return [ccc, f"Δ {versus['delta_ccc_point']:+.3f} [{dlo:+.3f}, {dhi:+.3f}]{inside}"]
+    if is_best:
+        return [ccc, "best on val"]
+    difference = _difference(entry.get("vs_best"))
+    return [ccc, "-" if difference is None else f"Δ {difference}"]
 
 
 def markdown(rows: list[dict], folds: list[str], prefix: str = PREFIX,
@@ -250,15 +263,9 @@ def trait_markdown(rows: list[dict]) -> str:
     if not pooled_rows:
         return ""
     traits = list(pooled_rows[0]["pooled"]["per_trait"])
-
-    def cell(entry: dict) -> str:
-        lo, hi = entry["ccc_ci"]
-        ci = "" if lo is None or hi is None else f" [{lo:.3f}, {hi:.3f}]"
-        return _f(entry["ccc"]) + ci
-
     return "\n".join([f"| model (pooled test CCC per trait) | {' | '.join(traits)} |",
                       "|---|" + "---|" * len(traits),
-                      *(f"| {r['model']} | " + " | ".join(cell(r["pooled"]["per_trait"][t])
+                      *(f"| {r['model']} | " + " | ".join(_with_ci(r["pooled"]["per_trait"][t])
                                                          for t in traits) + " |"
                         for r in pooled_rows)])
 
@@ -268,12 +275,10 @@ def retrain_markdown(rows: list[dict]) -> str:
     lines = []
     for r in rows:
         versus = (r.get("pooled") or {}).get("vs_base")
-        if not versus or versus["delta_ccc_point"] is None or None in versus["delta_ccc"]:
-            continue
-        lo, hi = versus["delta_ccc"]
-        inside = "; inside the interval: no ranking" if lo <= 0.0 <= hi else ""
-        lines.append(f"| {r['model']} | {versus['model']} | {versus['delta_ccc_point']:+.3f} "
-                     f"[{lo:+.3f}, {hi:+.3f}]{inside} | {100 * versus['p_better']:.0f}% |")
+        difference = _difference(versus)
+        if difference is not None:
+            lines.append(f"| {r['model']} | {versus['model']} | {difference} | "
+                         f"{100 * versus['p_better']:.0f}% |")
     if not lines:
         return ""
     head = "| retrained model | its base | pooled test CCC Δ [CI], paired | better in |"
