@@ -20,6 +20,7 @@ from typing import Iterator
 import numpy as np
 
 from personality.common import StageInputError, check_frame_size, open_media
+from personality.container_end import cut_short
 from personality.frame_sampling import (FrameClock, FrameSampler, PlannedPicker, SamplingPicker,
                                          nominal_rate)
 
@@ -294,9 +295,10 @@ def iter_frames(path: str | os.PathLike, *, fps: float | None = None, per_video:
 
     Corrupt packets are skipped (up to `max_errors`); a file that breaks off yields what it had.
     `report` (a dict), when given, receives `rotation`, `decoded` (frames the decoder produced),
-    `errors`, `truncated` (the demuxer failed, too many corrupt packets, or the stream stops well
-    short of its declared duration: `ends_short`), and, once the stream was read to its end,
-    `ends_at_s` and `declared_s` (where its last frame lies, the duration the file declares).
+    `errors`, `truncated` (the demuxer failed, too many corrupt packets, the stream stops well
+    short of its declared duration: `ends_short`, or the bytes stop where no whole file of its
+    kind does: `cut`, container_end.cut_short's words), and `ends_at_s` and `declared_s` (where
+    its last frame lies, the duration the file declares).
     Raises StageInputError naming the file when it cannot be opened or holds no video stream.
     """
     path = Path(path)
@@ -328,6 +330,8 @@ def iter_frames(path: str | os.PathLike, *, fps: float | None = None, per_video:
         declared, ends_at = _declared_s(vs, container), _pts_seconds(last_pts, FrameClock(vs))
         _check_extent(report, ends_at,
                       declared if np.isfinite(declared) else cut_container_s(path, ends_at))
+        if not report["truncated"] and (cut := cut_short(path)):  # no length to fall short of
+            report.update(truncated=True, cut=cut)
     finally:
         container.close()
 

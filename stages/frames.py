@@ -157,7 +157,8 @@ def damaged_video_note(report: dict, kept: int) -> str:
     stream skipped, from iter_frames' `report`."""
     parts = [f"{report['errors']} corrupt video packet(s) skipped"] if report.get("errors") else []
     if report.get("truncated"):
-        parts.append("the video stream breaks off early")
+        parts.append("the video stream breaks off early" + (
+            f" (the file {report['cut']})" if report.get("cut") else ""))
     return "; ".join(parts) + f": scores rest on the {kept} frame(s) that decoded"
 
 

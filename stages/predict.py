@@ -23,7 +23,8 @@ second 0 lies on the frames' clock: a phone's sound that starts 0.3 s after its 
 personality/clip_clock.py), `audio_aligned` (true: the audio features were put on the frames'
 clock by it, as the audio stage does by default, a late track's first 0.3 s silence in them;
 false: the offset was unknown or audio.align_to_frames is off), `truncated` (with `ends_at_s`
-and `declared_s` when it is: where the video stops, short of the length the file declares),
+and `declared_s` when it is: where the video stops, short of the length the file declares; or
+`cut`, in words, for a container that declares none: personality/container_end.py),
 and `warnings` in plain words (no face, a face in under half of the frames, several faces in a
 tenth of them or more, no or silent audio, a truncated file, audio cut at
 audio.max_feature_seconds), worded for what the chosen model reads: a face model's never speak of
@@ -34,8 +35,8 @@ model, neither a face nor usable audio for a functionals model, an unreadable fi
 one-line error and exit code 2; so does a checkpoint that cannot be used (not ours, unfinished,
 unknown inputs, non-finite output), named, and read before any work on the video, and one whose
 front-end params this version cannot read (a key renamed since it was trained: retrain it). A
-file that stops well short of its declared duration is scored with a warning that it looks
-truncated.
+file that stops well short of its declared duration, or inside a packet or block (MPEG-TS / PS,
+NUT, GIF: they declare none), is scored with a warning that it looks truncated.
 
 Batch mode (several paths, or a folder: every video file under it, recursively) spreads the
 videos over `--jobs` processes (default base.workers; each keeps its own front-end worker) with a

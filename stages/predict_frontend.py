@@ -210,6 +210,7 @@ def _time_limit(job: tuple) -> float | None:
 def front_end_here(video: Path, work: Path, params_file: Path | None, frontend: dict | None,
                    facts: dict) -> dict:
     """run_front_end's work in this process, `facts` the video's probe (stages.ingest)."""
+    from personality.container_end import cut_short
     from personality.video_io import ends_short, stream_extent
     from stages import audio, aus, faces, frames, functionals
     from stages.ingest import write_manifest
@@ -228,6 +229,8 @@ def front_end_here(video: Path, work: Path, params_file: Path | None, frontend: 
     out["truncated"] = ends_short(ends_at, declared)
     if out["truncated"]:  # declared: a WebM's duration_s is what its packets measure, not this
         out["ends_at_s"], out["declared_s"] = round(ends_at, 3), round(declared, 3)
+    elif cut := cut_short(video):  # MPEG-TS / PS, NUT, GIF: no declared length to fall short of
+        out["truncated"], out["cut"] = True, cut
     frames_summary = frames.run(params_of("frames", frames.FramesParams), base, root=work)
     # damaged video packets (frames.damaged_video_note); a stream that only breaks off early is
     # said once, by the truncation warning above

@@ -240,6 +240,8 @@ def clip_warnings(facts: dict, reads: frozenset | None = None) -> list[str]:
         declared = facts.get("declared_s", facts.get("duration_s", 0))  # older results: no key
         out.append(f"the video ends at {facts['ends_at_s']:.1f} s of its declared "
                    f"{declared:.1f} s: the file looks truncated")
+    elif facts.get("cut"):  # container_end.cut_short's words
+        out.append(f"the file {facts['cut']}: it looks truncated")
     cut = facts.get("audio_cut_at_s")
     if hears and cut:
         out.append(f"audio features stop at {cut:.0f} s (audio.max_feature_seconds) of a "

@@ -264,22 +264,28 @@ def test_a_file_cut_off_mid_data_is_truncated_and_a_whole_one_is_not(truncated):
     assert not ends_short(0.0, 0.04) and not ends_short(8.1, 9.0) and ends_short(7.9, 9.0)
 
 
-def test_the_frames_stage_names_a_truncated_file(truncated, tmp_path):
+def frames_summary(root: Path, cut: Path, whole: Path) -> dict:
+    """metrics/frames.json of the frames stage run on `cut` and `whole`, copied into `root` as
+    videos "cut" and "whole"."""
     import pandas as pd
 
     from personality.common import BaseParams
     from stages import frames
     from stages.ingest import write_manifest
 
-    shutil.copy(truncated, tmp_path / "cut.mp4")
-    shutil.copy(real_fixture("single_face.mp4"), tmp_path / "whole.mp4")
+    for vid, video in (("cut", cut), ("whole", whole)):
+        shutil.copy(video, root / f"{vid}{video.suffix}")
     write_manifest(pd.DataFrame([{
-        "video_id": vid, "path": f"{vid}.mp4", "split": "test", "subject_id": vid,
+        "video_id": vid, "path": f"{vid}{video.suffix}", "split": "test", "subject_id": vid,
         "dataset": "predict", **{t: float("nan") for t in "OCEAN"}, "duration_s": 2.4,
-        "fps": 30.0, "has_audio": True, "label_scale": "unit"} for vid in ("cut", "whole")]),
-        tmp_path)
-    frames.run(frames.FramesParams(fps=4.0, max_side=64), BaseParams(workers=1), root=tmp_path)
-    summary = json.loads((tmp_path / "metrics" / "frames.json").read_text())
+        "fps": 30.0, "has_audio": True, "label_scale": "unit"}
+        for vid, video in (("cut", cut), ("whole", whole))]), root)
+    frames.run(frames.FramesParams(fps=4.0, max_side=64), BaseParams(workers=1), root=root)
+    return json.loads((root / "metrics" / "frames.json").read_text())
+
+
+def test_the_frames_stage_names_a_truncated_file(truncated, tmp_path):
+    summary = frames_summary(tmp_path, truncated, real_fixture("single_face.mp4"))
     [warning] = summary["warnings"]
     assert summary["n_warnings"] == 1
     assert warning["video_id"] == "cut" and warning["warning"].startswith(
