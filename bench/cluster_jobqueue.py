@@ -1,8 +1,9 @@
-"""README's SLURM recipe (dask-jobqueue) run without SLURM: its job script runs here as on a node.
+"""README's SLURM recipe (dask-jobqueue): its job script run here as on a node, or through SLURM.
 
     .venv/bin/python bench/cluster_jobqueue.py             # prints a table, writes
                                                            # bench/results/cluster_jobqueue.json
     .venv/bin/python bench/cluster_jobqueue.py --videos 12 --workers 2
+    .venv/bin/python bench/cluster_jobqueue.py --sbatch    # through this machine's SLURM
 
 README ("Running the front-end on a cluster") gives a `cluster.py` for a login node: a
 `SLURMCluster` whose job script starts with `cd` to the shared checkout, `export PYTHONPATH=$PWD`
@@ -13,7 +14,9 @@ it on a node (its #SBATCH lines are comments to bash). The frames, faces and aud
 run on a synthetic dataset through `PERSONALITY_CLUSTER` and, as a reference, with
 `base.workers: 1` (the local pool); their artifacts must be the same bytes. Reports how long the
 job's workers took to join, each run's wall time, and whether the bytes agree
-(tests/test_bench.py runs it on 4 clips).
+(tests/test_bench.py runs it on 4 clips). With `--sbatch` the cluster submits the job itself
+(`cluster.scale(jobs=1)`, sbatch), as on a login node: docs/scaling.md gives a single-node
+SLURM (Debian's slurm-wlm) to try it on.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -65,34 +69,101 @@ def front_end(src: Path, dst: Path) -> tuple[float, dict[str, str]]:
                      if p.is_file()}
 
 
-def on_the_job_script(src: Path, work: Path, workers: int) -> dict:
-    """The stages through README's SLURMCluster, its job script run here by bash."""
+def readme_cluster(workers: int, **extra):
+    """README's SLURMCluster, sized for `workers` one-thread workers on one node."""
     from dask_jobqueue import SLURMCluster
+
+    return SLURMCluster(cores=workers, processes=workers, memory=f"{4 * workers}GB",
+                        walltime="02:00:00",
+                        job_script_prologue=[f"cd {REPO}", "export PYTHONPATH=$PWD",
+                                             "source .venv/bin/activate"], **extra)
+
+
+def joined_s(cluster, workers: int) -> float:
+    """Seconds until `workers` workers of `cluster` joined its scheduler (its job started)."""
     from distributed import Client
 
-    cluster = SLURMCluster(cores=workers, processes=workers, memory=f"{4 * workers}GB",
-                           walltime="02:00:00",
-                           job_script_prologue=[f"cd {REPO}", "export PYTHONPATH=$PWD",
-                                                "source .venv/bin/activate"])
+    with Client(cluster.scheduler_address) as client:
+        start = time.perf_counter()
+        client.wait_for_workers(workers, timeout=300)
+        return time.perf_counter() - start
+
+
+def on_cluster(cluster, src: Path, dst: Path) -> tuple[float, dict[str, str]]:
+    """front_end with PERSONALITY_CLUSTER naming `cluster`'s scheduler."""
+    os.environ["PERSONALITY_CLUSTER"] = cluster.scheduler_address
+    try:
+        return front_end(src, dst)
+    finally:
+        os.environ.pop("PERSONALITY_CLUSTER", None)
+
+
+def through(cluster, src: Path, work: Path, workers: int) -> dict:
+    """The stages on `cluster` once its job's `workers` joined (its job started by the caller)."""
+    joined = joined_s(cluster, workers)
+    seconds, digests = on_cluster(cluster, src, work / "cluster")
+    return {"workers_joined_s": round(joined, 2), "seconds": round(seconds, 2),
+            "digests": digests}
+
+
+def on_the_job_script(src: Path, work: Path, workers: int) -> dict:
+    """The stages through README's SLURMCluster, its job script run here by bash."""
+    cluster = readme_cluster(workers)
     script = work / "job.sh"
     script.write_text(cluster.job_script())
     node = subprocess.Popen(["bash", str(script)], cwd="/", start_new_session=True,
                             env={"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/"),
                                  "PYTHONDONTWRITEBYTECODE": "1"})  # no .pyc in the checkout
     try:
-        with Client(cluster.scheduler_address) as client:
-            start = time.perf_counter()
-            client.wait_for_workers(workers, timeout=300)
-            joined = time.perf_counter() - start
-        os.environ["PERSONALITY_CLUSTER"] = cluster.scheduler_address
-        seconds, digests = front_end(src, work / "cluster")
+        return {"job_script": script.read_text(), **through(cluster, src, work, workers)}
     finally:
-        os.environ.pop("PERSONALITY_CLUSTER", None)
         os.killpg(node.pid, signal.SIGTERM)
         node.wait(60)
         cluster.close()
-    return {"job_script": script.read_text(), "workers_joined_s": round(joined, 2),
-            "seconds": round(seconds, 2), "digests": digests}
+
+
+def on_slurm(src: Path, work: Path, workers: int) -> dict:
+    """The stages through README's SLURMCluster on a real SLURM: `cluster.scale(jobs=1)` submits
+    its job with sbatch, here exporting no variable of this process but PYTHONDONTWRITEBYTECODE
+    (the job starts from the user's login environment), so that, as in the bash run, the job
+    script's prologue alone makes the project importable on the node."""
+    (work / "slurm").mkdir()
+    cluster = readme_cluster(workers, log_directory=str(work / "slurm"), job_extra_directives=[
+        "--export=PYTHONDONTWRITEBYTECODE=1"])
+    try:
+        cluster.scale(jobs=1)
+        version = subprocess.run(["sbatch", "--version"], capture_output=True, text=True)
+        return {"job_script": cluster.job_script(), "slurm": version.stdout.strip(),
+                **through(cluster, src, work, workers)}
+    finally:
+        cluster.close()  # scancels its job
+
+
+def cancelled_mid_stage(src: Path, work: Path, workers: int, after_s: float = 3.0,
+                        wait_s: float = 10.0) -> dict:
+    """The same stages on a fresh SLURM job that is cancelled (scancel) `after_s` into them, as
+    a walltime or a preemption would end it: how long until the stage stops, and with what,
+    the map waiting `wait_s` for a worker (PERSONALITY_CLUSTER_NO_WORKER_S; 600 s by default)."""
+    cluster = readme_cluster(workers, log_directory=str(work / "slurm"),
+                             job_extra_directives=["--export=PYTHONDONTWRITEBYTECODE=1"])
+    os.environ["PERSONALITY_CLUSTER_NO_WORKER_S"] = str(wait_s)
+    cancel = threading.Timer(after_s, subprocess.run, (["scancel", "--name", "dask-worker"],))
+    try:
+        cluster.scale(jobs=1)
+        joined_s(cluster, workers)
+        start = time.perf_counter()
+        cancel.start()
+        try:
+            on_cluster(cluster, src, work / "cancelled")
+            ended = "finished (the job was cancelled too late)"
+        except Exception as exc:  # noqa: BLE001 - what the stage raised is the figure
+            ended = f"{type(exc).__name__}: {exc}"
+        return {"cancelled_after_s": after_s, "no_worker_s": wait_s, "ended": ended,
+                "stopped_after_s": round(time.perf_counter() - start, 1)}
+    finally:
+        cancel.cancel()
+        os.environ.pop("PERSONALITY_CLUSTER_NO_WORKER_S", None)
+        cluster.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--videos", type=int, default=8)
     ap.add_argument("--workers", type=int, default=2, help="the job's one-thread workers")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--sbatch", action="store_true",
+                    help="submit the job to this machine's SLURM (sbatch) instead of bash")
     args = ap.parse_args(argv)
     import dask_jobqueue  # pinned in requirements.txt
 
@@ -108,18 +181,27 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         src = make_dataset(work / "src", args.videos)
         local_s, local = front_end(src, work / "local")
-        job = on_the_job_script(src, work, args.workers)
+        job = (on_slurm if args.sbatch else on_the_job_script)(src, work, args.workers)
+        if args.sbatch:
+            job["cancelled"] = cancelled_mid_stage(src, work, args.workers)
     same = job.pop("digests") == local
     print(f"\n{args.videos} synthetic clips (4-6 s), frames + faces + audio, dask-jobqueue "
           f"{dask_jobqueue.__version__}\n")
     print("| run | wall s | workers joined s | artifacts |\n|---|---|---|---|")
     print(f"| base.workers 1 (local pool) | {local_s:.1f} | - | {len(local)} files |")
-    print(f"| README's SLURM job script, {args.workers} workers | {job['seconds']:.1f} | "
+    how = f"submitted to {job['slurm']} (sbatch)" if args.sbatch else "run by bash"
+    print(f"| README's SLURM job script, {how}, {args.workers} workers | {job['seconds']:.1f} | "
           f"{job['workers_joined_s']:.1f} | {'same bytes' if same else 'DIFFERENT bytes'} |")
+    if "cancelled" in job:
+        gone = job["cancelled"]
+        print(f"\nThe job cancelled {gone['cancelled_after_s']:.0f} s into the stages (waiting "
+              f"{gone['no_worker_s']:.0f} s for a worker): stopped after "
+              f"{gone['stopped_after_s']:.1f} s, {gone['ended']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "videos": args.videos, "workers": args.workers, "local_s": round(local_s, 2),
-        "same_bytes": same, "dask_jobqueue": dask_jobqueue.__version__, **job}, indent=2))
+        "same_bytes": same, "dask_jobqueue": dask_jobqueue.__version__, "sbatch": args.sbatch,
+        **job}, indent=2))
     print(f"wrote {args.out}")
     return 0 if same else 1
 

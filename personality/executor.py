@@ -26,7 +26,9 @@ naming the job it was running. With `on_lost(job, why)` (the per-video stages: o
 the local pool is restarted (a Dask worker by its Nanny), the jobs in flight run again, and the
 dead worker's job runs once more; when it kills a worker a second time its result is `on_lost`'s
 (an error row naming the video), and the map goes on. A remote Dask scheduler retries a task on
-other workers itself (allowed-failures) before it reports the loss, which is then final. More
+other workers itself (allowed-failures) before it reports the loss, which is then final; one
+left with no worker at all for PERSONALITY_CLUSTER_NO_WORKER_S (default 600 s: a SLURM job
+that ended) fails the map with an ExecutorError naming it, where its tasks would wait. More
 than `max(3, jobs / 20)` dead workers in one map is the machine (memory, a broken install), not a
 video: ExecutorError. A job's exception that cannot travel back (unpicklable) or a job that calls
 sys.exit() arrives as a RuntimeError naming what it was. Local workers (pool and LocalCluster)

@@ -7,7 +7,8 @@ whose worker died (KilledWorker) runs once more and, when its worker dies again,
 on_lost's row; a remote scheduler retries a task on other workers itself (its allowed-failures,
 3 by default) before it reports the loss, so there the first report is final. A job over its
 `time_limit` is cancelled, its worker restarted through the worker's Nanny (or, without one,
-told to exit), and it becomes on_lost's row at once. A job's clock starts when the job itself
+told to exit), and it becomes on_lost's row at once. A remote scheduler left with no worker
+for PERSONALITY_CLUSTER_NO_WORKER_S seconds (its jobs ended) fails the map (`_NoWorkers`). A job's clock starts when the job itself
 says it started (a Dask event on STARTED_TOPIC), not at submission: the scheduler may queue a job
 behind another on one worker. The set-up arguments travel in a worker plugin, which every worker
 gets once, a worker restarted by its Nanny too.
@@ -19,16 +20,19 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from concurrent.futures import CancelledError, Future, InvalidStateError
 from typing import Any, Callable, Iterator
 
 from personality.executor import Placement, _child_environment
 from personality.executor_worker import THREAD_VARS, _ensure_setup, _run_job, die_with_parent
-from personality.executor_order import InOrder, TimeLimit, WorkerLost
+from personality.executor_order import ExecutorError, InOrder, TimeLimit, WorkerLost
 
 STARTED_TOPIC = "personality-job-started"  # a job's event: {"tag": token:i:serial, "worker": addr}
 ARGS_PLUGIN = "personality-setup-args"  # + the map's token: the worker plugin holding setup_args
 RESTART_TIMEOUT_S = 60  # a Nanny's restart of a worker whose job ran over its time limit
+# how long a map on a remote scheduler waits with no worker at all before it fails (_NoWorkers)
+NO_WORKER_ENV, DEFAULT_NO_WORKER_S = "PERSONALITY_CLUSTER_NO_WORKER_S", 600.0
 
 
 class StoppedAtLimit(Exception):
@@ -149,6 +153,46 @@ class _DaskJobs:
                 self.client.unsubscribe_topic(STARTED_TOPIC)
 
 
+class _NoWorkers:
+    """The map's `watch` on a remote scheduler: fail the map (ExecutorError) once the scheduler
+    has had no worker for `no_worker_s()` seconds. When a cluster's jobs end (a SLURM job's
+    walltime, preemption, scancel) and nothing starts new ones, its tasks wait for a worker for
+    ever: a stage on a real SLURM whose job was cancelled mid-stage hung (docs/scaling.md). A
+    job still queued, or workers started again within the wait, carry on."""
+
+    def __init__(self, client, address: str):
+        self.client, self.address = client, address
+        self.grace_s, self.since = no_worker_s(), None
+
+    def __call__(self) -> None:
+        try:
+            workers = len(self.client.nthreads())
+        except Exception:  # noqa: BLE001 - the scheduler itself is unreachable: no worker either
+            workers = 0
+        if workers:
+            self.since = None
+            return
+        now = time.monotonic()
+        self.since = self.since if self.since is not None else now
+        if now - self.since > self.grace_s:
+            raise ExecutorError(
+                f"the Dask scheduler at {self.address} has had no worker for "
+                f"{self.grace_s:.0f} s (its jobs ended: walltime, preemption, scancel?): start "
+                f"workers and run the stage again ({NO_WORKER_ENV} sets the wait)")
+
+
+def no_worker_s() -> float:
+    """PERSONALITY_CLUSTER_NO_WORKER_S: the seconds a map waits for a worker (default 600)."""
+    raw = os.environ.get(NO_WORKER_ENV, "").strip()
+    try:
+        seconds = float(raw) if raw else DEFAULT_NO_WORKER_S
+    except ValueError:
+        raise ExecutorError(f"{NO_WORKER_ENV}={raw!r}: not a number of seconds") from None
+    if not seconds > 0:
+        raise ExecutorError(f"{NO_WORKER_ENV}={raw!r}: must be > 0")
+    return seconds
+
+
 @contextlib.contextmanager
 def _dask_client(where: Placement):
     """A distributed Client: on `where.address`, or on a LocalCluster of one-thread worker
@@ -202,7 +246,8 @@ def map_dask(fn, jobs, where, label, token, setup, setup_args, on_lost=None,
             yield from InOrder(dask_jobs.submit, jobs, n, on_error, label, on_lost=on_lost,
                                is_lost=lambda e: isinstance(e, (KilledWorker, StoppedAtLimit,
                                                                 CancelledError)),
-                               time_limit=limits)
+                               time_limit=limits,
+                               watch=_NoWorkers(client, where.address) if where.address else None)
         finally:
             dask_jobs.close()
             with contextlib.suppress(Exception):

@@ -532,6 +532,38 @@ def test_on_a_worker_without_a_nanny_a_hang_ends_that_worker_and_the_map_goes_on
             assert len(client.scheduler_info()["workers"]) == 1
 
 
+def sleep_a_second(x: int) -> int:
+    time.sleep(1.0)
+    return x
+
+
+def test_a_scheduler_left_without_workers_fails_the_map_instead_of_waiting_for_ever(
+        tmp_path, monkeypatch):
+    """A cluster's jobs that end mid-stage (a SLURM job's walltime, preemption, scancel) take
+    every worker with them and nothing starts new ones: the tasks waited for a worker for ever
+    (a stage on a real SLURM hung, docs/scaling.md). After PERSONALITY_CLUSTER_NO_WORKER_S
+    seconds without a worker the map fails, naming the scheduler."""
+    monkeypatch.setenv("PERSONALITY_CLUSTER_NO_WORKER_S", "3")
+    one = [["--nworkers", "1", "--nthreads", "1"]]
+    with _remote_cluster(tmp_path, one, n_workers=1) as (where, [worker]):
+        out = map_jobs(sleep_a_second, range(30), workers=1, where=where, on_lost=lost_row)
+        assert next(out) == 0
+        worker.terminate()  # the job's end: its workers leave the scheduler
+        start = time.monotonic()
+        with pytest.raises(ExecutorError, match=f"at {where.address} has had no worker for 3 s"):
+            list(out)
+        assert time.monotonic() - start < 60
+
+
+@pytest.mark.parametrize("bad", ["soon", "0", "-5"])
+def test_a_bad_wait_for_workers_is_quoted(monkeypatch, bad):
+    from personality.executor_dask import no_worker_s
+
+    monkeypatch.setenv("PERSONALITY_CLUSTER_NO_WORKER_S", bad)
+    with pytest.raises(ExecutorError, match=f"PERSONALITY_CLUSTER_NO_WORKER_S={bad!r}"):
+        no_worker_s()
+
+
 def test_with_on_lost_too_many_dead_workers_stop_the_map(tmp_path):
     jobs = [(x, str(tmp_path), str(x)) for x in range(4)]  # every job kills its worker
     with pytest.raises(ExecutorError, match="4 workers died in this run .* more than 3"):
