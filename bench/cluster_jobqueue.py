@@ -147,10 +147,12 @@ def cancelled_mid_stage(src: Path, work: Path, workers: int, after_s: float = 3.
     cluster = readme_cluster(workers, log_directory=str(work / "slurm"),
                              job_extra_directives=["--export=PYTHONDONTWRITEBYTECODE=1"])
     os.environ["PERSONALITY_CLUSTER_NO_WORKER_S"] = str(wait_s)
-    cancel = threading.Timer(after_s, subprocess.run, (["scancel", "--name", "dask-worker"],))
+    cancel = None
     try:
         cluster.scale(jobs=1)
         joined_s(cluster, workers)
+        ids = [job.job_id for job in cluster.workers.values()]  # this cluster's job, no other
+        cancel = threading.Timer(after_s, subprocess.run, (["scancel", *ids],))
         start = time.perf_counter()
         cancel.start()
         try:
@@ -161,7 +163,8 @@ def cancelled_mid_stage(src: Path, work: Path, workers: int, after_s: float = 3.
         return {"cancelled_after_s": after_s, "no_worker_s": wait_s, "ended": ended,
                 "stopped_after_s": round(time.perf_counter() - start, 1)}
     finally:
-        cancel.cancel()
+        if cancel is not None:
+            cancel.cancel()
         os.environ.pop("PERSONALITY_CLUSTER_NO_WORKER_S", None)
         cluster.close()
 

@@ -7,20 +7,25 @@ two. These four declare none, so a cut one read as a shorter whole video. Each d
 known way, which its bytes show without decoding anything:
 
 - MPEG-TS: a whole file is whole 188-byte packets (192 in M2TS / AVCHD, 204 with Reed-Solomon
-  bytes); a cut one ends inside a packet, unless the cut fell on a packet boundary (1 in 188).
+  bytes); a cut one ends inside a packet, which starts with its sync byte (bytes after the last
+  packet that do not, an ID3 tag or padding, are no cut). A cut on a packet boundary passes:
+  1 in 188 places, 1 in 47 of those on 4 KiB blocks (1 in 3 for M2TS).
 - MPEG-PS (.mpg, .vob): packs and packets that state their own length; a cut one ends inside
   one. Walked from a pack header near the end (`_PS_TAIL` bytes), checked against the walk.
+  FFmpeg writes 2048-byte packs, so a cut on a 2 or 4 KiB boundary (a disk block, a write
+  buffer: where copies and downloads often stop) leaves whole packs and passes.
 - NUT: closes with its index, whose last 12 bytes point back to the index's start code; FFmpeg
-  writes it even to a pipe.
+  writes it even to a pipe, unless told not to (`-write_index 0`: such a whole file is named).
 - GIF: a chain of blocks closed by the trailer byte 0x3B; a cut one ends inside an image's data.
 
     from personality.container_end import cut_short
     cut_short("clip.ts")  # "ends 40 bytes into a 188-byte transport-stream packet", or None
 
 Only the header's magic bytes choose the check (a file of another kind gets None), and nothing
-is decoded: MPEG-TS, MPEG-PS and NUT read a few kB from either end, a GIF reads one length byte
-per 255 bytes of image data. Not told apart: raw streams (H.264, HEVC, MPEG video), Ogg, and a
-TS cut on a packet boundary. `python -m pytest tests/test_container_end.py` exercises it.
+is decoded: MPEG-TS and NUT read a few bytes at either end, MPEG-PS its last 256 kB, a GIF's
+walk touches every page of the file (0.6 s for 200 MiB). Not told apart: raw streams (H.264,
+HEVC, MPEG video), Ogg, cuts in a file's first kB. `python -m pytest tests/test_container_end.py`
+exercises it.
 """
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ _PS_TAIL = 256 * 1024  # the bytes an MPEG-PS walk reads back from the end (pack
 _NUT_MAGIC = b"nut/multimedia container\0"
 _NUT_INDEX = bytes.fromhex("4e58dd672f23e64e")  # the NUT index's start code, "NX" + 6 bytes
 _GIF_TRAILER, _GIF_IMAGE, _GIF_EXTENSION = 0x3B, 0x2C, 0x21
+_GIF_MAGIC = (b"GIF87a", b"GIF89a")
 
 
 def cut_short(path: str | os.PathLike) -> str | None:
@@ -48,7 +54,7 @@ def cut_short(path: str | os.PathLike) -> str | None:
     with path.open("rb") as f:
         head = f.read(1024)
         size = os.fstat(f.fileno()).st_size
-        if head.startswith((b"GIF87a", b"GIF89a")):
+        if head.startswith(_GIF_MAGIC):
             return _gif_cut(f, size)
         if head.startswith(_NUT_MAGIC):
             return _nut_cut(f, size)
@@ -65,7 +71,7 @@ def cut_short(path: str | os.PathLike) -> str | None:
 def _ts_layout(head: bytes) -> tuple[int, int] | None:
     """(packet size, where the first packet starts) when `head` reads as a transport stream:
     the sync byte at the same place in four packets running (three when the head holds no
-    more), as FFmpeg's own probe looks; None otherwise."""
+    more); None otherwise."""
     for size, before_sync in _TS_LAYOUTS:
         for sync in range(before_sync, size):
             seen = range(sync, len(head), size)
@@ -75,14 +81,19 @@ def _ts_layout(head: bytes) -> tuple[int, int] | None:
 
 
 def _ts_cut(f, size: int, layout: tuple[int, int]) -> str | None:
+    """The last whole packet and the part after it must each start with a sync byte: else the
+    stream lost its way before the end, or the bytes after it are no packet (an ID3 tag, a
+    newline, padding): no cut to name."""
     packet, start = layout
     left = (size - start) % packet
-    if not left:
+    before_sync = 4 if packet == 192 else 0
+    last_whole = size - left - packet
+    if not left or left <= before_sync or last_whole < start:
         return None
-    last_whole = size - left - packet  # its sync byte must sit in place, else the stream lost
-    f.seek(last_whole + (4 if packet == 192 else 0))  # step before here: no cut we can name
-    if last_whole < start or f.read(1) != bytes([_TS_SYNC]):
-        return None
+    for packet_start in (last_whole, size - left):
+        f.seek(packet_start + before_sync)
+        if f.read(1) != bytes([_TS_SYNC]):
+            return None
     return f"ends {left} bytes into a {packet}-byte transport-stream packet"
 
 
@@ -116,13 +127,23 @@ def _ps_unit(tail: bytes, pos: int) -> tuple[str, int] | None:
     return ("packet", 6 + length) if length else None  # 0 (unbounded): TS only, not here
 
 
-def _ps_walk(tail: bytes, pos: int) -> tuple[str | None, int] | None:
+def _ps_walk(tail: bytes, pos: int, lost: set[int]) -> tuple[str | None, int] | None:
     """Walk MPEG-PS units from `pos` to the end of `tail`: (None when the last unit ends with
-    it, else why it ends inside one; the units walked), or None when the walk loses its way."""
-    units = 0
+    it, or only zero bytes follow it, else why it ends inside one; the units walked), or None
+    when the walk loses its way. `lost`: the places earlier walks lost their way from; this
+    walk's are added (a walk from there goes the same way: the scan stays linear)."""
+    units, seen = 0, []
     while pos < len(tail):
-        unit = _ps_unit(tail, pos)
+        if units and tail[pos] == 0 and tail[pos:pos + 3] != b"\x00\x00\x01":
+            ahead = tail.find(b"\x00\x00\x01", pos)  # zero stuffing (the VCD muxer's), or
+            if ahead < 0 and not tail[pos:].strip(b"\x00"):  # the file's zero padding
+                break
+            if ahead > pos and not tail[pos:ahead].strip(b"\x00"):
+                pos = ahead
+        unit = None if pos in lost else _ps_unit(tail, pos)
+        seen.append(pos)
         if unit is None:
+            lost.update(seen)
             return None
         kind, length = unit
         if not length or pos + length > len(tail):
@@ -139,10 +160,10 @@ def _ps_cut(f, size: int) -> str | None:
     start: that walk's answer."""
     offset = max(0, size - _PS_TAIL)
     f.seek(offset)
-    tail = f.read()
+    tail, lost = f.read(), set()
     pos = 0 if offset == 0 else tail.find(b"\x00\x00\x01\xba")
     while pos >= 0:
-        walked = _ps_walk(tail, pos)
+        walked = _ps_walk(tail, pos, lost)
         if walked is not None and (walked[1] >= 2 or offset + pos == 0):
             return walked[0]
         pos = tail.find(b"\x00\x00\x01\xba", pos + 1)
@@ -163,7 +184,8 @@ def _nut_cut(f, size: int) -> str | None:
             f.seek(size - back)
             if f.read(len(_NUT_INDEX)) == _NUT_INDEX:
                 return None
-    return "ends without the index a whole NUT file closes with"
+    return ("ends without the index a whole NUT file closes with (FFmpeg leaves it out only "
+            "when told to: -write_index 0)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -172,16 +194,18 @@ def _nut_cut(f, size: int) -> str | None:
 
 def _gif_cut(f, size: int) -> str | None:
     """Walk the GIF's blocks: header and screen descriptor (with its colour table), then images
-    and extensions (each a run of length-prefixed sub-blocks ended by a 0) up to the trailer."""
-    if size < 13:
-        return "ends inside the GIF header"
+    and extensions (each a run of length-prefixed sub-blocks ended by a 0) up to the trailer.
+    A header where a block should be starts another GIF (FFmpeg's `gifimage` option writes
+    one per frame, the trailer after the last)."""
     with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        pos, images, block = 13 + _colour_table(data[10]), 0, _GIF_IMAGE
+        pos, images, block = _after_header(data, 0), 0, _GIF_TRAILER
         while pos < size:
             block = data[pos]
-            if block == _GIF_TRAILER:
+            if data[pos:pos + 6] in _GIF_MAGIC:  # the next frame's GIF (gifimage)
+                pos, block = _after_header(data, pos), _GIF_TRAILER
+            elif block == _GIF_TRAILER:  # the end; bytes after it (padding) are no cut
                 return None
-            if block == _GIF_EXTENSION:
+            elif block == _GIF_EXTENSION:
                 pos = _sub_blocks(data, pos + 2)
             elif block == _GIF_IMAGE:
                 images += 1
@@ -192,8 +216,17 @@ def _gif_cut(f, size: int) -> str | None:
                 return None  # not a block: damage inside, which decoding reports
     if pos == size:
         return f"ends after {images} image(s), without the GIF trailer"
-    inside = f"image {images}" if block == _GIF_IMAGE else f"a block after image {images}"
+    inside = {_GIF_IMAGE: f"image {images}", _GIF_EXTENSION: f"a block after image {images}",
+              _GIF_TRAILER: "a GIF header or its colour table"}[block]
     return f"ends inside {inside}, without the GIF trailer"
+
+
+def _after_header(data, pos: int) -> int:
+    """Where the blocks start after a GIF header and screen descriptor at `pos` (with its
+    global colour table); past the file's end when it ends inside them."""
+    if pos + 13 > len(data):
+        return len(data) + 1
+    return pos + 13 + _colour_table(data[pos + 10])
 
 
 def _colour_table(packed: int) -> int:

@@ -8,7 +8,8 @@ on_lost's row; a remote scheduler retries a task on other workers itself (its al
 3 by default) before it reports the loss, so there the first report is final. A job over its
 `time_limit` is cancelled, its worker restarted through the worker's Nanny (or, without one,
 told to exit), and it becomes on_lost's row at once. A remote scheduler left with no worker
-for PERSONALITY_CLUSTER_NO_WORKER_S seconds (its jobs ended) fails the map (`_NoWorkers`). A job's clock starts when the job itself
+for PERSONALITY_CLUSTER_NO_WORKER_S seconds (its jobs ended), or out of reach that long,
+fails the map (`_NoWorkers`). A job's clock starts when the job itself
 says it started (a Dask event on STARTED_TOPIC), not at submission: the scheduler may queue a job
 behind another on one worker. The set-up arguments travel in a worker plugin, which every worker
 gets once, a worker restarted by its Nanny too.
@@ -155,30 +156,34 @@ class _DaskJobs:
 
 class _NoWorkers:
     """The map's `watch` on a remote scheduler: fail the map (ExecutorError) once the scheduler
-    has had no worker for `no_worker_s()` seconds. When a cluster's jobs end (a SLURM job's
-    walltime, preemption, scancel) and nothing starts new ones, its tasks wait for a worker for
-    ever: a stage on a real SLURM whose job was cancelled mid-stage hung (docs/scaling.md). A
-    job still queued, or workers started again within the wait, carry on."""
+    has had no worker for `no_worker_s()` seconds after it had some, or could not be reached
+    that long. When a cluster's jobs end (a SLURM job's walltime, preemption, scancel) and
+    nothing starts new ones, its tasks wait for a worker for ever: a stage on a real SLURM
+    whose job was cancelled mid-stage hung (docs/scaling.md). Workers started again within the
+    wait carry on; before the first worker joins (a job still queued) the map waits, as before."""
 
     def __init__(self, client, address: str):
         self.client, self.address = client, address
-        self.grace_s, self.since = no_worker_s(), None
+        self.grace_s, self.since, self.had_workers = no_worker_s(), None, False
 
     def __call__(self) -> None:
         try:
-            workers = len(self.client.nthreads())
-        except Exception:  # noqa: BLE001 - the scheduler itself is unreachable: no worker either
-            workers = 0
-        if workers:
+            workers, reached = len(self.client.nthreads()), True
+        except Exception:  # noqa: BLE001 - the scheduler itself is gone (its RPC timed out)
+            workers, reached = 0, False
+        self.had_workers |= workers > 0
+        if workers or (reached and not self.had_workers):
             self.since = None
             return
         now = time.monotonic()
         self.since = self.since if self.since is not None else now
-        if now - self.since > self.grace_s:
-            raise ExecutorError(
-                f"the Dask scheduler at {self.address} has had no worker for "
-                f"{self.grace_s:.0f} s (its jobs ended: walltime, preemption, scancel?): start "
-                f"workers and run the stage again ({NO_WORKER_ENV} sets the wait)")
+        if now - self.since <= self.grace_s:
+            return
+        why = ("has had no worker for {:.0f} s (its jobs ended: walltime, preemption, scancel?)"
+               if reached else "could not be reached for {:.0f} s (it stopped?)")
+        raise ExecutorError(f"the Dask scheduler at {self.address} " + why.format(self.grace_s) +
+                            f": start it or its workers and run the stage again ({NO_WORKER_ENV}"
+                            " sets the wait)")
 
 
 def no_worker_s() -> float:

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -459,6 +460,14 @@ def test_the_concurrent_future_follows_its_dask_task_through_every_ending():
     assert future.result(timeout=1) == 8
 
 
+def _dask(folder: Path, *command: str) -> subprocess.Popen:
+    """`dask <command>` started in `folder`, quiet, with the project and tests/ on its
+    PYTHONPATH (pytest imports this file as the module test_executor, the jobs' home)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+    return subprocess.Popen([str(Path(sys.executable).parent / "dask"), *command], env=env,
+                            cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 @contextlib.contextmanager
 def _remote_cluster(folder: Path, workers: list[list[str]], n_workers: int = 2):
     """`dask scheduler` and the worker command lines (after `dask worker --scheduler-file F`) as
@@ -468,20 +477,17 @@ def _remote_cluster(folder: Path, workers: list[list[str]], n_workers: int = 2):
     from distributed import Client
 
     info = folder / "scheduler.json"
-    # tests/ too: pytest imports this file as the module test_executor, the jobs' home
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
-    dask = str(Path(sys.executable).parent / "dask")
-    quiet = dict(env=env, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    procs = [subprocess.Popen([dask, "scheduler", "--scheduler-file", str(info), "--port", "0",
-                               "--no-dashboard"], **quiet)]
+    procs = [_dask(folder, "scheduler", "--scheduler-file", str(info), "--port", "0",
+                   "--no-dashboard")]
     try:
         deadline = time.monotonic() + 60
         while not info.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
-        procs += [subprocess.Popen([dask, "worker", "--scheduler-file", str(info),
-                                    "--no-dashboard", *args], **quiet) for args in workers]
+        procs += [_dask(folder, "worker", "--scheduler-file", str(info), "--no-dashboard", *args)
+                  for args in workers]
         with Client(scheduler_file=str(info), timeout=60) as client:
-            client.wait_for_workers(n_workers, timeout=60)
+            if n_workers:
+                client.wait_for_workers(n_workers, timeout=60)
             address = client.scheduler.address
         yield Placement("dask", 0, address), procs[1:]
     finally:
@@ -553,6 +559,25 @@ def test_a_scheduler_left_without_workers_fails_the_map_instead_of_waiting_for_e
         with pytest.raises(ExecutorError, match=f"at {where.address} has had no worker for 3 s"):
             list(out)
         assert time.monotonic() - start < 60
+
+
+def test_a_map_started_before_any_worker_joined_waits_for_the_first(tmp_path, monkeypatch):
+    """A SLURM job still queued: the scheduler has no worker yet, which is no job that ended.
+    The map waits past PERSONALITY_CLUSTER_NO_WORKER_S for the first worker, then runs."""
+    monkeypatch.setenv("PERSONALITY_CLUSTER_NO_WORKER_S", "1")
+    with _remote_cluster(tmp_path, [], n_workers=0) as (where, _):
+        late: list[subprocess.Popen] = []
+        joins = threading.Timer(4.0, lambda: late.append(_dask(
+            tmp_path, "worker", "--scheduler-file", str(tmp_path / "scheduler.json"),
+            "--no-dashboard", "--nworkers", "1", "--nthreads", "1")))
+        joins.start()
+        try:
+            assert list(map_jobs(sleep_a_second, range(2), workers=1, where=where)) == [0, 1]
+        finally:
+            joins.join()
+            for worker in late:
+                worker.terminate()
+                worker.wait(30)
 
 
 @pytest.mark.parametrize("bad", ["soon", "0", "-5"])
