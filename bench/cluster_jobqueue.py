@@ -15,8 +15,10 @@ run on a synthetic dataset through `PERSONALITY_CLUSTER` and, as a reference, wi
 `base.workers: 1` (the local pool); their artifacts must be the same bytes. Reports how long the
 job's workers took to join, each run's wall time, and whether the bytes agree
 (tests/test_bench.py runs it on 4 clips). With `--sbatch` the cluster submits the job itself
-(`cluster.scale(jobs=1)`, sbatch), as on a login node: docs/scaling.md gives a single-node
-SLURM (Debian's slurm-wlm) to try it on.
+(`cluster.scale(jobs=1)`, sbatch), as on a login node, and then two more clusters' jobs are
+cancelled mid-stage: README's (the stage stops after its wait for a worker) and one of one
+worker per job kept by `adapt` (the jobs are replaced; the same bytes). docs/scaling.md gives
+a single-node SLURM (Debian's slurm-wlm) to try it on.
 """
 from __future__ import annotations
 
@@ -122,14 +124,18 @@ def on_the_job_script(src: Path, work: Path, workers: int) -> dict:
         cluster.close()
 
 
+def slurm_cluster(work: Path, workers_per_job: int):
+    """README's SLURMCluster for a real SLURM: its jobs export no variable of this process but
+    PYTHONDONTWRITEBYTECODE (a job starts from the user's login environment), so that, as in
+    the bash run, the job script's prologue alone makes the project importable on the node."""
+    (work / "slurm").mkdir(exist_ok=True)
+    return readme_cluster(workers_per_job, log_directory=str(work / "slurm"),
+                          job_extra_directives=["--export=PYTHONDONTWRITEBYTECODE=1"])
+
+
 def on_slurm(src: Path, work: Path, workers: int) -> dict:
-    """The stages through README's SLURMCluster on a real SLURM: `cluster.scale(jobs=1)` submits
-    its job with sbatch, here exporting no variable of this process but PYTHONDONTWRITEBYTECODE
-    (the job starts from the user's login environment), so that, as in the bash run, the job
-    script's prologue alone makes the project importable on the node."""
-    (work / "slurm").mkdir()
-    cluster = readme_cluster(workers, log_directory=str(work / "slurm"), job_extra_directives=[
-        "--export=PYTHONDONTWRITEBYTECODE=1"])
+    """The stages through README's SLURMCluster: `cluster.scale(jobs=1)` submits its job."""
+    cluster = slurm_cluster(work, workers)
     try:
         cluster.scale(jobs=1)
         version = subprocess.run(["sbatch", "--version"], capture_output=True, text=True)
@@ -139,34 +145,47 @@ def on_slurm(src: Path, work: Path, workers: int) -> dict:
         cluster.close()  # scancels its job
 
 
-def cancelled_mid_stage(src: Path, work: Path, workers: int, after_s: float = 3.0,
+def cancelled_mid_stage(cluster, workers: int, src: Path, dst: Path, after_s: float = 3.0,
                         wait_s: float = 10.0) -> dict:
-    """The same stages on a fresh SLURM job that is cancelled (scancel) `after_s` into them, as
-    a walltime or a preemption would end it: how long until the stage stops, and with what,
-    the map waiting `wait_s` for a worker (PERSONALITY_CLUSTER_NO_WORKER_S; 600 s by default)."""
-    cluster = readme_cluster(workers, log_directory=str(work / "slurm"),
-                             job_extra_directives=["--export=PYTHONDONTWRITEBYTECODE=1"])
+    """The stages on `cluster` (its jobs asked for), whose jobs are cancelled (scancel) `after_s`
+    into them, as a walltime or a preemption would end them: how the stages end, when, and the
+    digests of what they wrote (None unless they finished), the map waiting `wait_s` for a
+    worker (PERSONALITY_CLUSTER_NO_WORKER_S; 600 s by default)."""
     os.environ["PERSONALITY_CLUSTER_NO_WORKER_S"] = str(wait_s)
-    cancel = None
+    cancel, digests = None, None
     try:
-        cluster.scale(jobs=1)
         joined_s(cluster, workers)
-        ids = [job.job_id for job in cluster.workers.values()]  # this cluster's job, no other
+        ids = [job.job_id for job in cluster.workers.values()]  # this cluster's jobs, no other
         cancel = threading.Timer(after_s, subprocess.run, (["scancel", *ids],))
         start = time.perf_counter()
         cancel.start()
         try:
-            on_cluster(cluster, src, work / "cancelled")
-            ended = "finished (the job was cancelled too late)"
+            _, digests = on_cluster(cluster, src, dst)
+            ended = "finished"
         except Exception as exc:  # noqa: BLE001 - what the stage raised is the figure
             ended = f"{type(exc).__name__}: {exc}"
-        return {"cancelled_after_s": after_s, "no_worker_s": wait_s, "ended": ended,
-                "stopped_after_s": round(time.perf_counter() - start, 1)}
+        return {"jobs": len(ids), "cancelled_after_s": after_s, "no_worker_s": wait_s,
+                "ended": ended, "ended_after_s": round(time.perf_counter() - start, 1),
+                "digests": digests}
     finally:
         if cancel is not None:
             cancel.cancel()
         os.environ.pop("PERSONALITY_CLUSTER_NO_WORKER_S", None)
         cluster.close()
+
+
+def cancellations(src: Path, work: Path, workers: int) -> dict:
+    """README's job of `workers` workers (`scale`: an ended job is not replaced), and the
+    variant of one worker per job kept at `workers` jobs by `adapt` (dask-jobqueue replaces an
+    ended one-worker job), each cancelled mid-stage."""
+    scaled = slurm_cluster(work, workers)
+    scaled.scale(jobs=1)
+    out = {"scaled": cancelled_mid_stage(scaled, workers, src, work / "scaled")}
+    adaptive = slurm_cluster(work, 1)
+    adaptive.adapt(minimum_jobs=workers, maximum_jobs=workers)
+    # its replacement jobs start ~15 s after the loss here: the map waits long enough for them
+    out["adaptive"] = cancelled_mid_stage(adaptive, workers, src, work / "adaptive", wait_s=120)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         local_s, local = front_end(src, work / "local")
         job = (on_slurm if args.sbatch else on_the_job_script)(src, work, args.workers)
         if args.sbatch:
-            job["cancelled"] = cancelled_mid_stage(src, work, args.workers)
+            job["cancelled"] = cancellations(src, work, args.workers)
+            for run in job["cancelled"].values():
+                run["same_bytes"] = run.pop("digests") == local
     same = job.pop("digests") == local
     print(f"\n{args.videos} synthetic clips (4-6 s), frames + faces + audio, dask-jobqueue "
           f"{dask_jobqueue.__version__}\n")
@@ -195,11 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     how = f"submitted to {job['slurm']} (sbatch)" if args.sbatch else "run by bash"
     print(f"| README's SLURM job script, {how}, {args.workers} workers | {job['seconds']:.1f} | "
           f"{job['workers_joined_s']:.1f} | {'same bytes' if same else 'DIFFERENT bytes'} |")
-    if "cancelled" in job:
-        gone = job["cancelled"]
-        print(f"\nThe job cancelled {gone['cancelled_after_s']:.0f} s into the stages (waiting "
-              f"{gone['no_worker_s']:.0f} s for a worker): stopped after "
-              f"{gone['stopped_after_s']:.1f} s, {gone['ended']}")
+    for how, gone in job.get("cancelled", {}).items():
+        print(f"\n{how}: {gone['jobs']} job(s) cancelled {gone['cancelled_after_s']:.0f} s into "
+              f"the stages, the map waiting up to {gone['no_worker_s']:.0f} s for a worker: "
+              f"{gone['ended']} after {gone['ended_after_s']:.1f} s"
+              + (", the same bytes" if gone["same_bytes"] else ""))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "videos": args.videos, "workers": args.workers, "local_s": round(local_s, 2),
