@@ -1,0 +1,93 @@
+"""bench/functionals_headroom.py on a small checkout made here (60 clips of 20 subjects, 30
+functionals of which 10 are its latent cues plus noise, labels from the default data's law):
+each subject is scored once, by the fold that holds it out; the oracle finds the planted columns;
+every candidate predicts every clip; a real dataset (no latent cues) has no oracle or ceiling.
+
+    pytest tests/test_bench_headroom.py     # ~20 s
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from personality.law import CUES, labels_from_cues
+from personality.schemas import TRAITS
+from personality.splits import kfold_splits
+
+ROOT = Path(__file__).resolve().parents[1]
+N_SUBJECTS, CLIPS = 20, 3
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("headroom",
+                                                  ROOT / "bench" / "functionals_headroom.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_checkout(root: Path, *, cues_file: bool = True) -> list[str]:
+    """data/ of a run checkout; returns the names of the planted cue columns."""
+    rng = np.random.default_rng(7)
+    n = N_SUBJECTS * CLIPS
+    cues = rng.standard_normal((n, len(CUES)))
+    ids = [f"v{i:03d}" for i in range(n)]
+    manifest = pd.DataFrame(labels_from_cues(cues, rng), columns=list(TRAITS))
+    manifest.insert(0, "video_id", ids)
+    manifest.insert(1, "subject_id", [f"s{i // CLIPS:02d}" for i in range(n)])
+    planted = [f"AU_{c}_mean" for c in CUES]
+    columns = {name: cues[:, j] + 0.3 * rng.standard_normal(n) for j, name in enumerate(planted)}
+    columns.update({f"fn_noise_{k:02d}": rng.standard_normal(n) for k in range(20)})
+    (root / "data" / "functionals").mkdir(parents=True)
+    manifest.to_parquet(root / "data" / "manifest.parquet")
+    pd.DataFrame({"video_id": ids, **columns}).to_parquet(
+        root / "data" / "functionals" / "functionals.parquet")
+    if cues_file:
+        frame = pd.DataFrame(cues, columns=[f"cue_{c}" for c in CUES])
+        frame.insert(0, "video_id", ids)
+        frame.to_parquet(root / "data" / "synthetic_cues.parquet")
+    return planted
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_bench()
+
+
+def test_each_subject_is_tested_by_one_fold_the_one_make_cv_tests_it_in(bench):
+    subjects = np.repeat([f"s{i:02d}" for i in range(N_SUBJECTS)], CLIPS)
+    folds = bench.outer_folds(subjects, 5, 1234)
+    assert (folds >= 0).all() and len(np.unique(folds)) == 5
+    for k in range(5):
+        split = kfold_splits(list(subjects), n_folds=5, fold=k, seed=1234)
+        assert {s for s, f in zip(subjects, folds) if f == k} == \
+            {s for s, where in split.items() if where == "test"}
+
+
+def test_the_bench_scores_every_clip_once_and_its_oracle_finds_the_planted_columns(bench,
+                                                                                  tmp_path):
+    planted = make_checkout(tmp_path)
+    out = bench.main(["--root", str(tmp_path), "--boot", "50", "--out",
+                      str(tmp_path / "headroom.json")])
+    figures = out["figures"]
+    assert set(figures) == {"ceiling", *bench.CANDIDATES}
+    assert all(row["n_videos"] == N_SUBJECTS * CLIPS and row["n_folds"] == 5
+               for row in figures.values())
+    assert out["oracle_columns"] and all(sorted(chosen) == sorted(planted)
+                                         for chosen in out["oracle_columns"])
+    # the cues are measured at r 0.96: reading them is most of the ceiling, which stays above
+    assert figures["ceiling"]["ccc"] > figures["oracle columns"]["ccc"] > 0.5
+    assert figures["oracle columns"]["vs_best"]["model"] == bench.RIDGE
+    assert json.loads((tmp_path / "headroom.json").read_text())["n_subjects"] == N_SUBJECTS
+
+
+def test_a_real_dataset_gets_no_oracle_and_no_ceiling(bench, tmp_path):
+    make_checkout(tmp_path, cues_file=False)
+    out = bench.main(["--root", str(tmp_path), "--boot", "50", "--only", "PLS",
+                      "--out", str(tmp_path / "h.json")])
+    assert set(out["figures"]) == {bench.RIDGE, "PLS"} and not out["oracle_columns"]
