@@ -2,7 +2,7 @@
 columns differently gets: functionals_ridge beside other column choices, one pooled
 cross-validation by subject over every labelled clip of a run checkout.
 
-    .venv/bin/python bench/functionals_headroom.py             # after `make run`, ~1 min on 2 cores
+    .venv/bin/python bench/functionals_headroom.py   # after `make run`: 7.3 min on 2 cores, busy
     .venv/bin/python bench/functionals_headroom.py --root /path/to/checkout --folds 5
 
 Each subject's clips are scored once, by the models of the fold that held the subject out
@@ -21,7 +21,8 @@ Rows:
 - choices made without the cues, each by grouped CV inside the fold: every column (no set left
   out); more column sets to leave out; PLS (components); univariate screening (the k columns most
   correlated with a trait, redone inside every inner fold); cluster means (the non-spectral
-  columns clustered by |r| over the training clips, one mean per cluster, the cut chosen).
+  columns clustered by |r| over the training clips, one mean per cluster, the cut chosen); and
+  per trait the best of the ridge, PLS and screening by a nested grouped CV (most of the run).
 
 Prints a table and writes bench/results/functionals_headroom.json.
 """
@@ -49,6 +50,7 @@ from personality.splits import kfold_splits  # noqa: E402
 
 RIDGE = "functionals_ridge"
 ORACLE = "oracle columns"
+PER_TRAIT = "per-trait choice (nested)"
 SPECTRAL = ("fn_logmel_", "fn_mfcc_")  # the ridge's second column set leaves these out
 MORE_SETS = ((), SPECTRAL, (*SPECTRAL, "egemaps_mfcc"), (*SPECTRAL, "egemaps_"),
              (*SPECTRAL, "egemaps_", "fn_rms", "fn_centroid", "fn_zcr"))
@@ -213,6 +215,24 @@ def cluster_means(xtr, ytr, groups, xte, ctx, cuts=(0.1, 0.2, 0.3, 0.5)):
     return ridge_per_trait(best[1], ytr, groups, best[2])
 
 
+def nested_scores(name: str, xtr, ytr, groups, ctx) -> np.ndarray:
+    """(5,) per-trait CCC of candidate `name`'s whole procedure (its own inner choices too) over
+    an inner grouped CV of these rows."""
+    oof = np.zeros_like(ytr)
+    for held in group_folds(groups, 5):
+        rows = np.setdiff1d(np.arange(len(xtr)), held)
+        oof[held] = CANDIDATES[name](xtr[rows], ytr[rows], groups[rows], xtr[held], ctx)
+    return ccc_columns(ytr, oof)
+
+
+def per_trait_choice(xtr, ytr, groups, xte, ctx, names=(RIDGE, "PLS", "univariate screening")):
+    """Per trait, the best of `names` by nested grouped CV over these rows, then fitted on all."""
+    best = np.stack([nested_scores(n, xtr, ytr, groups, ctx) for n in names]).argmax(0)  # (5,)
+    ctx["notes"].setdefault(PER_TRAIT, []).append([names[b] for b in best])
+    full = {b: CANDIDATES[names[b]](xtr, ytr, groups, xte, ctx) for b in set(best.tolist())}
+    return np.stack([full[b][:, t] for t, b in enumerate(best.tolist())], 1)
+
+
 CANDIDATES: dict[str, Callable] = {
     RIDGE: ridge_of(RidgeConfig().drop_options),
     ORACLE: oracle_columns,
@@ -221,6 +241,7 @@ CANDIDATES: dict[str, Callable] = {
     "PLS": pls,
     "univariate screening": screening,
     "cluster means": cluster_means,
+    PER_TRAIT: per_trait_choice,
 }
 
 
@@ -298,7 +319,8 @@ def main(argv=None) -> dict:
     out = {"root": str(args.root), "n_clips": len(data["y"]),
            "n_subjects": len(np.unique(data["subjects"])), "folds": args.folds,
            "seed": args.seed, "figures": result, "seconds": seconds,
-           "oracle_columns": data["notes"].get(ORACLE, [])}
+           "oracle_columns": data["notes"].get(ORACLE, []),
+           "per_trait_choice": data["notes"].get(PER_TRAIT, [])}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))
     print(f"wrote {args.out}")
