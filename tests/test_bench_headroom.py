@@ -2,7 +2,8 @@
 functionals of which 10 are its latent cues plus noise, labels from the default data's law):
 each subject is scored once, by the fold that holds it out; the oracle finds the planted columns;
 every candidate predicts every clip; a real dataset (no latent cues) has no oracle or ceiling;
-the per-trait choice takes each trait from the candidate its nested CV chose.
+the per-trait choice takes each trait from the candidate its nested CV chose; the trees predict
+and the mean averages the fold's ridge and trees.
 
     pytest tests/test_bench_headroom.py     # ~20 s
 """
@@ -73,7 +74,8 @@ def test_each_subject_is_tested_by_one_fold_the_one_make_cv_tests_it_in(bench):
 def test_the_bench_scores_every_clip_once_and_its_oracle_finds_the_planted_columns(bench,
                                                                                   tmp_path):
     planted = make_checkout(tmp_path)
-    quick = [n for n in bench.CANDIDATES if n not in (bench.RIDGE, bench.PER_TRAIT)]
+    slow = (bench.RIDGE, bench.PER_TRAIT, bench.TREES, "mean of ridge and trees")  # below
+    quick = [n for n in bench.CANDIDATES if n not in slow]
     out = bench.main(["--root", str(tmp_path), "--boot", "50", "--only", *quick, "--out",
                       str(tmp_path / "headroom.json")])
     figures = out["figures"]
@@ -107,3 +109,15 @@ def test_the_per_trait_choice_takes_each_trait_from_the_candidate_its_nested_cv_
     for t, name in enumerate(chosen):
         alone = bench.CANDIDATES[name](x[:30], y[:30], groups[:30], x[30:], ctx)
         np.testing.assert_allclose(got[:, t], alone[:, t])
+
+
+def test_the_trees_predict_every_clip_and_the_mean_averages_the_two_models_of_its_fold(bench):
+    rng = np.random.default_rng(4)
+    x, groups = rng.standard_normal((40, 8)), np.repeat(np.arange(10), 4)
+    y = np.clip(0.5 + 0.1 * x[:, :5] + 0.05 * rng.standard_normal((40, 5)), 0, 1)
+    trees = bench.trees(x[:30], y[:30], groups[:30], x[30:], {})
+    assert trees.shape == (10, 5) and np.isfinite(trees).all()
+    assert ((trees >= 0) & (trees <= 1)).all() and trees.std(0).min() > 0
+    fold = {bench.RIDGE: np.full((10, 5), 0.2), bench.TREES: np.full((10, 5), 0.6)}
+    mean = bench.mean_of_ridge_and_trees(x[:30], y[:30], groups[:30], x[30:], {"fold": fold})
+    np.testing.assert_allclose(mean, 0.4)
