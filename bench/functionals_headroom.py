@@ -2,7 +2,7 @@
 columns differently gets: functionals_ridge beside other column choices, one pooled
 cross-validation by subject over every labelled clip of a run checkout.
 
-    .venv/bin/python bench/functionals_headroom.py   # after `make run`: 3.3 min on 2 cores
+    .venv/bin/python bench/functionals_headroom.py   # after `make run`: 2.6 min on 2 cores
     .venv/bin/python bench/functionals_headroom.py --root /path/to/checkout --folds 5
 
 Each subject's clips are scored once, by the models of the fold that held the subject out
@@ -71,6 +71,7 @@ def load(root: Path) -> dict:
     (n, 5), "subjects" (n,), "video_ids" (n,), "cues" (n, 10) latent cues or None, "ceiling"
     (n, 5) the law's scores or None."""
     manifest = pd.read_parquet(root / "data" / "manifest.parquet")
+    everyone = manifest["subject_id"].astype(str).tolist()  # kfold_splits draws over all of them
     manifest = manifest.dropna(subset=list(TRAITS)).reset_index(drop=True)
     table = pd.read_parquet(root / "data" / "functionals" / "functionals.parquet")
     columns = [c for c in table.columns if c != "video_id"]
@@ -86,14 +87,24 @@ def load(root: Path) -> dict:
     return {"x": table[columns].to_numpy(np.float64), "columns": columns,
             "y": manifest[list(TRAITS)].to_numpy(np.float64),
             "subjects": manifest["subject_id"].astype(str).to_numpy(), "video_ids": ids,
+            "all_subjects": everyone,
             "cues": cues, "ceiling": law}
 
 
-def outer_folds(subjects: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
-    """(n,) the fold that tests each clip: kfold_splits' test fold of its subject."""
+def base_seed(root: Path) -> int:
+    """base.seed of the checkout's params.yaml (what ingest's folds were drawn with)."""
+    import yaml
+
+    return int(yaml.safe_load((root / "params.yaml").read_text())["base"]["seed"])
+
+
+def outer_folds(subjects: np.ndarray, n_folds: int, seed: int,
+                everyone: list[str] | None = None) -> np.ndarray:
+    """(n,) the fold that tests each clip: kfold_splits' test fold of its subject, drawn over
+    `everyone` (ingest draws over every subject of the manifest, unlabelled ones too)."""
     fold_of = np.full(len(subjects), -1)
     for k in range(n_folds):
-        split = kfold_splits(list(subjects), n_folds=n_folds, fold=k, seed=seed)
+        split = kfold_splits(everyone or list(subjects), n_folds=n_folds, fold=k, seed=seed)
         fold_of[[split[s] == "test" for s in subjects]] = k
     return fold_of
 
@@ -118,7 +129,7 @@ def ridge_of(drop_options) -> Callable:
 
 
 def ridge_per_trait(xtr, ytr, groups, xte, alphas=ALPHAS) -> np.ndarray:
-    """Ridge with one alpha per trait by grouped CV, stretched; (m, 5)."""
+    """Ridge with one alpha per trait (column of ytr (n, k)) by grouped CV, stretched; (m, k)."""
     chosen, _, oof = ridge_cv(xtr, ytr, groups, alphas, 5)
     raw = np.zeros((len(xte), ytr.shape[1]))
     for t, alpha in enumerate(chosen):
@@ -167,7 +178,7 @@ def _screened(xtr, ytr, groups, xte, k) -> np.ndarray:
     out = np.zeros((len(xte), 5))
     for t in range(5):
         keep = np.argsort(-r[:, t])[:k]
-        out[:, t] = ridge_per_trait(xtr[:, keep], ytr, groups, xte[:, keep])[:, t]
+        out[:, t] = ridge_per_trait(xtr[:, keep], ytr[:, [t]], groups, xte[:, keep])[:, 0]
     return out
 
 
@@ -240,18 +251,22 @@ def mean_of_ridge_and_trees(xtr, ytr, groups, xte, ctx):
 def nested_scores(name: str, xtr, ytr, groups, ctx) -> np.ndarray:
     """(5,) per-trait CCC of candidate `name`'s whole procedure (its own inner choices too) over
     an inner grouped CV of these rows."""
+    inner = {**ctx, "fold": {}}  # the outer fold's predictions are of other rows
     oof = np.zeros_like(ytr)
     for held in group_folds(groups, 5):
         rows = np.setdiff1d(np.arange(len(xtr)), held)
-        oof[held] = CANDIDATES[name](xtr[rows], ytr[rows], groups[rows], xtr[held], ctx)
+        oof[held] = CANDIDATES[name](xtr[rows], ytr[rows], groups[rows], xtr[held], inner)
     return ccc_columns(ytr, oof)
 
 
 def per_trait_choice(xtr, ytr, groups, xte, ctx, names=(RIDGE, "PLS", "univariate screening")):
-    """Per trait, the best of `names` by nested grouped CV over these rows, then fitted on all."""
+    """Per trait, the best of `names` by nested grouped CV over these rows, then fitted on all
+    (or taken from ctx["fold"], where cross_validate already fitted it on these rows)."""
     best = np.stack([nested_scores(n, xtr, ytr, groups, ctx) for n in names]).argmax(0)  # (5,)
     ctx["notes"].setdefault(PER_TRAIT, []).append([names[b] for b in best])
-    full = {b: CANDIDATES[names[b]](xtr, ytr, groups, xte, ctx) for b in set(best.tolist())}
+    done = ctx.get("fold", {})
+    full = {b: done[names[b]] if names[b] in done
+            else CANDIDATES[names[b]](xtr, ytr, groups, xte, ctx) for b in set(best.tolist())}
     return np.stack([full[b][:, t] for t, b in enumerate(best.tolist())], 1)
 
 
@@ -324,7 +339,8 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", type=Path, default=ROOT, help="a checkout after `make run`")
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=1234, help="the folds' (base.seed's) seed")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="the folds' seed (default: base.seed of the root's params.yaml)")
     parser.add_argument("--boot", type=int, default=1000)
     parser.add_argument("--only", nargs="*", help="these candidates (and functionals_ridge)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" /
@@ -336,14 +352,15 @@ def main(argv=None) -> dict:
     data = load(args.root)
     names = [RIDGE, *[n for n in CANDIDATES if n != RIDGE and (not args.only or n in args.only)
                       and not (n == ORACLE and data["cues"] is None)]]  # a real dataset: no cues
-    folds = outer_folds(data["subjects"], args.folds, args.seed)
+    seed = args.seed if args.seed is not None else base_seed(args.root)
+    folds = outer_folds(data["subjects"], args.folds, seed, data["all_subjects"])
     preds, seconds = cross_validate(data, folds, names)
-    result = figures(data, folds, preds, n_boot=args.boot, seed=args.seed)
+    result = figures(data, folds, preds, n_boot=args.boot, seed=seed)
     order = (["ceiling"] if "ceiling" in result else []) + names
     print(table(result, order))
     out = {"root": str(args.root), "n_clips": len(data["y"]),
            "n_subjects": len(np.unique(data["subjects"])), "folds": args.folds,
-           "seed": args.seed, "figures": result, "seconds": seconds,
+           "seed": seed, "figures": result, "seconds": seconds,
            "oracle_columns": data["notes"].get(ORACLE, []),
            "per_trait_choice": data["notes"].get(PER_TRAIT, [])}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -44,8 +44,10 @@ def make_checkout(root: Path, *, cues_file: bool = True) -> list[str]:
     manifest.insert(1, "subject_id", [f"s{i // CLIPS:02d}" for i in range(n)])
     planted = [f"AU_{c}_mean" for c in CUES]
     columns = {name: cues[:, j] + 0.3 * rng.standard_normal(n) for j, name in enumerate(planted)}
-    columns.update({f"fn_noise_{k:02d}": rng.standard_normal(n) for k in range(20)})
+    columns.update({f"fn_noise_{k:02d}": rng.standard_normal(n) for k in range(12)})
+    columns.update({f"fn_logmel_{k:02d}_mean": rng.standard_normal(n) for k in range(8)})
     (root / "data" / "functionals").mkdir(parents=True)
+    (root / "params.yaml").write_text("base:\n  seed: 1234\n")
     manifest.to_parquet(root / "data" / "manifest.parquet")
     pd.DataFrame({"video_id": ids, **columns}).to_parquet(
         root / "data" / "functionals" / "functionals.parquet")
@@ -84,9 +86,11 @@ def test_the_bench_scores_every_clip_once_and_its_oracle_finds_the_planted_colum
                for row in figures.values())
     assert out["oracle_columns"] and all(sorted(chosen) == sorted(planted)
                                          for chosen in out["oracle_columns"])
-    # the cues are measured at r 0.96: reading them is most of the ceiling, which stays above
-    assert figures["ceiling"]["ccc"] > figures["oracle columns"]["ccc"] > 0.5
-    assert figures["oracle columns"]["vs_best"]["model"] == bench.RIDGE
+    # the cues are measured at r 0.96: reading them is most of the ceiling, which no model that
+    # never saw the clips it scores reaches (fitted on them, the ridge scored 0.92 against 0.89)
+    assert figures["oracle columns"]["ccc"] > 0.5
+    assert all(row["ccc"] < figures["ceiling"]["ccc"]
+               for name, row in figures.items() if name != "ceiling")
     assert json.loads((tmp_path / "headroom.json").read_text())["n_subjects"] == N_SUBJECTS
 
 
@@ -121,3 +125,27 @@ def test_the_trees_predict_every_clip_and_the_mean_averages_the_two_models_of_it
     fold = {bench.RIDGE: np.full((10, 5), 0.2), bench.TREES: np.full((10, 5), 0.6)}
     mean = bench.mean_of_ridge_and_trees(x[:30], y[:30], groups[:30], x[30:], {"fold": fold})
     np.testing.assert_allclose(mean, 0.4)
+
+
+def test_each_folds_models_see_only_the_other_folds_standardised_on_themselves(bench, tmp_path,
+                                                                            monkeypatch):
+    """A candidate that records what it is given: per fold, the training rows are exactly the
+    subjects of the other folds, z-scored with their own statistics (mean 0, sd 1)."""
+    make_checkout(tmp_path)
+    seen = []
+
+    def spy(xtr, ytr, groups, xte, ctx):
+        live = xtr.std(0) > 0
+        seen.append((set(groups), len(xte), np.abs(xtr.mean(0)).max(),
+                     np.abs(xtr.std(0)[live] - 1).max()))
+        return np.full((len(xte), 5), 0.5) + 0.01 * xte[:, :5]
+
+    monkeypatch.setitem(bench.CANDIDATES, "spy", spy)
+    bench.main(["--root", str(tmp_path), "--boot", "20", "--only", "spy",
+                "--out", str(tmp_path / "h.json")])
+    subjects = np.repeat([f"s{i:02d}" for i in range(N_SUBJECTS)], CLIPS)
+    folds = bench.outer_folds(subjects, 5, 1234)
+    assert len(seen) == 5
+    for k, (groups, n_test, mean, sd) in enumerate(seen):
+        assert groups == set(subjects[folds != k]) and n_test == (folds == k).sum()
+        assert mean < 1e-5 and sd < 1e-4
