@@ -26,7 +26,8 @@ Rows:
 - beyond a linear model: functionals_gbt (the boosted trees), and the mean of the ridge's and the
   trees' scores, half and half.
 
-Prints a table and writes bench/results/functionals_headroom.json.
+Prints a table and writes bench/results/functionals_headroom.json and .png (the rows as bars with
+their intervals).
 """
 from __future__ import annotations
 
@@ -335,6 +336,17 @@ def table(result: dict, order: list[str]) -> str:
     return "\n".join(lines)
 
 
+def plot(result: dict, order: list[str], path: Path) -> Path:
+    """The pooled CCC of each row with its interval, as evaluate's bar chart."""
+    from personality.plots import ccc_bars
+
+    first = result[RIDGE]
+    return ccc_bars({n: result[n]["ccc"] for n in order},
+                    ccc_ci={n: result[n]["ccc_ci"] for n in order}, path=path, dpi=100,
+                    title=f"functionals, {first['n_folds']} folds pooled: {first['n_videos']} "
+                          f"clips of {first['n_subjects']} subjects")
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", type=Path, default=ROOT, help="a checkout after `make run`")
@@ -365,7 +377,7 @@ def main(argv=None) -> dict:
            "per_trait_choice": data["notes"].get(PER_TRAIT, [])}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} and {plot(result, order, args.out.with_suffix('.png'))}")
     return out
 
 

@@ -92,6 +92,7 @@ def test_the_bench_scores_every_clip_once_and_its_oracle_finds_the_planted_colum
     assert all(row["ccc"] < figures["ceiling"]["ccc"]
                for name, row in figures.items() if name != "ceiling")
     assert json.loads((tmp_path / "headroom.json").read_text())["n_subjects"] == N_SUBJECTS
+    assert (tmp_path / "headroom.png").stat().st_size > 10_000
 
 
 def test_a_real_dataset_gets_no_oracle_and_no_ceiling(bench, tmp_path):
