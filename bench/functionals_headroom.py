@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 from models.classical import (FunctionalsRidge, FunctionalsTrees, RidgeConfig,  # noqa: E402
                               TreesConfig, ccc_columns, group_folds, ridge_cv, ridge_solve,
                               standardised, stretch)
+from models.importance import weighted_pearson  # noqa: E402
 from models.pooled_cv import pooled_figures  # noqa: E402
 from personality.law import CUES, law_scores  # noqa: E402
 from personality.schemas import TRAITS  # noqa: E402
@@ -139,13 +140,15 @@ def ridge_per_trait(xtr, ytr, groups, xte, alphas=ALPHAS) -> np.ndarray:
     return stretched(ytr, oof, raw)
 
 
+def abs_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """|Pearson r| (F, K) of every column of x (n, F) with every column of y (n, K); 0 for a
+    constant column."""
+    return np.abs(np.nan_to_num(weighted_pearson(x, y, np.ones((1, len(x))))[0]))
+
+
 def oracle_columns(xtr, ytr, groups, xte, ctx):
     """Per latent cue the column that follows it best over these training clips (|Pearson r|)."""
-    cues = ctx["cues_train"]
-    xc, cc = xtr - xtr.mean(0), cues - cues.mean(0)
-    r = np.abs(xc.T @ cc) / (np.linalg.norm(xc, axis=0)[:, None] * np.linalg.norm(cc, axis=0)
-                             + 1e-12)  # (F, 10)
-    keep = np.unique(r.argmax(0))
+    keep = np.unique(abs_pearson(xtr, ctx["cues_train"]).argmax(0))
     ctx["notes"].setdefault(ORACLE, []).append([ctx["columns"][i] for i in keep])
     return ridge_per_trait(xtr[:, keep], ytr, groups, xte[:, keep])
 
@@ -173,9 +176,7 @@ def pls(xtr, ytr, groups, xte, ctx, components=(1, 2, 3, 4, 6, 8, 12)):
 
 def _screened(xtr, ytr, groups, xte, k) -> np.ndarray:
     """Per trait, a ridge on the k columns most correlated with it over these rows; (m, 5)."""
-    xc, yc = xtr - xtr.mean(0), ytr - ytr.mean(0)
-    r = np.abs(xc.T @ yc) / (np.linalg.norm(xc, axis=0)[:, None] * np.linalg.norm(yc, axis=0)
-                             + 1e-12)  # (F, 5)
+    r = abs_pearson(xtr, ytr)
     out = np.zeros((len(xte), 5))
     for t in range(5):
         keep = np.argsort(-r[:, t])[:k]

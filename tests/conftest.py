@@ -31,6 +31,16 @@ def pytest_collection_modifyitems(items: list) -> None:
     items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))
 
 
+def load_bench(name: str):
+    """bench/<name>.py imported as a module (bench/ is no package): its functions to test."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def real_fixture(name: str) -> Path:
     """Path to a file of tests/fixtures; a missing one is an error, not a skip."""
     path = FIXTURES / name

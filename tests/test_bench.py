@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import load_bench
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = """
@@ -37,12 +39,7 @@ def test_frontend_bench_times_every_stage_of_ours_on_a_real_clip():
 
 
 def load_pipeline_bench():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("pipeline", ROOT / "bench" / "pipeline.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("pipeline")
 
 
 def test_pipeline_bench_times_each_stage_and_groups_them_as_the_readme():
@@ -91,14 +88,10 @@ def test_interval_coverage_bench_runs_every_law_and_checks_itself_against_the_st
 def test_predict_bench_stops_on_a_score_that_is_not_the_pipelines(tmp_path):
     """bench/predict.py times predict only on scores equal to the pipeline's (a faster row must
     not be a different number); the timing itself needs the default data and is not run here."""
-    import importlib.util
-
     import pandas as pd
     import pytest
 
-    spec = importlib.util.spec_from_file_location("predict_bench", ROOT / "bench" / "predict.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("predict")
     (tmp_path / "data" / "predictions").mkdir(parents=True)
     pipeline = pd.DataFrame([{"video_id": "v1", "O": 0.5, "C": 0.4, "E": 0.3, "A": 0.2, "N": 0.1}])
     pipeline.to_parquet(tmp_path / "data" / "predictions" / "m.parquet")

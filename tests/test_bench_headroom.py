@@ -9,7 +9,6 @@ and the mean averages the fold's ridge and trees.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -20,17 +19,10 @@ import pytest
 from personality.law import CUES, labels_from_cues
 from personality.schemas import TRAITS
 from personality.splits import kfold_splits
+from tests.conftest import load_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 N_SUBJECTS, CLIPS = 20, 3
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("headroom",
-                                                  ROOT / "bench" / "functionals_headroom.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def make_checkout(root: Path, *, cues_file: bool = True) -> list[str]:
@@ -60,7 +52,7 @@ def make_checkout(root: Path, *, cues_file: bool = True) -> list[str]:
 
 @pytest.fixture(scope="module")
 def bench():
-    return load_bench()
+    return load_bench("functionals_headroom")
 
 
 def test_each_subject_is_tested_by_one_fold_the_one_make_cv_tests_it_in(bench):

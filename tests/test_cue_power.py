@@ -3,25 +3,17 @@ and the explain stage's procedure it runs (the ridge, cross-fitting, permutation
 small cue-level data (a few seconds, no rendering)."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 
 from personality.schemas import TRAITS
 from personality.synthetic import CUES, draw_cues, labels_from_cues
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import load_bench
 
 
 def load_power():
-    spec = importlib.util.spec_from_file_location("cue_check_power",
-                                                  ROOT / "bench" / "cue_check_power.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("cue_check_power")
 
 
 def clips_of(n_subjects: int, per_subject: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:

@@ -29,6 +29,7 @@ from models.explain import (SILENCE_DB, audio_occlusion, cam_layer, clip_views, 
                             gradcam, predict_views)
 from models.registry import build_model
 from personality.schemas import AU_INTENSITY, TRAITS
+from tests.conftest import load_bench
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -749,15 +750,10 @@ def test_power_bench_runs_the_stage_s_own_check(fake_repo):
     its clusters, is the stage's cluster importance to the last bit (same seeds): the
     standardisation, the cross-fitting refits, the shuffles and the clip order are the stage's,
     so the bench's rows measure the check the stage runs, not a look-alike."""
-    import importlib.util
-
     from models.engine import load_checkpoint
     from stages.explain import ExplainParams, find_checkpoint, load_table, permutation
 
-    spec = importlib.util.spec_from_file_location(
-        "cue_check_power", Path(__file__).resolve().parents[1] / "bench" / "cue_check_power.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("cue_check_power")
     table, names = load_table(fake_repo, ["train", "val", "test"])
     perm = permutation(fake_repo, "functionals_ridge", table, ExplainParams(repeats=3), seed=11,
                        train=table[table["split"] == "train"])

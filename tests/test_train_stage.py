@@ -17,6 +17,7 @@ import torch
 from personality.common import BaseParams, ParamsError, read_artifact
 from personality.schemas import TRAITS
 from stages.train import TrainParams, run
+from tests.conftest import load_bench
 
 MODELS = ["perfex_cnn", "perfex_hybrid"]
 SMALL = {"perfex_cnn": {"channels": [8, 16], "hidden": 16},
@@ -238,13 +239,7 @@ def test_train_default_bench_trains_in_a_scratch_root_and_reports_what_it_cannot
                                                                                tmp_path):
     """bench/train_default.py (the GPU rows of docs/training.md): the stage's own training on the
     pipeline's inputs, never over the pipeline's outputs; a model without its inputs is a row."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "train_default.py"
-    spec = importlib.util.spec_from_file_location("train_default_bench", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("train_default")
     best = au_root / "data" / "models" / "perfex_cnn" / "best.pt"
     before = best.read_bytes()
     res = bench.main(["--device", "cpu", "--models", "perfex_cnn,audio_fn_linear",
