@@ -208,6 +208,15 @@ def mark_finished(path: str | os.PathLike, **facts: Any) -> Path:
     return Path(path)
 
 
+def holds_weights(path: str | os.PathLike, model: nn.Module) -> bool:
+    """Whether the checkpoint at `path` holds exactly `model`'s weights (every tensor equal):
+    a run's best.pt and last.pt differ unless its last epoch was its best."""
+    stored = read_checkpoint(path).get("state_dict") or {}
+    state = model.state_dict()
+    return stored.keys() == state.keys() and all(
+        torch.equal(stored[k], v.detach().cpu()) for k, v in state.items())
+
+
 def require_finished(ckpt: dict, path: str | os.PathLike) -> None:
     """EngineError for a checkpoint whose training run did not finish (killed mid-way)."""
     if ckpt.get("finished") is False:

@@ -14,7 +14,10 @@ grouped K-fold cross-validation over the *subjects of the train split* (no clip 
 subject is in its fold's training part); validation and test only score the result:
 
 - `functionals_ridge`: ridge regression (intercept, standardised features), one alpha per trait
-  from `alphas`, the one with the best out-of-fold CCC.
+  from `alphas`, the one with the best out-of-fold CCC; with it a column set (`drop_options`)
+  and a bound on the z-scores (`clip_options`), which `forward` applies to every clip. Each
+  fold standardises with its own training rows (`fold_scaled`), as a new clip is standardised
+  with statistics it took no part in.
 - `functionals_gbt`: gradient-boosted regression trees (scikit-learn's GradientBoostingRegressor,
   squared error), one ensemble per trait, its number of trees chosen out of fold (staged
   predictions). The fitted trees are exported to tensors (feature, threshold, children, leaf
@@ -218,16 +221,29 @@ def ridge_solve(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray,
     return coef, my - mx @ coef
 
 
+def fold_scaled(x: np.ndarray, fit_rows: np.ndarray, clip: float = 0.0) -> np.ndarray:
+    """x (n, F) z-scored again with the mean and sd of its rows `fit_rows` (indices), then
+    clipped to [-clip, clip] (0: not clipped): how a cross-validation fold sees standardised
+    features when its held-out rows took no part in the standardisation, as a new clip's do."""
+    mean, sd = x[fit_rows].mean(0), x[fit_rows].std(0)
+    z = (x - mean) / np.where(sd > 1e-8, sd, 1.0)
+    return np.clip(z, -clip, clip) if clip > 0 else z
+
+
 def ridge_cv(x: np.ndarray, y: np.ndarray, groups: Sequence, alphas: Sequence[float],
-             folds: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+             folds: int, clip: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per trait: the alpha with the best out-of-fold CCC, (A, k) CCC table, oof predictions at
-    the chosen alphas (n, k)."""
+    the chosen alphas (n, k). Each fold standardises x with its own training rows (and clips
+    at `clip` sd), so the out-of-fold rows are scaled as unseen clips are: standardising once
+    over all rows let the held-out rows bound their own z-scores (at sqrt(n - 1)) and chose
+    alphas for tails that new clips do not respect."""
     oof = np.zeros((len(alphas), *y.shape))
     for held in group_folds(groups, folds):
         keep = np.setdiff1d(np.arange(len(x)), held)
+        z = fold_scaled(x, keep, clip)
         for i, a in enumerate(alphas):
-            w, b = ridge_solve(x[keep], y[keep], a)
-            oof[i, held] = x[held] @ w + b
+            w, b = ridge_solve(z[keep], y[keep], a)
+            oof[i, held] = z[held] @ w + b
     table = np.stack([ccc_columns(y, oof[i]) for i in range(len(alphas))])  # (A, k)
     best = table.argmax(0)  # (k,)
     return np.asarray(alphas, float)[best], table, oof[best, :, np.arange(y.shape[1])].T
@@ -246,13 +262,23 @@ class RidgeConfig:
     # candidate column sets, as prefixes to leave out: the grouped CV picks one (for all traits).
     # The second drops the 515 spectral functionals (log-mel band and MFCC statistics).
     drop_options: tuple[tuple[str, ...], ...] = ((), ("fn_logmel_", "fn_mfcc_"))
+    # candidate bounds on the standardised features (0: none), picked by the grouped CV with the
+    # column set: a heavy-tailed column (eGeMAPS' stddevNorm of a near-zero slope) puts a new
+    # clip 20-450 sd out where the train rows reach 9.8, and a ridge reads it linearly
+    clip_options: tuple[float, ...] = (0.0, 3.0, 5.0)
     chosen_alpha: tuple[float, ...] = ()  # per trait, set by the fit (for the record)
     chosen_drop: tuple[str, ...] = ()  # set by the fit
+    chosen_clip: float = 0.0  # set by the fit; forward clips the features to +-this (0: not)
 
     def __post_init__(self) -> None:
         self.alphas, self.chosen_alpha = tuple(self.alphas), tuple(self.chosen_alpha)
         self.drop_options = tuple(tuple(d) for d in self.drop_options) or ((),)
         self.chosen_drop = tuple(self.chosen_drop)
+        self.clip_options = tuple(self.clip_options) or (0.0,)
+        if not all(isinstance(c, (int, float)) and not isinstance(c, bool) and c >= 0
+                   for c in (*self.clip_options, self.chosen_clip)):
+            raise ValueError(f"functionals_ridge: clip_options must be numbers >= 0 (0: no "
+                             f"clip), got {self.clip_options}")
         if self.head not in ("regression", "regression_z") or not self.alphas or self.folds < 2:
             raise ValueError("functionals_ridge: head regression|regression_z, alphas, folds >= 2")
         if not all(isinstance(a, (int, float)) and not isinstance(a, bool) and a > 0
@@ -296,43 +322,56 @@ class FunctionalsRidge(_Closed):
         self.register_buffer("bias", torch.full((N_TRAITS,), 0.5, dtype=torch.float64))
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
-        x = batch["functionals"].to(torch.float64)  # (B, F)
-        return x @ self.weight + self.bias  # (B, 5)
+        return self.linear_input(batch["functionals"]) @ self.weight + self.bias  # (B, 5)
+
+    def linear_input(self, x: Tensor) -> Tensor:
+        """x (B, F) as the weights read it: float64, clipped to +-chosen_clip sd (if any)."""
+        c = float(self.config.chosen_clip)
+        x = x.to(torch.float64)
+        return x.clamp(-c, c) if c > 0 else x
 
     def fit(self, x: np.ndarray, y: np.ndarray, groups: Sequence,
             columns: Sequence[str] | None = None) -> dict:
-        """Column set and alpha per trait by grouped CV, then the ridge on every train row (left
-        out columns get weight 0); returns the CV facts."""
+        """Column set, clip and alpha per trait by grouped CV, then the ridge on every train row
+        (left out columns get weight 0); returns the CV facts."""
         cfg = self.config
-        columns = list(columns) if columns is not None else [""] * x.shape[1]
-        best = None
-        for drop in cfg.drop_options:
-            keep = np.array([not (d and c.startswith(d)) for c in columns for d in [
-                next((p for p in drop if c.startswith(p)), "")]], bool)
-            if not keep.any():
-                continue
-            alphas, table, oof = ridge_cv(x[:, keep], y, groups, cfg.alphas, cfg.folds)
-            s = stretch(y, oof) if cfg.rescale else np.ones(y.shape[1])
-            score = float(ccc_columns(y, oof.mean(0) + (oof - oof.mean(0)) * s).mean())
-            if best is None or score > best[0] + 1e-12:
-                best = (score, drop, keep, alphas, table, oof, s)
-        _, drop, keep, alphas, table, oof, s = best
+        score, drop, clip, keep, alphas, table, oof, s = self._search(x, y, groups, columns)
+        xc = np.clip(x, -clip, clip) if clip > 0 else x  # as forward will read it
         w = np.zeros((x.shape[1], y.shape[1]))
         b = np.zeros(y.shape[1])
         for k, a in enumerate(alphas):
-            wk, b[k:k + 1] = ridge_solve(x[:, keep], y[:, k:k + 1], a)
+            wk, b[k:k + 1] = ridge_solve(xc[:, keep], y[:, k:k + 1], a)
             w[keep, k] = wk[:, 0]
-        cfg.chosen_drop = tuple(drop)
-        centre = (x @ w + b).mean(0)  # = the train mean of y
+        cfg.chosen_drop, cfg.chosen_clip = tuple(drop), float(clip)
+        centre = (xc @ w + b).mean(0)  # = the train mean of y
         cfg.n_features = x.shape[1]
         self.weight = torch.zeros(x.shape[1], N_TRAITS, dtype=torch.float64)  # the fitted shape
         self.weight.copy_(torch.from_numpy(w * s))
         self.bias.copy_(torch.from_numpy(centre + s * (b - centre)))
         cfg.chosen_alpha = tuple(float(a) for a in alphas)
-        oof_s = oof.mean(0) + (oof - oof.mean(0)) * s
-        return {"cv_ccc": float(ccc_columns(y, oof_s).mean()), "alpha": alphas.tolist(),
-                "left_out": list(drop), "stretch": s.round(3).tolist(),
-                "cv_table": table.tolist()}
+        return {"cv_ccc": score, "alpha": alphas.tolist(), "left_out": list(drop),
+                "clip": float(clip), "stretch": s.round(3).tolist(), "cv_table": table.tolist()}
+
+    def _search(self, x: np.ndarray, y: np.ndarray, groups: Sequence,
+                columns: Sequence[str] | None) -> tuple:
+        """The grouped CV over column sets x clip bounds (alphas per trait inside each):
+        (score, drop, clip, keep (F,) bool, alphas (k,), table (A, k), oof (n, k), stretch (k,))
+        of the best mean out-of-fold CCC after rescaling; the first one on a tie."""
+        cfg = self.config
+        columns = list(columns) if columns is not None else [""] * x.shape[1]
+        best = None
+        for drop in cfg.drop_options:
+            keep = np.array([not any(c.startswith(p) for p in drop if p) for c in columns], bool)
+            if not keep.any():
+                continue
+            for clip in cfg.clip_options:
+                alphas, table, oof = ridge_cv(x[:, keep], y, groups, cfg.alphas, cfg.folds,
+                                              clip=float(clip))
+                s = stretch(y, oof) if cfg.rescale else np.ones(y.shape[1])
+                score = float(ccc_columns(y, oof.mean(0) + (oof - oof.mean(0)) * s).mean())
+                if best is None or score > best[0] + 1e-12:
+                    best = (score, drop, float(clip), keep, alphas, table, oof, s)
+        return best
 
 
 # --------------------------------------------------------------------------------------------------

@@ -31,7 +31,8 @@ IG_RETRY = 4  # integrated gradients that leave UNACCOUNTED_SHARE out are run ag
 
 
 def linear_terms(model: nn.Module, key: str) -> tuple[np.ndarray, np.ndarray, str] | None:
-    """(W (F, 5), b (5,), units) of a model linear in views[key], or None: functionals_ridge
+    """(W (F, 5), b (5,), units) of a model linear in views[key] (in `model.linear_input(x)`
+    where it has one: the ridge's clipped z-scores), or None: functionals_ridge
     (units "score", before the clip to [0, 1]), audio_fn_linear with hidden=0 ("logit": before
     its sigmoid; "score" for the unbounded regression_z head)."""
     from models.audio import AudioFnMLP
@@ -142,6 +143,7 @@ def feature_contributions(model: nn.Module, views: Mapping[str, Tensor], key: st
     terms = linear_terms(model, key)
     if terms is not None:
         w, b, units = terms
+        x = model.linear_input(x) if hasattr(model, "linear_input") else x  # the ridge's clip
         values = (x.mean(dim=0).numpy()[:, None] * w)  # (F, 5); V = 1 for vector sources
         return {"method": "linear", "features": list(names), "values": values, "units": units,
                 "intercept": b, "raw_output": values.sum(axis=0) + b}

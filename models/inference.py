@@ -23,7 +23,8 @@ minimum (train refuses such a config before it reads any data: models/train_para
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import contextlib
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -41,6 +42,22 @@ def autocast(device: torch.device, amp: bool):
     """bf16 autocast on CUDA when `amp`; a no-op context elsewhere."""
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
                           enabled=bool(amp and device.type == "cuda"))
+
+
+@contextlib.contextmanager
+def exact_float32(device: torch.device, enabled: bool = True) -> Iterator[None]:
+    """TF32 off on CUDA inside the block (cuDNN's convolutions use its 10-bit mantissa by
+    default): a full-precision score on a GPU (amp off: train's predictions) is then the
+    float32 one that predict computes on the CPU, to float rounding. A no-op elsewhere."""
+    if not (enabled and device.type == "cuda"):
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 @torch.inference_mode()
@@ -65,7 +82,7 @@ def predict_videos(model: nn.Module, sources: Sequence[InputSource], video_ids: 
         if not items:
             return
         batch = to_device(collate(items), device, device.type == "cuda")
-        with autocast(device, amp):
+        with autocast(device, amp), exact_float32(device, not amp):
             outputs = model(batch)
         outputs = outputs.float()  # bf16 under autocast; decode / proba's buffers are float32
         scores = model.decode(outputs).cpu().numpy()  # (b, 5)

@@ -47,7 +47,7 @@ __all__ = [
     "repo_root", "data_path", "load_params", "load_params_file", "BaseParams", "load_base",
     "read_artifact", "write_artifact", "ArtifactWriter", "check_schema",
     "atomic_write_text", "atomic_write_json", "progress", "get_logger", "mlflow_run", "run_stage",
-    "mlflow_ui_url", "init_pipeline_tracking", "pipeline_tags",
+    "mlflow_ui_url", "init_pipeline_tracking", "pipeline_tags", "shown_path", "check_utf8_path",
 ]
 
 
@@ -180,7 +180,25 @@ def resolve_untrusted(path: str | os.PathLike, shown: str | os.PathLike) -> Path
         target.lstat()
     except OSError as exc:
         _refuse_unusable(exc, shown)  # a missing file is the caller's to report
+    check_utf8_path(target)  # a symlink's target may be named in another encoding
     return target
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """`path` as text any UTF-8 writer takes (Parquet, CSV, JSON): the bytes of a name that are
+    not UTF-8 (which Python keeps as lone surrogates) shown as \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def check_utf8_path(path: str | os.PathLike) -> None:
+    """StageInputError when `path` is not valid UTF-8 (a name from a Latin-1 or Shift-JIS file
+    system): the tables and reports store names as UTF-8 text, so it is refused by name here,
+    not by a UnicodeEncodeError that would stop the whole stage or batch later."""
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise StageInputError(f"{shown_path(path)}: the file name (or a folder's on its path) is "
+                              "not valid UTF-8; rename it") from None
 
 
 def _refuse_unusable(exc: OSError, shown: str | os.PathLike) -> None:
@@ -387,6 +405,27 @@ def frontend_params(path: str | os.PathLike | None = None) -> dict[str, dict]:
     params.yaml has changed (stages/predict.py)."""
     data = load_params_file(path)
     return {s: dict(data.get(s) or {}) for s in FRONTEND_SECTIONS}
+
+
+# front-end params naming a file, folder or URL of the machine that runs predict: never a
+# checkpoint's (an untrusted file would send predict to any path or URL), this machine's own
+MACHINE_LOCAL = {"faces": ("model_path",), "aus": ("openface_dir",)}
+
+
+def frontend_differences(stored: Any, here: dict[str, dict]) -> list[str]:
+    """"section.key: <stored> (the checkpoint's) against <here>" for each front-end param that
+    a checkpoint's `stored` sections set otherwise than `here` (frontend_params()), the
+    MACHINE_LOCAL names left out. As written, not as resolved: a key that one side sets to its
+    default and the other leaves out counts as differing (say it in both)."""
+    out = []
+    for section in FRONTEND_SECTIONS if isinstance(stored, dict) else ():
+        a, b = stored.get(section), here.get(section) or {}
+        a = a if isinstance(a, dict) else {}
+        for key in sorted(set(a) | set(b)):
+            if key not in MACHINE_LOCAL.get(section, ()) and a.get(key) != b.get(key):
+                out.append(f"{section}.{key}: {a.get(key, 'unset')!r} (the checkpoint's) "
+                           f"against {b.get(key, 'unset')!r}")
+    return out
 
 
 def experiment_models(path: str | os.PathLike | None = None) -> list[str] | None:

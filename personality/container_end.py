@@ -26,11 +26,16 @@ is decoded: MPEG-TS and NUT read a few bytes at either end, MPEG-PS its last 256
 walk touches every page of the file (0.6 s for 200 MiB). Not told apart: raw streams (H.264,
 HEVC, MPEG video), Ogg, cuts in a file's first kB. `python -m pytest tests/test_container_end.py`
 exercises it.
+
+Damage inside a file is the other thing a TS / PS demuxer hides: it resynchronises past bad
+bytes without an error. `missing_stretches` finds the hole from the packets' times (iter_frames
+reports it; the frames stage and predict warn).
 """
 from __future__ import annotations
 
 import mmap
 import os
+import numpy as np
 from pathlib import Path
 
 __all__ = ["cut_short"]
@@ -244,3 +249,27 @@ def _sub_blocks(data, pos: int) -> int:
         if not length:
             return pos
     return max(pos, size + 1)
+
+
+# A stretch between two packets' times longer than this many frame periods (and GAP_MIN_S) is
+# video missing from the stream: an MPEG-TS / PS demuxer resynchronises past damaged bytes
+# without an error, so 0.6 s of lost frames would otherwise decode as if whole
+GAP_PERIODS, GAP_MIN_S = 4.0, 0.2
+
+
+def missing_stretches(pts: list[int], time_base) -> dict:
+    """Stretches of a stream with no packet: {"gaps": how many, "missing_s": their length less
+    one frame period each, "gap_at_s": the first one's start in seconds from the first packet},
+    or {} when there is none. `pts`: the packets' presentation times in `time_base` units, in
+    any order (video_io.iter_frames collects them while it decodes). The frame period is the
+    median step, so a variable frame rate's jitter is no gap."""
+    if len(pts) < 3 or not time_base:
+        return {}
+    t = np.sort(np.asarray(pts, np.float64)) * float(time_base)
+    step = np.diff(t)
+    period = float(np.median(step[step > 0])) if (step > 0).any() else 0.0
+    gaps = step > max(GAP_PERIODS * period, GAP_MIN_S)
+    if period <= 0 or not gaps.any():
+        return {}
+    return {"gaps": int(gaps.sum()), "missing_s": round(float((step[gaps] - period).sum()), 3),
+            "gap_at_s": round(float(t[:-1][gaps][0] - t[0]), 3)}

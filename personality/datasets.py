@@ -23,7 +23,8 @@ from typing import Literal
 import pandas as pd
 
 from personality.archives import mac_leftover, unextracted_message, unextracted_zips
-from personality.common import StageInputError, get_logger, progress, resolve_untrusted, safe_join
+from personality.common import (StageInputError, check_utf8_path, get_logger, progress,
+                                resolve_untrusted, safe_join)
 from personality.csv_tables import read_table
 from personality.safe_pickle import load_data_pickle
 from personality.schemas import TRAITS
@@ -199,6 +200,11 @@ def _videos_by_name(video_dir: Path, problems: list[str]) -> dict[str, Path | No
     first: dict[str, Path] = {}  # key -> the first file found of it
     found = (p for p in video_dir.rglob("*") if p.suffix.lower() == ".mp4")  # [] if no folder
     for path in sorted(p for p in found if not mac_leftover(p)):
+        try:
+            check_utf8_path(path)
+        except StageInputError as exc:  # one file's name: a problem, not a dead stage
+            problems.append(f"{exc}; left out")
+            continue
         key = clip_key(path.name)
         prior = first.setdefault(key, path)
         if prior is path:

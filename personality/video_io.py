@@ -9,6 +9,8 @@ Nothing here runs on its own; `python -m pytest tests/test_frames.py` exercises 
   sampling by rate or a fixed count per video.
 Their Parquet artifacts, one row group per video, are personality/video_shards.py's.
 Per-video work runs through personality/executor.py (`map_jobs`), not here.
+One file because probing, the packet scans, the extent checks and decoding share its container
+helpers (`_open`, `_scan_packets`, the stream clock); what a file's bytes hide is container_end's.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from typing import Iterator
 import numpy as np
 
 from personality.common import StageInputError, check_frame_size, open_media
-from personality.container_end import cut_short
+from personality.container_end import cut_short, missing_stretches
 from personality.frame_sampling import (FrameClock, FrameSampler, PlannedPicker, SamplingPicker,
                                          nominal_rate)
 
@@ -297,8 +299,8 @@ def iter_frames(path: str | os.PathLike, *, fps: float | None = None, per_video:
     `report` (a dict), when given, receives `rotation`, `decoded` (frames the decoder produced),
     `errors`, `truncated` (the demuxer failed, too many corrupt packets, the stream stops well
     short of its declared duration: `ends_short`, or the bytes stop where no whole file of its
-    kind does: `cut`, container_end.cut_short's words), and `ends_at_s` and `declared_s` (where
-    its last frame lies, the duration the file declares).
+    kind does: `cut`, container_end.cut_short's words), `ends_at_s` and `declared_s` (where its
+    last frame lies, the duration the file declares), and container_end.missing_stretches'.
     Raises StageInputError naming the file when it cannot be opened or holds no video stream.
     """
     path = Path(path)
@@ -314,7 +316,8 @@ def iter_frames(path: str | os.PathLike, *, fps: float | None = None, per_video:
         pick = PlannedPicker(plan) if plan is not None else SamplingPicker(vs, keep, fps)
         # the packet scan saw every packet; a decode that stops at the plan's last frame did not
         last_pts = max((p for p in scan.pts if p is not None), default=None) if scan else None
-        for frames in _decoded_packets(container, vs, report, max_errors, plan):
+        seen_pts: list[int] = []  # every demuxed packet's, decoded or skipped
+        for frames in _decoded_packets(container, vs, report, max_errors, seen_pts, plan):
             for frame in frames:
                 report["decoded"] += 1
                 if frame.pts is not None and (last_pts is None or frame.pts > last_pts):
@@ -327,6 +330,7 @@ def iter_frames(path: str | os.PathLike, *, fps: float | None = None, per_video:
                 break
         if not report["truncated"]:
             report["errors"] += pick.missing  # kept frames the decoder never returned
+        report.update(missing_stretches(seen_pts, vs.time_base))
         declared, ends_at = _declared_s(vs, container), _pts_seconds(last_pts, FrameClock(vs))
         _check_extent(report, ends_at,
                       declared if np.isfinite(declared) else cut_container_s(path, ends_at))
@@ -399,12 +403,12 @@ def _skip_plan(scan: _PacketScan | None, fps: float | None,
     return plan
 
 
-def _decoded_packets(container, vs, report: dict, max_errors: int,
+def _decoded_packets(container, vs, report: dict, max_errors: int, seen_pts: list[int],
                      plan: dict | None = None) -> Iterator[list]:
-    """The decoded frames of each packet of stream `vs`, a list per packet. A packet that fails
-    to decode is skipped and counted (past `max_errors` the file counts as truncated); a demuxer
-    failure ends the stream there (truncated). With a `plan` ({pts: ...} of the frames wanted),
-    the decoder skips packets outside it that no other frame refers to."""
+    """The decoded frames of each packet of stream `vs`, a list per packet (every pts into
+    `seen_pts`). A packet that fails to decode is skipped and counted (past `max_errors` the file
+    counts as truncated); a demuxer failure ends it there (truncated). With a `plan` ({pts: ...}
+    of the frames wanted), the decoder skips packets outside it that no frame refers to."""
     demux = container.demux(vs)
     ctx = vs.codec_context
     while True:
@@ -415,6 +419,7 @@ def _decoded_packets(container, vs, report: dict, max_errors: int,
         except Exception:  # the demuxer itself failed: the file breaks off here
             report["truncated"] = True
             return
+        seen_pts += [] if packet.pts is None else [packet.pts]
         if plan is not None:  # the flush packet (no pts) must decode: it returns the last frames
             skippable = packet.pts is not None and packet.pts not in plan and not packet.is_discard
             ctx.skip_frame = "NONREF" if skippable else "DEFAULT"

@@ -17,7 +17,8 @@ data/clips.parquet does not change with the fold, so frames, faces, aus and audi
 DVC cache; augment, train, retrain and evaluate run. Run the pipeline once first (`make cv` does).
 
 Which sources it folds: ingest.split_mode=kfold splits the subjects of `synthetic`, `folder`,
-`perfex` and `openface_csv` (rows whose labels CSV gives a `split` keep it in every fold).
+`perfex` and `openface_csv` (ingest refuses a labels CSV that gives any row a `split`: k-fold
+decides every subject's).
 `chalearn16` and `udiva` bring their own split, so ingest refuses ingest.split_mode=kfold for
 them rather than give every fold the same split (and this script refuses before queuing): ChaLearn folds by YouTube id through its own
 params, one experiment per fold (`dvc exp run -n cv-fold<k> -S ingest.chalearn16.split_mode=kfold

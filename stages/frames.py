@@ -132,7 +132,7 @@ def run(params: FramesParams, base: BaseParams, root: Path | None = None) -> dic
                 log.warning("skipped %s: %s", res["video_id"], res["error"])
                 continue
             rep = res["report"]
-            if rep.get("truncated") or rep.get("errors"):
+            if rep.get("truncated") or rep.get("errors") or rep.get("gaps"):
                 notes[res["video_id"]] = damaged_video_note(rep, len(res["df"]))
                 log.warning("%s: %s", res["video_id"], notes[res["video_id"]])
             n_rows += len(res["df"])
@@ -156,6 +156,10 @@ def damaged_video_note(report: dict, kept: int) -> str:
     """In plain words (metrics/frames.json's warnings, predict's): what decoding a damaged video
     stream skipped, from iter_frames' `report`."""
     parts = [f"{report['errors']} corrupt video packet(s) skipped"] if report.get("errors") else []
+    if report.get("gaps"):
+        parts.append(f"{report['missing_s']:.2f} s of video missing in {report['gaps']} "
+                     f"stretch(es), the first at {report['gap_at_s']:.2f} s (damaged bytes the "
+                     "demuxer skipped, or a recording that paused)")
     if report.get("truncated"):
         parts.append("the video stream breaks off early" + (
             f" (the file {report['cut']})" if report.get("cut") else ""))

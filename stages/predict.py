@@ -5,9 +5,8 @@
 
 Runs frames, faces, aus and audio (together in one worker process: stages/predict_frontend.py;
 the front-end params the model's checkpoint keeps, those that made its training data, else
-params.yaml's) on VIDEO in a temporary folder, builds
-the model's inputs with the same sources training used, and averages the model's predictions
-over the video's views. Prints the five scores and writes
+params.yaml's) on VIDEO in a temporary folder, builds the model's inputs with the same sources
+training used, averages the model's predictions over the video's views, prints them and writes
   DIR/prediction.json   {"O": .., "C": .., "E": .., "A": .., "N": .., "model": .., ...}
   DIR/report.png        trait bars with the model's test error band, an AU timeline, a face
                         thumbnail, and what drove the scores (below)
@@ -85,9 +84,9 @@ import pandas as pd
 
 from personality import schemas
 from personality.common import (BaseParams, ParamsError, SchemaError, StageInputError,
-                                atomic_file, atomic_write_text, find_checkpoint,
+                                atomic_file, atomic_write_text, check_utf8_path, find_checkpoint,
                                 get_logger, is_checkpoint_path, load_params, pid_alive,
-                                repo_root, sweep_stale_temps)
+                                repo_root, shown_path, sweep_stale_temps)
 from personality.executor_worker import die_with_parent
 from personality.schemas import TRAITS
 from stages.predict_batch import (VIDEO_EXTENSIONS, WorkerDied, batch_ids, collect_videos,
@@ -189,7 +188,8 @@ def _interval_text(result: dict, trait: str) -> str:
 
 
 def _refuse_non_file(video: Path) -> None:
-    """StageInputError for a video path that is not a regular file, saying what it is."""
+    """StageInputError for a path that is not a regular file (saying what it is) or UTF-8."""
+    check_utf8_path(video)
     if not video.is_file():
         raise StageInputError(f"{video}: " + ("no such file" if not video.exists() else
                                               "is a folder" if video.is_dir() else
@@ -280,7 +280,7 @@ def result_row(result: dict) -> dict:
 def score_row(video: Path, report: Path, model: str | None, root: Path | None,
               explain: bool = True) -> dict:
     """One row of predictions.csv: the scores and facts, or the error that stopped this video."""
-    row = {"video": str(video), "video_id": report.stem, "report": ""}
+    row = {"video": shown_path(video), "video_id": report.stem, "report": ""}
     try:
         result = predict_video(video, model=model, root=root, explain=explain)
     except Exception as exc:  # noqa: BLE001 - one bad file is a row, the batch goes on
@@ -314,8 +314,8 @@ def _failed_row(job: tuple, exc: BaseException) -> dict:
     could not be sent back."""
     video, report = job[0], job[1]
     text = str(exc) if isinstance(exc, WorkerDied) else error_text(exc)
-    return {"video": str(video), "video_id": report.stem, "report": "",
-            "error": text if str(video) in text else f"{video}: {text}"}
+    return {"video": shown_path(video), "video_id": report.stem, "report": "",
+            "error": text if shown_path(video) in text else f"{shown_path(video)}: {text}"}
 
 
 def _score_rows(jobs: list[tuple], workers: int):

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator, Sequence
 import pandas as pd
 
 from personality.archives import mac_leftover
-from personality.common import atomic_write_text, get_logger
+from personality.common import atomic_write_text, get_logger, shown_path
 from personality.schemas import TRAITS
 
 __all__ = ["VIDEO_EXTENSIONS", "WorkerDied", "collect_videos", "same_files", "batch_ids",
@@ -248,11 +248,19 @@ NOT_SCORED = "not scored: the batch had not reached it (still running, or stoppe
 def batch_table(rows: list[dict | None], jobs: Sequence[Sequence]) -> pd.DataFrame:
     """predictions.csv's table: a row per job (video, report path, ...), in job order; a job
     not yet done says so."""
-    filled = [row or {"video": str(job[0]), "video_id": Path(job[1]).stem, "report": "",
+    filled = [row or {"video": shown_path(job[0]), "video_id": Path(job[1]).stem, "report": "",
                       "error": NOT_SCORED} for row, job in zip(rows, jobs)]
-    table = pd.DataFrame(filled).reindex(columns=CSV_COLUMNS)
+    table = pd.DataFrame([{k: _cell(v) for k, v in row.items()} for row in filled])
+    table = table.reindex(columns=CSV_COLUMNS)
     table["error"] = table["error"].fillna("")
     return table
+
+
+def _cell(value):
+    """A text cell as predictions.csv can hold it: a name's non-UTF-8 bytes as \\xNN, and a
+    carriage return as \\r (the CSV writer quotes a newline in a field but not a lone CR, which
+    readers take as the end of a row)."""
+    return shown_path(value).replace("\r", "\\r") if isinstance(value, str) else value
 
 
 def save_table(out: Path, rows: list[dict | None], jobs: Sequence[Sequence], *,

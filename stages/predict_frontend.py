@@ -23,9 +23,9 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from personality.common import (BaseParams, ParamsError, StageInputError, build_dataclass,
-                                frontend_params, get_logger, load_params, read_artifact,
-                                repo_root)
+from personality.common import (MACHINE_LOCAL, BaseParams, ParamsError, StageInputError,
+                                build_dataclass, frontend_params, get_logger, load_params,
+                                read_artifact, repo_root)
 from personality.executor import CLUSTER_ENV, ExecutorError, map_jobs, placement, time_limit_s
 from personality.executor_kept import KeptWorkers
 from personality.schemas import TRAITS
@@ -37,9 +37,6 @@ __all__ = ["checked_frontend", "front_end_params", "frontend_stages", "resolved_
 
 log = get_logger("predict")
 
-# front-end params naming a file, folder or URL of the machine that runs predict: never a
-# checkpoint's (an untrusted file would send predict to any path or URL), this machine's own
-MACHINE_LOCAL = {"faces": ("model_path",), "aus": ("openface_dir",)}
 
 
 def checked_frontend(stored: Any, params_file: Path | None, checkpoint: Path) -> dict | None:

@@ -318,7 +318,7 @@ def retrain_model(name: str, p: RetrainParams, base: BaseParams, root: Path,
         # proba (n, 5, 5) for 5-bin heads: evaluate scores the 5-bin view from it, as train's
         _finish(root, out_name, have, engine.predict_videos(
             model, sources, have["video_id"].tolist(), return_proba=True), staging,
-            train_duration_s=ckpt.get("train_duration_s") or [])
+            train_duration_s=ckpt.get("train_duration_s") or [], model=model)
     _log_report(name, report, len(tune_ids), len(mixed))
     return {**report, "n_finetune": len(tune_ids), "n_mixed": len(mixed),
             "frozen_parameters": frozen}
@@ -334,13 +334,13 @@ def _log_report(name: str, report: dict, n_tuned: int, n_mixed: int) -> None:
 
 
 def _finish(root: Path, out_name: str, have: pd.DataFrame, predicted: tuple,
-            staging: Path, *, train_duration_s: list) -> None:
+            staging: Path, *, train_duration_s: list, model) -> None:
     """Mark the checkpoints in `staging` finished with the test error measured for them
     (per-trait MAE against the manifest's test labels) and the base model's span of training
     clip durations (the rated stimuli tuned on are clips of the same train split: predict's
     short-clip warning holds as it did), and write the predictions.
     predicted: (preds (n, 5), proba (n, 5, 5) or None) for every row of `have`."""
-    from models.checkpoints import mark_finished
+    from models.checkpoints import holds_weights, mark_finished
     from models.inference import predictions_table
 
     preds, proba = predicted
@@ -350,7 +350,8 @@ def _finish(root: Path, out_name: str, have: pd.DataFrame, predicted: tuple,
              for k, t in enumerate(TRAITS)} if test.any() else {}
     for name in ("best.pt", "last.pt"):
         if (staging / name).is_file():
-            mark_finished(staging / name, test_error=error, train_duration_s=train_duration_s)
+            mark_finished(staging / name, train_duration_s=train_duration_s,  # the scored one's
+                          test_error=error if holds_weights(staging / name, model) else None)
     write_predictions(root / RETRAINED / "predictions" / f"{out_name}.parquet", predictions_table(
         have["video_id"].to_numpy(), have["split"].to_numpy(), preds, proba, out_name))
 

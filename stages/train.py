@@ -52,8 +52,8 @@ from models.train_params import (TrainParams, check_model_config, check_train_pa
                                   for_model)
 from personality.common import (BaseParams, ParamsError, StageInputError, atomic_dir,
                                 atomic_write_json, atomic_write_text, check_schema,
-                                frontend_params, get_logger, load_base, load_params, repo_root,
-                                stage_errors, write_predictions)
+                                frontend_differences, frontend_params, get_logger, load_base,
+                                load_params, repo_root, stage_errors, write_predictions)
 from personality.schemas import SPLITS, TRAITS
 
 log = get_logger("train")
@@ -181,6 +181,11 @@ def _evaluate_checkpoint(name: str, p: TrainParams, root: Path, meta: dict,
     out_dir = root / "data" / "models" / name
     ckpt_path = _test_only_path(name, p, root)
     ckpt = engine.read_checkpoint(ckpt_path)
+    differ = frontend_differences(ckpt.get("frontend"), frontend_params())
+    if differ:  # scored on data/'s features, it would give numbers predict does not
+        raise StageInputError(f"{ckpt_path}: its training data came from other front-end params "
+                              f"than params.yaml's ({'; '.join(differ[:4])}): set them there "
+                              "(dvc repro) to score it here, or use predict")
     if "model_name" in ckpt:
         if ckpt["model_name"] != name:
             raise StageInputError(f"{ckpt_path}: a {ckpt['model_name']} checkpoint, not "
@@ -303,11 +308,12 @@ def _summarize(name: str, p: TrainParams, cfg: TrainConfig, fit_info: dict, data
     return summary
 
 
-def _finish(out_dir: Path, summary: dict, data: dict, meta: dict) -> None:
+def _finish(out_dir: Path, summary: dict, data: dict, meta: dict, model) -> None:
     """The run's last step: its checkpoints say they are finished, what they were trained on (and
     the training clips' shortest and longest duration) and the test error measured for them
-    (predict quotes it)."""
-    from models.checkpoints import inputs_digest, mark_finished
+    (predict quotes it): only a file that holds the scored `model`'s weights gets it, the other
+    (a last.pt past the best epoch) None."""
+    from models.checkpoints import holds_weights, inputs_digest, mark_finished
 
     per_trait = (summary.get("test") or {}).get("per_trait") or {}
     test_error = {t: per_trait[t]["mae"] for t in TRAITS if t in per_trait}
@@ -319,8 +325,9 @@ def _finish(out_dir: Path, summary: dict, data: dict, meta: dict) -> None:
     span = [float(seconds.min()), float(seconds.max())] if len(seconds) else []
     for name in ("best.pt", "last.pt"):
         if (out_dir / name).is_file():
-            mark_finished(out_dir / name, test_error=test_error, inputs_digest=digest,
-                          train_duration_s=span)
+            scored = holds_weights(out_dir / name, model)
+            mark_finished(out_dir / name, test_error=test_error if scored else None,
+                          inputs_digest=digest, train_duration_s=span)
 
 
 def _log_final(mlf, summary: dict, started: float) -> None:
@@ -397,7 +404,7 @@ def train_model(name: str, p: TrainParams, base: BaseParams, root: Path) -> dict
                 return {"model": name, "test_only": False, "rank": rank, **fit_info}
         predictions, preds, proba = _predict(model, name, cfg, data)
         summary = _summarize(name, p, cfg, fit_info, data, preds, proba)
-        _finish(staging, summary, data, meta)
+        _finish(staging, summary, data, meta, model)
         # each file below is atomic; a kill between them leaves the stage unfinished for DVC,
         # which re-runs it, and the old model folder in place (it is swapped in after them)
         write_predictions(root / "data" / "predictions" / f"{name}.parquet", predictions)

@@ -78,3 +78,19 @@ def test_fit_lazy_audio_functionals_model_on_cuda():
     source = AudioFnSource(data, {}, [f"fn_{i}" for i in range(9)], AudioFnSourceConfig())
     _fit_and_predict(build_model("audio_fn_linear", hidden=0), [source], ids,
                      rng.uniform(0, 1, (32, 5)))
+
+
+def test_full_precision_scores_on_cuda_are_the_cpus():
+    """train scores its predictions on the GPU with amp off; predict scores on the CPU. With
+    TF32 off for that (models/inference.py exact_float32) the two agree to float rounding; with
+    cuDNN's default TF32 convolutions they need not."""
+    rng = np.random.default_rng(2)
+    seqs = {f"v{i:02d}": rng.uniform(0, 5, (int(rng.integers(12, 31)), 17)) for i in range(8)}
+    ids = sorted(seqs)
+    torch.manual_seed(0)
+    model = build_model("perfex_cnn", channels=(32, 64), hidden=32).eval()
+    sources = [AUSource(seqs, config=AUSourceConfig(seq_len=24))]
+    cpu = predict_videos(model, sources, ids, device="cpu")
+    place_model(model.to(CUDA), [], [], CUDA, channels_last=True)  # as train leaves it
+    gpu = predict_videos(model, sources, ids, device=CUDA, amp=False)
+    assert np.abs(gpu - cpu).max() <= 1e-5

@@ -471,3 +471,21 @@ def test_save_checkpoint_is_plain_data(tmp_path):
     assert ckpt["model_config"]["kernel_sizes"] == [3]
     rebuilt, _ = load_checkpoint(path)
     assert rebuilt.config == model.config
+
+
+def test_exact_float32_turns_tf32_off_for_a_cuda_score_and_back_on_after():
+    """The flags are process-wide: a full-precision score on a GPU turns TF32 off for itself
+    only (tests/test_cuda.py checks the scores on a GPU machine); on the CPU nothing changes."""
+    from models.inference import exact_float32
+
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        with exact_float32(torch.device("cuda")):
+            assert not torch.backends.cudnn.allow_tf32
+            assert not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.allow_tf32
+        with exact_float32(torch.device("cpu")), exact_float32(torch.device("cuda"), False):
+            assert torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before

@@ -365,3 +365,37 @@ def test_skipping_frames_nobody_keeps_gives_the_same_frames(tmp_path, monkeypatc
         assert skipped["decoded"] < full["decoded"] and skipped["errors"] == 0, path.name
         if "per_video" in sampling:
             assert len(fast) == 7, path.name  # every sample is a shown frame
+
+
+def _mpegts(path: Path, n: int = 30) -> Path:
+    """n frames of 64x48 H.264 at 25 fps in an MPEG-TS (~55 kB)."""
+    import av
+
+    with av.open(str(path), "w", format="mpegts") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for k in range(n):
+            image = av.VideoFrame.from_ndarray(frame_image(k, 64, 48), format="rgb24")
+            for packet in stream.encode(image):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def test_a_damaged_stretch_of_an_mpegts_is_named_not_decoded_as_whole(tmp_path):
+    """The TS demuxer resynchronises past zeroed bytes without an error: 40% of the file lost
+    used to decode with errors 0 and no warning. The packets' times show the hole."""
+    from stages.frames import damaged_video_note
+
+    whole = _mpegts(tmp_path / "whole.ts")
+    data = bytearray(whole.read_bytes())
+    lo, hi = int(0.3 * len(data)), int(0.7 * len(data))
+    data[lo:hi] = bytes(hi - lo)
+    (tmp_path / "damaged.ts").write_bytes(data)
+    _, report = extract_video(video_id="w", path=whole, params=FramesParams())
+    assert "gaps" not in report
+    _, report = extract_video(video_id="d", path=tmp_path / "damaged.ts", params=FramesParams())
+    assert report["gaps"] == 1 and 0.3 < report["missing_s"] < 0.6 and report["errors"] == 0
+    note = damaged_video_note(report, 4)
+    assert "s of video missing in 1 stretch(es), the first at" in note

@@ -98,6 +98,52 @@ def test_ridge_matches_sklearn():
     assert np.allclose(w, ref.coef_.T) and np.allclose(b, ref.intercept_)
 
 
+def test_ridge_cv_scales_each_fold_on_its_own_training_rows():
+    """The grouped CV z-scores every fold with its training rows alone, so it gives the same
+    choices and out-of-fold predictions whatever scale the caller standardised with (before,
+    scaling once over all rows let a held-out fold bound its own z-scores)."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(40, 12))
+    x[:, 3] = rng.standard_cauchy(40)  # a heavy-tailed column
+    y = 0.5 + 0.1 * x[:, :5] @ rng.normal(size=(5, 5)) / 3 + rng.normal(0, 0.05, (40, 5))
+    groups = np.arange(40) // 4
+    alphas = (1.0, 10.0, 100.0)
+    scale, shift = rng.uniform(0.1, 10, 12), rng.normal(0, 5, 12)
+    for clip in (0.0, 3.0):
+        a1, t1, o1 = classical.ridge_cv(x, y, groups, alphas, 4, clip=clip)
+        a2, t2, o2 = classical.ridge_cv(x * scale + shift, y, groups, alphas, 4, clip=clip)
+        assert np.array_equal(a1, a2) and np.allclose(t1, t2) and np.allclose(o1, o2)
+    held = classical.group_folds(groups, 4)[0]
+    train = np.setdiff1d(np.arange(40), held)
+    z = classical.fold_scaled(x, train, 3.0)
+    assert np.allclose(z[train].mean(0), np.clip(z[train], -3, 3).mean(0))
+    assert np.abs(z).max() == pytest.approx(3.0)
+    assert np.allclose(classical.fold_scaled(x, train)[train].std(0), 1.0)
+
+
+def test_the_ridge_clips_what_the_cv_chose_in_training_forward_and_contributions():
+    """A fitted clip bounds every input the same way: an unseen clip 400 sd out on a column
+    scores as one at the bound, and its linear contributions still sum to the raw output."""
+    from models.contributions import feature_contributions
+
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(60, 8))
+    y = np.clip(0.5 + 0.08 * x[:, :5] + rng.normal(0, 0.03, (60, 5)), 0, 1)
+    model = classical.FunctionalsRidge(classical.RidgeConfig(clip_options=(3.0,), folds=3))
+    facts = model.fit(x, y, np.arange(60) // 3)
+    assert facts["clip"] == model.config.chosen_clip == 3.0
+    far, bound = np.zeros((1, 8)), np.zeros((1, 8))
+    far[0, 1], bound[0, 1] = 400.0, 3.0
+    score = [model({"functionals": torch.from_numpy(v)}) for v in (far, bound)]
+    assert torch.equal(score[0], score[1])
+    part = feature_contributions(model, {"functionals": torch.from_numpy(far)}, "functionals",
+                                 [f"c{k}" for k in range(8)])
+    assert np.allclose(part["raw_output"], score[0][0].numpy())
+    assert part["values"][1] == pytest.approx(3.0 * model.weight[1].numpy())
+    with pytest.raises(ValueError, match="clip_options"):
+        classical.RidgeConfig(clip_options=(-1.0,))
+
+
 def test_exported_trees_predict_like_sklearn():
     rng = np.random.default_rng(2)
     x = rng.normal(size=(60, 8)).astype(np.float32)

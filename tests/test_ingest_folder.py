@@ -397,3 +397,21 @@ def test_paths_written_on_windows_or_in_another_unicode_form_find_their_files(fo
     files = inputs.fingerprint({"source": "folder", "folder": {"labels": str(csv)}},
                                tmp_path)["files"]
     assert not [k for k, v in files.items() if v == {"missing": True}]
+
+
+def test_a_video_named_in_another_encoding_is_a_bad_row(tmp_path):
+    """A symlink in the dataset to a Latin-1 name (b'caf\\xe9.mp4'): that row is reported and
+    the good one stays (it used to stop ingest with a UnicodeEncodeError)."""
+    import os
+
+    ds = tmp_path / "ds"
+    write_video(ds / "clips" / "a.mp4")
+    latin = os.fsdecode(bytes(ds / "clips") + b"/caf\xe9.mp4")
+    write_video(Path(latin))
+    (ds / "clips" / "link.mp4").symlink_to(latin)
+    (ds / "labels.csv").write_text("video,O,C,E,A,N\nclips/a.mp4,.5,.5,.5,.5,.5\n"
+                                   "clips/link.mp4,.5,.5,.5,.5,.5\n")
+    rows, problems = read_labels_csv(ds / "labels.csv")
+    assert rows["video"].tolist() == ["clips/a.mp4"]
+    assert len(problems) == 1 and "row 3 (clips/link.mp4)" in problems[0]
+    assert "caf\\xe9.mp4: the file name" in problems[0] and "not valid UTF-8" in problems[0]

@@ -21,7 +21,8 @@ from stages import (audio, augment, aus, faces, frames, functionals, predict, re
 from personality.common import BaseParams, load_params
 from personality.schemas import TRAITS
 
-TOLERANCE = 1e-4
+TOLERANCE = 1e-6  # predict and the stage compute the same float64/float32 ops: parity is exact
+SEPARATION = 10 * TOLERANCE  # every other clip's prediction is this far off (so a wrong clip fails)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -35,8 +36,12 @@ def _one_thread():
 def quick_train_params(models: list[str] | None = None) -> train.TrainParams:
     """params.yaml's train section (the default models and their configs), one short epoch."""
     p = load_params("train", train.TrainParams)
+    # trees that can split the tiny train split's few clips: with params.yaml's leaves of 5 rows
+    # they predicted one constant for every clip, which any clip's prediction would match
+    configs = {**p.model_config, "functionals_gbt": {**(p.model_config.get("functionals_gbt")
+                                                        or {}), "min_samples_leaf": 1}}
     return dataclasses.replace(p, models=models or list(p.models), epochs=1, mlflow=False,
-                               views_per_video=1, batch_size=8, threads=1)
+                               views_per_video=1, batch_size=8, threads=1, model_config=configs)
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +87,10 @@ def test_predict_gives_the_pipelines_prediction(pipeline_root, model, tmp_path):
     got = np.array([result[t] for t in TRAITS])
     want = pipeline_prediction(pipeline_root, model, clip["video_id"])
     assert np.abs(got - want).max() <= TOLERANCE, (model, got, want)
+    others = [pipeline_prediction(pipeline_root, model, v) for v in manifest["video_id"]
+              if v != clip["video_id"]]
+    nearest = min(np.abs(o - want).max() for o in others)
+    assert nearest > SEPARATION, f"{model}: another clip's prediction is {nearest:.1e} away"
 
 
 @pytest.mark.parametrize("model", ["perfex_cnn", "logmel_cnn", "functionals_ridge"])

@@ -270,3 +270,31 @@ def test_a_pipe_is_not_called_a_missing_file(tmp_path):
         predict.predict_video(fifo)
     with pytest.raises(StageInputError, match="is a folder"):
         predict.predict_video(tmp_path)
+
+
+def test_a_name_that_is_not_utf8_is_a_row_of_its_own_and_the_batch_goes_on(tmp_path,
+                                                                             au_checkpoint):
+    """A Latin-1 name (b'caf\\xe9.mp4') used to stop the whole batch with a UnicodeEncodeError
+    when the table was built, and a single predict with a traceback; a carriage return in a name
+    split its row in two. Now each is a row that names it, beside the good clip's scores."""
+    import os
+
+    from personality.common import StageInputError
+
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    shutil.copy(real_fixture("single_face.mp4"), folder / "good.mp4")
+    latin = os.fsdecode(bytes(folder) + b"/caf\xe9.mp4")
+    shutil.copy(real_fixture("single_face.mp4"), latin)
+    (folder / "cr\rname.mp4").write_bytes(b"not a video")
+    with pytest.raises(StageInputError, match=r"caf\\xe9\.mp4: the file name .* not valid UTF-8"):
+        predict.predict_video(Path(latin))
+    table = predict.predict_batch(predict_batch.collect_videos([folder]), tmp_path / "out",
+                                  model=str(au_checkpoint), explain=False)
+    read = pd.read_csv(tmp_path / "out" / "predictions.csv", keep_default_na=False)
+    assert len(read) == 3 and read["video"].tolist() == table["video"].tolist()
+    rows = {Path(v).name: r for v, r in zip(read["video"], read.to_dict("records"))}
+    assert set(rows) == {"caf\\xe9.mp4", "cr\\rname.mp4", "good.mp4"}
+    assert "not valid UTF-8" in rows["caf\\xe9.mp4"]["error"]
+    assert rows["cr\\rname.mp4"]["error"] and not rows["good.mp4"]["error"]
+    assert 0 <= float(rows["good.mp4"]["O"]) <= 1

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from personality.common import BaseParams, ParamsError, read_artifact
+from personality.common import BaseParams, ParamsError, StageInputError, read_artifact
 from personality.schemas import TRAITS
 from stages.train import TrainParams, run
 from tests.conftest import load_bench
@@ -80,6 +80,20 @@ def test_train_writes_checkpoints_predictions_and_metrics(au_root, trained):
     assert trained["perfex_cnn"]["best_epoch"] >= 1
 
 
+def test_only_the_checkpoint_that_was_scored_carries_the_test_error(au_root, trained):
+    """predict quotes a checkpoint's test_error (and evaluate's intervals around it): last.pt,
+    other weights than the best epoch's, used to carry best.pt's figures."""
+    for name in MODELS:
+        best, last = (torch.load(au_root / "data" / "models" / name / f, weights_only=True)
+                      for f in ("best.pt", "last.pt"))
+        summary = json.loads((au_root / "metrics" / "train" / f"{name}.json").read_text())
+        mae = {t: v["mae"] for t, v in summary["test"]["per_trait"].items()}
+        assert best["test_error"] == pytest.approx(mae)
+        same = all(torch.equal(best["state_dict"][k], v) for k, v in last["state_dict"].items())
+        assert last["test_error"] == (best["test_error"] if same else None)
+    assert any(trained[n]["best_epoch"] < 3 for n in MODELS), "no model whose last epoch differs"
+
+
 def test_metrics_say_what_hardware_trained_the_model(au_root, trained):
     """A CUDA run's scores differ from a CPU run's of the same seed (docs/training.md): the
     metrics name the device, so two runs' numbers are not taken for one."""
@@ -108,6 +122,18 @@ def test_test_only_evaluates_the_checkpoint_without_training(au_root, trained):
     assert path.read_bytes() == before
     pred_after = pd.read_parquet(au_root / "data" / "predictions" / "perfex_cnn.parquet")
     pd.testing.assert_frame_equal(pred_before, pred_after)
+
+
+def test_test_only_refuses_a_checkpoint_trained_on_another_front_end(au_root, trained, tmp_path):
+    """A checkpoint whose data were sampled at 5 fps, scored on data/'s 8 fps frames, gave
+    numbers up to 0.08 from what predict (which runs the checkpoint's front-end) gives."""
+    ckpt = torch.load(au_root / "data" / "models" / "perfex_cnn" / "best.pt", weights_only=True)
+    ckpt["frontend"]["frames"]["fps"] = 5.0
+    torch.save(ckpt, tmp_path / "elsewhere.pt")
+    with pytest.raises(StageInputError, match=r"frames\.fps: 5\.0 \(the checkpoint.s\) "
+                                              r"against 8\.0"):
+        run(params(test_only=True, resume=str(tmp_path / "elsewhere.pt")),
+            BaseParams(workers=1), root=au_root, models=["perfex_cnn"])
 
 
 def test_test_only_reads_the_inputs_as_the_checkpoint_says(au_root, trained):
