@@ -16,11 +16,12 @@ least `level`, if the new clip is exchangeable with them. The held-out clips are
 (never test: test only checks the coverage). Three caveats, which the test coverage measures:
 clips of one person are not exchangeable with each other (the residuals come in subject
 clusters); validation also chose the model; and for the deep models it chose their epoch (early
-stopping), so their validation residuals are a little smaller than a new clip's: on the default
-data the test coverage of the 80% intervals was 0.76-0.78 for the early-stopped PerFeX models and
-hrnet_face against 0.83-0.86 for the closed-form ones, every interval of it holding 0.80
-(2026-12-06). Calibrating on subjects that early stopping did not see would remove it; with 8
-validation subjects, halves of 4 would make both choices noisier. With fewer than level / (1 - level) clips
+stopping), so their validation residuals may be smaller than a new clip's. On the default data
+(2026-12-06) the 80% intervals held 73-78% of test scores for the PerFeX models and hrnet_face,
+82-86% for logmel_cnn and bimodal_resnet (early-stopped too) and 83-87% for the closed-form
+models, the lowest intervals' upper ends at 0.80: a hint, not a measured effect. Calibrating on
+subjects that early stopping did not see would remove it; with 8 validation subjects, halves of
+4 would make both choices noisier. With fewer than level / (1 - level) clips
 (19 at 0.95), ceil((n + 1) * level) > n: no finite half-width (None).
 
 evaluate writes each model's half-widths under selection.val.<model>.interval_half_width (from
