@@ -36,9 +36,10 @@ import pandas as pd
 
 from personality import schemas
 from personality.common import (BaseParams, ParamsError, StageInputError, atomic_dir,
-                           atomic_write_json, by_video, experiment_models, find_checkpoint, get_logger,
-                           is_checkpoint_path, load_params_keys, read_artifact, repo_root,
-                           run_stage, safe_join, write_artifact)
+                           atomic_write_json, by_video, check_utf8_path, experiment_models,
+                           find_checkpoint, get_logger, is_checkpoint_path, load_params_keys,
+                           read_artifact, repo_root, run_stage, safe_join, shown_path,
+                           write_artifact)
 from personality.schemas import AU_INTENSITY, AU_PRESENCE, TRAITS
 
 log = get_logger("deploy")
@@ -96,12 +97,13 @@ def read_csv_corpus(folder: Path, reading: OpenFaceReading, failed: dict[str, st
     tables = []
     for csv in csvs:
         try:
+            check_utf8_path(csv)  # a sequence id is text: a Latin-1 name is named, not mangled
             tables.append(read_openface_csv(safe_join(folder, csv.name), video_id=csv.stem,
                                             face_id=reading.openface_face_id,
                                             presence_threshold=reading.presence_threshold))
         except StageInputError as exc:
-            failed[csv.name] = str(exc)
-            log.warning("skipped %s: %s", csv.name, exc)
+            failed[shown_path(csv.name)] = str(exc)
+            log.warning("skipped %s: %s", shown_path(csv.name), exc)
     if not tables:
         raise StageInputError(f"deploy.corpus: no readable OpenFace CSV in {folder}: "
                               + "; ".join(list(failed.values())[:5]))

@@ -390,15 +390,20 @@ def _corpus_with_bad_files(tmp_path: Path) -> Path:
 def test_deploy_reports_every_csv_it_skips_and_refuses_links_out(trained, tmp_path):
     """Review finding: bad CSVs were only a log line, and a symlink out of the folder was read
     and labelled. Now each is in data/deploy/summary.json's `failed`, naming why."""
+    import os
+
     corpus = _corpus_with_bad_files(tmp_path)
+    shutil.copy(corpus / "good.csv", os.fsdecode(bytes(corpus) + b"/caf\xe9.csv"))  # Latin-1
     summary = deploy.run(deploy.DeployParams(model=str(trained / "data/models/perfex_cnn/best.pt"),
                                              corpus=str(corpus)), BaseParams(), root=tmp_path)
     labels = pd.read_parquet(tmp_path / "data/deploy/labels.parquet")
     assert labels["video_id"].tolist() == ["alias", "good"]
     written = json.loads((tmp_path / "data/deploy/summary.json").read_text())
-    assert written == summary and summary["n_failed"] == 4
+    assert written == summary and summary["n_failed"] == 5
     failed = {row["video_id"]: row["error"] for row in summary["failed"]}
-    assert list(failed) == ["bad.csv", "empty.csv", "link_out.csv", "truncated.csv"]
+    assert list(failed) == ["bad.csv", "caf\\xe9.csv", "empty.csv", "link_out.csv",
+                            "truncated.csv"]
+    assert "not valid UTF-8" in failed["caf\\xe9.csv"]
     assert failed["link_out.csv"].startswith("link_out.csv: path escapes")
     assert "private" not in failed["link_out.csv"]  # says nothing of what it points at
     assert "missing column 'AU01_r'" in failed["bad.csv"] and "empty.csv" in failed["empty.csv"]
