@@ -212,7 +212,7 @@ def holds_weights(path: str | os.PathLike, model: nn.Module) -> bool:
     """Whether the checkpoint at `path` holds exactly `model`'s weights (every tensor equal):
     a run's best.pt and last.pt differ unless its last epoch was its best."""
     stored = read_checkpoint(path).get("state_dict") or {}
-    state = model.state_dict()
+    state = getattr(model, "module", model).state_dict()  # a DDP wrapper's module, as saved
     return stored.keys() == state.keys() and all(
         torch.equal(stored[k], v.detach().cpu()) for k, v in state.items())
 
