@@ -80,9 +80,11 @@ class FunctionalsSource(InputSource):
     keys = ("functionals",)
 
     def __init__(self, data: dict[str, np.ndarray], columns: list[str], mean: np.ndarray,
-                 std: np.ndarray, cfg: FunctionalsSourceConfig):
+                 std: np.ndarray, cfg: FunctionalsSourceConfig,
+                 missing: dict[str, np.ndarray] | None = None):
         self.data, self.columns, self.config = data, columns, cfg
         self.mean, self.std = mean, std
+        self.missing = missing or {}  # video -> (F,) bool: NaN before the fill with the mean
 
     def has(self, video_id: str) -> bool:
         return video_id in self.data
@@ -156,7 +158,8 @@ def functionals_source(*, root: Path, video_ids: list[str], config: dict) -> Fun
     ids = df["video_id"].tolist()
     fit_ids = set() if cfg.mean else set(_stats_ids(root, ids, cfg.stats_split))  # stored stats
     mean, std = _statistics(values, np.array([v in fit_ids for v in ids], bool), cfg)
-    return FunctionalsSource(dict(zip(ids, _zscores(values, mean, std))), columns, mean, std, cfg)
+    return FunctionalsSource(dict(zip(ids, _zscores(values, mean, std))), columns, mean, std, cfg,
+                             missing=dict(zip(ids, np.isnan(values))))
 
 
 def _zscores(values: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -222,11 +225,18 @@ def ridge_solve(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray,
 
 
 def fold_scaled(x: np.ndarray, fit_rows: np.ndarray, clip: float = 0.0) -> np.ndarray:
-    """x (n, F) z-scored again with the mean and sd of its rows `fit_rows` (indices), then
-    clipped to [-clip, clip] (0: not clipped): how a cross-validation fold sees standardised
-    features when its held-out rows took no part in the standardisation, as a new clip's do."""
-    mean, sd = x[fit_rows].mean(0), x[fit_rows].std(0)
-    z = (x - mean) / np.where(sd > 1e-8, sd, 1.0)
+    """x (n, F) z-scored again with the mean and sd of its rows `fit_rows` (indices), NaN (a
+    missing value) then 0, the fold's mean, and clipped to [-clip, clip] (0: not clipped): how a
+    cross-validation fold sees standardised features when its held-out rows took no part in the
+    standardisation, as a new clip's do (the source fills a missing value the same way)."""
+    if np.isnan(x).any():
+        with np.errstate(all="ignore"), __import__("warnings").catch_warnings():
+            __import__("warnings").simplefilter("ignore", RuntimeWarning)  # an all-NaN column
+            mean = np.nan_to_num(np.nanmean(x[fit_rows], 0))
+            sd = np.nan_to_num(np.nanstd(x[fit_rows], 0))
+    else:  # the same figures without the NaN-aware passes (bit for bit as before)
+        mean, sd = x[fit_rows].mean(0), x[fit_rows].std(0)
+    z = np.nan_to_num((x - mean) / np.where(sd > 1e-8, sd, 1.0))
     return np.clip(z, -clip, clip) if clip > 0 else z
 
 
@@ -333,9 +343,11 @@ class FunctionalsRidge(_Closed):
     def fit(self, x: np.ndarray, y: np.ndarray, groups: Sequence,
             columns: Sequence[str] | None = None) -> dict:
         """Column set, clip and alpha per trait by grouped CV, then the ridge on every train row
-        (left out columns get weight 0); returns the CV facts."""
+        (left out columns get weight 0); returns the CV facts. x: (n, F) standardised, NaN where
+        a value was missing (each fold fills it with its own mean; 0 is the whole split's)."""
         cfg = self.config
         score, drop, clip, keep, alphas, table, oof, s = self._search(x, y, groups, columns)
+        x = np.nan_to_num(x)  # a missing value: the train mean, as the source gives it
         xc = np.clip(x, -clip, clip) if clip > 0 else x  # as forward will read it
         w = np.zeros((x.shape[1], y.shape[1]))
         b = np.zeros(y.shape[1])
@@ -599,8 +611,10 @@ def fit_closed_form(model: _Closed, sources: Sequence[InputSource], *, train_ids
     labelled = ~np.isnan(y).any(axis=1)
     x = _matrix(sources, [v for v, ok in zip(train_ids, labelled) if ok])
     g = np.asarray(groups)[labelled]
-    columns = next((s.columns for s in sources if isinstance(s, FunctionalsSource)), None)
-    facts = _fit_rows(model, x, y[labelled], g, columns)
+    source = next((s for s in sources if isinstance(s, FunctionalsSource)), None)
+    columns = source.columns if source is not None else None
+    ids = [v for v, ok in zip(train_ids, labelled) if ok]
+    facts = _fit_rows(model, _with_missing(x, source, ids), y[labelled], g, columns)
     model.eval()
     meta = dict(meta or {})
     meta["model_config"] = model_config_of(model)
@@ -638,19 +652,30 @@ def refit(model: _Closed, x: np.ndarray, y: np.ndarray, groups: Sequence,
           columns: Sequence[str] | None = None) -> _Closed:
     """A new model of `model`'s class and configuration fitted on (x (n, F), y (n, 5)) by the
     same procedure: its grid (alphas, column sets, tree counts) searched again by grouped CV over
-    `groups`, then every row. The explain stage's cross-fitting: a copy that never saw a subject
+    `groups`, then every row (x with NaN where a value was missing, as fit_closed_form gives it). The explain stage's cross-fitting: a copy that never saw a subject
     scores that subject's clips. `columns`: the functionals' names (the ridge's column sets)."""
     fresh = type(model)(dataclasses.replace(model.config))
     _fit_rows(fresh, x, y, groups, columns)
     return fresh.eval()
 
 
+def _with_missing(x: np.ndarray, source: FunctionalsSource | None,
+                  ids: Sequence[str]) -> np.ndarray:
+    """x (n, F) with NaN again where the source filled a missing value with the train mean,
+    so that the ridge's CV folds fill it with their own (`fold_scaled`)."""
+    if source is None or not source.missing or x.shape[1] != len(source.columns):
+        return x
+    mask = np.stack([source.missing.get(v, np.zeros(x.shape[1], bool)) for v in ids])
+    return np.where(mask, np.nan, x)
+
+
 def _fit_rows(model: _Closed, x: np.ndarray, y: np.ndarray, groups: Sequence,
               columns: Sequence[str] | None) -> dict:
-    """model.fit on (x, y): the ridge also takes the column names (its column sets)."""
+    """model.fit on (x, y): the ridge also takes the column names (its column sets) and the
+    NaN of missing values; the trees take the filled values."""
     if isinstance(model, FunctionalsRidge):
         return model.fit(x, y, groups, columns)
-    return model.fit(x, y, groups)
+    return model.fit(np.nan_to_num(x), y, groups)
 
 
 def _predict(model: _Closed, x: np.ndarray) -> np.ndarray:

@@ -206,7 +206,8 @@ def crossfit(net: Any, key: str, ids: list[str], rows: pd.DataFrame, names: list
         keep = np.flatnonzero(fit)
         z = standardised(raw, fit)  # (n, F) float32, from the fitted folds' statistics
         views = {ids[i]: {key: torch.from_numpy(z[i:i + 1])} for i in held}
-        parts.append(Scored(refit(net, z[keep].astype(np.float64), y[keep], g[keep], names),
+        zk = np.where(np.isnan(raw[keep]), np.nan, z[keep])  # missing: each fold's own fill
+        parts.append(Scored(refit(net, zk.astype(np.float64), y[keep], g[keep], names),
                             views, y[held], list(g[held]), "train"))
     return parts
 

@@ -121,6 +121,26 @@ def test_ridge_cv_scales_each_fold_on_its_own_training_rows():
     assert np.allclose(classical.fold_scaled(x, train)[train].std(0), 1.0)
 
 
+def test_a_missing_value_is_filled_by_each_fold_without_its_held_out_rows(table_root):
+    """The source fills a missing value with the train mean (0), which the held-out fold helped
+    set; the ridge's CV gets the NaN back (`_with_missing`) and each fold fills it with its own
+    mean, so no held-out value moves its fold's scaling (a review, 2026-12-06)."""
+    rng = np.random.default_rng(7)
+    x = rng.lognormal(size=(60, 3))
+    x[rng.random(60) < 0.4, 0] = np.nan
+    train, held = np.arange(45), np.arange(45, 60)
+    moved = x.copy()
+    moved[held] += 5.0
+    a, b = classical.fold_scaled(x, train), classical.fold_scaled(moved, train)
+    assert np.array_equal(a[train], b[train]) and not np.isnan(a).any()
+    assert np.allclose(a[train][~np.isnan(x[train, 0]), 0].mean(), 0)
+    root, ids, _, _ = table_root
+    src, = build_sources(["functionals"], root=root, video_ids=ids, config={})
+    filled = classical._matrix([src], ids[:30])
+    again = classical._with_missing(filled, src, ids[:30])
+    assert np.isnan(again[3, 2]) and np.isnan(again).sum() == 1 and filled[3, 2] == 0
+
+
 def test_the_ridge_clips_what_the_cv_chose_in_training_forward_and_contributions():
     """A fitted clip bounds every input the same way: an unseen clip 400 sd out on a column
     scores as one at the bound, and its linear contributions still sum to the raw output."""
@@ -222,7 +242,7 @@ def test_refit_repeats_the_training_procedure(table_root, tmp_path, name):
     loaded, _ = load_checkpoint(tmp_path / "m" / "best.pt")
     trained = {k: v.clone() for k, v in loaded.state_dict().items()}
     config = dataclasses.asdict(loaded.config)
-    x = classical._matrix([src], ids[:30])  # (30, F): the rows fit_closed_form fitted on
+    x = classical._with_missing(classical._matrix([src], ids[:30]), src, ids[:30])  # (30, F)
     again = classical.refit(loaded, x, y[:30], subjects[:30], src.columns).state_dict()
     assert all(torch.equal(again[k], v) for k, v in trained.items())
     fewer = classical.refit(loaded, x[:20], y[:20], subjects[:20], src.columns).state_dict()
