@@ -262,6 +262,11 @@ def ridge_cv(x: np.ndarray, y: np.ndarray, groups: Sequence, alphas: Sequence[fl
 HeadKind = Literal["regression", "regression_z"]
 
 
+def _bound(value: Any) -> bool:
+    """A clip bound: a number >= 0 (0: no clip; NaN and booleans are not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+
+
 @dataclasses.dataclass
 class RidgeConfig:
     n_features: int = 0  # set by the fit (the functionals source's column count)
@@ -284,11 +289,14 @@ class RidgeConfig:
         self.alphas, self.chosen_alpha = tuple(self.alphas), tuple(self.chosen_alpha)
         self.drop_options = tuple(tuple(d) for d in self.drop_options) or ((),)
         self.chosen_drop = tuple(self.chosen_drop)
+        if not isinstance(self.clip_options, (list, tuple)) or not all(
+                _bound(c) for c in self.clip_options):
+            raise ValueError(f"functionals_ridge: clip_options must be a list of numbers >= 0 "
+                             f"(0: no clip), got {self.clip_options!r}")
         self.clip_options = tuple(self.clip_options) or (0.0,)
-        if not all(isinstance(c, (int, float)) and not isinstance(c, bool) and c >= 0
-                   for c in (*self.clip_options, self.chosen_clip)):
-            raise ValueError(f"functionals_ridge: clip_options must be numbers >= 0 (0: no "
-                             f"clip), got {self.clip_options}")
+        if not _bound(self.chosen_clip):
+            raise ValueError(f"functionals_ridge: chosen_clip must be a number >= 0, got "
+                             f"{self.chosen_clip!r}")
         if self.head not in ("regression", "regression_z") or not self.alphas or self.folds < 2:
             raise ValueError("functionals_ridge: head regression|regression_z, alphas, folds >= 2")
         if not all(isinstance(a, (int, float)) and not isinstance(a, bool) and a > 0

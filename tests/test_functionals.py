@@ -160,8 +160,12 @@ def test_the_ridge_clips_what_the_cv_chose_in_training_forward_and_contributions
                                  [f"c{k}" for k in range(8)])
     assert np.allclose(part["raw_output"], score[0][0].numpy())
     assert part["values"][1] == pytest.approx(3.0 * model.weight[1].numpy())
-    with pytest.raises(ValueError, match="clip_options"):
-        classical.RidgeConfig(clip_options=(-1.0,))
+    for bad in ((-1.0,), 3, None, (float("nan"),), (True,)):
+        with pytest.raises(ValueError, match="clip_options must be a list of numbers >= 0"):
+            classical.RidgeConfig(clip_options=bad)
+    with pytest.raises(ValueError, match="chosen_clip must be a number >= 0, got -1"):
+        classical.RidgeConfig(chosen_clip=-1.0)
+    assert classical.RidgeConfig(clip_options=[0, 3]).clip_options == (0, 3)
 
 
 def test_exported_trees_predict_like_sklearn():
