@@ -229,11 +229,8 @@ def fold_scaled(x: np.ndarray, fit_rows: np.ndarray, clip: float = 0.0) -> np.nd
     missing value) then 0, the fold's mean, and clipped to [-clip, clip] (0: not clipped): how a
     cross-validation fold sees standardised features when its held-out rows took no part in the
     standardisation, as a new clip's do (the source fills a missing value the same way)."""
-    if np.isnan(x).any():
-        with np.errstate(all="ignore"), __import__("warnings").catch_warnings():
-            __import__("warnings").simplefilter("ignore", RuntimeWarning)  # an all-NaN column
-            mean = np.nan_to_num(np.nanmean(x[fit_rows], 0))
-            sd = np.nan_to_num(np.nanstd(x[fit_rows], 0))
+    if np.isnan(x).any():  # the source's own statistics (NaN-aware; a constant sd is 1)
+        mean, sd = _statistics(x, fit_rows, FunctionalsSourceConfig())
     else:  # the same figures without the NaN-aware passes (bit for bit as before)
         mean, sd = x[fit_rows].mean(0), x[fit_rows].std(0)
     z = np.nan_to_num((x - mean) / np.where(sd > 1e-8, sd, 1.0))
