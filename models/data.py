@@ -91,15 +91,39 @@ class InputSource(abc.ABC):
 
 
 def for_inference(source_config: dict | None, sources: Sequence[InputSource] = ()) -> dict:
-    """A source config for prediction: original sequences rather than augmented ones, plus what
-    `sources` fitted on their training data. Train stores its result in the checkpoint."""
+    """A source config for prediction: every option `sources` were built with, defaults written
+    out, original sequences rather than augmented ones, plus what `sources` fitted on their
+    training data. Train stores its result in the checkpoint."""
     config = {k: dict(v or {}) for k, v in (source_config or {}).items()}
+    if sources:
+        _write_out_defaults(config, [k for s in sources for k in s.keys])
     if "aus" in config:
         config["aus"]["augmented"] = False
     for source in sources:
         for key, fitted in source.fitted_config().items():
             config.setdefault(key, {}).update(fitted)
     return config
+
+
+# Options that change how fast inputs are made, never what they are: left to the machine that
+# predicts (a checkpoint from a 128 GB box must not ask a laptop for its cache)
+RUNTIME_OPTIONS = frozenset({"cache_mb", "preload"})
+
+
+def _write_out_defaults(config: dict, input_keys: Sequence[str]) -> None:
+    """Fill `config` in place with every option of the sources for `input_keys` that it leaves
+    to a default, as resolved now: a checkpoint then says how its inputs were made, and a later
+    change of a default (logmel max_frames, aus eval_views, ...) cannot change its predictions.
+    Under each source's first key; an option given under another of its keys still wins."""
+    for reg in _registrations(input_keys):
+        if reg.options is None:
+            continue
+        options = source_options(reg.options, _merged_config(reg, config),
+                                 f"source_config.{reg.keys[0]}")
+        entry = config.setdefault(reg.keys[0], {})
+        for field in dataclasses.fields(options):
+            if field.name not in RUNTIME_OPTIONS:
+                entry.setdefault(field.name, getattr(options, field.name))
 
 
 def check_inference_parity(sources: Sequence[InputSource], config: dict, *, root: Path,

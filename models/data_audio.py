@@ -32,9 +32,9 @@ standardisation).
 Standardisation (logmel per band, audio_fn per feature) uses statistics of the train split:
 `stats_split: train` reads data/manifest.parquet under the root and keeps the given videos of
 that split ("" = all the given videos); `mean` / `std` in the config override them. They travel
-in the checkpoint (`fitted_config`), beside the logmel and wave eval_mode as resolved (a
-train.source_config without it: the source's default, logmel `full`, wave `centre`). The image
-sources are models/data_image.py.
+in the checkpoint (`fitted_config`), beside every option as resolved (models.data.for_inference:
+a train.source_config without eval_mode got the source's default, logmel `full`, wave `centre`,
+and the checkpoint says so). The image sources are models/data_image.py.
 """
 from __future__ import annotations
 
@@ -108,7 +108,8 @@ class LogmelSourceConfig:
     frames: int = 300  # train crop, in hop_s steps (300 x 10 ms = 3 s); shorter clips zero-padded
     # eval_mode's default stays `full` (params.yaml sets `centre`): checkpoints trained with a
     # train.source_config that left it out were scored on the whole clip, and predict scores
-    # them so; since 2026-12-05 the checkpoint records the mode it used (fitted_config)
+    # them so; since 2026-12-05 the checkpoint records the mode it used, since 2026-12-06 every
+    # option (models.data.for_inference)
     eval_mode: Literal["full", "centre", "crops"] = "full"  # whole clip as one view, the centre
     #   crop of `frames`, or crops: V = ceil(T / frames) crops of `frames` steps, evenly spaced
     #   from the first step to the last (overlapping a little), predictions averaged over them
@@ -141,14 +142,9 @@ class _AudioBase(InputSource):
     step_s: float = 0.01  # seconds per step of the last axis (the artifact's hop_s, or 1 / sr)
 
     def fitted_config(self) -> dict[str, dict]:
-        """The statistics, and the eval view's mode as resolved (logmel, wave): a checkpoint then
-        names the mode it was scored with even where train.source_config left it to the
-        source's default (logmel: `full`, not params.yaml's `centre`), so what predict does
-        with it reads from the file, not from a default that could change under it."""
-        mode = getattr(getattr(self, "config", None), "eval_mode", None)
-        if mode is None:  # audio_fn: one vector, no eval view to choose
-            return self.fitted
-        return {self.key: {**self.fitted.get(self.key, {}), "eval_mode": mode}}
+        """The statistics (the eval view's mode and every other option are written out for the
+        checkpoint by models.data.for_inference, whatever train.source_config left out)."""
+        return self.fitted
 
     def __init__(self, data: dict[str, np.ndarray], missing: dict[str, str], on_missing: str):
         self.data, self.missing, self.on_missing = data, missing, on_missing

@@ -41,8 +41,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-import torchvision.transforms.v2.functional as TF
 
+from models import image_ops
 from models.data import InputSource, SourceError, register_source, source_options
 from personality.common import get_logger
 
@@ -85,7 +85,7 @@ def augment_images(x: torch.Tensor, rng: np.random.Generator, cfg: Any) -> torch
     stack (a clip gets the same flip / crop / jitter on every frame)."""
     size = cfg.size
     if cfg.augment == "none":
-        return x if x.shape[-1] == size else TF.resize(x, [size, size], antialias=True)
+        return x if x.shape[-1] == size else image_ops.resize(x, size)
     H, W = x.shape[-2:]
     area = H * W * rng.uniform(*cfg.crop_scale)
     ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
@@ -93,15 +93,16 @@ def augment_images(x: torch.Tensor, rng: np.random.Generator, cfg: Any) -> torch
     w = int(round(min(W, math.sqrt(area * ratio))))
     top, left = int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))
     flip = bool(rng.random() < 0.5)
-    x = TF.resized_crop(x, top, left, h, w, [size, size], antialias=True)
+    x = image_ops.resized_crop(x, top, left, h, w, size)
     if flip:
-        x = TF.horizontal_flip(x)
+        x = image_ops.horizontal_flip(x)
     if cfg.augment == "strong":
         j = cfg.jitter
         b, c, s = rng.uniform(1 - j, 1 + j, size=3)
         for i in rng.permutation(3):
-            x = (TF.adjust_brightness(x, float(b)) if i == 0 else
-                 TF.adjust_contrast(x, float(c)) if i == 1 else TF.adjust_saturation(x, float(s)))
+            x = (image_ops.adjust_brightness(x, float(b)) if i == 0 else
+                 image_ops.adjust_contrast(x, float(c)) if i == 1 else
+                 image_ops.adjust_saturation(x, float(s)))
         if rng.random() < cfg.erase_p:
             ea = size * size * rng.uniform(0.02, 0.2)
             er = math.exp(rng.uniform(math.log(0.3), math.log(3.3)))

@@ -45,10 +45,10 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.resnet import BasicBlock
 
 from models.audio import logmel_input
 from models.registry import register
+from models.resnet_blocks import BasicBlock
 from models.visual import (HeadFields, ResNetTrunk, ZooModel, check_head, finish, image_input,
                            make_config, make_head)
 

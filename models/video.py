@@ -47,9 +47,9 @@ from typing import Any, Literal, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.resnet import BasicBlock
 
 from models.registry import register
+from models.resnet_blocks import BasicBlock
 from models.visual import (HeadFields, ResNetTrunk, ZooModel, check_head, finish, make_config,
                            make_head, seq_input)
 

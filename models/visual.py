@@ -40,10 +40,10 @@ from typing import Any, Literal, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from models.perfex import HeadModel, make_config, make_head
 from models.registry import register
+from models.resnet_blocks import BasicBlock, Bottleneck
 
 __all__ = ["ZooModel", "make_config", "make_head", "ResNetTrunk", "SEBasicBlock",
            "ResNetConfig", "HRNetConfig", "DANConfig", "ClipTransformerConfig", "CNNLSTMConfig",
@@ -132,15 +132,15 @@ def image_input(batch: Mapping[str, Tensor], key: str) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------------
-# ResNet family (torchvision's blocks; width and depth configurable)
+# ResNet family (torchvision's layout, models/resnet_blocks.py; width and depth configurable)
 
 
 class SEBasicBlock(BasicBlock):
-    """torchvision's BasicBlock with squeeze-excitation on the residual branch (Hu et al. 2018)."""
+    """The BasicBlock with squeeze-excitation on the residual branch (Hu et al. 2018)."""
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample=None, *args,
-                 reduction: int = 16, **kwargs):
-        super().__init__(inplanes, planes, stride, downsample, *args, **kwargs)
+    def __init__(self, inplanes: int, planes: int, stride: int = 1,
+                 downsample: nn.Module | None = None, reduction: int = 16):
+        super().__init__(inplanes, planes, stride, downsample)
         inner = max(4, planes // reduction)
         self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(planes, inner, 1),
                                 nn.ReLU(inplace=True), nn.Conv2d(inner, planes, 1), nn.Sigmoid())

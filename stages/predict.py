@@ -368,7 +368,7 @@ def _single(video: Path, out: Path, model: str | None, explain: bool = True) -> 
         start_front_end_worker()
         from models.registry import list_models
 
-        list_models()  # torch, torchvision, every model (~3.5 s) while the worker sets up
+        list_models()  # torch, every model (~3.5 s) while the worker sets up
         result = predict_video(video, model=model, explain=explain)
     except Exception as exc:  # our own errors: one line, not a traceback
         if not is_input_error(exc):

@@ -6,6 +6,7 @@ train / eval views, determinism, videos without inputs.
 """
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import numpy as np
@@ -184,7 +185,8 @@ def test_the_checkpoint_config_names_the_eval_mode_the_audio_sources_scored_with
         again = data_audio.logmel_source(root=av_root, video_ids=ids[:1], config=stored)
         assert torch.equal(again.eval_items(ids[0])["logmel"], mel.eval_items(ids[0])["logmel"])
     wave = data_audio.wave_source(root=av_root, video_ids=ids, config={})
-    assert for_inference({}, [wave]) == {"wave": {"eval_mode": "centre"}}
+    assert for_inference({}, [wave]) == {"wave": {"samples": 48000, "eval_mode": "centre",
+                                                  "on_missing": "error", "path": ""}}
     fn = data_audio.audio_fn_source(root=av_root, video_ids=ids, config={})
     assert "eval_mode" not in for_inference({}, [fn])["audio_fn"]
 
@@ -252,3 +254,28 @@ def test_standardisation_never_falls_back_on_held_out_clips(av_root):
         "split != 'train'")["video_id"].tolist()
     with pytest.raises(SourceError, match="no train-split video"):
         data_audio.logmel_source(root=av_root, video_ids=held_out, config={})
+
+
+def test_the_checkpoint_config_writes_out_every_option_a_source_was_built_with(av_root,
+                                                                           monkeypatch):
+    """A checkpoint's source config used to hold only what train.source_config said: logmel
+    max_frames / span / normalise or aus eval_views rested on the code's defaults, so a later
+    change of a default would have changed what predict does with an old checkpoint. Every option
+    is written out now (not the machine's cache_mb / preload), and a source rebuilt from the
+    stored config alone, under changed defaults, makes the same inputs."""
+    from models import data
+    from models.data import for_inference
+
+    ids = _ids(av_root)
+    mel = data_audio.logmel_source(root=av_root, video_ids=ids, config={"frames": 100})
+    stored = for_inference({"logmel": {"frames": 100}, "face": {"size": 32}}, [mel])
+    fields = {f.name for f in dataclasses.fields(data_audio.LogmelSourceConfig)}
+    assert set(stored["logmel"]) == fields - data.RUNTIME_OPTIONS
+    assert stored["logmel"]["frames"] == 100 and stored["logmel"]["max_frames"] == 1500
+    assert stored["face"] == {"size": 32}  # another model's key: as given, nothing built
+    moved = dataclasses.make_dataclass(  # the same options, every default moved
+        "Moved", [("eval_mode", str, "centre"), ("max_frames", int, 7), ("normalise", bool, False)],
+        bases=(data_audio.LogmelSourceConfig,), frozen=True)
+    monkeypatch.setattr(data_audio, "LogmelSourceConfig", moved)
+    again = data_audio.logmel_source(root=av_root, video_ids=ids[:1], config=stored["logmel"])
+    assert torch.equal(again.eval_items(ids[0])["logmel"], mel.eval_items(ids[0])["logmel"])

@@ -127,13 +127,18 @@ def test_other_heads(name, head):
     assert model.decode(out).shape == (B, 5)
 
 
-def test_resnet_matches_torchvision_at_full_width():
-    import torchvision
+# torchvision's resnet18 (11,689,512 parameters) and resnet50 (25,557,032) without their
+# 1000-way fc (512 * 1000 + 1000 and 2048 * 1000 + 1000)
+RESNET18_TRUNK, RESNET50_TRUNK = 11_689_512 - 513_000, 25_557_032 - 2_049_000
 
+
+def test_resnet_matches_torchvision_at_full_width():
     ours = build_model("resnet18_face", width=64).trunk
-    ref = torchvision.models.resnet18(weights=None)
-    n_ref = sum(p.numel() for n, p in ref.named_parameters() if not n.startswith("fc."))
-    assert sum(p.numel() for p in ours.parameters()) == n_ref
+    assert sum(p.numel() for p in ours.parameters()) == RESNET18_TRUNK
+    ours = build_model("resnet50_face", width=64).trunk
+    assert sum(p.numel() for p in ours.parameters()) == RESNET50_TRUNK
+    names = {n for n, _ in ours.named_parameters()}  # torchvision's keys, under `stages`
+    assert {"stages.0.0.conv3.weight", "stages.0.0.downsample.1.bias"} <= names
 
 
 def test_unknown_config_key_is_named():
