@@ -11,7 +11,9 @@ data/retrained/models/NAME+retrained/best.pt) or a checkpoint path; it must read
 NAME+retrained does not exist (a source without a user study skips retraining), NAME is used,
 with a warning. A model name whose base is not in `train.models` (a zoo experiment such as
 `dvc exp run -S 'train.models=[logmel_cnn]'`) is not part of the experiment: the stage writes an
-empty data/deploy/ with skipped.json instead of labelling with a stale checkpoint.
+empty data/deploy/ with skipped.json instead of labelling with a stale checkpoint. A checkpoint
+trained on AUs from other frames / faces / aus params than params.yaml's is refused for
+`deploy.corpus: aus` (data/aus would not be the kind of sequence it learnt from).
 
 Outputs (data/deploy/):
   labels.parquet      one row per sequence: video_id, O..N scores, O_bin..N_bin (the 5-bin class,
@@ -37,9 +39,9 @@ import pandas as pd
 from personality import schemas
 from personality.common import (BaseParams, ParamsError, StageInputError, atomic_dir,
                            atomic_write_json, by_video, check_utf8_path, experiment_models,
-                           find_checkpoint, get_logger, is_checkpoint_path, load_params_keys,
-                           read_artifact, repo_root, run_stage, safe_join, shown_path,
-                           write_artifact)
+                           find_checkpoint, frontend_differences, frontend_params, get_logger,
+                           is_checkpoint_path, load_params_keys, read_artifact, repo_root,
+                           run_stage, safe_join, shown_path, write_artifact)
 from personality.schemas import AU_INTENSITY, AU_PRESENCE, TRAITS
 
 log = get_logger("deploy")
@@ -119,9 +121,31 @@ def _shown(path: Path, root: Path | None) -> str:
         return str(path)
 
 
+# the front-end sections that make data/aus (the audio and functionals ones feed no AU model)
+AU_FRONTEND = ("frames", "faces", "aus")
+
+
+def check_au_frontend(ckpt: dict, ckpt_path: Path, here: dict | None) -> None:
+    """A checkpoint trained on AUs that other front-end params made (another fps, face model or
+    AU estimator) would read data/aus' sequences unlike its training data, and label them with
+    numbers neither its pipeline nor predict gives: refused, naming the params. `here`: the
+    params that made the corpus (None: not this pipeline's, e.g. a folder of OpenFace CSVs)."""
+    stored = ckpt.get("frontend")
+    if here is None or not isinstance(stored, dict):
+        return
+    differ = frontend_differences({s: stored.get(s) for s in AU_FRONTEND},
+                                  {s: here.get(s) for s in AU_FRONTEND})
+    if differ:
+        raise StageInputError(f"deploy.model: {ckpt_path} was trained on AUs from other "
+                              f"front-end params than params.yaml's ({'; '.join(differ[:4])}): "
+                              "set them there (dvc repro) to label data/aus with it, or label "
+                              "its own kind of OpenFace CSVs (deploy.corpus: a folder)")
+
+
 def label_corpus(table: pd.DataFrame, ckpt_path: Path, *, batch_size: int = 64,
-                 root: Path | None = None) -> pd.DataFrame:
-    """Scores per sequence of an AU table with an AU model checkpoint."""
+                 root: Path | None = None, frontend: dict | None = None) -> pd.DataFrame:
+    """Scores per sequence of an AU table with an AU model checkpoint. `frontend`: the
+    front-end params that made `table` (check_au_frontend; None for a CSV corpus)."""
     from models.data import build_sources, for_inference
     from models.checkpoints import require_finished
     from models.engine import load_checkpoint, predict_videos
@@ -129,6 +153,7 @@ def label_corpus(table: pd.DataFrame, ckpt_path: Path, *, batch_size: int = 64,
 
     model, ckpt = load_checkpoint(ckpt_path)
     require_finished(ckpt, ckpt_path)
+    check_au_frontend(ckpt, ckpt_path, frontend)
     inputs = set(ckpt.get("inputs", []))
     if not inputs <= {"aus", "aus_mask"}:
         raise ParamsError(f"deploy.model: {ckpt_path} is a {ckpt.get('model_name')} model reading "
@@ -196,7 +221,9 @@ def run(params: DeployParams, base: BaseParams, root: Path | None = None,
     table = load_corpus(params, root, reading, failed)
     if table.empty:
         raise StageInputError("deploy: the corpus holds no AU frame")
-    labels = label_corpus(table, ckpt, batch_size=params.batch_size, root=root)
+    made_by = root / "params.yaml"  # the params that made data/aus (a CSV corpus: its own)
+    frontend = frontend_params(made_by) if params.corpus == "aus" and made_by.exists() else None
+    labels = label_corpus(table, ckpt, batch_size=params.batch_size, root=root, frontend=frontend)
     summary = {"n_sequences": int(len(labels)), "n_frames": int(len(table)),
                "model": str(labels["model"].iloc[0]), "checkpoint": _shown(ckpt, root),
                "n_failed": len(failed), "failed": by_video(failed, "error", root=root)}

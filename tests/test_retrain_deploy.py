@@ -16,7 +16,7 @@ import yaml
 
 from models.checkpoints import mark_finished
 from stages import deploy, retrain
-from personality.common import BaseParams, ParamsError, write_artifact
+from personality.common import BaseParams, ParamsError, StageInputError, write_artifact
 from personality.schemas import AU_INTENSITY, AU_PRESENCE, TRAITS
 from tests.conftest import real_fixture
 
@@ -228,6 +228,31 @@ def test_deploy_on_openface_csvs(trained, tmp_path):
     assert summary["n_sequences"] == 1 and summary["n_frames"] == 100
     labels = pd.read_parquet(tmp_path / "data/deploy/labels.parquet")
     assert labels["video_id"].tolist() == ["clip_a"]
+
+
+def test_deploy_refuses_a_checkpoint_from_another_au_frontend(trained, tmp_path):
+    """A checkpoint path trained on AUs at 30 fps would read this pipeline's 8 fps data/aus as
+    slowed-down faces and label them with numbers no pipeline gives: refused, naming the param.
+    Audio params feed no AU model and a CSV corpus is the user's own: neither is held against it."""
+    root = tmp_path / "d"
+    shutil.copytree(trained, root)
+    ckpt = torch.load(root / "data/models/perfex_cnn/best.pt", weights_only=True)
+    ckpt["frontend"] = {"frames": {"fps": 30}, "aus": {}, "audio": {"sample_rate": 8000}}
+    other = root / "elsewhere.pt"
+    torch.save(ckpt, other)
+    (root / "params.yaml").write_text("frames: {fps: 8}\naudio: {sample_rate: 16000}\n")
+    with pytest.raises(StageInputError, match=r"elsewhere.pt.*frames\.fps: 30 .*against 8"):
+        deploy.run(deploy.DeployParams(model=str(other)), BaseParams(), root=root)
+    assert not (root / "data/deploy").exists()  # nothing half-written
+    (root / "params.yaml").write_text("frames: {fps: 30}\naudio: {sample_rate: 16000}\n")
+    assert deploy.run(deploy.DeployParams(model=str(other)), BaseParams(),
+                      root=root)["n_sequences"] == 48
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    shutil.copy(real_fixture("OpenFace_Test.csv"), corpus / "clip_a.csv")
+    (root / "params.yaml").write_text("frames: {fps: 8}\n")
+    assert deploy.run(deploy.DeployParams(model=str(other), corpus=str(corpus)), BaseParams(),
+                      root=root)["n_sequences"] == 1
 
 
 def test_deploy_refuses_non_au_model(tmp_path):
