@@ -399,12 +399,13 @@ def load_params_keys(section: str, cls: type[T], path: str | os.PathLike | None 
 FRONTEND_SECTIONS = ("frames", "faces", "aus", "audio", "functionals")
 
 
-def frontend_params(path: str | os.PathLike | None = None) -> dict[str, dict]:
+def frontend_params(path: str | os.PathLike | None = None,
+                    sections: tuple[str, ...] = FRONTEND_SECTIONS) -> dict[str, dict]:
     """params.yaml's front-end sections as written, {section: {key: value}}: what a checkpoint
     keeps, so that predict runs the front-end that made the model's training data even after
-    params.yaml has changed (stages/predict.py)."""
+    params.yaml has changed (stages/predict.py). `sections`: only these (deploy: the AU ones)."""
     data = load_params_file(path)
-    return {s: dict(data.get(s) or {}) for s in FRONTEND_SECTIONS}
+    return {s: dict(data.get(s) or {}) for s in sections}
 
 
 # front-end params naming a file, folder or URL of the machine that runs predict: never a

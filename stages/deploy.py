@@ -133,8 +133,7 @@ def check_au_frontend(ckpt: dict, ckpt_path: Path, here: dict | None) -> None:
     stored = ckpt.get("frontend")
     if here is None or not isinstance(stored, dict):
         return
-    differ = frontend_differences({s: stored.get(s) for s in AU_FRONTEND},
-                                  {s: here.get(s) for s in AU_FRONTEND})
+    differ = frontend_differences({s: stored.get(s) for s in AU_FRONTEND}, here)
     if differ:
         raise StageInputError(f"deploy.model: {ckpt_path} was trained on AUs from other "
                               f"front-end params than params.yaml's ({'; '.join(differ[:4])}): "
@@ -222,7 +221,8 @@ def run(params: DeployParams, base: BaseParams, root: Path | None = None,
     if table.empty:
         raise StageInputError("deploy: the corpus holds no AU frame")
     made_by = root / "params.yaml"  # the params that made data/aus (a CSV corpus: its own)
-    frontend = frontend_params(made_by) if params.corpus == "aus" and made_by.exists() else None
+    frontend = (frontend_params(made_by, sections=AU_FRONTEND)
+                if params.corpus == "aus" and made_by.exists() else None)
     labels = label_corpus(table, ckpt, batch_size=params.batch_size, root=root, frontend=frontend)
     summary = {"n_sequences": int(len(labels)), "n_frames": int(len(table)),
                "model": str(labels["model"].iloc[0]), "checkpoint": _shown(ckpt, root),

@@ -168,9 +168,10 @@ NOT_PARAMS = {
 def params_read(module: str) -> set[str]:
     """The params.yaml keys the stage module `module` reads, from its calls: run_stage(X) and
     load_params(X, Cls) read every field of Cls under X, load_params_keys(X, Cls) those fields
-    too (a few of another stage's keys), frontend_params() the front-end sections whole,
-    experiment_models() train.models, and an attribute `.seed` of a `base` expression base.seed
-    (base.workers and base.log_level change no output byte, so no stage lists them)."""
+    too (a few of another stage's keys), frontend_params() the front-end sections whole (or
+    those of its `sections=`), experiment_models() train.models, and an attribute `.seed` of a
+    `base` expression base.seed (base.workers and base.log_level change no output byte, so no
+    stage lists them)."""
     import dataclasses
     import importlib
 
@@ -190,8 +191,10 @@ def params_read(module: str) -> set[str]:
                 and isinstance(args[0], ast.Constant) and isinstance(args[1], ast.Name)):
             cls = getattr(mod, args[1].id)
             keys |= {f"{args[0].value}.{f.name}" for f in dataclasses.fields(cls)}
-        elif name == "frontend_params":
-            keys |= set(FRONTEND_SECTIONS)
+        elif name == "frontend_params":  # sections=NAME: a tuple the module defines
+            named = [getattr(mod, k.value.id) for k in node.keywords
+                     if k.arg == "sections" and isinstance(k.value, ast.Name)]
+            keys |= set(named[0] if named else FRONTEND_SECTIONS)
         elif name == "experiment_models":
             keys.add("train.models")
     return keys

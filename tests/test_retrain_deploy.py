@@ -347,8 +347,9 @@ def test_deploy_reads_only_what_dvc_tracks(trained, tmp_path, monkeypatch):
     assert summary["checkpoint"] == "data/models/perfex_cnn/best.pt" and len(read) == 2
     assert [u for u in used if not any(u == d or u.startswith(d.rstrip("/") + "/")
                                        for d in stage["deps"])] == []
-    assert {"deploy", "train.models", "aus.openface_face_id",
-            "aus.presence_threshold"} <= set(stage["params"])
+    # aus (openface_face_id, presence_threshold for CSV corpora) with frames and faces whole:
+    # the front-end a deploy.model checkpoint is checked against (check_au_frontend)
+    assert {"deploy", "train.models", "frames", "faces", "aus"} <= set(stage["params"])
 
 
 def _clips(root: Path, video_ids: list[str]) -> None:
