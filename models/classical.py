@@ -657,8 +657,9 @@ def refit(model: _Closed, x: np.ndarray, y: np.ndarray, groups: Sequence,
           columns: Sequence[str] | None = None) -> _Closed:
     """A new model of `model`'s class and configuration fitted on (x (n, F), y (n, 5)) by the
     same procedure: its grid (alphas, column sets, tree counts) searched again by grouped CV over
-    `groups`, then every row (x with NaN where a value was missing, as fit_closed_form gives it). The explain stage's cross-fitting: a copy that never saw a subject
-    scores that subject's clips. `columns`: the functionals' names (the ridge's column sets)."""
+    `groups`, then every row (x with NaN where a value was missing, as fit_closed_form gives
+    it). The explain stage's cross-fitting: a copy that never saw a subject scores that
+    subject's clips. `columns`: the functionals' names (the ridge's column sets)."""
     fresh = type(model)(dataclasses.replace(model.config))
     _fit_rows(fresh, x, y, groups, columns)
     return fresh.eval()

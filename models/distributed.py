@@ -19,20 +19,46 @@ import torch.distributed as dist
 from torch import nn
 
 from models.solver import EngineError
+from personality.common import get_logger
 
 __all__ = ["resolve_device", "describe_device", "init_distributed", "barrier",
            "shutdown_distributed", "broadcast", "shard_indices", "all_ranks_loss", "wrap_ddp",
-           "sync_buffers"]
+           "sync_buffers", "cpu_build_beside_gpu"]
+
+log = get_logger("engine")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if isinstance(device, torch.device):
         return device
     if device == "auto":
+        if not torch.cuda.is_available() and cpu_build_beside_gpu() and not _WARNED:
+            _WARNED.append(True)  # once per process: resolve_device runs per model and stage
+            log.warning("an NVIDIA GPU is here but torch %s is a CPU build: training runs on the "
+                        "CPU (%s)", torch.__version__, CUDA_BUILD_HINT)
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise EngineError(f"device {device!r} asked for but CUDA is not available")
+        why = (f"torch {torch.__version__} is a CPU build ({CUDA_BUILD_HINT})"
+               if torch.version.cuda is None else "CUDA is not available")
+        raise EngineError(f"device {device!r} asked for but {why}")
     return torch.device(device)
+
+
+_WARNED: list[bool] = []
+
+# this project's machines install torch's CPU build (requirements.txt); PyPI's is a CUDA one
+CUDA_BUILD_HINT = ("PyPI's CUDA build of the same version: PIP_CONFIG_FILE=/dev/null "
+                   ".venv/bin/pip install --force-reinstall torch==" +
+                   torch.__version__.split("+")[0] + " -c requirements.lock")
+
+
+def cpu_build_beside_gpu() -> bool:
+    """Whether this torch has no CUDA while the machine shows an NVIDIA driver: `device: auto`
+    would quietly train on the CPU."""
+    from pathlib import Path
+
+    return torch.version.cuda is None and (Path("/proc/driver/nvidia/version").exists()
+                                           or Path("/dev/nvidia0").exists())
 
 
 def describe_device(device: str | torch.device, amp: bool) -> dict:

@@ -126,3 +126,30 @@ def test_shards_are_disjoint_and_cover_the_epoch():
                           world_size=2).sampler) for r in (0, 1)]
     assert parts[0] == full[0::2] and parts[1] == full[1::2]
     assert not set(parts[0]) & set(parts[1]) and sorted(parts[0] + parts[1]) == list(range(12))
+
+
+def test_a_cpu_build_beside_a_gpu_is_named(monkeypatch, caplog):
+    """This project's machines install torch's CPU build; on a GPU box that build would train on
+    the CPU without a word (`device: auto`) or fail with a bare "CUDA is not available"
+    (`device: cuda`). Both now name the build and the install line that fixes it."""
+    from pathlib import Path
+
+    from models import distributed
+    from models.solver import EngineError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    driver = {"/proc/driver/nvidia/version"}
+    monkeypatch.setattr(Path, "exists", lambda self: str(self) in driver)
+    monkeypatch.setattr(distributed, "_WARNED", [])
+    with caplog.at_level("WARNING"):
+        assert distributed.resolve_device("auto").type == "cpu"
+        assert distributed.resolve_device("auto").type == "cpu"
+    said = [r.getMessage() for r in caplog.records if "CPU build" in r.getMessage()]
+    assert len(said) == 1 and "PIP_CONFIG_FILE=/dev/null" in said[0]  # once per process
+    with pytest.raises(EngineError, match="is a CPU build .*force-reinstall torch=="):
+        distributed.resolve_device("cuda")
+    driver.clear()  # no NVIDIA driver: a CPU build is what the machine wants, nothing said
+    caplog.clear()
+    monkeypatch.setattr(distributed, "_WARNED", [])
+    assert distributed.resolve_device("auto").type == "cpu" and not caplog.records
