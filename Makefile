@@ -23,6 +23,9 @@ $(STAMP): requirements.txt requirements.lock personality/facemodel.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt -c requirements.lock
+	@# torchvision was pinned until 2026-12-06; left in an older .venv it wants torch >= 2.14
+	@# and `pip check` would fail: it goes (the CUDA libraries it came with are unused, harmless)
+	$(BIN)/python -m pip uninstall --yes --quiet torchvision 2>/dev/null || true
 	$(BIN)/python -m pip check
 	$(BIN)/python -m personality.facemodel --install
 	$(BIN)/python -m personality.warmup
