@@ -97,8 +97,12 @@ def for_inference(source_config: dict | None, sources: Sequence[InputSource] = (
     config = {k: dict(v or {}) for k, v in (source_config or {}).items()}
     if sources:
         _write_out_defaults(config, [k for s in sources for k in s.keys])
-    if "aus" in config:
-        config["aus"]["augmented"] = False
+    for entry in config.values():  # the machine that predicts sizes its own caches
+        for option in RUNTIME_OPTIONS:
+            entry.pop(option, None)
+    for key in ("aus", "aus_mask"):  # the AU source's keys: a later key's options win the merge
+        if (key == "aus" and key in config) or "augmented" in config.get(key, {}):
+            config[key]["augmented"] = False
     for source in sources:
         for key, fitted in source.fitted_config().items():
             config.setdefault(key, {}).update(fitted)
@@ -114,7 +118,9 @@ def _write_out_defaults(config: dict, input_keys: Sequence[str]) -> None:
     """Fill `config` in place with every option of the sources for `input_keys` that it leaves
     to a default, as resolved now: a checkpoint then says how its inputs were made, and a later
     change of a default (logmel max_frames, aus eval_views, ...) cannot change its predictions.
-    Under each source's first key; an option given under another of its keys still wins."""
+    Under each source's first key; an option given under another of its keys still wins. So
+    every checkpoint names every option: one removed from a config class later must still be
+    accepted (and ignored) there, or those checkpoints stop loading."""
     for reg in _registrations(input_keys):
         if reg.options is None:
             continue

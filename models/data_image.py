@@ -78,6 +78,9 @@ class ImageSourceConfig:
                               f"(got {self.size}, {self.augment!r})")
         if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1 or self.cache_mb < 0:
             raise SourceError("image source: crop_scale in (0, 1], cache_mb >= 0")
+        if not (0 <= self.jitter <= 1 and 0 <= self.erase_p <= 1):  # a factor 1 - jitter < 0
+            raise SourceError(f"image source: jitter and erase_p in [0, 1] (got {self.jitter}, "
+                              f"{self.erase_p}); a jitter over 1 would invert colours")
 
 
 def augment_images(x: torch.Tensor, rng: np.random.Generator, cfg: Any) -> torch.Tensor:

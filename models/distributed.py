@@ -39,7 +39,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         why = (f"torch {torch.__version__} is a CPU build ({CUDA_BUILD_HINT})"
-               if torch.version.cuda is None else "CUDA is not available")
+               if cpu_build_beside_gpu() else "CUDA is not available")
         raise EngineError(f"device {device!r} asked for but {why}")
     return torch.device(device)
 

@@ -9,8 +9,10 @@ contrast / saturation jitter.
 
 Written here so that the project needs no torchvision. The definitions are the usual ones
 (torchvision's and PIL's): brightness scales toward black, contrast toward the image's mean grey,
-saturation toward the pixel's own grey (ITU-R 601 luma weights); results are rounded and clipped
-to 0-255.
+saturation toward the pixel's own grey (ITU-R 601 luma weights); results are rounded to the
+nearest level (torchvision truncates: its jitter darkens by half a level on average) and clipped
+to 0-255. The resize goes through float32 (torchvision has a uint8 kernel, ~3x faster; a 6-frame
+clip takes ~1.4 ms, far below a training step).
 """
 from __future__ import annotations
 

@@ -32,6 +32,7 @@ import dataclasses
 import hashlib
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -123,6 +124,16 @@ def _shown(path: Path, root: Path | None) -> str:
 
 # the front-end sections that make data/aus (the audio and functionals ones feed no AU model)
 AU_FRONTEND = ("frames", "faces", "aus")
+# keys of those that leave the 17 intensities an AU model reads as they are: how the artifacts
+# are sharded, and the presence (AUxx_c) threshold
+NOT_AU_INPUT = {"rows_per_shard", "presence_threshold"}
+
+
+def _au_input_params(sections: Any) -> dict:
+    """The AU_FRONTEND sections of a {section: {key: value}} without the NOT_AU_INPUT keys."""
+    sections = sections if isinstance(sections, dict) else {}
+    return {s: {k: v for k, v in (sections.get(s) or {}).items() if k not in NOT_AU_INPUT}
+            for s in AU_FRONTEND if isinstance(sections.get(s) or {}, dict)}
 
 
 def check_au_frontend(ckpt: dict, ckpt_path: Path, here: dict | None) -> None:
@@ -133,7 +144,7 @@ def check_au_frontend(ckpt: dict, ckpt_path: Path, here: dict | None) -> None:
     stored = ckpt.get("frontend")
     if here is None or not isinstance(stored, dict):
         return
-    differ = frontend_differences({s: stored.get(s) for s in AU_FRONTEND}, here)
+    differ = frontend_differences(_au_input_params(stored), _au_input_params(here))
     if differ:
         raise StageInputError(f"deploy.model: {ckpt_path} was trained on AUs from other "
                               f"front-end params than params.yaml's ({'; '.join(differ[:4])}): "
@@ -152,11 +163,11 @@ def label_corpus(table: pd.DataFrame, ckpt_path: Path, *, batch_size: int = 64,
 
     model, ckpt = load_checkpoint(ckpt_path)
     require_finished(ckpt, ckpt_path)
-    check_au_frontend(ckpt, ckpt_path, frontend)
     inputs = set(ckpt.get("inputs", []))
     if not inputs <= {"aus", "aus_mask"}:
         raise ParamsError(f"deploy.model: {ckpt_path} is a {ckpt.get('model_name')} model reading "
                           f"{sorted(inputs)}; an AU corpus can feed AU models only")
+    check_au_frontend(ckpt, ckpt_path, frontend)
     ids = sorted(table["video_id"].unique())
     with tempfile.TemporaryDirectory() as tmp:  # the AU source reads an `aus` artifact folder
         write_artifact("aus", table, path=Path(tmp) / "data" / "aus")

@@ -273,9 +273,27 @@ def test_the_checkpoint_config_writes_out_every_option_a_source_was_built_with(a
     assert set(stored["logmel"]) == fields - data.RUNTIME_OPTIONS
     assert stored["logmel"]["frames"] == 100 and stored["logmel"]["max_frames"] == 1500
     assert stored["face"] == {"size": 32}  # another model's key: as given, nothing built
+    assert "cache_mb" not in for_inference({"face": {"size": 32, "cache_mb": 9e4}})["face"]
     moved = dataclasses.make_dataclass(  # the same options, every default moved
         "Moved", [("eval_mode", str, "centre"), ("max_frames", int, 7), ("normalise", bool, False)],
         bases=(data_audio.LogmelSourceConfig,), frozen=True)
     monkeypatch.setattr(data_audio, "LogmelSourceConfig", moved)
     again = data_audio.logmel_source(root=av_root, video_ids=ids[:1], config=stored["logmel"])
     assert torch.equal(again.eval_items(ids[0])["logmel"], mel.eval_items(ids[0])["logmel"])
+
+
+def test_inference_never_reads_augmented_sequences_whatever_key_asked_for_them():
+    """`augmented` given under aus_mask (the AU source's second key, merged last) used to survive
+    for_inference: predict would have looked for data/augmented and retrain fine-tuned on it."""
+    from models.data import _merged_config, _registrations, for_inference
+
+    config = for_inference({"aus": {"augmented": True}, "aus_mask": {"augmented": True}})
+    (reg,) = _registrations(["aus", "aus_mask"])
+    assert _merged_config(reg, config)["augmented"] is False
+    assert "augmented" not in for_inference({"aus_mask": {"seq_len": 8}})["aus_mask"]
+
+
+@pytest.mark.parametrize("option", [{"jitter": 1.5}, {"jitter": -0.1}, {"erase_p": 2.0}])
+def test_a_colour_jitter_that_would_invert_images_is_refused(option):
+    with pytest.raises(SourceError, match="jitter and erase_p in"):
+        data_image.ImageSourceConfig(**option)

@@ -153,3 +153,5 @@ def test_a_cpu_build_beside_a_gpu_is_named(monkeypatch, caplog):
     caplog.clear()
     monkeypatch.setattr(distributed, "_WARNED", [])
     assert distributed.resolve_device("auto").type == "cpu" and not caplog.records
+    with pytest.raises(EngineError, match="CUDA is not available$"):
+        distributed.resolve_device("cuda")

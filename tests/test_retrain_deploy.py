@@ -233,18 +233,21 @@ def test_deploy_on_openface_csvs(trained, tmp_path):
 def test_deploy_refuses_a_checkpoint_from_another_au_frontend(trained, tmp_path):
     """A checkpoint path trained on AUs at 30 fps would read this pipeline's 8 fps data/aus as
     slowed-down faces and label them with numbers no pipeline gives: refused, naming the param.
-    Audio params feed no AU model and a CSV corpus is the user's own: neither is held against it."""
+    Audio params feed no AU model and a CSV corpus is the user's own: neither is held against it.
+    Nor are keys that leave the intensities as they are (rows_per_shard, presence_threshold)."""
     root = tmp_path / "d"
     shutil.copytree(trained, root)
     ckpt = torch.load(root / "data/models/perfex_cnn/best.pt", weights_only=True)
-    ckpt["frontend"] = {"frames": {"fps": 30}, "aus": {}, "audio": {"sample_rate": 8000}}
+    ckpt["frontend"] = {"frames": {"fps": 30, "rows_per_shard": 10}, "aus": {},
+                        "audio": {"sample_rate": 8000}}
     other = root / "elsewhere.pt"
     torch.save(ckpt, other)
     (root / "params.yaml").write_text("frames: {fps: 8}\naudio: {sample_rate: 16000}\n")
     with pytest.raises(StageInputError, match=r"elsewhere.pt.*frames\.fps: 30 .*against 8"):
         deploy.run(deploy.DeployParams(model=str(other)), BaseParams(), root=root)
     assert not (root / "data/deploy").exists()  # nothing half-written
-    (root / "params.yaml").write_text("frames: {fps: 30}\naudio: {sample_rate: 16000}\n")
+    (root / "params.yaml").write_text(  # sharding and the presence threshold: not AU inputs
+        "frames: {fps: 30}\naudio: {sample_rate: 16000}\naus: {presence_threshold: 2.0}\n")
     assert deploy.run(deploy.DeployParams(model=str(other)), BaseParams(),
                       root=root)["n_sequences"] == 48
     corpus = tmp_path / "corpus"
