@@ -47,8 +47,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 _WARNED: list[bool] = []
 
 # this project's machines install torch's CPU build (requirements.txt); PyPI's is a CUDA one
-CUDA_BUILD_HINT = ("PyPI's CUDA build of the same version: PIP_CONFIG_FILE=/dev/null "
-                   ".venv/bin/pip install --force-reinstall torch==" +
+CUDA_BUILD_HINT = ("PyPI's CUDA build of the same version: env -u PIP_FIND_LINKS "
+                   "PIP_CONFIG_FILE=/dev/null .venv/bin/pip install --force-reinstall torch==" +
                    torch.__version__.split("+")[0] + " -c requirements.lock")
 
 
