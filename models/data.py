@@ -97,12 +97,11 @@ def for_inference(source_config: dict | None, sources: Sequence[InputSource] = (
     config = {k: dict(v or {}) for k, v in (source_config or {}).items()}
     if sources:
         _write_out_defaults(config, [k for s in sources for k in s.keys])
-    for entry in config.values():  # the machine that predicts sizes its own caches
-        for option in RUNTIME_OPTIONS:
+    for key, entry in config.items():
+        for option in RUNTIME_OPTIONS:  # the machine that predicts sizes its own caches
             entry.pop(option, None)
-    for key in ("aus", "aus_mask"):  # the AU source's keys: a later key's options win the merge
-        if (key == "aus" and key in config) or "augmented" in config.get(key, {}):
-            config[key]["augmented"] = False
+        if key == "aus" or "augmented" in entry:  # under aus_mask too: it wins the AU merge
+            entry["augmented"] = False
     for source in sources:
         for key, fitted in source.fitted_config().items():
             config.setdefault(key, {}).update(fitted)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -55,8 +56,6 @@ CUDA_BUILD_HINT = ("PyPI's CUDA build of the same version: env -u PIP_FIND_LINKS
 def cpu_build_beside_gpu() -> bool:
     """Whether this torch has no CUDA while the machine shows an NVIDIA driver: `device: auto`
     would quietly train on the CPU."""
-    from pathlib import Path
-
     return torch.version.cuda is None and (Path("/proc/driver/nvidia/version").exists()
                                            or Path("/dev/nvidia0").exists())
 

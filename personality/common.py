@@ -413,17 +413,20 @@ def frontend_params(path: str | os.PathLike | None = None,
 MACHINE_LOCAL = {"faces": ("model_path",), "aus": ("openface_dir",)}
 
 
-def frontend_differences(stored: Any, here: dict[str, dict]) -> list[str]:
-    """"section.key: <stored> (the checkpoint's) against <here>" for each front-end param that
-    a checkpoint's `stored` sections set otherwise than `here` (frontend_params()), the
-    MACHINE_LOCAL names left out. As written, not as resolved: a key that one side sets to its
-    default and the other leaves out counts as differing (say it in both)."""
+def frontend_differences(stored: Any, here: dict[str, dict], *,
+                         sections: tuple[str, ...] = FRONTEND_SECTIONS,
+                         ignore: frozenset[str] = frozenset()) -> list[str]:
+    """"section.key: <stored> (the checkpoint's) against <here>" for each front-end param of
+    `sections` that a checkpoint's `stored` sections set otherwise than `here`
+    (frontend_params()), the MACHINE_LOCAL names and the keys in `ignore` left out. As written,
+    not as resolved: a key that one side sets to its default and the other leaves out counts as
+    differing (say it in both)."""
     out = []
-    for section in FRONTEND_SECTIONS if isinstance(stored, dict) else ():
+    for section in sections if isinstance(stored, dict) else ():
         a, b = stored.get(section), here.get(section) or {}
         a = a if isinstance(a, dict) else {}
         for key in sorted(set(a) | set(b)):
-            if key not in MACHINE_LOCAL.get(section, ()) and a.get(key) != b.get(key):
+            if key not in (*MACHINE_LOCAL.get(section, ()), *ignore) and a.get(key) != b.get(key):
                 out.append(f"{section}.{key}: {a.get(key, 'unset')!r} (the checkpoint's) "
                            f"against {b.get(key, 'unset')!r}")
     return out

@@ -32,7 +32,6 @@ import dataclasses
 import hashlib
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -126,14 +125,7 @@ def _shown(path: Path, root: Path | None) -> str:
 AU_FRONTEND = ("frames", "faces", "aus")
 # keys of those that leave the 17 intensities an AU model reads as they are: how the artifacts
 # are sharded, and the presence (AUxx_c) threshold
-NOT_AU_INPUT = {"rows_per_shard", "presence_threshold"}
-
-
-def _au_input_params(sections: Any) -> dict:
-    """The AU_FRONTEND sections of a {section: {key: value}} without the NOT_AU_INPUT keys."""
-    sections = sections if isinstance(sections, dict) else {}
-    return {s: {k: v for k, v in (sections.get(s) or {}).items() if k not in NOT_AU_INPUT}
-            for s in AU_FRONTEND if isinstance(sections.get(s) or {}, dict)}
+NOT_AU_INPUT = frozenset({"rows_per_shard", "presence_threshold"})
 
 
 def check_au_frontend(ckpt: dict, ckpt_path: Path, here: dict | None) -> None:
@@ -144,7 +136,7 @@ def check_au_frontend(ckpt: dict, ckpt_path: Path, here: dict | None) -> None:
     stored = ckpt.get("frontend")
     if here is None or not isinstance(stored, dict):
         return
-    differ = frontend_differences(_au_input_params(stored), _au_input_params(here))
+    differ = frontend_differences(stored, here, sections=AU_FRONTEND, ignore=NOT_AU_INPUT)
     if differ:
         raise StageInputError(f"deploy.model: {ckpt_path} was trained on AUs from other "
                               f"front-end params than params.yaml's ({'; '.join(differ[:4])}): "
