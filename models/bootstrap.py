@@ -195,6 +195,8 @@ def interval(samples: np.ndarray, *, level: float = 0.95, method: str = "percent
         # the bit (the same rows, in the same order); counting them gave too narrow a t
         subjects = (n_subjects if n_subjects is not None else
                     0 if jackknife is None else int(np.sum(np.asarray(jackknife) != estimate)))
+        if subjects == 1:  # it rests on one person: no spread between people to measure
+            return [float("nan"), float("nan")]
         return _corrected_t(finite, float(estimate), tail, subjects, scale)
     if method == "bca":
         if estimate is None or jackknife is None:
@@ -215,8 +217,8 @@ def _corrected_t(finite: np.ndarray, estimate: float, tail: float, subjects: int
                  scale: str) -> list[float]:
     """On the transformed scale: centre 2 f(estimate) - mean f(resamples) (the resamples' bias
     removed), half-width t sd f(resamples) with Student's t for `subjects` - 1 degrees of freedom
-    (the SE rests on that many people: 2.36 for 8; the normal's 1.96 when the count is unknown or
-    under 3); mapped back. For a CCC on atanh this is Lin's (1989) Fisher-z interval."""
+    (the SE rests on that many people: 2.36 for 8, 12.71 for 2; the normal's 1.96 only when the
+    count is unknown); mapped back. For a CCC on atanh this is Lin's (1989) Fisher-z interval."""
     if scale not in SCALES:
         raise ValueError(f"interval scale must be one of {sorted(SCALES)}, got {scale!r}")
     if np.ptp(finite) <= TIE and abs(float(finite[0]) - estimate) <= TIE:
@@ -227,7 +229,7 @@ def _corrected_t(finite: np.ndarray, estimate: float, tail: float, subjects: int
     forward, back = SCALES[scale]
     z = forward(finite)
     centre = 2.0 * float(forward(np.float64(estimate))) - float(z.mean())
-    if subjects >= 3:
+    if subjects >= 2:  # two people: 1 degree of freedom (a 1.96 here covered 75%, not 95%)
         from scipy.stats import t as student_t
 
         quantile = float(student_t.ppf(1.0 - tail, subjects - 1))

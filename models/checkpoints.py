@@ -42,7 +42,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["model_config_of", "save_checkpoint", "read_checkpoint", "load_checkpoint",
-           "load_weights", "inputs_digest", "mark_finished", "require_finished"]
+           "load_weights", "inputs_digest", "mark_finished", "require_finished", "shown_name"]
+
+RETRAINED_SUFFIX = "+retrained"  # stages/retrain.py's models: data/retrained/models/NAME+retrained
 
 log = get_logger("engine")
 
@@ -215,6 +217,16 @@ def holds_weights(path: str | os.PathLike, model: nn.Module) -> bool:
     state = getattr(model, "module", model).state_dict()  # a DDP wrapper's module, as saved
     return stored.keys() == state.keys() and all(
         torch.equal(stored[k], v.detach().cpu()) for k, v in state.items())
+
+
+def shown_name(ckpt: dict) -> str:
+    """The name evaluate and the README give the model a checkpoint holds: its `model_name`, with
+    "+retrained" where the retrain stage fine-tuned it (its params say so). A retrained
+    checkpoint keeps its base model's name and config, and the file may be anywhere (MLflow
+    serves it as .../artifacts/best.pt): neither its name nor its folder says it alone."""
+    params = ckpt.get("params")
+    retrained = isinstance(params, dict) and "retrain" in params
+    return str(ckpt["model_name"]) + (RETRAINED_SUFFIX if retrained else "")
 
 
 def require_finished(ckpt: dict, path: str | os.PathLike) -> None:

@@ -16,7 +16,33 @@ import math
 
 import numpy as np
 
-__all__ = ["FrameClock", "FrameSampler", "SamplingPicker", "PlannedPicker", "nominal_rate"]
+__all__ = ["FrameClock", "FrameSampler", "SamplingPicker", "PlannedPicker", "nominal_rate",
+           "clock_may_jump", "is_clock_jump", "BACKSTEP_S", "DISCONTINUITY_S",
+           "REORDER_PACKETS"]
+
+# MPEG-TS / PS (FFmpeg's AVFMT_TS_DISCONT formats) may reset or jump their clock: a broadcast
+# splice, recordings or HLS segments joined end to end (`cat a.ts b.ts > c.ts`). As in FFmpeg, a
+# step forward over DISCONTINUITY_S (its -dts_delta_threshold) or back over BACKSTEP_S there starts
+# a new clock, and what follows continues where the media before it ended: the frames here, the
+# audio in stages/audio.py, so that both stay on one timeline. Other formats keep their clock (a
+# step back is one bad timestamp there, clamped, not a reason to move every later frame).
+DISCONTINUITY_S = 10.0
+BACKSTEP_S = 0.1
+# Packets of a stream with B-frames come in decode order: a frame shown later is sent up to this
+# many packets early (H.264 allows a reorder depth of 16)
+REORDER_PACKETS = 16
+_TS_DISCONT = 0x0200  # AVFMT_TS_DISCONT in ContainerFormat.flags
+
+
+def clock_may_jump(container) -> bool:
+    """Whether the opened `container`'s format may reset or jump its clock (MPEG-TS / PS)."""
+    return bool(container.format.flags & _TS_DISCONT)
+
+
+def is_clock_jump(step_s: float, discont: bool) -> bool:
+    """Whether a step of `step_s` seconds from one time to the next, in a format whose clock may
+    jump (`discont`), is a new clock rather than the media's own time."""
+    return discont and (step_s < -BACKSTEP_S or step_s > DISCONTINUITY_S)
 
 
 def nominal_rate(vs) -> float:
@@ -73,25 +99,36 @@ class PlannedPicker:
 class FrameClock:
     """Seconds since the stream's start, per frame: from the frame's pts (variable frame rate
     safe), else the nominal rate; strictly increasing and >= 0 even when pts jump back. Called
-    with each frame's pts (None: unknown) and index, in presentation order."""
+    with each frame's pts (None: unknown) and index, in presentation order. Where the format's
+    clock may jump (`clock_may_jump`), a jump (`is_clock_jump`) starts a new clock that continues
+    one nominal frame period after the last frame; `jumps` counts them."""
 
     def __init__(self, vs):
         self.tb = vs.time_base
         self.start = vs.start_time
         rate = nominal_rate(vs)
         self.rate = rate if math.isfinite(rate) else 25.0
+        container = getattr(vs, "container", None)
+        self.discont = container is not None and clock_may_jump(container)
         self.t0: float | None = None
         self.last_t = -math.inf
+        self.jumps = 0
 
     def __call__(self, pts: int | None, idx: int) -> float:
         tb = self.tb
-        if pts is not None and tb is not None:
+        known = pts is not None and tb is not None
+        if known:
             raw = float(pts * tb)
         else:  # no timestamps (some raw streams): assume the nominal rate
             raw = idx / self.rate + (self.t0 or 0.0)
         if self.t0 is None:  # origin: the stream's start time, else its first frame
             self.t0 = float(self.start * tb) if self.start is not None and tb is not None else raw
-        t = max(raw - self.t0, self.last_t + 1e-6 if self.last_t > -math.inf else 0.0)
+        t = raw - self.t0
+        if known and self.last_t > -math.inf and is_clock_jump(t - self.last_t, self.discont):
+            self.jumps += 1
+            self.t0 += t - (self.last_t + 1.0 / self.rate)
+            t = raw - self.t0
+        t = max(t, self.last_t + 1e-6 if self.last_t > -math.inf else 0.0)
         self.last_t = t
         return t
 

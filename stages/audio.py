@@ -98,6 +98,7 @@ import pandas as pd
 
 from personality import schemas, smile
 from personality.clip_clock import align_wave, audio_offset_s
+from personality.frame_sampling import clock_may_jump, is_clock_jump
 from personality.executor import map_jobs, time_limit_s
 from personality.video_io import cut_container_s, ends_short
 from personality.common import (ArtifactWriter, BaseParams, ParamsError, StageInputError,
@@ -210,10 +211,6 @@ MIN_SOURCE_SR = 2000
 # A decoded frame whose own time lies this far past the samples read so far follows a stretch the
 # demuxer skipped (Matroska / WebM drops a damaged cluster without an error): silence fills it
 GAP_TOLERANCE_S = 0.1
-# MPEG-TS / PS (FFmpeg's AVFMT_TS_DISCONT formats) may reset or jump their clock (a broadcast
-# splice, HLS segments joined): a jump over this (FFmpeg's -dts_delta_threshold) is a new clock
-DISCONTINUITY_S = 10.0
-_TS_DISCONT = 0x0200  # AVFMT_TS_DISCONT in ContainerFormat.flags
 
 
 def decode_audio(path: str | os.PathLike, *, sr: int, max_seconds: float,
@@ -225,11 +222,11 @@ def decode_audio(path: str | os.PathLike, *, sr: int, max_seconds: float,
     MAX_BAD_AUDIO_PACKETS (logged); raises StageInputError naming the file when it cannot be
     opened, has more bad packets than that, or declares a rate under MIN_SOURCE_SR. `report`,
     when given, receives `bad_packets`, `gap_s` (skipped seconds), the stream's `declared_s`
-    (nan when unknown) and `source_sr` (its sample rate, Hz; 0 when unknown)."""
-    import av
-
+    (nan when unknown), `source_sr` (its sample rate, Hz; 0 when unknown), `clock_jumps` (an
+    MPEG-TS / PS clock restarting: what follows continues the wave) and `format_changes` (the
+    rate, layout or format changing mid-stream: each part resampled on its own)."""
     limit = int(math.ceil(max_seconds * sr))  # silence too: a file's times can claim hours
-    chunks, bad, gap, report = [], 0, 0, {} if report is None else report
+    chunks, bad, gap, jumps, report = [], 0, 0, 0, {} if report is None else report
     container = open_media(path)  # StageInputError naming the file
     try:
         with container:
@@ -237,9 +234,9 @@ def decode_audio(path: str | os.PathLike, *, sr: int, max_seconds: float,
                 return None
             stream = container.streams.audio[0]
             report.update(_stream_facts(path, container, stream, sr))
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=sr)
+            resampler = _Resampler(path, sr)
             n, origin, seen = 0, None, 0.0  # the first decoded frame's time, input seconds
-            discont = bool(container.format.flags & _TS_DISCONT)
+            discont = clock_may_jump(container)  # MPEG-TS / PS: the clock may restart
             for frames in _audio_packets(container, stream, sr):
                 if isinstance(frames, int):  # a bad packet: its samples of silence
                     bad += 1
@@ -250,19 +247,18 @@ def decode_audio(path: str | os.PathLike, *, sr: int, max_seconds: float,
                     seen += frames / sr
                 else:  # (1, k) packed mono -> (k,), after the silence of a skipped stretch
                     origin = frames[0].time if origin is None and frames else origin
-                    skipped, origin = _skipped(frames, origin, seen, sr, discont)
-                    gap, seen = gap + skipped, seen + skipped / sr + sum(
-                        f.samples / f.sample_rate for f in frames)
+                    skipped, moved = _skipped(frames, origin, seen, sr, discont)
+                    jumps += moved != origin
+                    gap, seen, origin = gap + skipped, seen + skipped / sr + sum(
+                        f.samples / f.sample_rate for f in frames), moved
                     decoded = [np.zeros(min(skipped, limit - n), np.float32)] + [
-                        out.to_ndarray().reshape(-1) for frame in frames
-                        for out in resampler.resample(frame)]
+                        wave for frame in frames for wave in resampler(frame)]
                 chunks += decoded
                 n += sum(c.size for c in decoded)
                 if n >= limit:
                     break
             else:
-                for out in resampler.resample(None):  # flush the resampler's delay line
-                    chunks.append(out.to_ndarray().reshape(-1))
+                chunks += resampler.flush()  # the resampler's delay line
     except StageInputError:  # ours, naming the file already
         raise
     except Exception as exc:  # PyAV raises many kinds (InvalidDataError, OSError, ValueError...)
@@ -273,7 +269,8 @@ def decode_audio(path: str | os.PathLike, *, sr: int, max_seconds: float,
     if gap:
         log.warning("%s: %.1f s of audio skipped (a damaged stretch) read as silence", path,
                     gap / sr)
-    report.update(bad_packets=bad, gap_s=gap / sr)
+    report.update(bad_packets=bad, gap_s=gap / sr, clock_jumps=jumps,
+                  format_changes=resampler.changes)
     y = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     return np.ascontiguousarray(y[:limit], dtype=np.float32)
 
@@ -331,15 +328,47 @@ def _skipped(frames: list, origin: float | None, seen: float, sr: int,
     """(samples at `sr` between the `seen` seconds of input read so far (counted at the input's
     rate: the resampler holds a few back) and the first of `frames`' own time, when more than
     GAP_TOLERANCE_S: a stretch the demuxer skipped; the time origin). 0 when there is no time.
-    In a format whose clock may jump (`discont`), a jump over DISCONTINUITY_S either way is no
-    lost audio: the origin moves with it."""
+    In a format whose clock may jump (`discont`), a jump (frame_sampling.is_clock_jump, the
+    frames' rule) is no lost audio: the origin moves with it, and what follows continues."""
     t = frames[0].time if frames else None
     if t is None or origin is None:
         return 0, origin
     ahead = t - origin - seen
-    if discont and abs(ahead) > DISCONTINUITY_S:
+    if is_clock_jump(ahead, discont):
         return 0, origin + ahead
     return (int(round(ahead * sr)) if ahead > GAP_TOLERANCE_S else 0), origin
+
+
+class _Resampler:
+    """Frames of any rate, layout and format -> float32 mono waves at `sr`, shape (k,). PyAV's
+    AudioResampler takes its input's from the first frame and refuses any other; a stream may
+    change mid-way (a stereo 44.1 kHz recording joined to a mono 48 kHz one), so a change flushes
+    the old one's delay line and starts a new one (`changes` counts them). A frame under
+    MIN_SOURCE_SR is refused naming `path`, as a declared one is (_stream_facts)."""
+
+    def __init__(self, path: str | os.PathLike, sr: int):
+        self.path, self.sr, self.kind, self.resampler, self.changes = path, sr, None, None, 0
+
+    def __call__(self, frame) -> list[np.ndarray]:
+        kind = (frame.format.name, frame.layout.name, frame.sample_rate)
+        waves = []
+        if kind != self.kind:
+            if 0 < frame.sample_rate < MIN_SOURCE_SR:
+                raise StageInputError(f"{self.path}: audio frames at a sample rate of "
+                                      f"{frame.sample_rate} Hz, under the {MIN_SOURCE_SR} Hz of "
+                                      "any recording of speech; not read")
+            import av
+
+            waves, self.changes = self.flush(), self.changes + (self.kind is not None)
+            self.kind = kind
+            self.resampler = av.AudioResampler(format="flt", layout="mono", rate=self.sr)
+        return waves + [out.to_ndarray().reshape(-1) for out in self.resampler.resample(frame)]
+
+    def flush(self) -> list[np.ndarray]:
+        """What the current resampler still holds, as waves."""
+        if self.resampler is None:
+            return []
+        return [out.to_ndarray().reshape(-1) for out in self.resampler.resample(None)]
 
 
 def _audio_packets(container, stream, sr: int) -> Iterator[list | int]:
@@ -592,7 +621,9 @@ def process_video(video_id: str, path: str | os.PathLike, p: AudioParams,
         notes.append(f"the audio was recorded at {report['source_sr']} Hz, under the features' "
                      f"{p.sr} Hz: nothing above {report['source_sr'] / 2000:.1f} kHz, so "
                      "audio scores can extrapolate (telephone audio?)")
-    if row["has_audio"] and not row["error"] and seconds < p.max_feature_seconds - 1.0:
+    # a restarted MPEG-TS clock: the declared length spans its pts, not the recording
+    if row["has_audio"] and not row["error"] and seconds < p.max_feature_seconds - 1.0 and \
+            not report.get("clock_jumps"):
         declared = _declared_s(path, report, seconds)  # a failed row says why: no check
         if ends_short(seconds, declared):
             notes.append(f"the audio ends at {seconds:.1f} s of its declared {declared:.1f} s: "

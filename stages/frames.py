@@ -134,6 +134,10 @@ def run(params: FramesParams, base: BaseParams, root: Path | None = None) -> dic
             rep = res["report"]
             if rep.get("truncated") or rep.get("errors") or rep.get("gaps"):
                 notes[res["video_id"]] = damaged_video_note(rep, len(res["df"]))
+            if rep.get("clock_jumps"):
+                notes[res["video_id"]] = "; ".join(filter(None, [
+                    notes.get(res["video_id"]), clock_jump_note(rep["clock_jumps"])]))
+            if res["video_id"] in notes:
                 log.warning("%s: %s", res["video_id"], notes[res["video_id"]])
             n_rows += len(res["df"])
             out.write(res["df"])
@@ -164,6 +168,13 @@ def damaged_video_note(report: dict, kept: int) -> str:
         parts.append("the video stream breaks off early" + (
             f" (the file {report['cut']})" if report.get("cut") else ""))
     return "; ".join(parts) + f": scores rest on the {kept} frame(s) that decoded"
+
+
+def clock_jump_note(jumps: int) -> str:
+    """In plain words: an MPEG-TS / PS stream whose clock restarts or jumps `jumps` times."""
+    return (f"the stream's clock restarts or jumps {jumps} time(s) (recordings or segments "
+            "joined end to end?): each part is timed from where the one before it ended, the "
+            "audio too, and the length the file declares is not its length")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -114,6 +114,8 @@ def predict_video(video: Path, *, model: str | None = None, root: Path | None = 
     """Scores of one video: {"O": .., ..., "model": .., "checkpoint": .., facts, warnings}.
     `params_file`: the front-end's params (default: the project's params.yaml). `model` is read
     and checked before any work on the video (`load_model`)."""
+    from models.checkpoints import shown_name  # torch: not before the cheap checks
+
     root = root or repo_root()
     video = Path(video)
     _refuse_non_file(video)
@@ -125,7 +127,7 @@ def predict_video(video: Path, *, model: str | None = None, root: Path | None = 
             (lambda probed: missing_inputs(set(loaded.needs), probed, probed_only=True,
                                            config=loaded.config))
             if loaded else None))
-        name = loaded.path.parent.name if loaded else None
+        name = shown_name(loaded.ckpt) if loaded else None  # not its folder's: served, "artifacts"
         passed_over: list[str] = []
         if loaded is None:
             name, ckpt_path, passed_over = choose_model(root, facts)
@@ -155,9 +157,7 @@ def predict_video(video: Path, *, model: str | None = None, root: Path | None = 
                             aligned=facts.get("audio_aligned", False))
     ckpt = loaded.ckpt
     result = {t: float(s) for t, s in zip(TRAITS, scores)}
-    # a retrained checkpoint keeps its base model's name; the folder says "+retrained"
-    shown = name if name.endswith("+retrained") else ckpt.get("model_name", name)
-    result.update(model=shown, checkpoint=str(loaded.path),
+    result.update(model=shown_name(ckpt), checkpoint=str(loaded.path),
                   chosen_by="--model" if model else "best mean validation CCC among the models "
                   "whose inputs the clip has", inputs=sorted(loaded.needs),
                   label_scale=ckpt.get("label_scale", "unit"),

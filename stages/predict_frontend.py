@@ -92,18 +92,33 @@ def resolved_frontend(params_file: Path | None, frontend: dict | None) -> dict:
 
 def front_end_params(params_file: Path | None, frontend: dict | None):
     """`params_of(section, cls)`: the front-end's params from a checkpoint's `frontend` (the
-    sections that made its training data), else from params.yaml (or `params_file`)."""
+    sections that made its training data), else from params.yaml (or `params_file`). The
+    MACHINE_LOCAL paths come out absolute: a relative one is relative to the params file's
+    folder (the repo root), as the pipeline's stages read it, not to predict's work folder."""
+    here = Path(params_file or repo_root() / "params.yaml").resolve().parent
+
     def params_of(section: str, cls: type):
         if frontend is not None and section in frontend:
             try:
-                return build_dataclass(cls, frontend[section] or {}, section)
+                params = build_dataclass(cls, frontend[section] or {}, section)
             except ParamsError as exc:  # a key renamed or dropped since it was trained
                 raise ParamsError(f"the model's checkpoint keeps front-end params this version "
                                   f"cannot read ({exc}): it was trained by another version of "
                                   "the project; retrain it (dvc repro) or choose another "
                                   "model with --model") from None
-        return load_params(section, cls, path=params_file)
+        else:
+            params = load_params(section, cls, path=params_file)
+        return _local_paths_absolute(section, params, here)
     return params_of
+
+
+def _local_paths_absolute(section: str, params, folder: Path):
+    """`params` with each MACHINE_LOCAL path of `section` that is relative (not "" and not a
+    URL: faces.model_path may be the official one) made absolute under `folder`."""
+    moved = {key: str(folder / value) for key in MACHINE_LOCAL.get(section, ())
+             if (value := getattr(params, key, "")) and "://" not in value
+             and not Path(value).is_absolute()}
+    return dataclasses.replace(params, **moved) if moved else params
 
 
 def run_front_end(video: Path, work: Path, params_file: Path | None = None,

@@ -71,7 +71,7 @@ import pandas as pd
 from personality.common import (FRONTEND_SECTIONS, ParamsError, StageInputError,
                                 atomic_write_json, find_checkpoint, get_logger, load_base,
                                 load_params, load_params_file, mlflow_run, repo_root,
-                                stage_errors, write_tracking_receipt)
+                                shown_path, stage_errors, write_tracking_receipt)
 from personality.schemas import TRAITS
 from stages.serve_limits import (CONCURRENCY_ENV, DEFAULT_MAX_GB, MAX_GB_ENV, MAX_ROWS_ENV,
                                  MAX_VIDEOS_ENV, busy_row, late_row, max_concurrent_videos,
@@ -170,15 +170,16 @@ class VideoScorer:
                                     self.max_bytes)
                 if copy is None:
                     return refused
-                # the front-end resolves it (a temporary folder through a symlink: macOS /var)
-                names = sorted({str(copy), str(copy.resolve())}, key=len, reverse=True)
+                # resolved by the front-end (a temporary folder through a symlink: macOS /var);
+                names = sorted({form(path) for path in (copy, copy.resolve())  # a name not UTF-8
+                                for form in (str, shown_path)}, key=len, reverse=True)  # \xNN
                 row = result_row(predict_video(copy, model=str(self.checkpoint),
                                                root=Path(root), params_file=self.params_file,
                                                explain=False))
         except Exception as exc:  # noqa: BLE001 - one bad video is a row, the request goes on
             row = {**{t: math.nan for t in TRAITS}, "error": error_text(exc)}
         # the client named its file, not the server's copy of it
-        return {k: _named_as_asked(v, names, requested) for k, v in row.items()}
+        return {k: _named_as_asked(v, names, shown_path(requested)) for k, v in row.items()}
 
 
 TEXT_COLUMNS = ("model", "warnings", "error")

@@ -229,6 +229,12 @@ def test_fisher_z_known_answers():
     eight = interval(np.tanh(z), method="fisher_z", estimate=0.6, scale="atanh",
                      jackknife=np.zeros(8))
     assert eight == pytest.approx(np.tanh(np.arctanh(0.6) + np.array([-2.364624, 2.364624]) * sd))
+    # two people: 1 degree of freedom, 12.7062 (it was the normal's 1.96 under 3: an interval
+    # resting on 2 people came out narrower than one resting on 3, and covered 75% of the time)
+    two = interval(np.tanh(z), method="fisher_z", estimate=0.6, scale="atanh",
+                   jackknife=np.array([0.0, 1.0]))
+    assert two == pytest.approx(np.tanh(np.arctanh(0.6) + np.array([-12.7062, 12.7062]) * sd),
+                                abs=1e-5)
     # a difference on its own scale: 2 estimate - mean -+ t sd; an error on the log scale, and an
     # error of exactly 0 somewhere (no log) on its own scale, kept at or above 0
     diffs = np.linspace(-0.1, 0.1, 201)

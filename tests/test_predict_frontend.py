@@ -122,6 +122,33 @@ def test_a_checkpoint_never_names_the_files_and_folders_predict_reads(tmp_path):
         predict_frontend.checked_frontend(stored, params, ckpt)
 
 
+def test_relative_machine_paths_are_the_params_files_not_the_work_folders(tmp_path):
+    """aus.openface_dir is relative to the repo root (params.yaml's folder), where the aus stage
+    reads it under DVC; predict runs that stage in its own work folder, and looked there ("/tmp/
+    tmpXXXX/data/openface: aus.openface_dir is not a folder", a review found), so no model
+    trained on OpenFace CSVs could score a clip. The checkpoint's params or params.yaml's alike;
+    an absolute path, none and a URL stay as given."""
+    from stages import aus, faces
+
+    params = tmp_path / "params.yaml"
+    params.write_text("faces:\n  model_path: models/face.task\n"
+                      "aus:\n  backend: openface_csv\n  openface_dir: data/openface\n")
+    ckpt = tmp_path / "m" / "best.pt"
+    stored = predict_frontend.checked_frontend({"aus": {"backend": "openface_csv"}}, params, ckpt)
+    for frontend in (None, stored):
+        params_of = predict_frontend.front_end_params(params, frontend)
+        assert params_of("aus", aus.AusParams).openface_dir == str(tmp_path / "data/openface")
+        assert params_of("faces", faces.FacesParams).model_path == str(
+            tmp_path / "models/face.task")
+    params.write_text("faces:\n  model_path: https://example.org/face.task\n"
+                      "aus:\n  openface_dir: /srv/openface\n")
+    params_of = predict_frontend.front_end_params(params, None)
+    assert params_of("aus", aus.AusParams).openface_dir == "/srv/openface"
+    assert params_of("faces", faces.FacesParams).model_path == "https://example.org/face.task"
+    params.write_text("aus:\n  backend: mediapipe\n")
+    assert predict_frontend.front_end_params(params, None)("aus", aus.AusParams).openface_dir == ""
+
+
 def test_a_damaged_audio_track_is_a_warning_of_the_clip(tmp_path, monkeypatch):
     """The audio stage reads a damaged stretch as silence and names it in its metrics; predict
     says it among the clip's warnings (prediction.json and the report) too."""

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from models.checkpoints import mark_finished
+from models.checkpoints import mark_finished, shown_name
 from stages import deploy, retrain
 from personality.common import BaseParams, ParamsError, StageInputError, write_artifact
 from personality.schemas import AU_INTENSITY, AU_PRESENCE, TRAITS
@@ -142,6 +142,10 @@ def test_retrain_moves_toward_raters(trained, tmp_path):
 
     _, tuned = engine.load_checkpoint(root / "data/retrained/models/perfex_cnn+retrained/best.pt")
     assert tuned["train_duration_s"] == [4.0, 9.0]  # predict's short-clip warning still has it
+    # predict and serve name it from the checkpoint, not its folder: MLflow serves it from
+    # .../artifacts/best.pt, and a retrained checkpoint keeps its base model's model_name
+    _, base = engine.load_checkpoint(root / "data/models/perfex_cnn/best.pt")
+    assert (shown_name(tuned), shown_name(base)) == ("perfex_cnn+retrained", "perfex_cnn")
     assert out["perfex_cnn"]["val"]["after"] == m["after"]
     # the same seed gives the same numbers
     again = retrain.run(params, BaseParams(seed=3, workers=1), root=root)

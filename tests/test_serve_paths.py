@@ -183,6 +183,28 @@ def test_errors_name_the_requested_file_when_the_temporary_folder_is_a_symlink(
     assert errors(loaded_scorer(), [asked]) == [f"{asked}: no decodable frame"]
 
 
+def test_an_error_naming_a_file_that_is_not_utf8_does_not_name_the_servers_copy(
+        tree, monkeypatch):
+    """A name that is not UTF-8 appears in errors with \\xNN escapes (shown_path), so replacing
+    the copy's plain path missed it and the client read the server's temporary folder."""
+    from personality.common import check_utf8_path
+
+    served, _ = tree
+    odd = served / os.fsdecode(b"caf\xe9.mp4")
+    odd.write_bytes(b"clip")
+
+    def fake_predict_video(video, **kw):
+        check_utf8_path(video)  # predict's own first check
+
+    monkeypatch.setattr(predict, "predict_video", fake_predict_video)
+    monkeypatch.setenv("PERSONALITY_VIDEO_ROOT", str(served))
+    # as MLflow's JSON parsing hands it over: a Python str (pandas' default is Arrow's, UTF-8)
+    out = loaded_scorer().predict(None, pd.DataFrame({"video": pd.Series([str(odd)],
+                                                                         dtype=object)}))
+    [error] = out["error"].tolist()
+    assert "serve-" not in error and "is not valid UTF-8" in error, error
+
+
 def test_a_relative_root_is_refused_when_the_model_loads(monkeypatch):
     monkeypatch.setenv("PERSONALITY_VIDEO_ROOT", "videos")
     with pytest.raises(StageInputError, match="PERSONALITY_VIDEO_ROOT: 'videos' is not an "
