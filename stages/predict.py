@@ -362,8 +362,8 @@ def predict_batch(videos: list[Path], out: Path, *, model: str | None = None,
 def _single(video: Path, out: Path, model: str | None, explain: bool = True) -> int:
     """One video: prediction.json and report.png in `out`; exit code 2 with one line on error."""
     try:
-        # a mistyped name, a file that is no video or no model fail at once: no worker's start,
-        # no torch import (seconds, and MediaPipe's log lines after the error)
+        # a mistyped name or model fails at once: no worker's start, no torch import (seconds,
+        # and MediaPipe's log lines after the error); a file that is no video, in the worker
         _check_before_work(video, model)
         start_front_end_worker()
         from models.registry import list_models
@@ -390,14 +390,12 @@ def _single(video: Path, out: Path, model: str | None, explain: bool = True) -> 
 
 
 def _check_before_work(video: Path, model: str | None) -> None:
-    """StageInputError for a --model with no checkpoint, or a video that cannot be opened as
-    media: the cheap checks that predict_video makes again."""
-    from stages.ingest import probe_video
-
+    """StageInputError for a --model with no checkpoint, or a video that is no file: the cheap
+    checks that predict_video makes again. Not the media itself: FFmpeg reads it only in the
+    front-end's worker, where a file that crashes it cannot take predict down."""
     if model:
         find_checkpoint(model, repo_root())
     _refuse_non_file(video)
-    probe_video(video)
 
 
 def write_outputs(result: dict, out: Path) -> None:

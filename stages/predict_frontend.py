@@ -128,24 +128,28 @@ def run_front_end(video: Path, work: Path, params_file: Path | None = None,
     functions, and the params of `frontend` (a checkpoint's: front_end_params) or params.yaml
     (or `params_file`: the copy a served model carries). Returns what the clip offers: face
     share, audio, voiced share, where a truncated file ends. A file that cannot be decoded
-    raises StageInputError naming it, before any worker starts, as does one for which
+    raises StageInputError naming it, before any of the front-end's work, as does one for which
     `refuse(probe facts)` says why the model cannot score it (no audio track, for an audio
-    model: the probe knows it before any work)."""
-    from stages.ingest import probe_video
-
-    facts = probe_video(video)
-    why = refuse(facts) if refuse else ""
-    if why:
-        raise StageInputError(f"{video}: {why}")
-    # absolute paths, params.yaml's too: the kept worker's working folder is the one this
-    # process had when the worker started
-    job = (Path(video).resolve(), Path(work).resolve(),
-           Path(params_file or repo_root() / "params.yaml").resolve(), frontend, facts)
+    model: the probe knows it before any work). The probe, too, decodes in the worker: a file
+    that crashes or hangs FFmpeg costs the worker, never this process (a served model's)."""
     where = _one_local_worker()
+    setup = None if where.forced_inline else _stages_inline
     with FRONT_END_WORKER.borrow() as kept:
+        [facts] = map_jobs(_probe_job, [Path(video).resolve()], workers=1, where=where,
+                           label=str, setup=setup, on_lost=_lost, time_limit=_probe_limit,
+                           kept=kept)
+        if "lost" in facts:
+            raise StageInputError(f"{video}: reading it ended the worker that read it "
+                                  f"({facts['lost']}); not read")
+        why = refuse(facts) if refuse else ""
+        if why:
+            raise StageInputError(f"{video}: {why}")
+        # absolute paths, params.yaml's too: the kept worker's working folder is the one this
+        # process had when the worker started
+        job = (Path(video).resolve(), Path(work).resolve(),
+               Path(params_file or repo_root() / "params.yaml").resolve(), frontend, facts)
         [out] = map_jobs(_front_end_job, [job], workers=1, where=where, label=_job_label,
-                         setup=None if where.forced_inline else _stages_inline, on_lost=_lost,
-                         time_limit=_time_limit, kept=kept)
+                         setup=setup, on_lost=_lost, time_limit=_time_limit, kept=kept)
     if "lost" in out:
         log.warning("%s: the front end's worker was lost (%s); again with one worker per "
                     "stage", video, out["lost"])
@@ -197,6 +201,19 @@ def _one_local_worker():
 
 def _front_end_job(job: tuple) -> dict:
     return front_end_here(*job)
+
+
+def _probe_job(video: Path) -> dict:
+    """stages.ingest's probe_video facts of `video` (StageInputError naming a bad file)."""
+    from stages.ingest import probe_video
+
+    return probe_video(video)
+
+
+def _probe_limit(video: Path) -> float | None:
+    """A probe reads headers, the first frame and (Matroska) every packet: the limit of a
+    per-video job of no length (time_limit_s: 600 s, scaled)."""
+    return time_limit_s(0.0, 0.0)
 
 
 def _job_label(job: tuple) -> str:
