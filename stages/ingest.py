@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from personality import csv_tables, datasets, datasets_au, schemas
+from personality.probing import WorkerProbe, probe_facts
 from personality.splits import (assign_splits, check_required_splits, check_subject_splits,
                                 few_subject_warnings, finish_splits, kfold_splits,
                                 subject_warnings)
@@ -199,17 +200,9 @@ def synthetic_tracks(video_ids: list[str], rendered: list[dict], fps: float) -> 
 
 
 def probe_video(path: Path) -> dict:
-    """Duration, frame rate and audio presence of a media file (PyAV, `video_io.probe`). Raises
-    StageInputError naming the file when it cannot be opened or holds no video stream."""
-    from personality.video_io import probe
-
-    try:
-        info = probe(path)
-    except StageInputError:
-        raise
-    except Exception as exc:  # PyAV raises many kinds (InvalidDataError, OSError...)
-        raise StageInputError(f"{path}: cannot be decoded: {exc}") from None
-    return {"duration_s": info.duration_s, "fps": info.fps, "has_audio": info.has_audio}
+    """Duration, frame rate and audio presence of a media file, in this process
+    (personality.probing.probe_facts; the stage itself reads files through a WorkerProbe)."""
+    return probe_facts(path)
 
 
 def read_labels_csv(csv_path: Path) -> tuple[pd.DataFrame, list[str]]:
@@ -272,26 +265,33 @@ def ingest_folder(p: FolderParams, assign: Callable[[list[str]], dict[str, str]]
         raise StageInputError("ingest.folder.labels: set it to the labels CSV of your videos")
     csv_path = Path(p.labels) if Path(p.labels).is_absolute() else root / p.labels
     rows, problems = read_labels_csv(csv_path)
-    records = []
-    for row in progress(rows.to_dict("records"), desc="ingest:probe", unit="video"):
-        try:
-            facts = probe_video(row["abs_path"])
-        except StageInputError as exc:
-            problems.append(f"{csv_path} row {row['line']} ({row['video']}): {exc}")
-            continue
-        video_id = datasets.path_video_id(row["video"])
-        try:
-            path = row["abs_path"].relative_to(root).as_posix()
-        except ValueError:
-            path = str(row["abs_path"])
-        records.append({"video_id": video_id, "label_scale": "unit", "path": path,
-                        "split": row["split"],
-                        "subject_id": row["subject"] or video_id, "dataset": p.dataset,
-                        **{t: row[t] for t in TRAITS}, **facts})
+    with WorkerProbe() as probe:  # a file that crashes FFmpeg costs the worker, not the stage
+        records = [record for row in progress(rows.to_dict("records"), desc="ingest:probe",
+                                              unit="video")
+                   if (record := _folder_record(row, probe, p, root, csv_path, problems))]
     datasets.check_unique_ids(records, str(csv_path))
     manifest = pd.DataFrame(records, columns=MANIFEST_COLUMNS)
     return finish_splits(manifest, assign, where=str(csv_path), kfold=kfold,
                          typed_ids=True), problems
+
+
+def _folder_record(row: dict, probe: Callable, p: FolderParams, root: Path, csv_path: Path,
+                   problems: list[str]) -> dict | None:
+    """The manifest row of one labels CSV row, its video probed; None with the reason among
+    `problems` when the video cannot be read."""
+    try:
+        facts = probe(row["abs_path"])
+    except StageInputError as exc:
+        problems.append(f"{csv_path} row {row['line']} ({row['video']}): {exc}")
+        return None
+    video_id = datasets.path_video_id(row["video"])
+    try:
+        path = row["abs_path"].relative_to(root).as_posix()
+    except ValueError:
+        path = str(row["abs_path"])
+    return {"video_id": video_id, "label_scale": "unit", "path": path, "split": row["split"],
+            "subject_id": row["subject"] or video_id, "dataset": p.dataset,
+            **{t: row[t] for t in TRAITS}, **facts}
 
 
 MANIFEST_COLUMNS = ["video_id", "path", "split", "subject_id", "dataset", *TRAITS, "duration_s",
@@ -383,10 +383,12 @@ def read_source(params: IngestParams, base: BaseParams, root: Path) -> Ingested:
                         empty["source_aus"], problems)
     study, source_aus = empty["user_study"], empty["source_aus"]
     if params.source == "chalearn16":
-        rows, problems = datasets.ingest_chalearn16(params.chalearn16, seed=base.seed, root=root,
-                                                    probe=probe_video)
+        with WorkerProbe() as probe:
+            rows, problems = datasets.ingest_chalearn16(params.chalearn16, seed=base.seed,
+                                                        root=root, probe=probe)
     elif params.source == "udiva":
-        rows, problems = datasets.ingest_udiva(params.udiva, root=root, probe=probe_video)
+        with WorkerProbe() as probe:
+            rows, problems = datasets.ingest_udiva(params.udiva, root=root, probe=probe)
     elif params.source == "perfex":
         rows, problems, aus, rated = datasets_au.ingest_perfex(params.perfex, root=root)
         source_aus = aus if len(aus) else source_aus

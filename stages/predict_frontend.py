@@ -26,8 +26,9 @@ import pandas as pd
 from personality.common import (MACHINE_LOCAL, BaseParams, ParamsError, StageInputError,
                                 build_dataclass, frontend_params, get_logger, load_params,
                                 read_artifact, repo_root)
-from personality.executor import CLUSTER_ENV, ExecutorError, map_jobs, placement, time_limit_s
+from personality.executor import CLUSTER_ENV, ExecutorError, map_jobs, time_limit_s
 from personality.executor_kept import KeptWorkers
+from personality.probing import local_placement, probe_in_worker
 from personality.schemas import TRAITS
 from stages.predict_batch import safe_video_id
 from stages.predict_model import clip_warnings
@@ -135,12 +136,7 @@ def run_front_end(video: Path, work: Path, params_file: Path | None = None,
     where = _one_local_worker()
     setup = None if where.forced_inline else _stages_inline
     with FRONT_END_WORKER.borrow() as kept:
-        [facts] = map_jobs(_probe_job, [Path(video).resolve()], workers=1, where=where,
-                           label=str, setup=setup, on_lost=_lost, time_limit=_probe_limit,
-                           kept=kept)
-        if "lost" in facts:
-            raise StageInputError(f"{video}: reading it ended the worker that read it "
-                                  f"({facts['lost']}); not read")
+        facts = probe_in_worker(video, kept=kept, where=where, setup=setup)
         why = refuse(facts) if refuse else ""
         if why:
             raise StageInputError(f"{video}: {why}")
@@ -196,24 +192,11 @@ def start_front_end_worker() -> None:
 def _one_local_worker():
     """A local worker whatever PERSONALITY_CLUSTER names (the work folder is on this machine),
     except `inline`: a debugger wants everything in this process."""
-    return placement(1, "inline" if placement(1).forced_inline else "")
+    return local_placement()
 
 
 def _front_end_job(job: tuple) -> dict:
     return front_end_here(*job)
-
-
-def _probe_job(video: Path) -> dict:
-    """stages.ingest's probe_video facts of `video` (StageInputError naming a bad file)."""
-    from stages.ingest import probe_video
-
-    return probe_video(video)
-
-
-def _probe_limit(video: Path) -> float | None:
-    """A probe reads headers, the first frame and (Matroska) every packet: the limit of a
-    per-video job of no length (time_limit_s: 600 s, scaled)."""
-    return time_limit_s(0.0, 0.0)
 
 
 def _job_label(job: tuple) -> str:

@@ -69,6 +69,38 @@ def test_good_and_bad_rows(folder, tmp_path):
     assert report["n_bad_rows"] == 7 and report["n_videos"] == 4
 
 
+def test_videos_are_probed_in_a_worker_and_one_that_ends_it_is_a_bad_row(folder, tmp_path,
+                                                                         monkeypatch):
+    """The probe decodes each video's first frame: a file that crashed FFmpeg ended the whole
+    ingest stage, in its own process. Now a worker reads it (video_io.probe here would raise),
+    and a file that ends the worker twice is one bad row naming it; the others go on."""
+    from personality import probing, video_io
+
+    def not_here(path):
+        raise AssertionError("the video was probed in the stage's own process")
+
+    monkeypatch.setattr(video_io, "probe", not_here)  # the worker imports its own
+    real = probing.map_jobs
+
+    def crashing_on_b1(fn, jobs, **kwargs):
+        if jobs[0].name == "b1.mp4":
+            return [kwargs["on_lost"](jobs[0], "the worker process running it died twice "
+                                               "(signal 11)")]
+        return real(fn, jobs, **kwargs)
+
+    monkeypatch.setattr(probing, "map_jobs", crashing_on_b1)
+    csv = folder / "labels.csv"
+    csv.write_text("video,O,C,E,A,N,subject\n" + "".join(
+        f"clips/{name}.mp4,0.5,0.5,0.5,0.5,0.5,{name}\n" for name in ("a1", "a2", "b1", "d1")))
+    summary = _run(tmp_path, csv, required_splits=())
+    m = read_artifact("manifest", path=tmp_path / "data/manifest.parquet")
+    assert sorted(m["video_id"]) == ["clips%2Fa1.mp4", "clips%2Fa2.mp4", "clips%2Fd1.mp4"]
+    assert m["duration_s"].to_numpy() == pytest.approx(0.4, abs=0.05)
+    [bad] = summary["bad_rows"]
+    assert "row 4 (clips/b1.mp4): " in bad and "b1.mp4: reading it ended the worker that read " \
+        "it (the worker process running it died twice (signal 11)); not read" in bad
+
+
 def test_a_labels_file_with_a_header_only_says_so(folder, tmp_path):
     csv = folder / "labels.csv"
     csv.write_text("video,O,C,E,A,N\n")

@@ -12,7 +12,6 @@ from models.engine import save_checkpoint
 from models.registry import build_model
 from stages import predict, predict_report
 from tests.conftest import real_fixture, write_video
-from tests.test_predict_frontend import only_the_probe
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +61,7 @@ def test_predict_refuses_audio_model_without_audio(checkpoints, tmp_path, caplog
     def no_front_end(*args, **kwargs):
         raise AssertionError("the front-end ran for a clip the model cannot score")
 
-    monkeypatch.setattr(predict_frontend, "map_jobs", only_the_probe(predict_frontend.map_jobs))
+    monkeypatch.setattr(predict_frontend, "map_jobs", no_front_end)
     monkeypatch.setattr(predict_frontend, "front_end_here", no_front_end)
     video = write_video(tmp_path / "silent_film.mp4", n_frames=10, audio=False)
     code = predict.main([str(video), "--out", str(tmp_path / "out"),

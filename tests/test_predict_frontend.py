@@ -63,34 +63,24 @@ def test_a_lost_worker_costs_the_clip_a_rerun_with_a_worker_per_stage(tmp_path, 
         in caplog.text
 
 
-def only_the_probe(map_jobs):
-    """predict_frontend's map_jobs for its probe job (the file read in the worker), and an
-    AssertionError for any other: the front-end's work."""
-    def probe_only(fn, jobs, **kwargs):
-        if fn is not predict_frontend._probe_job:
-            raise AssertionError("the front-end ran for a clip the model cannot score")
-        return map_jobs(fn, jobs, **kwargs)
-    return probe_only
-
-
 def test_a_file_that_is_no_video_is_named_by_the_probe_in_the_worker(tmp_path, monkeypatch):
     """The probe decodes the file's first frame: in the front-end's worker, never in this
     process (a served model's: a file that crashed FFmpeg there ended the server), and before
     any of the front-end's work."""
-    from stages import ingest
+    from personality import probing, video_io
 
     bad = tmp_path / "notes.mp4"
     bad.write_text("not a video")
-    monkeypatch.setattr(predict_frontend, "map_jobs", only_the_probe(predict_frontend.map_jobs))
+    monkeypatch.setattr(predict_frontend, "map_jobs", None)  # the front-end's: a TypeError
 
     def not_here(path):
         raise AssertionError("the video was probed in this process")
 
-    monkeypatch.setattr(ingest, "probe_video", not_here)
-    with pytest.raises(StageInputError, match="notes.mp4"):
+    monkeypatch.setattr(video_io, "probe", not_here)  # the worker imports its own
+    with pytest.raises(StageInputError, match="notes.mp4: cannot be opened as media"):
         predict_frontend.run_front_end(bad, tmp_path / "w")
     lost = [{"lost": "the worker process running it died twice (signal 11)"}]
-    monkeypatch.setattr(predict_frontend, "map_jobs", lambda *a, **k: lost)
+    monkeypatch.setattr(probing, "map_jobs", lambda *a, **k: lost)
     with pytest.raises(StageInputError, match="notes.mp4: reading it ended the worker that "
                                               r"read it \(the worker process running it died"):
         predict_frontend.run_front_end(bad, tmp_path / "w")
