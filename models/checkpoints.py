@@ -460,7 +460,10 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *,
     state = obj.get("state_dict", obj) if isinstance(obj.get("state_dict"), dict) else obj
     state = {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()
              if isinstance(v, Tensor)}
-    own = model.state_dict()
+    # a lazy layer (nn.LazyLinear) has no shape until its first input or these weights: torch's
+    # load hook shapes it from the stored tensor, so it is no mismatch
+    own = {k: v for k, v in model.state_dict().items()
+           if not isinstance(v, nn.parameter.UninitializedTensorMixin)}
     mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if strict:
         if mismatched:

@@ -53,24 +53,29 @@ class Solver:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "milestones", tuple(self.milestones))  # a YAML list, say
-        if self.epochs < 0 or self.batch_size < 1 or self.views_per_video < 1:
-            raise EngineError("epochs must be >= 0, batch_size and views_per_video >= 1")
-        if self.optimizer not in ("adamw", "adam", "sgd"):
-            raise EngineError(f"optimizer {self.optimizer!r} is not one of adamw, adam, sgd")
-        if self.schedule not in ("none", "cosine", "multistep"):
-            raise EngineError(f"schedule {self.schedule!r} is not one of none, cosine, multistep")
-        if self.val_metric not in METRIC_MODES:
-            raise EngineError(f"val_metric {self.val_metric!r} is not one of "
-                              f"{', '.join(METRIC_MODES)}")
-        if not self.lr > 0:
-            raise EngineError(f"lr must be positive, got {self.lr}")
-        # torch refuses a negative weight_decay or momentum only when the optimizer is built (a
-        # traceback mid-stage), and takes a gamma <= 0 silently: a negative lr, gradient ascent
-        if not (self.weight_decay >= 0 and self.momentum >= 0 and self.gamma > 0
-                and self.warmup_epochs >= 0 and self.grad_clip >= 0):
-            raise EngineError(f"weight_decay, momentum, warmup_epochs and grad_clip must be >= 0 "
-                              f"and gamma > 0, got {self.weight_decay}, {self.momentum}, "
-                              f"{self.warmup_epochs}, {self.grad_clip} and {self.gamma}")
+        for key, choices in (("optimizer", ("adamw", "adam", "sgd")),
+                             ("schedule", ("none", "cosine", "multistep")),
+                             ("val_metric", tuple(METRIC_MODES))):
+            if getattr(self, key) not in choices:
+                raise EngineError(f"{key} {getattr(self, key)!r} is not one of "
+                                  f"{', '.join(choices)}")
+        # one message per value, naming it: torch refuses a negative weight_decay or momentum
+        # only when the optimizer is built (a traceback mid-stage) and takes a gamma <= 0
+        # silently (a negative lr: gradient ascent); a negative patience never stopped, a
+        # milestone under 1 fired at epoch 1, a warm-up as long as the run never ended
+        for key, ok, rule in (
+                ("epochs", self.epochs >= 0, ">= 0"), ("batch_size", self.batch_size >= 1, ">= 1"),
+                ("views_per_video", self.views_per_video >= 1, ">= 1"),
+                ("lr", self.lr > 0, "positive"), ("weight_decay", self.weight_decay >= 0, ">= 0"),
+                ("momentum", self.momentum >= 0, ">= 0"), ("gamma", self.gamma > 0, "> 0"),
+                ("warmup_epochs", self.warmup_epochs >= 0, ">= 0"),
+                ("grad_clip", self.grad_clip >= 0, ">= 0"), ("patience", self.patience >= 0,
+                                                           ">= 0 (0: never stop early)"),
+                ("milestones", all(m >= 1 for m in self.milestones), "epochs >= 1"),
+                ("warmup_epochs", not 0 < self.epochs <= self.warmup_epochs,
+                 f"under epochs ({self.epochs}): the warm-up would never end")):
+            if not ok:
+                raise EngineError(f"{key} must be {rule}, got {getattr(self, key)!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,9 +19,10 @@ import dataclasses
 import difflib
 
 from models.solver import EngineError, Solver, TrainConfig
-from personality.common import ParamsError, build_dataclass
+from personality.common import ParamsError, build_dataclass, frontend_differences
 
 __all__ = ["TrainParams", "PER_MODEL_TRAIN_KEYS", "for_model", "check_train_params",
+           "check_resumable_data",
            "check_model_config", "check_train_lengths", "retrained_models"]
 
 
@@ -44,8 +45,8 @@ class TrainParams(TrainConfig):
     def __post_init__(self) -> None:
         try:
             super().__post_init__()
-        except EngineError as exc:
-            raise ParamsError(f"train: {exc}") from None
+        except EngineError as exc:  # "train.lr must be positive, ..."
+            raise ParamsError(f"train.{exc}") from None
         if self.epochs == 0 and not (self.test_only or self.resume):
             raise ParamsError("train.epochs: 0 trains nothing (the model would be scored "
                               "untrained); to score a checkpoint set train.test_only")
@@ -203,3 +204,34 @@ def retrained_models(retrain_models: list[str], trained: list[str] | None) -> li
         raise ParamsError(f"retrain.models: {sorted(set(retrain_models) - set(names))} not in "
                           f"train.models {trained}: train them too, or leave them out")
     return names
+
+
+# what a resumed run must share with the run it continues, beyond what the engine's restored
+# optimizer and schedule check (models/engine.py _check_resumable): the weights' start, the data
+RESUMED_PARAMS = ("seed", "use_augmented", "model_config")
+
+
+def check_resumable_data(prior: dict, meta: dict, path) -> None:
+    """EngineError naming `path` when resume_differences finds any."""
+    if differ := resume_differences(prior, meta):
+        raise EngineError(f"{path}: resume continues its run, which had {'; '.join(differ[:4])}"
+                          ": set them back, or start a new run from its weights (train.weights)")
+
+
+def resume_differences(prior: dict, meta: dict) -> list[str]:
+    """What the checkpoint a run resumes (`prior`) was trained with that this run (`meta`, the
+    train stage's checkpoint fields) would not: the seed, the augmented views, the model's
+    config, the front-end params and the sources' fitted config (the data read). Each would
+    train the resumed epochs on other terms while the checkpoint records only the new ones, as
+    if the whole run had them. [] when they agree, or the checkpoint does not say."""
+    old, new = prior.get("params") or {}, meta["params"]
+    out = [f"train.{k}: {old[k]!r} (the checkpoint's) against {new.get(k)!r}"
+           for k in RESUMED_PARAMS if k in old and old[k] != new.get(k)]
+    out += frontend_differences(prior["frontend"], meta["frontend"]) if "frontend" in prior \
+        else []
+    stored, here = prior.get("source_config"), meta["source_config"]
+    if stored is not None and stored != here:
+        keys = sorted(k for k in {*stored, *here} if stored.get(k) != here.get(k))
+        out.append(f"source_config: {', '.join(keys)} (the sources' options or the statistics "
+                   "fitted on the training data) differ")
+    return out

@@ -49,7 +49,7 @@ import pandas as pd
 from personality import schemas
 from models.solver import TrainConfig
 from models.train_params import (TrainParams, check_model_config, check_train_params,
-                                  for_model)
+                                 check_resumable_data, for_model)
 from personality.common import (BaseParams, ParamsError, StageInputError, atomic_dir,
                                 atomic_write_json, atomic_write_text, check_schema,
                                 frontend_differences, frontend_params, get_logger, load_base,
@@ -173,9 +173,10 @@ def _evaluate_checkpoint(name: str, p: TrainParams, root: Path, meta: dict,
                          overrides: dict, staging: Path) -> tuple:
     """test_only: the model of resume / weights / best.pt, its history and fit facts. The
     model folder that replaces data/models/<name> is filled in `staging`: a checkpoint from
-    elsewhere becomes best.pt and last.pt; one of this model's own (best.pt, last.pt) keeps the
-    other as it is (if present)."""
+    elsewhere becomes best.pt and last.pt; one of this model's own becomes best.pt (what its
+    predictions, metrics and predict then share), its last.pt stays; a killed run's: refused."""
     from models import engine
+    from models.checkpoints import require_finished
     from models.registry import build_model
 
     out_dir = root / "data" / "models" / name
@@ -190,18 +191,20 @@ def _evaluate_checkpoint(name: str, p: TrainParams, root: Path, meta: dict,
         if ckpt["model_name"] != name:
             raise StageInputError(f"{ckpt_path}: a {ckpt['model_name']} checkpoint, not "
                                   f"{name}; put {{model}} in the path")
+        require_finished(ckpt, ckpt_path)  # a killed run's: never marked finished here
         model, ckpt = engine.load_checkpoint(ckpt_path)
     else:  # a bare state_dict
         model = build_model(name, **overrides)
         engine.load_weights(model, ckpt_path, strict=p.weights_strict)
         ckpt = {}
-    fit_info = {"best_epoch": ckpt.get("best_epoch", 0), "epochs_run": 0,
+    # the weights scored are the file's own epoch's (a last.pt's best_epoch is another's)
+    fit_info = {"best_epoch": ckpt.get("epoch", ckpt.get("best_epoch", 0)), "epochs_run": 0,
                 "stopped_early": False, "best_metric": ckpt.get("best_metric", math.nan)}
     inside = Path(ckpt_path).resolve().parent == out_dir.resolve()
     for target in ("best.pt", "last.pt"):
         own = out_dir / target
-        if inside and own.is_file():  # this model's own checkpoints stay as they are
-            shutil.copyfile(own, staging / target)
+        if inside and target == "last.pt" and own.is_file():  # the run's last epoch stays; its
+            shutil.copyfile(own, staging / target)  # best.pt is the file scored (predict's)
         elif ckpt:
             shutil.copyfile(ckpt_path, staging / target)
         else:
@@ -229,6 +232,7 @@ def _fit(name: str, p: TrainParams, cfg: TrainConfig, root: Path, meta: dict, ov
         if prior.get("model_name", name) != name:
             raise StageInputError(f"{resume}: a {prior['model_name']} checkpoint, not "
                                   f"{name}; put {{model}} in the path")
+        check_resumable_data(prior, meta, resume)  # the same seed, data and model config
         # the best epoch so far, if not resume's: its run's best.pt lies beside it (the model
         # folder's best.pt is another run's when resuming a kept interrupted one)
         kept_best = resume.parent / "best.pt"

@@ -489,3 +489,19 @@ def test_exact_float32_turns_tf32_off_for_a_cuda_score_and_back_on_after():
             assert torch.backends.cudnn.allow_tf32
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def test_initial_weights_shape_a_lazy_layer(tmp_path):
+    """audio_fn_linear's nn.LazyLinear has no shape until it sees an input: train.weights read
+    its shape and failed with torch's "Can't access the shape of an uninitialized parameter", a
+    traceback, strict or not (a review found it). The stored tensor now shapes it."""
+    import torch
+    from torch import nn
+
+    trained = nn.Sequential(nn.LazyLinear(3))
+    trained(torch.ones(2, 7))  # shaped: (3, 7)
+    torch.save(trained.state_dict(), tmp_path / "weights.pt")
+    for strict in (True, False):
+        fresh = nn.Sequential(nn.LazyLinear(3))
+        load_weights(fresh, tmp_path / "weights.pt", strict=strict)
+        assert torch.equal(fresh[0].weight, trained[0].weight)

@@ -57,9 +57,18 @@ def test_the_repository_params_pass():
     # gamma <= 0 silently (multistep: a negative lr after the first milestone)
     ("train", {"weight_decay": -1e-4}, "weight_decay"),
     ("train", {"momentum": -0.5}, "momentum"),
-    ("train", {"schedule": "multistep", "gamma": -0.1}, "gamma > 0"),
-    ("train", {"model_config__perfex_cnn__train": {"gamma": 0.0}}, "gamma > 0"),
+    ("train", {"schedule": "multistep", "gamma": -0.1}, "train.gamma must be > 0"),
+    ("train", {"model_config__perfex_cnn__train": {"gamma": 0.0}},
+     "train.model_config.perfex_cnn.train.gamma must be > 0"),
     ("train", {"warmup_epochs": -2}, "warmup_epochs"),
+    # taken silently until 2026-12-06: never stopping, a milestone at epoch 1, a warm-up that
+    # never ended; and a model's own bad value was named as train's ("train: epochs must be
+    # >= 0, batch_size and views_per_video >= 1", all three at once)
+    ("train", {"patience": -1}, "train.patience must be >= 0"),
+    ("train", {"schedule": "multistep", "milestones": [-5]}, "train.milestones must be epochs"),
+    ("train", {"warmup_epochs": 40}, "train.warmup_epochs must be under epochs (30)"),
+    ("train", {"model_config__perfex_cnn__train": {"batch_size": 0}},
+     "train.model_config.perfex_cnn.train.batch_size must be >= 1, got 0"),
     ("retrain", {"models": ["perfex_cnn", "resnet34_face"]},
      "retrain.models: ['resnet34_face'] not in train.models"),
     ("base", {"device": "cuda"}, "base.device: unknown key"),

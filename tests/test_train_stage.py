@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 
 import numpy as np
@@ -167,6 +168,41 @@ def test_resume_and_weights_through_params(au_root, trained, tmp_path):
     out = run(params(epochs=1, weights=str(saved)), BaseParams(workers=1), root=au_root,
               models=["perfex_cnn"])["perfex_cnn"]
     assert out["epochs_run"] == 1
+
+
+def test_test_only_on_its_own_last_pt_makes_it_the_models_best_and_refuses_a_killed_run(
+        au_root, trained, tmp_path):
+    """test_only of data/models/<name>/last.pt wrote predictions and metrics from its weights
+    while best.pt (what predict, retrain, deploy and serve read) kept another epoch's, and the
+    metrics named best.pt's epoch; a killed run's checkpoint (finished: False) came out marked
+    finished, trusted from then on (a review found both)."""
+    root = tmp_path / "r"
+    shutil.copytree(au_root, root)
+    folder = root / "data" / "models" / "perfex_cnn"
+    last = torch.load(folder / "last.pt", weights_only=True)
+    out = run(params(test_only=True, resume=str(folder / "last.pt")), BaseParams(workers=1),
+              root=root, models=["perfex_cnn"])["perfex_cnn"]
+    best = torch.load(folder / "best.pt", weights_only=True)
+    assert best["epoch"] == last["epoch"] == out["best_epoch"]
+    assert all(torch.equal(best["state_dict"][k], v) for k, v in last["state_dict"].items())
+    last["finished"] = False
+    torch.save(last, tmp_path / "killed.pt")
+    with pytest.raises(StageInputError, match="killed.pt: its training run did not finish"):
+        run(params(test_only=True, resume=str(tmp_path / "killed.pt")), BaseParams(workers=1),
+            root=root, models=["perfex_cnn"])
+
+
+@pytest.mark.parametrize("changed, named", [
+    ({"use_augmented": False}, "train.use_augmented: True (the checkpoint's) against False"),
+    ({"source_config": {"aus": {"scale": 0.5}}}, "source_config: aus"),
+    ({"seed": 999}, "train.seed: None (the checkpoint's) against 999")])
+def test_resume_refuses_a_run_on_other_data_or_seed(au_root, trained, tmp_path, changed, named):
+    """Resuming took a changed seed, augmentation or source option silently: the first epochs
+    ran on the old terms and the checkpoint recorded only the new ones (a review found it)."""
+    with pytest.raises(StageInputError, match=re.escape(named)):
+        run(params(epochs=4, **changed,
+                   resume=str(au_root / "data" / "models" / "perfex_cnn" / "last.pt")),
+            BaseParams(workers=1), root=au_root, models=["perfex_cnn"])
 
 
 def test_a_run_that_fails_half_way_leaves_the_old_model_folder_whole(au_root, trained,
