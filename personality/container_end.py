@@ -38,7 +38,6 @@ import os
 import numpy as np
 from pathlib import Path
 
-from personality.frame_sampling import BACKSTEP_S, DISCONTINUITY_S, REORDER_PACKETS
 
 __all__ = ["cut_short"]
 
@@ -259,60 +258,20 @@ def _sub_blocks(data, pos: int) -> int:
 GAP_PERIODS, GAP_MIN_S = 4.0, 0.2
 
 
-def missing_stretches(pts: list[int], time_base, discont: bool = False) -> dict:
+def missing_stretches(pts: list[int], time_base) -> dict:
     """Stretches of a stream with no packet: {"gaps": how many, "missing_s": their length less
     one frame period each, "gap_at_s": the first one's start in seconds from the first packet},
     or {} when there is none. `pts`: the packets' presentation times in `time_base` units, in
-    file order (video_io.iter_frames collects them while it decodes). The frame period is the
-    median step, so a variable frame rate's jitter is no gap. In a format whose clock may jump
-    (`discont`: MPEG-TS / PS), each new clock (`clock_parts`) continues one period after the
-    last, as the frames' own clock does: a splice or a joined recording is no missing video."""
+    any order (video_io.iter_frames collects them while it decodes; for a clock that may jump,
+    the frames' own times, time_base 1). The frame period is the median step, so a variable
+    frame rate's jitter is no gap."""
     if len(pts) < 3 or not time_base:
         return {}
-    t = np.asarray(pts, np.float64) * float(time_base)
-    parts = [np.sort(part) for part in (clock_parts(t) if discont else [t])]
-    step = np.concatenate([np.diff(part) for part in parts])
-    period = float(np.median(step[step > 0])) if (step > 0).any() else 0.0
-    if period <= 0:
-        return {}
-    t = np.concatenate(_continued(parts, period))
+    t = np.sort(np.asarray(pts, np.float64)) * float(time_base)
     step = np.diff(t)
+    period = float(np.median(step[step > 0])) if (step > 0).any() else 0.0
     gaps = step > max(GAP_PERIODS * period, GAP_MIN_S)
-    if not gaps.any():
+    if period <= 0 or not gaps.any():
         return {}
     return {"gaps": int(gaps.sum()), "missing_s": round(float((step[gaps] - period).sum()), 3),
             "gap_at_s": round(float(t[:-1][gaps][0] - t[0]), 3)}
-
-
-def clock_parts(t: np.ndarray) -> list[np.ndarray]:
-    """Packet times `t` (seconds, file order) of a format whose clock may jump, split where it
-    does (frame_sampling.is_clock_jump's rule): a packet over DISCONTINUITY_S past all before it,
-    or over BACKSTEP_S before one sent more than REORDER_PACKETS earlier (B-frames come out of
-    order by fewer)."""
-    cuts, start, top, settled = [], 0, -np.inf, -np.inf  # settled: the max REORDER_PACKETS ago
-    for i, ti in enumerate(t):
-        if i - REORDER_PACKETS - 1 >= start:
-            settled = max(settled, t[i - REORDER_PACKETS - 1])
-        if i > start and (ti - top > DISCONTINUITY_S or ti < settled - BACKSTEP_S):
-            cuts.append(i)
-            start, top, settled = i, -np.inf, -np.inf
-        top = max(top, ti)
-    return np.split(t, cuts)
-
-
-def clock_jumps(pts: list[int], time_base) -> int:
-    """How many times the clock of an MPEG-TS / PS stream restarts or jumps (`clock_parts`) in
-    its packets' `pts` (file order, `time_base` units)."""
-    if len(pts) < 2 or not time_base:
-        return 0
-    return len(clock_parts(np.asarray(pts, np.float64) * float(time_base))) - 1
-
-
-def _continued(parts: list[np.ndarray], period: float) -> list[np.ndarray]:
-    """Sorted `parts` moved onto one timeline, each starting one `period` after the last ended."""
-    out, end = [], None
-    for part in parts:
-        shift = 0.0 if end is None else end + period - part[0]
-        out.append(part + shift)
-        end = out[-1][-1]
-    return out

@@ -65,10 +65,12 @@ class SamplingPicker:
 
     def __init__(self, vs, keep: np.ndarray | None, fps: float | None):
         self.clock, self.sampler, self.idx = FrameClock(vs), FrameSampler(keep, fps), -1
+        self.times: list[float] = []  # every frame's, kept or not (a jumping clock's gaps)
 
     def __call__(self, frame) -> tuple[int, float] | None:
         self.idx += 1
         t = self.clock(frame.pts, self.idx)
+        self.times.append(t)
         return (self.idx, t) if self.sampler.wants(self.idx, t) else None
 
     @property
@@ -101,7 +103,8 @@ class FrameClock:
     safe), else the nominal rate; strictly increasing and >= 0 even when pts jump back. Called
     with each frame's pts (None: unknown) and index, in presentation order. Where the format's
     clock may jump (`clock_may_jump`), a jump (`is_clock_jump`) starts a new clock that continues
-    one nominal frame period after the last frame; `jumps` counts them."""
+    one nominal frame period after the last frame, once the next frame confirms it: one bad
+    timestamp, followed by frames on the old clock, moves nothing after it. `jumps` counts them."""
 
     def __init__(self, vs):
         self.tb = vs.time_base
@@ -113,6 +116,9 @@ class FrameClock:
         self.t0: float | None = None
         self.last_t = -math.inf
         self.jumps = 0
+        self.begun = False  # a frame at or after the stream's start seen: lead-in frames before
+        # it (clamped to 0) are no jump
+        self.pending: tuple[float, float] | None = None  # after a jump: (new t0, last t before)
 
     def __call__(self, pts: int | None, idx: int) -> float:
         tb = self.tb
@@ -124,12 +130,26 @@ class FrameClock:
         if self.t0 is None:  # origin: the stream's start time, else its first frame
             self.t0 = float(self.start * tb) if self.start is not None and tb is not None else raw
         t = raw - self.t0
-        if known and self.last_t > -math.inf and is_clock_jump(t - self.last_t, self.discont):
-            self.jumps += 1
-            self.t0 += t - (self.last_t + 1.0 / self.rate)
-            t = raw - self.t0
+        if known and self.discont:
+            t = self._across_jumps(raw, t)
         t = max(t, self.last_t + 1e-6 if self.last_t > -math.inf else 0.0)
         self.last_t = t
+        return t
+
+    def _across_jumps(self, raw: float, t: float) -> float:
+        """`t` (on the current clock) of a frame at `raw` seconds, a jump's frame moved on."""
+        if self.pending is not None:  # the frame after a jump: on the new clock, or the old one
+            new_t0, before = self.pending
+            self.pending = None
+            if is_clock_jump(t - before, True):  # not back on the old clock: the new one holds
+                self.t0, self.jumps = new_t0, self.jumps + 1
+                return raw - new_t0
+            return t
+        if self.begun and is_clock_jump(t - self.last_t, True):
+            moved = self.last_t + 1.0 / self.rate  # where a new clock would put it
+            self.pending = (raw - moved, self.last_t)
+            return moved
+        self.begun = self.begun or t >= 0
         return t
 
 

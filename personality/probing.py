@@ -45,12 +45,16 @@ def probe_in_worker(path: str | os.PathLike, *, kept: Any = None, where: Any = N
     passes the time limit (600 s, scaled: time_limit_s) twice is a StageInputError naming the
     file."""
     where = where or local_placement()
-    # absolute: a kept worker's working folder is the one its parent had when it started
-    [facts] = map_jobs(probe_facts, [Path(path).resolve()], workers=1, where=where, label=str,
-                       setup=setup, on_lost=_lost, time_limit=_limit, kept=kept)
+    # absolute (a kept worker's working folder is the one its parent had when it started), not
+    # resolved: the messages name the file as given, not a symlink's target (DVC's cache)
+    [facts] = map_jobs(_probe_job, [Path(path).absolute()], workers=1, where=where, label=str,
+                       setup=setup if kept is not None else None,  # one spawned to probe: bare
+                       on_lost=_lost, time_limit=_limit, kept=kept)
     if "lost" in facts:
         raise StageInputError(f"{path}: reading it ended the worker that read it "
                               f"({facts['lost']}); not read")
+    if "error" in facts:
+        raise StageInputError(facts["error"])
     return facts
 
 
@@ -75,6 +79,15 @@ class WorkerProbe:
 
     def __exit__(self, *exc) -> None:
         self.workers.close()
+
+
+def _probe_job(path: Path) -> dict:
+    """probe_facts in the worker, a bad file's StageInputError returned as {"error": message}:
+    an expected answer, not a failed job (two of those in a row end the kept workers)."""
+    try:
+        return probe_facts(path)
+    except StageInputError as exc:
+        return {"error": str(exc)}
 
 
 def _lost(job: Path, why: str) -> dict:

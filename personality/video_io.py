@@ -22,10 +22,9 @@ from typing import Iterator
 import numpy as np
 
 from personality.common import StageInputError, check_frame_size, open_media
-from personality.container_end import clock_jumps, cut_short, missing_stretches
-from personality.frame_sampling import (REORDER_PACKETS, FrameClock, FrameSampler,
-                                         PlannedPicker, SamplingPicker, clock_may_jump,
-                                         nominal_rate)
+from personality.container_end import cut_short, missing_stretches
+from personality.frame_sampling import (FrameClock, FrameSampler, PlannedPicker, SamplingPicker,
+                                         clock_may_jump, nominal_rate)
 
 __all__ = ["VideoInfo", "probe", "mux_mono_audio", "iter_frames", "target_size", "sample_indices",
            "stream_extent", "ends_short", "cut_container_s", "encode_jpeg", "decode_jpeg"]
@@ -333,19 +332,23 @@ def iter_frames(path: str | os.PathLike, *, fps: float | None = None, per_video:
                 break
         if not report["truncated"]:
             report["errors"] += pick.missing  # kept frames the decoder never returned
-        _report_extent(report, path, container, vs, seen_pts, last_pts)
+        _report_extent(report, path, container, vs, seen_pts, last_pts, pick)
     finally:
         container.close()
 
 
 def _report_extent(report: dict, path: Path, container, vs, seen_pts: list[int],
-                   last_pts: int | None) -> None:
+                   last_pts: int | None, pick) -> None:
     """iter_frames' `report` on what the stream covers, after its decode: the stretches missing,
-    the clock's jumps, where it ends against its declared length, a cut file."""
-    discont = clock_may_jump(container)
-    report.update(missing_stretches(seen_pts, vs.time_base, discont))
-    if discont and (jumps := clock_jumps(seen_pts, vs.time_base)):
-        # the declared length and the last pts span several clocks: no length to fall short of
+    the clock's jumps, where it ends against its declared length, a cut file. A clock that may
+    jump is read on the frames' own times (`pick`'s clock: never a plan's picker there)."""
+    jumps = 0
+    if clock_may_jump(container):
+        report.update(missing_stretches(pick.times, 1.0))
+        jumps = pick.clock.jumps
+    else:
+        report.update(missing_stretches(seen_pts, vs.time_base))
+    if jumps:  # the declared length and the last pts span several clocks: nothing to fall short of
         report["clock_jumps"] = jumps
         _check_extent(report, float("nan"), float("nan"))
     else:
@@ -401,16 +404,15 @@ def _skip_plan(scan: _PacketScan | None, fps: float | None,
     Presentation order is the order of the packets' pts, so each frame's index and time (the
     same `FrameClock` and `FrameSampler` as a full decode) are known up front, and the decoder may
     skip the non-reference frames that are not kept. None (decode everything) unless the codec
-    honours skipping and every packet has its own pts, in an order that sorting recovers
-    (`_reorders_only`); also when there is no scan."""
+    honours skipping and every packet has its own pts; also when there is no scan, and for a
+    clock that may restart (MPEG-TS / PS: two recordings joined, whose pts sorting would
+    interleave; only a decode in presentation order shows where)."""
     if not fps and keep is None:
         return None
-    if scan is None or scan.codec not in SKIPPABLE_CODECS:
+    if scan is None or scan.codec not in SKIPPABLE_CODECS or scan.clock.discont:
         return None
     pts = scan.pts
     if not pts or any(p is None for p in pts) or len(set(pts)) != len(pts):
-        return None
-    if not _reorders_only(pts):
         return None
     sampler, plan = FrameSampler(keep, fps), {}
     for idx, p in enumerate(sorted(pts)):
@@ -420,15 +422,6 @@ def _skip_plan(scan: _PacketScan | None, fps: float | None,
         if sampler.done:
             break
     return plan
-
-
-def _reorders_only(pts: list[int]) -> bool:
-    """Whether packets in file order (`pts`) are presentation order but for B-frame reordering:
-    no packet lies before one sent more than REORDER_PACKETS earlier. A clock reset (two
-    MPEG-TS recordings joined, each from 0) breaks it: sorting would interleave the two."""
-    arr = np.asarray(pts, np.int64)
-    earlier_max = np.maximum.accumulate(arr)[:-(REORDER_PACKETS + 1)]  # empty for a short one
-    return bool(np.all(arr[REORDER_PACKETS + 1:] > earlier_max))
 
 
 def _decoded_packets(container, vs, report: dict, max_errors: int, seen_pts: list[int],

@@ -226,7 +226,7 @@ def decode_audio(path: str | os.PathLike, *, sr: int, max_seconds: float,
     MPEG-TS / PS clock restarting: what follows continues the wave) and `format_changes` (the
     rate, layout or format changing mid-stream: each part resampled on its own)."""
     limit = int(math.ceil(max_seconds * sr))  # silence too: a file's times can claim hours
-    chunks, bad, gap, jumps, report = [], 0, 0, 0, {} if report is None else report
+    chunks, bad, gap, report = [], 0, 0, {} if report is None else report
     container = open_media(path)  # StageInputError naming the file
     try:
         with container:
@@ -234,9 +234,8 @@ def decode_audio(path: str | os.PathLike, *, sr: int, max_seconds: float,
                 return None
             stream = container.streams.audio[0]
             report.update(_stream_facts(path, container, stream, sr))
-            resampler = _Resampler(path, sr)
-            n, origin, seen = 0, None, 0.0  # the first decoded frame's time, input seconds
-            discont = clock_may_jump(container)  # MPEG-TS / PS: the clock may restart
+            resampler, clock = _Resampler(path, sr), _AudioClock(sr, clock_may_jump(container))
+            n, seen = 0, 0.0  # samples kept; input seconds read
             for frames in _audio_packets(container, stream, sr):
                 if isinstance(frames, int):  # a bad packet: its samples of silence
                     bad += 1
@@ -246,11 +245,9 @@ def decode_audio(path: str | os.PathLike, *, sr: int, max_seconds: float,
                     decoded = [np.zeros(min(frames, limit - n), np.float32)]
                     seen += frames / sr
                 else:  # (1, k) packed mono -> (k,), after the silence of a skipped stretch
-                    origin = frames[0].time if origin is None and frames else origin
-                    skipped, moved = _skipped(frames, origin, seen, sr, discont)
-                    jumps += moved != origin
-                    gap, seen, origin = gap + skipped, seen + skipped / sr + sum(
-                        f.samples / f.sample_rate for f in frames), moved
+                    skipped = clock.skipped(frames, seen)
+                    gap, seen = gap + skipped, seen + skipped / sr + sum(
+                        f.samples / f.sample_rate for f in frames)
                     decoded = [np.zeros(min(skipped, limit - n), np.float32)] + [
                         wave for frame in frames for wave in resampler(frame)]
                 chunks += decoded
@@ -269,7 +266,7 @@ def decode_audio(path: str | os.PathLike, *, sr: int, max_seconds: float,
     if gap:
         log.warning("%s: %.1f s of audio skipped (a damaged stretch) read as silence", path,
                     gap / sr)
-    report.update(bad_packets=bad, gap_s=gap / sr, clock_jumps=jumps,
+    report.update(bad_packets=bad, gap_s=gap / sr, clock_jumps=clock.jumps,
                   format_changes=resampler.changes)
     y = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     return np.ascontiguousarray(y[:limit], dtype=np.float32)
@@ -323,20 +320,34 @@ def _stream_facts(path: str | os.PathLike, container, stream, sr: int) -> dict:
     return {"declared_s": _stream_declared_s(container, stream), "source_sr": source_sr}
 
 
-def _skipped(frames: list, origin: float | None, seen: float, sr: int,
-             discont: bool = False) -> tuple[int, float | None]:
-    """(samples at `sr` between the `seen` seconds of input read so far (counted at the input's
-    rate: the resampler holds a few back) and the first of `frames`' own time, when more than
-    GAP_TOLERANCE_S: a stretch the demuxer skipped; the time origin). 0 when there is no time.
-    In a format whose clock may jump (`discont`), a jump (frame_sampling.is_clock_jump, the
-    frames' rule) is no lost audio: the origin moves with it, and what follows continues."""
-    t = frames[0].time if frames else None
-    if t is None or origin is None:
-        return 0, origin
-    ahead = t - origin - seen
-    if is_clock_jump(ahead, discont):
-        return 0, origin + ahead
-    return (int(round(ahead * sr)) if ahead > GAP_TOLERANCE_S else 0), origin
+class _AudioClock:
+    """Where each decoded audio frame lies against the input seconds read so far (`seen`,
+    counted at the input's rate: the resampler holds a few back): `skipped` gives the samples at
+    `sr` of a stretch the demuxer skipped (the frame's own time more than GAP_TOLERANCE_S ahead),
+    0 when there is no time. In a format whose clock may jump (`discont`: MPEG-TS / PS) a jump
+    (frame_sampling.is_clock_jump, the frames' rule) is no lost audio: a forward one moves the
+    origin at once; a backward one when the next frame is behind too (a restarted clock, not one
+    bad timestamp, which would have read as a second of silence after it). `jumps` counts them."""
+
+    def __init__(self, sr: int, discont: bool):
+        self.sr, self.discont = sr, discont
+        self.origin: float | None = None  # the first decoded frame's time
+        self.jumps, self.behind = 0, False
+
+    def skipped(self, frames: list, seen: float) -> int:
+        t = frames[0].time if frames else None
+        if t is None or self.origin is None:
+            self.origin = t if self.origin is None else self.origin
+            return 0
+        ahead = t - self.origin - seen
+        if is_clock_jump(ahead, self.discont):
+            if ahead > 0 or self.behind:  # a new clock: what follows continues the wave
+                self.origin, self.jumps, self.behind = self.origin + ahead, self.jumps + 1, False
+            else:
+                self.behind = True
+            return 0
+        self.behind = False
+        return int(round(ahead * self.sr)) if ahead > GAP_TOLERANCE_S else 0
 
 
 class _Resampler:

@@ -94,9 +94,10 @@ def resolved_frontend(params_file: Path | None, frontend: dict | None) -> dict:
 def front_end_params(params_file: Path | None, frontend: dict | None):
     """`params_of(section, cls)`: the front-end's params from a checkpoint's `frontend` (the
     sections that made its training data), else from params.yaml (or `params_file`). The
-    MACHINE_LOCAL paths come out absolute: a relative one is relative to the params file's
-    folder (the repo root), as the pipeline's stages read it, not to predict's work folder."""
-    here = Path(params_file or repo_root() / "params.yaml").resolve().parent
+    MACHINE_LOCAL paths come out absolute: a relative one is relative to the repo root, as the
+    pipeline's stages read it, not to predict's work folder (nor a served model's copy of
+    params.yaml, in MLflow's artifacts)."""
+    here = repo_root()
 
     def params_of(section: str, cls: type):
         if frontend is not None and section in frontend:

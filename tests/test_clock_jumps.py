@@ -7,12 +7,14 @@ lost. Real H.264 + AAC / MP2 transport streams written with PyAV.
 """
 from __future__ import annotations
 
+import types
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from personality.container_end import clock_parts, missing_stretches
+from personality.frame_sampling import FrameClock
 from personality.video_io import iter_frames
 from stages import audio, frames
 
@@ -102,17 +104,77 @@ def test_a_change_of_rate_and_layout_mid_stream_keeps_the_whole_track(streams):
     assert row["has_audio"] and not row["error"]
 
 
-def test_clock_parts_split_at_jumps_not_at_b_frame_reordering():
-    """Decode order with B-frames (I P B B ...) steps back a few frames: one clock. A restart
-    (back by 2 s) and a jump past DISCONTINUITY_S split it; a 1 s hole stays a missing stretch."""
-    presentation = np.arange(100) * 0.04
-    decode_order = presentation.reshape(-1, 4)[:, [0, 3, 1, 2]].reshape(-1)
-    assert len(clock_parts(decode_order)) == 1
-    restarted = np.concatenate([decode_order, decode_order[:50]])
-    assert [len(p) for p in clock_parts(restarted)] == [100, 50]
-    jumped = np.concatenate([decode_order, decode_order + 30.0])
-    assert [len(p) for p in clock_parts(jumped)] == [100, 100]
-    pts = (np.concatenate([decode_order, decode_order + 5.0]) * 90000).astype(np.int64)
-    assert missing_stretches(list(pts), 1 / 90000, discont=True)["gaps"] == 1
-    assert missing_stretches(list((jumped * 90000).astype(np.int64)), 1 / 90000,
-                             discont=True) == {}
+def ts_clock(*, start: float | None = 0.0) -> FrameClock:
+    """FrameClock of a 25 fps MPEG-TS video stream (pts in 1/90000 s)."""
+    mpegts = types.SimpleNamespace(format=types.SimpleNamespace(flags=0x0200))
+    vs = types.SimpleNamespace(time_base=Fraction(1, 90000), average_rate=Fraction(25),
+                               guessed_rate=None, base_rate=None, container=mpegts,
+                               start_time=None if start is None else int(start * 90000))
+    return FrameClock(vs)
+
+
+def times(clock: FrameClock, seconds: list[float]) -> list[float]:
+    return [round(clock(int(round(s * 90000)), i), 3) for i, s in enumerate(seconds)]
+
+
+def test_one_bad_timestamp_moves_nothing_after_it_and_a_restart_continues_the_timeline():
+    """A restart (the second recording from 0) continues one period after the last frame, once
+    the frame after it confirms it. One timestamp a second early (a damaged PES header) and
+    frames on the old clock after it moved every later frame a second before (a review found
+    it: the frames then lay 1 s from their audio); frames before the stream's start (clamped to
+    0) are no jump either."""
+    steady = [0.04 * i for i in range(10)]
+    clock = ts_clock()
+    assert times(clock, steady[:5] + [0.0] + steady[6:]) == \
+        [0.0, 0.04, 0.08, 0.12, 0.16, 0.2, 0.24, 0.28, 0.32, 0.36] and clock.jumps == 0
+    clock = ts_clock()
+    assert times(clock, steady[:5] + [20.2] + steady[6:])[6:] == [0.24, 0.28, 0.32, 0.36]
+    clock = ts_clock()
+    assert times(clock, steady[:5] + steady[:5]) == \
+        [0.0, 0.04, 0.08, 0.12, 0.16, 0.2, 0.24, 0.28, 0.32, 0.36] and clock.jumps == 1
+    clock = ts_clock()
+    assert times(clock, steady[:5] + [s + 30.0 for s in steady[:5]])[5:] == \
+        [0.2, 0.24, 0.28, 0.32, 0.36] and clock.jumps == 1
+    clock = ts_clock(start=0.2)  # three frames before the start: clamped, then on
+    assert times(clock, steady)[:5] == [0.0, 0.0, 0.0, 0.0, 0.0] and clock.jumps == 0
+    assert times(clock, [0.4, 0.44]) == [0.2, 0.24]
+
+
+def audio_frames(at: float, seconds: float = 0.064, sr: int = 16000) -> list:
+    return [types.SimpleNamespace(time=at, samples=int(seconds * sr), sample_rate=sr)]
+
+
+def test_the_audio_clock_takes_a_restart_but_not_one_bad_timestamp():
+    """The audio side of the same rule (stages/audio.py _AudioClock): a frame stamped a second
+    early, with the next on the old clock, read as a second of silence after it."""
+    for stamps, silence, jumps in (
+            ([0.0, 0.064, 0.128, -0.872, 0.256, 0.32], 0, 0),  # one bad timestamp
+            ([0.0, 0.064, 0.128, 0.0, 0.064, 0.128], 0, 1),  # a restart at 0
+            ([0.0, 0.064, 0.128, 0.692, 0.756], 8000, 0)):  # 0.5 s missing: silence
+        clock, seen, skipped = audio._AudioClock(16000, discont=True), 0.0, 0
+        for at in stamps:
+            gap = clock.skipped(audio_frames(at), seen)
+            skipped, seen = skipped + gap, seen + gap / 16000 + 0.064
+        assert (skipped, clock.jumps) == (silence, jumps), stamps
+
+
+def test_a_restart_without_repeated_timestamps_decodes_as_a_full_decode(tmp_path):
+    """The skip plan sorts packet times: two recordings whose times overlap without repeating
+    (the second from 1.74 s, 0.22 s before the first ends: too little for a check on packets in
+    decode order to tell from B-frames) were interleaved, 18 frames kept where a full decode
+    keeps 20 (a review found it). MPEG-TS and PS decode every frame (presentation order says
+    where a clock restarts), and the fps-sampled frames are the full decode's."""
+    first = transport_stream(tmp_path / "a.ts")
+    path = joined(tmp_path / "offset.ts", first, transport_stream(tmp_path / "b.ts",
+                                                                  start_s=SECONDS - 0.26))
+    every = [t for _, t, _ in iter_frames(path)]
+    report: dict = {}
+    sampled = [(i, round(t, 6)) for i, t, _ in iter_frames(path, fps=8, report=report)]
+    assert np.all(np.diff(every) > 0.03) and every[-1] == pytest.approx(3.96, abs=0.03)
+    ticks, expected = 0.0, []
+    for i, t in enumerate(every):  # FrameSampler's rule: the first frame at or after each tick
+        if t + 1e-4 >= ticks:
+            expected.append((i, round(t, 6)))
+            while ticks <= t + 1e-4:
+                ticks += 1 / 8
+    assert sampled == expected and report["clock_jumps"] == 1

@@ -101,6 +101,25 @@ def test_videos_are_probed_in_a_worker_and_one_that_ends_it_is_a_bad_row(folder,
         "it (the worker process running it died twice (signal 11)); not read" in bad
 
 
+def test_the_probe_worker_outlives_bad_files_and_names_them_as_given(tmp_path):
+    """A file that is no video is an answer, not a failed job: two failed jobs in a row ended
+    the kept worker (predict's warm front-end worker too: its next clip paid the whole set-up
+    again). And the message names the file as given, not a symlink's target (DVC's cache)."""
+    from personality.probing import WorkerProbe
+
+    blob = tmp_path / "blob_7f3a9c"
+    blob.write_text("not a video")
+    (tmp_path / "my_interview.mp4").symlink_to(blob)
+    good = write_video(tmp_path / "good.mp4")
+    with WorkerProbe() as probe:
+        assert probe(good)["has_audio"]
+        pids = probe.workers.pids()
+        for _ in range(3):
+            with pytest.raises(StageInputError, match=r"my_interview\.mp4: cannot be opened"):
+                probe(tmp_path / "my_interview.mp4")
+        assert probe(good)["has_audio"] and probe.workers.pids() == pids
+
+
 def test_a_labels_file_with_a_header_only_says_so(folder, tmp_path):
     csv = folder / "labels.csv"
     csv.write_text("video,O,C,E,A,N\n")

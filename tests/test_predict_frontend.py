@@ -137,24 +137,27 @@ def test_a_checkpoint_never_names_the_files_and_folders_predict_reads(tmp_path):
         predict_frontend.checked_frontend(stored, params, ckpt)
 
 
-def test_relative_machine_paths_are_the_params_files_not_the_work_folders(tmp_path):
-    """aus.openface_dir is relative to the repo root (params.yaml's folder), where the aus stage
-    reads it under DVC; predict runs that stage in its own work folder, and looked there ("/tmp/
-    tmpXXXX/data/openface: aus.openface_dir is not a folder", a review found), so no model
-    trained on OpenFace CSVs could score a clip. The checkpoint's params or params.yaml's alike;
-    an absolute path, none and a URL stay as given."""
+def test_relative_machine_paths_are_the_repo_roots_not_the_work_folders(tmp_path):
+    """aus.openface_dir is relative to the repo root, where the aus stage reads it under DVC;
+    predict runs that stage in its own work folder, and looked there ("/tmp/tmpXXXX/data/
+    openface: aus.openface_dir is not a folder", a review found), so no model trained on
+    OpenFace CSVs could score a clip. The checkpoint's params or params.yaml's alike, and a
+    served model's copy of params.yaml (in MLflow's artifacts) too; an absolute path, none and
+    a URL stay as given."""
+    from personality.common import repo_root
     from stages import aus, faces
 
-    params = tmp_path / "params.yaml"
+    params = tmp_path / "artifacts" / "params.yaml"  # a copy, as a served model carries
+    params.parent.mkdir()
     params.write_text("faces:\n  model_path: models/face.task\n"
                       "aus:\n  backend: openface_csv\n  openface_dir: data/openface\n")
     ckpt = tmp_path / "m" / "best.pt"
     stored = predict_frontend.checked_frontend({"aus": {"backend": "openface_csv"}}, params, ckpt)
     for frontend in (None, stored):
         params_of = predict_frontend.front_end_params(params, frontend)
-        assert params_of("aus", aus.AusParams).openface_dir == str(tmp_path / "data/openface")
+        assert params_of("aus", aus.AusParams).openface_dir == str(repo_root() / "data/openface")
         assert params_of("faces", faces.FacesParams).model_path == str(
-            tmp_path / "models/face.task")
+            repo_root() / "models/face.task")
     params.write_text("faces:\n  model_path: https://example.org/face.task\n"
                       "aus:\n  openface_dir: /srv/openface\n")
     params_of = predict_frontend.front_end_params(params, None)
