@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import importlib
 import multiprocessing as mp
 import os
@@ -141,6 +142,8 @@ def map_jobs(fn: Callable[[Any], Any], jobs: Iterable[Any], *, workers: int,
     on_lost's result (or ExecutorError); not enforced in this process. `kept`: an executor_kept
     KeptWorkers, whose workers serve in place of a pool of this map's (not inline, nor Dask)."""
     jobs = list(jobs)
+    if not jobs:  # no worker, no set-up (an AU-only dataset's audio and faces stages)
+        return
     where = where or placement(workers)
     token = uuid.uuid4().hex
     fn, setup = _importable(fn), _importable(setup)
@@ -212,6 +215,10 @@ def _child_environment() -> Iterator[None]:
                 os.environ[var] = value
 
 
+# a worker the pool ends (all of them, the dead one too) is first watched this long for an exit
+EXITING_S = 0.05  # of its own
+
+
 class _Pool:
     """A spawn ProcessPoolExecutor of `n` workers that can be restarted after one died, with the
     post-mortem of which worker died running which job (the shared ledger)."""
@@ -264,7 +271,18 @@ class _Pool:
                        for _ in range(self.n)]
         # pid -> Process, for the post-mortem: which worker died, running which job
         self.processes = dict(getattr(self.executor, "_processes", None) or {})
+        for pid, process in self.processes.items():  # CPython's pool ends survivors with it
+            process.terminate = functools.partial(self._ended_by_pool, pid, process,
+                                                  process.terminate)
         return started
+
+    def _ended_by_pool(self, pid: int, process, terminate: Callable[[], None]) -> None:
+        """A worker's terminate(), called by the pool on every worker after a death: a live one
+        is noted, so that post_mortem never takes its SIGTERM for a death of its own."""
+        if process.exitcode is None:  # the dead one may still be exiting: its pipe, which told
+            process.join(timeout=EXITING_S)  # the pool, closes before its status is there
+        self.ended_here |= {pid} if process.exitcode is None else set()
+        terminate()
 
     def _stop_after_setup_death(self, expect_death: bool = True) -> list[int]:
         """End this try's pool; the exit codes of the workers that had died by themselves (read
@@ -319,18 +337,22 @@ class _Pool:
         return True
 
     def post_mortem(self, i: int) -> WorkerLost:
-        """After BrokenProcessPool: end the survivors, name the job the dead worker was running,
-        or was sending the result of (its ledger entry already says done, its future broke),
-        or else job `i`, whose result or submission broke. Workers this pool ended itself
-        (unstick) are not culprits."""
+        """After BrokenProcessPool: end the survivors, name the job the dead worker was running
+        or sending the result of (its ledger says done, its future broke); none for one that sat
+        idle (the jobs taken down run again, unblamed); with no dead worker seen, job `i` if it
+        had started. Any exit status (0, an outside SIGTERM) is a death unless the pool ended
+        the worker itself (`_ended_by_pool`, unstick)."""
         self.executor.shutdown(wait=True, cancel_futures=True)  # the pool ends the survivors
         dead = {pid: p.exitcode for pid, p in self.processes.items()
-                if p.exitcode not in (0, None, -signal.SIGTERM) and pid not in self.ended_here}
+                if p.exitcode is not None and pid not in self.ended_here}
         sending = [k for k, f in self.submitted.items() if -self.ledger[k] in dead and f.done()
                    and not f.cancelled() and isinstance(f.exception(), BrokenProcessPool)]
-        k = ([k for k in range(len(self.ledger)) if self.ledger[k] in dead] + sending or [i])[0]
-        pid = abs(self.ledger[k])
-        return WorkerLost((k,), exit_reason(dead[pid]) if pid in dead else "it died")
+        culprits = [k for k in range(len(self.ledger)) if self.ledger[k] in dead] + sending
+        if not culprits:
+            why = exit_reason(next(iter(dead.values()))) if dead else "it died"
+            return WorkerLost((i,) if self.ledger[i] != 0 and not dead else (), why)
+        pid = abs(self.ledger[culprits[0]])
+        return WorkerLost((culprits[0],), exit_reason(dead[pid]) if pid in dead else "it died")
 
     def unstick(self) -> None:
         """CPython's pool never notices a worker that died halfway through sending its result:

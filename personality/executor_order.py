@@ -245,12 +245,13 @@ class InOrder:
         overdue = self.time_limit.overdue if self.time_limit else {}
         if lost.jobs and all(k in overdue for k in lost.jobs):  # ended by its limit, not a crash
             lost = dataclasses.replace(lost, why=self.time_limit.why(lost.jobs[0]))
-        names = " or ".join(self.label(self.jobs[k]) for k in lost.jobs)
+        names = " or ".join(self.label(self.jobs[k]) for k in lost.jobs) or "no job (idle)"
         if self.on_lost is None:
             raise ExecutorError(f"{names}: the {lost.who} running it died ({lost.why}); the stage "
                                 "stops here, nothing is written") from exc
-        self.losses += not all(k in overdue for k in lost.jobs)  # a hang is the video's, not
-        if self.losses > self.budget:                             # the machine's
+        # a hang is the video's, not the machine's; a worker lost idle is the machine's
+        self.losses += not lost.jobs or not all(k in overdue for k in lost.jobs)
+        if self.losses > self.budget:
             raise ExecutorError(f"{self.losses} workers died in this run (the last running "
                                 f"{names}: {lost.why}): more than {self.budget}, the machine "
                                 "rather than a video; the stage stops here, nothing is written") \
@@ -270,6 +271,10 @@ class InOrder:
         rerun = set(self.again) | set(taken) | ({refused} if refused is not None else set())
         self.again = sorted(rerun - set(self.final))
         again = [self.label(self.jobs[k]) for k in lost.jobs if k not in self.final]
+        if not lost.jobs:
+            log.warning("a %s died while running no job (%s): the jobs its pool lost run again "
+                        "(%d of %d lost workers allowed in this run)", lost.who, lost.why,
+                        self.losses, self.budget)
         if again:  # seen in the log, not only in the metrics of the jobs that fail for good
             log.warning("the %s running %s died (%s): it runs again (%d of %d lost workers "
                         "allowed in this run)", lost.who, " or ".join(again), lost.why,

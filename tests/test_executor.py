@@ -322,6 +322,60 @@ def test_with_on_lost_a_video_that_kills_its_worker_twice_is_a_row_and_the_rest_
                      "by the kernel's OOM killer)"
 
 
+def ends_on_three(job: tuple[int, str]) -> int:
+    """Job 3 ends its worker with an exit status of 0 (a native exit(0)) or a SIGTERM (`kill`,
+    earlyoom's first signal); the others take 0.2 s."""
+    x, how = job
+    if x == 3:
+        if how == "exit0":
+            os._exit(0)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    time.sleep(0.2)
+    return x
+
+
+@pytest.mark.parametrize("how", ["exit0", "sigterm"])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_worker_that_exits_0_or_is_sigtermed_is_blamed_on_its_own_job(how, workers):
+    """Exit status 0 and SIGTERM were taken for the pool's own ending of survivors: the death
+    was blamed on the next job submitted (which had not started), then on the next, until four
+    losses stopped the whole stage (a review found it); the pool's own SIGTERMs are now noted
+    when it sends them."""
+    out = list(map_jobs(ends_on_three, [(x, how) for x in range(6)], workers=workers,
+                        where=Placement("pool", workers), on_lost=lost_row))
+    assert out[:3] + out[4:] == [0, 1, 2, 4, 5]
+    assert out[3] == "lost 3: the worker process running it died twice (" + (
+        "exit code 0)" if how == "exit0" else "SIGTERM)"), out[3]
+
+
+def idle_death(job: tuple[int, str]) -> int:
+    """Job 0 takes 4 s; the worker that ran job 1 kills itself 1 s after, idle (the look-ahead
+    is full: the map waits on job 0), as the OOM killer picks a worker holding a model."""
+    x, folder = job
+    if x == 0:
+        time.sleep(4.0)
+    elif x == 1:
+        threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGKILL)).start()
+    return x
+
+
+def test_a_worker_that_dies_idle_blames_no_job(tmp_path, caplog):
+    """The job running in the other worker was blamed (and SIGTERMed, rerun, given a strike: a
+    second such death made an innocent video an error row)."""
+    out = list(map_jobs(idle_death, [(x, str(tmp_path)) for x in range(3)], workers=2,
+                        where=POOL, on_lost=lost_row))
+    assert out == [0, 1, 2]
+    assert "died while running no job (SIGKILL" in caplog.text
+    assert "running (0" not in caplog.text
+
+
+def test_a_map_of_no_jobs_starts_no_worker(tmp_path):
+    """An AU-only dataset's audio and faces stages paid a worker's start and set-up for none."""
+    assert list(map_jobs(square_slowly, [], workers=2, setup=setup_always_killed, where=POOL,
+                         on_lost=lost_row)) == []
+
+
 def test_on_dask_a_video_that_kills_its_worker_twice_is_a_row_and_the_rest_go_on(tmp_path):
     """The LocalCluster's Nanny restarts the dead worker; the video runs once more, then is a
     row (a job the scheduler had queued on the same worker may share the loss: it runs again)."""
