@@ -21,8 +21,12 @@ engine's eval views). One kind per input key the model reads, so an audio-visual
   (`cam_pathways`; slow_fast_face_seq: "slow", "fast"): the last such map of each is read (at
   64 px "slow.2 + fast.2", 4 x 4), and their terms, each channel weighted by its summed gradient
   so that Slow's T / alpha frames and Fast's T weigh alike, are added before the ReLU; the last
-  map of all was a Fast-to-Slow lateral conv (or the Fast stage alone), which leaves Slow out. A
-  model with its own `cam(x) -> (B, 5, h, w)` method is asked instead. `maps` are in the layer's
+  map of all was a Fast-to-Slow lateral conv (or the Fast stage alone), which leaves Slow out.
+  hrnet_face declares its last stage's branches ("stages.2.0 + stages.2.1 + stages.2.2", 16, 8
+  and 4 px at 64 px): terms of different sizes are added on the finest grid, a coarse cell's
+  share split over the cells it covers (until 2026-12-06 the coarsest branch alone was read). A
+  model with its own `cam(x) -> (B, 5, h, w)` method is asked instead. Every kind explains the
+  inputs as scored: an input under the network's minimum padded as models/inference.py pads it. `maps` are in the layer's
   resolution; the report upsamples them onto the model's input crop (`images[key]`, the middle
   view, de-normalised). Each map is relative: draw it normalised.
 - "audio_occlusion" (logmel, wave): every `window_s` second of the clip in turn is muted: its
@@ -77,6 +81,7 @@ from models.batching import merge_views, normalise_image_keys
 from models.data import InputSource, SourceError
 from models.batching import IMAGENET_MEAN, IMAGENET_STD
 from models.engine import predict_videos
+from models.inference import min_lengths, pad_short
 from personality.schemas import TRAITS
 
 __all__ = ["ExplainError", "explain_clip", "clip_views", "predict_views", "cam_layer", "gradcam",
@@ -231,10 +236,14 @@ def _cam_term(a: Tensor, g: Tensor) -> Tensor:
 
 def _joint_cam(acts: Sequence[Tensor], grads: Sequence[Tensor]) -> Tensor:
     """Grad-CAM over one layer (_cam) or several pathways' (their terms added, then ReLU):
-    (N, h, w)."""
+    (N, h, w), on the finest pathway's grid: a coarser term (HRNet's lower branches) is spread
+    over it, each cell's share split evenly among the cells it covers (its total kept)."""
     if len(acts) == 1:
         return _cam(acts[0], grads[0])
-    return F.relu(sum(_cam_term(a, g) for a, g in zip(acts, grads)))
+    terms = [_cam_term(a, g) for a, g in zip(acts, grads)]  # each (N, h_i, w_i)
+    h, w = max(t.shape[-2] for t in terms), max(t.shape[-1] for t in terms)
+    return F.relu(sum(F.interpolate(t[:, None], size=(h, w), mode="nearest")[:, 0]
+                      * (t.shape[-2] * t.shape[-1] / (h * w)) for t in terms))
 
 
 def gradcam(model: nn.Module, views: Mapping[str, Tensor], key: str, *,
@@ -260,9 +269,6 @@ def gradcam(model: nn.Module, views: Mapping[str, Tensor], key: str, *,
             # channels first for _cam: a (N, h, w, C) map (Swin) had its width taken for channels
             layout = [(lambda t: t.permute(0, 3, 1, 2)) if _channels_last(
                 t.shape, views[key].shape[-2:]) else (lambda t: t) for t in a]
-            if len({tuple(f(t).shape[-2:]) for f, t in zip(layout, a)}) > 1:
-                raise ExplainError(f"{type(model).__name__}: Grad-CAM layers {names} differ in "
-                                   "size; their maps cannot be added")
             maps = []
             for k in range(N_TRAITS):
                 g = torch.autograd.grad(scores[:, k].sum(), a, retain_graph=k < N_TRAITS - 1)
@@ -422,7 +428,9 @@ def explain_clip(model: nn.Module, sources: Sequence[InputSource], video_id: str
 
     model.eval()
     keys = [k for s in sources for k in s.keys]
-    views = clip_views(sources, video_id)
+    # as scored: an input under the network's minimum padded (models/inference.py)
+    views = pad_short(clip_views(sources, video_id), min_lengths(model), video_id=video_id,
+                      model=type(model).__name__)
     out: dict = {"kinds": [], "seconds": {}}
     images: dict = {}
     for kind, wanted in (("gradcam", IMAGE_KEYS), ("audio_occlusion", AUDIO_KEYS),

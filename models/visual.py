@@ -363,6 +363,14 @@ class HRNetModel(ZooModel):
 
     inputs = ("face",)
 
+    @property
+    def cam_pathways(self) -> tuple[str, ...]:
+        """The last stage's branches (models/explain.py): the head pools every branch, so every
+        path from the image to a score crosses one of them; the last map of all is one
+        branch's (the coarsest), which left 60% of O's signal out on a trained model."""
+        return tuple(f"stages.{self.config.n_branches - 1}.{i}"
+                     for i in range(self.config.n_branches))
+
     def __init__(self, config: HRNetConfig):
         super().__init__()
         self.config = config

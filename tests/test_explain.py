@@ -877,6 +877,30 @@ def test_explain_clip_on_built_sources(tmp_path, speech_then_silence):
     json.dumps(explanation)  # JSON-safe
 
 
+def test_explain_clip_sees_a_short_input_padded_as_it_was_scored(speech_then_silence):
+    """0.11 s of log-mel (11 frames, eval_mode full) under the audio CNN's 16: the score pads it
+    (models/inference.py pad_short), the explanations did not, so Grad-CAM raised torch's
+    "Output size is too small" and predict lost every explanation of the clip (a review found
+    it). Now every kind runs on the inputs as scored."""
+    _, logmel = speech_then_silence
+    torch.manual_seed(0)
+    model = build_model("bimodal_resnet", width=8, layers=[1, 1, 1, 1],
+                        audio_widths=[8, 16, 32, 64]).eval()
+
+    class Faces:
+        keys = ("face",)
+
+        def eval_items(self, vid):
+            return {"face": torch.zeros(1, 3, 64, 64)}
+
+        def has(self, vid):
+            return True
+
+    explanation, _ = explain_clip(model, [Faces(), _logmel_source(logmel[:, :11])], "clip")
+    assert explanation["kinds"] == ["gradcam", "audio_occlusion"]
+    assert np.isfinite(explanation["gradcam"]["face"]["maps"]).all()
+
+
 def test_latent_cues_only_where_ingest_wrote_them(fake_repo, tmp_path):
     from personality.common import read_artifact, write_artifact
     from personality.cue_check import latent_cues

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from models.contributions import feature_contributions, integrated_gradients
-from models.explain import cam_layer, gradcam, predict_views
+from models.explain import _joint_cam, cam_layer, gradcam, predict_views
 from models.registry import build_model
 from personality.explain_plots import UNACCOUNTED_SHARE, unaccounted_share
 from personality.schemas import AU_INTENSITY, TRAITS
@@ -46,6 +46,26 @@ def test_slow_fast_gradcam_reads_both_pathways(size, layers, rng):
     assert used == layers == cam_layer(model, views, "face_seq")
     assert maps.shape == (5, 4, 4) and np.all(maps >= 0) and np.isfinite(maps).all()
     assert maps.max() > 0
+
+
+def test_hrnet_gradcam_reads_every_branch_on_the_finest_grid(rng):
+    """The head pools all three branches; the last map of all was the coarsest branch's (4 x 4
+    at 64 px), which left 60% of O's signal out on the trained hrnet_face and drew an A map
+    unrelated (r -0.08) to the whole model's (a review found it). Now each branch's last block,
+    the coarser terms spread over the 16 x 16 grid of the finest with their totals kept."""
+    torch.manual_seed(0)
+    model = build_model("hrnet_face", width=8).eval()
+    views = {"face": torch.from_numpy(rng.standard_normal((2, 3, 64, 64)).astype(np.float32))}
+    maps, used = gradcam(model, views, "face")
+    assert used == "stages.2.0 + stages.2.1 + stages.2.2" == cam_layer(model, views, "face")
+    assert maps.shape == (5, 16, 16) and np.all(maps >= 0) and np.isfinite(maps).all()
+    # a 2 x 2 term (its shares 0, 1, 2, 3) beside a 4 x 4 one of zeros: each coarse cell's share
+    # split over the 4 fine cells it covers, the total (6) kept
+    coarse = torch.arange(4.0).view(1, 1, 2, 2)
+    joint = _joint_cam([coarse, torch.zeros(1, 1, 4, 4)],
+                       [torch.ones(1, 1, 2, 2), torch.ones(1, 1, 4, 4)])  # its term: itself
+    assert joint.shape == (1, 4, 4) and float(joint.sum()) == pytest.approx(6.0)
+    assert joint[0, 2:, 2:].tolist() == [[0.75, 0.75], [0.75, 0.75]]
 
 
 MOUTH = (slice(20, 28), slice(8, 24))  # rows, columns of a 32 x 32 frame: cells 2-3, 1-2 of 4 x 4
