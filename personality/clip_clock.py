@@ -24,8 +24,7 @@ import os
 
 import numpy as np
 
-# the video packets whose smallest pts is the first frame's when the stream declares no start
-from personality.frame_sampling import REORDER_PACKETS, FrameClock
+from personality.frame_sampling import FrameClock
 # the same video stream as the frames stage's (not an MP3's cover art), opened with its checks
 from personality.video_io import _open, _video_stream
 
@@ -33,6 +32,9 @@ __all__ = ["audio_offset_s", "align_wave"]
 
 # packets read before giving up on a first decodable one (decode_audio allows 50 bad ones)
 MAX_PACKETS = 64
+# the video packets whose smallest pts is the first frame's when the stream declares no start
+# (B-frames come out of decode order by a few frames at most)
+REORDER_PACKETS = 16
 
 
 def audio_offset_s(path: str | os.PathLike) -> float | None:

@@ -38,7 +38,6 @@ import os
 import numpy as np
 from pathlib import Path
 
-
 __all__ = ["cut_short"]
 
 _TS_SYNC = 0x47

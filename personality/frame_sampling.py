@@ -17,8 +17,7 @@ import math
 import numpy as np
 
 __all__ = ["FrameClock", "FrameSampler", "SamplingPicker", "PlannedPicker", "nominal_rate",
-           "clock_may_jump", "is_clock_jump", "BACKSTEP_S", "DISCONTINUITY_S",
-           "REORDER_PACKETS"]
+           "clock_may_jump", "is_clock_jump"]
 
 # MPEG-TS / PS (FFmpeg's AVFMT_TS_DISCONT formats) may reset or jump their clock: a broadcast
 # splice, recordings or HLS segments joined end to end (`cat a.ts b.ts > c.ts`). As in FFmpeg, a
@@ -28,9 +27,6 @@ __all__ = ["FrameClock", "FrameSampler", "SamplingPicker", "PlannedPicker", "nom
 # step back is one bad timestamp there, clamped, not a reason to move every later frame).
 DISCONTINUITY_S = 10.0
 BACKSTEP_S = 0.1
-# Packets of a stream with B-frames come in decode order: a frame shown later is sent up to this
-# many packets early (H.264 allows a reorder depth of 16)
-REORDER_PACKETS = 16
 _TS_DISCONT = 0x0200  # AVFMT_TS_DISCONT in ContainerFormat.flags
 
 
@@ -65,12 +61,14 @@ class SamplingPicker:
 
     def __init__(self, vs, keep: np.ndarray | None, fps: float | None):
         self.clock, self.sampler, self.idx = FrameClock(vs), FrameSampler(keep, fps), -1
-        self.times: list[float] = []  # every frame's, kept or not (a jumping clock's gaps)
+        # every frame's time, kept or not, where the clock may jump: its gaps are read on them
+        self.times: list[float] = []
 
     def __call__(self, frame) -> tuple[int, float] | None:
         self.idx += 1
         t = self.clock(frame.pts, self.idx)
-        self.times.append(t)
+        if self.clock.discont:
+            self.times.append(t)
         return (self.idx, t) if self.sampler.wants(self.idx, t) else None
 
     @property
@@ -116,8 +114,7 @@ class FrameClock:
         self.t0: float | None = None
         self.last_t = -math.inf
         self.jumps = 0
-        self.begun = False  # a frame at or after the stream's start seen: lead-in frames before
-        # it (clamped to 0) are no jump
+        self.begun = False  # a frame at or after the start seen (lead-in ones, clamped: no jump)
         self.pending: tuple[float, float] | None = None  # after a jump: (new t0, last t before)
 
     def __call__(self, pts: int | None, idx: int) -> float:

@@ -132,12 +132,11 @@ def run(params: FramesParams, base: BaseParams, root: Path | None = None) -> dic
                 log.warning("skipped %s: %s", res["video_id"], res["error"])
                 continue
             rep = res["report"]
-            if rep.get("truncated") or rep.get("errors") or rep.get("gaps"):
-                notes[res["video_id"]] = damaged_video_note(rep, len(res["df"]))
-            if rep.get("clock_jumps"):
-                notes[res["video_id"]] = "; ".join(filter(None, [
-                    notes.get(res["video_id"]), clock_jump_note(rep["clock_jumps"])]))
-            if res["video_id"] in notes:
+            said = [damaged_video_note(rep, len(res["df"]))] if (
+                rep.get("truncated") or rep.get("errors") or rep.get("gaps")) else []
+            said += [clock_jump_note(rep["clock_jumps"])] if rep.get("clock_jumps") else []
+            if said:
+                notes[res["video_id"]] = "; ".join(said)
                 log.warning("%s: %s", res["video_id"], notes[res["video_id"]])
             n_rows += len(res["df"])
             out.write(res["df"])

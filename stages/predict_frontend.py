@@ -134,7 +134,7 @@ def run_front_end(video: Path, work: Path, params_file: Path | None = None,
     `refuse(probe facts)` says why the model cannot score it (no audio track, for an audio
     model: the probe knows it before any work). The probe, too, decodes in the worker: a file
     that crashes or hangs FFmpeg costs the worker, never this process (a served model's)."""
-    where = _one_local_worker()
+    where = local_placement()
     setup = None if where.forced_inline else _stages_inline
     with FRONT_END_WORKER.borrow() as kept:
         facts = probe_in_worker(video, kept=kept, where=where, setup=setup)
@@ -183,17 +183,11 @@ def start_front_end_worker() -> None:
     its imports and warm-ups (~2.5 s) then overlap the caller's own (torch's). Not when the
     front end runs in this process."""
     try:
-        if _one_local_worker().forced_inline:
+        if local_placement().forced_inline:
             return
     except ExecutorError:  # a bad PERSONALITY_CLUSTER: run_front_end says so
         return
     FRONT_END_WORKER.start_soon()
-
-
-def _one_local_worker():
-    """A local worker whatever PERSONALITY_CLUSTER names (the work folder is on this machine),
-    except `inline`: a debugger wants everything in this process."""
-    return local_placement()
 
 
 def _front_end_job(job: tuple) -> dict:
